@@ -1,0 +1,1 @@
+"""FHIR R4 read API for patient portals (issue 5)."""

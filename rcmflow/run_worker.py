@@ -1,0 +1,43 @@
+"""`rcmflow worker`: checks what a worker needs, then hands the process to Faust's Worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from rcmflow.broker import ensure_topics
+from rcmflow.settings import EMBEDDED_PREFIX, BrokerNotFound, Settings
+from rcmflow.streams.chart import ChartError, load_chart
+from rcmflow.streams.topics import topic_specs
+from rcmflow.streams.worker import build_app, claim_worker_dir
+
+__all__ = ["run_worker"]
+
+log = logging.getLogger("rcmflow.worker")
+
+
+def run_worker(settings: Settings) -> int:
+    try:
+        url, identity = settings.resolve_broker()
+        chart = load_chart(settings.coa)
+    except (BrokerNotFound, ChartError) as exc:
+        print(f"rcmflow worker: {exc}", file=sys.stderr)
+        return 2
+    if settings.processing_guarantee == "exactly_once" and identity.startswith(EMBEDDED_PREFIX):
+        print("rcmflow worker: exactly_once needs Apache Kafka transactions; the embedded broker "
+              "has none (its InitProducerId fails). Use at_least_once (crash-safe on its own) "
+              "or set RCMFLOW_BROKER to a Kafka cluster.", file=sys.stderr)
+        return 2
+    # A worker on a fresh broker creates the topics it needs, with every setting spelled out.
+    asyncio.run(ensure_topics(settings.bootstrap_servers(), topic_specs(settings.app_id),
+                              settings.partitions, settings.replication_factor))
+    datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
+    app = build_app(settings, chart, datadir=datadir)
+
+    from faust.worker import Worker
+
+    log.info("worker tables in %s, broker %s, chart %s", datadir, url, chart.version)
+    worker = Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return 0

@@ -1,0 +1,147 @@
+"""One settings object, read from ``RCMFLOW_*`` environment variables.
+
+Every limit rcmflow enforces is declared here with its unit in the name and what happens past
+it. Built once in ``main()`` and passed down; nothing reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "Settings",
+    "BrokerNotFound",
+    "EMBEDDED_BROKER_FILE",
+    "EMBEDDED_PREFIX",
+    "embedded_broker_info",
+]
+
+#: Written by `rcmflow broker` / `rcmflow dev` into the data dir: how other commands find it.
+EMBEDDED_BROKER_FILE = "broker.json"
+#: Table directories of embedded (memory-only) brokers are named so; they die with the broker.
+EMBEDDED_PREFIX = "embedded-"
+
+
+class BrokerNotFound(RuntimeError):
+    """No RCMFLOW_BROKER and no embedded broker running for this data dir."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RCMFLOW_", frozen=True, extra="ignore")
+
+    broker: str | None = Field(
+        None,
+        description="Kafka bootstrap URL, e.g. kafka://host:9092. Unset: the embedded broker "
+        "that `rcmflow dev` or `rcmflow broker` started for this data dir.",
+    )
+    data_dir: Path = Field(
+        Path.home() / ".rcmflow",
+        description="Table stores, the embedded broker's address file, demo files.",
+    )
+    partitions: int = Field(4, ge=1, le=1024, description="Partitions of every rcm.* topic.")
+    replication_factor: int = Field(1, ge=1, le=7, description="For topics rcmflow creates.")
+    coa: Path | None = Field(
+        None, description="Chart-of-accounts mapping (YAML); unset: the one shipped."
+    )
+    app_id: str = Field("rcmflow", description="Consumer group and changelog prefix.")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once is crash-safe on its own (deterministic posting ids, "
+        "byte-identical re-sends). exactly_once needs Apache Kafka transactions; the "
+        "embedded broker does not support them.",
+    )
+    worker_name: str | None = Field(
+        None, description="Names the worker's table directory; unset: the first free slot."
+    )
+    batch_max: int = Field(
+        1000, ge=1, le=50_000, description="Events per batch: one ack wait per batch."
+    )
+    batch_wait_s: float = Field(
+        0.05, gt=0, le=10, description="Longest wait to fill a batch before processing it."
+    )
+    event_bytes_max: int = Field(
+        256 * 1024, ge=1024, le=16 * 1024 * 1024,
+        description="Largest canonical event; larger ones go to rcm.dlq as too_large.",
+    )
+    account_items_max: int = Field(
+        10_000, ge=10,
+        description="Charges + claims + payments one account may hold; past it: rcm.dlq.",
+    )
+    state_cache_max: int = Field(
+        200_000, ge=0, description="Account states kept decoded in memory per worker."
+    )
+    session_timeout_s: float = Field(
+        10.0, gt=1, description="Consumer session timeout (a dead worker is noticed after it)."
+    )
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    produce_timeout_s: float = Field(
+        60.0, gt=0, description="Longest wait for the broker to ack a batch; then the worker "
+        "crashes and its partitions move (nothing is committed without the acks)."
+    )
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
+
+    @field_validator("data_dir", "coa")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @property
+    def broker_file(self) -> Path:
+        return self.data_dir / EMBEDDED_BROKER_FILE
+
+    @property
+    def tables_dir(self) -> Path:
+        """Worker table stores, one folder per broker identity."""
+        return self.data_dir / "tables"
+
+    def broker_url(self) -> str:
+        """The broker to talk to: RCMFLOW_BROKER, else the embedded one for this data dir."""
+        return self.resolve_broker()[0]
+
+    def resolve_broker(self) -> tuple[str, str]:
+        """(Kafka URL, identity): the identity names the table directories of that broker."""
+        if self.broker:
+            url = self.broker if "://" in self.broker else f"kafka://{self.broker}"
+            return url, "kafka-" + re.sub(r"[^A-Za-z0-9.-]+", "_", url.split("://", 1)[1])
+        info = embedded_broker_info(self.broker_file)
+        if info is None:
+            raise BrokerNotFound(
+                "no broker: start the embedded one with `rcmflow broker` (or `rcmflow dev`), "
+                f"or point RCMFLOW_BROKER at Kafka (looked for {self.broker_file})"
+            )
+        return f"kafka://{info['bootstrap']}", f"{EMBEDDED_PREFIX}{info['run_id']}"
+
+    def bootstrap_servers(self) -> list[str]:
+        """host:port list for plain Kafka clients."""
+        url = self.broker_url()
+        return [part.split("://", 1)[-1] for part in url.replace(";", ",").split(",")]
+
+
+def embedded_broker_info(path: Path) -> dict[str, Any] | None:
+    """The running embedded broker recorded at ``path``, or None if there is none."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not _alive(int(info.get("pid", 0))):
+        return None
+    return info
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

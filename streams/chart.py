@@ -1,0 +1,171 @@
+"""The external chart-of-accounts mapping: GL account = lookup(entity, role, dimension).
+
+The mapping is data (a versioned YAML file), not code. A lookup never fails: what is not
+mapped resolves to the entity's suspense account together with the key that was missing, so
+the posting still balances and finance sees an exception record.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from importlib import resources
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "CarcTreatment",
+    "PlbTreatment",
+    "ChartOfAccounts",
+    "GlAccount",
+    "ChartError",
+    "load_chart",
+    "DEFAULT_CHART",
+]
+
+CarcTreatment = Literal[
+    "contractual", "patient_reclass", "denial_hold", "no_entry", "other_adjustment", "suspense"
+]
+PlbTreatment = Literal["interest", "payer_overpayment", "pair_with_WO", "suspense"]
+DEFAULT_CHART = "chart_of_accounts.yaml"
+#: Roles looked up with a dimension value (department, payer class).
+DIMENSIONED_ROLES = frozenset({"gross_revenue", "contractual"})
+#: Roles every chart must map in `defaults`: the posting rules use all of them.
+REQUIRED_ROLES = frozenset(
+    {
+        "ar_insurance",
+        "ar_self_pay",
+        "cash",
+        "cash_clearing",
+        "unapplied_cash",
+        "refunds_payable_patient",
+        "payer_overpayments",
+        "suspense",
+        "denial_writeoff",
+        "other_adjustment",
+        "price_concession",
+        "charity",
+        "admin_adjustment",
+        "interest_income",
+        "bad_debt_expense",
+    }
+)
+#: Longest chart file we read; a chart is a few KB, anything near this is a wrong file.
+CHART_BYTES_MAX = 1_000_000
+
+RoleMap = dict[str, str | dict[str, str]]
+
+
+class ChartError(ValueError):
+    """The mapping file is missing, unreadable or inconsistent."""
+
+
+class GlAccount(NamedTuple):
+    account: str
+    #: The lookup key that was not mapped (the account is then the suspense account).
+    missing: str | None = None
+
+
+class Entity(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    overrides: RoleMap = Field(default_factory=dict)
+
+
+class Thresholds(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    small_balance_cents: int = Field(500, ge=0)
+
+
+class ChartOfAccounts(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str = Field(min_length=1, max_length=40)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    revenue_code_departments: dict[str, str] = Field(default_factory=dict)
+    defaults: RoleMap
+    entities: dict[str, Entity]
+    carc_rules: dict[str, CarcTreatment]
+    plb_rules: dict[str, PlbTreatment]
+    thresholds: Thresholds = Thresholds()
+
+    @model_validator(mode="after")
+    def _complete(self) -> ChartOfAccounts:
+        missing = sorted(REQUIRED_ROLES - self.defaults.keys())
+        if missing:
+            raise ValueError(f"defaults lack roles {missing}")
+        for role in REQUIRED_ROLES:
+            if not isinstance(self.defaults[role], str):
+                raise ValueError(f"defaults.{role} must be one GL account, not a mapping")
+        for role in DIMENSIONED_ROLES:
+            if not isinstance(self.defaults.get(role, {}), dict):
+                raise ValueError(f"defaults.{role} must map dimension values to GL accounts")
+        return self
+
+    def gl_account(self, entity: str, role: str, dimension: str | None = None) -> GlAccount:
+        """The GL account for a role, or the suspense account and what was missing."""
+        entry = self.entities.get(entity)
+        if entry is None:
+            return GlAccount(self._suspense(None), f"entity {entity!r}")
+        for source in (entry.overrides, self.defaults):
+            if role not in source:
+                continue
+            value = source[role]
+            if isinstance(value, str):
+                return GlAccount(value)
+            if dimension is not None and dimension in value:
+                return GlAccount(value[dimension])
+        what = f"{role}[{dimension}]" if role in DIMENSIONED_ROLES else role
+        return GlAccount(self._suspense(entry), what)
+
+    def _suspense(self, entity: Entity | None) -> str:
+        override = entity.overrides.get("suspense") if entity is not None else None
+        account = override if isinstance(override, str) else self.defaults["suspense"]
+        assert isinstance(account, str)
+        return account
+
+    def department_for(self, revenue_code: str | None) -> str | None:
+        """Department of a UB-04 revenue code by its longest mapped prefix."""
+        if not revenue_code:
+            return None
+        for length in range(len(revenue_code), 0, -1):
+            department = self.revenue_code_departments.get(revenue_code[:length])
+            if department is not None:
+                return department
+        return None
+
+    def carc_treatment(self, group: str, reason: str) -> CarcTreatment:
+        """How a CAS amount posts; the first matching rule wins, unmatched is suspense."""
+        carc = f"{group}-{reason}"
+        for pattern, treatment in self.carc_rules.items():
+            if fnmatch.fnmatchcase(carc, pattern):
+                return treatment
+        return "suspense"
+
+    def plb_treatment(self, reason_code: str) -> PlbTreatment:
+        for pattern, treatment in self.plb_rules.items():
+            if fnmatch.fnmatchcase(reason_code, pattern):
+                return treatment
+        return "suspense"
+
+
+def load_chart(path: Path | None = None) -> ChartOfAccounts:
+    """Load and check a mapping file; ``None`` loads the one shipped with rcmflow."""
+    try:
+        if path is None:
+            text = resources.files(__package__).joinpath(DEFAULT_CHART).read_text("utf-8")
+        else:
+            if path.stat().st_size > CHART_BYTES_MAX:
+                raise ChartError(f"{path}: larger than {CHART_BYTES_MAX} bytes, not a chart")
+            text = path.read_text("utf-8")
+        raw = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ChartError(f"cannot read chart of accounts {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ChartError(f"chart of accounts {path}: expected a mapping at the top level")
+    try:
+        return ChartOfAccounts.model_validate(raw)
+    except ValidationError as exc:
+        raise ChartError(f"chart of accounts {path or DEFAULT_CHART} is invalid:\n{exc}") from exc

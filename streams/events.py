@@ -1,0 +1,313 @@
+"""Canonical financial events: one model family for everything that moves money or status.
+
+Every source format (HL7 DFT, X12 835, lockbox files, FHIR) is normalised into these models
+before it reaches ``rcm.events``. Money is integer minor units (``*_cents``); a float in the
+JSON is a validation error, never rounded. ``event_id`` is the idempotency key, unique per
+account: the same key with the same content is a replay, with other content a conflict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+from typing import Annotated, Literal, TypeAlias
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AMOUNT_CENTS_MAX",
+    "EventKind",
+    "Dimensions",
+    "Adjustment",
+    "ServiceLine",
+    "AdjudicatedLine",
+    "ChargePosted",
+    "ChargeReversed",
+    "ClaimSubmitted",
+    "ClaimAdjudicated",
+    "PatientPayment",
+    "Refund",
+    "WriteOff",
+    "ManualAdjustment",
+    "AccountStatusChanged",
+    "ProviderAdjustment",
+    "Event",
+    "EVENT_ADAPTER",
+    "event_digest",
+    "events_json_schema",
+    "ValidationError",
+]
+
+SCHEMA_VERSION = 1
+
+#: No single amount beyond ten billion dollars: past it the event is rejected, so an
+#: upstream unit mix-up (dollars sent as cents of cents) cannot reach the ledger.
+AMOUNT_CENTS_MAX = 1_000_000_000_000
+#: Bounds on repeated parts of one event (835 CAS segments, 837 service lines).
+ADJUSTMENTS_MAX = 99
+LINES_MAX = 999
+
+Cents = Annotated[StrictInt, Field(ge=-AMOUNT_CENTS_MAX, le=AMOUNT_CENTS_MAX)]
+PositiveCents = Annotated[StrictInt, Field(gt=0, le=AMOUNT_CENTS_MAX)]
+NonNegativeCents = Annotated[StrictInt, Field(ge=0, le=AMOUNT_CENTS_MAX)]
+Code = Annotated[str, Field(min_length=1, max_length=40)]
+AccountKey = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9:._\-]*$")
+]
+EventId = Annotated[str, Field(min_length=1, max_length=200)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+
+PROVIDER_PREFIX = "provider:"
+
+
+class EventKind(StrEnum):
+    CHARGE_POSTED = "charge_posted"
+    CHARGE_REVERSED = "charge_reversed"
+    CLAIM_SUBMITTED = "claim_submitted"
+    CLAIM_ADJUDICATED = "claim_adjudicated"
+    PATIENT_PAYMENT = "patient_payment"
+    REFUND = "refund"
+    WRITE_OFF = "write_off"
+    MANUAL_ADJUSTMENT = "manual_adjustment"
+    ACCOUNT_STATUS_CHANGED = "account_status_changed"
+    PROVIDER_ADJUSTMENT = "provider_adjustment"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Dimensions(_Frozen):
+    """Accounting dimensions: what the chart-of-accounts mapping looks GL accounts up by."""
+
+    entity: Code = Field("01", description="Facility / legal entity (CoA `entities` key).")
+    department: Code | None = Field(None, description="Department; else derived from revenue_code.")
+    payer: Code | None = None
+    payer_class: Code | None = Field(None, description="MEDICARE, MEDICAID, COMMERCIAL, ...")
+    encounter: Code | None = Field(None, description="Visit / encounter number (PV1-19).")
+    claim_id: Code | None = None
+    revenue_code: Code | None = Field(None, description="UB-04 revenue code, e.g. 0450.")
+    procedure_code: Code | None = Field(None, description="CPT/HCPCS code.")
+
+
+class _EventBase(_Frozen):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: EventId = Field(description="Idempotency key, unique per account.")
+    account: AccountKey = Field(description="Patient account number (PID-18, CLP01).")
+    occurred_at: AwareDatetime = Field(description="When it happened at the source, with offset.")
+    source: Code = Field(description="Where it came from: hl7, x12-835, lockbox, portal, ...")
+    correlation_id: Annotated[str, Field(max_length=200)] | None = Field(
+        None, description="Ties events of one source unit together (835 TRN02, HL7 MSH-10)."
+    )
+    currency: Currency = "USD"
+    dimensions: Dimensions = Dimensions()
+
+    @model_validator(mode="after")
+    def _provider_keys_only_for_provider_events(self) -> _EventBase:
+        is_provider_key = self.account.startswith(PROVIDER_PREFIX)
+        is_provider_event = isinstance(self, ProviderAdjustment)
+        if is_provider_key != is_provider_event:
+            raise ValueError(
+                "provider-level adjustments use a 'provider:<payee id>' account key, "
+                "and only they do"
+            )
+        return self
+
+
+class ChargePosted(_EventBase):
+    kind: Literal[EventKind.CHARGE_POSTED]
+    amount_cents: PositiveCents
+    quantity: Annotated[StrictInt, Field(ge=1, le=100_000)] = 1
+    self_pay: bool = Field(False, description="No coverage: the charge goes to self-pay AR.")
+
+
+class ChargeReversed(_EventBase):
+    kind: Literal[EventKind.CHARGE_REVERSED]
+    amount_cents: PositiveCents
+    reverses_event_id: EventId | None = Field(
+        None, description="The charge this reverses; its AR bucket is used."
+    )
+    self_pay: bool = False
+
+
+class ServiceLine(_Frozen):
+    line_id: Code
+    charge_cents: NonNegativeCents
+    units: Annotated[StrictInt, Field(ge=1, le=100_000)] = 1
+    procedure_code: Code | None = None
+    revenue_code: Code | None = None
+
+
+class ClaimSubmitted(_EventBase):
+    kind: Literal[EventKind.CLAIM_SUBMITTED]
+    claim_id: Code
+    total_charge_cents: NonNegativeCents
+    lines: Annotated[tuple[ServiceLine, ...], Field(max_length=LINES_MAX)] = ()
+
+    @model_validator(mode="after")
+    def _lines_add_up(self) -> ClaimSubmitted:
+        if self.lines and sum(line.charge_cents for line in self.lines) != self.total_charge_cents:
+            raise ValueError("total_charge_cents must equal the sum of the service lines' charges")
+        return self
+
+
+class Adjustment(_Frozen):
+    """One CAS amount: group (CO, PR, OA, PI, CR) + CARC reason, signed as in the 835."""
+
+    group: Literal["CO", "PR", "OA", "PI", "CR"]
+    reason: Annotated[str, Field(min_length=1, max_length=5)]
+    amount_cents: Cents
+
+    @property
+    def carc(self) -> str:
+        return f"{self.group}-{self.reason}"
+
+
+class AdjudicatedLine(_Frozen):
+    line_id: Code
+    charge_cents: Cents
+    paid_cents: Cents
+    procedure_code: Code | None = None
+    adjustments: Annotated[tuple[Adjustment, ...], Field(max_length=ADJUSTMENTS_MAX)] = ()
+
+
+class ClaimAdjudicated(_EventBase):
+    """One 835 CLP: what the payer paid and how the rest of the charge was adjusted.
+
+    A reversal (CLP02 = 22) carries negated amounts; the posting rules then negate the
+    original lines by themselves. ``charge - paid = sum(all adjustments)`` must hold.
+    """
+
+    kind: Literal[EventKind.CLAIM_ADJUDICATED]
+    claim_id: Code
+    outcome: Literal["processed", "denied", "reversal"]
+    status_code: Code | None = Field(None, description="CLP02 as received.")
+    payer_claim_control_number: Code | None = Field(None, description="CLP07.")
+    charge_cents: Cents
+    paid_cents: Cents
+    patient_responsibility_cents: Cents = 0
+    adjustments: Annotated[tuple[Adjustment, ...], Field(max_length=ADJUSTMENTS_MAX)] = ()
+    lines: Annotated[tuple[AdjudicatedLine, ...], Field(max_length=LINES_MAX)] = ()
+
+    def all_adjustments(self) -> tuple[Adjustment, ...]:
+        return self.adjustments + tuple(a for line in self.lines for a in line.adjustments)
+
+    @model_validator(mode="after")
+    def _balances(self) -> ClaimAdjudicated:
+        adjusted = sum(a.amount_cents for a in self.all_adjustments())
+        if self.charge_cents - self.paid_cents != adjusted:
+            raise ValueError(
+                f"claim does not balance: charge {self.charge_cents} - paid {self.paid_cents}"
+                f" != adjustments {adjusted}"
+            )
+        for line in self.lines:
+            line_adjusted = sum(a.amount_cents for a in line.adjustments)
+            if line.charge_cents - line.paid_cents != line_adjusted:
+                raise ValueError(f"service line {line.line_id} does not balance")
+        return self
+
+
+class PatientPayment(_EventBase):
+    kind: Literal[EventKind.PATIENT_PAYMENT]
+    amount_cents: PositiveCents
+    channel: Literal["portal", "lockbox", "pos", "mail", "phone"] = "portal"
+    reference: Annotated[str, Field(max_length=80)] | None = None
+
+
+class Refund(_EventBase):
+    kind: Literal[EventKind.REFUND]
+    amount_cents: PositiveCents
+    to: Literal["patient", "payer"] = "patient"
+    reference: Annotated[str, Field(max_length=80)] | None = None
+
+
+WriteOffReason: TypeAlias = Literal[
+    "price_concession", "bad_debt", "charity", "small_balance", "administrative", "denial"
+]
+
+
+class WriteOff(_EventBase):
+    kind: Literal[EventKind.WRITE_OFF]
+    amount_cents: PositiveCents
+    reason: WriteOffReason
+    from_ar: Literal["patient", "insurance"] | None = Field(
+        None, description="Which AR is written down; default insurance for denials, else patient."
+    )
+
+    @property
+    def ar(self) -> Literal["patient", "insurance"]:
+        if self.from_ar is not None:
+            return self.from_ar
+        return "insurance" if self.reason == "denial" else "patient"
+
+
+class ManualAdjustment(_EventBase):
+    """An administrative adjustment; positive lowers the AR, negative raises it."""
+
+    kind: Literal[EventKind.MANUAL_ADJUSTMENT]
+    amount_cents: Cents
+    ar: Literal["patient", "insurance"] = "patient"
+    reason: Annotated[str, Field(max_length=200)] | None = None
+
+    @model_validator(mode="after")
+    def _non_zero(self) -> ManualAdjustment:
+        if self.amount_cents == 0:
+            raise ValueError("a manual adjustment of 0 cents moves nothing")
+        return self
+
+
+class AccountStatusChanged(_EventBase):
+    kind: Literal[EventKind.ACCOUNT_STATUS_CHANGED]
+    status: Literal["open", "discharged", "billed", "collections", "bad_debt", "closed"]
+
+
+class ProviderAdjustment(_EventBase):
+    """An 835 PLB amount: provider-level money that belongs to no patient account.
+
+    Signed as in the 835: positive reduces the payment (a takeback), negative increases it.
+    """
+
+    kind: Literal[EventKind.PROVIDER_ADJUSTMENT]
+    reason_code: Annotated[str, Field(min_length=1, max_length=5)]
+    amount_cents: Cents
+    reference: Annotated[str, Field(max_length=80)] | None = None
+
+
+Event = Annotated[
+    ChargePosted
+    | ChargeReversed
+    | ClaimSubmitted
+    | ClaimAdjudicated
+    | PatientPayment
+    | Refund
+    | WriteOff
+    | ManualAdjustment
+    | AccountStatusChanged
+    | ProviderAdjustment,
+    Field(discriminator="kind"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def event_digest(event: Event) -> str:
+    """Content digest for replay detection: same key + same digest is a replay."""
+    return hashlib.sha256(event.model_dump_json().encode()).hexdigest()
+
+
+def events_json_schema() -> dict[str, object]:
+    """The published JSON Schema of a canonical event (``rcmflow schema events``)."""
+    schema = EVENT_ADAPTER.json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"rcmflow canonical event, schema version {SCHEMA_VERSION}"
+    return schema

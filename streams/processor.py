@@ -1,0 +1,326 @@
+"""One batch of raw ``rcm.events`` messages -> table writes and outgoing records.
+
+Still pure: the caller hands in the messages and two lookups (account state, dedup record)
+and gets back what to write and what to send. The Faust agent (``worker.py``) does the I/O in
+the order crash safety needs: dedup records first, then states, deltas and DLQ records, and
+only then lets the offsets be committed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from pydantic import ValidationError
+
+from .chart import ChartOfAccounts
+from .core import ACCOUNT_ITEMS_MAX, Applied, apply, new_account
+from .dedup import DedupEntry, Verdict, dedup_key, judge
+from .dlq import DlqRecord, Origin, dlq_record
+from .events import EVENT_ADAPTER, Event, EventKind, event_digest
+from .rejections import Rejection
+from .state import AccountState
+
+__all__ = ["Message", "BatchResult", "Counts", "Processor", "describe_validation_error"]
+
+#: Largest canonical event accepted (one JSON document); larger ones go to the DLQ.
+EVENT_BYTES_MAX = 256 * 1024
+ERRORS_SHOWN_MAX = 5
+
+
+class Message(NamedTuple):
+    """A raw message as read from ``rcm.events``."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+
+@dataclass
+class Counts:
+    applied: int = 0
+    replays: int = 0
+    redeliveries: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    postings: int = 0
+    exceptions: int = 0
+
+    def add(self, other: Counts) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class BatchResult:
+    """What a batch writes and sends, in the order it must reach the broker."""
+
+    #: Phase 1: dedup records (key -> value), durable before anything below is sent.
+    dedup_writes: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
+    #: Phase 2: the newest state of each touched account, by (partition, account).
+    state_writes: dict[tuple[int, str], AccountState] = field(default_factory=dict)
+    #: Phase 2: (source partition, account key, delta JSON) for rcm.postings.
+    postings: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    #: Phase 2: (source partition, source key, record JSON) for rcm.dlq.
+    dlq: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    counts: Counts = field(default_factory=Counts)
+
+
+StateLookup = Callable[[int, str], AccountState | None]
+DedupLookup = Callable[[int, bytes], DedupEntry | None]
+
+
+class Processor:
+    def __init__(
+        self,
+        chart: ChartOfAccounts,
+        *,
+        event_bytes_max: int = EVENT_BYTES_MAX,
+        account_items_max: int = ACCOUNT_ITEMS_MAX,
+    ) -> None:
+        self.chart = chart
+        self.event_bytes_max = event_bytes_max
+        self.account_items_max = account_items_max
+
+    def process(
+        self, messages: list[Message], load_state: StateLookup, load_dedup: DedupLookup
+    ) -> BatchResult:
+        result = BatchResult()
+        for message in messages:
+            self._one(message, result, load_state, load_dedup)
+        return result
+
+    def _one(
+        self,
+        msg: Message,
+        out: BatchResult,
+        load_state: StateLookup,
+        load_dedup: DedupLookup,
+    ) -> None:
+        decoded = self._decode(msg)
+        if isinstance(decoded, Rejection):
+            self._reject(msg, out, decoded, event=None)
+            return
+        event = decoded
+        digest = event_digest(event)
+        dkey = dedup_key(event.account, event.event_id)
+        part = msg.partition
+        entry = out_dedup(out, part, dkey) or load_dedup(part, dkey)
+        verdict = judge(entry, digest, part, msg.offset)
+        if verdict is Verdict.REPLAY:
+            out.counts.replays += 1
+            return
+        if verdict is Verdict.CONFLICT:
+            assert entry is not None
+            out.counts.conflicts += 1
+            detail = (
+                f"event_id {event.event_id!r} was applied from partition {entry.partition} "
+                f"offset {entry.offset} with other content; this one is not applied"
+            )
+            self._reject(msg, out, Rejection(stage="dedup", reason_code="conflict",
+                                             detail=detail), event)
+            return
+        state = out.state_writes.get((part, event.account)) or load_state(part, event.account)
+        if verdict is Verdict.REDELIVERY:
+            assert entry is not None
+            self._redeliver(msg, out, event, entry, state)
+            return
+        outcome = apply(state or new_account(event.account), event, self.chart,
+                        items_max=self.account_items_max)
+        if isinstance(outcome, Rejection):
+            self._reject(msg, out, outcome, event)
+            return
+        out.counts.applied += 1
+        new_entry = self._emit(msg, out, event, outcome, digest)
+        out.dedup_writes[(part, dkey)] = new_entry.model_dump_json().encode()
+        out.state_writes[(part, event.account)] = outcome.state
+
+    def _redeliver(
+        self,
+        msg: Message,
+        out: BatchResult,
+        event: Event,
+        entry: DedupEntry,
+        state: AccountState | None,
+    ) -> None:
+        """Re-send what this event emitted, and re-apply it if its state write was lost."""
+        out.counts.redeliveries += 1
+        current = state or new_account(event.account)
+        if current.version < entry.version:
+            assert current.version == entry.version - 1, (
+                f"account {event.account} at version {current.version} cannot be the state "
+                f"before {event.event_id} (version {entry.version})"
+            )
+            outcome = apply(current, event, self.chart, items_max=self.account_items_max)
+            assert isinstance(outcome, Applied), "an applied event failed on redelivery"
+            posting = _posting_json(outcome)
+            assert posting == entry.posting, "redelivered event posts differently"
+            current = outcome.state
+        # The changelog may lack either record (the local store can be ahead of it): write both.
+        out.dedup_writes[(msg.partition, dedup_key(event.account, event.event_id))] = (
+            entry.model_dump_json().encode()
+        )
+        out.state_writes[(msg.partition, event.account)] = current
+        key = event.account.encode()
+        if entry.posting is not None:
+            out.postings.append((msg.partition, key, entry.posting.encode()))
+            out.counts.postings += 1
+        for record in entry.exceptions:
+            out.dlq.append((msg.partition, key, record.encode()))
+            out.counts.exceptions += 1
+
+    def _emit(
+        self, msg: Message, out: BatchResult, event: Event, outcome: Applied, digest: str
+    ) -> DedupEntry:
+        key = event.account.encode()
+        posting = _posting_json(outcome)
+        if posting is not None:
+            out.postings.append((msg.partition, key, posting.encode()))
+            out.counts.postings += 1
+        exceptions: list[str] = []
+        for index, line in enumerate(outcome.unmapped):
+            record = dlq_record(
+                stage="posting",
+                reason_code="unmapped_dimension",
+                reason=f"no GL account for {line.missing} (entity "
+                f"{event.dimensions.entity}, chart {line.coa_version}): posted to suspense "
+                f"{line.gl_account}",
+                origin=_origin(msg),
+                payload=line.model_dump_json().encode(),
+                received_at=_received_at(msg),
+                context=_context(event),
+                severity="warning",
+                discriminator=str(index),
+            ).model_dump_json()
+            exceptions.append(record)
+            out.dlq.append((msg.partition, key, record.encode()))
+            out.counts.exceptions += 1
+        return DedupEntry(
+            digest=digest,
+            partition=msg.partition,
+            offset=msg.offset,
+            version=outcome.state.version,
+            posting=posting,
+            exceptions=tuple(exceptions),
+        )
+
+    def _decode(self, msg: Message) -> Event | Rejection:
+        value = msg.value
+        if value is None:
+            return Rejection(stage="decode", reason_code="empty", detail="message has no value")
+        if len(value) > self.event_bytes_max:
+            return Rejection(
+                stage="decode",
+                reason_code="too_large",
+                detail=f"event of {len(value)} bytes exceeds the {self.event_bytes_max} byte limit",
+            )
+        try:
+            event = EVENT_ADAPTER.validate_json(value)
+        except ValidationError as exc:
+            return describe_validation_error(exc)
+        if msg.key != event.account.encode():
+            return Rejection(
+                stage="validate",
+                reason_code="key_mismatch",
+                detail="message key is not the event's account: events must be keyed by "
+                "account (default partitioner) so each account stays in one partition",
+            )
+        return event
+
+    def _reject(
+        self, msg: Message, out: BatchResult, rejection: Rejection, event: Event | None
+    ) -> None:
+        if rejection.reason_code != "conflict":
+            out.counts.rejected += 1
+        record = dlq_record(
+            stage=rejection.stage,
+            reason_code=rejection.reason_code,
+            reason=rejection.detail,
+            origin=_origin(msg),
+            payload=msg.value or b"",
+            received_at=_received_at(msg),
+            context=_context(event) if event is not None else _loose_context(msg.value),
+        )
+        out.dlq.append((msg.partition, msg.key or b"", record.model_dump_json().encode()))
+
+
+def out_dedup(out: BatchResult, partition: int, key: bytes) -> DedupEntry | None:
+    """A dedup record written earlier in this batch (replays inside one batch)."""
+    raw = out.dedup_writes.get((partition, key))
+    return DedupEntry.model_validate_json(raw) if raw is not None else None
+
+
+def _posting_json(outcome: Applied) -> str | None:
+    return outcome.delta.model_dump_json() if outcome.delta is not None else None
+
+
+def _origin(msg: Message) -> Origin:
+    key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
+    return Origin(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=key)
+
+
+def _received_at(msg: Message) -> datetime | None:
+    if msg.timestamp_ms is None:
+        return None
+    return datetime.fromtimestamp(msg.timestamp_ms / 1000, tz=UTC)
+
+
+def _context(event: Event) -> dict[str, object]:
+    """Business context for a DLQ record: identifiers and money, never patient names."""
+    context: dict[str, object] = {
+        "account": event.account,
+        "event_id": event.event_id,
+        "kind": event.kind.value,
+        "correlation_id": event.correlation_id,
+        "source": event.source,
+    }
+    for name in ("amount_cents", "paid_cents", "charge_cents", "claim_id"):
+        if hasattr(event, name):
+            context[name] = getattr(event, name)
+    return context
+
+
+def _loose_context(value: bytes | None) -> dict[str, object]:
+    """Best-effort context from an event that failed validation (for filtering the DLQ)."""
+    try:
+        doc = json.loads(value or b"")
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {k: doc[k] for k in ("account", "event_id", "kind") if isinstance(doc.get(k), str)}
+
+
+def describe_validation_error(exc: ValidationError) -> Rejection:
+    """A readable sentence and a stable code for why an event did not validate."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return Rejection(stage="decode", reason_code="invalid_json",
+                         detail=f"not valid JSON: {first['msg']}")
+    if first["type"] == "union_tag_invalid":
+        kinds = ", ".join(kind.value for kind in EventKind)
+        return Rejection(stage="validate", reason_code="unknown_kind",
+                         detail=f"unknown kind {first['ctx']['tag']!r}; known kinds: {kinds}")
+    if first["type"] == "union_tag_not_found":
+        return Rejection(stage="validate", reason_code="unknown_kind",
+                         detail="the event has no 'kind'")
+    parts = []
+    for err in errors[:ERRORS_SHOWN_MAX]:
+        # Drop the discriminator tag from the location: ('charge_posted', 'amount_cents').
+        loc = ".".join(str(p) for p in err["loc"][1:]) or str(err["loc"][0] if err["loc"] else "")
+        got = err.get("input")
+        shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+        parts.append(f"{loc or 'event'}: {err['msg']}{shown}")
+    if len(errors) > ERRORS_SHOWN_MAX:
+        parts.append(f"... and {len(errors) - ERRORS_SHOWN_MAX} more")
+    code = "invalid_event"
+    if any(err["loc"][1:2] == ("schema_version",) for err in errors):
+        code = "unsupported_schema_version"
+    return Rejection(stage="validate", reason_code=code, detail="; ".join(parts))

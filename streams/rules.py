@@ -1,0 +1,263 @@
+"""Posting rules (ACCOUNTING.md): event + account state -> balanced bucket movements.
+
+A movement is one side of a journal entry: a GL role (resolved through the chart of accounts),
+the account-state bucket it moves, and a signed amount (positive = debit, negative = credit).
+The account's ledger buckets move only through these movements, which is what makes the sum of
+an account's posting deltas equal its balances. Every rule emits movements that sum to zero.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .chart import ChartOfAccounts
+from .events import (
+    AccountStatusChanged,
+    ChargePosted,
+    ChargeReversed,
+    ClaimAdjudicated,
+    ClaimSubmitted,
+    Event,
+    ManualAdjustment,
+    PatientPayment,
+    ProviderAdjustment,
+    Refund,
+    WriteOff,
+)
+from .rejections import Rejection
+from .state import DEBIT_NORMAL_BUCKETS, AccountState
+
+__all__ = ["Movement", "movements_for", "bucket_effects"]
+
+WRITE_OFF_ROLES = {
+    "price_concession": "price_concession",
+    "bad_debt": "bad_debt_expense",
+    "charity": "charity",
+    "small_balance": "admin_adjustment",
+    "administrative": "admin_adjustment",
+    "denial": "denial_writeoff",
+}
+#: Where an unmapped CAS amount is counted while its GL line sits in suspense.
+SUSPENSE_BUCKET_BY_GROUP = {
+    "CO": "contractual_adjustments",
+    "PR": "patient_ar",
+    "OA": "other_adjustments",
+    "PI": "other_adjustments",
+    "CR": "other_adjustments",
+}
+
+
+class Movement(NamedTuple):
+    role: str
+    bucket: str
+    amount_cents: int  # positive = debit, negative = credit
+    memo: str
+    dimension: str | None = None  # department or payer class, for dimensioned roles
+    #: Post to suspense regardless of the mapping (an unmapped CARC or PLB code).
+    force_suspense: str | None = None
+
+
+def _ar(self_pay: bool) -> tuple[str, str]:
+    return ("ar_self_pay", "patient_ar") if self_pay else ("ar_insurance", "insurance_ar")
+
+
+def _pair(debit: tuple[str, str], credit: tuple[str, str], amount: int, memo: str,
+          debit_dimension: str | None = None, credit_dimension: str | None = None,
+          force_suspense: str | None = None) -> list[Movement]:
+    """Dr ``debit`` / Cr ``credit`` for ``amount`` (a negative amount swaps the sides)."""
+    if amount == 0:
+        return []
+    return [
+        Movement(debit[0], debit[1], amount, memo, debit_dimension, force_suspense),
+        Movement(credit[0], credit[1], -amount, memo, credit_dimension),
+    ]
+
+
+def movements_for(
+    event: Event, state: AccountState, chart: ChartOfAccounts
+) -> list[Movement] | Rejection:
+    """The movements an event posts on an account in this state, or why it cannot post."""
+    if event.currency != chart.currency:
+        return Rejection(
+            stage="rules",
+            reason_code="currency_unsupported",
+            detail=f"currency {event.currency} is not the ledger currency {chart.currency}",
+        )
+    match event:
+        case ChargePosted():
+            return _charge(event, chart)
+        case ChargeReversed():
+            return _charge_reversal(event, state, chart)
+        case ClaimSubmitted() | AccountStatusChanged():
+            return []
+        case ClaimAdjudicated():
+            return _adjudication(event, state, chart)
+        case PatientPayment():
+            return _patient_payment(event, state)
+        case Refund():
+            return _refund(event, state)
+        case WriteOff():
+            return _write_off(event, state, chart)
+        case ManualAdjustment():
+            ar = _ar(event.ar == "patient")
+            return _pair(("admin_adjustment", "write_offs"), ar, event.amount_cents, "manual")
+        case ProviderAdjustment():
+            return _provider_adjustment(event, chart)
+    raise AssertionError(f"no posting rule for {type(event).__name__}")
+
+
+def _department(event: Event, chart: ChartOfAccounts) -> str:
+    """The department a charge's revenue posts to; unknown ones name what was looked up."""
+    dims = event.dimensions
+    department = dims.department or chart.department_for(dims.revenue_code)
+    if department is not None:
+        return department
+    return f"revenue code {dims.revenue_code}" if dims.revenue_code else "no department"
+
+
+def _charge(event: ChargePosted, chart: ChartOfAccounts) -> list[Movement]:
+    return _pair(_ar(event.self_pay), ("gross_revenue", "gross_charges"), event.amount_cents,
+                 "charge", credit_dimension=_department(event, chart))
+
+
+def _charge_reversal(
+    event: ChargeReversed, state: AccountState, chart: ChartOfAccounts
+) -> list[Movement] | Rejection:
+    self_pay = event.self_pay
+    if event.reverses_event_id is not None:
+        original = next((c for c in state.charges if c.event_id == event.reverses_event_id), None)
+        if original is None:
+            return Rejection(
+                stage="rules",
+                reason_code="unknown_charge",
+                detail=f"reverses charge {event.reverses_event_id!r}, not posted on this account",
+            )
+        if event.amount_cents > original.amount_cents - original.reversed_cents:
+            return Rejection(
+                stage="rules",
+                reason_code="reversal_exceeds_charge",
+                detail=f"reverses {event.amount_cents} cents of a charge with "
+                f"{original.amount_cents - original.reversed_cents} cents left",
+            )
+        self_pay = original.self_pay
+    return _pair(("gross_revenue", "gross_charges"), _ar(self_pay), event.amount_cents,
+                 "charge_reversal", debit_dimension=_department(event, chart))
+
+
+def _adjudication(
+    event: ClaimAdjudicated, state: AccountState, chart: ChartOfAccounts
+) -> list[Movement]:
+    payer_class = event.dimensions.payer_class
+    ar_ins = _ar(False)
+    moves = _pair(("cash_clearing", "payer_paid"), ar_ins, event.paid_cents, "payer_payment")
+    for adj in event.all_adjustments():
+        treatment = chart.carc_treatment(adj.group, adj.reason)
+        memo = adj.carc
+        if treatment == "contractual":
+            moves += _pair(("contractual", "contractual_adjustments"), ar_ins, adj.amount_cents,
+                           memo, debit_dimension=payer_class)
+        elif treatment == "patient_reclass":
+            moves += _pair(_ar(True), ar_ins, adj.amount_cents, memo)
+        elif treatment == "other_adjustment":
+            moves += _pair(("other_adjustment", "other_adjustments"), ar_ins, adj.amount_cents,
+                           memo)
+        elif treatment == "suspense":
+            bucket = SUSPENSE_BUCKET_BY_GROUP[adj.group]
+            moves += _pair(("suspense", bucket), ar_ins, adj.amount_cents, memo,
+                           force_suspense=f"carc_rules[{memo}]")
+        # denial_hold and no_entry: tracked on the claim, no ledger entry.
+    return moves
+
+
+def _patient_payment(event: PatientPayment, state: AccountState) -> list[Movement]:
+    cash_role = "cash_clearing" if event.channel == "lockbox" else "cash"
+    applied = min(event.amount_cents, max(state.balances.patient_ar, 0))
+    moves = [Movement(cash_role, "patient_paid", event.amount_cents, "patient_payment")]
+    if applied:
+        moves.append(Movement("ar_self_pay", "patient_ar", -applied, "patient_payment"))
+    if event.amount_cents - applied:
+        # Overpayment or no open balance: a credit balance (liability) until applied or refunded.
+        moves.append(Movement("unapplied_cash", "unapplied_credit",
+                              -(event.amount_cents - applied), "unapplied_cash"))
+    return moves
+
+
+def _refund(event: Refund, state: AccountState) -> list[Movement] | Rejection:
+    b = state.balances
+    if event.to == "payer":
+        credit = max(-b.insurance_ar, 0)
+        if event.amount_cents > credit:
+            return _refund_exceeds(event.amount_cents, credit, "payer")
+        return _pair(_ar(False), ("payer_overpayments", "refunds"), event.amount_cents,
+                     "refund_payer")
+    from_unapplied = min(event.amount_cents, b.unapplied_credit)
+    credit = b.unapplied_credit + max(-b.patient_ar, 0)
+    if event.amount_cents > credit:
+        return _refund_exceeds(event.amount_cents, credit, "patient")
+    moves = [Movement("refunds_payable_patient", "refunds", -event.amount_cents, "refund_patient")]
+    if from_unapplied:
+        moves.append(Movement("unapplied_cash", "unapplied_credit", from_unapplied,
+                              "refund_patient"))
+    if event.amount_cents - from_unapplied:
+        moves.append(Movement("ar_self_pay", "patient_ar", event.amount_cents - from_unapplied,
+                              "refund_patient"))
+    return moves
+
+
+def _refund_exceeds(amount: int, credit: int, to: str) -> Rejection:
+    return Rejection(
+        stage="rules",
+        reason_code="refund_exceeds_credit",
+        detail=f"refund of {amount} cents to the {to} exceeds the {credit} cents credit balance",
+    )
+
+
+def _write_off(
+    event: WriteOff, state: AccountState, chart: ChartOfAccounts
+) -> list[Movement] | Rejection:
+    threshold = chart.thresholds.small_balance_cents
+    if event.reason == "small_balance" and event.amount_cents >= threshold:
+        return Rejection(
+            stage="rules",
+            reason_code="small_balance_over_threshold",
+            detail=f"small-balance write-off of {event.amount_cents} cents is not under the "
+            f"{threshold} cents threshold",
+        )
+    role, bucket = _ar(event.ar == "patient")
+    open_cents = getattr(state.balances, bucket)
+    if event.amount_cents > open_cents:
+        return Rejection(
+            stage="rules",
+            reason_code="write_off_exceeds_balance",
+            detail=f"write-off of {event.amount_cents} cents exceeds the open {bucket} of "
+            f"{open_cents} cents",
+        )
+    return _pair((WRITE_OFF_ROLES[event.reason], "write_offs"), (role, bucket),
+                 event.amount_cents, f"write_off_{event.reason}")
+
+
+def _provider_adjustment(event: ProviderAdjustment, chart: ChartOfAccounts) -> list[Movement]:
+    # 835 sign: a positive PLB amount reduces the payment (money back to the payer).
+    memo = f"PLB-{event.reason_code}"
+    treatment = chart.plb_treatment(event.reason_code)
+    cash = ("cash_clearing", "payer_paid")
+    if treatment == "interest":
+        return _pair(cash, ("interest_income", "interest_income"), -event.amount_cents, memo)
+    if treatment == "payer_overpayment":
+        return _pair(cash, ("payer_overpayments", "payer_overpayments"), -event.amount_cents, memo)
+    if treatment == "suspense":
+        return [
+            Movement("cash_clearing", "payer_paid", -event.amount_cents, memo),
+            Movement("suspense", "other_adjustments", event.amount_cents, memo,
+                     force_suspense=f"plb_rules[{event.reason_code}]"),
+        ] if event.amount_cents else []
+    return []  # pair_with_WO: an authorised return paired with a WO nets to zero.
+
+
+def bucket_effects(movements: list[Movement]) -> dict[str, int]:
+    """How much each state bucket grows: debit-normal buckets with debits, others with credits."""
+    effects: dict[str, int] = {}
+    for move in movements:
+        sign = 1 if move.bucket in DEBIT_NORMAL_BUCKETS else -1
+        effects[move.bucket] = effects.get(move.bucket, 0) + sign * move.amount_cents
+    return effects

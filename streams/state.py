@@ -1,0 +1,149 @@
+"""Account state: the balance buckets, claims, payments and lifecycle of one account.
+
+State is immutable: ``apply`` builds a new value and the table stores it. Buckets are integer
+cents named exactly as ARCHITECTURE.md names them. The ledger buckets move only through
+posting lines (see ``rules.py``), so the sum of an account's posting deltas equals them; the
+tracking buckets (``denied``, ``patient_responsibility``) are statistics with no ledger entry.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from .events import Adjustment, ServiceLine
+
+__all__ = [
+    "LEDGER_BUCKETS",
+    "DEBIT_NORMAL_BUCKETS",
+    "Balances",
+    "ChargeRecord",
+    "Adjudication",
+    "ClaimState",
+    "PaymentRecord",
+    "AccountState",
+]
+
+#: Buckets that grow with a debit (assets, contra-revenue, money received).
+DEBIT_NORMAL_BUCKETS = frozenset(
+    {
+        "insurance_ar",
+        "patient_ar",
+        "payer_paid",
+        "patient_paid",
+        "contractual_adjustments",
+        "other_adjustments",
+        "write_offs",
+    }
+)
+#: Buckets that grow with a credit (revenue, liabilities, money paid out).
+CREDIT_NORMAL_BUCKETS = frozenset(
+    {"gross_charges", "refunds", "unapplied_credit", "interest_income", "payer_overpayments"}
+)
+#: Every bucket a posting line can move. ``interest_income`` and ``payer_overpayments`` are
+#: only ever non-zero on provider keys (835 PLB).
+LEDGER_BUCKETS = DEBIT_NORMAL_BUCKETS | CREDIT_NORMAL_BUCKETS
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Balances(_Frozen):
+    # ``balance`` is derived: it is shown in every snapshot and ignored when one is read back.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    gross_charges: int = 0
+    payer_paid: int = 0
+    contractual_adjustments: int = 0
+    patient_responsibility: int = 0
+    other_adjustments: int = 0
+    denied: int = 0
+    patient_paid: int = 0
+    refunds: int = 0
+    write_offs: int = 0
+    insurance_ar: int = 0
+    patient_ar: int = 0
+    unapplied_credit: int = 0
+    interest_income: int = 0
+    payer_overpayments: int = 0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def balance(self) -> int:
+        return self.insurance_ar + self.patient_ar - self.unapplied_credit
+
+    def moved(self, effects: dict[str, int]) -> Balances:
+        """These balances with signed bucket effects added."""
+        if not effects:
+            return self
+        assert effects.keys() <= LEDGER_BUCKETS, f"unknown buckets {effects.keys()}"
+        return self.model_copy(
+            update={name: getattr(self, name) + cents for name, cents in effects.items()}
+        )
+
+
+class ChargeRecord(_Frozen):
+    event_id: str
+    amount_cents: int
+    quantity: int
+    self_pay: bool
+    department: str | None
+    revenue_code: str | None
+    procedure_code: str | None
+    encounter: str | None
+    occurred_at: datetime
+    reversed_cents: int = 0
+
+
+class Adjudication(_Frozen):
+    event_id: str
+    outcome: str
+    payer: str | None
+    payer_claim_control_number: str | None
+    charge_cents: int
+    paid_cents: int
+    patient_responsibility_cents: int
+    adjustments: tuple[Adjustment, ...]
+    occurred_at: datetime
+    correlation_id: str | None
+
+
+class ClaimState(_Frozen):
+    claim_id: str
+    status: Literal["submitted", "adjudicated", "denied", "reversed"] = "submitted"
+    payer: str | None = None
+    payer_class: str | None = None
+    total_charge_cents: int = 0
+    lines: tuple[ServiceLine, ...] = ()
+    submitted_at: datetime | None = None
+    adjudications: tuple[Adjudication, ...] = ()
+
+
+class PaymentRecord(_Frozen):
+    event_id: str
+    kind: Literal["patient_payment", "refund"]
+    amount_cents: int
+    channel: str | None
+    reference: str | None
+    occurred_at: datetime
+    correlation_id: str | None
+
+
+class AccountState(_Frozen):
+    account: str
+    entity: str | None = None
+    status: str = "open"
+    version: int = Field(0, description="Grows by one with every applied event.")
+    last_event_id: str | None = None
+    last_event_at: datetime | None = None
+    balances: Balances = Balances()
+    charges: tuple[ChargeRecord, ...] = ()
+    claims: dict[str, ClaimState] = Field(default_factory=dict)
+    payments: tuple[PaymentRecord, ...] = ()
+
+    def item_count(self) -> int:
+        """Records held for this account: bounded by ``Settings.account_items_max``."""
+        return len(self.charges) + len(self.claims) + len(self.payments)

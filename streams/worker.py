@@ -1,0 +1,192 @@
+"""The Faust app: one agent applies ``rcm.events`` to the account tables, a batch at a time.
+
+The agent is a thin shell around the pure ``Processor``. Per batch, in this order:
+
+1. decode, dedup and apply every event (no I/O but table reads);
+2. write the dedup records (local store + changelog) and wait for the broker's acks;
+3. write the account states (local store + ``rcm.accounts``), send the posting deltas to
+   ``rcm.postings`` and rejections to ``rcm.dlq``, and wait for the acks;
+4. return, so ``take_events`` acks the batch and Faust may commit its offsets.
+
+A crash anywhere before 4 leaves the offsets uncommitted: the batch is read again, and the
+dedup records of step 2 turn it into re-sends of byte-identical deltas (``dedup.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import faust
+from faust.types import EventT, RecordMetadata
+from mode import CrashingSupervisor
+
+from rcmflow.settings import Settings
+from rcmflow.tables.account_tables import AccountTables
+from rcmflow.tables.faust_internals import install_highwater_fix
+
+from .chart import ChartOfAccounts
+from .processor import BatchResult, Counts, Message, Processor
+from .topics import DLQ, EVENTS, POSTINGS
+
+__all__ = ["build_app", "Pipeline", "claim_worker_dir", "WORKER_SLOTS_MAX"]
+
+log = logging.getLogger("rcmflow.worker")
+
+WORKER_SLOTS_MAX = 64
+PROGRESS_INTERVAL_S = 10.0
+
+
+@dataclass
+class Progress:
+    counts: Counts = field(default_factory=Counts)
+    batches: int = 0
+    events: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Pipeline:
+    """Runs batches through the processor and writes the results in crash-safe order."""
+
+    def __init__(self, app: faust.App, tables: AccountTables, processor: Processor,
+                 settings: Settings) -> None:
+        self.app = app
+        self.tables = tables
+        self.processor = processor
+        self.produce_timeout_s = settings.produce_timeout_s
+        self.progress = Progress()
+
+    async def handle(self, events: Sequence[EventT]) -> BatchResult:
+        messages = [
+            Message(
+                topic=e.message.topic,
+                partition=e.message.partition,
+                offset=e.message.offset,
+                key=e.message.key,
+                value=e.message.value,
+                timestamp_ms=int(e.message.timestamp * 1000) if e.message.timestamp else None,
+            )
+            for e in events
+        ]
+        result = self.processor.process(messages, self.tables.load_state, self.tables.load_dedup)
+        # Phase 1: dedup records are durable before anything they vouch for is sent.
+        dedup_acks = await self._acks(await self.tables.write_dedup(result.dedup_writes))
+        self.tables.dedup_io.persist_offsets(dedup_acks)
+        # Phase 2: states (= snapshots), deltas, DLQ records.
+        futures = await self.tables.write_states(result.state_writes)
+        state_count = len(futures)
+        for partition, key, value in result.postings:
+            futures.append(await self._send(POSTINGS, key, value, partition))
+        for partition, key, value in result.dlq:
+            futures.append(await self._send(DLQ, key, value, partition))
+        acks = await self._acks(futures)
+        self.tables.accounts_io.persist_offsets(acks[:state_count])
+        self.progress.counts.add(result.counts)
+        self.progress.batches += 1
+        self.progress.events += len(messages)
+        return result
+
+    async def _send(self, topic: str, key: bytes, value: bytes,
+                    partition: int) -> Awaitable[RecordMetadata]:
+        # Outputs go to the source partition's number (all rcm.* topics have the same count):
+        # co-partitioned, and what Faust's exactly_once transaction manager expects.
+        return await self.app.producer.send(topic, key, value, partition, None, None)
+
+    async def _acks(self, futures: list[Awaitable[RecordMetadata]]) -> list[RecordMetadata]:
+        if not futures:
+            return []
+        return list(await asyncio.wait_for(asyncio.gather(*futures), self.produce_timeout_s))
+
+    def log_progress(self) -> None:
+        p = self.progress
+        c = p.counts
+        rate = p.events / max(time.monotonic() - p.started, 1e-9)
+        log.info(
+            "events %d (%.0f/s): applied %d, replays %d, redelivered %d, conflicts %d, "
+            "rejected %d, postings %d, exceptions %d",
+            p.events, rate, c.applied, c.replays, c.redeliveries, c.conflicts, c.rejected,
+            c.postings, c.exceptions,
+        )
+
+
+def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path) -> faust.App:
+    """The Faust app of one worker process, its tables and its agent."""
+    install_highwater_fix()
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url(),
+        store="rocksdb://",
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee=settings.processing_guarantee,
+        # Tansu's first group join takes about half the session timeout; 10 s keeps it ~5 s.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=False,
+    )
+    tables = AccountTables(app, partitions=settings.partitions,
+                           state_cache_max=settings.state_cache_max)
+    processor = Processor(chart, event_bytes_max=settings.event_bytes_max,
+                          account_items_max=settings.account_items_max)
+    pipeline = Pipeline(app, tables, processor, settings)
+    # Raw bytes in: decoding is the processor's job, so a malformed event becomes a DLQ
+    # record instead of a ValueDecodeError that kills the agent.
+    events_topic = app.topic(EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw",
+                             value_serializer="raw", partitions=settings.partitions)
+
+    # A bug in the agent crashes the worker (offsets stay uncommitted, a supervisor restarts
+    # it) instead of leaving a process that looks healthy and consumes nothing.
+    @app.agent(events_topic, name="apply-events", supervisor_strategy=CrashingSupervisor)
+    async def apply_events(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
+            await pipeline.handle(batch)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        tables.forget_cache()
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        tables.forget_cache()
+
+    @app.timer(PROGRESS_INTERVAL_S)
+    async def _progress() -> None:
+        pipeline.log_progress()
+
+    app.rcmflow_pipeline = pipeline  # type: ignore[attr-defined]
+    return app
+
+
+def claim_worker_dir(data_dir: Path, name: str | None) -> tuple[Path, IO[str]]:
+    """Lock a worker directory for this process: ``name``, or the first free ``wN`` slot.
+
+    Each worker needs its own RocksDB directory; the lock keeps two processes out of one,
+    and a restarted worker takes its old slot back (and its tables with it).
+    """
+    names = [name] if name else [f"w{n}" for n in range(1, WORKER_SLOTS_MAX + 1)]
+    for candidate in names:
+        path = data_dir / "workers" / candidate
+        path.mkdir(parents=True, exist_ok=True)
+        handle = open(path / ".lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return path, handle
+    raise RuntimeError(
+        f"worker directory {names[0] if name else 'slots w1..w64'} under {data_dir} is in use "
+        "by another worker; set RCMFLOW_WORKER_NAME or RCMFLOW_DATA_DIR"
+    )

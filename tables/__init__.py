@@ -1,0 +1,1 @@
+"""Account state and dedup tables: Faust tables on RocksDB with changelogs."""

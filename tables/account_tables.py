@@ -1,0 +1,117 @@
+"""The two tables of rcmflow, co-partitioned with ``rcm.events`` by account.
+
+- **accounts**: account -> ``AccountState`` JSON. Its changelog *is* ``rcm.accounts`` (a
+  compacted topic), so every state write is also the snapshot the facade and operators read.
+- **dedup**: (account, event_id) -> ``DedupEntry`` JSON, changelog ``<app>-dedup-changelog``.
+
+Both are RocksDB stores (rocksdict) written a batch at a time (see ``faust_internals``).
+Decoded states are cached in memory; the cache is dropped whenever partitions move, because
+recovery writes the stores underneath it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Iterable
+
+import faust
+from faust.types import RecordMetadata
+
+from rcmflow.streams.dedup import DedupEntry
+from rcmflow.streams.state import AccountState
+from rcmflow.streams.topics import ACCOUNTS
+
+from .faust_internals import TableIO
+
+__all__ = ["AccountTables"]
+
+
+class AccountTables:
+    def __init__(self, app: faust.App, *, partitions: int, state_cache_max: int) -> None:
+        changelog = app.topic(
+            ACCOUNTS,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=partitions,
+            compacting=True,
+            internal=True,
+        )
+        self.accounts = app.Table(
+            "accounts",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            changelog_topic=changelog,
+            help="Account state by account number; changelog = rcm.accounts snapshots.",
+        )
+        self.dedup = app.Table(
+            "dedup",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            help="Applied events by (account, event_id): digest, offset, what was emitted.",
+        )
+        self.accounts_io = TableIO(app, self.accounts)
+        self.dedup_io = TableIO(app, self.dedup)
+        self._cache: OrderedDict[tuple[int, str], AccountState] = OrderedDict()
+        self._cache_max = state_cache_max
+
+    def forget_cache(self) -> None:
+        """Partitions moved: states may have been rewritten by recovery."""
+        self._cache.clear()
+
+    def load_state(self, partition: int, account: str) -> AccountState | None:
+        key = (partition, account)
+        state = self._cache.get(key)
+        if state is not None:
+            self._cache.move_to_end(key)
+            return state
+        raw = self.accounts_io.get(partition, account.encode())
+        if raw is None:
+            return None
+        state = AccountState.model_validate_json(raw)
+        self._remember(key, state)
+        return state
+
+    def load_dedup(self, partition: int, key: bytes) -> DedupEntry | None:
+        raw = self.dedup_io.get(partition, key)
+        return DedupEntry.model_validate_json(raw) if raw is not None else None
+
+    async def write_dedup(
+        self, writes: dict[tuple[int, bytes], bytes]
+    ) -> list[Awaitable[RecordMetadata]]:
+        """Store dedup records locally and queue their changelog records."""
+        return await self._write(self.dedup_io, writes.items())
+
+    async def write_states(
+        self, writes: dict[tuple[int, str], AccountState]
+    ) -> list[Awaitable[RecordMetadata]]:
+        """Store account states locally and queue their snapshots (rcm.accounts)."""
+        encoded = []
+        for (partition, account), state in writes.items():
+            self._remember((partition, account), state)
+            encoded.append(((partition, account.encode()), state.model_dump_json().encode()))
+        return await self._write(self.accounts_io, encoded)
+
+    async def _write(
+        self, io: TableIO, items: Iterable[tuple[tuple[int, bytes], bytes]]
+    ) -> list[Awaitable[RecordMetadata]]:
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for (partition, key), value in items:
+            by_partition.setdefault(partition, []).append((key, value))
+        futures = []
+        for partition, pairs in by_partition.items():
+            io.put_local(partition, pairs)
+            for key, value in pairs:
+                futures.append(await io.send_changelog(partition, key, value))
+        return futures
+
+    def _remember(self, key: tuple[int, str], state: AccountState) -> None:
+        if self._cache_max <= 0:
+            return
+        self._cache[key] = state
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_max:
+            self._cache.popitem(last=False)

@@ -1,0 +1,155 @@
+"""Everything rcmflow needs from Faust beyond its public API, in one place.
+
+faust-streaming is pinned (pyproject.toml) and ``tests/tables/test_faust_internals.py`` fails
+when any of these hooks moves. Two reasons to reach inside:
+
+1. **Batch writes.** ``table[key] = value`` sends one changelog record through Faust's own
+   producer path per write, which costs ~120 µs on this class of machine. rcmflow instead
+   writes a whole batch to the table's RocksDB partition, produces its changelog records
+   through the transport producer, waits once for the acks and then records the changelog
+   offset the way ``Collection._on_changelog_sent`` does, so recovery resumes from it.
+2. **Recovery highwaters on Tansu.** The embedded broker answers ListOffsets(LATEST) with the
+   base offset of the last record batch + 1 instead of the log end; Faust's recovery stops at
+   that answer and silently misses records (or raises ConsistencyError when the local store is
+   further along). ``install_highwater_fix`` takes the larger of that answer and the high
+   watermark a short-lived, group-less consumer reads from a fetch. On Apache Kafka both agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any, cast
+
+import aiokafka
+import faust
+from aiokafka.structs import TopicPartition
+from faust.tables.base import Collection
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, RecordMetadata
+
+__all__ = [
+    "FAUST_VERSION",
+    "TableIO",
+    "install_highwater_fix",
+    "fetch_highwaters",
+]
+
+#: The faust-streaming release these hooks were written and tested against.
+FAUST_VERSION = "0.15.3"
+#: How long the highwater probe may take before recovery fails loudly.
+HIGHWATER_PROBE_TIMEOUT_S = 30.0
+
+
+class TableIO:
+    """Raw, batched access to one Faust table's RocksDB partitions and its changelog."""
+
+    def __init__(self, app: faust.App, table: Collection) -> None:
+        self.app = app
+        self.table = table
+
+    @property
+    def changelog_topic(self) -> str:
+        return cast(str, self.table.changelog_topic.get_topic_name())
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        db = self.table.data._db_for_partition(partition)
+        value = db.get(key)
+        return cast(bytes | None, value)
+
+    def put_local(self, partition: int, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Write to the local store (before the changelog: the store may run ahead of it)."""
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        for key, value in items:
+            batch.put(key, value)
+        self.table.data._db_for_partition(partition).write(batch)
+
+    async def send_changelog(
+        self, partition: int, key: bytes, value: bytes
+    ) -> Awaitable[RecordMetadata]:
+        """Queue a changelog record; await the returned future for the broker's ack."""
+        return await self.app.producer.send(
+            self.changelog_topic, key, value, partition, None, None
+        )
+
+    def persist_offsets(self, acked: Iterable[RecordMetadata]) -> None:
+        """Remember the newest changelog offset per partition, as Faust does after a send."""
+        newest: dict[TP, int] = {}
+        for meta in acked:
+            tp = TP(meta.topic_partition.topic, meta.topic_partition.partition)
+            newest[tp] = max(meta.offset, newest.get(tp, -1))
+        for tp, offset in newest.items():
+            if self.app.in_transaction:
+                # exactly_once: the offset becomes true only when the transaction commits.
+                self.app.tables.persist_offset_on_commit(self.table.data, tp, offset)
+            else:
+                self.table.data.set_persisted_offset(tp, offset)
+
+
+async def fetch_highwaters(
+    bootstrap_servers: list[str],
+    listed: Mapping[TopicPartition, int],
+    *,
+    timeout_s: float = HIGHWATER_PROBE_TIMEOUT_S,
+) -> dict[TopicPartition, int]:
+    """The high watermark of each partition as a fetch response reports it.
+
+    ``listed`` holds the ListOffsets answers; a partition listed at 0 is empty. The probe
+    consumer joins no group and commits nothing.
+    """
+    wanted = {
+        TopicPartition(tp.topic, tp.partition): off for tp, off in listed.items() if off and off > 0
+    }
+    found: dict[TopicPartition, int] = {}
+    if not wanted:
+        return found
+    probe = aiokafka.AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=1024,
+    )
+    await probe.start()
+    try:
+        probe.assign(list(wanted))
+        for tp, listed_offset in wanted.items():
+            probe.seek(tp, listed_offset - 1)
+        deadline = time.monotonic() + timeout_s
+        while len(found) < len(wanted):
+            if time.monotonic() > deadline:
+                missing = sorted(str(tp) for tp in wanted if tp not in found)
+                raise TimeoutError(f"no high watermark fetched for {missing} in {timeout_s}s")
+            await probe.getmany(timeout_ms=200, max_records=1)
+            for tp in wanted:
+                hw = probe.highwater(tp)
+                if hw is not None:
+                    found[tp] = hw
+                    probe.pause(tp)
+    finally:
+        await probe.stop()
+    return found
+
+
+def install_highwater_fix() -> None:
+    """Make Faust's recovery read changelogs to their true end on Tansu (idempotent)."""
+    thread_cls: Any = faust_aiokafka.AIOKafkaConsumerThread
+    if getattr(thread_cls, "_rcmflow_highwater_fix", False):
+        return
+    listed_highwaters = thread_cls._highwaters
+
+    async def _highwaters(self: Any, partitions: list[TP]) -> Mapping[TP, int]:
+        listed = await listed_highwaters(self, partitions)
+        if self.consumer.in_transaction:
+            return cast(Mapping[TP, int], listed)
+        servers = faust_aiokafka.server_list(self.transport.url, self.transport.default_port)
+        fetched = await fetch_highwaters(servers, listed)
+        return {
+            tp: max(offset or 0, fetched.get(TopicPartition(tp.topic, tp.partition), 0))
+            for tp, offset in listed.items()
+        }
+
+    thread_cls._highwaters = _highwaters
+    thread_cls._rcmflow_highwater_fix = True
