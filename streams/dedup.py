@@ -11,6 +11,7 @@ a replay, and the stored delta is re-sent byte-identical.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,10 +24,14 @@ class DedupEntry(BaseModel):
     digest: str
     partition: int
     offset: int
+    #: ``applied``: the account moved to ``version``. ``rejected``: a posting rule refused the
+    #: event (its DLQ record is kept below); the key is used up all the same, so a replay of
+    #: it changes nothing later either, even where the account could now take it.
+    outcome: Literal["applied", "rejected"] = "applied"
     version: int
-    #: The posting delta exactly as sent, or None for a status-only event.
+    #: The posting delta exactly as sent, or None for a status-only or rejected event.
     posting: str | None = None
-    #: Exception records (unmapped lines) exactly as sent to the DLQ.
+    #: DLQ records exactly as sent: exception records (unmapped lines) or the rejection.
     exceptions: tuple[str, ...] = ()
 
 

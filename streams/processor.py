@@ -131,10 +131,14 @@ class Processor:
             assert entry is not None
             self._redeliver(msg, out, event, entry, state)
             return
-        outcome = apply(state or new_account(event.account), event, self.chart,
-                        items_max=self.account_items_max)
+        current = state or new_account(event.account)
+        outcome = apply(current, event, self.chart, items_max=self.account_items_max)
         if isinstance(outcome, Rejection):
-            self._reject(msg, out, outcome, event)
+            record = self._reject(msg, out, outcome, event)
+            out.dedup_writes[(part, dkey)] = DedupEntry(
+                digest=digest, partition=part, offset=msg.offset, outcome="rejected",
+                version=current.version, exceptions=(record,),
+            ).model_dump_json().encode()
             return
         out.counts.applied += 1
         new_entry = self._emit(msg, out, event, outcome, digest)
@@ -152,7 +156,7 @@ class Processor:
         """Re-send what this event emitted, and re-apply it if its state write was lost."""
         out.counts.redeliveries += 1
         current = state or new_account(event.account)
-        if current.version < entry.version:
+        if entry.outcome == "applied" and current.version < entry.version:
             assert current.version == entry.version - 1, (
                 f"account {event.account} at version {current.version} cannot be the state "
                 f"before {event.event_id} (version {entry.version})"
@@ -166,7 +170,8 @@ class Processor:
         out.dedup_writes[(msg.partition, dedup_key(event.account, event.event_id))] = (
             entry.model_dump_json().encode()
         )
-        out.state_writes[(msg.partition, event.account)] = current
+        if entry.outcome == "applied":
+            out.state_writes[(msg.partition, event.account)] = current
         key = event.account.encode()
         if entry.posting is not None:
             out.postings.append((msg.partition, key, entry.posting.encode()))
@@ -235,7 +240,8 @@ class Processor:
 
     def _reject(
         self, msg: Message, out: BatchResult, rejection: Rejection, event: Event | None
-    ) -> None:
+    ) -> str:
+        """Answer input that is not applied with a DLQ record; returns the record."""
         if rejection.reason_code != "conflict":
             out.counts.rejected += 1
         record = dlq_record(
@@ -246,8 +252,9 @@ class Processor:
             payload=msg.value or b"",
             received_at=_received_at(msg),
             context=_context(event) if event is not None else _loose_context(msg.value),
-        )
-        out.dlq.append((msg.partition, msg.key or b"", record.model_dump_json().encode()))
+        ).model_dump_json()
+        out.dlq.append((msg.partition, msg.key or b"", record.encode()))
+        return record
 
 
 def out_dedup(out: BatchResult, partition: int, key: bytes) -> DedupEntry | None:

@@ -1,0 +1,112 @@
+"""Canonical events: what validates, what does not, and what the DLQ reason says."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from rcmflow.streams.chart import load_chart
+from rcmflow.streams.events import EVENT_ADAPTER, EventKind, event_digest, events_json_schema
+from rcmflow.streams.processor import Processor
+from tests.factories import adjudication, charge, event_doc, messages, parse, payment
+
+EVERY_KIND = [
+    charge(100),
+    event_doc("charge_reversed", amount_cents=100),
+    event_doc("claim_submitted", claim_id="C1", total_charge_cents=300,
+              lines=[{"line_id": "1", "charge_cents": 100}, {"line_id": "2", "charge_cents": 200}]),
+    adjudication(300, 200, [("CO", "45", 100)]),
+    payment(100),
+    event_doc("refund", amount_cents=100),
+    event_doc("write_off", amount_cents=100, reason="charity"),
+    event_doc("manual_adjustment", amount_cents=-100),
+    event_doc("account_status_changed", status="closed"),
+    event_doc("provider_adjustment", "provider:99", reason_code="L6", amount_cents=-5),
+]
+
+
+def reject(value: dict[str, Any] | bytes) -> tuple[str, str]:
+    """(reason_code, reason) the worker gives this input."""
+    doc = value if isinstance(value, dict) else None
+    raw = json.dumps(doc).encode() if doc is not None else value
+    assert isinstance(raw, bytes)
+    key = doc["account"] if doc is not None and "account" in doc else "A1"
+    result = Processor(load_chart()).process(messages([(key, raw)]), lambda p, a: None,
+                                             lambda p, k: None)
+    assert result.counts.applied == 0, "expected a rejection"
+    record = json.loads(result.dlq[0][2])
+    return record["reason_code"], record["reason"]
+
+
+def test_every_kind_validates_and_round_trips() -> None:
+    assert {d["kind"] for d in EVERY_KIND} == {k.value for k in EventKind}
+    for doc in EVERY_KIND:
+        event = parse(doc)
+        assert EVENT_ADAPTER.validate_json(event.model_dump_json()) == event
+
+
+@pytest.mark.parametrize("amount", [12.5, 100.0, "100", True, None])
+def test_money_must_be_integer_cents(amount: object) -> None:
+    code, reason = reject(charge(100) | {"amount_cents": amount})
+    assert code == "invalid_event"
+    assert "amount_cents" in reason
+
+
+def test_negative_amount_where_not_allowed() -> None:
+    code, reason = reject(payment(-5))
+    assert code == "invalid_event" and "greater than 0" in reason
+
+
+def test_unknown_kind_names_the_kind_and_the_known_ones() -> None:
+    code, reason = reject(event_doc("charge_teleported", amount_cents=1))
+    assert code == "unknown_kind"
+    assert "'charge_teleported'" in reason and "charge_posted" in reason
+
+
+def test_unknown_schema_version() -> None:
+    assert reject(charge(1) | {"schema_version": 2})[0] == "unsupported_schema_version"
+
+
+def test_unknown_currency_and_malformed_currency() -> None:
+    assert reject(charge(1, currency="XYZ"))[0] == "currency_unsupported"
+    assert reject(charge(1, currency="usd"))[0] == "invalid_event"
+
+
+def test_broken_json_and_too_large() -> None:
+    assert reject(b'{"account": "A1", "kind": ')[0] == "invalid_json"
+    big = charge(1, source="x" * 300_000)
+    assert reject(big)[0] == "too_large"
+
+
+def test_unbalanced_adjudication_is_refused_with_the_numbers() -> None:
+    code, reason = reject(adjudication(1_000, 600, [("CO", "45", 300)]))
+    assert code == "invalid_event"
+    assert "charge 1000 - paid 600 != adjustments 300" in reason
+
+
+def test_provider_keys_are_only_for_provider_adjustments() -> None:
+    assert reject(charge(1, account="provider:1"))[0] == "invalid_event"
+    assert reject(event_doc("provider_adjustment", "A1", reason_code="L6",
+                            amount_cents=1))[0] == "invalid_event"
+
+
+def test_key_must_be_the_account() -> None:
+    raw = json.dumps(charge(1, account="A2")).encode()
+    result = Processor(load_chart()).process(messages([("A1", raw)]), lambda p, a: None,
+                                             lambda p, k: None)
+    assert json.loads(result.dlq[0][2])["reason_code"] == "key_mismatch"
+
+
+def test_digest_ignores_key_order_and_whitespace_but_not_content() -> None:
+    doc = charge(100, event_id="X")
+    reordered = json.loads(json.dumps(dict(reversed(list(doc.items())))))
+    assert event_digest(parse(doc)) == event_digest(parse(reordered))
+    assert event_digest(parse(doc)) != event_digest(parse(doc | {"amount_cents": 101}))
+
+
+def test_published_schema_names_every_kind() -> None:
+    schema = events_json_schema()
+    assert schema["discriminator"]["propertyName"] == "kind"  # type: ignore[index]
+    assert set(schema["discriminator"]["mapping"]) == {k.value for k in EventKind}  # type: ignore[index]
