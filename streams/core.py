@@ -76,7 +76,7 @@ def apply(
         "entity": state.entity or event.dimensions.entity,
         "last_event_id": event.event_id,
         "last_event_at": event.occurred_at,
-        "balances": balances.moved(bucket_effects(movements)),
+        "balances": balances.moved(bucket_effects((m.bucket, m.amount_cents) for m in movements)),
     }
     return Applied(state.model_copy(update=updates), delta, unmapped)
 

@@ -8,6 +8,7 @@ an account's posting deltas equal its balances. Every rule emits movements that 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from .chart import ChartOfAccounts
@@ -24,10 +25,11 @@ from .events import (
     Refund,
     WriteOff,
 )
+from .postings import PostingLine
 from .rejections import Rejection
 from .state import DEBIT_NORMAL_BUCKETS, AccountState
 
-__all__ = ["Movement", "movements_for", "bucket_effects"]
+__all__ = ["Movement", "movements_for", "bucket_effects", "delta_amounts"]
 
 WRITE_OFF_ROLES = {
     "price_concession": "price_concession",
@@ -254,10 +256,19 @@ def _provider_adjustment(event: ProviderAdjustment, chart: ChartOfAccounts) -> l
     return []  # pair_with_WO: an authorised return paired with a WO nets to zero.
 
 
-def bucket_effects(movements: list[Movement]) -> dict[str, int]:
-    """How much each state bucket grows: debit-normal buckets with debits, others with credits."""
+def bucket_effects(amounts: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """How much each state bucket grows, from (bucket, signed debit-positive amount) pairs.
+
+    Debit-normal buckets grow with debits, the others with credits. The core moves account
+    state with it; reconciliation sums emitted posting lines with it.
+    """
     effects: dict[str, int] = {}
-    for move in movements:
-        sign = 1 if move.bucket in DEBIT_NORMAL_BUCKETS else -1
-        effects[move.bucket] = effects.get(move.bucket, 0) + sign * move.amount_cents
+    for bucket, amount in amounts:
+        sign = 1 if bucket in DEBIT_NORMAL_BUCKETS else -1
+        effects[bucket] = effects.get(bucket, 0) + sign * amount
     return effects
+
+
+def delta_amounts(lines: Iterable[PostingLine]) -> Iterator[tuple[str, int]]:
+    """(bucket, signed amount) of posting lines, for ``bucket_effects``."""
+    return ((line.bucket, line.debit_cents - line.credit_cents) for line in lines)

@@ -18,6 +18,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +31,10 @@ from mode import CrashingSupervisor
 
 from rcmflow.settings import Settings
 from rcmflow.tables.account_tables import AccountTables
-from rcmflow.tables.faust_internals import install_highwater_fix
+from rcmflow.tables.faust_internals import disable_gap_commits, install_highwater_fix, seek
 
 from .chart import ChartOfAccounts
+from .ordering import OffsetGuard
 from .processor import BatchResult, Counts, Message, Processor
 from .topics import DLQ, EVENTS, POSTINGS
 
@@ -42,6 +44,15 @@ log = logging.getLogger("rcmflow.worker")
 
 WORKER_SLOTS_MAX = 64
 PROGRESS_INTERVAL_S = 10.0
+#: A hole (see ``ordering.py``) is read again at most this often ...
+HOLE_RESEEK_S = 1.0
+#: ... and if it is still there after this long, the worker crashes rather than skip it.
+HOLE_WAIT_S = 60.0
+#: Test-only fault injection: "<point>:<batch number>" kills the worker (SIGKILL) right
+#: there, so crash tests can hit each step of a batch deterministically. Points:
+#: ``dedup-acked`` (dedup records durable, nothing else sent) and ``outputs-queued``
+#: (states, deltas and DLQ records handed to the producer, no ack awaited yet).
+KILL_AT_ENV = "RCMFLOW_TEST_KILL_AT"
 
 
 @dataclass
@@ -60,8 +71,13 @@ class Pipeline:
         self.app = app
         self.tables = tables
         self.processor = processor
+        self.guard = OffsetGuard(tables.load_next_offset)
+        #: (partition, offset) of a hole -> (first seen, last sought), monotonic seconds.
+        self._holes: dict[tuple[int, int], tuple[float, float]] = {}
         self.produce_timeout_s = settings.produce_timeout_s
         self.progress = Progress()
+        point, _, batch = os.environ.get(KILL_AT_ENV, "").partition(":")
+        self._kill_at = (point, int(batch)) if point else None
 
     async def handle(self, events: Sequence[EventT]) -> BatchResult:
         messages = [
@@ -75,10 +91,14 @@ class Pipeline:
             )
             for e in events
         ]
-        result = self.processor.process(messages, self.tables.load_state, self.tables.load_dedup)
+        admitted = self.guard.admit(messages)
+        result = self.processor.process(admitted.messages, self.tables.load_state,
+                                        self.tables.load_dedup)
         # Phase 1: dedup records are durable before anything they vouch for is sent.
-        dedup_acks = await self._acks(await self.tables.write_dedup(result.dedup_writes))
+        dedup_acks = await self._acks(
+            await self.tables.write_dedup(result.dedup_writes, admitted.advanced))
         self.tables.dedup_io.persist_offsets(dedup_acks)
+        self._fault_point("dedup-acked")
         # Phase 2: states (= snapshots), deltas, DLQ records.
         futures = await self.tables.write_states(result.state_writes)
         state_count = len(futures)
@@ -86,12 +106,39 @@ class Pipeline:
             futures.append(await self._send(POSTINGS, key, value, partition))
         for partition, key, value in result.dlq:
             futures.append(await self._send(DLQ, key, value, partition))
+        self._fault_point("outputs-queued")
         acks = await self._acks(futures)
         self.tables.accounts_io.persist_offsets(acks[:state_count])
         self.progress.counts.add(result.counts)
         self.progress.batches += 1
-        self.progress.events += len(messages)
+        self.progress.events += len(admitted.messages)
+        for partition in admitted.advanced:
+            self._holes = {k: v for k, v in self._holes.items() if k[0] != partition}
+        for partition, offset in admitted.holes.items():
+            await self._read_again(partition, offset)
         return result
+
+    async def _read_again(self, partition: int, offset: int) -> None:
+        """A hole before the next record: seek back to it instead of applying past it."""
+        now = time.monotonic()
+        first, last = self._holes.get((partition, offset), (now, 0.0))
+        if now - first > HOLE_WAIT_S:
+            raise RuntimeError(
+                f"{EVENTS} partition {partition} has no record at offset {offset} after "
+                f"{HOLE_WAIT_S:.0f}s of reading it again: records were deleted (retention) or "
+                "written by a transactional producer; rcmflow does not skip events silently"
+            )
+        if now - last < HOLE_RESEEK_S:
+            return
+        self._holes[(partition, offset)] = (first, now)
+        log.warning("%s partition %d: the consumer skipped the records from offset %d; "
+                    "reading them again", EVENTS, partition, offset)
+        await seek(self.app, EVENTS, partition, offset)
+
+    def _fault_point(self, point: str) -> None:
+        if self._kill_at == (point, self.progress.batches):
+            log.warning("%s=%s: killing this worker", KILL_AT_ENV, self._kill_at)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     async def _send(self, topic: str, key: bytes, value: bytes,
                     partition: int) -> Awaitable[RecordMetadata]:
@@ -119,6 +166,7 @@ class Pipeline:
 def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path) -> faust.App:
     """The Faust app of one worker process, its tables and its agent."""
     install_highwater_fix()
+    disable_gap_commits()
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url(),
@@ -154,10 +202,12 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path) -> f
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         tables.forget_cache()
+        pipeline.guard.forget()
 
     @app.on_partitions_assigned.connect
     async def _assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         tables.forget_cache()
+        pipeline.guard.forget()
 
     @app.timer(PROGRESS_INTERVAL_S)
     async def _progress() -> None:

@@ -3,6 +3,9 @@
 - **accounts**: account -> ``AccountState`` JSON. Its changelog *is* ``rcm.accounts`` (a
   compacted topic), so every state write is also the snapshot the facade and operators read.
 - **dedup**: (account, event_id) -> ``DedupEntry`` JSON, changelog ``<app>-dedup-changelog``.
+  One reserved key per partition, ``NEXT_OFFSET_KEY``, holds the offset of the next rcm.events
+  record that partition must apply (see ``streams/ordering.py``); account keys cannot start
+  with the NUL byte it starts with.
 
 Both are RocksDB stores (rocksdict) written a batch at a time (see ``faust_internals``).
 Decoded states are cached in memory; the cache is dropped whenever partitions move, because
@@ -23,7 +26,9 @@ from rcmflow.streams.topics import ACCOUNTS
 
 from .faust_internals import TableIO
 
-__all__ = ["AccountTables"]
+__all__ = ["AccountTables", "NEXT_OFFSET_KEY"]
+
+NEXT_OFFSET_KEY = b"\x00next-offset"
 
 
 class AccountTables:
@@ -79,11 +84,18 @@ class AccountTables:
         raw = self.dedup_io.get(partition, key)
         return DedupEntry.model_validate_json(raw) if raw is not None else None
 
+    def load_next_offset(self, partition: int) -> int | None:
+        raw = self.dedup_io.get(partition, NEXT_OFFSET_KEY)
+        return int(raw) if raw is not None else None
+
     async def write_dedup(
-        self, writes: dict[tuple[int, bytes], bytes]
+        self, writes: dict[tuple[int, bytes], bytes], next_offsets: dict[int, int]
     ) -> list[Awaitable[RecordMetadata]]:
-        """Store dedup records locally and queue their changelog records."""
-        return await self._write(self.dedup_io, writes.items())
+        """Store dedup records and next-offsets locally and queue their changelog records."""
+        items = list(writes.items())
+        items += [((p, NEXT_OFFSET_KEY), str(offset).encode()) for p, offset in
+                  next_offsets.items()]
+        return await self._write(self.dedup_io, items)
 
     async def write_states(
         self, writes: dict[tuple[int, str], AccountState]

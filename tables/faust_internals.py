@@ -8,7 +8,13 @@ when any of these hooks moves. Two reasons to reach inside:
    writes a whole batch to the table's RocksDB partition, produces its changelog records
    through the transport producer, waits once for the acks and then records the changelog
    offset the way ``Collection._on_changelog_sent`` does, so recovery resumes from it.
-2. **Recovery highwaters on Tansu.** The embedded broker answers ListOffsets(LATEST) with the
+2. **No commits past unread records.** Faust's drain loop treats a jump in offsets as a "gap"
+   and lets the commit run past it. A jump also happens when records fetched before a
+   rebalance's seek are delivered after it; the records in between were never processed.
+   ``disable_gap_commits`` turns the gap bookkeeping off, so an offset is committed only when
+   every record before it was acked (``streams/ordering.py`` re-reads such holes). rcm.events is
+   written without transactions and kept forever, so it has no real gaps.
+3. **Recovery highwaters on Tansu.** The embedded broker answers ListOffsets(LATEST) with the
    base offset of the last record batch + 1 instead of the log end; Faust's recovery stops at
    that answer and silently misses records (or raises ConsistencyError when the local store is
    further along). ``install_highwater_fix`` takes the larger of that answer and the high
@@ -25,6 +31,7 @@ import aiokafka
 import faust
 from aiokafka.structs import TopicPartition
 from faust.tables.base import Collection
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, RecordMetadata
 
@@ -32,7 +39,9 @@ __all__ = [
     "FAUST_VERSION",
     "TableIO",
     "install_highwater_fix",
+    "disable_gap_commits",
     "fetch_highwaters",
+    "seek",
 ]
 
 #: The faust-streaming release these hooks were written and tested against.
@@ -131,6 +140,21 @@ async def fetch_highwaters(
     finally:
         await probe.stop()
     return found
+
+
+def disable_gap_commits() -> None:
+    """Commit only offsets below which every record was acked (idempotent)."""
+    consumer_cls: Any = faust_consumer.Consumer
+
+    async def _add_gap(self: Any, tp: TP, offset_from: int, offset_to: int) -> None:
+        return None
+
+    consumer_cls._add_gap = _add_gap
+
+
+async def seek(app: faust.App, topic: str, partition: int, offset: int) -> None:
+    """Make the consumer read ``partition`` again from ``offset``."""
+    await app.consumer.seek(TP(topic, partition), offset)
 
 
 def install_highwater_fix() -> None:

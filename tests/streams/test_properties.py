@@ -11,14 +11,16 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rcmflow.streams.chart import load_chart
-from rcmflow.streams.state import DEBIT_NORMAL_BUCKETS, LEDGER_BUCKETS, AccountState
+from rcmflow.streams.postings import PostingDelta
+from rcmflow.streams.rules import bucket_effects, delta_amounts
+from rcmflow.streams.state import LEDGER_BUCKETS, AccountState
 from tests.streams.memory_world import World
 from tests.streams.strategies import event_stream
 
@@ -60,15 +62,13 @@ def test_every_delta_balances_and_the_ledger_equals_the_state(
     values: list[tuple[str, bytes]]
 ) -> None:
     world = clean_run(values)
-    ledger: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    ledger: dict[str, Counter[str]] = defaultdict(Counter)
     for delta in deltas(world).values():
         debits = sum(line["debit_cents"] for line in delta["lines"])
         credits = sum(line["credit_cents"] for line in delta["lines"])
         assert debits == credits > 0
-        for line in delta["lines"]:
-            sign = 1 if line["bucket"] in DEBIT_NORMAL_BUCKETS else -1
-            ledger[delta["account"]][line["bucket"]] += sign * (
-                line["debit_cents"] - line["credit_cents"])
+        parsed = PostingDelta.model_validate(delta)
+        ledger[delta["account"]].update(bucket_effects(delta_amounts(parsed.lines)))
     for account, state in states(world).items():
         balances = state.balances.model_dump()
         for bucket in LEDGER_BUCKETS:

@@ -1,0 +1,152 @@
+"""kill -9 and rebalances with real worker processes: nothing lost, nothing doubled.
+
+At the end, the distinct posting ids and their contents equal what the pure core computes for
+the stream (= a run that never crashed), no posting id was ever sent with two contents, and the
+account tables (their rcm.accounts snapshots) equal the crash-free states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+
+import pytest
+
+from rcmflow.broker import EmbeddedBroker
+from rcmflow.kafka_io import read_topic
+from rcmflow.streams.topics import EVENTS
+from rcmflow.streams.worker import KILL_AT_ENV
+from tests.conftest import WorkerProcess, Workers, wait_until
+from tests.workload import Expected, Observed, Workload
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def publish_slowly(workload: Workload, bootstrap: str, chunks: int, pause_s: float) -> threading.Thread:
+    """Feed the stream in chunks from a thread, so workers die while events flow."""
+    size = len(workload.values) // chunks + 1
+
+    def feed() -> None:
+        for start in range(0, len(workload.values), size):
+            workload.publish(bootstrap, start, start + size)
+            time.sleep(pause_s)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return thread
+
+
+def assert_exact(observed: Observed, expected: Expected) -> None:
+    doubled = {pid: v for pid, v in observed.postings.items() if len(v) > 1}
+    assert not doubled, f"posting ids sent with two contents: {list(doubled)[:3]}"
+    missing = set(expected.postings) - set(observed.postings)
+    extra = set(observed.postings) - set(expected.postings)
+    assert not missing and not extra, f"{len(missing)} missing, {len(extra)} unexpected"
+    assert all(v == {expected.postings[pid]} for pid, v in observed.postings.items())
+    assert observed.states == expected.states
+    assert observed.dlq_reasons() == expected.dlq_reasons
+
+
+def converged(bootstrap: str, expected: Expected) -> bool:
+    observed = Observed.read(bootstrap)
+    return set(observed.postings) >= set(expected.postings) and observed.states == expected.states
+
+
+def difference(bootstrap: str, expected: Expected) -> str:
+    """What is still wrong, for a failure message."""
+    observed = Observed.read(bootstrap)
+    missing = sorted(set(expected.postings) - set(observed.postings))
+    wrong = sorted(a for a, s in expected.states.items() if observed.states.get(a) != s)
+    lines = [f"{len(missing)} postings missing, {len(wrong)} account states differ"]
+    lines.append(_offsets(bootstrap, {json.loads(expected.postings[p])["event_id"]
+                                      for p in missing}))
+    for account in wrong[:3]:
+        got = observed.states.get(account, {})
+        lines.append(f"{account}: expected version {expected.states[account]['version']}, "
+                     f"snapshot version {got.get('version')}")
+    return "\n".join(lines)
+
+
+def _offsets(bootstrap: str, event_ids: set[str]) -> str:
+    """Per partition: committed offset, log end, and where the unposted events sit."""
+    async def probe() -> str:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.structs import TopicPartition
+
+        events = await read_topic([bootstrap], EVENTS)
+        consumer = AIOKafkaConsumer(bootstrap_servers=[bootstrap], group_id="rcmflow",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            out = []
+            for partition in range(4):
+                tp = TopicPartition(EVENTS, partition)
+                offsets = [r.offset for r in events if r.partition == partition
+                           and json.loads(r.value).get("event_id") in event_ids]
+                end = max((r.offset for r in events if r.partition == partition), default=-1)
+                out.append(f"p{partition}: committed {await consumer.committed(tp)}, last "
+                           f"{end}, unposted at {offsets[:5]}..{offsets[-3:]} ({len(offsets)})")
+            return "\n".join(out)
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(probe())
+
+
+def wait_for_progress(bootstrap: str, worker: WorkerProcess, at_least: int) -> None:
+    wait_until(lambda: len(Observed.read(bootstrap).postings) >= at_least or not worker.alive(),
+               90, f"{at_least} postings", worker.log_tail)
+
+
+def test_kill_9_at_every_step_then_at_random(broker: EmbeddedBroker, workers: Workers) -> None:
+    workload = Workload.build(accounts=1200, seed=3)
+    expected = workload.expected()
+    feeder = publish_slowly(workload, broker.bootstrap, chunks=30, pause_s=0.6)
+    rng = random.Random(5)
+
+    # 1. The classic hole: dedup records durable, the deltas never sent.
+    worker = workers.start("w1", **{KILL_AT_ENV: "dedup-acked:3"})
+    wait_until(lambda: not worker.alive(), 90, "the injected kill after dedup", worker.log_tail)
+    assert worker.process.returncode == -9
+    # 2. States, deltas and DLQ records handed to the producer, no ack yet.
+    worker = workers.start("w1", **{KILL_AT_ENV: "outputs-queued:2"})
+    wait_until(lambda: not worker.alive(), 90, "the injected kill after sends",
+               worker.log_tail)
+    # 3. kill -9 from outside at random moments, keeping the store or losing it.
+    for round_ in range(3):
+        worker = workers.start("w1")
+        wait_for_progress(broker.bootstrap, worker, at_least=1)
+        time.sleep(rng.uniform(0.2, 2.5))
+        worker.kill()
+        if round_ == 1:
+            workers.wipe_tables("w1")
+    feeder.join()
+    worker = workers.start("w1")
+    wait_until(lambda: converged(broker.bootstrap, expected), 120, "convergence",
+               lambda: difference(broker.bootstrap, expected))
+    assert_exact(Observed.read(broker.bootstrap), expected)
+    assert worker.alive(), worker.log_tail()
+
+
+def test_two_workers_a_third_joins_one_dies_and_returns(
+    broker: EmbeddedBroker, workers: Workers
+) -> None:
+    workload = Workload.build(accounts=1200, seed=9)
+    expected = workload.expected()
+    feeder = publish_slowly(workload, broker.bootstrap, chunks=30, pause_s=0.8)
+    first, second = workers.start("w1"), workers.start("w2")
+    wait_for_progress(broker.bootstrap, first, at_least=200)
+    third = workers.start("w3")  # joins: partitions move while events flow
+    time.sleep(8)
+    second.kill()  # dies without leaving the group: noticed after the session timeout
+    time.sleep(4)
+    second = workers.start("w2")  # returns with its old store
+    feeder.join()
+    wait_until(lambda: converged(broker.bootstrap, expected), 150, "convergence",
+               lambda: difference(broker.bootstrap, expected))
+    assert_exact(Observed.read(broker.bootstrap), expected)
+    for worker in (first, second, third):
+        assert worker.alive(), worker.log_tail()
