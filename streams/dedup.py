@@ -1,11 +1,12 @@
 """Replay and conflict detection, TigerBeetle style: a replay is a no-op, a conflict is data.
 
 The dedup record of an applied event keeps its content digest, where it was read from
-(partition and offset), the account version it produced and the exact bytes of what it
-emitted. That last part closes the at-least-once hole without transactions: if a worker dies
-after the dedup record reached the changelog but before the delta left, the event is read again
-from the same offset (its offset was never committed), recognised as a *redelivery* rather than
-a replay, and the stored delta is re-sent byte-identical.
+(partition and offset) and the account version it produced. The worker writes a batch's
+deltas first, then its dedup records, then its states, waiting for the broker after each; so a
+dedup record on the broker means its delta is there too, and the classic at-least-once hole
+(dedup durable, delta lost, replay skipped) cannot open. An event read again from the offset its
+dedup record names is a *redelivery* (the batch did not finish), not a replay: if its state write
+was lost it is applied again, and must post exactly what it posted the first time.
 """
 
 from __future__ import annotations
@@ -25,14 +26,12 @@ class DedupEntry(BaseModel):
     partition: int
     offset: int
     #: ``applied``: the account moved to ``version``. ``rejected``: a posting rule refused the
-    #: event (its DLQ record is kept below); the key is used up all the same, so a replay of
-    #: it changes nothing later either, even where the account could now take it.
+    #: event (its DLQ record was sent); the key is used up all the same, so a replay of it
+    #: changes nothing later either, even where the account could now take it.
     outcome: Literal["applied", "rejected"] = "applied"
     version: int
-    #: The posting delta exactly as sent, or None for a status-only or rejected event.
-    posting: str | None = None
-    #: DLQ records exactly as sent: exception records (unmapped lines) or the rejection.
-    exceptions: tuple[str, ...] = ()
+    #: SHA-256 of the delta as sent (None: nothing posted), to check a re-application.
+    posting_sha256: str | None = None
 
 
 class Verdict(Enum):

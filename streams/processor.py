@@ -1,13 +1,14 @@
-"""One batch of raw ``rcm.events`` messages -> table writes and outgoing records.
+"""One batch of raw ``rcm.events`` messages -> outgoing records and table writes.
 
 Still pure: the caller hands in the messages and two lookups (account state, dedup record)
-and gets back what to write and what to send. The Faust agent (``worker.py``) does the I/O in
-the order crash safety needs: dedup records first, then states, deltas and DLQ records, and
-only then lets the offsets be committed.
+and gets back what to send and what to write. The Faust agent (``worker.py``) does the I/O in
+the order crash safety needs: deltas and DLQ records, then dedup records, then states, waiting
+for the broker after each, and only then lets the offsets be committed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,16 +60,16 @@ class Counts:
 
 @dataclass
 class BatchResult:
-    """What a batch writes and sends, in the order it must reach the broker."""
+    """What a batch sends and writes, in the order it must reach the broker."""
 
-    #: Phase 1: dedup records (key -> value), durable before anything below is sent.
-    dedup_writes: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
-    #: Phase 2: the newest state of each touched account, by (partition, account).
-    state_writes: dict[tuple[int, str], AccountState] = field(default_factory=dict)
-    #: Phase 2: (source partition, account key, delta JSON) for rcm.postings.
+    #: Phase 1: (source partition, account key, delta JSON) for rcm.postings.
     postings: list[tuple[int, bytes, bytes]] = field(default_factory=list)
-    #: Phase 2: (source partition, source key, record JSON) for rcm.dlq.
+    #: Phase 1: (source partition, source key, record JSON) for rcm.dlq.
     dlq: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    #: Phase 2: dedup records (key -> value): only once the outputs they vouch for are durable.
+    dedup_writes: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
+    #: Phase 3: the newest state of each touched account, by (partition, account).
+    state_writes: dict[tuple[int, str], AccountState] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
 
 
@@ -134,16 +135,16 @@ class Processor:
         current = state or new_account(event.account)
         outcome = apply(current, event, self.chart, items_max=self.account_items_max)
         if isinstance(outcome, Rejection):
-            record = self._reject(msg, out, outcome, event)
-            out.dedup_writes[(part, dkey)] = DedupEntry(
-                digest=digest, partition=part, offset=msg.offset, outcome="rejected",
-                version=current.version, exceptions=(record,),
-            ).model_dump_json().encode()
-            return
-        out.counts.applied += 1
-        new_entry = self._emit(msg, out, event, outcome, digest)
-        out.dedup_writes[(part, dkey)] = new_entry.model_dump_json().encode()
-        out.state_writes[(part, event.account)] = outcome.state
+            self._reject(msg, out, outcome, event)
+            entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
+                               outcome="rejected", version=current.version)
+        else:
+            out.counts.applied += 1
+            posting = self._emit(msg, out, event, outcome)
+            entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
+                               version=outcome.state.version, posting_sha256=_sha256(posting))
+            out.state_writes[(part, event.account)] = outcome.state
+        out.dedup_writes[(part, dkey)] = entry.model_dump_json().encode()
 
     def _redeliver(
         self,
@@ -153,7 +154,8 @@ class Processor:
         entry: DedupEntry,
         state: AccountState | None,
     ) -> None:
-        """Re-send what this event emitted, and re-apply it if its state write was lost."""
+        """An event of an unfinished batch: its outputs were durable before its dedup record,
+        so nothing is sent again; its state write may be lost, then it is applied again."""
         out.counts.redeliveries += 1
         current = state or new_account(event.account)
         if entry.outcome == "applied" and current.version < entry.version:
@@ -163,32 +165,23 @@ class Processor:
             )
             outcome = apply(current, event, self.chart, items_max=self.account_items_max)
             assert isinstance(outcome, Applied), "an applied event failed on redelivery"
-            posting = _posting_json(outcome)
-            assert posting == entry.posting, "redelivered event posts differently"
+            assert _sha256(_posting_json(outcome)) == entry.posting_sha256, \
+                "redelivered event posts differently"
             current = outcome.state
-        # The changelog may lack either record (the local store can be ahead of it): write both.
+        # The changelogs may lack either record (the local store can be ahead of them).
         out.dedup_writes[(msg.partition, dedup_key(event.account, event.event_id))] = (
             entry.model_dump_json().encode()
         )
         if entry.outcome == "applied":
             out.state_writes[(msg.partition, event.account)] = current
-        key = event.account.encode()
-        if entry.posting is not None:
-            out.postings.append((msg.partition, key, entry.posting.encode()))
-            out.counts.postings += 1
-        for record in entry.exceptions:
-            out.dlq.append((msg.partition, key, record.encode()))
-            out.counts.exceptions += 1
 
-    def _emit(
-        self, msg: Message, out: BatchResult, event: Event, outcome: Applied, digest: str
-    ) -> DedupEntry:
+    def _emit(self, msg: Message, out: BatchResult, event: Event, outcome: Applied) -> str | None:
+        """Queue the delta and its exception records; returns the delta as sent."""
         key = event.account.encode()
         posting = _posting_json(outcome)
         if posting is not None:
             out.postings.append((msg.partition, key, posting.encode()))
             out.counts.postings += 1
-        exceptions: list[str] = []
         for index, line in enumerate(outcome.unmapped):
             record = dlq_record(
                 stage="posting",
@@ -202,18 +195,10 @@ class Processor:
                 context=_context(event),
                 severity="warning",
                 discriminator=str(index),
-            ).model_dump_json()
-            exceptions.append(record)
-            out.dlq.append((msg.partition, key, record.encode()))
+            )
+            out.dlq.append((msg.partition, key, record.model_dump_json().encode()))
             out.counts.exceptions += 1
-        return DedupEntry(
-            digest=digest,
-            partition=msg.partition,
-            offset=msg.offset,
-            version=outcome.state.version,
-            posting=posting,
-            exceptions=tuple(exceptions),
-        )
+        return posting
 
     def _decode(self, msg: Message) -> Event | Rejection:
         value = msg.value
@@ -240,8 +225,8 @@ class Processor:
 
     def _reject(
         self, msg: Message, out: BatchResult, rejection: Rejection, event: Event | None
-    ) -> str:
-        """Answer input that is not applied with a DLQ record; returns the record."""
+    ) -> None:
+        """Answer input that is not applied with a DLQ record."""
         if rejection.reason_code != "conflict":
             out.counts.rejected += 1
         record = dlq_record(
@@ -252,9 +237,8 @@ class Processor:
             payload=msg.value or b"",
             received_at=_received_at(msg),
             context=_context(event) if event is not None else _loose_context(msg.value),
-        ).model_dump_json()
-        out.dlq.append((msg.partition, msg.key or b"", record.encode()))
-        return record
+        )
+        out.dlq.append((msg.partition, msg.key or b"", record.model_dump_json().encode()))
 
 
 def out_dedup(out: BatchResult, partition: int, key: bytes) -> DedupEntry | None:
@@ -265,6 +249,10 @@ def out_dedup(out: BatchResult, partition: int, key: bytes) -> DedupEntry | None
 
 def _posting_json(outcome: Applied) -> str | None:
     return outcome.delta.model_dump_json() if outcome.delta is not None else None
+
+
+def _sha256(text: str | None) -> str | None:
+    return hashlib.sha256(text.encode()).hexdigest() if text is not None else None
 
 
 def _origin(msg: Message) -> Origin:

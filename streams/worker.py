@@ -3,13 +3,15 @@
 The agent is a thin shell around the pure ``Processor``. Per batch, in this order:
 
 1. decode, dedup and apply every event (no I/O but table reads);
-2. write the dedup records (local store + changelog) and wait for the broker's acks;
-3. write the account states (local store + ``rcm.accounts``), send the posting deltas to
-   ``rcm.postings`` and rejections to ``rcm.dlq``, and wait for the acks;
-4. return, so ``take_events`` acks the batch and Faust may commit its offsets.
+2. send the posting deltas to ``rcm.postings`` and rejections to ``rcm.dlq``; wait for acks;
+3. write the dedup records (local store + changelog); wait for acks;
+4. write the account states (local store + ``rcm.accounts``); wait for acks;
+5. return, so ``take_events`` acks the batch and Faust may commit its offsets.
 
-A crash anywhere before 4 leaves the offsets uncommitted: the batch is read again, and the
-dedup records of step 2 turn it into re-sends of byte-identical deltas (``dedup.py``).
+A crash anywhere before 5 leaves the offsets uncommitted and the batch is read again. A dedup
+record on the broker implies its outputs are there (2 before 3); a state implies its dedup
+record (3 before 4). Events without a dedup record are applied again and post byte-identical
+deltas (deterministic ids and contents); events with one are redeliveries (``dedup.py``).
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ HOLE_RESEEK_S = 1.0
 HOLE_WAIT_S = 60.0
 #: Test-only fault injection: "<point>:<batch number>" kills the worker (SIGKILL) right
 #: there, so crash tests can hit each step of a batch deterministically. Points:
-#: ``dedup-acked`` (dedup records durable, nothing else sent) and ``outputs-queued``
-#: (states, deltas and DLQ records handed to the producer, no ack awaited yet).
+#: ``outputs-queued`` (deltas handed to the producer, no ack yet), ``outputs-acked`` (deltas
+#: durable, no dedup record), ``dedup-acked`` (dedup records durable, states not written).
 KILL_AT_ENV = "RCMFLOW_TEST_KILL_AT"
 
 
@@ -94,21 +96,22 @@ class Pipeline:
         admitted = self.guard.admit(messages)
         result = self.processor.process(admitted.messages, self.tables.load_state,
                                         self.tables.load_dedup)
-        # Phase 1: dedup records are durable before anything they vouch for is sent.
+        # Phase 1: what the ledger and the operators see.
+        outputs = [await self._send(POSTINGS, key, value, partition)
+                   for partition, key, value in result.postings]
+        outputs += [await self._send(DLQ, key, value, partition)
+                    for partition, key, value in result.dlq]
+        self._fault_point("outputs-queued")
+        await self._acks(outputs)
+        self._fault_point("outputs-acked")
+        # Phase 2: dedup records, only once the outputs they vouch for are durable.
         dedup_acks = await self._acks(
             await self.tables.write_dedup(result.dedup_writes, admitted.advanced))
         self.tables.dedup_io.persist_offsets(dedup_acks)
         self._fault_point("dedup-acked")
-        # Phase 2: states (= snapshots), deltas, DLQ records.
-        futures = await self.tables.write_states(result.state_writes)
-        state_count = len(futures)
-        for partition, key, value in result.postings:
-            futures.append(await self._send(POSTINGS, key, value, partition))
-        for partition, key, value in result.dlq:
-            futures.append(await self._send(DLQ, key, value, partition))
-        self._fault_point("outputs-queued")
-        acks = await self._acks(futures)
-        self.tables.accounts_io.persist_offsets(acks[:state_count])
+        # Phase 3: account states, which are also the rcm.accounts snapshots.
+        state_acks = await self._acks(await self.tables.write_states(result.state_writes))
+        self.tables.accounts_io.persist_offsets(state_acks)
         self.progress.counts.add(result.counts)
         self.progress.batches += 1
         self.progress.events += len(admitted.messages)

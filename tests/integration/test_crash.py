@@ -107,14 +107,13 @@ def test_kill_9_at_every_step_then_at_random(broker: EmbeddedBroker, workers: Wo
     feeder = publish_slowly(workload, broker.bootstrap, chunks=30, pause_s=0.6)
     rng = random.Random(5)
 
-    # 1. The classic hole: dedup records durable, the deltas never sent.
-    worker = workers.start("w1", **{KILL_AT_ENV: "dedup-acked:3"})
-    wait_until(lambda: not worker.alive(), 90, "the injected kill after dedup", worker.log_tail)
-    assert worker.process.returncode == -9
-    # 2. States, deltas and DLQ records handed to the producer, no ack yet.
-    worker = workers.start("w1", **{KILL_AT_ENV: "outputs-queued:2"})
-    wait_until(lambda: not worker.alive(), 90, "the injected kill after sends",
-               worker.log_tail)
+    # 1. Each step of a batch, deterministically: deltas handed to the producer (no ack),
+    #    deltas durable (no dedup record), dedup records durable (states not written).
+    for point, batch in (("outputs-queued", 2), ("outputs-acked", 3), ("dedup-acked", 2)):
+        worker = workers.start("w1", **{KILL_AT_ENV: f"{point}:{batch}"})
+        wait_until(lambda: not worker.alive(), 90, f"the injected kill at {point}",
+                   worker.log_tail)
+        assert worker.process.returncode == -9, worker.log_tail()
     # 3. kill -9 from outside at random moments, keeping the store or losing it.
     for round_ in range(3):
         worker = workers.start("w1")

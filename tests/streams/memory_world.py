@@ -1,9 +1,9 @@
 """An in-memory model of the worker's durability steps, for crash properties without Kafka.
 
-It follows ``worker.Pipeline.handle``: per batch, write dedup records locally and to the
-changelog, wait, write states locally and to the changelog with deltas and DLQ records, wait,
-commit offsets. A crash stops a batch at a chosen step with a chosen subset of the records in
-flight having reached the broker; a restart either recovers from the changelogs (fresh store)
+It follows ``worker.Pipeline.handle``: per batch, send deltas and DLQ records, wait; write
+dedup records locally and to the changelog, wait; write states locally and to the changelog,
+wait; commit offsets. A crash stops a batch at a chosen step with a chosen subset of the records
+in flight having reached the broker; a restart either recovers from the changelogs (fresh store)
 or keeps the local store, which may be ahead of them.
 """
 
@@ -45,7 +45,7 @@ class World:
             crash: tuple[int, int, int] | None = None) -> bool:
         """Process from the committed offset; returns False when the crash happened.
 
-        ``crash`` = (batch number, step 0-3, seed for which in-flight records landed).
+        ``crash`` = (batch number, step 0-4, seed for which in-flight records landed).
         """
         processor = Processor(self.chart)
         for number, start in enumerate(range(self.committed, len(values), batch_size)):
@@ -61,24 +61,24 @@ class World:
             rng = random.Random(crash[2] if crash else 0)
             if step == 0:
                 return False
-            self.local_dedup.update(result.dedup_writes)
+            outputs = [(self.postings, v) for _, _, v in result.postings] + \
+                [(self.dlq, v) for _, _, v in result.dlq]
+            for sink, value in outputs:
+                if step != 1 or rng.random() < 0.5:
+                    sink.append(value)
             if step == 1:
+                return False
+            self.local_dedup.update(result.dedup_writes)
+            if step == 2:
                 self.dedup_log.update(_some(result.dedup_writes, rng))
                 return False
             self.dedup_log.update(result.dedup_writes)
             self.local_state.update(result.state_writes)
-            outputs = [("p", v) for _, _, v in result.postings] + \
-                [("d", v) for _, _, v in result.dlq]
-            if step == 2:
+            if step == 3:
                 self.state_log.update(_some(result.state_writes, rng))
-                for kind, value in outputs:
-                    if rng.random() < 0.5:
-                        (self.postings if kind == "p" else self.dlq).append(value)
                 return False
             self.state_log.update(result.state_writes)
-            for kind, value in outputs:
-                (self.postings if kind == "p" else self.dlq).append(value)
-            if step == 3:
+            if step == 4:
                 return False
             self.committed = start + len(batch)
         return True

@@ -123,7 +123,7 @@ def test_crashes_lose_nothing_and_double_nothing(values: list[tuple[str, bytes]]
         if batches == 0:
             break
         crash = (data.draw(st.integers(0, batches - 1), label="batch"),
-                 data.draw(st.integers(0, 3), label="step"),
+                 data.draw(st.integers(0, 4), label="step"),
                  data.draw(st.integers(0, 10**6), label="which records landed"))
         world.run(values, batch_size, crash)
         world.recover(keep_local_store=data.draw(st.booleans(), label="keep local store"))
