@@ -16,19 +16,18 @@ deltas (deterministic ids and contents); events with one are redeliveries (``ded
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import faust
-from faust.types import EventT, RecordMetadata
+from faust.types import EventT
 from mode import CrashingSupervisor
 
 from rcmflow.settings import Settings
@@ -37,6 +36,7 @@ from rcmflow.tables.faust_internals import disable_gap_commits, install_highwate
 
 from .chart import ChartOfAccounts
 from .ordering import OffsetGuard
+from .outbox import OutRecord, Outbox
 from .processor import BatchResult, Counts, Message, Processor
 from .topics import DLQ, EVENTS, POSTINGS
 
@@ -69,14 +69,14 @@ class Pipeline:
     """Runs batches through the processor and writes the results in crash-safe order."""
 
     def __init__(self, app: faust.App, tables: AccountTables, processor: Processor,
-                 settings: Settings) -> None:
+                 outbox: Outbox) -> None:
         self.app = app
         self.tables = tables
         self.processor = processor
+        self.outbox = outbox
         self.guard = OffsetGuard(tables.load_next_offset)
         #: (partition, offset) of a hole -> (first seen, last sought), monotonic seconds.
         self._holes: dict[tuple[int, int], tuple[float, float]] = {}
-        self.produce_timeout_s = settings.produce_timeout_s
         self.progress = Progress()
         point, _, batch = os.environ.get(KILL_AT_ENV, "").partition(":")
         self._kill_at = (point, int(batch)) if point else None
@@ -96,21 +96,21 @@ class Pipeline:
         admitted = self.guard.admit(messages)
         result = self.processor.process(admitted.messages, self.tables.load_state,
                                         self.tables.load_dedup)
-        # Phase 1: what the ledger and the operators see.
-        outputs = [await self._send(POSTINGS, key, value, partition)
-                   for partition, key, value in result.postings]
-        outputs += [await self._send(DLQ, key, value, partition)
-                    for partition, key, value in result.dlq]
+        # Phase 1: what the ledger and the operators see. Outputs go to the source partition's
+        # number (all rcm.* topics have the same count): co-partitioned, and what Faust's
+        # exactly_once transaction manager expects.
+        outputs = [OutRecord(POSTINGS, p, k, v) for p, k, v in result.postings]
+        outputs += [OutRecord(DLQ, p, k, v) for p, k, v in result.dlq]
         self._fault_point("outputs-queued")
-        await self._acks(outputs)
+        await self.outbox.send(outputs)
         self._fault_point("outputs-acked")
         # Phase 2: dedup records, only once the outputs they vouch for are durable.
-        dedup_acks = await self._acks(
-            await self.tables.write_dedup(result.dedup_writes, admitted.advanced))
+        dedup_acks = await self.outbox.send(
+            self.tables.write_dedup(result.dedup_writes, admitted.advanced))
         self.tables.dedup_io.persist_offsets(dedup_acks)
         self._fault_point("dedup-acked")
         # Phase 3: account states, which are also the rcm.accounts snapshots.
-        state_acks = await self._acks(await self.tables.write_states(result.state_writes))
+        state_acks = await self.outbox.send(self.tables.write_states(result.state_writes))
         self.tables.accounts_io.persist_offsets(state_acks)
         self.progress.counts.add(result.counts)
         self.progress.batches += 1
@@ -142,17 +142,6 @@ class Pipeline:
         if self._kill_at == (point, self.progress.batches):
             log.warning("%s=%s: killing this worker", KILL_AT_ENV, self._kill_at)
             os.kill(os.getpid(), signal.SIGKILL)
-
-    async def _send(self, topic: str, key: bytes, value: bytes,
-                    partition: int) -> Awaitable[RecordMetadata]:
-        # Outputs go to the source partition's number (all rcm.* topics have the same count):
-        # co-partitioned, and what Faust's exactly_once transaction manager expects.
-        return await self.app.producer.send(topic, key, value, partition, None, None)
-
-    async def _acks(self, futures: list[Awaitable[RecordMetadata]]) -> list[RecordMetadata]:
-        if not futures:
-            return []
-        return list(await asyncio.wait_for(asyncio.gather(*futures), self.produce_timeout_s))
 
     def log_progress(self) -> None:
         p = self.progress
@@ -189,7 +178,10 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path) -> f
                            state_cache_max=settings.state_cache_max)
     processor = Processor(chart, event_bytes_max=settings.event_bytes_max,
                           account_items_max=settings.account_items_max)
-    pipeline = Pipeline(app, tables, processor, settings)
+    outbox = Outbox(app, servers=settings.bootstrap_servers(),
+                    timeout_s=settings.produce_timeout_s)
+    app.add_dependency(outbox)  # stopped (its producer flushed) with the app
+    pipeline = Pipeline(app, tables, processor, outbox)
     # Raw bytes in: decoding is the processor's job, so a malformed event becomes a DLQ
     # record instead of a ValueDecodeError that kills the agent.
     events_topic = app.topic(EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw",

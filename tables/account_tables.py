@@ -15,13 +15,13 @@ recovery writes the stores underneath it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 
 import faust
-from faust.types import RecordMetadata
 
 from rcmflow.streams.dedup import DedupEntry
-from rcmflow.streams.state import AccountState
+from rcmflow.streams.outbox import OutRecord
+from rcmflow.streams.state import AccountState, state_json
 from rcmflow.streams.topics import ACCOUNTS
 
 from .faust_internals import TableIO
@@ -88,37 +88,35 @@ class AccountTables:
         raw = self.dedup_io.get(partition, NEXT_OFFSET_KEY)
         return int(raw) if raw is not None else None
 
-    async def write_dedup(
+    def write_dedup(
         self, writes: dict[tuple[int, bytes], bytes], next_offsets: dict[int, int]
-    ) -> list[Awaitable[RecordMetadata]]:
-        """Store dedup records and next-offsets locally and queue their changelog records."""
+    ) -> list[OutRecord]:
+        """Store dedup records and next-offsets locally; returns their changelog records."""
         items = list(writes.items())
         items += [((p, NEXT_OFFSET_KEY), str(offset).encode()) for p, offset in
                   next_offsets.items()]
-        return await self._write(self.dedup_io, items)
+        return self._write(self.dedup_io, items)
 
-    async def write_states(
-        self, writes: dict[tuple[int, str], AccountState]
-    ) -> list[Awaitable[RecordMetadata]]:
-        """Store account states locally and queue their snapshots (rcm.accounts)."""
+    def write_states(self, writes: dict[tuple[int, str], AccountState]) -> list[OutRecord]:
+        """Store account states locally; returns their snapshots (rcm.accounts records)."""
         encoded = []
         for (partition, account), state in writes.items():
             self._remember((partition, account), state)
-            encoded.append(((partition, account.encode()), state.model_dump_json().encode()))
-        return await self._write(self.accounts_io, encoded)
+            encoded.append(((partition, account.encode()), state_json(state)))
+        return self._write(self.accounts_io, encoded)
 
-    async def _write(
+    def _write(
         self, io: TableIO, items: Iterable[tuple[tuple[int, bytes], bytes]]
-    ) -> list[Awaitable[RecordMetadata]]:
+    ) -> list[OutRecord]:
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for (partition, key), value in items:
             by_partition.setdefault(partition, []).append((key, value))
-        futures = []
+        topic = io.changelog_topic
+        records = []
         for partition, pairs in by_partition.items():
             io.put_local(partition, pairs)
-            for key, value in pairs:
-                futures.append(await io.send_changelog(partition, key, value))
-        return futures
+            records += [OutRecord(topic, partition, key, value) for key, value in pairs]
+        return records
 
     def _remember(self, key: tuple[int, str], state: AccountState) -> None:
         if self._cache_max <= 0:

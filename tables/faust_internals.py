@@ -5,9 +5,9 @@ when any of these hooks moves. Two reasons to reach inside:
 
 1. **Batch writes.** ``table[key] = value`` sends one changelog record through Faust's own
    producer path per write, which costs ~120 µs on this class of machine. rcmflow instead
-   writes a whole batch to the table's RocksDB partition, produces its changelog records
-   through the transport producer, waits once for the acks and then records the changelog
-   offset the way ``Collection._on_changelog_sent`` does, so recovery resumes from it.
+   writes a whole batch to the table's RocksDB partition, produces its changelog records as
+   record batches (``streams/outbox.py``), waits once for the acks and then records the
+   changelog offset the way ``Collection._on_changelog_sent`` does, so recovery resumes there.
 2. **No commits past unread records.** Faust's drain loop treats a jump in offsets as a "gap"
    and lets the commit run past it. A jump also happens when records fetched before a
    rebalance's seek are delivered after it; the records in between were never processed.
@@ -24,7 +24,7 @@ when any of these hooks moves. Two reasons to reach inside:
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import aiokafka
@@ -33,7 +33,7 @@ from aiokafka.structs import TopicPartition
 from faust.tables.base import Collection
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, RecordMetadata
+from faust.types import TP
 
 __all__ = [
     "FAUST_VERSION",
@@ -75,20 +75,16 @@ class TableIO:
             batch.put(key, value)
         self.table.data._db_for_partition(partition).write(batch)
 
-    async def send_changelog(
-        self, partition: int, key: bytes, value: bytes
-    ) -> Awaitable[RecordMetadata]:
-        """Queue a changelog record; await the returned future for the broker's ack."""
-        return await self.app.producer.send(
-            self.changelog_topic, key, value, partition, None, None
-        )
+    def persist_offsets(self, acked: Iterable[tuple[str, int, int]]) -> None:
+        """Remember the newest changelog offset per partition, as Faust does after a send.
 
-    def persist_offsets(self, acked: Iterable[RecordMetadata]) -> None:
-        """Remember the newest changelog offset per partition, as Faust does after a send."""
+        ``acked``: (topic, partition, last offset the broker acknowledged).
+        """
         newest: dict[TP, int] = {}
-        for meta in acked:
-            tp = TP(meta.topic_partition.topic, meta.topic_partition.partition)
-            newest[tp] = max(meta.offset, newest.get(tp, -1))
+        for topic, partition, offset in acked:
+            if topic == self.changelog_topic:
+                tp = TP(topic, partition)
+                newest[tp] = max(offset, newest.get(tp, -1))
         for tp, offset in newest.items():
             if self.app.in_transaction:
                 # exactly_once: the offset becomes true only when the transaction commits.

@@ -110,3 +110,17 @@ def test_published_schema_names_every_kind() -> None:
     schema = events_json_schema()
     assert schema["discriminator"]["propertyName"] == "kind"  # type: ignore[index]
     assert set(schema["discriminator"]["mapping"]) == {k.value for k in EventKind}  # type: ignore[index]
+
+
+def test_snapshot_json_is_the_models_own_document() -> None:
+    from rcmflow.streams.core import Applied, apply, new_account
+    from rcmflow.streams.state import AccountState, state_json
+
+    state = new_account("A1")
+    for doc in [charge(100), adjudication(100, 60, [("CO", "45", 30), ("PR", "1", 10)]),
+                payment(25)]:
+        result = apply(state, parse(doc), load_chart())
+        assert isinstance(result, Applied)
+        state = result.state
+    assert json.loads(state_json(state)) == json.loads(state.model_dump_json())
+    assert AccountState.model_validate_json(state_json(state)) == state
