@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 
@@ -15,6 +16,8 @@ from rcmflow.streams.worker import build_app, claim_worker_dir
 __all__ = ["run_worker"]
 
 log = logging.getLogger("rcmflow.worker")
+
+GC_THRESHOLDS = (20_000, 20, 50)
 
 
 def run_worker(settings: Settings) -> int:
@@ -36,6 +39,11 @@ def run_worker(settings: Settings) -> int:
     app = build_app(settings, chart, datadir=datadir)
 
     from faust.worker import Worker
+
+    # Long-lived account states make every full collection expensive; almost all garbage
+    # here is acyclic and freed by reference counting, so collect far less often.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
     log.info("worker tables in %s, broker %s, chart %s", datadir, url, chart.version)
     worker = Worker(app, loglevel=settings.log_level, quiet=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 from importlib import resources
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -80,6 +80,8 @@ class Thresholds(BaseModel):
 
 
 class ChartOfAccounts(BaseModel):
+    """A loaded mapping. Lookups are memoised: the chart is immutable once loaded."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: str = Field(min_length=1, max_length=40)
@@ -106,6 +108,14 @@ class ChartOfAccounts(BaseModel):
 
     def gl_account(self, entity: str, role: str, dimension: str | None = None) -> GlAccount:
         """The GL account for a role, or the suspense account and what was missing."""
+        memo = _memo(self)
+        key = ("gl", entity, role, dimension or "")
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = self._gl_account(entity, role, dimension)
+        return cast(GlAccount, found)
+
+    def _gl_account(self, entity: str, role: str, dimension: str | None) -> GlAccount:
         entry = self.entities.get(entity)
         if entry is None:
             return GlAccount(self._suspense(None), f"entity {entity!r}")
@@ -138,17 +148,33 @@ class ChartOfAccounts(BaseModel):
 
     def carc_treatment(self, group: str, reason: str) -> CarcTreatment:
         """How a CAS amount posts; the first matching rule wins, unmatched is suspense."""
-        carc = f"{group}-{reason}"
-        for pattern, treatment in self.carc_rules.items():
-            if fnmatch.fnmatchcase(carc, pattern):
-                return treatment
-        return "suspense"
+        return cast(CarcTreatment, self._first_match("carc", f"{group}-{reason}",
+                                                     self.carc_rules))
 
     def plb_treatment(self, reason_code: str) -> PlbTreatment:
-        for pattern, treatment in self.plb_rules.items():
-            if fnmatch.fnmatchcase(reason_code, pattern):
-                return treatment
-        return "suspense"
+        return cast(PlbTreatment, self._first_match("plb", reason_code, self.plb_rules))
+
+    def _first_match(self, kind: str, code: str, rules: dict[str, str]) -> str:
+        memo = _memo(self)
+        key = (kind, code)
+        found = memo.get(key)
+        if found is None:
+            found = next((treatment for pattern, treatment in rules.items()
+                          if fnmatch.fnmatchcase(code, pattern)), "suspense")
+            memo[key] = found
+        return cast(str, found)
+
+
+#: Lookup results per loaded chart (pydantic private attributes are slow to reach). The chart
+#: is kept alongside, so its id cannot be reused by another chart while the entry exists.
+_MEMOS: dict[int, tuple[ChartOfAccounts, dict[tuple[str, ...], Any]]] = {}
+
+
+def _memo(chart: ChartOfAccounts) -> dict[tuple[str, ...], Any]:
+    entry = _MEMOS.get(id(chart))
+    if entry is None:
+        entry = _MEMOS[id(chart)] = (chart, {})
+    return entry[1]
 
 
 def load_chart(path: Path | None = None) -> ChartOfAccounts:

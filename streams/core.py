@@ -144,86 +144,95 @@ def _record(state: AccountState, event: Event) -> dict[str, object]:
     match event:
         case ChargePosted():
             dims = event.dimensions
-            charge = ChargeRecord(
-                event_id=event.event_id,
-                amount_cents=event.amount_cents,
-                quantity=event.quantity,
-                self_pay=event.self_pay,
-                department=dims.department,
-                revenue_code=dims.revenue_code,
-                procedure_code=dims.procedure_code,
-                encounter=dims.encounter,
-                occurred_at=event.occurred_at,
-            )
+            charge: ChargeRecord = {
+                "event_id": event.event_id,
+                "amount_cents": event.amount_cents,
+                "quantity": event.quantity,
+                "self_pay": event.self_pay,
+                "department": dims.department,
+                "revenue_code": dims.revenue_code,
+                "procedure_code": dims.procedure_code,
+                "encounter": dims.encounter,
+                "occurred_at": event.occurred_at,
+                "reversed_cents": 0,
+            }
             return {"charges": state.charges + (charge,)}
         case ChargeReversed() if event.reverses_event_id is not None:
             charges = tuple(
-                c.model_copy(update={"reversed_cents": c.reversed_cents + event.amount_cents})
-                if c.event_id == event.reverses_event_id
+                {**c, "reversed_cents": c["reversed_cents"] + event.amount_cents}
+                if c["event_id"] == event.reverses_event_id
                 else c
                 for c in state.charges
             )
             return {"charges": charges}
         case ClaimSubmitted():
-            claim = state.claims.get(event.claim_id) or ClaimState(claim_id=event.claim_id)
-            claim = claim.model_copy(
-                update={
-                    "payer": event.dimensions.payer,
-                    "payer_class": event.dimensions.payer_class,
-                    "total_charge_cents": event.total_charge_cents,
-                    "lines": event.lines,
-                    "submitted_at": event.occurred_at,
-                }
-            )
+            claim = state.claims.get(event.claim_id) or _new_claim(event.claim_id)
+            claim = {
+                **claim,
+                "payer": event.dimensions.payer,
+                "payer_class": event.dimensions.payer_class,
+                "total_charge_cents": event.total_charge_cents,
+                "lines": [line.model_dump() for line in event.lines],  # type: ignore[misc]
+                "submitted_at": event.occurred_at,
+            }
             return {"claims": {**state.claims, event.claim_id: claim}}
         case ClaimAdjudicated():
             return _record_adjudication(state, event)
         case PatientPayment() | Refund():
-            payment = PaymentRecord(
-                event_id=event.event_id,
-                kind=event.kind.value,  # type: ignore[arg-type]
-                amount_cents=event.amount_cents,
-                channel=event.channel if isinstance(event, PatientPayment) else event.to,
-                reference=event.reference,
-                occurred_at=event.occurred_at,
-                correlation_id=event.correlation_id,
-            )
+            payment: PaymentRecord = {
+                "event_id": event.event_id,
+                "kind": event.kind.value,  # type: ignore[typeddict-item]
+                "amount_cents": event.amount_cents,
+                "channel": event.channel if isinstance(event, PatientPayment) else event.to,
+                "reference": event.reference,
+                "occurred_at": event.occurred_at,
+                "correlation_id": event.correlation_id,
+            }
             return {"payments": state.payments + (payment,)}
         case AccountStatusChanged():
             return {"status": event.status}
     return {}
 
 
+def _new_claim(claim_id: str, **known: object) -> ClaimState:
+    claim: ClaimState = {
+        "claim_id": claim_id, "status": "submitted", "payer": None, "payer_class": None,
+        "total_charge_cents": 0, "lines": [], "submitted_at": None, "adjudications": [],
+    }
+    return {**claim, **known}  # type: ignore[typeddict-item]
+
+
 def _record_adjudication(state: AccountState, event: ClaimAdjudicated) -> dict[str, object]:
-    claim = state.claims.get(event.claim_id) or ClaimState(
-        claim_id=event.claim_id,
+    claim = state.claims.get(event.claim_id) or _new_claim(
+        event.claim_id,
         payer=event.dimensions.payer,
         payer_class=event.dimensions.payer_class,
         total_charge_cents=event.charge_cents,
     )
-    was_denied = claim.status == "denied"
-    adjudication = Adjudication(
-        event_id=event.event_id,
-        outcome=event.outcome,
-        payer=event.dimensions.payer,
-        payer_claim_control_number=event.payer_claim_control_number,
-        charge_cents=event.charge_cents,
-        paid_cents=event.paid_cents,
-        patient_responsibility_cents=event.patient_responsibility_cents,
-        adjustments=event.all_adjustments(),
-        occurred_at=event.occurred_at,
-        correlation_id=event.correlation_id,
-    )
+    was_denied = claim["status"] == "denied"
+    adjustments = event.all_adjustments()
+    adjudication: Adjudication = {
+        "event_id": event.event_id,
+        "outcome": event.outcome,
+        "payer": event.dimensions.payer,
+        "payer_claim_control_number": event.payer_claim_control_number,
+        "charge_cents": event.charge_cents,
+        "paid_cents": event.paid_cents,
+        "patient_responsibility_cents": event.patient_responsibility_cents,
+        "adjustments": [{"group": a.group, "reason": a.reason, "amount_cents": a.amount_cents}
+                        for a in adjustments],
+        "occurred_at": event.occurred_at,
+        "correlation_id": event.correlation_id,
+    }
     status = {"processed": "adjudicated", "denied": "denied", "reversal": "reversed"}[event.outcome]
-    claim = claim.model_copy(
-        update={"status": status, "adjudications": claim.adjudications + (adjudication,)}
-    )
+    claim = {**claim, "status": status,  # type: ignore[typeddict-item]
+             "adjudications": [*claim["adjudications"], adjudication]}
     denied = 0
     if event.outcome == "denied":
         denied = event.charge_cents
     elif event.outcome == "reversal" and was_denied:
         denied = event.charge_cents  # negated by the reversal
-    patient_share = sum(a.amount_cents for a in event.all_adjustments() if a.group == "PR")
+    patient_share = sum(a.amount_cents for a in adjustments if a.group == "PR")
     balances = state.balances.model_copy(
         update={
             "denied": state.balances.denied + denied,

@@ -200,6 +200,9 @@ class ClaimAdjudicated(_EventBase):
     lines: Annotated[tuple[AdjudicatedLine, ...], Field(max_length=LINES_MAX)] = ()
 
     def all_adjustments(self) -> tuple[Adjustment, ...]:
+        """Claim-level CAS amounts, then every service line's."""
+        if not self.lines:
+            return self.adjustments
         return self.adjustments + tuple(a for line in self.lines for a in line.adjustments)
 
     @model_validator(mode="after")

@@ -32,12 +32,6 @@ class PostingLine(_Frozen):
     payer_class: str | None = None
     suspense: bool = Field(False, description="Posted to suspense because a key is unmapped.")
 
-    @model_validator(mode="after")
-    def _one_side(self) -> PostingLine:
-        if (self.debit_cents == 0) == (self.credit_cents == 0):
-            raise ValueError("a posting line is either a debit or a credit, and not zero")
-        return self
-
 
 class UnmappedLine(_Frozen):
     """An exception record: a line went to suspense because the mapping lacks a key."""
@@ -68,8 +62,12 @@ class PostingDelta(_Frozen):
 
     @model_validator(mode="after")
     def _balanced(self) -> PostingDelta:
-        debits = sum(line.debit_cents for line in self.lines)
-        credits = sum(line.credit_cents for line in self.lines)
+        debits = credits = 0
+        for line in self.lines:
+            if (line.debit_cents == 0) == (line.credit_cents == 0):
+                raise ValueError("a posting line is either a debit or a credit, and not zero")
+            debits += line.debit_cents
+            credits += line.credit_cents
         if debits != credits:
             raise ValueError(f"unbalanced posting: debits {debits} != credits {credits}")
         return self

@@ -127,21 +127,22 @@ def _charge_reversal(
 ) -> list[Movement] | Rejection:
     self_pay = event.self_pay
     if event.reverses_event_id is not None:
-        original = next((c for c in state.charges if c.event_id == event.reverses_event_id), None)
+        original = next((c for c in state.charges if c["event_id"] == event.reverses_event_id),
+                        None)
         if original is None:
             return Rejection(
                 stage="rules",
                 reason_code="unknown_charge",
                 detail=f"reverses charge {event.reverses_event_id!r}, not posted on this account",
             )
-        if event.amount_cents > original.amount_cents - original.reversed_cents:
+        left = original["amount_cents"] - original["reversed_cents"]
+        if event.amount_cents > left:
             return Rejection(
                 stage="rules",
                 reason_code="reversal_exceeds_charge",
-                detail=f"reverses {event.amount_cents} cents of a charge with "
-                f"{original.amount_cents - original.reversed_cents} cents left",
+                detail=f"reverses {event.amount_cents} cents of a charge with {left} cents left",
             )
-        self_pay = original.self_pay
+        self_pay = original["self_pay"]
     return _pair(("gross_revenue", "gross_charges"), _ar(self_pay), event.amount_cents,
                  "charge_reversal", debit_dimension=_department(event, chart))
 

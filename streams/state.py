@@ -13,14 +13,16 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, computed_field
+from typing_extensions import TypedDict
 
-from .events import Adjustment, ServiceLine
 
 __all__ = [
     "LEDGER_BUCKETS",
     "DEBIT_NORMAL_BUCKETS",
     "Balances",
     "ChargeRecord",
+    "AdjustmentRecord",
+    "ServiceLineRecord",
     "Adjudication",
     "ClaimState",
     "PaymentRecord",
@@ -87,7 +89,17 @@ class Balances(_Frozen):
         )
 
 
-class ChargeRecord(_Frozen):
+# Records are plain dicts (typed): JSON-ready, light in memory, serialised without a Python
+# call per record. Treat them as immutable: a changed record is a new dict.
+
+
+class AdjustmentRecord(TypedDict):
+    group: str
+    reason: str
+    amount_cents: int
+
+
+class ChargeRecord(TypedDict):
     event_id: str
     amount_cents: int
     quantity: int
@@ -97,10 +109,18 @@ class ChargeRecord(_Frozen):
     procedure_code: str | None
     encounter: str | None
     occurred_at: datetime
-    reversed_cents: int = 0
+    reversed_cents: int
 
 
-class Adjudication(_Frozen):
+class ServiceLineRecord(TypedDict):
+    line_id: str
+    charge_cents: int
+    units: int
+    procedure_code: str | None
+    revenue_code: str | None
+
+
+class Adjudication(TypedDict):
     event_id: str
     outcome: str
     payer: str | None
@@ -108,23 +128,23 @@ class Adjudication(_Frozen):
     charge_cents: int
     paid_cents: int
     patient_responsibility_cents: int
-    adjustments: tuple[Adjustment, ...]
+    adjustments: list[AdjustmentRecord]
     occurred_at: datetime
     correlation_id: str | None
 
 
-class ClaimState(_Frozen):
+class ClaimState(TypedDict):
     claim_id: str
-    status: Literal["submitted", "adjudicated", "denied", "reversed"] = "submitted"
-    payer: str | None = None
-    payer_class: str | None = None
-    total_charge_cents: int = 0
-    lines: tuple[ServiceLine, ...] = ()
-    submitted_at: datetime | None = None
-    adjudications: tuple[Adjudication, ...] = ()
+    status: Literal["submitted", "adjudicated", "denied", "reversed"]
+    payer: str | None
+    payer_class: str | None
+    total_charge_cents: int
+    lines: list[ServiceLineRecord]
+    submitted_at: datetime | None
+    adjudications: list[Adjudication]
 
 
-class PaymentRecord(_Frozen):
+class PaymentRecord(TypedDict):
     event_id: str
     kind: Literal["patient_payment", "refund"]
     amount_cents: int
@@ -162,7 +182,7 @@ def _plain(value: Any) -> Any:
 def state_json(state: AccountState) -> bytes:
     """The snapshot JSON of a state (what rcm.accounts carries).
 
-    The same document ``state.model_dump_json()`` gives, written by orjson at a third of the
-    cost: a snapshot is written for every account a batch touches.
+    The same document ``state.model_dump_json()`` gives, written by orjson in half the time:
+    a snapshot is written for every account a batch touches.
     """
     return orjson.dumps(state, default=_plain, option=orjson.OPT_UTC_Z)

@@ -95,7 +95,7 @@ def test_appealable_denial_posts_nothing_and_is_tracked() -> None:
     assert out.delta is None
     assert out.state.balances.denied == 98_000
     assert out.state.balances.insurance_ar == 98_000  # AR stays insurance AR
-    assert out.state.claims["C1"].status == "denied"
+    assert out.state.claims["C1"]["status"] == "denied"
 
 
 def test_final_denial_write_off_hits_denial_writeoff_not_bad_debt() -> None:
@@ -141,7 +141,7 @@ def test_claim_reversal_negates_every_original_line() -> None:
     assert lines(reversed_) == [(gl, cr, dr) for gl, dr, cr in lines(paid)]
     assert reversed_.state.balances.insurance_ar == 10_000
     assert reversed_.state.balances.patient_ar == 0
-    assert reversed_.state.claims["C1"].status == "reversed"
+    assert reversed_.state.claims["C1"]["status"] == "reversed"
 
 
 def test_patient_payment_applies_to_patient_ar_then_unapplied_credit() -> None:
@@ -259,7 +259,7 @@ def test_status_only_events_bump_the_version_and_post_nothing() -> None:
     submitted = run(event_doc("claim_submitted", claim_id="C9", total_charge_cents=100,
                               dimensions=COMMERCIAL))
     assert submitted.delta is None
-    assert submitted.state.claims["C9"].payer_class == "COMMERCIAL"
+    assert submitted.state.claims["C9"]["payer_class"] == "COMMERCIAL"
 
 
 def test_account_item_bound_refuses_more_records() -> None:
