@@ -92,7 +92,8 @@ class EmbeddedBroker:
         process, self.process = self.process, None
         if self.info_file is not None and self.info_file.exists():
             try:
-                if json.loads(self.info_file.read_text()).get("pid") == getattr(process, "pid", None):
+                recorded = json.loads(self.info_file.read_text()).get("pid")
+                if recorded == getattr(process, "pid", None):
                     self.info_file.unlink()
             except (OSError, ValueError):
                 pass

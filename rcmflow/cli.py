@@ -132,7 +132,8 @@ def accounts_list(as_json: JsonFlag = False) -> None:
                   "unapplied_credit", "balance", title=f"{len(snapshots)} accounts")
     for account, snap in sorted(snapshots.items()):
         b = snap["balances"]
-        table.add_row(account, snap["status"], str(snap["version"]), format_cents(b["insurance_ar"]),
+        table.add_row(account, snap["status"], str(snap["version"]),
+                      format_cents(b["insurance_ar"]),
                       format_cents(b["patient_ar"]), format_cents(b["unapplied_credit"]),
                       format_cents(b["balance"]))
     out.print(table)
@@ -163,7 +164,8 @@ def accounts_show(
         claims = Table("claim", "status", "payer", "charged", "adjudications", title="claims")
         for claim in snap["claims"].values():
             claims.add_row(claim["claim_id"], claim["status"], str(claim["payer"]),
-                           format_cents(claim["total_charge_cents"]), str(len(claim["adjudications"])))
+                           format_cents(claim["total_charge_cents"]),
+                           str(len(claim["adjudications"])))
         out.print(claims)
 
 
@@ -248,7 +250,8 @@ def _summary(snap: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app()
 
 

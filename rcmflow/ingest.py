@@ -69,18 +69,24 @@ def ingest_event_files(settings: Settings, servers: list[str], files: list[Path]
         return 2
     rejected_total = 0
     for path in files:
-        counts = {EVENTS: 0, DLQ: 0}
-
-        def counted(path: Path = path) -> Iterator[tuple[str, bytes | None, bytes]]:
-            for topic, key, value in key_lines(path, settings.event_bytes_max):
-                counts[topic] += 1
-                yield topic, key, value
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      console=console, transient=True) as progress:
-            task = progress.add_task(f"publishing {path.name}", total=None)
-            asyncio.run(publish(servers, counted(), on_acked=lambda n: progress.advance(task, n)))
+        counts = _publish_file(settings, servers, path, console)
         rejected_total += counts[DLQ]
         console.print(f"{path}: {counts[EVENTS]} events published to {EVENTS}"
                       + (f", {counts[DLQ]} lines to {DLQ}" if counts[DLQ] else ""))
     return 1 if rejected_total else 0
+
+
+def _publish_file(settings: Settings, servers: list[str], path: Path,
+                  console: Console) -> dict[str, int]:
+    counts = {EVENTS: 0, DLQ: 0}
+
+    def counted() -> Iterator[tuple[str, bytes | None, bytes]]:
+        for topic, key, value in key_lines(path, settings.event_bytes_max):
+            counts[topic] += 1
+            yield topic, key, value
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task(f"publishing {path.name}", total=None)
+        asyncio.run(publish(servers, counted(), on_acked=lambda n: progress.advance(task, n)))
+    return counts

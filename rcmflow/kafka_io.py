@@ -14,7 +14,8 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-__all__ = ["Record", "read_topic", "publish", "READ_TIMEOUT_S", "PUBLISH_IN_FLIGHT_MAX"]
+__all__ = ["Record", "read_topic", "publish", "log_ends", "READ_TIMEOUT_S",
+           "PUBLISH_IN_FLIGHT_MAX"]
 
 READ_TIMEOUT_S = 30.0
 #: Records queued before waiting for acks: bounds memory on a large file.
@@ -58,7 +59,7 @@ async def read_topic(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topic} did not reach its end in {timeout_s}s")
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            for tp, messages in batch.items():
+            for messages in batch.values():
                 for m in messages:
                     if keep is None or keep(m.key):
                         records.append(Record(m.topic, m.partition, m.offset, m.key, m.value,
@@ -99,3 +100,19 @@ async def publish(
     finally:
         await producer.stop()
     return sent
+
+
+async def log_ends(servers: list[str], topic: str, partitions: list[int]) -> dict[int, int]:
+    """The true end offset of each partition (ListOffsets, then a fetch's high watermark)."""
+    from rcmflow.tables.faust_internals import fetch_highwaters
+
+    tps = [TopicPartition(topic, p) for p in partitions]
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        listed = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    fetched = await fetch_highwaters(servers, listed)
+    return {tp.partition: max(listed[tp], fetched.get(tp, 0)) for tp in tps}

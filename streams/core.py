@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import orjson
+
 from .chart import ChartOfAccounts
 from .events import (
     AccountStatusChanged,
@@ -19,7 +21,7 @@ from .events import (
     PatientPayment,
     Refund,
 )
-from .postings import PostingDelta, PostingLine, UnmappedLine, posting_id
+from .postings import RULE_VERSION, UnmappedLine, posting_id
 from .rejections import Rejection
 from .rules import Movement, bucket_effects, movements_for
 from .state import (
@@ -39,7 +41,8 @@ ACCOUNT_ITEMS_MAX = 10_000
 
 class Applied(NamedTuple):
     state: AccountState
-    delta: PostingDelta | None
+    #: The posting delta as sent (``PostingDelta`` JSON), or None when nothing moved.
+    delta: bytes | None
     unmapped: tuple[UnmappedLine, ...]
 
 
@@ -83,60 +86,64 @@ def apply(
 
 def _delta(
     event: Event, movements: list[Movement], version: int, chart: ChartOfAccounts
-) -> tuple[PostingDelta | None, tuple[UnmappedLine, ...]]:
+) -> tuple[bytes | None, tuple[UnmappedLine, ...]]:
+    """The posting delta as it is sent: JSON of a ``PostingDelta``, written directly.
+
+    Built as plain dicts (a delta is made for every money event); its shape is the
+    ``PostingDelta`` model's, which the tests hold it to. Balance is asserted here.
+    """
     if not movements:
         return None, ()
     pid = posting_id(event.account, event.event_id, chart.version)
-    entity = event.dimensions.entity
-    lines: list[PostingLine] = []
+    dims = event.dimensions
+    entity = dims.entity
+    lines: list[dict[str, object]] = []
     unmapped: list[UnmappedLine] = []
+    debits = credits = 0
     for move in movements:
-        gl, missing = chart.gl_account(entity, move.role, move.dimension)
         if move.force_suspense is not None:
             gl, missing = chart.gl_account(entity, "suspense").account, move.force_suspense
-        lines.append(
-            PostingLine(
-                gl_account=gl,
-                debit_cents=max(move.amount_cents, 0),
-                credit_cents=max(-move.amount_cents, 0),
-                bucket=move.bucket,
-                memo=move.memo,
-                entity=entity,
-                department=move.dimension if move.role == "gross_revenue" and not missing else None,
-                payer_class=event.dimensions.payer_class,
-                suspense=missing is not None,
-            )
-        )
+        else:
+            gl, missing = chart.gl_account(entity, move.role, move.dimension)
+        debit, credit = max(move.amount_cents, 0), max(-move.amount_cents, 0)
+        assert (debit == 0) != (credit == 0), f"a zero or two-sided line from {move}"
+        debits += debit
+        credits += credit
+        lines.append({
+            "gl_account": gl,
+            "debit_cents": debit,
+            "credit_cents": credit,
+            "bucket": move.bucket,
+            "memo": move.memo,
+            "entity": entity,
+            "department": move.dimension if move.role == "gross_revenue" and not missing else None,
+            "payer_class": dims.payer_class,
+            "suspense": missing is not None,
+        })
         if missing is not None:
-            unmapped.append(
-                UnmappedLine(
-                    posting_id=pid,
-                    event_id=event.event_id,
-                    account=event.account,
-                    missing=missing,
-                    gl_account=gl,
-                    amount_cents=move.amount_cents,
-                    coa_version=chart.version,
-                )
-            )
+            unmapped.append(UnmappedLine(
+                posting_id=pid, event_id=event.event_id, account=event.account, missing=missing,
+                gl_account=gl, amount_cents=move.amount_cents, coa_version=chart.version))
+    assert debits == credits, f"unbalanced posting for {event.event_id}: {debits} != {credits}"
     reverses = None
     if isinstance(event, ChargeReversed) and event.reverses_event_id is not None:
         reverses = posting_id(event.account, event.reverses_event_id, chart.version)
-    delta = PostingDelta(
-        posting_id=pid,
-        account=event.account,
-        entity=entity,
-        effective_date=event.occurred_at.date(),
-        currency=event.currency,
-        lines=tuple(lines),
-        event_id=event.event_id,
-        event_kind=event.kind.value,
-        correlation_id=event.correlation_id,
-        account_version=version,
-        reverses_posting_id=reverses,
-        coa_version=chart.version,
-    )
-    return delta, tuple(unmapped)
+    delta = {
+        "posting_id": pid,
+        "account": event.account,
+        "entity": entity,
+        "effective_date": event.occurred_at.date(),
+        "currency": event.currency,
+        "lines": lines,
+        "event_id": event.event_id,
+        "event_kind": event.kind.value,
+        "correlation_id": event.correlation_id,
+        "account_version": version,
+        "reverses_posting_id": reverses,
+        "coa_version": chart.version,
+        "rule_version": RULE_VERSION,
+    }
+    return orjson.dumps(delta), tuple(unmapped)
 
 
 def _record(state: AccountState, event: Event) -> dict[str, object]:

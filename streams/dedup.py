@@ -14,6 +14,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 __all__ = ["DedupEntry", "Verdict", "judge", "dedup_key"]
@@ -32,6 +33,11 @@ class DedupEntry(BaseModel):
     version: int
     #: SHA-256 of the delta as sent (None: nothing posted), to check a re-application.
     posting_sha256: str | None = None
+
+
+    def to_json(self) -> bytes:
+        """The table value (orjson: one is written per event)."""
+        return orjson.dumps(self.__dict__)
 
 
 class Verdict(Enum):

@@ -12,6 +12,7 @@ import hashlib
 from enum import StrEnum
 from typing import Annotated, Literal, TypeAlias
 
+import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -303,9 +304,11 @@ Event = Annotated[
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
-def event_digest(event: Event) -> str:
-    """Content digest for replay detection: same key + same digest is a replay."""
-    return hashlib.sha256(event.model_dump_json().encode()).hexdigest()
+def event_digest(raw: bytes) -> str:
+    """Content digest of a received event for replay detection: same key + same digest is a
+    replay. Canonical JSON (sorted keys, no whitespace), so key order and formatting of a
+    re-sent event do not matter; any difference in content does."""
+    return hashlib.sha256(orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def events_json_schema() -> dict[str, object]:

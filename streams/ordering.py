@@ -30,6 +30,12 @@ class OffsetGuard:
         self._load_next = load_next
         self._next: dict[int, int | None] = {}
 
+    def next_offset(self, partition: int) -> int | None:
+        """The offset the next new record of ``partition`` must have (None: none seen)."""
+        if partition not in self._next:
+            self._next[partition] = self._load_next(partition)
+        return self._next[partition]
+
     def forget(self) -> None:
         """Partitions moved: read the durable next-offsets again."""
         self._next.clear()

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from .chart import ChartOfAccounts
 from .core import ACCOUNT_ITEMS_MAX, Applied, apply, new_account
 from .dedup import DedupEntry, Verdict, dedup_key, judge
-from .dlq import DlqRecord, Origin, dlq_record
+from .dlq import Origin, dlq_record
 from .events import EVENT_ADAPTER, Event, EventKind, event_digest
 from .rejections import Rejection
 from .state import AccountState
@@ -109,7 +109,8 @@ class Processor:
             self._reject(msg, out, decoded, event=None)
             return
         event = decoded
-        digest = event_digest(event)
+        assert msg.value is not None  # decoded
+        digest = event_digest(msg.value)
         dkey = dedup_key(event.account, event.event_id)
         part = msg.partition
         entry = out_dedup(out, part, dkey) or load_dedup(part, dkey)
@@ -144,7 +145,7 @@ class Processor:
             entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
                                version=outcome.state.version, posting_sha256=_sha256(posting))
             out.state_writes[(part, event.account)] = outcome.state
-        out.dedup_writes[(part, dkey)] = entry.model_dump_json().encode()
+        out.dedup_writes[(part, dkey)] = entry.to_json()
 
     def _redeliver(
         self,
@@ -165,22 +166,23 @@ class Processor:
             )
             outcome = apply(current, event, self.chart, items_max=self.account_items_max)
             assert isinstance(outcome, Applied), "an applied event failed on redelivery"
-            assert _sha256(_posting_json(outcome)) == entry.posting_sha256, \
+            assert _sha256(outcome.delta) == entry.posting_sha256, \
                 "redelivered event posts differently"
             current = outcome.state
         # The changelogs may lack either record (the local store can be ahead of them).
         out.dedup_writes[(msg.partition, dedup_key(event.account, event.event_id))] = (
-            entry.model_dump_json().encode()
+            entry.to_json()
         )
         if entry.outcome == "applied":
             out.state_writes[(msg.partition, event.account)] = current
 
-    def _emit(self, msg: Message, out: BatchResult, event: Event, outcome: Applied) -> str | None:
+    def _emit(self, msg: Message, out: BatchResult, event: Event,
+              outcome: Applied) -> bytes | None:
         """Queue the delta and its exception records; returns the delta as sent."""
         key = event.account.encode()
-        posting = _posting_json(outcome)
+        posting = outcome.delta
         if posting is not None:
-            out.postings.append((msg.partition, key, posting.encode()))
+            out.postings.append((msg.partition, key, posting))
             out.counts.postings += 1
         for index, line in enumerate(outcome.unmapped):
             record = dlq_record(
@@ -247,12 +249,8 @@ def out_dedup(out: BatchResult, partition: int, key: bytes) -> DedupEntry | None
     return DedupEntry.model_validate_json(raw) if raw is not None else None
 
 
-def _posting_json(outcome: Applied) -> str | None:
-    return outcome.delta.model_dump_json() if outcome.delta is not None else None
-
-
-def _sha256(text: str | None) -> str | None:
-    return hashlib.sha256(text.encode()).hexdigest() if text is not None else None
+def _sha256(data: bytes | None) -> str | None:
+    return hashlib.sha256(data).hexdigest() if data is not None else None
 
 
 def _origin(msg: Message) -> Origin:

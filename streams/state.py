@@ -15,7 +15,6 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 from typing_extensions import TypedDict
 
-
 __all__ = [
     "LEDGER_BUCKETS",
     "DEBIT_NORMAL_BUCKETS",

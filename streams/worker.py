@@ -30,13 +30,22 @@ import faust
 from faust.types import EventT
 from mode import CrashingSupervisor
 
+from rcmflow.kafka_io import log_ends
 from rcmflow.settings import Settings
 from rcmflow.tables.account_tables import AccountTables
-from rcmflow.tables.faust_internals import disable_gap_commits, install_highwater_fix, seek
+from rcmflow.tables.faust_internals import (
+    assigned_partitions,
+    disable_gap_commits,
+    fetching_state,
+    install_highwater_fix,
+    resume,
+    seek,
+    settled,
+)
 
 from .chart import ChartOfAccounts
 from .ordering import OffsetGuard
-from .outbox import OutRecord, Outbox
+from .outbox import Outbox, OutRecord
 from .processor import BatchResult, Counts, Message, Processor
 from .topics import DLQ, EVENTS, POSTINGS
 
@@ -46,6 +55,10 @@ log = logging.getLogger("rcmflow.worker")
 
 WORKER_SLOTS_MAX = 64
 PROGRESS_INTERVAL_S = 10.0
+#: An assigned partition that has records but delivered none for this long is stalled ...
+STALL_S = 15.0
+#: ... it is resumed and sought; still stalled this long after, the worker crashes.
+STALL_CRASH_S = 120.0
 #: A hole (see ``ordering.py``) is read again at most this often ...
 HOLE_RESEEK_S = 1.0
 #: ... and if it is still there after this long, the worker crashes rather than skip it.
@@ -77,6 +90,10 @@ class Pipeline:
         self.guard = OffsetGuard(tables.load_next_offset)
         #: (partition, offset) of a hole -> (first seen, last sought), monotonic seconds.
         self._holes: dict[tuple[int, int], tuple[float, float]] = {}
+        #: Partition -> when it last delivered a record (or was assigned), monotonic seconds.
+        self.last_delivery: dict[int, float] = {}
+        #: Partition -> when the watchdog first found it stalled.
+        self._stalled_since: dict[int, float] = {}
         self.progress = Progress()
         point, _, batch = os.environ.get(KILL_AT_ENV, "").partition(":")
         self._kill_at = (point, int(batch)) if point else None
@@ -93,6 +110,9 @@ class Pipeline:
             )
             for e in events
         ]
+        now = time.monotonic()
+        for message in messages:
+            self.last_delivery[message.partition] = now
         admitted = self.guard.admit(messages)
         result = self.processor.process(admitted.messages, self.tables.load_state,
                                         self.tables.load_dedup)
@@ -138,6 +158,41 @@ class Pipeline:
                     "reading them again", EVENTS, partition, offset)
         await seek(self.app, EVENTS, partition, offset)
 
+    def partitions_assigned(self) -> None:
+        now = time.monotonic()
+        self.last_delivery = {p: now for p in assigned_partitions(self.app, EVENTS)}
+        self._stalled_since.clear()
+
+    async def watchdog(self, servers: list[str]) -> None:
+        """Find assigned partitions that have records but deliver none; put them back."""
+        if not settled(self.app):
+            return
+        now = time.monotonic()
+        quiet = sorted(p for p in assigned_partitions(self.app, EVENTS)
+                       if now - self.last_delivery.setdefault(p, now) > STALL_S)
+        if not quiet:
+            self._stalled_since.clear()
+            return
+        ends = await log_ends(servers, EVENTS, quiet)
+        for partition in quiet:
+            expected = self.guard.next_offset(partition) or 0
+            if ends[partition] <= expected:
+                self._stalled_since.pop(partition, None)
+                continue
+            since = self._stalled_since.setdefault(partition, now)
+            state = fetching_state(self.app, EVENTS, partition)
+            if now - since > STALL_CRASH_S:
+                raise RuntimeError(
+                    f"{EVENTS} partition {partition} is assigned here, has records up to offset "
+                    f"{ends[partition]}, and delivered none from {expected} for "
+                    f"{now - self.last_delivery[partition]:.0f}s (consumer: {state}); crashing "
+                    "so that a restart (or another worker) takes it over"
+                )
+            log.warning("%s partition %d stalled at offset %d of %d (consumer: %s): resuming it",
+                        EVENTS, partition, expected, ends[partition], state)
+            resume(self.app, EVENTS, partition)
+            await seek(self.app, EVENTS, partition, expected)
+
     def _fault_point(self, point: str) -> None:
         if self._kill_at == (point, self.progress.batches):
             log.warning("%s=%s: killing this worker", KILL_AT_ENV, self._kill_at)
@@ -178,8 +233,8 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path) -> f
                            state_cache_max=settings.state_cache_max)
     processor = Processor(chart, event_bytes_max=settings.event_bytes_max,
                           account_items_max=settings.account_items_max)
-    outbox = Outbox(app, servers=settings.bootstrap_servers(),
-                    timeout_s=settings.produce_timeout_s)
+    servers = settings.bootstrap_servers()
+    outbox = Outbox(app, servers=servers, timeout_s=settings.produce_timeout_s)
     app.add_dependency(outbox)  # stopped (its producer flushed) with the app
     pipeline = Pipeline(app, tables, processor, outbox)
     # Raw bytes in: decoding is the processor's job, so a malformed event becomes a DLQ
@@ -196,6 +251,7 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path) -> f
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        tables.flush()
         tables.forget_cache()
         pipeline.guard.forget()
 
@@ -203,10 +259,12 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path) -> f
     async def _assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         tables.forget_cache()
         pipeline.guard.forget()
+        pipeline.partitions_assigned()
 
     @app.timer(PROGRESS_INTERVAL_S)
     async def _progress() -> None:
         pipeline.log_progress()
+        await pipeline.watchdog(servers)
 
     app.rcmflow_pipeline = pipeline  # type: ignore[attr-defined]
     return app

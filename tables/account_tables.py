@@ -14,7 +14,6 @@ recovery writes the stores underneath it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 
 import faust
@@ -36,6 +35,9 @@ ROCKSDB_OPTIONS = {
     "max_write_buffer_number": 2,
     "target_file_size_base": 32 * 1024**2,
     "block_cache_size": 16 * 1024**2,
+    # Most dedup lookups are for keys that do not exist: 10 bits per key keeps the bloom
+    # filter's false positives (each a block read) near 1 % (Faust's default 3 bits: ~25 %).
+    "bloom_filter_size": 10,
 }
 
 NEXT_OFFSET_KEY = b"\x00next-offset"
@@ -72,18 +74,24 @@ class AccountTables:
         )
         self.accounts_io = TableIO(app, self.accounts)
         self.dedup_io = TableIO(app, self.dedup)
-        self._cache: OrderedDict[tuple[int, str], AccountState] = OrderedDict()
+        #: Insertion-ordered: re-inserting on use keeps the oldest-used first (LRU).
+        self._cache: dict[tuple[int, str], AccountState] = {}
         self._cache_max = state_cache_max
 
     def forget_cache(self) -> None:
         """Partitions moved: states may have been rewritten by recovery."""
         self._cache.clear()
 
+    def flush(self) -> None:
+        """Before partitions move: make the WAL-less writes durable (see ``TableIO``)."""
+        self.accounts_io.flush()
+        self.dedup_io.flush()
+
     def load_state(self, partition: int, account: str) -> AccountState | None:
         key = (partition, account)
-        state = self._cache.get(key)
+        state = self._cache.pop(key, None)
         if state is not None:
-            self._cache.move_to_end(key)
+            self._cache[key] = state
             return state
         raw = self.accounts_io.get(partition, account.encode())
         if raw is None:
@@ -133,7 +141,7 @@ class AccountTables:
     def _remember(self, key: tuple[int, str], state: AccountState) -> None:
         if self._cache_max <= 0:
             return
+        self._cache.pop(key, None)
         self._cache[key] = state
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_max:
-            self._cache.popitem(last=False)
+        if len(self._cache) > self._cache_max:
+            del self._cache[next(iter(self._cache))]

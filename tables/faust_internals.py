@@ -8,13 +8,17 @@ when any of these hooks moves. Two reasons to reach inside:
    writes a whole batch to the table's RocksDB partition, produces its changelog records as
    record batches (``streams/outbox.py``), waits once for the acks and then records the
    changelog offset the way ``Collection._on_changelog_sent`` does, so recovery resumes there.
-2. **No commits past unread records.** Faust's drain loop treats a jump in offsets as a "gap"
+2. **Stalled partitions.** Faust can leave an assigned partition out of what its consumer
+   fetches after a rebalance (paused, or dropped from its active set; faust-streaming #629).
+   The worker's watchdog (``streams/worker.py``) notices an assigned partition that has records
+   but delivers none, puts it back (``resume``), seeks it, and crashes loudly if that fails.
+3. **No commits past unread records.** Faust's drain loop treats a jump in offsets as a "gap"
    and lets the commit run past it. A jump also happens when records fetched before a
    rebalance's seek are delivered after it; the records in between were never processed.
    ``disable_gap_commits`` turns the gap bookkeeping off, so an offset is committed only when
    every record before it was acked (``streams/ordering.py`` re-reads such holes). rcm.events is
    written without transactions and kept forever, so it has no real gaps.
-3. **Recovery highwaters on Tansu.** The embedded broker answers ListOffsets(LATEST) with the
+4. **Recovery highwaters on Tansu.** The embedded broker answers ListOffsets(LATEST) with the
    base offset of the last record batch + 1 instead of the log end; Faust's recovery stops at
    that answer and silently misses records (or raises ConsistencyError when the local store is
    further along). ``install_highwater_fix`` takes the larger of that answer and the high
@@ -30,10 +34,12 @@ from typing import Any, cast
 import aiokafka
 import faust
 from aiokafka.structs import TopicPartition
+from faust.stores.rocksdb import Store
 from faust.tables.base import Collection
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from rocksdict import WriteBatch, WriteOptions
 
 __all__ = [
     "FAUST_VERSION",
@@ -42,6 +48,10 @@ __all__ = [
     "disable_gap_commits",
     "fetch_highwaters",
     "seek",
+    "assigned_partitions",
+    "settled",
+    "fetching_state",
+    "resume",
 ]
 
 #: The faust-streaming release these hooks were written and tested against.
@@ -51,11 +61,22 @@ HIGHWATER_PROBE_TIMEOUT_S = 30.0
 
 
 class TableIO:
-    """Raw, batched access to one Faust table's RocksDB partitions and its changelog."""
+    """Raw, batched access to one Faust table's RocksDB partitions and its changelog.
+
+    Under at_least_once, rcmflow's writes skip RocksDB's write-ahead log: the changelog on the
+    broker is the durable copy, and the WAL doubled the cost of every state write. A crash then
+    loses the unflushed memtable, data and persisted changelog offset *together* (they share
+    it), so the store falls back to an older consistent point and recovery replays from there.
+    That holds only while no WAL-logged write (Faust's own recovery) follows an unflushed
+    WAL-less one: ``flush`` is called whenever partitions are revoked, before any recovery.
+    """
 
     def __init__(self, app: faust.App, table: Collection) -> None:
         self.app = app
         self.table = table
+        self._write_options = WriteOptions()
+        # rocksdict exposes this as a property (its stub says method).
+        self._write_options.disable_wal = not app.in_transaction  # type: ignore[method-assign,assignment]
 
     @property
     def changelog_topic(self) -> str:
@@ -68,12 +89,15 @@ class TableIO:
 
     def put_local(self, partition: int, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Write to the local store (before the changelog: the store may run ahead of it)."""
-        from rocksdict import WriteBatch
-
         batch = WriteBatch(raw_mode=True)
         for key, value in items:
             batch.put(key, value)
-        self.table.data._db_for_partition(partition).write(batch)
+        self.table.data._db_for_partition(partition).write(batch, write_opt=self._write_options)
+
+    def flush(self) -> None:
+        """Make every WAL-less write durable (memtables to SST files)."""
+        for db in list(self.table.data._dbs.values()):
+            db.flush()
 
     def persist_offsets(self, acked: Iterable[tuple[str, int, int]]) -> None:
         """Remember the newest changelog offset per partition, as Faust does after a send.
@@ -90,7 +114,9 @@ class TableIO:
                 # exactly_once: the offset becomes true only when the transaction commits.
                 self.app.tables.persist_offset_on_commit(self.table.data, tp, offset)
             else:
-                self.table.data.set_persisted_offset(tp, offset)
+                # Like Store.set_persisted_offset, but WAL-less like the data it vouches for.
+                db = self.table.data._db_for_partition(tp.partition)
+                db.put(Store.offset_key, str(offset).encode(), write_opt=self._write_options)
 
 
 async def fetch_highwaters(
@@ -151,6 +177,33 @@ def disable_gap_commits() -> None:
 async def seek(app: faust.App, topic: str, partition: int, offset: int) -> None:
     """Make the consumer read ``partition`` again from ``offset``."""
     await app.consumer.seek(TP(topic, partition), offset)
+
+
+def assigned_partitions(app: faust.App, topic: str) -> set[int]:
+    """The partitions of ``topic`` this worker is the active owner of."""
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+
+
+def settled(app: faust.App) -> bool:
+    """No rebalance or table recovery is under way."""
+    return not (getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False))
+
+
+def fetching_state(app: faust.App, topic: str, partition: int) -> str:
+    """Why the consumer may not fetch a partition: 'paused', 'inactive' or 'fetching'."""
+    consumer: Any = app.consumer
+    tp = TP(topic, partition)
+    if tp in consumer._paused_partitions:
+        return "paused"
+    active = consumer._active_partitions
+    if active is not None and tp not in active and tp not in consumer._buffered_partitions:
+        return "inactive"
+    return "fetching"
+
+
+def resume(app: faust.App, topic: str, partition: int) -> None:
+    """Put a partition back among the ones the consumer fetches."""
+    app.consumer.resume_partitions({TP(topic, partition)})
 
 
 def install_highwater_fix() -> None:

@@ -96,8 +96,8 @@ class Observed:
     @classmethod
     def read(cls, bootstrap: str) -> Observed:
         async def read_all() -> tuple[list[Any], list[Any], list[Any]]:
-            return (await read_topic([bootstrap], POSTINGS), await read_topic([bootstrap], ACCOUNTS),
-                    await read_topic([bootstrap], DLQ))
+            return (await read_topic([bootstrap], POSTINGS),
+                    await read_topic([bootstrap], ACCOUNTS), await read_topic([bootstrap], DLQ))
 
         postings, accounts, dlq = asyncio.run(read_all())
         by_id: dict[str, set[bytes]] = {}

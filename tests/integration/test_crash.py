@@ -25,7 +25,8 @@ from tests.workload import Expected, Observed, Workload
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-def publish_slowly(workload: Workload, bootstrap: str, chunks: int, pause_s: float) -> threading.Thread:
+def publish_slowly(workload: Workload, bootstrap: str, chunks: int,
+                   pause_s: float) -> threading.Thread:
     """Feed the stream in chunks from a thread, so workers die while events flow."""
     size = len(workload.values) // chunks + 1
 
@@ -110,10 +111,10 @@ def test_kill_9_at_every_step_then_at_random(broker: EmbeddedBroker, workers: Wo
     # 1. Each step of a batch, deterministically: deltas handed to the producer (no ack),
     #    deltas durable (no dedup record), dedup records durable (states not written).
     for point, batch in (("outputs-queued", 2), ("outputs-acked", 3), ("dedup-acked", 2)):
-        worker = workers.start("w1", **{KILL_AT_ENV: f"{point}:{batch}"})
-        wait_until(lambda: not worker.alive(), 90, f"the injected kill at {point}",
-                   worker.log_tail)
-        assert worker.process.returncode == -9, worker.log_tail()
+        killed = workers.start("w1", **{KILL_AT_ENV: f"{point}:{batch}"})
+        wait_until(lambda w=killed: not w.alive(), 90, f"the injected kill at {point}",
+                   killed.log_tail)
+        assert killed.process.returncode == -9, killed.log_tail()
     # 3. kill -9 from outside at random moments, keeping the store or losing it.
     for round_ in range(3):
         worker = workers.start("w1")

@@ -101,9 +101,10 @@ def test_key_must_be_the_account() -> None:
 
 def test_digest_ignores_key_order_and_whitespace_but_not_content() -> None:
     doc = charge(100, event_id="X")
-    reordered = json.loads(json.dumps(dict(reversed(list(doc.items())))))
-    assert event_digest(parse(doc)) == event_digest(parse(reordered))
-    assert event_digest(parse(doc)) != event_digest(parse(doc | {"amount_cents": 101}))
+    reordered = json.dumps(dict(reversed(list(doc.items()))), indent=2).encode()
+    assert event_digest(json.dumps(doc).encode()) == event_digest(reordered)
+    assert event_digest(json.dumps(doc).encode()) != event_digest(
+        json.dumps(doc | {"amount_cents": 101}).encode())
 
 
 def test_published_schema_names_every_kind() -> None:

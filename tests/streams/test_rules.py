@@ -8,7 +8,7 @@ import pytest
 
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.core import Applied, apply, new_account
-from rcmflow.streams.postings import posting_id
+from rcmflow.streams.postings import PostingDelta, posting_id
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.state import AccountState
 from tests.factories import COMMERCIAL, adjudication, charge, event_doc, parse, payment
@@ -28,10 +28,15 @@ def run(*docs: dict[str, Any], state: AccountState | None = None) -> Applied:
     return outcome
 
 
+def delta(outcome: Applied) -> PostingDelta:
+    """The outcome's delta, held to the published PostingDelta model."""
+    assert outcome.delta is not None
+    return PostingDelta.model_validate_json(outcome.delta)
+
+
 def lines(outcome: Applied) -> list[tuple[str, int, int]]:
     """(gl_account, debit, credit) of the outcome's delta."""
-    assert outcome.delta is not None
-    return [(ln.gl_account, ln.debit_cents, ln.credit_cents) for ln in outcome.delta.lines]
+    return [(ln.gl_account, ln.debit_cents, ln.credit_cents) for ln in delta(outcome).lines]
 
 
 def rejected(state: AccountState, doc: dict[str, Any]) -> Rejection:
@@ -58,8 +63,7 @@ def test_charge_reversal_mirrors_the_charge_and_references_its_posting() -> None
     out = run(event_doc("charge_reversed", amount_cents=3_000, reverses_event_id="CH1",
                         dimensions={"revenue_code": "0450"}), state=first.state)
     assert lines(out) == [("4010-ED", 3_000, 0), ("1210", 0, 3_000)]
-    assert out.delta is not None
-    assert out.delta.reverses_posting_id == posting_id("A1", "CH1", CHART.version)
+    assert delta(out).reverses_posting_id == posting_id("A1", "CH1", CHART.version)
     assert out.state.balances.gross_charges == 5_000
     assert out.state.balances.patient_ar == 5_000
 
