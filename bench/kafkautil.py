@@ -1,0 +1,150 @@
+"""Broker-side helpers of the harness: create topics, produce the workload, watch and read
+output topics.
+
+Tansu notes: ListOffsets(LATEST) answers the base offset of the last record batch + 1, not the
+log end, so "how far is a topic" is read from the high watermark of a fetch response
+(``OutputWatch``), as ``rcmflow.kafka_io.read_topic`` does. Its admin OffsetFetch
+(``list_consumer_group_offsets``) broke the connection in a probe; a group member's
+``committed()`` works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
+
+from rcmflow.kafka_io import Record, read_topic
+
+__all__ = [
+    "KEEP_FOREVER",
+    "create_topics",
+    "produce_all",
+    "OutputWatch",
+    "read_from",
+    "read_topic",
+    "Record",
+    "committed_offsets",
+]
+
+#: Tansu reports only the configs a topic was created with: spell everything out.
+KEEP_FOREVER = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+IN_FLIGHT_MAX = 5_000
+
+
+async def create_topics(servers: list[str], names: Sequence[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            await admin.create_topics([NewTopic(n, partitions, 1, topic_configs=KEEP_FOREVER)
+                                       for n in missing])
+    finally:
+        await admin.close()
+
+
+async def produce_all(servers: list[str], topic: str,
+                      records: Sequence[tuple[bytes, bytes]]) -> dict[int, int]:
+    """Send every (key, value) with acks=all (default partitioner: murmur2 of the key).
+
+    Returns the record count per partition, from the broker's acks.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    per_partition: dict[int, int] = {}
+    try:
+        pending: list[asyncio.Future[object]] = []
+
+        async def drain() -> None:
+            for meta in await asyncio.gather(*pending):
+                part = meta.partition  # type: ignore[attr-defined]
+                per_partition[part] = per_partition.get(part, 0) + 1
+            pending.clear()
+
+        for key, value in records:
+            pending.append(await producer.send(topic, value=value, key=key))
+            if len(pending) >= IN_FLIGHT_MAX:
+                await drain()
+        await drain()
+    finally:
+        await producer.stop()
+    return per_partition
+
+
+class OutputWatch:
+    """Cheap progress probe of a topic: the summed high watermark of its partitions.
+
+    Each probe seeks to Tansu's ListOffsets answer (the last batch's base offset + 1) and
+    fetches once, which returns at most one batch per partition and the true high watermark.
+    """
+
+    def __init__(self, servers: list[str], topic: str, partitions: int) -> None:
+        self.tps = [TopicPartition(topic, p) for p in range(partitions)]
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+                                         enable_auto_commit=False, fetch_max_wait_ms=50)
+
+    async def __aenter__(self) -> OutputWatch:
+        await self.consumer.start()
+        self.consumer.assign(self.tps)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def highwaters(self) -> dict[int, int]:
+        await self.consumer.seek_to_end(*self.tps)
+        await self.consumer.getmany(timeout_ms=200, max_records=100_000)
+        return {tp.partition: self.consumer.highwater(tp) or 0 for tp in self.tps}
+
+    async def total(self) -> int:
+        return sum((await self.highwaters()).values())
+
+
+async def read_from(servers: list[str], topic: str, start: dict[int, int],
+                    timeout_s: float = 60.0) -> list[Record]:
+    """The records of ``topic`` from ``start`` offsets (per partition) to the current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=100)
+    await consumer.start()
+    records: list[Record] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(start)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, start[tp.partition])
+        done: set[TopicPartition] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} did not reach its end in {timeout_s}s")
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for messages in batch.values():
+                records.extend(Record(m.topic, m.partition, m.offset, m.key, m.value,
+                                      m.timestamp) for m in messages)
+            for tp in tps:
+                highwater = consumer.highwater(tp)
+                if highwater is not None and await consumer.position(tp) >= highwater:
+                    done.add(tp)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def committed_offsets(servers: list[str], group: str, topic: str,
+                            partitions: int) -> dict[int, int | None]:
+    """The offsets ``group`` committed on ``topic`` (asked by a member that never joins)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p))
+                for p in range(partitions)}
+    finally:
+        await consumer.stop()

@@ -1,0 +1,98 @@
+"""Who else used the CPU during the run: the bench shares 2 cores with whatever else runs.
+
+Samples every process's CPU time once a second and splits it into this bench's process tree
+(harness, broker, system under test) and everything else, so RESULTS.md can say whether the
+numbers were taken on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import psutil
+
+__all__ = ["LoadSampler"]
+
+INTERVAL_S = 1.0
+
+
+@dataclass
+class LoadSampler:
+    own_cpu_s: float = 0.0
+    foreign_cpu_s: float = 0.0
+    wall_s: float = 0.0
+    #: Foreign CPU seconds per command name, the largest consumers.
+    foreign_by_name: dict[str, float] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+    _last: dict[int, float] = field(default_factory=dict)
+
+    def _sample(self) -> tuple[float, float, dict[str, float]]:
+        own_pids = {os.getpid()}
+        with suppress(psutil.Error):
+            own_pids |= {p.pid for p in psutil.Process().children(recursive=True)}
+        own = foreign = 0.0
+        names: dict[str, float] = {}
+        seen: dict[int, float] = {}
+        for proc in psutil.process_iter(["pid", "name", "cpu_times"]):
+            times = proc.info.get("cpu_times")
+            if times is None:
+                continue
+            total = times.user + times.system
+            seen[proc.pid] = total
+            delta = total - self._last.get(proc.pid, total if not self._last else 0.0)
+            if delta <= 0:
+                continue
+            if proc.pid in own_pids:
+                own += delta
+            else:
+                foreign += delta
+                names[proc.info.get("name") or "?"] = names.get(proc.info.get("name") or "?",
+                                                                0.0) + delta
+        self._last = seen
+        return own, foreign, names
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sample()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(INTERVAL_S)
+            own, foreign, names = self._sample()
+            now = loop.time()
+            self.wall_s += now - last
+            last = now
+            self.own_cpu_s += own
+            self.foreign_cpu_s += foreign
+            for name, cpu in names.items():
+                self.foreign_by_name[name] = self.foreign_by_name.get(name, 0.0) + cpu
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    def mark(self) -> tuple[float, float]:
+        """(foreign CPU seconds, wall seconds) so far: subtract two marks for one phase."""
+        return self.foreign_cpu_s, self.wall_s
+
+    @staticmethod
+    def cores_between(start: tuple[float, float], end: tuple[float, float]) -> float | None:
+        wall = end[1] - start[1]
+        return round((end[0] - start[0]) / wall, 3) if wall > 0 else None
+
+    def summary(self) -> dict[str, object]:
+        top = sorted(self.foreign_by_name.items(), key=lambda kv: -kv[1])[:5]
+        return {
+            "wall_s": round(self.wall_s, 1),
+            "own_cpu_s": round(self.own_cpu_s, 1),
+            "foreign_cpu_s": round(self.foreign_cpu_s, 1),
+            "foreign_cores_avg": round(self.foreign_cpu_s / self.wall_s, 3) if self.wall_s else 0,
+            "foreign_top": {name: round(cpu, 1) for name, cpu in top},
+        }
