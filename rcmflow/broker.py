@@ -117,6 +117,15 @@ class EmbeddedBroker:
 async def wait_for_broker(bootstrap: list[str], timeout_s: float) -> None:
     """Return once the broker answers a metadata request; BrokerError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
+    # Refused connections are expected while the broker starts: keep them out of the log.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        await _poll_broker(bootstrap, deadline)
+    finally:
+        logging.getLogger("aiokafka").setLevel(logging.NOTSET)
+
+
+async def _poll_broker(bootstrap: list[str], deadline: float) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
@@ -129,7 +138,8 @@ async def wait_for_broker(bootstrap: list[str], timeout_s: float) -> None:
             await asyncio.sleep(0.1)
         finally:
             await admin.close()
-    raise BrokerError(f"broker at {bootstrap} did not answer within {timeout_s}s: {last!r}")
+    raise BrokerError(f"broker at {bootstrap} did not answer in time: {last!r}")
+
 
 
 async def ensure_topics(

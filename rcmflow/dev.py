@@ -11,8 +11,9 @@ import sys
 import time
 from types import FrameType
 
+from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from rcmflow.broker import BrokerError, EmbeddedBroker, ensure_topics
 from rcmflow.demo import demo_lines
@@ -151,8 +152,9 @@ def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccount
             console.print(f"[red]the worker did not apply the demo within {DEMO_WAIT_S:.0f}s; "
                           "see its log[/red]")
             return
-    table = Table("account", "status", "version", "gross_charges", "insurance_ar",
-                  "patient_ar", "unapplied_credit", "balance", title="demo accounts")
+    table = Table(Column("account", min_width=19), "status", "ver", "charges", "ins. AR",
+                  "pt. AR", "credit", "balance", title="demo accounts (USD)",
+                  box=box.SIMPLE_HEAD)
     for account in expected:
         snap = snapshots[account]
         b = snap["balances"]
