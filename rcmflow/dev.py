@@ -153,15 +153,15 @@ def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccount
                           "see its log[/red]")
             return
     table = Table(Column("account", min_width=19), "status", "ver", "charges", "ins. AR",
-                  "pt. AR", "credit", "balance", title="demo accounts (USD)",
-                  box=box.SIMPLE_HEAD)
+                  "pt. AR", "balance", title="demo accounts (USD)",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for account in expected:
         snap = snapshots[account]
         b = snap["balances"]
         assert isinstance(b, dict)
         table.add_row(account, str(snap["status"]), str(snap["version"]),
                       *(format_cents(b[k]) for k in ("gross_charges", "insurance_ar",
-                                                     "patient_ar", "unapplied_credit", "balance")))
+                                                     "patient_ar", "balance")))
     console.print(table)
     dlq = asyncio.run(dlq_records(servers))
     reasons = sorted({str(r["reason_code"]) for r in dlq})
