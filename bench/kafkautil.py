@@ -11,7 +11,6 @@ log end, so "how far is a topic" is read from the high watermark of a fetch resp
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -110,31 +109,7 @@ class OutputWatch:
 async def read_from(servers: list[str], topic: str, start: dict[int, int],
                     timeout_s: float = 60.0) -> list[Record]:
     """The records of ``topic`` from ``start`` offsets (per partition) to the current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
-                                enable_auto_commit=False, fetch_max_wait_ms=100)
-    await consumer.start()
-    records: list[Record] = []
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(start)]
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, start[tp.partition])
-        done: set[TopicPartition] = set()
-        deadline = time.monotonic() + timeout_s
-        while len(done) < len(tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} did not reach its end in {timeout_s}s")
-            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            for messages in batch.values():
-                records.extend(Record(m.topic, m.partition, m.offset, m.key, m.value,
-                                      m.timestamp) for m in messages)
-            for tp in tps:
-                highwater = consumer.highwater(tp)
-                if highwater is not None and await consumer.position(tp) >= highwater:
-                    done.add(tp)
-    finally:
-        await consumer.stop()
-    return records
+    return await read_topic(servers, topic, start=start, timeout_s=timeout_s)
 
 
 async def committed_offsets(servers: list[str], group: str, topic: str,

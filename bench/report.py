@@ -117,8 +117,8 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 
 def format_table(results: list[SystemResult], rates: list[float]) -> str:
-    main, others = rates[0], rates[1:]
-    header = (f"| system | events/s | p50 ms | p99 ms | "
+    others = rates[1:]
+    header = ("| system | events/s | p50 ms | p99 ms | "
               + "".join(f"p50 / p99 ms at {rate:,.0f}/s | " for rate in others)
               + "peak RSS MB | outputs (distinct / expected) | check |")
     rows = [header, "|---|---:|---:|---:|" + "---:|" * len(others) + "---:|---:|---|"]
@@ -154,12 +154,14 @@ def write_results_md(path: Path, *, started: datetime, command: str,
                      latency_cfg: dict[str, Any], notes: list[str], wall_s: float,
                      json_path: Path, load: dict[str, Any] | None = None) -> None:
     m = machine
+    root = path.parent.parent
+    shown_json = json_path.relative_to(root) if json_path.is_relative_to(root) else json_path
     lines = [
         "# rcmflow benchmark results",
         "",
         f"- Date: {started.isoformat(timespec='seconds')}",
         f"- Command: `{command}` (bench wall time {wall_s:.0f} s)",
-        f"- Raw numbers: `{json_path.relative_to(path.parent.parent) if json_path.is_relative_to(path.parent.parent) else json_path}` (gitignored)",
+        f"- Raw numbers: `{shown_json}` (gitignored)",
         "",
         "## Machine",
         "",

@@ -124,7 +124,8 @@ def _cycle(rng: random.Random, acct_index: int, cycle: int, size: int, payer_cla
     def base(kind: str, source: str) -> dict[str, Any]:
         nonlocal step
         step += 1
-        return {"schema_version": 1, "event_id": f"{WORKLOAD_ID_PREFIX}{acct_index:07d}-{next(next_id):04d}",
+        event_id = f"{WORKLOAD_ID_PREFIX}{acct_index:07d}-{next(next_id):04d}"
+        return {"schema_version": 1, "event_id": event_id,
                 "account": account, "kind": kind, "occurred_at": _when(cycle, step),
                 "source": source}
 

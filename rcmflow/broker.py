@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 
 from rcmflow.streams.topics import TopicSpec
 
-__all__ = ["EmbeddedBroker", "ensure_topics", "wait_for_broker", "BrokerError"]
+__all__ = ["EmbeddedBroker", "ensure_topics", "wait_for_broker", "stop_process", "BrokerError"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,18 @@ BROKER_STOP_TIMEOUT_S = 10.0
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started or reached."""
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM, a grace period for a clean stop, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _free_port() -> int:
@@ -97,14 +109,8 @@ class EmbeddedBroker:
                     self.info_file.unlink()
             except (OSError, ValueError):
                 pass
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(BROKER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, BROKER_STOP_TIMEOUT_S)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 
-from rcmflow.broker import BrokerError, EmbeddedBroker, ensure_topics
+from rcmflow.broker import BrokerError, EmbeddedBroker, ensure_topics, stop_process
 from rcmflow.demo import demo_lines
 from rcmflow.kafka_io import publish
 from rcmflow.ops import dlq_records, format_cents, latest_snapshots
@@ -123,12 +123,8 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
         console.print("stopping ...")
         return 0
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(WORKER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if worker is not None:
+            stop_process(worker, WORKER_STOP_TIMEOUT_S)
         broker.stop()
 
 

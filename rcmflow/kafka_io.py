@@ -36,9 +36,11 @@ async def read_topic(
     topic: str,
     *,
     keep: Callable[[bytes | None], bool] | None = None,
+    start: dict[int, int] | None = None,
     timeout_s: float = READ_TIMEOUT_S,
 ) -> list[Record]:
-    """Every record of ``topic`` from the beginning to the current end (optionally filtered)."""
+    """The records of ``topic`` to its current end: from the beginning, or from ``start``
+    offsets (partition -> offset, those partitions only); optionally only keys ``keep``s."""
     consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
                                 enable_auto_commit=False, fetch_max_wait_ms=100)
     await consumer.start()
@@ -48,11 +50,15 @@ async def read_topic(
         if partitions is None:
             await consumer.topics()  # refresh metadata once
             partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in sorted(start or partitions)]
         if not tps:
             return records
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        if start is None:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            for tp in tps:
+                consumer.seek(tp, start[tp.partition])
         done: set[TopicPartition] = set()
         deadline = time.monotonic() + timeout_s
         while len(done) < len(tps):
