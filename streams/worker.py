@@ -35,6 +35,7 @@ from rcmflow.settings import Settings
 from rcmflow.tables.account_tables import AccountTables
 from rcmflow.tables.faust_internals import (
     assigned_partitions,
+    committed_offset,
     disable_gap_commits,
     fetching_state,
     install_highwater_fix,
@@ -65,8 +66,9 @@ HOLE_RESEEK_S = 1.0
 HOLE_WAIT_S = 60.0
 #: Test-only fault injection: "<point>:<batch number>" kills the worker (SIGKILL) right
 #: there, so crash tests can hit each step of a batch deterministically. Points:
-#: ``outputs-queued`` (deltas handed to the producer, no ack yet), ``outputs-acked`` (deltas
+#: ``processed`` (the batch applied in memory, nothing sent), ``outputs-acked`` (deltas
 #: durable, no dedup record), ``dedup-acked`` (dedup records durable, states not written).
+#: Kills in the middle of a send are left to the random kill -9 of the crash tests.
 KILL_AT_ENV = "RCMFLOW_TEST_KILL_AT"
 
 
@@ -121,7 +123,7 @@ class Pipeline:
         # exactly_once transaction manager expects.
         outputs = [OutRecord(POSTINGS, p, k, v) for p, k, v in result.postings]
         outputs += [OutRecord(DLQ, p, k, v) for p, k, v in result.dlq]
-        self._fault_point("outputs-queued")
+        self._fault_point("processed")
         await self.outbox.send(outputs)
         self._fault_point("outputs-acked")
         # Phase 2: dedup records, only once the outputs they vouch for are durable.
@@ -142,7 +144,9 @@ class Pipeline:
         return result
 
     async def _read_again(self, partition: int, offset: int) -> None:
-        """A hole before the next record: seek back to it instead of applying past it."""
+        """A hole before the next record: read the partition again instead of applying past
+        it, from the committed offset (events between it and the hole may still need their
+        redelivery: a batch whose states were lost)."""
         now = time.monotonic()
         first, last = self._holes.get((partition, offset), (now, 0.0))
         if now - first > HOLE_WAIT_S:
@@ -154,9 +158,10 @@ class Pipeline:
         if now - last < HOLE_RESEEK_S:
             return
         self._holes[(partition, offset)] = (first, now)
+        start = min(offset, committed_offset(self.app, EVENTS, partition))
         log.warning("%s partition %d: the consumer skipped the records from offset %d; "
-                    "reading them again", EVENTS, partition, offset)
-        await seek(self.app, EVENTS, partition, offset)
+                    "reading them again from %d", EVENTS, partition, offset, start)
+        await seek(self.app, EVENTS, partition, start)
 
     def partitions_assigned(self) -> None:
         now = time.monotonic()
@@ -188,10 +193,11 @@ class Pipeline:
                     f"{now - self.last_delivery[partition]:.0f}s (consumer: {state}); crashing "
                     "so that a restart (or another worker) takes it over"
                 )
-            log.warning("%s partition %d stalled at offset %d of %d (consumer: %s): resuming it",
-                        EVENTS, partition, expected, ends[partition], state)
+            start = min(expected, committed_offset(self.app, EVENTS, partition))
+            log.warning("%s partition %d stalled at offset %d of %d (consumer: %s): resuming "
+                        "it from %d", EVENTS, partition, expected, ends[partition], state, start)
             resume(self.app, EVENTS, partition)
-            await seek(self.app, EVENTS, partition, expected)
+            await seek(self.app, EVENTS, partition, start)
 
     def _fault_point(self, point: str) -> None:
         if self._kill_at == (point, self.progress.batches):

@@ -49,6 +49,7 @@ __all__ = [
     "fetch_highwaters",
     "seek",
     "assigned_partitions",
+    "committed_offset",
     "settled",
     "fetching_state",
     "resume",
@@ -177,6 +178,12 @@ def disable_gap_commits() -> None:
 async def seek(app: faust.App, topic: str, partition: int, offset: int) -> None:
     """Make the consumer read ``partition`` again from ``offset``."""
     await app.consumer.seek(TP(topic, partition), offset)
+
+
+def committed_offset(app: faust.App, topic: str, partition: int) -> int:
+    """The group's committed offset for a partition as this consumer knows it (0: none)."""
+    consumer: Any = app.consumer
+    return int(consumer._committed_offset.get(TP(topic, partition)) or 0)
 
 
 def assigned_partitions(app: faust.App, topic: str) -> set[int]:

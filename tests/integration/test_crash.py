@@ -108,9 +108,9 @@ def test_kill_9_at_every_step_then_at_random(broker: EmbeddedBroker, workers: Wo
     feeder = publish_slowly(workload, broker.bootstrap, chunks=30, pause_s=0.6)
     rng = random.Random(5)
 
-    # 1. Each step of a batch, deterministically: deltas handed to the producer (no ack),
-    #    deltas durable (no dedup record), dedup records durable (states not written).
-    for point, batch in (("outputs-queued", 2), ("outputs-acked", 3), ("dedup-acked", 2)):
+    # 1. Each step of a batch, deterministically: applied in memory (nothing sent), deltas
+    #    durable (no dedup record), dedup records durable (states not written).
+    for point, batch in (("processed", 2), ("outputs-acked", 3), ("dedup-acked", 2)):
         killed = workers.start("w1", **{KILL_AT_ENV: f"{point}:{batch}"})
         wait_until(lambda w=killed: not w.alive(), 90, f"the injected kill at {point}",
                    killed.log_tail)

@@ -103,3 +103,11 @@ def test_the_drain_loop_commits_past_gaps_through_add_gap() -> None:
     assert "gap_for_tp.overlap(0, max_offset)" in inspect.getsource(Consumer._new_offset)
     disable_gap_commits()
     assert asyncio.run(Consumer._add_gap(object(), None, 1, 5)) is None  # type: ignore[arg-type]
+
+
+def test_the_consumer_keeps_committed_offsets_where_committed_offset_reads_them() -> None:
+    from faust.transport.consumer import Consumer
+
+    assert "self._committed_offset.update(committed_offsets)" in inspect.getsource(
+        Consumer.perform_seek)
+    assert "_paused_partitions" in inspect.getsource(Consumer.pause_partitions)
