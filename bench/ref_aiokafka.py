@@ -17,7 +17,14 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from bench.reference import MONEY_KINDS, balance_effect, delta_json, digest, emit_result
+from bench.reference import (
+    MONEY_KINDS,
+    balance_effect,
+    delta_json,
+    digest,
+    emit_result,
+    reference_arguments,
+)
 
 BATCH_MAX = 1000
 
@@ -84,11 +91,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--input", default="rcm.events")
-    parser.add_argument("--output", required=True)
+    parser = reference_arguments(__doc__.splitlines()[0])
     asyncio.run(run(parser.parse_args()))
 
 

@@ -11,14 +11,20 @@ its own counters (``BENCH_RESULT {...}``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Any
 
 from quixstreams import Application, State
 
-from bench.reference import MONEY_KINDS, balance_effect, delta_json, digest, emit_result
+from bench.reference import (
+    MONEY_KINDS,
+    balance_effect,
+    delta_json,
+    digest,
+    emit_result,
+    reference_arguments,
+)
 
 COUNTS = {"consumed": 0, "new": 0, "replays": 0, "conflicts": 0, "deltas": 0}
 TIMES: dict[str, float | None] = {"first_consumed_wall": None, "last_processed_wall": None}
@@ -55,11 +61,7 @@ def wall_clock_ms(value: Any, key: Any, timestamp: int, headers: Any) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--input", default="rcm.events")
-    parser.add_argument("--output", required=True)
+    parser = reference_arguments(__doc__.splitlines()[0])
     parser.add_argument("--state-dir", required=True)
     args = parser.parse_args()
     app = Application(

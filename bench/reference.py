@@ -8,6 +8,7 @@ balance in integer cents, and one JSON delta per new event that moves money.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -73,6 +74,16 @@ def vmhwm_kb(pid: int | str = "self") -> int | None:
     except OSError:
         return None
     return int(match.group(1)) if match else None
+
+
+def reference_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line every reference system takes (the harness passes these)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--input", default="rcm.events")
+    parser.add_argument("--output", required=True)
+    return parser
 
 
 def emit_result(**fields: Any) -> None:

@@ -77,7 +77,7 @@ class Progress:
     counts: Counts = field(default_factory=Counts)
     batches: int = 0
     events: int = 0
-    started: float = field(default_factory=time.monotonic)
+    started_s: float = field(default_factory=time.monotonic)
 
 
 class Pipeline:
@@ -207,7 +207,7 @@ class Pipeline:
     def log_progress(self) -> None:
         p = self.progress
         c = p.counts
-        rate = p.events / max(time.monotonic() - p.started, 1e-9)
+        rate = p.events / max(time.monotonic() - p.started_s, 1e-9)
         log.info(
             "events %d (%.0f/s): applied %d, replays %d, redelivered %d, conflicts %d, "
             "rejected %d, postings %d, exceptions %d",
