@@ -126,7 +126,7 @@ def test_kill_9_at_every_step_then_at_random(broker: EmbeddedBroker, workers: Wo
     feeder.join()
     worker = workers.start("w1")
     wait_until(lambda: converged(broker.bootstrap, expected), 120, "convergence",
-               lambda: difference(broker.bootstrap, expected))
+               lambda: difference(broker.bootstrap, expected) + "\n" + worker.log_tail())
     assert_exact(Observed.read(broker.bootstrap), expected)
     assert worker.alive(), worker.log_tail()
 
