@@ -1,1 +1,23 @@
-"""FHIR R4 read API for patient portals (issue 5)."""
+"""FHIR R4 read API for patient portals (issue 5): Account, Claim, ClaimResponse and
+PaymentReconciliation built from the compacted ``rcm.accounts`` snapshots.
+
+``store`` (SQLite read model) · ``feed`` (rcm.accounts → store) · ``resources`` (snapshot →
+FHIR) · ``params`` (the search parameter table) · ``auth`` (bearer JWT scopes) · ``errors``
+(OperationOutcome everywhere) · ``app`` (routes) · ``server`` (`rcmflow facade`).
+"""
+
+from .app import FacadeConfig, capability_statement, create_app
+from .auth import Authenticator, Principal
+from .resources import build_resources, patient_id_for
+from .store import Store
+
+__all__ = [
+    "Authenticator",
+    "FacadeConfig",
+    "Principal",
+    "Store",
+    "build_resources",
+    "capability_statement",
+    "create_app",
+    "patient_id_for",
+]

@@ -1,0 +1,424 @@
+"""The FastAPI app: FHIR R4 read, vread and search over the read model, as HAPI answers them.
+
+Routes are generated per resource type from ``params.RESOURCES`` (so are the OpenAPI
+parameters and the CapabilityStatement). Bodies are the stored JSON of each resource; a search
+Bundle is assembled around them without decoding them again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from .auth import Authenticator, AuthError, Principal
+from .errors import FHIR_JSON, FhirError, install_handlers, outcome
+from .feed import FeedStatus
+from .params import RESOURCES, ResourceSpec, Search, SearchError, parse_search
+from .store import Row, Store
+
+__all__ = ["FacadeConfig", "create_app", "capability_statement", "FHIR_VERSION"]
+
+FHIR_VERSION = "4.0.1"
+_JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir",
+                 "fhir+json"}
+_ACCEPTABLE = _JSON_FORMATS | {"*/*", "application/*"}
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
+@dataclass(frozen=True)
+class FacadeConfig:
+    base_path: str = "/fhir"
+    count_default: int = 20
+    count_max: int = 200
+    request_bytes_max: int = 16 * 1024
+    cors_origins: tuple[str, ...] = ("*",)
+
+
+def create_app(store: Store, auth: Authenticator, config: FacadeConfig = FacadeConfig(),
+               feed: FeedStatus | None = None) -> FastAPI:
+    base = config.base_path.rstrip("/")
+    app = FastAPI(
+        title="rcmflow FHIR facade",
+        version="0.1.0",
+        description="FHIR R4 (4.0.1) read API for patient portals: Account, Claim, "
+        "ClaimResponse, PaymentReconciliation, built from rcmflow account snapshots.",
+        openapi_url=f"{base}/openapi.json",
+        docs_url=f"{base}/docs",
+        redoc_url=None,
+    )
+    install_handlers(app)
+    # Bearer tokens travel in a header, never cookies: any origin may call, with no
+    # credentials mode; the headers a portal needs for caching are exposed.
+    app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                       allow_methods=["GET", "POST", "OPTIONS"],
+                       allow_headers=["Authorization", "Content-Type", "Accept", "Prefer",
+                                      "If-None-Match"],
+                       expose_headers=["ETag", "Last-Modified", "Location", "Content-Location"])
+    api = _Api(store, auth, config, base)
+    router = APIRouter(prefix=base)
+    router.add_api_route("/metadata", api.metadata, methods=["GET"], tags=["conformance"],
+                         summary="CapabilityStatement", openapi_extra=_extra(_FORMAT))
+    for spec in RESOURCES.values():
+        _add_routes(router, api, spec)
+    app.include_router(router)
+    app.add_api_route("/health", _health(store, feed, auth), methods=["GET"], tags=["ops"],
+                      summary="Read model lag and size (JSON, not FHIR)")
+    app.add_api_route("/metrics", _metrics(store, feed), methods=["GET"], tags=["ops"],
+                      summary="Prometheus metrics")
+    return app
+
+
+_FORMAT: list[dict[str, Any]] = [
+    {"name": "_format", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "json (the only format served)"},
+]
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "FHIR resource or Bundle", "content": {FHIR_JSON: {}}},
+    304: {"description": "Not modified (If-None-Match matched the ETag)"},
+    400: {"description": "OperationOutcome: a bad parameter value"},
+    401: {"description": "OperationOutcome: no or invalid bearer token"},
+    403: {"description": "OperationOutcome: the token grants no access to this type"},
+    404: {"description": "OperationOutcome: unknown (or not yours) id"},
+    406: {"description": "OperationOutcome: a format other than JSON was asked for"},
+}
+
+
+def _extra(parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"parameters": parameters}
+
+
+def _search_parameters(spec: ResourceSpec) -> list[dict[str, Any]]:
+    params = [{"name": p.name, "in": "query", "required": False, "schema": {"type": "string"},
+               "description": f"{p.type}: {p.description}"} for p in spec.params]
+    params += [
+        {"name": "_count", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 0}, "description": "page size (capped)"},
+        {"name": "_offset", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 0}, "description": "first match to show"},
+        {"name": "_summary", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": ["count", "false"]}},
+    ]
+    if spec.includes:
+        params.append({"name": "_include", "in": "query", "required": False,
+                       "schema": {"type": "string", "enum": list(spec.includes)}})
+    params.append({"name": "Prefer", "in": "header", "required": False,
+                   "schema": {"type": "string"}, "description": "handling=strict: unknown "
+                   "parameters are a 400 instead of a warning"})
+    return params + _FORMAT
+
+
+def _add_routes(router: APIRouter, api: _Api, spec: ResourceSpec) -> None:
+    t = spec.type
+    common = {"tags": [t], "responses": _RESPONSES}
+    router.add_api_route(f"/{t}", api.search_get(spec), methods=["GET"],
+                         summary=f"Search {t}", operation_id=f"search_{t}",
+                         openapi_extra=_extra(_search_parameters(spec)), **common)
+    router.add_api_route(
+        f"/{t}/_search", api.search_post(spec), methods=["POST"],
+        summary=f"Search {t} (form body)", operation_id=f"search_post_{t}",
+        openapi_extra={"parameters": _FORMAT, "requestBody": {"required": False, "content": {
+            "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {
+                p.name: {"type": "string"} for p in spec.params}}}}}},
+        **common)
+    router.add_api_route(f"/{t}/{{rid}}", api.read(spec), methods=["GET"],
+                         summary=f"Read {t}", operation_id=f"read_{t}",
+                         openapi_extra=_extra(_FORMAT), **common)
+    router.add_api_route(f"/{t}/{{rid}}/_history/{{vid}}", api.vread(spec), methods=["GET"],
+                         summary=f"Read {t} at a version (the current one is kept)",
+                         operation_id=f"vread_{t}", openapi_extra=_extra(_FORMAT), **common)
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+class _Api:
+    def __init__(self, store: Store, auth: Authenticator, config: FacadeConfig,
+                 base: str) -> None:
+        self.store = store
+        self.auth = auth
+        self.config = config
+        self.base = base
+
+    # --- shared steps ---------------------------------------------------------------------
+
+    def _negotiate(self, request: Request) -> None:
+        fmt = request.query_params.get("_format")
+        if fmt is not None and fmt.strip().lower() not in _JSON_FORMATS:
+            raise FhirError(406, "only JSON is served (_format=json)")
+        accept = request.headers.get("accept")
+        if accept:
+            types = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
+            if not types & _ACCEPTABLE:
+                raise FhirError(406, "only application/fhir+json is served")
+
+    def _principal(self, request: Request, type_: str) -> Principal:
+        try:
+            principal = self.auth.principal(request.headers.get("authorization"))
+        except AuthError as exc:
+            headers = {"WWW-Authenticate": 'Bearer realm="fhir"'} if exc.status == 401 else {}
+            raise FhirError(exc.status, str(exc), headers=headers) from exc
+        if not principal.may_read(type_):
+            raise FhirError(403, f"the token's scopes do not cover {type_}")
+        return principal
+
+    def _base_url(self, request: Request) -> str:
+        return str(request.base_url).rstrip("/") + self.base
+
+    # --- interactions ---------------------------------------------------------------------
+
+    async def metadata(self, request: Request) -> Response:
+        self._negotiate(request)
+        doc = capability_statement(self._base_url(request), self.auth.enabled)
+        return Response(orjson.dumps(doc), media_type=FHIR_JSON)
+
+    def read(self, spec: ResourceSpec) -> Handler:
+        async def read(request: Request, rid: str) -> Response:
+            self._negotiate(request)
+            principal = self._principal(request, spec.type)
+            return self._current(request, principal, spec.type, rid, None)
+        return read
+
+    def vread(self, spec: ResourceSpec) -> Handler:
+        async def vread(request: Request, rid: str, vid: str) -> Response:
+            self._negotiate(request)
+            principal = self._principal(request, spec.type)
+            return self._current(request, principal, spec.type, rid, vid)
+        return vread
+
+    def _current(self, request: Request, principal: Principal, type_: str, rid: str,
+                 vid: str | None) -> Response:
+        row = self.store.read(type_, rid) if _is_id(rid) else None
+        # Another patient's resource answers exactly as a missing one: ids can't be probed.
+        if row is None or (principal.patient is not None and row.patient != principal.patient):
+            raise FhirError(404, f"{type_}/{rid[:64]} is not known")
+        if vid is not None and vid != str(row.version):
+            raise FhirError(404, f"{type_}/{rid} has no version {vid[:20]} (only the current "
+                            f"version, {row.version}, is kept)")
+        etag = f'W/"{row.version}"'
+        headers = {"ETag": etag}
+        if row.last_updated:
+            headers["Last-Modified"] = _http_date(row.last_updated)
+        if _etag_matches(request.headers.get("if-none-match"), str(row.version)):
+            return Response(status_code=304, headers=headers)
+        headers["Content-Location"] = (
+            f"{self._base_url(request)}/{type_}/{rid}/_history/{row.version}")
+        return Response(row.body, media_type=FHIR_JSON, headers=headers)
+
+    def search_get(self, spec: ResourceSpec) -> Handler:
+        async def search(request: Request) -> Response:
+            return self._search(request, spec, list(request.query_params.multi_items()))
+        return search
+
+    def search_post(self, spec: ResourceSpec) -> Handler:
+        async def search_post(request: Request) -> Response:
+            kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            body = await _bounded_body(request, self.config.request_bytes_max)
+            if body and kind != "application/x-www-form-urlencoded":
+                raise FhirError(415, "_search takes application/x-www-form-urlencoded")
+            try:
+                form = parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=64)
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise FhirError(400, "the form body is not valid") from exc
+            return self._search(request, spec, list(request.query_params.multi_items()) + form)
+        return search_post
+
+    def _search(self, request: Request, spec: ResourceSpec,
+                items: list[tuple[str, str]]) -> Response:
+        self._negotiate(request)
+        principal = self._principal(request, spec.type)
+        strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
+        try:
+            search = parse_search(spec, items, strict=strict,
+                                  count_default=self.config.count_default,
+                                  count_max=self.config.count_max, patient=principal.patient)
+        except SearchError as exc:
+            raise FhirError(400, str(exc), exc.code) from exc
+        total = self.store.count(search.query)
+        rows = [] if search.summary_count else self.store.search(
+            search.query, offset=search.offset, limit=search.count)
+        included: list[Row] = []
+        if search.include_request and rows and principal.may_read("Claim"):
+            wanted = sorted({r.request for r in rows if r.request})
+            included = [r for r in self.store.read_many("Claim", wanted)
+                        if principal.patient is None or r.patient == principal.patient]
+        return Response(self._bundle(request, spec, search, total, rows, included),
+                        media_type=FHIR_JSON)
+
+    def _bundle(self, request: Request, spec: ResourceSpec, search: Search, total: int,
+                rows: list[Row], included: list[Row]) -> bytes:
+        base = self._base_url(request)
+
+        def link(relation: str, offset: int) -> dict[str, str]:
+            query = [*search.used, ("_count", str(search.count))]
+            if offset:
+                query.append(("_offset", str(offset)))
+            return {"relation": relation, "url": f"{base}/{spec.type}?{urlencode(query)}"}
+
+        links = [link("self", search.offset)]
+        if not search.summary_count:
+            if search.offset + search.count < total:
+                links.append(link("next", search.offset + search.count))
+            if search.offset > 0:
+                links.append(link("previous", max(0, search.offset - search.count)))
+        head = {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid4()),
+            "meta": {"lastUpdated": datetime.now(UTC).isoformat(timespec="milliseconds")},
+            "type": "searchset",
+            "total": total,
+            "link": links,
+        }
+        entries = [_entry(base, row, b"match") for row in rows]
+        entries += [_entry(base, row, b"include") for row in included]
+        if search.ignored:
+            warning = outcome(f"ignored unknown or unsupported parameters: "
+                              f"{', '.join(search.ignored)}", "not-supported", "warning")
+            entries.append(b'{"resource":' + orjson.dumps(warning)
+                           + b',"search":{"mode":"outcome"}}')
+        doc = orjson.dumps(head)
+        if not entries:
+            return doc
+        return doc[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
+
+
+def _entry(base: str, row: Row, mode: bytes) -> bytes:
+    url = orjson.dumps(f"{base}/{row.type}/{row.id}")
+    return (b'{"fullUrl":' + url + b',"resource":' + row.body + b',"search":{"mode":"'
+            + mode + b'"}}')
+
+
+def _is_id(value: str) -> bool:
+    return 0 < len(value) <= 64 and all(c in _ID_CHARS for c in value)
+
+
+def _etag_matches(header: str | None, version: str) -> bool:
+    if not header:
+        return False
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag.strip('"') == version:
+            return True
+    return False
+
+
+def _http_date(instant: str) -> str:
+    moment = datetime.strptime(instant, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return moment.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise FhirError(413, f"request body larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise FhirError(413, f"request body larger than {limit} bytes")
+    return bytes(body)
+
+
+def capability_statement(base_url: str, auth_enabled: bool) -> dict[str, Any]:
+    """What this server does, generated from the same table the routes use."""
+    resources = []
+    for spec in RESOURCES.values():
+        entry: dict[str, Any] = {
+            "type": spec.type,
+            "documentation": spec.documentation,
+            "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "search-type"}],
+            "versioning": "versioned",
+            "readHistory": False,
+            "conditionalRead": "not-match",
+            "searchParam": [{"name": p.name, "definition": p.definition, "type": p.type,
+                             "documentation": p.description} for p in spec.params],
+        }
+        if spec.includes:
+            entry["searchInclude"] = list(spec.includes)
+        resources.append(entry)
+    security: dict[str, Any] = {
+        "cors": True,
+        "description": (
+            "Bearer JWT: system/*.read sees all; patient/*.read with a patient claim sees "
+            "that patient's resources only (another patient's id answers 404)."
+            if auth_enabled else "Authentication is OFF (development only)."),
+    }
+    if auth_enabled:
+        security["service"] = [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR"}]}]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-26",
+        "publisher": "rcmflow",
+        "kind": "instance",
+        "software": {"name": "rcmflow FHIR facade", "version": "0.1.0"},
+        "implementation": {"description": "rcmflow account state as FHIR R4",
+                           "url": base_url},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["json", FHIR_JSON],
+        "rest": [{
+            "mode": "server",
+            "security": security,
+            "resource": resources,
+            "searchParam": [
+                {"name": "_count", "type": "number", "documentation": "page size"},
+                {"name": "_offset", "type": "number", "documentation": "first match shown"},
+                {"name": "_summary", "type": "token", "documentation": "count"},
+            ],
+        }],
+    }
+
+
+def _health(store: Store, feed: FeedStatus | None,
+            auth: Authenticator) -> Callable[[], Awaitable[Response]]:
+    async def health() -> Response:
+        doc: dict[str, Any] = {"accounts": store.account_count(),
+                               "invalid_snapshots": store.invalid_snapshots,
+                               "auth": "jwt" if auth.enabled else "off"}
+        status = 200
+        if feed is None:
+            doc["status"] = "static"
+        else:
+            lag = feed.lag()
+            doc.update(lag_records=lag, positions=feed.positions_json(), error=feed.error,
+                       seconds_since_apply=None if feed.last_applied_at is None
+                       else round(time.time() - feed.last_applied_at, 3))
+            if not feed.started or lag is None:
+                doc["status"], status = "starting", 503
+            else:
+                doc["status"] = "ok" if lag == 0 else "catching_up"
+        return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
+    return health
+
+
+def _metrics(store: Store, feed: FeedStatus | None) -> Callable[[], Awaitable[Response]]:
+    async def metrics() -> Response:
+        lag = feed.lag() if feed is not None else 0
+        lines = [
+            "# HELP rcmflow_facade_lag_records rcm.accounts records not yet in the read model",
+            "# TYPE rcmflow_facade_lag_records gauge",
+            f"rcmflow_facade_lag_records {'NaN' if lag is None else lag}",
+            "# HELP rcmflow_facade_accounts accounts in the read model",
+            "# TYPE rcmflow_facade_accounts gauge",
+            f"rcmflow_facade_accounts {store.account_count()}",
+            "# HELP rcmflow_facade_invalid_snapshots_total snapshots not served (invalid FHIR)",
+            "# TYPE rcmflow_facade_invalid_snapshots_total counter",
+            f"rcmflow_facade_invalid_snapshots_total {store.invalid_snapshots}",
+        ]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    return metrics

@@ -1,0 +1,144 @@
+"""Feeds the read model from the compacted ``rcm.accounts`` topic.
+
+A consumer that joins no group (the facade scales apart from the workers and never moves
+their partitions) reads every partition from the offsets the store remembers, applies each
+batch and its next offsets in one store transaction, and keeps the high watermark each fetch
+reports, so lag = high watermark - next offset needs no ListOffsets (which the embedded broker
+answers wrongly). A store filled from another broker, or from a topic that was recreated
+(offsets past the log end), is emptied and filled again from the beginning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from rcmflow.kafka_io import log_ends
+from rcmflow.streams.topics import ACCOUNTS
+
+from .store import Store
+
+__all__ = ["Feeder", "FeedStatus"]
+
+log = logging.getLogger("rcmflow.facade")
+
+#: Records per store transaction: one batch holds the API's writer for its duration.
+BATCH_RECORDS_MAX = 200
+#: Longest a fetch waits for new records: bounds the read-your-writes delay it adds.
+FETCH_WAIT_MS = 100
+#: Longest wait for the topic's metadata at start before trying again (logged each time).
+METADATA_WAIT_S = 5.0
+
+
+@dataclass
+class FeedStatus:
+    started: bool = False
+    #: partition -> next offset applied / high watermark last fetched.
+    positions: dict[int, int] = field(default_factory=dict)
+    highwaters: dict[int, int] = field(default_factory=dict)
+    applied_records: int = 0
+    last_applied_at: float | None = None
+    error: str | None = None
+
+    def positions_json(self) -> dict[str, dict[str, int | None]]:
+        return {str(p): {"next_offset": pos, "highwater": self.highwaters.get(p)}
+                for p, pos in sorted(self.positions.items())}
+
+    def lag(self) -> int | None:
+        """Records on the topic not yet in the store; None until every partition fetched."""
+        if not self.started or set(self.highwaters) != set(self.positions):
+            return None
+        return sum(max(0, hw - self.positions[p]) for p, hw in self.highwaters.items())
+
+
+class Feeder:
+    def __init__(self, store: Store, servers: list[str], *, source: str,
+                 topic: str = ACCOUNTS) -> None:
+        self.store = store
+        self.servers = servers
+        self.source = source
+        self.topic = topic
+        self.status = FeedStatus()
+
+    async def run(self) -> None:
+        """Consume until cancelled. Errors are logged and shown on /health, then retried."""
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.status.error = f"{type(exc).__name__}: {exc}"[:300]
+                log.exception("facade feed from %s failed; retrying in 2 s", self.topic)
+                await asyncio.sleep(2)
+
+    async def _consume(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.servers, group_id=None,
+                                    enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            partitions = await self._partitions(consumer)
+            start = await self._start_offsets(partitions)
+            tps = [TopicPartition(self.topic, p) for p in partitions]
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, start.get(tp.partition, 0))
+            self.status.positions = {p: start.get(p, 0) for p in partitions}
+            self.status.started = True
+            self.status.error = None
+            log.info("facade feed: reading %s (%d partitions) from %s", self.topic,
+                     len(partitions), self.status.positions)
+            while True:
+                batch = await consumer.getmany(timeout_ms=FETCH_WAIT_MS * 2,
+                                               max_records=BATCH_RECORDS_MAX)
+                records: list[tuple[str, bytes | None]] = []
+                offsets: dict[int, int] = {}
+                for tp, messages in batch.items():
+                    for m in messages:
+                        if m.key is not None:
+                            records.append((m.key.decode(), m.value))
+                        offsets[tp.partition] = m.offset + 1
+                if offsets:
+                    await asyncio.to_thread(self.store.apply, records, offsets)
+                    self.status.positions.update(offsets)
+                    self.status.applied_records += len(records)
+                    self.status.last_applied_at = time.time()
+                for tp in tps:
+                    hw = consumer.highwater(tp)
+                    if hw is not None:
+                        self.status.highwaters[tp.partition] = hw
+        finally:
+            self.status.started = False
+            await consumer.stop()
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[int]:
+        while True:
+            found = consumer.partitions_for_topic(self.topic)
+            if not found:
+                await consumer.topics()
+                found = consumer.partitions_for_topic(self.topic)
+            if found:
+                return sorted(found)
+            log.warning("facade feed: topic %s not found yet; waiting", self.topic)
+            await asyncio.sleep(METADATA_WAIT_S)
+
+    async def _start_offsets(self, partitions: list[int]) -> dict[int, int]:
+        if self.store.meta("source") != self.source:
+            log.warning("facade read model was filled from another broker or is new: "
+                        "filling it from the beginning of %s", self.topic)
+            await asyncio.to_thread(self.store.reset, self.source)
+            return {}
+        held = self.store.offsets()
+        ends = await log_ends(self.servers, self.topic, partitions)
+        if any(held.get(p, 0) > ends[p] for p in partitions) or set(held) - set(partitions):
+            log.warning("facade read model is ahead of %s (topic recreated?): filling it again",
+                        self.topic)
+            await asyncio.to_thread(self.store.reset, self.source)
+            return {}
+        return held

@@ -1,0 +1,448 @@
+"""FHIR R4 resources built from one account snapshot (the JSON ``state_json`` writes).
+
+Pure functions: snapshot dict in, plain FHIR dicts out. Money is built from integer cents as
+``Decimal`` with two places and written as JSON numbers with both places (``fhir_json``): the
+FHIR models pass floats through, so nothing here ever makes one. Every resource is validated
+with the ``fhir.resources.R4B`` model of its type (``validate``) before the store keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+import orjson
+from fhir.resources.R4B.account import Account
+from fhir.resources.R4B.claim import Claim
+from fhir.resources.R4B.claimresponse import ClaimResponse
+from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation
+
+__all__ = [
+    "BALANCE_EXTENSION",
+    "PROVIDER_PREFIX",
+    "Built",
+    "build_resources",
+    "fhir_id",
+    "fhir_json",
+    "money",
+    "patient_id_for",
+    "utc_instant",
+    "validate",
+]
+
+#: HL7's cross-version extension carrying R5's Account.balance on an R4 Account.
+BALANCE_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Account.balance"
+AGGREGATE_SYSTEM = "http://hl7.org/fhir/account-aggregate"
+TERM_SYSTEM = "http://hl7.org/fhir/account-balance-term"
+ACCOUNT_SYSTEM = "urn:rcmflow:account"
+CLAIM_SYSTEM = "urn:rcmflow:claim"
+PAYER_SYSTEM = "urn:rcmflow:payer"
+ENTITY_SYSTEM = "urn:rcmflow:entity"
+EVENT_SYSTEM = "urn:rcmflow:event"
+TRACE_SYSTEM = "urn:rcmflow:payment-trace"  # 835 TRN02: the payer's check / EFT number
+PAYMENT_REF_SYSTEM = "urn:rcmflow:payment-reference"
+PCN_SYSTEM = "urn:rcmflow:payer-claim-control-number"
+CARC_SYSTEM = "https://x12.org/codes/claim-adjustment-reason-codes"
+CAS_GROUP_SYSTEM = "https://x12.org/codes/claim-adjustment-group-codes"
+ADJUDICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/adjudication"
+C4BB_ADJUDICATION_SYSTEM = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBAdjudication"
+CLAIM_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/claim-type"
+PRIORITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/processpriority"
+PAYMENT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/ex-paymenttype"
+PAYMENT_DETAIL_SYSTEM = "http://terminology.hl7.org/CodeSystem/payment-type"
+REVENUE_SYSTEM = "https://www.nubc.org/CodeSystem/RevenueCodes"
+CPT_SYSTEM = "http://www.ama-assn.org/go/cpt"
+PROVIDER_PREFIX = "provider:"
+
+_ID_OK = re.compile(r"[A-Za-z0-9\-]+")
+_ID_MAX = 64
+# FHIR strings may not hold control characters; dropping them also keeps ``fhir_json``'s
+# decimal marker (which starts with one) out of reach of any input text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_DEC_MARK = "\x1edec:"
+_DEC_OUT = re.compile(rb'"\\u001edec:(-?[0-9]+\.[0-9]{2})"')
+
+_MODELS = {
+    "Account": Account,
+    "Claim": Claim,
+    "ClaimResponse": ClaimResponse,
+    "PaymentReconciliation": PaymentReconciliation,
+}
+
+
+class Built(NamedTuple):
+    """One resource and the values the store indexes it by."""
+
+    type: str
+    id: str
+    patient: str
+    status: str
+    created: str | None  # UTC instant, ISO 8601, sortable as text
+    identifiers: tuple[str, ...]  # "system|value"
+    request: str | None  # ClaimResponse.request: the Claim id
+    outcome: str | None
+    doc: dict[str, Any]
+
+
+def fhir_id(*parts: str) -> str:
+    """A stable FHIR id (``[A-Za-z0-9\\-.]{1,64}``) from source ids.
+
+    Readable when it can be: the parts joined by ".", when each part is only letters, digits
+    and "-" and the whole fits. Otherwise "h.." + a digest of the parts: a readable id never
+    holds "..", so the two forms cannot collide.
+    """
+    assert parts and all(parts), "an id needs non-empty parts"
+    joined = ".".join(parts)
+    if len(joined) <= _ID_MAX and all(_ID_OK.fullmatch(p) for p in parts):
+        return joined
+    digest = hashlib.sha256(orjson.dumps(list(parts))).hexdigest()[:40]
+    return f"h..{digest}"
+
+
+def patient_id_for(snapshot: dict[str, Any]) -> str:
+    """The FHIR Patient id an account belongs to.
+
+    Account state carries no patient id yet: a snapshot's ``patient`` wins when it has one,
+    else the id is derived from the account number (one patient per account). The one place
+    to change when the EHR's patient id reaches the events.
+    """
+    patient = snapshot.get("patient")
+    if isinstance(patient, str) and patient:
+        return patient
+    return fhir_id("pat", snapshot["account"])
+
+
+def money(cents: int, currency: str = "USD") -> dict[str, Any]:
+    """FHIR Money from integer cents: a Decimal with exactly two places."""
+    assert isinstance(cents, int) and not isinstance(cents, bool), f"cents, not {cents!r}"
+    return {"value": Decimal(cents).scaleb(-2), "currency": currency}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return f"{_DEC_MARK}{value:.2f}"
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def fhir_json(doc: dict[str, Any]) -> bytes:
+    """JSON bytes of a FHIR dict; Decimals are written as numbers with their two places."""
+    raw = orjson.dumps(doc, default=_json_default)
+    return _DEC_OUT.sub(rb"\1", raw)
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Raise ``pydantic.ValidationError`` unless ``doc`` is a valid R4 (R4B model) resource."""
+    _MODELS[doc["resourceType"]].model_validate(doc)
+
+
+def utc_instant(value: str | datetime | None) -> str | None:
+    """An ISO 8601 time as a UTC instant with microseconds: the store compares these as text."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _text(value: Any) -> str:
+    return _CONTROL.sub("", str(value))
+
+
+def _ref(kind: str, rid: str) -> dict[str, str]:
+    return {"reference": f"{kind}/{rid}"}
+
+
+def _org(system: str, value: str | None) -> dict[str, Any]:
+    """A Reference to an organisation we know only by code (no Organization resource)."""
+    if not value:
+        return {"display": "unknown"}
+    return {"identifier": {"system": system, "value": _text(value)}, "display": _text(value)}
+
+
+def _concept(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    coding: dict[str, str] = {"system": system, "code": _text(code)}
+    if display:
+        coding["display"] = display
+    return {"coding": [coding]}
+
+
+def _balance(cents: int, aggregate: str | None, label: str) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = []
+    if aggregate is not None:
+        parts.append({"url": "aggregate", "valueCodeableConcept": _concept(
+            AGGREGATE_SYSTEM, aggregate, label)})
+    parts.append({"url": "term", "valueCodeableConcept": _concept(TERM_SYSTEM, "current")})
+    parts.append({"url": "estimate", "valueBoolean": False})
+    parts.append({"url": "amount", "valueMoney": money(cents)})
+    return {"url": BALANCE_EXTENSION, "extension": parts}
+
+
+_ACCOUNT_STATUS = {"closed": "inactive"}
+
+
+def _meta(snapshot: dict[str, Any], updated: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"versionId": str(snapshot["version"])}
+    if updated is not None:
+        meta["lastUpdated"] = updated
+    return meta
+
+
+def build_resources(snapshot: dict[str, Any]) -> list[Built]:
+    """Every resource one patient account's snapshot shows; none for provider keys.
+
+    Provider keys (835 PLB money) belong to no patient, and their snapshots keep balances
+    only, not the PLB amounts one by one, so they make no resources.
+    """
+    account = snapshot["account"]
+    if account.startswith(PROVIDER_PREFIX):
+        return []
+    patient = patient_id_for(snapshot)
+    updated = utc_instant(snapshot.get("last_event_at"))
+    meta = _meta(snapshot, updated)
+    built = [_account(snapshot, patient, meta, updated)]
+    for claim in snapshot["claims"].values():
+        built.append(_claim(account, claim, patient, meta, snapshot))
+        for adjudication in claim["adjudications"]:
+            built.append(_claim_response(account, claim, adjudication, patient, meta))
+    built.extend(_payer_payments(snapshot, patient, meta))
+    built.extend(_patient_payments(snapshot, patient, meta))
+    return built
+
+
+def _account(snapshot: dict[str, Any], patient: str, meta: dict[str, Any],
+             updated: str | None) -> Built:
+    account = snapshot["account"]
+    rid = fhir_id(account)
+    b = snapshot["balances"]
+    payers = sorted({c["payer"] for c in snapshot["claims"].values() if c.get("payer")})
+    doc: dict[str, Any] = {
+        "resourceType": "Account",
+        "id": rid,
+        "meta": meta,
+        "extension": [
+            _balance(b["insurance_ar"], "insurance", "Insurance"),
+            _balance(b["patient_ar"], "patient", "Patient"),
+            # No aggregate: the whole balance (insurance + patient - unapplied credit).
+            _balance(b["balance"], None, "Total"),
+        ],
+        "identifier": [{"system": ACCOUNT_SYSTEM, "value": _text(account)}],
+        "status": _ACCOUNT_STATUS.get(snapshot["status"], "active"),
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                             "code": "PBILLACCT", "display": "patient billing account"}],
+                 "text": _text(snapshot["status"])},
+        "name": f"Patient account {_text(account)}",
+        "subject": [_ref("Patient", patient)],
+    }
+    if payers:
+        doc["coverage"] = [{"coverage": _org(PAYER_SYSTEM, payer), "priority": n}
+                           for n, payer in enumerate(payers, start=1)]
+    if snapshot.get("entity"):
+        doc["owner"] = _org(ENTITY_SYSTEM, snapshot["entity"])
+    identifiers = (f"{ACCOUNT_SYSTEM}|{account}",)
+    return Built("Account", rid, patient, doc["status"], updated, identifiers, None, None, doc)
+
+
+def _claim_created(claim: dict[str, Any], snapshot: dict[str, Any]) -> str:
+    when = claim.get("submitted_at")
+    if when is None and claim["adjudications"]:
+        when = claim["adjudications"][0]["occurred_at"]
+    created = utc_instant(when or snapshot.get("last_event_at"))
+    assert created is not None, "a claim with no time at all"
+    return created
+
+
+def _claim(account: str, claim: dict[str, Any], patient: str, meta: dict[str, Any],
+           snapshot: dict[str, Any]) -> Built:
+    rid = fhir_id(account, claim["claim_id"])
+    created = _claim_created(claim, snapshot)
+    items = []
+    for n, line in enumerate(claim["lines"], start=1):
+        code = line.get("procedure_code") or line.get("revenue_code") or "unknown"
+        system = CPT_SYSTEM if line.get("procedure_code") else REVENUE_SYSTEM
+        item: dict[str, Any] = {
+            "sequence": n,
+            "productOrService": _concept(system, code),
+            "quantity": {"value": line["units"]},
+            "net": money(line["charge_cents"]),
+        }
+        if line.get("revenue_code"):
+            item["revenue"] = _concept(REVENUE_SYSTEM, line["revenue_code"])
+        items.append(item)
+    doc: dict[str, Any] = {
+        "resourceType": "Claim",
+        "id": rid,
+        "meta": meta,
+        "identifier": [{"system": CLAIM_SYSTEM, "value": _text(claim["claim_id"])}],
+        "status": "active",
+        "type": _concept(CLAIM_TYPE_SYSTEM, "institutional"),
+        "use": "claim",
+        "patient": _ref("Patient", patient),
+        "created": created,
+        "insurer": _org(PAYER_SYSTEM, claim.get("payer")),
+        "provider": _org(ENTITY_SYSTEM, snapshot.get("entity")),
+        "priority": _concept(PRIORITY_SYSTEM, "normal"),
+        "insurance": [{"sequence": 1, "focal": True,
+                       "coverage": _org(PAYER_SYSTEM, claim.get("payer"))}],
+        "total": money(claim["total_charge_cents"]),
+    }
+    if items:
+        doc["item"] = items
+    identifiers = (f"{CLAIM_SYSTEM}|{claim['claim_id']}",)
+    return Built("Claim", rid, patient, "active", created, identifiers, None, None, doc)
+
+
+_DISPOSITION = {
+    "processed": "Claim processed by the payer",
+    "denied": "Claim denied by the payer",
+    "reversal": "Payer reversed an earlier payment",
+}
+
+
+def _claim_response(account: str, claim: dict[str, Any], adj: dict[str, Any], patient: str,
+                    meta: dict[str, Any]) -> Built:
+    rid = fhir_id(account, adj["event_id"])
+    claim_rid = fhir_id(account, claim["claim_id"])
+    created = utc_instant(adj["occurred_at"])
+    assert created is not None
+    adjudications: list[dict[str, Any]] = [
+        {"category": _concept(ADJUDICATION_SYSTEM, "submitted"),
+         "amount": money(adj["charge_cents"])},
+        {"category": _concept(ADJUDICATION_SYSTEM, "benefit"),
+         "amount": money(adj["paid_cents"])},
+    ]
+    for a in adj["adjustments"]:
+        adjudications.append({
+            "category": _concept(CAS_GROUP_SYSTEM, a["group"]),
+            "reason": _concept(CARC_SYSTEM, a["reason"]),
+            "amount": money(a["amount_cents"]),
+        })
+    identifiers = [f"{EVENT_SYSTEM}|{adj['event_id']}"]
+    doc: dict[str, Any] = {
+        "resourceType": "ClaimResponse",
+        "id": rid,
+        "meta": meta,
+        "identifier": [{"system": EVENT_SYSTEM, "value": _text(adj["event_id"])}],
+        "status": "active",
+        "type": _concept(CLAIM_TYPE_SYSTEM, "institutional"),
+        "use": "claim",
+        "patient": _ref("Patient", patient),
+        "created": created,
+        "insurer": _org(PAYER_SYSTEM, adj.get("payer") or claim.get("payer")),
+        "request": _ref("Claim", claim_rid),
+        # RemittanceOutcome: a denial and a reversal are completed adjudications too;
+        # what happened is in ``disposition``.
+        "outcome": "complete",
+        "disposition": _DISPOSITION[adj["outcome"]],
+        "adjudication": adjudications,
+        "total": [
+            {"category": _concept(ADJUDICATION_SYSTEM, "submitted"),
+             "amount": money(adj["charge_cents"])},
+            {"category": _concept(ADJUDICATION_SYSTEM, "benefit"),
+             "amount": money(adj["paid_cents"])},
+            {"category": _concept(C4BB_ADJUDICATION_SYSTEM, "memberliability",
+                                  "Patient responsibility"),
+             "amount": money(adj["patient_responsibility_cents"])},
+        ],
+        "payment": {
+            "type": _concept(PAYMENT_TYPE_SYSTEM, "complete"),
+            "date": created[:10],
+            "amount": money(adj["paid_cents"]),
+        },
+    }
+    if adj.get("payer_claim_control_number"):
+        pcn = adj["payer_claim_control_number"]
+        doc["identifier"].append({"system": PCN_SYSTEM, "value": _text(pcn)})
+        identifiers.append(f"{PCN_SYSTEM}|{pcn}")
+    if adj.get("correlation_id"):
+        doc["payment"]["identifier"] = {"system": TRACE_SYSTEM,
+                                        "value": _text(adj["correlation_id"])}
+    return Built("ClaimResponse", rid, patient, "active", created, tuple(identifiers),
+                 claim_rid, "complete", doc)
+
+
+def _payer_payments(snapshot: dict[str, Any], patient: str,
+                    meta: dict[str, Any]) -> Iterable[Built]:
+    """One PaymentReconciliation per payer check / EFT (835 TRN) and account.
+
+    A check pays claims of many patients; the part shown is the one applied to this account,
+    so a patient never sees other patients' claims (search ``identifier`` by the trace number
+    gives an operator every account's part of a check).
+    """
+    account = snapshot["account"]
+    by_trace: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for claim in snapshot["claims"].values():
+        for adj in claim["adjudications"]:
+            if adj.get("correlation_id"):
+                by_trace.setdefault(adj["correlation_id"], []).append((claim, adj))
+    for trace, parts in sorted(by_trace.items()):
+        rid = fhir_id("trn", account, trace)
+        created = min(utc_instant(adj["occurred_at"]) or "" for _, adj in parts)
+        details = [{
+            "identifier": {"system": EVENT_SYSTEM, "value": _text(adj["event_id"])},
+            "type": _concept(PAYMENT_DETAIL_SYSTEM, "payment"),
+            "request": _ref("Claim", fhir_id(account, claim["claim_id"])),
+            "response": _ref("ClaimResponse", fhir_id(account, adj["event_id"])),
+            "date": utc_instant(adj["occurred_at"])[:10],  # type: ignore[index]
+            "amount": money(adj["paid_cents"]),
+        } for claim, adj in parts]
+        payer = parts[0][1].get("payer") or parts[0][0].get("payer")
+        doc: dict[str, Any] = {
+            "resourceType": "PaymentReconciliation",
+            "id": rid,
+            "meta": meta,
+            "identifier": [{"system": TRACE_SYSTEM, "value": _text(trace)}],
+            "status": "active",
+            "created": created,
+            "paymentIssuer": _org(PAYER_SYSTEM, payer),
+            "outcome": "complete",
+            "disposition": f"Payer payment applied to account {_text(account)}",
+            "paymentDate": created[:10],
+            "paymentAmount": money(sum(adj["paid_cents"] for _, adj in parts)),
+            "paymentIdentifier": {"system": TRACE_SYSTEM, "value": _text(trace)},
+            "detail": details,
+        }
+        yield Built("PaymentReconciliation", rid, patient, "active", created,
+                    (f"{TRACE_SYSTEM}|{trace}",), None, "complete", doc)
+
+
+def _patient_payments(snapshot: dict[str, Any], patient: str,
+                      meta: dict[str, Any]) -> Iterable[Built]:
+    """One PaymentReconciliation per patient payment or refund (a refund's amount < 0)."""
+    account = snapshot["account"]
+    for pay in snapshot["payments"]:
+        rid = fhir_id("pay", account, pay["event_id"])
+        created = utc_instant(pay["occurred_at"])
+        assert created is not None
+        refund = pay["kind"] == "refund"
+        cents = -pay["amount_cents"] if refund else pay["amount_cents"]
+        identifiers = [f"{EVENT_SYSTEM}|{pay['event_id']}"]
+        doc: dict[str, Any] = {
+            "resourceType": "PaymentReconciliation",
+            "id": rid,
+            "meta": meta,
+            "identifier": [{"system": EVENT_SYSTEM, "value": _text(pay["event_id"])}],
+            "status": "active",
+            "created": created,
+            "outcome": "complete",
+            "disposition": (f"Refund to {_text(pay['channel'])}" if refund
+                            else f"Patient payment ({_text(pay['channel'])})"),
+            "paymentDate": created[:10],
+            "paymentAmount": money(cents),
+            "detail": [{
+                "type": _concept(PAYMENT_DETAIL_SYSTEM, "payment"),
+                "payee": {"display": f"Patient account {_text(account)}"},
+                "date": created[:10],
+                "amount": money(cents),
+            }],
+        }
+        if pay.get("reference"):
+            doc["paymentIdentifier"] = {"system": PAYMENT_REF_SYSTEM,
+                                        "value": _text(pay["reference"])}
+            identifiers.append(f"{PAYMENT_REF_SYSTEM}|{pay['reference']}")
+        yield Built("PaymentReconciliation", rid, patient, "active", created,
+                    tuple(identifiers), None, "complete", doc)

@@ -1,0 +1,74 @@
+"""`rcmflow facade`: the read model, its feed from rcm.accounts, and the app under uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from rcmflow.settings import Settings
+
+from .app import FacadeConfig, create_app
+from .auth import Authenticator
+from .feed import Feeder
+from .store import Store
+
+__all__ = ["build_app", "run_facade", "store_path", "AUTH_OFF_WARNING"]
+
+log = logging.getLogger("rcmflow.facade")
+
+AUTH_OFF_WARNING = ("FHIR FACADE AUTH IS OFF: anyone who reaches the port reads every "
+                    "patient's billing data. Development only; never in production.")
+
+
+def store_path(settings: Settings) -> Path:
+    return settings.facade_store or settings.data_dir / "facade" / "read.sqlite"
+
+
+def build_app(settings: Settings, servers: list[str], source: str) -> FastAPI:
+    """The app with its store and a feed that runs while the app does."""
+    auth = Authenticator(
+        enabled=settings.facade_auth == "jwt",
+        key=settings.facade_jwt_key.get_secret_value() if settings.facade_jwt_key else None,
+        algorithm=settings.facade_jwt_algorithm, audience=settings.facade_jwt_audience)
+    if not auth.enabled:
+        log.warning(AUTH_OFF_WARNING)
+    store = Store(store_path(settings))
+    feeder = Feeder(store, servers, source=source)
+    config = FacadeConfig(
+        base_path=settings.facade_base_path, count_max=settings.facade_count_max,
+        request_bytes_max=settings.facade_request_bytes_max,
+        cors_origins=tuple(o.strip() for o in settings.facade_cors_origins.split(",")
+                           if o.strip()))
+    app = create_app(store, auth, config, feeder.status)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(feeder.run(), name="facade-feed")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            store.close()
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+def run_facade(settings: Settings, servers: list[str], source: str) -> int:
+    app = build_app(settings, servers, source)
+    log.info("FHIR facade on http://%s:%d%s (auth %s)", settings.facade_host,
+             settings.facade_port, settings.facade_base_path, settings.facade_auth)
+    # No access log: URLs carry search values (identifiers, dates) that may be PHI.
+    # Finite limits: uvicorn leaves concurrency open; h11 bounds headers (16 KiB).
+    uvicorn.run(app, host=settings.facade_host, port=settings.facade_port,
+                log_level="warning", access_log=False, limit_concurrency=1000,
+                timeout_keep_alive=5)
+    return 0
