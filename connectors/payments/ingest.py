@@ -1,0 +1,163 @@
+"""A payment file -> events for good rows, rcm.dlq records (row number + reason) for bad ones.
+
+``process_payments`` is pure; ``ingest_payment_files`` publishes. Good rows go through even
+when others in the same file are bad. Each row is also kept as received on rcm.raw.payments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+
+from rcmflow.connectors.x12.publishing import (
+    EXIT_BROKER,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_REJECTED,
+    BrokerFailed,
+    publish_records,
+)
+from rcmflow.settings import Settings
+from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.topics import DLQ, EVENTS, RAW_PAYMENTS
+
+from .rows import FileError, PaymentEvent, RawRow, RowError, read_rows, row_event
+
+__all__ = ["PaymentsOutcome", "process_payments", "ingest_payment_files", "Rejected"]
+
+Record = tuple[str, bytes | None, bytes]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    row: int  # 0 for the file as a whole
+    code: str
+    detail: str
+    payload: str
+    account: str | None = None
+
+
+@dataclass
+class PaymentsOutcome:
+    origin: str
+    events: list[tuple[RawRow, PaymentEvent]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def ok(self) -> bool:
+        return not self.rejected
+
+    def reason_text(self) -> str:
+        lines = [f"{len(self.events)} rows published as events, {len(self.rejected)} rejected"]
+        lines += [f"{r.code}: {r.detail}" for r in self.rejected]
+        return "\n".join(lines + self.warnings) + "\n"
+
+    def records(self) -> list[Record]:
+        out: list[Record] = []
+        for row, event in self.events:
+            out.append((RAW_PAYMENTS, event.event_id.encode(), orjson.dumps(
+                {"origin": self.origin, "row": row.number, "status": "applied",
+                 "fields": row.fields})))
+            out.append((EVENTS, event.account.encode(), event.model_dump_json().encode()))
+        received = datetime.now(UTC)
+        for r in self.rejected:
+            record = dlq_record(
+                stage="decode", reason_code=r.code,
+                reason=f"{self.origin.removeprefix('file:')} {r.detail}",
+                origin=Origin(topic=self.origin, partition=0, offset=r.row, key=None),
+                payload=r.payload.encode(), received_at=received,
+                context={"row": r.row, **({"account": r.account} if r.account else {})},
+            )
+            out.append((DLQ, None, record.model_dump_json().encode()))
+        return out
+
+
+def process_payments(data: bytes, *, name: str, origin: str, channel: str = "lockbox",
+                     rows_max: int = 1_000_000) -> PaymentsOutcome:
+    """Every row of a CSV / JSON-lines payment file, as an event or a rejection."""
+    outcome = PaymentsOutcome(origin=origin)
+    try:
+        warnings, rows = read_rows(data, name=name)
+    except FileError as exc:
+        outcome.rejected.append(Rejected(0, "file_unreadable", f"file: {exc}",
+                                         data[:4096].decode("utf-8", "replace")))
+        return outcome
+    outcome.warnings.extend(warnings)
+    first_row: dict[tuple[str, str], tuple[int, str]] = {}
+    count = 0
+    for item in rows:
+        count += 1
+        if count > rows_max:
+            outcome.rejected.append(Rejected(0, "rows_max", f"rows past {rows_max} were not "
+                                             "read (RCMFLOW_PAYMENTS_ROWS_MAX): split the file",
+                                             ""))
+            break
+        if isinstance(item, RowError):
+            outcome.rejected.append(Rejected(_row_of(item), item.code, item.detail, ""))
+            continue
+        event = row_event(item, channel=channel)
+        account = item.fields.get("account") or None
+        if isinstance(event, RowError):
+            outcome.rejected.append(Rejected(item.number, event.code, event.detail, item.text,
+                                             account))
+            continue
+        key = (event.account, event.event_id)
+        digest = event.model_dump_json()
+        if key in first_row:
+            seen_row, seen_digest = first_row[key]
+            same = "the same content" if seen_digest == digest else "other content"
+            outcome.rejected.append(Rejected(
+                item.number, "row_duplicate_reference",
+                f"row {item.number}: reference {event.event_id.split(':')[-1]!r} for account "
+                f"{event.account} was already used in row {seen_row} ({same})", item.text,
+                account))
+            continue
+        first_row[key] = (item.number, digest)
+        outcome.events.append((item, event))
+    return outcome
+
+
+def _row_of(error: RowError) -> int:
+    words = error.detail.split()
+    return int(words[1]) if len(words) > 1 and words[0] == "row" and words[1].isdigit() else 0
+
+
+def ingest_payment_files(settings: Settings, servers: list[str], files: list[Path], *,
+                         channel: str, console: Console) -> int:
+    """Publish every file; the exit code says whether anything was rejected."""
+    too_big = [f for f in files if f.stat().st_size > settings.payments_file_bytes_max]
+    if too_big:
+        console.print(f"[red]refused (over {settings.payments_file_bytes_max} bytes, split "
+                      f"them):[/red] {', '.join(map(str, too_big))}")
+        return EXIT_REFUSED
+    code = EXIT_OK
+    for path in files:
+        outcome = process_payments(path.read_bytes(), name=path.name, origin=f"file:{path}",
+                                   channel=channel, rows_max=settings.payments_rows_max)
+        try:
+            publish_records(servers, outcome.records(), label=path.name, console=console)
+        except BrokerFailed as exc:
+            console.print(f"[red]{path}: the broker did not acknowledge ({exc}); run the same "
+                          "command again (re-sending is safe)[/red]")
+            return EXIT_BROKER
+        report_payments(path, outcome, console)
+        if not outcome.ok():
+            code = EXIT_REJECTED
+    return code
+
+
+def report_payments(path: Path, outcome: PaymentsOutcome, console: Console) -> None:
+    """Counts and the reasons (row numbers and columns only: no names, no PHI)."""
+    console.print(f"{path}: {len(outcome.events)} rows published to {EVENTS}"
+                  + (f", [yellow]{len(outcome.rejected)} to {DLQ}[/yellow]"
+                     if outcome.rejected else ""))
+    for r in outcome.rejected[:10]:
+        console.print(f"  {r.code}: {r.detail}")
+    if len(outcome.rejected) > 10:
+        console.print(f"  ... {len(outcome.rejected) - 10} more (rcmflow dlq list)")
+    for w in outcome.warnings:
+        console.print(f"  [dim]{w}[/dim]")

@@ -1,0 +1,190 @@
+"""Payment-file rows -> canonical events: lockbox / portal payments, refunds, write-offs.
+
+One row is one money movement. Columns (CSV header, any order, case-insensitive; the same
+keys in JSON lines):
+
+====================  =========================================================================
+``type``              ``payment``, ``refund`` or ``write_off`` (required)
+``account``           patient account number (required)
+``amount``            decimal string, more than 0, whole cents: ``125``, ``125.5``, ``125.50``
+``date``              ``YYYY-MM-DD`` (read as UTC midnight) or ISO 8601 with an offset (required)
+``reference``         the source's unique id for the row: lockbox item, portal transaction,
+                      refund check, write-off id (required; the idempotency key)
+``channel``           payment only: ``lockbox``, ``portal``, ``pos``, ``mail``, ``phone``
+                      (default: the command's ``--channel``, ``lockbox`` unless given)
+``reason``            write-off only (required): ``price_concession``, ``bad_debt``,
+                      ``charity``, ``small_balance``, ``administrative``, ``denial``
+``to``                refund only: ``patient`` (default) or ``payer``
+``from_ar``           write-off only, optional: ``patient`` or ``insurance``
+``entity``            facility / legal entity code (default ``01``)
+``batch``             deposit or batch id, kept as the correlation id (optional)
+``currency``          ISO 4217 code (default ``USD``)
+====================  =========================================================================
+
+Idempotency keys are ``payment:<channel>:<reference>``, ``refund:<reference>`` and
+``write_off:<reference>``, so a re-sent file changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from rcmflow.streams.events import EventKind, PatientPayment, Refund, WriteOff
+
+from .money import MoneyError, parse_cents
+
+__all__ = ["COLUMNS", "REQUIRED", "RawRow", "RowError", "read_rows", "row_event",
+           "PaymentEvent", "FileError"]
+
+COLUMNS = ("type", "account", "amount", "date", "reference", "channel", "reason", "to",
+           "from_ar", "entity", "batch", "currency")
+REQUIRED = ("type", "account", "amount", "date", "reference")
+#: Longest row kept (a bound on one line, and on what one DLQ record carries).
+ROW_CHARS_MAX = 8192
+
+PaymentEvent = PatientPayment | Refund | WriteOff
+
+
+class FileError(ValueError):
+    """The file as a whole cannot be read (no header, missing required columns)."""
+
+
+@dataclass(frozen=True)
+class RawRow:
+    number: int  # spreadsheet row: the CSV header is row 1; JSON lines count from 1
+    fields: dict[str, str]
+    text: str
+
+
+@dataclass(frozen=True)
+class RowError:
+    code: str
+    detail: str
+
+
+def read_rows(data: bytes, *, name: str) -> tuple[list[str], Iterator[RawRow | RowError]]:
+    """Warnings about the file and its rows, CSV or JSON lines (by name, or by content)."""
+    text = data.decode("utf-8-sig", errors="replace")
+    is_json = name.lower().endswith((".jsonl", ".ndjson", ".json")) or text.lstrip()[:1] == "{"
+    return ([], _json_rows(text)) if is_json else _csv_rows(text)
+
+
+def _csv_rows(text: str) -> tuple[list[str], Iterator[RawRow | RowError]]:
+    lines = io.StringIO(text, newline="")
+    reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise FileError("the file is empty: a header row naming the columns comes first") from None
+    names = [h.strip().lower() for h in header]
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise FileError(f"the header has no {', '.join(missing)} column"
+                        f"{'s' if len(missing) > 1 else ''} (required: {', '.join(REQUIRED)})")
+    unknown = sorted({n for n in names if n and n not in COLUMNS})
+    warnings = [f"columns ignored: {', '.join(u[:30] for u in unknown)}"] if unknown else []
+
+    def rows() -> Iterator[RawRow | RowError]:
+        number = reader.line_num
+        for values in reader:
+            row_number = number + 1
+            number = reader.line_num
+            if not any(v.strip() for v in values):
+                continue
+            raw = ",".join(values)
+            if len(values) != len(names):
+                yield RowError("row_columns", f"row {row_number} has {len(values)} fields, the "
+                               f"header {len(names)}")
+                continue
+            fields = {n: v.strip() for n, v in zip(names, values, strict=True) if n in COLUMNS}
+            yield RawRow(row_number, fields, raw[:ROW_CHARS_MAX])
+
+    return warnings, rows()
+
+
+def _json_rows(text: str) -> Iterator[RawRow | RowError]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if len(line) > ROW_CHARS_MAX:
+            yield RowError("row_too_large", f"row {number} is {len(line)} characters, at most "
+                           f"{ROW_CHARS_MAX}")
+            continue
+        try:
+            # Numbers as Decimal: a JSON amount 10.10 stays exact, never a float.
+            doc = json.loads(line, parse_float=Decimal)
+        except ValueError as exc:
+            yield RowError("row_invalid_json", f"row {number} is not JSON: {exc.args[0][:80]}")
+            continue
+        if not isinstance(doc, dict):
+            yield RowError("row_invalid_json", f"row {number} is not a JSON object")
+            continue
+        fields = {str(k).lower(): ("" if v is None else str(v)) for k, v in doc.items()
+                  if str(k).lower() in COLUMNS and not isinstance(v, (dict, list, bool))}
+        yield RawRow(number, fields, line)
+
+
+def _when(text: str) -> datetime:
+    if len(text) == 10:
+        return datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise ValueError("a date-time needs an offset, e.g. 2026-03-01T10:00:00+00:00")
+    return when
+
+
+def row_event(row: RawRow, *, channel: str) -> PaymentEvent | RowError:
+    """The event a row stands for, or why the row cannot be one."""
+    f = row.fields
+    at = f"row {row.number}"
+    missing = [c for c in REQUIRED if not f.get(c)]
+    if missing:
+        return RowError("row_missing_field", f"{at}: no {', '.join(missing)}")
+    kind = f["type"].lower()
+    if kind not in ("payment", "refund", "write_off"):
+        return RowError("row_unknown_type", f"{at}: type {f['type'][:20]!r} is not payment, "
+                        "refund or write_off")
+    try:
+        amount = parse_cents(f["amount"])
+    except MoneyError as exc:
+        return RowError("row_invalid_amount", f"{at}: {exc}")
+    if amount <= 0:
+        return RowError("row_invalid_amount", f"{at}: amount {f['amount']} is not more than 0")
+    try:
+        occurred = _when(f["date"])
+    except ValueError as exc:
+        return RowError("row_invalid_date", f"{at}: date {f['date'][:30]!r}: {exc}")
+    common: dict[str, Any] = {
+        "account": f["account"], "amount_cents": amount, "occurred_at": occurred,
+        "correlation_id": f.get("batch") or None, "currency": f.get("currency") or "USD",
+        "dimensions": {"entity": f.get("entity") or "01"},
+    }
+    reference = f["reference"]
+    try:
+        if kind == "payment":
+            via = (f.get("channel") or channel).lower()
+            return PatientPayment(kind=EventKind.PATIENT_PAYMENT,
+                                  event_id=f"payment:{via}:{reference}", source=via,
+                                  channel=via, reference=reference, **common)  # type: ignore[arg-type]
+        if kind == "refund":
+            return Refund(kind=EventKind.REFUND, event_id=f"refund:{reference}",
+                          source="payments-file", to=(f.get("to") or "patient").lower(),  # type: ignore[arg-type]
+                          reference=reference, **common)
+        if not f.get("reason"):
+            return RowError("row_missing_field", f"{at}: a write_off needs a reason")
+        return WriteOff(kind=EventKind.WRITE_OFF, event_id=f"write_off:{reference}",
+                        source="payments-file", reason=f["reason"].lower(),  # type: ignore[arg-type]
+                        from_ar=(f.get("from_ar") or None), **common)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "row"
+        return RowError("row_invalid", f"{at}: {where}: {err['msg']}")
