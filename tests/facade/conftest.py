@@ -1,0 +1,206 @@
+"""Facade fixtures: a read model filled from real snapshots, the app in-process and on a port.
+
+Snapshots come from the real core (``apply`` over the demo events and factory events) and
+are serialised with ``state_json``, exactly what rcm.accounts carries.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+
+from rcmflow.demo import demo_events
+from rcmflow.facade.app import FacadeConfig, create_app
+from rcmflow.facade.auth import Authenticator
+from rcmflow.facade.resources import validate
+from rcmflow.facade.store import Store
+from rcmflow.streams.chart import load_chart
+from rcmflow.streams.core import Applied, apply, new_account
+from rcmflow.streams.events import EVENT_ADAPTER
+from rcmflow.streams.state import AccountState, state_json
+from tests.factories import adjudication, charge, event_doc, payment
+
+JWT_KEY = "test-signing-key-of-enough-length-for-hs256"
+#: Extra accounts beyond the demo's, so paging has several pages.
+EXTRA_ACCOUNTS = 23
+
+
+def build_states(docs: list[dict[str, Any]]) -> dict[str, AccountState]:
+    chart = load_chart()
+    states: dict[str, AccountState] = {}
+    for doc in docs:
+        event = EVENT_ADAPTER.validate_python(doc)
+        outcome = apply(states.get(event.account) or new_account(event.account), event, chart)
+        assert isinstance(outcome, Applied), outcome
+        states[event.account] = outcome.state
+    return states
+
+
+def world_events() -> list[dict[str, Any]]:
+    """The demo day, plus accounts B01.. with a charge, a submitted claim, a payer payment
+    (with a PR adjustment) and a patient payment each, on different days."""
+    docs = list(demo_events())
+    for n in range(1, EXTRA_ACCOUNTS + 1):
+        account = f"B{n:02d}"
+        day = 1 + n % 25
+        at = f"2026-10-{day:02d}T08:30:00-04:00"
+        docs.append(charge(10_000 + n, account=account, occurred_at=at))
+        docs.append(event_doc("claim_submitted", account, claim_id=f"K{n}",
+                              total_charge_cents=10_000 + n, occurred_at=at,
+                              dimensions={"entity": "01", "payer": "ACME",
+                                          "payer_class": "COMMERCIAL"}))
+        docs.append(adjudication(10_000 + n, 7_000, [("CO", "45", 2_000), ("PR", "2", 1_000 + n)],
+                                 account=account, claim_id=f"K{n}", correlation_id=f"T{n}",
+                                 occurred_at=f"2026-11-{day:02d}T10:00:00Z"))
+        docs.append(payment(500 + n, account=account, occurred_at=f"2026-11-{day:02d}T12:00:00Z"))
+    return docs
+
+
+@pytest.fixture(scope="session")
+def states() -> dict[str, AccountState]:
+    return build_states(world_events())
+
+
+@pytest.fixture(scope="session")
+def snapshots(states: dict[str, AccountState]) -> dict[str, dict[str, Any]]:
+    """Account -> snapshot as a dict, read back from the bytes rcm.accounts carries."""
+    return {account: orjson.loads(state_json(state)) for account, state in states.items()}
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory,
+          states: dict[str, AccountState]) -> Iterator[Store]:
+    filled = Store(tmp_path_factory.mktemp("facade") / "read.sqlite")
+    changed = filled.apply([(a, state_json(s)) for a, s in states.items()], {0: len(states)})
+    assert changed == len(states)
+    assert filled.invalid_snapshots == 0
+    yield filled
+    filled.close()
+
+
+def make_app(store: Store, *, auth: bool = True) -> FastAPI:
+    authenticator = Authenticator(enabled=auth, key=JWT_KEY if auth else None,
+                                  algorithm="HS256")
+    return create_app(store, authenticator, FacadeConfig(count_max=50))
+
+
+@pytest.fixture(scope="session")
+def app(store: Store) -> FastAPI:
+    return make_app(store)
+
+
+def token(*, scope: str = "system/*.read", patient: str | None = None, exp_s: float = 600,
+          key: str = JWT_KEY) -> str:
+    claims: dict[str, Any] = {"sub": "test", "scope": scope, "exp": int(time.time() + exp_s)}
+    if patient is not None:
+        claims["patient"] = patient
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+def bearer(**kwargs: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(**kwargs)}"}
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A system caller, in-process."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://facade.test", headers=bearer()) as c:
+        yield c
+
+
+@pytest.fixture
+async def anon(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """No token at all."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://facade.test") as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    """An app under a real uvicorn server on a loopback port, in a thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start in 20 s"
+            assert self.thread.is_alive(), "uvicorn exited at start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+@pytest.fixture(scope="session")
+def served(app: FastAPI) -> Iterator[Served]:
+    with Served(app) as running:
+        yield running
+
+
+def fhir_body(response: httpx.Response) -> dict[str, Any]:
+    """The body, checked: FHIR JSON content type and a valid R4 resource of its type.
+
+    Bundles are checked entry by entry too (their resources and OperationOutcomes)."""
+    assert response.headers["content-type"].startswith("application/fhir+json"), \
+        response.headers.get("content-type")
+    doc: dict[str, Any] = orjson.loads(response.content)
+    check_resource(doc)
+    return doc
+
+
+def check_resource(doc: dict[str, Any]) -> None:
+    kind = doc["resourceType"]
+    if kind == "Bundle":
+        Bundle.model_validate(doc)
+        for entry in doc.get("entry", []):
+            check_resource(entry["resource"])
+    elif kind == "OperationOutcome":
+        OperationOutcome.model_validate(doc)
+    elif kind == "CapabilityStatement":
+        CapabilityStatement.model_validate(doc)
+    else:
+        validate(doc)
+
+
+def exact(response: httpx.Response) -> Any:
+    """The body with JSON numbers as Decimal: money compared exactly, never as float."""
+    import json
+
+    return json.loads(response.content, parse_float=Decimal)
+
+
+def dollars(cents: int) -> Decimal:
+    return Decimal(cents).scaleb(-2)
