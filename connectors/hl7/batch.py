@@ -1,0 +1,113 @@
+"""`rcmflow ingest hl7 FILE...`: HL7 batch files (FHS/BHS ... BTS/FTS) and one-message files.
+
+Each message goes through the same intake as MLLP (replay store, ACK discipline, DLQ), so a
+file ingested twice publishes nothing new. The ACK code of every message is printed; the exit
+code is 0 when all were AA, 1 when any was refused (its reason is in rcm.dlq), 2 when a file
+could not be read at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .intake import Intake, KafkaSink
+from .replay import ReplayStore, ReplayStoreLocked
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from rcmflow.settings import Settings
+
+__all__ = ["Batch", "split_batch", "ingest_hl7_files", "HL7_FILE_BYTES_MAX"]
+
+#: A file is read whole; past this it is refused (split it).
+HL7_FILE_BYTES_MAX = 256 * 1024 * 1024
+_BATCH_SEGMENTS = ("FHS", "BHS", "BTS", "FTS")
+
+
+@dataclass
+class Batch:
+    messages: list[bytes] = field(default_factory=list)
+    #: BTS-1 counts as the file declares them (a mismatch is reported, not fatal).
+    declared_counts: list[int] = field(default_factory=list)
+
+
+def split_batch(data: bytes) -> Batch:
+    """Messages of a file, in order: each starts at an MSH segment and runs to the next MSH
+    or batch segment. Segment ends may be CR, LF or CRLF; a BOM is dropped."""
+    text = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    batch = Batch()
+    current: list[bytes] = []
+    for segment in re.split(rb"\r\n|\r|\n", text):
+        name = segment[:3]
+        if name == b"MSH" or name.decode("latin-1") in _BATCH_SEGMENTS:
+            if current:
+                batch.messages.append(b"\r".join(current) + b"\r")
+            current = []
+            if name == b"BTS":
+                count = segment.split(b"|")[1:2]
+                if count and count[0].strip().isdigit():
+                    batch.declared_counts.append(int(count[0]))
+            if name != b"MSH":
+                continue
+        if segment.strip():
+            # Text before the first MSH that is no batch segment stays a "message" of its
+            # own, so the intake refuses it with the reason instead of it vanishing.
+            current.append(segment)
+    if current:
+        batch.messages.append(b"\r".join(current) + b"\r")
+    return batch
+
+
+async def _ingest(settings: Settings, servers: list[str], files: list[Path],
+                  console: Console) -> int:
+    from .service import mapping_config, replay_dir
+
+    store = ReplayStore(replay_dir(settings, "files"), settings.hl7_replay_retention_s)
+    sink = KafkaSink(servers, settings.hl7_write_timeout_s)
+    refused = 0
+    try:
+        await sink.start()
+        for path in files:
+            intake = Intake(sink=sink, store=store, config=mapping_config(settings),
+                            channel=f"file:{path}")
+            batch = split_batch(path.read_bytes())
+            codes: Counter[str] = Counter()
+            events = 0
+            for position, raw in enumerate(batch.messages, start=1):
+                outcome = await intake.handle(raw, position=position)
+                codes[outcome.code] += 1
+                events += len(outcome.events)
+                reason = f" {outcome.reason_code}" if outcome.reason_code else ""
+                console.print(f"{path.name} #{position} MSH-10 {outcome.control_id or '-'}: "
+                              f"{outcome.code}{reason}")
+            if sum(batch.declared_counts) not in (0, len(batch.messages)):
+                console.print(f"[yellow]{path.name}: BTS-1 declares "
+                              f"{sum(batch.declared_counts)} messages, the file holds "
+                              f"{len(batch.messages)}[/yellow]")
+            refused += codes["AE"] + codes["AR"]
+            console.print(f"{path}: {len(batch.messages)} messages, {events} events; "
+                          + ", ".join(f"{c} {n}" for c, n in sorted(codes.items())))
+    finally:
+        await sink.stop()
+        store.close()
+    return 1 if refused else 0
+
+
+def ingest_hl7_files(settings: Settings, servers: list[str], files: list[Path], *,
+                     console: Console) -> int:
+    too_big = [f for f in files if f.stat().st_size > HL7_FILE_BYTES_MAX]
+    if too_big:
+        console.print(f"[red]refused (over {HL7_FILE_BYTES_MAX} bytes, split them):[/red] "
+                      f"{', '.join(map(str, too_big))}")
+        return 2
+    try:
+        return asyncio.run(_ingest(settings, servers, files, console))
+    except ReplayStoreLocked as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2

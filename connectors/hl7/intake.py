@@ -1,0 +1,199 @@
+"""One HL7 message in, one ACK out: the order of writes that makes an AA mean something.
+
+    read -> replay check -> map -> write (raw + events, or raw + DLQ) -> remember -> ACK
+
+AA is built only after the broker acknowledged (acks=all) the raw message on rcm.raw.hl7
+and every canonical event on rcm.events, and the replay store holds the message's key. A
+refused message is written to rcm.raw.hl7 and rcm.dlq (with the raw bytes) before its AE/AR.
+If the broker does not take the writes, the answer is AR ("not stored, send again"), never
+AA. Shared by the MLLP listener and `rcmflow ingest hl7`.
+
+Logs carry MSH-10, the message type, account numbers and reason codes, never other fields
+(patient data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.events import Event
+from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
+
+from .ack import AckCode, build_ack
+from .framing import FrameError
+from .mapping import MappingConfig, map_message, source_key
+from .problems import DUPLICATE_KEY, INTERNAL_ERROR, SEGMENT_SEQUENCE_ERROR, Problem, Rejected
+from .reader import Hl7Message, HL7ParseError, normalise, read_message
+from .replay import ReplayStore
+
+__all__ = ["Sink", "Outcome", "Intake", "WriteFailed"]
+
+log = logging.getLogger("rcmflow.hl7")
+
+Record = tuple[str, bytes | None, bytes]
+
+
+class WriteFailed(RuntimeError):
+    """The broker did not acknowledge the writes in time."""
+
+
+class Sink(Protocol):
+    async def write(self, records: Sequence[Record]) -> None:
+        """Return only when the broker acknowledged every record (acks=all); else raise."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ack: bytes
+    code: AckCode
+    control_id: str
+    reason_code: str | None  # None for a first AA; "replay" for an AA to a replay
+    events: tuple[Event, ...] = ()
+
+
+class Intake:
+    def __init__(self, *, sink: Sink, store: ReplayStore, config: MappingConfig,
+                 channel: str) -> None:
+        self._sink = sink
+        self._store = store
+        self._config = config
+        self._channel = channel
+
+    async def handle(self, raw: bytes, *, position: int = 0) -> Outcome:
+        """Answer one message; ``position`` tells apart messages of one file in the DLQ."""
+        text = normalise(raw)
+        try:
+            msg = read_message(text)
+        except HL7ParseError as exc:
+            problem = Problem("unreadable", SEGMENT_SEQUENCE_ERROR, "", str(exc))
+            return await self._refuse(None, raw, Rejected("AR", "decode", (problem,)), position)
+        missing = [n for n, v in ((9, msg.message_type[0]), (10, msg.control_id)) if not v]
+        if missing:
+            problems = tuple(Problem("missing_header_field", 101, f"MSH^1^{n}",
+                                     f"MSH-{n} is empty") for n in missing)
+            return await self._refuse(msg, raw, Rejected("AR", "decode", problems), position)
+        key = source_key(msg)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        async with self._store.claim(key):
+            seen = self._store.get(key)
+            if seen == digest:
+                log.info("hl7 %s %s: replay, AA again", msg.control_id, _type(msg))
+                return Outcome(build_ack(msg, "AA"), "AA", msg.control_id, "replay")
+            if seen is not None:
+                problem = Problem("conflict", DUPLICATE_KEY, "MSH^1^10",
+                                  f"MSH-10 {msg.control_id} from this sender was accepted "
+                                  "before with different content")
+                return await self._refuse(msg, raw, Rejected("AE", "dedup", (problem,)),
+                                          position, digest)
+            mapped = map_message(msg, self._config)
+            if isinstance(mapped, Rejected):
+                return await self._refuse(msg, raw, mapped, position, digest)
+            records: list[Record] = [(RAW_HL7, key.encode(), raw)]
+            records += [(EVENTS, e.account.encode(), e.model_dump_json().encode())
+                        for e in mapped]
+            try:
+                await self._sink.write(records)
+            except Exception as exc:  # any broker failure: not stored, so not AA
+                return self._not_stored(msg, exc)
+            self._store.put(key, digest)
+        accounts = sorted({e.account for e in mapped})
+        log.info("hl7 %s %s: AA, %d events for %s", msg.control_id, _type(msg), len(mapped),
+                 ",".join(accounts) or "-")
+        return Outcome(build_ack(msg, "AA"), "AA", msg.control_id, None, tuple(mapped))
+
+    async def handle_frame_error(self, error: FrameError, *, position: int = 0) -> Outcome:
+        """A frame that never became a message (too large, cut off, stray bytes): AR to the
+        sender when it is still there, and the bytes we kept to the DLQ either way."""
+        msg: Hl7Message | None = None
+        try:
+            msg = read_message(normalise(error.head).split("\r", 1)[0])
+        except HL7ParseError:
+            pass
+        problem = Problem(error.reason_code, INTERNAL_ERROR if error.reason_code == "too_large"
+                          else SEGMENT_SEQUENCE_ERROR, "", error.detail)
+        context = {"size_bytes": error.size_bytes, "payload_truncated":
+                   error.size_bytes > len(error.head)}
+        return await self._refuse(msg, error.head, Rejected("AR", "decode", (problem,)),
+                                  position, context=context, with_raw=False)
+
+    async def _refuse(self, msg: Hl7Message | None, raw: bytes, rejected: Rejected,
+                      position: int, digest: str | None = None, *,
+                      context: dict[str, object] | None = None,
+                      with_raw: bool = True) -> Outcome:
+        key = source_key(msg) if msg is not None else None
+        control_id = msg.control_id if msg is not None else ""
+        digest = digest or hashlib.sha256(raw).hexdigest()
+        record = dlq_record(
+            stage=rejected.stage,
+            reason_code=rejected.reason_code,
+            reason=rejected.reason,
+            origin=Origin(topic=f"hl7:{self._channel}", partition=0, offset=position, key=key),
+            payload=raw,
+            received_at=datetime.now(UTC),
+            context={
+                "msh_10": control_id or None,
+                "message_type": "^".join(msg.message_type) if msg is not None else None,
+                "sending_application": msg.msh.field(3) if msg is not None else None,
+                "sending_facility": msg.msh.field(4) if msg is not None else None,
+                "ack_code": rejected.ack_code,
+                "errors": [p.as_dict() for p in rejected.problems],
+                **(context or {}),
+            },
+            discriminator=digest,
+        )
+        records: list[Record] = [(DLQ, key.encode() if key else None,
+                                  record.model_dump_json().encode())]
+        if with_raw and key is not None:
+            records.insert(0, (RAW_HL7, key.encode(), raw))
+        try:
+            await self._sink.write(records)
+        except Exception as exc:
+            return self._not_stored(msg, exc)
+        log.warning("hl7 %s %s: %s %s (%s)", control_id or "-", _type(msg), rejected.ack_code,
+                    rejected.reason_code, record.dlq_id)
+        return Outcome(build_ack(msg, rejected.ack_code, rejected.problems), rejected.ack_code,
+                       control_id, rejected.reason_code)
+
+    def _not_stored(self, msg: Hl7Message | None, exc: Exception) -> Outcome:
+        log.error("hl7 %s: not stored, AR (%s)", msg.control_id if msg else "-",
+                  type(exc).__name__)
+        problem = Problem("not_stored", INTERNAL_ERROR, "",
+                          "the message could not be stored; send it again")
+        return Outcome(build_ack(msg, "AR", (problem,)), "AR",
+                       msg.control_id if msg else "", "not_stored")
+
+
+def _type(msg: Hl7Message | None) -> str:
+    return "^".join(msg.message_type) if msg is not None else "-"
+
+
+class KafkaSink:
+    """Writes through one long-lived producer with acks=all; each call waits for its acks."""
+
+    def __init__(self, servers: list[str], timeout_s: float) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self._producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=1,
+                                          request_timeout_ms=int(timeout_s * 1000))
+        self._timeout_s = timeout_s
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def write(self, records: Sequence[Record]) -> None:
+        futures = [await self._producer.send(topic, value=value, key=key)
+                   for topic, key, value in records]
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
+        except TimeoutError as exc:
+            raise WriteFailed(f"broker did not acknowledge within {self._timeout_s}s") from exc

@@ -1,0 +1,83 @@
+"""Wiring for the commands: settings -> mapping config, replay store, sink, listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .intake import Intake, KafkaSink
+from .listener import ListenerLimits, MllpListener
+from .mapping import MappingConfig
+from .replay import ReplayStore, ReplayStoreLocked
+
+if TYPE_CHECKING:
+    from rcmflow.settings import Settings
+
+__all__ = ["mapping_config", "replay_dir", "limits", "run_mllp"]
+
+log = logging.getLogger("rcmflow.hl7")
+
+
+def _zone(name: str) -> tzinfo:
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"RCMFLOW_HL7_TIMEZONE {name!r} is not an IANA time zone") from exc
+
+
+def mapping_config(settings: Settings) -> MappingConfig:
+    return MappingConfig(
+        ft1_types={k.upper(): v for k, v in settings.hl7_ft1_types.items()},
+        account_fields=tuple(settings.hl7_account_fields),
+        status_by_trigger={k.upper(): v for k, v in settings.hl7_status_by_trigger.items()},
+        default_tz=_zone(settings.hl7_timezone),
+    )
+
+
+def replay_dir(settings: Settings, channel: str) -> Path:
+    """One store per channel ("mllp", "files"): a file ingest can run beside the listener."""
+    return settings.data_dir / "hl7" / f"replay-{channel}"
+
+
+def limits(settings: Settings) -> ListenerLimits:
+    return ListenerLimits(
+        message_bytes_max=settings.mllp_message_bytes_max,
+        connections_max=settings.mllp_connections_max,
+        idle_timeout_s=settings.mllp_idle_timeout_s,
+    )
+
+
+async def serve(settings: Settings, servers: list[str], host: str, port: int,
+                ready: asyncio.Event | None = None) -> None:
+    store = ReplayStore(replay_dir(settings, "mllp"), settings.hl7_replay_retention_s)
+    sink = KafkaSink(servers, settings.hl7_write_timeout_s)
+    try:
+        await sink.start()
+        intake = Intake(sink=sink, store=store, config=mapping_config(settings), channel="mllp")
+        listener = MllpListener(intake, limits(settings))
+        await listener.start(host, port)
+        if ready is not None:
+            ready.set()
+        await listener.serve_until_signalled()
+    finally:
+        await sink.stop()
+        store.close()
+
+
+def run_mllp(settings: Settings, servers: list[str], host: str, port: int) -> int:
+    """`rcmflow mllp`: runs until SIGINT/SIGTERM; 0 on a clean stop, 2 on a setup error."""
+    logging.basicConfig(level=settings.log_level.upper().replace("WARN", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        mapping_config(settings)
+        asyncio.run(serve(settings, servers, host, port))
+    except (ReplayStoreLocked, ValueError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

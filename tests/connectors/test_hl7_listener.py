@@ -1,0 +1,261 @@
+"""The MLLP listener over real sockets, writing to the real embedded broker.
+
+What a sender sees (ACK codes, MSA-2, ERR) is checked against what is on the topics at that
+moment: an AA means the raw message and its events are already on the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rcmflow.broker import EmbeddedBroker
+from rcmflow.connectors.hl7.framing import frame
+from rcmflow.connectors.hl7.intake import Intake, KafkaSink
+from rcmflow.connectors.hl7.listener import ListenerLimits, MllpListener
+from rcmflow.connectors.hl7.mapping import MappingConfig
+from rcmflow.connectors.hl7.replay import ReplayStore
+from rcmflow.kafka_io import read_topic
+from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, RAW_HL7
+from tests.conftest import Workers
+
+pytestmark = pytest.mark.broker
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples" / "hl7"
+DFT_01 = (SAMPLES / "ms_dft_p03_01_v28.hl7").read_bytes()
+DFT_02 = (SAMPLES / "ms_dft_p03_02_v28.hl7").read_bytes()  # same MSH-3/4/10, other content
+NO_ACCOUNT = (SAMPLES / "lfh_dft_p03_minimal_v26.hl7").read_bytes()
+BOM_LF = (SAMPLES / "ms_adt_a04_v23_bom.hl7").read_bytes().replace(b"\r", b"\n")
+
+
+def dft(control_id: str, account: str = "A900", *amounts: str, kind: str = "CG") -> bytes:
+    ft1s = [f"FT1|{n}|||20261120||{kind}|CDM{n}|||1|{a}||ED" for n, a in
+            enumerate(amounts or ("125.00",), 1)]
+    pid = "|".join(["PID", "1", "", "MRN1"] + [""] * 14 + [account])
+    return "\r".join([
+        f"MSH|^~\\&|EHR|GEN|RCM|GEN|20261120103000||DFT^P03|{control_id}|P|2.5",
+        "EVN|P03|20261120103000", pid, "PV1|1|O", *ft1s]).encode() + b"\r"
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def send(self, message: bytes) -> list[list[str]]:
+        self.writer.write(frame(message))
+        await self.writer.drain()
+        return await self.ack()
+
+    async def ack(self) -> list[list[str]]:
+        data = await asyncio.wait_for(self.reader.readuntil(b"\x1c\r"), 30)
+        assert data.startswith(b"\x0b")
+        return [s.split("|") for s in data[1:-2].decode().split("\r") if s]
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+def msa(ack: list[list[str]]) -> tuple[str, str]:
+    segment = next(s for s in ack if s[0] == "MSA")
+    return segment[1], segment[2]
+
+
+def errs(ack: list[list[str]]) -> list[list[str]]:
+    return [s for s in ack if s[0] == "ERR"]
+
+
+async def topic(broker: EmbeddedBroker, name: str) -> list[Any]:
+    return await read_topic([broker.bootstrap], name)
+
+
+async def dlq(broker: EmbeddedBroker) -> list[dict[str, Any]]:
+    return [json.loads(r.value) for r in await topic(broker, DLQ)]
+
+
+@asynccontextmanager
+async def listening(broker: EmbeddedBroker, store_dir: Path, *, write_timeout_s: float = 10,
+                    **limits: Any) -> AsyncIterator[int]:
+    sink = KafkaSink([broker.bootstrap], write_timeout_s)
+    await sink.start()
+    store = ReplayStore(store_dir, 3600)
+    intake = Intake(sink=sink, store=store, config=MappingConfig(), channel="mllp")
+    listener = MllpListener(intake, ListenerLimits(**limits))
+    port = await listener.start("127.0.0.1", 0)
+    try:
+        yield port
+    finally:
+        await listener.stop()
+        await sink.stop()
+        store.close()
+
+
+async def test_aa_comes_after_raw_and_events_are_on_the_broker(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    async with listening(broker, tmp_path / "replay") as port:
+        client = await Client.connect(port)
+        ack = await client.send(DFT_01)
+        assert msa(ack) == ("AA", "MSG00001")
+        # Read right after the AA: everything is already there.
+        events = [json.loads(r.value) for r in await topic(broker, EVENTS)]
+        raw = await topic(broker, RAW_HL7)
+        assert [(e["kind"], e["account"], e["amount_cents"]) for e in events] == [
+            ("charge_posted", "4000776", 10000), ("charge_posted", "4000776", 12000)]
+        assert [r.value for r in raw] == [DFT_01]  # byte for byte as received
+        assert {r.key for r in await topic(broker, EVENTS)} == {b"4000776"}
+        await client.close()
+
+
+async def test_replay_is_aa_again_and_conflict_is_ae_with_dlq_across_a_restart(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    async with listening(broker, tmp_path / "replay") as port:
+        client = await Client.connect(port)
+        assert msa(await client.send(DFT_01)) == ("AA", "MSG00001")
+        assert msa(await client.send(DFT_01)) == ("AA", "MSG00001")
+        await client.close()
+    # A new listener on the same store still remembers what it accepted.
+    async with listening(broker, tmp_path / "replay") as port:
+        client = await Client.connect(port)
+        assert msa(await client.send(DFT_01)) == ("AA", "MSG00001")
+        conflict = await client.send(DFT_02)
+        assert msa(conflict) == ("AE", "MSG00001")
+        (err,) = errs(conflict)
+        assert err[3].startswith("205^") and "different content" in err[8]
+        await client.close()
+    assert len(await topic(broker, EVENTS)) == 2  # from the first message only
+    (record,) = await dlq(broker)
+    assert (record["reason_code"], record["stage"]) == ("conflict", "dedup")
+    assert record["payload"].encode() == DFT_02 and record["context"]["msh_10"] == "MSG00001"
+
+
+async def test_malformed_messages_get_ae_or_ar_with_err_and_a_dlq_record(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    async with listening(broker, tmp_path / "replay") as port:
+        client = await Client.connect(port)
+        no_account = await client.send(NO_ACCOUNT)
+        assert msa(no_account) == ("AE", "MSGID000001")
+        assert [e[2] for e in errs(no_account)] == ["PID^1^18", "FT1^1^11"]
+        garbage = await client.send(b"this is not HL7")
+        assert msa(garbage) == ("AR", "")
+        assert errs(garbage)[0][8] == "the message does not start with an MSH segment"
+        unmapped = await client.send(dft("U1", "A1", "10.00", kind="PY"))
+        assert msa(unmapped) == ("AE", "U1") and errs(unmapped)[0][2] == "FT1^1^6"
+        # The same connection still works after all that.
+        assert msa(await client.send(BOM_LF)) == ("AA", "1270326314")
+        await client.close()
+    records = await dlq(broker)
+    assert sorted(r["reason_code"] for r in records) == [
+        "no_account", "unmapped_transaction_type", "unreadable"]
+    by_code = {r["reason_code"]: r for r in records}
+    assert by_code["no_account"]["payload"].encode() == NO_ACCOUNT
+    assert by_code["unreadable"]["payload"] == "this is not HL7"
+    events = [json.loads(r.value) for r in await topic(broker, EVENTS)]
+    assert [(e["kind"], e["account"]) for e in events] == [
+        ("account_status_changed", "123456789")]
+
+
+async def test_oversized_message_is_ar_and_the_connection_stays_open(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    big = dft("BIG1") + b"NTE|1||" + b"x" * 10_000 + b"\r"
+    async with listening(broker, tmp_path / "replay", message_bytes_max=4096) as port:
+        client = await Client.connect(port)
+        ack = await client.send(big)
+        assert msa(ack) == ("AR", "BIG1")
+        assert f"message of {len(big)} bytes exceeds the maximum of 4096" in errs(ack)[0][8]
+        assert msa(await client.send(dft("SMALL1"))) == ("AA", "SMALL1")
+        await client.close()
+    (record,) = await dlq(broker)
+    assert record["reason_code"] == "too_large"
+    assert record["context"]["size_bytes"] == len(big)
+    assert record["context"]["payload_truncated"] is True
+    assert len(await topic(broker, EVENTS)) == 1
+
+
+async def test_concurrent_persistent_connections_and_a_half_frame(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    async with listening(broker, tmp_path / "replay") as port:
+        async def sender(name: str) -> list[tuple[str, str]]:
+            client = await Client.connect(port)
+            acks = [msa(await client.send(dft(f"{name}-{n}", f"{name}ACC", "1.00")))
+                    for n in range(15)]
+            await client.close()
+            return acks
+
+        quitter = await Client.connect(port)
+        quitter.writer.write(b"\x0b" + dft("HALF1")[:40])
+        await quitter.writer.drain()
+        first, second = await asyncio.gather(sender("X"), sender("Y"))
+        await quitter.close()
+        assert first == [("AA", f"X-{n}") for n in range(15)]
+        assert second == [("AA", f"Y-{n}") for n in range(15)]
+        for _ in range(50):  # the half frame is answered in the DLQ once the peer is gone
+            records = await dlq(broker)
+            if records:
+                break
+            await asyncio.sleep(0.1)
+    (record,) = records
+    assert record["reason_code"] == "truncated_frame"
+    assert record["payload"].encode() == dft("HALF1")[:40]
+    events = [json.loads(r.value) for r in await topic(broker, EVENTS)]
+    assert sorted({e["account"] for e in events}) == ["XACC", "YACC"] and len(events) == 30
+
+
+async def test_no_aa_when_the_broker_does_not_take_the_write(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    async with listening(broker, tmp_path / "replay", write_timeout_s=3) as port:
+        client = await Client.connect(port)
+        assert msa(await client.send(dft("OK1"))) == ("AA", "OK1")
+        broker.stop()
+        ack = await client.send(dft("LOST1"))
+        assert msa(ack) == ("AR", "LOST1")
+        assert "send it again" in errs(ack)[0][8]
+        await client.close()
+
+
+def test_dft_over_mllp_reaches_the_account_table(
+    broker: EmbeddedBroker, workers: Workers, tmp_path: Path
+) -> None:
+    from tests.conftest import wait_until
+
+    worker = workers.start("w1")
+
+    async def send_all() -> list[tuple[str, str]]:
+        async with listening(broker, tmp_path / "replay") as port:
+            client = await Client.connect(port)
+            acks = [msa(await client.send(m)) for m in (
+                DFT_01, DFT_01,
+                dft("CR1", "4000776", "40.00", kind="CD"))]
+            await client.close()
+            return acks
+
+    assert asyncio.run(send_all()) == [("AA", "MSG00001"), ("AA", "MSG00001"), ("AA", "CR1")]
+
+    def state() -> dict[str, Any] | None:
+        records = asyncio.run(read_topic([broker.bootstrap], ACCOUNTS))
+        snaps = [json.loads(r.value) for r in records if r.key == b"4000776"]
+        return snaps[-1] if snaps else None
+
+    wait_until(lambda: (s := state()) is not None and s["version"] >= 3, 90,
+               "the worker to apply the HL7 charges", worker.log_tail)
+    snap = state()
+    assert snap is not None
+    assert snap["balances"]["gross_charges"] == 10000 + 12000 - 4000
+    assert snap["balances"]["insurance_ar"] == 18000
+    assert sorted(c["amount_cents"] for c in snap["charges"]) == [10000, 12000]
+    assert worker.alive(), worker.log_tail()
