@@ -20,6 +20,7 @@ import pytest
 
 from rcmflow.broker import EmbeddedBroker, ensure_topics
 from rcmflow.streams.topics import topic_specs
+from tests.apache_kafka.fixtures import apache_kafka  # noqa: F401  (session fixture)
 
 PARTITIONS = 4
 

@@ -1,0 +1,178 @@
+"""A real single-node Apache Kafka (KRaft, combined broker + controller) for tests and dev.
+
+Tansu (rcmflow.broker.EmbeddedBroker) cannot run idempotent or transactional producers, so
+what needs them — Faust's ``exactly_once`` — is tested here. Same shape as EmbeddedBroker:
+``ApacheKafka().start()`` then ``.bootstrap`` / ``.url``, ``stop()``, or a ``with`` block.
+PLAINTEXT on 127.0.0.1 with free ports, data in a temp dir, logs in one file whose tail is in
+the error when the broker does not come up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+import zipfile
+from pathlib import Path
+from types import TracebackType
+
+from rcmflow.broker import BrokerError, stop_process, wait_for_broker
+from tests.apache_kafka.fetch import ensure_jars, find_java
+
+__all__ = ["ApacheKafka"]
+
+# A JVM on 2 shared cores: format + first metadata answer takes seconds, not milliseconds.
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 20.0
+FORMAT_TIMEOUT_S = 60.0
+HEAP = "512m"
+
+LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.out.ref = out
+# The per-request and state-change chatter hides the lines that explain a failed start.
+logger.request.name = kafka.request.logger
+logger.request.level = warn
+logger.state.name = state.change.logger
+logger.state.level = warn
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cluster_id() -> str:
+    """What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64, no padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _storage_tool(jars: Path) -> str:
+    """kafka.tools.StorageTool in 4.0/4.1; look it up so a version bump cannot miss a move."""
+    for name in ("kafka.tools.StorageTool", "org.apache.kafka.tools.StorageTool"):
+        entry = name.replace(".", "/") + ".class"
+        for jar in sorted(jars.glob("kafka*.jar")):
+            with zipfile.ZipFile(jar) as archive:
+                if entry in archive.namelist():
+                    return name
+    raise BrokerError(f"no StorageTool class in the Kafka jars under {jars}")
+
+
+class ApacheKafka:
+    """An Apache Kafka process bound to 127.0.0.1 on a free port (its controller on another)."""
+
+    def __init__(self, data_dir: Path | None = None, port: int | None = None,
+                 log_file: Path | None = None, heap: str = HEAP) -> None:
+        self.port = port or _free_port()
+        self.controller_port = _free_port()
+        self.heap = heap
+        # A temp dir we made is removed on stop(), and kept when start() fails: the log is there.
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="rcmflow-kafka-"))
+        self.log_file = log_file or self.data_dir / "kafka.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_in_s: float | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    def properties(self) -> dict[str, str]:
+        controller = f"127.0.0.1:{self.controller_port}"
+        return {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{controller}",
+            "controller.listener.names": "CONTROLLER",
+            "listeners": f"PLAINTEXT://{self.bootstrap},CONTROLLER://{controller}",
+            "advertised.listeners": f"PLAINTEXT://{self.bootstrap}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "data"),
+            # One node: every internal topic has one replica.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # Fewer internal partitions (defaults 50): the first group or transaction creates
+            # them, and creating 50 logs takes seconds on 2 shared cores.
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.num.partitions": "4",
+            "group.initial.rebalance.delay.ms": "0",
+            # As in docker-compose.yml: topics exist only when ensure_topics creates them.
+            "auto.create.topics.enable": "false",
+            "num.partitions": "1",
+        }
+
+    def start(self) -> ApacheKafka:
+        started = time.monotonic()
+        jars = ensure_jars()
+        java = find_java()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "server.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
+        log4j = self.data_dir / "log4j2.properties"
+        log4j.write_text(LOG4J2)
+        base = [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+ExitOnOutOfMemoryError",
+                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",
+                f"-Dkafka.logs.dir={self.data_dir}", "-cp", str(jars / "*")]
+        with open(self.log_file, "ab") as out:
+            try:
+                subprocess.run([*base, _storage_tool(jars), "format", "-t", _cluster_id(),
+                                "-c", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, timeout=FORMAT_TIMEOUT_S, check=True)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                raise BrokerError(f"Apache Kafka storage format failed: {exc}\n"
+                                  f"--- {self.log_file} ---\n{self.log_tail()}") from exc
+            self.process = subprocess.Popen(
+                [*base, "kafka.Kafka", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+            )
+        try:
+            asyncio.run(wait_for_broker([self.bootstrap], START_TIMEOUT_S))
+        except BrokerError as exc:
+            exited = self.process.poll()
+            self.stop(keep_data=True)
+            raise BrokerError(f"Apache Kafka did not start (exit code {exited}): {exc}\n"
+                              f"--- {self.log_file} ---\n{self.log_tail()}") from exc
+        self.started_in_s = time.monotonic() - started
+        return self
+
+    def stop(self, keep_data: bool = False) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            stop_process(process, STOP_TIMEOUT_S)
+        if self._own_dir and not keep_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> ApacheKafka:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
