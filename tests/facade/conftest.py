@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -81,13 +82,18 @@ def snapshots(states: dict[str, AccountState]) -> dict[str, dict[str, Any]]:
     return {account: orjson.loads(state_json(state)) for account, state in states.items()}
 
 
-@pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory,
-          states: dict[str, AccountState]) -> Iterator[Store]:
-    filled = Store(tmp_path_factory.mktemp("facade") / "read.sqlite")
+def filled_store(path: Path, states: dict[str, AccountState]) -> Store:
+    filled = Store(path)
     changed = filled.apply([(a, state_json(s)) for a, s in states.items()], {0: len(states)})
     assert changed == len(states)
     assert filled.invalid_snapshots == 0
+    return filled
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory,
+          states: dict[str, AccountState]) -> Iterator[Store]:
+    filled = filled_store(tmp_path_factory.mktemp("facade") / "read.sqlite", states)
     yield filled
     filled.close()
 
