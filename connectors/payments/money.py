@@ -11,9 +11,9 @@ from decimal import Decimal, InvalidOperation
 
 __all__ = ["MoneyError", "parse_cents", "format_cents"]
 
-#: Sign, digits, optional fraction. No exponent, no thousands separators, no currency sign:
+#: Sign, ASCII digits, optional fraction. No exponent, no thousands separators, no currency sign:
 #: anything clever in an amount column is more likely a mistake than a format.
-_AMOUNT = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+_AMOUNT = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
 #: Digits before the point; past it the value cannot be a real amount (and Decimal stays fast).
 _DIGITS_MAX = 15
 

@@ -12,8 +12,9 @@ FILING_PAYER_CLASS = {
     "MC": "MEDICAID",
     "HM": "MANAGED_CARE", "12": "MANAGED_CARE", "13": "MANAGED_CARE", "14": "MANAGED_CARE",
     "CI": "COMMERCIAL", "BL": "COMMERCIAL", "15": "COMMERCIAL", "AM": "COMMERCIAL",
-    "LM": "COMMERCIAL", "WC": "COMMERCIAL", "DS": "COMMERCIAL", "CH": "COMMERCIAL",
-    "VA": "COMMERCIAL", "OF": "COMMERCIAL",
+    "LM": "COMMERCIAL", "WC": "COMMERCIAL", "DS": "COMMERCIAL",
+    # CH (TRICARE), VA, OF (other federal) and the rest have no class of their own in the
+    # shipped chart: left unmapped on purpose, so finance sees them in suspense.
 }
 
 #: A claim paid 0 with one of these (group, CARC) is a denial, whatever CLP02 says

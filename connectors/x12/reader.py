@@ -165,7 +165,7 @@ def _prepare(text: str, doc: X12Document) -> tuple[str, list[Problem]] | None:
     gap = after
     while gap < len(text) and text[gap] in " \r\n\t":
         gap += 1
-    if gap == len(text):
+    if gap >= len(text) or not isa16:
         doc.file_problems.append(Problem("x12_isa_unreadable", "nothing after the ISA segment"))
         return None
     problems: list[Problem] = []
@@ -216,6 +216,14 @@ def read_x12(data: bytes, *, segments_max: int) -> X12Document:
     except pyx12.errors.X12Error as exc:
         doc.sets.clear()
         doc.file_problems.append(Problem("x12_unreadable", f"pyx12 stopped reading: {exc}"))
+    except (IndexError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        # pyx12's reader trips over some broken envelopes (a GE with no open GS): the file's
+        # structure is unusable, so it is refused whole rather than guessed at.
+        doc.sets.clear()
+        doc.file_problems.append(Problem(
+            "x12_unreadable",
+            f"pyx12 could not read past segment {reader.get_cur_line() + 1}: "
+            f"{type(exc).__name__} (broken envelope nesting?)"))
     return doc
 
 
