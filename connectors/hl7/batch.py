@@ -2,8 +2,8 @@
 
 Each message goes through the same intake as MLLP (replay store, ACK discipline, DLQ), so a
 file ingested twice publishes nothing new. The ACK code of every message is printed; the exit
-code is 0 when all were AA, 1 when any was refused (its reason is in rcm.dlq), 2 when a file
-could not be read at all.
+code is 0 when all were AA, 1 when any was refused (its reason is in rcm.dlq), 2 when nothing
+was tried (file too large, store held), 3 when the broker did not take a write (run again).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ async def _ingest(settings: Settings, servers: list[str], files: list[Path],
 
     store = ReplayStore(replay_dir(settings, "files"), settings.hl7_replay_retention_s)
     sink = KafkaSink(servers, settings.hl7_write_timeout_s)
-    refused = 0
+    refused = not_stored = 0
     try:
         await sink.start()
         for path in files:
@@ -78,10 +78,12 @@ async def _ingest(settings: Settings, servers: list[str], files: list[Path],
                             channel=f"file:{path}")
             batch = split_batch(path.read_bytes())
             codes: Counter[str] = Counter()
+            reasons: Counter[str | None] = Counter()
             events = 0
             for position, raw in enumerate(batch.messages, start=1):
                 outcome = await intake.handle(raw, position=position)
                 codes[outcome.code] += 1
+                reasons[outcome.reason_code] += 1
                 events += len(outcome.events)
                 reason = f" {outcome.reason_code}" if outcome.reason_code else ""
                 console.print(f"{path.name} #{position} MSH-10 {outcome.control_id or '-'}: "
@@ -91,12 +93,13 @@ async def _ingest(settings: Settings, servers: list[str], files: list[Path],
                               f"{sum(batch.declared_counts)} messages, the file holds "
                               f"{len(batch.messages)}[/yellow]")
             refused += codes["AE"] + codes["AR"]
+            not_stored += reasons["not_stored"]
             console.print(f"{path}: {len(batch.messages)} messages, {events} events; "
                           + ", ".join(f"{c} {n}" for c, n in sorted(codes.items())))
     finally:
         await sink.stop()
         store.close()
-    return 1 if refused else 0
+    return 3 if not_stored else 1 if refused else 0
 
 
 def ingest_hl7_files(settings: Settings, servers: list[str], files: list[Path], *,

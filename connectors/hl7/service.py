@@ -72,8 +72,9 @@ async def serve(settings: Settings, servers: list[str], host: str, port: int,
 
 def run_mllp(settings: Settings, servers: list[str], host: str, port: int) -> int:
     """`rcmflow mllp`: runs until SIGINT/SIGTERM; 0 on a clean stop, 2 on a setup error."""
-    logging.basicConfig(level=settings.log_level.upper().replace("WARN", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # `rcmflow` configures the root handler at WARNING; a listener also reports its traffic.
+    logging.getLogger("rcmflow").setLevel(
+        {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper()))
     try:
         mapping_config(settings)
         asyncio.run(serve(settings, servers, host, port))

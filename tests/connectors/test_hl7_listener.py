@@ -259,3 +259,78 @@ def test_dft_over_mllp_reaches_the_account_table(
     assert snap["balances"]["insurance_ar"] == 18000
     assert sorted(c["amount_cents"] for c in snap["charges"]) == [10000, 12000]
     assert worker.alive(), worker.log_tail()
+
+
+def test_ingest_hl7_files_batch_and_single_messages(
+    broker: EmbeddedBroker, workers: Workers, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    batch = SAMPLES / "pythonhl7_adt_a04_batch_v25.hl7"
+    lf_file = tmp_path / "two.hl7"
+    lf_file.write_bytes(b"\xef\xbb\xbf" + (dft("F1", "B1", "10.00") + dft("F2", "B2", "2.50"))
+                        .replace(b"\r", b"\n"))
+
+    def ingest(*files: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rcmflow.cli", "ingest", "hl7",
+                               *map(str, files)], env=workers.env(), capture_output=True,
+                              text=True, timeout=120)
+
+    first = ingest(lf_file, batch)
+    assert first.returncode == 1, first.stderr  # the batch's messages have no account
+    assert "two.hl7 #1 MSH-10 F1: AA" in first.stderr and "#2 MSH-10 F2: AA" in first.stderr
+    assert "#1 MSH-10 12334456778890: AE no_account" in first.stderr
+    assert "#2 MSH-10 12334456778891: AE no_account" in first.stderr
+    again = ingest(lf_file)
+    assert again.returncode == 0 and again.stderr.count(": AA replay") == 2, again.stderr
+    events = [json.loads(r.value) for r in asyncio.run(read_topic([broker.bootstrap], EVENTS))]
+    assert sorted((e["account"], e["amount_cents"]) for e in events) == [("B1", 1000),
+                                                                        ("B2", 250)]
+    reasons = [json.loads(r.value)["reason_code"]
+               for r in asyncio.run(read_topic([broker.bootstrap], DLQ))]
+    assert reasons == ["no_account", "no_account"]
+
+
+def test_rcmflow_mllp_command_serves_stops_cleanly_and_logs_no_patient_data(
+    broker: EmbeddedBroker, workers: Workers, tmp_path: Path
+) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "mllp.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rcmflow.cli", "mllp", "--port", str(port)],
+            env=workers.env() | {"RCMFLOW_LOG_LEVEL": "debug"}, stdout=out,
+            stderr=subprocess.STDOUT)
+    try:
+        async def talk() -> list[tuple[str, str]]:
+            for _ in range(100):
+                try:
+                    client = await Client.connect(port)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+            acks = [msa(await client.send(m)) for m in (DFT_01, NO_ACCOUNT, DFT_02)]
+            await client.close()
+            return acks
+
+        assert asyncio.run(talk()) == [("AA", "MSG00001"), ("AE", "MSGID000001"),
+                                       ("AE", "MSG00001")]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        time.sleep(0)
+    text = log.read_text()
+    assert "MSG00001" in text and "4000776" in text  # control ids and accounts only
+    for phi in ("EVERYMAN", "ADAM", "DOE", "JANE", "PATID1234", "123456789", "Aniston"):
+        assert phi not in text, phi
