@@ -96,11 +96,13 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     worker_log = settings.data_dir / "logs" / "worker.log"
     worker: subprocess.Popen[bytes] | None = None
+    facade: subprocess.Popen[bytes] | None = None
     try:
         with open(worker_log, "ab") as log_handle:
             worker = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "worker"],
                                       stdout=log_handle, stderr=subprocess.STDOUT,
                                       env=dict(os.environ))
+        facade = _start_facade(settings, console)
         console.print(
             f"[bold]rcmflow dev[/bold]\n"
             f"  broker  {broker.bootstrap}  (Tansu, memory only; log {settings.data_dir}/logs/"
@@ -111,6 +113,10 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
         )
         if demo:
             _feed_demo(settings, broker, chart, worker, console)
+        fhir = (f"http://{settings.facade_host}:{settings.facade_port}"
+                f"{settings.facade_base_path}")
+        console.print(f"\nFHIR facade: [bold]curl -s {fhir}/Account/A1001[/bold] · "
+                      f"{fhir}/ClaimResponse?patient=pat.A1001 · {fhir}/metadata")
         console.print("\nTry: [bold]rcmflow accounts list[/bold] · [bold]rcmflow accounts show "
                       "A1001[/bold] · [bold]rcmflow accounts history A1002[/bold] · "
                       "[bold]rcmflow dlq list[/bold] · [bold]rcmflow ingest events FILE[/bold]"
@@ -123,9 +129,25 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
         console.print("stopping ...")
         return 0
     finally:
+        if facade is not None:
+            stop_process(facade, WORKER_STOP_TIMEOUT_S)
         if worker is not None:
             stop_process(worker, WORKER_STOP_TIMEOUT_S)
         broker.stop()
+
+
+def _start_facade(settings: Settings, console: Console) -> subprocess.Popen[bytes]:
+    """`rcmflow facade` with auth off: development only, and said so loudly."""
+    log = settings.data_dir / "logs" / "facade.log"
+    with open(log, "ab") as log_handle:
+        facade = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "facade"],
+                                  stdout=log_handle, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "RCMFLOW_FACADE_AUTH": "off"})
+    console.print(f"  facade  pid {facade.pid}  http://{settings.facade_host}:"
+                  f"{settings.facade_port}{settings.facade_base_path}  (log {log})\n"
+                  "  [bold red]FHIR facade auth is OFF (RCMFLOW_FACADE_AUTH=off): anyone on "
+                  "this machine reads every account. Development only.[/bold red]")
+    return facade
 
 
 def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccounts,
