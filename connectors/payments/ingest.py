@@ -131,7 +131,7 @@ def ingest_payment_files(settings: Settings, servers: list[str], files: list[Pat
     """Publish every file; the exit code says whether anything was rejected."""
     too_big = [f for f in files if f.stat().st_size > settings.payments_file_bytes_max]
     if too_big:
-        console.print(f"[red]refused (over {settings.payments_file_bytes_max} bytes, split "
+        _say(console, f"[red]refused (over {settings.payments_file_bytes_max} bytes, split "
                       f"them):[/red] {', '.join(map(str, too_big))}")
         return EXIT_REFUSED
     code = EXIT_OK
@@ -141,7 +141,7 @@ def ingest_payment_files(settings: Settings, servers: list[str], files: list[Pat
         try:
             publish_records(servers, outcome.records(), label=path.name, console=console)
         except BrokerFailed as exc:
-            console.print(f"[red]{path}: the broker did not acknowledge ({exc}); run the same "
+            _say(console, f"[red]{path}: the broker did not acknowledge ({exc}); run the same "
                           "command again (re-sending is safe)[/red]")
             return EXIT_BROKER
         report_payments(path, outcome, console)
@@ -152,12 +152,17 @@ def ingest_payment_files(settings: Settings, servers: list[str], files: list[Pat
 
 def report_payments(path: Path, outcome: PaymentsOutcome, console: Console) -> None:
     """Counts and the reasons (row numbers and columns only: no names, no PHI)."""
-    console.print(f"{path}: {len(outcome.events)} rows published to {EVENTS}"
+    _say(console, f"{path}: {len(outcome.events)} rows published to {EVENTS}"
                   + (f", [yellow]{len(outcome.rejected)} to {DLQ}[/yellow]"
                      if outcome.rejected else ""))
     for r in outcome.rejected[:10]:
-        console.print(f"  {r.code}: {r.detail}")
+        _say(console, f"  {r.code}: {r.detail}")
     if len(outcome.rejected) > 10:
-        console.print(f"  ... {len(outcome.rejected) - 10} more (rcmflow dlq list)")
+        _say(console, f"  ... {len(outcome.rejected) - 10} more (rcmflow dlq list)")
     for w in outcome.warnings:
-        console.print(f"  [dim]{w}[/dim]")
+        _say(console, f"  [dim]{w}[/dim]")
+
+
+def _say(console: Console, text: str) -> None:
+    """One report line: never wrapped mid-path (logs and terminals alike), no auto-colour."""
+    console.print(text, soft_wrap=True, highlight=False)

@@ -38,7 +38,7 @@ def ingest_x12_files(settings: Settings, servers: list[str], files: list[Path], 
     """Publish every file; the exit code says whether anything was parked."""
     too_big = [f for f in files if f.stat().st_size > settings.x12_file_bytes_max]
     if too_big:
-        console.print(f"[red]refused (over {settings.x12_file_bytes_max} bytes, "
+        _say(console, f"[red]refused (over {settings.x12_file_bytes_max} bytes, "
                       f"RCMFLOW_X12_FILE_BYTES_MAX):[/red] {', '.join(map(str, too_big))}")
         return EXIT_REFUSED
     code = EXIT_OK
@@ -49,7 +49,7 @@ def ingest_x12_files(settings: Settings, servers: list[str], files: list[Path], 
             publish_records(servers, list(outcome.records(limits)), label=path.name,
                             console=console)
         except BrokerFailed as exc:
-            console.print(f"[red]{path}: the broker did not acknowledge ({exc}); run the same "
+            _say(console, f"[red]{path}: the broker did not acknowledge ({exc}); run the same "
                           "command again (re-sending is safe)[/red]")
             return EXIT_BROKER
         report_x12(path, outcome, console)
@@ -61,24 +61,29 @@ def ingest_x12_files(settings: Settings, servers: list[str], files: list[Path], 
 def report_x12(path: Path, outcome: FileOutcome, console: Console) -> None:
     """One line per transaction set: control numbers, counts and reasons (no patient data)."""
     if outcome.rejected:
-        console.print(f"{path}: [red]rejected[/red], nothing applied (record in {DLQ})")
+        _say(console, f"{path}: [red]rejected[/red], nothing applied (record in {DLQ})")
         for p in outcome.problems:
-            console.print(f"  {p.code}: {p.detail}")
+            _say(console, f"  {p.code}: {p.detail}")
         return
     applied = sum(1 for s in outcome.sets if not s.parked)
-    console.print(f"{path}: {applied} of {len(outcome.sets)} transaction sets applied, "
+    _say(console, f"{path}: {applied} of {len(outcome.sets)} transaction sets applied, "
                   f"{len(outcome.events)} events")
     for s in outcome.sets:
         what = (f"{s.claims} claims" + (f", {s.provider_adjustments} PLB amounts"
                                         if s.provider_adjustments else ""))
         notes = f"; {len(s.warnings)} warnings" if s.warnings else ""
         if s.parked:
-            console.print(f"  ST {s.st02} ({s.st01}, trace {s.trace or '-'}): "
+            _say(console, f"  ST {s.st02} ({s.st01}, trace {s.trace or '-'}): "
                           f"[yellow]parked in {DLQ}[/yellow] ({what}{notes})")
             for p in s.problems:
-                console.print(f"    {p.code}: {p.detail}")
+                _say(console, f"    {p.code}: {p.detail}")
         else:
-            console.print(f"  ST {s.st02} ({s.st01}, trace {s.trace or '-'}): {what} -> "
+            _say(console, f"  ST {s.st02} ({s.st01}, trace {s.trace or '-'}): {what} -> "
                           f"{len(s.events)} events{notes}")
     for w in outcome.warnings:
-        console.print(f"  [dim]{w}[/dim]")
+        _say(console, f"  [dim]{w}[/dim]")
+
+
+def _say(console: Console, text: str) -> None:
+    """One report line: never wrapped mid-path (logs and terminals alike), no auto-colour."""
+    console.print(text, soft_wrap=True, highlight=False)

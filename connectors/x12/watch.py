@@ -92,10 +92,15 @@ def watch(folder: Path, settings: Settings, servers: list[str], console: Console
             try:
                 dest = handle_file(path, settings, servers, console)
             except BrokerFailed as exc:
-                console.print(f"[red]{path.name}: broker did not acknowledge ({exc}); "
+                _say(console, f"[red]{path.name}: broker did not acknowledge ({exc}); "
                               "left in place, will retry[/red]")
                 continue
-            console.print(f"  -> {dest.parent.name}/{dest.name}")
+            _say(console, f"  -> {dest.parent.name}/{dest.name}")
         if once or stop():
             return 0
         time.sleep(settings.watch_poll_s)
+
+
+def _say(console: Console, text: str) -> None:
+    """One report line: never wrapped mid-path (logs and terminals alike), no auto-colour."""
+    console.print(text, soft_wrap=True, highlight=False)
