@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -51,6 +51,31 @@ class Settings(BaseSettings):
         None, description="Chart-of-accounts mapping (YAML); unset: the one shipped."
     )
     app_id: str = Field("rcmflow", description="Consumer group and changelog prefix.")
+    # The FHIR facade (`rcmflow facade`): its own read model of rcm.accounts, served as R4.
+    facade_host: str = Field("127.0.0.1", description="Address the facade listens on.")
+    facade_port: int = Field(8080, ge=1, le=65535, description="Port of the facade (HAPI's).")
+    facade_base_path: str = Field(
+        "/fhir", pattern=r"^(/[A-Za-z0-9._-]+)+$", description="FHIR base path of the facade."
+    )
+    facade_auth: Literal["jwt", "off"] = Field(
+        "jwt", description="jwt: bearer tokens signed with facade_jwt_key. off: anyone reads "
+        "everything; for `rcmflow dev` only (logged loudly)."
+    )
+    facade_jwt_key: SecretStr | None = Field(
+        None, description="HMAC secret (HS*) or PEM public key (RS256/ES256) that signs tokens."
+    )
+    facade_jwt_algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256"] = "HS256"
+    facade_jwt_audience: str | None = Field(None, description="Required `aud`, if set.")
+    facade_store: Path | None = Field(
+        None, description="The facade's SQLite read model; unset: DATA_DIR/facade/read.sqlite."
+    )
+    facade_count_max: int = Field(
+        200, ge=1, le=1000, description="Largest search page (_count is capped to it)."
+    )
+    facade_request_bytes_max: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024, description="Largest request body; past it: 413."
+    )
+    facade_cors_origins: str = Field("*", description="Comma-separated origins for CORS.")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once",
         description="at_least_once is crash-safe on its own (deterministic posting ids, "
@@ -87,7 +112,7 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warn", "error"] = "info"
 
-    @field_validator("data_dir", "coa")
+    @field_validator("data_dir", "coa", "facade_store")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
