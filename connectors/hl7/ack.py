@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -24,6 +25,7 @@ _FS, _CS, _RS, _ES, _SS = "|", "^", "~", "\\", "&"
 #: MSA-3 / ERR-8 texts are cut here: some receivers store them in fixed-width columns.
 _TEXT_CHARS_MAX = 200
 _DEFAULT_VERSION = "2.5"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ids = itertools.count(1)
 _prefix = f"{os.getpid() % 10000:04d}"
 
@@ -33,7 +35,8 @@ def escape(text: str) -> str:
     out = text.replace(_ES, f"{_ES}E{_ES}")
     for char, code in ((_FS, "F"), (_CS, "S"), (_SS, "T"), (_RS, "R")):
         out = out.replace(char, f"{_ES}{code}{_ES}")
-    return out.replace("\r", " ").replace("\n", " ")
+    # Control characters (0x0B, 0x1C would break the MLLP frame) become spaces.
+    return _CONTROL.sub(" ", out)
 
 
 def _hd(msg: Hl7Message, number: int) -> str:

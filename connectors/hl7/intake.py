@@ -29,13 +29,23 @@ from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
 from .ack import AckCode, build_ack
 from .framing import FrameError
 from .mapping import MappingConfig, map_message, source_key
-from .problems import DUPLICATE_KEY, INTERNAL_ERROR, SEGMENT_SEQUENCE_ERROR, Problem, Rejected
+from .problems import (
+    DATA_TYPE_ERROR,
+    DUPLICATE_KEY,
+    INTERNAL_ERROR,
+    REQUIRED_FIELD_MISSING,
+    SEGMENT_SEQUENCE_ERROR,
+    Problem,
+    Rejected,
+)
 from .reader import Hl7Message, HL7ParseError, normalise, read_message
 from .replay import ReplayStore
 
 __all__ = ["Sink", "Outcome", "Intake", "WriteFailed"]
 
 log = logging.getLogger("rcmflow.hl7")
+#: MSH-10 is ST(199) since v2.7; longer (or garbled) header values are refused.
+_HEADER_CHARS_MAX = 199
 
 Record = tuple[str, bytes | None, bytes]
 
@@ -74,11 +84,9 @@ class Intake:
         except HL7ParseError as exc:
             problem = Problem("unreadable", SEGMENT_SEQUENCE_ERROR, "", str(exc))
             return await self._refuse(None, raw, Rejected("AR", "decode", (problem,)), position)
-        missing = [n for n, v in ((9, msg.message_type[0]), (10, msg.control_id)) if not v]
-        if missing:
-            problems = tuple(Problem("missing_header_field", 101, f"MSH^1^{n}",
-                                     f"MSH-{n} is empty") for n in missing)
-            return await self._refuse(msg, raw, Rejected("AR", "decode", problems), position)
+        header = _header_problems(msg)
+        if header:
+            return await self._refuse(msg, raw, Rejected("AR", "decode", header), position)
         key = source_key(msg)
         digest = hashlib.sha256(text.encode()).hexdigest()
         async with self._store.claim(key):
@@ -156,13 +164,13 @@ class Intake:
             await self._sink.write(records)
         except Exception as exc:
             return self._not_stored(msg, exc)
-        log.warning("hl7 %s %s: %s %s (%s)", control_id or "-", _type(msg), rejected.ack_code,
+        log.warning("hl7 %s %s: %s %s (%s)", _cid(msg), _type(msg), rejected.ack_code,
                     rejected.reason_code, record.dlq_id)
         return Outcome(build_ack(msg, rejected.ack_code, rejected.problems), rejected.ack_code,
                        control_id, rejected.reason_code)
 
     def _not_stored(self, msg: Hl7Message | None, exc: Exception) -> Outcome:
-        log.error("hl7 %s: not stored, AR (%s)", msg.control_id if msg else "-",
+        log.error("hl7 %s: not stored, AR (%s)", _cid(msg),
                   type(exc).__name__)
         problem = Problem("not_stored", INTERNAL_ERROR, "",
                           "the message could not be stored; send it again")
@@ -170,8 +178,30 @@ class Intake:
                        msg.control_id if msg else "", "not_stored")
 
 
+def _header_problems(msg: Hl7Message) -> tuple[Problem, ...]:
+    """MSH-9.1/9.2 and MSH-10 are what every answer and key is built from."""
+    problems = [Problem("missing_header_field", REQUIRED_FIELD_MISSING, f"MSH^1^{where}",
+                        f"MSH-{where} is empty")
+                for where, value in (("9", msg.message_type[0]), ("9.2", msg.message_type[1]),
+                                     ("10", msg.control_id)) if not value]
+    for where, value in (("9", "^".join(msg.message_type)), ("10", msg.control_id)):
+        if len(value) > _HEADER_CHARS_MAX or not value.isprintable():
+            problems.append(Problem("invalid_header_field", DATA_TYPE_ERROR, f"MSH^1^{where}",
+                                    f"MSH-{where} is longer than {_HEADER_CHARS_MAX} "
+                                    "characters or holds control characters"))
+    return tuple(problems)
+
+
+def _cid(msg: Hl7Message | None) -> str:
+    """For logs: MSH-10 when the header checks passed (garbage can hold anything)."""
+    return "-" if msg is None or _header_problems(msg) else msg.control_id
+
+
 def _type(msg: Hl7Message | None) -> str:
-    return "^".join(msg.message_type) if msg is not None else "-"
+    """For logs: a message type that passed the header checks, else a placeholder."""
+    if msg is None or _header_problems(msg):
+        return "-"
+    return "^".join(msg.message_type)
 
 
 class KafkaSink:

@@ -1,0 +1,100 @@
+"""Fuzzing the HL7 intake: mutated real samples, random bytes, huge fields, wrong separators,
+truncations. Nothing crashes, every input is answered: AA with its writes, or AE/AR with a DLQ
+record holding the bytes received."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rcmflow.connectors.hl7.intake import Intake, Outcome
+from rcmflow.connectors.hl7.mapping import MappingConfig
+from rcmflow.connectors.hl7.replay import ReplayStore
+from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples" / "hl7"
+REAL = [p.read_bytes() for p in sorted(SAMPLES.iterdir())]
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.writes: list[list[tuple[str, bytes | None, bytes]]] = []
+
+    async def write(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+        self.writes.append(list(records))
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(REAL)))
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(0, len(data)))
+        op = draw(st.sampled_from(["replace", "delete", "insert", "huge", "separator",
+                                   "truncate"]))
+        if op == "replace":
+            data[at:at + 3] = draw(st.binary(min_size=1, max_size=3))
+        elif op == "delete":
+            del data[at:at + draw(st.integers(1, 200))]
+        elif op == "insert":
+            data[at:at] = draw(st.binary(max_size=50))
+        elif op == "huge":
+            data[at:at] = b"9" * draw(st.integers(1_000, 200_000))
+        elif op == "separator":
+            old, new = draw(st.sampled_from([(b"|", b"^"), (b"^", b"|"), (b"&", b"~"),
+                                             (b"\r", b"\n"), (b"\r", b"")]))
+            data = bytearray(bytes(data).replace(old, new, draw(st.integers(1, 50))))
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+inputs = st.one_of(mutated(), st.binary(max_size=2_000),
+                   st.builds(lambda b: b"MSH|^~\\&|" + b, st.binary(max_size=500)))
+
+
+def check_answered(raw: bytes, outcome: Outcome, sink: MemorySink, writes_before: int) -> None:
+    assert not any(c < 0x20 and c != 0x0D for c in outcome.ack), "control bytes in the ACK"
+    segments = outcome.ack.decode().split("\r")
+    assert segments[0].startswith("MSH|^~\\&|")
+    msa = next(s for s in segments if s.startswith("MSA|")).split("|")
+    assert msa[1] == outcome.code in ("AA", "AE", "AR")
+    new = sink.writes[writes_before:]
+    if outcome.code == "AA":
+        if outcome.reason_code == "replay":
+            assert new == []
+        else:
+            (records,) = new
+            assert records[0] == (RAW_HL7, records[0][1], raw)
+            assert [r[0] for r in records[1:]] == [EVENTS] * len(outcome.events)
+        return
+    assert any(line.startswith("ERR|") for line in segments)
+    (records,) = new
+    dlq = json.loads(records[-1][2])
+    assert records[-1][0] == DLQ and dlq["reason_code"] == outcome.reason_code
+    payload = (dlq["payload"].encode() if dlq["payload_encoding"] == "utf-8"
+               else base64.b64decode(dlq["payload"]))
+    assert payload == raw
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.data_too_large])
+@given(st.lists(inputs, min_size=1, max_size=4))
+def test_every_input_is_answered_and_nothing_crashes(batch: list[bytes]) -> None:
+    sink = MemorySink()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ReplayStore(Path(tmp), 3600)
+        intake = Intake(sink=sink, store=store, config=MappingConfig(), channel="fuzz")
+        try:
+            for raw in batch:
+                before = len(sink.writes)
+                outcome = asyncio.run(intake.handle(raw))
+                check_answered(raw, outcome, sink, before)
+        finally:
+            store.close()
