@@ -126,7 +126,7 @@ class Intake:
             pass
         problem = Problem(error.reason_code, INTERNAL_ERROR if error.reason_code == "too_large"
                           else SEGMENT_SEQUENCE_ERROR, "", error.detail)
-        context = {"size_bytes": error.size_bytes, "payload_truncated":
+        context: dict[str, object] = {"size_bytes": error.size_bytes, "payload_truncated":
                    error.size_bytes > len(error.head)}
         return await self._refuse(msg, error.head, Rejected("AR", "decode", (problem,)),
                                   position, context=context, with_raw=False)

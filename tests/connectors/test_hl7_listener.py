@@ -215,6 +215,22 @@ async def test_concurrent_persistent_connections_and_a_half_frame(
     assert sorted({e["account"] for e in events}) == ["XACC", "YACC"] and len(events) == 30
 
 
+async def test_connection_limit_and_idle_timeout_close_connections(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    async with listening(broker, tmp_path / "replay", connections_max=1,
+                         idle_timeout_s=1.0) as port:
+        first = await Client.connect(port)
+        assert msa(await first.send(dft("L1"))) == ("AA", "L1")
+        second = await Client.connect(port)  # over the limit: closed at once
+        assert await asyncio.wait_for(second.reader.read(), 5) == b""
+        assert msa(await first.send(dft("L2"))) == ("AA", "L2")  # the first one lives on
+        assert await asyncio.wait_for(first.reader.read(), 5) == b""  # idle: closed
+        third = await Client.connect(port)  # a slot is free again
+        assert msa(await third.send(dft("L3"))) == ("AA", "L3")
+        await third.close()
+
+
 async def test_no_aa_when_the_broker_does_not_take_the_write(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
