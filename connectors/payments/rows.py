@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeAlias
 
 from pydantic import ValidationError
 
@@ -51,7 +51,7 @@ REQUIRED = ("type", "account", "amount", "date", "reference")
 #: Longest row kept (a bound on one line, and on what one DLQ record carries).
 ROW_CHARS_MAX = 8192
 
-PaymentEvent = PatientPayment | Refund | WriteOff
+PaymentEvent: TypeAlias = PatientPayment | Refund | WriteOff
 
 
 class FileError(ValueError):

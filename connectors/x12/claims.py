@@ -20,7 +20,7 @@ from rcmflow.streams.events import ClaimSubmitted, Dimensions, EventKind, Servic
 
 from .codes import payer_class_for
 from .reader import Problem, Segment, TransactionSet
-from .remit import _first_error
+from .remit import first_error
 
 __all__ = ["SubmittedClaim", "Batch837", "parse_837", "claim_events", "SOURCE_837"]
 
@@ -183,5 +183,5 @@ def claim_events(batch: Batch837, *, entity: str) -> list[ClaimSubmitted]:
             ))
         except ValidationError as exc:
             raise ValueError(f"claim {claim.number} (CLM01 {claim.account}): "
-                             f"{_first_error(exc)}") from None
+                             f"{first_error(exc)}") from None
     return events

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 
@@ -31,8 +31,8 @@ from .remit import account_problem, balance_problems, parse_835, remit_events
 
 __all__ = ["X12Limits", "SetOutcome", "FileOutcome", "process_x12", "Record"]
 
-X12Event = ClaimAdjudicated | ProviderAdjustment | ClaimSubmitted
-Record = tuple[str, bytes | None, bytes]
+X12Event: TypeAlias = ClaimAdjudicated | ProviderAdjustment | ClaimSubmitted
+Record: TypeAlias = tuple[str, bytes | None, bytes]
 #: Problems whose failing identity is money rather than structure (DLQ stage "validate").
 _MONEY_CODES = {"x12_claim_unbalanced", "x12_transaction_unbalanced", "x12_claim_total"}
 _REASON_CHARS_MAX = 4000
@@ -40,7 +40,7 @@ _REASON_CHARS_MAX = 4000
 
 @dataclass(frozen=True)
 class X12Limits:
-    segments_max: int = 2_000_000
+    segments_max: int = 1_000_000
     guide_validation: bool = True
     dlq_payload_bytes_max: int = 512 * 1024
     entity: str = "01"

@@ -8,7 +8,6 @@ applied are replays, and DLQ records have deterministic ids.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 
 from aiokafka.errors import KafkaError
 from rich.console import Console
@@ -41,7 +40,3 @@ def publish_records(servers: list[str], records: list[tuple[str, bytes | None, b
         except (KafkaError, OSError, TimeoutError) as exc:
             raise BrokerFailed(f"{type(exc).__name__}: {exc}") from exc
 
-
-def publish_iter(servers: list[str], records: Iterable[tuple[str, bytes | None, bytes]],
-                 *, label: str, console: Console) -> int:
-    return publish_records(servers, list(records), label=label, console=console)

@@ -60,26 +60,35 @@ class Problem:
     detail: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Segment:
+    """One segment as plain strings (pyx12's objects cost ~2 KB a segment; these ~200 B)."""
+
     number: int  # 1-based position in the file
-    seg: pyx12.segment.Segment
+    parts: tuple[str, ...]  # parts[0] is the segment id, then the elements as written
+    component_sep: str
+
+    @classmethod
+    def of(cls, number: int, seg: pyx12.segment.Segment, component_sep: str) -> Segment:
+        return cls(number, (seg.get_seg_id() or "", *(c.format() for c in seg.elements)),
+                   component_sep)
 
     @property
     def id(self) -> str:
-        return self.seg.get_seg_id() or ""
+        return self.parts[0]
 
     def el(self, position: int, component: int | None = None) -> str:
         """Element ``position`` (1-based), or one of its components; "" when absent."""
-        ref = f"{position:02d}" if component is None else f"{position:02d}-{component}"
-        try:
-            value = self.seg.get_value(ref)
-        except (IndexError, pyx12.errors.EngineError):
+        if position >= len(self.parts):
             return ""
-        return (value or "").strip()
+        value = self.parts[position]
+        if component is not None:
+            pieces = value.split(self.component_sep) if self.component_sep else [value]
+            value = pieces[component - 1] if component <= len(pieces) else ""
+        return value.strip()
 
-    def elements(self) -> int:
-        return len(self.seg)
+    def text(self, element_sep: str, terminator: str) -> str:
+        return element_sep.join(self.parts).rstrip(element_sep) + terminator
 
 
 @dataclass
@@ -94,6 +103,7 @@ class TransactionSet:
     group: _Envelope
     version: str  # GS08
     group_date: str  # GS04, CCYYMMDD
+    element_sep: str
     st01: str
     st02: str
     segments: list[Segment] = field(default_factory=list)
@@ -114,7 +124,7 @@ class TransactionSet:
         return self.group.control
 
     def raw(self, terminator: str) -> str:
-        return "".join(s.seg.format(terminator) + "\n" for s in self.segments)
+        return "".join(s.text(self.element_sep, terminator) + "\n" for s in self.segments)
 
 
 @dataclass
@@ -183,7 +193,7 @@ def _prepare(text: str, doc: X12Document) -> tuple[str, list[Problem]] | None:
             "x12_isa_not_fixed_width",
             f"the ISA is {pos + 1} characters; an ISA is fixed-width: {ISA_LEN} plus its "
             "terminator"))
-        padded = []
+        padded: list[str] = []
         for value, width in zip(parts, ISA_WIDTHS, strict=True):
             if len(value) > width:
                 doc.file_problems.append(Problem(
@@ -241,7 +251,7 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
                 "x12_too_many_segments",
                 f"more than {segments_max} segments (RCMFLOW_X12_SEGMENTS_MAX): split the file"))
             return
-        seg = Segment(count, raw)
+        seg = Segment.of(count, raw, reader.subele_term or "")
         sid = seg.id
         if sid == "ISA":
             if count > 1:
@@ -255,8 +265,8 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
             if current is not None:
                 current.own_problems.append(Problem(
                     "x12_se_missing", f"ST {current.st02} has no SE before the next ST"))
-            current = TransactionSet(interchange, group, version, group_date, seg.el(1),
-                                     seg.el(2))
+            current = TransactionSet(interchange, group, version, group_date,
+                                     reader.ele_term or "*", seg.el(1), seg.el(2))
             doc.sets.append(current)
         if current is not None:
             current.segments.append(seg)

@@ -34,7 +34,7 @@ from .codes import DENIAL_CARCS, payer_class_for
 from .reader import Problem, Segment, TransactionSet
 
 __all__ = ["Remit", "Claim", "Line", "Cas", "Plb", "parse_835", "balance_problems",
-           "remit_events", "SOURCE_835"]
+           "remit_events", "account_problem", "first_error", "SOURCE_835"]
 
 SOURCE_835 = "x12-835"
 CAS_GROUPS = ("CO", "PR", "OA", "PI", "CR")
@@ -327,7 +327,7 @@ def remit_events(remit: Remit, *, entity: str) -> list[ClaimAdjudicated | Provid
             events.append(_claim_event(claim, remit, event_id, occurred, entity))
         except ValidationError as exc:
             raise ValueError(f"claim {claim.number} (CLP01 {claim.account}): "
-                             f"{_first_error(exc)}") from None
+                             f"{first_error(exc)}") from None
     for plb in remit.plbs:
         key = f"{base_id}:plb:{plb.provider}:{plb.fiscal_date}:{plb.code}:{plb.reference}"
         seen[key] += 1
@@ -345,7 +345,7 @@ def remit_events(remit: Remit, *, entity: str) -> list[ClaimAdjudicated | Provid
                 reference=plb.reference or None,
             ))
         except ValidationError as exc:
-            raise ValueError(f"PLB {plb.code}: {_first_error(exc)}") from None
+            raise ValueError(f"PLB {plb.code}: {first_error(exc)}") from None
     return events
 
 
@@ -395,7 +395,7 @@ def _adjustment(cas: Cas) -> Adjustment:
                       amount_cents=cas.amount_cents)
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     return f"{where}: {err['msg']}" if where else err["msg"]

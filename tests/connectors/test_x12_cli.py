@@ -1,0 +1,66 @@
+"""The commands' contract without a broker: documented exit codes, limits, plain errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rcmflow.connectors.x12 import X12Limits, process_x12
+from tests.connectors.x12_build import ClaimSpec, envelope, remit_segments
+
+#: Nothing listens here: a command that reaches for the broker fails at once.
+NO_BROKER = "127.0.0.1:9"
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}
+    return subprocess.run([sys.executable, "-m", "rcmflow.cli", *args],
+                          env=base | {"RCMFLOW_BROKER": NO_BROKER} | env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _remit(tmp_path: Path) -> Path:
+    path = tmp_path / "r.835"
+    path.write_bytes(envelope(remit_segments([ClaimSpec("A1", 100, 100)])))
+    return path
+
+
+def test_help_documents_the_exit_codes() -> None:
+    for command in (("ingest", "x12"), ("ingest", "payments")):
+        shown = _run(*command, "--help")
+        assert shown.returncode == 0
+        for code in ("0 ", "1 ", "2 ", "3 "):
+            assert f"  {code}" in shown.stdout, (command, code)
+    assert "rejected/" in _run("watch", "--help").stdout
+
+
+def test_a_file_over_the_size_limit_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    path = tmp_path / "big.835"
+    path.write_bytes(b"ISA" + b"*" * 5000)
+    done = _run("ingest", "x12", str(path), RCMFLOW_X12_FILE_BYTES_MAX="1024")
+    assert done.returncode == 2
+    assert "refused (over 1024 bytes" in done.stderr
+
+
+def test_an_unreachable_broker_is_exit_3_and_says_re_running_is_safe(tmp_path: Path) -> None:
+    done = _run("ingest", "x12", str(_remit(tmp_path)))
+    assert done.returncode == 3, done.stderr
+    assert "run the same command again (re-sending is safe)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_too_many_segments_rejects_the_file_whole() -> None:
+    data = envelope(remit_segments([ClaimSpec(f"A{n}", 100, 100) for n in range(20)]))
+    outcome = process_x12(data, origin="file:x", limits=X12Limits(segments_max=30))
+    assert [p.code for p in outcome.problems] == ["x12_too_many_segments"]
+    assert outcome.sets == []
+
+
+def test_an_unknown_transaction_set_is_parked_not_guessed() -> None:
+    segs = [["ST", "270", "0001"], ["BHT", "0022", "13"], ["SE", "", "0001"]]
+    (tset,) = process_x12(envelope(segs, functional_id="HS", version="005010X279A1"),
+                          origin="file:x", limits=X12Limits()).sets
+    assert tset.parked
+    assert [p.code for p in tset.problems] == ["x12_unsupported_set"]
