@@ -39,8 +39,11 @@ class Batch:
 
 def split_batch(data: bytes) -> Batch:
     """Messages of a file, in order: each starts at an MSH segment and runs to the next MSH
-    or batch segment. Segment ends may be CR, LF or CRLF; a BOM is dropped."""
+    or batch segment. Segment ends may be CR, LF or CRLF; a BOM and MLLP frame bytes are
+    dropped."""
     text = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    # Captured MLLP traffic keeps its frame bytes: they only mark message ends here.
+    text = text.replace(b"\x0b", b"\r").replace(b"\x1c", b"\r")
     batch = Batch()
     current: list[bytes] = []
     for segment in re.split(rb"\r\n|\r|\n", text):

@@ -231,6 +231,18 @@ async def test_connection_limit_and_idle_timeout_close_connections(
         await third.close()
 
 
+async def test_pipelined_frames_in_one_write_are_answered_in_order(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    async with listening(broker, tmp_path / "replay") as port:
+        client = await Client.connect(port)
+        client.writer.write(frame(dft("P1")) + frame(b"garbage") + frame(dft("P3")))
+        await client.writer.drain()
+        acks = [msa(await client.ack()) for _ in range(3)]
+        assert acks == [("AA", "P1"), ("AR", ""), ("AA", "P3")]
+        await client.close()
+
+
 async def test_no_aa_when_the_broker_does_not_take_the_write(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:

@@ -232,3 +232,18 @@ def test_reader_agrees_with_hl7apy_on_every_mapped_field(name: str) -> None:
                 assert seg.repetitions(number)[0].rstrip("^&") == expected, (name, number)
                 compared += 1
         assert compared >= 7
+
+
+def test_split_batch_reads_batches_lf_files_and_captured_mllp_traffic() -> None:
+    from rcmflow.connectors.hl7.batch import split_batch
+    from rcmflow.connectors.hl7.framing import frame
+
+    batch = split_batch((SAMPLES / "pythonhl7_adt_a04_batch_v25.hl7").read_bytes())
+    assert [m.split(b"|")[9] for m in batch.messages] == [b"12334456778890",
+                                                         b"12334456778891"]
+    assert batch.declared_counts == [2]
+    one, two = dft(ft1(1)).encode(), dft(ft1(1)).replace("|C1|", "|C2|").encode()
+    for data in (one + two, (one + two).replace(b"\r", b"\n"), frame(one) + frame(two),
+                 b"\xef\xbb\xbf" + one.replace(b"\r", b"\r\n") + two):
+        assert [read_message(normalise(m)).control_id for m in split_batch(data).messages] == [
+            "C1", "C2"]
