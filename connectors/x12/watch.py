@@ -95,6 +95,10 @@ def watch(folder: Path, settings: Settings, servers: list[str], console: Console
                 _say(console, f"[red]{path.name}: broker did not acknowledge ({exc}); "
                               "left in place, will retry[/red]")
                 continue
+            except OSError as exc:  # unreadable or vanished: the next files still get their turn
+                _say(console, f"[red]{path.name}: {type(exc).__name__}: {exc.strerror}; left "
+                              "in place[/red]")
+                continue
             _say(console, f"  -> {dest.parent.name}/{dest.name}")
         if once or stop():
             return 0

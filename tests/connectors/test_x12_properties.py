@@ -155,12 +155,12 @@ def _samples() -> list[bytes]:
         envelope(remit_segments([ClaimSpec("A1", 100, 50, cas=[("CO", "45", 50)])]))]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_samples_never_crash_and_are_always_answered(data: st.DataObject) -> None:
     raw = bytearray(data.draw(st.sampled_from(_samples())))
     for _ in range(data.draw(st.integers(min_value=1, max_value=6))):
-        op = data.draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        op = data.draw(st.sampled_from(["flip", "cut", "insert", "delete", "separator"]))
         at = data.draw(st.integers(min_value=0, max_value=max(len(raw) - 1, 0)))
         if op == "flip" and raw:
             raw[at] = data.draw(st.integers(min_value=0, max_value=255))
@@ -169,6 +169,9 @@ def test_mutated_samples_never_crash_and_are_always_answered(data: st.DataObject
         elif op == "insert":
             raw[at:at] = data.draw(st.sampled_from([b"~", b"*", b":", b"\n", b"-1.5",
                                                     b"x" * 5000, b"CAS*CO*45*1~"]))
+        elif op == "separator":  # the whole file written with another element separator
+            raw = bytearray(bytes(raw).replace(b"*", data.draw(st.sampled_from(
+                [b"|", b"~", b":", b"^", b""]))))
         elif raw:
             del raw[at:at + data.draw(st.integers(min_value=1, max_value=40))]
     _answered(bytes(raw))
