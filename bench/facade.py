@@ -1,0 +1,309 @@
+"""FHIR facade load test on loopback: reads/s and p50/p99 latency for read and search.
+
+    python -m bench.facade                 # 100,000 accounts, ~3 min
+    python -m bench.facade --accounts 5000 --seconds 5   # smoke run
+
+1. Builds a read model of N accounts: real snapshots from the real core (a charge, a claim,
+   its 835 adjudication with a PR amount and a patient payment per account), through the
+   store's own ingest (resources built and written as the feed does it; FHIR validation is
+   timed on a sample, since at ~1 ms per resource it is an ingest cost, not a read cost).
+2. Serves it with `uvicorn` in its own process (one worker, auth ON: every request carries a
+   JWT that is verified), as `rcmflow facade` does.
+3. From this process (httpx, one event loop): a closed loop (C requests in flight, as fast as
+   the server answers) per kind, then an open loop at a fixed rate (default 500 req/s, half
+   reads of a random Account, half searches of a random patient's ClaimResponses). Open-loop
+   latency is measured from each request's scheduled send time, so a stalled server or client
+   shows as latency (no coordinated omission).
+
+Both processes share the machine's 2 cores: the client's own cost is in the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+from bench.procs import REPO_ROOT
+
+__all__ = ["main", "fill_store", "served_app"]
+
+JWT_KEY = "bench-signing-key-of-enough-length-for-hs256"
+STORE_ENV = "RCMFLOW_BENCH_FACADE_STORE"
+START_TIMEOUT_S = 60.0
+VALIDATION_SAMPLE = 500
+FILL_BATCH = 2_000
+
+
+def _events(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    account = f"P{n:06d}"
+    day = 1 + n % 28
+    cents = 5_000 + rng.randrange(200_000)
+    pr = rng.randrange(cents // 4)
+    co = rng.randrange(cents // 4)
+    paid = cents - pr - co
+    dims = {"entity": "01", "payer": "ACME", "payer_class": "COMMERCIAL"}
+    at = f"2026-10-{day:02d}T09:00:00-05:00"
+    base = {"schema_version": 1, "account": account, "source": "bench"}
+    return [
+        {**base, "event_id": f"{account}-C", "kind": "charge_posted", "occurred_at": at,
+         "amount_cents": cents, "dimensions": {"entity": "01", "revenue_code": "0450"}},
+        {**base, "event_id": f"{account}-S", "kind": "claim_submitted", "occurred_at": at,
+         "claim_id": f"K{n}", "total_charge_cents": cents, "dimensions": dims},
+        {**base, "event_id": f"{account}-R", "kind": "claim_adjudicated",
+         "occurred_at": f"2026-11-{day:02d}T10:00:00Z", "claim_id": f"K{n}",
+         "outcome": "processed", "charge_cents": cents, "paid_cents": paid,
+         "patient_responsibility_cents": pr, "correlation_id": f"TRN{n % 997}",
+         "adjustments": [{"group": "CO", "reason": "45", "amount_cents": co},
+                         {"group": "PR", "reason": "2", "amount_cents": pr}],
+         "dimensions": dims},
+        {**base, "event_id": f"{account}-P", "kind": "patient_payment",
+         "occurred_at": f"2026-11-{day:02d}T12:00:00Z", "amount_cents": max(1, pr // 2)},
+    ]
+
+
+def fill_store(path: Path, accounts: int, seed: int) -> dict[str, float]:
+    """Fill a read model with ``accounts`` accounts; returns timings."""
+    from rcmflow.facade.resources import build_resources, validate
+    from rcmflow.facade.store import Store
+    from rcmflow.streams.chart import load_chart
+    from rcmflow.streams.core import Applied, apply, new_account
+    from rcmflow.streams.events import EVENT_ADAPTER
+    from rcmflow.streams.state import state_json
+
+    chart = load_chart()
+    rng = random.Random(seed)
+    store = Store(path, validate_resources=False)
+    t0 = time.perf_counter()
+    core_s = 0.0
+    sample: list[bytes] = []
+    for start in range(0, accounts, FILL_BATCH):
+        records: list[tuple[str, bytes | None]] = []
+        c0 = time.perf_counter()
+        for n in range(start, min(accounts, start + FILL_BATCH)):
+            state = None
+            for doc in _events(n, rng):
+                event = EVENT_ADAPTER.validate_python(doc)
+                outcome = apply(state or new_account(event.account), event, chart)
+                assert isinstance(outcome, Applied), outcome
+                state = outcome.state
+            assert state is not None
+            records.append((state.account, state_json(state)))
+        core_s += time.perf_counter() - c0
+        if len(sample) < VALIDATION_SAMPLE:
+            sample += [v for _, v in records[: VALIDATION_SAMPLE - len(sample)] if v]
+        store.apply(records, {0: start + len(records)})
+    fill_s = time.perf_counter() - t0
+    v0 = time.perf_counter()
+    resources = 0
+    for value in sample:
+        for built in build_resources(json.loads(value)):
+            validate(built.doc)
+            resources += 1
+    validate_ms = (time.perf_counter() - v0) * 1000 / max(1, resources)
+    count = store.account_count()
+    store.close()
+    assert count == accounts, (count, accounts)
+    return {"fill_s": round(fill_s, 1), "core_s": round(core_s, 1),
+            "store_s": round(fill_s - core_s, 1),
+            "validate_ms_per_resource": round(validate_ms, 3),
+            "db_mb": round(path.stat().st_size / 1e6, 1)}
+
+
+def served_app() -> Any:
+    """uvicorn factory: the facade app over the bench store, auth on, no feed."""
+    from rcmflow.facade.app import FacadeConfig, create_app
+    from rcmflow.facade.auth import Authenticator
+    from rcmflow.facade.store import Store
+
+    store = Store(Path(os.environ[STORE_ENV]))
+    return create_app(store, Authenticator(enabled=True, key=JWT_KEY, algorithm="HS256"),
+                      FacadeConfig())
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _summary(latencies_ms: list[float], errors: int, seconds: float) -> dict[str, float]:
+    return {"requests": len(latencies_ms), "errors": errors,
+            "req_per_s": round(len(latencies_ms) / seconds, 1),
+            "p50_ms": round(_percentile(latencies_ms, 0.50), 2),
+            "p99_ms": round(_percentile(latencies_ms, 0.99), 2),
+            "max_ms": round(max(latencies_ms, default=float("nan")), 2),
+            "mean_ms": round(statistics.fmean(latencies_ms), 2) if latencies_ms else 0.0}
+
+
+Request = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
+
+
+def _kinds(accounts: int, rng: random.Random) -> dict[str, Request]:
+    def read(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+        return client.get(f"/fhir/Account/P{rng.randrange(accounts):06d}")
+
+    def search(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+        return client.get("/fhir/ClaimResponse",
+                          params={"patient": f"pat.P{rng.randrange(accounts):06d}"})
+    return {"read": read, "search": search}
+
+
+async def _closed_loop(client: httpx.AsyncClient, request: Request, seconds: float,
+                       concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def one_lane() -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            response = await request(client)
+            if response.status_code != 200:
+                errors += 1
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one_lane() for _ in range(concurrency)))
+    return _summary(latencies, errors, time.perf_counter() - t0)
+
+
+async def _open_loop(client: httpx.AsyncClient, kinds: dict[str, Request], rate: float,
+                     seconds: float) -> dict[str, dict[str, float]]:
+    by_kind: dict[str, list[float]] = {k: [] for k in kinds}
+    errors = dict.fromkeys(kinds, 0)
+    names = list(kinds)
+    total = int(rate * seconds)
+    t0 = time.perf_counter() + 0.2
+    tasks = []
+
+    async def one(i: int) -> None:
+        scheduled = t0 + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        kind = names[i % len(names)]
+        response = await kinds[kind](client)
+        if response.status_code != 200:
+            errors[kind] += 1
+        by_kind[kind].append((time.perf_counter() - scheduled) * 1000)
+
+    for i in range(total):
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return {k: _summary(v, errors[k], seconds) for k, v in by_kind.items()}
+
+
+async def _load(base: str, accounts: int, args: argparse.Namespace) -> dict[str, Any]:
+    token = jwt.encode({"scope": "system/*.read", "exp": int(time.time() + 3600)}, JWT_KEY,
+                       algorithm="HS256")
+    rng = random.Random(args.seed)
+    kinds = _kinds(accounts, rng)
+    limits = httpx.Limits(max_connections=args.concurrency * 4,
+                          max_keepalive_connections=args.concurrency * 4)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10,
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
+        for request in kinds.values():  # warm-up: connections, SQLite page cache
+            await asyncio.gather(*(request(client) for _ in range(args.concurrency)))
+        closed = {k: await _closed_loop(client, r, args.seconds, args.concurrency)
+                  for k, r in kinds.items()}
+        opened = await _open_loop(client, kinds, args.rate, args.seconds * 2)
+    return {"closed_loop": closed, "open_loop": opened}
+
+
+def _serve(store: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, STORE_ENV: str(store)}
+    with open(log, "wb") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "bench.facade:served_app",
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+             "--no-access-log"], cwd=REPO_ROOT, env=env, stdout=handle,
+            stderr=subprocess.STDOUT)
+
+
+def _wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the facade exited at start"
+        try:
+            if httpx.get(f"{base}/fhir/metadata", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"the facade did not answer in {START_TIMEOUT_S:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=500.0, help="open-loop requests/s")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="closed-loop seconds per kind (open loop: twice that)")
+    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop lanes")
+    parser.add_argument("--seed", type=int, default=20261126)
+    parser.add_argument("--store", type=Path, help="reuse (or keep) this read model file")
+    args = parser.parse_args(argv)
+
+    from rcmflow.facade.store import Store
+
+    work = Path(tempfile.mkdtemp(prefix="bench-facade-"))
+    store = args.store or work / "read.sqlite"
+    fill: dict[str, float] = {}
+    if store.exists() and Store(store).account_count() == args.accounts:
+        print(f"reusing {store}")
+    else:
+        store.unlink(missing_ok=True)
+        print(f"filling a read model with {args.accounts:,} accounts ...", flush=True)
+        fill = fill_store(store, args.accounts, args.seed)
+        print(f"  {fill}", flush=True)
+    from socket import socket
+
+    with socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = _serve(store, port, work / "facade.log")
+    try:
+        _wait_ready(base, server)
+        results = asyncio.run(_load(base, args.accounts, args))
+    finally:
+        server.terminate()
+        server.wait(30)
+    run = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+           "accounts": args.accounts, "rate": args.rate, "seconds": args.seconds,
+           "concurrency": args.concurrency, "cores": os.cpu_count(), "fill": fill, **results}
+    out = REPO_ROOT / "bench" / "results" / (
+        datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-facade.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(run, indent=2))
+    print(f"\nclosed loop ({args.concurrency} in flight, {args.seconds:.0f} s each):")
+    for kind, r in results["closed_loop"].items():
+        print(f"  {kind:6} {r['req_per_s']:>8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+              f"p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}")
+    print(f"open loop ({args.rate:.0f} req/s, half each, {args.seconds * 2:.0f} s):")
+    for kind, r in results["open_loop"].items():
+        print(f"  {kind:6} {r['req_per_s']:>8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+              f"p99 {r['p99_ms']:6.2f} ms  max {r['max_ms']:.1f} ms  errors {r['errors']}")
+    print(f"raw numbers: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
