@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT
 from mode import CrashingSupervisor
 
 from rcmflow.kafka_io import log_ends
@@ -39,6 +39,7 @@ from rcmflow.tables.faust_internals import (
     disable_gap_commits,
     fetching_state,
     install_highwater_fix,
+    limit_commits,
     resume,
     seek,
     settled,
@@ -96,6 +97,9 @@ class Pipeline:
         self.last_delivery: dict[int, float] = {}
         #: Partition -> when the watchdog first found it stalled.
         self._stalled_since: dict[int, float] = {}
+        #: Partition -> the offset after the last record whose whole batch is durable: the
+        #: only offset the consumer may commit (``limit_commits``).
+        self.durable_next: dict[int, int] = {}
         self.progress = Progress()
         point, _, batch = os.environ.get(KILL_AT_ENV, "").partition(":")
         self._kill_at = (point, int(batch)) if point else None
@@ -134,6 +138,7 @@ class Pipeline:
         # Phase 3: account states, which are also the rcm.accounts snapshots.
         state_acks = await self.outbox.send(self.tables.write_states(result.state_writes))
         self.tables.accounts_io.persist_offsets(state_acks)
+        self.durable_next.update(admitted.advanced)
         self.progress.counts.add(result.counts)
         self.progress.batches += 1
         self.progress.events += len(admitted.messages)
@@ -163,7 +168,14 @@ class Pipeline:
                     "reading them again from %d", EVENTS, partition, offset, start)
         await seek(self.app, EVENTS, partition, start)
 
+    def commit_limit(self, tp: TP) -> int | None:
+        """What the consumer may commit for ``tp``: nothing past an unapplied record."""
+        if tp.topic != EVENTS:
+            return None
+        return self.durable_next.get(tp.partition)
+
     def partitions_assigned(self) -> None:
+        self.durable_next.clear()
         now = time.monotonic()
         self.last_delivery = {p: now for p in assigned_partitions(self.app, EVENTS)}
         self._stalled_since.clear()
@@ -220,6 +232,7 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path) -> f
     """The Faust app of one worker process, its tables and its agent."""
     install_highwater_fix()
     disable_gap_commits()
+    limit_commits()
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url(),
@@ -273,6 +286,7 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path) -> f
         await pipeline.watchdog(servers)
 
     app.rcmflow_pipeline = pipeline  # type: ignore[attr-defined]
+    app.rcmflow_commit_limit = pipeline.commit_limit  # type: ignore[attr-defined]
     return app
 
 

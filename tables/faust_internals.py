@@ -17,7 +17,11 @@ when any of these hooks moves. Two reasons to reach inside:
    rebalance's seek are delivered after it; the records in between were never processed.
    ``disable_gap_commits`` turns the gap bookkeeping off, so an offset is committed only when
    every record before it was acked (``streams/ordering.py`` re-reads such holes). rcm.events is
-   written without transactions and kept forever, so it has no real gaps.
+   written without transactions and kept forever, so it has no real gaps. That is not enough
+   on its own: with no committed offset yet (a new group), or a hole of exactly one record
+   (``_new_offset`` tests ``min(acked) - committed > 1``), Faust still commits past records it
+   never delivered. ``limit_commits`` hands the commit offset of rcm.events to the worker: the
+   offset after the last record whose batch is durable, never more.
 4. **Recovery highwaters on Tansu.** The embedded broker answers ListOffsets(LATEST) with the
    base offset of the last record batch + 1 instead of the log end; Faust's recovery stops at
    that answer and silently misses records (or raises ConsistencyError when the local store is
@@ -46,6 +50,7 @@ __all__ = [
     "TableIO",
     "install_highwater_fix",
     "disable_gap_commits",
+    "limit_commits",
     "fetch_highwaters",
     "seek",
     "assigned_partitions",
@@ -173,6 +178,36 @@ def disable_gap_commits() -> None:
         return None
 
     consumer_cls._add_gap = _add_gap
+
+
+def limit_commits() -> None:
+    """Let ``app.rcmflow_commit_limit(tp)`` decide the offsets committed (idempotent).
+
+    Apps without that attribute keep Faust's rule. The limit is the next offset to read:
+    every record below it is durably applied. ``None`` commits nothing for that partition.
+    """
+    consumer_cls: Any = faust_consumer.Consumer
+    if getattr(consumer_cls, "_rcmflow_commit_limit", False):
+        return
+    faust_new_offset = consumer_cls._new_offset
+
+    def _new_offset(self: Any, tp: TP) -> int | None:
+        limit_for = getattr(self.app, "rcmflow_commit_limit", None)
+        if limit_for is None:
+            return cast(int | None, faust_new_offset(self, tp))
+        limit = limit_for(tp)
+        if limit is None:
+            return None
+        # Acked offsets below the limit are covered by it: drop them (memory stays bounded).
+        acked = self._acked[tp]
+        covered = [offset for offset in acked if offset < limit]
+        if covered:
+            acked[:] = [offset for offset in acked if offset >= limit]
+            self._acked_index[tp].difference_update(covered)
+        return cast(int, limit)
+
+    consumer_cls._new_offset = _new_offset
+    consumer_cls._rcmflow_commit_limit = True
 
 
 async def seek(app: faust.App, topic: str, partition: int, offset: int) -> None:

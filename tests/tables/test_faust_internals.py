@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from importlib.metadata import version
+from typing import Any
 
 import faust
 import pytest
@@ -18,6 +19,7 @@ from faust.stores.rocksdb import Store
 from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from rcmflow.broker import EmbeddedBroker
 from rcmflow.tables.faust_internals import FAUST_VERSION, fetch_highwaters, install_highwater_fix
@@ -111,3 +113,40 @@ def test_the_consumer_keeps_committed_offsets_where_committed_offset_reads_them(
     assert "self._committed_offset.update(committed_offsets)" in inspect.getsource(
         Consumer.perform_seek)
     assert "_paused_partitions" in inspect.getsource(Consumer.pause_partitions)
+
+
+def test_faust_commits_past_a_one_record_hole_and_limit_commits_does_not() -> None:
+    """Faust's own rule commits past offset 10 that was never acked (delivered); with the
+    worker's limit the commit stops at the first record not durably applied."""
+    from collections import defaultdict
+
+    from faust.transport.consumer import Consumer
+    from intervaltree import IntervalTree
+
+    from rcmflow.tables.faust_internals import limit_commits
+
+    tp = TP("rcm.events", 0)
+
+    class FakeApp:
+        pass
+
+    def consumer(app: object) -> Any:
+        fake: Any = type("FakeConsumer", (), {})()
+        fake.app = app
+        fake._acked = defaultdict(list, {tp: [11, 12, 13]})
+        fake._acked_index = defaultdict(set, {tp: {11, 12, 13}})
+        fake._gap = defaultdict(IntervalTree)
+        fake._committed_offset = {tp: 10}  # the next offset to read is 10
+        return fake
+
+    limit_commits()
+    assert Consumer._new_offset(consumer(FakeApp()), tp) == 14  # past unread offset 10
+    app = FakeApp()
+    app.rcmflow_commit_limit = lambda tp: 10  # type: ignore[attr-defined]
+    limited = consumer(app)
+    assert Consumer._new_offset(limited, tp) == 10
+    app.rcmflow_commit_limit = lambda tp: 13  # type: ignore[attr-defined]
+    assert Consumer._new_offset(limited, tp) == 13
+    assert limited._acked[tp] == [13] and limited._acked_index[tp] == {13}
+    app.rcmflow_commit_limit = lambda tp: None  # type: ignore[attr-defined]
+    assert Consumer._new_offset(limited, tp) is None
