@@ -41,7 +41,7 @@ from .problems import (
 from .reader import Hl7Message, HL7ParseError, normalise, read_message
 from .replay import ReplayStore
 
-__all__ = ["Sink", "Outcome", "Intake", "WriteFailed"]
+__all__ = ["Sink", "Outcome", "Intake", "KafkaSink", "WriteFailed", "internal_error_ack"]
 
 log = logging.getLogger("rcmflow.hl7")
 #: MSH-10 is ST(199) since v2.7; longer (or garbled) header values are refused.
@@ -176,6 +176,17 @@ class Intake:
                           "the message could not be stored; send it again")
         return Outcome(build_ack(msg, "AR", (problem,)), "AR",
                        msg.control_id if msg else "", "not_stored")
+
+
+def internal_error_ack(raw: bytes) -> bytes:
+    """AR for a message the intake failed on: nothing is known to be stored, send again."""
+    try:
+        msg: Hl7Message | None = read_message(normalise(raw).split("\r", 1)[0])
+    except HL7ParseError:
+        msg = None
+    problem = Problem("internal_error", INTERNAL_ERROR, "",
+                      "internal error; the message was not stored, send it again")
+    return build_ack(msg, "AR", (problem,))
 
 
 def _header_problems(msg: Hl7Message) -> tuple[Problem, ...]:

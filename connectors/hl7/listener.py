@@ -15,7 +15,7 @@ import signal
 from dataclasses import dataclass
 
 from .framing import Frame, MllpDecoder, frame
-from .intake import Intake
+from .intake import Intake, internal_error_ack
 
 __all__ = ["ListenerLimits", "MllpListener"]
 
@@ -119,12 +119,17 @@ class MllpListener:
                 return
             self._connections[task] = True
             for item in decoder.feed(chunk):
-                if isinstance(item, Frame):
-                    outcome = await self._intake.handle(item.payload)
-                else:
-                    outcome = await self._intake.handle_frame_error(item)
+                try:
+                    if isinstance(item, Frame):
+                        ack = (await self._intake.handle(item.payload)).ack
+                    else:
+                        ack = (await self._intake.handle_frame_error(item)).ack
+                except Exception as exc:  # a bug or a full disk: answer, keep the connection
+                    log.error("MLLP %s: internal error %s, AR", peer, type(exc).__name__)
+                    ack = internal_error_ack(item.payload if isinstance(item, Frame)
+                                             else item.head)
                 self.messages += 1
-                writer.write(frame(outcome.ack))
+                writer.write(frame(ack))
                 await asyncio.wait_for(writer.drain(), self._limits.ack_write_timeout_s)
             self._connections[task] = False
         log.info("MLLP %s closed: listener shutting down", peer)

@@ -98,3 +98,50 @@ def test_every_input_is_answered_and_nothing_crashes(batch: list[bytes]) -> None
                 check_answered(raw, outcome, sink, before)
         finally:
             store.close()
+
+
+def test_refused_then_corrected_then_the_refused_one_again() -> None:
+    """Only accepted messages are remembered: a corrected re-send with the same MSH-10 goes
+    through; the old refused content after that is a conflict."""
+    bad = b"MSH|^~\\&|EHR|GEN|||20261120||DFT^P03|K1|P|2.5\rPID|1\rFT1|1||||20261120|CG|X|||1|5\r"
+    good = bad.replace(b"PID|1\r", b"PID|1" + b"|" * 17 + b"ACC9\r")
+    sink = MemorySink()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ReplayStore(Path(tmp), 3600)
+        intake = Intake(sink=sink, store=store, config=MappingConfig(), channel="t")
+        try:
+            codes = [asyncio.run(intake.handle(m)) for m in (bad, good, good, bad)]
+        finally:
+            store.close()
+    assert [(o.code, o.reason_code) for o in codes] == [
+        ("AE", "no_account"), ("AA", None), ("AA", "replay"), ("AE", "conflict")]
+
+
+def test_an_intake_failure_is_answered_ar_and_the_connection_lives_on(
+    tmp_path: Path,
+) -> None:
+    from rcmflow.connectors.hl7.framing import frame
+    from rcmflow.connectors.hl7.listener import ListenerLimits, MllpListener
+
+    class BrokenStore(ReplayStore):
+        def put(self, key: str, digest: str) -> None:
+            raise OSError("disk full")
+
+    async def run() -> list[bytes]:
+        store = BrokenStore(tmp_path / "replay", 3600)
+        intake = Intake(sink=MemorySink(), store=store, config=MappingConfig(), channel="t")
+        listener = MllpListener(intake, ListenerLimits())
+        port = await listener.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        msg = (b"MSH|^~\\&|EHR|GEN|||20261120||ADT^A08|Z1|P|2.5\rPID|1\r")
+        answers = []
+        for _ in range(2):
+            writer.write(frame(msg))
+            answers.append(await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10))
+        writer.close()
+        await listener.stop()
+        store.close()
+        return answers
+
+    for answer in asyncio.run(run()):
+        assert b"MSA|AR|Z1|internal error" in answer
