@@ -117,6 +117,45 @@ async def test_aa_comes_after_raw_and_events_are_on_the_broker(
         await client.close()
 
 
+async def test_every_public_sample_over_one_connection(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """In file-name order. The microsoft samples reuse MSH-10 MSG00001 from one sender:
+    BAR^P01 after ADT^A04 (ADTApp) and DFT 02 after DFT 01 (IMMAPP) are conflicts."""
+    from rcmflow.connectors.hl7.batch import split_batch
+
+    expected = {
+        "lfh_dft_p03_minimal_v26.hl7": [("AE", "MSGID000001", "no_account")],
+        "ms_adt_a04_01_v28.hl7": [("AA", "MSG00001", None)],
+        "ms_adt_a04_v23_bom.hl7": [("AA", "1270326314", None)],
+        "ms_bar_p01_01_v28.hl7": [("AE", "MSG00001", "conflict")],
+        "ms_dft_p03_01_v28.hl7": [("AA", "MSG00001", None)],
+        "ms_dft_p03_02_v28.hl7": [("AE", "MSG00001", "conflict")],
+        "pythonhl7_adt_a01_hnam_v23.hl7": [("AA", "Q150084616T145947960", None)],
+        "pythonhl7_adt_a04_batch_v25.hl7": [("AE", "12334456778890", "no_account"),
+                                            ("AE", "12334456778891", "no_account")],
+    }
+    assert sorted(p.name for p in SAMPLES.iterdir()) == sorted(expected)
+    async with listening(broker, tmp_path / "replay") as port:
+        client = await Client.connect(port)
+        for name, answers in sorted(expected.items()):
+            messages = split_batch((SAMPLES / name).read_bytes()).messages
+            assert len(messages) == len(answers)
+            for message, (code, control_id, _) in zip(messages, answers, strict=True):
+                ack = await client.send(message)
+                assert msa(ack) == (code, control_id), name
+                assert bool(errs(ack)) == (code != "AA"), name
+        await client.close()
+    reasons = sorted(r["reason_code"] for r in await dlq(broker))
+    assert reasons == sorted(a[2] for v in expected.values() for a in v if a[2])
+    events = [json.loads(r.value) for r in await topic(broker, EVENTS)]
+    assert sorted((e["kind"], e["account"], e.get("amount_cents")) for e in events) == [
+        ("account_status_changed", "123456789", None),
+        ("account_status_changed", "4000776", None),
+        ("account_status_changed", "O75622322", None),
+        ("charge_posted", "4000776", 10000), ("charge_posted", "4000776", 12000)]
+
+
 async def test_replay_is_aa_again_and_conflict_is_ae_with_dlq_across_a_restart(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
