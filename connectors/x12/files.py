@@ -66,12 +66,12 @@ def report_x12(path: Path, outcome: FileOutcome, console: Console) -> None:
             _say(console, f"  {p.code}: {p.detail}")
         return
     applied = sum(1 for s in outcome.sets if not s.parked)
-    _say(console, f"{path}: {applied} of {len(outcome.sets)} transaction sets applied, "
-                  f"{len(outcome.events)} events")
+    _say(console, f"{path}: {applied} of {_count(len(outcome.sets), 'transaction set')} "
+                  f"applied, {_count(len(outcome.events), 'event')}")
     for s in outcome.sets:
-        what = (f"{s.claims} claims" + (f", {s.provider_adjustments} PLB amounts"
-                                        if s.provider_adjustments else ""))
-        notes = f"; {len(s.warnings)} warnings" if s.warnings else ""
+        what = _count(s.claims, "claim") + (
+            f", {_count(s.provider_adjustments, 'PLB amount')}" if s.provider_adjustments else "")
+        notes = f"; {_count(len(s.warnings), 'warning')}" if s.warnings else ""
         if s.parked:
             _say(console, f"  ST {s.st02} ({s.st01}, trace {s.trace or '-'}): "
                           f"[yellow]parked in {DLQ}[/yellow] ({what}{notes})")
@@ -79,7 +79,7 @@ def report_x12(path: Path, outcome: FileOutcome, console: Console) -> None:
                 _say(console, f"    {p.code}: {p.detail}")
         else:
             _say(console, f"  ST {s.st02} ({s.st01}, trace {s.trace or '-'}): {what} -> "
-                          f"{len(s.events)} events{notes}")
+                          f"{_count(len(s.events), 'event')}{notes}")
     for w in outcome.warnings:
         _say(console, f"  [dim]{w}[/dim]")
 
@@ -87,3 +87,7 @@ def report_x12(path: Path, outcome: FileOutcome, console: Console) -> None:
 def _say(console: Console, text: str) -> None:
     """One report line: never wrapped mid-path (logs and terminals alike), no auto-colour."""
     console.print(text, soft_wrap=True, highlight=False)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -110,7 +110,7 @@ def test_837_835_resend_and_payments_reach_the_balances(
         done = _cli(workers, "ingest", command, str(files[name]))
         assert done.returncode == code, (name, done.stdout, done.stderr)
     report = _cli(workers, "ingest", "x12", str(files["835"])).stderr
-    assert "1 of 1 transaction sets applied, 3 events" in report
+    assert "1 of 1 transaction set applied, 3 events" in report
     assert "DOE" not in report and "JANE" not in report  # patient names never printed
 
     def settled() -> bool:
