@@ -114,7 +114,10 @@ class FileOutcome:
                 "origin": self.origin, "st01": s.st01, "st02": s.st02, "isa13": s.isa13,
                 "gs06": s.gs06, "trace": s.trace, "status": "parked" if s.parked else "applied",
                 "events": 0 if s.parked else len(s.events),
-                "warnings": self.warnings + s.warnings, "segments": s.raw})
+                "warnings": self.warnings + s.warnings,
+                # Bounded like a DLQ payload: one record must stay under the broker's limit.
+                "segments": s.raw[:limits.dlq_payload_bytes_max],
+                "segments_truncated": len(s.raw) > limits.dlq_payload_bytes_max})
             if s.parked:
                 yield DLQ, key, _dlq(self.origin, s.first_segment, s.st02, s.problems,
                                      s.raw.encode(), limits, received, {

@@ -64,3 +64,13 @@ def test_an_unknown_transaction_set_is_parked_not_guessed() -> None:
                           origin="file:x", limits=X12Limits()).sets
     assert tset.parked
     assert [p.code for p in tset.problems] == ["x12_unsupported_set"]
+
+
+def test_a_huge_set_keeps_every_published_record_bounded() -> None:
+    data = envelope(remit_segments([ClaimSpec(f"A{n}", 100, 100) for n in range(3000)],
+                                   bpr02_cents=1))
+    limits = X12Limits(guide_validation=False, dlq_payload_bytes_max=64 * 1024)
+    records = list(process_x12(data, origin="file:x", limits=limits).records(limits))
+    assert len(data) > 2 * 64 * 1024
+    assert {t for t, _, _ in records} == {"rcm.raw.x12", "rcm.dlq"}
+    assert all(len(v) < 2 * 64 * 1024 for _, _, v in records)
