@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -119,23 +120,25 @@ def _search_parameters(spec: ResourceSpec) -> list[dict[str, Any]]:
 
 def _add_routes(router: APIRouter, api: _Api, spec: ResourceSpec) -> None:
     t = spec.type
-    common = {"tags": [t], "responses": _RESPONSES}
+    tags: list[str | Enum] = [t]
     router.add_api_route(f"/{t}", api.search_get(spec), methods=["GET"],
                          summary=f"Search {t}", operation_id=f"search_{t}",
-                         openapi_extra=_extra(_search_parameters(spec)), **common)
+                         openapi_extra=_extra(_search_parameters(spec)), tags=tags,
+                         responses=_RESPONSES)
     router.add_api_route(
         f"/{t}/_search", api.search_post(spec), methods=["POST"],
         summary=f"Search {t} (form body)", operation_id=f"search_post_{t}",
         openapi_extra={"parameters": _FORMAT, "requestBody": {"required": False, "content": {
             "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {
                 p.name: {"type": "string"} for p in spec.params}}}}}},
-        **common)
+        tags=tags, responses=_RESPONSES)
     router.add_api_route(f"/{t}/{{rid}}", api.read(spec), methods=["GET"],
                          summary=f"Read {t}", operation_id=f"read_{t}",
-                         openapi_extra=_extra(_FORMAT), **common)
+                         openapi_extra=_extra(_FORMAT), tags=tags, responses=_RESPONSES)
     router.add_api_route(f"/{t}/{{rid}}/_history/{{vid}}", api.vread(spec), methods=["GET"],
                          summary=f"Read {t} at a version (the current one is kept)",
-                         operation_id=f"vread_{t}", openapi_extra=_extra(_FORMAT), **common)
+                         operation_id=f"vread_{t}", openapi_extra=_extra(_FORMAT), tags=tags,
+                         responses=_RESPONSES)
 
 
 Handler = Callable[..., Awaitable[Response]]

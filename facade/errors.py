@@ -9,6 +9,7 @@ patient data stays out of error bodies and logs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -44,7 +45,7 @@ def outcome(message: str, code: str, severity: str = "error") -> dict[str, Any]:
 
 
 def outcome_response(status: int, message: str, code: str | None = None,
-                     headers: dict[str, str] | None = None) -> Response:
+                     headers: Mapping[str, str] | None = None) -> Response:
     body = orjson.dumps(outcome(message, code or _CODES.get(status, "processing")))
     return Response(body, status_code=status, media_type=FHIR_JSON, headers=headers)
 

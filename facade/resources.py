@@ -20,6 +20,7 @@ from fhir.resources.R4B.account import Account
 from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.claimresponse import ClaimResponse
 from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation
+from pydantic import BaseModel
 
 __all__ = [
     "BALANCE_EXTENSION",
@@ -66,7 +67,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _DEC_MARK = "\x1edec:"
 _DEC_OUT = re.compile(rb'"\\u001edec:(-?[0-9]+\.[0-9]{2})"')
 
-_MODELS = {
+_MODELS: dict[str, type[BaseModel]] = {
     "Account": Account,
     "Claim": Claim,
     "ClaimResponse": ClaimResponse,
