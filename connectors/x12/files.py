@@ -18,8 +18,12 @@ from .publishing import (
     BrokerFailed,
     publish_records,
 )
+from .reader import Problem
 
 __all__ = ["ingest_x12_files", "limits_from", "report_x12", "process_x12_path"]
+
+#: Problems printed per set; all of them are in the DLQ record (up to 100) and .reason file.
+PROBLEMS_SHOWN_MAX = 10
 
 
 def limits_from(settings: Settings) -> X12Limits:
@@ -62,8 +66,7 @@ def report_x12(path: Path, outcome: FileOutcome, console: Console) -> None:
     """One line per transaction set: control numbers, counts and reasons (no patient data)."""
     if outcome.rejected:
         _say(console, f"{path}: [red]rejected[/red], nothing applied (record in {DLQ})")
-        for p in outcome.problems:
-            _say(console, f"  {p.code}: {p.detail}")
+        _problems(console, outcome.problems, "  ")
         return
     applied = sum(1 for s in outcome.sets if not s.parked)
     _say(console, f"{path}: {applied} of {_count(len(outcome.sets), 'transaction set')} "
@@ -75,8 +78,7 @@ def report_x12(path: Path, outcome: FileOutcome, console: Console) -> None:
         if s.parked:
             _say(console, f"  ST {s.st02} ({s.st01}, trace {s.trace or '-'}): "
                           f"[yellow]parked in {DLQ}[/yellow] ({what}{notes})")
-            for p in s.problems:
-                _say(console, f"    {p.code}: {p.detail}")
+            _problems(console, s.problems, "    ")
         else:
             _say(console, f"  ST {s.st02} ({s.st01}, trace {s.trace or '-'}): {what} -> "
                           f"{_count(len(s.events), 'event')}{notes}")
@@ -87,6 +89,13 @@ def report_x12(path: Path, outcome: FileOutcome, console: Console) -> None:
 def _say(console: Console, text: str) -> None:
     """One report line: never wrapped mid-path (logs and terminals alike), no auto-colour."""
     console.print(text, soft_wrap=True, highlight=False)
+
+
+def _problems(console: Console, problems: list[Problem], indent: str) -> None:
+    for p in problems[:PROBLEMS_SHOWN_MAX]:
+        _say(console, f"{indent}{p.code}: {p.detail}")
+    if len(problems) > PROBLEMS_SHOWN_MAX:
+        _say(console, f"{indent}... {len(problems) - PROBLEMS_SHOWN_MAX} more (rcmflow dlq show)")
 
 
 def _count(n: int, noun: str) -> str:

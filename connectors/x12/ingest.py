@@ -36,6 +36,8 @@ Record: TypeAlias = tuple[str, bytes | None, bytes]
 #: Problems whose failing identity is money rather than structure (DLQ stage "validate").
 _MONEY_CODES = {"x12_claim_unbalanced", "x12_transaction_unbalanced", "x12_claim_total"}
 _REASON_CHARS_MAX = 4000
+#: Problems listed per DLQ record / console report (a set can fail once per claim).
+_PROBLEMS_KEPT_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,9 @@ def _dlq(origin: str, offset: int, st02: str | None, problems: list[Problem], pa
         origin=Origin(topic=origin, partition=0, offset=offset, key=st02),
         payload=payload[:limits.dlq_payload_bytes_max],
         received_at=received,
-        context={**context, "problems": [{"code": p.code, "detail": p.detail} for p in problems],
+        context={**context, "problems_total": len(problems),
+                 "problems": [{"code": p.code, "detail": p.detail}
+                              for p in problems[:_PROBLEMS_KEPT_MAX]],
                  "payload_truncated": cut},
         discriminator=st02 or "",
     )
