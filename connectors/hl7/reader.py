@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 __all__ = ["HL7ParseError", "Hl7Message", "Segment", "read_message", "normalise"]
 
@@ -112,12 +113,12 @@ class Hl7Message:
     def first(self, name: str) -> Segment | None:
         return next((s for s in self.segments if s.name == name), None)
 
-    @property
+    @cached_property
     def message_type(self) -> tuple[str, str]:
         """(MSH-9.1, MSH-9.2), e.g. ("DFT", "P03")."""
         return self.msh.part(9, 1).upper(), self.msh.part(9, 2).upper()
 
-    @property
+    @cached_property
     def control_id(self) -> str:
         return self.msh.part(10)
 
