@@ -270,6 +270,20 @@ async def test_connection_limit_and_idle_timeout_close_connections(
         await third.close()
 
 
+async def test_the_same_new_message_on_two_connections_at_once_publishes_once(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    async with listening(broker, tmp_path / "replay") as port:
+        clients = [await Client.connect(port) for _ in range(4)]
+        for client in clients:  # all four in flight before any answer
+            client.writer.write(frame(dft("SAME1", "A5", "10.00", "20.00")))
+        acks = await asyncio.gather(*(c.ack() for c in clients))
+        assert [msa(a) for a in acks] == [("AA", "SAME1")] * 4
+        for client in clients:
+            await client.close()
+    assert len(await topic(broker, EVENTS)) == 2 and len(await topic(broker, RAW_HL7)) == 1
+
+
 async def test_pipelined_frames_in_one_write_are_answered_in_order(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
