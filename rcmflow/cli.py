@@ -123,6 +123,26 @@ def facade() -> None:
     raise typer.Exit(code)
 
 
+@app.command()
+def mllp(
+    port: Annotated[int | None, typer.Option(help="TCP port [RCMFLOW_MLLP_PORT, 2575].")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address [RCMFLOW_MLLP_HOST, "
+                                             "127.0.0.1].")] = None,
+) -> None:
+    """HL7 v2 listener over MLLP: DFT^P03 / BAR^P01 charges, ADT status, one ACK per message.
+
+    AA only once the raw message and its events are on the broker (acks=all); AE/AR with ERR
+    segments, and the message in rcm.dlq, when it is refused; a replay (same MSH-3/4/10 and
+    content) gets AA again and publishes nothing. Runs until Ctrl-C. Exit 2: bad setting, no
+    broker, port taken, or another listener holds this data dir's replay store.
+    """
+    from rcmflow.connectors.hl7.service import run_mllp
+
+    settings = _settings()
+    raise typer.Exit(run_mllp(settings, _servers(settings), host or settings.mllp_host,
+                              settings.mllp_port if port is None else port))
+
+
 @ingest_app.command("events")
 def ingest_events(
     files: Annotated[list[Path], typer.Argument(help="JSON-lines files of canonical events.",
@@ -137,6 +157,99 @@ def ingest_events(
 
     settings = _settings()
     raise typer.Exit(ingest_event_files(settings, _servers(settings), files, console=err))
+
+
+_FILE_EXIT_CODES = (
+    "\n\n\b\nExit codes:\n"
+    "  0  everything went through\n"
+    "  1  published, but something went to rcm.dlq (parked sets, bad rows, rejected files)\n"
+    "  2  refused before publishing (file too large, bad RCMFLOW_* setting, no broker)\n"
+    "  3  the broker did not acknowledge: run the same command again (re-sending is safe)"
+)
+
+
+@ingest_app.command("x12", help=(
+    "Publish X12 835 remittances and 837 claims (by ST01) as canonical events.\n\n"
+    "Each transaction set is checked on its own: envelope and segment counts, readable "
+    "segments, and for 835s the balancing identities (CLP03 - CLP04 = sum of CAS per claim, "
+    "BPR02 = sum of CLP04 - sum of PLB per set); for 837s CLM02 = sum of the service lines. "
+    "A set that fails is parked whole in rcm.dlq with the failing check and its numbers; the "
+    "other sets in the file go through. pyx12 implementation-guide messages are warnings, "
+    "kept on the set's rcm.raw.x12 record." + _FILE_EXIT_CODES))
+def ingest_x12(
+    files: Annotated[list[Path], typer.Argument(help="X12 files (835 and/or 837).",
+                                                exists=True, dir_okay=False, readable=True)],
+) -> None:
+    from rcmflow.connectors.x12.files import ingest_x12_files
+
+    settings = _settings()
+    raise typer.Exit(ingest_x12_files(settings, _servers(settings), files, console=err))
+
+
+@ingest_app.command("payments", help=(
+    "Publish lockbox / portal payments, refunds and write-offs from CSV or JSON lines.\n\n"
+    "Columns: type (payment|refund|write_off), account, amount (decimal string, whole cents), "
+    "date (YYYY-MM-DD or ISO 8601 with offset), reference (unique per source: the idempotency "
+    "key); optional channel, reason (write-offs), to (refunds), from_ar, entity, batch, "
+    "currency. Bad rows go to rcm.dlq with their row number and the reason; good rows go "
+    "through." + _FILE_EXIT_CODES))
+def ingest_payments(
+    files: Annotated[list[Path], typer.Argument(help="CSV (header row) or .jsonl files.",
+                                                exists=True, dir_okay=False, readable=True)],
+    channel: Annotated[str, typer.Option(
+        help="Payment channel for rows without one: lockbox, portal, pos, mail, phone.")
+    ] = "lockbox",
+) -> None:
+    from rcmflow.connectors.payments.ingest import ingest_payment_files
+
+    settings = _settings()
+    raise typer.Exit(ingest_payment_files(settings, _servers(settings), files, channel=channel,
+                                          console=err))
+
+
+@ingest_app.command("hl7", help=(
+    "Publish HL7 v2 files: batches (FHS/BHS ... BTS/FTS) or one message per file.\n\n"
+    "Each message is handled as over MLLP: DFT/BAR FT1s become charge events, listed ADT/BAR "
+    "triggers a status change; a refused message goes to rcm.dlq with the reason its AE/AR "
+    "names (printed per message). Messages accepted before (same MSH-3/4/10 and content) "
+    "publish nothing again.\n\n\b\nExit codes:\n"
+    "  0  every message AA\n"
+    "  1  some message AE/AR: its reason is printed and in rcm.dlq\n"
+    "  2  refused before publishing (file too large, bad setting, no broker, store held)\n"
+    "  3  the broker did not acknowledge: run the same command again (re-sending is safe)"))
+def ingest_hl7(
+    files: Annotated[list[Path], typer.Argument(help="HL7 v2 files (CR, LF or CRLF).",
+                                                exists=True, dir_okay=False, readable=True)],
+) -> None:
+    from rcmflow.connectors.hl7.batch import ingest_hl7_files
+
+    settings = _settings()
+    raise typer.Exit(ingest_hl7_files(settings, _servers(settings), files, console=err))
+
+
+@app.command(help=(
+    "Watch a drop folder: publish each X12 (835/837) or payment file (.csv, .jsonl) that "
+    "has stopped growing, then move it to DIR/done/, or to DIR/rejected/ with a "
+    "<name>.reason file saying what was parked and why. Hidden, *.part and *.tmp files are "
+    "left alone. Polls every RCMFLOW_WATCH_POLL_S seconds until Ctrl-C.\n\n\b\nExit codes:\n"
+    "  0  stopped (Ctrl-C, or --once done)\n"
+    "  2  DIR is not a folder, bad RCMFLOW_* setting, or no broker"))
+def watch(
+    folder: Annotated[Path, typer.Argument(help="The drop folder.", file_okay=False)],
+    once: Annotated[bool, typer.Option("--once", help="Handle what is there now, then stop.")
+                    ] = False,
+) -> None:
+    from rcmflow.connectors.x12.watch import watch as run_watch
+
+    if not folder.is_dir():
+        err.print(f"[red]{folder} is not a folder[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    try:
+        code = run_watch(folder, settings, _servers(settings), err, once=once)
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
 
 
 @accounts_app.command("list")

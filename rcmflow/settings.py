@@ -110,7 +110,73 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Longest wait for the broker to ack a batch; then the worker "
         "crashes and its partitions move (nothing is committed without the acks)."
     )
+    # HL7 v2 inbound (connectors/hl7): `rcmflow mllp`, `rcmflow ingest hl7`.
+    mllp_host: str = Field(
+        "127.0.0.1", description="Listen address. Messages carry patient data: bind a "
+        "non-local address (0.0.0.0) only on a network meant for it.",
+    )
+    mllp_port: int = Field(2575, ge=0, le=65535, description="2575: HL7's registered port.")
+    mllp_message_bytes_max: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024,
+        description="Largest HL7 message; larger: the rest of the frame is read and dropped, "
+        "AR + rcm.dlq (too_large, first 4 KB kept), the connection stays open.",
+    )
+    mllp_connections_max: int = Field(
+        256, ge=1, le=10_000, description="Open connections; past it new ones are closed."
+    )
+    mllp_idle_timeout_s: float = Field(
+        3600.0, gt=0, description="A connection silent this long is closed (logged)."
+    )
+    hl7_write_timeout_s: float = Field(
+        30.0, gt=0, description="Broker ack wait per HL7 message; past it: AR, send again."
+    )
+    hl7_ft1_types: dict[str, Literal["charge", "credit"]] = Field(
+        {"CG": "charge", "CD": "credit", "CR": "credit"},
+        description="FT1-6 transaction type -> charge or credit (JSON). Unlisted types: AE.",
+    )
+    hl7_account_fields: list[Literal["PID-18", "PV1-19"]] = Field(
+        ["PID-18", "PV1-19"], min_length=1,
+        description="Where the account number is read, first non-empty wins (JSON list).",
+    )
+    hl7_status_by_trigger: dict[
+        str, Literal["open", "discharged", "billed", "collections", "bad_debt", "closed"]
+    ] = Field(
+        {"A01": "open", "A04": "open", "A03": "discharged", "P01": "open", "P06": "closed"},
+        description="ADT/BAR trigger event -> account status change (JSON).",
+    )
+    hl7_timezone: str = Field(
+        "UTC", description="IANA zone of HL7 times sent without an offset (e.g. America/Chicago)."
+    )
+    hl7_replay_retention_s: int = Field(
+        90 * 24 * 3600, ge=3600, description="How long accepted MSH-3/4/10 keys are remembered "
+        "for replay detection (older replays are still dropped by the worker's dedup).",
+    )
     log_level: Literal["debug", "info", "warn", "error"] = "info"
+    # Inbound files (`rcmflow ingest x12|payments`, `rcmflow watch`): a file is read whole, so
+    # these bound memory; past them the file is refused (exit 2) or rejected with the reason.
+    x12_file_bytes_max: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest X12 file read; larger ones are refused."
+    )
+    x12_segments_max: int = Field(
+        1_000_000, ge=100, description="Segments per X12 file (~1 KB of memory each while a "
+        "file is checked); past it the file is rejected whole: split it."
+    )
+    x12_guide_validation: bool = Field(
+        True, description="Run pyx12's implementation-guide validation (warnings only)."
+    )
+    payments_file_bytes_max: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Largest payment file read; larger: refused."
+    )
+    payments_rows_max: int = Field(
+        1_000_000, ge=1, description="Rows per payment file; rows past it go to rcm.dlq."
+    )
+    dlq_payload_bytes_max: int = Field(
+        512 * 1024, ge=1024,
+        description="Raw input kept in one DLQ record from a file (the rest is cut, and said).",
+    )
+    watch_poll_s: float = Field(
+        2.0, gt=0, le=3600, description="`rcmflow watch`: how often the drop folder is listed."
+    )
 
     @field_validator("data_dir", "coa", "facade_store")
     @classmethod
