@@ -82,7 +82,8 @@ class Workers:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}
         env.update(RCMFLOW_BROKER=self.broker.url, RCMFLOW_DATA_DIR=str(self.data_dir),
                    RCMFLOW_PARTITIONS=str(PARTITIONS), RCMFLOW_LOG_LEVEL="info",
-                   RCMFLOW_BATCH_MAX="200", **extra)
+                   RCMFLOW_BATCH_MAX="200")
+        env.update(extra)  # a test may override any of the above
         return env
 
     def start(self, name: str, **extra: str) -> WorkerProcess:
