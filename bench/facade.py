@@ -9,7 +9,8 @@
    timed on a sample, since at ~1 ms per resource it is an ingest cost, not a read cost).
 2. Serves it with `uvicorn` in its own process (one worker, auth ON: every request carries a
    JWT that is verified), as `rcmflow facade` does.
-3. From this process (httpx, one event loop): a closed loop (C requests in flight, as fast as
+3. From this process (a minimal HTTP/1.1 client on asyncio streams, keep-alive
+   connections): a closed loop (C requests in flight, as fast as
    the server answers) per kind, then an open loop at a fixed rate (default 500 req/s, half
    reads of a random Account, half searches of a random patient's ClaimResponses). Open-loop
    latency is measured from each request's scheduled send time, so a stalled server or client
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,8 @@ STORE_ENV = "RCMFLOW_BENCH_FACADE_STORE"
 START_TIMEOUT_S = 60.0
 VALIDATION_SAMPLE = 500
 FILL_BATCH = 2_000
+#: Connections serving the open loop: enough that a slow request does not hold the others.
+OPEN_LOOP_CONNECTIONS = 16
 
 
 def _events(n: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -87,7 +91,7 @@ def fill_store(path: Path, accounts: int, seed: int) -> dict[str, float]:
 
     chart = load_chart()
     rng = random.Random(seed)
-    store = Store(path, validate_resources=False)
+    store = Store(path, validate_every=0)
     t0 = time.perf_counter()
     core_s = 0.0
     sample: list[bytes] = []
@@ -151,79 +155,127 @@ def _summary(latencies_ms: list[float], errors: int, seconds: float) -> dict[str
             "mean_ms": round(statistics.fmean(latencies_ms), 2) if latencies_ms else 0.0}
 
 
-Request = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
+class _Connection:
+    """One keep-alive HTTP/1.1 connection, one request at a time.
+
+    The load generator speaks HTTP itself: httpx's pool costs more CPU per request than the
+    facade does, and with thousands of queued requests it scans its queue per request, so
+    it would measure itself, on the same 2 cores."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port = host, port
+        self.head = (f"Host: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+                     "Accept: application/fhir+json\r\n\r\n").encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, target: str) -> int:
+        """The status of GET ``target`` (its body is read whole)."""
+        try:
+            return await self._get(target)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The server closes idle keep-alive connections (uvicorn: after 5 s): once more
+            # on a new one.
+            await self.close()
+            self.writer = None
+            return await self._get(target)
+
+    async def _get(self, target: str) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(b"GET " + target.encode() + b" HTTP/1.1\r\n" + self.head)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await self.reader.readexactly(length)
+        return status
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
 
 
-def _kinds(accounts: int, rng: random.Random) -> dict[str, Request]:
-    def read(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
-        return client.get(f"/fhir/Account/P{rng.randrange(accounts):06d}")
-
-    def search(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
-        return client.get("/fhir/ClaimResponse",
-                          params={"patient": f"pat.P{rng.randrange(accounts):06d}"})
-    return {"read": read, "search": search}
+Target = Callable[[], str]
 
 
-async def _closed_loop(client: httpx.AsyncClient, request: Request, seconds: float,
-                       concurrency: int) -> dict[str, float]:
+def _targets(accounts: int, rng: random.Random) -> dict[str, Target]:
+    return {
+        "read": lambda: f"/fhir/Account/P{rng.randrange(accounts):06d}",
+        "search": lambda: f"/fhir/ClaimResponse?patient=pat.P{rng.randrange(accounts):06d}",
+    }
+
+
+async def _closed_loop(connections: list[_Connection], target: Target,
+                       seconds: float) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
 
-    async def one_lane() -> None:
+    async def lane(connection: _Connection) -> None:
         nonlocal errors
         while time.perf_counter() < deadline:
             t = time.perf_counter()
-            response = await request(client)
-            if response.status_code != 200:
+            if await connection.get(target()) != 200:
                 errors += 1
             latencies.append((time.perf_counter() - t) * 1000)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(one_lane() for _ in range(concurrency)))
+    await asyncio.gather(*(lane(c) for c in connections))
     return _summary(latencies, errors, time.perf_counter() - t0)
 
 
-async def _open_loop(client: httpx.AsyncClient, kinds: dict[str, Request], rate: float,
+async def _open_loop(connections: list[_Connection], targets: dict[str, Target], rate: float,
                      seconds: float) -> dict[str, dict[str, float]]:
-    by_kind: dict[str, list[float]] = {k: [] for k in kinds}
-    errors = dict.fromkeys(kinds, 0)
-    names = list(kinds)
+    """Requests scheduled at ``rate``, alternating kinds, served by the connections in
+    turn; each latency counts from its scheduled time (queueing included)."""
+    names = list(targets)
+    by_kind: dict[str, list[float]] = {k: [] for k in names}
+    errors = dict.fromkeys(names, 0)
     total = int(rate * seconds)
-    t0 = time.perf_counter() + 0.2
-    tasks = []
+    queue: asyncio.Queue[tuple[str, float] | None] = asyncio.Queue()
 
-    async def one(i: int) -> None:
+    async def lane(connection: _Connection) -> None:
+        while (item := await queue.get()) is not None:
+            kind, scheduled = item
+            if await connection.get(targets[kind]()) != 200:
+                errors[kind] += 1
+            by_kind[kind].append((time.perf_counter() - scheduled) * 1000)
+
+    lanes = [asyncio.create_task(lane(c)) for c in connections]
+    t0 = time.perf_counter() + 0.1
+    for i in range(total):
         scheduled = t0 + i / rate
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        kind = names[i % len(names)]
-        response = await kinds[kind](client)
-        if response.status_code != 200:
-            errors[kind] += 1
-        by_kind[kind].append((time.perf_counter() - scheduled) * 1000)
-
-    for i in range(total):
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
+        queue.put_nowait((names[i % len(names)], scheduled))
+    for _ in lanes:
+        queue.put_nowait(None)
+    await asyncio.gather(*lanes)
     return {k: _summary(v, errors[k], seconds) for k, v in by_kind.items()}
 
 
-async def _load(base: str, accounts: int, args: argparse.Namespace) -> dict[str, Any]:
+async def _load(port: int, accounts: int, args: argparse.Namespace) -> dict[str, Any]:
     token = jwt.encode({"scope": "system/*.read", "exp": int(time.time() + 3600)}, JWT_KEY,
                        algorithm="HS256")
-    rng = random.Random(args.seed)
-    kinds = _kinds(accounts, rng)
-    limits = httpx.Limits(max_connections=args.concurrency * 4,
-                          max_keepalive_connections=args.concurrency * 4)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        for request in kinds.values():  # warm-up: connections, SQLite page cache
-            await asyncio.gather(*(request(client) for _ in range(args.concurrency)))
-        closed = {k: await _closed_loop(client, r, args.seconds, args.concurrency)
-                  for k, r in kinds.items()}
-        opened = await _open_loop(client, kinds, args.rate, args.seconds * 2)
+    targets = _targets(accounts, random.Random(args.seed))
+    closed_lanes = [_Connection("127.0.0.1", port, token) for _ in range(args.concurrency)]
+    open_lanes = [_Connection("127.0.0.1", port, token) for _ in range(OPEN_LOOP_CONNECTIONS)]
+    try:
+        for target in targets.values():  # warm-up: connections, SQLite page cache
+            await asyncio.gather(*(c.get(target()) for c in closed_lanes + open_lanes))
+        closed = {k: await _closed_loop(closed_lanes, t, args.seconds)
+                  for k, t in targets.items()}
+        opened = await _open_loop(open_lanes, targets, args.rate, args.seconds * 2)
+    finally:
+        for c in closed_lanes + open_lanes:
+            await c.close()
     return {"closed_loop": closed, "open_loop": opened}
 
 
@@ -282,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     server = _serve(store, port, work / "facade.log")
     try:
         _wait_ready(base, server)
-        results = asyncio.run(_load(base, args.accounts, args))
+        results = asyncio.run(_load(port, args.accounts, args))
     finally:
         server.terminate()
         server.wait(30)

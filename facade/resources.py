@@ -166,7 +166,11 @@ def _org(system: str, value: str | None) -> dict[str, Any]:
 
 
 def _concept(system: str, code: str, display: str | None = None) -> dict[str, Any]:
-    coding: dict[str, str] = {"system": system, "code": _text(code)}
+    # Source codes may be blank or padded (the event schema allows it); a FHIR code may not.
+    code = " ".join(_text(code).split())
+    if not code:
+        return {"text": "not coded"}
+    coding: dict[str, str] = {"system": system, "code": code}
     if display:
         coding["display"] = display
     return {"coding": [coding]}

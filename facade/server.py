@@ -38,7 +38,7 @@ def build_app(settings: Settings, servers: list[str], source: str) -> FastAPI:
         algorithm=settings.facade_jwt_algorithm, audience=settings.facade_jwt_audience)
     if not auth.enabled:
         log.warning(AUTH_OFF_WARNING)
-    store = Store(store_path(settings))
+    store = Store(store_path(settings), validate_every=settings.facade_validate_every)
     feeder = Feeder(store, servers, source=source)
     config = FacadeConfig(
         base_path=settings.facade_base_path, count_max=settings.facade_count_max,
@@ -63,6 +63,9 @@ def build_app(settings: Settings, servers: list[str], source: str) -> FastAPI:
 
 
 def run_facade(settings: Settings, servers: list[str], source: str) -> int:
+    """Serve until interrupted. Raises ValueError when auth is on and no key is set."""
+    level = {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper())
+    log.setLevel(level)
     app = build_app(settings, servers, source)
     log.info("FHIR facade on http://%s:%d%s (auth %s)", settings.facade_host,
              settings.facade_port, settings.facade_base_path, settings.facade_auth)
