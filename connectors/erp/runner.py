@@ -1,0 +1,361 @@
+"""`rcmflow erp ADAPTER`: rcm.postings -> one ERP, exactly once per posting id.
+
+The loop, per fetched batch and per partition, in offset order:
+
+1. decode each record as a ``PostingDelta`` (a record that is not one goes to the DLQ);
+2. send up to ``batch_max`` deltas to the adapter; a ``TransientError`` or a timeout is
+   retried with exponential backoff and full jitter (each attempt bounded by
+   ``erp_timeout_s``); ``erp_retry_max`` consecutive failures open the circuit breaker, which
+   then lets one probe through per ``erp_breaker_cooldown_s``. There is no give-up: while the
+   ERP is down the connector stalls on the same deltas and its lag grows (progress log and
+   the status file); nothing is skipped or dropped;
+3. rejected deltas go to rcm.postings.dlq with the ERP's text and the business context, and
+   the connector waits for the broker's ack;
+4. only then is the partition's offset committed (last record + 1).
+
+A kill at any instant therefore leaves the offset at or before the first delta whose fate
+is not durable; on restart those deltas are sent again and the ERP's duplicate guard answers
+``AlreadyThere`` (counted, not posted twice). A DLQ record may be written twice in that
+window; it has the same ``dlq_id`` both times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+from pydantic import ValidationError
+
+from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.postings import PostingDelta
+from rcmflow.streams.topics import POSTINGS, POSTINGS_DLQ
+
+from .base import AdapterConfigError, ErpAdapter, Outcome, Rejected, TransientError
+
+__all__ = ["RunnerOptions", "Progress", "CircuitBreaker", "run_connector", "backoff_s"]
+
+log = logging.getLogger("rcmflow.erp")
+
+#: Exit codes of `rcmflow erp`.
+EXIT_OK, EXIT_CONFIG = 0, 3
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    servers: list[str]
+    group_id: str
+    #: Deltas per adapter call (capped again by the adapter's own ``batch_max``).
+    batch_max: int = 100
+    #: Longest one adapter call may take; past it the attempt counts as a transient failure.
+    timeout_s: float = 30.0
+    #: Consecutive failed attempts before the circuit breaker opens.
+    retry_max: int = 8
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    breaker_cooldown_s: float = 30.0
+    #: How often progress (counters, lag, breaker state) is logged and written.
+    progress_s: float = 10.0
+    status_file: Path | None = None
+    #: Stop after this many seconds without records and zero lag (tests, benchmarks); None: run.
+    idle_exit_s: float | None = None
+    session_timeout_s: float = 10.0
+
+
+@dataclass
+class Progress:
+    adapter: str
+    posted: int = 0
+    already_there: int = 0
+    rejected: int = 0
+    invalid: int = 0
+    transient_failures: int = 0
+    committed: dict[str, int] = field(default_factory=dict)
+    lag: int | None = None
+    breaker: str = "closed"
+    stalled_since: float | None = None
+    updated_at: float = 0.0
+
+    def line(self) -> str:
+        stalled = (f" stalled {time.time() - self.stalled_since:.0f}s"
+                   if self.stalled_since else "")
+        return (f"erp {self.adapter}: posted {self.posted}, already there "
+                f"{self.already_there}, rejected {self.rejected}, invalid {self.invalid}, "
+                f"transient failures {self.transient_failures}, lag {self.lag}, "
+                f"breaker {self.breaker}{stalled}")
+
+    def write(self, path: Path | None) -> None:
+        """Atomically replace the status file (a metric a scraper or a test can read)."""
+        self.updated_at = time.time()
+        if path is None:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, path)
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(max, base * 2**attempt)]."""
+    return rng.uniform(0, min(max_s, base_s * (2 ** min(attempt, 30))))
+
+
+class CircuitBreaker:
+    """closed -> (retry_max consecutive failures) -> open -> (cooldown) -> half-open probe."""
+
+    def __init__(self, failures_max: int, cooldown_s: float) -> None:
+        self.failures_max = failures_max
+        self.cooldown_s = cooldown_s
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if time.monotonic() - self.opened_at >= self.cooldown_s else "open"
+
+    def wait_s(self) -> float:
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.cooldown_s - (time.monotonic() - self.opened_at))
+
+    def success(self) -> None:
+        self.failures, self.opened_at = 0, None
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.failures_max:
+            self.opened_at = time.monotonic()  # (re)open; the next probe after the cooldown
+
+
+class _Stop(Exception):
+    pass
+
+
+class Connector:
+    def __init__(self, adapter: ErpAdapter, options: RunnerOptions) -> None:
+        self.adapter = adapter
+        self.options = options
+        self.progress = Progress(adapter.name)
+        self.breaker = CircuitBreaker(options.retry_max, options.breaker_cooldown_s)
+        self.rng = random.Random()
+        self.stopping = asyncio.Event()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._last_progress = 0.0
+
+    # -- the loop -------------------------------------------------------------------------
+    async def run(self) -> int:
+        opts = self.options
+        self.consumer = AIOKafkaConsumer(
+            POSTINGS, bootstrap_servers=opts.servers, group_id=opts.group_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=int(opts.session_timeout_s * 1000),
+            heartbeat_interval_ms=1000, max_poll_interval_ms=24 * 3600 * 1000,
+            fetch_max_wait_ms=200)
+        self.producer = AIOKafkaProducer(bootstrap_servers=opts.servers, acks="all",
+                                         linger_ms=5)
+        await self.adapter.open()
+        try:
+            await self.producer.start()
+            await self.consumer.start()
+            log.info("erp %s: consuming %s as group %s", self.adapter.name, POSTINGS,
+                     opts.group_id)
+            idle_since = time.monotonic()
+            while not self.stopping.is_set():
+                fetched = await self.consumer.getmany(
+                    timeout_ms=500, max_records=opts.batch_max * 10)
+                for tp, records in sorted(fetched.items(), key=lambda kv: kv[0].partition):
+                    await self._partition(tp, records)
+                if fetched:
+                    idle_since = time.monotonic()
+                await self._maybe_progress()
+                if (opts.idle_exit_s is not None and not fetched
+                        and time.monotonic() - idle_since > opts.idle_exit_s):
+                    await self._maybe_progress(force=True)
+                    if self.progress.lag == 0:
+                        break
+            return EXIT_OK
+        except _Stop:
+            return EXIT_OK
+        except AdapterConfigError as exc:
+            log.error("erp %s: configuration error, stopping (nothing committed past the "
+                      "last accepted delta): %s", self.adapter.name, exc)
+            return EXIT_CONFIG
+        finally:
+            await self._maybe_progress(force=True)
+            log.info("%s", self.progress.line())
+            await self.adapter.close()
+            await self.consumer.stop()
+            await self.producer.stop()
+
+    async def _partition(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
+                         ) -> None:
+        size = max(1, min(self.options.batch_max, self.adapter.batch_max))
+        for start in range(0, len(records), size):
+            chunk = records[start:start + size]
+            await self._chunk(tp, chunk)
+            assert self.consumer is not None
+            try:
+                await self.consumer.commit({tp: OffsetAndMetadata(chunk[-1].offset + 1, "")})
+            except (CommitFailedError, KafkaError) as exc:
+                # The partition moved (rebalance): its new owner re-reads from the last
+                # commit and the ERP answers AlreadyThere for what we posted. Stop this batch.
+                log.warning("erp %s: commit on %s failed (%s); leaving the rest to its owner",
+                            self.adapter.name, tp, exc)
+                return
+            self.progress.committed[str(tp.partition)] = chunk[-1].offset + 1
+
+    async def _chunk(self, tp: TopicPartition, chunk: list[ConsumerRecord[Any, Any]]) -> None:
+        deltas: list[tuple[ConsumerRecord[Any, Any], PostingDelta]] = []
+        dlq: list[tuple[ConsumerRecord[Any, Any], Rejected, PostingDelta | None]] = []
+        for record in chunk:
+            try:
+                delta = PostingDelta.model_validate_json(record.value or b"")
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                reason = f"not a posting delta: {first.get('loc')}: {first.get('msg')}"
+                dlq.append((record, Rejected("", "invalid_delta", reason), None))
+                self.progress.invalid += 1
+                continue
+            deltas.append((record, delta))
+        outcomes = await self._post_with_retry([d for _, d in deltas]) if deltas else []
+        assert len(outcomes) == len(deltas), "adapter returned a wrong number of outcomes"
+        for (record, delta), outcome in zip(deltas, outcomes, strict=True):
+            assert outcome.posting_id in (delta.posting_id, ""), "outcome for another delta"
+            if outcome.kind == "posted":
+                self.progress.posted += 1
+            elif outcome.kind == "already_there":
+                self.progress.already_there += 1
+            else:
+                assert isinstance(outcome, Rejected)
+                self.progress.rejected += 1
+                dlq.append((record, outcome, delta))
+        if dlq:
+            await self._send_dlq(dlq)
+
+    async def _post_with_retry(self, deltas: Sequence[PostingDelta]) -> list[Outcome]:
+        attempt = 0
+        while True:
+            wait = self.breaker.wait_s()
+            if wait > 0:
+                self.progress.breaker = "open"
+                await self._idle(wait)
+            self.progress.breaker = self.breaker.state
+            try:
+                outcomes = await asyncio.wait_for(self.adapter.post_batch(deltas),
+                                                  self.options.timeout_s)
+            except (TransientError, TimeoutError) as exc:
+                attempt += 1
+                self.progress.transient_failures += 1
+                if self.progress.stalled_since is None:
+                    self.progress.stalled_since = time.time()
+                was = self.breaker.state
+                self.breaker.failure()
+                what = str(exc) or type(exc).__name__
+                if self.breaker.state != was and self.breaker.state == "open":
+                    log.error("erp %s: circuit open after %d failed attempts (%s); probing "
+                              "every %.0fs, nothing is skipped", self.adapter.name,
+                              self.breaker.failures, what, self.breaker.cooldown_s)
+                else:
+                    log.warning("erp %s: attempt %d failed: %s", self.adapter.name, attempt,
+                                what)
+                if self.breaker.state == "closed":
+                    await self._idle(backoff_s(attempt, self.options.backoff_base_s,
+                                               self.options.backoff_max_s, self.rng))
+                continue
+            if self.progress.stalled_since is not None:
+                log.warning("erp %s: ERP answers again after %.0fs", self.adapter.name,
+                            time.time() - self.progress.stalled_since)
+            self.breaker.success()
+            self.progress.breaker = "closed"
+            self.progress.stalled_since = None
+            return outcomes
+
+    async def _idle(self, seconds: float) -> None:
+        """Wait while keeping the group membership alive and progress (lag) reported."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.stopping.is_set():
+                raise _Stop()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 1.0))
+            await self._maybe_progress()
+
+    async def _send_dlq(
+        self, items: list[tuple[ConsumerRecord[Any, Any], Rejected, PostingDelta | None]]
+    ) -> None:
+        assert self.producer is not None
+        futures = []
+        for record, rejected, delta in items:
+            context: dict[str, Any] = {"adapter": self.adapter.name, "erp_error": rejected.code}
+            if delta is not None:
+                context |= {
+                    "posting_id": delta.posting_id, "account": delta.account,
+                    "entity": delta.entity, "event_id": delta.event_id,
+                    "event_kind": delta.event_kind, "correlation_id": delta.correlation_id,
+                    "amount_cents": delta.total_cents,
+                    "effective_date": delta.effective_date.isoformat(),
+                    "gl_accounts": sorted({line.gl_account for line in delta.lines}),
+                }
+            key = record.key.decode("utf-8", "replace") if record.key else None
+            dlq = dlq_record(
+                stage="posting", reason_code=rejected.code, reason=rejected.reason,
+                origin=Origin(topic=record.topic, partition=record.partition,
+                              offset=record.offset, key=key),
+                payload=record.value or b"", context=context, discriminator=self.adapter.name)
+            futures.append(await self.producer.send(
+                POSTINGS_DLQ, key=record.key, value=dlq.model_dump_json().encode()))
+            log.warning("erp %s: posting %s (account %s) to %s: %s", self.adapter.name,
+                        context.get("posting_id", "?"), key, POSTINGS_DLQ, rejected.code)
+        await asyncio.gather(*futures)
+
+    async def _maybe_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_progress < self.options.progress_s:
+            return
+        self._last_progress = now
+        try:
+            self.progress.lag = await self._lag()
+        except (KafkaError, OSError, TimeoutError) as exc:  # the broker may be down too
+            log.warning("erp %s: lag unknown: %s", self.adapter.name, exc)
+        log.info("%s", self.progress.line())
+        self.progress.write(self.options.status_file)
+
+    async def _lag(self) -> int:
+        """Σ over partitions (true log end − committed offset of this group)."""
+        from rcmflow.kafka_io import log_ends
+
+        assert self.consumer is not None
+        partitions = sorted(self.consumer.partitions_for_topic(POSTINGS) or [])
+        if not partitions:
+            return 0
+        ends = await asyncio.wait_for(
+            log_ends(self.options.servers, POSTINGS, partitions), 10)
+        lag = 0
+        for p in partitions:
+            committed = await self.consumer.committed(TopicPartition(POSTINGS, p))
+            lag += max(0, ends[p] - (committed or 0))
+        return lag
+
+
+async def run_connector(adapter: ErpAdapter, options: RunnerOptions) -> int:
+    """Run until SIGTERM/SIGINT (or idle_exit_s); returns the exit code."""
+    connector = Connector(adapter, options)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, connector.stopping.set)
+    return await connector.run()
