@@ -286,3 +286,27 @@ async def test_openapi_is_published(client: httpx.AsyncClient) -> None:
         assert f"/fhir/{type_}" in spec["paths"]
         params = {p["name"] for p in spec["paths"][f"/fhir/{type_}"]["get"]["parameters"]}
         assert {p.name for p in RESOURCES[type_].params} <= params
+
+
+async def test_claim_response_by_request_and_outcome(client: httpx.AsyncClient) -> None:
+    claim = fhir_id("A1005", "CLM1005")
+    for value in (claim, f"Claim/{claim}"):
+        bundle = fhir_body(await client.get("/fhir/ClaimResponse", params={"request": value}))
+        assert bundle["total"] == 3
+    complete = fhir_body(await client.get("/fhir/ClaimResponse",
+                                          params={"outcome": "complete", "_summary": "count"}))
+    everything = fhir_body(await client.get("/fhir/ClaimResponse",
+                                            params={"_summary": "count"}))
+    assert complete["total"] == everything["total"] > 0
+    queued = fhir_body(await client.get("/fhir/ClaimResponse", params={"outcome": "queued"}))
+    assert queued["total"] == 0
+
+
+async def test_health_and_metrics_without_a_feed(anon: httpx.AsyncClient) -> None:
+    health = await anon.get("/health")
+    assert health.status_code == 200
+    assert health.json() == {"accounts": 29, "invalid_snapshots": 0, "auth": "jwt",
+                             "status": "static"}
+    metrics = (await anon.get("/metrics")).text
+    assert "rcmflow_facade_lag_records 0" in metrics
+    assert "rcmflow_facade_accounts 29" in metrics
