@@ -104,8 +104,10 @@ def _search_parameters(spec: ResourceSpec) -> list[dict[str, Any]]:
     params += [
         {"name": "_count", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 0}, "description": "page size (capped)"},
-        {"name": "_offset", "in": "query", "required": False,
-         "schema": {"type": "integer", "minimum": 0}, "description": "first match to show"},
+        {"name": "_after", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "page cursor (next link): matches after this id"},
+        {"name": "_before", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "page cursor (previous link): matches before this id"},
         {"name": "_summary", "in": "query", "required": False,
          "schema": {"type": "string", "enum": ["count", "false"]}},
     ]
@@ -247,32 +249,44 @@ class _Api:
         except SearchError as exc:
             raise FhirError(400, str(exc), exc.code) from exc
         total = self.store.count(search.query)
-        rows = [] if search.summary_count else self.store.search(
-            search.query, offset=search.offset, limit=search.count)
+        rows: list[Row] = []
+        more = False  # beyond this page, in the direction of travel
+        if not search.summary_count:
+            # One more than the page: whether a next (or previous) page exists.
+            rows = self.store.search(search.query, limit=search.count + 1, after=search.after,
+                                     before=search.before)
+            more = len(rows) > search.count
+            if more:
+                rows = rows[1:] if search.before is not None else rows[:-1]
         included: list[Row] = []
         if search.include_request and rows and principal.may_read("Claim"):
             wanted = sorted({r.request for r in rows if r.request})
             included = [r for r in self.store.read_many("Claim", wanted)
                         if principal.patient is None or r.patient == principal.patient]
-        return Response(self._bundle(request, spec, search, total, rows, included),
+        return Response(self._bundle(request, spec, search, total, rows, included, more),
                         media_type=FHIR_JSON)
 
     def _bundle(self, request: Request, spec: ResourceSpec, search: Search, total: int,
-                rows: list[Row], included: list[Row]) -> bytes:
+                rows: list[Row], included: list[Row], more: bool) -> bytes:
         base = self._base_url(request)
 
-        def link(relation: str, offset: int) -> dict[str, str]:
+        def link(relation: str, cursor: tuple[str, str] | None) -> dict[str, str]:
             query = [*search.used, ("_count", str(search.count))]
-            if offset:
-                query.append(("_offset", str(offset)))
+            if cursor is not None:
+                query.append(cursor)
             return {"relation": relation, "url": f"{base}/{spec.type}?{urlencode(query)}"}
 
-        links = [link("self", search.offset)]
-        if not search.summary_count:
-            if search.offset + search.count < total:
-                links.append(link("next", search.offset + search.count))
-            if search.offset > 0:
-                links.append(link("previous", max(0, search.offset - search.count)))
+        here = (("_after", search.after) if search.after is not None
+                else ("_before", search.before) if search.before is not None else None)
+        links = [link("self", here)]
+        if rows:
+            # Paging back from a cursor, the pages after it exist; paging forward from one,
+            # the pages before it do. ``more`` says whether the travel direction goes on.
+            backwards = search.before is not None
+            if backwards or more:
+                links.append(link("next", ("_after", rows[-1].id)))
+            if more if backwards else search.after is not None:
+                links.append(link("previous", ("_before", rows[0].id)))
         head = {
             "resourceType": "Bundle",
             "id": str(uuid.uuid4()),
@@ -380,7 +394,8 @@ def capability_statement(base_url: str, auth_enabled: bool) -> dict[str, Any]:
             "resource": resources,
             "searchParam": [
                 {"name": "_count", "type": "number", "documentation": "page size"},
-                {"name": "_offset", "type": "number", "documentation": "first match shown"},
+                {"name": "_after", "type": "string", "documentation": "page cursor (next)"},
+                {"name": "_before", "type": "string", "documentation": "page cursor (previous)"},
                 {"name": "_summary", "type": "token", "documentation": "count"},
             ],
         }],

@@ -107,7 +107,7 @@ RESOURCES: dict[str, ResourceSpec] = {
 }
 
 #: Parameters that shape the result rather than filter it.
-RESULT_PARAMS = ("_count", "_offset", "_summary", "_include", "_format")
+RESULT_PARAMS = ("_count", "_after", "_before", "_summary", "_include", "_format")
 
 
 class SearchError(ValueError):
@@ -122,7 +122,9 @@ class SearchError(ValueError):
 class Search:
     query: Query
     count: int
-    offset: int
+    #: Keyset cursor (the ``next``/``previous`` links): matches with ids after / before it.
+    after: str | None
+    before: str | None
     summary_count: bool
     include_request: bool
     #: The parameters used, in canonical form: what ``self``/``next`` links carry.
@@ -136,6 +138,7 @@ _DATE = re.compile(
     r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d{1,9})?)?"
     r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?")
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def _instant(moment: datetime) -> str:
@@ -250,15 +253,19 @@ def parse_search(
     args: list[str] = []
     used: list[tuple[str, str]] = []
     ignored: list[str] = []
-    count, offset, summary_count, include = count_default, 0, False, False
+    count, summary_count, include = count_default, False, False
+    after: str | None = None
+    before: str | None = None
     for name, value in items:
         if len(value) > VALUE_CHARS_MAX:
             raise SearchError(f"{name}: value longer than {VALUE_CHARS_MAX} characters")
         if name == "_count":
             count = min(_non_negative(name, value), count_max)
             continue
-        if name == "_offset":
-            offset = _non_negative(name, value)
+        if name in ("_after", "_before"):
+            if not _ID.fullmatch(value):
+                raise SearchError(f"{name} takes a resource id")
+            after, before = (value, None) if name == "_after" else (None, value)
             continue
         if name == "_format":
             continue  # negotiated by the app before the search
@@ -294,7 +301,8 @@ def parse_search(
         where.append("r.patient = ?")
         args.append(patient)
     query = Query(spec.type, tuple(where), tuple(args))
-    return Search(query, count, offset, summary_count or count == 0, include, used, ignored)
+    return Search(query, count, after, before, summary_count or count == 0, include, used,
+                  ignored)
 
 
 def _non_negative(name: str, value: str) -> int:

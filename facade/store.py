@@ -203,11 +203,21 @@ class Store:
         sql, args = _select(query, "count(*)")
         return int(self.rdb.execute(sql, args).fetchone()[0])
 
-    def search(self, query: Query, *, offset: int, limit: int) -> list[Row]:
-        """One page, ordered by id: stable across pages while the data stands still."""
+    def search(self, query: Query, *, limit: int, after: str | None = None,
+               before: str | None = None) -> list[Row]:
+        """Up to ``limit`` matches in id order: the first ones, those after id ``after``, or
+        the last ones before id ``before`` (keyset paging: resources added or removed while
+        a client pages never make it see one twice)."""
         sql, args = _select(query, _ROW_COLUMNS)
-        rows = self.rdb.execute(f"{sql} ORDER BY r.id LIMIT ? OFFSET ?",
-                               (*args, limit, offset)).fetchall()
+        if before is not None:
+            rows = self.rdb.execute(f"{sql} AND r.id < ? ORDER BY r.id DESC LIMIT ?",
+                                    (*args, before, limit)).fetchall()
+            rows.reverse()
+        elif after is not None:
+            rows = self.rdb.execute(f"{sql} AND r.id > ? ORDER BY r.id LIMIT ?",
+                                    (*args, after, limit)).fetchall()
+        else:
+            rows = self.rdb.execute(f"{sql} ORDER BY r.id LIMIT ?", (*args, limit)).fetchall()
         return [Row(*row) for row in rows]
 
     def read_many(self, type_: str, ids: Sequence[str]) -> list[Row]:

@@ -10,7 +10,7 @@ import pytest
 
 from rcmflow.facade.params import RESOURCES
 from rcmflow.facade.resources import BALANCE_EXTENSION, fhir_id, patient_id_for
-from tests.facade.conftest import dollars, exact, fhir_body
+from tests.facade.conftest import bearer, dollars, exact, fhir_body
 
 
 async def test_capability_statement_is_r4_and_lists_what_the_routes_accept(
@@ -194,6 +194,43 @@ async def test_paging_follows_next_to_the_end_without_duplicates(
     assert len(seen) == len(set(seen)) == total
     assert sorted(seen) == sorted(_ids(everything))
     assert pages == -(-total // 7)
+    # And back from the last page through the previous links to the first.
+    back: list[str] = []
+    url = _link(page, "self")
+    while url is not None:
+        page = fhir_body(await client.get(url))
+        back = _ids(page) + back
+        url = _link(page, "previous")
+    assert back == seen
+
+
+def _link(bundle: dict[str, Any], relation: str) -> str | None:
+    return next((link["url"] for link in bundle["link"] if link["relation"] == relation), None)
+
+
+async def test_paging_while_resources_arrive_sees_none_twice(tmp_path: Any) -> None:
+    from rcmflow.streams.state import state_json
+    from tests.facade.conftest import build_states, filled_store, make_app
+    from tests.factories import charge
+
+    states = build_states([charge(100, account=f"M{n}") for n in range(2, 9)])
+    store = filled_store(tmp_path / "read.sqlite", states)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=make_app(store)),
+                                 base_url="http://facade.test", headers=bearer()) as c:
+        page = fhir_body(await c.get("/fhir/Account", params={"_count": 3}))
+        seen = _ids(page)
+        assert seen == ["M2", "M3", "M4"]
+        # New accounts land before and after the cursor between two pages.
+        late = build_states([charge(100, account="M1"), charge(100, account="M5a")])
+        store.apply([(a, state_json(s)) for a, s in late.items()], {0: 99})
+        url = _link(page, "next")
+        while url is not None:
+            page = fhir_body(await c.get(url))
+            seen += _ids(page)
+            url = _link(page, "next")
+    assert len(seen) == len(set(seen))
+    assert seen == ["M2", "M3", "M4", "M5", "M5a", "M6", "M7", "M8"]
+    store.close()
 
 
 async def test_count_is_capped_and_summary_count_gives_total_only(
