@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from rcmflow.facade.app import create_app
+from rcmflow.facade.auth import Authenticator
 from rcmflow.facade.resources import fhir_id
 from tests.facade.conftest import bearer, fhir_body
 
@@ -99,3 +105,27 @@ async def test_patient_include_stays_in_compartment(patient: httpx.AsyncClient) 
     foreign = fhir_body(await patient.get("/fhir/ClaimResponse", params={
         "request": fhir_id("A1001", "CLM1001"), "_include": "ClaimResponse:request"}))
     assert foreign.get("entry", []) == [] and foreign["total"] == 0
+
+
+async def test_rs256_tokens_from_an_identity_provider(store: Any) -> None:
+    """A PEM public key checks tokens an identity provider signed with its private key."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    app = create_app(store, Authenticator(enabled=True, key=public_pem, algorithm="RS256",
+                                          audience="rcmflow-fhir"))
+    claims = {"scope": "patient/*.read", "patient": MINE, "aud": "rcmflow-fhir",
+              "exp": int(time.time()) + 60}
+    good = jwt.encode(claims, private, algorithm="RS256")
+    other_aud = jwt.encode({**claims, "aud": "elsewhere"}, private, algorithm="RS256")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://facade.test") as c:
+        ok = await c.get("/fhir/Account", headers={"Authorization": f"Bearer {good}"})
+        assert {e["resource"]["id"] for e in fhir_body(ok)["entry"]} == {"A1005"}
+        refused = await c.get("/fhir/Account",
+                              headers={"Authorization": f"Bearer {other_aud}"})
+        assert refused.status_code == 401
+        # Only the configured algorithm is accepted: an HS256 token is refused.
+        forged = jwt.encode(claims, "x" * 64, algorithm="HS256")
+        assert (await c.get("/fhir/Account",
+                            headers={"Authorization": f"Bearer {forged}"})).status_code == 401

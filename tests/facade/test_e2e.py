@@ -25,7 +25,7 @@ pytestmark = pytest.mark.broker
 
 #: The read-your-writes delay README.md documents once the worker is running: the worker's
 #: batch wait + its produce, the facade's fetch wait (100 ms) and one store transaction.
-READ_YOUR_WRITES_S = 3.0
+READ_YOUR_WRITES_S = 5.0
 #: The worker's first group join takes ~5 s (half the session timeout) on top of start-up.
 FIRST_EVENT_S = 60.0
 
