@@ -246,7 +246,26 @@ def write_results_md(path: Path, *, started: datetime, command: str,
         lines += [f"- {o}" for o in observations]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + other_benches_sections(path))
+
+
+#: Sections of RESULTS.md this report writes; any other ``## `` section belongs to another
+#: bench (``bench.facade``, ``bench.erp``) and is kept as it is.
+PIPELINE_SECTIONS = ("Machine", "Workload", "Results", "Details", "Observations", "Notes")
+
+
+def other_benches_sections(path: Path) -> str:
+    """The sections of an existing RESULTS.md that other benches wrote."""
+    if not path.exists():
+        return ""
+    kept: list[str] = []
+    keep = False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keep = not line[3:].startswith(PIPELINE_SECTIONS)
+        if keep:
+            kept.append(line)
+    return ("\n" + "\n".join(kept) + "\n") if kept else ""
 
 
 def _observations(results: list[SystemResult], main_rate: float) -> list[str]:
