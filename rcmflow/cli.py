@@ -124,6 +124,32 @@ def facade() -> None:
 
 
 @app.command()
+def erp(
+    adapter: Annotated[str, typer.Argument(help="csv or tryton.")],
+    idle_exit_s: Annotated[float | None, typer.Option(
+        help="Exit once nothing arrived for this long and the lag is 0 (tests, catch-up).")
+    ] = None,
+) -> None:
+    """Post every delta on rcm.postings to an ERP exactly once (its own consumer group).
+
+    An offset is committed only after the ERP accepted the delta (or already had its posting
+    id) or the delta went to rcm.postings.dlq with the ERP's reason. ERP outages are retried
+    with backoff and a circuit breaker, forever: the connector stalls and its lag grows
+    (progress log, DATA_DIR/erp-ADAPTER.status.json). Exit 3: the adapter is misconfigured.
+    """
+    from rcmflow.connectors.erp.command import run_erp
+
+    settings = _settings()
+    _servers(settings)
+    try:
+        code = run_erp(settings, adapter, idle_exit_s=idle_exit_s)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
+@app.command()
 def mllp(
     port: Annotated[int | None, typer.Option(help="TCP port [RCMFLOW_MLLP_PORT, 2575].")] = None,
     host: Annotated[str | None, typer.Option(help="Listen address [RCMFLOW_MLLP_HOST, "

@@ -183,7 +183,43 @@ class Settings(BaseSettings):
         2.0, gt=0, le=3600, description="`rcmflow watch`: how often the drop folder is listed."
     )
 
-    @field_validator("data_dir", "coa", "facade_store")
+    # ERP connectors (`rcmflow erp ADAPTER`, connectors/erp): retries never give up (an ERP
+    # outage stalls the connector and its lag grows); these bound each attempt and the waits.
+    erp_batch_max: int = Field(
+        100, ge=1, le=1000, description="Deltas per ERP call (the adapter may cap it lower)."
+    )
+    erp_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Longest ERP call; past it: a transient failure, retried."
+    )
+    erp_retry_max: int = Field(
+        8, ge=1, le=1000, description="Consecutive failed attempts before the circuit opens; "
+        "then one probe per erp_breaker_cooldown_s, forever (nothing is skipped).",
+    )
+    erp_backoff_base_s: float = Field(0.5, gt=0, le=60, description="First retry wait (jittered).")
+    erp_backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Longest retry wait.")
+    erp_breaker_cooldown_s: float = Field(
+        30.0, gt=0, le=3600, description="Open circuit: wait this long between probes."
+    )
+    erp_progress_s: float = Field(
+        10.0, gt=0, le=3600, description="Progress log + status file (lag) interval."
+    )
+    erp_csv_dir: Path | None = Field(
+        None, description="`erp csv`: where the daily journal files go; unset: DATA_DIR/journal."
+    )
+    erp_csv_dedup_days: int = Field(
+        7, ge=1, le=366, description="`erp csv`: days of journal files whose posting ids are "
+        "loaded as the duplicate guard; a re-sent delta older than that is written again.",
+    )
+    erp_tryton_url: str = Field("http://127.0.0.1:8000", description="trytond's base URL.")
+    erp_tryton_db: str = Field("tryton", description="Tryton database name.")
+    erp_tryton_user: str = Field("admin", description="Tryton login.")
+    erp_tryton_password: SecretStr | None = Field(None, description="Tryton password.")
+    erp_tryton_journal: str = Field("MISC", description="Code of the Tryton journal used.")
+    erp_tryton_companies: dict[str, int] = Field(
+        {}, description="Entity -> Tryton company id (JSON); unset entities: the user's company.",
+    )
+
+    @field_validator("data_dir", "coa", "facade_store", "erp_csv_dir")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

@@ -44,9 +44,14 @@ from rcmflow.streams.topics import POSTINGS, POSTINGS_DLQ
 
 from .base import AdapterConfigError, ErpAdapter, Outcome, Rejected, TransientError
 
-__all__ = ["RunnerOptions", "Progress", "CircuitBreaker", "run_connector", "backoff_s"]
+__all__ = ["RunnerOptions", "Progress", "CircuitBreaker", "run_connector", "backoff_s",
+           "KILL_AFTER_ENV"]
 
 log = logging.getLogger("rcmflow.erp")
+
+#: Tests only: "N" kills this process (SIGKILL) right after the Nth ERP call succeeded,
+#: before its offsets are committed: the window the ERP's duplicate guard must cover.
+KILL_AFTER_ENV = "RCMFLOW_TEST_ERP_KILL_AFTER"
 
 #: Exit codes of `rcmflow erp`.
 EXIT_OK, EXIT_CONFIG = 0, 3
@@ -154,6 +159,9 @@ class Connector:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._last_progress = 0.0
+        self._calls = 0
+        kill_after = os.environ.get(KILL_AFTER_ENV, "")
+        self._kill_after = int(kill_after) if kill_after else None
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self) -> int:
@@ -242,6 +250,10 @@ class Connector:
                 assert isinstance(outcome, Rejected)
                 self.progress.rejected += 1
                 dlq.append((record, outcome, delta))
+        already = sum(1 for o in outcomes if o.kind == "already_there")
+        if already:
+            log.info("erp %s: %d of %d deltas were already in the ERP (re-sent after a "
+                     "restart; not posted again)", self.adapter.name, already, len(outcomes))
         if dlq:
             await self._send_dlq(dlq)
 
@@ -281,6 +293,10 @@ class Connector:
             self.breaker.success()
             self.progress.breaker = "closed"
             self.progress.stalled_since = None
+            self._calls += 1
+            if self._calls == self._kill_after:
+                log.warning("%s=%d: killing this connector", KILL_AFTER_ENV, self._calls)
+                os.kill(os.getpid(), signal.SIGKILL)
             return outcomes
 
     async def _idle(self, seconds: float) -> None:

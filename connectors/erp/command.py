@@ -1,0 +1,49 @@
+"""What `rcmflow erp ADAPTER` runs: build the adapter from settings, run the consumer loop."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from typing import TYPE_CHECKING
+
+from rcmflow.streams.chart import load_chart
+
+from . import ADAPTERS
+from .base import ErpAdapter
+from .runner import RunnerOptions, run_connector
+
+if TYPE_CHECKING:
+    from rcmflow.settings import Settings
+
+__all__ = ["build_adapter", "run_erp", "group_id"]
+
+
+def group_id(settings: Settings, adapter: str) -> str:
+    """The connector's own consumer group: one per adapter, apart from the workers'."""
+    return f"{settings.app_id}-erp-{adapter}"
+
+
+def build_adapter(name: str, settings: Settings) -> ErpAdapter:
+    if name not in ADAPTERS:
+        raise ValueError(f"unknown ERP adapter {name!r}; known: {', '.join(sorted(ADAPTERS))}")
+    module = importlib.import_module(f"{__package__}.{ADAPTERS[name]}")
+    adapter: ErpAdapter = module.build(settings, load_chart(settings.coa))
+    return adapter
+
+
+def run_erp(settings: Settings, name: str, *, idle_exit_s: float | None = None) -> int:
+    logging.getLogger("rcmflow.erp").setLevel(settings.log_level.upper().replace("WARN",
+                                                                                  "WARNING"))
+    adapter = build_adapter(name, settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    options = RunnerOptions(
+        servers=settings.bootstrap_servers(), group_id=group_id(settings, name),
+        batch_max=settings.erp_batch_max, timeout_s=settings.erp_timeout_s,
+        retry_max=settings.erp_retry_max, backoff_base_s=settings.erp_backoff_base_s,
+        backoff_max_s=settings.erp_backoff_max_s,
+        breaker_cooldown_s=settings.erp_breaker_cooldown_s,
+        progress_s=settings.erp_progress_s,
+        status_file=settings.data_dir / f"erp-{name}.status.json",
+        idle_exit_s=idle_exit_s, session_timeout_s=settings.session_timeout_s)
+    return asyncio.run(run_connector(adapter, options))
