@@ -1,0 +1,256 @@
+"""NetSuite, Odoo and ERPNext adapters against stateful fakes at the HTTP boundary.
+
+Every case runs for the three adapters: post, duplicate, lost answer then retry, validation
+error, 5xx / timeout / refused connection, bad credentials, unmapped GL, read_journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import pytest
+
+from rcmflow.connectors.erp.base import (
+    AdapterConfigError,
+    AlreadyThere,
+    ErpAdapter,
+    Posted,
+    Rejected,
+    TransientError,
+)
+from rcmflow.connectors.erp.erpnext import ErpNext
+from rcmflow.connectors.erp.mapping import all_gl_accounts
+from rcmflow.connectors.erp.netsuite import NetSuite
+from rcmflow.connectors.erp.odoo import Odoo
+from rcmflow.streams.chart import load_chart
+from rcmflow.streams.postings import PostingDelta
+from tests.erp.cloud_fakes import ErpNextFake, Fake, NetSuiteFake, OdooFake
+from tests.erp.feed import real_deltas, unmapped_copy
+
+CHART = load_chart()
+GL = set(all_gl_accounts(CHART))
+
+
+@dataclass
+class Case:
+    adapter: ErpAdapter
+    fake: Fake
+    count: Callable[[], int]
+
+
+def make(kind: str, *, closed_before: date | None = None, good_auth: bool = True,
+         gl: set[str] | None = None, **extra: Any) -> Case:
+    codes = GL if gl is None else gl
+    if kind == "netsuite":
+        ns = NetSuiteFake(codes, closed_before=closed_before)
+        adapter: Any = NetSuite(CHART, base_url="https://fake.suitetalk.api.netsuite.com",
+                                token="good-token" if good_auth else "expired",
+                                transport=ns.transport(), page_size=7)
+        return Case(adapter, ns, lambda: len(ns.entries))
+    if kind == "odoo":
+        od = OdooFake(codes, lock_date=closed_before and date.fromordinal(
+            closed_before.toordinal() - 1))
+        adapter = Odoo(CHART, base_url="https://odoo.example", api_key="good-key"
+                       if good_auth else "bad", database="rcm", transport=od.transport(),
+                       page_size=7)
+        return Case(adapter, od, lambda: len(od.posted()))
+    en = ErpNextFake(codes, closed_before=closed_before, **extra)
+    adapter = ErpNext(CHART, base_url="https://erpnext.example", api_key="key1",
+                      api_secret="secret1" if good_auth else "nope",
+                      company="General Hospital", transport=en.transport(), page_size=7)
+    return Case(adapter, en, lambda: len(en.entries))
+
+
+KINDS = ["netsuite", "odoo", "erpnext"]
+
+
+def deltas(n: int = 6, seed: int = 11) -> list[PostingDelta]:
+    return [PostingDelta.model_validate_json(v) for _, v in real_deltas(n, seed)][:n]
+
+
+async def journal_of(adapter: ErpAdapter) -> dict[str, tuple[date, list[tuple[str, int, int]]]]:
+    return {e.posting_id: (e.effective_date, sorted(e.lines)) async for e in
+            adapter.read_journal()}
+
+
+def expected(ds: list[PostingDelta]) -> dict[str, tuple[date, list[tuple[str, int, int]]]]:
+    return {d.posting_id: (d.effective_date, sorted((x.gl_account, x.debit_cents,
+                                                      x.credit_cents) for x in d.lines))
+            for d in ds}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_post_then_read_back_exactly(kind: str) -> None:
+    case, ds = make(kind), deltas(12)
+    await case.adapter.open()
+    outcomes = await case.adapter.post_batch(ds)
+    assert [type(o) for o in outcomes] == [Posted] * len(ds)
+    assert [o.posting_id for o in outcomes] == [d.posting_id for d in ds]
+    assert case.count() == len(ds)
+    assert await journal_of(case.adapter) == expected(ds)  # pages of 7: paging is used
+    assert all([e.posted async for e in case.adapter.read_journal()])
+    await case.adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_duplicate_is_already_there_and_no_second_entry(kind: str) -> None:
+    case, ds = make(kind), deltas(3)
+    await case.adapter.open()
+    await case.adapter.post_batch(ds)
+    again = await case.adapter.post_batch([ds[1], ds[1]])
+    assert [type(o) for o in again] == [AlreadyThere, AlreadyThere]
+    assert case.count() == 3
+    await case.adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_lost_answer_then_retry_is_still_one_entry(kind: str) -> None:
+    case, (delta,) = make(kind), deltas(1)
+    await case.adapter.open()
+    # every request of the first attempt is answered into the void, one after the other
+    for _ in range(8):
+        case.fake.faults = ["lost"]
+        try:
+            outcome = await case.adapter.post_batch([delta])
+            break
+        except TransientError:
+            continue
+    else:
+        pytest.fail("never got an answer")
+    assert type(outcome[0]) in (Posted, AlreadyThere)
+    assert [type(o) for o in await case.adapter.post_batch([delta])] == [AlreadyThere]
+    assert case.count() == 1
+    assert await journal_of(case.adapter) == expected([delta])
+    await case.adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_lost_answer_on_each_step_still_gives_one_entry(kind: str) -> None:
+    """The crash window between any two calls of a multi-call post (Odoo has four)."""
+    ds = deltas(6)
+    for step in range(6):
+        case = make(kind)
+        await case.adapter.open()
+        case.fake.faults = ["ok"] * step + ["lost"]
+        with_error = 0
+        while True:
+            try:
+                outcome = (await case.adapter.post_batch([ds[step]]))[0]
+                break
+            except TransientError:
+                with_error += 1
+                assert with_error < 3
+        assert isinstance(outcome, Posted | AlreadyThere)
+        assert case.count() == 1, (step, case.fake.requests)
+        assert list(await journal_of(case.adapter)) == [ds[step].posting_id]
+        await case.adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_closed_period_is_rejected_with_the_erps_text(kind: str) -> None:
+    case, ds = make(kind, closed_before=date(2030, 1, 1)), deltas(2)
+    await case.adapter.open()
+    outcomes = await case.adapter.post_batch(ds)
+    assert [type(o) for o in outcomes] == [Rejected, Rejected]
+    reason = outcomes[0].reason  # type: ignore[union-attr]
+    assert {"netsuite": "closed period", "odoo": "lock date",
+            "erpnext": "closed Accounting Period"}[kind] in reason
+    assert case.count() == 0
+    await case.adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_unmapped_gl_is_rejected_and_the_rest_posted(kind: str) -> None:
+    case, ds = make(kind), deltas(2)
+    bad = PostingDelta.model_validate_json(unmapped_copy(ds[0].model_dump_json().encode())[1])
+    await case.adapter.open()
+    outcomes = await case.adapter.post_batch([bad, *ds])
+    assert [type(o) for o in outcomes] == [Rejected, Posted, Posted]
+    assert outcomes[0].code == "unmapped_gl_account"  # type: ignore[union-attr]
+    assert case.count() == 2
+    await case.adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_gl_in_the_chart_but_not_in_the_erp_is_rejected(kind: str) -> None:
+    ds = deltas(1)
+    used = {x.gl_account for x in ds[0].lines}
+    case = make(kind, gl=GL - {sorted(used)[0]})
+    await case.adapter.open()
+    outcome = (await case.adapter.post_batch(ds))[0]
+    assert isinstance(outcome, Rejected) and sorted(used)[0] in outcome.reason
+    assert case.count() == 0
+    await case.adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", ["500", "503", "429", "timeout", "connect"])
+async def test_server_errors_and_timeouts_are_transient(kind: str, fault: str) -> None:
+    case, ds = make(kind), deltas(1)
+    await case.adapter.open()
+    case.fake.faults = [fault]
+    with pytest.raises(TransientError):
+        await case.adapter.post_batch(ds)
+    assert case.count() == 0
+    assert [type(o) for o in await case.adapter.post_batch(ds)] == [Posted]
+    await case.adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_bad_credentials_are_a_config_error(kind: str) -> None:
+    case = make(kind, good_auth=False)
+    with pytest.raises(AdapterConfigError):
+        await case.adapter.open()
+    await case.adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("status", ["401", "403"])
+async def test_auth_failure_mid_stream_is_a_config_error(kind: str, status: str) -> None:
+    case, ds = make(kind), deltas(1)
+    await case.adapter.open()
+    case.fake.faults = [status]
+    with pytest.raises(AdapterConfigError):
+        await case.adapter.post_batch(ds)
+    await case.adapter.close()
+
+
+async def test_erpnext_refuses_to_start_without_a_unique_posting_field() -> None:
+    case = make("erpnext", unique_field=False)
+    with pytest.raises(AdapterConfigError, match="marked Unique"):
+        await case.adapter.open()
+    await case.adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_concurrent_senders_of_one_posting_make_one_entry(kind: str) -> None:
+    """Two connectors (a rebalance overlap) send the same deltas at the same time."""
+    first = make(kind)
+    ds = deltas(4)
+    second_adapter = type(first.adapter)(CHART, **_same_erp(kind, first))
+    await first.adapter.open()
+    await second_adapter.open()
+    results = await asyncio.gather(first.adapter.post_batch(ds), second_adapter.post_batch(ds))
+    for a, b in zip(*results, strict=True):
+        assert {type(a), type(b)} <= {Posted, AlreadyThere}
+        assert Posted in {type(a), type(b)} or kind == "odoo"
+    assert first.count() == 4
+    assert await journal_of(first.adapter) == expected(ds)
+    await first.adapter.close()
+    await second_adapter.close()
+
+
+def _same_erp(kind: str, case: Case) -> dict[str, Any]:
+    transport = case.fake.transport()
+    if kind == "netsuite":
+        return {"base_url": "https://fake.suitetalk.api.netsuite.com", "token": "good-token",
+                "transport": transport}
+    if kind == "odoo":
+        return {"base_url": "https://odoo.example", "api_key": "good-key",
+                "transport": transport}
+    return {"base_url": "https://erpnext.example", "api_key": "key1", "api_secret": "secret1",
+            "company": "General Hospital", "transport": transport}

@@ -1,0 +1,309 @@
+"""A real Tryton 8.2 server on PostgreSQL for the ERP tests (recipe: shared/erp/TRYTON.md).
+
+PostgreSQL: ``RCMFLOW_TEST_POSTGRES_URL`` when set (e.g. postgresql://postgres@127.0.0.1:5432/),
+else an embedded PostgreSQL 16 from the ``pgserver`` wheel in a temp dir. Never SQLite.
+
+The database is built once per test session as a template (trytond-admin activates
+``account`` and our ``rcmflow_ext`` module, ~26 s; then the company, a chart with every GL
+account of rcmflow's chart-of-accounts file, fiscal years 2025-2027 with monthly periods are
+created over JSON-RPC). Each test clones it (``CREATE DATABASE .. TEMPLATE``, ~0.2 s) and gets
+its own ``trytond`` on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from rcmflow.connectors.erp.mapping import all_gl_accounts
+from rcmflow.connectors.erp.tryton import decode, encode
+from rcmflow.streams.chart import load_chart
+
+ADMIN_PASSWORD = "admin-pass"
+TEMPLATE_DB = "rcm_tpl"
+START_TIMEOUT_S = 60.0
+YEARS = (2025, 2026, 2027)
+
+_CONF = """[database]
+uri = {uri}
+path = {filestore}
+list = False
+[session]
+timeout = 3600
+max_attempt = 1000
+max_attempt_ip_network = 100000
+[password]
+length = 6
+"""
+
+
+def _bin(name: str) -> str:
+    found = Path(sys.executable).with_name(name)
+    return str(found) if found.exists() else name
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Postgres:
+    """Where PostgreSQL is: a psycopg conninfo for admin SQL, and trytond's URI and env."""
+
+    conninfo: str
+    tryton_uri: str
+    env: dict[str, str]
+    server: Any = None
+
+    @classmethod
+    def start(cls, workdir: Path) -> Postgres:
+        url = os.environ.get("RCMFLOW_TEST_POSTGRES_URL")
+        if url:
+            base = url.rsplit("/", 1)[0] + "/"
+            return cls(conninfo=base + "postgres", tryton_uri=base, env={})
+        import pgserver  # the PyPI wheel: PostgreSQL 16 binaries inside
+
+        pgdata = Path(tempfile.mkdtemp(prefix="rcm-pg-"))  # short: a unix socket lives here
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        return cls(conninfo=f"host={pgdata} user=postgres dbname=postgres",
+                   tryton_uri="postgresql://postgres@/", env={"PGHOST": str(pgdata)},
+                   server=server)
+
+    def sql(self, statement: str) -> None:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+    def clone(self, name: str) -> None:
+        self.sql(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+
+    def drop(self, name: str) -> None:
+        self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+            shutil.rmtree(self.server.pgdata, ignore_errors=True)
+
+
+@dataclass
+class Rpc:
+    """A small synchronous JSON-RPC client for fixtures and assertions."""
+
+    url: str
+    db: str
+    session: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+    _ids: Any = field(default_factory=itertools.count)
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if self.session:
+            headers["Authorization"] = "Session " + self.session
+        body = encode({"id": next(self._ids), "method": method, "params": params})
+        response = httpx.post(f"{self.url}/{self.db}/rpc/", content=body, headers=headers,
+                              timeout=60)
+        response.raise_for_status()
+        doc = decode(response.content)
+        if "error" in doc:
+            raise RuntimeError(f"{method}: {doc['error']}")
+        return doc["result"]
+
+    def login(self) -> Rpc:
+        user, key, _ = self.call("common.db.login",
+                                 ["admin", {"password": ADMIN_PASSWORD}, "en"])
+        self.session = base64.b64encode(f"admin:{user}:{key}".encode()).decode()
+        self.context = self.call("model.res.user.get_preferences", [True, {}])
+        return self
+
+    def model(self, model: str, method: str, *args: Any) -> Any:
+        return self.call(f"model.{model}.{method}", [*args, self.context])
+
+
+@dataclass
+class TrytonServer:
+    postgres: Postgres
+    workdir: Path
+    db: str
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        conf = self.workdir / "trytond.conf"
+        if not conf.exists():
+            (self.workdir / "filestore").mkdir(parents=True, exist_ok=True)
+            conf.write_text(_CONF.format(uri=self.postgres.tryton_uri,
+                                         filestore=self.workdir / "filestore"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RCMFLOW_", "TRYTON"))}
+        env |= self.postgres.env | {"TRYTOND_CONFIG": str(conf)}
+        return env
+
+    def start(self) -> TrytonServer:
+        """Start trytond serving this database (always -d: see TRYTON.md §6)."""
+        self.port = self.port or _free_port()
+        log = open(self.workdir / f"trytond-{self.db}.log", "ab")
+        self.process = subprocess.Popen(
+            [_bin("trytond"), "-d", self.db], stdout=log, stderr=subprocess.STDOUT,
+            env=self._env() | {"TRYTOND_WEB__LISTEN": f"127.0.0.1:{self.port}"},
+            start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"trytond exited: {self.log_tail()}")
+            try:
+                version = Rpc(self.url, "").call("common.server.version", [])
+                if version:
+                    return self
+            except (httpx.HTTPError, RuntimeError):
+                time.sleep(0.1)
+        raise RuntimeError(f"trytond did not answer in {START_TIMEOUT_S}s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.workdir / f"trytond-{self.db}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def rpc(self) -> Rpc:
+        return Rpc(self.url, self.db).login()
+
+    def admin(self, *args: str) -> None:
+        """trytond-admin on this database (it must not be served meanwhile)."""
+        passfile = self.workdir / "admin.pass"
+        passfile.write_text(ADMIN_PASSWORD + "\n")
+        done = subprocess.run(
+            [_bin("trytond-admin"), "-d", self.db, *args],
+            env=self._env() | {"TRYTONPASSFILE": str(passfile)},
+            capture_output=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"trytond-admin failed: {done.stdout[-3000:]!r} "
+                               f"{done.stderr[-3000:]!r}")
+
+
+def _account_kind(code: str) -> str:
+    if code in {"1200", "1210"}:
+        return "receivable"
+    return {"1": "asset", "2": "liability", "4": "revenue", "6": "expense"}.get(code[0], "asset")
+
+
+def bootstrap_ledger(rpc: Rpc) -> dict[str, int]:
+    """Company (USD), a chart with every GL code of the chart file, fiscal years 2025-2027."""
+    usd, = rpc.model("currency.currency", "create", [{
+        "name": "U.S. Dollar", "code": "USD", "symbol": "$", "numeric_code": "840",
+        "rounding": Decimal("0.01"), "digits": 2}])
+    party, = rpc.model("party.party", "create", [{"name": "General Hospital (entity 01)"}])
+    company, = rpc.model("company.company", "create", [{
+        "party": party, "currency": usd, "timezone": "America/New_York"}])
+    user = rpc.model("res.user", "search", [("login", "=", "admin")], 0, None, None)
+    rpc.model("res.user", "write", user, {"companies": [["add", [company]]],
+                                          "company": company})
+    rpc.context = rpc.call("model.res.user.get_preferences", [True, {}])
+
+    def acct_type(**values: Any) -> int:
+        created: int = rpc.model("account.account.type", "create",
+                                 [{"company": company, **values}])[0]
+        return created
+
+    root = acct_type(name="Hospital")
+    balance = acct_type(name="Balance sheet", parent=root, statement="balance")
+    income = acct_type(name="Income statement", parent=root, statement="income")
+    types = {
+        "receivable": acct_type(name="Receivables", parent=balance, statement="balance",
+                                assets=True, receivable=True),
+        "asset": acct_type(name="Cash and other assets", parent=balance, statement="balance",
+                           assets=True),
+        "liability": acct_type(name="Liabilities", parent=balance, statement="balance"),
+        "revenue": acct_type(name="Revenue and contra-revenue", parent=income,
+                             statement="income", revenue=True),
+        "expense": acct_type(name="Expenses", parent=income, statement="income",
+                             expense=True),
+    }
+    chart_root, = rpc.model("account.account", "create", [{"name": "Hospital chart",
+                                                           "company": company}])
+    codes = sorted(all_gl_accounts(load_chart()))
+    ids = rpc.model("account.account", "create", [
+        {"name": f"GL {code}", "code": code, "company": company, "parent": chart_root,
+         "type": types[_account_kind(code)]} for code in codes])
+    seq_type = rpc.model("ir.model.data", "get_id", "account", "sequence_type_account_move")
+    for year in YEARS:
+        seq, = rpc.model("ir.sequence.strict", "create", [{
+            "name": f"GL {year}", "sequence_type": seq_type, "company": company,
+            "prefix": f"{year}-", "padding": 6}])
+        fy, = rpc.model("account.fiscalyear", "create", [{
+            "name": str(year), "company": company, "move_sequence": seq,
+            "start_date": date(year, 1, 1), "end_date": date(year, 12, 31)}])
+        rpc.model("account.fiscalyear", "create_period", [fy])
+    return dict(zip(codes, ids, strict=True))
+
+
+@dataclass
+class TrytonSite:
+    """Session state: PostgreSQL, the template, and a factory for per-test servers."""
+
+    postgres: Postgres
+    workdir: Path
+    servers: list[TrytonServer] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, workdir: Path) -> TrytonSite:
+        postgres = Postgres.start(workdir)
+        site = cls(postgres, workdir)
+        postgres.drop(TEMPLATE_DB)
+        postgres.sql(f"CREATE DATABASE \"{TEMPLATE_DB}\" ENCODING 'UTF8' TEMPLATE template0")
+        template = TrytonServer(postgres, workdir, TEMPLATE_DB)
+        template.admin("-u", "account", "rcmflow_ext", "--activate-dependencies",
+                       "--email", "admin@example.com")
+        template.start()
+        try:
+            bootstrap_ledger(template.rpc())
+        finally:
+            template.stop()
+        return site
+
+    def new_server(self) -> TrytonServer:
+        name = f"rcm_{uuid.uuid4().hex[:10]}"
+        self.postgres.clone(name)
+        server = TrytonServer(self.postgres, self.workdir, name).start()
+        self.servers.append(server)
+        return server
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+            try:
+                self.postgres.drop(server.db)
+            except psycopg.Error:
+                pass
+        self.postgres.stop()
