@@ -171,18 +171,22 @@ class NetSuiteFake(Fake):
 
 
 # -- Odoo ---------------------------------------------------------------------------------
+def _test(have: Any, op: str, value: Any) -> bool:
+    if isinstance(have, list):  # many2one as [id, name]
+        have = have[0]
+    if op == "=":
+        return bool(have == value)
+    if op == "in":
+        return have in value
+    if op == "is":
+        return bool(have) == (value == "set")
+    if have is None:
+        return False
+    return bool(have >= value) if op == ">=" else bool(have <= value)
+
+
 def _match(record: dict[str, Any], domain: list[list[Any]]) -> bool:
-    for field, op, value in domain:
-        have = record.get(field)
-        if isinstance(have, list):  # many2one as [id, name]
-            have = have[0]
-        ok = {"=": lambda: have == value, "in": lambda: have in value,
-              ">=": lambda: have is not None and have >= value,
-              "<=": lambda: have is not None and have <= value,
-              "is": lambda: bool(have) == (value == "set")}[op]()
-        if not ok:
-            return False
-    return True
+    return all(_test(record.get(field), op, value) for field, op, value in domain)
 
 
 class OdooFake(Fake):
@@ -208,7 +212,7 @@ class OdooFake(Fake):
         return [m for m in self.moves.values() if m["state"] == "posted"]
 
     def handle(self, request: httpx.Request, body: Any) -> httpx.Response:
-        _, _, model, method = unquote(request.url.path).split("/")
+        model, method = unquote(request.url.path).split("/")[-2:]
         handler: Callable[[dict[str, Any]], httpx.Response] | None = getattr(
             self, f"{model.replace('.', '_')}__{method}", None)
         if handler is None:
