@@ -16,7 +16,15 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from rcmflow.broker import BrokerError, EmbeddedBroker, ensure_topics, stop_process
+from rcmflow.connectors.x12.files import ingest_x12_files
 from rcmflow.demo import demo_lines
+from rcmflow.demo_sources import (
+    DEMO_ACCOUNT,
+    DEMO_ACCOUNT_VERSION,
+    HL7_FILE,
+    X12_FILES,
+    send_mllp,
+)
 from rcmflow.kafka_io import publish
 from rcmflow.ops import dlq_records, format_cents, latest_snapshots
 from rcmflow.settings import EMBEDDED_PREFIX, Settings, embedded_broker_info
@@ -96,13 +104,14 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     worker_log = settings.data_dir / "logs" / "worker.log"
     worker: subprocess.Popen[bytes] | None = None
-    facade: subprocess.Popen[bytes] | None = None
+    services: list[subprocess.Popen[bytes]] = []  # the facade and the MLLP listener
     try:
         with open(worker_log, "ab") as log_handle:
             worker = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "worker"],
                                       stdout=log_handle, stderr=subprocess.STDOUT,
                                       env=dict(os.environ))
-        facade = _start_facade(settings, console)
+        services.append(_start_facade(settings, console))
+        services.append(_start_mllp(settings, console))
         console.print(
             f"[bold]rcmflow dev[/bold]\n"
             f"  broker  {broker.bootstrap}  (Tansu, memory only; log {settings.data_dir}/logs/"
@@ -113,13 +122,16 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
         )
         if demo:
             _feed_demo(settings, broker, chart, worker, console)
+            _feed_demo_files(settings, broker, worker, console)
         fhir = (f"http://{settings.facade_host}:{settings.facade_port}"
                 f"{settings.facade_base_path}")
         console.print(f"\nFHIR facade: [bold]curl -s {fhir}/Account/A1001[/bold] · "
                       f"{fhir}/ClaimResponse?patient=pat.A1001 · {fhir}/metadata")
         console.print("\nTry: [bold]rcmflow accounts list[/bold] · [bold]rcmflow accounts show "
                       "A1001[/bold] · [bold]rcmflow accounts history A1002[/bold] · "
-                      "[bold]rcmflow dlq list[/bold] · [bold]rcmflow ingest events FILE[/bold]"
+                      "[bold]rcmflow dlq list[/bold] · [bold]rcmflow ingest events FILE[/bold] · "
+                      "[bold]rcmflow ingest x12 FILE[/bold] · an HL7 interface to "
+                      f"{settings.mllp_host}:{settings.mllp_port}"
                       "\nRunning; Ctrl-C stops the worker and the broker.")
         while worker.poll() is None:
             time.sleep(0.5)
@@ -129,8 +141,8 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
         console.print("stopping ...")
         return 0
     finally:
-        if facade is not None:
-            stop_process(facade, WORKER_STOP_TIMEOUT_S)
+        for service in services:
+            stop_process(service, WORKER_STOP_TIMEOUT_S)
         if worker is not None:
             stop_process(worker, WORKER_STOP_TIMEOUT_S)
         broker.stop()
@@ -148,6 +160,50 @@ def _start_facade(settings: Settings, console: Console) -> subprocess.Popen[byte
                   "  [bold red]FHIR facade auth is OFF (RCMFLOW_FACADE_AUTH=off): anyone on "
                   "this machine reads every account. Development only.[/bold red]")
     return facade
+
+
+def _start_mllp(settings: Settings, console: Console) -> subprocess.Popen[bytes]:
+    """`rcmflow mllp`: HL7 v2 over MLLP into rcm.events."""
+    log = settings.data_dir / "logs" / "mllp.log"
+    with open(log, "ab") as log_handle:
+        listener = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "mllp"],
+                                    stdout=log_handle, stderr=subprocess.STDOUT,
+                                    env=dict(os.environ))
+    console.print(f"  mllp    pid {listener.pid}  {settings.mllp_host}:{settings.mllp_port}  "
+                  f"(HL7 v2 listener; log {log})")
+    return listener
+
+
+def _feed_demo_files(settings: Settings, broker: EmbeddedBroker,
+                     worker: subprocess.Popen[bytes], console: Console) -> None:
+    """One visit in real formats: a DFT^P03 over MLLP, then its 837P claim and 835 remit."""
+    servers = [broker.bootstrap]
+    console.print(f"\nreal formats for account {DEMO_ACCOUNT}: {HL7_FILE.name} over MLLP ...")
+    try:
+        code = send_mllp(settings.mllp_host, settings.mllp_port, HL7_FILE.read_bytes())
+    except (OSError, ValueError, TimeoutError) as exc:
+        console.print(f"[red]the MLLP listener did not answer ({exc}); see its log[/red]")
+        return
+    console.print(f"  ACK {code}")
+    ingest_x12_files(settings, servers, X12_FILES, console=console)
+    deadline = time.monotonic() + DEMO_WAIT_S
+    snap: dict[str, object] = {}
+    with console.status(f"applying {DEMO_ACCOUNT}"):
+        while time.monotonic() < deadline and worker.poll() is None:
+            snap = asyncio.run(latest_snapshots(servers)).get(DEMO_ACCOUNT, {})
+            if snap.get("version") == DEMO_ACCOUNT_VERSION:
+                break
+            time.sleep(1.0)
+        else:
+            console.print(f"[red]{DEMO_ACCOUNT} was not applied within {DEMO_WAIT_S:.0f}s; "
+                          "see the worker log[/red]")
+            return
+    b = snap["balances"]
+    assert isinstance(b, dict)
+    console.print(f"  {DEMO_ACCOUNT}: charges {format_cents(b['gross_charges'])}, payer paid "
+                  f"{format_cents(b['payer_paid'])}, contractual "
+                  f"{format_cents(b['contractual_adjustments'])}, insurance AR "
+                  f"{format_cents(b['insurance_ar'])}, patient AR {format_cents(b['patient_ar'])}")
 
 
 def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccounts,
