@@ -150,6 +150,57 @@ def erp(
 
 
 @app.command()
+def reconcile(
+    erp_name: Annotated[str | None, typer.Option(
+        "--erp", help="Also read this ERP's journal back (csv, tryton, netsuite, odoo, "
+        "erpnext), with the same RCMFLOW_ERP_* settings as `rcmflow erp`.")] = None,
+    day_from: Annotated[str | None, typer.Option(
+        "--from", help="First effective date compared (YYYY-MM-DD).")] = None,
+    day_to: Annotated[str | None, typer.Option(
+        "--to", help="Last effective date compared (YYYY-MM-DD).")] = None,
+    show: Annotated[int, typer.Option(help="Findings listed in the table.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare events, posting deltas, account state, the posting DLQ and the ERP journal.
+
+    Per account and day, per GL account and in total; each difference with its likely cause
+    (missing posting, DLQ'd, suspense, unposted, journal entry missing/extra, amount
+    differs). Exit 0: everything agrees (suspense is a warning); 1: something differs;
+    2: bad arguments or no broker; 3: the ERP adapter is misconfigured.
+    """
+    from datetime import date
+
+    from rcmflow.connectors.erp.base import AdapterConfigError
+    from rcmflow.connectors.erp.reconcile import build_reader, render
+    from rcmflow.connectors.erp.reconcile import reconcile as run_reconcile
+    from rcmflow.streams.chart import load_chart
+
+    settings = _settings()
+    servers = _servers(settings)
+    try:
+        first = date.fromisoformat(day_from) if day_from else None
+        last = date.fromisoformat(day_to) if day_to else None
+        chart = load_chart(settings.coa)
+        adapter, open_it = build_reader(erp_name, settings, chart) if erp_name else (None, False)
+    except (ValueError, AdapterConfigError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    try:
+        report = asyncio.run(run_reconcile(
+            servers, chart, adapter=adapter, day_from=first, day_to=last,
+            open_adapter=open_it, event_bytes_max=settings.event_bytes_max,
+            account_items_max=settings.account_items_max))
+    except AdapterConfigError as exc:
+        err.print(f"[red]ERP adapter: {exc}[/red]")
+        raise typer.Exit(3) from exc
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        render(report, out, show=show)
+    raise typer.Exit(1 if report.errors else 0)
+
+
+@app.command()
 def mllp(
     port: Annotated[int | None, typer.Option(help="TCP port [RCMFLOW_MLLP_PORT, 2575].")] = None,
     host: Annotated[str | None, typer.Option(help="Listen address [RCMFLOW_MLLP_HOST, "

@@ -1,0 +1,524 @@
+"""`rcmflow reconcile`: do events, postings, account tables, the posting DLQ and the ERP agree?
+
+Five sources, compared per posting id, then summed per patient account and day, per GL
+account, and in total:
+
+1. **canonical events** (``rcm.events``): replayed through the pure core (``Processor``, the
+   same code and chart as the worker, partition by partition in offset order), they say which
+   posting deltas *must* exist and what every account's balances must be;
+2. **posting deltas** (``rcm.postings``), deduplicated by posting id (a re-sent delta is
+   byte-identical; a different body under the same id is a conflict);
+3. **account table state** (``rcm.accounts``, the latest snapshot per account): its ledger
+   buckets must equal the sum of the account's posting lines (``bucket_effects``);
+4. **the posting DLQ** (``rcm.postings.dlq``): deltas an ERP refused for good;
+5. **the ERP's journal**, read back through an adapter's ``read_journal`` (``--erp``).
+
+Each difference is a ``Finding`` with its likely cause (``CAUSES``). ``suspense`` is a warning
+(the money reached the ledger, on the suspense account, and an exception record says which
+key was unmapped); every other cause is an error and makes the exit code 1.
+
+**Memory.** Topics are read one partition at a time (``read_topic`` holds one partition of
+one topic in memory, about the size of its records, plus the core's account states for that
+partition's events: ~5 KB per account). Kept across partitions: per distinct posting id
+~250 bytes (account, day, total, a digest of its lines), per account ~1 KB (bucket sums and
+the snapshot), per (account, day) ~200 bytes, and the findings (capped at ``findings_max``;
+the rest are counted). So 1 M postings over 100 k accounts need ~0.5 GB; ``postings_max``
+refuses a larger run up front instead of exhausting the machine (narrow it with
+``--from/--to``, which filter by effective date but still read the topics whole).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer
+
+from rcmflow.kafka_io import read_topic
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.processor import Message, Processor
+from rcmflow.streams.rules import bucket_effects
+from rcmflow.streams.state import LEDGER_BUCKETS
+from rcmflow.streams.topics import ACCOUNTS, EVENTS, POSTINGS, POSTINGS_DLQ
+
+from .base import ErpAdapter
+
+if TYPE_CHECKING:
+    from rcmflow.settings import Settings
+
+__all__ = ["CAUSES", "Finding", "Cell", "Report", "reconcile", "build_reader", "FINDINGS_MAX",
+           "POSTINGS_MAX"]
+
+log = logging.getLogger("rcmflow.reconcile")
+
+#: cause -> (severity, what it most likely means)
+CAUSES: dict[str, tuple[str, str]] = {
+    "missing_posting": ("error", "the events imply this delta but rcm.postings lacks it "
+                                 "(worker not caught up, or a lost write)"),
+    "unexpected_posting": ("error", "a delta on rcm.postings that the events do not imply "
+                                    "(events topic trimmed, another chart, or a bug)"),
+    "posting_conflict": ("error", "two different deltas under one posting id"),
+    "posting_differs": ("error", "the delta on rcm.postings differs from what the events "
+                                 "imply (chart or rules changed since)"),
+    "state_differs": ("error", "the account snapshot's buckets differ from the sum of its "
+                               "deltas or from the events"),
+    "dlq": ("error", "the ERP refused the delta: it is in rcm.postings.dlq"),
+    "journal_entry_missing": ("error", "not in the ERP and not in the DLQ (connector behind, "
+                                       "or the entry was deleted in the ERP)"),
+    "unposted": ("error", "the ERP holds the entry but has not posted it (draft, approval, "
+                          "or a torn write)"),
+    "journal_entry_extra": ("error", "an ERP entry with a posting id rcm.postings does not "
+                                     "have"),
+    "journal_entry_duplicate": ("error", "the ERP holds two entries with one posting id"),
+    "amount_differs": ("error", "the ERP entry's lines or amounts differ from the delta"),
+    "suspense": ("warning", "posted to the suspense account: a mapping key is missing "
+                            "(see the unmapped_dimension records in rcm.dlq)"),
+}
+FINDINGS_MAX = 10_000
+POSTINGS_MAX = 5_000_000
+
+
+@dataclass
+class Finding:
+    cause: str
+    account: str | None
+    day: str | None
+    posting_id: str | None
+    amount_cents: int
+    detail: str
+
+    @property
+    def severity(self) -> str:
+        return CAUSES[self.cause][0]
+
+
+@dataclass
+class Cell:
+    """Sums (debit side of each delta, in cents) for one account and day, or one GL account."""
+
+    events_cents: int = 0
+    postings_cents: int = 0
+    dlq_cents: int = 0
+    erp_cents: int = 0
+
+    def agrees(self, with_erp: bool) -> bool:
+        if self.events_cents != self.postings_cents:
+            return False
+        return not with_erp or self.postings_cents == self.erp_cents + self.dlq_cents
+
+
+@dataclass
+class Report:
+    erp: str | None
+    day_from: str | None
+    day_to: str | None
+    counts: dict[str, int] = field(default_factory=dict)
+    totals: Cell = field(default_factory=Cell)
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+    gl: dict[str, dict[str, int]] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    findings_by_cause: Counter[str] = field(default_factory=Counter)
+    findings_omitted: int = 0
+
+    @property
+    def errors(self) -> int:
+        return sum(n for cause, n in self.findings_by_cause.items()
+                   if CAUSES[cause][0] == "error")
+
+    def add(self, finding: Finding, findings_max: int) -> None:
+        self.findings_by_cause[finding.cause] += 1
+        if len(self.findings) < findings_max:
+            self.findings.append(finding)
+        else:
+            self.findings_omitted += 1
+
+    def ordered(self) -> list[Finding]:
+        """Errors first, then by account and day."""
+        return sorted(self.findings, key=lambda f: (f.severity != "error", f.account or "",
+                                                    f.day or "", f.cause))
+
+    def to_json(self) -> dict[str, Any]:
+        differing = {f"{a}|{d}": asdict(c) for (a, d), c in sorted(self.cells.items())
+                     if not c.agrees(self.erp is not None)}
+        return {
+            "ok": self.errors == 0, "erp": self.erp, "from": self.day_from, "to": self.day_to,
+            "counts": self.counts, "totals": asdict(self.totals),
+            "findings_by_cause": dict(sorted(self.findings_by_cause.items())),
+            "findings": [asdict(f) | {"severity": f.severity} for f in self.ordered()],
+            "findings_omitted": self.findings_omitted,
+            "account_days_compared": len(self.cells),
+            "account_days_differing": differing,
+            "gl_accounts": {gl: sums for gl, sums in sorted(self.gl.items())},
+        }
+
+
+# -- small pieces ---------------------------------------------------------------------------
+def _lines_digest(lines: Iterable[tuple[str, int, int]]) -> bytes:
+    """Order-free digest of (gl, debit, credit) lines: 12 bytes kept per posting."""
+    text = "\n".join(f"{g}|{d}|{c}" for g, d, c in sorted(lines))
+    return hashlib.blake2b(text.encode(), digest_size=12).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Posting:
+    account: str
+    day: date
+    total_cents: int
+    digest: bytes
+    suspense_cents: int
+
+
+def _posting(doc: dict[str, Any]) -> _Posting:
+    lines = [(x["gl_account"], int(x["debit_cents"]), int(x["credit_cents"]))
+             for x in doc["lines"]]
+    return _Posting(
+        account=doc["account"], day=date.fromisoformat(doc["effective_date"]),
+        total_cents=sum(d for _, d, _ in lines), digest=_lines_digest(lines),
+        suspense_cents=sum(int(x["debit_cents"]) + int(x["credit_cents"])
+                           for x in doc["lines"] if x.get("suspense")))
+
+
+def _in_range(day: date, day_from: date | None, day_to: date | None) -> bool:
+    return (day_from is None or day >= day_from) and (day_to is None or day <= day_to)
+
+
+async def _partitions(servers: list[str], topic: str) -> list[int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if parts is None:
+            await consumer.topics()
+            parts = consumer.partitions_for_topic(topic) or set()
+        return sorted(parts)
+    finally:
+        # aiokafka 0.14: stopping before its coordinator task first ran re-raises that task's
+        # CancelledError (the task catches it only once running); one loop turn avoids it.
+        await asyncio.sleep(0)
+        await consumer.stop()
+
+
+# -- the comparison -------------------------------------------------------------------------
+class Reconciler:
+    def __init__(self, servers: list[str], chart: ChartOfAccounts, *,
+                 adapter: ErpAdapter | None = None, day_from: date | None = None,
+                 day_to: date | None = None, findings_max: int = FINDINGS_MAX,
+                 postings_max: int = POSTINGS_MAX, event_bytes_max: int | None = None,
+                 account_items_max: int | None = None) -> None:
+        self.servers = servers
+        self.chart = chart
+        self.adapter = adapter
+        self.day_from, self.day_to = day_from, day_to
+        self.findings_max = findings_max
+        self.postings_max = postings_max
+        options: dict[str, int] = {}
+        if event_bytes_max is not None:
+            options["event_bytes_max"] = event_bytes_max
+        if account_items_max is not None:
+            options["account_items_max"] = account_items_max
+        self.processor = Processor(chart, **options)
+        self.report = Report(adapter.name if adapter else None,
+                             day_from.isoformat() if day_from else None,
+                             day_to.isoformat() if day_to else None)
+        self.expected: dict[str, _Posting] = {}
+        self.postings: dict[str, _Posting] = {}
+        self.expected_balances: dict[str, dict[str, int]] = {}
+        self.ledger: dict[str, Counter[str]] = defaultdict(Counter)
+        self.snapshots: dict[str, dict[str, int]] = {}
+        self.dlq: dict[str, str] = {}  # posting id -> reason code + reason
+
+    def find(self, cause: str, account: str | None, day: date | None, posting_id: str | None,
+             amount_cents: int, detail: str = "") -> None:
+        self.report.add(Finding(cause, account, day.isoformat() if day else None, posting_id,
+                                amount_cents, detail or CAUSES[cause][1]), self.findings_max)
+
+    def cell(self, account: str, day: date) -> Cell:
+        return self.report.cells.setdefault((account, day.isoformat()), Cell())
+
+    def gl(self, code: str) -> dict[str, int]:
+        return self.report.gl.setdefault(code, {"postings_net_cents": 0, "erp_net_cents": 0})
+
+    # -- reading ------------------------------------------------------------------------
+    async def read_events(self) -> None:
+        """The core replays each partition of rcm.events from offset 0 (fresh states)."""
+        events = 0
+        for p in await _partitions(self.servers, EVENTS):
+            records = await read_topic(self.servers, EVENTS, start={p: 0})
+            events += len(records)
+            messages = [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms)
+                        for r in records]
+            del records
+            result = self.processor.process(messages, lambda part, acc: None,
+                                            lambda part, key: None)
+            del messages
+            for _, _, value in result.postings:
+                doc = json.loads(value)
+                self.expected[doc["posting_id"]] = _posting(doc)
+            for (_, account), state in result.state_writes.items():
+                balances = state.balances.model_dump()
+                self.expected_balances[account] = {b: balances[b] for b in LEDGER_BUCKETS}
+            self._bound(len(self.expected), "implied by rcm.events")
+        self.report.counts["event_records"] = events
+        self.report.counts["postings_expected"] = len(self.expected)
+
+    async def read_postings(self) -> None:
+        records_total = 0
+        for p in await _partitions(self.servers, POSTINGS):
+            for record in await read_topic(self.servers, POSTINGS, start={p: 0}):
+                records_total += 1
+                doc = json.loads(record.value or b"{}")
+                pid = doc.get("posting_id")
+                if not pid:
+                    continue
+                posting = _posting(doc)
+                seen = self.postings.get(pid)
+                if seen is not None:
+                    if seen != posting:
+                        self.find("posting_conflict", posting.account, posting.day, pid,
+                                  posting.total_cents, f"{pid} sent twice with other lines")
+                    continue
+                self.postings[pid] = posting
+                self.ledger[posting.account].update(bucket_effects(
+                    (x["bucket"], int(x["debit_cents"]) - int(x["credit_cents"]))
+                    for x in doc["lines"]))
+                for x in doc["lines"]:
+                    if _in_range(posting.day, self.day_from, self.day_to):
+                        self.gl(x["gl_account"])["postings_net_cents"] += (
+                            int(x["debit_cents"]) - int(x["credit_cents"]))
+            self._bound(len(self.postings), "on rcm.postings")
+        self.report.counts["posting_records"] = records_total
+        self.report.counts["postings"] = len(self.postings)
+
+    async def read_snapshots(self) -> None:
+        for p in await _partitions(self.servers, ACCOUNTS):
+            latest: dict[str, bytes | None] = {}
+            for record in await read_topic(self.servers, ACCOUNTS, start={p: 0}):
+                if record.key is not None:
+                    latest[record.key.decode()] = record.value
+            for account, value in latest.items():
+                if value is None:  # a tombstone
+                    self.snapshots.pop(account, None)
+                    continue
+                balances = json.loads(value).get("balances", {})
+                self.snapshots[account] = {b: int(balances.get(b, 0)) for b in LEDGER_BUCKETS}
+        self.report.counts["accounts"] = len(self.snapshots)
+
+    async def read_dlq(self) -> None:
+        for p in await _partitions(self.servers, POSTINGS_DLQ):
+            for record in await read_topic(self.servers, POSTINGS_DLQ, start={p: 0}):
+                doc = json.loads(record.value or b"{}")
+                pid = (doc.get("context") or {}).get("posting_id")
+                if pid:  # the payload (the whole delta) is not kept
+                    self.dlq[pid] = f"{doc.get('reason_code')}: {doc.get('reason', '')[:300]}"
+        self.report.counts["postings_dlq"] = len(self.dlq)
+
+    def _bound(self, n: int, what: str) -> None:
+        if n > self.postings_max:
+            raise MemoryError(f"more than {self.postings_max} posting ids {what}: raise "
+                              "postings_max knowingly (~250 bytes each) or reconcile a "
+                              "smaller broker")
+
+    # -- comparing ----------------------------------------------------------------------
+    def compare_streams(self) -> None:
+        rng = (self.day_from, self.day_to)
+        for pid, want in self.expected.items():
+            if not _in_range(want.day, *rng):
+                continue
+            self.cell(want.account, want.day).events_cents += want.total_cents
+            self.report.totals.events_cents += want.total_cents
+            have = self.postings.get(pid)
+            if have is None:
+                self.find("missing_posting", want.account, want.day, pid, want.total_cents)
+            elif have != want:
+                self.find("posting_differs", want.account, want.day, pid, have.total_cents,
+                          f"rcm.postings {have.total_cents} vs events {want.total_cents} cents")
+        for pid, have in self.postings.items():
+            if not _in_range(have.day, *rng):
+                continue
+            self.cell(have.account, have.day).postings_cents += have.total_cents
+            self.report.totals.postings_cents += have.total_cents
+            if pid not in self.expected:
+                self.find("unexpected_posting", have.account, have.day, pid, have.total_cents)
+            if have.suspense_cents:
+                self.find("suspense", have.account, have.day, pid, have.suspense_cents)
+            if pid in self.dlq:
+                self.cell(have.account, have.day).dlq_cents += have.total_cents
+                self.report.totals.dlq_cents += have.total_cents
+        # state: snapshot = Σ deltas (ledger = state) and = what the events imply
+        for account in sorted(set(self.snapshots) | set(self.expected_balances)):
+            snap = self.snapshots.get(account)
+            ledger = self.ledger.get(account, Counter())
+            want = self.expected_balances.get(account)
+            if snap is None:
+                if want and any(want.values()):
+                    self.find("state_differs", account, None, None, 0,
+                              "no snapshot on rcm.accounts for an account the events move")
+                continue
+            for bucket in sorted(LEDGER_BUCKETS):
+                if snap[bucket] != ledger.get(bucket, 0):
+                    self.find("state_differs", account, None, None,
+                              snap[bucket] - ledger.get(bucket, 0),
+                              f"{bucket}: snapshot {snap[bucket]} vs Σ deltas "
+                              f"{ledger.get(bucket, 0)}")
+                elif want is not None and snap[bucket] != want[bucket]:
+                    self.find("state_differs", account, None, None, snap[bucket] - want[bucket],
+                              f"{bucket}: snapshot {snap[bucket]} vs events {want[bucket]}")
+
+    async def compare_erp(self) -> None:
+        assert self.adapter is not None
+        seen: set[str] = set()
+        entries = 0
+        async for entry in self.adapter.read_journal(day_from=self.day_from,
+                                                     day_to=self.day_to):
+            entries += 1
+            pid = entry.posting_id
+            lines = [(x.gl_account, x.debit_cents, x.credit_cents) for x in entry.lines]
+            for gl, debit, credit in lines:
+                self.gl(gl)["erp_net_cents"] += debit - credit
+            have = self.postings.get(pid)
+            if pid in seen:
+                self.find("journal_entry_duplicate", have.account if have else None,
+                          entry.effective_date, pid, entry.total_cents,
+                          f"ERP ref {entry.erp_ref}")
+                continue
+            seen.add(pid)
+            if have is None:
+                self.find("journal_entry_extra", None, entry.effective_date, pid,
+                          entry.total_cents, f"ERP ref {entry.erp_ref}")
+                continue
+            self.cell(have.account, have.day).erp_cents += entry.total_cents
+            self.report.totals.erp_cents += entry.total_cents
+            if not entry.posted:
+                self.find("unposted", have.account, have.day, pid, entry.total_cents,
+                          f"ERP ref {entry.erp_ref} is not posted")
+            elif _lines_digest(lines) != have.digest or entry.effective_date != have.day:
+                self.find("amount_differs", have.account, have.day, pid,
+                          entry.total_cents - have.total_cents,
+                          f"ERP ref {entry.erp_ref}: {entry.total_cents} cents on "
+                          f"{entry.effective_date} vs delta {have.total_cents} on {have.day}")
+        self.report.counts["erp_entries"] = entries
+        for pid, have in self.postings.items():
+            if pid in seen or not _in_range(have.day, self.day_from, self.day_to):
+                continue
+            if pid in self.dlq:
+                self.find("dlq", have.account, have.day, pid, have.total_cents, self.dlq[pid])
+            else:
+                self.find("journal_entry_missing", have.account, have.day, pid,
+                          have.total_cents)
+
+    async def run(self) -> Report:
+        await self.read_events()
+        await self.read_postings()
+        await self.read_snapshots()
+        await self.read_dlq()
+        self.compare_streams()
+        if self.adapter is not None:
+            await self.compare_erp()
+        for sums in self.report.gl.values():
+            if self.adapter is None or sums["postings_net_cents"] == sums["erp_net_cents"]:
+                continue
+            sums["difference_cents"] = sums["erp_net_cents"] - sums["postings_net_cents"]
+        log.info("reconcile: %s", dict(self.report.findings_by_cause))
+        return self.report
+
+
+async def reconcile(servers: list[str], chart: ChartOfAccounts, *,
+                    adapter: ErpAdapter | None = None, day_from: date | None = None,
+                    day_to: date | None = None, findings_max: int = FINDINGS_MAX,
+                    postings_max: int = POSTINGS_MAX, open_adapter: bool = True,
+                    event_bytes_max: int | None = None,
+                    account_items_max: int | None = None) -> Report:
+    """Compare everything; the adapter is opened (unless told not to) and closed here."""
+    reconciler = Reconciler(servers, chart, adapter=adapter, day_from=day_from, day_to=day_to,
+                            findings_max=findings_max, postings_max=postings_max,
+                            event_bytes_max=event_bytes_max,
+                            account_items_max=account_items_max)
+    if adapter is not None and open_adapter:
+        await adapter.open()
+    try:
+        return await reconciler.run()
+    finally:
+        if adapter is not None and open_adapter:
+            await adapter.close()
+
+
+def build_reader(name: str, settings: Settings, chart: ChartOfAccounts
+                 ) -> tuple[ErpAdapter, bool]:
+    """(adapter, open it?) for ``--erp NAME``. The csv adapter is read without ``open()``:
+    open takes the journal folder's writer lock, which a running connector holds."""
+    import importlib
+
+    from .registry_cloud import all_adapters
+
+    adapters = all_adapters()
+    if name not in adapters:
+        raise ValueError(f"unknown ERP adapter {name!r}; known: {', '.join(sorted(adapters))}")
+    module = importlib.import_module(f"{__package__}.{adapters[name]}")
+    adapter: ErpAdapter = module.build(settings, chart)
+    return adapter, name != "csv"
+
+
+def _money(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100:,}.{abs(cents) % 100:02d}"
+
+
+def render(report: Report, console: Any, *, show: int = 50) -> None:
+    """Rich tables: totals, findings by cause, then the first ``show`` findings."""
+    from rich.table import Table
+
+    with_erp = report.erp is not None
+    totals = Table(title=f"rcmflow reconcile{f' against {report.erp}' if with_erp else ''}"
+                         f"{f' from {report.day_from}' if report.day_from else ''}"
+                         f"{f' to {report.day_to}' if report.day_to else ''}")
+    for column in ("source", "entries", "amount"):
+        totals.add_column(column, justify="right" if column != "source" else "left")
+    c, t = report.counts, report.totals
+    totals.add_row("events → implied deltas", str(c.get("postings_expected", 0)),
+                   _money(t.events_cents))
+    totals.add_row("rcm.postings", str(c.get("postings", 0)), _money(t.postings_cents))
+    totals.add_row("rcm.postings.dlq", str(c.get("postings_dlq", 0)), _money(t.dlq_cents))
+    if with_erp:
+        totals.add_row(f"ERP journal ({report.erp})", str(c.get("erp_entries", 0)),
+                       _money(t.erp_cents))
+    totals.add_row("account snapshots", str(c.get("accounts", 0)), "")
+    console.print(totals)
+    differing = sum(1 for cell in report.cells.values() if not cell.agrees(with_erp))
+    console.print(f"account-days compared: {len(report.cells)}, differing: {differing}")
+    gl_off = {gl: s for gl, s in report.gl.items() if "difference_cents" in s}
+    if gl_off:
+        table = Table(title="GL accounts that differ (net debit)")
+        for column in ("GL", "rcm.postings", "ERP", "difference"):
+            table.add_column(column, justify="right")
+        for gl, sums in sorted(gl_off.items()):
+            table.add_row(gl, _money(sums["postings_net_cents"]), _money(sums["erp_net_cents"]),
+                          _money(sums["difference_cents"]))
+        console.print(table)
+    if not report.findings_by_cause:
+        console.print("[green]no differences: events, postings, account state"
+                      f"{', DLQ and the ERP journal' if with_erp else ' and DLQ'} agree[/green]")
+        return
+    causes = Table(title="findings by likely cause")
+    for column in ("cause", "severity", "count", "meaning"):
+        causes.add_column(column)
+    for cause, n in sorted(report.findings_by_cause.items()):
+        severity, meaning = CAUSES[cause]
+        style = "red" if severity == "error" else "yellow"
+        causes.add_row(f"[{style}]{cause}[/{style}]", severity, str(n), meaning)
+    console.print(causes)
+    table = Table(title=f"findings (first {min(show, len(report.findings))} of "
+                        f"{sum(report.findings_by_cause.values())})")
+    for column in ("account", "day", "cause", "posting id", "amount", "detail"):
+        table.add_column(column, justify="right" if column == "amount" else "left")
+    for finding in report.ordered()[:show]:
+        table.add_row(finding.account or "—", finding.day or "—", finding.cause,
+                      finding.posting_id or "—", _money(finding.amount_cents), finding.detail)
+    console.print(table)

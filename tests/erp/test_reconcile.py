@@ -1,0 +1,180 @@
+"""`rcmflow reconcile` on the real broker with the csv journal: zero drift, then named drift."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from rcmflow.broker import EmbeddedBroker
+from rcmflow.cli import app
+from rcmflow.connectors.erp.csv_journal import CsvJournal
+from rcmflow.connectors.erp.reconcile import Report, reconcile
+from rcmflow.kafka_io import publish
+from rcmflow.streams.chart import load_chart
+from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.postings import PostingDelta
+from rcmflow.streams.topics import ACCOUNTS, EVENTS, POSTINGS, POSTINGS_DLQ
+from tests.erp.feed import run_in_process
+from tests.workload import Workload
+
+pytestmark = pytest.mark.broker
+CHART = load_chart()
+
+
+class World:
+    """A workload's events, and the deltas and snapshots the real core makes of them."""
+
+    def __init__(self, accounts: int = 12, seed: int = 3) -> None:
+        self.workload = Workload.build(accounts, seed=seed, conflicts=2, invalid=2)
+        expected = self.workload.expected()
+        self.deltas = [PostingDelta.model_validate_json(v) for v in expected.postings.values()]
+        self.states = expected.states
+
+    def publish(self, broker: EmbeddedBroker, *, skip_posting: str | None = None) -> None:
+        items: list[tuple[str, bytes | None, bytes]] = [
+            (EVENTS, k.encode(), v) for k, v in self.workload.values]
+        items += [(POSTINGS, d.account.encode(), d.model_dump_json().encode())
+                  for d in self.deltas if d.posting_id != skip_posting]
+        items += [(ACCOUNTS, a.encode(), json.dumps(s).encode()) for a, s in self.states.items()]
+        asyncio.run(publish([broker.bootstrap], items))
+
+
+async def _write(folder: Path, deltas: list[PostingDelta]) -> None:
+    journal = CsvJournal(folder, CHART)
+    await journal.open()
+    for start in range(0, len(deltas), 50):
+        await journal.post_batch(deltas[start:start + 50])
+    await journal.close()
+
+
+def run(broker: EmbeddedBroker, folder: Path | None) -> Report:
+    adapter = CsvJournal(folder, CHART) if folder else None
+    return asyncio.run(reconcile([broker.bootstrap], CHART, adapter=adapter,
+                                 open_adapter=False))
+
+
+def cli(broker: EmbeddedBroker, folder: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["reconcile", "--erp", "csv", *args], env={
+        "RCMFLOW_BROKER": broker.url, "RCMFLOW_ERP_CSV_DIR": str(folder)})
+    return result.exit_code, result.stdout
+
+
+def drop_journal_rows(folder: Path, posting_id: str, keep_first: int = 0) -> int:
+    """Delete (by hand, as someone in finance might) an entry's rows from the journal file."""
+    removed = 0
+    for path in folder.glob("journal-*.csv"):
+        with path.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+        kept, seen = [], 0
+        for row in rows:
+            if row[0] == posting_id:
+                seen += 1
+                if seen > keep_first:
+                    removed += 1
+                    continue
+            kept.append(row)
+        with path.open("w", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows(kept)
+    return removed
+
+
+def causes(report: Report) -> dict[str, int]:
+    return dict(report.findings_by_cause)
+
+
+def test_zero_drift_after_the_csv_connector(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    world = World()
+    world.publish(broker)
+    folder = tmp_path / "journal"
+    progress = run_in_process(CsvJournal(folder, CHART), broker)
+    assert progress.posted == len(world.deltas) and progress.rejected == 0
+    report = run(broker, folder)
+    assert report.errors == 0, report.findings[:5]
+    assert set(causes(report)) <= {"suspense"}  # the workload uses unmapped revenue codes
+    t = report.totals
+    assert t.events_cents == t.postings_cents == t.erp_cents == sum(
+        d.total_cents for d in world.deltas) > 0
+    assert report.counts["postings"] == report.counts["erp_entries"] == len(world.deltas)
+    assert report.counts["accounts"] == len(world.states)
+    code, out = cli(broker, folder)
+    assert code == 0, out
+    assert "no differences" in out or "suspense" in out
+    code, out = cli(broker, folder, "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["ok"] is True and doc["account_days_differing"] == {}
+
+
+def test_a_deleted_journal_entry_names_the_account(broker: EmbeddedBroker,
+                                                  tmp_path: Path) -> None:
+    world = World()
+    world.publish(broker)
+    folder = tmp_path / "journal"
+    asyncio.run(_write(folder, world.deltas))
+    victim, torn = world.deltas[3], next(d for d in world.deltas[4:] if len(d.lines) > 2)
+    assert drop_journal_rows(folder, victim.posting_id) == len(victim.lines)
+    assert drop_journal_rows(folder, torn.posting_id, keep_first=1) == len(torn.lines) - 1
+    report = run(broker, folder)
+    found = {(f.cause, f.account, f.posting_id) for f in report.findings}
+    assert ("journal_entry_missing", victim.account, victim.posting_id) in found
+    assert ("unposted", torn.account, torn.posting_id) in found
+    assert report.errors == 2
+    assert report.totals.postings_cents - report.totals.erp_cents == victim.total_cents + (
+        torn.total_cents - torn.lines[0].debit_cents)
+    gl_off = {gl for gl, s in report.gl.items() if "difference_cents" in s}
+    assert {x.gl_account for x in victim.lines} & gl_off
+    code, out = cli(broker, folder)
+    assert code == 1
+    assert victim.account in out and "journal_entry_missing" in out
+    doc = json.loads(cli(broker, folder, "--json")[1])
+    assert doc["ok"] is False
+    assert any(f["account"] == victim.account and f["cause"] == "journal_entry_missing"
+               for f in doc["findings"])
+
+
+def test_a_dropped_posting_is_missing_and_its_journal_entry_extra(broker: EmbeddedBroker,
+                                                                 tmp_path: Path) -> None:
+    world = World()
+    dropped = world.deltas[5]
+    world.publish(broker, skip_posting=dropped.posting_id)
+    folder = tmp_path / "journal"
+    asyncio.run(_write(folder, world.deltas))  # the ERP got it, the topic lost it
+    report = run(broker, folder)
+    by_cause: dict[str, set[Any]] = {}
+    for f in report.findings:
+        by_cause.setdefault(f.cause, set()).add(f.account if f.cause != "journal_entry_extra"
+                                                else f.posting_id)
+    assert by_cause["missing_posting"] == {dropped.account}
+    assert by_cause["journal_entry_extra"] == {dropped.posting_id}
+    assert by_cause["state_differs"] == {dropped.account}  # snapshot ≠ Σ remaining deltas
+    assert report.errors >= 3
+    # without an ERP: the stream checks alone still name it
+    bare = run(broker, None)
+    assert {f.account for f in bare.findings if f.cause == "missing_posting"} == {
+        dropped.account}
+
+
+def test_a_dlqd_posting_is_named_as_such(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    world = World()
+    world.publish(broker)
+    refused = world.deltas[2]
+    record = dlq_record(
+        stage="posting", reason_code="erp_rejected", reason="period 2026-11 is closed",
+        origin=Origin(topic=POSTINGS, partition=0, offset=2, key=refused.account),
+        payload=refused.model_dump_json().encode(),
+        context={"posting_id": refused.posting_id, "account": refused.account,
+                 "amount_cents": refused.total_cents}, discriminator="csv")
+    asyncio.run(publish([broker.bootstrap], [(POSTINGS_DLQ, refused.account.encode(),
+                                              record.model_dump_json().encode())]))
+    folder = tmp_path / "journal"
+    asyncio.run(_write(folder, [d for d in world.deltas if d is not refused]))
+    report = run(broker, folder)
+    assert [(f.cause, f.account) for f in report.findings if f.severity == "error"] == [
+        ("dlq", refused.account)]
+    assert any("period 2026-11 is closed" in f.detail for f in report.findings)
+    assert report.totals.postings_cents == report.totals.erp_cents + report.totals.dlq_cents
