@@ -356,9 +356,9 @@ class Reconciler:
         for account in sorted(set(self.snapshots) | set(self.expected_balances)):
             snap = self.snapshots.get(account)
             ledger = self.ledger.get(account, Counter())
-            want = self.expected_balances.get(account)
+            implied = self.expected_balances.get(account)
             if snap is None:
-                if want and any(want.values()):
+                if implied and any(implied.values()):
                     self.find("state_differs", account, None, None, 0,
                               "no snapshot on rcm.accounts for an account the events move")
                 continue
@@ -368,9 +368,9 @@ class Reconciler:
                               snap[bucket] - ledger.get(bucket, 0),
                               f"{bucket}: snapshot {snap[bucket]} vs Σ deltas "
                               f"{ledger.get(bucket, 0)}")
-                elif want is not None and snap[bucket] != want[bucket]:
-                    self.find("state_differs", account, None, None, snap[bucket] - want[bucket],
-                              f"{bucket}: snapshot {snap[bucket]} vs events {want[bucket]}")
+                elif implied is not None and snap[bucket] != implied[bucket]:
+                    self.find("state_differs", account, None, None, snap[bucket] - implied[bucket],
+                              f"{bucket}: snapshot {snap[bucket]} vs events {implied[bucket]}")
 
     async def compare_erp(self) -> None:
         assert self.adapter is not None
