@@ -178,3 +178,40 @@ def test_a_dlqd_posting_is_named_as_such(broker: EmbeddedBroker, tmp_path: Path)
         ("dlq", refused.account)]
     assert any("period 2026-11 is closed" in f.detail for f in report.findings)
     assert report.totals.postings_cents == report.totals.erp_cents + report.totals.dlq_cents
+
+
+def _delete_move_by_sql(server: Any, posting_id: str) -> None:
+    """A journal entry deleted by hand in the ERP's database (Tryton refuses it over RPC
+    once posted, so this is what "by hand" has to mean for a posted move)."""
+    import psycopg
+
+    conninfo = server.postgres.conninfo
+    conninfo = (conninfo.replace("dbname=postgres", f"dbname={server.db}")
+                if "dbname=" in conninfo else conninfo.rsplit("/", 1)[0] + f"/{server.db}")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT id FROM account_move WHERE external_id = %s",
+                           (posting_id,)).fetchone()
+        assert row is not None
+        conn.execute("DELETE FROM account_move_line WHERE move = %s", (row[0],))
+        conn.execute("DELETE FROM account_move WHERE id = %s", (row[0],))
+
+
+def test_tryton_zero_drift_then_a_deleted_move_names_the_account(
+        broker: EmbeddedBroker, tryton: Any) -> None:
+    from tests.erp.conftest import adapter_for
+
+    world = World(accounts=8, seed=9)
+    world.publish(broker)
+    progress = run_in_process(adapter_for(tryton), broker)
+    assert progress.posted == len(world.deltas) and progress.rejected == 0
+    report = asyncio.run(reconcile([broker.bootstrap], CHART, adapter=adapter_for(tryton)))
+    assert report.errors == 0, report.findings[:5]
+    assert report.totals.erp_cents == report.totals.postings_cents > 0
+    assert report.counts["erp_entries"] == len(world.deltas)
+    victim = world.deltas[4]
+    _delete_move_by_sql(tryton, victim.posting_id)
+    report = asyncio.run(reconcile([broker.bootstrap], CHART, adapter=adapter_for(tryton)))
+    assert [(f.cause, f.account, f.posting_id) for f in report.ordered()
+            if f.severity == "error"] == [
+        ("journal_entry_missing", victim.account, victim.posting_id)]
+    assert report.totals.postings_cents - report.totals.erp_cents == victim.total_cents
