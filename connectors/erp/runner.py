@@ -170,10 +170,13 @@ class Connector:
             POSTINGS, bootstrap_servers=opts.servers, group_id=opts.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(opts.session_timeout_s * 1000),
-            heartbeat_interval_ms=1000, max_poll_interval_ms=24 * 3600 * 1000,
+            heartbeat_interval_ms=max(100, int(opts.session_timeout_s * 1000 / 3)),
+            # Never leave the group for being slow: a stall on a down ERP may last hours.
+            max_poll_interval_ms=24 * 3600 * 1000,
             fetch_max_wait_ms=200)
         self.producer = AIOKafkaProducer(bootstrap_servers=opts.servers, acks="all",
                                          linger_ms=5)
+        log.debug("erp %s: starting", self.adapter.name)
         await self.adapter.open()
         try:
             await self.producer.start()

@@ -79,7 +79,7 @@ def run_in_process(adapter: ErpAdapter, broker: EmbeddedBroker, group: str = "er
                    **options: Any) -> Progress:
     """Run the real consumer loop in this process until idle with zero lag."""
     opts = RunnerOptions(servers=[broker.bootstrap], group_id=group, idle_exit_s=1.5,
-                         session_timeout_s=3, progress_s=0.5, backoff_base_s=0.05,
+                         session_timeout_s=1.5, progress_s=0.5, backoff_base_s=0.05,
                          backoff_max_s=0.5, breaker_cooldown_s=0.5, **options)
     connector = Connector(adapter, opts)
     assert asyncio.run(connector.run()) == 0
@@ -93,7 +93,7 @@ class ConnectorProcess(WorkerProcess):
 def connector_env(broker: EmbeddedBroker, data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}
     env.update(RCMFLOW_BROKER=broker.url, RCMFLOW_DATA_DIR=str(data_dir),
-               RCMFLOW_LOG_LEVEL="info", RCMFLOW_SESSION_TIMEOUT_S="3",
+               RCMFLOW_LOG_LEVEL="info", RCMFLOW_SESSION_TIMEOUT_S="1.5",
                RCMFLOW_ERP_PROGRESS_S="0.5", RCMFLOW_ERP_BACKOFF_BASE_S="0.1",
                RCMFLOW_ERP_BACKOFF_MAX_S="1", RCMFLOW_ERP_BREAKER_COOLDOWN_S="1",
                RCMFLOW_ERP_RETRY_MAX="5")

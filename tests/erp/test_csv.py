@@ -155,7 +155,7 @@ def test_kill_9_mid_stream_still_exactly_once(broker: EmbeddedBroker, tmp_path: 
         proc = start_connector("csv", broker, data, round_, **env, **{KILL_AFTER_ENV: calls})
         assert proc.process.wait(60) == -9, proc.log_tail()
     # ... then three times from outside while it works and deltas keep arriving.
-    feeder = feed_slowly(broker, items[half:], chunks=30, pause_s=0.8)
+    feeder = feed_slowly(broker, items[half:], chunks=20, pause_s=0.9)
     rng = random.Random(3)
     for round_ in range(2, 5):
         before = len(rows(folder)) if folder.exists() else 0
