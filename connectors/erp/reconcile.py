@@ -1,8 +1,11 @@
 """`rcmflow reconcile`: do events, postings, account tables, the posting DLQ and the ERP agree?
 
-Five sources, compared per posting id, then summed per patient account and day, per GL
+Six sources, compared per posting id, then summed per patient account and day, per GL
 account, and in total:
 
+0. **source records** the inbound connectors kept (``rcm.raw.payments`` rows and
+   ``rcm.raw.x12`` sets marked applied): each must have become its events (counts, not
+   amounts; HL7 raw messages are only counted);
 1. **canonical events** (``rcm.events``): replayed through the pure core (``Processor``, the
    same code and chart as the worker, partition by partition in offset order), they say which
    posting deltas *must* exist and what every account's balances must be;
@@ -21,7 +24,8 @@ key was unmapped); every other cause is an error and makes the exit code 1.
 one topic in memory, about the size of its records, plus the core's account states for that
 partition's events: ~5 KB per account). Kept across partitions: per distinct posting id
 ~250 bytes (account, day, total, a digest of its lines), per account ~1 KB (bucket sums and
-the snapshot), per (account, day) ~200 bytes, and the findings (capped at ``findings_max``;
+the snapshot), per (account, day) ~200 bytes, per X12 event id and per payment row still on
+the raw topics ~150 bytes, and the findings (capped at ``findings_max``;
 the rest are counted). So 1 M postings over 100 k accounts need ~0.5 GB; ``postings_max``
 refuses a larger run up front instead of exhausting the machine (narrow it with
 ``--from/--to``, which filter by effective date but still read the topics whole).
@@ -46,7 +50,15 @@ from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.state import LEDGER_BUCKETS
-from rcmflow.streams.topics import ACCOUNTS, EVENTS, POSTINGS, POSTINGS_DLQ
+from rcmflow.streams.topics import (
+    ACCOUNTS,
+    EVENTS,
+    POSTINGS,
+    POSTINGS_DLQ,
+    RAW_HL7,
+    RAW_PAYMENTS,
+    RAW_X12,
+)
 
 from .base import ErpAdapter
 
@@ -60,6 +72,8 @@ log = logging.getLogger("rcmflow.reconcile")
 
 #: cause -> (severity, what it most likely means)
 CAUSES: dict[str, tuple[str, str]] = {
+    "source_event_missing": ("error", "an inbound connector accepted input (rcm.raw.*) whose "
+                                      "event is not on rcm.events"),
     "missing_posting": ("error", "the events imply this delta but rcm.postings lacks it "
                                  "(worker not caught up, or a lost write)"),
     "unexpected_posting": ("error", "a delta on rcm.postings that the events do not imply "
@@ -234,6 +248,9 @@ class Reconciler:
         self.ledger: dict[str, Counter[str]] = defaultdict(Counter)
         self.snapshots: dict[str, dict[str, int]] = {}
         self.dlq: dict[str, str] = {}  # posting id -> reason code + reason
+        self.source_payments: dict[str, str] = {}  # applied row's event id -> account
+        self.source_x12_events = 0
+        self.x12_event_ids: set[str] = set()
 
     def find(self, cause: str, account: str | None, day: date | None, posting_id: str | None,
              amount_cents: int, detail: str = "") -> None:
@@ -247,12 +264,65 @@ class Reconciler:
         return self.report.gl.setdefault(code, {"postings_net_cents": 0, "erp_net_cents": 0})
 
     # -- reading ------------------------------------------------------------------------
+    async def read_sources(self) -> None:
+        """What the inbound connectors accepted, as kept on rcm.raw.* (7 days' retention).
+
+        Payment rows applied (key = the event id they became) and X12 sets applied (with
+        their event counts); HL7 raw messages are only counted (a raw record is also kept
+        for refused messages, so it does not say "accepted"). Checked in one direction only,
+        source -> event, because the raw topics expire before rcm.events does.
+        """
+        for p in await _partitions(self.servers, RAW_PAYMENTS):
+            for record in await read_topic(self.servers, RAW_PAYMENTS, start={p: 0}):
+                doc = json.loads(record.value or b"{}")
+                if record.key and doc.get("status") == "applied":
+                    fields = doc.get("fields") or {}
+                    self.source_payments[record.key.decode()] = str(fields.get("account", ""))
+        x12_sets: dict[bytes, int] = {}
+        for p in await _partitions(self.servers, RAW_X12):
+            for record in await read_topic(self.servers, RAW_X12, start={p: 0}):
+                doc = json.loads(record.value or b"{}")
+                if record.key and doc.get("status") == "applied":
+                    x12_sets[record.key] = int(doc.get("events", 0))
+        hl7 = 0
+        for p in await _partitions(self.servers, RAW_HL7):
+            hl7 += len(await read_topic(self.servers, RAW_HL7, start={p: 0}))
+        self.source_x12_events = sum(x12_sets.values())
+        self.report.counts |= {"source_payment_rows": len(self.source_payments),
+                               "source_x12_sets": len(x12_sets),
+                               "source_x12_events": self.source_x12_events,
+                               "source_hl7_raw_messages": hl7}
+
+    def _note_source(self, value: bytes | None) -> None:
+        try:
+            event_id = json.loads(value or b"{}").get("event_id")
+        except (ValueError, AttributeError):
+            return
+        if not isinstance(event_id, str):
+            return
+        if event_id.startswith("x12-"):
+            self.x12_event_ids.add(event_id)
+        self.source_payments.pop(event_id, None)
+
+    def compare_sources(self) -> None:
+        for event_id, account in sorted(self.source_payments.items()):
+            self.find("source_event_missing", account or None, None, None, 0,
+                      f"payment row applied as {event_id} on rcm.raw.payments; no such event "
+                      "on rcm.events")
+        if len(self.x12_event_ids) < self.source_x12_events:
+            self.find("source_event_missing", None, None, None, 0,
+                      f"X12 sets applied on rcm.raw.x12 made {self.source_x12_events} events; "
+                      f"rcm.events holds {len(self.x12_event_ids)} distinct x12 event ids")
+        self.report.counts["events_from_x12"] = len(self.x12_event_ids)
+
     async def read_events(self) -> None:
         """The core replays each partition of rcm.events from offset 0 (fresh states)."""
         events = 0
         for p in await _partitions(self.servers, EVENTS):
             records = await read_topic(self.servers, EVENTS, start={p: 0})
             events += len(records)
+            for record in records:
+                self._note_source(record.value)
             messages = [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms)
                         for r in records]
             del records
@@ -415,10 +485,12 @@ class Reconciler:
                           have.total_cents)
 
     async def run(self) -> Report:
+        await self.read_sources()
         await self.read_events()
         await self.read_postings()
         await self.read_snapshots()
         await self.read_dlq()
+        self.compare_sources()
         self.compare_streams()
         if self.adapter is not None:
             await self.compare_erp()
@@ -490,6 +562,10 @@ def render(report: Report, console: Any, *, show: int = 50) -> None:
         totals.add_row(f"ERP journal ({report.erp})", str(c.get("erp_entries", 0)),
                        _money(t.erp_cents))
     totals.add_row("account snapshots", str(c.get("accounts", 0)), "")
+    totals.add_row("sources: payment rows / X12 sets (events) / HL7 raw",
+                   f"{c.get('source_payment_rows', 0)} / {c.get('source_x12_sets', 0)} "
+                   f"({c.get('source_x12_events', 0)}) / {c.get('source_hl7_raw_messages', 0)}",
+                   "")
     console.print(totals)
     differing = sum(1 for cell in report.cells.values() if not cell.agrees(with_erp))
     console.print(f"account-days compared: {len(report.cells)}, differing: {differing}")

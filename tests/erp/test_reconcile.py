@@ -215,3 +215,41 @@ def test_tryton_zero_drift_then_a_deleted_move_names_the_account(
             if f.severity == "error"] == [
         ("journal_entry_missing", victim.account, victim.posting_id)]
     assert report.totals.postings_cents - report.totals.erp_cents == victim.total_cents
+
+
+def test_source_records_without_their_events_are_named(broker: EmbeddedBroker) -> None:
+    """rcm.raw.payments rows and rcm.raw.x12 sets the connectors applied must be events."""
+    from rcmflow.connectors.payments.ingest import process_payments
+    from rcmflow.connectors.x12.ingest import X12Limits, process_x12
+    from tests.connectors.x12_build import ClaimSpec, envelope, remit_segments
+
+    rows = ("type,account,amount,date,reference\n"
+            "payment,S1001,125.50,2026-11-20,REF-1\n"
+            "payment,S1002,20.00,2026-11-20,REF-2\n"
+            "refund,S1003,5.00,2026-11-21,REF-3\n")
+    payments = process_payments(rows.encode(), name="day.csv", origin="file:day.csv").records()
+    remit = envelope(remit_segments([ClaimSpec("S2001", 80000, 45000, pcn="P1",
+                                               cas=[("CO", "45", 35000)]),
+                                     ClaimSpec("S2002", 10000, 10000, pcn="P2")],
+                                    trn02="EFT-9"), isa13="000000301")
+    x12 = list(process_x12(remit, origin="file:r.835",
+                           limits=X12Limits(guide_validation=False)).records(
+        X12Limits(guide_validation=False)))
+    assert sum(1 for t, _, _ in x12 if t == EVENTS) == 2
+    dropped_payment = next(v for t, _, v in payments if t == EVENTS and b"S1002" in v)
+    dropped_claim = next(v for t, _, v in x12 if t == EVENTS and b"S2002" in v)
+    everything = [*payments, *x12]
+
+    def source_findings(items: list[tuple[str, bytes | None, bytes]]) -> list[Any]:
+        asyncio.run(publish([broker.bootstrap], items))
+        report = run(broker, None)
+        return [(f.account, f.detail) for f in report.findings
+                if f.cause == "source_event_missing"]
+
+    assert source_findings([r for r in everything if r[2] not in (
+        dropped_payment, dropped_claim)]) != []
+    found = source_findings([])  # nothing new: the same two are missing
+    assert [a for a, _ in found] == ["S1002", None], found
+    assert "payment:lockbox:REF-2" in found[0][1] and "made 2 events" in found[1][1]
+    assert source_findings([(t, k, v) for t, k, v in everything if v in (
+        dropped_payment, dropped_claim)]) == []  # they arrive late: all accounted for
