@@ -284,6 +284,32 @@ def ingest_payments(
                                           console=err))
 
 
+@ingest_app.command("fhir", help=(
+    "Publish FHIR R4 JSON: one resource, a Bundle (batch, transaction, collection) or NDJSON "
+    "(.ndjson/.jsonl, one resource per line).\n\n"
+    "Each resource is validated with the fhir.resources R4B models. ChargeItem (billable, "
+    "billed) -> charge, entered-in-error -> its reversal; a patient's PaymentReconciliation -> "
+    "one payment per detail (a negative detail is a refund); PaymentNotice is kept as a "
+    "notice. Money must be exact to the cent and in the ledger's currency. A bad entry or "
+    "line goes to rcm.dlq with its place and the reason; the others go through."
+    + _FILE_EXIT_CODES))
+def ingest_fhir(
+    files: Annotated[list[Path], typer.Argument(help="FHIR JSON or NDJSON files.",
+                                                exists=True, dir_okay=False, readable=True)],
+) -> None:
+    from rcmflow.connectors.fhir import ingest_fhir_files
+    from rcmflow.streams.chart import load_chart
+
+    settings = _settings()
+    try:
+        currency = load_chart(settings.coa).currency
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]chart of accounts (RCMFLOW_COA): {exc}[/red]")
+        raise typer.Exit(2) from exc
+    raise typer.Exit(ingest_fhir_files(settings, _servers(settings), files, currency=currency,
+                                       console=err))
+
+
 @ingest_app.command("hl7", help=(
     "Publish HL7 v2 files: batches (FHS/BHS ... BTS/FTS) or one message per file.\n\n"
     "Each message is handled as over MLLP: DFT/BAR FT1s become charge events, listed ADT/BAR "

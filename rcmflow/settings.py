@@ -175,6 +175,22 @@ class Settings(BaseSettings):
     payments_rows_max: int = Field(
         1_000_000, ge=1, description="Rows per payment file; rows past it go to rcm.dlq."
     )
+    # FHIR inbound (`rcmflow ingest fhir`, connectors/fhir): one resource, a Bundle or NDJSON.
+    fhir_file_bytes_max: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest FHIR file read; larger: refused (exit 2)."
+    )
+    fhir_resources_max: int = Field(
+        100_000, ge=1, description="Resources (Bundle entries, NDJSON lines) per file; those "
+        "past it are not read: one rcm.dlq record says where it stopped."
+    )
+    fhir_resource_bytes_max: int = Field(
+        1024 * 1024, ge=1024, description="Largest single resource; larger: rcm.dlq "
+        "(fhir_too_large), the other resources of the file go through."
+    )
+    fhir_account_systems: list[str] = Field(
+        ["urn:rcmflow:account"], description="Identifier systems whose value is the patient "
+        "account number in an Account reference (JSON list); Account/<id> always is."
+    )
     dlq_payload_bytes_max: int = Field(
         512 * 1024, ge=1024,
         description="Raw input kept in one DLQ record from a file (the rest is cut, and said).",
