@@ -278,6 +278,7 @@ class TrytonSite:
 
     @classmethod
     def build(cls, workdir: Path) -> TrytonSite:
+        workdir.mkdir(parents=True, exist_ok=True)
         postgres = Postgres.start(workdir)
         site = cls(postgres, workdir)
         postgres.drop(TEMPLATE_DB)
