@@ -146,9 +146,15 @@ class ErpNext:
             start += len(rows)
 
     async def open(self) -> None:
+        """No I/O here: the guard field and the chart are checked on first use, inside the
+        runner's retries (an ERP down at start is an outage, not a crash)."""
         base_url, headers, timeout_s, transport = self._client_args
         self.client = make_client(base_url, headers=headers, timeout_s=timeout_s,
                                   transport=transport)
+
+    async def _ready(self) -> None:
+        if self.accounts:
+            return
         fields = [f async for f in self._list(
             CUSTOM_FIELD, filters=[["dt", "=", "Journal Entry"], ["fieldname", "=", self.field]],
             fields=["fieldname", "unique"], what="erpnext custom field")]
@@ -157,15 +163,16 @@ class ErpNext:
                 f"erpnext: Journal Entry needs a Custom Field {self.field!r} marked Unique "
                 "(the posting-id duplicate guard); found none")
         companies = sorted({self.company, *self.companies.values()} - {""})
+        found: dict[tuple[str, str], str] = {}  # all pages or nothing (no half chart)
         async for row in self._list(ACCOUNT, filters=[["company", "in", companies],
                                                       ["is_group", "=", 0]],
                                     fields=["name", "account_number", "company"],
                                     what="erpnext accounts"):
             if row.get("account_number"):
-                self.accounts[(str(row["company"]), str(row["account_number"]))] = str(
-                    row["name"])
-        self.codes = {name: code for (_, code), name in self.accounts.items()}
-        if not self.accounts:
+                found[(str(row["company"]), str(row["account_number"]))] = str(row["name"])
+        self.accounts = found
+        self.codes = {name: code for (_, code), name in found.items()}
+        if not found:
             raise AdapterConfigError(f"erpnext: no ledger account with a number in {companies}")
 
     async def close(self) -> None:
@@ -175,6 +182,7 @@ class ErpNext:
 
     async def post_batch(self, deltas: Sequence[PostingDelta]) -> list[Outcome]:
         assert len(deltas) <= self.batch_max
+        await self._ready()
         return await post_each(self, deltas)
 
     # -- one entry ------------------------------------------------------------------------
@@ -225,6 +233,7 @@ class ErpNext:
     async def read_journal(self, *, day_from: date | None = None,
                            day_to: date | None = None) -> AsyncIterator[JournalEntry]:
         """Entries holding a posting id: listed a page at a time, each read with its rows."""
+        await self._ready()
         assert self.client is not None, "open() first"
         filters: list[list[Any]] = [[self.field, "is", "set"]]
         if day_from is not None:

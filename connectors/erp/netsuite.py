@@ -125,14 +125,22 @@ class NetSuite:
         self.account_codes: dict[str, str] = {}
 
     async def open(self) -> None:
+        """No I/O here: the chart is read on first use, inside the runner's retries (an ERP
+        that is down when the connector starts is an outage, not a crash)."""
         base_url, token, timeout_s, transport = self._client_args
         self.client = make_client(base_url, headers={"Authorization": f"Bearer {token}"},
                                   timeout_s=timeout_s, transport=transport)
+
+    async def _ready(self) -> None:
+        if self.account_ids:
+            return
+        found: dict[str, str] = {}  # all pages or nothing: a failed page leaves no half chart
         async for row in self._suiteql(ACCOUNTS_QUERY):
             if row.get("acctnumber"):
-                self.account_ids[str(row["acctnumber"])] = str(row["id"])
-        self.account_codes = {v: k for k, v in self.account_ids.items()}
-        if not self.account_ids:
+                found[str(row["acctnumber"])] = str(row["id"])
+        self.account_ids = found
+        self.account_codes = {v: k for k, v in found.items()}
+        if not found:
             raise AdapterConfigError("netsuite: the chart of accounts read back empty "
                                      "(no active account with a number)")
 
@@ -143,6 +151,7 @@ class NetSuite:
 
     async def post_batch(self, deltas: Sequence[PostingDelta]) -> list[Outcome]:
         assert len(deltas) <= self.batch_max
+        await self._ready()
         return await post_each(self, deltas)
 
     # -- one entry ------------------------------------------------------------------------
@@ -220,6 +229,7 @@ class NetSuite:
     async def read_journal(self, *, day_from: date | None = None,
                            day_to: date | None = None) -> AsyncIterator[JournalEntry]:
         """Entries rcmflow wrote, lines grouped per transaction (rows come ordered by id)."""
+        await self._ready()
         current: list[dict[str, Any]] = []
         async for row in self._suiteql(journal_query(day_from, day_to)):
             if current and current[0]["id"] != row["id"]:

@@ -122,9 +122,14 @@ class Odoo:
                         response.text[:500])
 
     async def open(self) -> None:
+        """No I/O here: journal and chart are read on first use, inside the runner's retries."""
         base_url, headers, timeout_s, transport = self._client_args
         self.client = make_client(base_url, headers=headers, timeout_s=timeout_s,
                                   transport=transport)
+
+    async def _ready(self) -> None:
+        if self.journal_id:
+            return
         try:
             journals = await self.call("account.journal", "search_read",
                                        domain=[["code", "=", self.journal_code]],
@@ -147,6 +152,7 @@ class Odoo:
 
     async def post_batch(self, deltas: Sequence[PostingDelta]) -> list[Outcome]:
         assert len(deltas) <= self.batch_max
+        await self._ready()
         return await post_each(self, deltas)
 
     # -- one entry ------------------------------------------------------------------------
@@ -242,6 +248,7 @@ class Odoo:
     async def read_journal(self, *, day_from: date | None = None,
                            day_to: date | None = None) -> AsyncIterator[JournalEntry]:
         """Moves that hold a posting-id key, page by page (keys, then moves, then lines)."""
+        await self._ready()
         offset = 0
         while True:
             keys = await self.call(XMLID, "search_read",

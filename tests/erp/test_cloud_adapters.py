@@ -7,6 +7,7 @@ error, 5xx / timeout / refused connection, bad credentials, unmapped GL, read_jo
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from rcmflow.broker import EmbeddedBroker
 from rcmflow.connectors.erp.base import (
     AdapterConfigError,
     AlreadyThere,
@@ -29,7 +31,13 @@ from rcmflow.connectors.erp.odoo import Odoo
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.postings import PostingDelta
 from tests.erp.cloud_fakes import ErpNextFake, Fake, NetSuiteFake, OdooFake
-from tests.erp.feed import real_deltas, unmapped_copy
+from tests.erp.feed import (
+    dlq_records,
+    publish_deltas,
+    real_deltas,
+    run_in_process,
+    unmapped_copy,
+)
 
 CHART = load_chart()
 GL = set(all_gl_accounts(CHART))
@@ -199,8 +207,22 @@ async def test_server_errors_and_timeouts_are_transient(kind: str, fault: str) -
 @pytest.mark.parametrize("kind", KINDS)
 async def test_bad_credentials_are_a_config_error(kind: str) -> None:
     case = make(kind, good_auth=False)
+    await case.adapter.open()  # no I/O: an ERP down at start must not crash the connector
     with pytest.raises(AdapterConfigError):
-        await case.adapter.open()
+        await case.adapter.post_batch(deltas(1))
+    with pytest.raises(AdapterConfigError):
+        [e async for e in case.adapter.read_journal()]
+    await case.adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_erp_down_at_start_is_transient_not_a_crash(kind: str) -> None:
+    case, ds = make(kind), deltas(2)
+    case.fake.faults = ["503"]
+    await case.adapter.open()
+    with pytest.raises(TransientError):
+        await case.adapter.post_batch(ds)
+    assert [type(o) for o in await case.adapter.post_batch(ds)] == [Posted, Posted]
     await case.adapter.close()
 
 
@@ -217,8 +239,9 @@ async def test_auth_failure_mid_stream_is_a_config_error(kind: str, status: str)
 
 async def test_erpnext_refuses_to_start_without_a_unique_posting_field() -> None:
     case = make("erpnext", unique_field=False)
+    await case.adapter.open()
     with pytest.raises(AdapterConfigError, match="marked Unique"):
-        await case.adapter.open()
+        await case.adapter.post_batch(deltas(1))
     await case.adapter.close()
 
 
@@ -250,3 +273,40 @@ def _same_erp(kind: str, case: Case) -> dict[str, Any]:
                 "transport": transport}
     return {"base_url": "https://erpnext.example", "api_key": "key1", "api_secret": "secret1",
             "company": "General Hospital", "transport": transport}
+
+
+def _old_copy(delta: PostingDelta) -> PostingDelta:
+    """The same delta dated into a closed period (a new posting id)."""
+    from rcmflow.streams.postings import posting_id
+
+    doc = json.loads(delta.model_dump_json())
+    doc["event_id"] += "-old"
+    doc["posting_id"] = posting_id(doc["account"], doc["event_id"], doc["coa_version"])
+    doc["effective_date"] = "2025-12-31"
+    return PostingDelta.model_validate(doc)
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("kind", KINDS)
+def test_through_the_real_runner_outage_then_dlq_with_the_erps_text(
+        kind: str, broker: EmbeddedBroker) -> None:
+    """rcm.postings -> the consumer loop -> the fake ERP: a 503 outage is retried, nothing
+    lost or doubled; a closed-period refusal lands in rcm.postings.dlq with the ERP's words."""
+    case = make(kind, closed_before=date(2026, 1, 1))
+    items = real_deltas(6, seed=21)
+    old = _old_copy(PostingDelta.model_validate_json(items[0][1]))
+    publish_deltas(broker, [*items, (old.account.encode(), old.model_dump_json().encode())])
+    case.fake.faults = ["503"] * 3 + ["timeout"]
+    progress = run_in_process(case.adapter, broker, group=f"erp-{kind}")
+    assert progress.transient_failures >= 1
+    assert (progress.posted, progress.rejected) == (len(items), 1)
+    assert case.count() == len(items)
+    (record,) = dlq_records(broker)
+    assert record["context"]["posting_id"] == old.posting_id
+    assert {"netsuite": "closed period", "odoo": "lock date",
+            "erpnext": "closed Accounting Period"}[kind] in record["reason"]
+    # a second connector run (a restart) finds everything there: no second entry
+    again = run_in_process(type(case.adapter)(CHART, **_same_erp(kind, case)), broker,
+                           group=f"erp-{kind}-replay")
+    assert (again.posted, again.already_there) == (0, len(items))
+    assert case.count() == len(items)
