@@ -32,8 +32,10 @@ in transit is re-read, never re-claimed. Posting needs the key's move to pass Od
 a lock date or closed period is a ``UserError`` on ``action_post`` → ``Rejected`` with
 Odoo's message (the draft stays, keyed, for an accountant to post or delete).
 
-The API user needs accounting rights plus create/read on ``ir.model.data`` (in stock Odoo:
-the Settings/Administration group); a 403 there stops the connector (exit 3).
+The API user needs accounting rights plus read and create on ``ir.model.data``. Which
+group grants create on it in a given Odoo version was not checked here (no Odoo to test
+against; the fake follows the documented shapes): give the bot user the narrowest group that
+does. An access error is a 403 and stops the connector (exit 3), never a silent skip.
 """
 
 from __future__ import annotations
