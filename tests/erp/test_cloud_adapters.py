@@ -14,6 +14,8 @@ from datetime import date
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rcmflow.broker import EmbeddedBroker
 from rcmflow.connectors.erp.base import (
@@ -83,6 +85,9 @@ def deltas(n: int = 6, seed: int = 11) -> list[PostingDelta]:
 async def journal_of(adapter: ErpAdapter) -> dict[str, tuple[date, list[tuple[str, int, int]]]]:
     return {e.posting_id: (e.effective_date, sorted(e.lines)) async for e in
             adapter.read_journal()}
+
+
+DELTAS: list[PostingDelta] = []
 
 
 def expected(ds: list[PostingDelta]) -> dict[str, tuple[date, list[tuple[str, int, int]]]]:
@@ -310,3 +315,39 @@ def test_through_the_real_runner_outage_then_dlq_with_the_erps_text(
                            group=f"erp-{kind}-replay")
     assert (again.posted, again.already_there) == (0, len(items))
     assert case.count() == len(items)
+
+
+FAULTS = st.lists(st.sampled_from(["ok", "ok", "lost", "timeout", "connect", "503", "429"]),
+                  max_size=12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=40, deadline=None)
+@given(faults=FAULTS, which=st.integers(0, 5))
+def test_any_fault_sequence_ends_with_exactly_one_entry(kind: str, faults: list[str],
+                                                        which: int) -> None:
+    """Whatever fails where, retrying until an answer leaves one entry with the delta's lines."""
+    if not DELTAS:
+        DELTAS.extend(deltas(6, seed=31))
+    delta = DELTAS[which]
+
+    async def scenario() -> None:
+        case = make(kind)
+        case.fake.faults = list(faults)
+        await case.adapter.open()
+        for _ in range(len(faults) + 2):
+            try:
+                outcome = (await case.adapter.post_batch([delta]))[0]
+                break
+            except TransientError:
+                continue
+        else:
+            pytest.fail("no answer after every fault was used up")
+        assert isinstance(outcome, Posted | AlreadyThere)
+        case.fake.faults.clear()
+        assert [type(o) for o in await case.adapter.post_batch([delta])] == [AlreadyThere]
+        assert case.count() == 1
+        assert await journal_of(case.adapter) == expected([delta])
+        await case.adapter.close()
+
+    asyncio.run(scenario())
