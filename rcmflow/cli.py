@@ -171,7 +171,7 @@ def reconcile(
     from datetime import date
 
     from rcmflow.connectors.erp.base import AdapterConfigError
-    from rcmflow.connectors.erp.reconcile import build_reader, render
+    from rcmflow.connectors.erp.reconcile import TooLarge, build_reader, render
     from rcmflow.connectors.erp.reconcile import reconcile as run_reconcile
     from rcmflow.streams.chart import load_chart
 
@@ -193,6 +193,9 @@ def reconcile(
     except AdapterConfigError as exc:
         err.print(f"[red]ERP adapter: {exc}[/red]")
         raise typer.Exit(3) from exc
+    except TooLarge as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
     if as_json:
         _print_json(report.to_json())
     else:

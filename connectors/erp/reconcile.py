@@ -65,8 +65,8 @@ from .base import ErpAdapter
 if TYPE_CHECKING:
     from rcmflow.settings import Settings
 
-__all__ = ["CAUSES", "Finding", "Cell", "Report", "reconcile", "build_reader", "FINDINGS_MAX",
-           "POSTINGS_MAX"]
+__all__ = ["CAUSES", "TooLarge", "Finding", "Cell", "Report", "reconcile", "build_reader",
+           "render", "FINDINGS_MAX", "POSTINGS_MAX"]
 
 log = logging.getLogger("rcmflow.reconcile")
 
@@ -96,6 +96,11 @@ CAUSES: dict[str, tuple[str, str]] = {
                             "(see the unmapped_dimension records in rcm.dlq)"),
 }
 FINDINGS_MAX = 10_000
+
+
+class TooLarge(Exception):
+    """More posting ids than ``postings_max``: refused before memory runs out."""
+
 POSTINGS_MAX = 5_000_000
 
 
@@ -392,7 +397,7 @@ class Reconciler:
 
     def _bound(self, n: int, what: str) -> None:
         if n > self.postings_max:
-            raise MemoryError(f"more than {self.postings_max} posting ids {what}: raise "
+            raise TooLarge(f"more than {self.postings_max} posting ids {what}: raise "
                               "postings_max knowingly (~250 bytes each) or reconcile a "
                               "smaller broker")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,45 @@ def test_source_records_without_their_events_are_named(broker: EmbeddedBroker) -
     assert "payment:lockbox:REF-2" in found[0][1] and "made 2 events" in found[1][1]
     assert source_findings([(t, k, v) for t, k, v in everything if v in (
         dropped_payment, dropped_claim)]) == []  # they arrive late: all accounted for
+
+
+@pytest.mark.parametrize("kind", ["netsuite", "odoo", "erpnext"])
+def test_reconcile_reads_a_cloud_erp_back(kind: str, broker: EmbeddedBroker) -> None:
+    from tests.erp.test_cloud_adapters import make
+
+    world = World(accounts=6, seed=4)
+    world.publish(broker)
+    case = make(kind)
+
+    async def post_all() -> None:
+        await case.adapter.open()
+        await case.adapter.post_batch(world.deltas)
+        await case.adapter.close()
+
+    asyncio.run(post_all())
+    report = asyncio.run(reconcile([broker.bootstrap], CHART, adapter=case.adapter))
+    assert report.errors == 0 and report.counts["erp_entries"] == len(world.deltas)
+    victim = world.deltas[1]
+    fake: Any = case.fake
+    if kind == "netsuite":
+        del fake.entries[victim.posting_id]
+    elif kind == "odoo":
+        move = fake.xmlids[("rcmflow", victim.posting_id)]["res_id"]
+        fake.moves[move]["state"] = "draft"  # "reset to draft" by an accountant
+    else:
+        name = next(n for n, e in fake.entries.items() if e["rcm_posting_id"] ==
+                    victim.posting_id)
+        fake.entries[name]["accounts"][0]["debit"] = Decimal("0.01")
+    report = asyncio.run(reconcile([broker.bootstrap], CHART, adapter=case.adapter))
+    want = {"netsuite": "journal_entry_missing", "odoo": "unposted",
+            "erpnext": "amount_differs"}[kind]
+    assert [(f.cause, f.account) for f in report.ordered() if f.severity == "error"] == [
+        (want, victim.account)]
+
+
+def test_too_many_postings_are_refused_up_front(broker: EmbeddedBroker) -> None:
+    from rcmflow.connectors.erp.reconcile import TooLarge
+
+    World(accounts=4).publish(broker)
+    with pytest.raises(TooLarge):
+        asyncio.run(reconcile([broker.bootstrap], CHART, postings_max=3))
