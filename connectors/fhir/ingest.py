@@ -158,6 +158,10 @@ def process_fhir(data: bytes, *, name: str, origin: str,
                                          data[:4096].decode("utf-8", "replace")))
         return outcome
     units = _units(text, name, limits, outcome)
+    if not units and not outcome.rejected:
+        outcome.rejected.append(Rejected("file", 0, "fhir_empty", "file: no resource in it "
+                                         "(empty, blank lines or a Bundle without entries)",
+                                         text[:4096], severity="warning"))
     seen: dict[tuple[str, str], tuple[str, str]] = {}
     for unit in units:
         outcome.resources += 1
@@ -181,8 +185,6 @@ def _one(unit: Unit, limits: FhirLimits, outcome: FhirOutcome,
         outcome.rejected.append(Rejected(unit.location, unit.index, p.code, p.detail, unit.text,
                                          p.severity, p.account, kind, p.where))
 
-    if unit.doc is None:  # unreadable: the reason is already recorded
-        return
     result = map_resource(unit.doc, full_url=unit.full_url, options=limits.options)
     if isinstance(result, Problem):
         reject(result)

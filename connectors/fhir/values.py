@@ -215,7 +215,8 @@ def _decimal_default(value: Any) -> Any:
 def dumps(doc: Any) -> str:
     """JSON text of a parsed document; Decimals keep their exact digits (never a float)."""
     try:
-        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+        # ASCII: a lone surrogate escape read from the input (\ud800) stays an escape.
+        text = json.dumps(doc, ensure_ascii=True, separators=(",", ":"), allow_nan=False,
                           default=_decimal_default)
     except RecursionError:
         return '"(nested too deeply to write out)"'

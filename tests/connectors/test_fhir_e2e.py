@@ -1,0 +1,123 @@
+"""A ChargeItem and a patient's PaymentReconciliation for one account, through `rcmflow ingest
+fhir`, the real broker and a real worker: the rcm.accounts snapshot shows the balances to the
+cent; the same file again, and the same resources as NDJSON, change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rcmflow.broker import EmbeddedBroker
+from rcmflow.kafka_io import read_topic
+from rcmflow.ops import latest_snapshots
+from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
+from tests.conftest import Workers, wait_until
+
+pytestmark = pytest.mark.broker
+
+ACCOUNT = "FHIR1001"
+NAME = "Chalmers"  # a patient name in the resources: it must never reach the console
+
+CHARGE = {
+    "resourceType": "ChargeItem", "id": "ci-1",
+    "identifier": [{"system": "urn:example:charges", "value": "CH-9001"}],
+    "status": "billable",
+    "code": {"coding": [{"system": "https://www.nubc.org/CodeSystem/RevenueCodes",
+                         "code": "0450"}]},
+    "subject": {"reference": "Patient/p-1", "display": f"Peter {NAME}"},
+    "account": [{"reference": f"Account/{ACCOUNT}"}],
+    "occurrenceDateTime": "2026-03-01T10:00:00-05:00",
+    "quantity": {"value": 1},
+    "priceOverride": {"value": 150.00, "currency": "USD"},
+    "note": [{"text": f"seen by Dr. {NAME}"}],
+}
+PAYMENT = {
+    "resourceType": "PaymentReconciliation", "id": "pr-1",
+    "identifier": [{"system": "urn:example:portal", "value": "PAY-77"}],
+    "status": "active", "created": "2026-03-02T09:00:00Z", "outcome": "complete",
+    "paymentDate": "2026-03-02", "paymentAmount": {"value": 30.00, "currency": "USD"},
+    "paymentIdentifier": {"system": "urn:example:portal-tx", "value": "TX-1"},
+    "detail": [
+        {"type": {"coding": [{"code": "payment"}]},
+         "request": {"reference": f"Account/{ACCOUNT}"},
+         "amount": {"value": 40.00, "currency": "USD"}},
+        # a refund of part of it, as the facade writes refunds (a negative amount)
+        {"type": {"coding": [{"code": "payment"}]},
+         "request": {"reference": f"Account/{ACCOUNT}"},
+         "amount": {"value": -10.00, "currency": "USD"}},
+    ],
+}
+NOTICE = json.loads((Path(__file__).resolve().parents[3] / "shared" / "samples" / "fhir"
+                     / "r4_paymentnotice-example.json").read_text())
+
+# charge 150.00 to insurance AR; the patient pays 40.00 with no patient AR open (a credit
+# balance), and 10.00 of it is refunded.
+EXPECTED = {"gross_charges": 15000, "payer_paid": 0, "contractual_adjustments": 0,
+            "patient_responsibility": 0, "other_adjustments": 0, "denied": 0,
+            "patient_paid": 4000, "refunds": 1000, "write_offs": 0, "insurance_ar": 15000,
+            "patient_ar": 0, "unapplied_credit": 3000, "interest_income": 0,
+            "payer_overpayments": 0, "balance": 12000}
+
+
+def _cli(workers: Workers, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rcmflow.cli", *args], env=workers.env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def _state(bootstrap: str) -> dict[str, Any]:
+    return asyncio.run(latest_snapshots([bootstrap])).get(ACCOUNT, {})
+
+
+def test_charge_and_payment_reach_the_balances_and_resends_change_nothing(
+        broker: EmbeddedBroker, workers: Workers, tmp_path: Path) -> None:
+    bundle = tmp_path / "visit.json"
+    bundle.write_text(json.dumps({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [{"fullUrl": "urn:uuid:1", "resource": CHARGE,
+                   "request": {"method": "POST", "url": "ChargeItem"}},
+                  {"fullUrl": "urn:uuid:2", "resource": PAYMENT,
+                   "request": {"method": "POST", "url": "PaymentReconciliation"}},
+                  {"resource": NOTICE, "request": {"method": "POST", "url": "PaymentNotice"}}]}))
+    ndjson = tmp_path / "visit.ndjson"
+    ndjson.write_text("\n".join(json.dumps(r) for r in (CHARGE, PAYMENT)) + "\n")
+    worker = workers.start("w1")
+
+    first = _cli(workers, "ingest", "fhir", str(bundle))
+    assert first.returncode == 0, first.stderr
+    assert "3 resources, 3 events to rcm.events (accounts FHIR1001), 1 notices" in first.stderr
+    wait_until(lambda: _state(broker.bootstrap).get("version") == 3, 60,
+               "the worker to apply the charge, the payment and the refund", worker.log_tail)
+    assert _state(broker.bootstrap)["balances"] == EXPECTED
+
+    # The same file again, then the same resources as NDJSON: the same event ids (from the
+    # identifiers, not the file), so the worker drops them as replays.
+    again = _cli(workers, "ingest", "fhir", str(bundle))
+    as_lines = _cli(workers, "ingest", "fhir", str(ndjson))
+    assert (again.returncode, as_lines.returncode) == (0, 0), (again.stderr, as_lines.stderr)
+    events = asyncio.run(read_topic([broker.bootstrap], EVENTS))
+    assert len(events) == 9  # 3 + 3 + 3 published, 3 applied
+    # A new charge for the same account after the re-sends: same partition, so once it is
+    # applied the worker has read past them, and they must not have moved anything.
+    marker = tmp_path / "marker.json"
+    marker.write_text(json.dumps(CHARGE | {"identifier": [{"system": "urn:example:charges",
+                                                            "value": "CH-9002"}],
+                                           "priceOverride": {"value": 1, "currency": "USD"}}))
+    assert _cli(workers, "ingest", "fhir", str(marker)).returncode == 0
+    wait_until(lambda: _state(broker.bootstrap).get("version") == 4, 60,
+               "the marker charge after the re-sends", worker.log_tail)
+    state = _state(broker.bootstrap)
+    assert state["balances"] == EXPECTED | {"gross_charges": 15100, "insurance_ar": 15100,
+                                            "balance": 12100}
+    dlq = asyncio.run(read_topic([broker.bootstrap], DLQ))
+    assert dlq == []  # replays are free: no conflict, nothing unmapped
+    raw = asyncio.run(read_topic([broker.bootstrap], RAW_FHIR))
+    assert len(raw) == 3 + 3 + 2 + 1
+    for done in (first, again, as_lines):
+        assert NAME not in done.stderr + done.stdout
+    assert worker.alive(), worker.log_tail()
