@@ -221,10 +221,13 @@ class Connector:
             try:
                 await self.consumer.commit({tp: OffsetAndMetadata(chunk[-1].offset + 1, "")})
             except (CommitFailedError, KafkaError) as exc:
-                # The partition moved (rebalance): its new owner re-reads from the last
-                # commit and the ERP answers AlreadyThere for what we posted. Stop this batch.
-                log.warning("erp %s: commit on %s failed (%s); leaving the rest to its owner",
-                            self.adapter.name, tp, exc)
+                # Either the partition moved (rebalance: its new owner re-reads from the last
+                # commit) or the broker hiccuped. Never go on past an uncommitted chunk: seek
+                # back to it, so it is read and sent again (the ERP answers AlreadyThere).
+                log.warning("erp %s: commit on %s failed (%s); re-reading from offset %d",
+                            self.adapter.name, tp, exc, chunk[0].offset)
+                if tp in self.consumer.assignment():
+                    self.consumer.seek(tp, chunk[0].offset)
                 return
             self.progress.committed[str(tp.partition)] = chunk[-1].offset + 1
 
