@@ -177,7 +177,8 @@ class Settings(BaseSettings):
     )
     # FHIR inbound (`rcmflow ingest fhir`, connectors/fhir): one resource, a Bundle or NDJSON.
     fhir_file_bytes_max: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Largest FHIR file read; larger: refused (exit 2)."
+        16 * 1024 * 1024, ge=1024, description="Largest FHIR file read; larger: refused (exit "
+        "2). A file is read whole: ~30x its size in memory while it is checked."
     )
     fhir_resources_max: int = Field(
         100_000, ge=1, description="Resources (Bundle entries, NDJSON lines) per file; those "

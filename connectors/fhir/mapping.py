@@ -280,8 +280,8 @@ def _payer(doc: dict[str, Any]) -> bool:
     issuer = doc.get("paymentIssuer")
     if not isinstance(issuer, dict):
         return False
-    literal = issuer.get("reference") if isinstance(issuer.get("reference"), str) else ""
-    kind = issuer.get("type") if isinstance(issuer.get("type"), str) else ""
+    literal: str = issuer["reference"] if isinstance(issuer.get("reference"), str) else ""
+    kind: str = issuer["type"] if isinstance(issuer.get("type"), str) else ""
     person = ("Patient", "RelatedPerson")
     return not (kind in person or any(literal.startswith(p + "/") or f"/{p}/" in literal
                                       for p in person))

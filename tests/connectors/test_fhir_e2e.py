@@ -121,3 +121,32 @@ def test_charge_and_payment_reach_the_balances_and_resends_change_nothing(
     for done in (first, again, as_lines):
         assert NAME not in done.stderr + done.stdout
     assert worker.alive(), worker.log_tail()
+
+
+def test_exit_codes_and_the_dlq_record_of_a_refused_sample(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    samples = Path(__file__).resolve().parents[3] / "shared" / "samples" / "fhir"
+    env = {"RCMFLOW_BROKER": broker.url, "RCMFLOW_DATA_DIR": str(tmp_path / "data"),
+           "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rcmflow.cli", "ingest", "fhir", *args],
+                              env=env | extra, capture_output=True, text=True, timeout=120)
+
+    charge = samples / "r4_chargeitem-example.json"
+    refused = run(str(charge))
+    assert refused.returncode == 1, refused.stderr
+    assert "fhir_currency" in refused.stderr and "'EUR'" in refused.stderr
+    [record] = [json.loads(r.value) for r in asyncio.run(read_topic([broker.bootstrap], DLQ))]
+    assert record["reason_code"] == "fhir_currency"
+    assert record["origin"] == {"topic": f"file:{charge}", "partition": 0, "offset": 0,
+                                "key": None}
+    # The account is known (Account/example): the record names it for `rcmflow dlq list`.
+    assert record["context"] == {"location": "resource", "resourceType": "ChargeItem",
+                                 "account": "example"}
+    assert json.loads(record["payload"]) == json.loads(charge.read_text())
+    too_big = run(str(charge), RCMFLOW_FHIR_FILE_BYTES_MAX="1024")
+    assert too_big.returncode == 2 and "RCMFLOW_FHIR_FILE_BYTES_MAX" in too_big.stderr
+    no_broker = run(str(charge), RCMFLOW_BROKER="", RCMFLOW_DATA_DIR=str(tmp_path / "none"))
+    assert no_broker.returncode == 2, no_broker.stderr
+    assert run(str(samples / "r4_paymentnotice-example.json")).returncode == 0
