@@ -115,7 +115,7 @@ class FhirOutcome:
         for _, event in self.events:
             out.append((EVENTS, event.account.encode(), event.model_dump_json().encode()))
         received = datetime.now(UTC)
-        for r in self.rejected:
+        for n, r in enumerate(self.rejected):
             payload = r.payload.encode()
             cut = len(payload) > payload_bytes_max
             context: dict[str, Any] = {"location": r.location}
@@ -133,7 +133,7 @@ class FhirOutcome:
                        f"{' ' + r.part if r.part else ''}: {r.detail}",
                 origin=Origin(topic=self.origin, partition=0, offset=r.index, key=None),
                 payload=payload[:payload_bytes_max] if cut else payload, received_at=received,
-                context=context, discriminator=f"{r.location}|{r.part}")
+                context=context, discriminator=f"{r.location}|{r.part}|{n}")
             out.append((DLQ, None, record.model_dump_json().encode()))
         return out
 
@@ -165,15 +165,21 @@ def process_fhir(data: bytes, *, name: str, origin: str,
     seen: dict[tuple[str, str], tuple[str, str]] = {}
     for unit in units:
         outcome.resources += 1
-        if outcome.resources > limits.resources_max:
-            outcome.resources -= 1
-            outcome.rejected.append(Rejected(
-                unit.location, unit.index, "fhir_resources_max",
-                f"resources from {unit.location} on were not read (more than "
-                f"{limits.resources_max}, RCMFLOW_FHIR_RESOURCES_MAX): split the file", ""))
-            break
         _one(unit, limits, outcome, seen)
+    assert outcome.resources <= limits.resources_max, "the readers stop at resources_max"
     return outcome
+
+
+def _past_max(read: int, location: str, index: int, limits: FhirLimits,
+              outcome: FhirOutcome) -> bool:
+    """True (and one DLQ record saying where reading stopped) once ``read`` entries or lines
+    were taken: the bound counts refused ones too, so a file of junk stays bounded."""
+    if read < limits.resources_max:
+        return False
+    outcome.rejected.append(Rejected(
+        location, index, "fhir_resources_max", f"resources from {location} on were not read "
+        f"(more than {limits.resources_max}, RCMFLOW_FHIR_RESOURCES_MAX): split the file", ""))
+    return True
 
 
 def _one(unit: Unit, limits: FhirLimits, outcome: FhirOutcome,
@@ -257,9 +263,9 @@ def _ndjson(text: str, limits: FhirLimits, outcome: FhirOutcome) -> list[Unit]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        if len(units) >= limits.resources_max + 1:
-            break  # the caller reports resources_max at the first one past it
         where = f"line {number}"
+        if _past_max(len(units) + outcome.resources, where, number, limits, outcome):
+            break
         size = len(line.encode())
         if size > limits.resource_bytes_max:
             outcome.resources += 1
@@ -290,9 +296,9 @@ def _bundle(doc: dict[str, Any], text: str, limits: FhirLimits,
         return []
     units: list[Unit] = []
     for n, entry in enumerate(entries):
-        if len(units) >= limits.resources_max + 1:
-            break
         where = f"entry[{n}]"
+        if _past_max(len(units) + outcome.resources, where, n, limits, outcome):
+            break
         resource = entry.get("resource") if isinstance(entry, dict) else None
         method = ((entry.get("request") or {}).get("method")
                   if isinstance(entry, dict) and isinstance(entry.get("request"), dict) else None)

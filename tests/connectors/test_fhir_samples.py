@@ -249,3 +249,26 @@ def test_limits_resources_and_resource_size() -> None:
                            limits=FhirLimits(resource_bytes_max=4096))
     assert [(r.location, r.code) for r in outcome.rejected] == [("line 1", "fhir_too_large")]
     assert len(outcome.notes) == 1
+
+
+def test_the_resource_limit_counts_refused_entries_too() -> None:
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [{}] * 5}
+    outcome = process_fhir(json.dumps(bundle).encode(), name="b.json", origin="file:b",
+                           limits=FhirLimits(resources_max=3))
+    assert outcome.resources == 3
+    assert [(r.location, r.code) for r in outcome.rejected] == [
+        ("entry[0]", "fhir_bundle_entry"), ("entry[1]", "fhir_bundle_entry"),
+        ("entry[2]", "fhir_bundle_entry"), ("entry[3]", "fhir_resources_max")]
+
+
+def test_the_same_resource_twice_in_a_file_is_refused_the_second_time() -> None:
+    doc = _patient_reconciliation()
+    doc["paymentAmount"]["value"] = 6000
+    doc["detail"][2]["type"]["coding"][0]["code"] = "payment"
+    twice = f"{json.dumps(doc)}\n{json.dumps(doc)}\n".encode()
+    outcome = process_fhir(twice, name="t.ndjson", origin="file:t")
+    assert len(outcome.events) == 3
+    assert [(r.location, r.code) for r in outcome.rejected] == [("line 2", "fhir_duplicate")] * 3
+    assert "already at line 1 (the same content)" in outcome.rejected[0].detail
+    dlq = [orjson.loads(v) for t, _, v in outcome.records() if t == DLQ]
+    assert len({d["dlq_id"] for d in dlq}) == 3
