@@ -9,6 +9,7 @@ rcm.raw.fhir with what became of it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -202,13 +203,14 @@ def _one(unit: Unit, limits: FhirLimits, outcome: FhirOutcome,
     outcome.events.extend((unit, event) for event in accepted)
     if result.note:
         outcome.notes.append((unit, result.note))
-    status = ("notice" if result.note else "applied" if not result.problems and accepted
+    whole = not result.problems and len(accepted) == len(result.events)
+    status = ("notice" if result.note else "applied" if whole and accepted
               else "partly" if accepted else "rejected")
     outcome.raw.append((unit, status))
 
 
 def _dedup(unit: Unit, result: Mapped, seen: dict[tuple[str, str], tuple[str, str]],
-           reject: Any) -> list[FhirEvent]:
+           reject: Callable[[Problem], None]) -> list[FhirEvent]:
     """The same event twice in one file is refused on the second place (as payment rows)."""
     kept: list[FhirEvent] = []
     for event in result.events:

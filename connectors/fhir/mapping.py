@@ -180,10 +180,11 @@ def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapp
         occurred = _charge_time(doc)
     except FhirValueError as exc:
         return Problem(exc.code, f"ChargeItem: {exc}", account=account)
-    dims = Dimensions(encounter=_encounter(doc.get("context")), **_codes(doc))
-    common: dict[str, Any] = {"account": account, "occurred_at": occurred, "source": SOURCE,
-                              "currency": currency, "dimensions": dims, "amount_cents": cents}
     try:
+        dims = Dimensions(encounter=_encounter(doc.get("context")), **_codes(doc))
+        common: dict[str, Any] = {"account": account, "occurred_at": occurred,
+                                  "source": SOURCE, "currency": currency, "dimensions": dims,
+                                  "amount_cents": cents}
         if status == "entered-in-error":
             event: FhirEvent = ChargeReversed(kind=EventKind.CHARGE_REVERSED,
                                               event_id=f"{key}:entered-in-error",
