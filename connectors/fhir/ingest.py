@@ -31,8 +31,16 @@ from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
 
-from .mapping import FhirEvent, Mapped, MappingOptions, Problem, map_resource, resource_key
-from .values import dumps, read_json
+from .mapping import (
+    FhirEvent,
+    Mapped,
+    MappingOptions,
+    Problem,
+    known_type,
+    map_resource,
+    resource_key,
+)
+from .values import code_text, dumps, read_json
 
 __all__ = ["FhirLimits", "FhirOutcome", "Rejected", "process_fhir", "ingest_fhir_files",
            "limits_from", "BUNDLE_TYPES"]
@@ -41,6 +49,8 @@ Record = tuple[str, bytes | None, bytes]
 #: Bundle types whose entries are resources on their own. A searchset / history / message /
 #: document is a view or a unit of another kind: refused whole, with the reason.
 BUNDLE_TYPES = ("batch", "transaction", "collection")
+BUNDLE_TYPES_ALL = ("document", "message", "transaction", "transaction-response", "batch",
+                    "batch-response", "history", "searchset", "collection")
 _NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 #: Reasons printed per file; all of them are in rcm.dlq.
 SHOWN_MAX = 10
@@ -185,8 +195,7 @@ def _past_max(read: int, location: str, index: int, limits: FhirLimits,
 
 def _one(unit: Unit, limits: FhirLimits, outcome: FhirOutcome,
          seen: dict[tuple[str, str], tuple[str, str]]) -> None:
-    kind = unit.doc.get("resourceType") if isinstance(unit.doc, dict) else None
-    kind = kind if isinstance(kind, str) else None
+    kind = _kind(unit.doc)
 
     def reject(p: Problem) -> None:
         outcome.rejected.append(Rejected(unit.location, unit.index, p.code, p.detail, unit.text,
@@ -251,8 +260,9 @@ def _units(text: str, name: str, limits: FhirLimits, outcome: FhirOutcome) -> li
 
 
 def _kind(doc: Any) -> str | None:
+    """The resourceType when it is a FHIR type's name, else None (never echo free text)."""
     kind = doc.get("resourceType") if isinstance(doc, dict) else None
-    return kind if isinstance(kind, str) else None
+    return kind if known_type(kind) else None
 
 
 def _too_large(size: int, limits: FhirLimits) -> str:
@@ -291,7 +301,8 @@ def _bundle(doc: dict[str, Any], text: str, limits: FhirLimits,
     kind = doc.get("type")
     entries = doc.get("entry", [])
     if kind not in BUNDLE_TYPES or not isinstance(entries, list):
-        what = (f"Bundle type {str(kind)[:20]!r} is not one of {', '.join(BUNDLE_TYPES)}"
+        what = (f"Bundle type {code_text(kind, BUNDLE_TYPES_ALL)} is not one of "
+                f"{', '.join(BUNDLE_TYPES)}"
                 if kind not in BUNDLE_TYPES else "Bundle entry is not a list")
         outcome.rejected.append(Rejected("file", 0, "fhir_bundle", f"{what}: nothing read",
                                          text, resource_type="Bundle"))

@@ -42,6 +42,7 @@ from .values import (
     FhirValueError,
     account_from_reference,
     account_from_subject,
+    code_text,
     event_key,
     identifier_key,
     instant,
@@ -49,13 +50,19 @@ from .values import (
 )
 
 __all__ = ["FhirEvent", "Mapped", "Problem", "MappingOptions", "map_resource", "resource_key",
-           "SUPPORTED"]
+           "SUPPORTED", "known_type"]
 
 FhirEvent: TypeAlias = ChargePosted | ChargeReversed | PatientPayment | Refund
 
 SUPPORTED = ("ChargeItem", "PaymentReconciliation", "PaymentNotice")
 SOURCE = "fhir"
 CHARGE_STATUSES = frozenset({"billable", "billed"})
+#: R4 value sets, for quoting a code in a reason only when it is one (see ``code_text``).
+CHARGE_ITEM_STATUS = ("planned", "billable", "not-billable", "aborted", "billed",
+                      "entered-in-error", "unknown")
+FM_STATUS = ("active", "cancelled", "draft", "entered-in-error")
+RECONCILIATION_OUTCOME = ("queued", "complete", "error", "partial")
+PAYMENT_TYPE = ("payment", "adjustment", "advance")
 REVENUE_SYSTEMS = frozenset({"https://www.nubc.org/CodeSystem/RevenueCodes",
                              "http://www.nubc.org/CodeSystem/RevenueCodes",
                              "http://terminology.hl7.org/CodeSystem/nubc-UB92"})
@@ -108,19 +115,27 @@ def resource_key(doc: dict[str, Any], full_url: str | None) -> str | None:
     return None
 
 
+def known_type(kind: Any) -> bool:
+    """Is ``kind`` the name of an R4B model (safe to print and to keep in a DLQ context)?"""
+    if not isinstance(kind, str) or not kind.isascii() or not kind.isalpha():
+        return False
+    try:
+        get_fhir_model_class(kind)
+    except ValueError:
+        return False
+    return True
+
+
 def map_resource(doc: Any, *, full_url: str | None, options: MappingOptions) -> Mapped | Problem:
     """Validate one resource and map it; never raises for bad input."""
     if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
         return Problem("fhir_not_a_resource", "not a FHIR resource (a JSON object with a "
                        "resourceType)")
     kind = doc["resourceType"]
-    try:
-        model = get_fhir_model_class(kind) if kind.isalpha() else None
-    except ValueError:
-        model = None
-    if model is None:
-        return Problem("fhir_unknown_resource_type", f"resourceType {kind[:40]!r} is not a "
-                       "FHIR R4 resource")
+    if not known_type(kind):
+        return Problem("fhir_unknown_resource_type", "resourceType is not a FHIR R4 resource "
+                       "type")
+    model = get_fhir_model_class(kind)
     try:
         model.model_validate(doc)
     except ValidationError as exc:
@@ -148,7 +163,10 @@ def _errors(exc: ValidationError) -> str:
     errors = exc.errors()
     shown = []
     for err in errors[:ERRORS_SHOWN_MAX]:
-        where = ".".join(str(p) for p in err["loc"]) or "resource"
+        loc = list(err["loc"])
+        if err["type"] == "extra_forbidden" and loc:  # the name came from the input
+            loc[-1] = "(unknown element)"
+        where = ".".join(str(p) for p in loc) or "resource"
         msg = err["msg"]
         if msg.startswith("Value error"):  # custom messages may quote the value: never print it
             msg = _QUOTED.sub("'...'", msg)
@@ -160,7 +178,8 @@ def _errors(exc: ValidationError) -> str:
 def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapped | Problem:
     status = doc.get("status")
     if status not in CHARGE_STATUSES and status != "entered-in-error":
-        return Problem("fhir_not_billable", f"ChargeItem status {status!r} is not billable, "
+        shown = code_text(status, CHARGE_ITEM_STATUS)
+        return Problem("fhir_not_billable", f"ChargeItem status {shown} is not billable, "
                        "billed or entered-in-error: nothing applied", severity="warning")
     account = _charge_account(doc, options)
     if isinstance(account, Problem):
@@ -290,12 +309,14 @@ def _payer(doc: dict[str, Any]) -> bool:
 
 def _reconciliation(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapped | Problem:
     if doc.get("status") != "active":
-        return Problem("fhir_not_active", f"PaymentReconciliation status {doc.get('status')!r}"
+        return Problem("fhir_not_active", "PaymentReconciliation status "
+                       f"{code_text(doc.get('status'), FM_STATUS)}"
                        " is not active: nothing applied (a payment entered in error needs a "
                        "refund or a manual adjustment)")
     if doc.get("outcome") in ("error", "queued"):
-        return Problem("fhir_not_complete", f"PaymentReconciliation outcome "
-                       f"{doc.get('outcome')!r}: nothing applied", severity="warning")
+        shown = code_text(doc.get("outcome"), RECONCILIATION_OUTCOME)
+        return Problem("fhir_not_complete", f"PaymentReconciliation outcome {shown}: nothing "
+                       "applied", severity="warning")
     if _payer(doc):
         return Problem("fhir_payer_payment", "PaymentReconciliation from a payer "
                        "(paymentIssuer is an Organization): payer money is applied with its "
@@ -335,7 +356,8 @@ def _detail_event(doc: dict[str, Any], detail: dict[str, Any], n: int, cents: in
     codes = [c.get("code") for c in ((detail.get("type") or {}).get("coding") or [])]
     if codes and "payment" not in codes:
         return Problem("fhir_detail_type", f"PaymentReconciliation {where}.type "
-                       f"{str(codes[0])[:20]!r} is not payment: nothing applied", where=where)
+                       f"{code_text(codes[0], PAYMENT_TYPE)} is not payment: nothing applied",
+                       where=where)
     try:
         account = account_from_reference(detail.get("request"), systems=options.account_systems)
     except FhirValueError as exc:
@@ -375,8 +397,9 @@ def _detail_event(doc: dict[str, Any], detail: dict[str, Any], n: int, cents: in
 
 def _notice(doc: dict[str, Any]) -> Mapped | Problem:
     if doc.get("status") != "active":
-        return Problem("fhir_not_active", f"PaymentNotice status {doc.get('status')!r} is not "
-                       "active: nothing applied", severity="warning")
+        shown = code_text(doc.get("status"), FM_STATUS)
+        return Problem("fhir_not_active", f"PaymentNotice status {shown} is not active: "
+                       "nothing applied", severity="warning")
     return Mapped(note="PaymentNotice: a notice about the payment it references "
                   "(PaymentReconciliation); the money is applied from that one, nothing here")
 

@@ -28,6 +28,7 @@ __all__ = [
     "event_key",
     "DEFAULT_ACCOUNT_SYSTEMS",
     "dumps",
+    "code_text",
 ]
 
 #: The identifier system the facade writes on every Account (``facade/resources.py``).
@@ -55,6 +56,12 @@ class FhirValueError(ValueError):
     def __init__(self, message: str, code: str = "fhir_invalid_value") -> None:
         super().__init__(message)
         self.code = code
+
+
+def code_text(value: Any, known: frozenset[str] | tuple[str, ...]) -> str:
+    """A code for a reason: quoted when it is one of ``known``, else not echoed at all (a
+    free-text value in a code field may be anything, a name included)."""
+    return repr(value) if isinstance(value, str) and value in known else "(not a known code)"
 
 
 def _no_constant(name: str) -> Any:
@@ -86,7 +93,8 @@ def money_cents(money: Any, *, where: str, currencies: frozenset[str]) -> tuple[
         raise FhirValueError(f"{where}.currency is missing: rcmflow does not guess a currency",
                              "fhir_currency")
     if currency not in currencies:
-        raise FhirValueError(f"{where}.currency {currency[:8]!r} is not a currency the ledger "
+        shown = repr(currency) if re.fullmatch(r"[A-Z]{3}", currency) else "(not ISO 4217)"
+        raise FhirValueError(f"{where}.currency {shown} is not a currency the ledger "
                              f"takes ({', '.join(sorted(currencies))})", "fhir_currency")
     return _cents(value, where), currency
 
@@ -160,9 +168,10 @@ def account_from_subject(ref: Any) -> str | None:
 
 def _checked_account(value: str) -> str:
     if not _ACCOUNT.match(value) or value.startswith(PROVIDER_PREFIX):
-        shown = repr(value[:20]) + ("..." if len(value) > 20 else "")
-        raise FhirValueError(f"account number {shown} is not one rcmflow can key (letters, "
-                             "digits, ':._-', at most 64; not provider:)", "fhir_no_account")
+        # Not echoed: what is not an account number may be anything, a name included.
+        raise FhirValueError(f"an account number of {len(value)} characters is not one "
+                             "rcmflow can key (letters, digits, ':._-', at most 64; not "
+                             "provider:...)", "fhir_no_account")
     return value
 
 

@@ -272,3 +272,35 @@ def test_the_same_resource_twice_in_a_file_is_refused_the_second_time() -> None:
     assert "already at line 1 (the same content)" in outcome.rejected[0].detail
     dlq = [orjson.loads(v) for t, _, v in outcome.records() if t == DLQ]
     assert len({d["dlq_id"] for d in dlq}) == 3
+
+
+def test_reasons_never_echo_free_text_from_the_resource() -> None:
+    """A name in a code, an amount, an account, a type or an element name stays out of the
+    reasons (and so out of the console and `rcmflow dlq list`)."""
+    name = "Chalmers"
+    detail = {"type": {"coding": [{"code": name}]}, "request": {"reference": "Account/A"},
+              "amount": {"value": 1, "currency": "USD"}}
+    docs = [
+        {"resourceType": "Patient", "id": "p", "birthDate": name},
+        {"resourceType": "Patient", "id": "p", name: 1},
+        {"resourceType": name},
+        {"resourceType": "ChargeItem", "id": "c", "status": name, "code": {"text": "x"},
+         "subject": {"reference": "Patient/x"}},
+        {"resourceType": "ChargeItem", "id": "c", "status": "billable", "code": {"text": "x"},
+         "subject": {"reference": "Patient/x"},
+         "account": [{"identifier": {"system": "urn:rcmflow:account", "value": f"{name} P"}}]},
+        {"resourceType": "ChargeItem", "id": "c", "status": "billable", "code": {"text": "x"},
+         "subject": {"reference": "Patient/x"}, "account": [{"reference": "Account/A"}],
+         "priceOverride": {"value": 1, "currency": name}},
+        {"resourceType": "PaymentReconciliation", "id": "r", "status": "active",
+         "created": "2026-01-01", "paymentDate": "2026-01-01",
+         "paymentAmount": {"value": 1, "currency": "USD"}, "detail": [detail]},
+        {"resourceType": "Bundle", "type": name, "entry": []},
+    ]
+    text = "\n".join(json.dumps(d) for d in docs)
+    outcome = _run(text.encode(), "phi.ndjson")
+    assert outcome.resources == len(docs) and len(outcome.rejected) == len(docs)
+    for r in outcome.rejected:
+        assert name not in r.detail and name not in str(r.resource_type), r
+    dlq = [orjson.loads(v) for t, _, v in outcome.records() if t == DLQ]
+    assert all(name not in d["reason"] and name not in json.dumps(d["context"]) for d in dlq)
