@@ -3,19 +3,25 @@
 PostgreSQL: ``RCMFLOW_TEST_POSTGRES_URL`` when set (e.g. postgresql://postgres@127.0.0.1:5432/),
 else an embedded PostgreSQL 16 from the ``pgserver`` wheel in a temp dir. Never SQLite.
 
-The database is built once per test session as a template (trytond-admin activates
-``account`` and our ``rcmflow_ext`` module, ~26 s; then the company, a chart with every GL
-account of rcmflow's chart-of-accounts file, fiscal years 2025-2027 with monthly periods are
-created over JSON-RPC). Each test clones it (``CREATE DATABASE .. TEMPLATE``, ~0.2 s) and gets
-its own ``trytond`` on a free loopback port.
+The database is built as a template (trytond-admin activates ``account`` and our
+``rcmflow_ext`` module, ~26 s; then the company, a chart with every GL account of rcmflow's
+chart-of-accounts file, fiscal years 2025-2027 with monthly periods are created over
+JSON-RPC). Its name carries a hash of everything it is built from (trytond versions, the
+module, this file, the chart), and the embedded PostgreSQL keeps its data in
+``~/.cache/rcmflow/pgserver16``, so later sessions reuse it (a change rebuilds it; set
+``RCMFLOW_TEST_TRYTON_REBUILD=1`` to force it). Each test clones it
+(``CREATE DATABASE .. TEMPLATE``, ~0.2 s) and gets its own ``trytond`` on a free loopback port.
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
+import hashlib
+import importlib.metadata
 import itertools
 import os
-import shutil
+import re
 import signal
 import socket
 import subprocess
@@ -37,7 +43,8 @@ from rcmflow.connectors.erp.tryton import decode, encode
 from rcmflow.streams.chart import load_chart
 
 ADMIN_PASSWORD = "admin-pass"
-TEMPLATE_DB = "rcm_tpl"
+#: Where the embedded PostgreSQL keeps its data between sessions (the template lives there).
+PG_CACHE = Path.home() / ".cache" / "rcmflow" / "pgserver16"
 START_TIMEOUT_S = 60.0
 YEARS = (2025, 2026, 2027)
 
@@ -82,7 +89,8 @@ class Postgres:
             return cls(conninfo=base + "postgres", tryton_uri=base, env={})
         import pgserver  # the PyPI wheel: PostgreSQL 16 binaries inside
 
-        pgdata = Path(tempfile.mkdtemp(prefix="rcm-pg-"))  # short: a unix socket lives here
+        pgdata = PG_CACHE  # short enough for the unix socket that lives in it
+        pgdata.mkdir(parents=True, exist_ok=True)
         server = pgserver.get_server(pgdata, cleanup_mode="stop")
         return cls(conninfo=f"host={pgdata} user=postgres dbname=postgres",
                    tryton_uri="postgresql://postgres@/", env={"PGHOST": str(pgdata)},
@@ -92,16 +100,29 @@ class Postgres:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute(statement)  # type: ignore[arg-type]
 
-    def clone(self, name: str) -> None:
-        self.sql(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    def databases(self) -> set[str]:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
 
-    def drop(self, name: str) -> None:
-        self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    def clone(self, name: str, template: str) -> None:
+        self.sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+
+    def drop(self, name: str, force: bool = True) -> None:
+        self.sql(f'DROP DATABASE IF EXISTS "{name}"' + (" WITH (FORCE)" if force else ""))
+
+    def drop_stray_clones(self) -> None:
+        """Clones of sessions that died (their pid is in the name) are dropped."""
+        for name in self.databases():
+            found = re.fullmatch(r"rcm_(\d+)_[0-9a-f]+", name)
+            if found and not _alive(int(found.group(1))):
+                try:
+                    self.drop(name)
+                except psycopg.Error:
+                    pass
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.cleanup()
-            shutil.rmtree(self.server.pgdata, ignore_errors=True)
+            self.server.cleanup()  # stops it when no other session uses it; data stays
 
 
 @dataclass
@@ -212,6 +233,32 @@ class TrytonServer:
                                f"{done.stderr[-3000:]!r}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def template_name() -> str:
+    """rcm_tpl_<hash of what the template is built from>."""
+    from rcmflow.connectors.erp import tryton_module
+
+    digest = hashlib.sha256()
+    for dist in ("trytond", "trytond_account", "trytond_company", "trytond_currency"):
+        digest.update(f"{dist}={importlib.metadata.version(dist)};".encode())
+    module_dir = Path(tryton_module.__file__).parent
+    for path in sorted(module_dir.iterdir()):
+        if path.is_file() and path.suffix in (".py", ".cfg", ".xml"):
+            digest.update(path.name.encode() + path.read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    digest.update(load_chart().model_dump_json().encode())
+    return f"rcm_tpl_{digest.hexdigest()[:12]}"
+
+
 def _account_kind(code: str) -> str:
     if code in {"1200", "1210"}:
         return "receivable"
@@ -274,28 +321,48 @@ class TrytonSite:
 
     postgres: Postgres
     workdir: Path
+    template: str
     servers: list[TrytonServer] = field(default_factory=list)
+    #: Seconds the template build took in this session (0: reused).
+    build_s: float = 0.0
 
     @classmethod
     def build(cls, workdir: Path) -> TrytonSite:
+        """PostgreSQL and the template: reused when it exists, else built (under a lock)."""
         workdir.mkdir(parents=True, exist_ok=True)
         postgres = Postgres.start(workdir)
-        site = cls(postgres, workdir)
-        postgres.drop(TEMPLATE_DB)
-        postgres.sql(f"CREATE DATABASE \"{TEMPLATE_DB}\" ENCODING 'UTF8' TEMPLATE template0")
-        template = TrytonServer(postgres, workdir, TEMPLATE_DB)
-        template.admin("-u", "account", "rcmflow_ext", "--activate-dependencies",
-                       "--email", "admin@example.com")
-        template.start()
-        try:
-            bootstrap_ledger(template.rpc())
-        finally:
-            template.stop()
+        site = cls(postgres, workdir, template_name())
+        lock_path = (PG_CACHE.parent if postgres.server is not None
+                     else Path(tempfile.gettempdir())) / f"{site.template}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be building it right now
+            postgres.drop_stray_clones()
+            rebuild = os.environ.get("RCMFLOW_TEST_TRYTON_REBUILD") == "1"
+            if rebuild or site.template not in postgres.databases():
+                site._build_template()
         return site
 
+    def _build_template(self) -> None:
+        started = time.monotonic()
+        wip = self.template + "_wip"
+        self.postgres.drop(wip)
+        self.postgres.sql(f"CREATE DATABASE \"{wip}\" ENCODING 'UTF8' TEMPLATE template0")
+        server = TrytonServer(self.postgres, self.workdir, wip)
+        server.admin("-u", "account", "rcmflow_ext", "--activate-dependencies",
+                     "--email", "admin@example.com")
+        server.start()
+        try:
+            bootstrap_ledger(server.rpc())
+        finally:
+            server.stop()
+        self.postgres.drop(self.template)
+        self.postgres.sql(f'ALTER DATABASE "{wip}" RENAME TO "{self.template}"')
+        self.build_s = round(time.monotonic() - started, 1)
+
     def new_server(self) -> TrytonServer:
-        name = f"rcm_{uuid.uuid4().hex[:10]}"
-        self.postgres.clone(name)
+        name = f"rcm_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self.postgres.clone(name, self.template)
         server = TrytonServer(self.postgres, self.workdir, name).start()
         self.servers.append(server)
         return server
