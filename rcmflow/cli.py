@@ -135,8 +135,10 @@ def erp(
     An offset is committed only after the ERP accepted the delta (or already had its posting
     id) or the delta went to rcm.postings.dlq with the ERP's reason. ERP outages are retried
     with backoff and a circuit breaker, forever: the connector stalls and its lag grows
-    (progress log, DATA_DIR/erp-ADAPTER.status.json). Exit 3: the adapter is misconfigured.
+    (progress log, DATA_DIR/erp-ADAPTER.status.json). Exit 3: the adapter is misconfigured;
+    4: the broker is unreachable or failing.
     """
+    from rcmflow.connectors.erp import AdapterConfigError
     from rcmflow.connectors.erp.command import run_erp
 
     settings = _settings()
@@ -146,6 +148,9 @@ def erp(
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+    except AdapterConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from exc
     raise typer.Exit(code)
 
 

@@ -60,4 +60,5 @@ __all__ = [
 ]
 
 #: Adapter name -> module under this package that has ``build(settings, chart)``.
-ADAPTERS = {"csv": "csv_journal", "tryton": "tryton"}
+ADAPTERS = {"csv": "csv_journal", "tryton": "tryton", "netsuite": "netsuite", "odoo": "odoo",
+            "erpnext": "erpnext"}

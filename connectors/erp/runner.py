@@ -54,7 +54,7 @@ log = logging.getLogger("rcmflow.erp")
 KILL_AFTER_ENV = "RCMFLOW_TEST_ERP_KILL_AFTER"
 
 #: Exit codes of `rcmflow erp`.
-EXIT_OK, EXIT_CONFIG = 0, 3
+EXIT_OK, EXIT_BROKER, EXIT_CONFIG = 0, 4, 3
 
 
 @dataclass(frozen=True)
@@ -200,13 +200,16 @@ class Connector:
             return EXIT_OK
         except _Stop:
             return EXIT_OK
+        except KafkaError as exc:
+            log.error("erp %s: broker unreachable or failing, stopping (nothing committed past "
+                      "the last accepted delta): %s", self.adapter.name, exc)
+            return EXIT_BROKER
         except AdapterConfigError as exc:
             log.error("erp %s: configuration error, stopping (nothing committed past the "
                       "last accepted delta): %s", self.adapter.name, exc)
             return EXIT_CONFIG
         finally:
             await self._maybe_progress(force=True)
-            log.info("%s", self.progress.line())
             await self.adapter.close()
             await self.consumer.stop()
             await self.producer.stop()
@@ -357,14 +360,14 @@ class Connector:
         log.info("%s", self.progress.line())
         self.progress.write(self.options.status_file)
 
-    async def _lag(self) -> int:
-        """Σ over partitions (true log end − committed offset of this group)."""
+    async def _lag(self) -> int | None:
+        """Σ over partitions (true log end − committed offset of this group); None: unknown."""
         from rcmflow.kafka_io import log_ends
 
         assert self.consumer is not None
         partitions = sorted(self.consumer.partitions_for_topic(POSTINGS) or [])
         if not partitions:
-            return 0
+            return None
         ends = await asyncio.wait_for(
             log_ends(self.options.servers, POSTINGS, partitions), 10)
         lag = 0
