@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections import Counter
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
-from rcmflow.connectors.erp.base import AlreadyThere, Posted, Rejected
-from rcmflow.connectors.erp.tryton import TrytonAdapter
+import httpx
+import pytest
+
+from rcmflow.connectors.erp.base import (
+    AdapterConfigError,
+    AlreadyThere,
+    Posted,
+    Rejected,
+    TransientError,
+)
+from rcmflow.connectors.erp.tryton import TrytonAdapter, TrytonError, decode, encode
+from rcmflow.streams.chart import load_chart
 from rcmflow.streams.postings import PostingDelta
 from tests.erp.conftest import adapter_for
 from tests.erp.feed import real_deltas, unmapped_copy
@@ -116,3 +129,78 @@ async def _post_until_done(adapter: TrytonAdapter, deltas: list[PostingDelta]) -
         except TransientError:
             await asyncio.sleep(0.05)
     raise AssertionError("no progress after 20 tries")
+
+
+async def test_expired_session_logs_in_again(tryton: TrytonServer) -> None:
+    """Tryton answers 401 for a session it dropped; the adapter logs in again and goes on."""
+    deltas = parse(real_deltas(3))
+    adapter = adapter_for(tryton)
+    await adapter.open()
+    try:
+        await adapter.post_batch(deltas[:1])
+        adapter._session = base64.b64encode(b"admin:3:not-a-session").decode()
+        outcomes = await adapter.post_batch(deltas[1:])
+    finally:
+        await adapter.close()
+    assert [type(o) for o in outcomes] == [Posted] * (len(deltas) - 1)
+    assert_moves_equal(tryton.rpc(), deltas)
+
+
+def _answer(status: int, body: object) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        doc = json.loads(request.content)
+        assert set(doc) == {"id", "method", "params"}
+        if doc["method"] == "common.db.login":
+            return httpx.Response(200, json={"id": doc["id"], "result": [3, "key", None]})
+        if doc["method"] == "model.res.user.get_preferences":
+            return httpx.Response(200, json={"id": doc["id"], "result": {"company": 1}})
+        if isinstance(body, dict):
+            return httpx.Response(status, json={"id": doc["id"], **body})
+        return httpx.Response(status, text=str(body))
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize(("status", "body", "raised"), [
+    (200, {"error": ["ConcurrencyException", ["Records were modified", "", None]]},
+     TransientError),
+    (200, {"error": ["'res.user'", ""]}, TransientError),  # a non-Tryton server exception
+    (502, "bad gateway", TransientError),
+    (503, "unavailable", TransientError),
+    (429, "too many", TransientError),
+    (403, "forbidden", AdapterConfigError),  # post_external not exposed: module missing
+    (422, "unprocessable", AdapterConfigError),
+    (200, {"error": ["LoginException", ["password", "Password", "password"]]},
+     AdapterConfigError),
+])
+async def test_error_answers_are_sorted(status: int, body: object,
+                                        raised: type[Exception]) -> None:
+    adapter = TrytonAdapter(url="http://tryton.test", db="db", user="admin", password="x",
+                            chart=load_chart(), transport=_answer(status, body))
+    await adapter.open()
+    try:
+        with pytest.raises(raised):
+            await adapter.rpc("model.account.move.post_external", [[], {}])
+    finally:
+        await adapter.close()
+
+
+async def test_user_error_is_a_value_with_the_message() -> None:
+    adapter = TrytonAdapter(url="http://tryton.test", db="db", user="admin", password="x",
+                            chart=load_chart(), transport=_answer(200, {"error": [
+                                "UserError", ["The period is closed.", "", None]]}))
+    await adapter.open()
+    try:
+        with pytest.raises(TrytonError) as caught:
+            await adapter.rpc("model.account.move.post_external", [[], {}])
+    finally:
+        await adapter.close()
+    assert (caught.value.kind, caught.value.message) == ("UserError", "The period is closed.")
+
+
+def test_money_is_tagged_decimal_and_floats_are_refused() -> None:
+    doc = {"debit": Decimal("12.50"), "date": date(2026, 11, 26)}
+    raw = encode(doc)
+    assert b'"__class__": "Decimal", "decimal": "12.50"' in raw
+    assert decode(raw) == doc
+    with pytest.raises(TypeError):
+        encode({"credit": 12.5})

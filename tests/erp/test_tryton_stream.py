@@ -117,7 +117,7 @@ def test_tryton_down_mid_stream(broker: EmbeddedBroker, tryton: TrytonServer,
                            RCMFLOW_ERP_BATCH_MAX="10", RCMFLOW_ERP_TIMEOUT_S="3")
     try:
         wait_until(lambda: _count(tryton) > 0, 60, "first moves", proc.log_tail)
-        tryton.stop()
+        tryton.kill()  # kill -9: a post_external in flight is rolled back by PostgreSQL
         publish_deltas(broker, items[40:])
         # Stalled: failures counted, the circuit opens, the lag stays > 0, nothing dropped.
         wait_until(lambda: status(data, "tryton").get("breaker") == "open", 60,

@@ -212,6 +212,13 @@ class TrytonServer:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
+    def kill(self) -> None:
+        """kill -9 the server (and anything it started): transactions in flight are lost."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
     def log_tail(self, lines: int = 30) -> str:
         path = self.workdir / f"trytond-{self.db}.log"
         text = path.read_text(errors="replace") if path.exists() else ""
