@@ -157,6 +157,7 @@ def test_kill_9_mid_stream_still_exactly_once(broker: EmbeddedBroker, tmp_path: 
     # ... then three times from outside while it works and deltas keep arriving.
     feeder = feed_slowly(broker, items[half:], chunks=20, pause_s=0.9)
     rng = random.Random(3)
+    mid_stream = 0
     for round_ in range(2, 5):
         before = len(rows(folder)) if folder.exists() else 0
         proc = start_connector("csv", broker, data, round_, **env)
@@ -164,8 +165,9 @@ def test_kill_9_mid_stream_still_exactly_once(broker: EmbeddedBroker, tmp_path: 
                    or not p.alive(), 60, "progress", proc.log_tail)
         time.sleep(rng.uniform(0.0, 0.3))
         assert proc.alive(), proc.log_tail()
+        mid_stream += feeder.is_alive()
         proc.kill()
-    assert feeder.is_alive(), "the stream ended before the third kill: slow the feeder"
+    assert mid_stream >= 2, "the stream ended before the kills: slow the feeder"
     feeder.join()
     final = start_connector("csv", broker, data, 99, "--idle-exit-s", "2", **env)
     assert final.process.wait(120) == 0, final.log_tail()
