@@ -280,17 +280,27 @@ class TrytonAdapter:
             await self._login()
         outcomes: dict[str, Outcome] = dict(check_mapped(self.chart, deltas))
         by_company: dict[int, list[tuple[PostingDelta, dict[str, Any]]]] = {}
+        queued: set[str] = set()
         for delta in deltas:
-            if delta.posting_id in outcomes:
-                continue
+            if delta.posting_id in outcomes or delta.posting_id in queued:
+                continue  # a re-send inside one batch is answered below
             values = await self._values(delta)
             if isinstance(values, Rejected):
                 outcomes[delta.posting_id] = values
             else:
+                queued.add(delta.posting_id)
                 by_company.setdefault(values["company"], []).append((delta, values))
         for company, items in by_company.items():
             outcomes |= await self._post_external(company, items)
-        return [outcomes[d.posting_id] for d in deltas]
+        out: list[Outcome] = []
+        answered: set[str] = set()
+        for delta in deltas:
+            outcome = outcomes[delta.posting_id]
+            if delta.posting_id in answered and not isinstance(outcome, Rejected):
+                outcome = AlreadyThere(delta.posting_id, outcome.erp_ref)
+            answered.add(delta.posting_id)
+            out.append(outcome)
+        return out
 
     async def _post_external(self, company: int,
                              items: list[tuple[PostingDelta, dict[str, Any]]]

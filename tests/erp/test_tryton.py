@@ -58,17 +58,20 @@ def parse(items: list[tuple[bytes, bytes]]) -> list[PostingDelta]:
 
 async def test_post_read_back_dedup_and_rejections(tryton: TrytonServer) -> None:
     deltas = parse(real_deltas(12))
+    extra = parse(real_deltas(1, seed=98))[:1]
     adapter = adapter_for(tryton)
     await adapter.open()
     try:
         first = await adapter.post_batch(deltas)
         assert [type(o) for o in first] == [Posted] * len(deltas)
+        twice = await adapter.post_batch([extra[0], extra[0]])  # a re-send in one batch
+        assert [type(o) for o in twice] == [Posted, AlreadyThere]
         again = await adapter.post_batch(deltas)  # a redelivery after a crash
         assert [type(o) for o in again] == [AlreadyThere] * len(deltas)
         assert [o.erp_ref for o in again] == [o.erp_ref for o in first]
         entries = [e async for e in adapter.read_journal()]
         assert {e.posting_id: (e.total_cents, e.posted) for e in entries} == {
-            d.posting_id: (d.total_cents, True) for d in deltas}
+            d.posting_id: (d.total_cents, True) for d in deltas + extra}
         # Rejections are per delta; the others in the batch still post.
         unmapped = parse([unmapped_copy(deltas[0].model_dump_json().encode())])[0]
         no_period = deltas[1].model_copy(update={
@@ -80,7 +83,7 @@ async def test_post_read_back_dedup_and_rejections(tryton: TrytonServer) -> None
         assert outcomes[3].code == "tryton_no_period"  # type: ignore[union-attr]
     finally:
         await adapter.close()
-    assert_moves_equal(tryton.rpc(), deltas + more)
+    assert_moves_equal(tryton.rpc(), deltas + more + extra)
 
 
 async def test_tryton_rejection_is_its_own_message(tryton: TrytonServer) -> None:
