@@ -19,6 +19,7 @@ import base64
 import fcntl
 import hashlib
 import importlib.metadata
+import importlib.util
 import itertools
 import os
 import re
@@ -252,12 +253,12 @@ def _alive(pid: int) -> bool:
 
 def template_name() -> str:
     """rcm_tpl_<hash of what the template is built from>."""
-    from rcmflow.connectors.erp import tryton_module
-
+    spec = importlib.util.find_spec("rcmflow.connectors.erp.tryton_module")  # not imported:
+    assert spec is not None and spec.submodule_search_locations  # it needs a trytond pool
     digest = hashlib.sha256()
     for dist in ("trytond", "trytond_account", "trytond_company", "trytond_currency"):
         digest.update(f"{dist}={importlib.metadata.version(dist)};".encode())
-    module_dir = Path(tryton_module.__file__).parent
+    module_dir = Path(spec.submodule_search_locations[0])
     for path in sorted(module_dir.iterdir()):
         if path.is_file() and path.suffix in (".py", ".cfg", ".xml"):
             digest.update(path.name.encode() + path.read_bytes())
