@@ -111,11 +111,18 @@ class Postgres:
     def drop(self, name: str, force: bool = True) -> None:
         self.sql(f'DROP DATABASE IF EXISTS "{name}"' + (" WITH (FORCE)" if force else ""))
 
-    def drop_stray_clones(self) -> None:
-        """Clones of sessions that died (their pid is in the name) are dropped."""
+    def drop_stray_clones(self, template: str) -> None:
+        """Clones of sessions that died (their pid is in the name) and templates of older
+        sources are dropped (the disk stays bounded)."""
         for name in self.databases():
             found = re.fullmatch(r"rcm_(\d+)_[0-9a-f]+", name)
-            if found and not _alive(int(found.group(1))):
+            old = re.fullmatch(r"rcm_tpl_[0-9a-f]{12}", name) and name != template
+            if old:
+                try:
+                    self.drop(name, force=False)  # in use by another session: kept
+                except psycopg.Error:
+                    pass
+            elif found and not _alive(int(found.group(1))):
                 try:
                     self.drop(name)
                 except psycopg.Error:
@@ -345,7 +352,7 @@ class TrytonSite:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be building it right now
-            postgres.drop_stray_clones()
+            postgres.drop_stray_clones(site.template)
             rebuild = os.environ.get("RCMFLOW_TEST_TRYTON_REBUILD") == "1"
             if rebuild or site.template not in postgres.databases():
                 site._build_template()
