@@ -1,4 +1,4 @@
-"""Every public FHIR sample in ../shared/samples/fhir: its events, or why it goes to rcm.dlq.
+"""Every public FHIR sample in tests/samples/fhir: its events, or why it goes to rcm.dlq.
 
 Expectations were written by reading the files (VERIFY.md: all 16 validate with the R4B
 models) and the mapping rules in connectors/fhir/mapping.py, not from what the code prints:
@@ -29,7 +29,7 @@ from rcmflow.connectors.fhir import FhirLimits, FhirOutcome, process_fhir
 from rcmflow.streams.events import ChargePosted, ChargeReversed, PatientPayment, Refund
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "fhir"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "fhir"
 CET = timezone(timedelta(hours=1))
 
 #: file -> (resourceType, reason code or None for "no DLQ record", severity, note expected)

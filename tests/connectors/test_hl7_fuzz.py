@@ -19,7 +19,7 @@ from rcmflow.connectors.hl7.mapping import MappingConfig
 from rcmflow.connectors.hl7.replay import ReplayStore
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples" / "hl7"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "hl7"
 REAL = [p.read_bytes() for p in sorted(SAMPLES.iterdir())]
 
 

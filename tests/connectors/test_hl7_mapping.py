@@ -13,7 +13,7 @@ from rcmflow.connectors.hl7.problems import Rejected
 from rcmflow.connectors.hl7.reader import HL7ParseError, normalise, read_message
 from rcmflow.streams.events import AccountStatusChanged, ChargePosted, ChargeReversed, Event
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples" / "hl7"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "hl7"
 
 
 def sample_messages(name: str) -> list[str]:

@@ -16,7 +16,7 @@ from tests.connectors.x12_build import ClaimSpec, LineSpec, PlbSpec, envelope, r
 
 # IG validation is pyx12's and does not decide parking; off here it keeps examples fast.
 FAST = X12Limits(guide_validation=False)
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "x12"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "x12"
 
 cents = st.integers(min_value=0, max_value=5_000_000)
 groups = st.sampled_from(["CO", "PR", "OA", "PI"])

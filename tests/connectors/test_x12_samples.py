@@ -1,4 +1,4 @@
-"""Every public X12 sample in ../shared/samples/x12: applied, parked or rejected as VERIFY.md says.
+"""Every public X12 sample in tests/samples/x12: applied, parked or rejected as VERIFY.md says.
 
 Expectations were written from the files and VERIFY.md (the segments, the balancing table and
 the envelope findings), not from what the code prints.
@@ -16,7 +16,7 @@ from rcmflow.connectors.x12 import X12Limits, process_x12
 from rcmflow.streams.events import ClaimAdjudicated, ClaimSubmitted, ProviderAdjustment
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_X12
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "x12"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "x12"
 
 
 @dataclass
@@ -95,15 +95,10 @@ EXPECTED: dict[str, Expect] = {
 
 
 def _sample(name: str) -> Path:
-    path = SAMPLES / name
-    if not SAMPLES.is_dir():
-        pytest.skip(f"shared samples not found at {SAMPLES}")
-    return path
+    return SAMPLES / name
 
 
 def test_every_sample_has_an_expectation() -> None:
-    if not SAMPLES.is_dir():
-        pytest.skip(f"shared samples not found at {SAMPLES}")
     on_disk = {str(p.relative_to(SAMPLES)) for p in SAMPLES.glob("*/*") if p.is_file()}
     assert on_disk == set(EXPECTED)
 
