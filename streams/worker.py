@@ -90,15 +90,17 @@ class Pipeline:
         self.tables = tables
         self.processor = processor
         self.outbox = outbox
-        self.guard = OffsetGuard(tables.load_next_offset)
+        self.guard = OffsetGuard(tables.load_next_offset,
+                                 lambda partition: committed_offset(app, EVENTS, partition))
         #: (partition, offset) of a hole -> (first seen, last sought), monotonic seconds.
         self._holes: dict[tuple[int, int], tuple[float, float]] = {}
         #: Partition -> when it last delivered a record (or was assigned), monotonic seconds.
         self.last_delivery: dict[int, float] = {}
         #: Partition -> when the watchdog first found it stalled.
         self._stalled_since: dict[int, float] = {}
-        #: Partition -> the offset after the last record whose whole batch is durable: the
-        #: only offset the consumer may commit (``limit_commits``).
+        #: Partition -> the offset after the last record whose whole batch is durable (all
+        #: records before it were applied, in order, in this session or before its start):
+        #: the only offset the consumer may commit (``limit_commits``).
         self.durable_next: dict[int, int] = {}
         self.progress = Progress()
         point, _, batch = os.environ.get(KILL_AT_ENV, "").partition(":")
@@ -138,11 +140,12 @@ class Pipeline:
         # Phase 3: account states, which are also the rcm.accounts snapshots.
         state_acks = await self.outbox.send(self.tables.write_states(result.state_writes))
         self.tables.accounts_io.persist_offsets(state_acks)
-        self.durable_next.update(admitted.advanced)
+        for partition, offset in admitted.read_to.items():
+            self.durable_next[partition] = max(offset, self.durable_next.get(partition, 0))
         self.progress.counts.add(result.counts)
         self.progress.batches += 1
         self.progress.events += len(admitted.messages)
-        for partition in admitted.advanced:
+        for partition in admitted.read_to:
             self._holes = {k: v for k, v in self._holes.items() if k[0] != partition}
         for partition, offset in admitted.holes.items():
             await self._read_again(partition, offset)
@@ -167,6 +170,7 @@ class Pipeline:
         log.warning("%s partition %d: the consumer skipped the records from offset %d; "
                     "reading them again from %d", EVENTS, partition, offset, start)
         await seek(self.app, EVENTS, partition, start)
+        self.guard.sought(partition, start)
 
     def commit_limit(self, tp: TP) -> int | None:
         """What the consumer may commit for ``tp``: nothing past an unapplied record."""
@@ -210,6 +214,7 @@ class Pipeline:
                         "it from %d", EVENTS, partition, expected, ends[partition], state, start)
             resume(self.app, EVENTS, partition)
             await seek(self.app, EVENTS, partition, start)
+            self.guard.sought(partition, start)
 
     def _fault_point(self, point: str) -> None:
         if self._kill_at == (point, self.progress.batches):
