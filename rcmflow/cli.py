@@ -67,13 +67,16 @@ def _print_json(doc: Any) -> None:
 
 @app.command()
 def dev(
-    demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Feed the demo events.")] = False,
+    demo: Annotated[bool, typer.Option(
+        "--demo/--no-demo", help="Feed the demo events, then one visit in real formats "
+        "(HL7 DFT over MLLP, 837P, 835).")] = False,
 ) -> None:
-    """Start everything on the embedded broker: broker, topics, a worker (+ demo data).
+    """Start everything on the embedded broker: broker, a worker, the FHIR facade (auth off)
+    and the HL7 MLLP listener (+ demo data).
 
-    Runs until Ctrl-C, then stops the worker and the broker. Tables live under
-    RCMFLOW_DATA_DIR (default ~/.rcmflow) and are reset at each start, because the embedded
-    broker keeps its topics in memory only.
+    Runs until Ctrl-C, then stops them all. Ports: RCMFLOW_FACADE_PORT (8080),
+    RCMFLOW_MLLP_PORT (2575). Tables live under RCMFLOW_DATA_DIR (default ~/.rcmflow) and
+    are reset at each start, because the embedded broker keeps its topics in memory only.
     """
     from rcmflow.dev import run_dev
 
