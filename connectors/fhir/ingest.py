@@ -19,14 +19,7 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 
-from rcmflow.connectors.x12.publishing import (
-    EXIT_BROKER,
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_REJECTED,
-    BrokerFailed,
-    publish_records,
-)
+from rcmflow.connectors.files import ingest_files, say
 from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
@@ -338,36 +331,21 @@ def _bundle(doc: dict[str, Any], text: str, limits: FhirLimits,
 def ingest_fhir_files(settings: Settings, servers: list[str], files: list[Path], *,
                       currency: str, console: Console) -> int:
     """Publish every file; the exit code says whether anything went to rcm.dlq."""
-    too_big = [f for f in files if f.stat().st_size > settings.fhir_file_bytes_max]
-    if too_big:
-        _say(console, f"[red]refused (over {settings.fhir_file_bytes_max} bytes, "
-                      f"RCMFLOW_FHIR_FILE_BYTES_MAX; split them):[/red] "
-                      f"{', '.join(map(str, too_big))}")
-        return EXIT_REFUSED
     limits = limits_from(settings, currency)
-    code = EXIT_OK
-    for path in files:
-        with console.status(f"reading {path.name}"):
-            outcome = process_fhir(path.read_bytes(), name=path.name, origin=f"file:{path}",
-                                   limits=limits)
-        try:
-            publish_records(servers, outcome.records(limits.dlq_payload_bytes_max),
-                            label=path.name, console=console)
-        except BrokerFailed as exc:
-            _say(console, f"[red]{path}: the broker did not acknowledge ({exc}); run the same "
-                          "command again (re-sending is safe)[/red]")
-            return EXIT_BROKER
-        report_fhir(path, outcome, console)
-        if not outcome.ok():
-            code = EXIT_REJECTED
-    return code
+    return ingest_files(
+        files, servers=servers, console=console, bytes_max=settings.fhir_file_bytes_max,
+        bytes_setting="RCMFLOW_FHIR_FILE_BYTES_MAX",
+        read=lambda path: process_fhir(path.read_bytes(), name=path.name,
+                                       origin=f"file:{path}", limits=limits),
+        records=lambda outcome: outcome.records(limits.dlq_payload_bytes_max),
+        report=report_fhir)
 
 
 def report_fhir(path: Path, outcome: FhirOutcome, console: Console) -> None:
     """Counts and reasons: places, resource types, codes, amounts and account numbers only."""
     accounts = sorted({e.account for _, e in outcome.events})
     shown = ", ".join(accounts[:5]) + (f" (+{len(accounts) - 5})" if len(accounts) > 5 else "")
-    _say(console, f"{escape(str(path))}: {outcome.resources} resources, "
+    say(console, f"{escape(str(path))}: {outcome.resources} resources, "
                   f"{len(outcome.events)} events to {EVENTS}"
                   + (f" (accounts {escape(shown)})" if accounts else "")
                   + (f", {len(outcome.notes)} notices" if outcome.notes else "")
@@ -375,13 +353,7 @@ def report_fhir(path: Path, outcome: FhirOutcome, console: Console) -> None:
                      if outcome.rejected else ""))
     for r in outcome.rejected[:SHOWN_MAX]:
         part = f" {r.part}" if r.part else ""
-        _say(console, escape(f"  {r.location}{part} {r.resource_type or ''}: {r.code}: "
+        say(console, escape(f"  {r.location}{part} {r.resource_type or ''}: {r.code}: "
                              f"{r.detail}"))
     if len(outcome.rejected) > SHOWN_MAX:
-        _say(console, f"  ... {len(outcome.rejected) - SHOWN_MAX} more (rcmflow dlq list)")
-
-
-def _say(console: Console, text: str) -> None:
-    """One report line: never wrapped mid-path, no auto-colour."""
-    console.print(text, soft_wrap=True, highlight=False)
-
+        say(console, f"  ... {len(outcome.rejected) - SHOWN_MAX} more (rcmflow dlq list)")

@@ -13,14 +13,7 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 
-from rcmflow.connectors.x12.publishing import (
-    EXIT_BROKER,
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_REJECTED,
-    BrokerFailed,
-    publish_records,
-)
+from rcmflow.connectors.files import ingest_files, say
 from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_PAYMENTS
@@ -129,40 +122,23 @@ def _row_of(error: RowError) -> int:
 def ingest_payment_files(settings: Settings, servers: list[str], files: list[Path], *,
                          channel: str, console: Console) -> int:
     """Publish every file; the exit code says whether anything was rejected."""
-    too_big = [f for f in files if f.stat().st_size > settings.payments_file_bytes_max]
-    if too_big:
-        _say(console, f"[red]refused (over {settings.payments_file_bytes_max} bytes, split "
-                      f"them):[/red] {', '.join(map(str, too_big))}")
-        return EXIT_REFUSED
-    code = EXIT_OK
-    for path in files:
-        outcome = process_payments(path.read_bytes(), name=path.name, origin=f"file:{path}",
-                                   channel=channel, rows_max=settings.payments_rows_max)
-        try:
-            publish_records(servers, outcome.records(), label=path.name, console=console)
-        except BrokerFailed as exc:
-            _say(console, f"[red]{path}: the broker did not acknowledge ({exc}); run the same "
-                          "command again (re-sending is safe)[/red]")
-            return EXIT_BROKER
-        report_payments(path, outcome, console)
-        if not outcome.ok():
-            code = EXIT_REJECTED
-    return code
+    return ingest_files(
+        files, servers=servers, console=console, bytes_max=settings.payments_file_bytes_max,
+        bytes_setting="RCMFLOW_PAYMENTS_FILE_BYTES_MAX",
+        read=lambda path: process_payments(path.read_bytes(), name=path.name,
+                                           origin=f"file:{path}", channel=channel,
+                                           rows_max=settings.payments_rows_max),
+        records=lambda outcome: outcome.records(), report=report_payments)
 
 
 def report_payments(path: Path, outcome: PaymentsOutcome, console: Console) -> None:
     """Counts and the reasons (row numbers and columns only: no names, no PHI)."""
-    _say(console, f"{path}: {len(outcome.events)} rows published to {EVENTS}"
+    say(console, f"{path}: {len(outcome.events)} rows published to {EVENTS}"
                   + (f", [yellow]{len(outcome.rejected)} to {DLQ}[/yellow]"
                      if outcome.rejected else ""))
     for r in outcome.rejected[:10]:
-        _say(console, f"  {r.code}: {r.detail}")
+        say(console, f"  {r.code}: {r.detail}")
     if len(outcome.rejected) > 10:
-        _say(console, f"  ... {len(outcome.rejected) - 10} more (rcmflow dlq list)")
+        say(console, f"  ... {len(outcome.rejected) - 10} more (rcmflow dlq list)")
     for w in outcome.warnings:
-        _say(console, f"  [dim]{w}[/dim]")
-
-
-def _say(console: Console, text: str) -> None:
-    """One report line: never wrapped mid-path (logs and terminals alike), no auto-colour."""
-    console.print(text, soft_wrap=True, highlight=False)
+        say(console, f"  [dim]{w}[/dim]")

@@ -19,8 +19,8 @@ from rich.console import Console
 from rcmflow.connectors.payments.ingest import process_payments, report_payments
 from rcmflow.settings import Settings
 
+from ..files import BrokerFailed, publish_records, say
 from .files import limits_from, process_x12_path, report_x12
-from .publishing import BrokerFailed, publish_records
 
 __all__ = ["watch", "handle_file", "PAYMENT_SUFFIXES"]
 
@@ -92,19 +92,14 @@ def watch(folder: Path, settings: Settings, servers: list[str], console: Console
             try:
                 dest = handle_file(path, settings, servers, console)
             except BrokerFailed as exc:
-                _say(console, f"[red]{path.name}: broker did not acknowledge ({exc}); "
+                say(console, f"[red]{path.name}: broker did not acknowledge ({exc}); "
                               "left in place, will retry[/red]")
                 continue
             except OSError as exc:  # unreadable or vanished: the next files still get their turn
-                _say(console, f"[red]{path.name}: {type(exc).__name__}: {exc.strerror}; left "
+                say(console, f"[red]{path.name}: {type(exc).__name__}: {exc.strerror}; left "
                               "in place[/red]")
                 continue
-            _say(console, f"  -> {dest.parent.name}/{dest.name}")
+            say(console, f"  -> {dest.parent.name}/{dest.name}")
         if once or stop():
             return 0
         time.sleep(settings.watch_poll_s)
-
-
-def _say(console: Console, text: str) -> None:
-    """One report line: never wrapped mid-path (logs and terminals alike), no auto-colour."""
-    console.print(text, soft_wrap=True, highlight=False)
