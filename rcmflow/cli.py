@@ -128,7 +128,7 @@ def facade() -> None:
 
 @app.command()
 def erp(
-    adapter: Annotated[str, typer.Argument(help="csv or tryton.")],
+    adapter: Annotated[str, typer.Argument(help="csv, tryton, netsuite, odoo or erpnext.")],
     idle_exit_s: Annotated[float | None, typer.Option(
         help="Exit once nothing arrived for this long and the lag is 0 (tests, catch-up).")
     ] = None,
