@@ -414,8 +414,8 @@ def _health(store: Store, feed: FeedStatus | None,
         else:
             lag = feed.lag()
             doc.update(lag_records=lag, positions=feed.positions_json(), error=feed.error,
-                       seconds_since_apply=None if feed.last_applied_at is None
-                       else round(time.time() - feed.last_applied_at, 3))
+                       seconds_since_apply=None if feed.last_applied_at_s is None
+                       else round(time.time() - feed.last_applied_at_s, 3))
             if not feed.started or lag is None:
                 doc["status"], status = "starting", 503
             else:

@@ -42,7 +42,7 @@ class FeedStatus:
     positions: dict[int, int] = field(default_factory=dict)
     highwaters: dict[int, int] = field(default_factory=dict)
     applied_records: int = 0
-    last_applied_at: float | None = None
+    last_applied_at_s: float | None = None
     error: str | None = None
 
     def positions_json(self) -> dict[str, dict[str, int | None]]:
@@ -108,7 +108,7 @@ class Feeder:
                     await asyncio.to_thread(self.store.apply, records, offsets)
                     self.status.positions.update(offsets)
                     self.status.applied_records += len(records)
-                    self.status.last_applied_at = time.time()
+                    self.status.last_applied_at_s = time.time()
                 for tp in tps:
                     hw = consumer.highwater(tp)
                     if hw is not None:

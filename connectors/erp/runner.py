@@ -89,12 +89,12 @@ class Progress:
     committed: dict[str, int] = field(default_factory=dict)
     lag: int | None = None
     breaker: str = "closed"
-    stalled_since: float | None = None
-    updated_at: float = 0.0
+    stalled_since_s: float | None = None
+    updated_at_s: float = 0.0
 
     def line(self) -> str:
-        stalled = (f" stalled {time.time() - self.stalled_since:.0f}s"
-                   if self.stalled_since else "")
+        stalled = (f" stalled {time.time() - self.stalled_since_s:.0f}s"
+                   if self.stalled_since_s else "")
         return (f"erp {self.adapter}: posted {self.posted}, already there "
                 f"{self.already_there}, rejected {self.rejected}, invalid {self.invalid}, "
                 f"transient failures {self.transient_failures}, lag {self.lag}, "
@@ -102,7 +102,7 @@ class Progress:
 
     def write(self, path: Path | None) -> None:
         """Atomically replace the status file (a metric a scraper or a test can read)."""
-        self.updated_at = time.time()
+        self.updated_at_s = time.time()
         if path is None:
             return
         tmp = path.with_name(path.name + ".tmp")
@@ -122,26 +122,26 @@ class CircuitBreaker:
         self.failures_max = failures_max
         self.cooldown_s = cooldown_s
         self.failures = 0
-        self.opened_at: float | None = None
+        self.opened_at_s: float | None = None
 
     @property
     def state(self) -> str:
-        if self.opened_at is None:
+        if self.opened_at_s is None:
             return "closed"
-        return "half-open" if time.monotonic() - self.opened_at >= self.cooldown_s else "open"
+        return "half-open" if time.monotonic() - self.opened_at_s >= self.cooldown_s else "open"
 
     def wait_s(self) -> float:
-        if self.opened_at is None:
+        if self.opened_at_s is None:
             return 0.0
-        return max(0.0, self.cooldown_s - (time.monotonic() - self.opened_at))
+        return max(0.0, self.cooldown_s - (time.monotonic() - self.opened_at_s))
 
     def success(self) -> None:
-        self.failures, self.opened_at = 0, None
+        self.failures, self.opened_at_s = 0, None
 
     def failure(self) -> None:
         self.failures += 1
         if self.failures >= self.failures_max:
-            self.opened_at = time.monotonic()  # (re)open; the next probe after the cooldown
+            self.opened_at_s = time.monotonic()  # (re)open; the next probe after the cooldown
 
 
 class _Stop(Exception):
@@ -280,8 +280,8 @@ class Connector:
             except (TransientError, TimeoutError) as exc:
                 attempt += 1
                 self.progress.transient_failures += 1
-                if self.progress.stalled_since is None:
-                    self.progress.stalled_since = time.time()
+                if self.progress.stalled_since_s is None:
+                    self.progress.stalled_since_s = time.time()
                 was = self.breaker.state
                 self.breaker.failure()
                 what = str(exc) or type(exc).__name__
@@ -296,12 +296,12 @@ class Connector:
                     await self._idle(backoff_s(attempt, self.options.backoff_base_s,
                                                self.options.backoff_max_s, self.rng))
                 continue
-            if self.progress.stalled_since is not None:
+            if self.progress.stalled_since_s is not None:
                 log.warning("erp %s: ERP answers again after %.0fs", self.adapter.name,
-                            time.time() - self.progress.stalled_since)
+                            time.time() - self.progress.stalled_since_s)
             self.breaker.success()
             self.progress.breaker = "closed"
-            self.progress.stalled_since = None
+            self.progress.stalled_since_s = None
             self._calls += 1
             if self._calls == self._kill_after:
                 log.warning("%s=%d: killing this connector", KILL_AFTER_ENV, self._calls)
