@@ -24,10 +24,12 @@ from typing import Any
 
 import httpx
 
-from .base import AdapterConfigError, TransientError
+from rcmflow.streams.postings import PostingDelta
+
+from .base import AdapterConfigError, Outcome, TransientError, post_each
 
 __all__ = ["dumps", "loads", "cents_decimal", "decimal_cents", "check", "request_json",
-           "make_client", "RESPONSE_BYTES_MAX", "TRANSIENT_STATUS"]
+           "make_client", "HttpErp", "RESPONSE_BYTES_MAX", "TRANSIENT_STATUS"]
 
 #: Largest ERP answer read (a page of journal entries is far smaller).
 RESPONSE_BYTES_MAX = 16 * 1024 * 1024
@@ -110,6 +112,41 @@ def make_client(base_url: str, *, headers: dict[str, str], timeout_s: float,
         base_url=base_url, headers={"Accept": "application/json", **headers},
         timeout=httpx.Timeout(timeout_s), transport=transport, follow_redirects=False,
         limits=httpx.Limits(max_connections=8, max_keepalive_connections=4))
+
+
+class HttpErp:
+    """The adapter life cycle the cloud ERPs share: ``open`` makes the HTTP client and does no
+    I/O; what the ERP must provide (chart, journal, duplicate-guard field) is read by
+    ``_ready`` on first use, inside the runner's retries (an ERP down when the connector
+    starts is an outage, not a crash); ``post_batch`` posts one entry per call."""
+
+    batch_max: int
+
+    def __init__(self, base_url: str, headers: dict[str, str], timeout_s: float,
+                 transport: httpx.AsyncBaseTransport | None) -> None:
+        self._client_args = (base_url, headers, timeout_s, transport)
+        self.client: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        base_url, headers, timeout_s, transport = self._client_args
+        self.client = make_client(base_url, headers=headers, timeout_s=timeout_s,
+                                  transport=transport)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    async def post_batch(self, deltas: Sequence[PostingDelta]) -> list[Outcome]:
+        assert len(deltas) <= self.batch_max
+        await self._ready()
+        return await post_each(self, deltas)
+
+    async def _ready(self) -> None:
+        raise NotImplementedError
+
+    async def post(self, delta: PostingDelta) -> Outcome:
+        raise NotImplementedError
 
 
 def check(response: httpx.Response, what: str) -> httpx.Response:

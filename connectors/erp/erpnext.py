@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import date
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -53,9 +53,8 @@ from .base import (
     Posted,
     Rejected,
     TransientError,
-    post_each,
 )
-from .cloud_http import cents_decimal, decimal_cents, make_client, request_json
+from .cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
 from .cloud_settings import CloudErpSettings
 from .mapping import check_mapped
 
@@ -98,7 +97,7 @@ def server_message(parsed: Any, response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {response.text[:500]}"
 
 
-class ErpNext:
+class ErpNext(HttpErp):
     name = "erpnext"
 
     def __init__(self, chart: ChartOfAccounts, *, base_url: str, api_key: str,
@@ -115,9 +114,8 @@ class ErpNext:
         self.field = posting_field
         self.page_size = page_size
         self.batch_max = batch_max
-        self._client_args = (base_url, {"Authorization": f"token {api_key}:{api_secret}"},
-                             timeout_s, transport)
-        self.client: httpx.AsyncClient | None = None
+        super().__init__(base_url, {"Authorization": f"token {api_key}:{api_secret}"},
+                         timeout_s, transport)
         #: (company, GL code = ERPNext account_number) -> Account name, and back.
         self.accounts: dict[tuple[str, str], str] = {}
         self.codes: dict[str, str] = {}
@@ -145,13 +143,6 @@ class ErpNext:
                 return
             start += len(rows)
 
-    async def open(self) -> None:
-        """No I/O here: the guard field and the chart are checked on first use, inside the
-        runner's retries (an ERP down at start is an outage, not a crash)."""
-        base_url, headers, timeout_s, transport = self._client_args
-        self.client = make_client(base_url, headers=headers, timeout_s=timeout_s,
-                                  transport=transport)
-
     async def _ready(self) -> None:
         if self.accounts:
             return
@@ -174,16 +165,6 @@ class ErpNext:
         self.codes = {name: code for (_, code), name in found.items()}
         if not found:
             raise AdapterConfigError(f"erpnext: no ledger account with a number in {companies}")
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
-
-    async def post_batch(self, deltas: Sequence[PostingDelta]) -> list[Outcome]:
-        assert len(deltas) <= self.batch_max
-        await self._ready()
-        return await post_each(self, deltas)
 
     # -- one entry ------------------------------------------------------------------------
     def document(self, delta: PostingDelta) -> dict[str, Any]:

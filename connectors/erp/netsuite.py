@@ -33,7 +33,7 @@ A journal entry posts on save, unless the account routes journal entries through
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +51,8 @@ from .base import (
     Posted,
     Rejected,
     TransientError,
-    post_each,
 )
-from .cloud_http import cents_decimal, decimal_cents, make_client, request_json
+from .cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
 from .cloud_settings import CloudErpSettings
 from .mapping import check_mapped
 
@@ -104,7 +103,7 @@ def error_text(parsed: Any, response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {response.text[:500]}"
 
 
-class NetSuite:
+class NetSuite(HttpErp):
     name = "netsuite"
 
     def __init__(self, chart: ChartOfAccounts, *, base_url: str, token: str,
@@ -119,17 +118,9 @@ class NetSuite:
         self.subsidiary = subsidiary
         self.page_size = page_size
         self.batch_max = batch_max
-        self._client_args = (base_url, token, timeout_s, transport)
-        self.client: httpx.AsyncClient | None = None
+        super().__init__(base_url, {"Authorization": f"Bearer {token}"}, timeout_s, transport)
         self.account_ids: dict[str, str] = {}
         self.account_codes: dict[str, str] = {}
-
-    async def open(self) -> None:
-        """No I/O here: the chart is read on first use, inside the runner's retries (an ERP
-        that is down when the connector starts is an outage, not a crash)."""
-        base_url, token, timeout_s, transport = self._client_args
-        self.client = make_client(base_url, headers={"Authorization": f"Bearer {token}"},
-                                  timeout_s=timeout_s, transport=transport)
 
     async def _ready(self) -> None:
         if self.account_ids:
@@ -143,16 +134,6 @@ class NetSuite:
         if not found:
             raise AdapterConfigError("netsuite: the chart of accounts read back empty "
                                      "(no active account with a number)")
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
-
-    async def post_batch(self, deltas: Sequence[PostingDelta]) -> list[Outcome]:
-        assert len(deltas) <= self.batch_max
-        await self._ready()
-        return await post_each(self, deltas)
 
     # -- one entry ------------------------------------------------------------------------
     def body(self, delta: PostingDelta) -> dict[str, Any]:

@@ -41,7 +41,7 @@ does. An access error is a 403 and stops the connector (exit 3), never a silent 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -59,9 +59,8 @@ from .base import (
     Posted,
     Rejected,
     TransientError,
-    post_each,
 )
-from .cloud_http import cents_decimal, decimal_cents, make_client, request_json
+from .cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
 from .cloud_settings import CloudErpSettings
 from .mapping import check_mapped
 
@@ -85,7 +84,7 @@ class OdooError(Exception):
         self.status, self.name, self.message = status, name, message
 
 
-class Odoo:
+class Odoo(HttpErp):
     name = "odoo"
 
     def __init__(self, chart: ChartOfAccounts, *, base_url: str, api_key: str,
@@ -103,8 +102,7 @@ class Odoo:
         headers = {"Authorization": f"bearer {api_key}", "User-Agent": "rcmflow"}
         if database:
             headers["X-Odoo-Database"] = database
-        self._client_args = (base_url, headers, timeout_s, transport)
-        self.client: httpx.AsyncClient | None = None
+        super().__init__(base_url, headers, timeout_s, transport)
         self.journal_id = 0
         self.account_ids: dict[str, int] = {}
         self.account_codes: dict[int, str] = {}
@@ -123,12 +121,6 @@ class Odoo:
         raise OdooError(response.status_code, f"HTTP {response.status_code}",
                         response.text[:500])
 
-    async def open(self) -> None:
-        """No I/O here: journal and chart are read on first use, inside the runner's retries."""
-        base_url, headers, timeout_s, transport = self._client_args
-        self.client = make_client(base_url, headers=headers, timeout_s=timeout_s,
-                                  transport=transport)
-
     async def _ready(self) -> None:
         if self.journal_id:
             return
@@ -146,16 +138,6 @@ class Odoo:
         self.journal_id = int(journals[0]["id"])
         self.account_ids = {str(a["code"]): int(a["id"]) for a in accounts if a.get("code")}
         self.account_codes = {v: k for k, v in self.account_ids.items()}
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
-
-    async def post_batch(self, deltas: Sequence[PostingDelta]) -> list[Outcome]:
-        assert len(deltas) <= self.batch_max
-        await self._ready()
-        return await post_each(self, deltas)
 
     # -- one entry ------------------------------------------------------------------------
     def values(self, delta: PostingDelta) -> dict[str, Any]:
