@@ -33,7 +33,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rcmflow.broker import EmbeddedBroker, ensure_topics, stop_process
+from rcmflow.broker import EmbeddedBroker, ensure_topics, free_port, stop_process
 from rcmflow.connectors.hl7.framing import END_BLOCK, frame
 from rcmflow.connectors.x12.ingest import X12Limits, process_x12
 from rcmflow.streams.topics import topic_specs
@@ -70,12 +70,6 @@ async def client(port: int, first: int, count: int, latencies: list[float],
             codes[code] = codes.get(code, 0) + 1
     finally:
         writer.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, listener: subprocess.Popen[bytes], log: Path) -> None:

@@ -24,7 +24,8 @@ from aiokafka.errors import KafkaError
 
 from rcmflow.streams.topics import TopicSpec
 
-__all__ = ["EmbeddedBroker", "ensure_topics", "wait_for_broker", "stop_process", "BrokerError"]
+__all__ = ["EmbeddedBroker", "ensure_topics", "wait_for_broker", "stop_process", "free_port",
+           "BrokerError"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
         process.wait()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server started right after)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -60,7 +62,7 @@ class EmbeddedBroker:
     def __init__(self, info_file: Path | None = None, port: int | None = None,
                  log_file: Path | None = None) -> None:
         self.info_file = info_file
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,7 @@ import zipfile
 from pathlib import Path
 from types import TracebackType
 
-from rcmflow.broker import BrokerError, stop_process, wait_for_broker
+from rcmflow.broker import BrokerError, free_port, stop_process, wait_for_broker
 from tests.apache_kafka.fetch import ensure_jars, find_java
 
 __all__ = ["ApacheKafka"]
@@ -48,12 +47,6 @@ logger.state.level = warn
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _cluster_id() -> str:
     """What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64, no padding."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -75,8 +68,8 @@ class ApacheKafka:
 
     def __init__(self, data_dir: Path | None = None, port: int | None = None,
                  log_file: Path | None = None, heap: str = HEAP) -> None:
-        self.port = port or _free_port()
-        self.controller_port = _free_port()
+        self.port = port or free_port()
+        self.controller_port = free_port()
         self.heap = heap
         # A temp dir we made is removed on stop(), and kept when start() fails: the log is there.
         self._own_dir = data_dir is None

@@ -24,7 +24,6 @@ import itertools
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from rcmflow.broker import free_port
 from rcmflow.connectors.erp.mapping import all_gl_accounts
 from rcmflow.connectors.erp.tryton import decode, encode
 from rcmflow.streams.chart import load_chart
@@ -65,12 +65,6 @@ length = 6
 def _bin(name: str) -> str:
     found = Path(sys.executable).with_name(name)
     return str(found) if found.exists() else name
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -191,7 +185,7 @@ class TrytonServer:
 
     def start(self) -> TrytonServer:
         """Start trytond serving this database (always -d: see TRYTON.md §6)."""
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         log = open(self.workdir / f"trytond-{self.db}.log", "ab")
         self.process = subprocess.Popen(
             [_bin("trytond"), "-d", self.db], stdout=log, stderr=subprocess.STDOUT,

@@ -6,7 +6,6 @@ are serialised with ``state_json``, exactly what rcm.accounts carries.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +23,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
+from rcmflow.broker import free_port
 from rcmflow.demo import demo_events
 from rcmflow.facade.app import FacadeConfig, create_app
 from rcmflow.facade.auth import Authenticator
@@ -135,12 +135,6 @@ async def anon(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://facade.test") as c:
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Served:

@@ -9,7 +9,6 @@ interface engine re-sends, the clearinghouse re-drops the files) changes nothing
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +16,12 @@ from typing import Any
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker
+from rcmflow.broker import EmbeddedBroker, free_port
 from rcmflow.demo_sources import DEMO_ACCOUNT, HL7_FILE, X12_FILES, send_mllp
 from rcmflow.ops import latest_snapshots
 from tests.conftest import Workers, wait_until
 
 pytestmark = pytest.mark.broker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def snapshot(broker: EmbeddedBroker) -> dict[str, Any]:
