@@ -45,6 +45,13 @@ err = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _metrics_port(setting: str) -> Any:
+    """The --metrics-port option of a long-running command; ``setting`` is its default."""
+    return typer.Option(
+        min=0, max=65535, help="Serve Prometheus metrics at http://RCMFLOW_METRICS_HOST"
+        f":PORT/metrics (host 127.0.0.1 unless set); 0: off. Default: {setting} (0: off).")
+
+
 def _settings() -> Settings:
     try:
         return Settings()
@@ -132,14 +139,16 @@ def erp(
     idle_exit_s: Annotated[float | None, typer.Option(
         help="Exit once nothing arrived for this long and the lag is 0 (tests, catch-up).")
     ] = None,
+    metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_ERP_METRICS_PORT")] = None,
 ) -> None:
     """Post every delta on rcm.postings to an ERP exactly once (its own consumer group).
 
     An offset is committed only after the ERP accepted the delta (or already had its posting
     id) or the delta went to rcm.postings.dlq with the ERP's reason. ERP outages are retried
     with backoff and a circuit breaker, forever: the connector stalls and its lag grows
-    (progress log, DATA_DIR/erp-ADAPTER.status.json). Exit 3: the adapter is misconfigured;
-    4: the broker is unreachable or failing.
+    (rcmflow_erp_lag_records on --metrics-port, the progress log and
+    DATA_DIR/erp-ADAPTER.status.json). Exit 2: bad argument or the metrics port is taken;
+    3: the adapter is misconfigured; 4: the broker is unreachable or failing.
     """
     from rcmflow.connectors.erp import AdapterConfigError
     from rcmflow.connectors.erp.command import run_erp
@@ -147,7 +156,7 @@ def erp(
     settings = _settings()
     _servers(settings)
     try:
-        code = run_erp(settings, adapter, idle_exit_s=idle_exit_s)
+        code = run_erp(settings, adapter, idle_exit_s=idle_exit_s, metrics_port=metrics_port)
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc

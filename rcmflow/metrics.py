@@ -27,8 +27,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Families", "Rows", "new_registry", "serve", "render", "counter", "gauge", "url",
-           "CONTENT_TYPE_LATEST"]
+__all__ = ["Families", "Metric", "Rows", "new_registry", "serve", "render", "counter",
+           "gauge", "url", "CONTENT_TYPE_LATEST"]
 
 #: What a process gives its registry: a function returning its metric families now.
 Families = Callable[[], Iterable[Metric]]
