@@ -102,15 +102,19 @@ def broker() -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_WORKER_METRICS_PORT")] = None,
+) -> None:
     """Run a Faust worker: applies rcm.events to the account tables, emits deltas.
 
     Start more to scale out: partitions spread across workers of the consumer group. Each
-    worker on one machine takes the first free table directory (or RCMFLOW_WORKER_NAME).
+    worker on one machine takes the first free table directory (or RCMFLOW_WORKER_NAME), and
+    needs its own --metrics-port. Metrics: rcmflow_worker_events_total by outcome, postings,
+    DLQ records, rcm.events lag. Exit 2: bad setting, no broker, or the metrics port taken.
     """
     from rcmflow.run_worker import run_worker
 
-    raise typer.Exit(run_worker(_settings()))
+    raise typer.Exit(run_worker(_settings(), metrics_port=metrics_port))
 
 
 @app.command()
