@@ -229,19 +229,23 @@ def mllp(
     port: Annotated[int | None, typer.Option(help="TCP port [RCMFLOW_MLLP_PORT, 2575].")] = None,
     host: Annotated[str | None, typer.Option(help="Listen address [RCMFLOW_MLLP_HOST, "
                                              "127.0.0.1].")] = None,
+    metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_MLLP_METRICS_PORT")] = None,
 ) -> None:
     """HL7 v2 listener over MLLP: DFT^P03 / BAR^P01 charges, ADT status, one ACK per message.
 
     AA only once the raw message and its events are on the broker (acks=all); AE/AR with ERR
     segments, and the message in rcm.dlq, when it is refused; a replay (same MSH-3/4/10 and
-    content) gets AA again and publishes nothing. Runs until Ctrl-C. Exit 2: bad setting, no
-    broker, port taken, or another listener holds this data dir's replay store.
+    content) gets AA again and publishes nothing. Metrics: rcmflow_mllp_messages_total by
+    ACK code. Runs until Ctrl-C. Exit 2: bad setting, no broker, a port taken, or another
+    listener holds this data dir's replay store.
     """
     from rcmflow.connectors.hl7.service import run_mllp
 
     settings = _settings()
-    raise typer.Exit(run_mllp(settings, _servers(settings), host or settings.mllp_host,
-                              settings.mllp_port if port is None else port))
+    raise typer.Exit(run_mllp(
+        settings, _servers(settings), host or settings.mllp_host,
+        settings.mllp_port if port is None else port,
+        metrics_port=settings.mllp_metrics_port if metrics_port is None else metrics_port))
 
 
 @ingest_app.command("events")
