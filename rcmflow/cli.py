@@ -82,8 +82,10 @@ def dev(
     and the HL7 MLLP listener (+ demo data).
 
     Runs until Ctrl-C, then stops them all. Ports: RCMFLOW_FACADE_PORT (8080),
-    RCMFLOW_MLLP_PORT (2575). Tables live under RCMFLOW_DATA_DIR (default ~/.rcmflow) and
-    are reset at each start, because the embedded broker keeps its topics in memory only.
+    RCMFLOW_MLLP_PORT (2575); /metrics of the worker and the listener on
+    RCMFLOW_WORKER_METRICS_PORT and RCMFLOW_MLLP_METRICS_PORT, or free ports (printed).
+    Tables live under RCMFLOW_DATA_DIR (default ~/.rcmflow) and are reset at each start,
+    because the embedded broker keeps its topics in memory only.
     """
     from rcmflow.dev import run_dev
 
