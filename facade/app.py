@@ -21,6 +21,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
+from rcmflow.metrics import CONTENT_TYPE_LATEST, Metric, counter, gauge, new_registry, render
+
 from .auth import Authenticator, AuthError, Principal
 from .errors import FHIR_JSON, FhirError, install_handlers, outcome
 from .feed import FeedStatus
@@ -425,18 +427,19 @@ def _health(store: Store, feed: FeedStatus | None,
 
 
 def _metrics(store: Store, feed: FeedStatus | None) -> Callable[[], Awaitable[Response]]:
-    async def metrics() -> Response:
+    def families() -> list[Metric]:
         lag = feed.lag() if feed is not None else 0
-        lines = [
-            "# HELP rcmflow_facade_lag_records rcm.accounts records not yet in the read model",
-            "# TYPE rcmflow_facade_lag_records gauge",
-            f"rcmflow_facade_lag_records {'NaN' if lag is None else lag}",
-            "# HELP rcmflow_facade_accounts accounts in the read model",
-            "# TYPE rcmflow_facade_accounts gauge",
-            f"rcmflow_facade_accounts {store.account_count()}",
-            "# HELP rcmflow_facade_invalid_snapshots_total snapshots not served (invalid FHIR)",
-            "# TYPE rcmflow_facade_invalid_snapshots_total counter",
-            f"rcmflow_facade_invalid_snapshots_total {store.invalid_snapshots}",
+        return [
+            gauge("rcmflow_facade_lag_records", "rcm.accounts records not yet in the read "
+                  "model (NaN: not yet known)", [({}, lag)]),
+            gauge("rcmflow_facade_accounts", "accounts in the read model",
+                  [({}, store.account_count())]),
+            counter("rcmflow_facade_invalid_snapshots", "snapshots not served (invalid FHIR)",
+                    [({}, store.invalid_snapshots)]),
         ]
-        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    registry = new_registry(families)
+
+    async def metrics() -> Response:
+        return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
     return metrics

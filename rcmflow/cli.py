@@ -45,6 +45,13 @@ err = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _metrics_port(setting: str) -> Any:
+    """The --metrics-port option of a long-running command; ``setting`` is its default."""
+    return typer.Option(
+        min=0, max=65535, help="Serve Prometheus metrics at http://RCMFLOW_METRICS_HOST"
+        f":PORT/metrics (host 127.0.0.1 unless set); 0: off. Default: {setting} (0: off).")
+
+
 def _settings() -> Settings:
     try:
         return Settings()
@@ -75,8 +82,10 @@ def dev(
     and the HL7 MLLP listener (+ demo data).
 
     Runs until Ctrl-C, then stops them all. Ports: RCMFLOW_FACADE_PORT (8080),
-    RCMFLOW_MLLP_PORT (2575). Tables live under RCMFLOW_DATA_DIR (default ~/.rcmflow) and
-    are reset at each start, because the embedded broker keeps its topics in memory only.
+    RCMFLOW_MLLP_PORT (2575); /metrics of the worker and the listener on
+    RCMFLOW_WORKER_METRICS_PORT and RCMFLOW_MLLP_METRICS_PORT, or free ports (printed).
+    Tables live under RCMFLOW_DATA_DIR (default ~/.rcmflow) and are reset at each start,
+    because the embedded broker keeps its topics in memory only.
     """
     from rcmflow.dev import run_dev
 
@@ -95,15 +104,19 @@ def broker() -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_WORKER_METRICS_PORT")] = None,
+) -> None:
     """Run a Faust worker: applies rcm.events to the account tables, emits deltas.
 
     Start more to scale out: partitions spread across workers of the consumer group. Each
-    worker on one machine takes the first free table directory (or RCMFLOW_WORKER_NAME).
+    worker on one machine takes the first free table directory (or RCMFLOW_WORKER_NAME), and
+    needs its own --metrics-port. Metrics: rcmflow_worker_events_total by outcome, postings,
+    DLQ records, rcm.events lag. Exit 2: bad setting, no broker, or the metrics port taken.
     """
     from rcmflow.run_worker import run_worker
 
-    raise typer.Exit(run_worker(_settings()))
+    raise typer.Exit(run_worker(_settings(), metrics_port=metrics_port))
 
 
 @app.command()
@@ -132,14 +145,16 @@ def erp(
     idle_exit_s: Annotated[float | None, typer.Option(
         help="Exit once nothing arrived for this long and the lag is 0 (tests, catch-up).")
     ] = None,
+    metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_ERP_METRICS_PORT")] = None,
 ) -> None:
     """Post every delta on rcm.postings to an ERP exactly once (its own consumer group).
 
     An offset is committed only after the ERP accepted the delta (or already had its posting
     id) or the delta went to rcm.postings.dlq with the ERP's reason. ERP outages are retried
     with backoff and a circuit breaker, forever: the connector stalls and its lag grows
-    (progress log, DATA_DIR/erp-ADAPTER.status.json). Exit 3: the adapter is misconfigured;
-    4: the broker is unreachable or failing.
+    (rcmflow_erp_lag_records on --metrics-port, the progress log and
+    DATA_DIR/erp-ADAPTER.status.json). Exit 2: bad argument or the metrics port is taken;
+    3: the adapter is misconfigured; 4: the broker is unreachable or failing.
     """
     from rcmflow.connectors.erp import AdapterConfigError
     from rcmflow.connectors.erp.command import run_erp
@@ -147,7 +162,7 @@ def erp(
     settings = _settings()
     _servers(settings)
     try:
-        code = run_erp(settings, adapter, idle_exit_s=idle_exit_s)
+        code = run_erp(settings, adapter, idle_exit_s=idle_exit_s, metrics_port=metrics_port)
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
@@ -216,19 +231,23 @@ def mllp(
     port: Annotated[int | None, typer.Option(help="TCP port [RCMFLOW_MLLP_PORT, 2575].")] = None,
     host: Annotated[str | None, typer.Option(help="Listen address [RCMFLOW_MLLP_HOST, "
                                              "127.0.0.1].")] = None,
+    metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_MLLP_METRICS_PORT")] = None,
 ) -> None:
     """HL7 v2 listener over MLLP: DFT^P03 / BAR^P01 charges, ADT status, one ACK per message.
 
     AA only once the raw message and its events are on the broker (acks=all); AE/AR with ERR
     segments, and the message in rcm.dlq, when it is refused; a replay (same MSH-3/4/10 and
-    content) gets AA again and publishes nothing. Runs until Ctrl-C. Exit 2: bad setting, no
-    broker, port taken, or another listener holds this data dir's replay store.
+    content) gets AA again and publishes nothing. Metrics: rcmflow_mllp_messages_total by
+    ACK code. Runs until Ctrl-C. Exit 2: bad setting, no broker, a port taken, or another
+    listener holds this data dir's replay store.
     """
     from rcmflow.connectors.hl7.service import run_mllp
 
     settings = _settings()
-    raise typer.Exit(run_mllp(settings, _servers(settings), host or settings.mllp_host,
-                              settings.mllp_port if port is None else port))
+    raise typer.Exit(run_mllp(
+        settings, _servers(settings), host or settings.mllp_host,
+        settings.mllp_port if port is None else port,
+        metrics_port=settings.mllp_metrics_port if metrics_port is None else metrics_port))
 
 
 @ingest_app.command("events")

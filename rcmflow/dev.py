@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 
-from rcmflow.broker import BrokerError, EmbeddedBroker, ensure_topics, stop_process
+from rcmflow.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port, stop_process
 from rcmflow.connectors.x12.files import ingest_x12_files
 from rcmflow.demo import demo_lines
 from rcmflow.demo_sources import (
@@ -26,6 +26,7 @@ from rcmflow.demo_sources import (
     send_mllp,
 )
 from rcmflow.kafka_io import publish
+from rcmflow.metrics import url
 from rcmflow.ops import dlq_records, format_cents, latest_snapshots
 from rcmflow.settings import EMBEDDED_PREFIX, Settings, embedded_broker_info
 from rcmflow.streams.chart import ChartError, ChartOfAccounts, load_chart
@@ -105,20 +106,28 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
     worker_log = settings.data_dir / "logs" / "worker.log"
     worker: subprocess.Popen[bytes] | None = None
     services: list[subprocess.Popen[bytes]] = []  # the facade and the MLLP listener
+    # Each process its own metrics port: the configured one, else a free one picked here,
+    # so that dev never clashes with itself or with another program on the machine.
+    worker_metrics = settings.worker_metrics_port or free_port()
+    mllp_metrics = settings.mllp_metrics_port or free_port()
     try:
         with open(worker_log, "ab") as log_handle:
-            worker = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "worker"],
+            worker = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "worker",
+                                       "--metrics-port", str(worker_metrics)],
                                       stdout=log_handle, stderr=subprocess.STDOUT,
                                       env=dict(os.environ))
         services.append(_start_facade(settings, console))
-        services.append(_start_mllp(settings, console))
+        services.append(_start_mllp(settings, console, mllp_metrics))
         console.print(
             f"[bold]rcmflow dev[/bold]\n"
             f"  broker  {broker.bootstrap}  (Tansu, memory only; log {settings.data_dir}/logs/"
             f"broker.log)\n"
             f"  worker  pid {worker.pid}  (log {worker_log})\n"
             f"  chart   {settings.coa or 'shipped default'} version {chart.version}\n"
-            f"  data    {settings.data_dir}"
+            f"  data    {settings.data_dir}\n"
+            f"  metrics worker {url(settings.metrics_host, worker_metrics)} · mllp "
+            f"{url(settings.metrics_host, mllp_metrics)} · facade "
+            f"{url(settings.facade_host, settings.facade_port)}"
         )
         if demo:
             _feed_demo(settings, broker, chart, worker, console)
@@ -162,11 +171,13 @@ def _start_facade(settings: Settings, console: Console) -> subprocess.Popen[byte
     return facade
 
 
-def _start_mllp(settings: Settings, console: Console) -> subprocess.Popen[bytes]:
+def _start_mllp(settings: Settings, console: Console,
+                metrics_port: int) -> subprocess.Popen[bytes]:
     """`rcmflow mllp`: HL7 v2 over MLLP into rcm.events."""
     log = settings.data_dir / "logs" / "mllp.log"
     with open(log, "ab") as log_handle:
-        listener = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "mllp"],
+        listener = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "mllp",
+                                     "--metrics-port", str(metrics_port)],
                                     stdout=log_handle, stderr=subprocess.STDOUT,
                                     env=dict(os.environ))
     console.print(f"  mllp    pid {listener.pid}  {settings.mllp_host}:{settings.mllp_port}  "

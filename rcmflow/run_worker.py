@@ -7,11 +7,12 @@ import gc
 import logging
 import sys
 
+from rcmflow import metrics
 from rcmflow.broker import ensure_topics
 from rcmflow.settings import EMBEDDED_PREFIX, BrokerNotFound, Settings
 from rcmflow.streams.chart import ChartError, load_chart
 from rcmflow.streams.topics import topic_specs
-from rcmflow.streams.worker import build_app, claim_worker_dir
+from rcmflow.streams.worker import Pipeline, build_app, claim_worker_dir, worker_families
 
 __all__ = ["run_worker"]
 
@@ -20,7 +21,9 @@ log = logging.getLogger("rcmflow.worker")
 GC_THRESHOLDS = (20_000, 20, 50)
 
 
-def run_worker(settings: Settings) -> int:
+def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
+    """``metrics_port`` (the --metrics-port option) overrides RCMFLOW_WORKER_METRICS_PORT."""
+    port = settings.worker_metrics_port if metrics_port is None else metrics_port
     try:
         url, identity = settings.resolve_broker()
         chart = load_chart(settings.coa)
@@ -36,7 +39,17 @@ def run_worker(settings: Settings) -> int:
     asyncio.run(ensure_topics(settings.bootstrap_servers(), topic_specs(settings.app_id),
                               settings.partitions, settings.replication_factor))
     datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
-    app = build_app(settings, chart, datadir=datadir)
+    app = build_app(settings, chart, datadir=datadir, measure_lag=port > 0)
+    if port:
+        pipeline: Pipeline = app.rcmflow_pipeline  # type: ignore[attr-defined]
+        try:
+            bound = metrics.serve(
+                metrics.new_registry(lambda: worker_families(pipeline.progress)),
+                settings.metrics_host, port)
+        except OSError as exc:
+            print(f"rcmflow worker: {exc}", file=sys.stderr)
+            return 2
+        log.info("worker metrics on %s", metrics.url(settings.metrics_host, bound))
 
     from faust.worker import Worker
 

@@ -157,6 +157,24 @@ class Settings(BaseSettings):
         "for replay detection (older replays are still dropped by the worker's dedup).",
     )
     log_level: Literal["debug", "info", "warn", "error"] = "info"
+    # Prometheus metrics (rcmflow/metrics.py): each long-running process serves its own
+    # /metrics on its own port; 0 leaves it off. The facade serves /metrics on facade_port.
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the /metrics endpoints of the worker, the ERP "
+        "connector and the MLLP listener listen on (labels carry no patient data).",
+    )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="`rcmflow worker` /metrics port; 0: off. Several "
+        "workers on one machine need one port each (`rcmflow worker --metrics-port`).",
+    )
+    erp_metrics_port: int = Field(
+        0, ge=0, le=65535, description="`rcmflow erp` /metrics port (lag, posted, DLQ, "
+        "breaker); 0: off. One port per connector process.",
+    )
+    mllp_metrics_port: int = Field(
+        0, ge=0, le=65535, description="`rcmflow mllp` /metrics port (messages by ACK "
+        "code); 0: off.",
+    )
     # Inbound files (`rcmflow ingest x12|payments`, `rcmflow watch`): a file is read whole, so
     # these bound memory; past them the file is refused (exit 2) or rejected with the reason.
     x12_file_bytes_max: int = Field(
@@ -218,7 +236,8 @@ class Settings(BaseSettings):
         30.0, gt=0, le=3600, description="Open circuit: wait this long between probes."
     )
     erp_progress_s: float = Field(
-        10.0, gt=0, le=3600, description="Progress log + status file (lag) interval."
+        10.0, gt=0, le=3600, description="How often the lag is measured: progress log, "
+        "status file and the rcmflow_erp_lag_records metric."
     )
     erp_csv_dir: Path | None = Field(
         None, description="`erp csv`: where the daily journal files go; unset: DATA_DIR/journal."

@@ -12,6 +12,9 @@ A crash anywhere before 5 leaves the offsets uncommitted and the batch is read a
 record on the broker implies its outputs are there (2 before 3); a state implies its dedup
 record (3 before 4). Events without a dedup record are applied again and post byte-identical
 deltas (deterministic ids and contents); events with one are redeliveries (``dedup.py``).
+
+Metrics (``worker_families``) are read from ``Progress`` at scrape time: the counters grow
+once per durable batch, so the hot path pays nothing for them.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TP, EventT
 from mode import CrashingSupervisor
 
 from rcmflow.kafka_io import log_ends
+from rcmflow.metrics import Metric, counter, gauge
 from rcmflow.settings import Settings
 from rcmflow.tables.account_tables import AccountTables
 from rcmflow.tables.faust_internals import (
@@ -51,7 +56,7 @@ from .outbox import Outbox, OutRecord
 from .processor import BatchResult, Counts, Message, Processor
 from .topics import DLQ, EVENTS, POSTINGS
 
-__all__ = ["build_app", "Pipeline", "claim_worker_dir", "WORKER_SLOTS_MAX"]
+__all__ = ["build_app", "Pipeline", "claim_worker_dir", "worker_families", "WORKER_SLOTS_MAX"]
 
 log = logging.getLogger("rcmflow.worker")
 
@@ -75,10 +80,36 @@ KILL_AT_ENV = "RCMFLOW_TEST_KILL_AT"
 
 @dataclass
 class Progress:
+    """What this worker made durable since it started (counted after a batch's acks)."""
+
     counts: Counts = field(default_factory=Counts)
     batches: int = 0
     events: int = 0
+    dlq_records: int = 0
+    #: rcm.events records on this worker's partitions not yet applied; None: not measured.
+    lag: int | None = None
     started_s: float = field(default_factory=time.monotonic)
+
+
+def worker_families(progress: Progress) -> list[Metric]:
+    """The worker's metrics (read from another thread: each read is one int)."""
+    c = progress.counts
+    outcomes = {"applied": c.applied, "replay": c.replays, "redelivery": c.redeliveries,
+                "conflict": c.conflicts, "rejected": c.rejected}
+    return [
+        counter("rcmflow_worker_events", "rcm.events records handled, by outcome: applied; "
+                "replay (seen before, dropped); redelivery (re-read after a crash); conflict "
+                "and rejected (to rcm.dlq)",
+                [({"outcome": k}, v) for k, v in outcomes.items()]),
+        counter("rcmflow_worker_postings", "Posting deltas sent to rcm.postings",
+                [({}, c.postings)]),
+        counter("rcmflow_worker_dlq_records", "Records sent to rcm.dlq (conflicts, rejected "
+                "events, unmapped-dimension warnings)", [({}, progress.dlq_records)]),
+        counter("rcmflow_worker_batches", "Batches made durable", [({}, progress.batches)]),
+        gauge("rcmflow_worker_lag_records", "rcm.events records on this worker's partitions "
+              "not yet applied (measured every 10 s; NaN: not yet known)",
+              [({}, progress.lag)]),
+    ]
 
 
 class Pipeline:
@@ -143,6 +174,7 @@ class Pipeline:
         for partition, offset in admitted.read_to.items():
             self.durable_next[partition] = max(offset, self.durable_next.get(partition, 0))
         self.progress.counts.add(result.counts)
+        self.progress.dlq_records += len(result.dlq)
         self.progress.batches += 1
         self.progress.events += len(admitted.messages)
         for partition in admitted.read_to:
@@ -216,6 +248,21 @@ class Pipeline:
             await seek(self.app, EVENTS, partition, start)
             self.guard.sought(partition, start)
 
+    async def measure_lag(self, servers: list[str]) -> None:
+        """Log end minus the next offset to apply, summed over this worker's partitions."""
+        if not settled(self.app):
+            return
+        partitions = sorted(assigned_partitions(self.app, EVENTS))
+        try:
+            ends = await log_ends(servers, EVENTS, partitions) if partitions else {}
+        except (KafkaError, OSError, TimeoutError) as exc:  # the broker may be down
+            log.warning("%s lag unknown: %s", EVENTS, exc)
+            self.progress.lag = None
+            return
+        self.progress.lag = sum(
+            max(0, ends[p] - self.durable_next.get(p, committed_offset(self.app, EVENTS, p)))
+            for p in partitions)
+
     def _fault_point(self, point: str) -> None:
         if self._kill_at == (point, self.progress.batches):
             log.warning("%s=%s: killing this worker", KILL_AT_ENV, self._kill_at)
@@ -233,8 +280,13 @@ class Pipeline:
         )
 
 
-def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path) -> faust.App:
-    """The Faust app of one worker process, its tables and its agent."""
+def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
+              measure_lag: bool = False) -> faust.App:
+    """The Faust app of one worker process, its tables and its agent.
+
+    ``measure_lag``: ask the broker for the log ends every PROGRESS_INTERVAL_S (for the lag
+    metric; off when nobody scrapes it).
+    """
     install_highwater_fix()
     disable_gap_commits()
     limit_commits()
@@ -293,6 +345,8 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path) -> f
     async def _progress() -> None:
         pipeline.log_progress()
         await pipeline.watchdog(servers)
+        if measure_lag:
+            await pipeline.measure_lag(servers)
 
     app.rcmflow_pipeline = pipeline  # type: ignore[attr-defined]
     app.rcmflow_commit_limit = pipeline.commit_limit  # type: ignore[attr-defined]

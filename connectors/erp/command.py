@@ -32,7 +32,9 @@ def build_adapter(name: str, settings: Settings) -> ErpAdapter:
     return adapter
 
 
-def run_erp(settings: Settings, name: str, *, idle_exit_s: float | None = None) -> int:
+def run_erp(settings: Settings, name: str, *, idle_exit_s: float | None = None,
+            metrics_port: int | None = None) -> int:
+    """``metrics_port`` (the --metrics-port option) overrides RCMFLOW_ERP_METRICS_PORT."""
     logging.getLogger("rcmflow.erp").setLevel(settings.log_level.upper().replace("WARN",
                                                                                   "WARNING"))
     adapter = build_adapter(name, settings)
@@ -45,5 +47,7 @@ def run_erp(settings: Settings, name: str, *, idle_exit_s: float | None = None) 
         breaker_cooldown_s=settings.erp_breaker_cooldown_s,
         progress_s=settings.erp_progress_s,
         status_file=settings.data_dir / f"erp-{name}.status.json",
-        idle_exit_s=idle_exit_s, session_timeout_s=settings.session_timeout_s)
+        idle_exit_s=idle_exit_s, session_timeout_s=settings.session_timeout_s,
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.erp_metrics_port if metrics_port is None else metrics_port)
     return asyncio.run(run_connector(adapter, options))

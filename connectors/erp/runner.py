@@ -7,8 +7,9 @@ The loop, per fetched batch and per partition, in offset order:
    retried with exponential backoff and full jitter (each attempt bounded by
    ``erp_timeout_s``); ``erp_retry_max`` consecutive failures open the circuit breaker, which
    then lets one probe through per ``erp_breaker_cooldown_s``. There is no give-up: while the
-   ERP is down the connector stalls on the same deltas and its lag grows (progress log and
-   the status file); nothing is skipped or dropped;
+   ERP is down the connector stalls on the same deltas and its lag grows (the
+   ``rcmflow_erp_lag_records`` metric, the progress log and the status file); nothing is
+   skipped or dropped;
 3. rejected deltas go to rcm.postings.dlq with the ERP's text and the business context, and
    the connector waits for the broker's ack;
 4. only then is the partition's offset committed (last record + 1).
@@ -38,6 +39,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from pydantic import ValidationError
 
+from rcmflow.metrics import Metric, counter, gauge, new_registry, serve, url
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.postings import PostingDelta
 from rcmflow.streams.topics import POSTINGS, POSTINGS_DLQ
@@ -45,7 +47,7 @@ from rcmflow.streams.topics import POSTINGS, POSTINGS_DLQ
 from .base import AdapterConfigError, ErpAdapter, Outcome, Rejected, TransientError
 
 __all__ = ["RunnerOptions", "Progress", "CircuitBreaker", "run_connector", "backoff_s",
-           "KILL_AFTER_ENV"]
+           "erp_families", "KILL_AFTER_ENV"]
 
 log = logging.getLogger("rcmflow.erp")
 
@@ -53,8 +55,8 @@ log = logging.getLogger("rcmflow.erp")
 #: before its offsets are committed: the window the ERP's duplicate guard must cover.
 KILL_AFTER_ENV = "RCMFLOW_TEST_ERP_KILL_AFTER"
 
-#: Exit codes of `rcmflow erp`.
-EXIT_OK, EXIT_BROKER, EXIT_CONFIG = 0, 4, 3
+#: Exit codes of `rcmflow erp` (2: bad argument or setting, the metrics port taken).
+EXIT_OK, EXIT_USAGE, EXIT_BROKER, EXIT_CONFIG = 0, 2, 4, 3
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class RunnerOptions:
     #: How often progress (counters, lag, breaker state) is logged and written.
     progress_s: float = 10.0
     status_file: Path | None = None
+    #: Serve /metrics on metrics_host:metrics_port; 0: no endpoint.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     #: Stop after this many seconds without records and zero lag (tests, benchmarks); None: run.
     idle_exit_s: float | None = None
     session_timeout_s: float = 10.0
@@ -90,6 +95,8 @@ class Progress:
     lag: int | None = None
     breaker: str = "closed"
     stalled_since_s: float | None = None
+    #: Unix time of the last offset commit (the ERP had taken every delta before it).
+    last_commit_at_s: float | None = None
     updated_at_s: float = 0.0
 
     def line(self) -> str:
@@ -108,6 +115,32 @@ class Progress:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(asdict(self)))
         os.replace(tmp, path)
+
+
+def erp_families(progress: Progress, breaker: CircuitBreaker) -> list[Metric]:
+    """The connector's metrics, read from its progress at scrape time (another thread: each
+    read is of one int or float, and a scrape a moment stale is fine)."""
+    at = {"adapter": progress.adapter}
+    return [
+        gauge("rcmflow_erp_lag_records", "rcm.postings records not yet committed by this "
+              "connector's group (measured every RCMFLOW_ERP_PROGRESS_S; NaN: not yet known)",
+              [(at, progress.lag)]),
+        counter("rcmflow_erp_posted", "Deltas the ERP accepted as new postings",
+                [(at, progress.posted)]),
+        counter("rcmflow_erp_already_there", "Deltas the ERP already had (re-sent after a "
+                "restart; its duplicate guard answered, nothing posted twice)",
+                [(at, progress.already_there)]),
+        counter("rcmflow_erp_dlq", "Records sent to rcm.postings.dlq: ERP rejections and "
+                "records that are no posting delta", [(at, progress.rejected + progress.invalid)]),
+        counter("rcmflow_erp_transient_failures", "Failed ERP attempts (outage, timeout); "
+                "each one is retried, nothing is skipped", [(at, progress.transient_failures)]),
+        gauge("rcmflow_erp_circuit_open", "1 while the circuit breaker is open (the ERP keeps "
+              "failing; one probe per cooldown), else 0",
+              [(at, 0 if breaker.opened_at_s is None else 1)]),
+        gauge("rcmflow_erp_last_commit_timestamp_seconds", "Unix time of the last offset "
+              "commit (every delta before it is in the ERP or the DLQ); NaN: none yet",
+              [(at, progress.last_commit_at_s)]),
+    ]
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
@@ -233,6 +266,7 @@ class Connector:
                     self.consumer.seek(tp, chunk[0].offset)
                 return
             self.progress.committed[str(tp.partition)] = chunk[-1].offset + 1
+            self.progress.last_commit_at_s = time.time()
 
     async def _chunk(self, tp: TopicPartition, chunk: list[ConsumerRecord[Any, Any]]) -> None:
         deltas: list[tuple[ConsumerRecord[Any, Any], PostingDelta]] = []
@@ -380,6 +414,14 @@ class Connector:
 async def run_connector(adapter: ErpAdapter, options: RunnerOptions) -> int:
     """Run until SIGTERM/SIGINT (or idle_exit_s); returns the exit code."""
     connector = Connector(adapter, options)
+    if options.metrics_port:
+        registry = new_registry(lambda: erp_families(connector.progress, connector.breaker))
+        try:
+            port = serve(registry, options.metrics_host, options.metrics_port)
+        except OSError as exc:
+            log.error("erp %s: %s", adapter.name, exc)
+            return EXIT_USAGE
+        log.info("erp %s: metrics on %s", adapter.name, url(options.metrics_host, port))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, connector.stopping.set)

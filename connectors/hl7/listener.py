@@ -12,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections import Counter
 from dataclasses import dataclass
 
+from rcmflow.metrics import Metric, counter, gauge
+
+from .ack import AckCode
 from .framing import Frame, MllpDecoder, frame
 from .intake import Intake, internal_error_ack
 
@@ -40,6 +44,8 @@ class MllpListener:
         self._connections: dict[asyncio.Task[None], bool] = {}
         self._closing = False
         self.messages = 0
+        #: Messages answered, by ACK code (the metric; no patient data in it).
+        self.acks: Counter[AckCode] = Counter()
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (0 picks a free one)."""
@@ -48,6 +54,18 @@ class MllpListener:
         bound = self._server.sockets[0].getsockname()[1]
         log.info("MLLP listening on %s:%d", host, bound)
         return int(bound)
+
+    def families(self) -> list[Metric]:
+        """The listener's metrics, read at scrape time (from the metrics thread)."""
+        codes: tuple[AckCode, ...] = ("AA", "AE", "AR")
+        return [
+            counter("rcmflow_mllp_messages", "HL7 messages answered, by ACK code: AA "
+                    "(accepted, or a replay), AE (error: in rcm.dlq), AR (rejected: in "
+                    "rcm.dlq, or not stored: send again)",
+                    [({"ack": code}, self.acks[code]) for code in codes]),
+            gauge("rcmflow_mllp_connections", "Open MLLP connections",
+                  [({}, len(self._connections))]),
+        ]
 
     async def stop(self) -> None:
         """Stop accepting, let each connection finish the message it is on, then close."""
@@ -119,16 +137,19 @@ class MllpListener:
                 return
             self._connections[task] = True
             for item in decoder.feed(chunk):
+                code: AckCode
                 try:
                     if isinstance(item, Frame):
-                        ack = (await self._intake.handle(item.payload)).ack
+                        outcome = await self._intake.handle(item.payload)
                     else:
-                        ack = (await self._intake.handle_frame_error(item)).ack
+                        outcome = await self._intake.handle_frame_error(item)
+                    ack, code = outcome.ack, outcome.code
                 except Exception as exc:  # a bug or a full disk: answer, keep the connection
                     log.error("MLLP %s: internal error %s, AR", peer, type(exc).__name__)
-                    ack = internal_error_ack(item.payload if isinstance(item, Frame)
-                                             else item.head)
+                    ack, code = internal_error_ack(item.payload if isinstance(item, Frame)
+                                                   else item.head), "AR"
                 self.messages += 1
+                self.acks[code] += 1
                 writer.write(frame(ack))
                 await asyncio.wait_for(writer.drain(), self._limits.ack_write_timeout_s)
             self._connections[task] = False

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from rcmflow import metrics
+
 from .intake import Intake, KafkaSink
 from .listener import ListenerLimits, MllpListener
 from .mapping import MappingConfig
@@ -54,7 +56,8 @@ def limits(settings: Settings) -> ListenerLimits:
 
 
 async def serve(settings: Settings, servers: list[str], host: str, port: int,
-                ready: asyncio.Event | None = None) -> None:
+                ready: asyncio.Event | None = None, metrics_port: int = 0) -> None:
+    """Listen until signalled; ``metrics_port`` > 0 also serves /metrics there."""
     store = ReplayStore(replay_dir(settings, "mllp"), settings.hl7_replay_retention_s)
     sink = KafkaSink(servers, settings.hl7_write_timeout_s)
     try:
@@ -62,6 +65,10 @@ async def serve(settings: Settings, servers: list[str], host: str, port: int,
         intake = Intake(sink=sink, store=store, config=mapping_config(settings), channel="mllp")
         listener = MllpListener(intake, limits(settings))
         await listener.start(host, port)
+        if metrics_port:
+            bound = metrics.serve(metrics.new_registry(listener.families),
+                                  settings.metrics_host, metrics_port)
+            log.info("MLLP metrics on %s", metrics.url(settings.metrics_host, bound))
         if ready is not None:
             ready.set()
         await listener.serve_until_signalled()
@@ -70,14 +77,16 @@ async def serve(settings: Settings, servers: list[str], host: str, port: int,
         store.close()
 
 
-def run_mllp(settings: Settings, servers: list[str], host: str, port: int) -> int:
-    """`rcmflow mllp`: runs until SIGINT/SIGTERM; 0 on a clean stop, 2 on a setup error."""
+def run_mllp(settings: Settings, servers: list[str], host: str, port: int,
+             metrics_port: int = 0) -> int:
+    """`rcmflow mllp`: runs until SIGINT/SIGTERM; 0 on a clean stop, 2 on a setup error
+    (a port taken included)."""
     # `rcmflow` configures the root handler at WARNING; a listener also reports its traffic.
     logging.getLogger("rcmflow").setLevel(
         {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper()))
     try:
         mapping_config(settings)
-        asyncio.run(serve(settings, servers, host, port))
+        asyncio.run(serve(settings, servers, host, port, metrics_port=metrics_port))
     except (ReplayStoreLocked, ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2

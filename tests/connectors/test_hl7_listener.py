@@ -13,9 +13,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from rcmflow.broker import EmbeddedBroker
+from rcmflow.broker import EmbeddedBroker, free_port
 from rcmflow.connectors.hl7.framing import frame
 from rcmflow.connectors.hl7.intake import Intake, KafkaSink
 from rcmflow.connectors.hl7.listener import ListenerLimits, MllpListener
@@ -24,6 +25,7 @@ from rcmflow.connectors.hl7.replay import ReplayStore
 from rcmflow.kafka_io import read_topic
 from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, RAW_HL7
 from tests.conftest import Workers
+from tests.scrape import scrape
 
 pytestmark = pytest.mark.broker
 
@@ -385,10 +387,12 @@ def test_rcmflow_mllp_command_serves_stops_cleanly_and_logs_no_patient_data(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    metrics_port = free_port()
     log = tmp_path / "mllp.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "rcmflow.cli", "mllp", "--port", str(port)],
+            [sys.executable, "-m", "rcmflow.cli", "mllp", "--port", str(port),
+             "--metrics-port", str(metrics_port)],
             env=workers.env() | {"RCMFLOW_LOG_LEVEL": "debug"}, stdout=out,
             stderr=subprocess.STDOUT)
     try:
@@ -405,6 +409,10 @@ def test_rcmflow_mllp_command_serves_stops_cleanly_and_logs_no_patient_data(
 
         assert asyncio.run(talk()) == [("AA", "MSG00001"), ("AE", "MSGID000001"),
                                        ("AE", "MSG00001")]
+        by_code = scrape(metrics_port)
+        assert [by_code[f'rcmflow_mllp_messages_total{{ack="{c}"}}'] for c in
+                ("AA", "AE", "AR")] == [1, 2, 0]
+        metrics_text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
@@ -415,3 +423,5 @@ def test_rcmflow_mllp_command_serves_stops_cleanly_and_logs_no_patient_data(
     assert "MSG00001" in text and "4000776" in text  # control ids and accounts only
     for phi in ("EVERYMAN", "ADAM", "DOE", "JANE", "PATID1234", "123456789", "Aniston"):
         assert phi not in text, phi
+    for label in ("4000776", "MSG00001", "MRN"):  # no accounts or ids in metric labels
+        assert label not in metrics_text, label

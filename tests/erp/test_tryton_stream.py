@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker
+from rcmflow.broker import EmbeddedBroker, free_port
 from rcmflow.connectors.erp.runner import KILL_AFTER_ENV
 from rcmflow.streams.postings import PostingDelta, posting_id
 from tests.conftest import Workers, wait_until
@@ -33,6 +33,7 @@ from tests.erp.feed import (
 )
 from tests.erp.test_tryton import assert_moves_equal, moves, parse
 from tests.erp.tryton_server import TrytonServer
+from tests.scrape import scrape
 from tests.workload import Observed, Workload
 
 pytestmark = pytest.mark.broker
@@ -110,28 +111,51 @@ def test_kill_9_connector_mid_stream(broker: EmbeddedBroker, tryton: TrytonServe
 @pytest.mark.slow
 def test_tryton_down_mid_stream(broker: EmbeddedBroker, tryton: TrytonServer,
                                 tmp_path: Path) -> None:
+    """Outage: the connector stalls, its lag (scraped from /metrics) grows with each delta
+    that arrives; after the restart the lag returns to 0, nothing lost, nothing doubled."""
     items = real_deltas(60, seed=41)
-    publish_deltas(broker, items[:40])
+    first, second = len(items) * 2 // 3, len(items) * 5 // 6
+    publish_deltas(broker, items[:first])
     data = tmp_path / "erp"
-    proc = start_connector("tryton", broker, data, 0, **tryton_env(tryton),
-                           RCMFLOW_ERP_BATCH_MAX="10", RCMFLOW_ERP_TIMEOUT_S="3")
+    port = free_port()
+    proc = start_connector("tryton", broker, data, 0, "--metrics-port", str(port),
+                           **tryton_env(tryton), RCMFLOW_ERP_BATCH_MAX="10",
+                           RCMFLOW_ERP_TIMEOUT_S="3")
     try:
         wait_until(lambda: _count(tryton) > 0, 60, "first moves", proc.log_tail)
         tryton.kill()  # kill -9: a post_external in flight is rolled back by PostgreSQL
-        publish_deltas(broker, items[40:])
+        publish_deltas(broker, items[first:second])
         # Stalled: failures counted, the circuit opens, the lag stays > 0, nothing dropped.
-        wait_until(lambda: status(data, "tryton").get("breaker") == "open", 60,
+        wait_until(lambda: scrape(port).get("rcmflow_erp_circuit_open") == 1, 60,
                    "the circuit to open", proc.log_tail)
-        stalled = status(data, "tryton")
-        assert stalled["transient_failures"] >= 5 and stalled["lag"] > 0, stalled
+        stalled = scrape(port)
+        assert stalled["rcmflow_erp_transient_failures_total"] >= 5, stalled
+        assert stalled["rcmflow_erp_lag_records"] >= second - first, stalled
+        # The status file says the same (written every RCMFLOW_ERP_PROGRESS_S).
+        wait_until(lambda: status(data, "tryton").get("breaker") == "open", 10,
+                   "the status file to say open", proc.log_tail)
+        # Deltas that arrive during the outage make the lag grow by as many.
+        publish_deltas(broker, items[second:])
+        wait_until(lambda: scrape(port).get("rcmflow_erp_lag_records", 0)
+                   == stalled["rcmflow_erp_lag_records"] + len(items) - second, 30,
+                   "the lag to grow", proc.log_tail)
         assert proc.alive(), proc.log_tail()
         tryton.start()
-        wait_until(lambda: status(data, "tryton").get("lag") == 0, 90, "lag 0",
+        wait_until(lambda: scrape(port).get("rcmflow_erp_lag_records") == 0, 90, "lag 0",
                    proc.log_tail)
+        recovered = scrape(port)
     finally:
         proc.stop()
     assert_moves_equal(tryton.rpc(), parse(items))
     assert "circuit open" in proc.log.read_text()
+    assert recovered["rcmflow_erp_circuit_open"] == 0
+    assert recovered["rcmflow_erp_dlq_total"] == 0
+    # Every delta posted once. A kill -9 in the instant between Tryton's commit and its
+    # answer makes the re-sent batch "already there" instead: still once in the ledger.
+    assert (recovered["rcmflow_erp_posted_total"]
+            + recovered["rcmflow_erp_already_there_total"]) == len(items), recovered
+    assert recovered["rcmflow_erp_already_there_total"] <= 10, recovered
+    assert recovered["rcmflow_erp_last_commit_timestamp_seconds"] > time.time() - 60
 
 
 def test_rejections_to_the_posting_dlq(broker: EmbeddedBroker, tryton: TrytonServer) -> None:

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from rcmflow.facade.params import RESOURCES
 from rcmflow.facade.resources import BALANCE_EXTENSION, fhir_id, patient_id_for
@@ -344,6 +345,11 @@ async def test_health_and_metrics_without_a_feed(anon: httpx.AsyncClient) -> Non
     assert health.status_code == 200
     assert health.json() == {"accounts": 29, "invalid_snapshots": 0, "auth": "jwt",
                              "status": "static"}
-    metrics = (await anon.get("/metrics")).text
-    assert "rcmflow_facade_lag_records 0" in metrics
-    assert "rcmflow_facade_accounts 29" in metrics
+    response = await anon.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    samples = {s.name: s.value for f in text_string_to_metric_families(response.text)
+               for s in f.samples}
+    assert samples["rcmflow_facade_lag_records"] == 0
+    assert samples["rcmflow_facade_accounts"] == 29
+    assert samples["rcmflow_facade_invalid_snapshots_total"] == 0
+    assert samples["process_resident_memory_bytes"] > 0

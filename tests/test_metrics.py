@@ -1,0 +1,51 @@
+"""rcmflow/metrics.py and the --metrics-port option of the long-running commands."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from rcmflow.cli import app
+from rcmflow.metrics import counter, gauge, new_registry, render, serve
+from tests.scrape import scrape
+
+
+def test_families_are_read_at_scrape_time_and_served_over_http() -> None:
+    seen = {"n": 0}
+    registry = new_registry(lambda: [
+        counter("rcmflow_test_things", "things", [({"adapter": "csv"}, seen["n"])]),
+        gauge("rcmflow_test_lag_records", "lag", [({}, None)]),
+    ])
+    port = serve(registry, "127.0.0.1", 0)
+    assert scrape(port)["rcmflow_test_things_total"] == 0
+    seen["n"] = 7
+    sample = scrape(port)
+    assert sample["rcmflow_test_things_total"] == 7
+    assert sample["rcmflow_test_lag_records"] != sample["rcmflow_test_lag_records"]  # NaN
+    families = {f.name for f in text_string_to_metric_families(render(registry).decode())}
+    assert {"rcmflow_test_things", "process_cpu_seconds", "python_gc_objects_collected"} \
+        <= families
+
+
+def test_a_taken_port_is_refused_with_the_address() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"metrics endpoint 127.0.0.1:{port}"):
+            serve(new_registry(list), "127.0.0.1", port)
+
+
+@pytest.mark.parametrize(("command", "setting", "metric"), [
+    ("erp", "RCMFLOW_ERP_METRICS_PORT", "rcmflow_erp_lag_records"),
+    ("worker", "RCMFLOW_WORKER_METRICS_PORT", "rcmflow_worker_events_total"),
+    ("mllp", "RCMFLOW_MLLP_METRICS_PORT", "rcmflow_mllp_messages_total"),
+])
+def test_help_names_the_metrics_option(command: str, setting: str, metric: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "240"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "--metrics-port" in text and setting in text and metric in text, text
