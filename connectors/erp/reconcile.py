@@ -351,6 +351,8 @@ class Reconciler:
     def _note_source_record(self, record: Record) -> str:
         """Sum one raw record's totals in; what it was, for the counts."""
         status, totals = _source_totals(record)
+        if status is None:
+            return "without_totals"  # an HL7 raw record written before statuses were kept
         if status not in _ACCEPTED:  # refused, parked, rejected, a notice: no money moved
             return "unreadable" if status == "unreadable" else "not_applied"
         if totals is None:
