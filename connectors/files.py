@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from rcmflow.kafka_io import publish
+from rcmflow.kafka_io import Outgoing, publish
 
 __all__ = ["ingest_files", "publish_records", "say", "BrokerFailed", "Record", "EXIT_OK",
            "EXIT_REJECTED", "EXIT_REFUSED", "EXIT_BROKER"]
@@ -28,7 +28,8 @@ EXIT_REFUSED = 2  # refused before publishing: too large, unreadable path, bad s
 EXIT_BROKER = 3  # the broker did not acknowledge: re-run the same command, it is safe
 
 
-Record = tuple[str, bytes | None, bytes]
+#: One record shape for every connector: (topic, key, value[, headers]).
+Record = Outgoing
 
 
 class _Outcome(Protocol):

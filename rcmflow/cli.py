@@ -184,12 +184,14 @@ def reconcile(
     show: Annotated[int, typer.Option(help="Findings listed in the table.")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
-    """Compare events, posting deltas, account state, the posting DLQ and the ERP journal.
+    """Compare source totals, events, posting deltas, account state, the DLQ and the ERP.
 
-    Per account and day, per GL account and in total; each difference with its likely cause
-    (missing posting, DLQ'd, suspense, unposted, journal entry missing/extra, amount
-    differs). Exit 0: everything agrees (suspense is a warning); 1: something differs;
-    2: bad arguments or no broker; 3: the ERP adapter is misconfigured.
+    Source totals: what the inbound connectors accepted in money (HL7 charges, 835 paid and
+    adjusted, 837 billed, payments, refunds, write-offs; rcm.raw.*, 7 days) against their
+    events. Per account and day, per GL account and in total; each difference with its likely
+    cause (source amount differs, missing posting, DLQ'd, suspense, unposted, journal entry
+    missing/extra, amount differs). Exit 0: everything agrees (suspense is a warning);
+    1: something differs; 2: bad arguments or no broker; 3: the ERP adapter is misconfigured.
     """
     from datetime import date
 

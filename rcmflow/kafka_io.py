@@ -14,12 +14,18 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-__all__ = ["Record", "read_topic", "publish", "log_ends", "READ_TIMEOUT_S",
-           "PUBLISH_IN_FLIGHT_MAX"]
+__all__ = ["Record", "Outgoing", "Headers", "read_topic", "publish", "send", "log_ends",
+           "READ_TIMEOUT_S", "PUBLISH_IN_FLIGHT_MAX"]
 
 READ_TIMEOUT_S = 30.0
 #: Records queued before waiting for acks: bounds memory on a large file.
 PUBLISH_IN_FLIGHT_MAX = 5_000
+
+
+Headers = tuple[tuple[str, bytes], ...]
+#: What connectors publish: (topic, key, value), or with Kafka record headers as a fourth
+#: item (rcm.raw.hl7 keeps the bytes as received and says what became of them in headers).
+Outgoing = tuple[str, bytes | None, bytes] | tuple[str, bytes | None, bytes, Headers]
 
 
 class Record(NamedTuple):
@@ -29,6 +35,7 @@ class Record(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    headers: Headers = ()
 
 
 async def read_topic(
@@ -69,7 +76,7 @@ async def read_topic(
                 for m in messages:
                     if keep is None or keep(m.key):
                         records.append(Record(m.topic, m.partition, m.offset, m.key, m.value,
-                                              m.timestamp))
+                                              m.timestamp, tuple(m.headers or ())))
             for tp in tps:
                 highwater = consumer.highwater(tp)
                 if highwater is not None and await consumer.position(tp) >= highwater:
@@ -79,20 +86,30 @@ async def read_topic(
     return records
 
 
+async def send(producer: AIOKafkaProducer, item: Outgoing) -> asyncio.Future[object]:
+    """Queue one outgoing record (with its headers, if any); the future is its ack."""
+    topic, key, value = item[0], item[1], item[2]
+    headers = list(item[3]) if len(item) > 3 else None  # type: ignore[misc]
+    future: asyncio.Future[object] = await producer.send(topic, value=value, key=key,
+                                                         headers=headers)
+    return future
+
+
 async def publish(
     servers: list[str],
-    items: Iterable[tuple[str, bytes | None, bytes]],
+    items: Iterable[Outgoing],
     *,
     on_acked: Callable[[int], None] | None = None,
 ) -> int:
-    """Send (topic, key, value) with acks=all; returns how many the broker acknowledged."""
+    """Send (topic, key, value[, headers]) with acks=all; returns how many the broker
+    acknowledged."""
     producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
     await producer.start()
     sent = 0
     try:
         pending: list[asyncio.Future[object]] = []
-        for topic, key, value in items:
-            pending.append(await producer.send(topic, value=value, key=key))
+        for item in items:
+            pending.append(await send(producer, item))
             if len(pending) >= PUBLISH_IN_FLIGHT_MAX:
                 await asyncio.gather(*pending)
                 sent += len(pending)

@@ -3,9 +3,23 @@
 Six sources, compared per posting id, then summed per patient account and day, per GL
 account, and in total:
 
-0. **source records** the inbound connectors kept (``rcm.raw.payments`` rows and
-   ``rcm.raw.x12`` sets marked applied): each must have become its events (counts, not
-   amounts; HL7 raw messages are only counted);
+0. **source totals** the inbound connectors kept for every unit they accepted
+   (connectors/totals.py): what the source document says in money, read from its own fields
+   (HL7 FT1 amounts, 835 CLP04 / CAS / PLB, 837 CLM02, payment rows, FHIR amounts), per
+   account, day and measure (``charges``, ``billed``, ``payer_paid``, ``adjusted``,
+   ``patient_responsibility``, ``provider_adjustments``, ``payments``, ``refunds``,
+   ``write_offs``), with the ids of the events the unit became. Kept as ``source_totals`` in
+   the JSON records of ``rcm.raw.x12`` / ``payments`` / ``fhir`` and in the record headers of
+   ``rcm.raw.hl7`` (whose value stays the message as received; a refused message says
+   ``refused`` and counts for nothing). Each listed event must be on ``rcm.events``
+   (``source_event_missing``), and those events, summed into the same measures, must carry
+   the same cents per account and day (``source_amount_differs``). Only events a source
+   lists are compared: events published by ``rcmflow ingest events`` or other producers have
+   no source record and are no difference. A unit whose events an earlier record already
+   listed (a file re-sent under a new envelope) is counted once. Checked in one direction
+   only, source -> events: the raw topics are kept 7 days and rcm.events for ever, so most
+   events have no source record left to compare with. Raw records written before amounts
+   were kept carry no totals: they are counted, not compared;
 1. **canonical events** (``rcm.events``): replayed through the pure core (``Processor``, the
    same code and chart as the worker, partition by partition in offset order), they say which
    posting deltas *must* exist and what every account's balances must be;
@@ -24,8 +38,9 @@ key was unmapped); every other cause is an error and makes the exit code 1.
 one topic in memory, about the size of its records, plus the core's account states for that
 partition's events: ~5 KB per account). Kept across partitions: per distinct posting id
 ~250 bytes (account, day, total, a digest of its lines), per account ~1 KB (bucket sums and
-the snapshot), per (account, day) ~200 bytes, per X12 event id and per payment row still on
-the raw topics ~150 bytes, and the findings (capped at ``findings_max``;
+the snapshot), per (account, day) ~200 bytes plus ~100 bytes per measure with source
+totals, per event id a source record still on the raw topics lists ~150 bytes (7 days of
+inbound units), and the findings (capped at ``findings_max``;
 the rest are counted). So 1 M postings over 100 k accounts need ~0.5 GB; ``postings_max``
 refuses a larger run up front instead of exhausting the machine (narrow it with
 ``--from/--to``, which filter by effective date but still read the topics whole).
@@ -45,8 +60,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer
 
-from rcmflow.kafka_io import read_topic
+from rcmflow.connectors.totals import HEADER_STATUS, HEADER_TOTALS, SourceTotals, event_amounts
+from rcmflow.kafka_io import Record, read_topic
 from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.events import EVENT_ADAPTER, ValidationError
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.state import LEDGER_BUCKETS
@@ -55,6 +72,7 @@ from rcmflow.streams.topics import (
     EVENTS,
     POSTINGS,
     POSTINGS_DLQ,
+    RAW_FHIR,
     RAW_HL7,
     RAW_PAYMENTS,
     RAW_X12,
@@ -65,8 +83,8 @@ from .base import ErpAdapter
 if TYPE_CHECKING:
     from rcmflow.settings import Settings
 
-__all__ = ["CAUSES", "TooLarge", "Finding", "Cell", "Report", "reconcile", "build_reader",
-           "render", "FINDINGS_MAX", "POSTINGS_MAX"]
+__all__ = ["CAUSES", "TooLarge", "Finding", "Cell", "Amounts", "Report", "reconcile",
+           "build_reader", "render", "FINDINGS_MAX", "POSTINGS_MAX", "SOURCE_TOPICS"]
 
 log = logging.getLogger("rcmflow.reconcile")
 
@@ -74,6 +92,9 @@ log = logging.getLogger("rcmflow.reconcile")
 CAUSES: dict[str, tuple[str, str]] = {
     "source_event_missing": ("error", "an inbound connector accepted input (rcm.raw.*) whose "
                                       "event is not on rcm.events"),
+    "source_amount_differs": ("error", "an inbound connector accepted these cents (rcm.raw.*) "
+                                       "that its events on rcm.events do not carry (an event "
+                                       "lost or altered, or a mapping that drops money)"),
     "missing_posting": ("error", "the events imply this delta but rcm.postings lacks it "
                                  "(worker not caught up, or a lost write)"),
     "unexpected_posting": ("error", "a delta on rcm.postings that the events do not imply "
@@ -96,6 +117,9 @@ CAUSES: dict[str, tuple[str, str]] = {
                             "(see the unmapped_dimension records in rcm.dlq)"),
 }
 FINDINGS_MAX = 10_000
+#: The raw topics whose records say what a connector accepted; what "accepted" reads as.
+SOURCE_TOPICS = (RAW_HL7, RAW_X12, RAW_PAYMENTS, RAW_FHIR)
+_ACCEPTED = frozenset({"applied", "partly"})  # FHIR: "partly" = some details applied
 
 
 class TooLarge(Exception):
@@ -134,6 +158,18 @@ class Cell:
 
 
 @dataclass
+class Amounts:
+    """One measure: what the sources accepted and what their events on rcm.events carry."""
+
+    source_cents: int = 0
+    events_cents: int = 0
+
+    @property
+    def difference_cents(self) -> int:
+        return self.source_cents - self.events_cents
+
+
+@dataclass
 class Report:
     erp: str | None
     day_from: str | None
@@ -145,6 +181,11 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     findings_by_cause: Counter[str] = field(default_factory=Counter)
     findings_omitted: int = 0
+    #: per measure, over every account and day compared
+    sources: dict[str, Amounts] = field(default_factory=dict)
+    source_days_compared: int = 0
+    source_days_differing: dict[tuple[str, str], dict[str, Amounts]] = field(
+        default_factory=dict)
 
     @property
     def errors(self) -> int:
@@ -175,7 +216,16 @@ class Report:
             "account_days_compared": len(self.cells),
             "account_days_differing": differing,
             "gl_accounts": {gl: sums for gl, sums in sorted(self.gl.items())},
+            "source_totals": {m: _amounts_json(a) for m, a in sorted(self.sources.items())},
+            "source_account_days_compared": self.source_days_compared,
+            "source_account_days_differing": {
+                f"{a}|{d}": {m: _amounts_json(x) for m, x in sorted(ms.items())}
+                for (a, d), ms in sorted(self.source_days_differing.items())},
         }
+
+
+def _amounts_json(amounts: Amounts) -> dict[str, int]:
+    return asdict(amounts) | {"difference_cents": amounts.difference_cents}
 
 
 # -- small pieces ---------------------------------------------------------------------------
@@ -202,6 +252,23 @@ def _posting(doc: dict[str, Any]) -> _Posting:
         total_cents=sum(d for _, d, _ in lines), digest=_lines_digest(lines),
         suspense_cents=sum(int(x["debit_cents"]) + int(x["credit_cents"])
                            for x in doc["lines"] if x.get("suspense")))
+
+
+def _source_totals(record: Record) -> tuple[str | None, SourceTotals | None]:
+    """(status, totals) of a raw record: from the headers of rcm.raw.hl7 (its value is the
+    message as received), from the JSON document on the other raw topics."""
+    try:
+        if record.topic == RAW_HL7:
+            headers = dict(record.headers)
+            status = headers.get(HEADER_STATUS, b"").decode() or None
+            raw = headers.get(HEADER_TOTALS)
+            return status, SourceTotals.from_json(json.loads(raw)) if raw else None
+        doc = json.loads(record.value or b"{}")
+        status = doc.get("status")
+        raw_doc = doc.get("source_totals")
+        return status, SourceTotals.from_json(raw_doc) if raw_doc is not None else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "unreadable", None
 
 
 def _in_range(day: date, day_from: date | None, day_to: date | None) -> bool:
@@ -253,9 +320,10 @@ class Reconciler:
         self.ledger: dict[str, Counter[str]] = defaultdict(Counter)
         self.snapshots: dict[str, dict[str, int]] = {}
         self.dlq: dict[str, str] = {}  # posting id -> reason code + reason
-        self.source_payments: dict[str, str] = {}  # applied row's event id -> account
-        self.source_x12_events = 0
-        self.x12_event_ids: set[str] = set()
+        # (account, event id) a source record lists -> its raw topic, or None once the event
+        # was found (and summed) on rcm.events: each event counts once
+        self.source_events: dict[tuple[str, str], str | None] = {}
+        self.source_cells: dict[tuple[str, date], dict[str, Amounts]] = defaultdict(dict)
 
     def find(self, cause: str, account: str | None, day: date | None, posting_id: str | None,
              amount_cents: int, detail: str = "") -> None:
@@ -270,55 +338,79 @@ class Reconciler:
 
     # -- reading ------------------------------------------------------------------------
     async def read_sources(self) -> None:
-        """What the inbound connectors accepted, as kept on rcm.raw.* (7 days' retention).
+        """What the inbound connectors accepted, as kept on rcm.raw.* (7 days' retention):
+        the source totals of every record marked applied, summed per account and day."""
+        counts: Counter[str] = Counter()
+        for topic in SOURCE_TOPICS:
+            for p in await _partitions(self.servers, topic):
+                for record in await read_topic(self.servers, topic, start={p: 0}):
+                    counts[self._note_source_record(record)] += 1
+        self.report.counts |= {f"source_records_{what}": n for what, n in sorted(counts.items())}
+        self.report.counts["source_events_listed"] = len(self.source_events)
 
-        Payment rows applied (key = the event id they became) and X12 sets applied (with
-        their event counts); HL7 raw messages are only counted (a raw record is also kept
-        for refused messages, so it does not say "accepted"). Checked in one direction only,
-        source -> event, because the raw topics expire before rcm.events does.
-        """
-        for p in await _partitions(self.servers, RAW_PAYMENTS):
-            for record in await read_topic(self.servers, RAW_PAYMENTS, start={p: 0}):
-                doc = json.loads(record.value or b"{}")
-                if record.key and doc.get("status") == "applied":
-                    fields = doc.get("fields") or {}
-                    self.source_payments[record.key.decode()] = str(fields.get("account", ""))
-        x12_sets: dict[bytes, int] = {}
-        for p in await _partitions(self.servers, RAW_X12):
-            for record in await read_topic(self.servers, RAW_X12, start={p: 0}):
-                doc = json.loads(record.value or b"{}")
-                if record.key and doc.get("status") == "applied":
-                    x12_sets[record.key] = int(doc.get("events", 0))
-        hl7 = 0
-        for p in await _partitions(self.servers, RAW_HL7):
-            hl7 += len(await read_topic(self.servers, RAW_HL7, start={p: 0}))
-        self.source_x12_events = sum(x12_sets.values())
-        self.report.counts |= {"source_payment_rows": len(self.source_payments),
-                               "source_x12_sets": len(x12_sets),
-                               "source_x12_events": self.source_x12_events,
-                               "source_hl7_raw_messages": hl7}
+    def _note_source_record(self, record: Record) -> str:
+        """Sum one raw record's totals in; what it was, for the counts."""
+        status, totals = _source_totals(record)
+        if status is None:
+            return "without_totals"  # an HL7 raw record written before statuses were kept
+        if status not in _ACCEPTED:  # refused, parked, rejected, a notice: no money moved
+            return "unreadable" if status == "unreadable" else "not_applied"
+        if totals is None:
+            return "without_totals"  # written before amounts were kept, or unreadable
+        if totals.event_ids and all(pair in self.source_events for pair in totals.event_ids):
+            return "resent"  # the same events under another key (a re-sent file)
+        for pair in totals.event_ids:
+            self.source_events.setdefault(pair, record.topic)
+        for (account, day, measure), cents in totals.summed().items():
+            self._amounts(account, day, measure).source_cents += cents
+        return "applied"
+
+    def _amounts(self, account: str, day: date, measure: str) -> Amounts:
+        return self.source_cells[(account, day)].setdefault(measure, Amounts())
 
     def _note_source(self, value: bytes | None) -> None:
+        """An event on rcm.events a source lists: sum its amounts in, once."""
         try:
-            event_id = json.loads(value or b"{}").get("event_id")
+            doc = json.loads(value or b"{}")
+            pair = (doc.get("account"), doc.get("event_id"))
         except (ValueError, AttributeError):
             return
-        if not isinstance(event_id, str):
+        if not all(isinstance(x, str) for x in pair):
             return
-        if event_id.startswith("x12-"):
-            self.x12_event_ids.add(event_id)
-        self.source_payments.pop(event_id, None)
+        if self.source_events.get(pair) is None:  # no source lists it, or counted already
+            return
+        try:
+            event = EVENT_ADAPTER.validate_python(doc)
+        except ValidationError:
+            return  # not an event the connector made: the source's cents stay unmatched
+        self.source_events[pair] = None
+        for measure, cents in event_amounts(event):
+            self._amounts(event.account, event.occurred_at.date(), measure).events_cents += cents
 
     def compare_sources(self) -> None:
-        for event_id, account in sorted(self.source_payments.items()):
-            self.find("source_event_missing", account or None, None, None, 0,
-                      f"payment row applied as {event_id} on rcm.raw.payments; no such event "
-                      "on rcm.events")
-        if len(self.x12_event_ids) < self.source_x12_events:
-            self.find("source_event_missing", None, None, None, 0,
-                      f"X12 sets applied on rcm.raw.x12 made {self.source_x12_events} events; "
-                      f"rcm.events holds {len(self.x12_event_ids)} distinct x12 event ids")
-        self.report.counts["events_from_x12"] = len(self.x12_event_ids)
+        missing = 0
+        for (account, event_id), topic in sorted(self.source_events.items()):
+            if topic is not None:
+                missing += 1
+                self.find("source_event_missing", account, None, None, 0,
+                          f"{event_id} accepted on {topic}; no such event on rcm.events")
+        self.report.counts["source_events_found"] = len(self.source_events) - missing
+        for (account, day), measures in sorted(self.source_cells.items()):
+            if not _in_range(day, self.day_from, self.day_to):
+                continue
+            self.report.source_days_compared += 1
+            for measure, amounts in sorted(measures.items()):
+                total = self.report.sources.setdefault(measure, Amounts())
+                total.source_cents += amounts.source_cents
+                total.events_cents += amounts.events_cents
+                if amounts.difference_cents:
+                    self.report.source_days_differing.setdefault(
+                        (account, day.isoformat()), {})[measure] = amounts
+                    self.find("source_amount_differs", account, day, None,
+                              amounts.difference_cents,
+                              f"{measure}: the sources accepted {_money(amounts.source_cents)}"
+                              f", their events on rcm.events carry "
+                              f"{_money(amounts.events_cents)}")
 
     async def read_events(self) -> None:
         """The core replays each partition of rcm.events from offset 0 (fresh states)."""
@@ -548,6 +640,24 @@ def _money(cents: int) -> str:
     return f"{sign}{abs(cents) // 100:,}.{abs(cents) % 100:02d}"
 
 
+def _render_sources(report: Report, console: Any) -> None:
+    """What the connectors accepted, per measure, next to what their events carry."""
+    from rich.table import Table
+
+    if not report.sources:
+        return
+    table = Table(title="source totals (rcm.raw.*) vs their events (rcm.events)")
+    for column in ("measure", "sources accepted", "events carry", "difference"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for measure, amounts in sorted(report.sources.items()):
+        diff = amounts.difference_cents
+        table.add_row(measure, _money(amounts.source_cents), _money(amounts.events_cents),
+                      f"[red]{_money(diff)}[/red]" if diff else "0.00")
+    console.print(table)
+    console.print(f"source account-days compared: {report.source_days_compared}, differing: "
+                  f"{len(report.source_days_differing)}")
+
+
 def render(report: Report, console: Any, *, show: int = 50) -> None:
     """Rich tables: totals, findings by cause, then the first ``show`` findings."""
     from rich.table import Table
@@ -567,11 +677,12 @@ def render(report: Report, console: Any, *, show: int = 50) -> None:
         totals.add_row(f"ERP journal ({report.erp})", str(c.get("erp_entries", 0)),
                        _money(t.erp_cents))
     totals.add_row("account snapshots", str(c.get("accounts", 0)), "")
-    totals.add_row("sources: payment rows / X12 sets (events) / HL7 raw",
-                   f"{c.get('source_payment_rows', 0)} / {c.get('source_x12_sets', 0)} "
-                   f"({c.get('source_x12_events', 0)}) / {c.get('source_hl7_raw_messages', 0)}",
+    totals.add_row("sources: units applied / their events found on rcm.events",
+                   f"{c.get('source_records_applied', 0)} / "
+                   f"{c.get('source_events_found', 0)} of {c.get('source_events_listed', 0)}",
                    "")
     console.print(totals)
+    _render_sources(report, console)
     differing = sum(1 for cell in report.cells.values() if not cell.agrees(with_erp))
     console.print(f"account-days compared: {len(report.cells)}, differing: {differing}")
     gl_off = {gl: s for gl, s in report.gl.items() if "difference_cents" in s}
@@ -584,7 +695,7 @@ def render(report: Report, console: Any, *, show: int = 50) -> None:
                           _money(sums["difference_cents"]))
         console.print(table)
     if not report.findings_by_cause:
-        console.print("[green]no differences: events, postings, account state"
+        console.print("[green]no differences: source totals, events, postings, account state"
                       f"{', DLQ and the ERP journal' if with_erp else ' and DLQ'} agree[/green]")
         return
     causes = Table(title="findings by likely cause")

@@ -4,7 +4,8 @@ A file is one resource, a Bundle (batch / transaction / collection: every entry 
 or NDJSON (one resource per line). ``process_fhir`` is pure; ``ingest_fhir_files`` publishes
 with acks=all. A bad entry or line goes to rcm.dlq with its place (``entry[3]``, ``line 7``)
 and the reason; the others go through. Every resource read is kept as received on
-rcm.raw.fhir with what became of it.
+rcm.raw.fhir with what became of it; an applied (or partly applied) one also with what its
+applied parts say in money and the events they made (``source_totals``, connectors/totals.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 
-from rcmflow.connectors.files import ingest_files, say
+from rcmflow.connectors.files import Record, ingest_files, say
+from rcmflow.connectors.totals import SourceTotals
 from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
@@ -32,13 +34,13 @@ from .mapping import (
     known_type,
     map_resource,
     resource_key,
+    source_amount,
 )
 from .values import code_text, dumps, read_json
 
 __all__ = ["FhirLimits", "FhirOutcome", "Rejected", "process_fhir", "ingest_fhir_files",
            "limits_from", "BUNDLE_TYPES"]
 
-Record = tuple[str, bytes | None, bytes]
 #: Bundle types whose entries are resources on their own. A searchset / history / message /
 #: document is a view or a unit of another kind: refused whole, with the reason.
 BUNDLE_TYPES = ("batch", "transaction", "collection")
@@ -99,6 +101,7 @@ class FhirOutcome:
     rejected: list[Rejected] = field(default_factory=list)
     notes: list[tuple[Unit, str]] = field(default_factory=list)
     raw: list[tuple[Unit, str]] = field(default_factory=list)  # (unit, status)
+    totals: dict[str, SourceTotals] = field(default_factory=dict)  # by unit location
 
     def ok(self) -> bool:
         return not self.rejected
@@ -113,9 +116,11 @@ class FhirOutcome:
         out: list[Record] = []
         for unit, status in self.raw:
             key = _raw_key(unit, self.origin)
+            totals = self.totals.get(unit.location)
             out.append((RAW_FHIR, key.encode(), orjson.dumps(
                 {"origin": self.origin, "location": unit.location, "status": status,
-                 "resource": unit.text})))
+                 "resource": unit.text,
+                 **({"source_totals": totals.to_json()} if totals else {})})))
         for _, event in self.events:
             out.append((EVENTS, event.account.encode(), event.model_dump_json().encode()))
         received = datetime.now(UTC)
@@ -203,12 +208,24 @@ def _one(unit: Unit, limits: FhirLimits, outcome: FhirOutcome,
     for problem in result.problems:
         reject(problem)
     outcome.events.extend((unit, event) for event in accepted)
+    if accepted:
+        outcome.totals[unit.location] = _totals(unit, result, accepted, limits)
     if result.note:
         outcome.notes.append((unit, result.note))
     whole = not result.problems and len(accepted) == len(result.events)
     status = ("notice" if result.note else "applied" if whole and accepted
               else "partly" if accepted else "rejected")
     outcome.raw.append((unit, status))
+
+
+def _totals(unit: Unit, result: Mapped, accepted: list[FhirEvent],
+            limits: FhirLimits) -> SourceTotals:
+    """What the accepted parts of a resource say in money, read from the resource."""
+    origin_of = {id(e): o for e, o in zip(result.events, result.origins, strict=True)}
+    totals = SourceTotals(event_ids=[(e.account, e.event_id) for e in accepted])
+    for event in accepted:
+        totals.add(*source_amount(unit.doc, origin_of[id(event)], limits.options))
+    return totals
 
 
 def _dedup(unit: Unit, result: Mapped, seen: dict[tuple[str, str], tuple[str, str]],

@@ -16,13 +16,17 @@ PaymentReconciliation      a patient's payment: one event per ``detail``, amount
 PaymentNotice              a notice about a PaymentReconciliation (``payment`` is 1..1):
                            validated and kept, no event (the money moves with the other).
 =========================  =================================================================
+
+``Mapped.origins`` says where in the resource each event's money is (the resource, or
+``detail[n]``); ``source_amount`` reads it there again, from the JSON (not from the event),
+for `rcmflow reconcile` (connectors/totals.py: ``charges``, ``payments``, ``refunds``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal, TypeAlias
 
@@ -50,7 +54,7 @@ from .values import (
 )
 
 __all__ = ["FhirEvent", "Mapped", "Problem", "MappingOptions", "map_resource", "resource_key",
-           "SUPPORTED", "known_type"]
+           "SUPPORTED", "known_type", "source_amount"]
 
 FhirEvent: TypeAlias = ChargePosted | ChargeReversed | PatientPayment | Refund
 
@@ -94,6 +98,8 @@ class Problem:
 @dataclass
 class Mapped:
     events: list[FhirEvent] = field(default_factory=list)
+    #: per event, where its money is in the resource: "" (the whole) or "detail[n]"
+    origins: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # parts refused (detail lines)
     note: str | None = None  # accepted with nothing to apply, and why
 
@@ -213,7 +219,7 @@ def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapp
                                  quantity=quantity, **common)
     except ValidationError as exc:
         return Problem("fhir_invalid_value", f"ChargeItem: {_errors(exc)}", account=account)
-    return Mapped(events=[event])
+    return Mapped(events=[event], origins=[""])
 
 
 def _charge_account(doc: dict[str, Any], options: MappingOptions) -> str | Problem:
@@ -346,6 +352,7 @@ def _reconciliation(doc: dict[str, Any], key: str, options: MappingOptions) -> M
             mapped.problems.append(event)
         else:
             mapped.events.append(event)
+            mapped.origins.append(f"detail[{n}]")
     return mapped
 
 
@@ -393,6 +400,30 @@ def _detail_event(doc: dict[str, Any], detail: dict[str, Any], n: int, cents: in
     except ValidationError as exc:
         return Problem("fhir_invalid_value", f"PaymentReconciliation {where}: {_errors(exc)}",
                        account=account, where=where)
+
+
+def source_amount(doc: dict[str, Any], origin: str,
+                  options: MappingOptions) -> tuple[str, date, str, int]:
+    """(account, day, measure, cents) an applied part of a resource states: a ChargeItem's
+    ``priceOverride`` (negative when entered-in-error), or ``detail[n].amount`` of a
+    PaymentReconciliation (> 0 a payment, < 0 a refund). Raises on a part that was never
+    applicable (the mapping refused it)."""
+    if not origin:
+        account = _charge_account(doc, options)
+        assert isinstance(account, str), account
+        cents = money_cents(doc["priceOverride"], where="priceOverride",
+                            currencies=options.currencies)[0]
+        signed = -cents if doc.get("status") == "entered-in-error" else cents
+        return account, _charge_time(doc).date(), "charges", signed
+    n = int(origin.removeprefix("detail[").removesuffix("]"))
+    detail = doc["detail"][n]
+    cents = money_cents(detail["amount"], where=origin, currencies=options.currencies)[0]
+    account = account_from_reference(detail.get("request"), systems=options.account_systems)
+    assert account is not None
+    when = next(v for v in (detail.get("date"), doc.get("paymentDate"), doc.get("created"))
+                if v is not None)
+    return (account, instant(when, where=origin).date(), "payments" if cents > 0 else "refunds",
+            abs(cents))
 
 
 def _notice(doc: dict[str, Any]) -> Mapped | Problem:

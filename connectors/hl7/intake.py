@@ -8,6 +8,10 @@ refused message is written to rcm.raw.hl7 and rcm.dlq (with the raw bytes) befor
 If the broker does not take the writes, the answer is AR ("not stored, send again"), never
 AA. Shared by the MLLP listener and `rcmflow ingest hl7`.
 
+The rcm.raw.hl7 record is the message's bytes as received; its headers say what became of
+it (``rcm-status``: applied / refused) and, when applied, what its FT1s say in money with the
+events it made (``rcm-source-totals``, connectors/totals.py), for `rcmflow reconcile`.
+
 Logs carry MSH-10, the message type, account numbers and reason codes, never other fields
 (patient data).
 """
@@ -22,13 +26,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from rcmflow.connectors.totals import HEADER_STATUS, HEADER_TOTALS
+from rcmflow.kafka_io import Outgoing, send
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import Event
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
 
 from .ack import AckCode, build_ack
 from .framing import FrameError
-from .mapping import MappingConfig, map_message, source_key
+from .mapping import MappingConfig, map_message, source_key, source_totals
 from .problems import (
     DATA_TYPE_ERROR,
     DUPLICATE_KEY,
@@ -47,7 +53,7 @@ log = logging.getLogger("rcmflow.hl7")
 #: MSH-10 is ST(199) since v2.7; longer (or garbled) header values are refused.
 _HEADER_CHARS_MAX = 199
 
-Record = tuple[str, bytes | None, bytes]
+Record = Outgoing
 
 
 class WriteFailed(RuntimeError):
@@ -103,7 +109,9 @@ class Intake:
             mapped = map_message(msg, self._config)
             if isinstance(mapped, Rejected):
                 return await self._refuse(msg, raw, mapped, position, digest)
-            records: list[Record] = [(RAW_HL7, key.encode(), raw)]
+            totals = source_totals(msg, self._config, mapped)
+            records: list[Record] = [(RAW_HL7, key.encode(), raw, (
+                (HEADER_STATUS, b"applied"), (HEADER_TOTALS, totals.header())))]
             records += [(EVENTS, e.account.encode(), e.model_dump_json().encode())
                         for e in mapped]
             try:
@@ -159,7 +167,7 @@ class Intake:
         records: list[Record] = [(DLQ, key.encode() if key else None,
                                   record.model_dump_json().encode())]
         if with_raw and key is not None:
-            records.insert(0, (RAW_HL7, key.encode(), raw))
+            records.insert(0, (RAW_HL7, key.encode(), raw, ((HEADER_STATUS, b"refused"),)))
         try:
             await self._sink.write(records)
         except Exception as exc:
@@ -234,8 +242,7 @@ class KafkaSink:
         await self._producer.stop()
 
     async def write(self, records: Sequence[Record]) -> None:
-        futures = [await self._producer.send(topic, value=value, key=key)
-                   for topic, key, value in records]
+        futures = [await send(self._producer, record) for record in records]
         try:
             await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
         except TimeoutError as exc:

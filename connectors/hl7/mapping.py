@@ -7,6 +7,10 @@ else FT1-12 (unit) x FT1-10 (quantity); `100&USD` is read as its first sub-compo
 Account: PID-18, else PV1-19 (configurable order); encounter: PV1-19. ADT and BAR events
 listed in the status table (A01/A04 admit/register -> open, A03 -> discharged, ...) become an
 account status change. A message is accepted or refused whole: one bad FT1 refuses it all.
+
+``source_totals`` reads an accepted message's money again, straight from its FT1 fields (not
+from the events), for `rcmflow reconcile` (connectors/totals.py): measure ``charges``, charge
+types positive, credit types and negative amounts or quantities negative.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal
 
+from rcmflow.connectors.totals import SourceTotals
 from rcmflow.streams.events import EVENT_ADAPTER, Event, ValidationError
 
 from .problems import (
@@ -38,6 +43,7 @@ __all__ = [
     "SUPPORTED_TYPES",
     "source_key",
     "map_message",
+    "source_totals",
 ]
 
 FtKind = Literal["charge", "credit"]
@@ -244,3 +250,25 @@ def _financial(ft1: Segment, config: MappingConfig, problems: _Collector, occurr
     else:
         doc |= {"kind": "charge_posted", "quantity": abs(quantity)}
     return doc
+
+
+def source_totals(msg: Hl7Message, config: MappingConfig, events: list[Event]) -> SourceTotals:
+    """What an accepted message says in money, per FT1: FT1-11 (else FT1-12 x FT1-10), signed
+    by FT1-6, on the FT1-4 day (else EVN-2 / MSH-7), for the PID-18 / PV1-19 account."""
+    totals = SourceTotals(event_ids=[(e.account, e.event_id) for e in events])
+    account = _account(msg, config, _Collector())
+    if account is None:
+        return totals  # no FT1 and no status: nothing moves
+    message_day = _message_time(msg, config, _Collector()).date()
+    for ft1 in msg.all("FT1"):
+        quantity = parse_quantity(ft1.part(10))
+        if ft1.part(11):
+            amount = parse_cents(ft1.part(11))
+        else:
+            amount = parse_cents(ft1.part(12)) * abs(quantity)
+        credit = config.ft1_types.get(ft1.part(6).upper()) == "credit"
+        signed = -abs(amount) if credit or amount < 0 or quantity < 0 else abs(amount)
+        posted = ft1.part(4)
+        day = parse_timestamp(posted, config.default_tz).date() if posted else message_day
+        totals.add(account, day, "charges", signed)
+    return totals

@@ -1,7 +1,9 @@
 """A payment file -> events for good rows, rcm.dlq records (row number + reason) for bad ones.
 
 ``process_payments`` is pure; ``ingest_payment_files`` publishes. Good rows go through even
-when others in the same file are bad. Each row is also kept as received on rcm.raw.payments.
+when others in the same file are bad. Each row is also kept as received on rcm.raw.payments;
+an applied row's record also carries what it says in money and its event (``source_totals``,
+connectors/totals.py), for `rcmflow reconcile`.
 """
 
 from __future__ import annotations
@@ -13,16 +15,14 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 
-from rcmflow.connectors.files import ingest_files, say
+from rcmflow.connectors.files import Record, ingest_files, say
 from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_PAYMENTS
 
-from .rows import FileError, PaymentEvent, RawRow, RowError, read_rows, row_event
+from .rows import FileError, PaymentEvent, RawRow, RowError, read_rows, row_event, row_totals
 
 __all__ = ["PaymentsOutcome", "process_payments", "ingest_payment_files", "Rejected"]
-
-Record = tuple[str, bytes | None, bytes]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class PaymentsOutcome:
         for row, event in self.events:
             out.append((RAW_PAYMENTS, event.event_id.encode(), orjson.dumps(
                 {"origin": self.origin, "row": row.number, "status": "applied",
-                 "fields": row.fields})))
+                 "fields": row.fields, "source_totals": row_totals(row, event).to_json()})))
             out.append((EVENTS, event.account.encode(), event.model_dump_json().encode()))
         received = datetime.now(UTC)
         for r in self.rejected:

@@ -22,7 +22,9 @@ keys in JSON lines):
 ====================  =========================================================================
 
 Idempotency keys are ``payment:<channel>:<reference>``, ``refund:<reference>`` and
-``write_off:<reference>``, so a re-sent file changes nothing.
+``write_off:<reference>``, so a re-sent file changes nothing. ``row_totals`` reads an applied
+row's money again from its own columns (type, account, amount, date) for `rcmflow reconcile`
+(connectors/totals.py: ``payments``, ``refunds``, ``write_offs``).
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ from typing import Any, TypeAlias
 
 from pydantic import ValidationError
 
+from rcmflow.connectors.totals import SourceTotals
 from rcmflow.streams.events import EventKind, PatientPayment, Refund, WriteOff
 
 from .money import MoneyError, parse_cents
 
 __all__ = ["COLUMNS", "REQUIRED", "RawRow", "RowError", "read_rows", "row_event",
-           "PaymentEvent", "FileError"]
+           "row_totals", "PaymentEvent", "FileError"]
 
 COLUMNS = ("type", "account", "amount", "date", "reference", "channel", "reason", "to",
            "from_ar", "entity", "batch", "currency")
@@ -52,6 +55,7 @@ REQUIRED = ("type", "account", "amount", "date", "reference")
 ROW_CHARS_MAX = 8192
 
 PaymentEvent: TypeAlias = PatientPayment | Refund | WriteOff
+MEASURE_BY_TYPE = {"payment": "payments", "refund": "refunds", "write_off": "write_offs"}
 
 
 class FileError(ValueError):
@@ -188,3 +192,12 @@ def row_event(row: RawRow, *, channel: str) -> PaymentEvent | RowError:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "row"
         return RowError("row_invalid", f"{at}: {where}: {err['msg']}")
+
+
+def row_totals(row: RawRow, event: PaymentEvent) -> SourceTotals:
+    """What an applied row says in money (its ``amount`` on its ``date``), and its event."""
+    f = row.fields
+    totals = SourceTotals(event_ids=[(event.account, event.event_id)])
+    totals.add(f["account"], _when(f["date"]).date(), MEASURE_BY_TYPE[f["type"].lower()],
+               parse_cents(f["amount"]))
+    return totals

@@ -3,7 +3,8 @@
 pyx12 4.0.0 ships no maps for the current 837 guides (005010X222A2, 005010X223A3), so the
 segments come from pyx12's reader with no guide validation; the envelope is checked by the
 reader and the claim totals here: ``CLM02 = Σ SV102`` (837P) or ``Σ SV203`` (837I), in cents.
-A claim that does not add up parks its set.
+A claim that does not add up parks its set. ``batch_totals`` reads each claim's CLM02 for
+`rcmflow reconcile` (measure ``billed``; a submitted claim posts nothing to the ledger).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from decimal import Decimal, InvalidOperation
 from pydantic import ValidationError
 
 from rcmflow.connectors.payments.money import MoneyError, format_cents, parse_cents
+from rcmflow.connectors.totals import SourceTotals
 from rcmflow.streams.events import ClaimSubmitted, Dimensions, EventKind, ServiceLine
 
 from .codes import payer_class_for
 from .reader import Problem, Segment, TransactionSet
 from .remit import first_error
 
-__all__ = ["SubmittedClaim", "Batch837", "parse_837", "claim_events", "SOURCE_837"]
+__all__ = ["SubmittedClaim", "Batch837", "parse_837", "claim_events", "batch_totals",
+           "SOURCE_837"]
 
 SOURCE_837 = "x12-837"
 
@@ -185,3 +188,10 @@ def claim_events(batch: Batch837, *, entity: str) -> list[ClaimSubmitted]:
             raise ValueError(f"claim {claim.number} (CLM01 {claim.account}): "
                              f"{first_error(exc)}") from None
     return events
+
+
+def batch_totals(batch: Batch837, totals: SourceTotals) -> None:
+    """Add each claim's CLM02 on the batch's BHT04 day (the day its event carries)."""
+    assert batch.created is not None
+    for claim in batch.claims:
+        totals.add(claim.account, batch.created.date(), "billed", claim.total_cents)

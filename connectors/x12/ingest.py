@@ -8,7 +8,9 @@
 
 A set with any problem is parked whole: one rcm.dlq record with every failing check and its
 numbers, and none of its events. Every set, applied or parked, also gets a record on
-rcm.raw.x12 with its segments and its warnings (the implementation-guide messages).
+rcm.raw.x12 with its segments and its warnings (the implementation-guide messages); an
+applied set's record also says what it states in money, read from its segments, and which
+events it made (``source_totals``, connectors/totals.py), for `rcmflow reconcile`.
 """
 
 from __future__ import annotations
@@ -20,19 +22,20 @@ from typing import Any, TypeAlias
 
 import orjson
 
+from rcmflow.connectors.files import Record
+from rcmflow.connectors.totals import SourceTotals
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import ClaimAdjudicated, ClaimSubmitted, ProviderAdjustment
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_X12
 
-from .claims import claim_events, parse_837
+from .claims import batch_totals, claim_events, parse_837
 from .guide import guide_warnings
 from .reader import Problem, TransactionSet, read_x12
-from .remit import account_problem, balance_problems, parse_835, remit_events
+from .remit import account_problem, balance_problems, parse_835, remit_events, remit_totals
 
 __all__ = ["X12Limits", "SetOutcome", "FileOutcome", "process_x12", "Record"]
 
 X12Event: TypeAlias = ClaimAdjudicated | ProviderAdjustment | ClaimSubmitted
-Record: TypeAlias = tuple[str, bytes | None, bytes]
 #: Problems whose failing identity is money rather than structure (DLQ stage "validate").
 _MONEY_CODES = {"x12_claim_unbalanced", "x12_transaction_unbalanced", "x12_claim_total"}
 _REASON_CHARS_MAX = 4000
@@ -62,6 +65,7 @@ class SetOutcome:
     warnings: list[str] = field(default_factory=list)
     claims: int = 0
     provider_adjustments: int = 0
+    totals: SourceTotals = field(default_factory=SourceTotals)
 
     @property
     def parked(self) -> bool:
@@ -116,6 +120,7 @@ class FileOutcome:
                 "origin": self.origin, "st01": s.st01, "st02": s.st02, "isa13": s.isa13,
                 "gs06": s.gs06, "trace": s.trace, "status": "parked" if s.parked else "applied",
                 "events": 0 if s.parked else len(s.events),
+                **({} if s.parked else {"source_totals": s.totals.to_json()}),
                 "warnings": self.warnings + s.warnings,
                 # Bounded like a DLQ payload: one record must stay under the broker's limit.
                 "segments": s.raw[:limits.dlq_payload_bytes_max],
@@ -193,6 +198,8 @@ def _process_set(tset: TransactionSet, terminator: str, guide: list[str],
                                      for b in remit.plbs) if p]
         if not out.problems:
             _events(out, lambda: remit_events(remit, entity=limits.entity))
+            if not out.problems:
+                remit_totals(remit, out.totals)
     elif tset.st01 == "837":
         batch = parse_837(tset)
         out.trace, out.claims = batch.reference, len(batch.claims)
@@ -204,6 +211,8 @@ def _process_set(tset: TransactionSet, terminator: str, guide: list[str],
                                      for c in batch.claims) if p]
         if not out.problems:
             _events(out, lambda: claim_events(batch, entity=limits.entity))
+            if not out.problems:
+                batch_totals(batch, out.totals)
     else:
         out.problems.append(Problem(
             "x12_unsupported_set",
@@ -216,3 +225,5 @@ def _events(out: SetOutcome, build: Any) -> None:
         out.events = list(build())
     except ValueError as exc:
         out.problems.append(Problem("x12_invalid_event", str(exc)))
+        return
+    out.totals.event_ids = [(e.account, e.event_id) for e in out.events]

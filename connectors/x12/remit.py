@@ -10,6 +10,9 @@ and ``CLP03 = Σ SVC02`` are informational: real remits break them (the LinuxFor
 tertiary sample has a mangled SVC), so they are warnings, and a line that does not balance
 has its adjustments folded into the claim (the claim still balances; the line detail would
 not validate).
+
+``remit_totals`` reads an applied set's money from the parsed segments (CLP04, every CAS
+amount by group, PLB), not from the events, for `rcmflow reconcile` (connectors/totals.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from datetime import UTC, date, datetime
 from pydantic import ValidationError
 
 from rcmflow.connectors.payments.money import MoneyError, format_cents, parse_cents
+from rcmflow.connectors.totals import SourceTotals, cas_measure
 from rcmflow.streams.events import (
     AdjudicatedLine,
     Adjustment,
@@ -34,7 +38,7 @@ from .codes import DENIAL_CARCS, payer_class_for
 from .reader import Problem, Segment, TransactionSet
 
 __all__ = ["Remit", "Claim", "Line", "Cas", "Plb", "parse_835", "balance_problems",
-           "remit_events", "account_problem", "first_error", "SOURCE_835"]
+           "remit_events", "remit_totals", "account_problem", "first_error", "SOURCE_835"]
 
 SOURCE_835 = "x12-835"
 CAS_GROUPS = ("CO", "PR", "OA", "PI", "CR")
@@ -347,6 +351,20 @@ def remit_events(remit: Remit, *, entity: str) -> list[ClaimAdjudicated | Provid
         except ValidationError as exc:
             raise ValueError(f"PLB {plb.code}: {first_error(exc)}") from None
     return events
+
+
+def remit_totals(remit: Remit, totals: SourceTotals) -> None:
+    """Add a balanced remit's amounts as the 835 states them, on its payment date (the day
+    its events carry): per claim CLP04 and each CAS amount (claim and service-line level) by
+    group; per PLB its amount on the provider's key."""
+    assert remit.paid_on is not None
+    day = remit.paid_on
+    for claim in remit.claims:
+        totals.add(claim.account, day, "payer_paid", claim.paid_cents)
+        for cas in claim.adjustments + [a for line in claim.lines for a in line.adjustments]:
+            totals.add(claim.account, day, cas_measure(cas.group), cas.amount_cents)
+    for plb in remit.plbs:
+        totals.add(f"provider:{plb.provider}", day, "provider_adjustments", plb.amount_cents)
 
 
 def _claim_event(claim: Claim, remit: Remit, event_id: str, occurred: datetime,

@@ -304,3 +304,28 @@ def test_reasons_never_echo_free_text_from_the_resource() -> None:
         assert name not in r.detail and name not in str(r.resource_type), r
     dlq = [orjson.loads(v) for t, _, v in outcome.records() if t == DLQ]
     assert all(name not in d["reason"] and name not in json.dumps(d["context"]) for d in dlq)
+
+
+def test_applied_resources_state_their_amounts_on_rcm_raw_fhir() -> None:
+    """source_totals read priceOverride and each applied detail's amount from the resource;
+    the refused detail (the advance) and a refused resource state nothing."""
+    charge = _load("r4_chargeitem-example.json")
+    charge["priceOverride"]["currency"] = "USD"
+    voided = copy.deepcopy(charge) | {"status": "entered-in-error"}
+    payment = _patient_reconciliation()
+    payment["paymentAmount"]["value"] = 6000
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": charge}, {"resource": voided}, {"resource": payment},
+        {"resource": _load("r4_chargeitem-example.json")}]}  # in EUR: refused
+    raw = [orjson.loads(v) for t, _, v in _run(bundle).records() if t == RAW_FHIR]
+    assert [(r["status"], r.get("source_totals", {}).get("amounts")) for r in raw] == [
+        ("applied", [{"account": "example", "day": "2017-01-25", "measure": "charges",
+                      "cents": 4000}]),
+        ("applied", [{"account": "example", "day": "2017-01-25", "measure": "charges",
+                      "cents": -4000}]),
+        ("partly", [{"account": "A1001", "day": "2014-08-16", "measure": "payments",
+                     "cents": 350000},
+                    {"account": "A1001", "day": "2014-08-12", "measure": "payments",
+                     "cents": 400000}]),
+        ("rejected", None)]
+    assert [len(r["source_totals"]["events"]) for r in raw[:3]] == [1, 1, 2]

@@ -14,9 +14,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rcmflow.connectors.hl7.intake import Intake, Outcome
+from rcmflow.connectors.hl7.intake import Intake, Outcome, Record
 from rcmflow.connectors.hl7.mapping import MappingConfig
 from rcmflow.connectors.hl7.replay import ReplayStore
+from rcmflow.connectors.totals import HEADER_STATUS, HEADER_TOTALS, SourceTotals
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "hl7"
@@ -25,9 +26,9 @@ REAL = [p.read_bytes() for p in sorted(SAMPLES.iterdir())]
 
 class MemorySink:
     def __init__(self) -> None:
-        self.writes: list[list[tuple[str, bytes | None, bytes]]] = []
+        self.writes: list[list[Record]] = []
 
-    async def write(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+    async def write(self, records: Sequence[Record]) -> None:
         self.writes.append(list(records))
 
 
@@ -71,11 +72,17 @@ def check_answered(raw: bytes, outcome: Outcome, sink: MemorySink, writes_before
             assert new == []
         else:
             (records,) = new
-            assert records[0] == (RAW_HL7, records[0][1], raw)
+            assert records[0][:3] == (RAW_HL7, records[0][1], raw)
+            headers = dict(records[0][3])  # type: ignore[misc]
+            assert headers[HEADER_STATUS] == b"applied"
+            totals = SourceTotals.from_json(json.loads(headers[HEADER_TOTALS]))
+            assert totals.event_ids == [(e.account, e.event_id) for e in outcome.events]
             assert [r[0] for r in records[1:]] == [EVENTS] * len(outcome.events)
         return
     assert any(line.startswith("ERR|") for line in segments)
     (records,) = new
+    if records[0][0] == RAW_HL7:  # refused: kept as received, and said so
+        assert records[0][2:] == (raw, ((HEADER_STATUS, b"refused"),))
     dlq = json.loads(records[-1][2])
     assert records[-1][0] == DLQ and dlq["reason_code"] == outcome.reason_code
     payload = (dlq["payload"].encode() if dlq["payload_encoding"] == "utf-8"

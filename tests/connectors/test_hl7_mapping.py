@@ -247,3 +247,26 @@ def test_split_batch_reads_batches_lf_files_and_captured_mllp_traffic() -> None:
                  b"\xef\xbb\xbf" + one.replace(b"\r", b"\r\n") + two):
         assert [read_message(normalise(m)).control_id for m in split_batch(data).messages] == [
             "C1", "C2"]
+
+
+def test_source_totals_read_the_ft1_amounts_not_the_events() -> None:
+    """Charges positive, credit types and negative amounts negative, on the FT1-4 day (else
+    the message's), summed per account and day; the events are listed, not summed."""
+    from datetime import date
+
+    from rcmflow.connectors.hl7.mapping import source_totals
+
+    text = ("MSH|^~\\&|EHR|GEN|||20261120230000-0500||DFT^P03|T1|P|2.5\r"
+            "PID|1" + "|" * 17 + "ACC7\r"
+            "FT1|1|||20261119||CG|X|||2||60.00\r"  # unit 60.00 x 2
+            "FT1|2|||20261119||CD|X|||1|25.50\r"  # a credit type
+            "FT1|3|||||CG|X|||1|-10.00\r"  # a negative charge: a reversal, on the MSH-7 day
+            "FT1|4|||20261120||CG|X|||1|7.25\r")
+    msg = read_message(normalise(text.encode()))
+    events = map_message(msg, MappingConfig())
+    assert isinstance(events, list) and len(events) == 4
+    totals = source_totals(msg, MappingConfig(), events)
+    assert totals.summed() == {("ACC7", date(2026, 11, 19), "charges"): 12000 - 2550,
+                               ("ACC7", date(2026, 11, 20), "charges"): 725 - 1000}
+    assert totals.event_ids == [("ACC7", e.event_id) for e in events]
+    assert {e.occurred_at.date() for e in events} == {date(2026, 11, 19), date(2026, 11, 20)}

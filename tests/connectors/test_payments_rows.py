@@ -166,3 +166,20 @@ def test_resending_a_file_gives_byte_identical_events() -> None:
     two = process_payments(CSV.encode(), name="b.csv", origin="file:b.csv")
     assert [e.model_dump_json() for _, e in one.events] == [
         e.model_dump_json() for _, e in two.events]
+
+
+def test_applied_rows_state_their_amounts_by_type_on_their_day() -> None:
+    """rcm.raw.payments source_totals: the row's own amount and date, and its event's id."""
+    rows = ("type,account,amount,date,reference,reason\n"
+            "payment,A1,10.10,2026-03-01T23:30:00-05:00,P1,\n"
+            "refund,A1,2.5,2026-03-02,R1,\n"
+            "write_off,A2,7,2026-03-03,W1,small_balance\n")
+    out = process_payments(rows.encode(), name="d.csv", origin="file:d.csv")
+    raw = [json.loads(v)["source_totals"] for t, _, v in out.records() if t == RAW_PAYMENTS]
+    assert raw == [
+        {"amounts": [{"account": "A1", "day": "2026-03-01", "measure": "payments",
+                      "cents": 1010}], "events": [["A1", "payment:lockbox:P1"]]},
+        {"amounts": [{"account": "A1", "day": "2026-03-02", "measure": "refunds",
+                      "cents": 250}], "events": [["A1", "refund:R1"]]},
+        {"amounts": [{"account": "A2", "day": "2026-03-03", "measure": "write_offs",
+                      "cents": 700}], "events": [["A2", "write_off:W1"]]}]

@@ -219,7 +219,8 @@ def test_tryton_zero_drift_then_a_deleted_move_names_the_account(
 
 
 def test_source_records_without_their_events_are_named(broker: EmbeddedBroker) -> None:
-    """rcm.raw.payments rows and rcm.raw.x12 sets the connectors applied must be events."""
+    """rcm.raw.payments rows and rcm.raw.x12 sets the connectors applied must be events,
+    carrying the cents the sources stated."""
     from rcmflow.connectors.payments.ingest import process_payments
     from rcmflow.connectors.x12.ingest import X12Limits, process_x12
     from tests.connectors.x12_build import ClaimSpec, envelope, remit_segments
@@ -250,8 +251,11 @@ def test_source_records_without_their_events_are_named(broker: EmbeddedBroker) -
     assert source_findings([r for r in everything if r[2] not in (
         dropped_payment, dropped_claim)]) != []
     found = source_findings([])  # nothing new: the same two are missing
-    assert [a for a, _ in found] == ["S1002", None], found
-    assert "payment:lockbox:REF-2" in found[0][1] and "made 2 events" in found[1][1]
+    assert [a for a, _ in found] == ["S1002", "S2002"], found
+    assert "payment:lockbox:REF-2" in found[0][1] and "x12-835:" in found[1][1]
+    differs = {(f.account, f.amount_cents) for f in run(broker, None).findings
+               if f.cause == "source_amount_differs"}
+    assert differs == {("S1002", 2000), ("S2002", 10000)}  # the payment; CLP04 paid
     assert source_findings([(t, k, v) for t, k, v in everything if v in (
         dropped_payment, dropped_claim)]) == []  # they arrive late: all accounted for
 

@@ -3,12 +3,14 @@
 An HL7 DFT^P03 to the `rcmflow mllp` listener (two charges), the visit's 837P claim and the
 payer's 835 through `rcmflow ingest x12`, and the patient's payment through `rcmflow ingest
 payments`: the account's snapshot ends exact to the cent. Everything sent a second time (the
-interface engine re-sends, the clearinghouse re-drops the files) changes nothing.
+interface engine re-sends, the clearinghouse re-drops the files) changes nothing, and
+`rcmflow reconcile` finds what the connectors accepted on rcm.events to the cent (exit 0).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +81,17 @@ def test_hl7_835_and_a_payment_for_one_account_end_exact(
                        "patient_responsibility", "insurance_ar"):
             assert after["balances"][bucket] == b[bucket], bucket
         assert worker.alive(), worker.log_tail()
+        done = subprocess.run([sys.executable, "-m", "rcmflow.cli", "reconcile", "--json"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        report = json.loads(done.stdout)
+        assert done.returncode == 0, report["findings"][:5]
+        # What the DFT, the 837, the 835 and the two lockbox rows said, to the cent.
+        assert {m: (a["source_cents"], a["events_cents"])
+                for m, a in report["source_totals"].items()} == {
+            "charges": (15000, 15000), "billed": (15000, 15000), "payer_paid": (9000, 9000),
+            "adjusted": (4000, 4000), "patient_responsibility": (2000, 2000),
+            "payments": (2500, 2500)}
+        assert report["source_account_days_differing"] == {}
     finally:
         listener.terminate()
         listener.wait(30)

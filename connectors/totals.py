@@ -1,0 +1,134 @@
+"""Source totals: what an inbound connector accepted, in money, per account, day and measure.
+
+At accept time each connector records, for every unit it applied (an HL7 message, an X12
+transaction set, a payment row, a FHIR resource), what the *source document* says in money,
+read from the source's own amount fields (FT1-11, CLP04, CAS, PLB, the row's amount, ...),
+never from the events it made of them: a mapping that drops or changes money then shows as a
+difference. `rcmflow reconcile` sums the canonical events the unit lists into the same
+measures (``event_amounts``) and compares.
+
+Measures (integer cents, signed as the source signs them):
+
+========================  ======================================================================
+``charges``               charges net of credits / reversals (HL7 FT1, FHIR ChargeItem)
+``billed``                claim totals submitted (837 CLM02; no ledger entry)
+``payer_paid``            what the payer paid per claim (835 CLP04)
+``adjusted``              835 CAS amounts of groups CO, OA, PI, CR (contractual and other)
+``patient_responsibility``  835 CAS amounts of group PR
+``provider_adjustments``  835 PLB amounts (positive = money back to the payer)
+``payments``              patient payments (payment rows, FHIR PaymentReconciliation)
+``refunds``               refunds (refund rows, negative PaymentReconciliation details)
+``write_offs``            write-offs (write_off rows)
+========================  ======================================================================
+
+The day is the day the events carry as their effective date: ``occurred_at.date()`` in the
+offset the source gave (the core posts on that day).
+
+Where it is kept: the JSON raw records (rcm.raw.x12 / payments / fhir) carry it under
+``source_totals``; rcm.raw.hl7 records stay the raw bytes as received and carry it, with
+the message's status, in Kafka record headers (``HEADER_STATUS``, ``HEADER_TOTALS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import orjson
+
+from rcmflow.streams.events import (
+    ChargePosted,
+    ChargeReversed,
+    ClaimAdjudicated,
+    ClaimSubmitted,
+    Event,
+    PatientPayment,
+    ProviderAdjustment,
+    Refund,
+    WriteOff,
+)
+
+__all__ = ["MEASURES", "SourceAmount", "SourceTotals", "event_amounts", "HEADER_STATUS",
+           "HEADER_TOTALS", "Headers", "cas_measure"]
+
+MEASURES = ("charges", "billed", "payer_paid", "adjusted", "patient_responsibility",
+            "provider_adjustments", "payments", "refunds", "write_offs")
+HEADER_STATUS = "rcm-status"  # applied | refused
+HEADER_TOTALS = "rcm-source-totals"  # SourceTotals.to_json()
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+def cas_measure(group: str) -> str:
+    """PR is what the patient owes; every other CAS group is an adjustment of the charge."""
+    return "patient_responsibility" if group == "PR" else "adjusted"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceAmount:
+    account: str
+    day: date
+    measure: str
+    cents: int
+
+
+@dataclass
+class SourceTotals:
+    """One accepted unit: its amounts (summed per account, day, measure) and its events."""
+
+    amounts: list[SourceAmount] = field(default_factory=list)
+    event_ids: list[tuple[str, str]] = field(default_factory=list)  # (account, event id)
+
+    def add(self, account: str, day: date, measure: str, cents: int) -> None:
+        assert measure in MEASURES, measure
+        self.amounts.append(SourceAmount(account, day, measure, cents))
+
+    def summed(self) -> dict[tuple[str, date, str], int]:
+        sums: dict[tuple[str, date, str], int] = {}
+        for a in self.amounts:
+            key = (a.account, a.day, a.measure)
+            sums[key] = sums.get(key, 0) + a.cents
+        return sums
+
+    def to_json(self) -> dict[str, Any]:
+        return {"amounts": [{"account": a, "day": d.isoformat(), "measure": m, "cents": c}
+                            for (a, d, m), c in self.summed().items() if c],
+                "events": [list(pair) for pair in self.event_ids]}
+
+    def header(self) -> bytes:
+        return orjson.dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, doc: Any) -> SourceTotals:
+        """Read back (raises KeyError / ValueError / TypeError on a malformed document)."""
+        totals = cls()
+        for x in doc["amounts"]:
+            totals.add(str(x["account"]), date.fromisoformat(x["day"]), str(x["measure"]),
+                       int(x["cents"]))
+        totals.event_ids = [(str(a), str(e)) for a, e in doc["events"]]
+        return totals
+
+
+def event_amounts(event: Event) -> Iterable[tuple[str, int]]:
+    """(measure, cents) an event carries: the events' side of the comparison."""
+    match event:
+        case ChargePosted():
+            yield "charges", event.amount_cents
+        case ChargeReversed():
+            yield "charges", -event.amount_cents
+        case ClaimSubmitted():
+            yield "billed", event.total_charge_cents
+        case ClaimAdjudicated():
+            yield "payer_paid", event.paid_cents
+            for adj in event.all_adjustments():
+                yield cas_measure(adj.group), adj.amount_cents
+        case ProviderAdjustment():
+            yield "provider_adjustments", event.amount_cents
+        case PatientPayment():
+            yield "payments", event.amount_cents
+        case Refund():
+            yield "refunds", event.amount_cents
+        case WriteOff():
+            yield "write_offs", event.amount_cents

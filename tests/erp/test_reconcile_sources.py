@@ -1,0 +1,154 @@
+"""`rcmflow reconcile` source totals: what the connectors accepted, in cents, vs rcm.events.
+
+The demo visit A3001 goes through the real connectors (HL7 intake, X12 835 and 837, a
+payments CSV) onto the real broker; the records they produce are published whole, or with
+one event dropped or altered on its way to rcm.events. No worker runs here, so posting
+findings (missing_posting, ...) are expected and ignored: only the source causes are asserted.
+The whole pipeline with a worker and exit code 0 is tests/integration/test_inbound_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rcmflow.broker import EmbeddedBroker
+from rcmflow.cli import app
+from rcmflow.connectors.erp.reconcile import Report, reconcile
+from rcmflow.connectors.files import Record
+from rcmflow.connectors.hl7.intake import Intake
+from rcmflow.connectors.hl7.mapping import MappingConfig
+from rcmflow.connectors.hl7.replay import ReplayStore
+from rcmflow.connectors.payments.ingest import process_payments
+from rcmflow.connectors.x12.ingest import X12Limits, process_x12
+from rcmflow.demo_sources import DEMO_ACCOUNT, HL7_FILE, X12_FILES
+from rcmflow.kafka_io import publish
+from rcmflow.streams.chart import load_chart
+from rcmflow.streams.topics import EVENTS
+
+pytestmark = pytest.mark.broker
+CHART = load_chart()
+LIMITS = X12Limits(guide_validation=False)
+SOURCE_CAUSES = ("source_event_missing", "source_amount_differs")
+PAYMENTS_CSV = ("type,account,amount,date,reference\n"
+                f"payment,{DEMO_ACCOUNT},20.00,2026-03-10,LBX-3001-1\n")
+#: The demo visit in cents, per measure: DFT 100.00 + 50.00; 837 CLM02 150.00; the 835 paid
+#: 90.00, CO-45 40.00, PR-1 20.00; the lockbox row 20.00.
+VISIT = {"charges": 15000, "billed": 15000, "payer_paid": 9000, "adjusted": 4000,
+         "patient_responsibility": 2000, "payments": 2000}
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    async def write(self, records: Sequence[Record]) -> None:
+        self.records.extend(records)
+
+
+def hl7_records(message: bytes) -> tuple[str, list[Record]]:
+    """One message through the HL7 intake: its ACK code and the records it wrote."""
+    sink = MemorySink()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ReplayStore(Path(tmp), 3600)
+        try:
+            intake = Intake(sink=sink, store=store, config=MappingConfig(), channel="test")
+            outcome = asyncio.run(intake.handle(message))
+        finally:
+            store.close()
+    return outcome.code, sink.records
+
+
+def visit_records() -> list[Record]:
+    code, records = hl7_records(HL7_FILE.read_bytes())
+    assert code == "AA"
+    for path in X12_FILES:
+        outcome = process_x12(path.read_bytes(), origin=f"file:{path.name}", limits=LIMITS)
+        assert outcome.ok(), outcome.reason_text()
+        records += outcome.records(LIMITS)
+    payments = process_payments(PAYMENTS_CSV.encode(), name="lockbox.csv",
+                                origin="file:lockbox.csv")
+    assert payments.ok()
+    return records + payments.records()
+
+
+def run(broker: EmbeddedBroker, records: list[Record]) -> Report:
+    asyncio.run(publish([broker.bootstrap], records))
+    return asyncio.run(reconcile([broker.bootstrap], CHART))
+
+
+def source_findings(report: Report) -> list[tuple[str, str | None, str | None, int]]:
+    return [(f.cause, f.account, f.day, f.amount_cents) for f in report.ordered()
+            if f.cause in SOURCE_CAUSES]
+
+
+def sums(report: Report) -> dict[str, tuple[int, int]]:
+    return {m: (a.source_cents, a.events_cents) for m, a in report.sources.items()}
+
+
+def test_the_visit_through_every_connector_agrees_to_the_cent(broker: EmbeddedBroker) -> None:
+    report = run(broker, visit_records())
+    assert source_findings(report) == []
+    assert sums(report) == {m: (c, c) for m, c in VISIT.items()}
+    assert report.counts["source_records_applied"] == 4  # the DFT, the 837, the 835, the row
+    assert report.counts["source_events_found"] == report.counts["source_events_listed"] == 5
+    # everything again (an intake with a fresh replay store publishes the DFT again too):
+    # each source unit and each event counts once
+    report = run(broker, visit_records())
+    assert source_findings(report) == []
+    assert sums(report) == {m: (c, c) for m, c in VISIT.items()}
+    assert report.counts["source_records_resent"] == 4
+
+
+def test_a_lost_event_and_an_altered_one_are_named_with_their_cents(
+        broker: EmbeddedBroker) -> None:
+    records = visit_records()
+    events = [r for r in records if r[0] == EVENTS]
+    remit = next(r for r in events if b'"claim_adjudicated"' in r[2])
+    charge = next(r for r in events if b'"amount_cents":10000' in r[2])
+    altered = (EVENTS, charge[1], charge[2].replace(b'"amount_cents":10000',
+                                                    b'"amount_cents":9000'))
+    report = run(broker, [altered if r is charge else r for r in records if r is not remit])
+    assert source_findings(report) == [
+        ("source_event_missing", DEMO_ACCOUNT, None, 0),
+        ("source_amount_differs", DEMO_ACCOUNT, "2026-03-01", 1000),  # charges 150 vs 140
+        ("source_amount_differs", DEMO_ACCOUNT, "2026-03-02", 4000),  # adjusted
+        ("source_amount_differs", DEMO_ACCOUNT, "2026-03-02", 2000),  # patient_responsibility
+        ("source_amount_differs", DEMO_ACCOUNT, "2026-03-02", 9000)]  # payer_paid
+    details = " ".join(f.detail for f in report.findings)
+    assert "charges: the sources accepted 150.00, their events on rcm.events carry 140.00" in (
+        details)
+    assert "payer_paid: the sources accepted 90.00" in details
+    assert sums(report)["payer_paid"] == (9000, 0)
+    result = CliRunner().invoke(app, ["reconcile", "--json"],
+                                env={"RCMFLOW_BROKER": broker.url})
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["source_totals"]["charges"] == {"source_cents": 15000, "events_cents": 14000,
+                                               "difference_cents": 1000}
+    assert doc["source_account_days_differing"][f"{DEMO_ACCOUNT}|2026-03-02"]["payer_paid"][
+        "difference_cents"] == 9000
+    assert any(f["cause"] == "source_amount_differs" and f["account"] == DEMO_ACCOUNT
+               for f in doc["findings"])
+    table = CliRunner().invoke(app, ["reconcile"], env={"RCMFLOW_BROKER": broker.url})
+    assert table.exit_code == 1
+    assert "source_amount_differs" in table.stdout and "payer_paid" in table.stdout
+    # the lost event arrives late: the sources are all accounted for
+    report = run(broker, [remit])
+    assert [f[0] for f in source_findings(report)] == ["source_amount_differs"]  # the 10.00
+
+
+def test_a_refused_hl7_message_counts_for_nothing(broker: EmbeddedBroker) -> None:
+    refused = HL7_FILE.read_bytes().replace(b"|A3001\r", b"|\r").replace(b"|E3001\r", b"|\r")
+    code, records = hl7_records(refused)
+    assert code == "AE" and records[0][0] == "rcm.raw.hl7"
+    report = run(broker, records)
+    assert source_findings(report) == [] and report.sources == {}
+    assert report.counts["source_records_not_applied"] == 1
+    assert "source_records_applied" not in report.counts
