@@ -51,14 +51,12 @@ from rcmflow.streams.events import (
 )
 
 __all__ = ["MEASURES", "SourceAmount", "SourceTotals", "event_amounts", "HEADER_STATUS",
-           "HEADER_TOTALS", "Headers", "cas_measure"]
+           "HEADER_TOTALS", "cas_measure"]
 
 MEASURES = ("charges", "billed", "payer_paid", "adjusted", "patient_responsibility",
             "provider_adjustments", "payments", "refunds", "write_offs")
 HEADER_STATUS = "rcm-status"  # applied | refused
 HEADER_TOTALS = "rcm-source-totals"  # SourceTotals.to_json()
-
-Headers = tuple[tuple[str, bytes], ...]
 
 
 def cas_measure(group: str) -> str:
