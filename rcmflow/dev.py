@@ -116,15 +116,17 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
                                        "--metrics-port", str(worker_metrics)],
                                       stdout=log_handle, stderr=subprocess.STDOUT,
                                       env=dict(os.environ))
-        services.append(_start_facade(settings, console))
-        services.append(_start_mllp(settings, console, mllp_metrics))
         console.print(
             f"[bold]rcmflow dev[/bold]\n"
             f"  broker  {broker.bootstrap}  (Tansu, memory only; log {settings.data_dir}/logs/"
             f"broker.log)\n"
             f"  worker  pid {worker.pid}  (log {worker_log})\n"
             f"  chart   {settings.coa or 'shipped default'} version {chart.version}\n"
-            f"  data    {settings.data_dir}\n"
+            f"  data    {settings.data_dir}"
+        )
+        services.append(_start_facade(settings, console))
+        services.append(_start_mllp(settings, console, mllp_metrics))
+        console.print(
             f"  metrics worker {url(settings.metrics_host, worker_metrics)} · mllp "
             f"{url(settings.metrics_host, mllp_metrics)} · facade "
             f"{url(settings.facade_host, settings.facade_port)}"
