@@ -89,7 +89,7 @@ async def read_topic(
 async def send(producer: AIOKafkaProducer, item: Outgoing) -> asyncio.Future[object]:
     """Queue one outgoing record (with its headers, if any); the future is its ack."""
     topic, key, value = item[0], item[1], item[2]
-    headers = list(item[3]) if len(item) > 3 else None  # type: ignore[misc]
+    headers = list(item[3]) if len(item) > 3 else None
     future: asyncio.Future[object] = await producer.send(topic, value=value, key=key,
                                                          headers=headers)
     return future

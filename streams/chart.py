@@ -8,9 +8,10 @@ the posting still balances and finance sees an exception record.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,6 +31,7 @@ CarcTreatment = Literal[
 ]
 PlbTreatment = Literal["interest", "payer_overpayment", "pair_with_WO", "suspense"]
 DEFAULT_CHART = "chart_of_accounts.yaml"
+_Treatment = TypeVar("_Treatment", bound=str)
 #: Roles looked up with a dimension value (department, payer class).
 DIMENSIONED_ROLES = frozenset({"gross_revenue", "contractual"})
 #: Roles every chart must map in `defaults`: the posting rules use all of them.
@@ -148,21 +150,23 @@ class ChartOfAccounts(BaseModel):
 
     def carc_treatment(self, group: str, reason: str) -> CarcTreatment:
         """How a CAS amount posts; the first matching rule wins, unmatched is suspense."""
-        return cast(CarcTreatment, self._first_match("carc", f"{group}-{reason}",
-                                                     self.carc_rules))
+        return self._first_match("carc", f"{group}-{reason}", self.carc_rules, "suspense")
 
     def plb_treatment(self, reason_code: str) -> PlbTreatment:
-        return cast(PlbTreatment, self._first_match("plb", reason_code, self.plb_rules))
+        return self._first_match("plb", reason_code, self.plb_rules, "suspense")
 
-    def _first_match(self, kind: str, code: str, rules: dict[str, str]) -> str:
+    def _first_match(self, kind: str, code: str, rules: Mapping[str, _Treatment],
+                     unmatched: _Treatment) -> _Treatment:
         memo = _memo(self)
         key = (kind, code)
         found = memo.get(key)
         if found is None:
             found = next((treatment for pattern, treatment in rules.items()
-                          if fnmatch.fnmatchcase(code, pattern)), "suspense")
+                          if fnmatch.fnmatchcase(code, pattern)), unmatched)
             memo[key] = found
-        return cast(str, found)
+        # The memo holds Any; what is under (kind, code) was stored just above from `rules`
+        # or `unmatched`, so it is a _Treatment (kinds never share a key).
+        return cast(_Treatment, found)
 
 
 #: Lookup results per loaded chart (pydantic private attributes are slow to reach). The chart

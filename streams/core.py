@@ -101,6 +101,7 @@ def _delta(
     unmapped: list[UnmappedLine] = []
     debits = credits = 0
     for move in movements:
+        missing: str | None
         if move.force_suspense is not None:
             gl, missing = chart.gl_account(entity, "suspense").account, move.force_suspense
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from enum import StrEnum
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, Final, Literal, TypeAlias
 
 import orjson
 from pydantic import (
@@ -49,7 +49,8 @@ __all__ = [
     "ValidationError",
 ]
 
-SCHEMA_VERSION = 1
+#: Final: its type is Literal[1], the one value ``schema_version`` accepts.
+SCHEMA_VERSION: Final = 1
 
 #: No single amount beyond ten billion dollars: past it the event is rejected, so an
 #: upstream unit mix-up (dollars sent as cents of cents) cannot reach the ledger.

@@ -137,7 +137,7 @@ class Pipeline:
         point, _, batch = os.environ.get(KILL_AT_ENV, "").partition(":")
         self._kill_at = (point, int(batch)) if point else None
 
-    async def handle(self, events: Sequence[EventT]) -> BatchResult:
+    async def handle(self, events: Sequence[EventT[bytes]]) -> BatchResult:
         messages = [
             Message(
                 topic=e.message.topic,
@@ -326,22 +326,26 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     # it) instead of leaving a process that looks healthy and consumes nothing.
     @app.agent(events_topic, name="apply-events", supervisor_strategy=CrashingSupervisor)
     async def apply_events(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
+        # take_events is a method of faust's Stream that its StreamT interface does not declare.
+        async for batch in stream.take_events(  # type: ignore[attr-defined]
+                settings.batch_max, within=settings.batch_wait_s):
             await pipeline.handle(batch)
 
-    @app.on_partitions_revoked.connect
+    # mode's SignalHandlerT rejects every handler, even one of exactly its declared shape
+    # (sender, *args, signal, **kwargs): the ignores below are for that.
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         tables.flush()
         tables.forget_cache()
         pipeline.guard.forget()
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         tables.forget_cache()
         pipeline.guard.forget()
         pipeline.partitions_assigned()
 
-    @app.timer(PROGRESS_INTERVAL_S)
+    @app.timer(PROGRESS_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust: -> Callable
     async def _progress() -> None:
         pipeline.log_progress()
         await pipeline.watchdog(servers)

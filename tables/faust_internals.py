@@ -43,6 +43,7 @@ from faust.tables.base import Collection
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.tables import TableT
 from rocksdict import WriteBatch, WriteOptions
 
 __all__ = [
@@ -77,16 +78,20 @@ class TableIO:
     WAL-less one: ``flush`` is called whenever partitions are revoked, before any recovery.
     """
 
-    def __init__(self, app: faust.App, table: Collection) -> None:
+    def __init__(self, app: faust.App, table: TableT[Any, Any]) -> None:
         self.app = app
-        self.table = table
+        # App.Table is typed as returning the TableT interface; what it makes is a faust
+        # Table, a Collection, whose store this class reaches into. (mypy holds TableT and
+        # Collection to be disjoint, so an isinstance check would not narrow: it would make
+        # the rest of the method unreachable to it.)
+        self.table = cast(Collection, table)
         self._write_options = WriteOptions()
         # rocksdict exposes this as a property (its stub says method).
         self._write_options.disable_wal = not app.in_transaction  # type: ignore[method-assign,assignment]
 
     @property
     def changelog_topic(self) -> str:
-        return cast(str, self.table.changelog_topic.get_topic_name())
+        return self.table.changelog_topic.get_topic_name()
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         db = self.table.data._db_for_partition(partition)

@@ -409,12 +409,12 @@ def source_amount(doc: dict[str, Any], origin: str,
     PaymentReconciliation (> 0 a payment, < 0 a refund). Raises on a part that was never
     applicable (the mapping refused it)."""
     if not origin:
-        account = _charge_account(doc, options)
-        assert isinstance(account, str), account
+        charged = _charge_account(doc, options)
+        assert isinstance(charged, str), charged
         cents = money_cents(doc["priceOverride"], where="priceOverride",
                             currencies=options.currencies)[0]
         signed = -cents if doc.get("status") == "entered-in-error" else cents
-        return account, _charge_time(doc).date(), "charges", signed
+        return charged, _charge_time(doc).date(), "charges", signed
     n = int(origin.removeprefix("detail[").removesuffix("]"))
     detail = doc["detail"][n]
     cents = money_cents(detail["amount"], where=origin, currencies=options.currencies)[0]

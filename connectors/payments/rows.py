@@ -173,21 +173,25 @@ def row_event(row: RawRow, *, channel: str) -> PaymentEvent | RowError:
         "dimensions": {"entity": f.get("entity") or "01"},
     }
     reference = f["reference"]
+    # The row's words (channel, to, reason, from_ar) are unchecked text, lower-cased: the
+    # models' Literal fields check them, so the events are built with model_validate.
     try:
         if kind == "payment":
             via = (f.get("channel") or channel).lower()
-            return PatientPayment(kind=EventKind.PATIENT_PAYMENT,
-                                  event_id=f"payment:{via}:{reference}", source=via,
-                                  channel=via, reference=reference, **common)  # type: ignore[arg-type]
+            return PatientPayment.model_validate(common | {
+                "kind": EventKind.PATIENT_PAYMENT, "event_id": f"payment:{via}:{reference}",
+                "source": via, "channel": via, "reference": reference})
         if kind == "refund":
-            return Refund(kind=EventKind.REFUND, event_id=f"refund:{reference}",
-                          source="payments-file", to=(f.get("to") or "patient").lower(),  # type: ignore[arg-type]
-                          reference=reference, **common)
+            return Refund.model_validate(common | {
+                "kind": EventKind.REFUND, "event_id": f"refund:{reference}",
+                "source": "payments-file", "to": (f.get("to") or "patient").lower(),
+                "reference": reference})
         if not f.get("reason"):
             return RowError("row_missing_field", f"{at}: a write_off needs a reason")
-        return WriteOff(kind=EventKind.WRITE_OFF, event_id=f"write_off:{reference}",
-                        source="payments-file", reason=f["reason"].lower(),  # type: ignore[arg-type]
-                        from_ar=(f.get("from_ar") or None), **common)
+        return WriteOff.model_validate(common | {
+            "kind": EventKind.WRITE_OFF, "event_id": f"write_off:{reference}",
+            "source": "payments-file", "reason": f["reason"].lower(),
+            "from_ar": (f.get("from_ar") or "").lower() or None})
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "row"

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -374,6 +375,7 @@ def _claim_event(claim: Claim, remit: Remit, event_id: str, occurred: datetime,
     if not all(line.balances() for line in lines):
         adjustments += [a for line in lines for a in line.adjustments]
         lines = []
+    outcome: Literal["processed", "denied", "reversal"]
     if claim.status == "22":
         outcome = "reversal"
     elif claim.status == "4" or (claim.paid_cents == 0 and any(

@@ -108,6 +108,24 @@ def test_csv_good_rows_become_events_and_bad_rows_name_their_row() -> None:
     assert out.warnings == ["columns ignored: payer_name"]
 
 
+def test_row_words_are_read_in_any_case_from_ar_too() -> None:
+    # from_ar was the one word column not lower-cased: "Insurance" was a rejected row while
+    # "Patient" in `to` and "Bad_Debt" in `reason` were read.
+    text = ("type,account,amount,date,reference,channel,reason,to,from_ar\n"
+            "Payment,A1,1.00,2026-03-01,P-1,Portal,,,\n"
+            "REFUND,A1,1.00,2026-03-01,R-1,,,Patient,\n"
+            "write_off,A1,1.00,2026-03-01,W-1,,Bad_Debt,,Insurance\n"
+            "write_off,A1,1.00,2026-03-01,W-2,,denial,,PATIENT\n"
+            "write_off,A1,1.00,2026-03-01,W-3,,denial,,payer\n")
+    out = process_payments(text.encode(), name="day.csv", origin="file:day.csv")
+    payment, refund, *write_offs = [e for _, e in out.events]
+    assert isinstance(payment, PatientPayment) and payment.channel == "portal"
+    assert isinstance(refund, Refund) and refund.to == "patient"
+    assert [(w.reason, w.from_ar) for w in write_offs if isinstance(w, WriteOff)] == [
+        ("bad_debt", "insurance"), ("denial", "patient")]
+    assert [(r.row, r.code) for r in out.rejected] == [(6, "row_invalid")]
+
+
 def test_published_records_carry_the_row_and_reason_but_no_other_column() -> None:
     out = process_payments(CSV.encode(), name="day.csv", origin="file:/in/day.csv")
     records = out.records()
