@@ -24,6 +24,13 @@ Measures (integer cents, signed as the source signs them):
 The day is the day the events carry as their effective date: ``occurred_at.date()`` in the
 offset the source gave (the core posts on that day).
 
+Attribution: where a source part maps one-to-one to an event (an FT1, an 835 claim or PLB, an
+837 claim, a payment row, a FHIR ChargeItem or PaymentReconciliation detail) its amounts carry
+that event's id (``SourceAmount.event_id``; ``"event"`` in the JSON). Only the label is shared
+with the event, the cents are still the source's. Reconcile counts an attributed amount once
+per event id, so a unit re-sent in part (a corrected 835 repeating some claims) is not counted
+twice. Amounts without an id (records written before ids were kept) count per unit.
+
 Where it is kept: the JSON raw records (rcm.raw.x12 / payments / fhir) carry it under
 ``source_totals``; rcm.raw.hl7 records stay the raw bytes as received and carry it, with
 the message's status, in Kafka record headers (``HEADER_STATUS``, ``HEADER_TOTALS``).
@@ -70,6 +77,7 @@ class SourceAmount:
     day: date
     measure: str
     cents: int
+    event_id: str | None = None  # the event this part of the source became, if one
 
 
 @dataclass
@@ -79,20 +87,29 @@ class SourceTotals:
     amounts: list[SourceAmount] = field(default_factory=list)
     event_ids: list[tuple[str, str]] = field(default_factory=list)  # (account, event id)
 
-    def add(self, account: str, day: date, measure: str, cents: int) -> None:
+    def add(self, account: str, day: date, measure: str, cents: int,
+            event_id: str | None = None) -> None:
         assert measure in MEASURES, measure
-        self.amounts.append(SourceAmount(account, day, measure, cents))
+        self.amounts.append(SourceAmount(account, day, measure, cents, event_id))
+
+    def by_event(self) -> dict[tuple[str, date, str, str | None], int]:
+        """Sums per account, day, measure and the event id they are attributed to (or None)."""
+        sums: dict[tuple[str, date, str, str | None], int] = {}
+        for a in self.amounts:
+            key = (a.account, a.day, a.measure, a.event_id)
+            sums[key] = sums.get(key, 0) + a.cents
+        return sums
 
     def summed(self) -> dict[tuple[str, date, str], int]:
         sums: dict[tuple[str, date, str], int] = {}
-        for a in self.amounts:
-            key = (a.account, a.day, a.measure)
-            sums[key] = sums.get(key, 0) + a.cents
+        for (account, day, measure, _), cents in self.by_event().items():
+            sums[(account, day, measure)] = sums.get((account, day, measure), 0) + cents
         return sums
 
     def to_json(self) -> dict[str, Any]:
         return {"amounts": [{"account": a, "day": d.isoformat(), "measure": m, "cents": c}
-                            for (a, d, m), c in self.summed().items() if c],
+                            | ({"event": e} if e is not None else {})
+                            for (a, d, m, e), c in self.by_event().items() if c],
                 "events": [list(pair) for pair in self.event_ids]}
 
     def header(self) -> bytes:
@@ -103,8 +120,9 @@ class SourceTotals:
         """Read back (raises KeyError / ValueError / TypeError on a malformed document)."""
         totals = cls()
         for x in doc["amounts"]:
+            event = x.get("event")  # absent in records written before amounts were attributed
             totals.add(str(x["account"]), date.fromisoformat(x["day"]), str(x["measure"]),
-                       int(x["cents"]))
+                       int(x["cents"]), None if event is None else str(event))
         totals.event_ids = [(str(a), str(e)) for a, e in doc["events"]]
         return totals
 
