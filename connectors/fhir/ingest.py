@@ -220,11 +220,13 @@ def _one(unit: Unit, limits: FhirLimits, outcome: FhirOutcome,
 
 def _totals(unit: Unit, result: Mapped, accepted: list[FhirEvent],
             limits: FhirLimits) -> SourceTotals:
-    """What the accepted parts of a resource say in money, read from the resource."""
+    """What the accepted parts of a resource say in money, read from the resource, each
+    attributed to the event its part (``Mapped.origins``) became."""
     origin_of = {id(e): o for e, o in zip(result.events, result.origins, strict=True)}
     totals = SourceTotals(event_ids=[(e.account, e.event_id) for e in accepted])
     for event in accepted:
-        totals.add(*source_amount(unit.doc, origin_of[id(event)], limits.options))
+        totals.add(*source_amount(unit.doc, origin_of[id(event)], limits.options),
+                   event_id=event.event_id)
     return totals
 
 

@@ -84,6 +84,11 @@ def _event_id_base(msg: Hl7Message) -> str:
     return "hl7:" + hashlib.sha256(base.encode()).hexdigest()[:40]
 
 
+def _ft1_event_id(base: str, ft1: Segment) -> str:
+    """The event an FT1 becomes; its source amount carries the same id (source_totals)."""
+    return f"{base}:ft1-{ft1.index}"
+
+
 class _Collector:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
@@ -239,7 +244,7 @@ def _financial(ft1: Segment, config: MappingConfig, problems: _Collector, occurr
         return None
     reversal = ft_kind == "credit" or amount < 0 or quantity < 0
     doc: dict[str, Any] = {
-        "event_id": f"{base}:ft1-{ft1.index}",
+        "event_id": _ft1_event_id(base, ft1),
         "occurred_at": when,
         "currency": currency,
         "amount_cents": abs(amount),
@@ -254,12 +259,14 @@ def _financial(ft1: Segment, config: MappingConfig, problems: _Collector, occurr
 
 def source_totals(msg: Hl7Message, config: MappingConfig, events: list[Event]) -> SourceTotals:
     """What an accepted message says in money, per FT1: FT1-11 (else FT1-12 x FT1-10), signed
-    by FT1-6, on the FT1-4 day (else EVN-2 / MSH-7), for the PID-18 / PV1-19 account."""
+    by FT1-6, on the FT1-4 day (else EVN-2 / MSH-7), for the PID-18 / PV1-19 account, each
+    attributed to the event the FT1 became."""
     totals = SourceTotals(event_ids=[(e.account, e.event_id) for e in events])
     account = _account(msg, config, _Collector())
     if account is None:
         return totals  # no FT1 and no status: nothing moves
     message_day = _message_time(msg, config, _Collector()).date()
+    base = _event_id_base(msg)
     for ft1 in msg.all("FT1"):
         quantity = parse_quantity(ft1.part(10))
         if ft1.part(11):
@@ -270,5 +277,5 @@ def source_totals(msg: Hl7Message, config: MappingConfig, events: list[Event]) -
         signed = -abs(amount) if credit or amount < 0 or quantity < 0 else abs(amount)
         posted = ft1.part(4)
         day = parse_timestamp(posted, config.default_tz).date() if posted else message_day
-        totals.add(account, day, "charges", signed)
+        totals.add(account, day, "charges", signed, _ft1_event_id(base, ft1))
     return totals

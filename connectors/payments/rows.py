@@ -199,9 +199,10 @@ def row_event(row: RawRow, *, channel: str) -> PaymentEvent | RowError:
 
 
 def row_totals(row: RawRow, event: PaymentEvent) -> SourceTotals:
-    """What an applied row says in money (its ``amount`` on its ``date``), and its event."""
+    """What an applied row says in money (its ``amount`` on its ``date``), attributed to its
+    event."""
     f = row.fields
     totals = SourceTotals(event_ids=[(event.account, event.event_id)])
     totals.add(f["account"], _when(f["date"]).date(), MEASURE_BY_TYPE[f["type"].lower()],
-               parse_cents(f["amount"]))
+               parse_cents(f["amount"]), event.event_id)
     return totals

@@ -159,18 +159,27 @@ def _units(text: str, seg: Segment, batch: Batch837) -> int:
     return 1
 
 
-def claim_events(batch: Batch837, *, entity: str) -> list[ClaimSubmitted]:
-    """The claim-submitted events of a checked batch; raises ``ValueError`` naming the claim."""
-    assert batch.created is not None
+def _claim_event_ids(batch: Batch837) -> list[str]:
+    """The event id of each claim, in order: its event and its CLM02 amount (batch_totals)
+    carry the same one. The same CLM01 twice in a batch is told apart by its occurrence."""
     seen: Counter[str] = Counter()
-    events = []
+    ids: list[str] = []
     for claim in batch.claims:
         key = f"{SOURCE_837}:{batch.reference}:{claim.account}"
         seen[key] += 1
+        ids.append(key if seen[key] == 1 else f"{key}:{seen[key]}")
+    return ids
+
+
+def claim_events(batch: Batch837, *, entity: str) -> list[ClaimSubmitted]:
+    """The claim-submitted events of a checked batch; raises ``ValueError`` naming the claim."""
+    assert batch.created is not None
+    events = []
+    for claim, event_id in zip(batch.claims, _claim_event_ids(batch), strict=True):
         try:
             events.append(ClaimSubmitted(
                 kind=EventKind.CLAIM_SUBMITTED,
-                event_id=key if seen[key] == 1 else f"{key}:{seen[key]}",
+                event_id=event_id,
                 account=claim.account,
                 occurred_at=batch.created,
                 source=SOURCE_837,
@@ -191,7 +200,8 @@ def claim_events(batch: Batch837, *, entity: str) -> list[ClaimSubmitted]:
 
 
 def batch_totals(batch: Batch837, totals: SourceTotals) -> None:
-    """Add each claim's CLM02 on the batch's BHT04 day (the day its event carries)."""
+    """Add each claim's CLM02 on the batch's BHT04 day (the day its event carries),
+    attributed to the claim's event."""
     assert batch.created is not None
-    for claim in batch.claims:
-        totals.add(claim.account, batch.created.date(), "billed", claim.total_cents)
+    for claim, event_id in zip(batch.claims, _claim_event_ids(batch), strict=True):
+        totals.add(claim.account, batch.created.date(), "billed", claim.total_cents, event_id)

@@ -315,31 +315,43 @@ def account_problem(account: str, what: str) -> Problem | None:
                    "(letters, digits and : . _ - only, at most 64)")
 
 
+def _remit_event_ids(remit: Remit) -> tuple[list[str], list[str]]:
+    """The event ids of a remit's claims and of its PLBs, in order: its events and its source
+    amounts (remit_totals) carry the same ones."""
+    base_id = f"{SOURCE_835}:{remit.trn03}:{remit.trn02}"
+    seen: Counter[str] = Counter()
+    claims: list[str] = []
+    for claim in remit.claims:
+        key = f"{base_id}:{claim.account}:{claim.payer_control}:{claim.status}"
+        seen[key] += 1
+        # The same CLP01/CLP07/CLP02 twice in one remit is legal; the occurrence keeps keys apart.
+        claims.append(key if seen[key] == 1 else f"{key}:{seen[key]}")
+    plbs: list[str] = []
+    for plb in remit.plbs:
+        key = f"{base_id}:plb:{plb.provider}:{plb.fiscal_date}:{plb.code}:{plb.reference}"
+        seen[key] += 1
+        plbs.append(f"{key}:{seen[key]}"[:200])
+    return claims, plbs
+
+
 def remit_events(remit: Remit, *, entity: str) -> list[ClaimAdjudicated | ProviderAdjustment]:
     """The canonical events of a balanced remit; raises ``ValueError`` naming what failed."""
     if remit.paid_on is None:
         raise ValueError("no payment date: BPR16, DTM*405 and GS04 are all missing")
     occurred = datetime.combine(remit.paid_on, datetime.min.time(), UTC)
-    base_id = f"{SOURCE_835}:{remit.trn03}:{remit.trn02}"
+    claim_ids, plb_ids = _remit_event_ids(remit)
     events: list[ClaimAdjudicated | ProviderAdjustment] = []
-    seen: Counter[str] = Counter()
-    for claim in remit.claims:
-        key = f"{base_id}:{claim.account}:{claim.payer_control}:{claim.status}"
-        seen[key] += 1
-        # The same CLP01/CLP07/CLP02 twice in one remit is legal; the occurrence keeps keys apart.
-        event_id = key if seen[key] == 1 else f"{key}:{seen[key]}"
+    for claim, event_id in zip(remit.claims, claim_ids, strict=True):
         try:
             events.append(_claim_event(claim, remit, event_id, occurred, entity))
         except ValidationError as exc:
             raise ValueError(f"claim {claim.number} (CLP01 {claim.account}): "
                              f"{first_error(exc)}") from None
-    for plb in remit.plbs:
-        key = f"{base_id}:plb:{plb.provider}:{plb.fiscal_date}:{plb.code}:{plb.reference}"
-        seen[key] += 1
+    for plb, event_id in zip(remit.plbs, plb_ids, strict=True):
         try:
             events.append(ProviderAdjustment(
                 kind=EventKind.PROVIDER_ADJUSTMENT,
-                event_id=f"{key}:{seen[key]}"[:200],
+                event_id=event_id,
                 account=f"provider:{plb.provider}",
                 occurred_at=occurred,
                 source=SOURCE_835,
@@ -357,15 +369,18 @@ def remit_events(remit: Remit, *, entity: str) -> list[ClaimAdjudicated | Provid
 def remit_totals(remit: Remit, totals: SourceTotals) -> None:
     """Add a balanced remit's amounts as the 835 states them, on its payment date (the day
     its events carry): per claim CLP04 and each CAS amount (claim and service-line level) by
-    group; per PLB its amount on the provider's key."""
+    group; per PLB its amount on the provider's key. Each is attributed to the event its
+    claim or PLB became."""
     assert remit.paid_on is not None
     day = remit.paid_on
-    for claim in remit.claims:
-        totals.add(claim.account, day, "payer_paid", claim.paid_cents)
+    claim_ids, plb_ids = _remit_event_ids(remit)
+    for claim, event_id in zip(remit.claims, claim_ids, strict=True):
+        totals.add(claim.account, day, "payer_paid", claim.paid_cents, event_id)
         for cas in claim.adjustments + [a for line in claim.lines for a in line.adjustments]:
-            totals.add(claim.account, day, cas_measure(cas.group), cas.amount_cents)
-    for plb in remit.plbs:
-        totals.add(f"provider:{plb.provider}", day, "provider_adjustments", plb.amount_cents)
+            totals.add(claim.account, day, cas_measure(cas.group), cas.amount_cents, event_id)
+    for plb, event_id in zip(remit.plbs, plb_ids, strict=True):
+        totals.add(f"provider:{plb.provider}", day, "provider_adjustments", plb.amount_cents,
+                   event_id)
 
 
 def _claim_event(claim: Claim, remit: Remit, event_id: str, occurred: datetime,

@@ -307,8 +307,9 @@ def test_reasons_never_echo_free_text_from_the_resource() -> None:
 
 
 def test_applied_resources_state_their_amounts_on_rcm_raw_fhir() -> None:
-    """source_totals read priceOverride and each applied detail's amount from the resource;
-    the refused detail (the advance) and a refused resource state nothing."""
+    """source_totals read priceOverride and each applied detail's amount from the resource,
+    each attributed to its event; the refused detail (the advance) and a refused resource
+    state nothing."""
     charge = _load("r4_chargeitem-example.json")
     charge["priceOverride"]["currency"] = "USD"
     voided = copy.deepcopy(charge) | {"status": "entered-in-error"}
@@ -318,7 +319,11 @@ def test_applied_resources_state_their_amounts_on_rcm_raw_fhir() -> None:
         {"resource": charge}, {"resource": voided}, {"resource": payment},
         {"resource": _load("r4_chargeitem-example.json")}]}  # in EUR: refused
     raw = [orjson.loads(v) for t, _, v in _run(bundle).records() if t == RAW_FHIR]
-    assert [(r["status"], r.get("source_totals", {}).get("amounts")) for r in raw] == [
+    amounts = [r.get("source_totals", {}).get("amounts") for r in raw]
+    # one amount per event (a ChargeItem, a PaymentReconciliation detail), labelled with it
+    assert [[a.pop("event") for a in x] for x in amounts[:3]] == [
+        [e for _, e in r["source_totals"]["events"]] for r in raw[:3]]
+    assert [(r["status"], x) for r, x in zip(raw, amounts, strict=True)] == [
         ("applied", [{"account": "example", "day": "2017-01-25", "measure": "charges",
                       "cents": 4000}]),
         ("applied", [{"account": "example", "day": "2017-01-25", "measure": "charges",

@@ -270,3 +270,6 @@ def test_source_totals_read_the_ft1_amounts_not_the_events() -> None:
                                ("ACC7", date(2026, 11, 20), "charges"): 725 - 1000}
     assert totals.event_ids == [("ACC7", e.event_id) for e in events]
     assert {e.occurred_at.date() for e in events} == {date(2026, 11, 19), date(2026, 11, 20)}
+    # each FT1's amount is labelled with the event it became (the id, not its cents)
+    assert [a.event_id for a in totals.amounts] == [e.event_id for e in events]
+    assert [a.cents for a in totals.amounts] == [12000, -2550, -1000, 725]

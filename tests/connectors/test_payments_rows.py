@@ -187,7 +187,8 @@ def test_resending_a_file_gives_byte_identical_events() -> None:
 
 
 def test_applied_rows_state_their_amounts_by_type_on_their_day() -> None:
-    """rcm.raw.payments source_totals: the row's own amount and date, and its event's id."""
+    """rcm.raw.payments source_totals: the row's own amount and date, attributed to its event,
+    and its event's id."""
     rows = ("type,account,amount,date,reference,reason\n"
             "payment,A1,10.10,2026-03-01T23:30:00-05:00,P1,\n"
             "refund,A1,2.5,2026-03-02,R1,\n"
@@ -196,8 +197,9 @@ def test_applied_rows_state_their_amounts_by_type_on_their_day() -> None:
     raw = [json.loads(v)["source_totals"] for t, _, v in out.records() if t == RAW_PAYMENTS]
     assert raw == [
         {"amounts": [{"account": "A1", "day": "2026-03-01", "measure": "payments",
-                      "cents": 1010}], "events": [["A1", "payment:lockbox:P1"]]},
+                      "cents": 1010, "event": "payment:lockbox:P1"}],
+         "events": [["A1", "payment:lockbox:P1"]]},
         {"amounts": [{"account": "A1", "day": "2026-03-02", "measure": "refunds",
-                      "cents": 250}], "events": [["A1", "refund:R1"]]},
+                      "cents": 250, "event": "refund:R1"}], "events": [["A1", "refund:R1"]]},
         {"amounts": [{"account": "A2", "day": "2026-03-03", "measure": "write_offs",
-                      "cents": 700}], "events": [["A2", "write_off:W1"]]}]
+                      "cents": 700, "event": "write_off:W1"}], "events": [["A2", "write_off:W1"]]}]

@@ -232,8 +232,8 @@ def test_resent_file_produces_identical_events() -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_applied_sets_state_what_their_segments_say_in_money(name: str) -> None:
     """rcm.raw.x12 source_totals, read from CLP04 / CAS / PLB / CLM02, list every event of
-    the set, and the events carry the same cents per account, day and measure (the public
-    samples' mappings lose nothing). Parked sets state nothing."""
+    the set, and each event carries the cents attributed to it per account, day and measure
+    (the public samples' mappings lose nothing). Parked sets state nothing."""
     from rcmflow.connectors.totals import event_amounts
 
     outcome = process_x12((SAMPLES / name).read_bytes(), origin=f"file:{name}",
@@ -246,9 +246,9 @@ def test_applied_sets_state_what_their_segments_say_in_money(name: str) -> None:
         carried: dict[tuple[object, ...], int] = {}
         for e in s.events:
             for measure, cents in event_amounts(e):
-                key = (e.account, e.occurred_at.date(), measure)
+                key = (e.account, e.occurred_at.date(), measure, e.event_id)
                 carried[key] = carried.get(key, 0) + cents
-        assert {k: c for k, c in s.totals.summed().items() if c} == {
+        assert {k: c for k, c in s.totals.by_event().items() if c} == {
             k: c for k, c in carried.items() if c}
     raw = [json.loads(v) for t, _, v in outcome.records(X12Limits()) if t == RAW_X12]
     assert [("source_totals" in r) for r in raw] == [r["status"] == "applied" for r in raw]
