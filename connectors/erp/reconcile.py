@@ -15,11 +15,17 @@ account, and in total:
    (``source_event_missing``), and those events, summed into the same measures, must carry
    the same cents per account and day (``source_amount_differs``). Only events a source
    lists are compared: events published by ``rcmflow ingest events`` or other producers have
-   no source record and are no difference. A unit whose events an earlier record already
-   listed (a file re-sent under a new envelope) is counted once. Checked in one direction
-   only, source -> events: the raw topics are kept 7 days and rcm.events for ever, so most
-   events have no source record left to compare with. Raw records written before amounts
-   were kept carry no totals: they are counted, not compared;
+   no source record and are no difference. Each amount is attributed to the event its part
+   of the source became (an FT1, an 835 claim or PLB, an 837 claim, a payment row, a FHIR
+   ChargeItem or PaymentReconciliation detail) and counts once per event id, as the worker
+   applies each event once: the first record listing the event counts it, a later record
+   listing it again re-sends that part (a file under a new envelope, or a corrected 835
+   repeating some claims beside new ones). Amounts without an event id (records written
+   before amounts were attributed) count with their unit unless an earlier record listed all
+   of its events. Checked in one direction only, source -> events: the raw topics are kept
+   7 days and rcm.events for ever, so most events have no source record left to compare
+   with. Raw records written before amounts were kept carry no totals: they are counted,
+   not compared;
 1. **canonical events** (``rcm.events``): replayed through the pure core (``Processor``, the
    same code and chart as the worker, partition by partition in offset order), they say which
    posting deltas *must* exist and what every account's balances must be;
@@ -359,10 +365,15 @@ class Reconciler:
             return "without_totals"  # written before amounts were kept, or unreadable
         if totals.event_ids and all(pair in self.source_events for pair in totals.event_ids):
             return "resent"  # the same events under another key (a re-sent file)
+        # events an earlier record listed: this one re-sends those parts (a corrected 835
+        # repeating some claims), whose attributed amounts were counted with that record
+        resent = {event_id for account, event_id in totals.event_ids
+                  if (account, event_id) in self.source_events}
         for pair in totals.event_ids:
             self.source_events.setdefault(pair, record.topic)
-        for (account, day, measure), cents in totals.summed().items():
-            self._amounts(account, day, measure).source_cents += cents
+        for (account, day, measure, event_id), cents in totals.by_event().items():
+            if event_id not in resent:  # unattributed (None) counts with its unit, as before
+                self._amounts(account, day, measure).source_cents += cents
         return "applied"
 
     def _amounts(self, account: str, day: date, measure: str) -> Amounts:

@@ -152,3 +152,39 @@ def test_a_refused_hl7_message_counts_for_nothing(broker: EmbeddedBroker) -> Non
     assert source_findings(report) == [] and report.sources == {}
     assert report.counts["source_records_not_applied"] == 1
     assert "source_records_applied" not in report.counts
+
+
+def remit_835(control: str, claims: Sequence[tuple[str, int, int]]) -> bytes:
+    """A one-set 835 under TRN02 DEMOEFT3001 paid 2026-03-02: per claim (CLP01, paid, CO-45),
+    ISA13 ``control`` (another interchange, so another raw record)."""
+    body = [f"CLP*{acct}*1*{(paid + co) / 100:.2f}*{paid / 100:.2f}**CI*PCN{acct}~"
+            f"CAS*CO*45*{co / 100:.2f}" for acct, paid, co in claims]
+    total = sum(paid for _, paid, _ in claims) / 100
+    segments = [f"BPR*I*{total:.2f}*C*ACH*CCP*01*999999999*DA*123456*1999999999**01*999988880"
+                "*DA*98765*20260302", "TRN*1*DEMOEFT3001*1999999999", "DTM*405*20260302",
+                "N1*PR*DEMO HEALTH PLAN", "N1*PE*DEMO HOSPITAL*XX*1234567893", "LX*1", *body]
+    count = 2 + sum(s.count("~") + 1 for s in segments)
+    return ("ISA*00*          *00*          *ZZ*SENDER         *ZZ*RECEIVER       *260301*1200"
+            f"*^*00501*{control}*0*P*:~GS*HP*SENDER*RECEIVER*20260301*1200*1*X*005010X221A1~"
+            f"ST*835*0001~{'~'.join(segments)}~SE*{count}*0001~GE*1*1~IEA*1*{control}~"
+            ).encode()
+
+
+def test_a_corrected_835_resending_some_claims_counts_each_claim_once(
+        broker: EmbeddedBroker) -> None:
+    """File 2 repeats claim A3001 of file 1 (same TRN, same event id: the worker applies it
+    once) beside a new claim: the repeated claim's cents count once on the source side too."""
+    first = remit_835("000000201", [("A3001", 9000, 4000), ("A3002", 5000, 1000)])
+    second = remit_835("000000202", [("A3001", 9000, 4000), ("A3003", 7000, 500)])
+    records: list[Record] = []
+    for n, text in enumerate((first, second)):
+        outcome = process_x12(text, origin=f"file:remit{n}.835", limits=LIMITS)
+        assert outcome.ok(), outcome.reason_text()
+        records += outcome.records(LIMITS)
+    events = {json.loads(r[2])["event_id"] for r in records if r[0] == EVENTS}
+    assert len(events) == 3  # A3001 once, A3002, A3003
+    report = run(broker, records)
+    assert source_findings(report) == []
+    assert sums(report) == {"payer_paid": (21000, 21000), "adjusted": (5500, 5500)}
+    assert report.counts["source_records_applied"] == 2
+    assert report.counts["source_events_found"] == report.counts["source_events_listed"] == 3
