@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     hl7_write_timeout_s: float = Field(
         30.0, gt=0, description="Broker ack wait per HL7 message; past it: AR, send again."
     )
+    hl7_ft1_max: int = Field(
+        1000, ge=1, le=10_000,
+        description="FT1 segments one HL7 message may carry; more: AE + rcm.dlq (too_many_ft1). "
+        "Bounds the raw record's reconcile headers (~250 bytes per FT1).",
+    )
     hl7_ft1_types: dict[str, Literal["charge", "credit"]] = Field(
         {"CG": "charge", "CD": "credit", "CR": "credit"},
         description="FT1-6 transaction type -> charge or credit (JSON). Unlisted types: AE.",

@@ -36,6 +36,11 @@ _KEEP = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-
 _COMPACT = {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"}
 _WEEK = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000),
          "retention.bytes": "-1"}
+#: The largest rcm.raw.hl7 record the settings can allow: a 64 MiB message (the ceiling of
+#: RCMFLOW_MLLP_MESSAGE_BYTES_MAX) with 10,000 FT1s' reconcile headers
+#: (connectors/hl7/intake.raw_record_bytes_max). Apache Kafka's 1 MiB default would refuse a
+#: message near the default 1 MiB bound once its headers are added.
+RAW_HL7_RECORD_BYTES_MAX = 64 * 1024 * 1024 + 10_000 * 512 + 64 * 1024
 
 
 class TopicSpec(NamedTuple):
@@ -51,7 +56,8 @@ def dedup_changelog(app_id: str) -> str:
 
 def topic_specs(app_id: str) -> list[TopicSpec]:
     return [
-        TopicSpec(RAW_HL7, _WEEK, "HL7 v2 messages as received"),
+        TopicSpec(RAW_HL7, _WEEK | {"max.message.bytes": str(RAW_HL7_RECORD_BYTES_MAX)},
+                  "HL7 v2 messages as received"),
         TopicSpec(RAW_X12, _WEEK, "X12 files as received"),
         TopicSpec(RAW_PAYMENTS, _WEEK, "payment / lockbox / refund rows as received"),
         TopicSpec(RAW_FHIR, _WEEK, "FHIR resources as received"),

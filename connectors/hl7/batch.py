@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .intake import Intake, KafkaSink
+from .framing import HEAD_BYTES, FrameError
+from .intake import Intake
 from .replay import ReplayStore, ReplayStoreLocked
 
 if TYPE_CHECKING:
@@ -69,10 +70,10 @@ def split_batch(data: bytes) -> Batch:
 
 async def _ingest(settings: Settings, servers: list[str], files: list[Path],
                   console: Console) -> int:
-    from .service import mapping_config, replay_dir
+    from .service import kafka_sink, mapping_config, replay_dir
 
     store = ReplayStore(replay_dir(settings, "files"), settings.hl7_replay_retention_s)
-    sink = KafkaSink(servers, settings.hl7_write_timeout_s)
+    sink = kafka_sink(settings, servers)
     refused = not_stored = 0
     try:
         await sink.start()
@@ -84,7 +85,14 @@ async def _ingest(settings: Settings, servers: list[str], files: list[Path],
             reasons: Counter[str | None] = Counter()
             events = 0
             for position, raw in enumerate(batch.messages, start=1):
-                outcome = await intake.handle(raw, position=position)
+                if len(raw) > settings.mllp_message_bytes_max:  # the listener's bound too
+                    outcome = await intake.handle_frame_error(FrameError(
+                        "too_large", f"message of {len(raw)} bytes exceeds the "
+                        f"{settings.mllp_message_bytes_max} byte limit "
+                        "(RCMFLOW_MLLP_MESSAGE_BYTES_MAX)", raw[:HEAD_BYTES], len(raw)),
+                        position=position)
+                else:
+                    outcome = await intake.handle(raw, position=position)
                 codes[outcome.code] += 1
                 reasons[outcome.reason_code] += 1
                 events += len(outcome.events)

@@ -223,16 +223,26 @@ def _type(msg: Hl7Message | None) -> str:
     return "^".join(msg.message_type)
 
 
+def raw_record_bytes_max(message_bytes_max: int, ft1_max: int) -> int:
+    """The largest rcm.raw.hl7 record an accepted message makes: the message, its key and
+    record overhead, and the reconcile headers (< 512 bytes per FT1, at most ``ft1_max``)."""
+    return message_bytes_max + ft1_max * 512 + 64 * 1024
+
+
 class KafkaSink:
     """Writes through one long-lived producer with acks=all; each call waits for its acks."""
 
-    def __init__(self, servers: list[str], timeout_s: float) -> None:
+    def __init__(self, servers: list[str], timeout_s: float,
+                 record_bytes_max: int = raw_record_bytes_max(1024 * 1024, 1000)) -> None:
         from aiokafka import AIOKafkaProducer
 
         # linger 0: a sender waits for each ACK, so there is nothing to batch with; 1 ms of
         # linger was a third of the ACK time (bench/inbound.py: 1,300 -> 2,100 messages/s).
+        # max_request_size: aiokafka's 1 MiB default refused a message near the size bound
+        # (AR "not stored", for ever); the bounds above make every accepted message fit.
         self._producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=0,
-                                          request_timeout_ms=int(timeout_s * 1000))
+                                          request_timeout_ms=int(timeout_s * 1000),
+                                          max_request_size=record_bytes_max)
         self._timeout_s = timeout_s
 
     async def start(self) -> None:

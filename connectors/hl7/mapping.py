@@ -27,6 +27,7 @@ from rcmflow.streams.events import EVENT_ADAPTER, Event, ValidationError
 
 from .problems import (
     DATA_TYPE_ERROR,
+    INTERNAL_ERROR,
     REQUIRED_FIELD_MISSING,
     TABLE_VALUE_NOT_FOUND,
     UNSUPPORTED_MESSAGE_TYPE,
@@ -70,6 +71,8 @@ class MappingConfig:
         default_factory=lambda: dict(STATUS_BY_TRIGGER_DEFAULT))
     default_tz: tzinfo = UTC
     entity: str = "01"
+    #: More FT1s than this: the message is refused whole (its raw record must stay bounded).
+    ft1_max: int = 1000
 
 
 def source_key(msg: Hl7Message) -> str:
@@ -105,6 +108,12 @@ def map_message(msg: Hl7Message, config: MappingConfig) -> list[Event] | Rejecte
             "unsupported_message_type", UNSUPPORTED_MESSAGE_TYPE, "MSH^1^9",
             f"message type {kind or '(empty)'}^{trigger} is not taken here "
             f"(supported: {', '.join(SUPPORTED_TYPES)})"),))
+    ft1_count = len(msg.all("FT1"))
+    if ft1_count > config.ft1_max:
+        return Rejected("AE", "validate", (Problem(
+            "too_many_ft1", INTERNAL_ERROR, "FT1",
+            f"{ft1_count} FT1 segments; at most {config.ft1_max} per message "
+            "(RCMFLOW_HL7_FT1_MAX): split the charges over several messages"),))
     problems = _Collector()
     base = _event_id_base(msg)
     account = _account(msg, config, problems)

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rcmflow import metrics
 
-from .intake import Intake, KafkaSink
+from .intake import Intake, KafkaSink, raw_record_bytes_max
 from .listener import ListenerLimits, MllpListener
 from .mapping import MappingConfig
 from .replay import ReplayStore, ReplayStoreLocked
@@ -39,7 +39,14 @@ def mapping_config(settings: Settings) -> MappingConfig:
         account_fields=tuple(settings.hl7_account_fields),
         status_by_trigger={k.upper(): v for k, v in settings.hl7_status_by_trigger.items()},
         default_tz=_zone(settings.hl7_timezone),
+        ft1_max=settings.hl7_ft1_max,
     )
+
+
+def kafka_sink(settings: Settings, servers: list[str]) -> KafkaSink:
+    """The intake's producer, sized for the largest message the settings accept."""
+    return KafkaSink(servers, settings.hl7_write_timeout_s,
+                     raw_record_bytes_max(settings.mllp_message_bytes_max, settings.hl7_ft1_max))
 
 
 def replay_dir(settings: Settings, channel: str) -> Path:
@@ -59,7 +66,7 @@ async def serve(settings: Settings, servers: list[str], host: str, port: int,
                 ready: asyncio.Event | None = None, metrics_port: int = 0) -> None:
     """Listen until signalled; ``metrics_port`` > 0 also serves /metrics there."""
     store = ReplayStore(replay_dir(settings, "mllp"), settings.hl7_replay_retention_s)
-    sink = KafkaSink(servers, settings.hl7_write_timeout_s)
+    sink = kafka_sink(settings, servers)
     try:
         await sink.start()
         intake = Intake(sink=sink, store=store, config=mapping_config(settings), channel="mllp")

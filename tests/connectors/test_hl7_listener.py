@@ -425,3 +425,79 @@ def test_rcmflow_mllp_command_serves_stops_cleanly_and_logs_no_patient_data(
         assert phi not in text, phi
     for label in ("4000776", "MSG00001", "MRN"):  # no accounts or ids in metric labels
         assert label not in metrics_text, label
+
+
+async def test_a_message_at_the_size_bound_is_stored_with_its_headers(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """A 1,000-FT1 DFT just under the default 1 MiB bound: its raw record (message + reconcile
+    headers, ~1.3 MB) must fit the producer and the topic, or the sender gets AR "not stored"
+    for ever (aiokafka's 1 MiB request default did exactly that)."""
+    from rcmflow.connectors.hl7.intake import raw_record_bytes_max
+    from rcmflow.settings import Settings
+
+    settings = Settings()
+    padding = "x" * 950
+    message = dft("NEAR1MB", "A901", *["1.00"] * settings.hl7_ft1_max).replace(
+        b"|ED\r", f"|ED||{padding}\r".encode())
+    assert 900_000 < len(message) <= settings.mllp_message_bytes_max
+    sink = KafkaSink([broker.bootstrap], 10.0, raw_record_bytes_max(
+        settings.mllp_message_bytes_max, settings.hl7_ft1_max))
+    await sink.start()
+    store = ReplayStore(tmp_path / "replay", 3600)
+    try:
+        intake = Intake(sink=sink, store=store, config=MappingConfig(), channel="t")
+        outcome = await intake.handle(message)
+    finally:
+        await sink.stop()
+        store.close()
+    assert (outcome.code, outcome.reason_code) == ("AA", None)
+    (raw,) = await topic(broker, RAW_HL7)
+    assert raw.value == message and dict(raw.headers)["rcm-status"] == b"applied"
+    assert len(await topic(broker, EVENTS)) == settings.hl7_ft1_max
+
+
+def test_too_many_ft1_is_refused_whole_and_the_bounds_agree() -> None:
+    from rcmflow.connectors.hl7.intake import raw_record_bytes_max
+    from rcmflow.connectors.hl7.mapping import map_message
+    from rcmflow.connectors.hl7.problems import Rejected
+    from rcmflow.connectors.hl7.reader import read_message
+    from rcmflow.settings import Settings
+    from rcmflow.streams.topics import RAW_HL7_RECORD_BYTES_MAX
+
+    config = MappingConfig(ft1_max=3)
+    assert isinstance(map_message(read_message(dft("M3", "A1", "1", "2", "3").decode()),
+                                  config), list)
+    refused = map_message(read_message(dft("M4", "A1", "1", "2", "3", "4").decode()), config)
+    assert isinstance(refused, Rejected) and refused.ack_code == "AE"
+    (problem,) = refused.problems
+    assert problem.reason_code == "too_many_ft1" and "at most 3" in problem.text
+    # The topic takes the largest record the settings' ceilings allow.
+    fields = Settings.model_fields
+    ceilings = [next(m.le for m in fields[name].metadata if getattr(m, "le", None))
+                for name in ("mllp_message_bytes_max", "hl7_ft1_max")]
+    assert RAW_HL7_RECORD_BYTES_MAX == raw_record_bytes_max(*ceilings)
+
+
+def test_a_batch_file_message_over_the_size_bound_is_refused_like_over_mllp(
+    broker: EmbeddedBroker, workers: Workers, tmp_path: Path
+) -> None:
+    """Files had no per-message bound: a message the producer could not take made exit 3
+    ("run again") for ever. Now it is too_large, AR and rcm.dlq, as over MLLP."""
+    import subprocess
+    import sys
+
+    big = dft("FBIG", "B9") + b"NTE|1||" + b"x" * 10_000 + b"\r"
+    path = tmp_path / "mixed.hl7"
+    path.write_bytes(big + dft("FSMALL", "B9", "3.00"))
+    done = subprocess.run([sys.executable, "-m", "rcmflow.cli", "ingest", "hl7", str(path)],
+                          env=workers.env() | {"RCMFLOW_MLLP_MESSAGE_BYTES_MAX": "4096"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "#1 MSH-10 FBIG: AR too_large" in done.stderr
+    assert "#2 MSH-10 FSMALL: AA" in done.stderr
+    (record,) = asyncio.run(read_topic([broker.bootstrap], DLQ))
+    doc = json.loads(record.value)
+    assert doc["reason_code"] == "too_large" and doc["context"]["size_bytes"] == len(big)
+    events = [json.loads(r.value) for r in asyncio.run(read_topic([broker.bootstrap], EVENTS))]
+    assert [(e["account"], e["amount_cents"]) for e in events] == [("B9", 300)]
