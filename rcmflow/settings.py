@@ -21,6 +21,7 @@ __all__ = [
     "EMBEDDED_BROKER_FILE",
     "EMBEDDED_PREFIX",
     "embedded_broker_info",
+    "pid_alive",
 ]
 
 #: Written by `rcmflow broker` / `rcmflow dev` into the data dir: how other commands find it.
@@ -303,12 +304,13 @@ def embedded_broker_info(path: Path) -> dict[str, Any] | None:
         info = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(info, dict) or not _alive(int(info.get("pid", 0))):
+    if not isinstance(info, dict) or not pid_alive(int(info.get("pid", 0))):
         return None
     return info
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is a process with this pid running (ours or another user's)?"""
     if pid <= 0:
         return False
     try:

@@ -41,6 +41,7 @@ import psycopg
 from rcmflow.broker import free_port
 from rcmflow.connectors.erp.mapping import all_gl_accounts
 from rcmflow.connectors.erp.tryton import decode, encode
+from rcmflow.settings import pid_alive
 from rcmflow.streams.chart import load_chart
 
 ADMIN_PASSWORD = "admin-pass"
@@ -116,7 +117,7 @@ class Postgres:
                     self.drop(name, force=False)  # in use by another session: kept
                 except psycopg.Error:
                     pass
-            elif found and not _alive(int(found.group(1))):
+            elif found and not pid_alive(int(found.group(1))):
                 try:
                     self.drop(name)
                 except psycopg.Error:
@@ -240,16 +241,6 @@ class TrytonServer:
         if done.returncode != 0:
             raise RuntimeError(f"trytond-admin failed: {done.stdout[-3000:]!r} "
                                f"{done.stderr[-3000:]!r}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def template_name() -> str:
