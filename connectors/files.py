@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import Outgoing, publish
 
 __all__ = ["ingest_files", "publish_records", "say", "BrokerFailed", "Record", "EXIT_OK",
@@ -43,21 +44,21 @@ class BrokerFailed(RuntimeError):
     """The broker did not acknowledge every record (nothing about the input is wrong)."""
 
 
-def publish_records(servers: list[str], records: list[Record],
+def publish_records(kafka: KafkaConnection, records: list[Record],
                     *, label: str, console: Console) -> int:
     """Send ``records`` with acks=all; returns how many were acknowledged."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task(f"publishing {label}", total=len(records))
         try:
-            return asyncio.run(publish(servers, records,
+            return asyncio.run(publish(kafka, records,
                                        on_acked=lambda n: progress.advance(task, n)))
         except (KafkaError, OSError, TimeoutError) as exc:
             raise BrokerFailed(f"{type(exc).__name__}: {exc}") from exc
 
 
 def ingest_files(
-    files: list[Path], *, servers: list[str], console: Console, bytes_max: int,
+    files: list[Path], *, kafka: KafkaConnection, console: Console, bytes_max: int,
     bytes_setting: str, read: Callable[[Path], Outcome],
     records: Callable[[Outcome], Iterable[Record]],
     report: Callable[[Path, Outcome, Console], None],
@@ -77,7 +78,7 @@ def ingest_files(
         with console.status(f"reading {escape(path.name)}"):
             outcome = read(path)
         try:
-            publish_records(servers, list(records(outcome)), label=path.name, console=console)
+            publish_records(kafka, list(records(outcome)), label=path.name, console=console)
         except BrokerFailed as exc:
             say(console, f"[red]{escape(str(path))}: the broker did not acknowledge "
                          f"({escape(str(exc))}); run the same command again (re-sending is "

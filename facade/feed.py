@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from rcmflow.kafka_io import log_ends
+from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.kafka_io import log_ends, topic_partitions
 from rcmflow.streams.topics import ACCOUNTS
 
 from .store import Store
@@ -57,10 +58,10 @@ class FeedStatus:
 
 
 class Feeder:
-    def __init__(self, store: Store, servers: list[str], *, source: str,
+    def __init__(self, store: Store, kafka: KafkaConnection, *, source: str,
                  topic: str = ACCOUNTS) -> None:
         self.store = store
-        self.servers = servers
+        self.kafka = kafka
         self.source = source
         self.topic = topic
         self.status = FeedStatus()
@@ -78,12 +79,12 @@ class Feeder:
                 await asyncio.sleep(2)
 
     async def _consume(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.servers, group_id=None,
+        consumer = AIOKafkaConsumer(**self.kafka.client_options(), group_id=None,
                                     enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS,
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:
-            partitions = await self._partitions(consumer)
+            partitions = await self._partitions()
             start = await self._start_offsets(partitions)
             tps = [TopicPartition(self.topic, p) for p in partitions]
             consumer.assign(tps)
@@ -117,14 +118,11 @@ class Feeder:
             self.status.started = False
             await consumer.stop()
 
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[int]:
+    async def _partitions(self) -> list[int]:
         while True:
-            found = consumer.partitions_for_topic(self.topic)
-            if not found:
-                await consumer.topics()
-                found = consumer.partitions_for_topic(self.topic)
+            found = await topic_partitions(self.kafka, self.topic)
             if found:
-                return sorted(found)
+                return found
             log.warning("facade feed: topic %s not found yet; waiting", self.topic)
             await asyncio.sleep(METADATA_WAIT_S)
 
@@ -135,7 +133,7 @@ class Feeder:
             await asyncio.to_thread(self.store.reset, self.source)
             return {}
         held = self.store.offsets()
-        ends = await log_ends(self.servers, self.topic, partitions)
+        ends = await log_ends(self.kafka, self.topic, partitions)
         if any(held.get(p, 0) > ends[p] for p in partitions) or set(held) - set(partitions):
             log.warning("facade read model is ahead of %s (topic recreated?): filling it again",
                         self.topic)

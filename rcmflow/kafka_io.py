@@ -12,10 +12,18 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    KafkaError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.structs import TopicPartition
 
+from rcmflow.kafka_connection import KafkaConnection
+
 __all__ = ["Record", "Outgoing", "Headers", "read_topic", "publish", "send", "log_ends",
-           "READ_TIMEOUT_S", "PUBLISH_IN_FLIGHT_MAX"]
+           "topic_partitions", "READ_TIMEOUT_S", "PUBLISH_IN_FLIGHT_MAX"]
 
 READ_TIMEOUT_S = 30.0
 #: Records queued before waiting for acks: bounds memory on a large file.
@@ -39,7 +47,7 @@ class Record(NamedTuple):
 
 
 async def read_topic(
-    servers: list[str],
+    kafka: KafkaConnection,
     topic: str,
     *,
     keep: Callable[[bytes | None], bool] | None = None,
@@ -48,18 +56,14 @@ async def read_topic(
 ) -> list[Record]:
     """The records of ``topic`` to its current end: from the beginning, or from ``start``
     offsets (partition -> offset, those partitions only); optionally only keys ``keep``s."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+    records: list[Record] = []
+    tps = [TopicPartition(topic, p) for p in sorted(start or await topic_partitions(kafka, topic))]
+    if not tps:
+        return records
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
                                 enable_auto_commit=False, fetch_max_wait_ms=100)
     await consumer.start()
-    records: list[Record] = []
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer.topics()  # refresh metadata once
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(start or partitions)]
-        if not tps:
-            return records
         consumer.assign(tps)
         if start is None:
             await consumer.seek_to_beginning(*tps)
@@ -86,6 +90,31 @@ async def read_topic(
     return records
 
 
+async def topic_partitions(kafka: KafkaConnection, topic: str) -> list[int]:
+    """The partitions of ``topic`` ([] if it does not exist), from a metadata request made now.
+
+    Not from a consumer's metadata: a consumer that started while the topic was being created
+    (Apache Kafka: partitions without a leader yet) keeps a view without them and does not
+    ask again for a topic it was not given.
+    """
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for entry in described:
+        if entry["topic"] != topic or entry["error_code"] == UnknownTopicOrPartitionError.errno:
+            continue
+        if entry["error_code"] == TopicAuthorizationFailedError.errno:
+            raise TopicAuthorizationFailedError(
+                f"{topic}: not authorized for {kafka.describe()} (a Kafka ACL is missing)")
+        if entry["error_code"] != 0:
+            raise KafkaError(f"{topic}: metadata error {entry['error_code']}")
+        return sorted(p["partition"] for p in entry["partitions"])
+    return []
+
+
 async def send(producer: AIOKafkaProducer, item: Outgoing) -> asyncio.Future[object]:
     """Queue one outgoing record (with its headers, if any); the future is its ack."""
     topic, key, value = item[0], item[1], item[2]
@@ -96,14 +125,14 @@ async def send(producer: AIOKafkaProducer, item: Outgoing) -> asyncio.Future[obj
 
 
 async def publish(
-    servers: list[str],
+    kafka: KafkaConnection,
     items: Iterable[Outgoing],
     *,
     on_acked: Callable[[int], None] | None = None,
 ) -> int:
     """Send (topic, key, value[, headers]) with acks=all; returns how many the broker
     acknowledged."""
-    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=5)
     await producer.start()
     sent = 0
     try:
@@ -125,17 +154,17 @@ async def publish(
     return sent
 
 
-async def log_ends(servers: list[str], topic: str, partitions: list[int]) -> dict[int, int]:
+async def log_ends(kafka: KafkaConnection, topic: str, partitions: list[int]) -> dict[int, int]:
     """The true end offset of each partition (ListOffsets, then a fetch's high watermark)."""
     from rcmflow.tables.faust_internals import fetch_highwaters
 
     tps = [TopicPartition(topic, p) for p in partitions]
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
                                 enable_auto_commit=False)
     await consumer.start()
     try:
         listed = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
-    fetched = await fetch_highwaters(servers, listed)
+    fetched = await fetch_highwaters(kafka.client_options(), listed)
     return {tp.partition: max(listed[tp], fetched.get(tp, 0)) for tp in tps}

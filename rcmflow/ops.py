@@ -8,17 +8,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import read_topic
 from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 
 __all__ = ["latest_snapshots", "posting_history", "dlq_records", "format_cents"]
 
 
-async def latest_snapshots(servers: list[str], account: str | None = None) -> dict[str, Any]:
+async def latest_snapshots(kafka: KafkaConnection, account: str | None = None) -> dict[str, Any]:
     """Account -> its newest snapshot (the compacted rcm.accounts topic, newest wins)."""
     wanted = account.encode() if account is not None else None
     records = await read_topic(
-        servers, ACCOUNTS, keep=(lambda key: key == wanted) if wanted is not None else None
+        kafka, ACCOUNTS, keep=(lambda key: key == wanted) if wanted is not None else None
     )
     latest: dict[str, Any] = {}
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
@@ -31,10 +32,10 @@ async def latest_snapshots(servers: list[str], account: str | None = None) -> di
     return latest
 
 
-async def posting_history(servers: list[str], account: str) -> list[dict[str, Any]]:
+async def posting_history(kafka: KafkaConnection, account: str) -> list[dict[str, Any]]:
     """The account's posting deltas in account-version order, re-sends folded by posting id."""
     wanted = account.encode()
-    records = await read_topic(servers, POSTINGS, keep=lambda key: key == wanted)
+    records = await read_topic(kafka, POSTINGS, keep=lambda key: key == wanted)
     by_id: dict[str, dict[str, Any]] = {}
     for record in records:
         if record.value is not None:
@@ -43,9 +44,9 @@ async def posting_history(servers: list[str], account: str) -> list[dict[str, An
     return sorted(by_id.values(), key=lambda d: int(d["account_version"]))
 
 
-async def dlq_records(servers: list[str]) -> list[dict[str, Any]]:
+async def dlq_records(kafka: KafkaConnection) -> list[dict[str, Any]]:
     """Every DLQ record, once per dlq_id, oldest first."""
-    records = await read_topic(servers, DLQ)
+    records = await read_topic(kafka, DLQ)
     by_id: dict[str, dict[str, Any]] = {}
     for record in sorted(records, key=lambda r: r.timestamp_ms):
         if record.value is None:

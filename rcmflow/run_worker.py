@@ -36,7 +36,7 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
               "or set RCMFLOW_BROKER to a Kafka cluster.", file=sys.stderr)
         return 2
     # A worker on a fresh broker creates the topics it needs, with every setting spelled out.
-    asyncio.run(ensure_topics(settings.bootstrap_servers(), topic_specs(settings.app_id),
+    asyncio.run(ensure_topics(settings.kafka(), topic_specs(settings.app_id),
                               settings.partitions, settings.replication_factor))
     datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
     app = build_app(settings, chart, datadir=datadir, measure_lag=port > 0)

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rcmflow.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
+
 __all__ = [
     "Settings",
     "BrokerNotFound",
@@ -45,6 +47,28 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path.home() / ".rcmflow",
         description="Table stores, the embedded broker's address file, demo files.",
+    )
+    # How every client reaches the broker (rcmflow/kafka_connection.py): TLS, SASL, mTLS.
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL (TLS; with cert/key files: mutual TLS), "
+        "SASL_PLAINTEXT or SASL_SSL (TLS + SASL). Every client rcmflow creates uses it."
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        None, description="SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN (with SASL_* protocols)."
+    )
+    kafka_username: str | None = Field(None, description="SASL user.")
+    kafka_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ca_file: Path | None = Field(
+        None, description="PEM CA bundle that signs the brokers' certificates; unset: the "
+        "system's trust store."
+    )
+    kafka_cert_file: Path | None = Field(
+        None, description="PEM client certificate (mutual TLS), with kafka_key_file."
+    )
+    kafka_key_file: Path | None = Field(None, description="PEM private key of the client.")
+    kafka_key_password: SecretStr | None = Field(None, description="Password of that key.")
+    kafka_check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to."
     )
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of every rcm.* topic.")
     replication_factor: int = Field(1, ge=1, le=7, description="For topics rcmflow creates.")
@@ -261,7 +285,8 @@ class Settings(BaseSettings):
         {}, description="Entity -> Tryton company id (JSON); unset entities: the user's company.",
     )
 
-    @field_validator("data_dir", "coa", "facade_store", "erp_csv_dir")
+    @field_validator("data_dir", "coa", "facade_store", "erp_csv_dir", "kafka_ca_file",
+                     "kafka_cert_file", "kafka_key_file")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
@@ -292,10 +317,27 @@ class Settings(BaseSettings):
             )
         return f"kafka://{info['bootstrap']}", f"{EMBEDDED_PREFIX}{info['run_id']}"
 
-    def bootstrap_servers(self) -> list[str]:
-        """host:port list for plain Kafka clients."""
+    def kafka(self) -> KafkaConnection:
+        """The broker and the security every client uses (BrokerNotFound if there is none;
+        ValueError for an inconsistent security setting)."""
         url = self.broker_url()
-        return [part.split("://", 1)[-1] for part in url.replace(";", ",").split(",")]
+        servers = [part.split("://", 1)[-1] for part in url.replace(";", ",").split(",")]
+        return KafkaConnection(
+            servers=tuple(server for server in servers if server),
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_username,
+            password=_secret(self.kafka_password),
+            ca_file=self.kafka_ca_file,
+            cert_file=self.kafka_cert_file,
+            key_file=self.kafka_key_file,
+            key_password=_secret(self.kafka_key_password),
+            check_hostname=self.kafka_check_hostname,
+        )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def embedded_broker_info(path: Path) -> dict[str, Any] | None:

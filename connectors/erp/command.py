@@ -40,7 +40,7 @@ def run_erp(settings: Settings, name: str, *, idle_exit_s: float | None = None,
     adapter = build_adapter(name, settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     options = RunnerOptions(
-        servers=settings.bootstrap_servers(), group_id=group_id(settings, name),
+        kafka=settings.kafka(), group_id=group_id(settings, name),
         batch_max=settings.erp_batch_max, timeout_s=settings.erp_timeout_s,
         retry_max=settings.erp_retry_max, backoff_base_s=settings.erp_backoff_base_s,
         backoff_max_s=settings.erp_backoff_max_s,

@@ -54,7 +54,6 @@ refuses a larger run up front instead of exhausting the machine (narrow it with
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -64,10 +63,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer
-
 from rcmflow.connectors.totals import HEADER_STATUS, HEADER_TOTALS, SourceTotals, event_amounts
-from rcmflow.kafka_io import Record, read_topic
+from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.kafka_io import Record, read_topic, topic_partitions
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.events import EVENT_ADAPTER, ValidationError
 from rcmflow.streams.processor import Message, Processor
@@ -281,31 +279,16 @@ def _in_range(day: date, day_from: date | None, day_to: date | None) -> bool:
     return (day_from is None or day >= day_from) and (day_to is None or day <= day_to)
 
 
-async def _partitions(servers: list[str], topic: str) -> list[int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            await consumer.topics()
-            parts = consumer.partitions_for_topic(topic) or set()
-        return sorted(parts)
-    finally:
-        # aiokafka 0.14: stopping before its coordinator task first ran re-raises that task's
-        # CancelledError (the task catches it only once running); one loop turn avoids it.
-        await asyncio.sleep(0)
-        await consumer.stop()
 
 
 # -- the comparison -------------------------------------------------------------------------
 class Reconciler:
-    def __init__(self, servers: list[str], chart: ChartOfAccounts, *,
+    def __init__(self, kafka: KafkaConnection, chart: ChartOfAccounts, *,
                  adapter: ErpAdapter | None = None, day_from: date | None = None,
                  day_to: date | None = None, findings_max: int = FINDINGS_MAX,
                  postings_max: int = POSTINGS_MAX, event_bytes_max: int | None = None,
                  account_items_max: int | None = None) -> None:
-        self.servers = servers
+        self.kafka = kafka
         self.chart = chart
         self.adapter = adapter
         self.day_from, self.day_to = day_from, day_to
@@ -348,8 +331,8 @@ class Reconciler:
         the source totals of every record marked applied, summed per account and day."""
         counts: Counter[str] = Counter()
         for topic in SOURCE_TOPICS:
-            for p in await _partitions(self.servers, topic):
-                for record in await read_topic(self.servers, topic, start={p: 0}):
+            for p in await topic_partitions(self.kafka, topic):
+                for record in await read_topic(self.kafka, topic, start={p: 0}):
                     counts[self._note_source_record(record)] += 1
         self.report.counts |= {f"source_records_{what}": n for what, n in sorted(counts.items())}
         self.report.counts["source_events_listed"] = len(self.source_events)
@@ -426,8 +409,8 @@ class Reconciler:
     async def read_events(self) -> None:
         """The core replays each partition of rcm.events from offset 0 (fresh states)."""
         events = 0
-        for p in await _partitions(self.servers, EVENTS):
-            records = await read_topic(self.servers, EVENTS, start={p: 0})
+        for p in await topic_partitions(self.kafka, EVENTS):
+            records = await read_topic(self.kafka, EVENTS, start={p: 0})
             events += len(records)
             for record in records:
                 self._note_source(record.value)
@@ -449,8 +432,8 @@ class Reconciler:
 
     async def read_postings(self) -> None:
         records_total = 0
-        for p in await _partitions(self.servers, POSTINGS):
-            for record in await read_topic(self.servers, POSTINGS, start={p: 0}):
+        for p in await topic_partitions(self.kafka, POSTINGS):
+            for record in await read_topic(self.kafka, POSTINGS, start={p: 0}):
                 records_total += 1
                 doc = json.loads(record.value or b"{}")
                 pid = doc.get("posting_id")
@@ -476,9 +459,9 @@ class Reconciler:
         self.report.counts["postings"] = len(self.postings)
 
     async def read_snapshots(self) -> None:
-        for p in await _partitions(self.servers, ACCOUNTS):
+        for p in await topic_partitions(self.kafka, ACCOUNTS):
             latest: dict[str, bytes | None] = {}
-            for record in await read_topic(self.servers, ACCOUNTS, start={p: 0}):
+            for record in await read_topic(self.kafka, ACCOUNTS, start={p: 0}):
                 if record.key is not None:
                     latest[record.key.decode()] = record.value
             for account, value in latest.items():
@@ -490,8 +473,8 @@ class Reconciler:
         self.report.counts["accounts"] = len(self.snapshots)
 
     async def read_dlq(self) -> None:
-        for p in await _partitions(self.servers, POSTINGS_DLQ):
-            for record in await read_topic(self.servers, POSTINGS_DLQ, start={p: 0}):
+        for p in await topic_partitions(self.kafka, POSTINGS_DLQ):
+            for record in await read_topic(self.kafka, POSTINGS_DLQ, start={p: 0}):
                 doc = json.loads(record.value or b"{}")
                 pid = (doc.get("context") or {}).get("posting_id")
                 if pid:  # the payload (the whole delta) is not kept
@@ -610,14 +593,14 @@ class Reconciler:
         return self.report
 
 
-async def reconcile(servers: list[str], chart: ChartOfAccounts, *,
+async def reconcile(kafka: KafkaConnection, chart: ChartOfAccounts, *,
                     adapter: ErpAdapter | None = None, day_from: date | None = None,
                     day_to: date | None = None, findings_max: int = FINDINGS_MAX,
                     postings_max: int = POSTINGS_MAX, open_adapter: bool = True,
                     event_bytes_max: int | None = None,
                     account_items_max: int | None = None) -> Report:
     """Compare everything; the adapter is opened (unless told not to) and closed here."""
-    reconciler = Reconciler(servers, chart, adapter=adapter, day_from=day_from, day_to=day_to,
+    reconciler = Reconciler(kafka, chart, adapter=adapter, day_from=day_from, day_to=day_to,
                             findings_max=findings_max, postings_max=postings_max,
                             event_bytes_max=event_bytes_max,
                             account_items_max=account_items_max)

@@ -39,6 +39,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from pydantic import ValidationError
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.metrics import Metric, counter, gauge, new_registry, serve, url
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.postings import PostingDelta
@@ -61,7 +62,7 @@ EXIT_OK, EXIT_USAGE, EXIT_BROKER, EXIT_CONFIG = 0, 2, 4, 3
 
 @dataclass(frozen=True)
 class RunnerOptions:
-    servers: list[str]
+    kafka: KafkaConnection
     group_id: str
     #: Deltas per adapter call (capped again by the adapter's own ``batch_max``).
     batch_max: int = 100
@@ -200,14 +201,14 @@ class Connector:
     async def run(self) -> int:
         opts = self.options
         self.consumer = AIOKafkaConsumer(
-            POSTINGS, bootstrap_servers=opts.servers, group_id=opts.group_id,
+            POSTINGS, **opts.kafka.client_options(), group_id=opts.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(opts.session_timeout_s * 1000),
             heartbeat_interval_ms=max(100, int(opts.session_timeout_s * 1000 / 3)),
             # Never leave the group for being slow: a stall on a down ERP may last hours.
             max_poll_interval_ms=24 * 3600 * 1000,
             fetch_max_wait_ms=200)
-        self.producer = AIOKafkaProducer(bootstrap_servers=opts.servers, acks="all",
+        self.producer = AIOKafkaProducer(**opts.kafka.client_options(), acks="all",
                                          linger_ms=5)
         log.debug("erp %s: starting", self.adapter.name)
         await self.adapter.open()
@@ -403,7 +404,7 @@ class Connector:
         if not partitions:
             return None
         ends = await asyncio.wait_for(
-            log_ends(self.options.servers, POSTINGS, partitions), 10)
+            log_ends(self.options.kafka, POSTINGS, partitions), 10)
         lag = 0
         for p in partitions:
             committed = await self.consumer.committed(TopicPartition(POSTINGS, p))

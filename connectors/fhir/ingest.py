@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from rcmflow.connectors.files import Record, ingest_files, say
 from rcmflow.connectors.totals import SourceTotals
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
@@ -347,12 +348,12 @@ def _bundle(doc: dict[str, Any], text: str, limits: FhirLimits,
     return units
 
 
-def ingest_fhir_files(settings: Settings, servers: list[str], files: list[Path], *,
+def ingest_fhir_files(settings: Settings, kafka: KafkaConnection, files: list[Path], *,
                       currency: str, console: Console) -> int:
     """Publish every file; the exit code says whether anything went to rcm.dlq."""
     limits = limits_from(settings, currency)
     return ingest_files(
-        files, servers=servers, console=console, bytes_max=settings.fhir_file_bytes_max,
+        files, kafka=kafka, console=console, bytes_max=settings.fhir_file_bytes_max,
         bytes_setting="RCMFLOW_FHIR_FILE_BYTES_MAX",
         read=lambda path: process_fhir(path.read_bytes(), name=path.name,
                                        origin=f"file:{path}", limits=limits),

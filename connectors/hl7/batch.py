@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rcmflow.kafka_connection import KafkaConnection
+
 from .framing import HEAD_BYTES, FrameError
 from .intake import Intake
 from .replay import ReplayStore, ReplayStoreLocked
@@ -68,12 +70,12 @@ def split_batch(data: bytes) -> Batch:
     return batch
 
 
-async def _ingest(settings: Settings, servers: list[str], files: list[Path],
+async def _ingest(settings: Settings, kafka: KafkaConnection, files: list[Path],
                   console: Console) -> int:
     from .service import kafka_sink, mapping_config, replay_dir
 
     store = ReplayStore(replay_dir(settings, "files"), settings.hl7_replay_retention_s)
-    sink = kafka_sink(settings, servers)
+    sink = kafka_sink(settings, kafka)
     refused = not_stored = 0
     try:
         await sink.start()
@@ -113,7 +115,7 @@ async def _ingest(settings: Settings, servers: list[str], files: list[Path],
     return 3 if not_stored else 1 if refused else 0
 
 
-def ingest_hl7_files(settings: Settings, servers: list[str], files: list[Path], *,
+def ingest_hl7_files(settings: Settings, kafka: KafkaConnection, files: list[Path], *,
                      console: Console) -> int:
     too_big = [f for f in files if f.stat().st_size > HL7_FILE_BYTES_MAX]
     if too_big:
@@ -121,7 +123,7 @@ def ingest_hl7_files(settings: Settings, servers: list[str], files: list[Path], 
                       f"{', '.join(map(str, too_big))}")
         return 2
     try:
-        return asyncio.run(_ingest(settings, servers, files, console))
+        return asyncio.run(_ingest(settings, kafka, files, console))
     except ReplayStoreLocked as exc:
         console.print(f"[red]{exc}[/red]")
         return 2

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from rcmflow.connectors.totals import HEADER_STATUS, HEADER_TOTALS
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import Outgoing, send
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import Event
@@ -232,7 +233,7 @@ def raw_record_bytes_max(message_bytes_max: int, ft1_max: int) -> int:
 class KafkaSink:
     """Writes through one long-lived producer with acks=all; each call waits for its acks."""
 
-    def __init__(self, servers: list[str], timeout_s: float,
+    def __init__(self, kafka: KafkaConnection, timeout_s: float,
                  record_bytes_max: int = raw_record_bytes_max(1024 * 1024, 1000)) -> None:
         from aiokafka import AIOKafkaProducer
 
@@ -240,7 +241,7 @@ class KafkaSink:
         # linger was a third of the ACK time (bench/inbound.py: 1,300 -> 2,100 messages/s).
         # max_request_size: aiokafka's 1 MiB default refused a message near the size bound
         # (AR "not stored", for ever); the bounds above make every accepted message fit.
-        self._producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=0,
+        self._producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=0,
                                           request_timeout_ms=int(timeout_s * 1000),
                                           max_request_size=record_bytes_max)
         self._timeout_s = timeout_s

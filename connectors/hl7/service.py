@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rcmflow import metrics
+from rcmflow.kafka_connection import KafkaConnection
 
 from .intake import Intake, KafkaSink, raw_record_bytes_max
 from .listener import ListenerLimits, MllpListener
@@ -43,9 +44,9 @@ def mapping_config(settings: Settings) -> MappingConfig:
     )
 
 
-def kafka_sink(settings: Settings, servers: list[str]) -> KafkaSink:
+def kafka_sink(settings: Settings, kafka: KafkaConnection) -> KafkaSink:
     """The intake's producer, sized for the largest message the settings accept."""
-    return KafkaSink(servers, settings.hl7_write_timeout_s,
+    return KafkaSink(kafka, settings.hl7_write_timeout_s,
                      raw_record_bytes_max(settings.mllp_message_bytes_max, settings.hl7_ft1_max))
 
 
@@ -62,11 +63,11 @@ def limits(settings: Settings) -> ListenerLimits:
     )
 
 
-async def serve(settings: Settings, servers: list[str], host: str, port: int,
+async def serve(settings: Settings, kafka: KafkaConnection, host: str, port: int,
                 ready: asyncio.Event | None = None, metrics_port: int = 0) -> None:
     """Listen until signalled; ``metrics_port`` > 0 also serves /metrics there."""
     store = ReplayStore(replay_dir(settings, "mllp"), settings.hl7_replay_retention_s)
-    sink = kafka_sink(settings, servers)
+    sink = kafka_sink(settings, kafka)
     try:
         await sink.start()
         intake = Intake(sink=sink, store=store, config=mapping_config(settings), channel="mllp")
@@ -84,7 +85,7 @@ async def serve(settings: Settings, servers: list[str], host: str, port: int,
         store.close()
 
 
-def run_mllp(settings: Settings, servers: list[str], host: str, port: int,
+def run_mllp(settings: Settings, kafka: KafkaConnection, host: str, port: int,
              metrics_port: int = 0) -> int:
     """`rcmflow mllp`: runs until SIGINT/SIGTERM; 0 on a clean stop, 2 on a setup error
     (a port taken included)."""
@@ -93,7 +94,7 @@ def run_mllp(settings: Settings, servers: list[str], host: str, port: int,
         {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper()))
     try:
         mapping_config(settings)
-        asyncio.run(serve(settings, servers, host, port, metrics_port=metrics_port))
+        asyncio.run(serve(settings, kafka, host, port, metrics_port=metrics_port))
     except (ReplayStoreLocked, ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2

@@ -16,6 +16,7 @@ import orjson
 from rich.console import Console
 
 from rcmflow.connectors.files import Record, ingest_files, say
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_PAYMENTS
@@ -119,11 +120,11 @@ def _row_of(error: RowError) -> int:
     return int(words[1]) if len(words) > 1 and words[0] == "row" and words[1].isdigit() else 0
 
 
-def ingest_payment_files(settings: Settings, servers: list[str], files: list[Path], *,
+def ingest_payment_files(settings: Settings, kafka: KafkaConnection, files: list[Path], *,
                          channel: str, console: Console) -> int:
     """Publish every file; the exit code says whether anything was rejected."""
     return ingest_files(
-        files, servers=servers, console=console, bytes_max=settings.payments_file_bytes_max,
+        files, kafka=kafka, console=console, bytes_max=settings.payments_file_bytes_max,
         bytes_setting="RCMFLOW_PAYMENTS_FILE_BYTES_MAX",
         read=lambda path: process_payments(path.read_bytes(), name=path.name,
                                            origin=f"file:{path}", channel=channel,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
 from rcmflow.streams.topics import DLQ
 
@@ -30,12 +31,12 @@ def process_x12_path(path: Path, settings: Settings, console: Console) -> FileOu
         return process_x12(path.read_bytes(), origin=f"file:{path}", limits=limits_from(settings))
 
 
-def ingest_x12_files(settings: Settings, servers: list[str], files: list[Path], *,
+def ingest_x12_files(settings: Settings, kafka: KafkaConnection, files: list[Path], *,
                      console: Console) -> int:
     """Publish every file; the exit code says whether anything was parked."""
     limits = limits_from(settings)
     return ingest_files(
-        files, servers=servers, console=console, bytes_max=settings.x12_file_bytes_max,
+        files, kafka=kafka, console=console, bytes_max=settings.x12_file_bytes_max,
         bytes_setting="RCMFLOW_X12_FILE_BYTES_MAX",
         read=lambda path: process_x12(path.read_bytes(), origin=f"file:{path}", limits=limits),
         records=lambda outcome: outcome.records(limits), report=report_x12)

@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from rcmflow.connectors.payments.ingest import process_payments, report_payments
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
 
 from ..files import BrokerFailed, publish_records, say
@@ -55,7 +56,7 @@ def _move(path: Path, target: Path, reason: str | None) -> Path:
     return dest
 
 
-def handle_file(path: Path, settings: Settings, servers: list[str], console: Console) -> Path:
+def handle_file(path: Path, settings: Settings, kafka: KafkaConnection, console: Console) -> Path:
     """Process one file and move it; returns where it went. Raises ``BrokerFailed``."""
     folder = path.parent
     is_payment = path.suffix.lower() in PAYMENT_SUFFIXES
@@ -66,19 +67,19 @@ def handle_file(path: Path, settings: Settings, servers: list[str], console: Con
     if is_payment:
         payments = process_payments(path.read_bytes(), name=path.name, origin=f"file:{path}",
                                     rows_max=settings.payments_rows_max)
-        publish_records(servers, payments.records(), label=path.name, console=console)
+        publish_records(kafka, payments.records(), label=path.name, console=console)
         report_payments(path, payments, console)
         ok, reason = payments.ok(), payments.reason_text()
     else:
         x12 = process_x12_path(path, settings, console)
-        publish_records(servers, list(x12.records(limits_from(settings))), label=path.name,
+        publish_records(kafka, list(x12.records(limits_from(settings))), label=path.name,
                         console=console)
         report_x12(path, x12, console)
         ok, reason = x12.ok(), x12.reason_text()
     return _move(path, folder / "done", None) if ok else _move(path, folder / "rejected", reason)
 
 
-def watch(folder: Path, settings: Settings, servers: list[str], console: Console, *,
+def watch(folder: Path, settings: Settings, kafka: KafkaConnection, console: Console, *,
           once: bool = False, stop: Callable[[], bool] = lambda: False) -> int:
     """Poll ``folder`` until Ctrl-C (or ``stop()``); ``once``: handle what is there and return.
 
@@ -90,7 +91,7 @@ def watch(folder: Path, settings: Settings, servers: list[str], console: Console
     while True:
         for path in _ready(folder, sizes):
             try:
-                dest = handle_file(path, settings, servers, console)
+                dest = handle_file(path, settings, kafka, console)
             except BrokerFailed as exc:
                 say(console, f"[red]{path.name}: broker did not acknowledge ({exc}); "
                               "left in place, will retry[/red]")

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from rcmflow.broker import BrokerError, free_port, stop_process, wait_for_broker
+from rcmflow.kafka_connection import KafkaConnection
 from tests.apache_kafka.fetch import ensure_jars, find_java
 
 __all__ = ["ApacheKafka"]
@@ -86,6 +87,10 @@ class ApacheKafka:
     def url(self) -> str:
         return f"kafka://{self.bootstrap}"
 
+    @property
+    def connection(self) -> KafkaConnection:
+        return KafkaConnection.plaintext(self.bootstrap)
+
     def properties(self) -> dict[str, str]:
         controller = f"127.0.0.1:{self.controller_port}"
         return {
@@ -140,7 +145,7 @@ class ApacheKafka:
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
             )
         try:
-            asyncio.run(wait_for_broker([self.bootstrap], START_TIMEOUT_S))
+            asyncio.run(wait_for_broker(self.connection, START_TIMEOUT_S))
         except BrokerError as exc:
             exited = self.process.poll()
             self.stop(keep_data=True)

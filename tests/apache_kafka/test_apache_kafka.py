@@ -21,7 +21,7 @@ READ_TIMEOUT_S = 20.0
 
 async def _fresh_topic(kafka: ApacheKafka, name: str) -> str:
     # One partition: the order of what was written is the order read back.
-    await ensure_topics([kafka.bootstrap], [TopicSpec(name, {}, "test")], 1, 1)
+    await ensure_topics(kafka.connection, [TopicSpec(name, {}, "test")], 1, 1)
     return name
 
 
@@ -67,7 +67,7 @@ async def test_ensure_topics_created_the_rcm_topics(apache_kafka: ApacheKafka) -
         assert described[spec.name]["error_code"] == 0, described[spec.name]
         assert len(described[spec.name]["partitions"]) == PARTITIONS
     # The fixture created them all: a second call finds nothing missing.
-    assert await ensure_topics([apache_kafka.bootstrap], specs, PARTITIONS, 1) == []
+    assert await ensure_topics(apache_kafka.connection, specs, PARTITIONS, 1) == []
 
 
 async def test_idempotent_producer_writes_each_record_once(apache_kafka: ApacheKafka) -> None:

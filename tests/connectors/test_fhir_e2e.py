@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import read_topic
 from rcmflow.ops import latest_snapshots
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
-from tests.conftest import Workers, wait_until
+from tests.conftest import Broker, Workers, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -70,12 +70,12 @@ def _cli(workers: Workers, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
-def _state(bootstrap: str) -> dict[str, Any]:
-    return asyncio.run(latest_snapshots([bootstrap])).get(ACCOUNT, {})
+def _state(kafka: KafkaConnection) -> dict[str, Any]:
+    return asyncio.run(latest_snapshots(kafka)).get(ACCOUNT, {})
 
 
 def test_charge_and_payment_reach_the_balances_and_resends_change_nothing(
-        broker: EmbeddedBroker, workers: Workers, tmp_path: Path) -> None:
+        broker: Broker, workers: Workers, tmp_path: Path) -> None:
     bundle = tmp_path / "visit.json"
     bundle.write_text(json.dumps({
         "resourceType": "Bundle", "type": "transaction",
@@ -91,16 +91,16 @@ def test_charge_and_payment_reach_the_balances_and_resends_change_nothing(
     first = _cli(workers, "ingest", "fhir", str(bundle))
     assert first.returncode == 0, first.stderr
     assert "3 resources, 3 events to rcm.events (accounts FHIR1001), 1 notices" in first.stderr
-    wait_until(lambda: _state(broker.bootstrap).get("version") == 3, 60,
+    wait_until(lambda: _state(broker.connection).get("version") == 3, 60,
                "the worker to apply the charge, the payment and the refund", worker.log_tail)
-    assert _state(broker.bootstrap)["balances"] == EXPECTED
+    assert _state(broker.connection)["balances"] == EXPECTED
 
     # The same file again, then the same resources as NDJSON: the same event ids (from the
     # identifiers, not the file), so the worker drops them as replays.
     again = _cli(workers, "ingest", "fhir", str(bundle))
     as_lines = _cli(workers, "ingest", "fhir", str(ndjson))
     assert (again.returncode, as_lines.returncode) == (0, 0), (again.stderr, as_lines.stderr)
-    events = asyncio.run(read_topic([broker.bootstrap], EVENTS))
+    events = asyncio.run(read_topic(broker.connection, EVENTS))
     assert len(events) == 9  # 3 + 3 + 3 published, 3 applied
     # A new charge for the same account after the re-sends: same partition, so once it is
     # applied the worker has read past them, and they must not have moved anything.
@@ -109,14 +109,14 @@ def test_charge_and_payment_reach_the_balances_and_resends_change_nothing(
                                                             "value": "CH-9002"}],
                                            "priceOverride": {"value": 1, "currency": "USD"}}))
     assert _cli(workers, "ingest", "fhir", str(marker)).returncode == 0
-    wait_until(lambda: _state(broker.bootstrap).get("version") == 4, 60,
+    wait_until(lambda: _state(broker.connection).get("version") == 4, 60,
                "the marker charge after the re-sends", worker.log_tail)
-    state = _state(broker.bootstrap)
+    state = _state(broker.connection)
     assert state["balances"] == EXPECTED | {"gross_charges": 15100, "insurance_ar": 15100,
                                             "balance": 12100}
-    dlq = asyncio.run(read_topic([broker.bootstrap], DLQ))
+    dlq = asyncio.run(read_topic(broker.connection, DLQ))
     assert dlq == []  # replays are free: no conflict, nothing unmapped
-    raw = asyncio.run(read_topic([broker.bootstrap], RAW_FHIR))
+    raw = asyncio.run(read_topic(broker.connection, RAW_FHIR))
     assert len(raw) == 3 + 3 + 2 + 1
     for done in (first, again, as_lines):
         assert NAME not in done.stderr + done.stdout
@@ -124,7 +124,7 @@ def test_charge_and_payment_reach_the_balances_and_resends_change_nothing(
 
 
 def test_exit_codes_and_the_dlq_record_of_a_refused_sample(
-        broker: EmbeddedBroker, tmp_path: Path) -> None:
+        broker: Broker, tmp_path: Path) -> None:
     samples = Path(__file__).resolve().parents[1] / "samples" / "fhir"
     env = {"RCMFLOW_BROKER": broker.url, "RCMFLOW_DATA_DIR": str(tmp_path / "data"),
            "PATH": "/usr/bin:/bin"}
@@ -137,7 +137,7 @@ def test_exit_codes_and_the_dlq_record_of_a_refused_sample(
     refused = run(str(charge))
     assert refused.returncode == 1, refused.stderr
     assert "fhir_currency" in refused.stderr and "'EUR'" in refused.stderr
-    [record] = [json.loads(r.value) for r in asyncio.run(read_topic([broker.bootstrap], DLQ))]
+    [record] = [json.loads(r.value) for r in asyncio.run(read_topic(broker.connection, DLQ))]
     assert record["reason_code"] == "fhir_currency"
     assert record["origin"] == {"topic": f"file:{charge}", "partition": 0, "offset": 0,
                                 "key": None}

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rcmflow.broker import EmbeddedBroker, free_port
+from rcmflow.broker import free_port
 from rcmflow.connectors.hl7.framing import frame
 from rcmflow.connectors.hl7.intake import Intake, KafkaSink
 from rcmflow.connectors.hl7.listener import ListenerLimits, MllpListener
@@ -24,7 +24,7 @@ from rcmflow.connectors.hl7.mapping import MappingConfig
 from rcmflow.connectors.hl7.replay import ReplayStore
 from rcmflow.kafka_io import read_topic
 from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, RAW_HL7
-from tests.conftest import Workers
+from tests.conftest import Broker, Workers
 from tests.scrape import scrape
 
 pytestmark = pytest.mark.broker
@@ -77,18 +77,18 @@ def errs(ack: list[list[str]]) -> list[list[str]]:
     return [s for s in ack if s[0] == "ERR"]
 
 
-async def topic(broker: EmbeddedBroker, name: str) -> list[Any]:
-    return await read_topic([broker.bootstrap], name)
+async def topic(broker: Broker, name: str) -> list[Any]:
+    return await read_topic(broker.connection, name)
 
 
-async def dlq(broker: EmbeddedBroker) -> list[dict[str, Any]]:
+async def dlq(broker: Broker) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in await topic(broker, DLQ)]
 
 
 @asynccontextmanager
-async def listening(broker: EmbeddedBroker, store_dir: Path, *, write_timeout_s: float = 10,
+async def listening(broker: Broker, store_dir: Path, *, write_timeout_s: float = 10,
                     **limits: Any) -> AsyncIterator[int]:
-    sink = KafkaSink([broker.bootstrap], write_timeout_s)
+    sink = KafkaSink(broker.connection, write_timeout_s)
     await sink.start()
     store = ReplayStore(store_dir, 3600)
     intake = Intake(sink=sink, store=store, config=MappingConfig(), channel="mllp")
@@ -103,7 +103,7 @@ async def listening(broker: EmbeddedBroker, store_dir: Path, *, write_timeout_s:
 
 
 async def test_aa_comes_after_raw_and_events_are_on_the_broker(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     async with listening(broker, tmp_path / "replay") as port:
         client = await Client.connect(port)
@@ -120,7 +120,7 @@ async def test_aa_comes_after_raw_and_events_are_on_the_broker(
 
 
 async def test_every_public_sample_over_one_connection(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     """In file-name order. The microsoft samples reuse MSH-10 MSG00001 from one sender:
     BAR^P01 after ADT^A04 (ADTApp) and DFT 02 after DFT 01 (IMMAPP) are conflicts."""
@@ -159,7 +159,7 @@ async def test_every_public_sample_over_one_connection(
 
 
 async def test_replay_is_aa_again_and_conflict_is_ae_with_dlq_across_a_restart(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     async with listening(broker, tmp_path / "replay") as port:
         client = await Client.connect(port)
@@ -182,7 +182,7 @@ async def test_replay_is_aa_again_and_conflict_is_ae_with_dlq_across_a_restart(
 
 
 async def test_malformed_messages_get_ae_or_ar_with_err_and_a_dlq_record(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     async with listening(broker, tmp_path / "replay") as port:
         client = await Client.connect(port)
@@ -209,7 +209,7 @@ async def test_malformed_messages_get_ae_or_ar_with_err_and_a_dlq_record(
 
 
 async def test_oversized_message_is_ar_and_the_connection_stays_open(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     big = dft("BIG1") + b"NTE|1||" + b"x" * 10_000 + b"\r"
     async with listening(broker, tmp_path / "replay", message_bytes_max=4096) as port:
@@ -227,7 +227,7 @@ async def test_oversized_message_is_ar_and_the_connection_stays_open(
 
 
 async def test_concurrent_persistent_connections_and_a_half_frame(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     async with listening(broker, tmp_path / "replay") as port:
         async def sender(name: str) -> list[tuple[str, str]]:
@@ -257,7 +257,7 @@ async def test_concurrent_persistent_connections_and_a_half_frame(
 
 
 async def test_connection_limit_and_idle_timeout_close_connections(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     async with listening(broker, tmp_path / "replay", connections_max=1,
                          idle_timeout_s=1.0) as port:
@@ -273,7 +273,7 @@ async def test_connection_limit_and_idle_timeout_close_connections(
 
 
 async def test_the_same_new_message_on_two_connections_at_once_publishes_once(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     async with listening(broker, tmp_path / "replay") as port:
         clients = [await Client.connect(port) for _ in range(4)]
@@ -287,7 +287,7 @@ async def test_the_same_new_message_on_two_connections_at_once_publishes_once(
 
 
 async def test_pipelined_frames_in_one_write_are_answered_in_order(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     async with listening(broker, tmp_path / "replay") as port:
         client = await Client.connect(port)
@@ -299,7 +299,7 @@ async def test_pipelined_frames_in_one_write_are_answered_in_order(
 
 
 async def test_no_aa_when_the_broker_does_not_take_the_write(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     async with listening(broker, tmp_path / "replay", write_timeout_s=3) as port:
         client = await Client.connect(port)
@@ -312,7 +312,7 @@ async def test_no_aa_when_the_broker_does_not_take_the_write(
 
 
 def test_dft_over_mllp_reaches_the_account_table(
-    broker: EmbeddedBroker, workers: Workers, tmp_path: Path
+    broker: Broker, workers: Workers, tmp_path: Path
 ) -> None:
     from tests.conftest import wait_until
 
@@ -330,7 +330,7 @@ def test_dft_over_mllp_reaches_the_account_table(
     assert asyncio.run(send_all()) == [("AA", "MSG00001"), ("AA", "MSG00001"), ("AA", "CR1")]
 
     def state() -> dict[str, Any] | None:
-        records = asyncio.run(read_topic([broker.bootstrap], ACCOUNTS))
+        records = asyncio.run(read_topic(broker.connection, ACCOUNTS))
         snaps = [json.loads(r.value) for r in records if r.key == b"4000776"]
         return snaps[-1] if snaps else None
 
@@ -345,7 +345,7 @@ def test_dft_over_mllp_reaches_the_account_table(
 
 
 def test_ingest_hl7_files_batch_and_single_messages(
-    broker: EmbeddedBroker, workers: Workers, tmp_path: Path
+    broker: Broker, workers: Workers, tmp_path: Path
 ) -> None:
     import subprocess
     import sys
@@ -367,16 +367,16 @@ def test_ingest_hl7_files_batch_and_single_messages(
     assert "#2 MSH-10 12334456778891: AE no_account" in first.stderr
     again = ingest(lf_file)
     assert again.returncode == 0 and again.stderr.count(": AA replay") == 2, again.stderr
-    events = [json.loads(r.value) for r in asyncio.run(read_topic([broker.bootstrap], EVENTS))]
+    events = [json.loads(r.value) for r in asyncio.run(read_topic(broker.connection, EVENTS))]
     assert sorted((e["account"], e["amount_cents"]) for e in events) == [("B1", 1000),
                                                                         ("B2", 250)]
     reasons = [json.loads(r.value)["reason_code"]
-               for r in asyncio.run(read_topic([broker.bootstrap], DLQ))]
+               for r in asyncio.run(read_topic(broker.connection, DLQ))]
     assert reasons == ["no_account", "no_account"]
 
 
 def test_rcmflow_mllp_command_serves_stops_cleanly_and_logs_no_patient_data(
-    broker: EmbeddedBroker, workers: Workers, tmp_path: Path
+    broker: Broker, workers: Workers, tmp_path: Path
 ) -> None:
     import signal
     import socket
@@ -428,7 +428,7 @@ def test_rcmflow_mllp_command_serves_stops_cleanly_and_logs_no_patient_data(
 
 
 async def test_a_message_at_the_size_bound_is_stored_with_its_headers(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     """A 1,000-FT1 DFT just under the default 1 MiB bound: its raw record (message + reconcile
     headers, ~1.3 MB) must fit the producer and the topic, or the sender gets AR "not stored"
@@ -441,7 +441,7 @@ async def test_a_message_at_the_size_bound_is_stored_with_its_headers(
     message = dft("NEAR1MB", "A901", *["1.00"] * settings.hl7_ft1_max).replace(
         b"|ED\r", f"|ED||{padding}\r".encode())
     assert 900_000 < len(message) <= settings.mllp_message_bytes_max
-    sink = KafkaSink([broker.bootstrap], 10.0, raw_record_bytes_max(
+    sink = KafkaSink(broker.connection, 10.0, raw_record_bytes_max(
         settings.mllp_message_bytes_max, settings.hl7_ft1_max))
     await sink.start()
     store = ReplayStore(tmp_path / "replay", 3600)
@@ -480,7 +480,7 @@ def test_too_many_ft1_is_refused_whole_and_the_bounds_agree() -> None:
 
 
 def test_a_batch_file_message_over_the_size_bound_is_refused_like_over_mllp(
-    broker: EmbeddedBroker, workers: Workers, tmp_path: Path
+    broker: Broker, workers: Workers, tmp_path: Path
 ) -> None:
     """Files had no per-message bound: a message the producer could not take made exit 3
     ("run again") for ever. Now it is too_large, AR and rcm.dlq, as over MLLP."""
@@ -496,8 +496,8 @@ def test_a_batch_file_message_over_the_size_bound_is_refused_like_over_mllp(
     assert done.returncode == 1, done.stderr
     assert "#1 MSH-10 FBIG: AR too_large" in done.stderr
     assert "#2 MSH-10 FSMALL: AA" in done.stderr
-    (record,) = asyncio.run(read_topic([broker.bootstrap], DLQ))
+    (record,) = asyncio.run(read_topic(broker.connection, DLQ))
     doc = json.loads(record.value)
     assert doc["reason_code"] == "too_large" and doc["context"]["size_bytes"] == len(big)
-    events = [json.loads(r.value) for r in asyncio.run(read_topic([broker.bootstrap], EVENTS))]
+    events = [json.loads(r.value) for r in asyncio.run(read_topic(broker.connection, EVENTS))]
     assert [(e["account"], e["amount_cents"]) for e in events] == [("B9", 300)]

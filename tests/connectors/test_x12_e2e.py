@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import read_topic
 from rcmflow.ops import latest_snapshots
 from rcmflow.streams.topics import DLQ, EVENTS
-from tests.conftest import Workers, wait_until
+from tests.conftest import Broker, Workers, wait_until
 from tests.connectors.x12_build import (
     ClaimSpec,
     LineSpec,
@@ -96,12 +96,12 @@ def _cli(workers: Workers, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
-def _states(bootstrap: str) -> dict[str, Any]:
-    return asyncio.run(latest_snapshots([bootstrap]))
+def _states(kafka: KafkaConnection) -> dict[str, Any]:
+    return asyncio.run(latest_snapshots(kafka))
 
 
 def test_837_835_resend_and_payments_reach_the_balances(
-        broker: EmbeddedBroker, workers: Workers, tmp_path: Path) -> None:
+        broker: Broker, workers: Workers, tmp_path: Path) -> None:
     files = _files(tmp_path)
     worker = workers.start("w1")
     steps = [("events", "charges", 0), ("x12", "837", 0), ("x12", "835", 0),
@@ -114,11 +114,11 @@ def test_837_835_resend_and_payments_reach_the_balances(
     assert "DOE" not in report and "JANE" not in report  # patient names never printed
 
     def settled() -> bool:
-        states = _states(broker.bootstrap)
+        states = _states(broker.connection)
         return all(states.get(a, {}).get("version") == v for a, v in VERSIONS.items())
 
     wait_until(settled, 90, "the worker to apply the files", worker.log_tail)
-    states = _states(broker.bootstrap)
+    states = _states(broker.connection)
     for account, balances in EXPECTED.items():
         assert states[account]["balances"] == balances, account
     # The re-sent 835 (twice) applied nothing: versions count applied events exactly.
@@ -126,14 +126,14 @@ def test_837_835_resend_and_payments_reach_the_balances(
     claim = states["E2E1001"]["claims"]["E2E1001"]
     assert claim["total_charge_cents"] == 80000 and claim["status"] == "adjudicated"
     assert [a["payer_claim_control_number"] for a in claim["adjudications"]] == ["PCN-1"]
-    dlq = [json.loads(r.value) for r in asyncio.run(read_topic([broker.bootstrap], DLQ))]
+    dlq = [json.loads(r.value) for r in asyncio.run(read_topic(broker.connection, DLQ))]
     assert [(d["reason_code"], d["context"].get("row")) for d in dlq] == [
         ("row_invalid_amount", 6)]
     assert worker.alive(), worker.log_tail()
 
 
 def test_watch_moves_files_to_done_or_rejected_with_a_reason(
-        broker: EmbeddedBroker, tmp_path: Path) -> None:
+        broker: Broker, tmp_path: Path) -> None:
     drop = tmp_path / "drop"
     drop.mkdir()
     good = remit_segments([ClaimSpec("W1", 10000, 8000, cas=[("CO", "45", 2000)])],
@@ -159,7 +159,7 @@ def test_watch_moves_files_to_done_or_rejected_with_a_reason(
     assert ("x12_claim_unbalanced: claim 1 (CLP01 W2): CLP03 100.00 - CLP04 80.00 = 20.00 but "
             "the CAS amounts add up to 15.00") in reason
     assert (drop / "incoming.835.part").exists()
-    events = asyncio.run(read_topic([broker.bootstrap], EVENTS))
+    events = asyncio.run(read_topic(broker.connection, EVENTS))
     # good.835 and the good set of mixed.835 are the same remit: the same event twice
     # (the worker drops the replay), plus the payment.
     assert sorted(r.key for r in events if r.key) == [b"W1", b"W1", b"W1"]

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rcmflow.broker import EmbeddedBroker
 from rcmflow.connectors.erp.base import ErpAdapter
 from rcmflow.connectors.erp.runner import Connector, Progress, RunnerOptions
 from rcmflow.kafka_io import publish, read_topic
@@ -23,7 +22,7 @@ from rcmflow.streams.chart import load_chart
 from rcmflow.streams.postings import PostingDelta, posting_id
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS, POSTINGS, POSTINGS_DLQ
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import Broker, WorkerProcess, wait_until
 from tests.workload import account_stream
 
 __all__ = ["real_deltas", "publish_deltas", "unmapped_copy", "ConnectorProcess",
@@ -51,11 +50,11 @@ def unmapped_copy(value: bytes, gl_account: str = "9999-NOPE") -> tuple[bytes, b
     return doc["account"].encode(), json.dumps(doc).encode()
 
 
-def publish_deltas(broker: EmbeddedBroker, items: list[tuple[bytes, bytes]]) -> None:
-    asyncio.run(publish([broker.bootstrap], [(POSTINGS, k, v) for k, v in items]))
+def publish_deltas(broker: Broker, items: list[tuple[bytes, bytes]]) -> None:
+    asyncio.run(publish(broker.connection, [(POSTINGS, k, v) for k, v in items]))
 
 
-def feed_slowly(broker: EmbeddedBroker, items: list[tuple[bytes, bytes]], chunks: int,
+def feed_slowly(broker: Broker, items: list[tuple[bytes, bytes]], chunks: int,
                 pause_s: float) -> threading.Thread:
     """Publish in chunks from a thread, so connectors die while deltas flow."""
     size = len(items) // chunks + 1
@@ -70,15 +69,15 @@ def feed_slowly(broker: EmbeddedBroker, items: list[tuple[bytes, bytes]], chunks
     return thread
 
 
-def dlq_records(broker: EmbeddedBroker) -> list[dict[str, Any]]:
-    return [json.loads(r.value) for r in asyncio.run(read_topic([broker.bootstrap],
+def dlq_records(broker: Broker) -> list[dict[str, Any]]:
+    return [json.loads(r.value) for r in asyncio.run(read_topic(broker.connection,
                                                                  POSTINGS_DLQ))]
 
 
-def run_in_process(adapter: ErpAdapter, broker: EmbeddedBroker, group: str = "erp-test",
+def run_in_process(adapter: ErpAdapter, broker: Broker, group: str = "erp-test",
                    **options: Any) -> Progress:
     """Run the real consumer loop in this process until idle with zero lag."""
-    opts = RunnerOptions(servers=[broker.bootstrap], group_id=group, idle_exit_s=1.5,
+    opts = RunnerOptions(kafka=broker.connection, group_id=group, idle_exit_s=1.5,
                          session_timeout_s=1.5, progress_s=0.5, backoff_base_s=0.05,
                          backoff_max_s=0.5, breaker_cooldown_s=0.5, **options)
     connector = Connector(adapter, opts)
@@ -90,7 +89,7 @@ class ConnectorProcess(WorkerProcess):
     pass
 
 
-def connector_env(broker: EmbeddedBroker, data_dir: Path, **extra: str) -> dict[str, str]:
+def connector_env(broker: Broker, data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}
     env.update(RCMFLOW_BROKER=broker.url, RCMFLOW_DATA_DIR=str(data_dir),
                RCMFLOW_LOG_LEVEL="info", RCMFLOW_SESSION_TIMEOUT_S="1.5",
@@ -101,7 +100,7 @@ def connector_env(broker: EmbeddedBroker, data_dir: Path, **extra: str) -> dict[
     return env
 
 
-def start_connector(adapter: str, broker: EmbeddedBroker, data_dir: Path, n: int,
+def start_connector(adapter: str, broker: Broker, data_dir: Path, n: int,
                     *args: str, **extra: str) -> ConnectorProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / f"erp-{adapter}-{n}.log"

@@ -17,7 +17,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rcmflow.broker import EmbeddedBroker
 from rcmflow.connectors.erp.base import (
     AdapterConfigError,
     AlreadyThere,
@@ -32,6 +31,7 @@ from rcmflow.connectors.erp.netsuite import NetSuite
 from rcmflow.connectors.erp.odoo import Odoo
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.postings import PostingDelta
+from tests.conftest import Broker
 from tests.erp.cloud_fakes import ErpNextFake, Fake, NetSuiteFake, OdooFake
 from tests.erp.feed import (
     dlq_records,
@@ -294,7 +294,7 @@ def _old_copy(delta: PostingDelta) -> PostingDelta:
 @pytest.mark.broker
 @pytest.mark.parametrize("kind", KINDS)
 def test_through_the_real_runner_outage_then_dlq_with_the_erps_text(
-        kind: str, broker: EmbeddedBroker) -> None:
+        kind: str, broker: Broker) -> None:
     """rcm.postings -> the consumer loop -> the fake ERP: a 503 outage is retried, nothing
     lost or doubled; a closed-period refusal lands in rcm.postings.dlq with the ERP's words."""
     case = make(kind, closed_before=date(2026, 1, 1))

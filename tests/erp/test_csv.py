@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker
 from rcmflow.connectors.erp.base import AlreadyThere, Posted, Rejected
 from rcmflow.connectors.erp.csv_journal import CsvJournal, repair_tail, text_cents
 from rcmflow.connectors.erp.runner import KILL_AFTER_ENV
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.postings import PostingDelta
-from tests.conftest import wait_until
+from tests.conftest import Broker, wait_until
 from tests.erp.feed import (
     already_there_in_logs,
     dlq_records,
@@ -114,7 +113,7 @@ async def test_one_writer_per_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.broker
-def test_stream_to_journal_with_rejections(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_stream_to_journal_with_rejections(broker: Broker, tmp_path: Path) -> None:
     items = real_deltas(60)
     bad_key, bad = unmapped_copy(items[10][1])
     items.insert(20, (bad_key, bad))
@@ -143,7 +142,7 @@ def test_stream_to_journal_with_rejections(broker: EmbeddedBroker, tmp_path: Pat
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_kill_9_mid_stream_still_exactly_once(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_kill_9_mid_stream_still_exactly_once(broker: Broker, tmp_path: Path) -> None:
     items = real_deltas(300, seed=5)
     half = len(items) // 2
     publish_deltas(broker, items[:half])

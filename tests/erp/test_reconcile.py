@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from rcmflow.broker import EmbeddedBroker
 from rcmflow.cli import app
 from rcmflow.connectors.erp.csv_journal import CsvJournal
 from rcmflow.connectors.erp.reconcile import Report, reconcile
@@ -21,6 +20,7 @@ from rcmflow.streams.chart import load_chart
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.postings import PostingDelta
 from rcmflow.streams.topics import ACCOUNTS, EVENTS, POSTINGS, POSTINGS_DLQ
+from tests.conftest import Broker
 from tests.erp.feed import run_in_process
 from tests.workload import Workload
 
@@ -37,13 +37,13 @@ class World:
         self.deltas = [PostingDelta.model_validate_json(v) for v in expected.postings.values()]
         self.states = expected.states
 
-    def publish(self, broker: EmbeddedBroker, *, skip_posting: str | None = None) -> None:
+    def publish(self, broker: Broker, *, skip_posting: str | None = None) -> None:
         items: list[tuple[str, bytes | None, bytes]] = [
             (EVENTS, k.encode(), v) for k, v in self.workload.values]
         items += [(POSTINGS, d.account.encode(), d.model_dump_json().encode())
                   for d in self.deltas if d.posting_id != skip_posting]
         items += [(ACCOUNTS, a.encode(), json.dumps(s).encode()) for a, s in self.states.items()]
-        asyncio.run(publish([broker.bootstrap], items))
+        asyncio.run(publish(broker.connection, items))
 
 
 async def _write(folder: Path, deltas: list[PostingDelta]) -> None:
@@ -54,13 +54,13 @@ async def _write(folder: Path, deltas: list[PostingDelta]) -> None:
     await journal.close()
 
 
-def run(broker: EmbeddedBroker, folder: Path | None) -> Report:
+def run(broker: Broker, folder: Path | None) -> Report:
     adapter = CsvJournal(folder, CHART) if folder else None
-    return asyncio.run(reconcile([broker.bootstrap], CHART, adapter=adapter,
+    return asyncio.run(reconcile(broker.connection, CHART, adapter=adapter,
                                  open_adapter=False))
 
 
-def cli(broker: EmbeddedBroker, folder: Path, *args: str) -> tuple[int, str]:
+def cli(broker: Broker, folder: Path, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, ["reconcile", "--erp", "csv", *args], env={
         "RCMFLOW_BROKER": broker.url, "RCMFLOW_ERP_CSV_DIR": str(folder)})
     return result.exit_code, result.stdout
@@ -89,7 +89,7 @@ def causes(report: Report) -> dict[str, int]:
     return dict(report.findings_by_cause)
 
 
-def test_zero_drift_after_the_csv_connector(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_zero_drift_after_the_csv_connector(broker: Broker, tmp_path: Path) -> None:
     world = World()
     world.publish(broker)
     folder = tmp_path / "journal"
@@ -111,7 +111,7 @@ def test_zero_drift_after_the_csv_connector(broker: EmbeddedBroker, tmp_path: Pa
     assert code == 0 and doc["ok"] is True and doc["account_days_differing"] == {}
 
 
-def test_a_deleted_journal_entry_names_the_account(broker: EmbeddedBroker,
+def test_a_deleted_journal_entry_names_the_account(broker: Broker,
                                                   tmp_path: Path) -> None:
     world = World()
     world.publish(broker)
@@ -138,7 +138,7 @@ def test_a_deleted_journal_entry_names_the_account(broker: EmbeddedBroker,
                for f in doc["findings"])
 
 
-def test_a_dropped_posting_is_missing_and_its_journal_entry_extra(broker: EmbeddedBroker,
+def test_a_dropped_posting_is_missing_and_its_journal_entry_extra(broker: Broker,
                                                                  tmp_path: Path) -> None:
     world = World()
     dropped = world.deltas[5]
@@ -160,7 +160,7 @@ def test_a_dropped_posting_is_missing_and_its_journal_entry_extra(broker: Embedd
         dropped.account}
 
 
-def test_a_dlqd_posting_is_named_as_such(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_a_dlqd_posting_is_named_as_such(broker: Broker, tmp_path: Path) -> None:
     world = World()
     world.publish(broker)
     refused = world.deltas[2]
@@ -170,7 +170,7 @@ def test_a_dlqd_posting_is_named_as_such(broker: EmbeddedBroker, tmp_path: Path)
         payload=refused.model_dump_json().encode(),
         context={"posting_id": refused.posting_id, "account": refused.account,
                  "amount_cents": refused.total_cents}, discriminator="csv")
-    asyncio.run(publish([broker.bootstrap], [(POSTINGS_DLQ, refused.account.encode(),
+    asyncio.run(publish(broker.connection, [(POSTINGS_DLQ, refused.account.encode(),
                                               record.model_dump_json().encode())]))
     folder = tmp_path / "journal"
     asyncio.run(_write(folder, [d for d in world.deltas if d is not refused]))
@@ -198,27 +198,27 @@ def _delete_move_by_sql(server: Any, posting_id: str) -> None:
 
 
 def test_tryton_zero_drift_then_a_deleted_move_names_the_account(
-        broker: EmbeddedBroker, tryton: Any) -> None:
+        broker: Broker, tryton: Any) -> None:
     from tests.erp.conftest import adapter_for
 
     world = World(accounts=8, seed=9)
     world.publish(broker)
     progress = run_in_process(adapter_for(tryton), broker)
     assert progress.posted == len(world.deltas) and progress.rejected == 0
-    report = asyncio.run(reconcile([broker.bootstrap], CHART, adapter=adapter_for(tryton)))
+    report = asyncio.run(reconcile(broker.connection, CHART, adapter=adapter_for(tryton)))
     assert report.errors == 0, report.findings[:5]
     assert report.totals.erp_cents == report.totals.postings_cents > 0
     assert report.counts["erp_entries"] == len(world.deltas)
     victim = world.deltas[4]
     _delete_move_by_sql(tryton, victim.posting_id)
-    report = asyncio.run(reconcile([broker.bootstrap], CHART, adapter=adapter_for(tryton)))
+    report = asyncio.run(reconcile(broker.connection, CHART, adapter=adapter_for(tryton)))
     assert [(f.cause, f.account, f.posting_id) for f in report.ordered()
             if f.severity == "error"] == [
         ("journal_entry_missing", victim.account, victim.posting_id)]
     assert report.totals.postings_cents - report.totals.erp_cents == victim.total_cents
 
 
-def test_source_records_without_their_events_are_named(broker: EmbeddedBroker) -> None:
+def test_source_records_without_their_events_are_named(broker: Broker) -> None:
     """rcm.raw.payments rows and rcm.raw.x12 sets the connectors applied must be events,
     carrying the cents the sources stated."""
     from rcmflow.connectors.payments.ingest import process_payments
@@ -243,7 +243,7 @@ def test_source_records_without_their_events_are_named(broker: EmbeddedBroker) -
     everything = [*payments, *x12]
 
     def source_findings(items: list[tuple[str, bytes | None, bytes]]) -> list[Any]:
-        asyncio.run(publish([broker.bootstrap], items))
+        asyncio.run(publish(broker.connection, items))
         report = run(broker, None)
         return [(f.account, f.detail) for f in report.findings
                 if f.cause == "source_event_missing"]
@@ -261,7 +261,7 @@ def test_source_records_without_their_events_are_named(broker: EmbeddedBroker) -
 
 
 @pytest.mark.parametrize("kind", ["netsuite", "odoo", "erpnext"])
-def test_reconcile_reads_a_cloud_erp_back(kind: str, broker: EmbeddedBroker) -> None:
+def test_reconcile_reads_a_cloud_erp_back(kind: str, broker: Broker) -> None:
     from tests.erp.test_cloud_adapters import make
 
     world = World(accounts=6, seed=4)
@@ -274,7 +274,7 @@ def test_reconcile_reads_a_cloud_erp_back(kind: str, broker: EmbeddedBroker) -> 
         await case.adapter.close()
 
     asyncio.run(post_all())
-    report = asyncio.run(reconcile([broker.bootstrap], CHART, adapter=case.adapter))
+    report = asyncio.run(reconcile(broker.connection, CHART, adapter=case.adapter))
     assert report.errors == 0 and report.counts["erp_entries"] == len(world.deltas)
     victim = world.deltas[1]
     fake: Any = case.fake
@@ -287,16 +287,16 @@ def test_reconcile_reads_a_cloud_erp_back(kind: str, broker: EmbeddedBroker) -> 
         name = next(n for n, e in fake.entries.items() if e["rcm_posting_id"] ==
                     victim.posting_id)
         fake.entries[name]["accounts"][0]["debit"] = Decimal("0.01")
-    report = asyncio.run(reconcile([broker.bootstrap], CHART, adapter=case.adapter))
+    report = asyncio.run(reconcile(broker.connection, CHART, adapter=case.adapter))
     want = {"netsuite": "journal_entry_missing", "odoo": "unposted",
             "erpnext": "amount_differs"}[kind]
     assert [(f.cause, f.account) for f in report.ordered() if f.severity == "error"] == [
         (want, victim.account)]
 
 
-def test_too_many_postings_are_refused_up_front(broker: EmbeddedBroker) -> None:
+def test_too_many_postings_are_refused_up_front(broker: Broker) -> None:
     from rcmflow.connectors.erp.reconcile import TooLarge
 
     World(accounts=4).publish(broker)
     with pytest.raises(TooLarge):
-        asyncio.run(reconcile([broker.bootstrap], CHART, postings_max=3))
+        asyncio.run(reconcile(broker.connection, CHART, postings_max=3))

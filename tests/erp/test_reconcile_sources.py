@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rcmflow.broker import EmbeddedBroker
 from rcmflow.cli import app
 from rcmflow.connectors.erp.reconcile import Report, reconcile
 from rcmflow.connectors.files import Record
@@ -31,6 +30,7 @@ from rcmflow.demo_sources import DEMO_ACCOUNT, HL7_FILE, X12_FILES
 from rcmflow.kafka_io import publish
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.topics import EVENTS
+from tests.conftest import Broker
 
 pytestmark = pytest.mark.broker
 CHART = load_chart()
@@ -78,9 +78,9 @@ def visit_records() -> list[Record]:
     return records + payments.records()
 
 
-def run(broker: EmbeddedBroker, records: list[Record]) -> Report:
-    asyncio.run(publish([broker.bootstrap], records))
-    return asyncio.run(reconcile([broker.bootstrap], CHART))
+def run(broker: Broker, records: list[Record]) -> Report:
+    asyncio.run(publish(broker.connection, records))
+    return asyncio.run(reconcile(broker.connection, CHART))
 
 
 def source_findings(report: Report) -> list[tuple[str, str | None, str | None, int]]:
@@ -92,7 +92,7 @@ def sums(report: Report) -> dict[str, tuple[int, int]]:
     return {m: (a.source_cents, a.events_cents) for m, a in report.sources.items()}
 
 
-def test_the_visit_through_every_connector_agrees_to_the_cent(broker: EmbeddedBroker) -> None:
+def test_the_visit_through_every_connector_agrees_to_the_cent(broker: Broker) -> None:
     report = run(broker, visit_records())
     assert source_findings(report) == []
     assert sums(report) == {m: (c, c) for m, c in VISIT.items()}
@@ -107,7 +107,7 @@ def test_the_visit_through_every_connector_agrees_to_the_cent(broker: EmbeddedBr
 
 
 def test_a_lost_event_and_an_altered_one_are_named_with_their_cents(
-        broker: EmbeddedBroker) -> None:
+        broker: Broker) -> None:
     records = visit_records()
     events = [r for r in records if r[0] == EVENTS]
     remit = next(r for r in events if b'"claim_adjudicated"' in r[2])
@@ -144,7 +144,7 @@ def test_a_lost_event_and_an_altered_one_are_named_with_their_cents(
     assert [f[0] for f in source_findings(report)] == ["source_amount_differs"]  # the 10.00
 
 
-def test_a_refused_hl7_message_counts_for_nothing(broker: EmbeddedBroker) -> None:
+def test_a_refused_hl7_message_counts_for_nothing(broker: Broker) -> None:
     refused = HL7_FILE.read_bytes().replace(b"|A3001\r", b"|\r").replace(b"|E3001\r", b"|\r")
     code, records = hl7_records(refused)
     assert code == "AE" and records[0][0] == "rcm.raw.hl7"
@@ -171,7 +171,7 @@ def remit_835(control: str, claims: Sequence[tuple[str, int, int]]) -> bytes:
 
 
 def test_a_corrected_835_resending_some_claims_counts_each_claim_once(
-        broker: EmbeddedBroker) -> None:
+        broker: Broker) -> None:
     """File 2 repeats claim A3001 of file 1 (same TRN, same event id: the worker applies it
     once) beside a new claim: the repeated claim's cents count once on the source side too."""
     first = remit_835("000000201", [("A3001", 9000, 4000), ("A3002", 5000, 1000)])

@@ -10,7 +10,6 @@ from datetime import date
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker
 from rcmflow.connectors.erp.base import (
     AdapterConfigError,
     ErpAdapter,
@@ -21,6 +20,7 @@ from rcmflow.connectors.erp.base import (
 )
 from rcmflow.connectors.erp.runner import CircuitBreaker, Connector, RunnerOptions, backoff_s
 from rcmflow.streams.postings import PostingDelta
+from tests.conftest import Broker
 from tests.erp.feed import publish_deltas, real_deltas, run_in_process
 
 
@@ -79,7 +79,7 @@ def test_scripted_adapter_is_an_adapter() -> None:
 
 @pytest.mark.broker
 def test_transient_failures_stall_then_everything_posts_in_order(
-        broker: EmbeddedBroker) -> None:
+        broker: Broker) -> None:
     items = real_deltas(15)
     publish_deltas(broker, items)
     adapter = Scripted(failures=6)
@@ -93,10 +93,10 @@ def test_transient_failures_stall_then_everything_posts_in_order(
 
 
 @pytest.mark.broker
-def test_config_error_exits_3_and_commits_nothing(broker: EmbeddedBroker) -> None:
+def test_config_error_exits_3_and_commits_nothing(broker: Broker) -> None:
     items = real_deltas(5)
     publish_deltas(broker, items)
-    opts = RunnerOptions(servers=[broker.bootstrap], group_id="erp-cfg", session_timeout_s=1.5,
+    opts = RunnerOptions(kafka=broker.connection, group_id="erp-cfg", session_timeout_s=1.5,
                          idle_exit_s=1.5)
     bad = Connector(Scripted(failures=1, error=AdapterConfigError("bad password")), opts)
     assert asyncio.run(bad.run()) == 3

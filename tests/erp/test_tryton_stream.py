@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker, free_port
+from rcmflow.broker import free_port
 from rcmflow.connectors.erp.runner import KILL_AFTER_ENV
 from rcmflow.streams.postings import PostingDelta, posting_id
-from tests.conftest import Workers, wait_until
+from tests.conftest import Broker, Workers, wait_until
 from tests.erp.conftest import adapter_for, tryton_env
 from tests.erp.feed import (
     already_there_in_logs,
@@ -44,13 +44,13 @@ def _count(server: TrytonServer) -> int:
 
 
 @pytest.mark.slow
-def test_events_to_worker_to_tryton(broker: EmbeddedBroker, workers: Workers,
+def test_events_to_worker_to_tryton(broker: Broker, workers: Workers,
                                     tryton: TrytonServer, tmp_path: Path) -> None:
     """Real workers make the deltas (with replays, conflicts, invalid events); every one
     becomes one move, and the AR accounts in Tryton equal the account tables."""
     workload = Workload.build(accounts=40, seed=21)
     expected = workload.expected()
-    workload.publish(broker.bootstrap)
+    workload.publish(broker.connection)
     worker = workers.start("w1")
     connector = start_connector("tryton", broker, tmp_path / "erp", 0, **tryton_env(tryton))
     try:
@@ -63,7 +63,7 @@ def test_events_to_worker_to_tryton(broker: EmbeddedBroker, workers: Workers,
     rpc = tryton.rpc()
     assert_moves_equal(rpc, [PostingDelta.model_validate_json(v)
                              for v in expected.postings.values()])
-    observed = Observed.read(broker.bootstrap)
+    observed = Observed.read(broker.connection)
     assert set(observed.postings) == set(expected.postings)
     # The ledger equals the tables: AR in Tryton = Σ insurance_ar / patient_ar of the states.
     balance: Counter[str] = Counter()
@@ -78,7 +78,7 @@ def test_events_to_worker_to_tryton(broker: EmbeddedBroker, workers: Workers,
 
 
 @pytest.mark.slow
-def test_kill_9_connector_mid_stream(broker: EmbeddedBroker, tryton: TrytonServer,
+def test_kill_9_connector_mid_stream(broker: Broker, tryton: TrytonServer,
                                      tmp_path: Path) -> None:
     items = real_deltas(120, seed=31)
     half = len(items) // 2
@@ -109,7 +109,7 @@ def test_kill_9_connector_mid_stream(broker: EmbeddedBroker, tryton: TrytonServe
 
 
 @pytest.mark.slow
-def test_tryton_down_mid_stream(broker: EmbeddedBroker, tryton: TrytonServer,
+def test_tryton_down_mid_stream(broker: Broker, tryton: TrytonServer,
                                 tmp_path: Path) -> None:
     """Outage: the connector stalls, its lag (scraped from /metrics) grows with each delta
     that arrives; after the restart the lag returns to 0, nothing lost, nothing doubled."""
@@ -158,7 +158,7 @@ def test_tryton_down_mid_stream(broker: EmbeddedBroker, tryton: TrytonServer,
     assert recovered["rcmflow_erp_last_commit_timestamp_seconds"] > time.time() - 60
 
 
-def test_rejections_to_the_posting_dlq(broker: EmbeddedBroker, tryton: TrytonServer) -> None:
+def test_rejections_to_the_posting_dlq(broker: Broker, tryton: TrytonServer) -> None:
     """Tryton's own message (closed period), an unmapped GL account, a record that is no
     delta: each to rcm.postings.dlq with its context; every delta after them still posts."""
     rpc = tryton.rpc()

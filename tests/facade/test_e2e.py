@@ -12,12 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from rcmflow.broker import EmbeddedBroker
 from rcmflow.facade.server import build_app
 from rcmflow.kafka_io import publish
 from rcmflow.settings import Settings
 from rcmflow.streams.topics import EVENTS
-from tests.conftest import Workers, wait_until
+from tests.conftest import Broker, Workers, wait_until
 from tests.facade.conftest import Served, bearer, check_resource, token
 from tests.factories import charge, payment
 
@@ -48,20 +47,20 @@ def _total(doc: dict[str, Any]) -> Decimal:
     raise AssertionError("no total balance")
 
 
-def test_events_through_worker_show_in_facade(broker: EmbeddedBroker, workers: Workers,
+def test_events_through_worker_show_in_facade(broker: Broker, workers: Workers,
                                               tmp_path: Path) -> None:
     worker = workers.start("w1")
     settings = Settings(broker=broker.url, data_dir=tmp_path / "facade-data",
                         facade_jwt_key="e2e-key-of-enough-length-for-hs256-signing")
     # The JWT key of the served app differs from the fixtures' key: sign with it.
-    app = build_app(settings, [broker.bootstrap], source="e2e")
+    app = build_app(settings, broker.connection, source="e2e")
     key = "e2e-key-of-enough-length-for-hs256-signing"
     with Served(app) as served, httpx.Client(
             base_url=served.base, timeout=5,
             headers={"Authorization": f"Bearer {token(key=key)}"}) as client:
         assert client.get("/Account/E2E1",
                           headers=bearer()).status_code == 401  # the fixtures' key is wrong
-        asyncio.run(publish([broker.bootstrap], [
+        asyncio.run(publish(broker.connection, [
             (EVENTS, b"E2E1", json.dumps(charge(12_345, account="E2E1")).encode())]))
         wait_until(lambda: _account(client, "E2E1") is not None, FIRST_EVENT_S,
                    "the first snapshot in the facade", worker.log_tail)
@@ -70,7 +69,7 @@ def test_events_through_worker_show_in_facade(broker: EmbeddedBroker, workers: W
         assert first["meta"]["versionId"] == "1" and _total(first) == Decimal("123.45")
 
         sent_at = time.monotonic()
-        asyncio.run(publish([broker.bootstrap], [
+        asyncio.run(publish(broker.connection, [
             (EVENTS, b"E2E1", json.dumps(payment(2_000, account="E2E1")).encode())]))
 
         def updated() -> bool:

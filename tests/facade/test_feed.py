@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from rcmflow.broker import EmbeddedBroker
 from rcmflow.facade.feed import Feeder
 from rcmflow.facade.store import Store
 from rcmflow.kafka_io import publish
 from rcmflow.streams.state import state_json
 from rcmflow.streams.topics import ACCOUNTS
+from tests.conftest import Broker
 from tests.facade.conftest import build_states, world_events
 
 pytestmark = pytest.mark.broker
@@ -36,12 +36,12 @@ async def _feed_until(feeder: Feeder, done: object, what: str) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_feed_fills_resumes_and_refills(broker: EmbeddedBroker, tmp_path: Path) -> None:
+async def test_feed_fills_resumes_and_refills(broker: Broker, tmp_path: Path) -> None:
     states = build_states(world_events())
-    servers = [broker.bootstrap]
-    await publish(servers, [(ACCOUNTS, a.encode(), state_json(s)) for a, s in states.items()])
+    kafka = broker.connection
+    await publish(kafka, [(ACCOUNTS, a.encode(), state_json(s)) for a, s in states.items()])
     store = Store(tmp_path / "read.sqlite")
-    feeder = Feeder(store, servers, source="broker-1")
+    feeder = Feeder(store, kafka, source="broker-1")
     await _feed_until(feeder, lambda: feeder.status.lag() == 0, "lag 0")
     assert store.account_count() == len(states)
     row = store.read("Account", "A1001")
@@ -52,16 +52,16 @@ async def test_feed_fills_resumes_and_refills(broker: EmbeddedBroker, tmp_path: 
     # a tombstone removes.
     newer = states["B01"].model_copy(update={"version": states["B01"].version + 1})
     older = states["B02"].model_copy(update={"version": 1})
-    await publish(servers, [(ACCOUNTS, b"B01", state_json(newer)),
+    await publish(kafka, [(ACCOUNTS, b"B01", state_json(newer)),
                             (ACCOUNTS, b"B02", state_json(older))])
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    producer = AIOKafkaProducer(**kafka.client_options())
     await producer.start()
     try:
         await producer.send_and_wait(ACCOUNTS, None, key=b"B03")
     finally:
         await producer.stop()
     # Same source: resumes from the stored offsets (only the 3 new records are applied).
-    resumed = Feeder(store, servers, source="broker-1")
+    resumed = Feeder(store, kafka, source="broker-1")
     await _feed_until(resumed, lambda: resumed.status.lag() == 0
                       and resumed.status.applied_records == 3, "the 3 new records")
     assert store.read("Account", "B01").version == newer.version  # type: ignore[union-attr]
@@ -70,7 +70,7 @@ async def test_feed_fills_resumes_and_refills(broker: EmbeddedBroker, tmp_path: 
     assert store.account_count() == len(states) - 1
 
     # Another broker behind the same store: emptied and filled again from the beginning.
-    refilled = Feeder(store, servers, source="broker-2")
+    refilled = Feeder(store, kafka, source="broker-2")
     await _feed_until(refilled, lambda: refilled.status.lag() == 0, "lag 0 again")
     assert refilled.status.applied_records == len(states) + 3
     assert store.account_count() == len(states) - 1

@@ -15,24 +15,24 @@ import time
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import read_topic
 from rcmflow.streams.topics import EVENTS
 from rcmflow.streams.worker import KILL_AT_ENV
-from tests.conftest import WorkerProcess, Workers, wait_until
+from tests.conftest import Broker, WorkerProcess, Workers, wait_until
 from tests.workload import Expected, Observed, Workload
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-def publish_slowly(workload: Workload, bootstrap: str, chunks: int,
+def publish_slowly(workload: Workload, kafka: KafkaConnection, chunks: int,
                    pause_s: float) -> threading.Thread:
     """Feed the stream in chunks from a thread, so workers die while events flow."""
     size = len(workload.values) // chunks + 1
 
     def feed() -> None:
         for start in range(0, len(workload.values), size):
-            workload.publish(bootstrap, start, start + size)
+            workload.publish(kafka, start, start + size)
             time.sleep(pause_s)
 
     thread = threading.Thread(target=feed, daemon=True)
@@ -51,18 +51,18 @@ def assert_exact(observed: Observed, expected: Expected) -> None:
     assert observed.dlq_reasons() == expected.dlq_reasons
 
 
-def converged(bootstrap: str, expected: Expected) -> bool:
-    observed = Observed.read(bootstrap)
+def converged(kafka: KafkaConnection, expected: Expected) -> bool:
+    observed = Observed.read(kafka)
     return set(observed.postings) >= set(expected.postings) and observed.states == expected.states
 
 
-def difference(bootstrap: str, expected: Expected) -> str:
+def difference(kafka: KafkaConnection, expected: Expected) -> str:
     """What is still wrong, for a failure message."""
-    observed = Observed.read(bootstrap)
+    observed = Observed.read(kafka)
     missing = sorted(set(expected.postings) - set(observed.postings))
     wrong = sorted(a for a, s in expected.states.items() if observed.states.get(a) != s)
     lines = [f"{len(missing)} postings missing, {len(wrong)} account states differ"]
-    lines.append(_offsets(bootstrap, {json.loads(expected.postings[p])["event_id"]
+    lines.append(_offsets(kafka, {json.loads(expected.postings[p])["event_id"]
                                       for p in missing}))
     for account in wrong[:3]:
         got = observed.states.get(account, {})
@@ -71,14 +71,14 @@ def difference(bootstrap: str, expected: Expected) -> str:
     return "\n".join(lines)
 
 
-def _offsets(bootstrap: str, event_ids: set[str]) -> str:
+def _offsets(kafka: KafkaConnection, event_ids: set[str]) -> str:
     """Per partition: committed offset, log end, and where the unposted events sit."""
     async def probe() -> str:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.structs import TopicPartition
 
-        events = await read_topic([bootstrap], EVENTS)
-        consumer = AIOKafkaConsumer(bootstrap_servers=[bootstrap], group_id="rcmflow",
+        events = await read_topic(kafka, EVENTS)
+        consumer = AIOKafkaConsumer(**kafka.client_options(), group_id="rcmflow",
                                     enable_auto_commit=False)
         await consumer.start()
         try:
@@ -97,12 +97,12 @@ def _offsets(bootstrap: str, event_ids: set[str]) -> str:
     return asyncio.run(probe())
 
 
-def wait_for_progress(bootstrap: str, worker: WorkerProcess, at_least: int,
+def wait_for_progress(kafka: KafkaConnection, worker: WorkerProcess, at_least: int,
                       required: bool = True) -> None:
     """Until ``at_least`` distinct postings exist; with ``required=False`` give up quietly
     after 30 s (the stream may hold nothing more for this worker)."""
     def posted() -> bool:
-        return len(Observed.read(bootstrap).postings) >= at_least or not worker.alive()
+        return len(Observed.read(kafka).postings) >= at_least or not worker.alive()
 
     if required:
         wait_until(posted, 90, f"{at_least} postings", worker.log_tail)
@@ -112,10 +112,10 @@ def wait_for_progress(bootstrap: str, worker: WorkerProcess, at_least: int,
         time.sleep(0.5)
 
 
-def test_kill_9_at_every_step_then_at_random(broker: EmbeddedBroker, workers: Workers) -> None:
+def test_kill_9_at_every_step_then_at_random(broker: Broker, workers: Workers) -> None:
     workload = Workload.build(accounts=1200, seed=3)
     expected = workload.expected()
-    feeder = publish_slowly(workload, broker.bootstrap, chunks=30, pause_s=0.6)
+    feeder = publish_slowly(workload, broker.connection, chunks=30, pause_s=0.6)
     rng = random.Random(5)
 
     # 1. Each step of a batch, deterministically: applied in memory (nothing sent), deltas
@@ -129,37 +129,37 @@ def test_kill_9_at_every_step_then_at_random(broker: EmbeddedBroker, workers: Wo
     #    Each round waits until this worker has posted something (so the kill lands while it
     #    works, not while it joins the group), unless it finds nothing left to do.
     for round_ in range(3):
-        before = len(Observed.read(broker.bootstrap).postings)
+        before = len(Observed.read(broker.connection).postings)
         worker = workers.start("w1")
-        wait_for_progress(broker.bootstrap, worker, at_least=before + 1, required=False)
+        wait_for_progress(broker.connection, worker, at_least=before + 1, required=False)
         time.sleep(rng.uniform(0.2, 2.5))
         worker.kill()
         if round_ == 1:
             workers.wipe_tables("w1")
     feeder.join()
     worker = workers.start("w1")
-    wait_until(lambda: converged(broker.bootstrap, expected), 120, "convergence",
-               lambda: difference(broker.bootstrap, expected) + "\n" + worker.log_tail())
-    assert_exact(Observed.read(broker.bootstrap), expected)
+    wait_until(lambda: converged(broker.connection, expected), 120, "convergence",
+               lambda: difference(broker.connection, expected) + "\n" + worker.log_tail())
+    assert_exact(Observed.read(broker.connection), expected)
     assert worker.alive(), worker.log_tail()
 
 
 def test_two_workers_a_third_joins_one_dies_and_returns(
-    broker: EmbeddedBroker, workers: Workers
+    broker: Broker, workers: Workers
 ) -> None:
     workload = Workload.build(accounts=1200, seed=9)
     expected = workload.expected()
-    feeder = publish_slowly(workload, broker.bootstrap, chunks=30, pause_s=0.8)
+    feeder = publish_slowly(workload, broker.connection, chunks=30, pause_s=0.8)
     first, second = workers.start("w1"), workers.start("w2")
-    wait_for_progress(broker.bootstrap, first, at_least=200)
+    wait_for_progress(broker.connection, first, at_least=200)
     third = workers.start("w3")  # joins: partitions move while events flow
     time.sleep(8)
     second.kill()  # dies without leaving the group: noticed after the session timeout
     time.sleep(4)
     second = workers.start("w2")  # returns with its old store
     feeder.join()
-    wait_until(lambda: converged(broker.bootstrap, expected), 150, "convergence",
-               lambda: difference(broker.bootstrap, expected))
-    assert_exact(Observed.read(broker.bootstrap), expected)
+    wait_until(lambda: converged(broker.connection, expected), 150, "convergence",
+               lambda: difference(broker.connection, expected))
+    assert_exact(Observed.read(broker.connection), expected)
     for worker in (first, second, third):
         assert worker.alive(), worker.log_tail()

@@ -18,20 +18,20 @@ from typing import Any
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker, free_port
+from rcmflow.broker import free_port
 from rcmflow.demo_sources import DEMO_ACCOUNT, HL7_FILE, X12_FILES, send_mllp
 from rcmflow.ops import latest_snapshots
-from tests.conftest import Workers, wait_until
+from tests.conftest import Broker, Workers, wait_until
 
 pytestmark = pytest.mark.broker
 
 
-def snapshot(broker: EmbeddedBroker) -> dict[str, Any]:
-    return asyncio.run(latest_snapshots([broker.bootstrap], DEMO_ACCOUNT)).get(DEMO_ACCOUNT, {})
+def snapshot(broker: Broker) -> dict[str, Any]:
+    return asyncio.run(latest_snapshots(broker.connection, DEMO_ACCOUNT)).get(DEMO_ACCOUNT, {})
 
 
 def test_hl7_835_and_a_payment_for_one_account_end_exact(
-    broker: EmbeddedBroker, workers: Workers, tmp_path: Path
+    broker: Broker, workers: Workers, tmp_path: Path
 ) -> None:
     env = workers.env()
     port = free_port()

@@ -9,32 +9,31 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker
 from rcmflow.streams.postings import PostingDelta
 from rcmflow.streams.rules import bucket_effects, delta_amounts
 from rcmflow.streams.state import LEDGER_BUCKETS
-from tests.conftest import Workers, wait_until
+from tests.conftest import Broker, Workers, wait_until
 from tests.workload import Observed, Workload
 
 pytestmark = pytest.mark.broker
 
 
 def test_stream_with_replays_and_conflicts_posts_exactly_once(
-    broker: EmbeddedBroker, workers: Workers
+    broker: Broker, workers: Workers
 ) -> None:
     workload = Workload.build(accounts=300, conflicts=6, invalid=4)
     expected = workload.expected()
-    workload.publish(broker.bootstrap)
+    workload.publish(broker.connection)
     worker = workers.start("w1")
 
     def done() -> bool:
-        observed = Observed.read(broker.bootstrap)
+        observed = Observed.read(broker.connection)
         return (len(observed.postings) >= len(expected.postings)
                 and observed.dlq_reasons() == expected.dlq_reasons
                 and observed.states == expected.states)
 
     wait_until(done, 90, "the worker to apply the stream", worker.log_tail)
-    observed = Observed.read(broker.bootstrap)
+    observed = Observed.read(broker.connection)
     # Exactly the deltas the pure core computes, each sent once with one content.
     assert set(observed.postings) == set(expected.postings)
     assert all(values == {expected.postings[pid]} for pid, values in observed.postings.items())
@@ -54,12 +53,12 @@ def test_stream_with_replays_and_conflicts_posts_exactly_once(
 
 
 def test_accounts_show_prints_the_buckets_by_their_names(
-    broker: EmbeddedBroker, workers: Workers
+    broker: Broker, workers: Workers
 ) -> None:
     workload = Workload.build(accounts=3, replay_ratio=0, conflicts=0, invalid=0)
-    workload.publish(broker.bootstrap)
+    workload.publish(broker.connection)
     workers.start("w1")
-    wait_until(lambda: "T00001" in Observed.read(broker.bootstrap).states, 60, "T00001")
+    wait_until(lambda: "T00001" in Observed.read(broker.connection).states, 60, "T00001")
     expected = workload.expected().states["T00001"]
 
     def show(*args: str) -> subprocess.CompletedProcess[str]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker, free_port
+from rcmflow.broker import free_port
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS
-from tests.conftest import Workers, wait_until
+from tests.conftest import Broker, Workers, wait_until
 from tests.scrape import scrape
 from tests.workload import Workload
 
@@ -20,7 +20,7 @@ def _events(sample: dict[str, float]) -> float:
 
 
 def test_worker_counters_for_a_stream_with_replays_and_a_conflict(
-    broker: EmbeddedBroker, workers: Workers
+    broker: Broker, workers: Workers
 ) -> None:
     workload = Workload.build(accounts=12, seed=5, replay_ratio=0.25, conflicts=1, invalid=1)
     messages = [Message(EVENTS, 0, i, k.encode(), v) for i, (k, v) in enumerate(workload.values)]
@@ -33,7 +33,7 @@ def test_worker_counters_for_a_stream_with_replays_and_a_conflict(
                "the metrics endpoint", worker.log_tail)
     before = scrape(port)
     assert _events(before) == 0 and before["rcmflow_worker_postings_total"] == 0, before
-    workload.publish(broker.bootstrap)
+    workload.publish(broker.connection)
     wait_until(lambda: _events(scrape(port)) >= len(messages) or not worker.alive(), 90,
                f"{len(messages)} events counted", worker.log_tail)
     after = scrape(port)
