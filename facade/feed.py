@@ -79,9 +79,11 @@ class Feeder:
                 await asyncio.sleep(2)
 
     async def _consume(self) -> None:
+        # read_committed: under exactly_once a snapshot shows once its transaction commits.
         consumer = AIOKafkaConsumer(**self.kafka.client_options(), group_id=None,
                                     enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest",
+                                    isolation_level="read_committed")
         await consumer.start()
         try:
             partitions = await self._partitions()

@@ -1,7 +1,10 @@
-"""Plain Kafka reads and writes for the command line: publish files, read a topic to its end.
+"""Plain Kafka reads and writes: publish records, read a topic to its end, log ends.
 
-"The end" is the high watermark a fetch response reports (Tansu's ListOffsets answer is not
-the log end), read per partition by a consumer that joins no group and commits nothing.
+"The end" is what a fetch response reports (Tansu's ListOffsets answer is not the log end),
+read per partition by a consumer that joins no group and commits nothing. Readers read
+``read_committed``: under exactly_once a worker's records become visible when its transaction
+commits, and an aborted transaction's records are never seen (on a broker without
+transactions both isolation levels read the same).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -23,7 +26,8 @@ from aiokafka.structs import TopicPartition
 from rcmflow.kafka_connection import KafkaConnection
 
 __all__ = ["Record", "Outgoing", "Headers", "read_topic", "publish", "send", "log_ends",
-           "topic_partitions", "READ_TIMEOUT_S", "PUBLISH_IN_FLIGHT_MAX"]
+           "topic_partitions", "committed_offsets", "IsolationLevel", "READ_TIMEOUT_S",
+           "PUBLISH_IN_FLIGHT_MAX"]
 
 READ_TIMEOUT_S = 30.0
 #: Records queued before waiting for acks: bounds memory on a large file.
@@ -31,6 +35,7 @@ PUBLISH_IN_FLIGHT_MAX = 5_000
 
 
 Headers = tuple[tuple[str, bytes], ...]
+IsolationLevel = Literal["read_committed", "read_uncommitted"]
 #: What connectors publish: (topic, key, value), or with Kafka record headers as a fourth
 #: item (rcm.raw.hl7 keeps the bytes as received and says what became of them in headers).
 Outgoing = tuple[str, bytes | None, bytes] | tuple[str, bytes | None, bytes, Headers]
@@ -53,15 +58,18 @@ async def read_topic(
     keep: Callable[[bytes | None], bool] | None = None,
     start: dict[int, int] | None = None,
     timeout_s: float = READ_TIMEOUT_S,
+    isolation_level: IsolationLevel = "read_committed",
 ) -> list[Record]:
     """The records of ``topic`` to its current end: from the beginning, or from ``start``
-    offsets (partition -> offset, those partitions only); optionally only keys ``keep``s."""
+    offsets (partition -> offset, those partitions only); optionally only keys ``keep``s.
+    ``read_committed`` ends at the last stable offset (before an open transaction)."""
     records: list[Record] = []
     tps = [TopicPartition(topic, p) for p in sorted(start or await topic_partitions(kafka, topic))]
     if not tps:
         return records
     consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
-                                enable_auto_commit=False, fetch_max_wait_ms=100)
+                                enable_auto_commit=False, fetch_max_wait_ms=100,
+                                isolation_level=isolation_level)
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -82,8 +90,11 @@ async def read_topic(
                         records.append(Record(m.topic, m.partition, m.offset, m.key, m.value,
                                               m.timestamp, tuple(m.headers or ())))
             for tp in tps:
-                highwater = consumer.highwater(tp)
-                if highwater is not None and await consumer.position(tp) >= highwater:
+                end = consumer.highwater(tp)
+                stable = consumer.last_stable_offset(tp)
+                if isolation_level == "read_committed" and end is not None and stable:
+                    end = min(end, stable) if stable > 0 else end
+                if end is not None and await consumer.position(tp) >= end:
                     done.add(tp)
     finally:
         await consumer.stop()
@@ -113,6 +124,19 @@ async def topic_partitions(kafka: KafkaConnection, topic: str) -> list[int]:
             raise KafkaError(f"{topic}: metadata error {entry['error_code']}")
         return sorted(p["partition"] for p in entry["partitions"])
     return []
+
+
+async def committed_offsets(kafka: KafkaConnection, group_id: str, topic: str,
+                            partitions: Iterable[int]) -> dict[int, int]:
+    """The offsets ``group_id`` committed for these partitions (none committed: absent)."""
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        found = await admin.list_consumer_group_offsets(
+            group_id, partitions=[TopicPartition(topic, p) for p in sorted(partitions)])
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in found.items() if meta.offset >= 0}
 
 
 async def send(producer: AIOKafkaProducer, item: Outgoing) -> asyncio.Future[object]:

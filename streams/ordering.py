@@ -60,6 +60,10 @@ class OffsetGuard:
         self._next.clear()
         self._position.clear()
 
+    def positioned(self, partition: int) -> bool:
+        """Is the read position of ``partition`` known (sought, or a record admitted)?"""
+        return partition in self._position
+
     def sought(self, partition: int, offset: int) -> None:
         """The consumer was sought: the next record of ``partition`` is ``offset``."""
         self._position[partition] = offset

@@ -13,6 +13,12 @@ record on the broker implies its outputs are there (2 before 3); a state implies
 record (3 before 4). Events without a dedup record are applied again and post byte-identical
 deltas (deterministic ids and contents); events with one are redeliveries (``dedup.py``).
 
+Under ``exactly_once`` (Apache Kafka) steps 2-4 are one Kafka transaction per source partition
+that also commits the consumer offset (``outbox.py``), and the local stores are written only
+after it committed: a crash before the commit aborts everything the batch sent, a crash after
+it leaves a store that recovery brings up to its changelog. Readers of rcm.postings that read
+``read_committed`` then see every posting id exactly once, never a re-send.
+
 Metrics (``worker_families``) are read from ``Progress`` at scrape time: the counters grow
 once per durable batch, so the hot path pays nothing for them.
 """
@@ -35,7 +41,7 @@ from faust.types import TP, EventT
 from mode import CrashingSupervisor
 
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import log_ends
+from rcmflow.kafka_io import committed_offsets, log_ends
 from rcmflow.metrics import Metric, counter, gauge
 from rcmflow.settings import Settings
 from rcmflow.tables.account_tables import AccountTables
@@ -46,13 +52,15 @@ from rcmflow.tables.faust_internals import (
     fetching_state,
     install_highwater_fix,
     limit_commits,
+    note_committed,
+    own_transactions,
     resume,
     seek,
     settled,
 )
 
 from .chart import ChartOfAccounts
-from .ordering import OffsetGuard
+from .ordering import Admitted, OffsetGuard
 from .outbox import Outbox, OutRecord
 from .processor import BatchResult, Counts, Message, Processor
 from .topics import DLQ, EVENTS, POSTINGS
@@ -72,9 +80,12 @@ HOLE_RESEEK_S = 1.0
 #: ... and if it is still there after this long, the worker crashes rather than skip it.
 HOLE_WAIT_S = 60.0
 #: Test-only fault injection: "<point>:<batch number>" kills the worker (SIGKILL) right
-#: there, so crash tests can hit each step of a batch deterministically. Points:
+#: there, so crash tests can hit each step of a batch deterministically (batches are counted
+#: from 0 in the process, those that applied at least one record). Points:
 #: ``processed`` (the batch applied in memory, nothing sent), ``outputs-acked`` (deltas
-#: durable, no dedup record), ``dedup-acked`` (dedup records durable, states not written).
+#: durable, no dedup record; exactly_once: everything sent, the transaction not committed),
+#: ``dedup-acked`` (dedup records durable, states not written), ``committed`` (exactly_once:
+#: the transaction committed, the local stores not written).
 #: Kills in the middle of a send are left to the random kill -9 of the crash tests.
 KILL_AT_ENV = "RCMFLOW_TEST_KILL_AT"
 
@@ -117,8 +128,9 @@ class Pipeline:
     """Runs batches through the processor and writes the results in crash-safe order."""
 
     def __init__(self, app: faust.App, tables: AccountTables, processor: Processor,
-                 outbox: Outbox) -> None:
+                 outbox: Outbox, kafka: KafkaConnection) -> None:
         self.app = app
+        self.kafka = kafka
         self.tables = tables
         self.processor = processor
         self.outbox = outbox
@@ -134,6 +146,8 @@ class Pipeline:
         #: records before it were applied, in order, in this session or before its start):
         #: the only offset the consumer may commit (``limit_commits``).
         self.durable_next: dict[int, int] = {}
+        #: Partition -> the group's committed offset when this assignment started reading it.
+        self.started_at: dict[int, int] = {}
         self.progress = Progress()
         point, _, batch = os.environ.get(KILL_AT_ENV, "").partition(":")
         self._kill_at = (point, int(batch)) if point else None
@@ -153,36 +167,94 @@ class Pipeline:
         now = time.monotonic()
         for message in messages:
             self.last_delivery[message.partition] = now
+        await self._learn_start_offsets(messages)
         admitted = self.guard.admit(messages)
         result = self.processor.process(admitted.messages, self.tables.load_state,
                                         self.tables.load_dedup)
-        # Phase 1: what the ledger and the operators see. Outputs go to the source partition's
-        # number (all rcm.* topics have the same count): co-partitioned, and what Faust's
-        # exactly_once transaction manager expects.
-        outputs = [OutRecord(POSTINGS, p, k, v) for p, k, v in result.postings]
-        outputs += [OutRecord(DLQ, p, k, v) for p, k, v in result.dlq]
-        self._fault_point("processed")
-        await self.outbox.send(outputs)
-        self._fault_point("outputs-acked")
-        # Phase 2: dedup records, only once the outputs they vouch for are durable.
-        dedup_acks = await self.outbox.send(
-            self.tables.write_dedup(result.dedup_writes, admitted.advanced))
-        self.tables.dedup_io.persist_offsets(dedup_acks)
-        self._fault_point("dedup-acked")
-        # Phase 3: account states, which are also the rcm.accounts snapshots.
-        state_acks = await self.outbox.send(self.tables.write_states(result.state_writes))
-        self.tables.accounts_io.persist_offsets(state_acks)
-        for partition, offset in admitted.read_to.items():
-            self.durable_next[partition] = max(offset, self.durable_next.get(partition, 0))
-        self.progress.counts.add(result.counts)
-        self.progress.dlq_records += len(result.dlq)
-        self.progress.batches += 1
-        self.progress.events += len(admitted.messages)
+        if admitted.messages:
+            await self._write(admitted, result)
         for partition in admitted.read_to:
             self._holes = {k: v for k, v in self._holes.items() if k[0] != partition}
         for partition, offset in admitted.holes.items():
             await self._read_again(partition, offset)
         return result
+
+    async def _write(self, admitted: Admitted, result: BatchResult) -> None:
+        # What the ledger and the operators see. Outputs go to the source partition's number
+        # (all rcm.* topics have the same count): co-partitioned, and one transaction per
+        # source partition under exactly_once.
+        outputs = [OutRecord(POSTINGS, p, k, v) for p, k, v in result.postings]
+        outputs += [OutRecord(DLQ, p, k, v) for p, k, v in result.dlq]
+        self._fault_point("processed")
+        if self.outbox.exactly_once:
+            await self._write_in_transactions(admitted, result, outputs)
+        else:
+            await self._write_in_order(admitted, result, outputs)
+        self._advance(admitted.read_to)
+        self.progress.counts.add(result.counts)
+        self.progress.dlq_records += len(result.dlq)
+        self.progress.batches += 1
+        self.progress.events += len(admitted.messages)
+
+    async def _write_in_order(self, admitted: Admitted, result: BatchResult,
+                              outputs: list[OutRecord]) -> None:
+        """at_least_once: each step waits for the broker before the next one starts, and the
+        consumer commits the offsets only after the last (``commit_limit``)."""
+        await self.outbox.send(outputs)
+        self._fault_point("outputs-acked")
+        # Dedup records, only once the outputs they vouch for are durable.
+        dedup = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
+        self.tables.store(dedup, {})  # the local store may run ahead of its changelog
+        self.tables.store([], {}, await self.outbox.send(dedup))
+        self._fault_point("dedup-acked")
+        # Account states, which are also the rcm.accounts snapshots.
+        states = self.tables.state_records(result.state_writes)
+        self.tables.store(states, result.state_writes)
+        self.tables.store([], {}, await self.outbox.send(states))
+
+    async def _write_in_transactions(self, admitted: Admitted, result: BatchResult,
+                                     outputs: list[OutRecord]) -> None:
+        """exactly_once: outputs, changelog records and the next offsets of each source
+        partition in one transaction; the local stores only after it committed."""
+        changelog = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
+        changelog += self.tables.state_records(result.state_writes)
+        acks = await self.outbox.send(outputs + changelog)
+        self._fault_point("outputs-acked")
+        await self.outbox.commit(admitted.read_to, self.app.conf.id)
+        # Nothing awaited between the commit and these: Faust's own commit (which must find
+        # nothing to commit) cannot run in between.
+        note_committed(self.app, EVENTS, admitted.read_to)
+        self._advance(admitted.read_to)
+        self._fault_point("committed")
+        self.tables.store(changelog, result.state_writes, acks)
+
+    def _advance(self, read_to: dict[int, int]) -> None:
+        for partition, offset in read_to.items():
+            self.durable_next[partition] = max(offset, self.durable_next.get(partition, 0))
+
+    async def _learn_start_offsets(self, messages: list[Message]) -> None:
+        """Where the consumer started each newly assigned partition: the group's committed
+        offset, asked of the broker. Faust's own copy is filled by a seek that runs while the
+        first records are already delivered; read too early it says 0, the guard then sees
+        a hole at 0 and the worker would read the partition again from its beginning."""
+        new = {m.partition for m in messages if not self.guard.positioned(m.partition)}
+        if not new:
+            return
+        committed = await committed_offsets(self.kafka, self.app.conf.id, EVENTS, new)
+        for partition in sorted(new):
+            offset = self.started_at[partition] = committed.get(partition, 0)
+            log.info("%s partition %d: reading from offset %d (committed; durable next offset "
+                     "%s)", EVENTS, partition, offset, self.guard.next_offset(partition))
+            self.guard.sought(partition, offset)
+
+    def _durable_position(self, partition: int) -> int:
+        """The offset every earlier record of ``partition`` is durably applied below: the
+        last durable batch's end, else where this assignment started reading."""
+        if partition in self.durable_next:
+            return self.durable_next[partition]
+        if partition in self.started_at:
+            return self.started_at[partition]
+        return committed_offset(self.app, EVENTS, partition)
 
     async def _read_again(self, partition: int, offset: int) -> None:
         """A hole before the next record: read the partition again instead of applying past
@@ -199,7 +271,7 @@ class Pipeline:
         if now - last < HOLE_RESEEK_S:
             return
         self._holes[(partition, offset)] = (first, now)
-        start = min(offset, committed_offset(self.app, EVENTS, partition))
+        start = min(offset, self._durable_position(partition))
         log.warning("%s partition %d: the consumer skipped the records from offset %d; "
                     "reading them again from %d", EVENTS, partition, offset, start)
         await seek(self.app, EVENTS, partition, start)
@@ -213,6 +285,7 @@ class Pipeline:
 
     def partitions_assigned(self) -> None:
         self.durable_next.clear()
+        self.started_at.clear()
         now = time.monotonic()
         self.last_delivery = {p: now for p in assigned_partitions(self.app, EVENTS)}
         self._stalled_since.clear()
@@ -242,7 +315,7 @@ class Pipeline:
                     f"{now - self.last_delivery[partition]:.0f}s (consumer: {state}); crashing "
                     "so that a restart (or another worker) takes it over"
                 )
-            start = min(expected, committed_offset(self.app, EVENTS, partition))
+            start = min(expected, self._durable_position(partition))
             log.warning("%s partition %d stalled at offset %d of %d (consumer: %s): resuming "
                         "it from %d", EVENTS, partition, expected, ends[partition], state, start)
             resume(self.app, EVENTS, partition)
@@ -261,7 +334,7 @@ class Pipeline:
             self.progress.lag = None
             return
         self.progress.lag = sum(
-            max(0, ends[p] - self.durable_next.get(p, committed_offset(self.app, EVENTS, p)))
+            max(0, ends[p] - self._durable_position(p))
             for p in partitions)
 
     def _fault_point(self, point: str) -> None:
@@ -291,6 +364,8 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     install_highwater_fix()
     disable_gap_commits()
     limit_commits()
+    if settings.processing_guarantee == "exactly_once":
+        own_transactions()
     kafka = settings.kafka()
     app = faust.App(
         settings.app_id,
@@ -316,9 +391,11 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
                            state_cache_max=settings.state_cache_max)
     processor = Processor(chart, event_bytes_max=settings.event_bytes_max,
                           account_items_max=settings.account_items_max)
-    outbox = Outbox(app, kafka=kafka, timeout_s=settings.produce_timeout_s)
+    outbox = Outbox(kafka=kafka, timeout_s=settings.produce_timeout_s, app_id=settings.app_id,
+                    source_topic=EVENTS,
+                    exactly_once=settings.processing_guarantee == "exactly_once")
     app.add_dependency(outbox)  # stopped (its producer flushed) with the app
-    pipeline = Pipeline(app, tables, processor, outbox)
+    pipeline = Pipeline(app, tables, processor, outbox, kafka)
     # Raw bytes in: decoding is the processor's job, so a malformed event becomes a DLQ
     # record instead of a ValueDecodeError that kills the agent.
     events_topic = app.topic(EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -340,12 +417,14 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
         tables.flush()
         tables.forget_cache()
         pipeline.guard.forget()
+        await outbox.close_partitions(tp.partition for tp in revoked if tp.topic == EVENTS)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         tables.forget_cache()
         pipeline.guard.forget()
         pipeline.partitions_assigned()
+        await outbox.open_partitions(assigned_partitions(app, EVENTS))
 
     @app.timer(PROGRESS_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust: -> Callable
     async def _progress() -> None:

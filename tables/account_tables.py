@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import faust
 
 from rcmflow.streams.dedup import DedupEntry
-from rcmflow.streams.outbox import OutRecord
+from rcmflow.streams.outbox import Acked, OutRecord
 from rcmflow.streams.state import AccountState, state_json
 from rcmflow.streams.topics import ACCOUNTS
 
@@ -108,35 +108,37 @@ class AccountTables:
         raw = self.dedup_io.get(partition, NEXT_OFFSET_KEY)
         return int(raw) if raw is not None else None
 
-    def write_dedup(
+    def dedup_records(
         self, writes: dict[tuple[int, bytes], bytes], next_offsets: dict[int, int]
     ) -> list[OutRecord]:
-        """Store dedup records and next-offsets locally; returns their changelog records."""
-        items = list(writes.items())
-        items += [((p, NEXT_OFFSET_KEY), str(offset).encode()) for p, offset in
-                  next_offsets.items()]
-        return self._write(self.dedup_io, items)
-
-    def write_states(self, writes: dict[tuple[int, str], AccountState]) -> list[OutRecord]:
-        """Store account states locally; returns their snapshots (rcm.accounts records)."""
-        encoded = []
-        for (partition, account), state in writes.items():
-            self._remember((partition, account), state)
-            encoded.append(((partition, account.encode()), state_json(state)))
-        return self._write(self.accounts_io, encoded)
-
-    def _write(
-        self, io: TableIO, items: Iterable[tuple[tuple[int, bytes], bytes]]
-    ) -> list[OutRecord]:
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        for (partition, key), value in items:
-            by_partition.setdefault(partition, []).append((key, value))
-        topic = io.changelog_topic
-        records = []
-        for partition, pairs in by_partition.items():
-            io.put_local(partition, pairs)
-            records += [OutRecord(topic, partition, key, value) for key, value in pairs]
+        """The changelog records of dedup records and next-offsets (``store`` writes them)."""
+        topic = self.dedup_io.changelog_topic
+        records = [OutRecord(topic, p, key, value) for (p, key), value in writes.items()]
+        records += [OutRecord(topic, p, NEXT_OFFSET_KEY, str(offset).encode())
+                    for p, offset in next_offsets.items()]
         return records
+
+    def state_records(self, writes: dict[tuple[int, str], AccountState]) -> list[OutRecord]:
+        """The snapshots (rcm.accounts records) of account states (``store`` writes them)."""
+        return [OutRecord(ACCOUNTS, partition, account.encode(), state_json(state))
+                for (partition, account), state in writes.items()]
+
+    def store(self, records: Iterable[OutRecord], states: dict[tuple[int, str], AccountState],
+              acks: Iterable[Acked] = ()) -> None:
+        """Write changelog records to the local stores (and ``states`` to the cache); with
+        ``acks``, also the newest changelog offsets they reached, which recovery resumes from."""
+        by_store: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        for record in records:
+            by_store.setdefault((record.topic, record.partition), []).append(
+                (record.key, record.value))
+        ios = {io.changelog_topic: io for io in (self.dedup_io, self.accounts_io)}
+        for (topic, partition), pairs in by_store.items():
+            ios[topic].put_local(partition, pairs)
+        for key, state in states.items():
+            self._remember(key, state)
+        acked = list(acks)
+        for io in ios.values():
+            io.persist_offsets(acked)
 
     def _remember(self, key: tuple[int, str], state: AccountState) -> None:
         if self._cache_max <= 0:

@@ -31,6 +31,7 @@ when any of these hooks moves. Two reasons to reach inside:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
@@ -52,7 +53,10 @@ __all__ = [
     "install_highwater_fix",
     "disable_gap_commits",
     "limit_commits",
+    "note_committed",
+    "own_transactions",
     "fetch_highwaters",
+    "last_committed_ends",
     "seek",
     "assigned_partitions",
     "committed_offset",
@@ -70,12 +74,15 @@ HIGHWATER_PROBE_TIMEOUT_S = 30.0
 class TableIO:
     """Raw, batched access to one Faust table's RocksDB partitions and its changelog.
 
-    Under at_least_once, rcmflow's writes skip RocksDB's write-ahead log: the changelog on the
-    broker is the durable copy, and the WAL doubled the cost of every state write. A crash then
-    loses the unflushed memtable, data and persisted changelog offset *together* (they share
-    it), so the store falls back to an older consistent point and recovery replays from there.
-    That holds only while no WAL-logged write (Faust's own recovery) follows an unflushed
-    WAL-less one: ``flush`` is called whenever partitions are revoked, before any recovery.
+    rcmflow's writes skip RocksDB's write-ahead log: the changelog on the broker is the durable
+    copy, and the WAL doubled the cost of every state write. A crash then loses the unflushed
+    memtable, data and persisted changelog offset *together* (they share it), so the store
+    falls back to an older consistent point and recovery replays from there. That holds only
+    while no WAL-logged write (Faust's own recovery) follows an unflushed WAL-less one:
+    ``flush`` is called whenever partitions are revoked, before any recovery. Under
+    exactly_once the local writes come only after the transaction that carries their
+    changelog records committed, so the store never holds what a reader of the changelog
+    (``read_committed``) cannot see.
     """
 
     def __init__(self, app: faust.App, table: TableT[Any, Any]) -> None:
@@ -87,7 +94,7 @@ class TableIO:
         self.table = cast(Collection, table)
         self._write_options = WriteOptions()
         # rocksdict exposes this as a property (its stub says method).
-        self._write_options.disable_wal = not app.in_transaction  # type: ignore[method-assign,assignment]
+        self._write_options.disable_wal = True  # type: ignore[method-assign,assignment]
 
     @property
     def changelog_topic(self) -> str:
@@ -121,13 +128,9 @@ class TableIO:
                 tp = TP(topic, partition)
                 newest[tp] = max(offset, newest.get(tp, -1))
         for tp, offset in newest.items():
-            if self.app.in_transaction:
-                # exactly_once: the offset becomes true only when the transaction commits.
-                self.app.tables.persist_offset_on_commit(self.table.data, tp, offset)
-            else:
-                # Like Store.set_persisted_offset, but WAL-less like the data it vouches for.
-                db = self.table.data._db_for_partition(tp.partition)
-                db.put(Store.offset_key, str(offset).encode(), write_opt=self._write_options)
+            # Like Store.set_persisted_offset, but WAL-less like the data it vouches for.
+            db = self.table.data._db_for_partition(tp.partition)
+            db.put(Store.offset_key, str(offset).encode(), write_opt=self._write_options)
 
 
 async def fetch_highwaters(
@@ -176,6 +179,51 @@ async def fetch_highwaters(
     return found
 
 
+async def last_committed_ends(
+    client_options: Mapping[str, Any],
+    stable: Mapping[TopicPartition, int],
+    *,
+    window: int = 64,
+    timeout_s: float = HIGHWATER_PROBE_TIMEOUT_S,
+) -> dict[TopicPartition, int]:
+    """The offset after the last committed record of each partition, at or below its last
+    stable offset (``stable``); 0 when none is committed. A read_committed probe reads the
+    last ``window`` offsets, going further back while it finds only transaction markers and
+    aborted records."""
+    found = {tp: 0 for tp, end in stable.items() if not end or end <= 0}
+    if len(found) == len(stable):
+        return found
+    deadline = time.monotonic() + timeout_s
+    probe = aiokafka.AIOKafkaConsumer(**client_options, group_id=None,
+                                      enable_auto_commit=False, fetch_max_wait_ms=100,
+                                      isolation_level="read_committed")
+    await probe.start()
+    try:
+        for tp, end in stable.items():
+            if tp in found:
+                continue
+            probe.assign([tp])
+            start, step, last, complete = end, window, -1, False
+            while last < 0 and start > 0 and time.monotonic() < deadline:
+                start = max(0, start - step)
+                step *= 8
+                probe.seek(tp, start)
+                complete = False
+                while not complete and time.monotonic() < deadline:
+                    batch = await probe.getmany(tp, timeout_ms=200)
+                    last = max([last, *(r.offset for r in batch.get(tp, []) if r.offset < end)])
+                    complete = await probe.position(tp) >= end
+            # Read to the end: the record found (none committed at all: 0). Not in time: the
+            # last stable offset, as Faust would (it then waits out the marker).
+            found[tp] = last + 1 if complete and (last >= 0 or start == 0) else end
+    finally:
+        # aiokafka 0.14: stopping before its coordinator task first ran re-raises that
+        # task's CancelledError; one loop turn avoids it.
+        await asyncio.sleep(0)
+        await probe.stop()
+    return found
+
+
 def disable_gap_commits() -> None:
     """Commit only offsets below which every record was acked (idempotent)."""
     consumer_cls: Any = faust_consumer.Consumer
@@ -214,6 +262,30 @@ def limit_commits() -> None:
 
     consumer_cls._new_offset = _new_offset
     consumer_cls._rcmflow_commit_limit = True
+
+
+def own_transactions() -> None:
+    """exactly_once: the worker's outbox runs the transactions (one producer per rcm.events
+    partition, offsets committed inside), so Faust's TransactionManager starts none of its own
+    (idle producers, and 'begin_transaction' warnings at every rebalance) and must never
+    commit: it would commit offsets outside the worker's transactions. Idempotent."""
+    manager_cls: Any = faust_consumer.TransactionManager
+
+    async def on_rebalance(self: Any, assigned: Any, revoked: Any, newly_assigned: Any) -> None:
+        return None
+
+    async def commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        raise RuntimeError(f"Faust tried to commit {offsets} outside rcmflow's transactions")
+
+    manager_cls.on_rebalance = on_rebalance
+    manager_cls.commit = commit
+
+
+def note_committed(app: faust.App, topic: str, offsets: Mapping[int, int]) -> None:
+    """Offsets committed outside Faust (in the worker's transactions): recorded where Faust
+    keeps its own, so that its periodic commit finds nothing newer to commit."""
+    consumer: Any = app.consumer
+    consumer._committed_offset.update({TP(topic, p): offset for p, offset in offsets.items()})
 
 
 async def seek(app: faust.App, topic: str, partition: int, offset: int) -> None:
@@ -255,16 +327,22 @@ def resume(app: faust.App, topic: str, partition: int) -> None:
 
 
 def install_highwater_fix() -> None:
-    """Make Faust's recovery read changelogs to their true end on Tansu (idempotent)."""
+    """Make Faust's recovery read changelogs to their true end (idempotent).
+
+    - at_least_once on Tansu: the larger of ListOffsets and a fetch's high watermark (on
+      Apache Kafka both agree: a no-op).
+    - exactly_once (Apache Kafka): Faust takes the last stable offset of its consumer's latest
+      fetch, which a partition just assigned has not had (None: ``ConsistencyError``), and
+      then waits for the offset before it, which is a transaction's commit marker, never
+      delivered (10 s lost per recovery). It gets the offset after the last committed record
+      instead (``last_committed_ends``).
+    """
     thread_cls: Any = faust_aiokafka.AIOKafkaConsumerThread
     if getattr(thread_cls, "_rcmflow_highwater_fix", False):
         return
     listed_highwaters = thread_cls._highwaters
 
     async def _highwaters(self: Any, partitions: list[TP]) -> Mapping[TP, int]:
-        listed = await listed_highwaters(self, partitions)
-        if self.consumer.in_transaction:
-            return cast(Mapping[TP, int], listed)
         conf = self.transport.app.conf
         options = {
             "bootstrap_servers": faust_aiokafka.server_list(self.transport.url,
@@ -272,6 +350,14 @@ def install_highwater_fix() -> None:
             **faust_aiokafka.credentials_to_aiokafka_auth(conf.broker_credentials,
                                                           conf.ssl_context),
         }
+        if self.consumer.in_transaction:
+            # ListOffsets of a read_committed consumer: the last stable offsets.
+            stable = await self._ensure_consumer().end_offsets(partitions)
+            ends = await last_committed_ends(options, {
+                TopicPartition(tp.topic, tp.partition): offset for tp, offset in stable.items()})
+            return {tp: ends.get(TopicPartition(tp.topic, tp.partition), 0)
+                    for tp in stable}
+        listed = await listed_highwaters(self, partitions)
         fetched = await fetch_highwaters(options, listed)
         return {
             tp: max(offset or 0, fetched.get(TopicPartition(tp.topic, tp.partition), 0))

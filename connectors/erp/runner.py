@@ -207,7 +207,10 @@ class Connector:
             heartbeat_interval_ms=max(100, int(opts.session_timeout_s * 1000 / 3)),
             # Never leave the group for being slow: a stall on a down ERP may last hours.
             max_poll_interval_ms=24 * 3600 * 1000,
-            fetch_max_wait_ms=200)
+            fetch_max_wait_ms=200,
+            # Under exactly_once a delta is read once its worker's transaction commits, and a
+            # delta of an aborted transaction never reaches the ERP (its re-send would).
+            isolation_level="read_committed")
         self.producer = AIOKafkaProducer(**opts.kafka.client_options(), acks="all",
                                          linger_ms=5)
         log.debug("erp %s: starting", self.adapter.name)

@@ -49,8 +49,12 @@ logger.state.level = warn
 
 
 def _cluster_id() -> str:
-    """What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64, no padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64, no padding.
+    Never one that starts with '-': the storage tool would read it as an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _storage_tool(jars: Path) -> str:
@@ -114,6 +118,9 @@ class ApacheKafka:
             "offsets.topic.num.partitions": "4",
             "transaction.state.log.num.partitions": "4",
             "group.initial.rebalance.delay.ms": "0",
+            # The ERP connector tests use 1.5 s sessions so a killed connector's partitions
+            # move fast (Kafka's floor is 6 s; Tansu has none).
+            "group.min.session.timeout.ms": "1000",
             # As in docker-compose.yml: topics exist only when ensure_topics creates them.
             "auto.create.topics.enable": "false",
             "num.partitions": "1",
