@@ -49,8 +49,13 @@ logger.state.level = warn
 
 
 def _cluster_id() -> str:
-    """What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64, no padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64, no padding,
+    never starting with "-" (Kafka's Uuid.randomUuid draws again: 1 in 64 would, and the
+    storage tool's argument parser reads such an id as an option and refuses to format)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _storage_tool(jars: Path) -> str:
