@@ -83,6 +83,7 @@ from tests.compose_file import (
     load_compose,
     service_environment,
 )
+from tests.conftest import wait_until
 from tests.facade.conftest import token
 from tests.scrape import scrape
 from tests.workload import Observed, Workload
@@ -438,8 +439,10 @@ class Topology:
         budget = (_seconds(check.get("start_period", "0s"))
                   + _seconds(check.get("interval", "30s")) * int(check.get("retries", 3)))
         for process in self.of(service):
-            _wait(lambda p=process: self.healthy(p) or not p.alive(), budget,
-                  f"{process.name} healthy", self.tails)
+            def answered(p: Process = process) -> bool:
+                return self.healthy(p) or not p.alive()
+
+            wait_until(answered, budget, f"{process.name} healthy", self.tails)
             assert process.alive(), self.tails()
 
     def up(self) -> None:
@@ -481,15 +484,6 @@ class Topology:
                 process.popen.wait()
             stopped[process.name] = (process.popen.returncode, time.monotonic() - began)
         return stopped
-
-
-def _wait(check: Any, timeout_s: float, what: str, on_timeout: Any) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{on_timeout()}")
 
 
 @pytest.fixture
@@ -631,7 +625,7 @@ def test_the_compose_topology_runs_as_local_processes(topology: Topology) -> Non
         members = events_assignment(kafka.connection, group)
         return len(members) == len(workers) and all(members.values())
 
-    _wait(split, 120, "both workers to hold rcm.events partitions", topology.tails)
+    wait_until(split, 120, "both workers to hold rcm.events partitions", topology.tails)
     assignment = events_assignment(kafka.connection, group)
     assert sorted(p for ps in assignment.values() for p in ps) == list(range(partitions))
 
@@ -669,7 +663,7 @@ def test_the_compose_topology_runs_as_local_processes(topology: Topology) -> Non
         return (observed.states == expected_states
                 and set(observed.postings) == set(expected_postings))
 
-    _wait(applied, 180, "the workers to apply every event", topology.tails)
+    wait_until(applied, 180, "the workers to apply every event", topology.tails)
     observed = Observed.read(kafka.connection)
     # Each posting once, byte for byte what the core computes; the DLQ has the rest.
     assert {pid: values for pid, values in observed.postings.items()} == {
@@ -692,8 +686,8 @@ def test_the_compose_topology_runs_as_local_processes(topology: Topology) -> Non
     def journaled() -> set[str]:
         return {row["posting_id"] for row in journal_rows(journal)}
 
-    _wait(lambda: journaled() == set(expected_postings), 120, "the ERP journal",
-          topology.tails)
+    wait_until(lambda: journaled() == set(expected_postings), 120, "the ERP journal",
+               topology.tails)
     by_id: dict[str, list[dict[str, str]]] = {}
     for row in journal_rows(journal):
         by_id.setdefault(row["posting_id"], []).append(row)
@@ -716,9 +710,11 @@ def test_the_compose_topology_runs_as_local_processes(topology: Topology) -> Non
             doc: dict[str, Any] = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
             return doc
 
-        _wait(lambda: health().get("accounts") == len(expected_states)
-              and health().get("lag_records") == 0, 60, "the facade's read model",
-              topology.tails)
+        def caught_up() -> bool:
+            doc = health()
+            return doc.get("accounts") == len(expected_states) and doc.get("lag_records") == 0
+
+        wait_until(caught_up, 60, "the facade's read model", topology.tails)
         assert httpx.get(f"{base}/Account/{HL7_ACCOUNT}", timeout=10).status_code == 401
         for account, state in expected_states.items():
             response = client.get(f"/Account/{account}")
