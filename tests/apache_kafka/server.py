@@ -23,14 +23,33 @@ from types import TracebackType
 from rcmflow.broker import BrokerError, free_port, stop_process, wait_for_broker
 from rcmflow.kafka_connection import KafkaConnection
 from tests.apache_kafka.fetch import ensure_jars, find_java
+from tests.compose_file import kafka_properties
 
-__all__ = ["ApacheKafka"]
+__all__ = ["ApacheKafka", "TEST_OVERRIDES", "ADDRESS_PROPERTIES"]
 
 # A JVM on 2 shared cores: format + first metadata answer takes seconds, not milliseconds.
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 FORMAT_TIMEOUT_S = 60.0
 HEAP = "512m"
+
+#: The broker settings come from docker-compose.yml (its kafka service's KAFKA_* variables).
+#: Each instance replaces these with its own free ports on 127.0.0.1 and its temp dir ...
+ADDRESS_PROPERTIES = ("listeners", "advertised.listeners", "controller.quorum.voters",
+                      "log.dirs")
+#: ... and a broker that lives for one test differs from production only here:
+TEST_OVERRIDES = {
+    # The first group or transaction creates these internal topics, and creating 50
+    # partitions each (Kafka's default, kept in production) takes seconds on 2 shared cores.
+    "offsets.topic.num.partitions": "4",
+    "transaction.state.log.num.partitions": "4",
+    # Production waits 3 s (Kafka's default) so workers started together join one
+    # generation; a test's group would wait those 3 s at every first join.
+    "group.initial.rebalance.delay.ms": "0",
+    # The ERP connector tests use 1.5 s sessions so that a killed connector's partitions move
+    # fast; Kafka's floor (6 s, kept in production) refuses them.
+    "group.min.session.timeout.ms": "1000",
+}
 
 LOG4J2 = """\
 status = warn
@@ -49,12 +68,13 @@ logger.state.level = warn
 
 
 def _cluster_id() -> str:
-    """What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64, no padding.
-    Never one that starts with '-': the storage tool would read it as an option."""
+    """What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64, no padding,
+    never starting with "-" (Kafka's Uuid.randomUuid draws again: 1 in 64 would, and the
+    storage tool's argument parser reads such an id as an option and refuses to format)."""
     while True:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not cluster_id.startswith("-"):
-            return cluster_id
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _storage_tool(jars: Path) -> str:
@@ -96,35 +116,20 @@ class ApacheKafka:
         return KafkaConnection.plaintext(self.bootstrap)
 
     def properties(self) -> dict[str, str]:
+        """docker-compose.yml's broker settings, at this instance's addresses and data dir,
+        with TEST_OVERRIDES: the tests run the production broker's configuration."""
         controller = f"127.0.0.1:{self.controller_port}"
-        return {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{controller}",
-            "controller.listener.names": "CONTROLLER",
+        properties = kafka_properties()
+        addresses = {
             "listeners": f"PLAINTEXT://{self.bootstrap},CONTROLLER://{controller}",
             "advertised.listeners": f"PLAINTEXT://{self.bootstrap}",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.quorum.voters": f"1@{controller}",
             "log.dirs": str(self.data_dir / "data"),
-            # One node: every internal topic has one replica.
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            # Fewer internal partitions (defaults 50): the first group or transaction creates
-            # them, and creating 50 logs takes seconds on 2 shared cores.
-            "offsets.topic.num.partitions": "4",
-            "transaction.state.log.num.partitions": "4",
-            "group.initial.rebalance.delay.ms": "0",
-            # The ERP connector tests use 1.5 s sessions so a killed connector's partitions
-            # move fast (Kafka's floor is 6 s; Tansu has none).
-            "group.min.session.timeout.ms": "1000",
-            # As in docker-compose.yml: topics exist only when ensure_topics creates them.
-            "auto.create.topics.enable": "false",
-            "num.partitions": "1",
         }
+        for key in (*addresses, *TEST_OVERRIDES):  # replaced, never added: see test_compose
+            if key not in properties:
+                raise BrokerError(f"docker-compose.yml's kafka service does not set {key}")
+        return properties | addresses | TEST_OVERRIDES
 
     def start(self) -> ApacheKafka:
         started = time.monotonic()

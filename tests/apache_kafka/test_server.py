@@ -33,3 +33,12 @@ def test_a_kafka_that_cannot_start_fails_with_its_log(tmp_path: Path,
     assert f"listeners=PLAINTEXT://127.0.0.1:{kafka.port},CONTROLLER://" in properties
     assert "transaction.state.log.min.isr=1" in properties
     assert kafka.process is None
+
+
+def test_cluster_ids_never_start_with_a_dash() -> None:
+    """The storage tool would read `-t -abc...` as an option: 1 start in 64 failed so."""
+    from tests.apache_kafka.server import _cluster_id
+
+    ids = [_cluster_id() for _ in range(2000)]  # a plain draw gives ~31 dashes here
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
