@@ -15,11 +15,15 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from rcmflow import kafka_access
+from rcmflow.kafka_access import Access
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.ops import format_cents
 from rcmflow.settings import BrokerNotFound, Settings
+from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 
 app = typer.Typer(
     help="rcmflow: keeps patient billing and the ERP ledger in agreement, in stream.\n\n"
@@ -67,6 +71,28 @@ def _kafka(settings: Settings) -> KafkaConnection:
     except (BrokerNotFound, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+
+
+def _connect(settings: Settings, access: Access) -> KafkaConnection:
+    """The broker connection, once a preflight showed this principal can log in and has
+    the ACLs ``access`` needs; else one line saying what to fix, and exit 2."""
+    from rcmflow.kafka_preflight import KafkaAccessError, preflight
+
+    kafka = _kafka(settings)
+    try:
+        asyncio.run(preflight(kafka, access))
+    except KafkaAccessError as exc:
+        err.print(f"[red]rcmflow {escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    return kafka
+
+
+def _ingest(settings: Settings, kind: str) -> KafkaConnection:
+    return _connect(settings, kafka_access.ingest_access(kind))
+
+
+def _reader(command: str, topic: str) -> KafkaConnection:
+    return _connect(_settings(), kafka_access.reader_access(command, topic))
 
 
 def _print_json(doc: Any) -> None:
@@ -131,7 +157,7 @@ def facade() -> None:
     from rcmflow.facade.server import run_facade
 
     settings = _settings()
-    kafka = _kafka(settings)
+    kafka = _connect(settings, kafka_access.facade_access())
     try:
         code = run_facade(settings, kafka, settings.resolve_broker()[1])
     except ValueError as exc:
@@ -157,11 +183,12 @@ def erp(
     DATA_DIR/erp-ADAPTER.status.json). Exit 2: bad argument or the metrics port is taken;
     3: the adapter is misconfigured; 4: the broker is unreachable or failing.
     """
-    from rcmflow.connectors.erp import AdapterConfigError
+    from rcmflow.connectors.erp import ADAPTERS, AdapterConfigError
     from rcmflow.connectors.erp.command import run_erp
 
     settings = _settings()
-    _kafka(settings)
+    if adapter in ADAPTERS:  # else run_erp says which adapters there are
+        _connect(settings, kafka_access.erp_access(settings.app_id, adapter))
     try:
         code = run_erp(settings, adapter, idle_exit_s=idle_exit_s, metrics_port=metrics_port)
     except ValueError as exc:
@@ -202,7 +229,7 @@ def reconcile(
     from rcmflow.streams.chart import load_chart
 
     settings = _settings()
-    kafka = _kafka(settings)
+    kafka = _connect(settings, kafka_access.reconcile_access())
     try:
         first = date.fromisoformat(day_from) if day_from else None
         last = date.fromisoformat(day_to) if day_to else None
@@ -248,7 +275,7 @@ def mllp(
 
     settings = _settings()
     raise typer.Exit(run_mllp(
-        settings, _kafka(settings), host or settings.mllp_host,
+        settings, _connect(settings, kafka_access.mllp_access()), host or settings.mllp_host,
         settings.mllp_port if port is None else port,
         metrics_port=settings.mllp_metrics_port if metrics_port is None else metrics_port))
 
@@ -266,7 +293,8 @@ def ingest_events(
     from rcmflow.ingest import ingest_event_files
 
     settings = _settings()
-    raise typer.Exit(ingest_event_files(settings, _kafka(settings), files, console=err))
+    raise typer.Exit(ingest_event_files(settings, _ingest(settings, "events"), files,
+                                        console=err))
 
 
 _FILE_EXIT_CODES = (
@@ -293,7 +321,7 @@ def ingest_x12(
     from rcmflow.connectors.x12.files import ingest_x12_files
 
     settings = _settings()
-    raise typer.Exit(ingest_x12_files(settings, _kafka(settings), files, console=err))
+    raise typer.Exit(ingest_x12_files(settings, _ingest(settings, "x12"), files, console=err))
 
 
 @ingest_app.command("payments", help=(
@@ -313,8 +341,8 @@ def ingest_payments(
     from rcmflow.connectors.payments.ingest import ingest_payment_files
 
     settings = _settings()
-    raise typer.Exit(ingest_payment_files(settings, _kafka(settings), files, channel=channel,
-                                          console=err))
+    raise typer.Exit(ingest_payment_files(settings, _ingest(settings, "payments"), files,
+                                          channel=channel, console=err))
 
 
 @ingest_app.command("fhir", help=(
@@ -339,8 +367,8 @@ def ingest_fhir(
     except (OSError, ValueError) as exc:
         err.print(f"[red]chart of accounts (RCMFLOW_COA): {exc}[/red]")
         raise typer.Exit(2) from exc
-    raise typer.Exit(ingest_fhir_files(settings, _kafka(settings), files, currency=currency,
-                                       console=err))
+    raise typer.Exit(ingest_fhir_files(settings, _ingest(settings, "fhir"), files,
+                                       currency=currency, console=err))
 
 
 @ingest_app.command("hl7", help=(
@@ -360,7 +388,7 @@ def ingest_hl7(
     from rcmflow.connectors.hl7.batch import ingest_hl7_files
 
     settings = _settings()
-    raise typer.Exit(ingest_hl7_files(settings, _kafka(settings), files, console=err))
+    raise typer.Exit(ingest_hl7_files(settings, _ingest(settings, "hl7"), files, console=err))
 
 
 @app.command(help=(
@@ -382,7 +410,7 @@ def watch(
         raise typer.Exit(2)
     settings = _settings()
     try:
-        code = run_watch(folder, settings, _kafka(settings), err, once=once)
+        code = run_watch(folder, settings, _ingest(settings, "watch"), err, once=once)
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
@@ -393,7 +421,7 @@ def accounts_list(as_json: JsonFlag = False) -> None:
     """Every account with its status, version and balance."""
     from rcmflow.ops import latest_snapshots
 
-    snapshots = asyncio.run(latest_snapshots(_kafka(_settings())))
+    snapshots = asyncio.run(latest_snapshots(_reader("accounts list", ACCOUNTS)))
     if as_json:
         _print_json([_summary(s) for _, s in sorted(snapshots.items())])
         return
@@ -416,7 +444,7 @@ def accounts_show(
     """One account's balance buckets (in cents with --json), claims and payments."""
     from rcmflow.ops import latest_snapshots
 
-    snap = asyncio.run(latest_snapshots(_kafka(_settings()), account)).get(account)
+    snap = asyncio.run(latest_snapshots(_reader("accounts show", ACCOUNTS), account)).get(account)
     if snap is None:
         err.print(f"[red]no account {account!r}[/red] (not yet processed, or unknown)")
         raise typer.Exit(1)
@@ -446,7 +474,7 @@ def accounts_history(
     """The posting deltas emitted for an account, in version order."""
     from rcmflow.ops import posting_history
 
-    deltas = asyncio.run(posting_history(_kafka(_settings()), account))
+    deltas = asyncio.run(posting_history(_reader("accounts history", POSTINGS), account))
     if as_json:
         _print_json(deltas)
         return
@@ -470,7 +498,7 @@ def dlq_list(
     """DLQ records: stage, reason and business context (payloads with `dlq show`)."""
     from rcmflow.ops import dlq_records
 
-    records = asyncio.run(dlq_records(_kafka(_settings())))
+    records = asyncio.run(dlq_records(_reader("dlq list", DLQ)))
     if reason:
         records = [r for r in records if r.get("reason_code") == reason]
     if as_json:
@@ -489,7 +517,7 @@ def dlq_show(dlq_id: Annotated[str, typer.Argument(help="A dlq_id from `dlq list
     """One DLQ record in full, with its original payload."""
     from rcmflow.ops import dlq_records
 
-    for record in asyncio.run(dlq_records(_kafka(_settings()))):
+    for record in asyncio.run(dlq_records(_reader("dlq show", DLQ))):
         if record["dlq_id"] == dlq_id:
             _print_json(record)
             return
