@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from mode import Service
 
 from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.kafka_preflight import ACCESS_ERRORS, access_error
 
 __all__ = ["OutRecord", "Acked", "Outbox", "RECORD_BATCH_BYTES_MAX"]
 
@@ -73,7 +74,19 @@ class Outbox(Service):
             await producer.stop()
 
     async def send(self, records: Iterable[OutRecord]) -> list[Acked]:
-        """Send every record, in order per partition, and wait until the broker has them all."""
+        """Send every record, in order per partition, and wait until the broker has them all.
+
+        A refused write (an ACL missing or removed) raises KafkaAccessError naming it: the
+        agent crashes the worker rather than retry what no retry fixes.
+        """
+        try:
+            return await self._send(records)
+        except ACCESS_ERRORS as exc:
+            reason = access_error(exc, self.kafka, "worker")
+            assert reason is not None
+            raise reason from exc
+
+    async def _send(self, records: Iterable[OutRecord]) -> list[Acked]:
         await self._ensure_started()
         if self._producer is None:
             return await self._send_transactional(records)
