@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import TopicSpec
@@ -169,12 +169,13 @@ async def ensure_topics(
     kafka: KafkaConnection, specs: list[TopicSpec], partitions: int, replication_factor: int,
     *, needed: Collection[str] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created.
+    """Create the topics that do not exist yet; returns the names created (by this call or,
+    meanwhile, by another process).
 
     ``needed``: the topics the caller uses (default: all of ``specs``). On a cluster with
     ACLs a principal sees only the topics it may describe, so another component's topic
-    looks missing and creating it is refused: that is left alone. A needed topic that cannot
-    be created raises ``TopicCreateDenied`` naming the ACL.
+    looks missing and creating it is refused: that is left alone. A needed topic that does
+    not exist and may not be created raises ``TopicCreateDenied`` naming the ACL.
     """
     wanted = set(needed) if needed is not None else {spec.name for spec in specs}
     admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=10_000)
@@ -183,30 +184,38 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [spec for spec in specs if spec.name not in existing]
         created: list[str] = []  # by this call, or meanwhile by another process
+        denied: list[str] = []
         if missing:
             response = await admin.create_topics(
                 [NewTopic(spec.name, partitions, replication_factor, topic_configs=spec.config)
                  for spec in missing]
             )
             for name, code, message in _topic_errors(response):
-                if code == 0:
+                if code == 0 or code == 36:  # 36: created meanwhile by another process
                     created.append(name)
                 elif code in _CREATE_DENIED:
-                    if name in wanted:
-                        raise TopicCreateDenied(
-                            f"topic {name} does not exist and {kafka.describe()} may not "
-                            f"create it ({message or 'not authorized'}): create it as an "
-                            f"administrator, or grant CREATE on topic {name}")
-                    log.debug("topic %s: not visible to and not creatable by %s (another "
-                              "component's)", name, kafka.describe())
-                elif code == 36:  # created meanwhile by another process
-                    created.append(name)
+                    denied.append(name)
                 else:
                     raise BrokerError(f"cannot create topic {name}: error {code} {message}")
             await _wait_for_leaders(admin, created)
+        await _refuse_missing(admin, kafka, [name for name in denied if name in wanted])
         return created
     finally:
         await admin.close()
+
+
+async def _refuse_missing(admin: AIOKafkaAdminClient, kafka: KafkaConnection,
+                          names: list[str]) -> None:
+    """TopicCreateDenied for a needed topic that truly does not exist. One this principal may
+    not even describe may exist: its missing ACLs are the preflight's to name."""
+    if not names:
+        return
+    for entry in await admin.describe_topics(names):
+        if entry["error_code"] == UnknownTopicOrPartitionError.errno:
+            name = entry["topic"]
+            raise TopicCreateDenied(
+                f"topic {name} does not exist and {kafka.describe()} may not create it: "
+                f"create it as an administrator, or grant CREATE on topic {name}")
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
