@@ -80,7 +80,8 @@ def _connect(settings: Settings, access: Access) -> KafkaConnection:
 
     kafka = _kafka(settings)
     try:
-        asyncio.run(preflight(kafka, access))
+        # A broker that is down is left to the command: its own exit code says "run again".
+        asyncio.run(preflight(kafka, access, skip_if_unreachable=True))
     except KafkaAccessError as exc:
         err.print(f"[red]rcmflow {escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from exc
@@ -139,7 +140,8 @@ def worker(
     Start more to scale out: partitions spread across workers of the consumer group. Each
     worker on one machine takes the first free table directory (or RCMFLOW_WORKER_NAME), and
     needs its own --metrics-port. Metrics: rcmflow_worker_events_total by outcome, postings,
-    DLQ records, rcm.events lag. Exit 2: bad setting, no broker, or the metrics port taken.
+    DLQ records, rcm.events lag. Exit 2: bad setting, no broker, the metrics port taken, or
+    the broker refused the login or an ACL (at start or later; one line says which).
     """
     from rcmflow.run_worker import run_worker
 
@@ -180,8 +182,9 @@ def erp(
     id) or the delta went to rcm.postings.dlq with the ERP's reason. ERP outages are retried
     with backoff and a circuit breaker, forever: the connector stalls and its lag grows
     (rcmflow_erp_lag_records on --metrics-port, the progress log and
-    DATA_DIR/erp-ADAPTER.status.json). Exit 2: bad argument or the metrics port is taken;
-    3: the adapter is misconfigured; 4: the broker is unreachable or failing.
+    DATA_DIR/erp-ADAPTER.status.json). Exit 2: bad argument, the metrics port is taken, or
+    the broker refused the login or an ACL (at start or later); 3: the adapter is
+    misconfigured; 4: the broker is unreachable or failing.
     """
     from rcmflow.connectors.erp import ADAPTERS, AdapterConfigError
     from rcmflow.connectors.erp.command import run_erp
@@ -288,7 +291,9 @@ def ingest_events(
     """Publish canonical events (one JSON object per line) to rcm.events, keyed by account.
 
     Lines that are not JSON objects with an "account" go to rcm.dlq with the file and line.
-    Full validation happens in the worker; its rejections go to rcm.dlq too.
+    Full validation happens in the worker; its rejections go to rcm.dlq too. Exit 1: some
+    line went to rcm.dlq; 2: refused before publishing (file too large, a setting, the
+    broker's login or ACLs); 3: the broker did not acknowledge (running it again is safe).
     """
     from rcmflow.ingest import ingest_event_files
 
@@ -301,7 +306,8 @@ _FILE_EXIT_CODES = (
     "\n\n\b\nExit codes:\n"
     "  0  everything went through\n"
     "  1  published, but something went to rcm.dlq (parked sets, bad rows, rejected files)\n"
-    "  2  refused before publishing (file too large, bad RCMFLOW_* setting, no broker)\n"
+    "  2  refused before publishing (file too large, bad RCMFLOW_* setting, no broker,\n"
+    "     the broker refused the login or this user lacks an ACL)\n"
     "  3  the broker did not acknowledge: run the same command again (re-sending is safe)"
 )
 
@@ -379,7 +385,8 @@ def ingest_fhir(
     "publish nothing again.\n\n\b\nExit codes:\n"
     "  0  every message AA\n"
     "  1  some message AE/AR: its reason is printed and in rcm.dlq\n"
-    "  2  refused before publishing (file too large, bad setting, no broker, store held)\n"
+    "  2  refused before publishing (file too large, bad setting, no broker, store held,\n"
+    "     the broker refused the login or this user lacks an ACL)\n"
     "  3  the broker did not acknowledge: run the same command again (re-sending is safe)"))
 def ingest_hl7(
     files: Annotated[list[Path], typer.Argument(help="HL7 v2 files (CR, LF or CRLF).",

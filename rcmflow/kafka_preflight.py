@@ -17,7 +17,8 @@ starts its real clients, within ``PREFLIGHT_TIMEOUT_S``:
 
 A broker that cannot say what is authorized (no authorizer, an older protocol: the embedded
 broker) is checked for topic errors only. A missing topic is no access problem: the caller
-decides (the worker creates it, the facade waits for it).
+decides (the worker creates it, the facade waits for it). Neither is a broker that is down:
+the command-line commands then go on to meet it as they always have (``skip_if_unreachable``).
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 from rcmflow.kafka_access import Access
 from rcmflow.kafka_connection import KafkaConnection
 
-__all__ = ["KafkaAccessError", "preflight", "check_connection", "check_access",
-           "explain_kafka_error", "access_error", "ACCESS_ERRORS", "PREFLIGHT_TIMEOUT_S",
-           "DOCS"]
+__all__ = ["KafkaAccessError", "BrokerUnreachable", "preflight", "check_connection",
+           "check_access", "explain_kafka_error", "access_error", "ACCESS_ERRORS",
+           "PREFLIGHT_TIMEOUT_S", "DOCS"]
 
 log = logging.getLogger("rcmflow.preflight")
 
@@ -73,6 +74,10 @@ class KafkaAccessError(RuntimeError):
     The message is one line: the cause, then the setting or the ACL that fixes it."""
 
 
+class BrokerUnreachable(KafkaAccessError):
+    """No bootstrap server accepted a TCP connection (or none answered in time)."""
+
+
 #: What aiokafka raises when a permission is missing or lost, or a login is refused: none of
 #: them heals by retrying, so a running component stops on them (``access_error``).
 ACCESS_ERRORS: tuple[type[KafkaError], ...] = (
@@ -81,25 +86,39 @@ ACCESS_ERRORS: tuple[type[KafkaError], ...] = (
     SaslAuthenticationFailed)
 
 
-def access_error(exc: BaseException, kafka: KafkaConnection,
-                 component: str) -> KafkaAccessError | None:
+def access_error(exc: BaseException, kafka: KafkaConnection, component: str, *,
+                 operation: str | None = None) -> KafkaAccessError | None:
     """A running component's authorization or authentication failure as one clear line
-    (an ACL removed, a password rotated); None for any other error."""
+    (an ACL removed, a password rotated); None for any other error. ``operation``: what the
+    component was doing (e.g. WRITE), when the caller knows."""
     if isinstance(exc, KafkaAccessError):
         return exc
     if not isinstance(exc, ACCESS_ERRORS):
         return None
-    return KafkaAccessError(f"{component}: {explain_kafka_error(exc, kafka)}")
+    return KafkaAccessError(f"{component}: {explain_kafka_error(exc, kafka, operation)}")
 
 
 async def preflight(kafka: KafkaConnection, access: Access, *,
                     prepare: Callable[[], Awaitable[object]] | None = None,
+                    skip_if_unreachable: bool = False,
                     timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
     """Connect, authenticate, ``prepare``, and check ``access``; KafkaAccessError if not,
-    its message starting with the component ("worker: ...")."""
+    its message starting with the component ("worker: ...").
+
+    ``skip_if_unreachable``: a broker that refuses every connection (down, or not there) is
+    not this check's business: return, and let the command meet it as it always has (ingest
+    exits 3 "run it again", the ERP connector 4, the facade retries). Only a broker that
+    answers can tell a wrong password or a missing ACL.
+    """
     try:
         async with asyncio.timeout(timeout_s):
-            await check_connection(kafka)
+            try:
+                await check_connection(kafka)
+            except BrokerUnreachable:
+                if skip_if_unreachable:
+                    log.debug("%s: broker unreachable; preflight skipped", access.component)
+                    return
+                raise
             if prepare is not None:
                 await prepare()
             await check_access(kafka, access)
@@ -130,14 +149,17 @@ async def check_connection(kafka: KafkaConnection) -> None:
         conn.close()
         return
     # Authentication and TLS say more than "connection refused" on another server.
-    server, worst = max(failures, key=lambda f: _weight(f[1]))
-    raise KafkaAccessError(f"cannot connect to {server}: {explain_kafka_error(worst, kafka)}")
+    _, worst = max(failures, key=lambda f: _weight(f[1]))
+    if _weight(worst) == 1:
+        raise BrokerUnreachable(explain_kafka_error(worst, kafka))
+    raise KafkaAccessError(explain_kafka_error(worst, kafka))
 
 
 def _weight(exc: BaseException) -> int:
+    """3: the login was refused; 2: TLS or the listener refused us; 1: nothing answered."""
     if isinstance(exc, SaslAuthenticationFailed | UnsupportedSaslMechanismError):
         return 3
-    if isinstance(exc, ssl.SSLError | _Closed):
+    if isinstance(exc, ssl.SSLError | _Closed | KafkaError):
         return 2
     return 1
 
@@ -189,7 +211,8 @@ async def _diagnose(kafka: KafkaConnection, host: str, port: int,
     return _Closed(handshake=not answer)
 
 
-def explain_kafka_error(exc: BaseException, kafka: KafkaConnection) -> str:
+def explain_kafka_error(exc: BaseException, kafka: KafkaConnection,
+                        operation: str | None = None) -> str:
     """One line for an error of connecting, authenticating or authorizing, with the fix."""
     who = kafka.describe()
     if isinstance(exc, SaslAuthenticationFailed):
@@ -217,8 +240,8 @@ def explain_kafka_error(exc: BaseException, kafka: KafkaConnection) -> str:
         what = {TopicAuthorizationFailedError: "topic", GroupAuthorizationFailedError: "group",
                 TransactionalIdAuthorizationFailed: "transactional id",
                 ClusterAuthorizationFailedError: "cluster"}.get(type(exc), "resource")
-        return (f"not authorized ({who}): the broker refused an operation on {what} "
-                f"{_broker_text(exc)}; a Kafka ACL is missing (or was removed) for this "
+        return (f"not authorized ({who}): the broker refused {operation or 'an operation'} on "
+                f"{what} {_broker_text(exc)}; a Kafka ACL is missing (or was removed) for this "
                 f"principal (the ACLs of every component: {DOCS})")
     if isinstance(exc, OSError):
         return f"cannot connect ({who}): {exc.strerror or exc}"
