@@ -43,6 +43,7 @@ __all__ = [
     "mllp_access",
     "reconcile_access",
     "reader_access",
+    "documented_components",
     "INGEST_KINDS",
 ]
 
@@ -73,7 +74,7 @@ class AclBinding(NamedTuple):
 
     def __str__(self) -> str:
         where = self.name + ("*" if self.pattern == "PREFIXED" else "")
-        return f"{self.operation} on {self.resource_type.lower()} {where}"
+        return f"{self.operation} on {self.resource_type.lower().replace('_', ' ')} {where}"
 
 
 @dataclass(frozen=True)
@@ -167,3 +168,23 @@ def reconcile_access() -> Access:
 def reader_access(component: str, *topics: str) -> Access:
     """Operator commands (`accounts`, `dlq`) read one topic each, group-less."""
     return Access(component=component, read=topics)
+
+
+def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
+    """The rows of the README's ACL table ("Secure connections"), by command."""
+    return {
+        "rcmflow worker": worker_access(app_id),
+        "rcmflow worker (exactly_once)": worker_access(app_id, exactly_once=True),
+        "rcmflow erp csv (any adapter: its own group)": erp_access(app_id, "csv"),
+        "rcmflow facade": facade_access(),
+        "rcmflow mllp, rcmflow ingest hl7": mllp_access(),
+        "rcmflow ingest x12": ingest_access("x12"),
+        "rcmflow ingest payments": ingest_access("payments"),
+        "rcmflow ingest fhir": ingest_access("fhir"),
+        "rcmflow ingest events": ingest_access("events"),
+        "rcmflow watch": ingest_access("watch"),
+        "rcmflow reconcile": reconcile_access(),
+        "rcmflow accounts list, show": reader_access("accounts", ACCOUNTS),
+        "rcmflow accounts history": reader_access("accounts history", POSTINGS),
+        "rcmflow dlq list, show": reader_access("dlq", DLQ),
+    }

@@ -82,7 +82,7 @@ class Outbox(Service):
         try:
             return await self._send(records)
         except ACCESS_ERRORS as exc:
-            reason = access_error(exc, self.kafka, "worker")
+            reason = access_error(exc, self.kafka, "worker", operation="WRITE")
             assert reason is not None
             raise reason from exc
 
