@@ -69,7 +69,7 @@ class Feeder:
         self.status = FeedStatus()
         #: Set when the feed stopped for good: the broker refused the login or an ACL.
         self.fatal: KafkaAccessError | None = None
-        #: Called once then (`rcmflow facade` stops the server: a restart cannot fix it).
+        #: Called once then (`rcmflow facade` stops the server: no retry can fix it).
         self.on_fatal: Callable[[KafkaAccessError], None] | None = None
 
     async def run(self) -> None:

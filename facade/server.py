@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -75,15 +73,21 @@ def run_facade(settings: Settings, kafka: KafkaConnection, source: str) -> int:
     log.setLevel(level)
     app = build_app(settings, kafka, source)
     feeder: Feeder = app.state.feeder
-    # uvicorn stops gracefully on SIGTERM (its own handler): in-flight requests finish.
-    feeder.on_fatal = lambda _: os.kill(os.getpid(), signal.SIGTERM)
     log.info("FHIR facade on http://%s:%d%s (auth %s)", settings.facade_host,
              settings.facade_port, settings.facade_base_path, settings.facade_auth)
     # No access log: URLs carry search values (identifiers, dates) that may be PHI.
     # Finite limits: uvicorn leaves concurrency open; h11 bounds headers (16 KiB).
-    uvicorn.run(app, host=settings.facade_host, port=settings.facade_port,
-                log_level="warning", access_log=False, limit_concurrency=1000,
-                timeout_keep_alive=5)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.facade_host, port=settings.facade_port, log_level="warning",
+        access_log=False, limit_concurrency=1000, timeout_keep_alive=5))
+
+    def stop(_: Exception) -> None:
+        # A graceful stop (in-flight requests finish), as on SIGTERM; a signal would be
+        # re-raised by uvicorn after its shutdown and end the process before we say why.
+        server.should_exit = True
+
+    feeder.on_fatal = stop
+    server.run()
     if feeder.fatal is not None:
         print(f"rcmflow {feeder.fatal}", file=sys.stderr)
         return 2

@@ -404,7 +404,8 @@ def ingest_hl7(
     "<name>.reason file saying what was parked and why. Hidden, *.part and *.tmp files are "
     "left alone. Polls every RCMFLOW_WATCH_POLL_S seconds until Ctrl-C.\n\n\b\nExit codes:\n"
     "  0  stopped (Ctrl-C, or --once done)\n"
-    "  2  DIR is not a folder, bad RCMFLOW_* setting, or no broker"))
+    "  2  DIR is not a folder, bad RCMFLOW_* setting, no broker, or the broker refused\n"
+    "     the login or an ACL (at start, or later: the file is left in place)"))
 def watch(
     folder: Annotated[Path, typer.Argument(help="The drop folder.", file_okay=False)],
     once: Annotated[bool, typer.Option("--once", help="Handle what is there now, then stop.")
