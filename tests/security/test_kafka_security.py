@@ -79,6 +79,8 @@ USERS = {
     "erp-lost": erp_access(APP_ID, "csv"),
     "facade-lost": facade_access(),
     "watch-lost": ingest_access("watch"),
+    # exactly_once under its own app id: Faust's transactional producers need the prefix ACL.
+    "worker-eo": worker_access("eo", exactly_once=True),
     # Every other command, each as its own user with the README's ACLs only.
     **{f"ingest-{kind}": ingest_access(kind) for kind in ("hl7", "x12", "payments", "fhir")},
     "watch": ingest_access("watch"),
@@ -104,7 +106,8 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKaf
     try:
         async def administer() -> None:
             # The administrator makes the topics (nobody else holds CREATE) and the ACLs.
-            await ensure_topics(kafka.connection, topic_specs(APP_ID), PARTITIONS, 1)
+            eo_own = [spec for spec in topic_specs("eo") if spec.name.startswith("eo-")]
+            await ensure_topics(kafka.connection, topic_specs(APP_ID) + eo_own, PARTITIONS, 1)
             for name, access in {**USERS, **MTLS_USERS}.items():
                 await kafka.create_acls(f"User:{name}", access.acls())
 
@@ -406,6 +409,37 @@ def test_a_worker_that_may_not_create_a_missing_topic_says_so(secure_kafka: Apac
                                            tmp_path, RCMFLOW_APP_ID="fresh"), "worker")
     assert_fails_fast(done, took_s, "topic fresh-dedup-changelog does not exist",
                       "grant CREATE on topic fresh-dedup-changelog")
+
+
+async def test_exactly_once_without_its_transactional_id_acl_is_named(
+        secure_kafka: ApacheKafka) -> None:
+    with pytest.raises(KafkaAccessError, match=r"WRITE on transactional id rcmflow-\*"):
+        await preflight(secure_kafka.sasl_connection("worker"),
+                        worker_access(APP_ID, exactly_once=True))
+
+
+def test_an_exactly_once_worker_runs_with_only_its_acls(secure_kafka: ApacheKafka,
+                                                       tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(charge(700, "EO1", event_id="EO1-CH")) + "\n")
+    done, _ = run_rcmflow(rcmflow_env(secure_kafka.sasl_connection("ingest"),
+                                      tmp_path / "ingest"), "ingest", "events", str(events))
+    assert done.returncode == 0, done.stderr
+    pool = Workers(secure_kafka, tmp_path / "workers")
+    pool.data_dir.mkdir()
+    worker = pool.start("w1", **rcmflow_env(
+        secure_kafka.sasl_connection("worker-eo"), pool.data_dir, RCMFLOW_APP_ID="eo",
+        RCMFLOW_PROCESSING_GUARANTEE="exactly_once"))
+    try:
+        # Offsets committed inside transactions (TxnOffsetCommit) up to the end of rcm.events.
+        wait_until(lambda: not worker.alive() or _caught_up(secure_kafka, "eo", EVENTS), 120,
+                   "the exactly_once worker to commit", worker.log_tail)
+        assert worker.alive(), worker.log_tail()
+        postings = asyncio.run(read_topic(secure_kafka.connection, POSTINGS,
+                                          keep=lambda key: key == b"EO1"))
+        assert [json.loads(r.value or b"{}")["event_id"] for r in postings] == ["EO1-CH"]
+    finally:
+        worker.stop()
 
 
 # -- a permission lost while running: the worker and the ERP connector stop -----------------
