@@ -103,8 +103,14 @@ def _one_line_pem(pem: str) -> str:
 
 
 def _cluster_id() -> str:
-    """What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64, no padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64, no padding,
+    never starting with "-" (as Kafka's Uuid.randomUuid: StorageTool's argument parser took
+    one such id for an option, "argument --cluster-id/-t: expected one argument", 1 start in
+    64)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _storage_tool(jars: Path) -> str:
