@@ -89,7 +89,7 @@ ACCESS_ERRORS: tuple[type[KafkaError], ...] = (
 def access_error(exc: BaseException, kafka: KafkaConnection, component: str, *,
                  operation: str | None = None) -> KafkaAccessError | None:
     """A running component's authorization or authentication failure as one clear line
-    (an ACL removed, a password rotated); None for any other error. ``operation``: what the
+    (an ACL removed, a login refused); None for any other error. ``operation``: what the
     component was doing (e.g. WRITE), when the caller knows."""
     if isinstance(exc, KafkaAccessError):
         return exc

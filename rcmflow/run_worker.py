@@ -85,8 +85,8 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
     try:
         worker.execute_from_commandline()
     except SystemExit:
-        # An ACL removed or a password rotated while running: Faust crashes the worker (it
-        # does not retry them) and exits 1 after a traceback; say it in one line, exit 2.
+        # An ACL removed while running: Faust crashes the worker (it does not retry that)
+        # and exits 1 after a traceback; say it in one line, and exit 2.
         reason = access_error(worker.crash_reason, kafka, "worker") if worker.crash_reason \
             else None
         if reason is None:

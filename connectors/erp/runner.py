@@ -237,7 +237,7 @@ class Connector:
         except _Stop:
             return EXIT_OK
         except ACCESS_ERRORS as exc:
-            # A permission removed (or a password rotated) while running: no retry heals it.
+            # A permission removed while running: no retry heals it.
             log.error("erp %s: stopping (nothing committed past the last accepted delta): %s",
                       self.adapter.name, access_error(exc, opts.kafka, f"erp {self.adapter.name}"))
             return EXIT_USAGE

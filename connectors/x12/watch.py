@@ -97,7 +97,7 @@ def watch(folder: Path, settings: Settings, kafka: KafkaConnection, console: Con
             except BrokerFailed as exc:
                 denied = access_error(exc.__cause__, kafka, "watch", operation="WRITE") \
                     if exc.__cause__ is not None else None
-                if denied is not None:  # an ACL removed or a password rotated: no retry fixes it
+                if denied is not None:  # an ACL removed: no retry fixes it
                     say(console, f"[red]rcmflow {escape(str(denied))}; {path.name} left in "
                                  "place[/red]")
                     return 2
