@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
@@ -20,6 +21,7 @@ from aiokafka.structs import TopicPartition
 
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import log_ends, topic_partitions
+from rcmflow.kafka_preflight import KafkaAccessError, access_error
 from rcmflow.streams.topics import ACCOUNTS
 
 from .store import Store
@@ -65,15 +67,28 @@ class Feeder:
         self.source = source
         self.topic = topic
         self.status = FeedStatus()
+        #: Set when the feed stopped for good: the broker refused the login or an ACL.
+        self.fatal: KafkaAccessError | None = None
+        #: Called once then (`rcmflow facade` stops the server: no retry can fix it).
+        self.on_fatal: Callable[[KafkaAccessError], None] | None = None
 
     async def run(self) -> None:
-        """Consume until cancelled. Errors are logged and shown on /health, then retried."""
+        """Consume until cancelled. Errors are logged and shown on /health, then retried;
+        a refused login or a missing ACL (no retry fixes those) stops the feed instead."""
         while True:
             try:
                 await self._consume()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                fatal = access_error(exc, self.kafka, "facade")
+                if fatal is not None:
+                    self.fatal = fatal
+                    self.status.error = str(fatal)[:300]
+                    log.error("facade feed from %s stopped: %s", self.topic, fatal)
+                    if self.on_fatal is not None:
+                        self.on_fatal(fatal)
+                    return
                 self.status.error = f"{type(exc).__name__}: {exc}"[:300]
                 log.exception("facade feed from %s failed; retrying in 2 s", self.topic)
                 await asyncio.sleep(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def build_app(settings: Settings, kafka: KafkaConnection, source: str) -> FastAP
         cors_origins=tuple(o.strip() for o in settings.facade_cors_origins.split(",")
                            if o.strip()))
     app = create_app(store, auth, config, feeder.status)
+    app.state.feeder = feeder
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,15 +66,29 @@ def build_app(settings: Settings, kafka: KafkaConnection, source: str) -> FastAP
 
 
 def run_facade(settings: Settings, kafka: KafkaConnection, source: str) -> int:
-    """Serve until interrupted. Raises ValueError when auth is on and no key is set."""
+    """Serve until interrupted (0), or until the broker refuses the feed's login or ACL (2:
+    a read model that silently stops following rcm.accounts would serve stale balances).
+    Raises ValueError when auth is on and no key is set."""
     level = {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper())
     log.setLevel(level)
     app = build_app(settings, kafka, source)
+    feeder: Feeder = app.state.feeder
     log.info("FHIR facade on http://%s:%d%s (auth %s)", settings.facade_host,
              settings.facade_port, settings.facade_base_path, settings.facade_auth)
     # No access log: URLs carry search values (identifiers, dates) that may be PHI.
     # Finite limits: uvicorn leaves concurrency open; h11 bounds headers (16 KiB).
-    uvicorn.run(app, host=settings.facade_host, port=settings.facade_port,
-                log_level="warning", access_log=False, limit_concurrency=1000,
-                timeout_keep_alive=5)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.facade_host, port=settings.facade_port, log_level="warning",
+        access_log=False, limit_concurrency=1000, timeout_keep_alive=5))
+
+    def stop(_: Exception) -> None:
+        # A graceful stop (in-flight requests finish), as on SIGTERM; a signal would be
+        # re-raised by uvicorn after its shutdown and end the process before we say why.
+        server.should_exit = True
+
+    feeder.on_fatal = stop
+    server.run()
+    if feeder.fatal is not None:
+        print(f"rcmflow {feeder.fatal}", file=sys.stderr)
+        return 2
     return 0

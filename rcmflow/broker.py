@@ -16,17 +16,18 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import TopicSpec
 
 __all__ = ["EmbeddedBroker", "ensure_topics", "wait_for_broker", "stop_process", "free_port",
-           "BrokerError"]
+           "BrokerError", "TopicCreateDenied"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,14 @@ TOPIC_READY_TIMEOUT_S = 30.0
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started or reached."""
+
+
+class TopicCreateDenied(BrokerError):
+    """A topic the caller needs is missing and its principal may not create it (ACLs)."""
+
+
+#: CreateTopics answers for a principal without CREATE: TOPIC_ / CLUSTER_AUTHORIZATION_FAILED.
+_CREATE_DENIED = (29, 31)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -157,38 +166,71 @@ async def _poll_broker(kafka: KafkaConnection, deadline: float) -> None:
 
 
 async def ensure_topics(
-    kafka: KafkaConnection, specs: list[TopicSpec], partitions: int, replication_factor: int
+    kafka: KafkaConnection, specs: list[TopicSpec], partitions: int, replication_factor: int,
+    *, needed: Collection[str] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+    """Create the topics that do not exist yet; returns the names created (by this call or,
+    meanwhile, by another process).
+
+    ``needed``: the topics the caller uses (default: all of ``specs``). On a cluster with
+    ACLs a principal sees only the topics it may describe, so another component's topic
+    looks missing and creating it is refused: that is left alone. A needed topic that does
+    not exist and may not be created raises ``TopicCreateDenied`` naming the ACL.
+    """
+    wanted = set(needed) if needed is not None else {spec.name for spec in specs}
     admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [spec for spec in specs if spec.name not in existing]
+        created: list[str] = []  # by this call, or meanwhile by another process
+        denied: list[str] = []
         if missing:
             response = await admin.create_topics(
                 [NewTopic(spec.name, partitions, replication_factor, topic_configs=spec.config)
                  for spec in missing]
             )
             for name, code, message in _topic_errors(response):
-                if code not in (0, 36):  # 36: created meanwhile by another process
+                if code == 0 or code == 36:  # 36: created meanwhile by another process
+                    created.append(name)
+                elif code in _CREATE_DENIED:
+                    denied.append(name)
+                else:
                     raise BrokerError(f"cannot create topic {name}: error {code} {message}")
-            await _wait_for_leaders(admin, [spec.name for spec in missing])
-        return [spec.name for spec in missing]
+            await _wait_for_leaders(admin, created)
+        await _refuse_missing(admin, kafka, [name for name in denied if name in wanted])
+        return created
     finally:
         await admin.close()
+
+
+async def _refuse_missing(admin: AIOKafkaAdminClient, kafka: KafkaConnection,
+                          names: list[str]) -> None:
+    """TopicCreateDenied for a needed topic that truly does not exist. One this principal may
+    not even describe may exist: its missing ACLs are the preflight's to name."""
+    if not names:
+        return
+    for entry in await admin.describe_topics(names):
+        if entry["error_code"] == UnknownTopicOrPartitionError.errno:
+            name = entry["topic"]
+            raise TopicCreateDenied(
+                f"topic {name} does not exist and {kafka.describe()} may not create it: "
+                f"create it as an administrator, or grant CREATE on topic {name}")
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
     """Return once every partition of ``topics`` has a leader. Apache Kafka answers
     CreateTopics before its brokers lead the new partitions; a client that starts in between
     sees the topic without partitions (Tansu's answer comes after)."""
+    if not topics:
+        return
     deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
     while True:
         described = await admin.describe_topics(topics)
-        waiting = [entry["topic"] for entry in described
-                   if entry["error_code"] != 0 or not entry["partitions"]
-                   or any(p["leader"] < 0 for p in entry["partitions"])]
+        # 29: a topic this principal may create but not describe (ACLs): not ours to watch.
+        waiting = [entry["topic"] for entry in described if entry["error_code"] != 29 and (
+                   entry["error_code"] != 0 or not entry["partitions"]
+                   or any(p["leader"] < 0 for p in entry["partitions"]))]
         if not waiting:
             return
         if time.monotonic() > deadline:

@@ -15,11 +15,15 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from rcmflow import kafka_access
+from rcmflow.kafka_access import Access
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.ops import format_cents
 from rcmflow.settings import BrokerNotFound, Settings
+from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 
 app = typer.Typer(
     help="rcmflow: keeps patient billing and the ERP ledger in agreement, in stream.\n\n"
@@ -69,6 +73,29 @@ def _kafka(settings: Settings) -> KafkaConnection:
         raise typer.Exit(2) from exc
 
 
+def _connect(settings: Settings, access: Access) -> KafkaConnection:
+    """The broker connection, once a preflight showed this principal can log in and has
+    the ACLs ``access`` needs; else one line saying what to fix, and exit 2."""
+    from rcmflow.kafka_preflight import KafkaAccessError, preflight
+
+    kafka = _kafka(settings)
+    try:
+        # A broker that is down is left to the command: its own exit code says "run again".
+        asyncio.run(preflight(kafka, access, skip_if_unreachable=True))
+    except KafkaAccessError as exc:
+        err.print(f"[red]rcmflow {escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    return kafka
+
+
+def _ingest(settings: Settings, kind: str) -> KafkaConnection:
+    return _connect(settings, kafka_access.ingest_access(kind))
+
+
+def _reader(command: str, topic: str) -> KafkaConnection:
+    return _connect(_settings(), kafka_access.reader_access(command, topic))
+
+
 def _print_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
@@ -113,7 +140,8 @@ def worker(
     Start more to scale out: partitions spread across workers of the consumer group. Each
     worker on one machine takes the first free table directory (or RCMFLOW_WORKER_NAME), and
     needs its own --metrics-port. Metrics: rcmflow_worker_events_total by outcome, postings,
-    DLQ records, rcm.events lag. Exit 2: bad setting, no broker, or the metrics port taken.
+    DLQ records, rcm.events lag. Exit 2: bad setting, no broker, the metrics port taken, or
+    the broker refused the login or an ACL (at start or later; one line says which).
     """
     from rcmflow.run_worker import run_worker
 
@@ -131,7 +159,7 @@ def facade() -> None:
     from rcmflow.facade.server import run_facade
 
     settings = _settings()
-    kafka = _kafka(settings)
+    kafka = _connect(settings, kafka_access.facade_access())
     try:
         code = run_facade(settings, kafka, settings.resolve_broker()[1])
     except ValueError as exc:
@@ -154,14 +182,16 @@ def erp(
     id) or the delta went to rcm.postings.dlq with the ERP's reason. ERP outages are retried
     with backoff and a circuit breaker, forever: the connector stalls and its lag grows
     (rcmflow_erp_lag_records on --metrics-port, the progress log and
-    DATA_DIR/erp-ADAPTER.status.json). Exit 2: bad argument or the metrics port is taken;
-    3: the adapter is misconfigured; 4: the broker is unreachable or failing.
+    DATA_DIR/erp-ADAPTER.status.json). Exit 2: bad argument, the metrics port is taken, or
+    the broker refused the login or an ACL (at start or later); 3: the adapter is
+    misconfigured; 4: the broker is unreachable or failing.
     """
-    from rcmflow.connectors.erp import AdapterConfigError
+    from rcmflow.connectors.erp import ADAPTERS, AdapterConfigError
     from rcmflow.connectors.erp.command import run_erp
 
     settings = _settings()
-    _kafka(settings)
+    if adapter in ADAPTERS:  # else run_erp says which adapters there are
+        _connect(settings, kafka_access.erp_access(settings.app_id, adapter))
     try:
         code = run_erp(settings, adapter, idle_exit_s=idle_exit_s, metrics_port=metrics_port)
     except ValueError as exc:
@@ -202,7 +232,7 @@ def reconcile(
     from rcmflow.streams.chart import load_chart
 
     settings = _settings()
-    kafka = _kafka(settings)
+    kafka = _connect(settings, kafka_access.reconcile_access())
     try:
         first = date.fromisoformat(day_from) if day_from else None
         last = date.fromisoformat(day_to) if day_to else None
@@ -248,7 +278,7 @@ def mllp(
 
     settings = _settings()
     raise typer.Exit(run_mllp(
-        settings, _kafka(settings), host or settings.mllp_host,
+        settings, _connect(settings, kafka_access.mllp_access()), host or settings.mllp_host,
         settings.mllp_port if port is None else port,
         metrics_port=settings.mllp_metrics_port if metrics_port is None else metrics_port))
 
@@ -261,19 +291,23 @@ def ingest_events(
     """Publish canonical events (one JSON object per line) to rcm.events, keyed by account.
 
     Lines that are not JSON objects with an "account" go to rcm.dlq with the file and line.
-    Full validation happens in the worker; its rejections go to rcm.dlq too.
+    Full validation happens in the worker; its rejections go to rcm.dlq too. Exit 1: some
+    line went to rcm.dlq; 2: refused before publishing (file too large, a setting, the
+    broker's login or ACLs); 3: the broker did not acknowledge (running it again is safe).
     """
     from rcmflow.ingest import ingest_event_files
 
     settings = _settings()
-    raise typer.Exit(ingest_event_files(settings, _kafka(settings), files, console=err))
+    raise typer.Exit(ingest_event_files(settings, _ingest(settings, "events"), files,
+                                        console=err))
 
 
 _FILE_EXIT_CODES = (
     "\n\n\b\nExit codes:\n"
     "  0  everything went through\n"
     "  1  published, but something went to rcm.dlq (parked sets, bad rows, rejected files)\n"
-    "  2  refused before publishing (file too large, bad RCMFLOW_* setting, no broker)\n"
+    "  2  refused before publishing (file too large, bad RCMFLOW_* setting, no broker,\n"
+    "     the broker refused the login or this user lacks an ACL)\n"
     "  3  the broker did not acknowledge: run the same command again (re-sending is safe)"
 )
 
@@ -293,7 +327,7 @@ def ingest_x12(
     from rcmflow.connectors.x12.files import ingest_x12_files
 
     settings = _settings()
-    raise typer.Exit(ingest_x12_files(settings, _kafka(settings), files, console=err))
+    raise typer.Exit(ingest_x12_files(settings, _ingest(settings, "x12"), files, console=err))
 
 
 @ingest_app.command("payments", help=(
@@ -313,8 +347,8 @@ def ingest_payments(
     from rcmflow.connectors.payments.ingest import ingest_payment_files
 
     settings = _settings()
-    raise typer.Exit(ingest_payment_files(settings, _kafka(settings), files, channel=channel,
-                                          console=err))
+    raise typer.Exit(ingest_payment_files(settings, _ingest(settings, "payments"), files,
+                                          channel=channel, console=err))
 
 
 @ingest_app.command("fhir", help=(
@@ -339,8 +373,8 @@ def ingest_fhir(
     except (OSError, ValueError) as exc:
         err.print(f"[red]chart of accounts (RCMFLOW_COA): {exc}[/red]")
         raise typer.Exit(2) from exc
-    raise typer.Exit(ingest_fhir_files(settings, _kafka(settings), files, currency=currency,
-                                       console=err))
+    raise typer.Exit(ingest_fhir_files(settings, _ingest(settings, "fhir"), files,
+                                       currency=currency, console=err))
 
 
 @ingest_app.command("hl7", help=(
@@ -351,7 +385,8 @@ def ingest_fhir(
     "publish nothing again.\n\n\b\nExit codes:\n"
     "  0  every message AA\n"
     "  1  some message AE/AR: its reason is printed and in rcm.dlq\n"
-    "  2  refused before publishing (file too large, bad setting, no broker, store held)\n"
+    "  2  refused before publishing (file too large, bad setting, no broker, store held,\n"
+    "     the broker refused the login or this user lacks an ACL)\n"
     "  3  the broker did not acknowledge: run the same command again (re-sending is safe)"))
 def ingest_hl7(
     files: Annotated[list[Path], typer.Argument(help="HL7 v2 files (CR, LF or CRLF).",
@@ -360,7 +395,7 @@ def ingest_hl7(
     from rcmflow.connectors.hl7.batch import ingest_hl7_files
 
     settings = _settings()
-    raise typer.Exit(ingest_hl7_files(settings, _kafka(settings), files, console=err))
+    raise typer.Exit(ingest_hl7_files(settings, _ingest(settings, "hl7"), files, console=err))
 
 
 @app.command(help=(
@@ -369,7 +404,8 @@ def ingest_hl7(
     "<name>.reason file saying what was parked and why. Hidden, *.part and *.tmp files are "
     "left alone. Polls every RCMFLOW_WATCH_POLL_S seconds until Ctrl-C.\n\n\b\nExit codes:\n"
     "  0  stopped (Ctrl-C, or --once done)\n"
-    "  2  DIR is not a folder, bad RCMFLOW_* setting, or no broker"))
+    "  2  DIR is not a folder, bad RCMFLOW_* setting, no broker, or the broker refused\n"
+    "     the login or an ACL (at start, or later: the file is left in place)"))
 def watch(
     folder: Annotated[Path, typer.Argument(help="The drop folder.", file_okay=False)],
     once: Annotated[bool, typer.Option("--once", help="Handle what is there now, then stop.")
@@ -382,7 +418,7 @@ def watch(
         raise typer.Exit(2)
     settings = _settings()
     try:
-        code = run_watch(folder, settings, _kafka(settings), err, once=once)
+        code = run_watch(folder, settings, _ingest(settings, "watch"), err, once=once)
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
@@ -393,7 +429,7 @@ def accounts_list(as_json: JsonFlag = False) -> None:
     """Every account with its status, version and balance."""
     from rcmflow.ops import latest_snapshots
 
-    snapshots = asyncio.run(latest_snapshots(_kafka(_settings())))
+    snapshots = asyncio.run(latest_snapshots(_reader("accounts list", ACCOUNTS)))
     if as_json:
         _print_json([_summary(s) for _, s in sorted(snapshots.items())])
         return
@@ -416,7 +452,7 @@ def accounts_show(
     """One account's balance buckets (in cents with --json), claims and payments."""
     from rcmflow.ops import latest_snapshots
 
-    snap = asyncio.run(latest_snapshots(_kafka(_settings()), account)).get(account)
+    snap = asyncio.run(latest_snapshots(_reader("accounts show", ACCOUNTS), account)).get(account)
     if snap is None:
         err.print(f"[red]no account {account!r}[/red] (not yet processed, or unknown)")
         raise typer.Exit(1)
@@ -446,7 +482,7 @@ def accounts_history(
     """The posting deltas emitted for an account, in version order."""
     from rcmflow.ops import posting_history
 
-    deltas = asyncio.run(posting_history(_kafka(_settings()), account))
+    deltas = asyncio.run(posting_history(_reader("accounts history", POSTINGS), account))
     if as_json:
         _print_json(deltas)
         return
@@ -470,7 +506,7 @@ def dlq_list(
     """DLQ records: stage, reason and business context (payloads with `dlq show`)."""
     from rcmflow.ops import dlq_records
 
-    records = asyncio.run(dlq_records(_kafka(_settings())))
+    records = asyncio.run(dlq_records(_reader("dlq list", DLQ)))
     if reason:
         records = [r for r in records if r.get("reason_code") == reason]
     if as_json:
@@ -489,7 +525,7 @@ def dlq_show(dlq_id: Annotated[str, typer.Argument(help="A dlq_id from `dlq list
     """One DLQ record in full, with its original payload."""
     from rcmflow.ops import dlq_records
 
-    for record in asyncio.run(dlq_records(_kafka(_settings()))):
+    for record in asyncio.run(dlq_records(_reader("dlq show", DLQ))):
         if record["dlq_id"] == dlq_id:
             _print_json(record)
             return

@@ -11,7 +11,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from rcmflow.kafka_connection import KafkaConnection
@@ -70,7 +72,14 @@ def ingest_event_files(settings: Settings, kafka: KafkaConnection, files: list[P
         return 2
     rejected_total = 0
     for path in files:
-        counts = _publish_file(settings, kafka, path, console)
+        try:
+            counts = _publish_file(settings, kafka, path, console)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            # As `ingest x12|payments|fhir`: what was acked stays, re-sending is safe.
+            console.print(f"{escape(str(path))}: the broker did not acknowledge "
+                          f"({escape(f'{type(exc).__name__}: {exc}')}); run the same command "
+                          "again (re-sending is safe)", soft_wrap=True, highlight=False)
+            return 3
         rejected_total += counts[DLQ]
         console.print(f"{path}: {counts[EVENTS]} events published to {EVENTS}"
                       + (f", {counts[DLQ]} lines to {DLQ}" if counts[DLQ] else ""))

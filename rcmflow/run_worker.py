@@ -8,7 +8,9 @@ import logging
 import sys
 
 from rcmflow import metrics
-from rcmflow.broker import ensure_topics
+from rcmflow.broker import TopicCreateDenied, ensure_topics
+from rcmflow.kafka_access import worker_access
+from rcmflow.kafka_preflight import KafkaAccessError, access_error, preflight
 from rcmflow.settings import EMBEDDED_PREFIX, BrokerNotFound, Settings
 from rcmflow.streams.chart import ChartError, load_chart
 from rcmflow.streams.topics import topic_specs
@@ -35,9 +37,29 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
               "has none (its InitProducerId fails). Use at_least_once (crash-safe on its own) "
               "or set RCMFLOW_BROKER to a Kafka cluster.", file=sys.stderr)
         return 2
-    # A worker on a fresh broker creates the topics it needs, with every setting spelled out.
-    asyncio.run(ensure_topics(settings.kafka(), topic_specs(settings.app_id),
-                              settings.partitions, settings.replication_factor))
+    try:
+        kafka = settings.kafka()
+    except ValueError as exc:
+        print(f"rcmflow worker: {exc}", file=sys.stderr)
+        return 2
+    access = worker_access(settings.app_id,
+                           exactly_once=settings.processing_guarantee == "exactly_once")
+    specs = topic_specs(settings.app_id)
+
+    async def create_topics() -> None:
+        # A worker on a fresh broker creates the topics it needs, with every setting spelled
+        # out (on a cluster with ACLs, those of other components only if it may).
+        await ensure_topics(kafka, specs, settings.partitions, settings.replication_factor,
+                            needed=access.topics)
+
+    try:
+        asyncio.run(preflight(kafka, access, prepare=create_topics))
+    except KafkaAccessError as exc:
+        print(f"rcmflow {exc}", file=sys.stderr)
+        return 2
+    except TopicCreateDenied as exc:
+        print(f"rcmflow worker: {exc}", file=sys.stderr)
+        return 2
     datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
     app = build_app(settings, chart, datadir=datadir, measure_lag=port > 0)
     if port:
@@ -60,5 +82,15 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
 
     log.info("worker tables in %s, broker %s, chart %s", datadir, url, chart.version)
     worker = Worker(app, loglevel=settings.log_level, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        # An ACL removed while running: Faust crashes the worker (it does not retry that)
+        # and exits 1 after a traceback; say it in one line, and exit 2.
+        reason = access_error(worker.crash_reason, kafka, "worker") if worker.crash_reason \
+            else None
+        if reason is None:
+            raise
+        print(f"rcmflow {reason}", file=sys.stderr)
+        return 2
     return 0

@@ -25,6 +25,7 @@ from aiokafka.structs import TopicPartition
 from mode import Service
 
 from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.kafka_preflight import ACCESS_ERRORS, access_error
 
 __all__ = ["OutRecord", "Acked", "Outbox", "RECORD_BATCH_BYTES_MAX", "transactional_id"]
 
@@ -132,8 +133,17 @@ class Outbox(Service):
 
         Under exactly_once each record joins the open transaction of its partition's producer
         (opened here): acknowledged, but invisible to ``read_committed`` readers until
-        ``commit``.
+        ``commit``. A refused write (an ACL missing or removed) raises KafkaAccessError naming
+        it: the agent crashes the worker rather than retry what no retry fixes.
         """
+        try:
+            return await self._send(records)
+        except ACCESS_ERRORS as exc:
+            reason = access_error(exc, self.kafka, "worker", operation="WRITE")
+            assert reason is not None
+            raise reason from exc
+
+    async def _send(self, records: Iterable[OutRecord]) -> list[Acked]:
         futures: list[tuple[str, int, int, asyncio.Future[Any]]] = []
         builders: dict[tuple[str, int], Any] = {}
         counts: dict[tuple[str, int], int] = {}

@@ -386,6 +386,14 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
         table_standby_replicas=0,
         producer_acks=-1,
         web_enabled=False,
+        # No leader election (no on_leader timers): without it Faust neither creates nor
+        # consumes "<app id>-__assignor-__leader", one topic fewer to create and grant.
+        topic_disable_leader=True,
+        # `rcmflow worker` creates every topic first (run_worker.py, with all settings spelled
+        # out). Faust's own declare asks CreateTopics again for each table changelog it has no
+        # metadata for yet, and an existing topic without the CREATE ACL then kills the worker
+        # (TopicAuthorizationFailedError: "Cannot create topic: rcm.accounts (29)").
+        topic_allow_declare=False,
     )
     tables = AccountTables(app, partitions=settings.partitions,
                            state_cache_max=settings.state_cache_max)

@@ -7,6 +7,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING
 
+from rcmflow.kafka_access import erp_group
 from rcmflow.streams.chart import load_chart
 
 from . import ADAPTERS
@@ -21,7 +22,7 @@ __all__ = ["build_adapter", "run_erp", "group_id"]
 
 def group_id(settings: Settings, adapter: str) -> str:
     """The connector's own consumer group: one per adapter, apart from the workers'."""
-    return f"{settings.app_id}-erp-{adapter}"
+    return erp_group(settings.app_id, adapter)
 
 
 def build_adapter(name: str, settings: Settings) -> ErpAdapter:

@@ -40,6 +40,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from pydantic import ValidationError
 
 from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.kafka_preflight import ACCESS_ERRORS, access_error
 from rcmflow.metrics import Metric, counter, gauge, new_registry, serve, url
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.postings import PostingDelta
@@ -56,7 +57,8 @@ log = logging.getLogger("rcmflow.erp")
 #: before its offsets are committed: the window the ERP's duplicate guard must cover.
 KILL_AFTER_ENV = "RCMFLOW_TEST_ERP_KILL_AFTER"
 
-#: Exit codes of `rcmflow erp` (2: bad argument or setting, the metrics port taken).
+#: Exit codes of `rcmflow erp` (2: bad argument or setting, the metrics port taken, Kafka
+#: refused the login or an ACL).
 EXIT_OK, EXIT_USAGE, EXIT_BROKER, EXIT_CONFIG = 0, 2, 4, 3
 
 
@@ -237,6 +239,11 @@ class Connector:
             return EXIT_OK
         except _Stop:
             return EXIT_OK
+        except ACCESS_ERRORS as exc:
+            # A permission removed while running: no retry heals it.
+            log.error("erp %s: stopping (nothing committed past the last accepted delta): %s",
+                      self.adapter.name, access_error(exc, opts.kafka, f"erp {self.adapter.name}"))
+            return EXIT_USAGE
         except KafkaError as exc:
             log.error("erp %s: broker unreachable or failing, stopping (nothing committed past "
                       "the last accepted delta): %s", self.adapter.name, exc)
@@ -260,6 +267,8 @@ class Connector:
             assert self.consumer is not None
             try:
                 await self.consumer.commit({tp: OffsetAndMetadata(chunk[-1].offset + 1, "")})
+            except ACCESS_ERRORS:
+                raise  # the group's READ ACL is gone: re-reading would loop for ever
             except (CommitFailedError, KafkaError) as exc:
                 # Either the partition moved (rebalance: its new owner re-reads from the last
                 # commit) or the broker hiccuped. Never go on past an uncommitted chunk: seek

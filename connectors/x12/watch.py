@@ -15,9 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from rcmflow.connectors.payments.ingest import process_payments, report_payments
 from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.kafka_preflight import access_error
 from rcmflow.settings import Settings
 
 from ..files import BrokerFailed, publish_records, say
@@ -93,6 +95,12 @@ def watch(folder: Path, settings: Settings, kafka: KafkaConnection, console: Con
             try:
                 dest = handle_file(path, settings, kafka, console)
             except BrokerFailed as exc:
+                denied = access_error(exc.__cause__, kafka, "watch", operation="WRITE") \
+                    if exc.__cause__ is not None else None
+                if denied is not None:  # an ACL removed: no retry fixes it
+                    say(console, f"[red]rcmflow {escape(str(denied))}; {path.name} left in "
+                                 "place[/red]")
+                    return 2
                 say(console, f"[red]{path.name}: broker did not acknowledge ({exc}); "
                               "left in place, will retry[/red]")
                 continue

@@ -5,6 +5,18 @@ what needs them — Faust's ``exactly_once`` — is tested here. Same shape as E
 ``ApacheKafka().start()`` then ``.bootstrap`` / ``.url``, ``stop()``, or a ``with`` block.
 PLAINTEXT on 127.0.0.1 with free ports, data in a temp dir, logs in one file whose tail is in
 the error when the broker does not come up.
+
+``ApacheKafka(secure=KafkaSecurity(...))`` adds what hospital clusters run (tests/security):
+
+- a SASL_SSL listener (SCRAM-SHA-512; the users are created at storage format time);
+- an SSL listener that requires a client certificate (mutual TLS; the certificate's CN is the
+  principal: ``User:<CN>``);
+- certificates from a throw-away CA (``tests/apache_kafka/certs.py``), read as PEM by Kafka;
+- the StandardAuthorizer with ``allow.everyone.if.no.acl.found=false``: a principal reaches
+  nothing but what an ACL grants (``create_acls``).
+
+The PLAINTEXT listener stays, for the harness only: its principal, ``User:ANONYMOUS``, is a
+super user (as is the ``admin`` SCRAM user), so ``connection`` still creates topics and ACLs.
 """
 
 from __future__ import annotations
@@ -17,15 +29,24 @@ import tempfile
 import time
 import uuid
 import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import for_code
+from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
+
 from rcmflow.broker import BrokerError, free_port, stop_process, wait_for_broker
+from rcmflow.kafka_access import AclBinding
 from rcmflow.kafka_connection import KafkaConnection
+from tests.apache_kafka.certs import CertificateAuthority
 from tests.apache_kafka.fetch import ensure_jars, find_java
 from tests.compose_file import kafka_properties
 
-__all__ = ["ApacheKafka", "TEST_OVERRIDES", "ADDRESS_PROPERTIES"]
+__all__ = ["ApacheKafka", "KafkaSecurity", "ADMIN_USER", "SCRAM_MECHANISM", "TEST_OVERRIDES",
+           "ADDRESS_PROPERTIES"]
 
 # A JVM on 2 shared cores: format + first metadata answer takes seconds, not milliseconds.
 START_TIMEOUT_S = 90.0
@@ -65,6 +86,40 @@ logger.request.level = warn
 logger.state.name = state.change.logger
 logger.state.level = warn
 """
+#: With an authorizer: every denial is logged at INFO (what a missing ACL looks like).
+LOG4J2_AUTHORIZER = """\
+logger.authorizer.name = kafka.authorizer.logger
+logger.authorizer.level = info
+"""
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+#: A SCRAM super user for the secure listeners (the harness itself uses PLAINTEXT).
+ADMIN_USER = "admin"
+SUPER_USERS = ("User:ANONYMOUS", f"User:{ADMIN_USER}")
+
+# Kafka's wire codes for CreateAcls (org.apache.kafka.common.acl / resource).
+_RESOURCE_TYPES = {"TOPIC": 2, "GROUP": 3, "CLUSTER": 4, "TRANSACTIONAL_ID": 5}
+_PATTERN_TYPES = {"LITERAL": 3, "PREFIXED": 4}
+_OPERATIONS = {"ALL": 2, "READ": 3, "WRITE": 4, "CREATE": 5, "DELETE": 6, "ALTER": 7,
+               "DESCRIBE": 8, "CLUSTER_ACTION": 9, "DESCRIBE_CONFIGS": 10, "ALTER_CONFIGS": 11,
+               "IDEMPOTENT_WRITE": 12}
+_ALLOW = 3
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """The secure listeners of a test broker and who may log in on them."""
+
+    #: SCRAM-SHA-512 users (name -> password) created when the storage is formatted.
+    scram_users: Mapping[str, str] = field(default_factory=dict)
+    #: Also open an SSL listener that requires a client certificate signed by the CA.
+    mutual_tls: bool = True
+
+
+def _one_line_pem(pem: str) -> str:
+    """PEM as one properties-file line: Java's Properties turns each \\n back into a line
+    break (joined with spaces instead, Kafka served the CA as the broker's certificate)."""
+    return "\\n".join(line.strip() for line in pem.strip().splitlines())
 
 
 def _cluster_id() -> str:
@@ -92,7 +147,8 @@ class ApacheKafka:
     """An Apache Kafka process bound to 127.0.0.1 on a free port (its controller on another)."""
 
     def __init__(self, data_dir: Path | None = None, port: int | None = None,
-                 log_file: Path | None = None, heap: str = HEAP) -> None:
+                 log_file: Path | None = None, heap: str = HEAP,
+                 secure: KafkaSecurity | None = None) -> None:
         self.port = port or free_port()
         self.controller_port = free_port()
         self.heap = heap
@@ -102,6 +158,14 @@ class ApacheKafka:
         self.log_file = log_file or self.data_dir / "kafka.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.started_in_s: float | None = None
+        self.secure = secure
+        self.sasl_port = free_port() if secure else None
+        self.ssl_port = free_port() if secure and secure.mutual_tls else None
+        self.admin_password = uuid.uuid4().hex
+        self.ca: CertificateAuthority | None = None
+        if secure:
+            self.ca = CertificateAuthority(self.data_dir / "pki")
+            self._broker_cert = self.ca.issue("broker", server=True)
 
     @property
     def bootstrap(self) -> str:
@@ -113,9 +177,80 @@ class ApacheKafka:
 
     @property
     def connection(self) -> KafkaConnection:
+        """PLAINTEXT; on a secure broker this is the harness's super-user back door."""
         return KafkaConnection.plaintext(self.bootstrap)
 
+    @property
+    def sasl_bootstrap(self) -> str:
+        assert self.sasl_port, "not a secure broker"
+        return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        assert self.ssl_port, "no mutual TLS listener"
+        return f"127.0.0.1:{self.ssl_port}"
+
+    def sasl_connection(self, username: str, password: str | None = None) -> KafkaConnection:
+        """SASL_SSL + SCRAM-SHA-512 as ``username`` (its registered password by default)."""
+        assert self.secure and self.ca
+        if password is None:
+            password = (self.admin_password if username == ADMIN_USER
+                        else self.secure.scram_users[username])
+        return KafkaConnection(servers=(self.sasl_bootstrap,), security_protocol="SASL_SSL",
+                               sasl_mechanism=SCRAM_MECHANISM, username=username,
+                               password=password, ca_file=self.ca.ca_file)
+
+    def mtls_connection(self, common_name: str | None) -> KafkaConnection:
+        """SSL to the mutual-TLS listener with a client certificate for ``common_name`` (the
+        principal ``User:<common_name>``), or with none (``None``: the broker refuses it)."""
+        assert self.ca
+        if common_name is None:
+            return KafkaConnection(servers=(self.ssl_bootstrap,), security_protocol="SSL",
+                                   ca_file=self.ca.ca_file)
+        issued = self.ca.issue(common_name)
+        return KafkaConnection(servers=(self.ssl_bootstrap,), security_protocol="SSL",
+                               ca_file=self.ca.ca_file, cert_file=issued.cert_file,
+                               key_file=issued.key_file)
+
     def properties(self) -> dict[str, str]:
+        properties = self._plaintext_properties()
+        if self.secure:
+            properties.update(self._secure_properties())
+        return properties
+
+    def _secure_properties(self) -> dict[str, str]:
+        assert self.secure and self.ca
+        controller = f"127.0.0.1:{self.controller_port}"
+        listeners = [f"PLAINTEXT://{self.bootstrap}", f"SASL_SSL://{self.sasl_bootstrap}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "SASL_SSL:SASL_SSL", "CONTROLLER:PLAINTEXT"]
+        if self.ssl_port:
+            listeners.append(f"SSL://{self.ssl_bootstrap}")
+            protocols.append("SSL:SSL")
+        properties = {
+            "listeners": ",".join([*listeners, f"CONTROLLER://{controller}"]),
+            "advertised.listeners": ",".join(listeners),
+            "listener.security.protocol.map": ",".join(protocols),
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            # The broker only verifies SCRAM logins here (inter-broker traffic is PLAINTEXT).
+            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            # PEM in the properties themselves: no keystore files, no keytool.
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.certificate.chain": _one_line_pem(self._broker_cert.chain_pem()),
+            "ssl.keystore.key": _one_line_pem(self._broker_cert.key_pem()),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.certificates": _one_line_pem(self.ca.ca_pem()),
+            # Mutual TLS: no certificate, no connection; the CN names the principal.
+            "listener.name.ssl.ssl.client.auth": "required",
+            "ssl.principal.mapping.rules": "RULE:^CN=([^,]+),.*$/$1/,DEFAULT",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": ";".join(SUPER_USERS),
+            "allow.everyone.if.no.acl.found": "false",
+        }
+        return properties
+
+    def _plaintext_properties(self) -> dict[str, str]:
         """docker-compose.yml's broker settings, at this instance's addresses and data dir,
         with TEST_OVERRIDES: the tests run the production broker's configuration."""
         controller = f"127.0.0.1:{self.controller_port}"
@@ -139,14 +274,15 @@ class ApacheKafka:
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
         log4j = self.data_dir / "log4j2.properties"
-        log4j.write_text(LOG4J2)
+        log4j.write_text(LOG4J2 + (LOG4J2_AUTHORIZER if self.secure else ""))
         base = [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+ExitOnOutOfMemoryError",
                 "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",
                 f"-Dkafka.logs.dir={self.data_dir}", "-cp", str(jars / "*")]
         with open(self.log_file, "ab") as out:
             try:
                 subprocess.run([*base, _storage_tool(jars), "format", "-t", _cluster_id(),
-                                "-c", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                "-c", str(config), *self._scram_arguments()],
+                               stdout=out, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, timeout=FORMAT_TIMEOUT_S, check=True)
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
                 raise BrokerError(f"Apache Kafka storage format failed: {exc}\n"
@@ -165,6 +301,48 @@ class ApacheKafka:
                               f"--- {self.log_file} ---\n{self.log_tail()}") from exc
         self.started_in_s = time.monotonic() - started
         return self
+
+    def _scram_arguments(self) -> list[str]:
+        """StorageTool --add-scram per user: the credentials exist before the first login."""
+        if not self.secure:
+            return []
+        users = {**self.secure.scram_users, ADMIN_USER: self.admin_password}
+        arguments: list[str] = []
+        for name, password in users.items():
+            assert "," not in name + password and "]" not in name + password, name
+            arguments += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
+        return arguments
+
+    async def create_acls(self, principal: str, bindings: Iterable[AclBinding]) -> None:
+        """Grant ``bindings`` (ALLOW, any host) to ``principal`` (e.g. ``User:worker``)."""
+        await self._acls(CreateAclsRequest, principal, bindings)
+
+    async def delete_acls(self, principal: str, bindings: Iterable[AclBinding]) -> None:
+        """Take ``bindings`` back from ``principal`` (a permission lost while running)."""
+        await self._acls(DeleteAclsRequest, principal, bindings)
+
+    async def _acls(self, kind: type[CreateAclsRequest] | type[DeleteAclsRequest],
+                    principal: str, bindings: Iterable[AclBinding]) -> None:
+        # aiokafka's admin has no create_acls/delete_acls methods; its protocol module has
+        # CreateAcls and DeleteAcls v1 (which Kafka 4.1 still accepts), sent here through the
+        # admin's client, as the super user of the PLAINTEXT listener.
+        admin = AIOKafkaAdminClient(**self.connection.client_options(), request_timeout_ms=10_000)
+        await admin.start()
+        try:
+            for binding in bindings:
+                request = kind(
+                    _RESOURCE_TYPES[binding.resource_type], binding.name,
+                    _PATTERN_TYPES[binding.pattern], principal, "*",
+                    _OPERATIONS[binding.operation], _ALLOW)
+                response = await admin._client.send(admin._client.get_random_node(), request)
+                answers = (response.creation_responses if kind is CreateAclsRequest
+                           else [entry[:2] for entry in response.filter_responses])
+                for code, message in answers:
+                    if code:
+                        raise for_code(code)(f"{kind.__name__} {binding} for {principal}: "
+                                             f"{message}")
+        finally:
+            await admin.close()
 
     def stop(self, keep_data: bool = False) -> None:
         process, self.process = self.process, None

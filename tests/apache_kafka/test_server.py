@@ -42,3 +42,32 @@ def test_cluster_ids_never_start_with_a_dash() -> None:
     ids = [_cluster_id() for _ in range(2000)]  # a plain draw gives ~31 dashes here
     assert not [i for i in ids if i.startswith("-")]
     assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
+
+
+def test_secure_mode_properties_without_a_jvm(tmp_path: Path) -> None:
+    """What the secure broker is told (no JVM): its listeners, PEM material kept line by line
+    (joined with spaces, Kafka served the CA as the broker's certificate), deny by default."""
+    from cryptography import x509
+
+    from tests.apache_kafka.server import KafkaSecurity
+
+    kafka = ApacheKafka(data_dir=tmp_path / "kafka",
+                        secure=KafkaSecurity(scram_users={"worker": "pw-1"}))
+    props = kafka.properties()
+    assert props["listeners"].split(",")[:3] == [
+        f"PLAINTEXT://127.0.0.1:{kafka.port}", f"SASL_SSL://127.0.0.1:{kafka.sasl_port}",
+        f"SSL://127.0.0.1:{kafka.ssl_port}"]
+    assert props["listener.name.ssl.ssl.client.auth"] == "required"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert "org.apache.kafka.metadata.authorizer.StandardAuthorizer" in props[
+        "authorizer.class.name"]
+    chain = props["ssl.keystore.certificate.chain"].replace("\\n", "\n")
+    leaf, ca = x509.load_pem_x509_certificates(chain.encode())
+    assert "CN=broker" in leaf.subject.rfc4514_string() and ca.subject == leaf.issuer
+    assert "\n" not in props["ssl.keystore.key"]  # one properties line
+    assert kafka._scram_arguments()[:2] == ["--add-scram",
+                                            "SCRAM-SHA-512=[name=worker,password=pw-1]"]
+    # The default mode is untouched.
+    plain = ApacheKafka(data_dir=tmp_path / "plain").properties()
+    assert plain["listener.security.protocol.map"] == "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    assert not any(key.startswith(("ssl.", "sasl.", "authorizer")) for key in plain)
