@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import Outgoing, publish
+from rcmflow.kafka_io import Outgoing, RecordTooLarge, check_record_sizes, publish
 
 __all__ = ["ingest_files", "publish_records", "say", "BrokerFailed", "Record", "EXIT_OK",
            "EXIT_REJECTED", "EXIT_REFUSED", "EXIT_BROKER"]
@@ -46,7 +46,9 @@ class BrokerFailed(RuntimeError):
 
 def publish_records(kafka: KafkaConnection, records: list[Record],
                     *, label: str, console: Console) -> int:
-    """Send ``records`` with acks=all; returns how many were acknowledged."""
+    """Send ``records`` with acks=all; returns how many were acknowledged. RecordTooLarge,
+    before anything is sent, when a record is larger than its topic takes."""
+    check_record_sizes(records)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task(f"publishing {label}", total=len(records))
@@ -79,6 +81,10 @@ def ingest_files(
             outcome = read(path)
         try:
             publish_records(kafka, list(records(outcome)), label=path.name, console=console)
+        except RecordTooLarge as exc:
+            say(console, f"[red]{escape(str(path))}: refused, nothing published: "
+                         f"{escape(str(exc))}; split the file[/red]")
+            return EXIT_REFUSED
         except BrokerFailed as exc:
             say(console, f"[red]{escape(str(path))}: the broker did not acknowledge "
                          f"({escape(str(exc))}); run the same command again (re-sending is "

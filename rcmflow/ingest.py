@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import publish
+from rcmflow.kafka_io import RecordTooLarge, publish
 from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS
@@ -28,8 +28,10 @@ __all__ = ["ingest_event_files", "key_lines", "INGEST_FILE_BYTES_MAX"]
 INGEST_FILE_BYTES_MAX = 2 * 1024**3
 
 
-def key_lines(path: Path, line_bytes_max: int) -> Iterator[tuple[str, bytes | None, bytes]]:
-    """(topic, key, value) per non-empty line: rcm.events, or rcm.dlq with the reason."""
+def key_lines(path: Path, line_bytes_max: int,
+              payload_bytes_max: int) -> Iterator[tuple[str, bytes | None, bytes]]:
+    """(topic, key, value) per non-empty line: rcm.events, or rcm.dlq with the reason (and
+    at most ``payload_bytes_max`` of the line)."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             line = raw.strip()
@@ -58,6 +60,7 @@ def key_lines(path: Path, line_bytes_max: int) -> Iterator[tuple[str, bytes | No
                 reason=f"{path.name} line {number}: {reason[1]}",
                 origin=Origin(topic=f"file:{path}", partition=0, offset=number, key=None),
                 payload=line,
+                payload_bytes_max=payload_bytes_max,
             )
             yield DLQ, None, record.model_dump_json().encode()
 
@@ -74,6 +77,10 @@ def ingest_event_files(settings: Settings, kafka: KafkaConnection, files: list[P
     for path in files:
         try:
             counts = _publish_file(settings, kafka, path, console)
+        except RecordTooLarge as exc:  # not reachable with the settings' bounds; never "again"
+            console.print(f"{escape(str(path))}: refused: {escape(str(exc))}", soft_wrap=True,
+                          highlight=False)
+            return 2
         except (KafkaError, OSError, TimeoutError) as exc:
             # As `ingest x12|payments|fhir`: what was acked stays, re-sending is safe.
             console.print(f"{escape(str(path))}: the broker did not acknowledge "
@@ -91,7 +98,8 @@ def _publish_file(settings: Settings, kafka: KafkaConnection, path: Path,
     counts = {EVENTS: 0, DLQ: 0}
 
     def counted() -> Iterator[tuple[str, bytes | None, bytes]]:
-        for topic, key, value in key_lines(path, settings.event_bytes_max):
+        for topic, key, value in key_lines(path, settings.event_bytes_max,
+                                           settings.dlq_payload_bytes_max):
             counts[topic] += 1
             yield topic, key, value
 

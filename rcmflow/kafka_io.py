@@ -24,12 +24,17 @@ from aiokafka.errors import (
 from aiokafka.structs import TopicPartition
 
 from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.streams.topics import RAW_HL7_RECORD_BYTES_MAX, record_bytes_max
 
 __all__ = ["Record", "Outgoing", "Headers", "read_topic", "publish", "send", "log_ends",
-           "topic_partitions", "committed_offsets", "IsolationLevel", "READ_TIMEOUT_S",
-           "PUBLISH_IN_FLIGHT_MAX"]
+           "topic_partitions", "committed_offsets", "RecordTooLarge", "check_record_sizes",
+           "record_size", "IsolationLevel", "READ_TIMEOUT_S", "PUBLISH_IN_FLIGHT_MAX"]
 
 READ_TIMEOUT_S = 30.0
+#: Room kept under a topic's record limit for the record's own overhead.
+RECORD_OVERHEAD_BYTES = 1024
+#: A request holds records up to the largest any rcm.* topic takes (rcm.raw.hl7's).
+PUBLISH_REQUEST_BYTES_MAX = RAW_HL7_RECORD_BYTES_MAX
 #: Records queued before waiting for acks: bounds memory on a large file.
 PUBLISH_IN_FLIGHT_MAX = 5_000
 
@@ -148,6 +153,26 @@ async def send(producer: AIOKafkaProducer, item: Outgoing) -> asyncio.Future[obj
     return future
 
 
+class RecordTooLarge(ValueError):
+    """A record larger than its topic takes: no re-send can succeed (refuse the input)."""
+
+
+def record_size(item: Outgoing) -> int:
+    """Bytes of a record's key, value and headers (the broker adds a few dozen)."""
+    headers = item[3] if len(item) > 3 else ()
+    return (len(item[1] or b"") + len(item[2])
+            + sum(len(name) + len(value) for name, value in headers))
+
+
+def check_record_sizes(items: Iterable[Outgoing]) -> None:
+    """RecordTooLarge for the first record its topic would refuse (nothing is sent)."""
+    for item in items:
+        size, limit = record_size(item), record_bytes_max(item[0])
+        if size + RECORD_OVERHEAD_BYTES > limit:
+            raise RecordTooLarge(f"a record for {item[0]} of {size} bytes is larger than the "
+                                 f"{limit} bytes that topic takes")
+
+
 async def publish(
     kafka: KafkaConnection,
     items: Iterable[Outgoing],
@@ -155,13 +180,16 @@ async def publish(
     on_acked: Callable[[int], None] | None = None,
 ) -> int:
     """Send (topic, key, value[, headers]) with acks=all; returns how many the broker
-    acknowledged."""
-    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=5)
+    acknowledged. A record its topic cannot take raises RecordTooLarge before it is sent
+    (callers check a unit's records first: ``check_record_sizes``)."""
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=5,
+                                max_request_size=PUBLISH_REQUEST_BYTES_MAX)
     await producer.start()
     sent = 0
     try:
         pending: list[asyncio.Future[object]] = []
         for item in items:
+            check_record_sizes([item])
             pending.append(await send(producer, item))
             if len(pending) >= PUBLISH_IN_FLIGHT_MAX:
                 await asyncio.gather(*pending)

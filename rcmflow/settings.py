@@ -233,16 +233,19 @@ class Settings(BaseSettings):
         "past it are not read: one rcm.dlq record says where it stopped."
     )
     fhir_resource_bytes_max: int = Field(
-        1024 * 1024, ge=1024, description="Largest single resource; larger: rcm.dlq "
-        "(fhir_too_large), the other resources of the file go through."
+        1024 * 1024, ge=1024, le=4 * 1024 * 1024, description="Largest single resource; "
+        "larger: rcm.dlq (fhir_too_large), the other resources of the file go through. At "
+        "most 4 MiB: its rcm.raw.fhir record stays under the topic's 8 MiB limit."
     )
     fhir_account_systems: list[str] = Field(
         ["urn:rcmflow:account"], description="Identifier systems whose value is the patient "
         "account number in an Account reference (JSON list); Account/<id> always is."
     )
     dlq_payload_bytes_max: int = Field(
-        512 * 1024, ge=1024,
-        description="Raw input kept in one DLQ record from a file (the rest is cut, and said).",
+        512 * 1024, ge=1024, le=4 * 1024 * 1024,
+        description="Raw input kept in one DLQ record (the rest is cut, and said; the "
+        "record's origin names the whole input). At most 4 MiB: a DLQ record, base64 and all, "
+        "stays under rcm.dlq's 8 MiB record limit.",
     )
     watch_poll_s: float = Field(
         2.0, gt=0, le=3600, description="`rcmflow watch`: how often the drop folder is listed."

@@ -1,7 +1,9 @@
 """DLQ records: the original payload, the stage, a readable reason and business context.
 
 Each record has a deterministic id (stage + where the input was read), so a record written
-again after a crash is recognisably the same one. Payloads are kept whole: the DLQ is an
+again after a crash is recognisably the same one. Payloads are kept up to a bound
+(``payload_bytes_max``; the context then says ``payload_truncated`` and the whole size): a
+DLQ record must fit its topic, and its origin names where the whole input is. The DLQ is an
 operator view and may hold PHI; it is never logged.
 """
 
@@ -53,8 +55,12 @@ def dlq_record(
     context: dict[str, Any] | None = None,
     severity: Literal["error", "warning"] = "error",
     discriminator: str = "",
+    payload_bytes_max: int | None = None,
 ) -> DlqRecord:
     """Build a record; ``discriminator`` tells apart several records from one input."""
+    if payload_bytes_max is not None and len(payload) > payload_bytes_max:
+        context = (context or {}) | {"payload_truncated": True, "payload_bytes": len(payload)}
+        payload = payload[:payload_bytes_max]
     material = f"{stage}|{reason_code}|{origin.topic}|{origin.partition}|{origin.offset}|"
     dlq_id = "dlq_" + hashlib.sha256((material + discriminator).encode()).hexdigest()[:24]
     try:

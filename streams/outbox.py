@@ -26,10 +26,11 @@ from mode import Service
 
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_preflight import ACCESS_ERRORS, access_error
+from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX
 
 __all__ = ["OutRecord", "Acked", "Outbox", "RECORD_BATCH_BYTES_MAX", "transactional_id"]
 
-#: Largest record batch sent (Kafka's default message.max.bytes is 1 MiB).
+#: Record batches are cut at this size (a record larger than it travels in a batch alone).
 RECORD_BATCH_BYTES_MAX = 512 * 1024
 
 
@@ -77,7 +78,9 @@ class Outbox(Service):
             acks="all",
             linger_ms=0,
             max_batch_size=RECORD_BATCH_BYTES_MAX,
-            max_request_size=2 * RECORD_BATCH_BYTES_MAX,
+            # A batch holds one record larger than max_batch_size alone: up to the output
+            # topics' limit (a snapshot near RCMFLOW_ACCOUNT_ITEMS_MAX is ~2 MB).
+            max_request_size=OUTPUT_RECORD_BYTES_MAX,
             request_timeout_ms=int(self.timeout_s * 1000),
             **extra,
         )

@@ -23,13 +23,20 @@ from .dedup import DedupEntry, Verdict, dedup_key, judge
 from .dlq import Origin, dlq_record
 from .events import EVENT_ADAPTER, Event, EventKind, event_digest
 from .rejections import Rejection
-from .state import AccountState
+from .state import AccountState, state_json
+from .topics import OUTPUT_RECORD_BYTES_MAX
 
 __all__ = ["Message", "BatchResult", "Counts", "Processor", "describe_validation_error"]
 
 #: Largest canonical event accepted (one JSON document); larger ones go to the DLQ.
 EVENT_BYTES_MAX = 256 * 1024
+#: Raw input kept in a DLQ record (the record's origin names the whole one on rcm.events).
+DLQ_PAYLOAD_BYTES_MAX = 512 * 1024
+#: Room kept under a topic's record limit for the key and the record's own overhead.
+RECORD_OVERHEAD_BYTES = 64 * 1024
 ERRORS_SHOWN_MAX = 5
+#: Longest piece of the input quoted in a DLQ reason or context.
+SHOWN_CHARS_MAX = 200
 
 
 class Message(NamedTuple):
@@ -68,8 +75,10 @@ class BatchResult:
     dlq: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     #: Phase 2: dedup records (key -> value): only once the outputs they vouch for are durable.
     dedup_writes: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
-    #: Phase 3: the newest state of each touched account, by (partition, account).
+    #: Phase 3: the newest state of each touched account, by (partition, account) ...
     state_writes: dict[tuple[int, str], AccountState] = field(default_factory=dict)
+    #: ... and its snapshot (rcm.accounts record value), each under the output limit.
+    snapshots: dict[tuple[int, str], bytes] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
 
 
@@ -84,18 +93,42 @@ class Processor:
         *,
         event_bytes_max: int = EVENT_BYTES_MAX,
         account_items_max: int = ACCOUNT_ITEMS_MAX,
+        dlq_payload_bytes_max: int = DLQ_PAYLOAD_BYTES_MAX,
+        output_bytes_max: int = OUTPUT_RECORD_BYTES_MAX,
     ) -> None:
+        """``output_bytes_max``: the largest delta or account snapshot the worker may write
+        (the output topics' record limit); an event that would make a larger one is refused."""
         self.chart = chart
         self.event_bytes_max = event_bytes_max
         self.account_items_max = account_items_max
+        self.dlq_payload_bytes_max = dlq_payload_bytes_max
+        self.output_bytes_max = output_bytes_max - RECORD_OVERHEAD_BYTES
 
     def process(
         self, messages: list[Message], load_state: StateLookup, load_dedup: DedupLookup
     ) -> BatchResult:
+        result = self._process(messages, load_state, load_dedup, measured=set())
+        oversized = self._encode_snapshots(result)
+        if oversized:
+            # Rare: an account whose snapshot would outgrow rcm.accounts. The batch is run
+            # again measuring that account after each event, and the event that would make
+            # it too large is refused (only then: measuring costs a serialisation per event).
+            result = self._process(messages, load_state, load_dedup, measured=oversized)
+            assert not self._encode_snapshots(result), "a measured snapshot is too large"
+        return result
+
+    def _process(self, messages: list[Message], load_state: StateLookup,
+                 load_dedup: DedupLookup, measured: set[tuple[int, str]]) -> BatchResult:
         result = BatchResult()
         for message in messages:
-            self._one(message, result, load_state, load_dedup)
+            self._one(message, result, load_state, load_dedup, measured)
         return result
+
+    def _encode_snapshots(self, result: BatchResult) -> set[tuple[int, str]]:
+        """Fill ``result.snapshots``; returns the accounts whose snapshot is too large."""
+        result.snapshots = {key: state_json(state) for key, state in result.state_writes.items()}
+        return {key for key, snapshot in result.snapshots.items()
+                if len(snapshot) > self.output_bytes_max}
 
     def _one(
         self,
@@ -103,6 +136,7 @@ class Processor:
         out: BatchResult,
         load_state: StateLookup,
         load_dedup: DedupLookup,
+        measured: set[tuple[int, str]],
     ) -> None:
         decoded = self._decode(msg)
         if isinstance(decoded, Rejection):
@@ -135,6 +169,8 @@ class Processor:
             return
         current = state or new_account(event.account)
         outcome = apply(current, event, self.chart, items_max=self.account_items_max)
+        if isinstance(outcome, Applied):
+            outcome = self._fits(outcome, (part, event.account) in measured) or outcome
         if isinstance(outcome, Rejection):
             self._reject(msg, out, outcome, event)
             entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
@@ -146,6 +182,23 @@ class Processor:
                                version=outcome.state.version, posting_sha256=_sha256(posting))
             out.state_writes[(part, event.account)] = outcome.state
         out.dedup_writes[(part, dkey)] = entry.to_json()
+
+    def _fits(self, outcome: Applied, measure_snapshot: bool) -> Rejection | None:
+        """A refusal when the event's delta or (``measure_snapshot``) the account's new
+        snapshot would be larger than the output topics take (Apache Kafka would refuse the
+        record: the batch could never be written)."""
+        limit = self.output_bytes_max
+        if outcome.delta is not None and len(outcome.delta) > limit:
+            return Rejection(stage="posting", reason_code="output_too_large",
+                             detail=f"its posting delta would be {len(outcome.delta)} bytes; "
+                             f"the largest record rcm.postings takes is {limit} bytes")
+        if measure_snapshot:
+            size = len(state_json(outcome.state))
+            if size > limit:
+                return Rejection(stage="rules", reason_code="account_too_large",
+                                 detail=f"the account's snapshot would be {size} bytes; the "
+                                 f"largest record rcm.accounts takes is {limit} bytes")
+        return None
 
     def _redeliver(
         self,
@@ -239,6 +292,7 @@ class Processor:
             payload=msg.value or b"",
             received_at=_received_at(msg),
             context=_context(event) if event is not None else _loose_context(msg.value),
+            payload_bytes_max=self.dlq_payload_bytes_max,
         )
         out.dlq.append((msg.partition, msg.key or b"", record.model_dump_json().encode()))
 
@@ -287,7 +341,13 @@ def _loose_context(value: bytes | None) -> dict[str, object]:
         return {}
     if not isinstance(doc, dict):
         return {}
-    return {k: doc[k] for k in ("account", "event_id", "kind") if isinstance(doc.get(k), str)}
+    return {k: _shortened(doc[k]) for k in ("account", "event_id", "kind")
+            if isinstance(doc.get(k), str)}
+
+
+def _shortened(text: str, chars_max: int = SHOWN_CHARS_MAX) -> str:
+    """Input quoted in a DLQ reason or context: bounded (the payload holds the rest)."""
+    return text if len(text) <= chars_max else f"{text[:chars_max]}... ({len(text)} chars)"
 
 
 def describe_validation_error(exc: ValidationError) -> Rejection:
@@ -309,7 +369,7 @@ def describe_validation_error(exc: ValidationError) -> Rejection:
         # Drop the discriminator tag from the location: ('charge_posted', 'amount_cents').
         loc = ".".join(str(p) for p in err["loc"][1:]) or str(err["loc"][0] if err["loc"] else "")
         got = err.get("input")
-        shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+        shown = "" if isinstance(got, (dict, list)) else f" (got {_shortened(repr(got))})"
         parts.append(f"{loc or 'event'}: {err['msg']}{shown}")
     if len(errors) > ERRORS_SHOWN_MAX:
         parts.append(f"... and {len(errors) - ERRORS_SHOWN_MAX} more")

@@ -208,7 +208,7 @@ class Pipeline:
         self.tables.store([], {}, await self.outbox.send(dedup))
         self._fault_point("dedup-acked")
         # Account states, which are also the rcm.accounts snapshots.
-        states = self.tables.state_records(result.state_writes)
+        states = self.tables.state_records(result.snapshots)
         self.tables.store(states, result.state_writes)
         self.tables.store([], {}, await self.outbox.send(states))
 
@@ -217,7 +217,7 @@ class Pipeline:
         """exactly_once: outputs, changelog records and the next offsets of each source
         partition in one transaction; the local stores only after it committed."""
         changelog = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
-        changelog += self.tables.state_records(result.state_writes)
+        changelog += self.tables.state_records(result.snapshots)
         acks = await self.outbox.send(outputs + changelog)
         self._fault_point("outputs-acked")
         await self.outbox.commit(admitted.read_to, self.app.conf.id)
@@ -398,7 +398,8 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     tables = AccountTables(app, partitions=settings.partitions,
                            state_cache_max=settings.state_cache_max)
     processor = Processor(chart, event_bytes_max=settings.event_bytes_max,
-                          account_items_max=settings.account_items_max)
+                          account_items_max=settings.account_items_max,
+                          dlq_payload_bytes_max=settings.dlq_payload_bytes_max)
     outbox = Outbox(kafka=kafka, timeout_s=settings.produce_timeout_s, app_id=settings.app_id,
                     source_topic=EVENTS,
                     exactly_once=settings.processing_guarantee == "exactly_once")

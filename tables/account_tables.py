@@ -20,7 +20,7 @@ import faust
 
 from rcmflow.streams.dedup import DedupEntry
 from rcmflow.streams.outbox import Acked, OutRecord
-from rcmflow.streams.state import AccountState, state_json
+from rcmflow.streams.state import AccountState
 from rcmflow.streams.topics import ACCOUNTS
 
 from .faust_internals import TableIO
@@ -118,10 +118,10 @@ class AccountTables:
                     for p, offset in next_offsets.items()]
         return records
 
-    def state_records(self, writes: dict[tuple[int, str], AccountState]) -> list[OutRecord]:
-        """The snapshots (rcm.accounts records) of account states (``store`` writes them)."""
-        return [OutRecord(ACCOUNTS, partition, account.encode(), state_json(state))
-                for (partition, account), state in writes.items()]
+    def state_records(self, snapshots: dict[tuple[int, str], bytes]) -> list[OutRecord]:
+        """The rcm.accounts records of account snapshots (``store`` writes them)."""
+        return [OutRecord(ACCOUNTS, partition, account.encode(), snapshot)
+                for (partition, account), snapshot in snapshots.items()]
 
     def store(self, records: Iterable[OutRecord], states: dict[tuple[int, str], AccountState],
               acks: Iterable[Acked] = ()) -> None:

@@ -44,7 +44,7 @@ from rcmflow.kafka_preflight import ACCESS_ERRORS, access_error
 from rcmflow.metrics import Metric, counter, gauge, new_registry, serve, url
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.postings import PostingDelta
-from rcmflow.streams.topics import POSTINGS, POSTINGS_DLQ
+from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX, POSTINGS, POSTINGS_DLQ
 
 from .base import AdapterConfigError, ErpAdapter, Outcome, Rejected, TransientError
 
@@ -60,6 +60,9 @@ KILL_AFTER_ENV = "RCMFLOW_TEST_ERP_KILL_AFTER"
 #: Exit codes of `rcmflow erp` (2: bad argument or setting, the metrics port taken, Kafka
 #: refused the login or an ACL).
 EXIT_OK, EXIT_USAGE, EXIT_BROKER, EXIT_CONFIG = 0, 2, 4, 3
+#: What an rcm.postings.dlq record keeps of the ERP's answer and of the delta.
+REASON_CHARS_MAX = 4000
+DLQ_PAYLOAD_BYTES_MAX = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ class Connector:
             # delta of an aborted transaction never reaches the ERP (its re-send would).
             isolation_level="read_committed")
         self.producer = AIOKafkaProducer(**opts.kafka.client_options(), acks="all",
+                                         max_request_size=OUTPUT_RECORD_BYTES_MAX,
                                          linger_ms=5)
         log.debug("erp %s: starting", self.adapter.name)
         await self.adapter.open()
@@ -384,11 +388,15 @@ class Connector:
                     "gl_accounts": sorted({line.gl_account for line in delta.lines}),
                 }
             key = record.key.decode("utf-8", "replace") if record.key else None
+            # Bounded to fit rcm.postings.dlq (an ERP may answer with a whole HTML page; the
+            # origin names the delta on rcm.postings).
             dlq = dlq_record(
-                stage="posting", reason_code=rejected.code, reason=rejected.reason,
+                stage="posting", reason_code=rejected.code,
+                reason=rejected.reason[:REASON_CHARS_MAX],
                 origin=Origin(topic=record.topic, partition=record.partition,
                               offset=record.offset, key=key),
-                payload=record.value or b"", context=context, discriminator=self.adapter.name)
+                payload=record.value or b"", context=context, discriminator=self.adapter.name,
+                payload_bytes_max=DLQ_PAYLOAD_BYTES_MAX)
             futures.append(await self.producer.send(
                 POSTINGS_DLQ, key=record.key, value=dlq.model_dump_json().encode()))
             log.warning("erp %s: posting %s (account %s) to %s: %s", self.adapter.name,

@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from rcmflow.connectors.payments.ingest import process_payments, report_payments
 from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.kafka_io import RecordTooLarge
 from rcmflow.kafka_preflight import access_error
 from rcmflow.settings import Settings
 
@@ -66,18 +67,22 @@ def handle_file(path: Path, settings: Settings, kafka: KafkaConnection, console:
     if path.stat().st_size > limit:
         return _move(path, folder / "rejected",
                      f"file_too_large: {path.stat().st_size} bytes, at most {limit}\n")
-    if is_payment:
-        payments = process_payments(path.read_bytes(), name=path.name, origin=f"file:{path}",
-                                    rows_max=settings.payments_rows_max)
-        publish_records(kafka, payments.records(), label=path.name, console=console)
-        report_payments(path, payments, console)
-        ok, reason = payments.ok(), payments.reason_text()
-    else:
-        x12 = process_x12_path(path, settings, console)
-        publish_records(kafka, list(x12.records(limits_from(settings))), label=path.name,
-                        console=console)
-        report_x12(path, x12, console)
-        ok, reason = x12.ok(), x12.reason_text()
+    try:
+        if is_payment:
+            payments = process_payments(path.read_bytes(), name=path.name,
+                                        origin=f"file:{path}",
+                                        rows_max=settings.payments_rows_max)
+            publish_records(kafka, payments.records(), label=path.name, console=console)
+            report_payments(path, payments, console)
+            ok, reason = payments.ok(), payments.reason_text()
+        else:
+            x12 = process_x12_path(path, settings, console)
+            publish_records(kafka, list(x12.records(limits_from(settings))), label=path.name,
+                            console=console)
+            report_x12(path, x12, console)
+            ok, reason = x12.ok(), x12.reason_text()
+    except RecordTooLarge as exc:  # the next poll could not do better: refuse it now
+        return _move(path, folder / "rejected", f"record_too_large: {exc}; split the file\n")
     return _move(path, folder / "done", None) if ok else _move(path, folder / "rejected", reason)
 
 
