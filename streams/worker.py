@@ -54,6 +54,7 @@ from rcmflow.tables.faust_internals import (
     limit_commits,
     note_committed,
     own_transactions,
+    pause,
     resume,
     seek,
     settled,
@@ -88,6 +89,10 @@ HOLE_WAIT_S = 60.0
 #: the transaction committed, the local stores not written).
 #: Kills in the middle of a send are left to the random kill -9 of the crash tests.
 KILL_AT_ENV = "RCMFLOW_TEST_KILL_AT"
+#: Test-only: "<partition>:<batch number>" pauses that rcm.events partition in Faust's consumer
+#: after that batch, as faust-streaming #629 leaves a partition after a rebalance: the
+#: watchdog must find it and put it back.
+PAUSE_AT_ENV = "RCMFLOW_TEST_PAUSE_AT"
 
 
 @dataclass
@@ -151,6 +156,8 @@ class Pipeline:
         self.progress = Progress()
         point, _, batch = os.environ.get(KILL_AT_ENV, "").partition(":")
         self._kill_at = (point, int(batch)) if point else None
+        paused, _, after = os.environ.get(PAUSE_AT_ENV, "").partition(":")
+        self._pause_at = (int(paused), int(after)) if paused else None
 
     async def handle(self, events: Sequence[EventT[bytes]]) -> BatchResult:
         messages = [
@@ -195,6 +202,7 @@ class Pipeline:
         self.progress.dlq_records += len(result.dlq)
         self.progress.batches += 1
         self.progress.events += len(admitted.messages)
+        self._fault_point("batch-done")
 
     async def _write_in_order(self, admitted: Admitted, result: BatchResult,
                               outputs: list[OutRecord]) -> None:
@@ -341,6 +349,10 @@ class Pipeline:
         if self._kill_at == (point, self.progress.batches):
             log.warning("%s=%s: killing this worker", KILL_AT_ENV, self._kill_at)
             os.kill(os.getpid(), signal.SIGKILL)
+        if point == "batch-done" and self._pause_at is not None \
+                and self._pause_at[1] == self.progress.batches - 1:
+            log.warning("%s=%s: pausing the partition", PAUSE_AT_ENV, self._pause_at)
+            pause(self.app, EVENTS, self._pause_at[0])
 
     def log_progress(self) -> None:
         p = self.progress

@@ -62,6 +62,7 @@ __all__ = [
     "committed_offset",
     "settled",
     "fetching_state",
+    "pause",
     "resume",
 ]
 
@@ -319,6 +320,11 @@ def fetching_state(app: faust.App, topic: str, partition: int) -> str:
     if active is not None and tp not in active and tp not in consumer._buffered_partitions:
         return "inactive"
     return "fetching"
+
+
+def pause(app: faust.App, topic: str, partition: int) -> None:
+    """Take a partition out of what the consumer fetches (tests: the #629 state)."""
+    app.consumer.pause_partitions({TP(topic, partition)})
 
 
 def resume(app: faust.App, topic: str, partition: int) -> None:

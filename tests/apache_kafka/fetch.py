@@ -4,13 +4,15 @@ Standard library only, so `.ci/run` can call it with the system python3 before t
 
     python3 tests/apache_kafka/fetch.py      # prints the cache directory; exit 1 if it cannot
 
-The cache is ``$XDG_CACHE_HOME/rcmflow/apache-kafka-<version>/`` (``~/.cache`` by default).
+The cache is ``$XDG_CACHE_HOME/rcmflow/apache-kafka-<version>-<pom hash>/`` (``~/.cache`` by
+default).
 A complete fetch is renamed into place in one step, so a half-copied directory is never used
 and a second fetch of the same version does nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -41,9 +43,12 @@ def kafka_version(pom: Path = POM) -> str:
     return match.group(1).strip()
 
 
-def cache_dir(version: str | None = None) -> Path:
+def cache_dir(version: str | None = None, pom: Path = POM) -> Path:
+    """``$XDG_CACHE_HOME/rcmflow/apache-kafka-<version>-<hash of pom.xml>``: a changed pom
+    (another jar, another logging binding) never reuses an older fetch."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "rcmflow" / f"apache-kafka-{version or kafka_version()}"
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:10]
+    return base / "rcmflow" / f"apache-kafka-{version or kafka_version(pom)}-{digest}"
 
 
 def find_java() -> str:
