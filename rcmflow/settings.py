@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     state_cache_max: int = Field(
         200_000, ge=0, description="Account states kept decoded in memory per worker."
     )
+    standby_replicas: int = Field(
+        0, ge=0, le=3, description="Standby copies of each table partition on other workers "
+        "(Faust): a moved partition is ready without replaying its changelog. Off by default: "
+        "Faust 0.15.3 was seen seeking an unbuilt standby partition to None after a rebalance "
+        "interrupted its recovery (the worker dies and restarts; nothing is lost).",
+    )
     session_timeout_s: float = Field(
         10.0, gt=1, description="Consumer session timeout (a dead worker is noticed after it)."
     )

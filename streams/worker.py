@@ -392,10 +392,8 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         consumer_auto_offset_reset="earliest",
-        # No standby replicas: Faust 0.15.3 can seek a standby changelog partition to ``None``
-        # when a rebalance interrupts recovery (ValueError, the worker dies; seen in the
-        # rebalance test). A newly assigned partition recovers from its changelog instead.
-        table_standby_replicas=0,
+        # Off by default (Settings.standby_replicas says why); the rebalance test runs both.
+        table_standby_replicas=settings.standby_replicas,
         producer_acks=-1,
         web_enabled=False,
         # No leader election (no on_leader timers): without it Faust neither creates nor

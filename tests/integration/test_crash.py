@@ -144,19 +144,22 @@ def test_kill_9_at_every_step_then_at_random(broker: Broker, workers: Workers) -
     assert worker.alive(), worker.log_tail()
 
 
+@pytest.mark.parametrize("standbys", [0, 1])
 def test_two_workers_a_third_joins_one_dies_and_returns(
-    broker: Broker, workers: Workers
+    broker: Broker, workers: Workers, standbys: int
 ) -> None:
+    """With standby replicas off (the default) and on (RCMFLOW_STANDBY_REPLICAS=1)."""
     workload = Workload.build(accounts=1200, seed=9)
     expected = workload.expected()
     feeder = publish_slowly(workload, broker.connection, chunks=30, pause_s=0.8)
-    first, second = workers.start("w1"), workers.start("w2")
+    env = {"RCMFLOW_STANDBY_REPLICAS": str(standbys)}
+    first, second = workers.start("w1", **env), workers.start("w2", **env)
     wait_for_progress(broker.connection, first, at_least=200)
-    third = workers.start("w3")  # joins: partitions move while events flow
+    third = workers.start("w3", **env)  # joins: partitions move while events flow
     time.sleep(8)
     second.kill()  # dies without leaving the group: noticed after the session timeout
     time.sleep(4)
-    second = workers.start("w2")  # returns with its old store
+    second = workers.start("w2", **env)  # returns with its old store
     feeder.join()
     wait_until(lambda: converged(broker.connection, expected), 150, "convergence",
                lambda: difference(broker.connection, expected))
