@@ -63,6 +63,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     CommitFailedError,
     KafkaError,
@@ -87,6 +88,7 @@ from rcmflow.streams.topics import (
 )
 
 from .hl7.batch import split_batch
+from .hl7.framing import HEAD_BYTES
 from .hl7.intake import Intake, Sink
 
 if TYPE_CHECKING:
@@ -172,9 +174,11 @@ class Handler(Protocol):
 
 def refusal(record: Incoming, fmt: str, code: str, reason: str, *, payload_bytes_max: int,
             severity: Literal["error", "warning"] = "error",
-            context: dict[str, Any] | None = None) -> Outgoing:
+            context: dict[str, Any] | None = None, part: str = "") -> Outgoing:
     """The DLQ record of a record the connector never got to read (no value, too large) or
-    failed on: the original bytes (cut at ``payload_bytes_max``, said in the context)."""
+    failed on: the original bytes (cut at ``payload_bytes_max``, said in the context). Its
+    dlq_id comes from where the record was read (and ``part``, e.g. an HL7 message number),
+    so a record read again after a crash makes the same one."""
     value = record.value or b""
     cut = len(value) > payload_bytes_max
     dlq = dlq_record(
@@ -186,7 +190,7 @@ def refusal(record: Incoming, fmt: str, code: str, reason: str, *, payload_bytes
         payload=value[:payload_bytes_max], received_at=datetime.now(UTC),
         context={"format": fmt, "size_bytes": len(value), "payload_truncated": cut,
                  **(context or {})},
-        discriminator=f"consume:{fmt}")
+        discriminator=f"consume:{fmt}:{part}")
     return DLQ, record.key, dlq.model_dump_json().encode()
 
 
@@ -248,23 +252,28 @@ class RecordsHandler:
 
     async def _write_alone(self, record: Incoming,
                            outputs: Sequence[Outgoing]) -> Sequence[Outgoing]:
-        try:
-            await self._sink.write(outputs)
-            return outputs
-        except _REFUSED as exc:
-            log.error("consume %s %s[%d]@%d: the broker refused an output (%s); record to %s",
-                      self.format, record.topic, record.partition, record.offset,
-                      type(exc).__name__, DLQ)
-            dlq = self._refuse(record, "output_too_large", "the broker refused a record made "
-                               f"of this one ({type(exc).__name__}: larger than its topic or "
-                               "the producer takes); others made of it may have been stored")
-        except Exception as exc:
-            raise BrokerFailed(_where(exc)) from exc
-        try:
-            await self._sink.write([dlq])
-        except Exception as exc:
-            raise BrokerFailed(_where(exc)) from exc
-        return [dlq]
+        """The record's outputs; if the broker refuses one as too large, a DLQ record
+        instead, with as much of the payload as rcm.dlq takes (JSON escaping can double
+        it): up to the DLQ payload bound, else its first 4 KB."""
+        reason = ""
+        for payload_bytes_max in (None, self._payload_bytes_max, HEAD_BYTES):
+            if payload_bytes_max is not None:
+                outputs = [refusal(record, self.format, "output_too_large", reason,
+                                   payload_bytes_max=payload_bytes_max)]
+            try:
+                await self._sink.write(outputs)
+                return outputs
+            except _REFUSED as exc:
+                log.error("consume %s %s[%d]@%d: the broker refused %s as too large (%s)",
+                          self.format, record.topic, record.partition, record.offset,
+                          "an output" if not reason else "its DLQ record", type(exc).__name__)
+                reason = reason or (
+                    f"the broker refused a record made of this one ({type(exc).__name__}: "
+                    "larger than its topic or the producer takes); others made of it may "
+                    "have been stored")
+            except Exception as exc:
+                raise BrokerFailed(_where(exc)) from exc
+        raise BrokerFailed(f"{DLQ} refuses even a {HEAD_BYTES}-byte payload")
 
     def _refuse(self, record: Incoming, code: str, reason: str,
                 severity: Literal["error", "warning"] = "error") -> Outgoing:
@@ -317,7 +326,7 @@ class Hl7Handler:
                       record.topic, record.partition, record.offset, number, _where(exc), DLQ)
             await self._refuse(record._replace(value=raw), "internal_error", "the hl7 "
                                f"connector failed on message {number}: {type(exc).__name__}: "
-                               f"{exc}", context=context)
+                               f"{exc}", context=context, part=str(number))
             tally.dlq += 1
             return
         if outcome.reason_code == "not_stored":
@@ -328,16 +337,15 @@ class Hl7Handler:
         elif outcome.code == "AA":
             tally.raw += 1
             tally.events += len(outcome.events)
-        else:
+        else:  # AE / AR: a DLQ record (and the raw message, when its MSH could be read)
             tally.dlq += 1
-            tally.raw += 1 if outcome.control_id else 0
 
     async def _refuse(self, record: Incoming, code: str, reason: str,
                       severity: Literal["error", "warning"] = "error",
-                      context: dict[str, Any] | None = None) -> None:
+                      context: dict[str, Any] | None = None, part: str = "") -> None:
         await self._write([refusal(record, "hl7", code, reason, severity=severity,
                                    payload_bytes_max=self._payload_bytes_max,
-                                   context=context)])
+                                   context=context, part=part)])
 
     async def _write(self, outputs: Sequence[Outgoing]) -> None:
         try:
@@ -421,6 +429,8 @@ class TopicConsumer:
         self.stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self._pinned: set[TopicPartition] = set()
+        #: What this process knows its group has committed, per partition.
+        self._committed: dict[TopicPartition, int] = {}
         self._last_progress = 0.0
         kill_after = os.environ.get(KILL_AFTER_ENV, "")
         self._kill_after = int(kill_after) if kill_after else None
@@ -434,7 +444,9 @@ class TopicConsumer:
             session_timeout_ms=int(opts.session_timeout_s * 1000),
             heartbeat_interval_ms=max(100, int(opts.session_timeout_s * 1000 / 3)),
             # Never leave the group for being slow: retries of an unacknowledged batch wait.
-            max_poll_interval_ms=24 * 3600 * 1000, fetch_max_wait_ms=200)
+            max_poll_interval_ms=24 * 3600 * 1000, fetch_max_wait_ms=200,
+            # A source that writes with transactions: its aborted records are no input.
+            isolation_level="read_committed")
         try:
             await self.consumer.start()
             log.info("consume %s: reading %s as group %s (where it has no offset: from the "
@@ -448,7 +460,13 @@ class TopicConsumer:
                 if fetched:
                     await self._batch(fetched)
                     idle_since = time.monotonic()
+                else:
+                    await self._commit_skipped()
                 await self._maybe_progress()
+                if self.stopping.is_set():
+                    log.info("consume %s: stopping (signal); every batch taken is committed",
+                             opts.format)
+                    break
                 if (opts.idle_exit_s is not None and not fetched
                         and time.monotonic() - idle_since > opts.idle_exit_s):
                     await self._measure_lag()
@@ -498,6 +516,7 @@ class TopicConsumer:
                     self.consumer.seek(tp, messages[0].offset)
             return
         self.progress.total.add(tally)
+        self._committed.update({tp: o.offset for tp, o in offsets.items()})
         self.progress.committed.update({tp.partition: o.offset for tp, o in offsets.items()})
         self.progress.last_commit_at_s = time.time()
 
@@ -528,17 +547,38 @@ class TopicConsumer:
         self._pinned &= assigned
         for tp in sorted(assigned - self._pinned, key=lambda t: t.partition):
             try:
-                if await self.consumer.committed(tp) is None:
-                    start = (fetched[tp][0].offset if fetched.get(tp)
+                known = await self.consumer.committed(tp)
+                if known is None:
+                    known = (fetched[tp][0].offset if fetched.get(tp)
                              else await self.consumer.position(tp))
-                    await self.consumer.commit({tp: OffsetAndMetadata(start, "")})
+                    await self.consumer.commit({tp: OffsetAndMetadata(known, "")})
                     log.info("consume %s: partition %d had no committed offset; starts at %d",
-                             self.options.format, tp.partition, start)
+                             self.options.format, tp.partition, known)
+                self._committed[tp] = known
             except (CommitFailedError, KafkaError) as exc:
                 log.warning("consume %s: partition %d: start not committed yet (%s)",
                             self.options.format, tp.partition, type(exc).__name__)
                 continue
             self._pinned.add(tp)
+
+    async def _commit_skipped(self) -> None:
+        """Nothing was returned: every record returned before is taken and committed, so a
+        position past the last commit only stepped over what is no input (a transaction's
+        commit marker, aborted records). Commit it, or the lag would never reach 0."""
+        assert self.consumer is not None
+        for tp in self.consumer.assignment() & self._pinned:
+            known = self._committed.get(tp)
+            position = await self.consumer.position(tp)
+            if known is None or position <= known:
+                continue
+            try:
+                await self.consumer.commit({tp: OffsetAndMetadata(position, "")})
+            except (CommitFailedError, KafkaError) as exc:
+                log.warning("consume %s: partition %d: position not committed (%s)",
+                            self.options.format, tp.partition, type(exc).__name__)
+                continue
+            self._committed[tp] = position
+            self.progress.committed[tp.partition] = position
 
     async def _idle(self, seconds: float) -> None:
         """Wait, staying in the group and reporting progress; a stop ends it (uncommitted)."""
@@ -575,8 +615,8 @@ def default_group(settings: Settings, fmt: str, topic: str) -> str:
     return f"{settings.app_id}-consume-{fmt}-{topic}"
 
 
-#: Topics rcmflow itself writes: consuming one would feed the consumer its own output.
 def _own_topics(settings: Settings) -> set[str]:
+    """Topics rcmflow itself writes: consuming one would feed the consumer its own output."""
     return {spec.name for spec in topic_specs(settings.app_id)}
 
 
@@ -586,17 +626,21 @@ async def _check_topic(kafka: KafkaConnection, topic: str) -> str | None:
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # its own connection errors: ours is the one line
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=10_000)
     try:
-        partitions = await asyncio.wait_for(topic_partitions(kafka, topic), 30)
+        await asyncio.wait_for(admin.start(), 30)
+        # Listed first: Tansu creates a topic that a metadata request names.
+        exists = topic in await asyncio.wait_for(admin.list_topics(), 30)
     finally:
+        await admin.close()
         quiet.setLevel(level)
-    if not partitions:
+    if not exists or not await asyncio.wait_for(topic_partitions(kafka, topic), 30):
         return f"topic {topic!r} does not exist on {kafka.describe()} (check --topic)"
     return None
 
 
-def _handler(settings: Settings, kafka: KafkaConnection, fmt: Format, sink: Sink,
-             channel: str, intake: Intake | None) -> Handler:
+def _handler(settings: Settings, fmt: Format, sink: Sink, *, channel: str, currency: str,
+             intake: Intake | None) -> Handler:
     """The format's connector code, with the settings' bounds (the file paths' own)."""
     payload_max = settings.dlq_payload_bytes_max
     if fmt == "hl7":
@@ -617,12 +661,10 @@ def _handler(settings: Settings, kafka: KafkaConnection, fmt: Format, sink: Sink
 
         bytes_max, setting = settings.x12_file_bytes_max, "RCMFLOW_X12_FILE_BYTES_MAX"
     elif fmt == "fhir":
-        from rcmflow.streams.chart import load_chart
-
         from .fhir.ingest import limits_from as fhir_limits
         from .fhir.ingest import process_fhir
 
-        fhir = fhir_limits(settings, load_chart(settings.coa).currency)
+        fhir = fhir_limits(settings, currency)
 
         def unit(r: Incoming) -> Sequence[Outgoing]:
             value = r.value or b""
@@ -636,7 +678,7 @@ def _handler(settings: Settings, kafka: KafkaConnection, fmt: Format, sink: Sink
 
         def unit(r: Incoming) -> Sequence[Outgoing]:
             return process_payments(r.value or b"", name="", origin=r.origin, channel=channel,
-                                    rows_max=settings.payments_rows_max).records()
+                                    rows_max=settings.payments_rows_max).records(payload_max)
 
         bytes_max, setting = settings.payments_file_bytes_max, "RCMFLOW_PAYMENTS_FILE_BYTES_MAX"
     else:
@@ -666,7 +708,7 @@ def _safe(name: str) -> str:
 
 
 async def _consume(settings: Settings, kafka: KafkaConnection, options: ConsumeOptions,
-                   channel: str) -> int:
+                   channel: str, currency: str) -> int:
     from .hl7.intake import KafkaSink, raw_record_bytes_max
     from .hl7.replay import ReplayStore
     from .hl7.service import new_intake, replay_dir
@@ -687,7 +729,8 @@ async def _consume(settings: Settings, kafka: KafkaConnection, options: ConsumeO
         intake = new_intake(settings, sink, store, f"kafka:{options.topic}")
     try:
         await sink.start()
-        handler = _handler(settings, kafka, options.format, sink, channel, intake)
+        handler = _handler(settings, options.format, sink, channel=channel,
+                           currency=currency, intake=intake)
         consumer = TopicConsumer(handler, options)
         if options.metrics_port:
             registry = new_registry(lambda: consume_families(consumer.progress))
@@ -714,13 +757,22 @@ def run_consume(settings: Settings, kafka: KafkaConnection, fmt: Format, topic: 
                 channel: str = "lockbox") -> int:
     """`rcmflow consume FORMAT --topic T`: runs until SIGINT/SIGTERM (or ``idle_exit_s``);
     returns the exit code (0 stopped, 2 setup error, 4 broker)."""
+    from rcmflow.streams.chart import load_chart
+
     from .hl7.replay import ReplayStoreLocked
+    from .hl7.service import mapping_config
 
     logging.getLogger("rcmflow").setLevel(
         {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper()))
     if topic in _own_topics(settings):
         log.error("%s is a topic rcmflow writes: consuming it would read its own output "
                   "(canonical events on rcm.events are the worker's input already)", topic)
+        return EXIT_USAGE
+    try:  # settings the connectors need, checked before anything is read
+        mapping_config(settings)
+        currency = load_chart(settings.coa).currency
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
         return EXIT_USAGE
     options = ConsumeOptions(
         kafka=kafka, format=fmt, topic=topic,
@@ -731,7 +783,7 @@ def run_consume(settings: Settings, kafka: KafkaConnection, fmt: Format, topic: 
         session_timeout_s=settings.session_timeout_s, metrics_host=settings.metrics_host,
         metrics_port=settings.consume_metrics_port if metrics_port is None else metrics_port)
     try:
-        return asyncio.run(_consume(settings, kafka, options, channel))
+        return asyncio.run(_consume(settings, kafka, options, channel, currency))
     except (ReplayStoreLocked, ValueError) as exc:  # a store held, a bad chart or setting
         log.error("%s", exc)
         return EXIT_USAGE

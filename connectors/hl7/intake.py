@@ -275,8 +275,9 @@ class KafkaSink:
         # linger was a third of the ACK time (bench/inbound.py: 1,300 -> 2,100 messages/s).
         # max_request_size: aiokafka's 1 MiB default refused a message near the size bound
         # (AR "not stored", for ever); the bounds above make every accepted message fit.
+        # request_timeout_ms at least 1 s: the producer cannot even bootstrap on less.
         self._producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=0,
-                                          request_timeout_ms=int(timeout_s * 1000),
+                                          request_timeout_ms=max(1000, int(timeout_s * 1000)),
                                           max_request_size=record_bytes_max)
         self._timeout_s = timeout_s
 
