@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -396,6 +397,72 @@ def ingest_hl7(
 
     settings = _settings()
     raise typer.Exit(ingest_hl7_files(settings, _ingest(settings, "hl7"), files, console=err))
+
+
+class ConsumeFormat(StrEnum):
+    hl7 = "hl7"
+    x12 = "x12"
+    fhir = "fhir"
+    payments = "payments"
+    events = "events"
+
+
+@app.command(help=(
+    "Ingest a Kafka topic other systems write (an interface engine's Kafka destination, an "
+    "EHR's event bus): each record is one unit of FORMAT, handled by that connector as a "
+    "file or an MLLP message is (same mapping, checks, event ids, raw records with source "
+    "totals, rcm.dlq reason codes and size bounds). Runs until Ctrl-C / SIGTERM, which "
+    "finishes the batch in hand, commits it and stops.\n\n"
+    "\b\nFormats (one record is):\n"
+    "  hl7       an HL7 v2 message (ER7; CR, LF or CRLF; MLLP bytes are stripped) or an\n"
+    "            FHS/BHS batch of them. Would-be AA: raw message + events; AE/AR: raw\n"
+    "            message (status refused) + rcm.dlq with the ACK's reason; a replay of a\n"
+    "            message this group accepted before publishes nothing\n"
+    "  x12       an X12 interchange (835 and/or 837, a file's content)\n"
+    "  fhir      a FHIR R4 resource, a Bundle (batch/transaction/collection) or NDJSON\n"
+    "  payments  a payment file: CSV with its header row, or JSON lines (--channel)\n"
+    "  events    one canonical event (JSON) or JSON lines of them\n\n"
+    "Group: --group, default RCMFLOW_APP_ID-consume-FORMAT-TOPIC (rcmflow-consume-hl7-ehr.dft); "
+    "start more processes with the same group to share the partitions (hl7: one per data "
+    "dir, its replay store). A group with no committed offset starts at the end of the "
+    "topic, or at its beginning with --from-beginning.\n\n"
+    "Commit rule: a batch's offsets are committed only after every record made of it (raw "
+    "records, events, DLQ records) was acknowledged by the broker (acks=all). A crash reads "
+    "the uncommitted batch again; the same input makes the same event ids, and the worker's "
+    "dedup drops the repeats. A record that cannot be read, is over its format's size bound, "
+    "has no value or makes the connector fail goes to rcm.dlq; the next records go on. "
+    "Progress (records, events, DLQ records, lag) is logged every RCMFLOW_CONSUME_PROGRESS_S; "
+    "metrics (--metrics-port): rcmflow_consume_records_total, _events_total, "
+    "_dlq_records_total, _write_failures_total, rcmflow_consume_lag_records."
+    "\n\n\b\nExit codes:\n"
+    "  0  stopped (Ctrl-C, SIGTERM, or --idle-exit reached with lag 0)\n"
+    "  2  setup error: bad argument or RCMFLOW_* setting, no such topic, one of rcmflow's\n"
+    "     own topics, no broker configured, the hl7 replay store or metrics port taken\n"
+    "  4  the broker is unreachable, or did not acknowledge a batch after\n"
+    "     RCMFLOW_CONSUME_RETRY_MAX retries (nothing committed past it: start again)"))
+def consume(
+    fmt: Annotated[ConsumeFormat, typer.Argument(metavar="FORMAT",
+                                                 help="hl7, x12, fhir, payments or events.")],
+    topic: Annotated[str, typer.Option("--topic", "-t", help="The topic to read.")],
+    group: Annotated[str | None, typer.Option(
+        help="Consumer group [RCMFLOW_APP_ID-consume-FORMAT-TOPIC].")] = None,
+    from_beginning: Annotated[bool, typer.Option(
+        "--from-beginning", help="A group with no committed offset starts at the topic's "
+        "first record instead of its end (committed offsets always win).")] = False,
+    idle_exit_s: Annotated[float | None, typer.Option(
+        "--idle-exit", min=0, help="Exit 0 once nothing arrived for this many seconds and "
+        "the lag is 0 (tests, catch-up runs).")] = None,
+    channel: Annotated[str, typer.Option(
+        help="payments: channel of rows without one (lockbox, portal, pos, mail, phone).")
+    ] = "lockbox",
+    metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_CONSUME_METRICS_PORT")] = None,
+) -> None:
+    from rcmflow.connectors.consume import run_consume
+
+    settings = _settings()
+    raise typer.Exit(run_consume(settings, _kafka(settings), fmt.value, topic, group=group,
+                                 from_beginning=from_beginning, idle_exit_s=idle_exit_s,
+                                 metrics_port=metrics_port, channel=channel))
 
 
 @app.command(help=(

@@ -17,52 +17,82 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import RecordTooLarge, publish
+from rcmflow.kafka_io import Outgoing, RecordTooLarge, publish
 from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS
 
-__all__ = ["ingest_event_files", "key_lines", "INGEST_FILE_BYTES_MAX"]
+__all__ = ["ingest_event_files", "key_lines", "key_line", "key_document",
+           "INGEST_FILE_BYTES_MAX"]
 
 #: Largest file `ingest events` reads; past it the file is refused whole (split it).
 INGEST_FILE_BYTES_MAX = 2 * 1024**3
 
 
+def key_line(line: bytes, *, line_bytes_max: int, origin: Origin, where: str,
+             discriminator: str = "", payload_bytes_max: int | None = None) -> Outgoing:
+    """One stripped, non-empty line (one canonical event as JSON): (rcm.events, account, line),
+    or an rcm.dlq record saying why it cannot be keyed. ``where`` starts the DLQ reason
+    ("day.jsonl line 7"); ``origin`` and ``discriminator`` make its deterministic dlq_id."""
+    reason = None
+    account = None
+    if len(line) > line_bytes_max:
+        reason = ("too_large", f"line of {len(line)} bytes exceeds {line_bytes_max}")
+    else:
+        try:
+            doc = json.loads(line)
+        except ValueError as exc:  # not JSON, or not UTF-8 (UnicodeDecodeError)
+            reason = ("invalid_json", f"not valid JSON: {exc}")
+        else:
+            account = doc.get("account") if isinstance(doc, dict) else None
+            if not isinstance(account, str) or not account:
+                reason = ("no_account", "not a JSON object with an \"account\" string")
+    if reason is None:
+        assert isinstance(account, str)
+        return EVENTS, account.encode(), line
+    record = dlq_record(stage="decode", reason_code=reason[0], reason=f"{where}: {reason[1]}",
+                        origin=origin, payload=line, discriminator=discriminator,
+                        payload_bytes_max=payload_bytes_max)
+    return DLQ, None, record.model_dump_json().encode()
+
+
 def key_lines(path: Path, line_bytes_max: int,
-              payload_bytes_max: int) -> Iterator[tuple[str, bytes | None, bytes]]:
-    """(topic, key, value) per non-empty line: rcm.events, or rcm.dlq with the reason (and
-    at most ``payload_bytes_max`` of the line)."""
+              payload_bytes_max: int | None = None) -> Iterator[Outgoing]:
+    """(topic, key, value) per non-empty line: rcm.events, or rcm.dlq with the reason (and at
+    most ``payload_bytes_max`` of the line)."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             line = raw.strip()
-            if not line:
-                continue
-            reason = None
-            account = None
-            if len(line) > line_bytes_max:
-                reason = ("too_large", f"line of {len(line)} bytes exceeds {line_bytes_max}")
-            else:
-                try:
-                    doc = json.loads(line)
-                except ValueError as exc:
-                    reason = ("invalid_json", f"not valid JSON: {exc}")
-                else:
-                    account = doc.get("account") if isinstance(doc, dict) else None
-                    if not isinstance(account, str) or not account:
-                        reason = ("no_account", "not a JSON object with an \"account\" string")
-            if reason is None:
-                assert isinstance(account, str)
-                yield EVENTS, account.encode(), line
-                continue
-            record = dlq_record(
-                stage="decode",
-                reason_code=reason[0],
-                reason=f"{path.name} line {number}: {reason[1]}",
-                origin=Origin(topic=f"file:{path}", partition=0, offset=number, key=None),
-                payload=line,
-                payload_bytes_max=payload_bytes_max,
-            )
-            yield DLQ, None, record.model_dump_json().encode()
+            if line:
+                yield key_line(line, line_bytes_max=line_bytes_max, where=f"{path.name} line "
+                               f"{number}", origin=Origin(topic=f"file:{path}", partition=0,
+                                                         offset=number, key=None),
+                               payload_bytes_max=payload_bytes_max)
+
+
+def key_document(data: bytes, *, line_bytes_max: int, origin: Origin,
+                 where: str, payload_bytes_max: int | None = None) -> list[Outgoing]:
+    """A record of canonical events (`rcmflow consume events`): one JSON object (compact or
+    pretty-printed), else JSON lines, each line as ``key_line``. DLQ ids tell lines apart by
+    number."""
+    text = data.strip()
+    if b"\n" in text and text.startswith(b"{"):
+        try:
+            whole = json.loads(text)
+        except ValueError:
+            whole = None  # JSON lines (or a broken object: each line says why)
+        if isinstance(whole, dict):
+            return [key_line(text, line_bytes_max=line_bytes_max, origin=origin,
+                             where=where, discriminator="line 1",
+                             payload_bytes_max=payload_bytes_max)]
+    out: list[Outgoing] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line:
+            out.append(key_line(line, line_bytes_max=line_bytes_max, origin=origin,
+                                where=f"{where} line {number}", discriminator=f"line {number}",
+                                payload_bytes_max=payload_bytes_max))
+    return out
 
 
 def ingest_event_files(settings: Settings, kafka: KafkaConnection, files: list[Path],
@@ -97,11 +127,10 @@ def _publish_file(settings: Settings, kafka: KafkaConnection, path: Path,
                   console: Console) -> dict[str, int]:
     counts = {EVENTS: 0, DLQ: 0}
 
-    def counted() -> Iterator[tuple[str, bytes | None, bytes]]:
-        for topic, key, value in key_lines(path, settings.event_bytes_max,
-                                           settings.dlq_payload_bytes_max):
-            counts[topic] += 1
-            yield topic, key, value
+    def counted() -> Iterator[Outgoing]:
+        for item in key_lines(path, settings.event_bytes_max, settings.dlq_payload_bytes_max):
+            counts[item[0]] += 1
+            yield item
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as progress:

@@ -27,8 +27,9 @@ from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import RAW_HL7_RECORD_BYTES_MAX, record_bytes_max
 
 __all__ = ["Record", "Outgoing", "Headers", "read_topic", "publish", "send", "log_ends",
-           "topic_partitions", "committed_offsets", "RecordTooLarge", "check_record_sizes",
-           "record_size", "IsolationLevel", "READ_TIMEOUT_S", "PUBLISH_IN_FLIGHT_MAX"]
+           "topic_partitions", "committed_offsets", "group_lag", "RecordTooLarge",
+           "check_record_sizes", "record_size", "IsolationLevel", "READ_TIMEOUT_S",
+           "PUBLISH_IN_FLIGHT_MAX"]
 
 READ_TIMEOUT_S = 30.0
 #: Room kept under a topic's record limit for the record's own overhead.
@@ -220,3 +221,18 @@ async def log_ends(kafka: KafkaConnection, topic: str, partitions: list[int]) ->
         await consumer.stop()
     fetched = await fetch_highwaters(kafka.client_options(), listed)
     return {tp.partition: max(listed[tp], fetched.get(tp, 0)) for tp in tps}
+
+
+async def group_lag(kafka: KafkaConnection, consumer: AIOKafkaConsumer, topic: str,
+                    timeout_s: float = 10.0) -> int | None:
+    """Σ over ``topic``'s partitions of (true log end − the offset ``consumer``'s group has
+    committed, 0 when none); None while the consumer knows no partitions of it yet."""
+    partitions = sorted(consumer.partitions_for_topic(topic) or [])
+    if not partitions:
+        return None
+    ends = await asyncio.wait_for(log_ends(kafka, topic, partitions), timeout_s)
+    lag = 0
+    for p in partitions:
+        committed = await consumer.committed(TopicPartition(topic, p))
+        lag += max(0, ends[p] - (committed or 0))
+    return lag

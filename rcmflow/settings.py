@@ -257,6 +257,31 @@ class Settings(BaseSettings):
         2.0, gt=0, le=3600, description="`rcmflow watch`: how often the drop folder is listed."
     )
 
+    # Topics other systems write (`rcmflow consume FORMAT --topic T`, connectors/consume.py):
+    # each record is one unit of its format; offsets are committed only after every output
+    # of a batch was acknowledged. Unit sizes are bounded by each format's own settings.
+    consume_batch_max: int = Field(
+        500, ge=1, le=10_000, description="Records taken per fetch; their outputs are "
+        "acknowledged together, then their offsets committed (one commit per batch)."
+    )
+    consume_retry_max: int = Field(
+        5, ge=0, le=100, description="Times a batch whose outputs the broker did not "
+        "acknowledge (RCMFLOW_PRODUCE_TIMEOUT_S) is sent again before `rcmflow consume` exits "
+        "4; nothing past the last acknowledged batch is committed, a restart reads it again."
+    )
+    consume_backoff_max_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest wait before a batch is sent again "
+        "(doubling from 0.5 s)."
+    )
+    consume_progress_s: float = Field(
+        10.0, gt=0, le=3600, description="How often `rcmflow consume` logs its progress "
+        "(records, events, DLQ records, lag)."
+    )
+    consume_metrics_port: int = Field(
+        0, ge=0, le=65535, description="`rcmflow consume` /metrics port (records, events, "
+        "DLQ, lag by format and topic); 0: off. One port per consumer process.",
+    )
+
     # ERP connectors (`rcmflow erp ADAPTER`, connectors/erp): retries never give up (an ERP
     # outage stalls the connector and its lag grows); these bound each attempt and the waits.
     erp_batch_max: int = Field(

@@ -43,6 +43,7 @@ def test_a_taken_port_is_refused_with_the_address() -> None:
     ("erp", "RCMFLOW_ERP_METRICS_PORT", "rcmflow_erp_lag_records"),
     ("worker", "RCMFLOW_WORKER_METRICS_PORT", "rcmflow_worker_events_total"),
     ("mllp", "RCMFLOW_MLLP_METRICS_PORT", "rcmflow_mllp_messages_total"),
+    ("consume", "RCMFLOW_CONSUME_METRICS_PORT", "rcmflow_consume_records_total"),
 ])
 def test_help_names_the_metrics_option(command: str, setting: str, metric: str) -> None:
     result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "240"})

@@ -417,19 +417,10 @@ class Connector:
 
     async def _lag(self) -> int | None:
         """Σ over partitions (true log end − committed offset of this group); None: unknown."""
-        from rcmflow.kafka_io import log_ends
+        from rcmflow.kafka_io import group_lag
 
         assert self.consumer is not None
-        partitions = sorted(self.consumer.partitions_for_topic(POSTINGS) or [])
-        if not partitions:
-            return None
-        ends = await asyncio.wait_for(
-            log_ends(self.options.kafka, POSTINGS, partitions), 10)
-        lag = 0
-        for p in partitions:
-            committed = await self.consumer.committed(TopicPartition(POSTINGS, p))
-            lag += max(0, ends[p] - (committed or 0))
-        return lag
+        return await group_lag(self.options.kafka, self.consumer, POSTINGS)
 
 
 async def run_connector(adapter: ErpAdapter, options: RunnerOptions) -> int:

@@ -87,7 +87,7 @@ class Rejected:
     index: int
     code: str
     detail: str
-    payload: str
+    payload: str | bytes  # bytes: input that is not text (kept as received)
     severity: Literal["error", "warning"] = "error"
     account: str | None = None
     resource_type: str | None = None
@@ -126,7 +126,7 @@ class FhirOutcome:
             out.append((EVENTS, event.account.encode(), event.model_dump_json().encode()))
         received = datetime.now(UTC)
         for n, r in enumerate(self.rejected):
-            payload = r.payload.encode()
+            payload = r.payload if isinstance(r.payload, bytes) else r.payload.encode()
             cut = len(payload) > payload_bytes_max
             context: dict[str, Any] = {"location": r.location}
             if r.part:
@@ -163,9 +163,9 @@ def process_fhir(data: bytes, *, name: str, origin: str,
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        # The bytes as received (base64 in the DLQ record), cut at the DLQ payload bound.
         outcome.rejected.append(Rejected("file", 0, "fhir_not_utf8", f"file: byte {exc.start} "
-                                         "is not UTF-8 (FHIR JSON is UTF-8)",
-                                         data[:4096].decode("utf-8", "replace")))
+                                         "is not UTF-8 (FHIR JSON is UTF-8)", data))
         return outcome
     units = _units(text, name, limits, outcome)
     if not units and not outcome.rejected:
@@ -260,7 +260,7 @@ def _units(text: str, name: str, limits: FhirLimits, outcome: FhirOutcome) -> li
         if message.startswith("Extra data") and text.lstrip().startswith("{"):
             return _ndjson(text, limits, outcome)  # NDJSON under another name
         outcome.rejected.append(Rejected("file", 0, "fhir_invalid_json",
-                                         f"file is not JSON: {message[:120]}", text[:4096]))
+                                         f"file is not JSON: {message[:120]}", text))
         return []
     if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
         return _bundle(doc, text, limits, outcome)

@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING
 
 from rcmflow.kafka_connection import KafkaConnection
 
-from .framing import HEAD_BYTES, FrameError
-from .intake import Intake
 from .replay import ReplayStore, ReplayStoreLocked
 
 if TYPE_CHECKING:
@@ -72,7 +70,7 @@ def split_batch(data: bytes) -> Batch:
 
 async def _ingest(settings: Settings, kafka: KafkaConnection, files: list[Path],
                   console: Console) -> int:
-    from .service import kafka_sink, mapping_config, replay_dir
+    from .service import kafka_sink, new_intake, replay_dir
 
     store = ReplayStore(replay_dir(settings, "files"), settings.hl7_replay_retention_s)
     sink = kafka_sink(settings, kafka)
@@ -80,21 +78,14 @@ async def _ingest(settings: Settings, kafka: KafkaConnection, files: list[Path],
     try:
         await sink.start()
         for path in files:
-            intake = Intake(sink=sink, store=store, config=mapping_config(settings),
-                            channel=f"file:{path}")
+            intake = new_intake(settings, sink, store, f"file:{path}")
             batch = split_batch(path.read_bytes())
             codes: Counter[str] = Counter()
             reasons: Counter[str | None] = Counter()
             events = 0
             for position, raw in enumerate(batch.messages, start=1):
-                if len(raw) > settings.mllp_message_bytes_max:  # the listener's bound too
-                    outcome = await intake.handle_frame_error(FrameError(
-                        "too_large", f"message of {len(raw)} bytes exceeds the "
-                        f"{settings.mllp_message_bytes_max} byte limit "
-                        "(RCMFLOW_MLLP_MESSAGE_BYTES_MAX)", raw[:HEAD_BYTES], len(raw)),
-                        position=position)
-                else:
-                    outcome = await intake.handle(raw, position=position)
+                # Over RCMFLOW_MLLP_MESSAGE_BYTES_MAX: too_large, AR, as over MLLP.
+                outcome = await intake.handle(raw, position=position)
                 codes[outcome.code] += 1
                 reasons[outcome.reason_code] += 1
                 events += len(outcome.events)

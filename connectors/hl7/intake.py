@@ -6,7 +6,13 @@ AA is built only after the broker acknowledged (acks=all) the raw message on rcm
 and every canonical event on rcm.events, and the replay store holds the message's key. A
 refused message is written to rcm.raw.hl7 and rcm.dlq (with the raw bytes) before its AE/AR.
 If the broker does not take the writes, the answer is AR ("not stored, send again"), never
-AA. Shared by the MLLP listener and `rcmflow ingest hl7`.
+AA. Shared by the MLLP listener, `rcmflow ingest hl7` and `rcmflow consume hl7` (which has
+nobody to send the ACK to: it keeps the outcome, and a "not stored" stops its offset commit).
+
+A message over ``message_bytes_max`` is refused as ``too_large`` (AR) on every path: the MLLP
+decoder refuses it before it is a message, files and topic records here. DLQ records keep at
+most ``dlq_payload_bytes_max`` of the message (RCMFLOW_DLQ_PAYLOAD_BYTES_MAX; the cut is said
+in the context), so a refused message near the size bound still fits rcm.dlq.
 
 The rcm.raw.hl7 record is the message's bytes as received; its headers say what became of
 it (``rcm-status``: applied / refused) and, when applied, what its FT1s say in money with the
@@ -34,7 +40,7 @@ from rcmflow.streams.events import Event
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
 
 from .ack import AckCode, build_ack
-from .framing import FrameError
+from .framing import HEAD_BYTES, FrameError
 from .mapping import MappingConfig, map_message, source_key, source_totals
 from .problems import (
     DATA_TYPE_ERROR,
@@ -77,23 +83,42 @@ class Outcome:
 
 class Intake:
     def __init__(self, *, sink: Sink, store: ReplayStore, config: MappingConfig,
-                 channel: str) -> None:
+                 channel: str, message_bytes_max: int = 1024 * 1024,
+                 dlq_payload_bytes_max: int = 512 * 1024) -> None:
+        assert message_bytes_max > 0 and dlq_payload_bytes_max > 0
         self._sink = sink
         self._store = store
         self._config = config
         self._channel = channel
+        self._message_bytes_max = message_bytes_max
+        self._dlq_payload_bytes_max = dlq_payload_bytes_max
 
-    async def handle(self, raw: bytes, *, position: int = 0) -> Outcome:
-        """Answer one message; ``position`` tells apart messages of one file in the DLQ."""
+    async def handle(self, raw: bytes, *, position: int = 0, partition: int = 0,
+                     context: dict[str, object] | None = None) -> Outcome:
+        """Answer one message. ``partition`` and ``position`` say where it was read (a file's
+        message number, a topic's partition and offset): the DLQ origin; ``context`` is added
+        to the DLQ record's context."""
+        if len(raw) > self._message_bytes_max:
+            return await self.handle_frame_error(FrameError(
+                "too_large", f"message of {len(raw)} bytes exceeds the "
+                f"{self._message_bytes_max} byte limit (RCMFLOW_MLLP_MESSAGE_BYTES_MAX)",
+                raw[:HEAD_BYTES], len(raw)), position=position, partition=partition,
+                context=context)
+
+        async def refuse(msg: Hl7Message | None, rejected: Rejected,
+                         digest: str | None = None) -> Outcome:
+            return await self._refuse(msg, raw, rejected, digest=digest, position=position,
+                                      partition=partition, extra=context)
+
         text = normalise(raw)
         try:
             msg = read_message(text)
         except HL7ParseError as exc:
             problem = Problem("unreadable", SEGMENT_SEQUENCE_ERROR, "", str(exc))
-            return await self._refuse(None, raw, Rejected("AR", "decode", (problem,)), position)
+            return await refuse(None, Rejected("AR", "decode", (problem,)))
         header = _header_problems(msg)
         if header:
-            return await self._refuse(msg, raw, Rejected("AR", "decode", header), position)
+            return await refuse(msg, Rejected("AR", "decode", header))
         key = source_key(msg)
         digest = hashlib.sha256(text.encode()).hexdigest()
         async with self._store.claim(key):
@@ -105,11 +130,10 @@ class Intake:
                 problem = Problem("conflict", DUPLICATE_KEY, "MSH^1^10",
                                   f"MSH-10 {msg.control_id} from this sender was accepted "
                                   "before with different content")
-                return await self._refuse(msg, raw, Rejected("AE", "dedup", (problem,)),
-                                          position, digest)
+                return await refuse(msg, Rejected("AE", "dedup", (problem,)), digest)
             mapped = map_message(msg, self._config)
             if isinstance(mapped, Rejected):
-                return await self._refuse(msg, raw, mapped, position, digest)
+                return await refuse(msg, mapped, digest)
             totals = source_totals(msg, self._config, mapped)
             records: list[Record] = [(RAW_HL7, key.encode(), raw, (
                 (HEADER_STATUS, b"applied"), (HEADER_TOTALS, totals.header())))]
@@ -125,7 +149,9 @@ class Intake:
                  ",".join(accounts) or "-")
         return Outcome(build_ack(msg, "AA"), "AA", msg.control_id, None, tuple(mapped))
 
-    async def handle_frame_error(self, error: FrameError, *, position: int = 0) -> Outcome:
+    async def handle_frame_error(self, error: FrameError, *, position: int = 0,
+                                 partition: int = 0,
+                                 context: dict[str, object] | None = None) -> Outcome:
         """A frame that never became a message (too large, cut off, stray bytes): AR to the
         sender when it is still there, and the bytes we kept to the DLQ either way."""
         msg: Hl7Message | None = None
@@ -135,24 +161,32 @@ class Intake:
             pass
         problem = Problem(error.reason_code, INTERNAL_ERROR if error.reason_code == "too_large"
                           else SEGMENT_SEQUENCE_ERROR, "", error.detail)
-        context: dict[str, object] = {"size_bytes": error.size_bytes, "payload_truncated":
-                   error.size_bytes > len(error.head)}
+        sized: dict[str, object] = {"size_bytes": error.size_bytes, "payload_truncated":
+                                    error.size_bytes > len(error.head)}
         return await self._refuse(msg, error.head, Rejected("AR", "decode", (problem,)),
-                                  position, context=context, with_raw=False)
+                                  position=position, partition=partition,
+                                  extra=(context or {}) | sized, with_raw=False)
 
-    async def _refuse(self, msg: Hl7Message | None, raw: bytes, rejected: Rejected,
-                      position: int, digest: str | None = None, *,
-                      context: dict[str, object] | None = None,
+    async def _refuse(self, msg: Hl7Message | None, raw: bytes, rejected: Rejected, *,
+                      position: int, partition: int, digest: str | None = None,
+                      extra: dict[str, object] | None = None,
                       with_raw: bool = True) -> Outcome:
         key = source_key(msg) if msg is not None else None
         control_id = msg.control_id if msg is not None else ""
         digest = digest or hashlib.sha256(raw).hexdigest()
+        extra = dict(extra or {})
+        payload = raw
+        if len(raw) > self._dlq_payload_bytes_max:
+            # The raw record keeps the whole message; the DLQ record must fit its topic.
+            payload = raw[:self._dlq_payload_bytes_max]
+            extra |= {"size_bytes": len(raw), "payload_truncated": True}
         record = dlq_record(
             stage=rejected.stage,
             reason_code=rejected.reason_code,
             reason=rejected.reason,
-            origin=Origin(topic=f"hl7:{self._channel}", partition=0, offset=position, key=key),
-            payload=raw,
+            origin=Origin(topic=f"hl7:{self._channel}", partition=partition, offset=position,
+                          key=key),
+            payload=payload,
             received_at=datetime.now(UTC),
             context={
                 "msh_10": control_id or None,
@@ -161,7 +195,7 @@ class Intake:
                 "sending_facility": msg.msh.field(4) if msg is not None else None,
                 "ack_code": rejected.ack_code,
                 "errors": [p.as_dict() for p in rejected.problems],
-                **(context or {}),
+                **extra,
             },
             discriminator=digest,
         )
@@ -241,8 +275,9 @@ class KafkaSink:
         # linger was a third of the ACK time (bench/inbound.py: 1,300 -> 2,100 messages/s).
         # max_request_size: aiokafka's 1 MiB default refused a message near the size bound
         # (AR "not stored", for ever); the bounds above make every accepted message fit.
+        # request_timeout_ms at least 1 s: the producer cannot even bootstrap on less.
         self._producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=0,
-                                          request_timeout_ms=int(timeout_s * 1000),
+                                          request_timeout_ms=max(1000, int(timeout_s * 1000)),
                                           max_request_size=record_bytes_max)
         self._timeout_s = timeout_s
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from rcmflow import metrics
 from rcmflow.kafka_connection import KafkaConnection
 
-from .intake import Intake, KafkaSink, raw_record_bytes_max
+from .intake import Intake, KafkaSink, Sink, raw_record_bytes_max
 from .listener import ListenerLimits, MllpListener
 from .mapping import MappingConfig
 from .replay import ReplayStore, ReplayStoreLocked
@@ -20,7 +20,7 @@ from .replay import ReplayStore, ReplayStoreLocked
 if TYPE_CHECKING:
     from rcmflow.settings import Settings
 
-__all__ = ["mapping_config", "replay_dir", "limits", "run_mllp"]
+__all__ = ["mapping_config", "replay_dir", "limits", "run_mllp", "kafka_sink", "new_intake"]
 
 log = logging.getLogger("rcmflow.hl7")
 
@@ -50,8 +50,16 @@ def kafka_sink(settings: Settings, kafka: KafkaConnection) -> KafkaSink:
                      raw_record_bytes_max(settings.mllp_message_bytes_max, settings.hl7_ft1_max))
 
 
+def new_intake(settings: Settings, sink: Sink, store: ReplayStore, channel: str) -> Intake:
+    """The intake every HL7 path shares, with the settings' mapping and bounds."""
+    return Intake(sink=sink, store=store, config=mapping_config(settings), channel=channel,
+                  message_bytes_max=settings.mllp_message_bytes_max,
+                  dlq_payload_bytes_max=settings.dlq_payload_bytes_max)
+
+
 def replay_dir(settings: Settings, channel: str) -> Path:
-    """One store per channel ("mllp", "files"): a file ingest can run beside the listener."""
+    """One store per channel ("mllp", "files", "consume-<group>"): a file ingest or a topic
+    consumer can run beside the listener."""
     return settings.data_dir / "hl7" / f"replay-{channel}"
 
 
@@ -70,7 +78,7 @@ async def serve(settings: Settings, kafka: KafkaConnection, host: str, port: int
     sink = kafka_sink(settings, kafka)
     try:
         await sink.start()
-        intake = Intake(sink=sink, store=store, config=mapping_config(settings), channel="mllp")
+        intake = new_intake(settings, sink, store, "mllp")
         listener = MllpListener(intake, limits(settings))
         await listener.start(host, port)
         if metrics_port:

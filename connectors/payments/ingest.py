@@ -31,7 +31,7 @@ class Rejected:
     row: int  # 0 for the file as a whole
     code: str
     detail: str
-    payload: str
+    payload: str | bytes  # bytes: a file rejected whole, kept as received
     account: str | None = None
 
 
@@ -50,7 +50,7 @@ class PaymentsOutcome:
         lines += [f"{r.code}: {r.detail}" for r in self.rejected]
         return "\n".join(lines + self.warnings) + "\n"
 
-    def records(self) -> list[Record]:
+    def records(self, payload_bytes_max: int = 512 * 1024) -> list[Record]:
         out: list[Record] = []
         for row, event in self.events:
             out.append((RAW_PAYMENTS, event.event_id.encode(), orjson.dumps(
@@ -59,12 +59,16 @@ class PaymentsOutcome:
             out.append((EVENTS, event.account.encode(), event.model_dump_json().encode()))
         received = datetime.now(UTC)
         for r in self.rejected:
+            payload = r.payload if isinstance(r.payload, bytes) else r.payload.encode()
+            cut = len(payload) > payload_bytes_max
             record = dlq_record(
                 stage="decode", reason_code=r.code,
                 reason=f"{self.origin.removeprefix('file:')} {r.detail}",
                 origin=Origin(topic=self.origin, partition=0, offset=r.row, key=None),
-                payload=r.payload.encode(), received_at=received,
-                context={"row": r.row, **({"account": r.account} if r.account else {})},
+                payload=payload[:payload_bytes_max], received_at=received,
+                context={"row": r.row, **({"account": r.account} if r.account else {}),
+                         **({"payload_cut": {"bytes": len(payload), "kept": payload_bytes_max}}
+                            if cut else {})},
             )
             out.append((DLQ, None, record.model_dump_json().encode()))
         return out
@@ -77,8 +81,8 @@ def process_payments(data: bytes, *, name: str, origin: str, channel: str = "loc
     try:
         warnings, rows = read_rows(data, name=name)
     except FileError as exc:
-        outcome.rejected.append(Rejected(0, "file_unreadable", f"file: {exc}",
-                                         data[:4096].decode("utf-8", "replace")))
+        # The file as received (base64 in the DLQ record when it is not UTF-8).
+        outcome.rejected.append(Rejected(0, "file_unreadable", f"file: {exc}", data))
         return outcome
     outcome.warnings.extend(warnings)
     first_row: dict[tuple[str, str], tuple[int, str]] = {}
@@ -129,7 +133,8 @@ def ingest_payment_files(settings: Settings, kafka: KafkaConnection, files: list
         read=lambda path: process_payments(path.read_bytes(), name=path.name,
                                            origin=f"file:{path}", channel=channel,
                                            rows_max=settings.payments_rows_max),
-        records=lambda outcome: outcome.records(), report=report_payments)
+        records=lambda outcome: outcome.records(settings.dlq_payload_bytes_max),
+        report=report_payments)
 
 
 def report_payments(path: Path, outcome: PaymentsOutcome, console: Console) -> None:

@@ -72,7 +72,8 @@ def handle_file(path: Path, settings: Settings, kafka: KafkaConnection, console:
             payments = process_payments(path.read_bytes(), name=path.name,
                                         origin=f"file:{path}",
                                         rows_max=settings.payments_rows_max)
-            publish_records(kafka, payments.records(), label=path.name, console=console)
+            publish_records(kafka, payments.records(settings.dlq_payload_bytes_max),
+                            label=path.name, console=console)
             report_payments(path, payments, console)
             ok, reason = payments.ok(), payments.reason_text()
         else:
