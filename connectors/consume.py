@@ -73,8 +73,9 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
+from rcmflow.kafka_access import consume_group
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import Outgoing, group_lag, topic_partitions
+from rcmflow.kafka_io import Outgoing, RecordTooLarge, group_lag, topic_partitions
 from rcmflow.metrics import Metric, counter, gauge, new_registry, serve, url
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import (
@@ -114,7 +115,8 @@ KILL_AFTER_ENV = "RCMFLOW_TEST_CONSUME_KILL_AFTER"
 
 #: Broker answers that say one output can never be stored (too large for its topic or the
 #: producer), as opposed to an outage: sending it again would hold the partition for ever.
-_REFUSED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+_REFUSED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError,
+            RecordTooLarge)
 _RAW_TOPICS = frozenset({RAW_HL7, RAW_X12, RAW_FHIR, RAW_PAYMENTS})
 _BACKOFF_FIRST_S = 0.5
 
@@ -612,7 +614,7 @@ class TopicConsumer:
 
 def default_group(settings: Settings, fmt: str, topic: str) -> str:
     """One group per format and topic, apart from the workers' and the ERP connectors'."""
-    return f"{settings.app_id}-consume-{fmt}-{topic}"
+    return consume_group(settings.app_id, fmt, topic)
 
 
 def _own_topics(settings: Settings) -> set[str]:

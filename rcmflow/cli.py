@@ -457,10 +457,12 @@ def consume(
     ] = "lockbox",
     metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_CONSUME_METRICS_PORT")] = None,
 ) -> None:
-    from rcmflow.connectors.consume import run_consume
+    from rcmflow.connectors.consume import default_group, run_consume
 
     settings = _settings()
-    raise typer.Exit(run_consume(settings, _kafka(settings), fmt.value, topic, group=group,
+    group = group or default_group(settings, fmt.value, topic)
+    kafka = _connect(settings, kafka_access.consume_access(fmt.value, topic, group))
+    raise typer.Exit(run_consume(settings, kafka, fmt.value, topic, group=group,
                                  from_beginning=from_beginning, idle_exit_s=idle_exit_s,
                                  metrics_port=metrics_port, channel=channel))
 

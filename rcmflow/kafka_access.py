@@ -41,6 +41,8 @@ __all__ = [
     "erp_group",
     "ingest_access",
     "mllp_access",
+    "consume_access",
+    "consume_group",
     "reconcile_access",
     "reader_access",
     "documented_components",
@@ -123,7 +125,7 @@ def worker_access(app_id: str, *, exactly_once: bool = False) -> Access:
         read=(EVENTS, *changelogs),
         write=(POSTINGS, DLQ, *changelogs),
         group=app_id,
-        # Faust's transactional ids are "<app id>-<group>-<partition>".
+        # The outbox's transactional ids are "<app id>-events-<partition>".
         transactional_id_prefix=f"{app_id}-" if exactly_once else None,
         creates=tuple(spec.name for spec in topic_specs(app_id) if spec.name in own),
     )
@@ -150,6 +152,18 @@ def ingest_access(kind: str) -> Access:
     raw = INGEST_KINDS[kind]
     return Access(component=f"ingest {kind}" if kind != "watch" else "watch",
                   write=(*raw, EVENTS, DLQ))
+
+
+def consume_group(app_id: str, fmt: str, topic: str) -> str:
+    """`rcmflow consume`'s default group: one per format and source topic."""
+    return f"{app_id}-consume-{fmt}-{topic}"
+
+
+def consume_access(fmt: str, topic: str, group: str) -> Access:
+    """`rcmflow consume FORMAT --topic T`: reads the source topic in its group, writes what
+    `ingest FORMAT` writes."""
+    return Access(component=f"consume {fmt}", read=(topic,),
+                  write=(*INGEST_KINDS[fmt], EVENTS, DLQ), group=group)
 
 
 def mllp_access() -> Access:
@@ -183,6 +197,8 @@ def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
         "rcmflow ingest fhir": ingest_access("fhir"),
         "rcmflow ingest events": ingest_access("events"),
         "rcmflow watch": ingest_access("watch"),
+        "rcmflow consume hl7 --topic ehr.dft (any format: its raw topic as ingest's)":
+            consume_access("hl7", "ehr.dft", consume_group(app_id, "hl7", "ehr.dft")),
         "rcmflow reconcile": reconcile_access(),
         "rcmflow accounts list, show": reader_access("accounts", ACCOUNTS),
         "rcmflow accounts history": reader_access("accounts history", POSTINGS),

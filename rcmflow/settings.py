@@ -239,9 +239,10 @@ class Settings(BaseSettings):
         "past it are not read: one rcm.dlq record says where it stopped."
     )
     fhir_resource_bytes_max: int = Field(
-        1024 * 1024, ge=1024, le=4 * 1024 * 1024, description="Largest single resource; "
+        1024 * 1024, ge=1024, le=3 * 1024 * 1024, description="Largest single resource; "
         "larger: rcm.dlq (fhir_too_large), the other resources of the file go through. At "
-        "most 4 MiB: its rcm.raw.fhir record stays under the topic's 8 MiB limit."
+        "most 3 MiB: its rcm.raw.fhir record (the resource escaped inside JSON, up to twice "
+        "its size) stays under the topic's 8 MiB limit."
     )
     fhir_account_systems: list[str] = Field(
         ["urn:rcmflow:account"], description="Identifier systems whose value is the patient "

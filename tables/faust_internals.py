@@ -262,6 +262,7 @@ def limit_commits() -> None:
         return cast(int, limit)
 
     consumer_cls._new_offset = _new_offset
+    consumer_cls._faust_new_offset = faust_new_offset  # Faust's own, for the pinning tests
     consumer_cls._rcmflow_commit_limit = True
 
 

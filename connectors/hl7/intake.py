@@ -34,7 +34,7 @@ from typing import Protocol
 
 from rcmflow.connectors.totals import HEADER_STATUS, HEADER_TOTALS
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import Outgoing, send
+from rcmflow.kafka_io import Outgoing, check_record_sizes, send
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import Event
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
@@ -288,6 +288,9 @@ class KafkaSink:
         await self._producer.stop()
 
     async def write(self, records: Sequence[Record]) -> None:
+        """RecordTooLarge, nothing sent, for a record larger than its topic takes (the same
+        on every broker: Tansu would take it, Apache Kafka would not)."""
+        check_record_sizes(records)
         futures = [await send(self._producer, record) for record in records]
         try:
             await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)

@@ -611,29 +611,6 @@ def test_an_unreachable_broker_is_one_line_and_exit_4(broker: Broker, tmp_path: 
     assert "is unreachable: KafkaConnectionError" in done.stderr
 
 
-def test_an_output_too_large_for_the_broker_sends_its_record_to_the_dlq(
-        broker: Broker, workers: Workers) -> None:
-    """A 1.2 MB ChargeItem is within the FHIR bounds set here, but its raw record (the
-    resource escaped inside JSON) is more than the producer sends: it can never be stored, so
-    the record goes to rcm.dlq instead of holding the partition; the next one flows."""
-    topic = "big.fhir"
-    create_topic(broker, topic, **{"max.message.bytes": str(8 * 1024 * 1024)})
-    big = json.loads(fhir_charge("HUGE", 100)) | {"note": [{"text": '"' * 600_000}]}
-    values = [json.dumps(big).encode(), fhir_charge("AFTER", 4200)]
-    assert len(values[0]) > 1_200_000
-    produce(broker.connection, topic, [(None, v) for v in values])
-    run = consume(workers, "fhir", topic,
-                  env={"RCMFLOW_FHIR_RESOURCE_BYTES_MAX": str(8 * 1024 * 1024)})
-    assert run.returncode == 0, run.stderr
-    out = topics(broker.connection)
-    (doc,) = dlq_docs(out)
-    assert doc["reason_code"] == "output_too_large" and doc["origin"]["offset"] == 0
-    # Cut (at the DLQ payload bound, or to its head where escaping made that too large).
-    assert doc["context"]["payload_truncated"] is True
-    events = [json.loads(r.value or b"") for r in out[EVENTS]]
-    assert [(e["account"], e["amount_cents"]) for e in events] == [("B1", 4200)]
-
-
 @pytest.mark.brokers("kafka")  # Tansu creates a missing topic on the first write to it
 def test_a_broker_that_refuses_the_writes_commits_nothing_and_a_restart_reads_again(
         broker: Broker, workers: Workers) -> None:

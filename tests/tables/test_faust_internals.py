@@ -106,7 +106,9 @@ def test_the_drain_loop_commits_past_gaps_through_add_gap() -> None:
 
     source = inspect.getsource(Consumer._drain_messages)
     assert "await self._add_gap(tp, r_offset + 1, offset)" in source
-    assert "gap_for_tp.overlap(0, max_offset)" in inspect.getsource(Consumer._new_offset)
+    # Faust's own rule (limit_commits may have replaced it already in this process).
+    faust_new_offset = getattr(Consumer, "_faust_new_offset", Consumer._new_offset)
+    assert "gap_for_tp.overlap(0, max_offset)" in inspect.getsource(faust_new_offset)
     disable_gap_commits()
     assert asyncio.run(Consumer._add_gap(object(), None, 1, 5)) is None  # type: ignore[arg-type]
 
