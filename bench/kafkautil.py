@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import Record, read_topic
 
 __all__ = [
@@ -35,8 +36,8 @@ KEEP_FOREVER = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.byt
 IN_FLIGHT_MAX = 5_000
 
 
-async def create_topics(servers: list[str], names: Sequence[str], partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10_000)
+async def create_topics(kafka: KafkaConnection, names: Sequence[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -48,13 +49,13 @@ async def create_topics(servers: list[str], names: Sequence[str], partitions: in
         await admin.close()
 
 
-async def produce_all(servers: list[str], topic: str,
+async def produce_all(kafka: KafkaConnection, topic: str,
                       records: Sequence[tuple[bytes, bytes]]) -> dict[int, int]:
     """Send every (key, value) with acks=all (default partitioner: murmur2 of the key).
 
     Returns the record count per partition, from the broker's acks.
     """
-    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5,
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=5,
                                 max_batch_size=256 * 1024)
     await producer.start()
     per_partition: dict[int, int] = {}
@@ -84,9 +85,9 @@ class OutputWatch:
     fetches once, which returns at most one batch per partition and the true high watermark.
     """
 
-    def __init__(self, servers: list[str], topic: str, partitions: int) -> None:
+    def __init__(self, kafka: KafkaConnection, topic: str, partitions: int) -> None:
         self.tps = [TopicPartition(topic, p) for p in range(partitions)]
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+        self.consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
                                          enable_auto_commit=False, fetch_max_wait_ms=50)
 
     async def __aenter__(self) -> OutputWatch:
@@ -106,16 +107,16 @@ class OutputWatch:
         return sum((await self.highwaters()).values())
 
 
-async def read_from(servers: list[str], topic: str, start: dict[int, int],
+async def read_from(kafka: KafkaConnection, topic: str, start: dict[int, int],
                     timeout_s: float = 60.0) -> list[Record]:
     """The records of ``topic`` from ``start`` offsets (per partition) to the current end."""
-    return await read_topic(servers, topic, start=start, timeout_s=timeout_s)
+    return await read_topic(kafka, topic, start=start, timeout_s=timeout_s)
 
 
-async def committed_offsets(servers: list[str], group: str, topic: str,
+async def committed_offsets(kafka: KafkaConnection, group: str, topic: str,
                             partitions: int) -> dict[int, int | None]:
     """The offsets ``group`` committed on ``topic`` (asked by a member that never joins)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=group,
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=group,
                                 enable_auto_commit=False)
     await consumer.start()
     try:

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from bench.workload import encode, payment_doc
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import EVENTS
 
 __all__ = ["Collector", "LatencyResult", "send_steady", "percentile", "summarize"]
@@ -79,13 +80,13 @@ def summarize(result: LatencyResult, sent: dict[Key, int], seen: dict[Key, int])
 class Collector:
     """Reads an output topic from given offsets and keeps the first timestamp of wanted keys."""
 
-    def __init__(self, servers: list[str], topic: str, start: dict[int, int],
+    def __init__(self, kafka: KafkaConnection, topic: str, start: dict[int, int],
                  marker: bytes) -> None:
         self.tps = [TopicPartition(topic, p) for p in sorted(start)]
         self.start = start
         self.marker = marker
         self.seen: dict[Key, int] = {}
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+        self.consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
                                          enable_auto_commit=False, fetch_max_wait_ms=100)
 
     async def __aenter__(self) -> Collector:
@@ -120,7 +121,7 @@ class Collector:
         return True
 
 
-async def send_steady(servers: list[str], accounts: Sequence[str], tag: str, rate: float,
+async def send_steady(kafka: KafkaConnection, accounts: Sequence[str], tag: str, rate: float,
                       seconds: float, seed: int
                       ) -> tuple[dict[Key, int], dict[str, int], float]:
     """Fresh patient payments at ``rate``/s for ``seconds``.
@@ -128,7 +129,7 @@ async def send_steady(servers: list[str], accounts: Sequence[str], tag: str, rat
     Returns their input timestamps, the cents paid per account and the achieved rate.
     """
     rng = random.Random(seed)
-    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=0)
     await producer.start()
     loop = asyncio.get_running_loop()
     total = int(rate * seconds)

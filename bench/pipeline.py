@@ -59,6 +59,7 @@ from bench.workload import (
     validate,
 )
 from rcmflow.broker import EmbeddedBroker, ensure_topics
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import DLQ, EVENTS, topic_specs
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -75,7 +76,7 @@ def log(message: str) -> None:
 
 @dataclass
 class Context:
-    servers: list[str]
+    kafka: KafkaConnection
     run_dir: Path
     partitions: int
     workload: Workload
@@ -92,7 +93,7 @@ class Context:
 
     @property
     def bootstrap(self) -> str:
-        return self.servers[0]
+        return self.kafka.servers[0]
 
     @property
     def extra_events(self) -> int:
@@ -218,7 +219,7 @@ async def run_producing(ctx: Context, system: System) -> SystemResult:
                        events_in=len(ctx.workload.records) + backlog_extra,
                        backlog_extra=backlog_extra)
     proc = ctx.process(system, "run")
-    async with OutputWatch(ctx.servers, system.output_topic, ctx.partitions) as watch:
+    async with OutputWatch(ctx.kafka, system.output_topic, ctx.partitions) as watch:
         start = await watch.highwaters()
         # The echo emits every record it consumes; the others one delta per new money event.
         outputs = res.events_in if system.echoes else \
@@ -241,7 +242,7 @@ async def run_producing(ctx: Context, system: System) -> SystemResult:
     else:
         # Everything on the output topic now is the backlog's output (the latency phase has
         # not begun): its first and last CreateTime bound the run over the backlog.
-        records = await read_from(ctx.servers, system.output_topic, start)
+        records = await read_from(ctx.kafka, system.output_topic, start)
         if records:
             stamps = [r.timestamp_ms for r in records]
             res.window_s = (max(stamps) - min(stamps)) / 1000
@@ -274,10 +275,10 @@ async def run_producing(ctx: Context, system: System) -> SystemResult:
             res.check_notes.append(
                 f"self-reported {printed.get('consumed'):,} consumed, {printed.get('new'):,} "
                 f"new, {printed.get('replays'):,} replays, {printed.get('deltas'):,} deltas")
-    records = await read_from(ctx.servers, system.output_topic, start)
+    records = await read_from(ctx.kafka, system.output_topic, start)
     _check_outputs(ctx, system, records, res, {a: list(v) for a, v in ctx.extra.items()})
     if system.key == "rcmflow":
-        dlq = await read_from(ctx.servers, DLQ, {p: 0 for p in range(ctx.partitions)})
+        dlq = await read_from(ctx.kafka, DLQ, {p: 0 for p in range(ctx.partitions)})
         res.check_notes.append(f"{len(dlq)} records on {DLQ}")
         if dlq:
             res.check_ok = False
@@ -329,14 +330,14 @@ async def latency_phase(ctx: Context, system: System, proc: SystemProcess,
     accounts = list(ctx.workload.expected_versions)
     alive = lambda: proc.exited() is None  # noqa: E731
     try:
-        async with OutputWatch(ctx.servers, system.output_topic, ctx.partitions) as watch:
+        async with OutputWatch(ctx.kafka, system.output_topic, ctx.partitions) as watch:
             start = await watch.highwaters()
         await asyncio.sleep(1.0)
         log(f"{system.label}: sending {rate:,.0f} events/s for {ctx.latency_seconds:.0f} s")
         sent, amounts, lat.rate_achieved = await send_steady(
-            ctx.servers, accounts, tag, rate, ctx.latency_seconds, ctx.seed)
+            ctx.kafka, accounts, tag, rate, ctx.latency_seconds, ctx.seed)
         ctx.add_extra(sent, amounts)
-        async with Collector(ctx.servers, system.output_topic, start,
+        async with Collector(ctx.kafka, system.output_topic, start,
                              f"lat-{tag}-".encode()) as collector:
             complete = await collector.until(set(sent), DRAIN_TIMEOUT_S, alive)
             summarize(lat, sent, collector.seen)
@@ -371,12 +372,12 @@ async def run(ctx: Context, systems: list[System]) -> None:
 
 async def _run(ctx: Context, systems: list[System]) -> None:
     specs = topic_specs("rcmflow")
-    await ensure_topics(ctx.servers, specs, ctx.partitions, 1)
-    await create_topics(ctx.servers, [s.output_topic for s in systems
+    await ensure_topics(ctx.kafka, specs, ctx.partitions, 1)
+    await create_topics(ctx.kafka, [s.output_topic for s in systems
                                       if s.output_topic and s.key != "rcmflow"], ctx.partitions)
     log(f"producing {len(ctx.workload.records):,} events to {EVENTS} (acks=all) ...")
     t0 = time.perf_counter()
-    per_partition = await produce_all(ctx.servers, EVENTS, ctx.workload.records)
+    per_partition = await produce_all(ctx.kafka, EVENTS, ctx.workload.records)
     elapsed = time.perf_counter() - t0
     log(f"produced in {elapsed:.1f} s ({len(ctx.workload.records) / elapsed:,.0f}/s), per "
         f"partition {dict(sorted(per_partition.items()))}")
@@ -459,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / "logs").mkdir()
     broker = EmbeddedBroker(log_file=run_dir / "logs" / "broker.log").start()
     log(f"embedded broker at {broker.bootstrap} (run dir {run_dir})")
-    ctx = Context([broker.bootstrap], run_dir, args.partitions, workload, latency_rates,
+    ctx = Context(broker.connection, run_dir, args.partitions, workload, latency_rates,
                   latency_seconds, args.seed)
     try:
         asyncio.run(run(ctx, systems))
