@@ -303,6 +303,23 @@ def _observations(results: list[SystemResult], main_rate: float, broker: str) ->
         if first and last / first < 0.6:
             out.append(f"rcmflow's output rate fell from {first / 5:,.0f}/s in the first 5 s to "
                        f"{last / 5:,.0f}/s in the last full 5 s of its backlog run.")
+    ceiling = by_key.get("faust-plain")
+    if rcm and ceiling and rcm.foreign_cores is not None and ceiling.foreign_cores is not None \
+            and abs(rcm.foreign_cores - ceiling.foreign_cores) > 0.1:
+        out.append(
+            f"Other processes used {rcm.foreign_cores:.2f} cores while rcmflow ran and "
+            f"{ceiling.foreign_cores:.2f} while the Faust ceiling ran: the ratio between them "
+            "is disturbed by that difference.")
+    rcm_cpu = (rcm.cpu.get("backlog") or {}).get("system") if rcm else None
+    ceiling_cpu = (ceiling.cpu.get("backlog") or {}).get("system") if ceiling else None
+    if rcm and ceiling and rcm_cpu and ceiling_cpu:
+        per_rcm = rcm_cpu / rcm.events_in * 1e6
+        per_ceiling = ceiling_cpu / ceiling.events_in * 1e6
+        out.append(
+            f"CPU per event from process start to the end of the backlog (startup included): "
+            f"rcmflow {per_rcm:,.0f} µs, the Faust ceiling {per_ceiling:,.0f} µs; by CPU alone "
+            f"(which other load disturbs less than wall time) the ratio is "
+            f"{per_ceiling / per_rcm:.2f}.")
     if broker == "tansu" and aio and len(aio.latencies) > 1:
         low = min(aio.latencies, key=lambda x: x.get("rate_target") or 0)
         high = max(aio.latencies, key=lambda x: x.get("rate_target") or 0)
