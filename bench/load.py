@@ -37,6 +37,8 @@ class LoadSampler:
     own_by_class: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CPU_CLASSES,
                                                                                  0.0))
     _classes: dict[int, str] = field(default_factory=dict)
+    #: (wall s, foreign CPU s) of each sample: the recent foreign load.
+    _recent: list[tuple[float, float]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
     _last: dict[int, float] = field(default_factory=dict)
 
@@ -92,6 +94,7 @@ class LoadSampler:
             own, foreign, names = self._sample()
             now = loop.time()
             self.wall_s += now - last
+            self._recent = [*self._recent[-300:], (now - last, foreign)]
             last = now
             self.own_cpu_s += own
             self.foreign_cpu_s += foreign
@@ -106,6 +109,30 @@ class LoadSampler:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
+
+    def foreign_cores_last(self, seconds: float) -> float | None:
+        """Average cores other processes used over the last ``seconds`` (None: too few
+        samples yet)."""
+        wall = cpu = 0.0
+        for sample_wall, sample_cpu in reversed(self._recent):
+            if wall >= seconds:
+                break
+            wall += sample_wall
+            cpu += sample_cpu
+        return cpu / wall if wall >= seconds * 0.9 else None
+
+    async def wait_quiet(self, below_cores: float, quiet_for_s: float,
+                         timeout_s: float) -> tuple[float | None, float]:
+        """Wait until other processes used less than ``below_cores`` over the last
+        ``quiet_for_s`` seconds, at most ``timeout_s``; returns (that load, seconds waited)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            load = self.foreign_cores_last(quiet_for_s)
+            waited = loop.time() - started
+            if (load is not None and load < below_cores) or waited >= timeout_s:
+                return load, waited
+            await asyncio.sleep(INTERVAL_S)
 
     def mark(self) -> Mark:
         """CPU and wall seconds so far (see ``Mark``): subtract two marks for one phase."""

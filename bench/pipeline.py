@@ -91,6 +91,10 @@ STALL_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 90.0
 PROFILE_BUCKET_MS = 5_000
 QUIET_FOR_S = 30.0
+#: --wait-quiet: before each system, wait (up to --wait-quiet-system seconds) until other
+#: processes used less than QUIET_BELOW_CORES over the last SYSTEM_QUIET_FOR_S seconds.
+QUIET_BELOW_CORES = 0.1
+SYSTEM_QUIET_FOR_S = 15.0
 
 
 def log(message: str) -> None:
@@ -114,6 +118,8 @@ class Context:
     #: payments), per account: [count, cents]. Systems that run later consume them too.
     extra: dict[str, list[int]] = field(default_factory=dict)
     load: LoadSampler = field(default_factory=LoadSampler)
+    #: With --wait-quiet: the longest wait for a quiet machine before each system.
+    wait_quiet_s: float = 0.0
     #: Sample the rcmflow workers with py-spy (``--py-spy``; perturbs the numbers).
     py_spy: bool = False
     #: rcmflow variants that ran already (they share rcm.postings, rcm.accounts, rcm.dlq).
@@ -507,11 +513,19 @@ async def _run(ctx: Context, systems: list[System]) -> None:
     log(f"produced in {elapsed:.1f} s ({len(ctx.workload.records) / elapsed:,.0f}/s), per "
         f"partition {dict(sorted(per_partition.items()))}")
     for system in systems:
+        if ctx.wait_quiet_s > 0:
+            load, waited = await ctx.load.wait_quiet(QUIET_BELOW_CORES, SYSTEM_QUIET_FOR_S,
+                                                     ctx.wait_quiet_s)
+            log(f"{system.label}: other processes used {_fmt(load, 2)} cores over the last "
+                f"{SYSTEM_QUIET_FOR_S:.0f} s" + (f" (waited {waited:.0f} s)" if waited >= 1
+                                                  else ""))
         mark = ctx.load.mark()
         if system.produces:
             ctx.results[system.key] = await run_producing(ctx, system)
         else:
             ctx.results[system.key] = await throughput_ceiling(ctx, system)
+        if ctx.wait_quiet_s > 0:
+            ctx.results[system.key].quiet_wait_s = round(waited, 1)
         ctx.results[system.key].foreign_cores = ctx.load.cores_between(mark, ctx.load.mark())
 
 
@@ -558,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
                         "processes below 0.1 cores for --quiet-for seconds in a row)")
     parser.add_argument("--quiet-for", type=float, default=QUIET_FOR_S, metavar="SECONDS",
                         help=f"with --wait-quiet (default {QUIET_FOR_S:.0f})")
+    parser.add_argument("--wait-quiet-system", type=float, default=180.0, metavar="SECONDS",
+                        help="with --wait-quiet, also wait up to SECONDS before each system "
+                        f"until other processes used < {QUIET_BELOW_CORES} cores over "
+                        f"{SYSTEM_QUIET_FOR_S:.0f} s (default 180; 0: off)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, "
                         "state) even when everything passed")
     parser.add_argument("--py-spy", action="store_true",
@@ -601,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f", started in {broker.started_in_s:.1f} s" if broker.started_in_s else "")
         + f" (run dir {run_dir})")
     ctx = Context(broker.connection, run_dir, args.partitions, workload, latency_rates,
-                  latency_seconds, args.seed, broker=broker_kind, py_spy=args.py_spy)
+                  latency_seconds, args.seed, broker=broker_kind, py_spy=args.py_spy,
+                  wait_quiet_s=args.wait_quiet_system if args.wait_quiet > 0 else 0.0)
     if broker.pid:
         ctx.load.broker_pids.add(broker.pid)
     try:

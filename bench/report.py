@@ -74,6 +74,8 @@ class SystemResult:
     #: CPU seconds per phase ("backlog", "latency-<rate>"): wall_s, system, broker, harness,
     #: foreign (bench.load).
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: --wait-quiet: seconds waited for a quiet machine before this system started.
+    quiet_wait_s: float | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> SystemResult:
@@ -375,7 +377,9 @@ def _details(r: SystemResult) -> list[str]:
     if r.latency_peak_rss_mb is not None:
         detail.append(f"peak RSS in latency run {r.latency_peak_rss_mb:.1f} MB")
     if r.foreign_cores is not None:
-        detail.append(f"other processes used {r.foreign_cores:.2f} cores meanwhile")
+        detail.append(f"other processes used {r.foreign_cores:.2f} cores meanwhile"
+                      + (f" (after waiting {r.quiet_wait_s:.0f} s for a quiet machine)"
+                         if r.quiet_wait_s else ""))
     if r.check_notes:
         detail.append("checks: " + "; ".join(r.check_notes))
     if r.error:
@@ -491,26 +495,39 @@ def render_section(raw: dict[str, Any], shown_json: str) -> list[str]:
 LEGACY_SECTIONS = ("Machine", "Workload", "Results", "Details", "Observations", "Notes")
 
 
-def _sections(path: Path) -> tuple[dict[str, list[str]], list[str]]:
-    """An existing RESULTS.md: the broker sections (heading -> lines) and the other benches'
-    sections (lines)."""
+def _stem(heading: str) -> str:
+    """``## Apache Kafka`` of ``## Apache Kafka (`--broker kafka`)``."""
+    return heading.split(" (")[0].rstrip(",").split(",")[0]
+
+
+def _sections(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str]]:
+    """An existing RESULTS.md: the broker sections (kind -> lines), the hand-written sections
+    attached to a broker's (a heading that starts like the broker's, e.g. ``## Apache Kafka:
+    where the time goes``; kept right after it) and the other benches' sections."""
     brokers: dict[str, list[str]] = {}
+    attached: dict[str, list[str]] = {}
     others: list[str] = []
     if not path.exists():
-        return brokers, others
+        return brokers, attached, others
     current: list[str] | None = None
     for line in path.read_text().splitlines():
         if line.startswith("## "):
             kind = next((k for k, h in BROKER_HEADINGS.items() if line == h), None)
+            near = next((k for k, h in BROKER_HEADINGS.items() if line.startswith(_stem(h))),
+                        None)
             if kind is not None:
                 current = brokers.setdefault(kind, [])
+            elif near is not None:
+                current = attached.setdefault(near, [])
+                if current:
+                    current.append("")
             elif line[3:].startswith(LEGACY_SECTIONS):
                 current = None
             else:
                 current = others
         if current is not None:
             current.append(line)
-    return brokers, others
+    return brokers, attached, others
 
 
 def write_results_md(path: Path, runs: dict[str, Path] | None = None) -> None:
@@ -518,7 +535,7 @@ def write_results_md(path: Path, runs: dict[str, Path] | None = None) -> None:
     ``runs``; a broker without a JSON keeps the section the file has."""
     found = {p.stem: p for p in sorted(RUNS_DIR.glob("*.json"))} if RUNS_DIR.exists() else {}
     found |= runs or {}
-    kept, others = _sections(path)
+    kept, attached, others = _sections(path)
     root = BENCH_DIR.parent
     lines = [
         "# rcmflow benchmark results",
@@ -535,6 +552,8 @@ def write_results_md(path: Path, runs: dict[str, Path] | None = None) -> None:
             lines += ["", *render_section(json.loads(json_path.read_text()), str(shown))]
         elif kind in kept:
             lines += ["", *_strip(kept[kind])]
+        if kind in attached:
+            lines += ["", *_strip(attached[kind])]
     if others:
         lines += ["", *_strip(others)]
     path.write_text("\n".join(lines) + "\n")
