@@ -238,6 +238,11 @@ def _variant_lines(base: SystemResult, other: SystemResult, rates: list[float],
     out = [f"- throughput: {_num(other.events_per_s)} vs {_num(base.events_per_s)} events/s = "
            f"{ratio(other.events_per_s, base.events_per_s)} ({what}; backlogs "
            f"{other.events_in:,} and {base.events_in:,} events)"]
+    if other.foreign_cores is not None and base.foreign_cores is not None:
+        out[0] += (f"; other processes used {other.foreign_cores:.2f} and "
+                   f"{base.foreign_cores:.2f} cores meanwhile"
+                   + (" — a disturbed comparison" if abs(other.foreign_cores
+                                                         - base.foreign_cores) > 0.1 else ""))
     for rate in sorted(rates, reverse=True):
         b, o = _at(base, rate), _at(other, rate)
         if not b or not o:
