@@ -566,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=None,
                         help="default 15 (8 with --quick)")
     parser.add_argument("--results-md", type=Path, default=None,
-                        help="default bench/RESULTS.md for full runs, none for --quick")
+                        help="default bench/RESULTS.md for full runs (default workload, "
+                        "systems and latency phases), none for quick or partial runs")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for the machine to be quiet (other "
                         "processes below 0.1 cores for --quiet-for seconds in a row)")
@@ -589,9 +590,13 @@ def main(argv: list[str] | None = None) -> int:
         events, accounts = QUICK_EVENTS, QUICK_ACCOUNTS
     latency_seconds = args.latency_seconds or (8.0 if args.quick else 15.0)
     latency_rates = [float(r) for r in args.latency_rates.split(",") if r]
-    full = not args.quick and not args.py_spy
-    results_md = args.results_md or (BENCH_DIR / "RESULTS.md" if full else None)
     keys = args.systems.split(",") if args.systems else DEFAULT_SYSTEMS[broker_kind]
+    # A full run (the one RESULTS.md and runs/<broker>.json keep): the default workload,
+    # systems and latency phases. Anything else is a quick or partial run.
+    full = (not args.quick and not args.py_spy and keys == DEFAULT_SYSTEMS[broker_kind]
+            and (events, accounts) == (DEFAULT_EVENTS, DEFAULT_ACCOUNTS)
+            and args.latency_seconds is None and latency_rates == [1500.0, 300.0])
+    results_md = args.results_md or (BENCH_DIR / "RESULTS.md" if full else None)
     try:
         # In the order given: the default order is the one the method describes.
         systems = [SYSTEMS[key] for key in keys if key]
@@ -655,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = BENCH_DIR / "results"
     results_dir.mkdir(exist_ok=True)
     stamp = started_at.strftime("%Y%m%dT%H%M%S")
-    kind = "full" if full else ("py-spy" if args.py_spy else "quick")
+    kind = "full" if full else ("py-spy" if args.py_spy else "quick" if args.quick
+                                else "partial")
     json_path = results_dir / f"{stamp}-{broker_kind}-{kind}.json"
     raw = {
         "started_at": started_at.isoformat(), "command": command, "wall_s": wall_s,
