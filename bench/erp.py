@@ -76,7 +76,7 @@ def _connector_rate(adapter: ErpAdapter, items: list[tuple[bytes, bytes]],
     with tempfile.TemporaryDirectory() as tmp:
         broker = EmbeddedBroker(log_file=Path(tmp) / "broker.log").start()
         try:
-            asyncio.run(ensure_topics([broker.bootstrap], topic_specs("rcmflow"), 4, 1))
+            asyncio.run(ensure_topics(broker.connection, topic_specs("rcmflow"), 4, 1))
             publish_deltas(broker, items)
             started = time.perf_counter()
             progress = run_in_process(adapter, broker, group="bench-erp", batch_max=batch)

@@ -86,7 +86,7 @@ def wait_for_port(port: int, listener: subprocess.Popen[bytes], log: Path) -> No
 
 def bench_mllp(clients: int, messages: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
-        asyncio.run(ensure_topics([broker.bootstrap], topic_specs("rcmflow"), PARTITIONS, 1))
+        asyncio.run(ensure_topics(broker.connection, topic_specs("rcmflow"), PARTITIONS, 1))
         port = free_port()
         log = Path(tmp) / "mllp.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}

