@@ -363,7 +363,9 @@ async def _topic_denials(admin: AIOKafkaAdminClient, access: Access) -> list[str
             missing += [f"{op} on topic {topic}" for op in needed]
             continue
         if entry["error_code"] == UnknownTopicOrPartitionError.errno:
-            log.warning("%s: topic %s does not exist (yet)", access.component, topic)
+            # The command says it itself (the worker creates it, the facade waits, consume
+            # refuses): a warning here would be a second line.
+            log.debug("%s: topic %s does not exist (yet)", access.component, topic)
             continue
         operations = entry.get("topic_authorized_operations", _UNKNOWN_OPERATIONS)
         for op, names in (("READ", access.read), ("WRITE", access.write)):

@@ -336,8 +336,10 @@ def resume(app: faust.App, topic: str, partition: int) -> None:
 def install_highwater_fix() -> None:
     """Make Faust's recovery read changelogs to their true end (idempotent).
 
-    - at_least_once on Tansu: the larger of ListOffsets and a fetch's high watermark (on
-      Apache Kafka both agree: a no-op).
+    - at_least_once: the larger of ListOffsets and a fetch's high watermark (Tansu's
+      ListOffsets lags; on Apache Kafka both agree), then the offset after the last record
+      before it: a changelog that an exactly_once worker once wrote ends in a commit marker,
+      never delivered, and recovery would wait for it for ever.
     - exactly_once (Apache Kafka): Faust takes the last stable offset of its consumer's latest
       fetch, which a partition just assigned has not had (None: ``ConsistencyError``), and
       then waits for the offset before it, which is a transaction's commit marker, never
@@ -366,10 +368,13 @@ def install_highwater_fix() -> None:
                     for tp in stable}
         listed = await listed_highwaters(self, partitions)
         fetched = await fetch_highwaters(options, listed)
-        return {
-            tp: max(offset or 0, fetched.get(TopicPartition(tp.topic, tp.partition), 0))
-            for tp, offset in listed.items()
-        }
+        ends = {TopicPartition(tp.topic, tp.partition):
+                max(offset or 0, fetched.get(TopicPartition(tp.topic, tp.partition), 0))
+                for tp, offset in listed.items()}
+        # A changelog an exactly_once worker wrote before ends in a commit marker, which an
+        # at_least_once recovery would wait for for ever: read to the last record instead.
+        committed = await last_committed_ends(options, ends)
+        return {tp: committed[TopicPartition(tp.topic, tp.partition)] for tp in listed}
 
     thread_cls._highwaters = _highwaters
     thread_cls._rcmflow_highwater_fix = True
