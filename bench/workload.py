@@ -269,25 +269,20 @@ def validate(values: list[bytes]) -> int:
 def check_with_processor(workload: Workload) -> dict[str, int]:
     """Run rcmflow's pure processor over the workload (no broker): deltas, DLQ records."""
     from rcmflow.streams.chart import load_chart
-    from rcmflow.streams.dedup import DedupEntry
+    from rcmflow.streams.memory_tables import MemoryTables
     from rcmflow.streams.processor import Message, Processor
     from rcmflow.streams.topics import EVENTS
 
     processor = Processor(load_chart(None))
-    states: dict[tuple[int, str], Any] = {}
-    dedup: dict[tuple[int, bytes], bytes] = {}
+    tables = MemoryTables()
 
     totals = {"postings": 0, "dlq": 0, "replays": 0, "applied": 0}
     batch_size = 1000
     for start in range(0, len(workload.records), batch_size):
         chunk = workload.records[start:start + batch_size]
         messages = [Message(EVENTS, 0, start + i, k, v) for i, (k, v) in enumerate(chunk)]
-        result = processor.process(
-            messages, lambda p, a: states.get((p, a)),
-            lambda p, k: (DedupEntry.model_validate_json(dedup[(p, k)])
-                          if (p, k) in dedup else None))
-        states.update(result.state_writes)
-        dedup.update(result.dedup_writes)
+        result = processor.process(messages, tables)
+        tables.write(result)
         totals["postings"] += len(result.postings)
         totals["dlq"] += len(result.dlq)
         totals["replays"] += result.counts.replays

@@ -30,6 +30,7 @@ from rcmflow.metrics import url
 from rcmflow.ops import dlq_records, format_cents, latest_snapshots
 from rcmflow.settings import EMBEDDED_PREFIX, Settings, embedded_broker_info
 from rcmflow.streams.chart import ChartError, ChartOfAccounts, load_chart
+from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS, topic_specs
 
@@ -258,5 +259,5 @@ def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccount
 def _expected_versions(lines: list[tuple[str, bytes]], chart: ChartOfAccounts) -> dict[str, int]:
     """The version each demo account ends at: the pure core, run locally on the same input."""
     messages = [Message(EVENTS, 0, i, k.encode(), v) for i, (k, v) in enumerate(lines)]
-    result = Processor(chart).process(messages, lambda p, a: None, lambda p, k: None)
-    return {account: state.version for (_, account), state in result.state_writes.items()}
+    result = Processor(chart).process(messages, MemoryTables())
+    return {account: head.version for (_, account), head in result.heads.items()}

@@ -5,11 +5,11 @@ from .core import Applied, apply, new_account
 from .events import EVENT_ADAPTER, Event, EventKind, event_digest
 from .postings import PostingDelta, PostingLine
 from .rejections import Rejection
-from .state import AccountState, Balances
+from .state import AccountHead, Balances
 
 __all__ = [
     "EVENT_ADAPTER",
-    "AccountState",
+    "AccountHead",
     "Applied",
     "Balances",
     "ChartOfAccounts",

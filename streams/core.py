@@ -1,12 +1,16 @@
-"""The pure domain core: ``apply(state, event) -> Applied | Rejection``.
+"""The pure domain core: ``apply(head, event, items) -> Applied | Rejection``.
 
 No Faust, no Kafka: plain functions over immutable values, so every rule and invariant is
 tested exhaustively without a broker. The agent in ``worker.py`` is a thin shell around them.
+
+An event reads the account's head and, through ``items``, only the items it names (the charge
+a reversal reverses, the claim an 835 answers): its cost does not grow with the account.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import orjson
 
@@ -25,63 +29,81 @@ from .postings import RULE_VERSION, UnmappedLine, posting_id
 from .rejections import Rejection
 from .rules import Movement, bucket_effects, movements_for
 from .state import (
-    AccountState,
-    Adjudication,
+    AccountHead,
+    AdjudicationRecord,
     Balances,
     ChargeRecord,
-    ClaimState,
+    ClaimRecord,
+    Item,
+    ItemRef,
     PaymentRecord,
 )
 
-__all__ = ["Applied", "apply", "new_account", "ACCOUNT_ITEMS_MAX"]
+__all__ = ["Applied", "ItemLookup", "apply", "item_changes", "touched_items", "new_account",
+           "ACCOUNT_ITEMS_MAX"]
 
-#: Records (charges, claims, payments) one account may hold; past it events are refused.
+#: Items (charges, claims, adjudications, payments) one account may hold; past it the
+#: events that would add one are refused. Cost does not depend on it: it bounds storage.
 ACCOUNT_ITEMS_MAX = 10_000
+
+#: An account's item by (kind, id), or None: the state before the event being applied.
+ItemLookup = Callable[[ItemRef], Item | None]
 
 
 class Applied(NamedTuple):
-    state: AccountState
+    head: AccountHead
+    #: The items the event created or changed, as they are now.
+    items: dict[ItemRef, Item]
     #: The posting delta as sent (``PostingDelta`` JSON), or None when nothing moved.
     delta: bytes | None
     unmapped: tuple[UnmappedLine, ...]
 
 
-def new_account(account: str) -> AccountState:
-    return AccountState(account=account)
+def new_account(account: str) -> AccountHead:
+    return AccountHead(account=account)
 
 
 def apply(
-    state: AccountState,
+    head: AccountHead,
     event: Event,
     chart: ChartOfAccounts,
+    items: ItemLookup,
     *,
     items_max: int = ACCOUNT_ITEMS_MAX,
 ) -> Applied | Rejection:
-    """Apply one new event (dedup is decided before) to an account's state."""
-    assert state.account == event.account, "event applied to another account's state"
-    adds_item = isinstance(event, (ChargePosted, ClaimSubmitted, PatientPayment, Refund))
-    if adds_item and state.item_count() >= items_max:
+    """Apply one new event (dedup is decided before) to an account's head and items."""
+    assert head.account == event.account, "event applied to another account's state"
+    created = [ref for ref in touched_items(event) if items(ref) is None]
+    if created and head.item_count() + len(created) > items_max:
         return Rejection(
             stage="rules",
             reason_code="account_items_max",
-            detail=f"the account already holds {items_max} charges, claims and payments",
+            detail=f"the account already holds {head.item_count()} charges, claims, "
+            f"adjudications and payments (at most {items_max})",
         )
-    movements = movements_for(event, state, chart)
+    movements = movements_for(event, head, chart, items)
     if isinstance(movements, Rejection):
         return movements
-    version = state.version + 1
+    version = head.version + 1
     delta, unmapped = _delta(event, movements, version, chart)
-    updates = _record(state, event)
-    balances = updates.get("balances", state.balances)
-    assert isinstance(balances, Balances)
-    updates |= {
+    counts = head.items
+    for kind, _ in created:
+        counts = counts.plus(kind)
+    balances = head.balances.moved(bucket_effects((m.bucket, m.amount_cents) for m in movements))
+    if isinstance(event, ClaimAdjudicated):
+        balances = _track_adjudication(balances, event, items(("claim", event.claim_id)))
+    updates: dict[str, object] = {
         "version": version,
-        "entity": state.entity or event.dimensions.entity,
+        "entity": head.entity or event.dimensions.entity,
         "last_event_id": event.event_id,
         "last_event_at": event.occurred_at,
-        "balances": balances.moved(bucket_effects((m.bucket, m.amount_cents) for m in movements)),
+        "balances": balances,
+        "items": counts,
     }
-    return Applied(state.model_copy(update=updates), delta, unmapped)
+    if isinstance(event, AccountStatusChanged):
+        updates["status"] = event.status
+    return Applied(head.model_copy(update=updates), item_changes(event, version, items),
+                   delta, unmapped)
 
 
 def _delta(
@@ -147,12 +169,31 @@ def _delta(
     return orjson.dumps(delta), tuple(unmapped)
 
 
-def _record(state: AccountState, event: Event) -> dict[str, object]:
-    """Updates that keep the account's records (charges, claims, payments, status) current."""
+def touched_items(event: Event) -> tuple[ItemRef, ...]:
+    """The items an event creates or changes (it reads no others but these)."""
+    match event:
+        case ChargePosted():
+            return (("charge", event.event_id),)
+        case ChargeReversed() if event.reverses_event_id is not None:
+            return (("charge", event.reverses_event_id),)
+        case ClaimSubmitted():
+            return (("claim", event.claim_id),)
+        case ClaimAdjudicated():
+            return (("claim", event.claim_id), ("adjudication", event.event_id))
+        case PatientPayment() | Refund():
+            return (("payment", event.event_id),)
+    return ()
+
+
+def item_changes(event: Event, version: int, items: ItemLookup) -> dict[ItemRef, Item]:
+    """The items ``event`` (applied as account ``version``) creates or changes, from their
+    state before it. Depends on the event and those items only, never on the head: a
+    redelivered event whose head is durable re-derives its lost item writes with it."""
     match event:
         case ChargePosted():
             dims = event.dimensions
             charge: ChargeRecord = {
+                "version": version,
                 "event_id": event.event_id,
                 "amount_cents": event.amount_cents,
                 "quantity": event.quantity,
@@ -164,30 +205,33 @@ def _record(state: AccountState, event: Event) -> dict[str, object]:
                 "occurred_at": event.occurred_at,
                 "reversed_cents": 0,
             }
-            return {"charges": state.charges + (charge,)}
+            return {("charge", event.event_id): charge}
         case ChargeReversed() if event.reverses_event_id is not None:
-            charges = tuple(
-                {**c, "reversed_cents": c["reversed_cents"] + event.amount_cents}
-                if c["event_id"] == event.reverses_event_id
-                else c
-                for c in state.charges
-            )
-            return {"charges": charges}
+            ref: ItemRef = ("charge", event.reverses_event_id)
+            original = items(ref)
+            assert original is not None, "a reversal of an unknown charge was applied"
+            reversed_: ChargeRecord = {  # type: ignore[typeddict-item]
+                **original, "version": version,
+                "reversed_cents": original["reversed_cents"] + event.amount_cents}  # type: ignore[typeddict-item]
+            return {ref: reversed_}
         case ClaimSubmitted():
-            claim = state.claims.get(event.claim_id) or _new_claim(event.claim_id)
+            ref = ("claim", event.claim_id)
+            claim = _claim(items(ref), event.claim_id)
             claim = {
                 **claim,
+                "version": version,
                 "payer": event.dimensions.payer,
                 "payer_class": event.dimensions.payer_class,
                 "total_charge_cents": event.total_charge_cents,
                 "lines": [line.model_dump() for line in event.lines],  # type: ignore[misc]
                 "submitted_at": event.occurred_at,
             }
-            return {"claims": {**state.claims, event.claim_id: claim}}
+            return {ref: claim}
         case ClaimAdjudicated():
-            return _record_adjudication(state, event)
+            return _adjudication_items(event, version, items)
         case PatientPayment() | Refund():
             payment: PaymentRecord = {
+                "version": version,
                 "event_id": event.event_id,
                 "kind": event.kind.value,  # type: ignore[typeddict-item]
                 "amount_cents": event.amount_cents,
@@ -196,30 +240,33 @@ def _record(state: AccountState, event: Event) -> dict[str, object]:
                 "occurred_at": event.occurred_at,
                 "correlation_id": event.correlation_id,
             }
-            return {"payments": state.payments + (payment,)}
-        case AccountStatusChanged():
-            return {"status": event.status}
+            return {("payment", event.event_id): payment}
     return {}
 
 
-def _new_claim(claim_id: str, **known: object) -> ClaimState:
-    claim: ClaimState = {
-        "claim_id": claim_id, "status": "submitted", "payer": None, "payer_class": None,
-        "total_charge_cents": 0, "lines": [], "submitted_at": None, "adjudications": [],
+def _claim(found: Item | None, claim_id: str, **known: object) -> ClaimRecord:
+    if found is not None:
+        return found  # type: ignore[return-value]
+    claim: ClaimRecord = {
+        "version": 0, "claim_id": claim_id, "status": "submitted", "payer": None,
+        "payer_class": None, "total_charge_cents": 0, "lines": [], "submitted_at": None,
+        "first_adjudicated_at": None,
     }
     return {**claim, **known}  # type: ignore[typeddict-item]
 
 
-def _record_adjudication(state: AccountState, event: ClaimAdjudicated) -> dict[str, object]:
-    claim = state.claims.get(event.claim_id) or _new_claim(
-        event.claim_id,
-        payer=event.dimensions.payer,
-        payer_class=event.dimensions.payer_class,
-        total_charge_cents=event.charge_cents,
-    )
-    was_denied = claim["status"] == "denied"
-    adjustments = event.all_adjustments()
-    adjudication: Adjudication = {
+_CLAIM_STATUS: dict[str, Literal["adjudicated", "denied", "reversed"]] = {"processed": "adjudicated", "denied": "denied", "reversal": "reversed"}
+
+
+def _adjudication_items(event: ClaimAdjudicated, version: int,
+                        items: ItemLookup) -> dict[ItemRef, Item]:
+    claim_ref: ItemRef = ("claim", event.claim_id)
+    claim = _claim(items(claim_ref), event.claim_id, payer=event.dimensions.payer,
+                   payer_class=event.dimensions.payer_class,
+                   total_charge_cents=event.charge_cents)
+    adjudication: AdjudicationRecord = {
+        "version": version,
+        "claim_id": event.claim_id,
         "event_id": event.event_id,
         "outcome": event.outcome,
         "payer": event.dimensions.payer,
@@ -228,23 +275,27 @@ def _record_adjudication(state: AccountState, event: ClaimAdjudicated) -> dict[s
         "paid_cents": event.paid_cents,
         "patient_responsibility_cents": event.patient_responsibility_cents,
         "adjustments": [{"group": a.group, "reason": a.reason, "amount_cents": a.amount_cents}
-                        for a in adjustments],
+                        for a in event.all_adjustments()],
         "occurred_at": event.occurred_at,
         "correlation_id": event.correlation_id,
     }
-    status = {"processed": "adjudicated", "denied": "denied", "reversal": "reversed"}[event.outcome]
-    claim = {**claim, "status": status,  # type: ignore[typeddict-item]
-             "adjudications": [*claim["adjudications"], adjudication]}
+    claim = {**claim, "version": version,
+             "status": _CLAIM_STATUS[event.outcome],
+             "first_adjudicated_at": claim["first_adjudicated_at"] or event.occurred_at}
+    return {claim_ref: claim, ("adjudication", event.event_id): adjudication}
+
+
+def _track_adjudication(balances: Balances, event: ClaimAdjudicated,
+                        claim: Item | None) -> Balances:
+    """The tracking buckets (no ledger entry): denied charges, patient responsibility."""
+    was_denied = claim is not None and claim.get("status") == "denied"
     denied = 0
     if event.outcome == "denied":
         denied = event.charge_cents
     elif event.outcome == "reversal" and was_denied:
         denied = event.charge_cents  # negated by the reversal
-    patient_share = sum(a.amount_cents for a in adjustments if a.group == "PR")
-    balances = state.balances.model_copy(
-        update={
-            "denied": state.balances.denied + denied,
-            "patient_responsibility": state.balances.patient_responsibility + patient_share,
-        }
-    )
-    return {"claims": {**state.claims, event.claim_id: claim}, "balances": balances}
+    patient_share = sum(a.amount_cents for a in event.all_adjustments() if a.group == "PR")
+    return balances.model_copy(update={
+        "denied": balances.denied + denied,
+        "patient_responsibility": balances.patient_responsibility + patient_share,
+    })

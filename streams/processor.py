@@ -1,9 +1,10 @@
 """One batch of raw ``rcm.events`` messages -> outgoing records and table writes.
 
-Still pure: the caller hands in the messages and two lookups (account state, dedup record)
-and gets back what to send and what to write. The Faust agent (``worker.py``) does the I/O in
-the order crash safety needs: deltas and DLQ records, then dedup records, then states, waiting
-for the broker after each, and only then lets the offsets be committed.
+Still pure: the caller hands in the messages and the table lookups (``Lookups``: account
+heads, items, dedup records) and gets back what to send and what to write. The Faust agent
+(``worker.py``) does the I/O in the order crash safety needs: deltas and DLQ records, then
+dedup records, then heads, then items, waiting for the broker after each, and only then lets
+the offsets be committed.
 """
 
 from __future__ import annotations
@@ -13,20 +14,22 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from pydantic import ValidationError
 
 from .chart import ChartOfAccounts
-from .core import ACCOUNT_ITEMS_MAX, Applied, apply, new_account
+from .core import ACCOUNT_ITEMS_MAX, Applied, apply, item_changes, new_account, touched_items
 from .dedup import DedupEntry, Verdict, dedup_key, judge
 from .dlq import Origin, dlq_record
 from .events import EVENT_ADAPTER, Event, EventKind, event_digest
+from .layout import LegacyAccount
 from .rejections import Rejection
-from .state import AccountState, state_json
+from .state import AccountHead, Item, ItemRef
 from .topics import OUTPUT_RECORD_BYTES_MAX
 
-__all__ = ["Message", "BatchResult", "Counts", "Processor", "describe_validation_error"]
+__all__ = ["Message", "BatchResult", "Counts", "Lookups", "Processor",
+           "describe_validation_error"]
 
 #: Largest canonical event accepted (one JSON document); larger ones go to the DLQ.
 EVENT_BYTES_MAX = 256 * 1024
@@ -75,15 +78,24 @@ class BatchResult:
     dlq: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     #: Phase 2: dedup records (key -> value): only once the outputs they vouch for are durable.
     dedup_writes: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
-    #: Phase 3: the newest state of each touched account, by (partition, account) ...
-    state_writes: dict[tuple[int, str], AccountState] = field(default_factory=dict)
-    #: ... and its snapshot (rcm.accounts record value), each under the output limit.
-    snapshots: dict[tuple[int, str], bytes] = field(default_factory=dict)
+    #: Phase 3: the newest head of each touched account, by (partition, account) ...
+    heads: dict[tuple[int, str], AccountHead] = field(default_factory=dict)
+    #: Phase 4: ... then the items its events created or changed, by (partition, account,
+    #: item). Heads before items: a head on the broker means its batch's items reached the
+    #: broker or are re-derived on redelivery (``_redeliver``).
+    items: dict[tuple[int, str, ItemRef], Item] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
 
 
-StateLookup = Callable[[int, str], AccountState | None]
-DedupLookup = Callable[[int, bytes], DedupEntry | None]
+class Lookups(Protocol):
+    """The tables a batch reads (a partition's RocksDB stores, or a test's dicts)."""
+
+    def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
+        """The account's head; a layout-1 record comes back split (``LegacyAccount``)."""
+
+    def load_item(self, partition: int, account: str, ref: ItemRef) -> Item | None: ...
+
+    def load_dedup(self, partition: int, key: bytes) -> DedupEntry | None: ...
 
 
 class Processor:
@@ -104,40 +116,37 @@ class Processor:
         self.dlq_payload_bytes_max = dlq_payload_bytes_max
         self.output_bytes_max = output_bytes_max - RECORD_OVERHEAD_BYTES
 
-    def process(
-        self, messages: list[Message], load_state: StateLookup, load_dedup: DedupLookup
-    ) -> BatchResult:
-        result = self._process(messages, load_state, load_dedup, measured=set())
-        oversized = self._encode_snapshots(result)
-        if oversized:
-            # Rare: an account whose snapshot would outgrow rcm.accounts. The batch is run
-            # again measuring that account after each event, and the event that would make
-            # it too large is refused (only then: measuring costs a serialisation per event).
-            result = self._process(messages, load_state, load_dedup, measured=oversized)
-            assert not self._encode_snapshots(result), "a measured snapshot is too large"
-        return result
-
-    def _process(self, messages: list[Message], load_state: StateLookup,
-                 load_dedup: DedupLookup, measured: set[tuple[int, str]]) -> BatchResult:
+    def process(self, messages: list[Message], tables: Lookups) -> BatchResult:
         result = BatchResult()
         for message in messages:
-            self._one(message, result, load_state, load_dedup, measured)
+            self._one(message, result, tables)
         return result
 
-    def _encode_snapshots(self, result: BatchResult) -> set[tuple[int, str]]:
-        """Fill ``result.snapshots``; returns the accounts whose snapshot is too large."""
-        result.snapshots = {key: state_json(state) for key, state in result.state_writes.items()}
-        return {key for key, snapshot in result.snapshots.items()
-                if len(snapshot) > self.output_bytes_max}
+    def _head(self, out: BatchResult, tables: Lookups, partition: int,
+              account: str) -> AccountHead | None:
+        """The account's head as of this point of the batch. A layout-1 record read here is
+        written out in layout 2 by this batch: its items now, its head with the event."""
+        head = out.heads.get((partition, account))
+        if head is not None:
+            return head
+        loaded = tables.load_head(partition, account)
+        if isinstance(loaded, LegacyAccount):
+            for ref, item in loaded.items.items():
+                out.items.setdefault((partition, account, ref), item)
+            out.heads[(partition, account)] = loaded.head
+            return loaded.head
+        return loaded
 
-    def _one(
-        self,
-        msg: Message,
-        out: BatchResult,
-        load_state: StateLookup,
-        load_dedup: DedupLookup,
-        measured: set[tuple[int, str]],
-    ) -> None:
+    @staticmethod
+    def _items(out: BatchResult, tables: Lookups, partition: int,
+               account: str) -> Callable[[ItemRef], Item | None]:
+        """An account's items as of this point of the batch."""
+        def item(ref: ItemRef) -> Item | None:
+            written = out.items.get((partition, account, ref))
+            return written if written is not None else tables.load_item(partition, account, ref)
+        return item
+
+    def _one(self, msg: Message, out: BatchResult, tables: Lookups) -> None:
         decoded = self._decode(msg)
         if isinstance(decoded, Rejection):
             self._reject(msg, out, decoded, event=None)
@@ -147,7 +156,7 @@ class Processor:
         digest = event_digest(msg.value)
         dkey = dedup_key(event.account, event.event_id)
         part = msg.partition
-        entry = out_dedup(out, part, dkey) or load_dedup(part, dkey)
+        entry = out_dedup(out, part, dkey) or tables.load_dedup(part, dkey)
         verdict = judge(entry, digest, part, msg.offset)
         if verdict is Verdict.REPLAY:
             out.counts.replays += 1
@@ -162,15 +171,16 @@ class Processor:
             self._reject(msg, out, Rejection(stage="dedup", reason_code="conflict",
                                              detail=detail), event)
             return
-        state = out.state_writes.get((part, event.account)) or load_state(part, event.account)
+        head = self._head(out, tables, part, event.account)
+        items = self._items(out, tables, part, event.account)
         if verdict is Verdict.REDELIVERY:
             assert entry is not None
-            self._redeliver(msg, out, event, entry, state)
+            self._redeliver(msg, out, event, entry, head, items)
             return
-        current = state or new_account(event.account)
-        outcome = apply(current, event, self.chart, items_max=self.account_items_max)
+        current = head or new_account(event.account)
+        outcome = apply(current, event, self.chart, items, items_max=self.account_items_max)
         if isinstance(outcome, Applied):
-            outcome = self._fits(outcome, (part, event.account) in measured) or outcome
+            outcome = self._fits(outcome) or outcome
         if isinstance(outcome, Rejection):
             self._reject(msg, out, outcome, event)
             entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
@@ -179,26 +189,27 @@ class Processor:
             out.counts.applied += 1
             posting = self._emit(msg, out, event, outcome)
             entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
-                               version=outcome.state.version, posting_sha256=_sha256(posting))
-            out.state_writes[(part, event.account)] = outcome.state
+                               version=outcome.head.version, posting_sha256=_sha256(posting))
+            self._keep(out, part, outcome.head, outcome.items)
         out.dedup_writes[(part, dkey)] = entry.to_json()
 
-    def _fits(self, outcome: Applied, measure_snapshot: bool) -> Rejection | None:
-        """A refusal when the event's delta or (``measure_snapshot``) the account's new
-        snapshot would be larger than the output topics take (Apache Kafka would refuse the
-        record: the batch could never be written)."""
+    def _fits(self, outcome: Applied) -> Rejection | None:
+        """A refusal when the event's delta would be larger than rcm.postings takes (Apache
+        Kafka would refuse the record: the batch could never be written). Heads and items
+        need no such check: a head is a few hundred bytes, an item smaller than its event."""
         limit = self.output_bytes_max
         if outcome.delta is not None and len(outcome.delta) > limit:
             return Rejection(stage="posting", reason_code="output_too_large",
                              detail=f"its posting delta would be {len(outcome.delta)} bytes; "
                              f"the largest record rcm.postings takes is {limit} bytes")
-        if measure_snapshot:
-            size = len(state_json(outcome.state))
-            if size > limit:
-                return Rejection(stage="rules", reason_code="account_too_large",
-                                 detail=f"the account's snapshot would be {size} bytes; the "
-                                 f"largest record rcm.accounts takes is {limit} bytes")
         return None
+
+    @staticmethod
+    def _keep(out: BatchResult, partition: int, head: AccountHead,
+              items: dict[ItemRef, Item]) -> None:
+        out.heads[(partition, head.account)] = head
+        for ref, item in items.items():
+            out.items[(partition, head.account, ref)] = item
 
     def _redeliver(
         self,
@@ -206,28 +217,39 @@ class Processor:
         out: BatchResult,
         event: Event,
         entry: DedupEntry,
-        state: AccountState | None,
+        head: AccountHead | None,
+        items: Callable[[ItemRef], Item | None],
     ) -> None:
         """An event of an unfinished batch: its outputs were durable before its dedup record,
-        so nothing is sent again; its state write may be lost, then it is applied again."""
+        so nothing is sent again. Its head write may be lost: then so are its item writes
+        (heads are acked before items are sent) and it is applied again. If its head is
+        durable its items may still be lost: each one not yet at the event's version is
+        changed again (``item_changes`` needs no head). Either way head and items are written
+        again: the changelog may lack them (the local store can be ahead of it)."""
         out.counts.redeliveries += 1
-        current = state or new_account(event.account)
-        if entry.outcome == "applied" and current.version < entry.version:
-            assert current.version == entry.version - 1, (
-                f"account {event.account} at version {current.version} cannot be the state "
-                f"before {event.event_id} (version {entry.version})"
-            )
-            outcome = apply(current, event, self.chart, items_max=self.account_items_max)
-            assert isinstance(outcome, Applied), "an applied event failed on redelivery"
-            assert _sha256(outcome.delta) == entry.posting_sha256, \
-                "redelivered event posts differently"
-            current = outcome.state
-        # The changelogs may lack either record (the local store can be ahead of them).
+        current = head or new_account(event.account)
+        if entry.outcome == "applied":
+            if current.version < entry.version:
+                assert current.version == entry.version - 1, (
+                    f"account {event.account} at version {current.version} cannot be the "
+                    f"state before {event.event_id} (version {entry.version})"
+                )
+                outcome = apply(current, event, self.chart, items,
+                                items_max=self.account_items_max)
+                assert isinstance(outcome, Applied), "an applied event failed on redelivery"
+                assert _sha256(outcome.delta) == entry.posting_sha256, \
+                    "redelivered event posts differently"
+                self._keep(out, msg.partition, outcome.head, outcome.items)
+            else:
+                stored = {ref: items(ref) for ref in touched_items(event)}
+                changed = item_changes(event, entry.version, items)
+                self._keep(out, msg.partition, current, {
+                    ref: item if item is not None and item["version"] >= entry.version
+                    else changed[ref]
+                    for ref, item in stored.items()})
         out.dedup_writes[(msg.partition, dedup_key(event.account, event.event_id))] = (
             entry.to_json()
         )
-        if entry.outcome == "applied":
-            out.state_writes[(msg.partition, event.account)] = current
 
     def _emit(self, msg: Message, out: BatchResult, event: Event,
               outcome: Applied) -> bytes | None:

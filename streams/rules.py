@@ -8,7 +8,7 @@ an account's posting deltas equal its balances. Every rule emits movements that 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from .chart import ChartOfAccounts
@@ -27,7 +27,7 @@ from .events import (
 )
 from .postings import PostingLine
 from .rejections import Rejection
-from .state import DEBIT_NORMAL_BUCKETS, AccountState
+from .state import DEBIT_NORMAL_BUCKETS, AccountHead, Item, ItemRef
 
 __all__ = ["Movement", "movements_for", "bucket_effects", "delta_amounts"]
 
@@ -76,9 +76,11 @@ def _pair(debit: tuple[str, str], credit: tuple[str, str], amount: int, memo: st
 
 
 def movements_for(
-    event: Event, state: AccountState, chart: ChartOfAccounts
+    event: Event, state: AccountHead, chart: ChartOfAccounts,
+    items: Callable[[ItemRef], Item | None],
 ) -> list[Movement] | Rejection:
-    """The movements an event posts on an account in this state, or why it cannot post."""
+    """The movements an event posts on an account in this state, or why it cannot post
+    (``items``: the account's items, of which a reversal reads the charge it reverses)."""
     if event.currency != chart.currency:
         return Rejection(
             stage="rules",
@@ -89,7 +91,7 @@ def movements_for(
         case ChargePosted():
             return _charge(event, chart)
         case ChargeReversed():
-            return _charge_reversal(event, state, chart)
+            return _charge_reversal(event, items, chart)
         case ClaimSubmitted() | AccountStatusChanged():
             return []
         case ClaimAdjudicated():
@@ -123,32 +125,31 @@ def _charge(event: ChargePosted, chart: ChartOfAccounts) -> list[Movement]:
 
 
 def _charge_reversal(
-    event: ChargeReversed, state: AccountState, chart: ChartOfAccounts
+    event: ChargeReversed, items: Callable[[ItemRef], Item | None], chart: ChartOfAccounts
 ) -> list[Movement] | Rejection:
     self_pay = event.self_pay
     if event.reverses_event_id is not None:
-        original = next((c for c in state.charges if c["event_id"] == event.reverses_event_id),
-                        None)
+        original = items(("charge", event.reverses_event_id))
         if original is None:
             return Rejection(
                 stage="rules",
                 reason_code="unknown_charge",
                 detail=f"reverses charge {event.reverses_event_id!r}, not posted on this account",
             )
-        left = original["amount_cents"] - original["reversed_cents"]
+        left = original["amount_cents"] - original["reversed_cents"]  # type: ignore[typeddict-item]
         if event.amount_cents > left:
             return Rejection(
                 stage="rules",
                 reason_code="reversal_exceeds_charge",
                 detail=f"reverses {event.amount_cents} cents of a charge with {left} cents left",
             )
-        self_pay = original["self_pay"]
+        self_pay = original["self_pay"]  # type: ignore[typeddict-item]
     return _pair(("gross_revenue", "gross_charges"), _ar(self_pay), event.amount_cents,
                  "charge_reversal", debit_dimension=_department(event, chart))
 
 
 def _adjudication(
-    event: ClaimAdjudicated, state: AccountState, chart: ChartOfAccounts
+    event: ClaimAdjudicated, state: AccountHead, chart: ChartOfAccounts
 ) -> list[Movement]:
     payer_class = event.dimensions.payer_class
     ar_ins = _ar(False)
@@ -172,7 +173,7 @@ def _adjudication(
     return moves
 
 
-def _patient_payment(event: PatientPayment, state: AccountState) -> list[Movement]:
+def _patient_payment(event: PatientPayment, state: AccountHead) -> list[Movement]:
     cash_role = "cash_clearing" if event.channel == "lockbox" else "cash"
     applied = min(event.amount_cents, max(state.balances.patient_ar, 0))
     moves = [Movement(cash_role, "patient_paid", event.amount_cents, "patient_payment")]
@@ -185,7 +186,7 @@ def _patient_payment(event: PatientPayment, state: AccountState) -> list[Movemen
     return moves
 
 
-def _refund(event: Refund, state: AccountState) -> list[Movement] | Rejection:
+def _refund(event: Refund, state: AccountHead) -> list[Movement] | Rejection:
     b = state.balances
     if event.to == "payer":
         credit = max(-b.insurance_ar, 0)
@@ -216,7 +217,7 @@ def _refund_exceeds(amount: int, credit: int, to: str) -> Rejection:
 
 
 def _write_off(
-    event: WriteOff, state: AccountState, chart: ChartOfAccounts
+    event: WriteOff, state: AccountHead, chart: ChartOfAccounts
 ) -> list[Movement] | Rejection:
     threshold = chart.thresholds.small_balance_cents
     if event.reason == "small_balance" and event.amount_cents >= threshold:

@@ -1,6 +1,9 @@
-"""Account state: the balance buckets, claims, payments and lifecycle of one account.
+"""Account state: a small head (balances, version, status) and the account's items.
 
-State is immutable: ``apply`` builds a new value and the table stores it. Buckets are integer
+The head is what every event reads and moves; items (charges, claims, adjudications,
+payments) are records of their own, read and written only by the events that name them, so
+an event costs the same on an account with ten items or ten thousand. Values are immutable:
+``apply`` builds new ones and the table stores them. Buckets are integer
 cents named exactly as ARCHITECTURE.md names them. The ledger buckets move only through
 posting lines (see ``rules.py``), so the sum of an account's posting deltas equals them; the
 tracking buckets (``denied``, ``patient_responsibility``) are statistics with no ledger entry.
@@ -22,11 +25,17 @@ __all__ = [
     "ChargeRecord",
     "AdjustmentRecord",
     "ServiceLineRecord",
-    "Adjudication",
-    "ClaimState",
+    "AdjudicationRecord",
+    "ClaimRecord",
     "PaymentRecord",
-    "AccountState",
-    "state_json",
+    "Item",
+    "ItemKind",
+    "ItemRef",
+    "ITEM_KINDS",
+    "ItemCounts",
+    "AccountHead",
+    "head_json",
+    "item_json",
 ]
 
 #: Buckets that grow with a debit (assets, contra-revenue, money received).
@@ -99,6 +108,8 @@ class AdjustmentRecord(TypedDict):
 
 
 class ChargeRecord(TypedDict):
+    #: Every item carries the account version of its last change (``version``).
+    version: int
     event_id: str
     amount_cents: int
     quantity: int
@@ -119,7 +130,11 @@ class ServiceLineRecord(TypedDict):
     revenue_code: str | None
 
 
-class Adjudication(TypedDict):
+class AdjudicationRecord(TypedDict):
+    """One payer answer to a claim (835 CLP): an item of its own, a claim may have many."""
+
+    version: int
+    claim_id: str
     event_id: str
     outcome: str
     payer: str | None
@@ -132,18 +147,8 @@ class Adjudication(TypedDict):
     correlation_id: str | None
 
 
-class ClaimState(TypedDict):
-    claim_id: str
-    status: Literal["submitted", "adjudicated", "denied", "reversed"]
-    payer: str | None
-    payer_class: str | None
-    total_charge_cents: int
-    lines: list[ServiceLineRecord]
-    submitted_at: datetime | None
-    adjudications: list[Adjudication]
-
-
 class PaymentRecord(TypedDict):
+    version: int
     event_id: str
     kind: Literal["patient_payment", "refund"]
     amount_cents: int
@@ -153,7 +158,52 @@ class PaymentRecord(TypedDict):
     correlation_id: str | None
 
 
-class AccountState(_Frozen):
+class ClaimRecord(TypedDict):
+    """A claim as an item: its header and lines; its adjudications are items of their own."""
+
+    version: int
+    claim_id: str
+    status: Literal["submitted", "adjudicated", "denied", "reversed"]
+    payer: str | None
+    payer_class: str | None
+    total_charge_cents: int
+    lines: list[ServiceLineRecord]
+    submitted_at: datetime | None
+    #: When the payer first answered (a claim known only from its 835 has no submission).
+    first_adjudicated_at: datetime | None
+
+
+#: Item kinds, as they appear in item keys (``layout.py``).
+ItemKind = Literal["charge", "claim", "adjudication", "payment"]
+ITEM_KINDS: tuple[ItemKind, ...] = ("charge", "claim", "adjudication", "payment")
+Item = ChargeRecord | ClaimRecord | AdjudicationRecord | PaymentRecord
+#: (kind, id): an item's name within its account.
+ItemRef = tuple[ItemKind, str]
+
+
+class ItemCounts(_Frozen):
+    charge: int = 0
+    claim: int = 0
+    adjudication: int = 0
+    payment: int = 0
+
+    def total(self) -> int:
+        return self.charge + self.claim + self.adjudication + self.payment
+
+    def plus(self, kind: ItemKind, n: int = 1) -> ItemCounts:
+        return self.model_copy(update={kind: getattr(self, kind) + n})
+
+
+class AccountHead(_Frozen):
+    """What every event of an account reads and moves: small, whatever the account's age.
+
+    The account's charges, claims, adjudications and payments are items kept apart, one
+    record each (``layout.py``): an event reads and writes only the items it names.
+    """
+
+    #: The record layout of rcm.accounts (``layout.py``): 2 = a head and one record per item.
+    #: Snapshots written before it (the whole account in one record) have no such field.
+    layout: Literal[2] = 2
     account: str
     entity: str | None = None
     status: str = "open"
@@ -161,13 +211,11 @@ class AccountState(_Frozen):
     last_event_id: str | None = None
     last_event_at: datetime | None = None
     balances: Balances = Balances()
-    charges: tuple[ChargeRecord, ...] = ()
-    claims: dict[str, ClaimState] = Field(default_factory=dict)
-    payments: tuple[PaymentRecord, ...] = ()
+    items: ItemCounts = ItemCounts()
 
     def item_count(self) -> int:
-        """Records held for this account: bounded by ``Settings.account_items_max``."""
-        return len(self.charges) + len(self.claims) + len(self.payments)
+        """Items held for this account: bounded by ``Settings.account_items_max``."""
+        return self.items.total()
 
 
 def _plain(value: Any) -> Any:
@@ -178,10 +226,15 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def state_json(state: AccountState) -> bytes:
-    """The snapshot JSON of a state (what rcm.accounts carries).
+def head_json(head: AccountHead) -> bytes:
+    """The head's record value on rcm.accounts.
 
-    The same document ``state.model_dump_json()`` gives, written by orjson in half the time:
-    a snapshot is written for every account a batch touches.
+    The same document ``head.model_dump_json()`` gives, written by orjson in half the time:
+    one is written for every account a batch touches.
     """
-    return orjson.dumps(state, default=_plain, option=orjson.OPT_UTC_Z)
+    return orjson.dumps(head, default=_plain, option=orjson.OPT_UTC_Z)
+
+
+def item_json(item: Item) -> bytes:
+    """An item's record value on rcm.accounts."""
+    return orjson.dumps(item, option=orjson.OPT_UTC_Z)

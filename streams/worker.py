@@ -5,15 +5,17 @@ The agent is a thin shell around the pure ``Processor``. Per batch, in this orde
 1. decode, dedup and apply every event (no I/O but table reads);
 2. send the posting deltas to ``rcm.postings`` and rejections to ``rcm.dlq``; wait for acks;
 3. write the dedup records (local store + changelog); wait for acks;
-4. write the account states (local store + ``rcm.accounts``); wait for acks;
-5. return, so ``take_events`` acks the batch and Faust may commit its offsets.
+4. write the account heads (local store + ``rcm.accounts``); wait for acks;
+5. write the items the batch created or changed (the same way); wait for acks;
+6. return, so ``take_events`` acks the batch and Faust may commit its offsets.
 
-A crash anywhere before 5 leaves the offsets uncommitted and the batch is read again. A dedup
-record on the broker implies its outputs are there (2 before 3); a state implies its dedup
-record (3 before 4). Events without a dedup record are applied again and post byte-identical
-deltas (deterministic ids and contents); events with one are redeliveries (``dedup.py``).
+A crash anywhere before 6 leaves the offsets uncommitted and the batch is read again. A dedup
+record on the broker implies its outputs are there (2 before 3); a head implies its dedup
+record (3 before 4); a head not there implies its items are not either (4 before 5). Events
+without a dedup record are applied again and post byte-identical deltas (deterministic ids and
+contents); events with one are redeliveries (``dedup.py``, ``Processor._redeliver``).
 
-Under ``exactly_once`` (Apache Kafka) steps 2-4 are one Kafka transaction per source partition
+Under ``exactly_once`` (Apache Kafka) steps 2-5 are one Kafka transaction per source partition
 that also commits the consumer offset (``outbox.py``), and the local stores are written only
 after it committed: a crash before the commit aborts everything the batch sent, a crash after
 it leaves a store that recovery brings up to its changelog. Readers of rcm.postings that read
@@ -176,8 +178,7 @@ class Pipeline:
             self.last_delivery[message.partition] = now
         await self._learn_start_offsets(messages)
         admitted = self.guard.admit(messages)
-        result = self.processor.process(admitted.messages, self.tables.load_state,
-                                        self.tables.load_dedup)
+        result = self.processor.process(admitted.messages, self.tables)
         if admitted.messages:
             await self._write(admitted, result)
         for partition in admitted.read_to:
@@ -215,17 +216,21 @@ class Pipeline:
         self.tables.store(dedup, {})  # the local store may run ahead of its changelog
         self.tables.store([], {}, await self.outbox.send(dedup))
         self._fault_point("dedup-acked")
-        # Account states, which are also the rcm.accounts snapshots.
-        states = self.tables.state_records(result.snapshots)
-        self.tables.store(states, result.state_writes)
-        self.tables.store([], {}, await self.outbox.send(states))
+        # Account heads, then items (rcm.accounts records): a head on the broker means its
+        # batch's dedup records are there, and items not there are re-derived on redelivery.
+        heads = self.tables.head_records(result.heads)
+        items = self.tables.item_records(result.items)
+        self.tables.store(heads + items, result.heads)
+        self.tables.store([], {}, await self.outbox.send(heads))
+        self.tables.store([], {}, await self.outbox.send(items))
 
     async def _write_in_transactions(self, admitted: Admitted, result: BatchResult,
                                      outputs: list[OutRecord]) -> None:
         """exactly_once: outputs, changelog records and the next offsets of each source
         partition in one transaction; the local stores only after it committed."""
         changelog = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
-        changelog += self.tables.state_records(result.snapshots)
+        changelog += self.tables.head_records(result.heads)
+        changelog += self.tables.item_records(result.items)
         acks = await self.outbox.send(outputs + changelog)
         self._fault_point("outputs-acked")
         await self.outbox.commit(admitted.read_to, self.app.conf.id)
@@ -234,7 +239,7 @@ class Pipeline:
         note_committed(self.app, EVENTS, admitted.read_to)
         self._advance(admitted.read_to)
         self._fault_point("committed")
-        self.tables.store(changelog, result.state_writes, acks)
+        self.tables.store(changelog, result.heads, acks)
 
     def _advance(self, read_to: dict[int, int]) -> None:
         for partition, offset in read_to.items():

@@ -1,14 +1,15 @@
 """The two tables of rcmflow, co-partitioned with ``rcm.events`` by account.
 
-- **accounts**: account -> ``AccountState`` JSON. Its changelog *is* ``rcm.accounts`` (a
-  compacted topic), so every state write is also the snapshot the facade and operators read.
+- **accounts**: each account's head and items (``streams/layout.py``: ``<account>`` -> head,
+  ``<account>/<kind>/<id>`` -> item). Its changelog *is* ``rcm.accounts`` (a compacted
+  topic), so every write is also the record the facade and operators read.
 - **dedup**: (account, event_id) -> ``DedupEntry`` JSON, changelog ``<app>-dedup-changelog``.
   One reserved key per partition, ``NEXT_OFFSET_KEY``, holds the offset of the next rcm.events
   record that partition must apply (see ``streams/ordering.py``); account keys cannot start
   with the NUL byte it starts with.
 
 Both are RocksDB stores (rocksdict) written a batch at a time (see ``faust_internals``).
-Decoded states are cached in memory; the cache is dropped whenever partitions move, because
+Decoded heads are cached in memory; the cache is dropped whenever partitions move, because
 recovery writes the stores underneath it.
 """
 
@@ -17,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import faust
+import orjson
 
 from rcmflow.streams.dedup import DedupEntry
+from rcmflow.streams.layout import LegacyAccount, head_key, is_legacy, item_key, legacy_account
 from rcmflow.streams.outbox import Acked, OutRecord
-from rcmflow.streams.state import AccountState
+from rcmflow.streams.state import AccountHead, Item, ItemRef, head_json, item_json
 from rcmflow.streams.topics import ACCOUNTS
 
 from .faust_internals import TableIO
@@ -62,7 +65,7 @@ class AccountTables:
             partitions=partitions,
             changelog_topic=changelog,
             options=dict(ROCKSDB_OPTIONS),
-            help="Account state by account number; changelog = rcm.accounts snapshots.",
+            help="Account heads and items (streams/layout.py); changelog = rcm.accounts.",
         )
         self.dedup = app.Table(
             "dedup",
@@ -75,7 +78,7 @@ class AccountTables:
         self.accounts_io = TableIO(app, self.accounts)
         self.dedup_io = TableIO(app, self.dedup)
         #: Insertion-ordered: re-inserting on use keeps the oldest-used first (LRU).
-        self._cache: dict[tuple[int, str], AccountState] = {}
+        self._cache: dict[tuple[int, str], AccountHead] = {}
         self._cache_max = state_cache_max
 
     def forget_cache(self) -> None:
@@ -87,18 +90,25 @@ class AccountTables:
         self.accounts_io.flush()
         self.dedup_io.flush()
 
-    def load_state(self, partition: int, account: str) -> AccountState | None:
+    def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
         key = (partition, account)
-        state = self._cache.pop(key, None)
-        if state is not None:
-            self._cache[key] = state
-            return state
-        raw = self.accounts_io.get(partition, account.encode())
+        head = self._cache.pop(key, None)
+        if head is not None:
+            self._cache[key] = head
+            return head
+        raw = self.accounts_io.get(partition, head_key(account))
         if raw is None:
             return None
-        state = AccountState.model_validate_json(raw)
-        self._remember(key, state)
-        return state
+        doc = orjson.loads(raw)
+        if is_legacy(doc):  # written before layout 2: the processor writes it out anew
+            return legacy_account(doc)
+        head = AccountHead.model_validate(doc)
+        self._remember(key, head)
+        return head
+
+    def load_item(self, partition: int, account: str, ref: ItemRef) -> Item | None:
+        raw = self.accounts_io.get(partition, item_key(account, ref))
+        return orjson.loads(raw) if raw is not None else None
 
     def load_dedup(self, partition: int, key: bytes) -> DedupEntry | None:
         raw = self.dedup_io.get(partition, key)
@@ -118,14 +128,21 @@ class AccountTables:
                     for p, offset in next_offsets.items()]
         return records
 
-    def state_records(self, snapshots: dict[tuple[int, str], bytes]) -> list[OutRecord]:
-        """The rcm.accounts records of account snapshots (``store`` writes them)."""
-        return [OutRecord(ACCOUNTS, partition, account.encode(), snapshot)
-                for (partition, account), snapshot in snapshots.items()]
+    @staticmethod
+    def head_records(heads: dict[tuple[int, str], AccountHead]) -> list[OutRecord]:
+        """The rcm.accounts records of account heads (``store`` writes them)."""
+        return [OutRecord(ACCOUNTS, partition, head_key(account), head_json(head))
+                for (partition, account), head in heads.items()]
 
-    def store(self, records: Iterable[OutRecord], states: dict[tuple[int, str], AccountState],
+    @staticmethod
+    def item_records(items: dict[tuple[int, str, ItemRef], Item]) -> list[OutRecord]:
+        """The rcm.accounts records of items (``store`` writes them)."""
+        return [OutRecord(ACCOUNTS, partition, item_key(account, ref), item_json(item))
+                for (partition, account, ref), item in items.items()]
+
+    def store(self, records: Iterable[OutRecord], heads: dict[tuple[int, str], AccountHead],
               acks: Iterable[Acked] = ()) -> None:
-        """Write changelog records to the local stores (and ``states`` to the cache); with
+        """Write changelog records to the local stores (and ``heads`` to the cache); with
         ``acks``, also the newest changelog offsets they reached, which recovery resumes from."""
         by_store: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
         for record in records:
@@ -134,16 +151,16 @@ class AccountTables:
         ios = {io.changelog_topic: io for io in (self.dedup_io, self.accounts_io)}
         for (topic, partition), pairs in by_store.items():
             ios[topic].put_local(partition, pairs)
-        for key, state in states.items():
-            self._remember(key, state)
+        for key, head in heads.items():
+            self._remember(key, head)
         acked = list(acks)
         for io in ios.values():
             io.persist_offsets(acked)
 
-    def _remember(self, key: tuple[int, str], state: AccountState) -> None:
+    def _remember(self, key: tuple[int, str], head: AccountHead) -> None:
         if self._cache_max <= 0:
             return
         self._cache.pop(key, None)
-        self._cache[key] = state
+        self._cache[key] = head
         if len(self._cache) > self._cache_max:
             del self._cache[next(iter(self._cache))]

@@ -69,6 +69,7 @@ from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import read_topic, topic_partitions
 from rcmflow.settings import Settings
 from rcmflow.streams.chart import load_chart
+from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS
 from tests.apache_kafka.fetch import kafka_version
@@ -652,7 +653,7 @@ def test_the_compose_topology_runs_as_local_processes(topology: Topology) -> Non
         value for _, value in workload.values)
     messages = [Message(EVENTS, 0, i, k.encode(), v) for i, (k, v) in enumerate(
         [*workload.values, *((HL7_ACCOUNT, r.value) for r in hl7_records)])]
-    result = Processor(load_chart()).process(messages, lambda p, a: None, lambda p, k: None)
+    result = Processor(load_chart()).process(messages, MemoryTables())
     expected_states = {a: json.loads(s.model_dump_json())
                        for (_, a), s in result.state_writes.items()}
     expected_postings = {json.loads(v)["posting_id"]: v for _, _, v in result.postings}

@@ -11,6 +11,7 @@ from rcmflow.connectors.x12.files import limits_from, process_x12_path
 from rcmflow.demo_sources import DEMO_ACCOUNT, DEMO_ACCOUNT_VERSION, HL7_FILE, X12_FILES
 from rcmflow.settings import Settings
 from rcmflow.streams.chart import load_chart
+from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS
 
@@ -28,10 +29,9 @@ def test_the_demo_visit_applies_to_the_cent() -> None:
                    if topic == EVENTS]
     messages = [Message(EVENTS, 0, offset, DEMO_ACCOUNT.encode(), value)
                 for offset, value in enumerate(values)]
-    result = Processor(load_chart(None)).process(messages, lambda p, a: None,
-                                                 lambda p, k: None)
+    result = Processor(load_chart(None)).process(messages, MemoryTables())
     assert not result.dlq
-    state = result.state_writes[(0, DEMO_ACCOUNT)]
+    state = result.heads[(0, DEMO_ACCOUNT)]
     assert state.version == DEMO_ACCOUNT_VERSION
     b = state.balances
     assert (b.gross_charges, b.payer_paid, b.contractual_adjustments) == (15000, 9000, 4000)

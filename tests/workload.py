@@ -12,6 +12,7 @@ from typing import Any
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import publish, read_topic
 from rcmflow.streams.chart import load_chart
+from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, POSTINGS
 from tests.factories import adjudication, charge, event_doc, payment
@@ -72,7 +73,7 @@ class Workload:
         """What the pure core produces for the whole stream (partitioning does not matter:
         an account's events share a partition, and deltas carry no offsets)."""
         messages = [Message(EVENTS, 0, i, k.encode(), v) for i, (k, v) in enumerate(self.values)]
-        result = Processor(load_chart()).process(messages, lambda p, a: None, lambda p, k: None)
+        result = Processor(load_chart()).process(messages, MemoryTables())
         return Expected(
             postings={json.loads(v)["posting_id"]: v for _, _, v in result.postings},
             states={a: json.loads(s.model_dump_json()) for (_, a), s in

@@ -68,6 +68,7 @@ from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import Record, read_topic, topic_partitions
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.events import EVENT_ADAPTER, ValidationError
+from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.state import LEDGER_BUCKETS
@@ -417,14 +418,13 @@ class Reconciler:
             messages = [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms)
                         for r in records]
             del records
-            result = self.processor.process(messages, lambda part, acc: None,
-                                            lambda part, key: None)
+            result = self.processor.process(messages, MemoryTables())
             del messages
             for _, _, value in result.postings:
                 doc = json.loads(value)
                 self.expected[doc["posting_id"]] = _posting(doc)
-            for (_, account), state in result.state_writes.items():
-                balances = state.balances.model_dump()
+            for (_, account), head in result.heads.items():
+                balances = head.balances.model_dump()
                 self.expected_balances[account] = {b: balances[b] for b in LEDGER_BUCKETS}
             self._bound(len(self.expected), "implied by rcm.events")
         self.report.counts["event_records"] = events

@@ -19,6 +19,7 @@ from rcmflow.connectors.erp.base import ErpAdapter
 from rcmflow.connectors.erp.runner import Connector, Progress, RunnerOptions
 from rcmflow.kafka_io import publish, read_topic
 from rcmflow.streams.chart import load_chart
+from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.postings import PostingDelta, posting_id
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS, POSTINGS, POSTINGS_DLQ
@@ -36,7 +37,7 @@ def real_deltas(accounts: int, seed: int = 11) -> list[tuple[bytes, bytes]]:
     docs = [doc for n in range(accounts) for doc in account_stream(rng, f"E{seed}-{n:05d}")]
     messages = [Message(EVENTS, 0, i, d["account"].encode(), json.dumps(d).encode())
                 for i, d in enumerate(docs)]
-    result = Processor(load_chart()).process(messages, lambda p, a: None, lambda p, k: None)
+    result = Processor(load_chart()).process(messages, MemoryTables())
     return [(key, value) for _, key, value in result.postings]
 
 

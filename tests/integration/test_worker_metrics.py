@@ -6,6 +6,7 @@ import pytest
 
 from rcmflow.broker import free_port
 from rcmflow.streams.chart import load_chart
+from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS
 from tests.conftest import Broker, Workers, wait_until
@@ -24,7 +25,7 @@ def test_worker_counters_for_a_stream_with_replays_and_a_conflict(
 ) -> None:
     workload = Workload.build(accounts=12, seed=5, replay_ratio=0.25, conflicts=1, invalid=1)
     messages = [Message(EVENTS, 0, i, k.encode(), v) for i, (k, v) in enumerate(workload.values)]
-    result = Processor(load_chart()).process(messages, lambda p, a: None, lambda p, k: None)
+    result = Processor(load_chart()).process(messages, MemoryTables())
     want = result.counts
     assert want.replays > 0 and want.conflicts == 1 and want.rejected == 1  # the test's point
     port = free_port()

@@ -9,6 +9,7 @@ import pytest
 
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.events import EVENT_ADAPTER, EventKind, event_digest, events_json_schema
+from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Processor
 from tests.factories import adjudication, charge, event_doc, messages, parse, payment
 
@@ -33,8 +34,7 @@ def reject(value: dict[str, Any] | bytes) -> tuple[str, str]:
     raw = json.dumps(doc).encode() if doc is not None else value
     assert isinstance(raw, bytes)
     key = doc["account"] if doc is not None and "account" in doc else "A1"
-    result = Processor(load_chart()).process(messages([(key, raw)]), lambda p, a: None,
-                                             lambda p, k: None)
+    result = Processor(load_chart()).process(messages([(key, raw)]), MemoryTables())
     assert result.counts.applied == 0, "expected a rejection"
     record = json.loads(result.dlq[0][2])
     return record["reason_code"], record["reason"]
@@ -94,8 +94,7 @@ def test_provider_keys_are_only_for_provider_adjustments() -> None:
 
 def test_key_must_be_the_account() -> None:
     raw = json.dumps(charge(1, account="A2")).encode()
-    result = Processor(load_chart()).process(messages([("A1", raw)]), lambda p, a: None,
-                                             lambda p, k: None)
+    result = Processor(load_chart()).process(messages([("A1", raw)]), MemoryTables())
     assert json.loads(result.dlq[0][2])["reason_code"] == "key_mismatch"
 
 
@@ -113,15 +112,16 @@ def test_published_schema_names_every_kind() -> None:
     assert set(schema["discriminator"]["mapping"]) == {k.value for k in EventKind}  # type: ignore[index]
 
 
-def test_snapshot_json_is_the_models_own_document() -> None:
+def test_head_json_is_the_models_own_document() -> None:
     from rcmflow.streams.core import Applied, apply, new_account
-    from rcmflow.streams.state import AccountState, state_json
+    from rcmflow.streams.state import AccountHead, head_json
 
-    state = new_account("A1")
+    head, items = new_account("A1"), {}
     for doc in [charge(100), adjudication(100, 60, [("CO", "45", 30), ("PR", "1", 10)]),
                 payment(25)]:
-        result = apply(state, parse(doc), load_chart())
+        result = apply(head, parse(doc), load_chart(), items.get)
         assert isinstance(result, Applied)
-        state = result.state
-    assert json.loads(state_json(state)) == json.loads(state.model_dump_json())
-    assert AccountState.model_validate_json(state_json(state)) == state
+        head, items = result.head, {**items, **result.items}
+    assert json.loads(head_json(head)) == json.loads(head.model_dump_json())
+    assert AccountHead.model_validate_json(head_json(head)) == head
+    assert head.items.total() == len(items) == 4

@@ -1,5 +1,6 @@
-"""Every record the worker writes fits its topic: an event whose delta or account snapshot
-would outgrow the limit is refused with a DLQ record, and DLQ payloads are cut to their bound.
+"""Every record the worker writes fits its topic: an event whose delta would outgrow the limit
+is refused with a DLQ record, an account's records stay small however many items it holds,
+and DLQ payloads are cut to their bound.
 
 Apache Kafka refuses a record over a topic's max.message.bytes; a batch holding one could
 never be written, and the worker would crash on it for ever. Pure: no broker.
@@ -11,8 +12,8 @@ import json
 from typing import Any
 
 from rcmflow.streams.chart import load_chart
+from rcmflow.streams.memory_tables import MemoryTables, head_records, item_records
 from rcmflow.streams.processor import RECORD_OVERHEAD_BYTES, BatchResult, Message, Processor
-from rcmflow.streams.state import AccountState
 from rcmflow.streams.topics import EVENTS
 from tests.factories import charge, event_doc
 
@@ -34,51 +35,37 @@ def messages(docs: list[dict[str, Any]], start: int = 0) -> list[Message]:
 
 
 def run_batches(processor: Processor, docs: list[dict[str, Any]],
-                size: int) -> tuple[dict[str, AccountState], list[dict[str, Any]],
-                                    list[BatchResult]]:
-    """Apply ``docs`` in batches of ``size``, carrying the state between them."""
-    states: dict[tuple[int, str], AccountState] = {}
-    dedup: dict[tuple[int, bytes], bytes] = {}
+                size: int) -> tuple[MemoryTables, list[dict[str, Any]], list[BatchResult]]:
+    """Apply ``docs`` in batches of ``size``, carrying the tables between them."""
+    tables = MemoryTables()
     results = []
     for start in range(0, len(docs), size):
-        result = processor.process(messages(docs[start:start + size], start),
-                                   lambda p, a: states.get((p, a)),
-                                   lambda p, k: _entry(dedup.get((p, k))))
-        states.update(result.state_writes)
-        dedup.update(result.dedup_writes)
+        result = processor.process(messages(docs[start:start + size], start), tables)
+        tables.dedup.update(result.dedup_writes)
+        tables.accounts.update({**head_records(result), **item_records(result)})
         results.append(result)
     dlq = [json.loads(v) for r in results for _, _, v in r.dlq]
-    return {a: s for (_, a), s in states.items()}, dlq, results
+    return tables, dlq, results
 
 
-def _entry(raw: bytes | None) -> Any:
-    from rcmflow.streams.dedup import DedupEntry
-
-    return DedupEntry.model_validate_json(raw) if raw is not None else None
-
-
-def test_the_event_that_would_outgrow_the_snapshot_limit_is_refused() -> None:
-    limit = 60_000
-    processor = Processor(CHART, output_bytes_max=RECORD_OVERHEAD_BYTES + limit)
-    docs = [claim("A7", n, lines=40) for n in range(30)]  # ~5 KB of state each
-    for size in (1, 7, 30):  # however the stream falls into batches
-        states, dlq, results = run_batches(processor, docs, size)
-        refused = [r for r in dlq if r["reason_code"] == "account_too_large"]
-        assert refused, "the snapshot never reached the limit"
-        assert all(len(snap) <= limit for r in results for snap in r.snapshots.values())
-        # Every claim up to the limit applied, every later one refused (each adds lines).
-        assert states["A7"].version + len(refused) == len(docs)
-        assert refused[0]["stage"] == "rules"
-        assert f"largest record rcm.accounts takes is {limit} bytes" in refused[0]["reason"]
-        assert refused[0]["context"]["account"] == "A7"
-    # The same states whatever the batching: nothing depends on where a batch ends.
-    assert run_batches(processor, docs, 1)[0] == run_batches(processor, docs, 30)[0]
+def test_an_accounts_records_stay_small_however_many_items_it_holds() -> None:
+    processor = Processor(CHART)
+    docs = [claim("A7", n, lines=40) for n in range(300)]  # ~5 KB of lines each
+    tables, dlq, results = run_batches(processor, docs, 25)
+    assert not dlq
+    heads = [len(v) for r in results for v in head_records(r).values()]
+    items = [len(v) for r in results for v in item_records(r).values()]
+    # 300 claims of 40 lines (1.5 MB in one layout-1 snapshot): the head stays the size it
+    # had at the first claim, and each item the size of its own claim.
+    assert max(heads) - min(heads) <= 4 and max(heads) < 1_000, heads
+    assert max(items) < 6_000 and len(items) == 300
+    assert tables.views()["A7"]["items"]["claim"] == 300
 
 
 def test_a_delta_larger_than_rcm_postings_takes_is_refused() -> None:
     processor = Processor(CHART, output_bytes_max=RECORD_OVERHEAD_BYTES + 300)
-    states, dlq, results = run_batches(processor, [charge(10_000, "A8", event_id="CH1")], 1)
-    assert "A8" not in states  # not applied: the account never existed
+    tables, dlq, results = run_batches(processor, [charge(10_000, "A8", event_id="CH1")], 1)
+    assert "A8" not in tables.views()  # not applied: the account never existed
     assert [r["reason_code"] for r in dlq] == ["output_too_large"]
     assert not results[0].postings
 

@@ -7,40 +7,40 @@ from typing import Any
 import pytest
 
 from rcmflow.streams.chart import load_chart
-from rcmflow.streams.core import Applied, apply, new_account
+from rcmflow.streams.core import Applied
 from rcmflow.streams.postings import PostingDelta, posting_id
 from rcmflow.streams.rejections import Rejection
-from rcmflow.streams.state import AccountState
 from tests.factories import COMMERCIAL, adjudication, charge, event_doc, parse, payment
+from tests.streams.accounts import AccountView, Outcome
 
 CHART = load_chart()
 
 
-def run(*docs: dict[str, Any], state: AccountState | None = None) -> Applied:
+def run(*docs: dict[str, Any], state: AccountView | None = None) -> Outcome:
     """Apply docs in order; every one must apply. Returns the last outcome."""
-    current = state or new_account(docs[0]["account"])
-    outcome: Applied | None = None
+    current = state or AccountView.new(docs[0]["account"])
+    outcome: Outcome | None = None
     for doc in docs:
-        result = apply(current, parse(doc), CHART)
+        result, current = current.applied(parse(doc), CHART)
         assert isinstance(result, Applied), result
-        outcome, current = result, result.state
+        outcome = Outcome(result.delta, result.unmapped, current)
     assert outcome is not None
     return outcome
 
 
-def delta(outcome: Applied) -> PostingDelta:
+def delta(outcome: Outcome) -> PostingDelta:
     """The outcome's delta, held to the published PostingDelta model."""
     assert outcome.delta is not None
     return PostingDelta.model_validate_json(outcome.delta)
 
 
-def lines(outcome: Applied) -> list[tuple[str, int, int]]:
+def lines(outcome: Outcome) -> list[tuple[str, int, int]]:
     """(gl_account, debit, credit) of the outcome's delta."""
     return [(ln.gl_account, ln.debit_cents, ln.credit_cents) for ln in delta(outcome).lines]
 
 
-def rejected(state: AccountState, doc: dict[str, Any]) -> Rejection:
-    result = apply(state, parse(doc), CHART)
+def rejected(state: AccountView, doc: dict[str, Any]) -> Rejection:
+    result, _ = state.applied(parse(doc), CHART)
     assert isinstance(result, Rejection), result
     return result
 
@@ -252,7 +252,7 @@ def test_entity_overrides_apply_and_unknown_entities_go_to_suspense() -> None:
 
 
 def test_foreign_currency_is_refused() -> None:
-    assert rejected(new_account("A1"), charge(100, currency="EUR")).reason_code == \
+    assert rejected(AccountView.new("A1"), charge(100, currency="EUR")).reason_code == \
         "currency_unsupported"
 
 
@@ -267,10 +267,15 @@ def test_status_only_events_bump_the_version_and_post_nothing() -> None:
 
 
 def test_account_item_bound_refuses_more_records() -> None:
-    state = new_account("A1")
+    state = AccountView.new("A1")
     for amount in (1, 2):
-        result = apply(state, parse(charge(amount)), CHART, items_max=2)
+        result, state = state.applied(parse(charge(amount, event_id=f"CH{amount}")), CHART,
+                                      items_max=2)
         assert isinstance(result, Applied)
-        state = result.state
-    result = apply(state, parse(charge(3)), CHART, items_max=2)
+    result, _ = state.applied(parse(charge(3, event_id="CH3")), CHART, items_max=2)
+    assert isinstance(result, Rejection) and result.reason_code == "account_items_max"
+    # An 835 for a claim adds two items (the claim and its adjudication): refused at 2 of 3.
+    one = AccountView.new("A1")
+    result, one = one.applied(parse(charge(1, event_id="CH1")), CHART, items_max=2)
+    result, _ = one.applied(parse(adjudication(1, 1, [])), CHART, items_max=2)
     assert isinstance(result, Rejection) and result.reason_code == "account_items_max"

@@ -1,0 +1,80 @@
+"""The account and dedup tables in memory (``Lookups``), for running the pure core without a
+broker or RocksDB: ``rcmflow dev``'s expected results, the bench's check, the tests."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .dedup import DedupEntry
+from .layout import (
+    LegacyAccount,
+    assemble,
+    head_key,
+    is_legacy,
+    item_key,
+    legacy_account,
+    read_record,
+)
+from .processor import BatchResult
+from .state import AccountHead, Item, ItemRef, head_json, item_json
+
+__all__ = ["MemoryTables", "Records", "views", "head_records", "item_records"]
+
+Records = dict[tuple[int, bytes], bytes]
+
+
+@dataclass
+class MemoryTables:
+    """The accounts and dedup tables as key -> value bytes per partition (``Lookups``)."""
+
+    accounts: Records = field(default_factory=dict)
+    dedup: Records = field(default_factory=dict)
+
+    def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
+        raw = self.accounts.get((partition, head_key(account)))
+        if raw is None:
+            return None
+        doc = orjson.loads(raw)
+        return legacy_account(doc) if is_legacy(doc) else AccountHead.model_validate(doc)
+
+    def load_item(self, partition: int, account: str, ref: ItemRef) -> Item | None:
+        raw = self.accounts.get((partition, item_key(account, ref)))
+        return orjson.loads(raw) if raw is not None else None
+
+    def load_dedup(self, partition: int, key: bytes) -> DedupEntry | None:
+        raw = self.dedup.get((partition, key))
+        return DedupEntry.model_validate_json(raw) if raw is not None else None
+
+    def views(self) -> dict[str, dict[str, Any]]:
+        """Account -> its head and items as one JSON document (``layout.assemble``)."""
+        return views(self.accounts)
+
+    def write(self, result: BatchResult) -> None:
+        """Write everything a batch wrote (no crash in between)."""
+        self.dedup.update(result.dedup_writes)
+        self.accounts.update({**head_records(result), **item_records(result)})
+
+
+def views(accounts: Records) -> dict[str, dict[str, Any]]:
+    heads: dict[str, dict[str, Any]] = {}
+    items: dict[str, dict[ItemRef, dict[str, Any]]] = defaultdict(dict)
+    for (_, key), value in accounts.items():
+        for parsed, doc in read_record(key, orjson.loads(value)):
+            if parsed.item is None:
+                heads[parsed.account] = doc
+            else:
+                items[parsed.account][parsed.item] = doc
+    return {account: assemble(head, items[account]) for account, head in heads.items()}
+
+
+def head_records(result: BatchResult) -> Records:
+    return {(p, head_key(account)): head_json(head) for (p, account), head in result.heads.items()}
+
+
+def item_records(result: BatchResult) -> Records:
+    return {(p, item_key(account, ref)): item_json(item)
+            for (p, account, ref), item in result.items.items()}
