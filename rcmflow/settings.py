@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rcmflow.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
+from rcmflow.streams.dedup import DEFAULT_HORIZON_DAYS
 
 __all__ = [
     "Settings",
@@ -127,10 +128,19 @@ class Settings(BaseSettings):
     )
     account_items_max: int = Field(
         10_000, ge=10,
-        description="Charges + claims + payments one account may hold; past it: rcm.dlq.",
+        description="Charges + claims + adjudications + payments one account may hold; past "
+        "it the events that add one go to rcm.dlq (account_items_max). A storage bound: an "
+        "event's cost does not depend on it.",
+    )
+    dedup_horizon_days: int = Field(
+        DEFAULT_HORIZON_DAYS, ge=1, le=100 * 366,
+        description="How long the worker keeps the ids of applied events to drop replays "
+        "(default 4 years: see streams/dedup.py). Past it an event dated before the purged "
+        "days goes to rcm.dlq (beyond_dedup_horizon) instead of posting: a replay that old "
+        "is never posted twice. Raising it keeps more; what was already purged stays so.",
     )
     state_cache_max: int = Field(
-        200_000, ge=0, description="Account states kept decoded in memory per worker."
+        200_000, ge=0, description="Account heads kept decoded in memory per worker."
     )
     standby_replicas: int = Field(
         0, ge=0, le=3, description="Standby copies of each table partition on other workers "

@@ -255,7 +255,8 @@ def _claim(found: Item | None, claim_id: str, **known: object) -> ClaimRecord:
     return {**claim, **known}  # type: ignore[typeddict-item]
 
 
-_CLAIM_STATUS: dict[str, Literal["adjudicated", "denied", "reversed"]] = {"processed": "adjudicated", "denied": "denied", "reversal": "reversed"}
+_CLAIM_STATUS: dict[str, Literal["adjudicated", "denied", "reversed"]] = {
+    "processed": "adjudicated", "denied": "denied", "reversal": "reversed"}
 
 
 def _adjudication_items(event: ClaimAdjudicated, version: int,

@@ -7,17 +7,41 @@ dedup record on the broker means its delta is there too, and the classic at-leas
 (dedup durable, delta lost, replay skipped) cannot open. An event read again from the offset its
 dedup record names is a *redelivery* (the batch did not finish), not a replay: if its state write
 was lost it is applied again, and must post exactly what it posted the first time.
+
+**The horizon.** Dedup records are not kept for ever: each carries a day (``horizon_day``,
+the later of the event's date and the day it was applied) and an index key filed under that
+day, and once a partition's clock (its records' timestamps) is ``RCMFLOW_DEDUP_HORIZON_DAYS``
+past a day, the records filed before it are deleted (``PURGED_BEFORE_KEY`` marks how far).
+So the table holds the events of the last horizon, not of all time. What stops a replay
+older than that from posting twice: an event *dated* before the purge mark that has no record
+is refused (``beyond_dedup_horizon``); every purged record was filed, so dated, before the
+mark, so a replay of one always is. The price: a first arrival dated before the mark is
+refused too (a backfill of history older than the horizon, on a system that has run that
+long). Records written before the horizon existed carry no day: they are kept, as before.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["DedupEntry", "Verdict", "judge", "dedup_key"]
+__all__ = ["DedupEntry", "Verdict", "judge", "dedup_key", "day_of", "horizon_key",
+           "dedup_key_of", "PURGED_BEFORE_KEY", "HORIZON_PREFIX", "DEFAULT_HORIZON_DAYS"]
+
+#: Four years: re-sends happen within days (interface engines) to months (a payer's or a
+#: clearinghouse's 835 again, a lockbox file loaded twice); Medicare may reopen a claim for
+#: good cause up to four years after its determination, and a reopening that comes back as
+#: the same 835 content is a replay. Past this, replays are still refused, as DLQ records
+#: an operator sees, rather than dropped in silence. ~200 bytes per event kept for 4 years.
+DEFAULT_HORIZON_DAYS = 4 * 365 + 1
+#: Reserved keys of the dedup table (account keys never start with a NUL byte): the index of
+#: records by day, and how far the partition was purged (a day, ``date.toordinal()``).
+HORIZON_PREFIX = b"\x00by-day\x00"
+PURGED_BEFORE_KEY = b"\x00purged-before"
 
 
 class DedupEntry(BaseModel):
@@ -33,6 +57,9 @@ class DedupEntry(BaseModel):
     version: int
     #: SHA-256 of the delta as sent (None: nothing posted), to check a re-application.
     posting_sha256: str | None = None
+    #: The day the horizon counts from (``date.toordinal()``): the later of the event's date
+    #: and the day it was applied. None: written before the horizon existed, kept for ever.
+    horizon_day: int | None = None
 
 
     def to_json(self) -> bytes:
@@ -60,3 +87,18 @@ def judge(entry: DedupEntry | None, digest: str, partition: int, offset: int) ->
 def dedup_key(account: str, event_id: str) -> bytes:
     """Table key: (account, event_id), so it lands in the account's partition."""
     return f"{account}\x00{event_id}".encode()
+
+
+def day_of(moment: datetime) -> int:
+    """A moment's UTC day as ``date.toordinal()``."""
+    return moment.astimezone(UTC).date().toordinal()
+
+
+def horizon_key(day: int, key: bytes) -> bytes:
+    """The index key that files dedup record ``key`` under ``day`` (sorts by day)."""
+    return b"%s%07d\x00%s" % (HORIZON_PREFIX, day, key)
+
+
+def dedup_key_of(index_key: bytes) -> bytes:
+    """The dedup record an index key files."""
+    return index_key[len(HORIZON_PREFIX) + 8:]

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from .dedup import DedupEntry
+from .dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
 from .layout import (
     LegacyAccount,
     assemble,
@@ -22,9 +22,18 @@ from .layout import (
 from .processor import BatchResult
 from .state import AccountHead, Item, ItemRef, head_json, item_json
 
-__all__ = ["MemoryTables", "Records", "views", "head_records", "item_records"]
+__all__ = ["MemoryTables", "Records", "merge", "views", "head_records", "item_records"]
 
 Records = dict[tuple[int, bytes], bytes]
+
+
+def merge(records: Records, writes: dict[tuple[int, bytes], bytes | None]) -> None:
+    """Apply writes to records as a compacted topic or a store does (None deletes)."""
+    for key, value in writes.items():
+        if value is None:
+            records.pop(key, None)
+        else:
+            records[key] = value
 
 
 @dataclass
@@ -49,13 +58,23 @@ class MemoryTables:
         raw = self.dedup.get((partition, key))
         return DedupEntry.model_validate_json(raw) if raw is not None else None
 
+    def load_purge_mark(self, partition: int) -> int:
+        raw = self.dedup.get((partition, PURGED_BEFORE_KEY))
+        return int(raw) if raw is not None else 0
+
+    def expired(self, partition: int, before_day: int, limit: int) -> list[bytes]:
+        end = horizon_key(before_day, b"")
+        return sorted(k for p, k in self.dedup
+                      if p == partition and k.startswith(HORIZON_PREFIX) and k < end)[:limit]
+
     def views(self) -> dict[str, dict[str, Any]]:
         """Account -> its head and items as one JSON document (``layout.assemble``)."""
         return views(self.accounts)
 
     def write(self, result: BatchResult) -> None:
         """Write everything a batch wrote (no crash in between)."""
-        self.dedup.update(result.dedup_writes)
+        merge(self.dedup, result.purge_writes)
+        merge(self.dedup, result.dedup_writes)
         self.accounts.update({**head_records(result), **item_records(result)})
 
 
@@ -78,3 +97,4 @@ def head_records(result: BatchResult) -> Records:
 def item_records(result: BatchResult) -> Records:
     return {(p, item_key(account, ref)): item_json(item)
             for (p, account, ref), item in result.items.items()}
+

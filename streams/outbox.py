@@ -38,7 +38,7 @@ class OutRecord(NamedTuple):
     topic: str
     partition: int
     key: bytes
-    value: bytes
+    value: bytes | None  # None: a tombstone (compacted topics delete the key)
 
 
 class Acked(NamedTuple):
@@ -168,7 +168,8 @@ class Outbox(Service):
                 counts[tp] = 0
                 metadata = builders[tp].append(key=record.key, value=record.value,
                                                timestamp=None)
-                assert metadata is not None, f"a record of {len(record.value)} bytes is too big"
+                size = len(record.value or b"")
+                assert metadata is not None, f"a record of {size} bytes is too big"
             counts[tp] += 1
         for tp in list(builders):
             await flush(*tp)

@@ -11,16 +11,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import NamedTuple, Protocol
 
 from pydantic import ValidationError
 
 from .chart import ChartOfAccounts
 from .core import ACCOUNT_ITEMS_MAX, Applied, apply, item_changes, new_account, touched_items
-from .dedup import DedupEntry, Verdict, dedup_key, judge
+from .dedup import (
+    DEFAULT_HORIZON_DAYS,
+    HORIZON_PREFIX,
+    PURGED_BEFORE_KEY,
+    DedupEntry,
+    Verdict,
+    day_of,
+    dedup_key,
+    dedup_key_of,
+    horizon_key,
+    judge,
+)
 from .dlq import Origin, dlq_record
 from .events import EVENT_ADAPTER, Event, EventKind, event_digest
 from .layout import LegacyAccount
@@ -40,6 +52,12 @@ RECORD_OVERHEAD_BYTES = 64 * 1024
 ERRORS_SHOWN_MAX = 5
 #: Longest piece of the input quoted in a DLQ reason or context.
 SHOWN_CHARS_MAX = 200
+#: Expired dedup records one batch deletes per partition: more than a batch adds (each event
+#: adds at most one), so the purge keeps up with any steady rate.
+PURGE_RECORDS_MAX = 2_000
+#: A record timestamp further ahead of this clock than this does not move the dedup clock
+#: (a producer with a wrong clock must not purge the horizon early).
+CLOCK_SKEW_MAX_S = 24 * 3600
 
 
 class Message(NamedTuple):
@@ -76,8 +94,13 @@ class BatchResult:
     postings: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     #: Phase 1: (source partition, source key, record JSON) for rcm.dlq.
     dlq: list[tuple[int, bytes, bytes]] = field(default_factory=list)
-    #: Phase 2: dedup records (key -> value): only once the outputs they vouch for are durable.
-    dedup_writes: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
+    #: Phase 1: the purge (``_purge``): expired dedup records deleted (None) and each moved
+    #: purge mark; their index keys are deleted in phase 2, once these are durable: a batch
+    #: read again finds the same index keys, so the same mark, and no record is left unfiled.
+    purge_writes: dict[tuple[int, bytes], bytes | None] = field(default_factory=dict)
+    #: Phase 2: dedup records and their index keys (None: an expired index key deleted), only
+    #: once the outputs they vouch for are durable.
+    dedup_writes: dict[tuple[int, bytes], bytes | None] = field(default_factory=dict)
     #: Phase 3: the newest head of each touched account, by (partition, account) ...
     heads: dict[tuple[int, str], AccountHead] = field(default_factory=dict)
     #: Phase 4: ... then the items its events created or changed, by (partition, account,
@@ -97,6 +120,13 @@ class Lookups(Protocol):
 
     def load_dedup(self, partition: int, key: bytes) -> DedupEntry | None: ...
 
+    def load_purge_mark(self, partition: int) -> int:
+        """The day before which the partition's dedup records were deleted (0: none were)."""
+
+    def expired(self, partition: int, before_day: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` dedup index keys (``horizon_key``) filed before ``before_day``,
+        oldest first."""
+
 
 class Processor:
     def __init__(
@@ -107,20 +137,60 @@ class Processor:
         account_items_max: int = ACCOUNT_ITEMS_MAX,
         dlq_payload_bytes_max: int = DLQ_PAYLOAD_BYTES_MAX,
         output_bytes_max: int = OUTPUT_RECORD_BYTES_MAX,
+        dedup_horizon_days: int = DEFAULT_HORIZON_DAYS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """``output_bytes_max``: the largest delta or account snapshot the worker may write
-        (the output topics' record limit); an event that would make a larger one is refused."""
+        """``output_bytes_max``: the largest delta the worker may write (rcm.postings' record
+        limit); an event that would make a larger one is refused. ``dedup_horizon_days``:
+        how long dedup records are kept (``dedup.py``); ``clock``: seconds since the epoch,
+        the bound on how far ahead a record's timestamp may move the dedup clock."""
         self.chart = chart
         self.event_bytes_max = event_bytes_max
         self.account_items_max = account_items_max
         self.dlq_payload_bytes_max = dlq_payload_bytes_max
         self.output_bytes_max = output_bytes_max - RECORD_OVERHEAD_BYTES
+        self.dedup_horizon_days = dedup_horizon_days
+        self.clock = clock
 
     def process(self, messages: list[Message], tables: Lookups) -> BatchResult:
         result = BatchResult()
+        now_ms = int(self.clock() * 1000)
+        marks = self._purge(messages, tables, result, now_ms)
         for message in messages:
-            self._one(message, result, tables)
+            self._one(message, result, tables, marks, now_ms)
         return result
+
+    def _message_day(self, msg: Message, now_ms: int) -> int:
+        """The dedup clock's day for a message: its timestamp (deterministic when the batch
+        is read again), no further than CLOCK_SKEW_MAX_S ahead of this process's clock."""
+        stamp = now_ms if msg.timestamp_ms is None else msg.timestamp_ms
+        stamp = min(stamp, now_ms + CLOCK_SKEW_MAX_S * 1000)
+        return day_of(datetime.fromtimestamp(stamp / 1000, tz=UTC))
+
+    def _purge(self, messages: list[Message], tables: Lookups, out: BatchResult,
+               now_ms: int) -> dict[int, int]:
+        """Delete each partition's dedup records filed more than the horizon before its
+        clock (at most PURGE_RECORDS_MAX a batch); returns every partition's purge mark."""
+        clock: dict[int, int] = {}
+        for msg in messages:
+            clock[msg.partition] = max(clock.get(msg.partition, 0), self._message_day(msg, now_ms))
+        marks: dict[int, int] = {}
+        for partition, day in clock.items():
+            mark = marks[partition] = tables.load_purge_mark(partition)
+            expired = tables.expired(partition, day - self.dedup_horizon_days,
+                                     PURGE_RECORDS_MAX)
+            if not expired:
+                continue
+            # The mark passes the newest day deleted, never further: until something is
+            # deleted nothing is refused (a fresh system takes history of any age).
+            newest = int(expired[-1][len(HORIZON_PREFIX):len(HORIZON_PREFIX) + 7])
+            if newest + 1 > mark:
+                marks[partition] = newest + 1
+                out.purge_writes[(partition, PURGED_BEFORE_KEY)] = str(newest + 1).encode()
+            for index in expired:
+                out.purge_writes[(partition, dedup_key_of(index))] = None
+                out.dedup_writes[(partition, index)] = None
+        return marks
 
     def _head(self, out: BatchResult, tables: Lookups, partition: int,
               account: str) -> AccountHead | None:
@@ -146,7 +216,8 @@ class Processor:
             return written if written is not None else tables.load_item(partition, account, ref)
         return item
 
-    def _one(self, msg: Message, out: BatchResult, tables: Lookups) -> None:
+    def _one(self, msg: Message, out: BatchResult, tables: Lookups, marks: dict[int, int],
+             now_ms: int) -> None:
         decoded = self._decode(msg)
         if isinstance(decoded, Rejection):
             self._reject(msg, out, decoded, event=None)
@@ -156,7 +227,7 @@ class Processor:
         digest = event_digest(msg.value)
         dkey = dedup_key(event.account, event.event_id)
         part = msg.partition
-        entry = out_dedup(out, part, dkey) or tables.load_dedup(part, dkey)
+        entry = _dedup_entry(out, tables, part, dkey)
         verdict = judge(entry, digest, part, msg.offset)
         if verdict is Verdict.REPLAY:
             out.counts.replays += 1
@@ -178,20 +249,27 @@ class Processor:
             self._redeliver(msg, out, event, entry, head, items)
             return
         current = head or new_account(event.account)
-        outcome = apply(current, event, self.chart, items, items_max=self.account_items_max)
+        dated = day_of(event.occurred_at)
+        outcome: Applied | Rejection
+        if dated < marks[part]:
+            outcome = _beyond_horizon(dated, marks[part], self.dedup_horizon_days)
+        else:
+            outcome = apply(current, event, self.chart, items, items_max=self.account_items_max)
         if isinstance(outcome, Applied):
             outcome = self._fits(outcome) or outcome
+        filed = max(dated, self._message_day(msg, now_ms))
         if isinstance(outcome, Rejection):
             self._reject(msg, out, outcome, event)
             entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
-                               outcome="rejected", version=current.version)
+                               outcome="rejected", version=current.version, horizon_day=filed)
         else:
             out.counts.applied += 1
             posting = self._emit(msg, out, event, outcome)
             entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
-                               version=outcome.head.version, posting_sha256=_sha256(posting))
+                               version=outcome.head.version, posting_sha256=_sha256(posting),
+                               horizon_day=filed)
             self._keep(out, part, outcome.head, outcome.items)
-        out.dedup_writes[(part, dkey)] = entry.to_json()
+        _file(out, part, dkey, entry)
 
     def _fits(self, outcome: Applied) -> Rejection | None:
         """A refusal when the event's delta would be larger than rcm.postings takes (Apache
@@ -247,9 +325,7 @@ class Processor:
                     ref: item if item is not None and item["version"] >= entry.version
                     else changed[ref]
                     for ref, item in stored.items()})
-        out.dedup_writes[(msg.partition, dedup_key(event.account, event.event_id))] = (
-            entry.to_json()
-        )
+        _file(out, msg.partition, dedup_key(event.account, event.event_id), entry)
 
     def _emit(self, msg: Message, out: BatchResult, event: Event,
               outcome: Applied) -> bytes | None:
@@ -319,10 +395,34 @@ class Processor:
         out.dlq.append((msg.partition, msg.key or b"", record.model_dump_json().encode()))
 
 
-def out_dedup(out: BatchResult, partition: int, key: bytes) -> DedupEntry | None:
-    """A dedup record written earlier in this batch (replays inside one batch)."""
-    raw = out.dedup_writes.get((partition, key))
-    return DedupEntry.model_validate_json(raw) if raw is not None else None
+def _file(out: BatchResult, partition: int, key: bytes, entry: DedupEntry) -> None:
+    """Write a dedup record and, when it has a day, its index key."""
+    out.dedup_writes[(partition, key)] = entry.to_json()
+    if entry.horizon_day is not None:
+        out.dedup_writes[(partition, horizon_key(entry.horizon_day, key))] = b""
+
+
+def _beyond_horizon(dated: int, mark: int, horizon_days: int) -> Rejection:
+    return Rejection(
+        stage="dedup",
+        reason_code="beyond_dedup_horizon",
+        detail=f"dated {date.fromordinal(dated)}, before {date.fromordinal(mark)}: the ids of "
+        f"events applied before then are no longer kept (RCMFLOW_DEDUP_HORIZON_DAYS="
+        f"{horizon_days}), so a first arrival cannot be told from a replay; not applied. "
+        "If the ledger shows it was never posted, post its effect as a new, current event",
+    )
+
+
+def _dedup_entry(out: BatchResult, tables: Lookups, partition: int,
+                 key: bytes) -> DedupEntry | None:
+    """The dedup record of ``key`` as of this point of the batch: written earlier in it
+    (replays inside one batch), deleted by its purge, or as stored."""
+    if (partition, key) in out.dedup_writes:
+        raw = out.dedup_writes[(partition, key)]
+        return DedupEntry.model_validate_json(raw) if raw is not None else None
+    if (partition, key) in out.purge_writes:
+        return None
+    return tables.load_dedup(partition, key)
 
 
 def _sha256(data: bytes | None) -> str | None:

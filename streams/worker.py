@@ -209,7 +209,10 @@ class Pipeline:
                               outputs: list[OutRecord]) -> None:
         """at_least_once: each step waits for the broker before the next one starts, and the
         consumer commits the offsets only after the last (``commit_limit``)."""
-        await self.outbox.send(outputs)
+        # The dedup purge's first half with the outputs (``BatchResult.purge_writes``).
+        purge = self.tables.dedup_records(result.purge_writes)
+        self.tables.store(purge, {})
+        self.tables.store([], {}, await self.outbox.send(outputs + purge))
         self._fault_point("outputs-acked")
         # Dedup records, only once the outputs they vouch for are durable.
         dedup = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
@@ -228,7 +231,8 @@ class Pipeline:
                                      outputs: list[OutRecord]) -> None:
         """exactly_once: outputs, changelog records and the next offsets of each source
         partition in one transaction; the local stores only after it committed."""
-        changelog = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
+        changelog = self.tables.dedup_records(result.purge_writes)
+        changelog += self.tables.dedup_records(result.dedup_writes, admitted.advanced)
         changelog += self.tables.head_records(result.heads)
         changelog += self.tables.item_records(result.items)
         acks = await self.outbox.send(outputs + changelog)
@@ -414,7 +418,8 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
                            state_cache_max=settings.state_cache_max)
     processor = Processor(chart, event_bytes_max=settings.event_bytes_max,
                           account_items_max=settings.account_items_max,
-                          dlq_payload_bytes_max=settings.dlq_payload_bytes_max)
+                          dlq_payload_bytes_max=settings.dlq_payload_bytes_max,
+                          dedup_horizon_days=settings.dedup_horizon_days)
     outbox = Outbox(kafka=kafka, timeout_s=settings.produce_timeout_s, app_id=settings.app_id,
                     source_topic=EVENTS,
                     exactly_once=settings.processing_guarantee == "exactly_once")

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import faust
 import orjson
 
-from rcmflow.streams.dedup import DedupEntry
+from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
 from rcmflow.streams.layout import LegacyAccount, head_key, is_legacy, item_key, legacy_account
 from rcmflow.streams.outbox import Acked, OutRecord
 from rcmflow.streams.state import AccountHead, Item, ItemRef, head_json, item_json
@@ -114,18 +114,28 @@ class AccountTables:
         raw = self.dedup_io.get(partition, key)
         return DedupEntry.model_validate_json(raw) if raw is not None else None
 
+    def load_purge_mark(self, partition: int) -> int:
+        raw = self.dedup_io.get(partition, PURGED_BEFORE_KEY)
+        return int(raw) if raw is not None else 0
+
+    def expired(self, partition: int, before_day: int, limit: int) -> list[bytes]:
+        return self.dedup_io.keys_between(partition, HORIZON_PREFIX,
+                                          horizon_key(before_day, b""), limit)
+
     def load_next_offset(self, partition: int) -> int | None:
         raw = self.dedup_io.get(partition, NEXT_OFFSET_KEY)
         return int(raw) if raw is not None else None
 
     def dedup_records(
-        self, writes: dict[tuple[int, bytes], bytes], next_offsets: dict[int, int]
+        self, writes: dict[tuple[int, bytes], bytes | None],
+        next_offsets: dict[int, int] | None = None,
     ) -> list[OutRecord]:
-        """The changelog records of dedup records and next-offsets (``store`` writes them)."""
+        """The changelog records of dedup records (None: deleted) and next-offsets (``store``
+        writes them)."""
         topic = self.dedup_io.changelog_topic
         records = [OutRecord(topic, p, key, value) for (p, key), value in writes.items()]
         records += [OutRecord(topic, p, NEXT_OFFSET_KEY, str(offset).encode())
-                    for p, offset in next_offsets.items()]
+                    for p, offset in (next_offsets or {}).items()]
         return records
 
     @staticmethod
@@ -144,7 +154,7 @@ class AccountTables:
               acks: Iterable[Acked] = ()) -> None:
         """Write changelog records to the local stores (and ``heads`` to the cache); with
         ``acks``, also the newest changelog offsets they reached, which recovery resumes from."""
-        by_store: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        by_store: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = {}
         for record in records:
             by_store.setdefault((record.topic, record.partition), []).append(
                 (record.key, record.value))

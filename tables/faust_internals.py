@@ -106,12 +106,28 @@ class TableIO:
         value = db.get(key)
         return cast(bytes | None, value)
 
-    def put_local(self, partition: int, items: Iterable[tuple[bytes, bytes]]) -> None:
-        """Write to the local store (before the changelog: the store may run ahead of it)."""
+    def put_local(self, partition: int, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Write to the local store (a None value deletes), as recovery does."""
         batch = WriteBatch(raw_mode=True)
         for key, value in items:
-            batch.put(key, value)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
         self.table.data._db_for_partition(partition).write(batch, write_opt=self._write_options)
+
+    def keys_between(self, partition: int, start: bytes, end: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` keys k of the partition's store with start <= k < end, in order."""
+        found: list[bytes] = []
+        it = self.table.data._db_for_partition(partition).iter()
+        it.seek(start)
+        while it.valid() and len(found) < limit:
+            key = cast(bytes, it.key())
+            if key >= end:
+                break
+            found.append(key)
+            it.next()
+        return found
 
     def flush(self) -> None:
         """Make every WAL-less write durable (memtables to SST files)."""

@@ -67,9 +67,10 @@ from rcmflow.connectors.totals import HEADER_STATUS, HEADER_TOTALS, SourceTotals
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import Record, read_topic, topic_partitions
 from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.core import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.events import EVENT_ADAPTER, ValidationError
 from rcmflow.streams.memory_tables import MemoryTables
-from rcmflow.streams.processor import Message, Processor
+from rcmflow.streams.processor import EVENT_BYTES_MAX, Message, Processor
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.state import LEDGER_BUCKETS
 from rcmflow.streams.topics import (
@@ -295,12 +296,9 @@ class Reconciler:
         self.day_from, self.day_to = day_from, day_to
         self.findings_max = findings_max
         self.postings_max = postings_max
-        options: dict[str, int] = {}
-        if event_bytes_max is not None:
-            options["event_bytes_max"] = event_bytes_max
-        if account_items_max is not None:
-            options["account_items_max"] = account_items_max
-        self.processor = Processor(chart, **options)
+        self.processor = Processor(
+            chart, event_bytes_max=event_bytes_max or EVENT_BYTES_MAX,
+            account_items_max=account_items_max or ACCOUNT_ITEMS_MAX)
         self.report = Report(adapter.name if adapter else None,
                              day_from.isoformat() if day_from else None,
                              day_to.isoformat() if day_to else None)

@@ -13,7 +13,12 @@ import random
 from dataclasses import dataclass, field
 
 from rcmflow.streams.chart import ChartOfAccounts
-from rcmflow.streams.memory_tables import MemoryTables, head_records, item_records
+from rcmflow.streams.memory_tables import (
+    MemoryTables,
+    head_records,
+    item_records,
+    merge,
+)
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS
 
@@ -28,6 +33,11 @@ class World:
     committed: int = 0
     #: The worker's local RocksDB store (may run ahead of the changelogs).
     local: MemoryTables = field(default_factory=MemoryTables)
+    #: rcm.events record timestamps by offset (None: the processor's clock).
+    timestamps: dict[int, int] = field(default_factory=dict)
+
+    def timestamp_ms(self, offset: int) -> int | None:
+        return self.timestamps.get(offset)
 
     def recover(self, keep_local_store: bool) -> None:
         """Restart: the store is the changelog, or the old local store if kept.
@@ -40,14 +50,15 @@ class World:
             self.local = MemoryTables(dict(self.log.accounts), dict(self.log.dedup))
 
     def run(self, values: list[tuple[str, bytes]], batch_size: int,
-            crash: tuple[int, int, int] | None = None) -> bool:
+            crash: tuple[int, int, int] | None = None,
+            processor: Processor | None = None) -> bool:
         """Process from the committed offset; returns False when the crash happened.
 
         ``crash`` = (batch number, step 0-5, seed for which in-flight records landed).
         """
-        processor = Processor(self.chart)
+        processor = processor or Processor(self.chart)
         for number, start in enumerate(range(self.committed, len(values), batch_size)):
-            batch = [Message(EVENTS, 0, offset, key.encode(), value)
+            batch = [Message(EVENTS, 0, offset, key.encode(), value, self.timestamp_ms(offset))
                      for offset, (key, value) in enumerate(values[start:start + batch_size],
                                                            start=start)]
             result = processor.process(batch, self.local)
@@ -60,13 +71,16 @@ class World:
             for sink, value in outputs:
                 if step != 1 or rng.random() < 0.5:
                     sink.append(value)
+            merge(self.local.dedup, result.purge_writes)
+            merge(self.log.dedup, _some(result.purge_writes, rng) if step == 1
+                  else result.purge_writes)
             if step == 1:
                 return False
-            self.local.dedup.update(result.dedup_writes)
+            merge(self.local.dedup, result.dedup_writes)
             if step == 2:
-                self.log.dedup.update(_some(result.dedup_writes, rng))
+                merge(self.log.dedup, _some(result.dedup_writes, rng))
                 return False
-            self.log.dedup.update(result.dedup_writes)
+            merge(self.log.dedup, result.dedup_writes)
             heads, items = head_records(result), item_records(result)
             self.local.accounts.update({**heads, **items})
             for phase, records in ((3, heads), (4, items)):

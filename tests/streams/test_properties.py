@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.postings import PostingDelta
+from rcmflow.streams.processor import Processor
 from rcmflow.streams.rules import bucket_effects, delta_amounts
 from rcmflow.streams.state import LEDGER_BUCKETS
 from tests.streams.memory_world import World
@@ -130,12 +132,27 @@ def test_money_never_touches_float(values: list[tuple[str, bytes]]) -> None:
             assert isinstance(number, int), f"{number!r} is not integer cents"
 
 
+def clock_run(values: list[tuple[str, bytes]], batch_size: int, world: World,
+              crash: tuple[int, int, int] | None = None) -> bool:
+    """Run with the dedup horizon at work: rcm.events timestamps three days apart from the
+    events' date, a ten-day horizon (so records are purged and old events refused)."""
+    start = datetime(2026, 11, 20, tzinfo=UTC)
+    world.timestamps = {n: int((start + timedelta(days=3 * n)).timestamp() * 1000)
+                        for n in range(len(values))}
+    processor = Processor(CHART, dedup_horizon_days=10,
+                          clock=lambda: (start + timedelta(days=3 * len(values))).timestamp())
+    return world.run(values, batch_size, crash, processor)
+
+
 @PROPERTY
 @given(event_stream(), st.data())
 def test_crashes_lose_nothing_and_double_nothing(values: list[tuple[str, bytes]],
                                                  data: st.DataObject) -> None:
     batch_size = data.draw(st.integers(1, 9), label="batch size")
-    reference = clean_run(values, batch_size)
+    horizon = data.draw(st.booleans(), label="dedup horizon at work")
+    reference = World(CHART)
+    run = clock_run if horizon else lambda v, b, w, c=None: w.run(v, b, c)
+    assert run(values, batch_size, reference)
     world = World(CHART)
     for _ in range(data.draw(st.integers(1, 4), label="crashes")):
         batches = (len(values) - world.committed + batch_size - 1) // batch_size
@@ -144,9 +161,9 @@ def test_crashes_lose_nothing_and_double_nothing(values: list[tuple[str, bytes]]
         crash = (data.draw(st.integers(0, batches - 1), label="batch"),
                  data.draw(st.integers(0, 5), label="step"),
                  data.draw(st.integers(0, 10**6), label="which records landed"))
-        world.run(values, batch_size, crash)
+        run(values, batch_size, world, crash)
         world.recover(keep_local_store=data.draw(st.booleans(), label="keep local store"))
-    assert world.run(values, batch_size)
+    assert run(values, batch_size, world)
     assert states(world) == states(reference)
     assert deltas(world) == deltas(reference)
     dlq_ids = {json.loads(r)["dlq_id"] for r in world.dlq}
