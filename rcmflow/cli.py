@@ -610,6 +610,14 @@ def schema_events() -> None:
     _print_json(events_json_schema())
 
 
+@schema_app.command("accounts")
+def schema_accounts() -> None:
+    """The record layout of rcm.accounts: an account's head and one record per item."""
+    from rcmflow.streams.layout import accounts_json_schema
+
+    _print_json(accounts_json_schema())
+
+
 @app.command()
 def demo() -> None:
     """Print the demo events as JSON lines (what `rcmflow dev --demo` feeds)."""

@@ -44,6 +44,7 @@ __all__ = [
     "assemble",
     "LegacyAccount",
     "legacy_account",
+    "accounts_json_schema",
 ]
 
 LAYOUT = 2
@@ -157,3 +158,28 @@ def assemble(head: Mapping[str, Any], items: Mapping[ItemRef, Mapping[str, Any]]
                                             "adjudications": []})["adjudications"].append(adj)
     return {**head, "charges": ordered("charge"), "claims": claims,
             "payments": ordered("payment")}
+
+
+def accounts_json_schema() -> dict[str, Any]:
+    """The JSON Schema of rcm.accounts record values, one per key form (``rcmflow schema
+    accounts``)."""
+    from pydantic import TypeAdapter
+
+    from .state import AdjudicationRecord, ChargeRecord, ClaimRecord, PaymentRecord
+
+    kinds: dict[str, Any] = {"charge": ChargeRecord, "claim": ClaimRecord,
+                             "adjudication": AdjudicationRecord, "payment": PaymentRecord}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "rcm.accounts records (layout 2)",
+        "description": "Compacted topic, keyed in the account's partition. Key "
+        "'<account>': the head. Key '<account>/<kind>/<id>': one item of the account "
+        "(kind: charge, claim, adjudication, payment; id: the event id, or the claim id for "
+        "a claim). An account number holds no '/'. A head without 'layout' is a layout-1 "
+        "record: the whole account in one value (charges, claims, payments).",
+        "keys": {
+            "<account>": AccountHead.model_json_schema(mode="serialization"),
+            **{f"<account>/{kind}/<id>": TypeAdapter(model).json_schema(mode="serialization")
+               for kind, model in kinds.items()},
+        },
+    }

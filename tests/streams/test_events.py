@@ -125,3 +125,27 @@ def test_head_json_is_the_models_own_document() -> None:
     assert json.loads(head_json(head)) == json.loads(head.model_dump_json())
     assert AccountHead.model_validate_json(head_json(head)) == head
     assert head.items.total() == len(items) == 4
+
+
+def test_the_published_accounts_schema_holds_every_record_the_worker_writes() -> None:
+    """`rcmflow schema accounts`: each head and item record validates against its key's form."""
+    import subprocess
+    import sys
+
+    import jsonschema
+
+    from rcmflow.streams.layout import parse_key
+    from rcmflow.streams.memory_tables import MemoryTables
+
+    shown = subprocess.run([sys.executable, "-m", "rcmflow.cli", "schema", "accounts"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    schema = json.loads(shown.stdout)["keys"]
+    tables = MemoryTables()
+    tables.write(Processor(load_chart()).process(messages(EVERY_KIND), tables))
+    forms = set()
+    for (_, key), value in tables.accounts.items():
+        parsed = parse_key(key)
+        form = "<account>" if parsed.item is None else f"<account>/{parsed.item[0]}/<id>"
+        jsonschema.validate(json.loads(value), schema[form])
+        forms.add(form)
+    assert forms == set(schema)
