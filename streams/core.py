@@ -73,7 +73,9 @@ def apply(
 ) -> Applied | Rejection:
     """Apply one new event (dedup is decided before) to an account's head and items."""
     assert head.account == event.account, "event applied to another account's state"
-    created = [ref for ref in touched_items(event) if items(ref) is None]
+    # An item named by this event's own id is new (dedup used the id up); others may exist.
+    created = [ref for ref in touched_items(event)
+               if ref[1] == event.event_id or items(ref) is None]
     if created and head.item_count() + len(created) > items_max:
         return Rejection(
             stage="rules",

@@ -73,8 +73,9 @@ class MemoryTables:
 
     def write(self, result: BatchResult) -> None:
         """Write everything a batch wrote (no crash in between)."""
-        merge(self.dedup, result.purge_writes)
         merge(self.dedup, result.dedup_writes)
+        for phase in (result.purge_marks, result.purged_records, result.purged_index):
+            merge(self.dedup, phase)
         self.accounts.update({**head_records(result), **item_records(result)})
 
 

@@ -94,12 +94,8 @@ class BatchResult:
     postings: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     #: Phase 1: (source partition, source key, record JSON) for rcm.dlq.
     dlq: list[tuple[int, bytes, bytes]] = field(default_factory=list)
-    #: Phase 1: the purge (``_purge``): expired dedup records deleted (None) and each moved
-    #: purge mark; their index keys are deleted in phase 2, once these are durable: a batch
-    #: read again finds the same index keys, so the same mark, and no record is left unfiled.
-    purge_writes: dict[tuple[int, bytes], bytes | None] = field(default_factory=dict)
-    #: Phase 2: dedup records and their index keys (None: an expired index key deleted), only
-    #: once the outputs they vouch for are durable.
+    #: Phase 2: dedup records and their index keys, only once the outputs they vouch for
+    #: are durable.
     dedup_writes: dict[tuple[int, bytes], bytes | None] = field(default_factory=dict)
     #: Phase 3: the newest head of each touched account, by (partition, account) ...
     heads: dict[tuple[int, str], AccountHead] = field(default_factory=dict)
@@ -107,6 +103,13 @@ class BatchResult:
     #: item). Heads before items: a head on the broker means its batch's items reached the
     #: broker or are re-derived on redelivery (``_redeliver``).
     items: dict[tuple[int, str, ItemRef], Item] = field(default_factory=dict)
+    #: Phases 5-7, the purge (``_purge``), each durable before the next: the moved purge
+    #: marks, then the expired dedup records deleted, then their index keys deleted. After the
+    #: dedup records: a batch read again whose mark moved has all its dedup records, so its
+    #: events are redeliveries, never judged against the new mark.
+    purge_marks: dict[tuple[int, bytes], bytes | None] = field(default_factory=dict)
+    purged_records: dict[tuple[int, bytes], bytes | None] = field(default_factory=dict)
+    purged_index: dict[tuple[int, bytes], bytes | None] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
 
 
@@ -169,11 +172,14 @@ class Processor:
 
     def _purge(self, messages: list[Message], tables: Lookups, out: BatchResult,
                now_ms: int) -> dict[int, int]:
-        """Delete each partition's dedup records filed more than the horizon before its
-        clock (at most PURGE_RECORDS_MAX a batch); returns every partition's purge mark."""
+        """Delete each partition's dedup records filed more than the horizon before the
+        batch's earliest record (at most PURGE_RECORDS_MAX a batch): never a record of the
+        batch's own events. Returns each partition's purge mark as it stood before: the
+        batch's events are judged by it (the deletions come after them, phases 5-7)."""
         clock: dict[int, int] = {}
         for msg in messages:
-            clock[msg.partition] = max(clock.get(msg.partition, 0), self._message_day(msg, now_ms))
+            day = self._message_day(msg, now_ms)
+            clock[msg.partition] = min(clock.get(msg.partition, day), day)
         marks: dict[int, int] = {}
         for partition, day in clock.items():
             mark = marks[partition] = tables.load_purge_mark(partition)
@@ -184,12 +190,13 @@ class Processor:
             # The mark passes the newest day deleted, never further: until something is
             # deleted nothing is refused (a fresh system takes history of any age).
             newest = int(expired[-1][len(HORIZON_PREFIX):len(HORIZON_PREFIX) + 7])
-            if newest + 1 > mark:
-                marks[partition] = newest + 1
-                out.purge_writes[(partition, PURGED_BEFORE_KEY)] = str(newest + 1).encode()
+            # Written even when the store holds it already: the store may be ahead of the
+            # changelog (a crash after the local write), and a deletion must never reach the
+            # changelog before the mark that refuses replays of what it deleted.
+            out.purge_marks[(partition, PURGED_BEFORE_KEY)] = str(max(mark, newest + 1)).encode()
             for index in expired:
-                out.purge_writes[(partition, dedup_key_of(index))] = None
-                out.dedup_writes[(partition, index)] = None
+                out.purged_records[(partition, dedup_key_of(index))] = None
+                out.purged_index[(partition, index)] = None
         return marks
 
     def _head(self, out: BatchResult, tables: Lookups, partition: int,
@@ -416,12 +423,10 @@ def _beyond_horizon(dated: int, mark: int, horizon_days: int) -> Rejection:
 def _dedup_entry(out: BatchResult, tables: Lookups, partition: int,
                  key: bytes) -> DedupEntry | None:
     """The dedup record of ``key`` as of this point of the batch: written earlier in it
-    (replays inside one batch), deleted by its purge, or as stored."""
-    if (partition, key) in out.dedup_writes:
-        raw = out.dedup_writes[(partition, key)]
-        return DedupEntry.model_validate_json(raw) if raw is not None else None
-    if (partition, key) in out.purge_writes:
-        return None
+    (replays inside one batch), or as stored (the batch's purge deletes after its events)."""
+    raw = out.dedup_writes.get((partition, key))
+    if raw is not None:
+        return DedupEntry.model_validate_json(raw)
     return tables.load_dedup(partition, key)
 
 

@@ -7,15 +7,17 @@ The agent is a thin shell around the pure ``Processor``. Per batch, in this orde
 3. write the dedup records (local store + changelog); wait for acks;
 4. write the account heads (local store + ``rcm.accounts``); wait for acks;
 5. write the items the batch created or changed (the same way); wait for acks;
-6. return, so ``take_events`` acks the batch and Faust may commit its offsets.
+6. when the dedup horizon's purge is due: its mark, the expired records, their index keys
+   (``BatchResult.purge_marks``), each waited for;
+7. return, so ``take_events`` acks the batch and Faust may commit its offsets.
 
-A crash anywhere before 6 leaves the offsets uncommitted and the batch is read again. A dedup
+A crash anywhere before 7 leaves the offsets uncommitted and the batch is read again. A dedup
 record on the broker implies its outputs are there (2 before 3); a head implies its dedup
 record (3 before 4); a head not there implies its items are not either (4 before 5). Events
 without a dedup record are applied again and post byte-identical deltas (deterministic ids and
 contents); events with one are redeliveries (``dedup.py``, ``Processor._redeliver``).
 
-Under ``exactly_once`` (Apache Kafka) steps 2-5 are one Kafka transaction per source partition
+Under ``exactly_once`` (Apache Kafka) steps 2-6 are one Kafka transaction per source partition
 that also commits the consumer offset (``outbox.py``), and the local stores are written only
 after it committed: a crash before the commit aborts everything the batch sent, a crash after
 it leaves a store that recovery brings up to its changelog. Readers of rcm.postings that read
@@ -209,10 +211,7 @@ class Pipeline:
                               outputs: list[OutRecord]) -> None:
         """at_least_once: each step waits for the broker before the next one starts, and the
         consumer commits the offsets only after the last (``commit_limit``)."""
-        # The dedup purge's first half with the outputs (``BatchResult.purge_writes``).
-        purge = self.tables.dedup_records(result.purge_writes)
-        self.tables.store(purge, {})
-        self.tables.store([], {}, await self.outbox.send(outputs + purge))
+        await self.outbox.send(outputs)
         self._fault_point("outputs-acked")
         # Dedup records, only once the outputs they vouch for are durable.
         dedup = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
@@ -226,15 +225,23 @@ class Pipeline:
         self.tables.store(heads + items, result.heads)
         self.tables.store([], {}, await self.outbox.send(heads))
         self.tables.store([], {}, await self.outbox.send(items))
+        # The dedup horizon's purge, if due: the mark, then the records, then their index
+        # keys, each durable before the next (``BatchResult.purge_marks``).
+        for writes in (result.purge_marks, result.purged_records, result.purged_index):
+            if writes:
+                purge = self.tables.dedup_records(writes)
+                self.tables.store(purge, {})
+                self.tables.store([], {}, await self.outbox.send(purge))
 
     async def _write_in_transactions(self, admitted: Admitted, result: BatchResult,
                                      outputs: list[OutRecord]) -> None:
         """exactly_once: outputs, changelog records and the next offsets of each source
         partition in one transaction; the local stores only after it committed."""
-        changelog = self.tables.dedup_records(result.purge_writes)
-        changelog += self.tables.dedup_records(result.dedup_writes, admitted.advanced)
+        changelog = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
         changelog += self.tables.head_records(result.heads)
         changelog += self.tables.item_records(result.items)
+        for writes in (result.purge_marks, result.purged_records, result.purged_index):
+            changelog += self.tables.dedup_records(writes)
         acks = await self.outbox.send(outputs + changelog)
         self._fault_point("outputs-acked")
         await self.outbox.commit(admitted.read_to, self.app.conf.id)

@@ -54,7 +54,7 @@ class World:
             processor: Processor | None = None) -> bool:
         """Process from the committed offset; returns False when the crash happened.
 
-        ``crash`` = (batch number, step 0-5, seed for which in-flight records landed).
+        ``crash`` = (batch number, step 0-8, seed for which in-flight records landed).
         """
         processor = processor or Processor(self.chart)
         for number, start in enumerate(range(self.committed, len(values), batch_size)):
@@ -71,9 +71,6 @@ class World:
             for sink, value in outputs:
                 if step != 1 or rng.random() < 0.5:
                     sink.append(value)
-            merge(self.local.dedup, result.purge_writes)
-            merge(self.log.dedup, _some(result.purge_writes, rng) if step == 1
-                  else result.purge_writes)
             if step == 1:
                 return False
             merge(self.local.dedup, result.dedup_writes)
@@ -88,7 +85,14 @@ class World:
                     self.log.accounts.update(_some(records, rng))
                     return False
                 self.log.accounts.update(records)
-            if step == 5:
+            for phase, writes in ((5, result.purge_marks), (6, result.purged_records),
+                                  (7, result.purged_index)):
+                merge(self.local.dedup, writes)
+                if step == phase:
+                    merge(self.log.dedup, _some(writes, rng))
+                    return False
+                merge(self.log.dedup, writes)
+            if step == 8:
                 return False
             self.committed = start + len(batch)
         return True
