@@ -653,9 +653,10 @@ def test_the_compose_topology_runs_as_local_processes(topology: Topology) -> Non
         value for _, value in workload.values)
     messages = [Message(EVENTS, 0, i, k.encode(), v) for i, (k, v) in enumerate(
         [*workload.values, *((HL7_ACCOUNT, r.value) for r in hl7_records)])]
-    result = Processor(load_chart()).process(messages, MemoryTables())
-    expected_states = {a: json.loads(s.model_dump_json())
-                       for (_, a), s in result.state_writes.items()}
+    tables = MemoryTables()
+    result = Processor(load_chart()).process(messages, tables)
+    tables.write(result)
+    expected_states = tables.views()
     expected_postings = {json.loads(v)["posting_id"]: v for _, _, v in result.postings}
     assert workload.expected().states.items() <= expected_states.items()
 

@@ -12,7 +12,7 @@ from typing import Any
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import publish, read_topic
 from rcmflow.streams.chart import load_chart
-from rcmflow.streams.memory_tables import MemoryTables
+from rcmflow.streams.memory_tables import MemoryTables, Records, views
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, POSTINGS
 from tests.factories import adjudication, charge, event_doc, payment
@@ -73,20 +73,25 @@ class Workload:
         """What the pure core produces for the whole stream (partitioning does not matter:
         an account's events share a partition, and deltas carry no offsets)."""
         messages = [Message(EVENTS, 0, i, k.encode(), v) for i, (k, v) in enumerate(self.values)]
-        result = Processor(load_chart()).process(messages, MemoryTables())
+        tables = MemoryTables()
+        result = Processor(load_chart()).process(messages, tables)
+        tables.write(result)
         return Expected(
             postings={json.loads(v)["posting_id"]: v for _, _, v in result.postings},
-            states={a: json.loads(s.model_dump_json()) for (_, a), s in
-                    result.state_writes.items()},
+            states=tables.views(),
             dlq_reasons=Counter(json.loads(v)["reason_code"] for _, _, v in result.dlq),
+            records=tables.accounts,
         )
 
 
 @dataclass
 class Expected:
     postings: dict[str, bytes]
+    #: Account -> its head and items as one document (``layout.assemble``).
     states: dict[str, dict[str, Any]]
     dlq_reasons: Counter[str]
+    #: The rcm.accounts records: (partition 0, key) -> value (heads and items).
+    records: Records
 
 
 @dataclass
@@ -105,9 +110,14 @@ class Observed:
         by_id: dict[str, set[bytes]] = {}
         for record in postings:
             by_id.setdefault(json.loads(record.value)["posting_id"], set()).add(record.value)
-        states: dict[str, dict[str, Any]] = {}
+        # Newest record per key (heads and items, layout 2), then one document per account.
+        latest: Records = {}
         for record in sorted(accounts, key=lambda r: (r.partition, r.offset)):
-            states[record.key.decode()] = json.loads(record.value)
+            if record.value is None:
+                latest.pop((0, record.key), None)
+            else:
+                latest[(0, record.key)] = record.value
+        states = views(latest)
         dlq_ids = {json.loads(r.value)["dlq_id"]: json.loads(r.value)["reason_code"] for r in dlq}
         return cls(by_id, states, dlq_ids)
 
