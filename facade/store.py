@@ -280,7 +280,8 @@ class Store:
             "claim_id = excluded.claim_id, trace = excluded.trace, payer = excluded.payer, "
             "body = excluded.body",
             (key.account, kind, item_id, int(item["version"]), *links, orjson.dumps(item)))
-        self._item_changed(key, None if held is None else tuple(held[1:]), links, dirty)
+        self._item_changed(key, None if held is None else (held[1], held[2], held[3]), links,
+                           dirty)
         return True
 
     def _tombstone(self, key: Key, dirty: set[_Target]) -> int:
@@ -297,10 +298,10 @@ class Store:
             "RETURNING claim_id, trace, payer", (account, kind, item_id)).fetchone()
         if held is None:
             return 0
-        self._item_changed(key, tuple(held), None, dirty)
+        self._item_changed(key, (held[0], held[1], held[2]), None, dirty)
         return 1
 
-    def _item_changed(self, key: Key, was: Any, now: _Links | None,
+    def _item_changed(self, key: Key, was: _Links | None, now: _Links | None,
                       dirty: set[_Target]) -> None:
         """Mark the resources an item's change affects (``was``/``now``: its links before
         and after; None when it did not / no longer exists)."""
@@ -353,7 +354,7 @@ class Store:
             return heads[account]
 
         for target in sorted(dirty):
-            what, account, item_id = target
+            account = target[1]
             built = self._build(target, head(account))
             if built is None:
                 self._drop(*_resource_id(target))

@@ -23,7 +23,7 @@ from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.state import ItemRef
 from rcmflow.streams.topics import EVENTS
-from tests.facade.conftest import build_tables, records, world_events
+from tests.facade.conftest import build_tables, records
 from tests.factories import adjudication, charge, event_doc
 
 LEGACY = Path(__file__).with_name("legacy_records.json")
@@ -220,8 +220,8 @@ def _explain(db: sqlite3.Connection, sql: str) -> list[str]:
 
 def _new_claim_cost(path: Path, claims: int) -> tuple[int, int, int, int]:
     """Apply a new claim and its 835 to an account of ``claims`` claims: (records, SQL
-    statements, rows written, SQLite instructions / 100) of that batch. Checks that only the resources those records
-    make changed, and that no statement scans a table."""
+    statements, rows written, SQLite instructions / 100) of that batch. Checks that only
+    the resources those records make changed, and that no statement scans a table."""
     tables = _big_account(claims)
     store = Store(path, validate_every=0)
     store.apply(records(tables), {0: 1})
