@@ -1,7 +1,7 @@
 """FHIR R4 read API for patient portals (issue 5): Account, Claim, ClaimResponse and
-PaymentReconciliation built from the compacted ``rcm.accounts`` snapshots.
+PaymentReconciliation built from the compacted ``rcm.accounts`` records (heads and items).
 
-``store`` (SQLite read model) · ``feed`` (rcm.accounts → store) · ``resources`` (snapshot →
+``store`` (SQLite read model) · ``feed`` (rcm.accounts → store) · ``resources`` (records →
 FHIR) · ``params`` (the search parameter table) · ``auth`` (bearer JWT scopes) · ``errors``
 (OperationOutcome everywhere) · ``app`` (routes) · ``server`` (`rcmflow facade`).
 """

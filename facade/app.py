@@ -54,7 +54,7 @@ def create_app(store: Store, auth: Authenticator, config: FacadeConfig = FacadeC
         title="rcmflow FHIR facade",
         version="0.1.0",
         description="FHIR R4 (4.0.1) read API for patient portals: Account, Claim, "
-        "ClaimResponse, PaymentReconciliation, built from rcmflow account snapshots.",
+        "ClaimResponse, PaymentReconciliation, built from rcmflow's account records.",
         openapi_url=f"{base}/openapi.json",
         docs_url=f"{base}/docs",
         redoc_url=None,
@@ -434,7 +434,7 @@ def _metrics(store: Store, feed: FeedStatus | None) -> Callable[[], Awaitable[Re
                   "model (NaN: not yet known)", [({}, lag)]),
             gauge("rcmflow_facade_accounts", "accounts in the read model",
                   [({}, store.account_count())]),
-            counter("rcmflow_facade_invalid_snapshots", "snapshots not served (invalid FHIR)",
+            counter("rcmflow_facade_invalid_snapshots", "resources not served (invalid FHIR)",
                     [({}, store.invalid_snapshots)]),
         ]
 

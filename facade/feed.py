@@ -1,5 +1,6 @@
 """Feeds the read model from the compacted ``rcm.accounts`` topic.
 
+The topic carries a head and one record per item for each account (``streams/layout.py``).
 A consumer that joins no group (the facade scales apart from the workers and never moves
 their partitions) reads every partition from the offsets the store remembers, applies each
 batch and its next offsets in one store transaction, and keeps the high watermark each fetch
@@ -94,7 +95,7 @@ class Feeder:
                 await asyncio.sleep(2)
 
     async def _consume(self) -> None:
-        # read_committed: under exactly_once a snapshot shows once its transaction commits.
+        # read_committed: under exactly_once a record shows once its transaction commits.
         consumer = AIOKafkaConsumer(**self.kafka.client_options(), group_id=None,
                                     enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS,
                                     auto_offset_reset="earliest",

@@ -1,6 +1,27 @@
-"""FHIR R4 resources built from one account snapshot (the JSON ``state_json`` writes).
+"""FHIR R4 resources built from an account's rcm.accounts records (``streams/layout.py``).
 
-Pure functions: snapshot dict in, plain FHIR dicts out. Money is built from integer cents as
+Pure functions: record dicts in (the head, items), plain FHIR dicts out, one resource each:
+
+==========================  ===========================================  ==================
+resource                    built from                                   ``meta.versionId``
+==========================  ===========================================  ==================
+Account                     the head; coverage = its claims' payers      the head's version
+Claim                       a claim item (the head's entity: provider)   the claim's
+ClaimResponse               an adjudication item (+ its claim's payer    the adjudication's
+                            when it names none)                          (or that claim's)
+PaymentReconciliation       the account's adjudications of one payer     the newest of them
+  ``trn.<account>.<trace>``   check / EFT (835 TRN)
+PaymentReconciliation       a payment item (patient payment or refund)   the payment's
+  ``pay.<account>.<event>``
+==========================  ===========================================  ==================
+
+``meta.lastUpdated``: the head's ``last_event_at`` for an Account; for the others the times
+their items carry (an adjudication's or payment's ``occurred_at``, a claim's submission or
+first answer): an item does not record when it last changed. Before layout 2 every resource
+of an account carried the account's version and last event time, and the items of a layout-1
+record still show them (they all carry its version; ``SNAPSHOT_AT`` its time).
+
+Money is built from integer cents as
 ``Decimal`` with two places and written as JSON numbers with both places (``fhir_json``): the
 FHIR models pass floats through, so nothing here ever makes one. Every resource is validated
 with the ``fhir.resources.R4B`` model of its type (``validate``) before the store keeps it.
@@ -10,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -22,11 +43,23 @@ from fhir.resources.R4B.claimresponse import ClaimResponse
 from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation
 from pydantic import BaseModel
 
+from rcmflow.streams.state import ItemRef
+
 __all__ = [
     "BALANCE_EXTENSION",
     "PROVIDER_PREFIX",
+    "SNAPSHOT_AT",
+    "SNAPSHOT_SEQ",
     "Built",
+    "account_resource",
     "build_resources",
+    "claim_resource",
+    "claim_response_resource",
+    "is_provider",
+    "patient_payment_resource",
+    "payer_payment_resource",
+    "shows_claim",
+    "trace_order",
     "fhir_id",
     "fhir_json",
     "money",
@@ -104,7 +137,7 @@ def fhir_id(*parts: str) -> str:
     return f"h..{digest}"
 
 
-def patient_id_for(snapshot: dict[str, Any]) -> str:
+def patient_id_for(snapshot: Mapping[str, Any]) -> str:
     """The FHIR Patient id an account belongs to.
 
     Account state carries no patient id yet: a snapshot's ``patient`` wins when it has one,
@@ -190,45 +223,59 @@ def _balance(cents: int, aggregate: str | None, label: str) -> dict[str, Any]:
 _ACCOUNT_STATUS = {"closed": "inactive"}
 
 
-def _meta(snapshot: dict[str, Any], updated: str | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"versionId": str(snapshot["version"])}
+def _meta(version: int, updated: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"versionId": str(version)}
     if updated is not None:
         meta["lastUpdated"] = updated
     return meta
 
 
-def build_resources(snapshot: dict[str, Any]) -> list[Built]:
-    """Every resource one patient account's snapshot shows; none for provider keys.
+def is_provider(account: str) -> bool:
+    """Provider keys (835 PLB money) belong to no patient: they make no resources."""
+    return account.startswith(PROVIDER_PREFIX)
 
-    Provider keys (835 PLB money) belong to no patient, and their snapshots keep balances
-    only, not the PLB amounts one by one, so they make no resources.
+
+def build_resources(head: Mapping[str, Any],
+                    items: Mapping[ItemRef, Mapping[str, Any]]) -> list[Built]:
+    """Every resource one patient account shows, from its layout-2 head and all its items
+    (``layout.read_record`` splits a layout-1 record into those); none for provider keys.
+
+    The store builds the same resources one at a time, from the records that changed: this
+    is the whole-account form of it (tests compare the two; the bench samples it).
     """
-    account = snapshot["account"]
-    if account.startswith(PROVIDER_PREFIX):
+    account = head["account"]
+    if is_provider(account):
         return []
-    patient = patient_id_for(snapshot)
-    updated = utc_instant(snapshot.get("last_event_at"))
-    meta = _meta(snapshot, updated)
-    built = [_account(snapshot, patient, meta, updated)]
-    for claim in snapshot["claims"].values():
-        built.append(_claim(account, claim, patient, meta, snapshot))
-        for adjudication in claim["adjudications"]:
-            built.append(_claim_response(account, claim, adjudication, patient, meta))
-    built.extend(_payer_payments(snapshot, patient, meta))
-    built.extend(_patient_payments(snapshot, patient, meta))
+    of = {kind: {ref[1]: item for ref, item in items.items() if ref[0] == kind}
+          for kind in ("claim", "adjudication", "payment")}
+    claims = of["claim"]
+    payers = sorted({str(c["payer"]) for c in claims.values() if c.get("payer")})
+    built = [account_resource(head, payers)]
+    built += [claim_resource(account, claim, head) for claim in claims.values()]
+    by_trace: dict[str, list[Mapping[str, Any]]] = {}
+    for adj in of["adjudication"].values():
+        built.append(claim_response_resource(account, adj, claims.get(adj["claim_id"]), head))
+        if adj.get("correlation_id"):
+            by_trace.setdefault(adj["correlation_id"], []).append(adj)
+    for trace, adjs in sorted(by_trace.items()):
+        first = trace_order(adjs)[0]
+        built.append(payer_payment_resource(account, trace, adjs, claims.get(first["claim_id"]),
+                                            head))
+    built += [patient_payment_resource(account, pay, head) for pay in of["payment"].values()]
     return built
 
 
-def _account(snapshot: dict[str, Any], patient: str, meta: dict[str, Any],
-             updated: str | None) -> Built:
-    account = snapshot["account"]
+def account_resource(head: Mapping[str, Any], payers: Sequence[str]) -> Built:
+    """The Account: the head's balances; coverage = the distinct payers of its claims."""
+    account = head["account"]
     rid = fhir_id(account)
-    b = snapshot["balances"]
-    payers = sorted({c["payer"] for c in snapshot["claims"].values() if c.get("payer")})
+    patient = patient_id_for(head)
+    updated = utc_instant(head.get("last_event_at"))
+    b = head["balances"]
     doc: dict[str, Any] = {
         "resourceType": "Account",
         "id": rid,
-        "meta": meta,
+        "meta": _meta(int(head["version"]), updated),
         "extension": [
             _balance(b["insurance_ar"], "insurance", "Insurance"),
             _balance(b["patient_ar"], "patient", "Patient"),
@@ -236,35 +283,56 @@ def _account(snapshot: dict[str, Any], patient: str, meta: dict[str, Any],
             _balance(b["balance"], None, "Total"),
         ],
         "identifier": [{"system": ACCOUNT_SYSTEM, "value": _text(account)}],
-        "status": _ACCOUNT_STATUS.get(snapshot["status"], "active"),
+        "status": _ACCOUNT_STATUS.get(head["status"], "active"),
         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                              "code": "PBILLACCT", "display": "patient billing account"}],
-                 "text": _text(snapshot["status"])},
+                 "text": _text(head["status"])},
         "name": f"Patient account {_text(account)}",
         "subject": [_ref("Patient", patient)],
     }
     if payers:
         doc["coverage"] = [{"coverage": _org(PAYER_SYSTEM, payer), "priority": n}
                            for n, payer in enumerate(payers, start=1)]
-    if snapshot.get("entity"):
-        doc["owner"] = _org(ENTITY_SYSTEM, snapshot["entity"])
+    if head.get("entity"):
+        doc["owner"] = _org(ENTITY_SYSTEM, head["entity"])
     identifiers = (f"{ACCOUNT_SYSTEM}|{account}",)
     return Built("Account", rid, patient, doc["status"], updated, identifiers, None, None, doc)
 
 
-def _claim_created(claim: dict[str, Any], snapshot: dict[str, Any]) -> str:
-    when = claim.get("submitted_at")
-    if when is None and claim["adjudications"]:
-        when = claim["adjudications"][0]["occurred_at"]
-    created = utc_instant(when or snapshot.get("last_event_at"))
+def _patient(account: str, head: Mapping[str, Any] | None) -> str:
+    return patient_id_for(head if head is not None else {"account": account})
+
+
+def _claim_created(claim: Mapping[str, Any], head: Mapping[str, Any] | None) -> str:
+    # A claim known only from its 835 has no submission: its first answer dates it.
+    when = claim.get("submitted_at") or claim.get("first_adjudicated_at")
+    created = utc_instant(when or (head or {}).get("last_event_at"))
     assert created is not None, "a claim with no time at all"
     return created
 
 
-def _claim(account: str, claim: dict[str, Any], patient: str, meta: dict[str, Any],
-           snapshot: dict[str, Any]) -> Built:
+#: Set by the store on the items of a layout-1 record, so that it is served as it was: the
+#: record's ``last_event_at`` (its resources' ``lastUpdated``), and each item's place in it
+#: (its items all carry the record's version: their order there is the order applied).
+SNAPSHOT_AT = "_snapshot_at"
+SNAPSHOT_SEQ = "_snapshot_seq"
+
+
+def _latest(*times: Any) -> str | None:
+    instants = [t for t in map(utc_instant, times) if t is not None]
+    return max(instants) if instants else None
+
+
+def _updated(item: Mapping[str, Any], *own: Any) -> str | None:
+    return utc_instant(item.get(SNAPSHOT_AT)) or _latest(*own)
+
+
+def claim_resource(account: str, claim: Mapping[str, Any],
+                   head: Mapping[str, Any] | None) -> Built:
+    """A Claim from its claim item (and the head's entity, its provider)."""
     rid = fhir_id(account, claim["claim_id"])
-    created = _claim_created(claim, snapshot)
+    patient = _patient(account, head)
+    created = _claim_created(claim, head)
     items = []
     for n, line in enumerate(claim["lines"], start=1):
         code = line.get("procedure_code") or line.get("revenue_code") or "unknown"
@@ -278,10 +346,11 @@ def _claim(account: str, claim: dict[str, Any], patient: str, meta: dict[str, An
         if line.get("revenue_code"):
             item["revenue"] = _concept(REVENUE_SYSTEM, line["revenue_code"])
         items.append(item)
+    updated = _updated(claim, claim.get("submitted_at"), claim.get("first_adjudicated_at"))
     doc: dict[str, Any] = {
         "resourceType": "Claim",
         "id": rid,
-        "meta": meta,
+        "meta": _meta(int(claim["version"]), updated),
         "identifier": [{"system": CLAIM_SYSTEM, "value": _text(claim["claim_id"])}],
         "status": "active",
         "type": _concept(CLAIM_TYPE_SYSTEM, "institutional"),
@@ -289,7 +358,7 @@ def _claim(account: str, claim: dict[str, Any], patient: str, meta: dict[str, An
         "patient": _ref("Patient", patient),
         "created": created,
         "insurer": _org(PAYER_SYSTEM, claim.get("payer")),
-        "provider": _org(ENTITY_SYSTEM, snapshot.get("entity")),
+        "provider": _org(ENTITY_SYSTEM, (head or {}).get("entity")),
         "priority": _concept(PRIORITY_SYSTEM, "normal"),
         "insurance": [{"sequence": 1, "focal": True,
                        "coverage": _org(PAYER_SYSTEM, claim.get("payer"))}],
@@ -308,10 +377,26 @@ _DISPOSITION = {
 }
 
 
-def _claim_response(account: str, claim: dict[str, Any], adj: dict[str, Any], patient: str,
-                    meta: dict[str, Any]) -> Built:
+def shows_claim(adj: Mapping[str, Any]) -> bool:
+    """An adjudication naming no payer shows its claim's (so it changes with the claim)."""
+    return not adj.get("payer")
+
+
+def _version(adj: Mapping[str, Any], claim: Mapping[str, Any] | None) -> int:
+    """An adjudication's version, or its claim's if later and shown."""
+    version = int(adj["version"])
+    if claim is not None and shows_claim(adj):
+        version = max(version, int(claim["version"]))
+    return version
+
+
+def claim_response_resource(account: str, adj: Mapping[str, Any],
+                            claim: Mapping[str, Any] | None,
+                            head: Mapping[str, Any] | None) -> Built:
+    """A ClaimResponse from one adjudication item (its claim gives a missing payer)."""
     rid = fhir_id(account, adj["event_id"])
-    claim_rid = fhir_id(account, claim["claim_id"])
+    claim_rid = fhir_id(account, adj["claim_id"])
+    patient = _patient(account, head)
     created = utc_instant(adj["occurred_at"])
     assert created is not None
     adjudications: list[dict[str, Any]] = [
@@ -330,14 +415,14 @@ def _claim_response(account: str, claim: dict[str, Any], adj: dict[str, Any], pa
     doc: dict[str, Any] = {
         "resourceType": "ClaimResponse",
         "id": rid,
-        "meta": meta,
+        "meta": _meta(_version(adj, claim), _updated(adj, adj["occurred_at"])),
         "identifier": [{"system": EVENT_SYSTEM, "value": _text(adj["event_id"])}],
         "status": "active",
         "type": _concept(CLAIM_TYPE_SYSTEM, "institutional"),
         "use": "claim",
         "patient": _ref("Patient", patient),
         "created": created,
-        "insurer": _org(PAYER_SYSTEM, adj.get("payer") or claim.get("payer")),
+        "insurer": _org(PAYER_SYSTEM, adj.get("payer") or (claim or {}).get("payer")),
         "request": _ref("Claim", claim_rid),
         # RemittanceOutcome: a denial and a reversal are completed adjudications too;
         # what happened is in ``disposition``.
@@ -370,84 +455,90 @@ def _claim_response(account: str, claim: dict[str, Any], adj: dict[str, Any], pa
                  claim_rid, "complete", doc)
 
 
-def _payer_payments(snapshot: dict[str, Any], patient: str,
-                    meta: dict[str, Any]) -> Iterable[Built]:
-    """One PaymentReconciliation per payer check / EFT (835 TRN) and account.
+def trace_order(adjs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """A check's adjudications in the order they were applied: by version (one adjudication
+    per event), then by place in a layout-1 record."""
+    return sorted(adjs, key=lambda a: (int(a["version"]), int(a.get(SNAPSHOT_SEQ, 0)),
+                                       str(a["event_id"])))
+
+
+def payer_payment_resource(account: str, trace: str, adjs: Iterable[Mapping[str, Any]],
+                           first_claim: Mapping[str, Any] | None,
+                           head: Mapping[str, Any] | None) -> Built:
+    """One PaymentReconciliation per payer check / EFT (835 TRN) and account, from the
+    account's adjudications carrying that trace (``first_claim``: the claim of the first of
+    them, whose payer shows when that adjudication names none).
 
     A check pays claims of many patients; the part shown is the one applied to this account,
     so a patient never sees other patients' claims (search ``identifier`` by the trace number
     gives an operator every account's part of a check).
     """
-    account = snapshot["account"]
-    by_trace: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-    for claim in snapshot["claims"].values():
-        for adj in claim["adjudications"]:
-            if adj.get("correlation_id"):
-                by_trace.setdefault(adj["correlation_id"], []).append((claim, adj))
-    for trace, parts in sorted(by_trace.items()):
-        rid = fhir_id("trn", account, trace)
-        created = min(utc_instant(adj["occurred_at"]) or "" for _, adj in parts)
-        details = [{
-            "identifier": {"system": EVENT_SYSTEM, "value": _text(adj["event_id"])},
-            "type": _concept(PAYMENT_DETAIL_SYSTEM, "payment"),
-            "request": _ref("Claim", fhir_id(account, claim["claim_id"])),
-            "response": _ref("ClaimResponse", fhir_id(account, adj["event_id"])),
-            "date": utc_instant(adj["occurred_at"])[:10],  # type: ignore[index]
-            "amount": money(adj["paid_cents"]),
-        } for claim, adj in parts]
-        payer = parts[0][1].get("payer") or parts[0][0].get("payer")
-        doc: dict[str, Any] = {
-            "resourceType": "PaymentReconciliation",
-            "id": rid,
-            "meta": meta,
-            "identifier": [{"system": TRACE_SYSTEM, "value": _text(trace)}],
-            "status": "active",
-            "created": created,
-            "paymentIssuer": _org(PAYER_SYSTEM, payer),
-            "outcome": "complete",
-            "disposition": f"Payer payment applied to account {_text(account)}",
-            "paymentDate": created[:10],
-            "paymentAmount": money(sum(adj["paid_cents"] for _, adj in parts)),
-            "paymentIdentifier": {"system": TRACE_SYSTEM, "value": _text(trace)},
-            "detail": details,
-        }
-        yield Built("PaymentReconciliation", rid, patient, "active", created,
-                    (f"{TRACE_SYSTEM}|{trace}",), None, "complete", doc)
+    parts = trace_order(adjs)
+    assert parts, "a payment trace with no adjudication"
+    rid = fhir_id("trn", account, trace)
+    patient = _patient(account, head)
+    created = min(utc_instant(adj["occurred_at"]) or "" for adj in parts)
+    details = [{
+        "identifier": {"system": EVENT_SYSTEM, "value": _text(adj["event_id"])},
+        "type": _concept(PAYMENT_DETAIL_SYSTEM, "payment"),
+        "request": _ref("Claim", fhir_id(account, adj["claim_id"])),
+        "response": _ref("ClaimResponse", fhir_id(account, adj["event_id"])),
+        "date": utc_instant(adj["occurred_at"])[:10],  # type: ignore[index]
+        "amount": money(adj["paid_cents"]),
+    } for adj in parts]
+    payer = parts[0].get("payer") or (first_claim or {}).get("payer")
+    version = max(_version(parts[0], first_claim), *(int(a["version"]) for a in parts))
+    doc: dict[str, Any] = {
+        "resourceType": "PaymentReconciliation",
+        "id": rid,
+        "meta": _meta(version, _latest(*(_updated(adj, adj["occurred_at"]) for adj in parts))),
+        "identifier": [{"system": TRACE_SYSTEM, "value": _text(trace)}],
+        "status": "active",
+        "created": created,
+        "paymentIssuer": _org(PAYER_SYSTEM, payer),
+        "outcome": "complete",
+        "disposition": f"Payer payment applied to account {_text(account)}",
+        "paymentDate": created[:10],
+        "paymentAmount": money(sum(adj["paid_cents"] for adj in parts)),
+        "paymentIdentifier": {"system": TRACE_SYSTEM, "value": _text(trace)},
+        "detail": details,
+    }
+    return Built("PaymentReconciliation", rid, patient, "active", created,
+                 (f"{TRACE_SYSTEM}|{trace}",), None, "complete", doc)
 
 
-def _patient_payments(snapshot: dict[str, Any], patient: str,
-                      meta: dict[str, Any]) -> Iterable[Built]:
+def patient_payment_resource(account: str, pay: Mapping[str, Any],
+                             head: Mapping[str, Any] | None) -> Built:
     """One PaymentReconciliation per patient payment or refund (a refund's amount < 0)."""
-    account = snapshot["account"]
-    for pay in snapshot["payments"]:
-        rid = fhir_id("pay", account, pay["event_id"])
-        created = utc_instant(pay["occurred_at"])
-        assert created is not None
-        refund = pay["kind"] == "refund"
-        cents = -pay["amount_cents"] if refund else pay["amount_cents"]
-        identifiers = [f"{EVENT_SYSTEM}|{pay['event_id']}"]
-        doc: dict[str, Any] = {
-            "resourceType": "PaymentReconciliation",
-            "id": rid,
-            "meta": meta,
-            "identifier": [{"system": EVENT_SYSTEM, "value": _text(pay["event_id"])}],
-            "status": "active",
-            "created": created,
-            "outcome": "complete",
-            "disposition": (f"Refund to {_text(pay['channel'])}" if refund
-                            else f"Patient payment ({_text(pay['channel'])})"),
-            "paymentDate": created[:10],
-            "paymentAmount": money(cents),
-            "detail": [{
-                "type": _concept(PAYMENT_DETAIL_SYSTEM, "payment"),
-                "payee": {"display": f"Patient account {_text(account)}"},
-                "date": created[:10],
-                "amount": money(cents),
-            }],
-        }
-        if pay.get("reference"):
-            doc["paymentIdentifier"] = {"system": PAYMENT_REF_SYSTEM,
-                                        "value": _text(pay["reference"])}
-            identifiers.append(f"{PAYMENT_REF_SYSTEM}|{pay['reference']}")
-        yield Built("PaymentReconciliation", rid, patient, "active", created,
-                    tuple(identifiers), None, "complete", doc)
+    rid = fhir_id("pay", account, pay["event_id"])
+    patient = _patient(account, head)
+    created = utc_instant(pay["occurred_at"])
+    assert created is not None
+    refund = pay["kind"] == "refund"
+    cents = -pay["amount_cents"] if refund else pay["amount_cents"]
+    identifiers = [f"{EVENT_SYSTEM}|{pay['event_id']}"]
+    doc: dict[str, Any] = {
+        "resourceType": "PaymentReconciliation",
+        "id": rid,
+        "meta": _meta(int(pay["version"]), _updated(pay, pay["occurred_at"])),
+        "identifier": [{"system": EVENT_SYSTEM, "value": _text(pay["event_id"])}],
+        "status": "active",
+        "created": created,
+        "outcome": "complete",
+        "disposition": (f"Refund to {_text(pay['channel'])}" if refund
+                        else f"Patient payment ({_text(pay['channel'])})"),
+        "paymentDate": created[:10],
+        "paymentAmount": money(cents),
+        "detail": [{
+            "type": _concept(PAYMENT_DETAIL_SYSTEM, "payment"),
+            "payee": {"display": f"Patient account {_text(account)}"},
+            "date": created[:10],
+            "amount": money(cents),
+        }],
+    }
+    if pay.get("reference"):
+        doc["paymentIdentifier"] = {"system": PAYMENT_REF_SYSTEM,
+                                    "value": _text(pay["reference"])}
+        identifiers.append(f"{PAYMENT_REF_SYSTEM}|{pay['reference']}")
+    return Built("PaymentReconciliation", rid, patient, "active", created,
+                 tuple(identifiers), None, "complete", doc)

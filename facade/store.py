@@ -1,12 +1,20 @@
-"""The facade's read model: FHIR resources built from rcm.accounts snapshots, in SQLite.
+"""The facade's read model: FHIR resources built from rcm.accounts records, in SQLite.
 
 Why SQLite and not RocksDB (rocksdict): the facade answers searches (patient, status,
 identifier, created and _lastUpdated ranges, paging with totals) over every account, which
 needs secondary indexes; SQLite keeps them in step with the rows in one transaction, and the
 consumed offsets go in that same transaction, so after a crash the store and its offsets
 always agree. RocksDB would need hand-made index keys with the same crash care. Resources are
-built and validated once per snapshot, on the way in, and kept as the JSON that is served:
-a read is one indexed lookup, no FHIR model work.
+built and validated once, on the way in, and kept as the JSON that is served: a read is one
+indexed lookup, no FHIR model work.
+
+rcm.accounts carries an account as a head and one record per item (``streams/layout.py``).
+The store keeps those records as they are (``accounts``: heads, ``items``: items, indexed by
+the columns that find related items: an adjudication's claim and payment trace) and, per
+batch, rebuilds only the resources the batch's records affect (``resources.py`` says which
+record makes which resource): a record costs the same on an account with ten items or ten
+thousand. ``payers`` counts the claims naming each payer of an account, so Account.coverage
+is read in O(distinct payers).
 
 Two connections: the consumer writes through one (from a worker thread, one batch per
 transaction), the API reads through the other (on the event loop). WAL mode lets the reader
@@ -25,21 +33,51 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from .resources import Built, build_resources, fhir_json, validate
+from rcmflow.streams.layout import Key, is_legacy, parse_key, read_record
 
-__all__ = ["Store", "Row", "Query", "SNAPSHOT_VERSION_KEY"]
+from .resources import (
+    SNAPSHOT_AT,
+    SNAPSHOT_SEQ,
+    Built,
+    account_resource,
+    claim_resource,
+    claim_response_resource,
+    fhir_id,
+    fhir_json,
+    is_provider,
+    patient_payment_resource,
+    payer_payment_resource,
+    trace_order,
+    validate,
+)
+
+__all__ = ["Store", "Row", "Query", "SCHEMA_VERSION"]
 
 log = logging.getLogger("rcmflow.facade")
 
-SNAPSHOT_VERSION_KEY = "version"
-#: Accounts changed before statistics are refreshed: this many, or as many as were there at
-#: the last refresh (so a store growing from empty is analysed at 1k, 2k, 4k, ... accounts).
+#: The store's layout. A store of another (older) layout is emptied when opened, and the
+#: feed, finding no source in it, fills it again from the topic's beginning.
+SCHEMA_VERSION = "2"
+#: Records changed before statistics are refreshed: this many, or as many resources as were
+#: there at the last refresh (so a store growing from empty is analysed at 1k, 2k, 4k, ...).
 ANALYZE_EVERY_MIN = 1000
 
+_TABLES = ("meta", "offsets", "accounts", "items", "payers", "resources", "identifiers")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS accounts (account TEXT PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts (
+    account TEXT PRIMARY KEY, version INTEGER NOT NULL, entity TEXT, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    account TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+    claim_id TEXT, trace TEXT, payer TEXT, body BLOB NOT NULL,
+    PRIMARY KEY (account, kind, id));
+CREATE INDEX IF NOT EXISTS items_claim ON items (account, claim_id)
+    WHERE kind = 'adjudication';
+CREATE INDEX IF NOT EXISTS items_trace ON items (account, trace) WHERE kind = 'adjudication';
+CREATE TABLE IF NOT EXISTS payers (
+    account TEXT NOT NULL, payer TEXT NOT NULL, claims INTEGER NOT NULL,
+    PRIMARY KEY (account, payer)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS resources (
     type TEXT NOT NULL, id TEXT NOT NULL, account TEXT NOT NULL, patient TEXT NOT NULL,
     version INTEGER NOT NULL, status TEXT NOT NULL, created TEXT, last_updated TEXT,
@@ -54,7 +92,14 @@ CREATE TABLE IF NOT EXISTS identifiers (
     type TEXT NOT NULL, value TEXT NOT NULL, system TEXT NOT NULL, id TEXT NOT NULL,
     account TEXT NOT NULL, PRIMARY KEY (type, value, system, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS identifiers_account ON identifiers (account);
+CREATE INDEX IF NOT EXISTS identifiers_resource ON identifiers (type, id);
 """
+
+#: A resource to rebuild: (what, account, id): what is "Account" (id ""), "Claim" (claim
+#: id), "ClaimResponse" (adjudication event id), "trace" (payment trace), "payment" (event id).
+_Target = tuple[str, str, str]
+#: What an item's related rows are found by: (claim_id, trace, payer).
+_Links = tuple[str | None, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -81,12 +126,12 @@ class Store:
     def __init__(self, path: Path, *, validate_every: int = 1) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        # FHIR validation costs 0.3-0.8 ms per resource, a few ms per snapshot: 1 checks every
-        # snapshot, N one in N, 0 none (Settings.facade_validate_every says when to raise it).
+        # FHIR validation costs 0.3-0.8 ms per resource: 1 checks every resource built, N one
+        # in N, 0 none (Settings.facade_validate_every says when to raise it).
         assert validate_every >= 0
         self.validate_every = validate_every
-        self._snapshots_seen = 0
-        #: Snapshots whose resources failed FHIR validation (a bug: shown on /health).
+        self._resources_built = 0
+        #: Resources that failed FHIR validation and were not served (a bug: on /health).
         self.invalid_snapshots = 0
         # check_same_thread off: each connection is used by one thread at a time, but the
         # writer's batches run on whichever pool thread asyncio.to_thread picks.
@@ -95,7 +140,7 @@ class Store:
         # The offsets live in the same transactions as the rows: NORMAL is crash-consistent
         # in WAL mode (a power cut may lose the last batches; they are read again).
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        self._open_schema()
         # Without statistics SQLite walks the primary key for "ORDER BY id" even when an
         # index narrows the search to one patient (~1000x slower at 100k accounts): keep
         # them fresh, at a bounded cost per ANALYZE.
@@ -107,6 +152,21 @@ class Store:
             self._analyze()
         self.rdb = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.rdb.execute("PRAGMA query_only=ON")
+
+    def _open_schema(self) -> None:
+        """Create the tables; a store of an older layout (one snapshot per account) is
+        emptied first: without a source it is refilled from the topic's beginning."""
+        has_meta = self.db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()[0]
+        if has_meta and self.meta("schema") != SCHEMA_VERSION:
+            log.warning("facade read model %s has an older layout: emptying it (it is "
+                        "filled again from the beginning of rcm.accounts)", self.path)
+            with self._tx():
+                for table in _TABLES:
+                    self.db.execute(f"DROP TABLE IF EXISTS {table}")
+        self.db.executescript(_SCHEMA)
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         self.rdb.close()
@@ -121,43 +181,50 @@ class Store:
     def reset(self, source: str) -> None:
         """Forget everything: the store will be filled again from ``source``'s beginning."""
         with self._tx():
-            for table in ("meta", "offsets", "accounts", "resources", "identifiers"):
+            for table in _TABLES:
                 self.db.execute(f"DELETE FROM {table}")
-            self.db.execute("INSERT INTO meta VALUES ('source', ?)", (source,))
+            self.db.executemany("INSERT INTO meta VALUES (?, ?)",
+                                [("source", source), ("schema", SCHEMA_VERSION)])
 
     def offsets(self) -> dict[int, int]:
         return dict(self.db.execute("SELECT partition, next_offset FROM offsets").fetchall())
 
     def apply(self, records: Iterable[tuple[str, bytes | None]],
               offsets: dict[int, int]) -> int:
-        """Apply (account, snapshot JSON or None for a tombstone) records and remember the
-        next offsets, all in one transaction. Returns how many accounts changed.
+        """Apply rcm.accounts records (key, value JSON or None for a tombstone), rebuild the
+        resources they affect and remember the next offsets, all in one transaction.
+        Returns how many records changed something.
 
-        A snapshot older than the one held is skipped: versions only grow per account, and
-        a worker re-sending an old state after a crash must not move the view back.
+        A record older than the one held under its key is skipped: versions only grow per
+        key, and a worker re-sending an old record after a crash must not move the view
+        back. A head's tombstone removes the account with its items; a layout-1 record
+        (the whole account) is read as its head and items (``layout.read_record``).
         """
         changed = 0
+        dirty: set[_Target] = set()
         with self._tx():
-            for account, value in records:
+            for key, value in records:
+                try:
+                    parsed = parse_key(key)
+                except ValueError:
+                    log.warning("facade: skipping a record whose key is not an account's")
+                    continue
                 if value is None:
-                    self._delete(account)
-                    self.db.execute("DELETE FROM accounts WHERE account = ?", (account,))
-                    changed += 1
+                    changed += self._tombstone(parsed, dirty)
                     continue
-                snapshot = orjson.loads(value)
-                version = int(snapshot[SNAPSHOT_VERSION_KEY])
-                held = self.db.execute("SELECT version FROM accounts WHERE account = ?",
-                                       (account,)).fetchone()
-                if held is not None and held[0] > version:
-                    continue
-                built = build_resources(snapshot)
-                self._snapshots_seen += 1
-                check = self.validate_every and self._snapshots_seen % self.validate_every == 0
-                if check and not _valid(account, built):
-                    self.invalid_snapshots += 1
-                    continue
-                self._put(account, version, built)
-                changed += 1
+                record = orjson.loads(value)
+                legacy = parsed.item is None and is_legacy(record)
+                took, snapshot_at = False, None
+                for seq, (part, doc) in enumerate(read_record(key, record)):
+                    if part.item is None:
+                        took = self._put_head(part.account, doc, dirty) or took
+                        snapshot_at = doc.get("last_event_at")
+                        continue
+                    if legacy:
+                        doc |= {SNAPSHOT_AT: snapshot_at, SNAPSHOT_SEQ: seq}
+                    took = self._put_item(part, doc, dirty) or took
+                changed += took
+            self._rebuild(dirty)
             self.db.executemany(
                 "INSERT INTO offsets VALUES (?, ?) ON CONFLICT(partition) "
                 "DO UPDATE SET next_offset = excluded.next_offset", offsets.items())
@@ -169,24 +236,193 @@ class Store:
     def _analyze(self) -> None:
         self.db.execute("ANALYZE")
         self._since_analyze = 0
-        self._analyzed_rows = self.db.execute("SELECT count(*) FROM accounts").fetchone()[0]
+        self._analyzed_rows = self.db.execute("SELECT count(*) FROM resources").fetchone()[0]
 
-    def _put(self, account: str, version: int, built: Sequence[Built]) -> None:
-        self._delete(account)
-        self.db.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?)", (account, version))
-        self.db.executemany(
-            "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(b.type, b.id, account, b.patient, version, b.status, b.created,
-              b.doc["meta"].get("lastUpdated"), b.request, b.outcome, fhir_json(b.doc))
-             for b in built])
+    # The raw records, and what each change makes stale.
+
+    def _put_head(self, account: str, head: dict[str, Any], dirty: set[_Target]) -> bool:
+        version = int(head["version"])
+        held = self.db.execute("SELECT version, entity FROM accounts WHERE account = ?",
+                               (account,)).fetchone()
+        if held is not None and held[0] > version:
+            return False
+        entity = head.get("entity")
+        self.db.execute(
+            "INSERT INTO accounts VALUES (?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET "
+            "version = excluded.version, entity = excluded.entity, body = excluded.body",
+            (account, version, entity, orjson.dumps(head)))
+        if is_provider(account):
+            return True
+        dirty.add(("Account", account, ""))
+        if (held[1] if held is not None else None) != entity:
+            # Claims show the entity (their provider): it is set once, by the account's
+            # first event, so this walk over the claims happens at most once per account.
+            dirty.update(("Claim", account, cid) for (cid,) in self.db.execute(
+                "SELECT id FROM items WHERE account = ? AND kind = 'claim'", (account,)))
+        return True
+
+    def _put_item(self, key: Key, item: dict[str, Any], dirty: set[_Target]) -> bool:
+        assert key.item is not None
+        kind, item_id = key.item
+        held = self.db.execute(
+            "SELECT version, claim_id, trace, payer FROM items "
+            "WHERE account = ? AND kind = ? AND id = ?", (key.account, kind, item_id)).fetchone()
+        if held is not None and held[0] > int(item["version"]):
+            return False
+        adjudication = kind == "adjudication"
+        links: _Links = (item.get("claim_id") if adjudication else None,
+                         item.get("correlation_id") if adjudication else None,
+                         item.get("payer") or None if kind in ("claim", "adjudication")
+                         else None)
+        self.db.execute(
+            "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(account, kind, id) DO UPDATE SET version = excluded.version, "
+            "claim_id = excluded.claim_id, trace = excluded.trace, payer = excluded.payer, "
+            "body = excluded.body",
+            (key.account, kind, item_id, int(item["version"]), *links, orjson.dumps(item)))
+        self._item_changed(key, None if held is None else (held[1], held[2], held[3]), links,
+                           dirty)
+        return True
+
+    def _tombstone(self, key: Key, dirty: set[_Target]) -> int:
+        account = key.account
+        if key.item is None:
+            # The account is gone: its head, items and every resource it made.
+            for table in ("accounts", "items", "payers", "resources", "identifiers"):
+                self.db.execute(f"DELETE FROM {table} WHERE account = ?", (account,))
+            dirty.difference_update({t for t in dirty if t[1] == account})
+            return 1
+        kind, item_id = key.item
+        held = self.db.execute(
+            "DELETE FROM items WHERE account = ? AND kind = ? AND id = ? "
+            "RETURNING claim_id, trace, payer", (account, kind, item_id)).fetchone()
+        if held is None:
+            return 0
+        self._item_changed(key, (held[0], held[1], held[2]), None, dirty)
+        return 1
+
+    def _item_changed(self, key: Key, was: _Links | None, now: _Links | None,
+                      dirty: set[_Target]) -> None:
+        """Mark the resources an item's change affects (``was``/``now``: its links before
+        and after; None when it did not / no longer exists)."""
+        assert key.item is not None
+        account, (kind, item_id) = key.account, key.item
+        if is_provider(account):
+            return
+        before: _Links = was if was is not None else (None, None, None)
+        after: _Links = now if now is not None else (None, None, None)
+        if kind == "claim":
+            dirty.add(("Claim", account, item_id))
+            if before[2] != after[2]:
+                self._count_payer(account, before[2], -1)
+                self._count_payer(account, after[2], +1)
+                dirty.add(("Account", account, ""))
+            # Adjudications naming no payer show this claim's (and its version).
+            for adj_id, trace in self.db.execute(
+                    "SELECT id, trace FROM items WHERE account = ? AND kind = 'adjudication' "
+                    "AND claim_id = ? AND payer IS NULL", (account, item_id)).fetchall():
+                dirty.add(("ClaimResponse", account, adj_id))
+                if trace:
+                    dirty.add(("trace", account, trace))
+        elif kind == "adjudication":
+            dirty.add(("ClaimResponse", account, item_id))
+            dirty.update(("trace", account, t) for t in {before[1], after[1]} if t)
+        elif kind == "payment":
+            dirty.add(("payment", account, item_id))
+        # A charge makes no resource (the Account shows its money through the head).
+
+    def _count_payer(self, account: str, payer: str | None, step: int) -> None:
+        if payer is None:
+            return
+        self.db.execute("INSERT INTO payers VALUES (?, ?, ?) ON CONFLICT(account, payer) "
+                        "DO UPDATE SET claims = claims + excluded.claims",
+                        (account, payer, step))
+        if step < 0:
+            self.db.execute("DELETE FROM payers WHERE account = ? AND payer = ? AND claims <= 0",
+                            (account, payer))
+
+    # The resources, rebuilt from the records held.
+
+    def _rebuild(self, dirty: set[_Target]) -> None:
+        heads: dict[str, dict[str, Any] | None] = {}
+
+        def head(account: str) -> dict[str, Any] | None:
+            if account not in heads:
+                row = self.db.execute("SELECT body FROM accounts WHERE account = ?",
+                                      (account,)).fetchone()
+                heads[account] = None if row is None else orjson.loads(row[0])
+            return heads[account]
+
+        for target in sorted(dirty):
+            account = target[1]
+            built = self._build(target, head(account))
+            if built is None:
+                self._drop(*_resource_id(target))
+            elif self._checked(account, built):
+                self._write(account, built)
+
+    def _build(self, target: _Target, head: dict[str, Any] | None) -> Built | None:
+        what, account, item_id = target
+        if what == "Account":
+            if head is None:
+                return None
+            payers = [p for (p,) in self.db.execute(
+                "SELECT payer FROM payers WHERE account = ? ORDER BY payer", (account,))]
+            return account_resource(head, payers)
+        if what == "Claim":
+            claim = self._item(account, "claim", item_id)
+            return None if claim is None else claim_resource(account, claim, head)
+        if what == "ClaimResponse":
+            adj = self._item(account, "adjudication", item_id)
+            if adj is None:
+                return None
+            return claim_response_resource(account, adj, self._item(
+                account, "claim", adj["claim_id"]), head)
+        if what == "trace":
+            adjs = [orjson.loads(body) for (body,) in self.db.execute(
+                "SELECT body FROM items WHERE account = ? AND kind = 'adjudication' "
+                "AND trace = ?", (account, item_id))]
+            if not adjs:
+                return None
+            first = trace_order(adjs)[0]
+            return payer_payment_resource(account, item_id, adjs, self._item(
+                account, "claim", first["claim_id"]), head)
+        assert what == "payment", target
+        pay = self._item(account, "payment", item_id)
+        return None if pay is None else patient_payment_resource(account, pay, head)
+
+    def _item(self, account: str, kind: str, item_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT body FROM items WHERE account = ? AND kind = ? AND id = ?",
+                              (account, kind, item_id)).fetchone()
+        return None if row is None else orjson.loads(row[0])
+
+    def _checked(self, account: str, built: Built) -> bool:
+        """Validate 1 in ``validate_every`` resources; an invalid one is not served (the
+        last valid one stays)."""
+        self._resources_built += 1
+        every = self.validate_every
+        if not every or self._resources_built % every:
+            return True
+        if _valid(account, built):
+            return True
+        self.invalid_snapshots += 1
+        return False
+
+    def _write(self, account: str, b: Built) -> None:
+        self.db.execute("DELETE FROM identifiers WHERE type = ? AND id = ?", (b.type, b.id))
+        self.db.execute(
+            "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (b.type, b.id, account, b.patient, int(b.doc["meta"]["versionId"]), b.status,
+             b.created, b.doc["meta"].get("lastUpdated"), b.request, b.outcome,
+             fhir_json(b.doc)))
         self.db.executemany(
             "INSERT OR IGNORE INTO identifiers VALUES (?, ?, ?, ?, ?)",
             [(b.type, value, system, b.id, account)
-             for b in built for system, value in (i.split("|", 1) for i in b.identifiers)])
+             for system, value in (i.split("|", 1) for i in b.identifiers)])
 
-    def _delete(self, account: str) -> None:
-        self.db.execute("DELETE FROM resources WHERE account = ?", (account,))
-        self.db.execute("DELETE FROM identifiers WHERE account = ?", (account,))
+    def _drop(self, type_: str, rid: str) -> None:
+        self.db.execute("DELETE FROM resources WHERE type = ? AND id = ?", (type_, rid))
+        self.db.execute("DELETE FROM identifiers WHERE type = ? AND id = ?", (type_, rid))
 
     def _tx(self) -> _Transaction:
         return _Transaction(self.db)
@@ -236,16 +472,26 @@ class Store:
 _ROW_COLUMNS = "r.type, r.id, r.patient, r.version, r.last_updated, r.request, r.body"
 
 
-def _valid(account: str, built: Sequence[Built]) -> bool:
-    for b in built:
-        try:
-            validate(b.doc)
-        except ValidationError as exc:
-            # Field paths only: the values may be PHI.
-            where = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
-            log.error("account %s: invalid %s resource, not served (fields %s)",
-                      account, b.type, where)
-            return False
+def _resource_id(target: _Target) -> tuple[str, str]:
+    what, account, item_id = target
+    if what == "Account":
+        return "Account", fhir_id(account)
+    if what in ("Claim", "ClaimResponse"):
+        return what, fhir_id(account, item_id)
+    if what == "trace":
+        return "PaymentReconciliation", fhir_id("trn", account, item_id)
+    return "PaymentReconciliation", fhir_id("pay", account, item_id)
+
+
+def _valid(account: str, b: Built) -> bool:
+    try:
+        validate(b.doc)
+    except ValidationError as exc:
+        # Field paths only: the values may be PHI.
+        where = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
+        log.error("account %s: invalid %s resource, not served (fields %s)",
+                  account, b.type, where)
+        return False
     return True
 
 

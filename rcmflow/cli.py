@@ -496,9 +496,10 @@ def watch(
 @accounts_app.command("list")
 def accounts_list(as_json: JsonFlag = False) -> None:
     """Every account with its status, version and balance."""
-    from rcmflow.ops import latest_snapshots
+    from rcmflow.ops import latest_heads
 
-    snapshots = asyncio.run(latest_snapshots(_reader("accounts list", ACCOUNTS)))
+    # The heads only: an account's items are not read.
+    snapshots = asyncio.run(latest_heads(_reader("accounts list", ACCOUNTS)))
     if as_json:
         _print_json([_summary(s) for _, s in sorted(snapshots.items())])
         return
@@ -518,7 +519,8 @@ def accounts_show(
     account: Annotated[str, typer.Argument(help="Patient account number, or provider:<id>.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """One account's balance buckets (in cents with --json), claims and payments."""
+    """One account's balance buckets (in cents with --json), claims and payments (its head
+    and items; --json prints them as one document)."""
     from rcmflow.ops import latest_snapshots
 
     snap = asyncio.run(latest_snapshots(_reader("accounts show", ACCOUNTS), account)).get(account)

@@ -27,7 +27,7 @@ from rcmflow.demo_sources import (
 )
 from rcmflow.kafka_io import publish
 from rcmflow.metrics import url
-from rcmflow.ops import dlq_records, format_cents, latest_snapshots
+from rcmflow.ops import dlq_records, format_cents, latest_heads
 from rcmflow.settings import EMBEDDED_PREFIX, Settings, embedded_broker_info
 from rcmflow.streams.chart import ChartError, ChartOfAccounts, load_chart
 from rcmflow.streams.memory_tables import MemoryTables
@@ -204,7 +204,7 @@ def _feed_demo_files(settings: Settings, broker: EmbeddedBroker,
     snap: dict[str, object] = {}
     with console.status(f"applying {DEMO_ACCOUNT}"):
         while time.monotonic() < deadline and worker.poll() is None:
-            snap = asyncio.run(latest_snapshots(kafka)).get(DEMO_ACCOUNT, {})
+            snap = asyncio.run(latest_heads(kafka)).get(DEMO_ACCOUNT, {})
             if snap.get("version") == DEMO_ACCOUNT_VERSION:
                 break
             time.sleep(1.0)
@@ -232,7 +232,7 @@ def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccount
     snapshots: dict[str, dict[str, object]] = {}
     with console.status("applying demo events"):
         while time.monotonic() < deadline and worker.poll() is None:
-            snapshots = asyncio.run(latest_snapshots(kafka))
+            snapshots = asyncio.run(latest_heads(kafka))
             if all(snapshots.get(a, {}).get("version") == v for a, v in expected.items()):
                 break
             time.sleep(1.0)

@@ -1,35 +1,84 @@
-"""Operator views: account snapshots, posting history and the DLQ, read from their topics.
+"""Operator views: accounts, posting history and the DLQ, read from their topics.
 
 This is the operators' side (full detail); the patient-facing view is the FHIR facade.
+rcm.accounts holds an account as its head (key ``<account>``) and one record per item (keys
+``<account>/<kind>/<id>``, ``streams/layout.py``); records written before that layout (the
+whole account under ``<account>``) are read through ``layout.read_record``.
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import read_topic
+from rcmflow.streams.layout import SEPARATOR, assemble, parse_key, read_record
+from rcmflow.streams.state import ItemRef
 from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 
-__all__ = ["latest_snapshots", "posting_history", "dlq_records", "format_cents"]
+__all__ = ["latest_heads", "latest_snapshots", "posting_history", "dlq_records",
+           "format_cents"]
+
+_Heads = dict[str, dict[str, Any]]
+_Items = dict[str, dict[ItemRef, dict[str, Any]]]
 
 
-async def latest_snapshots(kafka: KafkaConnection, account: str | None = None) -> dict[str, Any]:
-    """Account -> its newest snapshot (the compacted rcm.accounts topic, newest wins)."""
-    wanted = account.encode() if account is not None else None
-    records = await read_topic(
-        kafka, ACCOUNTS, keep=(lambda key: key == wanted) if wanted is not None else None
-    )
-    latest: dict[str, Any] = {}
+async def _latest(kafka: KafkaConnection, keep: Callable[[bytes | None], bool]
+                  ) -> tuple[_Heads, _Items]:
+    """The newest head and items of the accounts whose keys ``keep`` takes (compacted:
+    newest wins; a head's tombstone removes the account with its items)."""
+    records = await read_topic(kafka, ACCOUNTS, keep=keep)
+    heads: _Heads = {}
+    items: _Items = defaultdict(dict)
+    # An account's records share a partition: its offsets order them.
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
         if record.key is None:
             continue
+        try:
+            key = parse_key(record.key)
+        except ValueError:
+            continue  # not an account's record
         if record.value is None:
-            latest.pop(record.key.decode(), None)  # tombstone
-        else:
-            latest[record.key.decode()] = json.loads(record.value)
-    return latest
+            if key.item is None:
+                heads.pop(key.account, None)
+                items.pop(key.account, None)
+            else:
+                items[key.account].pop(key.item, None)
+            continue
+        for part, doc in read_record(record.key, json.loads(record.value)):
+            if part.item is None:
+                heads[part.account] = doc
+            else:
+                items[part.account][part.item] = doc
+    return heads, items
+
+
+def _is_head(key: bytes | None) -> bool:
+    return key is not None and SEPARATOR.encode() not in key
+
+
+async def latest_heads(kafka: KafkaConnection) -> dict[str, Any]:
+    """Account -> its newest head (status, version, balances): item records are skipped."""
+    heads, _ = await _latest(kafka, _is_head)
+    return heads
+
+
+async def latest_snapshots(kafka: KafkaConnection, account: str | None = None) -> dict[str, Any]:
+    """Account -> its newest head and items as one document (``layout.assemble``: balances,
+    charges, claims with their adjudications, payments), for one account or every one."""
+    # Every partition is read (the worker's changelog places an account's records in its
+    # rcm.events partition), only this account's keys kept.
+    wanted = None if account is None else account.encode()
+    prefix = f"{account}{SEPARATOR}".encode()
+
+    def keep(key: bytes | None) -> bool:
+        return wanted is None or key == wanted or (key or b"").startswith(prefix)
+
+    heads, items = await _latest(kafka, keep)
+    return {a: assemble(head, items.get(a, {})) for a, head in heads.items()}
 
 
 async def posting_history(kafka: KafkaConnection, account: str) -> list[dict[str, Any]]:

@@ -80,14 +80,18 @@ class Workload:
             postings={json.loads(v)["posting_id"]: v for _, _, v in result.postings},
             states=tables.views(),
             dlq_reasons=Counter(json.loads(v)["reason_code"] for _, _, v in result.dlq),
+            records=tables.accounts,
         )
 
 
 @dataclass
 class Expected:
     postings: dict[str, bytes]
+    #: Account -> its head and items as one document (``layout.assemble``).
     states: dict[str, dict[str, Any]]
     dlq_reasons: Counter[str]
+    #: The rcm.accounts records: (partition 0, key) -> value (heads and items).
+    records: Records
 
 
 @dataclass

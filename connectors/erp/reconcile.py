@@ -69,6 +69,7 @@ from rcmflow.kafka_io import Record, read_topic, topic_partitions
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.core import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.events import EVENT_ADAPTER, ValidationError
+from rcmflow.streams.layout import SEPARATOR
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import EVENT_BYTES_MAX, Message, Processor
 from rcmflow.streams.rules import bucket_effects
@@ -284,6 +285,11 @@ def _in_range(day: date, day_from: date | None, day_to: date | None) -> bool:
 
 
 # -- the comparison -------------------------------------------------------------------------
+def _head_key(key: bytes | None) -> bool:
+    """An account's head (``<account>``), not one of its items (``<account>/<kind>/<id>``)."""
+    return key is not None and SEPARATOR.encode() not in key
+
+
 class Reconciler:
     def __init__(self, kafka: KafkaConnection, chart: ChartOfAccounts, *,
                  adapter: ErpAdapter | None = None, day_from: date | None = None,
@@ -457,9 +463,12 @@ class Reconciler:
         self.report.counts["postings"] = len(self.postings)
 
     async def read_snapshots(self) -> None:
+        """The newest head of every account (its balances); item records are skipped
+        unread, and a record of the whole account (layout 1) gives its head's part."""
         for p in await topic_partitions(self.kafka, ACCOUNTS):
             latest: dict[str, bytes | None] = {}
-            for record in await read_topic(self.kafka, ACCOUNTS, start={p: 0}):
+            for record in await read_topic(self.kafka, ACCOUNTS, start={p: 0},
+                                           keep=_head_key):
                 if record.key is not None:
                     latest[record.key.decode()] = record.value
             for account, value in latest.items():

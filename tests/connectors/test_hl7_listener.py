@@ -23,7 +23,8 @@ from rcmflow.connectors.hl7.listener import ListenerLimits, MllpListener
 from rcmflow.connectors.hl7.mapping import MappingConfig
 from rcmflow.connectors.hl7.replay import ReplayStore
 from rcmflow.kafka_io import read_topic
-from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, RAW_HL7
+from rcmflow.ops import latest_snapshots
+from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
 from tests.conftest import Broker, Workers
 from tests.scrape import scrape
 
@@ -330,9 +331,10 @@ def test_dft_over_mllp_reaches_the_account_table(
     assert asyncio.run(send_all()) == [("AA", "MSG00001"), ("AA", "MSG00001"), ("AA", "CR1")]
 
     def state() -> dict[str, Any] | None:
-        records = asyncio.run(read_topic(broker.connection, ACCOUNTS))
-        snaps = [json.loads(r.value) for r in records if r.key == b"4000776"]
-        return snaps[-1] if snaps else None
+        # The account's head and items (charges are items of their own) as one document.
+        found: dict[str, Any] | None = asyncio.run(
+            latest_snapshots(broker.connection, "4000776")).get("4000776")
+        return found
 
     wait_until(lambda: (s := state()) is not None and s["version"] >= 3, 90,
                "the worker to apply the HL7 charges", worker.log_tail)

@@ -1,7 +1,7 @@
-"""Facade fixtures: a read model filled from real snapshots, the app in-process and on a port.
+"""Facade fixtures: a read model filled from real records, the app in-process and on a port.
 
-Snapshots come from the real core (``apply`` over the demo events and factory events) and
-are serialised with ``state_json``, exactly what rcm.accounts carries.
+Records come from the real core (``Processor`` over the demo events and factory events, on
+``MemoryTables``): the heads and items, as bytes, exactly what rcm.accounts carries.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from rcmflow.facade.auth import Authenticator
 from rcmflow.facade.resources import validate
 from rcmflow.facade.store import Store
 from rcmflow.streams.chart import load_chart
-from rcmflow.streams.core import Applied, apply, new_account
-from rcmflow.streams.events import EVENT_ADAPTER
-from rcmflow.streams.state import AccountState, state_json
+from rcmflow.streams.memory_tables import MemoryTables
+from rcmflow.streams.processor import Message, Processor
+from rcmflow.streams.topics import EVENTS
 from tests.factories import adjudication, charge, event_doc, payment
 
 JWT_KEY = "test-signing-key-of-enough-length-for-hs256"
@@ -40,15 +40,23 @@ JWT_KEY = "test-signing-key-of-enough-length-for-hs256"
 EXTRA_ACCOUNTS = 23
 
 
-def build_states(docs: list[dict[str, Any]]) -> dict[str, AccountState]:
-    chart = load_chart()
-    states: dict[str, AccountState] = {}
-    for doc in docs:
-        event = EVENT_ADAPTER.validate_python(doc)
-        outcome = apply(states.get(event.account) or new_account(event.account), event, chart)
-        assert isinstance(outcome, Applied), outcome
-        states[event.account] = outcome.state
-    return states
+def build_tables(docs: list[dict[str, Any]], tables: MemoryTables | None = None
+                 ) -> MemoryTables:
+    """The accounts table after ``docs`` (each applied, none refused), one event a batch
+    as a worker may see them (each batch writes its head and the items it touched)."""
+    tables = tables if tables is not None else MemoryTables()
+    processor = Processor(load_chart())
+    for n, doc in enumerate(docs):
+        message = Message(EVENTS, 0, n, doc["account"].encode(), orjson.dumps(doc))
+        result = processor.process([message], tables)
+        assert result.counts.applied == 1, (doc, result.dlq)
+        tables.write(result)
+    return tables
+
+
+def records(tables: MemoryTables) -> list[tuple[str, bytes | None]]:
+    """The table's records as the feed hands them to the store: (key, value)."""
+    return [(key.decode(), value) for (_, key), value in tables.accounts.items()]
 
 
 def world_events() -> list[dict[str, Any]]:
@@ -72,28 +80,27 @@ def world_events() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def states() -> dict[str, AccountState]:
-    return build_states(world_events())
+def tables() -> MemoryTables:
+    return build_tables(world_events())
 
 
 @pytest.fixture(scope="session")
-def snapshots(states: dict[str, AccountState]) -> dict[str, dict[str, Any]]:
-    """Account -> snapshot as a dict, read back from the bytes rcm.accounts carries."""
-    return {account: orjson.loads(state_json(state)) for account, state in states.items()}
+def snapshots(tables: MemoryTables) -> dict[str, dict[str, Any]]:
+    """Account -> its head and items as one document (``layout.assemble``)."""
+    return tables.views()
 
 
-def filled_store(path: Path, states: dict[str, AccountState]) -> Store:
-    filled = Store(path)
-    changed = filled.apply([(a, state_json(s)) for a, s in states.items()], {0: len(states)})
-    assert changed == len(states)
+def filled_store(path: Path, tables: MemoryTables, **options: Any) -> Store:
+    filled = Store(path, **options)
+    held = records(tables)
+    assert filled.apply(held, {0: len(held)}) == len(held)
     assert filled.invalid_snapshots == 0
     return filled
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory,
-          states: dict[str, AccountState]) -> Iterator[Store]:
-    filled = filled_store(tmp_path_factory.mktemp("facade") / "read.sqlite", states)
+def store(tmp_path_factory: pytest.TempPathFactory, tables: MemoryTables) -> Iterator[Store]:
+    filled = filled_store(tmp_path_factory.mktemp("facade") / "read.sqlite", tables)
     yield filled
     filled.close()
 

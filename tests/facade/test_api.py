@@ -210,20 +210,19 @@ def _link(bundle: dict[str, Any], relation: str) -> str | None:
 
 
 async def test_paging_while_resources_arrive_sees_none_twice(tmp_path: Any) -> None:
-    from rcmflow.streams.state import state_json
-    from tests.facade.conftest import build_states, filled_store, make_app
+    from tests.facade.conftest import build_tables, filled_store, make_app, records
     from tests.factories import charge
 
-    states = build_states([charge(100, account=f"M{n}") for n in range(2, 9)])
-    store = filled_store(tmp_path / "read.sqlite", states)
+    store = filled_store(tmp_path / "read.sqlite",
+                         build_tables([charge(100, account=f"M{n}") for n in range(2, 9)]))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=make_app(store)),
                                  base_url="http://facade.test", headers=bearer()) as c:
         page = fhir_body(await c.get("/fhir/Account", params={"_count": 3}))
         seen = _ids(page)
         assert seen == ["M2", "M3", "M4"]
         # New accounts land before and after the cursor between two pages.
-        late = build_states([charge(100, account="M1"), charge(100, account="M5a")])
-        store.apply([(a, state_json(s)) for a, s in late.items()], {0: 99})
+        late = build_tables([charge(100, account="M1"), charge(100, account="M5a")])
+        store.apply(records(late), {0: 99})
         url = _link(page, "next")
         while url is not None:
             page = fhir_body(await c.get(url))

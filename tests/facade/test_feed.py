@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from rcmflow.facade.feed import Feeder
 from rcmflow.facade.store import Store
 from rcmflow.kafka_io import publish
-from rcmflow.streams.state import state_json
+from rcmflow.streams.layout import parse_key
 from rcmflow.streams.topics import ACCOUNTS
 from tests.conftest import Broker
-from tests.facade.conftest import build_states, world_events
+from tests.facade.conftest import build_tables, records, world_events
+from tests.facade.test_store import LEGACY, served
 
 pytestmark = pytest.mark.broker
 
@@ -37,23 +39,30 @@ async def _feed_until(feeder: Feeder, done: object, what: str) -> None:
 
 
 async def test_feed_fills_resumes_and_refills(broker: Broker, tmp_path: Path) -> None:
-    states = build_states(world_events())
+    # The world's heads and items, but A1002 as one layout-1 record (written before layout 2).
+    held = [(k, v) for k, v in records(build_tables(world_events()))
+            if parse_key(k).account != "A1002"]
+    legacy = orjson.loads(LEGACY.read_bytes())["accounts"]["A1002"]
+    held.append(("A1002", orjson.dumps(legacy["record"])))
+    heads = {k: orjson.loads(v or b"") for k, v in held if parse_key(k).item is None}
     kafka = broker.connection
-    await publish(kafka, [(ACCOUNTS, a.encode(), state_json(s)) for a, s in states.items()])
+    await publish(kafka, [(ACCOUNTS, k.encode(), v) for k, v in held])
     store = Store(tmp_path / "read.sqlite")
     feeder = Feeder(store, kafka, source="broker-1")
     await _feed_until(feeder, lambda: feeder.status.lag() == 0, "lag 0")
-    assert store.account_count() == len(states)
+    assert store.account_count() == len(heads)
     row = store.read("Account", "A1001")
-    assert row is not None and row.version == states["A1001"].version
-    assert sum(store.offsets().values()) == len(states)
+    assert row is not None and row.version == heads["A1001"]["version"]
+    assert {k: orjson.loads(v) for k, v in served(store, "A1002").items()} == \
+        legacy["resources"]
+    assert sum(store.offsets().values()) == len(held)
 
-    # A newer snapshot replaces, an older one (a worker re-sending after a crash) does not,
-    # a tombstone removes.
-    newer = states["B01"].model_copy(update={"version": states["B01"].version + 1})
-    older = states["B02"].model_copy(update={"version": 1})
-    await publish(kafka, [(ACCOUNTS, b"B01", state_json(newer)),
-                            (ACCOUNTS, b"B02", state_json(older))])
+    # A newer head replaces, an older one (a worker re-sending after a crash) does not,
+    # a head's tombstone removes the account.
+    newer = heads["B01"] | {"version": heads["B01"]["version"] + 1}
+    older = heads["B02"] | {"version": 1}
+    await publish(kafka, [(ACCOUNTS, b"B01", orjson.dumps(newer)),
+                          (ACCOUNTS, b"B02", orjson.dumps(older))])
     producer = AIOKafkaProducer(**kafka.client_options())
     await producer.start()
     try:
@@ -64,14 +73,14 @@ async def test_feed_fills_resumes_and_refills(broker: Broker, tmp_path: Path) ->
     resumed = Feeder(store, kafka, source="broker-1")
     await _feed_until(resumed, lambda: resumed.status.lag() == 0
                       and resumed.status.applied_records == 3, "the 3 new records")
-    assert store.read("Account", "B01").version == newer.version  # type: ignore[union-attr]
-    assert store.read("Account", "B02").version == states["B02"].version  # type: ignore[union-attr]
-    assert store.read("Account", "B03") is None
-    assert store.account_count() == len(states) - 1
+    assert store.read("Account", "B01").version == newer["version"]  # type: ignore[union-attr]
+    assert store.read("Account", "B02").version == heads["B02"]["version"]  # type: ignore[union-attr]
+    assert store.read("Account", "B03") is None and not served(store, "B03")
+    assert store.account_count() == len(heads) - 1
 
     # Another broker behind the same store: emptied and filled again from the beginning.
     refilled = Feeder(store, kafka, source="broker-2")
     await _feed_until(refilled, lambda: refilled.status.lag() == 0, "lag 0 again")
-    assert refilled.status.applied_records == len(states) + 3
-    assert store.account_count() == len(states) - 1
+    assert refilled.status.applied_records == len(held) + 3
+    assert store.account_count() == len(heads) - 1
     store.close()

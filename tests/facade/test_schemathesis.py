@@ -17,7 +17,7 @@ from schemathesis.checks import not_a_server_error
 
 from tests.facade.conftest import (
     bearer,
-    build_states,
+    build_tables,
     check_resource,
     filled_store,
     make_app,
@@ -30,7 +30,7 @@ EXAMPLES_PER_OPERATION = 30
 # a read model of its own, filled the same way as the fixtures' one.
 _dir = tempfile.TemporaryDirectory(prefix="facade-schemathesis-")
 atexit.register(_dir.cleanup)
-_app = make_app(filled_store(Path(_dir.name) / "read.sqlite", build_states(world_events())))
+_app = make_app(filled_store(Path(_dir.name) / "read.sqlite", build_tables(world_events())))
 schema = schemathesis.openapi.from_asgi("/fhir/openapi.json", _app)
 
 
