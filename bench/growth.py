@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import os
 import platform
@@ -71,8 +72,10 @@ __all__ = ["main", "history_point", "accounts_step", "horizon_curve", "horizon_s
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
-#: The dedup changelog's topic (its name only labels records here).
+#: The dedup changelog's topic (its name only labels records here), and a label for its
+#: tombstones (deleted keys: the dedup horizon's purge).
 DEDUP_TOPIC = "rcmflow-dedup-changelog"
+DEDUP_DELETE = "rcmflow-dedup-changelog (tombstone)"
 BASE_MS = int(datetime(2026, 1, 5, 13, 0, tzinfo=UTC).timestamp() * 1000)
 DAY_MS = 86_400_000
 BATCH = 1000
@@ -216,7 +219,11 @@ def records_of(result: BatchResult, messages: list[Message]) -> list[OutRecord]:
     (``AccountTables.head_records``/``item_records``: the encoding is part of the cost)."""
     out = [OutRecord(POSTINGS, p, k, v) for p, k, v in result.postings]
     out += [OutRecord(DLQ, p, k, v) for p, k, v in result.dlq]
-    out += [OutRecord(DEDUP_TOPIC, p, k, v) for (p, k), v in result.dedup_writes.items()]
+    # With the dedup horizon (on its way): purges first, and None values are deletes.
+    dedup: dict[tuple[int, bytes], bytes | None] = {**getattr(result, "purge_writes", {}),
+                                                   **result.dedup_writes}
+    out += [OutRecord(DEDUP_TOPIC, p, k, v) if v is not None
+            else OutRecord(DEDUP_DELETE, p, k, b"") for (p, k), v in dedup.items()]
     nexts = {m.partition: m.offset + 1 for m in messages}
     out += [OutRecord(DEDUP_TOPIC, p, NEXT_OFFSET_KEY, str(o).encode()) for p, o in nexts.items()]
     out += AccountTables.head_records(result.heads)
@@ -227,7 +234,7 @@ def records_of(result: BatchResult, messages: list[Message]) -> list[OutRecord]:
 def bytes_by_topic(records: list[OutRecord]) -> dict[str, int]:
     """Key + value bytes per kind of record (``accounts`` = rcm.accounts heads and items)."""
     sizes = {"postings": 0, "dlq": 0, "dedup": 0, "accounts": 0}
-    names = {POSTINGS: "postings", DLQ: "dlq", DEDUP_TOPIC: "dedup"}
+    names = {POSTINGS: "postings", DLQ: "dlq", DEDUP_TOPIC: "dedup", DEDUP_DELETE: "dedup"}
     for r in records:
         sizes[names.get(r.topic, "accounts")] += len(r.key) + len(r.value)
     return sizes
@@ -255,6 +262,8 @@ class MemoryStore(MemoryTables):
         for r in records:
             if r.topic == DEDUP_TOPIC:
                 self.dedup[(r.partition, r.key)] = r.value
+            elif r.topic == DEDUP_DELETE:
+                self.dedup.pop((r.partition, r.key), None)
             elif r.topic not in (POSTINGS, DLQ):
                 self.accounts[(r.partition, r.key)] = r.value
 
@@ -290,13 +299,17 @@ class RocksTables:
         self._write.disable_wal = True  # type: ignore[method-assign,assignment]
         self.cache: dict[tuple[int, str], AccountHead] = {}
         self.cache_max = state_cache_max
+        #: Head lookups answered by the cache, and read from the store.
+        self.cache_hits = self.cache_misses = 0
 
     def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
         key = (partition, account)
         head = self.cache.pop(key, None)
         if head is not None:
             self.cache[key] = head
+            self.cache_hits += 1
             return head
+        self.cache_misses += 1
         raw = self.accounts[partition].get(head_key(account))
         if raw is None:
             return None
@@ -315,16 +328,41 @@ class RocksTables:
         raw = self.dedup[partition].get(key)
         return DedupEntry.model_validate_json(raw) if raw is not None else None
 
+    def load_purge_mark(self, partition: int) -> int:
+        """The dedup horizon's purge mark (``Lookups`` once the horizon is on main)."""
+        from rcmflow.streams import dedup
+
+        raw = self.dedup[partition].get(dedup.PURGED_BEFORE_KEY)  # type: ignore[attr-defined]
+        return int(raw) if raw is not None else 0
+
+    def expired(self, partition: int, before_day: int, limit: int) -> list[bytes]:
+        """Dedup index keys filed before ``before_day`` (``Lookups`` once the horizon is on
+        main), oldest first."""
+        from rcmflow.streams import dedup
+
+        prefix: bytes = dedup.HORIZON_PREFIX  # type: ignore[attr-defined]
+        end: bytes = dedup.horizon_key(before_day, b"")  # type: ignore[attr-defined]
+        found: list[bytes] = []
+        for key in self.dedup[partition].keys(from_key=prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix) or key >= end \
+                    or len(found) >= limit:
+                break
+            found.append(key)
+        return found
+
     def put(self, records: list[OutRecord], result: BatchResult) -> None:
         batches: dict[tuple[bool, int], WriteBatch] = {}
         for r in records:
             if r.topic in (POSTINGS, DLQ):
                 continue
-            where = (r.topic == DEDUP_TOPIC, r.partition)
+            where = (r.topic in (DEDUP_TOPIC, DEDUP_DELETE), r.partition)
             batch = batches.get(where)
             if batch is None:
                 batch = batches[where] = WriteBatch(raw_mode=True)
-            batch.put(r.key, r.value)
+            if r.topic == DEDUP_DELETE:
+                batch.delete(r.key)
+            else:
+                batch.put(r.key, r.value)
         for (is_dedup, part), batch in batches.items():
             db = self.dedup[part] if is_dedup else self.accounts[part]
             db.write(batch, write_opt=self._write)
@@ -441,89 +479,109 @@ def _accounts_for(items: int, rounds: int) -> int:
     return max(1, min(rounds, -(-40 * rounds // max(items, 1))))
 
 
-def history_point(items: int, backend: str, rounds: int, root: Path, chart: ChartOfAccounts,
-                  items_max: int, seed: int = 11) -> dict[str, Any]:
-    """Accounts pre-filled to ``items`` items through the processor, then ``rounds`` rounds
-    of the mix, every event its own batch, timed."""
-    store: Store
-    if backend == "rocksdb":
-        store = RocksTables(root / f"history-{items}", 1, Settings().state_cache_max)
-    else:
-        store = MemoryStore()
-    processor = Processor(chart, account_items_max=items_max)
-    feed = Feed()
-    n_accounts = _accounts_for(items, rounds)
-    accounts = [f"H{items}-{i:04d}" for i in range(n_accounts)]
-    cycles = -(-items // 5)
-    pending: list[Message] = []
-    for account in accounts:
-        for cycle in range(cycles):
-            pending += [feed.message(d) for d in cycle_docs(account, cycle, feed)]
-            if len(pending) >= BATCH:
-                _check(run_batch(processor, store, pending).result)
-                pending = []
-    if pending:
-        _check(run_batch(processor, store, pending).result)
-    gc.collect()
-    rng = random.Random(seed)
-    total_us: list[float] = []
-    core_us: list[float] = []
-    cpu_us: list[float] = []
-    sizes: list[int] = []
-    parts = {"postings": 0, "dlq": 0, "dedup": 0, "accounts": 0}
-    by_kind: dict[str, list[int]] = {kind: [] for kind in MIX_KINDS}
-    for round_ in range(rounds):
-        account = accounts[round_ % n_accounts]
-        old = rng.randrange(cycles)
-        old_charge = f"c{old:06d}{rng.choice('ab')}"
-        for kind, doc in zip(MIX_KINDS, mix_docs(account, round_, old_charge, feed),
+class History:
+    """Accounts pre-filled to ``items`` items through the processor (``fill``), then timed
+    rounds of the mix (``round``), every event its own batch. Rounds of several histories
+    can be interleaved, so a change of load on a shared machine falls on every size alike."""
+
+    def __init__(self, items: int, backend: str, rounds: int, root: Path,
+                 chart: ChartOfAccounts, items_max: int, seed: int = 11) -> None:
+        self.items = items
+        self.backend = backend
+        self.store: Store
+        if backend == "rocksdb":
+            self.store = RocksTables(root / f"history-{items}", 1, Settings().state_cache_max)
+        else:
+            self.store = MemoryStore()
+        self.processor = Processor(chart, account_items_max=items_max)
+        self.feed = Feed()
+        self.accounts = [f"H{items}-{i:04d}" for i in range(_accounts_for(items, rounds))]
+        self.cycles = -(-items // 5)
+        self.rng = random.Random(seed)
+        self.total_us: list[float] = []
+        self.core_us: list[float] = []
+        self.cpu_us: list[float] = []
+        self.sizes: list[int] = []
+        self.parts = {"postings": 0, "dlq": 0, "dedup": 0, "accounts": 0}
+        self.by_kind: dict[str, list[int]] = {kind: [] for kind in MIX_KINDS}
+
+    def fill(self) -> None:
+        pending: list[Message] = []
+        for account in self.accounts:
+            for cycle in range(self.cycles):
+                pending += [self.feed.message(d) for d in cycle_docs(account, cycle, self.feed)]
+                if len(pending) >= BATCH:
+                    _check(run_batch(self.processor, self.store, pending).result)
+                    pending = []
+        if pending:
+            _check(run_batch(self.processor, self.store, pending).result)
+
+    def round(self, round_: int) -> None:
+        account = self.accounts[round_ % len(self.accounts)]
+        old_charge = f"c{self.rng.randrange(self.cycles):06d}{self.rng.choice('ab')}"
+        for kind, doc in zip(MIX_KINDS, mix_docs(account, round_, old_charge, self.feed),
                              strict=True):
-            msg = feed.message(doc)
-            timed = run_batch(processor, store, [msg])
+            timed = run_batch(self.processor, self.store, [self.feed.message(doc)])
             _check(timed.result)
-            core_us.append(timed.core_ns / 1000)
-            total_us.append(timed.all_ns / 1000)
-            cpu_us.append(timed.cpu_ns / 1000)
+            self.core_us.append(timed.core_ns / 1000)
+            self.total_us.append(timed.all_ns / 1000)
+            self.cpu_us.append(timed.cpu_ns / 1000)
             sized = bytes_by_topic(timed.records)
             for name, n in sized.items():
-                parts[name] += n
-            sizes.append(sum(sized.values()))
-            by_kind[kind].append(sum(sized.values()))
-    held = [store.load_head(0, a) for a in accounts]
-    counts = [h.item_count() for h in held if isinstance(h, AccountHead)]
-    head, found = store.account_docs(0, accounts[0])
-    legacy = layout1_record(head, found)
-    doc = orjson.loads(legacy)
-    encode_ns = []
-    for _ in range(5):
-        t0 = time.perf_counter_ns()
-        orjson.dumps(doc)
-        encode_ns.append(time.perf_counter_ns() - t0)
-    events = len(sizes)
-    others = (parts["postings"] + parts["dlq"] + parts["dedup"]) / events
-    if isinstance(store, RocksTables):
-        store.close()
-    return {
-        "backend": backend,
-        "items": items,
-        "accounts": n_accounts,
-        "items_min": min(counts),
-        "items_max": max(counts),
-        "events": events,
-        "us_median": round(statistics.median(total_us), 1),
-        "us_p99": round(percentile(total_us, 99), 1),
-        "core_us_median": round(statistics.median(core_us), 1),
-        "core_us_p99": round(percentile(core_us, 99), 1),
-        "cpu_us_median": round(statistics.median(cpu_us), 1),
-        "cpu_us_p99": round(percentile(cpu_us, 99), 1),
-        "bytes_per_event": round(sum(sizes) / events),
-        "bytes_parts_per_event": {k: round(v / events) for k, v in parts.items()},
-        "bytes_by_kind": {k: round(sum(v) / len(v)) for k, v in by_kind.items() if v},
-        "layout1_record_bytes": len(head_key(accounts[0])) + len(legacy),
-        "layout1_items": len(found),
-        "layout1_bytes_per_event": round(others + len(head_key(accounts[0])) + len(legacy)),
-        "layout1_encode_us": round(min(encode_ns) / 1000, 1),
-    }
+                self.parts[name] += n
+            self.sizes.append(sum(sized.values()))
+            self.by_kind[kind].append(sum(sized.values()))
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers, with layout 1's for the same account; closes the store."""
+        held = [self.store.load_head(0, a) for a in self.accounts]
+        counts = [h.item_count() for h in held if isinstance(h, AccountHead)]
+        first = self.accounts[0]
+        head, found = self.store.account_docs(0, first)
+        legacy = layout1_record(head, found)
+        doc = orjson.loads(legacy)
+        encode_ns = []
+        for _ in range(5):
+            t0 = time.perf_counter_ns()
+            orjson.dumps(doc)
+            encode_ns.append(time.perf_counter_ns() - t0)
+        events = len(self.sizes)
+        parts = self.parts
+        others = (parts["postings"] + parts["dlq"] + parts["dedup"]) / events
+        if isinstance(self.store, RocksTables):
+            self.store.close()
+        return {
+            "backend": self.backend,
+            "items": self.items,
+            "accounts": len(self.accounts),
+            "items_min": min(counts),
+            "items_max": max(counts),
+            "events": events,
+            "us_median": round(statistics.median(self.total_us), 1),
+            "us_p99": round(percentile(self.total_us, 99), 1),
+            "core_us_median": round(statistics.median(self.core_us), 1),
+            "core_us_p99": round(percentile(self.core_us, 99), 1),
+            "cpu_us_median": round(statistics.median(self.cpu_us), 1),
+            "cpu_us_p99": round(percentile(self.cpu_us, 99), 1),
+            "bytes_per_event": round(sum(self.sizes) / events),
+            "bytes_parts_per_event": {k: round(v / events) for k, v in parts.items()},
+            "bytes_by_kind": {k: round(sum(v) / len(v)) for k, v in self.by_kind.items() if v},
+            "layout1_record_bytes": len(head_key(first)) + len(legacy),
+            "layout1_items": len(found),
+            "layout1_bytes_per_event": round(others + len(head_key(first)) + len(legacy)),
+            "layout1_encode_us": round(min(encode_ns) / 1000, 1),
+        }
+
+
+def history_point(items: int, backend: str, rounds: int, root: Path, chart: ChartOfAccounts,
+                  items_max: int) -> dict[str, Any]:
+    """One history on its own: filled, ``rounds`` rounds, summed up."""
+    run = History(items, backend, rounds, root, chart, items_max)
+    run.fill()
+    gc.collect()
+    for round_ in range(rounds):
+        run.round(round_)
+    return run.summary()
 
 
 def _ratio(points: list[dict[str, Any]], name: str, low: int, high: int) -> float | None:
@@ -534,24 +592,39 @@ def _ratio(points: list[dict[str, Any]], name: str, low: int, high: int) -> floa
 
 
 def history(sizes: list[int], rounds: int, root: Path) -> dict[str, Any]:
+    """Every (store, size) filled first, then their rounds interleaved."""
     chart = load_chart(None)
     items_max = max(sizes) + ITEMS_HEADROOM
-    points: list[dict[str, Any]] = []
+    runs: list[History] = []
     for backend in ("rocksdb", "memory"):
         for items in sizes:
             started = time.monotonic()
-            point = history_point(items, backend, rounds, root, chart, items_max)
-            points.append(point)
-            _progress(f"history {backend} {items:,} items: {point['us_median']:,.0f} µs median, "
-                      f"{point['bytes_per_event']:,} B/event (layout 1: "
-                      f"{point['layout1_bytes_per_event']:,} B) "
+            run = History(items, backend, rounds, root, chart, items_max)
+            run.fill()
+            runs.append(run)
+            _progress(f"history {backend} {items:,} items: {len(run.accounts)} account(s) "
+                      f"filled [{time.monotonic() - started:.1f} s]")
+    gc.collect()
+    started = time.monotonic()
+    for round_ in range(rounds):
+        for run in runs:
+            run.round(round_)
+        if (round_ + 1) % max(1, rounds // 4) == 0:
+            _progress(f"history: {round_ + 1} of {rounds} rounds of every size "
                       f"[{time.monotonic() - started:.1f} s]")
+    points = [run.summary() for run in runs]
+    for point in points:
+        _progress(f"history {point['backend']} {point['items']:,} items: "
+                  f"{point['us_median']:,.0f} µs p50 (CPU {point['cpu_us_median']:,.0f}), "
+                  f"{point['bytes_per_event']:,} B/event (layout 1: "
+                  f"{point['layout1_bytes_per_event']:,} B)")
     low, high = FLAT_RANGE
     ratios = {}
     for backend in ("rocksdb", "memory"):
         mine = [p for p in points if p["backend"] == backend]
         ratios[backend] = {
             "us_median": _ratio(mine, "us_median", low, high),
+            "cpu_us_median": _ratio(mine, "cpu_us_median", low, high),
             "us_p99": _ratio(mine, "us_p99", low, high),
             "bytes_per_event": _ratio(mine, "bytes_per_event", low, high),
             "us_median_all": _ratio(mine, "us_median", 0, 10**9),
@@ -648,7 +721,9 @@ def accounts_step(n_accounts: int, partitions: int, cache_max: int, per_account:
     rss_filled = _rss_mib()
     # Per-event time at this size: fresh payments and charges to random accounts.
     rng = random.Random(7)
+    store.cache_hits = store.cache_misses = 0
     batch_us: list[float] = []
+    batch_cpu_us: list[float] = []
     single_us: list[float] = []
     single_cpu_us: list[float] = []
     for start in range(0, timed_events, BATCH):
@@ -662,6 +737,7 @@ def accounts_step(n_accounts: int, partitions: int, cache_max: int, per_account:
         timed = run_batch(processor, store, messages)
         _check(timed.result)
         batch_us.append(timed.all_ns / 1000 / len(messages))
+        batch_cpu_us.append(timed.cpu_ns / 1000 / len(messages))
     for i in range(min(1000, timed_events)):
         account = f"A{rng.randrange(n_accounts):08d}"
         msg = feed.message(payment_doc(account, f"y{i:07d}", feed.tick(), 1_000))
@@ -701,6 +777,9 @@ def accounts_step(n_accounts: int, partitions: int, cache_max: int, per_account:
         "disk_mib": round(disk / 2**20, 1),
         "disk_bytes_per_account": round(disk / n_accounts),
         "batched_us_per_event": round(statistics.median(batch_us), 1),
+        "batched_cpu_us_per_event": round(statistics.median(batch_cpu_us), 1),
+        "timed_head_cache_hit_ratio": round(
+            store.cache_hits / max(1, store.cache_hits + store.cache_misses), 3),
         "single_us_median": round(statistics.median(single_us), 1),
         "single_us_p99": round(percentile(single_us, 99), 1),
         "single_cpu_us_p99": round(percentile(single_cpu_us, 99), 1),
@@ -736,16 +815,28 @@ Step = Callable[[list[Message], MemoryTables], BatchResult]
 
 
 def horizon_step(chart: ChartOfAccounts, horizon_days: int) -> Step | None:
-    """TODO(dedup horizon): the one hook to finish when the horizon is on main.
+    """TODO(dedup horizon): the one hook to check and finish when the horizon is on main.
 
-    Return a function that processes one batch with the dedup horizon set to
-    ``horizon_days`` (e.g. ``Processor(chart, dedup_horizon_days=horizon_days)``, or however
-    the setting ``RCMFLOW_DEDUP_HORIZON_DAYS`` reaches the processor) and writes everything
-    the batch wrote *and deleted* (purged dedup records and their index keys) to the tables,
-    as the worker would. The clock is the messages' ``timestamp_ms``. While this returns None
-    the horizon curve is reported as "not wired" and only the curve without a horizon runs.
+    Returns a function that processes one batch with the dedup horizon set to
+    ``horizon_days`` and writes everything the batch wrote *and deleted* (purged dedup
+    records and their index keys) to the tables, as the worker would; the clock is the
+    messages' ``timestamp_ms``. Written against the API in progress on main when this was
+    written (not yet committed, so untested here): ``Processor(chart,
+    dedup_horizon_days=...)``, purges in ``BatchResult.purge_writes`` and ``None`` values of
+    ``dedup_writes``, both applied by ``MemoryTables.write``. It wires itself when the
+    Processor takes ``dedup_horizon_days``; until then it returns None and the horizon curve
+    is reported as "not wired".
     """
-    return None
+    if "dedup_horizon_days" not in inspect.signature(Processor).parameters:
+        return None
+    options: dict[str, Any] = {"dedup_horizon_days": horizon_days}
+    processor = Processor(chart, **options)
+
+    def step(messages: list[Message], tables: MemoryTables) -> BatchResult:
+        result = processor.process(messages, tables)
+        tables.write(result)
+        return result
+    return step
 
 
 def plain_step(chart: ChartOfAccounts) -> Step:

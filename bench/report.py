@@ -5,6 +5,8 @@ rendered from the raw JSON of that broker's last full run, kept (committed) as
 ``bench/runs/<broker>.json``; sections of other benches (facade, ERP, inbound) are kept as they
 are. ``python -m bench.report`` renders RESULTS.md again from those files; ``python -m
 bench.report RUN.json`` renders it with RUN.json in place of its broker's kept run.
+bench.growth's section (``## Growth (bench.growth)``, last) is rendered the same way from
+``bench/runs/growth.json``.
 """
 
 from __future__ import annotations
@@ -632,7 +634,8 @@ def _growth_history(h: dict[str, Any]) -> list[str]:
                     default=None)
         lines.append(
             f"- {backend}: max/min from {low:,} to {high:,} items: µs p50 "
-            f"{r['us_median']}, µs p99 {r['us_p99']}, bytes/event {r['bytes_per_event']} "
+            f"{r['us_median']}, CPU µs p50 {r.get('cpu_us_median', 'n/a')}, µs p99 "
+            f"{r['us_p99']}, bytes/event {r['bytes_per_event']} "
             f"(over every size: µs p50 {r['us_median_all']}, bytes "
             f"{r['bytes_per_event_all']}); layout 1 (before): bytes/event "
             f"{r['layout1_bytes_per_event']}× — target within {target}×: "
@@ -642,6 +645,10 @@ def _growth_history(h: dict[str, Any]) -> list[str]:
     lines.append(f"- bytes per event by kind at {biggest['items']:,} items ({biggest['backend']}):"
                  f" {kinds}")
     return lines
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
 
 
 def _growth_accounts(a: dict[str, Any]) -> list[str]:
@@ -658,10 +665,10 @@ def _growth_accounts(a: dict[str, Any]) -> list[str]:
         "partition) opened by faust's `RocksDBOptions(**ROCKSDB_OPTIONS).open`, WAL-less "
         f"batch writes, the worker's head cache (state_cache_max {a['state_cache_max']:,}) "
         f"and GC settings; then {a['timed_events']:,} fresh charges and payments to random "
-        "accounts in batches of 1,000 (µs/event: median batch), and 1,000 single-event "
-        "batches (p50 / p99). RSS: psutil after the timed events; *start*: after imports and "
-        "opening the stores. Head cache: entries × bytes per entry (a deep walk of a "
-        "sample). RocksDB budget: "
+        "accounts in batches of 1,000 (µs/event: median batch; head cache hits: the share of "
+        "those events whose head was cached), and 1,000 single-event batches (p50 / p99). "
+        "RSS: psutil after the timed events; *start*: after imports and opening the stores. "
+        "Head cache: entries × bytes per entry (a deep walk of a sample). RocksDB budget: "
         f"{stores} stores × ({opts['block_cache_size'] / 2**20:.0f} MiB block cache + "
         f"{opts['max_write_buffer_number']} × {opts['write_buffer_size'] / 2**20:.0f} MiB "
         f"memtables) = {stores * per_store:,.0f} MiB; index and filter blocks are outside "
@@ -669,7 +676,8 @@ def _growth_accounts(a: dict[str, Any]) -> list[str]:
         "",
         "| accounts | events | fill µs/event (CPU) | RSS start → end MiB (peak) | head cache MiB "
         "(entries × B) | RSS − start − cache MiB | RocksDB memtables / block cache / readers "
-        "MiB | disk MiB (B/account) | µs/event batched | single p50 / p99 (CPU p99) µs |",
+        "MiB | disk MiB (B/account) | µs/event batched (CPU; head cache hits) | single p50 / "
+        "p99 (CPU p99) µs |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in a["points"]:
@@ -682,7 +690,9 @@ def _growth_accounts(a: dict[str, Any]) -> list[str]:
             f"{_num(p['rss_minus_cache_mib'])} | {_num(p['rocksdb_memtables_mib'], 1)} / "
             f"{_num(p['rocksdb_block_cache_mib'], 1)} / "
             f"{_num(p['rocksdb_table_readers_mib'], 1)} | {_num(p['disk_mib'])} "
-            f"({_num(p['disk_bytes_per_account'])}) | {_num(p['batched_us_per_event'])} | "
+            f"({_num(p['disk_bytes_per_account'])}) | {_num(p['batched_us_per_event'])} "
+            f"({_num(p.get('batched_cpu_us_per_event'))}; "
+            f"{_pct(p.get('timed_head_cache_hit_ratio'))}) | "
             f"{_num(p['single_us_median'])} / {_num(p['single_us_p99'])} "
             f"({_num(p.get('single_cpu_us_p99'))}) |")
     points = a["points"]
@@ -709,21 +719,22 @@ def _growth_horizon(z: dict[str, Any]) -> list[str]:
         "",
         f"{z['events_per_day']:,} events a day (charges and payments to {z['accounts']:,} "
         f"accounts; event time = message timestamp) over {z['days']} simulated days, "
-        f"batches of 1,000, on `MemoryTables`; dedup table size at each checkpoint, without "
-        f"a horizon and with a {z['horizon_days']}-day horizon. Keys: dedup records "
-        "(+ reserved keys: next offsets, the horizon's index and purge mark).",
+        f"batches of 1,000, on `MemoryTables`; dedup table size at each checkpoint with the "
+        f"processor's default (no horizon before the horizon exists, then 4 years: longer "
+        f"than the run) and with a {z['horizon_days']}-day horizon. Keys: dedup records "
+        "(+ reserved keys: the horizon's index keys and purge mark); bytes: keys + values.",
         "",
     ]
     with_ = z.get("with") or []
-    lines += ["| day | events | no horizon: records | bytes | "
+    lines += ["| day | events | default: records (+ reserved) | bytes | "
               f"{z['horizon_days']}-day horizon: records (+ reserved) | bytes |",
               "|---:|---:|---:|---:|---:|---:|"]
     for i, row in enumerate(z["without"]):
         other = with_[i] if i < len(with_) else None
         right = (f"{other['records']:,} (+ {other['reserved_keys']:,}) | {other['bytes']:,}"
                  if other else "— | —")
-        lines.append(f"| {row['day']:g} | {row['events']:,} | {row['records']:,} | "
-                     f"{row['bytes']:,} | {right} |")
+        lines.append(f"| {row['day']:g} | {row['events']:,} | {row['records']:,} "
+                     f"(+ {row['reserved_keys']:,}) | {row['bytes']:,} | {right} |")
     if not z.get("wired"):
         lines += ["", "The horizon is not wired yet: `bench.growth.horizon_step` is the TODO "
                   "hook that runs a batch with the dedup horizon (its API is being added); "
