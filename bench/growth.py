@@ -678,6 +678,29 @@ def _head_bytes(cache: dict[tuple[int, str], AccountHead]) -> int:
     return _deep_bytes([part for entry in sample for part in entry]) // len(sample) + 30
 
 
+class GcClock:
+    """Time spent in the cyclic garbage collector, and its collections of the oldest
+    generation, since ``reset``."""
+
+    def __init__(self) -> None:
+        self.ns = self.full = 0
+        self._started = 0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter_ns()
+            return
+        self.ns += time.perf_counter_ns() - self._started
+        self.full += info["generation"] == 2
+
+    def reset(self) -> tuple[float, int]:
+        """Seconds and full collections so far; starts again from zero."""
+        taken = (round(self.ns / 1e9, 2), self.full)
+        self.ns = self.full = 0
+        return taken
+
+
 def _fill(processor: Processor, store: RocksTables, messages: list[Message], wall_ns: int,
           cpu_ns: int) -> tuple[int, int]:
     timed = run_batch(processor, store, messages)
@@ -695,6 +718,7 @@ def accounts_step(n_accounts: int, partitions: int, cache_max: int, per_account:
     store = RocksTables(root, partitions, cache_max)
     gc.collect()
     rss_start = _rss_mib()
+    gc_clock = GcClock()
     feed = Feed(partitions=partitions)
     started = time.monotonic()
     pending: list[Message] = []
@@ -716,6 +740,7 @@ def accounts_step(n_accounts: int, partitions: int, cache_max: int, per_account:
         fill_ns, fill_cpu_ns = _fill(processor, store, pending, fill_ns, fill_cpu_ns)
         events += len(pending)
     fill_s = time.monotonic() - started
+    gc_fill_s, gc_fill_full = gc_clock.reset()
     store.flush()
     gc.collect()
     rss_filled = _rss_mib()
@@ -745,6 +770,7 @@ def accounts_step(n_accounts: int, partitions: int, cache_max: int, per_account:
         _check(timed.result)
         single_us.append(timed.all_ns / 1000)
         single_cpu_us.append(timed.cpu_ns / 1000)
+    gc_timed_s, gc_timed_full = gc_clock.reset()
     gc.collect()
     rss_end = _rss_mib()
     head_bytes = _head_bytes(store.cache)
@@ -762,6 +788,9 @@ def accounts_step(n_accounts: int, partitions: int, cache_max: int, per_account:
         "fill_s": round(fill_s, 1),
         "fill_us_per_event": round(fill_ns / 1000 / max(events, 1), 1),
         "fill_cpu_us_per_event": round(fill_cpu_ns / 1000 / max(events, 1), 1),
+        "gc_fill_s": gc_fill_s,
+        "gc_fill_full_collections": gc_fill_full,
+        "gc_timed_s": gc_timed_s,
         "rss_start_mib": round(rss_start, 1),
         "rss_filled_mib": round(rss_filled, 1),
         "rss_end_mib": round(rss_end, 1),

@@ -706,6 +706,18 @@ def _growth_accounts(a: dict[str, Any]) -> list[str]:
             f"{last['accounts']:,} (RocksDB budget {budget:,.0f} MiB) — target (no growth "
             f"beyond RocksDB's configured memory + the head cache): "
             f"{_met(last['rss_minus_cache_mib'] <= budget)}",
+            f"- µs/event batched at {last['accounts']:,} accounts vs {first['accounts']:,}: "
+            f"{ratio(last['batched_us_per_event'], first['batched_us_per_event'])}× (CPU "
+            f"{ratio(last.get('batched_cpu_us_per_event'), first.get('batched_cpu_us_per_event'))}"
+            f"×), with {_pct(last.get('timed_head_cache_hit_ratio'))} of those events' heads "
+            f"cached (vs {_pct(first.get('timed_head_cache_hit_ratio'))}): the others are read "
+            "from RocksDB and decoded; fresh events to uniformly random accounts are the worst "
+            "case for the cache",
+            f"- the garbage collector (the worker's settings) took "
+            f"{last.get('gc_fill_s', '—')} s in {last.get('gc_fill_full_collections', '—')} "
+            f"full collections of the {last['fill_s']:,.0f} s fill at {last['accounts']:,} "
+            f"accounts ({first.get('gc_fill_s', '—')} s of {first['fill_s']:,.0f} s at "
+            f"{first['accounts']:,})",
             f"- the head cache at its bound: {a['state_cache_max']:,} × "
             f"{last['head_cache_bytes_each']:,} B ≈ "
             f"{a['state_cache_max'] * last['head_cache_bytes_each'] / 2**20:,.0f} MiB",
@@ -735,11 +747,15 @@ def _growth_horizon(z: dict[str, Any]) -> list[str]:
                  if other else "— | —")
         lines.append(f"| {row['day']:g} | {row['events']:,} | {row['records']:,} "
                      f"(+ {row['reserved_keys']:,}) | {row['bytes']:,} | {right} |")
+    last = z["without"][-1] if z["without"] else None
+    if last and last["records"]:
+        lines += ["", f"Without a horizon the dedup table grows by one record per event, "
+                  f"{last['bytes'] / last['records']:,.0f} B each (key + value)."]
     if not z.get("wired"):
-        lines += ["", "The horizon is not wired yet: `bench.growth.horizon_step` is the TODO "
-                  "hook that runs a batch with the dedup horizon (its API is being added); "
-                  "until then only the curve without a horizon is measured (it grows with "
-                  "every event)."]
+        lines += ["", "The horizon is not wired in this run: `bench.growth.horizon_step` "
+                  "wires it when `Processor` takes `dedup_horizon_days` (the API in progress "
+                  "when this was written; the hook is the one TODO to check once it is "
+                  "merged)."]
     return lines
 
 
@@ -752,7 +768,7 @@ def render_growth_section(raw: dict[str, Any], shown_json: str) -> list[str]:
         GROWTH_HEADING,
         "",
         f"- Date: {raw['started_at']} ({kind})",
-        f"- Command: `{raw['command']}` (wall time {raw['wall_s']:.0f} s)",
+        f"- Command: `{raw['command'].strip()}` (wall time {raw['wall_s']:.0f} s)",
         f"- Raw numbers: `{shown_json}`",
         f"- Machine: {m['cores']} cores, {m['cpu_model']}, {m['ram_gib']} GiB RAM; Python "
         f"{m['python']} on {m['platform']}; rocksdict {m['rocksdict']}; rcmflow at "
