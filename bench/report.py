@@ -5,6 +5,8 @@ rendered from the raw JSON of that broker's last full run, kept (committed) as
 ``bench/runs/<broker>.json``; sections of other benches (facade, ERP, inbound) are kept as they
 are. ``python -m bench.report`` renders RESULTS.md again from those files; ``python -m
 bench.report RUN.json`` renders it with RUN.json in place of its broker's kept run.
+bench.growth's section (``## Growth (bench.growth)``, last) is rendered the same way from
+``bench/runs/growth.json``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ BROKER_HEADINGS = {
     "kafka": "## Apache Kafka (`--broker kafka`)",
     "tansu": "## Tansu, embedded (`--broker tansu`)",
 }
+#: Heading of bench.growth's section of RESULTS.md.
+GROWTH_HEADING = "## Growth (bench.growth)"
 #: Targets of issue 10, on Kafka.
 TARGET_RATIO_FAUST = 0.8
 TARGET_P99_MS = 250.0
@@ -392,6 +396,11 @@ def _details(r: SystemResult) -> list[str]:
     return [", ".join(detail)] + [f"  - log: `{finding}`" for finding in r.log_findings]
 
 
+def _run_kind(raw: dict[str, Any]) -> str:
+    """The section a run's JSON renders: ``growth`` for bench.growth, else its broker."""
+    return "growth" if raw.get("bench") == "growth" else broker_of(raw)
+
+
 def broker_of(raw: dict[str, Any]) -> str:
     """The broker a run used (runs from before --broker: tansu)."""
     return str((raw.get("machine", {}).get("broker") or {}).get("kind") or "tansu")
@@ -516,7 +525,9 @@ def _sections(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]], l
         return brokers, attached, others
     current: list[str] | None = None
     for line in path.read_text().splitlines():
-        if line.startswith("## "):
+        if line.startswith(GROWTH_HEADING):
+            current = brokers.setdefault("growth", [])
+        elif line.startswith("## "):
             kind = next((k for k, h in BROKER_HEADINGS.items() if line == h), None)
             near = next((k for k, h in BROKER_HEADINGS.items() if line.startswith(_stem(h))),
                         None)
@@ -561,6 +572,12 @@ def write_results_md(path: Path, runs: dict[str, Path] | None = None) -> None:
             lines += ["", *_strip(attached[kind])]
     if others:
         lines += ["", *_strip(others)]
+    if "growth" in found:
+        json_path = found["growth"].resolve()
+        shown = json_path.relative_to(root) if json_path.is_relative_to(root) else json_path
+        lines += ["", *render_growth_section(json.loads(json_path.read_text()), str(shown))]
+    elif "growth" in kept:
+        lines += ["", *_strip(kept["growth"])]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -570,13 +587,211 @@ def _strip(lines: list[str]) -> list[str]:
     return lines
 
 
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def _growth_history(h: dict[str, Any]) -> list[str]:
+    low, high = h["flat_range"]
+    target = h["flat_target"]
+    lines = [
+        "### Per-event cost vs account history",
+        "",
+        f"One account pre-filled to N items through the processor (for small N, several such "
+        f"accounts share the timed rounds so that none grows by more than ~10 %; "
+        f"`account_items_max` lifted to {h['account_items_max']:,}), then {h['rounds']} rounds "
+        "of five events — new charge, partial reversal of a random old charge, claim "
+        "submitted, its 835, patient payment — each event its own batch through "
+        "`Processor.process`. µs = process + encoding every record + the local store write; "
+        "bytes = key + value of everything the worker sends for the event (posting delta, "
+        "dedup record and next offset, rcm.accounts head and items). **Layout 1 (before)**: "
+        "the same account serialised as one record (`layout.assemble` of its head and items), "
+        "which layout 1 rewrote with every event, + the event's delta and dedup record; its "
+        "encode µs is orjson alone on that record (layout 1 paid more: issue 11 measured "
+        "1,593 µs per event at 9,000 items). CPU µs: this thread's CPU time for the same "
+        "span — on a shared machine a wall-clock p99 also counts the time the OS ran another "
+        "process, CPU time does not.",
+        "",
+        "| store | items held | µs/event p50 | p99 | CPU µs p50 / p99 | process + encode "
+        "p50 | bytes/event (rcm.accounts) | layout 1 (before): bytes/event | layout 1 record "
+        "encode µs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in h["points"]:
+        held = (f"{p['items_min']:,}" if p["items_min"] == p["items_max"]
+                else f"{p['items_min']:,}–{p['items_max']:,}")
+        if p["accounts"] > 1:
+            held += f" ({p['accounts']} accounts)"
+        lines.append(
+            f"| {p['backend']} | {held} | {_num(p['us_median'])} | {_num(p['us_p99'])} | "
+            f"{_num(p.get('cpu_us_median'))} / {_num(p.get('cpu_us_p99'))} | "
+            f"{_num(p['core_us_median'])} | {_num(p['bytes_per_event'])} "
+            f"({_num(p['bytes_parts_per_event']['accounts'])}) | "
+            f"{_num(p['layout1_bytes_per_event'])} | {_num(p['layout1_encode_us'], 1)} |")
+    lines.append("")
+    for backend, r in h["ratios"].items():
+        worst = max((v for v in (r["us_median"], r["bytes_per_event"]) if v is not None),
+                    default=None)
+        lines.append(
+            f"- {backend}: max/min from {low:,} to {high:,} items: µs p50 "
+            f"{r['us_median']}, CPU µs p50 {r.get('cpu_us_median', 'n/a')}, µs p99 "
+            f"{r['us_p99']}, bytes/event {r['bytes_per_event']} "
+            f"(over every size: µs p50 {r['us_median_all']}, bytes "
+            f"{r['bytes_per_event_all']}); layout 1 (before): bytes/event "
+            f"{r['layout1_bytes_per_event']}× — target within {target}×: "
+            f"{_met(None if worst is None else worst <= target)}")
+    biggest = max(h["points"], key=lambda p: p["items"])
+    kinds = ", ".join(f"{k} {v:,}" for k, v in biggest["bytes_by_kind"].items())
+    lines.append(f"- bytes per event by kind at {biggest['items']:,} items ({biggest['backend']}):"
+                 f" {kinds}")
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def _growth_accounts(a: dict[str, Any]) -> list[str]:
+    opts = a["rocksdb_options"]
+    stores = 2 * a["partitions"]
+    per_store = (opts["block_cache_size"]
+                 + opts["write_buffer_size"] * opts["max_write_buffer_number"]) / 2**20
+    lines = [
+        "### Worker RSS and store size vs accounts",
+        "",
+        f"Each size in a fresh process: N accounts × {a['events_per_account']} events (one "
+        f"item each) through the processor in batches of 1,000 messages, over "
+        f"{a['partitions']} partitions = {stores} RocksDB stores (accounts and dedup per "
+        "partition) opened by faust's `RocksDBOptions(**ROCKSDB_OPTIONS).open`, WAL-less "
+        f"batch writes, the worker's head cache (state_cache_max {a['state_cache_max']:,}) "
+        f"and GC settings; then {a['timed_events']:,} fresh charges and payments to random "
+        "accounts in batches of 1,000 (µs/event: median batch; head cache hits: the share of "
+        "those events whose head was cached), and 1,000 single-event batches (p50 / p99). "
+        "RSS: psutil after the timed events; *start*: after imports and opening the stores. "
+        "Head cache: entries × bytes per entry (a deep walk of a sample). RocksDB budget: "
+        f"{stores} stores × ({opts['block_cache_size'] / 2**20:.0f} MiB block cache + "
+        f"{opts['max_write_buffer_number']} × {opts['write_buffer_size'] / 2**20:.0f} MiB "
+        f"memtables) = {stores * per_store:,.0f} MiB; index and filter blocks are outside "
+        "it (*readers*).",
+        "",
+        "| accounts | events | fill µs/event (CPU) | RSS start → end MiB (peak) | head cache MiB "
+        "(entries × B) | RSS − start − cache MiB | RocksDB memtables / block cache / readers "
+        "MiB | disk MiB (B/account) | µs/event batched (CPU; head cache hits) | single p50 / "
+        "p99 (CPU p99) µs |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in a["points"]:
+        lines.append(
+            f"| {p['accounts']:,} | {p['events']:,} | {_num(p['fill_us_per_event'])} "
+            f"({_num(p.get('fill_cpu_us_per_event'))}) | "
+            f"{_num(p['rss_start_mib'])} → {_num(p['rss_end_mib'])} "
+            f"({_num(p['peak_rss_mib'])}) | {_num(p['head_cache_mib'])} "
+            f"({p['head_cache_entries']:,} × {p['head_cache_bytes_each']:,}) | "
+            f"{_num(p['rss_minus_cache_mib'])} | {_num(p['rocksdb_memtables_mib'], 1)} / "
+            f"{_num(p['rocksdb_block_cache_mib'], 1)} / "
+            f"{_num(p['rocksdb_table_readers_mib'], 1)} | {_num(p['disk_mib'])} "
+            f"({_num(p['disk_bytes_per_account'])}) | {_num(p['batched_us_per_event'])} "
+            f"({_num(p.get('batched_cpu_us_per_event'))}; "
+            f"{_pct(p.get('timed_head_cache_hit_ratio'))}) | "
+            f"{_num(p['single_us_median'])} / {_num(p['single_us_p99'])} "
+            f"({_num(p.get('single_cpu_us_p99'))}) |")
+    points = a["points"]
+    if points:
+        first, last = points[0], points[-1]
+        budget = last["rocksdb_budget_mib"]
+        lines += [
+            "",
+            f"- RSS − start − head cache: {first['rss_minus_cache_mib']:,.0f} MiB at "
+            f"{first['accounts']:,} accounts, {last['rss_minus_cache_mib']:,.0f} MiB at "
+            f"{last['accounts']:,} (RocksDB budget {budget:,.0f} MiB) — target (no growth "
+            f"beyond RocksDB's configured memory + the head cache): "
+            f"{_met(last['rss_minus_cache_mib'] <= budget)}",
+            f"- µs/event batched at {last['accounts']:,} accounts vs {first['accounts']:,}: "
+            f"{ratio(last['batched_us_per_event'], first['batched_us_per_event'])}× (CPU "
+            f"{ratio(last.get('batched_cpu_us_per_event'), first.get('batched_cpu_us_per_event'))}"
+            f"×), with {_pct(last.get('timed_head_cache_hit_ratio'))} of those events' heads "
+            f"cached (vs {_pct(first.get('timed_head_cache_hit_ratio'))}): the others are read "
+            "from RocksDB and decoded; fresh events to uniformly random accounts are the worst "
+            "case for the cache",
+            f"- the garbage collector (the worker's settings) took "
+            f"{last.get('gc_fill_s', '—')} s in {last.get('gc_fill_full_collections', '—')} "
+            f"full collections of the {last['fill_s']:,.0f} s fill at {last['accounts']:,} "
+            f"accounts ({first.get('gc_fill_s', '—')} s of {first['fill_s']:,.0f} s at "
+            f"{first['accounts']:,})",
+            f"- the head cache at its bound: {a['state_cache_max']:,} × "
+            f"{last['head_cache_bytes_each']:,} B ≈ "
+            f"{a['state_cache_max'] * last['head_cache_bytes_each'] / 2**20:,.0f} MiB",
+        ]
+    return lines
+
+
+def _growth_horizon(z: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Dedup storage vs simulated time",
+        "",
+        f"{z['events_per_day']:,} events a day (charges and payments to {z['accounts']:,} "
+        f"accounts; event time = message timestamp) over {z['days']} simulated days, "
+        f"batches of 1,000, on `MemoryTables`; dedup table size at each checkpoint with the "
+        f"processor's default (no horizon before the horizon exists, then 4 years: longer "
+        f"than the run) and with a {z['horizon_days']}-day horizon. Keys: dedup records "
+        "(+ reserved keys: the horizon's index keys and purge mark); bytes: keys + values.",
+        "",
+    ]
+    with_ = z.get("with") or []
+    lines += ["| day | events | default: records (+ reserved) | bytes | "
+              f"{z['horizon_days']}-day horizon: records (+ reserved) | bytes |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for i, row in enumerate(z["without"]):
+        other = with_[i] if i < len(with_) else None
+        right = (f"{other['records']:,} (+ {other['reserved_keys']:,}) | {other['bytes']:,}"
+                 if other else "— | —")
+        lines.append(f"| {row['day']:g} | {row['events']:,} | {row['records']:,} "
+                     f"(+ {row['reserved_keys']:,}) | {row['bytes']:,} | {right} |")
+    last = z["without"][-1] if z["without"] else None
+    if last and last["records"]:
+        lines += ["", f"Without a horizon the dedup table grows by one record per event, "
+                  f"{last['bytes'] / last['records']:,.0f} B each (key + value)."]
+    if not z.get("wired"):
+        lines += ["", "The horizon is not wired in this run: `bench.growth.horizon_step` "
+                  "wires it when `Processor` takes `dedup_horizon_days` (the API in progress "
+                  "when this was written; the hook is the one TODO to check once it is "
+                  "merged)."]
+    return lines
+
+
+def render_growth_section(raw: dict[str, Any], shown_json: str) -> list[str]:
+    """bench.growth's section of RESULTS.md from a run's raw JSON."""
+    m = raw["machine"]
+    kind = "full run" if raw.get("full") else ("quick run" if raw.get("quick")
+                                               else "partial run")
+    lines = [
+        GROWTH_HEADING,
+        "",
+        f"- Date: {raw['started_at']} ({kind})",
+        f"- Command: `{raw['command'].strip()}` (wall time {raw['wall_s']:.0f} s)",
+        f"- Raw numbers: `{shown_json}`",
+        f"- Machine: {m['cores']} cores, {m['cpu_model']}, {m['ram_gib']} GiB RAM; Python "
+        f"{m['python']} on {m['platform']}; rocksdict {m['rocksdict']}; rcmflow at "
+        f"{m['rcmflow_commit']}",
+        f"- Load average (1/5/15 min) before {raw['load_before']}, after "
+        f"{raw.get('load_after')}: the machine is shared; on {m['cores']} cores a load above "
+        f"{m['cores']} means the bench waited for CPU (p99s and µs are disturbed by it, bytes "
+        "and sizes are not)",
+    ]
+    for name, part in (("history", _growth_history), ("accounts", _growth_accounts),
+                       ("horizon", _growth_horizon)):
+        if raw.get(name):
+            lines += ["", *part(raw[name])]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write RESULTS.md from the kept runs' JSON.")
     parser.add_argument("runs", nargs="*", type=Path,
                         help="a run's JSON (bench/results/...) in place of its broker's kept one")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md")
     args = parser.parse_args(argv)
-    runs = {broker_of(json.loads(p.read_text())): p.resolve() for p in args.runs}
+    runs = {_run_kind(json.loads(p.read_text())): p.resolve() for p in args.runs}
     write_results_md(args.out, runs)
     print(f"wrote {args.out}")
     return 0
