@@ -281,10 +281,10 @@ class Pipeline:
         await seek(self.app, EVENTS, partition, start)
         self.guard.sought(partition, start)
 
-    async def consume(self, feed: BulkFeed, batch_max: int) -> None:
+    async def consume(self, feed: BulkFeed) -> None:
         """Take batches from the feed and apply them, for ever (the agent's body)."""
         while True:
-            records = await feed.take(batch_max)
+            records = await feed.take()
             try:
                 await self.handle(to_messages(records))
             finally:
@@ -434,7 +434,8 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     events_topic = app.topic(EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw",
                              value_serializer="raw", partitions=settings.partitions)
 
-    feed = BulkFeed(app, EVENTS)
+    feed = BulkFeed(app, EVENTS, batch_max=settings.batch_max,
+                    batch_wait_s=settings.batch_wait_s)
     app.rcmflow_feed = feed  # type: ignore[attr-defined]
 
     # The agent subscribes rcm.events (Faust's group, assignment and commits) and runs the
@@ -443,7 +444,7 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     # it) instead of leaving a process that looks healthy and consumes nothing.
     @app.agent(events_topic, name="apply-events", supervisor_strategy=CrashingSupervisor)
     async def apply_events(stream: faust.StreamT[bytes]) -> None:
-        await pipeline.consume(feed, settings.batch_max)
+        await pipeline.consume(feed)
 
     # mode's SignalHandlerT rejects every handler, even one of exactly its declared shape
     # (sender, *args, signal, **kwargs): the ignores below are for that.

@@ -40,6 +40,7 @@ when any of these hooks moves. The reasons to reach inside:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -281,39 +282,59 @@ def limit_commits() -> None:
 class BulkFeed:
     """The rcm.events records of each fetch, for the worker to take a batch at a time.
 
-    ``app.rcmflow_feed`` set to one turns ``bulk_consume`` on for that app. Records keep
-    their partition order; records fetched in an earlier consumer generation (before a
-    rebalance) or while the flow is stopped are dropped, as Faust clears its agents' queues:
-    the consumer reads them again from the committed offsets.
+    ``app.rcmflow_feed`` set to one turns ``bulk_consume`` on for that app. A batch is
+    ``batch_max`` records, or fewer once the oldest of them waited ``batch_wait_s`` (as
+    ``Stream.take_events`` cuts them: few batches, so few ack waits and transactions, at low
+    rates). Records keep their partition order; records fetched in an earlier consumer
+    generation (before a rebalance) or while the flow is stopped are dropped, as Faust clears
+    its agents' queues: the consumer reads them again from the committed offsets.
     """
 
-    def __init__(self, app: faust.App, topic: str, *, max_fetches: int = 4) -> None:
+    def __init__(self, app: faust.App, topic: str, *, batch_max: int,
+                 batch_wait_s: float) -> None:
         self.app = app
         self.topic = topic
-        #: (consumer generation, one partition's records of one fetch), oldest first.
-        self._pending: deque[tuple[int, list[Any]]] = deque()
-        self._max_fetches = max_fetches
+        self.batch_max = batch_max
+        self.batch_wait_s = batch_wait_s
+        #: (consumer generation, when fetched, one partition's records of one fetch).
+        self._pending: deque[tuple[int, float, list[Any]]] = deque()
+        self._count = 0  # records pending
         self._has_records = asyncio.Event()
-        self._room = asyncio.Event()
+        self._full = asyncio.Event()  # a whole batch is pending
+        self._room = asyncio.Event()  # fewer than two batches are pending
         self._room.set()
-        self._idle = asyncio.Event()
+        self._idle = asyncio.Event()  # no batch in hand
         self._idle.set()
 
     def put(self, records: list[Any]) -> None:
-        self._pending.append((self.app.consumer_generation_id, records))
-        self._has_records.set()
-        if len(self._pending) >= self._max_fetches:
-            self._room.clear()
+        self._pending.append((self.app.consumer_generation_id, time.monotonic(), records))
+        self._count += len(records)
+        self._signal()
+
+    def _signal(self) -> None:
+        for event, on in ((self._has_records, bool(self._pending)),
+                          (self._full, self._count >= self.batch_max),
+                          (self._room, self._count < 2 * self.batch_max)):
+            if on:
+                event.set()
+            else:
+                event.clear()
 
     async def room(self) -> None:
-        """Wait while the worker is ``max_fetches`` fetches behind (back-pressure)."""
+        """Wait while two batches are pending (back-pressure on the fetches)."""
         await self._room.wait()
 
-    async def take(self, max_records: int) -> list[Any]:
-        """The next batch (1..max_records records); the worker calls ``done`` after it."""
+    async def take(self) -> list[Any]:
+        """The next batch (1..batch_max records); the worker calls ``done`` after it."""
         while True:
             await self._has_records.wait()
-            batch = self._take(max_records)
+            if not self._full.is_set():
+                fetched_at = self._pending[0][1]
+                delay = fetched_at + self.batch_wait_s - time.monotonic()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), delay)
+            batch = self._take()
             if batch:
                 self._idle.clear()
                 monitor = self.app.monitor
@@ -323,27 +344,23 @@ class BulkFeed:
                         monitor.stream_inbound_time[TP(self.topic, partition)] = now
                 return batch
 
-    def _take(self, max_records: int) -> list[Any]:
+    def _take(self) -> list[Any]:
         consumer: Any = self.app.consumer
         generation = self.app.consumer_generation_id
         batch: list[Any] = []
         pending = self._pending
-        while pending and len(batch) < max_records:
-            fetched_in, records = pending[0]
+        while pending and len(batch) < self.batch_max:
+            fetched_in, fetched_at, records = pending.popleft()
             if fetched_in != generation or not consumer.flow_active:
-                pending.popleft()
+                self._count -= len(records)
                 continue
-            room = max_records - len(batch)
-            if len(records) <= room:
-                batch += records
-                pending.popleft()
-            else:
-                batch += records[:room]
-                pending[0] = (fetched_in, records[room:])
-        if not pending:
-            self._has_records.clear()
-        if len(pending) < self._max_fetches:
-            self._room.set()
+            room = self.batch_max - len(batch)
+            if len(records) > room:
+                pending.appendleft((fetched_in, fetched_at, records[room:]))
+                records = records[:room]
+            batch += records
+            self._count -= len(records)
+        self._signal()
         return batch
 
     def done(self) -> None:
@@ -353,8 +370,8 @@ class BulkFeed:
     def clear(self) -> None:
         """Drop what was fetched and not taken (a rebalance or shutdown begins)."""
         self._pending.clear()
-        self._has_records.clear()
-        self._room.set()
+        self._count = 0
+        self._signal()
 
     async def idle(self) -> None:
         """Wait until no batch is in hand."""

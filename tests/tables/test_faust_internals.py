@@ -104,12 +104,13 @@ async def test_the_bulk_feed_cuts_batches_keeps_order_and_drops_stale_fetches() 
     from rcmflow.tables.faust_internals import BulkFeed
 
     app = _FakeApp()
-    feed = BulkFeed(app, "rcm.events", max_fetches=2)  # type: ignore[arg-type]
+    feed = BulkFeed(app, "rcm.events", batch_max=4, batch_wait_s=60)  # type: ignore[arg-type]
     feed.put([_Record(0, o) for o in range(5)])
     feed.put([_Record(1, o) for o in range(3)])
-    assert not feed._room.is_set()  # two fetches behind: the drain loop waits
-    first = await feed.take(4)
+    assert not feed._room.is_set()  # two batches pending: the drain loop waits
+    first = await feed.take()
     assert [(r.partition, r.offset) for r in first] == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert feed._room.is_set()
     assert TP("rcm.events", 0) in app.monitor.stream_inbound_time
     idle = asyncio.ensure_future(feed.idle())
     await asyncio.sleep(0)
@@ -117,28 +118,45 @@ async def test_the_bulk_feed_cuts_batches_keeps_order_and_drops_stale_fetches() 
     feed.done()
     await asyncio.sleep(0)
     assert idle.done()
-    second = await feed.take(4)
+    second = await feed.take()
     assert [(r.partition, r.offset) for r in second] == [(0, 4), (1, 0), (1, 1), (1, 2)]
     feed.done()
-    # Fetched before a rebalance (another generation) or while the flow is stopped: dropped.
+    # Fetched before a rebalance (another generation): dropped.
     feed.put([_Record(2, 0)])
     app.consumer_generation_id = 2
-    feed.put([_Record(2, 7)])
-    assert [(r.partition, r.offset) for r in await feed.take(10)] == [(2, 7)]
+    feed.put([_Record(2, o) for o in range(7, 11)])
+    assert [(r.partition, r.offset) for r in await feed.take()] == [
+        (2, 7), (2, 8), (2, 9), (2, 10)]
     feed.done()
+    # Less than a batch: taken once the oldest record waited batch_wait_s, or once full.
+    feed.batch_wait_s = 0.05
     feed.put([_Record(3, 0)])
+    partial = asyncio.ensure_future(feed.take())
+    await asyncio.sleep(0.01)
+    assert not partial.done()
+    assert [(r.partition, r.offset) for r in await partial] == [(3, 0)]
+    feed.done()
+    feed.batch_wait_s = 60
+    feed.put([_Record(3, 1)])
+    filling = asyncio.ensure_future(feed.take())
+    await asyncio.sleep(0.01)
+    feed.put([_Record(3, o) for o in range(2, 5)])
+    assert [r.offset for r in await asyncio.wait_for(filling, 1)] == [1, 2, 3, 4]
+    feed.done()
+    # While the flow is stopped nothing is taken; what was not taken is dropped.
+    feed.put([_Record(3, 5)])
     app.consumer.flow_active = False
-    stopped = asyncio.ensure_future(feed.take(10))
+    feed.batch_wait_s = 0
+    stopped = asyncio.ensure_future(feed.take())
     await asyncio.sleep(0)
     assert not stopped.done() and not feed._pending
     stopped.cancel()
     app.consumer.flow_active = True
-    # A rebalance or shutdown begins: what was not taken is dropped.
     feed.put([_Record(0, 5)])
     feed.clear()
-    taken = asyncio.ensure_future(feed.take(10))
+    taken = asyncio.ensure_future(feed.take())
     await asyncio.sleep(0)
-    assert not taken.done() and feed._room.is_set()
+    assert not taken.done() and feed._room.is_set() and feed._count == 0
     taken.cancel()
 
 
