@@ -1,7 +1,7 @@
 """Everything rcmflow needs from Faust beyond its public API, in one place.
 
 faust-streaming is pinned (pyproject.toml) and ``tests/tables/test_faust_internals.py`` fails
-when any of these hooks moves. Two reasons to reach inside:
+when any of these hooks moves. The reasons to reach inside:
 
 1. **Batch writes.** ``table[key] = value`` sends one changelog record through Faust's own
    producer path per write, which costs ~120 µs on this class of machine. rcmflow instead
@@ -22,7 +22,15 @@ when any of these hooks moves. Two reasons to reach inside:
    (``_new_offset`` tests ``min(acked) - committed > 1``), Faust still commits past records it
    never delivered. ``limit_commits`` hands the commit offset of rcm.events to the worker: the
    offset after the last record whose batch is durable, never more.
-4. **Recovery highwaters on Tansu.** The embedded broker answers ListOffsets(LATEST) with the
+4. **Records a fetch at a time.** Faust hands every record to its agents one by one: a
+   ``ConsumerMessage``, four tasks and an ``asyncio.wait`` in the drain loop, the conductor's
+   decode and queue, the stream's iteration, an ack — ~60 µs per record, as much as the
+   rest of the worker. ``bulk_consume`` takes the rcm.events records out of each fetch
+   (``BulkFeed``) before Faust's drain loop sees them; Faust keeps the consumer, the group,
+   the rebalances, the table recovery (changelog records still take its per-record path)
+   and the commits (``limit_commits``), and ``wait_empty`` waits for the batch in hand, as
+   it waits for unacked events.
+5. **Recovery highwaters on Tansu.** The embedded broker answers ListOffsets(LATEST) with the
    base offset of the last record batch + 1 instead of the log end; Faust's recovery stops at
    that answer and silently misses records (or raises ConsistencyError when the local store is
    further along). ``install_highwater_fix`` takes the larger of that answer and the high
@@ -32,7 +40,9 @@ when any of these hooks moves. Two reasons to reach inside:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -53,6 +63,9 @@ __all__ = [
     "install_highwater_fix",
     "disable_gap_commits",
     "limit_commits",
+    "BulkFeed",
+    "bulk_consume",
+    "mark_for_commit",
     "note_committed",
     "own_transactions",
     "fetch_highwaters",
@@ -280,6 +293,163 @@ def limit_commits() -> None:
     consumer_cls._new_offset = _new_offset
     consumer_cls._faust_new_offset = faust_new_offset  # Faust's own, for the pinning tests
     consumer_cls._rcmflow_commit_limit = True
+
+
+class BulkFeed:
+    """The rcm.events records of each fetch, for the worker to take a batch at a time.
+
+    ``app.rcmflow_feed`` set to one turns ``bulk_consume`` on for that app. A batch is
+    ``batch_max`` records, or fewer once the oldest of them waited ``batch_wait_s`` (as
+    ``Stream.take_events`` cuts them: few batches, so few ack waits and transactions, at low
+    rates). Records keep their partition order; records fetched in an earlier consumer
+    generation (before a rebalance) or while the flow is stopped are dropped, as Faust clears
+    its agents' queues: the consumer reads them again from the committed offsets.
+    """
+
+    def __init__(self, app: faust.App, topic: str, *, batch_max: int,
+                 batch_wait_s: float) -> None:
+        self.app = app
+        self.topic = topic
+        self.batch_max = batch_max
+        self.batch_wait_s = batch_wait_s
+        #: (consumer generation, when fetched, one partition's records of one fetch).
+        self._pending: deque[tuple[int, float, list[Any]]] = deque()
+        self._count = 0  # records pending
+        self._has_records = asyncio.Event()
+        self._full = asyncio.Event()  # a whole batch is pending
+        self._room = asyncio.Event()  # fewer than two batches are pending
+        self._room.set()
+        self._idle = asyncio.Event()  # no batch in hand
+        self._idle.set()
+
+    def put(self, records: list[Any]) -> None:
+        self._pending.append((self.app.consumer_generation_id, time.monotonic(), records))
+        self._count += len(records)
+        self._signal()
+
+    def _signal(self) -> None:
+        for event, on in ((self._has_records, bool(self._pending)),
+                          (self._full, self._count >= self.batch_max),
+                          (self._room, self._count < 2 * self.batch_max)):
+            if on:
+                event.set()
+            else:
+                event.clear()
+
+    async def room(self) -> None:
+        """Wait while two batches are pending (back-pressure on the fetches)."""
+        await self._room.wait()
+
+    async def take(self) -> list[Any]:
+        """The next batch (1..batch_max records); the worker calls ``done`` after it."""
+        while True:
+            await self._has_records.wait()
+            if not self._full.is_set():
+                fetched_at = self._pending[0][1]
+                delay = fetched_at + self.batch_wait_s - time.monotonic()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), delay)
+            batch = self._take()
+            if batch:
+                self._idle.clear()
+                monitor = self.app.monitor
+                if monitor is not None:  # Faust's "stream is idle" check reads these
+                    now = time.monotonic()
+                    for partition in {r.partition for r in batch}:
+                        monitor.stream_inbound_time[TP(self.topic, partition)] = now
+                return batch
+
+    def _take(self) -> list[Any]:
+        consumer: Any = self.app.consumer
+        generation = self.app.consumer_generation_id
+        batch: list[Any] = []
+        pending = self._pending
+        while pending and len(batch) < self.batch_max:
+            fetched_in, fetched_at, records = pending.popleft()
+            if fetched_in != generation or not consumer.flow_active:
+                self._count -= len(records)
+                continue
+            room = self.batch_max - len(batch)
+            if len(records) > room:
+                pending.appendleft((fetched_in, fetched_at, records[room:]))
+                records = records[:room]
+            batch += records
+            self._count -= len(records)
+        self._signal()
+        return batch
+
+    def done(self) -> None:
+        """The batch taken last is finished (durable, or failed)."""
+        self._idle.set()
+
+    def clear(self) -> None:
+        """Drop what was fetched and not taken (a rebalance or shutdown begins)."""
+        self._pending.clear()
+        self._count = 0
+        self._signal()
+
+    async def idle(self) -> None:
+        """Wait until no batch is in hand."""
+        await self._idle.wait()
+
+
+def bulk_consume() -> None:
+    """Hand each fetch's records of ``app.rcmflow_feed.topic`` to the feed (idempotent).
+
+    Apps without a feed keep Faust's per-record path. Records of other topics (table
+    changelogs during recovery) still go through it, after the feed's records are taken out.
+    """
+    consumer_cls: Any = faust_consumer.Consumer
+    if getattr(consumer_cls, "_rcmflow_bulk", False):
+        return
+    faust_wait_next_records = consumer_cls._wait_next_records
+    faust_wait_empty = consumer_cls.wait_empty
+
+    async def _wait_next_records(self: Any, timeout: float) -> tuple[Any, Any]:
+        records, active = await faust_wait_next_records(self, timeout)
+        feed: BulkFeed | None = getattr(self.app, "rcmflow_feed", None)
+        if feed is None or not records:
+            return records, active
+        # The partitions Faust's getmany would deliver (active, or buffered by a resume).
+        mine = [tp for tp in records if tp.topic == feed.topic
+                and (active is None or tp in active or tp in self._buffered_partitions)]
+        if not mine:
+            return records, active
+        await feed.room()
+        if self.should_stop or not self.flow_active:
+            return records, active  # Faust's getmany drops them all and seeks back
+        rest = dict(records)
+        read_offset = self._read_offset
+        for tp in mine:
+            batch = rest.pop(tp)
+            # As Faust's drain loop: records below the read offset were fetched before a seek.
+            since = read_offset[tp]
+            if since is not None and batch[0].offset < since:
+                batch = [record for record in batch if record.offset >= since]
+            if batch:
+                read_offset[tp] = batch[-1].offset
+                feed.put(batch)
+        return rest, active
+
+    async def wait_empty(self: Any) -> None:
+        feed: BulkFeed | None = getattr(self.app, "rcmflow_feed", None)
+        if feed is not None:
+            feed.clear()
+            await feed.idle()
+        await faust_wait_empty(self)
+
+    consumer_cls._wait_next_records = _wait_next_records
+    consumer_cls.wait_empty = wait_empty
+    consumer_cls._rcmflow_bulk = True
+
+
+def mark_for_commit(app: faust.App, topic: str, partitions: Iterable[int]) -> None:
+    """Make Faust's periodic commit consider these partitions, as an ack would: it commits
+    only partitions listed in its acked offsets (``limit_commits`` then decides the offset)."""
+    acked: Any = cast(Any, app.consumer)._acked
+    for partition in partitions:
+        acked[TP(topic, partition)]  # a defaultdict: the lookup lists the partition
 
 
 def own_transactions() -> None:

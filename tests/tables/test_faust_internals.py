@@ -61,10 +61,103 @@ def test_transport_producer_send_signature() -> None:
     assert params[:7] == ["self", "topic", "key", "value", "partition", "timestamp", "headers"]
 
 
-def test_take_events_exists_and_acks_after_the_batch() -> None:
-    source = inspect.getsource(faust.Stream.take_events)
-    assert "yield list(events)" in source
-    assert source.index("yield list(events)") < source.index("await self.ack(event)")
+def test_the_hooks_bulk_consume_wraps_are_where_it_expects_them() -> None:
+    """The drain loop takes its records from _wait_next_records and drops those below the
+    read offset; a rebalance and a shutdown wait in wait_empty; the periodic commit considers
+    the partitions listed in _acked; the idle check reads stream_inbound_time."""
+    from faust.sensors.monitor import Monitor
+    from faust.transport.consumer import Consumer
+
+    getmany = inspect.getsource(Consumer.getmany)
+    assert "await self._wait_next_records(timeout)" in getmany
+    assert "tp in active_partitions" in getmany and "self._buffered_partitions" in getmany
+    drain = inspect.getsource(Consumer._drain_messages)
+    assert "if r_offset is None or offset >= r_offset:" in drain
+    assert "set_read_offset(tp, offset)" in drain
+    assert "await consumer.wait_empty()" in inspect.getsource(faust.App._consumer_wait_empty)
+    assert "for tp in self._acked" in inspect.getsource(Consumer._filter_tps_with_pending_acks)
+    assert "self.stream_inbound_time[tp] = monotonic()" in inspect.getsource(
+        Monitor.on_stream_event_in)
+    assert "consumer_generation_id" in inspect.getsource(Consumer.getmany)
+
+
+class _FakeConsumer:
+    flow_active = True
+
+
+class _FakeApp:
+    def __init__(self) -> None:
+        self.consumer = _FakeConsumer()
+        self.consumer_generation_id = 1
+        self.monitor = type("FakeMonitor", (), {"stream_inbound_time": {}})()
+
+
+class _Record:
+    def __init__(self, partition: int, offset: int) -> None:
+        self.partition, self.offset = partition, offset
+
+    def __repr__(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+async def test_the_bulk_feed_cuts_batches_keeps_order_and_drops_stale_fetches() -> None:
+    from rcmflow.tables.faust_internals import BulkFeed
+
+    app = _FakeApp()
+    feed = BulkFeed(app, "rcm.events", batch_max=4, batch_wait_s=60)  # type: ignore[arg-type]
+    feed.put([_Record(0, o) for o in range(5)])
+    feed.put([_Record(1, o) for o in range(3)])
+    assert not feed._room.is_set()  # two batches pending: the drain loop waits
+    first = await feed.take()
+    assert [(r.partition, r.offset) for r in first] == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert feed._room.is_set()
+    assert TP("rcm.events", 0) in app.monitor.stream_inbound_time
+    idle = asyncio.ensure_future(feed.idle())
+    await asyncio.sleep(0)
+    assert not idle.done()  # a batch is in hand
+    feed.done()
+    await asyncio.sleep(0)
+    assert idle.done()
+    second = await feed.take()
+    assert [(r.partition, r.offset) for r in second] == [(0, 4), (1, 0), (1, 1), (1, 2)]
+    feed.done()
+    # Fetched before a rebalance (another generation): dropped.
+    feed.put([_Record(2, 0)])
+    app.consumer_generation_id = 2
+    feed.put([_Record(2, o) for o in range(7, 11)])
+    assert [(r.partition, r.offset) for r in await feed.take()] == [
+        (2, 7), (2, 8), (2, 9), (2, 10)]
+    feed.done()
+    # Less than a batch: taken once the oldest record waited batch_wait_s, or once full.
+    feed.batch_wait_s = 0.05
+    feed.put([_Record(3, 0)])
+    partial = asyncio.ensure_future(feed.take())
+    await asyncio.sleep(0.01)
+    assert not partial.done()
+    assert [(r.partition, r.offset) for r in await partial] == [(3, 0)]
+    feed.done()
+    feed.batch_wait_s = 60
+    feed.put([_Record(3, 1)])
+    filling = asyncio.ensure_future(feed.take())
+    await asyncio.sleep(0.01)
+    feed.put([_Record(3, o) for o in range(2, 5)])
+    assert [r.offset for r in await asyncio.wait_for(filling, 1)] == [1, 2, 3, 4]
+    feed.done()
+    # While the flow is stopped nothing is taken; what was not taken is dropped.
+    feed.put([_Record(3, 5)])
+    app.consumer.flow_active = False
+    feed.batch_wait_s = 0
+    stopped = asyncio.ensure_future(feed.take())
+    await asyncio.sleep(0)
+    assert not stopped.done() and not feed._pending
+    stopped.cancel()
+    app.consumer.flow_active = True
+    feed.put([_Record(0, 5)])
+    feed.clear()
+    taken = asyncio.ensure_future(feed.take())
+    await asyncio.sleep(0)
+    assert not taken.done() and feed._room.is_set() and feed._count == 0
+    taken.cancel()
 
 
 @pytest.mark.broker
