@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import os
 import platform
@@ -219,11 +218,11 @@ def records_of(result: BatchResult, messages: list[Message]) -> list[OutRecord]:
     (``AccountTables.head_records``/``item_records``: the encoding is part of the cost)."""
     out = [OutRecord(POSTINGS, p, k, v) for p, k, v in result.postings]
     out += [OutRecord(DLQ, p, k, v) for p, k, v in result.dlq]
-    # With the dedup horizon (on its way): purges first, and None values are deletes.
-    dedup: dict[tuple[int, bytes], bytes | None] = {**getattr(result, "purge_writes", {}),
-                                                   **result.dedup_writes}
-    out += [OutRecord(DEDUP_TOPIC, p, k, v) if v is not None
-            else OutRecord(DEDUP_DELETE, p, k, b"") for (p, k), v in dedup.items()]
+    # Dedup records and index keys, then the horizon's purge (None values are deletes).
+    for dedup in (result.dedup_writes, result.purge_marks, result.purged_records,
+                  result.purged_index):
+        out += [OutRecord(DEDUP_TOPIC, p, k, v) if v is not None
+                else OutRecord(DEDUP_DELETE, p, k, b"") for (p, k), v in dedup.items()]
     nexts = {m.partition: m.offset + 1 for m in messages}
     out += [OutRecord(DEDUP_TOPIC, p, NEXT_OFFSET_KEY, str(o).encode()) for p, o in nexts.items()]
     out += AccountTables.head_records(result.heads)
@@ -844,22 +843,11 @@ Step = Callable[[list[Message], MemoryTables], BatchResult]
 
 
 def horizon_step(chart: ChartOfAccounts, horizon_days: int) -> Step | None:
-    """TODO(dedup horizon): the one hook to check and finish when the horizon is on main.
-
-    Returns a function that processes one batch with the dedup horizon set to
-    ``horizon_days`` and writes everything the batch wrote *and deleted* (purged dedup
-    records and their index keys) to the tables, as the worker would; the clock is the
-    messages' ``timestamp_ms``. Written against the API in progress on main when this was
-    written (not yet committed, so untested here): ``Processor(chart,
-    dedup_horizon_days=...)``, purges in ``BatchResult.purge_writes`` and ``None`` values of
-    ``dedup_writes``, both applied by ``MemoryTables.write``. It wires itself when the
-    Processor takes ``dedup_horizon_days``; until then it returns None and the horizon curve
-    is reported as "not wired".
-    """
-    if "dedup_horizon_days" not in inspect.signature(Processor).parameters:
-        return None
-    options: dict[str, Any] = {"dedup_horizon_days": horizon_days}
-    processor = Processor(chart, **options)
+    """One batch with the dedup horizon set to ``horizon_days``, writing everything the
+    batch wrote and deleted (``MemoryTables.write``: the purge's mark, records and index keys)
+    as the worker would. The clock is the messages' ``timestamp_ms``: the processor's own
+    clock is set far ahead so that simulated days past today still move it."""
+    processor = Processor(chart, dedup_horizon_days=horizon_days, clock=lambda: 4e9)
 
     def step(messages: list[Message], tables: MemoryTables) -> BatchResult:
         result = processor.process(messages, tables)
