@@ -79,7 +79,7 @@ class Outbox(Service):
             linger_ms=0,
             max_batch_size=RECORD_BATCH_BYTES_MAX,
             # A batch holds one record larger than max_batch_size alone: up to the output
-            # topics' limit (a snapshot near RCMFLOW_ACCOUNT_ITEMS_MAX is ~2 MB).
+            # topics' limit (a large delta or DLQ record).
             max_request_size=OUTPUT_RECORD_BYTES_MAX,
             request_timeout_ms=int(self.timeout_s * 1000),
             **extra,

@@ -41,7 +41,7 @@ RAW_PAYMENTS = "rcm.raw.payments"
 RAW_FHIR = "rcm.raw.fhir"
 EVENTS = "rcm.events"
 POSTINGS = "rcm.postings"
-ACCOUNTS = "rcm.accounts"  # compacted snapshots; also the accounts table's changelog
+ACCOUNTS = "rcm.accounts"  # compacted heads and items; also the accounts table's changelog
 DLQ = "rcm.dlq"
 POSTINGS_DLQ = "rcm.postings.dlq"
 
@@ -56,10 +56,10 @@ _WEEK = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000),
 RAW_HL7_RECORD_BYTES_MAX = 64 * 1024 * 1024 + 10_000 * 512 + 64 * 1024
 #: rcm.events: the ceiling of RCMFLOW_EVENT_BYTES_MAX (16 MiB), its key and record overhead.
 EVENT_RECORD_BYTES_MAX = 16 * 1024 * 1024 + 64 * 1024
-#: The worker's and the ERP connector's records (deltas, DLQ records, snapshots, dedup
-#: records) and the other raw topics' (an X12 transaction set, a FHIR resource, a payment
-#: row, each with its source totals). Apache Kafka's default would refuse an account
-#: snapshot near RCMFLOW_ACCOUNT_ITEMS_MAX (10,000 items, ~2 MB).
+#: The worker's and the ERP connector's records (deltas, DLQ records, account heads and
+#: items, dedup records) and the other raw topics' (an X12 transaction set, a FHIR resource,
+#: a payment row, each with its source totals). Apache Kafka's 1 MiB default would refuse a
+#: large delta or DLQ record (account records stay small: streams/layout.py).
 OUTPUT_RECORD_BYTES_MAX = 8 * 1024 * 1024
 
 
