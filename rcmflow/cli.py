@@ -34,7 +34,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-accounts_app = typer.Typer(help="Account state from rcm.accounts heads and items (operators' view).",
+accounts_app = typer.Typer(help="Account state from rcm.accounts: heads and items (operators).",
                            no_args_is_help=True)
 dlq_app = typer.Typer(help="The exception queue: rejected input and unmapped postings.",
                       no_args_is_help=True)
