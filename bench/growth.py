@@ -49,14 +49,13 @@ from bench.report import RUNS_DIR, render_growth_section, write_results_md
 from rcmflow.run_worker import GC_THRESHOLDS
 from rcmflow.settings import Settings
 from rcmflow.streams.chart import ChartOfAccounts, load_chart
-from rcmflow.streams.dedup import DedupEntry
+from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
 from rcmflow.streams.layout import (
     LegacyAccount,
     assemble,
+    decode_head,
     head_key,
-    is_legacy,
     item_key,
-    legacy_account,
     parse_key,
 )
 from rcmflow.streams.memory_tables import MemoryTables
@@ -64,7 +63,12 @@ from rcmflow.streams.outbox import OutRecord
 from rcmflow.streams.processor import BatchResult, Message, Processor
 from rcmflow.streams.state import AccountHead, Item, ItemRef
 from rcmflow.streams.topics import DLQ, EVENTS, POSTINGS
-from rcmflow.tables.account_tables import NEXT_OFFSET_KEY, ROCKSDB_OPTIONS, AccountTables
+from rcmflow.tables.account_tables import (
+    NEXT_OFFSET_KEY,
+    ROCKSDB_OPTIONS,
+    AccountTables,
+    HeadCache,
+)
 
 __all__ = ["main", "history_point", "accounts_step", "horizon_curve", "horizon_step",
            "RocksTables", "MemoryStore", "layout1_record"]
@@ -296,28 +300,19 @@ class RocksTables:
                                    for p in range(partitions)]
         self._write = WriteOptions()
         self._write.disable_wal = True  # type: ignore[method-assign,assignment]
-        self.cache: dict[tuple[int, str], AccountHead] = {}
-        self.cache_max = state_cache_max
-        #: Head lookups answered by the cache, and read from the store.
-        self.cache_hits = self.cache_misses = 0
+        self.heads = HeadCache(state_cache_max)  # the worker's
 
     def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
-        key = (partition, account)
-        head = self.cache.pop(key, None)
+        head = self.heads.get(partition, account)
         if head is not None:
-            self.cache[key] = head
-            self.cache_hits += 1
             return head
-        self.cache_misses += 1
         raw = self.accounts[partition].get(head_key(account))
         if raw is None:
             return None
-        doc = orjson.loads(raw)
-        if is_legacy(doc):
-            return legacy_account(doc)
-        head = AccountHead.model_validate(doc)
-        self._remember(key, head)
-        return head
+        loaded = decode_head(raw)
+        if isinstance(loaded, AccountHead):
+            self.heads.put(partition, account, loaded)
+        return loaded
 
     def load_item(self, partition: int, account: str, ref: ItemRef) -> Item | None:
         raw = self.accounts[partition].get(item_key(account, ref))
@@ -328,23 +323,16 @@ class RocksTables:
         return DedupEntry.model_validate_json(raw) if raw is not None else None
 
     def load_purge_mark(self, partition: int) -> int:
-        """The dedup horizon's purge mark (``Lookups`` once the horizon is on main)."""
-        from rcmflow.streams import dedup
-
-        raw = self.dedup[partition].get(dedup.PURGED_BEFORE_KEY)  # type: ignore[attr-defined]
+        raw = self.dedup[partition].get(PURGED_BEFORE_KEY)
         return int(raw) if raw is not None else 0
 
     def expired(self, partition: int, before_day: int, limit: int) -> list[bytes]:
-        """Dedup index keys filed before ``before_day`` (``Lookups`` once the horizon is on
-        main), oldest first."""
-        from rcmflow.streams import dedup
-
-        prefix: bytes = dedup.HORIZON_PREFIX  # type: ignore[attr-defined]
-        end: bytes = dedup.horizon_key(before_day, b"")  # type: ignore[attr-defined]
+        """Dedup index keys filed before ``before_day``, oldest first."""
+        end = horizon_key(before_day, b"")
         found: list[bytes] = []
-        for key in self.dedup[partition].keys(from_key=prefix):
-            if not isinstance(key, bytes) or not key.startswith(prefix) or key >= end \
-                    or len(found) >= limit:
+        for key in self.dedup[partition].keys(from_key=HORIZON_PREFIX):
+            if not isinstance(key, bytes) or not key.startswith(HORIZON_PREFIX) \
+                    or key >= end or len(found) >= limit:
                 break
             found.append(key)
         return found
@@ -365,8 +353,8 @@ class RocksTables:
         for (is_dedup, part), batch in batches.items():
             db = self.dedup[part] if is_dedup else self.accounts[part]
             db.write(batch, write_opt=self._write)
-        for key, head in result.heads.items():
-            self._remember(key, head)
+        for (partition, account), head in result.heads.items():
+            self.heads.put(partition, account, head)
 
     def account_docs(self, partition: int, account: str
                      ) -> tuple[dict[str, Any], dict[ItemRef, dict[str, Any]]]:
@@ -381,14 +369,6 @@ class RocksTables:
             assert ref is not None
             items[ref] = orjson.loads(cast(bytes, value))
         return head, items
-
-    def _remember(self, key: tuple[int, str], head: AccountHead) -> None:
-        if self.cache_max <= 0:
-            return
-        self.cache.pop(key, None)
-        self.cache[key] = head
-        if len(self.cache) > self.cache_max:
-            del self.cache[next(iter(self.cache))]
 
     def flush(self) -> None:
         for db in (*self.accounts, *self.dedup):
@@ -745,7 +725,7 @@ def accounts_step(n_accounts: int, partitions: int, cache_max: int, per_account:
     rss_filled = _rss_mib()
     # Per-event time at this size: fresh payments and charges to random accounts.
     rng = random.Random(7)
-    store.cache_hits = store.cache_misses = 0
+    store.heads.hits = store.heads.misses = 0
     batch_us: list[float] = []
     batch_cpu_us: list[float] = []
     single_us: list[float] = []
@@ -772,14 +752,14 @@ def accounts_step(n_accounts: int, partitions: int, cache_max: int, per_account:
     gc_timed_s, gc_timed_full = gc_clock.reset()
     gc.collect()
     rss_end = _rss_mib()
-    head_bytes = _head_bytes(store.cache)
+    head_bytes = _head_bytes(store.heads.entries)
     memory = store.rocksdb_memory()
     store.flush()
     disk = store.disk_bytes()
     budget = 2 * partitions * (ROCKSDB_OPTIONS["block_cache_size"]
                                + ROCKSDB_OPTIONS["write_buffer_size"]
                                * ROCKSDB_OPTIONS["max_write_buffer_number"])
-    cache_mib = len(store.cache) * head_bytes / 2**20
+    cache_mib = len(store.heads.entries) * head_bytes / 2**20
     store.close()
     return {
         "accounts": n_accounts,
@@ -794,7 +774,7 @@ def accounts_step(n_accounts: int, partitions: int, cache_max: int, per_account:
         "rss_filled_mib": round(rss_filled, 1),
         "rss_end_mib": round(rss_end, 1),
         "peak_rss_mib": round(_vm_hwm_mib() or 0.0, 1),
-        "head_cache_entries": len(store.cache),
+        "head_cache_entries": len(store.heads.entries),
         "head_cache_bytes_each": head_bytes,
         "head_cache_mib": round(cache_mib, 1),
         "rss_minus_cache_mib": round(rss_end - rss_start - cache_mib, 1),
@@ -807,7 +787,7 @@ def accounts_step(n_accounts: int, partitions: int, cache_max: int, per_account:
         "batched_us_per_event": round(statistics.median(batch_us), 1),
         "batched_cpu_us_per_event": round(statistics.median(batch_cpu_us), 1),
         "timed_head_cache_hit_ratio": round(
-            store.cache_hits / max(1, store.cache_hits + store.cache_misses), 3),
+            store.heads.hits / max(1, store.heads.hits + store.heads.misses), 3),
         "single_us_median": round(statistics.median(single_us), 1),
         "single_us_p99": round(percentile(single_us, 99), 1),
         "single_cpu_us_p99": round(percentile(single_cpu_us, 99), 1),

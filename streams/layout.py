@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, cast
 
+import orjson
+
 from .state import ITEM_KINDS, AccountHead, Item, ItemKind, ItemRef
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "assemble",
     "LegacyAccount",
     "legacy_account",
+    "decode_head",
     "accounts_json_schema",
 ]
 
@@ -57,6 +60,13 @@ class LegacyAccount(NamedTuple):
 
     head: AccountHead
     items: dict[ItemRef, Item]
+
+
+def decode_head(raw: bytes) -> AccountHead | LegacyAccount:
+    """A head record's value as the processor reads it (``Lookups.load_head``): a layout-1
+    record comes back split, for the worker to write out anew."""
+    doc = orjson.loads(raw)
+    return legacy_account(doc) if is_legacy(doc) else AccountHead.model_validate(doc)
 
 
 def legacy_account(snapshot: Mapping[str, Any]) -> LegacyAccount:

@@ -14,10 +14,9 @@ from .dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
 from .layout import (
     LegacyAccount,
     assemble,
+    decode_head,
     head_key,
-    is_legacy,
     item_key,
-    legacy_account,
     read_record,
 )
 from .processor import BatchResult
@@ -76,10 +75,7 @@ class MemoryTables:
 
     def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
         raw = self.accounts.get((partition, head_key(account)))
-        if raw is None:
-            return None
-        doc = orjson.loads(raw)
-        return legacy_account(doc) if is_legacy(doc) else AccountHead.model_validate(doc)
+        return decode_head(raw) if raw is not None else None
 
     def load_item(self, partition: int, account: str, ref: ItemRef) -> Item | None:
         raw = self.accounts.get((partition, item_key(account, ref)))

@@ -21,14 +21,14 @@ import faust
 import orjson
 
 from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
-from rcmflow.streams.layout import LegacyAccount, head_key, is_legacy, item_key, legacy_account
+from rcmflow.streams.layout import LegacyAccount, decode_head, head_key, item_key
 from rcmflow.streams.outbox import Acked, OutRecord
 from rcmflow.streams.state import AccountHead, Item, ItemRef, head_json, item_json
 from rcmflow.streams.topics import ACCOUNTS
 
 from .faust_internals import TableIO
 
-__all__ = ["AccountTables", "NEXT_OFFSET_KEY", "ROCKSDB_OPTIONS"]
+__all__ = ["AccountTables", "HeadCache", "NEXT_OFFSET_KEY", "ROCKSDB_OPTIONS"]
 
 #: Per RocksDB partition database (two tables x N partitions per worker). Faust's defaults
 #: (a 2 GiB block cache and 3 x 64 MiB memtables each) would take gigabytes per worker; the
@@ -44,6 +44,39 @@ ROCKSDB_OPTIONS = {
 }
 
 NEXT_OFFSET_KEY = b"\x00next-offset"
+
+
+class HeadCache:
+    """Decoded account heads, least recently used dropped past ``size_max`` (0: none kept):
+    a head is read by every event of its account, and decoding one costs more than the rest
+    of a lookup."""
+
+    def __init__(self, size_max: int) -> None:
+        #: Insertion-ordered: re-inserting on use keeps the oldest-used first.
+        self.entries: dict[tuple[int, str], AccountHead] = {}
+        self.size_max = size_max
+        #: Lookups answered from the cache, and not (read by bench.growth).
+        self.hits = self.misses = 0
+
+    def get(self, partition: int, account: str) -> AccountHead | None:
+        head = self.entries.pop((partition, account), None)
+        if head is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.entries[(partition, account)] = head
+        return head
+
+    def put(self, partition: int, account: str, head: AccountHead) -> None:
+        if self.size_max <= 0:
+            return
+        self.entries.pop((partition, account), None)
+        self.entries[(partition, account)] = head
+        if len(self.entries) > self.size_max:
+            del self.entries[next(iter(self.entries))]
+
+    def clear(self) -> None:
+        self.entries.clear()
 
 
 class AccountTables:
@@ -77,13 +110,11 @@ class AccountTables:
         )
         self.accounts_io = TableIO(app, self.accounts)
         self.dedup_io = TableIO(app, self.dedup)
-        #: Insertion-ordered: re-inserting on use keeps the oldest-used first (LRU).
-        self._cache: dict[tuple[int, str], AccountHead] = {}
-        self._cache_max = state_cache_max
+        self.heads = HeadCache(state_cache_max)
 
     def forget_cache(self) -> None:
         """Partitions moved: states may have been rewritten by recovery."""
-        self._cache.clear()
+        self.heads.clear()
 
     def flush(self) -> None:
         """Before partitions move: make the WAL-less writes durable (see ``TableIO``)."""
@@ -91,20 +122,16 @@ class AccountTables:
         self.dedup_io.flush()
 
     def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
-        key = (partition, account)
-        head = self._cache.pop(key, None)
+        head = self.heads.get(partition, account)
         if head is not None:
-            self._cache[key] = head
             return head
         raw = self.accounts_io.get(partition, head_key(account))
         if raw is None:
             return None
-        doc = orjson.loads(raw)
-        if is_legacy(doc):  # written before layout 2: the processor writes it out anew
-            return legacy_account(doc)
-        head = AccountHead.model_validate(doc)
-        self._remember(key, head)
-        return head
+        loaded = decode_head(raw)
+        if isinstance(loaded, AccountHead):
+            self.heads.put(partition, account, loaded)
+        return loaded  # a layout-1 record: the processor writes it out anew
 
     def load_item(self, partition: int, account: str, ref: ItemRef) -> Item | None:
         raw = self.accounts_io.get(partition, item_key(account, ref))
@@ -161,16 +188,8 @@ class AccountTables:
         ios = {io.changelog_topic: io for io in (self.dedup_io, self.accounts_io)}
         for (topic, partition), pairs in by_store.items():
             ios[topic].put_local(partition, pairs)
-        for key, head in heads.items():
-            self._remember(key, head)
+        for (partition, account), head in heads.items():
+            self.heads.put(partition, account, head)
         acked = list(acks)
         for io in ios.values():
             io.persist_offsets(acked)
-
-    def _remember(self, key: tuple[int, str], head: AccountHead) -> None:
-        if self._cache_max <= 0:
-            return
-        self._cache.pop(key, None)
-        self._cache[key] = head
-        if len(self._cache) > self._cache_max:
-            del self._cache[next(iter(self._cache))]
