@@ -158,9 +158,10 @@ class Processor:
     def process(self, messages: list[Message], tables: Lookups) -> BatchResult:
         result = BatchResult()
         now_ms = int(self.clock() * 1000)
-        marks = self._purge(messages, tables, result, now_ms)
-        for message in messages:
-            self._one(message, result, tables, marks, now_ms)
+        days = [self._message_day(message, now_ms) for message in messages]
+        marks = self._purge(messages, days, tables, result)
+        for message, day in zip(messages, days, strict=True):
+            self._one(message, day, result, tables, marks)
         return result
 
     def _message_day(self, msg: Message, now_ms: int) -> int:
@@ -170,15 +171,14 @@ class Processor:
         stamp = min(stamp, now_ms + CLOCK_SKEW_MAX_S * 1000)
         return day_of(datetime.fromtimestamp(stamp / 1000, tz=UTC))
 
-    def _purge(self, messages: list[Message], tables: Lookups, out: BatchResult,
-               now_ms: int) -> dict[int, int]:
+    def _purge(self, messages: list[Message], days: list[int], tables: Lookups,
+               out: BatchResult) -> dict[int, int]:
         """Delete each partition's dedup records filed more than the horizon before the
         batch's earliest record (at most PURGE_RECORDS_MAX a batch): never a record of the
         batch's own events. Returns each partition's purge mark as it stood before: the
         batch's events are judged by it (the deletions come after them, phases 5-7)."""
         clock: dict[int, int] = {}
-        for msg in messages:
-            day = self._message_day(msg, now_ms)
+        for msg, day in zip(messages, days, strict=True):
             clock[msg.partition] = min(clock.get(msg.partition, day), day)
         marks: dict[int, int] = {}
         for partition, day in clock.items():
@@ -223,8 +223,9 @@ class Processor:
             return written if written is not None else tables.load_item(partition, account, ref)
         return item
 
-    def _one(self, msg: Message, out: BatchResult, tables: Lookups, marks: dict[int, int],
-             now_ms: int) -> None:
+    def _one(self, msg: Message, day: int, out: BatchResult, tables: Lookups,
+             marks: dict[int, int]) -> None:
+        """``day``: the message's dedup clock day (``_message_day``)."""
         decoded = self._decode(msg)
         if isinstance(decoded, Rejection):
             self._reject(msg, out, decoded, event=None)
@@ -264,7 +265,7 @@ class Processor:
             outcome = apply(current, event, self.chart, items, items_max=self.account_items_max)
         if isinstance(outcome, Applied):
             outcome = self._fits(outcome) or outcome
-        filed = max(dated, self._message_day(msg, now_ms))
+        filed = max(dated, day)
         if isinstance(outcome, Rejection):
             self._reject(msg, out, outcome, event)
             entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
