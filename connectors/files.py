@@ -1,69 +1,161 @@
 """File ingest shared by `rcmflow ingest x12|payments|fhir` and `watch`: size check, publish
-with acks=all behind a progress bar, report, exit code.
+with acks=all as the file is read, progress, report, exit code.
+
+A connector hands over a ``FileIngest``: its ``records()`` reads the file as it goes and
+yields what to publish, so memory is bounded by the unit of work (a row, a resource, a
+transaction set), not by the file. What the report needs (counts, the first problems) is kept
+small on the ingest object and read once ``records()`` is exhausted.
 
 Every record is keyed and deterministic, so publishing a file again after a broker failure is
-safe: events already applied are replays, and DLQ records have deterministic ids.
+safe: events already applied are replays, and DLQ records have deterministic ids. Only a
+failure that re-sending can cure is answered "run again": a record the topic cannot take is
+a DLQ record instead (``fit``), and a broker refusal no retry can change (a topic's smaller
+``max.message.bytes``, a missing ACL) refuses the file with the cause.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import Outgoing, RecordTooLarge, check_record_sizes, publish
+from rcmflow.kafka_io import RECORD_OVERHEAD_BYTES, Outgoing, publish, record_size
+from rcmflow.progress import progress
+from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.topics import DLQ, record_bytes_max
 
-__all__ = ["ingest_files", "publish_records", "say", "BrokerFailed", "Record", "EXIT_OK",
-           "EXIT_REJECTED", "EXIT_REFUSED", "EXIT_BROKER"]
+__all__ = ["ingest_files", "publish_records", "say", "fit", "BrokerFailed", "FileIngest",
+           "WholeFile", "Record", "EXIT_OK", "EXIT_REJECTED", "EXIT_REFUSED", "EXIT_BROKER"]
 
 EXIT_OK = 0  # everything went through
 EXIT_REJECTED = 1  # published, but some sets / rows / files went to rcm.dlq
-EXIT_REFUSED = 2  # refused before publishing: too large, unreadable path, bad settings
+EXIT_REFUSED = 2  # refused: too large, unreadable path, bad settings, a refusal no retry cures
 EXIT_BROKER = 3  # the broker did not acknowledge: re-run the same command, it is safe
 
+#: Bytes of a record kept in the DLQ record that stands for it when its topic cannot take it.
+TOO_LARGE_PAYLOAD_BYTES = 64 * 1024
+
+#: Broker refusals the same records would meet again: a topic's record limit, an ACL.
+NOT_RETRYABLE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError,
+                 TopicAuthorizationFailedError, ClusterAuthorizationFailedError)
 
 #: One record shape for every connector: (topic, key, value[, headers]).
 Record = Outgoing
 
 
-class _Outcome(Protocol):
+class FileIngest(Protocol):
+    """One file being read and published (see the module docstring)."""
+
+    def records(self) -> Iterator[Record]: ...
+
+    def ok(self) -> bool: ...
+
+    @property
+    def bytes_read(self) -> int: ...
+
+
+Ingest = TypeVar("Ingest", bound=FileIngest)
+Outcome = TypeVar("Outcome", bound="_Ok")
+
+
+class _Ok(Protocol):
     def ok(self) -> bool: ...
 
 
-Outcome = TypeVar("Outcome", bound=_Outcome)
+class WholeFile(Generic[Outcome]):
+    """A connector that still reads its whole file before publishing (memory grows with the
+    file): ``outcome`` is what it read, ``records`` what to publish of it."""
+
+    def __init__(self, path: Path, read: Callable[[Path], Outcome],
+                 records: Callable[[Outcome], Iterable[Record]]) -> None:
+        self.outcome = read(path)
+        self._records = records
+        self.bytes_read = path.stat().st_size
+
+    def records(self) -> Iterator[Record]:
+        yield from self._records(self.outcome)
+
+    def ok(self) -> bool:
+        return self.outcome.ok()
 
 
 class BrokerFailed(RuntimeError):
-    """The broker did not acknowledge every record (nothing about the input is wrong)."""
+    """The broker did not acknowledge every record (nothing about the input is wrong).
+
+    ``retryable`` is False when the same records would be refused again (a topic limit, an
+    ACL): re-running cannot succeed until the broker's configuration changes."""
+
+    def __init__(self, text: str, *, retryable: bool = True) -> None:
+        super().__init__(text)
+        self.retryable = retryable
 
 
-def publish_records(kafka: KafkaConnection, records: list[Record],
-                    *, label: str, console: Console) -> int:
-    """Send ``records`` with acks=all; returns how many were acknowledged. RecordTooLarge,
-    before anything is sent, when a record is larger than its topic takes."""
-    check_record_sizes(records)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task(f"publishing {label}", total=len(records))
-        try:
-            return asyncio.run(publish(kafka, records,
-                                       on_acked=lambda n: progress.advance(task, n)))
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise BrokerFailed(f"{type(exc).__name__}: {exc}") from exc
+def fit(record: Record, *, origin: str) -> Record:
+    """``record``, or a DLQ record standing for it when its topic cannot take it (the
+    connectors keep their records within bounds; this is the net under them)."""
+    topic = record[0]
+    size, limit = record_size(record), record_bytes_max(topic)
+    if size + RECORD_OVERHEAD_BYTES <= limit:
+        return record
+    key = record[1]
+    dlq = dlq_record(
+        stage="validate", reason_code="record_too_large",
+        reason=f"{origin.removeprefix('file:')}: a record for {topic} of {size} bytes is "
+               f"larger than the {limit} bytes that topic takes; nothing of it was applied",
+        origin=Origin(topic=origin, partition=0, offset=0,
+                      key=key.decode(errors="replace") if key else None),
+        payload=record[2][:TOO_LARGE_PAYLOAD_BYTES], received_at=datetime.now(UTC),
+        context={"topic": topic, "record_bytes": size, "topic_bytes_max": limit,
+                 "payload_truncated": True},
+        discriminator=f"{topic}|{key!r}")
+    return DLQ, key, dlq.model_dump_json().encode()
+
+
+def publish_records(kafka: KafkaConnection, records: Iterable[Record], *,
+                    on_acked: Callable[[int], None] | None = None) -> int:
+    """Send ``records`` (any iterable: a generator is read as it is sent) with acks=all;
+    returns how many were acknowledged. BrokerFailed when the broker did not take them."""
+    try:
+        return asyncio.run(publish(kafka, records, on_acked=on_acked))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise BrokerFailed(f"{type(exc).__name__}: {exc}",
+                           retryable=not isinstance(exc, NOT_RETRYABLE)) from exc
+
+
+def publish_file(kafka: KafkaConnection, ingest: FileIngest, *, path: Path, size: int,
+                 console: Console) -> int:
+    """Publish one file's records behind a progress display (bytes of the file read)."""
+    origin = f"file:{path}"
+    with progress(console, f"publishing {path.name}", total=size, unit="bytes") as advance:
+        shown = 0
+
+        def acked(_: int) -> None:
+            nonlocal shown
+            advance(ingest.bytes_read - shown)
+            shown = ingest.bytes_read
+
+        return publish_records(kafka, (fit(r, origin=origin) for r in ingest.records()),
+                               on_acked=acked)
 
 
 def ingest_files(
     files: list[Path], *, kafka: KafkaConnection, console: Console, bytes_max: int,
-    bytes_setting: str, read: Callable[[Path], Outcome],
-    records: Callable[[Outcome], Iterable[Record]],
-    report: Callable[[Path, Outcome, Console], None],
+    bytes_setting: str, open_file: Callable[[Path], Ingest],
+    report: Callable[[Path, Ingest, Console], None],
 ) -> int:
     """Read, publish and report each file in turn; the exit code of the whole run.
 
@@ -77,21 +169,22 @@ def ingest_files(
         return EXIT_REFUSED
     code = EXIT_OK
     for path in files:
-        with console.status(f"reading {escape(path.name)}"):
-            outcome = read(path)
+        ingest = open_file(path)
         try:
-            publish_records(kafka, list(records(outcome)), label=path.name, console=console)
-        except RecordTooLarge as exc:
-            say(console, f"[red]{escape(str(path))}: refused, nothing published: "
-                         f"{escape(str(exc))}; split the file[/red]")
-            return EXIT_REFUSED
+            publish_file(kafka, ingest, path=path, size=path.stat().st_size, console=console)
         except BrokerFailed as exc:
+            if not exc.retryable:
+                say(console, f"[red]{escape(str(path))}: refused by the broker "
+                             f"({escape(str(exc))}); running again cannot succeed until the "
+                             "broker's or topic's configuration changes (what was published "
+                             "stays; re-sending after the change is safe)[/red]")
+                return EXIT_REFUSED
             say(console, f"[red]{escape(str(path))}: the broker did not acknowledge "
                          f"({escape(str(exc))}); run the same command again (re-sending is "
                          "safe)[/red]")
             return EXIT_BROKER
-        report(path, outcome, console)
-        if not outcome.ok():
+        report(path, ingest, console)
+        if not ingest.ok():
             code = EXIT_REJECTED
     return code
 

@@ -36,8 +36,9 @@ READ_TIMEOUT_S = 30.0
 RECORD_OVERHEAD_BYTES = 1024
 #: A request holds records up to the largest any rcm.* topic takes (rcm.raw.hl7's).
 PUBLISH_REQUEST_BYTES_MAX = RAW_HL7_RECORD_BYTES_MAX
-#: Records queued before waiting for acks: bounds memory on a large file.
+#: Records, and their bytes, queued before waiting for acks: bounds memory on a large file.
 PUBLISH_IN_FLIGHT_MAX = 5_000
+PUBLISH_IN_FLIGHT_BYTES_MAX = 32 * 1024 * 1024
 
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -189,15 +190,18 @@ async def publish(
     sent = 0
     try:
         pending: list[asyncio.Future[object]] = []
+        queued_bytes = 0
         for item in items:
             check_record_sizes([item])
             pending.append(await send(producer, item))
-            if len(pending) >= PUBLISH_IN_FLIGHT_MAX:
+            queued_bytes += record_size(item)
+            if len(pending) >= PUBLISH_IN_FLIGHT_MAX or queued_bytes >= PUBLISH_IN_FLIGHT_BYTES_MAX:
                 await asyncio.gather(*pending)
                 sent += len(pending)
                 if on_acked:
                     on_acked(len(pending))
                 pending.clear()
+                queued_bytes = 0
         await asyncio.gather(*pending)
         sent += len(pending)
         if on_acked and pending:

@@ -20,7 +20,7 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 
-from rcmflow.connectors.files import Record, ingest_files, say
+from rcmflow.connectors.files import Record, WholeFile, ingest_files, say
 from rcmflow.connectors.totals import SourceTotals
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
@@ -355,10 +355,11 @@ def ingest_fhir_files(settings: Settings, kafka: KafkaConnection, files: list[Pa
     return ingest_files(
         files, kafka=kafka, console=console, bytes_max=settings.fhir_file_bytes_max,
         bytes_setting="RCMFLOW_FHIR_FILE_BYTES_MAX",
-        read=lambda path: process_fhir(path.read_bytes(), name=path.name,
-                                       origin=f"file:{path}", limits=limits),
-        records=lambda outcome: outcome.records(limits.dlq_payload_bytes_max),
-        report=report_fhir)
+        open_file=lambda path: WholeFile(
+            path, lambda p: process_fhir(p.read_bytes(), name=p.name, origin=f"file:{p}",
+                                         limits=limits),
+            lambda outcome: outcome.records(limits.dlq_payload_bytes_max)),
+        report=lambda path, whole, console: report_fhir(path, whole.outcome, console))
 
 
 def report_fhir(path: Path, outcome: FhirOutcome, console: Console) -> None:

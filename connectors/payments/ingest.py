@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 
-from rcmflow.connectors.files import Record, ingest_files, say
+from rcmflow.connectors.files import Record, WholeFile, ingest_files, say
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
@@ -130,11 +130,12 @@ def ingest_payment_files(settings: Settings, kafka: KafkaConnection, files: list
     return ingest_files(
         files, kafka=kafka, console=console, bytes_max=settings.payments_file_bytes_max,
         bytes_setting="RCMFLOW_PAYMENTS_FILE_BYTES_MAX",
-        read=lambda path: process_payments(path.read_bytes(), name=path.name,
-                                           origin=f"file:{path}", channel=channel,
-                                           rows_max=settings.payments_rows_max),
-        records=lambda outcome: outcome.records(settings.dlq_payload_bytes_max),
-        report=report_payments)
+        open_file=lambda path: WholeFile(
+            path, lambda p: process_payments(p.read_bytes(), name=p.name, origin=f"file:{p}",
+                                             channel=channel,
+                                             rows_max=settings.payments_rows_max),
+            lambda outcome: outcome.records(settings.dlq_payload_bytes_max)),
+        report=lambda path, whole, console: report_payments(path, whole.outcome, console))
 
 
 def report_payments(path: Path, outcome: PaymentsOutcome, console: Console) -> None:

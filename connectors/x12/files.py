@@ -10,7 +10,7 @@ from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
 from rcmflow.streams.topics import DLQ
 
-from ..files import ingest_files, say
+from ..files import WholeFile, ingest_files, say
 from .ingest import FileOutcome, X12Limits, process_x12
 from .reader import Problem
 
@@ -38,8 +38,10 @@ def ingest_x12_files(settings: Settings, kafka: KafkaConnection, files: list[Pat
     return ingest_files(
         files, kafka=kafka, console=console, bytes_max=settings.x12_file_bytes_max,
         bytes_setting="RCMFLOW_X12_FILE_BYTES_MAX",
-        read=lambda path: process_x12(path.read_bytes(), origin=f"file:{path}", limits=limits),
-        records=lambda outcome: outcome.records(limits), report=report_x12)
+        open_file=lambda path: WholeFile(
+            path, lambda p: process_x12(p.read_bytes(), origin=f"file:{p}", limits=limits),
+            lambda outcome: outcome.records(limits)),
+        report=lambda path, whole, console: report_x12(path, whole.outcome, console))
 
 
 def report_x12(path: Path, outcome: FileOutcome, console: Console) -> None:

@@ -19,11 +19,10 @@ from rich.markup import escape
 
 from rcmflow.connectors.payments.ingest import process_payments, report_payments
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import RecordTooLarge
 from rcmflow.kafka_preflight import access_error
 from rcmflow.settings import Settings
 
-from ..files import BrokerFailed, publish_records, say
+from ..files import BrokerFailed, WholeFile, publish_file, say
 from .files import limits_from, process_x12_path, report_x12
 
 __all__ = ["watch", "handle_file", "PAYMENT_SUFFIXES"]
@@ -67,23 +66,32 @@ def handle_file(path: Path, settings: Settings, kafka: KafkaConnection, console:
     if path.stat().st_size > limit:
         return _move(path, folder / "rejected",
                      f"file_too_large: {path.stat().st_size} bytes, at most {limit}\n")
+    size = path.stat().st_size
     try:
         if is_payment:
-            payments = process_payments(path.read_bytes(), name=path.name,
-                                        origin=f"file:{path}",
-                                        rows_max=settings.payments_rows_max)
-            publish_records(kafka, payments.records(settings.dlq_payload_bytes_max),
-                            label=path.name, console=console)
-            report_payments(path, payments, console)
-            ok, reason = payments.ok(), payments.reason_text()
+            payments = WholeFile(
+                path, lambda p: process_payments(p.read_bytes(), name=p.name,
+                                                 origin=f"file:{p}",
+                                                 rows_max=settings.payments_rows_max),
+                lambda outcome: outcome.records(settings.dlq_payload_bytes_max))
+            publish_file(kafka, payments, path=path, size=size, console=console)
+            report_payments(path, payments.outcome, console)
+            ok, reason = payments.ok(), payments.outcome.reason_text()
         else:
-            x12 = process_x12_path(path, settings, console)
-            publish_records(kafka, list(x12.records(limits_from(settings))), label=path.name,
-                            console=console)
-            report_x12(path, x12, console)
-            ok, reason = x12.ok(), x12.reason_text()
-    except RecordTooLarge as exc:  # the next poll could not do better: refuse it now
-        return _move(path, folder / "rejected", f"record_too_large: {exc}; split the file\n")
+            limits = limits_from(settings)
+            x12 = WholeFile(path, lambda p: process_x12_path(p, settings, console),
+                            lambda outcome: outcome.records(limits))
+            publish_file(kafka, x12, path=path, size=size, console=console)
+            report_x12(path, x12.outcome, console)
+            ok, reason = x12.ok(), x12.outcome.reason_text()
+    except BrokerFailed as exc:
+        if exc.retryable or access_error(exc.__cause__ or exc, kafka, "watch", operation="WRITE"):
+            raise  # a retry may succeed / an ACL is missing (watch stops, saying which)
+        # The next poll would meet the same refusal: say why and move the file aside.
+        return _move(path, folder / "rejected",
+                     f"broker_refused: {exc}; running again cannot succeed until the broker's "
+                     "or topic's configuration changes (what was published stays; dropping "
+                     "the file again after the change is safe)\n")
     return _move(path, folder / "done", None) if ok else _move(path, folder / "rejected", reason)
 
 
