@@ -7,6 +7,7 @@ Bundle is assembled around them without decoding them again.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,13 +24,16 @@ from starlette.responses import Response
 
 from rcmflow.metrics import CONTENT_TYPE_LATEST, Metric, counter, gauge, new_registry, render
 
-from .auth import Authenticator, AuthError, Principal
+from .auth import Action, Authenticator, AuthError, Principal
+from .docs import install_docs
 from .errors import FHIR_JSON, FhirError, install_handlers, outcome
 from .feed import FeedStatus
 from .params import RESOURCES, ResourceSpec, Search, SearchError, parse_search
 from .store import Row, Store
 
 __all__ = ["FacadeConfig", "create_app", "capability_statement", "FHIR_VERSION"]
+
+log = logging.getLogger("rcmflow.facade")
 
 FHIR_VERSION = "4.0.1"
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir",
@@ -40,6 +44,10 @@ _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 
 @dataclass(frozen=True)
 class FacadeConfig:
+    #: The FHIR base clients reach, absolute (``https://portal.example.org/fhir``): every
+    #: link, fullUrl and Content-Location is built from it, never from the request's Host
+    #: or forwarded headers (a hostile Host would send clients, and their tokens, elsewhere).
+    public_url: str
     base_path: str = "/fhir"
     count_default: int = 20
     count_max: int = 200
@@ -47,7 +55,7 @@ class FacadeConfig:
     cors_origins: tuple[str, ...] = ("*",)
 
 
-def create_app(store: Store, auth: Authenticator, config: FacadeConfig = FacadeConfig(),
+def create_app(store: Store, auth: Authenticator, config: FacadeConfig,
                feed: FeedStatus | None = None) -> FastAPI:
     base = config.base_path.rstrip("/")
     app = FastAPI(
@@ -56,10 +64,13 @@ def create_app(store: Store, auth: Authenticator, config: FacadeConfig = FacadeC
         description="FHIR R4 (4.0.1) read API for patient portals: Account, Claim, "
         "ClaimResponse, PaymentReconciliation, built from rcmflow's account records.",
         openapi_url=f"{base}/openapi.json",
-        docs_url=f"{base}/docs",
+        docs_url=None,
         redoc_url=None,
     )
+    # A slash redirect's Location is built from the request's Host: none are made.
+    app.router.redirect_slashes = False
     install_handlers(app)
+    install_docs(app, base)
     # Bearer tokens travel in a header, never cookies: any origin may call, with no
     # credentials mode; the headers a portal needs for caching are exposed.
     app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
@@ -67,7 +78,7 @@ def create_app(store: Store, auth: Authenticator, config: FacadeConfig = FacadeC
                        allow_headers=["Authorization", "Content-Type", "Accept", "Prefer",
                                       "If-None-Match"],
                        expose_headers=["ETag", "Last-Modified", "Location", "Content-Location"])
-    api = _Api(store, auth, config, base)
+    api = _Api(store, auth, config)
     router = APIRouter(prefix=base)
     router.add_api_route("/metadata", api.metadata, methods=["GET"], tags=["conformance"],
                          summary="CapabilityStatement", openapi_extra=_extra(_FORMAT))
@@ -149,12 +160,11 @@ Handler = Callable[..., Awaitable[Response]]
 
 
 class _Api:
-    def __init__(self, store: Store, auth: Authenticator, config: FacadeConfig,
-                 base: str) -> None:
+    def __init__(self, store: Store, auth: Authenticator, config: FacadeConfig) -> None:
         self.store = store
         self.auth = auth
         self.config = config
-        self.base = base
+        self.public_url = config.public_url.rstrip("/")
 
     # --- shared steps ---------------------------------------------------------------------
 
@@ -168,37 +178,38 @@ class _Api:
             if not types & _ACCEPTABLE:
                 raise FhirError(406, "only application/fhir+json is served")
 
-    def _principal(self, request: Request, type_: str) -> Principal:
+    def _principal(self, request: Request, action: Action, type_: str) -> Principal:
         try:
             principal = self.auth.principal(request.headers.get("authorization"))
         except AuthError as exc:
+            # Who was refused, for an operator watching for token guessing: the peer as
+            # uvicorn reports it (a trusted proxy's X-Forwarded-For, else the socket's).
+            log.warning("facade: %d for a request from %s: %s", exc.status,
+                        request.client.host if request.client else "?", exc)
             headers = {"WWW-Authenticate": 'Bearer realm="fhir"'} if exc.status == 401 else {}
             raise FhirError(exc.status, str(exc), headers=headers) from exc
-        if not principal.may_read(type_):
-            raise FhirError(403, f"the token's scopes do not cover {type_}")
+        if not principal.may(action, type_):
+            raise FhirError(403, f"the token's scopes do not allow {action} of {type_}")
         return principal
-
-    def _base_url(self, request: Request) -> str:
-        return str(request.base_url).rstrip("/") + self.base
 
     # --- interactions ---------------------------------------------------------------------
 
     async def metadata(self, request: Request) -> Response:
         self._negotiate(request)
-        doc = capability_statement(self._base_url(request), self.auth.enabled)
+        doc = capability_statement(self.public_url, self.auth.enabled)
         return Response(orjson.dumps(doc), media_type=FHIR_JSON)
 
     def read(self, spec: ResourceSpec) -> Handler:
         async def read(request: Request, rid: str) -> Response:
             self._negotiate(request)
-            principal = self._principal(request, spec.type)
+            principal = self._principal(request, "read", spec.type)
             return self._current(request, principal, spec.type, rid, None)
         return read
 
     def vread(self, spec: ResourceSpec) -> Handler:
         async def vread(request: Request, rid: str, vid: str) -> Response:
             self._negotiate(request)
-            principal = self._principal(request, spec.type)
+            principal = self._principal(request, "read", spec.type)
             return self._current(request, principal, spec.type, rid, vid)
         return vread
 
@@ -218,7 +229,7 @@ class _Api:
         if _etag_matches(request.headers.get("if-none-match"), str(row.version)):
             return Response(status_code=304, headers=headers)
         headers["Content-Location"] = (
-            f"{self._base_url(request)}/{type_}/{rid}/_history/{row.version}")
+            f"{self.public_url}/{type_}/{rid}/_history/{row.version}")
         return Response(row.body, media_type=FHIR_JSON, headers=headers)
 
     def search_get(self, spec: ResourceSpec) -> Handler:
@@ -242,7 +253,7 @@ class _Api:
     def _search(self, request: Request, spec: ResourceSpec,
                 items: list[tuple[str, str]]) -> Response:
         self._negotiate(request)
-        principal = self._principal(request, spec.type)
+        principal = self._principal(request, "search", spec.type)
         strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
         try:
             search = parse_search(spec, items, strict=strict,
@@ -261,7 +272,7 @@ class _Api:
             if more:
                 rows = rows[1:] if search.before is not None else rows[:-1]
         included: list[Row] = []
-        if search.include_request and rows and principal.may_read("Claim"):
+        if search.include_request and rows and principal.may_see("Claim"):
             wanted = sorted({r.request for r in rows if r.request})
             included = [r for r in self.store.read_many("Claim", wanted)
                         if principal.patient is None or r.patient == principal.patient]
@@ -270,7 +281,7 @@ class _Api:
 
     def _bundle(self, request: Request, spec: ResourceSpec, search: Search, total: int,
                 rows: list[Row], included: list[Row], more: bool) -> bytes:
-        base = self._base_url(request)
+        base = self.public_url
 
         def link(relation: str, cursor: tuple[str, str] | None) -> dict[str, str]:
             query = [*search.used, ("_count", str(search.count))]

@@ -20,7 +20,8 @@ from .auth import Authenticator
 from .feed import Feeder
 from .store import Store
 
-__all__ = ["build_app", "run_facade", "store_path", "AUTH_OFF_WARNING"]
+__all__ = ["build_app", "check_settings", "run_facade", "server_config", "public_url",
+           "store_path", "AUTH_OFF_WARNING"]
 
 log = logging.getLogger("rcmflow.facade")
 
@@ -32,18 +33,49 @@ def store_path(settings: Settings) -> Path:
     return settings.facade_store or settings.data_dir / "facade" / "read.sqlite"
 
 
-def build_app(settings: Settings, kafka: KafkaConnection, source: str) -> FastAPI:
-    """The app with its store and a feed that runs while the app does."""
-    auth = Authenticator(
+def public_url(settings: Settings) -> str:
+    """The FHIR base the links name: RCMFLOW_FACADE_PUBLIC_URL, required with auth on (a
+    guess would send portals' tokens to the wrong place); in dev, the facade's own address."""
+    if settings.facade_public_url:
+        return settings.facade_public_url
+    if settings.facade_auth == "jwt":
+        raise ValueError(
+            "RCMFLOW_FACADE_PUBLIC_URL is required when facade auth is on: the FHIR base URL "
+            "portals reach the facade at (e.g. https://portal.example.org/fhir); links in "
+            "responses are built from it, never from the request's Host header")
+    host = settings.facade_host
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.facade_port}{settings.facade_base_path}"
+
+
+def authenticator(settings: Settings) -> Authenticator:
+    return Authenticator(
         enabled=settings.facade_auth == "jwt",
         key=settings.facade_jwt_key.get_secret_value() if settings.facade_jwt_key else None,
-        algorithm=settings.facade_jwt_algorithm, audience=settings.facade_jwt_audience)
+        algorithm=settings.facade_jwt_algorithm, audience=settings.facade_jwt_audience,
+        leeway_s=settings.facade_jwt_leeway_s,
+        lifetime_max_s=settings.facade_jwt_lifetime_max_s)
+
+
+def check_settings(settings: Settings) -> None:
+    """Raises ValueError, naming the setting, for settings the facade must not start with:
+    auth on without a key, an audience or a public URL; an HMAC key shorter than its hash."""
+    authenticator(settings)
+    public_url(settings)
+
+
+def build_app(settings: Settings, kafka: KafkaConnection, source: str) -> FastAPI:
+    """The app with its store and a feed that runs while the app does (ValueError: see
+    ``check_settings``)."""
+    auth = authenticator(settings)
+    url = public_url(settings)
     if not auth.enabled:
         log.warning(AUTH_OFF_WARNING)
     store = Store(store_path(settings), validate_every=settings.facade_validate_every)
     feeder = Feeder(store, kafka, source=source)
     config = FacadeConfig(
-        base_path=settings.facade_base_path, count_max=settings.facade_count_max,
+        public_url=url, base_path=settings.facade_base_path, count_max=settings.facade_count_max,
         request_bytes_max=settings.facade_request_bytes_max,
         cors_origins=tuple(o.strip() for o in settings.facade_cors_origins.split(",")
                            if o.strip()))
@@ -65,21 +97,36 @@ def build_app(settings: Settings, kafka: KafkaConnection, source: str) -> FastAP
     return app
 
 
+def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn's settings for the facade.
+
+    Proxy headers: X-Forwarded-For and X-Forwarded-Proto are believed only from
+    RCMFLOW_FACADE_TRUSTED_PROXIES (uvicorn's forwarded_allow_ips; never its
+    FORWARDED_ALLOW_IPS environment variable); they set the client address the facade logs.
+    Forwarded, X-Forwarded-Host and X-Forwarded-Prefix are not read, and no header changes a
+    link (those come from RCMFLOW_FACADE_PUBLIC_URL).
+    """
+    trusted = settings.facade_trusted_proxies
+    # No access log: URLs carry search values (identifiers, dates) that may be PHI.
+    # Finite limits: uvicorn leaves concurrency open; h11 bounds headers (16 KiB).
+    return uvicorn.Config(
+        app, host=settings.facade_host, port=settings.facade_port, log_level="warning",
+        access_log=False, limit_concurrency=1000, timeout_keep_alive=5,
+        proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
+
+
 def run_facade(settings: Settings, kafka: KafkaConnection, source: str) -> int:
     """Serve until interrupted (0), or until the broker refuses the feed's login or ACL (2:
     a read model that silently stops following rcm.accounts would serve stale balances).
-    Raises ValueError when auth is on and no key is set."""
+    Raises ValueError for settings it must not start with (``build_app``)."""
     level = {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper())
     log.setLevel(level)
     app = build_app(settings, kafka, source)
     feeder: Feeder = app.state.feeder
-    log.info("FHIR facade on http://%s:%d%s (auth %s)", settings.facade_host,
-             settings.facade_port, settings.facade_base_path, settings.facade_auth)
-    # No access log: URLs carry search values (identifiers, dates) that may be PHI.
-    # Finite limits: uvicorn leaves concurrency open; h11 bounds headers (16 KiB).
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=settings.facade_host, port=settings.facade_port, log_level="warning",
-        access_log=False, limit_concurrency=1000, timeout_keep_alive=5))
+    log.info("FHIR facade on http://%s:%d%s, links name %s (auth %s)", settings.facade_host,
+             settings.facade_port, settings.facade_base_path, public_url(settings),
+             settings.facade_auth)
+    server = uvicorn.Server(server_config(app, settings))
 
     def stop(_: Exception) -> None:
         # A graceful stop (in-flight requests finish), as on SIGTERM; a signal would be

@@ -155,11 +155,17 @@ def facade() -> None:
 
     Keeps its own read model of rcm.accounts (SQLite under RCMFLOW_DATA_DIR/facade) and serves
     http://RCMFLOW_FACADE_HOST:RCMFLOW_FACADE_PORT/fhir. Bearer JWTs signed with
-    RCMFLOW_FACADE_JWT_KEY are required unless RCMFLOW_FACADE_AUTH=off (development only).
+    RCMFLOW_FACADE_JWT_KEY for RCMFLOW_FACADE_JWT_AUDIENCE are required, and links name
+    RCMFLOW_FACADE_PUBLIC_URL, unless RCMFLOW_FACADE_AUTH=off (development only).
     """
-    from rcmflow.facade.server import run_facade
+    from rcmflow.facade.server import check_settings, run_facade
 
     settings = _settings()
+    try:
+        check_settings(settings)  # before the broker: a bad setting is said first
+    except ValueError as exc:
+        err.print(f"[red]rcmflow facade: {escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from exc
     kafka = _connect(settings, kafka_access.facade_access())
     try:
         code = run_facade(settings, kafka, settings.resolve_broker()[1])

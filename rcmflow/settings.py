@@ -6,11 +6,13 @@ it. Built once in ``main()`` and passed down; nothing reads the environment else
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,7 +93,29 @@ class Settings(BaseSettings):
         None, description="HMAC secret (HS*) or PEM public key (RS256/ES256) that signs tokens."
     )
     facade_jwt_algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256"] = "HS256"
-    facade_jwt_audience: str | None = Field(None, description="Required `aud`, if set.")
+    facade_jwt_audience: str | None = Field(
+        None, description="The `aud` every token must carry (e.g. the facade's public URL). "
+        "Required when facade_auth is jwt: the facade refuses to start without it."
+    )
+    facade_jwt_leeway_s: float = Field(
+        30.0, ge=0, le=300, description="Clock skew allowed when checking a token's exp, nbf "
+        "and iat (seconds)."
+    )
+    facade_jwt_lifetime_max_s: int = Field(
+        3600, ge=60, le=24 * 3600, description="Longest token lifetime accepted: a token whose "
+        "exp - iat (or exp - now, without iat) is longer, plus the leeway, is refused (401)."
+    )
+    facade_public_url: str | None = Field(
+        None, description="The FHIR base URL clients reach the facade at, e.g. "
+        "https://portal.example.org/fhir (the reverse proxy's). Every link, fullUrl and "
+        "Content-Location is built from it, never from the request's Host. Required when "
+        "facade_auth is jwt; unset in dev: http://FACADE_HOST:FACADE_PORT/BASE_PATH."
+    )
+    facade_trusted_proxies: str = Field(
+        "127.0.0.1,::1", description="Comma-separated addresses or networks (CIDR) whose "
+        "X-Forwarded-For / X-Forwarded-Proto are believed (the reverse proxy's); '' trusts "
+        "none, '*' every peer (only where nothing but the proxy reaches the port)."
+    )
     facade_store: Path | None = Field(
         None, description="The facade's SQLite read model; unset: DATA_DIR/facade/read.sqlite."
     )
@@ -330,6 +354,31 @@ class Settings(BaseSettings):
     erp_tryton_companies: dict[str, int] = Field(
         {}, description="Entity -> Tryton company id (JSON); unset entities: the user's company.",
     )
+
+    @field_validator("facade_public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL, e.g. "
+                             "https://portal.example.org/fhir")
+        if parts.username is not None or parts.query or parts.fragment:
+            raise ValueError("must have no user, query or fragment")
+        return value.strip().rstrip("/")
+
+    @field_validator("facade_trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"{entry[:60]!r} is not an address or network") from exc
+        return ",".join(entries)
 
     @field_validator("data_dir", "coa", "facade_store", "erp_csv_dir", "kafka_ca_file",
                      "kafka_cert_file", "kafka_key_file")

@@ -25,7 +25,8 @@ The rewrites from container to local process (``local_environment``, ``Topology`
   network namespace; processes on one host do not).
 - ``RCMFLOW_*_HOST`` ``0.0.0.0`` -> ``127.0.0.1`` (the test's processes stay on loopback).
 - ``${VAR...}`` interpolation: ``RCMFLOW_FACADE_JWT_KEY`` is a fresh secret the test signs
-  its tokens with; everything else takes the file's defaults.
+  its tokens with, for a fresh ``RCMFLOW_FACADE_JWT_AUDIENCE``; everything else takes the
+  file's defaults.
 - The command's ``rcmflow`` -> the console script of this interpreter's environment; a
   healthcheck's ``python`` -> this interpreter. The kafka service's healthcheck (a script of
   the image) is replaced by ApacheKafka's own readiness wait.
@@ -98,7 +99,7 @@ RCMFLOW_SERVICES = sorted(name for name, svc in SERVICES.items()
 #: What `docker compose up` starts (no --profile).
 DEFAULT_SERVICES = sorted(name for name, svc in SERVICES.items() if not svc.get("profiles"))
 #: What the compose file needs from the shell; the test sets them (module docstring).
-REQUIRED_VARIABLES = ("RCMFLOW_FACADE_JWT_KEY",)
+REQUIRED_VARIABLES = ("RCMFLOW_FACADE_JWT_KEY", "RCMFLOW_FACADE_JWT_AUDIENCE")
 
 #: The variables the apache/kafka image fills in when they are unset
 #: (docker/resources/common-scripts/configureDefaults): the file must spell each one out, so
@@ -705,9 +706,9 @@ def test_the_compose_topology_runs_as_local_processes(topology: Topology) -> Non
     facade = topology.one("facade")
     port = facade.port("RCMFLOW_FACADE_PORT")
     base = f"http://127.0.0.1:{port}{facade.env.get('RCMFLOW_FACADE_BASE_PATH', '/fhir')}"
-    key = facade.env["RCMFLOW_FACADE_JWT_KEY"]
+    key, aud = facade.env["RCMFLOW_FACADE_JWT_KEY"], facade.env["RCMFLOW_FACADE_JWT_AUDIENCE"]
     with httpx.Client(base_url=base, timeout=10,
-                      headers={"Authorization": f"Bearer {token(key=key)}"}) as client:
+                      headers={"Authorization": f"Bearer {token(key=key, aud=aud)}"}) as client:
         def health() -> dict[str, Any]:
             doc: dict[str, Any] = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
             return doc

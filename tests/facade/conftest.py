@@ -36,6 +36,10 @@ from rcmflow.streams.topics import EVENTS
 from tests.factories import adjudication, charge, event_doc, payment
 
 JWT_KEY = "test-signing-key-of-enough-length-for-hs256"
+JWT_AUDIENCE = "https://portal.example.org/fhir"
+#: The configured public base of the in-process app: unlike the client's base_url
+#: (http://facade.test), so a link built from the request would show.
+PUBLIC_URL = "https://portal.example.org/fhir"
 #: Extra accounts beyond the demo's, so paging has several pages.
 EXTRA_ACCOUNTS = 23
 
@@ -105,10 +109,11 @@ def store(tmp_path_factory: pytest.TempPathFactory, tables: MemoryTables) -> Ite
     filled.close()
 
 
-def make_app(store: Store, *, auth: bool = True) -> FastAPI:
+def make_app(store: Store, *, auth: bool = True, public_url: str = PUBLIC_URL,
+             **auth_options: Any) -> FastAPI:
     authenticator = Authenticator(enabled=auth, key=JWT_KEY if auth else None,
-                                  algorithm="HS256")
-    return create_app(store, authenticator, FacadeConfig(count_max=50))
+                                  algorithm="HS256", audience=JWT_AUDIENCE, **auth_options)
+    return create_app(store, authenticator, FacadeConfig(public_url=public_url, count_max=50))
 
 
 @pytest.fixture(scope="session")
@@ -117,11 +122,13 @@ def app(store: Store) -> FastAPI:
 
 
 def token(*, scope: str = "system/*.read", patient: str | None = None, exp_s: float = 600,
-          key: str = JWT_KEY) -> str:
-    claims: dict[str, Any] = {"sub": "test", "scope": scope, "exp": int(time.time() + exp_s)}
-    if patient is not None:
-        claims["patient"] = patient
-    return jwt.encode(claims, key, algorithm="HS256")
+          key: str = JWT_KEY, aud: str | None = JWT_AUDIENCE, **claims: Any) -> str:
+    """A token as an identity provider issues it (``claims`` add or override; a claim
+    given as None is left out)."""
+    now = int(time.time())
+    doc: dict[str, Any] = {"sub": "test", "scope": scope, "aud": aud, "iat": now,
+                           "exp": now + exp_s, "patient": patient, **claims}
+    return jwt.encode({k: v for k, v in doc.items() if v is not None}, key, algorithm="HS256")
 
 
 def bearer(**kwargs: Any) -> dict[str, str]:
@@ -145,12 +152,14 @@ async def anon(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 class Served:
-    """An app under a real uvicorn server on a loopback port, in a thread."""
+    """An app under a real uvicorn server on a loopback port, in a thread (``config``:
+    uvicorn's settings as the facade makes them, instead of the plain ones)."""
 
-    def __init__(self, app: FastAPI) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
+    def __init__(self, app: FastAPI, *, port: int | None = None,
+                 config: uvicorn.Config | None = None) -> None:
+        self.port = config.port if config is not None else port or free_port()
+        self.server = uvicorn.Server(config or uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -172,8 +181,11 @@ class Served:
 
 
 @pytest.fixture(scope="session")
-def served(app: FastAPI) -> Iterator[Served]:
-    with Served(app) as running:
+def served(store: Store) -> Iterator[Served]:
+    """Real clients follow the links: the public URL is the server's own address."""
+    port = free_port()
+    app = make_app(store, public_url=f"http://127.0.0.1:{port}/fhir")
+    with Served(app, port=port) as running:
         yield running
 
 

@@ -17,7 +17,7 @@ from rcmflow.kafka_io import publish
 from rcmflow.settings import Settings
 from rcmflow.streams.topics import EVENTS
 from tests.conftest import Broker, Workers, wait_until
-from tests.facade.conftest import Served, bearer, check_resource, token
+from tests.facade.conftest import JWT_AUDIENCE, PUBLIC_URL, Served, bearer, check_resource, token
 from tests.factories import charge, payment
 
 pytestmark = pytest.mark.broker
@@ -51,7 +51,8 @@ def test_events_through_worker_show_in_facade(broker: Broker, workers: Workers,
                                               tmp_path: Path) -> None:
     worker = workers.start("w1")
     settings = Settings(broker=broker.url, data_dir=tmp_path / "facade-data",
-                        facade_jwt_key="e2e-key-of-enough-length-for-hs256-signing")
+                        facade_jwt_key="e2e-key-of-enough-length-for-hs256-signing",
+                        facade_jwt_audience=JWT_AUDIENCE, facade_public_url=PUBLIC_URL)
     # The JWT key of the served app differs from the fixtures' key: sign with it.
     app = build_app(settings, broker.connection, source="e2e")
     key = "e2e-key-of-enough-length-for-hs256-signing"
