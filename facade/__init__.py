@@ -3,7 +3,8 @@ PaymentReconciliation built from the compacted ``rcm.accounts`` records (heads a
 
 ``store`` (SQLite read model) · ``feed`` (rcm.accounts → store) · ``resources`` (records →
 FHIR) · ``params`` (the search parameter table) · ``auth`` (bearer JWT scopes) · ``errors``
-(OperationOutcome everywhere) · ``app`` (routes) · ``server`` (`rcmflow facade`).
+(OperationOutcome everywhere) · ``app`` (routes) · ``docs`` (API pages, local assets) ·
+``server`` (`rcmflow facade`).
 """
 
 from .app import FacadeConfig, capability_statement, create_app

@@ -184,7 +184,7 @@ class _Api:
         except AuthError as exc:
             # Who was refused, for an operator watching for token guessing: the peer as
             # uvicorn reports it (a trusted proxy's X-Forwarded-For, else the socket's).
-            log.warning("facade: %d for a request from %s: %s", exc.status,
+            log.info("facade: %d for a request from %s: %s", exc.status,
                         request.client.host if request.client else "?", exc)
             headers = {"WWW-Authenticate": 'Bearer realm="fhir"'} if exc.status == 401 else {}
             raise FhirError(exc.status, str(exc), headers=headers) from exc
@@ -276,11 +276,11 @@ class _Api:
             wanted = sorted({r.request for r in rows if r.request})
             included = [r for r in self.store.read_many("Claim", wanted)
                         if principal.patient is None or r.patient == principal.patient]
-        return Response(self._bundle(request, spec, search, total, rows, included, more),
+        return Response(self._bundle(spec, search, total, rows, included, more),
                         media_type=FHIR_JSON)
 
-    def _bundle(self, request: Request, spec: ResourceSpec, search: Search, total: int,
-                rows: list[Row], included: list[Row], more: bool) -> bytes:
+    def _bundle(self, spec: ResourceSpec, search: Search, total: int, rows: list[Row],
+                included: list[Row], more: bool) -> bytes:
         base = self.public_url
 
         def link(relation: str, cursor: tuple[str, str] | None) -> dict[str, str]:
@@ -382,8 +382,9 @@ def capability_statement(base_url: str, auth_enabled: bool) -> dict[str, Any]:
     security: dict[str, Any] = {
         "cors": True,
         "description": (
-            "Bearer JWT: system/*.read sees all; patient/*.read with a patient claim sees "
-            "that patient's resources only (another patient's id answers 404)."
+            "Bearer JWT with SMART scopes (v1 .read, v2 .r to read by id, .s to search): "
+            "system/* sees all; patient/* with a patient claim sees that patient's resources "
+            "only (another patient's id answers 404). Other scopes grant nothing."
             if auth_enabled else "Authentication is OFF (development only)."),
     }
     if auth_enabled:

@@ -161,7 +161,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(
     port = free_port()
     app = make_app(store)
     config = server_config(app, _settings(port, facade_trusted_proxies=trusted))
-    with Served(app, config=config), caplog.at_level(logging.WARNING, "rcmflow.facade"):
+    with Served(app, config=config), caplog.at_level(logging.INFO, "rcmflow.facade"):
         response = httpx.get(f"http://127.0.0.1:{port}/fhir/Account", timeout=10,
                              headers={"X-Forwarded-For": "203.0.113.7",
                                       "Authorization": "Bearer forged"})
