@@ -185,7 +185,7 @@ class _Api:
             # Who was refused, for an operator watching for token guessing: the peer as
             # uvicorn reports it (a trusted proxy's X-Forwarded-For, else the socket's).
             log.info("facade: %d for a request from %s: %s", exc.status,
-                        request.client.host if request.client else "?", exc)
+                     request.client.host if request.client else "?", exc)
             headers = {"WWW-Authenticate": 'Bearer realm="fhir"'} if exc.status == 401 else {}
             raise FhirError(exc.status, str(exc), headers=headers) from exc
         if not principal.may(action, type_):
