@@ -109,10 +109,9 @@ def store(tmp_path_factory: pytest.TempPathFactory, tables: MemoryTables) -> Ite
     filled.close()
 
 
-def make_app(store: Store, *, auth: bool = True, public_url: str = PUBLIC_URL,
-             **auth_options: Any) -> FastAPI:
+def make_app(store: Store, *, auth: bool = True, public_url: str = PUBLIC_URL) -> FastAPI:
     authenticator = Authenticator(enabled=auth, key=JWT_KEY if auth else None,
-                                  algorithm="HS256", audience=JWT_AUDIENCE, **auth_options)
+                                  algorithm="HS256", audience=JWT_AUDIENCE)
     return create_app(store, authenticator, FacadeConfig(public_url=public_url, count_max=50))
 
 
