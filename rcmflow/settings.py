@@ -159,8 +159,31 @@ class Settings(BaseSettings):
     )
     # HL7 v2 inbound (connectors/hl7): `rcmflow mllp`, `rcmflow ingest hl7`.
     mllp_host: str = Field(
-        "127.0.0.1", description="Listen address. Messages carry patient data: bind a "
-        "non-local address (0.0.0.0) only on a network meant for it.",
+        "127.0.0.1", description="Listen address. Messages carry patient data: plain TCP "
+        "is served on a loopback address only; any other address (0.0.0.0) needs TLS "
+        "(mllp_tls_cert/key) or mllp_allow_plain_network, else `rcmflow mllp` refuses to start.",
+    )
+    mllp_tls_cert: Path | None = Field(
+        None, description="PEM server certificate (chain) for MLLP over TLS (1.2 or newer), "
+        "with mllp_tls_key. Unset: plain TCP (loopback only).",
+    )
+    mllp_tls_key: Path | None = Field(None, description="PEM private key of mllp_tls_cert.")
+    mllp_tls_key_password: SecretStr | None = Field(
+        None, description="Password of mllp_tls_key, if it is encrypted."
+    )
+    mllp_tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: set, every sender must present a client "
+        "certificate it signed (mutual TLS); others are refused at connect.",
+    )
+    mllp_tls_allowed_senders: list[str] = Field(
+        [], description="Client certificate subject CNs or SAN DNS names allowed to send "
+        "(JSON list, case-insensitive; needs mllp_tls_client_ca). Empty: any certificate the "
+        "client CA signed. A sender not listed is refused at connect (logged, counted).",
+    )
+    mllp_allow_plain_network: bool = Field(
+        False, description="Allow plain TCP MLLP on a non-loopback address: only for a "
+        "trusted segment (a TLS proxy such as stunnel in front, a container whose port is "
+        "published on the host's loopback, an isolated interface VLAN). Logged at start.",
     )
     mllp_port: int = Field(2575, ge=0, le=65535, description="2575: HL7's registered port.")
     mllp_message_bytes_max: int = Field(
