@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rcmflow.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
+from rcmflow.streams.date_window import EARLIEST_DEFAULT, FUTURE_DAYS_DEFAULT, FUTURE_DAYS_MAX
 from rcmflow.streams.dedup import DEFAULT_HORIZON_DAYS
 
 __all__ = [
@@ -156,6 +158,17 @@ class Settings(BaseSettings):
     produce_timeout_s: float = Field(
         60.0, gt=0, description="Longest wait for the broker to ack a batch; then the worker "
         "crashes and its partitions move (nothing is committed without the acks)."
+    )
+    # Plausible dates (streams/date_window.py): every connector and the worker refuse an
+    # event dated outside [date_earliest, today + date_future_days] (date_out_of_range).
+    date_earliest: date = Field(
+        EARLIEST_DEFAULT, description="Earliest event date taken (YYYY-MM-DD, itself "
+        "included); older: HL7 AE, X12 set parked, payment row / FHIR resource rejected, "
+        "rcm.dlq (date_out_of_range). Lower it to load older history.",
+    )
+    date_future_days: int = Field(
+        FUTURE_DAYS_DEFAULT, ge=0, le=FUTURE_DAYS_MAX, description="Latest event date taken: "
+        "today (UTC) + this many days; later: refused like a date before date_earliest.",
     )
     # HL7 v2 inbound (connectors/hl7): `rcmflow mllp`, `rcmflow ingest hl7`.
     mllp_host: str = Field(

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rcmflow import metrics
 from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.streams.date_window import DateWindow
 
 from .intake import Intake, KafkaSink, Sink, raw_record_bytes_max
 from .listener import ListenerLimits, MllpListener
@@ -42,6 +43,7 @@ def mapping_config(settings: Settings) -> MappingConfig:
         status_by_trigger={k.upper(): v for k, v in settings.hl7_status_by_trigger.items()},
         default_tz=_zone(settings.hl7_timezone),
         ft1_max=settings.hl7_ft1_max,
+        date_window=DateWindow.from_settings(settings),
     )
 
 
