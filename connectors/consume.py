@@ -676,11 +676,16 @@ def _handler(settings: Settings, fmt: Format, sink: Sink, *, channel: str, curre
 
         bytes_max, setting = settings.fhir_file_bytes_max, "RCMFLOW_FHIR_FILE_BYTES_MAX"
     elif fmt == "payments":
+        from rcmflow.streams.date_window import DateWindow
+
         from .payments.ingest import process_payments
+
+        window = DateWindow.from_settings(settings)
 
         def unit(r: Incoming) -> Sequence[Outgoing]:
             return process_payments(r.value or b"", name="", origin=r.origin, channel=channel,
-                                    rows_max=settings.payments_rows_max).records(payload_max)
+                                    rows_max=settings.payments_rows_max,
+                                    date_window=window).records(payload_max)
 
         bytes_max, setting = settings.payments_file_bytes_max, "RCMFLOW_PAYMENTS_FILE_BYTES_MAX"
     else:

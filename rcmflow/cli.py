@@ -277,9 +277,11 @@ def mllp(
 
     AA only once the raw message and its events are on the broker (acks=all); AE/AR with ERR
     segments, and the message in rcm.dlq, when it is refused; a replay (same MSH-3/4/10 and
-    content) gets AA again and publishes nothing. Metrics: rcmflow_mllp_messages_total by
-    ACK code. Runs until Ctrl-C. Exit 2: bad setting, no broker, a port taken, or another
-    listener holds this data dir's replay store.
+    content) gets AA again and publishes nothing. Plain TCP on a loopback address only;
+    elsewhere TLS (RCMFLOW_MLLP_TLS_CERT/_KEY, client certificates with
+    RCMFLOW_MLLP_TLS_CLIENT_CA/_ALLOWED_SENDERS). Metrics: rcmflow_mllp_messages_total by
+    ACK code. Runs until Ctrl-C. Exit 2: bad setting (plain TCP off loopback included), no
+    broker, a port taken, or another listener holds this data dir's replay store.
     """
     from rcmflow.connectors.hl7.service import run_mllp
 

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rcmflow.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
+from rcmflow.streams.date_window import EARLIEST_DEFAULT, FUTURE_DAYS_DEFAULT, FUTURE_DAYS_MAX
 from rcmflow.streams.dedup import DEFAULT_HORIZON_DAYS
 
 __all__ = [
@@ -181,10 +183,44 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Longest wait for the broker to ack a batch; then the worker "
         "crashes and its partitions move (nothing is committed without the acks)."
     )
+    # Plausible dates (streams/date_window.py): every connector and the worker refuse an
+    # event dated outside [date_earliest, today + date_future_days] (date_out_of_range).
+    date_earliest: date = Field(
+        EARLIEST_DEFAULT, description="Earliest event date taken (YYYY-MM-DD, itself "
+        "included); older: HL7 AE, X12 set parked, payment row / FHIR resource rejected, "
+        "rcm.dlq (date_out_of_range). Lower it to load older history.",
+    )
+    date_future_days: int = Field(
+        FUTURE_DAYS_DEFAULT, ge=0, le=FUTURE_DAYS_MAX, description="Latest event date taken: "
+        "today (UTC) + this many days; later: refused like a date before date_earliest.",
+    )
     # HL7 v2 inbound (connectors/hl7): `rcmflow mllp`, `rcmflow ingest hl7`.
     mllp_host: str = Field(
-        "127.0.0.1", description="Listen address. Messages carry patient data: bind a "
-        "non-local address (0.0.0.0) only on a network meant for it.",
+        "127.0.0.1", description="Listen address. Messages carry patient data: plain TCP "
+        "is served on a loopback address only; any other address (0.0.0.0) needs TLS "
+        "(mllp_tls_cert/key) or mllp_allow_plain_network, else `rcmflow mllp` refuses to start.",
+    )
+    mllp_tls_cert: Path | None = Field(
+        None, description="PEM server certificate (chain) for MLLP over TLS (1.2 or newer), "
+        "with mllp_tls_key. Unset: plain TCP (loopback only).",
+    )
+    mllp_tls_key: Path | None = Field(None, description="PEM private key of mllp_tls_cert.")
+    mllp_tls_key_password: SecretStr | None = Field(
+        None, description="Password of mllp_tls_key, if it is encrypted."
+    )
+    mllp_tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: set, every sender must present a client "
+        "certificate it signed (mutual TLS); others are refused at connect.",
+    )
+    mllp_tls_allowed_senders: list[str] = Field(
+        [], description="Client certificate subject CNs or SAN DNS names allowed to send "
+        "(JSON list, case-insensitive; needs mllp_tls_client_ca). Empty: any certificate the "
+        "client CA signed. A sender not listed is refused at connect (logged, counted).",
+    )
+    mllp_allow_plain_network: bool = Field(
+        False, description="Allow plain TCP MLLP on a non-loopback address: only for a "
+        "trusted segment (a TLS proxy such as stunnel in front, a container whose port is "
+        "published on the host's loopback, an isolated interface VLAN). Logged at start.",
     )
     mllp_port: int = Field(2575, ge=0, le=65535, description="2575: HL7's registered port.")
     mllp_message_bytes_max: int = Field(

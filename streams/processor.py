@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from .chart import ChartOfAccounts
 from .core import ACCOUNT_ITEMS_MAX, Applied, apply, item_changes, new_account, touched_items
+from .date_window import DATE_OUT_OF_RANGE, DEFAULT_WINDOW, DateWindow
 from .dedup import (
     DEFAULT_HORIZON_DAYS,
     HORIZON_PREFIX,
@@ -141,18 +142,22 @@ class Processor:
         dlq_payload_bytes_max: int = DLQ_PAYLOAD_BYTES_MAX,
         output_bytes_max: int = OUTPUT_RECORD_BYTES_MAX,
         dedup_horizon_days: int = DEFAULT_HORIZON_DAYS,
+        date_window: DateWindow = DEFAULT_WINDOW,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``output_bytes_max``: the largest delta the worker may write (rcm.postings' record
         limit); an event that would make a larger one is refused. ``dedup_horizon_days``:
         how long dedup records are kept (``dedup.py``); ``clock``: seconds since the epoch,
-        the bound on how far ahead a record's timestamp may move the dedup clock."""
+        the bound on how far ahead a record's timestamp may move the dedup clock.
+        ``date_window``: events dated outside it go to rcm.dlq (date_out_of_range), judged
+        against the day of the record's timestamp, so a batch read again is judged alike."""
         self.chart = chart
         self.event_bytes_max = event_bytes_max
         self.account_items_max = account_items_max
         self.dlq_payload_bytes_max = dlq_payload_bytes_max
         self.output_bytes_max = output_bytes_max - RECORD_OVERHEAD_BYTES
         self.dedup_horizon_days = dedup_horizon_days
+        self.date_window = date_window
         self.clock = clock
 
     def process(self, messages: list[Message], tables: Lookups) -> BatchResult:
@@ -259,7 +264,13 @@ class Processor:
         current = head or new_account(event.account)
         dated = day_of(event.occurred_at)
         outcome: Applied | Rejection
-        if dated < marks[part]:
+        implausible = self.date_window.problem(event.occurred_at, "occurred_at",
+                                               today=date.fromordinal(day))
+        if implausible is not None:
+            outcome = Rejection(stage="validate", reason_code=DATE_OUT_OF_RANGE,
+                                detail=implausible)
+            dated = day  # filed by its arrival: a date in 9999 must not pin the record
+        elif dated < marks[part]:
             outcome = _beyond_horizon(dated, marks[part], self.dedup_horizon_days)
         else:
             outcome = apply(current, event, self.chart, items, items_max=self.account_items_max)

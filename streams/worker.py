@@ -72,6 +72,7 @@ from rcmflow.tables.faust_internals import (
 )
 
 from .chart import ChartOfAccounts
+from .date_window import DateWindow
 from .ordering import Admitted, OffsetGuard
 from .outbox import Outbox, OutRecord
 from .processor import BatchResult, Counts, Message, Processor
@@ -440,7 +441,8 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     processor = Processor(chart, event_bytes_max=settings.event_bytes_max,
                           account_items_max=settings.account_items_max,
                           dlq_payload_bytes_max=settings.dlq_payload_bytes_max,
-                          dedup_horizon_days=settings.dedup_horizon_days)
+                          dedup_horizon_days=settings.dedup_horizon_days,
+                          date_window=DateWindow.from_settings(settings))
     outbox = Outbox(kafka=kafka, timeout_s=settings.produce_timeout_s, app_id=settings.app_id,
                     source_topic=EVENTS,
                     exactly_once=settings.processing_guarantee == "exactly_once")

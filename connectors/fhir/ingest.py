@@ -24,6 +24,7 @@ from rcmflow.connectors.files import Record, WholeFile, ingest_files, say
 from rcmflow.connectors.totals import SourceTotals
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
+from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
 
@@ -66,7 +67,8 @@ def limits_from(settings: Settings, currency: str) -> FhirLimits:
         resource_bytes_max=settings.fhir_resource_bytes_max,
         dlq_payload_bytes_max=settings.dlq_payload_bytes_max,
         options=MappingOptions(currencies=frozenset({currency}),
-                               account_systems=tuple(settings.fhir_account_systems)),
+                               account_systems=tuple(settings.fhir_account_systems),
+                               date_window=DateWindow.from_settings(settings)),
     )
 
 

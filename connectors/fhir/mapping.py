@@ -33,6 +33,7 @@ from typing import Any, Literal, TypeAlias
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.events import (
     ChargePosted,
     ChargeReversed,
@@ -84,6 +85,7 @@ ERRORS_SHOWN_MAX = 3
 class MappingOptions:
     currencies: frozenset[str] = frozenset({"USD"})
     account_systems: tuple[str, ...] = ("urn:rcmflow:account",)
+    date_window: DateWindow = DateWindow()  # a resource dated outside it is rejected
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,10 @@ def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapp
                                  "fhir_invalid_amount")
         quantity = _quantity(doc.get("quantity"))
         occurred = _charge_time(doc)
+        if implausible := options.date_window.problem(occurred, "the charge's date "
+                                                      "(occurrence[DateTime|Period.start], "
+                                                      "else enteredDate)"):
+            raise FhirValueError(implausible, DATE_OUT_OF_RANGE)
     except FhirValueError as exc:
         return Problem(exc.code, f"ChargeItem: {exc}", account=account)
     try:
@@ -384,6 +390,9 @@ def _detail_event(doc: dict[str, Any], detail: dict[str, Any], n: int, cents: in
     except (StopIteration, FhirValueError) as exc:
         return Problem("fhir_invalid_value", f"PaymentReconciliation {where}: "
                        f"{exc if isinstance(exc, FhirValueError) else 'no date'}",
+                       account=account, where=where)
+    if implausible := options.date_window.problem(occurred, when[0]):
+        return Problem(DATE_OUT_OF_RANGE, f"PaymentReconciliation {where}: {implausible}",
                        account=account, where=where)
     ident = identifier_key(detail.get("identifier"))
     event_id = event_key("PaymentReconciliation.detail", ident) if ident else f"{key}:{where}"

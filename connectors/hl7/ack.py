@@ -90,4 +90,7 @@ def build_ack(
     text = escape(problems[0].text[:_TEXT_CHARS_MAX]) if problems else ""
     segments = [_FS.join(header), _FS.join(["MSA", code, acked, text]).rstrip(_FS)]
     segments += [_err(p, version) for p in problems]
-    return ("\r".join(segments) + "\r").encode("utf-8")
+    # In the message's own codec: MSA-2 must be the sender's MSH-10 byte for byte. Our own
+    # texts are ASCII; "?" stands in for anything else the codec cannot write.
+    charset = msg.charset if msg is not None else "utf-8"
+    return ("\r".join(segments) + "\r").encode(charset, errors="replace")

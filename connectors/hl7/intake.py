@@ -51,7 +51,7 @@ from .problems import (
     Problem,
     Rejected,
 )
-from .reader import Hl7Message, HL7ParseError, normalise, read_message
+from .reader import Hl7Message, HL7ParseError, charset_of, normalise, read_bytes, read_message
 from .replay import ReplayStore
 
 __all__ = ["Sink", "Outcome", "Intake", "KafkaSink", "WriteFailed", "internal_error_ack"]
@@ -112,7 +112,7 @@ class Intake:
 
         text = normalise(raw)
         try:
-            msg = read_message(text)
+            msg = read_message(text, charset=charset_of(raw))
         except HL7ParseError as exc:
             problem = Problem("unreadable", SEGMENT_SEQUENCE_ERROR, "", str(exc))
             return await refuse(None, Rejected("AR", "decode", (problem,)))
@@ -156,7 +156,7 @@ class Intake:
         sender when it is still there, and the bytes we kept to the DLQ either way."""
         msg: Hl7Message | None = None
         try:
-            msg = read_message(normalise(error.head).split("\r", 1)[0])
+            msg = read_bytes(error.head, first_segment_only=True)
         except HL7ParseError:
             pass
         problem = Problem(error.reason_code, INTERNAL_ERROR if error.reason_code == "too_large"
@@ -224,7 +224,7 @@ class Intake:
 def internal_error_ack(raw: bytes) -> bytes:
     """AR for a message the intake failed on: nothing is known to be stored, send again."""
     try:
-        msg: Hl7Message | None = read_message(normalise(raw).split("\r", 1)[0])
+        msg: Hl7Message | None = read_bytes(raw, first_segment_only=True)
     except HL7ParseError:
         msg = None
     problem = Problem("internal_error", INTERNAL_ERROR, "",

@@ -5,6 +5,10 @@ connections they are handled concurrently. The connection stays open after any b
 (oversized: the rest of it is read and dropped, then AR). The listener closes a connection
 only when the peer does, after ``idle_timeout_s`` without a byte, past ``connections_max``
 (closed at once), or at shutdown; each of these is logged with the peer address.
+
+With TLS (``tls.py``) each connection is upgraded before a byte of HL7 is read: a failed
+handshake (a plain-TCP client, no or an untrusted client certificate, a protocol below TLS
+1.2) or a sender not on the allow-list is closed at once, logged and counted.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
 
 from rcmflow.metrics import Metric, counter, gauge
 
 from .ack import AckCode
 from .framing import Frame, MllpDecoder, frame
 from .intake import Intake, internal_error_ack
+from .tls import MllpTls, check_bind, sender_names
 
 __all__ = ["ListenerLimits", "MllpListener"]
 
@@ -33,12 +40,26 @@ class ListenerLimits:
     connections_max: int = 256
     idle_timeout_s: float = 3600.0
     ack_write_timeout_s: float = 30.0
+    #: A TLS handshake not done by then is dropped (a stalled client holds no slot for long).
+    tls_handshake_timeout_s: float = 30.0
+
+
+RefusalReason = Literal["connections_max", "tls_handshake", "sender_not_allowed"]
 
 
 class MllpListener:
-    def __init__(self, intake: Intake, limits: ListenerLimits) -> None:
+    def __init__(self, intake: Intake, limits: ListenerLimits, *, tls: MllpTls | None = None,
+                 allow_plain_network: bool = False) -> None:
+        """``tls``: serve MLLP over TLS; None: plain TCP, on a loopback address unless
+        ``allow_plain_network`` (``tls.check_bind``)."""
         self._intake = intake
         self._limits = limits
+        self._tls = tls
+        self._allow_plain_network = allow_plain_network
+        #: Built at start: a bad certificate or key stops the start, not the first sender.
+        self._context: ssl.SSLContext | None = None
+        #: Connections closed before any message, by why (the metric).
+        self.refused: Counter[RefusalReason] = Counter()
         self._server: asyncio.Server | None = None
         #: Connection tasks -> busy (handling a frame: not cancelled at shutdown).
         self._connections: dict[asyncio.Task[None], bool] = {}
@@ -48,11 +69,22 @@ class MllpListener:
         self.acks: Counter[AckCode] = Counter()
 
     async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port (0 picks a free one)."""
+        """Listen; returns the bound port (0 picks a free one). ValueError: plain TCP on a
+        non-loopback address, or a TLS file that cannot be loaded."""
+        check_bind(host, self._tls, allow_plain_network=self._allow_plain_network)
+        if self._tls is not None:
+            self._context = self._tls.server_context()
         self._server = await asyncio.start_server(self._serve, host, port,
                                                   limit=_READ_BYTES, reuse_address=True)
         bound = self._server.sockets[0].getsockname()[1]
-        log.info("MLLP listening on %s:%d", host, bound)
+        if self._tls is None:
+            log.info("MLLP listening on %s:%d (plain TCP)", host, bound)
+        else:
+            senders = ("any certificate the client CA signed" if not self._tls.allowed_senders
+                       else f"{len(self._tls.allowed_senders)} allowed senders")
+            log.info("MLLP listening on %s:%d (TLS%s)", host, bound,
+                     f"; client certificates required: {senders}"
+                     if self._tls.client_ca_file else "")
         return int(bound)
 
     def families(self) -> list[Metric]:
@@ -65,6 +97,11 @@ class MllpListener:
                     [({"ack": code}, self.acks[code]) for code in codes]),
             gauge("rcmflow_mllp_connections", "Open MLLP connections",
                   [({}, len(self._connections))]),
+            counter("rcmflow_mllp_connections_refused", "MLLP connections closed before any "
+                    "message: connections_max, tls_handshake (plain TCP to a TLS port, no or "
+                    "an untrusted client certificate), sender_not_allowed (allow-list)",
+                    [({"reason": r}, self.refused[r]) for r in
+                     ("connections_max", "tls_handshake", "sender_not_allowed")]),
         ]
 
     async def stop(self) -> None:
@@ -100,11 +137,14 @@ class MllpListener:
         if len(self._connections) >= self._limits.connections_max:
             log.warning("MLLP %s refused: %d connections open (connections_max)", peer,
                         len(self._connections))
+            self.refused["connections_max"] += 1
             writer.close()
             return
         self._connections[task] = False
-        log.info("MLLP %s connected", peer)
         try:
+            if self._context is not None and not await self._secure(writer, peer):
+                return
+            log.info("MLLP %s connected", peer)
             await self._converse(reader, writer, peer)
         except asyncio.CancelledError:
             log.info("MLLP %s closed: listener shutting down", peer)
@@ -113,6 +153,28 @@ class MllpListener:
         finally:
             self._connections.pop(task, None)
             writer.close()
+
+    async def _secure(self, writer: asyncio.StreamWriter, peer: object) -> bool:
+        """The TLS handshake and the allow-list; False (logged, counted): refused."""
+        assert self._context is not None and self._tls is not None
+        try:
+            await writer.start_tls(self._context,
+                                   ssl_handshake_timeout=self._limits.tls_handshake_timeout_s)
+        except (OSError, TimeoutError, EOFError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            log.warning("MLLP %s refused: TLS handshake failed (%s)", peer, reason)
+            self.refused["tls_handshake"] += 1
+            return False
+        cert = writer.get_extra_info("peercert")
+        refusal = self._tls.refusal(cert)
+        if refusal is not None:
+            log.warning("MLLP %s refused: %s", peer, refusal)
+            self.refused["sender_not_allowed"] += 1
+            return False
+        names = ",".join(sorted(sender_names(cert)))
+        log.info("MLLP %s TLS %s%s", peer, writer.get_extra_info("ssl_object").version(),
+                 f", sender {names}" if names else "")
+        return True
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         peer: object) -> None:

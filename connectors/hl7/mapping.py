@@ -11,6 +11,9 @@ account status change. A message is accepted or refused whole: one bad FT1 refus
 ``source_totals`` reads an accepted message's money again, straight from its FT1 fields (not
 from the events), for `rcmflow reconcile` (connectors/totals.py): measure ``charges``, charge
 types positive, credit types and negative amounts or quantities negative.
+
+An event's date (FT1-4, else EVN-2, else MSH-7) outside the configured window
+(streams/date_window.py) refuses the message: AE, date_out_of_range, at the field it came from.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal
 
 from rcmflow.connectors.totals import SourceTotals
+from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.events import EVENT_ADAPTER, Event, ValidationError
 
 from .problems import (
@@ -73,6 +77,8 @@ class MappingConfig:
     entity: str = "01"
     #: More FT1s than this: the message is refused whole (its raw record must stay bounded).
     ft1_max: int = 1000
+    #: Event dates outside it refuse the message (RCMFLOW_DATE_EARLIEST / _FUTURE_DAYS).
+    date_window: DateWindow = DateWindow()
 
 
 def source_key(msg: Hl7Message) -> str:
@@ -122,11 +128,12 @@ def map_message(msg: Hl7Message, config: MappingConfig) -> list[Event] | Rejecte
     if account is None and (ft1s or status is not None) and not problems.problems:
         problems.add("no_account", REQUIRED_FIELD_MISSING, "PID^1^18",
                      "no account number: " + " and ".join(config.account_fields) + " are empty")
-    occurred = _message_time(msg, config, problems)
+    occurred, occurred_at = _message_time(msg, config, problems)
     pv1 = msg.first("PV1")
     encounter = _code(pv1, 19, problems) if pv1 else None
     docs: list[tuple[str, dict[str, Any]]] = []
     if status is not None:
+        _check_date(occurred, occurred_at, config, problems)
         docs.append(("MSH^1^9", {"kind": "account_status_changed", "event_id": f"{base}:status",
                                  "status": status, "occurred_at": occurred,
                                  "dimensions": _dimensions(config, encounter=encounter)}))
@@ -134,7 +141,7 @@ def map_message(msg: Hl7Message, config: MappingConfig) -> list[Event] | Rejecte
         problems.add("no_ft1", REQUIRED_FIELD_MISSING, "FT1",
                      f"a DFT^{trigger} message without FT1 segments carries no charge")
     for ft1 in ft1s:
-        doc = _financial(ft1, config, problems, occurred, encounter, base)
+        doc = _financial(ft1, config, problems, (occurred, occurred_at), encounter, base)
         if doc is not None:
             docs.append((f"FT1^{ft1.index}", doc))
     if problems.problems:
@@ -170,21 +177,34 @@ def _account(msg: Hl7Message, config: MappingConfig, problems: _Collector) -> st
     return None
 
 
-def _message_time(msg: Hl7Message, config: MappingConfig, problems: _Collector) -> datetime:
-    """EVN-2 (recorded date/time), else MSH-7; a value that is there must be valid."""
+def _check_date(when: datetime, where: str, config: MappingConfig,
+                problems: _Collector) -> None:
+    """``where``: the field the date came from ('FT1^2^4')."""
+    seg, index, number = where.split("^")
+    label = f"{seg}-{number}" + (f" (FT1 #{index})" if seg == "FT1" else "")
+    text = config.date_window.problem(when, label)
+    if text is not None and not any(p.location == where and p.reason_code == DATE_OUT_OF_RANGE
+                                    for p in problems.problems):
+        problems.add(DATE_OUT_OF_RANGE, DATA_TYPE_ERROR, where, text)
+
+
+def _message_time(msg: Hl7Message, config: MappingConfig,
+                  problems: _Collector) -> tuple[datetime, str]:
+    """EVN-2 (recorded date/time), else MSH-7, and where it was read ('EVN^1^2'); a value
+    that is there must be valid."""
     evn = msg.first("EVN")
     for seg, number, where in ((evn, 2, "EVN^1^2"), (msg.msh, 7, "MSH^1^7")):
         text = seg.part(number) if seg else ""
         if not text:
             continue
         try:
-            return parse_timestamp(text, config.default_tz, where.replace("^1^", "-"))
+            return parse_timestamp(text, config.default_tz, where.replace("^1^", "-")), where
         except ValueProblem as exc:
             problems.add("invalid_timestamp", DATA_TYPE_ERROR, where, str(exc))
-            return datetime.now(UTC)
+            return datetime.now(UTC), where
     problems.add("no_timestamp", REQUIRED_FIELD_MISSING, "MSH^1^7",
                  "no message date/time: EVN-2 and MSH-7 are empty")
-    return datetime.now(UTC)
+    return datetime.now(UTC), "MSH^1^7"
 
 
 def _code(seg: Segment, number: int, problems: _Collector, component: int = 1) -> str | None:
@@ -202,8 +222,10 @@ def _dimensions(config: MappingConfig, **dims: str | None) -> dict[str, str]:
     return {"entity": config.entity, **{k: v for k, v in dims.items() if v}}
 
 
-def _financial(ft1: Segment, config: MappingConfig, problems: _Collector, occurred: datetime,
-               encounter: str | None, base: str) -> dict[str, Any] | None:
+def _financial(ft1: Segment, config: MappingConfig, problems: _Collector,
+               occurred: tuple[datetime, str], encounter: str | None,
+               base: str) -> dict[str, Any] | None:
+    """``occurred``: the message's time and where it was read, for an FT1 without FT1-4."""
     at = f"FT1^{ft1.index}^"
     before = len(problems.problems)
     type_code = ft1.part(6).upper()
@@ -237,13 +259,17 @@ def _financial(ft1: Segment, config: MappingConfig, problems: _Collector, occurr
         problems.add("invalid_quantity", DATA_TYPE_ERROR, at + "10", "FT1-10 quantity is 0")
     if amount == 0 and len(problems.problems) == before:
         problems.add("invalid_amount", DATA_TYPE_ERROR, at + "11", "the FT1 amount is 0")
-    when = occurred
+    when, when_at = occurred
     posted = ft1.part(4)
     if posted:
         try:
             when = parse_timestamp(posted, config.default_tz, "FT1-4 transaction date")
+            when_at = at + "4"
         except ValueProblem as exc:
             problems.add("invalid_timestamp", DATA_TYPE_ERROR, at + "4", str(exc))
+            when_at = ""  # refused already: no second word about its date
+    if when_at:
+        _check_date(when, when_at, config, problems)
     procedure = _code(ft1, 25, problems)
     if procedure is None and ft1.part(7, 3).upper() in _PROCEDURE_SYSTEMS:
         procedure = _code(ft1, 7, problems)
@@ -274,7 +300,7 @@ def source_totals(msg: Hl7Message, config: MappingConfig, events: list[Event]) -
     account = _account(msg, config, _Collector())
     if account is None:
         return totals  # no FT1 and no status: nothing moves
-    message_day = _message_time(msg, config, _Collector()).date()
+    message_day = _message_time(msg, config, _Collector())[0].date()
     base = _event_id_base(msg)
     for ft1 in msg.all("FT1"):
         quantity = parse_quantity(ft1.part(10))

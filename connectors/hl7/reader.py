@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-__all__ = ["HL7ParseError", "Hl7Message", "Segment", "read_message", "normalise"]
+__all__ = ["HL7ParseError", "Hl7Message", "Segment", "read_message", "read_bytes",
+           "normalise", "charset_of"]
 
 _BOM = b"\xef\xbb\xbf"
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
@@ -24,6 +25,15 @@ _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 
 class HL7ParseError(ValueError):
     """The bytes are not an HL7 v2 message rcmflow can read; the text says why."""
+
+
+def charset_of(raw: bytes) -> str:
+    """The codec ``normalise`` reads ``raw`` with: "utf-8", else "latin-1"."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf-8"
 
 
 def normalise(raw: bytes) -> str:
@@ -34,10 +44,7 @@ def normalise(raw: bytes) -> str:
     """
     if raw.startswith(_BOM):
         raw = raw[len(_BOM):]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
+    text = raw.decode(charset_of(raw))
     text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r \t\x00")
     return text
 
@@ -102,6 +109,9 @@ class Hl7Message:
     text: str
     encoding: Encoding
     segments: tuple[Segment, ...]
+    #: The codec the bytes were read with: the ACK is written in it, so MSA-2 echoes MSH-10
+    #: byte for byte (a Latin-1 control id re-encoded as UTF-8 is another id to the sender).
+    charset: str = "utf-8"
 
     @property
     def msh(self) -> Segment:
@@ -127,8 +137,18 @@ class Hl7Message:
         return self.msh.part(12)
 
 
-def read_message(text: str) -> Hl7Message:
-    """Split a normalised message (see ``normalise``) into segments."""
+def read_bytes(raw: bytes, *, first_segment_only: bool = False) -> Hl7Message:
+    """``read_message(normalise(raw))``, remembering the codec the bytes were read with;
+    ``first_segment_only``: just the MSH (a frame's head, for its answer)."""
+    text = normalise(raw)
+    if first_segment_only:
+        text = text.split("\r", 1)[0]
+    return read_message(text, charset=charset_of(raw))
+
+
+def read_message(text: str, *, charset: str = "utf-8") -> Hl7Message:
+    """Split a normalised message (see ``normalise``) into segments; ``charset``: the codec
+    its bytes were read with (``charset_of``)."""
     if not text.startswith("MSH"):
         raise HL7ParseError("the message does not start with an MSH segment")
     if len(text) < 8:
@@ -158,4 +178,4 @@ def read_message(text: str) -> Hl7Message:
             raise HL7ParseError("more than one MSH segment: send one message per frame")
         counts[name] = counts.get(name, 0) + 1
         segments.append(Segment(name, counts[name], fields, enc))
-    return Hl7Message(text, enc, tuple(segments))
+    return Hl7Message(text, enc, tuple(segments), charset)

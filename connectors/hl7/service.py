@@ -11,11 +11,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rcmflow import metrics
 from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.streams.date_window import DateWindow
 
 from .intake import Intake, KafkaSink, Sink, raw_record_bytes_max
 from .listener import ListenerLimits, MllpListener
 from .mapping import MappingConfig
 from .replay import ReplayStore, ReplayStoreLocked
+from .tls import is_loopback, tls_from_settings
 
 if TYPE_CHECKING:
     from rcmflow.settings import Settings
@@ -41,6 +43,7 @@ def mapping_config(settings: Settings) -> MappingConfig:
         status_by_trigger={k.upper(): v for k, v in settings.hl7_status_by_trigger.items()},
         default_tz=_zone(settings.hl7_timezone),
         ft1_max=settings.hl7_ft1_max,
+        date_window=DateWindow.from_settings(settings),
     )
 
 
@@ -79,7 +82,8 @@ async def serve(settings: Settings, kafka: KafkaConnection, host: str, port: int
     try:
         await sink.start()
         intake = new_intake(settings, sink, store, "mllp")
-        listener = MllpListener(intake, limits(settings))
+        listener = MllpListener(intake, limits(settings), tls=tls_from_settings(settings),
+                                allow_plain_network=settings.mllp_allow_plain_network)
         await listener.start(host, port)
         if metrics_port:
             bound = metrics.serve(metrics.new_registry(listener.families),
@@ -102,6 +106,10 @@ def run_mllp(settings: Settings, kafka: KafkaConnection, host: str, port: int,
         {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper()))
     try:
         mapping_config(settings)
+        tls = tls_from_settings(settings)
+        if tls is None and settings.mllp_allow_plain_network and not is_loopback(host):
+            log.warning("MLLP: plain TCP on %s (RCMFLOW_MLLP_ALLOW_PLAIN_NETWORK): patient "
+                        "data crosses this network unencrypted", host)
         asyncio.run(serve(settings, kafka, host, port, metrics_port=metrics_port))
     except (ReplayStoreLocked, ValueError, OSError) as exc:
         log.error("%s", exc)

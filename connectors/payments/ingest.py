@@ -18,6 +18,7 @@ from rich.console import Console
 from rcmflow.connectors.files import Record, WholeFile, ingest_files, say
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
+from rcmflow.streams.date_window import DEFAULT_WINDOW, DateWindow
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_PAYMENTS
 
@@ -75,7 +76,8 @@ class PaymentsOutcome:
 
 
 def process_payments(data: bytes, *, name: str, origin: str, channel: str = "lockbox",
-                     rows_max: int = 1_000_000) -> PaymentsOutcome:
+                     rows_max: int = 1_000_000,
+                     date_window: DateWindow = DEFAULT_WINDOW) -> PaymentsOutcome:
     """Every row of a CSV / JSON-lines payment file, as an event or a rejection."""
     outcome = PaymentsOutcome(origin=origin)
     try:
@@ -97,7 +99,7 @@ def process_payments(data: bytes, *, name: str, origin: str, channel: str = "loc
         if isinstance(item, RowError):
             outcome.rejected.append(Rejected(_row_of(item), item.code, item.detail, ""))
             continue
-        event = row_event(item, channel=channel)
+        event = row_event(item, channel=channel, date_window=date_window)
         account = item.fields.get("account") or None
         if isinstance(event, RowError):
             outcome.rejected.append(Rejected(item.number, event.code, event.detail, item.text,
@@ -133,7 +135,8 @@ def ingest_payment_files(settings: Settings, kafka: KafkaConnection, files: list
         open_file=lambda path: WholeFile(
             path, lambda p: process_payments(p.read_bytes(), name=p.name, origin=f"file:{p}",
                                              channel=channel,
-                                             rows_max=settings.payments_rows_max),
+                                             rows_max=settings.payments_rows_max,
+                                             date_window=DateWindow.from_settings(settings)),
             lambda outcome: outcome.records(settings.dlq_payload_bytes_max)),
         report=lambda path, whole, console: report_payments(path, whole.outcome, console))
 

@@ -41,6 +41,7 @@ from typing import Any, TypeAlias
 from pydantic import ValidationError
 
 from rcmflow.connectors.totals import SourceTotals
+from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DEFAULT_WINDOW, DateWindow
 from rcmflow.streams.events import EventKind, PatientPayment, Refund, WriteOff
 
 from .money import MoneyError, parse_cents
@@ -146,7 +147,8 @@ def _when(text: str) -> datetime:
     return when
 
 
-def row_event(row: RawRow, *, channel: str) -> PaymentEvent | RowError:
+def row_event(row: RawRow, *, channel: str,
+              date_window: DateWindow = DEFAULT_WINDOW) -> PaymentEvent | RowError:
     """The event a row stands for, or why the row cannot be one."""
     f = row.fields
     at = f"row {row.number}"
@@ -167,6 +169,8 @@ def row_event(row: RawRow, *, channel: str) -> PaymentEvent | RowError:
         occurred = _when(f["date"])
     except ValueError as exc:
         return RowError("row_invalid_date", f"{at}: date {f['date'][:30]!r}: {exc}")
+    if (implausible := date_window.problem(occurred, "date")) is not None:
+        return RowError(DATE_OUT_OF_RANGE, f"{at}: {implausible}")
     common: dict[str, Any] = {
         "account": f["account"], "amount_cents": amount, "occurred_at": occurred,
         "correlation_id": f.get("batch") or None, "currency": f.get("currency") or "USD",

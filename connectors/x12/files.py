@@ -8,6 +8,7 @@ from rich.console import Console
 
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
+from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.topics import DLQ
 
 from ..files import WholeFile, ingest_files, say
@@ -23,7 +24,8 @@ PROBLEMS_SHOWN_MAX = 10
 def limits_from(settings: Settings) -> X12Limits:
     return X12Limits(segments_max=settings.x12_segments_max,
                      guide_validation=settings.x12_guide_validation,
-                     dlq_payload_bytes_max=settings.dlq_payload_bytes_max)
+                     dlq_payload_bytes_max=settings.dlq_payload_bytes_max,
+                     date_window=DateWindow.from_settings(settings))
 
 
 def process_x12_path(path: Path, settings: Settings, console: Console) -> FileOutcome:

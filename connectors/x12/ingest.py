@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeAlias
 
 import orjson
 
 from rcmflow.connectors.files import Record
 from rcmflow.connectors.totals import SourceTotals
+from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import ClaimAdjudicated, ClaimSubmitted, ProviderAdjustment
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_X12
@@ -49,6 +50,7 @@ class X12Limits:
     guide_validation: bool = True
     dlq_payload_bytes_max: int = 512 * 1024
     entity: str = "01"
+    date_window: DateWindow = DateWindow()  # a set dated outside it is parked
 
 
 @dataclass
@@ -196,6 +198,8 @@ def _process_set(tset: TransactionSet, terminator: str, guide: list[str],
                                      for c in remit.claims) if p]
         out.problems += [p for p in (account_problem(f"provider:{b.provider}", "PLB01")
                                      for b in remit.plbs) if p]
+        out.problems += _date_problems(remit.paid_on, "835 payment date (BPR16, else DTM*405, "
+                                       "else GS04)", limits.date_window)
         if not out.problems:
             _events(out, lambda: remit_events(remit, entity=limits.entity))
             if not out.problems:
@@ -209,6 +213,8 @@ def _process_set(tset: TransactionSet, terminator: str, guide: list[str],
                             f"map for {tset.version or 'this version'})")
         out.problems += [p for p in (account_problem(c.account, f"claim {c.number} CLM01")
                                      for c in batch.claims) if p]
+        out.problems += _date_problems(batch.created, "837 creation date (BHT04)",
+                                       limits.date_window)
         if not out.problems:
             _events(out, lambda: claim_events(batch, entity=limits.entity))
             if not out.problems:
@@ -218,6 +224,11 @@ def _process_set(tset: TransactionSet, terminator: str, guide: list[str],
             "x12_unsupported_set",
             f"ST01 {tset.st01[:6]!r} is not handled (835 remittances and 837 claims are)"))
     return out
+
+
+def _date_problems(when: date | None, field: str, window: DateWindow) -> list[Problem]:
+    text = window.problem(when, field) if when is not None else None
+    return [Problem(DATE_OUT_OF_RANGE, text)] if text else []
 
 
 def _events(out: SetOutcome, build: Any) -> None:

@@ -21,6 +21,7 @@ from rcmflow.connectors.payments.ingest import process_payments, report_payments
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_preflight import access_error
 from rcmflow.settings import Settings
+from rcmflow.streams.date_window import DateWindow
 
 from ..files import BrokerFailed, WholeFile, publish_file, say
 from .files import limits_from, process_x12_path, report_x12
@@ -72,7 +73,8 @@ def handle_file(path: Path, settings: Settings, kafka: KafkaConnection, console:
             payments = WholeFile(
                 path, lambda p: process_payments(p.read_bytes(), name=p.name,
                                                  origin=f"file:{p}",
-                                                 rows_max=settings.payments_rows_max),
+                                                 rows_max=settings.payments_rows_max,
+                                                 date_window=DateWindow.from_settings(settings)),
                 lambda outcome: outcome.records(settings.dlq_payload_bytes_max))
             publish_file(kafka, payments, path=path, size=size, console=console)
             report_payments(path, payments.outcome, console)

@@ -50,3 +50,57 @@ def test_an_unreadable_message_still_gets_an_ack() -> None:
 
 def test_escape_covers_every_delimiter() -> None:
     assert escape("a|b^c&d~e\\f") == "a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f"
+
+
+def _latin1_dft(control_id: str, body: str = "FT1|1|||20261120||CG|CDM1|||1|12.50||ED") -> bytes:
+    return "\r".join([
+        f"MSH|^~\\&|EHR|GEN|RCM|GEN|20261120103000||DFT^P03|{control_id}|P|2.5|||||8859/1",
+        "EVN|P03|20261120103000", "PID|1||MRN1" + "|" * 15 + "A77", "PV1|1|O", body,
+    ]).encode("latin-1") + b"\r"
+
+
+def _msa_2(ack: bytes) -> bytes:
+    msa = next(s for s in ack.split(b"\r") if s.startswith(b"MSA|"))
+    return msa.split(b"|")[2]
+
+
+def test_a_latin_1_control_id_is_echoed_byte_for_byte() -> None:
+    """MSH-18 8859/1, MSH-10 'CTRLÉ1' (0xC9): MSA-2 is those bytes, not UTF-8's C3 89, on
+    every answer the intake gives (AA, AE, and a frame too large to read whole)."""
+    import asyncio
+    import tempfile
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from rcmflow.connectors.hl7.framing import FrameError
+    from rcmflow.connectors.hl7.intake import Intake, Record, internal_error_ack
+    from rcmflow.connectors.hl7.mapping import MappingConfig
+    from rcmflow.connectors.hl7.replay import ReplayStore
+
+    class Sink:
+        async def write(self, records: Sequence[Record]) -> None:
+            pass
+
+    accepted, refused = _latin1_dft("CTRLÉ1"), _latin1_dft("CTRLÉ2", "FT1|1|||20261120||ZZ")
+    assert b"CTRL\xc91" in accepted
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ReplayStore(Path(tmp), 3600)
+        intake = Intake(sink=Sink(), store=store, config=MappingConfig(), channel="t")
+
+        async def answers() -> list[tuple[str, bytes]]:
+            ok = await intake.handle(accepted)
+            bad = await intake.handle(refused)
+            big = await intake.handle_frame_error(FrameError(
+                "too_large", "too large", _latin1_dft("CTRLÉ3")[:80], 10**7))
+            return [(ok.code, ok.ack), (bad.code, bad.ack), (big.code, big.ack)]
+
+        try:
+            got = asyncio.run(answers())
+        finally:
+            store.close()
+    assert [(code, _msa_2(ack)) for code, ack in got] == [
+        ("AA", b"CTRL\xc91"), ("AE", b"CTRL\xc92"), ("AR", b"CTRL\xc93")]
+    assert _msa_2(internal_error_ack(_latin1_dft("CTRLÉ4"))) == b"CTRL\xc94"
+    # A UTF-8 message keeps its UTF-8 bytes.
+    utf8 = _latin1_dft("X").replace(b"|X|", "|CTRLÉ5|".encode())
+    assert _msa_2(internal_error_ack(utf8)) == "CTRLÉ5".encode()

@@ -62,7 +62,9 @@ inputs = st.one_of(mutated(), st.binary(max_size=2_000),
 
 def check_answered(raw: bytes, outcome: Outcome, sink: MemorySink, writes_before: int) -> None:
     assert not any(c < 0x20 and c != 0x0D for c in outcome.ack), "control bytes in the ACK"
-    segments = outcome.ack.decode().split("\r")
+    # The ACK is in the message's own codec (UTF-8, else Latin-1): MSA-2 echoes MSH-10's bytes.
+    from rcmflow.connectors.hl7.reader import charset_of
+    segments = outcome.ack.decode(charset_of(raw)).split("\r")
     assert segments[0].startswith("MSH|^~\\&|")
     msa = next(s for s in segments if s.startswith("MSA|")).split("|")
     assert msa[1] == outcome.code in ("AA", "AE", "AR")

@@ -3,6 +3,7 @@ options, and the reader checked field by field against hl7apy (the reference par
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from rcmflow.connectors.hl7.mapping import MappingConfig, map_message
 from rcmflow.connectors.hl7.problems import Rejected
 from rcmflow.connectors.hl7.reader import HL7ParseError, normalise, read_message
+from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.events import AccountStatusChanged, ChargePosted, ChargeReversed, Event
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "hl7"
@@ -34,8 +36,9 @@ DFT_CHARGES = [("charge_posted", "4000776", 10000, 2, "71045", "RAD-1"),
 EXPECTED: dict[str, list[Any]] = {
     "ms_dft_p03_01_v28.hl7": [DFT_CHARGES],
     "ms_dft_p03_02_v28.hl7": [DFT_CHARGES],
-    "ms_bar_p01_01_v28.hl7": [[("account_status_changed", "4000776", "open")]],
-    "ms_adt_a04_01_v28.hl7": [[("account_status_changed", "4000776", "open")]],
+    # EVN-2 (the event's date) is 2029-08-01: past today + RCMFLOW_DATE_FUTURE_DAYS (366).
+    "ms_bar_p01_01_v28.hl7": [("AE", "date_out_of_range", ["date_out_of_range"])],
+    "ms_adt_a04_01_v28.hl7": [("AE", "date_out_of_range", ["date_out_of_range"])],
     "ms_adt_a04_v23_bom.hl7": [[("account_status_changed", "123456789", "open")]],
     "pythonhl7_adt_a01_hnam_v23.hl7": [[("account_status_changed", "O75622322", "open")]],
     # PID-18 and PV1-19 empty: parked, with the reason.
@@ -81,6 +84,18 @@ def test_dft_sample_charges_in_detail() -> None:
     assert first.currency == "USD" and first.dimensions.encounter == "40007716"
     assert first.occurred_at.isoformat() == "2019-11-22T00:00:00+00:00"
     assert sum(e.amount_cents for e in (first, second)) == 22000
+
+
+def test_the_2029_samples_map_once_the_window_reaches_2029() -> None:
+    later = MappingConfig(date_window=DateWindow(date(1990, 1, 1), 3660))
+    for name in ("ms_bar_p01_01_v28.hl7", "ms_adt_a04_01_v28.hl7"):
+        (text,) = sample_messages(name)
+        refused = map_message(read_message(text), MappingConfig())
+        assert isinstance(refused, Rejected) and refused.problems[0].location == "EVN^1^2"
+        assert refused.problems[0].text.startswith("EVN-2 2029-08-01 is after the latest")
+        result = map_message(read_message(text), later)
+        assert not isinstance(result, Rejected)
+        assert [summary(e) for e in result] == [("account_status_changed", "4000776", "open")]
 
 
 def test_missing_account_is_explained_in_the_error() -> None:
@@ -273,3 +288,44 @@ def test_source_totals_read_the_ft1_amounts_not_the_events() -> None:
     # each FT1's amount is labelled with the event it became (the id, not its cents)
     assert [a.event_id for a in totals.amounts] == [e.event_id for e in events]
     assert [a.cents for a in totals.amounts] == [12000, -2550, -1000, 725]
+
+
+# --- plausible dates ----------------------------------------------------------------------
+
+def test_dates_outside_the_window_refuse_the_message_with_ae() -> None:
+    """A charge dated 0001-01-01 or 9999-12-31 is a typo, not money: AE at the field the
+    date came from, naming the date, the window and the settings; 1990-01-01 itself is in."""
+    window = DateWindow(date(1990, 1, 1), 366)
+    config = MappingConfig(date_window=window)
+    latest = window.latest()
+    for when, ok in (("00010101", False), ("99991231", False), ("19891231", False),
+                     ("19900101", True), (latest.strftime("%Y%m%d"), True)):
+        result = mapped(dft(ft1(1), ft1(2).replace("||20261120|20261120|",
+                                                  f"||{when}|{when}|")), config)
+        if ok:
+            assert not isinstance(result, Rejected), (when, result)
+            continue
+        assert isinstance(result, Rejected), when
+        (problem,) = result.problems
+        assert (result.ack_code, problem.reason_code, problem.location, problem.hl7_code) == (
+            "AE", "date_out_of_range", "FT1^2^4", 102)
+        day = f"{when[:4]}-{when[4:6]}-{when[6:]}"
+        assert problem.text.startswith(f"FT1-4 (FT1 #2) {day} is ")
+        for part in ("1990-01-01", latest.isoformat(), "RCMFLOW_DATE_EARLIEST",
+                     "RCMFLOW_DATE_FUTURE_DAYS=366"):
+            assert part in problem.text, (part, problem.text)
+
+
+def test_the_day_after_the_latest_date_is_refused_from_the_message_time() -> None:
+    """No FT1-4: the event carries EVN-2, and the refusal points there."""
+    config = MappingConfig(date_window=DateWindow(date(1990, 1, 1), 0))
+    from datetime import UTC, datetime, timedelta
+
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y%m%d")
+    text = dft(ft1(1).replace("||20261120|20261120|", "||||")).replace(
+        "EVN|P03|20261120103000-0500", f"EVN|P03|{tomorrow}120000+0000")
+    refused = mapped(text, config)
+    assert isinstance(refused, Rejected) and refused.reason_code == "date_out_of_range"
+    assert refused.problems[0].location == "EVN^1^2"
+    assert not isinstance(mapped(text, MappingConfig(date_window=DateWindow(
+        date(1990, 1, 1), 1))), Rejected)
