@@ -114,7 +114,9 @@ def dev(
     RCMFLOW_MLLP_PORT (2575); /metrics of the worker and the listener on
     RCMFLOW_WORKER_METRICS_PORT and RCMFLOW_MLLP_METRICS_PORT, or free ports (printed).
     Tables live under RCMFLOW_DATA_DIR (default ~/.rcmflow) and are reset at each start,
-    because the embedded broker keeps its topics in memory only.
+    because the embedded broker keeps its topics in memory only. Exit 2: a process did not
+    start (a port held by another program: the cause and the setting that moves the port);
+    1: one of them exited later.
     """
     from rcmflow.dev import run_dev
 
