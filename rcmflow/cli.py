@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
@@ -636,10 +637,14 @@ def dlq_list(
     else:
         # Ids whole, even at 80 columns: `dlq show` takes what this prints.
         width = max((len(str(r["dlq_id"])) for r in records), default=6)
-        table = Table(Column("dlq id", no_wrap=True, min_width=width), "severity", "stage",
-                      "reason code", "account", "reason", title=title)
+        # Light borders: at 80 columns the reason keeps room to be read.
+        table = Table(Column("dlq id", no_wrap=True, min_width=width), "stage",
+                      Column("reason code", overflow="fold"), "account",
+                      Column("reason", overflow="fold", ratio=1), title=title, expand=True,
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         for r in records:
-            table.add_row(r["dlq_id"], r["severity"], r["stage"], r["reason_code"],
+            stage = r["stage"] + (" (warning)" if r["severity"] == "warning" else "")
+            table.add_row(r["dlq_id"], stage, r["reason_code"],
                           str(r["context"].get("account", "")), r["reason"])
         out.print(table)
     _more("dlq list", following)
