@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from rcmflow import kafka_access
 from rcmflow.kafka_access import Access
@@ -114,7 +115,9 @@ def dev(
     RCMFLOW_MLLP_PORT (2575); /metrics of the worker and the listener on
     RCMFLOW_WORKER_METRICS_PORT and RCMFLOW_MLLP_METRICS_PORT, or free ports (printed).
     Tables live under RCMFLOW_DATA_DIR (default ~/.rcmflow) and are reset at each start,
-    because the embedded broker keeps its topics in memory only.
+    because the embedded broker keeps its topics in memory only. Exit 2: a process did not
+    start (a port held by another program: the cause and the setting that moves the port);
+    1: one of them exited later.
     """
     from rcmflow.dev import run_dev
 
@@ -501,25 +504,60 @@ def watch(
     raise typer.Exit(code)
 
 
-@accounts_app.command("list")
-def accounts_list(as_json: JsonFlag = False) -> None:
-    """Every account with its status, version and balance."""
-    from rcmflow.ops import latest_heads
+LimitOption = Annotated[int, typer.Option(
+    "--limit", min=0, help="Rows on this page (newest first); 0: every row, read from the "
+    "whole topic (slow on a large one).")]
+AfterOption = Annotated[str | None, typer.Option(
+    "--after", help="The cursor the previous page printed: the next page.")]
 
-    # The heads only: an account's items are not read.
-    snapshots = asyncio.run(latest_heads(_reader("accounts list", ACCOUNTS)))
+
+def _cursor(after: str | None) -> Any:
+    from rcmflow.log_pages import BadCursor, Cursor
+
+    try:
+        return None if after is None else Cursor.decode(after)
+    except BadCursor as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True, emoji=False)
+        raise typer.Exit(2) from exc
+
+
+def _more(command: str, cursor: Any) -> None:
+    """The next page's command on stderr (stdout stays the page: a table or JSON)."""
+    if cursor is not None:
+        # emoji=False: a cursor such as "2:100:100" is not ":100:".
+        err.print(f"more: rcmflow {command} --after {cursor.encode()}", soft_wrap=True,
+                  highlight=False, markup=False, emoji=False)
+
+
+@accounts_app.command("list")
+def accounts_list(as_json: JsonFlag = False, limit: LimitOption = 50,
+                  after: AfterOption = None) -> None:
+    """Accounts with their status, version and balance, most recently changed first, a page
+    at a time (--limit, --after); --limit 0 lists every account by number."""
+    from rcmflow.ops import heads_page, latest_heads
+
+    kafka = _reader("accounts list", ACCOUNTS)
+    cursor = _cursor(after)
+    if limit == 0:
+        # The heads only: an account's items are not read.
+        heads = [s for _, s in sorted(asyncio.run(latest_heads(kafka)).items())]
+        title, following = f"{len(heads)} accounts", None
+    else:
+        heads, following = asyncio.run(heads_page(kafka, limit=limit, after=cursor))
+        title = f"{len(heads)} accounts, most recently changed first"
     if as_json:
-        _print_json([_summary(s) for _, s in sorted(snapshots.items())])
-        return
-    table = Table("account", "status", "version", "insurance_ar", "patient_ar",
-                  "unapplied_credit", "balance", title=f"{len(snapshots)} accounts")
-    for account, snap in sorted(snapshots.items()):
-        b = snap["balances"]
-        table.add_row(account, snap["status"], str(snap["version"]),
-                      format_cents(b["insurance_ar"]),
-                      format_cents(b["patient_ar"]), format_cents(b["unapplied_credit"]),
-                      format_cents(b["balance"]))
-    out.print(table)
+        _print_json([_summary(s) for s in heads])
+    else:
+        table = Table("account", "status", "version", "insurance_ar", "patient_ar",
+                      "unapplied_credit", "balance", title=title)
+        for snap in heads:
+            b = snap["balances"]
+            table.add_row(snap["account"], snap["status"], str(snap["version"]),
+                          format_cents(b["insurance_ar"]),
+                          format_cents(b["patient_ar"]), format_cents(b["unapplied_credit"]),
+                          format_cents(b["balance"]))
+        out.print(table)
+    _more("accounts list", following)
 
 
 @accounts_app.command("show")
@@ -562,6 +600,9 @@ def accounts_history(
     from rcmflow.ops import posting_history
 
     deltas = asyncio.run(posting_history(_reader("accounts history", POSTINGS), account))
+    if not deltas:  # as `accounts show`: an account without postings is not one to list
+        err.print(f"[red]no account {account!r}[/red] (not yet processed, or unknown)")
+        raise typer.Exit(1)
     if as_json:
         _print_json(deltas)
         return
@@ -581,34 +622,61 @@ def accounts_history(
 def dlq_list(
     reason: Annotated[str | None, typer.Option(help="Only this reason_code.")] = None,
     as_json: JsonFlag = False,
+    limit: LimitOption = 50,
+    after: AfterOption = None,
 ) -> None:
-    """DLQ records: stage, reason and business context (payloads with `dlq show`)."""
-    from rcmflow.ops import dlq_records
+    """DLQ records, newest first, a page at a time: stage, reason and business context
+    (payloads with `dlq show ID`; a unique prefix of the id will do)."""
+    from rcmflow.ops import dlq_page, dlq_records
 
-    records = asyncio.run(dlq_records(_reader("dlq list", DLQ)))
-    if reason:
-        records = [r for r in records if r.get("reason_code") == reason]
+    kafka = _reader("dlq list", DLQ)
+    cursor = _cursor(after)
+    if limit == 0:
+        records = asyncio.run(dlq_records(kafka))
+        if reason:
+            records = [r for r in records if r.get("reason_code") == reason]
+        following, title = None, f"{len(records)} DLQ records"
+    else:
+        records, following = asyncio.run(dlq_page(kafka, limit=limit, after=cursor,
+                                                  reason=reason))
+        title = f"{len(records)} DLQ records, newest first"
     if as_json:
         _print_json(records)
-        return
-    table = Table("dlq id", "severity", "stage", "reason code", "account", "reason",
-                  title=f"{len(records)} DLQ records")
-    for r in records:
-        table.add_row(r["dlq_id"], r["severity"], r["stage"], r["reason_code"],
-                      str(r["context"].get("account", "")), r["reason"])
-    out.print(table)
+    else:
+        # Ids whole, even at 80 columns: `dlq show` takes what this prints.
+        width = max((len(str(r["dlq_id"])) for r in records), default=6)
+        # Light borders: at 80 columns the reason keeps room to be read.
+        table = Table(Column("dlq id", no_wrap=True, min_width=width), "stage",
+                      Column("reason code", overflow="fold"), "account",
+                      Column("reason", overflow="fold", ratio=1), title=title, expand=True,
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        for r in records:
+            stage = r["stage"] + (" (warning)" if r["severity"] == "warning" else "")
+            table.add_row(r["dlq_id"], stage, r["reason_code"],
+                          str(r["context"].get("account", "")), r["reason"])
+        out.print(table)
+    _more("dlq list", following)
 
 
 @dlq_app.command("show")
-def dlq_show(dlq_id: Annotated[str, typer.Argument(help="A dlq_id from `dlq list`.")]) -> None:
-    """One DLQ record in full, with its original payload."""
-    from rcmflow.ops import dlq_records
+def dlq_show(dlq_id: Annotated[str, typer.Argument(
+        help="A dlq_id from `dlq list`, or a unique prefix of one.")]) -> None:
+    """One DLQ record in full, with its original payload. Exit 1: no record with that id or
+    prefix, or several (they are listed)."""
+    from rcmflow.ops import find_dlq
 
-    for record in asyncio.run(dlq_records(_reader("dlq show", DLQ))):
-        if record["dlq_id"] == dlq_id:
-            _print_json(record)
-            return
-    err.print(f"[red]no DLQ record {dlq_id!r}[/red]")
+    found = asyncio.run(find_dlq(_reader("dlq show", DLQ), dlq_id))
+    exact = [r for r in found if r["dlq_id"] == dlq_id]
+    if exact or len(found) == 1:
+        _print_json((exact or found)[0])
+        return
+    if found:
+        err.print(f"[red]{len(found)} DLQ records start with {dlq_id!r}:[/red] "
+                  + ", ".join(str(r["dlq_id"]) for r in found[:20])
+                  + (f" (and {len(found) - 20} more)" if len(found) > 20 else "")
+                  + "; give more of the id", soft_wrap=True, highlight=False)
+    else:
+        err.print(f"[red]no DLQ record {dlq_id!r}[/red]", soft_wrap=True)
     raise typer.Exit(1)
 
 

@@ -9,10 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
+import psutil
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from rcmflow.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port, stop_process
@@ -34,7 +38,7 @@ from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS, topic_specs
 
-__all__ = ["run_dev", "run_broker", "DEMO_WAIT_S"]
+__all__ = ["run_dev", "run_broker", "wait_ready", "Child", "DEMO_WAIT_S", "READY_TIMEOUT_S"]
 
 #: How long `dev --demo` waits for the worker to apply the demo before saying it did not.
 DEMO_WAIT_S = 120.0
@@ -94,6 +98,88 @@ def run_broker(settings: Settings, *, console: Console) -> int:
         broker.stop()
 
 
+#: How long each child may take to listen on its ports (the worker creates topics first).
+READY_TIMEOUT_S = 90.0
+#: Bytes of a child's log read back to say why it did not start.
+LOG_TAIL_BYTES = 4096
+
+
+@dataclass
+class Child:
+    """A process `dev` started, its log, and the ports it must be listening on: ready means
+    *this* process (or one it started) holds them, not merely that something answers there."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    log_start: int  # the log's size before this run: what came after is this run's
+    #: (port, the setting that changes it)
+    ports: list[tuple[int, str]] = field(default_factory=list)
+
+    def listening(self) -> set[int]:
+        """The TCP ports this process and its children listen on now."""
+        try:
+            root = psutil.Process(self.process.pid)
+            procs = [root, *root.children(recursive=True)]
+            return {c.laddr.port for p in procs for c in p.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:  # exited meanwhile
+            return set()
+
+    def log_tail(self) -> str:
+        try:
+            with self.log.open("rb") as handle:
+                handle.seek(max(self.log_start, self.log.stat().st_size - LOG_TAIL_BYTES))
+                return handle.read().decode("utf-8", errors="replace").strip()
+        except OSError:
+            return ""
+
+    def why_not(self) -> str:
+        """Why it is not running: its own words (the log's last lines) and the settings of
+        the ports it could not take."""
+        tail = [line.strip() for line in self.log_tail().splitlines() if line.strip()]
+        # An OS error (a port in use) says most; then the last error line; then the last.
+        bound = [line for line in tail if "in use" in line or "Errno" in line]
+        errors = [line for line in tail if "error" in line.lower()]
+        cause = (bound or errors or tail or ["(its log says nothing)"])[-1]
+        named = [(port, setting) for port, setting in self.ports if str(port) in cause]
+        ports = named or self.ports
+        hint = "; ".join(f"port {port} is {setting}: set it to a free port" for port, setting
+                         in ports)
+        return f"{cause}\n  {hint}  (log {self.log})" if hint else f"{cause} (log {self.log})"
+
+
+def _spawn(name: str, args: list[str], log: Path, ports: list[tuple[int, str]],
+           env: dict[str, str] | None = None) -> Child:
+    log_start = log.stat().st_size if log.exists() else 0
+    with open(log, "ab") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", *args],
+                                   stdout=handle, stderr=subprocess.STDOUT,
+                                   env=env or dict(os.environ))
+    return Child(name, process, log, log_start, [(p, s) for p, s in ports if p])
+
+
+def wait_ready(children: list[Child], timeout_s: float = READY_TIMEOUT_S) -> str | None:
+    """Wait until every child listens on all its ports; else why one did not (None: ready).
+    A child that exits fails at once; one still not listening at the deadline fails then."""
+    waiting = list(children)
+    deadline = time.monotonic() + timeout_s
+    while waiting:
+        for child in list(waiting):
+            if child.process.poll() is not None:
+                return (f"the {child.name} exited with {child.process.returncode} before it "
+                        f"was ready: {child.why_not()}")
+            if {port for port, _ in child.ports} <= child.listening():
+                waiting.remove(child)
+        if waiting and time.monotonic() > deadline:
+            child = waiting[0]
+            missing = [p for p, _ in child.ports if p not in child.listening()]
+            return (f"the {child.name} did not listen on port {missing} within "
+                    f"{timeout_s:.0f}s: {child.why_not()}")
+        time.sleep(0.2)
+    return None
+
+
 def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
     try:
         chart = load_chart(settings.coa)
@@ -104,37 +190,36 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
     if broker is None:
         return 2
     signal.signal(signal.SIGTERM, _raise_stop)
-    worker_log = settings.data_dir / "logs" / "worker.log"
-    worker: subprocess.Popen[bytes] | None = None
-    services: list[subprocess.Popen[bytes]] = []  # the facade and the MLLP listener
+    logs = settings.data_dir / "logs"
+    children: list[Child] = []
     # Each process its own metrics port: the configured one, else a free one picked here,
     # so that dev never clashes with itself or with another program on the machine.
     worker_metrics = settings.worker_metrics_port or free_port()
     mllp_metrics = settings.mllp_metrics_port or free_port()
     try:
-        with open(worker_log, "ab") as log_handle:
-            worker = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "worker",
-                                       "--metrics-port", str(worker_metrics)],
-                                      stdout=log_handle, stderr=subprocess.STDOUT,
-                                      env=dict(os.environ))
-        console.print(
-            f"[bold]rcmflow dev[/bold]\n"
-            f"  broker  {broker.bootstrap}  (Tansu, memory only; log {settings.data_dir}/logs/"
-            f"broker.log)\n"
-            f"  worker  pid {worker.pid}  (log {worker_log})\n"
-            f"  chart   {settings.coa or 'shipped default'} version {chart.version}\n"
-            f"  data    {settings.data_dir}"
-        )
-        services.append(_start_facade(settings, console))
-        services.append(_start_mllp(settings, console, mllp_metrics))
-        console.print(
-            f"  metrics worker {url(settings.metrics_host, worker_metrics)} · mllp "
-            f"{url(settings.metrics_host, mllp_metrics)} · facade "
-            f"{url(settings.facade_host, settings.facade_port)}"
-        )
+        worker = _spawn("worker", ["worker", "--metrics-port", str(worker_metrics)],
+                        logs / "worker.log",
+                        [(worker_metrics, "RCMFLOW_WORKER_METRICS_PORT")])
+        children.append(worker)
+        # The facade with auth off: development only, and said so loudly below.
+        children.append(_spawn("facade", ["facade"], logs / "facade.log",
+                               [(settings.facade_port, "RCMFLOW_FACADE_PORT")],
+                               env={**os.environ, "RCMFLOW_FACADE_AUTH": "off"}))
+        children.append(_spawn("MLLP listener", ["mllp", "--metrics-port", str(mllp_metrics)],
+                               logs / "mllp.log",
+                               [(settings.mllp_port, "RCMFLOW_MLLP_PORT"),
+                                (mllp_metrics, "RCMFLOW_MLLP_METRICS_PORT")]))
+        with console.status("starting the worker, the facade and the MLLP listener"):
+            failure = wait_ready(children)
+        if failure is not None:
+            console.print(f"[red]rcmflow dev: {escape(failure)}[/red]\nstopping the others.",
+                          soft_wrap=True, highlight=False)
+            return 2
+        _print_started(settings, broker, chart, children, worker_metrics, mllp_metrics,
+                       console)
         if demo:
-            _feed_demo(settings, broker, chart, worker, console)
-            _feed_demo_files(settings, broker, worker, console)
+            _feed_demo(settings, broker, chart, worker.process, console)
+            _feed_demo_files(settings, broker, worker.process, console)
         fhir = (f"http://{settings.facade_host}:{settings.facade_port}"
                 f"{settings.facade_base_path}")
         console.print(f"\nFHIR facade: [bold]curl -s {fhir}/Account/A1001[/bold] · "
@@ -144,48 +229,45 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
                       "[bold]rcmflow dlq list[/bold] · [bold]rcmflow ingest events FILE[/bold] · "
                       "[bold]rcmflow ingest x12 FILE[/bold] · an HL7 interface to "
                       f"{settings.mllp_host}:{settings.mllp_port}"
-                      "\nRunning; Ctrl-C stops the worker and the broker.")
-        while worker.poll() is None:
+                      "\nRunning; Ctrl-C stops them all.")
+        while True:
+            for child in children:
+                if child.process.poll() is not None:
+                    console.print(f"[red]the {child.name} exited with "
+                                  f"{child.process.returncode}: {escape(child.why_not())}[/red]",
+                                  soft_wrap=True, highlight=False)
+                    return 1
             time.sleep(0.5)
-        console.print(f"[red]the worker exited with {worker.returncode}; see {worker_log}[/red]")
-        return 1
     except (KeyboardInterrupt, _Stop):
         console.print("stopping ...")
         return 0
     finally:
-        for service in services:
-            stop_process(service, WORKER_STOP_TIMEOUT_S)
-        if worker is not None:
-            stop_process(worker, WORKER_STOP_TIMEOUT_S)
+        for child in reversed(children):  # the worker last
+            stop_process(child.process, WORKER_STOP_TIMEOUT_S)
         broker.stop()
 
 
-def _start_facade(settings: Settings, console: Console) -> subprocess.Popen[bytes]:
-    """`rcmflow facade` with auth off: development only, and said so loudly."""
-    log = settings.data_dir / "logs" / "facade.log"
-    with open(log, "ab") as log_handle:
-        facade = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "facade"],
-                                  stdout=log_handle, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "RCMFLOW_FACADE_AUTH": "off"})
-    console.print(f"  facade  pid {facade.pid}  http://{settings.facade_host}:"
-                  f"{settings.facade_port}{settings.facade_base_path}  (log {log})\n"
-                  "  [bold red]FHIR facade auth is OFF (RCMFLOW_FACADE_AUTH=off): anyone on "
-                  "this machine reads every account. Development only.[/bold red]")
-    return facade
-
-
-def _start_mllp(settings: Settings, console: Console,
-                metrics_port: int) -> subprocess.Popen[bytes]:
-    """`rcmflow mllp`: HL7 v2 over MLLP into rcm.events."""
-    log = settings.data_dir / "logs" / "mllp.log"
-    with open(log, "ab") as log_handle:
-        listener = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "mllp",
-                                     "--metrics-port", str(metrics_port)],
-                                    stdout=log_handle, stderr=subprocess.STDOUT,
-                                    env=dict(os.environ))
-    console.print(f"  mllp    pid {listener.pid}  {settings.mllp_host}:{settings.mllp_port}  "
-                  f"(HL7 v2 listener; log {log})")
-    return listener
+def _print_started(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccounts,
+                   children: list[Child], worker_metrics: int, mllp_metrics: int,
+                   console: Console) -> None:
+    worker, facade, listener = children
+    console.print(
+        f"[bold]rcmflow dev[/bold]\n"
+        f"  broker  {broker.bootstrap}  (Tansu, memory only; log {settings.data_dir}/logs/"
+        f"broker.log)\n"
+        f"  worker  pid {worker.process.pid}  (log {worker.log})\n"
+        f"  chart   {settings.coa or 'shipped default'} version {chart.version}\n"
+        f"  data    {settings.data_dir}\n"
+        f"  facade  pid {facade.process.pid}  http://{settings.facade_host}:"
+        f"{settings.facade_port}{settings.facade_base_path}  (log {facade.log})\n"
+        "  [bold red]FHIR facade auth is OFF (RCMFLOW_FACADE_AUTH=off): anyone on "
+        "this machine reads every account. Development only.[/bold red]\n"
+        f"  mllp    pid {listener.process.pid}  {settings.mllp_host}:{settings.mllp_port}  "
+        f"(HL7 v2 listener; log {listener.log})\n"
+        f"  metrics worker {url(settings.metrics_host, worker_metrics)} · mllp "
+        f"{url(settings.metrics_host, mllp_metrics)} · facade "
+        f"{url(settings.facade_host, settings.facade_port)}"
+    )
 
 
 def _feed_demo_files(settings: Settings, broker: EmbeddedBroker,

@@ -14,13 +14,17 @@ from collections.abc import Callable
 from typing import Any
 
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import read_topic
+from rcmflow.kafka_io import Record, read_topic
+from rcmflow.log_pages import Cursor, keys_between, read_page
 from rcmflow.streams.layout import SEPARATOR, assemble, parse_key, read_record
 from rcmflow.streams.state import ItemRef
 from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 
 __all__ = ["latest_heads", "latest_snapshots", "posting_history", "dlq_records",
-           "format_cents"]
+           "format_cents", "dlq_page", "heads_page", "find_dlq", "LISTING_LIMIT"]
+
+#: Records on one page of `accounts list` / `dlq list` unless --limit says otherwise.
+LISTING_LIMIT = 50
 
 _Heads = dict[str, dict[str, Any]]
 _Items = dict[str, dict[ItemRef, dict[str, Any]]]
@@ -106,6 +110,78 @@ async def dlq_records(kafka: KafkaConnection) -> list[dict[str, Any]]:
             continue
         by_id.setdefault(doc.get("dlq_id", f"{record.partition}:{record.offset}"), doc)
     return list(by_id.values())
+
+
+def _dlq_doc(record: Record) -> dict[str, Any] | None:
+    if record.value is None:
+        return None
+    try:
+        doc = json.loads(record.value)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+async def dlq_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None,
+                   reason: str | None = None) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """One page of DLQ records, newest first, and the cursor of the next page (None: last).
+    A record written again with the same dlq_id (a retry after a crash) is shown once per
+    page; ``reason`` keeps one reason_code (read back until the page is full)."""
+    docs: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def keep(record: Record) -> bool:
+        doc = _dlq_doc(record)
+        if doc is None or (reason is not None and doc.get("reason_code") != reason):
+            return False
+        docs[(record.partition, record.offset)] = doc
+        return True
+
+    ids: set[str] = set()
+
+    def shown(record: Record) -> bool:
+        doc = docs[(record.partition, record.offset)]
+        dlq_id = str(doc.get("dlq_id", f"{record.partition}:{record.offset}"))
+        if dlq_id in ids:
+            return False
+        ids.add(dlq_id)
+        return True
+
+    page = await read_page(kafka, DLQ, limit=limit, after=after, keep=keep, shown=shown)
+    return [docs[(r.partition, r.offset)] for r in page.records], page.next
+
+
+async def find_dlq(kafka: KafkaConnection, prefix: str) -> list[dict[str, Any]]:
+    """The DLQ records whose dlq_id starts with ``prefix`` (once per id)."""
+    return [r for r in await dlq_records(kafka) if str(r.get("dlq_id", "")).startswith(prefix)]
+
+
+async def heads_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None
+                     ) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """One page of account heads, most recently changed first, and the next page's cursor.
+
+    rcm.accounts is compacted but holds older heads of an account until compaction: a head
+    is shown only where it is the account's newest record, so each account is on exactly one
+    page. A later page first reads the keys the earlier pages covered (keys only), so pages
+    deeper in the list cost more than the first.
+    """
+    seen = set() if after is None else await keys_between(kafka, ACCOUNTS, after, _is_head)
+
+    def shown(record: Record) -> bool:
+        assert record.key is not None
+        if record.key in seen:
+            return False  # an older head of an account already listed (or deleted)
+        seen.add(record.key)
+        return record.value is not None  # a tombstone: the account was removed
+
+    page = await read_page(kafka, ACCOUNTS, limit=limit, after=after,
+                           keep=lambda r: _is_head(r.key), shown=shown)
+    heads = []
+    for record in page.records:
+        assert record.key is not None and record.value is not None
+        for part, doc in read_record(record.key, json.loads(record.value)):
+            if part.item is None:
+                heads.append(doc)
+    return heads, page.next
 
 
 def format_cents(cents: object) -> str:

@@ -90,6 +90,11 @@ class AccountTables:
             partitions=partitions,
             compacting=True,
             internal=True,
+            # As Faust's own changelogs (Table._new_changelog_topic): no acks. A topic with
+            # acks is one a stream consumes, and Faust's livelock check then logs ERROR
+            # "Stream has not started processing TP(topic='rcm.accounts', ...)" every
+            # broker_commit_interval * 2.5 s once the worker has written past its position.
+            acks=False,
         )
         self.accounts = app.Table(
             "accounts",

@@ -10,6 +10,8 @@ import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 
+from rcmflow.shown import quoted
+
 __all__ = ["ValueProblem", "parse_cents", "parse_quantity", "parse_timestamp"]
 
 #: NM as HL7 defines it: optional sign, digits, optional decimal point. No exponent,
@@ -26,8 +28,11 @@ class ValueProblem(ValueError):
 
 
 def _number(text: str, what: str) -> Decimal:
-    if len(text) > _NUMBER_CHARS_MAX or not _NUMBER.match(text):
-        raise ValueProblem(f"{what} {text[:_NUMBER_CHARS_MAX]!r} is not a number")
+    if len(text) > _NUMBER_CHARS_MAX:
+        raise ValueProblem(f"{what} {quoted(text)} is longer than the {_NUMBER_CHARS_MAX} "
+                           "characters a number may have")
+    if not _NUMBER.match(text):
+        raise ValueProblem(f"{what} {quoted(text)} is not a number")
     try:
         return Decimal(text)
     except InvalidOperation as exc:  # pragma: no cover - the pattern admits only numbers

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
+from rcmflow.shown import quoted
+
 __all__ = ["MoneyError", "parse_cents", "format_cents"]
 
 #: Sign, ASCII digits, optional fraction. No exponent, no thousands separators, no currency sign:
@@ -28,13 +30,13 @@ def parse_cents(text: str) -> int:
     if not value:
         raise MoneyError("amount is empty")
     if not _AMOUNT.match(value):
-        raise MoneyError(f"amount {value[:40]!r} is not a decimal number like 1234.56")
+        raise MoneyError(f"amount {quoted(value)} is not a decimal number like 1234.56")
     if len(value.lstrip("+-").split(".")[0]) > _DIGITS_MAX:
-        raise MoneyError(f"amount {value[:40]!r} has more than {_DIGITS_MAX} integer digits")
+        raise MoneyError(f"amount {quoted(value)} has more than {_DIGITS_MAX} integer digits")
     try:
         cents = Decimal(value) * 100
     except InvalidOperation as exc:  # pragma: no cover - the regex admits only valid numbers
-        raise MoneyError(f"amount {value[:40]!r} is not a number") from exc
+        raise MoneyError(f"amount {quoted(value)} is not a number") from exc
     if cents != cents.to_integral_value():
         raise MoneyError(f"amount {value!r} has a fraction of a cent")
     return int(cents)

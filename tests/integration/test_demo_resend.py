@@ -1,0 +1,80 @@
+"""The README's "rcmflow demo > day.jsonl && rcmflow ingest events day.jsonl": what a re-send
+of the demo day does, through a real worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rcmflow.demo import demo_lines
+from rcmflow.dev import _expected_versions
+from rcmflow.kafka_io import read_topic
+from rcmflow.ops import dlq_records, latest_heads
+from rcmflow.streams.chart import load_chart
+from rcmflow.streams.topics import POSTINGS
+from tests.conftest import Broker, Workers, wait_until
+
+pytestmark = pytest.mark.broker
+
+
+def _rcmflow(broker: Broker, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}
+    env.update(RCMFLOW_BROKER=broker.url)
+    return subprocess.run([sys.executable, "-m", "rcmflow.cli", *args], env=env, text=True,
+                          capture_output=True, timeout=120)
+
+
+def test_a_resent_demo_day_changes_no_account_and_parks_only_its_refused_events_again(
+        broker: Broker, workers: Workers, tmp_path: Path) -> None:
+    kafka = broker.connection
+    worker = workers.start("w1")
+    day = tmp_path / "day.jsonl"
+    printed = _rcmflow(broker, "demo")
+    assert printed.returncode == 0, printed.stderr
+    day.write_text(printed.stdout)
+    expected = _expected_versions(demo_lines(), load_chart())
+
+    def applied() -> bool:
+        heads = asyncio.run(latest_heads(kafka))
+        return all(heads.get(a, {}).get("version") == v for a, v in expected.items())
+
+    first = _rcmflow(broker, "ingest", "events", str(day))
+    assert first.returncode == 1, first.stderr  # the line that is not JSON: rcm.dlq
+    wait_until(applied, 120, "the demo applied", worker.log_tail)
+    time.sleep(3)  # the worker's rejections of that batch are written with it
+    heads = asyncio.run(latest_heads(kafka))
+    postings = len(asyncio.run(read_topic(kafka, POSTINGS)))
+    before = {r["dlq_id"]: r for r in asyncio.run(dlq_records(kafka))}
+
+    again = _rcmflow(broker, "ingest", "events", str(day))
+    assert again.returncode == 1, again.stderr
+
+    def parked_again() -> list[dict[str, object]]:
+        return [r for r in asyncio.run(dlq_records(kafka)) if r["dlq_id"] not in before]
+
+    wait_until(lambda: len(parked_again()) >= 3, 90, "the refused events parked again",
+               worker.log_tail)
+    time.sleep(3)
+    # All replays: no account moved, no posting was emitted again ...
+    assert asyncio.run(latest_heads(kafka)) == heads
+    assert len(asyncio.run(read_topic(kafka, POSTINGS))) == postings
+    # ... and what the worker refused before it applied anything is refused again, one new
+    # record each: the conflicting re-send, the float amount, the unknown kind. The EUR
+    # payment a posting rule refused used up its key (a replay now); the line that is not
+    # JSON keeps its record (its id is the file and line), so the listing shows it once.
+    new = parked_again()
+    assert sorted((r["stage"], r["reason_code"]) for r in new) == [
+        ("dedup", "conflict"), ("validate", "invalid_event"), ("validate", "unknown_kind")], \
+        [(r["reason_code"], r["reason"]) for r in new]
+    assert sum(1 for r in before.values() if r["stage"] == "decode") == 1
+    assert worker.alive(), worker.log_tail()
+    # And the README says so where it shows the command.
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text()
+                      .replace("#", " ").split())
+    assert "the conflicting re-send and the two invalid events are parked again" in readme
