@@ -6,18 +6,17 @@ A line it cannot key is answered, not dropped: it goes to rcm.dlq with the file 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from rcmflow.connectors.files import BrokerFailed, publish_records
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import Outgoing, RecordTooLarge, publish
+from rcmflow.kafka_io import Outgoing, RecordTooLarge
+from rcmflow.progress import progress
 from rcmflow.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, EVENTS
@@ -111,11 +110,17 @@ def ingest_event_files(settings: Settings, kafka: KafkaConnection, files: list[P
             console.print(f"{escape(str(path))}: refused: {escape(str(exc))}", soft_wrap=True,
                           highlight=False)
             return 2
-        except (KafkaError, OSError, TimeoutError) as exc:
-            # As `ingest x12|payments|fhir`: what was acked stays, re-sending is safe.
+        except BrokerFailed as exc:
+            # As `ingest x12|payments|fhir`: what was acked stays, re-sending is safe; "again"
+            # only where again can succeed.
+            if not exc.retryable:
+                console.print(f"{escape(str(path))}: refused by the broker ({escape(str(exc))});"
+                              " running again cannot succeed until the broker's or topic's "
+                              "configuration changes", soft_wrap=True, highlight=False)
+                return 2
             console.print(f"{escape(str(path))}: the broker did not acknowledge "
-                          f"({escape(f'{type(exc).__name__}: {exc}')}); run the same command "
-                          "again (re-sending is safe)", soft_wrap=True, highlight=False)
+                          f"({escape(str(exc))}); run the same command again (re-sending is "
+                          "safe)", soft_wrap=True, highlight=False)
             return 3
         rejected_total += counts[DLQ]
         console.print(f"{path}: {counts[EVENTS]} events published to {EVENTS}"
@@ -132,8 +137,6 @@ def _publish_file(settings: Settings, kafka: KafkaConnection, path: Path,
             counts[item[0]] += 1
             yield item
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task(f"publishing {path.name}", total=None)
-        asyncio.run(publish(kafka, counted(), on_acked=lambda n: progress.advance(task, n)))
+    with progress(console, f"publishing {path.name}", unit="lines") as advance:
+        publish_records(kafka, counted(), on_acked=advance)
     return counts
