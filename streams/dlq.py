@@ -56,12 +56,21 @@ def dlq_record(
     severity: Literal["error", "warning"] = "error",
     discriminator: str = "",
     payload_bytes_max: int | None = None,
+    identity: str | None = None,
 ) -> DlqRecord:
-    """Build a record; ``discriminator`` tells apart several records from one input."""
+    """Build a record; ``discriminator`` tells apart several records from one input.
+
+    The id is deterministic: by default from the place (origin topic, partition, offset), so
+    a record written again after a crash is the same exception. ``identity`` replaces the
+    place where the same input arriving again at another place is the same exception (the
+    worker's refusal of an event: the same bytes under the same key, refused for the same
+    reason, are one item to work however often a file is re-sent)."""
+    where = identity if identity is not None else (
+        f"{origin.topic}|{origin.partition}|{origin.offset}")
+    material = f"{stage}|{reason_code}|{where}|"
     if payload_bytes_max is not None and len(payload) > payload_bytes_max:
         context = (context or {}) | {"payload_truncated": True, "payload_bytes": len(payload)}
         payload = payload[:payload_bytes_max]
-    material = f"{stage}|{reason_code}|{origin.topic}|{origin.partition}|{origin.offset}|"
     dlq_id = "dlq_" + hashlib.sha256((material + discriminator).encode()).hexdigest()[:24]
     try:
         text, encoding = payload.decode("utf-8"), "utf-8"

@@ -410,6 +410,8 @@ class Processor:
             received_at=_received_at(msg),
             context=_context(event) if event is not None else _loose_context(msg.value),
             payload_bytes_max=self.dlq_payload_bytes_max,
+            # A re-sent file's refused events are the same exceptions, not new ones.
+            identity=f"{msg.topic}|{msg.key!r}|{_sha256(msg.value)}",
         )
         out.dlq.append((msg.partition, msg.key or b"", record.model_dump_json().encode()))
 
