@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -39,6 +39,7 @@ from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, record_bytes_max
 
 __all__ = ["ingest_files", "publish_records", "say", "fit", "BrokerFailed", "FileIngest",
+           "ReadsAhead",
            "WholeFile", "Record", "EXIT_OK", "EXIT_REJECTED", "EXIT_REFUSED", "EXIT_BROKER"]
 
 EXIT_OK = 0  # everything went through
@@ -66,6 +67,14 @@ class FileIngest(Protocol):
 
     @property
     def bytes_read(self) -> int: ...
+
+
+@runtime_checkable
+class ReadsAhead(Protocol):
+    """A ``FileIngest`` that reads much before its first record (a check pass): it calls
+    ``on_progress`` as it reads, so the progress display moves before anything is sent."""
+
+    on_progress: Callable[[], None] | None
 
 
 Ingest = TypeVar("Ingest", bound=FileIngest)
@@ -143,10 +152,17 @@ def publish_file(kafka: KafkaConnection, ingest: FileIngest, *, path: Path, size
     with progress(console, f"publishing {path.name}", total=size, unit="bytes") as advance:
         shown = 0
 
-        def acked(_: int) -> None:
+        def sync() -> None:
             nonlocal shown
-            advance(ingest.bytes_read - shown)
-            shown = ingest.bytes_read
+            if ingest.bytes_read > shown:
+                advance(ingest.bytes_read - shown)
+                shown = ingest.bytes_read
+
+        def acked(_: int) -> None:
+            sync()
+
+        if isinstance(ingest, ReadsAhead):
+            ingest.on_progress = sync
 
         return publish_records(kafka, (fit(r, origin=origin) for r in ingest.records()),
                                on_acked=acked)

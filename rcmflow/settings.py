@@ -234,6 +234,10 @@ class Settings(BaseSettings):
     x12_guide_validation: bool = Field(
         True, description="Run pyx12's implementation-guide validation (warnings only)."
     )
+    x12_guide_bytes_max: int = Field(
+        2 * 1024 * 1024, ge=0, description="Largest X12 file guide-validated (pyx12 needs "
+        "~0.8 ms and ~3 KB per segment); larger files are read without it, with a warning."
+    )
     payments_file_bytes_max: int = Field(
         256 * 1024 * 1024, ge=1024, description="Largest payment file read; larger: refused."
     )
