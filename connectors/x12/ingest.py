@@ -30,7 +30,7 @@ Peak memory is one set's, not the file's.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,6 +97,8 @@ class SetOutcome:
     event_count: int = 0
     problems_total: int = 0
     warnings_total: int = 0
+    #: Makes the events again when they are not kept in ``events`` (a set of 100,000s).
+    remake_events: Callable[[], Iterable[X12Event]] | None = None
 
     @property
     def parked(self) -> bool:
@@ -201,7 +203,7 @@ def set_records(origin: str, s: SetOutcome, file_warnings: list[str], limits: X1
                 "trace": s.trace, "warnings": warnings,
                 "warnings_total": max(s.warnings_total, len(s.warnings))})
         return
-    for event in s.events:
+    for event in s.remake_events() if s.remake_events is not None else s.events:
         yield EVENTS, event.account.encode(), event.model_dump_json().encode()
 
 
@@ -315,17 +317,21 @@ class X12File:
         if self.on_progress is not None:
             self.on_progress()
 
+    def _check(self, source: X12Source, doc: X12Document) -> Iterator[TransactionSet]:
+        """Pass 1: each set checked and summed up in ``outcome.sets``, then let go."""
+        for tset in source.sets(doc, segments_max=self.limits.segments_max):
+            self.outcome.sets.append(_process_set(tset, doc.terminator, [], self.limits,
+                                                  keep=False).summary())
+            tset.lines = []
+            yield tset
+
     def records(self) -> Iterator[Record]:
         limits, outcome = self.limits, self.outcome
         received = datetime.now(UTC)
         source = self._source = X12Source(lambda: self.path.open("rb"), on_read=self._read)
         # Pass 1: check every set, keep a summary of each.
         doc = X12Document()
-        envelopes = []
-        for tset in source.sets(doc, segments_max=limits.segments_max):
-            outcome.sets.append(_process_set(tset, doc.terminator, [], limits,
-                                             keep=False).summary())
-            envelopes.append((tset.interchange, tset.group))
+        envelopes = [(s.interchange, s.group) for s in self._check(source, doc)]
         outcome.problems.extend(doc.file_problems)
         outcome.warnings.extend(doc.file_warnings)
         if not doc.file_problems and not outcome.sets:
@@ -357,29 +363,31 @@ class X12File:
                                   warnings=s.warnings, problems_total=s.problems_total,
                                   warnings_total=s.warnings_total)
             else:
-                full = _process_set(tset, doc.terminator, guide.get(tset.st02, []), limits)
+                full = _process_set(tset, doc.terminator, guide.get(tset.st02, []), limits,
+                                    keep_events=False)
+            tset.lines = []
             yield from set_records(outcome.origin, full, outcome.warnings, limits, received)
             del full
 
 
 def _process_set(tset: TransactionSet, terminator: str, guide: list[str],
-                 limits: X12Limits, *, keep: bool = True) -> SetOutcome:
-    """Check and map one set; ``keep=False`` (a check pass): no text, events or totals kept."""
+                 limits: X12Limits, *, keep: bool = True,
+                 keep_events: bool = True) -> SetOutcome:
+    """Check and map one set; ``keep=False`` (a check pass): no text, events or totals kept;
+    ``keep_events=False``: the events are made again as they are published."""
     out = SetOutcome(tset.st01, tset.st02, tset.isa13, tset.gs06,
-                     tset.segments[0].number if tset.segments else 0, "",
+                     tset.first_segment if tset.lines else 0, "",
                      tset.raw(terminator) if keep else "", problems=list(tset.problems),
                      warnings=tset.warnings + guide)
-    _map_set(tset, out, limits, keep)
-    out.event_count = len(out.events)
+    _map_set(tset, out, limits, keep, keep and keep_events)
     out.problems_total = len(out.problems)
     out.warnings_total = len(out.warnings)
     del out.warnings[WARNINGS_KEPT_MAX:]
-    if not keep:
-        out.events = []
     return out
 
 
-def _map_set(tset: TransactionSet, out: SetOutcome, limits: X12Limits, keep: bool) -> None:
+def _map_set(tset: TransactionSet, out: SetOutcome, limits: X12Limits, keep: bool,
+             keep_events: bool) -> None:
     if tset.st01 == "835":
         remit = parse_835(tset)
         out.trace, out.claims, out.provider_adjustments = (remit.trn02, len(remit.claims),
@@ -391,7 +399,7 @@ def _map_set(tset: TransactionSet, out: SetOutcome, limits: X12Limits, keep: boo
         out.problems += [p for p in (account_problem(f"provider:{b.provider}", "PLB01")
                                      for b in remit.plbs) if p]
         if not out.problems:
-            _events(out, lambda: remit_events(remit, entity=limits.entity))
+            _events(out, lambda: remit_events(remit, entity=limits.entity), keep_events)
             if not out.problems and keep:
                 remit_totals(remit, out.totals)
     elif tset.st01 == "837":
@@ -404,7 +412,7 @@ def _map_set(tset: TransactionSet, out: SetOutcome, limits: X12Limits, keep: boo
         out.problems += [p for p in (account_problem(c.account, f"claim {c.number} CLM01")
                                      for c in batch.claims) if p]
         if not out.problems:
-            _events(out, lambda: claim_events(batch, entity=limits.entity))
+            _events(out, lambda: claim_events(batch, entity=limits.entity), keep_events)
             if not out.problems and keep:
                 batch_totals(batch, out.totals)
     else:
@@ -413,10 +421,19 @@ def _map_set(tset: TransactionSet, out: SetOutcome, limits: X12Limits, keep: boo
             f"ST01 {tset.st01[:6]!r} is not handled (835 remittances and 837 claims are)"))
 
 
-def _events(out: SetOutcome, build: Any) -> None:
+def _events(out: SetOutcome, make: Callable[[], Iterable[X12Event]], keep: bool) -> None:
+    """Make (so check) every event; keep them, or only their ids and a way to remake them."""
+    ids: list[tuple[str, str]] = []
     try:
-        out.events = list(build())
+        for event in make():
+            ids.append((event.account, event.event_id))
+            if keep:
+                out.events.append(event)
     except ValueError as exc:
+        out.events.clear()
         out.problems.append(Problem("x12_invalid_event", str(exc)))
         return
-    out.totals.event_ids = [(e.account, e.event_id) for e in out.events]
+    out.event_count = len(ids)
+    out.totals.event_ids = ids
+    if not keep:
+        out.remake_events = make

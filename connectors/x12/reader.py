@@ -99,7 +99,10 @@ class Segment:
         return value.strip()
 
     def text(self, element_sep: str, terminator: str) -> str:
-        return element_sep.join(self.parts).rstrip(element_sep) + terminator
+        return self.line(element_sep) + terminator
+
+    def line(self, element_sep: str) -> str:
+        return element_sep.join(self.parts).rstrip(element_sep)
 
 
 @dataclass
@@ -117,9 +120,20 @@ class TransactionSet:
     element_sep: str
     st01: str
     st02: str
-    segments: list[Segment] = field(default_factory=list)
+    #: Each segment as written (elements joined by ``element_sep``, no terminator): one
+    #: string a segment is ~5x smaller than ``Segment`` objects, for sets of 100,000s.
+    lines: list[str] = field(default_factory=list)
+    first_segment: int = 0  # the ST's position in the file
+    component_sep: str = ""
     own_problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def segments(self) -> Iterator[Segment]:
+        """The segments, made one at a time from ``lines``."""
+        sep, component = self.element_sep, self.component_sep
+        for number, line in enumerate(self.lines, start=self.first_segment):
+            yield Segment(number, tuple(line.split(sep)), component)
 
     @property
     def problems(self) -> list[Problem]:
@@ -135,7 +149,7 @@ class TransactionSet:
         return self.group.control
 
     def raw(self, terminator: str) -> str:
-        return "".join(s.text(self.element_sep, terminator) + "\n" for s in self.segments)
+        return "".join(line + terminator + "\n" for line in self.lines)
 
 
 @dataclass
@@ -394,9 +408,11 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
                     "x12_se_missing", f"ST {current.st02} has no SE before the next ST"))
                 yield current
             current = TransactionSet(interchange, group, version, group_date,
-                                     reader.ele_term or "*", seg.el(1), seg.el(2))
+                                     reader.ele_term or "*", seg.el(1), seg.el(2),
+                                     first_segment=count,
+                                     component_sep=reader.subele_term or "")
         if current is not None:
-            current.segments.append(seg)
+            current.lines.append(seg.line(current.element_sep))
         elif sid not in ("ISA", "GS", "GE", "IEA"):
             target = group if group.control else interchange
             target.problems.append(Problem(
