@@ -343,9 +343,7 @@ class X12File:
                            limits, received)
             return
         for s, (interchange, group) in zip(outcome.sets, envelopes, strict=True):
-            later = [p for p in interchange.problems + group.problems if p not in s.problems]
-            s.problems[:0] = later  # found at its GE / IEA, after the set was read
-            s.problems_total += len(later)
+            _add_envelope_problems(s, interchange.problems + group.problems)
         before = source.bytes_read
         guide = _guide(source, self.path.stat().st_size, outcome.sets, limits,
                        outcome.warnings)
@@ -368,6 +366,19 @@ class X12File:
             tset.lines = []
             yield from set_records(outcome.origin, full, outcome.warnings, limits, received)
             del full
+
+
+def _add_envelope_problems(s: SetOutcome, envelope: list[Problem]) -> None:
+    """Problems of a set's interchange or group found at its GE / IEA, after the set was
+    read: first, as when the file is read whole (where its events were then not made, so
+    no event problem either)."""
+    later = [p for p in envelope if p not in s.problems]
+    if not later:
+        return
+    own = [p for p in s.problems if p not in envelope]
+    unmade = [p for p in own if p.code == "x12_invalid_event"]
+    s.problems_total += len(later) - len(unmade)
+    s.problems = (envelope + [p for p in own if p not in unmade])[:_PROBLEMS_KEPT_MAX]
 
 
 def _process_set(tset: TransactionSet, terminator: str, guide: list[str],
