@@ -139,10 +139,32 @@ def publish_records(kafka: KafkaConnection, records: Iterable[Record], *,
     """Send ``records`` (any iterable: a generator is read as it is sent) with acks=all;
     returns how many were acknowledged. BrokerFailed when the broker did not take them."""
     try:
-        return asyncio.run(publish(kafka, records, on_acked=on_acked))
+        return asyncio.run(publish(kafka, _reading(records), on_acked=on_acked))
+    except _ReadFailed as exc:
+        raise exc.cause from None  # the input could not be read: not the broker's doing
     except (KafkaError, OSError, TimeoutError) as exc:
         raise BrokerFailed(f"{type(exc).__name__}: {exc}",
                            retryable=not isinstance(exc, NOT_RETRYABLE)) from exc
+
+
+class _ReadFailed(Exception):
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _reading(records: Iterable[Record]) -> Iterator[Record]:
+    """``records``, with an OSError of the reading (a file read as it is sent) told apart
+    from the broker's."""
+    it = iter(records)
+    while True:
+        try:
+            record = next(it)
+        except StopIteration:
+            return
+        except OSError as exc:
+            raise _ReadFailed(exc) from exc
+        yield record
 
 
 def publish_file(kafka: KafkaConnection, ingest: FileIngest, *, path: Path, size: int,
@@ -188,6 +210,11 @@ def ingest_files(
         ingest = open_file(path)
         try:
             publish_file(kafka, ingest, path=path, size=path.stat().st_size, console=console)
+        except OSError as exc:  # the file went away or became unreadable while being read
+            say(console, f"[red]{escape(str(path))}: cannot be read ({type(exc).__name__}: "
+                         f"{escape(str(exc.strerror or exc))}); what was read before is "
+                         "published, re-sending the file is safe[/red]")
+            return EXIT_REFUSED
         except BrokerFailed as exc:
             if not exc.retryable:
                 say(console, f"[red]{escape(str(path))}: refused by the broker "

@@ -353,8 +353,10 @@ class X12File:
             s.warnings_total += len(guide.get(s.st02, []))
         # Pass 2: each set again, published as it is read.
         doc = X12Document()
-        for s, tset in zip(outcome.sets, source.sets(doc, segments_max=limits.segments_max),
-                           strict=False):
+        for n, tset in enumerate(source.sets(doc, segments_max=limits.segments_max)):
+            if n >= len(outcome.sets):
+                break  # the file grew since the check: what was not checked is not sent
+            s = outcome.sets[n]
             if s.parked:
                 full = SetOutcome(s.st01, s.st02, s.isa13, s.gs06, s.first_segment, s.trace,
                                   tset.raw(doc.terminator), problems=s.problems,
@@ -363,6 +365,8 @@ class X12File:
             else:
                 full = _process_set(tset, doc.terminator, guide.get(tset.st02, []), limits,
                                     keep_events=False)
+                # The report says what was published (the file may have changed since).
+                outcome.sets[n] = full.summary()
             tset.lines = []
             yield from set_records(outcome.origin, full, outcome.warnings, limits, received)
             del full

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from rich.console import Console
 
+from rcmflow.connectors.files import Record, publish_records
 from rcmflow.connectors.totals import SourceTotals
 from rcmflow.connectors.x12.ingest import RAW_RECORD_BYTES_MAX, X12File, X12Limits
 from rcmflow.connectors.x12.watch import watch
@@ -169,3 +171,16 @@ def test_a_broker_that_is_down_leaves_the_file_for_the_next_poll(tmp_path: Path)
     assert (drop / "r.835").read_bytes() == data
     assert not (drop / "rejected").exists() and not (drop / "done").exists()
     assert "left in place, will retry" in out.getvalue()
+
+
+@pytest.mark.broker
+@pytest.mark.brokers("tansu")
+def test_a_file_that_cannot_be_read_midway_is_not_blamed_on_the_broker(broker: Broker) -> None:
+    """Files are read as they are sent: an OSError of the reading stays an OSError (watch
+    leaves the file in place saying so), never "the broker did not acknowledge"."""
+    def records() -> Iterator[Record]:
+        yield RAW_X12, b"k", b"{}"
+        raise FileNotFoundError(2, "No such file or directory")
+
+    with pytest.raises(FileNotFoundError):
+        publish_records(broker.connection, records())
