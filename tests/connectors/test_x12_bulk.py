@@ -184,3 +184,25 @@ def test_a_file_that_cannot_be_read_midway_is_not_blamed_on_the_broker(broker: B
 
     with pytest.raises(FileNotFoundError):
         publish_records(broker.connection, records())
+
+
+@pytest.mark.broker
+def test_reconcile_reads_a_set_split_into_parts_as_one_set(broker: Broker,
+                                                          tmp_path: Path) -> None:
+    """`rcmflow reconcile` unchanged: the parts of a 5,000-claim set's raw record state every
+    claim once, and the events on rcm.events carry the same cents."""
+    from rcmflow.connectors.erp.reconcile import reconcile
+    from rcmflow.kafka_io import publish
+    from tests.erp.test_reconcile_sources import CHART, source_findings, sums
+
+    path = tmp_path / "r.835"
+    path.write_bytes(envelope(remit_segments(many_claims(5000))))
+    records = list(X12File(path, X12Limits(guide_validation=False)).records())
+    assert sum(1 for t, _, _ in records if t == RAW_X12) > 1
+    asyncio.run(publish(broker.connection, records))
+    report = asyncio.run(reconcile(broker.connection, CHART))
+    assert source_findings(report) == []
+    assert sums(report) == {"payer_paid": (8000 * 5000, 8000 * 5000),
+                            "adjusted": (1500 * 5000, 1500 * 5000),
+                            "patient_responsibility": (500 * 5000, 500 * 5000)}
+    assert report.counts["source_events_found"] == report.counts["source_events_listed"] == 5000
