@@ -116,18 +116,20 @@ class SourceTotals:
         """The same totals in parts whose JSON is at most about ``bytes_max`` each (a raw
         record must fit its topic whatever the unit's size): an event's amounts stay with
         it, in the order the events were listed; unattributed amounts go with the first."""
-        by_event: dict[str | None, list[SourceAmount]] = {}
+        by_event: dict[tuple[str, str], list[SourceAmount]] = {}
+        first = SourceTotals()
         for a in self.amounts:
-            by_event.setdefault(a.event_id, []).append(a)
-        first = SourceTotals(by_event.pop(None, []))
+            if a.event_id is None:
+                first.amounts.append(a)
+            else:
+                by_event.setdefault((a.account, a.event_id), []).append(a)
         parts, current = [first], first
         size = sum(_amount_bytes(a) for a in first.amounts)
         listed = set(self.event_ids)
         units = [(pair, True) for pair in self.event_ids] + [
-            ((amounts[0].account, event_id), False) for event_id, amounts in by_event.items()
-            if event_id is not None and (amounts[0].account, event_id) not in listed]
+            (pair, False) for pair in by_event if pair not in listed]
         for (account, event_id), is_listed in units:
-            amounts = by_event.pop(event_id, [])
+            amounts = by_event.pop((account, event_id), [])
             cost = len(account) + len(event_id) + 8 + sum(_amount_bytes(a) for a in amounts)
             if size + cost > bytes_max and (current.amounts or current.event_ids):
                 current, size = SourceTotals(), 0

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import tempfile
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rcmflow.connectors.totals import SourceTotals
 from rcmflow.connectors.x12 import X12Limits, process_x12
 from rcmflow.connectors.x12 import reader as x12_reader
 from rcmflow.connectors.x12.ingest import X12File
@@ -77,3 +80,33 @@ def _same_origin(records: list[tuple[str, bytes | None, bytes]]
             value = json.dumps(doc, sort_keys=True).encode()
         out.append((topic, key, value))
     return out
+
+
+amounts = st.lists(st.tuples(st.sampled_from(["A1", "A2", "provider:9"]),
+                             st.sampled_from(["payer_paid", "adjusted", "patient_responsibility"]),
+                             st.integers(-10**9, 10**9), st.integers(0, 30)), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(found=amounts, bytes_max=st.integers(1, 2000))
+def test_source_totals_split_into_parts_say_the_same_and_stay_bounded(
+        found: list[tuple[str, str, int, int]], bytes_max: int) -> None:
+    """Each event's amounts whole in one part; together the parts are the totals; a part is
+    over ``bytes_max`` only when one event alone is."""
+    totals = SourceTotals()
+    for account, measure, cents, event in found:
+        event_id = None if event == 0 else f"E{event}"
+        totals.add(account, date(2026, 3, 2), measure, cents, event_id)
+        if event_id is not None and (account, event_id) not in totals.event_ids:
+            totals.event_ids.append((account, event_id))
+    parts = totals.split(bytes_max)
+    assert [p for part in parts for p in part.event_ids] == totals.event_ids
+    joined = SourceTotals([a for part in parts for a in part.amounts])
+    assert joined.by_event() == totals.by_event()
+    for n, part in enumerate(parts):
+        size = len(orjson.dumps(part.to_json()))
+        events = {(a.account, a.event_id) for a in part.amounts if a.event_id} | set(
+            part.event_ids)
+        assert size <= bytes_max + 200 or len(events) <= 1 or n == 0
+        elsewhere = {(a.account, a.event_id) for p in parts if p is not part for a in p.amounts}
+        assert not events & elsewhere
