@@ -272,20 +272,19 @@ class ChunkReader(io.TextIOBase):
         super().__init__()
         self._chunks = chunks
         self._buffer = ""
+        self._at = 0  # what of the buffer was read (no copy of the rest at each read)
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int | None = -1) -> str:
-        while size is None or size < 0 or len(self._buffer) < size:
+        while size is None or size < 0 or len(self._buffer) - self._at < size:
             chunk = next(self._chunks, None)
             if chunk is None:
                 break
-            self._buffer += chunk
-        if size is None or size < 0:
-            out, self._buffer = self._buffer, ""
-        else:
-            out, self._buffer = self._buffer[:size], self._buffer[size:]
+            self._buffer, self._at = self._buffer[self._at:] + chunk, 0
+        end = len(self._buffer) if size is None or size < 0 else self._at + size
+        out, self._at = self._buffer[self._at:end], min(end, len(self._buffer))
         return out
 
 
