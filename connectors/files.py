@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -39,6 +39,7 @@ from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import DLQ, record_bytes_max
 
 __all__ = ["ingest_files", "publish_records", "say", "fit", "BrokerFailed", "FileIngest",
+           "ReadsAhead",
            "WholeFile", "Record", "EXIT_OK", "EXIT_REJECTED", "EXIT_REFUSED", "EXIT_BROKER"]
 
 EXIT_OK = 0  # everything went through
@@ -66,6 +67,14 @@ class FileIngest(Protocol):
 
     @property
     def bytes_read(self) -> int: ...
+
+
+@runtime_checkable
+class ReadsAhead(Protocol):
+    """A ``FileIngest`` that reads much before its first record (a check pass): it calls
+    ``on_progress`` as it reads, so the progress display moves before anything is sent."""
+
+    on_progress: Callable[[], None] | None
 
 
 Ingest = TypeVar("Ingest", bound=FileIngest)
@@ -130,10 +139,32 @@ def publish_records(kafka: KafkaConnection, records: Iterable[Record], *,
     """Send ``records`` (any iterable: a generator is read as it is sent) with acks=all;
     returns how many were acknowledged. BrokerFailed when the broker did not take them."""
     try:
-        return asyncio.run(publish(kafka, records, on_acked=on_acked))
+        return asyncio.run(publish(kafka, _reading(records), on_acked=on_acked))
+    except _ReadFailed as exc:
+        raise exc.cause from None  # the input could not be read: not the broker's doing
     except (KafkaError, OSError, TimeoutError) as exc:
         raise BrokerFailed(f"{type(exc).__name__}: {exc}",
                            retryable=not isinstance(exc, NOT_RETRYABLE)) from exc
+
+
+class _ReadFailed(Exception):
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _reading(records: Iterable[Record]) -> Iterator[Record]:
+    """``records``, with an OSError of the reading (a file read as it is sent) told apart
+    from the broker's."""
+    it = iter(records)
+    while True:
+        try:
+            record = next(it)
+        except StopIteration:
+            return
+        except OSError as exc:
+            raise _ReadFailed(exc) from exc
+        yield record
 
 
 def publish_file(kafka: KafkaConnection, ingest: FileIngest, *, path: Path, size: int,
@@ -143,10 +174,17 @@ def publish_file(kafka: KafkaConnection, ingest: FileIngest, *, path: Path, size
     with progress(console, f"publishing {path.name}", total=size, unit="bytes") as advance:
         shown = 0
 
-        def acked(_: int) -> None:
+        def sync() -> None:
             nonlocal shown
-            advance(ingest.bytes_read - shown)
-            shown = ingest.bytes_read
+            if ingest.bytes_read > shown:
+                advance(ingest.bytes_read - shown)
+                shown = ingest.bytes_read
+
+        def acked(_: int) -> None:
+            sync()
+
+        if isinstance(ingest, ReadsAhead):
+            ingest.on_progress = sync
 
         return publish_records(kafka, (fit(r, origin=origin) for r in ingest.records()),
                                on_acked=acked)
@@ -172,6 +210,11 @@ def ingest_files(
         ingest = open_file(path)
         try:
             publish_file(kafka, ingest, path=path, size=path.stat().st_size, console=console)
+        except OSError as exc:  # the file went away or became unreadable while being read
+            say(console, f"[red]{escape(str(path))}: cannot be read ({type(exc).__name__}: "
+                         f"{escape(str(exc.strerror or exc))}); what was read before is "
+                         "published, re-sending the file is safe[/red]")
+            return EXIT_REFUSED
         except BrokerFailed as exc:
             if not exc.retryable:
                 say(console, f"[red]{escape(str(path))}: refused by the broker "

@@ -112,6 +112,34 @@ class SourceTotals:
                             for (a, d, m, e), c in self.by_event().items() if c],
                 "events": [list(pair) for pair in self.event_ids]}
 
+    def split(self, bytes_max: int) -> list[SourceTotals]:
+        """The same totals in parts whose JSON is at most about ``bytes_max`` each (a raw
+        record must fit its topic whatever the unit's size): an event's amounts stay with
+        it, in the order the events were listed; unattributed amounts go with the first."""
+        by_event: dict[tuple[str, str], list[SourceAmount]] = {}
+        first = SourceTotals()
+        for a in self.amounts:
+            if a.event_id is None:
+                first.amounts.append(a)
+            else:
+                by_event.setdefault((a.account, a.event_id), []).append(a)
+        parts, current = [first], first
+        size = sum(_amount_bytes(a) for a in first.amounts)
+        listed = set(self.event_ids)
+        units = [(pair, True) for pair in self.event_ids] + [
+            (pair, False) for pair in by_event if pair not in listed]
+        for (account, event_id), is_listed in units:
+            amounts = by_event.pop((account, event_id), [])
+            cost = len(account) + len(event_id) + 8 + sum(_amount_bytes(a) for a in amounts)
+            if size + cost > bytes_max and (current.amounts or current.event_ids):
+                current, size = SourceTotals(), 0
+                parts.append(current)
+            if is_listed:
+                current.event_ids.append((account, event_id))
+            current.amounts.extend(amounts)
+            size += cost
+        return parts
+
     def header(self) -> bytes:
         return orjson.dumps(self.to_json())
 
@@ -125,6 +153,12 @@ class SourceTotals:
                        int(x["cents"]), None if event is None else str(event))
         totals.event_ids = [(str(a), str(e)) for a, e in doc["events"]]
         return totals
+
+
+def _amount_bytes(a: SourceAmount) -> int:
+    """Bytes of one amount in ``to_json`` (as summed per event, an upper bound)."""
+    return len(orjson.dumps({"account": a.account, "day": a.day.isoformat(), "measure": a.measure,
+                             "cents": a.cents, "event": a.event_id})) + 1
 
 
 def event_amounts(event: Event) -> Iterable[tuple[str, int]]:

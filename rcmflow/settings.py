@@ -288,11 +288,16 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest X12 file read; larger ones are refused."
     )
     x12_segments_max: int = Field(
-        1_000_000, ge=100, description="Segments per X12 file (~1 KB of memory each while a "
-        "file is checked); past it the file is rejected whole: split it."
+        1_000_000, ge=100, description="Segments per X12 file (~0.5 KB of memory each in the "
+        "largest transaction set: files are read set by set); past it the file is rejected "
+        "whole: split it."
     )
     x12_guide_validation: bool = Field(
         True, description="Run pyx12's implementation-guide validation (warnings only)."
+    )
+    x12_guide_bytes_max: int = Field(
+        2 * 1024 * 1024, ge=0, description="Largest X12 file guide-validated (pyx12 needs "
+        "~0.8 ms and ~3 KB per segment); larger files are read without it, with a warning."
     )
     payments_file_bytes_max: int = Field(
         256 * 1024 * 1024, ge=1024, description="Largest payment file read; larger: refused."

@@ -10,6 +10,7 @@ A claim that does not add up parks its set. ``batch_totals`` reads each claim's 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -30,7 +31,7 @@ __all__ = ["SubmittedClaim", "Batch837", "parse_837", "claim_events", "batch_tot
 SOURCE_837 = "x12-837"
 
 
-@dataclass
+@dataclass(slots=True)
 class SubmittedLine:
     line_id: str
     charge_cents: int
@@ -39,7 +40,7 @@ class SubmittedLine:
     revenue_code: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class SubmittedClaim:
     number: int
     account: str
@@ -171,13 +172,13 @@ def _claim_event_ids(batch: Batch837) -> list[str]:
     return ids
 
 
-def claim_events(batch: Batch837, *, entity: str) -> list[ClaimSubmitted]:
-    """The claim-submitted events of a checked batch; raises ``ValueError`` naming the claim."""
+def claim_events(batch: Batch837, *, entity: str) -> Iterator[ClaimSubmitted]:
+    """The claim-submitted events of a checked batch, made one at a time (a batch can hold
+    100,000s); raises ``ValueError`` naming the claim."""
     assert batch.created is not None
-    events = []
     for claim, event_id in zip(batch.claims, _claim_event_ids(batch), strict=True):
         try:
-            events.append(ClaimSubmitted(
+            yield ClaimSubmitted(
                 kind=EventKind.CLAIM_SUBMITTED,
                 event_id=event_id,
                 account=claim.account,
@@ -192,11 +193,10 @@ def claim_events(batch: Batch837, *, entity: str) -> list[ClaimSubmitted]:
                 lines=tuple(ServiceLine(line_id=ln.line_id, charge_cents=ln.charge_cents,
                                         units=ln.units, procedure_code=ln.procedure_code,
                                         revenue_code=ln.revenue_code) for ln in claim.lines),
-            ))
+            )
         except ValidationError as exc:
             raise ValueError(f"claim {claim.number} (CLM01 {claim.account}): "
                              f"{first_error(exc)}") from None
-    return events
 
 
 def batch_totals(batch: Batch837, totals: SourceTotals) -> None:

@@ -11,8 +11,8 @@ from rcmflow.settings import Settings
 from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.topics import DLQ
 
-from ..files import WholeFile, ingest_files, say
-from .ingest import FileOutcome, X12Limits, process_x12
+from ..files import ingest_files, say
+from .ingest import FileOutcome, X12File, X12Limits, process_x12
 from .reader import Problem
 
 __all__ = ["ingest_x12_files", "limits_from", "report_x12", "process_x12_path"]
@@ -25,6 +25,7 @@ def limits_from(settings: Settings) -> X12Limits:
     return X12Limits(segments_max=settings.x12_segments_max,
                      guide_validation=settings.x12_guide_validation,
                      dlq_payload_bytes_max=settings.dlq_payload_bytes_max,
+                     guide_bytes_max=settings.x12_guide_bytes_max,
                      date_window=DateWindow.from_settings(settings))
 
 
@@ -40,10 +41,8 @@ def ingest_x12_files(settings: Settings, kafka: KafkaConnection, files: list[Pat
     return ingest_files(
         files, kafka=kafka, console=console, bytes_max=settings.x12_file_bytes_max,
         bytes_setting="RCMFLOW_X12_FILE_BYTES_MAX",
-        open_file=lambda path: WholeFile(
-            path, lambda p: process_x12(p.read_bytes(), origin=f"file:{p}", limits=limits),
-            lambda outcome: outcome.records(limits)),
-        report=lambda path, whole, console: report_x12(path, whole.outcome, console))
+        open_file=lambda path: X12File(path, limits),
+        report=lambda path, x12, console: report_x12(path, x12.outcome, console))
 
 
 def report_x12(path: Path, outcome: FileOutcome, console: Console) -> None:
@@ -54,27 +53,30 @@ def report_x12(path: Path, outcome: FileOutcome, console: Console) -> None:
         return
     applied = sum(1 for s in outcome.sets if not s.parked)
     say(console, f"{path}: {applied} of {_count(len(outcome.sets), 'transaction set')} "
-                  f"applied, {_count(len(outcome.events), 'event')}")
+                  f"applied, {_count(outcome.event_count, 'event')}")
     for s in outcome.sets:
         what = _count(s.claims, "claim") + (
             f", {_count(s.provider_adjustments, 'PLB amount')}" if s.provider_adjustments else "")
-        notes = f"; {_count(len(s.warnings), 'warning')}" if s.warnings else ""
+        warned = max(s.warnings_total, len(s.warnings))
+        notes = f"; {_count(warned, 'warning')}" if warned else ""
         if s.parked:
             say(console, f"  ST {s.st02} ({s.st01}, trace {s.trace or '-'}): "
                           f"[yellow]parked in {DLQ}[/yellow] ({what}{notes})")
-            _problems(console, s.problems, "    ")
+            _problems(console, s.problems, "    ", s.problems_total)
         else:
             say(console, f"  ST {s.st02} ({s.st01}, trace {s.trace or '-'}): {what} -> "
-                          f"{_count(len(s.events), 'event')}{notes}")
+                          f"{_count(s.event_count, 'event')}{notes}")
     for w in outcome.warnings:
         say(console, f"  [dim]{w}[/dim]")
 
 
-def _problems(console: Console, problems: list[Problem], indent: str) -> None:
+def _problems(console: Console, problems: list[Problem], indent: str,
+              total: int | None = None) -> None:
     for p in problems[:PROBLEMS_SHOWN_MAX]:
         say(console, f"{indent}{p.code}: {p.detail}")
-    if len(problems) > PROBLEMS_SHOWN_MAX:
-        say(console, f"{indent}... {len(problems) - PROBLEMS_SHOWN_MAX} more (rcmflow dlq show)")
+    total = max(total or 0, len(problems))
+    if total > PROBLEMS_SHOWN_MAX:
+        say(console, f"{indent}... {total - PROBLEMS_SHOWN_MAX} more (rcmflow dlq show)")
 
 
 def _count(n: int, noun: str) -> str:

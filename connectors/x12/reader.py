@@ -12,20 +12,31 @@ what pyx12 refuses outright with an unhelpful message, so the reason names the r
 
 An interchange-level problem parks every set in the interchange, a group-level one every set
 in the group, a set-level one that set only.
+
+The file is read as a stream (``X12Source``): decoded in chunks, repaired in chunks, and each
+transaction set is handed over as soon as it is complete, so memory holds one set, not the
+file. A source can be read more than once (a check pass, then a publish pass).
 """
 
 from __future__ import annotations
 
+import codecs
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import pyx12.errors
 import pyx12.segment
 import pyx12.x12file
 
-__all__ = ["Problem", "Segment", "TransactionSet", "X12Document", "read_x12", "ISA_WIDTHS"]
+__all__ = ["Problem", "Segment", "TransactionSet", "X12Document", "X12Source", "read_x12",
+           "ISA_WIDTHS"]
+
+#: Bytes read from the file at a time, and characters of its start read for the ISA.
+CHUNK_BYTES = 1024 * 1024
+_HEAD_CHARS = 64 * 1024
 
 #: Fixed widths of ISA01..ISA16: an ISA is 106 characters with its terminator.
 ISA_WIDTHS = (2, 10, 2, 10, 2, 15, 2, 15, 6, 4, 1, 5, 9, 1, 1, 1)
@@ -88,7 +99,10 @@ class Segment:
         return value.strip()
 
     def text(self, element_sep: str, terminator: str) -> str:
-        return element_sep.join(self.parts).rstrip(element_sep) + terminator
+        return self.line(element_sep) + terminator
+
+    def line(self, element_sep: str) -> str:
+        return element_sep.join(self.parts).rstrip(element_sep)
 
 
 @dataclass
@@ -106,9 +120,20 @@ class TransactionSet:
     element_sep: str
     st01: str
     st02: str
-    segments: list[Segment] = field(default_factory=list)
+    #: Each segment as written (elements joined by ``element_sep``, no terminator): one
+    #: string a segment is ~5x smaller than ``Segment`` objects, for sets of 100,000s.
+    lines: list[str] = field(default_factory=list)
+    first_segment: int = 0  # the ST's position in the file
+    component_sep: str = ""
     own_problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def segments(self) -> Iterator[Segment]:
+        """The segments, made one at a time from ``lines``."""
+        sep, component = self.element_sep, self.component_sep
+        for number, line in enumerate(self.lines, start=self.first_segment):
+            yield Segment(number, tuple(line.split(sep)), component)
 
     @property
     def problems(self) -> list[Problem]:
@@ -124,7 +149,7 @@ class TransactionSet:
         return self.group.control
 
     def raw(self, terminator: str) -> str:
-        return "".join(s.text(self.element_sep, terminator) + "\n" for s in self.segments)
+        return "".join(line + terminator + "\n" for line in self.lines)
 
 
 @dataclass
@@ -134,8 +159,6 @@ class X12Document:
     file_warnings: list[str] = field(default_factory=list)
     sets: list[TransactionSet] = field(default_factory=list)
     terminator: str = "~"
-    #: The text pyx12 read (after layout repairs), for the implementation-guide pass.
-    text: str = ""
 
 
 def decode(data: bytes) -> str:
@@ -148,8 +171,146 @@ def decode(data: bytes) -> str:
         return data.decode("latin-1")
 
 
-def _prepare(text: str, doc: X12Document) -> tuple[str, list[Problem]] | None:
-    """The text pyx12 can tokenise and the ISA's own problems; None if it is not X12."""
+class X12Source:
+    """An X12 file read as a stream, as often as needed (``open_bytes`` opens it afresh).
+
+    ``decode``'s rule holds for the whole file: one scan decides UTF-8 or Latin-1 first.
+    ``bytes_read`` counts the bytes read by the passes so far (for progress).
+    """
+
+    def __init__(self, open_bytes: Callable[[], BinaryIO], *,
+                 on_read: Callable[[], None] | None = None) -> None:
+        self._open = open_bytes
+        self._on_read = on_read
+        self.bytes_read = 0
+        self.codec = "utf-8"
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            for chunk in self._chunks():
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            self.codec = "latin-1"
+
+    def _chunks(self) -> Iterator[bytes]:
+        with self._open() as fh:
+            first = True
+            while chunk := fh.read(CHUNK_BYTES):
+                if first and chunk.startswith(b"\xef\xbb\xbf"):
+                    chunk = chunk[3:]
+                first = False
+                yield chunk
+
+    def head(self, size: int) -> bytes:
+        """The first ``size`` bytes (a DLQ payload)."""
+        with self._open() as fh:
+            return fh.read(size)
+
+    def text(self) -> Iterator[str]:
+        """The file decoded, chunk by chunk; ``bytes_read`` advances as it is read."""
+        decoder = codecs.getincrementaldecoder(self.codec)()
+        for chunk in self._chunks():
+            self.bytes_read += len(chunk)
+            if self._on_read is not None:
+                self._on_read()
+            if text := decoder.decode(chunk):
+                yield text
+        if text := decoder.decode(b"", final=True):
+            yield text
+
+    def prepared(self, doc: X12Document) -> tuple[Iterator[str], list[Problem]] | None:
+        """The text pyx12 can tokenise (chunks) and the ISA's own problems; None if it is
+        not X12 (the reason is in ``doc.file_problems``)."""
+        chunks = self.text()
+        head = ""
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= _HEAD_CHARS + len(head) - len(head.lstrip()):
+                break
+        layout = _prepare(head, doc)
+        if layout is None:
+            return None
+        isa, body, rejoin, problems = layout
+        rest: Iterator[str] = _chain(body, chunks)
+        if rejoin:
+            rest = _rejoined(rest, doc.terminator)
+        first = next(rest, "")
+        lead = "" if first.startswith(("\n", "\r")) else "\n"
+        return _chain(isa + lead + first, rest), problems
+
+    def sets(self, doc: X12Document, *, segments_max: int) -> Iterator[TransactionSet]:
+        """Every transaction set, each as soon as it is complete (its envelopes' problems
+        found later still reach it: they are shared). File problems go to ``doc``: the
+        caller must look at them once the iterator is exhausted (the sets do not count)."""
+        prepared = self.prepared(doc)
+        if prepared is None:
+            return
+        text, isa_problems = prepared
+        try:
+            reader = pyx12.x12file.X12Reader(ChunkReader(text))
+        except pyx12.errors.X12Error as exc:
+            doc.file_problems.append(Problem("x12_unreadable",
+                                             f"pyx12 cannot read the file: {exc}"))
+            return
+        try:
+            yield from _walk(reader, doc, isa_problems, segments_max)
+        except pyx12.errors.X12Error as exc:
+            doc.file_problems.append(Problem("x12_unreadable", f"pyx12 stopped reading: {exc}"))
+        except (IndexError, KeyError, ValueError, TypeError, AttributeError) as exc:
+            # pyx12's reader trips over some broken envelopes (a GE with no open GS): the
+            # file's structure is unusable, so it is refused whole rather than guessed at.
+            doc.file_problems.append(Problem(
+                "x12_unreadable",
+                f"pyx12 could not read past segment {reader.get_cur_line() + 1}: "
+                f"{type(exc).__name__} (broken envelope nesting?)"))
+
+
+class ChunkReader(io.TextIOBase):
+    """A read-only text file over chunks of text (what pyx12 reads from)."""
+
+    def __init__(self, chunks: Iterator[str]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._buffer = ""
+        self._at = 0  # what of the buffer was read (no copy of the rest at each read)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        while size is None or size < 0 or len(self._buffer) - self._at < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer, self._at = self._buffer[self._at:] + chunk, 0
+        end = len(self._buffer) if size is None or size < 0 else self._at + size
+        out, self._at = self._buffer[self._at:end], min(end, len(self._buffer))
+        return out
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    if first:
+        yield first
+    yield from rest
+
+
+def _rejoined(chunks: Iterator[str], terminator: str) -> Iterator[str]:
+    """Segments stripped of the whitespace around them, one per line."""
+    tail = ""
+    for chunk in chunks:
+        pieces = (tail + chunk).split(terminator)
+        tail = pieces.pop()
+        out = "".join(p.strip() + terminator + "\n" for p in pieces if p.strip())
+        if out:
+            yield out
+    if tail.strip():
+        yield tail.strip() + terminator + "\n"
+
+
+def _prepare(text: str, doc: X12Document) -> tuple[str, str, bool, list[Problem]] | None:
+    """From the start of the file: the ISA (padded to its widths), the rest of ``text``
+    after its terminator, whether the segments must be re-joined, and the ISA's problems;
+    None if it is not X12."""
     text = text.lstrip()
     if not text.startswith("ISA"):
         start = text[:3]
@@ -163,7 +324,7 @@ def _prepare(text: str, doc: X12Document) -> tuple[str, list[Problem]] | None:
     pos = 4
     for _ in range(15):  # ISA01..ISA15 end at a separator each
         end = text.find(sep, pos)
-        if end < 0:
+        if end < 0 or end - pos > _HEAD_CHARS // 16:
             doc.file_problems.append(Problem("x12_isa_unreadable",
                                              "the ISA segment does not have 16 elements"))
             return None
@@ -181,13 +342,13 @@ def _prepare(text: str, doc: X12Document) -> tuple[str, list[Problem]] | None:
     problems: list[Problem] = []
     terminator = text[after]
     body = text[after + 1:]
+    rejoin = False
     if gap > after and not (text[gap].isalnum()):
         terminator = text[gap]
         doc.file_warnings.append(
             f"whitespace before every segment terminator {terminator!r}: segments re-joined")
         body = text[gap + 1:]
-        pieces = [p.strip() for p in body.split(terminator)]
-        body = "".join(p + terminator + "\n" for p in pieces if p)
+        rejoin = True
     if pos != ISA_LEN - 1:
         problems.append(Problem(
             "x12_isa_not_fixed_width",
@@ -204,41 +365,21 @@ def _prepare(text: str, doc: X12Document) -> tuple[str, list[Problem]] | None:
             padded.append(value.ljust(width))
         parts = padded
     doc.terminator = terminator
-    isa = "ISA" + sep + sep.join(parts) + terminator
-    return isa + ("\n" if not body.startswith(("\n", "\r")) else "") + body, problems
+    return "ISA" + sep + sep.join(parts) + terminator, body, rejoin, problems
 
 
 def read_x12(data: bytes, *, segments_max: int) -> X12Document:
-    """Read every interchange, group and transaction set in ``data``; never raises on input."""
+    """Read every interchange, group and transaction set in ``data`` (all of it kept in
+    memory: files are read with ``X12Source.sets``); never raises on input."""
     doc = X12Document()
-    prepared = _prepare(decode(data), doc)
-    if prepared is None:
-        return doc
-    text, isa_problems = prepared
-    doc.text = text
-    try:
-        reader = pyx12.x12file.X12Reader(io.StringIO(text))
-    except pyx12.errors.X12Error as exc:
-        doc.file_problems.append(Problem("x12_unreadable", f"pyx12 cannot read the file: {exc}"))
-        return doc
-    try:
-        _walk(reader, doc, isa_problems, segments_max)
-    except pyx12.errors.X12Error as exc:
+    doc.sets = list(X12Source(lambda: io.BytesIO(data)).sets(doc, segments_max=segments_max))
+    if doc.file_problems:
         doc.sets.clear()
-        doc.file_problems.append(Problem("x12_unreadable", f"pyx12 stopped reading: {exc}"))
-    except (IndexError, KeyError, ValueError, TypeError, AttributeError) as exc:
-        # pyx12's reader trips over some broken envelopes (a GE with no open GS): the file's
-        # structure is unusable, so it is refused whole rather than guessed at.
-        doc.sets.clear()
-        doc.file_problems.append(Problem(
-            "x12_unreadable",
-            f"pyx12 could not read past segment {reader.get_cur_line() + 1}: "
-            f"{type(exc).__name__} (broken envelope nesting?)"))
     return doc
 
 
 def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[Problem],
-          segments_max: int) -> None:
+          segments_max: int) -> Iterator[TransactionSet]:
     interchange = _Envelope("", list(isa_problems))
     group = _Envelope("")
     version = group_date = ""
@@ -246,7 +387,6 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
     count = 0
     for count, raw in enumerate(_segments(reader), start=1):
         if count > segments_max:
-            doc.sets.clear()
             doc.file_problems.append(Problem(
                 "x12_too_many_segments",
                 f"more than {segments_max} segments (RCMFLOW_X12_SEGMENTS_MAX): split the file"))
@@ -265,21 +405,26 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
             if current is not None:
                 current.own_problems.append(Problem(
                     "x12_se_missing", f"ST {current.st02} has no SE before the next ST"))
+                yield current
             current = TransactionSet(interchange, group, version, group_date,
-                                     reader.ele_term or "*", seg.el(1), seg.el(2))
-            doc.sets.append(current)
+                                     reader.ele_term or "*", seg.el(1), seg.el(2),
+                                     first_segment=count,
+                                     component_sep=reader.subele_term or "")
         if current is not None:
-            current.segments.append(seg)
+            current.lines.append(seg.line(current.element_sep))
         elif sid not in ("ISA", "GS", "GE", "IEA"):
             target = group if group.control else interchange
             target.problems.append(Problem(
                 "x12_segment_outside_set",
                 f"segment {sid[:3]!r} (segment {count}) is outside any transaction set"))
         _attribute(reader.pop_errors(), interchange, group, current)
-        if sid == "SE":
+        if sid == "SE" and current is not None:
+            yield current
             current = None
     reader.cleanup()
     _attribute(reader.pop_errors(), interchange, group, current)
+    if current is not None:
+        yield current
 
 
 def _segments(reader: pyx12.x12file.X12Reader) -> Iterator[pyx12.segment.Segment]:

@@ -18,6 +18,7 @@ amount by group, PLB), not from the events, for `rcmflow reconcile` (connectors/
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Literal
@@ -46,14 +47,14 @@ CAS_GROUPS = ("CO", "PR", "OA", "PI", "CR")
 _ACCOUNT_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:._-")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cas:
     group: str
     reason: str
     amount_cents: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Line:
     number: int
     line_id: str
@@ -67,7 +68,7 @@ class Line:
         return self.charge_cents - self.paid_cents == sum(a.amount_cents for a in self.adjustments)
 
 
-@dataclass
+@dataclass(slots=True)
 class Claim:
     number: int  # 1-based CLP position in the set
     account: str
@@ -334,22 +335,23 @@ def _remit_event_ids(remit: Remit) -> tuple[list[str], list[str]]:
     return claims, plbs
 
 
-def remit_events(remit: Remit, *, entity: str) -> list[ClaimAdjudicated | ProviderAdjustment]:
-    """The canonical events of a balanced remit; raises ``ValueError`` naming what failed."""
+def remit_events(remit: Remit, *,
+                 entity: str) -> Iterator[ClaimAdjudicated | ProviderAdjustment]:
+    """The canonical events of a balanced remit, made one at a time (a remit can hold
+    100,000s of claims); raises ``ValueError`` naming what failed."""
     if remit.paid_on is None:
         raise ValueError("no payment date: BPR16, DTM*405 and GS04 are all missing")
     occurred = datetime.combine(remit.paid_on, datetime.min.time(), UTC)
     claim_ids, plb_ids = _remit_event_ids(remit)
-    events: list[ClaimAdjudicated | ProviderAdjustment] = []
     for claim, event_id in zip(remit.claims, claim_ids, strict=True):
         try:
-            events.append(_claim_event(claim, remit, event_id, occurred, entity))
+            yield _claim_event(claim, remit, event_id, occurred, entity)
         except ValidationError as exc:
             raise ValueError(f"claim {claim.number} (CLP01 {claim.account}): "
                              f"{first_error(exc)}") from None
     for plb, event_id in zip(remit.plbs, plb_ids, strict=True):
         try:
-            events.append(ProviderAdjustment(
+            yield ProviderAdjustment(
                 kind=EventKind.PROVIDER_ADJUSTMENT,
                 event_id=event_id,
                 account=f"provider:{plb.provider}",
@@ -360,10 +362,9 @@ def remit_events(remit: Remit, *, entity: str) -> list[ClaimAdjudicated | Provid
                 reason_code=plb.code,
                 amount_cents=plb.amount_cents,
                 reference=plb.reference or None,
-            ))
+            )
         except ValidationError as exc:
             raise ValueError(f"PLB {plb.code}: {first_error(exc)}") from None
-    return events
 
 
 def remit_totals(remit: Remit, totals: SourceTotals) -> None:

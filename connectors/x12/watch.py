@@ -24,7 +24,8 @@ from rcmflow.settings import Settings
 from rcmflow.streams.date_window import DateWindow
 
 from ..files import BrokerFailed, WholeFile, publish_file, say
-from .files import limits_from, process_x12_path, report_x12
+from .files import limits_from, report_x12
+from .ingest import X12File
 
 __all__ = ["watch", "handle_file", "PAYMENT_SUFFIXES"]
 
@@ -80,9 +81,7 @@ def handle_file(path: Path, settings: Settings, kafka: KafkaConnection, console:
             report_payments(path, payments.outcome, console)
             ok, reason = payments.ok(), payments.outcome.reason_text()
         else:
-            limits = limits_from(settings)
-            x12 = WholeFile(path, lambda p: process_x12_path(p, settings, console),
-                            lambda outcome: outcome.records(limits))
+            x12 = X12File(path, limits_from(settings))
             publish_file(kafka, x12, path=path, size=size, console=console)
             report_x12(path, x12.outcome, console)
             ok, reason = x12.ok(), x12.outcome.reason_text()

@@ -128,3 +128,12 @@ def envelope(*sets: list[Seg], functional_id: str = "HP", version: str = "005010
             out.append("*".join(row).rstrip("*"))
     out += [f"GE*{len(sets)}*1", f"IEA*1*{isa13}"]
     return ("~\n".join(out) + "~\n").encode()
+
+
+def many_claims(n: int, *, prefix: str = "BULK") -> list[ClaimSpec]:
+    """``n`` balanced claims of one service line each, as a large payer sends them in one
+    835 set: charge 100.00, paid 80.00, CO-45 15.00 and PR-1 5.00 on the line."""
+    return [ClaimSpec(f"{prefix}{k:07d}", 10000, 8000, pcn=f"PCN{k}",
+                      lines=[LineSpec("99213", 10000, 8000, [("CO", "45", 1500),
+                                                             ("PR", "1", 500)])])
+            for k in range(n)]
