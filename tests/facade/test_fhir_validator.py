@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-import pytest
 from fastapi import FastAPI
 from rich.console import Console
 
@@ -174,10 +173,10 @@ def documented_warnings() -> list[re.Pattern[str]]:
     return [re.compile(m) for m in re.findall(r"^\| `([^`]+)` \|", text, re.MULTILINE)]
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Report, dict[str, str]]:
+def validate_everything_served(tmp: Path) -> tuple[Report, dict[str, str]]:
+    """The validator's report on everything the app serves (and the broken copies), and
+    the request behind each file."""
     java, jars = validator_or_skip()
-    tmp = tmp_path_factory.mktemp("fhir-validator")
     store = Store(tmp / "read.sqlite")
     held = records(fill_tables())
     assert store.apply(held, {0: len(held)}) == len(held)
@@ -191,30 +190,23 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Report, dict[str, 
     result = validate_dir(java, jars, out)
     print(f"\nFHIR validator: {len(result.files)} files, JVM start {result.start_s:.1f}s, "
           f"validation {result.validate_s:.1f}s, wall {time.monotonic() - started:.1f}s")
+    assert sorted(result.files) == sorted(where)
     return result, where
 
 
-def test_the_facade_serves_no_resource_the_validator_finds_an_error_in(
-        report: tuple[Report, dict[str, str]]) -> None:
-    result, where = report
-    assert sorted(result.files) == sorted(where)
+def test_hl7_validator_finds_no_error_in_anything_the_facade_serves(tmp_path: Path) -> None:
+    """One test, one JVM (pytest-xdist would run separate tests in separate workers)."""
+    result, where = validate_everything_served(tmp_path)
+
     errors = [i for i in result.of("fatal", "error") if not i.file.startswith(BROKEN)]
     assert not errors, "\n".join(f"{where[i.file]}: {i}" for i in errors[:40])
 
-
-def test_the_validator_judges_the_balance_extension(
-        report: tuple[Report, dict[str, str]]) -> None:
-    """The broken copies fail: the extension's definition is applied, not just passed over."""
-    result, _ = report
+    # The broken copies fail: the balance extension's definition is applied, not passed over.
     broken = [f for f in result.files if f.startswith(BROKEN)]
-    assert len(broken) == 3
     flagged = {i.file for i in result.of("error") if "extension-Account.balance" in i.message}
-    assert flagged == set(broken)
+    assert len(broken) == 3 and flagged == set(broken), (broken, flagged)
 
-
-def test_every_warning_that_stays_is_documented_with_its_reason(
-        report: tuple[Report, dict[str, str]]) -> None:
-    result, where = report
+    # Every warning that stays is listed, with its reason, in docs/fhir-conformance.md.
     patterns = documented_warnings()
     unlisted = [i for i in result.of("warning") if not i.file.startswith(BROKEN)
                 and not any(p.search(i.message) for p in patterns)]
