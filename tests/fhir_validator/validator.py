@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 
 from tests.fhir_validator.fetch import HARNESS, FetchError, ensure_jars, find_java
 
-__all__ = ["Issue", "Report", "validate_dir", "validator_or_skip"]
+__all__ = ["Issue", "Report", "r4_search_parameters", "validate_dir", "validator_or_skip"]
 
 #: Definitions the validator cannot download offline (Harness.java --definitions).
 DEFINITIONS = Path(__file__).resolve().parent / "definitions"
@@ -77,3 +78,16 @@ def validate_dir(java: str, jars: Path, directory: Path) -> Report:
               for f in doc["files"] for i in f["issues"]]
     return Report([f["file"] for f in doc["files"]], issues, doc["seconds"]["start"],
                   doc["seconds"]["validate"])
+
+
+#: R4's SearchParameter definitions inside the validator's R4 package.
+SEARCH_PARAMETERS = "org/hl7/fhir/r4/model/sp/search-parameters.json"
+
+
+def r4_search_parameters(jars: Path) -> dict[str, dict[str, Any]]:
+    """url -> SearchParameter, read from hapi-fhir-validation-resources-r4's jar (a zip)."""
+    [jar] = sorted(jars.glob("hapi-fhir-validation-resources-r4-*.jar"))
+    with zipfile.ZipFile(jar) as archive:
+        bundle = orjson.loads(archive.read(SEARCH_PARAMETERS))
+    return {e["resource"]["url"]: e["resource"] for e in bundle["entry"]
+            if e["resource"]["resourceType"] == "SearchParameter"}
