@@ -25,8 +25,10 @@ __all__ = ["Issue", "Report", "r4_search_parameters", "validate_dir", "validator
 DEFINITIONS = Path(__file__).resolve().parent / "definitions"
 #: One JVM validates the whole set; on 2 busy cores it takes about a minute.
 RUN_TIMEOUT_S = 900
-#: Small heap, serial GC: the validator holds R4's definitions (~300 MB), nothing more.
-JVM_OPTIONS = ("-Xmx1g", "-XX:+UseSerialGC", "-Xss4m")
+#: Small heap, serial GC: the validator holds R4's definitions, nothing more. C1 only
+#: (TieredStopAtLevel=1): one short run never repays C2's compiling; it halves the CPU time
+#: (10 s instead of 17 s user on the 2-core machine).
+JVM_OPTIONS = ("-Xmx1g", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss4m")
 
 
 @dataclass(frozen=True)
