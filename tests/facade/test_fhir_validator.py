@@ -107,7 +107,7 @@ async def collect(app: FastAPI, open_app: FastAPI, out: Path) -> dict[str, str]:
         c = Collector(client, out)
         await c.get("/fhir/metadata")
         for kind in RESOURCES:
-            # Every searchset page, then every resource read by id.
+            # Every searchset page (they hold every resource of the type).
             ids: list[str] = []
             url: str | None = f"/fhir/{kind}?_count=50"
             while url is not None:
