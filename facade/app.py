@@ -313,7 +313,10 @@ class _Api:
         if search.ignored:
             warning = outcome(f"ignored unknown or unsupported parameters: "
                               f"{', '.join(search.ignored)}", "not-supported", "warning")
-            entries.append(b'{"resource":' + orjson.dumps(warning)
+            # R4 wants a fullUrl on every searchset entry: the outcome has no server
+            # identity, so a urn:uuid names it (HL7's validator errs on none).
+            entries.append(b'{"fullUrl":"urn:uuid:' + str(uuid.uuid4()).encode()
+                           + b'","resource":' + orjson.dumps(warning)
                            + b',"search":{"mode":"outcome"}}')
         doc = orjson.dumps(head)
         if not entries:

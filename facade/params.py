@@ -40,6 +40,9 @@ class SearchParam:
     definition: str
     #: Reference parameters: the resource type the id names.
     target: str | None = None
+    #: Tokens every resource of the type carries with one value (``(system, code)``): a
+    #: search matches all of them or none, no column needed.
+    fixed: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,16 @@ def _std(resource: str, name: str, type_: ParamType, column: str, description: s
          target: str | None = None) -> SearchParam:
     return SearchParam(name, type_, column, description,
                        f"http://hl7.org/fhir/SearchParameter/{resource}-{name}", target)
+
+
+def _fixed(resource: str, name: str, system: str, code: str, description: str
+           ) -> SearchParam:
+    return SearchParam(name, "token", "", description,
+                       f"http://hl7.org/fhir/SearchParameter/{resource}-{name}",
+                       fixed=(system, code))
+
+
+_CLAIM_USE = "http://hl7.org/fhir/claim-use"
 
 
 def _common(resource: str) -> tuple[SearchParam, ...]:
@@ -80,12 +93,19 @@ RESOURCES: dict[str, ResourceSpec] = {
             *_common("Account"),
             _std("Account", "patient", "reference", "patient", "The patient the account is for",
                  "Patient"),
+            _std("Account", "subject", "reference", "patient", "The account's subject: its "
+                 "patient (Patient/pat.A1001)", "Patient"),
+            _fixed("Account", "type", "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                   "PBILLACCT", "Always PBILLACCT (patient billing account)"),
         ), documentation="One per patient account; balances in the Account.balance extension"),
         ResourceSpec("Claim", (
             *_common("Claim"),
             _std("Claim", "patient", "reference", "patient", "Patient receiving the services",
                  "Patient"),
             _std("Claim", "created", "date", "created", "When the claim was submitted"),
+            _fixed("Claim", "use", _CLAIM_USE, "claim", "Always claim"),
+            _fixed("Claim", "priority", "http://terminology.hl7.org/CodeSystem/processpriority",
+                   "normal", "Always normal"),
         ), documentation="One per claim of an account; items from its service lines"),
         ResourceSpec("ClaimResponse", (
             *_common("ClaimResponse"),
@@ -96,11 +116,14 @@ RESOURCES: dict[str, ResourceSpec] = {
                  "Claim"),
             _std("ClaimResponse", "outcome", "token", "outcome", "queued | complete | error | "
                  "partial"),
+            _fixed("ClaimResponse", "use", _CLAIM_USE, "claim", "Always claim"),
         ), includes=("ClaimResponse:request",),
             documentation="One per 835 adjudication (payment, reversal or denial) of a claim"),
         ResourceSpec("PaymentReconciliation", (
             *_common("PaymentReconciliation"),
             _std("PaymentReconciliation", "created", "date", "created", "When it was paid"),
+            _std("PaymentReconciliation", "outcome", "token", "outcome", "queued | complete | "
+                 "error | partial (always complete)"),
         ), documentation="Per payer check/EFT (835 TRN) and account, and per patient payment "
             "or refund (negative amount); a patient sees only their own"),
     )
@@ -215,6 +238,14 @@ def _clause(param: SearchParam, value: str) -> tuple[str, tuple[str, ...]]:
     values = value.split(",")
     if any(v == "" for v in values):
         raise SearchError(f"{param.name}: empty value")
+    if param.fixed is not None:
+        # Every resource carries the one code: all match or none (a system, when given,
+        # must be the code's own).
+        fixed_system, fixed_code = param.fixed
+        hit = any(v.rpartition("|")[2] == fixed_code
+                  and ("|" not in v or v.rpartition("|")[0] in ("", fixed_system))
+                  for v in values)
+        return ("1 = 1" if hit else "1 = 0"), ()
     if param.name == "identifier":
         ors, args = [], []
         for v in values:

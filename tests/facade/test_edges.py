@@ -102,7 +102,9 @@ def test_a_hostile_host_changes_no_link(behind_proxy: Served, method: str, path:
 
 def _links_are_public(doc: dict[str, Any]) -> None:
     urls = [link["url"] for link in doc.get("link", [])]
-    urls += [entry["fullUrl"] for entry in doc.get("entry", []) if "fullUrl" in entry]
+    # An OperationOutcome entry has no server identity: its fullUrl is a urn:uuid, no link.
+    urls += [entry["fullUrl"] for entry in doc.get("entry", []) if "fullUrl" in entry
+             and not entry["fullUrl"].startswith("urn:uuid:")]
     if doc.get("resourceType") == "CapabilityStatement":
         urls.append(doc["implementation"]["url"])
         assert doc["implementation"]["url"] == PUBLIC_URL
