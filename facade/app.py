@@ -436,6 +436,7 @@ def _metrics(store: Store, feed: FeedStatus | None) -> Callable[[], Awaitable[Re
                   [({}, store.account_count())]),
             counter("rcmflow_facade_invalid_snapshots", "resources not served (invalid FHIR)",
                     [({}, store.invalid_snapshots)]),
+            *store.metric_families(),
         ]
 
     registry = new_registry(families)

@@ -18,7 +18,7 @@ from rcmflow.settings import Settings
 from .app import FacadeConfig, create_app
 from .auth import Authenticator
 from .feed import Feeder
-from .store import Store
+from .store import Store, StoreLocked, lock_store
 
 __all__ = ["build_app", "run_facade", "store_path", "AUTH_OFF_WARNING"]
 
@@ -33,13 +33,15 @@ def store_path(settings: Settings) -> Path:
 
 
 def build_app(settings: Settings, kafka: KafkaConnection, source: str) -> FastAPI:
-    """The app with its store and a feed that runs while the app does."""
+    """The app with its store and a feed that runs while the app does. StoreLocked when
+    another facade holds the store (its lock is held until the app stops)."""
     auth = Authenticator(
         enabled=settings.facade_auth == "jwt",
         key=settings.facade_jwt_key.get_secret_value() if settings.facade_jwt_key else None,
         algorithm=settings.facade_jwt_algorithm, audience=settings.facade_jwt_audience)
     if not auth.enabled:
         log.warning(AUTH_OFF_WARNING)
+    lock = lock_store(store_path(settings))
     store = Store(store_path(settings), validate_every=settings.facade_validate_every)
     feeder = Feeder(store, kafka, source=source)
     config = FacadeConfig(
@@ -60,6 +62,7 @@ def build_app(settings: Settings, kafka: KafkaConnection, source: str) -> FastAP
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             store.close()
+            lock.close()
 
     app.router.lifespan_context = lifespan
     return app
@@ -71,7 +74,11 @@ def run_facade(settings: Settings, kafka: KafkaConnection, source: str) -> int:
     Raises ValueError when auth is on and no key is set."""
     level = {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper())
     log.setLevel(level)
-    app = build_app(settings, kafka, source)
+    try:
+        app = build_app(settings, kafka, source)
+    except StoreLocked as exc:
+        print(f"rcmflow facade: {exc}", file=sys.stderr)
+        return 2
     feeder: Feeder = app.state.feeder
     log.info("FHIR facade on http://%s:%d%s (auth %s)", settings.facade_host,
              settings.facade_port, settings.facade_base_path, settings.facade_auth)
