@@ -258,7 +258,8 @@ def search_kinds(accounts: int, payments: int) -> dict[str, tuple[str, Search]]:
     }
 
 
-def time_searches(path: Path, accounts: int, payments: int, seed: int) -> dict[str, Any]:
+def time_searches(path: Path, accounts: int, payments: int, seed: int,
+                  samples: int = SEARCH_SAMPLES) -> dict[str, Any]:
     from rcmflow.facade.params import RESOURCES, parse_search
     from rcmflow.facade.store import Store
 
@@ -283,7 +284,7 @@ def time_searches(path: Path, accounts: int, payments: int, seed: int) -> dict[s
         patient_scoped = name.endswith("(a patient's token)")
         times: list[float] = []
         totals: list[int] = []
-        for _ in range(SEARCH_SAMPLES):
+        for _ in range(samples):
             items = make(rng)
             patient = f"pat.P{rng.randrange(accounts):06d}" if patient_scoped else None
             t = time.perf_counter()
@@ -300,7 +301,7 @@ def time_searches(path: Path, accounts: int, payments: int, seed: int) -> dict[s
                         ("next page deep (created ge, all)", [("created", "ge2026-01-01")]),
                         ("next page deep (status)", [("status", "active")])):
         times = []
-        for _ in range(SEARCH_SAMPLES):
+        for _ in range(samples):
             cursor = ids[rng.randrange(len(ids) // 2, len(ids))]
             t = time.perf_counter()
             answer("PaymentReconciliation", list(items), after=cursor)
@@ -325,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payments", type=int, default=None)
     parser.add_argument("--seed", type=int, default=20261205)
     parser.add_argument("--store", type=Path, help="searches: reuse (or keep) this store")
+    parser.add_argument("--samples", type=int, default=SEARCH_SAMPLES,
+                        help="searches: timed searches per kind")
     parser.add_argument("--broker", choices=("tansu", "kafka"),
                         help="catchup: also through a real broker and the Feeder")
     args = parser.parse_args(argv)
@@ -342,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{4 + args.payments} resources ...", flush=True)
             filled = fill(path, args.accounts, args.payments, args.seed)
             print(f"  {filled}", flush=True)
-        result = {"fill": filled, "searches": time_searches(path, args.accounts, args.payments,
-                                                            args.seed)}
+        result = {"fill": filled, "searches": time_searches(
+            path, args.accounts, args.payments, args.seed, args.samples)}
     run = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "mode": args.mode,
            "machine": _machine(), "accounts": args.accounts, "payments": args.payments,
            **result}
