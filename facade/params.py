@@ -114,7 +114,7 @@ RESULT_PARAMS = ("_count", "_after", "_before", "_summary", "_include", "_format
 TOTAL_EXACT_MAX = 10_000
 #: Columns whose index gives few matches or many, by value (``Query.range_index``): a date
 #: range, and several values of a code that has few (status, outcome).
-_BROAD_INDEXES = {"created": "resources_created", "last_updated": "resources_updated",
+_BROAD_INDEXES = {"created": "resources_created_id", "last_updated": "resources_updated_id",
                   "status": "resources_status", "outcome": "resources_outcome"}
 
 

@@ -107,8 +107,10 @@ CREATE INDEX IF NOT EXISTS resources_account ON resources (account);
 -- id order (the page order) straight from the index, so a page of a million matches reads
 -- a page of rows. identifier: the identifiers table's key (type, value, system, id).
 CREATE INDEX IF NOT EXISTS resources_patient ON resources (type, patient, id);
-CREATE INDEX IF NOT EXISTS resources_created ON resources (type, created);
-CREATE INDEX IF NOT EXISTS resources_updated ON resources (type, last_updated);
+DROP INDEX IF EXISTS resources_created;
+DROP INDEX IF EXISTS resources_updated;
+CREATE INDEX IF NOT EXISTS resources_created_id ON resources (type, created, id);
+CREATE INDEX IF NOT EXISTS resources_updated_id ON resources (type, last_updated, id);
 DROP INDEX IF EXISTS resources_request;
 CREATE INDEX IF NOT EXISTS resources_request_id ON resources (type, request, id);
 CREATE INDEX IF NOT EXISTS resources_status ON resources (type, status, id);
@@ -597,12 +599,23 @@ class Store:
         if (b.type, b.id) in self._failing:  # it builds again: its exception is over
             self._failing.discard((b.type, b.id))
             self.db.execute("DELETE FROM exceptions WHERE type = ? AND id = ?", (b.type, b.id))
-        self.db.execute("DELETE FROM identifiers WHERE type = ? AND id = ?", (b.type, b.id))
+        # An update in place, not a REPLACE (a delete and an insert): SQLite then rewrites
+        # only the indexes of the columns set, and the identifiers only when they changed
+        # (rarely: a payer's claim number arriving later).
         self.db.execute(
-            "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(type, id) DO UPDATE SET patient = excluded.patient, "
+            "version = excluded.version, status = excluded.status, created = excluded.created, "
+            "last_updated = excluded.last_updated, request = excluded.request, "
+            "outcome = excluded.outcome, body = excluded.body",
             (b.type, b.id, account, b.patient, int(b.doc["meta"]["versionId"]), b.status,
              b.created, b.doc["meta"].get("lastUpdated"), b.request, b.outcome,
              fhir_json(b.doc)))
+        held = self.db.execute("SELECT system, value FROM identifiers WHERE type = ? AND id = ?",
+                               (b.type, b.id)).fetchall()
+        if sorted(f"{system}|{value}" for system, value in held) == sorted(b.identifiers):
+            return
+        self.db.execute("DELETE FROM identifiers WHERE type = ? AND id = ?", (b.type, b.id))
         self.db.executemany(
             "INSERT OR IGNORE INTO identifiers VALUES (?, ?, ?, ?, ?)",
             [(b.type, value, system, b.id, account)
@@ -654,14 +667,23 @@ class Store:
 
     def _page(self, query: Query, limit: int, after: str | None,
               before: str | None) -> tuple[str, tuple[Any, ...]]:
-        sql, args = _select(query, _ROW_COLUMNS, self._range_plan(query))
+        plan = self._range_plan(query)
+        # The few matches of a range are sorted by id from its index alone (it ends in id),
+        # then only the page's rows are read.
+        sorted_ids = plan != "" and _ID_ORDER not in plan
+        sql, args = _select(query, "r.id" if sorted_ids else _ROW_COLUMNS, plan)
         # "+": the cursor filters the listed ids, and SQLite walks none from it.
         cursor = "+r.id" if query.listed_ids else "r.id"
-        if before is not None:
-            return f"{sql} AND {cursor} < ? ORDER BY r.id DESC LIMIT ?", (*args, before, limit)
-        if after is not None:
-            return f"{sql} AND {cursor} > ? ORDER BY r.id LIMIT ?", (*args, after, limit)
-        return f"{sql} ORDER BY r.id LIMIT ?", (*args, limit)
+        order = "ORDER BY r.id DESC" if before is not None else "ORDER BY r.id"
+        if before is not None or after is not None:
+            sql += f" AND {cursor} {'<' if before is not None else '>'} ?"
+            args = (*args, before if before is not None else after)
+        sql, args = f"{sql} {order} LIMIT ?", (*args, limit)
+        if sorted_ids:
+            sql = (f"SELECT {_ROW_COLUMNS} FROM resources r WHERE r.type = ? AND r.id IN "
+                   f"({sql}) {order}")
+            args = (query.type, *args)
+        return sql, args
 
     def plans(self, query: Query, *, after: str | None = None) -> dict[str, list[str]]:
         """SQLite's plan (EXPLAIN QUERY PLAN details) of a search's count and of its page."""
