@@ -135,7 +135,10 @@ class Feeder:
                             records.append((m.key.decode(), m.value))
                         offsets[tp.partition] = m.offset + 1
                 if offsets:
-                    await asyncio.to_thread(self.store.apply, records, offsets)
+                    # A full batch: more wait behind it (validation is sampled meanwhile).
+                    full = sum(map(len, batch.values())) >= BATCH_RECORDS_MAX
+                    await asyncio.to_thread(self.store.apply, records, offsets,
+                                            catching_up=full)
                     self.status.positions.update(offsets)
                     self.status.applied_records += len(records)
                     self.status.last_applied_at_s = time.time()

@@ -133,6 +133,12 @@ EXCEPTION_REASONS = ("resource_build_failed", "resource_invalid", "record_unread
 #: Source bytes kept in one exception record (an account's head or item is far smaller).
 EXCEPTION_PAYLOAD_BYTES_MAX = 64 * 1024
 
+#: FHIR validation while catching up: 1 resource in this many at most. Validating costs
+#: 0.3-0.8 ms a resource, ~4x the rest of its build and write: validating all would hold a
+#: catch-up to ~1,500 records/s, below a worker's output (bench/RESULTS.md). Live traffic
+#: (a batch that empties the backlog) is validated at ``validate_every``.
+CATCH_UP_VALIDATE_EVERY = 20
+
 #: A resource to rebuild: (what, account, id): what is "Account" (id ""), "Claim" (claim
 #: id), "ClaimResponse" (adjudication event id), "trace" (payment trace), "payment" (event id).
 _Target = tuple[str, str, str]
@@ -174,6 +180,7 @@ class Store:
         # in N, 0 none (Settings.facade_validate_every says when to raise it).
         assert validate_every >= 0
         self.validate_every = validate_every
+        self._validate_now = validate_every
         self._resources_built = 0
         #: Resources that failed FHIR validation and were not served (a bug: on /health).
         self.invalid_snapshots = 0
@@ -242,9 +249,11 @@ class Store:
         return dict(self.db.execute("SELECT partition, next_offset FROM offsets").fetchall())
 
     def apply(self, records: Iterable[tuple[str, bytes | None]],
-              offsets: dict[int, int]) -> int:
+              offsets: dict[int, int], *, catching_up: bool = False) -> int:
         """Apply rcm.accounts records (key, value JSON or None for a tombstone), rebuild the
         resources they affect and remember the next offsets, all in one transaction.
+        ``catching_up`` (a backlog waits): FHIR-validate at most 1 in
+        CATCH_UP_VALIDATE_EVERY resources, so validation does not set the catch-up rate.
         Returns how many records changed something.
 
         A record older than the one held under its key is skipped: versions only grow per
@@ -254,6 +263,9 @@ class Store:
         """
         changed = 0
         dirty: set[_Target] = set()
+        self._validate_now = self.validate_every and (
+            max(self.validate_every, CATCH_UP_VALIDATE_EVERY) if catching_up
+            else self.validate_every)
         self._heads.clear()
         self._items.clear()
         with self._tx():
@@ -491,7 +503,7 @@ class Store:
         """Validate 1 in ``validate_every`` resources: the invalid fields, None if valid (or
         not checked). An invalid one is not served (the last valid one stays)."""
         self._resources_built += 1
-        every = self.validate_every
+        every = self._validate_now
         if not every or self._resources_built % every:
             return None
         fields = _invalid(built)
