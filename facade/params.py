@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
-from .store import Query
+from .store import ID_ORDER, Query
 
 __all__ = [
     "SearchParam",
@@ -341,8 +341,9 @@ def parse_search(
     if patient is not None:
         where.append("r.patient = ?")
         args.append(patient)
-    query = Query(spec.type, tuple(where), tuple(args), None if keyed else range_index,
-                  listed)
+    # Nothing narrows by equality, and no range: the type's resources in id order.
+    query = Query(spec.type, tuple(where), tuple(args),
+                  None if keyed else range_index or ID_ORDER, listed)
     summary = summary_count or count == 0
     total_max = (None if summary or total == "accurate" else 0 if total == "none"
                  else TOTAL_EXACT_MAX)

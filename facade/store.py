@@ -69,7 +69,7 @@ from .resources import (
 )
 
 __all__ = ["Store", "Row", "Query", "SCHEMA_VERSION", "StoreLocked", "lock_store",
-           "EXCEPTION_REASONS"]
+           "EXCEPTION_REASONS", "ID_ORDER"]
 
 log = logging.getLogger("rcmflow.facade")
 
@@ -164,8 +164,9 @@ class Query:
     type: str
     where: tuple[str, ...] = ()
     args: tuple[Any, ...] = ()
-    #: The index of the search's date range when nothing narrows it by equality: the
-    #: store walks it when few match, else the ids in order (``search``).
+    #: When nothing narrows the search by equality: the index of its date range (or
+    #: codes), which the store walks when few match, else the ids in order (``search``);
+    #: ID_ORDER when there is no range either. None: SQLite picks the equality's index.
     range_index: str | None = None
     #: The ids come from a list (an identifier's): a page cursor must not walk the ids
     #: from it, only filter the listed ones (``search``).
@@ -203,8 +204,9 @@ class Store:
         self.db.execute("PRAGMA analysis_limit=1000")
         self._since_analyze = 0
         self._analyzed_rows = 0
-        if self.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
-                           ).fetchone()[0] == 0:
+        if self._unanalyzed_indexes():
+            # An index without statistics looks to SQLite as if it matched ~10 rows a key:
+            # one added to an existing store would be preferred to every other.
             self._analyze()
         self.rdb = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.rdb.execute("PRAGMA query_only=ON")
@@ -312,6 +314,15 @@ class Store:
         if self._since_analyze > max(ANALYZE_EVERY_MIN, self._analyzed_rows):
             self._analyze()
         return changed
+
+    def _unanalyzed_indexes(self) -> bool:
+        if not self.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
+                               ).fetchone()[0]:
+            return True
+        return bool(self.db.execute(
+            "SELECT count(*) FROM sqlite_master m WHERE m.type = 'index' AND m.tbl_name IN "
+            "('resources', 'identifiers') AND NOT EXISTS (SELECT 1 FROM sqlite_stat1 s "
+            "WHERE s.idx = m.name) AND EXISTS (SELECT 1 FROM resources)").fetchone()[0])
 
     def _analyze(self) -> None:
         self.db.execute("ANALYZE")
@@ -682,7 +693,7 @@ class Store:
         plan = self._range_plan(query)
         # The few matches of a range are sorted by id from its index alone (it ends in id),
         # then only the page's rows are read.
-        sorted_ids = plan != "" and _ID_ORDER not in plan
+        sorted_ids = plan != "" and ID_ORDER not in plan
         sql, args = _select(query, "r.id" if sorted_ids else _ROW_COLUMNS, plan)
         # "+": the cursor filters the listed ids, and SQLite walks none from it.
         cursor = "+r.id" if query.listed_ids else "r.id"
@@ -709,8 +720,10 @@ class Store:
     def _range_plan(self, query: Query) -> str:
         if query.range_index is None:
             return ""
+        if query.range_index == ID_ORDER:
+            return f" INDEXED BY {ID_ORDER}"
         few = self.count(query, RANGE_SORT_MAX) is not None
-        return f" INDEXED BY {query.range_index if few else _ID_ORDER}"
+        return f" INDEXED BY {query.range_index if few else ID_ORDER}"
 
     def read_many(self, type_: str, ids: Sequence[str]) -> list[Row]:
         if not ids:
@@ -753,7 +766,7 @@ def lock_store(path: Path) -> IO[str]:
 
 
 #: The primary key's index (type, id): a type's resources in id order.
-_ID_ORDER = "sqlite_autoindex_resources_1"
+ID_ORDER = "sqlite_autoindex_resources_1"
 #: Matches of a date range alone up to which its index is walked and the matches sorted.
 RANGE_SORT_MAX = 5_000
 
