@@ -286,6 +286,7 @@ def parse_search(
     keyed = patient is not None
     range_index: str | None = None
     listed = False
+    dated: list[int] = []  # the date clauses' places in ``where``
     for name, value in items:
         if len(value) > VALUE_CHARS_MAX:
             raise SearchError(f"{name}: value longer than {VALUE_CHARS_MAX} characters")
@@ -330,6 +331,8 @@ def parse_search(
             ignored.append(name[:60])
             continue
         sql, sql_args = _clause(param, value, spec.type)
+        if param.type == "date":
+            dated.append(len(where))
         where.append(sql)
         args.extend(sql_args)
         used.append((name, value))
@@ -341,6 +344,11 @@ def parse_search(
     if patient is not None:
         where.append("r.patient = ?")
         args.append(patient)
+    if keyed:
+        # An equality narrows it: a date is then a filter of its few rows ("+" keeps SQLite
+        # from walking the date's index instead, a whole type's worth when the range is wide).
+        for n in dated:
+            where[n] = re.sub(r"\br\.(created|last_updated)\b", r"+r.\1", where[n])
     # Nothing narrows by equality, and no range: the type's resources in id order.
     query = Query(spec.type, tuple(where), tuple(args),
                   None if keyed else range_index or ID_ORDER, listed)
