@@ -39,8 +39,9 @@ __all__ = ["Feeder", "FeedStatus"]
 log = logging.getLogger("rcmflow.facade")
 
 #: Records per store transaction while catching up (caught up, a batch is what arrived in
-#: one fetch wait). 200 made ~1,100 records/s; 5,000 ~8,000 (bench/RESULTS.md). The API
-#: reads beside the writer (WAL): a batch holds no reader, only ~0.5 s of the GIL in turns.
+#: one fetch wait): one commit, and each resource built once, per 5,000 (bench/RESULTS.md,
+#: "Facade at scale"). The API reads beside the writer (WAL): a batch holds no reader, only
+#: ~0.5 s of the GIL in turns.
 BATCH_RECORDS_MAX = 5_000
 #: Longest a fetch waits for new records: bounds the read-your-writes delay it adds.
 FETCH_WAIT_MS = 100
