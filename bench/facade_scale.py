@@ -135,41 +135,45 @@ def catchup(args: argparse.Namespace) -> dict[str, Any]:
         "resources": resources, "feed_batch_records": BATCH_RECORDS_MAX,
         "validate_every": validate_every}
     if args.broker:
-        out["broker"] = asyncio.run(_feed_catchup(all_records, args.broker, work,
-                                                  validate_every))
+        from bench.brokers import start_broker
+
+        (work / "broker" / "logs").mkdir(parents=True, exist_ok=True)
+        broker = start_broker(args.broker, work / "broker")
+        try:
+            out["broker"] = asyncio.run(_feed_catchup(all_records, broker, work,
+                                                      validate_every))
+        finally:
+            broker.stop()
     return out
 
 
-async def _feed_catchup(records: Records, kind: str, work: Path,
+async def _feed_catchup(records: Records, broker: Any, work: Path,
                         validate_every: int) -> dict[str, Any]:
     """The real path: records on rcm.accounts of a fresh broker, a Feeder until lag 0."""
-    from bench.brokers import start_broker
+    from rcmflow.broker import ensure_topics
     from rcmflow.facade.feed import Feeder
     from rcmflow.facade.store import Store
     from rcmflow.kafka_io import publish
-    from rcmflow.streams.topics import ACCOUNTS
+    from rcmflow.streams.topics import ACCOUNTS, topic_specs
 
-    broker = start_broker(kind, work / "broker")  # type: ignore[arg-type]
-    try:
-        await publish(broker.connection, [(ACCOUNTS, k.encode(), v) for k, v in records])
-        store = Store(work / "fed.sqlite", validate_every=validate_every)
-        feeder = Feeder(store, broker.connection, source="bench")
-        t0 = time.perf_counter()
-        task = asyncio.create_task(feeder.run())
-        first: float | None = None
-        while feeder.status.lag() != 0 or feeder.status.applied_records < len(records):
-            if first is None and feeder.status.applied_records:
-                first = time.perf_counter()
-            assert not task.done(), feeder.status
-            await asyncio.sleep(0.05)
-        seconds = time.perf_counter() - (first or t0)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        store.close()
-        return {"broker": kind, "records": len(records), "seconds_from_first_apply":
-                round(seconds, 2), "records_per_s": round(len(records) / seconds)}
-    finally:
-        broker.stop()
+    await ensure_topics(broker.connection, topic_specs("rcmflow"), 4, 1)
+    await publish(broker.connection, [(ACCOUNTS, k.encode(), v) for k, v in records])
+    store = Store(work / "fed.sqlite", validate_every=validate_every)
+    feeder = Feeder(store, broker.connection, source="bench")
+    t0 = time.perf_counter()
+    task = asyncio.create_task(feeder.run())
+    first: float | None = None
+    while feeder.status.lag() != 0 or feeder.status.applied_records < len(records):
+        if first is None and feeder.status.applied_records:
+            first = time.perf_counter()
+        assert not task.done(), feeder.status
+        await asyncio.sleep(0.05)
+    seconds = time.perf_counter() - (first or t0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    store.close()
+    return {"broker": broker.kind, "records": len(records), "seconds_from_first_apply":
+            round(seconds, 2), "records_per_s": round(len(records) / seconds)}
 
 
 def fill(path: Path, accounts: int, payments: int, seed: int) -> dict[str, Any]:

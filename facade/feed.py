@@ -136,10 +136,13 @@ class Feeder:
                             records.append((m.key.decode(), m.value))
                         offsets[tp.partition] = m.offset + 1
                 if offsets:
-                    # A full batch: more wait behind it (validation is sampled meanwhile).
-                    full = sum(map(len, batch.values())) >= BATCH_RECORDS_MAX
+                    # More wait behind this batch (a full one, or a lag, as last fetched,
+                    # past it): validation is sampled meanwhile.
+                    lag = self.status.lag()
+                    behind = sum(map(len, batch.values())) >= BATCH_RECORDS_MAX or (
+                        lag is not None and lag > len(records))
                     await asyncio.to_thread(self.store.apply, records, offsets,
-                                            catching_up=full)
+                                            catching_up=behind)
                     self.status.positions.update(offsets)
                     self.status.applied_records += len(records)
                     self.status.last_applied_at_s = time.time()

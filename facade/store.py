@@ -134,7 +134,7 @@ EXCEPTION_REASONS = ("resource_build_failed", "resource_invalid", "record_unread
 EXCEPTION_PAYLOAD_BYTES_MAX = 64 * 1024
 
 #: FHIR validation while catching up: 1 resource in this many at most. Validating costs
-#: 0.3-0.8 ms a resource, ~5x the rest of its build and write: validating all holds a
+#: ~0.2-0.8 ms a resource, 2.5x+ the rest of its build and write: validating all holds a
 #: catch-up to ~1,500 records per CPU second, 1 in 20 to ~7,000, below what one worker
 #: writes (~9,500; bench/RESULTS.md). A builder bug shows in any sample; live traffic (a
 #: batch that empties the backlog) is validated at ``validate_every``.
