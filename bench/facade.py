@@ -54,7 +54,9 @@ FILL_BATCH = 2_000
 OPEN_LOOP_CONNECTIONS = 16
 
 
-def _events(n: int, rng: random.Random) -> list[dict[str, Any]]:
+def _events(n: int, rng: random.Random, payments: int = 1) -> list[dict[str, Any]]:
+    """One account's day: a charge, a claim, its 835 adjudication, ``payments`` patient
+    payments (the first event ids end -C, -S, -R, -P, -P1, -P2, ...)."""
     account = f"P{n:06d}"
     day = 1 + n % 28
     cents = 5_000 + rng.randrange(200_000)
@@ -76,8 +78,9 @@ def _events(n: int, rng: random.Random) -> list[dict[str, Any]]:
          "adjustments": [{"group": "CO", "reason": "45", "amount_cents": co},
                          {"group": "PR", "reason": "2", "amount_cents": pr}],
          "dimensions": dims},
-        {**base, "event_id": f"{account}-P", "kind": "patient_payment",
-         "occurred_at": f"2026-11-{day:02d}T12:00:00Z", "amount_cents": max(1, pr // 2)},
+        *({**base, "event_id": f"{account}-P{p or ''}", "kind": "patient_payment",
+           "occurred_at": f"2026-11-{day:02d}T12:{p % 60:02d}:00Z",
+           "amount_cents": max(1, pr // (2 + p))} for p in range(payments)),
     ]
 
 

@@ -123,6 +123,10 @@ def _search_parameters(spec: ResourceSpec) -> list[dict[str, Any]]:
          "description": "page cursor (previous link): matches before this id"},
         {"name": "_summary", "in": "query", "required": False,
          "schema": {"type": "string", "enum": ["count", "false"]}},
+        {"name": "_total", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": ["none", "estimate", "accurate"]},
+         "description": "Bundle.total: exact up to 10,000 matches unless accurate; none "
+                        "leaves it out"},
     ]
     if spec.includes:
         params.append({"name": "_include", "in": "query", "required": False,
@@ -261,7 +265,8 @@ class _Api:
                                   count_max=self.config.count_max, patient=principal.patient)
         except SearchError as exc:
             raise FhirError(400, str(exc), exc.code) from exc
-        total = self.store.count(search.query)
+        total = None if search.total_max == 0 else self.store.count(search.query,
+                                                                      search.total_max)
         rows: list[Row] = []
         more = False  # beyond this page, in the direction of travel
         if not search.summary_count:
@@ -279,8 +284,8 @@ class _Api:
         return Response(self._bundle(spec, search, total, rows, included, more),
                         media_type=FHIR_JSON)
 
-    def _bundle(self, spec: ResourceSpec, search: Search, total: int, rows: list[Row],
-                included: list[Row], more: bool) -> bytes:
+    def _bundle(self, spec: ResourceSpec, search: Search, total: int | None,
+                rows: list[Row], included: list[Row], more: bool) -> bytes:
         base = self.public_url
 
         def link(relation: str, cursor: tuple[str, str] | None) -> dict[str, str]:
@@ -308,6 +313,8 @@ class _Api:
             "total": total,
             "link": links,
         }
+        if total is None:  # more than Search.total_max: not counted
+            del head["total"]
         entries = [_entry(base, row, b"match") for row in rows]
         entries += [_entry(base, row, b"include") for row in included]
         if search.ignored:
@@ -414,6 +421,8 @@ def capability_statement(base_url: str, auth_enabled: bool) -> dict[str, Any]:
                 {"name": "_after", "type": "string", "documentation": "page cursor (next)"},
                 {"name": "_before", "type": "string", "documentation": "page cursor (previous)"},
                 {"name": "_summary", "type": "token", "documentation": "count"},
+                {"name": "_total", "type": "token", "documentation": "none | estimate "
+                 "(exact up to 10,000 matches, else left out; the default) | accurate"},
             ],
         }],
     }
@@ -451,6 +460,7 @@ def _metrics(store: Store, feed: FeedStatus | None) -> Callable[[], Awaitable[Re
                   [({}, store.account_count())]),
             counter("rcmflow_facade_invalid_snapshots", "resources not served (invalid FHIR)",
                     [({}, store.invalid_snapshots)]),
+            *store.metric_families(),
         ]
 
     registry = new_registry(families)

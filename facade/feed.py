@@ -7,6 +7,13 @@ batch and its next offsets in one store transaction, and keeps the high watermar
 reports, so lag = high watermark - next offset needs no ListOffsets (which the embedded broker
 answers wrongly). A store filled from another broker, or from a topic that was recreated
 (offsets past the log end), is emptied and filled again from the beginning.
+
+Catching up, a batch is up to ``BATCH_RECORDS_MAX`` records: one transaction, and each
+resource the batch touches built once, however many of its records name it (an account's
+head comes once per worker batch). What the store could not build or read it holds as
+exception records (``Store.unsent_exceptions``): the feed sends them to rcm.dlq after the
+batch and marks them sent once acknowledged, so a crash in between sends them again, with
+the same dlq_id.
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import log_ends, topic_partitions
+from rcmflow.kafka_io import log_ends, publish, topic_partitions
 from rcmflow.kafka_preflight import KafkaAccessError, access_error
-from rcmflow.streams.topics import ACCOUNTS
+from rcmflow.streams.topics import ACCOUNTS, DLQ
 
 from .store import Store
 
@@ -31,8 +38,11 @@ __all__ = ["Feeder", "FeedStatus"]
 
 log = logging.getLogger("rcmflow.facade")
 
-#: Records per store transaction: one batch holds the API's writer for its duration.
-BATCH_RECORDS_MAX = 200
+#: Records per store transaction while catching up (caught up, a batch is what arrived in
+#: one fetch wait): one commit, and each resource built once, per 5,000 (bench/RESULTS.md,
+#: "Facade at scale"). The API reads beside the writer (WAL): a batch holds no reader, only
+#: ~0.5 s of the GIL in turns.
+BATCH_RECORDS_MAX = 5_000
 #: Longest a fetch waits for new records: bounds the read-your-writes delay it adds.
 FETCH_WAIT_MS = 100
 #: Longest wait for the topic's metadata at start before trying again (logged each time).
@@ -47,6 +57,8 @@ class FeedStatus:
     highwaters: dict[int, int] = field(default_factory=dict)
     applied_records: int = 0
     last_applied_at_s: float | None = None
+    #: Exception records (resources not built, records not read) rcm.dlq acknowledged.
+    exceptions_sent: int = 0
     error: str | None = None
 
     def positions_json(self) -> dict[str, dict[str, int | None]]:
@@ -124,10 +136,17 @@ class Feeder:
                             records.append((m.key.decode(), m.value))
                         offsets[tp.partition] = m.offset + 1
                 if offsets:
-                    await asyncio.to_thread(self.store.apply, records, offsets)
+                    # More wait behind this batch (a full one, or a lag, as last fetched,
+                    # past it): validation is sampled meanwhile.
+                    lag = self.status.lag()
+                    behind = sum(map(len, batch.values())) >= BATCH_RECORDS_MAX or (
+                        lag is not None and lag > len(records))
+                    await asyncio.to_thread(self.store.apply, records, offsets,
+                                            catching_up=behind)
                     self.status.positions.update(offsets)
                     self.status.applied_records += len(records)
                     self.status.last_applied_at_s = time.time()
+                await self._send_exceptions()
                 for tp in tps:
                     hw = consumer.highwater(tp)
                     if hw is not None:
@@ -135,6 +154,16 @@ class Feeder:
         finally:
             self.status.started = False
             await consumer.stop()
+
+    async def _send_exceptions(self) -> None:
+        """Send the store's unsent exception records to rcm.dlq (keyed by account, so an
+        account's records keep their order); marked sent once acknowledged."""
+        while unsent := self.store.unsent_exceptions():
+            await publish(self.kafka, [(DLQ, account.encode(), record)
+                                       for _, account, record in unsent])
+            await asyncio.to_thread(self.store.mark_sent, [dlq_id for dlq_id, _, _ in unsent])
+            self.status.exceptions_sent += len(unsent)
+            log.warning("facade feed: %d exception record(s) sent to %s", len(unsent), DLQ)
 
     async def _partitions(self) -> list[int]:
         while True:

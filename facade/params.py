@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
-from .store import Query
+from .store import ID_ORDER, Query
 
 __all__ = [
     "SearchParam",
@@ -130,7 +130,15 @@ RESOURCES: dict[str, ResourceSpec] = {
 }
 
 #: Parameters that shape the result rather than filter it.
-RESULT_PARAMS = ("_count", "_after", "_before", "_summary", "_include", "_format")
+RESULT_PARAMS = ("_count", "_after", "_before", "_summary", "_include", "_format", "_total")
+#: Bundle.total is exact up to this many matches; past it, it is left out unless the search
+#: asks for ``_total=accurate`` (counting a million index entries takes ~0.3 s; FHIR lets a
+#: server leave a total out, HAPI does the same). ``_summary=count`` is always exact.
+TOTAL_EXACT_MAX = 10_000
+#: Columns whose index gives few matches or many, by value (``Query.range_index``): a date
+#: range, and several values of a code that has few (status, outcome).
+_BROAD_INDEXES = {"created": "resources_created_id", "last_updated": "resources_updated_id",
+                  "status": "resources_status", "outcome": "resources_outcome"}
 
 
 class SearchError(ValueError):
@@ -150,6 +158,8 @@ class Search:
     before: str | None
     summary_count: bool
     include_request: bool
+    #: Count matches up to this many (None: all; 0: none): ``_total``, TOTAL_EXACT_MAX.
+    total_max: int | None
     #: The parameters used, in canonical form: what ``self``/``next`` links carry.
     used: list[tuple[str, str]] = field(default_factory=list)
     #: Parameters ignored (lenient handling): reported in an OperationOutcome entry.
@@ -229,7 +239,7 @@ def _reference_id(param: SearchParam, value: str) -> str:
     return value
 
 
-def _clause(param: SearchParam, value: str) -> tuple[str, tuple[str, ...]]:
+def _clause(param: SearchParam, value: str, type_: str) -> tuple[str, tuple[str, ...]]:
     """SQL for one occurrence of a parameter (commas: any of the values)."""
     if param.type == "date":
         if "," in value:
@@ -247,25 +257,39 @@ def _clause(param: SearchParam, value: str) -> tuple[str, tuple[str, ...]]:
                   for v in values)
         return ("1 = 1" if hit else "1 = 0"), ()
     if param.name == "identifier":
-        ors, args = [], []
-        for v in values:
-            system, _, code = v.rpartition("|") if "|" in v else ("", "", v)
-            has_system = "|" in v
-            sql = "EXISTS (SELECT 1 FROM identifiers i WHERE i.type = r.type AND i.id = r.id"
-            if code:
-                sql += " AND i.value = ?"
-                args.append(code)
-            if has_system:
-                sql += " AND i.system = ?"
-                args.append(system)
-            ors.append(sql + ")")
-        return "(" + " OR ".join(ors) + ")", tuple(args)
+        return _identifier_clause(values, type_)
     if param.type == "reference":
         ids = [_reference_id(param, v) for v in values]
     else:
         ids = [v.rpartition("|")[2] for v in values]  # token: the code, any system
     marks = ", ".join("?" * len(ids))
     return f"r.{param.column} IN ({marks})", tuple(ids)
+
+
+def _identifier_clause(values: list[str], type_: str) -> tuple[str, tuple[str, ...]]:
+    """The ids a value (or system|value) names come from the identifiers table's key
+    (type, value, system, id): a lookup, then a row per id. ``system|`` alone (every
+    resource with such an identifier) is a walk of the type in id order."""
+    ids: list[str] = []
+    id_args: list[str] = []
+    systems: list[str] = []
+    for v in values:
+        system, _, code = v.rpartition("|") if "|" in v else ("", "", v)
+        if not code:
+            systems.append(system)
+            continue
+        sql = "SELECT i.id FROM identifiers i WHERE i.type = ? AND i.value = ?"
+        id_args += [type_, code]
+        if "|" in v:
+            sql += " AND i.system = ?"
+            id_args.append(system)
+        ids.append(sql)
+    ors: list[str] = []
+    if ids:
+        ors.append(f"r.id IN ({' UNION '.join(ids)})")
+    ors += ["EXISTS (SELECT 1 FROM identifiers i WHERE i.type = r.type AND i.id = r.id "
+            "AND i.system = ?)"] * len(systems)
+    return "(" + " OR ".join(ors) + ")", (*id_args, *systems)
 
 
 def parse_search(
@@ -287,6 +311,13 @@ def parse_search(
     count, summary_count, include = count_default, False, False
     after: str | None = None
     before: str | None = None
+    total: str | None = None
+    #: An index narrows the search by equality (then it orders the page too), else the
+    #: index of a date range (or of several codes) may: the store picks (``Query.range_index``).
+    keyed = patient is not None
+    range_index: str | None = None
+    listed = False
+    dated: list[int] = []  # the date clauses' places in ``where``
     for name, value in items:
         if len(value) > VALUE_CHARS_MAX:
             raise SearchError(f"{name}: value longer than {VALUE_CHARS_MAX} characters")
@@ -300,6 +331,12 @@ def parse_search(
             continue
         if name == "_format":
             continue  # negotiated by the app before the search
+        if name == "_total":
+            if value not in ("none", "estimate", "accurate"):
+                raise SearchError("_total takes none, estimate or accurate")
+            total = value
+            used.append((name, value))
+            continue
         if name == "_summary":
             if value not in ("count", "false"):
                 raise SearchError(f"_summary={value[:20]} is not supported (count, false)",
@@ -324,16 +361,32 @@ def parse_search(
                                   "not-supported")
             ignored.append(name[:60])
             continue
-        sql, sql_args = _clause(param, value)
+        sql, sql_args = _clause(param, value, spec.type)
+        if param.type == "date":
+            dated.append(len(where))
         where.append(sql)
         args.extend(sql_args)
         used.append((name, value))
+        if param.type == "date" or (param.column in _BROAD_INDEXES and "," in value):
+            range_index = range_index or _BROAD_INDEXES[param.column]
+        elif not sql.startswith("(EXISTS"):  # every value but "system|" alone is keyed
+            keyed = True
+            listed = listed or param.name == "identifier"
     if patient is not None:
         where.append("r.patient = ?")
         args.append(patient)
-    query = Query(spec.type, tuple(where), tuple(args))
-    return Search(query, count, after, before, summary_count or count == 0, include, used,
-                  ignored)
+    if keyed:
+        # An equality narrows it: a date is then a filter of its few rows ("+" keeps SQLite
+        # from walking the date's index instead, a whole type's worth when the range is wide).
+        for n in dated:
+            where[n] = re.sub(r"\br\.(created|last_updated)\b", r"+r.\1", where[n])
+    # Nothing narrows by equality, and no range: the type's resources in id order.
+    query = Query(spec.type, tuple(where), tuple(args),
+                  None if keyed else range_index or ID_ORDER, listed)
+    summary = summary_count or count == 0
+    total_max = (None if summary or total == "accurate" else 0 if total == "none"
+                 else TOTAL_EXACT_MAX)
+    return Search(query, count, after, before, summary, include, total_max, used, ignored)
 
 
 def _non_negative(name: str, value: str) -> int:

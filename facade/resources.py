@@ -178,9 +178,10 @@ def utc_instant(value: str | datetime | None) -> str | None:
     if value is None:
         return None
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    # isoformat, not strftime: strftime writes the year 1 as "1", which is no FHIR instant.
+    return moment.isoformat(timespec="microseconds") + "Z"
 
 
 def _text(value: Any) -> str:

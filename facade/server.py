@@ -18,7 +18,7 @@ from rcmflow.settings import Settings
 from .app import FacadeConfig, create_app
 from .auth import Authenticator
 from .feed import Feeder
-from .store import Store
+from .store import Store, StoreLocked, lock_store
 
 __all__ = ["build_app", "check_settings", "run_facade", "server_config", "public_url",
            "store_path", "AUTH_OFF_WARNING"]
@@ -67,11 +67,13 @@ def check_settings(settings: Settings) -> None:
 
 def build_app(settings: Settings, kafka: KafkaConnection, source: str) -> FastAPI:
     """The app with its store and a feed that runs while the app does (ValueError: see
-    ``check_settings``)."""
+    ``check_settings``; StoreLocked when another facade holds the store: its lock is held
+    until the app stops)."""
     auth = authenticator(settings)
     url = public_url(settings)
     if not auth.enabled:
         log.warning(AUTH_OFF_WARNING)
+    lock = lock_store(store_path(settings))
     store = Store(store_path(settings), validate_every=settings.facade_validate_every)
     feeder = Feeder(store, kafka, source=source)
     config = FacadeConfig(
@@ -92,6 +94,7 @@ def build_app(settings: Settings, kafka: KafkaConnection, source: str) -> FastAP
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             store.close()
+            lock.close()
 
     app.router.lifespan_context = lifespan
     return app
@@ -121,7 +124,11 @@ def run_facade(settings: Settings, kafka: KafkaConnection, source: str) -> int:
     Raises ValueError for settings it must not start with (``build_app``)."""
     level = {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper())
     log.setLevel(level)
-    app = build_app(settings, kafka, source)
+    try:
+        app = build_app(settings, kafka, source)
+    except StoreLocked as exc:
+        print(f"rcmflow facade: {exc}", file=sys.stderr)
+        return 2
     feeder: Feeder = app.state.feeder
     log.info("FHIR facade on http://%s:%d%s, links name %s (auth %s)", settings.facade_host,
              settings.facade_port, settings.facade_base_path, public_url(settings),

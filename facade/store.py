@@ -19,21 +19,38 @@ is read in O(distinct payers).
 Two connections: the consumer writes through one (from a worker thread, one batch per
 transaction), the API reads through the other (on the event loop). WAL mode lets the reader
 run beside the writer and see only committed batches.
+
+Every search parameter has an index that narrows it (``tests/facade/test_search_plans.py``
+checks each query plan): at 1M resources a search is a few index lookups, not a scan.
+
+A resource the store cannot build (its builder fails, or FHIR validation refuses it) and a
+record it cannot read are never dropped silently: each is an exception record in
+``exceptions`` (in the same transaction as the batch), which the feed sends to rcm.dlq
+(``unsent_exceptions``/``mark_sent``) and /metrics counts. The account's other resources are
+still built and served; the failing one keeps its last good version, if it had one.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
 import sqlite3
+import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from pydantic import ValidationError
 
+from rcmflow.metrics import Metric, counter, gauge
+from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.layout import Key, is_legacy, parse_key, read_record
+from rcmflow.streams.topics import ACCOUNTS
 
 from .resources import (
     SNAPSHOT_AT,
@@ -51,7 +68,8 @@ from .resources import (
     validate,
 )
 
-__all__ = ["Store", "Row", "Query", "SCHEMA_VERSION"]
+__all__ = ["Store", "Row", "Query", "SCHEMA_VERSION", "StoreLocked", "lock_store",
+           "EXCEPTION_REASONS", "ID_ORDER"]
 
 log = logging.getLogger("rcmflow.facade")
 
@@ -62,7 +80,8 @@ SCHEMA_VERSION = "2"
 #: there at the last refresh (so a store growing from empty is analysed at 1k, 2k, 4k, ...).
 ANALYZE_EVERY_MIN = 1000
 
-_TABLES = ("meta", "offsets", "accounts", "items", "payers", "resources", "identifiers")
+_TABLES = ("meta", "offsets", "accounts", "items", "payers", "resources", "identifiers",
+           "exceptions")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
@@ -84,16 +103,42 @@ CREATE TABLE IF NOT EXISTS resources (
     request TEXT, outcome TEXT, body BLOB NOT NULL,
     PRIMARY KEY (type, id));
 CREATE INDEX IF NOT EXISTS resources_account ON resources (account);
+-- One index per search parameter (params.py), ending in id: equality searches come out in
+-- id order (the page order) straight from the index, so a page of a million matches reads
+-- a page of rows. identifier: the identifiers table's key (type, value, system, id).
 CREATE INDEX IF NOT EXISTS resources_patient ON resources (type, patient, id);
-CREATE INDEX IF NOT EXISTS resources_created ON resources (type, created);
-CREATE INDEX IF NOT EXISTS resources_updated ON resources (type, last_updated);
-CREATE INDEX IF NOT EXISTS resources_request ON resources (type, request);
+DROP INDEX IF EXISTS resources_created;
+DROP INDEX IF EXISTS resources_updated;
+CREATE INDEX IF NOT EXISTS resources_created_id ON resources (type, created, id);
+CREATE INDEX IF NOT EXISTS resources_updated_id ON resources (type, last_updated, id);
+DROP INDEX IF EXISTS resources_request;
+CREATE INDEX IF NOT EXISTS resources_request_id ON resources (type, request, id);
+CREATE INDEX IF NOT EXISTS resources_status ON resources (type, status, id);
+CREATE INDEX IF NOT EXISTS resources_outcome ON resources (type, outcome, id);
 CREATE TABLE IF NOT EXISTS identifiers (
     type TEXT NOT NULL, value TEXT NOT NULL, system TEXT NOT NULL, id TEXT NOT NULL,
     account TEXT NOT NULL, PRIMARY KEY (type, value, system, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS identifiers_account ON identifiers (account);
 CREATE INDEX IF NOT EXISTS identifiers_resource ON identifiers (type, id);
+-- What could not be built or read (one row per resource, or per record key), with its
+-- rcm.dlq record: sent = 1 once the broker acknowledged it.
+CREATE TABLE IF NOT EXISTS exceptions (
+    type TEXT NOT NULL, id TEXT NOT NULL, account TEXT NOT NULL, reason_code TEXT NOT NULL,
+    dlq_id TEXT NOT NULL, record BLOB NOT NULL, sent INTEGER NOT NULL, PRIMARY KEY (type, id));
+CREATE INDEX IF NOT EXISTS exceptions_unsent ON exceptions (sent) WHERE sent = 0;
 """
+
+#: The reason codes of the store's rcm.dlq records (stage "facade"); /metrics counts each.
+EXCEPTION_REASONS = ("resource_build_failed", "resource_invalid", "record_unreadable")
+#: Source bytes kept in one exception record (an account's head or item is far smaller).
+EXCEPTION_PAYLOAD_BYTES_MAX = 64 * 1024
+
+#: FHIR validation while catching up: 1 resource in this many at most. Validating costs
+#: ~0.2-0.8 ms a resource, 2.5x+ the rest of its build and write: validating all holds a
+#: catch-up to ~1,500 records per CPU second, 1 in 20 to ~7,000, below what one worker
+#: writes (~9,500; bench/RESULTS.md). A builder bug shows in any sample; live traffic (a
+#: batch that empties the backlog) is validated at ``validate_every``.
+CATCH_UP_VALIDATE_EVERY = 100
 
 #: A resource to rebuild: (what, account, id): what is "Account" (id ""), "Claim" (claim
 #: id), "ClaimResponse" (adjudication event id), "trace" (payment trace), "payment" (event id).
@@ -120,6 +165,13 @@ class Query:
     type: str
     where: tuple[str, ...] = ()
     args: tuple[Any, ...] = ()
+    #: When nothing narrows the search by equality: the index of its date range (or
+    #: codes), which the store walks when few match, else the ids in order (``search``);
+    #: ID_ORDER when there is no range either. None: SQLite picks the equality's index.
+    range_index: str | None = None
+    #: The ids come from a list (an identifier's): a page cursor must not walk the ids
+    #: from it, only filter the listed ones (``search``).
+    listed_ids: bool = False
 
 
 class Store:
@@ -130,9 +182,15 @@ class Store:
         # in N, 0 none (Settings.facade_validate_every says when to raise it).
         assert validate_every >= 0
         self.validate_every = validate_every
+        self._validate_now = validate_every
         self._resources_built = 0
         #: Resources that failed FHIR validation and were not served (a bug: on /health).
         self.invalid_snapshots = 0
+        #: Exception records made by this process, by reason code (/metrics).
+        self.exceptions_recorded = dict.fromkeys(EXCEPTION_REASONS, 0)
+        # The docs written by the batch being applied: its rebuild reads them from here.
+        self._heads: dict[str, dict[str, Any] | None] = {}
+        self._items: dict[tuple[str, str, str], dict[str, Any] | None] = {}
         # check_same_thread off: each connection is used by one thread at a time, but the
         # writer's batches run on whichever pool thread asyncio.to_thread picks.
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -147,11 +205,14 @@ class Store:
         self.db.execute("PRAGMA analysis_limit=1000")
         self._since_analyze = 0
         self._analyzed_rows = 0
-        if self.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
-                           ).fetchone()[0] == 0:
+        if self._unanalyzed_indexes():
+            # An index without statistics looks to SQLite as if it matched ~10 rows a key:
+            # one added to an existing store would be preferred to every other.
             self._analyze()
         self.rdb = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.rdb.execute("PRAGMA query_only=ON")
+        #: (type, id) of the exception rows held: a resource built again clears its own.
+        self._failing = set(self.db.execute("SELECT type, id FROM exceptions").fetchall())
 
     def _open_schema(self) -> None:
         """Create the tables; a store of an older layout (one snapshot per account) is
@@ -185,14 +246,17 @@ class Store:
                 self.db.execute(f"DELETE FROM {table}")
             self.db.executemany("INSERT INTO meta VALUES (?, ?)",
                                 [("source", source), ("schema", SCHEMA_VERSION)])
+        self._failing.clear()
 
     def offsets(self) -> dict[int, int]:
         return dict(self.db.execute("SELECT partition, next_offset FROM offsets").fetchall())
 
     def apply(self, records: Iterable[tuple[str, bytes | None]],
-              offsets: dict[int, int]) -> int:
+              offsets: dict[int, int], *, catching_up: bool = False) -> int:
         """Apply rcm.accounts records (key, value JSON or None for a tombstone), rebuild the
         resources they affect and remember the next offsets, all in one transaction.
+        ``catching_up`` (a backlog waits): FHIR-validate at most 1 in
+        CATCH_UP_VALIDATE_EVERY resources, so validation does not set the catch-up rate.
         Returns how many records changed something.
 
         A record older than the one held under its key is skipped: versions only grow per
@@ -202,6 +266,11 @@ class Store:
         """
         changed = 0
         dirty: set[_Target] = set()
+        self._validate_now = self.validate_every and (
+            max(self.validate_every, CATCH_UP_VALIDATE_EVERY) if catching_up
+            else self.validate_every)
+        self._heads.clear()
+        self._items.clear()
         with self._tx():
             for key, value in records:
                 try:
@@ -212,10 +281,22 @@ class Store:
                 if value is None:
                     changed += self._tombstone(parsed, dirty)
                     continue
-                record = orjson.loads(value)
+                try:
+                    record = orjson.loads(value)
+                    parts = list(read_record(key, record))
+                    for _, doc in parts:
+                        int(doc["version"])
+                except Exception as exc:
+                    # An unreadable record: nothing of it is applied, and it is said.
+                    self._record_unreadable(parsed, key, value, exc)
+                    continue
+                if ("record", key) in self._failing:  # readable again: that one is over
+                    self._failing.discard(("record", key))
+                    self.db.execute("DELETE FROM exceptions WHERE type = 'record' AND id = ?",
+                                    (key,))
                 legacy = parsed.item is None and is_legacy(record)
                 took, snapshot_at = False, None
-                for seq, (part, doc) in enumerate(read_record(key, record)):
+                for seq, (part, doc) in enumerate(parts):
                     if part.item is None:
                         took = self._put_head(part.account, doc, dirty) or took
                         snapshot_at = doc.get("last_event_at")
@@ -228,10 +309,21 @@ class Store:
             self.db.executemany(
                 "INSERT INTO offsets VALUES (?, ?) ON CONFLICT(partition) "
                 "DO UPDATE SET next_offset = excluded.next_offset", offsets.items())
+        self._heads.clear()
+        self._items.clear()
         self._since_analyze += changed
         if self._since_analyze > max(ANALYZE_EVERY_MIN, self._analyzed_rows):
             self._analyze()
         return changed
+
+    def _unanalyzed_indexes(self) -> bool:
+        if not self.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
+                               ).fetchone()[0]:
+            return True
+        return bool(self.db.execute(
+            "SELECT count(*) FROM sqlite_master m WHERE m.type = 'index' AND m.tbl_name IN "
+            "('resources', 'identifiers') AND NOT EXISTS (SELECT 1 FROM sqlite_stat1 s "
+            "WHERE s.idx = m.name) AND EXISTS (SELECT 1 FROM resources)").fetchone()[0])
 
     def _analyze(self) -> None:
         self.db.execute("ANALYZE")
@@ -251,6 +343,7 @@ class Store:
             "INSERT INTO accounts VALUES (?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET "
             "version = excluded.version, entity = excluded.entity, body = excluded.body",
             (account, version, entity, orjson.dumps(head)))
+        self._heads[account] = head
         if is_provider(account):
             return True
         dirty.add(("Account", account, ""))
@@ -280,6 +373,7 @@ class Store:
             "claim_id = excluded.claim_id, trace = excluded.trace, payer = excluded.payer, "
             "body = excluded.body",
             (key.account, kind, item_id, int(item["version"]), *links, orjson.dumps(item)))
+        self._items[(key.account, kind, item_id)] = item
         self._item_changed(key, None if held is None else (held[1], held[2], held[3]), links,
                            dirty)
         return True
@@ -288,9 +382,13 @@ class Store:
         account = key.account
         if key.item is None:
             # The account is gone: its head, items and every resource it made.
-            for table in ("accounts", "items", "payers", "resources", "identifiers"):
+            for table in ("accounts", "items", "payers", "resources", "identifiers",
+                          "exceptions"):
                 self.db.execute(f"DELETE FROM {table} WHERE account = ?", (account,))
             dirty.difference_update({t for t in dirty if t[1] == account})
+            self._heads[account] = None
+            self._items = {k: v for k, v in self._items.items() if k[0] != account}
+            self._failing = set(self.db.execute("SELECT type, id FROM exceptions"))
             return 1
         kind, item_id = key.item
         held = self.db.execute(
@@ -298,6 +396,7 @@ class Store:
             "RETURNING claim_id, trace, payer", (account, kind, item_id)).fetchone()
         if held is None:
             return 0
+        self._items[(account, kind, item_id)] = None
         self._item_changed(key, (held[0], held[1], held[2]), None, dirty)
         return 1
 
@@ -344,7 +443,9 @@ class Store:
     # The resources, rebuilt from the records held.
 
     def _rebuild(self, dirty: set[_Target]) -> None:
-        heads: dict[str, dict[str, Any] | None] = {}
+        """Build each resource the batch made stale, once. One that fails to build or to
+        validate becomes an exception record; the others are built and served as usual."""
+        heads = self._heads
 
         def head(account: str) -> dict[str, Any] | None:
             if account not in heads:
@@ -355,11 +456,23 @@ class Store:
 
         for target in sorted(dirty):
             account = target[1]
-            built = self._build(target, head(account))
+            try:
+                built = self._build(target, head(account))
+            except Exception as exc:
+                # Field paths and code places only: the values may be PHI.
+                self._resource_failed(target, head(account), "resource_build_failed",
+                                      f"its builder failed ({_where(exc)})")
+                continue
             if built is None:
                 self._drop(*_resource_id(target))
-            elif self._checked(account, built):
-                self._write(account, built)
+                continue
+            invalid = self._invalid_fields(built)
+            if invalid is not None:
+                self._resource_failed(target, head(account), "resource_invalid",
+                                      f"invalid FHIR in {', '.join(invalid)[:300]}",
+                                      {"fields": invalid[:20]})
+                continue
+            self._write(account, built)
 
     def _build(self, target: _Target, head: dict[str, Any] | None) -> Built | None:
         what, account, item_id = target
@@ -392,29 +505,141 @@ class Store:
         return None if pay is None else patient_payment_resource(account, pay, head)
 
     def _item(self, account: str, kind: str, item_id: str) -> dict[str, Any] | None:
+        if (account, kind, item_id) in self._items:
+            return self._items[(account, kind, item_id)]
         row = self.db.execute("SELECT body FROM items WHERE account = ? AND kind = ? AND id = ?",
                               (account, kind, item_id)).fetchone()
         return None if row is None else orjson.loads(row[0])
 
-    def _checked(self, account: str, built: Built) -> bool:
-        """Validate 1 in ``validate_every`` resources; an invalid one is not served (the
-        last valid one stays)."""
+    def _invalid_fields(self, built: Built) -> list[str] | None:
+        """Validate 1 in ``validate_every`` resources: the invalid fields, None if valid (or
+        not checked). An invalid one is not served (the last valid one stays)."""
         self._resources_built += 1
-        every = self.validate_every
+        every = self._validate_now
         if not every or self._resources_built % every:
-            return True
-        if _valid(account, built):
-            return True
-        self.invalid_snapshots += 1
-        return False
+            return None
+        fields = _invalid(built)
+        if fields is not None:
+            self.invalid_snapshots += 1
+        return fields
+
+    # Exceptions: what could not be built or read, as rcm.dlq records.
+
+    def _resource_failed(self, target: _Target, head: dict[str, Any] | None, code: str,
+                         what: str, context: dict[str, Any] | None = None) -> None:
+        type_, rid = _resource_id(target)
+        account = target[1]
+        source = self._source(target, head)
+        version = source.get("version") if isinstance(source, dict) else None
+        log.error("account %s: %s %s not served: %s", account, type_, rid, what)
+        self._exception(
+            type_, rid, account, code,
+            f"account {account}: {type_}/{rid} (version {version}) could not be served: "
+            f"{what}; the account's other resources are served, this one keeps its last "
+            "good version if it had one",
+            f"{type_}/{rid}@{version}", orjson.dumps(source),
+            {"account": account, "resource": f"{type_}/{rid}", "version": version,
+             **(context or {})})
+
+    def _source(self, target: _Target, head: dict[str, Any] | None) -> Any:
+        """The record a resource is built from (the head for an Account, else its item;
+        a payer payment's adjudications), for the exception record."""
+        what, account, item_id = target
+        if what == "Account":
+            return head
+        if what == "trace":
+            return [orjson.loads(body) for (body,) in self.db.execute(
+                "SELECT body FROM items WHERE account = ? AND kind = 'adjudication' "
+                "AND trace = ?", (account, item_id))]
+        kind = {"Claim": "claim", "ClaimResponse": "adjudication", "payment": "payment"}[what]
+        return self._item(account, kind, item_id)
+
+    def _record_unreadable(self, key: Key, raw_key: str, value: bytes,
+                           exc: Exception) -> None:
+        log.error("account %s: an rcm.accounts record could not be read (%s)", key.account,
+                  _where(exc))
+        digest = hashlib.sha256(value).hexdigest()[:16]
+        self._exception(
+            "record", raw_key, key.account, "record_unreadable",
+            f"account {key.account}: an rcm.accounts record could not be read "
+            f"({_where(exc)}); it was not applied",
+            f"{raw_key}#{digest}", value, {"account": key.account, "record_sha256": digest})
+
+    def _exception(self, type_: str, rid: str, account: str, code: str, reason: str,
+                   discriminator: str, payload: bytes, context: dict[str, Any]) -> None:
+        """Hold an exception record for the feed to send, once per failure: a resource
+        still failing keeps its first record (a restart makes the same dlq_id)."""
+        held = self.db.execute("SELECT reason_code FROM exceptions WHERE type = ? AND id = ?",
+                               (type_, rid)).fetchone()
+        if held is not None and held[0] == code:
+            return  # the same failure, already recorded
+        record = dlq_record(
+            stage="facade", reason_code=code, reason=reason,
+            origin=Origin(topic=ACCOUNTS, partition=-1, offset=-1, key=account),
+            payload=payload, received_at=datetime.now(UTC), context=context,
+            discriminator=discriminator, payload_bytes_max=EXCEPTION_PAYLOAD_BYTES_MAX)
+        self.db.execute(
+            "INSERT INTO exceptions VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT(type, id) DO "
+            "UPDATE SET reason_code = excluded.reason_code, dlq_id = excluded.dlq_id, "
+            "record = excluded.record, sent = 0",
+            (type_, rid, account, code, record.dlq_id, record.model_dump_json().encode()))
+        self._failing.add((type_, rid))
+        self.exceptions_recorded[code] += 1
+
+    def unsent_exceptions(self, limit: int = 1000) -> list[tuple[str, str, bytes]]:
+        """Exception records not yet acknowledged by rcm.dlq: (dlq_id, account, record)."""
+        return [(dlq_id, account, bytes(record)) for dlq_id, account, record
+                in self.db.execute(
+                    "SELECT dlq_id, account, record FROM exceptions WHERE sent = 0 LIMIT ?",
+                    (limit,))]
+
+    def mark_sent(self, dlq_ids: Sequence[str]) -> None:
+        with self._tx():
+            self.db.executemany("UPDATE exceptions SET sent = 1 WHERE dlq_id = ?",
+                                [(i,) for i in dlq_ids])
+
+    def exception_count(self) -> dict[str, int]:
+        """Resources (and records) not served now because they could not be built or read,
+        by reason code."""
+        counts = dict.fromkeys(EXCEPTION_REASONS, 0)
+        for code, n in self.rdb.execute(
+                "SELECT reason_code, count(*) FROM exceptions GROUP BY reason_code"):
+            counts[code] = n
+        return counts
+
+    def metric_families(self) -> list[Metric]:
+        """The exceptions on /metrics, by reason code (three values: bounded labels)."""
+        now = self.exception_count()
+        return [
+            counter("rcmflow_facade_exceptions", "resources the facade could not build (or "
+                    "records it could not read), each an rcm.dlq record (this process)",
+                    [({"reason_code": c}, n) for c, n in self.exceptions_recorded.items()]),
+            gauge("rcmflow_facade_unserved_resources", "resources (and records) not served "
+                  "now because they could not be built or read", [({"reason_code": c}, n)
+                                                                 for c, n in now.items()]),
+        ]
 
     def _write(self, account: str, b: Built) -> None:
-        self.db.execute("DELETE FROM identifiers WHERE type = ? AND id = ?", (b.type, b.id))
+        if (b.type, b.id) in self._failing:  # it builds again: its exception is over
+            self._failing.discard((b.type, b.id))
+            self.db.execute("DELETE FROM exceptions WHERE type = ? AND id = ?", (b.type, b.id))
+        # An update in place, not a REPLACE (a delete and an insert): SQLite then rewrites
+        # only the indexes of the columns set, and the identifiers only when they changed
+        # (rarely: a payer's claim number arriving later).
         self.db.execute(
-            "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(type, id) DO UPDATE SET patient = excluded.patient, "
+            "version = excluded.version, status = excluded.status, created = excluded.created, "
+            "last_updated = excluded.last_updated, request = excluded.request, "
+            "outcome = excluded.outcome, body = excluded.body",
             (b.type, b.id, account, b.patient, int(b.doc["meta"]["versionId"]), b.status,
              b.created, b.doc["meta"].get("lastUpdated"), b.request, b.outcome,
              fhir_json(b.doc)))
+        held = self.db.execute("SELECT system, value FROM identifiers WHERE type = ? AND id = ?",
+                               (b.type, b.id)).fetchall()
+        if sorted(f"{system}|{value}" for system, value in held) == sorted(b.identifiers):
+            return
+        self.db.execute("DELETE FROM identifiers WHERE type = ? AND id = ?", (b.type, b.id))
         self.db.executemany(
             "INSERT OR IGNORE INTO identifiers VALUES (?, ?, ?, ?, ?)",
             [(b.type, value, system, b.id, account)
@@ -435,26 +660,71 @@ class Store:
             "WHERE type = ? AND id = ?", (type_, id_)).fetchone()
         return None if row is None else Row(*row)
 
-    def count(self, query: Query) -> int:
-        sql, args = _select(query, "count(*)")
-        return int(self.rdb.execute(sql, args).fetchone()[0])
+    def count(self, query: Query, limit: int | None = None) -> int | None:
+        """How many match; None when more than ``limit`` do (each match is an index entry
+        read: a million take ~0.3 s)."""
+        if limit is None:
+            sql, args = _select(query, "count(*)")
+            return int(self.rdb.execute(sql, args).fetchone()[0])
+        sql, args = _select(query, "1")
+        found = int(self.rdb.execute(f"SELECT count(*) FROM ({sql} LIMIT ?)",
+                                     (*args, limit + 1)).fetchone()[0])
+        return found if found <= limit else None
 
     def search(self, query: Query, *, limit: int, after: str | None = None,
                before: str | None = None) -> list[Row]:
         """Up to ``limit`` matches in id order: the first ones, those after id ``after``, or
         the last ones before id ``before`` (keyset paging: resources added or removed while
-        a client pages never make it see one twice)."""
-        sql, args = _select(query, _ROW_COLUMNS)
+        a client pages never make it see one twice).
+
+        Every equality parameter's index ends in id, so it gives its matches in page order.
+        A date range alone cannot: with few matches its index is walked and they are
+        sorted, with many the type is walked in id order until a page is found (a page in
+        ~every (type / matches) rows). Without statistics on value ranges SQLite cannot
+        tell the two apart, so the store counts the first RANGE_SORT_MAX and says which.
+        """
+        sql, args = self._page(query, limit, after, before)
+        rows = self.rdb.execute(sql, args).fetchall()
         if before is not None:
-            rows = self.rdb.execute(f"{sql} AND r.id < ? ORDER BY r.id DESC LIMIT ?",
-                                    (*args, before, limit)).fetchall()
             rows.reverse()
-        elif after is not None:
-            rows = self.rdb.execute(f"{sql} AND r.id > ? ORDER BY r.id LIMIT ?",
-                                    (*args, after, limit)).fetchall()
-        else:
-            rows = self.rdb.execute(f"{sql} ORDER BY r.id LIMIT ?", (*args, limit)).fetchall()
         return [Row(*row) for row in rows]
+
+    def _page(self, query: Query, limit: int, after: str | None,
+              before: str | None) -> tuple[str, tuple[Any, ...]]:
+        plan = self._range_plan(query)
+        # The few matches of a range are sorted by id from its index alone (it ends in id),
+        # then only the page's rows are read.
+        sorted_ids = plan != "" and ID_ORDER not in plan
+        sql, args = _select(query, "r.id" if sorted_ids else _ROW_COLUMNS, plan)
+        # "+": the cursor filters the listed ids, and SQLite walks none from it.
+        cursor = "+r.id" if query.listed_ids else "r.id"
+        order = "ORDER BY r.id DESC" if before is not None else "ORDER BY r.id"
+        if before is not None or after is not None:
+            sql += f" AND {cursor} {'<' if before is not None else '>'} ?"
+            args = (*args, before if before is not None else after)
+        sql, args = f"{sql} {order} LIMIT ?", (*args, limit)
+        if sorted_ids:
+            sql = (f"SELECT {_ROW_COLUMNS} FROM resources r WHERE r.type = ? AND r.id IN "
+                   f"({sql}) {order}")
+            args = (query.type, *args)
+        return sql, args
+
+    def plans(self, query: Query, *, after: str | None = None) -> dict[str, list[str]]:
+        """SQLite's plan (EXPLAIN QUERY PLAN details) of a search's count and of its page."""
+        count_sql, args = _select(query, "1")
+
+        def plan(sql: str, values: tuple[Any, ...]) -> list[str]:
+            return [row[3] for row in self.rdb.execute(f"EXPLAIN QUERY PLAN {sql}", values)]
+        return {"count": plan(f"SELECT count(*) FROM ({count_sql} LIMIT ?)", (*args, 10)),
+                "page": plan(*self._page(query, 21, after, None))}
+
+    def _range_plan(self, query: Query) -> str:
+        if query.range_index is None:
+            return ""
+        if query.range_index == ID_ORDER:
+            return f" INDEXED BY {ID_ORDER}"
+        few = self.count(query, RANGE_SORT_MAX) is not None
+        return f" INDEXED BY {query.range_index if few else ID_ORDER}"
 
     def read_many(self, type_: str, ids: Sequence[str]) -> list[Row]:
         if not ids:
@@ -468,6 +738,38 @@ class Store:
     def account_count(self) -> int:
         return int(self.rdb.execute("SELECT count(*) FROM accounts").fetchone()[0])
 
+
+class StoreLocked(RuntimeError):
+    """Another process (another `rcmflow facade`) holds this read model."""
+
+
+def lock_store(path: Path) -> IO[str]:
+    """Hold ``path``'s lock file for this process's life (the handle; closing it frees the
+    lock, as the process's end does). Two facades on one read model would fight over its
+    writer ("database is locked" every 2 s): the second refuses to start instead."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    handle = open(lock, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise StoreLocked(
+            f"the facade read model {path} is in use by another `rcmflow facade` (pid "
+            f"{holder}): one facade per read model. For a second facade, set "
+            "RCMFLOW_DATA_DIR (or RCMFLOW_FACADE_STORE) to a directory of its own") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+#: The primary key's index (type, id): a type's resources in id order.
+ID_ORDER = "sqlite_autoindex_resources_1"
+#: Matches of a date range alone up to which its index is walked and the matches sorted.
+RANGE_SORT_MAX = 5_000
 
 _ROW_COLUMNS = "r.type, r.id, r.patient, r.version, r.last_updated, r.request, r.body"
 
@@ -483,21 +785,28 @@ def _resource_id(target: _Target) -> tuple[str, str]:
     return "PaymentReconciliation", fhir_id("pay", account, item_id)
 
 
-def _valid(account: str, b: Built) -> bool:
+def _invalid(b: Built) -> list[str] | None:
+    """The paths of the fields FHIR validation refuses (never their values: PHI)."""
     try:
         validate(b.doc)
     except ValidationError as exc:
-        # Field paths only: the values may be PHI.
-        where = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
-        log.error("account %s: invalid %s resource, not served (fields %s)",
-                  account, b.type, where)
-        return False
-    return True
+        return sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
+    return None
 
 
-def _select(query: Query, columns: str) -> tuple[str, tuple[Any, ...]]:
+def _where(exc: BaseException) -> str:
+    """Exception type and the line it came from (its message may quote a value)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    last = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}{last}"
+
+
+
+
+def _select(query: Query, columns: str, plan: str = "") -> tuple[str, tuple[Any, ...]]:
     where = " AND ".join(("r.type = ?", *query.where))
-    return f"SELECT {columns} FROM resources r WHERE {where}", (query.type, *query.args)
+    return (f"SELECT {columns} FROM resources r{plan} WHERE {where}",
+            (query.type, *query.args))
 
 
 class _Transaction:

@@ -132,8 +132,9 @@ def worker_access(app_id: str, *, exactly_once: bool = False) -> Access:
 
 
 def facade_access() -> Access:
-    """`rcmflow facade`: reads rcm.accounts with no group (it moves nobody's partitions)."""
-    return Access(component="facade", read=(ACCOUNTS,))
+    """`rcmflow facade`: reads rcm.accounts with no group (it moves nobody's partitions);
+    writes a resource it cannot build to rcm.dlq."""
+    return Access(component="facade", read=(ACCOUNTS,), write=(DLQ,))
 
 
 def erp_group(app_id: str, adapter: str) -> str:

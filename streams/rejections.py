@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Stage", "Rejection"]
 
-Stage = Literal["decode", "validate", "dedup", "rules", "posting"]
+Stage = Literal["decode", "validate", "dedup", "rules", "posting", "facade"]
 
 
 class Rejection(BaseModel):

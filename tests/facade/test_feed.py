@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from rcmflow.facade.feed import Feeder
+from rcmflow.facade.server import build_app
 from rcmflow.facade.store import Store
 from rcmflow.kafka_io import publish
+from rcmflow.ops import dlq_records
+from rcmflow.settings import Settings
 from rcmflow.streams.layout import parse_key
 from rcmflow.streams.topics import ACCOUNTS
-from tests.conftest import Broker
-from tests.facade.conftest import build_tables, records, world_events
+from tests.conftest import Broker, wait_until
+from tests.facade.conftest import Served, build_tables, records, world_events
+from tests.facade.test_exceptions import UNREPRESENTABLE, account_records, with_payment_dated
 from tests.facade.test_store import LEGACY, served
 
 pytestmark = pytest.mark.broker
@@ -84,3 +89,39 @@ async def test_feed_fills_resumes_and_refills(broker: Broker, tmp_path: Path) ->
     assert refilled.status.applied_records == len(held) + 3
     assert store.account_count() == len(heads) - 1
     store.close()
+
+
+def test_an_account_whose_resource_cannot_be_built_stays_visible_and_is_said(
+        broker: Broker, tmp_path: Path) -> None:
+    """A record on rcm.accounts whose resource cannot be built (a payment dated year 1
+    east of UTC: no UTC instant holds it) -> one rcm.dlq record (stage facade) and the
+    facade's metric; the account, its claim and its other payment are still served."""
+    held = with_payment_dated(account_records("X1"), "X1-P1", UNREPRESENTABLE)
+    kafka = broker.connection
+    asyncio.run(publish(kafka, [(ACCOUNTS, k.encode(), v) for k, v in held]))
+    settings = Settings(broker=broker.url, data_dir=tmp_path / "facade-data",
+                        facade_auth="off")
+    app = build_app(settings, kafka, source="exceptions")
+    feeder: Feeder = app.state.feeder
+    with Served(app) as served, httpx.Client(base_url=served.base, timeout=5) as client:
+        wait_until(lambda: feeder.status.exceptions_sent == 1 and feeder.status.lag() == 0,
+                   FEED_WAIT_S, "the exception record sent")
+        for path in ("Account/X1", "Claim/X1.K1", "PaymentReconciliation/pay.X1.X1-P2"):
+            assert client.get(path).status_code == 200, path
+        assert client.get("PaymentReconciliation/pay.X1.X1-P1").status_code == 404
+        metrics = httpx.get(served.base.rsplit("/fhir", 1)[0] + "/metrics").text
+    assert 'rcmflow_facade_exceptions_total{reason_code="resource_build_failed"} 1.0' in metrics
+    assert 'rcmflow_facade_unserved_resources{reason_code="resource_build_failed"} 1.0' \
+        in metrics
+    [record] = [r for r in asyncio.run(dlq_records(kafka)) if r["stage"] == "facade"]
+    assert record["reason_code"] == "resource_build_failed"
+    assert "account X1" in record["reason"] and "pay.X1.X1-P1" in record["reason"]
+
+    # Another facade filling its own store from the start makes the same record: rcm.dlq
+    # still holds one (by dlq_id) however often the account is read again.
+    again = Store(tmp_path / "again.sqlite")
+    refill = Feeder(again, kafka, source="exceptions")
+    asyncio.run(_feed_until(refill, lambda: refill.status.exceptions_sent == 1, "the resend"))
+    again.close()
+    assert [r["dlq_id"] for r in asyncio.run(dlq_records(kafka))
+            if r["stage"] == "facade"] == [record["dlq_id"]]

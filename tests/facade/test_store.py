@@ -113,6 +113,11 @@ def test_resource_that_makes_invalid_fhir_is_not_served(
     row = store.read("Account", "S3")
     assert row is not None and row.version == 1  # the last valid view stays
     assert store.offsets() == {0: 2}  # and the feed moves on
+    # ... and it is said: an exception record for rcm.dlq naming the fields (not values).
+    [(_, account, raw)] = store.unsent_exceptions()
+    said = orjson.loads(raw)
+    assert account == "S3" and said["reason_code"] == "resource_invalid"
+    assert said["context"]["fields"] == ["status"] and "account S3" in said["reason"]
     unchecked = Store(tmp_path / "unchecked.sqlite", validate_every=0)
     unchecked.apply(records(second), {0: 1})
     assert unchecked.invalid_snapshots == 0 and unchecked.read("Account", "S3") is not None
