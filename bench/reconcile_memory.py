@@ -42,7 +42,7 @@ from rcmflow.connectors.totals import HEADER_STATUS, HEADER_TOTALS, SourceTotals
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.memory_tables import MemoryTables, head_records, item_records
-from rcmflow.streams.processor import Message, Processor
+from rcmflow.streams.processor import BatchResult, Message, Processor
 from rcmflow.streams.topics import (
     ACCOUNTS,
     EVENTS,
@@ -91,6 +91,15 @@ def _raw_records(value: bytes) -> Iterator[Out]:
             (HEADER_STATUS, b"applied"), (HEADER_TOTALS, totals.header())]
 
 
+def _compact(tables: MemoryTables, result: BatchResult) -> None:
+    """Values copied to their size (orjson's documents each hold a 4 KB allocation)."""
+    for key in result.dedup_writes:
+        if (value := tables.dedup.get(key)) is not None:
+            tables.dedup[key] = bytes(memoryview(value))
+    for key in {**head_records(result), **item_records(result)}:
+        tables.accounts[key] = bytes(memoryview(tables.accounts[key]))
+
+
 async def fill(kafka: KafkaConnection, events: int, accounts: int,
                replay_ratio: float) -> dict[str, int]:
     """Produce the history; returns the records per topic."""
@@ -135,6 +144,7 @@ async def fill(kafka: KafkaConnection, events: int, accounts: int,
                         await send(raw)
             result = processor.process(messages, tables)
             tables.write(result)
+            _compact(tables, result)
             for p, key, value in result.postings:
                 await send((POSTINGS, p, key, value, None))
             for (p, key), value in {**item_records(result), **head_records(result)}.items():

@@ -159,6 +159,7 @@ async def iter_topic(
                                for m in messages if keep is None or keep(m.key))
             if records:
                 yield records
+                deadline = time.monotonic() + idle_timeout_s  # the caller's time is not idle
             del records
             for tp in tps:
                 end = consumer.highwater(tp)

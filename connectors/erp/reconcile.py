@@ -80,9 +80,9 @@ from rcmflow.progress import LOG_EVERY_S, progress
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.core import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.events import EVENT_ADAPTER, ValidationError
-from rcmflow.streams.layout import SEPARATOR
+from rcmflow.streams.layout import SEPARATOR, head_key, item_key
 from rcmflow.streams.memory_tables import MemoryTables
-from rcmflow.streams.processor import EVENT_BYTES_MAX, Message, Processor
+from rcmflow.streams.processor import EVENT_BYTES_MAX, BatchResult, Message, Processor
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.state import LEDGER_BUCKETS
 from rcmflow.streams.topics import (
@@ -264,7 +264,7 @@ _BUCKETS = tuple(sorted(LEDGER_BUCKETS))
 _BUCKET_INDEX = {b: i for i, b in enumerate(_BUCKETS)}
 _MEASURE_INDEX = {m: i for i, m in enumerate(MEASURES)}
 #: Events replayed through the core at once (its batch, and the records held while it runs).
-REPLAY_BATCH = 2_000
+REPLAY_BATCH = 1_000
 #: Records one read holds at once (any other topic).
 READ_BATCH = 10_000
 
@@ -276,6 +276,25 @@ class _Posting:
     total_cents: int
     digest: bytes
     suspense_cents: int
+
+
+class _ReplayTables(MemoryTables):
+    """A partition's tables during the replay. Values are copied to their size before they
+    are kept: orjson hands back a 4 KB allocation for every document however small, which
+    the account items and dedup records (one per event) would otherwise each hold."""
+
+    def write(self, result: BatchResult) -> None:
+        super().write(result)
+        for key in (*result.dedup_writes, *result.purge_marks):
+            value = self.dedup.get(key)
+            if value is not None:
+                self.dedup[key] = bytes(memoryview(value))
+        for p, account in result.heads:
+            key = (p, head_key(account))
+            self.accounts[key] = bytes(memoryview(self.accounts[key]))
+        for p, account, ref in result.items:
+            key = (p, item_key(account, ref))
+            self.accounts[key] = bytes(memoryview(self.accounts[key]))
 
 
 class _Accounts:
@@ -523,10 +542,10 @@ class Reconciler:
         tables (heads, items, dedup records), not its events or their outputs."""
         events = 0
         partition: int | None = None
-        tables = MemoryTables()
+        tables = _ReplayTables()
         async for records in self._read(EVENTS, batch=REPLAY_BATCH):
             if records[0].partition != partition:  # a new partition: fresh states
-                partition, tables = records[0].partition, MemoryTables()
+                partition, tables = records[0].partition, _ReplayTables()
             events += len(records)
             for record in records:
                 self._note_source(record.value)
