@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -222,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.accounts = 60_000, 5_000
+    # stopped (SIGTERM): still stop the broker, which holds the whole history in memory
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run_dir = Path(tempfile.mkdtemp(prefix="rcmflow-reconcile-bench-"))
     broker = EmbeddedBroker(log_file=run_dir / "broker.log").start()
     try:

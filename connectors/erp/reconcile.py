@@ -503,37 +503,36 @@ class Reconciler:
             self._amounts(event.account, event.occurred_at.date(), measure)[1] += cents
 
     def compare_sources(self) -> None:
-        missing = 0
-        for pair, topic in sorted(self.source_events.items()):
-            if topic != -1:
-                missing += 1
-                account, event_id = pair.split("\0", 1)
-                self.find("source_event_missing", account, None, None, 0,
-                          f"{event_id} accepted on {SOURCE_TOPICS[topic]}; no such event on "
-                          "rcm.events")
-        self.report.counts["source_events_found"] = len(self.source_events) - missing
+        """Listed events not found, and measures whose cents differ (only the differences
+        are sorted: the rest is summed where it lies)."""
+        missing = sorted((pair, topic) for pair, topic in self.source_events.items()
+                         if topic != -1)
+        for pair, topic in missing:
+            account, event_id = pair.split("\0", 1)
+            self.find("source_event_missing", account, None, None, 0,
+                      f"{event_id} accepted on {SOURCE_TOPICS[topic]}; no such event on "
+                      "rcm.events")
+        self.report.counts["source_events_found"] = len(self.source_events) - len(missing)
         days: set[int] = set()
-        by_name = sorted(self.source_cells.items(),  # measures by name within a cell
-                         key=lambda item: (item[0] >> 4, MEASURES[item[0] & 15]))
-        for key, (source_cents, events_cents) in by_name:
+        differing: list[tuple[str, date, str, Amounts]] = []
+        for key, (source_cents, events_cents) in self.source_cells.items():
             cell, measure = key >> 4, MEASURES[key & 15]
-            account = self.accounts.names[cell >> _DAY_BITS]
             day = date.fromordinal(cell & ((1 << _DAY_BITS) - 1))
             if not _in_range(day, self.day_from, self.day_to):
                 continue
             days.add(cell)
-            amounts = Amounts(source_cents, events_cents)
             total = self.report.sources.setdefault(measure, Amounts())
-            total.source_cents += amounts.source_cents
-            total.events_cents += amounts.events_cents
-            if amounts.difference_cents:
-                self.report.source_days_differing.setdefault(
-                    (account, day.isoformat()), {})[measure] = amounts
-                self.find("source_amount_differs", account, day, None,
-                          amounts.difference_cents,
-                          f"{measure}: the sources accepted {_money(amounts.source_cents)}"
-                          f", their events on rcm.events carry "
-                          f"{_money(amounts.events_cents)}")
+            total.source_cents += source_cents
+            total.events_cents += events_cents
+            if source_cents != events_cents:
+                differing.append((self.accounts.names[cell >> _DAY_BITS], day, measure,
+                                  Amounts(source_cents, events_cents)))
+        for account, day, measure, amounts in sorted(differing, key=lambda x: x[:3]):
+            self.report.source_days_differing.setdefault(
+                (account, day.isoformat()), {})[measure] = amounts
+            self.find("source_amount_differs", account, day, None, amounts.difference_cents,
+                      f"{measure}: the sources accepted {_money(amounts.source_cents)}, their "
+                      f"events on rcm.events carry {_money(amounts.events_cents)}")
         self.report.source_days_compared = len(days)
 
     async def read_events(self) -> None:
@@ -656,7 +655,7 @@ class Reconciler:
     def _bound(self, n: int, what: str) -> None:
         if n > self.postings_max:
             raise TooLarge(f"more than {self.postings_max} posting ids {what}: raise "
-                              "postings_max knowingly (~250 bytes each) or reconcile a "
+                              "postings_max knowingly (~0.5 KB each) or reconcile a "
                               "smaller broker")
 
     # -- comparing ----------------------------------------------------------------------
