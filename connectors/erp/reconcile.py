@@ -40,16 +40,21 @@ Each difference is a ``Finding`` with its likely cause (``CAUSES``). ``suspense`
 (the money reached the ledger, on the suspense account, and an exception record says which
 key was unmapped); every other cause is an error and makes the exit code 1.
 
-**Memory.** Topics are read one partition at a time (``read_topic`` holds one partition of
-one topic in memory, about the size of its records, plus the core's account states for that
-partition's events: ~5 KB per account). Kept across partitions: per distinct posting id
-~250 bytes (account, day, total, a digest of its lines), per account ~1 KB (bucket sums and
-the snapshot), per (account, day) ~200 bytes plus ~100 bytes per measure with source
-totals, per event id a source record still on the raw topics lists ~150 bytes (7 days of
-inbound units), and the findings (capped at ``findings_max``;
-the rest are counted). So 1 M postings over 100 k accounts need ~0.5 GB; ``postings_max``
-refuses a larger run up front instead of exhausting the machine (narrow it with
-``--from/--to``, which filter by effective date but still read the topics whole).
+**Memory.** Bounded by what must be kept, not by the history read. Every topic is read as a
+stream (``kafka_io.iter_topic``: one batch of records at a time, each folded in and dropped);
+rcm.events is replayed through the core in batches of ``REPLAY_BATCH`` as the worker does,
+holding one partition's account tables until the next partition starts (what the worker
+keeps in RocksDB: its accounts' heads and items, and a dedup record per event, ~0.5 KB, values
+kept at their size); rcm.postings is compared with the events' deltas as it is read. Kept to
+the end (tracemalloc over 20,000-event histories of 500 and 4,000 accounts):
+per distinct posting id ~0.2 KB (its id and a packed account number, day, total, suspense
+cents and lines' digest: ``_POSTING``), per account-day with postings ~0.2 KB, per account
+~1.1 KB (its snapshot, ledger sums and the events' balances), per event a source record on
+the raw topics lists ~0.2 KB plus ~0.2 KB per (account, day, measure) of source totals (the
+raw topics keep 7 days), and the findings (capped at ``findings_max``; the rest are
+counted). Measured peak RSS: ``bench/RESULTS.md`` (``python -m bench.reconcile_memory``).
+``postings_max`` refuses a larger run up front instead of exhausting the machine (narrow it
+with ``--from/--to``, which filter by effective date but still read the topics whole).
 """
 
 from __future__ import annotations
