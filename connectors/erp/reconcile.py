@@ -70,6 +70,8 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 from rich.console import Console
 
 from rcmflow.connectors.totals import (
@@ -347,6 +349,20 @@ def _balances(balances: dict[str, Any]) -> tuple[int, ...]:
 
 
 # -- the comparison -------------------------------------------------------------------------
+async def _log_starts(kafka: KafkaConnection, topic: str, partitions: list[int]
+                      ) -> dict[int, int]:
+    """The first offset still in each partition (retention deletes older records)."""
+    tps = [TopicPartition(topic, p) for p in partitions]
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        found = await consumer.beginning_offsets(tps)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in found.items()}
+
+
 def _head_key(key: bytes | None) -> bool:
     """An account's head (``<account>``), not one of its items (``<account>/<kind>/<id>``)."""
     return key is not None and SEPARATOR.encode() not in key
@@ -431,10 +447,13 @@ class Reconciler:
                     keep: Callable[[bytes | None], bool] | None = None
                     ) -> AsyncIterator[list[Record]]:
         """A topic's records in batches, one partition after another (offset order within
-        each), with progress: records read of the topic's log end."""
+        each), with progress: records read of the offsets between the log's start (moved by
+        retention: the raw topics keep 7 days) and its end."""
         partitions = await topic_partitions(self.kafka, topic)
         ends = await log_ends(self.kafka, topic, partitions) if partitions else {}
-        with progress(self.console, f"reading {topic}", total=sum(ends.values()) or None,
+        starts = await _log_starts(self.kafka, topic, partitions) if partitions else {}
+        total = sum(max(0, end - starts.get(p, 0)) for p, end in ends.items())
+        with progress(self.console, f"reading {topic}", total=total or None,
                       every_s=self.progress_every_s) as advance:
             for p in partitions:
                 async for records in iter_topic(self.kafka, topic, start={p: 0}, keep=keep,
