@@ -255,7 +255,7 @@ def reconcile(
         report = asyncio.run(run_reconcile(
             kafka, chart, adapter=adapter, day_from=first, day_to=last,
             open_adapter=open_it, event_bytes_max=settings.event_bytes_max,
-            account_items_max=settings.account_items_max))
+            account_items_max=settings.account_items_max, console=err))
     except AdapterConfigError as exc:
         err.print(f"[red]ERP adapter: {exc}[/red]")
         raise typer.Exit(3) from exc
