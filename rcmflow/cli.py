@@ -18,7 +18,9 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Column, Table
+from rich.text import Text
 
 from rcmflow import kafka_access
 from rcmflow.kafka_access import Access
@@ -643,18 +645,26 @@ def dlq_list(
     if as_json:
         _print_json(records)
     else:
-        # Ids whole, even at 80 columns: `dlq show` takes what this prints.
+        # Ids whole, even at 80 columns: `dlq show` takes what this prints. Narrower than a
+        # table can hold readably, each record is a line and its reason indented below.
         width = max((len(str(r["dlq_id"])) for r in records), default=6)
-        # Light borders: at 80 columns the reason keeps room to be read.
-        table = Table(Column("dlq id", no_wrap=True, min_width=width), "stage",
-                      Column("reason code", overflow="fold"), "account",
-                      Column("reason", overflow="fold", ratio=1), title=title, expand=True,
-                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        for r in records:
-            stage = r["stage"] + (" (warning)" if r["severity"] == "warning" else "")
-            table.add_row(r["dlq_id"], stage, r["reason_code"],
-                          str(r["context"].get("account", "")), r["reason"])
-        out.print(table)
+        rows = [(str(r["dlq_id"]),
+                 r["stage"] + (" (warning)" if r["severity"] == "warning" else ""),
+                 str(r["reason_code"]), str(r["context"].get("account", "")), str(r["reason"]))
+                for r in records]
+        if out.width < 120:
+            out.print(title, highlight=False, markup=False)
+            for dlq_id, stage, code, account, reason in rows:
+                out.print(Text(f"{dlq_id}  {stage}  {code}  {account}".rstrip()))
+                out.print(Padding(Text(reason), (0, 0, 0, 4)))
+        else:
+            table = Table(Column("dlq id", no_wrap=True, min_width=width), "stage",
+                          "reason code", "account", Column("reason", overflow="fold", ratio=1),
+                          title=title, expand=True, box=box.SIMPLE_HEAD, pad_edge=False,
+                          collapse_padding=True)
+            for row in rows:
+                table.add_row(*row)
+            out.print(table)
     _more("dlq list", following)
 
 

@@ -84,12 +84,19 @@ def test_dlq_list_by_reason_reads_back_until_the_page_is_full(broker: Broker) ->
 
 
 def test_dlq_ids_whole_at_80_columns_and_show_takes_a_prefix(broker: Broker) -> None:
-    records = _dlq_records(30)
+    records = _dlq_records(29)
+    # The widest columns the worker writes: the reason must still be readable at 80.
+    records.append((DLQ, None, dlq_record(
+        stage="posting", reason_code="unmapped_dimension", severity="warning",
+        reason="no GL account for gross_revenue[revenue code 0999]: posted to suspense 2900",
+        origin=Origin(topic="rcm.events", partition=0, offset=999, key="provider:1234567890"),
+        payload=b"{}", context={"account": "provider:1234567890"}).model_dump_json().encode()))
     asyncio.run(publish(broker.connection, records))
     ids = {json.loads(v)["dlq_id"] for _, _, v in records}
     listed = rcmflow(broker, "dlq", "list", columns=80)
     assert listed.returncode == 0, listed.stderr
     assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+    assert "no GL account for gross_revenue[revenue code 0999]: posted" in listed.stdout
     assert ids <= set(re.findall(r"dlq_[0-9a-f]{24}", listed.stdout)), listed.stdout
     one = sorted(ids)[0]
     shown = rcmflow(broker, "dlq", "show", one[:12])
