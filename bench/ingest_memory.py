@@ -92,13 +92,14 @@ def _x12(path: Path, size: int) -> int:
     sys.path.insert(0, str(REPO_ROOT))
     from tests.connectors.x12_build import ClaimSpec, envelope, remit_segments
 
-    per_claim = len(envelope(remit_segments([ClaimSpec("A0000001", 12500, 10000,
-                                                       pcn="P000000001")])))
+    def specs(count: int) -> list[ClaimSpec]:
+        return [ClaimSpec(f"A{n % 100_000:07d}", 12500, 10000, pcn=f"P{n:09d}",
+                          cas=[("CO", "45", 2500)]) for n in range(count)]
+
     base = len(envelope(remit_segments([])))
-    claims = max(1, (size - base) // max(1, per_claim - base))
-    specs = [ClaimSpec(f"A{n % 100_000:07d}", 12500, 10000, pcn=f"P{n:09d}",
-                       cas=[("CO", "45", 2500)]) for n in range(claims)]
-    path.write_bytes(envelope(remit_segments(specs)))
+    per_claim = (len(envelope(remit_segments(specs(100)))) - base) / 100
+    claims = max(1, int((size - base) // per_claim))
+    path.write_bytes(envelope(remit_segments(specs(claims))))
     return claims
 
 
