@@ -303,12 +303,13 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=1024, description="Largest payment file read; larger: refused."
     )
     payments_rows_max: int = Field(
-        1_000_000, ge=1, description="Rows per payment file; rows past it go to rcm.dlq."
+        1_000_000, ge=1, description="Rows per payment file; rows past it go to rcm.dlq. The "
+        "file is streamed; its duplicate check keeps ~200 bytes per row."
     )
     # FHIR inbound (`rcmflow ingest fhir`, connectors/fhir): one resource, a Bundle or NDJSON.
     fhir_file_bytes_max: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest FHIR file read; larger: refused (exit "
-        "2). A file is read whole: ~30x its size in memory while it is checked."
+        "2). Read as a stream: memory is one resource plus ~200 bytes per event."
     )
     fhir_resources_max: int = Field(
         100_000, ge=1, description="Resources (Bundle entries, NDJSON lines) per file; those "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .rejections import Stage
 
-__all__ = ["Origin", "DlqRecord", "dlq_record"]
+__all__ = ["Origin", "DlqRecord", "dlq_record", "WarningTally", "PLACES_MAX"]
 
 
 class Origin(BaseModel):
@@ -88,3 +89,68 @@ def dlq_record(
         payload=text,
         payload_encoding=encoding,  # type: ignore[arg-type]
     )
+
+
+#: Places named in one aggregated warning record (the count says how many there were).
+PLACES_MAX = 20
+
+
+@dataclass
+class _Kind:
+    count: int
+    places: list[str]
+    offset: int
+    reason: str
+    payload: bytes
+    context: dict[str, Any]
+
+
+class WarningTally:
+    """Warnings of one kind (``reason_code``) from one input, as one DLQ record per kind.
+
+    A file of 200,000 ignored entries is one record (``context.count`` 200000, the first
+    ``PLACES_MAX`` places in ``context.places``, the first one's payload and reason) instead of
+    200,000. Only warnings are tallied (inputs that carry no money for rcmflow); each error
+    stays a record of its own, to be worked. Memory: one entry per reason code. The record's id
+    depends on the input and the first place only, so a re-sent file gives the same record.
+    """
+
+    def __init__(self, places_max: int = PLACES_MAX) -> None:
+        self._kinds: dict[str, _Kind] = {}
+        self._places_max = places_max
+
+    def add(self, reason_code: str, *, place: str, offset: int, reason: str, payload: bytes,
+            context: dict[str, Any] | None = None) -> None:
+        kind = self._kinds.get(reason_code)
+        if kind is None:
+            self._kinds[reason_code] = _Kind(1, [place], offset, reason, payload,
+                                             context or {})
+            return
+        kind.count += 1
+        if len(kind.places) < self._places_max:
+            kind.places.append(place)
+
+    @property
+    def total(self) -> int:
+        """Warnings tallied (of every kind)."""
+        return sum(k.count for k in self._kinds.values())
+
+    def counts(self) -> dict[str, int]:
+        return {code: k.count for code, k in self._kinds.items()}
+
+    def records(self, *, stage: Stage, origin: str, received_at: datetime | None,
+                payload_bytes_max: int | None = None) -> list[DlqRecord]:
+        """One record per reason code, in the order the kinds were first met."""
+        out = []
+        for code, k in self._kinds.items():
+            more = k.count - len(k.places)
+            where = ", ".join(k.places) + (f" and {more} more" if more else "")
+            out.append(dlq_record(
+                stage=stage, reason_code=code, severity="warning",
+                reason=f"{k.count} × {code} ({where}); the first: {k.reason}",
+                origin=Origin(topic=origin, partition=0, offset=k.offset, key=None),
+                payload=k.payload, received_at=received_at,
+                context=k.context | {"count": k.count, "places": k.places,
+                                     "places_more": more},
+                discriminator="tally", payload_bytes_max=payload_bytes_max))
+        return out

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, TypeAlias
+from typing import Any, BinaryIO, TypeAlias
 
 from pydantic import ValidationError
 
@@ -54,6 +55,11 @@ COLUMNS = ("type", "account", "amount", "date", "reference", "channel", "reason"
 REQUIRED = ("type", "account", "amount", "date", "reference")
 #: Longest row kept (a bound on one line, and on what one DLQ record carries).
 ROW_CHARS_MAX = 8192
+#: Longest physical line read at all: a longer one is skipped in pieces (``row_too_large``),
+#: so one line without an end cannot take the file into memory.
+LINE_CHARS_MAX = 64 * 1024
+#: What stands for such a line (a blank line: the CSV reader skips it).
+TOO_LONG = "\n"
 
 PaymentEvent: TypeAlias = PatientPayment | Refund | WriteOff
 MEASURE_BY_TYPE = {"payment": "payments", "refund": "refunds", "write_off": "write_offs"}
@@ -76,20 +82,65 @@ class RowError:
     detail: str
 
 
-def read_rows(data: bytes, *, name: str) -> tuple[list[str], Iterator[RawRow | RowError]]:
-    """Warnings about the file and its rows, CSV or JSON lines (by name, or by content)."""
-    text = data.decode("utf-8-sig", errors="replace")
-    is_json = name.lower().endswith((".jsonl", ".ndjson", ".json")) or text.lstrip()[:1] == "{"
-    return ([], _json_rows(text)) if is_json else _csv_rows(text)
+def read_rows(stream: BinaryIO, *, name: str) -> tuple[list[str], Iterator[RawRow | RowError]]:
+    """Warnings about the file and its rows, CSV or JSON lines (by name, or by content), read
+    from ``stream`` as the rows are taken: one row (at most ``LINE_CHARS_MAX``) in memory."""
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
+    lines = _bounded_lines(text)
+    first: list[str] = []
+    for line in lines:  # the first line with something on it says which kind of file
+        first.append(line)
+        if line.strip():
+            break
+    head = "".join(first)
+    is_json = name.lower().endswith((".jsonl", ".ndjson", ".json")) or head.lstrip()[:1] == "{"
+    ahead = itertools.chain(first, lines)
+    if is_json:
+        return [], _json_rows(ahead, lines.too_long)
+    try:
+        return _csv_rows(ahead, lines.too_long)
+    except FileError:
+        text.detach()  # the caller may read the file's start again for the DLQ record
+        raise
 
 
-def _csv_rows(text: str) -> tuple[list[str], Iterator[RawRow | RowError]]:
-    lines = io.StringIO(text, newline="")
+class _bounded_lines:  # noqa: N801 - used as a generator
+    """The lines of ``text`` (with their ends), each at most ``LINE_CHARS_MAX`` characters:
+    a longer line is read past in pieces and comes out as ``TOO_LONG`` (its number kept in
+    ``too_long``), so no line of a file, however long, is ever whole in memory."""
+
+    def __init__(self, text: io.TextIOWrapper) -> None:
+        self._text = text
+        self.number = 0
+        self.too_long: list[int] = []
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = self._text.readline(LINE_CHARS_MAX + 1)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        if len(line) <= LINE_CHARS_MAX or line.endswith(("\n", "\r")):
+            return line
+        while line and not line.endswith(("\n", "\r")):
+            line = self._text.readline(LINE_CHARS_MAX)
+        self.too_long.append(self.number)
+        return TOO_LONG
+
+
+def _csv_rows(lines: Iterator[str], too_long: list[int]) -> tuple[list[str],
+                                                                    Iterator[RawRow | RowError]]:
     reader = csv.reader(lines)
     try:
         header = next(reader)
     except StopIteration:
         raise FileError("the file is empty: a header row naming the columns comes first") from None
+    except csv.Error as exc:
+        raise FileError(f"the header row is not CSV: {exc}") from None
+    if too_long:
+        raise FileError(f"the header row is longer than {LINE_CHARS_MAX} characters")
     names = [h.strip().lower() for h in header]
     missing = [c for c in REQUIRED if c not in names]
     if missing:
@@ -98,11 +149,27 @@ def _csv_rows(text: str) -> tuple[list[str], Iterator[RawRow | RowError]]:
     unknown = sorted({n for n in names if n and n not in COLUMNS})
     warnings = [f"columns ignored: {', '.join(u[:30] for u in unknown)}"] if unknown else []
 
+    def too_long_rows() -> Iterator[RowError]:
+        for number in too_long:
+            yield RowError("row_too_large", f"row {number} is longer than {LINE_CHARS_MAX} "
+                           "characters: not read")
+        too_long.clear()
+
     def rows() -> Iterator[RawRow | RowError]:
         number = reader.line_num
-        for values in reader:
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # e.g. a quote never closed: the rest cannot be split
+                yield from too_long_rows()
+                yield RowError("row_invalid_csv", f"row {number + 1} is not CSV ({exc}): "
+                               "it and the rows after it were not read")
+                return
             row_number = number + 1
             number = reader.line_num
+            yield from too_long_rows()
             if not any(v.strip() for v in values):
                 continue
             raw = ",".join(values)
@@ -112,17 +179,23 @@ def _csv_rows(text: str) -> tuple[list[str], Iterator[RawRow | RowError]]:
                 continue
             fields = {n: v.strip() for n, v in zip(names, values, strict=True) if n in COLUMNS}
             yield RawRow(row_number, fields, raw[:ROW_CHARS_MAX])
+        yield from too_long_rows()
 
     return warnings, rows()
 
 
-def _json_rows(text: str) -> Iterator[RawRow | RowError]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if len(line) > ROW_CHARS_MAX:
-            yield RowError("row_too_large", f"row {number} is {len(line)} characters, at most "
+def _json_rows(lines: Iterator[str], too_long: list[int]) -> Iterator[RawRow | RowError]:
+    for number, line in enumerate(lines, start=1):
+        skipped = bool(too_long) and too_long[0] == number
+        if skipped:
+            too_long.pop(0)
+        line = line.rstrip("\r\n")
+        if skipped or len(line) > ROW_CHARS_MAX:
+            size = f"over {LINE_CHARS_MAX}" if skipped else str(len(line))
+            yield RowError("row_too_large", f"row {number} is {size} characters, at most "
                            f"{ROW_CHARS_MAX}")
+            continue
+        if not line.strip():
             continue
         try:
             # Numbers as Decimal: a JSON amount 10.10 stays exact, never a float.

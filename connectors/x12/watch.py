@@ -17,13 +17,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from rcmflow.connectors.payments.ingest import process_payments, report_payments
+from rcmflow.connectors.payments.ingest import open_payments, report_payments
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_preflight import access_error
 from rcmflow.settings import Settings
-from rcmflow.streams.date_window import DateWindow
 
-from ..files import BrokerFailed, WholeFile, publish_file, say
+from ..files import BrokerFailed, publish_file, say
 from .files import limits_from, report_x12
 from .ingest import X12File
 
@@ -71,15 +70,10 @@ def handle_file(path: Path, settings: Settings, kafka: KafkaConnection, console:
     size = path.stat().st_size
     try:
         if is_payment:
-            payments = WholeFile(
-                path, lambda p: process_payments(p.read_bytes(), name=p.name,
-                                                 origin=f"file:{p}",
-                                                 rows_max=settings.payments_rows_max,
-                                                 date_window=DateWindow.from_settings(settings)),
-                lambda outcome: outcome.records(settings.dlq_payload_bytes_max))
+            payments = open_payments(path, settings)
             publish_file(kafka, payments, path=path, size=size, console=console)
-            report_payments(path, payments.outcome, console)
-            ok, reason = payments.ok(), payments.outcome.reason_text()
+            report_payments(path, payments, console)
+            ok, reason = payments.ok(), payments.reason_text()
         else:
             x12 = X12File(path, limits_from(settings))
             publish_file(kafka, x12, path=path, size=size, console=console)

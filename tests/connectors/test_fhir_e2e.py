@@ -150,3 +150,40 @@ def test_exit_codes_and_the_dlq_record_of_a_refused_sample(
     no_broker = run(str(charge), RCMFLOW_BROKER="", RCMFLOW_DATA_DIR=str(tmp_path / "none"))
     assert no_broker.returncode == 2, no_broker.stderr
     assert run(str(samples / "r4_paymentnotice-example.json")).returncode == 0
+
+
+def test_a_bundle_of_many_unsupported_entries_is_one_dlq_record_through_the_broker(
+        broker: Broker, tmp_path: Path) -> None:
+    """2,000 ignored entries, a charge and a charge in error: rcm.dlq gets the error and one
+    warning counting the 2,000 (it got one record per entry), and the same ids again when the
+    file is sent again."""
+    n = 2_000
+    unsupported = {"resource": {"resourceType": "Basic", "code": {"text": "x"}}}
+    bad = CHARGE | {"identifier": [{"system": "urn:example:charges", "value": "CH-BAD"}],
+                    "priceOverride": {"value": 1.005, "currency": "USD"}}
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps({"resourceType": "Bundle", "type": "batch", "entry": [
+        unsupported] * 1000 + [{"resource": CHARGE}, {"resource": bad}] + [unsupported] * 1000}))
+    env = {"RCMFLOW_BROKER": broker.url, "RCMFLOW_DATA_DIR": str(tmp_path / "data"),
+           "PATH": "/usr/bin:/bin"}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rcmflow.cli", "ingest", "fhir", str(path)],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    done = run()
+    assert done.returncode == 1, done.stderr
+    assert f"{n + 2} resources, 1 events to {EVENTS}" in done.stderr
+    assert f"{n} × fhir_unsupported_resource" in done.stderr
+    dlq = [json.loads(r.value) for r in asyncio.run(read_topic(broker.connection, DLQ))]
+    assert sorted((d["severity"], d["reason_code"]) for d in dlq) == [
+        ("error", "fhir_invalid_amount"), ("warning", "fhir_unsupported_resource")]
+    (warned,) = [d for d in dlq if d["severity"] == "warning"]
+    assert warned["context"]["count"] == n
+    assert warned["context"]["places"][:2] == ["entry[0]", "entry[1]"]
+    assert warned["context"]["places_more"] == n - 20
+    (error,) = [d for d in dlq if d["severity"] == "error"]
+    assert error["context"]["location"] == "entry[1001]"
+    assert run().returncode == 1
+    again = [json.loads(r.value) for r in asyncio.run(read_topic(broker.connection, DLQ))]
+    assert sorted(d["dlq_id"] for d in again) == sorted(2 * [d["dlq_id"] for d in dlq])

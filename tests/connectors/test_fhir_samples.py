@@ -195,7 +195,16 @@ def test_a_bundle_of_every_sample_answers_each_entry_with_its_index() -> None:
     assert [(u.location, e.amount_cents) for u, e in outcome.events] == [
         (f"entry[{len(names)}]", 4000)]
     dlq = [orjson.loads(v) for t, _, v in outcome.records() if t == DLQ]
-    assert {d["origin"]["offset"] for d in dlq} == {int(k[6:-1]) for k in expected}
+    # Errors: one record each, at its entry. Warnings (unsupported types): one record for the
+    # file, counting them and naming their entries.
+    errors = {k for k, code in expected.items() if code != "fhir_unsupported_resource"}
+    assert {d["origin"]["offset"] for d in dlq if d["severity"] == "error"} == {
+        int(k[6:-1]) for k in errors}
+    (warned,) = [d for d in dlq if d["severity"] == "warning"]
+    unsupported = sorted((k for k in expected if k not in errors), key=lambda k: int(k[6:-1]))
+    assert warned["reason_code"] == "fhir_unsupported_resource"
+    assert warned["context"]["count"] == len(unsupported)
+    assert warned["context"]["places"] == unsupported
     assert len({d["dlq_id"] for d in dlq}) == len(dlq)
     # A re-read produces the same records (deterministic DLQ ids, same events).
     again = _run(bundle, "all.json").records()
