@@ -282,8 +282,9 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="`rcmflow mllp` /metrics port (messages by ACK "
         "code); 0: off.",
     )
-    # Inbound files (`rcmflow ingest x12|payments`, `rcmflow watch`): a file is read whole, so
-    # these bound memory; past them the file is refused (exit 2) or rejected with the reason.
+    # Inbound files (`rcmflow ingest x12|payments`, `rcmflow watch`): read as streams (memory:
+    # bench/RESULTS.md, "Ingest memory per file size"); these bound the work of one file, past
+    # them the file is refused (exit 2) or rejected with the reason.
     x12_file_bytes_max: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest X12 file read; larger ones are refused."
     )
