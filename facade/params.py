@@ -91,9 +91,9 @@ def _org(resource: str, name: str, column: str, system: str, description: str
 _CLAIM_USE = "http://hl7.org/fhir/claim-use"
 _STRING = ("R4 string: starts with the value, ignoring case and accents; :exact the whole "
            "text as written, :contains anywhere (not indexed: a walk of the type)")
-_PAYER = (f"only as {{}}:identifier={PAYER_SYSTEM}|<payer code> (the payer is known by its "
+_PAYER = (f"only as {{}}:identifier={PAYER_SYSTEM}|CODE (the payer is known by its "
           "code, no Organization id)")
-_ENTITY = (f"only as {{}}:identifier={ENTITY_SYSTEM}|<entity code> (the billing entity is "
+_ENTITY = (f"only as {{}}:identifier={ENTITY_SYSTEM}|CODE (the billing entity is "
            "known by its code, no Organization id)")
 
 
@@ -122,7 +122,7 @@ RESOURCES: dict[str, ResourceSpec] = {
                  "patient (Patient/pat.A1001)", "Patient"),
             _fixed("Account", "type", "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                    "PBILLACCT", "Always PBILLACCT (patient billing account)"),
-            _string("Account", "name", f"'Patient account <number>'. {_STRING}"),
+            _string("Account", "name", f"'Patient account NUMBER'. {_STRING}"),
             _org("Account", "owner", "entity", ENTITY_SYSTEM,
                  "The billing entity, " + _ENTITY.format("owner")),
         ), documentation="One per patient account; balances in the Account.balance extension"),
@@ -163,8 +163,8 @@ RESOURCES: dict[str, ResourceSpec] = {
             _std("PaymentReconciliation", "outcome", "token", "outcome", "queued | complete | "
                  "error | partial (always complete)"),
             _string("PaymentReconciliation", "disposition", "'Payer payment applied to "
-                    "account <number>', 'Patient payment (<channel>)', 'Refund to "
-                    f"<channel>'. {_STRING}"),
+                    "account NUMBER', 'Patient payment (CHANNEL)', 'Refund to "
+                    f"CHANNEL'. {_STRING}"),
             _org("PaymentReconciliation", "payment-issuer", "payer", PAYER_SYSTEM,
                  "The payer of a check/EFT, " + _PAYER.format("payment-issuer")),
         ), documentation="Per payer check/EFT (835 TRN) and account, and per patient payment "
