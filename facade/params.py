@@ -516,7 +516,7 @@ def parse_search(
                     if param is None else f"{name[:60]}: {unusable}")
             if strict:
                 raise SearchError(what, "not-supported")
-            ignored.append(name[:60])
+            ignored.append(name[:60] if param is None else what)
             continue
         sql, sql_args = _clause(param, value, spec.type, modifier)
         # A range of the column's index (a date, a string prefix, several exact strings).
