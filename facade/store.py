@@ -129,8 +129,12 @@ CREATE INDEX IF NOT EXISTS resources_text_id ON resources (type, text_key, id);
 CREATE INDEX IF NOT EXISTS resources_payment_date_id ON resources (type, payment_date, id);
 -- The identifier values of the Organization references (insurer / payment-issuer: payer;
 -- provider / owner: entity).
-CREATE INDEX IF NOT EXISTS resources_payer ON resources (type, payer, id);
-CREATE INDEX IF NOT EXISTS resources_entity ON resources (type, entity, id);
+-- (Partial: they are only searched by equality, and a type without such a reference, most
+-- rows, adds no entry.)
+CREATE INDEX IF NOT EXISTS resources_payer ON resources (type, payer, id)
+    WHERE payer IS NOT NULL;
+CREATE INDEX IF NOT EXISTS resources_entity ON resources (type, entity, id)
+    WHERE entity IS NOT NULL;
 CREATE TABLE IF NOT EXISTS identifiers (
     type TEXT NOT NULL, value TEXT NOT NULL, system TEXT NOT NULL, id TEXT NOT NULL,
     account TEXT NOT NULL, PRIMARY KEY (type, value, system, id)) WITHOUT ROWID;
@@ -849,6 +853,8 @@ def _where(exc: BaseException) -> str:
 def text_key(text: str) -> str:
     """A string as R4 string search compares it: accents dropped (NFKD, combining marks
     removed), case folded."""
+    if text.isascii():  # most texts: nothing to decompose, and casefold is lower
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 

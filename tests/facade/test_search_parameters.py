@@ -9,10 +9,15 @@ narrows a strict search (removing one from the table or from the parser turns a 
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import httpx
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
+from rcmflow.facade.params import RESOURCES, _clause
+from rcmflow.facade.store import text_key
 from tests.fhir_validator.validator import r4_search_parameters, validator_or_skip
 
 TYPES = ("Account", "Claim", "ClaimResponse", "PaymentReconciliation")
@@ -196,3 +201,36 @@ async def test_organizations_are_searched_by_identifier_only(client: httpx.Async
         assert warning and next(iter(query)) in str(warning), lenient
         assert lenient["total"] == (await client.get(
             "/fhir/Claim", params={"_summary": "count"})).json()["total"]
+
+
+def _escaped(text: str) -> str:
+    return "".join("\\" + c if c in "\\,|$" else c for c in text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(stored=st.text(max_size=30), query=st.text(min_size=1, max_size=10),
+       cut=st.integers(min_value=0, max_value=30))
+def test_string_matching_is_folded_starts_with_exact_and_contains(
+        stored: str, query: str, cut: int) -> None:
+    """Property: in SQL, over any text (any code point, U+10FFFF included), a value matches
+    as R4 says of the folded forms: starts-with by default, contains, and exact as written;
+    an escaped value is one value, whatever commas it holds."""
+    assume(text_key(query))
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (text TEXT, text_key TEXT)")
+    db.execute("INSERT INTO t VALUES (?, ?)", (stored, text_key(stored)))
+    param = RESOURCES["Account"].param("name")
+    assert param is not None
+
+    def matches(value: str, modifier: str) -> bool:
+        sql, args = _clause(param, _escaped(value), "Account", modifier)
+        return bool(db.execute(f"SELECT count(*) FROM t AS r WHERE {sql}", args).fetchone()[0])
+
+    key, folded = text_key(stored), text_key(query)
+    assert matches(query, "") == key.startswith(folded)
+    assert matches(query, "contains") == (folded in key)
+    assert matches(query, "exact") == (query == stored)
+    if text_key(stored[:cut]):
+        assert matches(stored[:cut], "") and matches(stored[:cut], "contains")
+    if key:
+        assert matches(stored, "exact")
