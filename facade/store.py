@@ -21,7 +21,9 @@ transaction), the API reads through the other (on the event loop). WAL mode lets
 run beside the writer and see only committed batches.
 
 Every search parameter has an index that narrows it (``tests/facade/test_search_plans.py``
-checks each query plan): at 1M resources a search is a few index lookups, not a scan.
+checks each query plan): at 1M resources a search is a few index lookups, not a scan. The
+exception is a string's ``:contains`` (a substring anywhere): a page walks the type's ids in
+order until it is full, a count walks the type.
 
 A resource the store cannot build (its builder fails, or FHIR validation refuses it) and a
 record it cannot read are never dropped silently: each is an exception record in
