@@ -28,7 +28,7 @@ from .auth import Action, Authenticator, AuthError, Principal
 from .docs import install_docs
 from .errors import FHIR_JSON, FhirError, install_handlers, outcome
 from .feed import FeedStatus
-from .params import RESOURCES, ResourceSpec, Search, SearchError, parse_search
+from .params import RESOURCES, ResourceSpec, Search, SearchError, SearchParam, parse_search
 from .store import Row, Store
 
 __all__ = ["FacadeConfig", "create_app", "capability_statement", "FHIR_VERSION"]
@@ -111,9 +111,17 @@ def _extra(parameters: list[dict[str, Any]]) -> dict[str, Any]:
     return {"parameters": parameters}
 
 
+def _names(param: SearchParam) -> list[str]:
+    """A parameter as a query names it: plain (unless it takes only a modifier) and with
+    each modifier it takes."""
+    plain = [] if param.identifier_system is not None else [param.name]
+    return plain + [f"{param.name}:{m}" for m in param.modifiers]
+
+
 def _search_parameters(spec: ResourceSpec) -> list[dict[str, Any]]:
-    params = [{"name": p.name, "in": "query", "required": False, "schema": {"type": "string"},
-               "description": f"{p.type}: {p.description}"} for p in spec.params]
+    params = [{"name": name, "in": "query", "required": False, "schema": {"type": "string"},
+               "description": f"{p.type}: {p.description}"} for p in spec.params
+              for name in _names(p)]
     params += [
         {"name": "_count", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 0}, "description": "page size (capped)"},
@@ -149,7 +157,7 @@ def _add_routes(router: APIRouter, api: _Api, spec: ResourceSpec) -> None:
         summary=f"Search {t} (form body)", operation_id=f"search_post_{t}",
         openapi_extra={"parameters": _FORMAT, "requestBody": {"required": False, "content": {
             "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {
-                p.name: {"type": "string"} for p in spec.params}}}}}},
+                name: {"type": "string"} for p in spec.params for name in _names(p)}}}}}},
         tags=tags, responses=_RESPONSES)
     router.add_api_route(f"/{t}/{{rid}}", api.read(spec), methods=["GET"],
                          summary=f"Read {t}", operation_id=f"read_{t}",

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
-from .store import ID_ORDER, Query
+from .resources import ENTITY_SYSTEM, PAYER_SYSTEM
+from .store import ID_ORDER, Query, text_key
 
 __all__ = [
     "SearchParam",
@@ -23,7 +24,7 @@ __all__ = [
     "parse_search",
 ]
 
-ParamType = Literal["token", "date", "reference"]
+ParamType = Literal["token", "date", "reference", "string"]
 #: Value length past which a parameter is refused: ids and codes are short.
 VALUE_CHARS_MAX = 256
 #: Distinct parameters (with repeats) one search may carry.
@@ -43,6 +44,11 @@ class SearchParam:
     #: Tokens every resource of the type carries with one value (``(system, code)``): a
     #: search matches all of them or none, no column needed.
     fixed: tuple[str, str] | None = None
+    #: Reference parameters to an Organization known only by identifier (no id): the
+    #: identifier's system. Searched with ``:identifier`` only (``insurer:identifier=...``).
+    identifier_system: str | None = None
+    #: Modifiers (``name:modifier``) the parameter takes.
+    modifiers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,26 @@ def _fixed(resource: str, name: str, system: str, code: str, description: str
                        fixed=(system, code))
 
 
+def _string(resource: str, name: str, description: str) -> SearchParam:
+    return SearchParam(name, "string", "text_key", description,
+                       f"http://hl7.org/fhir/SearchParameter/{resource}-{name}",
+                       modifiers=("exact", "contains"))
+
+
+def _org(resource: str, name: str, column: str, system: str, description: str
+         ) -> SearchParam:
+    return SearchParam(name, "reference", column, description,
+                       f"http://hl7.org/fhir/SearchParameter/{resource}-{name}", "Organization",
+                       identifier_system=system, modifiers=("identifier",))
+
+
 _CLAIM_USE = "http://hl7.org/fhir/claim-use"
+_STRING = ("R4 string: starts with the value, ignoring case and accents; :exact the whole "
+           "text as written, :contains anywhere (not indexed: a walk of the type)")
+_PAYER = (f"only as {{}}:identifier={PAYER_SYSTEM}|CODE (the payer is known by its "
+          "code, no Organization id)")
+_ENTITY = (f"only as {{}}:identifier={ENTITY_SYSTEM}|CODE (the billing entity is "
+           "known by its code, no Organization id)")
 
 
 def _common(resource: str) -> tuple[SearchParam, ...]:
@@ -97,6 +122,9 @@ RESOURCES: dict[str, ResourceSpec] = {
                  "patient (Patient/pat.A1001)", "Patient"),
             _fixed("Account", "type", "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                    "PBILLACCT", "Always PBILLACCT (patient billing account)"),
+            _string("Account", "name", f"'Patient account NUMBER'. {_STRING}"),
+            _org("Account", "owner", "entity", ENTITY_SYSTEM,
+                 "The billing entity, " + _ENTITY.format("owner")),
         ), documentation="One per patient account; balances in the Account.balance extension"),
         ResourceSpec("Claim", (
             *_common("Claim"),
@@ -106,6 +134,10 @@ RESOURCES: dict[str, ResourceSpec] = {
             _fixed("Claim", "use", _CLAIM_USE, "claim", "Always claim"),
             _fixed("Claim", "priority", "http://terminology.hl7.org/CodeSystem/processpriority",
                    "normal", "Always normal"),
+            _org("Claim", "insurer", "payer", PAYER_SYSTEM,
+                 "The payer, " + _PAYER.format("insurer")),
+            _org("Claim", "provider", "entity", ENTITY_SYSTEM,
+                 "The billing entity, " + _ENTITY.format("provider")),
         ), documentation="One per claim of an account; items from its service lines"),
         ResourceSpec("ClaimResponse", (
             *_common("ClaimResponse"),
@@ -117,6 +149,12 @@ RESOURCES: dict[str, ResourceSpec] = {
             _std("ClaimResponse", "outcome", "token", "outcome", "queued | complete | error | "
                  "partial"),
             _fixed("ClaimResponse", "use", _CLAIM_USE, "claim", "Always claim"),
+            _string("ClaimResponse", "disposition", "'Claim processed by the payer', 'Claim "
+                    f"denied by the payer', 'Payer reversed an earlier payment'. {_STRING}"),
+            _std("ClaimResponse", "payment-date", "date", "payment_date",
+                 "The payment's date (a day, UTC): the payer's adjudication day"),
+            _org("ClaimResponse", "insurer", "payer", PAYER_SYSTEM,
+                 "The payer, " + _PAYER.format("insurer")),
         ), includes=("ClaimResponse:request",),
             documentation="One per 835 adjudication (payment, reversal or denial) of a claim"),
         ResourceSpec("PaymentReconciliation", (
@@ -124,6 +162,11 @@ RESOURCES: dict[str, ResourceSpec] = {
             _std("PaymentReconciliation", "created", "date", "created", "When it was paid"),
             _std("PaymentReconciliation", "outcome", "token", "outcome", "queued | complete | "
                  "error | partial (always complete)"),
+            _string("PaymentReconciliation", "disposition", "'Payer payment applied to "
+                    "account NUMBER', 'Patient payment (CHANNEL)', 'Refund to "
+                    f"CHANNEL'. {_STRING}"),
+            _org("PaymentReconciliation", "payment-issuer", "payer", PAYER_SYSTEM,
+                 "The payer of a check/EFT, " + _PAYER.format("payment-issuer")),
         ), documentation="Per payer check/EFT (835 TRN) and account, and per patient payment "
             "or refund (negative amount); a patient sees only their own"),
     )
@@ -138,7 +181,11 @@ TOTAL_EXACT_MAX = 10_000
 #: Columns whose index gives few matches or many, by value (``Query.range_index``): a date
 #: range, and several values of a code that has few (status, outcome).
 _BROAD_INDEXES = {"created": "resources_created_id", "last_updated": "resources_updated_id",
+                  "payment_date": "resources_payment_date_id", "text_key": "resources_text_id",
                   "status": "resources_status", "outcome": "resources_outcome"}
+#: Columns searched by range (dates, string prefixes): the clauses "+" keeps off their index
+#: when an equality narrows the search.
+_RANGE_COLUMN = re.compile(r"\br\.(created|last_updated|payment_date|text_key)\b")
 
 
 class SearchError(ValueError):
@@ -182,6 +229,11 @@ def date_range(text: str) -> tuple[str, str]:
     """[start, end) of a FHIR date/dateTime at its precision, as UTC store instants.
 
     A value without an offset is read as UTC (the server's zone)."""
+    start, end = _date_bounds(text)
+    return _instant(start), _instant(end)
+
+
+def _date_bounds(text: str) -> tuple[datetime, datetime]:
     m = _DATE.fullmatch(text)
     if m is None:
         raise SearchError(f"not a FHIR date or dateTime: {text[:40]!r}")
@@ -210,15 +262,35 @@ def date_range(text: str) -> tuple[str, str]:
         end = start.replace(year=y + mo // 12, month=mo % 12 + 1)
     else:
         end = start.replace(year=y + 1)
-    return _instant(start), _instant(end)
+    return start, end
+
+
+_DAY = timedelta(days=1)
+#: Columns holding a whole day (a FHIR date) as the instant it starts, UTC.
+_DAY_COLUMNS = ("payment_date",)
 
 
 def _date_clause(column: str, value: str) -> tuple[str, tuple[str, ...]]:
     if value[:2] in ("sa", "eb", "ap"):
         raise SearchError(f"date prefix {value[:2]} is not supported", "not-supported")
     prefix = value[:2] if value[:2] in _PREFIXES else "eq"
-    start, end = date_range(value[2:] if value[:2] in _PREFIXES else value)
+    start_at, end_at = _date_bounds(value[2:] if value[:2] in _PREFIXES else value)
+    start, end = _instant(start_at), _instant(end_at)
     col = f"r.{column}"
+    if column in _DAY_COLUMNS:
+        # The target is a day [D, D+1d), held as D: R4 compares ranges. eq: the value's
+        # range holds the whole day (a value finer than a day holds none); gt/ge: the day
+        # reaches past the value's end/start; lt/le: it starts before the value's start/end.
+        last = _instant(end_at - _DAY)  # the last day start whose day ends by ``end``
+        before_start = _instant(start_at - _DAY)
+        return {
+            "eq": (f"({col} >= ? AND {col} <= ?)", (start, last)),
+            "ne": (f"NOT ({col} >= ? AND {col} <= ?)", (start, last)),
+            "gt": (f"{col} > ?", (last,)),
+            "ge": (f"{col} > ?", (before_start,)),
+            "lt": (f"{col} < ?", (start,)),
+            "le": (f"{col} < ?", (end,)),
+        }[prefix]
     return {
         "eq": (f"({col} >= ? AND {col} < ?)", (start, end)),
         "ne": (f"NOT ({col} >= ? AND {col} < ?)", (start, end)),
@@ -239,8 +311,90 @@ def _reference_id(param: SearchParam, value: str) -> str:
     return value
 
 
-def _clause(param: SearchParam, value: str, type_: str) -> tuple[str, tuple[str, ...]]:
+def _string_values(value: str) -> list[str]:
+    """A string parameter's values: split at commas, FHIR's escapes (``\\,`` ``\\|``
+    ``\\$`` ``\\\\``) undone."""
+    values, current, escaped = [], [], False
+    for char in value:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ",":
+            values.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    values.append("".join(current))
+    return values
+
+
+def _after_prefix(prefix: str) -> str:
+    """The least text above every text starting with ``prefix`` (code point order is
+    SQLite's BINARY order of UTF-8)."""
+    while prefix:
+        last = ord(prefix[-1]) + 1
+        last += 0x800 if 0xD800 <= last <= 0xDFFF else 0  # no surrogates in UTF-8
+        if last <= 0x10FFFF:
+            return prefix[:-1] + chr(last)
+        prefix = prefix[:-1]
+    raise SearchError("a string value that only holds U+10FFFF")
+
+
+def _string_clause(param: SearchParam, value: str,
+                   modifier: str) -> tuple[str, tuple[str, ...]]:
+    """R4 string search over the normalised column (``store.text_key``: case and accents
+    folded): starts-with by default, ``:exact`` the text as written (its key narrows),
+    ``:contains`` anywhere."""
+    ors: list[str] = []
+    args: list[str] = []
+    for raw in _string_values(value):
+        key = text_key(raw)
+        if not key:
+            raise SearchError(f"{param.name}: empty value")
+        if modifier == "exact":
+            ors.append("(r.text_key = ? AND r.text = ?)")
+            args += [key, raw]
+        elif modifier == "contains":
+            ors.append("instr(r.text_key, ?) > 0")
+            args.append(key)
+        else:
+            ors.append("(r.text_key >= ? AND r.text_key < ?)")
+            args += [key, _after_prefix(key)]
+    return ors[0] if len(ors) == 1 else "(" + " OR ".join(ors) + ")", tuple(args)
+
+
+def _organization_clause(param: SearchParam, value: str) -> tuple[str, tuple[str, ...]]:
+    """``:identifier`` (token) on a reference to an Organization known only by identifier:
+    ``system|code`` or ``code`` (its one system), ``system|`` any. Another system or
+    ``|code`` (no system) matches none."""
+    codes: list[str] = []
+    any_code = False
+    for v in value.split(","):
+        if not v:
+            raise SearchError(f"{param.name}: empty value")
+        system, _, code = v.rpartition("|") if "|" in v else (param.identifier_system, "", v)
+        if system != param.identifier_system:
+            continue
+        if code:
+            codes.append(code)
+        else:
+            any_code = True
+    if any_code:
+        return f"r.{param.column} IS NOT NULL", ()
+    if not codes:
+        return "1 = 0", ()
+    return f"r.{param.column} IN ({', '.join('?' * len(codes))})", tuple(codes)
+
+
+def _clause(param: SearchParam, value: str, type_: str,
+            modifier: str = "") -> tuple[str, tuple[str, ...]]:
     """SQL for one occurrence of a parameter (commas: any of the values)."""
+    if param.type == "string":
+        return _string_clause(param, value, modifier)
+    if param.identifier_system is not None:
+        return _organization_clause(param, value)
     if param.type == "date":
         if "," in value:
             raise SearchError(f"{param.name}: one date per occurrence, repeat it to combine")
@@ -354,22 +508,29 @@ def parse_search(
             else:
                 ignored.append(f"_include={value[:60]}")
             continue
-        param = spec.param(name)
-        if param is None:
+        base, _, modifier = name.partition(":")
+        param = spec.param(base)
+        unusable = _unusable(param, modifier)
+        if param is None or unusable:
+            what = (f"unknown search parameter {name[:60]!r} for {spec.type}"
+                    if param is None else f"{name[:60]}: {unusable}")
             if strict:
-                raise SearchError(f"unknown search parameter {name[:60]!r} for {spec.type}",
-                                  "not-supported")
-            ignored.append(name[:60])
+                raise SearchError(what, "not-supported")
+            ignored.append(name[:60] if param is None else what)
             continue
-        sql, sql_args = _clause(param, value, spec.type)
-        if param.type == "date":
+        sql, sql_args = _clause(param, value, spec.type, modifier)
+        # A range of the column's index (a date, a string prefix, several exact strings).
+        ranged = param.type == "date" or (param.type == "string" and modifier != "contains"
+                                          and (modifier != "exact" or " OR " in sql))
+        if ranged:
             dated.append(len(where))
         where.append(sql)
         args.extend(sql_args)
         used.append((name, value))
-        if param.type == "date" or (param.column in _BROAD_INDEXES and "," in value):
+        if ranged or (param.column in _BROAD_INDEXES and "," in value):
             range_index = range_index or _BROAD_INDEXES[param.column]
-        elif not sql.startswith("(EXISTS"):  # every value but "system|" alone is keyed
+        elif not (sql.startswith("(EXISTS") or "IS NOT NULL" in sql or "instr(" in sql):
+            # Every value but "system|" alone (and :contains) is keyed.
             keyed = True
             listed = listed or param.name == "identifier"
     if patient is not None:
@@ -379,7 +540,7 @@ def parse_search(
         # An equality narrows it: a date is then a filter of its few rows ("+" keeps SQLite
         # from walking the date's index instead, a whole type's worth when the range is wide).
         for n in dated:
-            where[n] = re.sub(r"\br\.(created|last_updated)\b", r"+r.\1", where[n])
+            where[n] = _RANGE_COLUMN.sub(r"+r.\1", where[n])
     # Nothing narrows by equality, and no range: the type's resources in id order.
     query = Query(spec.type, tuple(where), tuple(args),
                   None if keyed else range_index or ID_ORDER, listed)
@@ -387,6 +548,19 @@ def parse_search(
     total_max = (None if summary or total == "accurate" else 0 if total == "none"
                  else TOTAL_EXACT_MAX)
     return Search(query, count, after, before, summary, include, total_max, used, ignored)
+
+
+def _unusable(param: SearchParam | None, modifier: str) -> str:
+    """Why ``param`` with ``modifier`` cannot be searched ("" when it can)."""
+    if param is None:
+        return "unknown"
+    if modifier and modifier not in param.modifiers:
+        return f"modifier :{modifier[:30]} is not supported"
+    if param.identifier_system is not None and modifier != "identifier":
+        # R4 matches a reference by id; rcmflow knows this Organization by identifier only.
+        return (f"only {param.name}:identifier={param.identifier_system}|<code> can be "
+                f"searched (the {param.target} has no id here)")
+    return ""
 
 
 def _non_negative(name: str, value: str) -> int:

@@ -14,6 +14,7 @@ import pytest
 
 from rcmflow.facade import store as store_module
 from rcmflow.facade.feed import Feeder
+from rcmflow.facade.params import RESOURCES, parse_search
 from rcmflow.facade.resources import Built, build_resources, fhir_json, validate
 from rcmflow.facade.store import SCHEMA_VERSION, Store
 from rcmflow.kafka_connection import KafkaConnection
@@ -23,7 +24,7 @@ from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.state import ItemRef
 from rcmflow.streams.topics import EVENTS
-from tests.facade.conftest import build_tables, records
+from tests.facade.conftest import build_tables, filled_store, records
 from tests.factories import adjudication, charge, event_doc
 
 LEGACY = Path(__file__).with_name("legacy_records.json")
@@ -278,3 +279,46 @@ def test_one_new_item_costs_the_same_whatever_the_account_holds(tmp_path: Path) 
     *big, big_steps = _new_claim_cost(tmp_path / "big.sqlite", 2_500)
     assert small == big, (small, big)
     assert big_steps < 1.5 * small_steps, (small_steps, big_steps)
+
+
+def test_a_store_of_layout_2_gains_the_search_columns_in_place(
+        tmp_path: Path, tables: MemoryTables) -> None:
+    """A layout-2 store (before the string, payment-date and Organization searches) keeps its
+    resources, offsets and source: the new columns are filled from the stored resources, and
+    it answers those searches as a store filled anew does."""
+    fresh = filled_store(tmp_path / "fresh.sqlite", tables)
+    path = tmp_path / "read.sqlite"
+    old = filled_store(path, tables)
+    old.db.execute("INSERT INTO meta VALUES ('source', 'broker-1')")
+    old.close()
+    # Layout 2, as it was: no search columns, no indexes of theirs.
+    db = sqlite3.connect(path, isolation_level=None)
+    for index in ("resources_text_id", "resources_payment_date_id", "resources_payer",
+                  "resources_entity"):
+        db.execute(f"DROP INDEX {index}")
+    for column in ("text", "text_key", "payment_date", "payer", "entity"):
+        db.execute(f"ALTER TABLE resources DROP COLUMN {column}")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    db.close()
+    store = Store(path)
+    assert store.meta("schema") == SCHEMA_VERSION and store.meta("source") == "broker-1"
+    assert store.offsets() == fresh.offsets() and served(store) == served(fresh)
+    for type_, items in (("Account", [("name", "patient ACCOUNT a1")]),
+                         ("ClaimResponse", [("disposition:exact", "Claim denied by the payer")]),
+                         ("ClaimResponse", [("payment-date", "2026-11-12")]),
+                         ("Claim", [("provider:identifier", "01")]),
+                         ("PaymentReconciliation", [("payment-issuer:identifier", "ACME")])):
+        search = parse_search(RESOURCES[type_], items, strict=True, count_default=200,
+                              count_max=200, patient=None)
+        found = [r.id for r in store.search(search.query, limit=200)]
+        assert found and found == [r.id for r in fresh.search(search.query, limit=200)], items
+    # It stays writable: resources rebuilt over migrated rows (whose new columns come after
+    # body) are written column by column, as a fresh store's.
+    held = records(tables)
+    store.apply(held, {0: len(held)})
+    assert served(store) == served(fresh)
+    columns = "type, id, text, text_key, payment_date, payer, entity"
+    assert sorted(store.db.execute(f"SELECT {columns} FROM resources")) == sorted(
+        fresh.db.execute(f"SELECT {columns} FROM resources"))
+    store.close()
+    fresh.close()
