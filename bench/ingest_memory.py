@@ -89,6 +89,10 @@ def _fhir(path: Path, size: int) -> int:
     return entries
 
 
+#: Claims per 835 transaction set in the generated files (50,000: a large payer's set).
+X12_SET_CLAIMS = 50_000
+
+
 def _x12(path: Path, size: int) -> int:
     sys.path.insert(0, str(REPO_ROOT))
     from tests.connectors.x12_build import ClaimSpec, envelope, remit_segments
@@ -100,7 +104,12 @@ def _x12(path: Path, size: int) -> int:
     base = len(envelope(remit_segments([])))
     per_claim = (len(envelope(remit_segments(specs(100)))) - base) / 100
     claims = max(1, int((size - base) // per_claim))
-    path.write_bytes(envelope(remit_segments(specs(claims))))
+    # A large payer's file: transaction sets of up to X12_SET_CLAIMS claims each (the set is
+    # the unit of work, so memory follows the largest set, not the file).
+    every = specs(claims)
+    sets = [remit_segments(every[n:n + X12_SET_CLAIMS], trn02=f"EFT{n}")
+            for n in range(0, claims, X12_SET_CLAIMS)]
+    path.write_bytes(envelope(*sets))
     return claims
 
 

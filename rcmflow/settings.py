@@ -289,9 +289,9 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest X12 file read; larger ones are refused."
     )
     x12_segments_max: int = Field(
-        1_000_000, ge=100, description="Segments per X12 file (~0.5 KB of memory each in the "
-        "largest transaction set: files are read set by set); past it the file is rejected "
-        "whole: split it."
+        1_000_000, ge=100, description="Segments per X12 transaction set (the unit of work: "
+        "memory is ~0.4 KB per segment of the largest set, files are read set by set); a set "
+        "past it is parked (x12_too_many_segments), the file's other sets go through."
     )
     x12_guide_validation: bool = Field(
         True, description="Run pyx12's implementation-guide validation (warnings only)."

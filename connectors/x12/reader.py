@@ -386,11 +386,6 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
     current: TransactionSet | None = None
     count = 0
     for count, raw in enumerate(_segments(reader), start=1):
-        if count > segments_max:
-            doc.file_problems.append(Problem(
-                "x12_too_many_segments",
-                f"more than {segments_max} segments (RCMFLOW_X12_SEGMENTS_MAX): split the file"))
-            return
         seg = Segment.of(count, raw, reader.subele_term or "")
         sid = seg.id
         if sid == "ISA":
@@ -411,7 +406,15 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
                                      first_segment=count,
                                      component_sep=reader.subele_term or "")
         if current is not None:
-            current.lines.append(seg.line(current.element_sep))
+            # A set is the unit of work (checked whole, then applied or parked whole), so the
+            # segment bound is per set: memory follows the largest set, not the file.
+            if count - current.first_segment < segments_max:
+                current.lines.append(seg.line(current.element_sep))
+            elif count - current.first_segment == segments_max:
+                current.own_problems.append(Problem(
+                    "x12_too_many_segments",
+                    f"ST {current.st02[:9]}: more than {segments_max} segments "
+                    "(RCMFLOW_X12_SEGMENTS_MAX): split the transaction set"))
         elif sid not in ("ISA", "GS", "GE", "IEA"):
             target = group if group.control else interchange
             target.problems.append(Problem(

@@ -51,11 +51,20 @@ def test_an_unreachable_broker_is_exit_3_and_says_re_running_is_safe(tmp_path: P
     assert "Traceback" not in done.stderr
 
 
-def test_too_many_segments_rejects_the_file_whole() -> None:
-    data = envelope(remit_segments([ClaimSpec(f"A{n}", 100, 100) for n in range(20)]))
+def test_the_segment_bound_is_per_set_a_larger_set_is_parked_the_others_go() -> None:
+    """The set is the unit of work (memory follows the largest set), so a file of many sets
+    may hold more segments than the bound; only a set over it is parked."""
+    claims = [ClaimSpec(f"A{n}", 100, 100) for n in range(20)]
+    big = remit_segments(claims)  # ~100 segments
+    data = envelope(big, remit_segments(claims[:2], trn02="EFT-2"),  # ~14 segments each
+                    remit_segments(claims[2:4], trn02="EFT-3"))
     outcome = process_x12(data, origin="file:x", limits=X12Limits(segments_max=30))
-    assert [p.code for p in outcome.problems] == ["x12_too_many_segments"]
-    assert outcome.sets == []
+    assert outcome.problems == []
+    first, *rest = outcome.sets
+    assert first.parked and [p.code for p in first.problems][0] == "x12_too_many_segments"
+    assert "split the transaction set" in first.problems[0].detail
+    assert [s.parked for s in rest] == [False, False]
+    assert sum(len(s.raw.splitlines()) for s in outcome.sets) < 30 + 2 * 30
 
 
 def test_an_unknown_transaction_set_is_parked_not_guessed() -> None:
