@@ -220,6 +220,10 @@ class Store:
         # The offsets live in the same transactions as the rows: NORMAL is crash-consistent
         # in WAL mode (a power cut may lose the last batches; they are read again).
         self.db.execute("PRAGMA synchronous=NORMAL")
+        # 64 MiB of page cache for the writer (SQLite's default is 2 MiB): a catch-up batch
+        # touches the 12 resource indexes all over; re-reading their pages from the OS was
+        # ~15% of its CPU (bench/RESULTS.md, "Facade at scale"). Bounded: 64 MiB a store.
+        self.db.execute("PRAGMA cache_size=-65536")
         self._open_schema()
         # Without statistics SQLite walks the primary key for "ORDER BY id" even when an
         # index narrows the search to one patient (~1000x slower at 100k accounts): keep
@@ -667,26 +671,30 @@ class Store:
         if (b.type, b.id) in self._failing:  # it builds again: its exception is over
             self._failing.discard((b.type, b.id))
             self.db.execute("DELETE FROM exceptions WHERE type = ? AND id = ?", (b.type, b.id))
-        # An update in place, not a REPLACE (a delete and an insert): SQLite then rewrites
-        # only the indexes of the columns set, and the identifiers only when they changed
-        # (rarely: a payer's claim number arriving later).
+        values = (b.patient, int(b.doc["meta"]["versionId"]), b.status, b.created,
+                  b.doc["meta"].get("lastUpdated"), b.request, b.outcome, *_searched(b.doc),
+                  fhir_json(b.doc))
+        held = self.db.execute(_HELD_SQL, (b.type, b.id)).fetchone()
+        if held is None:
+            self.db.execute(_INSERT_SQL, (b.type, b.id, account, *values))
+            self.db.executemany(
+                "INSERT OR IGNORE INTO identifiers VALUES (?, ?, ?, ?, ?)",
+                [(b.type, value, system, b.id, account)
+                 for system, value in (i.split("|", 1) for i in b.identifiers)])
+            return
+        if held == values:
+            return  # built again the same (its record changed nothing it shows)
+        # Only the columns that changed: SQLite rewrites the index entries of each column an
+        # UPDATE sets, changed or not (12 indexes; most updates change 2-4 columns).
+        changed = [i for i, (was, now) in enumerate(zip(held, values, strict=True))
+                   if was != now]
         self.db.execute(
-            # Columns named: a store migrated from layout 2 has the newer ones after body.
-            "INSERT INTO resources (type, id, account, patient, version, status, created, "
-            "last_updated, request, outcome, text, text_key, payment_date, payer, entity, "
-            "body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(type, id) DO UPDATE SET patient = excluded.patient, "
-            "version = excluded.version, status = excluded.status, created = excluded.created, "
-            "last_updated = excluded.last_updated, request = excluded.request, "
-            "outcome = excluded.outcome, text = excluded.text, text_key = excluded.text_key, "
-            "payment_date = excluded.payment_date, payer = excluded.payer, "
-            "entity = excluded.entity, body = excluded.body",
-            (b.type, b.id, account, b.patient, int(b.doc["meta"]["versionId"]), b.status,
-             b.created, b.doc["meta"].get("lastUpdated"), b.request, b.outcome,
-             *_searched(b.doc), fhir_json(b.doc)))
-        held = self.db.execute("SELECT system, value FROM identifiers WHERE type = ? AND id = ?",
-                               (b.type, b.id)).fetchall()
-        if sorted(f"{system}|{value}" for system, value in held) == sorted(b.identifiers):
+            f"UPDATE resources SET {', '.join(f'{_WRITTEN[i]} = ?' for i in changed)} "
+            "WHERE type = ? AND id = ?", (*(values[i] for i in changed), b.type, b.id))
+        held_ids = self.db.execute(
+            "SELECT system, value FROM identifiers WHERE type = ? AND id = ?",
+            (b.type, b.id)).fetchall()
+        if sorted(f"{system}|{value}" for system, value in held_ids) == sorted(b.identifiers):
             return
         self.db.execute("DELETE FROM identifiers WHERE type = ? AND id = ?", (b.type, b.id))
         self.db.executemany(
@@ -814,6 +822,15 @@ def lock_store(path: Path) -> IO[str]:
     handle.flush()
     return handle
 
+
+#: The columns a resource's build sets (all but its key and account, which never change),
+#: in the order ``Store._write`` compares them with the row held.
+_WRITTEN = ("patient", "version", "status", "created", "last_updated", "request", "outcome",
+            *_SEARCHED_COLUMNS, "body")
+# Columns named: a store migrated from layout 2 has the newer ones after body.
+_HELD_SQL = f"SELECT {', '.join(_WRITTEN)} FROM resources WHERE type = ? AND id = ?"
+_INSERT_SQL = (f"INSERT INTO resources (type, id, account, {', '.join(_WRITTEN)}) "
+               f"VALUES ({', '.join('?' * (3 + len(_WRITTEN)))})")
 
 #: The primary key's index (type, id): a type's resources in id order.
 ID_ORDER = "sqlite_autoindex_resources_1"
