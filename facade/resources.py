@@ -34,6 +34,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import orjson
@@ -94,11 +95,8 @@ PROVIDER_PREFIX = "provider:"
 
 _ID_OK = re.compile(r"[A-Za-z0-9\-]+")
 _ID_MAX = 64
-# FHIR strings may not hold control characters; dropping them also keeps ``fhir_json``'s
-# decimal marker (which starts with one) out of reach of any input text.
+# FHIR strings may not hold control characters.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_DEC_MARK = "\x1edec:"
-_DEC_OUT = re.compile(rb'"\\u001edec:(-?[0-9]+\.[0-9]{2})"')
 
 _MODELS: dict[str, type[BaseModel]] = {
     "Account": Account,
@@ -158,14 +156,14 @@ def money(cents: int, currency: str = "USD") -> dict[str, Any]:
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return f"{_DEC_MARK}{value:.2f}"
+        # Written as it is, a JSON number with its two places (orjson has no Decimal).
+        return orjson.Fragment(f"{value:.2f}")
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def fhir_json(doc: dict[str, Any]) -> bytes:
     """JSON bytes of a FHIR dict; Decimals are written as numbers with their two places."""
-    raw = orjson.dumps(doc, default=_json_default)
-    return _DEC_OUT.sub(rb"\1", raw)
+    return orjson.dumps(doc, default=_json_default)
 
 
 def validate(doc: dict[str, Any]) -> None:
@@ -173,6 +171,8 @@ def validate(doc: dict[str, Any]) -> None:
     _MODELS[doc["resourceType"]].model_validate(doc)
 
 
+# Cached: the same times recur across an account's resources and each rebuild of them.
+@lru_cache(maxsize=8192)
 def utc_instant(value: str | datetime | None) -> str | None:
     """An ISO 8601 time as a UTC instant with microseconds: the store compares these as text."""
     if value is None:
