@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
-from rcmflow.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port, stop_process
+from rcmflow.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port
 from rcmflow.connectors.x12.files import ingest_x12_files
 from rcmflow.demo import demo_lines
 from rcmflow.demo_sources import (
@@ -242,9 +242,23 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
         console.print("stopping ...")
         return 0
     finally:
-        for child in reversed(children):  # the worker last
-            stop_process(child.process, WORKER_STOP_TIMEOUT_S)
+        _stop_all([child.process for child in children], WORKER_STOP_TIMEOUT_S)
         broker.stop()
+
+
+def _stop_all(processes: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """SIGTERM to every child at once, one shared grace period, then SIGKILL: stopping takes
+    the slowest child's time, not the sum of theirs."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for process in running:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _print_started(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccounts,

@@ -52,11 +52,9 @@ def test_a_resent_demo_day_changes_no_account_and_makes_no_new_exception(
     heads = asyncio.run(latest_heads(kafka))
     postings = len(asyncio.run(read_topic(kafka, POSTINGS)))
     before = {r["dlq_id"]: r for r in asyncio.run(dlq_records(kafka))}
-
+    dlq_before = {(r.partition, r.offset) for r in asyncio.run(read_topic(kafka, DLQ))}
     again = _rcmflow(broker, "ingest", "events", str(day))
     assert again.returncode == 1, again.stderr
-
-    dlq_before = {(r.partition, r.offset) for r in asyncio.run(read_topic(kafka, DLQ))}
 
     def parked_again() -> list[dict[str, object]]:
         return [json.loads(r.value) for r in asyncio.run(read_topic(kafka, DLQ))
