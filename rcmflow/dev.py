@@ -53,6 +53,14 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop()
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM and Ctrl-C (SIGINT) stop the stack. SIGINT explicitly: a process started in
+    the background by a shell without job control (CI, nohup scripts) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+
+
 def _start_embedded(settings: Settings, console: Console) -> EmbeddedBroker | None:
     if settings.broker:
         console.print("[red]this command runs the embedded broker; unset RCMFLOW_BROKER[/red]")
@@ -83,7 +91,7 @@ def run_broker(settings: Settings, *, console: Console) -> int:
     broker = _start_embedded(settings, console)
     if broker is None:
         return 2
-    signal.signal(signal.SIGTERM, _raise_stop)
+    _stop_on_signals()
     console.print(f"embedded broker (Tansu, memory only) at [bold]{broker.bootstrap}[/bold]\n"
                   f"  RCMFLOW_BROKER={broker.url}  (other rcmflow commands find it by themselves"
                   f" through {settings.broker_file})\n  topics created; Ctrl-C stops it")
@@ -189,7 +197,7 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
     broker = _start_embedded(settings, console)
     if broker is None:
         return 2
-    signal.signal(signal.SIGTERM, _raise_stop)
+    _stop_on_signals()
     logs = settings.data_dir / "logs"
     children: list[Child] = []
     # Each process its own metrics port: the configured one, else a free one picked here,
