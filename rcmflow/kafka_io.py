@@ -26,8 +26,8 @@ from aiokafka.structs import TopicPartition
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import RAW_HL7_RECORD_BYTES_MAX, record_bytes_max
 
-__all__ = ["Record", "Outgoing", "Headers", "read_topic", "publish", "send", "log_ends",
-           "topic_partitions", "committed_offsets", "group_lag", "RecordTooLarge",
+__all__ = ["Record", "Outgoing", "Headers", "read_topic", "iter_topic", "publish", "send",
+           "log_ends", "topic_partitions", "committed_offsets", "group_lag", "RecordTooLarge",
            "check_record_sizes", "record_size", "IsolationLevel", "READ_TIMEOUT_S",
            "PUBLISH_IN_FLIGHT_MAX"]
 
@@ -106,9 +106,6 @@ async def read_topic(
     finally:
         await consumer.stop()
     return records
-
-
-__all__ += ["iter_topic"]  # kept apart from the list above: other changes touch that one
 
 
 async def iter_topic(
