@@ -10,7 +10,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from rcmflow.facade.feed import Feeder
+from rcmflow.facade.feed import LIVE_BATCH_RECORDS_MAX, Feeder, samples_validation
 from rcmflow.facade.server import build_app
 from rcmflow.facade.store import Store
 from rcmflow.kafka_io import publish
@@ -125,3 +125,12 @@ def test_an_account_whose_resource_cannot_be_built_stays_visible_and_is_said(
     again.close()
     assert [r["dlq_id"] for r in asyncio.run(dlq_records(kafka))
             if r["stage"] == "facade"] == [record["dlq_id"]]
+
+
+def test_live_traffic_is_validated_whole_and_a_bulk_arrival_is_sampled() -> None:
+    # Live traffic (tens of records a fetch, nothing behind) has every resource validated;
+    # a batch a bulk file brings, or one with more waiting, only a sample (catch-up speed).
+    assert not samples_validation(40, 0)
+    assert not samples_validation(LIVE_BATCH_RECORDS_MAX, None)
+    assert samples_validation(LIVE_BATCH_RECORDS_MAX + 1, 0)
+    assert samples_validation(40, 1)
