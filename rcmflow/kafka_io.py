@@ -69,42 +69,17 @@ async def read_topic(
 ) -> list[Record]:
     """The records of ``topic`` to its current end: from the beginning, or from ``start``
     offsets (partition -> offset, those partitions only); optionally only keys ``keep``s.
-    ``read_committed`` ends at the last stable offset (before an open transaction)."""
+    ``read_committed`` ends at the last stable offset (before an open transaction).
+    TimeoutError past ``timeout_s`` in all (``iter_topic`` is the stream of the same read)."""
     records: list[Record] = []
-    tps = [TopicPartition(topic, p) for p in sorted(start or await topic_partitions(kafka, topic))]
-    if not tps:
-        return records
-    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
-                                enable_auto_commit=False, fetch_max_wait_ms=100,
-                                isolation_level=isolation_level)
-    await consumer.start()
     try:
-        consumer.assign(tps)
-        if start is None:
-            await consumer.seek_to_beginning(*tps)
-        else:
-            for tp in tps:
-                consumer.seek(tp, start[tp.partition])
-        done: set[TopicPartition] = set()
-        deadline = time.monotonic() + timeout_s
-        while len(done) < len(tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} did not reach its end in {timeout_s}s")
-            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            for messages in batch.values():
-                for m in messages:
-                    if keep is None or keep(m.key):
-                        records.append(Record(m.topic, m.partition, m.offset, m.key, m.value,
-                                              m.timestamp, tuple(m.headers or ())))
-            for tp in tps:
-                end = consumer.highwater(tp)
-                stable = consumer.last_stable_offset(tp)
-                if isolation_level == "read_committed" and end is not None and stable:
-                    end = min(end, stable) if stable > 0 else end
-                if end is not None and await consumer.position(tp) >= end:
-                    done.add(tp)
-    finally:
-        await consumer.stop()
+        async with asyncio.timeout(timeout_s):
+            async for batch in iter_topic(kafka, topic, keep=keep, start=start,
+                                          idle_timeout_s=timeout_s,
+                                          isolation_level=isolation_level):
+                records.extend(batch)
+    except TimeoutError:
+        raise TimeoutError(f"reading {topic} did not reach its end in {timeout_s}s") from None
     return records
 
 
