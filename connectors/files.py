@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -40,7 +41,7 @@ from rcmflow.streams.topics import DLQ, record_bytes_max
 
 __all__ = ["ingest_files", "publish_records", "say", "fit", "BrokerFailed", "FileIngest",
            "ReadsAhead",
-           "WholeFile", "Record", "EXIT_OK", "EXIT_REJECTED", "EXIT_REFUSED", "EXIT_BROKER"]
+           "ReadPosition", "Record", "EXIT_OK", "EXIT_REJECTED", "EXIT_REFUSED", "EXIT_BROKER"]
 
 EXIT_OK = 0  # everything went through
 EXIT_REJECTED = 1  # published, but some sets / rows / files went to rcm.dlq
@@ -78,28 +79,29 @@ class ReadsAhead(Protocol):
 
 
 Ingest = TypeVar("Ingest", bound=FileIngest)
-Outcome = TypeVar("Outcome", bound="_Ok")
+class ReadPosition:
+    """How far a streamed file has been read, for progress (``FileIngest.bytes_read``): the
+    open file's position while it is read, its size once read."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+        self._done = 0
 
-class _Ok(Protocol):
-    def ok(self) -> bool: ...
+    @property
+    def bytes(self) -> int:
+        file = self._file
+        if file is not None and not file.closed:
+            self._done = file.tell()
+        return self._done
 
-
-class WholeFile(Generic[Outcome]):
-    """A connector that still reads its whole file before publishing (memory grows with the
-    file): ``outcome`` is what it read, ``records`` what to publish of it."""
-
-    def __init__(self, path: Path, read: Callable[[Path], Outcome],
-                 records: Callable[[Outcome], Iterable[Record]]) -> None:
-        self.outcome = read(path)
-        self._records = records
-        self.bytes_read = path.stat().st_size
-
-    def records(self) -> Iterator[Record]:
-        yield from self._records(self.outcome)
-
-    def ok(self) -> bool:
-        return self.outcome.ok()
+    @contextmanager
+    def open(self) -> Iterator[BinaryIO]:
+        with self.path.open("rb") as file:
+            self._file = file
+            yield file
+        self._file = None
+        self._done = self.path.stat().st_size
 
 
 class BrokerFailed(RuntimeError):

@@ -34,7 +34,7 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 
-from rcmflow.connectors.files import Record, ingest_files, say
+from rcmflow.connectors.files import ReadPosition, Record, ingest_files, say
 from rcmflow.connectors.seen import SeenKeys
 from rcmflow.connectors.totals import SourceTotals
 from rcmflow.kafka_connection import KafkaConnection
@@ -674,8 +674,7 @@ class FhirIngest:
         self.path, self.limits = path, limits
         self.origin = f"file:{path}"
         self._counter = Counter()
-        self._file: BinaryIO | None = None
-        self._done_bytes = 0
+        self._position = ReadPosition(path)
         self.events = 0
         self.notes = 0
         self.accounts: list[str] = []  # the first few, for the report
@@ -691,22 +690,16 @@ class FhirIngest:
 
     @property
     def bytes_read(self) -> int:
-        file = self._file
-        if file is not None and not file.closed:
-            self._done_bytes = file.tell()
-        return self._done_bytes
+        return self._position.bytes
 
     def records(self) -> Iterator[Record]:
         out = _Records(self.origin, self.limits.dlq_payload_bytes_max)
         self.tally = out.tally
-        with self.path.open("rb") as file:
-            self._file = file
+        with self._position.open() as file:
             for step in fhir_steps(file, name=self.path.name, size=self.path.stat().st_size,
                                    limits=self.limits, counter=self._counter):
                 self._count(step)
                 yield from out.step(step)
-        self._file = None
-        self._done_bytes = self.path.stat().st_size
         yield from out.tallied()
         self.to_dlq = out.errors + len(out.tally.counts())
 

@@ -25,7 +25,7 @@ from typing import BinaryIO, TypeAlias
 import orjson
 from rich.console import Console
 
-from rcmflow.connectors.files import Record, ingest_files, say
+from rcmflow.connectors.files import ReadPosition, Record, ingest_files, say
 from rcmflow.connectors.seen import SeenKeys
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.settings import Settings
@@ -172,8 +172,7 @@ class PaymentsIngest:
         self.origin = f"file:{path}"
         self._channel, self._rows_max, self._payload_max = channel, rows_max, payload_bytes_max
         self._date_window = date_window
-        self._file: BinaryIO | None = None
-        self._done_bytes = 0
+        self._position = ReadPosition(path)
         self.events = 0
         self.rejected = 0
         self.first_rejected: list[Rejected] = []
@@ -181,15 +180,11 @@ class PaymentsIngest:
 
     @property
     def bytes_read(self) -> int:
-        file = self._file
-        if file is not None and not file.closed:
-            self._done_bytes = file.tell()
-        return self._done_bytes
+        return self._position.bytes
 
     def records(self) -> Iterator[Record]:
         received = datetime.now(UTC)
-        with self.path.open("rb") as file:
-            self._file = file
+        with self._position.open() as file:
             for item in payment_items(file, name=self.path.name, channel=self._channel,
                                       rows_max=self._rows_max, warnings=self.warnings,
                                       payload_bytes_max=self._payload_max,
@@ -202,8 +197,6 @@ class PaymentsIngest:
                     self.events += 1
                 yield from item_records(item, origin=self.origin, received_at=received,
                                         payload_bytes_max=self._payload_max)
-        self._file = None
-        self._done_bytes = self.path.stat().st_size
 
     def ok(self) -> bool:
         return not self.rejected
