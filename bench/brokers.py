@@ -1,6 +1,6 @@
 """The two brokers the pipeline bench runs on: embedded Tansu and a real Apache Kafka.
 
-``--broker tansu`` (default): ``rcmflow.broker.EmbeddedBroker``, memory storage, no JVM.
+``--broker tansu`` (default): ``rcmflow.runtime.broker.EmbeddedBroker``, memory storage, no JVM.
 ``--broker kafka``: the tests' single-node KRaft Apache Kafka
 (``tests/apache_kafka/server.py``, the broker settings of docker-compose.yml) started fresh in
 the run directory, its log in ``logs/broker.log``. The bench differs from the tests' broker in
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rcmflow.broker import EmbeddedBroker
-from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.runtime.broker import EmbeddedBroker
+from rcmflow.runtime.kafka_connection import KafkaConnection
 
 __all__ = ["BrokerKind", "BenchBroker", "start_broker", "BROKERS"]
 

@@ -8,7 +8,7 @@ Two levels per ERP:
 - ``adapter``: ``post_batch`` called directly with batches of B deltas (the ERP's own cost);
 - ``connector``: the real consumer loop (``connectors/erp/runner.py``) from rcm.postings on
   an embedded broker, offsets committed per batch (what `rcmflow erp` sustains).
-Deltas come from the real core (``tests.erp.feed.real_deltas``), posted once each: every
+Deltas come from the real core (``tests.connectors.erp.feed.real_deltas``), posted once each: every
 call creates moves (no "already there" shortcut), except the replay row, which sends the same
 batches again to measure the duplicate path.
 """
@@ -28,15 +28,15 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from rcmflow.broker import EmbeddedBroker, ensure_topics
 from rcmflow.connectors.erp.base import ErpAdapter
 from rcmflow.connectors.erp.csv_journal import CsvJournal
+from rcmflow.runtime.broker import EmbeddedBroker, ensure_topics
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.postings import PostingDelta
 from rcmflow.streams.topics import topic_specs
-from tests.erp.conftest import adapter_for
-from tests.erp.feed import publish_deltas, real_deltas, run_in_process
-from tests.erp.tryton_server import TrytonSite
+from tests.connectors.erp.conftest import adapter_for
+from tests.connectors.erp.feed import publish_deltas, real_deltas, run_in_process
+from tests.connectors.erp.tryton_server import TrytonSite
 
 HERE = Path(__file__).parent
 SECTION = "## ERP connectors (`python -m bench.erp`)"

@@ -96,7 +96,7 @@ def _machine() -> str:
 def catchup(args: argparse.Namespace) -> dict[str, Any]:
     from rcmflow.facade.feed import BATCH_RECORDS_MAX, samples_validation
     from rcmflow.facade.store import Store
-    from rcmflow.settings import Settings
+    from rcmflow.runtime.settings import Settings
 
     validate_every = Settings().facade_validate_every
     all_records: Records = [r for batch in worker_batches(args.accounts, args.payments,
@@ -160,10 +160,10 @@ def catchup(args: argparse.Namespace) -> dict[str, Any]:
 async def _feed_catchup(records: Records, broker: Any, work: Path,
                         validate_every: int) -> dict[str, Any]:
     """The real path: records on rcm.accounts of a fresh broker, a Feeder until lag 0."""
-    from rcmflow.broker import ensure_topics
     from rcmflow.facade.feed import Feeder
     from rcmflow.facade.store import Store
-    from rcmflow.kafka_io import publish
+    from rcmflow.runtime.broker import ensure_topics
+    from rcmflow.runtime.kafka_io import publish
     from rcmflow.streams.topics import ACCOUNTS, topic_specs
 
     await ensure_topics(broker.connection, topic_specs("rcmflow"), 4, 1)

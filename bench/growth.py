@@ -46,8 +46,7 @@ from faust.stores.rocksdb import RocksDBOptions
 from rocksdict import Rdict, WriteBatch, WriteOptions
 
 from bench.report import RUNS_DIR, render_growth_section, write_results_md
-from rcmflow.run_worker import GC_THRESHOLDS
-from rcmflow.settings import Settings
+from rcmflow.runtime.settings import Settings
 from rcmflow.streams.chart import ChartOfAccounts, load_chart
 from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
 from rcmflow.streams.layout import (
@@ -59,8 +58,9 @@ from rcmflow.streams.layout import (
     parse_key,
 )
 from rcmflow.streams.memory_tables import MemoryTables
-from rcmflow.streams.outbox import OutRecord
+from rcmflow.streams.outgoing import OutRecord
 from rcmflow.streams.processor import BatchResult, Message, Processor
+from rcmflow.streams.shell.run import GC_THRESHOLDS
 from rcmflow.streams.state import AccountHead, Item, ItemRef
 from rcmflow.streams.topics import DLQ, EVENTS, POSTINGS
 from rcmflow.tables.account_tables import (
@@ -1017,8 +1017,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def worker_gc() -> None:
-    """The worker's garbage collector settings (``rcmflow.run_worker``): what is loaded so far
-    frozen, full collections rare."""
+    """The worker's garbage collector settings (``rcmflow.streams.shell.run``): what is
+    loaded so far frozen, full collections rare."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -33,11 +33,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rcmflow.broker import EmbeddedBroker, ensure_topics, free_port, stop_process
-from rcmflow.connectors.hl7.framing import END_BLOCK, frame
-from rcmflow.connectors.x12.ingest import X12Limits, process_x12
+from rcmflow.connectors.inbound.hl7.framing import END_BLOCK, frame
+from rcmflow.connectors.inbound.x12.ingest import X12Limits, process_x12
+from rcmflow.runtime.broker import EmbeddedBroker, ensure_topics, free_port, stop_process
 from rcmflow.streams.topics import topic_specs
-from tests.connectors.x12_build import ClaimSpec, LineSpec, envelope, remit_segments
+from tests.connectors.inbound.x12.x12_build import ClaimSpec, LineSpec, envelope, remit_segments
 
 PARTITIONS = 4
 

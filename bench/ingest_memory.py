@@ -8,7 +8,7 @@ the tests do). Its peak RSS (the process and its children, sampled with psutil e
 the child's exec) and wall time are recorded, with the rows / claims /
 entries of the file and its progress lines (periodic lines: the output is not a terminal).
 
-Sizes run up to the file limits in rcmflow/settings.py (RCMFLOW_PAYMENTS_FILE_BYTES_MAX,
+Sizes run up to the file limits in rcmflow/runtime/settings.py (RCMFLOW_PAYMENTS_FILE_BYTES_MAX,
 RCMFLOW_FHIR_FILE_BYTES_MAX, RCMFLOW_X12_FILE_BYTES_MAX) or ``--max-mb``. The count bounds
 (rows, resources, segments per file) are raised to the file's count, so the whole file is
 read: at their defaults reading stops there, with a DLQ record.
@@ -38,8 +38,8 @@ from typing import Any
 import psutil
 
 from bench.growth import machine
-from rcmflow.broker import EmbeddedBroker, ensure_topics
-from rcmflow.settings import Settings
+from rcmflow.runtime.broker import EmbeddedBroker, ensure_topics
+from rcmflow.runtime.settings import Settings
 from rcmflow.streams.topics import topic_specs
 
 __all__ = ["main", "run", "generate", "KINDS", "markdown"]
@@ -95,7 +95,7 @@ X12_SET_CLAIMS = 50_000
 
 def _x12(path: Path, size: int) -> int:
     sys.path.insert(0, str(REPO_ROOT))
-    from tests.connectors.x12_build import ClaimSpec, envelope, remit_segments
+    from tests.connectors.inbound.x12.x12_build import ClaimSpec, envelope, remit_segments
 
     def specs(count: int) -> list[ClaimSpec]:
         return [ClaimSpec(f"A{n % 100_000:07d}", 12500, 10000, pcn=f"P{n:09d}",

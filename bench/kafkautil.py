@@ -3,7 +3,7 @@ output topics.
 
 Tansu notes: ListOffsets(LATEST) answers the base offset of the last record batch + 1, not the
 log end, so "how far is a topic" is read from the high watermark of a fetch response
-(``OutputWatch``), as ``rcmflow.kafka_io.read_topic`` does. Its admin OffsetFetch
+(``OutputWatch``), as ``rcmflow.runtime.kafka_io.read_topic`` does. Its admin OffsetFetch
 (``list_consumer_group_offsets``) broke the connection in a probe; a group member's
 ``committed()`` works.
 """
@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
-from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import Record, read_topic
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_io import Record, read_topic
 
 __all__ = [
     "KEEP_FOREVER",

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from bench.workload import encode, payment_doc
-from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import EVENTS
 
 __all__ = ["Collector", "VisibleProbe", "LatencyResult", "send_steady", "percentile",

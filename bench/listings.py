@@ -22,9 +22,9 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from rcmflow.broker import EmbeddedBroker, ensure_topics
-from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.ops import dlq_page, heads_page
+from rcmflow.cli.ops import dlq_page, heads_page
+from rcmflow.runtime.broker import EmbeddedBroker, ensure_topics
+from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import ACCOUNTS, DLQ, topic_specs
 
@@ -131,7 +131,7 @@ def main() -> None:
                 rows, _ = asyncio.run(page(kafka, limit=50, after=None))
                 print(f"{name}: first page of {len(rows)} in-process "
                       f"{time.perf_counter() - started:.2f}s")
-            print(f"interpreter + import of rcmflow.cli: {_cli(env, '--help'):.2f}s")
+            print(f"interpreter + import of rcmflow.cli.main: {_cli(env, '--help'):.2f}s")
         finally:
             broker.stop()
 

@@ -81,8 +81,8 @@ from bench.workload import (
     payment_doc,
     validate,
 )
-from rcmflow.broker import ensure_topics
-from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.runtime.broker import ensure_topics
+from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, POSTINGS, dedup_changelog, topic_specs
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -38,9 +38,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.workload import WorkloadSpec, generate
-from rcmflow.broker import EmbeddedBroker, ensure_topics
-from rcmflow.connectors.totals import HEADER_STATUS, HEADER_TOTALS, SourceTotals
-from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.connectors.inbound.totals import HEADER_STATUS, HEADER_TOTALS, SourceTotals
+from rcmflow.runtime.broker import EmbeddedBroker, ensure_topics
+from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.memory_tables import MemoryTables, head_records, item_records
 from rcmflow.streams.processor import BatchResult, Message, Processor
@@ -162,7 +162,7 @@ async def fill(kafka: KafkaConnection, events: int, accounts: int,
 
 def measure(bootstrap: str, run_dir: Path, impl: Path | None = None) -> dict[str, Any]:
     """``rcmflow reconcile --json`` in a child under /usr/bin/time -v; with ``impl``, that
-    file's ``reconcile`` instead (another version of connectors/erp/reconcile.py, to compare
+    file's ``reconcile`` instead (another version of audit/reconcile.py, to compare
     on one history)."""
     env = os.environ | {"RCMFLOW_BROKER": f"kafka://{bootstrap}"}
     out_file, log_file = run_dir / "reconcile.json", run_dir / "reconcile.log"
@@ -191,10 +191,10 @@ def measure(bootstrap: str, run_dir: Path, impl: Path | None = None) -> dict[str
 
 
 def _child(impl: Path) -> int:
-    """Run the reconcile of ``impl`` (a copy of connectors/erp/reconcile.py) as the CLI does."""
+    """Run the reconcile of ``impl`` (a copy of audit/reconcile.py) as the CLI does."""
     import importlib.util
 
-    from rcmflow.settings import Settings
+    from rcmflow.runtime.settings import Settings
 
     spec = importlib.util.spec_from_file_location("rcmflow.connectors.erp._bench_reconcile",
                                                   impl)
@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay-ratio", type=float, default=0.05)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--impl", type=Path, action="append", default=[],
-                        help="also measure this copy of connectors/erp/reconcile.py (say, "
-                             "`git show 0d5d6d3:connectors/erp/reconcile.py`) on the history")
+                        help="also measure this copy of audit/reconcile.py (say, "
+                             "`git show 0d5d6d3:audit/reconcile.py`) on the history")
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.accounts = 60_000, 5_000

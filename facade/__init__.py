@@ -7,10 +7,10 @@ FHIR) · ``params`` (the search parameter table) · ``auth`` (bearer JWT scopes)
 ``server`` (`rcmflow facade`).
 """
 
-from .app import FacadeConfig, capability_statement, create_app
-from .auth import Authenticator, Principal
-from .resources import build_resources, patient_id_for
-from .store import Store
+from rcmflow.facade.app import FacadeConfig, capability_statement, create_app
+from rcmflow.facade.auth import Authenticator, Principal
+from rcmflow.facade.resources import build_resources, patient_id_for
+from rcmflow.facade.store import Store
 
 __all__ = [
     "Authenticator",

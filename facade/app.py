@@ -22,14 +22,27 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
-from rcmflow.metrics import CONTENT_TYPE_LATEST, Metric, counter, gauge, new_registry, render
-
-from .auth import Action, Authenticator, AuthError, Principal
-from .docs import install_docs
-from .errors import FHIR_JSON, FhirError, install_handlers, outcome
-from .feed import FeedStatus
-from .params import RESOURCES, ResourceSpec, Search, SearchError, SearchParam, parse_search
-from .store import Row, Store
+from rcmflow.facade.auth import Action, Authenticator, AuthError, Principal
+from rcmflow.facade.docs import install_docs
+from rcmflow.facade.errors import FHIR_JSON, FhirError, install_handlers, outcome
+from rcmflow.facade.feed import FeedStatus
+from rcmflow.facade.params import (
+    RESOURCES,
+    ResourceSpec,
+    Search,
+    SearchError,
+    SearchParam,
+    parse_search,
+)
+from rcmflow.facade.store import Row, Store
+from rcmflow.runtime.metrics import (
+    CONTENT_TYPE_LATEST,
+    Metric,
+    counter,
+    gauge,
+    new_registry,
+    render,
+)
 
 __all__ = ["FacadeConfig", "create_app", "capability_statement", "FHIR_VERSION"]
 

@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import log_ends, publish, topic_partitions
-from rcmflow.kafka_preflight import KafkaAccessError, access_error
+from rcmflow.facade.store import Store
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_io import log_ends, publish, topic_partitions
+from rcmflow.runtime.kafka_preflight import KafkaAccessError, access_error
 from rcmflow.streams.topics import ACCOUNTS, DLQ
-
-from .store import Store
 
 __all__ = ["Feeder", "FeedStatus", "samples_validation"]
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
-from .resources import ENTITY_SYSTEM, PAYER_SYSTEM
-from .store import ID_ORDER, Query, text_key
+from rcmflow.facade.resources import ENTITY_SYSTEM, PAYER_SYSTEM
+from rcmflow.facade.store import ID_ORDER, Query, text_key
 
 __all__ = [
     "SearchParam",

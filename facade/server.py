@@ -12,13 +12,12 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.settings import Settings
-
-from .app import FacadeConfig, create_app
-from .auth import Authenticator
-from .feed import Feeder
-from .store import Store, StoreLocked, lock_store
+from rcmflow.facade.app import FacadeConfig, create_app
+from rcmflow.facade.auth import Authenticator
+from rcmflow.facade.feed import Feeder
+from rcmflow.facade.store import Store, StoreLocked, lock_store
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.settings import Settings
 
 __all__ = ["build_app", "check_settings", "run_facade", "server_config", "public_url",
            "store_path", "AUTH_OFF_WARNING"]

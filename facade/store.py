@@ -50,12 +50,7 @@ from typing import IO, Any
 import orjson
 from pydantic import ValidationError
 
-from rcmflow.metrics import Metric, counter, gauge
-from rcmflow.streams.dlq import Origin, dlq_record
-from rcmflow.streams.layout import Key, is_legacy, parse_key, read_record
-from rcmflow.streams.topics import ACCOUNTS
-
-from .resources import (
+from rcmflow.facade.resources import (
     ENTITY_SYSTEM,
     PAYER_SYSTEM,
     SNAPSHOT_AT,
@@ -72,6 +67,10 @@ from .resources import (
     trace_order,
     validate,
 )
+from rcmflow.runtime.metrics import Metric, counter, gauge
+from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.layout import Key, is_legacy, parse_key, read_record
+from rcmflow.streams.topics import ACCOUNTS
 
 __all__ = ["Store", "Row", "Query", "SCHEMA_VERSION", "StoreLocked", "lock_store",
            "EXCEPTION_REASONS", "ID_ORDER", "text_key"]

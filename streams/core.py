@@ -14,8 +14,8 @@ from typing import Literal, NamedTuple
 
 import orjson
 
-from .chart import ChartOfAccounts
-from .events import (
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.events import (
     AccountStatusChanged,
     ChargePosted,
     ChargeReversed,
@@ -25,10 +25,10 @@ from .events import (
     PatientPayment,
     Refund,
 )
-from .postings import RULE_VERSION, UnmappedLine, posting_id
-from .rejections import Rejection
-from .rules import Movement, bucket_effects, movements_for
-from .state import (
+from rcmflow.streams.postings import RULE_VERSION, UnmappedLine, posting_id
+from rcmflow.streams.rejections import Rejection
+from rcmflow.streams.rules import Movement, bucket_effects, movements_for
+from rcmflow.streams.state import (
     AccountHead,
     AdjudicationRecord,
     Balances,

@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rcmflow.settings import Settings
+    from rcmflow.runtime.settings import Settings
 
 __all__ = ["DATE_OUT_OF_RANGE", "EARLIEST_DEFAULT", "FUTURE_DAYS_DEFAULT", "FUTURE_DAYS_MAX",
            "DateWindow", "DEFAULT_WINDOW"]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .rejections import Stage
+from rcmflow.streams.rejections import Stage
 
 __all__ = ["Origin", "DlqRecord", "dlq_record", "WarningTally", "PLACES_MAX"]
 

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, cast
 
 import orjson
 
-from .state import ITEM_KINDS, AccountHead, Item, ItemKind, ItemRef
+from rcmflow.streams.state import ITEM_KINDS, AccountHead, Item, ItemKind, ItemRef
 
 __all__ = [
     "LAYOUT",
@@ -175,7 +175,7 @@ def accounts_json_schema() -> dict[str, Any]:
     accounts``)."""
     from pydantic import TypeAdapter
 
-    from .state import AdjudicationRecord, ChargeRecord, ClaimRecord, PaymentRecord
+    from rcmflow.streams.state import AdjudicationRecord, ChargeRecord, ClaimRecord, PaymentRecord
 
     kinds: dict[str, Any] = {"charge": ChargeRecord, "claim": ClaimRecord,
                              "adjudication": AdjudicationRecord, "payment": PaymentRecord}

@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from .dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
-from .layout import (
+from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
+from rcmflow.streams.layout import (
     LegacyAccount,
     assemble,
     decode_head,
@@ -19,8 +19,8 @@ from .layout import (
     item_key,
     read_record,
 )
-from .processor import BatchResult
-from .state import AccountHead, Item, ItemRef, head_json, item_json
+from rcmflow.streams.processor import BatchResult
+from rcmflow.streams.state import AccountHead, Item, ItemRef, head_json, item_json
 
 __all__ = ["MemoryTables", "Records", "merge", "views", "head_records", "item_records"]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .processor import Message
+from rcmflow.streams.processor import Message
 
 __all__ = ["OffsetGuard", "Admitted"]
 

@@ -19,10 +19,17 @@ from typing import NamedTuple, Protocol
 
 from pydantic import ValidationError
 
-from .chart import ChartOfAccounts
-from .core import ACCOUNT_ITEMS_MAX, Applied, apply, item_changes, new_account, touched_items
-from .date_window import DATE_OUT_OF_RANGE, DEFAULT_WINDOW, DateWindow
-from .dedup import (
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.core import (
+    ACCOUNT_ITEMS_MAX,
+    Applied,
+    apply,
+    item_changes,
+    new_account,
+    touched_items,
+)
+from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DEFAULT_WINDOW, DateWindow
+from rcmflow.streams.dedup import (
     DEFAULT_HORIZON_DAYS,
     HORIZON_PREFIX,
     PURGED_BEFORE_KEY,
@@ -34,12 +41,12 @@ from .dedup import (
     horizon_key,
     judge,
 )
-from .dlq import Origin, dlq_record
-from .events import EVENT_ADAPTER, Event, EventKind, event_digest
-from .layout import LegacyAccount
-from .rejections import Rejection
-from .state import AccountHead, Item, ItemRef
-from .topics import OUTPUT_RECORD_BYTES_MAX
+from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.events import EVENT_ADAPTER, Event, EventKind, event_digest
+from rcmflow.streams.layout import LegacyAccount
+from rcmflow.streams.rejections import Rejection
+from rcmflow.streams.state import AccountHead, Item, ItemRef
+from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX
 
 __all__ = ["Message", "BatchResult", "Counts", "Lookups", "Processor",
            "describe_validation_error"]

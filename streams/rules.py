@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from .chart import ChartOfAccounts
-from .events import (
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.events import (
     AccountStatusChanged,
     ChargePosted,
     ChargeReversed,
@@ -25,9 +25,9 @@ from .events import (
     Refund,
     WriteOff,
 )
-from .postings import PostingLine
-from .rejections import Rejection
-from .state import DEBIT_NORMAL_BUCKETS, AccountHead, Item, ItemRef
+from rcmflow.streams.postings import PostingLine
+from rcmflow.streams.rejections import Rejection
+from rcmflow.streams.state import DEBIT_NORMAL_BUCKETS, AccountHead, Item, ItemRef
 
 __all__ = ["Movement", "movements_for", "bucket_effects", "delta_amounts"]
 

@@ -51,7 +51,7 @@ _WEEK = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000),
          "retention.bytes": "-1"}
 #: The largest rcm.raw.hl7 record the settings can allow: a 64 MiB message (the ceiling of
 #: RCMFLOW_MLLP_MESSAGE_BYTES_MAX) with 10,000 FT1s' reconcile headers
-#: (connectors/hl7/intake.raw_record_bytes_max). Apache Kafka's 1 MiB default would refuse a
+#: (connectors/inbound/hl7/intake.raw_record_bytes_max). Apache Kafka's 1 MiB default would refuse a
 #: message near the default 1 MiB bound once its headers are added.
 RAW_HL7_RECORD_BYTES_MAX = 64 * 1024 * 1024 + 10_000 * 512 + 64 * 1024
 #: rcm.events: the ceiling of RCMFLOW_EVENT_BYTES_MAX (16 MiB), its key and record overhead.

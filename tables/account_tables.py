@@ -22,11 +22,10 @@ import orjson
 
 from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
 from rcmflow.streams.layout import LegacyAccount, decode_head, head_key, item_key
-from rcmflow.streams.outbox import Acked, OutRecord
+from rcmflow.streams.outgoing import Acked, OutRecord
 from rcmflow.streams.state import AccountHead, Item, ItemRef, head_json, item_json
 from rcmflow.streams.topics import ACCOUNTS
-
-from .faust_internals import TableIO
+from rcmflow.tables.faust_store import TableIO
 
 __all__ = ["AccountTables", "HeadCache", "NEXT_OFFSET_KEY", "ROCKSDB_OPTIONS"]
 

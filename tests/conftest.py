@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from rcmflow.broker import EmbeddedBroker, ensure_topics
+from rcmflow.runtime.broker import EmbeddedBroker, ensure_topics
 from rcmflow.streams.topics import topic_specs
 from tests.apache_kafka.fixtures import apache_kafka, kafka_or_skip  # noqa: F401
 from tests.apache_kafka.server import ApacheKafka

@@ -60,15 +60,15 @@ import typer.core
 import typer.main
 from typer.testing import CliRunner
 
-from rcmflow.broker import free_port
-from rcmflow.cli import app as rcmflow_cli
+from rcmflow.cli.demo_sources import HL7_FILE, send_mllp
+from rcmflow.cli.main import app as rcmflow_cli
 from rcmflow.connectors.erp import ADAPTERS
 from rcmflow.connectors.erp.cloud_settings import CloudErpSettings
 from rcmflow.connectors.erp.csv_journal import text_cents
-from rcmflow.demo_sources import HL7_FILE, send_mllp
-from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import read_topic, topic_partitions
-from rcmflow.settings import Settings
+from rcmflow.runtime.broker import free_port
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_io import read_topic, topic_partitions
+from rcmflow.runtime.settings import Settings
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor

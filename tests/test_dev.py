@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rcmflow.broker import free_port
+from rcmflow.runtime.broker import free_port
 
 #: An MLLP ACK an impostor sends whatever it receives.
 IMPOSTOR_ACK = b"\x0bMSH|^~\\&|IMPOSTOR|X|||20260101||ACK|1|P|2.5\rMSA|AA|1\r\x1c\r"

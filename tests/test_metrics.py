@@ -1,4 +1,4 @@
-"""rcmflow/metrics.py and the --metrics-port option of the long-running commands."""
+"""rcmflow/runtime/metrics.py and the --metrics-port option of the long-running commands."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from rcmflow.cli import app
-from rcmflow.metrics import counter, gauge, new_registry, render, serve
+from rcmflow.cli.main import app
+from rcmflow.runtime.metrics import counter, gauge, new_registry, render, serve
 from tests.scrape import scrape
 
 

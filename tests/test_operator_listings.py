@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from rcmflow.kafka_io import publish
+from rcmflow.runtime.kafka_io import publish
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import ACCOUNTS, DLQ
 from tests.conftest import Broker

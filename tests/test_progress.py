@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from rcmflow.progress import progress
+from rcmflow.runtime.progress import progress
 
 
 def test_a_log_gets_plain_lines_with_the_share_done_and_a_final_line() -> None:

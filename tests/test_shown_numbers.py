@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rcmflow.connectors.hl7.values import ValueProblem
-from rcmflow.connectors.hl7.values import parse_cents as hl7_cents
-from rcmflow.connectors.payments.money import MoneyError
-from rcmflow.connectors.payments.money import parse_cents as file_cents
-from rcmflow.shown import SHOWN_CHARS_MAX
+from rcmflow.connectors.inbound.hl7.values import ValueProblem
+from rcmflow.connectors.inbound.hl7.values import parse_cents as hl7_cents
+from rcmflow.connectors.inbound.payments.money import MoneyError
+from rcmflow.connectors.inbound.payments.money import parse_cents as file_cents
+from rcmflow.runtime.shown import SHOWN_CHARS_MAX
 
 digits = st.text("0123456789", min_size=21, max_size=SHOWN_CHARS_MAX).filter(
     lambda t: t[0] != "0")

@@ -9,8 +9,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import publish, read_topic
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_io import publish, read_topic
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.memory_tables import MemoryTables, Records, merge, views
 from rcmflow.streams.processor import Message, Processor

@@ -32,7 +32,7 @@ Logs name posting ids and account numbers only; DLQ records carry the whole delt
 
 from __future__ import annotations
 
-from .base import (
+from rcmflow.connectors.erp.base import (
     AdapterConfigError,
     AlreadyThere,
     ErpAdapter,

@@ -24,9 +24,8 @@ from typing import Any
 
 import httpx
 
+from rcmflow.connectors.erp.base import AdapterConfigError, Outcome, TransientError, post_each
 from rcmflow.streams.postings import PostingDelta
-
-from .base import AdapterConfigError, Outcome, TransientError, post_each
 
 __all__ = ["dumps", "loads", "cents_decimal", "decimal_cents", "check", "request_json",
            "make_client", "HttpErp", "RESPONSE_BYTES_MAX", "TRANSIENT_STATUS"]

@@ -1,7 +1,7 @@
 """Settings of the cloud ERP adapters (``RCMFLOW_ERP_NETSUITE_*``, ``_ODOO_*``, ``_ERPNEXT_*``).
 
-Kept apart from ``rcmflow.settings.Settings`` only while that file is being edited by others;
-the fields are meant to move there as they are (same names, same ``RCMFLOW_`` variables).
+Kept apart from ``rcmflow.runtime.settings.Settings`` for now; the fields are meant to move
+there as they are (same names, same ``RCMFLOW_`` variables).
 The general ERP limits (``erp_timeout_s``, ``erp_batch_max``, ...) stay in ``Settings``.
 Secrets are ``SecretStr``: never printed, never logged.
 """

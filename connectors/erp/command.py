@@ -7,15 +7,14 @@ import importlib
 import logging
 from typing import TYPE_CHECKING
 
-from rcmflow.kafka_access import erp_group
+from rcmflow.connectors.erp import ADAPTERS
+from rcmflow.connectors.erp.base import ErpAdapter
+from rcmflow.connectors.erp.runner import RunnerOptions, run_connector
+from rcmflow.runtime.kafka_access import erp_group
 from rcmflow.streams.chart import load_chart
 
-from . import ADAPTERS
-from .base import ErpAdapter
-from .runner import RunnerOptions, run_connector
-
 if TYPE_CHECKING:
-    from rcmflow.settings import Settings
+    from rcmflow.runtime.settings import Settings
 
 __all__ = ["build_adapter", "run_erp", "group_id"]
 

@@ -28,14 +28,20 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rcmflow.connectors.erp.base import (
+    AdapterConfigError,
+    AlreadyThere,
+    JournalEntry,
+    JournalLine,
+    Outcome,
+    Posted,
+)
+from rcmflow.connectors.erp.mapping import check_mapped
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.postings import PostingDelta
 
-from .base import AdapterConfigError, AlreadyThere, JournalEntry, JournalLine, Outcome, Posted
-from .mapping import check_mapped
-
 if TYPE_CHECKING:
-    from rcmflow.settings import Settings
+    from rcmflow.runtime.settings import Settings
 
 __all__ = ["CsvJournal", "COLUMNS", "build", "cents_text", "text_cents"]
 

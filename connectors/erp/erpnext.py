@@ -41,10 +41,7 @@ from urllib.parse import quote
 
 import httpx
 
-from rcmflow.streams.chart import ChartOfAccounts
-from rcmflow.streams.postings import PostingDelta
-
-from .base import (
+from rcmflow.connectors.erp.base import (
     AdapterConfigError,
     AlreadyThere,
     JournalEntry,
@@ -54,12 +51,14 @@ from .base import (
     Rejected,
     TransientError,
 )
-from .cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
-from .cloud_settings import CloudErpSettings
-from .mapping import check_mapped
+from rcmflow.connectors.erp.cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
+from rcmflow.connectors.erp.cloud_settings import CloudErpSettings
+from rcmflow.connectors.erp.mapping import check_mapped
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.postings import PostingDelta
 
 if TYPE_CHECKING:
-    from rcmflow.settings import Settings
+    from rcmflow.runtime.settings import Settings
 
 __all__ = ["ErpNext", "build", "JE", "server_message"]
 

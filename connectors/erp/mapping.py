@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rcmflow.connectors.erp.base import Rejected
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.postings import PostingDelta
-
-from .base import Rejected
 
 __all__ = ["gl_accounts", "all_gl_accounts", "unmapped_lines", "check_mapped"]
 

@@ -39,10 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from rcmflow.streams.chart import ChartOfAccounts
-from rcmflow.streams.postings import PostingDelta
-
-from .base import (
+from rcmflow.connectors.erp.base import (
     AdapterConfigError,
     AlreadyThere,
     JournalEntry,
@@ -52,12 +49,14 @@ from .base import (
     Rejected,
     TransientError,
 )
-from .cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
-from .cloud_settings import CloudErpSettings
-from .mapping import check_mapped
+from rcmflow.connectors.erp.cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
+from rcmflow.connectors.erp.cloud_settings import CloudErpSettings
+from rcmflow.connectors.erp.mapping import check_mapped
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.postings import PostingDelta
 
 if TYPE_CHECKING:
-    from rcmflow.settings import Settings
+    from rcmflow.runtime.settings import Settings
 
 __all__ = ["NetSuite", "build", "RECORD", "SUITEQL", "ACCOUNTS_QUERY", "journal_query"]
 

@@ -13,6 +13,6 @@ CLOUD_ADAPTERS = {"netsuite": "netsuite", "odoo": "odoo", "erpnext": "erpnext"}
 
 
 def all_adapters() -> dict[str, str]:
-    from . import ADAPTERS
+    from rcmflow.connectors.erp import ADAPTERS
 
     return {**CLOUD_ADAPTERS, **ADAPTERS}

@@ -39,14 +39,19 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from pydantic import ValidationError
 
-from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_preflight import ACCESS_ERRORS, access_error
-from rcmflow.metrics import Metric, counter, gauge, new_registry, serve, url
+from rcmflow.connectors.erp.base import (
+    AdapterConfigError,
+    ErpAdapter,
+    Outcome,
+    Rejected,
+    TransientError,
+)
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_preflight import ACCESS_ERRORS, access_error
+from rcmflow.runtime.metrics import Metric, counter, gauge, new_registry, serve, url
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.postings import PostingDelta
 from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX, POSTINGS, POSTINGS_DLQ
-
-from .base import AdapterConfigError, ErpAdapter, Outcome, Rejected, TransientError
 
 __all__ = ["RunnerOptions", "Progress", "CircuitBreaker", "run_connector", "backoff_s",
            "erp_families", "KILL_AFTER_ENV"]
@@ -417,7 +422,7 @@ class Connector:
 
     async def _lag(self) -> int | None:
         """Σ over partitions (true log end − committed offset of this group); None: unknown."""
-        from rcmflow.kafka_io import group_lag
+        from rcmflow.runtime.kafka_io import group_lag
 
         assert self.consumer is not None
         return await group_lag(self.options.kafka, self.consumer, POSTINGS)

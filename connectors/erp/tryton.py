@@ -33,10 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from rcmflow.streams.chart import ChartOfAccounts
-from rcmflow.streams.postings import PostingDelta
-
-from .base import (
+from rcmflow.connectors.erp.base import (
     AdapterConfigError,
     AlreadyThere,
     JournalEntry,
@@ -46,10 +43,12 @@ from .base import (
     Rejected,
     TransientError,
 )
-from .mapping import check_mapped
+from rcmflow.connectors.erp.mapping import check_mapped
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.postings import PostingDelta
 
 if TYPE_CHECKING:
-    from rcmflow.settings import Settings
+    from rcmflow.runtime.settings import Settings
 
 __all__ = ["TrytonAdapter", "TrytonError", "encode", "decode", "build", "BATCH_MAX"]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rcmflow.broker import ensure_topics
+from rcmflow.runtime.broker import ensure_topics
 from rcmflow.streams.topics import topic_specs
 from tests.apache_kafka.fetch import FetchError, ensure_jars
 from tests.apache_kafka.server import ApacheKafka

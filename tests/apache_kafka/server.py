@@ -1,6 +1,6 @@
 """A real single-node Apache Kafka (KRaft, combined broker + controller) for tests and dev.
 
-Tansu (rcmflow.broker.EmbeddedBroker) cannot run idempotent or transactional producers, so
+Tansu (rcmflow.runtime.broker.EmbeddedBroker) cannot run idempotent or transactional producers, so
 what needs them — Faust's ``exactly_once`` — is tested here. Same shape as EmbeddedBroker:
 ``ApacheKafka().start()`` then ``.bootstrap`` / ``.url``, ``stop()``, or a ``with`` block.
 PLAINTEXT on 127.0.0.1 with free ports, data in a temp dir, logs in one file whose tail is in
@@ -38,9 +38,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import for_code
 from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
-from rcmflow.broker import BrokerError, free_port, stop_process, wait_for_broker
-from rcmflow.kafka_access import AclBinding
-from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.runtime.broker import BrokerError, free_port, stop_process, wait_for_broker
+from rcmflow.runtime.kafka_access import AclBinding
+from rcmflow.runtime.kafka_connection import KafkaConnection
 from tests.apache_kafka.certs import CertificateAuthority
 from tests.apache_kafka.fetch import ensure_jars, find_java
 from tests.compose_file import kafka_properties

@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from rcmflow.broker import ensure_topics
+from rcmflow.runtime.broker import ensure_topics
 from rcmflow.streams.topics import TopicSpec, topic_specs
 from tests.apache_kafka.fixtures import PARTITIONS
 from tests.apache_kafka.server import START_TIMEOUT_S, ApacheKafka

@@ -23,12 +23,12 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
-from rcmflow.broker import free_port
-from rcmflow.demo import demo_events
+from rcmflow.cli.demo import demo_events
 from rcmflow.facade.app import FacadeConfig, create_app
 from rcmflow.facade.auth import Authenticator
 from rcmflow.facade.resources import validate
 from rcmflow.facade.store import Store
+from rcmflow.runtime.broker import free_port
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rcmflow.facade.app import FacadeConfig, create_app
 from rcmflow.facade.auth import Authenticator, AuthError, parse_scope
 from rcmflow.facade.resources import fhir_id
-from rcmflow.settings import Settings
+from rcmflow.runtime.settings import Settings
 from tests.facade.conftest import JWT_AUDIENCE, JWT_KEY, PUBLIC_URL, bearer, fhir_body, token
 
 MINE = "pat.A1005"

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from rcmflow.facade.server import build_app
-from rcmflow.kafka_io import publish
-from rcmflow.settings import Settings
+from rcmflow.runtime.kafka_io import publish
+from rcmflow.runtime.settings import Settings
 from rcmflow.streams.topics import EVENTS
 from tests.conftest import Broker, Workers, wait_until
 from tests.facade.conftest import JWT_AUDIENCE, PUBLIC_URL, Served, bearer, check_resource, token

@@ -17,10 +17,10 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from rcmflow.cli import app as rcmflow_cli
+from rcmflow.cli.main import app as rcmflow_cli
 from rcmflow.facade.server import check_settings, public_url, server_config
 from rcmflow.facade.store import Store
-from rcmflow.settings import Settings
+from rcmflow.runtime.settings import Settings
 from tests.facade.conftest import (
     JWT_AUDIENCE,
     JWT_KEY,

@@ -10,12 +10,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from rcmflow.cli.ops import dlq_records
 from rcmflow.facade.feed import LIVE_BATCH_RECORDS_MAX, Feeder, samples_validation
 from rcmflow.facade.server import build_app
 from rcmflow.facade.store import Store
-from rcmflow.kafka_io import publish
-from rcmflow.ops import dlq_records
-from rcmflow.settings import Settings
+from rcmflow.runtime.kafka_io import publish
+from rcmflow.runtime.settings import Settings
 from rcmflow.streams.layout import parse_key
 from rcmflow.streams.topics import ACCOUNTS
 from tests.conftest import Broker, wait_until

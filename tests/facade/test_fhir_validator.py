@@ -25,14 +25,14 @@ import orjson
 from fastapi import FastAPI
 from rich.console import Console
 
-from rcmflow.connectors.hl7.mapping import map_message
-from rcmflow.connectors.hl7.reader import normalise, read_message
-from rcmflow.connectors.hl7.service import mapping_config
-from rcmflow.connectors.x12.files import limits_from, process_x12_path
-from rcmflow.demo_sources import DEMO_ACCOUNT, HL7_FILE, X12_FILES
+from rcmflow.cli.demo_sources import DEMO_ACCOUNT, HL7_FILE, X12_FILES
+from rcmflow.connectors.inbound.hl7.mapping import map_message
+from rcmflow.connectors.inbound.hl7.reader import normalise, read_message
+from rcmflow.connectors.inbound.hl7.service import mapping_config
+from rcmflow.connectors.inbound.x12.files import limits_from, process_x12_path
 from rcmflow.facade.params import RESOURCES
 from rcmflow.facade.store import Store
-from rcmflow.settings import Settings
+from rcmflow.runtime.settings import Settings
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor

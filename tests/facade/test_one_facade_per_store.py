@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rcmflow.broker import free_port
+from rcmflow.runtime.broker import free_port
 from tests.conftest import Broker, wait_until
 
 pytestmark = pytest.mark.broker

@@ -17,7 +17,7 @@ from rcmflow.facade.feed import Feeder
 from rcmflow.facade.params import RESOURCES, parse_search
 from rcmflow.facade.resources import Built, build_resources, fhir_json, validate
 from rcmflow.facade.store import SCHEMA_VERSION, Store
-from rcmflow.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.layout import head_key, parse_key
 from rcmflow.streams.memory_tables import MemoryTables

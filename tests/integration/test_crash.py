@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import read_topic
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_io import read_topic
+from rcmflow.streams.shell.worker import KILL_AT_ENV
 from rcmflow.streams.topics import EVENTS
-from rcmflow.streams.worker import KILL_AT_ENV
 from tests.conftest import Broker, WorkerProcess, Workers, wait_until
 from tests.workload import Expected, Observed, Workload
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from rcmflow.demo import demo_lines
-from rcmflow.dev import _expected_versions
-from rcmflow.kafka_io import read_topic
-from rcmflow.ops import dlq_records, latest_heads
+from rcmflow.cli.demo import demo_lines
+from rcmflow.cli.dev import _expected_versions
+from rcmflow.cli.ops import dlq_records, latest_heads
+from rcmflow.runtime.kafka_io import read_topic
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.topics import DLQ, POSTINGS
 from tests.conftest import Broker, Workers, wait_until

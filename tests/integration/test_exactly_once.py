@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import IsolationLevel, read_topic
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_io import IsolationLevel, read_topic
+from rcmflow.streams.shell.worker import KILL_AT_ENV
 from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
-from rcmflow.streams.worker import KILL_AT_ENV
 from tests.conftest import Broker, Workers, wait_until
-from tests.erp.feed import already_there_in_logs, start_connector
+from tests.connectors.erp.feed import already_there_in_logs, start_connector
 from tests.integration.test_crash import (
     assert_exact,
     converged,

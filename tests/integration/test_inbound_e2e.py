@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from rcmflow.broker import free_port
-from rcmflow.demo_sources import DEMO_ACCOUNT, HL7_FILE, X12_FILES, send_mllp
-from rcmflow.ops import latest_snapshots
+from rcmflow.cli.demo_sources import DEMO_ACCOUNT, HL7_FILE, X12_FILES, send_mllp
+from rcmflow.cli.ops import latest_snapshots
+from rcmflow.runtime.broker import free_port
 from tests.conftest import Broker, Workers, wait_until
 
 pytestmark = pytest.mark.broker

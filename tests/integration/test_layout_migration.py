@@ -21,8 +21,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from rcmflow.broker import ensure_topics
-from rcmflow.kafka_io import publish, read_topic
+from rcmflow.runtime.broker import ensure_topics
+from rcmflow.runtime.kafka_io import publish, read_topic
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.layout import is_legacy
 from rcmflow.streams.memory_tables import MemoryTables

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rcmflow.broker import free_port
+from rcmflow.runtime.broker import free_port
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor

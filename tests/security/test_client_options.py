@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rcmflow.settings import Settings
+from rcmflow.runtime.settings import Settings
 from tests.apache_kafka.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient", "AIOKa
            "create_conn"}
 #: Calls whose ``**options`` are client_options() minus bootstrap_servers (a connection per
 #: bootstrap server, to read the real error of each).
-DERIVED = {("rcmflow/kafka_preflight.py", "options")}
+DERIVED = {("rcmflow/runtime/kafka_preflight.py", "options")}
 
 
 def _name(func: ast.expr) -> str:
@@ -75,7 +75,7 @@ def test_the_worker_app_gives_faust_the_sasl_and_tls_settings(
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
     from rcmflow.streams.chart import load_chart
-    from rcmflow.streams.worker import build_app
+    from rcmflow.streams.shell.worker import build_app
 
     ca = CertificateAuthority(tmp_path / "ca")
     settings = Settings(

@@ -3,7 +3,7 @@
 One secure broker per module (tests/apache_kafka/server.py, ``KafkaSecurity``): a SASL_SSL
 listener with SCRAM-SHA-512 users, an SSL listener that requires client certificates, and
 the StandardAuthorizer denying all that no ACL allows. Every component runs as its own user
-holding only its ACLs from ``rcmflow/kafka_access.py`` (the README's table), so a component
+holding only its ACLs from ``rcmflow/runtime/kafka_access.py`` (the README's table), so a component
 that touched anything more would fail here. The rcm.* topics are made by the administrator
 (the PLAINTEXT listener's super user), as on a production cluster.
 
@@ -27,8 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rcmflow.broker import ensure_topics, free_port
-from rcmflow.kafka_access import (
+from rcmflow.runtime.broker import ensure_topics, free_port
+from rcmflow.runtime.kafka_access import (
     Access,
     AclBinding,
     erp_access,
@@ -39,14 +39,14 @@ from rcmflow.kafka_access import (
     reconcile_access,
     worker_access,
 )
-from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.kafka_io import read_topic
-from rcmflow.kafka_preflight import KafkaAccessError, preflight
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_io import read_topic
+from rcmflow.runtime.kafka_preflight import KafkaAccessError, preflight
 from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, POSTINGS, topic_specs
 from tests.apache_kafka.fixtures import kafka_or_skip
 from tests.apache_kafka.server import ApacheKafka, KafkaSecurity
 from tests.conftest import Workers, wait_until
-from tests.erp.feed import start_connector
+from tests.connectors.erp.feed import start_connector
 from tests.factories import charge
 from tests.workload import Observed, Workload
 
@@ -57,7 +57,7 @@ APP_ID = "rcmflow"
 #: A refused login or ACL must end a command within this (the preflight's own bound is 15 s;
 #: most of this is the interpreter importing rcmflow on 2 shared cores).
 FAIL_FAST_S = 20.0
-#: tests/erp's connector_env sets 1.5 s for Tansu; Apache Kafka refuses less than 6 s
+#: tests/connectors/erp's connector_env sets 1.5 s for Tansu; Apache Kafka refuses less than 6 s
 #: (group.min.session.timeout.ms: InvalidSessionTimeoutError).
 ERP_SESSION_TIMEOUT_S = "6"
 #: One SCRAM user per component, each with its component's ACLs only.
@@ -271,7 +271,7 @@ def test_the_mllp_listener_runs_with_only_its_acls(secure_kafka: ApacheKafka,
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "mllp.log", "wb"))
 
     async def send() -> bytes:
-        from rcmflow.connectors.hl7.framing import frame
+        from rcmflow.connectors.inbound.hl7.framing import frame
 
         for _ in range(200):
             try:
@@ -498,7 +498,7 @@ def test_a_worker_that_loses_an_acl_stops_and_names_it(secure_kafka: ApacheKafka
 
 def test_an_erp_connector_that_loses_its_group_acl_stops(secure_kafka: ApacheKafka,
                                                         tmp_path: Path) -> None:
-    from tests.erp.feed import publish_deltas, real_deltas, status
+    from tests.connectors.erp.feed import publish_deltas, real_deltas, status
 
     deltas = real_deltas(6, seed=31)
     publish_deltas(secure_kafka, deltas[:10])

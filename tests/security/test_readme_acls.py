@@ -1,4 +1,4 @@
-"""The README's ACL table is the one the startup check enforces (rcmflow/kafka_access.py).
+"""The README's ACL table is the one the startup check enforces (rcmflow/runtime/kafka_access.py).
 
 Administrators grant what the README lists; the preflight refuses what kafka_access.py does
 not allow. If the two drifted, a cluster set up from the docs would fail at start.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from rcmflow.kafka_access import documented_components
+from rcmflow.runtime.kafka_access import documented_components
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -33,7 +33,7 @@ def test_the_readme_lists_exactly_the_acls_the_code_checks() -> None:
 def test_every_command_that_talks_to_kafka_has_a_row() -> None:
     import typer.main
 
-    from rcmflow.cli import app
+    from rcmflow.cli.main import app
 
     group = typer.main.get_command(app)
     # Commands that use only the embedded broker, or no broker at all.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from trytond.pool import Pool
 
-from .move import Move
+from rcmflow.connectors.erp.tryton_module.move import Move
 
 __all__ = ["register"]
 

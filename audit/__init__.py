@@ -1,0 +1,2 @@
+"""Proving the ledger: `rcmflow reconcile` (source totals, events, state and postings
+compared)."""

@@ -1,0 +1,436 @@
+"""835 transaction set -> remittance model -> balancing checks -> canonical events.
+
+Balancing (ACCOUNTING.md, TR3 §1.10.2), all in integer cents:
+
+* per claim: ``CLP03 - CLP04 = Σ CAS (claim level) + Σ CAS (service lines)``;
+* per set:   ``BPR02 = Σ CLP04 - Σ PLB amounts``.
+
+Either failing parks the set. Line-level (``SVC02 - SVC03 = Σ line CAS``), ``CLP05 = Σ PR``
+and ``CLP03 = Σ SVC02`` are informational: real remits break them (the LinuxForHealth
+tertiary sample has a mangled SVC), so they are warnings, and a line that does not balance
+has its adjustments folded into the claim (the claim still balances; the line detail would
+not validate).
+
+``remit_totals`` reads an applied set's money from the parsed segments (CLP04, every CAS
+amount by group, PLB), not from the events, for `rcmflow reconcile` (connectors/inbound/totals.py).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Literal
+
+from pydantic import ValidationError
+
+from rcmflow.connectors.inbound.payments.money import MoneyError, format_cents, parse_cents
+from rcmflow.connectors.inbound.totals import SourceTotals, cas_measure
+from rcmflow.connectors.inbound.x12.codes import DENIAL_CARCS, payer_class_for
+from rcmflow.connectors.inbound.x12.reader import Problem, Segment, TransactionSet
+from rcmflow.streams.events import (
+    AdjudicatedLine,
+    Adjustment,
+    ClaimAdjudicated,
+    Dimensions,
+    EventKind,
+    ProviderAdjustment,
+)
+
+__all__ = ["Remit", "Claim", "Line", "Cas", "Plb", "parse_835", "balance_problems",
+           "remit_events", "remit_totals", "account_problem", "first_error", "SOURCE_835"]
+
+SOURCE_835 = "x12-835"
+CAS_GROUPS = ("CO", "PR", "OA", "PI", "CR")
+_ACCOUNT_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:._-")
+
+
+@dataclass(frozen=True, slots=True)
+class Cas:
+    group: str
+    reason: str
+    amount_cents: int
+
+
+@dataclass(slots=True)
+class Line:
+    number: int
+    line_id: str
+    procedure_code: str | None
+    revenue_code: str | None
+    charge_cents: int
+    paid_cents: int
+    adjustments: list[Cas] = field(default_factory=list)
+
+    def balances(self) -> bool:
+        return self.charge_cents - self.paid_cents == sum(a.amount_cents for a in self.adjustments)
+
+
+@dataclass(slots=True)
+class Claim:
+    number: int  # 1-based CLP position in the set
+    account: str
+    status: str
+    charge_cents: int
+    paid_cents: int
+    patient_resp_cents: int | None
+    filing_code: str
+    payer_control: str
+    adjustments: list[Cas] = field(default_factory=list)
+    lines: list[Line] = field(default_factory=list)
+
+    def cas_total(self) -> int:
+        return sum(a.amount_cents for a in self.adjustments) + sum(
+            a.amount_cents for line in self.lines for a in line.adjustments)
+
+
+@dataclass(frozen=True)
+class Plb:
+    provider: str
+    fiscal_date: str
+    code: str
+    reference: str
+    amount_cents: int
+
+
+@dataclass
+class Remit:
+    st02: str
+    bpr01: str = ""
+    bpr02_cents: int = 0
+    trn02: str = ""
+    trn03: str = ""
+    paid_on: date | None = None
+    payer: str | None = None
+    claims: list[Claim] = field(default_factory=list)
+    plbs: list[Plb] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _cents(seg: Segment, position: int, remit: Remit, *, required: bool = True) -> int | None:
+    text = seg.el(position)
+    if not text:
+        if required:
+            remit.problems.append(Problem(
+                "x12_unreadable_segment",
+                f"{seg.id}{position:02d} is missing (segment {seg.number})"))
+        return None
+    try:
+        return parse_cents(text)
+    except MoneyError as exc:
+        remit.problems.append(Problem(
+            "x12_unreadable_segment", f"{seg.id}{position:02d} (segment {seg.number}): {exc}"))
+        return None
+
+
+def _date(text: str) -> date | None:
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def _cas(seg: Segment, remit: Remit) -> list[Cas]:
+    group = seg.el(1)
+    if group not in CAS_GROUPS:
+        remit.problems.append(Problem(
+            "x12_unreadable_segment",
+            f"CAS01 {group[:12]!r} is not a claim adjustment group code (segment {seg.number})"))
+        return []
+    found: list[Cas] = []
+    for reason_at in range(2, 20, 3):  # CAS02/05/08/11/14/17 with amounts at +1
+        reason = seg.el(reason_at)
+        if not reason and not seg.el(reason_at + 1):
+            continue
+        amount = _cents(seg, reason_at + 1, remit)
+        if not reason or len(reason) > 5:
+            remit.problems.append(Problem(
+                "x12_unreadable_segment",
+                f"CAS{reason_at:02d} {reason[:12]!r} is not a reason code (segment {seg.number})"))
+            continue
+        if amount is not None:
+            found.append(Cas(group, reason, amount))
+    return found
+
+
+def parse_835(tset: TransactionSet) -> Remit:
+    """The remittance in one 835 set; unreadable parts are recorded as problems."""
+    remit = Remit(st02=tset.st02)
+    claim: Claim | None = None
+    line: Line | None = None
+    dtm405: date | None = None
+    n1_pr = ref_2u = ""
+    n1 = ""
+    for seg in tset.segments:
+        sid = seg.id
+        if sid == "BPR":
+            remit.bpr01 = seg.el(1)
+            remit.bpr02_cents = _cents(seg, 2, remit) or 0
+            remit.paid_on = _date(seg.el(16))
+            if seg.el(16) and remit.paid_on is None:
+                remit.warnings.append(f"BPR16 {seg.el(16)!r} is not a date")
+        elif sid == "TRN" and not remit.trn02:
+            remit.trn02, remit.trn03 = seg.el(2), seg.el(3)
+        elif sid == "DTM" and seg.el(1) == "405" and claim is None:
+            dtm405 = _date(seg.el(2))
+        elif sid == "N1":
+            n1 = seg.el(1)
+            if n1 == "PR":
+                n1_pr = seg.el(4)
+        elif sid == "REF" and n1 == "PR" and seg.el(1) == "2U" and claim is None:
+            ref_2u = seg.el(2)
+        elif sid == "CLP":
+            claim = _clp(seg, len(remit.claims) + 1, remit)
+            line = None
+            if claim is not None:
+                remit.claims.append(claim)
+        elif sid == "SVC" and claim is not None:
+            line = _svc(seg, len(claim.lines) + 1, remit)
+            if line is not None:
+                claim.lines.append(line)
+        elif sid == "REF" and seg.el(1) == "6R" and line is not None:
+            line.line_id = seg.el(2)[:40] or line.line_id
+        elif sid == "CAS":
+            if line is not None:
+                line.adjustments.extend(_cas(seg, remit))
+            elif claim is not None:
+                claim.adjustments.extend(_cas(seg, remit))
+            else:
+                remit.problems.append(Problem(
+                    "x12_unreadable_segment", f"CAS outside a claim (segment {seg.number})"))
+        elif sid == "PLB":
+            claim = line = None
+            remit.plbs.extend(_plb(seg, remit))
+        elif sid in ("LX", "SE"):
+            claim = line = None
+    if remit.paid_on is None:
+        remit.paid_on = dtm405 or _date(tset.group_date)
+    remit.payer = (n1_pr or ref_2u or remit.trn03)[:40] or None
+    if not remit.trn02:
+        remit.problems.append(Problem("x12_no_trace", "no TRN02 check/EFT trace number"))
+    return remit
+
+
+def _clp(seg: Segment, number: int, remit: Remit) -> Claim | None:
+    account = seg.el(1)
+    charge, paid = _cents(seg, 3, remit), _cents(seg, 4, remit)
+    resp = _cents(seg, 5, remit, required=False)
+    if not account:
+        remit.problems.append(Problem("x12_unreadable_segment",
+                                      f"CLP01 is missing (segment {seg.number})"))
+        return None
+    if charge is None or paid is None:
+        return None
+    return Claim(number, account, seg.el(2), charge, paid, resp, seg.el(6), seg.el(7))
+
+
+def _svc(seg: Segment, number: int, remit: Remit) -> Line | None:
+    charge, paid = _cents(seg, 2, remit), _cents(seg, 3, remit)
+    if charge is None or paid is None:
+        return None
+    qualifier, code = seg.el(1, 1), seg.el(1, 2)
+    if not code and len(qualifier) > 2:
+        code = qualifier  # a composite written with another separator: keep it whole
+    procedure = revenue = None
+    if qualifier in ("NU",) and code:
+        revenue = code[:40]
+    elif code:
+        procedure = code[:40]
+    revenue = revenue or (seg.el(4)[:40] or None)
+    return Line(number, str(number), procedure, revenue, charge, paid)
+
+
+def _plb(seg: Segment, remit: Remit) -> list[Plb]:
+    found = []
+    for code_at in range(3, 15, 2):  # PLB03/05/.../13 composite, amount right after
+        if not seg.el(code_at):
+            continue
+        amount = _cents(seg, code_at + 1, remit)
+        code, reference = seg.el(code_at, 1), seg.el(code_at, 2)
+        if not code or len(code) > 5:
+            remit.problems.append(Problem(
+                "x12_unreadable_segment",
+                f"PLB{code_at:02d} {code[:12]!r} is not an adjustment reason code "
+                f"(segment {seg.number})"))
+            continue
+        if amount is not None:
+            found.append(Plb(seg.el(1), seg.el(2), code, reference[:80], amount))
+    return found
+
+
+def balance_problems(remit: Remit) -> list[Problem]:
+    """The failing money identities, with the numbers; informational ones as warnings."""
+    problems: list[Problem] = []
+    for claim in remit.claims:
+        cas = claim.cas_total()
+        if claim.charge_cents - claim.paid_cents != cas:
+            problems.append(Problem(
+                "x12_claim_unbalanced",
+                f"claim {claim.number} (CLP01 {claim.account}): CLP03 "
+                f"{format_cents(claim.charge_cents)} - CLP04 {format_cents(claim.paid_cents)} = "
+                f"{format_cents(claim.charge_cents - claim.paid_cents)} but the CAS amounts add "
+                f"up to {format_cents(cas)}"))
+        _claim_warnings(claim, remit)
+    paid = sum(c.paid_cents for c in remit.claims)
+    plb = sum(p.amount_cents for p in remit.plbs)
+    if remit.bpr02_cents != paid - plb:
+        problems.append(Problem(
+            "x12_transaction_unbalanced",
+            f"BPR02 {format_cents(remit.bpr02_cents)} != sum of CLP04 {format_cents(paid)} - "
+            f"sum of PLB {format_cents(plb)} = {format_cents(paid - plb)}"))
+    return problems
+
+
+def _claim_warnings(claim: Claim, remit: Remit) -> None:
+    where = f"claim {claim.number} (CLP01 {claim.account})"
+    for line in claim.lines:
+        if not line.balances():
+            adjusted = sum(a.amount_cents for a in line.adjustments)
+            remit.warnings.append(
+                f"{where} service line {line.number}: SVC02 {format_cents(line.charge_cents)} - "
+                f"SVC03 {format_cents(line.paid_cents)} != line CAS {format_cents(adjusted)}; "
+                "line detail folded into the claim")
+    if claim.lines:
+        billed = sum(line.charge_cents for line in claim.lines)
+        if billed != claim.charge_cents:
+            remit.warnings.append(f"{where}: CLP03 {format_cents(claim.charge_cents)} != sum of "
+                                  f"SVC02 {format_cents(billed)}")
+    pr = sum(a.amount_cents for a in claim.adjustments if a.group == "PR") + sum(
+        a.amount_cents for ln in claim.lines for a in ln.adjustments if a.group == "PR")
+    if claim.patient_resp_cents is not None and claim.patient_resp_cents != pr:
+        remit.warnings.append(f"{where}: CLP05 {format_cents(claim.patient_resp_cents)} != "
+                              f"PR adjustments {format_cents(pr)}")
+
+
+def account_problem(account: str, what: str) -> Problem | None:
+    """A key the account table cannot take, named so an operator can fix it at the source."""
+    if account and len(account) <= 64 and account[0].isalnum() and set(account) <= _ACCOUNT_CHARS:
+        return None
+    return Problem("x12_invalid_account",
+                   f"{what} {account[:64]!r} is not a usable account number "
+                   "(letters, digits and : . _ - only, at most 64)")
+
+
+def _remit_event_ids(remit: Remit) -> tuple[list[str], list[str]]:
+    """The event ids of a remit's claims and of its PLBs, in order: its events and its source
+    amounts (remit_totals) carry the same ones."""
+    base_id = f"{SOURCE_835}:{remit.trn03}:{remit.trn02}"
+    seen: Counter[str] = Counter()
+    claims: list[str] = []
+    for claim in remit.claims:
+        key = f"{base_id}:{claim.account}:{claim.payer_control}:{claim.status}"
+        seen[key] += 1
+        # The same CLP01/CLP07/CLP02 twice in one remit is legal; the occurrence keeps keys apart.
+        claims.append(key if seen[key] == 1 else f"{key}:{seen[key]}")
+    plbs: list[str] = []
+    for plb in remit.plbs:
+        key = f"{base_id}:plb:{plb.provider}:{plb.fiscal_date}:{plb.code}:{plb.reference}"
+        seen[key] += 1
+        plbs.append(f"{key}:{seen[key]}"[:200])
+    return claims, plbs
+
+
+def remit_events(remit: Remit, *,
+                 entity: str) -> Iterator[ClaimAdjudicated | ProviderAdjustment]:
+    """The canonical events of a balanced remit, made one at a time (a remit can hold
+    100,000s of claims); raises ``ValueError`` naming what failed."""
+    if remit.paid_on is None:
+        raise ValueError("no payment date: BPR16, DTM*405 and GS04 are all missing")
+    occurred = datetime.combine(remit.paid_on, datetime.min.time(), UTC)
+    claim_ids, plb_ids = _remit_event_ids(remit)
+    for claim, event_id in zip(remit.claims, claim_ids, strict=True):
+        try:
+            yield _claim_event(claim, remit, event_id, occurred, entity)
+        except ValidationError as exc:
+            raise ValueError(f"claim {claim.number} (CLP01 {claim.account}): "
+                             f"{first_error(exc)}") from None
+    for plb, event_id in zip(remit.plbs, plb_ids, strict=True):
+        try:
+            yield ProviderAdjustment(
+                kind=EventKind.PROVIDER_ADJUSTMENT,
+                event_id=event_id,
+                account=f"provider:{plb.provider}",
+                occurred_at=occurred,
+                source=SOURCE_835,
+                correlation_id=remit.trn02,
+                dimensions=Dimensions(entity=entity, payer=remit.payer),
+                reason_code=plb.code,
+                amount_cents=plb.amount_cents,
+                reference=plb.reference or None,
+            )
+        except ValidationError as exc:
+            raise ValueError(f"PLB {plb.code}: {first_error(exc)}") from None
+
+
+def remit_totals(remit: Remit, totals: SourceTotals) -> None:
+    """Add a balanced remit's amounts as the 835 states them, on its payment date (the day
+    its events carry): per claim CLP04 and each CAS amount (claim and service-line level) by
+    group; per PLB its amount on the provider's key. Each is attributed to the event its
+    claim or PLB became."""
+    assert remit.paid_on is not None
+    day = remit.paid_on
+    claim_ids, plb_ids = _remit_event_ids(remit)
+    for claim, event_id in zip(remit.claims, claim_ids, strict=True):
+        totals.add(claim.account, day, "payer_paid", claim.paid_cents, event_id)
+        for cas in claim.adjustments + [a for line in claim.lines for a in line.adjustments]:
+            totals.add(claim.account, day, cas_measure(cas.group), cas.amount_cents, event_id)
+    for plb, event_id in zip(remit.plbs, plb_ids, strict=True):
+        totals.add(f"provider:{plb.provider}", day, "provider_adjustments", plb.amount_cents,
+                   event_id)
+
+
+def _claim_event(claim: Claim, remit: Remit, event_id: str, occurred: datetime,
+                 entity: str) -> ClaimAdjudicated:
+    lines = claim.lines
+    adjustments = list(claim.adjustments)
+    if not all(line.balances() for line in lines):
+        adjustments += [a for line in lines for a in line.adjustments]
+        lines = []
+    outcome: Literal["processed", "denied", "reversal"]
+    if claim.status == "22":
+        outcome = "reversal"
+    elif claim.status == "4" or (claim.paid_cents == 0 and any(
+            (a.group, a.reason) in DENIAL_CARCS for a in claim.adjustments + [
+                x for ln in claim.lines for x in ln.adjustments])):
+        outcome = "denied"
+    else:
+        outcome = "processed"
+    return ClaimAdjudicated(
+        kind=EventKind.CLAIM_ADJUDICATED,
+        event_id=event_id,
+        account=claim.account,
+        occurred_at=occurred,
+        source=SOURCE_835,
+        correlation_id=remit.trn02,
+        dimensions=Dimensions(entity=entity, payer=remit.payer,
+                              payer_class=payer_class_for(claim.filing_code),
+                              claim_id=claim.account[:40]),
+        claim_id=claim.account[:40],
+        outcome=outcome,
+        status_code=claim.status or None,
+        payer_claim_control_number=claim.payer_control or None,
+        charge_cents=claim.charge_cents,
+        paid_cents=claim.paid_cents,
+        patient_responsibility_cents=claim.patient_resp_cents or 0,
+        adjustments=tuple(_adjustment(a) for a in adjustments),
+        lines=tuple(
+            AdjudicatedLine(line_id=line.line_id, charge_cents=line.charge_cents,
+                            paid_cents=line.paid_cents, procedure_code=line.procedure_code,
+                            adjustments=tuple(_adjustment(a) for a in line.adjustments))
+            for line in lines),
+    )
+
+
+def _adjustment(cas: Cas) -> Adjustment:
+    return Adjustment(group=cas.group, reason=cas.reason,  # type: ignore[arg-type]
+                      amount_cents=cas.amount_cents)
+
+
+def first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else err["msg"]

@@ -1,0 +1,180 @@
+"""Pages of a topic, newest first, read back from the log end: the operators' listings.
+
+A listing of a million records must not read a million records to show fifty. A page reads,
+per partition, only the newest records before a cursor (doubling the window back while it has
+too few), and merges the partitions newest first. The cursor (``--after``) holds, per
+partition, where the page stopped and where the log ended when the first page was read, so
+records written since do not shift the pages: each record is on exactly one page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_io import READ_TIMEOUT_S, Record, log_ends, topic_partitions
+
+__all__ = ["Cursor", "PageOf", "read_page", "keys_between", "BadCursor"]
+
+#: The widest window read back at once per partition (records, kept or not).
+WINDOW_MAX = 50_000
+
+
+class BadCursor(ValueError):
+    """An --after value this topic cannot have produced."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Per partition: (read back to this offset, the log's end when paging began)."""
+
+    positions: dict[int, tuple[int, int]]
+
+    def encode(self) -> str:
+        return ",".join(f"{p}:{at}:{end}" for p, (at, end) in sorted(self.positions.items()))
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            positions = {}
+            for part in text.split(","):
+                p, at, end = (int(x) for x in part.split(":"))
+                if not 0 <= at <= end or p < 0:
+                    raise ValueError(part)
+                positions[p] = (at, end)
+        except ValueError as exc:
+            raise BadCursor(f"--after {text[:80]!r} is not a cursor a listing printed "
+                            "(partition:offset:end,...)") from exc
+        return cls(positions)
+
+
+@dataclass
+class PageOf:
+    records: list[Record]
+    #: Where the next page starts (None: this was the last).
+    next: Cursor | None
+    #: Offsets between the cursor and the log start over all partitions: at least the
+    #: records still to page through (compaction and transaction markers make it an upper
+    #: bound, not a count).
+    offsets_left: int
+
+
+async def _consumer(kafka: KafkaConnection) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=100,
+                                auto_offset_reset="earliest", isolation_level="read_committed")
+    await consumer.start()
+    return consumer
+
+
+async def _read_range(consumer: AIOKafkaConsumer, tp: TopicPartition, lo: int, hi: int,
+                      deadline: float) -> list[Record]:
+    """The records of [lo, hi) of one partition (fewer if the stable end is before hi)."""
+    consumer.assign([tp])
+    consumer.seek(tp, lo)
+    found: list[Record] = []
+    while True:
+        position = await consumer.position(tp)
+        end = consumer.highwater(tp)
+        stable = consumer.last_stable_offset(tp)
+        if end is not None and stable:
+            end = min(end, stable)
+        if position >= hi or (end is not None and position >= end):
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {tp.topic} back did not finish in {READ_TIMEOUT_S}s")
+        batch = await consumer.getmany(tp, timeout_ms=200, max_records=10_000)
+        for m in batch.get(tp, []):
+            if m.offset < hi:
+                found.append(Record(m.topic, m.partition, m.offset, m.key, m.value,
+                                    m.timestamp, tuple(m.headers or ())))
+
+
+async def read_page(
+    kafka: KafkaConnection,
+    topic: str,
+    *,
+    limit: int,
+    after: Cursor | None,
+    keep: Callable[[Record], bool] = lambda r: True,
+    shown: Callable[[Record], bool] = lambda r: True,
+) -> PageOf:
+    """Up to ``limit`` records of ``topic`` that ``keep`` takes and ``shown`` shows, newest
+    first (by timestamp, across partitions), before ``after`` (None: from the log ends).
+
+    ``shown`` is asked in page order and may refuse a record (a repeat already shown): the
+    record is then passed over, not shown on a later page either.
+    """
+    if after is None:
+        partitions = await topic_partitions(kafka, topic)
+        ends = await log_ends(kafka, topic, partitions) if partitions else {}
+        positions = {p: (ends[p], ends[p]) for p in partitions}
+    else:
+        positions = dict(after.positions)
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    consumer = await _consumer(kafka)
+    # Per partition: the kept records read back, oldest first; whether the log start is
+    # reached (nothing older to read).
+    newest: dict[int, list[Record]] = {}
+    at_start: dict[int, bool] = {}
+    try:
+        tps = [TopicPartition(topic, p) for p in positions]
+        begins = await consumer.beginning_offsets(tps) if tps else {}
+        for tp in tps:
+            hi = positions[tp.partition][0]
+            begin = begins.get(tp, 0)
+            got: list[Record] = []
+            window = max(limit, 1)
+            while len(got) < limit and hi > begin:
+                lo = max(begin, hi - window)
+                got = [r for r in await _read_range(consumer, tp, lo, hi, deadline)
+                       if keep(r)] + got
+                hi = lo
+                window = min(window * 2, WINDOW_MAX)
+            newest[tp.partition] = got
+            at_start[tp.partition] = hi <= begin
+    finally:
+        await consumer.stop()
+    chosen: list[Record] = []
+    cursor = {p: at for p, (at, _) in positions.items()}
+    while len(chosen) < limit:
+        heads = [(recs[-1].timestamp_ms, recs[-1].offset, p) for p, recs in newest.items()
+                 if recs]
+        if not heads:
+            break
+        _, _, p = max(heads)
+        record = newest[p].pop()
+        cursor[p] = record.offset
+        if shown(record):
+            chosen.append(record)
+        if not newest[p] and not at_start[p]:
+            break  # that partition may hold newer records than the others' next ones
+    for p, recs in newest.items():
+        if not recs and at_start[p]:
+            cursor[p] = 0  # nothing older: this partition is done
+    left = sum(cursor.values())
+    next_cursor = Cursor({p: (cursor[p], end) for p, (_, end) in positions.items()})
+    return PageOf(chosen, next_cursor if left else None, left)
+
+
+async def keys_between(kafka: KafkaConnection, topic: str, cursor: Cursor,
+                       keep: Callable[[bytes | None], bool]) -> set[bytes]:
+    """The keys ``keep`` takes among the records from the cursor to the end it noted (what
+    earlier pages covered)."""
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    consumer = await _consumer(kafka)
+    keys: set[bytes] = set()
+    try:
+        for p, (at, end) in sorted(cursor.positions.items()):
+            if at < end:
+                tp = TopicPartition(topic, p)
+                keys.update(r.key for r in await _read_range(consumer, tp, at, end, deadline)
+                            if r.key is not None and keep(r.key))
+    finally:
+        await consumer.stop()
+    return keys

@@ -1,0 +1,730 @@
+"""The `rcmflow` command: every part of the system, one subcommand each.
+
+Settings come from RCMFLOW_* environment variables (see `rcmflow/runtime/settings.py`); every
+command
+finds the embedded broker through the data dir unless RCMFLOW_BROKER names one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.padding import Padding
+from rich.table import Column, Table
+from rich.text import Text
+
+from rcmflow.cli.ops import format_cents
+from rcmflow.runtime import kafka_access
+from rcmflow.runtime.kafka_access import Access
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.settings import BrokerNotFound, Settings
+from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
+
+app = typer.Typer(
+    help="rcmflow: keeps patient billing and the ERP ledger in agreement, in stream.\n\n"
+    "Settings come from RCMFLOW_* environment variables (RCMFLOW_BROKER, RCMFLOW_DATA_DIR, "
+    "RCMFLOW_PARTITIONS, RCMFLOW_COA, ...). Start with `rcmflow dev --demo`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+accounts_app = typer.Typer(help="Account state from rcm.accounts: heads and items (operators).",
+                           no_args_is_help=True)
+dlq_app = typer.Typer(help="The exception queue: rejected input and unmapped postings.",
+                      no_args_is_help=True)
+ingest_app = typer.Typer(help="Publish files to the rcm.* topics.", no_args_is_help=True)
+schema_app = typer.Typer(help="Published schemas.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(schema_app, name="schema")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _metrics_port(setting: str) -> Any:
+    """The --metrics-port option of a long-running command; ``setting`` is its default."""
+    return typer.Option(
+        min=0, max=65535, help="Serve Prometheus metrics at http://RCMFLOW_METRICS_HOST"
+        f":PORT/metrics (host 127.0.0.1 unless set); 0: off. Default: {setting} (0: off).")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        err.print(f"[red]invalid RCMFLOW_* setting:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _kafka(settings: Settings) -> KafkaConnection:
+    try:
+        return settings.kafka()
+    except (BrokerNotFound, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _connect(settings: Settings, access: Access) -> KafkaConnection:
+    """The broker connection, once a preflight showed this principal can log in and has
+    the ACLs ``access`` needs; else one line saying what to fix, and exit 2."""
+    from rcmflow.runtime.kafka_preflight import KafkaAccessError, preflight
+
+    kafka = _kafka(settings)
+    try:
+        # A broker that is down is left to the command: its own exit code says "run again".
+        asyncio.run(preflight(kafka, access, skip_if_unreachable=True))
+    except KafkaAccessError as exc:
+        err.print(f"[red]rcmflow {escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    return kafka
+
+
+def _ingest(settings: Settings, kind: str) -> KafkaConnection:
+    return _connect(settings, kafka_access.ingest_access(kind))
+
+
+def _reader(command: str, topic: str) -> KafkaConnection:
+    return _connect(_settings(), kafka_access.reader_access(command, topic))
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+@app.command()
+def dev(
+    demo: Annotated[bool, typer.Option(
+        "--demo/--no-demo", help="Feed the demo events, then one visit in real formats "
+        "(HL7 DFT over MLLP, 837P, 835).")] = False,
+) -> None:
+    """Start everything on the embedded broker: broker, a worker, the FHIR facade (auth off)
+    and the HL7 MLLP listener (+ demo data).
+
+    Runs until Ctrl-C, then stops them all. Ports: RCMFLOW_FACADE_PORT (8080),
+    RCMFLOW_MLLP_PORT (2575); /metrics of the worker and the listener on
+    RCMFLOW_WORKER_METRICS_PORT and RCMFLOW_MLLP_METRICS_PORT, or free ports (printed).
+    Tables live under RCMFLOW_DATA_DIR (default ~/.rcmflow) and are reset at each start,
+    because the embedded broker keeps its topics in memory only. Exit 2: a process did not
+    start (a port held by another program: the cause and the setting that moves the port);
+    1: one of them exited later.
+    """
+    from rcmflow.cli.dev import run_dev
+
+    raise typer.Exit(run_dev(_settings(), demo=demo, console=out))
+
+
+@app.command()
+def broker() -> None:
+    """Run the embedded broker (Tansu, memory only) alone; prints its bootstrap address.
+
+    Creates the rcm.* topics. Other commands on this machine find it through the data dir.
+    """
+    from rcmflow.cli.dev import run_broker
+
+    raise typer.Exit(run_broker(_settings(), console=out))
+
+
+@app.command()
+def worker(
+    metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_WORKER_METRICS_PORT")] = None,
+) -> None:
+    """Run a Faust worker: applies rcm.events to the account tables, emits deltas.
+
+    Start more to scale out: partitions spread across workers of the consumer group. Each
+    worker on one machine takes the first free table directory (or RCMFLOW_WORKER_NAME), and
+    needs its own --metrics-port. Metrics: rcmflow_worker_events_total by outcome, postings,
+    DLQ records, rcm.events lag. Exit 2: bad setting, no broker, the metrics port taken, or
+    the broker refused the login or an ACL (at start or later; one line says which).
+    """
+    from rcmflow.streams.shell.run import run_worker
+
+    raise typer.Exit(run_worker(_settings(), metrics_port=metrics_port))
+
+
+@app.command()
+def facade() -> None:
+    """Run the FHIR R4 facade (Account, Claim, ClaimResponse, PaymentReconciliation).
+
+    Keeps its own read model of rcm.accounts (SQLite under RCMFLOW_DATA_DIR/facade) and serves
+    http://RCMFLOW_FACADE_HOST:RCMFLOW_FACADE_PORT/fhir. Bearer JWTs signed with
+    RCMFLOW_FACADE_JWT_KEY for RCMFLOW_FACADE_JWT_AUDIENCE are required, and links name
+    RCMFLOW_FACADE_PUBLIC_URL, unless RCMFLOW_FACADE_AUTH=off (development only).
+    """
+    from rcmflow.facade.server import check_settings, run_facade
+
+    settings = _settings()
+    try:
+        check_settings(settings)  # before the broker: a bad setting is said first
+    except ValueError as exc:
+        err.print(f"[red]rcmflow facade: {escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    kafka = _connect(settings, kafka_access.facade_access())
+    try:
+        code = run_facade(settings, kafka, settings.resolve_broker()[1])
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
+@app.command()
+def erp(
+    adapter: Annotated[str, typer.Argument(help="csv, tryton, netsuite, odoo or erpnext.")],
+    idle_exit_s: Annotated[float | None, typer.Option(
+        help="Exit once nothing arrived for this long and the lag is 0 (tests, catch-up).")
+    ] = None,
+    metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_ERP_METRICS_PORT")] = None,
+) -> None:
+    """Post every delta on rcm.postings to an ERP exactly once (its own consumer group).
+
+    An offset is committed only after the ERP accepted the delta (or already had its posting
+    id) or the delta went to rcm.postings.dlq with the ERP's reason. ERP outages are retried
+    with backoff and a circuit breaker, forever: the connector stalls and its lag grows
+    (rcmflow_erp_lag_records on --metrics-port, the progress log and
+    DATA_DIR/erp-ADAPTER.status.json). Exit 2: bad argument, the metrics port is taken, or
+    the broker refused the login or an ACL (at start or later); 3: the adapter is
+    misconfigured; 4: the broker is unreachable or failing.
+    """
+    from rcmflow.connectors.erp import ADAPTERS, AdapterConfigError
+    from rcmflow.connectors.erp.command import run_erp
+
+    settings = _settings()
+    if adapter in ADAPTERS:  # else run_erp says which adapters there are
+        _connect(settings, kafka_access.erp_access(settings.app_id, adapter))
+    try:
+        code = run_erp(settings, adapter, idle_exit_s=idle_exit_s, metrics_port=metrics_port)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    except AdapterConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from exc
+    raise typer.Exit(code)
+
+
+@app.command()
+def reconcile(
+    erp_name: Annotated[str | None, typer.Option(
+        "--erp", help="Also read this ERP's journal back (csv, tryton, netsuite, odoo, "
+        "erpnext), with the same RCMFLOW_ERP_* settings as `rcmflow erp`.")] = None,
+    day_from: Annotated[str | None, typer.Option(
+        "--from", help="First effective date compared (YYYY-MM-DD).")] = None,
+    day_to: Annotated[str | None, typer.Option(
+        "--to", help="Last effective date compared (YYYY-MM-DD).")] = None,
+    show: Annotated[int, typer.Option(help="Findings listed in the table.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare source totals, events, posting deltas, account state, the DLQ and the ERP.
+
+    Source totals: what the inbound connectors accepted in money (HL7 charges, 835 paid and
+    adjusted, 837 billed, payments, refunds, write-offs; rcm.raw.*, 7 days) against their
+    events. Per account and day, per GL account and in total; each difference with its likely
+    cause (source amount differs, missing posting, DLQ'd, suspense, unposted, journal entry
+    missing/extra, amount differs). Exit 0: everything agrees (suspense is a warning);
+    1: something differs; 2: bad arguments or no broker; 3: the ERP adapter is misconfigured.
+    """
+    from datetime import date
+
+    from rcmflow.audit.reconcile import TooLarge, build_reader, render
+    from rcmflow.audit.reconcile import reconcile as run_reconcile
+    from rcmflow.connectors.erp.base import AdapterConfigError
+    from rcmflow.streams.chart import load_chart
+
+    settings = _settings()
+    kafka = _connect(settings, kafka_access.reconcile_access())
+    try:
+        first = date.fromisoformat(day_from) if day_from else None
+        last = date.fromisoformat(day_to) if day_to else None
+        chart = load_chart(settings.coa)
+        adapter, open_it = build_reader(erp_name, settings, chart) if erp_name else (None, False)
+    except (ValueError, AdapterConfigError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    try:
+        report = asyncio.run(run_reconcile(
+            kafka, chart, adapter=adapter, day_from=first, day_to=last,
+            open_adapter=open_it, event_bytes_max=settings.event_bytes_max,
+            account_items_max=settings.account_items_max, console=err))
+    except AdapterConfigError as exc:
+        err.print(f"[red]ERP adapter: {exc}[/red]")
+        raise typer.Exit(3) from exc
+    except TooLarge as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        render(report, out, show=show)
+    raise typer.Exit(1 if report.errors else 0)
+
+
+@app.command()
+def mllp(
+    port: Annotated[int | None, typer.Option(help="TCP port [RCMFLOW_MLLP_PORT, 2575].")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address [RCMFLOW_MLLP_HOST, "
+                                             "127.0.0.1].")] = None,
+    metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_MLLP_METRICS_PORT")] = None,
+) -> None:
+    """HL7 v2 listener over MLLP: DFT^P03 / BAR^P01 charges, ADT status, one ACK per message.
+
+    AA only once the raw message and its events are on the broker (acks=all); AE/AR with ERR
+    segments, and the message in rcm.dlq, when it is refused; a replay (same MSH-3/4/10 and
+    content) gets AA again and publishes nothing. Plain TCP on a loopback address only;
+    elsewhere TLS (RCMFLOW_MLLP_TLS_CERT/_KEY, client certificates with
+    RCMFLOW_MLLP_TLS_CLIENT_CA/_ALLOWED_SENDERS). Metrics: rcmflow_mllp_messages_total by
+    ACK code. Runs until Ctrl-C. Exit 2: bad setting (plain TCP off loopback included), no
+    broker, a port taken, or another listener holds this data dir's replay store.
+    """
+    from rcmflow.connectors.inbound.hl7.service import run_mllp
+
+    settings = _settings()
+    raise typer.Exit(run_mllp(
+        settings, _connect(settings, kafka_access.mllp_access()), host or settings.mllp_host,
+        settings.mllp_port if port is None else port,
+        metrics_port=settings.mllp_metrics_port if metrics_port is None else metrics_port))
+
+
+@ingest_app.command("events")
+def ingest_events(
+    files: Annotated[list[Path], typer.Argument(help="JSON-lines files of canonical events.",
+                                                exists=True, dir_okay=False, readable=True)],
+) -> None:
+    """Publish canonical events (one JSON object per line) to rcm.events, keyed by account.
+
+    Lines that are not JSON objects with an "account" go to rcm.dlq with the file and line.
+    Full validation happens in the worker; its rejections go to rcm.dlq too. Exit 1: some
+    line went to rcm.dlq; 2: refused before publishing (file too large, a setting, the
+    broker's login or ACLs); 3: the broker did not acknowledge (running it again is safe).
+    """
+    from rcmflow.connectors.inbound.events import ingest_event_files
+
+    settings = _settings()
+    raise typer.Exit(ingest_event_files(settings, _ingest(settings, "events"), files,
+                                        console=err))
+
+
+_FILE_EXIT_CODES = (
+    "\n\n\b\nExit codes:\n"
+    "  0  everything went through\n"
+    "  1  published, but something went to rcm.dlq (parked sets, bad rows, rejected files)\n"
+    "  2  refused before publishing (file too large, bad RCMFLOW_* setting, no broker,\n"
+    "     the broker refused the login or this user lacks an ACL)\n"
+    "  3  the broker did not acknowledge: run the same command again (re-sending is safe)"
+)
+
+
+@ingest_app.command("x12", help=(
+    "Publish X12 835 remittances and 837 claims (by ST01) as canonical events.\n\n"
+    "Each transaction set is checked on its own: envelope and segment counts, readable "
+    "segments, and for 835s the balancing identities (CLP03 - CLP04 = sum of CAS per claim, "
+    "BPR02 = sum of CLP04 - sum of PLB per set); for 837s CLM02 = sum of the service lines. "
+    "A set that fails is parked whole in rcm.dlq with the failing check and its numbers; the "
+    "other sets in the file go through. pyx12 implementation-guide messages are warnings, "
+    "kept on the set's rcm.raw.x12 record." + _FILE_EXIT_CODES))
+def ingest_x12(
+    files: Annotated[list[Path], typer.Argument(help="X12 files (835 and/or 837).",
+                                                exists=True, dir_okay=False, readable=True)],
+) -> None:
+    from rcmflow.connectors.inbound.x12.files import ingest_x12_files
+
+    settings = _settings()
+    raise typer.Exit(ingest_x12_files(settings, _ingest(settings, "x12"), files, console=err))
+
+
+@ingest_app.command("payments", help=(
+    "Publish lockbox / portal payments, refunds and write-offs from CSV or JSON lines.\n\n"
+    "Columns: type (payment|refund|write_off), account, amount (decimal string, whole cents), "
+    "date (YYYY-MM-DD or ISO 8601 with offset), reference (unique per source: the idempotency "
+    "key); optional channel, reason (write-offs), to (refunds), from_ar, entity, batch, "
+    "currency. Bad rows go to rcm.dlq with their row number and the reason; good rows go "
+    "through." + _FILE_EXIT_CODES))
+def ingest_payments(
+    files: Annotated[list[Path], typer.Argument(help="CSV (header row) or .jsonl files.",
+                                                exists=True, dir_okay=False, readable=True)],
+    channel: Annotated[str, typer.Option(
+        help="Payment channel for rows without one: lockbox, portal, pos, mail, phone.")
+    ] = "lockbox",
+) -> None:
+    from rcmflow.connectors.inbound.payments.ingest import ingest_payment_files
+
+    settings = _settings()
+    raise typer.Exit(ingest_payment_files(settings, _ingest(settings, "payments"), files,
+                                          channel=channel, console=err))
+
+
+@ingest_app.command("fhir", help=(
+    "Publish FHIR R4 JSON: one resource, a Bundle (batch, transaction, collection) or NDJSON "
+    "(.ndjson/.jsonl, one resource per line).\n\n"
+    "Each resource is validated with the fhir.resources R4B models. ChargeItem (billable, "
+    "billed) -> charge, entered-in-error -> its reversal; a patient's PaymentReconciliation -> "
+    "one payment per detail (a negative detail is a refund); PaymentNotice is kept as a "
+    "notice. Money must be exact to the cent and in the ledger's currency. A bad entry or "
+    "line goes to rcm.dlq with its place and the reason; the others go through."
+    + _FILE_EXIT_CODES))
+def ingest_fhir(
+    files: Annotated[list[Path], typer.Argument(help="FHIR JSON or NDJSON files.",
+                                                exists=True, dir_okay=False, readable=True)],
+) -> None:
+    from rcmflow.connectors.inbound.fhir import ingest_fhir_files
+    from rcmflow.streams.chart import load_chart
+
+    settings = _settings()
+    try:
+        currency = load_chart(settings.coa).currency
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]chart of accounts (RCMFLOW_COA): {exc}[/red]")
+        raise typer.Exit(2) from exc
+    raise typer.Exit(ingest_fhir_files(settings, _ingest(settings, "fhir"), files,
+                                       currency=currency, console=err))
+
+
+@ingest_app.command("hl7", help=(
+    "Publish HL7 v2 files: batches (FHS/BHS ... BTS/FTS) or one message per file.\n\n"
+    "Each message is handled as over MLLP: DFT/BAR FT1s become charge events, listed ADT/BAR "
+    "triggers a status change; a refused message goes to rcm.dlq with the reason its AE/AR "
+    "names (printed per message). Messages accepted before (same MSH-3/4/10 and content) "
+    "publish nothing again.\n\n\b\nExit codes:\n"
+    "  0  every message AA\n"
+    "  1  some message AE/AR: its reason is printed and in rcm.dlq\n"
+    "  2  refused before publishing (file too large, bad setting, no broker, store held,\n"
+    "     the broker refused the login or this user lacks an ACL)\n"
+    "  3  the broker did not acknowledge: run the same command again (re-sending is safe)"))
+def ingest_hl7(
+    files: Annotated[list[Path], typer.Argument(help="HL7 v2 files (CR, LF or CRLF).",
+                                                exists=True, dir_okay=False, readable=True)],
+) -> None:
+    from rcmflow.connectors.inbound.hl7.batch import ingest_hl7_files
+
+    settings = _settings()
+    raise typer.Exit(ingest_hl7_files(settings, _ingest(settings, "hl7"), files, console=err))
+
+
+class ConsumeFormat(StrEnum):
+    hl7 = "hl7"
+    x12 = "x12"
+    fhir = "fhir"
+    payments = "payments"
+    events = "events"
+
+
+@app.command(help=(
+    "Ingest a Kafka topic other systems write (an interface engine's Kafka destination, an "
+    "EHR's event bus): each record is one unit of FORMAT, handled by that connector as a "
+    "file or an MLLP message is (same mapping, checks, event ids, raw records with source "
+    "totals, rcm.dlq reason codes and size bounds). Runs until Ctrl-C / SIGTERM, which "
+    "finishes the batch in hand, commits it and stops.\n\n"
+    "\b\nFormats (one record is):\n"
+    "  hl7       an HL7 v2 message (ER7; CR, LF or CRLF; MLLP bytes are stripped) or an\n"
+    "            FHS/BHS batch of them. Would-be AA: raw message + events; AE/AR: raw\n"
+    "            message (status refused) + rcm.dlq with the ACK's reason; a replay of a\n"
+    "            message this group accepted before publishes nothing\n"
+    "  x12       an X12 interchange (835 and/or 837, a file's content)\n"
+    "  fhir      a FHIR R4 resource, a Bundle (batch/transaction/collection) or NDJSON\n"
+    "  payments  a payment file: CSV with its header row, or JSON lines (--channel)\n"
+    "  events    one canonical event (JSON) or JSON lines of them\n\n"
+    "Group: --group, default RCMFLOW_APP_ID-consume-FORMAT-TOPIC (rcmflow-consume-hl7-ehr.dft); "
+    "start more processes with the same group to share the partitions (hl7: one per data "
+    "dir, its replay store). A group with no committed offset starts at the end of the "
+    "topic, or at its beginning with --from-beginning.\n\n"
+    "Commit rule: a batch's offsets are committed only after every record made of it (raw "
+    "records, events, DLQ records) was acknowledged by the broker (acks=all). A crash reads "
+    "the uncommitted batch again; the same input makes the same event ids, and the worker's "
+    "dedup drops the repeats. A record that cannot be read, is over its format's size bound, "
+    "has no value or makes the connector fail goes to rcm.dlq; the next records go on. "
+    "Progress (records, events, DLQ records, lag) is logged every RCMFLOW_CONSUME_PROGRESS_S; "
+    "metrics (--metrics-port): rcmflow_consume_records_total, _events_total, "
+    "_dlq_records_total, _write_failures_total, rcmflow_consume_lag_records."
+    "\n\n\b\nExit codes:\n"
+    "  0  stopped (Ctrl-C, SIGTERM, or --idle-exit reached with lag 0)\n"
+    "  2  setup error: bad argument or RCMFLOW_* setting, no such topic, one of rcmflow's\n"
+    "     own topics, no broker configured, the hl7 replay store or metrics port taken\n"
+    "  4  the broker is unreachable, or did not acknowledge a batch after\n"
+    "     RCMFLOW_CONSUME_RETRY_MAX retries (nothing committed past it: start again)"))
+def consume(
+    fmt: Annotated[ConsumeFormat, typer.Argument(metavar="FORMAT",
+                                                 help="hl7, x12, fhir, payments or events.")],
+    topic: Annotated[str, typer.Option("--topic", "-t", help="The topic to read.")],
+    group: Annotated[str | None, typer.Option(
+        help="Consumer group [RCMFLOW_APP_ID-consume-FORMAT-TOPIC].")] = None,
+    from_beginning: Annotated[bool, typer.Option(
+        "--from-beginning", help="A group with no committed offset starts at the topic's "
+        "first record instead of its end (committed offsets always win).")] = False,
+    idle_exit_s: Annotated[float | None, typer.Option(
+        "--idle-exit", min=0, help="Exit 0 once nothing arrived for this many seconds and "
+        "the lag is 0 (tests, catch-up runs).")] = None,
+    channel: Annotated[str, typer.Option(
+        help="payments: channel of rows without one (lockbox, portal, pos, mail, phone).")
+    ] = "lockbox",
+    metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_CONSUME_METRICS_PORT")] = None,
+) -> None:
+    from rcmflow.connectors.inbound.consume import default_group, run_consume
+
+    settings = _settings()
+    group = group or default_group(settings, fmt.value, topic)
+    kafka = _connect(settings, kafka_access.consume_access(fmt.value, topic, group))
+    raise typer.Exit(run_consume(settings, kafka, fmt.value, topic, group=group,
+                                 from_beginning=from_beginning, idle_exit_s=idle_exit_s,
+                                 metrics_port=metrics_port, channel=channel))
+
+
+@app.command(help=(
+    "Watch a drop folder: publish each X12 (835/837) or payment file (.csv, .jsonl) that "
+    "has stopped growing, then move it to DIR/done/, or to DIR/rejected/ with a "
+    "<name>.reason file saying what was parked and why. Hidden, *.part and *.tmp files are "
+    "left alone. Polls every RCMFLOW_WATCH_POLL_S seconds until Ctrl-C.\n\n\b\nExit codes:\n"
+    "  0  stopped (Ctrl-C, or --once done)\n"
+    "  2  DIR is not a folder, bad RCMFLOW_* setting, no broker, or the broker refused\n"
+    "     the login or an ACL (at start, or later: the file is left in place)"))
+def watch(
+    folder: Annotated[Path, typer.Argument(help="The drop folder.", file_okay=False)],
+    once: Annotated[bool, typer.Option("--once", help="Handle what is there now, then stop.")
+                    ] = False,
+) -> None:
+    from rcmflow.connectors.inbound.watch import watch as run_watch
+
+    if not folder.is_dir():
+        err.print(f"[red]{folder} is not a folder[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    try:
+        code = run_watch(folder, settings, _ingest(settings, "watch"), err, once=once)
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+LimitOption = Annotated[int, typer.Option(
+    "--limit", min=0, help="Rows on this page (newest first); 0: every row, read from the "
+    "whole topic (slow on a large one).")]
+AfterOption = Annotated[str | None, typer.Option(
+    "--after", help="The cursor the previous page printed: the next page.")]
+
+
+def _cursor(after: str | None) -> Any:
+    from rcmflow.cli.log_pages import BadCursor, Cursor
+
+    try:
+        return None if after is None else Cursor.decode(after)
+    except BadCursor as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True, emoji=False)
+        raise typer.Exit(2) from exc
+
+
+def _more(command: str, cursor: Any) -> None:
+    """The next page's command on stderr (stdout stays the page: a table or JSON)."""
+    if cursor is not None:
+        # emoji=False: a cursor such as "2:100:100" is not ":100:".
+        err.print(f"more: rcmflow {command} --after {cursor.encode()}", soft_wrap=True,
+                  highlight=False, markup=False, emoji=False)
+
+
+@accounts_app.command("list")
+def accounts_list(as_json: JsonFlag = False, limit: LimitOption = 50,
+                  after: AfterOption = None) -> None:
+    """Accounts with their status, version and balance, most recently changed first, a page
+    at a time (--limit, --after); --limit 0 lists every account by number."""
+    from rcmflow.cli.ops import heads_page, latest_heads
+
+    kafka = _reader("accounts list", ACCOUNTS)
+    cursor = _cursor(after)
+    if limit == 0:
+        # The heads only: an account's items are not read.
+        heads = [s for _, s in sorted(asyncio.run(latest_heads(kafka)).items())]
+        title, following = f"{len(heads)} accounts", None
+    else:
+        heads, following = asyncio.run(heads_page(kafka, limit=limit, after=cursor))
+        title = f"{len(heads)} accounts, most recently changed first"
+    if as_json:
+        _print_json([_summary(s) for s in heads])
+    else:
+        table = Table("account", "status", "version", "insurance_ar", "patient_ar",
+                      "unapplied_credit", "balance", title=title)
+        for snap in heads:
+            b = snap["balances"]
+            table.add_row(snap["account"], snap["status"], str(snap["version"]),
+                          format_cents(b["insurance_ar"]),
+                          format_cents(b["patient_ar"]), format_cents(b["unapplied_credit"]),
+                          format_cents(b["balance"]))
+        out.print(table)
+    _more("accounts list", following)
+
+
+@accounts_app.command("show")
+def accounts_show(
+    account: Annotated[str, typer.Argument(help="Patient account number, or provider:<id>.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """One account's balance buckets (in cents with --json), claims and payments (its head
+    and items; --json prints them as one document)."""
+    from rcmflow.cli.ops import latest_snapshots
+
+    snap = asyncio.run(latest_snapshots(_reader("accounts show", ACCOUNTS), account)).get(account)
+    if snap is None:
+        err.print(f"[red]no account {account!r}[/red] (not yet processed, or unknown)")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(snap)
+        return
+    out.print(f"[bold]{account}[/bold]  status {snap['status']}  version {snap['version']}  "
+              f"entity {snap['entity']}  last event {snap['last_event_at']}")
+    table = Table("bucket", "amount", title="balances")
+    for bucket, cents in snap["balances"].items():
+        table.add_row(bucket, format_cents(cents))
+    out.print(table)
+    if snap["claims"]:
+        claims = Table("claim", "status", "payer", "charged", "adjudications", title="claims")
+        for claim in snap["claims"].values():
+            claims.add_row(claim["claim_id"], claim["status"], str(claim["payer"]),
+                           format_cents(claim["total_charge_cents"]),
+                           str(len(claim["adjudications"])))
+        out.print(claims)
+
+
+@accounts_app.command("history")
+def accounts_history(
+    account: Annotated[str, typer.Argument(help="Patient account number, or provider:<id>.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """The posting deltas emitted for an account, in version order."""
+    from rcmflow.cli.ops import posting_history
+
+    deltas = asyncio.run(posting_history(_reader("accounts history", POSTINGS), account))
+    if not deltas:  # as `accounts show`: an account without postings is not one to list
+        err.print(f"[red]no account {account!r}[/red] (not yet processed, or unknown)")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(deltas)
+        return
+    table = Table("version", "date", "kind", "posting id", "lines", "amount",
+                  title=f"{account}: {len(deltas)} postings")
+    for d in deltas:
+        lines = ", ".join(
+            f"{'Dr' if ln['debit_cents'] else 'Cr'} {ln['gl_account']}" for ln in d["lines"]
+        )
+        total = sum(ln["debit_cents"] for ln in d["lines"])
+        table.add_row(str(d["account_version"]), d["effective_date"], d["event_kind"],
+                      d["posting_id"], lines, format_cents(total))
+    out.print(table)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    reason: Annotated[str | None, typer.Option(help="Only this reason_code.")] = None,
+    as_json: JsonFlag = False,
+    limit: LimitOption = 50,
+    after: AfterOption = None,
+) -> None:
+    """DLQ records, newest first, a page at a time: stage, reason and business context
+    (payloads with `dlq show ID`; a unique prefix of the id will do)."""
+    from rcmflow.cli.ops import dlq_page, dlq_records
+
+    kafka = _reader("dlq list", DLQ)
+    cursor = _cursor(after)
+    if limit == 0:
+        records = asyncio.run(dlq_records(kafka))
+        if reason:
+            records = [r for r in records if r.get("reason_code") == reason]
+        following, title = None, f"{len(records)} DLQ records"
+    else:
+        records, following = asyncio.run(dlq_page(kafka, limit=limit, after=cursor,
+                                                  reason=reason))
+        title = f"{len(records)} DLQ records, newest first"
+    if as_json:
+        _print_json(records)
+    else:
+        # Ids whole, even at 80 columns: `dlq show` takes what this prints. Narrower than a
+        # table can hold readably, each record is a line and its reason indented below.
+        width = max((len(str(r["dlq_id"])) for r in records), default=6)
+        rows = [(str(r["dlq_id"]),
+                 r["stage"] + (" (warning)" if r["severity"] == "warning" else ""),
+                 str(r["reason_code"]), str(r["context"].get("account", "")), str(r["reason"]))
+                for r in records]
+        if out.width < 120:
+            out.print(title, highlight=False, markup=False)
+            for dlq_id, stage, code, account, reason in rows:
+                out.print(Text(f"{dlq_id}  {stage}  {code}  {account}".rstrip()))
+                out.print(Padding(Text(reason), (0, 0, 0, 4)))
+        else:
+            table = Table(Column("dlq id", no_wrap=True, min_width=width), "stage",
+                          "reason code", "account", Column("reason", overflow="fold", ratio=1),
+                          title=title, expand=True, box=box.SIMPLE_HEAD, pad_edge=False,
+                          collapse_padding=True)
+            for row in rows:
+                table.add_row(*row)
+            out.print(table)
+    _more("dlq list", following)
+
+
+@dlq_app.command("show")
+def dlq_show(dlq_id: Annotated[str, typer.Argument(
+        help="A dlq_id from `dlq list`, or a unique prefix of one.")]) -> None:
+    """One DLQ record in full, with its original payload. Exit 1: no record with that id or
+    prefix, or several (they are listed)."""
+    from rcmflow.cli.ops import find_dlq
+
+    found = asyncio.run(find_dlq(_reader("dlq show", DLQ), dlq_id))
+    exact = [r for r in found if r["dlq_id"] == dlq_id]
+    if exact or len(found) == 1:
+        _print_json((exact or found)[0])
+        return
+    if found:
+        err.print(f"[red]{len(found)} DLQ records start with {dlq_id!r}:[/red] "
+                  + ", ".join(str(r["dlq_id"]) for r in found[:20])
+                  + (f" (and {len(found) - 20} more)" if len(found) > 20 else "")
+                  + "; give more of the id", soft_wrap=True, highlight=False)
+    else:
+        err.print(f"[red]no DLQ record {dlq_id!r}[/red]", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@schema_app.command("events")
+def schema_events() -> None:
+    """The canonical event JSON Schema (what rcm.events accepts)."""
+    from rcmflow.streams.events import events_json_schema
+
+    _print_json(events_json_schema())
+
+
+@schema_app.command("accounts")
+def schema_accounts() -> None:
+    """The record layout of rcm.accounts: an account's head and one record per item."""
+    from rcmflow.streams.layout import accounts_json_schema
+
+    _print_json(accounts_json_schema())
+
+
+@app.command()
+def demo() -> None:
+    """Print the demo events as JSON lines (what `rcmflow dev --demo` feeds)."""
+    from rcmflow.cli.demo import demo_lines
+
+    for _, value in demo_lines():
+        sys.stdout.write(value.decode() + "\n")
+
+
+def _summary(snap: dict[str, Any]) -> dict[str, Any]:
+    return {k: snap[k] for k in ("account", "status", "version", "balances")}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Operator views: accounts, posting history and the DLQ, read from their topics.
+
+This is the operators' side (full detail); the patient-facing view is the FHIR facade.
+rcm.accounts holds an account as its head (key ``<account>``) and one record per item (keys
+``<account>/<kind>/<id>``, ``streams/layout.py``); records written before that layout (the
+whole account under ``<account>``) are read through ``layout.read_record``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from rcmflow.cli.log_pages import Cursor, keys_between, read_page
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_io import Record, read_topic
+from rcmflow.streams.layout import SEPARATOR, assemble, parse_key, read_record
+from rcmflow.streams.state import ItemRef
+from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
+
+__all__ = ["latest_heads", "latest_snapshots", "posting_history", "dlq_records",
+           "format_cents", "dlq_page", "heads_page", "find_dlq", "LISTING_LIMIT"]
+
+#: Records on one page of `accounts list` / `dlq list` unless --limit says otherwise.
+LISTING_LIMIT = 50
+
+_Heads = dict[str, dict[str, Any]]
+_Items = dict[str, dict[ItemRef, dict[str, Any]]]
+
+
+async def _latest(kafka: KafkaConnection, keep: Callable[[bytes | None], bool]
+                  ) -> tuple[_Heads, _Items]:
+    """The newest head and items of the accounts whose keys ``keep`` takes (compacted:
+    newest wins; a head's tombstone removes the account with its items)."""
+    records = await read_topic(kafka, ACCOUNTS, keep=keep)
+    heads: _Heads = {}
+    items: _Items = defaultdict(dict)
+    # An account's records share a partition: its offsets order them.
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        if record.key is None:
+            continue
+        try:
+            key = parse_key(record.key)
+        except ValueError:
+            continue  # not an account's record
+        if record.value is None:
+            if key.item is None:
+                heads.pop(key.account, None)
+                items.pop(key.account, None)
+            else:
+                items[key.account].pop(key.item, None)
+            continue
+        for part, doc in read_record(record.key, json.loads(record.value)):
+            if part.item is None:
+                heads[part.account] = doc
+            else:
+                items[part.account][part.item] = doc
+    return heads, items
+
+
+def _is_head(key: bytes | None) -> bool:
+    return key is not None and SEPARATOR.encode() not in key
+
+
+async def latest_heads(kafka: KafkaConnection) -> dict[str, Any]:
+    """Account -> its newest head (status, version, balances): item records are skipped."""
+    heads, _ = await _latest(kafka, _is_head)
+    return heads
+
+
+async def latest_snapshots(kafka: KafkaConnection, account: str | None = None) -> dict[str, Any]:
+    """Account -> its newest head and items as one document (``layout.assemble``: balances,
+    charges, claims with their adjudications, payments), for one account or every one."""
+    # Every partition is read (the worker's changelog places an account's records in its
+    # rcm.events partition), only this account's keys kept.
+    wanted = None if account is None else account.encode()
+    prefix = f"{account}{SEPARATOR}".encode()
+
+    def keep(key: bytes | None) -> bool:
+        return wanted is None or key == wanted or (key or b"").startswith(prefix)
+
+    heads, items = await _latest(kafka, keep)
+    return {a: assemble(head, items.get(a, {})) for a, head in heads.items()}
+
+
+async def posting_history(kafka: KafkaConnection, account: str) -> list[dict[str, Any]]:
+    """The account's posting deltas in account-version order, re-sends folded by posting id."""
+    wanted = account.encode()
+    records = await read_topic(kafka, POSTINGS, keep=lambda key: key == wanted)
+    by_id: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record.value is not None:
+            delta = json.loads(record.value)
+            by_id.setdefault(delta["posting_id"], delta)
+    return sorted(by_id.values(), key=lambda d: int(d["account_version"]))
+
+
+async def dlq_records(kafka: KafkaConnection) -> list[dict[str, Any]]:
+    """Every DLQ record, once per dlq_id, oldest first."""
+    records = await read_topic(kafka, DLQ)
+    by_id: dict[str, dict[str, Any]] = {}
+    for record in sorted(records, key=lambda r: r.timestamp_ms):
+        if record.value is None:
+            continue
+        try:
+            doc = json.loads(record.value)
+        except ValueError:
+            continue
+        by_id.setdefault(doc.get("dlq_id", f"{record.partition}:{record.offset}"), doc)
+    return list(by_id.values())
+
+
+def _dlq_doc(record: Record) -> dict[str, Any] | None:
+    if record.value is None:
+        return None
+    try:
+        doc = json.loads(record.value)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+async def dlq_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None,
+                   reason: str | None = None) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """One page of DLQ records, newest first, and the cursor of the next page (None: last).
+    A record written again with the same dlq_id (a retry after a crash) is shown once per
+    page; ``reason`` keeps one reason_code (read back until the page is full)."""
+    docs: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def keep(record: Record) -> bool:
+        doc = _dlq_doc(record)
+        if doc is None or (reason is not None and doc.get("reason_code") != reason):
+            return False
+        docs[(record.partition, record.offset)] = doc
+        return True
+
+    ids: set[str] = set()
+
+    def shown(record: Record) -> bool:
+        doc = docs[(record.partition, record.offset)]
+        dlq_id = str(doc.get("dlq_id", f"{record.partition}:{record.offset}"))
+        if dlq_id in ids:
+            return False
+        ids.add(dlq_id)
+        return True
+
+    page = await read_page(kafka, DLQ, limit=limit, after=after, keep=keep, shown=shown)
+    return [docs[(r.partition, r.offset)] for r in page.records], page.next
+
+
+async def find_dlq(kafka: KafkaConnection, prefix: str) -> list[dict[str, Any]]:
+    """The DLQ records whose dlq_id starts with ``prefix`` (once per id)."""
+    return [r for r in await dlq_records(kafka) if str(r.get("dlq_id", "")).startswith(prefix)]
+
+
+async def heads_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None
+                     ) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """One page of account heads, most recently changed first, and the next page's cursor.
+
+    rcm.accounts is compacted but holds older heads of an account until compaction: a head
+    is shown only where it is the account's newest record, so each account is on exactly one
+    page. A later page first reads the keys the earlier pages covered (keys only), so pages
+    deeper in the list cost more than the first.
+    """
+    seen = set() if after is None else await keys_between(kafka, ACCOUNTS, after, _is_head)
+
+    def shown(record: Record) -> bool:
+        assert record.key is not None
+        if record.key in seen:
+            return False  # an older head of an account already listed (or deleted)
+        seen.add(record.key)
+        return record.value is not None  # a tombstone: the account was removed
+
+    page = await read_page(kafka, ACCOUNTS, limit=limit, after=after,
+                           keep=lambda r: _is_head(r.key), shown=shown)
+    heads = []
+    for record in page.records:
+        assert record.key is not None and record.value is not None
+        for part, doc in read_record(record.key, json.loads(record.value)):
+            if part.item is None:
+                heads.append(doc)
+    return heads, page.next
+
+
+def format_cents(cents: object) -> str:
+    """Integer cents as dollars for people: 123456 -> '1,234.56' (no float on the way)."""
+    assert isinstance(cents, int), f"money must be integer cents, got {cents!r}"
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100:,}.{abs(cents) % 100:02d}"

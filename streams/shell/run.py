@@ -1,0 +1,96 @@
+"""`rcmflow worker`: checks what a worker needs, then hands the process to Faust's Worker."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+
+from rcmflow.runtime import metrics
+from rcmflow.runtime.broker import TopicCreateDenied, ensure_topics
+from rcmflow.runtime.kafka_access import worker_access
+from rcmflow.runtime.kafka_preflight import KafkaAccessError, access_error, preflight
+from rcmflow.runtime.settings import EMBEDDED_PREFIX, BrokerNotFound, Settings
+from rcmflow.streams.chart import ChartError, load_chart
+from rcmflow.streams.shell.worker import Pipeline, build_app, claim_worker_dir, worker_families
+from rcmflow.streams.topics import topic_specs
+
+__all__ = ["run_worker"]
+
+log = logging.getLogger("rcmflow.worker")
+
+GC_THRESHOLDS = (20_000, 20, 50)
+
+
+def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
+    """``metrics_port`` (the --metrics-port option) overrides RCMFLOW_WORKER_METRICS_PORT."""
+    port = settings.worker_metrics_port if metrics_port is None else metrics_port
+    try:
+        url, identity = settings.resolve_broker()
+        chart = load_chart(settings.coa)
+    except (BrokerNotFound, ChartError) as exc:
+        print(f"rcmflow worker: {exc}", file=sys.stderr)
+        return 2
+    if settings.processing_guarantee == "exactly_once" and identity.startswith(EMBEDDED_PREFIX):
+        print("rcmflow worker: exactly_once needs Apache Kafka transactions; the embedded broker "
+              "has none (its InitProducerId fails). Use at_least_once (crash-safe on its own) "
+              "or set RCMFLOW_BROKER to a Kafka cluster.", file=sys.stderr)
+        return 2
+    try:
+        kafka = settings.kafka()
+    except ValueError as exc:
+        print(f"rcmflow worker: {exc}", file=sys.stderr)
+        return 2
+    access = worker_access(settings.app_id,
+                           exactly_once=settings.processing_guarantee == "exactly_once")
+    specs = topic_specs(settings.app_id)
+
+    async def create_topics() -> None:
+        # A worker on a fresh broker creates the topics it needs, with every setting spelled
+        # out (on a cluster with ACLs, those of other components only if it may).
+        await ensure_topics(kafka, specs, settings.partitions, settings.replication_factor,
+                            needed=access.topics)
+
+    try:
+        asyncio.run(preflight(kafka, access, prepare=create_topics))
+    except KafkaAccessError as exc:
+        print(f"rcmflow {exc}", file=sys.stderr)
+        return 2
+    except TopicCreateDenied as exc:
+        print(f"rcmflow worker: {exc}", file=sys.stderr)
+        return 2
+    datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
+    app = build_app(settings, chart, datadir=datadir, measure_lag=port > 0)
+    if port:
+        pipeline: Pipeline = app.rcmflow_pipeline  # type: ignore[attr-defined]
+        try:
+            bound = metrics.serve(
+                metrics.new_registry(lambda: worker_families(pipeline.progress)),
+                settings.metrics_host, port)
+        except OSError as exc:
+            print(f"rcmflow worker: {exc}", file=sys.stderr)
+            return 2
+        log.info("worker metrics on %s", metrics.url(settings.metrics_host, bound))
+
+    from faust.worker import Worker
+
+    # Long-lived account states make every full collection expensive; almost all garbage
+    # here is acyclic and freed by reference counting, so collect far less often.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+    log.info("worker tables in %s, broker %s, chart %s", datadir, url, chart.version)
+    worker = Worker(app, loglevel=settings.log_level, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        # An ACL removed while running: Faust crashes the worker (it does not retry that)
+        # and exits 1 after a traceback; say it in one line, and exit 2.
+        reason = access_error(worker.crash_reason, kafka, "worker") if worker.crash_reason \
+            else None
+        if reason is None:
+            raise
+        print(f"rcmflow {reason}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,518 @@
+"""The Faust app: one agent applies ``rcm.events`` to the account tables, a batch at a time.
+
+The agent is a thin shell around the pure ``Processor``. Per batch, in this order:
+
+1. decode, dedup and apply every event (no I/O but table reads);
+2. send the posting deltas to ``rcm.postings`` and rejections to ``rcm.dlq``; wait for acks;
+3. write the dedup records (local store + changelog); wait for acks;
+4. write the account heads (local store + ``rcm.accounts``); wait for acks;
+5. write the items the batch created or changed (the same way); wait for acks;
+6. when the dedup horizon's purge is due: its mark, the expired records, their index keys
+   (``BatchResult.purge_marks``), each waited for;
+7. return, so the batch's offsets become committable (``commit_limit``) and Faust's periodic
+   commit may commit them.
+
+Records reach the agent a fetch at a time (``BulkFeed``, ``streams/shell/faust_internals.py``), not
+one Faust event each: Faust's per-record path cost as much CPU as the worker's own work.
+
+A crash anywhere before 7 leaves the offsets uncommitted and the batch is read again. A dedup
+record on the broker implies its outputs are there (2 before 3); a head implies its dedup
+record (3 before 4); a head not there implies its items are not either (4 before 5). Events
+without a dedup record are applied again and post byte-identical deltas (deterministic ids and
+contents); events with one are redeliveries (``dedup.py``, ``Processor._redeliver``).
+
+Under ``exactly_once`` (Apache Kafka) steps 2-6 are one Kafka transaction per source partition
+that also commits the consumer offset (``outbox.py``), and the local stores are written only
+after it committed: a crash before the commit aborts everything the batch sent, a crash after
+it leaves a store that recovery brings up to its changelog. Readers of rcm.postings that read
+``read_committed`` then see every posting id exactly once, never a re-send.
+
+Metrics (``worker_families``) are read from ``Progress`` at scrape time: the counters grow
+once per durable batch, so the hot path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import faust
+from aiokafka.errors import KafkaError
+from faust.types import TP
+from mode import CrashingSupervisor
+
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_io import committed_offsets, log_ends
+from rcmflow.runtime.metrics import Metric, counter, gauge
+from rcmflow.runtime.settings import Settings
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.date_window import DateWindow
+from rcmflow.streams.ordering import Admitted, OffsetGuard
+from rcmflow.streams.outgoing import OutRecord
+from rcmflow.streams.processor import BatchResult, Counts, Message, Processor
+from rcmflow.streams.shell.faust_internals import (
+    BulkFeed,
+    assigned_partitions,
+    bulk_consume,
+    committed_offset,
+    disable_gap_commits,
+    fetching_state,
+    install_highwater_fix,
+    limit_commits,
+    mark_for_commit,
+    note_committed,
+    own_transactions,
+    pause,
+    resume,
+    seek,
+    settled,
+)
+from rcmflow.streams.shell.outbox import Outbox
+from rcmflow.streams.topics import DLQ, EVENTS, POSTINGS
+from rcmflow.tables.account_tables import AccountTables
+
+__all__ = ["build_app", "Pipeline", "claim_worker_dir", "worker_families", "WORKER_SLOTS_MAX"]
+
+log = logging.getLogger("rcmflow.worker")
+
+WORKER_SLOTS_MAX = 64
+PROGRESS_INTERVAL_S = 10.0
+#: An assigned partition that has records but delivered none for this long is stalled ...
+STALL_S = 15.0
+#: ... it is resumed and sought; still stalled this long after, the worker crashes.
+STALL_CRASH_S = 120.0
+#: A hole (see ``ordering.py``) is read again at most this often ...
+HOLE_RESEEK_S = 1.0
+#: ... and if it is still there after this long, the worker crashes rather than skip it.
+HOLE_WAIT_S = 60.0
+#: Test-only fault injection: "<point>:<batch number>" kills the worker (SIGKILL) right
+#: there, so crash tests can hit each step of a batch deterministically (batches are counted
+#: from 0 in the process, those that applied at least one record). Points:
+#: ``processed`` (the batch applied in memory, nothing sent), ``outputs-acked`` (deltas
+#: durable, no dedup record; exactly_once: everything sent, the transaction not committed),
+#: ``dedup-acked`` (dedup records durable, states not written), ``committed`` (exactly_once:
+#: the transaction committed, the local stores not written).
+#: Kills in the middle of a send are left to the random kill -9 of the crash tests.
+KILL_AT_ENV = "RCMFLOW_TEST_KILL_AT"
+#: Test-only: "<partition>:<batch number>" pauses that rcm.events partition in Faust's consumer
+#: after that batch, as faust-streaming #629 leaves a partition after a rebalance: the
+#: watchdog must find it and put it back.
+PAUSE_AT_ENV = "RCMFLOW_TEST_PAUSE_AT"
+
+
+@dataclass
+class Progress:
+    """What this worker made durable since it started (counted after a batch's acks)."""
+
+    counts: Counts = field(default_factory=Counts)
+    batches: int = 0
+    events: int = 0
+    dlq_records: int = 0
+    #: rcm.events records on this worker's partitions not yet applied; None: not measured.
+    lag: int | None = None
+    started_s: float = field(default_factory=time.monotonic)
+
+
+def worker_families(progress: Progress) -> list[Metric]:
+    """The worker's metrics (read from another thread: each read is one int)."""
+    c = progress.counts
+    outcomes = {"applied": c.applied, "replay": c.replays, "redelivery": c.redeliveries,
+                "conflict": c.conflicts, "rejected": c.rejected}
+    return [
+        counter("rcmflow_worker_events", "rcm.events records handled, by outcome: applied; "
+                "replay (seen before, dropped); redelivery (re-read after a crash); conflict "
+                "and rejected (to rcm.dlq)",
+                [({"outcome": k}, v) for k, v in outcomes.items()]),
+        counter("rcmflow_worker_postings", "Posting deltas sent to rcm.postings",
+                [({}, c.postings)]),
+        counter("rcmflow_worker_dlq_records", "Records sent to rcm.dlq (conflicts, rejected "
+                "events, unmapped-dimension warnings)", [({}, progress.dlq_records)]),
+        counter("rcmflow_worker_batches", "Batches made durable", [({}, progress.batches)]),
+        gauge("rcmflow_worker_lag_records", "rcm.events records on this worker's partitions "
+              "not yet applied (measured every 10 s; NaN: not yet known)",
+              [({}, progress.lag)]),
+    ]
+
+
+class Pipeline:
+    """Runs batches through the processor and writes the results in crash-safe order."""
+
+    def __init__(self, app: faust.App, tables: AccountTables, processor: Processor,
+                 outbox: Outbox, kafka: KafkaConnection) -> None:
+        self.app = app
+        self.kafka = kafka
+        self.tables = tables
+        self.processor = processor
+        self.outbox = outbox
+        self.guard = OffsetGuard(tables.load_next_offset,
+                                 lambda partition: committed_offset(app, EVENTS, partition))
+        #: (partition, offset) of a hole -> (first seen, last sought), monotonic seconds.
+        self._holes: dict[tuple[int, int], tuple[float, float]] = {}
+        #: Partition -> when it last delivered a record (or was assigned), monotonic seconds.
+        self.last_delivery: dict[int, float] = {}
+        #: Partition -> when the watchdog first found it stalled.
+        self._stalled_since: dict[int, float] = {}
+        #: Partition -> the offset after the last record whose whole batch is durable (all
+        #: records before it were applied, in order, in this session or before its start):
+        #: the only offset the consumer may commit (``limit_commits``).
+        self.durable_next: dict[int, int] = {}
+        #: Partition -> the group's committed offset when this assignment started reading it.
+        self.started_at: dict[int, int] = {}
+        self.progress = Progress()
+        point, _, batch = os.environ.get(KILL_AT_ENV, "").partition(":")
+        self._kill_at = (point, int(batch)) if point else None
+        paused, _, after = os.environ.get(PAUSE_AT_ENV, "").partition(":")
+        self._pause_at = (int(paused), int(after)) if paused else None
+
+    async def handle(self, messages: list[Message]) -> BatchResult:
+        now = time.monotonic()
+        for partition in {m.partition for m in messages}:
+            self.last_delivery[partition] = now
+        await self._learn_start_offsets(messages)
+        admitted = self.guard.admit(messages)
+        result = self.processor.process(admitted.messages, self.tables)
+        if admitted.messages:
+            await self._write(admitted, result)
+        for partition in admitted.read_to:
+            self._holes = {k: v for k, v in self._holes.items() if k[0] != partition}
+        for partition, offset in admitted.holes.items():
+            await self._read_again(partition, offset)
+        return result
+
+    async def _write(self, admitted: Admitted, result: BatchResult) -> None:
+        # What the ledger and the operators see. Outputs go to the source partition's number
+        # (all rcm.* topics have the same count): co-partitioned, and one transaction per
+        # source partition under exactly_once.
+        outputs = [OutRecord(POSTINGS, p, k, v) for p, k, v in result.postings]
+        outputs += [OutRecord(DLQ, p, k, v) for p, k, v in result.dlq]
+        self._fault_point("processed")
+        if self.outbox.exactly_once:
+            await self._write_in_transactions(admitted, result, outputs)
+        else:
+            await self._write_in_order(admitted, result, outputs)
+        self._advance(admitted.read_to)
+        self.progress.counts.add(result.counts)
+        self.progress.dlq_records += len(result.dlq)
+        self.progress.batches += 1
+        self.progress.events += len(admitted.messages)
+        self._fault_point("batch-done")
+
+    async def _write_in_order(self, admitted: Admitted, result: BatchResult,
+                              outputs: list[OutRecord]) -> None:
+        """at_least_once: each step waits for the broker before the next one starts, and the
+        consumer commits the offsets only after the last (``commit_limit``)."""
+        await self.outbox.send(outputs)
+        self._fault_point("outputs-acked")
+        # Dedup records, only once the outputs they vouch for are durable.
+        dedup = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
+        self.tables.store(dedup, {})  # the local store may run ahead of its changelog
+        self.tables.store([], {}, await self.outbox.send(dedup))
+        self._fault_point("dedup-acked")
+        # Account heads, then items (rcm.accounts records): a head on the broker means its
+        # batch's dedup records are there, and items not there are re-derived on redelivery.
+        heads = self.tables.head_records(result.heads)
+        items = self.tables.item_records(result.items)
+        self.tables.store(heads + items, result.heads)
+        self.tables.store([], {}, await self.outbox.send(heads))
+        self.tables.store([], {}, await self.outbox.send(items))
+        # The dedup horizon's purge, if due: the mark, then the records, then their index
+        # keys, each durable before the next (``BatchResult.purge_marks``).
+        for writes in (result.purge_marks, result.purged_records, result.purged_index):
+            if writes:
+                purge = self.tables.dedup_records(writes)
+                self.tables.store(purge, {})
+                self.tables.store([], {}, await self.outbox.send(purge))
+
+    async def _write_in_transactions(self, admitted: Admitted, result: BatchResult,
+                                     outputs: list[OutRecord]) -> None:
+        """exactly_once: outputs, changelog records and the next offsets of each source
+        partition in one transaction; the local stores only after it committed."""
+        changelog = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
+        changelog += self.tables.head_records(result.heads)
+        changelog += self.tables.item_records(result.items)
+        for writes in (result.purge_marks, result.purged_records, result.purged_index):
+            changelog += self.tables.dedup_records(writes)
+        acks = await self.outbox.send(outputs + changelog)
+        self._fault_point("outputs-acked")
+        await self.outbox.commit(admitted.read_to, self.app.conf.id)
+        # Nothing awaited between the commit and these: Faust's own commit (which must find
+        # nothing to commit) cannot run in between.
+        note_committed(self.app, EVENTS, admitted.read_to)
+        self._advance(admitted.read_to)
+        self._fault_point("committed")
+        self.tables.store(changelog, result.heads, acks)
+
+    def _advance(self, read_to: dict[int, int]) -> None:
+        for partition, offset in read_to.items():
+            self.durable_next[partition] = max(offset, self.durable_next.get(partition, 0))
+
+    async def _learn_start_offsets(self, messages: list[Message]) -> None:
+        """Where the consumer started each newly assigned partition: the group's committed
+        offset, asked of the broker. Faust's own copy is filled by a seek that runs while the
+        first records are already delivered; read too early it says 0, the guard then sees
+        a hole at 0 and the worker would read the partition again from its beginning."""
+        new = {m.partition for m in messages if not self.guard.positioned(m.partition)}
+        if not new:
+            return
+        committed = await committed_offsets(self.kafka, self.app.conf.id, EVENTS, new)
+        for partition in sorted(new):
+            offset = self.started_at[partition] = committed.get(partition, 0)
+            log.info("%s partition %d: reading from offset %d (committed; durable next offset "
+                     "%s)", EVENTS, partition, offset, self.guard.next_offset(partition))
+            self.guard.sought(partition, offset)
+
+    def _durable_position(self, partition: int) -> int:
+        """The offset every earlier record of ``partition`` is durably applied below: the
+        last durable batch's end, else where this assignment started reading."""
+        if partition in self.durable_next:
+            return self.durable_next[partition]
+        if partition in self.started_at:
+            return self.started_at[partition]
+        return committed_offset(self.app, EVENTS, partition)
+
+    async def _read_again(self, partition: int, offset: int) -> None:
+        """A hole before the next record: read the partition again instead of applying past
+        it, from the committed offset (events between it and the hole may still need their
+        redelivery: a batch whose states were lost)."""
+        now = time.monotonic()
+        first, last = self._holes.get((partition, offset), (now, 0.0))
+        if now - first > HOLE_WAIT_S:
+            raise RuntimeError(
+                f"{EVENTS} partition {partition} has no record at offset {offset} after "
+                f"{HOLE_WAIT_S:.0f}s of reading it again: records were deleted (retention) or "
+                "written by a transactional producer; rcmflow does not skip events silently"
+            )
+        if now - last < HOLE_RESEEK_S:
+            return
+        self._holes[(partition, offset)] = (first, now)
+        start = min(offset, self._durable_position(partition))
+        log.warning("%s partition %d: the consumer skipped the records from offset %d; "
+                    "reading them again from %d", EVENTS, partition, offset, start)
+        await seek(self.app, EVENTS, partition, start)
+        self.guard.sought(partition, start)
+
+    async def consume(self, feed: BulkFeed) -> None:
+        """Take batches from the feed and apply them, for ever (the agent's body)."""
+        while True:
+            records = await feed.take()
+            try:
+                await self.handle(to_messages(records))
+            finally:
+                feed.done()  # a rebalance or shutdown waits for this (wait_empty)
+            mark_for_commit(self.app, EVENTS, {r.partition for r in records})
+
+    def commit_limit(self, tp: TP) -> int | None:
+        """What the consumer may commit for ``tp``: nothing past an unapplied record."""
+        if tp.topic != EVENTS:
+            return None
+        return self.durable_next.get(tp.partition)
+
+    def partitions_assigned(self) -> None:
+        self.durable_next.clear()
+        self.started_at.clear()
+        now = time.monotonic()
+        self.last_delivery = {p: now for p in assigned_partitions(self.app, EVENTS)}
+        self._stalled_since.clear()
+
+    async def watchdog(self, kafka: KafkaConnection) -> None:
+        """Find assigned partitions that have records but deliver none; put them back."""
+        if not settled(self.app):
+            return
+        now = time.monotonic()
+        quiet = sorted(p for p in assigned_partitions(self.app, EVENTS)
+                       if now - self.last_delivery.setdefault(p, now) > STALL_S)
+        if not quiet:
+            self._stalled_since.clear()
+            return
+        ends = await log_ends(kafka, EVENTS, quiet)
+        for partition in quiet:
+            expected = self.guard.next_offset(partition) or 0
+            if ends[partition] <= expected:
+                self._stalled_since.pop(partition, None)
+                continue
+            since = self._stalled_since.setdefault(partition, now)
+            state = fetching_state(self.app, EVENTS, partition)
+            if now - since > STALL_CRASH_S:
+                raise RuntimeError(
+                    f"{EVENTS} partition {partition} is assigned here, has records up to offset "
+                    f"{ends[partition]}, and delivered none from {expected} for "
+                    f"{now - self.last_delivery[partition]:.0f}s (consumer: {state}); crashing "
+                    "so that a restart (or another worker) takes it over"
+                )
+            start = min(expected, self._durable_position(partition))
+            log.warning("%s partition %d stalled at offset %d of %d (consumer: %s): resuming "
+                        "it from %d", EVENTS, partition, expected, ends[partition], state, start)
+            resume(self.app, EVENTS, partition)
+            await seek(self.app, EVENTS, partition, start)
+            self.guard.sought(partition, start)
+
+    async def measure_lag(self, kafka: KafkaConnection) -> None:
+        """Log end minus the next offset to apply, summed over this worker's partitions."""
+        if not settled(self.app):
+            return
+        partitions = sorted(assigned_partitions(self.app, EVENTS))
+        try:
+            ends = await log_ends(kafka, EVENTS, partitions) if partitions else {}
+        except (KafkaError, OSError, TimeoutError) as exc:  # the broker may be down
+            log.warning("%s lag unknown: %s", EVENTS, exc)
+            self.progress.lag = None
+            return
+        self.progress.lag = sum(
+            max(0, ends[p] - self._durable_position(p))
+            for p in partitions)
+
+    def _fault_point(self, point: str) -> None:
+        if self._kill_at == (point, self.progress.batches):
+            log.warning("%s=%s: killing this worker", KILL_AT_ENV, self._kill_at)
+            os.kill(os.getpid(), signal.SIGKILL)
+        if point == "batch-done" and self._pause_at is not None \
+                and self._pause_at[1] == self.progress.batches - 1:
+            log.warning("%s=%s: pausing the partition", PAUSE_AT_ENV, self._pause_at)
+            pause(self.app, EVENTS, self._pause_at[0])
+
+    def log_progress(self) -> None:
+        p = self.progress
+        c = p.counts
+        rate = p.events / max(time.monotonic() - p.started_s, 1e-9)
+        log.info(
+            "events %d (%.0f/s): applied %d, replays %d, redelivered %d, conflicts %d, "
+            "rejected %d, postings %d, exceptions %d",
+            p.events, rate, c.applied, c.replays, c.redeliveries, c.conflicts, c.rejected,
+            c.postings, c.exceptions,
+        )
+
+
+def to_messages(records: Sequence[Any]) -> list[Message]:
+    """aiokafka ``ConsumerRecord``s as the processor's messages (timestamps in ms, as sent;
+    0 or none: None)."""
+    return [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or None)
+            for r in records]
+
+
+def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
+              measure_lag: bool = False) -> faust.App:
+    """The Faust app of one worker process, its tables and its agent.
+
+    ``measure_lag``: ask the broker for the log ends every PROGRESS_INTERVAL_S (for the lag
+    metric; off when nobody scrapes it).
+    """
+    install_highwater_fix()
+    disable_gap_commits()
+    limit_commits()
+    bulk_consume()
+    if settings.processing_guarantee == "exactly_once":
+        own_transactions()
+    kafka = settings.kafka()
+    app = faust.App(
+        settings.app_id,
+        broker=kafka.url,
+        broker_credentials=kafka.faust_credentials(),
+        store="rocksdb://",
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee=settings.processing_guarantee,
+        # Tansu's first group join takes about half the session timeout; 10 s keeps it ~5 s.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+        # Off by default (Settings.standby_replicas says why); the rebalance test runs both.
+        table_standby_replicas=settings.standby_replicas,
+        producer_acks=-1,
+        web_enabled=False,
+        # No leader election (no on_leader timers): without it Faust neither creates nor
+        # consumes "<app id>-__assignor-__leader", one topic fewer to create and grant.
+        topic_disable_leader=True,
+        # `rcmflow worker` creates every topic first (run_worker.py, with all settings spelled
+        # out). Faust's own declare asks CreateTopics again for each table changelog it has no
+        # metadata for yet, and an existing topic without the CREATE ACL then kills the worker
+        # (TopicAuthorizationFailedError: "Cannot create topic: rcm.accounts (29)").
+        topic_allow_declare=False,
+    )
+    tables = AccountTables(app, partitions=settings.partitions,
+                           state_cache_max=settings.state_cache_max)
+    processor = Processor(chart, event_bytes_max=settings.event_bytes_max,
+                          account_items_max=settings.account_items_max,
+                          dlq_payload_bytes_max=settings.dlq_payload_bytes_max,
+                          dedup_horizon_days=settings.dedup_horizon_days,
+                          date_window=DateWindow.from_settings(settings))
+    outbox = Outbox(kafka=kafka, timeout_s=settings.produce_timeout_s, app_id=settings.app_id,
+                    source_topic=EVENTS,
+                    exactly_once=settings.processing_guarantee == "exactly_once")
+    app.add_dependency(outbox)  # stopped (its producer flushed) with the app
+    pipeline = Pipeline(app, tables, processor, outbox, kafka)
+    # Raw bytes in: decoding is the processor's job, so a malformed event becomes a DLQ
+    # record instead of a ValueDecodeError that kills the agent.
+    events_topic = app.topic(EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw",
+                             value_serializer="raw", partitions=settings.partitions)
+
+    feed = BulkFeed(app, EVENTS, batch_max=settings.batch_max,
+                    batch_wait_s=settings.batch_wait_s)
+    app.rcmflow_feed = feed  # type: ignore[attr-defined]
+
+    # The agent subscribes rcm.events (Faust's group, assignment and commits) and runs the
+    # pipeline; the records come from the feed a fetch at a time, never through its stream.
+    # A bug in the agent crashes the worker (offsets stay uncommitted, a supervisor restarts
+    # it) instead of leaving a process that looks healthy and consumes nothing.
+    @app.agent(events_topic, name="apply-events", supervisor_strategy=CrashingSupervisor)
+    async def apply_events(stream: faust.StreamT[bytes]) -> None:
+        await pipeline.consume(feed)
+
+    # mode's SignalHandlerT rejects every handler, even one of exactly its declared shape
+    # (sender, *args, signal, **kwargs): the ignores below are for that.
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def _revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        tables.flush()
+        tables.forget_cache()
+        pipeline.guard.forget()
+        await outbox.close_partitions(tp.partition for tp in revoked if tp.topic == EVENTS)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        tables.forget_cache()
+        pipeline.guard.forget()
+        pipeline.partitions_assigned()
+        await outbox.open_partitions(assigned_partitions(app, EVENTS))
+
+    @app.timer(PROGRESS_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust: -> Callable
+    async def _progress() -> None:
+        pipeline.log_progress()
+        await pipeline.watchdog(kafka)
+        if measure_lag:
+            await pipeline.measure_lag(kafka)
+
+    app.rcmflow_pipeline = pipeline  # type: ignore[attr-defined]
+    app.rcmflow_commit_limit = pipeline.commit_limit  # type: ignore[attr-defined]
+    return app
+
+
+def claim_worker_dir(data_dir: Path, name: str | None) -> tuple[Path, IO[str]]:
+    """Lock a worker directory for this process: ``name``, or the first free ``wN`` slot.
+
+    Each worker needs its own RocksDB directory; the lock keeps two processes out of one,
+    and a restarted worker takes its old slot back (and its tables with it).
+    """
+    names = [name] if name else [f"w{n}" for n in range(1, WORKER_SLOTS_MAX + 1)]
+    for candidate in names:
+        path = data_dir / "workers" / candidate
+        path.mkdir(parents=True, exist_ok=True)
+        handle = open(path / ".lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return path, handle
+    raise RuntimeError(
+        f"worker directory {names[0] if name else 'slots w1..w64'} under {data_dir} is in use "
+        "by another worker; set RCMFLOW_WORKER_NAME or RCMFLOW_DATA_DIR"
+    )

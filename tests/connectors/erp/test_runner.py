@@ -1,0 +1,105 @@
+"""The consumer loop with a scripted adapter: retries, breaker, config errors, commits."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import date
+
+import pytest
+
+from rcmflow.connectors.erp.base import (
+    AdapterConfigError,
+    ErpAdapter,
+    JournalEntry,
+    Outcome,
+    Posted,
+    TransientError,
+)
+from rcmflow.connectors.erp.runner import CircuitBreaker, Connector, RunnerOptions, backoff_s
+from rcmflow.streams.postings import PostingDelta
+from tests.conftest import Broker
+from tests.connectors.erp.feed import publish_deltas, real_deltas, run_in_process
+
+
+class Scripted:
+    """Fails the first ``failures`` calls with ``error``, then posts everything."""
+
+    name = "scripted"
+    batch_max = 7
+
+    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
+        self.failures = failures
+        self.error = error or TransientError("ERP down")
+        self.posted: list[str] = []
+        self.calls = 0
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def post_batch(self, deltas: Sequence[PostingDelta]) -> list[Outcome]:
+        self.calls += 1
+        assert len(deltas) <= self.batch_max
+        if self.calls <= self.failures:
+            raise self.error
+        self.posted += [d.posting_id for d in deltas]
+        return [Posted(d.posting_id, f"ref-{d.posting_id}") for d in deltas]
+
+    async def read_journal(self, *, day_from: date | None = None,
+                           day_to: date | None = None) -> AsyncIterator[JournalEntry]:
+        for _ in ():
+            yield _
+
+
+def test_backoff_and_breaker_bounds() -> None:
+    rng = random.Random(1)
+    assert all(0 <= backoff_s(n, 0.5, 30, rng) <= min(30, 0.5 * 2 ** n) for n in range(60))
+    breaker = CircuitBreaker(failures_max=3, cooldown_s=0.2)
+    for _ in range(2):
+        breaker.failure()
+    assert breaker.state == "closed" and breaker.wait_s() == 0
+    breaker.failure()
+    assert breaker.state == "open" and 0 < breaker.wait_s() <= 0.2
+    time.sleep(0.25)
+    assert breaker.state == "half-open" and breaker.wait_s() == 0
+    breaker.failure()  # the probe failed: open again
+    assert breaker.state == "open"
+    breaker.success()
+    assert breaker.state == "closed"
+
+
+def test_scripted_adapter_is_an_adapter() -> None:
+    assert isinstance(Scripted(), ErpAdapter)
+
+
+@pytest.mark.broker
+def test_transient_failures_stall_then_everything_posts_in_order(
+        broker: Broker) -> None:
+    items = real_deltas(15)
+    publish_deltas(broker, items)
+    adapter = Scripted(failures=6)
+    progress = run_in_process(adapter, broker, retry_max=3)
+    assert progress.transient_failures == 6
+    assert progress.posted == len(items) and progress.lag == 0
+    assert sorted(adapter.posted) == sorted(PostingDelta.model_validate_json(v).posting_id
+                                            for _, v in items)
+    assert len(set(adapter.posted)) == len(adapter.posted)
+    assert progress.breaker == "closed"
+
+
+@pytest.mark.broker
+def test_config_error_exits_3_and_commits_nothing(broker: Broker) -> None:
+    items = real_deltas(5)
+    publish_deltas(broker, items)
+    opts = RunnerOptions(kafka=broker.connection, group_id="erp-cfg", session_timeout_s=1.5,
+                         idle_exit_s=1.5)
+    bad = Connector(Scripted(failures=1, error=AdapterConfigError("bad password")), opts)
+    assert asyncio.run(bad.run()) == 3
+    good = Scripted()
+    progress = run_in_process(good, broker, group="erp-cfg")
+    assert progress.posted == len(items)  # nothing was committed by the failed run
