@@ -827,7 +827,7 @@ def build_reader(name: str, settings: Settings, chart: ChartOfAccounts
     adapters = all_adapters()
     if name not in adapters:
         raise ValueError(f"unknown ERP adapter {name!r}; known: {', '.join(sorted(adapters))}")
-    module = importlib.import_module(f"{__package__}.{adapters[name]}")
+    module = importlib.import_module(f"rcmflow.connectors.erp.{adapters[name]}")
     adapter: ErpAdapter = module.build(settings, chart)
     return adapter, name != "csv"
 

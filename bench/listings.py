@@ -131,7 +131,7 @@ def main() -> None:
                 rows, _ = asyncio.run(page(kafka, limit=50, after=None))
                 print(f"{name}: first page of {len(rows)} in-process "
                       f"{time.perf_counter() - started:.2f}s")
-            print(f"interpreter + import of rcmflow.cli.main: {_cli(env, '--help'):.2f}s")
+            print(f"interpreter + import of rcmflow.cli: {_cli(env, '--help'):.2f}s")
         finally:
             broker.stop()
 

@@ -60,8 +60,8 @@ import typer.core
 import typer.main
 from typer.testing import CliRunner
 
+from rcmflow.cli import app as rcmflow_cli
 from rcmflow.cli.demo_sources import HL7_FILE, send_mllp
-from rcmflow.cli.main import app as rcmflow_cli
 from rcmflow.connectors.erp import ADAPTERS
 from rcmflow.connectors.erp.cloud_settings import CloudErpSettings
 from rcmflow.connectors.erp.csv_journal import text_cents

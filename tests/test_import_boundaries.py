@@ -75,7 +75,7 @@ def imports(module: str, source: str, is_package: bool) -> Iterator[tuple[int, s
                 parts = parts[: len(parts) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
             yield node.lineno, base
-            for alias in node.names:  # `from rcmflow import metrics` imports a module
+            for alias in node.names:  # `from rcmflow.runtime import metrics` imports a module
                 yield node.lineno, f"{base}.{alias.name}"
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from rcmflow.streams.topics import EVENTS
 from tests.conftest import Broker
-from tests.connectors.test_x12_bulk import _limit_topic, _run
+from tests.connectors.inbound.x12.test_x12_bulk import _limit_topic, _run
 
 
 @pytest.mark.broker

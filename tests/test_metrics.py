@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from rcmflow.cli.main import app
+from rcmflow.cli import app
 from rcmflow.runtime.metrics import counter, gauge, new_registry, render, serve
 from tests.scrape import scrape
 

@@ -1,4 +1,4 @@
-"""`python -m rcmflow.cli.main`: the `rcmflow` command."""
+"""`python -m rcmflow.cli`: the `rcmflow` command."""
 
 from rcmflow.cli.main import main
 

@@ -18,7 +18,7 @@ from rcmflow.connectors.inbound.hl7.framing import END_BLOCK, frame
 __all__ = ["DEMO_DATA", "HL7_FILE", "X12_FILES", "DEMO_ACCOUNT", "DEMO_ACCOUNT_VERSION",
            "send_mllp"]
 
-DEMO_DATA = Path(str(files("rcmflow") / "demo_data"))
+DEMO_DATA = Path(str(files("rcmflow.cli") / "demo_data"))
 HL7_FILE = DEMO_DATA / "dft_A3001.hl7"
 X12_FILES = [DEMO_DATA / "claim_A3001.837", DEMO_DATA / "remit_A3001.835"]
 #: The account the files are about, and its version once all of them are applied

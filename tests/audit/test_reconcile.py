@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rcmflow.audit.reconcile import Report, reconcile
-from rcmflow.cli.main import app
+from rcmflow.cli import app
 from rcmflow.connectors.erp.csv_journal import CsvJournal
 from rcmflow.runtime.kafka_io import publish
 from rcmflow.streams.chart import load_chart

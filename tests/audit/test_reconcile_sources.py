@@ -19,8 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rcmflow.audit.reconcile import Report, reconcile
+from rcmflow.cli import app
 from rcmflow.cli.demo_sources import DEMO_ACCOUNT, HL7_FILE, X12_FILES
-from rcmflow.cli.main import app
 from rcmflow.connectors.inbound.files import Record
 from rcmflow.connectors.inbound.hl7.intake import Intake
 from rcmflow.connectors.inbound.hl7.mapping import MappingConfig

@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from rcmflow.cli.main import app as rcmflow_cli
+from rcmflow.cli import app as rcmflow_cli
 from rcmflow.facade.server import check_settings, public_url, server_config
 from rcmflow.facade.store import Store
 from rcmflow.runtime.settings import Settings

@@ -33,7 +33,7 @@ def _short_checks(self, *args, **kwargs):
     kwargs.update(broker_commit_interval=0.5, stream_processing_timeout=2.0)
     _init(self, *args, **kwargs)
 faust.App.__init__ = _short_checks
-from rcmflow.cli.main import main
+from rcmflow.cli import main
 sys.argv = ["rcmflow", "worker"]
 main()
 """

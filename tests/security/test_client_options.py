@@ -19,7 +19,7 @@ from tests.apache_kafka.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The folders that install as the rcmflow package (pyproject.toml package-dir).
-PACKAGE_DIRS = ("rcmflow", "streams", "tables", "facade", "connectors")
+PACKAGE_DIRS = ("rcmflow", "streams", "tables", "facade", "connectors", "audit")
 CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient", "AIOKafkaClient",
            "create_conn"}
 #: Calls whose ``**options`` are client_options() minus bootstrap_servers (a connection per

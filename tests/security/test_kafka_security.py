@@ -226,7 +226,7 @@ def test_events_flow_end_to_end_with_least_privilege_users(secure_kafka: ApacheK
 
 
 # -- every other command, as its own user with only its ACLs ---------------------------------
-DEMO = Path(__file__).resolve().parents[2] / "rcmflow" / "demo_data"
+DEMO = Path(__file__).resolve().parents[2] / "rcmflow" / "cli" / "demo_data"
 PAYMENTS_CSV = ("type,account,amount,date,reference\n"
                 "payment,P-SEC-1,25.00,2026-11-20,SEC-REF-1\n")
 

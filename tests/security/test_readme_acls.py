@@ -33,7 +33,7 @@ def test_the_readme_lists_exactly_the_acls_the_code_checks() -> None:
 def test_every_command_that_talks_to_kafka_has_a_row() -> None:
     import typer.main
 
-    from rcmflow.cli.main import app
+    from rcmflow.cli import app
 
     group = typer.main.get_command(app)
     # Commands that use only the embedded broker, or no broker at all.

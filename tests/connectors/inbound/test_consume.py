@@ -48,8 +48,8 @@ from rcmflow.streams.topics import (
     topic_specs,
 )
 from tests.conftest import Broker, Workers, wait_until
+from tests.connectors.inbound.fhir.test_fhir_e2e import CHARGE, NOTICE, PAYMENT
 from tests.connectors.inbound.x12.x12_build import ClaimSpec, envelope, remit_segments
-from tests.connectors.test_fhir_e2e import CHARGE, NOTICE, PAYMENT
 from tests.factories import charge
 from tests.integration.test_crash import converged, difference
 from tests.scrape import scrape
@@ -57,8 +57,8 @@ from tests.workload import Expected, Observed, Workload
 
 pytestmark = pytest.mark.broker
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-DEMO = Path(rcmflow.__file__).resolve().parent / "demo_data"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+DEMO = Path(rcmflow.__file__).resolve().parent / "cli" / "demo_data"
 RAW = {"hl7": RAW_HL7, "x12": RAW_X12, "fhir": RAW_FHIR, "payments": RAW_PAYMENTS}
 #: Apache Kafka refuses sessions under 6 s (group.min.session.timeout.ms); Tansu's first join
 #: takes about half of it.

@@ -33,7 +33,7 @@ from rcmflow.streams.dlq import Origin
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
 from tests.factories import charge
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
 class MemorySink:

@@ -27,7 +27,7 @@ from rcmflow.streams.shell.worker import PAUSE_AT_ENV
 from rcmflow.streams.topics import TopicSpec
 from tests.conftest import Broker, Workers, wait_until
 from tests.integration.test_crash import converged, difference
-from tests.tables import faust_plain_app
+from tests.streams.shell import faust_plain_app
 from tests.workload import Observed, Workload
 
 pytestmark = [pytest.mark.broker]

@@ -53,7 +53,7 @@ PAYMENT = {
          "amount": {"value": -10.00, "currency": "USD"}},
     ],
 }
-NOTICE = json.loads((Path(__file__).resolve().parents[1] / "samples" / "fhir"
+NOTICE = json.loads((Path(__file__).resolve().parents[3] / "samples" / "fhir"
                      / "r4_paymentnotice-example.json").read_text())
 
 # charge 150.00 to insurance AR; the patient pays 40.00 with no patient AR open (a credit
@@ -125,7 +125,7 @@ def test_charge_and_payment_reach_the_balances_and_resends_change_nothing(
 
 def test_exit_codes_and_the_dlq_record_of_a_refused_sample(
         broker: Broker, tmp_path: Path) -> None:
-    samples = Path(__file__).resolve().parents[1] / "samples" / "fhir"
+    samples = Path(__file__).resolve().parents[3] / "samples" / "fhir"
     env = {"RCMFLOW_BROKER": broker.url, "RCMFLOW_DATA_DIR": str(tmp_path / "data"),
            "PATH": "/usr/bin:/bin"}
 

@@ -20,7 +20,7 @@ from rcmflow.connectors.inbound.fhir import FhirOutcome, process_fhir
 from rcmflow.streams.events import EVENT_ADAPTER
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "fhir"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "fhir"
 DOCS = [json.loads(p.read_text()) for p in sorted(SAMPLES.glob("*.json"))]
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

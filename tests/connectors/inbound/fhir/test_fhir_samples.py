@@ -29,7 +29,7 @@ from rcmflow.connectors.inbound.fhir import FhirLimits, FhirOutcome, process_fhi
 from rcmflow.streams.events import ChargePosted, ChargeReversed, PatientPayment, Refund
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "fhir"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "fhir"
 CET = timezone(timedelta(hours=1))
 
 #: file -> (resourceType, reason code or None for "no DLQ record", severity, note expected)

@@ -23,8 +23,9 @@ from rcmflow.connectors.inbound.fhir.ingest import (
 from rcmflow.streams.dlq import PLACES_MAX
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "fhir"
-MAPPING = Path(__file__).resolve().parents[2] / "connectors" / "fhir" / "mapping.py"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "fhir"
+MAPPING = (Path(__file__).resolve().parents[4] / "connectors" / "inbound" / "fhir"
+           / "mapping.py")
 UNSUPPORTED = '{"resource":{"resourceType":"Basic","code":{"text":"x"}}}'
 
 

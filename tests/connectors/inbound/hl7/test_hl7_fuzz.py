@@ -20,7 +20,7 @@ from rcmflow.connectors.inbound.hl7.replay import ReplayStore
 from rcmflow.connectors.inbound.totals import HEADER_STATUS, HEADER_TOTALS, SourceTotals
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "hl7"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "hl7"
 REAL = [p.read_bytes() for p in sorted(SAMPLES.iterdir())]
 
 

@@ -30,7 +30,7 @@ from tests.scrape import scrape
 
 pytestmark = pytest.mark.broker
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "hl7"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "hl7"
 DFT_01 = (SAMPLES / "ms_dft_p03_01_v28.hl7").read_bytes()
 DFT_02 = (SAMPLES / "ms_dft_p03_02_v28.hl7").read_bytes()  # same MSH-3/4/10, other content
 NO_ACCOUNT = (SAMPLES / "lfh_dft_p03_minimal_v26.hl7").read_bytes()

@@ -15,7 +15,7 @@ from rcmflow.connectors.inbound.hl7.reader import HL7ParseError, normalise, read
 from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.events import AccountStatusChanged, ChargePosted, ChargeReversed, Event
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "hl7"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "hl7"
 
 
 def sample_messages(name: str) -> list[str]:

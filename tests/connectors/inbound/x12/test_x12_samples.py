@@ -16,7 +16,7 @@ from rcmflow.connectors.inbound.x12 import X12Limits, process_x12
 from rcmflow.streams.events import ClaimAdjudicated, ClaimSubmitted, ProviderAdjustment
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_X12
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "x12"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "x12"
 
 
 @dataclass

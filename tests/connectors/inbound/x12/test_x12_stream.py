@@ -20,7 +20,7 @@ from rcmflow.connectors.inbound.x12 import X12Limits, process_x12
 from rcmflow.connectors.inbound.x12 import reader as x12_reader
 from rcmflow.connectors.inbound.x12.ingest import X12File
 from rcmflow.streams.topics import DLQ
-from tests.connectors.test_x12_properties import _samples
+from tests.connectors.inbound.x12.test_x12_properties import _samples
 
 FAST = X12Limits(guide_validation=False)
 
