@@ -9,6 +9,7 @@ docs/configuration.md that no longer says what the settings classes say
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,14 @@ def test_the_configuration_page_is_the_settings(tmp_path: Path) -> None:
     committed = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert done.stdout == committed, (
         "docs/configuration.md is stale: run `python docs/hooks/configuration.py`")
+
+
+def test_the_readme_links_only_into_the_repository() -> None:
+    # README.md is outside docs_dir, so mkdocs does not check it: every link must name a file
+    # of the repository (no web address, nothing above the repository root).
+    links = re.findall(r"\]\(([^)]+)\)", (ROOT / "README.md").read_text(encoding="utf-8"))
+    assert links
+    for link in links:
+        target = link.split("#", 1)[0]
+        assert "://" not in link and not target.startswith(("/", "..")), link
+        assert (ROOT / target).is_file(), f"README.md links to {link}: no such file"
