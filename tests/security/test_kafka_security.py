@@ -3,9 +3,10 @@
 One secure broker per module (tests/apache_kafka/server.py, ``KafkaSecurity``): a SASL_SSL
 listener with SCRAM-SHA-512 users, an SSL listener that requires client certificates, and
 the StandardAuthorizer denying all that no ACL allows. Every component runs as its own user
-holding only its ACLs from ``rcmflow/kafka_access.py`` (the README's table), so a component
-that touched anything more would fail here. The rcm.* topics are made by the administrator
-(the PLAINTEXT listener's super user), as on a production cluster.
+holding only its ACLs from ``rcmflow/kafka_access.py`` (the table in
+docs/operations/security.md), so a component that touched anything more would fail here.
+The rcm.* topics are made by the administrator (the PLAINTEXT listener's super user), as on
+a production cluster.
 
 Failures must be fast and say what to fix: a wrong password, a certificate the broker
 refuses, a missing ACL (at start: the preflight; while running: the worker and the ERP
@@ -81,7 +82,7 @@ USERS = {
     "watch-lost": ingest_access("watch"),
     # exactly_once under its own app id: Faust's transactional producers need the prefix ACL.
     "worker-eo": worker_access("eo", exactly_once=True),
-    # Every other command, each as its own user with the README's ACLs only.
+    # Every other command, each as its own user with the documented ACLs only.
     **{f"ingest-{kind}": ingest_access(kind) for kind in ("hl7", "x12", "payments", "fhir")},
     "watch": ingest_access("watch"),
     "mllp": mllp_access(),
