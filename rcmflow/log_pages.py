@@ -83,6 +83,7 @@ async def _log_ends(kafka: KafkaConnection, tps: list[TopicPartition], deadline:
                              max_partition_fetch_bytes=1024)
     await probe.start()
     try:
+        probe.assign(tps)  # its metadata first: else ListOffsets waits a retry backoff
         listed = await probe.end_offsets(tps)
         ends = {tp.partition: listed[tp] for tp in tps}
         waiting = [tp for tp in tps if listed[tp] > 0]  # 0: an empty partition
@@ -169,6 +170,10 @@ async def read_page(
     at_start: dict[int, bool] = {}
     try:
         tps = [TopicPartition(topic, p) for p in positions]
+        if tps:
+            # The topic's metadata first: a consumer that tracks no topic yet asks for the
+            # offsets, finds no leader and waits a retry backoff (100 ms on Apache Kafka).
+            consumer.assign(tps)
         begins = await consumer.beginning_offsets(tps) if tps else {}
         his = {tp: positions[tp.partition][0] for tp in tps}
         windows = {tp: max(limit, 1) for tp in tps}
