@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,17 +41,16 @@ _RUN = ("import atexit, json, pathlib, sys\n"
 
 
 def loaded(*args: str, broker: Broker | None = None,
-           tmp: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+           tmp: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """Run `rcmflow ARGS` (a new interpreter); the finished process and the modules it loaded."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}
     env.update(COLUMNS="200", TERM="dumb")
     if broker is not None:
         env["RCMFLOW_BROKER"] = broker.url
-    listing = os.path.join(tmp, "modules.json")
-    done = subprocess.run([sys.executable, "-c", _RUN, listing, *args], env=env,
+    listing = tmp / "modules.json"
+    done = subprocess.run([sys.executable, "-c", _RUN, str(listing), *args], env=env,
                           capture_output=True, text=True, timeout=120)
-    with open(listing) as f:
-        return done, set(json.load(f))
+    return done, set(json.loads(listing.read_text()))
 
 
 def heavy_among(modules: set[str], names: tuple[str, ...]) -> list[str]:
@@ -61,13 +61,13 @@ def heavy_among(modules: set[str], names: tuple[str, ...]) -> list[str]:
                                   ("accounts", "list", "--help"), ("ingest", "--help")],
                          ids=lambda a: " ".join(a) or "no-args")
 def test_help_loads_no_broker_client_and_nothing_heavy(args: tuple[str, ...],
-                                                       tmp_path: object) -> None:
-    done, modules = loaded(*args, tmp=str(tmp_path))
+                                                       tmp_path: Path) -> None:
+    done, modules = loaded(*args, tmp=tmp_path)
     assert "Usage" in done.stdout + done.stderr
     assert heavy_among(modules, NOT_FOR_HELP) == []
 
 
-def test_plain_import_loads_nothing_heavy(tmp_path: object) -> None:
+def test_plain_import_loads_nothing_heavy() -> None:
     done = subprocess.run([sys.executable, "-c", "import json, sys, rcmflow.cli; "
                            "print(json.dumps(sorted(sys.modules)))"],
                           capture_output=True, text=True, timeout=120)
@@ -76,7 +76,7 @@ def test_plain_import_loads_nothing_heavy(tmp_path: object) -> None:
 
 
 @pytest.mark.broker
-def test_listings_load_nothing_heavy(broker: Broker, tmp_path: object) -> None:
+def test_listings_load_nothing_heavy(broker: Broker, tmp_path: Path) -> None:
     record = dlq_record(stage="validate", reason_code="invalid_event", reason="wrong",
                         origin=Origin(topic="rcm.events", partition=0, offset=0, key="A1"),
                         payload=b"{}", context={"account": "A1"})
@@ -88,7 +88,7 @@ def test_listings_load_nothing_heavy(broker: Broker, tmp_path: object) -> None:
         (DLQ, None, record.model_dump_json().encode()),
         (ACCOUNTS, b"A1", json.dumps(head).encode())]))
     for command, shows in ((("dlq", "list"), record.dlq_id), (("accounts", "list"), "A1")):
-        done, modules = loaded(*command, broker=broker, tmp=str(tmp_path))
+        done, modules = loaded(*command, broker=broker, tmp=tmp_path)
         assert done.returncode == 0, done.stderr
         assert shows in done.stdout  # the listing ran, and found the record
         assert heavy_among(modules, HEAVY) == [], " ".join(command)
