@@ -12,7 +12,7 @@ import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -22,12 +22,13 @@ from rich.padding import Padding
 from rich.table import Column, Table
 from rich.text import Text
 
-from rcmflow import kafka_access
-from rcmflow.kafka_access import Access
-from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.ops import format_cents
-from rcmflow.settings import BrokerNotFound, Settings
-from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
+# Each command imports what it needs when it runs: `rcmflow --help` and the operator
+# listings must not pay for the worker, the facade or the connectors (Faust, FastAPI, hl7apy,
+# the FHIR models: over a second). tests/test_cli_imports.py holds the line.
+if TYPE_CHECKING:
+    from rcmflow.kafka_access import Access
+    from rcmflow.kafka_connection import KafkaConnection
+    from rcmflow.settings import Settings
 
 app = typer.Typer(
     help="rcmflow: keeps patient billing and the ERP ledger in agreement, in stream.\n\n"
@@ -62,6 +63,8 @@ def _metrics_port(setting: str) -> Any:
 
 
 def _settings() -> Settings:
+    from rcmflow.settings import Settings
+
     try:
         return Settings()
     except ValueError as exc:
@@ -70,6 +73,8 @@ def _settings() -> Settings:
 
 
 def _kafka(settings: Settings) -> KafkaConnection:
+    from rcmflow.settings import BrokerNotFound
+
     try:
         return settings.kafka()
     except (BrokerNotFound, ValueError) as exc:
@@ -93,10 +98,14 @@ def _connect(settings: Settings, access: Access) -> KafkaConnection:
 
 
 def _ingest(settings: Settings, kind: str) -> KafkaConnection:
+    from rcmflow import kafka_access
+
     return _connect(settings, kafka_access.ingest_access(kind))
 
 
 def _reader(command: str, topic: str) -> KafkaConnection:
+    from rcmflow import kafka_access
+
     return _connect(_settings(), kafka_access.reader_access(command, topic))
 
 
@@ -163,6 +172,7 @@ def facade() -> None:
     RCMFLOW_FACADE_JWT_KEY for RCMFLOW_FACADE_JWT_AUDIENCE are required, and links name
     RCMFLOW_FACADE_PUBLIC_URL, unless RCMFLOW_FACADE_AUTH=off (development only).
     """
+    from rcmflow import kafka_access
     from rcmflow.facade.server import check_settings, run_facade
 
     settings = _settings()
@@ -198,6 +208,7 @@ def erp(
     the broker refused the login or an ACL (at start or later); 3: the adapter is
     misconfigured; 4: the broker is unreachable or failing.
     """
+    from rcmflow import kafka_access
     from rcmflow.connectors.erp import ADAPTERS, AdapterConfigError
     from rcmflow.connectors.erp.command import run_erp
 
@@ -238,6 +249,7 @@ def reconcile(
     """
     from datetime import date
 
+    from rcmflow import kafka_access
     from rcmflow.connectors.erp.base import AdapterConfigError
     from rcmflow.connectors.erp.reconcile import TooLarge, build_reader, render
     from rcmflow.connectors.erp.reconcile import reconcile as run_reconcile
@@ -288,6 +300,7 @@ def mllp(
     ACK code. Runs until Ctrl-C. Exit 2: bad setting (plain TCP off loopback included), no
     broker, a port taken, or another listener holds this data dir's replay store.
     """
+    from rcmflow import kafka_access
     from rcmflow.connectors.hl7.service import run_mllp
 
     settings = _settings()
@@ -470,6 +483,7 @@ def consume(
     ] = "lockbox",
     metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_CONSUME_METRICS_PORT")] = None,
 ) -> None:
+    from rcmflow import kafka_access
     from rcmflow.connectors.consume import default_group, run_consume
 
     settings = _settings()
@@ -536,7 +550,8 @@ def accounts_list(as_json: JsonFlag = False, limit: LimitOption = 50,
                   after: AfterOption = None) -> None:
     """Accounts with their status, version and balance, most recently changed first, a page
     at a time (--limit, --after); --limit 0 lists every account by number."""
-    from rcmflow.ops import heads_page, latest_heads
+    from rcmflow.ops import format_cents, heads_page, latest_heads
+    from rcmflow.streams.topics import ACCOUNTS
 
     kafka = _reader("accounts list", ACCOUNTS)
     cursor = _cursor(after)
@@ -569,7 +584,8 @@ def accounts_show(
 ) -> None:
     """One account's balance buckets (in cents with --json), claims and payments (its head
     and items; --json prints them as one document)."""
-    from rcmflow.ops import latest_snapshots
+    from rcmflow.ops import format_cents, latest_snapshots
+    from rcmflow.streams.topics import ACCOUNTS
 
     snap = asyncio.run(latest_snapshots(_reader("accounts show", ACCOUNTS), account)).get(account)
     if snap is None:
@@ -599,7 +615,8 @@ def accounts_history(
     as_json: JsonFlag = False,
 ) -> None:
     """The posting deltas emitted for an account, in version order."""
-    from rcmflow.ops import posting_history
+    from rcmflow.ops import format_cents, posting_history
+    from rcmflow.streams.topics import POSTINGS
 
     deltas = asyncio.run(posting_history(_reader("accounts history", POSTINGS), account))
     if not deltas:  # as `accounts show`: an account without postings is not one to list
@@ -630,6 +647,7 @@ def dlq_list(
     """DLQ records, newest first, a page at a time: stage, reason and business context
     (payloads with `dlq show ID`; a unique prefix of the id will do)."""
     from rcmflow.ops import dlq_page, dlq_records
+    from rcmflow.streams.topics import DLQ
 
     kafka = _reader("dlq list", DLQ)
     cursor = _cursor(after)
@@ -674,6 +692,7 @@ def dlq_show(dlq_id: Annotated[str, typer.Argument(
     """One DLQ record in full, with its original payload. Exit 1: no record with that id or
     prefix, or several (they are listed)."""
     from rcmflow.ops import find_dlq
+    from rcmflow.streams.topics import DLQ
 
     found = asyncio.run(find_dlq(_reader("dlq show", DLQ), dlq_id))
     exact = [r for r in found if r["dlq_id"] == dlq_id]
