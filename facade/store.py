@@ -78,11 +78,12 @@ __all__ = ["Store", "Row", "Query", "SCHEMA_VERSION", "StoreLocked", "lock_store
 
 log = logging.getLogger("rcmflow.facade")
 
-#: The store's layout. A store of layout 2 is brought to 3 in place when opened (3 adds the
-#: columns of the string, payment-date and Organization-identifier searches, read from the
-#: stored resources); one of another (older) layout is emptied, and the feed, finding no
-#: source in it, fills it again from the topic's beginning.
-SCHEMA_VERSION = "3"
+#: The store's layout. A store of layout 2 or 3 is brought to 4 in place when opened (3 adds
+#: the columns of the string, payment-date and Organization-identifier searches, read from
+#: the stored resources; 4 the maintained ``counts``, counted from the rows); one of another
+#: (older) layout is emptied, and the feed, finding no source in it, fills it again from the
+#: topic's beginning.
+SCHEMA_VERSION = "4"
 #: The columns layout 3 added to ``resources`` (``_searched`` gives their values).
 _SEARCHED_COLUMNS = ("text", "text_key", "payment_date", "payer", "entity")
 #: Records changed before statistics are refreshed: this many, or as many resources as were
@@ -90,7 +91,7 @@ _SEARCHED_COLUMNS = ("text", "text_key", "payment_date", "payer", "entity")
 ANALYZE_EVERY_MIN = 1000
 
 _TABLES = ("meta", "offsets", "accounts", "items", "payers", "resources", "identifiers",
-           "exceptions")
+           "exceptions", "counts")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
@@ -150,6 +151,54 @@ CREATE TABLE IF NOT EXISTS exceptions (
 CREATE INDEX IF NOT EXISTS exceptions_unsent ON exceptions (sent) WHERE sent = 0;
 """
 
+#: Resource columns whose matches are counted per value (``counts``): the token and
+#: Organization-identifier parameters, whose one value may match most of a type.
+COUNTED_COLUMNS = ("status", "outcome", "payer", "entity")
+#: ``counts`` (layout 4): how many resources a type holds (param ''), per value of each
+#: COUNTED_COLUMNS column (param: the column), per identifier system (param 'identifier':
+#: resources with at least one identifier of that system). Kept by triggers, so every write
+#: and delete of a row (a build, a drop, an account's tombstone, a reset) changes them in its
+#: own transaction: a count of 700k matches is one row read, not 700k index entries (~0.15 s).
+#: Rows may reach n = 0 (a code no longer held): a few per code, bounded by the codes.
+_UPSERT = "ON CONFLICT (type, param, value) DO UPDATE SET n = n + excluded.n"
+_COUNTS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS counts (type TEXT NOT NULL, param TEXT NOT NULL, "
+    "value TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (type, param, value)) WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS counts_resource_insert AFTER INSERT ON resources BEGIN "
+    + " ".join(f"INSERT INTO counts SELECT NEW.type, '{c}', NEW.{c}, 1 "
+               f"WHERE NEW.{c} IS NOT NULL {_UPSERT};" for c in COUNTED_COLUMNS)
+    + f" INSERT INTO counts VALUES (NEW.type, '', '', 1) {_UPSERT}; END",
+    "CREATE TRIGGER IF NOT EXISTS counts_resource_delete AFTER DELETE ON resources BEGIN "
+    + " ".join(f"UPDATE counts SET n = n - 1 WHERE type = OLD.type AND param = '{c}' "
+               f"AND value = OLD.{c};" for c in COUNTED_COLUMNS)
+    + " UPDATE counts SET n = n - 1 WHERE type = OLD.type AND param = '' AND value = ''; END",
+    # A resource's type and id never change (``Store._write`` updates the other columns).
+    *(f"CREATE TRIGGER IF NOT EXISTS counts_resource_{c} AFTER UPDATE OF {c} ON resources "
+      f"WHEN OLD.{c} IS NOT NEW.{c} BEGIN "
+      f"UPDATE counts SET n = n - 1 WHERE type = OLD.type AND param = '{c}' "
+      f"AND value = OLD.{c}; "
+      f"INSERT INTO counts SELECT NEW.type, '{c}', NEW.{c}, 1 WHERE NEW.{c} IS NOT NULL "
+      f"{_UPSERT}; END" for c in COUNTED_COLUMNS),
+    # A resource counts once per system, however many values of it it has.
+    "CREATE TRIGGER IF NOT EXISTS counts_identifier_insert AFTER INSERT ON identifiers "
+    "WHEN NOT EXISTS (SELECT 1 FROM identifiers WHERE type = NEW.type AND id = NEW.id "
+    "AND system = NEW.system AND value <> NEW.value) BEGIN "
+    f"INSERT INTO counts VALUES (NEW.type, 'identifier', NEW.system, 1) {_UPSERT}; END",
+    "CREATE TRIGGER IF NOT EXISTS counts_identifier_delete AFTER DELETE ON identifiers "
+    "WHEN NOT EXISTS (SELECT 1 FROM identifiers WHERE type = OLD.type AND id = OLD.id "
+    "AND system = OLD.system) BEGIN "
+    "UPDATE counts SET n = n - 1 WHERE type = OLD.type AND param = 'identifier' "
+    "AND value = OLD.system; END",
+)
+#: ``counts`` counted from the rows (a store migrated to layout 4).
+_COUNTS_FROM_ROWS = (
+    "INSERT INTO counts SELECT type, '', '', count(*) FROM resources GROUP BY type",
+    *(f"INSERT INTO counts SELECT type, '{c}', {c}, count(*) FROM resources "
+      f"WHERE {c} IS NOT NULL GROUP BY type, {c}" for c in COUNTED_COLUMNS),
+    "INSERT INTO counts SELECT type, 'identifier', system, count(DISTINCT id) "
+    "FROM identifiers GROUP BY type, system",
+)
+
 #: The reason codes of the store's rcm.dlq records (stage "facade"); /metrics counts each.
 EXCEPTION_REASONS = ("resource_build_failed", "resource_invalid", "record_unreadable")
 #: Source bytes kept in one exception record (an account's head or item is far smaller).
@@ -194,6 +243,11 @@ class Query:
     #: The ids come from a list (an identifier's): a page cursor must not walk the ids
     #: from it, only filter the listed ones (``search``).
     listed_ids: bool = False
+    #: The search is one condition the store counts (``counts``), or none: (param, values):
+    #: ("", ()) every resource of the type; (a COUNTED_COLUMNS column, codes) any of the
+    #: codes, or any value when none are given; ("identifier", (system,)) a resource with
+    #: an identifier of that system. None: counted from the index (``Store.count``).
+    counted: tuple[str, tuple[str, ...]] | None = None
 
 
 class Store:
@@ -248,6 +302,8 @@ class Store:
         ).fetchone()[0]
         if has_meta and self.meta("schema") == "2":
             self._migrate_from_2()
+        if has_meta and self.meta("schema") == "3":
+            self._migrate_from_3()
         if has_meta and self.meta("schema") != SCHEMA_VERSION:
             log.warning("facade read model %s has an older layout: emptying it (it is "
                         "filled again from the beginning of rcm.accounts)", self.path)
@@ -255,6 +311,8 @@ class Store:
                 for table in _TABLES:
                     self.db.execute(f"DROP TABLE IF EXISTS {table}")
         self.db.executescript(_SCHEMA)
+        for statement in _COUNTS_SCHEMA:
+            self.db.execute(statement)
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
 
     def _migrate_from_2(self) -> None:
@@ -275,7 +333,16 @@ class Store:
                     f"UPDATE resources SET {', '.join(f'{c} = ?' for c in _SEARCHED_COLUMNS)} "
                     "WHERE rowid = ?",
                     [(*_searched(orjson.loads(body)), rowid) for rowid, body in batch])
-            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+            self.db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+
+    def _migrate_from_3(self) -> None:
+        """Layout 3 -> 4 in place: ``counts`` counted from the rows, and the triggers that
+        keep it from then on. One transaction: a crash leaves layout 3."""
+        log.warning("facade read model %s: counting its resources (layout 4)", self.path)
+        with self._tx():
+            for statement in (*_COUNTS_SCHEMA, *_COUNTS_FROM_ROWS):
+                self.db.execute(statement)
+            self.db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
 
     def close(self) -> None:
         self.rdb.close()
@@ -718,8 +785,12 @@ class Store:
         return None if row is None else Row(*row)
 
     def count(self, query: Query, limit: int | None = None) -> int | None:
-        """How many match; None when more than ``limit`` do (each match is an index entry
-        read: a million take ~0.3 s)."""
+        """How many match; None when more than ``limit`` do. A search the store counts
+        (``Query.counted``) is one read of ``counts``; any other reads each match's index
+        entry (a million take ~0.3 s)."""
+        if query.counted is not None:
+            n = self._counted(query.type, *query.counted)
+            return n if limit is None or n <= limit else None
         if limit is None:
             sql, args = _select(query, "count(*)")
             return int(self.rdb.execute(sql, args).fetchone()[0])
@@ -740,6 +811,8 @@ class Store:
         ~every (type / matches) rows). Without statistics on value ranges SQLite cannot
         tell the two apart, so the store counts the first RANGE_SORT_MAX and says which.
         """
+        if query.counted is not None and not self._counted(query.type, *query.counted):
+            return []  # none match: no walk of the type looking for one
         sql, args = self._page(query, limit, after, before)
         rows = self.rdb.execute(sql, args).fetchall()
         if before is not None:
@@ -765,6 +838,16 @@ class Store:
                    f"({sql}) {order}")
             args = (query.type, *args)
         return sql, args
+
+    def _counted(self, type_: str, param: str, values: tuple[str, ...]) -> int:
+        """The resources of ``type_`` that ``counts`` holds for ``param`` (see
+        ``Query.counted``)."""
+        sql = "SELECT coalesce(sum(n), 0) FROM counts WHERE type = ? AND param = ?"
+        if not param:
+            sql += " AND value = ''"
+        elif values:
+            sql += f" AND value IN ({', '.join('?' * len(values))})"
+        return int(self.rdb.execute(sql, (type_, param, *values)).fetchone()[0])
 
     def plans(self, query: Query, *, after: str | None = None) -> dict[str, list[str]]:
         """SQLite's plan (EXPLAIN QUERY PLAN details) of a search's count and of its page."""
