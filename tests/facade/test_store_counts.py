@@ -74,8 +74,14 @@ def assert_counts_exact(store: Store) -> None:
         assert query.counted is not None, items
         by_index = dataclasses.replace(query, counted=None)
         assert store.count(query) == store.count(by_index), (type_, items)
-        # A page of a counted search is the index's page (none when the count says none).
-        assert store.search(query, limit=5) == store.search(by_index, limit=5)
+        # A page of a counted search is the index's page (none when the count says none),
+        # from either cursor too (identifier=system| pages come from identifiers_system).
+        page = store.search(by_index, limit=5)
+        assert store.search(query, limit=5) == page
+        for cursor in {row.id for row in page[1:2] + page[-1:]}:
+            for direction in ("after", "before"):
+                assert store.search(query, limit=2, **{direction: cursor}) == store.search(
+                    by_index, limit=2, **{direction: cursor}), (items, direction)
 
 
 def _built(type_: str, n: int, status: str, payer: str | None, entity: str | None,
