@@ -247,9 +247,6 @@ class Store:
         # The docs written by the batch being applied: its rebuild reads them from here.
         self._heads: dict[str, dict[str, Any] | None] = {}
         self._items: dict[tuple[str, str, str], dict[str, Any] | None] = {}
-        #: The changes to ``counts`` of the transaction under way: (type, param, value) ->
-        #: step, written by ``_Transaction`` before it commits.
-        self._count_steps: Counter[tuple[str, str, str]] = Counter()
         # check_same_thread off: each connection is used by one thread at a time, but the
         # writer's batches run on whichever pool thread asyncio.to_thread picks.
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -261,6 +258,9 @@ class Store:
         # touches the 12 resource indexes all over; re-reading their pages from the OS was
         # ~15% of its CPU (bench/RESULTS.md, "Facade at scale"). Bounded: 64 MiB a store.
         self.db.execute("PRAGMA cache_size=-65536")
+        #: The changes to ``counts`` of the transaction under way: (type, param, value) ->
+        #: step, written by ``_Transaction`` before it commits.
+        self._count_steps: Counter[tuple[str, str, str]] = Counter()
         self._open_schema()
         # Without statistics SQLite walks the primary key for "ORDER BY id" even when an
         # index narrows the search to one patient (~1000x slower at 100k accounts): keep
