@@ -544,9 +544,9 @@ def parse_search(
         # from walking the date's index instead, a whole type's worth when the range is wide).
         for n in dated:
             where[n] = _RANGE_COLUMN.sub(r"+r.\1", where[n])
-    # Nothing narrows by equality, and no range: the type's resources in id order.
     # One condition the store counts, or none: its count is kept (``Query.counted``).
     one = (counted[0] if len(counted) == 1 else ("", ()) if not counted else None)
+    # Nothing narrows by equality, and no range: the type's resources in id order.
     query = Query(spec.type, tuple(where), tuple(args),
                   None if keyed else range_index or ID_ORDER, listed,
                   one if patient is None else None)

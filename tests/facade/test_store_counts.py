@@ -84,6 +84,30 @@ def assert_counts_exact(store: Store) -> None:
                     by_index, limit=2, **{direction: cursor}), (items, direction)
 
 
+def test_only_one_condition_or_none_is_counted_from_the_kept_counts() -> None:
+    """Two conditions, a patient's token, or a parameter without kept counts are counted
+    from their index (few matches: an exact count there is cheap)."""
+    def counted(type_: str, items: list[tuple[str, str]], patient: str | None = None
+                ) -> tuple[str, tuple[str, ...]] | None:
+        return parse_search(RESOURCES[type_], items, strict=True, count_default=20,
+                            count_max=200, patient=patient).query.counted
+
+    assert counted("Claim", []) == counted("Claim", [("use", "claim")]) == ("", ())
+    assert counted("Claim", [("status", "active,http://x|draft")]) == (
+        "status", ("active", "draft"))
+    assert counted("Claim", [("insurer:identifier", f"{PAYER_SYSTEM}|")]) == ("payer", ())
+    assert counted("Claim", [("identifier", "urn:a|,urn:a|")]) == ("identifier", ("urn:a",))
+    for type_, items in (("Claim", [("status", "active"), ("use", "claim"),
+                                    ("identifier", "urn:a|")]),
+                         ("Claim", [("identifier", "urn:a|,urn:b|")]),
+                         ("Claim", [("identifier", "urn:a|K1")]),
+                         ("Claim", [("_id", "K1")]),
+                         ("Claim", [("created", "ge2026")]),
+                         ("Claim", [("use", "other")])):
+        assert counted(type_, items) is None, items
+    assert counted("Claim", [("status", "active")], patient="pat.A1") is None
+
+
 def _built(type_: str, n: int, status: str, payer: str | None, entity: str | None,
            systems: tuple[str, ...], version: int) -> Built:
     doc: dict[str, Any] = {"resourceType": type_, "id": f"r{n}", "status": status,
