@@ -125,7 +125,7 @@ def _built(type_: str, n: int, status: str, payer: str | None, entity: str | Non
 
 
 WRITE = st.tuples(st.just("write"), st.sampled_from(["Claim", "PaymentReconciliation"]),
-                  st.integers(0, 5), st.sampled_from(["A1", "A2", "A3"]),
+                  st.integers(0, 5),
                   st.sampled_from(["active", "cancelled", "draft"]),
                   st.sampled_from([None, "ACME", "BETA"]), st.sampled_from([None, "01", "02"]),
                   st.lists(st.sampled_from(["urn:a", "urn:b", "urn:c"]), unique=True,
@@ -149,8 +149,9 @@ def test_counts_equal_a_count_of_the_rows_after_any_writes(
             for op in batch:
                 version += 1
                 if op[0] == "write":
-                    _, type_, n, account, status, payer, entity, systems = op
-                    store._write(account, _built(type_, n, status, payer, entity, systems,
+                    _, type_, n, status, payer, entity, systems = op
+                    # A resource id names its account (fhir_id), as the builders' do.
+                    store._write(f"A{n % 3 + 1}", _built(type_, n, status, payer, entity, systems,
                                                  version))
                 elif op[0] == "drop":
                     store._drop(op[1], f"r{op[2]}")
