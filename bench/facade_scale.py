@@ -275,6 +275,16 @@ def search_kinds(accounts: int, payments: int) -> dict[str, tuple[str, Search]]:
             "PaymentReconciliation", lambda r: [("identifier", pay_event(r))]),
         "PaymentReconciliation identifier system| (all)": (
             "PaymentReconciliation", lambda r: [("identifier", "urn:rcmflow:event|")]),
+        "PaymentReconciliation identifier system| (checks, 1 in 7)": (
+            "PaymentReconciliation", lambda r: [("identifier", "urn:rcmflow:payment-trace|")]),
+        "PaymentReconciliation identifier system| (none)": (
+            "PaymentReconciliation", lambda r: [
+                ("identifier", "urn:rcmflow:payment-reference|")]),
+        "PaymentReconciliation identifier system| _summary=count": (
+            "PaymentReconciliation", lambda r: [("identifier", "urn:rcmflow:event|"),
+                                                ("_summary", "count")]),
+        "PaymentReconciliation status _total=accurate": ("PaymentReconciliation", lambda r: [
+            ("status", "active"), ("_total", "accurate")]),
         "PaymentReconciliation created day": ("PaymentReconciliation", lambda r: [
             ("created", day(r, 11))]),
         "PaymentReconciliation status": ("PaymentReconciliation", lambda r: [
@@ -335,7 +345,9 @@ def time_searches(path: Path, accounts: int, payments: int, seed: int,
         "SELECT id FROM resources WHERE type = 'PaymentReconciliation' ORDER BY id")]
     for name, items in (("next page deep (no parameter)", []),
                         ("next page deep (created ge, all)", [("created", "ge2026-01-01")]),
-                        ("next page deep (status)", [("status", "active")])):
+                        ("next page deep (status)", [("status", "active")]),
+                        ("next page deep (identifier system|)",
+                         [("identifier", "urn:rcmflow:event|")])):
         times = []
         for _ in range(samples):
             cursor = ids[rng.randrange(len(ids) // 2, len(ids))]

@@ -1,11 +1,13 @@
 """First-page time of `rcmflow dlq list` and `rcmflow accounts list` over a large topic.
 
-    python -m bench.listings --records 1000000
+    python -m bench.listings --records 1000000 [--broker tansu|kafka]
 
-Starts an embedded broker (Tansu, memory), writes N DLQ records and N rcm.accounts records
-(heads and items, each head written twice so compaction has work left) with a plain
-producer, then times the first page and the tenth page of each listing as `rcmflow` runs
-them (a new process each: interpreter start included) and the first page in-process.
+Starts a broker (embedded Tansu in memory, or the tests' Apache Kafka), writes N DLQ records
+and N rcm.accounts records (heads and items, each head written twice so compaction has work
+left) with a plain producer, then times each listing's first page and tenth page as
+`rcmflow` runs them (a new process each: interpreter start and imports included; best and
+median of --runs), the first page in-process, `import rcmflow.cli` and `rcmflow --help`.
+The load average is printed with the figures: on a shared machine they move with it.
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from bench.brokers import BROKERS, start_broker
 from rcmflow.cli.ops import dlq_page, heads_page
-from rcmflow.runtime.broker import EmbeddedBroker, ensure_topics
+from rcmflow.runtime.broker import ensure_topics
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.topics import ACCOUNTS, DLQ, topic_specs
@@ -81,12 +87,26 @@ def _accounts(n: int) -> list[tuple[str, bytes | None, bytes]]:
 
 
 def _cli(env: dict[str, str], *args: str) -> float:
+    return _python(env, "-m", "rcmflow.cli", *args)
+
+
+def _python(env: dict[str, str], *args: str) -> float:
+    """Seconds a new interpreter takes to run ``args`` (it must exit 0)."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "rcmflow.cli", *args], env=env,
+    done = subprocess.run([sys.executable, *args], env=env,
                           capture_output=True, text=True, timeout=600)
     took = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
     return took
+
+
+def _times(runs: int, measure: Callable[[], float]) -> str:
+    took = [measure() for _ in range(runs)]
+    return f"best {min(took):.2f}s, median {statistics.median(took):.2f}s of {runs}"
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _after(env: dict[str, str], *args: str, pages: int) -> tuple[str, float]:
@@ -107,31 +127,36 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--broker", choices=BROKERS, default="tansu")
+    parser.add_argument("--runs", type=int, default=5, help="Processes timed per figure.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        broker = EmbeddedBroker(log_file=Path(tmp) / "broker.log").start()
+        (Path(tmp) / "logs").mkdir()
+        broker = start_broker(args.broker, Path(tmp))
         try:
             kafka = broker.connection
             asyncio.run(ensure_topics(kafka, topic_specs("rcmflow"), args.partitions, 1))
             started = time.perf_counter()
             asyncio.run(_produce(kafka, _dlq(args.records)))
             asyncio.run(_produce(kafka, _accounts(args.records)))
-            print(f"wrote {args.records:,} DLQ and {args.records:,} rcm.accounts records "
-                  f"in {time.perf_counter() - started:.0f}s")
+            print(f"{broker.description}: wrote {args.records:,} DLQ and {args.records:,} "
+                  f"rcm.accounts records in {time.perf_counter() - started:.0f}s")
             env = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}
-            env.update(RCMFLOW_BROKER=broker.url, COLUMNS="200")
+            env.update(RCMFLOW_BROKER=f"kafka://{broker.bootstrap}", COLUMNS="200")
+            print(f"python -c 'import rcmflow.cli': "
+                  f"{_times(args.runs, lambda: _python(env, '-c', 'import rcmflow.cli'))}")
+            print(f"rcmflow --help: {_times(args.runs, lambda: _cli(env, '--help'))}")
             for name, command in (("dlq list", ("dlq", "list")),
                                   ("accounts list", ("accounts", "list"))):
-                first = min(_cli(env, *command) for _ in range(3))
+                first = _times(args.runs, partial(_cli, env, *command))
                 _, tenth = _after(env, *command, pages=10)
-                print(f"{name}: first page {first:.2f}s (process, best of 3); "
-                      f"10th page {tenth:.2f}s")
-            for name, page in (("dlq_page", dlq_page), ("heads_page", heads_page)):
+                print(f"{name}: first page {first} (a process each); 10th page {tenth:.2f}s "
+                      f"({_load()})")
+            for page_name, page in (("dlq_page", dlq_page), ("heads_page", heads_page)):
                 started = time.perf_counter()
                 rows, _ = asyncio.run(page(kafka, limit=50, after=None))
-                print(f"{name}: first page of {len(rows)} in-process "
+                print(f"{page_name}: first page of {len(rows)} in-process "
                       f"{time.perf_counter() - started:.2f}s")
-            print(f"interpreter + import of rcmflow.cli: {_cli(env, '--help'):.2f}s")
         finally:
             broker.stop()
 

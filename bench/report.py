@@ -490,7 +490,7 @@ def render_section(raw: dict[str, Any], shown_json: str) -> list[str]:
                   *_variant_lines(alo, two, rates, "two workers / one, both at_least_once, "
                                   "on the same 2 cores")]
     if broker == "kafka":
-        lines += ["", "### Targets (issue 10, on Kafka)", "", *_targets(by_key, ratios)]
+        lines += ["", "### Targets (on Kafka)", "", *_targets(by_key, ratios)]
     lines += ["", "### Details", ""]
     for r in results:
         lines += _details(r)
@@ -607,10 +607,10 @@ def _growth_history(h: dict[str, Any]) -> list[str]:
         "dedup record and next offset, rcm.accounts head and items). **Layout 1 (before)**: "
         "the same account serialised as one record (`layout.assemble` of its head and items), "
         "which layout 1 rewrote with every event, + the event's delta and dedup record; its "
-        "encode µs is orjson alone on that record (layout 1 paid more: issue 11 measured "
-        "1,593 µs per event at 9,000 items). CPU µs: this thread's CPU time for the same "
-        "span — on a shared machine a wall-clock p99 also counts the time the OS ran another "
-        "process, CPU time does not.",
+        "encode µs is orjson alone on that record (layout 1 paid more: the worker before "
+        "heads and items measured 1,593 µs per event at 9,000 items). CPU µs: this thread's "
+        "CPU time for the same span — on a shared machine a wall-clock p99 also counts the "
+        "time the OS ran another process, CPU time does not.",
         "",
         "| store | items held | µs/event p50 | p99 | CPU µs p50 / p99 | process + encode "
         "p50 | bytes/event (rcm.accounts) | layout 1 (before): bytes/event | layout 1 record "

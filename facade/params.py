@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
-from rcmflow.facade.resources import ENTITY_SYSTEM, PAYER_SYSTEM
-from rcmflow.facade.store import ID_ORDER, Query, text_key
+from .resources import ENTITY_SYSTEM, PAYER_SYSTEM
+from .store import COUNTED_COLUMNS, ID_ORDER, Query, text_key
 
 __all__ = [
     "SearchParam",
@@ -472,6 +472,7 @@ def parse_search(
     range_index: str | None = None
     listed = False
     dated: list[int] = []  # the date clauses' places in ``where``
+    counted: list[tuple[str, tuple[str, ...]] | None] = []  # each condition's (_counted)
     for name, value in items:
         if len(value) > VALUE_CHARS_MAX:
             raise SearchError(f"{name}: value longer than {VALUE_CHARS_MAX} characters")
@@ -519,6 +520,8 @@ def parse_search(
             ignored.append(name[:60] if param is None else what)
             continue
         sql, sql_args = _clause(param, value, spec.type, modifier)
+        if not (param.fixed is not None and sql == "1 = 1"):  # all match: no condition
+            counted.append(_counted(param, value, sql, sql_args))
         # A range of the column's index (a date, a string prefix, several exact strings).
         ranged = param.type == "date" or (param.type == "string" and modifier != "contains"
                                           and (modifier != "exact" or " OR " in sql))
@@ -541,13 +544,34 @@ def parse_search(
         # from walking the date's index instead, a whole type's worth when the range is wide).
         for n in dated:
             where[n] = _RANGE_COLUMN.sub(r"+r.\1", where[n])
+    # One condition the store counts, or none: its count is kept (``Query.counted``).
+    one = (counted[0] if len(counted) == 1 else ("", ()) if not counted else None)
     # Nothing narrows by equality, and no range: the type's resources in id order.
     query = Query(spec.type, tuple(where), tuple(args),
-                  None if keyed else range_index or ID_ORDER, listed)
+                  None if keyed else range_index or ID_ORDER, listed,
+                  one if patient is None else None)
     summary = summary_count or count == 0
     total_max = (None if summary or total == "accurate" else 0 if total == "none"
                  else TOTAL_EXACT_MAX)
     return Search(query, count, after, before, summary, include, total_max, used, ignored)
+
+
+def _counted(param: SearchParam, value: str, sql: str,
+             args: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
+    """The ``Query.counted`` of one condition: codes of a counted column (a token, an
+    Organization's identifier; none: any), or one identifier system alone (``system|``).
+    None when the store does not count it (then the index counts it)."""
+    if param.column in COUNTED_COLUMNS:
+        if sql.startswith(f"r.{param.column} IN ("):
+            return param.column, args
+        if sql == f"r.{param.column} IS NOT NULL":
+            return param.column, ()
+        return None
+    if param.name == "identifier":
+        systems = {v.rpartition("|")[0] for v in value.split(",")}
+        if len(systems) == 1 and all(v.endswith("|") for v in value.split(",")):
+            return "identifier", (systems.pop(),)
+    return None
 
 
 def _unusable(param: SearchParam | None, modifier: str) -> str:

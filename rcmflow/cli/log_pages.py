@@ -72,27 +72,39 @@ async def _consumer(kafka: KafkaConnection) -> AIOKafkaConsumer:
     return consumer
 
 
-async def _read_range(consumer: AIOKafkaConsumer, tp: TopicPartition, lo: int, hi: int,
-                      deadline: float) -> list[Record]:
-    """The records of [lo, hi) of one partition (fewer if the stable end is before hi)."""
-    consumer.assign([tp])
-    consumer.seek(tp, lo)
-    found: list[Record] = []
+async def _read_ranges(consumer: AIOKafkaConsumer,
+                       ranges: dict[TopicPartition, tuple[int, int]],
+                       keep: Callable[[Record], bool], deadline: float
+                       ) -> dict[TopicPartition, list[Record]]:
+    """The records ``keep`` takes of [lo, hi) of each partition (fewer if its stable end is
+    before hi), oldest first, all partitions in the same fetches (one round trip, not one per
+    partition); only the kept ones are held."""
+    consumer.assign(list(ranges))
+    for tp, (lo, _) in ranges.items():
+        consumer.seek(tp, lo)
+    found: dict[TopicPartition, list[Record]] = {tp: [] for tp in ranges}
+    reading = list(ranges)
     while True:
-        position = await consumer.position(tp)
-        end = consumer.highwater(tp)
-        stable = consumer.last_stable_offset(tp)
-        if end is not None and stable:
-            end = min(end, stable)
-        if position >= hi or (end is not None and position >= end):
+        for tp in list(reading):
+            position = await consumer.position(tp)
+            end = consumer.highwater(tp)
+            stable = consumer.last_stable_offset(tp)
+            if end is not None and stable:
+                end = min(end, stable)
+            if position >= ranges[tp][1] or (end is not None and position >= end):
+                reading.remove(tp)
+                consumer.pause(tp)  # no fetching past hi for a partition that is done
+        if not reading:
             return found
         if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {tp.topic} back did not finish in {READ_TIMEOUT_S}s")
-        batch = await consumer.getmany(tp, timeout_ms=200, max_records=10_000)
-        for m in batch.get(tp, []):
-            if m.offset < hi:
-                found.append(Record(m.topic, m.partition, m.offset, m.key, m.value,
-                                    m.timestamp, tuple(m.headers or ())))
+            raise TimeoutError(f"reading {reading[0].topic} back did not finish in "
+                               f"{READ_TIMEOUT_S}s")
+        batch = await consumer.getmany(*reading, timeout_ms=200, max_records=10_000)
+        for tp, messages in batch.items():
+            hi = ranges[tp][1]
+            records = (Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp,
+                              tuple(m.headers or ())) for m in messages if m.offset < hi)
+            found[tp].extend(r for r in records if keep(r))
 
 
 async def read_page(
@@ -110,13 +122,15 @@ async def read_page(
     ``shown`` is asked in page order and may refuse a record (a repeat already shown): the
     record is then passed over, not shown on a later page either.
     """
+    deadline = time.monotonic() + READ_TIMEOUT_S
     if after is None:
         partitions = await topic_partitions(kafka, topic)
-        ends = await log_ends(kafka, topic, partitions) if partitions else {}
+        ends = (await log_ends(kafka, topic, partitions,
+                               timeout_s=max(0.0, deadline - time.monotonic()))
+                if partitions else {})
         positions = {p: (ends[p], ends[p]) for p in partitions}
     else:
         positions = dict(after.positions)
-    deadline = time.monotonic() + READ_TIMEOUT_S
     consumer = await _consumer(kafka)
     # Per partition: the kept records read back, oldest first; whether the log start is
     # reached (nothing older to read).
@@ -124,20 +138,28 @@ async def read_page(
     at_start: dict[int, bool] = {}
     try:
         tps = [TopicPartition(topic, p) for p in positions]
+        if tps:
+            # The topic's metadata first: a consumer that tracks no topic yet asks for the
+            # offsets, finds no leader and waits a retry backoff (100 ms on Apache Kafka).
+            consumer.assign(tps)
         begins = await consumer.beginning_offsets(tps) if tps else {}
+        his = {tp: positions[tp.partition][0] for tp in tps}
+        windows = {tp: max(limit, 1) for tp in tps}
+        got: dict[TopicPartition, list[Record]] = {tp: [] for tp in tps}
+        # Each partition reads back a window before where it stands, doubling it while it
+        # has too few records; the partitions that still want records read together.
+        while wanting := [tp for tp in tps
+                          if len(got[tp]) < limit and his[tp] > begins.get(tp, 0)]:
+            ranges = {tp: (max(begins.get(tp, 0), his[tp] - windows[tp]), his[tp])
+                      for tp in wanting}
+            read = await _read_ranges(consumer, ranges, keep, deadline)
+            for tp, (lo, _) in ranges.items():
+                got[tp] = read[tp] + got[tp]
+                his[tp] = lo
+                windows[tp] = min(windows[tp] * 2, WINDOW_MAX)
         for tp in tps:
-            hi = positions[tp.partition][0]
-            begin = begins.get(tp, 0)
-            got: list[Record] = []
-            window = max(limit, 1)
-            while len(got) < limit and hi > begin:
-                lo = max(begin, hi - window)
-                got = [r for r in await _read_range(consumer, tp, lo, hi, deadline)
-                       if keep(r)] + got
-                hi = lo
-                window = min(window * 2, WINDOW_MAX)
-            newest[tp.partition] = got
-            at_start[tp.partition] = hi <= begin
+            newest[tp.partition] = got[tp]
+            at_start[tp.partition] = his[tp] <= begins.get(tp, 0)
     finally:
         await consumer.stop()
     chosen: list[Record] = []
@@ -167,14 +189,16 @@ async def keys_between(kafka: KafkaConnection, topic: str, cursor: Cursor,
     """The keys ``keep`` takes among the records from the cursor to the end it noted (what
     earlier pages covered)."""
     deadline = time.monotonic() + READ_TIMEOUT_S
+    ranges = {TopicPartition(topic, p): (at, end)
+              for p, (at, end) in sorted(cursor.positions.items()) if at < end}
+    if not ranges:
+        return set()
     consumer = await _consumer(kafka)
     keys: set[bytes] = set()
     try:
-        for p, (at, end) in sorted(cursor.positions.items()):
-            if at < end:
-                tp = TopicPartition(topic, p)
-                keys.update(r.key for r in await _read_range(consumer, tp, at, end, deadline)
-                            if r.key is not None and keep(r.key))
+        read = await _read_ranges(consumer, ranges,
+                                  lambda r: r.key is not None and keep(r.key), deadline)
+        keys.update(r.key for records in read.values() for r in records if r.key is not None)
     finally:
         await consumer.stop()
     return keys

@@ -13,7 +13,7 @@ import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -23,12 +23,13 @@ from rich.padding import Padding
 from rich.table import Column, Table
 from rich.text import Text
 
-from rcmflow.cli.ops import format_cents
-from rcmflow.runtime import kafka_access
-from rcmflow.runtime.kafka_access import Access
-from rcmflow.runtime.kafka_connection import KafkaConnection
-from rcmflow.runtime.settings import BrokerNotFound, Settings
-from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
+# Each command imports what it needs when it runs: `rcmflow --help` and the operator
+# listings must not pay for the worker, the facade or the connectors (Faust, FastAPI, hl7apy,
+# the FHIR models: over a second). tests/test_cli_imports.py holds the line.
+if TYPE_CHECKING:
+    from rcmflow.runtime.kafka_access import Access
+    from rcmflow.runtime.kafka_connection import KafkaConnection
+    from rcmflow.runtime.settings import Settings
 
 app = typer.Typer(
     help="rcmflow: keeps patient billing and the ERP ledger in agreement, in stream.\n\n"
@@ -63,6 +64,8 @@ def _metrics_port(setting: str) -> Any:
 
 
 def _settings() -> Settings:
+    from rcmflow.runtime.settings import Settings
+
     try:
         return Settings()
     except ValueError as exc:
@@ -71,6 +74,8 @@ def _settings() -> Settings:
 
 
 def _kafka(settings: Settings) -> KafkaConnection:
+    from rcmflow.runtime.settings import BrokerNotFound
+
     try:
         return settings.kafka()
     except (BrokerNotFound, ValueError) as exc:
@@ -94,10 +99,14 @@ def _connect(settings: Settings, access: Access) -> KafkaConnection:
 
 
 def _ingest(settings: Settings, kind: str) -> KafkaConnection:
+    from rcmflow.runtime import kafka_access
+
     return _connect(settings, kafka_access.ingest_access(kind))
 
 
 def _reader(command: str, topic: str) -> KafkaConnection:
+    from rcmflow.runtime import kafka_access
+
     return _connect(_settings(), kafka_access.reader_access(command, topic))
 
 
@@ -165,6 +174,7 @@ def facade() -> None:
     RCMFLOW_FACADE_PUBLIC_URL, unless RCMFLOW_FACADE_AUTH=off (development only).
     """
     from rcmflow.facade.server import check_settings, run_facade
+    from rcmflow.runtime import kafka_access
 
     settings = _settings()
     try:
@@ -201,6 +211,7 @@ def erp(
     """
     from rcmflow.connectors.erp import ADAPTERS, AdapterConfigError
     from rcmflow.connectors.erp.command import run_erp
+    from rcmflow.runtime import kafka_access
 
     settings = _settings()
     if adapter in ADAPTERS:  # else run_erp says which adapters there are
@@ -242,6 +253,7 @@ def reconcile(
     from rcmflow.audit.reconcile import TooLarge, build_reader, render
     from rcmflow.audit.reconcile import reconcile as run_reconcile
     from rcmflow.connectors.erp.base import AdapterConfigError
+    from rcmflow.runtime import kafka_access
     from rcmflow.streams.chart import load_chart
 
     settings = _settings()
@@ -290,6 +302,7 @@ def mllp(
     broker, a port taken, or another listener holds this data dir's replay store.
     """
     from rcmflow.connectors.inbound.hl7.service import run_mllp
+    from rcmflow.runtime import kafka_access
 
     settings = _settings()
     raise typer.Exit(run_mllp(
@@ -472,6 +485,7 @@ def consume(
     metrics_port: Annotated[int | None, _metrics_port("RCMFLOW_CONSUME_METRICS_PORT")] = None,
 ) -> None:
     from rcmflow.connectors.inbound.consume import default_group, run_consume
+    from rcmflow.runtime import kafka_access
 
     settings = _settings()
     group = group or default_group(settings, fmt.value, topic)
@@ -537,7 +551,8 @@ def accounts_list(as_json: JsonFlag = False, limit: LimitOption = 50,
                   after: AfterOption = None) -> None:
     """Accounts with their status, version and balance, most recently changed first, a page
     at a time (--limit, --after); --limit 0 lists every account by number."""
-    from rcmflow.cli.ops import heads_page, latest_heads
+    from rcmflow.cli.ops import format_cents, heads_page, latest_heads
+    from rcmflow.streams.topics import ACCOUNTS
 
     kafka = _reader("accounts list", ACCOUNTS)
     cursor = _cursor(after)
@@ -570,7 +585,8 @@ def accounts_show(
 ) -> None:
     """One account's balance buckets (in cents with --json), claims and payments (its head
     and items; --json prints them as one document)."""
-    from rcmflow.cli.ops import latest_snapshots
+    from rcmflow.cli.ops import format_cents, latest_snapshots
+    from rcmflow.streams.topics import ACCOUNTS
 
     snap = asyncio.run(latest_snapshots(_reader("accounts show", ACCOUNTS), account)).get(account)
     if snap is None:
@@ -600,7 +616,8 @@ def accounts_history(
     as_json: JsonFlag = False,
 ) -> None:
     """The posting deltas emitted for an account, in version order."""
-    from rcmflow.cli.ops import posting_history
+    from rcmflow.cli.ops import format_cents, posting_history
+    from rcmflow.streams.topics import POSTINGS
 
     deltas = asyncio.run(posting_history(_reader("accounts history", POSTINGS), account))
     if not deltas:  # as `accounts show`: an account without postings is not one to list
@@ -631,6 +648,7 @@ def dlq_list(
     """DLQ records, newest first, a page at a time: stage, reason and business context
     (payloads with `dlq show ID`; a unique prefix of the id will do)."""
     from rcmflow.cli.ops import dlq_page, dlq_records
+    from rcmflow.streams.topics import DLQ
 
     kafka = _reader("dlq list", DLQ)
     cursor = _cursor(after)
@@ -675,6 +693,7 @@ def dlq_show(dlq_id: Annotated[str, typer.Argument(
     """One DLQ record in full, with its original payload. Exit 1: no record with that id or
     prefix, or several (they are listed)."""
     from rcmflow.cli.ops import find_dlq
+    from rcmflow.streams.topics import DLQ
 
     found = asyncio.run(find_dlq(_reader("dlq show", DLQ), dlq_id))
     exact = [r for r in found if r["dlq_id"] == dlq_id]

@@ -1,10 +1,10 @@
 """What each rcmflow component touches on Kafka, and the least-privilege ACLs that allow it.
 
 One table for two readers: the preflight (``rcmflow/runtime/kafka_preflight.py``) checks at startup
-that the principal a command runs as can do exactly this, and the README's "Secure
-connections" section lists the same ACLs for the cluster's administrators (a test checks
-the two agree). Found by running each command against Apache Kafka with these ACLs only and
-reading the broker's denials (tests/security).
+that the principal a command runs as can do exactly this, and the docs' "Secure
+connections" page (docs/operations/security.md) lists the same ACLs for the cluster's
+administrators (a test checks the two agree). Found by running each command against
+Apache Kafka with these ACLs only and reading the broker's denials (tests/security).
 
 Kafka implies DESCRIBE from READ, WRITE, DELETE and ALTER, and IDEMPOTENT_WRITE on the
 cluster from WRITE on any topic (KIP-679), so neither is granted separately.
@@ -186,7 +186,7 @@ def reader_access(component: str, *topics: str) -> Access:
 
 
 def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
-    """The rows of the README's ACL table ("Secure connections"), by command."""
+    """The rows of the docs' ACL table (docs/operations/security.md), by command."""
     return {
         "rcmflow worker": worker_access(app_id),
         "rcmflow worker (exactly_once)": worker_access(app_id, exactly_once=True),

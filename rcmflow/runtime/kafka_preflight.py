@@ -61,7 +61,7 @@ PREFLIGHT_TIMEOUT_S = 15.0
 #: Pause between FindCoordinator asks while the coordinator is loading.
 COORDINATOR_RETRY_S = 0.2
 #: Where the settings and the ACLs of every component are listed.
-DOCS = "README.md, 'Secure connections'"
+DOCS = "docs/operations/security.md, 'Secure connections'"
 
 # Kafka's AclOperation codes, as bits of an authorized-operations field.
 _OPERATION_BITS = {"READ": 3, "WRITE": 4, "CREATE": 5, "DESCRIBE": 8}

@@ -22,7 +22,7 @@ from tests.factories import charge, payment
 
 pytestmark = pytest.mark.broker
 
-#: The read-your-writes delay README.md documents once the worker is running: the worker's
+#: The read-your-writes delay docs/facade.md documents once the worker is running: the worker's
 #: batch wait + its produce, the facade's fetch wait (100 ms) and one store transaction.
 READ_YOUR_WRITES_S = 5.0
 #: The worker's first group join takes ~5 s (half the session timeout) on top of start-up.

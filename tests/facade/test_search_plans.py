@@ -139,6 +139,21 @@ async def test_a_total_past_the_exact_bound_is_left_out_unless_asked(
         "_id": "A1001", "_total": "none"})).json()
 
 
+def test_an_identifier_system_alone_pages_through_its_own_index(store: Store) -> None:
+    """``identifier=system|``: walking the type's ids and probing each for the system costs
+    type / matches rows a match, the whole type (~0.1 s at 700k) when few or none match.
+    Its page reads the system's ids in order from the cursor instead, its count one row."""
+    store.db.execute("ANALYZE")
+    search = parse_search(RESOURCES["ClaimResponse"],
+                          [("identifier", "urn:rcmflow:payer-claim-control-number|")],
+                          strict=True, count_default=20, count_max=200, patient=None)
+    assert search.query.counted == ("identifier", ("urn:rcmflow:payer-claim-control-number",))
+    for after in (None, "A1001"):
+        page = store.plans(search.query, after=after)["page"]
+        assert any("identifiers_system (type=? AND system=?" in line for line in page), page
+        assert not any("TEMP B-TREE" in line or "(type=?)" in line for line in page), page
+
+
 @pytest.mark.parametrize("items", [[], [("identifier", "urn:rcmflow:event|")]],
                          ids=["none", "system|"])
 def test_a_broad_search_never_sorts_the_whole_type(tmp_path: Path, tables: MemoryTables,

@@ -293,6 +293,7 @@ def test_a_store_of_layout_2_gains_the_search_columns_in_place(
     old.close()
     # Layout 2, as it was: no search columns, no indexes of theirs.
     db = sqlite3.connect(path, isolation_level=None)
+    db.execute("DROP TABLE counts")  # layout 4's
     for index in ("resources_text_id", "resources_payment_date_id", "resources_payer",
                   "resources_entity"):
         db.execute(f"DROP INDEX {index}")

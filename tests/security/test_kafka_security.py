@@ -3,9 +3,10 @@
 One secure broker per module (tests/apache_kafka/server.py, ``KafkaSecurity``): a SASL_SSL
 listener with SCRAM-SHA-512 users, an SSL listener that requires client certificates, and
 the StandardAuthorizer denying all that no ACL allows. Every component runs as its own user
-holding only its ACLs from ``rcmflow/runtime/kafka_access.py`` (the README's table), so a component
-that touched anything more would fail here. The rcm.* topics are made by the administrator
-(the PLAINTEXT listener's super user), as on a production cluster.
+holding only its ACLs from ``rcmflow/runtime/kafka_access.py`` (the table in
+docs/operations/security.md), so a component that touched anything more would fail here.
+The rcm.* topics are made by the administrator (the PLAINTEXT listener's super user), as on
+a production cluster.
 
 Failures must be fast and say what to fix: a wrong password, a certificate the broker
 refuses, a missing ACL (at start: the preflight; while running: the worker and the ERP
@@ -46,7 +47,7 @@ from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, POSTINGS, topic_specs
 from tests.apache_kafka.fixtures import kafka_or_skip
 from tests.apache_kafka.server import ApacheKafka, KafkaSecurity
 from tests.conftest import Workers, wait_until
-from tests.connectors.erp.feed import start_connector
+from tests.erp.feed import start_connector
 from tests.factories import charge
 from tests.workload import Observed, Workload
 
@@ -81,7 +82,7 @@ USERS = {
     "watch-lost": ingest_access("watch"),
     # exactly_once under its own app id: Faust's transactional producers need the prefix ACL.
     "worker-eo": worker_access("eo", exactly_once=True),
-    # Every other command, each as its own user with the README's ACLs only.
+    # Every other command, each as its own user with the documented ACLs only.
     **{f"ingest-{kind}": ingest_access(kind) for kind in ("hl7", "x12", "payments", "fhir")},
     "watch": ingest_access("watch"),
     "mllp": mllp_access(),
@@ -226,7 +227,7 @@ def test_events_flow_end_to_end_with_least_privilege_users(secure_kafka: ApacheK
 
 
 # -- every other command, as its own user with only its ACLs ---------------------------------
-DEMO = Path(__file__).resolve().parents[2] / "rcmflow" / "cli" / "demo_data"
+DEMO = Path(__file__).resolve().parents[2] / "rcmflow" / "demo_data"
 PAYMENTS_CSV = ("type,account,amount,date,reference\n"
                 "payment,P-SEC-1,25.00,2026-11-20,SEC-REF-1\n")
 
@@ -498,7 +499,7 @@ def test_a_worker_that_loses_an_acl_stops_and_names_it(secure_kafka: ApacheKafka
 
 def test_an_erp_connector_that_loses_its_group_acl_stops(secure_kafka: ApacheKafka,
                                                         tmp_path: Path) -> None:
-    from tests.connectors.erp.feed import publish_deltas, real_deltas, status
+    from tests.erp.feed import publish_deltas, real_deltas, status
 
     deltas = real_deltas(6, seed=31)
     publish_deltas(secure_kafka, deltas[:10])

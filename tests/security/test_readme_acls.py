@@ -1,7 +1,8 @@
-"""The README's ACL table is the one the startup check enforces (rcmflow/runtime/kafka_access.py).
+"""The docs' ACL table is the one the startup check enforces (rcmflow/runtime/kafka_access.py).
 
-Administrators grant what the README lists; the preflight refuses what kafka_access.py does
-not allow. If the two drifted, a cluster set up from the docs would fail at start.
+Administrators grant what docs/operations/security.md lists; the preflight refuses what
+kafka_access.py does not allow. If the two drifted, a cluster set up from the docs would fail
+at start.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ from pathlib import Path
 
 from rcmflow.runtime.kafka_access import documented_components
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ACL_PAGE = Path(__file__).resolve().parents[2] / "docs" / "operations" / "security.md"
 
 
 def _acl_rows() -> dict[str, list[str]]:
-    text = README.read_text()
-    section = text.split("### ACLs per component", 1)[1].split("\n### ", 1)[0]
+    text = ACL_PAGE.read_text()
+    section = text.split("## ACLs per component", 1)[1].split("\n## ", 1)[0]
     rows: dict[str, list[str]] = {}
     for command, acls in re.findall(r"^\| `([^`]+)` \| (.+) \|$", section, re.MULTILINE):
         rows[command] = [acl.strip() for acl in acls.split(";")]
     return rows
 
 
-def test_the_readme_lists_exactly_the_acls_the_code_checks() -> None:
+def test_the_docs_list_exactly_the_acls_the_code_checks() -> None:
     documented = _acl_rows()
     expected = {command: [str(binding) for binding in access.acls()]
                 for command, access in documented_components().items()}
