@@ -47,7 +47,7 @@ from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, POSTINGS, topic_specs
 from tests.apache_kafka.fixtures import kafka_or_skip
 from tests.apache_kafka.server import ApacheKafka, KafkaSecurity
 from tests.conftest import Workers, wait_until
-from tests.erp.feed import start_connector
+from tests.connectors.erp.feed import start_connector
 from tests.factories import charge
 from tests.workload import Observed, Workload
 
@@ -227,7 +227,7 @@ def test_events_flow_end_to_end_with_least_privilege_users(secure_kafka: ApacheK
 
 
 # -- every other command, as its own user with only its ACLs ---------------------------------
-DEMO = Path(__file__).resolve().parents[2] / "rcmflow" / "demo_data"
+DEMO = Path(__file__).resolve().parents[2] / "rcmflow" / "cli" / "demo_data"
 PAYMENTS_CSV = ("type,account,amount,date,reference\n"
                 "payment,P-SEC-1,25.00,2026-11-20,SEC-REF-1\n")
 
@@ -499,7 +499,7 @@ def test_a_worker_that_loses_an_acl_stops_and_names_it(secure_kafka: ApacheKafka
 
 def test_an_erp_connector_that_loses_its_group_acl_stops(secure_kafka: ApacheKafka,
                                                         tmp_path: Path) -> None:
-    from tests.erp.feed import publish_deltas, real_deltas, status
+    from tests.connectors.erp.feed import publish_deltas, real_deltas, status
 
     deltas = real_deltas(6, seed=31)
     publish_deltas(secure_kafka, deltas[:10])
