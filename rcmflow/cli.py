@@ -25,8 +25,8 @@ from rich.text import Text
 from rcmflow import kafka_access
 from rcmflow.kafka_access import Access
 from rcmflow.kafka_connection import KafkaConnection
-from rcmflow.ops import format_cents
 from rcmflow.settings import BrokerNotFound, Settings
+from rcmflow.streams.money import cents_for_people
 from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 
 app = typer.Typer(
@@ -555,9 +555,8 @@ def accounts_list(as_json: JsonFlag = False, limit: LimitOption = 50,
         for snap in heads:
             b = snap["balances"]
             table.add_row(snap["account"], snap["status"], str(snap["version"]),
-                          format_cents(b["insurance_ar"]),
-                          format_cents(b["patient_ar"]), format_cents(b["unapplied_credit"]),
-                          format_cents(b["balance"]))
+                          *(cents_for_people(b[k]) for k in ("insurance_ar", "patient_ar",
+                                                             "unapplied_credit", "balance")))
         out.print(table)
     _more("accounts list", following)
 
@@ -582,13 +581,13 @@ def accounts_show(
               f"entity {snap['entity']}  last event {snap['last_event_at']}")
     table = Table("bucket", "amount", title="balances")
     for bucket, cents in snap["balances"].items():
-        table.add_row(bucket, format_cents(cents))
+        table.add_row(bucket, cents_for_people(cents))
     out.print(table)
     if snap["claims"]:
         claims = Table("claim", "status", "payer", "charged", "adjudications", title="claims")
         for claim in snap["claims"].values():
             claims.add_row(claim["claim_id"], claim["status"], str(claim["payer"]),
-                           format_cents(claim["total_charge_cents"]),
+                           cents_for_people(claim["total_charge_cents"]),
                            str(len(claim["adjudications"])))
         out.print(claims)
 
@@ -616,7 +615,7 @@ def accounts_history(
         )
         total = sum(ln["debit_cents"] for ln in d["lines"])
         table.add_row(str(d["account_version"]), d["effective_date"], d["event_kind"],
-                      d["posting_id"], lines, format_cents(total))
+                      d["posting_id"], lines, cents_for_people(total))
     out.print(table)
 
 
