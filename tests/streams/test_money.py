@@ -273,6 +273,16 @@ def test_huge_exponents_and_long_digit_runs_cost_nothing(text: str, cents: int) 
     assert time.monotonic() - started < 1.0
 
 
+@pytest.mark.parametrize("value", ["1E+999990", "-1E+999999999", "1" * 4000])
+def test_huge_numbers_are_refused_without_being_built(value: str) -> None:
+    # An ERP answer of 1E+999990 took the old reader over a minute (a million-digit int).
+    started = time.monotonic()
+    assert refusal(number_cents, Decimal(value)) is Refusal.OUT_OF_RANGE
+    assert refusal(number_cents, int(value) if value.isdigit() else Decimal(value)) \
+        is Refusal.OUT_OF_RANGE
+    assert time.monotonic() - started < 1.0
+
+
 def test_a_float_is_a_type_error_not_an_amount() -> None:
     with pytest.raises(TypeError, match="parse_float=Decimal"):
         number_cents(12.5)
