@@ -130,7 +130,9 @@ def number_cents(value: Any, what: str = "amount", *, text_too: bool = False) ->
         raise MoneyError(f"{what} is not a JSON number", Refusal.NOT_NUMBER)
     if isinstance(value, int):
         if abs(value) > AMOUNT_CENTS_MAX // 100:  # compared as is: no product of a huge int
-            raise _out_of_range(what, str(value))
+            # str() of an int past 4300 digits raises; a shown value stops at 40 anyway.
+            shown = str(value) if value.bit_length() < 4000 else "(over 1000 digits)"
+            raise _out_of_range(what, shown)
         return value * 100
     if not value.is_finite():
         raise MoneyError(f"{what} is not a finite number", Refusal.NOT_FINITE)

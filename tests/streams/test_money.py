@@ -283,6 +283,12 @@ def test_huge_numbers_are_refused_without_being_built(value: str) -> None:
     assert time.monotonic() - started < 1.0
 
 
+def test_an_integer_too_long_to_print_is_still_refused_by_its_rule() -> None:
+    with pytest.raises(MoneyError, match="over 1000 digits") as refused:
+        number_cents(10**5000)
+    assert refused.value.refusal is Refusal.OUT_OF_RANGE
+
+
 def test_a_float_is_a_type_error_not_an_amount() -> None:
     with pytest.raises(TypeError, match="parse_float=Decimal"):
         number_cents(12.5)
