@@ -7,9 +7,9 @@ rule, and whose message names the field and shows the value):
   journal). An optional sign, ASCII digits, an optional point: no exponent, no thousands
   separator, no currency sign, no NaN/Infinity. Surrounding whitespace is ignored; past
   ``TEXT_CHARS_MAX`` characters the text is refused unread.
-- ``number_cents``: a JSON number read exactly (``int``, or ``Decimal`` from
-  ``parse_float=Decimal``, ijson or orjson-free readers). Here an exponent is fine (JSON has
-  it: ``1.25E+2``); a float is a ``TypeError`` (the JSON was read lossily: a bug, not input).
+- ``number_cents``: a JSON number read exactly (``int``, or ``Decimal`` as
+  ``json.loads(..., parse_float=Decimal)`` and ijson give it). Here an exponent is fine (JSON
+  has it: ``1.25E+2``); a float is a ``TypeError`` (the JSON was read lossily: a bug, not input).
 - ``money_cents``: a FHIR Money (``{"value": <JSON number>, "currency": "USD"}``).
 
 Shared by all three: an amount is whole cents (``12.340`` is fine, ``12.345`` is refused,
