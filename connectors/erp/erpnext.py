@@ -42,6 +42,7 @@ from urllib.parse import quote
 import httpx
 
 from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.money import cents_decimal, number_cents
 from rcmflow.streams.postings import PostingDelta
 
 from .base import (
@@ -54,7 +55,7 @@ from .base import (
     Rejected,
     TransientError,
 )
-from .cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
+from .cloud_http import HttpErp, request_json
 from .cloud_settings import CloudErpSettings
 from .mapping import check_mapped
 
@@ -234,8 +235,8 @@ class ErpNext(HttpErp):
                 effective_date=date.fromisoformat(str(doc["posting_date"])),
                 entity=entity_of.get(str(doc.get("company"))),
                 lines=tuple(JournalLine(self.codes.get(str(a["account"]), str(a["account"])),
-                                        decimal_cents(a.get("debit") or 0),
-                                        decimal_cents(a.get("credit") or 0))
+                                        number_cents(a.get("debit") or 0, "ERPNext debit"),
+                                        number_cents(a.get("credit") or 0, "ERPNext credit"))
                             for a in doc.get("accounts", [])),
                 posted=int(doc.get("docstatus", 0)) == 1)
 

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.money import cents_decimal, number_cents
 from rcmflow.streams.postings import PostingDelta
 
 from .base import (
@@ -60,7 +61,7 @@ from .base import (
     Rejected,
     TransientError,
 )
-from .cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
+from .cloud_http import HttpErp, request_json
 from .cloud_settings import CloudErpSettings
 from .mapping import check_mapped
 
@@ -261,7 +262,8 @@ class Odoo(HttpErp):
                     line["account_id"]
                 per_move.setdefault(int(move), []).append(JournalLine(
                     self.account_codes.get(int(account), f"odoo:{account}"),
-                    decimal_cents(line["debit"]), decimal_cents(line["credit"])))
+                    number_cents(line["debit"], "Odoo debit"),
+                    number_cents(line["credit"], "Odoo credit")))
             for move in moves:
                 yield JournalEntry(
                     posting_id=by_move[int(move["id"])], erp_ref=str(move["name"]),

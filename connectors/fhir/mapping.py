@@ -42,6 +42,7 @@ from rcmflow.streams.events import (
     PatientPayment,
     Refund,
 )
+from rcmflow.streams.money import MoneyError, cents_text, money_cents
 
 from .values import (
     FhirValueError,
@@ -51,7 +52,7 @@ from .values import (
     event_key,
     identifier_key,
     instant,
-    money_cents,
+    money_code,
 )
 
 __all__ = ["FhirEvent", "Mapped", "Problem", "MappingOptions", "map_resource", "resource_key",
@@ -165,6 +166,8 @@ def map_resource(doc: Any, *, full_url: str | None, options: MappingOptions) -> 
         return _notice(doc)
     except FhirValueError as exc:
         return Problem(exc.code, f"{kind}: {exc}")
+    except MoneyError as exc:
+        return Problem(money_code(exc), f"{kind}: {exc}")
 
 
 def _errors(exc: ValidationError) -> str:
@@ -200,8 +203,8 @@ def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapp
         cents, currency = money_cents(doc["priceOverride"], where="priceOverride",
                                       currencies=options.currencies)
         if cents <= 0:
-            raise FhirValueError(f"priceOverride.value {_fmt(cents)} is not more than 0 (a "
-                                 "charge is reversed with status entered-in-error)",
+            raise FhirValueError(f"priceOverride.value {cents_text(cents)} is not more than 0 "
+                                 "(a charge is reversed with status entered-in-error)",
                                  "fhir_invalid_amount")
         quantity = _quantity(doc.get("quantity"))
         occurred = _charge_time(doc)
@@ -211,6 +214,8 @@ def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapp
             raise FhirValueError(implausible, DATE_OUT_OF_RANGE)
     except FhirValueError as exc:
         return Problem(exc.code, f"ChargeItem: {exc}", account=account)
+    except MoneyError as exc:
+        return Problem(money_code(exc), f"ChargeItem: {exc}", account=account)
     try:
         dims = Dimensions(encounter=_encounter(doc.get("context")), **_codes(doc))
         common: dict[str, Any] = {"account": account, "occurred_at": occurred,
@@ -347,8 +352,9 @@ def _reconciliation(doc: dict[str, Any], key: str, options: MappingOptions) -> M
         amounts.append(money_cents(detail["amount"], where=f"detail[{n}].amount",
                                    currencies=options.currencies)[0])
     if sum(amounts) != total:
-        return Problem("fhir_unbalanced", f"PaymentReconciliation paymentAmount {_fmt(total)} "
-                       f"!= sum of detail amounts {_fmt(sum(amounts))}: nothing applied")
+        return Problem("fhir_unbalanced", "PaymentReconciliation paymentAmount "
+                       f"{cents_text(total)} != sum of detail amounts "
+                       f"{cents_text(sum(amounts))}: nothing applied")
     trace = (doc.get("paymentIdentifier") or {}).get("value")
     trace = trace[:80] if isinstance(trace, str) and trace else None
     mapped = Mapped()
@@ -442,8 +448,3 @@ def _notice(doc: dict[str, Any]) -> Mapped | Problem:
                        "nothing applied", severity="warning")
     return Mapped(note="PaymentNotice: a notice about the payment it references "
                   "(PaymentReconciliation); the money is applied from that one, nothing here")
-
-
-def _fmt(cents: int) -> str:
-    sign = "-" if cents < 0 else ""
-    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"

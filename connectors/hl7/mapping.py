@@ -28,6 +28,7 @@ from typing import Any, Literal
 from rcmflow.connectors.totals import SourceTotals
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.events import EVENT_ADAPTER, Event, ValidationError
+from rcmflow.streams.money import MoneyError, parse_cents
 
 from .problems import (
     DATA_TYPE_ERROR,
@@ -39,7 +40,7 @@ from .problems import (
     Rejected,
 )
 from .reader import Hl7Message, Segment
-from .values import ValueProblem, parse_cents, parse_quantity, parse_timestamp
+from .values import ValueProblem, parse_quantity, parse_timestamp
 
 __all__ = [
     "MappingConfig",
@@ -249,7 +250,7 @@ def _financial(ft1: Segment, config: MappingConfig, problems: _Collector,
         else:
             problems.add("no_amount", REQUIRED_FIELD_MISSING, at + "11",
                          "FT1-11 (extended amount) and FT1-12 (unit amount) are both empty")
-    except ValueProblem as exc:
+    except (ValueProblem, MoneyError) as exc:
         problems.add("invalid_amount", DATA_TYPE_ERROR, at + ("10" if "FT1-10" in str(exc)
                      else "11" if "FT1-11" in str(exc) else "12"), str(exc))
     if not _CURRENCY.match(currency):

@@ -25,7 +25,6 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from rcmflow.connectors.payments.money import MoneyError, format_cents, parse_cents
 from rcmflow.connectors.totals import SourceTotals, cas_measure
 from rcmflow.streams.events import (
     AdjudicatedLine,
@@ -35,6 +34,8 @@ from rcmflow.streams.events import (
     EventKind,
     ProviderAdjustment,
 )
+from rcmflow.streams.money import MoneyError, parse_cents
+from rcmflow.streams.money import cents_text as format_cents
 
 from .codes import DENIAL_CARCS, payer_class_for
 from .reader import Problem, Segment, TransactionSet

@@ -37,6 +37,7 @@ from rcmflow.connectors.hl7.service import mapping_config
 from rcmflow.kafka_connection import KafkaConnection
 from rcmflow.kafka_io import Record, read_topic
 from rcmflow.settings import Settings
+from rcmflow.streams.money import cents_text
 from rcmflow.streams.topics import (
     DLQ,
     EVENTS,
@@ -365,10 +366,6 @@ def read_at(origin: dict[str, Any], topic: str) -> int:
 
 
 # -- crashes: kill -9 mid-topic, a kill between the acks and the commit, no acks ------------
-
-def cents_text(cents: int) -> str:
-    return f"{cents // 100}.{cents % 100:02d}"
-
 
 def dft_stream(accounts: int, per_account: int, seed: int) -> list[tuple[str, bytes]]:
     """(account, DFT) per message, accounts interleaved, each account's messages in order:

@@ -111,9 +111,9 @@ def test_perturbing_any_amount_parks_the_set(
     segs = remit_segments(found, plbs)
     i, k = data.draw(st.sampled_from(money_positions(segs)))
     delta = data.draw(st.integers(min_value=-100_000, max_value=100_000).filter(bool))
-    from rcmflow.connectors.payments.money import format_cents, parse_cents
+    from rcmflow.streams.money import cents_text, parse_cents
 
-    segs[i][k] = format_cents(parse_cents(segs[i][k]) + delta)
+    segs[i][k] = cents_text(parse_cents(segs[i][k]) + delta)
     outcome = process_x12(envelope(segs), origin="file:gen", limits=FAST)
     (tset,) = outcome.sets
     assert tset.parked
