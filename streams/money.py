@@ -36,8 +36,6 @@ from typing import Any
 
 from rcmflow.shown import quoted
 
-from .events import AMOUNT_CENTS_MAX
-
 __all__ = [
     "AMOUNT_CENTS_MAX",
     "TEXT_CHARS_MAX",
@@ -58,6 +56,11 @@ TEXT_CHARS_MAX = 20
 #: Sign, ASCII digits (``\d`` would admit other scripts' digits), optional point and
 #: fraction; at least one digit.
 _DECIMAL_TEXT = re.compile(r"([+-]?)(?=\.?[0-9])([0-9]*)(?:\.([0-9]*))?")
+#: No single amount beyond ten billion dollars: past it the amount (and its event) is
+#: refused, so an upstream unit mix-up (dollars sent as cents of cents) cannot reach the
+#: ledger. The canonical events' bound (``events.Cents``) is this one.
+AMOUNT_CENTS_MAX = 1_000_000_000_000
+
 #: Digits of the whole part past which a value cannot be in range (AMOUNT_CENTS_MAX // 100
 #: has 11): checked before any integer is built from the digits.
 _WHOLE_DIGITS_MAX = len(str(AMOUNT_CENTS_MAX // 100))
