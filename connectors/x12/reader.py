@@ -325,8 +325,11 @@ class ChunkReader(io.TextIOBase):
 
 
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
-    if first:
-        yield first
+    # ``first`` can be a whole chunk (1 MiB): not kept by this frame once handed over.
+    pending = [first] if first else []
+    del first
+    while pending:
+        yield pending.pop()
     yield from rest
 
 
