@@ -13,6 +13,11 @@ not validate).
 
 ``remit_totals`` reads an applied set's money from the parsed segments (CLP04, every CAS
 amount by group, PLB), not from the events, for `rcmflow reconcile` (connectors/totals.py).
+
+``RemitReader`` reads a set one segment at a time and hands over each claim once complete,
+so a set of 100,000s of claims is checked with running totals (``claim_problem`` per claim,
+``transaction_problem`` from Σ CLP04 and Σ PLB) and mapped a claim at a time (ingest.py);
+``parse_835`` is the same reader keeping every claim (a set read whole).
 """
 
 from __future__ import annotations
