@@ -97,8 +97,10 @@ _ID_CHARS_MAX = 200 - 11
 _PAID_ON = "835 payment date (BPR16, else DTM*405, else GS04)"
 
 
-class X12ChangedError(RuntimeError):
-    """The file read again is not the file checked (changed while it was being ingested)."""
+class X12ChangedError(OSError):
+    """The file read again is not the file checked (it changed while it was being ingested):
+    its sets are published as they are read, so what was published stays (re-sending the
+    file is safe) and the rest is not guessed at."""
 
 
 @dataclass(frozen=True)
@@ -346,7 +348,7 @@ class _SetRun:
                 event = plb_event(item, header, plb_event_id(header, key, occurrence),
                                   self.limits.entity)
         except ValueError as exc:
-            raise X12ChangedError(f"ST {self.tset.st02}: {exc}") from None
+            raise X12ChangedError(_changed(self.tset, exc)) from None
         self._parts(self.windows[0].add_unit(account, event.event_id, header.paid_on, amounts,
                                              cost))
         self._event(event, amounts)
@@ -546,7 +548,12 @@ class _SetRun:
                 self._whole_unit(event, amounts)
                 self._event(event, amounts)
         except (ValueError, AssertionError) as exc:
-            raise X12ChangedError(f"ST {self.tset.st02}: {exc}") from None
+            raise X12ChangedError(_changed(self.tset, exc)) from None
+
+
+def _changed(tset: TransactionSet, exc: Exception) -> str:
+    return (f"ST {tset.st02[:9]} changed since it was checked (the file changed while it was "
+            f"being ingested): {exc}")
 
 
 def _batch_events(batch: Batch837,

@@ -17,6 +17,7 @@ import json
 import tracemalloc
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +57,23 @@ def test_one_set_of_thousands_of_claims_is_read_in_bounded_memory(tmp_path: Path
         assert len(dlq["context"]["problems"]) == 100
     assert topics[RAW_X12] >= 2  # the set's text is in parts
     assert peak < PEAK_BYTES_MAX, f"{peak / 1e6:.1f} MB for one set of {CLAIMS} claims"
+
+
+def test_a_file_changed_between_the_check_and_the_publish_is_a_read_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sets are published claim by claim after the check: a claim that changed since (a file
+    rewritten while it was ingested) stops the file as unreadable (what was sent stays,
+    re-sending is safe) rather than publishing what was never checked."""
+    path = tmp_path / "changing.835"
+    path.write_bytes(envelope(remit_segments([ClaimSpec("A1", 100, 100)], trn02="EFT-1")))
+    x12 = X12File(path, X12Limits(guide_validation=False))
+    check = x12._check
+
+    def check_then_rewrite(*args: Any) -> Any:
+        checked = check(*args)
+        path.write_bytes(path.read_bytes().replace(b"CLP*A1*", b"CLP*A 1*"))
+        return checked
+
+    monkeypatch.setattr(x12, "_check", check_then_rewrite)
+    with pytest.raises(OSError, match="changed since it was checked"):
+        list(x12.records())
