@@ -90,6 +90,7 @@ from rcmflow.streams.core import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.events import EVENT_ADAPTER, ValidationError
 from rcmflow.streams.layout import SEPARATOR, head_key, item_key
 from rcmflow.streams.memory_tables import MemoryTables
+from rcmflow.streams.money import cents_for_people as _money
 from rcmflow.streams.processor import EVENT_BYTES_MAX, BatchResult, Message, Processor
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.state import LEDGER_BUCKETS
@@ -830,11 +831,6 @@ def build_reader(name: str, settings: Settings, chart: ChartOfAccounts
     module = importlib.import_module(f"rcmflow.connectors.erp.{adapters[name]}")
     adapter: ErpAdapter = module.build(settings, chart)
     return adapter, name != "csv"
-
-
-def _money(cents: int) -> str:
-    sign = "-" if cents < 0 else ""
-    return f"{sign}{abs(cents) // 100:,}.{abs(cents) % 100:02d}"
 
 
 def _render_sources(report: Report, console: Any) -> None:

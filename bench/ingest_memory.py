@@ -93,13 +93,29 @@ def _fhir(path: Path, size: int) -> int:
 X12_SET_CLAIMS = 50_000
 
 
+def _x12_specs(count: int) -> list[Any]:
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.connectors.inbound.x12.x12_build import ClaimSpec
+
+    return [ClaimSpec(f"A{n % 100_000:07d}", 12500, 10000, pcn=f"P{n:09d}",
+                      cas=[("CO", "45", 2500)]) for n in range(count)]
+
+
+def x12_one_set(path: Path, claims: int) -> int:
+    """An 835 whose ``claims`` claims are all in ONE transaction set (ST/SE), as a large payer
+    sends it: the series that shows whether memory follows the set's size."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.connectors.inbound.x12.x12_build import envelope, remit_segments
+
+    path.write_bytes(envelope(remit_segments(_x12_specs(claims), trn02="EFT-ONE")))
+    return claims
+
+
 def _x12(path: Path, size: int) -> int:
     sys.path.insert(0, str(REPO_ROOT))
-    from tests.connectors.inbound.x12.x12_build import ClaimSpec, envelope, remit_segments
+    from tests.connectors.inbound.x12.x12_build import envelope, remit_segments
 
-    def specs(count: int) -> list[ClaimSpec]:
-        return [ClaimSpec(f"A{n % 100_000:07d}", 12500, 10000, pcn=f"P{n:09d}",
-                          cas=[("CO", "45", 2500)]) for n in range(count)]
+    specs = _x12_specs
 
     base = len(envelope(remit_segments([])))
     per_claim = (len(envelope(remit_segments(specs(100)))) - base) / 100
@@ -193,32 +209,42 @@ def points(limit: int, max_mb: float | None) -> list[int]:
     return sizes + [cap]
 
 
+def _plan(kinds: list[str], max_mb: float | None, caps: dict[str, float] | None,
+          x12_sets: list[int]) -> list[tuple[str, int, bool]]:
+    """(kind, size in bytes or claims, one_set) to run, in order."""
+    if x12_sets:
+        return [("x12", claims, True) for claims in x12_sets]
+    return [(kind, size, False) for kind in kinds
+            for size in points(limits()[kind], (caps or {}).get(kind, max_mb))]
+
+
 def run(kinds: list[str], max_mb: float | None, work: Path, timeout_s: float,
-        log: Callable[[str], None], caps: dict[str, float] | None = None) -> dict[str, Any]:
+        log: Callable[[str], None], caps: dict[str, float] | None = None,
+        x12_sets: list[int] | None = None) -> dict[str, Any]:
     broker = EmbeddedBroker(log_file=work / "broker.log").start()
     try:
         asyncio.run(ensure_topics(broker.connection, topic_specs("rcmflow"), 4, 1))
         rows: list[dict[str, Any]] = []
-        for kind in kinds:
-            for size in points(limits()[kind], (caps or {}).get(kind, max_mb)):
-                path = work / f"{kind}-{size}{SUFFIX[kind]}"
-                count = generate(kind, path, size)
-                env = {**os.environ, "RCMFLOW_BROKER": broker.connection.servers[0],
-                       "RCMFLOW_DATA_DIR": str(work / "data"),
-                       "RCMFLOW_PAYMENTS_ROWS_MAX": str(count + 10),
-                       "RCMFLOW_FHIR_RESOURCES_MAX": str(count + 10),
-                       "RCMFLOW_X12_SEGMENTS_MAX": str(max(1_000_000, 10 * count + 100))}
-                env.pop("RCMFLOW_LOG_JSON", None)
-                result = run_ingest(kind, path, env, timeout_s)
-                real = path.stat().st_size
-                row = {"kind": kind, "bytes": real, "count": count, "unit": UNITS[kind],
-                       **result, "mb_per_s": round(real / 1e6 / max(result["seconds"], 1e-3),
-                                                   2)}
-                rows.append(row)
-                log(f"{kind} {real / MIB:.2f} MiB ({count:,} {UNITS[kind]}): exit "
-                    f"{row['exit']}, peak {row['peak_rss_mb']} MB, {row['seconds']} s, "
-                    f"{row['progress_lines']} progress lines")
-                path.unlink()
+        for kind, size, one_set in _plan(kinds, max_mb, caps, x12_sets or []):
+            path = work / f"{kind}-{size}{'-one-set' if one_set else ''}{SUFFIX[kind]}"
+            count = x12_one_set(path, size) if one_set else generate(kind, path, size)
+            env = {**os.environ, "RCMFLOW_BROKER": broker.connection.servers[0],
+                   "RCMFLOW_DATA_DIR": str(work / "data"),
+                   "RCMFLOW_PAYMENTS_ROWS_MAX": str(count + 10),
+                   "RCMFLOW_FHIR_RESOURCES_MAX": str(count + 10),
+                   "RCMFLOW_X12_SEGMENTS_MAX": str(max(1_000_000, 10 * count + 100))}
+            env.pop("RCMFLOW_LOG_JSON", None)
+            result = run_ingest(kind, path, env, timeout_s)
+            real = path.stat().st_size
+            row = {"kind": kind + (" (one set)" if one_set else ""), "bytes": real,
+                   "count": count, "unit": UNITS[kind],
+                   **result, "mb_per_s": round(real / 1e6 / max(result["seconds"], 1e-3),
+                                               2)}
+            rows.append(row)
+            log(f"{kind} {real / MIB:.2f} MiB ({count:,} {UNITS[kind]}): exit "
+                f"{row['exit']}, peak {row['peak_rss_mb']} MB, {row['seconds']} s, "
+                f"{row['progress_lines']} progress lines")
+            path.unlink()
         return {"rows": rows, "limits": {k: limits()[k] for k in kinds}}
     finally:
         broker.stop()
@@ -280,6 +306,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results-md", action="store_true",
                         help="write bench/runs/ingest_memory.json and RESULTS.md even for a "
                         "run that does not reach the limits")
+    parser.add_argument("--x12-one-set", default="", metavar="CLAIMS,...",
+                        help="instead: 835s with all their claims in ONE transaction set, "
+                        "e.g. 10000,50000,100000,200000 (memory per claims of one set)")
     parser.add_argument("--tmp", type=Path, help="where the files go (default: a temp dir)")
     return parser.parse_args(argv)
 
@@ -301,9 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="rcmflow-ingest-mem-", dir=args.tmp) as tmp:
         raw |= run(kinds, args.max_mb, Path(tmp), args.timeout,
-                   lambda text: print(text, file=sys.stderr, flush=True), caps)
+                   lambda text: print(text, file=sys.stderr, flush=True), caps,
+                   [int(n) for n in args.x12_one_set.split(",") if n.strip()])
     raw["load_after"] = list(os.getloadavg())
-    full = args.max_mb is None and not caps
+    full = args.max_mb is None and not caps and not args.x12_one_set
     out = args.out or (BENCH_DIR / "results"
                        / f"{started_at.strftime('%Y%m%dT%H%M%SZ')}-ingest_memory.json")
     out.parent.mkdir(parents=True, exist_ok=True)

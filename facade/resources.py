@@ -44,6 +44,7 @@ from fhir.resources.R4B.claimresponse import ClaimResponse
 from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation
 from pydantic import BaseModel
 
+from rcmflow.streams.money import cents_decimal
 from rcmflow.streams.state import ItemRef
 
 __all__ = [
@@ -150,8 +151,7 @@ def patient_id_for(snapshot: Mapping[str, Any]) -> str:
 
 def money(cents: int, currency: str = "USD") -> dict[str, Any]:
     """FHIR Money from integer cents: a Decimal with exactly two places."""
-    assert isinstance(cents, int) and not isinstance(cents, bool), f"cents, not {cents!r}"
-    return {"value": Decimal(cents).scaleb(-2), "currency": currency}
+    return {"value": cents_decimal(cents), "currency": currency}
 
 
 def _json_default(value: Any) -> Any:

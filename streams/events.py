@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from .money import AMOUNT_CENTS_MAX
+
 __all__ = [
     "SCHEMA_VERSION",
     "AMOUNT_CENTS_MAX",
@@ -52,9 +54,6 @@ __all__ = [
 #: Final: its type is Literal[1], the one value ``schema_version`` accepts.
 SCHEMA_VERSION: Final = 1
 
-#: No single amount beyond ten billion dollars: past it the event is rejected, so an
-#: upstream unit mix-up (dollars sent as cents of cents) cannot reach the ledger.
-AMOUNT_CENTS_MAX = 1_000_000_000_000
 #: Bounds on repeated parts of one event (835 CAS segments, 837 service lines).
 ADJUSTMENTS_MAX = 99
 LINES_MAX = 999

@@ -64,13 +64,13 @@ from rcmflow.cli import app as rcmflow_cli
 from rcmflow.cli.demo_sources import HL7_FILE, send_mllp
 from rcmflow.connectors.erp import ADAPTERS
 from rcmflow.connectors.erp.cloud_settings import CloudErpSettings
-from rcmflow.connectors.erp.csv_journal import text_cents
 from rcmflow.runtime.broker import free_port
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import read_topic, topic_partitions
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.memory_tables import MemoryTables
+from rcmflow.streams.money import parse_cents
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS
 from tests.apache_kafka.fetch import kafka_version
@@ -697,7 +697,7 @@ def test_the_compose_topology_runs_as_local_processes(topology: Topology) -> Non
     for pid, raw in expected_postings.items():
         lines = json.loads(raw)["lines"]
         assert [int(r["line_no"]) for r in by_id[pid]] == list(range(1, len(lines) + 1)), pid
-        assert [(r["gl_account"], text_cents(r["debit"]), text_cents(r["credit"]))
+        assert [(r["gl_account"], parse_cents(r["debit"]), parse_cents(r["credit"]))
                 for r in by_id[pid]] == [(x["gl_account"], x["debit_cents"], x["credit_cents"])
                                          for x in lines], pid
 

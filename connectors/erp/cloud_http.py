@@ -2,8 +2,8 @@
 
 - **Exact money on the wire.** ``dumps`` writes ``Decimal`` values as JSON number literals
   from their digits (``"1250.00"`` → ``1250.00``), never through float; responses are parsed
-  with ``parse_float=Decimal``. ``cents_decimal``/``decimal_cents`` convert exactly and refuse
-  a fraction of a cent instead of rounding it.
+  with ``parse_float=Decimal``; the adapters convert with ``rcmflow.streams.money``
+  (``cents_decimal`` out, ``number_cents`` in: exact, a fraction of a cent refused).
 - **One sorting of HTTP trouble** (``check``): connect/read/write timeouts and connection
   errors, 5xx, 408, 425 and 429 are ``TransientError`` (retried by the runner); 401 and 403
   are ``AdapterConfigError`` (the connector exits 3: retrying cannot fix a key); other 4xx
@@ -19,47 +19,22 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import httpx
 
-from rcmflow.connectors.erp.base import AdapterConfigError, Outcome, TransientError, post_each
 from rcmflow.streams.postings import PostingDelta
 
-__all__ = ["dumps", "loads", "cents_decimal", "decimal_cents", "check", "request_json",
-           "make_client", "HttpErp", "RESPONSE_BYTES_MAX", "TRANSIENT_STATUS"]
+from .base import AdapterConfigError, Outcome, TransientError, post_each
+
+__all__ = ["dumps", "loads", "check", "request_json", "make_client", "HttpErp",
+           "RESPONSE_BYTES_MAX", "TRANSIENT_STATUS"]
 
 #: Largest ERP answer read (a page of journal entries is far smaller).
 RESPONSE_BYTES_MAX = 16 * 1024 * 1024
 #: Statuses worth retrying: the ERP or a proxy in front of it is busy or down.
 TRANSIENT_STATUS = frozenset({408, 425, 429})
-_CENT = Decimal("0.01")
-
-
-def cents_decimal(cents: int) -> Decimal:
-    """1250 → Decimal('12.50'): exact, always two places."""
-    assert isinstance(cents, int) and not isinstance(cents, bool), cents
-    return (Decimal(cents) / 100).quantize(_CENT)
-
-
-def decimal_cents(value: Decimal | str | int) -> int:
-    """Decimal('12.5') / '12.50' / 12 → cents; a fraction of a cent is an error, never rounded.
-
-    Floats are refused: an ERP answer parsed with ``loads`` never holds one.
-    """
-    if isinstance(value, float):
-        raise TypeError("float amount from an ERP: parse with parse_float=Decimal")
-    try:
-        amount = Decimal(value) if not isinstance(value, Decimal) else value
-    except InvalidOperation as exc:
-        raise ValueError(f"not an amount: {value!r}") from exc
-    if not amount.is_finite():
-        raise ValueError(f"not an amount: {value!r}")
-    cents = amount * 100
-    if cents != cents.to_integral_value():
-        raise ValueError(f"amount {value!r} has a fraction of a cent")
-    return int(cents)
 
 
 def _encode(value: Any, out: list[str]) -> None:

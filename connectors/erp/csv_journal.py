@@ -38,12 +38,13 @@ from rcmflow.connectors.erp.base import (
 )
 from rcmflow.connectors.erp.mapping import check_mapped
 from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.money import cents_text, parse_cents
 from rcmflow.streams.postings import PostingDelta
 
 if TYPE_CHECKING:
     from rcmflow.runtime.settings import Settings
 
-__all__ = ["CsvJournal", "COLUMNS", "build", "cents_text", "text_cents"]
+__all__ = ["CsvJournal", "COLUMNS", "build"]
 
 COLUMNS = ("posting_id", "line_no", "line_count", "effective_date", "entity", "gl_account",
            "debit", "credit", "currency", "memo", "department", "payer_class", "account",
@@ -51,18 +52,6 @@ COLUMNS = ("posting_id", "line_no", "line_count", "effective_date", "entity", "g
 PREFIX, SUFFIX = "journal-", ".csv"
 #: Deltas per write (one fsync each).
 BATCH_MAX = 1000
-
-
-def cents_text(cents: int) -> str:
-    sign = "-" if cents < 0 else ""
-    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
-
-
-def text_cents(text: str) -> int:
-    sign = -1 if text.startswith("-") else 1
-    whole, _, frac = text.lstrip("-").partition(".")
-    assert len(frac) == 2 and whole.isdigit() and frac.isdigit(), f"bad amount {text!r}"
-    return sign * (int(whole) * 100 + int(frac))
 
 
 def _flat(text: str | None) -> str:
@@ -214,8 +203,8 @@ def _entries(path: Path) -> list[JournalEntry]:
             posting_id=posting_id, erp_ref=path.name,
             effective_date=date.fromisoformat(rows[0]["effective_date"]),
             entity=rows[0]["entity"],
-            lines=tuple(JournalLine(r["gl_account"], text_cents(r["debit"]),
-                                    text_cents(r["credit"])) for r in rows),
+            lines=tuple(JournalLine(r["gl_account"], parse_cents(r["debit"], "debit"),
+                                    parse_cents(r["credit"], "credit")) for r in rows),
             posted=len(rows) == int(rows[0]["line_count"])))
     return out
 

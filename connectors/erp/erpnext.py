@@ -41,7 +41,11 @@ from urllib.parse import quote
 
 import httpx
 
-from rcmflow.connectors.erp.base import (
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.money import cents_decimal, number_cents
+from rcmflow.streams.postings import PostingDelta
+
+from .base import (
     AdapterConfigError,
     AlreadyThere,
     JournalEntry,
@@ -51,11 +55,9 @@ from rcmflow.connectors.erp.base import (
     Rejected,
     TransientError,
 )
-from rcmflow.connectors.erp.cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
-from rcmflow.connectors.erp.cloud_settings import CloudErpSettings
-from rcmflow.connectors.erp.mapping import check_mapped
-from rcmflow.streams.chart import ChartOfAccounts
-from rcmflow.streams.postings import PostingDelta
+from .cloud_http import HttpErp, request_json
+from .cloud_settings import CloudErpSettings
+from .mapping import check_mapped
 
 if TYPE_CHECKING:
     from rcmflow.runtime.settings import Settings
@@ -233,8 +235,8 @@ class ErpNext(HttpErp):
                 effective_date=date.fromisoformat(str(doc["posting_date"])),
                 entity=entity_of.get(str(doc.get("company"))),
                 lines=tuple(JournalLine(self.codes.get(str(a["account"]), str(a["account"])),
-                                        decimal_cents(a.get("debit") or 0),
-                                        decimal_cents(a.get("credit") or 0))
+                                        number_cents(a.get("debit") or 0, "ERPNext debit"),
+                                        number_cents(a.get("credit") or 0, "ERPNext credit"))
                             for a in doc.get("accounts", [])),
                 posted=int(doc.get("docstatus", 0)) == 1)
 

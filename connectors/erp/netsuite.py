@@ -39,7 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from rcmflow.connectors.erp.base import (
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.money import cents_decimal, number_cents
+from rcmflow.streams.postings import PostingDelta
+
+from .base import (
     AdapterConfigError,
     AlreadyThere,
     JournalEntry,
@@ -49,11 +53,9 @@ from rcmflow.connectors.erp.base import (
     Rejected,
     TransientError,
 )
-from rcmflow.connectors.erp.cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
-from rcmflow.connectors.erp.cloud_settings import CloudErpSettings
-from rcmflow.connectors.erp.mapping import check_mapped
-from rcmflow.streams.chart import ChartOfAccounts
-from rcmflow.streams.postings import PostingDelta
+from .cloud_http import HttpErp, request_json
+from .cloud_settings import CloudErpSettings
+from .mapping import check_mapped
 
 if TYPE_CHECKING:
     from rcmflow.runtime.settings import Settings
@@ -226,9 +228,12 @@ class NetSuite(HttpErp):
         return JournalEntry(
             posting_id=str(first["externalid"]), erp_ref=str(first.get("tranid") or first["id"]),
             effective_date=date.fromisoformat(str(first["trandate"])), entity=entity,
+            # SuiteQL sends amounts as JSON strings ("12.5").
             lines=tuple(JournalLine(str(r["acctnumber"]),
-                                    decimal_cents(r.get("debit") or 0),
-                                    decimal_cents(r.get("credit") or 0)) for r in rows),
+                                    number_cents(r.get("debit") or 0, "NetSuite debit",
+                                                 text_too=True),
+                                    number_cents(r.get("credit") or 0, "NetSuite credit",
+                                                 text_too=True)) for r in rows),
             posted=str(first.get("posting", "T")) == "T")
 
 

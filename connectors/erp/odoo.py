@@ -47,7 +47,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from rcmflow.connectors.erp.base import (
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.money import cents_decimal, number_cents
+from rcmflow.streams.postings import PostingDelta
+
+from .base import (
     AdapterConfigError,
     AlreadyThere,
     JournalEntry,
@@ -57,11 +61,9 @@ from rcmflow.connectors.erp.base import (
     Rejected,
     TransientError,
 )
-from rcmflow.connectors.erp.cloud_http import HttpErp, cents_decimal, decimal_cents, request_json
-from rcmflow.connectors.erp.cloud_settings import CloudErpSettings
-from rcmflow.connectors.erp.mapping import check_mapped
-from rcmflow.streams.chart import ChartOfAccounts
-from rcmflow.streams.postings import PostingDelta
+from .cloud_http import HttpErp, request_json
+from .cloud_settings import CloudErpSettings
+from .mapping import check_mapped
 
 if TYPE_CHECKING:
     from rcmflow.runtime.settings import Settings
@@ -260,7 +262,8 @@ class Odoo(HttpErp):
                     line["account_id"]
                 per_move.setdefault(int(move), []).append(JournalLine(
                     self.account_codes.get(int(account), f"odoo:{account}"),
-                    decimal_cents(line["debit"]), decimal_cents(line["credit"])))
+                    number_cents(line["debit"], "Odoo debit"),
+                    number_cents(line["credit"], "Odoo credit")))
             for move in moves:
                 yield JournalEntry(
                     posting_id=by_move[int(move["id"])], erp_ref=str(move["name"]),

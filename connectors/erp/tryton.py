@@ -33,7 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from rcmflow.connectors.erp.base import (
+from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.money import cents_decimal, number_cents
+from rcmflow.streams.postings import PostingDelta
+
+from .base import (
     AdapterConfigError,
     AlreadyThere,
     JournalEntry,
@@ -43,9 +47,7 @@ from rcmflow.connectors.erp.base import (
     Rejected,
     TransientError,
 )
-from rcmflow.connectors.erp.mapping import check_mapped
-from rcmflow.streams.chart import ChartOfAccounts
-from rcmflow.streams.postings import PostingDelta
+from .mapping import check_mapped
 
 if TYPE_CHECKING:
     from rcmflow.runtime.settings import Settings
@@ -102,16 +104,6 @@ def _hook(obj: dict[str, Any]) -> Any:
 
 def decode(raw: bytes) -> Any:
     return json.loads(raw, object_hook=_hook, parse_float=Decimal)
-
-
-def _money(cents: int) -> Decimal:
-    return Decimal(cents).scaleb(-2).quantize(Decimal("0.01"))
-
-
-def _cents(amount: Decimal) -> int:
-    cents = amount * 100
-    assert cents == cents.to_integral_value(), f"sub-cent amount {amount} in Tryton"
-    return int(cents)
 
 
 class TrytonAdapter:
@@ -255,8 +247,8 @@ class TrytonAdapter:
         assert sum(x.debit_cents for x in delta.lines) == sum(
             x.credit_cents for x in delta.lines), "unbalanced delta reached the ERP"
         lines = [{
-            "account": accounts[x.gl_account], "debit": _money(x.debit_cents),
-            "credit": _money(x.credit_cents),
+            "account": accounts[x.gl_account], "debit": cents_decimal(x.debit_cents),
+            "credit": cents_decimal(x.credit_cents),
             "description": " ".join(filter(None, [x.memo, x.department, x.payer_class])),
         } for x in delta.lines]
         return {
@@ -354,8 +346,9 @@ class TrytonAdapter:
                     erp_ref=str(move.get("number") or move["id"]),
                     effective_date=move["date"],
                     entity=entities.get(move["company"]),
-                    lines=tuple(JournalLine(line["account."]["code"], _cents(line["debit"]),
-                                            _cents(line["credit"]))
+                    lines=tuple(JournalLine(line["account."]["code"],
+                                            number_cents(line["debit"], "Tryton debit"),
+                                            number_cents(line["credit"], "Tryton credit"))
                                 for line in move.get("lines.", [])),
                     posted=move["state"] == "posted")
             if len(page) < READ_PAGE:

@@ -27,7 +27,7 @@ from rcmflow.cli.demo_sources import (
     X12_FILES,
     send_mllp,
 )
-from rcmflow.cli.ops import dlq_records, format_cents, latest_heads
+from rcmflow.cli.ops import dlq_records, latest_heads
 from rcmflow.connectors.inbound.x12.files import ingest_x12_files
 from rcmflow.runtime.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port
 from rcmflow.runtime.kafka_io import publish
@@ -35,6 +35,7 @@ from rcmflow.runtime.metrics import url
 from rcmflow.runtime.settings import EMBEDDED_PREFIX, Settings, embedded_broker_info
 from rcmflow.streams.chart import ChartError, ChartOfAccounts, load_chart
 from rcmflow.streams.memory_tables import MemoryTables
+from rcmflow.streams.money import cents_for_people
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS, topic_specs
 
@@ -318,10 +319,11 @@ def _feed_demo_files(settings: Settings, broker: EmbeddedBroker,
             return
     b = snap["balances"]
     assert isinstance(b, dict)
-    console.print(f"  {DEMO_ACCOUNT}: charges {format_cents(b['gross_charges'])}, payer paid "
-                  f"{format_cents(b['payer_paid'])}, contractual "
-                  f"{format_cents(b['contractual_adjustments'])}, insurance AR "
-                  f"{format_cents(b['insurance_ar'])}, patient AR {format_cents(b['patient_ar'])}")
+    console.print(f"  {DEMO_ACCOUNT}: charges {cents_for_people(b['gross_charges'])}, payer paid "
+                  f"{cents_for_people(b['payer_paid'])}, contractual "
+                  f"{cents_for_people(b['contractual_adjustments'])}, insurance AR "
+                  f"{cents_for_people(b['insurance_ar'])}, patient AR "
+                  f"{cents_for_people(b['patient_ar'])}")
 
 
 def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccounts,
@@ -352,8 +354,8 @@ def _feed_demo(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccount
         b = snap["balances"]
         assert isinstance(b, dict)
         table.add_row(account, str(snap["status"]), str(snap["version"]),
-                      *(format_cents(b[k]) for k in ("gross_charges", "insurance_ar",
-                                                     "patient_ar", "balance")))
+                      *(cents_for_people(b[k]) for k in ("gross_charges", "insurance_ar",
+                                                         "patient_ar", "balance")))
     console.print(table)
     dlq = asyncio.run(dlq_records(kafka))
     reasons = sorted({str(r["reason_code"]) for r in dlq})

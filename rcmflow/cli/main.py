@@ -1,8 +1,7 @@
 """The `rcmflow` command: every part of the system, one subcommand each.
 
-Settings come from RCMFLOW_* environment variables (see `rcmflow/runtime/settings.py`); every
-command
-finds the embedded broker through the data dir unless RCMFLOW_BROKER names one.
+Settings come from RCMFLOW_* environment variables (see `rcmflow/runtime/settings.py`);
+every command finds the embedded broker through the data dir unless RCMFLOW_BROKER names one.
 """
 
 from __future__ import annotations
@@ -551,7 +550,8 @@ def accounts_list(as_json: JsonFlag = False, limit: LimitOption = 50,
                   after: AfterOption = None) -> None:
     """Accounts with their status, version and balance, most recently changed first, a page
     at a time (--limit, --after); --limit 0 lists every account by number."""
-    from rcmflow.cli.ops import format_cents, heads_page, latest_heads
+    from rcmflow.cli.ops import heads_page, latest_heads
+    from rcmflow.streams.money import cents_for_people
     from rcmflow.streams.topics import ACCOUNTS
 
     kafka = _reader("accounts list", ACCOUNTS)
@@ -571,9 +571,8 @@ def accounts_list(as_json: JsonFlag = False, limit: LimitOption = 50,
         for snap in heads:
             b = snap["balances"]
             table.add_row(snap["account"], snap["status"], str(snap["version"]),
-                          format_cents(b["insurance_ar"]),
-                          format_cents(b["patient_ar"]), format_cents(b["unapplied_credit"]),
-                          format_cents(b["balance"]))
+                          *(cents_for_people(b[k]) for k in ("insurance_ar", "patient_ar",
+                                                             "unapplied_credit", "balance")))
         out.print(table)
     _more("accounts list", following)
 
@@ -585,7 +584,8 @@ def accounts_show(
 ) -> None:
     """One account's balance buckets (in cents with --json), claims and payments (its head
     and items; --json prints them as one document)."""
-    from rcmflow.cli.ops import format_cents, latest_snapshots
+    from rcmflow.cli.ops import latest_snapshots
+    from rcmflow.streams.money import cents_for_people
     from rcmflow.streams.topics import ACCOUNTS
 
     snap = asyncio.run(latest_snapshots(_reader("accounts show", ACCOUNTS), account)).get(account)
@@ -599,13 +599,13 @@ def accounts_show(
               f"entity {snap['entity']}  last event {snap['last_event_at']}")
     table = Table("bucket", "amount", title="balances")
     for bucket, cents in snap["balances"].items():
-        table.add_row(bucket, format_cents(cents))
+        table.add_row(bucket, cents_for_people(cents))
     out.print(table)
     if snap["claims"]:
         claims = Table("claim", "status", "payer", "charged", "adjudications", title="claims")
         for claim in snap["claims"].values():
             claims.add_row(claim["claim_id"], claim["status"], str(claim["payer"]),
-                           format_cents(claim["total_charge_cents"]),
+                           cents_for_people(claim["total_charge_cents"]),
                            str(len(claim["adjudications"])))
         out.print(claims)
 
@@ -616,7 +616,8 @@ def accounts_history(
     as_json: JsonFlag = False,
 ) -> None:
     """The posting deltas emitted for an account, in version order."""
-    from rcmflow.cli.ops import format_cents, posting_history
+    from rcmflow.cli.ops import posting_history
+    from rcmflow.streams.money import cents_for_people
     from rcmflow.streams.topics import POSTINGS
 
     deltas = asyncio.run(posting_history(_reader("accounts history", POSTINGS), account))
@@ -634,7 +635,7 @@ def accounts_history(
         )
         total = sum(ln["debit_cents"] for ln in d["lines"])
         table.add_row(str(d["account_version"]), d["effective_date"], d["event_kind"],
-                      d["posting_id"], lines, format_cents(total))
+                      d["posting_id"], lines, cents_for_people(total))
     out.print(table)
 
 

@@ -21,7 +21,7 @@ from rcmflow.streams.state import ItemRef
 from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 
 __all__ = ["latest_heads", "latest_snapshots", "posting_history", "dlq_records",
-           "format_cents", "dlq_page", "heads_page", "find_dlq", "LISTING_LIMIT"]
+           "dlq_page", "heads_page", "find_dlq", "LISTING_LIMIT"]
 
 #: Records on one page of `accounts list` / `dlq list` unless --limit says otherwise.
 LISTING_LIMIT = 50
@@ -182,10 +182,3 @@ async def heads_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None
             if part.item is None:
                 heads.append(doc)
     return heads, page.next
-
-
-def format_cents(cents: object) -> str:
-    """Integer cents as dollars for people: 123456 -> '1,234.56' (no float on the way)."""
-    assert isinstance(cents, int), f"money must be integer cents, got {cents!r}"
-    sign = "-" if cents < 0 else ""
-    return f"{sign}{abs(cents) // 100:,}.{abs(cents) % 100:02d}"

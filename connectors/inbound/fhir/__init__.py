@@ -5,21 +5,10 @@
 "Inbound: FHIR".
 """
 
-from rcmflow.connectors.inbound.fhir.ingest import (
-           FhirLimits,
-           FhirOutcome,
-           Rejected,
-           ingest_fhir_files,
-           process_fhir,
-)
-from rcmflow.connectors.inbound.fhir.mapping import Mapped, MappingOptions, Problem, map_resource
-from rcmflow.connectors.inbound.fhir.values import (
-           DEFAULT_ACCOUNT_SYSTEMS,
-           FhirValueError,
-           money_cents,
-           read_json,
-)
+from .ingest import FhirLimits, FhirOutcome, Rejected, ingest_fhir_files, process_fhir
+from .mapping import Mapped, MappingOptions, Problem, map_resource
+from .values import DEFAULT_ACCOUNT_SYSTEMS, FhirValueError, read_json
 
 __all__ = ["FhirLimits", "FhirOutcome", "Rejected", "ingest_fhir_files", "process_fhir",
            "Mapped", "MappingOptions", "Problem", "map_resource", "DEFAULT_ACCOUNT_SYSTEMS",
-           "FhirValueError", "money_cents", "read_json"]
+           "FhirValueError", "read_json"]

@@ -33,16 +33,6 @@ from typing import Any, Literal, TypeAlias
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from rcmflow.connectors.inbound.fhir.values import (
-    FhirValueError,
-    account_from_reference,
-    account_from_subject,
-    code_text,
-    event_key,
-    identifier_key,
-    instant,
-    money_cents,
-)
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.events import (
     ChargePosted,
@@ -51,6 +41,18 @@ from rcmflow.streams.events import (
     EventKind,
     PatientPayment,
     Refund,
+)
+from rcmflow.streams.money import MoneyError, cents_text, money_cents
+
+from .values import (
+    FhirValueError,
+    account_from_reference,
+    account_from_subject,
+    code_text,
+    event_key,
+    identifier_key,
+    instant,
+    money_code,
 )
 
 __all__ = ["FhirEvent", "Mapped", "Problem", "MappingOptions", "map_resource", "resource_key",
@@ -164,6 +166,8 @@ def map_resource(doc: Any, *, full_url: str | None, options: MappingOptions) -> 
         return _notice(doc)
     except FhirValueError as exc:
         return Problem(exc.code, f"{kind}: {exc}")
+    except MoneyError as exc:
+        return Problem(money_code(exc), f"{kind}: {exc}")
 
 
 def _errors(exc: ValidationError) -> str:
@@ -199,8 +203,8 @@ def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapp
         cents, currency = money_cents(doc["priceOverride"], where="priceOverride",
                                       currencies=options.currencies)
         if cents <= 0:
-            raise FhirValueError(f"priceOverride.value {_fmt(cents)} is not more than 0 (a "
-                                 "charge is reversed with status entered-in-error)",
+            raise FhirValueError(f"priceOverride.value {cents_text(cents)} is not more than 0 "
+                                 "(a charge is reversed with status entered-in-error)",
                                  "fhir_invalid_amount")
         quantity = _quantity(doc.get("quantity"))
         occurred = _charge_time(doc)
@@ -210,6 +214,8 @@ def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapp
             raise FhirValueError(implausible, DATE_OUT_OF_RANGE)
     except FhirValueError as exc:
         return Problem(exc.code, f"ChargeItem: {exc}", account=account)
+    except MoneyError as exc:
+        return Problem(money_code(exc), f"ChargeItem: {exc}", account=account)
     try:
         dims = Dimensions(encounter=_encounter(doc.get("context")), **_codes(doc))
         common: dict[str, Any] = {"account": account, "occurred_at": occurred,
@@ -346,8 +352,9 @@ def _reconciliation(doc: dict[str, Any], key: str, options: MappingOptions) -> M
         amounts.append(money_cents(detail["amount"], where=f"detail[{n}].amount",
                                    currencies=options.currencies)[0])
     if sum(amounts) != total:
-        return Problem("fhir_unbalanced", f"PaymentReconciliation paymentAmount {_fmt(total)} "
-                       f"!= sum of detail amounts {_fmt(sum(amounts))}: nothing applied")
+        return Problem("fhir_unbalanced", "PaymentReconciliation paymentAmount "
+                       f"{cents_text(total)} != sum of detail amounts "
+                       f"{cents_text(sum(amounts))}: nothing applied")
     trace = (doc.get("paymentIdentifier") or {}).get("value")
     trace = trace[:80] if isinstance(trace, str) and trace else None
     mapped = Mapped()
@@ -441,8 +448,3 @@ def _notice(doc: dict[str, Any]) -> Mapped | Problem:
                        "nothing applied", severity="warning")
     return Mapped(note="PaymentNotice: a notice about the payment it references "
                   "(PaymentReconciliation); the money is applied from that one, nothing here")
-
-
-def _fmt(cents: int) -> str:
-    sign = "-" if cents < 0 else ""
-    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"

@@ -1,4 +1,7 @@
-"""FHIR values -> rcmflow values: exact money, account numbers, instants, idempotency keys.
+"""FHIR values -> rcmflow values: account numbers, instants, idempotency keys.
+
+Money (FHIR Money, exact or refused) is read by ``rcmflow.streams.money.money_cents``;
+``money_code`` gives the DLQ reason code of a refusal.
 
 Pure functions over the JSON as parsed by ``read_json`` (numbers as ``int`` or ``Decimal``,
 never ``float``). Each returns a value or raises ``FhirValueError`` whose message says what is
@@ -15,12 +18,13 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from rcmflow.streams.events import AMOUNT_CENTS_MAX, PROVIDER_PREFIX
+from rcmflow.streams.events import PROVIDER_PREFIX
+from rcmflow.streams.money import MoneyError, Refusal
 
 __all__ = [
     "FhirValueError",
     "read_json",
-    "money_cents",
+    "money_code",
     "account_from_reference",
     "account_from_subject",
     "instant",
@@ -44,8 +48,6 @@ _PATIENT_REF = re.compile(r"^(?:.*/)?Patient/pat\.([A-Za-z0-9\-.]{1,60})$")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 #: Event ids longer than this become a digest (the canonical limit is 200).
 _KEY_CHARS_MAX = 160
-#: Decimal digits of the whole part past which a value cannot be money (and stays cheap).
-_MAGNITUDE_MAX = 12
 
 
 class FhirValueError(ValueError):
@@ -77,61 +79,9 @@ def read_json(text: str | bytes) -> Any:
         raise ValueError("JSON nested too deeply") from exc
 
 
-def money_cents(money: Any, *, where: str, currencies: frozenset[str]) -> tuple[int, str]:
-    """A FHIR Money as (integer cents, currency); exact or refused, never rounded.
-
-    ``currencies`` are the ones the ledger takes (its chart's currency): a Money without a
-    currency, or with another, is refused, since converting is not rcmflow's job.
-    """
-    if not isinstance(money, dict):
-        raise FhirValueError(f"{where} is missing", "fhir_invalid_amount")
-    value = money.get("value")
-    currency = money.get("currency")
-    if value is None:
-        raise FhirValueError(f"{where}.value is missing", "fhir_invalid_amount")
-    if not isinstance(currency, str) or not currency:
-        raise FhirValueError(f"{where}.currency is missing: rcmflow does not guess a currency",
-                             "fhir_currency")
-    if currency not in currencies:
-        shown = repr(currency) if re.fullmatch(r"[A-Z]{3}", currency) else "(not ISO 4217)"
-        raise FhirValueError(f"{where}.currency {shown} is not a currency the ledger "
-                             f"takes ({', '.join(sorted(currencies))})", "fhir_currency")
-    return _cents(value, where), currency
-
-
-def _cents(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | Decimal):
-        raise FhirValueError(f"{where}.value is not a JSON number", "fhir_invalid_amount")
-    if isinstance(value, int):
-        cents = value * 100 if abs(value) <= AMOUNT_CENTS_MAX else AMOUNT_CENTS_MAX + 1
-    else:
-        if not value.is_finite():
-            raise FhirValueError(f"{where}.value is not a finite number", "fhir_invalid_amount")
-        if value and value.adjusted() > _MAGNITUDE_MAX:
-            raise FhirValueError(f"{where}.value is out of range", "fhir_invalid_amount")
-        sign, digits, exponent = value.as_tuple()
-        assert isinstance(exponent, int)
-        # Exact integer arithmetic on the digits: Decimal's 28-digit context would round.
-        shift = exponent + 2
-        if shift >= 0:
-            whole = int("".join(map(str, digits)) or "0") * 10**shift
-        else:
-            cut = -shift
-            if any(digits[-cut:]) if cut <= len(digits) else any(digits):
-                raise FhirValueError(f"{where}.value {_short(value)} has a fraction of a cent",
-                                     "fhir_invalid_amount")
-            kept = digits[:-cut] if cut <= len(digits) else ()
-            whole = int("".join(map(str, kept)) or "0")
-        cents = -whole if sign else whole
-    if abs(cents) > AMOUNT_CENTS_MAX:
-        raise FhirValueError(f"{where}.value is out of range (at most {AMOUNT_CENTS_MAX // 100})",
-                             "fhir_invalid_amount")
-    return cents
-
-
-def _short(value: Decimal) -> str:
-    text = str(value)
-    return text if len(text) <= 24 else text[:21] + "..."
+def money_code(exc: MoneyError) -> str:
+    """The DLQ reason code of a FHIR Money refused by ``rcmflow.streams.money.money_cents``."""
+    return "fhir_currency" if exc.refusal is Refusal.CURRENCY else "fhir_invalid_amount"
 
 
 def account_from_reference(ref: Any, *, systems: tuple[str, ...]) -> str | None:

@@ -9,9 +9,8 @@ listed in the status table (A01/A04 admit/register -> open, A03 -> discharged, .
 account status change. A message is accepted or refused whole: one bad FT1 refuses it all.
 
 ``source_totals`` reads an accepted message's money again, straight from its FT1 fields (not
-from the events), for `rcmflow reconcile` (connectors/inbound/totals.py): measure ``charges``,
-charge
-types positive, credit types and negative amounts or quantities negative.
+from the events), for `rcmflow reconcile` (connectors/inbound/totals.py): measure
+``charges``, charge types positive, credit types and negative amounts or quantities negative.
 
 An event's date (FT1-4, else EVN-2, else MSH-7) outside the configured window
 (streams/date_window.py) refuses the message: AE, date_out_of_range, at the field it came from.
@@ -26,7 +25,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal
 
-from rcmflow.connectors.inbound.hl7.problems import (
+from rcmflow.connectors.inbound.totals import SourceTotals
+from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
+from rcmflow.streams.events import EVENT_ADAPTER, Event, ValidationError
+from rcmflow.streams.money import MoneyError, parse_cents
+
+from .problems import (
     DATA_TYPE_ERROR,
     INTERNAL_ERROR,
     REQUIRED_FIELD_MISSING,
@@ -35,16 +39,8 @@ from rcmflow.connectors.inbound.hl7.problems import (
     Problem,
     Rejected,
 )
-from rcmflow.connectors.inbound.hl7.reader import Hl7Message, Segment
-from rcmflow.connectors.inbound.hl7.values import (
-    ValueProblem,
-    parse_cents,
-    parse_quantity,
-    parse_timestamp,
-)
-from rcmflow.connectors.inbound.totals import SourceTotals
-from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
-from rcmflow.streams.events import EVENT_ADAPTER, Event, ValidationError
+from .reader import Hl7Message, Segment
+from .values import ValueProblem, parse_quantity, parse_timestamp
 
 __all__ = [
     "MappingConfig",
@@ -254,7 +250,7 @@ def _financial(ft1: Segment, config: MappingConfig, problems: _Collector,
         else:
             problems.add("no_amount", REQUIRED_FIELD_MISSING, at + "11",
                          "FT1-11 (extended amount) and FT1-12 (unit amount) are both empty")
-    except ValueProblem as exc:
+    except (ValueProblem, MoneyError) as exc:
         problems.add("invalid_amount", DATA_TYPE_ERROR, at + ("10" if "FT1-10" in str(exc)
                      else "11" if "FT1-11" in str(exc) else "12"), str(exc))
     if not _CURRENCY.match(currency):

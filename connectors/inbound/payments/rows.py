@@ -41,10 +41,10 @@ from typing import Any, BinaryIO, TypeAlias
 
 from pydantic import ValidationError
 
-from rcmflow.connectors.inbound.payments.money import MoneyError, parse_cents
 from rcmflow.connectors.inbound.totals import SourceTotals
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DEFAULT_WINDOW, DateWindow
 from rcmflow.streams.events import EventKind, PatientPayment, Refund, WriteOff
+from rcmflow.streams.money import MoneyError, parse_cents
 
 __all__ = ["COLUMNS", "REQUIRED", "RawRow", "RowError", "read_rows", "row_event",
            "row_totals", "PaymentEvent", "FileError"]

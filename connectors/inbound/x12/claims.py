@@ -13,16 +13,18 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from pydantic import ValidationError
 
-from rcmflow.connectors.inbound.payments.money import MoneyError, format_cents, parse_cents
 from rcmflow.connectors.inbound.totals import SourceTotals
-from rcmflow.connectors.inbound.x12.codes import payer_class_for
-from rcmflow.connectors.inbound.x12.reader import Problem, Segment, TransactionSet
-from rcmflow.connectors.inbound.x12.remit import first_error
 from rcmflow.streams.events import ClaimSubmitted, Dimensions, EventKind, ServiceLine
+from rcmflow.streams.money import MoneyError, parse_cents, parse_decimal
+from rcmflow.streams.money import cents_text as format_cents
+
+from .codes import payer_class_for
+from .reader import Problem, Segment, TransactionSet
+from .remit import first_error
 
 __all__ = ["SubmittedClaim", "Batch837", "parse_837", "claim_events", "batch_totals",
            "SOURCE_837"]
@@ -150,10 +152,10 @@ def _service_line(seg: Segment, line_id: str, batch: Batch837) -> SubmittedLine 
 def _units(text: str, seg: Segment, batch: Batch837) -> int:
     """Whole units as billed; the event model counts whole units, so others become 1."""
     try:
-        units = Decimal(text) if text else Decimal(1)
-    except InvalidOperation:
-        units = Decimal(0)
-    if units >= 1 and units == units.to_integral_value():
+        units: Decimal | None = parse_decimal(text or "1")
+    except MoneyError:  # NaN, an exponent, junk: counted as 1 (NaN >= 1 would raise)
+        units = None
+    if units is not None and units >= 1 and units == units.to_integral_value():
         return int(units)
     batch.warnings.append(f"{seg.id} (segment {seg.number}): units {text!r} counted as 1")
     return 1

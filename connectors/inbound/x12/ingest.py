@@ -1,8 +1,8 @@
 """An X12 file -> what to publish: events of good sets, DLQ records of parked ones.
 
-``process_x12`` is pure (bytes in, records out) so every sample is tested without a broker;
-``X12File`` reads a file as a stream for `rcmflow ingest x12` and `watch`. Per transaction
-set (by ST01):
+``X12File`` reads a file as a stream for `rcmflow ingest x12` and `watch`; ``process_x12``
+answers the same for bytes held in memory (the same code, keeping the events and totals for
+its callers). Per transaction set (by ST01):
 
 * 835: structure (reader) -> remittance -> balancing -> ClaimAdjudicated / ProviderAdjustment;
 * 837: structure (reader) -> claims -> CLM02 = Σ lines -> ClaimSubmitted.
@@ -13,56 +13,69 @@ rcm.raw.x12 with its segments and its warnings (the implementation-guide message
 applied set's records also say what it states in money, read from its segments, and which
 events it made (``source_totals``, connectors/inbound/totals.py), for `rcmflow reconcile`.
 
-Bounds: a set can hold 100,000s of claims, so its raw record is cut into parts
-(``set_records``), each under ``RAW_RECORD_BYTES_MAX`` whatever the set's size: part 0 is
-keyed ``<ISA13>:<GS06>:<ST02>``, part n ``<ISA13>:<GS06>:<ST02>:<n>``; each part says
-``part`` and ``parts``, the set's status, a slice of its segments (concatenated in part order
-they are the set's text) and the source totals of a slice of its claims (each claim's amounts
-with its event id, whole in one part). Warnings are on part 0 (the first
+Bounds: a set can hold 100,000s of claims, so its raw record is cut into parts (parts.py)
+as it is read, each under ``RAW_RECORD_BYTES_MAX`` whatever the set's size: part 0 is keyed
+``<ISA13>:<GS06>:<ST02>``, part n ``<ISA13>:<GS06>:<ST02>:<n>``; each part says ``part`` and
+``parts``, the set's status, a window of its segments (concatenated in part order they are
+the set's text) and the source totals of the claims completed in that window (each claim's
+amounts with its event id, whole in one part). Warnings are on part 0 (the first
 ``WARNINGS_KEPT_MAX``, and ``warnings_total``).
 
-Memory: ``X12File`` reads the file twice, one set at a time: a check pass keeps a short
-summary per set (counts, the first problems), then, since an envelope problem found at GE or
-IEA parks the sets before it, a publish pass reads each set again and yields its records.
-Peak memory is one set's, not the file's.
+Memory is bounded by the work, not by the file or the set: ``X12File`` reads the file twice,
+segment by segment. The check pass maps and checks each 835 claim as it completes, keeping
+per set only what a check needs (running sums for BPR02 = Σ CLP04 - Σ PLB, counts, the first
+problems and warnings, 8 bytes per claim to find repeated claim keys, the number of parts);
+since a set with a problem is parked whole and an envelope problem found at GE or IEA parks
+the sets before it, only then does the publish pass read the file again and publish each set
+claim by claim (its raw parts as their windows fill, its events as they are made). 837 sets
+are still checked whole (their claims and lines, not their text, are held per set).
 """
 
 from __future__ import annotations
 
 import io
+from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, BinaryIO, TypeAlias
 
 import orjson
 
 from rcmflow.connectors.inbound.files import Record
 from rcmflow.connectors.inbound.totals import SourceTotals
-from rcmflow.connectors.inbound.x12.claims import batch_totals, claim_events, parse_837
-from rcmflow.connectors.inbound.x12.guide import guide_warnings
-from rcmflow.connectors.inbound.x12.reader import (
-    ChunkReader,
-    Problem,
-    TransactionSet,
-    X12Document,
-    X12Source,
-)
-from rcmflow.connectors.inbound.x12.remit import (
-    account_problem,
-    balance_problems,
-    parse_835,
-    remit_events,
-    remit_totals,
-)
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import ClaimAdjudicated, ClaimSubmitted, ProviderAdjustment
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_X12
 
-__all__ = ["X12Limits", "SetOutcome", "FileOutcome", "X12File", "process_x12", "set_records",
-           "Record", "RAW_RECORD_BYTES_MAX"]
+from .claims import Batch837, claim_events, parse_837
+from .guide import guide_warnings
+from .parts import Kept, Part, PartWindow, id_bytes_bound, unit_cost
+from .reader import ChunkReader, Problem, Segment, TransactionSet, X12Document, X12Source
+from .remit import (
+    NO_PAYMENT_DATE,
+    Claim,
+    Plb,
+    RemitHeader,
+    RemitReader,
+    account_problem,
+    claim_amounts,
+    claim_event,
+    claim_event_id,
+    claim_key,
+    claim_problem,
+    claim_warnings,
+    plb_event,
+    plb_event_id,
+    plb_key,
+    transaction_problem,
+)
+
+__all__ = ["X12Limits", "SetOutcome", "FileOutcome", "X12File", "process_x12", "Record",
+           "RAW_RECORD_BYTES_MAX", "X12ChangedError"]
 
 X12Event: TypeAlias = ClaimAdjudicated | ProviderAdjustment | ClaimSubmitted
 #: Problems whose failing identity is money rather than structure (DLQ stage "validate").
@@ -78,6 +91,16 @@ _WARNING_CHARS_MAX = 300
 RAW_RECORD_BYTES_MAX = 900 * 1024
 _PART_SEGMENTS_BYTES = 370_000
 _PART_TOTALS_BYTES = 370_000
+#: An event id is at most 200 characters: only a key this close to it can make a repeated
+#: claim's id (``:<n>`` added) invalid where its first one is valid.
+_ID_CHARS_MAX = 200 - 11
+_PAID_ON = "835 payment date (BPR16, else DTM*405, else GS04)"
+
+
+class X12ChangedError(OSError):
+    """The file read again is not the file checked (it changed while it was being ingested):
+    its sets are published as they are read, so what was published stays (re-sending the
+    file is safe) and the rest is not guessed at."""
 
 
 @dataclass(frozen=True)
@@ -99,19 +122,28 @@ class SetOutcome:
     gs06: str
     first_segment: int
     trace: str  # 835 TRN02 or 837 BHT03
-    raw: str
+    #: Kept by ``process_x12`` only (a stream publishes them as they are made).
     events: list[X12Event] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     claims: int = 0
     provider_adjustments: int = 0
     totals: SourceTotals = field(default_factory=SourceTotals)
-    #: How many events / problems / warnings there were (the lists may keep the first only).
+    #: How many events / problems / warnings there were (the lists keep the first only).
     event_count: int = 0
     problems_total: int = 0
     warnings_total: int = 0
-    #: Makes the events again when they are not kept in ``events`` (a set of 100,000s).
-    remake_events: Callable[[], Iterable[X12Event]] | None = None
+    # What the check pass leaves for the publish pass:
+    header: RemitHeader | None = None  # an 835's, as read whole
+    repeated_keys: frozenset[int] = frozenset()  # hashes of claim / PLB keys seen twice
+    parts_applied: int = 1
+    parts_parked: int = 1
+    #: An 835 header segment came after claims were checked with the header before it.
+    recheck: bool = False
+    reader_warnings: list[str] = field(default_factory=list)
+    reader_warnings_total: int = 0
+    map_warnings: list[str] = field(default_factory=list)
+    map_warnings_total: int = 0
 
     @property
     def parked(self) -> bool:
@@ -121,15 +153,16 @@ class SetOutcome:
         text = "; ".join(f"{p.code}: {p.detail}" for p in self.problems)
         return text if len(text) <= _REASON_CHARS_MAX else text[:_REASON_CHARS_MAX] + " ..."
 
-    def summary(self) -> SetOutcome:
-        """What the report needs once the set is published: counts and the first problems."""
-        return SetOutcome(self.st01, self.st02, self.isa13, self.gs06, self.first_segment,
-                          self.trace, "", problems=self.problems[:_PROBLEMS_KEPT_MAX],
-                          warnings=self.warnings, claims=self.claims,
-                          provider_adjustments=self.provider_adjustments,
-                          event_count=self.event_count,
-                          problems_total=max(self.problems_total, len(self.problems)),
-                          warnings_total=self.warnings_total)
+    def with_guide(self, guide: list[str]) -> None:
+        """The set's warnings in the order an operator reads them: the reader's, the guide's
+        and the mapping's (a parked set: the guide's after the first of the others)."""
+        if self.parked:
+            self.warnings = (self.reader_warnings + self.map_warnings)[:WARNINGS_KEPT_MAX] + (
+                guide[:WARNINGS_KEPT_MAX])
+        else:
+            self.warnings = (self.reader_warnings + guide
+                             + self.map_warnings)[:WARNINGS_KEPT_MAX]
+        self.warnings_total = self.reader_warnings_total + len(guide) + self.map_warnings_total
 
 
 @dataclass
@@ -139,6 +172,8 @@ class FileOutcome:
     warnings: list[str] = field(default_factory=list)
     sets: list[SetOutcome] = field(default_factory=list)
     payload: bytes = b""
+    #: ``process_x12``'s records, made as it read the bytes.
+    kept_records: list[Record] = field(default_factory=list)
 
     @property
     def rejected(self) -> bool:
@@ -171,13 +206,9 @@ class FileOutcome:
         return "\n".join(lines) + "\n"
 
     def records(self, limits: X12Limits) -> Iterator[Record]:
-        received = datetime.now(UTC)
-        if self.problems:
-            yield file_dlq(self.origin, self.problems, self.payload, self.warnings, limits,
-                           received)
-            return
-        for s in self.sets:
-            yield from set_records(self.origin, s, self.warnings, limits, received)
+        """``process_x12``'s records (``limits`` as it was given)."""
+        del limits
+        return iter(self.kept_records)
 
 
 def file_dlq(origin: str, problems: list[Problem], payload: bytes, warnings: list[str],
@@ -187,57 +218,349 @@ def file_dlq(origin: str, problems: list[Problem], payload: bytes, warnings: lis
                            received, {"warnings": warnings[:WARNINGS_KEPT_MAX]})
 
 
-def set_records(origin: str, s: SetOutcome, file_warnings: list[str], limits: X12Limits,
-                received: datetime) -> Iterator[Record]:
-    """A set's rcm.raw.x12 parts, then its events (applied) or its DLQ record (parked)."""
-    base = f"{s.isa13}:{s.gs06}:{s.st02}"
-    texts = _text_parts(s.raw, min(_PART_SEGMENTS_BYTES, limits.dlq_payload_bytes_max))
-    totals = [] if s.parked else s.totals.split(_PART_TOTALS_BYTES)
-    parts = max(len(texts), len(totals), 1)
-    warnings = [w[:_WARNING_CHARS_MAX] for w in (file_warnings + s.warnings)[:WARNINGS_KEPT_MAX]]
-    for n in range(parts):
+def _first(groups: Iterable[tuple[Iterable[Problem], int]]) -> tuple[list[Problem], int]:
+    """Lists kept in part (the first of each, and how many each had), joined: the first
+    ``_PROBLEMS_KEPT_MAX`` of the whole and its length."""
+    kept: list[Problem] = []
+    total = 0
+    for problems, count in groups:
+        for p in problems:
+            if len(kept) >= _PROBLEMS_KEPT_MAX:
+                break
+            kept.append(p)
+        total += count
+    return kept, total
+
+
+def _repeated(hashes: array[int]) -> frozenset[int]:
+    ordered = sorted(hashes)
+    return frozenset(a for a, b in zip(ordered, ordered[1:], strict=False) if a == b)
+
+
+def _date_problems(when: date | None, field: str, window: DateWindow) -> list[Problem]:
+    text = window.problem(when, field) if when is not None else None
+    return [Problem(DATE_OUT_OF_RANGE, text)] if text else []
+
+
+class _SetRun:
+    """One transaction set fed its segments as they are read: checked (``plan`` None: the
+    summary and what the publish pass needs, nothing published) or published as ``plan``
+    says (its raw parts as their windows fill, its events as they are made, its DLQ record).
+
+    An 835 is mapped claim by claim (``RemitReader``); other sets keep their lines and are
+    mapped whole at their end (837s: their claims need the whole batch)."""
+
+    def __init__(self, tset: TransactionSet, terminator: str, limits: X12Limits, *,
+                 plan: SetOutcome | None = None, header: RemitHeader | None = None,
+                 keep: bool = False, origin: str = "", file_warnings: list[str] | None = None,
+                 received: datetime | None = None) -> None:
+        self.tset, self.terminator, self.limits, self.plan = tset, terminator, limits, plan
+        self.keep, self.origin = keep, origin
+        self.file_warnings, self.received = file_warnings or [], received or datetime.now(UTC)
+        self.out = SetOutcome(tset.st01, tset.st02, tset.isa13, tset.gs06, 0, "")
+        self.parked = plan is not None and plan.parked
+        self.lines = 0
+        self.records: list[Record] = []
+        text_max = min(_PART_SEGMENTS_BYTES, limits.dlq_payload_bytes_max)
+        if plan is None:  # counted both ways: whether it parks is known at its end
+            self.windows = [PartWindow(text_max, _PART_TOTALS_BYTES, dry=True),
+                            PartWindow(text_max, None, dry=True)]
+        else:
+            self.windows = [PartWindow(text_max, None if self.parked else _PART_TOTALS_BYTES)]
+        self.parts_made = 0
+        self.payload = bytearray()  # a parked set's DLQ payload: the start of its text
+        self.streamed = tset.st01 == "835" and not self.parked
+        self.whole = not self.streamed and not self.parked
+        # 835, read claim by claim
+        self.reader = RemitReader(tset.st02, tset.group_date)
+        self.header = plan.header if plan is not None else header
+        self.used_header: RemitHeader | None = header
+        self.header_moved = False
+        self.parse_problems, self.unbalanced = Kept[Problem](100), Kept[Problem](100)
+        self.accounts, self.plb_accounts = Kept[Problem](100), Kept[Problem](100)
+        self.parse_warnings, self.claim_warnings = Kept[str](50), Kept[str](50)
+        self.paid = self.plb_cents = 0
+        self.hashes: array[int] = array("q")
+        self.long_keys: Counter[str] = Counter()
+        self.seen: Counter[str] = Counter()
+        self.invalid_claim: Problem | None = None
+        self.invalid_plb: Problem | None = None
+
+    # -- as it is read ----------------------------------------------------------------------
+
+    def line(self, line: str) -> list[Record]:
+        """One segment as written (``TransactionSet.lines``); the records it completed."""
+        tset = self.tset
+        if not self.lines:
+            self.out.first_segment = tset.first_segment
+        number = tset.first_segment + self.lines
+        self.lines += 1
+        if self.streamed:
+            seg = Segment(number, tuple(line.split(tset.element_sep)), tset.component_sep)
+            for item in self.reader.feed(seg):
+                self._item(item)
+            self._drain()
+        elif self.whole:
+            tset.lines.append(line)
+        piece = line + self.terminator + "\n"
+        if self.parked and len(self.payload) <= self.limits.dlq_payload_bytes_max:
+            self.payload += piece.encode()
+        for window in self.windows:
+            self._parts(window.add_text(piece))
+        return self._take()
+
+    def _take(self) -> list[Record]:
+        records, self.records = self.records, []
+        return records
+
+    def _drain(self) -> None:
+        remit = self.reader.remit
+        for p in remit.problems:
+            self.parse_problems.add(p)
+        for w in remit.warnings:
+            self.parse_warnings.add(w)
+        remit.problems.clear()
+        remit.warnings.clear()
+
+    def _item(self, item: Claim | Plb) -> None:
+        header = self.header or self.reader.header()
+        if isinstance(item, Claim):
+            key, account = claim_key(item), item.account
+            amounts = claim_amounts(item)
+        else:
+            key, account = plb_key(item), f"provider:{item.provider}"
+            amounts = [("provider_adjustments", item.amount_cents)]
+        cost = unit_cost(account, id_bytes_bound(f"{header.base_id}:{key}"), amounts)
+        if self.plan is None:
+            self._check(item, key, account, header)
+            self._parts(self.windows[0].add_unit(account, "", date.min, amounts, cost))
+            return
+        occurrence = 1
+        if hash(key) in self.plan.repeated_keys:
+            self.seen[key] += 1
+            occurrence = self.seen[key]
+        assert header.paid_on is not None
+        try:
+            if isinstance(item, Claim):
+                event: X12Event = claim_event(item, header, claim_event_id(
+                    header, key, occurrence), self.limits.entity)
+            else:
+                event = plb_event(item, header, plb_event_id(header, key, occurrence),
+                                  self.limits.entity)
+        except ValueError as exc:
+            raise X12ChangedError(_changed(self.tset, exc)) from None
+        self._parts(self.windows[0].add_unit(account, event.event_id, header.paid_on, amounts,
+                                             cost))
+        self._event(event, amounts)
+
+    def _event(self, event: X12Event, amounts: list[tuple[str, int]]) -> None:
+        self.records.append((EVENTS, event.account.encode(), event.model_dump_json().encode()))
+        if self.keep:
+            self.out.events.append(event)
+            self.out.totals.event_ids.append((event.account, event.event_id))
+            day = event.occurred_at.date()
+            for measure, cents in amounts:
+                self.out.totals.add(event.account, day, measure, cents, event.event_id)
+
+    def _check(self, item: Claim | Plb, key: str, account: str, header: RemitHeader) -> None:
+        self.hashes.append(hash(key))
+        if self.used_header is None:
+            self.used_header = header
+        elif header != self.used_header:
+            self.header_moved = True
+        if isinstance(item, Claim):
+            if (problem := claim_problem(item)) is not None:
+                self.unbalanced.add(problem)
+            for warning in claim_warnings(item):
+                self.claim_warnings.add(warning)
+            if (problem := account_problem(account, f"claim {item.number} CLP01")) is not None:
+                self.accounts.add(problem)
+            self.paid += item.paid_cents
+        else:
+            if (problem := account_problem(account, "PLB01")) is not None:
+                self.plb_accounts.add(problem)
+            self.plb_cents += item.amount_cents
+        if header.paid_on is None:
+            return  # the set's problem is its missing date (at its end)
+        try:
+            if isinstance(item, Claim) and self.invalid_claim is None:
+                occurrence = 1
+                if len(f"{header.base_id}:{key}") > _ID_CHARS_MAX:
+                    self.long_keys[key] += 1
+                    occurrence = self.long_keys[key]
+                claim_event(item, header, claim_event_id(header, key, occurrence),
+                            self.limits.entity)
+            elif isinstance(item, Plb) and self.invalid_plb is None:
+                plb_event(item, header, plb_event_id(header, key, 1), self.limits.entity)
+        except ValueError as exc:
+            if isinstance(item, Claim):
+                self.invalid_claim = Problem("x12_invalid_event", str(exc))
+            else:
+                self.invalid_plb = Problem("x12_invalid_event", str(exc))
+
+    def _parts(self, parts: list[Part]) -> None:
+        if self.plan is None:
+            return
+        for part in parts:
+            self.records.append(self._part_record(part))
+
+    def _part_record(self, part: Part) -> Record:
+        plan, n = self.plan, self.parts_made
+        assert plan is not None
+        self.parts_made += 1
+        base = f"{plan.isa13}:{plan.gs06}:{plan.st02}"
         doc: dict[str, Any] = {
-            "origin": origin, "st01": s.st01, "st02": s.st02, "isa13": s.isa13,
-            "gs06": s.gs06, "trace": s.trace, "status": "parked" if s.parked else "applied",
-            "events": 0 if s.parked else s.event_count, "part": n, "parts": parts}
-        if not s.parked:
-            doc["source_totals"] = (totals[n] if n < len(totals) else SourceTotals()).to_json()
+            "origin": self.origin, "st01": plan.st01, "st02": plan.st02, "isa13": plan.isa13,
+            "gs06": plan.gs06, "trace": plan.trace,
+            "status": "parked" if self.parked else "applied",
+            "events": 0 if self.parked else plan.event_count, "part": n,
+            "parts": plan.parts_parked if self.parked else plan.parts_applied}
+        if not self.parked:
+            doc["source_totals"] = (part.totals or SourceTotals()).to_json()
         if n == 0:
-            doc["warnings"] = warnings
-            doc["warnings_total"] = len(file_warnings) + max(s.warnings_total, len(s.warnings))
-        doc["segments"] = texts[n] if n < len(texts) else ""
+            doc["warnings"] = self._warnings()
+            doc["warnings_total"] = len(self.file_warnings) + max(plan.warnings_total,
+                                                                  len(plan.warnings))
+        doc["segments"] = part.text
         doc["segments_truncated"] = False
-        yield RAW_X12, (base if n == 0 else f"{base}:{n}").encode(), orjson.dumps(doc)
-    if s.parked:
-        yield DLQ, base.encode(), _dlq(
-            origin, s.first_segment, s.st02, s.problems, max(s.problems_total, len(s.problems)),
-            s.raw.encode(), limits, received, {
-                "transaction_set": s.st02, "st01": s.st01, "isa13": s.isa13, "gs06": s.gs06,
-                "trace": s.trace, "warnings": warnings,
-                "warnings_total": max(s.warnings_total, len(s.warnings))})
-        return
-    for event in s.remake_events() if s.remake_events is not None else s.events:
-        yield EVENTS, event.account.encode(), event.model_dump_json().encode()
+        # orjson's buffer for a large document is ~10x its length (4 MB for a 370 KB part):
+        # copied, the record held until the broker acknowledges it is only its length.
+        value = bytes(memoryview(orjson.dumps(doc)))
+        return RAW_X12, (base if n == 0 else f"{base}:{n}").encode(), value
+
+    def _warnings(self) -> list[str]:
+        assert self.plan is not None
+        return [w[:_WARNING_CHARS_MAX]
+                for w in (self.file_warnings + self.plan.warnings)[:WARNINGS_KEPT_MAX]]
+
+    # -- at its end -------------------------------------------------------------------------
+
+    def end(self) -> list[Record]:
+        """The set is complete: the check's summary in ``out``, or its last records."""
+        if self.streamed:
+            for item in self.reader.finish():
+                self._item(item)
+            self._drain()
+        if self.plan is None:
+            self._checked()
+            return []
+        if self.whole:
+            self._publish_whole()
+        for window in self.windows:
+            self._parts(window.end())
+        plan = self.plan
+        if self.parked:
+            self.records.append((DLQ, f"{plan.isa13}:{plan.gs06}:{plan.st02}".encode(), _dlq(
+                self.origin, plan.first_segment, plan.st02, plan.problems,
+                max(plan.problems_total, len(plan.problems)), bytes(self.payload), self.limits,
+                self.received, {
+                    "transaction_set": plan.st02, "st01": plan.st01, "isa13": plan.isa13,
+                    "gs06": plan.gs06, "trace": plan.trace, "warnings": self._warnings(),
+                    "warnings_total": max(plan.warnings_total, len(plan.warnings))})))
+        return self._take()
+
+    def _checked(self) -> None:
+        out, tset = self.out, self.tset
+        envelope = (tset.problems, tset.problems_total)
+        if self.streamed:
+            header = self.reader.header()
+            if self.used_header is not None and self.used_header != header:
+                self.header_moved = True
+            remit = self.reader.remit
+            balance = transaction_problem(remit.bpr02_cents, self.paid, self.plb_cents)
+            dates = _date_problems(header.paid_on, _PAID_ON, self.limits.date_window)
+            out.problems, out.problems_total = _first([
+                envelope, (self.parse_problems.items, self.parse_problems.total),
+                (self.unbalanced.items, self.unbalanced.total),
+                ([balance] if balance else [], 1 if balance else 0),
+                (self.accounts.items, self.accounts.total),
+                (self.plb_accounts.items, self.plb_accounts.total), (dates, len(dates))])
+            if not out.problems_total:
+                made = (Problem("x12_invalid_event", NO_PAYMENT_DATE)
+                        if header.paid_on is None else self.invalid_claim or self.invalid_plb)
+                if made is not None:
+                    out.problems, out.problems_total = [made], 1
+            out.trace, out.claims = remit.trn02, self.reader.claims
+            out.provider_adjustments = self.reader.plbs
+            out.event_count = 0 if out.problems else self.reader.claims + self.reader.plbs
+            out.header, out.recheck = header, self.header_moved
+            out.repeated_keys = _repeated(self.hashes)
+            warnings = self.parse_warnings.items + self.claim_warnings.items
+            out.map_warnings = warnings[:WARNINGS_KEPT_MAX]
+            out.map_warnings_total = self.parse_warnings.total + self.claim_warnings.total
+        else:
+            self._check_whole(envelope)
+        out.reader_warnings = list(tset.warnings)
+        out.reader_warnings_total = max(tset.warnings_total, len(tset.warnings))
+        out.warnings = (out.reader_warnings + out.map_warnings)[:WARNINGS_KEPT_MAX]
+        out.warnings_total = out.reader_warnings_total + out.map_warnings_total
+        for window in self.windows:
+            window.end()
+        out.parts_applied, out.parts_parked = (w.closed for w in self.windows)
+
+    # -- sets mapped whole (837, others) ------------------------------------------------------
+
+    def _check_whole(self, envelope: tuple[list[Problem], int]) -> None:
+        out, tset = self.out, self.tset
+        problems: list[Problem] = []
+        warnings: list[str] = []
+        batch: Batch837 | None = None
+        if tset.st01 == "837":
+            batch = parse_837(tset)
+            out.trace, out.claims = batch.reference, len(batch.claims)
+            problems += batch.problems
+            warnings += batch.warnings
+            warnings.append("837: no implementation-guide validation (pyx12 4.0.0 has no "
+                            f"map for {tset.version or 'this version'})")
+            problems += [p for p in (account_problem(c.account, f"claim {c.number} CLM01")
+                                     for c in batch.claims) if p]
+            problems += _date_problems(batch.created, "837 creation date (BHT04)",
+                                       self.limits.date_window)
+        else:
+            problems.append(Problem(
+                "x12_unsupported_set",
+                f"ST01 {tset.st01[:6]!r} is not handled (835 remittances and 837 claims are)"))
+        out.problems, out.problems_total = _first([envelope, (problems, len(problems))])
+        if batch is not None and not out.problems_total:
+            try:
+                for event, amounts in _batch_events(batch, self.limits):
+                    out.event_count += 1
+                    self._whole_unit(event, amounts)
+            except ValueError as exc:
+                out.problems, out.problems_total = [Problem("x12_invalid_event", str(exc))], 1
+                out.event_count = 0
+        out.map_warnings = warnings[:WARNINGS_KEPT_MAX]
+        out.map_warnings_total = len(warnings)
+        tset.lines = []
+
+    def _whole_unit(self, event: ClaimSubmitted, amounts: list[tuple[str, int]]) -> None:
+        cost = unit_cost(event.account, id_bytes_bound(event.event_id), amounts)
+        self._parts(self.windows[0].add_unit(event.account, event.event_id,
+                                             event.occurred_at.date(), amounts, cost))
+
+    def _publish_whole(self) -> None:
+        if self.tset.st01 != "837":
+            return
+        batch = parse_837(self.tset)
+        self.tset.lines = []
+        try:
+            for event, amounts in _batch_events(batch, self.limits):
+                self._whole_unit(event, amounts)
+                self._event(event, amounts)
+        except (ValueError, AssertionError) as exc:
+            raise X12ChangedError(_changed(self.tset, exc)) from None
 
 
-def _text_parts(raw: str, bytes_max: int) -> list[str]:
-    """``raw`` in pieces whose JSON string is at most ``bytes_max`` bytes, cut after a
-    segment where one ends in reach (a JSON string can be 6x its characters)."""
-    parts: list[str] = []
-    start, window = 0, bytes_max
-    while start < len(raw):
-        end = min(len(raw), start + window)
-        if end < len(raw):
-            newline = raw.rfind("\n", start, end)
-            if newline > start:
-                end = newline + 1
-        piece = raw[start:end]
-        if len(orjson.dumps(piece)) > bytes_max:
-            window = max(1, window // 2)
-            continue
-        parts.append(piece)
-        start, window = end, bytes_max
-    return parts
+def _changed(tset: TransactionSet, exc: Exception) -> str:
+    return (f"ST {tset.st02[:9]} changed since it was checked (the file changed while it was "
+            f"being ingested): {exc}")
+
+
+def _batch_events(batch: Batch837,
+                  limits: X12Limits) -> Iterator[tuple[ClaimSubmitted, list[tuple[str, int]]]]:
+    """An 837's events, each with what its claim states (CLM02, billed)."""
+    for event in claim_events(batch, entity=limits.entity):
+        yield event, [("billed", event.total_charge_cents)]
 
 
 def _dlq(origin: str, offset: int, st02: str | None, problems: list[Problem], total: int,
@@ -279,42 +602,19 @@ def _guide(source: X12Source, size: int, sets: list[SetOutcome], limits: X12Limi
     return guide
 
 
-def process_x12(data: bytes, *, origin: str, limits: X12Limits) -> FileOutcome:
-    """Read, check and map one X12 file held in memory; never raises on bad input."""
-    outcome = FileOutcome(origin=origin, payload=data)
-    source = X12Source(lambda: io.BytesIO(data))
-    doc = X12Document()
-    tsets = list(source.sets(doc, segments_max=limits.segments_max))
-    outcome.problems.extend(doc.file_problems)
-    outcome.warnings.extend(doc.file_warnings)
-    if doc.file_problems:
-        return outcome
-    if not tsets:
-        outcome.problems.append(_NO_SETS)
-        return outcome
-    kinds = [SetOutcome(t.st01, t.st02, "", "", 0, "", "") for t in tsets]
-    guide = _guide(source, len(data), kinds, limits, outcome.warnings)
-    for tset in tsets:
-        outcome.sets.append(_process_set(tset, doc.terminator, guide.get(tset.st02, []),
-                                         limits))
-    return outcome
-
-
-_NO_SETS = Problem("x12_no_transaction_sets", "the interchange holds no ST..SE transaction set")
-
-
-class X12File:
-    """One X12 file read, checked and published as a stream (a ``FileIngest``).
+class _X12Stream:
+    """One X12 file read, checked and published as a stream (see the module's docstring).
 
     ``outcome`` holds what the report needs (a summary per set) once ``records()`` is
-    exhausted; ``on_progress`` is called as the file is read (both passes)."""
+    exhausted; ``on_progress`` is called as the file is read (every pass)."""
 
-    def __init__(self, path: Path, limits: X12Limits) -> None:
-        self.path, self.limits = path, limits
-        self.outcome = FileOutcome(origin=f"file:{path}")
+    def __init__(self, open_bytes: Callable[[], BinaryIO], size: int, origin: str,
+                 limits: X12Limits, *, keep: bool = False) -> None:
+        self._open, self.size, self.limits, self.keep = open_bytes, size, limits, keep
+        self.outcome = FileOutcome(origin=origin)
         self.on_progress: Callable[[], None] | None = None
         self._source: X12Source | None = None
-        self._not_counted = 0  # bytes read by the guide pass
+        self._not_counted = 0  # bytes read by the guide pass and a recheck
 
     @property
     def bytes_read(self) -> int:
@@ -330,21 +630,41 @@ class X12File:
         if self.on_progress is not None:
             self.on_progress()
 
-    def _check(self, source: X12Source, doc: X12Document) -> Iterator[TransactionSet]:
-        """Pass 1: each set checked and summed up in ``outcome.sets``, then let go."""
-        for tset in source.sets(doc, segments_max=self.limits.segments_max):
-            self.outcome.sets.append(_process_set(tset, doc.terminator, [], self.limits,
-                                                  keep=False).summary())
-            tset.lines = []
-            yield tset
+    def _check(self, source: X12Source, doc: X12Document,
+               headers: list[RemitHeader | None] | None) -> list[TransactionSet]:
+        """Pass 1: each set checked, its summary in ``outcome.sets``; the sets (no lines)."""
+        self.outcome.sets = []
+        tsets: list[TransactionSet] = []
+        run: _SetRun | None = None
+        for tset, line in source.stream(doc, segments_max=self.limits.segments_max):
+            if run is None or run.tset is not tset:
+                n = len(tsets)
+                run = _SetRun(tset, doc.terminator, self.limits,
+                              header=headers[n] if headers and n < len(headers) else None)
+                tsets.append(tset)
+            if line is None:
+                run.end()
+                self.outcome.sets.append(run.out)
+                run = None
+            else:
+                run.line(line)
+        return tsets
 
     def records(self) -> Iterator[Record]:
         limits, outcome = self.limits, self.outcome
         received = datetime.now(UTC)
-        source = self._source = X12Source(lambda: self.path.open("rb"), on_read=self._read)
+        source = self._source = X12Source(self._open, on_read=self._read)
         # Pass 1: check every set, keep a summary of each.
         doc = X12Document()
-        envelopes = [(s.interchange, s.group) for s in self._check(source, doc)]
+        tsets = self._check(source, doc, None)
+        if not doc.file_problems and any(s.recheck for s in outcome.sets):
+            # An 835 header segment after its claims (out of the guide's order): the claims
+            # are checked again with the header as read whole.
+            before = source.bytes_read
+            headers = [s.header for s in outcome.sets]
+            doc = X12Document()
+            tsets = self._check(source, doc, headers)
+            self._not_counted += source.bytes_read - before
         outcome.problems.extend(doc.file_problems)
         outcome.warnings.extend(doc.file_warnings)
         if not doc.file_problems and not outcome.sets:
@@ -355,34 +675,55 @@ class X12File:
                            source.head(limits.dlq_payload_bytes_max), outcome.warnings,
                            limits, received)
             return
-        for s, (interchange, group) in zip(outcome.sets, envelopes, strict=True):
-            _add_envelope_problems(s, interchange.problems + group.problems)
+        for s, tset in zip(outcome.sets, tsets, strict=True):
+            _add_envelope_problems(s, tset.interchange.problems + tset.group.problems)
         before = source.bytes_read
-        guide = _guide(source, self.path.stat().st_size, outcome.sets, limits,
-                       outcome.warnings)
-        self._not_counted = source.bytes_read - before
+        guide = _guide(source, self.size, outcome.sets, limits, outcome.warnings)
+        self._not_counted += source.bytes_read - before
         for s in outcome.sets:
-            s.warnings = s.warnings + guide.get(s.st02, [])[:WARNINGS_KEPT_MAX]
-            s.warnings_total += len(guide.get(s.st02, []))
+            s.with_guide(guide.get(s.st02, []))
         # Pass 2: each set again, published as it is read.
         doc = X12Document()
-        for n, tset in enumerate(source.sets(doc, segments_max=limits.segments_max)):
-            if n >= len(outcome.sets):
-                break  # the file grew since the check: what was not checked is not sent
-            s = outcome.sets[n]
-            if s.parked:
-                full = SetOutcome(s.st01, s.st02, s.isa13, s.gs06, s.first_segment, s.trace,
-                                  tset.raw(doc.terminator), problems=s.problems,
-                                  warnings=s.warnings, problems_total=s.problems_total,
-                                  warnings_total=s.warnings_total)
+        run: _SetRun | None = None
+        n = -1
+        for tset, line in source.stream(doc, segments_max=limits.segments_max):
+            if run is None or run.tset is not tset:
+                n += 1
+                if n >= len(outcome.sets):
+                    break  # the file grew since the check: what was not checked is not sent
+                run = _SetRun(tset, doc.terminator, limits, plan=outcome.sets[n], keep=self.keep,
+                              origin=outcome.origin, file_warnings=outcome.warnings,
+                              received=received)
+            if line is None:
+                yield from run.end()
+                if self.keep:
+                    outcome.sets[n].events = run.out.events
+                    outcome.sets[n].totals = run.out.totals
+                run = None
             else:
-                full = _process_set(tset, doc.terminator, guide.get(tset.st02, []), limits,
-                                    keep_events=False)
-                # The report says what was published (the file may have changed since).
-                outcome.sets[n] = full.summary()
-            tset.lines = []
-            yield from set_records(outcome.origin, full, outcome.warnings, limits, received)
-            del full
+                yield from run.line(line)
+
+
+class X12File(_X12Stream):
+    """One X12 file read, checked and published as a stream (a ``FileIngest``)."""
+
+    def __init__(self, path: Path, limits: X12Limits) -> None:
+        super().__init__(lambda: path.open("rb"), path.stat().st_size, f"file:{path}", limits)
+        self.path = path
+
+
+def process_x12(data: bytes, *, origin: str, limits: X12Limits) -> FileOutcome:
+    """Read, check and map one X12 file held in memory; never raises on bad input. Its
+    records (``outcome.records``) are those ``X12File`` publishes for the same bytes; each
+    applied set keeps its events and source totals."""
+    x12 = _X12Stream(lambda: io.BytesIO(data), len(data), origin, limits, keep=True)
+    records = list(x12.records())
+    x12.outcome.kept_records = records
+    x12.outcome.payload = data
+    return x12.outcome
+
+
+_NO_SETS = Problem("x12_no_transaction_sets", "the interchange holds no ST..SE transaction set")
 
 
 def _add_envelope_problems(s: SetOutcome, envelope: list[Problem]) -> None:
@@ -398,79 +739,3 @@ def _add_envelope_problems(s: SetOutcome, envelope: list[Problem]) -> None:
     s.problems = (envelope + [p for p in own if p not in unmade])[:_PROBLEMS_KEPT_MAX]
 
 
-def _process_set(tset: TransactionSet, terminator: str, guide: list[str],
-                 limits: X12Limits, *, keep: bool = True,
-                 keep_events: bool = True) -> SetOutcome:
-    """Check and map one set; ``keep=False`` (a check pass): no text, events or totals kept;
-    ``keep_events=False``: the events are made again as they are published."""
-    out = SetOutcome(tset.st01, tset.st02, tset.isa13, tset.gs06,
-                     tset.first_segment if tset.lines else 0, "",
-                     tset.raw(terminator) if keep else "", problems=list(tset.problems),
-                     warnings=tset.warnings + guide)
-    _map_set(tset, out, limits, keep, keep and keep_events)
-    out.problems_total = len(out.problems)
-    out.warnings_total = len(out.warnings)
-    del out.warnings[WARNINGS_KEPT_MAX:]
-    return out
-
-
-def _map_set(tset: TransactionSet, out: SetOutcome, limits: X12Limits, keep: bool,
-             keep_events: bool) -> None:
-    if tset.st01 == "835":
-        remit = parse_835(tset)
-        out.trace, out.claims, out.provider_adjustments = (remit.trn02, len(remit.claims),
-                                                           len(remit.plbs))
-        out.problems += remit.problems + balance_problems(remit)
-        out.warnings += remit.warnings
-        out.problems += [p for p in (account_problem(c.account, f"claim {c.number} CLP01")
-                                     for c in remit.claims) if p]
-        out.problems += [p for p in (account_problem(f"provider:{b.provider}", "PLB01")
-                                     for b in remit.plbs) if p]
-        out.problems += _date_problems(remit.paid_on, "835 payment date (BPR16, else DTM*405, "
-                                       "else GS04)", limits.date_window)
-        if not out.problems:
-            _events(out, lambda: remit_events(remit, entity=limits.entity), keep_events)
-            if not out.problems and keep:
-                remit_totals(remit, out.totals)
-    elif tset.st01 == "837":
-        batch = parse_837(tset)
-        out.trace, out.claims = batch.reference, len(batch.claims)
-        out.problems += batch.problems
-        out.warnings += batch.warnings
-        out.warnings.append("837: no implementation-guide validation (pyx12 4.0.0 has no "
-                            f"map for {tset.version or 'this version'})")
-        out.problems += [p for p in (account_problem(c.account, f"claim {c.number} CLM01")
-                                     for c in batch.claims) if p]
-        out.problems += _date_problems(batch.created, "837 creation date (BHT04)",
-                                       limits.date_window)
-        if not out.problems:
-            _events(out, lambda: claim_events(batch, entity=limits.entity), keep_events)
-            if not out.problems and keep:
-                batch_totals(batch, out.totals)
-    else:
-        out.problems.append(Problem(
-            "x12_unsupported_set",
-            f"ST01 {tset.st01[:6]!r} is not handled (835 remittances and 837 claims are)"))
-
-
-def _date_problems(when: date | None, field: str, window: DateWindow) -> list[Problem]:
-    text = window.problem(when, field) if when is not None else None
-    return [Problem(DATE_OUT_OF_RANGE, text)] if text else []
-
-
-def _events(out: SetOutcome, make: Callable[[], Iterable[X12Event]], keep: bool) -> None:
-    """Make (so check) every event; keep them, or only their ids and a way to remake them."""
-    ids: list[tuple[str, str]] = []
-    try:
-        for event in make():
-            ids.append((event.account, event.event_id))
-            if keep:
-                out.events.append(event)
-    except ValueError as exc:
-        out.events.clear()
-        out.problems.append(Problem("x12_invalid_event", str(exc)))
-        return
-    out.event_count = len(ids)
-    out.totals.event_ids = ids
-    if not keep:
-        out.remake_events = make

@@ -38,6 +38,10 @@ __all__ = ["Problem", "Segment", "TransactionSet", "X12Document", "X12Source", "
 CHUNK_BYTES = 1024 * 1024
 _HEAD_CHARS = 64 * 1024
 
+#: Problems and warnings kept per set (the counts of the rest are kept).
+SET_PROBLEMS_KEPT = 100
+SET_WARNINGS_KEPT = 50
+
 #: Fixed widths of ISA01..ISA16: an ISA is 106 characters with its terminator.
 ISA_WIDTHS = (2, 10, 2, 10, 2, 15, 2, 15, 6, 4, 1, 5, 9, 1, 1, 1)
 ISA_LEN = 3 + sum(ISA_WIDTHS) + len(ISA_WIDTHS)  # 'ISA' + elements + separators = 105
@@ -125,8 +129,28 @@ class TransactionSet:
     lines: list[str] = field(default_factory=list)
     first_segment: int = 0  # the ST's position in the file
     component_sep: str = ""
+    #: The first ``SET_PROBLEMS_KEPT`` / ``SET_WARNINGS_KEPT`` (a set can fail or warn once per
+    #: segment), and how many there were.
     own_problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    own_problems_total: int = 0
+    warnings_total: int = 0
+
+    def problem(self, problem: Problem) -> None:
+        self.own_problems_total += 1
+        if len(self.own_problems) < SET_PROBLEMS_KEPT:
+            self.own_problems.append(problem)
+
+    def warn(self, text: str) -> None:
+        self.warnings_total += 1
+        if len(self.warnings) < SET_WARNINGS_KEPT:
+            self.warnings.append(text)
+
+    @property
+    def problems_total(self) -> int:
+        """How many problems ``problems`` stands for."""
+        return (len(self.interchange.problems) + len(self.group.problems)
+                + max(self.own_problems_total, len(self.own_problems)))
 
     @property
     def segments(self) -> Iterator[Segment]:
@@ -239,9 +263,21 @@ class X12Source:
         return _chain(isa + lead + first, rest), problems
 
     def sets(self, doc: X12Document, *, segments_max: int) -> Iterator[TransactionSet]:
-        """Every transaction set, each as soon as it is complete (its envelopes' problems
-        found later still reach it: they are shared). File problems go to ``doc``: the
-        caller must look at them once the iterator is exhausted (the sets do not count)."""
+        """Every transaction set with its ``lines``, each as soon as it is complete (its
+        envelopes' problems found later still reach it: they are shared). File problems go
+        to ``doc``: the caller must look at them once the iterator is exhausted (the sets do
+        not count)."""
+        for tset, line in self.stream(doc, segments_max=segments_max):
+            if line is None:
+                yield tset
+            else:
+                tset.lines.append(line)
+
+    def stream(self, doc: X12Document, *,
+               segments_max: int) -> Iterator[tuple[TransactionSet, str | None]]:
+        """The sets segment by segment: ``(set, line)`` for each of its segments (at most
+        ``segments_max``), then ``(set, None)`` once it is complete; ``lines`` stays empty,
+        so memory does not follow the set's size. File problems as for ``sets``."""
         prepared = self.prepared(doc)
         if prepared is None:
             return
@@ -289,8 +325,11 @@ class ChunkReader(io.TextIOBase):
 
 
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
-    if first:
-        yield first
+    # ``first`` can be a whole chunk (1 MiB): not kept by this frame once handed over.
+    pending = [first] if first else []
+    del first
+    while pending:
+        yield pending.pop()
     yield from rest
 
 
@@ -379,7 +418,7 @@ def read_x12(data: bytes, *, segments_max: int) -> X12Document:
 
 
 def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[Problem],
-          segments_max: int) -> Iterator[TransactionSet]:
+          segments_max: int) -> Iterator[tuple[TransactionSet, str | None]]:
     interchange = _Envelope("", list(isa_problems))
     group = _Envelope("")
     version = group_date = ""
@@ -387,6 +426,7 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
     count = 0
     for count, raw in enumerate(_segments(reader), start=1):
         seg = Segment.of(count, raw, reader.subele_term or "")
+        line: str | None = None
         sid = seg.id
         if sid == "ISA":
             if count > 1:
@@ -398,9 +438,9 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
             version, group_date = seg.el(8), seg.el(4)
         elif sid == "ST":
             if current is not None:
-                current.own_problems.append(Problem(
+                current.problem(Problem(
                     "x12_se_missing", f"ST {current.st02} has no SE before the next ST"))
-                yield current
+                yield current, None
             current = TransactionSet(interchange, group, version, group_date,
                                      reader.ele_term or "*", seg.el(1), seg.el(2),
                                      first_segment=count,
@@ -409,9 +449,9 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
             # A set is the unit of work (checked whole, then applied or parked whole), so the
             # segment bound is per set: memory follows the largest set, not the file.
             if count - current.first_segment < segments_max:
-                current.lines.append(seg.line(current.element_sep))
+                line = seg.line(current.element_sep)
             elif count - current.first_segment == segments_max:
-                current.own_problems.append(Problem(
+                current.problem(Problem(
                     "x12_too_many_segments",
                     f"ST {current.st02[:9]}: more than {segments_max} segments "
                     "(RCMFLOW_X12_SEGMENTS_MAX): split the transaction set"))
@@ -421,13 +461,15 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
                 "x12_segment_outside_set",
                 f"segment {sid[:3]!r} (segment {count}) is outside any transaction set"))
         _attribute(reader.pop_errors(), interchange, group, current)
+        if current is not None and line is not None:
+            yield current, line
         if sid == "SE" and current is not None:
-            yield current
+            yield current, None
             current = None
     reader.cleanup()
     _attribute(reader.pop_errors(), interchange, group, current)
     if current is not None:
-        yield current
+        yield current, None
 
 
 def _segments(reader: pyx12.x12file.X12Reader) -> Iterator[pyx12.segment.Segment]:
@@ -445,7 +487,7 @@ def _attribute(errors: list[tuple[str, str, str, str | None, int | None]],
             harmless = code == "SEG1" or message.startswith("Segment contains a leading")
             if harmless:
                 if current is not None:
-                    current.warnings.append(f"pyx12: {message}")
+                    current.warn(f"pyx12: {message}")
                 continue
             code_name = {"HL1": "x12_hl_count", "HL2": "x12_hl_parent", "LX": "x12_lx_number"}
             problem = Problem(code_name.get(code, "x12_unreadable_segment"), f"pyx12: {message}")
@@ -457,6 +499,6 @@ def _attribute(errors: list[tuple[str, str, str, str | None, int | None]],
         elif level == "gs":
             group.problems.append(problem)
         elif current is not None:
-            current.own_problems.append(problem)
+            current.problem(problem)
         else:
             group.problems.append(problem)

@@ -13,6 +13,11 @@ not validate).
 
 ``remit_totals`` reads an applied set's money from the parsed segments (CLP04, every CAS
 amount by group, PLB), not from the events, for `rcmflow reconcile` (connectors/inbound/totals.py).
+
+``RemitReader`` reads a set one segment at a time and hands over each claim once complete,
+so a set of 100,000s of claims is checked with running totals (``claim_problem`` per claim,
+``transaction_problem`` from Σ CLP04 and Σ PLB) and mapped a claim at a time (ingest.py);
+``parse_835`` is the same reader keeping every claim (a set read whole).
 """
 
 from __future__ import annotations
@@ -25,10 +30,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from rcmflow.connectors.inbound.payments.money import MoneyError, format_cents, parse_cents
 from rcmflow.connectors.inbound.totals import SourceTotals, cas_measure
-from rcmflow.connectors.inbound.x12.codes import DENIAL_CARCS, payer_class_for
-from rcmflow.connectors.inbound.x12.reader import Problem, Segment, TransactionSet
 from rcmflow.streams.events import (
     AdjudicatedLine,
     Adjustment,
@@ -37,9 +39,17 @@ from rcmflow.streams.events import (
     EventKind,
     ProviderAdjustment,
 )
+from rcmflow.streams.money import MoneyError, parse_cents
+from rcmflow.streams.money import cents_text as format_cents
 
-__all__ = ["Remit", "Claim", "Line", "Cas", "Plb", "parse_835", "balance_problems",
-           "remit_events", "remit_totals", "account_problem", "first_error", "SOURCE_835"]
+from .codes import DENIAL_CARCS, payer_class_for
+from .reader import Problem, Segment, TransactionSet
+
+__all__ = ["Remit", "RemitHeader", "RemitReader", "Claim", "Line", "Cas", "Plb", "parse_835",
+           "balance_problems", "claim_problem", "transaction_problem", "claim_warnings",
+           "remit_events", "remit_totals", "claim_event", "plb_event", "claim_key", "plb_key",
+           "claim_event_id", "plb_event_id", "claim_amounts", "account_problem",
+           "first_error", "SOURCE_835", "NO_PAYMENT_DATE"]
 
 SOURCE_835 = "x12-835"
 CAS_GROUPS = ("CO", "PR", "OA", "PI", "CR")
@@ -157,16 +167,48 @@ def _cas(seg: Segment, remit: Remit) -> list[Cas]:
     return found
 
 
-def parse_835(tset: TransactionSet) -> Remit:
-    """The remittance in one 835 set; unreadable parts are recorded as problems."""
-    remit = Remit(st02=tset.st02)
-    claim: Claim | None = None
-    line: Line | None = None
-    dtm405: date | None = None
-    n1_pr = ref_2u = ""
-    n1 = ""
-    for seg in tset.segments:
-        sid = seg.id
+@dataclass(frozen=True)
+class RemitHeader:
+    """What every event of a remit carries, read from its header (TRN, N1*PR / REF*2U, BPR16,
+    DTM*405, GS04): final once the set is read whole."""
+
+    trn02: str
+    trn03: str
+    payer: str | None
+    paid_on: date | None
+
+    @property
+    def base_id(self) -> str:
+        return f"{SOURCE_835}:{self.trn03}:{self.trn02}"
+
+
+class RemitReader:
+    """An 835 set read one segment at a time: ``feed`` hands over each claim once it is
+    complete (at the next CLP, LX, PLB or SE) and each PLB amount as read, so a set of
+    100,000s of claims is checked and mapped a claim at a time. ``remit`` keeps the header and
+    the problems and warnings found (a caller may take them as they come); its ``claims`` and
+    ``plbs`` stay empty."""
+
+    def __init__(self, st02: str, group_date: str) -> None:
+        self.remit = Remit(st02=st02)
+        self.claims = 0  # claims read (the next claim's number is claims + 1)
+        self.plbs = 0
+        self._group_date = group_date
+        self._claim: Claim | None = None
+        self._line: Line | None = None
+        self._dtm405: date | None = None
+        self._n1 = self._n1_pr = self._ref_2u = ""
+
+    def header(self) -> RemitHeader:
+        """The header as read so far: what ``finish`` settles on if nothing else comes."""
+        r = self.remit
+        return RemitHeader(r.trn02, r.trn03, (self._n1_pr or self._ref_2u or r.trn03)[:40] or None,
+                           r.paid_on or self._dtm405 or _date(self._group_date))
+
+    def feed(self, seg: Segment) -> list[Claim | Plb]:
+        """What ``seg`` completes: the claim before it, PLB amounts."""
+        remit, sid = self.remit, seg.id
+        done: list[Claim | Plb] = []
         if sid == "BPR":
             remit.bpr01 = seg.el(1)
             remit.bpr02_cents = _cents(seg, 2, remit) or 0
@@ -175,43 +217,74 @@ def parse_835(tset: TransactionSet) -> Remit:
                 remit.warnings.append(f"BPR16 {seg.el(16)!r} is not a date")
         elif sid == "TRN" and not remit.trn02:
             remit.trn02, remit.trn03 = seg.el(2), seg.el(3)
-        elif sid == "DTM" and seg.el(1) == "405" and claim is None:
-            dtm405 = _date(seg.el(2))
+        elif sid == "DTM" and seg.el(1) == "405" and self._claim is None:
+            self._dtm405 = _date(seg.el(2))
         elif sid == "N1":
-            n1 = seg.el(1)
-            if n1 == "PR":
-                n1_pr = seg.el(4)
-        elif sid == "REF" and n1 == "PR" and seg.el(1) == "2U" and claim is None:
-            ref_2u = seg.el(2)
+            self._n1 = seg.el(1)
+            if self._n1 == "PR":
+                self._n1_pr = seg.el(4)
+        elif (sid == "REF" and self._n1 == "PR" and seg.el(1) == "2U"
+              and self._claim is None):
+            self._ref_2u = seg.el(2)
         elif sid == "CLP":
-            claim = _clp(seg, len(remit.claims) + 1, remit)
-            line = None
+            done.extend(self._close())
+            claim = _clp(seg, self.claims + 1, remit)
+            self._claim = claim
             if claim is not None:
-                remit.claims.append(claim)
-        elif sid == "SVC" and claim is not None:
-            line = _svc(seg, len(claim.lines) + 1, remit)
+                self.claims += 1
+        elif sid == "SVC" and self._claim is not None:
+            line = _svc(seg, len(self._claim.lines) + 1, remit)
+            self._line = line
             if line is not None:
-                claim.lines.append(line)
-        elif sid == "REF" and seg.el(1) == "6R" and line is not None:
-            line.line_id = seg.el(2)[:40] or line.line_id
+                self._claim.lines.append(line)
+        elif sid == "REF" and seg.el(1) == "6R" and self._line is not None:
+            self._line.line_id = seg.el(2)[:40] or self._line.line_id
         elif sid == "CAS":
-            if line is not None:
-                line.adjustments.extend(_cas(seg, remit))
-            elif claim is not None:
-                claim.adjustments.extend(_cas(seg, remit))
+            if self._line is not None:
+                self._line.adjustments.extend(_cas(seg, remit))
+            elif self._claim is not None:
+                self._claim.adjustments.extend(_cas(seg, remit))
             else:
                 remit.problems.append(Problem(
                     "x12_unreadable_segment", f"CAS outside a claim (segment {seg.number})"))
         elif sid == "PLB":
-            claim = line = None
-            remit.plbs.extend(_plb(seg, remit))
+            done.extend(self._close())
+            plbs = _plb(seg, remit)
+            self.plbs += len(plbs)
+            done.extend(plbs)
         elif sid in ("LX", "SE"):
-            claim = line = None
-    if remit.paid_on is None:
-        remit.paid_on = dtm405 or _date(tset.group_date)
-    remit.payer = (n1_pr or ref_2u or remit.trn03)[:40] or None
-    if not remit.trn02:
-        remit.problems.append(Problem("x12_no_trace", "no TRN02 check/EFT trace number"))
+            done.extend(self._close())
+        return done
+
+    def _close(self) -> list[Claim]:
+        claim, self._claim, self._line = self._claim, None, None
+        return [claim] if claim is not None else []
+
+    def finish(self) -> list[Claim]:
+        """The last claim (a set cut short has no SE); the header settled."""
+        done = self._close()
+        header, remit = self.header(), self.remit
+        remit.paid_on, remit.payer = header.paid_on, header.payer
+        if not remit.trn02:
+            remit.problems.append(Problem("x12_no_trace", "no TRN02 check/EFT trace number"))
+        return done
+
+
+def parse_835(tset: TransactionSet) -> Remit:
+    """The remittance in one 835 set read whole; unreadable parts are recorded as problems."""
+    reader = RemitReader(tset.st02, tset.group_date)
+    remit = reader.remit
+
+    def keep(items: list[Claim | Plb]) -> None:
+        for item in items:
+            if isinstance(item, Claim):
+                remit.claims.append(item)
+            else:
+                remit.plbs.append(item)
+
+    for seg in tset.segments:
+        keep(reader.feed(seg))
+    keep(list(reader.finish()))
     return remit
 
 
@@ -262,48 +335,65 @@ def _plb(seg: Segment, remit: Remit) -> list[Plb]:
     return found
 
 
+def claim_problem(claim: Claim) -> Problem | None:
+    """The claim's balancing identity, with its numbers when it fails."""
+    cas = claim.cas_total()
+    if claim.charge_cents - claim.paid_cents == cas:
+        return None
+    return Problem(
+        "x12_claim_unbalanced",
+        f"claim {claim.number} (CLP01 {claim.account}): CLP03 "
+        f"{format_cents(claim.charge_cents)} - CLP04 {format_cents(claim.paid_cents)} = "
+        f"{format_cents(claim.charge_cents - claim.paid_cents)} but the CAS amounts add "
+        f"up to {format_cents(cas)}")
+
+
+def transaction_problem(bpr02_cents: int, paid_cents: int, plb_cents: int) -> Problem | None:
+    """The set's identity from its running totals: BPR02 = Σ CLP04 - Σ PLB."""
+    if bpr02_cents == paid_cents - plb_cents:
+        return None
+    return Problem(
+        "x12_transaction_unbalanced",
+        f"BPR02 {format_cents(bpr02_cents)} != sum of CLP04 {format_cents(paid_cents)} - "
+        f"sum of PLB {format_cents(plb_cents)} = {format_cents(paid_cents - plb_cents)}")
+
+
 def balance_problems(remit: Remit) -> list[Problem]:
     """The failing money identities, with the numbers; informational ones as warnings."""
     problems: list[Problem] = []
     for claim in remit.claims:
-        cas = claim.cas_total()
-        if claim.charge_cents - claim.paid_cents != cas:
-            problems.append(Problem(
-                "x12_claim_unbalanced",
-                f"claim {claim.number} (CLP01 {claim.account}): CLP03 "
-                f"{format_cents(claim.charge_cents)} - CLP04 {format_cents(claim.paid_cents)} = "
-                f"{format_cents(claim.charge_cents - claim.paid_cents)} but the CAS amounts add "
-                f"up to {format_cents(cas)}"))
-        _claim_warnings(claim, remit)
+        if (problem := claim_problem(claim)) is not None:
+            problems.append(problem)
+        remit.warnings.extend(claim_warnings(claim))
     paid = sum(c.paid_cents for c in remit.claims)
     plb = sum(p.amount_cents for p in remit.plbs)
-    if remit.bpr02_cents != paid - plb:
-        problems.append(Problem(
-            "x12_transaction_unbalanced",
-            f"BPR02 {format_cents(remit.bpr02_cents)} != sum of CLP04 {format_cents(paid)} - "
-            f"sum of PLB {format_cents(plb)} = {format_cents(paid - plb)}"))
+    if (problem := transaction_problem(remit.bpr02_cents, paid, plb)) is not None:
+        problems.append(problem)
     return problems
 
 
-def _claim_warnings(claim: Claim, remit: Remit) -> None:
+def claim_warnings(claim: Claim) -> list[str]:
+    """The informational identities a claim breaks (line balance, CLP03, CLP05)."""
+    warnings: list[str] = []
     where = f"claim {claim.number} (CLP01 {claim.account})"
     for line in claim.lines:
         if not line.balances():
             adjusted = sum(a.amount_cents for a in line.adjustments)
-            remit.warnings.append(
+            warnings.append(
                 f"{where} service line {line.number}: SVC02 {format_cents(line.charge_cents)} - "
                 f"SVC03 {format_cents(line.paid_cents)} != line CAS {format_cents(adjusted)}; "
                 "line detail folded into the claim")
     if claim.lines:
         billed = sum(line.charge_cents for line in claim.lines)
         if billed != claim.charge_cents:
-            remit.warnings.append(f"{where}: CLP03 {format_cents(claim.charge_cents)} != sum of "
-                                  f"SVC02 {format_cents(billed)}")
+            warnings.append(f"{where}: CLP03 {format_cents(claim.charge_cents)} != sum of "
+                            f"SVC02 {format_cents(billed)}")
     pr = sum(a.amount_cents for a in claim.adjustments if a.group == "PR") + sum(
         a.amount_cents for ln in claim.lines for a in ln.adjustments if a.group == "PR")
     if claim.patient_resp_cents is not None and claim.patient_resp_cents != pr:
-        remit.warnings.append(f"{where}: CLP05 {format_cents(claim.patient_resp_cents)} != "
-                              f"PR adjustments {format_cents(pr)}")
+        warnings.append(f"{where}: CLP05 {format_cents(claim.patient_resp_cents)} != "
+                        f"PR adjustments {format_cents(pr)}")
+    return warnings
 
 
 def account_problem(account: str, what: str) -> Problem | None:
@@ -315,55 +405,101 @@ def account_problem(account: str, what: str) -> Problem | None:
                    "(letters, digits and : . _ - only, at most 64)")
 
 
+def remit_header(remit: Remit) -> RemitHeader:
+    return RemitHeader(remit.trn02, remit.trn03, remit.payer, remit.paid_on)
+
+
+def claim_key(claim: Claim) -> str:
+    """What tells a remit's claims apart in their event ids (after ``base_id``)."""
+    return f"{claim.account}:{claim.payer_control}:{claim.status}"
+
+
+def plb_key(plb: Plb) -> str:
+    return f"plb:{plb.provider}:{plb.fiscal_date}:{plb.code}:{plb.reference}"
+
+
+def claim_event_id(header: RemitHeader, key: str, occurrence: int) -> str:
+    """The same CLP01/CLP07/CLP02 twice in one remit is legal; the occurrence keeps ids apart."""
+    event_id = f"{header.base_id}:{key}"
+    return event_id if occurrence == 1 else f"{event_id}:{occurrence}"
+
+
+def plb_event_id(header: RemitHeader, key: str, occurrence: int) -> str:
+    return f"{header.base_id}:{key}:{occurrence}"[:200]
+
+
 def _remit_event_ids(remit: Remit) -> tuple[list[str], list[str]]:
     """The event ids of a remit's claims and of its PLBs, in order: its events and its source
     amounts (remit_totals) carry the same ones."""
-    base_id = f"{SOURCE_835}:{remit.trn03}:{remit.trn02}"
+    header = remit_header(remit)
     seen: Counter[str] = Counter()
     claims: list[str] = []
     for claim in remit.claims:
-        key = f"{base_id}:{claim.account}:{claim.payer_control}:{claim.status}"
+        key = claim_key(claim)
         seen[key] += 1
-        # The same CLP01/CLP07/CLP02 twice in one remit is legal; the occurrence keeps keys apart.
-        claims.append(key if seen[key] == 1 else f"{key}:{seen[key]}")
+        claims.append(claim_event_id(header, key, seen[key]))
     plbs: list[str] = []
     for plb in remit.plbs:
-        key = f"{base_id}:plb:{plb.provider}:{plb.fiscal_date}:{plb.code}:{plb.reference}"
+        key = plb_key(plb)
         seen[key] += 1
-        plbs.append(f"{key}:{seen[key]}"[:200])
+        plbs.append(plb_event_id(header, key, seen[key]))
     return claims, plbs
 
 
 def remit_events(remit: Remit, *,
                  entity: str) -> Iterator[ClaimAdjudicated | ProviderAdjustment]:
-    """The canonical events of a balanced remit, made one at a time (a remit can hold
-    100,000s of claims); raises ``ValueError`` naming what failed."""
-    if remit.paid_on is None:
-        raise ValueError("no payment date: BPR16, DTM*405 and GS04 are all missing")
-    occurred = datetime.combine(remit.paid_on, datetime.min.time(), UTC)
+    """The canonical events of a balanced remit, made one at a time; raises ``ValueError``
+    naming what failed."""
+    header = remit_header(remit)
+    if header.paid_on is None:
+        raise ValueError(NO_PAYMENT_DATE)
     claim_ids, plb_ids = _remit_event_ids(remit)
     for claim, event_id in zip(remit.claims, claim_ids, strict=True):
-        try:
-            yield _claim_event(claim, remit, event_id, occurred, entity)
-        except ValidationError as exc:
-            raise ValueError(f"claim {claim.number} (CLP01 {claim.account}): "
-                             f"{first_error(exc)}") from None
+        yield claim_event(claim, header, event_id, entity)
     for plb, event_id in zip(remit.plbs, plb_ids, strict=True):
-        try:
-            yield ProviderAdjustment(
-                kind=EventKind.PROVIDER_ADJUSTMENT,
-                event_id=event_id,
-                account=f"provider:{plb.provider}",
-                occurred_at=occurred,
-                source=SOURCE_835,
-                correlation_id=remit.trn02,
-                dimensions=Dimensions(entity=entity, payer=remit.payer),
-                reason_code=plb.code,
-                amount_cents=plb.amount_cents,
-                reference=plb.reference or None,
-            )
-        except ValidationError as exc:
-            raise ValueError(f"PLB {plb.code}: {first_error(exc)}") from None
+        yield plb_event(plb, header, event_id, entity)
+
+
+NO_PAYMENT_DATE = "no payment date: BPR16, DTM*405 and GS04 are all missing"
+
+
+def claim_event(claim: Claim, header: RemitHeader, event_id: str,
+                entity: str) -> ClaimAdjudicated:
+    """One claim's event (``header.paid_on`` set); raises ``ValueError`` naming the claim."""
+    assert header.paid_on is not None
+    occurred = datetime.combine(header.paid_on, datetime.min.time(), UTC)
+    try:
+        return _claim_event(claim, header, event_id, occurred, entity)
+    except ValidationError as exc:
+        raise ValueError(f"claim {claim.number} (CLP01 {claim.account}): "
+                         f"{first_error(exc)}") from None
+
+
+def plb_event(plb: Plb, header: RemitHeader, event_id: str, entity: str) -> ProviderAdjustment:
+    assert header.paid_on is not None
+    occurred = datetime.combine(header.paid_on, datetime.min.time(), UTC)
+    try:
+        return ProviderAdjustment(
+            kind=EventKind.PROVIDER_ADJUSTMENT,
+            event_id=event_id,
+            account=f"provider:{plb.provider}",
+            occurred_at=occurred,
+            source=SOURCE_835,
+            correlation_id=header.trn02,
+            dimensions=Dimensions(entity=entity, payer=header.payer),
+            reason_code=plb.code,
+            amount_cents=plb.amount_cents,
+            reference=plb.reference or None,
+        )
+    except ValidationError as exc:
+        raise ValueError(f"PLB {plb.code}: {first_error(exc)}") from None
+
+
+def claim_amounts(claim: Claim) -> list[tuple[str, int]]:
+    """(measure, cents) a claim states: CLP04, then each CAS amount (claim, then lines)."""
+    return [("payer_paid", claim.paid_cents)] + [
+        (cas_measure(cas.group), cas.amount_cents)
+        for cas in claim.adjustments + [a for line in claim.lines for a in line.adjustments]]
 
 
 def remit_totals(remit: Remit, totals: SourceTotals) -> None:
@@ -375,15 +511,14 @@ def remit_totals(remit: Remit, totals: SourceTotals) -> None:
     day = remit.paid_on
     claim_ids, plb_ids = _remit_event_ids(remit)
     for claim, event_id in zip(remit.claims, claim_ids, strict=True):
-        totals.add(claim.account, day, "payer_paid", claim.paid_cents, event_id)
-        for cas in claim.adjustments + [a for line in claim.lines for a in line.adjustments]:
-            totals.add(claim.account, day, cas_measure(cas.group), cas.amount_cents, event_id)
+        for measure, cents in claim_amounts(claim):
+            totals.add(claim.account, day, measure, cents, event_id)
     for plb, event_id in zip(remit.plbs, plb_ids, strict=True):
         totals.add(f"provider:{plb.provider}", day, "provider_adjustments", plb.amount_cents,
                    event_id)
 
 
-def _claim_event(claim: Claim, remit: Remit, event_id: str, occurred: datetime,
+def _claim_event(claim: Claim, remit: RemitHeader, event_id: str, occurred: datetime,
                  entity: str) -> ClaimAdjudicated:
     lines = claim.lines
     adjustments = list(claim.adjustments)

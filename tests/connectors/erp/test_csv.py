@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from rcmflow.connectors.erp.base import AlreadyThere, Posted, Rejected
-from rcmflow.connectors.erp.csv_journal import CsvJournal, repair_tail, text_cents
+from rcmflow.connectors.erp.csv_journal import CsvJournal, repair_tail
 from rcmflow.connectors.erp.runner import KILL_AFTER_ENV
 from rcmflow.streams.chart import load_chart
+from rcmflow.streams.money import parse_cents
 from rcmflow.streams.postings import PostingDelta
 from tests.conftest import Broker, wait_until
 from tests.connectors.erp.feed import (
@@ -54,7 +55,7 @@ def assert_journal_equals(folder: Path, deltas: list[PostingDelta]) -> None:
     for delta in deltas:
         lines = by_id[delta.posting_id]
         assert [int(r["line_no"]) for r in lines] == list(range(1, len(delta.lines) + 1))
-        assert [(r["gl_account"], text_cents(r["debit"]), text_cents(r["credit"]))
+        assert [(r["gl_account"], parse_cents(r["debit"]), parse_cents(r["credit"]))
                 for r in lines] == [(x.gl_account, x.debit_cents, x.credit_cents)
                                     for x in delta.lines]
 

@@ -37,6 +37,7 @@ from rcmflow.runtime.broker import ensure_topics, free_port
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, read_topic
 from rcmflow.runtime.settings import Settings
+from rcmflow.streams.money import cents_text
 from rcmflow.streams.topics import (
     DLQ,
     EVENTS,
@@ -57,7 +58,7 @@ from tests.workload import Expected, Observed, Workload
 
 pytestmark = pytest.mark.broker
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 DEMO = Path(rcmflow.__file__).resolve().parent / "cli" / "demo_data"
 RAW = {"hl7": RAW_HL7, "x12": RAW_X12, "fhir": RAW_FHIR, "payments": RAW_PAYMENTS}
 #: Apache Kafka refuses sessions under 6 s (group.min.session.timeout.ms); Tansu's first join
@@ -365,10 +366,6 @@ def read_at(origin: dict[str, Any], topic: str) -> int:
 
 
 # -- crashes: kill -9 mid-topic, a kill between the acks and the commit, no acks ------------
-
-def cents_text(cents: int) -> str:
-    return f"{cents // 100}.{cents % 100:02d}"
-
 
 def dft_stream(accounts: int, per_account: int, seed: int) -> list[tuple[str, bytes]]:
     """(account, DFT) per message, accounts interleaved, each account's messages in order:

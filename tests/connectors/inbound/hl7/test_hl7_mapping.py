@@ -179,7 +179,10 @@ def test_account_source_fallback_and_order() -> None:
     (ft1(1, ext="5&EURO"), "invalid_currency", "FT1^1^11"),
     (ft1(1).replace("|20261120|20261120|", "|2026-11-20|20261120|"), "invalid_timestamp",
      "FT1^1^4"),
-    (ft1(1, ext="99999999999.99"), "invalid_event", "FT1^1"),
+    # Past the events' bound: refused where it is read (it was invalid_event at FT1^1).
+    (ft1(1, ext="99999999999.99"), "invalid_amount", "FT1^1^11"),
+    (ft1(1, ext="١٢"), "invalid_amount", "FT1^1^11"),  # Arabic-Indic digits: once read as 12
+    (ft1(1, qty="١"), "invalid_amount", "FT1^1^10"),
 ])
 def test_one_bad_ft1_refuses_the_whole_message(bad_ft1: str, reason: str, location: str) -> None:
     result = mapped(dft(ft1(2), bad_ft1.replace("FT1|1|", "FT1|1|", 1)))

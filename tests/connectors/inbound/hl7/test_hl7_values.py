@@ -1,50 +1,13 @@
-"""Exact HL7 money, quantities and timestamps: no float, no rounding, precise refusals."""
+"""Exact HL7 quantities and timestamps: no float, no rounding, precise refusals (amounts:
+tests/streams/test_money.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from rcmflow.connectors.inbound.hl7.values import (
-    ValueProblem,
-    parse_cents,
-    parse_quantity,
-    parse_timestamp,
-)
-
-
-@given(st.integers(min_value=-10**13, max_value=10**13),
-       st.sampled_from(["{}", "+{}", "{}0", "{}000"]))
-def test_any_amount_in_cents_reads_back_exactly(cents: int, shape: str) -> None:
-    text = f"{Decimal(cents) / 100:.2f}"
-    if text.startswith("-"):
-        shape = shape.replace("+", "")
-    assert parse_cents(shape.format(text)) == cents
-
-
-@given(st.integers(min_value=0, max_value=10**9), st.integers(min_value=1, max_value=9))
-def test_fractions_of_a_cent_are_refused_not_rounded(cents: int, extra: int) -> None:
-    with pytest.raises(ValueProblem, match="fractions of a cent"):
-        parse_cents(f"{cents // 100}.{cents % 100:02d}{extra}")
-
-
-@pytest.mark.parametrize("text, cents", [
-    ("100", 10000), ("100.5", 10050), ("0.01", 1), (".5", 50), ("-12.34", -1234),
-    ("  7.00 ", 700), ("00012", 1200), ("1.", 100),
-])
-def test_amount_shapes_real_feeds_send(text: str, cents: int) -> None:
-    assert parse_cents(text) == cents
-
-
-@pytest.mark.parametrize("text", ["", "1,000.00", "$5", "1e3", "12.3.4", "abc", "NaN",
-                                  "Infinity", "1" * 25, "- 5"])
-def test_non_numbers_are_refused_with_the_field_name(text: str) -> None:
-    with pytest.raises(ValueProblem, match="FT1-11"):
-        parse_cents(text, "FT1-11")
+from rcmflow.connectors.inbound.hl7.values import ValueProblem, parse_quantity, parse_timestamp
 
 
 @pytest.mark.parametrize("text, units", [("", 1), ("2", 2), ("2.0", 2), ("-1", -1)])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from rcmflow.connectors.inbound.x12 import X12Limits, process_x12
+from rcmflow.streams.topics import RAW_X12
 from tests.connectors.inbound.x12.x12_build import ClaimSpec, envelope, remit_segments
 
 #: Nothing listens here: a command that reaches for the broker fails at once.
@@ -64,7 +66,9 @@ def test_the_segment_bound_is_per_set_a_larger_set_is_parked_the_others_go() -> 
     assert first.parked and [p.code for p in first.problems][0] == "x12_too_many_segments"
     assert "split the transaction set" in first.problems[0].detail
     assert [s.parked for s in rest] == [False, False]
-    assert sum(len(s.raw.splitlines()) for s in outcome.sets) < 30 + 2 * 30
+    kept = [json.loads(value)["segments"] for topic, _, value in outcome.records(X12Limits())
+            if topic == RAW_X12]
+    assert sum(len(text.splitlines()) for text in kept) < 30 + 2 * 30
 
 
 def test_an_unknown_transaction_set_is_parked_not_guessed() -> None:

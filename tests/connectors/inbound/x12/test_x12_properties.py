@@ -22,7 +22,7 @@ from tests.connectors.inbound.x12.x12_build import (
 
 # IG validation is pyx12's and does not decide parking; off here it keeps examples fast.
 FAST = X12Limits(guide_validation=False)
-SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "x12"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "x12"
 
 cents = st.integers(min_value=0, max_value=5_000_000)
 groups = st.sampled_from(["CO", "PR", "OA", "PI"])
@@ -117,9 +117,9 @@ def test_perturbing_any_amount_parks_the_set(
     segs = remit_segments(found, plbs)
     i, k = data.draw(st.sampled_from(money_positions(segs)))
     delta = data.draw(st.integers(min_value=-100_000, max_value=100_000).filter(bool))
-    from rcmflow.connectors.inbound.payments.money import format_cents, parse_cents
+    from rcmflow.streams.money import cents_text, parse_cents
 
-    segs[i][k] = format_cents(parse_cents(segs[i][k]) + delta)
+    segs[i][k] = cents_text(parse_cents(segs[i][k]) + delta)
     outcome = process_x12(envelope(segs), origin="file:gen", limits=FAST)
     (tset,) = outcome.sets
     assert tset.parked

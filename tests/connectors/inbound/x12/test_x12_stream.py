@@ -1,6 +1,7 @@
 """Hypothesis: a file read as a stream (``X12File``: two passes, chunk by chunk) is answered
-exactly as the same bytes read whole (``process_x12``), wherever the chunks are cut: the same
-raw records, the same events, the same sets parked for the same reasons."""
+exactly as the same bytes in memory (``process_x12``), wherever the chunks are cut: the same
+raw records, the same events, the same sets parked for the same reasons; and a set published
+claim by claim says what the set read whole (``read_x12``, ``parse_835``) says."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from rcmflow.connectors.inbound.totals import SourceTotals
 from rcmflow.connectors.inbound.x12 import X12Limits, process_x12
 from rcmflow.connectors.inbound.x12 import reader as x12_reader
 from rcmflow.connectors.inbound.x12.ingest import X12File
-from rcmflow.streams.topics import DLQ
+from rcmflow.connectors.inbound.x12.remit import parse_835, remit_events, remit_totals
+from rcmflow.streams.topics import DLQ, RAW_X12
 from tests.connectors.inbound.x12.test_x12_properties import _samples
 
 FAST = X12Limits(guide_validation=False)
@@ -110,3 +112,46 @@ def test_source_totals_split_into_parts_say_the_same_and_stay_bounded(
         assert size <= bytes_max + 200 or len(events) <= 1 or n == 0
         elsewhere = {(a.account, a.event_id) for p in parts if p is not part for a in p.amounts}
         assert not events & elsewhere
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_a_set_published_claim_by_claim_says_what_the_set_read_whole_says(
+        data: st.DataObject) -> None:
+    """The raw parts of a set (cut as it is read) join into its text, and an applied 835's
+    events and source totals, made a claim at a time, are those of the remit read whole."""
+    raw = bytearray(data.draw(st.sampled_from(_samples())))
+    for _ in range(data.draw(st.integers(min_value=0, max_value=2))):
+        at = data.draw(st.integers(min_value=0, max_value=max(len(raw) - 1, 0)))
+        raw[at:at] = data.draw(st.sampled_from([b"~", b"*", b"-1.5", b"CLP*X*1*1*1~",
+                                                b"PLB*1*20260101*WO:1*3~"]))
+    outcome = process_x12(bytes(raw), origin="file:f", limits=FAST)
+    whole = x12_reader.read_x12(bytes(raw), segments_max=FAST.segments_max)
+    if outcome.rejected:
+        return
+    texts: list[str] = []
+    stated: list[SourceTotals] = []  # what reconcile reads: the parts' totals together
+    for topic, _, value in outcome.records(FAST):
+        if topic == RAW_X12:
+            doc = json.loads(value)
+            if doc["part"] == 0:
+                texts.append("")
+                stated.append(SourceTotals())
+            texts[-1] += doc["segments"]
+            part = SourceTotals.from_json(doc.get("source_totals", {"amounts": [], "events": []}))
+            stated[-1].amounts += part.amounts
+            stated[-1].event_ids += part.event_ids
+    assert len(texts) == len(whole.sets) == len(outcome.sets)
+    for text, in_parts, tset, s in zip(texts, stated, whole.sets, outcome.sets, strict=True):
+        assert text == tset.raw(whole.terminator)
+        if tset.st01 == "835" and not s.parked:
+            remit = parse_835(tset)
+            assert [e.model_dump_json() for e in s.events] == [
+                e.model_dump_json() for e in remit_events(remit, entity=FAST.entity)]
+            totals = SourceTotals()
+            remit_totals(remit, totals)
+            assert s.totals.by_event() == totals.by_event()
+            # the JSON leaves out sums of zero
+            assert {k: c for k, c in totals.by_event().items() if c} == in_parts.by_event()
+            assert s.totals.event_ids == in_parts.event_ids == [
+                (e.account, e.event_id) for e in s.events]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rcmflow.connectors.inbound.payments.money import format_cents
+from rcmflow.streams.money import cents_text
 
 Seg = list[str]
 
@@ -42,7 +42,7 @@ class PlbSpec:
 
 
 def money(cents: int) -> str:
-    return format_cents(cents)
+    return cents_text(cents)
 
 
 def remit_segments(claims: list[ClaimSpec], plbs: list[PlbSpec] | None = None, *,
