@@ -264,7 +264,9 @@ async def log_ends(kafka: KafkaConnection, topic: str, partitions: list[int], *,
         listed = await probe.end_offsets(tps)
         ends = {tp.partition: listed[tp] for tp in tps}
         waiting = [tp for tp in tps if listed[tp] > 0]  # 0: an empty partition
-        probe.assign(waiting)
+        if not waiting:
+            return ends
+        probe.assign(waiting)  # (an empty assignment would leave stop() waiting)
         for tp in waiting:
             probe.seek(tp, listed[tp] - 1)
         while waiting:
