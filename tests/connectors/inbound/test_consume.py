@@ -58,7 +58,7 @@ from tests.workload import Expected, Observed, Workload
 
 pytestmark = pytest.mark.broker
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 DEMO = Path(rcmflow.__file__).resolve().parent / "cli" / "demo_data"
 RAW = {"hl7": RAW_HL7, "x12": RAW_X12, "fhir": RAW_FHIR, "payments": RAW_PAYMENTS}
 #: Apache Kafka refuses sessions under 6 s (group.min.session.timeout.ms); Tansu's first join

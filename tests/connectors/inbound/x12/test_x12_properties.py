@@ -22,7 +22,7 @@ from tests.connectors.inbound.x12.x12_build import (
 
 # IG validation is pyx12's and does not decide parking; off here it keeps examples fast.
 FAST = X12Limits(guide_validation=False)
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "x12"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "x12"
 
 cents = st.integers(min_value=0, max_value=5_000_000)
 groups = st.sampled_from(["CO", "PR", "OA", "PI"])
