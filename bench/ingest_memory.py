@@ -101,13 +101,19 @@ def _x12_specs(count: int) -> list[Any]:
                       cas=[("CO", "45", 2500)]) for n in range(count)]
 
 
-def x12_one_set(path: Path, claims: int) -> int:
-    """An 835 whose ``claims`` claims are all in ONE transaction set (ST/SE), as a large payer
-    sends it: the series that shows whether memory follows the set's size."""
+def x12_one_set(path: Path, claims: int, transaction: str = "835") -> int:
+    """An 835 (or an 837P) whose ``claims`` claims are all in ONE transaction set (ST/SE), as
+    a large payer (or a billing system's batch) sends it: the series that shows whether memory
+    follows the set's size."""
     sys.path.insert(0, str(REPO_ROOT))
-    from tests.connectors.inbound.x12.x12_build import envelope, remit_segments
+    from tests.connectors.inbound.x12.x12_build import claim_segments, envelope, remit_segments
 
-    path.write_bytes(envelope(remit_segments(_x12_specs(claims), trn02="EFT-ONE")))
+    if transaction == "837":
+        lines = [(f"A{n % 100_000:07d}-{n}", 12500, [("99213", 12500)]) for n in range(claims)]
+        path.write_bytes(envelope(claim_segments(lines), functional_id="HC",
+                                  version="005010X222A2"))
+    else:
+        path.write_bytes(envelope(remit_segments(_x12_specs(claims), trn02="EFT-ONE")))
     return claims
 
 
@@ -220,14 +226,16 @@ def _plan(kinds: list[str], max_mb: float | None, caps: dict[str, float] | None,
 
 def run(kinds: list[str], max_mb: float | None, work: Path, timeout_s: float,
         log: Callable[[str], None], caps: dict[str, float] | None = None,
-        x12_sets: list[int] | None = None) -> dict[str, Any]:
+        x12_sets: list[int] | None = None, x12_transaction: str = "835") -> dict[str, Any]:
     broker = EmbeddedBroker(log_file=work / "broker.log").start()
     try:
         asyncio.run(ensure_topics(broker.connection, topic_specs("rcmflow"), 4, 1))
         rows: list[dict[str, Any]] = []
         for kind, size, one_set in _plan(kinds, max_mb, caps, x12_sets or []):
-            path = work / f"{kind}-{size}{'-one-set' if one_set else ''}{SUFFIX[kind]}"
-            count = x12_one_set(path, size) if one_set else generate(kind, path, size)
+            suffix = f".{x12_transaction}" if one_set else SUFFIX[kind]
+            path = work / f"{kind}-{size}{'-one-set' if one_set else ''}{suffix}"
+            count = (x12_one_set(path, size, x12_transaction) if one_set
+                     else generate(kind, path, size))
             env = {**os.environ, "RCMFLOW_BROKER": broker.connection.servers[0],
                    "RCMFLOW_DATA_DIR": str(work / "data"),
                    "RCMFLOW_PAYMENTS_ROWS_MAX": str(count + 10),
@@ -236,7 +244,8 @@ def run(kinds: list[str], max_mb: float | None, work: Path, timeout_s: float,
             env.pop("RCMFLOW_LOG_JSON", None)
             result = run_ingest(kind, path, env, timeout_s)
             real = path.stat().st_size
-            row = {"kind": kind + (" (one set)" if one_set else ""), "bytes": real,
+            row = {"kind": kind + (f" ({x12_transaction}, one set)" if one_set else ""),
+                   "bytes": real,
                    "count": count, "unit": UNITS[kind],
                    **result, "mb_per_s": round(real / 1e6 / max(result["seconds"], 1e-3),
                                                2)}
@@ -309,6 +318,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--x12-one-set", default="", metavar="CLAIMS,...",
                         help="instead: 835s with all their claims in ONE transaction set, "
                         "e.g. 10000,50000,100000,200000 (memory per claims of one set)")
+    parser.add_argument("--x12-transaction", choices=("835", "837"), default="835",
+                        help="the one-set files' transaction: 835 (default) or 837P")
     parser.add_argument("--tmp", type=Path, help="where the files go (default: a temp dir)")
     return parser.parse_args(argv)
 
@@ -331,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rcmflow-ingest-mem-", dir=args.tmp) as tmp:
         raw |= run(kinds, args.max_mb, Path(tmp), args.timeout,
                    lambda text: print(text, file=sys.stderr, flush=True), caps,
-                   [int(n) for n in args.x12_one_set.split(",") if n.strip()])
+                   [int(n) for n in args.x12_one_set.split(",") if n.strip()],
+                   args.x12_transaction)
     raw["load_after"] = list(os.getloadavg())
     full = args.max_mb is None and not caps and not args.x12_one_set
     out = args.out or (BENCH_DIR / "results"
