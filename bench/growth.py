@@ -84,7 +84,7 @@ DAY_MS = 86_400_000
 BATCH = 1000
 #: The history sizes past the worker's ``account_items_max`` (10,000) need it lifted.
 ITEMS_HEADROOM = 5_000
-#: Flatness target of issue 11: per-event cost from 10 to 10,000 items within this factor.
+#: Flatness target: per-event cost from 10 to 10,000 items within this factor.
 FLAT_TARGET = 1.5
 FLAT_RANGE = (10, 10_000)
 

@@ -15,7 +15,7 @@
    implementation-guide validation. Reported: claims/s.
 
 The broker, the listener and the clients share the machine's cores: the clients' cost is in
-the MLLP numbers. The target in issue 4 is >= 2,000 messages/s on 2 cores.
+the MLLP numbers. The target is >= 2,000 messages/s on 2 cores.
 """
 
 from __future__ import annotations

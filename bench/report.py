@@ -37,7 +37,7 @@ BROKER_HEADINGS = {
 }
 #: Heading of bench.growth's section of RESULTS.md.
 GROWTH_HEADING = "## Growth (bench.growth)"
-#: Targets of issue 10, on Kafka.
+#: The pipeline's targets on Kafka (bench/README.md).
 TARGET_RATIO_FAUST = 0.8
 TARGET_P99_MS = 250.0
 TARGET_RATE = 1500.0

@@ -1,1 +1,2 @@
-"""Inbound parsers and listeners, ERP adapters (issues 4 and 6)."""
+"""Where data enters (``inbound``: HL7 v2, X12, payment files, FHIR) and where posting
+deltas leave for the ERPs (``erp``)."""

@@ -1,4 +1,4 @@
-"""FHIR R4 read API for patient portals (issue 5): Account, Claim, ClaimResponse and
+"""FHIR R4 read API for patient portals : Account, Claim, ClaimResponse and
 PaymentReconciliation built from the compacted ``rcm.accounts`` records (heads and items).
 
 ``store`` (SQLite read model) · ``feed`` (rcm.accounts → store) · ``resources`` (records →

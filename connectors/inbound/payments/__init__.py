@@ -1,1 +1,1 @@
-"""Payment, refund and write-off files (CSV or JSON lines) -> canonical events (issue 4)."""
+"""Payment, refund and write-off files (CSV or JSON lines) -> canonical events."""

@@ -1,4 +1,4 @@
-"""X12 inbound: 835 remittances and 837 claims -> canonical events (issue 4).
+"""X12 inbound: 835 remittances and 837 claims -> canonical events.
 
 ``process_x12`` reads and checks a file without any I/O; ``ingest_x12_files`` publishes it;
 ``watch`` runs the drop folder. See the README section "Inbound: X12 and payment files".

@@ -55,7 +55,7 @@ def dlq_of(records: list[Any]) -> list[dict[str, Any]]:
 
 
 def test_a_bundle_of_200k_unsupported_entries_is_one_warning_record(tmp_path: Path) -> None:
-    """The issue's file: 200,000 unsupported entries put 100,001 records in rcm.dlq."""
+    """A reported file: 200,000 unsupported entries put 100,001 records in rcm.dlq."""
     n = 200_000
     path = tmp_path / "observations.json"
     path.write_text(bundle_text([UNSUPPORTED] * n))

@@ -41,7 +41,7 @@ def peak_mb(path: Path) -> tuple[float, PaymentsIngest, int]:
 
 
 def test_memory_follows_a_row_and_the_duplicate_check_not_the_file(tmp_path: Path) -> None:
-    """The issue's 50 MB file took 7.1 GB (~140x its size) when read whole."""
+    """A reported 50 MB file took 7.1 GB (~140x its size) when read whole."""
     small_rows, large_rows = 5_000, 40_000
     small_mb, _, _ = peak_mb(write_rows(tmp_path / "small.csv", small_rows))
     large = write_rows(tmp_path / "large.csv", large_rows)
