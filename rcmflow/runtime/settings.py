@@ -4,9 +4,9 @@ Every limit rcmflow enforces is declared here with its unit in the name and what
 it. Built once in ``main()`` and passed down; nothing reads the environment elsewhere (the one
 exception is ``faults.py``: test-only fault injection, never set in production).
 
-Limits the pure core also enforces have their number written once, in the core (its callers
-that are not handed settings, e.g. tests and reconcile, get the same default): the defaults
-here refer to those constants, never repeat them.
+Limits the pure core also enforces have their number written once, in the core
+(``streams/limits.py``, used by its callers that are handed no settings, e.g. reconcile): the
+defaults here refer to those constants, never repeat them.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rcmflow.runtime.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
-from rcmflow.streams.core import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.date_window import EARLIEST_DEFAULT, FUTURE_DAYS_DEFAULT, FUTURE_DAYS_MAX
 from rcmflow.streams.dedup import DEFAULT_HORIZON_DAYS
-from rcmflow.streams.processor import DLQ_PAYLOAD_BYTES_MAX, EVENT_BYTES_MAX
+from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, DLQ_PAYLOAD_BYTES_MAX, EVENT_BYTES_MAX
 
 __all__ = [
     "Settings",
