@@ -86,12 +86,12 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, topic_partitions
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
 from rcmflow.streams.chart import ChartOfAccounts
-from rcmflow.streams.core import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.events import EVENT_ADAPTER, ValidationError
 from rcmflow.streams.layout import SEPARATOR, head_key, item_key
+from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, EVENT_BYTES_MAX
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.money import cents_for_people as _money
-from rcmflow.streams.processor import EVENT_BYTES_MAX, BatchResult, Message, Processor
+from rcmflow.streams.processor import BatchResult, Message, Processor
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.state import LEDGER_BUCKETS
 from rcmflow.streams.topics import (

@@ -25,6 +25,7 @@ from rcmflow.streams.events import (
     PatientPayment,
     Refund,
 )
+from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.postings import RULE_VERSION, UnmappedLine, posting_id
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.rules import Movement, bucket_effects, movements_for
@@ -39,12 +40,7 @@ from rcmflow.streams.state import (
     PaymentRecord,
 )
 
-__all__ = ["Applied", "ItemLookup", "apply", "item_changes", "touched_items", "new_account",
-           "ACCOUNT_ITEMS_MAX"]
-
-#: Items (charges, claims, adjudications, payments) one account may hold; past it the
-#: events that would add one are refused. Cost does not depend on it: it bounds storage.
-ACCOUNT_ITEMS_MAX = 10_000
+__all__ = ["Applied", "ItemLookup", "apply", "item_changes", "touched_items", "new_account"]
 
 #: An account's item by (kind, id), or None: the state before the event being applied.
 ItemLookup = Callable[[ItemRef], Item | None]

@@ -21,7 +21,6 @@ from pydantic import ValidationError
 
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.core import (
-    ACCOUNT_ITEMS_MAX,
     Applied,
     apply,
     item_changes,
@@ -44,6 +43,7 @@ from rcmflow.streams.dedup import (
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import EVENT_ADAPTER, Event, EventKind, event_digest
 from rcmflow.streams.layout import LegacyAccount
+from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, DLQ_PAYLOAD_BYTES_MAX, EVENT_BYTES_MAX
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.state import AccountHead, Item, ItemRef
 from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX
@@ -51,10 +51,6 @@ from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX
 __all__ = ["Message", "BatchResult", "Counts", "Lookups", "Processor",
            "describe_validation_error"]
 
-#: Largest canonical event accepted (one JSON document); larger ones go to the DLQ.
-EVENT_BYTES_MAX = 256 * 1024
-#: Raw input kept in a DLQ record (the record's origin names the whole one on rcm.events).
-DLQ_PAYLOAD_BYTES_MAX = 512 * 1024
 #: Room kept under a topic's record limit for the key and the record's own overhead.
 RECORD_OVERHEAD_BYTES = 64 * 1024
 ERRORS_SHOWN_MAX = 5

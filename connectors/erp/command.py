@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from rcmflow.connectors.erp import ADAPTERS
 from rcmflow.connectors.erp.base import ErpAdapter
 from rcmflow.connectors.erp.runner import RunnerOptions, run_connector
+from rcmflow.runtime.faults import NO_FAULTS, Faults
 from rcmflow.runtime.kafka_access import erp_group
 from rcmflow.streams.chart import load_chart
 
@@ -33,8 +34,9 @@ def build_adapter(name: str, settings: Settings) -> ErpAdapter:
 
 
 def run_erp(settings: Settings, name: str, *, idle_exit_s: float | None = None,
-            metrics_port: int | None = None) -> int:
-    """``metrics_port`` (the --metrics-port option) overrides RCMFLOW_ERP_METRICS_PORT."""
+            metrics_port: int | None = None, faults: Faults = NO_FAULTS) -> int:
+    """``metrics_port`` (the --metrics-port option) overrides RCMFLOW_ERP_METRICS_PORT;
+    ``faults``: test-only kills (``rcmflow/runtime/faults.py``)."""
     logging.getLogger("rcmflow.erp").setLevel(settings.log_level.upper().replace("WARN",
                                                                                   "WARNING"))
     adapter = build_adapter(name, settings)
@@ -49,5 +51,6 @@ def run_erp(settings: Settings, name: str, *, idle_exit_s: float | None = None,
         status_file=settings.data_dir / f"erp-{name}.status.json",
         idle_exit_s=idle_exit_s, session_timeout_s=settings.session_timeout_s,
         metrics_host=settings.metrics_host,
-        metrics_port=settings.erp_metrics_port if metrics_port is None else metrics_port)
+        metrics_port=settings.erp_metrics_port if metrics_port is None else metrics_port,
+        faults=faults)
     return asyncio.run(run_connector(adapter, options))

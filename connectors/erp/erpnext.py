@@ -56,7 +56,6 @@ from .base import (
     TransientError,
 )
 from .cloud_http import HttpErp, request_json
-from .cloud_settings import CloudErpSettings
 from .mapping import check_mapped
 
 if TYPE_CHECKING:
@@ -243,12 +242,12 @@ class ErpNext(HttpErp):
 
 def build(settings: Settings, chart: ChartOfAccounts, *,
           transport: httpx.AsyncBaseTransport | None = None) -> ErpNext:
-    cloud = CloudErpSettings()
+    s = settings
     return ErpNext(
-        chart, base_url=cloud.erpnext_url,
-        api_key=cloud.erpnext_api_key.get_secret_value() if cloud.erpnext_api_key else "",
-        api_secret=(cloud.erpnext_api_secret.get_secret_value()
-                    if cloud.erpnext_api_secret else ""),
-        company=cloud.erpnext_company, companies=cloud.erpnext_companies,
-        posting_field=cloud.erpnext_posting_field, timeout_s=settings.erp_timeout_s,
-        page_size=cloud.cloud_page_size, batch_max=cloud.cloud_batch_max, transport=transport)
+        chart, base_url=s.erp_erpnext_url,
+        api_key=s.erp_erpnext_api_key.get_secret_value() if s.erp_erpnext_api_key else "",
+        api_secret=(s.erp_erpnext_api_secret.get_secret_value()
+                    if s.erp_erpnext_api_secret else ""),
+        company=s.erp_erpnext_company, companies=s.erp_erpnext_companies,
+        posting_field=s.erp_erpnext_posting_field, timeout_s=s.erp_timeout_s,
+        page_size=s.erp_cloud_page_size, batch_max=s.erp_cloud_batch_max, transport=transport)

@@ -54,7 +54,6 @@ from .base import (
     TransientError,
 )
 from .cloud_http import HttpErp, request_json
-from .cloud_settings import CloudErpSettings
 from .mapping import check_mapped
 
 if TYPE_CHECKING:
@@ -239,9 +238,10 @@ class NetSuite(HttpErp):
 
 def build(settings: Settings, chart: ChartOfAccounts, *,
           transport: httpx.AsyncBaseTransport | None = None) -> NetSuite:
-    cloud = CloudErpSettings()
-    token = cloud.netsuite_token.get_secret_value() if cloud.netsuite_token else ""
-    return NetSuite(chart, base_url=cloud.netsuite_url, token=token,
-                    subsidiaries=cloud.netsuite_subsidiaries, subsidiary=cloud.netsuite_subsidiary,
-                    timeout_s=settings.erp_timeout_s, page_size=cloud.cloud_page_size,
-                    batch_max=cloud.cloud_batch_max, transport=transport)
+    s = settings
+    token = s.erp_netsuite_token.get_secret_value() if s.erp_netsuite_token else ""
+    return NetSuite(chart, base_url=s.erp_netsuite_url, token=token,
+                    subsidiaries=s.erp_netsuite_subsidiaries,
+                    subsidiary=s.erp_netsuite_subsidiary, timeout_s=s.erp_timeout_s,
+                    page_size=s.erp_cloud_page_size, batch_max=s.erp_cloud_batch_max,
+                    transport=transport)

@@ -62,7 +62,6 @@ from .base import (
     TransientError,
 )
 from .cloud_http import HttpErp, request_json
-from .cloud_settings import CloudErpSettings
 from .mapping import check_mapped
 
 if TYPE_CHECKING:
@@ -276,9 +275,9 @@ class Odoo(HttpErp):
 
 def build(settings: Settings, chart: ChartOfAccounts, *,
           transport: httpx.AsyncBaseTransport | None = None) -> Odoo:
-    cloud = CloudErpSettings()
-    key = cloud.odoo_api_key.get_secret_value() if cloud.odoo_api_key else ""
-    return Odoo(chart, base_url=cloud.odoo_url, api_key=key, database=cloud.odoo_db,
-                journal=cloud.odoo_journal, module=cloud.odoo_xmlid_module,
-                timeout_s=settings.erp_timeout_s, page_size=cloud.cloud_page_size,
-                batch_max=cloud.cloud_batch_max, transport=transport)
+    s = settings
+    key = s.erp_odoo_api_key.get_secret_value() if s.erp_odoo_api_key else ""
+    return Odoo(chart, base_url=s.erp_odoo_url, api_key=key, database=s.erp_odoo_db,
+                journal=s.erp_odoo_journal, module=s.erp_odoo_xmlid_module,
+                timeout_s=s.erp_timeout_s, page_size=s.erp_cloud_page_size,
+                batch_max=s.erp_cloud_batch_max, transport=transport)

@@ -46,6 +46,7 @@ from rcmflow.connectors.erp.base import (
     Rejected,
     TransientError,
 )
+from rcmflow.runtime.faults import NO_FAULTS, Faults, kill_this_process
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_preflight import ACCESS_ERRORS, access_error
 from rcmflow.runtime.metrics import Metric, counter, gauge, new_registry, serve, url
@@ -54,13 +55,9 @@ from rcmflow.streams.postings import PostingDelta
 from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX, POSTINGS, POSTINGS_DLQ
 
 __all__ = ["RunnerOptions", "Progress", "CircuitBreaker", "run_connector", "backoff_s",
-           "erp_families", "KILL_AFTER_ENV"]
+           "erp_families"]
 
 log = logging.getLogger("rcmflow.erp")
-
-#: Tests only: "N" kills this process (SIGKILL) right after the Nth ERP call succeeded,
-#: before its offsets are committed: the window the ERP's duplicate guard must cover.
-KILL_AFTER_ENV = "RCMFLOW_TEST_ERP_KILL_AFTER"
 
 #: Exit codes of `rcmflow erp` (2: bad argument or setting, the metrics port taken, Kafka
 #: refused the login or an ACL).
@@ -92,6 +89,8 @@ class RunnerOptions:
     #: Stop after this many seconds without records and zero lag (tests, benchmarks); None: run.
     idle_exit_s: float | None = None
     session_timeout_s: float = 10.0
+    #: Test-only: ``erp_kill_after`` kills the process after that many ERP calls.
+    faults: Faults = NO_FAULTS
 
 
 @dataclass
@@ -204,8 +203,7 @@ class Connector:
         self.producer: AIOKafkaProducer | None = None
         self._last_progress = 0.0
         self._calls = 0
-        kill_after = os.environ.get(KILL_AFTER_ENV, "")
-        self._kill_after = int(kill_after) if kill_after else None
+        self._kill_after = options.faults.erp_kill_after
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self) -> int:
@@ -360,8 +358,7 @@ class Connector:
             self.progress.stalled_since_s = None
             self._calls += 1
             if self._calls == self._kill_after:
-                log.warning("%s=%d: killing this connector", KILL_AFTER_ENV, self._calls)
-                os.kill(os.getpid(), signal.SIGKILL)
+                kill_this_process(f"erp_kill_after={self._calls}")
             return outcomes
 
     async def _idle(self, seconds: float) -> None:

@@ -76,6 +76,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from rcmflow.connectors.inbound.hl7.batch import split_batch
 from rcmflow.connectors.inbound.hl7.framing import HEAD_BYTES
 from rcmflow.connectors.inbound.hl7.intake import Intake, Sink
+from rcmflow.runtime.faults import NO_FAULTS, Faults, kill_this_process
 from rcmflow.runtime.kafka_access import consume_group
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Outgoing, RecordTooLarge, group_lag, topic_partitions
@@ -96,7 +97,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMATS", "Format", "Incoming", "Tally", "BrokerFailed", "Handler",
            "RecordsHandler", "Hl7Handler", "ConsumeOptions", "Progress", "TopicConsumer",
-           "refusal", "default_group", "run_consume", "KILL_AFTER_ENV", "EXIT_OK",
+           "refusal", "default_group", "run_consume", "EXIT_OK",
            "EXIT_USAGE", "EXIT_BROKER"]
 
 log = logging.getLogger("rcmflow.consume")
@@ -107,10 +108,6 @@ FORMATS: tuple[Format, ...] = ("hl7", "x12", "fhir", "payments", "events")
 #: Exit codes: stopped (signal, --idle-exit); a setup error (bad argument or setting, no such
 #: topic, replay store or metrics port taken); the broker unreachable or not acknowledging.
 EXIT_OK, EXIT_USAGE, EXIT_BROKER = 0, 2, 4
-
-#: Tests only: "N" kills this process (SIGKILL) right after the outputs of its Nth batch were
-#: acknowledged, before that batch's offsets are committed: the window a re-read must cover.
-KILL_AFTER_ENV = "RCMFLOW_TEST_CONSUME_KILL_AFTER"
 
 #: Broker answers that say one output can never be stored (too large for its topic or the
 #: producer), as opposed to an outage: sending it again would hold the partition for ever.
@@ -372,6 +369,8 @@ class ConsumeOptions:
     session_timeout_s: float = 10.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
+    #: Test-only: ``consume_kill_after`` kills the process before that batch's commit.
+    faults: Faults = NO_FAULTS
 
 
 @dataclass
@@ -433,8 +432,7 @@ class TopicConsumer:
         #: What this process knows its group has committed, per partition.
         self._committed: dict[TopicPartition, int] = {}
         self._last_progress = 0.0
-        kill_after = os.environ.get(KILL_AFTER_ENV, "")
-        self._kill_after = int(kill_after) if kill_after else None
+        self._kill_after = options.faults.consume_kill_after
 
     async def run(self) -> int:
         opts = self.options
@@ -500,9 +498,7 @@ class TopicConsumer:
         tally = await self._take(batch)
         self.progress.batches += 1
         if self.progress.batches == self._kill_after:
-            log.warning("%s=%d: killing this consumer before its commit", KILL_AFTER_ENV,
-                        self.progress.batches)
-            os.kill(os.getpid(), signal.SIGKILL)
+            kill_this_process(f"consume_kill_after={self._kill_after}: before its commit")
         offsets = {tp: OffsetAndMetadata(messages[-1].offset + 1, "")
                    for tp, messages in parts}
         try:
@@ -760,9 +756,9 @@ async def _consume(settings: Settings, kafka: KafkaConnection, options: ConsumeO
 def run_consume(settings: Settings, kafka: KafkaConnection, fmt: Format, topic: str, *,
                 group: str | None = None, from_beginning: bool = False,
                 idle_exit_s: float | None = None, metrics_port: int | None = None,
-                channel: str = "lockbox") -> int:
+                channel: str = "lockbox", faults: Faults = NO_FAULTS) -> int:
     """`rcmflow consume FORMAT --topic T`: runs until SIGINT/SIGTERM (or ``idle_exit_s``);
-    returns the exit code (0 stopped, 2 setup error, 4 broker)."""
+    returns the exit code (0 stopped, 2 setup error, 4 broker). ``faults``: test-only."""
     from rcmflow.connectors.inbound.hl7.replay import ReplayStoreLocked
     from rcmflow.connectors.inbound.hl7.service import mapping_config
     from rcmflow.streams.chart import load_chart
@@ -786,7 +782,8 @@ def run_consume(settings: Settings, kafka: KafkaConnection, fmt: Format, topic: 
         retry_max=settings.consume_retry_max, backoff_max_s=settings.consume_backoff_max_s,
         progress_s=settings.consume_progress_s, idle_exit_s=idle_exit_s,
         session_timeout_s=settings.session_timeout_s, metrics_host=settings.metrics_host,
-        metrics_port=settings.consume_metrics_port if metrics_port is None else metrics_port)
+        metrics_port=settings.consume_metrics_port if metrics_port is None else metrics_port,
+        faults=faults)
     try:
         return asyncio.run(_consume(settings, kafka, options, channel, currency))
     except (ReplayStoreLocked, ValueError) as exc:  # a store held, a bad chart or setting

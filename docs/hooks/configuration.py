@@ -28,10 +28,9 @@ REGENERATE = "python docs/hooks/configuration.py"
 #: longer exists is skipped (its fields moved into ``Settings``, which the page then shows).
 SOURCES = [
     ("rcmflow.runtime.settings", "Settings", None),
-    ("rcmflow.connectors.erp.cloud_settings", "CloudErpSettings", "Cloud ERPs"),
 ]
 
-#: Flat fields of a class are grouped by the start of their name, first match wins.
+#: Flat fields of a class are grouped by the start of their name, the longest match wins.
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("Broker and secure connections", ("broker", "kafka_", "app_id", "partitions",
                                        "replication_factor")),
@@ -45,6 +44,7 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("Drop folder and DLQ payloads", ("watch_", "dlq_")),
     ("rcmflow consume", ("consume_",)),
     ("ERP connectors", ("erp_",)),
+    ("Cloud ERPs", ("erp_netsuite_", "erp_odoo_", "erp_erpnext_", "erp_cloud_")),
 ]
 GENERAL = "Worker, tables and general"
 
@@ -55,9 +55,9 @@ INTRO = """\
      Run `python docs/hooks/configuration.py` after changing a setting. -->
 
 rcmflow reads its settings from `RCMFLOW_*` environment variables, once at start, into one
-frozen settings object (`rcmflow/runtime/settings.py`, and `connectors/erp/cloud_settings.py`
-for the cloud ERPs). A misspelt name is ignored, so check the name against this page. Lists and maps
-are JSON (`RCMFLOW_HL7_FT1_TYPES='{"CG":"charge"}'`); sizes are bytes, `_s` is seconds.
+frozen settings object (`rcmflow/runtime/settings.py`), passed down to every part. A misspelt
+name is ignored, so check the name against this page. Lists and maps are JSON
+(`RCMFLOW_HL7_FT1_TYPES='{"CG":"charge"}'`); sizes are bytes, `_s` is seconds.
 A value out of range stops the command at start with the setting's name. `rcmflow --help`
 lists every command; command-line options (such as `--metrics-port`) override settings.
 
@@ -129,10 +129,9 @@ def _env_name(prefix: str, name: str, field: FieldInfo) -> str:
 
 
 def _group_of(name: str) -> str:
-    for title, starts in GROUPS:
-        if any(name == s or (s.endswith("_") and name.startswith(s)) for s in starts):
-            return title
-    return GENERAL
+    matches = [(len(s), title) for title, starts in GROUPS for s in starts
+               if name == s or (s.endswith("_") and name.startswith(s))]
+    return max(matches)[1] if matches else GENERAL
 
 
 def _rows(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str]]:

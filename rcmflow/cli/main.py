@@ -26,6 +26,7 @@ from rich.text import Text
 # listings must not pay for the worker, the facade or the connectors (Faust, FastAPI, hl7apy,
 # the FHIR models: over a second). tests/test_cli_imports.py holds the line.
 if TYPE_CHECKING:
+    from rcmflow.runtime.faults import Faults
     from rcmflow.runtime.kafka_access import Access
     from rcmflow.runtime.kafka_connection import KafkaConnection
     from rcmflow.runtime.settings import Settings
@@ -69,6 +70,18 @@ def _settings() -> Settings:
         return Settings()
     except ValueError as exc:
         err.print(f"[red]invalid RCMFLOW_* setting:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _faults() -> Faults:
+    """Test-only fault injection (RCMFLOW_TEST_FAULTS), read once at start like the
+    settings; production never sets it."""
+    from rcmflow.runtime.faults import from_environment
+
+    try:
+        return from_environment()
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
 
 
@@ -160,7 +173,7 @@ def worker(
     """
     from rcmflow.streams.shell.run import run_worker
 
-    raise typer.Exit(run_worker(_settings(), metrics_port=metrics_port))
+    raise typer.Exit(run_worker(_settings(), metrics_port=metrics_port, faults=_faults()))
 
 
 @app.command()
@@ -216,7 +229,8 @@ def erp(
     if adapter in ADAPTERS:  # else run_erp says which adapters there are
         _connect(settings, kafka_access.erp_access(settings.app_id, adapter))
     try:
-        code = run_erp(settings, adapter, idle_exit_s=idle_exit_s, metrics_port=metrics_port)
+        code = run_erp(settings, adapter, idle_exit_s=idle_exit_s, metrics_port=metrics_port,
+                       faults=_faults())
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
@@ -491,7 +505,8 @@ def consume(
     kafka = _connect(settings, kafka_access.consume_access(fmt.value, topic, group))
     raise typer.Exit(run_consume(settings, kafka, fmt.value, topic, group=group,
                                  from_beginning=from_beginning, idle_exit_s=idle_exit_s,
-                                 metrics_port=metrics_port, channel=channel))
+                                 metrics_port=metrics_port, channel=channel,
+                                 faults=_faults()))
 
 
 @app.command(help=(

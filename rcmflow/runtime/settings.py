@@ -1,7 +1,12 @@
 """One settings object, read from ``RCMFLOW_*`` environment variables.
 
 Every limit rcmflow enforces is declared here with its unit in the name and what happens past
-it. Built once in ``main()`` and passed down; nothing reads the environment elsewhere.
+it. Built once in ``main()`` and passed down; nothing reads the environment elsewhere (the one
+exception is ``faults.py``: test-only fault injection, never set in production).
+
+Limits the pure core also enforces have their number written once, in the core
+(``streams/limits.py``, used by its callers that are handed no settings, e.g. reconcile): the
+defaults here refer to those constants, never repeat them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rcmflow.runtime.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
 from rcmflow.streams.date_window import EARLIEST_DEFAULT, FUTURE_DAYS_DEFAULT, FUTURE_DAYS_MAX
 from rcmflow.streams.dedup import DEFAULT_HORIZON_DAYS
+from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, DLQ_PAYLOAD_BYTES_MAX, EVENT_BYTES_MAX
 
 __all__ = [
     "Settings",
@@ -149,11 +155,11 @@ class Settings(BaseSettings):
         0.05, gt=0, le=10, description="Longest wait to fill a batch before processing it."
     )
     event_bytes_max: int = Field(
-        256 * 1024, ge=1024, le=16 * 1024 * 1024,
+        EVENT_BYTES_MAX, ge=1024, le=16 * 1024 * 1024,
         description="Largest canonical event; larger ones go to rcm.dlq as too_large.",
     )
     account_items_max: int = Field(
-        10_000, ge=10,
+        ACCOUNT_ITEMS_MAX, ge=10,
         description="Charges + claims + adjudications + payments one account may hold; past "
         "it the events that add one go to rcm.dlq (account_items_max). A storage bound: an "
         "event's cost does not depend on it.",
@@ -328,7 +334,7 @@ class Settings(BaseSettings):
         "account number in an Account reference (JSON list); Account/<id> always is."
     )
     dlq_payload_bytes_max: int = Field(
-        512 * 1024, ge=1024, le=4 * 1024 * 1024,
+        DLQ_PAYLOAD_BYTES_MAX, ge=1024, le=4 * 1024 * 1024,
         description="Raw input kept in one DLQ record (the rest is cut, and said; the "
         "record's origin names the whole input). At most 4 MiB: a DLQ record, base64 and all, "
         "stays under rcm.dlq's 8 MiB record limit.",
@@ -399,6 +405,45 @@ class Settings(BaseSettings):
     erp_tryton_companies: dict[str, int] = Field(
         {}, description="Entity -> Tryton company id (JSON); unset entities: the user's company.",
     )
+    # The cloud ERPs (connectors/erp/{netsuite,odoo,erpnext}.py). Secrets are SecretStr: never
+    # printed, never logged.
+    # -- NetSuite (SuiteTalk REST) ---------------------------------------------------------
+    erp_netsuite_url: str = Field(
+        "", description="REST base, e.g. https://<account-id>.suitetalk.api.netsuite.com.")
+    erp_netsuite_token: SecretStr | None = Field(
+        None, description="OAuth 2.0 access token (machine-to-machine / client credentials "
+        "flow), sent as `Authorization: Bearer`. An expired token answers 401: exit 3.")
+    erp_netsuite_subsidiaries: dict[str, str] = Field(
+        {}, description="Entity -> NetSuite subsidiary internal id (JSON); unset entities: "
+        "erp_netsuite_subsidiary.")
+    erp_netsuite_subsidiary: str = Field("1", description="Default subsidiary internal id.")
+    # -- Odoo (JSON-2, Odoo 19+) -----------------------------------------------------------
+    erp_odoo_url: str = Field("", description="Odoo base URL, e.g. https://erp.example.com.")
+    erp_odoo_db: str = Field("", description="Database (X-Odoo-Database); empty: not sent.")
+    erp_odoo_api_key: SecretStr | None = Field(
+        None, description="API key of a dedicated bot user (`Authorization: bearer`). It "
+        "needs accounting rights and create/read on ir.model.data (the duplicate guard).")
+    erp_odoo_journal: str = Field("MISC", description="Code of the Odoo journal posted to.")
+    erp_odoo_xmlid_module: str = Field(
+        "rcmflow", pattern=r"^[a-z0-9_]+$",
+        description="ir.model.data module of the posting-id keys (UNIQUE(module, name)).")
+    # -- ERPNext (Frappe REST) -------------------------------------------------------------
+    erp_erpnext_url: str = Field(
+        "", description="Frappe site URL, e.g. https://erp.example.com.")
+    erp_erpnext_api_key: SecretStr | None = Field(None, description="API key of the API user.")
+    erp_erpnext_api_secret: SecretStr | None = Field(None, description="Its API secret.")
+    erp_erpnext_company: str = Field("", description="Default ERPNext company name.")
+    erp_erpnext_companies: dict[str, str] = Field(
+        {}, description="Entity -> ERPNext company name (JSON); unset: erp_erpnext_company.")
+    erp_erpnext_posting_field: str = Field(
+        "rcm_posting_id", pattern=r"^[a-z][a-z0-9_]*$",
+        description="Custom Field on Journal Entry holding the posting id; it must be "
+        "marked Unique (a DB unique index): the adapter refuses to start otherwise.")
+    # -- the three cloud ERPs --------------------------------------------------------------
+    erp_cloud_page_size: int = Field(
+        200, ge=1, le=1000, description="Rows per page when reading a journal back.")
+    erp_cloud_batch_max: int = Field(
+        50, ge=1, le=1000, description="Deltas per post_batch call (one request each).")
 
     @field_validator("facade_public_url")
     @classmethod

@@ -44,8 +44,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import faust
@@ -61,6 +62,7 @@ __all__ = [
     "install_highwater_fix",
     "disable_gap_commits",
     "limit_commits",
+    "CommitLimit",
     "BulkFeed",
     "bulk_consume",
     "mark_for_commit",
@@ -89,19 +91,28 @@ def disable_gap_commits() -> None:
     consumer_cls._add_gap = _add_gap
 
 
-def limit_commits() -> None:
-    """Let ``app.rcmflow_commit_limit(tp)`` decide the offsets committed (idempotent).
+#: What the consumer may commit for a partition: the next offset to read (every record below
+#: it is durably applied), or None to commit nothing for it.
+CommitLimit = Callable[[TP], int | None]
 
-    Apps without that attribute keep Faust's rule. The limit is the next offset to read:
-    every record below it is durably applied. ``None`` commits nothing for that partition.
+#: App -> its commit limit. The patch is on Faust's Consumer class (shared by every app in the
+#: process); each consumer finds its own app's limit here, given by ``limit_commits``.
+_COMMIT_LIMITS: weakref.WeakKeyDictionary[Any, CommitLimit] = weakref.WeakKeyDictionary()
+
+
+def limit_commits(app: Any, limit: CommitLimit) -> None:
+    """Let ``limit(tp)`` decide the offsets the consumer of ``app`` commits.
+
+    Apps given no limit keep Faust's rule. Installs the consumer patch once per process.
     """
+    _COMMIT_LIMITS[app] = limit
     consumer_cls: Any = faust_consumer.Consumer
     if getattr(consumer_cls, "_rcmflow_commit_limit", False):
         return
     faust_new_offset = consumer_cls._new_offset
 
     def _new_offset(self: Any, tp: TP) -> int | None:
-        limit_for = getattr(self.app, "rcmflow_commit_limit", None)
+        limit_for = _COMMIT_LIMITS.get(self.app)
         if limit_for is None:
             return cast(int | None, faust_new_offset(self, tp))
         limit = limit_for(tp)
@@ -113,7 +124,7 @@ def limit_commits() -> None:
         if covered:
             acked[:] = [offset for offset in acked if offset >= limit]
             self._acked_index[tp].difference_update(covered)
-        return cast(int, limit)
+        return limit
 
     consumer_cls._new_offset = _new_offset
     consumer_cls._faust_new_offset = faust_new_offset  # Faust's own, for the pinning tests

@@ -9,6 +9,7 @@ import sys
 
 from rcmflow.runtime import metrics
 from rcmflow.runtime.broker import TopicCreateDenied, ensure_topics
+from rcmflow.runtime.faults import NO_FAULTS, Faults
 from rcmflow.runtime.kafka_access import worker_access
 from rcmflow.runtime.kafka_preflight import KafkaAccessError, access_error, preflight
 from rcmflow.runtime.settings import EMBEDDED_PREFIX, BrokerNotFound, Settings
@@ -23,8 +24,10 @@ log = logging.getLogger("rcmflow.worker")
 GC_THRESHOLDS = (20_000, 20, 50)
 
 
-def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
-    """``metrics_port`` (the --metrics-port option) overrides RCMFLOW_WORKER_METRICS_PORT."""
+def run_worker(settings: Settings, *, metrics_port: int | None = None,
+               faults: Faults = NO_FAULTS) -> int:
+    """``metrics_port`` (the --metrics-port option) overrides RCMFLOW_WORKER_METRICS_PORT;
+    ``faults``: test-only kills and pauses (``rcmflow/runtime/faults.py``)."""
     port = settings.worker_metrics_port if metrics_port is None else metrics_port
     try:
         url, identity = settings.resolve_broker()
@@ -61,7 +64,7 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
         print(f"rcmflow worker: {exc}", file=sys.stderr)
         return 2
     datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
-    app = build_app(settings, chart, datadir=datadir, measure_lag=port > 0)
+    app = build_app(settings, chart, datadir=datadir, measure_lag=port > 0, faults=faults)
     if port:
         pipeline: Pipeline = app.rcmflow_pipeline  # type: ignore[attr-defined]
         try:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from aiokafka.errors import KafkaError
 from faust.types import TP
 from mode import CrashingSupervisor
 
+from rcmflow.runtime.faults import NO_FAULTS, Faults, kill_this_process
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import committed_offsets, log_ends
 from rcmflow.runtime.metrics import Metric, counter, gauge
@@ -92,19 +92,6 @@ STALL_CRASH_S = 120.0
 HOLE_RESEEK_S = 1.0
 #: ... and if it is still there after this long, the worker crashes rather than skip it.
 HOLE_WAIT_S = 60.0
-#: Test-only fault injection: "<point>:<batch number>" kills the worker (SIGKILL) right
-#: there, so crash tests can hit each step of a batch deterministically (batches are counted
-#: from 0 in the process, those that applied at least one record). Points:
-#: ``processed`` (the batch applied in memory, nothing sent), ``outputs-acked`` (deltas
-#: durable, no dedup record; exactly_once: everything sent, the transaction not committed),
-#: ``dedup-acked`` (dedup records durable, states not written), ``committed`` (exactly_once:
-#: the transaction committed, the local stores not written).
-#: Kills in the middle of a send are left to the random kill -9 of the crash tests.
-KILL_AT_ENV = "RCMFLOW_TEST_KILL_AT"
-#: Test-only: "<partition>:<batch number>" pauses that rcm.events partition in Faust's consumer
-#: after that batch, as faust-streaming #629 leaves a partition after a rebalance: the
-#: watchdog must find it and put it back.
-PAUSE_AT_ENV = "RCMFLOW_TEST_PAUSE_AT"
 
 
 @dataclass
@@ -145,8 +132,10 @@ class Pipeline:
     """Runs batches through the processor and writes the results in crash-safe order."""
 
     def __init__(self, app: faust.App, tables: AccountTables, processor: Processor,
-                 outbox: Outbox, kafka: KafkaConnection) -> None:
+                 outbox: Outbox, kafka: KafkaConnection, faults: Faults = NO_FAULTS) -> None:
         self.app = app
+        #: Test-only kills and pauses at exact steps (``rcmflow/runtime/faults.py``).
+        self.faults = faults
         self.kafka = kafka
         self.tables = tables
         self.processor = processor
@@ -166,10 +155,6 @@ class Pipeline:
         #: Partition -> the group's committed offset when this assignment started reading it.
         self.started_at: dict[int, int] = {}
         self.progress = Progress()
-        point, _, batch = os.environ.get(KILL_AT_ENV, "").partition(":")
-        self._kill_at = (point, int(batch)) if point else None
-        paused, _, after = os.environ.get(PAUSE_AT_ENV, "").partition(":")
-        self._pause_at = (int(paused), int(after)) if paused else None
 
     async def handle(self, messages: list[Message]) -> BatchResult:
         now = time.monotonic()
@@ -369,13 +354,13 @@ class Pipeline:
             for p in partitions)
 
     def _fault_point(self, point: str) -> None:
-        if self._kill_at == (point, self.progress.batches):
-            log.warning("%s=%s: killing this worker", KILL_AT_ENV, self._kill_at)
-            os.kill(os.getpid(), signal.SIGKILL)
-        if point == "batch-done" and self._pause_at is not None \
-                and self._pause_at[1] == self.progress.batches - 1:
-            log.warning("%s=%s: pausing the partition", PAUSE_AT_ENV, self._pause_at)
-            pause(self.app, EVENTS, self._pause_at[0])
+        kill_at, pause_at = self.faults.worker_kill_at, self.faults.worker_pause_at
+        if kill_at == (point, self.progress.batches):
+            kill_this_process(f"worker_kill_at={point}:{kill_at[1]}")
+        if point == "batch-done" and pause_at is not None \
+                and pause_at[1] == self.progress.batches - 1:
+            log.warning("worker_pause_at=%d:%d: pausing the partition", *pause_at)
+            pause(self.app, EVENTS, pause_at[0])
 
     def log_progress(self) -> None:
         p = self.progress
@@ -397,15 +382,14 @@ def to_messages(records: Sequence[Any]) -> list[Message]:
 
 
 def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
-              measure_lag: bool = False) -> faust.App:
+              measure_lag: bool = False, faults: Faults = NO_FAULTS) -> faust.App:
     """The Faust app of one worker process, its tables and its agent.
 
     ``measure_lag``: ask the broker for the log ends every PROGRESS_INTERVAL_S (for the lag
-    metric; off when nobody scrapes it).
+    metric; off when nobody scrapes it). ``faults``: test-only kills and pauses.
     """
     install_highwater_fix()
     disable_gap_commits()
-    limit_commits()
     bulk_consume()
     if settings.processing_guarantee == "exactly_once":
         own_transactions()
@@ -447,7 +431,8 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
                     source_topic=EVENTS,
                     exactly_once=settings.processing_guarantee == "exactly_once")
     app.add_dependency(outbox)  # stopped (its producer flushed) with the app
-    pipeline = Pipeline(app, tables, processor, outbox, kafka)
+    pipeline = Pipeline(app, tables, processor, outbox, kafka, faults)
+    limit_commits(app, pipeline.commit_limit)
     # Raw bytes in: decoding is the processor's job, so a malformed event becomes a DLQ
     # record instead of a ValueDecodeError that kills the agent.
     events_topic = app.topic(EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -489,7 +474,6 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
             await pipeline.measure_lag(kafka)
 
     app.rcmflow_pipeline = pipeline  # type: ignore[attr-defined]
-    app.rcmflow_commit_limit = pipeline.commit_limit  # type: ignore[attr-defined]
     return app
 
 

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
+from rcmflow.runtime.faults import Faults
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import read_topic
-from rcmflow.streams.shell.worker import KILL_AT_ENV
 from rcmflow.streams.topics import EVENTS
 from tests.conftest import Broker, WorkerProcess, Workers, wait_until
 from tests.workload import Expected, Observed, Workload
@@ -121,7 +121,7 @@ def test_kill_9_at_every_step_then_at_random(broker: Broker, workers: Workers) -
     # 1. Each step of a batch, deterministically: applied in memory (nothing sent), deltas
     #    durable (no dedup record), dedup records durable (states not written).
     for point, batch in (("processed", 2), ("outputs-acked", 3), ("dedup-acked", 2)):
-        killed = workers.start("w1", **{KILL_AT_ENV: f"{point}:{batch}"})
+        killed = workers.start("w1", **Faults(worker_kill_at=(point, batch)).environment())
         wait_until(lambda w=killed: not w.alive(), 90, f"the injected kill at {point}",
                    killed.log_tail)
         assert killed.process.returncode == -9, killed.log_tail()

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from rcmflow.runtime.faults import Faults
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import IsolationLevel, read_topic
-from rcmflow.streams.shell.worker import KILL_AT_ENV
 from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 from tests.conftest import Broker, Workers, wait_until
 from tests.connectors.erp.feed import already_there_in_logs, start_connector
@@ -84,7 +84,8 @@ def test_exactly_once_kill_9_at_every_step_then_at_random(
     # 1. Each step of a batch: applied in memory; everything sent, the transaction open;
     #    the transaction committed, the local stores not written.
     for point, batch in (("processed", 2), ("outputs-acked", 3), ("committed", 2)):
-        killed = workers.start("w1", **EXACTLY_ONCE, **{KILL_AT_ENV: f"{point}:{batch}"})
+        killed = workers.start("w1", **EXACTLY_ONCE,
+                                **Faults(worker_kill_at=(point, batch)).environment())
         wait_until(lambda w=killed: not w.alive(), 90, f"the injected kill at {point}",
                    killed.log_tail)
         assert killed.process.returncode == -9, killed.log_tail()
@@ -129,7 +130,7 @@ def test_at_least_once_on_kafka_resends_byte_identical_deltas(
     workload = Workload.build(accounts=300, seed=21)
     expected = workload.expected()
     workload.publish(broker.connection)
-    killed = workers.start("w1", **{KILL_AT_ENV: "outputs-acked:1"})
+    killed = workers.start("w1", **Faults(worker_kill_at=("outputs-acked", 1)).environment())
     wait_until(lambda: not killed.alive(), 90, "the injected kill", killed.log_tail)
     worker = workers.start("w1")
     wait_until(lambda: converged(broker.connection, expected), 120, "convergence",

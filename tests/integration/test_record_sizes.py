@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from rcmflow.runtime.kafka_io import publish, read_topic
-from rcmflow.streams.core import ACCOUNT_ITEMS_MAX
+from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS
 from tests.conftest import Broker, Workers, wait_until
 from tests.factories import charge

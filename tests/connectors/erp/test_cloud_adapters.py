@@ -7,6 +7,7 @@ error, 5xx / timeout / refused connection, bad credentials, unmapped GL, read_jo
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from rcmflow.connectors.erp.erpnext import ErpNext
 from rcmflow.connectors.erp.mapping import all_gl_accounts
 from rcmflow.connectors.erp.netsuite import NetSuite
 from rcmflow.connectors.erp.odoo import Odoo
+from rcmflow.runtime.settings import Settings
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.postings import PostingDelta
 from tests.conftest import Broker
@@ -351,3 +353,34 @@ def test_any_fault_sequence_ends_with_exactly_one_entry(kind: str, faults: list[
         await case.adapter.close()
 
     asyncio.run(scenario())
+
+
+CLOUD_ENV = {
+    "netsuite": {"RCMFLOW_ERP_NETSUITE_URL": "https://fake.suitetalk.api.netsuite.com",
+                 "RCMFLOW_ERP_NETSUITE_TOKEN": "good-token"},
+    "odoo": {"RCMFLOW_ERP_ODOO_URL": "https://odoo.example", "RCMFLOW_ERP_ODOO_DB": "rcm",
+             "RCMFLOW_ERP_ODOO_API_KEY": "good-key"},
+    "erpnext": {"RCMFLOW_ERP_ERPNEXT_URL": "https://erpnext.example",
+                "RCMFLOW_ERP_ERPNEXT_API_KEY": "key1", "RCMFLOW_ERP_ERPNEXT_API_SECRET": "secret1",
+                "RCMFLOW_ERP_ERPNEXT_COMPANY": "General Hospital"},
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_adapter_built_from_the_one_settings_object(kind: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RCMFLOW_ERP_* variables of each cloud ERP are read once, into Settings, and the
+    adapter is built from the Settings it is handed: changing the environment afterwards
+    changes nothing."""
+    fake = make(kind).fake
+    for name, value in CLOUD_ENV[kind].items():
+        monkeypatch.setenv(name, value)
+    read_at_start = Settings()
+    for name in CLOUD_ENV[kind]:
+        monkeypatch.delenv(name)
+    module = importlib.import_module(f"rcmflow.connectors.erp.{kind}")
+    adapter: ErpAdapter = module.build(read_at_start, CHART, transport=fake.transport())
+    ds = deltas(2)
+    await adapter.open()
+    assert [type(o) for o in await adapter.post_batch(ds)] == [Posted, Posted]
+    await adapter.close()

@@ -14,7 +14,7 @@ import pytest
 
 from rcmflow.connectors.erp.base import AlreadyThere, Posted, Rejected
 from rcmflow.connectors.erp.csv_journal import CsvJournal, repair_tail
-from rcmflow.connectors.erp.runner import KILL_AFTER_ENV
+from rcmflow.runtime.faults import Faults
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.money import parse_cents
 from rcmflow.streams.postings import PostingDelta
@@ -151,8 +151,9 @@ def test_kill_9_mid_stream_still_exactly_once(broker: Broker, tmp_path: Path) ->
     folder, data = tmp_path / "journal", tmp_path / "data"
     env = {"RCMFLOW_ERP_CSV_DIR": str(folder), "RCMFLOW_ERP_BATCH_MAX": "5"}
     # Twice killed right after a write, before the commit (the redelivery window), ...
-    for round_, calls in enumerate(("3", "7")):
-        proc = start_connector("csv", broker, data, round_, **env, **{KILL_AFTER_ENV: calls})
+    for round_, calls in enumerate((3, 7)):
+        proc = start_connector("csv", broker, data, round_, **env,
+                                **Faults(erp_kill_after=calls).environment())
         assert proc.process.wait(60) == -9, proc.log_tail()
     # ... then three times from outside while it works and deltas keep arriving.
     feeder = feed_slowly(broker, items[half:], chunks=20, pause_s=0.9)

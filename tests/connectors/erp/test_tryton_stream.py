@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rcmflow.connectors.erp.runner import KILL_AFTER_ENV
 from rcmflow.runtime.broker import free_port
+from rcmflow.runtime.faults import Faults
 from rcmflow.streams.postings import PostingDelta, posting_id
 from tests.conftest import Broker, Workers, wait_until
 from tests.connectors.erp.conftest import adapter_for, tryton_env
@@ -86,8 +86,9 @@ def test_kill_9_connector_mid_stream(broker: Broker, tryton: TrytonServer,
     data = tmp_path / "erp"
     env = tryton_env(tryton) | {"RCMFLOW_ERP_BATCH_MAX": "5"}
     # Killed right after Tryton committed a batch, before the offset commit ...
-    for n, calls in enumerate(("2", "5")):
-        proc = start_connector("tryton", broker, data, n, **env, **{KILL_AFTER_ENV: calls})
+    for n, calls in enumerate((2, 5)):
+        proc = start_connector("tryton", broker, data, n, **env,
+                                **Faults(erp_kill_after=calls).environment())
         assert proc.process.wait(90) == -9, proc.log_tail()
     # ... and from outside while it posts and deltas keep arriving.
     feeder = feed_slowly(broker, items[half:], chunks=20, pause_s=0.7)

@@ -28,12 +28,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 import rcmflow
-from rcmflow.connectors.inbound.consume import KILL_AFTER_ENV
 from rcmflow.connectors.inbound.hl7.framing import frame
 from rcmflow.connectors.inbound.hl7.mapping import map_message
 from rcmflow.connectors.inbound.hl7.reader import normalise, read_message
 from rcmflow.connectors.inbound.hl7.service import mapping_config
 from rcmflow.runtime.broker import ensure_topics, free_port
+from rcmflow.runtime.faults import Faults
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, read_topic
 from rcmflow.runtime.settings import Settings
@@ -467,7 +467,7 @@ def test_kill_9_mid_topic_then_restart_every_event_once_in_the_balances(
     killed = threading.Event()
     feeder = feed(broker.connection, topic, stream, chunks=30, pause_s=0.3, hold=killed)
     first = start_consume(workers, fmt, topic, log,
-                          env=env | {KILL_AFTER_ENV: str(rng.randint(3, 12))})
+                          env=env | Faults(consume_kill_after=rng.randint(3, 12)).environment())
     assert first.wait(120) == -signal.SIGKILL, log.read_text()
     after_first = committed_total()
     second = start_consume(workers, fmt, topic, log, env=env)
@@ -508,7 +508,7 @@ def test_a_kill_between_the_acks_and_the_commit_reads_the_batch_again(
     values = [json.dumps(charge(100 + n, f"A{n % 5}", event_id=f"K-{n}")).encode()
               for n in range(40)]
     produce(broker.connection, topic, [(None, v) for v in values])
-    env = {"RCMFLOW_CONSUME_BATCH_MAX": "10", KILL_AFTER_ENV: "2"}
+    env = {"RCMFLOW_CONSUME_BATCH_MAX": "10"} | Faults(consume_kill_after=2).environment()
     killed = consume(workers, "events", topic, env=env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     group = f"rcmflow-consume-events-{topic}"

@@ -240,14 +240,13 @@ def test_faust_commits_past_a_one_record_hole_and_limit_commits_does_not() -> No
         fake._committed_offset = {tp: 10}  # the next offset to read is 10
         return fake
 
-    limit_commits()
-    assert Consumer._new_offset(consumer(FakeApp()), tp) == 14  # past unread offset 10
-    app = FakeApp()
-    app.rcmflow_commit_limit = lambda tp: 10  # type: ignore[attr-defined]
+    app, durable_next = FakeApp(), [10]
+    limit_commits(app, lambda tp: durable_next[0])  # the object the worker hands over
+    assert Consumer._new_offset(consumer(FakeApp()), tp) == 14  # no limit: past unread 10
     limited = consumer(app)
     assert Consumer._new_offset(limited, tp) == 10
-    app.rcmflow_commit_limit = lambda tp: 13  # type: ignore[attr-defined]
+    durable_next[0] = 13
     assert Consumer._new_offset(limited, tp) == 13
     assert limited._acked[tp] == [13] and limited._acked_index[tp] == {13}
-    app.rcmflow_commit_limit = lambda tp: None  # type: ignore[attr-defined]
+    limit_commits(app, lambda tp: None)
     assert Consumer._new_offset(limited, tp) is None

@@ -22,8 +22,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from rcmflow.runtime.broker import ensure_topics
+from rcmflow.runtime.faults import Faults
 from rcmflow.runtime.kafka_io import publish
-from rcmflow.streams.shell.worker import PAUSE_AT_ENV
 from rcmflow.streams.topics import TopicSpec
 from tests.conftest import Broker, Workers, wait_until
 from tests.integration.test_crash import converged, difference
@@ -77,7 +77,7 @@ def test_the_watchdog_puts_back_a_partition_left_paused(broker: Broker,
     expected = workload.expected()
     half = len(workload.values) // 2
     workload.publish(broker.connection, 0, half)
-    worker = workers.start("w1", **{PAUSE_AT_ENV: "0:0"})
+    worker = workers.start("w1", **Faults(worker_pause_at=(0, 0)).environment())
     wait_until(lambda: "pausing the partition" in worker.log.read_text(errors="replace"), 60,
                "the pause", worker.log_tail)
     workload.publish(broker.connection, half)

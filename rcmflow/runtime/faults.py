@@ -1,0 +1,102 @@
+"""Test-only fault injection: kill or pause a process at one exact step, for the crash tests.
+
+The one place that reads the environment besides ``settings.py``: the command line calls
+``from_environment()`` once at process start and hands the ``Faults`` down (the worker's
+``Pipeline``, the ERP ``Connector``, `rcmflow consume`'s ``TopicConsumer``). Production never
+sets ``RCMFLOW_TEST_FAULTS``, so they get ``NO_FAULTS`` and every hook is a no-op. Tests that
+start real processes put ``Faults(...).environment()`` into the child's environment; tests in
+one process pass a ``Faults`` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+__all__ = ["Faults", "NO_FAULTS", "FAULTS_ENV", "WORKER_KILL_POINTS", "from_environment",
+           "kill_this_process"]
+
+log = logging.getLogger("rcmflow.faults")
+
+#: The one variable: comma-separated ``name=value`` pairs, names the fields of ``Faults``
+#: (e.g. ``worker_kill_at=outputs-acked:1,erp_kill_after=3``).
+FAULTS_ENV = "RCMFLOW_TEST_FAULTS"
+
+#: Where a worker batch can be cut: ``processed`` (applied in memory, nothing sent),
+#: ``outputs-acked`` (deltas durable, no dedup record; exactly_once: everything sent, the
+#: transaction not committed), ``dedup-acked`` (dedup records durable, states not written),
+#: ``committed`` (exactly_once: the transaction committed, the local stores not written),
+#: ``batch-done`` (the batch counted). Kills in the middle of a send are left to the random
+#: kill -9 of the crash tests.
+WORKER_KILL_POINTS = ("processed", "outputs-acked", "dedup-acked", "committed", "batch-done")
+
+
+@dataclass(frozen=True)
+class Faults:
+    #: Worker: (point, batch number) kills the worker (SIGKILL) right there; batches are
+    #: counted from 0 in the process, those that applied at least one record.
+    worker_kill_at: tuple[str, int] | None = None
+    #: Worker: (partition, batch number) pauses that rcm.events partition in Faust's consumer
+    #: after that batch, as faust-streaming #629 leaves one after a rebalance: the watchdog
+    #: must find it and put it back.
+    worker_pause_at: tuple[int, int] | None = None
+    #: `rcmflow erp`: kill right after the Nth ERP call succeeded, before its offsets are
+    #: committed (the window the ERP's duplicate guard must cover).
+    erp_kill_after: int | None = None
+    #: `rcmflow consume`: kill right after the outputs of the Nth batch were acknowledged,
+    #: before its offsets are committed (the window a re-read must cover).
+    consume_kill_after: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.worker_kill_at is not None and self.worker_kill_at[0] not in WORKER_KILL_POINTS:
+            raise ValueError(f"{FAULTS_ENV}: worker_kill_at point {self.worker_kill_at[0]!r} "
+                             f"is none of {', '.join(WORKER_KILL_POINTS)}")
+
+    def environment(self) -> dict[str, str]:
+        """The child-process environment that makes ``from_environment`` return these."""
+        pairs = []
+        for name, value in ((f.name, getattr(self, f.name)) for f in fields(self)):
+            if value is not None:
+                text = ":".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                pairs.append(f"{name}={text}")
+        return {FAULTS_ENV: ",".join(pairs)} if pairs else {}
+
+    @classmethod
+    def parse(cls, text: str) -> Faults:
+        """``name=value,...`` as ``environment`` writes it; ValueError for anything else."""
+        values: dict[str, object] = {}
+        for pair in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = pair.partition("=")
+            try:
+                if name == "worker_kill_at":
+                    point, _, batch = value.partition(":")
+                    values[name] = (point, int(batch))
+                elif name == "worker_pause_at":
+                    partition, _, batch = value.partition(":")
+                    values[name] = (int(partition), int(batch))
+                elif name in ("erp_kill_after", "consume_kill_after"):
+                    values[name] = int(value)
+                else:
+                    raise ValueError(f"{FAULTS_ENV}: unknown fault {name!r}")
+            except ValueError as exc:
+                raise ValueError(f"{FAULTS_ENV}: {pair!r}: {exc}") from exc
+        return cls(**values)  # type: ignore[arg-type]
+
+
+NO_FAULTS = Faults()
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> Faults:
+    """The faults this process was started with (``RCMFLOW_TEST_FAULTS``); ValueError if the
+    variable says something else than ``Faults.environment`` writes."""
+    text = (os.environ if environ is None else environ).get(FAULTS_ENV, "")
+    return Faults.parse(text) if text else NO_FAULTS
+
+
+def kill_this_process(why: str) -> None:
+    """SIGKILL this process at once: no cleanup, no flush, as a crash."""
+    log.warning("%s %s: killing this process", FAULTS_ENV, why)
+    os.kill(os.getpid(), signal.SIGKILL)
