@@ -9,6 +9,7 @@ import sys
 
 from rcmflow.runtime import metrics
 from rcmflow.runtime.broker import TopicCreateDenied, ensure_topics
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_access import worker_access
 from rcmflow.runtime.kafka_preflight import KafkaAccessError, access_error, preflight
 from rcmflow.runtime.settings import EMBEDDED_PREFIX, BrokerNotFound, Settings
@@ -23,7 +24,7 @@ log = logging.getLogger("rcmflow.worker")
 GC_THRESHOLDS = (20_000, 20, 50)
 
 
-def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
+def run_worker(settings: Settings, *, metrics_port: int | None = None) -> ExitCode:
     """``metrics_port`` (the --metrics-port option) overrides RCMFLOW_WORKER_METRICS_PORT."""
     port = settings.worker_metrics_port if metrics_port is None else metrics_port
     try:
@@ -31,17 +32,17 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
         chart = load_chart(settings.coa)
     except (BrokerNotFound, ChartError) as exc:
         print(f"rcmflow worker: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     if settings.processing_guarantee == "exactly_once" and identity.startswith(EMBEDDED_PREFIX):
         print("rcmflow worker: exactly_once needs Apache Kafka transactions; the embedded broker "
               "has none (its InitProducerId fails). Use at_least_once (crash-safe on its own) "
               "or set RCMFLOW_BROKER to a Kafka cluster.", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     try:
         kafka = settings.kafka()
     except ValueError as exc:
         print(f"rcmflow worker: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     access = worker_access(settings.app_id,
                            exactly_once=settings.processing_guarantee == "exactly_once")
     specs = topic_specs(settings.app_id)
@@ -56,10 +57,10 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
         asyncio.run(preflight(kafka, access, prepare=create_topics))
     except KafkaAccessError as exc:
         print(f"rcmflow {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     except TopicCreateDenied as exc:
         print(f"rcmflow worker: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
     app = build_app(settings, chart, datadir=datadir, measure_lag=port > 0)
     if port:
@@ -70,7 +71,7 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
                 settings.metrics_host, port)
         except OSError as exc:
             print(f"rcmflow worker: {exc}", file=sys.stderr)
-            return 2
+            return ExitCode.REFUSED
         log.info("worker metrics on %s", metrics.url(settings.metrics_host, bound))
 
     from faust.worker import Worker
@@ -92,5 +93,5 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None) -> int:
         if reason is None:
             raise
         print(f"rcmflow {reason}", file=sys.stderr)
-        return 2
-    return 0
+        return ExitCode.REFUSED
+    return ExitCode.OK
