@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from rcmflow.cli.main import app
+from rcmflow.runtime.broker import free_port
 from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.exit_codes import MEANINGS, ExitCode, markdown_table
 from tests.test_import_boundaries import ROOT, modules
@@ -120,3 +122,15 @@ def test_the_root_catches_them_and_old_handlers_still_do() -> None:
     except RcmflowError as exc:
         assert str(exc) == "no such chart"
 
+
+
+def test_a_misconfigured_erp_adapter_is_the_same_code_for_erp_and_reconcile(
+        tmp_path: Path) -> None:
+    # No NetSuite URL or token. The broker is not there: both commands leave it to later, and
+    # the adapter's settings are refused first.
+    env = {"RCMFLOW_BROKER": f"kafka://127.0.0.1:{free_port()}", "RCMFLOW_DATA_DIR": str(tmp_path),
+           "RCMFLOW_ERP_NETSUITE_URL": "", "RCMFLOW_ERP_NETSUITE_TOKEN": ""}
+    for command in (["erp", "netsuite"], ["reconcile", "--erp", "netsuite"]):
+        done = CliRunner().invoke(app, command, env=env)
+        assert done.exit_code == ExitCode.ERP_CONFIG, (command, done.output)
+        assert "RCMFLOW_ERP_NETSUITE_URL" in done.output, done.output

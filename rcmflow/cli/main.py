@@ -267,9 +267,12 @@ def reconcile(
         last = date.fromisoformat(day_to) if day_to else None
         chart = load_chart(settings.coa)
         adapter, open_it = build_reader(erp_name, settings, chart) if erp_name else (None, False)
-    except (ValueError, AdapterConfigError) as exc:
+    except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(ExitCode.REFUSED) from exc
+    except AdapterConfigError as exc:  # as `rcmflow erp` says of the same settings
+        err.print(f"[red]ERP adapter: {exc}[/red]")
+        raise typer.Exit(ExitCode.ERP_CONFIG) from exc
     try:
         report = asyncio.run(run_reconcile(
             kafka, chart, adapter=adapter, day_from=first, day_to=last,
