@@ -82,6 +82,7 @@ from rcmflow.connectors.inbound.totals import (
     SourceTotals,
     event_amounts,
 )
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, topic_partitions
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
@@ -147,7 +148,7 @@ SOURCE_TOPICS = (RAW_HL7, RAW_X12, RAW_PAYMENTS, RAW_FHIR)
 _ACCEPTED = frozenset({"applied", "partly"})  # FHIR: "partly" = some details applied
 
 
-class TooLarge(Exception):
+class TooLarge(RcmflowError):
     """More posting ids than ``postings_max``: refused before memory runs out."""
 
 POSTINGS_MAX = 5_000_000

@@ -38,6 +38,8 @@ from typing import Any, Literal
 
 import jwt
 
+from rcmflow.runtime.errors import RcmflowError
+
 __all__ = ["Principal", "AuthError", "Authenticator", "Scope", "parse_scope", "SYSTEM",
            "LEEWAY_MAX_S", "HMAC_KEY_BYTES_MIN"]
 
@@ -100,7 +102,7 @@ class Principal:
 SYSTEM = Principal(None, frozenset({"*"}), frozenset({"*"}))
 
 
-class AuthError(Exception):
+class AuthError(RcmflowError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from rcmflow.runtime.errors import RcmflowError
+
 __all__ = ["FHIR_JSON", "FhirError", "outcome", "outcome_response", "install_handlers"]
 
 log = logging.getLogger("rcmflow.facade")
@@ -30,7 +32,7 @@ _CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found",
           415: "not-supported", 500: "exception", 503: "transient"}
 
 
-class FhirError(Exception):
+class FhirError(RcmflowError):
     def __init__(self, status: int, message: str, code: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
+from rcmflow.runtime.errors import RcmflowError
+
 from .resources import ENTITY_SYSTEM, PAYER_SYSTEM
 from .store import COUNTED_COLUMNS, ID_ORDER, Query, text_key
 
@@ -188,7 +190,7 @@ _BROAD_INDEXES = {"created": "resources_created_id", "last_updated": "resources_
 _RANGE_COLUMN = re.compile(r"\br\.(created|last_updated|payment_date|text_key)\b")
 
 
-class SearchError(ValueError):
+class SearchError(RcmflowError, ValueError):
     """A parameter value the server cannot use: 400 with an OperationOutcome."""
 
     def __init__(self, message: str, code: str = "invalid") -> None:

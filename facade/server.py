@@ -16,6 +16,7 @@ from rcmflow.facade.app import FacadeConfig, create_app
 from rcmflow.facade.auth import Authenticator
 from rcmflow.facade.feed import Feeder
 from rcmflow.facade.store import Store, StoreLocked, lock_store
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.settings import Settings
 
@@ -117,7 +118,7 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
 
 
-def run_facade(settings: Settings, kafka: KafkaConnection, source: str) -> int:
+def run_facade(settings: Settings, kafka: KafkaConnection, source: str) -> ExitCode:
     """Serve until interrupted (0), or until the broker refuses the feed's login or ACL (2:
     a read model that silently stops following rcm.accounts would serve stale balances).
     Raises ValueError for settings it must not start with (``build_app``)."""
@@ -127,7 +128,7 @@ def run_facade(settings: Settings, kafka: KafkaConnection, source: str) -> int:
         app = build_app(settings, kafka, source)
     except StoreLocked as exc:
         print(f"rcmflow facade: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     feeder: Feeder = app.state.feeder
     log.info("FHIR facade on http://%s:%d%s, links name %s (auth %s)", settings.facade_host,
              settings.facade_port, settings.facade_base_path, public_url(settings),
@@ -143,5 +144,5 @@ def run_facade(settings: Settings, kafka: KafkaConnection, source: str) -> int:
     server.run()
     if feeder.fatal is not None:
         print(f"rcmflow {feeder.fatal}", file=sys.stderr)
-        return 2
-    return 0
+        return ExitCode.REFUSED
+    return ExitCode.OK

@@ -71,6 +71,7 @@ from rcmflow.facade.resources import (
     trace_order,
     validate,
 )
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.metrics import Metric, counter, gauge
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.layout import Key, is_legacy, parse_key, read_record
@@ -908,7 +909,7 @@ class Store:
         return int(self.rdb.execute("SELECT count(*) FROM accounts").fetchone()[0])
 
 
-class StoreLocked(RuntimeError):
+class StoreLocked(RcmflowError, RuntimeError):
     """Another process (another `rcmflow facade`) holds this read model."""
 
 

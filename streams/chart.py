@@ -16,6 +16,8 @@ from typing import Any, Literal, NamedTuple, TypeVar, cast
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rcmflow.runtime.errors import RcmflowError
+
 __all__ = [
     "CarcTreatment",
     "PlbTreatment",
@@ -60,7 +62,7 @@ CHART_BYTES_MAX = 1_000_000
 RoleMap = dict[str, str | dict[str, str]]
 
 
-class ChartError(ValueError):
+class ChartError(RcmflowError, ValueError):
     """The mapping file is missing, unreadable or inconsistent."""
 
 

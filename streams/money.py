@@ -34,6 +34,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.shown import quoted
 
 __all__ = [
@@ -80,7 +81,7 @@ class Refusal(StrEnum):
     CURRENCY = "currency"
 
 
-class MoneyError(ValueError):
+class MoneyError(RcmflowError, ValueError):
     """An amount that is not an exact number of cents in range; the message says why and is
     safe to print (field names, amounts and currency codes only)."""
 

@@ -6,6 +6,7 @@ the setting that moves the port, never say "Running" or talk to the other progra
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -138,3 +139,29 @@ def test_dev_runs_once_every_child_listens_and_stops_them_on_ctrl_c(tmp_path: Pa
         if dev.poll() is None:
             os.killpg(dev.pid, signal.SIGKILL)
             dev.wait()
+
+
+def test_broker_that_dies_ends_rcmflow_broker_with_exit_5(tmp_path: Path) -> None:
+    from rcmflow.runtime.exit_codes import ExitCode
+    from rcmflow.runtime.settings import EMBEDDED_BROKER_FILE
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}
+    env["RCMFLOW_DATA_DIR"] = str(tmp_path)
+    command = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "broker"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        info = tmp_path / EMBEDDED_BROKER_FILE
+        deadline = time.monotonic() + 60
+        while not info.is_file() and command.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert info.is_file(), "the embedded broker did not start"
+        os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)  # Tansu, killed
+        output, _ = command.communicate(timeout=30)
+    finally:
+        if command.poll() is None:
+            os.killpg(command.pid, signal.SIGKILL)
+            command.wait()
+    # Not 1 (ATTENTION: done, but look at the answer): a process it ran has gone.
+    assert command.returncode == ExitCode.PROCESS_EXITED, output.decode()
+    assert "the broker exited" in output.decode()

@@ -8,7 +8,7 @@ Layout (one module per ERP; adding an ERP is one module plus one line in ``ADAPT
   done, not posted again) or ``Rejected(code, reason)`` (permanent: the reason is the ERP's
   own text; the delta goes to rcm.postings.dlq and the stream goes on). Transient trouble
   (timeouts, 5xx, connection errors, lock conflicts) raises ``TransientError`` for the call;
-  a broken setup raises ``AdapterConfigError`` (the connector exits 3). ``read_journal(
+  a broken setup raises ``AdapterConfigError`` (the connector exits 4). ``read_journal(
   day_from=, day_to=)`` yields ``JournalEntry`` values (posting id, ERP reference, date, GL
   lines in cents) for reconciliation. ``post_each`` turns a one-entry ``post(delta)`` into
   ``post_batch`` for ERPs without a batch call.

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import date
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.postings import PostingDelta
 
 __all__ = [
@@ -54,17 +55,17 @@ class Rejected(NamedTuple):
 Outcome = Posted | AlreadyThere | Rejected
 
 
-class TransientError(Exception):
+class TransientError(RcmflowError):
     """The ERP could not answer now (timeout, 5xx, connection refused, lock conflict).
 
     The connector retries the same deltas with backoff; nothing is committed meanwhile.
     """
 
 
-class AdapterConfigError(Exception):
+class AdapterConfigError(RcmflowError):
     """The adapter is set up wrongly (bad credentials, ERP module missing, no company).
 
-    Retrying cannot help: the connector stops with exit code 3 and commits nothing.
+    Retrying cannot help: the connector stops (``ExitCode.ERP_CONFIG``) and commits nothing.
     """
 
 

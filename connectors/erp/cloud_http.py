@@ -6,7 +6,8 @@
   (``cents_decimal`` out, ``number_cents`` in: exact, a fraction of a cent refused).
 - **One sorting of HTTP trouble** (``check``): connect/read/write timeouts and connection
   errors, 5xx, 408, 425 and 429 are ``TransientError`` (retried by the runner); 401 and 403
-  are ``AdapterConfigError`` (the connector exits 3: retrying cannot fix a key); other 4xx
+  are ``AdapterConfigError`` (the connector exits 4, ``ExitCode.ERP_CONFIG``: retrying cannot
+  fix a key); other 4xx
   are returned to the adapter, which reads the ERP's own error text and decides between a
   duplicate (look it up) and ``Rejected``.
 - **Bounded**: every request has the client's timeout; a response body over

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from rcmflow.connectors.erp import ADAPTERS
 from rcmflow.connectors.erp.base import ErpAdapter
 from rcmflow.connectors.erp.runner import RunnerOptions, run_connector
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.faults import NO_FAULTS, Faults
 from rcmflow.runtime.kafka_access import erp_group
 from rcmflow.streams.chart import load_chart
@@ -34,7 +35,7 @@ def build_adapter(name: str, settings: Settings) -> ErpAdapter:
 
 
 def run_erp(settings: Settings, name: str, *, idle_exit_s: float | None = None,
-            metrics_port: int | None = None, faults: Faults = NO_FAULTS) -> int:
+            metrics_port: int | None = None, faults: Faults = NO_FAULTS) -> ExitCode:
     """``metrics_port`` (the --metrics-port option) overrides RCMFLOW_ERP_METRICS_PORT;
     ``faults``: test-only kills (``rcmflow/runtime/faults.py``)."""
     logging.getLogger("rcmflow.erp").setLevel(settings.log_level.upper().replace("WARN",

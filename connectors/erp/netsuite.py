@@ -15,7 +15,7 @@ Wire shapes (Oracle's NetSuite help):
 - SuiteQL (``POST /services/rest/query/v1/suiteql``, ``Prefer: transient``, paged with
   ``limit``/``offset``, answer ``{"items", "hasMore", ...}``) reads the chart and the journal.
 - Auth: an OAuth 2.0 access token as ``Authorization: Bearer`` (settings); 401/403 stop the
-  connector (exit 3). Token-based auth (OAuth 1.0a signatures) is not implemented.
+  connector (exit 4). Token-based auth (OAuth 1.0a signatures) is not implemented.
 
 **Duplicate guard.** ``externalId`` = the posting id (``pst_`` + hex: within NetSuite's
 charset). NetSuite enforces its uniqueness per record type, so a plain ``POST`` is race-free:

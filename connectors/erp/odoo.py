@@ -35,7 +35,7 @@ Odoo's message (the draft stays, keyed, for an accountant to post or delete).
 The API user needs accounting rights plus read and create on ``ir.model.data``. Which
 group grants create on it in a given Odoo version was not checked here (no Odoo to test
 against; the fake follows the documented shapes): give the bot user the narrowest group that
-does. An access error is a 403 and stops the connector (exit 3), never a silent skip.
+does. An access error is a 403 and stops the connector (exit 4), never a silent skip.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.money import cents_decimal, number_cents
 from rcmflow.streams.postings import PostingDelta
@@ -76,7 +77,7 @@ XMLID = "ir.model.data"
 _LINE_FIELDS = ["move_id", "account_id", "debit", "credit"]
 
 
-class OdooError(Exception):
+class OdooError(RcmflowError):
     """A 4xx answer from Odoo: its exception name and message."""
 
     def __init__(self, status: int, name: str, message: str) -> None:

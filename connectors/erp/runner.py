@@ -46,6 +46,7 @@ from rcmflow.connectors.erp.base import (
     Rejected,
     TransientError,
 )
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.faults import NO_FAULTS, Faults, kill_this_process
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_preflight import ACCESS_ERRORS, access_error
@@ -59,9 +60,6 @@ __all__ = ["RunnerOptions", "Progress", "CircuitBreaker", "run_connector", "back
 
 log = logging.getLogger("rcmflow.erp")
 
-#: Exit codes of `rcmflow erp` (2: bad argument or setting, the metrics port taken, Kafka
-#: refused the login or an ACL).
-EXIT_OK, EXIT_USAGE, EXIT_BROKER, EXIT_CONFIG = 0, 2, 4, 3
 #: What an rcm.postings.dlq record keeps of the ERP's answer and of the delta.
 REASON_CHARS_MAX = 4000
 DLQ_PAYLOAD_BYTES_MAX = 4 * 1024 * 1024
@@ -206,7 +204,7 @@ class Connector:
         self._kill_after = options.faults.erp_kill_after
 
     # -- the loop -------------------------------------------------------------------------
-    async def run(self) -> int:
+    async def run(self) -> ExitCode:
         opts = self.options
         self.consumer = AIOKafkaConsumer(
             POSTINGS, **opts.kafka.client_options(), group_id=opts.group_id,
@@ -243,22 +241,22 @@ class Connector:
                     await self._maybe_progress(force=True)
                     if self.progress.lag == 0:
                         break
-            return EXIT_OK
+            return ExitCode.OK
         except _Stop:
-            return EXIT_OK
+            return ExitCode.OK
         except ACCESS_ERRORS as exc:
             # A permission removed while running: no retry heals it.
             log.error("erp %s: stopping (nothing committed past the last accepted delta): %s",
                       self.adapter.name, access_error(exc, opts.kafka, f"erp {self.adapter.name}"))
-            return EXIT_USAGE
+            return ExitCode.REFUSED
         except KafkaError as exc:
             log.error("erp %s: broker unreachable or failing, stopping (nothing committed past "
                       "the last accepted delta): %s", self.adapter.name, exc)
-            return EXIT_BROKER
+            return ExitCode.BROKER
         except AdapterConfigError as exc:
             log.error("erp %s: configuration error, stopping (nothing committed past the "
                       "last accepted delta): %s", self.adapter.name, exc)
-            return EXIT_CONFIG
+            return ExitCode.ERP_CONFIG
         finally:
             await self._maybe_progress(force=True)
             await self.adapter.close()
@@ -425,7 +423,7 @@ class Connector:
         return await group_lag(self.options.kafka, self.consumer, POSTINGS)
 
 
-async def run_connector(adapter: ErpAdapter, options: RunnerOptions) -> int:
+async def run_connector(adapter: ErpAdapter, options: RunnerOptions) -> ExitCode:
     """Run until SIGTERM/SIGINT (or idle_exit_s); returns the exit code."""
     connector = Connector(adapter, options)
     if options.metrics_port:
@@ -434,7 +432,7 @@ async def run_connector(adapter: ErpAdapter, options: RunnerOptions) -> int:
             port = serve(registry, options.metrics_host, options.metrics_port)
         except OSError as exc:
             log.error("erp %s: %s", adapter.name, exc)
-            return EXIT_USAGE
+            return ExitCode.REFUSED
         log.info("erp %s: metrics on %s", adapter.name, url(options.metrics_host, port))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

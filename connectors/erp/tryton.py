@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.money import cents_decimal, number_cents
 from rcmflow.streams.postings import PostingDelta
@@ -61,7 +62,7 @@ READ_PAGE = 500
 UNIQUE_MESSAGE = "already exists for the company"
 
 
-class TrytonError(Exception):
+class TrytonError(RcmflowError):
     """A JSON-RPC error body: ``kind`` is Tryton's exception name (UserError, ...)."""
 
     def __init__(self, kind: str, message: str) -> None:

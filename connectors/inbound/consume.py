@@ -25,10 +25,10 @@ offsets committed (last offset + 1 per partition). A crash anywhere before (3) r
 again: the same input makes the same event ids (MSH-10 + FT1, 835 TRN + CLP, payment
 reference, FHIR identifier, the event's own id) and the same DLQ ids, so the worker's dedup
 drops what arrives twice. A batch the broker does not acknowledge is sent again
-(RCMFLOW_CONSUME_RETRY_MAX times, with backoff), then the command exits 4 with nothing
-committed past the last acknowledged batch. A group with no committed offset has its start
-committed before its first batch is taken, so a crash before the first commit cannot move the
-start to a later "latest".
+(RCMFLOW_CONSUME_RETRY_MAX times, with backoff), then the command exits 3
+(``ExitCode.BROKER``) with nothing committed past the last acknowledged batch. A group with no
+committed offset has its start committed before its first batch is taken, so a crash before the
+first commit cannot move the start to a later "latest".
 
 **Bad input never stops the stream.** A record that cannot be parsed, is not UTF-8 where text
 is required, has no value, or is over its format's size bound becomes an rcm.dlq record (stage,
@@ -76,6 +76,8 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from rcmflow.connectors.inbound.hl7.batch import split_batch
 from rcmflow.connectors.inbound.hl7.framing import HEAD_BYTES
 from rcmflow.connectors.inbound.hl7.intake import Intake, Sink
+from rcmflow.runtime.errors import RcmflowError
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.faults import NO_FAULTS, Faults, kill_this_process
 from rcmflow.runtime.kafka_access import consume_group
 from rcmflow.runtime.kafka_connection import KafkaConnection
@@ -97,17 +99,13 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMATS", "Format", "Incoming", "Tally", "BrokerFailed", "Handler",
            "RecordsHandler", "Hl7Handler", "ConsumeOptions", "Progress", "TopicConsumer",
-           "refusal", "default_group", "run_consume", "EXIT_OK",
-           "EXIT_USAGE", "EXIT_BROKER"]
+           "refusal", "default_group", "run_consume"]
 
 log = logging.getLogger("rcmflow.consume")
 
 Format = Literal["hl7", "x12", "fhir", "payments", "events"]
 FORMATS: tuple[Format, ...] = ("hl7", "x12", "fhir", "payments", "events")
 
-#: Exit codes: stopped (signal, --idle-exit); a setup error (bad argument or setting, no such
-#: topic, replay store or metrics port taken); the broker unreachable or not acknowledging.
-EXIT_OK, EXIT_USAGE, EXIT_BROKER = 0, 2, 4
 
 #: Broker answers that say one output can never be stored (too large for its topic or the
 #: producer), as opposed to an outage: sending it again would hold the partition for ever.
@@ -159,7 +157,7 @@ class Tally:
                 self.raw += 1
 
 
-class BrokerFailed(RuntimeError):
+class BrokerFailed(RcmflowError, RuntimeError):
     """The broker did not acknowledge every output of a batch (nothing is wrong with the
     input): the batch is sent again, its offsets are not committed."""
 
@@ -434,7 +432,7 @@ class TopicConsumer:
         self._last_progress = 0.0
         self._kill_after = options.faults.consume_kill_after
 
-    async def run(self) -> int:
+    async def run(self) -> ExitCode:
         opts = self.options
         self.consumer = AIOKafkaConsumer(
             opts.topic, **opts.kafka.client_options(), group_id=opts.group_id,
@@ -473,18 +471,18 @@ class TopicConsumer:
                         log.info("consume %s: idle for %.1fs with lag 0: exiting",
                                  opts.format, opts.idle_exit_s)
                         break
-            return EXIT_OK
+            return ExitCode.OK
         except _Stop:
-            return EXIT_OK
+            return ExitCode.OK
         except BrokerFailed as exc:
             log.error("consume %s: the broker did not acknowledge a batch after %d retries "
                       "(%s); stopping, nothing committed past the last acknowledged batch",
                       opts.format, opts.retry_max, exc)
-            return EXIT_BROKER
+            return ExitCode.BROKER
         except (KafkaError, OSError) as exc:
             log.error("consume %s: the broker is unreachable or failing (%s); stopping, nothing "
                       "committed past the last acknowledged batch", opts.format, exc)
-            return EXIT_BROKER
+            return ExitCode.BROKER
         finally:
             await self._maybe_progress(force=True)
             await self.consumer.stop()
@@ -710,7 +708,7 @@ def _safe(name: str) -> str:
 
 
 async def _consume(settings: Settings, kafka: KafkaConnection, options: ConsumeOptions,
-                   channel: str, currency: str) -> int:
+                   channel: str, currency: str) -> ExitCode:
     from rcmflow.connectors.inbound.hl7.intake import KafkaSink, raw_record_bytes_max
     from rcmflow.connectors.inbound.hl7.replay import ReplayStore
     from rcmflow.connectors.inbound.hl7.service import new_intake, replay_dir
@@ -718,7 +716,7 @@ async def _consume(settings: Settings, kafka: KafkaConnection, options: ConsumeO
     reason = await _check_topic(kafka, options.topic)
     if reason is not None:
         log.error("%s", reason)
-        return EXIT_USAGE
+        return ExitCode.REFUSED
     # The HL7 intake's producer for every format: acks=all, requests sized for the largest
     # accepted HL7 message; RCMFLOW_PRODUCE_TIMEOUT_S bounds the wait for a batch's acks.
     sink = KafkaSink(kafka, settings.produce_timeout_s, raw_record_bytes_max(
@@ -740,7 +738,7 @@ async def _consume(settings: Settings, kafka: KafkaConnection, options: ConsumeO
                 bound = serve(registry, options.metrics_host, options.metrics_port)
             except OSError as exc:
                 log.error("%s", exc)
-                return EXIT_USAGE
+                return ExitCode.REFUSED
             log.info("consume %s: metrics on %s", options.format,
                      url(options.metrics_host, bound))
         loop = asyncio.get_running_loop()
@@ -756,9 +754,10 @@ async def _consume(settings: Settings, kafka: KafkaConnection, options: ConsumeO
 def run_consume(settings: Settings, kafka: KafkaConnection, fmt: Format, topic: str, *,
                 group: str | None = None, from_beginning: bool = False,
                 idle_exit_s: float | None = None, metrics_port: int | None = None,
-                channel: str = "lockbox", faults: Faults = NO_FAULTS) -> int:
+                channel: str = "lockbox", faults: Faults = NO_FAULTS) -> ExitCode:
     """`rcmflow consume FORMAT --topic T`: runs until SIGINT/SIGTERM (or ``idle_exit_s``);
-    returns the exit code (0 stopped, 2 setup error, 4 broker). ``faults``: test-only."""
+    returns the exit code (``ExitCode``: OK stopped, REFUSED setup error, BROKER).
+    ``faults``: test-only."""
     from rcmflow.connectors.inbound.hl7.replay import ReplayStoreLocked
     from rcmflow.connectors.inbound.hl7.service import mapping_config
     from rcmflow.streams.chart import load_chart
@@ -768,13 +767,13 @@ def run_consume(settings: Settings, kafka: KafkaConnection, fmt: Format, topic: 
     if topic in _own_topics(settings):
         log.error("%s is a topic rcmflow writes: consuming it would read its own output "
                   "(canonical events on rcm.events are the worker's input already)", topic)
-        return EXIT_USAGE
+        return ExitCode.REFUSED
     try:  # settings the connectors need, checked before anything is read
         mapping_config(settings)
         currency = load_chart(settings.coa).currency
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
-        return EXIT_USAGE
+        return ExitCode.REFUSED
     options = ConsumeOptions(
         kafka=kafka, format=fmt, topic=topic,
         group_id=group or default_group(settings, fmt, topic),
@@ -788,8 +787,8 @@ def run_consume(settings: Settings, kafka: KafkaConnection, fmt: Format, topic: 
         return asyncio.run(_consume(settings, kafka, options, channel, currency))
     except (ReplayStoreLocked, ValueError) as exc:  # a store held, a bad chart or setting
         log.error("%s", exc)
-        return EXIT_USAGE
+        return ExitCode.REFUSED
     except (KafkaError, OSError, TimeoutError) as exc:
         text = str(exc) or type(exc).__name__  # KafkaError's text starts with its name
         log.error("the broker %s is unreachable: %s", kafka.describe(), text)
-        return EXIT_BROKER
+        return ExitCode.BROKER

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from rcmflow.connectors.inbound.files import BrokerFailed, publish_records
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Outgoing, RecordTooLarge
 from rcmflow.runtime.progress import progress
@@ -95,13 +96,13 @@ def key_document(data: bytes, *, line_bytes_max: int, origin: Origin,
 
 
 def ingest_event_files(settings: Settings, kafka: KafkaConnection, files: list[Path],
-                       *, console: Console) -> int:
+                       *, console: Console) -> ExitCode:
     """Publish every file; returns the exit code (1 when any line went to the DLQ)."""
     too_big = [f for f in files if f.stat().st_size > INGEST_FILE_BYTES_MAX]
     if too_big:
         console.print(f"[red]refused (over {INGEST_FILE_BYTES_MAX} bytes, split them):[/red] "
                       f"{', '.join(map(str, too_big))}")
-        return 2
+        return ExitCode.REFUSED
     rejected_total = 0
     for path in files:
         try:
@@ -109,7 +110,7 @@ def ingest_event_files(settings: Settings, kafka: KafkaConnection, files: list[P
         except RecordTooLarge as exc:  # not reachable with the settings' bounds; never "again"
             console.print(f"{escape(str(path))}: refused: {escape(str(exc))}", soft_wrap=True,
                           highlight=False)
-            return 2
+            return ExitCode.REFUSED
         except BrokerFailed as exc:
             # As `ingest x12|payments|fhir`: what was acked stays, re-sending is safe; "again"
             # only where again can succeed.
@@ -117,15 +118,15 @@ def ingest_event_files(settings: Settings, kafka: KafkaConnection, files: list[P
                 console.print(f"{escape(str(path))}: refused by the broker ({escape(str(exc))});"
                               " running again cannot succeed until the broker's or topic's "
                               "configuration changes", soft_wrap=True, highlight=False)
-                return 2
+                return ExitCode.REFUSED
             console.print(f"{escape(str(path))}: the broker did not acknowledge "
                           f"({escape(str(exc))}); run the same command again (re-sending is "
                           "safe)", soft_wrap=True, highlight=False)
-            return 3
+            return ExitCode.BROKER
         rejected_total += counts[DLQ]
         console.print(f"{path}: {counts[EVENTS]} events published to {EVENTS}"
                       + (f", {counts[DLQ]} lines to {DLQ}" if counts[DLQ] else ""))
-    return 1 if rejected_total else 0
+    return ExitCode.ATTENTION if rejected_total else ExitCode.OK
 
 
 def _publish_file(settings: Settings, kafka: KafkaConnection, path: Path,

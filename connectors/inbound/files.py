@@ -33,6 +33,8 @@ from aiokafka.errors import (
 from rich.console import Console
 from rich.markup import escape
 
+from rcmflow.runtime.errors import RcmflowError
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import RECORD_OVERHEAD_BYTES, Outgoing, publish, record_size
 from rcmflow.runtime.progress import progress
@@ -41,12 +43,8 @@ from rcmflow.streams.topics import DLQ, record_bytes_max
 
 __all__ = ["ingest_files", "publish_records", "say", "fit", "BrokerFailed", "FileIngest",
            "ReadsAhead",
-           "ReadPosition", "Record", "EXIT_OK", "EXIT_REJECTED", "EXIT_REFUSED", "EXIT_BROKER"]
+           "ReadPosition", "Record"]
 
-EXIT_OK = 0  # everything went through
-EXIT_REJECTED = 1  # published, but some sets / rows / files went to rcm.dlq
-EXIT_REFUSED = 2  # refused: too large, unreadable path, bad settings, a refusal no retry cures
-EXIT_BROKER = 3  # the broker did not acknowledge: re-run the same command, it is safe
 
 #: Bytes of a record kept in the DLQ record that stands for it when its topic cannot take it.
 TOO_LARGE_PAYLOAD_BYTES = 64 * 1024
@@ -104,7 +102,7 @@ class ReadPosition:
         self._done = self.path.stat().st_size
 
 
-class BrokerFailed(RuntimeError):
+class BrokerFailed(RcmflowError, RuntimeError):
     """The broker did not acknowledge every record (nothing about the input is wrong).
 
     ``retryable`` is False when the same records would be refused again (a topic limit, an
@@ -196,7 +194,7 @@ def ingest_files(
     files: list[Path], *, kafka: KafkaConnection, console: Console, bytes_max: int,
     bytes_setting: str, open_file: Callable[[Path], Ingest],
     report: Callable[[Path, Ingest, Console], None],
-) -> int:
+) -> ExitCode:
     """Read, publish and report each file in turn; the exit code of the whole run.
 
     Files over ``bytes_max`` refuse the run before anything is published (split them); a
@@ -206,8 +204,8 @@ def ingest_files(
     if too_big:
         say(console, f"[red]refused (over {bytes_max} bytes, {bytes_setting}; split them):"
                      f"[/red] {escape(', '.join(map(str, too_big)))}")
-        return EXIT_REFUSED
-    code = EXIT_OK
+        return ExitCode.REFUSED
+    code = ExitCode.OK
     for path in files:
         ingest = open_file(path)
         try:
@@ -216,21 +214,21 @@ def ingest_files(
             say(console, f"[red]{escape(str(path))}: cannot be read ({type(exc).__name__}: "
                          f"{escape(str(exc.strerror or exc))}); what was read before is "
                          "published, re-sending the file is safe[/red]")
-            return EXIT_REFUSED
+            return ExitCode.REFUSED
         except BrokerFailed as exc:
             if not exc.retryable:
                 say(console, f"[red]{escape(str(path))}: refused by the broker "
                              f"({escape(str(exc))}); running again cannot succeed until the "
                              "broker's or topic's configuration changes (what was published "
                              "stays; re-sending after the change is safe)[/red]")
-                return EXIT_REFUSED
+                return ExitCode.REFUSED
             say(console, f"[red]{escape(str(path))}: the broker did not acknowledge "
                          f"({escape(str(exc))}); run the same command again (re-sending is "
                          "safe)[/red]")
-            return EXIT_BROKER
+            return ExitCode.BROKER
         report(path, ingest, console)
         if not ingest.ok():
-            code = EXIT_REJECTED
+            code = ExitCode.ATTENTION
     return code
 
 

@@ -21,6 +21,7 @@ from rcmflow.connectors.inbound.files import BrokerFailed, publish_file, say
 from rcmflow.connectors.inbound.payments.ingest import open_payments, report_payments
 from rcmflow.connectors.inbound.x12.files import limits_from, report_x12
 from rcmflow.connectors.inbound.x12.ingest import X12File
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_preflight import access_error
 from rcmflow.runtime.settings import Settings
@@ -90,7 +91,7 @@ def handle_file(path: Path, settings: Settings, kafka: KafkaConnection, console:
 
 
 def watch(folder: Path, settings: Settings, kafka: KafkaConnection, console: Console, *,
-          once: bool = False, stop: Callable[[], bool] = lambda: False) -> int:
+          once: bool = False, stop: Callable[[], bool] = lambda: False) -> ExitCode:
     """Poll ``folder`` until Ctrl-C (or ``stop()``); ``once``: handle what is there and return.
 
     A broker failure leaves the file where it is (it is tried again next poll).
@@ -108,7 +109,7 @@ def watch(folder: Path, settings: Settings, kafka: KafkaConnection, console: Con
                 if denied is not None:  # an ACL removed: no retry fixes it
                     say(console, f"[red]rcmflow {escape(str(denied))}; {path.name} left in "
                                  "place[/red]")
-                    return 2
+                    return ExitCode.REFUSED
                 say(console, f"[red]{path.name}: broker did not acknowledge ({exc}); "
                               "left in place, will retry[/red]")
                 continue
@@ -118,5 +119,5 @@ def watch(folder: Path, settings: Settings, kafka: KafkaConnection, console: Con
                 continue
             say(console, f"  -> {dest.parent.name}/{dest.name}")
         if once or stop():
-            return 0
+            return ExitCode.OK
         time.sleep(settings.watch_poll_s)

@@ -30,6 +30,7 @@ from rcmflow.cli.demo_sources import (
 from rcmflow.cli.ops import dlq_records, latest_heads
 from rcmflow.connectors.inbound.x12.files import ingest_x12_files
 from rcmflow.runtime.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_io import publish
 from rcmflow.runtime.metrics import url
 from rcmflow.runtime.settings import EMBEDDED_PREFIX, Settings, embedded_broker_info
@@ -88,10 +89,10 @@ def _start_embedded(settings: Settings, console: Console) -> EmbeddedBroker | No
     return broker
 
 
-def run_broker(settings: Settings, *, console: Console) -> int:
+def run_broker(settings: Settings, *, console: Console) -> ExitCode:
     broker = _start_embedded(settings, console)
     if broker is None:
-        return 2
+        return ExitCode.REFUSED
     _stop_on_signals()
     console.print(f"embedded broker (Tansu, memory only) at [bold]{broker.bootstrap}[/bold]\n"
                   f"  RCMFLOW_BROKER={broker.url}  (other rcmflow commands find it by themselves"
@@ -100,9 +101,9 @@ def run_broker(settings: Settings, *, console: Console) -> int:
         while broker.process is not None and broker.process.poll() is None:
             time.sleep(0.5)
         console.print("[red]the broker exited[/red]")
-        return 1
+        return ExitCode.PROCESS_EXITED
     except (KeyboardInterrupt, _Stop):
-        return 0
+        return ExitCode.OK
     finally:
         broker.stop()
 
@@ -189,15 +190,15 @@ def wait_ready(children: list[Child], timeout_s: float = READY_TIMEOUT_S) -> str
     return None
 
 
-def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
+def run_dev(settings: Settings, *, demo: bool, console: Console) -> ExitCode:
     try:
         chart = load_chart(settings.coa)
     except ChartError as exc:
         console.print(f"[red]{exc}[/red]")
-        return 2
+        return ExitCode.REFUSED
     broker = _start_embedded(settings, console)
     if broker is None:
-        return 2
+        return ExitCode.REFUSED
     _stop_on_signals()
     logs = settings.data_dir / "logs"
     children: list[Child] = []
@@ -223,7 +224,7 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
         if failure is not None:
             console.print(f"[red]rcmflow dev: {escape(failure)}[/red]\nstopping the others.",
                           soft_wrap=True, highlight=False)
-            return 2
+            return ExitCode.REFUSED
         _print_started(settings, broker, chart, children, worker_metrics, mllp_metrics,
                        console)
         if demo:
@@ -245,11 +246,11 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> int:
                     console.print(f"[red]the {child.name} exited with "
                                   f"{child.process.returncode}: {escape(child.why_not())}[/red]",
                                   soft_wrap=True, highlight=False)
-                    return 1
+                    return ExitCode.PROCESS_EXITED
             time.sleep(0.5)
     except (KeyboardInterrupt, _Stop):
         console.print("stopping ...")
-        return 0
+        return ExitCode.OK
     finally:
         _stop_all([child.process for child in children], WORKER_STOP_TIMEOUT_S)
         broker.stop()

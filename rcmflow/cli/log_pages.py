@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import READ_TIMEOUT_S, Record, log_ends, topic_partitions
 
@@ -25,7 +26,7 @@ __all__ = ["Cursor", "PageOf", "read_page", "keys_between", "BadCursor"]
 WINDOW_MAX = 50_000
 
 
-class BadCursor(ValueError):
+class BadCursor(RcmflowError, ValueError):
     """An --after value this topic cannot have produced."""
 
 

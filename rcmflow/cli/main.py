@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import sys
+import textwrap
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,6 +22,8 @@ from rich.markup import escape
 from rich.padding import Padding
 from rich.table import Column, Table
 from rich.text import Text
+
+from rcmflow.runtime.exit_codes import ExitCode, help_table
 
 # Each command imports what it needs when it runs: `rcmflow --help` and the operator
 # listings must not pay for the worker, the facade or the connectors (Faust, FastAPI, hl7apy,
@@ -35,6 +38,7 @@ app = typer.Typer(
     help="rcmflow: keeps patient billing and the ERP ledger in agreement, in stream.\n\n"
     "Settings come from RCMFLOW_* environment variables (RCMFLOW_BROKER, RCMFLOW_DATA_DIR, "
     "RCMFLOW_PARTITIONS, RCMFLOW_COA, ...). Start with `rcmflow dev --demo`.",
+    epilog=help_table(),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -70,7 +74,7 @@ def _settings() -> Settings:
         return Settings()
     except ValueError as exc:
         err.print(f"[red]invalid RCMFLOW_* setting:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.REFUSED) from exc
 
 
 def _faults() -> Faults:
@@ -92,7 +96,7 @@ def _kafka(settings: Settings) -> KafkaConnection:
         return settings.kafka()
     except (BrokerNotFound, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.REFUSED) from exc
 
 
 def _connect(settings: Settings, access: Access) -> KafkaConnection:
@@ -106,7 +110,7 @@ def _connect(settings: Settings, access: Access) -> KafkaConnection:
         asyncio.run(preflight(kafka, access, skip_if_unreachable=True))
     except KafkaAccessError as exc:
         err.print(f"[red]rcmflow {escape(str(exc))}[/red]", soft_wrap=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.REFUSED) from exc
     return kafka
 
 
@@ -141,7 +145,7 @@ def dev(
     Tables live under RCMFLOW_DATA_DIR (default ~/.rcmflow) and are reset at each start,
     because the embedded broker keeps its topics in memory only. Exit 2: a process did not
     start (a port held by another program: the cause and the setting that moves the port);
-    1: one of them exited later.
+    5: one of them exited later.
     """
     from rcmflow.cli.dev import run_dev
 
@@ -153,6 +157,7 @@ def broker() -> None:
     """Run the embedded broker (Tansu, memory only) alone; prints its bootstrap address.
 
     Creates the rcm.* topics. Other commands on this machine find it through the data dir.
+    Exit 2: it did not start; 5: it exited by itself.
     """
     from rcmflow.cli.dev import run_broker
 
@@ -193,13 +198,13 @@ def facade() -> None:
         check_settings(settings)  # before the broker: a bad setting is said first
     except ValueError as exc:
         err.print(f"[red]rcmflow facade: {escape(str(exc))}[/red]", soft_wrap=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.REFUSED) from exc
     kafka = _connect(settings, kafka_access.facade_access())
     try:
         code = run_facade(settings, kafka, settings.resolve_broker()[1])
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.REFUSED) from exc
     raise typer.Exit(code)
 
 
@@ -218,8 +223,8 @@ def erp(
     with backoff and a circuit breaker, forever: the connector stalls and its lag grows
     (rcmflow_erp_lag_records on --metrics-port, the progress log and
     DATA_DIR/erp-ADAPTER.status.json). Exit 2: bad argument, the metrics port is taken, or
-    the broker refused the login or an ACL (at start or later); 3: the adapter is
-    misconfigured; 4: the broker is unreachable or failing.
+    the broker refused the login or an ACL (at start or later); 3: the broker is unreachable
+    or failing (run it again); 4: the adapter is misconfigured.
     """
     from rcmflow.connectors.erp import ADAPTERS, AdapterConfigError
     from rcmflow.connectors.erp.command import run_erp
@@ -233,10 +238,10 @@ def erp(
                        faults=_faults())
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.REFUSED) from exc
     except AdapterConfigError as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(3) from exc
+        raise typer.Exit(ExitCode.ERP_CONFIG) from exc
     raise typer.Exit(code)
 
 
@@ -259,7 +264,7 @@ def reconcile(
     events. Per account and day, per GL account and in total; each difference with its likely
     cause (source amount differs, missing posting, DLQ'd, suspense, unposted, journal entry
     missing/extra, amount differs). Exit 0: everything agrees (suspense is a warning);
-    1: something differs; 2: bad arguments or no broker; 3: the ERP adapter is misconfigured.
+    1: something differs; 2: bad arguments or no broker; 4: the ERP adapter is misconfigured.
     """
     from datetime import date
 
@@ -276,9 +281,12 @@ def reconcile(
         last = date.fromisoformat(day_to) if day_to else None
         chart = load_chart(settings.coa)
         adapter, open_it = build_reader(erp_name, settings, chart) if erp_name else (None, False)
-    except (ValueError, AdapterConfigError) as exc:
+    except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.REFUSED) from exc
+    except AdapterConfigError as exc:  # as `rcmflow erp` says of the same settings
+        err.print(f"[red]ERP adapter: {exc}[/red]")
+        raise typer.Exit(ExitCode.ERP_CONFIG) from exc
     try:
         report = asyncio.run(run_reconcile(
             kafka, chart, adapter=adapter, day_from=first, day_to=last,
@@ -286,15 +294,15 @@ def reconcile(
             account_items_max=settings.account_items_max, console=err))
     except AdapterConfigError as exc:
         err.print(f"[red]ERP adapter: {exc}[/red]")
-        raise typer.Exit(3) from exc
+        raise typer.Exit(ExitCode.ERP_CONFIG) from exc
     except TooLarge as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.REFUSED) from exc
     if as_json:
         _print_json(report.to_json())
     else:
         render(report, out, show=show)
-    raise typer.Exit(1 if report.errors else 0)
+    raise typer.Exit(ExitCode.ATTENTION if report.errors else ExitCode.OK)
 
 
 @app.command()
@@ -343,13 +351,22 @@ def ingest_events(
                                         console=err))
 
 
-_FILE_EXIT_CODES = (
-    "\n\n\b\nExit codes:\n"
-    "  0  everything went through\n"
-    "  1  published, but something went to rcm.dlq (parked sets, bad rows, rejected files)\n"
-    "  2  refused before publishing (file too large, bad RCMFLOW_* setting, no broker,\n"
-    "     the broker refused the login or this user lacks an ACL)\n"
-    "  3  the broker did not acknowledge: run the same command again (re-sending is safe)"
+def _exit_codes(*rows: tuple[ExitCode, str]) -> str:
+    """The codes one command uses and when; their numbers come from ``ExitCode`` (its one
+    table is at the end of `rcmflow --help`)."""
+    lines = [textwrap.fill(when, 86, initial_indent=f"  {code.value}  ",
+                           subsequent_indent="     ") for code, when in rows]
+    return "\n\n\b\nExit codes:\n" + "\n".join(lines)
+
+
+_FILE_EXIT_CODES = _exit_codes(
+    (ExitCode.OK, "everything went through"),
+    (ExitCode.ATTENTION, "published, but something went to rcm.dlq (parked sets, bad rows, "
+                         "rejected files)"),
+    (ExitCode.REFUSED, "refused before publishing (file too large, bad RCMFLOW_* setting, no "
+                       "broker, the broker refused the login or this user lacks an ACL)"),
+    (ExitCode.BROKER, "the broker did not acknowledge: run the same command again (re-sending "
+                      "is safe)"),
 )
 
 
@@ -413,7 +430,7 @@ def ingest_fhir(
         currency = load_chart(settings.coa).currency
     except (OSError, ValueError) as exc:
         err.print(f"[red]chart of accounts (RCMFLOW_COA): {exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.REFUSED) from exc
     raise typer.Exit(ingest_fhir_files(settings, _ingest(settings, "fhir"), files,
                                        currency=currency, console=err))
 
@@ -423,12 +440,14 @@ def ingest_fhir(
     "Each message is handled as over MLLP: DFT/BAR FT1s become charge events, listed ADT/BAR "
     "triggers a status change; a refused message goes to rcm.dlq with the reason its AE/AR "
     "names (printed per message). Messages accepted before (same MSH-3/4/10 and content) "
-    "publish nothing again.\n\n\b\nExit codes:\n"
-    "  0  every message AA\n"
-    "  1  some message AE/AR: its reason is printed and in rcm.dlq\n"
-    "  2  refused before publishing (file too large, bad setting, no broker, store held,\n"
-    "     the broker refused the login or this user lacks an ACL)\n"
-    "  3  the broker did not acknowledge: run the same command again (re-sending is safe)"))
+    "publish nothing again." + _exit_codes(
+        (ExitCode.OK, "every message AA"),
+        (ExitCode.ATTENTION, "some message AE/AR: its reason is printed and in rcm.dlq"),
+        (ExitCode.REFUSED, "refused before publishing (file too large, bad setting, no broker, "
+                           "store held, the broker refused the login or this user lacks an "
+                           "ACL)"),
+        (ExitCode.BROKER, "the broker did not acknowledge: run the same command again "
+                          "(re-sending is safe)"))))
 def ingest_hl7(
     files: Annotated[list[Path], typer.Argument(help="HL7 v2 files (CR, LF or CRLF).",
                                                 exists=True, dir_okay=False, readable=True)],
@@ -473,13 +492,14 @@ class ConsumeFormat(StrEnum):
     "has no value or makes the connector fail goes to rcm.dlq; the next records go on. "
     "Progress (records, events, DLQ records, lag) is logged every RCMFLOW_CONSUME_PROGRESS_S; "
     "metrics (--metrics-port): rcmflow_consume_records_total, _events_total, "
-    "_dlq_records_total, _write_failures_total, rcmflow_consume_lag_records."
-    "\n\n\b\nExit codes:\n"
-    "  0  stopped (Ctrl-C, SIGTERM, or --idle-exit reached with lag 0)\n"
-    "  2  setup error: bad argument or RCMFLOW_* setting, no such topic, one of rcmflow's\n"
-    "     own topics, no broker configured, the hl7 replay store or metrics port taken\n"
-    "  4  the broker is unreachable, or did not acknowledge a batch after\n"
-    "     RCMFLOW_CONSUME_RETRY_MAX retries (nothing committed past it: start again)"))
+    "_dlq_records_total, _write_failures_total, rcmflow_consume_lag_records." + _exit_codes(
+        (ExitCode.OK, "stopped (Ctrl-C, SIGTERM, or --idle-exit reached with lag 0)"),
+        (ExitCode.REFUSED, "setup error: bad argument or RCMFLOW_* setting, no such topic, one "
+                           "of rcmflow's own topics, no broker configured, the hl7 replay store "
+                           "or metrics port taken"),
+        (ExitCode.BROKER, "the broker is unreachable, or did not acknowledge a batch after "
+                          "RCMFLOW_CONSUME_RETRY_MAX retries (nothing committed past it: start "
+                          "again)"))))
 def consume(
     fmt: Annotated[ConsumeFormat, typer.Argument(metavar="FORMAT",
                                                  help="hl7, x12, fhir, payments or events.")],
@@ -513,10 +533,11 @@ def consume(
     "Watch a drop folder: publish each X12 (835/837) or payment file (.csv, .jsonl) that "
     "has stopped growing, then move it to DIR/done/, or to DIR/rejected/ with a "
     "<name>.reason file saying what was parked and why. Hidden, *.part and *.tmp files are "
-    "left alone. Polls every RCMFLOW_WATCH_POLL_S seconds until Ctrl-C.\n\n\b\nExit codes:\n"
-    "  0  stopped (Ctrl-C, or --once done)\n"
-    "  2  DIR is not a folder, bad RCMFLOW_* setting, no broker, or the broker refused\n"
-    "     the login or an ACL (at start, or later: the file is left in place)"))
+    "left alone. Polls every RCMFLOW_WATCH_POLL_S seconds until Ctrl-C." + _exit_codes(
+        (ExitCode.OK, "stopped (Ctrl-C, or --once done)"),
+        (ExitCode.REFUSED, "DIR is not a folder, bad RCMFLOW_* setting, no broker, or the broker "
+                           "refused the login or an ACL (at start, or later: the file is left "
+                           "in place)"))))
 def watch(
     folder: Annotated[Path, typer.Argument(help="The drop folder.", file_okay=False)],
     once: Annotated[bool, typer.Option("--once", help="Handle what is there now, then stop.")
@@ -526,12 +547,12 @@ def watch(
 
     if not folder.is_dir():
         err.print(f"[red]{folder} is not a folder[/red]")
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.REFUSED)
     settings = _settings()
     try:
         code = run_watch(folder, settings, _ingest(settings, "watch"), err, once=once)
     except KeyboardInterrupt:
-        code = 0
+        code = ExitCode.OK
     raise typer.Exit(code)
 
 
@@ -549,7 +570,7 @@ def _cursor(after: str | None) -> Any:
         return None if after is None else Cursor.decode(after)
     except BadCursor as exc:
         err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True, emoji=False)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.REFUSED) from exc
 
 
 def _more(command: str, cursor: Any) -> None:
@@ -606,7 +627,7 @@ def accounts_show(
     snap = asyncio.run(latest_snapshots(_reader("accounts show", ACCOUNTS), account)).get(account)
     if snap is None:
         err.print(f"[red]no account {account!r}[/red] (not yet processed, or unknown)")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.ATTENTION)
     if as_json:
         _print_json(snap)
         return
@@ -638,7 +659,7 @@ def accounts_history(
     deltas = asyncio.run(posting_history(_reader("accounts history", POSTINGS), account))
     if not deltas:  # as `accounts show`: an account without postings is not one to list
         err.print(f"[red]no account {account!r}[/red] (not yet processed, or unknown)")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.ATTENTION)
     if as_json:
         _print_json(deltas)
         return
@@ -723,7 +744,7 @@ def dlq_show(dlq_id: Annotated[str, typer.Argument(
                   + "; give more of the id", soft_wrap=True, highlight=False)
     else:
         err.print(f"[red]no DLQ record {dlq_id!r}[/red]", soft_wrap=True)
-    raise typer.Exit(1)
+    raise typer.Exit(ExitCode.ATTENTION)
 
 
 @schema_app.command("events")

@@ -23,6 +23,7 @@ from types import TracebackType
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import TopicSpec
 
@@ -36,7 +37,7 @@ BROKER_STOP_TIMEOUT_S = 10.0
 TOPIC_READY_TIMEOUT_S = 30.0
 
 
-class BrokerError(RuntimeError):
+class BrokerError(RcmflowError, RuntimeError):
     """The embedded broker could not be started or reached."""
 
 

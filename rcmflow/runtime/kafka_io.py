@@ -23,6 +23,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import TopicPartition
 
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import RAW_HL7_RECORD_BYTES_MAX, record_bytes_max
 
@@ -191,7 +192,7 @@ async def send(producer: AIOKafkaProducer, item: Outgoing) -> asyncio.Future[obj
     return future
 
 
-class RecordTooLarge(ValueError):
+class RecordTooLarge(RcmflowError, ValueError):
     """A record larger than its topic takes: no re-send can succeed (refuse the input)."""
 
 

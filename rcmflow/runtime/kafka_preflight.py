@@ -46,6 +46,7 @@ from aiokafka.errors import (
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_access import Access
 from rcmflow.runtime.kafka_connection import KafkaConnection
 
@@ -69,7 +70,7 @@ _OPERATION_BITS = {"READ": 3, "WRITE": 4, "CREATE": 5, "DESCRIBE": 8}
 _UNKNOWN_OPERATIONS = -(2**31)
 
 
-class KafkaAccessError(RuntimeError):
+class KafkaAccessError(RcmflowError, RuntimeError):
     """This command cannot work on this cluster as configured: authentication, TLS or an ACL.
     The message is one line: the cause, then the setting or the ACL that fixes it."""
 
@@ -106,8 +107,8 @@ async def preflight(kafka: KafkaConnection, access: Access, *,
     its message starting with the component ("worker: ...").
 
     ``skip_if_unreachable``: a broker that refuses every connection (down, or not there) is
-    not this check's business: return, and let the command meet it as it always has (ingest
-    exits 3 "run it again", the ERP connector 4, the facade retries). Only a broker that
+    not this check's business: return, and let the command meet it as it always has (ingest,
+    consume and the ERP connector exit 3 "run it again", the facade retries). Only a broker that
     answers can tell a wrong password or a missing ACL.
     """
     try:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
 from rcmflow.streams.date_window import EARLIEST_DEFAULT, FUTURE_DAYS_DEFAULT, FUTURE_DAYS_MAX
 from rcmflow.streams.dedup import DEFAULT_HORIZON_DAYS
@@ -43,7 +44,7 @@ EMBEDDED_BROKER_FILE = "broker.json"
 EMBEDDED_PREFIX = "embedded-"
 
 
-class BrokerNotFound(RuntimeError):
+class BrokerNotFound(RcmflowError, RuntimeError):
     """No RCMFLOW_BROKER and no embedded broker running for this data dir."""
 
 
@@ -412,7 +413,7 @@ class Settings(BaseSettings):
         "", description="REST base, e.g. https://<account-id>.suitetalk.api.netsuite.com.")
     erp_netsuite_token: SecretStr | None = Field(
         None, description="OAuth 2.0 access token (machine-to-machine / client credentials "
-        "flow), sent as `Authorization: Bearer`. An expired token answers 401: exit 3.")
+        "flow), sent as `Authorization: Bearer`. An expired token answers 401: exit 4.")
     erp_netsuite_subsidiaries: dict[str, str] = Field(
         {}, description="Entity -> NetSuite subsidiary internal id (JSON); unset entities: "
         "erp_netsuite_subsidiary.")

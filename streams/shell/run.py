@@ -9,6 +9,7 @@ import sys
 
 from rcmflow.runtime import metrics
 from rcmflow.runtime.broker import TopicCreateDenied, ensure_topics
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.faults import NO_FAULTS, Faults
 from rcmflow.runtime.kafka_access import worker_access
 from rcmflow.runtime.kafka_preflight import KafkaAccessError, access_error, preflight
@@ -25,7 +26,7 @@ GC_THRESHOLDS = (20_000, 20, 50)
 
 
 def run_worker(settings: Settings, *, metrics_port: int | None = None,
-               faults: Faults = NO_FAULTS) -> int:
+               faults: Faults = NO_FAULTS) -> ExitCode:
     """``metrics_port`` (the --metrics-port option) overrides RCMFLOW_WORKER_METRICS_PORT;
     ``faults``: test-only kills and pauses (``rcmflow/runtime/faults.py``)."""
     port = settings.worker_metrics_port if metrics_port is None else metrics_port
@@ -34,17 +35,17 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
         chart = load_chart(settings.coa)
     except (BrokerNotFound, ChartError) as exc:
         print(f"rcmflow worker: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     if settings.processing_guarantee == "exactly_once" and identity.startswith(EMBEDDED_PREFIX):
         print("rcmflow worker: exactly_once needs Apache Kafka transactions; the embedded broker "
               "has none (its InitProducerId fails). Use at_least_once (crash-safe on its own) "
               "or set RCMFLOW_BROKER to a Kafka cluster.", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     try:
         kafka = settings.kafka()
     except ValueError as exc:
         print(f"rcmflow worker: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     access = worker_access(settings.app_id,
                            exactly_once=settings.processing_guarantee == "exactly_once")
     specs = topic_specs(settings.app_id)
@@ -59,10 +60,10 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
         asyncio.run(preflight(kafka, access, prepare=create_topics))
     except KafkaAccessError as exc:
         print(f"rcmflow {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     except TopicCreateDenied as exc:
         print(f"rcmflow worker: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
     app = build_app(settings, chart, datadir=datadir, measure_lag=port > 0, faults=faults)
     if port:
@@ -73,7 +74,7 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
                 settings.metrics_host, port)
         except OSError as exc:
             print(f"rcmflow worker: {exc}", file=sys.stderr)
-            return 2
+            return ExitCode.REFUSED
         log.info("worker metrics on %s", metrics.url(settings.metrics_host, bound))
 
     from faust.worker import Worker
@@ -95,5 +96,5 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
         if reason is None:
             raise
         print(f"rcmflow {reason}", file=sys.stderr)
-        return 2
-    return 0
+        return ExitCode.REFUSED
+    return ExitCode.OK

@@ -48,6 +48,7 @@ from rcmflow.connectors.inbound.fhir.values import code_text, dumps, read_json
 from rcmflow.connectors.inbound.files import ReadPosition, Record, ingest_files, say
 from rcmflow.connectors.inbound.seen import SeenKeys
 from rcmflow.connectors.inbound.totals import SourceTotals
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.date_window import DateWindow
@@ -722,7 +723,7 @@ class FhirIngest:
 
 
 def ingest_fhir_files(settings: Settings, kafka: KafkaConnection, files: list[Path], *,
-                      currency: str, console: Console) -> int:
+                      currency: str, console: Console) -> ExitCode:
     """Publish every file; the exit code says whether anything went to rcm.dlq."""
     limits = limits_from(settings, currency)
     return ingest_files(

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.events import PROVIDER_PREFIX
 from rcmflow.streams.money import MoneyError, Refusal
 
@@ -50,7 +51,7 @@ _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _KEY_CHARS_MAX = 160
 
 
-class FhirValueError(ValueError):
+class FhirValueError(RcmflowError, ValueError):
     """A value rcmflow cannot take; the message is safe to print (no patient data).
 
     ``code`` is the DLQ reason code it becomes."""

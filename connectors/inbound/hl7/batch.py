@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rcmflow.connectors.inbound.hl7.replay import ReplayStore, ReplayStoreLocked
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def split_batch(data: bytes) -> Batch:
 
 
 async def _ingest(settings: Settings, kafka: KafkaConnection, files: list[Path],
-                  console: Console) -> int:
+                  console: Console) -> ExitCode:
     from rcmflow.connectors.inbound.hl7.service import kafka_sink, new_intake, replay_dir
 
     store = ReplayStore(replay_dir(settings, "files"), settings.hl7_replay_retention_s)
@@ -102,18 +103,19 @@ async def _ingest(settings: Settings, kafka: KafkaConnection, files: list[Path],
     finally:
         await sink.stop()
         store.close()
-    return 3 if not_stored else 1 if refused else 0
+    return (ExitCode.BROKER if not_stored else ExitCode.ATTENTION if refused
+            else ExitCode.OK)
 
 
 def ingest_hl7_files(settings: Settings, kafka: KafkaConnection, files: list[Path], *,
-                     console: Console) -> int:
+                     console: Console) -> ExitCode:
     too_big = [f for f in files if f.stat().st_size > HL7_FILE_BYTES_MAX]
     if too_big:
         console.print(f"[red]refused (over {HL7_FILE_BYTES_MAX} bytes, split them):[/red] "
                       f"{', '.join(map(str, too_big))}")
-        return 2
+        return ExitCode.REFUSED
     try:
         return asyncio.run(_ingest(settings, kafka, files, console))
     except ReplayStoreLocked as exc:
         console.print(f"[red]{exc}[/red]")
-        return 2
+        return ExitCode.REFUSED

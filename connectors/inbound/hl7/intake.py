@@ -59,6 +59,7 @@ from rcmflow.connectors.inbound.hl7.reader import (
 )
 from rcmflow.connectors.inbound.hl7.replay import ReplayStore
 from rcmflow.connectors.inbound.totals import HEADER_STATUS, HEADER_TOTALS
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Outgoing, check_record_sizes, send
 from rcmflow.streams.dlq import Origin, dlq_record
@@ -74,7 +75,7 @@ _HEADER_CHARS_MAX = 199
 Record = Outgoing
 
 
-class WriteFailed(RuntimeError):
+class WriteFailed(RcmflowError, RuntimeError):
     """The broker did not acknowledge the writes in time."""
 
 

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
+from rcmflow.runtime.errors import RcmflowError
+
 __all__ = ["HL7ParseError", "Hl7Message", "Segment", "read_message", "read_bytes",
            "normalise", "charset_of"]
 
@@ -23,7 +25,7 @@ _BOM = b"\xef\xbb\xbf"
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 
 
-class HL7ParseError(ValueError):
+class HL7ParseError(RcmflowError, ValueError):
     """The bytes are not an HL7 v2 message rcmflow can read; the text says why."""
 
 

@@ -20,10 +20,12 @@ from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict
 
+from rcmflow.runtime.errors import RcmflowError
+
 __all__ = ["ReplayStore", "ReplayStoreLocked"]
 
 
-class ReplayStoreLocked(RuntimeError):
+class ReplayStoreLocked(RcmflowError, RuntimeError):
     """Another process (another `rcmflow mllp` on this data dir) holds the store."""
 
 

@@ -15,6 +15,7 @@ from rcmflow.connectors.inbound.hl7.mapping import MappingConfig
 from rcmflow.connectors.inbound.hl7.replay import ReplayStore, ReplayStoreLocked
 from rcmflow.connectors.inbound.hl7.tls import is_loopback, tls_from_settings
 from rcmflow.runtime import metrics
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.date_window import DateWindow
 
@@ -97,7 +98,7 @@ async def serve(settings: Settings, kafka: KafkaConnection, host: str, port: int
 
 
 def run_mllp(settings: Settings, kafka: KafkaConnection, host: str, port: int,
-             metrics_port: int = 0) -> int:
+             metrics_port: int = 0) -> ExitCode:
     """`rcmflow mllp`: runs until SIGINT/SIGTERM; 0 on a clean stop, 2 on a setup error
     (a port taken included)."""
     # `rcmflow` configures the root handler at WARNING; a listener also reports its traffic.
@@ -112,5 +113,5 @@ def run_mllp(settings: Settings, kafka: KafkaConnection, host: str, port: int,
         asyncio.run(serve(settings, kafka, host, port, metrics_port=metrics_port))
     except (ReplayStoreLocked, ValueError, OSError) as exc:
         log.error("%s", exc)
-        return 2
-    return 0
+        return ExitCode.REFUSED
+    return ExitCode.OK

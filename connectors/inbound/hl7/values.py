@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.money import MoneyError, parse_decimal
 
 __all__ = ["ValueProblem", "parse_quantity", "parse_timestamp"]
@@ -18,7 +19,7 @@ _DTM = re.compile(
 )
 
 
-class ValueProblem(ValueError):
+class ValueProblem(RcmflowError, ValueError):
     """A field value that cannot be read; the text says why (without echoing long input)."""
 
 

@@ -36,6 +36,7 @@ from rcmflow.connectors.inbound.payments.rows import (
     row_totals,
 )
 from rcmflow.connectors.inbound.seen import SeenKeys
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.date_window import DEFAULT_WINDOW, DateWindow
@@ -225,7 +226,7 @@ def open_payments(path: Path, settings: Settings, channel: str = "lockbox") -> P
 
 
 def ingest_payment_files(settings: Settings, kafka: KafkaConnection, files: list[Path], *,
-                         channel: str, console: Console) -> int:
+                         channel: str, console: Console) -> ExitCode:
     """Publish every file; the exit code says whether anything was rejected."""
     return ingest_files(
         files, kafka=kafka, console=console, bytes_max=settings.payments_file_bytes_max,

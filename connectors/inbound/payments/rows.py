@@ -42,6 +42,7 @@ from typing import Any, BinaryIO, TypeAlias
 from pydantic import ValidationError
 
 from rcmflow.connectors.inbound.totals import SourceTotals
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DEFAULT_WINDOW, DateWindow
 from rcmflow.streams.events import EventKind, PatientPayment, Refund, WriteOff
 from rcmflow.streams.money import MoneyError, parse_cents
@@ -64,7 +65,7 @@ PaymentEvent: TypeAlias = PatientPayment | Refund | WriteOff
 MEASURE_BY_TYPE = {"payment": "payments", "refund": "refunds", "write_off": "write_offs"}
 
 
-class FileError(ValueError):
+class FileError(RcmflowError, ValueError):
     """The file as a whole cannot be read (no header, missing required columns)."""
 
 

@@ -9,6 +9,7 @@ from rich.console import Console
 from rcmflow.connectors.inbound.files import ingest_files, say
 from rcmflow.connectors.inbound.x12.ingest import FileOutcome, X12File, X12Limits, process_x12
 from rcmflow.connectors.inbound.x12.reader import Problem
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.date_window import DateWindow
@@ -34,7 +35,7 @@ def process_x12_path(path: Path, settings: Settings, console: Console) -> FileOu
 
 
 def ingest_x12_files(settings: Settings, kafka: KafkaConnection, files: list[Path], *,
-                     console: Console) -> int:
+                     console: Console) -> ExitCode:
     """Publish every file; the exit code says whether anything was parked."""
     limits = limits_from(settings)
     return ingest_files(

@@ -46,6 +46,7 @@ import orjson
 
 from rcmflow.connectors.inbound.files import Record
 from rcmflow.connectors.inbound.totals import SourceTotals
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import ClaimAdjudicated, ClaimSubmitted, ProviderAdjustment
@@ -97,7 +98,7 @@ _ID_CHARS_MAX = 200 - 11
 _PAID_ON = "835 payment date (BPR16, else DTM*405, else GS04)"
 
 
-class X12ChangedError(OSError):
+class X12ChangedError(RcmflowError, OSError):
     """The file read again is not the file checked (it changed while it was being ingested):
     its sets are published as they are read, so what was published stays (re-sending the
     file is safe) and the rest is not guessed at."""

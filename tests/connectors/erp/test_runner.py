@@ -19,6 +19,9 @@ from rcmflow.connectors.erp.base import (
     TransientError,
 )
 from rcmflow.connectors.erp.runner import CircuitBreaker, Connector, RunnerOptions, backoff_s
+from rcmflow.runtime.broker import free_port
+from rcmflow.runtime.exit_codes import ExitCode
+from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.postings import PostingDelta
 from tests.conftest import Broker
 from tests.connectors.erp.feed import publish_deltas, real_deltas, run_in_process
@@ -93,13 +96,20 @@ def test_transient_failures_stall_then_everything_posts_in_order(
 
 
 @pytest.mark.broker
-def test_config_error_exits_3_and_commits_nothing(broker: Broker) -> None:
+def test_config_error_exits_4_and_commits_nothing(broker: Broker) -> None:
     items = real_deltas(5)
     publish_deltas(broker, items)
     opts = RunnerOptions(kafka=broker.connection, group_id="erp-cfg", session_timeout_s=1.5,
                          idle_exit_s=1.5)
     bad = Connector(Scripted(failures=1, error=AdapterConfigError("bad password")), opts)
-    assert asyncio.run(bad.run()) == 3
+    assert asyncio.run(bad.run()) == ExitCode.ERP_CONFIG
     good = Scripted()
     progress = run_in_process(good, broker, group="erp-cfg")
     assert progress.posted == len(items)  # nothing was committed by the failed run
+
+
+def test_an_unreachable_broker_exits_3_run_it_again() -> None:
+    # The same code as ingest and consume give a broker that is not there: safe to re-run.
+    nowhere = KafkaConnection.plaintext(f"127.0.0.1:{free_port()}")
+    opts = RunnerOptions(kafka=nowhere, group_id="erp-nowhere", idle_exit_s=1.0)
+    assert asyncio.run(Connector(Scripted(), opts).run()) == ExitCode.BROKER

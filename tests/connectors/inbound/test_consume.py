@@ -33,6 +33,7 @@ from rcmflow.connectors.inbound.hl7.mapping import map_message
 from rcmflow.connectors.inbound.hl7.reader import normalise, read_message
 from rcmflow.connectors.inbound.hl7.service import mapping_config
 from rcmflow.runtime.broker import ensure_topics, free_port
+from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.faults import Faults
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, read_topic
@@ -525,7 +526,7 @@ def test_a_kill_between_the_acks_and_the_commit_reads_the_batch_again(
     assert committed(broker.connection, group, topic, 1) == {0: len(values)}
 
 
-def test_unacknowledged_writes_are_retried_then_exit_4_with_nothing_committed(
+def test_unacknowledged_writes_are_retried_then_exit_3_with_nothing_committed(
         broker: Broker, workers: Workers) -> None:
     topic = "noack.events"
     create_topic(broker, topic)
@@ -535,7 +536,7 @@ def test_unacknowledged_writes_are_retried_then_exit_4_with_nothing_committed(
     # No ack can arrive within a microsecond: every batch counts as not acknowledged.
     refused = consume(workers, "events", topic, env={"RCMFLOW_PRODUCE_TIMEOUT_S": "0.000001",
                                                      "RCMFLOW_CONSUME_RETRY_MAX": "2"})
-    assert refused.returncode == 4, refused.stderr
+    assert refused.returncode == ExitCode.BROKER, refused.stderr
     assert refused.stderr.count("not acknowledged") == 2, refused.stderr
     assert "did not acknowledge a batch after 2 retries" in refused.stderr
     group = f"rcmflow-consume-events-{topic}"
@@ -598,13 +599,13 @@ def test_a_missing_topic_or_rcmflows_own_topic_is_one_line_and_exit_2(
 
 
 @pytest.mark.brokers("tansu")  # no broker is involved: once is enough
-def test_an_unreachable_broker_is_one_line_and_exit_4(broker: Broker, tmp_path: Path) -> None:
+def test_an_unreachable_broker_is_one_line_and_exit_3(broker: Broker, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}
     env |= {"RCMFLOW_BROKER": f"kafka://127.0.0.1:{free_port()}",
             "RCMFLOW_DATA_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "rcmflow.cli", "consume", "x12", "--topic",
                            "ehr.x12"], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 4, done.stderr
+    assert done.returncode == ExitCode.BROKER, done.stderr
     assert done.stderr.strip().count("\n") == 0, done.stderr
     assert "is unreachable: KafkaConnectionError" in done.stderr
 
@@ -613,7 +614,7 @@ def test_an_unreachable_broker_is_one_line_and_exit_4(broker: Broker, tmp_path: 
 def test_a_broker_that_refuses_the_writes_commits_nothing_and_a_restart_reads_again(
         broker: Broker, workers: Workers) -> None:
     """rcm.events is gone (an operator's mistake, a cluster being rebuilt): Apache Kafka
-    refuses every write to it. The consumer sends the batch again, gives up (exit 4) with
+    refuses every write to it. The consumer sends the batch again, gives up (exit 3) with
     only the group's start committed; once the topic is back, a restart reads every record
     and publishes each event once."""
     topic = "refused.events"
@@ -624,7 +625,7 @@ def test_a_broker_that_refuses_the_writes_commits_nothing_and_a_restart_reads_ag
     delete_topic(broker, EVENTS)
     refused = consume(workers, "events", topic, env={"RCMFLOW_PRODUCE_TIMEOUT_S": "3",
                                                      "RCMFLOW_CONSUME_RETRY_MAX": "1"})
-    assert refused.returncode == 4, refused.stderr
+    assert refused.returncode == ExitCode.BROKER, refused.stderr
     assert "did not acknowledge a batch after 1 retries" in refused.stderr
     group = f"rcmflow-consume-events-{topic}"
     assert committed(broker.connection, group, topic, 1) == {0: 0}
