@@ -86,7 +86,7 @@ def _faults() -> Faults:
         return from_environment()
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.REFUSED) from exc
 
 
 def _kafka(settings: Settings) -> KafkaConnection:
