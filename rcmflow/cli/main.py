@@ -13,7 +13,7 @@ import sys
 import textwrap
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich import box
@@ -67,6 +67,12 @@ def _metrics_port(setting: str) -> Any:
         f":PORT/metrics (host 127.0.0.1 unless set); 0: off. Default: {setting} (0: off).")
 
 
+def _fail(exc: Exception, code: ExitCode = ExitCode.REFUSED) -> NoReturn:
+    """Say what was refused (the exception's own text, in red) and exit with ``code``."""
+    err.print(f"[red]{exc}[/red]")
+    raise typer.Exit(code) from exc
+
+
 def _settings() -> Settings:
     from rcmflow.runtime.settings import Settings
 
@@ -85,8 +91,7 @@ def _faults() -> Faults:
     try:
         return from_environment()
     except ValueError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(ExitCode.REFUSED) from exc
+        _fail(exc)
 
 
 def _kafka(settings: Settings) -> KafkaConnection:
@@ -95,8 +100,7 @@ def _kafka(settings: Settings) -> KafkaConnection:
     try:
         return settings.kafka()
     except (BrokerNotFound, ValueError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(ExitCode.REFUSED) from exc
+        _fail(exc)
 
 
 def _connect(settings: Settings, access: Access) -> KafkaConnection:
@@ -203,8 +207,7 @@ def facade() -> None:
     try:
         code = run_facade(settings, kafka, settings.resolve_broker()[1])
     except ValueError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(ExitCode.REFUSED) from exc
+        _fail(exc)
     raise typer.Exit(code)
 
 
@@ -237,11 +240,9 @@ def erp(
         code = run_erp(settings, adapter, idle_exit_s=idle_exit_s, metrics_port=metrics_port,
                        faults=_faults())
     except ValueError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(ExitCode.REFUSED) from exc
+        _fail(exc)
     except AdapterConfigError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(ExitCode.ERP_CONFIG) from exc
+        _fail(exc, ExitCode.ERP_CONFIG)
     raise typer.Exit(code)
 
 
@@ -282,8 +283,7 @@ def reconcile(
         chart = load_chart(settings.coa)
         adapter, open_it = build_reader(erp_name, settings, chart) if erp_name else (None, False)
     except ValueError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(ExitCode.REFUSED) from exc
+        _fail(exc)
     except AdapterConfigError as exc:  # as `rcmflow erp` says of the same settings
         err.print(f"[red]ERP adapter: {exc}[/red]")
         raise typer.Exit(ExitCode.ERP_CONFIG) from exc
@@ -296,8 +296,7 @@ def reconcile(
         err.print(f"[red]ERP adapter: {exc}[/red]")
         raise typer.Exit(ExitCode.ERP_CONFIG) from exc
     except TooLarge as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(ExitCode.REFUSED) from exc
+        _fail(exc)
     if as_json:
         _print_json(report.to_json())
     else:
