@@ -355,7 +355,7 @@ class Settings(BaseSettings):
     consume_retry_max: int = Field(
         5, ge=0, le=100, description="Times a batch whose outputs the broker did not "
         "acknowledge (RCMFLOW_PRODUCE_TIMEOUT_S) is sent again before `rcmflow consume` exits "
-        "4; nothing past the last acknowledged batch is committed, a restart reads it again."
+        "3; nothing past the last acknowledged batch is committed, a restart reads it again."
     )
     consume_backoff_max_s: float = Field(
         30.0, gt=0, le=3600, description="Longest wait before a batch is sent again "
