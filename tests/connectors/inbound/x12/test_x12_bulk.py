@@ -50,18 +50,37 @@ def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def _limit_topic(broker: Broker, topic: str, record_bytes: int) -> None:
-    """``topic`` as someone else configured it: its own max.message.bytes."""
+    """``topic`` as someone else configured it: its own max.message.bytes, in force before
+    this returns (Kafka applies a config change asynchronously, after the admin's answer)."""
     async def alter() -> None:
         admin = AIOKafkaAdminClient(**broker.connection.client_options())
         await admin.start()
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic,
+                                  configs={"max.message.bytes": str(record_bytes)})
         try:
-            await admin.alter_configs([ConfigResource(
-                ConfigResourceType.TOPIC, topic,
-                configs={"max.message.bytes": str(record_bytes)})])
+            for response in await admin.alter_configs([resource]):
+                for error_code, message, *_ in response.resources:
+                    assert error_code == 0, f"alter {topic}: {error_code} {message}"
+            for _ in range(200):
+                if await _topic_config(admin, topic, "max.message.bytes") == str(record_bytes):
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"{topic}: max.message.bytes never became {record_bytes}")
         finally:
             await admin.close()
 
     asyncio.run(alter())
+
+
+async def _topic_config(admin: AIOKafkaAdminClient, topic: str, name: str) -> str | None:
+    described = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, configs={name: None})])
+    for response in described:
+        for _error, _message, _type, _name, entries in response.resources:
+            for entry in entries:
+                if entry[0] == name:
+                    return str(entry[1])
+    return None
 
 
 def test_every_record_of_a_50000_claim_set_is_bounded_and_states_every_claim(
