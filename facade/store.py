@@ -75,6 +75,7 @@ from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.metrics import Metric, counter, gauge
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.layout import Key, is_legacy, parse_key, read_record
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import ACCOUNTS
 
 __all__ = ["Store", "Row", "Query", "SCHEMA_VERSION", "StoreLocked", "lock_store",
@@ -678,7 +679,7 @@ class Store:
         if held is not None and held[0] == code:
             return  # the same failure, already recorded
         record = dlq_record(
-            stage="facade", reason_code=code, reason=reason,
+            Rejection(stage="facade", reason_code=code, detail=reason),
             origin=Origin(topic=ACCOUNTS, partition=-1, offset=-1, key=account),
             payload=payload, received_at=datetime.now(UTC), context=context,
             discriminator=discriminator, payload_bytes_max=EXCEPTION_PAYLOAD_BYTES_MAX)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from rcmflow.streams.rejections import Stage
+from rcmflow.streams.rejections import Rejection, Severity, Stage
 
 __all__ = ["Origin", "DlqRecord", "dlq_record", "WarningTally", "PLACES_MAX"]
 
@@ -34,7 +34,7 @@ class DlqRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     dlq_id: str
-    severity: Literal["error", "warning"]
+    severity: Severity
     stage: Stage
     reason_code: str
     reason: str
@@ -46,26 +46,28 @@ class DlqRecord(BaseModel):
 
 
 def dlq_record(
+    rejection: Rejection,
     *,
-    stage: Stage,
-    reason_code: str,
-    reason: str,
     origin: Origin,
     payload: bytes,
     received_at: datetime | None = None,
     context: dict[str, Any] | None = None,
-    severity: Literal["error", "warning"] = "error",
     discriminator: str = "",
     payload_bytes_max: int | None = None,
     identity: str | None = None,
 ) -> DlqRecord:
-    """Build a record; ``discriminator`` tells apart several records from one input.
+    """The rcm.dlq record of a refusal: the one place a ``Rejection`` becomes a record (its
+    problems go to ``context.problems``). ``discriminator`` tells apart several records from
+    one input.
 
     The id is deterministic: by default from the place (origin topic, partition, offset), so
     a record written again after a crash is the same exception. ``identity`` replaces the
     place where the same input arriving again at another place is the same exception (the
     worker's refusal of an event: the same bytes under the same key, refused for the same
     reason, are one item to work however often a file is re-sent)."""
+    stage, reason_code, severity = rejection.stage, rejection.reason_code, rejection.severity
+    if rejection.problems:
+        context = (context or {}) | {"problems": [p.as_dict() for p in rejection.problems]}
     where = identity if identity is not None else (
         f"{origin.topic}|{origin.partition}|{origin.offset}")
     material = f"{stage}|{reason_code}|{where}|"
@@ -82,7 +84,7 @@ def dlq_record(
         severity=severity,
         stage=stage,
         reason_code=reason_code,
-        reason=reason,
+        reason=rejection.detail,
         origin=origin,
         received_at=received_at,
         context=context or {},
@@ -146,8 +148,8 @@ class WarningTally:
             more = k.count - len(k.places)
             where = ", ".join(k.places) + (f" and {more} more" if more else "")
             out.append(dlq_record(
-                stage=stage, reason_code=code, severity="warning",
-                reason=f"{k.count} × {code} ({where}); the first: {k.reason}",
+                Rejection(stage=stage, reason_code=code, severity="warning",
+                          detail=f"{k.count} × {code} ({where}); the first: {k.reason}"),
                 origin=Origin(topic=origin, partition=0, offset=k.offset, key=None),
                 payload=k.payload, received_at=received_at,
                 context=k.context | {"count": k.count, "places": k.places,

@@ -359,16 +359,15 @@ class Processor:
             out.counts.postings += 1
         for index, line in enumerate(outcome.unmapped):
             record = dlq_record(
-                stage="posting",
-                reason_code="unmapped_dimension",
-                reason=f"no GL account for {line.missing} (entity "
-                f"{event.dimensions.entity}, chart {line.coa_version}): posted to suspense "
-                f"{line.gl_account}",
+                Rejection(stage="posting", reason_code="unmapped_dimension",
+                          severity="warning",
+                          detail=f"no GL account for {line.missing} (entity "
+                          f"{event.dimensions.entity}, chart {line.coa_version}): posted to "
+                          f"suspense {line.gl_account}"),
                 origin=_origin(msg),
                 payload=line.model_dump_json().encode(),
                 received_at=_received_at(msg),
                 context=_context(event),
-                severity="warning",
                 discriminator=str(index),
             )
             out.dlq.append((msg.partition, key, record.model_dump_json().encode()))
@@ -405,9 +404,7 @@ class Processor:
         if rejection.reason_code != "conflict":
             out.counts.rejected += 1
         record = dlq_record(
-            stage=rejection.stage,
-            reason_code=rejection.reason_code,
-            reason=rejection.detail,
+            rejection,
             origin=_origin(msg),
             payload=msg.value or b"",
             received_at=_received_at(msg),

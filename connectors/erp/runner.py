@@ -53,6 +53,7 @@ from rcmflow.runtime.kafka_preflight import ACCESS_ERRORS, access_error
 from rcmflow.runtime.metrics import Metric, counter, gauge, new_registry, serve, url
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.postings import PostingDelta
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX, POSTINGS, POSTINGS_DLQ
 
 __all__ = ["RunnerOptions", "Progress", "CircuitBreaker", "run_connector", "backoff_s",
@@ -391,8 +392,8 @@ class Connector:
             # Bounded to fit rcm.postings.dlq (an ERP may answer with a whole HTML page; the
             # origin names the delta on rcm.postings).
             dlq = dlq_record(
-                stage="posting", reason_code=rejected.code,
-                reason=rejected.reason[:REASON_CHARS_MAX],
+                Rejection(stage="posting", reason_code=rejected.code,
+                          detail=rejected.reason[:REASON_CHARS_MAX]),
                 origin=Origin(topic=record.topic, partition=record.partition,
                               offset=record.offset, key=key),
                 payload=record.value or b"", context=context, discriminator=self.adapter.name,

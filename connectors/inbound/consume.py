@@ -84,6 +84,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Outgoing, RecordTooLarge, group_lag, topic_partitions
 from rcmflow.runtime.metrics import Metric, counter, gauge, new_registry, serve, url
 from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import (
     DLQ,
     EVENTS,
@@ -178,8 +179,9 @@ def refusal(record: Incoming, fmt: str, code: str, reason: str, *, payload_bytes
     value = record.value or b""
     cut = len(value) > payload_bytes_max
     dlq = dlq_record(
-        stage="decode", reason_code=code, severity=severity,
-        reason=f"{record.topic} partition {record.partition} offset {record.offset}: {reason}",
+        Rejection(stage="decode", reason_code=code, severity=severity,
+                  detail=f"{record.topic} partition {record.partition} offset "
+                  f"{record.offset}: {reason}"),
         origin=Origin(topic=record.topic, partition=record.partition, offset=record.offset,
                       key=None if record.key is None
                       else record.key.decode("utf-8", "replace")),

@@ -20,6 +20,7 @@ from rcmflow.runtime.kafka_io import Outgoing, RecordTooLarge
 from rcmflow.runtime.progress import progress
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import DLQ, EVENTS
 
 __all__ = ["ingest_event_files", "key_lines", "key_line", "key_document",
@@ -50,7 +51,8 @@ def key_line(line: bytes, *, line_bytes_max: int, origin: Origin, where: str,
     if reason is None:
         assert isinstance(account, str)
         return EVENTS, account.encode(), line
-    record = dlq_record(stage="decode", reason_code=reason[0], reason=f"{where}: {reason[1]}",
+    record = dlq_record(Rejection(stage="decode", reason_code=reason[0],
+                                  detail=f"{where}: {reason[1]}"),
                         origin=origin, payload=line, discriminator=discriminator,
                         payload_bytes_max=payload_bytes_max)
     return DLQ, None, record.model_dump_json().encode()

@@ -39,6 +39,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import RECORD_OVERHEAD_BYTES, Outgoing, publish, record_size
 from rcmflow.runtime.progress import progress
 from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import DLQ, record_bytes_max
 
 __all__ = ["ingest_files", "publish_records", "say", "fit", "BrokerFailed", "FileIngest",
@@ -122,9 +123,10 @@ def fit(record: Record, *, origin: str) -> Record:
         return record
     key = record[1]
     dlq = dlq_record(
-        stage="validate", reason_code="record_too_large",
-        reason=f"{origin.removeprefix('file:')}: a record for {topic} of {size} bytes is "
-               f"larger than the {limit} bytes that topic takes; nothing of it was applied",
+        Rejection(stage="validate", reason_code="record_too_large",
+                  detail=f"{origin.removeprefix('file:')}: a record for {topic} of {size} "
+                  f"bytes is larger than the {limit} bytes that topic takes; nothing of it "
+                  "was applied"),
         origin=Origin(topic=origin, partition=0, offset=0,
                       key=key.decode(errors="replace") if key else None),
         payload=record[2][:TOO_LARGE_PAYLOAD_BYTES], received_at=datetime.now(UTC),

@@ -53,6 +53,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.dlq import Origin, WarningTally, dlq_record
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
 
 __all__ = ["FhirLimits", "FhirOutcome", "FhirIngest", "Rejected", "Read", "process_fhir",
@@ -593,8 +594,8 @@ class _Records:
         if cut:
             context["payload_cut"] = {"bytes": len(payload), "kept": self.payload_max}
         record = dlq_record(
-            stage="decode", reason_code=r.code, severity=r.severity,
-            reason=f"{self.origin.removeprefix('file:')} {reason}",
+            Rejection(stage="decode", reason_code=r.code, severity=r.severity,
+                      detail=f"{self.origin.removeprefix('file:')} {reason}"),
             origin=Origin(topic=self.origin, partition=0, offset=r.index, key=None),
             payload=payload[:self.payload_max] if cut else payload,
             received_at=self.received, context=context,

@@ -64,6 +64,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Outgoing, check_record_sizes, send
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import Event
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
 
 __all__ = ["Sink", "Outcome", "Intake", "KafkaSink", "WriteFailed", "internal_error_ack"]
@@ -193,9 +194,8 @@ class Intake:
             payload = raw[:self._dlq_payload_bytes_max]
             extra |= {"size_bytes": len(raw), "payload_truncated": True}
         record = dlq_record(
-            stage=rejected.stage,
-            reason_code=rejected.reason_code,
-            reason=rejected.reason,
+            Rejection(stage=rejected.stage, reason_code=rejected.reason_code,
+                      detail=rejected.reason),
             origin=Origin(topic=f"hl7:{self._channel}", partition=partition, offset=position,
                           key=key),
             payload=payload,

@@ -41,6 +41,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.date_window import DEFAULT_WINDOW, DateWindow
 from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_PAYMENTS
 
 __all__ = ["PaymentsOutcome", "PaymentsIngest", "process_payments", "payment_items",
@@ -122,7 +123,8 @@ def item_records(item: Item, *, origin: str, received_at: datetime,
     payload = r.payload if isinstance(r.payload, bytes) else r.payload.encode()
     cut = len(payload) > payload_bytes_max
     record = dlq_record(
-        stage="decode", reason_code=r.code, reason=f"{origin.removeprefix('file:')} {r.detail}",
+        Rejection(stage="decode", reason_code=r.code,
+                  detail=f"{origin.removeprefix('file:')} {r.detail}"),
         origin=Origin(topic=origin, partition=0, offset=r.row, key=None),
         payload=payload[:payload_bytes_max], received_at=received_at,
         context={"row": r.row, **({"account": r.account} if r.account else {}),

@@ -50,6 +50,7 @@ from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import ClaimAdjudicated, ClaimSubmitted, ProviderAdjustment
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_X12
 
 from .claims import Batch837, claim_events, parse_837
@@ -569,10 +570,11 @@ def _dlq(origin: str, offset: int, st02: str | None, problems: list[Problem], to
     cut = len(payload) > limits.dlq_payload_bytes_max
     where = f"ST {st02}" if st02 is not None else "file"
     record = dlq_record(
-        stage="validate" if problems[0].code in _MONEY_CODES else "decode",
-        reason_code=problems[0].code,
-        reason=f"{origin.removeprefix('file:')} {where}: "
-        + "; ".join(p.detail for p in problems[:_PROBLEMS_KEPT_MAX])[:_REASON_CHARS_MAX],
+        Rejection(stage="validate" if problems[0].code in _MONEY_CODES else "decode",
+                  reason_code=problems[0].code,
+                  detail=f"{origin.removeprefix('file:')} {where}: "
+                  + "; ".join(p.detail for p in problems[:_PROBLEMS_KEPT_MAX])[
+                      :_REASON_CHARS_MAX]),
         origin=Origin(topic=origin, partition=0, offset=offset, key=st02),
         payload=payload[:limits.dlq_payload_bytes_max],
         received_at=received,
