@@ -90,7 +90,8 @@ def start_broker(kind: BrokerKind, run_dir: Path) -> BenchBroker:
             return super().properties() | {
                 "group.initial.rebalance.delay.ms": KAFKA_REBALANCE_DELAY_MS}
 
-    kafka = BenchKafka(data_dir=run_dir / "kafka", log_file=log_file, heap=KAFKA_HEAP).start()
+    kafka = BenchKafka(data_dir=run_dir / "kafka", log_file=log_file, heap=KAFKA_HEAP,
+                       quick_jvm=False).start()
     version = kafka_version()
     return BenchBroker(
         "kafka", kafka.connection,
