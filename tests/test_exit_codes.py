@@ -96,6 +96,15 @@ def test_rcmflow_help_prints_the_table() -> None:
         assert f"{code.value} {MEANINGS[code]}" in text, code
 
 
+def test_the_table_fits_an_80_column_terminal() -> None:
+    """Wider lines would be cut by the help's frame or wrapped by the terminal mid-word."""
+    shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80", "NO_COLOR": "1"})
+    table = shown.output[shown.output.index("Exit codes"):]
+    wide = [line for line in table.splitlines() if len(line.rstrip()) > 80]
+    assert not wide, wide
+    assert "--idle-exit" in table  # an option's name is not broken at its hyphen
+
+
 def test_rcmflows_exceptions_share_one_root() -> None:
     missing = []
     for module, path in sorted(modules().items()):

@@ -45,8 +45,10 @@ MEANINGS: dict[ExitCode, str] = {
 
 
 def help_table() -> str:
-    """The table as `rcmflow --help` prints it (click keeps ``\\b`` paragraphs as written)."""
-    rows = [textwrap.fill(MEANINGS[code], 88, initial_indent=f"  {code.value}  ",
+    """The table as `rcmflow --help` prints it (click keeps ``\\b`` paragraphs as written):
+    76 columns, so with click's indent it fits an 80-column terminal."""
+    rows = [textwrap.fill(MEANINGS[code], 76, break_on_hyphens=False,
+                          initial_indent=f"  {code.value}  ",
                           subsequent_indent="     ") for code in ExitCode]
     return "\b\nExit codes (every command):\n" + "\n".join(rows)
 
