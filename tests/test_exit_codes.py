@@ -10,6 +10,8 @@ a module's own fails, naming the place.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import re
 from pathlib import Path
 
@@ -144,3 +146,17 @@ def test_a_misconfigured_erp_adapter_is_the_same_code_for_erp_and_reconcile(
         done = CliRunner().invoke(app, command, env=env)
         assert done.exit_code == ExitCode.ERP_CONFIG, (command, done.output)
         assert "RCMFLOW_ERP_NETSUITE_URL" in done.output, done.output
+
+
+def test_an_unexpected_failure_is_its_own_code_with_the_traceback() -> None:
+    """A bug is not "needs a look" (1): a supervisor tells it apart, the traceback says where."""
+    script = ("import importlib\n"
+              "cli = importlib.import_module('rcmflow.cli.main')\n"
+              "@cli.app.command('boom')\n"
+              "def boom() -> None:\n"
+              "    raise RuntimeError('an unexpected state')\n"
+              "cli.main()\n")
+    done = subprocess.run([sys.executable, "-c", script, "boom"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == ExitCode.INTERNAL, done.stderr
+    assert "Traceback" in done.stderr and "RuntimeError: an unexpected state" in done.stderr

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import textwrap
+import traceback
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -778,7 +779,11 @@ def _summary(snap: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app()
+    try:
+        app()
+    except Exception:  # not a refusal the command names: a bug, with its own exit code
+        traceback.print_exc()
+        sys.exit(ExitCode.INTERNAL)
 
 
 if __name__ == "__main__":

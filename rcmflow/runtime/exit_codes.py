@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     BROKER = 3
     ERP_CONFIG = 4
     PROCESS_EXITED = 5
+    INTERNAL = 6
 
 
 #: Each code's meaning, for people: the rows of the one table.
@@ -41,6 +42,9 @@ MEANINGS: dict[ExitCode, str] = {
                          "(erp, reconcile --erp): fix the RCMFLOW_ERP_* settings",
     ExitCode.PROCESS_EXITED: "a process the command runs exited by itself (dev: the broker, "
                              "worker, facade or MLLP listener; broker: Tansu); its log says why",
+    ExitCode.INTERNAL: "rcmflow failed in a way it does not expect (a bug): the traceback on "
+                       "stderr says where (please report it); what was committed before it "
+                       "stands",
 }
 
 
