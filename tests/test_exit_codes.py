@@ -10,9 +10,9 @@ a module's own fails, naming the place.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
-import re
 from pathlib import Path
 
 from typer.testing import CliRunner
