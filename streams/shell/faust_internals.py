@@ -134,7 +134,7 @@ def limit_commits(app: Any, limit: CommitLimit) -> None:
 class BulkFeed:
     """The rcm.events records of each fetch, for the worker to take a batch at a time.
 
-    ``app.rcmflow_feed`` set to one turns ``bulk_consume`` on for that app. A batch is
+    ``bulk_consume(app, feed)`` hands that app's fetches to it. A batch is
     ``batch_max`` records, or fewer once the oldest of them waited ``batch_wait_s`` (as
     ``Stream.take_events`` cuts them: few batches, so few ack waits and transactions, at low
     rates). Records keep their partition order; records fetched in an earlier consumer
@@ -230,12 +230,18 @@ class BulkFeed:
         await self._idle.wait()
 
 
-def bulk_consume() -> None:
-    """Hand each fetch's records of ``app.rcmflow_feed.topic`` to the feed (idempotent).
+#: The feed of each app that has one (weak: an app gone is forgotten).
+_FEEDS: weakref.WeakKeyDictionary[Any, BulkFeed] = weakref.WeakKeyDictionary()
+
+
+def bulk_consume(app: Any, feed: BulkFeed) -> None:
+    """Hand each fetch's records of ``feed.topic`` by the consumer of ``app`` to ``feed``.
 
     Apps without a feed keep Faust's per-record path. Records of other topics (table
     changelogs during recovery) still go through it, after the feed's records are taken out.
+    Installs the consumer patch once per process.
     """
+    _FEEDS[app] = feed
     consumer_cls: Any = faust_consumer.Consumer
     if getattr(consumer_cls, "_rcmflow_bulk", False):
         return
@@ -244,7 +250,7 @@ def bulk_consume() -> None:
 
     async def _wait_next_records(self: Any, timeout: float) -> tuple[Any, Any]:
         records, active = await faust_wait_next_records(self, timeout)
-        feed: BulkFeed | None = getattr(self.app, "rcmflow_feed", None)
+        feed = _FEEDS.get(self.app)
         if feed is None or not records:
             return records, active
         # The partitions Faust's getmany would deliver (active, or buffered by a resume).
@@ -269,7 +275,7 @@ def bulk_consume() -> None:
         return rest, active
 
     async def wait_empty(self: Any) -> None:
-        feed: BulkFeed | None = getattr(self.app, "rcmflow_feed", None)
+        feed = _FEEDS.get(self.app)
         if feed is not None:
             feed.clear()
             await feed.idle()

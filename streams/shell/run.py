@@ -15,7 +15,7 @@ from rcmflow.runtime.kafka_access import worker_access
 from rcmflow.runtime.kafka_preflight import KafkaAccessError, access_error, preflight
 from rcmflow.runtime.settings import EMBEDDED_PREFIX, BrokerNotFound, Settings
 from rcmflow.streams.chart import ChartError, load_chart
-from rcmflow.streams.shell.worker import Pipeline, build_app, claim_worker_dir, worker_families
+from rcmflow.streams.shell.worker import build_worker, claim_worker_dir, worker_families
 from rcmflow.streams.topics import topic_specs
 
 __all__ = ["run_worker"]
@@ -65,9 +65,9 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
         print(f"rcmflow worker: {exc}", file=sys.stderr)
         return ExitCode.REFUSED
     datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
-    app = build_app(settings, chart, datadir=datadir, measure_lag=port > 0, faults=faults)
+    app, pipeline = build_worker(settings, chart, datadir=datadir, measure_lag=port > 0,
+                                 faults=faults)
     if port:
-        pipeline: Pipeline = app.rcmflow_pipeline  # type: ignore[attr-defined]
         try:
             bound = metrics.serve(
                 metrics.new_registry(lambda: worker_families(pipeline.progress)),

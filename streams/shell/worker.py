@@ -40,7 +40,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import faust
 from aiokafka.errors import KafkaError
@@ -78,7 +78,8 @@ from rcmflow.streams.shell.outbox import Outbox
 from rcmflow.streams.topics import DLQ, EVENTS, POSTINGS
 from rcmflow.tables.account_tables import AccountTables
 
-__all__ = ["build_app", "Pipeline", "claim_worker_dir", "worker_families", "WORKER_SLOTS_MAX"]
+__all__ = ["build_worker", "BuiltWorker", "Pipeline", "claim_worker_dir", "worker_families",
+           "WORKER_SLOTS_MAX"]
 
 log = logging.getLogger("rcmflow.worker")
 
@@ -381,8 +382,16 @@ def to_messages(records: Sequence[Any]) -> list[Message]:
             for r in records]
 
 
-def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
-              measure_lag: bool = False, faults: Faults = NO_FAULTS) -> faust.App:
+class BuiltWorker(NamedTuple):
+    """A worker process's Faust app (tables, agent, timers) and the pipeline its agent runs
+    (progress for the metrics endpoint)."""
+
+    app: faust.App
+    pipeline: Pipeline
+
+
+def build_worker(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
+                 measure_lag: bool = False, faults: Faults = NO_FAULTS) -> BuiltWorker:
     """The Faust app of one worker process, its tables and its agent.
 
     ``measure_lag``: ask the broker for the log ends every PROGRESS_INTERVAL_S (for the lag
@@ -390,7 +399,6 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     """
     install_highwater_fix()
     disable_gap_commits()
-    bulk_consume()
     if settings.processing_guarantee == "exactly_once":
         own_transactions()
     kafka = settings.kafka()
@@ -440,7 +448,7 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
 
     feed = BulkFeed(app, EVENTS, batch_max=settings.batch_max,
                     batch_wait_s=settings.batch_wait_s)
-    app.rcmflow_feed = feed  # type: ignore[attr-defined]
+    bulk_consume(app, feed)
 
     # The agent subscribes rcm.events (Faust's group, assignment and commits) and runs the
     # pipeline; the records come from the feed a fetch at a time, never through its stream.
@@ -473,8 +481,7 @@ def build_app(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
         if measure_lag:
             await pipeline.measure_lag(kafka)
 
-    app.rcmflow_pipeline = pipeline  # type: ignore[attr-defined]
-    return app
+    return BuiltWorker(app, pipeline)
 
 
 def claim_worker_dir(data_dir: Path, name: str | None) -> tuple[Path, IO[str]]:
