@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from rcmflow.connectors.inbound.hl7.ack import build_ack, escape
-from rcmflow.connectors.inbound.hl7.problems import Problem
 from rcmflow.connectors.inbound.hl7.reader import read_message
+from rcmflow.streams.rejections import Problem
 
 NOW = datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
 MSG = ("MSH|^~\\&|EHR^1.2.3^ISO|GEN|RCM|GENFAC|20261120103000||DFT^P03|CTRL42|P|{v}\r"
@@ -26,8 +26,10 @@ def test_aa_swaps_sender_and_receiver_and_echoes_msh_10() -> None:
 
 
 def test_ae_carries_an_err_per_problem_in_the_v25_shape() -> None:
-    problems = (Problem("no_account", 101, "PID^1^18", "no account number: PID-18 empty"),
-                Problem("invalid_amount", 102, "FT1^2^11", "FT1-11 '1|2' is not a number"))
+    problems = (Problem(reason_code="no_account", place="PID^1^18",
+                        detail="no account number: PID-18 empty"),
+                Problem(reason_code="invalid_amount", place="FT1^2^11",
+                        detail="FT1-11 '1|2' is not a number"))
     _, msa, err1, err2 = segments(build_ack(read_message(MSG.format(v="2.5")), "AE", problems))
     assert msa == ["MSA", "AE", "CTRL42", "no account number: PID-18 empty"]
     assert err1[2:5] == ["PID^1^18", "101^Required field missing^HL70357", "E"]
@@ -36,13 +38,13 @@ def test_ae_carries_an_err_per_problem_in_the_v25_shape() -> None:
 
 
 def test_before_v25_the_error_goes_in_err_1() -> None:
-    problems = (Problem("no_account", 101, "PID^1^18", "no account"),)
+    problems = (Problem(reason_code="no_account", place="PID^1^18", detail="no account"),)
     *_, err = segments(build_ack(read_message(MSG.format(v="2.3")), "AE", problems))
     assert err == ["ERR", "PID^1^18^101&Required field missing&HL70357"]
 
 
 def test_an_unreadable_message_still_gets_an_ack() -> None:
-    ack = build_ack(None, "AR", (Problem("unreadable", 100, "", "no MSH"),))
+    ack = build_ack(None, "AR", (Problem(reason_code="unreadable", detail="no MSH"),))
     msh, msa, err = segments(ack)
     assert msh[0] == "MSH" and msh[8] == "ACK"
     assert msa == ["MSA", "AR", "", "no MSH"]
