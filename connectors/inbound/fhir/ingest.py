@@ -629,7 +629,7 @@ class _Records:
             origin=Origin(topic=self.origin, partition=0, offset=r.index, key=None),
             payload=payload, payload_bytes_max=self.payload_max,
             received_at=self.received, context=context,
-            discriminator=f"{r.location}|{r.part}|{n}")
+            discriminator=f"{r.location}|{r.part}|{n}")  # the ids records have always had
         yield DLQ, None, record.model_dump_json().encode()
 
     def step(self, step: Step) -> Iterator[Record]:
