@@ -6,9 +6,9 @@
 """
 
 from .ingest import FhirLimits, FhirOutcome, Rejected, ingest_fhir_files, process_fhir
-from .mapping import Mapped, MappingOptions, Problem, map_resource
+from .mapping import Mapped, MappingOptions, Refused, map_resource
 from .values import DEFAULT_ACCOUNT_SYSTEMS, FhirValueError, read_json
 
 __all__ = ["FhirLimits", "FhirOutcome", "Rejected", "ingest_fhir_files", "process_fhir",
-           "Mapped", "MappingOptions", "Problem", "map_resource", "DEFAULT_ACCOUNT_SYSTEMS",
+           "Mapped", "MappingOptions", "Refused", "map_resource", "DEFAULT_ACCOUNT_SYSTEMS",
            "FhirValueError", "read_json"]

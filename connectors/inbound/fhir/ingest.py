@@ -4,7 +4,9 @@ A file is one resource, a Bundle (batch / transaction / collection: every entry 
 or NDJSON (one resource per line). ``fhir_steps`` reads a file as a stream and yields one step
 per resource; ``FhirIngest`` publishes them as they are read (`rcmflow ingest fhir`),
 ``process_fhir`` collects them (a record consumed from Kafka, tests). A bad entry or line goes
-to rcm.dlq with its place (``entry[3]``, ``line 7``) and the reason; the others go through.
+to rcm.dlq with its place (``entry[3]``, ``line 7``, ``entry[3] detail[1]``) and the reason;
+the others go through. Each refusal is a core ``Rejection`` (streams/rejections.py), its
+problem placed in the file, and becomes its record through ``streams.dlq.dlq_record``.
 Every resource read is kept as received on rcm.raw.fhir with what became of it; an applied (or
 partly applied) one also with what its applied parts say in money and the events they made
 (``source_totals``, connectors/inbound/totals.py).
@@ -38,9 +40,10 @@ from rcmflow.connectors.inbound.fhir.mapping import (
     FhirEvent,
     Mapped,
     MappingOptions,
-    Problem,
+    Refused,
     known_type,
     map_resource,
+    refused,
     resource_key,
     source_amount,
 )
@@ -53,7 +56,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.dlq import Origin, WarningTally, dlq_record
-from rcmflow.streams.rejections import Rejection
+from rcmflow.streams.rejections import Problem, Rejection, Severity
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
 
 __all__ = ["FhirLimits", "FhirOutcome", "FhirIngest", "Rejected", "Read", "process_fhir",
@@ -115,15 +118,46 @@ class Unit:
 
 @dataclass(frozen=True)
 class Rejected:
-    location: str
-    index: int
-    code: str
-    detail: str
+    """A resource, a part of one, or a stretch of the file refused: the core ``Rejection``,
+    its problem placed in the file (``entry[3]``, ``line 7 detail[1]``, ``file``), and what
+    its DLQ record keeps beside it."""
+
+    location: str  # the unit it is in: "resource", "entry[3]", "line 7", "file"
+    index: int  # entry index, line number, 0: the DLQ origin offset
+    rejection: Rejection
     payload: str | bytes  # bytes: input that is not text (kept as received)
-    severity: Literal["error", "warning"] = "error"
     account: str | None = None
     resource_type: str | None = None
-    part: str = ""  # a part of the resource (detail[1]); "" for all of it
+
+    @property
+    def place(self) -> str:
+        return self.rejection.problems[0].place
+
+    @property
+    def part(self) -> str:
+        """The part of the resource refused (``detail[1]``); "" for all of it."""
+        return self.place.removeprefix(self.location).lstrip()
+
+
+def _stops(step: Unit | Rejected) -> bool:
+    """Reading stopped there (``resources_max``): nothing after it is read."""
+    return isinstance(step, Rejected) and step.rejection.reason_code == "fhir_resources_max"
+
+
+def _rejected(location: str, index: int, code: str, detail: str, payload: str | bytes, *,
+              severity: Severity = "error", resource_type: str | None = None) -> Rejected:
+    """A refusal of the unit at ``location`` as a whole."""
+    problem = Problem(reason_code=code, detail=detail, place=location)
+    return Rejected(location, index, Rejection.of("decode", [problem], severity), payload,
+                    resource_type=resource_type)
+
+
+def _placed(rejection: Rejection, location: str) -> Rejection:
+    """A mapping's rejection placed in the file: 'detail[1]' in entry[3] is 'entry[3]
+    detail[1]', the whole resource is 'entry[3]'."""
+    return rejection.model_copy(update={"problems": tuple(
+        p.model_copy(update={"place": f"{location} {p.place}".rstrip()})
+        for p in rejection.problems)})
 
 
 @dataclass
@@ -164,9 +198,9 @@ def fhir_steps(stream: BinaryIO, *, name: str, size: int, limits: FhirLimits,
             yield step
     if not any_step:
         stream.seek(0)
-        yield Rejected("file", 0, "fhir_empty", "file: no resource in it (empty, blank lines "
-                       "or a Bundle without entries)", stream.read(4096).decode(errors="replace"),
-                       severity="warning")
+        yield _rejected("file", 0, "fhir_empty", "file: no resource in it (empty, blank lines "
+                        "or a Bundle without entries)", stream.read(4096).decode(errors="replace"),
+                        severity="warning")
     assert counter.resources <= limits.resources_max, "the readers stop at resources_max"
 
 
@@ -185,8 +219,8 @@ def _units(stream: BinaryIO, name: str, size: int, limits: FhirLimits,
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         # The bytes as received (base64 in the DLQ record), cut at the DLQ payload bound.
-        yield Rejected("file", 0, "fhir_not_utf8", f"file: byte {exc.start} is not UTF-8 "
-                       "(FHIR JSON is UTF-8)", data)
+        yield _rejected("file", 0, "fhir_not_utf8", f"file: byte {exc.start} is not UTF-8 "
+                        "(FHIR JSON is UTF-8)", data)
         return
     try:
         doc = read_json(text)
@@ -195,8 +229,8 @@ def _units(stream: BinaryIO, name: str, size: int, limits: FhirLimits,
         if message.startswith("Extra data") and text.lstrip().startswith("{"):
             yield from _ndjson(io.BytesIO(data), limits, counter)  # NDJSON under another name
             return
-        yield Rejected("file", 0, "fhir_invalid_json", f"file is not JSON: {message[:120]}",
-                       text)
+        yield _rejected("file", 0, "fhir_invalid_json", f"file is not JSON: {message[:120]}",
+                        text)
         return
     if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
         kind, entries = doc.get("type"), doc.get("entry", [])
@@ -206,13 +240,13 @@ def _units(stream: BinaryIO, name: str, size: int, limits: FhirLimits,
         for n, entry in enumerate(entries):
             step = _entry(n, entry, limits, counter)
             yield step
-            if isinstance(step, Rejected) and step.code == "fhir_resources_max":
+            if _stops(step):
                 return
         return
     if len(text.encode()) > limits.resource_bytes_max:
         counter.resources += 1
-        yield Rejected("resource", 0, "fhir_too_large", _too_large(len(text.encode()), limits),
-                       text[:4096], resource_type=_kind(doc))
+        yield _rejected("resource", 0, "fhir_too_large", _too_large(len(text.encode()), limits),
+                        text[:4096], resource_type=_kind(doc))
         return
     yield Unit("resource", 0, text, doc, None)
 
@@ -221,8 +255,8 @@ def _bad_bundle(kind: Any, payload: str | bytes) -> Rejected:
     what = (f"Bundle type {code_text(kind, BUNDLE_TYPES_ALL)} is not one of "
             f"{', '.join(BUNDLE_TYPES)}" if kind not in BUNDLE_TYPES
             else "Bundle entry is not a list")
-    return Rejected("file", 0, "fhir_bundle", f"{what}: nothing read", payload,
-                    resource_type="Bundle")
+    return _rejected("file", 0, "fhir_bundle", f"{what}: nothing read", payload,
+                     resource_type="Bundle")
 
 
 def _past_max(location: str, index: int, limits: FhirLimits, counter: Counter) -> Rejected | None:
@@ -230,9 +264,9 @@ def _past_max(location: str, index: int, limits: FhirLimits, counter: Counter) -
     were taken: the bound counts refused ones too, so a file of junk stays bounded."""
     if counter.resources < limits.resources_max:
         return None
-    return Rejected(location, index, "fhir_resources_max", f"resources from {location} on "
-                    f"were not read (more than {limits.resources_max}, "
-                    "RCMFLOW_FHIR_RESOURCES_MAX): split the file", "")
+    return _rejected(location, index, "fhir_resources_max", f"resources from {location} on "
+                     f"were not read (more than {limits.resources_max}, "
+                     "RCMFLOW_FHIR_RESOURCES_MAX): split the file", "")
 
 
 def _entry(n: int, entry: Any, limits: FhirLimits, counter: Counter) -> Unit | Rejected:
@@ -248,13 +282,13 @@ def _entry(n: int, entry: Any, limits: FhirLimits, counter: Counter) -> Unit | R
         counter.resources += 1
         why = ("a DELETE: rcmflow reverses nothing by deletion (send the ChargeItem with "
                "status entered-in-error)" if method == "DELETE" else "no resource")
-        return Rejected(where, n, "fhir_bundle_entry", f"{where} is {why}", dumps(entry),
-                        resource_type=_kind(resource))
+        return _rejected(where, n, "fhir_bundle_entry", f"{where} is {why}", dumps(entry),
+                         resource_type=_kind(resource))
     body = dumps(resource)
     if len(body.encode()) > limits.resource_bytes_max:
         counter.resources += 1
-        return Rejected(where, n, "fhir_too_large", _too_large(len(body.encode()), limits),
-                        body[:4096], resource_type=_kind(resource))
+        return _rejected(where, n, "fhir_too_large", _too_large(len(body.encode()), limits),
+                         body[:4096], resource_type=_kind(resource))
     full_url = entry.get("fullUrl")
     return Unit(where, n, body, resource,
                 full_url if isinstance(full_url, str) and full_url else None)
@@ -331,13 +365,13 @@ def _large(stream: BinaryIO, size: int, limits: FhirLimits,
     stream.seek(0)
     start = stream.read(4096)
     if head.kind == "invalid":
-        yield Rejected("file", 0, "fhir_invalid_json", f"file is not JSON: {head.error}", start)
+        yield _rejected("file", 0, "fhir_invalid_json", f"file is not JSON: {head.error}", start)
         return
     if head.kind != "bundle":
         counter.resources += 1
         kind = head.resource_type
-        yield Rejected("resource", 0, "fhir_too_large", _too_large(size, limits), start,
-                       resource_type=kind if known_type(kind) else None)
+        yield _rejected("resource", 0, "fhir_too_large", _too_large(size, limits), start,
+                        resource_type=kind if known_type(kind) else None)
         return
     if head.bundle_type not in BUNDLE_TYPES or not head.entry_is_list:
         yield _bad_bundle(head.bundle_type, start)
@@ -384,7 +418,7 @@ def _stream_entries(stream: BinaryIO, limits: FhirLimits,
                 step = _entry(n, value, limits, counter)  # a scalar entry: not a resource
                 n += 1
                 yield step
-                if isinstance(step, Rejected) and step.code == "fhir_resources_max":
+                if _stops(step):
                     return
                 continue
             if event in ("start_map", "start_array"):
@@ -402,7 +436,7 @@ def _stream_entries(stream: BinaryIO, limits: FhirLimits,
                 stop = _past_max(f"entry[{n}]", n, limits, counter)
                 if stop is None:
                     counter.resources += 1
-                step = stop or Rejected(
+                step = stop or _rejected(
                     f"entry[{n}]", n, "fhir_too_large", f"entry[{n}]: resource is more than "
                     f"{limits.resource_bytes_max} bytes (RCMFLOW_FHIR_RESOURCE_BYTES_MAX): "
                     "not read", "")
@@ -411,12 +445,12 @@ def _stream_entries(stream: BinaryIO, limits: FhirLimits,
             builder = None
             n += 1
             yield step
-            if isinstance(step, Rejected) and step.code == "fhir_resources_max":
+            if _stops(step):
                 return
     except (ijson.JSONError, ValueError) as exc:
-        yield Rejected(f"entry[{n}]", n, "fhir_invalid_json", f"file is not JSON from "
-                       f"entry[{n}] on ({str(exc)[:120]}): entries before it were read, it and "
-                       "the rest were not", "")
+        yield _rejected(f"entry[{n}]", n, "fhir_invalid_json", f"file is not JSON from "
+                        f"entry[{n}] on ({str(exc)[:120]}): entries before it were read, it and "
+                        "the rest were not", "")
 
 
 def _ndjson(stream: BinaryIO, limits: FhirLimits,
@@ -451,20 +485,20 @@ def _ndjson(stream: BinaryIO, limits: FhirLimits,
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
             counter.resources += 1
-            yield Rejected(where, number, "fhir_not_utf8", f"line {number}: byte {exc.start} "
-                           "is not UTF-8 (FHIR JSON is UTF-8)", line)
+            yield _rejected(where, number, "fhir_not_utf8", f"line {number}: byte {exc.start} "
+                            "is not UTF-8 (FHIR JSON is UTF-8)", line)
             continue
         if size > limits.resource_bytes_max:
             counter.resources += 1
-            yield Rejected(where, number, "fhir_too_large", _too_large(size, limits),
-                           text[:4096])
+            yield _rejected(where, number, "fhir_too_large", _too_large(size, limits),
+                            text[:4096])
             continue
         try:
             doc = read_json(text)
         except ValueError as exc:
             counter.resources += 1
-            yield Rejected(where, number, "fhir_invalid_json",
-                           f"line {number} is not JSON: {str(exc)[:120]}", text)
+            yield _rejected(where, number, "fhir_invalid_json",
+                            f"line {number} is not JSON: {str(exc)[:120]}", text)
             continue
         yield Unit(where, number, text, doc, None)
 
@@ -475,22 +509,23 @@ def _one(unit: Unit, limits: FhirLimits, seen: SeenKeys) -> Read:
     kind = _kind(unit.doc)
     read = Read(unit, "rejected")
 
-    def reject(p: Problem) -> None:
-        read.rejected.append(Rejected(unit.location, unit.index, p.code, p.detail, unit.text,
-                                      p.severity, p.account, kind, p.where))
+    def reject(r: Refused) -> None:
+        read.rejected.append(Rejected(unit.location, unit.index,
+                                      _placed(r.rejection, unit.location), unit.text,
+                                      r.account, kind))
 
     result = map_resource(unit.doc, full_url=unit.full_url, options=limits.options)
-    if isinstance(result, Problem):
+    if isinstance(result, Refused):
         reject(result)
         return read
     accepted = _dedup(unit, result, seen, reject)
-    for problem in result.problems:
-        reject(problem)
+    for part in result.refused:
+        reject(part)
     read.events = accepted
     if accepted:
         read.totals = _totals(unit, result, accepted, limits)
     read.note = result.note
-    whole = not result.problems and len(accepted) == len(result.events)
+    whole = not result.refused and len(accepted) == len(result.events)
     read.status = ("notice" if result.note else "applied" if whole and accepted
                    else "partly" if accepted else "rejected")
     return read
@@ -518,14 +553,14 @@ def _place(location: str, index: int) -> str:
 
 
 def _dedup(unit: Unit, result: Mapped, seen: SeenKeys,
-           reject: Callable[[Problem], None]) -> list[FhirEvent]:
+           reject: Callable[[Refused], None]) -> list[FhirEvent]:
     """The same event twice in one file is refused on the second place (as payment rows)."""
     kept: list[FhirEvent] = []
     for event in result.events:
         earlier = seen.first(event.account, event.event_id, unit.index, event.model_dump_json())
         if earlier is not None:
             first, same = earlier
-            reject(Problem("fhir_duplicate", f"the same resource (same identifier / id) for "
+            reject(refused("fhir_duplicate", f"the same resource (same identifier / id) for "
                            f"account {event.account} is already at "
                            f"{_place(unit.location, first)} "
                            f"({'the same content' if same else 'other content'})",
@@ -576,30 +611,25 @@ class _Records:
     def rejected(self, r: Rejected) -> Iterator[Record]:
         n, self._n = self._n, self._n + 1
         payload = r.payload if isinstance(r.payload, bytes) else r.payload.encode()
-        context: dict[str, Any] = {"location": r.location}
-        if r.part:
-            context["part"] = r.part
+        context: dict[str, Any] = {}
         if r.resource_type:
             context["resourceType"] = r.resource_type[:40]
+        reason = f"{r.place}: {r.rejection.detail}"
+        if r.rejection.severity == "warning":
+            self.tally.add(r.rejection.reason_code, place=r.place, offset=r.index,
+                           reason=reason, payload=payload, context=context)
+            return
         if r.account:
             context["account"] = r.account
-        reason = f"{r.location}{' ' + r.part if r.part else ''}: {r.detail}"
-        if r.severity == "warning":
-            self.tally.add(r.code, place=r.location, offset=r.index, reason=reason,
-                           payload=payload, context={k: v for k, v in context.items()
-                                                     if k != "account"})
-            return
         self.errors += 1
-        cut = len(payload) > self.payload_max
-        if cut:
-            context["payload_cut"] = {"bytes": len(payload), "kept": self.payload_max}
+        # The place is in context.problems; the reason names the file and the place too.
+        detail = f"{self.origin.removeprefix('file:')} {reason}"
         record = dlq_record(
-            Rejection(stage="decode", reason_code=r.code, severity=r.severity,
-                      detail=f"{self.origin.removeprefix('file:')} {reason}"),
+            r.rejection.model_copy(update={"detail": detail}),
             origin=Origin(topic=self.origin, partition=0, offset=r.index, key=None),
-            payload=payload[:self.payload_max] if cut else payload,
+            payload=payload, payload_bytes_max=self.payload_max,
             received_at=self.received, context=context,
-            discriminator=f"{r.location}|{r.part}|{n}")
+            discriminator=f"{r.location}|{r.part}|{n}")  # the ids records have always had
         yield DLQ, None, record.model_dump_json().encode()
 
     def step(self, step: Step) -> Iterator[Record]:
@@ -747,8 +777,7 @@ def report_fhir(path: Path, ingest: FhirIngest, console: Console) -> None:
         if count > 1:
             say(console, f"  {count} × {code} (warnings: one {DLQ} record)")
     for r in ingest.first_rejected[:SHOWN_MAX]:
-        part = f" {r.part}" if r.part else ""
-        say(console, escape(f"  {r.location}{part} {r.resource_type or ''}: {r.code}: "
-                             f"{r.detail}"))
+        say(console, escape(f"  {r.place} {r.resource_type or ''}: "
+                             f"{r.rejection.reason_code}: {r.rejection.detail}"))
     if ingest.rejected > SHOWN_MAX:
         say(console, f"  ... {ingest.rejected - SHOWN_MAX} more (rcmflow dlq list)")

@@ -1,6 +1,6 @@
 """One FHIR resource -> canonical events, or the reason it cannot be any.
 
-Pure: a parsed resource (numbers as int/Decimal) in, ``Mapped`` or ``Problem`` out. Every
+Pure: a parsed resource (numbers as int/Decimal) in, ``Mapped`` or ``Refused`` out. Every
 resource is first validated with its ``fhir.resources.R4B`` model (the facade's package);
 money and keys are then read from the JSON itself, so nothing passes through a float.
 
@@ -17,6 +17,10 @@ PaymentNotice              a notice about a PaymentReconciliation (``payment`` i
                            validated and kept, no event (the money moves with the other).
 =========================  =================================================================
 
+A refusal is the core ``Rejection`` (streams/rejections.py) with one ``Problem`` whose place
+is the part of the resource refused (``detail[1]``; '' for all of it), and the account when it
+was read (the DLQ record's context); the ingest places it in the file (``entry[3] detail[1]``).
+
 ``Mapped.origins`` says where in the resource each event's money is (the resource, or
 ``detail[n]``); ``source_amount`` reads it there again, from the JSON (not from the event),
 for `rcmflow reconcile` (connectors/inbound/totals.py: ``charges``, ``payments``, ``refunds``).
@@ -28,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
@@ -43,6 +47,7 @@ from rcmflow.streams.events import (
     Refund,
 )
 from rcmflow.streams.money import MoneyError, cents_text, money_cents
+from rcmflow.streams.rejections import Problem, Rejection, Severity
 
 from .values import (
     FhirValueError,
@@ -55,8 +60,8 @@ from .values import (
     money_code,
 )
 
-__all__ = ["FhirEvent", "Mapped", "Problem", "MappingOptions", "map_resource", "resource_key",
-           "SUPPORTED", "known_type", "source_amount"]
+__all__ = ["FhirEvent", "Mapped", "Refused", "refused", "MappingOptions", "map_resource",
+           "resource_key", "SUPPORTED", "known_type", "source_amount"]
 
 FhirEvent: TypeAlias = ChargePosted | ChargeReversed | PatientPayment | Refund
 
@@ -90,12 +95,18 @@ class MappingOptions:
 
 
 @dataclass(frozen=True)
-class Problem:
-    code: str
-    detail: str
-    severity: Literal["error", "warning"] = "error"
+class Refused:
+    """A resource or a part of it refused, and the account it names when that was read."""
+
+    rejection: Rejection
     account: str | None = None
-    where: str = ""  # element within the resource (e.g. "detail[1]"); "" for the whole
+
+
+def refused(code: str, detail: str, *, severity: Severity = "error",
+            account: str | None = None, where: str = "") -> Refused:
+    """``where``: the element within the resource (e.g. "detail[1]"); "" for the whole."""
+    problem = Problem(reason_code=code, detail=detail, place=where)
+    return Refused(Rejection.of("decode", [problem], severity), account)
 
 
 @dataclass
@@ -103,7 +114,7 @@ class Mapped:
     events: list[FhirEvent] = field(default_factory=list)
     #: per event, where its money is in the resource: "" (the whole) or "detail[n]"
     origins: list[str] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)  # parts refused (detail lines)
+    refused: list[Refused] = field(default_factory=list)  # parts refused (detail lines)
     note: str | None = None  # accepted with nothing to apply, and why
 
 
@@ -135,28 +146,28 @@ def known_type(kind: Any) -> bool:
     return True
 
 
-def map_resource(doc: Any, *, full_url: str | None, options: MappingOptions) -> Mapped | Problem:
+def map_resource(doc: Any, *, full_url: str | None, options: MappingOptions) -> Mapped | Refused:
     """Validate one resource and map it; never raises for bad input."""
     if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
-        return Problem("fhir_not_a_resource", "not a FHIR resource (a JSON object with a "
+        return refused("fhir_not_a_resource", "not a FHIR resource (a JSON object with a "
                        "resourceType)")
     kind = doc["resourceType"]
     if not known_type(kind):
-        return Problem("fhir_unknown_resource_type", "resourceType is not a FHIR R4 resource "
+        return refused("fhir_unknown_resource_type", "resourceType is not a FHIR R4 resource "
                        "type")
     model = get_fhir_model_class(kind)
     try:
         model.model_validate(doc)
     except ValidationError as exc:
-        return Problem("fhir_invalid", f"{kind} is not valid R4: {_errors(exc)}")
+        return refused("fhir_invalid", f"{kind} is not valid R4: {_errors(exc)}")
     except (ValueError, TypeError, RecursionError) as exc:
-        return Problem("fhir_invalid", f"{kind} is not valid R4: {type(exc).__name__}")
+        return refused("fhir_invalid", f"{kind} is not valid R4: {type(exc).__name__}")
     if kind not in SUPPORTED:
-        return Problem("fhir_unsupported_resource", f"{kind} moves no money in rcmflow (it "
+        return refused("fhir_unsupported_resource", f"{kind} moves no money in rcmflow (it "
                        f"takes {', '.join(SUPPORTED)}); nothing applied", severity="warning")
     key = resource_key(doc, full_url)
     if key is None:
-        return Problem("fhir_no_key", f"{kind} has no identifier, no id and no fullUrl: "
+        return refused("fhir_no_key", f"{kind} has no identifier, no id and no fullUrl: "
                        "nothing to recognise a re-send by")
     try:
         if kind == "ChargeItem":
@@ -165,9 +176,9 @@ def map_resource(doc: Any, *, full_url: str | None, options: MappingOptions) -> 
             return _reconciliation(doc, key, options)
         return _notice(doc)
     except FhirValueError as exc:
-        return Problem(exc.code, f"{kind}: {exc}")
+        return refused(exc.code, f"{kind}: {exc}")
     except MoneyError as exc:
-        return Problem(money_code(exc), f"{kind}: {exc}")
+        return refused(money_code(exc), f"{kind}: {exc}")
 
 
 def _errors(exc: ValidationError) -> str:
@@ -186,17 +197,17 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(shown) + more
 
 
-def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapped | Problem:
+def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapped | Refused:
     status = doc.get("status")
     if status not in CHARGE_STATUSES and status != "entered-in-error":
         shown = code_text(status, CHARGE_ITEM_STATUS)
-        return Problem("fhir_not_billable", f"ChargeItem status {shown} is not billable, "
+        return refused("fhir_not_billable", f"ChargeItem status {shown} is not billable, "
                        "billed or entered-in-error: nothing applied", severity="warning")
     account = _charge_account(doc, options)
-    if isinstance(account, Problem):
+    if isinstance(account, Refused):
         return account
     if "priceOverride" not in doc:
-        return Problem("fhir_no_price", "ChargeItem has no priceOverride: rcmflow does not "
+        return refused("fhir_no_price", "ChargeItem has no priceOverride: rcmflow does not "
                        "price from ChargeItemDefinition, the sender must give the total",
                        account=account)
     try:
@@ -213,9 +224,9 @@ def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapp
                                                       "else enteredDate)"):
             raise FhirValueError(implausible, DATE_OUT_OF_RANGE)
     except FhirValueError as exc:
-        return Problem(exc.code, f"ChargeItem: {exc}", account=account)
+        return refused(exc.code, f"ChargeItem: {exc}", account=account)
     except MoneyError as exc:
-        return Problem(money_code(exc), f"ChargeItem: {exc}", account=account)
+        return refused(money_code(exc), f"ChargeItem: {exc}", account=account)
     try:
         dims = Dimensions(encounter=_encounter(doc.get("context")), **_codes(doc))
         common: dict[str, Any] = {"account": account, "occurred_at": occurred,
@@ -229,11 +240,11 @@ def _charge_item(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapp
             event = ChargePosted(kind=EventKind.CHARGE_POSTED, event_id=key,
                                  quantity=quantity, **common)
     except ValidationError as exc:
-        return Problem("fhir_invalid_value", f"ChargeItem: {_errors(exc)}", account=account)
+        return refused("fhir_invalid_value", f"ChargeItem: {_errors(exc)}", account=account)
     return Mapped(events=[event], origins=[""])
 
 
-def _charge_account(doc: dict[str, Any], options: MappingOptions) -> str | Problem:
+def _charge_account(doc: dict[str, Any], options: MappingOptions) -> str | Refused:
     refs = doc.get("account") or []
     try:
         found = {a for a in (account_from_reference(r, systems=options.account_systems)
@@ -242,13 +253,13 @@ def _charge_account(doc: dict[str, Any], options: MappingOptions) -> str | Probl
             subject = account_from_subject(doc.get("subject"))
             found = {subject} if subject else set()
     except FhirValueError as exc:
-        return Problem("fhir_no_account", f"ChargeItem: {exc}")
+        return refused("fhir_no_account", f"ChargeItem: {exc}")
     if len(found) > 1:
-        return Problem("fhir_account_ambiguous", "ChargeItem names several accounts "
+        return refused("fhir_account_ambiguous", "ChargeItem names several accounts "
                        f"({', '.join(sorted(found))}): split it, one charge per account")
     if not found:
         where = "account" if refs else "account (absent) or subject"
-        return Problem("fhir_no_account", f"ChargeItem: {where} names no account rcmflow can "
+        return refused("fhir_no_account", f"ChargeItem: {where} names no account rcmflow can "
                        "key: use Account/<number>, an identifier whose system is in "
                        "RCMFLOW_FHIR_ACCOUNT_SYSTEMS, or subject Patient/pat.<number>")
     return found.pop()
@@ -324,35 +335,35 @@ def _payer(doc: dict[str, Any]) -> bool:
                                       for p in person))
 
 
-def _reconciliation(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapped | Problem:
+def _reconciliation(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapped | Refused:
     if doc.get("status") != "active":
-        return Problem("fhir_not_active", "PaymentReconciliation status "
+        return refused("fhir_not_active", "PaymentReconciliation status "
                        f"{code_text(doc.get('status'), FM_STATUS)}"
                        " is not active: nothing applied (a payment entered in error needs a "
                        "refund or a manual adjustment)")
     if doc.get("outcome") in ("error", "queued"):
         shown = code_text(doc.get("outcome"), RECONCILIATION_OUTCOME)
-        return Problem("fhir_not_complete", f"PaymentReconciliation outcome {shown}: nothing "
+        return refused("fhir_not_complete", f"PaymentReconciliation outcome {shown}: nothing "
                        "applied", severity="warning")
     if _payer(doc):
-        return Problem("fhir_payer_payment", "PaymentReconciliation from a payer "
+        return refused("fhir_payer_payment", "PaymentReconciliation from a payer "
                        "(paymentIssuer is an Organization): payer money is applied with its "
                        "adjudication (X12 835), not from the payment alone; nothing applied")
     details = doc.get("detail") or []
     if not details:
-        return Problem("fhir_no_detail", "PaymentReconciliation has no detail: each detail "
+        return refused("fhir_no_detail", "PaymentReconciliation has no detail: each detail "
                        "line names the account it pays (detail.request Account/<number>)")
     total, currency = money_cents(doc.get("paymentAmount"), where="paymentAmount",
                                   currencies=options.currencies)
     amounts: list[int] = []
     for n, detail in enumerate(details):
         if "amount" not in detail:
-            return Problem("fhir_invalid_amount", f"PaymentReconciliation detail[{n}] has no "
+            return refused("fhir_invalid_amount", f"PaymentReconciliation detail[{n}] has no "
                            "amount")
         amounts.append(money_cents(detail["amount"], where=f"detail[{n}].amount",
                                    currencies=options.currencies)[0])
     if sum(amounts) != total:
-        return Problem("fhir_unbalanced", "PaymentReconciliation paymentAmount "
+        return refused("fhir_unbalanced", "PaymentReconciliation paymentAmount "
                        f"{cents_text(total)} != sum of detail amounts "
                        f"{cents_text(sum(amounts))}: nothing applied")
     trace = (doc.get("paymentIdentifier") or {}).get("value")
@@ -360,8 +371,8 @@ def _reconciliation(doc: dict[str, Any], key: str, options: MappingOptions) -> M
     mapped = Mapped()
     for n, (detail, cents) in enumerate(zip(details, amounts, strict=True)):
         event = _detail_event(doc, detail, n, cents, key, trace, currency, options)
-        if isinstance(event, Problem):
-            mapped.problems.append(event)
+        if isinstance(event, Refused):
+            mapped.refused.append(event)
         else:
             mapped.events.append(event)
             mapped.origins.append(f"detail[{n}]")
@@ -370,23 +381,23 @@ def _reconciliation(doc: dict[str, Any], key: str, options: MappingOptions) -> M
 
 def _detail_event(doc: dict[str, Any], detail: dict[str, Any], n: int, cents: int, key: str,
                   trace: str | None, currency: str,
-                  options: MappingOptions) -> FhirEvent | Problem:
+                  options: MappingOptions) -> FhirEvent | Refused:
     where = f"detail[{n}]"
     codes = [c.get("code") for c in ((detail.get("type") or {}).get("coding") or [])]
     if codes and "payment" not in codes:
-        return Problem("fhir_detail_type", f"PaymentReconciliation {where}.type "
+        return refused("fhir_detail_type", f"PaymentReconciliation {where}.type "
                        f"{code_text(codes[0], PAYMENT_TYPE)} is not payment: nothing applied",
                        where=where)
     try:
         account = account_from_reference(detail.get("request"), systems=options.account_systems)
     except FhirValueError as exc:
-        return Problem("fhir_no_account", f"PaymentReconciliation {where}: {exc}", where=where)
+        return refused("fhir_no_account", f"PaymentReconciliation {where}: {exc}", where=where)
     if account is None:
-        return Problem("fhir_no_account", f"PaymentReconciliation {where}.request names no "
+        return refused("fhir_no_account", f"PaymentReconciliation {where}.request names no "
                        "account: use Account/<number> or an identifier whose system is in "
                        "RCMFLOW_FHIR_ACCOUNT_SYSTEMS", where=where)
     if cents == 0:
-        return Problem("fhir_invalid_amount", f"PaymentReconciliation {where}.amount is 0",
+        return refused("fhir_invalid_amount", f"PaymentReconciliation {where}.amount is 0",
                        account=account, where=where)
     try:
         when = next(((w, v) for w, v in ((f"{where}.date", detail.get("date")),
@@ -394,11 +405,11 @@ def _detail_event(doc: dict[str, Any], detail: dict[str, Any], n: int, cents: in
                                           ("created", doc.get("created"))) if v is not None))
         occurred = instant(when[1], where=when[0])
     except (StopIteration, FhirValueError) as exc:
-        return Problem("fhir_invalid_value", f"PaymentReconciliation {where}: "
+        return refused("fhir_invalid_value", f"PaymentReconciliation {where}: "
                        f"{exc if isinstance(exc, FhirValueError) else 'no date'}",
                        account=account, where=where)
     if implausible := options.date_window.problem(occurred, when[0]):
-        return Problem(DATE_OUT_OF_RANGE, f"PaymentReconciliation {where}: {implausible}",
+        return refused(DATE_OUT_OF_RANGE, f"PaymentReconciliation {where}: {implausible}",
                        account=account, where=where)
     ident = identifier_key(detail.get("identifier"))
     event_id = event_key("PaymentReconciliation.detail", ident) if ident else f"{key}:{where}"
@@ -413,7 +424,7 @@ def _detail_event(doc: dict[str, Any], detail: dict[str, Any], n: int, cents: in
             return PatientPayment(kind=EventKind.PATIENT_PAYMENT, channel="portal", **common)
         return Refund(kind=EventKind.REFUND, to="patient", **common)
     except ValidationError as exc:
-        return Problem("fhir_invalid_value", f"PaymentReconciliation {where}: {_errors(exc)}",
+        return refused("fhir_invalid_value", f"PaymentReconciliation {where}: {_errors(exc)}",
                        account=account, where=where)
 
 
@@ -441,10 +452,10 @@ def source_amount(doc: dict[str, Any], origin: str,
             abs(cents))
 
 
-def _notice(doc: dict[str, Any]) -> Mapped | Problem:
+def _notice(doc: dict[str, Any]) -> Mapped | Refused:
     if doc.get("status") != "active":
         shown = code_text(doc.get("status"), FM_STATUS)
-        return Problem("fhir_not_active", f"PaymentNotice status {shown} is not active: "
+        return refused("fhir_not_active", f"PaymentNotice status {shown} is not active: "
                        "nothing applied", severity="warning")
     return Mapped(note="PaymentNotice: a notice about the payment it references "
                   "(PaymentReconciliation); the money is applied from that one, nothing here")

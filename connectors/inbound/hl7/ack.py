@@ -15,8 +15,9 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
-from rcmflow.connectors.inbound.hl7.problems import CODE_TEXT, Problem
+from rcmflow.connectors.inbound.hl7.problems import CODE_TEXT, hl7_code
 from rcmflow.connectors.inbound.hl7.reader import Hl7Message
+from rcmflow.streams.rejections import Problem
 
 __all__ = ["AckCode", "build_ack", "escape"]
 
@@ -52,15 +53,16 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def _err(problem: Problem, version: str) -> str:
-    seg, _, rest = problem.location.partition("^")
-    text = escape(problem.text[:_TEXT_CHARS_MAX])
-    code_text = CODE_TEXT.get(problem.hl7_code, "")
+    seg, _, rest = problem.place.partition("^")
+    text = escape(problem.detail[:_TEXT_CHARS_MAX])
+    code = hl7_code(problem)
+    code_text = CODE_TEXT.get(code, "")
     if _version_tuple(version) < (2, 5):
-        location = problem.location.replace("^", _CS)
-        return f"ERR|{location}{_CS * (3 - location.count(_CS))}{problem.hl7_code}" \
+        location = problem.place.replace("^", _CS)
+        return f"ERR|{location}{_CS * (3 - location.count(_CS))}{code}" \
             f"{_SS}{code_text}{_SS}HL70357"
     location = f"{seg}{_CS}{rest}" if rest else seg
-    return (f"ERR||{location}|{problem.hl7_code}{_CS}{code_text}{_CS}HL70357|E||||{text}")
+    return (f"ERR||{location}|{code}{_CS}{code_text}{_CS}HL70357|E||||{text}")
 
 
 def build_ack(
@@ -87,7 +89,7 @@ def build_ack(
         header = ["MSH", f"{_CS}{_RS}{_ES}{_SS}", "", "", "", "", stamp, "", "ACK", control,
                   "P", version]
         acked = ""
-    text = escape(problems[0].text[:_TEXT_CHARS_MAX]) if problems else ""
+    text = escape(problems[0].detail[:_TEXT_CHARS_MAX]) if problems else ""
     segments = [_FS.join(header), _FS.join(["MSA", code, acked, text]).rstrip(_FS)]
     segments += [_err(p, version) for p in problems]
     # In the message's own codec: MSA-2 must be the sender's MSH-10 byte for byte. Our own

@@ -40,15 +40,7 @@ from rcmflow.connectors.inbound.hl7.mapping import (
     source_key,
     source_totals,
 )
-from rcmflow.connectors.inbound.hl7.problems import (
-    DATA_TYPE_ERROR,
-    DUPLICATE_KEY,
-    INTERNAL_ERROR,
-    REQUIRED_FIELD_MISSING,
-    SEGMENT_SEQUENCE_ERROR,
-    Problem,
-    Rejected,
-)
+from rcmflow.connectors.inbound.hl7.problems import Rejected, refused
 from rcmflow.connectors.inbound.hl7.reader import (
     Hl7Message,
     HL7ParseError,
@@ -64,7 +56,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Outgoing, check_record_sizes, send
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import Event
-from rcmflow.streams.rejections import Rejection
+from rcmflow.streams.rejections import Problem
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
 
 __all__ = ["Sink", "Outcome", "Intake", "KafkaSink", "WriteFailed", "internal_error_ack"]
@@ -127,11 +119,11 @@ class Intake:
         try:
             msg = read_message(text, charset=charset_of(raw))
         except HL7ParseError as exc:
-            problem = Problem("unreadable", SEGMENT_SEQUENCE_ERROR, "", str(exc))
-            return await refuse(None, Rejected("AR", "decode", (problem,)))
+            problem = Problem(reason_code="unreadable", detail=str(exc))
+            return await refuse(None, refused("AR", "decode", [problem]))
         header = _header_problems(msg)
         if header:
-            return await refuse(msg, Rejected("AR", "decode", header))
+            return await refuse(msg, refused("AR", "decode", header))
         key = source_key(msg)
         digest = hashlib.sha256(text.encode()).hexdigest()
         async with self._store.claim(key):
@@ -140,10 +132,10 @@ class Intake:
                 log.info("hl7 %s %s: replay, AA again", msg.control_id, _type(msg))
                 return Outcome(build_ack(msg, "AA"), "AA", msg.control_id, "replay")
             if seen is not None:
-                problem = Problem("conflict", DUPLICATE_KEY, "MSH^1^10",
-                                  f"MSH-10 {msg.control_id} from this sender was accepted "
-                                  "before with different content")
-                return await refuse(msg, Rejected("AE", "dedup", (problem,)), digest)
+                problem = Problem(reason_code="conflict", place="MSH^1^10",
+                                  detail=f"MSH-10 {msg.control_id} from this sender was "
+                                  "accepted before with different content")
+                return await refuse(msg, refused("AE", "dedup", [problem]), digest)
             mapped = map_message(msg, self._config)
             if isinstance(mapped, Rejected):
                 return await refuse(msg, mapped, digest)
@@ -172,11 +164,12 @@ class Intake:
             msg = read_bytes(error.head, first_segment_only=True)
         except HL7ParseError:
             pass
-        problem = Problem(error.reason_code, INTERNAL_ERROR if error.reason_code == "too_large"
-                          else SEGMENT_SEQUENCE_ERROR, "", error.detail)
-        sized: dict[str, object] = {"size_bytes": error.size_bytes, "payload_truncated":
-                                    error.size_bytes > len(error.head)}
-        return await self._refuse(msg, error.head, Rejected("AR", "decode", (problem,)),
+        problem = Problem(reason_code=error.reason_code, detail=error.detail)
+        # The framer kept only the head of these bytes: the context says so as dlq_record does.
+        head = error.head[:self._dlq_payload_bytes_max]
+        sized: dict[str, object] = {"payload_bytes": error.size_bytes,
+                                    "payload_truncated": error.size_bytes > len(head)}
+        return await self._refuse(msg, head, refused("AR", "decode", [problem]),
                                   position=position, partition=partition,
                                   extra=(context or {}) | sized, with_raw=False)
 
@@ -187,18 +180,14 @@ class Intake:
         key = source_key(msg) if msg is not None else None
         control_id = msg.control_id if msg is not None else ""
         digest = digest or hashlib.sha256(raw).hexdigest()
-        extra = dict(extra or {})
-        payload = raw
-        if len(raw) > self._dlq_payload_bytes_max:
-            # The raw record keeps the whole message; the DLQ record must fit its topic.
-            payload = raw[:self._dlq_payload_bytes_max]
-            extra |= {"size_bytes": len(raw), "payload_truncated": True}
+        # The raw record keeps the whole message; the DLQ record keeps at most
+        # dlq_payload_bytes_max of it (its context then says the cut), to fit its topic.
         record = dlq_record(
-            Rejection(stage=rejected.stage, reason_code=rejected.reason_code,
-                      detail=rejected.reason),
+            rejected.rejection,
             origin=Origin(topic=f"hl7:{self._channel}", partition=partition, offset=position,
                           key=key),
-            payload=payload,
+            payload=raw,
+            payload_bytes_max=self._dlq_payload_bytes_max,
             received_at=datetime.now(UTC),
             context={
                 "msh_10": control_id or None,
@@ -206,8 +195,7 @@ class Intake:
                 "sending_application": msg.msh.field(3) if msg is not None else None,
                 "sending_facility": msg.msh.field(4) if msg is not None else None,
                 "ack_code": rejected.ack_code,
-                "errors": [p.as_dict() for p in rejected.problems],
-                **extra,
+                **(extra or {}),
             },
             discriminator=digest,
         )
@@ -227,8 +215,8 @@ class Intake:
     def _not_stored(self, msg: Hl7Message | None, exc: Exception) -> Outcome:
         log.error("hl7 %s: not stored, AR (%s)", _cid(msg),
                   type(exc).__name__)
-        problem = Problem("not_stored", INTERNAL_ERROR, "",
-                          "the message could not be stored; send it again")
+        problem = Problem(reason_code="not_stored",
+                          detail="the message could not be stored; send it again")
         return Outcome(build_ack(msg, "AR", (problem,)), "AR",
                        msg.control_id if msg else "", "not_stored")
 
@@ -239,21 +227,21 @@ def internal_error_ack(raw: bytes) -> bytes:
         msg: Hl7Message | None = read_bytes(raw, first_segment_only=True)
     except HL7ParseError:
         msg = None
-    problem = Problem("internal_error", INTERNAL_ERROR, "",
-                      "internal error; the message was not stored, send it again")
+    problem = Problem(reason_code="internal_error",
+                      detail="internal error; the message was not stored, send it again")
     return build_ack(msg, "AR", (problem,))
 
 
 def _header_problems(msg: Hl7Message) -> tuple[Problem, ...]:
     """MSH-9.1/9.2 and MSH-10 are what every answer and key is built from."""
-    problems = [Problem("missing_header_field", REQUIRED_FIELD_MISSING, f"MSH^1^{where}",
-                        f"MSH-{where} is empty")
+    problems = [Problem(reason_code="missing_header_field", place=f"MSH^1^{where}",
+                        detail=f"MSH-{where} is empty")
                 for where, value in (("9", msg.message_type[0]), ("9.2", msg.message_type[1]),
                                      ("10", msg.control_id)) if not value]
     for where, value in (("9", "^".join(msg.message_type)), ("10", msg.control_id)):
         if len(value) > _HEADER_CHARS_MAX or not value.isprintable():
-            problems.append(Problem("invalid_header_field", DATA_TYPE_ERROR, f"MSH^1^{where}",
-                                    f"MSH-{where} is longer than {_HEADER_CHARS_MAX} "
+            problems.append(Problem(reason_code="invalid_header_field", place=f"MSH^1^{where}",
+                                    detail=f"MSH-{where} is longer than {_HEADER_CHARS_MAX} "
                                     "characters or holds control characters"))
     return tuple(problems)
 

@@ -29,16 +29,9 @@ from rcmflow.connectors.inbound.totals import SourceTotals
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.events import EVENT_ADAPTER, Event, ValidationError
 from rcmflow.streams.money import MoneyError, parse_cents
+from rcmflow.streams.rejections import Problem
 
-from .problems import (
-    DATA_TYPE_ERROR,
-    INTERNAL_ERROR,
-    REQUIRED_FIELD_MISSING,
-    TABLE_VALUE_NOT_FOUND,
-    UNSUPPORTED_MESSAGE_TYPE,
-    Problem,
-    Rejected,
-)
+from .problems import Rejected, refused
 from .reader import Hl7Message, Segment
 from .values import ValueProblem, parse_quantity, parse_timestamp
 
@@ -103,31 +96,31 @@ class _Collector:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
 
-    def add(self, reason_code: str, hl7_code: int, location: str, text: str) -> None:
-        self.problems.append(Problem(reason_code, hl7_code, location, text))
+    def add(self, reason_code: str, place: str, detail: str) -> None:
+        self.problems.append(Problem(reason_code=reason_code, place=place, detail=detail))
 
 
 def map_message(msg: Hl7Message, config: MappingConfig) -> list[Event] | Rejected:
     """The canonical events of one message, in order, or why there are none."""
     kind, trigger = msg.message_type
     if kind not in SUPPORTED_TYPES:
-        return Rejected("AR", "validate", (Problem(
-            "unsupported_message_type", UNSUPPORTED_MESSAGE_TYPE, "MSH^1^9",
-            f"message type {kind or '(empty)'}^{trigger} is not taken here "
-            f"(supported: {', '.join(SUPPORTED_TYPES)})"),))
+        return refused("AR", "validate", [Problem(
+            reason_code="unsupported_message_type", place="MSH^1^9",
+            detail=f"message type {kind or '(empty)'}^{trigger} is not taken here "
+            f"(supported: {', '.join(SUPPORTED_TYPES)})")])
     ft1_count = len(msg.all("FT1"))
     if ft1_count > config.ft1_max:
-        return Rejected("AE", "validate", (Problem(
-            "too_many_ft1", INTERNAL_ERROR, "FT1",
-            f"{ft1_count} FT1 segments; at most {config.ft1_max} per message "
-            "(RCMFLOW_HL7_FT1_MAX): split the charges over several messages"),))
+        return refused("AE", "validate", [Problem(
+            reason_code="too_many_ft1", place="FT1",
+            detail=f"{ft1_count} FT1 segments; at most {config.ft1_max} per message "
+            "(RCMFLOW_HL7_FT1_MAX): split the charges over several messages")])
     problems = _Collector()
     base = _event_id_base(msg)
     account = _account(msg, config, problems)
     ft1s = msg.all("FT1")
     status = config.status_by_trigger.get(trigger) if kind in ("ADT", "BAR") else None
     if account is None and (ft1s or status is not None) and not problems.problems:
-        problems.add("no_account", REQUIRED_FIELD_MISSING, "PID^1^18",
+        problems.add("no_account", "PID^1^18",
                      "no account number: " + " and ".join(config.account_fields) + " are empty")
     occurred, occurred_at = _message_time(msg, config, problems)
     pv1 = msg.first("PV1")
@@ -139,14 +132,14 @@ def map_message(msg: Hl7Message, config: MappingConfig) -> list[Event] | Rejecte
                                  "status": status, "occurred_at": occurred,
                                  "dimensions": _dimensions(config, encounter=encounter)}))
     if kind == "DFT" and not ft1s:
-        problems.add("no_ft1", REQUIRED_FIELD_MISSING, "FT1",
+        problems.add("no_ft1", "FT1",
                      f"a DFT^{trigger} message without FT1 segments carries no charge")
     for ft1 in ft1s:
         doc = _financial(ft1, config, problems, (occurred, occurred_at), encounter, base)
         if doc is not None:
             docs.append((f"FT1^{ft1.index}", doc))
     if problems.problems:
-        return Rejected("AE", "validate", tuple(problems.problems))
+        return refused("AE", "validate", problems.problems)
     events: list[Event] = []
     for location, doc in docs:
         full = {"schema_version": 1, "account": account, "source": "hl7",
@@ -156,10 +149,10 @@ def map_message(msg: Hl7Message, config: MappingConfig) -> list[Event] | Rejecte
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"][1:])
-            problems.add("invalid_event", DATA_TYPE_ERROR, location,
+            problems.add("invalid_event", location,
                          f"{doc['event_id']}: {where}: {first['msg']}")
     if problems.problems:
-        return Rejected("AE", "validate", tuple(problems.problems))
+        return refused("AE", "validate", problems.problems)
     return events
 
 
@@ -171,7 +164,7 @@ def _account(msg: Hl7Message, config: MappingConfig, problems: _Collector) -> st
         if not value:
             continue
         if not _ACCOUNT.match(value):
-            problems.add("invalid_account", DATA_TYPE_ERROR, f"{seg_name}^1^{number}",
+            problems.add("invalid_account", f"{seg_name}^1^{number}",
                          f"{name} account number is not 1-64 letters, digits, '.', '_', '-'")
             return None
         return value
@@ -184,9 +177,9 @@ def _check_date(when: datetime, where: str, config: MappingConfig,
     seg, index, number = where.split("^")
     label = f"{seg}-{number}" + (f" (FT1 #{index})" if seg == "FT1" else "")
     text = config.date_window.problem(when, label)
-    if text is not None and not any(p.location == where and p.reason_code == DATE_OUT_OF_RANGE
+    if text is not None and not any(p.place == where and p.reason_code == DATE_OUT_OF_RANGE
                                     for p in problems.problems):
-        problems.add(DATE_OUT_OF_RANGE, DATA_TYPE_ERROR, where, text)
+        problems.add(DATE_OUT_OF_RANGE, where, text)
 
 
 def _message_time(msg: Hl7Message, config: MappingConfig,
@@ -201,9 +194,9 @@ def _message_time(msg: Hl7Message, config: MappingConfig,
         try:
             return parse_timestamp(text, config.default_tz, where.replace("^1^", "-")), where
         except ValueProblem as exc:
-            problems.add("invalid_timestamp", DATA_TYPE_ERROR, where, str(exc))
+            problems.add("invalid_timestamp", where, str(exc))
             return datetime.now(UTC), where
-    problems.add("no_timestamp", REQUIRED_FIELD_MISSING, "MSH^1^7",
+    problems.add("no_timestamp", "MSH^1^7",
                  "no message date/time: EVN-2 and MSH-7 are empty")
     return datetime.now(UTC), "MSH^1^7"
 
@@ -213,7 +206,7 @@ def _code(seg: Segment, number: int, problems: _Collector, component: int = 1) -
     if not value:
         return None
     if len(value) > _CODE_CHARS_MAX:
-        problems.add("value_too_long", DATA_TYPE_ERROR, f"{seg.name}^{seg.index}^{number}",
+        problems.add("value_too_long", f"{seg.name}^{seg.index}^{number}",
                      f"{seg.name}-{number} is longer than {_CODE_CHARS_MAX} characters")
         return None
     return value
@@ -233,7 +226,7 @@ def _financial(ft1: Segment, config: MappingConfig, problems: _Collector,
     ft_kind = config.ft1_types.get(type_code)
     if ft_kind is None:
         known = ", ".join(sorted(config.ft1_types))
-        problems.add("unmapped_transaction_type", TABLE_VALUE_NOT_FOUND, at + "6",
+        problems.add("unmapped_transaction_type", at + "6",
                      f"FT1-6 transaction type {type_code or '(empty)'!r} is not mapped "
                      f"(mapped: {known}; see RCMFLOW_HL7_FT1_TYPES)")
     quantity = amount = 0
@@ -248,18 +241,18 @@ def _financial(ft1: Segment, config: MappingConfig, problems: _Collector,
             amount = parse_cents(unit, "FT1-12 unit amount") * abs(quantity)
             currency = ft1.part(12, 1, 2).upper() or currency
         else:
-            problems.add("no_amount", REQUIRED_FIELD_MISSING, at + "11",
+            problems.add("no_amount", at + "11",
                          "FT1-11 (extended amount) and FT1-12 (unit amount) are both empty")
     except (ValueProblem, MoneyError) as exc:
-        problems.add("invalid_amount", DATA_TYPE_ERROR, at + ("10" if "FT1-10" in str(exc)
+        problems.add("invalid_amount", at + ("10" if "FT1-10" in str(exc)
                      else "11" if "FT1-11" in str(exc) else "12"), str(exc))
     if not _CURRENCY.match(currency):
-        problems.add("invalid_currency", DATA_TYPE_ERROR, at + "11",
+        problems.add("invalid_currency", at + "11",
                      f"currency {currency[:10]!r} is not an ISO 4217 code")
-    if quantity == 0 and not any(p.location == at + "10" for p in problems.problems[before:]):
-        problems.add("invalid_quantity", DATA_TYPE_ERROR, at + "10", "FT1-10 quantity is 0")
+    if quantity == 0 and not any(p.place == at + "10" for p in problems.problems[before:]):
+        problems.add("invalid_quantity", at + "10", "FT1-10 quantity is 0")
     if amount == 0 and len(problems.problems) == before:
-        problems.add("invalid_amount", DATA_TYPE_ERROR, at + "11", "the FT1 amount is 0")
+        problems.add("invalid_amount", at + "11", "the FT1 amount is 0")
     when, when_at = occurred
     posted = ft1.part(4)
     if posted:
@@ -267,7 +260,7 @@ def _financial(ft1: Segment, config: MappingConfig, problems: _Collector,
             when = parse_timestamp(posted, config.default_tz, "FT1-4 transaction date")
             when_at = at + "4"
         except ValueProblem as exc:
-            problems.add("invalid_timestamp", DATA_TYPE_ERROR, at + "4", str(exc))
+            problems.add("invalid_timestamp", at + "4", str(exc))
             when_at = ""  # refused already: no second word about its date
     if when_at:
         _check_date(when, when_at, config, problems)

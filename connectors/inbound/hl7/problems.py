@@ -1,19 +1,28 @@
-"""Why a message was not accepted: what goes into the ACK's ERR segments and the DLQ record.
+"""Why a message was not accepted, in HL7's terms beside the core ``Rejection``.
 
-Codes are HL7 table 0357 (message error condition codes), so a sender's interface engine can
-route on them; ``reason_code`` is rcmflow's stable DLQ code (``rcmflow dlq list`` shows it).
+A refusal is the core value (streams/rejections.py): a ``Rejection`` whose ``Problem``s have
+their place as 'SEG^sequence^field' ('FT1^2^11', or '' for the message as a whole). They
+become the ACK's ERR segments and the DLQ record's ``context.problems``. HL7 adds two things:
+the ACK code (``Rejected.ack_code``: AE or AR) and, per problem, the HL7 table 0357 code
+(message error condition codes) the ERR segment carries, so a sender's interface engine can
+route on it; ``hl7_code`` looks it up from the problem's reason code (rcmflow's stable DLQ
+code, which `rcmflow dlq list` shows).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from rcmflow.streams.rejections import Stage
+from rcmflow.streams.date_window import DATE_OUT_OF_RANGE
+from rcmflow.streams.rejections import Problem, Rejection, Stage
 
 __all__ = [
-    "Problem",
     "Rejected",
+    "refused",
+    "hl7_code",
+    "HL7_CODE_BY_REASON",
     "SEGMENT_SEQUENCE_ERROR",
     "REQUIRED_FIELD_MISSING",
     "DATA_TYPE_ERROR",
@@ -42,37 +51,64 @@ CODE_TEXT = {
     INTERNAL_ERROR: "Application internal error",
 }
 
+#: Every reason code the HL7 connector gives, with its table 0357 code (a test checks that
+#: none is missing: an unknown one would be sent as 207).
+HL7_CODE_BY_REASON: dict[str, int] = {
+    # not a message, or a frame that never became one
+    "unreadable": SEGMENT_SEQUENCE_ERROR,
+    "bytes_outside_frame": SEGMENT_SEQUENCE_ERROR,
+    "bad_frame_end": SEGMENT_SEQUENCE_ERROR,
+    "truncated_frame": SEGMENT_SEQUENCE_ERROR,
+    # a field that must be there is empty
+    "missing_header_field": REQUIRED_FIELD_MISSING,
+    "no_account": REQUIRED_FIELD_MISSING,
+    "no_timestamp": REQUIRED_FIELD_MISSING,
+    "no_ft1": REQUIRED_FIELD_MISSING,
+    "no_amount": REQUIRED_FIELD_MISSING,
+    # a field that is there and wrong
+    "invalid_header_field": DATA_TYPE_ERROR,
+    "invalid_account": DATA_TYPE_ERROR,
+    "invalid_timestamp": DATA_TYPE_ERROR,
+    DATE_OUT_OF_RANGE: DATA_TYPE_ERROR,
+    "value_too_long": DATA_TYPE_ERROR,
+    "invalid_amount": DATA_TYPE_ERROR,
+    "invalid_currency": DATA_TYPE_ERROR,
+    "invalid_quantity": DATA_TYPE_ERROR,
+    "invalid_event": DATA_TYPE_ERROR,
+    "unmapped_transaction_type": TABLE_VALUE_NOT_FOUND,
+    "unsupported_message_type": UNSUPPORTED_MESSAGE_TYPE,
+    "conflict": DUPLICATE_KEY,
+    # bounds and failures on our side
+    "too_large": INTERNAL_ERROR,
+    "too_many_ft1": INTERNAL_ERROR,
+    "not_stored": INTERNAL_ERROR,
+    "internal_error": INTERNAL_ERROR,
+}
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong: ``location`` is 'SEG^sequence^field' (e.g. 'FT1^2^11') or ''."""
 
-    reason_code: str
-    hl7_code: int
-    location: str
-    text: str
-
-    def as_dict(self) -> dict[str, object]:
-        return {"reason_code": self.reason_code, "hl7_code": self.hl7_code,
-                "location": self.location, "text": self.text}
+def hl7_code(problem: Problem) -> int:
+    """The table 0357 code of a problem, for its ERR segment."""
+    return HL7_CODE_BY_REASON.get(problem.reason_code, INTERNAL_ERROR)
 
 
 @dataclass(frozen=True)
 class Rejected:
     """A message refused whole: AE (fix the content and resend) or AR (not processable here,
-    or not stored: resend as is)."""
+    or not stored: resend as is), and the refusal itself."""
 
     ack_code: Literal["AE", "AR"]
-    stage: Stage
-    problems: tuple[Problem, ...]
+    rejection: Rejection
 
-    def __post_init__(self) -> None:
-        assert self.problems, "a rejection names at least one problem"
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return self.rejection.problems
 
     @property
     def reason_code(self) -> str:
-        return self.problems[0].reason_code
+        return self.rejection.reason_code
 
-    @property
-    def reason(self) -> str:
-        return "; ".join(p.text for p in self.problems)
+
+def refused(ack_code: Literal["AE", "AR"], stage: Stage,
+            problems: Sequence[Problem]) -> Rejected:
+    """A refusal naming these problems (at least one): the first one's code is the reason."""
+    return Rejected(ack_code, Rejection.of(stage, problems))

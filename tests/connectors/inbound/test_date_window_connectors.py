@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from rcmflow.connectors.inbound.fhir.mapping import Mapped, MappingOptions, Problem, map_resource
+from rcmflow.connectors.inbound.fhir.mapping import Mapped, MappingOptions, Refused, map_resource
 from rcmflow.connectors.inbound.fhir.values import dumps, read_json
 from rcmflow.connectors.inbound.payments.ingest import process_payments
 from rcmflow.connectors.inbound.x12.ingest import X12Limits, process_x12
@@ -113,9 +113,9 @@ def test_a_fhir_charge_dated_outside_the_window_is_rejected(day: date, taken: bo
     if taken:
         assert isinstance(result, Mapped) and len(result.events) == 1, result
         return
-    assert isinstance(result, Problem) and result.code == DATE_OUT_OF_RANGE
-    assert result.severity == "error" and result.account == "F1"
-    _says_why(result.detail, day, "the charge's date (occurrence[DateTime|Period.start], "
+    assert isinstance(result, Refused) and result.rejection.reason_code == DATE_OUT_OF_RANGE
+    assert result.rejection.severity == "error" and result.account == "F1"
+    _says_why(result.rejection.detail, day, "the charge's date (occurrence[DateTime|Period.start], "
               "else enteredDate)")
 
 
@@ -125,6 +125,7 @@ def test_a_fhir_payment_dated_outside_the_window_is_rejected() -> None:
     result = map_resource(read_json(dumps(doc)), full_url=None,
                           options=MappingOptions(date_window=WINDOW))
     assert isinstance(result, Mapped) and not result.events
-    (problem,) = result.problems
-    assert (problem.code, problem.where) == (DATE_OUT_OF_RANGE, "detail[0]")
+    (refused,) = result.refused
+    (problem,) = refused.rejection.problems
+    assert (problem.reason_code, problem.place) == (DATE_OUT_OF_RANGE, "detail[0]")
     _says_why(problem.detail, date(9999, 12, 31), "paymentDate")

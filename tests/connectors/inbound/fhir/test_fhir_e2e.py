@@ -142,8 +142,9 @@ def test_exit_codes_and_the_dlq_record_of_a_refused_sample(
     assert record["origin"] == {"topic": f"file:{charge}", "partition": 0, "offset": 0,
                                 "key": None}
     # The account is known (Account/example): the record names it for `rcmflow dlq list`.
-    assert record["context"] == {"location": "resource", "resourceType": "ChargeItem",
-                                 "account": "example"}
+    (problem,) = record["context"].pop("problems")
+    assert record["context"] == {"resourceType": "ChargeItem", "account": "example"}
+    assert problem["place"] == "resource" and problem["reason_code"] == "fhir_currency"
     assert json.loads(record["payload"]) == json.loads(charge.read_text())
     too_big = run(str(charge), RCMFLOW_FHIR_FILE_BYTES_MAX="1024")
     assert too_big.returncode == 2 and "RCMFLOW_FHIR_FILE_BYTES_MAX" in too_big.stderr
@@ -183,7 +184,7 @@ def test_a_bundle_of_many_unsupported_entries_is_one_dlq_record_through_the_brok
     assert warned["context"]["places"][:2] == ["entry[0]", "entry[1]"]
     assert warned["context"]["places_more"] == n - 20
     (error,) = [d for d in dlq if d["severity"] == "error"]
-    assert error["context"]["location"] == "entry[1001]"
+    assert error["context"]["problems"][0]["place"] == "entry[1001]"
     assert run().returncode == 1
     again = [json.loads(r.value) for r in asyncio.run(read_topic(broker.connection, DLQ))]
     assert sorted(d["dlq_id"] for d in again) == sorted(2 * [d["dlq_id"] for d in dlq])

@@ -67,8 +67,8 @@ def test_a_charge_item_carries_exactly_its_price(cents: int, zeros: int) -> None
 def test_money_refusals_keep_their_fhir_reason_codes(price: str, currency: str, code: str,
                                                      says: str) -> None:
     outcome = process_fhir(_charge(price, currency), name="c.json", origin="file:c")
-    assert [(r.code, says in r.detail) for r in outcome.rejected] == [(code, True)], \
-        outcome.rejected
+    assert [(r.rejection.reason_code, says in r.rejection.detail)
+            for r in outcome.rejected] == [(code, True)], outcome.rejected
 
 
 @pytest.mark.parametrize("ref,expected", [

@@ -25,9 +25,15 @@ from typing import Any
 import orjson
 import pytest
 
-from rcmflow.connectors.inbound.fhir import FhirLimits, FhirOutcome, process_fhir
+from rcmflow.connectors.inbound.fhir import FhirLimits, FhirOutcome, Rejected, process_fhir
 from rcmflow.streams.events import ChargePosted, ChargeReversed, PatientPayment, Refund
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
+
+
+def placed(rejected: list[Rejected]) -> list[tuple[str, str]]:
+    """Each refusal's place in the file and its reason code."""
+    return [(r.place, r.rejection.reason_code) for r in rejected]
+
 
 SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "fhir"
 CET = timezone(timedelta(hours=1))
@@ -82,8 +88,8 @@ def test_sample(name: str) -> None:
     outcome = process_fhir((SAMPLES / name).read_bytes(), name=name, origin=f"file:{name}")
     assert outcome.resources == 1
     assert outcome.events == []  # no public sample is a USD charge or a patient's payment
-    assert [(r.code, r.severity, r.resource_type, r.location) for r in outcome.rejected] == (
-        [(code, severity, kind, "resource")] if code else [])
+    assert [(r.rejection.reason_code, r.rejection.severity, r.resource_type, r.place)
+            for r in outcome.rejected] == ([(code, severity, kind, "resource")] if code else [])
     assert bool(outcome.notes) is note
     records = outcome.records()
     # The resource is kept as received on rcm.raw.fhir, byte for byte.
@@ -94,14 +100,17 @@ def test_sample(name: str) -> None:
     assert len(dlq) == (1 if code else 0)
     if code:
         assert dlq[0]["reason_code"] == code and dlq[0]["severity"] == severity
-        assert dlq[0]["context"]["location"] == "resource"
+        context = dlq[0]["context"]  # a warning is tallied: the places of its kind
+        places = (context["places"] if severity == "warning"
+                  else [p["place"] for p in context["problems"]])
+        assert places == ["resource"]
         assert dlq[0]["payload"] == (SAMPLES / name).read_text()
 
 
 def test_the_charge_item_sample_is_refused_for_its_euros_with_the_numbers() -> None:
     outcome = _run(_load("r4_chargeitem-example.json"))
-    assert "priceOverride.currency 'EUR'" in outcome.rejected[0].detail
-    assert "(USD)" in outcome.rejected[0].detail
+    assert "priceOverride.currency 'EUR'" in outcome.rejected[0].rejection.detail
+    assert "(USD)" in outcome.rejected[0].rejection.detail
 
 
 def test_the_charge_item_sample_in_dollars_is_a_40_charge_on_account_example() -> None:
@@ -133,7 +142,8 @@ def test_a_charge_item_that_is_not_billable_moves_nothing_and_says_so(status: st
     doc["status"] = status
     outcome = _run(doc)
     assert outcome.events == []
-    assert [(r.code, r.severity) for r in outcome.rejected] == [("fhir_not_billable", "warning")]
+    assert [(r.rejection.reason_code, r.rejection.severity)
+            for r in outcome.rejected] == [("fhir_not_billable", "warning")]
 
 
 def _patient_reconciliation() -> dict[str, Any]:
@@ -149,8 +159,8 @@ def test_the_reconciliation_sample_as_a_patients_does_not_add_up() -> None:
     outcome = _run(_patient_reconciliation())
     assert outcome.events == []
     [rejected] = outcome.rejected
-    assert rejected.code == "fhir_unbalanced"
-    assert "paymentAmount 7000.00 != sum of detail amounts 6000.00" in rejected.detail
+    assert rejected.rejection.reason_code == "fhir_unbalanced"
+    assert "paymentAmount 7000.00 != sum of detail amounts 6000.00" in rejected.rejection.detail
 
 
 def test_the_reconciliation_sample_as_a_patients_payment_and_refund() -> None:
@@ -158,8 +168,8 @@ def test_the_reconciliation_sample_as_a_patients_payment_and_refund() -> None:
     doc["paymentAmount"]["value"] = 6000
     outcome = _run(doc)
     # detail[2] is an "advance", not a payment: refused on its own, the others go through.
-    assert [(r.code, r.part, r.account) for r in outcome.rejected] == [
-        ("fhir_detail_type", "detail[2]", None)]
+    assert [(r.rejection.reason_code, r.place, r.account) for r in outcome.rejected] == [
+        ("fhir_detail_type", "resource detail[2]", None)]
     events = [e for _, e in outcome.events]
     assert [type(e) for e in events] == [PatientPayment, PatientPayment]
     assert [(e.account, e.amount_cents, e.reference) for e in events] == [
@@ -191,7 +201,7 @@ def test_a_bundle_of_every_sample_answers_each_entry_with_its_index() -> None:
     expected = {f"entry[{n}]": EXPECTED[name][1] for n, name in enumerate(names)
                 if EXPECTED[name][1]}
     expected[f"entry[{len(names) + 1}]"] = "fhir_bundle_entry"
-    assert {r.location: r.code for r in outcome.rejected} == expected
+    assert {r.location: r.rejection.reason_code for r in outcome.rejected} == expected
     assert [(u.location, e.amount_cents) for u, e in outcome.events] == [
         (f"entry[{len(names)}]", 4000)]
     dlq = [orjson.loads(v) for t, _, v in outcome.records() if t == DLQ]
@@ -224,7 +234,7 @@ def test_ndjson_of_every_sample_answers_each_line_with_its_number() -> None:
     expected = {f"line {numbers[name]}": EXPECTED[name][1] for name in names
                 if EXPECTED[name][1]}
     expected[f"line {len(lines)}"] = "fhir_invalid_json"
-    assert {r.location: r.code for r in outcome.rejected} == expected
+    assert {r.location: r.rejection.reason_code for r in outcome.rejected} == expected
     assert [u.location for u, _ in outcome.notes] == [
         f"line {numbers['r4_paymentnotice-example.json']}"]
 
@@ -233,8 +243,8 @@ def test_bundle_types_that_are_not_units_of_resources_are_refused_whole() -> Non
     bundle = {"resourceType": "Bundle", "type": "searchset",
               "entry": [{"resource": _load("r4_paymentnotice-example.json")}]}
     outcome = _run(bundle)
-    assert [(r.location, r.code) for r in outcome.rejected] == [("file", "fhir_bundle")]
-    assert "'searchset'" in outcome.rejected[0].detail
+    assert placed(outcome.rejected) == [("file", "fhir_bundle")]
+    assert "'searchset'" in outcome.rejected[0].rejection.detail
 
 
 def test_events_go_to_rcm_events_keyed_by_account() -> None:
@@ -251,12 +261,12 @@ def test_limits_resources_and_resource_size() -> None:
     outcome = process_fhir(lines, name="n.ndjson", origin="file:n",
                            limits=FhirLimits(resources_max=3))
     assert outcome.resources == 3 and len(outcome.notes) == 3
-    assert [(r.location, r.code) for r in outcome.rejected] == [("line 4", "fhir_resources_max")]
+    assert placed(outcome.rejected) == [("line 4", "fhir_resources_max")]
     big = note | {"text": {"status": "generated", "div": "<div>" + "x" * 5000 + "</div>"}}
     data = (json.dumps(big) + "\n" + json.dumps(note)).encode()
     outcome = process_fhir(data, name="n.ndjson", origin="file:n",
                            limits=FhirLimits(resource_bytes_max=4096))
-    assert [(r.location, r.code) for r in outcome.rejected] == [("line 1", "fhir_too_large")]
+    assert placed(outcome.rejected) == [("line 1", "fhir_too_large")]
     assert len(outcome.notes) == 1
 
 
@@ -265,7 +275,7 @@ def test_the_resource_limit_counts_refused_entries_too() -> None:
     outcome = process_fhir(json.dumps(bundle).encode(), name="b.json", origin="file:b",
                            limits=FhirLimits(resources_max=3))
     assert outcome.resources == 3
-    assert [(r.location, r.code) for r in outcome.rejected] == [
+    assert placed(outcome.rejected) == [
         ("entry[0]", "fhir_bundle_entry"), ("entry[1]", "fhir_bundle_entry"),
         ("entry[2]", "fhir_bundle_entry"), ("entry[3]", "fhir_resources_max")]
 
@@ -277,8 +287,8 @@ def test_the_same_resource_twice_in_a_file_is_refused_the_second_time() -> None:
     twice = f"{json.dumps(doc)}\n{json.dumps(doc)}\n".encode()
     outcome = process_fhir(twice, name="t.ndjson", origin="file:t")
     assert len(outcome.events) == 3
-    assert [(r.location, r.code) for r in outcome.rejected] == [("line 2", "fhir_duplicate")] * 3
-    assert "already at line 1 (the same content)" in outcome.rejected[0].detail
+    assert placed(outcome.rejected) == [("line 2", "fhir_duplicate")] * 3
+    assert "already at line 1 (the same content)" in outcome.rejected[0].rejection.detail
     dlq = [orjson.loads(v) for t, _, v in outcome.records() if t == DLQ]
     assert len({d["dlq_id"] for d in dlq}) == 3
 
@@ -310,7 +320,7 @@ def test_reasons_never_echo_free_text_from_the_resource() -> None:
     outcome = _run(text.encode(), "phi.ndjson")
     assert outcome.resources == len(docs) and len(outcome.rejected) == len(docs)
     for r in outcome.rejected:
-        assert name not in r.detail and name not in str(r.resource_type), r
+        assert name not in r.rejection.detail and name not in str(r.resource_type), r
     dlq = [orjson.loads(v) for t, _, v in outcome.records() if t == DLQ]
     assert all(name not in d["reason"] and name not in json.dumps(d["context"]) for d in dlq)
 

@@ -18,10 +18,17 @@ from rcmflow.connectors.inbound.fhir.ingest import (
     WARNING_CODES,
     FhirIngest,
     FhirLimits,
+    Rejected,
     process_fhir,
 )
 from rcmflow.streams.dlq import PLACES_MAX
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_FHIR
+
+
+def placed(rejected: list[Rejected]) -> list[tuple[str, str]]:
+    """Each refusal's place in the file and its reason code."""
+    return [(r.place, r.rejection.reason_code) for r in rejected]
+
 
 SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "fhir"
 MAPPING = (Path(__file__).resolve().parents[4] / "connectors" / "inbound" / "fhir"
@@ -86,7 +93,7 @@ def test_errors_stay_one_record_each_beside_the_tallied_warnings(tmp_path: Path)
     ingest, records = drain(path, FhirLimits(stream_from_bytes=0))
     dlq = dlq_of(records)
     errors = [d for d in dlq if d["severity"] == "error"]
-    assert [d["context"]["location"] for d in errors] == ["entry[1]", "entry[4]"]
+    assert [d["context"]["problems"][0]["place"] for d in errors] == ["entry[1]", "entry[4]"]
     (warned,) = [d for d in dlq if d["severity"] == "warning"]
     assert warned["context"]["count"] == 3
     assert warned["context"]["places"] == ["entry[0]", "entry[2]", "entry[5]"]
@@ -97,7 +104,7 @@ def test_errors_stay_one_record_each_beside_the_tallied_warnings(tmp_path: Path)
 
 def test_the_warning_codes_are_the_ones_the_mapping_calls_warnings() -> None:
     source = MAPPING.read_text()
-    calls = re.split(r"\bProblem\(", source)[1:]
+    calls = re.split(r"\brefused\(", source)[1:]
     warned = {re.match(r'"(\w+)"', c)[1] for c in calls  # type: ignore[index]
               if 'severity="warning"' in c.split("return ")[0]}
     assert warned and warned | {"fhir_empty"} == WARNING_CODES
@@ -149,13 +156,13 @@ def test_a_large_file_that_is_not_a_bundle_is_refused_without_building_it() -> N
     resource = {"resourceType": "ChargeItem", "id": "x", "note": [{"text": "y" * 4000}]}
     out = process_fhir(json.dumps(resource).encode(), name="x.json", origin="file:x",
                        limits=FhirLimits(resource_bytes_max=1024))
-    assert [(r.code, r.resource_type) for r in out.rejected] == [("fhir_too_large",
+    assert [(r.rejection.reason_code, r.resource_type) for r in out.rejected] == [("fhir_too_large",
                                                                   "ChargeItem")]
     searchset = json.dumps({"resourceType": "Bundle", "type": "searchset",
                             "entry": [json.loads(UNSUPPORTED)] * 40})
     out = process_fhir(searchset.encode(), name="s.json", origin="file:s",
                        limits=FhirLimits(resource_bytes_max=1024))
-    assert [r.code for r in out.rejected] == ["fhir_bundle"]
+    assert [r.rejection.reason_code for r in out.rejected] == ["fhir_bundle"]
     assert out.resources == 0
 
 
@@ -164,7 +171,7 @@ def test_an_entry_larger_than_a_resource_is_read_past_and_the_next_ones_go_throu
     text = bundle_text([charge(1), big, charge(2)])
     out = process_fhir(text.encode(), name="b.json", origin="file:b",
                        limits=FhirLimits(resource_bytes_max=100_000))
-    assert [(r.location, r.code) for r in out.rejected] == [("entry[1]", "fhir_too_large")]
+    assert placed(out.rejected) == [("entry[1]", "fhir_too_large")]
     assert [u.location for u, _ in out.events] == ["entry[0]", "entry[2]"]
 
 
@@ -175,7 +182,7 @@ def test_a_truncated_bundle_keeps_what_was_read_and_says_where_it_stopped() -> N
                        limits=FhirLimits(stream_from_bytes=0))
     assert len(out.events) == 3
     (stop,) = out.rejected
-    assert (stop.location, stop.code) == ("entry[3]", "fhir_invalid_json")
+    assert (stop.location, stop.rejection.reason_code) == ("entry[3]", "fhir_invalid_json")
 
 
 def test_resources_max_still_stops_a_streamed_bundle_with_one_record() -> None:
@@ -183,7 +190,7 @@ def test_resources_max_still_stops_a_streamed_bundle_with_one_record() -> None:
     out = process_fhir(text.encode(), name="b.json", origin="file:b",
                        limits=FhirLimits(stream_from_bytes=0, resources_max=4))
     assert len(out.events) == 4 and out.resources == 4
-    assert [(r.location, r.code) for r in out.rejected] == [("entry[4]", "fhir_resources_max")]
+    assert placed(out.rejected) == [("entry[4]", "fhir_resources_max")]
 
 
 def test_an_ndjson_line_longer_than_a_resource_is_skipped_in_pieces() -> None:
@@ -192,7 +199,7 @@ def test_an_ndjson_line_longer_than_a_resource_is_skipped_in_pieces() -> None:
                      else line for line in lines)
     out = process_fhir(text.encode(), name="n.ndjson", origin="file:n",
                        limits=FhirLimits(resource_bytes_max=10_000))
-    assert [(r.location, r.code) for r in out.rejected] == [("line 2", "fhir_too_large")]
+    assert placed(out.rejected) == [("line 2", "fhir_too_large")]
     assert len(out.events) == 2
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import get_args, get_type_hints
 
 from rcmflow.connectors.inbound.hl7.ack import build_ack, escape
-from rcmflow.connectors.inbound.hl7.problems import Problem
+from rcmflow.connectors.inbound.hl7.framing import FrameError
+from rcmflow.connectors.inbound.hl7.problems import CODE_TEXT, HL7_CODE_BY_REASON
 from rcmflow.connectors.inbound.hl7.reader import read_message
+from rcmflow.streams.rejections import Problem
 
+HL7_SOURCES = Path(__file__).resolve().parents[4] / "connectors" / "inbound" / "hl7"
 NOW = datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
 MSG = ("MSH|^~\\&|EHR^1.2.3^ISO|GEN|RCM|GENFAC|20261120103000||DFT^P03|CTRL42|P|{v}\r"
        "PID|1\r")
@@ -26,8 +32,10 @@ def test_aa_swaps_sender_and_receiver_and_echoes_msh_10() -> None:
 
 
 def test_ae_carries_an_err_per_problem_in_the_v25_shape() -> None:
-    problems = (Problem("no_account", 101, "PID^1^18", "no account number: PID-18 empty"),
-                Problem("invalid_amount", 102, "FT1^2^11", "FT1-11 '1|2' is not a number"))
+    problems = (Problem(reason_code="no_account", place="PID^1^18",
+                        detail="no account number: PID-18 empty"),
+                Problem(reason_code="invalid_amount", place="FT1^2^11",
+                        detail="FT1-11 '1|2' is not a number"))
     _, msa, err1, err2 = segments(build_ack(read_message(MSG.format(v="2.5")), "AE", problems))
     assert msa == ["MSA", "AE", "CTRL42", "no account number: PID-18 empty"]
     assert err1[2:5] == ["PID^1^18", "101^Required field missing^HL70357", "E"]
@@ -36,13 +44,13 @@ def test_ae_carries_an_err_per_problem_in_the_v25_shape() -> None:
 
 
 def test_before_v25_the_error_goes_in_err_1() -> None:
-    problems = (Problem("no_account", 101, "PID^1^18", "no account"),)
+    problems = (Problem(reason_code="no_account", place="PID^1^18", detail="no account"),)
     *_, err = segments(build_ack(read_message(MSG.format(v="2.3")), "AE", problems))
     assert err == ["ERR", "PID^1^18^101&Required field missing&HL70357"]
 
 
 def test_an_unreadable_message_still_gets_an_ack() -> None:
-    ack = build_ack(None, "AR", (Problem("unreadable", 100, "", "no MSH"),))
+    ack = build_ack(None, "AR", (Problem(reason_code="unreadable", detail="no MSH"),))
     msh, msa, err = segments(ack)
     assert msh[0] == "MSH" and msh[8] == "ACK"
     assert msa == ["MSA", "AR", "", "no MSH"]
@@ -104,3 +112,15 @@ def test_a_latin_1_control_id_is_echoed_byte_for_byte() -> None:
     # A UTF-8 message keeps its UTF-8 bytes.
     utf8 = _latin1_dft("X").replace(b"|X|", "|CTRLÉ5|".encode())
     assert _msa_2(internal_error_ack(utf8)) == "CTRLÉ5".encode()
+
+
+def test_every_reason_code_the_connector_gives_has_its_table_0357_code() -> None:
+    """The ERR code is looked up from the reason code: one missing from the table would go
+    out as 207 (internal error) instead of telling the sender what to fix."""
+    source = "\n".join(p.read_text() for p in HL7_SOURCES.glob("*.py"))
+    given = set(re.findall(r'reason_code="(\w+)"', source))
+    given |= set(re.findall(r'problems\.add\("(\w+)"', source))
+    given |= set(get_args(get_type_hints(FrameError)["reason_code"]))
+    assert {"conflict", "no_ft1", "unmapped_transaction_type", "too_large"} <= given
+    assert given <= HL7_CODE_BY_REASON.keys(), given - HL7_CODE_BY_REASON.keys()
+    assert set(HL7_CODE_BY_REASON.values()) <= CODE_TEXT.keys()

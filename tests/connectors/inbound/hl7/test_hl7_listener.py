@@ -223,7 +223,7 @@ async def test_oversized_message_is_ar_and_the_connection_stays_open(
         await client.close()
     (record,) = await dlq(broker)
     assert record["reason_code"] == "too_large"
-    assert record["context"]["size_bytes"] == len(big)
+    assert record["context"]["payload_bytes"] == len(big)
     assert record["context"]["payload_truncated"] is True
     assert len(await topic(broker, EVENTS)) == 1
 
@@ -474,7 +474,7 @@ def test_too_many_ft1_is_refused_whole_and_the_bounds_agree() -> None:
     refused = map_message(read_message(dft("M4", "A1", "1", "2", "3", "4").decode()), config)
     assert isinstance(refused, Rejected) and refused.ack_code == "AE"
     (problem,) = refused.problems
-    assert problem.reason_code == "too_many_ft1" and "at most 3" in problem.text
+    assert problem.reason_code == "too_many_ft1" and "at most 3" in problem.detail
     # The topic takes the largest record the settings' ceilings allow.
     fields = Settings.model_fields
     ceilings = [next(m.le for m in fields[name].metadata if getattr(m, "le", None))
@@ -501,6 +501,6 @@ def test_a_batch_file_message_over_the_size_bound_is_refused_like_over_mllp(
     assert "#2 MSH-10 FSMALL: AA" in done.stderr
     (record,) = asyncio.run(read_topic(broker.connection, DLQ))
     doc = json.loads(record.value)
-    assert doc["reason_code"] == "too_large" and doc["context"]["size_bytes"] == len(big)
+    assert doc["reason_code"] == "too_large" and doc["context"]["payload_bytes"] == len(big)
     events = [json.loads(r.value) for r in asyncio.run(read_topic(broker.connection, EVENTS))]
     assert [(e["account"], e["amount_cents"]) for e in events] == [("B9", 300)]

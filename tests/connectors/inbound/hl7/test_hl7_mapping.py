@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rcmflow.connectors.inbound.hl7.mapping import MappingConfig, map_message
-from rcmflow.connectors.inbound.hl7.problems import Rejected
+from rcmflow.connectors.inbound.hl7.problems import Rejected, hl7_code
 from rcmflow.connectors.inbound.hl7.reader import HL7ParseError, normalise, read_message
 from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.events import AccountStatusChanged, ChargePosted, ChargeReversed, Event
@@ -91,8 +91,8 @@ def test_the_2029_samples_map_once_the_window_reaches_2029() -> None:
     for name in ("ms_bar_p01_01_v28.hl7", "ms_adt_a04_01_v28.hl7"):
         (text,) = sample_messages(name)
         refused = map_message(read_message(text), MappingConfig())
-        assert isinstance(refused, Rejected) and refused.problems[0].location == "EVN^1^2"
-        assert refused.problems[0].text.startswith("EVN-2 2029-08-01 is after the latest")
+        assert isinstance(refused, Rejected) and refused.problems[0].place == "EVN^1^2"
+        assert refused.problems[0].detail.startswith("EVN-2 2029-08-01 is after the latest")
         result = map_message(read_message(text), later)
         assert not isinstance(result, Rejected)
         assert [summary(e) for e in result] == [("account_status_changed", "4000776", "open")]
@@ -102,9 +102,9 @@ def test_missing_account_is_explained_in_the_error() -> None:
     (text,) = sample_messages("lfh_dft_p03_minimal_v26.hl7")
     result = map_message(read_message(text), MappingConfig())
     assert isinstance(result, Rejected)
-    assert result.problems[0].location == "PID^1^18"
-    assert "PID-18 and PV1-19 are empty" in result.problems[0].text
-    assert result.problems[1].location == "FT1^1^11"
+    assert result.problems[0].place == "PID^1^18"
+    assert "PID-18 and PV1-19 are empty" in result.problems[0].detail
+    assert result.problems[1].place == "FT1^1^11"
 
 
 # --- synthetic DFTs for the options -------------------------------------------------------
@@ -140,7 +140,7 @@ def test_transaction_type_mapping_is_configurable() -> None:
     text = dft(ft1(1, "PY"))
     refused = mapped(text)
     assert isinstance(refused, Rejected) and refused.reason_code == "unmapped_transaction_type"
-    assert refused.problems[0].location == "FT1^1^6" and refused.problems[0].hl7_code == 103
+    assert refused.problems[0].place == "FT1^1^6" and hl7_code(refused.problems[0]) == 103
     site = MappingConfig(ft1_types={"CG": "charge", "PY": "credit"})
     (event,) = mapped(text, site)  # type: ignore[misc]
     assert isinstance(event, ChargeReversed) and event.amount_cents == 10000
@@ -187,7 +187,7 @@ def test_account_source_fallback_and_order() -> None:
 def test_one_bad_ft1_refuses_the_whole_message(bad_ft1: str, reason: str, location: str) -> None:
     result = mapped(dft(ft1(2), bad_ft1.replace("FT1|1|", "FT1|1|", 1)))
     assert isinstance(result, Rejected) and result.ack_code == "AE"
-    assert (result.reason_code, result.problems[0].location) == (reason, location.replace(
+    assert (result.reason_code, result.problems[0].place) == (reason, location.replace(
         "FT1^1", "FT1^2"))
 
 
@@ -196,7 +196,7 @@ def test_a_dft_without_ft1_and_unsupported_types() -> None:
     assert isinstance(no_ft1, Rejected) and no_ft1.reason_code == "no_ft1"
     oru = mapped(dft(ft1(1)).replace("DFT^P03", "ORU^R01"))
     assert isinstance(oru, Rejected) and oru.ack_code == "AR"
-    assert oru.reason_code == "unsupported_message_type" and oru.problems[0].hl7_code == 200
+    assert oru.reason_code == "unsupported_message_type" and hl7_code(oru.problems[0]) == 200
 
 
 def test_adt_a08_is_accepted_without_events() -> None:
@@ -310,13 +310,13 @@ def test_dates_outside_the_window_refuse_the_message_with_ae() -> None:
             continue
         assert isinstance(result, Rejected), when
         (problem,) = result.problems
-        assert (result.ack_code, problem.reason_code, problem.location, problem.hl7_code) == (
+        assert (result.ack_code, problem.reason_code, problem.place, hl7_code(problem)) == (
             "AE", "date_out_of_range", "FT1^2^4", 102)
         day = f"{when[:4]}-{when[4:6]}-{when[6:]}"
-        assert problem.text.startswith(f"FT1-4 (FT1 #2) {day} is ")
+        assert problem.detail.startswith(f"FT1-4 (FT1 #2) {day} is ")
         for part in ("1990-01-01", latest.isoformat(), "RCMFLOW_DATE_EARLIEST",
                      "RCMFLOW_DATE_FUTURE_DAYS=366"):
-            assert part in problem.text, (part, problem.text)
+            assert part in problem.detail, (part, problem.detail)
 
 
 def test_the_day_after_the_latest_date_is_refused_from_the_message_time() -> None:
@@ -329,6 +329,6 @@ def test_the_day_after_the_latest_date_is_refused_from_the_message_time() -> Non
         "EVN|P03|20261120103000-0500", f"EVN|P03|{tomorrow}120000+0000")
     refused = mapped(text, config)
     assert isinstance(refused, Rejected) and refused.reason_code == "date_out_of_range"
-    assert refused.problems[0].location == "EVN^1^2"
+    assert refused.problems[0].place == "EVN^1^2"
     assert not isinstance(mapped(text, MappingConfig(date_window=DateWindow(
         date(1990, 1, 1), 1))), Rejected)
