@@ -32,6 +32,7 @@ from rcmflow.cli.ops import dlq_page, heads_page
 from rcmflow.runtime.broker import ensure_topics
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import ACCOUNTS, DLQ, topic_specs
 
 ITEMS_PER_ACCOUNT = 8
@@ -55,8 +56,9 @@ async def _produce(kafka: KafkaConnection, records: list[tuple[str, bytes | None
 
 
 def _dlq(n: int) -> list[tuple[str, bytes | None, bytes]]:
-    template = dlq_record(stage="validate", reason_code="invalid_event",
-                          reason="amount_cents: must be an integer", payload=b'{"x": 1}',
+    template = dlq_record(Rejection(stage="validate", reason_code="invalid_event",
+                                    detail="amount_cents: must be an integer"),
+                          payload=b'{"x": 1}',
                           origin=Origin(topic="rcm.events", partition=0, offset=0, key="A"),
                           context={"account": "A"}).model_dump()
     out: list[tuple[str, bytes | None, bytes]] = []

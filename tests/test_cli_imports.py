@@ -20,6 +20,7 @@ import pytest
 
 from rcmflow.runtime.kafka_io import publish
 from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import ACCOUNTS, DLQ
 from tests.conftest import Broker
 
@@ -77,7 +78,7 @@ def test_plain_import_loads_nothing_heavy() -> None:
 
 @pytest.mark.broker
 def test_listings_load_nothing_heavy(broker: Broker, tmp_path: Path) -> None:
-    record = dlq_record(stage="validate", reason_code="invalid_event", reason="wrong",
+    record = dlq_record(Rejection(stage="validate", reason_code="invalid_event", detail="wrong"),
                         origin=Origin(topic="rcm.events", partition=0, offset=0, key="A1"),
                         payload=b"{}", context={"account": "A1"})
     head = {"layout": 2, "account": "A1", "status": "open", "version": 1, "entity": "01",

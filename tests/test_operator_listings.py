@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from rcmflow.runtime.kafka_io import publish
 from rcmflow.streams.dlq import Origin, dlq_record
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import ACCOUNTS, DLQ
 from tests.conftest import Broker
 from tests.workload import Workload
@@ -52,7 +53,7 @@ def page_through(broker: Broker, *command: str, limit: int) -> list[list[dict[st
 
 def _dlq_records(count: int, reason: str = "invalid_event") -> list[tuple[str, None, bytes]]:
     return [(DLQ, None, dlq_record(
-        stage="validate", reason_code=reason, reason=f"event {n} is wrong",
+        Rejection(stage="validate", reason_code=reason, detail=f"event {n} is wrong"),
         origin=Origin(topic="rcm.events", partition=n % 4, offset=n, key=f"A{n}"),
         payload=b"{}", context={"account": f"A{n}"}).model_dump_json().encode())
         for n in range(count)]
@@ -87,8 +88,9 @@ def test_dlq_ids_whole_at_80_columns_and_show_takes_a_prefix(broker: Broker) -> 
     records = _dlq_records(29)
     # The widest columns the worker writes: the reason must still be readable at 80.
     records.append((DLQ, None, dlq_record(
-        stage="posting", reason_code="unmapped_dimension", severity="warning",
-        reason="no GL account for gross_revenue[revenue code 0999]: posted to suspense 2900",
+        Rejection(stage="posting", reason_code="unmapped_dimension", severity="warning",
+                  detail="no GL account for gross_revenue[revenue code 0999]: posted to "
+                  "suspense 2900"),
         origin=Origin(topic="rcm.events", partition=0, offset=999, key="provider:1234567890"),
         payload=b"{}", context={"account": "provider:1234567890"}).model_dump_json().encode()))
     asyncio.run(publish(broker.connection, records))

@@ -20,6 +20,7 @@ from rcmflow.streams.chart import load_chart
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.layout import parse_key
 from rcmflow.streams.postings import PostingDelta
+from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import ACCOUNTS, EVENTS, POSTINGS, POSTINGS_DLQ
 from tests.conftest import Broker
 from tests.connectors.erp.feed import run_in_process
@@ -173,7 +174,8 @@ def test_a_dlqd_posting_is_named_as_such(broker: Broker, tmp_path: Path) -> None
     world.publish(broker)
     refused = world.deltas[2]
     record = dlq_record(
-        stage="posting", reason_code="erp_rejected", reason="period 2026-11 is closed",
+        Rejection(stage="posting", reason_code="erp_rejected",
+                  detail="period 2026-11 is closed"),
         origin=Origin(topic=POSTINGS, partition=0, offset=2, key=refused.account),
         payload=refused.model_dump_json().encode(),
         context={"posting_id": refused.posting_id, "account": refused.account,
