@@ -31,6 +31,7 @@ from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, DLQ_PAYLOAD_BYTES_MAX, EVE
 
 __all__ = [
     "Settings",
+    "default_of",
     "BrokerNotFound",
     "EMBEDDED_BROKER_FILE",
     "EMBEDDED_PREFIX",
@@ -520,6 +521,12 @@ class Settings(BaseSettings):
             key_password=_secret(self.kafka_key_password),
             check_hostname=self.kafka_check_hostname,
         )
+
+
+def default_of(name: str) -> Any:
+    """A setting's default, for a limits object built without Settings (a library call, a
+    test): its one definition stays on the Settings field."""
+    return Settings.model_fields[name].default
 
 
 def _secret(value: SecretStr | None) -> str | None:

@@ -53,7 +53,7 @@ from rcmflow.connectors.inbound.seen import SeenKeys
 from rcmflow.connectors.inbound.totals import SourceTotals
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
-from rcmflow.runtime.settings import Settings
+from rcmflow.runtime.settings import Settings, default_of
 from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.dlq import Origin, WarningTally, dlq_record
 from rcmflow.streams.rejections import Problem, Rejection, Severity
@@ -86,9 +86,11 @@ WARNING_CODES = frozenset({
 
 @dataclass(frozen=True)
 class FhirLimits:
-    resources_max: int = 100_000
-    resource_bytes_max: int = 1024 * 1024
-    dlq_payload_bytes_max: int = 512 * 1024
+    """The bounds of one FHIR file; the defaults are the settings' (``limits_from``)."""
+
+    resources_max: int = default_of("fhir_resources_max")
+    resource_bytes_max: int = default_of("fhir_resource_bytes_max")
+    dlq_payload_bytes_max: int = default_of("dlq_payload_bytes_max")
     options: MappingOptions = MappingOptions()
     #: Files larger than this are read as a stream (None: ``resource_bytes_max``).
     stream_from_bytes: int | None = None

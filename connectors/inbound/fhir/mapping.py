@@ -37,6 +37,7 @@ from typing import Any, TypeAlias
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from rcmflow.runtime.settings import default_of
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.events import (
     ChargePosted,
@@ -90,7 +91,7 @@ ERRORS_SHOWN_MAX = 3
 @dataclass(frozen=True)
 class MappingOptions:
     currencies: frozenset[str] = frozenset({"USD"})
-    account_systems: tuple[str, ...] = ("urn:rcmflow:account",)
+    account_systems: tuple[str, ...] = tuple(default_of("fhir_account_systems"))
     date_window: DateWindow = DateWindow()  # a resource dated outside it is rejected
 
 

@@ -26,6 +26,7 @@ from rcmflow.connectors.inbound.hl7.framing import Frame, MllpDecoder, frame
 from rcmflow.connectors.inbound.hl7.intake import Intake, internal_error_ack
 from rcmflow.connectors.inbound.hl7.tls import MllpTls, check_bind, sender_names
 from rcmflow.runtime.metrics import Metric, counter, gauge
+from rcmflow.runtime.settings import default_of
 
 __all__ = ["ListenerLimits", "MllpListener"]
 
@@ -35,9 +36,11 @@ _READ_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class ListenerLimits:
-    message_bytes_max: int = 1024 * 1024
-    connections_max: int = 256
-    idle_timeout_s: float = 3600.0
+    """The listener's bounds; the first three are settings (``service.limits``)."""
+
+    message_bytes_max: int = default_of("mllp_message_bytes_max")
+    connections_max: int = default_of("mllp_connections_max")
+    idle_timeout_s: float = default_of("mllp_idle_timeout_s")
     ack_write_timeout_s: float = 30.0
     #: A TLS handshake not done by then is dropped (a stalled client holds no slot for long).
     tls_handshake_timeout_s: float = 30.0
