@@ -43,6 +43,10 @@ class Faults:
     #: after that batch, as faust-streaming #629 leaves one after a rebalance: the watchdog
     #: must find it and put it back.
     worker_pause_at: tuple[int, int] | None = None
+    #: Worker: (point, batch number, seconds) holds that batch there that long, the event
+    #: loop running (Faust's periodic commit, heartbeats): what is committed meanwhile shows
+    #: whether the commit limit waits for the batch's writes.
+    worker_hold_at: tuple[str, int, float] | None = None
     #: `rcmflow erp`: kill right after the Nth ERP call succeeded, before its offsets are
     #: committed (the window the ERP's duplicate guard must cover).
     erp_kill_after: int | None = None
@@ -51,9 +55,11 @@ class Faults:
     consume_kill_after: int | None = None
 
     def __post_init__(self) -> None:
-        if self.worker_kill_at is not None and self.worker_kill_at[0] not in WORKER_KILL_POINTS:
-            raise ValueError(f"{FAULTS_ENV}: worker_kill_at point {self.worker_kill_at[0]!r} "
-                             f"is none of {', '.join(WORKER_KILL_POINTS)}")
+        for name in ("worker_kill_at", "worker_hold_at"):
+            at = getattr(self, name)
+            if at is not None and at[0] not in WORKER_KILL_POINTS:
+                raise ValueError(f"{FAULTS_ENV}: {name} point {at[0]!r} is none of "
+                                 f"{', '.join(WORKER_KILL_POINTS)}")
 
     def environment(self) -> dict[str, str]:
         """The child-process environment that makes ``from_environment`` return these."""
@@ -74,6 +80,9 @@ class Faults:
                 if name == "worker_kill_at":
                     point, _, batch = value.partition(":")
                     values[name] = (point, int(batch))
+                elif name == "worker_hold_at":
+                    point, batch, seconds = value.split(":")
+                    values[name] = (point, int(batch), float(seconds))
                 elif name == "worker_pause_at":
                     partition, _, batch = value.partition(":")
                     values[name] = (int(partition), int(batch))

@@ -33,6 +33,7 @@ once per durable batch, so the hot path pays nothing for them.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -178,7 +179,7 @@ class Pipeline:
         # source partition under exactly_once.
         outputs = [OutRecord(POSTINGS, p, k, v) for p, k, v in result.postings]
         outputs += [OutRecord(DLQ, p, k, v) for p, k, v in result.dlq]
-        self._fault_point("processed")
+        await self._fault_point("processed")
         if self.outbox.exactly_once:
             await self._write_in_transactions(admitted, result, outputs)
         else:
@@ -188,19 +189,19 @@ class Pipeline:
         self.progress.dlq_records += len(result.dlq)
         self.progress.batches += 1
         self.progress.events += len(admitted.messages)
-        self._fault_point("batch-done")
+        await self._fault_point("batch-done")
 
     async def _write_in_order(self, admitted: Admitted, result: BatchResult,
                               outputs: list[OutRecord]) -> None:
         """at_least_once: each step waits for the broker before the next one starts, and the
         consumer commits the offsets only after the last (``commit_limit``)."""
         await self.outbox.send(outputs)
-        self._fault_point("outputs-acked")
+        await self._fault_point("outputs-acked")
         # Dedup records, only once the outputs they vouch for are durable.
         dedup = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
         self.tables.store(dedup, {})  # the local store may run ahead of its changelog
         self.tables.store([], {}, await self.outbox.send(dedup))
-        self._fault_point("dedup-acked")
+        await self._fault_point("dedup-acked")
         # Account heads, then items (rcm.accounts records): a head on the broker means its
         # batch's dedup records are there, and items not there are re-derived on redelivery.
         heads = self.tables.head_records(result.heads)
@@ -226,13 +227,13 @@ class Pipeline:
         for writes in (result.purge_marks, result.purged_records, result.purged_index):
             changelog += self.tables.dedup_records(writes)
         acks = await self.outbox.send(outputs + changelog)
-        self._fault_point("outputs-acked")
+        await self._fault_point("outputs-acked")
         await self.outbox.commit(admitted.read_to, self.app.conf.id)
         # Nothing awaited between the commit and these: Faust's own commit (which must find
         # nothing to commit) cannot run in between.
         note_committed(self.app, EVENTS, admitted.read_to)
         self._advance(admitted.read_to)
-        self._fault_point("committed")
+        await self._fault_point("committed")
         self.tables.store(changelog, result.heads, acks)
 
     def _advance(self, read_to: dict[int, int]) -> None:
@@ -354,10 +355,14 @@ class Pipeline:
             max(0, ends[p] - self._durable_position(p))
             for p in partitions)
 
-    def _fault_point(self, point: str) -> None:
+    async def _fault_point(self, point: str) -> None:
         kill_at, pause_at = self.faults.worker_kill_at, self.faults.worker_pause_at
         if kill_at == (point, self.progress.batches):
             kill_this_process(f"worker_kill_at={point}:{kill_at[1]}")
+        hold = self.faults.worker_hold_at
+        if hold is not None and hold[:2] == (point, self.progress.batches):
+            log.warning("worker_hold_at=%s:%d: holding the batch for %.1fs", *hold)
+            await asyncio.sleep(hold[2])  # the loop runs on: Faust's commits, heartbeats
         if point == "batch-done" and pause_at is not None \
                 and pause_at[1] == self.progress.batches - 1:
             log.warning("worker_pause_at=%d:%d: pausing the partition", *pause_at)
