@@ -51,7 +51,7 @@ def test_an_835_paid_outside_the_window_is_parked(day: date, taken: bool) -> Non
         return
     assert tset.parked and not tset.events
     (problem,) = tset.problems
-    assert problem.code == DATE_OUT_OF_RANGE
+    assert problem.reason_code == DATE_OUT_OF_RANGE
     _says_why(problem.detail, day, "835 payment date (BPR16, else DTM*405, else GS04)")
 
 
@@ -62,7 +62,7 @@ def test_an_837_created_outside_the_window_is_parked() -> None:
             seg[4] = "99991231"
     (tset,) = process_x12(envelope(segments, functional_id="HC", version="005010X222A1"),
                           origin="file:c.837", limits=X12Limits(date_window=WINDOW)).sets
-    assert tset.parked and [p.code for p in tset.problems] == [DATE_OUT_OF_RANGE]
+    assert tset.parked and [p.reason_code for p in tset.problems] == [DATE_OUT_OF_RANGE]
     _says_why(tset.problems[0].detail, date(9999, 12, 31), "837 creation date (BHT04)")
 
 
