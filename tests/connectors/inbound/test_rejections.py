@@ -6,6 +6,7 @@ DLQ payload bound the same way (``payload_truncated``, ``payload_bytes``: the wh
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,8 +14,8 @@ import pytest
 
 from rcmflow.connectors.inbound.events import key_document
 from rcmflow.connectors.inbound.files import Record
-from rcmflow.connectors.inbound.payments.ingest import process_payments
-from rcmflow.connectors.inbound.x12.ingest import X12Limits, process_x12
+from rcmflow.connectors.inbound.payments.ingest import PaymentsIngest, process_payments
+from rcmflow.connectors.inbound.x12.ingest import X12File, X12Limits, process_x12
 from rcmflow.streams.dlq import Origin
 from rcmflow.streams.topics import DLQ
 from tests.connectors.inbound.x12.x12_build import ClaimSpec, envelope, remit_segments
@@ -80,3 +81,22 @@ def test_every_refused_payload_past_the_bound_is_cut_and_says_its_whole_size(
     assert cut["context"]["payload_bytes"] == len(whole["payload"].encode())
     assert "payload_cut" not in cut["context"]
     assert cut["context"]["problems"] == whole["context"]["problems"]
+
+
+def test_a_file_refused_whole_and_read_only_to_its_start_says_its_whole_size(
+        tmp_path: Path) -> None:
+    """A payment file or an X12 file refused whole is read as a stream: only the bound's
+    worth of it is kept, and the record still says the whole file's size."""
+    payments = tmp_path / "p.csv"
+    payments.write_bytes(b"account,amount\n" + b"A1,1.00\n" * 100)
+    x12 = tmp_path / "r.835"
+    x12.write_bytes(b"ST*835*0001~" * 100)  # no ISA: refused whole
+    for path, records in [
+            (payments, PaymentsIngest(payments, payload_bytes_max=BOUND).records()),
+            (x12, X12File(x12, X12Limits(dlq_payload_bytes_max=BOUND)).records())]:
+        doc = the_dlq_record(list(records))
+        assert doc["payload"] == path.read_text()[:BOUND]
+        assert doc["context"]["payload_truncated"] is True
+        assert doc["context"]["payload_bytes"] == path.stat().st_size
+        (problem,) = doc["context"]["problems"]
+        assert problem["place"] == ""  # the file as a whole
