@@ -11,7 +11,8 @@ what pyx12 refuses outright with an unhelpful message, so the reason names the r
   segments are re-joined so pyx12 can tokenise them.
 
 An interchange-level problem parks every set in the interchange, a group-level one every set
-in the group, a set-level one that set only.
+in the group, a set-level one that set only. Each is the core's ``Problem`` (reason code,
+detail, place: 'segment 42', 'ST 0001', 'GS 1', 'ISA', or '' for the file as a whole).
 
 The file is read as a stream (``X12Source``): decoded in chunks, repaired in chunks, and each
 transaction set is handed over as soon as it is complete, so memory holds one set, not the
