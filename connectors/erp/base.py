@@ -43,7 +43,8 @@ class Rejected(NamedTuple):
     """The ERP refused the entry for good (validation, closed period, unmapped GL account).
 
     ``reason`` is the ERP's own text (or ours for a mapping gap); ``code`` a stable machine
-    code (``erp_rejected``, ``unmapped_gl_account``, ...). The delta goes to rcm.postings.dlq.
+    code (``erp_rejected``, ``unmapped_gl_account``, ...). The delta goes to rcm.postings.dlq,
+    recorded as the core's ``Rejection`` (``runner.rejection``: stage "posting").
     """
 
     posting_id: str

@@ -53,11 +53,11 @@ from rcmflow.runtime.kafka_preflight import ACCESS_ERRORS, access_error
 from rcmflow.runtime.metrics import Metric, counter, gauge, new_registry, serve, url
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.postings import PostingDelta
-from rcmflow.streams.rejections import Rejection
+from rcmflow.streams.rejections import Problem, Rejection
 from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX, POSTINGS, POSTINGS_DLQ
 
 __all__ = ["RunnerOptions", "Progress", "CircuitBreaker", "run_connector", "backoff_s",
-           "erp_families"]
+           "erp_families", "rejection"]
 
 log = logging.getLogger("rcmflow.erp")
 
@@ -289,14 +289,16 @@ class Connector:
 
     async def _chunk(self, tp: TopicPartition, chunk: list[ConsumerRecord[Any, Any]]) -> None:
         deltas: list[tuple[ConsumerRecord[Any, Any], PostingDelta]] = []
-        dlq: list[tuple[ConsumerRecord[Any, Any], Rejected, PostingDelta | None]] = []
+        dlq: list[tuple[ConsumerRecord[Any, Any], Rejection, PostingDelta | None]] = []
         for record in chunk:
             try:
                 delta = PostingDelta.model_validate_json(record.value or b"")
             except ValidationError as exc:
                 first = exc.errors()[0]
-                reason = f"not a posting delta: {first.get('loc')}: {first.get('msg')}"
-                dlq.append((record, Rejected("", "invalid_delta", reason), None))
+                place = ".".join(str(part) for part in first["loc"])
+                dlq.append((record, Rejection.of("posting", [Problem(
+                    reason_code="invalid_delta", place=place,
+                    detail=f"not a posting delta: {first['loc']}: {first['msg']}")]), None))
                 self.progress.invalid += 1
                 continue
             deltas.append((record, delta))
@@ -311,7 +313,7 @@ class Connector:
             else:
                 assert isinstance(outcome, Rejected)
                 self.progress.rejected += 1
-                dlq.append((record, outcome, delta))
+                dlq.append((record, rejection(outcome), delta))
         already = sum(1 for o in outcomes if o.kind == "already_there")
         if already:
             log.info("erp %s: %d of %d deltas were already in the ERP (re-sent after a "
@@ -373,12 +375,13 @@ class Connector:
             await self._maybe_progress()
 
     async def _send_dlq(
-        self, items: list[tuple[ConsumerRecord[Any, Any], Rejected, PostingDelta | None]]
+        self, items: list[tuple[ConsumerRecord[Any, Any], Rejection, PostingDelta | None]]
     ) -> None:
         assert self.producer is not None
         futures = []
-        for record, rejected, delta in items:
-            context: dict[str, Any] = {"adapter": self.adapter.name, "erp_error": rejected.code}
+        for record, refused, delta in items:
+            context: dict[str, Any] = {"adapter": self.adapter.name,
+                                       "erp_error": refused.reason_code}
             if delta is not None:
                 context |= {
                     "posting_id": delta.posting_id, "account": delta.account,
@@ -389,11 +392,9 @@ class Connector:
                     "gl_accounts": sorted({line.gl_account for line in delta.lines}),
                 }
             key = record.key.decode("utf-8", "replace") if record.key else None
-            # Bounded to fit rcm.postings.dlq (an ERP may answer with a whole HTML page; the
-            # origin names the delta on rcm.postings).
+            # Bounded to fit rcm.postings.dlq (the origin names the delta on rcm.postings).
             dlq = dlq_record(
-                Rejection(stage="posting", reason_code=rejected.code,
-                          detail=rejected.reason[:REASON_CHARS_MAX]),
+                refused,
                 origin=Origin(topic=record.topic, partition=record.partition,
                               offset=record.offset, key=key),
                 payload=record.value or b"", context=context, discriminator=self.adapter.name,
@@ -401,7 +402,7 @@ class Connector:
             futures.append(await self.producer.send(
                 POSTINGS_DLQ, key=record.key, value=dlq.model_dump_json().encode()))
             log.warning("erp %s: posting %s (account %s) to %s: %s", self.adapter.name,
-                        context.get("posting_id", "?"), key, POSTINGS_DLQ, rejected.code)
+                        context.get("posting_id", "?"), key, POSTINGS_DLQ, refused.reason_code)
         await asyncio.gather(*futures)
 
     async def _maybe_progress(self, force: bool = False) -> None:
@@ -422,6 +423,14 @@ class Connector:
 
         assert self.consumer is not None
         return await group_lag(self.options.kafka, self.consumer, POSTINGS)
+
+
+def rejection(rejected: Rejected) -> Rejection:
+    """An adapter's ``Rejected`` as the core's rejection value (stage "posting"), what
+    rcm.postings.dlq records: one problem, the delta as a whole, in the ERP's words cut to
+    ``REASON_CHARS_MAX`` (an ERP may answer with a whole HTML page)."""
+    return Rejection.of("posting", [Problem(reason_code=rejected.code,
+                                            detail=rejected.reason[:REASON_CHARS_MAX])])
 
 
 async def run_connector(adapter: ErpAdapter, options: RunnerOptions) -> ExitCode:

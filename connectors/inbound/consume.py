@@ -73,10 +73,10 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
+from rcmflow.connectors.inbound.files import BrokerFailed
 from rcmflow.connectors.inbound.hl7.batch import split_batch
 from rcmflow.connectors.inbound.hl7.framing import HEAD_BYTES
 from rcmflow.connectors.inbound.hl7.intake import Intake, Sink
-from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.faults import NO_FAULTS, Faults, kill_this_process
 from rcmflow.runtime.kafka_access import consume_group
@@ -84,7 +84,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Outgoing, RecordTooLarge, group_lag, topic_partitions
 from rcmflow.runtime.metrics import Metric, counter, gauge, new_registry, serve, url
 from rcmflow.streams.dlq import Origin, dlq_record
-from rcmflow.streams.rejections import Rejection
+from rcmflow.streams.rejections import Problem, Rejection
 from rcmflow.streams.topics import (
     DLQ,
     EVENTS,
@@ -98,7 +98,7 @@ from rcmflow.streams.topics import (
 if TYPE_CHECKING:
     from rcmflow.runtime.settings import Settings
 
-__all__ = ["FORMATS", "Format", "Incoming", "Tally", "BrokerFailed", "Handler",
+__all__ = ["FORMATS", "Format", "Incoming", "Tally", "Handler",
            "RecordsHandler", "Hl7Handler", "ConsumeOptions", "Progress", "TopicConsumer",
            "refusal", "default_group", "run_consume"]
 
@@ -158,11 +158,6 @@ class Tally:
                 self.raw += 1
 
 
-class BrokerFailed(RcmflowError, RuntimeError):
-    """The broker did not acknowledge every output of a batch (nothing is wrong with the
-    input): the batch is sent again, its offsets are not committed."""
-
-
 class Handler(Protocol):
     async def take(self, batch: Sequence[Incoming]) -> Tally:
         """Return only once every output of ``batch`` is acknowledged (acks=all); else raise
@@ -173,22 +168,21 @@ def refusal(record: Incoming, fmt: str, code: str, reason: str, *, payload_bytes
             severity: Literal["error", "warning"] = "error",
             context: dict[str, Any] | None = None, part: str = "") -> Outgoing:
     """The DLQ record of a record the connector never got to read (no value, too large) or
-    failed on: the original bytes (cut at ``payload_bytes_max``, said in the context). Its
-    dlq_id comes from where the record was read (and ``part``, e.g. an HL7 message number),
-    so a record read again after a crash makes the same one."""
-    value = record.value or b""
-    cut = len(value) > payload_bytes_max
+    failed on: a rejection whose one problem is the record as a whole (or its HL7 message
+    ``part``), with the original bytes (cut at ``payload_bytes_max``, said in the context).
+    Its dlq_id comes from where the record was read (and ``part``), so a record read again
+    after a crash makes the same one."""
+    problem = Problem(reason_code=code, detail=reason, place=f"message {part}" if part else "")
     dlq = dlq_record(
         Rejection(stage="decode", reason_code=code, severity=severity,
                   detail=f"{record.topic} partition {record.partition} offset "
-                  f"{record.offset}: {reason}"),
+                  f"{record.offset}: {reason}", problems=(problem,)),
         origin=Origin(topic=record.topic, partition=record.partition, offset=record.offset,
                       key=None if record.key is None
                       else record.key.decode("utf-8", "replace")),
-        payload=value[:payload_bytes_max], received_at=datetime.now(UTC),
-        context={"format": fmt, "size_bytes": len(value), "payload_truncated": cut,
-                 **(context or {})},
-        discriminator=f"consume:{fmt}:{part}")
+        payload=record.value or b"", received_at=datetime.now(UTC),
+        context={"format": fmt, **(context or {})}, discriminator=f"consume:{fmt}:{part}",
+        payload_bytes_max=payload_bytes_max)
     return DLQ, record.key, dlq.model_dump_json().encode()
 
 

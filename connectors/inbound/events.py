@@ -20,7 +20,7 @@ from rcmflow.runtime.kafka_io import Outgoing, RecordTooLarge
 from rcmflow.runtime.progress import progress
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record
-from rcmflow.streams.rejections import Rejection
+from rcmflow.streams.rejections import Problem, Rejection
 from rcmflow.streams.topics import DLQ, EVENTS
 
 __all__ = ["ingest_event_files", "key_lines", "key_line", "key_document",
@@ -31,10 +31,13 @@ INGEST_FILE_BYTES_MAX = 2 * 1024**3
 
 
 def key_line(line: bytes, *, line_bytes_max: int, origin: Origin, where: str,
-             discriminator: str = "", payload_bytes_max: int | None = None) -> Outgoing:
+             place: str = "", discriminator: str = "",
+             payload_bytes_max: int | None = None) -> Outgoing:
     """One stripped, non-empty line (one canonical event as JSON): (rcm.events, account, line),
-    or an rcm.dlq record saying why it cannot be keyed. ``where`` starts the DLQ reason
-    ("day.jsonl line 7"); ``origin`` and ``discriminator`` make its deterministic dlq_id."""
+    or an rcm.dlq record saying why it cannot be keyed: a rejection whose problem is placed
+    at ``place`` ("line 7"; "" for a record that is one event). ``where`` and ``place`` start
+    the DLQ reason ("day.jsonl line 7"); ``origin`` and ``discriminator`` make its
+    deterministic dlq_id."""
     reason = None
     account = None
     if len(line) > line_bytes_max:
@@ -51,8 +54,11 @@ def key_line(line: bytes, *, line_bytes_max: int, origin: Origin, where: str,
     if reason is None:
         assert isinstance(account, str)
         return EVENTS, account.encode(), line
-    record = dlq_record(Rejection(stage="decode", reason_code=reason[0],
-                                  detail=f"{where}: {reason[1]}"),
+    code, detail = reason
+    problem = Problem(reason_code=code, detail=detail, place=place)
+    record = dlq_record(Rejection(stage="decode", reason_code=code,
+                                  detail=f"{' '.join(filter(None, (where, place)))}: {detail}",
+                                  problems=(problem,)),
                         origin=origin, payload=line, discriminator=discriminator,
                         payload_bytes_max=payload_bytes_max)
     return DLQ, None, record.model_dump_json().encode()
@@ -66,9 +72,10 @@ def key_lines(path: Path, line_bytes_max: int,
         for number, raw in enumerate(handle, start=1):
             line = raw.strip()
             if line:
-                yield key_line(line, line_bytes_max=line_bytes_max, where=f"{path.name} line "
-                               f"{number}", origin=Origin(topic=f"file:{path}", partition=0,
-                                                         offset=number, key=None),
+                yield key_line(line, line_bytes_max=line_bytes_max, where=path.name,
+                               place=f"line {number}",
+                               origin=Origin(topic=f"file:{path}", partition=0, offset=number,
+                                             key=None),
                                payload_bytes_max=payload_bytes_max)
 
 
@@ -92,7 +99,8 @@ def key_document(data: bytes, *, line_bytes_max: int, origin: Origin,
         line = raw.strip()
         if line:
             out.append(key_line(line, line_bytes_max=line_bytes_max, origin=origin,
-                                where=f"{where} line {number}", discriminator=f"line {number}",
+                                where=where, place=f"line {number}",
+                                discriminator=f"line {number}",
                                 payload_bytes_max=payload_bytes_max))
     return out
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
+from typing import Any, BinaryIO, Protocol, TypeVar, runtime_checkable
 
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -39,12 +39,11 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import RECORD_OVERHEAD_BYTES, Outgoing, publish, record_size
 from rcmflow.runtime.progress import progress
 from rcmflow.streams.dlq import Origin, dlq_record
-from rcmflow.streams.rejections import Rejection
+from rcmflow.streams.rejections import Problem, Rejection
 from rcmflow.streams.topics import DLQ, record_bytes_max
 
 __all__ = ["ingest_files", "publish_records", "say", "fit", "BrokerFailed", "FileIngest",
-           "ReadsAhead",
-           "ReadPosition", "Record"]
+           "ReadsAhead", "ReadPosition", "Record", "streamed_cut"]
 
 
 #: Bytes of a record kept in the DLQ record that stands for it when its topic cannot take it.
@@ -104,7 +103,9 @@ class ReadPosition:
 
 
 class BrokerFailed(RcmflowError, RuntimeError):
-    """The broker did not acknowledge every record (nothing about the input is wrong).
+    """The broker did not acknowledge every record (nothing about the input is wrong): a
+    file's ingest stops (re-sending is safe), `rcmflow consume` sends the batch again and
+    commits none of its offsets.
 
     ``retryable`` is False when the same records would be refused again (a topic limit, an
     ACL): re-running cannot succeed until the broker's configuration changes."""
@@ -123,17 +124,24 @@ def fit(record: Record, *, origin: str) -> Record:
         return record
     key = record[1]
     dlq = dlq_record(
-        Rejection(stage="validate", reason_code="record_too_large",
-                  detail=f"{origin.removeprefix('file:')}: a record for {topic} of {size} "
-                  f"bytes is larger than the {limit} bytes that topic takes; nothing of it "
-                  "was applied"),
+        Rejection.of("validate", [Problem(
+            reason_code="record_too_large",
+            detail=f"{origin.removeprefix('file:')}: a record for {topic} of {size} bytes is "
+            f"larger than the {limit} bytes that topic takes; nothing of it was applied")]),
         origin=Origin(topic=origin, partition=0, offset=0,
                       key=key.decode(errors="replace") if key else None),
-        payload=record[2][:TOO_LARGE_PAYLOAD_BYTES], received_at=datetime.now(UTC),
-        context={"topic": topic, "record_bytes": size, "topic_bytes_max": limit,
-                 "payload_truncated": True},
-        discriminator=f"{topic}|{key!r}")
+        payload=record[2], received_at=datetime.now(UTC),
+        context={"topic": topic, "record_bytes": size, "topic_bytes_max": limit},
+        discriminator=f"{topic}|{key!r}", payload_bytes_max=TOO_LARGE_PAYLOAD_BYTES)
     return DLQ, key, dlq.model_dump_json().encode()
+
+
+def streamed_cut(size: int, payload_bytes_max: int) -> dict[str, Any]:
+    """The context ``dlq_record`` gives a payload it cut (``payload_truncated``,
+    ``payload_bytes``), for a payload that is only the start of an input of ``size`` bytes
+    read as a stream (a file refused whole, a parked X12 set): the input was never whole in
+    memory, so ``dlq_record`` cannot see its size."""
+    return {"payload_truncated": True, "payload_bytes": size} if size > payload_bytes_max else {}
 
 
 def publish_records(kafka: KafkaConnection, records: Iterable[Record], *,

@@ -20,19 +20,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, TypeAlias
+from typing import Any, BinaryIO, TypeAlias
 
 import orjson
 from rich.console import Console
 
-from rcmflow.connectors.inbound.files import ReadPosition, Record, ingest_files, say
+from rcmflow.connectors.inbound.files import (
+    ReadPosition,
+    Record,
+    ingest_files,
+    say,
+    streamed_cut,
+)
 from rcmflow.connectors.inbound.payments.rows import (
     FileError,
     PaymentEvent,
     RawRow,
-    RowError,
     read_rows,
     row_event,
+    row_number,
+    row_problem,
     row_totals,
 )
 from rcmflow.connectors.inbound.seen import SeenKeys
@@ -41,7 +48,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.date_window import DEFAULT_WINDOW, DateWindow
 from rcmflow.streams.dlq import Origin, dlq_record
-from rcmflow.streams.rejections import Rejection
+from rcmflow.streams.rejections import Problem, Rejection
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_PAYMENTS
 
 __all__ = ["PaymentsOutcome", "PaymentsIngest", "process_payments", "payment_items",
@@ -57,11 +64,22 @@ PAYLOAD_BYTES_MAX = 512 * 1024
 
 @dataclass(frozen=True)
 class Rejected:
-    row: int  # 0 for the file as a whole
-    code: str
-    detail: str
+    """A row refused, or the file as a whole (``row`` 0): why, as the core's ``Rejection``
+    (stage "decode", its one problem placed at the row: 'row 7', or '' for the file), and
+    what of it rcm.dlq keeps."""
+
+    row: int
+    rejection: Rejection
     payload: str | bytes  # bytes: a file rejected whole, kept as received (its start)
     account: str | None = None
+    #: The whole file's size when ``payload`` is only its start.
+    size: int | None = None
+
+    @classmethod
+    def of(cls, problem: Problem, payload: str | bytes, account: str | None = None, *,
+           size: int | None = None) -> Rejected:
+        return cls(row_number(problem), Rejection.of("decode", [problem]), payload, account,
+                   size)
 
 
 Item: TypeAlias = tuple[RawRow, PaymentEvent] | Rejected
@@ -77,8 +95,10 @@ def payment_items(stream: BinaryIO, *, name: str, channel: str = "lockbox",
         found, rows = read_rows(stream, name=name)
     except FileError as exc:
         # The file as received, its start (base64 in the DLQ record when it is not UTF-8).
+        size = stream.seek(0, io.SEEK_END)
         stream.seek(0)
-        yield Rejected(0, "file_unreadable", f"file: {exc}", stream.read(payload_bytes_max))
+        yield Rejected.of(Problem(reason_code="file_unreadable", detail=f"file: {exc}"),
+                          stream.read(payload_bytes_max), size=size)
         return
     if warnings is not None:
         warnings.extend(found)
@@ -87,25 +107,26 @@ def payment_items(stream: BinaryIO, *, name: str, channel: str = "lockbox",
     for item in rows:
         count += 1
         if count > rows_max:
-            yield Rejected(0, "rows_max", f"rows past {rows_max} were not read "
-                           "(RCMFLOW_PAYMENTS_ROWS_MAX): split the file", "")
+            yield Rejected.of(Problem(reason_code="rows_max",
+                                      detail=f"rows past {rows_max} were not read "
+                                      "(RCMFLOW_PAYMENTS_ROWS_MAX): split the file"), "")
             return
-        if isinstance(item, RowError):
-            yield Rejected(_row_of(item), item.code, item.detail, "")
+        if isinstance(item, Problem):
+            yield Rejected.of(item, "")
             continue
         event = row_event(item, channel=channel, date_window=date_window)
         account = item.fields.get("account") or None
-        if isinstance(event, RowError):
-            yield Rejected(item.number, event.code, event.detail, item.text, account)
+        if isinstance(event, Problem):
+            yield Rejected.of(event, item.text, account)
             continue
         earlier = seen.first(event.account, event.event_id, item.number, event.model_dump_json())
         if earlier is not None:
             seen_row, same = earlier
-            yield Rejected(
+            yield Rejected.of(row_problem(
                 item.number, "row_duplicate_reference",
                 f"row {item.number}: reference {event.event_id.split(':')[-1]!r} for account "
                 f"{event.account} was already used in row {seen_row} "
-                f"({'the same content' if same else 'other content'})", item.text, account)
+                f"({'the same content' if same else 'other content'})"), item.text, account)
             continue
         yield item, event
 
@@ -121,16 +142,15 @@ def item_records(item: Item, *, origin: str, received_at: datetime,
                 (EVENTS, event.account.encode(), event.model_dump_json().encode())]
     r = item
     payload = r.payload if isinstance(r.payload, bytes) else r.payload.encode()
-    cut = len(payload) > payload_bytes_max
+    context: dict[str, Any] = {"row": r.row, **({"account": r.account} if r.account else {})}
+    if r.size is not None:  # only the file's start was read
+        context |= streamed_cut(r.size, payload_bytes_max)
     record = dlq_record(
-        Rejection(stage="decode", reason_code=r.code,
-                  detail=f"{origin.removeprefix('file:')} {r.detail}"),
+        r.rejection.model_copy(
+            update={"detail": f"{origin.removeprefix('file:')} {r.rejection.detail}"}),
         origin=Origin(topic=origin, partition=0, offset=r.row, key=None),
-        payload=payload[:payload_bytes_max], received_at=received_at,
-        context={"row": r.row, **({"account": r.account} if r.account else {}),
-                 **({"payload_cut": {"bytes": len(payload), "kept": payload_bytes_max}}
-                    if cut else {})},
-    )
+        payload=payload, received_at=received_at, context=context,
+        payload_bytes_max=payload_bytes_max)
     return [(DLQ, None, record.model_dump_json().encode())]
 
 
@@ -213,7 +233,8 @@ class PaymentsIngest:
 
     def reason_text(self) -> str:
         lines = [f"{self.events} rows published as events, {self.rejected} rejected"]
-        lines += [f"{r.code}: {r.detail}" for r in self.first_rejected]
+        lines += [f"{r.rejection.reason_code}: {r.rejection.detail}"
+                  for r in self.first_rejected]
         if self.rejected > len(self.first_rejected):
             lines.append(f"... {self.rejected - len(self.first_rejected)} more in {DLQ} "
                          f"(rcmflow dlq list)")
@@ -243,13 +264,8 @@ def report_payments(path: Path, ingest: PaymentsIngest, console: Console) -> Non
                   + (f", [yellow]{ingest.rejected} to {DLQ}[/yellow]"
                      if ingest.rejected else ""))
     for r in ingest.first_rejected[:10]:
-        say(console, f"  {r.code}: {r.detail}")
+        say(console, f"  {r.rejection.reason_code}: {r.rejection.detail}")
     if ingest.rejected > 10:
         say(console, f"  ... {ingest.rejected - 10} more (rcmflow dlq list)")
     for w in ingest.warnings:
         say(console, f"  [dim]{w}[/dim]")
-
-
-def _row_of(error: RowError) -> int:
-    words = error.detail.split()
-    return int(words[1]) if len(words) > 1 and words[0] == "row" and words[1].isdigit() else 0

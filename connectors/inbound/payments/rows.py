@@ -46,9 +46,10 @@ from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DEFAULT_WINDOW, DateWindow
 from rcmflow.streams.events import EventKind, PatientPayment, Refund, WriteOff
 from rcmflow.streams.money import MoneyError, parse_cents
+from rcmflow.streams.rejections import Problem
 
-__all__ = ["COLUMNS", "REQUIRED", "RawRow", "RowError", "read_rows", "row_event",
-           "row_totals", "PaymentEvent", "FileError"]
+__all__ = ["COLUMNS", "REQUIRED", "RawRow", "read_rows", "row_event", "row_problem",
+           "row_number", "row_totals", "PaymentEvent", "FileError"]
 
 COLUMNS = ("type", "account", "amount", "date", "reference", "channel", "reason", "to",
            "from_ar", "entity", "batch", "currency")
@@ -76,13 +77,19 @@ class RawRow:
     text: str
 
 
-@dataclass(frozen=True)
-class RowError:
-    code: str
-    detail: str
+def row_problem(number: int, code: str, detail: str) -> Problem:
+    """Why row ``number`` is no event, placed at it ('row 7'; the rows count as a
+    spreadsheet's: the CSV header is row 1)."""
+    return Problem(reason_code=code, detail=detail, place=f"row {number}")
 
 
-def read_rows(stream: BinaryIO, *, name: str) -> tuple[list[str], Iterator[RawRow | RowError]]:
+def row_number(problem: Problem) -> int:
+    """The row a ``row_problem`` is placed at; 0 for the file as a whole."""
+    number = problem.place.removeprefix("row ")
+    return int(number) if problem.place.startswith("row ") and number.isdigit() else 0
+
+
+def read_rows(stream: BinaryIO, *, name: str) -> tuple[list[str], Iterator[RawRow | Problem]]:
     """Warnings about the file and its rows, CSV or JSON lines (by name, or by content), read
     from ``stream`` as the rows are taken: one row (at most ``LINE_CHARS_MAX``) in memory."""
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
@@ -131,7 +138,7 @@ class _bounded_lines:  # noqa: N801 - used as a generator
 
 
 def _csv_rows(lines: Iterator[str], too_long: list[int]) -> tuple[list[str],
-                                                                    Iterator[RawRow | RowError]]:
+                                                                    Iterator[RawRow | Problem]]:
     reader = csv.reader(lines)
     try:
         header = next(reader)
@@ -149,13 +156,13 @@ def _csv_rows(lines: Iterator[str], too_long: list[int]) -> tuple[list[str],
     unknown = sorted({n for n in names if n and n not in COLUMNS})
     warnings = [f"columns ignored: {', '.join(u[:30] for u in unknown)}"] if unknown else []
 
-    def too_long_rows() -> Iterator[RowError]:
+    def too_long_rows() -> Iterator[Problem]:
         for number in too_long:
-            yield RowError("row_too_large", f"row {number} is longer than {LINE_CHARS_MAX} "
-                           "characters: not read")
+            yield row_problem(number, "row_too_large", f"row {number} is longer than "
+                              f"{LINE_CHARS_MAX} characters: not read")
         too_long.clear()
 
-    def rows() -> Iterator[RawRow | RowError]:
+    def rows() -> Iterator[RawRow | Problem]:
         number = reader.line_num
         while True:
             try:
@@ -164,27 +171,27 @@ def _csv_rows(lines: Iterator[str], too_long: list[int]) -> tuple[list[str],
                 break
             except csv.Error as exc:  # e.g. a quote never closed: the rest cannot be split
                 yield from too_long_rows()
-                yield RowError("row_invalid_csv", f"row {number + 1} is not CSV ({exc}): "
-                               "it and the rows after it were not read")
+                yield row_problem(number + 1, "row_invalid_csv", f"row {number + 1} is not CSV "
+                                  f"({exc}): it and the rows after it were not read")
                 return
-            row_number = number + 1
+            at = number + 1
             number = reader.line_num
             yield from too_long_rows()
             if not any(v.strip() for v in values):
                 continue
             raw = ",".join(values)
             if len(values) != len(names):
-                yield RowError("row_columns", f"row {row_number} has {len(values)} fields, the "
-                               f"header {len(names)}")
+                yield row_problem(at, "row_columns", f"row {at} has {len(values)} fields, the "
+                                  f"header {len(names)}")
                 continue
             fields = {n: v.strip() for n, v in zip(names, values, strict=True) if n in COLUMNS}
-            yield RawRow(row_number, fields, raw[:ROW_CHARS_MAX])
+            yield RawRow(at, fields, raw[:ROW_CHARS_MAX])
         yield from too_long_rows()
 
     return warnings, rows()
 
 
-def _json_rows(lines: Iterator[str], too_long: list[int]) -> Iterator[RawRow | RowError]:
+def _json_rows(lines: Iterator[str], too_long: list[int]) -> Iterator[RawRow | Problem]:
     for number, line in enumerate(lines, start=1):
         skipped = bool(too_long) and too_long[0] == number
         if skipped:
@@ -192,8 +199,8 @@ def _json_rows(lines: Iterator[str], too_long: list[int]) -> Iterator[RawRow | R
         line = line.rstrip("\r\n")
         if skipped or len(line) > ROW_CHARS_MAX:
             size = f"over {LINE_CHARS_MAX}" if skipped else str(len(line))
-            yield RowError("row_too_large", f"row {number} is {size} characters, at most "
-                           f"{ROW_CHARS_MAX}")
+            yield row_problem(number, "row_too_large", f"row {number} is {size} characters, at "
+                              f"most {ROW_CHARS_MAX}")
             continue
         if not line.strip():
             continue
@@ -201,10 +208,11 @@ def _json_rows(lines: Iterator[str], too_long: list[int]) -> Iterator[RawRow | R
             # Numbers as Decimal: a JSON amount 10.10 stays exact, never a float.
             doc = json.loads(line, parse_float=Decimal)
         except ValueError as exc:
-            yield RowError("row_invalid_json", f"row {number} is not JSON: {exc.args[0][:80]}")
+            yield row_problem(number, "row_invalid_json",
+                              f"row {number} is not JSON: {exc.args[0][:80]}")
             continue
         if not isinstance(doc, dict):
-            yield RowError("row_invalid_json", f"row {number} is not a JSON object")
+            yield row_problem(number, "row_invalid_json", f"row {number} is not a JSON object")
             continue
         fields = {str(k).lower(): ("" if v is None else str(v)) for k, v in doc.items()
                   if str(k).lower() in COLUMNS and not isinstance(v, (dict, list, bool))}
@@ -221,29 +229,32 @@ def _when(text: str) -> datetime:
 
 
 def row_event(row: RawRow, *, channel: str,
-              date_window: DateWindow = DEFAULT_WINDOW) -> PaymentEvent | RowError:
+              date_window: DateWindow = DEFAULT_WINDOW) -> PaymentEvent | Problem:
     """The event a row stands for, or why the row cannot be one."""
     f = row.fields
-    at = f"row {row.number}"
+
+    def refused(code: str, detail: str) -> Problem:
+        return row_problem(row.number, code, f"row {row.number}: {detail}")
+
     missing = [c for c in REQUIRED if not f.get(c)]
     if missing:
-        return RowError("row_missing_field", f"{at}: no {', '.join(missing)}")
+        return refused("row_missing_field", f"no {', '.join(missing)}")
     kind = f["type"].lower()
     if kind not in ("payment", "refund", "write_off"):
-        return RowError("row_unknown_type", f"{at}: type {f['type'][:20]!r} is not payment, "
-                        "refund or write_off")
+        return refused("row_unknown_type", f"type {f['type'][:20]!r} is not payment, refund "
+                       "or write_off")
     try:
         amount = parse_cents(f["amount"])
     except MoneyError as exc:
-        return RowError("row_invalid_amount", f"{at}: {exc}")
+        return refused("row_invalid_amount", str(exc))
     if amount <= 0:
-        return RowError("row_invalid_amount", f"{at}: amount {f['amount']} is not more than 0")
+        return refused("row_invalid_amount", f"amount {f['amount']} is not more than 0")
     try:
         occurred = _when(f["date"])
     except ValueError as exc:
-        return RowError("row_invalid_date", f"{at}: date {f['date'][:30]!r}: {exc}")
+        return refused("row_invalid_date", f"date {f['date'][:30]!r}: {exc}")
     if (implausible := date_window.problem(occurred, "date")) is not None:
-        return RowError(DATE_OUT_OF_RANGE, f"{at}: {implausible}")
+        return refused(DATE_OUT_OF_RANGE, implausible)
     common: dict[str, Any] = {
         "account": f["account"], "amount_cents": amount, "occurred_at": occurred,
         "correlation_id": f.get("batch") or None, "currency": f.get("currency") or "USD",
@@ -264,7 +275,7 @@ def row_event(row: RawRow, *, channel: str,
                 "source": "payments-file", "to": (f.get("to") or "patient").lower(),
                 "reference": reference})
         if not f.get("reason"):
-            return RowError("row_missing_field", f"{at}: a write_off needs a reason")
+            return refused("row_missing_field", "a write_off needs a reason")
         return WriteOff.model_validate(common | {
             "kind": EventKind.WRITE_OFF, "event_id": f"write_off:{reference}",
             "source": "payments-file", "reason": f["reason"].lower(),
@@ -272,7 +283,7 @@ def row_event(row: RawRow, *, channel: str,
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "row"
-        return RowError("row_invalid", f"{at}: {where}: {err['msg']}")
+        return refused("row_invalid", f"{where}: {err['msg']}")
 
 
 def row_totals(row: RawRow, event: PaymentEvent) -> SourceTotals:

@@ -23,7 +23,7 @@ from rcmflow.streams.money import MoneyError, parse_cents, parse_decimal
 from rcmflow.streams.money import cents_text as format_cents
 
 from .codes import payer_class_for
-from .reader import Problem, Segment, TransactionSet
+from .reader import Problem, Segment, TransactionSet, at_segment
 from .remit import first_error
 
 __all__ = ["SubmittedClaim", "Batch837", "parse_837", "claim_events", "batch_totals",
@@ -89,14 +89,16 @@ def parse_837(tset: TransactionSet) -> Batch837:
             if line is not None:
                 claim.lines.append(line)
     if batch.created is None:
-        batch.problems.append(Problem("x12_unreadable_segment",
-                                      "BHT04 is not a creation date (CCYYMMDD)"))
+        batch.problems.append(Problem(reason_code="x12_unreadable_segment",
+                                      place=f"ST {tset.st02[:9]}",
+                                      detail="BHT04 is not a creation date (CCYYMMDD)"))
     for claim in batch.claims:
         billed = sum(line.charge_cents for line in claim.lines)
         if claim.lines and billed != claim.total_cents:
+            where = f"claim {claim.number} (CLM01 {claim.account})"
             batch.problems.append(Problem(
-                "x12_claim_total",
-                f"claim {claim.number} (CLM01 {claim.account}): CLM02 "
+                reason_code="x12_claim_total", place=where,
+                detail=f"{where}: CLM02 "
                 f"{format_cents(claim.total_cents)} != sum of service line charges "
                 f"{format_cents(billed)}"))
     return batch
@@ -119,8 +121,8 @@ def _money(seg: Segment, position: int, batch: Batch837) -> int | None:
     try:
         return parse_cents(seg.el(position))
     except MoneyError as exc:
-        batch.problems.append(Problem(
-            "x12_unreadable_segment", f"{seg.id}{position:02d} (segment {seg.number}): {exc}"))
+        batch.problems.append(at_segment(
+            seg, "x12_unreadable_segment", f"{seg.id}{position:02d} (segment {seg.number}): {exc}"))
         return None
 
 
@@ -128,8 +130,8 @@ def _clm(seg: Segment, number: int, payer: str | None, filing: str,
          batch: Batch837) -> SubmittedClaim | None:
     total = _money(seg, 2, batch)
     if not seg.el(1):
-        batch.problems.append(Problem("x12_unreadable_segment",
-                                      f"CLM01 is missing (segment {seg.number})"))
+        batch.problems.append(at_segment(seg, "x12_unreadable_segment",
+                                         f"CLM01 is missing (segment {seg.number})"))
         return None
     return None if total is None else SubmittedClaim(number, seg.el(1), total, payer, filing)
 

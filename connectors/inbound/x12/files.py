@@ -73,7 +73,7 @@ def report_x12(path: Path, outcome: FileOutcome, console: Console) -> None:
 def _problems(console: Console, problems: list[Problem], indent: str,
               total: int | None = None) -> None:
     for p in problems[:PROBLEMS_SHOWN_MAX]:
-        say(console, f"{indent}{p.code}: {p.detail}")
+        say(console, f"{indent}{p.reason_code}: {p.detail}")
     total = max(total or 0, len(problems))
     if total > PROBLEMS_SHOWN_MAX:
         say(console, f"{indent}... {total - PROBLEMS_SHOWN_MAX} more (rcmflow dlq show)")

@@ -44,7 +44,7 @@ from typing import Any, BinaryIO, TypeAlias
 
 import orjson
 
-from rcmflow.connectors.inbound.files import Record
+from rcmflow.connectors.inbound.files import Record, streamed_cut
 from rcmflow.connectors.inbound.totals import SourceTotals
 from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
@@ -152,7 +152,7 @@ class SetOutcome:
         return bool(self.problems)
 
     def reason(self) -> str:
-        text = "; ".join(f"{p.code}: {p.detail}" for p in self.problems)
+        text = "; ".join(f"{p.reason_code}: {p.detail}" for p in self.problems)
         return text if len(text) <= _REASON_CHARS_MAX else text[:_REASON_CHARS_MAX] + " ..."
 
     def with_guide(self, guide: list[str]) -> None:
@@ -198,11 +198,11 @@ class FileOutcome:
 
     def reason_text(self) -> str:
         """What an operator reads in ``<file>.reason``: every failure with its numbers."""
-        lines = [f"{p.code}: {p.detail}" for p in self.problems]
+        lines = [f"{p.reason_code}: {p.detail}" for p in self.problems]
         for s in self.sets:
             status = "PARKED" if s.parked else f"applied ({s.event_count} events)"
             lines.append(f"ST {s.st02} ({s.st01}, trace {s.trace or '-'}): {status}")
-            lines.extend(f"  {p.code}: {p.detail}" for p in s.problems)
+            lines.extend(f"  {p.reason_code}: {p.detail}" for p in s.problems)
             if s.problems_total > len(s.problems):
                 lines.append(f"  ... {s.problems_total - len(s.problems)} more problems")
         return "\n".join(lines) + "\n"
@@ -213,10 +213,11 @@ class FileOutcome:
         return iter(self.kept_records)
 
 
-def file_dlq(origin: str, problems: list[Problem], payload: bytes, warnings: list[str],
-             limits: X12Limits, received: datetime) -> Record:
-    """The one DLQ record of a file refused whole."""
-    return DLQ, None, _dlq(origin, 0, None, problems, len(problems), payload, limits,
+def file_dlq(origin: str, problems: list[Problem], payload: bytes, size: int,
+             warnings: list[str], limits: X12Limits, received: datetime) -> Record:
+    """The one DLQ record of a file refused whole (``payload``: the start of its ``size``
+    bytes)."""
+    return DLQ, None, _dlq(origin, 0, None, problems, len(problems), payload, size, limits,
                            received, {"warnings": warnings[:WARNINGS_KEPT_MAX]})
 
 
@@ -239,9 +240,11 @@ def _repeated(hashes: array[int]) -> frozenset[int]:
     return frozenset(a for a, b in zip(ordered, ordered[1:], strict=False) if a == b)
 
 
-def _date_problems(when: date | None, field: str, window: DateWindow) -> list[Problem]:
+def _date_problems(when: date | None, field: str, window: DateWindow,
+                   st02: str) -> list[Problem]:
     text = window.problem(when, field) if when is not None else None
-    return [Problem(DATE_OUT_OF_RANGE, text)] if text else []
+    return [Problem(reason_code=DATE_OUT_OF_RANGE, detail=text,
+                    place=f"ST {st02[:9]}")] if text else []
 
 
 class _SetRun:
@@ -271,6 +274,7 @@ class _SetRun:
             self.windows = [PartWindow(text_max, None if self.parked else _PART_TOTALS_BYTES)]
         self.parts_made = 0
         self.payload = bytearray()  # a parked set's DLQ payload: the start of its text
+        self.payload_of = 0  # the bytes of a parked set's whole text
         self.streamed = tset.st01 == "835" and not self.parked
         self.whole = not self.streamed and not self.parked
         # 835, read claim by claim
@@ -305,8 +309,11 @@ class _SetRun:
         elif self.whole:
             tset.lines.append(line)
         piece = line + self.terminator + "\n"
-        if self.parked and len(self.payload) <= self.limits.dlq_payload_bytes_max:
-            self.payload += piece.encode()
+        if self.parked:
+            text = piece.encode()
+            self.payload_of += len(text)
+            if len(self.payload) <= self.limits.dlq_payload_bytes_max:
+                self.payload += text
         for window in self.windows:
             self._parts(window.add_text(piece))
         return self._take()
@@ -396,9 +403,12 @@ class _SetRun:
                 plb_event(item, header, plb_event_id(header, key, 1), self.limits.entity)
         except ValueError as exc:
             if isinstance(item, Claim):
-                self.invalid_claim = Problem("x12_invalid_event", str(exc))
+                self.invalid_claim = Problem(
+                    reason_code="x12_invalid_event", detail=str(exc),
+                    place=f"claim {item.number} (CLP01 {item.account})")
             else:
-                self.invalid_plb = Problem("x12_invalid_event", str(exc))
+                self.invalid_plb = Problem(reason_code="x12_invalid_event", detail=str(exc),
+                                           place="PLB")
 
     def _parts(self, parts: list[Part]) -> None:
         if self.plan is None:
@@ -454,7 +464,8 @@ class _SetRun:
         if self.parked:
             self.records.append((DLQ, f"{plan.isa13}:{plan.gs06}:{plan.st02}".encode(), _dlq(
                 self.origin, plan.first_segment, plan.st02, plan.problems,
-                max(plan.problems_total, len(plan.problems)), bytes(self.payload), self.limits,
+                max(plan.problems_total, len(plan.problems)), bytes(self.payload),
+                self.payload_of, self.limits,
                 self.received, {
                     "transaction_set": plan.st02, "st01": plan.st01, "isa13": plan.isa13,
                     "gs06": plan.gs06, "trace": plan.trace, "warnings": self._warnings(),
@@ -469,8 +480,10 @@ class _SetRun:
             if self.used_header is not None and self.used_header != header:
                 self.header_moved = True
             remit = self.reader.remit
-            balance = transaction_problem(remit.bpr02_cents, self.paid, self.plb_cents)
-            dates = _date_problems(header.paid_on, _PAID_ON, self.limits.date_window)
+            balance = transaction_problem(remit.bpr02_cents, self.paid, self.plb_cents,
+                                          st02=tset.st02)
+            dates = _date_problems(header.paid_on, _PAID_ON, self.limits.date_window,
+                                   tset.st02)
             out.problems, out.problems_total = _first([
                 envelope, (self.parse_problems.items, self.parse_problems.total),
                 (self.unbalanced.items, self.unbalanced.total),
@@ -478,7 +491,8 @@ class _SetRun:
                 (self.accounts.items, self.accounts.total),
                 (self.plb_accounts.items, self.plb_accounts.total), (dates, len(dates))])
             if not out.problems_total:
-                made = (Problem("x12_invalid_event", NO_PAYMENT_DATE)
+                made = (Problem(reason_code="x12_invalid_event", detail=NO_PAYMENT_DATE,
+                                place=f"ST {tset.st02[:9]}")
                         if header.paid_on is None else self.invalid_claim or self.invalid_plb)
                 if made is not None:
                     out.problems, out.problems_total = [made], 1
@@ -517,11 +531,12 @@ class _SetRun:
             problems += [p for p in (account_problem(c.account, f"claim {c.number} CLM01")
                                      for c in batch.claims) if p]
             problems += _date_problems(batch.created, "837 creation date (BHT04)",
-                                       self.limits.date_window)
+                                       self.limits.date_window, tset.st02)
         else:
             problems.append(Problem(
-                "x12_unsupported_set",
-                f"ST01 {tset.st01[:6]!r} is not handled (835 remittances and 837 claims are)"))
+                reason_code="x12_unsupported_set", place=f"ST {tset.st02[:9]}",
+                detail=f"ST01 {tset.st01[:6]!r} is not handled (835 remittances and 837 claims "
+                "are)"))
         out.problems, out.problems_total = _first([envelope, (problems, len(problems))])
         if batch is not None and not out.problems_total:
             try:
@@ -529,7 +544,9 @@ class _SetRun:
                     out.event_count += 1
                     self._whole_unit(event, amounts)
             except ValueError as exc:
-                out.problems, out.problems_total = [Problem("x12_invalid_event", str(exc))], 1
+                out.problems = [Problem(reason_code="x12_invalid_event", detail=str(exc),
+                                        place=f"ST {tset.st02[:9]}")]
+                out.problems_total = 1
                 out.event_count = 0
         out.map_warnings = warnings[:WARNINGS_KEPT_MAX]
         out.map_warnings_total = len(warnings)
@@ -565,25 +582,34 @@ def _batch_events(batch: Batch837,
         yield event, [("billed", event.total_charge_cents)]
 
 
-def _dlq(origin: str, offset: int, st02: str | None, problems: list[Problem], total: int,
-         payload: bytes, limits: X12Limits, received: datetime, context: dict[str, Any]) -> bytes:
-    cut = len(payload) > limits.dlq_payload_bytes_max
+def _rejection(origin: str, st02: str | None, problems: list[Problem]) -> Rejection:
+    """A parked set (or a file refused whole) as the core's rejection: the first
+    ``_PROBLEMS_KEPT_MAX`` problems with their places, each detail cut to
+    ``_REASON_CHARS_MAX``; the first one's code; stage "validate" when money fails to add up."""
+    kept = tuple(p if len(p.detail) <= _REASON_CHARS_MAX
+                 else p.model_copy(update={"detail": p.detail[:_REASON_CHARS_MAX]})
+                 for p in problems[:_PROBLEMS_KEPT_MAX])
     where = f"ST {st02}" if st02 is not None else "file"
+    return Rejection(
+        stage="validate" if kept[0].reason_code in _MONEY_CODES else "decode",
+        reason_code=kept[0].reason_code,
+        detail=(f"{origin.removeprefix('file:')} {where}: "
+                + "; ".join(p.detail for p in kept))[:_REASON_CHARS_MAX],
+        problems=kept)
+
+
+def _dlq(origin: str, offset: int, st02: str | None, problems: list[Problem], total: int,
+         payload: bytes, size: int, limits: X12Limits, received: datetime,
+         context: dict[str, Any]) -> bytes:
+    """The DLQ record of a parked set or a refused file: ``problems`` kept in part (``total``
+    says how many there were), ``payload`` the start of an input of ``size`` bytes."""
     record = dlq_record(
-        Rejection(stage="validate" if problems[0].code in _MONEY_CODES else "decode",
-                  reason_code=problems[0].code,
-                  detail=f"{origin.removeprefix('file:')} {where}: "
-                  + "; ".join(p.detail for p in problems[:_PROBLEMS_KEPT_MAX])[
-                      :_REASON_CHARS_MAX]),
+        _rejection(origin, st02, problems),
         origin=Origin(topic=origin, partition=0, offset=offset, key=st02),
-        payload=payload[:limits.dlq_payload_bytes_max],
-        received_at=received,
+        payload=payload[:limits.dlq_payload_bytes_max], received_at=received,
         context={**context, "problems_total": total,
-                 "problems": [{"code": p.code, "detail": p.detail[:_REASON_CHARS_MAX]}
-                              for p in problems[:_PROBLEMS_KEPT_MAX]],
-                 "payload_truncated": cut},
-        discriminator=st02 or "",
-    )
+                 **streamed_cut(size, limits.dlq_payload_bytes_max)},
+        discriminator=st02 or "", payload_bytes_max=limits.dlq_payload_bytes_max)
     return record.model_dump_json().encode()
 
 
@@ -675,8 +701,8 @@ class _X12Stream:
         if outcome.problems:
             outcome.sets.clear()
             yield file_dlq(outcome.origin, outcome.problems,
-                           source.head(limits.dlq_payload_bytes_max), outcome.warnings,
-                           limits, received)
+                           source.head(limits.dlq_payload_bytes_max), self.size,
+                           outcome.warnings, limits, received)
             return
         for s, tset in zip(outcome.sets, tsets, strict=True):
             _add_envelope_problems(s, tset.interchange.problems + tset.group.problems)
@@ -726,7 +752,8 @@ def process_x12(data: bytes, *, origin: str, limits: X12Limits) -> FileOutcome:
     return x12.outcome
 
 
-_NO_SETS = Problem("x12_no_transaction_sets", "the interchange holds no ST..SE transaction set")
+_NO_SETS = Problem(reason_code="x12_no_transaction_sets",
+                   detail="the interchange holds no ST..SE transaction set")
 
 
 def _add_envelope_problems(s: SetOutcome, envelope: list[Problem]) -> None:
@@ -737,7 +764,7 @@ def _add_envelope_problems(s: SetOutcome, envelope: list[Problem]) -> None:
     if not later:
         return
     own = [p for p in s.problems if p not in envelope]
-    unmade = [p for p in own if p.code == "x12_invalid_event"]
+    unmade = [p for p in own if p.reason_code == "x12_invalid_event"]
     s.problems_total += len(later) - len(unmade)
     s.problems = (envelope + [p for p in own if p not in unmade])[:_PROBLEMS_KEPT_MAX]
 

@@ -11,7 +11,8 @@ what pyx12 refuses outright with an unhelpful message, so the reason names the r
   segments are re-joined so pyx12 can tokenise them.
 
 An interchange-level problem parks every set in the interchange, a group-level one every set
-in the group, a set-level one that set only.
+in the group, a set-level one that set only. Each is the core's ``Problem`` (reason code,
+detail, place: 'segment 42', 'ST 0001', 'GS 1', 'ISA', or '' for the file as a whole).
 
 The file is read as a stream (``X12Source``): decoded in chunks, repaired in chunks, and each
 transaction set is handed over as soon as it is complete, so memory holds one set, not the
@@ -31,8 +32,10 @@ import pyx12.errors
 import pyx12.segment
 import pyx12.x12file
 
+from rcmflow.streams.rejections import Problem
+
 __all__ = ["Problem", "Segment", "TransactionSet", "X12Document", "X12Source", "read_x12",
-           "ISA_WIDTHS"]
+           "at_segment", "ISA_WIDTHS"]
 
 #: Bytes read from the file at a time, and characters of its start read for the ISA.
 CHUNK_BYTES = 1024 * 1024
@@ -67,14 +70,6 @@ _PYX12_CODES = {
 }
 
 
-@dataclass(frozen=True)
-class Problem:
-    """Why a transaction set cannot be applied: a stable code and the numbers."""
-
-    code: str
-    detail: str
-
-
 @dataclass(frozen=True, slots=True)
 class Segment:
     """One segment as plain strings (pyx12's objects cost ~2 KB a segment; these ~200 B)."""
@@ -107,6 +102,12 @@ class Segment:
 
     def line(self, element_sep: str) -> str:
         return element_sep.join(self.parts).rstrip(element_sep)
+
+
+def at_segment(seg: Segment, code: str, detail: str) -> Problem:
+    """A problem found in one segment, placed at it ('segment 42': its position in the
+    file)."""
+    return Problem(reason_code=code, detail=detail, place=f"segment {seg.number}")
 
 
 @dataclass
@@ -285,20 +286,22 @@ class X12Source:
         try:
             reader = pyx12.x12file.X12Reader(ChunkReader(text))
         except pyx12.errors.X12Error as exc:
-            doc.file_problems.append(Problem("x12_unreadable",
-                                             f"pyx12 cannot read the file: {exc}"))
+            doc.file_problems.append(Problem(reason_code="x12_unreadable",
+                                             detail=f"pyx12 cannot read the file: {exc}"))
             return
         try:
             yield from _walk(reader, doc, isa_problems, segments_max)
         except pyx12.errors.X12Error as exc:
-            doc.file_problems.append(Problem("x12_unreadable", f"pyx12 stopped reading: {exc}"))
+            doc.file_problems.append(Problem(reason_code="x12_unreadable",
+                                             detail=f"pyx12 stopped reading: {exc}"))
         except (IndexError, KeyError, ValueError, TypeError, AttributeError) as exc:
             # pyx12's reader trips over some broken envelopes (a GE with no open GS): the
             # file's structure is unusable, so it is refused whole rather than guessed at.
+            where = f"segment {reader.get_cur_line() + 1}"
             doc.file_problems.append(Problem(
-                "x12_unreadable",
-                f"pyx12 could not read past segment {reader.get_cur_line() + 1}: "
-                f"{type(exc).__name__} (broken envelope nesting?)"))
+                reason_code="x12_unreadable", place=where,
+                detail=f"pyx12 could not read past {where}: {type(exc).__name__} (broken "
+                "envelope nesting?)"))
 
 
 class ChunkReader(io.TextIOBase):
@@ -354,8 +357,8 @@ def _prepare(text: str, doc: X12Document) -> tuple[str, str, bool, list[Problem]
     if not text.startswith("ISA"):
         start = text[:3]
         doc.file_problems.append(Problem(
-            "x12_no_interchange",
-            f"no ISA interchange header: the file starts with {start!r}; an X12 file must "
+            reason_code="x12_no_interchange",
+            detail=f"no ISA interchange header: the file starts with {start!r}; an X12 file must "
             "come in an ISA/GS envelope (a bare ST..SE cannot be checked or traced)"))
         return None
     sep = text[3:4]
@@ -364,8 +367,8 @@ def _prepare(text: str, doc: X12Document) -> tuple[str, str, bool, list[Problem]
     for _ in range(15):  # ISA01..ISA15 end at a separator each
         end = text.find(sep, pos)
         if end < 0 or end - pos > _HEAD_CHARS // 16:
-            doc.file_problems.append(Problem("x12_isa_unreadable",
-                                             "the ISA segment does not have 16 elements"))
+            doc.file_problems.append(Problem(reason_code="x12_isa_unreadable", place="ISA",
+                                             detail="the ISA segment does not have 16 elements"))
             return None
         parts.append(text[pos:end])
         pos = end + 1
@@ -376,7 +379,8 @@ def _prepare(text: str, doc: X12Document) -> tuple[str, str, bool, list[Problem]
     while gap < len(text) and text[gap] in " \r\n\t":
         gap += 1
     if gap >= len(text) or not isa16:
-        doc.file_problems.append(Problem("x12_isa_unreadable", "nothing after the ISA segment"))
+        doc.file_problems.append(Problem(reason_code="x12_isa_unreadable", place="ISA",
+                                         detail="nothing after the ISA segment"))
         return None
     problems: list[Problem] = []
     terminator = text[after]
@@ -390,15 +394,15 @@ def _prepare(text: str, doc: X12Document) -> tuple[str, str, bool, list[Problem]
         rejoin = True
     if pos != ISA_LEN - 1:
         problems.append(Problem(
-            "x12_isa_not_fixed_width",
-            f"the ISA is {pos + 1} characters; an ISA is fixed-width: {ISA_LEN} plus its "
+            reason_code="x12_isa_not_fixed_width", place="ISA",
+            detail=f"the ISA is {pos + 1} characters; an ISA is fixed-width: {ISA_LEN} plus its "
             "terminator"))
         padded: list[str] = []
         for value, width in zip(parts, ISA_WIDTHS, strict=True):
             if len(value) > width:
                 doc.file_problems.append(Problem(
-                    "x12_isa_unreadable",
-                    f"ISA element {len(padded) + 1:02d} is {len(value)} characters, at most "
+                    reason_code="x12_isa_unreadable", place=f"ISA{len(padded) + 1:02d}",
+                    detail=f"ISA element {len(padded) + 1:02d} is {len(value)} characters, at most "
                     f"{width} allowed"))
                 return None
             padded.append(value.ljust(width))
@@ -439,7 +443,8 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
         elif sid == "ST":
             if current is not None:
                 current.problem(Problem(
-                    "x12_se_missing", f"ST {current.st02} has no SE before the next ST"))
+                    reason_code="x12_se_missing", place=f"ST {current.st02[:9]}",
+                    detail=f"ST {current.st02} has no SE before the next ST"))
                 yield current, None
             current = TransactionSet(interchange, group, version, group_date,
                                      reader.ele_term or "*", seg.el(1), seg.el(2),
@@ -452,14 +457,14 @@ def _walk(reader: pyx12.x12file.X12Reader, doc: X12Document, isa_problems: list[
                 line = seg.line(current.element_sep)
             elif count - current.first_segment == segments_max:
                 current.problem(Problem(
-                    "x12_too_many_segments",
-                    f"ST {current.st02[:9]}: more than {segments_max} segments "
+                    reason_code="x12_too_many_segments", place=f"ST {current.st02[:9]}",
+                    detail=f"ST {current.st02[:9]}: more than {segments_max} segments "
                     "(RCMFLOW_X12_SEGMENTS_MAX): split the transaction set"))
         elif sid not in ("ISA", "GS", "GE", "IEA"):
             target = group if group.control else interchange
             target.problems.append(Problem(
-                "x12_segment_outside_set",
-                f"segment {sid[:3]!r} (segment {count}) is outside any transaction set"))
+                reason_code="x12_segment_outside_set", place=f"segment {count}",
+                detail=f"segment {sid[:3]!r} (segment {count}) is outside any transaction set"))
         _attribute(reader.pop_errors(), interchange, group, current)
         if current is not None and line is not None:
             yield current, line
@@ -480,7 +485,7 @@ def _attribute(errors: list[tuple[str, str, str, str | None, int | None]],
                interchange: _Envelope, group: _Envelope,
                current: TransactionSet | None) -> None:
     """pyx12's reader errors, each to the envelope it concerns (or a warning)."""
-    for level, code, message, _value, _line in errors:
+    for level, code, message, _value, line in errors:
         if level == "seg":
             # Trailing separators and a leading space are harmless; a bad segment id or an
             # empty segment means a segment could not be read.
@@ -490,10 +495,13 @@ def _attribute(errors: list[tuple[str, str, str, str | None, int | None]],
                     current.warn(f"pyx12: {message}")
                 continue
             code_name = {"HL1": "x12_hl_count", "HL2": "x12_hl_parent", "LX": "x12_lx_number"}
-            problem = Problem(code_name.get(code, "x12_unreadable_segment"), f"pyx12: {message}")
+            problem = Problem(reason_code=code_name.get(code, "x12_unreadable_segment"),
+                              detail=f"pyx12: {message}",
+                              place=f"segment {line}" if line else _place(level, current))
         else:
-            problem = Problem(_PYX12_CODES.get((level, code), f"x12_{level}_{code}"),
-                              f"pyx12: {message}")
+            problem = Problem(reason_code=_PYX12_CODES.get((level, code), f"x12_{level}_{code}"),
+                              detail=f"pyx12: {message}",
+                              place=_place(level, current, interchange, group))
         if level == "isa":
             interchange.problems.append(problem)
         elif level == "gs":
@@ -502,3 +510,13 @@ def _attribute(errors: list[tuple[str, str, str, str | None, int | None]],
             current.problem(problem)
         else:
             group.problems.append(problem)
+
+
+def _place(level: str, current: TransactionSet | None, interchange: _Envelope | None = None,
+           group: _Envelope | None = None) -> str:
+    """Where a pyx12 envelope error is: the interchange, the group or the set it concerns."""
+    if level == "isa" and interchange is not None:
+        return f"ISA {interchange.control[:9]}".rstrip()
+    if level == "gs" and group is not None:
+        return f"GS {group.control[:9]}".rstrip()
+    return f"ST {current.st02[:9]}" if current is not None else ""

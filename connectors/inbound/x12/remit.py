@@ -43,7 +43,7 @@ from rcmflow.streams.money import MoneyError, parse_cents
 from rcmflow.streams.money import cents_text as format_cents
 
 from .codes import DENIAL_CARCS, payer_class_for
-from .reader import Problem, Segment, TransactionSet
+from .reader import Problem, Segment, TransactionSet, at_segment
 
 __all__ = ["Remit", "RemitHeader", "RemitReader", "Claim", "Line", "Cas", "Plb", "parse_835",
            "balance_problems", "claim_problem", "transaction_problem", "claim_warnings",
@@ -123,15 +123,15 @@ def _cents(seg: Segment, position: int, remit: Remit, *, required: bool = True) 
     text = seg.el(position)
     if not text:
         if required:
-            remit.problems.append(Problem(
-                "x12_unreadable_segment",
+            remit.problems.append(at_segment(
+                seg, "x12_unreadable_segment",
                 f"{seg.id}{position:02d} is missing (segment {seg.number})"))
         return None
     try:
         return parse_cents(text)
     except MoneyError as exc:
-        remit.problems.append(Problem(
-            "x12_unreadable_segment", f"{seg.id}{position:02d} (segment {seg.number}): {exc}"))
+        remit.problems.append(at_segment(
+            seg, "x12_unreadable_segment", f"{seg.id}{position:02d} (segment {seg.number}): {exc}"))
         return None
 
 
@@ -147,8 +147,8 @@ def _date(text: str) -> date | None:
 def _cas(seg: Segment, remit: Remit) -> list[Cas]:
     group = seg.el(1)
     if group not in CAS_GROUPS:
-        remit.problems.append(Problem(
-            "x12_unreadable_segment",
+        remit.problems.append(at_segment(
+            seg, "x12_unreadable_segment",
             f"CAS01 {group[:12]!r} is not a claim adjustment group code (segment {seg.number})"))
         return []
     found: list[Cas] = []
@@ -158,8 +158,8 @@ def _cas(seg: Segment, remit: Remit) -> list[Cas]:
             continue
         amount = _cents(seg, reason_at + 1, remit)
         if not reason or len(reason) > 5:
-            remit.problems.append(Problem(
-                "x12_unreadable_segment",
+            remit.problems.append(at_segment(
+                seg, "x12_unreadable_segment",
                 f"CAS{reason_at:02d} {reason[:12]!r} is not a reason code (segment {seg.number})"))
             continue
         if amount is not None:
@@ -245,8 +245,8 @@ class RemitReader:
             elif self._claim is not None:
                 self._claim.adjustments.extend(_cas(seg, remit))
             else:
-                remit.problems.append(Problem(
-                    "x12_unreadable_segment", f"CAS outside a claim (segment {seg.number})"))
+                remit.problems.append(at_segment(
+                    seg, "x12_unreadable_segment", f"CAS outside a claim (segment {seg.number})"))
         elif sid == "PLB":
             done.extend(self._close())
             plbs = _plb(seg, remit)
@@ -266,7 +266,8 @@ class RemitReader:
         header, remit = self.header(), self.remit
         remit.paid_on, remit.payer = header.paid_on, header.payer
         if not remit.trn02:
-            remit.problems.append(Problem("x12_no_trace", "no TRN02 check/EFT trace number"))
+            remit.problems.append(Problem(reason_code="x12_no_trace", place=f"ST {remit.st02[:9]}",
+                                          detail="no TRN02 check/EFT trace number"))
         return done
 
 
@@ -293,8 +294,8 @@ def _clp(seg: Segment, number: int, remit: Remit) -> Claim | None:
     charge, paid = _cents(seg, 3, remit), _cents(seg, 4, remit)
     resp = _cents(seg, 5, remit, required=False)
     if not account:
-        remit.problems.append(Problem("x12_unreadable_segment",
-                                      f"CLP01 is missing (segment {seg.number})"))
+        remit.problems.append(at_segment(seg, "x12_unreadable_segment",
+                                         f"CLP01 is missing (segment {seg.number})"))
         return None
     if charge is None or paid is None:
         return None
@@ -325,8 +326,8 @@ def _plb(seg: Segment, remit: Remit) -> list[Plb]:
         amount = _cents(seg, code_at + 1, remit)
         code, reference = seg.el(code_at, 1), seg.el(code_at, 2)
         if not code or len(code) > 5:
-            remit.problems.append(Problem(
-                "x12_unreadable_segment",
+            remit.problems.append(at_segment(
+                seg, "x12_unreadable_segment",
                 f"PLB{code_at:02d} {code[:12]!r} is not an adjustment reason code "
                 f"(segment {seg.number})"))
             continue
@@ -340,21 +341,23 @@ def claim_problem(claim: Claim) -> Problem | None:
     cas = claim.cas_total()
     if claim.charge_cents - claim.paid_cents == cas:
         return None
+    where = f"claim {claim.number} (CLP01 {claim.account})"
     return Problem(
-        "x12_claim_unbalanced",
-        f"claim {claim.number} (CLP01 {claim.account}): CLP03 "
+        reason_code="x12_claim_unbalanced", place=where,
+        detail=f"{where}: CLP03 "
         f"{format_cents(claim.charge_cents)} - CLP04 {format_cents(claim.paid_cents)} = "
         f"{format_cents(claim.charge_cents - claim.paid_cents)} but the CAS amounts add "
         f"up to {format_cents(cas)}")
 
 
-def transaction_problem(bpr02_cents: int, paid_cents: int, plb_cents: int) -> Problem | None:
+def transaction_problem(bpr02_cents: int, paid_cents: int, plb_cents: int, *,
+                        st02: str) -> Problem | None:
     """The set's identity from its running totals: BPR02 = Σ CLP04 - Σ PLB."""
     if bpr02_cents == paid_cents - plb_cents:
         return None
     return Problem(
-        "x12_transaction_unbalanced",
-        f"BPR02 {format_cents(bpr02_cents)} != sum of CLP04 {format_cents(paid_cents)} - "
+        reason_code="x12_transaction_unbalanced", place=f"ST {st02[:9]}",
+        detail=f"BPR02 {format_cents(bpr02_cents)} != sum of CLP04 {format_cents(paid_cents)} - "
         f"sum of PLB {format_cents(plb_cents)} = {format_cents(paid_cents - plb_cents)}")
 
 
@@ -367,7 +370,8 @@ def balance_problems(remit: Remit) -> list[Problem]:
         remit.warnings.extend(claim_warnings(claim))
     paid = sum(c.paid_cents for c in remit.claims)
     plb = sum(p.amount_cents for p in remit.plbs)
-    if (problem := transaction_problem(remit.bpr02_cents, paid, plb)) is not None:
+    if (problem := transaction_problem(remit.bpr02_cents, paid, plb,
+                                       st02=remit.st02)) is not None:
         problems.append(problem)
     return problems
 
@@ -400,8 +404,8 @@ def account_problem(account: str, what: str) -> Problem | None:
     """A key the account table cannot take, named so an operator can fix it at the source."""
     if account and len(account) <= 64 and account[0].isalnum() and set(account) <= _ACCOUNT_CHARS:
         return None
-    return Problem("x12_invalid_account",
-                   f"{what} {account[:64]!r} is not a usable account number "
+    return Problem(reason_code="x12_invalid_account", place=what,
+                   detail=f"{what} {account[:64]!r} is not a usable account number "
                    "(letters, digits and : . _ - only, at most 64)")
 
 

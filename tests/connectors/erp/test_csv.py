@@ -135,6 +135,12 @@ def test_stream_to_journal_with_rejections(broker: Broker, tmp_path: Path) -> No
     assert rejected["context"]["amount_cents"] == PostingDelta.model_validate_json(
         bad).total_cents
     assert json.loads(rejected["payload"]) == json.loads(bad)
+    # The core's rejection shape: each problem with its code, detail and place in the input.
+    assert [(p["reason_code"], p["place"]) for p in rejected["context"]["problems"]] == [
+        ("unmapped_gl_account", "")]
+    invalid = next(r for r in dlq if r["reason_code"] == "invalid_delta")
+    (problem,) = invalid["context"]["problems"]
+    assert problem["place"] == "not" and "not a posting delta" in problem["detail"]  # its field
     # A second run of the same group reads nothing new; a new group finds all already there.
     again = run_in_process(journal(tmp_path), broker, group="erp-test-2")
     assert (again.posted, again.already_there) == (0, len(good))

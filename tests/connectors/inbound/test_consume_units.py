@@ -14,7 +14,6 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from rcmflow.connectors.inbound.consume import (
-    BrokerFailed,
     ConsumeOptions,
     Hl7Handler,
     Incoming,
@@ -24,6 +23,7 @@ from rcmflow.connectors.inbound.consume import (
     _looks_ndjson,
 )
 from rcmflow.connectors.inbound.events import key_document
+from rcmflow.connectors.inbound.files import BrokerFailed
 from rcmflow.connectors.inbound.hl7.intake import Intake
 from rcmflow.connectors.inbound.hl7.mapping import MappingConfig
 from rcmflow.connectors.inbound.hl7.replay import ReplayStore
@@ -78,7 +78,10 @@ def test_empty_oversized_and_undecodable_records_are_dlq_records_with_their_byte
     (big,) = handler.outputs(record(b"{" + b"x" * 200 + b"}"))
     doc = dlq(big)
     assert doc["reason_code"] == "too_large" and "202 bytes exceeds 100" in str(doc["reason"])
-    assert doc["context"] == {"format": "events", "size_bytes": 202, "payload_truncated": True}
+    assert doc["context"] == {
+        "format": "events", "payload_truncated": True, "payload_bytes": 202,
+        "problems": [{"reason_code": "too_large", "place": "",
+                      "detail": "record of 202 bytes exceeds 100 (TEST_BYTES_MAX): not read"}]}
     assert len(str(doc["payload"])) == 64  # cut at the DLQ payload bound, and said so
     (latin,) = handler.outputs(record(b"\xff\xfe{"))
     doc = dlq(latin)
@@ -114,6 +117,8 @@ def test_canonical_json_one_event_pretty_printed_or_json_lines() -> None:
     out = key_document(lines, line_bytes_max=4096, origin=origin, where="t offset 3")
     assert [o[0] for o in out] == [EVENTS, DLQ, EVENTS]
     assert "t offset 3 line 3: not valid JSON" in str(dlq(out[1])["reason"])
+    (problem,) = dlq(out[1])["context"]["problems"]
+    assert (problem["reason_code"], problem["place"]) == ("invalid_json", "line 3")
 
 
 def test_ndjson_is_told_from_a_pretty_printed_resource() -> None:

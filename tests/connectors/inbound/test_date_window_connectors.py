@@ -51,7 +51,7 @@ def test_an_835_paid_outside_the_window_is_parked(day: date, taken: bool) -> Non
         return
     assert tset.parked and not tset.events
     (problem,) = tset.problems
-    assert problem.code == DATE_OUT_OF_RANGE
+    assert problem.reason_code == DATE_OUT_OF_RANGE
     _says_why(problem.detail, day, "835 payment date (BPR16, else DTM*405, else GS04)")
 
 
@@ -62,7 +62,7 @@ def test_an_837_created_outside_the_window_is_parked() -> None:
             seg[4] = "99991231"
     (tset,) = process_x12(envelope(segments, functional_id="HC", version="005010X222A1"),
                           origin="file:c.837", limits=X12Limits(date_window=WINDOW)).sets
-    assert tset.parked and [p.code for p in tset.problems] == [DATE_OUT_OF_RANGE]
+    assert tset.parked and [p.reason_code for p in tset.problems] == [DATE_OUT_OF_RANGE]
     _says_why(tset.problems[0].detail, date(9999, 12, 31), "837 creation date (BHT04)")
 
 
@@ -73,11 +73,11 @@ def test_payment_rows_outside_the_window_are_rejected_row_by_row() -> None:
                            name="day.csv", origin="file:day.csv", date_window=WINDOW)
     taken = [n for n, (_, ok) in enumerate(EDGES, start=2) if ok]
     assert [item.number for item, _ in out.events] == taken
-    assert [(r.row, r.code) for r in out.rejected] == [
+    assert [(r.row, r.rejection.reason_code) for r in out.rejected] == [
         (n, DATE_OUT_OF_RANGE) for n, (_, ok) in enumerate(EDGES, start=2) if not ok]
     first = out.rejected[0]
-    assert first.detail.startswith("row 2: ")
-    _says_why(first.detail, date(1, 1, 1), "date")
+    assert first.rejection.detail.startswith("row 2: ")
+    _says_why(first.rejection.detail, date(1, 1, 1), "date")
 
 
 def test_the_payments_default_window_refuses_year_one_and_9999() -> None:
@@ -85,7 +85,8 @@ def test_the_payments_default_window_refuses_year_one_and_9999() -> None:
     rows = "payment,A1,1.00,0001-01-01,R1\npayment,A2,1.00,9999-12-31,R2\n"
     out = process_payments(("type,account,amount,date,reference\n" + rows).encode(),
                            name="d.csv", origin="file:d.csv")
-    assert not out.events and [r.code for r in out.rejected] == [DATE_OUT_OF_RANGE] * 2
+    assert not out.events
+    assert [r.rejection.reason_code for r in out.rejected] == [DATE_OUT_OF_RANGE] * 2
 
 
 CHARGE: dict[str, Any] = {

@@ -42,7 +42,7 @@ def test_csv_good_rows_become_events_and_bad_rows_name_their_row() -> None:
     assert isinstance(events[2], WriteOff) and events[2].reason == "small_balance"
     assert events[3].occurred_at.utcoffset() is not None
     # Spreadsheet rows: the header is row 1.
-    assert [(r.row, r.code) for r in out.rejected] == [
+    assert [(r.row, r.rejection.reason_code) for r in out.rejected] == [
         (3, "row_invalid_amount"),
         (6, "row_missing_field"),
         (7, "row_invalid_amount"),
@@ -51,7 +51,7 @@ def test_csv_good_rows_become_events_and_bad_rows_name_their_row() -> None:
         (10, "row_invalid"),
         (11, "row_duplicate_reference"),
     ]
-    by_row = {r.row: r.detail for r in out.rejected}
+    by_row = {r.row: r.rejection.detail for r in out.rejected}
     assert "fraction of a cent" in by_row[3]
     assert "already used in row 2 (the same content)" in by_row[11]
     assert out.warnings == ["columns ignored: payer_name"]
@@ -72,7 +72,7 @@ def test_row_words_are_read_in_any_case_from_ar_too() -> None:
     assert isinstance(refund, Refund) and refund.to == "patient"
     assert [(w.reason, w.from_ar) for w in write_offs if isinstance(w, WriteOff)] == [
         ("bad_debt", "insurance"), ("denial", "patient")]
-    assert [(r.row, r.code) for r in out.rejected] == [(6, "row_invalid")]
+    assert [(r.row, r.rejection.reason_code) for r in out.rejected] == [(6, "row_invalid")]
 
 
 def test_published_records_carry_the_row_and_reason_but_no_other_column() -> None:
@@ -108,7 +108,7 @@ def test_jsonl_amounts_are_exact_whether_strings_or_numbers() -> None:
     ])
     out = process_payments(lines.encode(), name="p.jsonl", origin="file:p.jsonl")
     assert [e.amount_cents for _, e in out.events] == [10, 20]
-    assert [(r.row, r.code) for r in out.rejected] == [
+    assert [(r.row, r.rejection.reason_code) for r in out.rejected] == [
         (3, "row_invalid_amount"), (4, "row_invalid_json"), (5, "row_invalid_json")]
 
 
@@ -116,8 +116,8 @@ def test_a_file_without_the_required_columns_is_rejected_whole() -> None:
     out = process_payments(b"account,amount\nA1,1.00\n", name="x.csv", origin="file:x.csv")
     assert out.events == []
     (rejected,) = out.rejected
-    assert rejected.code == "file_unreadable"
-    assert "no type, date, reference columns" in rejected.detail
+    assert rejected.rejection.reason_code == "file_unreadable"
+    assert "no type, date, reference columns" in rejected.rejection.detail
 
 
 def test_rows_past_the_limit_are_not_read_and_say_so() -> None:
@@ -125,7 +125,7 @@ def test_rows_past_the_limit_are_not_read_and_say_so() -> None:
     out = process_payments(("type,account,amount,date,reference\n" + rows).encode(),
                            name="x.csv", origin="file:x.csv", rows_max=3)
     assert len(out.events) == 3
-    assert [r.code for r in out.rejected] == ["rows_max"]
+    assert [r.rejection.reason_code for r in out.rejected] == ["rows_max"]
 
 
 def test_resending_a_file_gives_byte_identical_events() -> None:
@@ -161,7 +161,7 @@ def test_an_amount_past_the_bound_is_an_invalid_amount_with_its_value() -> None:
             "payment,A1,10000000000.01,2026-03-01,P-1\n"
             "payment,A1,10000000000.00,2026-03-01,P-2\n")
     out = process_payments(text.encode(), name="day.csv", origin="file:day.csv")
-    assert [(r.row, r.code, r.detail) for r in out.rejected] == [
+    assert [(r.row, r.rejection.reason_code, r.rejection.detail) for r in out.rejected] == [
         (2, "row_invalid_amount", "row 2: amount '10000000000.01' is out of range (at most "
          "10000000000.00 either way)")]
     assert [e.amount_cents for _, e in out.events] == [1_000_000_000_000]

@@ -76,7 +76,8 @@ def test_a_line_without_an_end_is_skipped_in_pieces_and_the_rows_after_it_go_thr
     ingest = PaymentsIngest(path)
     records = list(ingest.records())
     assert ingest.events == 2
-    assert [(r.row, r.code) for r in ingest.first_rejected] == [(3, "row_too_large")]
+    assert [(r.row, r.rejection.reason_code) for r in ingest.first_rejected] == [
+        (3, "row_too_large")]
     (dlq,) = [orjson.loads(v) for t, _, v in records if t == DLQ]
     assert dlq["payload"] == ""  # the row is not kept: it is larger than a row may be
     jsonl = tmp_path / "long.jsonl"
@@ -87,14 +88,14 @@ def test_a_line_without_an_end_is_skipped_in_pieces_and_the_rows_after_it_go_thr
                                    "date": "2026-03-01", "reference": "J2"}) + "\n")
     out = process_payments(jsonl.read_bytes(), name="long.jsonl", origin="file:long.jsonl")
     assert len(out.events) == 2
-    assert [(r.row, r.code) for r in out.rejected] == [(2, "row_too_large")]
+    assert [(r.row, r.rejection.reason_code) for r in out.rejected] == [(2, "row_too_large")]
 
 
 def test_a_quote_never_closed_stops_the_file_at_its_row_with_the_reason() -> None:
     text = HEADER + "payment,A1,1.00,2026-03-01,R1\n" + 'payment,"A2,1.00\n' + "x\n" * 70_000
     out = process_payments(text.encode(), name="q.csv", origin="file:q.csv")
     assert len(out.events) == 1
-    assert [(r.row, r.code) for r in out.rejected] == [(3, "row_invalid_csv")]
+    assert [(r.row, r.rejection.reason_code) for r in out.rejected] == [(3, "row_invalid_csv")]
 
 
 def test_a_streamed_file_publishes_what_the_whole_file_reader_does(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_the_segment_bound_is_per_set_a_larger_set_is_parked_the_others_go() -> 
     outcome = process_x12(data, origin="file:x", limits=X12Limits(segments_max=30))
     assert outcome.problems == []
     first, *rest = outcome.sets
-    assert first.parked and [p.code for p in first.problems][0] == "x12_too_many_segments"
+    assert first.parked and [p.reason_code for p in first.problems][0] == "x12_too_many_segments"
     assert "split the transaction set" in first.problems[0].detail
     assert [s.parked for s in rest] == [False, False]
     kept = [json.loads(value)["segments"] for topic, _, value in outcome.records(X12Limits())
@@ -76,7 +76,7 @@ def test_an_unknown_transaction_set_is_parked_not_guessed() -> None:
     (tset,) = process_x12(envelope(segs, functional_id="HS", version="005010X279A1"),
                           origin="file:x", limits=X12Limits()).sets
     assert tset.parked
-    assert [p.code for p in tset.problems] == ["x12_unsupported_set"]
+    assert [p.reason_code for p in tset.problems] == ["x12_unsupported_set"]
 
 
 def test_a_huge_set_keeps_every_published_record_bounded() -> None:

@@ -123,7 +123,7 @@ def test_perturbing_any_amount_parks_the_set(
     outcome = process_x12(envelope(segs), origin="file:gen", limits=FAST)
     (tset,) = outcome.sets
     assert tset.parked
-    assert {p.code for p in tset.problems} & {"x12_claim_unbalanced",
+    assert {p.reason_code for p in tset.problems} & {"x12_claim_unbalanced",
                                               "x12_transaction_unbalanced"}
     assert outcome.events == []
     records = list(outcome.records(FAST))

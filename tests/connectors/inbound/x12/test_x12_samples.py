@@ -109,20 +109,20 @@ def test_sample_outcome(name: str) -> None:
     path = _sample(name)
     outcome = process_x12(path.read_bytes(), origin=f"file:{path}", limits=X12Limits())
     if expect.file_problem:
-        assert [p.code for p in outcome.problems] == [expect.file_problem]
+        assert [p.reason_code for p in outcome.problems] == [expect.file_problem]
         assert outcome.sets == [] and outcome.events == []
         records = list(outcome.records(X12Limits()))
         assert [t for t, _, _ in records] == [DLQ]
         return
     assert outcome.problems == []
-    assert {s.st02: (None if not s.parked else {p.code for p in s.problems})
+    assert {s.st02: (None if not s.parked else {p.reason_code for p in s.problems})
             for s in outcome.sets}.keys() == expect.sets.keys()
     for s in outcome.sets:
         wanted = expect.sets[s.st02]
         if wanted is None:
             assert not s.parked, s.reason()
         else:
-            assert s.parked and wanted <= {p.code for p in s.problems}, s.reason()
+            assert s.parked and wanted <= {p.reason_code for p in s.problems}, s.reason()
     reasons = " ".join(s.reason() for s in outcome.sets)
     for text in expect.reason_has:
         assert text in reasons

@@ -34,7 +34,7 @@ def _comparable(records: list[tuple[str, bytes | None, bytes]]) -> list[Any]:
         if topic == DLQ:
             doc = json.loads(value)
             out.append((topic, key, doc["reason_code"], doc["payload"],
-                        sorted(p["code"] for p in doc["context"]["problems"])))
+                        sorted(p["reason_code"] for p in doc["context"]["problems"])))
         else:
             out.append((topic, key, value))
     return out
@@ -66,7 +66,7 @@ def test_a_streamed_file_is_answered_as_the_whole_file(data: st.DataObject,
     x12, records = _streamed(bytes(raw))
     expected = list(whole.records(FAST))
     assert [s.parked for s in x12.outcome.sets] == [s.parked for s in whole.sets]
-    assert [p.code for p in x12.outcome.problems] == [p.code for p in whole.problems]
+    assert [p.reason_code for p in x12.outcome.problems] == [p.reason_code for p in whole.problems]
     assert ([t for t, _, _ in records] == [t for t, _, _ in expected])
     assert _comparable(_same_origin(records)) == _comparable(_same_origin(expected))
 
