@@ -55,10 +55,16 @@ def dlq_record(
     discriminator: str = "",
     payload_bytes_max: int | None = None,
     identity: str | None = None,
+    input_bytes: int | None = None,
 ) -> DlqRecord:
     """The rcm.dlq record of a refusal: the one place a ``Rejection`` becomes a record (its
     problems go to ``context.problems``). ``discriminator`` tells apart several records from
     one input.
+
+    The payload is cut to ``payload_bytes_max``; then ``context.payload_truncated`` says so
+    and ``context.payload_bytes`` gives the whole input's size: ``input_bytes`` when the
+    caller holds only the input's start (a file or an X12 set read as a stream), else the
+    payload's length.
 
     The id is deterministic: by default from the place (origin topic, partition, offset), so
     a record written again after a crash is the same exception. ``identity`` replaces the
@@ -71,8 +77,9 @@ def dlq_record(
     where = identity if identity is not None else (
         f"{origin.topic}|{origin.partition}|{origin.offset}")
     material = f"{stage}|{reason_code}|{where}|"
-    if payload_bytes_max is not None and len(payload) > payload_bytes_max:
-        context = (context or {}) | {"payload_truncated": True, "payload_bytes": len(payload)}
+    whole = max(len(payload), input_bytes or 0)
+    if payload_bytes_max is not None and whole > payload_bytes_max:
+        context = (context or {}) | {"payload_truncated": True, "payload_bytes": whole}
         payload = payload[:payload_bytes_max]
     dlq_id = "dlq_" + hashlib.sha256((material + discriminator).encode()).hexdigest()[:24]
     try:

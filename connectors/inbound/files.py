@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar, runtime_checkable
+from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -43,7 +43,7 @@ from rcmflow.streams.rejections import Problem, Rejection
 from rcmflow.streams.topics import DLQ, record_bytes_max
 
 __all__ = ["ingest_files", "publish_records", "say", "fit", "BrokerFailed", "FileIngest",
-           "ReadsAhead", "ReadPosition", "Record", "streamed_cut"]
+           "ReadsAhead", "ReadPosition", "Record"]
 
 
 #: Bytes of a record kept in the DLQ record that stands for it when its topic cannot take it.
@@ -134,14 +134,6 @@ def fit(record: Record, *, origin: str) -> Record:
         context={"topic": topic, "record_bytes": size, "topic_bytes_max": limit},
         discriminator=f"{topic}|{key!r}", payload_bytes_max=TOO_LARGE_PAYLOAD_BYTES)
     return DLQ, key, dlq.model_dump_json().encode()
-
-
-def streamed_cut(size: int, payload_bytes_max: int) -> dict[str, Any]:
-    """The context ``dlq_record`` gives a payload it cut (``payload_truncated``,
-    ``payload_bytes``), for a payload that is only the start of an input of ``size`` bytes
-    read as a stream (a file refused whole, a parked X12 set): the input was never whole in
-    memory, so ``dlq_record`` cannot see its size."""
-    return {"payload_truncated": True, "payload_bytes": size} if size > payload_bytes_max else {}
 
 
 def publish_records(kafka: KafkaConnection, records: Iterable[Record], *,

@@ -30,7 +30,6 @@ from rcmflow.connectors.inbound.files import (
     Record,
     ingest_files,
     say,
-    streamed_cut,
 )
 from rcmflow.connectors.inbound.payments.rows import (
     FileError,
@@ -143,14 +142,12 @@ def item_records(item: Item, *, origin: str, received_at: datetime,
     r = item
     payload = r.payload if isinstance(r.payload, bytes) else r.payload.encode()
     context: dict[str, Any] = {"row": r.row, **({"account": r.account} if r.account else {})}
-    if r.size is not None:  # only the file's start was read
-        context |= streamed_cut(r.size, payload_bytes_max)
     record = dlq_record(
         r.rejection.model_copy(
             update={"detail": f"{origin.removeprefix('file:')} {r.rejection.detail}"}),
         origin=Origin(topic=origin, partition=0, offset=r.row, key=None),
         payload=payload, received_at=received_at, context=context,
-        payload_bytes_max=payload_bytes_max)
+        payload_bytes_max=payload_bytes_max, input_bytes=r.size)  # r.size: only its start read
     return [(DLQ, None, record.model_dump_json().encode())]
 
 

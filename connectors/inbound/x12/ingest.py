@@ -44,7 +44,7 @@ from typing import Any, BinaryIO, TypeAlias
 
 import orjson
 
-from rcmflow.connectors.inbound.files import Record, streamed_cut
+from rcmflow.connectors.inbound.files import Record
 from rcmflow.connectors.inbound.totals import SourceTotals
 from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
@@ -606,10 +606,10 @@ def _dlq(origin: str, offset: int, st02: str | None, problems: list[Problem], to
     record = dlq_record(
         _rejection(origin, st02, problems),
         origin=Origin(topic=origin, partition=0, offset=offset, key=st02),
-        payload=payload[:limits.dlq_payload_bytes_max], received_at=received,
-        context={**context, "problems_total": total,
-                 **streamed_cut(size, limits.dlq_payload_bytes_max)},
-        discriminator=st02 or "", payload_bytes_max=limits.dlq_payload_bytes_max)
+        payload=payload, received_at=received,
+        context={**context, "problems_total": total},
+        discriminator=st02 or "", payload_bytes_max=limits.dlq_payload_bytes_max,
+        input_bytes=size)
     return record.model_dump_json().encode()
 
 
