@@ -47,6 +47,7 @@ import orjson
 from rcmflow.connectors.inbound.files import Record
 from rcmflow.connectors.inbound.totals import SourceTotals
 from rcmflow.runtime.errors import RcmflowError
+from rcmflow.runtime.settings import default_of
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import ClaimAdjudicated, ClaimSubmitted, ProviderAdjustment
@@ -107,13 +108,15 @@ class X12ChangedError(RcmflowError, OSError):
 
 @dataclass(frozen=True)
 class X12Limits:
-    segments_max: int = 1_000_000
-    guide_validation: bool = True
-    dlq_payload_bytes_max: int = 512 * 1024
+    """The bounds of one X12 file; the defaults are the settings' (``files.limits_from``)."""
+
+    segments_max: int = default_of("x12_segments_max")
+    guide_validation: bool = default_of("x12_guide_validation")
+    dlq_payload_bytes_max: int = default_of("dlq_payload_bytes_max")
     entity: str = "01"
     date_window: DateWindow = DateWindow()  # a set dated outside it is parked
     #: Files larger than this are not guide-validated (pyx12's time and memory).
-    guide_bytes_max: int = 2 * 1024 * 1024
+    guide_bytes_max: int = default_of("x12_guide_bytes_max")
 
 
 @dataclass
