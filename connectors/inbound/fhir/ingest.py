@@ -682,7 +682,8 @@ class FhirOutcome:
     def ok(self) -> bool:
         return not self.rejected
 
-    def records(self, payload_bytes_max: int = 512 * 1024) -> list[Record]:
+    def records(self, payload_bytes_max: int = default_of("dlq_payload_bytes_max")
+                ) -> list[Record]:
         out = _Records(self.origin, payload_bytes_max)
         records = [r for s in self.steps for r in out.step(s)]
         return records + list(out.tallied())

@@ -54,6 +54,7 @@ from rcmflow.connectors.inbound.totals import HEADER_STATUS, HEADER_TOTALS
 from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Outgoing, check_record_sizes, send
+from rcmflow.runtime.settings import default_of
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import Event
 from rcmflow.streams.rejections import Problem
@@ -88,8 +89,9 @@ class Outcome:
 
 class Intake:
     def __init__(self, *, sink: Sink, store: ReplayStore, config: MappingConfig,
-                 channel: str, message_bytes_max: int = 1024 * 1024,
-                 dlq_payload_bytes_max: int = 512 * 1024) -> None:
+                 channel: str,
+                 message_bytes_max: int = default_of("mllp_message_bytes_max"),
+                 dlq_payload_bytes_max: int = default_of("dlq_payload_bytes_max")) -> None:
         assert message_bytes_max > 0 and dlq_payload_bytes_max > 0
         self._sink = sink
         self._store = store
@@ -268,7 +270,8 @@ class KafkaSink:
     """Writes through one long-lived producer with acks=all; each call waits for its acks."""
 
     def __init__(self, kafka: KafkaConnection, timeout_s: float,
-                 record_bytes_max: int = raw_record_bytes_max(1024 * 1024, 1000)) -> None:
+                 record_bytes_max: int = raw_record_bytes_max(
+                     default_of("mllp_message_bytes_max"), default_of("hl7_ft1_max"))) -> None:
         from aiokafka import AIOKafkaProducer
 
         # linger 0: a sender waits for each ACK, so there is nothing to batch with; 1 ms of

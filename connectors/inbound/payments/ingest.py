@@ -44,7 +44,7 @@ from rcmflow.connectors.inbound.payments.rows import (
 from rcmflow.connectors.inbound.seen import SeenKeys
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
-from rcmflow.runtime.settings import Settings
+from rcmflow.runtime.settings import Settings, default_of
 from rcmflow.streams.date_window import DEFAULT_WINDOW, DateWindow
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.rejections import Problem, Rejection
@@ -57,8 +57,10 @@ __all__ = ["PaymentsOutcome", "PaymentsIngest", "process_payments", "payment_ite
 #: Rejections kept for the report and the watch folder's ``.reason`` file; all of them are
 #: in rcm.dlq.
 REASONS_KEPT = 100
-#: Default bytes of the input a DLQ record keeps (RCMFLOW_DLQ_PAYLOAD_BYTES_MAX).
-PAYLOAD_BYTES_MAX = 512 * 1024
+#: Defaults of the settings that bound a file (RCMFLOW_DLQ_PAYLOAD_BYTES_MAX,
+#: RCMFLOW_PAYMENTS_ROWS_MAX), for calls made without Settings.
+PAYLOAD_BYTES_MAX: int = default_of("dlq_payload_bytes_max")
+ROWS_MAX: int = default_of("payments_rows_max")
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ Item: TypeAlias = tuple[RawRow, PaymentEvent] | Rejected
 
 
 def payment_items(stream: BinaryIO, *, name: str, channel: str = "lockbox",
-                  rows_max: int = 1_000_000, warnings: list[str] | None = None,
+                  rows_max: int = ROWS_MAX, warnings: list[str] | None = None,
                   payload_bytes_max: int = PAYLOAD_BYTES_MAX,
                   date_window: DateWindow = DEFAULT_WINDOW) -> Iterator[Item]:
     """Every row of a CSV / JSON-lines payment file as it is read: an event or a rejection.
@@ -174,7 +176,7 @@ class PaymentsOutcome:
 
 
 def process_payments(data: bytes, *, name: str, origin: str, channel: str = "lockbox",
-                     rows_max: int = 1_000_000,
+                     rows_max: int = ROWS_MAX,
                      date_window: DateWindow = DEFAULT_WINDOW) -> PaymentsOutcome:
     """Every row of a CSV / JSON-lines payment file, as an event or a rejection."""
     outcome = PaymentsOutcome(origin=origin)
@@ -192,7 +194,7 @@ class PaymentsIngest:
     """One payment file published as it is read (connectors/inbound/files.FileIngest): only counts,
     the file's warnings and the first ``REASONS_KEPT`` rejections stay for the report."""
 
-    def __init__(self, path: Path, *, channel: str = "lockbox", rows_max: int = 1_000_000,
+    def __init__(self, path: Path, *, channel: str = "lockbox", rows_max: int = ROWS_MAX,
                  payload_bytes_max: int = PAYLOAD_BYTES_MAX,
                  date_window: DateWindow = DEFAULT_WINDOW) -> None:
         self.path = path
