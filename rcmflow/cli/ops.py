@@ -2,8 +2,7 @@
 
 This is the operators' side (full detail); the patient-facing view is the FHIR facade.
 rcm.accounts holds an account as its head (key ``<account>``) and one record per item (keys
-``<account>/<kind>/<id>``, ``streams/layout.py``); records written before that layout (the
-whole account under ``<account>``) are read through ``layout.read_record``.
+``<account>/<kind>/<id>``, ``streams/layout.py``), read through ``layout.read_record``.
 """
 
 from __future__ import annotations
@@ -52,11 +51,11 @@ async def _latest(kafka: KafkaConnection, keep: Callable[[bytes | None], bool]
             else:
                 items[key.account].pop(key.item, None)
             continue
-        for part, doc in read_record(record.key, json.loads(record.value)):
-            if part.item is None:
-                heads[part.account] = doc
-            else:
-                items[part.account][part.item] = doc
+        part, doc = read_record(record.key, json.loads(record.value))
+        if part.item is None:
+            heads[part.account] = doc
+        else:
+            items[part.account][part.item] = doc
     return heads, items
 
 
@@ -178,7 +177,7 @@ async def heads_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None
     heads = []
     for record in page.records:
         assert record.key is not None and record.value is not None
-        for part, doc in read_record(record.key, json.loads(record.value)):
-            if part.item is None:
-                heads.append(doc)
+        part, doc = read_record(record.key, json.loads(record.value))
+        if part.item is None:
+            heads.append(doc)
     return heads, page.next
