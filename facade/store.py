@@ -384,9 +384,14 @@ class Store:
                     int(doc["version"])
                 except UpgradeNeeded as exc:  # an older rcmflow's head: said, not guessed at
                     log.error("facade: %s", exc)
-                    self._exception("record", key, parsed.account, "upgrade_needed",
+                    self._exception("record", key, parsed.account, "record_unreadable",
                                     f"{exc}; it was not applied", key, value,
                                     {"account": parsed.account})
+                    # Held, not sent, until the feed reaches the log's end: the upgrade's
+                    # record of the same key further on clears it (compaction drops the old
+                    # one in time).
+                    self.db.execute("UPDATE exceptions SET sent = -1 WHERE type = 'record' "
+                                    "AND id = ? AND sent = 0", (key,))
                     continue
                 except Exception as exc:
                     # An unreadable record: nothing of it is applied, and it is said.
@@ -694,6 +699,14 @@ class Store:
                 in self.db.execute(
                     "SELECT dlq_id, account, record FROM exceptions WHERE sent = 0 LIMIT ?",
                     (limit,))]
+
+    def release_held(self) -> int:
+        """Let the exception records of older rcmflow heads still unreplaced be sent (the
+        feed calls this once it has read to the log's end); returns how many."""
+        if self.db.execute("SELECT 1 FROM exceptions WHERE sent = -1 LIMIT 1").fetchone() is None:
+            return 0  # the usual case: no write
+        with self._tx():
+            return self.db.execute("UPDATE exceptions SET sent = 0 WHERE sent = -1").rowcount
 
     def mark_sent(self, dlq_ids: Sequence[str]) -> None:
         with self._tx():

@@ -813,7 +813,12 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app()
-    except Exception:  # not a refusal the command names: a bug, with its own exit code
+    except Exception as exc:  # not a refusal the command names: a bug, with its own exit code
+        from rcmflow.streams.layout import UpgradeNeeded
+
+        if isinstance(exc, UpgradeNeeded):  # a listing met a record an older rcmflow wrote
+            err.print(f"[red]rcmflow: {escape(str(exc))}[/red]", soft_wrap=True)
+            sys.exit(ExitCode.REFUSED)
         traceback.print_exc()
         sys.exit(ExitCode.INTERNAL)
 

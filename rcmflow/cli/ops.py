@@ -36,9 +36,11 @@ async def _latest(kafka: KafkaConnection, keep: Callable[[bytes | None], bool]
     records = await read_topic(kafka, ACCOUNTS, keep=keep)
     heads: _Heads = {}
     items: _Items = defaultdict(dict)
-    # An account's records share a partition: its offsets order them.
+    # An account's records share a partition: its offsets order them. Only a key's newest
+    # record is read: an older one may be of a shape `rcmflow upgrade` has since replaced.
+    newest = {r.key: r.offset for r in records}
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        if record.key is None:
+        if record.key is None or newest[record.key] != record.offset:
             continue
         try:
             key = parse_key(record.key)

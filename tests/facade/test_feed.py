@@ -21,7 +21,7 @@ from rcmflow.streams.topics import ACCOUNTS
 from tests.conftest import Broker, wait_until
 from tests.facade.conftest import Served, build_tables, records, world_events
 from tests.facade.test_exceptions import UNREPRESENTABLE, account_records, with_payment_dated
-from tests.facade.test_store import LEGACY, served
+from tests.facade.test_store import served
 
 pytestmark = pytest.mark.broker
 
@@ -44,11 +44,7 @@ async def _feed_until(feeder: Feeder, done: object, what: str) -> None:
 
 
 async def test_feed_fills_resumes_and_refills(broker: Broker, tmp_path: Path) -> None:
-    # The world's heads and items, but A1002 as one layout-1 record (written before layout 2).
-    held = [(k, v) for k, v in records(build_tables(world_events()))
-            if parse_key(k).account != "A1002"]
-    legacy = orjson.loads(LEGACY.read_bytes())["accounts"]["A1002"]
-    held.append(("A1002", orjson.dumps(legacy["record"])))
+    held = records(build_tables(world_events()))
     heads = {k: orjson.loads(v or b"") for k, v in held if parse_key(k).item is None}
     kafka = broker.connection
     await publish(kafka, [(ACCOUNTS, k.encode(), v) for k, v in held])
@@ -58,8 +54,6 @@ async def test_feed_fills_resumes_and_refills(broker: Broker, tmp_path: Path) ->
     assert store.account_count() == len(heads)
     row = store.read("Account", "A1001")
     assert row is not None and row.version == heads["A1001"]["version"]
-    assert {k: orjson.loads(v) for k, v in served(store, "A1002").items()} == \
-        legacy["resources"]
     assert sum(store.offsets().values()) == len(held)
 
     # A newer head replaces, an older one (a worker re-sending after a crash) does not,
