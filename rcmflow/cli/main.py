@@ -190,8 +190,9 @@ def worker(
 def upgrade() -> None:
     """Rewrite, once, the table records an older rcmflow wrote, so that this version reads them.
 
-    Run it after installing a new version, with every worker stopped, before starting the
-    workers and the facade again; it uses the worker's settings and Kafka user. It rewrites
+    Run it after installing a new version, with every worker stopped, before starting this
+    version's workers (a running facade may stay); it uses the workers' settings and Kafka
+    user. It rewrites
     layout-1 accounts in rcm.accounts (the whole account in one record) as a head and one
     record per item, and gives dedup records written before the dedup horizon a day (they
     stay kept for ever). A worker or facade that meets such a record refuses it and names
