@@ -192,14 +192,14 @@ def upgrade() -> None:
 
     Run it after installing a new version, with every worker stopped, before starting this
     version's workers (a running facade may stay); it uses the workers' settings and Kafka
-    user. It rewrites
-    layout-1 accounts in rcm.accounts (the whole account in one record) as a head and one
-    record per item, and gives dedup records written before the dedup horizon a day (they
-    stay kept for ever). A worker or facade that meets such a record refuses it and names
-    this command. Safe to run again: a second run finds nothing to do and says so; a run cut
-    short is finished by the next. Docs: operations, "Upgrading". Exit 0: done, or nothing
-    to do; 1: records of no known shape were left as they are (named); 2: bad setting, no
-    broker, or a missing ACL; 3: the broker failed part-way: run it again.
+    user. It rewrites layout-1 accounts in rcm.accounts (the whole account in one record) as
+    a head and one record per item, and gives dedup records written before the dedup horizon
+    a day (they stay kept for ever). A worker, facade or listing that meets such a record
+    refuses it and names this command. Safe to run again: a second run finds nothing to do
+    and says so; a run cut short is finished by the next. Docs: operations, "Upgrading".
+    Exit 0: done, or nothing to do; 1: records of no known shape were left as they are
+    (named); 2: bad setting, no broker, or a missing ACL; 3: the broker failed part-way:
+    run it again.
     """
     from aiokafka.errors import KafkaError
 
