@@ -29,14 +29,14 @@ key elsewhere). Items before heads, and index keys before dedup records, each ac
 before the next: a run that stops half-way leaves the old record in place, and running again
 finishes it. A second run finds nothing to do and says so.
 
-Memory: the newest value of each layout-1 head and undated dedup record is held until it is
-written (what must be rewritten); every other record is passed over as it is read.
+Memory: a first pass keeps the key and offset of each record to rewrite; a second reads
+those again and writes them a chunk at a time (``PUBLISH_IN_FLIGHT_MAX`` records).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -59,7 +59,7 @@ __all__ = ["upgrade", "UpgradeReport", "split_layout_1", "dated", "KEPT_FOR_EVER
 KEPT_FOR_EVER_DAY = date.max.toordinal()
 
 #: (partition, key, value) to produce.
-_Out = tuple[int, bytes, bytes]
+_Outs = list[tuple[int, bytes, bytes]]
 
 
 @dataclass
@@ -130,46 +130,32 @@ def dated(record: Mapping[str, Any]) -> dict[str, Any]:
 
 async def upgrade(kafka: KafkaConnection, app_id: str, console: Console) -> UpgradeReport:
     """Read rcm.accounts and the dedup changelog to their ends and rewrite what an older
-    rcmflow wrote; ``console`` shows progress. Broker errors (KafkaError, TimeoutError) and
-    a record too large for its topic propagate: nothing already acknowledged is undone, and
-    running again is safe."""
+    rcmflow wrote; ``console`` shows progress. Broker errors (KafkaError, TimeoutError)
+    propagate: nothing already acknowledged is undone, and running again is safe."""
     report = UpgradeReport()
-    heads = await _newest(kafka, ACCOUNTS, _old_head, console, report, "accounts_read")
     changelog = dedup_changelog(app_id)
+    heads = await _newest(kafka, ACCOUNTS, _old_head, console, report, "accounts_read")
     undated = await _newest(kafka, changelog, _old_dedup, console, report, "dedup_read")
-    items: list[_Out] = []
-    new_heads: list[_Out] = []
-    for (partition, key), value in sorted(heads.items()):
+
+    def account_records(partition: int, key: bytes, value: bytes) -> tuple[_Outs, _Outs]:
         account = parse_key(key).account
-        try:
-            head, split = split_layout_1(orjson.loads(value))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            report.unreadable.append(f"{ACCOUNTS} {key.decode(errors='replace')}")
-            continue
-        items += [(partition, item_key(account, ref), orjson.dumps(item))
-                  for ref, item in split.items()]
-        new_heads.append((partition, head_key(account), orjson.dumps(head)))
-    index: list[_Out] = []
-    records: list[_Out] = []
-    for (partition, key), value in sorted(undated.items()):
-        try:
-            doc = dated(orjson.loads(value))
-        except ValueError:
-            report.unreadable.append(f"{changelog} {key!r}")
-            continue
-        index.append((partition, horizon_key(KEPT_FOR_EVER_DAY, key), b""))
-        records.append((partition, key, orjson.dumps(doc)))
-    # Each step acknowledged before the next: an old record is replaced only once all that
-    # stands for it is on the broker.
-    for topic, step, label in ((ACCOUNTS, items, "writing items"),
-                               (ACCOUNTS, new_heads, "writing heads"),
-                               (changelog, index, "writing dedup index keys"),
-                               (changelog, records, "writing dated dedup records")):
-        if step:
-            await _produce(kafka, topic, step, console, label)
-    report.heads_rewritten = len(new_heads)
-    report.items_written = len(items)
-    report.dedup_dated = len(records)
+        head, items = split_layout_1(orjson.loads(value))
+        report.heads_rewritten += 1
+        report.items_written += len(items)
+        return ([(partition, item_key(account, ref), orjson.dumps(item))
+                 for ref, item in items.items()],
+                [(partition, head_key(account), orjson.dumps(head))])
+
+    def dedup_records(partition: int, key: bytes, value: bytes) -> tuple[_Outs, _Outs]:
+        doc = dated(orjson.loads(value))
+        report.dedup_dated += 1
+        return ([(partition, horizon_key(KEPT_FOR_EVER_DAY, key), b"")],
+                [(partition, key, orjson.dumps(doc))])
+
+    if heads:
+        await _rewrite(kafka, ACCOUNTS, heads, account_records, console, report)
+    if undated:
+        await _rewrite(kafka, changelog, undated, dedup_records, console, report)
     return report
 
 
@@ -199,11 +185,12 @@ def _json(value: bytes) -> Any:
     return doc if isinstance(doc, dict) else {}
 
 
-async def _newest(kafka: KafkaConnection, topic: str, old: Any, console: Console,
-                  report: UpgradeReport, counter: str) -> dict[tuple[int, bytes], bytes]:
-    """(partition, key) -> value of the records whose newest value ``old(key, value)``
-    takes (a compacted topic still holds older values until it is compacted)."""
-    found: dict[tuple[int, bytes], bytes] = {}
+async def _newest(kafka: KafkaConnection, topic: str, old: Callable[[bytes, bytes], bool],
+                  console: Console, report: UpgradeReport, counter: str
+                  ) -> dict[tuple[int, bytes], int]:
+    """(partition, key) -> offset of the records whose key's newest value ``old`` takes (a
+    compacted topic still holds older values until it is compacted)."""
+    found: dict[tuple[int, bytes], int] = {}
     with progress(console, f"reading {topic}") as advance:
         def on_read(n: int) -> None:
             setattr(report, counter, getattr(report, counter) + n)
@@ -214,27 +201,50 @@ async def _newest(kafka: KafkaConnection, topic: str, old: Any, console: Console
                     continue
                 where = (record.partition, record.key)
                 if record.value is not None and old(record.key, record.value):
-                    found[where] = record.value
+                    found[where] = record.offset
                 else:
                     found.pop(where, None)  # rewritten since, or deleted
     return found
 
 
-async def _produce(kafka: KafkaConnection, topic: str, records: Iterable[_Out],
-                   console: Console, label: str) -> None:
-    """Send to the given partitions with acks=all, and wait for every acknowledgement."""
-    records = list(records)
+async def _rewrite(kafka: KafkaConnection, topic: str, old: dict[tuple[int, bytes], int],
+                   convert: Callable[[int, bytes, bytes], tuple[_Outs, _Outs]],
+                   console: Console, report: UpgradeReport) -> None:
+    """Read the ``old`` records again and write what ``convert`` makes of each: its first
+    records, acknowledged, then its second ones, a chunk of records at a time (memory: one
+    chunk, whatever the topic's size). A record ``convert`` cannot read is named and left."""
+    keys = {key for _, key in old}
     producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=5,
                                 max_request_size=record_bytes_max(topic))
     await producer.start()
     try:
-        with progress(console, f"{label} to {topic}", total=len(records)) as advance:
-            for start in range(0, len(records), PUBLISH_IN_FLIGHT_MAX):
-                chunk = records[start:start + PUBLISH_IN_FLIGHT_MAX]
-                pending = [await producer.send(topic, key=key, value=value,
-                                               partition=partition)
-                           for partition, key, value in chunk]
-                await asyncio.gather(*pending)
-                advance(len(chunk))
+        first: _Outs = []
+        then: _Outs = []
+
+        async def flush() -> None:
+            for step in (first, then):  # each acknowledged before the next is sent
+                await asyncio.gather(*[await producer.send(topic, key=k, value=v, partition=p)
+                                       for p, k, v in step])
+                step.clear()
+
+        with progress(console, f"rewriting {topic}", total=len(old)) as advance:
+            async for batch in iter_topic(kafka, topic, keep=lambda k: k in keys):
+                for record in batch:
+                    assert record.key is not None
+                    if old.get((record.partition, record.key)) != record.offset:
+                        continue  # an older value of the key
+                    assert record.value is not None
+                    try:
+                        records = convert(record.partition, record.key, record.value)
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        report.unreadable.append(
+                            f"{topic} {record.key.decode(errors='replace')[:80]!r}")
+                        continue
+                    first.extend(records[0])
+                    then.extend(records[1])
+                    advance(1)
+                    if len(first) + len(then) >= PUBLISH_IN_FLIGHT_MAX:
+                        await flush()
+            await flush()
     finally:
         await producer.stop()
