@@ -655,7 +655,7 @@ class Reconciler:
 
     async def read_snapshots(self) -> None:
         """The newest head of every account (its balances); item records are skipped
-        unread, and a record of the whole account (layout 1) gives its head's part."""
+        unread."""
         async for records in self._read(ACCOUNTS, keep=_head_key):
             for record in records:
                 if record.key is None:

@@ -50,7 +50,6 @@ from rcmflow.runtime.settings import Settings
 from rcmflow.streams.chart import ChartOfAccounts, load_chart
 from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
 from rcmflow.streams.layout import (
-    LegacyAccount,
     assemble,
     decode_head,
     head_key,
@@ -246,7 +245,7 @@ def bytes_by_topic(records: list[OutRecord]) -> dict[str, int]:
 class Store(Protocol):
     """The processor's ``Lookups`` plus the worker's local write of a batch's records."""
 
-    def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None: ...
+    def load_head(self, partition: int, account: str) -> AccountHead | None: ...
 
     def load_item(self, partition: int, account: str, ref: ItemRef) -> Item | None: ...
 
@@ -302,7 +301,7 @@ class RocksTables:
         self._write.disable_wal = True  # type: ignore[method-assign,assignment]
         self.heads = HeadCache(state_cache_max)  # the worker's
 
-    def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
+    def load_head(self, partition: int, account: str) -> AccountHead | None:
         head = self.heads.get(partition, account)
         if head is not None:
             return head
@@ -310,8 +309,7 @@ class RocksTables:
         if raw is None:
             return None
         loaded = decode_head(raw)
-        if isinstance(loaded, AccountHead):
-            self.heads.put(partition, account, loaded)
+        self.heads.put(partition, account, loaded)
         return loaded
 
     def load_item(self, partition: int, account: str, ref: ItemRef) -> Item | None:
@@ -320,7 +318,7 @@ class RocksTables:
 
     def load_dedup(self, partition: int, key: bytes) -> DedupEntry | None:
         raw = self.dedup[partition].get(key)
-        return DedupEntry.model_validate_json(raw) if raw is not None else None
+        return DedupEntry.read(raw) if raw is not None else None
 
     def load_purge_mark(self, partition: int) -> int:
         raw = self.dedup[partition].get(PURGED_BEFORE_KEY)

@@ -157,6 +157,8 @@ class Feeder:
                     self.status.positions.update(offsets)
                     self.status.applied_records += len(records)
                     self.status.last_applied_at_s = time.time()
+                if self.status.lag() == 0:  # at the end: held exceptions stand (store.py)
+                    await asyncio.to_thread(self.store.release_held)
                 await self._send_exceptions()
                 for tp in tps:
                     hw = consumer.highwater(tp)

@@ -17,9 +17,7 @@ PaymentReconciliation       a payment item (patient payment or refund)   the pay
 
 ``meta.lastUpdated``: the head's ``last_event_at`` for an Account; for the others the times
 their items carry (an adjudication's or payment's ``occurred_at``, a claim's submission or
-first answer): an item does not record when it last changed. Before layout 2 every resource
-of an account carried the account's version and last event time, and the items of a layout-1
-record still show them (they all carry its version; ``SNAPSHOT_AT`` its time).
+first answer): an item does not record when it last changed.
 
 Money is built from integer cents as
 ``Decimal`` with two places and written as JSON numbers with both places (``fhir_json``): the
@@ -50,8 +48,6 @@ from rcmflow.streams.state import ItemRef
 __all__ = [
     "BALANCE_EXTENSION",
     "PROVIDER_PREFIX",
-    "SNAPSHOT_AT",
-    "SNAPSHOT_SEQ",
     "Built",
     "account_resource",
     "build_resources",
@@ -238,8 +234,8 @@ def is_provider(account: str) -> bool:
 
 def build_resources(head: Mapping[str, Any],
                     items: Mapping[ItemRef, Mapping[str, Any]]) -> list[Built]:
-    """Every resource one patient account shows, from its layout-2 head and all its items
-    (``layout.read_record`` splits a layout-1 record into those); none for provider keys.
+    """Every resource one patient account shows, from its layout-2 head and all its items;
+    none for provider keys.
 
     The store builds the same resources one at a time, from the records that changed: this
     is the whole-account form of it (tests compare the two; the bench samples it).
@@ -312,20 +308,13 @@ def _claim_created(claim: Mapping[str, Any], head: Mapping[str, Any] | None) -> 
     return created
 
 
-#: Set by the store on the items of a layout-1 record, so that it is served as it was: the
-#: record's ``last_event_at`` (its resources' ``lastUpdated``), and each item's place in it
-#: (its items all carry the record's version: their order there is the order applied).
-SNAPSHOT_AT = "_snapshot_at"
-SNAPSHOT_SEQ = "_snapshot_seq"
-
-
 def _latest(*times: Any) -> str | None:
     instants = [t for t in map(utc_instant, times) if t is not None]
     return max(instants) if instants else None
 
 
 def _updated(item: Mapping[str, Any], *own: Any) -> str | None:
-    return utc_instant(item.get(SNAPSHOT_AT)) or _latest(*own)
+    return _latest(*own)
 
 
 def claim_resource(account: str, claim: Mapping[str, Any],
@@ -458,9 +447,8 @@ def claim_response_resource(account: str, adj: Mapping[str, Any],
 
 def trace_order(adjs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """A check's adjudications in the order they were applied: by version (one adjudication
-    per event), then by place in a layout-1 record."""
-    return sorted(adjs, key=lambda a: (int(a["version"]), int(a.get(SNAPSHOT_SEQ, 0)),
-                                       str(a["event_id"])))
+    per event)."""
+    return sorted(adjs, key=lambda a: (int(a["version"]), str(a["event_id"])))
 
 
 def payer_payment_resource(account: str, trace: str, adjs: Iterable[Mapping[str, Any]],

@@ -57,8 +57,6 @@ from pydantic import ValidationError
 from rcmflow.facade.resources import (
     ENTITY_SYSTEM,
     PAYER_SYSTEM,
-    SNAPSHOT_AT,
-    SNAPSHOT_SEQ,
     Built,
     account_resource,
     claim_resource,
@@ -74,7 +72,7 @@ from rcmflow.facade.resources import (
 from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.metrics import Metric, counter, gauge
 from rcmflow.streams.dlq import Origin, dlq_record
-from rcmflow.streams.layout import Key, is_legacy, parse_key, read_record
+from rcmflow.streams.layout import Key, UpgradeNeeded, parse_key, read_record
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import ACCOUNTS
 
@@ -359,8 +357,9 @@ class Store:
 
         A record older than the one held under its key is skipped: versions only grow per
         key, and a worker re-sending an old record after a crash must not move the view
-        back. A head's tombstone removes the account with its items; a layout-1 record
-        (the whole account) is read as its head and items (``layout.read_record``).
+        back. A head's tombstone removes the account with its items. A head an older
+        rcmflow wrote (no ``layout``: ``rcmflow upgrade`` rewrites it) is unreadable here:
+        nothing of it is applied, and its exception record names the command.
         """
         changed = 0
         dirty: set[_Target] = set()
@@ -381,9 +380,19 @@ class Store:
                     continue
                 try:
                     record = orjson.loads(value)
-                    parts = list(read_record(key, record))
-                    for _, doc in parts:
-                        int(doc["version"])
+                    part, doc = read_record(key, record)
+                    int(doc["version"])
+                except UpgradeNeeded as exc:  # an older rcmflow's head: said, not guessed at
+                    log.error("facade: %s", exc)
+                    self._exception("record", key, parsed.account, "record_unreadable",
+                                    f"{exc}; it was not applied", key, value,
+                                    {"account": parsed.account})
+                    # Held, not sent, until the feed reaches the log's end: the upgrade's
+                    # record of the same key further on clears it (compaction drops the old
+                    # one in time).
+                    self.db.execute("UPDATE exceptions SET sent = -1 WHERE type = 'record' "
+                                    "AND id = ? AND sent = 0", (key,))
+                    continue
                 except Exception as exc:
                     # An unreadable record: nothing of it is applied, and it is said.
                     self._record_unreadable(parsed, key, value, exc)
@@ -392,17 +401,10 @@ class Store:
                     self._failing.discard(("record", key))
                     self.db.execute("DELETE FROM exceptions WHERE type = 'record' AND id = ?",
                                     (key,))
-                legacy = parsed.item is None and is_legacy(record)
-                took, snapshot_at = False, None
-                for seq, (part, doc) in enumerate(parts):
-                    if part.item is None:
-                        took = self._put_head(part.account, doc, dirty) or took
-                        snapshot_at = doc.get("last_event_at")
-                        continue
-                    if legacy:
-                        doc |= {SNAPSHOT_AT: snapshot_at, SNAPSHOT_SEQ: seq}
-                    took = self._put_item(part, doc, dirty) or took
-                changed += took
+                if part.item is None:
+                    changed += self._put_head(part.account, doc, dirty)
+                else:
+                    changed += self._put_item(part, doc, dirty)
             self._rebuild(dirty)
             self.db.executemany(
                 "INSERT INTO offsets VALUES (?, ?) ON CONFLICT(partition) "
@@ -697,6 +699,14 @@ class Store:
                 in self.db.execute(
                     "SELECT dlq_id, account, record FROM exceptions WHERE sent = 0 LIMIT ?",
                     (limit,))]
+
+    def release_held(self) -> int:
+        """Let the exception records of older rcmflow heads still unreplaced be sent (the
+        feed calls this once it has read to the log's end); returns how many."""
+        if self.db.execute("SELECT 1 FROM exceptions WHERE sent = -1 LIMIT 1").fetchone() is None:
+            return 0  # the usual case: no write
+        with self._tx():
+            return self.db.execute("UPDATE exceptions SET sent = 0 WHERE sent = -1").rowcount
 
     def mark_sent(self, dlq_ids: Sequence[str]) -> None:
         with self._tx():

@@ -17,7 +17,8 @@ older than that from posting twice: an event *dated* before the purge mark that 
 is refused (``beyond_dedup_horizon``); every purged record was filed, so dated, before the
 mark, so a replay of one always is. The price: a first arrival dated before the mark is
 refused too (a backfill of history older than the horizon, on a system that has run that
-long). Records written before the horizon existed carry no day: they are kept, as before.
+long). A record without a day (an older rcmflow wrote it) is not read: ``DedupEntry.read``
+refuses it with ``UpgradeNeeded`` (``rcmflow upgrade`` gives it one: ``tables/upgrade.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict
+
+from rcmflow.streams.layout import UpgradeNeeded
 
 __all__ = ["DedupEntry", "Verdict", "judge", "dedup_key", "day_of", "horizon_key",
            "dedup_key_of", "PURGED_BEFORE_KEY", "HORIZON_PREFIX", "DEFAULT_HORIZON_DAYS"]
@@ -58,9 +61,16 @@ class DedupEntry(BaseModel):
     #: SHA-256 of the delta as sent (None: nothing posted), to check a re-application.
     posting_sha256: str | None = None
     #: The day the horizon counts from (``date.toordinal()``): the later of the event's date
-    #: and the day it was applied. None: written before the horizon existed, kept for ever.
-    horizon_day: int | None = None
+    #: and the day it was applied.
+    horizon_day: int
 
+    @classmethod
+    def read(cls, raw: bytes) -> DedupEntry:
+        """A table value; ``UpgradeNeeded`` for a record an older rcmflow wrote (no day)."""
+        doc = orjson.loads(raw)
+        if "horizon_day" not in doc:
+            raise UpgradeNeeded("a dedup record without a horizon day")
+        return cls.model_validate(doc)
 
     def to_json(self) -> bytes:
         """The table value (orjson: one is written per event)."""

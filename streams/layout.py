@@ -18,21 +18,21 @@ rest of the key (event ids may hold "/"). Every item carries ``version``, the ac
 of its last change. An event writes its account's head and only the items it names: its cost
 does not depend on how many items the account holds.
 
-Layout 1 (before): the whole account in one record under ``<account>``, with ``charges``,
-``claims`` (adjudications nested) and ``payments``, and no ``layout`` field. ``split_legacy``
-turns one into a head and items; the worker does so when it first touches such an account
-(and writes the new records), and every reader of rcm.accounts goes through ``read_record``,
-which understands both.
+A head without ``"layout"`` was written by an older rcmflow (the whole account in one
+record): ``rcmflow upgrade`` rewrites those (``tables/upgrade.py``, the one place that knows
+the old shape). Every reader of rcm.accounts goes through ``read_record`` or ``decode_head``,
+which refuse such a record with ``UpgradeNeeded`` rather than read it wrongly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple, cast
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import orjson
 
-from rcmflow.streams.state import ITEM_KINDS, AccountHead, Item, ItemKind, ItemRef
+from rcmflow.runtime.errors import RcmflowError
+from rcmflow.streams.state import ITEM_KINDS, AccountHead, ItemKind, ItemRef
 
 __all__ = [
     "LAYOUT",
@@ -41,12 +41,10 @@ __all__ = [
     "parse_key",
     "Key",
     "read_record",
-    "split_legacy",
-    "is_legacy",
     "assemble",
-    "LegacyAccount",
-    "legacy_account",
     "decode_head",
+    "UpgradeNeeded",
+    "UPGRADE_COMMAND",
     "accounts_json_schema",
 ]
 
@@ -54,25 +52,26 @@ LAYOUT = 2
 SEPARATOR = "/"
 
 
-class LegacyAccount(NamedTuple):
-    """A layout-1 record as read from the accounts table: the worker writes its items as
-    records of their own, and its head over the old record, when it first touches it."""
-
-    head: AccountHead
-    items: dict[ItemRef, Item]
+#: What an operator runs, workers stopped, to rewrite records of an older rcmflow.
+UPGRADE_COMMAND = "rcmflow upgrade"
 
 
-def decode_head(raw: bytes) -> AccountHead | LegacyAccount:
-    """A head record's value as the processor reads it (``Lookups.load_head``): a layout-1
-    record comes back split, for the worker to write out anew."""
+class UpgradeNeeded(RcmflowError, ValueError):
+    """A table record written by an older rcmflow, which this version does not read."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} was written by an older rcmflow and is not read by this "
+                         f"version: stop the workers and run `{UPGRADE_COMMAND}` once, then "
+                         "start them again")
+
+
+def decode_head(raw: bytes) -> AccountHead:
+    """A head record's value as the processor reads it (``Lookups.load_head``);
+    ``UpgradeNeeded`` for a head of an older layout."""
     doc = orjson.loads(raw)
-    return legacy_account(doc) if is_legacy(doc) else AccountHead.model_validate(doc)
-
-
-def legacy_account(snapshot: Mapping[str, Any]) -> LegacyAccount:
-    head, items = split_legacy(snapshot)
-    return LegacyAccount(AccountHead.model_validate(head),
-                         {ref: cast(Item, item) for ref, item in items.items()})
+    if "layout" not in doc:
+        raise UpgradeNeeded(f"the rcm.accounts head of account {doc.get('account')!r}")
+    return AccountHead.model_validate(doc)
 
 
 class Key(NamedTuple):
@@ -103,53 +102,13 @@ def parse_key(key: bytes | str) -> Key:
     return Key(account, (kind, item_id))
 
 
-def is_legacy(head: Mapping[str, Any]) -> bool:
-    """A layout-1 snapshot: the whole account in its head record."""
-    return "layout" not in head
-
-
-def split_legacy(snapshot: Mapping[str, Any]
-                 ) -> tuple[dict[str, Any], dict[ItemRef, dict[str, Any]]]:
-    """A layout-1 snapshot (JSON dict) as a layout-2 head and items (JSON dicts).
-
-    Items get the snapshot's version: layout 1 did not keep when each one last changed.
-    """
-    version = int(snapshot["version"])
-    items: dict[ItemRef, dict[str, Any]] = {}
-    for charge in snapshot.get("charges", ()):
-        items[("charge", charge["event_id"])] = {"version": version, **charge}
-    for claim_id, claim in snapshot.get("claims", {}).items():
-        adjudications = claim.get("adjudications", [])
-        items[("claim", claim_id)] = {
-            "version": version,
-            **{k: v for k, v in claim.items() if k != "adjudications"},
-            "first_adjudicated_at": adjudications[0]["occurred_at"] if adjudications else None,
-        }
-        for adj in adjudications:
-            items[("adjudication", adj["event_id"])] = {"version": version,
-                                                        "claim_id": claim_id, **adj}
-    for payment in snapshot.get("payments", ()):
-        items[("payment", payment["event_id"])] = {"version": version, **payment}
-    counts = {kind: 0 for kind in ITEM_KINDS}
-    for kind, _ in items:
-        counts[kind] += 1
-    head = {k: v for k, v in snapshot.items() if k not in ("charges", "claims", "payments")}
-    head |= {"layout": LAYOUT, "items": counts}
-    return head, items
-
-
-def read_record(key: bytes | str, value: Mapping[str, Any]
-                ) -> Iterable[tuple[Key, dict[str, Any]]]:
-    """The layout-2 records one rcm.accounts record stands for (a legacy snapshot: its head
-    and every item; anything else: itself)."""
+def read_record(key: bytes | str, value: Mapping[str, Any]) -> tuple[Key, dict[str, Any]]:
+    """An rcm.accounts record as its parsed key and value; ``UpgradeNeeded`` for a head of
+    an older layout (no ``layout`` field), ValueError for a foreign key."""
     parsed = parse_key(key)
-    if parsed.item is None and is_legacy(value):
-        head, items = split_legacy(value)
-        yield parsed, head
-        for ref, item in items.items():
-            yield Key(parsed.account, ref), item
-        return
-    yield parsed, dict(value)
+    if parsed.item is None and "layout" not in value:
+        raise UpgradeNeeded(f"the rcm.accounts head of account {parsed.account!r}")
+    return parsed, dict(value)
 
 
 def assemble(head: Mapping[str, Any], items: Mapping[ItemRef, Mapping[str, Any]]
@@ -185,8 +144,8 @@ def accounts_json_schema() -> dict[str, Any]:
         "description": "Compacted topic, keyed in the account's partition. Key "
         "'<account>': the head. Key '<account>/<kind>/<id>': one item of the account "
         "(kind: charge, claim, adjudication, payment; id: the event id, or the claim id for "
-        "a claim). An account number holds no '/'. A head without 'layout' is a layout-1 "
-        "record: the whole account in one value (charges, claims, payments).",
+        "a claim). An account number holds no '/'. A head without 'layout' was written by an "
+        "older rcmflow: `rcmflow upgrade` rewrites it.",
         "keys": {
             "<account>": AccountHead.model_json_schema(mode="serialization"),
             **{f"<account>/{kind}/<id>": TypeAdapter(model).json_schema(mode="serialization")

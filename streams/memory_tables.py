@@ -12,7 +12,6 @@ import orjson
 
 from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
 from rcmflow.streams.layout import (
-    LegacyAccount,
     assemble,
     decode_head,
     head_key,
@@ -73,7 +72,7 @@ class MemoryTables:
         if not isinstance(self.dedup, DedupRecords):
             self.dedup = DedupRecords(self.dedup)
 
-    def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
+    def load_head(self, partition: int, account: str) -> AccountHead | None:
         raw = self.accounts.get((partition, head_key(account)))
         return decode_head(raw) if raw is not None else None
 
@@ -83,7 +82,7 @@ class MemoryTables:
 
     def load_dedup(self, partition: int, key: bytes) -> DedupEntry | None:
         raw = self.dedup.get((partition, key))
-        return DedupEntry.model_validate_json(raw) if raw is not None else None
+        return DedupEntry.read(raw) if raw is not None else None
 
     def load_purge_mark(self, partition: int) -> int:
         raw = self.dedup.get((partition, PURGED_BEFORE_KEY))
@@ -110,11 +109,11 @@ def views(accounts: Records) -> dict[str, dict[str, Any]]:
     heads: dict[str, dict[str, Any]] = {}
     items: dict[str, dict[ItemRef, dict[str, Any]]] = defaultdict(dict)
     for (_, key), value in accounts.items():
-        for parsed, doc in read_record(key, orjson.loads(value)):
-            if parsed.item is None:
-                heads[parsed.account] = doc
-            else:
-                items[parsed.account][parsed.item] = doc
+        parsed, doc = read_record(key, orjson.loads(value))
+        if parsed.item is None:
+            heads[parsed.account] = doc
+        else:
+            items[parsed.account][parsed.item] = doc
     return {account: assemble(head, items[account]) for account, head in heads.items()}
 
 

@@ -42,7 +42,6 @@ from rcmflow.streams.dedup import (
 )
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import EVENT_ADAPTER, Event, EventKind, event_digest
-from rcmflow.streams.layout import LegacyAccount
 from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, DLQ_PAYLOAD_BYTES_MAX, EVENT_BYTES_MAX
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.state import AccountHead, Item, ItemRef
@@ -120,8 +119,9 @@ class BatchResult:
 class Lookups(Protocol):
     """The tables a batch reads (a partition's RocksDB stores, or a test's dicts)."""
 
-    def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
-        """The account's head; a layout-1 record comes back split (``LegacyAccount``)."""
+    def load_head(self, partition: int, account: str) -> AccountHead | None:
+        """The account's head (``layout.decode_head``: a head of an older layout raises
+        ``UpgradeNeeded``, and the worker stops)."""
 
     def load_item(self, partition: int, account: str, ref: ItemRef) -> Item | None: ...
 
@@ -209,18 +209,11 @@ class Processor:
 
     def _head(self, out: BatchResult, tables: Lookups, partition: int,
               account: str) -> AccountHead | None:
-        """The account's head as of this point of the batch. A layout-1 record read here is
-        written out in layout 2 by this batch: its items now, its head with the event."""
+        """The account's head as of this point of the batch."""
         head = out.heads.get((partition, account))
         if head is not None:
             return head
-        loaded = tables.load_head(partition, account)
-        if isinstance(loaded, LegacyAccount):
-            for ref, item in loaded.items.items():
-                out.items.setdefault((partition, account, ref), item)
-            out.heads[(partition, account)] = loaded.head
-            return loaded.head
-        return loaded
+        return tables.load_head(partition, account)
 
     @staticmethod
     def _items(out: BatchResult, tables: Lookups, partition: int,
@@ -417,10 +410,9 @@ class Processor:
 
 
 def _file(out: BatchResult, partition: int, key: bytes, entry: DedupEntry) -> None:
-    """Write a dedup record and, when it has a day, its index key."""
+    """Write a dedup record and its index key."""
     out.dedup_writes[(partition, key)] = entry.to_json()
-    if entry.horizon_day is not None:
-        out.dedup_writes[(partition, horizon_key(entry.horizon_day, key))] = b""
+    out.dedup_writes[(partition, horizon_key(entry.horizon_day, key))] = b""
 
 
 def _beyond_horizon(dated: int, mark: int, horizon_days: int) -> Rejection:
@@ -440,7 +432,7 @@ def _dedup_entry(out: BatchResult, tables: Lookups, partition: int,
     (replays inside one batch), or as stored (the batch's purge deletes after its events)."""
     raw = out.dedup_writes.get((partition, key))
     if raw is not None:
-        return DedupEntry.model_validate_json(raw)
+        return DedupEntry.read(raw)
     return tables.load_dedup(partition, key)
 
 

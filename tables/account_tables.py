@@ -21,7 +21,7 @@ import faust
 import orjson
 
 from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
-from rcmflow.streams.layout import LegacyAccount, decode_head, head_key, item_key
+from rcmflow.streams.layout import decode_head, head_key, item_key
 from rcmflow.streams.outgoing import Acked, OutRecord
 from rcmflow.streams.state import AccountHead, Item, ItemRef, head_json, item_json
 from rcmflow.streams.topics import ACCOUNTS
@@ -125,17 +125,16 @@ class AccountTables:
         self.accounts_io.flush()
         self.dedup_io.flush()
 
-    def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
+    def load_head(self, partition: int, account: str) -> AccountHead | None:
         head = self.heads.get(partition, account)
         if head is not None:
             return head
         raw = self.accounts_io.get(partition, head_key(account))
         if raw is None:
             return None
-        loaded = decode_head(raw)
-        if isinstance(loaded, AccountHead):
-            self.heads.put(partition, account, loaded)
-        return loaded  # a layout-1 record: the processor writes it out anew
+        loaded = decode_head(raw)  # UpgradeNeeded for an older layout: the worker stops
+        self.heads.put(partition, account, loaded)
+        return loaded
 
     def load_item(self, partition: int, account: str, ref: ItemRef) -> Item | None:
         raw = self.accounts_io.get(partition, item_key(account, ref))
@@ -143,7 +142,7 @@ class AccountTables:
 
     def load_dedup(self, partition: int, key: bytes) -> DedupEntry | None:
         raw = self.dedup_io.get(partition, key)
-        return DedupEntry.model_validate_json(raw) if raw is not None else None
+        return DedupEntry.read(raw) if raw is not None else None
 
     def load_purge_mark(self, partition: int) -> int:
         raw = self.dedup_io.get(partition, PURGED_BEFORE_KEY)

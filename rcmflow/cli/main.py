@@ -187,6 +187,39 @@ def worker(
 
 
 @app.command()
+def upgrade() -> None:
+    """Rewrite, once, the table records an older rcmflow wrote, so that this version reads them.
+
+    Run it after installing a new version, with every worker stopped, before starting this
+    version's workers (a running facade may stay); it uses the workers' settings and Kafka
+    user. It rewrites layout-1 accounts in rcm.accounts (the whole account in one record) as
+    a head and one record per item, and gives dedup records written before the dedup horizon
+    a day (they stay kept for ever). A worker, facade or listing that meets such a record
+    refuses it and names this command. Safe to run again: a second run finds nothing to do
+    and says so; a run cut short is finished by the next. Docs: operations, "Upgrading".
+    Exit 0: done, or nothing to do; 1: records of no known shape were left as they are
+    (named); 2: bad setting, no broker, or a missing ACL; 3: the broker failed part-way:
+    run it again.
+    """
+    from aiokafka.errors import KafkaError
+
+    from rcmflow.runtime import kafka_access
+    from rcmflow.tables.upgrade import upgrade as run_upgrade
+
+    settings = _settings()
+    kafka = _connect(settings, kafka_access.worker_access(settings.app_id))
+    try:
+        report = asyncio.run(run_upgrade(kafka, settings.app_id, err))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        err.print(f"[red]rcmflow upgrade: the broker failed ({escape(str(exc))}): run it "
+                  "again (it is safe)[/red]")
+        raise typer.Exit(ExitCode.BROKER) from exc
+    for line in report.lines():
+        out.print(line, soft_wrap=True, highlight=False)
+    raise typer.Exit(ExitCode.ATTENTION if report.unreadable else ExitCode.OK)
+
+
+@app.command()
 def facade() -> None:
     """Run the FHIR R4 facade (Account, Claim, ClaimResponse, PaymentReconciliation).
 
@@ -781,7 +814,12 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app()
-    except Exception:  # not a refusal the command names: a bug, with its own exit code
+    except Exception as exc:  # not a refusal the command names: a bug, with its own exit code
+        from rcmflow.streams.layout import UpgradeNeeded
+
+        if isinstance(exc, UpgradeNeeded):  # a listing met a record an older rcmflow wrote
+            err.print(f"[red]rcmflow: {escape(str(exc))}[/red]", soft_wrap=True)
+            sys.exit(ExitCode.REFUSED)
         traceback.print_exc()
         sys.exit(ExitCode.INTERNAL)
 

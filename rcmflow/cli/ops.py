@@ -2,8 +2,7 @@
 
 This is the operators' side (full detail); the patient-facing view is the FHIR facade.
 rcm.accounts holds an account as its head (key ``<account>``) and one record per item (keys
-``<account>/<kind>/<id>``, ``streams/layout.py``); records written before that layout (the
-whole account under ``<account>``) are read through ``layout.read_record``.
+``<account>/<kind>/<id>``, ``streams/layout.py``), read through ``layout.read_record``.
 """
 
 from __future__ import annotations
@@ -37,9 +36,11 @@ async def _latest(kafka: KafkaConnection, keep: Callable[[bytes | None], bool]
     records = await read_topic(kafka, ACCOUNTS, keep=keep)
     heads: _Heads = {}
     items: _Items = defaultdict(dict)
-    # An account's records share a partition: its offsets order them.
+    # An account's records share a partition: its offsets order them. Only a key's newest
+    # record is read: an older one may be of a shape `rcmflow upgrade` has since replaced.
+    newest = {r.key: r.offset for r in records}
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        if record.key is None:
+        if record.key is None or newest[record.key] != record.offset:
             continue
         try:
             key = parse_key(record.key)
@@ -52,11 +53,11 @@ async def _latest(kafka: KafkaConnection, keep: Callable[[bytes | None], bool]
             else:
                 items[key.account].pop(key.item, None)
             continue
-        for part, doc in read_record(record.key, json.loads(record.value)):
-            if part.item is None:
-                heads[part.account] = doc
-            else:
-                items[part.account][part.item] = doc
+        part, doc = read_record(record.key, json.loads(record.value))
+        if part.item is None:
+            heads[part.account] = doc
+        else:
+            items[part.account][part.item] = doc
     return heads, items
 
 
@@ -178,7 +179,7 @@ async def heads_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None
     heads = []
     for record in page.records:
         assert record.key is not None and record.value is not None
-        for part, doc in read_record(record.key, json.loads(record.value)):
-            if part.item is None:
-                heads.append(doc)
+        part, doc = read_record(record.key, json.loads(record.value))
+        if part.item is None:
+            heads.append(doc)
     return heads, page.next

@@ -15,6 +15,7 @@ from rcmflow.runtime.kafka_access import worker_access
 from rcmflow.runtime.kafka_preflight import KafkaAccessError, access_error, preflight
 from rcmflow.runtime.settings import EMBEDDED_PREFIX, BrokerNotFound, Settings
 from rcmflow.streams.chart import ChartError, load_chart
+from rcmflow.streams.layout import UpgradeNeeded
 from rcmflow.streams.shell.worker import build_worker, claim_worker_dir, worker_families
 from rcmflow.streams.topics import topic_specs
 
@@ -89,12 +90,14 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
     try:
         worker.execute_from_commandline()
     except SystemExit:
-        # An ACL removed while running: Faust crashes the worker (it does not retry that)
-        # and exits 1 after a traceback; say it in one line, and exit 2.
-        reason = access_error(worker.crash_reason, kafka, "worker") if worker.crash_reason \
-            else None
+        # An ACL removed while running, or a record of an older rcmflow (``UpgradeNeeded``):
+        # Faust crashes the worker and exits 1 after a traceback; say it in one line, exit 2.
+        crash = worker.crash_reason
+        reason = crash if isinstance(crash, UpgradeNeeded) else \
+            access_error(crash, kafka, "worker") if crash else None
         if reason is None:
             raise
-        print(f"rcmflow {reason}", file=sys.stderr)
+        print(f"rcmflow {'worker: ' * isinstance(reason, UpgradeNeeded)}{reason}",
+              file=sys.stderr)
         return ExitCode.REFUSED
     return ExitCode.OK

@@ -18,7 +18,6 @@ from rcmflow.connectors.erp.csv_journal import CsvJournal
 from rcmflow.runtime.kafka_io import publish
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.dlq import Origin, dlq_record
-from rcmflow.streams.layout import parse_key
 from rcmflow.streams.postings import PostingDelta
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import ACCOUNTS, EVENTS, POSTINGS, POSTINGS_DLQ
@@ -39,19 +38,13 @@ class World:
         self.deltas = [PostingDelta.model_validate_json(v) for v in expected.postings.values()]
         self.states = expected.states
         self.records = expected.records
-        # One account as a record of the layout before heads and items (the whole account
-        # under its key): reconcile reads both.
-        self.legacy = sorted(self.states)[0]
 
     def publish(self, broker: Broker, *, skip_posting: str | None = None) -> None:
         items: list[tuple[str, bytes | None, bytes]] = [
             (EVENTS, k.encode(), v) for k, v in self.workload.values]
         items += [(POSTINGS, d.account.encode(), d.model_dump_json().encode())
                   for d in self.deltas if d.posting_id != skip_posting]
-        items += [(ACCOUNTS, key, value) for (_, key), value in self.records.items()
-                  if parse_key(key).account != self.legacy]
-        whole = {k: v for k, v in self.states[self.legacy].items() if k not in ("layout", "items")}
-        items.append((ACCOUNTS, self.legacy.encode(), json.dumps(whole).encode()))
+        items += [(ACCOUNTS, key, value) for (_, key), value in self.records.items()]
         asyncio.run(publish(broker.connection, items))
 
 

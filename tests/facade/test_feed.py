@@ -14,10 +14,11 @@ from rcmflow.cli.ops import dlq_records
 from rcmflow.facade.feed import LIVE_BATCH_RECORDS_MAX, Feeder, samples_validation
 from rcmflow.facade.server import build_app
 from rcmflow.facade.store import Store
-from rcmflow.runtime.kafka_io import publish
+from rcmflow.runtime.kafka_io import publish, read_topic
 from rcmflow.runtime.settings import Settings
-from rcmflow.streams.layout import parse_key
-from rcmflow.streams.topics import ACCOUNTS
+from rcmflow.streams.layout import item_key, parse_key
+from rcmflow.streams.topics import ACCOUNTS, DLQ
+from rcmflow.tables.upgrade import split_layout_1
 from tests.conftest import Broker, wait_until
 from tests.facade.conftest import Served, build_tables, records, world_events
 from tests.facade.test_exceptions import UNREPRESENTABLE, account_records, with_payment_dated
@@ -44,11 +45,7 @@ async def _feed_until(feeder: Feeder, done: object, what: str) -> None:
 
 
 async def test_feed_fills_resumes_and_refills(broker: Broker, tmp_path: Path) -> None:
-    # The world's heads and items, but A1002 as one layout-1 record (written before layout 2).
-    held = [(k, v) for k, v in records(build_tables(world_events()))
-            if parse_key(k).account != "A1002"]
-    legacy = orjson.loads(LEGACY.read_bytes())["accounts"]["A1002"]
-    held.append(("A1002", orjson.dumps(legacy["record"])))
+    held = records(build_tables(world_events()))
     heads = {k: orjson.loads(v or b"") for k, v in held if parse_key(k).item is None}
     kafka = broker.connection
     await publish(kafka, [(ACCOUNTS, k.encode(), v) for k, v in held])
@@ -58,8 +55,6 @@ async def test_feed_fills_resumes_and_refills(broker: Broker, tmp_path: Path) ->
     assert store.account_count() == len(heads)
     row = store.read("Account", "A1001")
     assert row is not None and row.version == heads["A1001"]["version"]
-    assert {k: orjson.loads(v) for k, v in served(store, "A1002").items()} == \
-        legacy["resources"]
     assert sum(store.offsets().values()) == len(held)
 
     # A newer head replaces, an older one (a worker re-sending after a crash) does not,
@@ -88,6 +83,31 @@ async def test_feed_fills_resumes_and_refills(broker: Broker, tmp_path: Path) ->
     await _feed_until(refilled, lambda: refilled.status.lag() == 0, "lag 0 again")
     assert refilled.status.applied_records == len(held) + 3
     assert store.account_count() == len(heads) - 1
+    store.close()
+
+
+async def test_an_older_rcmflow_head_is_said_at_the_log_end_unless_the_upgrade_replaced_it(
+        broker: Broker, tmp_path: Path) -> None:
+    """Old heads stay on the compacted topic until compaction: one that `rcmflow upgrade`
+    replaced further on is passed over in silence; one left alone is an exception record in
+    rcm.dlq naming the command, sent once the feed has read to the end."""
+    legacy = orjson.loads(LEGACY.read_bytes())["accounts"]
+    kafka = broker.connection
+    await publish(kafka, [(ACCOUNTS, a.encode(), orjson.dumps(legacy[a]["record"]))
+                          for a in ("A1001", "A1002")])
+    head, items = split_layout_1(legacy["A1001"]["record"])
+    await publish(kafka, [(ACCOUNTS, item_key("A1001", ref), orjson.dumps(item))
+                          for ref, item in items.items()]
+                  + [(ACCOUNTS, b"A1001", orjson.dumps(head))])
+    store = Store(tmp_path / "read.sqlite")
+    feeder = Feeder(store, kafka, source="broker-1")
+    await _feed_until(feeder, lambda: feeder.status.lag() == 0
+                      and feeder.status.exceptions_sent > 0, "lag 0 and an exception sent")
+    said = [orjson.loads(r.value) for r in await read_topic(kafka, DLQ)]
+    assert [(r["context"]["account"], r["reason_code"]) for r in said] == \
+        [("A1002", "record_unreadable")]
+    assert "run `rcmflow upgrade` once" in said[0]["reason"]
+    assert store.read("Account", "A1001") is not None and not served(store, "A1002")
     store.close()
 
 

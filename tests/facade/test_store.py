@@ -1,6 +1,6 @@
 """The read model on its own: records per head and item, versions only move forward, invalid
-FHIR is held back, a record costs the same whatever the account's size, and layout-1 records
-and stores of the old layout still work."""
+FHIR is held back, a record costs the same whatever the account's size, a record an older
+rcmflow wrote is refused naming the upgrade, and stores of the old layout still work."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from rcmflow.facade.resources import Built, build_resources, fhir_json, validate
 from rcmflow.facade.store import SCHEMA_VERSION, Store
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.chart import load_chart
-from rcmflow.streams.layout import head_key, parse_key
+from rcmflow.streams.layout import head_key, item_key, parse_key
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.state import ItemRef
 from rcmflow.streams.topics import EVENTS
+from rcmflow.tables.upgrade import split_layout_1
 from tests.facade.conftest import build_tables, filled_store, records
 from tests.factories import adjudication, charge, event_doc
 
@@ -126,17 +127,52 @@ def test_resource_that_makes_invalid_fhir_is_not_served(
     unchecked.close()
 
 
-def test_layout1_records_are_served_exactly_as_before(tmp_path: Path) -> None:
-    """Records written before layout 2 (one per account), and what the facade served for
-    them then (``legacy_records.json``): the same bytes, meta included."""
+def test_a_layout1_record_is_refused_naming_the_upgrade_and_served_once_upgraded(
+        tmp_path: Path) -> None:
+    """Records an older rcmflow wrote (one per account, ``legacy_records.json``) are not
+    read: nothing of one is served, and once the feed has read to the log's end (where the
+    upgrade's records would have replaced it) each is an exception record naming `rcmflow
+    upgrade`. What the upgrade writes for them is served as layout 2, as for an account a
+    worker rewrote before: the same resources, but items all carry the record's version, so
+    a resource's lastUpdated is its own time and a check's details come in event-id order."""
     legacy = orjson.loads(LEGACY.read_bytes())["accounts"]
+    old = [(a, orjson.dumps(v["record"])) for a, v in legacy.items()]
     store = Store(tmp_path / "read.sqlite")
-    assert store.apply([(a, orjson.dumps(v["record"])) for a, v in legacy.items()],
-                       {0: len(legacy)}) == len(legacy)
+    assert store.apply(old, {0: len(legacy)}) == 0
+    assert store.account_count() == 0 and not served(store)
+    assert not store.unsent_exceptions()  # held: a newer record may follow
+    assert store.release_held() == len(legacy)
+    said = {account: orjson.loads(raw) for _, account, raw in store.unsent_exceptions()}
+    assert set(said) == set(legacy)
+    for record in said.values():
+        assert record["reason_code"] == "record_unreadable", record
+        assert "rcmflow upgrade" in record["reason"], record["reason"]
+
+    upgraded = []
     for account, held in legacy.items():
-        assert {k: orjson.loads(v) for k, v in served(store, account).items()} == \
-            held["resources"], account
+        head, items = split_layout_1(held["record"])
+        upgraded += [(item_key(account, ref).decode(), orjson.dumps(item))
+                     for ref, item in items.items()]
+        upgraded.append((account, orjson.dumps(head)))
+    store.apply(upgraded, {0: len(legacy) + len(upgraded)})
     assert store.account_count() == len(legacy) and store.invalid_snapshots == 0
+    assert not store.unsent_exceptions() and store.exception_count()["record_unreadable"] == 0
+    # A store filled again from the log's beginning, before compaction dropped the old
+    # records: they are passed over, and no exception is said once the end is reached.
+    refilled = Store(tmp_path / "refilled.sqlite")
+    refilled.apply(old, {0: len(old)})
+    refilled.apply(upgraded, {0: len(old) + len(upgraded)})
+    assert refilled.release_held() == 0 and not refilled.unsent_exceptions()
+    assert served(refilled) == served(store)
+    refilled.close()
+
+    def comparable(resources: dict[str, Any]) -> dict[str, Any]:
+        return {k: {**v, "meta": {m: x for m, x in v["meta"].items() if m != "lastUpdated"},
+                    "detail": sorted(v.get("detail", []), key=orjson.dumps)}
+                for k, v in resources.items()}
+    for account, held in legacy.items():
+        assert comparable({k: orjson.loads(v) for k, v in served(store, account).items()}) \
+            == comparable(held["resources"]), account
     store.close()
 
 
