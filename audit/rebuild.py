@@ -1,20 +1,22 @@
 """`rcmflow rebuild`: the account state again, from rcm.events alone, and its digest.
 
 rcm.events is replayed from its first offset, one partition after another in offset order,
-in batches of ``REPLAY_BATCH``, through the pure core (``Processor``, built from the same
-settings and chart as the worker's), into fresh tables in a directory of its own. Nothing
-of the live system is touched: the reads join no consumer group and commit nothing, nothing
-is written to any rcm.* topic (the postings and DLQ records the core makes are dropped), and
-the workers' RocksDB stores are not opened. Then it prints the state's digest, defined in
-``audit/digest.py`` exactly as `rcmflow digest` computes it from rcm.accounts, so the two
-compare directly: equal digests say the live state is what the log implies, not drifted.
+in batches of ``RCMFLOW_BATCH_MAX`` events (as the worker), through the pure core
+(``Processor``, built from the same settings and chart as the worker's), into fresh tables
+in a directory of its own. Nothing of the live system is touched: the reads join no consumer
+group and commit nothing, nothing is written to any rcm.* topic (the postings and DLQ
+records the core makes are dropped), and the workers' RocksDB stores are not opened. Then it
+prints the state's digest, defined in ``audit/digest.py`` exactly as `rcmflow digest`
+computes it from rcm.accounts, so the two compare directly: equal digests say the live state
+is what the log implies, not drifted.
 
 **The tables.** By default RocksDB stores (rocksdict) in the directory: ``accounts`` and
 ``dedup`` as the worker keeps them (keys prefixed by the partition, two bytes big-endian),
 and ``heads`` (account -> its head, for the digest in key order). Written without a
 write-ahead log: a rebuild that crashes is simply run again into a new directory. Memory
-stays that of one batch, RocksDB's buffers (``ROCKSDB_OPTIONS``) and its OS page cache,
-whatever the topic's length. ``memory=True`` holds the tables in memory instead, as
+stays that of one batch, RocksDB's buffers (``digest.store_options``: two 16 MiB memtables
+per store), ``HEADS_CACHED_MAX`` decoded heads and the OS page cache, whatever the topic's
+length or the number of accounts. ``memory=True`` holds the tables in memory instead, as
 `rcmflow reconcile` replays (``reconcile._ReplayTables``, one partition's tables at a time:
 ~0.5 KB per event of the largest partition, plus ~0.3 KB per account for its digest line):
 faster on a small topic, gigabytes at a million accounts (bench/RESULTS.md).
@@ -54,8 +56,10 @@ from rcmflow.audit.digest import (
     digest_of,
     read_live,
     state_of,
+    store_options,
 )
 from rcmflow.audit.reconcile import REPLAY_BATCH, _log_starts, _ReplayTables
+from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import committed_offsets, iter_topic, log_ends, topic_partitions
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
@@ -71,11 +75,12 @@ __all__ = ["rebuild", "Rebuilt", "Comparison", "RocksTables", "fresh_directory",
 
 #: Partition prefix of the accounts and dedup keys (the worker keeps a store per partition).
 _PARTITION = struct.Struct(">H")
-#: Decoded heads kept between batches: an account's next event skips decoding its head.
-HEADS_CACHED_MAX = 100_000
+#: Decoded heads kept between batches (~1 KB each): an account's next event skips decoding
+#: its head.
+HEADS_CACHED_MAX = 20_000
 
 
-class NotFresh(ValueError):
+class NotFresh(RcmflowError, ValueError):
     """``--into`` names a directory that holds something: a rebuild starts from nothing."""
 
 
@@ -94,10 +99,8 @@ def fresh_directory(into: Path | None, data_dir: Path) -> tuple[Path, bool]:
 
 
 def _options(*, bloom: bool = False) -> Options:
-    options = Options(raw_mode=True)
-    options.create_if_missing(True)
-    options.set_write_buffer_size(32 * 1024**2)
-    options.set_max_write_buffer_number(2)
+    """Small buffers (``store_options``) and, for the dedup store, a bloom filter."""
+    options = store_options()
     if bloom:  # most dedup lookups are for keys that do not exist
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
@@ -289,7 +292,7 @@ class Rebuilt:
         return doc
 
 
-async def _replay(kafka: KafkaConnection, processor: Processor, store: _Store,
+async def _replay(kafka: KafkaConnection, processor: Processor, store: _Store, batch: int,
                   console: Console, progress_every_s: float
                   ) -> tuple[int, Counts, dict[int, int], dict[int, int]]:
     """(events read, the core's counts, the ends as the replay started, the log starts
@@ -307,7 +310,7 @@ async def _replay(kafka: KafkaConnection, processor: Processor, store: _Store,
                 continue
             tables = store.tables_for(p)
             async for records in iter_topic(kafka, EVENTS, start={p: starts.get(p, 0)},
-                                            batch_records=REPLAY_BATCH):
+                                            batch_records=batch):
                 result = processor.process(
                     [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms)
                      for r in records], tables)
@@ -330,18 +333,18 @@ async def _committed(kafka: KafkaConnection, group: str, partitions: list[int]
 
 async def rebuild(kafka: KafkaConnection, processor: Processor, directory: Path, *,
                   memory: bool = False, compare: bool = False, group: str = "rcmflow",
-                  console: Console | None = None,
+                  batch: int = REPLAY_BATCH, console: Console | None = None,
                   progress_every_s: float = LOG_EVERY_S) -> Rebuilt:
     """Replay rcm.events into fresh tables in ``directory`` and digest the result; with
     ``compare``, also the live digest (rcm.accounts, read into ``directory/live``) and the
     accounts that differ. ``group``: the workers' consumer group (their committed offsets
-    are read, not moved)."""
+    are read, not moved). ``batch``: events per core batch (the worker's ``batch_max``)."""
     console = console or Console(file=io.StringIO())
     store: _Store = MemoryReplay() if memory else RocksTables(directory)
     try:
         started = time.monotonic()
-        events, counts, ends, trimmed = await _replay(kafka, processor, store, console,
-                                                      progress_every_s)
+        events, counts, ends, trimmed = await _replay(kafka, processor, store, batch,
+                                                      console, progress_every_s)
         seconds = time.monotonic() - started
         if not compare:
             return Rebuilt(digest_of(store.states()), events, seconds, directory, counts,

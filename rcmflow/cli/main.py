@@ -644,7 +644,7 @@ def rebuild(
     try:
         rebuilt = asyncio.run(run_rebuild(kafka, processor, directory, memory=memory,
                                           compare=compare, group=settings.app_id,
-                                          console=err))
+                                          batch=settings.batch_max, console=err))
     except (KafkaError, TimeoutError) as exc:
         _fail(exc, ExitCode.BROKER)
     finally:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_io import publish
 from rcmflow.streams.topics import ACCOUNTS, EVENTS
 from tests.conftest import Broker, Workers, wait_until
-from tests.workload import Observed, Workload
+from tests.workload import Expected, Observed, Workload
 
 #: The digest as docs/operations/rebuild.md defines it, written out here (not imported), so a
 #: change of the definition in the code fails these tests.
@@ -37,8 +40,11 @@ def documented_digest(heads: dict[str, dict[str, Any]]) -> str:
 
 
 def cli(broker: Broker, data_dir: Path, *args: str) -> tuple[int, str, str]:
+    # Batches of 7: the rebuild's replays are judged against its dedup table, not only
+    # within one batch.
     result = CliRunner().invoke(app, list(args), env={
-        "RCMFLOW_BROKER": broker.url, "RCMFLOW_DATA_DIR": str(data_dir)})
+        "RCMFLOW_BROKER": broker.url, "RCMFLOW_DATA_DIR": str(data_dir),
+        "RCMFLOW_BATCH_MAX": "7"})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.stdout, result.stderr
@@ -82,13 +88,20 @@ def test_two_rebuilds_and_the_live_state_have_one_digest(
     assert list((tmp_path / "rebuilds").iterdir()) == []
 
 
-@pytest.mark.broker
-def test_a_head_altered_behind_rcmflows_back_is_named(broker: Broker, tmp_path: Path) -> None:
-    workload = Workload.build(accounts=12, conflicts=1, invalid=1)
+def publish_applied(broker: Broker, accounts: int = 12) -> Expected:
+    """A workload's events and the heads and items the core makes of them, as a worker
+    would have written them (no worker: these tests read only)."""
+    workload = Workload.build(accounts, conflicts=1, invalid=1)
     expected = workload.expected()
     asyncio.run(publish(broker.connection, [
         *((EVENTS, k.encode(), v) for k, v in workload.values),
         *((ACCOUNTS, key, value) for (_, key), value in expected.records.items())]))
+    return expected
+
+
+@pytest.mark.broker
+def test_a_head_altered_behind_rcmflows_back_is_named(broker: Broker, tmp_path: Path) -> None:
+    expected = publish_applied(broker)
     _, before = json_cli(broker, tmp_path, "digest")
     code, text, _ = cli(broker, tmp_path, "rebuild", "--compare")
     assert code == ExitCode.OK, text
@@ -129,6 +142,23 @@ def test_rebuild_into_a_directory_that_holds_something_is_refused(
     assert code == ExitCode.REFUSED
     assert "not an empty directory" in " ".join(stderr.split())
     assert (into / "CURRENT").read_text() == "a store"
+
+
+@pytest.mark.broker
+@pytest.mark.brokers("tansu")
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
+def test_the_documented_jq_recipe_gives_the_digest(broker: Broker, tmp_path: Path) -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "operations" / "rebuild.md")
+    found = re.search(r"jq -j '(.*?)' \\\n", page.read_text(), re.DOTALL)
+    assert found, "the jq recipe is not on docs/operations/rebuild.md"
+    expected = publish_applied(broker)
+    code, heads, _ = cli(broker, tmp_path, "accounts", "list", "--limit", "0", "--json")
+    assert code == 0
+    lines = subprocess.run(["jq", "-j", found.group(1)], input=heads, capture_output=True,
+                           text=True, check=True).stdout
+    _, digest = json_cli(broker, tmp_path, "digest")
+    assert hashlib.sha256(lines.encode()).hexdigest() == digest["sha256"]
+    assert digest["sha256"] == documented_digest(expected.states)
 
 
 def _state(account: str, version: int = 1, cents: int = 0) -> AccountState:
