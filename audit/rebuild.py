@@ -18,8 +18,8 @@ stays that of one batch, RocksDB's buffers (``digest.store_options``: two 16 MiB
 per store), ``HEADS_CACHED_MAX`` decoded heads and the OS page cache, whatever the topic's
 length or the number of accounts. ``memory=True`` holds the tables in memory instead, as
 `rcmflow reconcile` replays (``reconcile._ReplayTables``, one partition's tables at a time:
-~0.5 KB per event of the largest partition, plus ~0.3 KB per account for its digest line):
-faster on a small topic, gigabytes at a million accounts (bench/RESULTS.md).
+~0.5 KB per event of the largest partition, plus ~1 KB per account for its digest line):
+about 20 % faster, ~1.7 GB (estimated) at a million accounts (bench/RESULTS.md).
 
 **Determinism.** The core depends only on the records (their values, keys, partitions,
 offsets and timestamps) and the settings, so two rebuilds of one topic give one digest. The
