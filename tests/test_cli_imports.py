@@ -59,7 +59,8 @@ def heavy_among(modules: set[str], names: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.parametrize("args", [(), ("--help",), ("dlq", "list", "--help"),
-                                  ("accounts", "list", "--help"), ("ingest", "--help")],
+                                  ("accounts", "list", "--help"), ("ingest", "--help"),
+                                  ("rebuild", "--help"), ("digest", "--help")],
                          ids=lambda a: " ".join(a) or "no-args")
 def test_help_loads_no_broker_client_and_nothing_heavy(args: tuple[str, ...],
                                                        tmp_path: Path) -> None:

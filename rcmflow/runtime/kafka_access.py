@@ -181,7 +181,8 @@ def reconcile_access() -> Access:
 
 
 def reader_access(component: str, *topics: str) -> Access:
-    """Operator commands (`accounts`, `dlq`) read one topic each, group-less."""
+    """Operator commands (`accounts`, `dlq`, `digest`, `rebuild`) read their topics,
+    group-less."""
     return Access(component=component, read=topics)
 
 
@@ -201,6 +202,9 @@ def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
         "rcmflow consume hl7 --topic ehr.dft (any format: its raw topic as ingest's)":
             consume_access("hl7", "ehr.dft", consume_group(app_id, "hl7", "ehr.dft")),
         "rcmflow reconcile": reconcile_access(),
+        "rcmflow digest": reader_access("digest", ACCOUNTS),
+        "rcmflow rebuild": reader_access("rebuild", EVENTS),
+        "rcmflow rebuild --compare": reader_access("rebuild", EVENTS, ACCOUNTS),
         "rcmflow accounts list, show": reader_access("accounts", ACCOUNTS),
         "rcmflow accounts history": reader_access("accounts history", POSTINGS),
         "rcmflow dlq list, show": reader_access("dlq", DLQ),

@@ -90,6 +90,9 @@ USERS = {
     "accounts": reader_access("accounts", ACCOUNTS),
     "accounts-history": reader_access("accounts history", POSTINGS),
     "dlq": reader_access("dlq", DLQ),
+    "digest": reader_access("digest", ACCOUNTS),
+    "rebuild": reader_access("rebuild", EVENTS),
+    "rebuild-compare": reader_access("rebuild", EVENTS, ACCOUNTS),
     # ACLs for app id "fresh", whose dedup changelog nobody made (and no CREATE ACL).
     "worker-fresh": worker_access("fresh"),
     "nobody": Access("nobody"),
@@ -300,7 +303,9 @@ def test_the_mllp_listener_runs_with_only_its_acls(secure_kafka: ApacheKafka,
     ("reconcile", ("reconcile",)), ("accounts", ("accounts", "list")),
     ("accounts", ("accounts", "show", "NO-SUCH-ACCOUNT")),
     ("accounts-history", ("accounts", "history", "NO-SUCH-ACCOUNT")),
-    ("dlq", ("dlq", "list")), ("dlq", ("dlq", "show", "NO-SUCH-ID"))])
+    ("dlq", ("dlq", "list")), ("dlq", ("dlq", "show", "NO-SUCH-ID")),
+    ("digest", ("digest",)), ("rebuild", ("rebuild",)),
+    ("rebuild-compare", ("rebuild", "--compare"))])
 def test_operator_commands_run_with_only_their_acls(secure_kafka: ApacheKafka, tmp_path: Path,
                                                    user: str, command: tuple[str, ...]) -> None:
     done, _ = run_rcmflow(rcmflow_env(secure_kafka.sasl_connection(user), tmp_path), *command)
