@@ -17,7 +17,7 @@ write-ahead log: a rebuild that crashes is simply run again into a new directory
 stays that of one batch, RocksDB's buffers (``digest.store_options``: two 16 MiB memtables
 per store), ``HEADS_CACHED_MAX`` decoded heads and the OS page cache, whatever the topic's
 length or the number of accounts. ``memory=True`` holds the tables in memory instead, as
-`rcmflow reconcile` replays (``reconcile._ReplayTables``, one partition's tables at a time:
+`rcmflow reconcile` replays (``reconcile.ReplayTables``, one partition's tables at a time:
 ~0.5 KB per event of the largest partition, plus ~1 KB per account for its digest line):
 about 20 % faster, ~1.7 GB (estimated) at a million accounts (bench/RESULTS.md).
 
@@ -58,7 +58,7 @@ from rcmflow.audit.digest import (
     state_of,
     store_options,
 )
-from rcmflow.audit.reconcile import REPLAY_BATCH, _log_starts, _ReplayTables
+from rcmflow.audit.reconcile import REPLAY_BATCH, log_starts, ReplayTables
 from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import committed_offsets, iter_topic, log_ends, topic_partitions
@@ -204,18 +204,18 @@ class RocksTables:
 
 class MemoryReplay:
     """The tables in memory, as `rcmflow reconcile` replays: one partition's tables
-    (``_ReplayTables``) at a time; a finished partition leaves only its accounts' digest
+    (``ReplayTables``) at a time; a finished partition leaves only its accounts' digest
     states."""
 
     def __init__(self) -> None:
         self.partition: int | None = None
-        self.tables = _ReplayTables()
+        self.tables = ReplayTables()
         self.kept: dict[str, AccountState] = {}
 
-    def tables_for(self, partition: int) -> _ReplayTables:
+    def tables_for(self, partition: int) -> ReplayTables:
         if partition != self.partition:
             self._keep()
-            self.partition, self.tables = partition, _ReplayTables()
+            self.partition, self.tables = partition, ReplayTables()
         return self.tables
 
     def _keep(self) -> None:
@@ -226,12 +226,12 @@ class MemoryReplay:
 
     def states(self) -> Iterator[AccountState]:
         self._keep()
-        self.tables = _ReplayTables()
+        self.tables = ReplayTables()
         for account in sorted(self.kept, key=str.encode):
             yield self.kept[account]
 
     def close(self) -> None:
-        self.tables = _ReplayTables()
+        self.tables = ReplayTables()
         self.kept.clear()
 
 
@@ -299,7 +299,7 @@ async def _replay(kafka: KafkaConnection, processor: Processor, store: _Store, b
     retention moved) after replaying every partition of rcm.events into ``store``."""
     partitions = await topic_partitions(kafka, EVENTS)
     ends = await log_ends(kafka, EVENTS, partitions) if partitions else {}
-    starts = await _log_starts(kafka, EVENTS, partitions) if partitions else {}
+    starts = await log_starts(kafka, EVENTS, partitions) if partitions else {}
     counts = Counts()
     events = 0
     total = sum(max(0, end - starts.get(p, 0)) for p, end in ends.items())

@@ -110,7 +110,8 @@ if TYPE_CHECKING:
     from rcmflow.runtime.settings import Settings
 
 __all__ = ["CAUSES", "TooLarge", "Finding", "Cell", "Amounts", "Report", "reconcile",
-           "build_reader", "render", "FINDINGS_MAX", "POSTINGS_MAX", "SOURCE_TOPICS"]
+           "build_reader", "render", "FINDINGS_MAX", "POSTINGS_MAX", "SOURCE_TOPICS",
+           "ReplayTables", "log_starts", "REPLAY_BATCH"]
 
 log = logging.getLogger("rcmflow.reconcile")
 
@@ -286,7 +287,7 @@ class _Posting:
     suspense_cents: int
 
 
-class _ReplayTables(MemoryTables):
+class ReplayTables(MemoryTables):
     """A partition's tables during the replay. Values are copied to their size before they
     are kept: orjson hands back a 4 KB allocation for every document however small, which
     the account items and dedup records (one per event) would otherwise each hold."""
@@ -350,7 +351,7 @@ def _balances(balances: dict[str, Any]) -> tuple[int, ...]:
 
 
 # -- the comparison -------------------------------------------------------------------------
-async def _log_starts(kafka: KafkaConnection, topic: str, partitions: list[int]
+async def log_starts(kafka: KafkaConnection, topic: str, partitions: list[int]
                       ) -> dict[int, int]:
     """The first offset still in each partition (retention deletes older records)."""
     tps = [TopicPartition(topic, p) for p in partitions]
@@ -452,7 +453,7 @@ class Reconciler:
         retention: the raw topics keep 7 days) and its end."""
         partitions = await topic_partitions(self.kafka, topic)
         ends = await log_ends(self.kafka, topic, partitions) if partitions else {}
-        starts = await _log_starts(self.kafka, topic, partitions) if partitions else {}
+        starts = await log_starts(self.kafka, topic, partitions) if partitions else {}
         total = sum(max(0, end - starts.get(p, 0)) for p, end in ends.items())
         with progress(self.console, f"reading {topic}", total=total or None,
                       every_s=self.progress_every_s) as advance:
@@ -566,10 +567,10 @@ class Reconciler:
         tables (heads, items, dedup records), not its events or their outputs."""
         events = 0
         partition: int | None = None
-        tables = _ReplayTables()
+        tables = ReplayTables()
         async for records in self._read(EVENTS, batch=REPLAY_BATCH):
             if records[0].partition != partition:  # a new partition: fresh states
-                partition, tables = records[0].partition, _ReplayTables()
+                partition, tables = records[0].partition, ReplayTables()
             events += len(records)
             for record in records:
                 self._note_source(record.value)
