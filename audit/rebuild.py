@@ -58,7 +58,7 @@ from rcmflow.audit.digest import (
     state_of,
     store_options,
 )
-from rcmflow.audit.reconcile import REPLAY_BATCH, log_starts, ReplayTables
+from rcmflow.audit.reconcile import REPLAY_BATCH, ReplayTables, log_starts
 from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import committed_offsets, iter_topic, log_ends, topic_partitions
