@@ -64,7 +64,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import committed_offsets, iter_topic, log_ends, topic_partitions
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
 from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
-from rcmflow.streams.layout import SEPARATOR, LegacyAccount, decode_head, head_key, item_key
+from rcmflow.streams.layout import SEPARATOR, decode_head, head_key, item_key
 from rcmflow.streams.memory_tables import head_records, item_records
 from rcmflow.streams.processor import BatchResult, Counts, Lookups, Message, Processor
 from rcmflow.streams.state import AccountHead, Item, ItemRef
@@ -136,7 +136,7 @@ class RocksTables:
     def tables_for(self, partition: int) -> RocksTables:
         return self
 
-    def load_head(self, partition: int, account: str) -> AccountHead | LegacyAccount | None:
+    def load_head(self, partition: int, account: str) -> AccountHead | None:
         cached = self._cache.get((partition, account))
         if cached is not None:
             return cached
