@@ -189,7 +189,7 @@ def reader_access(component: str, *topics: str) -> Access:
 def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
     """The rows of the docs' ACL table (docs/operations/security.md), by command."""
     return {
-        "rcmflow worker": worker_access(app_id),
+        "rcmflow worker, rcmflow upgrade": worker_access(app_id),
         "rcmflow worker (exactly_once)": worker_access(app_id, exactly_once=True),
         "rcmflow erp csv (any adapter: its own group)": erp_access(app_id, "csv"),
         "rcmflow facade": facade_access(),
