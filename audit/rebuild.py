@@ -58,8 +58,8 @@ from rcmflow.audit.digest import (
     state_of,
     store_options,
 )
+from rcmflow.audit.exceptions import NotFresh
 from rcmflow.audit.reconcile import REPLAY_BATCH, ReplayTables, log_starts
-from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import committed_offsets, iter_topic, log_ends, topic_partitions
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
@@ -70,18 +70,13 @@ from rcmflow.streams.processor import BatchResult, Counts, Lookups, Message, Pro
 from rcmflow.streams.state import AccountHead, Item, ItemRef
 from rcmflow.streams.topics import EVENTS
 
-__all__ = ["rebuild", "Rebuilt", "Comparison", "RocksTables", "fresh_directory",
-           "NotFresh", "HEADS_CACHED_MAX"]
+__all__ = ["rebuild", "Rebuilt", "Comparison", "RocksTables", "fresh_directory", "HEADS_CACHED_MAX"]
 
 #: Partition prefix of the accounts and dedup keys (the worker keeps a store per partition).
 _PARTITION = struct.Struct(">H")
 #: Decoded heads kept between batches (~1 KB each): an account's next event skips decoding
 #: its head.
 HEADS_CACHED_MAX = 20_000
-
-
-class NotFresh(RcmflowError, ValueError):
-    """``--into`` names a directory that holds something: a rebuild starts from nothing."""
 
 
 def fresh_directory(into: Path | None, data_dir: Path) -> tuple[Path, bool]:

@@ -74,6 +74,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from rich.console import Console
 
+from rcmflow.audit.exceptions import TooLarge
 from rcmflow.connectors.erp.base import ErpAdapter
 from rcmflow.connectors.inbound.totals import (
     HEADER_STATUS,
@@ -82,7 +83,6 @@ from rcmflow.connectors.inbound.totals import (
     SourceTotals,
     event_amounts,
 )
-from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, topic_partitions
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
@@ -109,7 +109,7 @@ from rcmflow.streams.topics import (
 if TYPE_CHECKING:
     from rcmflow.runtime.settings import Settings
 
-__all__ = ["CAUSES", "TooLarge", "Finding", "Cell", "Amounts", "Report", "reconcile",
+__all__ = ["CAUSES", "Finding", "Cell", "Amounts", "Report", "reconcile",
            "build_reader", "render", "FINDINGS_MAX", "POSTINGS_MAX", "SOURCE_TOPICS",
            "ReplayTables", "log_starts", "REPLAY_BATCH"]
 
@@ -148,9 +148,6 @@ FINDINGS_MAX = 10_000
 SOURCE_TOPICS = (RAW_HL7, RAW_X12, RAW_PAYMENTS, RAW_FHIR)
 _ACCEPTED = frozenset({"applied", "partly"})  # FHIR: "partly" = some details applied
 
-
-class TooLarge(RcmflowError):
-    """More posting ids than ``postings_max``: refused before memory runs out."""
 
 POSTINGS_MAX = 5_000_000
 

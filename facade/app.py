@@ -22,18 +22,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
-from rcmflow.facade.auth import Action, Authenticator, AuthError, Principal
+from rcmflow.facade.auth import Action, Authenticator, Principal
 from rcmflow.facade.docs import install_docs
-from rcmflow.facade.errors import FHIR_JSON, FhirError, install_handlers, outcome
+from rcmflow.facade.errors import FHIR_JSON, install_handlers, outcome
+from rcmflow.facade.exceptions import AuthError, FhirError, SearchError
 from rcmflow.facade.feed import FeedStatus
-from rcmflow.facade.params import (
-    RESOURCES,
-    ResourceSpec,
-    Search,
-    SearchError,
-    SearchParam,
-    parse_search,
-)
+from rcmflow.facade.params import RESOURCES, ResourceSpec, Search, SearchParam, parse_search
 from rcmflow.facade.store import Row, Store
 from rcmflow.runtime.metrics import (
     CONTENT_TYPE_LATEST,

@@ -38,9 +38,9 @@ from typing import Any, Literal
 
 import jwt
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.facade.exceptions import AuthError
 
-__all__ = ["Principal", "AuthError", "Authenticator", "Scope", "parse_scope", "SYSTEM",
+__all__ = ["Principal", "Authenticator", "Scope", "parse_scope", "SYSTEM",
            "LEEWAY_MAX_S", "HMAC_KEY_BYTES_MIN"]
 
 #: Clock skew tolerated on exp/nbf/iat at most: more would keep a revoked session alive.
@@ -100,12 +100,6 @@ class Principal:
 
 
 SYSTEM = Principal(None, frozenset({"*"}), frozenset({"*"}))
-
-
-class AuthError(RcmflowError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _grants(scopes: list[str], context: str) -> tuple[frozenset[str], frozenset[str]]:

@@ -18,27 +18,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.facade.exceptions import ISSUE_CODES, FhirError
 
-__all__ = ["FHIR_JSON", "FhirError", "outcome", "outcome_response", "install_handlers"]
+__all__ = ["FHIR_JSON", "outcome", "outcome_response", "install_handlers"]
 
 log = logging.getLogger("rcmflow.facade")
 
 FHIR_JSON = "application/fhir+json"
-
-#: OperationOutcome.issue.code by HTTP status, where the route does not say.
-_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found",
-          405: "not-supported", 406: "not-supported", 410: "deleted", 413: "too-long",
-          415: "not-supported", 500: "exception", 503: "transient"}
-
-
-class FhirError(RcmflowError):
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code or _CODES.get(status, "processing")
-        self.headers = headers or {}
 
 
 def outcome(message: str, code: str, severity: str = "error") -> dict[str, Any]:
@@ -48,7 +34,7 @@ def outcome(message: str, code: str, severity: str = "error") -> dict[str, Any]:
 
 def outcome_response(status: int, message: str, code: str | None = None,
                      headers: Mapping[str, str] | None = None) -> Response:
-    body = orjson.dumps(outcome(message, code or _CODES.get(status, "processing")))
+    body = orjson.dumps(outcome(message, code or ISSUE_CODES.get(status, "processing")))
     return Response(body, status_code=status, media_type=FHIR_JSON, headers=headers)
 
 

@@ -28,9 +28,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from rcmflow.facade.store import Store
+from rcmflow.runtime.exceptions import KafkaAccessError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import log_ends, publish, topic_partitions
-from rcmflow.runtime.kafka_preflight import KafkaAccessError, access_error
+from rcmflow.runtime.kafka_preflight import access_error
 from rcmflow.streams.topics import ACCOUNTS, DLQ
 
 __all__ = ["Feeder", "FeedStatus", "samples_validation"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.facade.exceptions import SearchError
 
 from .resources import ENTITY_SYSTEM, PAYER_SYSTEM
 from .store import COUNTED_COLUMNS, ID_ORDER, Query, text_key
@@ -22,7 +22,6 @@ __all__ = [
     "RESOURCES",
     "RESULT_PARAMS",
     "Search",
-    "SearchError",
     "parse_search",
 ]
 
@@ -188,14 +187,6 @@ _BROAD_INDEXES = {"created": "resources_created_id", "last_updated": "resources_
 #: Columns searched by range (dates, string prefixes): the clauses "+" keeps off their index
 #: when an equality narrows the search.
 _RANGE_COLUMN = re.compile(r"\br\.(created|last_updated|payment_date|text_key)\b")
-
-
-class SearchError(RcmflowError, ValueError):
-    """A parameter value the server cannot use: 400 with an OperationOutcome."""
-
-    def __init__(self, message: str, code: str = "invalid") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass

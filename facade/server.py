@@ -14,8 +14,9 @@ from fastapi import FastAPI
 
 from rcmflow.facade.app import FacadeConfig, create_app
 from rcmflow.facade.auth import Authenticator
+from rcmflow.facade.exceptions import StoreLocked
 from rcmflow.facade.feed import Feeder
-from rcmflow.facade.store import Store, StoreLocked, lock_store
+from rcmflow.facade.store import Store, lock_store
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.settings import Settings

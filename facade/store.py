@@ -54,6 +54,7 @@ from typing import IO, Any
 import orjson
 from pydantic import ValidationError
 
+from rcmflow.facade.exceptions import StoreLocked
 from rcmflow.facade.resources import (
     ENTITY_SYSTEM,
     PAYER_SYSTEM,
@@ -69,14 +70,14 @@ from rcmflow.facade.resources import (
     trace_order,
     validate,
 )
-from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.metrics import Metric, counter, gauge
 from rcmflow.streams.dlq import Origin, dlq_record
-from rcmflow.streams.layout import Key, UpgradeNeeded, parse_key, read_record
+from rcmflow.streams.exceptions import UpgradeNeeded
+from rcmflow.streams.layout import Key, parse_key, read_record
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.topics import ACCOUNTS
 
-__all__ = ["Store", "Row", "Query", "SCHEMA_VERSION", "StoreLocked", "lock_store",
+__all__ = ["Store", "Row", "Query", "SCHEMA_VERSION", "lock_store",
            "EXCEPTION_REASONS", "ID_ORDER", "text_key"]
 
 log = logging.getLogger("rcmflow.facade")
@@ -920,10 +921,6 @@ class Store:
         return int(self.rdb.execute("SELECT count(*) FROM accounts").fetchone()[0])
 
 
-class StoreLocked(RcmflowError, RuntimeError):
-    """Another process (another `rcmflow facade`) holds this read model."""
-
-
 def lock_store(path: Path) -> IO[str]:
     """Hold ``path``'s lock file for this process's life (the handle; closing it frees the
     lock, as the process's end does). Two facades on one read model would fight over its
@@ -991,8 +988,6 @@ def _where(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     last = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
     return f"{type(exc).__name__}{last}"
-
-
 
 
 def text_key(text: str) -> str:

@@ -16,14 +16,13 @@ from typing import Any, Literal, NamedTuple, TypeVar, cast
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.streams.exceptions import ChartError
 
 __all__ = [
     "CarcTreatment",
     "PlbTreatment",
     "ChartOfAccounts",
     "GlAccount",
-    "ChartError",
     "load_chart",
     "DEFAULT_CHART",
 ]
@@ -60,10 +59,6 @@ REQUIRED_ROLES = frozenset(
 CHART_BYTES_MAX = 1_000_000
 
 RoleMap = dict[str, str | dict[str, str]]
-
-
-class ChartError(RcmflowError, ValueError):
-    """The mapping file is missing, unreadable or inconsistent."""
 
 
 class GlAccount(NamedTuple):

@@ -30,7 +30,7 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-from rcmflow.streams.layout import UpgradeNeeded
+from rcmflow.streams.exceptions import UpgradeNeeded
 
 __all__ = ["DedupEntry", "Verdict", "judge", "dedup_key", "day_of", "horizon_key",
            "dedup_key_of", "PURGED_BEFORE_KEY", "HORIZON_PREFIX", "DEFAULT_HORIZON_DAYS"]

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.streams.exceptions import UpgradeNeeded
 from rcmflow.streams.state import ITEM_KINDS, AccountHead, ItemKind, ItemRef
 
 __all__ = [
@@ -43,8 +43,6 @@ __all__ = [
     "read_record",
     "assemble",
     "decode_head",
-    "UpgradeNeeded",
-    "UPGRADE_COMMAND",
     "accounts_json_schema",
 ]
 
@@ -53,16 +51,6 @@ SEPARATOR = "/"
 
 
 #: What an operator runs, workers stopped, to rewrite records of an older rcmflow.
-UPGRADE_COMMAND = "rcmflow upgrade"
-
-
-class UpgradeNeeded(RcmflowError, ValueError):
-    """A table record written by an older rcmflow, which this version does not read."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(f"{what} was written by an older rcmflow and is not read by this "
-                         f"version: stop the workers and run `{UPGRADE_COMMAND}` once, then "
-                         "start them again")
 
 
 def decode_head(raw: bytes) -> AccountHead:

@@ -34,13 +34,12 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.shown import quoted
+from rcmflow.streams.exceptions import MoneyError
 
 __all__ = [
     "AMOUNT_CENTS_MAX",
     "TEXT_CHARS_MAX",
-    "MoneyError",
     "Refusal",
     "parse_cents",
     "parse_decimal",
@@ -79,15 +78,6 @@ class Refusal(StrEnum):
     FRACTION_OF_A_CENT = "fraction_of_a_cent"
     MISSING = "missing"
     CURRENCY = "currency"
-
-
-class MoneyError(RcmflowError, ValueError):
-    """An amount that is not an exact number of cents in range; the message says why and is
-    safe to print (field names, amounts and currency codes only)."""
-
-    def __init__(self, message: str, refusal: Refusal) -> None:
-        super().__init__(message)
-        self.refusal = refusal
 
 
 def _decimal_text(text: str, what: str) -> tuple[str, str, str]:

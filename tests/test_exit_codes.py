@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from rcmflow.cli.main import app
 from rcmflow.runtime.broker import free_port
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.runtime.exceptions import RcmflowError
 from rcmflow.runtime.exit_codes import MEANINGS, ExitCode, markdown_table
 from tests.test_import_boundaries import ROOT, modules
 
@@ -118,13 +118,37 @@ def test_rcmflows_exceptions_share_one_root() -> None:
             if bases & BUILTIN_ERRORS and "RcmflowError" not in bases \
                     and node.name != "RcmflowError" and NOT_YET.get(node.name) != module:
                 missing.append(f"{module}.{node.name}")
-    assert missing == [], "derive these from rcmflow.runtime.errors.RcmflowError"
+    assert missing == [], "derive these from rcmflow.runtime.exceptions.RcmflowError"
+
+
+#: Where each part keeps its exceptions (the tree's packages, one file each).
+EXCEPTION_MODULES = {"rcmflow.runtime.exceptions", "rcmflow.cli.exceptions",
+                     "rcmflow.streams.exceptions", "rcmflow.facade.exceptions",
+                     "rcmflow.connectors.inbound.exceptions",
+                     "rcmflow.connectors.erp.exceptions", "rcmflow.audit.exceptions"}
+
+
+def test_each_package_keeps_its_exceptions_in_its_exceptions_module() -> None:
+    """A newcomer finds every error a part raises in one file; private control-flow
+    exceptions (``_Stop``) stay beside the code that raises and catches them."""
+    known = {"RcmflowError"}
+    found: dict[str, str] = {}
+    for _ in range(3):  # subclasses of subclasses
+        for module, path in sorted(modules().items()):
+            for node in ast.parse(path.read_text()).body:
+                if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and \
+                        {b.id for b in node.bases if isinstance(b, ast.Name)} & known:
+                    known.add(node.name)
+                    found[node.name] = module
+    elsewhere = sorted(f"{module}.{name}" for name, module in found.items()
+                       if module not in EXCEPTION_MODULES)
+    assert elsewhere == [], "move these into their package's exceptions.py"
+    assert set(found.values()) == EXCEPTION_MODULES
 
 
 def test_the_root_catches_them_and_old_handlers_still_do() -> None:
-    from rcmflow.connectors.erp.base import AdapterConfigError
-    from rcmflow.streams.chart import ChartError
-    from rcmflow.streams.money import MoneyError
+    from rcmflow.connectors.erp.exceptions import AdapterConfigError
+    from rcmflow.streams.exceptions import ChartError, MoneyError
 
     assert issubclass(AdapterConfigError, RcmflowError)
     # Still what callers caught before: `except ValueError` (pydantic validators too).

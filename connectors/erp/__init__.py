@@ -33,7 +33,6 @@ Logs name posting ids and account numbers only; DLQ records carry the whole delt
 from __future__ import annotations
 
 from rcmflow.connectors.erp.base import (
-    AdapterConfigError,
     AlreadyThere,
     ErpAdapter,
     JournalEntry,
@@ -41,9 +40,9 @@ from rcmflow.connectors.erp.base import (
     Outcome,
     Posted,
     Rejected,
-    TransientError,
     post_each,
 )
+from rcmflow.connectors.erp.exceptions import AdapterConfigError, TransientError
 
 __all__ = [
     "AdapterConfigError",

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import date
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
-from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.postings import PostingDelta
 
 __all__ = [
@@ -14,8 +13,6 @@ __all__ = [
     "AlreadyThere",
     "Rejected",
     "Outcome",
-    "TransientError",
-    "AdapterConfigError",
     "JournalLine",
     "JournalEntry",
     "ErpAdapter",
@@ -54,20 +51,6 @@ class Rejected(NamedTuple):
 
 
 Outcome = Posted | AlreadyThere | Rejected
-
-
-class TransientError(RcmflowError):
-    """The ERP could not answer now (timeout, 5xx, connection refused, lock conflict).
-
-    The connector retries the same deltas with backoff; nothing is committed meanwhile.
-    """
-
-
-class AdapterConfigError(RcmflowError):
-    """The adapter is set up wrongly (bad credentials, ERP module missing, no company).
-
-    Retrying cannot help: the connector stops (``ExitCode.ERP_CONFIG``) and commits nothing.
-    """
 
 
 class JournalLine(NamedTuple):

@@ -25,9 +25,10 @@ from typing import Any
 
 import httpx
 
+from rcmflow.connectors.erp.exceptions import AdapterConfigError, TransientError
 from rcmflow.streams.postings import PostingDelta
 
-from .base import AdapterConfigError, Outcome, TransientError, post_each
+from .base import Outcome, post_each
 
 __all__ = ["dumps", "loads", "check", "request_json", "make_client", "HttpErp",
            "RESPONSE_BYTES_MAX", "TRANSIENT_STATUS"]

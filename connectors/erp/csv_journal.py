@@ -28,14 +28,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rcmflow.connectors.erp.base import (
-    AdapterConfigError,
-    AlreadyThere,
-    JournalEntry,
-    JournalLine,
-    Outcome,
-    Posted,
-)
+from rcmflow.connectors.erp.base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted
+from rcmflow.connectors.erp.exceptions import AdapterConfigError
 from rcmflow.connectors.erp.mapping import check_mapped
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.money import cents_text, parse_cents

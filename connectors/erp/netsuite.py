@@ -39,20 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from rcmflow.connectors.erp.exceptions import AdapterConfigError, TransientError
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.money import cents_decimal, number_cents
 from rcmflow.streams.postings import PostingDelta
 
-from .base import (
-    AdapterConfigError,
-    AlreadyThere,
-    JournalEntry,
-    JournalLine,
-    Outcome,
-    Posted,
-    Rejected,
-    TransientError,
-)
+from .base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted, Rejected
 from .cloud_http import HttpErp, request_json
 from .mapping import check_mapped
 

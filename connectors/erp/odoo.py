@@ -47,42 +47,25 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.connectors.erp.exceptions import AdapterConfigError, OdooError, TransientError
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.money import cents_decimal, number_cents
 from rcmflow.streams.postings import PostingDelta
 
-from .base import (
-    AdapterConfigError,
-    AlreadyThere,
-    JournalEntry,
-    JournalLine,
-    Outcome,
-    Posted,
-    Rejected,
-    TransientError,
-)
+from .base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted, Rejected
 from .cloud_http import HttpErp, request_json
 from .mapping import check_mapped
 
 if TYPE_CHECKING:
     from rcmflow.runtime.settings import Settings
 
-__all__ = ["Odoo", "OdooError", "build"]
+__all__ = ["Odoo", "build"]
 
 log = logging.getLogger("rcmflow.erp")
 
 MOVE = "account.move"
 XMLID = "ir.model.data"
 _LINE_FIELDS = ["move_id", "account_id", "debit", "credit"]
-
-
-class OdooError(RcmflowError):
-    """A 4xx answer from Odoo: its exception name and message."""
-
-    def __init__(self, status: int, name: str, message: str) -> None:
-        super().__init__(f"{name}: {message}")
-        self.status, self.name, self.message = status, name, message
 
 
 class Odoo(HttpErp):

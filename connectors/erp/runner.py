@@ -39,13 +39,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from pydantic import ValidationError
 
-from rcmflow.connectors.erp.base import (
-    AdapterConfigError,
-    ErpAdapter,
-    Outcome,
-    Rejected,
-    TransientError,
-)
+from rcmflow.connectors.erp.base import ErpAdapter, Outcome, Rejected
+from rcmflow.connectors.erp.exceptions import AdapterConfigError, TransientError
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.faults import NO_FAULTS, Faults, kill_this_process
 from rcmflow.runtime.kafka_connection import KafkaConnection

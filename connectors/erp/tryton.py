@@ -33,42 +33,24 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.connectors.erp.exceptions import AdapterConfigError, TransientError, TrytonError
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.money import cents_decimal, number_cents
 from rcmflow.streams.postings import PostingDelta
 
-from .base import (
-    AdapterConfigError,
-    AlreadyThere,
-    JournalEntry,
-    JournalLine,
-    Outcome,
-    Posted,
-    Rejected,
-    TransientError,
-)
+from .base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted, Rejected
 from .mapping import check_mapped
 
 if TYPE_CHECKING:
     from rcmflow.runtime.settings import Settings
 
-__all__ = ["TrytonAdapter", "TrytonError", "encode", "decode", "build", "BATCH_MAX"]
+__all__ = ["TrytonAdapter", "encode", "decode", "build", "BATCH_MAX"]
 
 #: Moves per post_external call (the module refuses more than 1000).
 BATCH_MAX = 200
 #: Moves per page when reading the journal back.
 READ_PAGE = 500
 UNIQUE_MESSAGE = "already exists for the company"
-
-
-class TrytonError(RcmflowError):
-    """A JSON-RPC error body: ``kind`` is Tryton's exception name (UserError, ...)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-        self.message = message
 
 
 def _default(value: Any) -> Any:

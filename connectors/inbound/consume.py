@@ -73,15 +73,16 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
-from rcmflow.connectors.inbound.files import BrokerFailed
+from rcmflow.connectors.inbound.exceptions import BrokerFailed
 from rcmflow.connectors.inbound.hl7.batch import split_batch
 from rcmflow.connectors.inbound.hl7.framing import HEAD_BYTES
 from rcmflow.connectors.inbound.hl7.intake import Intake, Sink
+from rcmflow.runtime.exceptions import RecordTooLarge
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.faults import NO_FAULTS, Faults, kill_this_process
 from rcmflow.runtime.kafka_access import consume_group
 from rcmflow.runtime.kafka_connection import KafkaConnection
-from rcmflow.runtime.kafka_io import Outgoing, RecordTooLarge, group_lag, topic_partitions
+from rcmflow.runtime.kafka_io import Outgoing, group_lag, topic_partitions
 from rcmflow.runtime.metrics import Metric, counter, gauge, new_registry, serve, url
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.rejections import Problem, Rejection
@@ -754,7 +755,7 @@ def run_consume(settings: Settings, kafka: KafkaConnection, fmt: Format, topic: 
     """`rcmflow consume FORMAT --topic T`: runs until SIGINT/SIGTERM (or ``idle_exit_s``);
     returns the exit code (``ExitCode``: OK stopped, REFUSED setup error, BROKER).
     ``faults``: test-only."""
-    from rcmflow.connectors.inbound.hl7.replay import ReplayStoreLocked
+    from rcmflow.connectors.inbound.exceptions import ReplayStoreLocked
     from rcmflow.connectors.inbound.hl7.service import mapping_config
     from rcmflow.streams.chart import load_chart
 

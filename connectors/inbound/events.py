@@ -13,10 +13,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from rcmflow.connectors.inbound.files import BrokerFailed, publish_records
+from rcmflow.connectors.inbound.exceptions import BrokerFailed
+from rcmflow.connectors.inbound.files import publish_records
+from rcmflow.runtime.exceptions import RecordTooLarge
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
-from rcmflow.runtime.kafka_io import Outgoing, RecordTooLarge
+from rcmflow.runtime.kafka_io import Outgoing
 from rcmflow.runtime.progress import progress
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.dlq import Origin, dlq_record

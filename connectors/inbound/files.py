@@ -33,7 +33,7 @@ from aiokafka.errors import (
 from rich.console import Console
 from rich.markup import escape
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.connectors.inbound.exceptions import BrokerFailed
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import RECORD_OVERHEAD_BYTES, Outgoing, publish, record_size
@@ -42,7 +42,7 @@ from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.rejections import Problem, Rejection
 from rcmflow.streams.topics import DLQ, record_bytes_max
 
-__all__ = ["ingest_files", "publish_records", "say", "fit", "BrokerFailed", "FileIngest",
+__all__ = ["ingest_files", "publish_records", "say", "fit", "FileIngest",
            "ReadsAhead", "ReadPosition", "Record"]
 
 
@@ -100,19 +100,6 @@ class ReadPosition:
             yield file
         self._file = None
         self._done = self.path.stat().st_size
-
-
-class BrokerFailed(RcmflowError, RuntimeError):
-    """The broker did not acknowledge every record (nothing about the input is wrong): a
-    file's ingest stops (re-sending is safe), `rcmflow consume` sends the batch again and
-    commits none of its offsets.
-
-    ``retryable`` is False when the same records would be refused again (a topic limit, an
-    ACL): re-running cannot succeed until the broker's configuration changes."""
-
-    def __init__(self, text: str, *, retryable: bool = True) -> None:
-        super().__init__(text)
-        self.retryable = retryable
 
 
 def fit(record: Record, *, origin: str) -> Record:

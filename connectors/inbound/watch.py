@@ -17,7 +17,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from rcmflow.connectors.inbound.files import BrokerFailed, publish_file, say
+from rcmflow.connectors.inbound.exceptions import BrokerFailed
+from rcmflow.connectors.inbound.files import publish_file, say
 from rcmflow.connectors.inbound.payments.ingest import open_payments, report_payments
 from rcmflow.connectors.inbound.x12.files import limits_from, report_x12
 from rcmflow.connectors.inbound.x12.ingest import X12File

@@ -29,12 +29,14 @@ from rcmflow.cli.demo_sources import (
 )
 from rcmflow.cli.ops import dlq_records, latest_heads
 from rcmflow.connectors.inbound.x12.files import ingest_x12_files
-from rcmflow.runtime.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port
+from rcmflow.runtime.broker import EmbeddedBroker, ensure_topics, free_port
+from rcmflow.runtime.exceptions import BrokerError
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_io import publish
 from rcmflow.runtime.metrics import url
 from rcmflow.runtime.settings import EMBEDDED_PREFIX, Settings, embedded_broker_info
-from rcmflow.streams.chart import ChartError, ChartOfAccounts, load_chart
+from rcmflow.streams.chart import ChartOfAccounts, load_chart
+from rcmflow.streams.exceptions import ChartError
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.money import cents_for_people
 from rcmflow.streams.processor import Message, Processor

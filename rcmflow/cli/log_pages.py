@@ -16,18 +16,14 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.cli.exceptions import BadCursor
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import READ_TIMEOUT_S, Record, log_ends, topic_partitions
 
-__all__ = ["Cursor", "PageOf", "read_page", "keys_between", "BadCursor"]
+__all__ = ["Cursor", "PageOf", "read_page", "keys_between",]
 
 #: The widest window read back at once per partition (records, kept or not).
 WINDOW_MAX = 50_000
-
-
-class BadCursor(RcmflowError, ValueError):
-    """An --after value this topic cannot have produced."""
 
 
 @dataclass(frozen=True)

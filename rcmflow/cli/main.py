@@ -96,7 +96,7 @@ def _faults() -> Faults:
 
 
 def _kafka(settings: Settings) -> KafkaConnection:
-    from rcmflow.runtime.settings import BrokerNotFound
+    from rcmflow.runtime.exceptions import BrokerNotFound
 
     try:
         return settings.kafka()
@@ -107,7 +107,8 @@ def _kafka(settings: Settings) -> KafkaConnection:
 def _connect(settings: Settings, access: Access) -> KafkaConnection:
     """The broker connection, once a preflight showed this principal can log in and has
     the ACLs ``access`` needs; else one line saying what to fix, and exit 2."""
-    from rcmflow.runtime.kafka_preflight import KafkaAccessError, preflight
+    from rcmflow.runtime.exceptions import KafkaAccessError
+    from rcmflow.runtime.kafka_preflight import preflight
 
     kafka = _kafka(settings)
     try:
@@ -303,9 +304,10 @@ def reconcile(
     """
     from datetime import date
 
-    from rcmflow.audit.reconcile import TooLarge, build_reader, render
+    from rcmflow.audit.exceptions import TooLarge
+    from rcmflow.audit.reconcile import build_reader, render
     from rcmflow.audit.reconcile import reconcile as run_reconcile
-    from rcmflow.connectors.erp.base import AdapterConfigError
+    from rcmflow.connectors.erp.exceptions import AdapterConfigError
     from rcmflow.runtime import kafka_access
     from rcmflow.streams.chart import load_chart
 
@@ -653,7 +655,8 @@ def rebuild(
 
     from aiokafka.errors import KafkaError
 
-    from rcmflow.audit.rebuild import NotFresh, fresh_directory, render
+    from rcmflow.audit.exceptions import NotFresh
+    from rcmflow.audit.rebuild import fresh_directory, render
     from rcmflow.audit.rebuild import rebuild as run_rebuild
     from rcmflow.runtime import kafka_access
     from rcmflow.streams.chart import load_chart
@@ -700,7 +703,8 @@ AfterOption = Annotated[str | None, typer.Option(
 
 
 def _cursor(after: str | None) -> Any:
-    from rcmflow.cli.log_pages import BadCursor, Cursor
+    from rcmflow.cli.exceptions import BadCursor
+    from rcmflow.cli.log_pages import Cursor
 
     try:
         return None if after is None else Cursor.decode(after)
@@ -918,7 +922,7 @@ def main() -> None:
     try:
         app()
     except Exception as exc:  # not a refusal the command names: a bug, with its own exit code
-        from rcmflow.streams.layout import UpgradeNeeded
+        from rcmflow.streams.exceptions import UpgradeNeeded
 
         if isinstance(exc, UpgradeNeeded):  # a listing met a record an older rcmflow wrote
             err.print(f"[red]rcmflow: {escape(str(exc))}[/red]", soft_wrap=True)

@@ -23,26 +23,17 @@ from types import TracebackType
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.runtime.exceptions import BrokerError, TopicCreateDenied
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import TopicSpec
 
-__all__ = ["EmbeddedBroker", "ensure_topics", "wait_for_broker", "stop_process", "free_port",
-           "BrokerError", "TopicCreateDenied"]
+__all__ = ["EmbeddedBroker", "ensure_topics", "wait_for_broker", "stop_process", "free_port"]
 
 log = logging.getLogger(__name__)
 
 BROKER_START_TIMEOUT_S = 20.0
 BROKER_STOP_TIMEOUT_S = 10.0
 TOPIC_READY_TIMEOUT_S = 30.0
-
-
-class BrokerError(RcmflowError, RuntimeError):
-    """The embedded broker could not be started or reached."""
-
-
-class TopicCreateDenied(BrokerError):
-    """A topic the caller needs is missing and its principal may not create it (ACLs)."""
 
 
 #: CreateTopics answers for a principal without CREATE: TOPIC_ / CLUSTER_AUTHORIZATION_FAILED.

@@ -23,12 +23,12 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import TopicPartition
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.runtime.exceptions import RecordTooLarge
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import RAW_HL7_RECORD_BYTES_MAX, record_bytes_max
 
 __all__ = ["Record", "Outgoing", "Headers", "read_topic", "iter_topic", "publish", "send",
-           "log_ends", "topic_partitions", "committed_offsets", "group_lag", "RecordTooLarge",
+           "log_ends", "topic_partitions", "committed_offsets", "group_lag",
            "check_record_sizes", "record_size", "IsolationLevel", "READ_TIMEOUT_S",
            "PUBLISH_IN_FLIGHT_MAX"]
 
@@ -190,10 +190,6 @@ async def send(producer: AIOKafkaProducer, item: Outgoing) -> asyncio.Future[obj
     future: asyncio.Future[object] = await producer.send(topic, value=value, key=key,
                                                          headers=headers)
     return future
-
-
-class RecordTooLarge(RcmflowError, ValueError):
-    """A record larger than its topic takes: no re-send can succeed (refuse the input)."""
 
 
 def record_size(item: Outgoing) -> int:

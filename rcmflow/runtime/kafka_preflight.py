@@ -46,11 +46,11 @@ from aiokafka.errors import (
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.runtime.exceptions import BrokerUnreachable, KafkaAccessError
 from rcmflow.runtime.kafka_access import Access
 from rcmflow.runtime.kafka_connection import KafkaConnection
 
-__all__ = ["KafkaAccessError", "BrokerUnreachable", "preflight", "check_connection",
+__all__ = [ "preflight", "check_connection",
            "check_access", "explain_kafka_error", "access_error", "ACCESS_ERRORS",
            "PREFLIGHT_TIMEOUT_S", "DOCS"]
 
@@ -68,15 +68,6 @@ DOCS = "docs/operations/security.md, 'Secure connections'"
 _OPERATION_BITS = {"READ": 3, "WRITE": 4, "CREATE": 5, "DESCRIBE": 8}
 #: "Not computed": the broker has no authorizer answer for us.
 _UNKNOWN_OPERATIONS = -(2**31)
-
-
-class KafkaAccessError(RcmflowError, RuntimeError):
-    """This command cannot work on this cluster as configured: authentication, TLS or an ACL.
-    The message is one line: the cause, then the setting or the ACL that fixes it."""
-
-
-class BrokerUnreachable(KafkaAccessError):
-    """No bootstrap server accepted a TCP connection (or none answered in time)."""
 
 
 #: What aiokafka raises when a permission is missing or lost, or a login is refused: none of

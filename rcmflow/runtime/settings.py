@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.runtime.exceptions import BrokerNotFound
 from rcmflow.runtime.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
 from rcmflow.streams.date_window import EARLIEST_DEFAULT, FUTURE_DAYS_DEFAULT, FUTURE_DAYS_MAX
 from rcmflow.streams.dedup import DEFAULT_HORIZON_DAYS
@@ -32,7 +32,6 @@ from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, DLQ_PAYLOAD_BYTES_MAX, EVE
 __all__ = [
     "Settings",
     "default_of",
-    "BrokerNotFound",
     "EMBEDDED_BROKER_FILE",
     "EMBEDDED_PREFIX",
     "embedded_broker_info",
@@ -43,10 +42,6 @@ __all__ = [
 EMBEDDED_BROKER_FILE = "broker.json"
 #: Table directories of embedded (memory-only) brokers are named so; they die with the broker.
 EMBEDDED_PREFIX = "embedded-"
-
-
-class BrokerNotFound(RcmflowError, RuntimeError):
-    """No RCMFLOW_BROKER and no embedded broker running for this data dir."""
 
 
 class Settings(BaseSettings):

@@ -8,14 +8,15 @@ import logging
 import sys
 
 from rcmflow.runtime import metrics
-from rcmflow.runtime.broker import TopicCreateDenied, ensure_topics
+from rcmflow.runtime.broker import ensure_topics
+from rcmflow.runtime.exceptions import BrokerNotFound, KafkaAccessError, TopicCreateDenied
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.faults import NO_FAULTS, Faults
 from rcmflow.runtime.kafka_access import worker_access
-from rcmflow.runtime.kafka_preflight import KafkaAccessError, access_error, preflight
-from rcmflow.runtime.settings import EMBEDDED_PREFIX, BrokerNotFound, Settings
-from rcmflow.streams.chart import ChartError, load_chart
-from rcmflow.streams.layout import UpgradeNeeded
+from rcmflow.runtime.kafka_preflight import access_error, preflight
+from rcmflow.runtime.settings import EMBEDDED_PREFIX, Settings
+from rcmflow.streams.chart import load_chart
+from rcmflow.streams.exceptions import ChartError, UpgradeNeeded
 from rcmflow.streams.shell.worker import build_worker, claim_worker_dir, worker_families
 from rcmflow.streams.topics import topic_specs
 

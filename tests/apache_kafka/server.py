@@ -38,7 +38,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import for_code
 from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
-from rcmflow.runtime.broker import BrokerError, free_port, stop_process, wait_for_broker
+from rcmflow.runtime.broker import free_port, stop_process, wait_for_broker
+from rcmflow.runtime.exceptions import BrokerError
 from rcmflow.runtime.kafka_access import AclBinding
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from tests.apache_kafka.certs import CertificateAuthority

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rcmflow.runtime.broker import BrokerError
+from rcmflow.runtime.exceptions import BrokerError
 from tests.apache_kafka.fetch import FetchError, cache_dir, ensure_jars, find_java, kafka_version
 from tests.apache_kafka.server import ApacheKafka
 

@@ -298,7 +298,7 @@ def test_reconcile_reads_a_cloud_erp_back(kind: str, broker: Broker) -> None:
 
 
 def test_too_many_postings_are_refused_up_front(broker: Broker) -> None:
-    from rcmflow.audit.reconcile import TooLarge
+    from rcmflow.audit.exceptions import TooLarge
 
     World(accounts=4).publish(broker)
     with pytest.raises(TooLarge):

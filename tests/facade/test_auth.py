@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from rcmflow.facade.app import FacadeConfig, create_app
-from rcmflow.facade.auth import Authenticator, AuthError, parse_scope
+from rcmflow.facade.auth import Authenticator, parse_scope
+from rcmflow.facade.exceptions import AuthError
 from rcmflow.facade.resources import fhir_id
 from rcmflow.runtime.settings import Settings
 from tests.facade.conftest import JWT_AUDIENCE, JWT_KEY, PUBLIC_URL, bearer, fhir_body, token

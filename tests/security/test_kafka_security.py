@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from rcmflow.runtime.broker import ensure_topics, free_port
+from rcmflow.runtime.exceptions import KafkaAccessError
 from rcmflow.runtime.kafka_access import (
     Access,
     AclBinding,
@@ -42,7 +43,7 @@ from rcmflow.runtime.kafka_access import (
 )
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import read_topic
-from rcmflow.runtime.kafka_preflight import KafkaAccessError, preflight
+from rcmflow.runtime.kafka_preflight import preflight
 from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, POSTINGS, topic_specs
 from tests.apache_kafka.fixtures import kafka_or_skip
 from tests.apache_kafka.server import ApacheKafka, KafkaSecurity

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from rcmflow.connectors.inbound.fhir import read_json
 from rcmflow.runtime.shown import SHOWN_CHARS_MAX
+from rcmflow.streams.exceptions import MoneyError
 from rcmflow.streams.money import (
     AMOUNT_CENTS_MAX,
     TEXT_CHARS_MAX,
-    MoneyError,
     Refusal,
     cents_decimal,
     cents_for_people,

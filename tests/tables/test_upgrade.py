@@ -26,7 +26,7 @@ from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_io import publish, read_topic
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.dedup import horizon_key
-from rcmflow.streams.layout import UpgradeNeeded
+from rcmflow.streams.exceptions import UpgradeNeeded
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import ACCOUNTS, EVENTS, POSTINGS, dedup_changelog, topic_specs

@@ -5,9 +5,11 @@
 "Inbound: FHIR".
 """
 
+from rcmflow.connectors.inbound.exceptions import FhirValueError
+
 from .ingest import FhirLimits, FhirOutcome, Rejected, ingest_fhir_files, process_fhir
 from .mapping import Mapped, MappingOptions, Refused, map_resource
-from .values import DEFAULT_ACCOUNT_SYSTEMS, FhirValueError, read_json
+from .values import DEFAULT_ACCOUNT_SYSTEMS, read_json
 
 __all__ = ["FhirLimits", "FhirOutcome", "Rejected", "ingest_fhir_files", "process_fhir",
            "Mapped", "MappingOptions", "Refused", "map_resource", "DEFAULT_ACCOUNT_SYSTEMS",

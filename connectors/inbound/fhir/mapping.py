@@ -37,6 +37,7 @@ from typing import Any, TypeAlias
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from rcmflow.connectors.inbound.exceptions import FhirValueError
 from rcmflow.runtime.settings import default_of
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.events import (
@@ -47,11 +48,11 @@ from rcmflow.streams.events import (
     PatientPayment,
     Refund,
 )
-from rcmflow.streams.money import MoneyError, cents_text, money_cents
+from rcmflow.streams.exceptions import MoneyError
+from rcmflow.streams.money import cents_text, money_cents
 from rcmflow.streams.rejections import Problem, Rejection, Severity
 
 from .values import (
-    FhirValueError,
     account_from_reference,
     account_from_subject,
     code_text,

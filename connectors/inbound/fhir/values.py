@@ -18,12 +18,12 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.connectors.inbound.exceptions import FhirValueError
 from rcmflow.streams.events import PROVIDER_PREFIX
-from rcmflow.streams.money import MoneyError, Refusal
+from rcmflow.streams.exceptions import MoneyError
+from rcmflow.streams.money import Refusal
 
 __all__ = [
-    "FhirValueError",
     "read_json",
     "money_code",
     "account_from_reference",
@@ -49,16 +49,6 @@ _PATIENT_REF = re.compile(r"^(?:.*/)?Patient/pat\.([A-Za-z0-9\-.]{1,60})$")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 #: Event ids longer than this become a digest (the canonical limit is 200).
 _KEY_CHARS_MAX = 160
-
-
-class FhirValueError(RcmflowError, ValueError):
-    """A value rcmflow cannot take; the message is safe to print (no patient data).
-
-    ``code`` is the DLQ reason code it becomes."""
-
-    def __init__(self, message: str, code: str = "fhir_invalid_value") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def code_text(value: Any, known: frozenset[str] | tuple[str, ...]) -> str:

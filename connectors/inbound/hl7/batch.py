@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rcmflow.connectors.inbound.hl7.replay import ReplayStore, ReplayStoreLocked
+from rcmflow.connectors.inbound.exceptions import ReplayStoreLocked
+from rcmflow.connectors.inbound.hl7.replay import ReplayStore
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 

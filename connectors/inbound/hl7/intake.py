@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from rcmflow.connectors.inbound.exceptions import HL7ParseError, WriteFailed
 from rcmflow.connectors.inbound.hl7.ack import AckCode, build_ack
 from rcmflow.connectors.inbound.hl7.framing import HEAD_BYTES, FrameError
 from rcmflow.connectors.inbound.hl7.mapping import (
@@ -43,7 +44,6 @@ from rcmflow.connectors.inbound.hl7.mapping import (
 from rcmflow.connectors.inbound.hl7.problems import Rejected, refused
 from rcmflow.connectors.inbound.hl7.reader import (
     Hl7Message,
-    HL7ParseError,
     charset_of,
     normalise,
     read_bytes,
@@ -51,7 +51,6 @@ from rcmflow.connectors.inbound.hl7.reader import (
 )
 from rcmflow.connectors.inbound.hl7.replay import ReplayStore
 from rcmflow.connectors.inbound.totals import HEADER_STATUS, HEADER_TOTALS
-from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Outgoing, check_record_sizes, send
 from rcmflow.runtime.settings import default_of
@@ -60,17 +59,13 @@ from rcmflow.streams.events import Event
 from rcmflow.streams.rejections import Problem
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7
 
-__all__ = ["Sink", "Outcome", "Intake", "KafkaSink", "WriteFailed", "internal_error_ack"]
+__all__ = ["Sink", "Outcome", "Intake", "KafkaSink", "internal_error_ack"]
 
 log = logging.getLogger("rcmflow.hl7")
 #: MSH-10 is ST(199) since v2.7; longer (or garbled) header values are refused.
 _HEADER_CHARS_MAX = 199
 
 Record = Outgoing
-
-
-class WriteFailed(RcmflowError, RuntimeError):
-    """The broker did not acknowledge the writes in time."""
 
 
 class Sink(Protocol):

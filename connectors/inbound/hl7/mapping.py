@@ -25,15 +25,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal
 
+from rcmflow.connectors.inbound.exceptions import ValueProblem
 from rcmflow.connectors.inbound.totals import SourceTotals
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.events import EVENT_ADAPTER, Event, ValidationError
-from rcmflow.streams.money import MoneyError, parse_cents
+from rcmflow.streams.exceptions import MoneyError
+from rcmflow.streams.money import parse_cents
 from rcmflow.streams.rejections import Problem
 
 from .problems import Rejected, refused
 from .reader import Hl7Message, Segment
-from .values import ValueProblem, parse_quantity, parse_timestamp
+from .values import parse_quantity, parse_timestamp
 
 __all__ = [
     "MappingConfig",

@@ -16,17 +16,13 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.connectors.inbound.exceptions import HL7ParseError
 
-__all__ = ["HL7ParseError", "Hl7Message", "Segment", "read_message", "read_bytes",
+__all__ = [ "Hl7Message", "Segment", "read_message", "read_bytes",
            "normalise", "charset_of"]
 
 _BOM = b"\xef\xbb\xbf"
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
-
-
-class HL7ParseError(RcmflowError, ValueError):
-    """The bytes are not an HL7 v2 message rcmflow can read; the text says why."""
 
 
 def charset_of(raw: bytes) -> str:

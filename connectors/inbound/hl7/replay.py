@@ -20,13 +20,9 @@ from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict
 
-from rcmflow.runtime.errors import RcmflowError
+from rcmflow.connectors.inbound.exceptions import ReplayStoreLocked
 
-__all__ = ["ReplayStore", "ReplayStoreLocked"]
-
-
-class ReplayStoreLocked(RcmflowError, RuntimeError):
-    """Another process (another `rcmflow mllp` on this data dir) holds the store."""
+__all__ = ["ReplayStore",]
 
 
 class ReplayStore:

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from rcmflow.connectors.inbound.exceptions import ReplayStoreLocked
 from rcmflow.connectors.inbound.hl7.intake import Intake, KafkaSink, Sink, raw_record_bytes_max
 from rcmflow.connectors.inbound.hl7.listener import ListenerLimits, MllpListener
 from rcmflow.connectors.inbound.hl7.mapping import MappingConfig
-from rcmflow.connectors.inbound.hl7.replay import ReplayStore, ReplayStoreLocked
+from rcmflow.connectors.inbound.hl7.replay import ReplayStore
 from rcmflow.connectors.inbound.hl7.tls import is_loopback, tls_from_settings
 from rcmflow.runtime import metrics
 from rcmflow.runtime.exit_codes import ExitCode

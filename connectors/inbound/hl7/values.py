@@ -9,18 +9,15 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
-from rcmflow.runtime.errors import RcmflowError
-from rcmflow.streams.money import MoneyError, parse_decimal
+from rcmflow.connectors.inbound.exceptions import ValueProblem
+from rcmflow.streams.exceptions import MoneyError
+from rcmflow.streams.money import parse_decimal
 
-__all__ = ["ValueProblem", "parse_quantity", "parse_timestamp"]
+__all__ = [ "parse_quantity", "parse_timestamp"]
 
 _DTM = re.compile(
     r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$"
 )
-
-
-class ValueProblem(RcmflowError, ValueError):
-    """A field value that cannot be read; the text says why (without echoing long input)."""
 
 
 def parse_quantity(text: str, what: str = "quantity") -> int:

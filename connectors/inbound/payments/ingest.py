@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, TypeAlias
 import orjson
 from rich.console import Console
 
+from rcmflow.connectors.inbound.exceptions import FileError
 from rcmflow.connectors.inbound.files import (
     ReadPosition,
     Record,
@@ -32,7 +33,6 @@ from rcmflow.connectors.inbound.files import (
     say,
 )
 from rcmflow.connectors.inbound.payments.rows import (
-    FileError,
     PaymentEvent,
     RawRow,
     read_rows,

@@ -41,15 +41,16 @@ from typing import Any, BinaryIO, TypeAlias
 
 from pydantic import ValidationError
 
+from rcmflow.connectors.inbound.exceptions import FileError
 from rcmflow.connectors.inbound.totals import SourceTotals
-from rcmflow.runtime.errors import RcmflowError
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DEFAULT_WINDOW, DateWindow
 from rcmflow.streams.events import EventKind, PatientPayment, Refund, WriteOff
-from rcmflow.streams.money import MoneyError, parse_cents
+from rcmflow.streams.exceptions import MoneyError
+from rcmflow.streams.money import parse_cents
 from rcmflow.streams.rejections import Problem
 
 __all__ = ["COLUMNS", "REQUIRED", "RawRow", "read_rows", "row_event", "row_problem",
-           "row_number", "row_totals", "PaymentEvent", "FileError"]
+           "row_number", "row_totals", "PaymentEvent",]
 
 COLUMNS = ("type", "account", "amount", "date", "reference", "channel", "reason", "to",
            "from_ar", "entity", "batch", "currency")
@@ -64,10 +65,6 @@ TOO_LONG = "\n"
 
 PaymentEvent: TypeAlias = PatientPayment | Refund | WriteOff
 MEASURE_BY_TYPE = {"payment": "payments", "refund": "refunds", "write_off": "write_offs"}
-
-
-class FileError(RcmflowError, ValueError):
-    """The file as a whole cannot be read (no header, missing required columns)."""
 
 
 @dataclass(frozen=True)

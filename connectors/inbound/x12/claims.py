@@ -19,8 +19,9 @@ from pydantic import ValidationError
 
 from rcmflow.connectors.inbound.totals import SourceTotals
 from rcmflow.streams.events import ClaimSubmitted, Dimensions, EventKind, ServiceLine
-from rcmflow.streams.money import MoneyError, parse_cents, parse_decimal
+from rcmflow.streams.exceptions import MoneyError
 from rcmflow.streams.money import cents_text as format_cents
+from rcmflow.streams.money import parse_cents, parse_decimal
 
 from .codes import payer_class_for
 from .reader import Problem, Segment, TransactionSet, at_segment

@@ -44,9 +44,9 @@ from typing import Any, BinaryIO, TypeAlias
 
 import orjson
 
+from rcmflow.connectors.inbound.exceptions import X12ChangedError
 from rcmflow.connectors.inbound.files import Record
 from rcmflow.connectors.inbound.totals import SourceTotals
-from rcmflow.runtime.errors import RcmflowError
 from rcmflow.runtime.settings import default_of
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.dlq import Origin, dlq_record
@@ -78,7 +78,7 @@ from .remit import (
 )
 
 __all__ = ["X12Limits", "SetOutcome", "FileOutcome", "X12File", "process_x12", "Record",
-           "RAW_RECORD_BYTES_MAX", "X12ChangedError"]
+           "RAW_RECORD_BYTES_MAX",]
 
 X12Event: TypeAlias = ClaimAdjudicated | ProviderAdjustment | ClaimSubmitted
 #: Problems whose failing identity is money rather than structure (DLQ stage "validate").
@@ -98,12 +98,6 @@ _PART_TOTALS_BYTES = 370_000
 #: claim's id (``:<n>`` added) invalid where its first one is valid.
 _ID_CHARS_MAX = 200 - 11
 _PAID_ON = "835 payment date (BPR16, else DTM*405, else GS04)"
-
-
-class X12ChangedError(RcmflowError, OSError):
-    """The file read again is not the file checked (it changed while it was being ingested):
-    its sets are published as they are read, so what was published stays (re-sending the
-    file is safe) and the rest is not guessed at."""
 
 
 @dataclass(frozen=True)

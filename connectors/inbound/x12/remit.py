@@ -39,8 +39,9 @@ from rcmflow.streams.events import (
     EventKind,
     ProviderAdjustment,
 )
-from rcmflow.streams.money import MoneyError, parse_cents
+from rcmflow.streams.exceptions import MoneyError
 from rcmflow.streams.money import cents_text as format_cents
+from rcmflow.streams.money import parse_cents
 
 from .codes import DENIAL_CARCS, payer_class_for
 from .reader import Problem, Segment, TransactionSet, at_segment

@@ -18,15 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rcmflow.connectors.erp.base import (
-    AdapterConfigError,
-    AlreadyThere,
-    ErpAdapter,
-    Posted,
-    Rejected,
-    TransientError,
-)
+from rcmflow.connectors.erp.base import AlreadyThere, ErpAdapter, Posted, Rejected
 from rcmflow.connectors.erp.erpnext import ErpNext
+from rcmflow.connectors.erp.exceptions import AdapterConfigError, TransientError
 from rcmflow.connectors.erp.mapping import all_gl_accounts
 from rcmflow.connectors.erp.netsuite import NetSuite
 from rcmflow.connectors.erp.odoo import Odoo

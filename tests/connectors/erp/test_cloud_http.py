@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rcmflow.connectors.erp.base import AdapterConfigError, TransientError
 from rcmflow.connectors.erp.cloud_http import check, dumps, loads
+from rcmflow.connectors.erp.exceptions import AdapterConfigError, TransientError
 from rcmflow.streams.money import AMOUNT_CENTS_MAX, cents_decimal, number_cents
 
 CENTS = st.integers(min_value=-AMOUNT_CENTS_MAX, max_value=AMOUNT_CENTS_MAX)

@@ -104,7 +104,7 @@ async def test_a_torn_write_is_cut_back_to_whole_entries(tmp_path: Path) -> None
 
 
 async def test_one_writer_per_folder(tmp_path: Path) -> None:
-    from rcmflow.connectors.erp.base import AdapterConfigError
+    from rcmflow.connectors.erp.exceptions import AdapterConfigError
 
     first = journal(tmp_path)
     await first.open()

@@ -10,14 +10,8 @@ from datetime import date
 
 import pytest
 
-from rcmflow.connectors.erp.base import (
-    AdapterConfigError,
-    ErpAdapter,
-    JournalEntry,
-    Outcome,
-    Posted,
-    TransientError,
-)
+from rcmflow.connectors.erp.base import ErpAdapter, JournalEntry, Outcome, Posted
+from rcmflow.connectors.erp.exceptions import AdapterConfigError, TransientError
 from rcmflow.connectors.erp.runner import CircuitBreaker, Connector, RunnerOptions, backoff_s
 from rcmflow.runtime.broker import free_port
 from rcmflow.runtime.exit_codes import ExitCode

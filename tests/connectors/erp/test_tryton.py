@@ -13,14 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from rcmflow.connectors.erp.base import (
-    AdapterConfigError,
-    AlreadyThere,
-    Posted,
-    Rejected,
-    TransientError,
-)
-from rcmflow.connectors.erp.tryton import TrytonAdapter, TrytonError, decode, encode
+from rcmflow.connectors.erp.base import AlreadyThere, Posted, Rejected
+from rcmflow.connectors.erp.exceptions import AdapterConfigError, TransientError, TrytonError
+from rcmflow.connectors.erp.tryton import TrytonAdapter, decode, encode
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.postings import PostingDelta
 from tests.connectors.erp.conftest import adapter_for
@@ -124,7 +119,7 @@ async def test_racing_senders_make_one_move_each(tryton: TrytonServer) -> None:
 
 
 async def _post_until_done(adapter: TrytonAdapter, deltas: list[PostingDelta]) -> list[Any]:
-    from rcmflow.connectors.erp.base import TransientError
+    from rcmflow.connectors.erp.exceptions import TransientError
 
     for _ in range(20):
         try:

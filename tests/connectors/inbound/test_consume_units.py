@@ -23,7 +23,7 @@ from rcmflow.connectors.inbound.consume import (
     _looks_ndjson,
 )
 from rcmflow.connectors.inbound.events import key_document
-from rcmflow.connectors.inbound.files import BrokerFailed
+from rcmflow.connectors.inbound.exceptions import BrokerFailed
 from rcmflow.connectors.inbound.hl7.intake import Intake
 from rcmflow.connectors.inbound.hl7.mapping import MappingConfig
 from rcmflow.connectors.inbound.hl7.replay import ReplayStore

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from rcmflow.connectors.inbound.exceptions import HL7ParseError
 from rcmflow.connectors.inbound.hl7.mapping import MappingConfig, map_message
 from rcmflow.connectors.inbound.hl7.problems import Rejected, hl7_code
-from rcmflow.connectors.inbound.hl7.reader import HL7ParseError, normalise, read_message
+from rcmflow.connectors.inbound.hl7.reader import normalise, read_message
 from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.events import AccountStatusChanged, ChargePosted, ChargeReversed, Event
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from rcmflow.connectors.inbound.hl7.values import ValueProblem, parse_quantity, parse_timestamp
+from rcmflow.connectors.inbound.exceptions import ValueProblem
+from rcmflow.connectors.inbound.hl7.values import parse_quantity, parse_timestamp
 
 
 @pytest.mark.parametrize("text, units", [("", 1), ("2", 2), ("2.0", 2), ("-1", -1)])
