@@ -9,13 +9,15 @@ import re
 import signal
 import subprocess
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from bench.reference import RESULT_FILE_ENV, RESULT_PREFIX, vmhwm_kb
 
-__all__ = ["SystemProcess", "ProcessGroup", "REPO_ROOT"]
+__all__ = ["SystemProcess", "ProcessGroup", "REPO_ROOT", "TimedRun", "run_timed"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT_S = 30.0
@@ -215,3 +217,34 @@ class ProcessGroup:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(f"--- {m.log_path.name} ---\n{m.log_tail(lines)}"
                          for m in self.members)
+
+
+@dataclass
+class TimedRun:
+    """A command run to its end under ``/usr/bin/time -v``."""
+
+    exit: int
+    max_rss_kb: int | None
+    wall_s: float
+    output: dict[str, Any] | None  # its stdout read as JSON (None: not JSON)
+    log: str  # its stderr, then time's report
+
+
+def run_timed(command: list[str], out_file: Path, log_file: Path,
+              env: dict[str, str]) -> TimedRun:
+    """Run ``command`` (stdout to ``out_file``, stderr to ``log_file``) under GNU time: its
+    peak RSS with children and its wall time, from time's own report."""
+    with open(out_file, "wb") as out, open(log_file, "wb") as log:
+        done = subprocess.run(["/usr/bin/time", "-v", *command], stdout=out, stderr=log,
+                              env=env, check=False)
+    text = log_file.read_text(errors="replace")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    seconds = 0.0
+    for part in (wall.group(1).split(":") if wall else ()):
+        seconds = seconds * 60 + float(part)
+    try:
+        output = json.loads(out_file.read_text())
+    except ValueError:
+        output = None
+    return TimedRun(done.returncode, int(rss.group(1)) if rss else None, seconds, output, text)

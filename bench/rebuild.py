@@ -18,14 +18,13 @@ import asyncio
 import json
 import os
 import platform
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.procs import run_timed
 from bench.reconcile_memory import fill
 from rcmflow.runtime.broker import EmbeddedBroker
 
@@ -43,23 +42,11 @@ def measure(bootstrap: str, run_dir: Path, name: str, args: list[str]) -> dict[s
                         "RCMFLOW_DATA_DIR": str(run_dir / "data")}
     out_file, log_file = run_dir / "out.json", run_dir / "time.log"
     command = [str(Path(sys.executable).with_name("rcmflow")), *args]
-    with open(out_file, "wb") as out, open(log_file, "wb") as log:
-        done = subprocess.run(["/usr/bin/time", "-v", *command], stdout=out, stderr=log,
-                              env=env, check=False)
-    text = log_file.read_text(errors="replace")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
-    seconds = 0.0
-    if wall:
-        for part in wall.group(1).split(":"):
-            seconds = seconds * 60 + float(part)
-    try:
-        doc = json.loads(out_file.read_text())
-    except ValueError:
-        doc = {"unreadable": text[-2000:]}
+    run = run_timed(command, out_file, log_file, env)
+    doc = run.output if run.output is not None else {"unreadable": run.log[-2000:]}
     compare = doc.get("compare") or {}
-    return {"command": name, "exit": done.returncode, "wall_s": round(seconds, 1),
-            "max_rss_mib": round(int(rss.group(1)) / 1024) if rss else None,
+    return {"command": name, "exit": run.exit, "wall_s": round(run.wall_s, 1),
+            "max_rss_mib": round(run.max_rss_kb / 1024) if run.max_rss_kb else None,
             "events": doc.get("events"), "replay_s": doc.get("seconds"),
             "events_per_s": doc.get("events_per_s"), "accounts": doc.get("accounts"),
             "sha256": doc.get("sha256"), "equal_to_live": compare.get("equal")}

@@ -22,9 +22,7 @@ import asyncio
 import json
 import os
 import platform
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from bench.procs import run_timed
 from bench.workload import WorkloadSpec, generate
 from rcmflow.connectors.inbound.totals import HEADER_STATUS, HEADER_TOTALS, SourceTotals
 from rcmflow.runtime.broker import EmbeddedBroker, ensure_topics
@@ -169,24 +168,13 @@ def measure(bootstrap: str, run_dir: Path, impl: Path | None = None) -> dict[str
     command = [str(Path(sys.executable).with_name("rcmflow")), "reconcile", "--json"]
     if impl is not None:
         command = [sys.executable, "-m", "bench.reconcile_memory", "--child", str(impl)]
-    with open(out_file, "wb") as out, open(log_file, "wb") as log:
-        done = subprocess.run(["/usr/bin/time", "-v", *command],
-                              stdout=out, stderr=log, env=env, check=False)
-    text = log_file.read_text(errors="replace")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
-    seconds = 0.0
-    if wall:
-        for part in wall.group(1).split(":"):
-            seconds = seconds * 60 + float(part)
-    try:
-        report = json.loads(out_file.read_text())
-    except ValueError:
-        report = {}
-    return {"exit": done.returncode, "max_rss_mib": int(rss.group(1)) / 1024 if rss else None,
-            "wall_s": seconds, "counts": report.get("counts"),
+    run = run_timed(command, out_file, log_file, env)
+    report = run.output or {}
+    return {"exit": run.exit,
+            "max_rss_mib": run.max_rss_kb / 1024 if run.max_rss_kb else None,
+            "wall_s": run.wall_s, "counts": report.get("counts"),
             "findings_by_cause": report.get("findings_by_cause"),
-            "progress_lines": [line for line in text.splitlines() if ": " in line
+            "progress_lines": [line for line in run.log.splitlines() if ": " in line
                                and ("records" in line or "done" in line)][-12:]}
 
 
