@@ -1,7 +1,7 @@
 """`rcmflow upgrade`: rewrite, once, the table records an older rcmflow wrote.
 
 This module is the only place that knows their shapes; every reader refuses them
-(``streams.layout.UpgradeNeeded``), so a deployment that skipped this step stops with a line
+(``streams.exceptions.UpgradeNeeded``), so a deployment that skipped this step stops with a line
 naming the command instead of reading them wrongly. Run it with every worker stopped (they
 write the same topics), before starting this version's workers and facade.
 
