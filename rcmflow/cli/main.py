@@ -595,6 +595,57 @@ _BROKER_DOWN = "the broker was unreachable or stopped answering; run the same co
 
 
 @app.command(help=(
+    "Check that every account's ledger buckets (its newest head on rcm.accounts) equal the "
+    "sum of its posting deltas on rcm.postings, bucket by bucket in cents; each posting id "
+    "counts once (a re-sent delta is the same delta), and a delta newer than its account's "
+    "head is in flight, not a mismatch. Names each mismatching account (its number only) "
+    "and the difference per bucket. --follow keeps reading both topics and checks each "
+    "account as it changes: rcmflow_audit_mismatches_total and "
+    "rcmflow_audit_accounts_checked_total on --metrics-port, one rcm.dlq record (reason "
+    "ledger_mismatch) per mismatch; it stops on Ctrl-C / SIGTERM. Reads only (--follow "
+    "writes rcm.dlq); scratch stores under RCMFLOW_DATA_DIR/audits, deleted afterwards. "
+    "docs/operations/audit.md."
+    + _exit_codes((ExitCode.OK, "every account agrees (--follow: stopped as asked)"),
+                  (ExitCode.ATTENTION, "an account's buckets differ from its deltas (the "
+                                       "accounts and the cents are named)"),
+                  (ExitCode.REFUSED, "no broker configured, this user lacks an ACL, or "
+                                     "the metrics port is taken"),
+                  (ExitCode.BROKER, _BROKER_DOWN))))
+def audit(
+    follow: Annotated[bool, typer.Option(
+        "--follow", help="Keep reading and check each account as it changes, until Ctrl-C "
+        "/ SIGTERM.")] = False,
+    metrics_port: Annotated[int, typer.Option(
+        min=0, max=65535, help="--follow: serve Prometheus metrics at "
+        "http://RCMFLOW_METRICS_HOST:PORT/metrics; 0: off.")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    from aiokafka.errors import KafkaError
+
+    from rcmflow.audit import ledger
+    from rcmflow.runtime import kafka_access
+
+    settings = _settings()
+    kafka = _connect(settings, kafka_access.audit_access(follow=follow))
+    scratch = settings.data_dir / "audits"
+    logging.getLogger("rcmflow").setLevel(
+        {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper()))
+    try:
+        if follow:
+            raise typer.Exit(asyncio.run(ledger.follow(
+                kafka, scratch, metrics_host=settings.metrics_host,
+                metrics_port=metrics_port)))
+        report = asyncio.run(ledger.audit(kafka, scratch, console=err))
+    except (KafkaError, TimeoutError) as exc:
+        _fail(exc, ExitCode.BROKER)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        report.render(out)
+    raise typer.Exit(ExitCode.OK if report.agrees else ExitCode.ATTENTION)
+
+
+@app.command(help=(
     "Print the digest of the live account state: a SHA-256 over every account's head on "
     "rcm.accounts, in key order, of its version and ledger buckets (integer cents), with the "
     "number of accounts and each bucket's total. Use it to see whether two states are the "

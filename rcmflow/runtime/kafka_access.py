@@ -45,6 +45,7 @@ __all__ = [
     "consume_group",
     "reconcile_access",
     "reader_access",
+    "audit_access",
     "documented_components",
     "INGEST_KINDS",
 ]
@@ -186,6 +187,13 @@ def reader_access(component: str, *topics: str) -> Access:
     return Access(component=component, read=topics)
 
 
+def audit_access(*, follow: bool = False) -> Access:
+    """`rcmflow audit`: reads the heads and the deltas, group-less; ``--follow`` also writes
+    one rcm.dlq record per mismatching account."""
+    return Access(component="audit", read=(ACCOUNTS, POSTINGS),
+                  write=(DLQ,) if follow else ())
+
+
 def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
     """The rows of the docs' ACL table (docs/operations/security.md), by command."""
     return {
@@ -202,6 +210,8 @@ def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
         "rcmflow consume hl7 --topic ehr.dft (any format: its raw topic as ingest's)":
             consume_access("hl7", "ehr.dft", consume_group(app_id, "hl7", "ehr.dft")),
         "rcmflow reconcile": reconcile_access(),
+        "rcmflow audit": audit_access(),
+        "rcmflow audit --follow": audit_access(follow=True),
         "rcmflow digest": reader_access("digest", ACCOUNTS),
         "rcmflow rebuild": reader_access("rebuild", EVENTS),
         "rcmflow rebuild --compare": reader_access("rebuild", EVENTS, ACCOUNTS),
