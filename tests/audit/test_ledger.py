@@ -18,7 +18,7 @@ from rcmflow.cli import app
 from rcmflow.runtime.broker import free_port
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_io import publish, read_topic
-from rcmflow.streams.topics import DLQ, POSTINGS
+from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 from tests.conftest import Broker, Workers, wait_until
 from tests.scrape import scrape
 from tests.workload import Observed, Workload
@@ -113,6 +113,14 @@ def test_a_posting_id_sent_with_other_lines_is_a_mismatch(
                                      "differences_cents": {}, "conflicts": 1}]
 
 
+def _head(broker: Broker, account: str) -> bytes:
+    """The account's newest head record on rcm.accounts, as the worker wrote it."""
+    records = asyncio.run(read_topic(broker.connection, ACCOUNTS))
+    value = [r.value for r in records if r.key == account.encode()][-1]
+    assert value is not None
+    return value
+
+
 def _ledger_records(broker: Broker) -> list[dict[str, Any]]:
     records = asyncio.run(read_topic(broker.connection, DLQ))
     docs = [json.loads(r.value) for r in records if r.value]
@@ -138,7 +146,28 @@ def test_follow_counts_no_mismatch_then_one_for_a_forged_delta(
         assert metrics["rcmflow_audit_mismatches_total"] == 0, tail()
         assert _ledger_records(broker) == []
 
-        account, head, _ = a_delta(observed)
+        # A delta read before its head (the worker writes the delta first): held, then
+        # counted when the head arrives; never a mismatch.
+        first, second = sorted(observed.states)[:2]
+        head_raw = _head(broker, first)
+        head_doc = json.loads(head_raw)
+        early = forged(first, head_doc["version"] + 1, "pst_early")
+        asyncio.run(publish(broker.connection, [(POSTINGS, first.encode(), early)]))
+        wait_until(lambda: scrape(port).get("rcmflow_audit_deltas_in_flight") == 1, 15,
+                   "the follower to hold the early delta", tail)
+        head_doc["version"] += 1
+        for bucket in FORGED_DIFFERENCES:
+            head_doc["balances"][bucket] += FORGED_CENTS
+        checked = scrape(port)["rcmflow_audit_accounts_checked_total"]
+        asyncio.run(publish(broker.connection,
+                            [(ACCOUNTS, first.encode(), json.dumps(head_doc).encode())]))
+        wait_until(lambda: scrape(port)["rcmflow_audit_accounts_checked_total"] > checked,
+                   15, "the follower to check the new head", tail)
+        metrics = scrape(port)
+        assert metrics["rcmflow_audit_deltas_in_flight"] == 0, tail()
+        assert metrics["rcmflow_audit_mismatches_total"] == 0, tail()
+
+        account, head = second, observed.states[second]
         tampered = forged(account, head["version"])
         # Sent twice (a re-sending producer): the same delta, one mismatch, one record.
         asyncio.run(publish(broker.connection, [(POSTINGS, account.encode(), tampered)] * 2))
