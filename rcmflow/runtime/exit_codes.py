@@ -30,8 +30,9 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "done; a long-running command stopped as asked (Ctrl-C, SIGTERM, --idle-exit, "
                  "--once)",
     ExitCode.ATTENTION: "done, but the answer needs a look: input went to rcm.dlq (ingest), "
-                        "the books differ (reconcile), the rebuilt state is not the live one "
-                        "(rebuild --compare), no such account or DLQ record, or several "
+                        "the books differ (reconcile), an account differs from its deltas "
+                        "(audit), the rebuilt state is not the live one (rebuild --compare), "
+                        "no such account or DLQ record, or several "
                         "(accounts show|history, dlq show)",
     ExitCode.REFUSED: "refused, running again fails the same way until it is fixed: a bad "
                       "argument or RCMFLOW_* setting, a file over its bound, no broker "
