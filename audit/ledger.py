@@ -316,7 +316,12 @@ def mismatch_record(mismatch: Mismatch, head: bytes, *, partition: int = -1,
 class Follower:
     """`rcmflow audit --follow`: reads both topics from their start and keeps reading; each
     account seen changing (a head or a delta) is checked once rcm.postings was read to the
-    ends it had after the change, so the change's deltas are in."""
+    ends it had after the change, so the change's deltas are in.
+
+    The changes are grouped in generations: ``take`` marks an account changed in the open
+    generation, ``snapshot`` closes it with the rcm.postings ends taken then, ``ready``
+    checks the generations whose ends were reached. An account that changed again in a later
+    generation is left to that one: its newest head may have deltas past the earlier ends."""
 
     def __init__(self, kafka: KafkaConnection, scratch_parent: Path, *,
                  poll_s: float = 0.2, progress_every_s: float = LOG_EVERY_S) -> None:
@@ -330,8 +335,10 @@ class Follower:
         self.mismatches = 0
         self.dlq_records = 0
         self._reported: dict[int, str] = {}  # account index -> its last mismatch, once
-        self._dirty: set[int] = set()
-        self._waiting: list[tuple[dict[int, int], set[int]]] = []  # (postings ends, accounts)
+        self._generation = 0
+        self._latest: dict[int, int] = {}  # changed account -> its newest generation
+        self._changed: set[int] = set()  # in the open generation
+        self._waiting: list[tuple[dict[int, int], int, set[int]]] = []  # (ends, gen, accounts)
 
     def families(self) -> list[Metric]:
         return [
@@ -368,28 +375,29 @@ class Follower:
                                                max_records=READ_BATCH)
                 for messages in batch.values():
                     for m in messages:
-                        self._take(Record(m.topic, m.partition, m.offset, m.key, m.value,
-                                          m.timestamp))
+                        self.take(Record(m.topic, m.partition, m.offset, m.key, m.value,
+                                         m.timestamp))
                 now = time.monotonic()
-                if self._dirty and now - last_ends >= self.poll_s:
+                if self._changed and now - last_ends >= self.poll_s:
                     # Ends taken now, after the changes were read: their deltas are below.
-                    ends = await log_ends(self.kafka, POSTINGS, postings)
-                    self._waiting.append((ends, self._dirty))
-                    self._dirty = set()
+                    self.snapshot(await log_ends(self.kafka, POSTINGS, postings))
                     last_ends = now
                 if self._waiting:
-                    positions = {tp.partition: await consumer.position(tp)
-                                 for tp in postings_tps}
-                    await self._check_ready(positions)
+                    records = self.ready({tp.partition: await consumer.position(tp)
+                                          for tp in postings_tps})
+                    if records:
+                        await publish(self.kafka, records)
+                        self.dlq_records += len(records)
                 if now >= next_line:
                     next_line = now + self.progress_every_s
-                    log.info("audit: %d accounts, %d checks, %d mismatches, %d deltas "
-                             "in flight", len(self.sums.names), self.checked, self.mismatches,
+                    log.info("%d accounts, %d checks, %d mismatches, %d deltas in flight",
+                             len(self.sums.names), self.checked, self.mismatches,
                              self.sums.in_flight)
         finally:
             await consumer.stop()
 
-    def _take(self, record: Record) -> None:
+    def take(self, record: Record) -> None:
+        """One record of rcm.accounts or rcm.postings, in offset order per partition."""
         if record.key is None:
             return
         if record.topic == ACCOUNTS:
@@ -399,18 +407,34 @@ class Follower:
             if record.value is None:
                 return  # a tombstone: nothing to check
             doc = orjson.loads(record.value)
-            self._dirty.add(self.sums.head(record.key.decode(), int(doc.get("version", 0))))
+            self._change(self.sums.head(record.key.decode(), int(doc.get("version", 0))))
         elif record.value is not None:
             changed = self.sums.delta(record.value)
             if changed is not None:
-                self._dirty.add(changed)
+                self._change(changed)
 
-    async def _check_ready(self, positions: dict[int, int]) -> None:
+    def _change(self, i: int) -> None:
+        self._changed.add(i)
+        self._latest[i] = self._generation
+
+    def snapshot(self, ends: dict[int, int]) -> None:
+        """Close the open generation: its accounts are checked once rcm.postings was read to
+        ``ends`` (partition -> end offset, taken after the changes were read)."""
+        self._waiting.append((ends, self._generation, self._changed))
+        self._changed = set()
+        self._generation += 1
+
+    def ready(self, positions: dict[int, int]) -> list[tuple[str, bytes, bytes]]:
+        """Check the generations rcm.postings was read past (``positions``: partition ->
+        next offset); the rcm.dlq records (topic, key, value) of new mismatches."""
+        records: list[tuple[str, bytes, bytes]] = []
         while self._waiting and all(positions.get(p, 0) >= end
                                     for p, end in self._waiting[0][0].items()):
-            _, accounts = self._waiting.pop(0)
-            records = []
+            _, generation, accounts = self._waiting.pop(0)
             for i in sorted(accounts):
+                if self._latest.get(i) != generation:
+                    continue  # changed again since: a later generation checks it
+                del self._latest[i]
                 account = self.sums.names[i]
                 head = self.heads.db.get(account.encode())
                 if head is None:
@@ -425,11 +449,9 @@ class Follower:
                     continue  # the same mismatch, already counted and recorded
                 self._reported[i] = key
                 self.mismatches += 1
-                log.warning("audit: %s", mismatch.describe())
+                log.warning("%s", mismatch.describe())
                 records.append((DLQ, *mismatch_record(mismatch, head)))
-            if records:
-                await publish(self.kafka, records)
-                self.dlq_records += len(records)
+        return records
 
     def close(self) -> None:
         self.heads.close()
