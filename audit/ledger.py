@@ -22,10 +22,10 @@ first delta is the one summed). A reversal is a delta of its own (its own postin
 lines negated, ``reverses_posting_id`` naming the original): it is summed like any other.
 
 **Memory.** Per account: its number (a dict key to an index), its head version and twelve
-running sums, integers in ``array('q')`` (~0.2 KB per account with the dict; ~0.25 GB RSS at
-a million accounts, docs/operations/audit.md). The heads are held in the digest's RocksDB
-scratch store, the posting ids seen (id -> 16-byte hash of the delta) in another, so neither
-grows the heap with the history. Deltas are read one batch at a time.
+running sums, integers in ``array('q')``: 406 MiB peak RSS at a million accounts and three
+million deltas (``python -m bench.audit_memory``, bench/RESULTS.md). The heads are held in
+the digest's RocksDB scratch store, the posting ids seen (id -> 16-byte hash of the delta) in
+another, so neither grows the heap with the history. Deltas are read one batch at a time.
 """
 
 from __future__ import annotations
