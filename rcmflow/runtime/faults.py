@@ -15,9 +15,10 @@ import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 __all__ = ["Faults", "NO_FAULTS", "FAULTS_ENV", "WORKER_KILL_POINTS", "from_environment",
-           "kill_this_process"]
+           "kill_this_process", "SkipRecords"]
 
 log = logging.getLogger("rcmflow.faults")
 
@@ -47,6 +48,10 @@ class Faults:
     #: loop running (Faust's periodic commit, heartbeats): what is committed meanwhile shows
     #: whether the commit limit waits for the batch's writes.
     worker_hold_at: tuple[str, int, float] | None = None
+    #: Worker: (partition, offset, count) the records ``offset .. offset+count-1`` of that
+    #: rcm.events partition are not handed over the first time they are fetched, as Faust's
+    #: drain loop passes over a "gap": the offset guard must see the hole and read it again.
+    worker_skip_at: tuple[int, int, int] | None = None
     #: `rcmflow erp`: kill right after the Nth ERP call succeeded, before its offsets are
     #: committed (the window the ERP's duplicate guard must cover).
     erp_kill_after: int | None = None
@@ -60,6 +65,10 @@ class Faults:
             if at is not None and at[0] not in WORKER_KILL_POINTS:
                 raise ValueError(f"{FAULTS_ENV}: {name} point {at[0]!r} is none of "
                                  f"{', '.join(WORKER_KILL_POINTS)}")
+        skip = self.worker_skip_at
+        if skip is not None and (skip[1] < 0 or skip[2] < 1):
+            raise ValueError(f"{FAULTS_ENV}: worker_skip_at needs an offset >= 0 and a count "
+                             f">= 1, not {skip[1]} and {skip[2]}")
 
     def environment(self) -> dict[str, str]:
         """The child-process environment that makes ``from_environment`` return these."""
@@ -86,6 +95,9 @@ class Faults:
                 elif name == "worker_pause_at":
                     partition, _, batch = value.partition(":")
                     values[name] = (int(partition), int(batch))
+                elif name == "worker_skip_at":
+                    partition, offset, count = value.split(":")
+                    values[name] = (int(partition), int(offset), int(count))
                 elif name in ("erp_kill_after", "consume_kill_after"):
                     values[name] = int(value)
                 else:
@@ -109,3 +121,28 @@ def kill_this_process(why: str) -> None:
     """SIGKILL this process at once: no cleanup, no flush, as a crash."""
     log.warning("%s %s: killing this process", FAULTS_ENV, why)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SkipRecords:
+    """``worker_skip_at``: a hand-over filter (``BulkFeed``'s ``handover``) that keeps the
+    records ``offset .. offset+count-1`` of one partition from the worker until a later record
+    of that partition is handed over, then lets everything through: the worker sees exactly
+    one jump, as when Faust's drain loop passes over a "gap". A partition that never gets past
+    ``offset+count`` keeps losing them (choose a range with records after it)."""
+
+    def __init__(self, partition: int, offset: int, count: int) -> None:
+        self.partition, self.first, self.end = partition, offset, offset + count
+        self.armed = True
+
+    def __call__(self, records: list[Any]) -> list[Any]:
+        """``records``: one partition's records of one fetch, in offset order."""
+        if not self.armed or not records or records[0].partition != self.partition:
+            return records
+        kept = [r for r in records if not self.first <= r.offset < self.end]
+        if len(kept) < len(records):
+            log.warning("%s worker_skip_at=%d:%d:%d: %d records of a fetch not handed over",
+                        FAULTS_ENV, self.partition, self.first, self.end - self.first,
+                        len(records) - len(kept))
+        if kept and kept[-1].offset >= self.end:
+            self.armed = False
+        return kept

@@ -48,7 +48,7 @@ from aiokafka.errors import KafkaError
 from faust.types import TP
 from mode import CrashingSupervisor
 
-from rcmflow.runtime.faults import NO_FAULTS, Faults, kill_this_process
+from rcmflow.runtime.faults import NO_FAULTS, Faults, SkipRecords, kill_this_process
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import committed_offsets, log_ends
 from rcmflow.runtime.metrics import Metric, counter, gauge
@@ -400,7 +400,7 @@ def build_worker(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     """The Faust app of one worker process, its tables and its agent.
 
     ``measure_lag``: ask the broker for the log ends every PROGRESS_INTERVAL_S (for the lag
-    metric; off when nobody scrapes it). ``faults``: test-only kills and pauses.
+    metric; off when nobody scrapes it). ``faults``: test-only kills, pauses and skips.
     """
     install_highwater_fix()
     disable_gap_commits()
@@ -451,8 +451,10 @@ def build_worker(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     events_topic = app.topic(EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw",
                              value_serializer="raw", partitions=settings.partitions)
 
+    skip = faults.worker_skip_at
     feed = BulkFeed(app, EVENTS, batch_max=settings.batch_max,
-                    batch_wait_s=settings.batch_wait_s)
+                    batch_wait_s=settings.batch_wait_s,
+                    handover=SkipRecords(*skip) if skip is not None else None)
     bulk_consume(app, feed)
 
     # The agent subscribes rcm.events (Faust's group, assignment and commits) and runs the

@@ -56,6 +56,7 @@ def test_an_environment_read_is_found(source: str) -> None:
 @pytest.mark.parametrize("faults", [
     Faults(worker_kill_at=("outputs-acked", 3)),
     Faults(worker_pause_at=(0, 0)),
+    Faults(worker_skip_at=(0, 40, 25)),
     Faults(erp_kill_after=5, consume_kill_after=2),
     NO_FAULTS,
 ])
@@ -64,7 +65,8 @@ def test_faults_reach_a_child_process_as_written(faults: Faults) -> None:
 
 
 @pytest.mark.parametrize("text", ["worker_kil_at=processed:1", "worker_kill_at=procesed:1",
-                                  "erp_kill_after=three", "worker_pause_at=0"])
+                                  "erp_kill_after=three", "worker_pause_at=0",
+                                  "worker_skip_at=0:40", "worker_skip_at=0:40:0"])
 def test_a_misspelt_fault_is_refused_not_ignored(text: str) -> None:
     with pytest.raises(ValueError, match=FAULTS_ENV):
         from_environment({FAULTS_ENV: text})
