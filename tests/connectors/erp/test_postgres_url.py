@@ -30,6 +30,7 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
     """A PostgreSQL on 127.0.0.1:<free port> with no unix socket, as an external one is."""
     import pgserver
     from pgserver._commands import pg_ctl
+    from pgserver.utils import ensure_prefix_permissions
 
     pgdata = tmp_path / "pg"
     # pgserver's own start runs initdb (trust auth) as a non-root user when we are root;
@@ -43,6 +44,9 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/"
     finally:
+        # Any pytest starting meanwhile on this machine makes /tmp/pytest-of-<user> private
+        # again (0o700): the server's user must traverse it to stop the server.
+        ensure_prefix_permissions(pgdata)
         pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=pgdata, user=user, timeout=30)
 
 
