@@ -52,7 +52,7 @@ from rocksdict import Options, Rdict, WriteBatch
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import iter_topic, log_ends, topic_partitions
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
-from rcmflow.streams.layout import SEPARATOR
+from rcmflow.streams.layout import is_head_key
 from rcmflow.streams.state import LEDGER_BUCKETS
 from rcmflow.streams.topics import ACCOUNTS
 
@@ -219,10 +219,6 @@ class HeadStore:
         self.close()
 
 
-def _is_head(key: bytes | None) -> bool:
-    return key is not None and SEPARATOR.encode() not in key
-
-
 async def read_live(kafka: KafkaConnection, store: HeadStore, *, console: Console | None = None,
                     progress_every_s: float = LOG_EVERY_S) -> int:
     """Every head on rcm.accounts into ``store`` (newest per account: each partition read in
@@ -236,10 +232,10 @@ async def read_live(kafka: KafkaConnection, store: HeadStore, *, console: Consol
         for p in partitions:
             if not ends.get(p):
                 continue
-            async for records in iter_topic(kafka, ACCOUNTS, start={p: 0}, keep=_is_head,
+            async for records in iter_topic(kafka, ACCOUNTS, start={p: 0}, keep=is_head_key,
                                             batch_records=READ_BATCH, on_read=advance):
                 for record in records:
-                    assert record.key is not None  # _is_head
+                    assert record.key is not None  # is_head_key
                     store.put(record.key, record.value)
                 read += len(records)
     return read

@@ -57,7 +57,7 @@ from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, publish, topi
 from rcmflow.runtime.metrics import Metric, counter, gauge
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
 from rcmflow.streams.dlq import Origin, dlq_record
-from rcmflow.streams.layout import SEPARATOR
+from rcmflow.streams.layout import is_head_key
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
@@ -401,7 +401,7 @@ class Follower:
         if record.key is None:
             return
         if record.topic == ACCOUNTS:
-            if SEPARATOR.encode() in record.key:
+            if not is_head_key(record.key):
                 return  # an item record
             self.heads.put(record.key, record.value)
             if record.value is None:

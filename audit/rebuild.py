@@ -64,7 +64,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import committed_offsets, iter_topic, log_ends, topic_partitions
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
 from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
-from rcmflow.streams.layout import SEPARATOR, decode_head, head_key, item_key
+from rcmflow.streams.layout import decode_head, head_key, is_head_key, item_key
 from rcmflow.streams.memory_tables import head_records, item_records
 from rcmflow.streams.processor import BatchResult, Counts, Lookups, Message, Processor
 from rcmflow.streams.state import AccountHead, Item, ItemRef
@@ -215,7 +215,7 @@ class MemoryReplay:
 
     def _keep(self) -> None:
         for (_, key), value in self.tables.accounts.items():
-            if SEPARATOR.encode() not in key:
+            if is_head_key(key):
                 account = key.decode()
                 self.kept[account] = state_of(account, orjson.loads(value))
 

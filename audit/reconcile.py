@@ -88,7 +88,7 @@ from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, topic_partiti
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.events import EVENT_ADAPTER, ValidationError
-from rcmflow.streams.layout import SEPARATOR, head_key, item_key
+from rcmflow.streams.layout import head_key, is_head_key, item_key
 from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, EVENT_BYTES_MAX
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.money import cents_for_people as _money
@@ -360,11 +360,6 @@ async def log_starts(kafka: KafkaConnection, topic: str, partitions: list[int]
     finally:
         await consumer.stop()
     return {tp.partition: offset for tp, offset in found.items()}
-
-
-def _head_key(key: bytes | None) -> bool:
-    """An account's head (``<account>``), not one of its items (``<account>/<kind>/<id>``)."""
-    return key is not None and SEPARATOR.encode() not in key
 
 
 class Reconciler:
@@ -654,7 +649,7 @@ class Reconciler:
     async def read_snapshots(self) -> None:
         """The newest head of every account (its balances); item records are skipped
         unread."""
-        async for records in self._read(ACCOUNTS, keep=_head_key):
+        async for records in self._read(ACCOUNTS, keep=is_head_key):
             for record in records:
                 if record.key is None:
                     continue

@@ -39,6 +39,7 @@ __all__ = [
     "head_key",
     "item_key",
     "parse_key",
+    "is_head_key",
     "Key",
     "read_record",
     "assemble",
@@ -48,9 +49,13 @@ __all__ = [
 
 LAYOUT = 2
 SEPARATOR = "/"
+_SEPARATOR_BYTES = SEPARATOR.encode()
 
 
-#: What an operator runs, workers stopped, to rewrite records of an older rcmflow.
+def is_head_key(key: bytes | None) -> bool:
+    """An account's head (``<account>``), not one of its items (``<account>/<kind>/<id>``):
+    an account number holds no "/"."""
+    return key is not None and _SEPARATOR_BYTES not in key
 
 
 def decode_head(raw: bytes) -> AccountHead:

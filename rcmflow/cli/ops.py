@@ -15,7 +15,7 @@ from typing import Any
 from rcmflow.cli.log_pages import Cursor, keys_between, read_page
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, read_topic
-from rcmflow.streams.layout import SEPARATOR, assemble, parse_key, read_record
+from rcmflow.streams.layout import SEPARATOR, assemble, is_head_key, parse_key, read_record
 from rcmflow.streams.state import ItemRef
 from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 
@@ -61,13 +61,9 @@ async def _latest(kafka: KafkaConnection, keep: Callable[[bytes | None], bool]
     return heads, items
 
 
-def _is_head(key: bytes | None) -> bool:
-    return key is not None and SEPARATOR.encode() not in key
-
-
 async def latest_heads(kafka: KafkaConnection) -> dict[str, Any]:
     """Account -> its newest head (status, version, balances): item records are skipped."""
-    heads, _ = await _latest(kafka, _is_head)
+    heads, _ = await _latest(kafka, is_head_key)
     return heads
 
 
@@ -165,7 +161,7 @@ async def heads_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None
     page. A later page first reads the keys the earlier pages covered (keys only), so pages
     deeper in the list cost more than the first.
     """
-    seen = set() if after is None else await keys_between(kafka, ACCOUNTS, after, _is_head)
+    seen = set() if after is None else await keys_between(kafka, ACCOUNTS, after, is_head_key)
 
     def shown(record: Record) -> bool:
         assert record.key is not None
@@ -175,7 +171,7 @@ async def heads_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None
         return record.value is not None  # a tombstone: the account was removed
 
     page = await read_page(kafka, ACCOUNTS, limit=limit, after=after,
-                           keep=lambda r: _is_head(r.key), shown=shown)
+                           keep=lambda r: is_head_key(r.key), shown=shown)
     heads = []
     for record in page.records:
         assert record.key is not None and record.value is not None
