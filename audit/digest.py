@@ -58,7 +58,7 @@ from rcmflow.streams.topics import ACCOUNTS
 
 __all__ = ["FORMAT", "BUCKETS", "AccountState", "StateDigest", "HeadStore", "digest_of",
            "header", "line", "state_of", "store_options", "differing_accounts", "live_digest",
-           "read_live", "DIFFERENCES_SHOWN"]
+           "read_live", "scratch_dir", "DIFFERENCES_SHOWN"]
 
 FORMAT = "rcmflow-state-digest/1"
 #: The ledger buckets in the digest's order.
@@ -158,6 +158,12 @@ def differing_accounts(ours: Iterable[AccountState], theirs: Iterable[AccountSta
     return shown, count
 
 
+def scratch_dir(parent: Path, prefix: str) -> Path:
+    """A new directory under ``parent`` (made if missing) for a command's scratch stores."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
 def store_options() -> Options:
     """RocksDB options of a scratch store: raw bytes, and at most two 16 MiB memtables (the
     defaults, 64 MiB, would triple the memory of a rebuild for no gain)."""
@@ -181,8 +187,7 @@ class HeadStore:
     @classmethod
     def scratch(cls, parent: Path) -> HeadStore:
         """A store in a new temporary directory under ``parent``, removed on close."""
-        parent.mkdir(parents=True, exist_ok=True)
-        return cls(Path(tempfile.mkdtemp(prefix="digest-", dir=parent)), temporary=True)
+        return cls(scratch_dir(parent, "digest-"), temporary=True)
 
     def put(self, key: bytes, value: bytes | None) -> None:
         """One rcm.accounts head record (a None value: a tombstone)."""

@@ -35,7 +35,6 @@ import hashlib
 import io
 import logging
 import shutil
-import tempfile
 import time
 from array import array
 from collections.abc import Mapping
@@ -50,7 +49,7 @@ from aiokafka.structs import TopicPartition
 from rich.console import Console
 from rocksdict import Rdict
 
-from rcmflow.audit.digest import BUCKETS, HeadStore, read_live, store_options
+from rcmflow.audit.digest import BUCKETS, HeadStore, read_live, scratch_dir, store_options
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, publish, topic_partitions
@@ -243,11 +242,6 @@ class LedgerSums:
         return Mismatch(account, int(head.get("version", 0)), differences, conflicts)
 
 
-def _scratch(parent: Path, prefix: str) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-
-
 def _note(report: AuditReport, mismatch: Mismatch | None) -> None:
     if mismatch is None:
         return
@@ -263,7 +257,7 @@ async def audit(kafka: KafkaConnection, scratch_parent: Path, *, console: Consol
     console = console or Console(file=io.StringIO())
     report = AuditReport()
     with HeadStore.scratch(scratch_parent) as heads:
-        sums = LedgerSums(_scratch(scratch_parent, "audit-ids-"))
+        sums = LedgerSums(scratch_dir(scratch_parent, "audit-ids-"))
         try:
             await read_live(kafka, heads, console=console, progress_every_s=progress_every_s)
             for state in heads.states():
@@ -327,7 +321,7 @@ class Follower:
                  poll_s: float = 0.2, progress_every_s: float = LOG_EVERY_S) -> None:
         self.kafka = kafka
         self.heads = HeadStore.scratch(scratch_parent)
-        self.sums = LedgerSums(_scratch(scratch_parent, "audit-ids-"), hold=True)
+        self.sums = LedgerSums(scratch_dir(scratch_parent, "audit-ids-"), hold=True)
         self.poll_s = poll_s
         self.progress_every_s = progress_every_s
         self.stopping = asyncio.Event()

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import io
 import struct
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from rcmflow.audit.digest import (
     differing_accounts,
     digest_of,
     read_live,
+    scratch_dir,
     state_of,
     store_options,
 )
@@ -83,9 +83,7 @@ def fresh_directory(into: Path | None, data_dir: Path) -> tuple[Path, bool]:
     """(the directory to rebuild into, whether it is a temporary one): ``into`` if it is
     missing or empty, else a new directory under ``<data dir>/rebuilds``."""
     if into is None:
-        parent = data_dir / "rebuilds"
-        parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="rebuild-", dir=parent)), True
+        return scratch_dir(data_dir / "rebuilds", "rebuild-"), True
     if into.exists() and (not into.is_dir() or any(into.iterdir())):
         raise NotFresh(f"{into} is not an empty directory: a rebuild starts from fresh "
                        "tables (name a new or empty one)")
