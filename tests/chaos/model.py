@@ -29,6 +29,14 @@ class Delivery:
     payload: bytes
     #: The delivery whose bytes this one sends again (a replay), if any.
     replay_of: str | None = None
+    #: What the generator meant by these bytes, as plain facts the oracle computes from (it
+    #: never parses the payload): one dict per unit that becomes an event (``kind``,
+    #: ``account``, ``event_id``, ``cents``, ...; ``workload.py`` lists them) or is refused
+    #: by its connector (``kind`` "refused", ``reason``). Every fact has a ``marker``: a
+    #: string of the payload that rcmflow's rcm.dlq record of that unit would contain.
+    facts: tuple[dict[str, object], ...] = field(default=(), hash=False)
+    #: How the delivery was made, for the run's counts: "charges", "835", "malformed", ...
+    label: str = ""
 
 
 @dataclass(frozen=True)

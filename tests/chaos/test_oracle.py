@@ -1,0 +1,185 @@
+"""The fault runs' workload and oracle: independent of rcmflow, deterministic, complete, and
+equal to what rcmflow's real connectors and core make of the same bytes.
+
+The cross-check feeds every delivery, phase by phase and with its replays, through the
+connectors' own in-memory paths (the HL7 intake with its replay store, ``process_x12``,
+``process_payments``, ``process_fhir``) and the core's ``Processor`` over memory tables, and
+compares buckets, posting ids and rcm.dlq (reason code, marker) with ``oracle.expect``.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rcmflow.connectors.inbound.fhir.ingest import process_fhir
+from rcmflow.connectors.inbound.files import Record
+from rcmflow.connectors.inbound.hl7.intake import Intake
+from rcmflow.connectors.inbound.hl7.mapping import MappingConfig
+from rcmflow.connectors.inbound.hl7.replay import ReplayStore
+from rcmflow.connectors.inbound.payments.ingest import process_payments
+from rcmflow.connectors.inbound.watch import PAYMENT_SUFFIXES
+from rcmflow.connectors.inbound.x12.ingest import X12Limits, process_x12
+from rcmflow.streams.chart import load_chart
+from rcmflow.streams.memory_tables import MemoryTables
+from rcmflow.streams.processor import Message, Processor
+from rcmflow.streams.topics import DLQ, EVENTS
+from tests.chaos.model import Delivery, Expected, Workload
+from tests.chaos.oracle import expect
+from tests.chaos.workload import generate
+
+CHAOS = Path(__file__).resolve().parent
+INDEPENDENT = ("model.py", "formats.py", "workload.py", "oracle.py")
+FORMATS = {"hl7", "837", "835", "fhir", "csv", "jsonl"}
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path.name}: relative import"
+            found.add(node.module or "")
+    return found
+
+
+@pytest.mark.parametrize("name", INDEPENDENT)
+def test_the_oracle_and_the_workload_import_nothing_of_rcmflow(name: str) -> None:
+    imports = _imports(CHAOS / name)
+    assert not {m for m in imports if m == "rcmflow" or m.startswith("rcmflow.")}
+    own = {"tests.chaos.model", "tests.chaos.formats"}
+    assert {m for m in imports if m.startswith("tests")} <= own, imports
+
+
+def _format(delivery: Delivery) -> str:
+    if delivery.channel == "mllp":
+        return "hl7"
+    suffix = delivery.name.rpartition(".")[2]
+    return {"json": "fhir", "ndjson": "fhir"}.get(suffix, suffix)
+
+
+def test_the_workload_is_the_same_for_a_seed_and_holds_every_kind_of_input() -> None:
+    first, again, other = generate(1), generate(1), generate(2)
+    assert first == again
+    assert first.deliveries != other.deliveries
+    names = [d.name for d in first.deliveries]
+    assert len(names) == len(set(names))
+    assert {_format(d) for d in first.deliveries} == FORMATS
+    replays = [d for d in first.deliveries if d.replay_of is not None]
+    assert 0.15 <= len(replays) / len(first.deliveries) <= 0.25
+    by_name = {d.name: d for d in first.deliveries}
+    assert all(by_name[d.replay_of].payload == d.payload and by_name[d.replay_of].phase <= d.phase
+               for d in replays if d.replay_of is not None)
+    labels = Counter(d.label for d in first.deliveries)
+    for kind in ("hl7", "835", "payments", "fhir"):
+        assert labels[f"conflict_{kind}"] >= 1, kind
+    malformed = {_format(d) for d in first.deliveries if d.label.startswith("malformed")}
+    assert malformed == FORMATS
+    assert [d.phase for d in first.deliveries] == sorted(d.phase for d in first.deliveries)
+    facts = [f for d in first.deliveries for f in d.facts]
+    assert {f["kind"] for f in facts} >= {"charge", "claim", "adjudication", "plb", "payment",
+                                           "refund", "write_off", "refused"}
+    outcomes = {f["outcome"] for f in facts if f["kind"] == "adjudication"}
+    assert outcomes == {"processed", "denied", "reversal"}
+    assert {str(f["event_id"]).endswith(":entered-in-error") for f in facts
+            if f["kind"] == "charge_reversal"} == {True, False}  # FHIR and HL7 credits
+    reasons = {reason for reason, _ in expect(first).dlq}
+    assert reasons >= {"conflict", "refund_exceeds_credit", "write_off_exceeds_balance",
+                       "small_balance_over_threshold"}
+
+
+# -- the real path -----------------------------------------------------------------------------
+
+@dataclass
+class _Sink:
+    records: list[Record] = field(default_factory=list)
+
+    async def write(self, records: Sequence[Record]) -> None:
+        self.records.extend(records)
+
+
+@dataclass
+class Observed:
+    balances: dict[str, dict[str, int]]
+    posting_ids: set[str]
+    dlq: list[dict[str, object]]
+
+
+def _file_records(delivery: Delivery) -> list[Record]:
+    origin = f"file:{delivery.name}"
+    if delivery.channel == "fhir":
+        return process_fhir(delivery.payload, name=delivery.name, origin=origin).records()
+    if delivery.name.endswith(PAYMENT_SUFFIXES):
+        return process_payments(delivery.payload, name=delivery.name, origin=origin).records()
+    limits = X12Limits(guide_validation=False)
+    return list(process_x12(delivery.payload, origin=origin, limits=limits).records(limits))
+
+
+async def _real(workload: Workload, replay_dir: Path) -> Observed:
+    store = ReplayStore(replay_dir, retention_s=3600)
+    sink = _Sink()
+    intake = Intake(sink=sink, store=store, config=MappingConfig(), channel="mllp")
+    processor = Processor(load_chart())
+    tables = MemoryTables()
+    postings: set[str] = set()
+    dlq: list[bytes] = []
+    offset = 0
+    try:
+        for phase in workload.phases():
+            records: list[Record] = []
+            for delivery in phase:
+                if delivery.channel == "mllp":
+                    await intake.handle(delivery.payload, position=offset)
+                    records += sink.records
+                    sink.records.clear()
+                else:
+                    records += _file_records(delivery)
+            messages = []
+            for record in records:
+                if record[0] == EVENTS:
+                    messages.append(Message(EVENTS, 0, offset, record[1], record[2]))
+                    offset += 1
+                elif record[0] == DLQ:
+                    dlq.append(record[2])
+            result = processor.process(messages, tables)
+            tables.write(result)
+            postings |= {json.loads(v)["posting_id"] for _, _, v in result.postings}
+            dlq += [v for _, _, v in result.dlq]
+    finally:
+        store.close()
+    balances = {account: view["balances"] for account, view in tables.views().items()}
+    return Observed(balances, postings, [json.loads(v) for v in dlq])
+
+
+def _unmatched(expected: Expected, records: list[dict[str, object]]
+               ) -> tuple[list[str], set[tuple[str, str]]]:
+    """DLQ records no expected (reason, marker) explains, and expected pairs no record has."""
+    found: set[tuple[str, str]] = set()
+    strays: list[str] = []
+    for record in records:
+        text = json.dumps(record)
+        hits = {(reason, marker) for reason, marker in expected.dlq
+                if record["reason_code"] == reason and marker in text}
+        if not hits:
+            strays.append(f"{record['reason_code']}: {str(record['reason'])[:160]}")
+        found |= hits
+    return strays, set(expected.dlq) - found
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_oracle_equals_rcmflows_connectors_and_core(seed: int, tmp_path: Path) -> None:
+    workload = generate(seed)
+    expected = expect(workload)
+    observed = asyncio.run(_real(workload, tmp_path / "replay"))
+    assert observed.balances == expected.balances
+    assert observed.posting_ids == expected.posting_ids
+    strays, missing = _unmatched(expected, observed.dlq)
+    assert strays == [] and missing == set()
