@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,3 +184,24 @@ def test_the_oracle_equals_rcmflows_connectors_and_core(seed: int, tmp_path: Pat
     assert observed.posting_ids == expected.posting_ids
     strays, missing = _unmatched(expected, observed.dlq)
     assert strays == [] and missing == set()
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_the_end_state_does_not_depend_on_the_order_within_a_phase(order: str,
+                                                                    tmp_path: Path) -> None:
+    """The runner's channels race within a phase: any order gives the oracle's answer."""
+    workload = generate(4)
+    rng = random.Random(4)
+    deliveries: list[Delivery] = []
+    for phase in workload.phases():
+        if order == "reversed":
+            phase.reverse()
+        else:
+            rng.shuffle(phase)
+        deliveries += phase
+    expected = expect(workload)
+    observed = asyncio.run(_real(Workload(workload.seed, tuple(deliveries)),
+                                 tmp_path / "replay"))
+    assert observed.balances == expected.balances
+    assert observed.posting_ids == expected.posting_ids
+    assert _unmatched(expected, observed.dlq) == ([], set())
