@@ -92,6 +92,8 @@ def test_the_workload_is_the_same_for_a_seed_and_holds_every_kind_of_input() -> 
     assert outcomes == {"processed", "denied", "reversal"}
     assert {str(f["event_id"]).endswith(":entered-in-error") for f in facts
             if f["kind"] == "charge_reversal"} == {True, False}  # FHIR and HL7 credits
+    markers = {str(f["marker"]) for f in facts}
+    assert not [(a, b) for a in markers for b in markers if a != b and a in b]  # unambiguous
     reasons = {reason for reason, _ in expect(first).dlq}
     assert reasons >= {"conflict", "refund_exceeds_credit", "write_off_exceeds_balance",
                        "small_balance_over_threshold"}

@@ -66,7 +66,7 @@ from tests.chaos.formats import (
 )
 from tests.chaos.model import Channel, Delivery, Workload
 
-__all__ = ["generate", "PHASES", "REPLAY_SHARE"]
+__all__ = ["generate", "counts", "PHASES", "REPLAY_SHARE"]
 
 PHASES = 5
 #: Share of replays among all deliveries.
@@ -136,7 +136,7 @@ class _Builder:
     # -- phase 0: charges and claims ----------------------------------------------------------
 
     def hl7_charges(self, account: _Account) -> None:
-        control = self.next_id("M")
+        control = self.next_id("MSG")
         day = self.day(0)
         amounts = [self.rng.randrange(5_000, 80_000) for _ in range(self.rng.randint(1, 4))]
         ft1s = [Ft1("CG", money(c), day, self.rng.choice(REVENUE_CODES)) for c in amounts]
@@ -157,7 +157,7 @@ class _Builder:
         facts: list[Fact] = []
         for account in group:
             for _ in range(self.rng.randint(1, 3)):
-                ident = self.next_id("CI")
+                ident = self.next_id("CHG")
                 cents = self.rng.randrange(2_000, 60_000)
                 event_id = f"fhir:ChargeItem:{ACCOUNT_SYSTEM}|{ident}"
                 resources.append(charge_item(ident=ident, account=account.name, cents=cents,
@@ -175,13 +175,13 @@ class _Builder:
 
     def fhir_file(self, phase: int, resources: list[dict[str, object]], facts: list[Fact],
                   label: str) -> Delivery:
-        stem = self.next_id("fhir")
+        stem = self.next_id("FHR")
         if self.rng.random() < 0.5:
             return self.add(phase, "fhir", f"{stem}.json", fhir_bundle(resources), facts, label)
         return self.add(phase, "fhir", f"{stem}.ndjson", fhir_ndjson(resources), facts, label)
 
     def claims_837(self, group: list[_Account]) -> None:
-        bht03 = self.next_id("B")
+        bht03 = self.next_id("BHT")
         facts: list[Fact] = []
         claims = []
         for account in group:
@@ -259,7 +259,7 @@ class _Builder:
         for _ in range(rng.choice([0, 1, 1, 2])):
             provider = rng.choice(self.providers)
             code = rng.choice(["L6", "WO", "FB", "72"])
-            ref = self.next_id("R")
+            ref = self.next_id("PLB")
             if code == "L6":
                 out.append(Plb(provider, paid_on, "L6", ref, -rng.randrange(100, 2_000)))
             elif code == "72":  # an authorised return paired with a WO: nets to 0
@@ -279,7 +279,7 @@ class _Builder:
                         facts, label)
 
     def remits(self, group: list[_Account]) -> None:
-        trn02 = self.next_id("T")
+        trn02 = self.next_id("TRN")
         remit = Remit(trn02, PAYER_ID, self.day(1))
         for account in group:
             charge = sum(c for _, c in account.charges)
@@ -296,7 +296,7 @@ class _Builder:
 
     def corrections(self, group: list[_Account]) -> None:
         """Each claim reversed (CLP02 = 22, negated) and corrected (a new CLP07), in order."""
-        trn02 = self.next_id("T")
+        trn02 = self.next_id("TRN")
         remit = Remit(trn02, PAYER_ID, self.day(2))
         for account in group:
             old = account.last_clp
@@ -311,7 +311,7 @@ class _Builder:
             account.outcome, account.last_clp = "processed", corrected
         net = sum(c.paid for c in remit.claims)
         if net < 0:  # the payer defers the recovery: a negative WO keeps BPR02 at 0
-            remit.plbs = [Plb(self.providers[0], remit.paid_on, "WO", self.next_id("R"), net)]
+            remit.plbs = [Plb(self.providers[0], remit.paid_on, "WO", self.next_id("PLB"), net)]
         self.remit_file(2, remit, "835_corrections")
 
     def credits(self, account: _Account) -> None:
@@ -329,7 +329,7 @@ class _Builder:
                 "event_id": f"{event_id}:entered-in-error", "cents": cents,
                 "reverses": event_id, "marker": ident}], "fhir_credit")
             return
-        control = self.next_id("M")
+        control = self.next_id("MSG")
         cents = self.rng.randrange(100, min(c for _, c in account.charges))
         day = self.day(1)
         payload = hl7_dft(sender=SENDER, facility=self.facility, control_id=control,
@@ -367,16 +367,16 @@ class _Builder:
                 account.unapplied += cents - applied
         day = self.day(3)
         for chunk in _chunks(by_channel["lockbox"], 8):
-            rows, facts = self.payment_rows(chunk, "lockbox", "LB", day)
-            self.add(3, "drop", f"{self.next_id('lockbox')}.csv", payments_csv(rows), facts,
+            rows, facts = self.payment_rows(chunk, "lockbox", "LBX", day)
+            self.add(3, "drop", f"{self.next_id('LBF')}.csv", payments_csv(rows), facts,
                      "lockbox")
         for chunk in _chunks(by_channel["portal"], 8):
-            rows, facts = self.payment_rows(chunk, "portal", "PT", day)
-            self.add(3, "payments", f"{self.next_id('portal')}.jsonl", payments_jsonl(rows),
+            rows, facts = self.payment_rows(chunk, "portal", "PTL", day)
+            self.add(3, "payments", f"{self.next_id('PTF')}.jsonl", payments_jsonl(rows),
                      facts, "portal")
         for chunk in _chunks(by_channel["fhir"], 3):
-            ident = self.next_id("PR")
-            details = [(self.next_id("PD"), a.name, c) for a, c in chunk]
+            ident = self.next_id("PRC")
+            details = [(self.next_id("PDT"), a.name, c) for a, c in chunk]
             paid: list[Fact] = [
                 {"kind": "payment", "account": account, "cents": cents, "channel": "portal",
                  "event_id": f"fhir:PaymentReconciliation.detail:{ACCOUNT_SYSTEM}|{detail}",
@@ -388,7 +388,7 @@ class _Builder:
                      day: date) -> tuple[list[dict[str, str]], list[Fact]]:
         rows: list[dict[str, str]] = []
         facts: list[Fact] = []
-        batch = self.next_id("D")
+        batch = self.next_id("DEP")
         for account, cents in chunk:
             ref = self.next_id(prefix)
             rows.append({"type": "payment", "account": account.name, "amount": money(cents),
@@ -411,13 +411,13 @@ class _Builder:
                 cents = rng.randrange(1, account.unapplied + 1)
                 if rng.random() < 0.2:
                     cents = account.unapplied + rng.randrange(1, 5_000)  # refused
-                ref = self.next_id("RF")
+                ref = self.next_id("RFD")
                 row = {"type": "refund", "to": "patient", "reference": ref}
                 fact: Fact = {"kind": "refund", "to": "patient",
                               "event_id": f"refund:{ref}"}
             elif account.insurance_ar < 0 and rng.random() < 0.7:
                 cents = rng.randrange(1, -account.insurance_ar + 1)
-                ref = self.next_id("RF")
+                ref = self.next_id("RFD")
                 row = {"type": "refund", "to": "payer", "reference": ref}
                 fact = {"kind": "refund", "to": "payer", "event_id": f"refund:{ref}"}
             elif account.patient_ar > 0 and rng.random() < 0.6:
@@ -428,7 +428,7 @@ class _Builder:
                     cents = min(cents, 499) if rng.random() < 0.8 else max(cents, 500)
                 if rng.random() < 0.12:
                     cents = account.patient_ar + rng.randrange(1, 1_000)  # refused
-                ref = self.next_id("WO")
+                ref = self.next_id("WOF")
                 row = {"type": "write_off", "reason": reason, "from_ar": "patient",
                        "reference": ref}
                 fact = {"kind": "write_off", "reason": reason, "from_ar": "patient",
@@ -436,7 +436,7 @@ class _Builder:
             elif account.outcome == "denied" and account.insurance_ar > 0 \
                     and rng.random() < 0.7:
                 cents = account.insurance_ar
-                ref = self.next_id("WO")
+                ref = self.next_id("WOF")
                 row = {"type": "write_off", "reason": "denial", "reference": ref}
                 fact = {"kind": "write_off", "reason": "denial", "from_ar": None,
                         "event_id": f"write_off:{ref}"}
@@ -449,11 +449,11 @@ class _Builder:
         rng.shuffle(rows)
         for chunk in _chunks(rows, 10):
             if rng.random() < 0.5:
-                self.add(4, "drop", f"{self.next_id('settle')}.csv",
+                self.add(4, "drop", f"{self.next_id('STL')}.csv",
                          payments_csv([r for r, _ in chunk]), [f for _, f in chunk],
                          "refunds_write_offs")
             else:
-                self.add(4, "payments", f"{self.next_id('settle')}.jsonl",
+                self.add(4, "payments", f"{self.next_id('STL')}.jsonl",
                          payments_jsonl([r for r, _ in chunk]), [f for _, f in chunk],
                          "refunds_write_offs")
 
@@ -465,7 +465,7 @@ class _Builder:
         for account, (kind, reason) in zip(self.rng.sample(free, min(3, len(free))), (
                 ("refund", "patient"), ("write_off", "price_concession"),
                 ("write_off", "small_balance")), strict=False):
-            ref = self.next_id("RF" if kind == "refund" else "WO")
+            ref = self.next_id("RFD" if kind == "refund" else "WOF")
             if kind == "refund":  # more than the credit balance
                 cents = account.unapplied + self.rng.randrange(100, 5_000)
                 row = {"type": kind, "to": reason}
@@ -656,6 +656,20 @@ def generate(seed: int, accounts: int = 30) -> Workload:
     b.replays()
     ordered = sorted(b.deliveries, key=lambda d: d.phase)  # stable: in order within a phase
     return Workload(seed, tuple(ordered))
+
+
+def counts(workload: Workload) -> dict[str, int]:
+    """Deliveries per label and facts per kind (replays' facts not counted again), for a
+    run's report: ``{"deliveries": 85, "replay": 17, "hl7_charges": 24, ..., "fact:charge":
+    79, ...}``."""
+    out: dict[str, int] = {"deliveries": len(workload.deliveries)}
+    for delivery in workload.deliveries:
+        out[delivery.label] = out.get(delivery.label, 0) + 1
+        if delivery.replay_of is None:
+            for fact in delivery.facts:
+                key = f"fact:{fact['kind']}"
+                out[key] = out.get(key, 0) + 1
+    return out
 
 
 def _chunks(items: list[_T], size: int) -> list[list[_T]]:
