@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import yaml
 
 from tests.chaos.model import Delivery, Expected, Workload
 
-__all__ = ["expect", "posting_id", "BUCKETS", "Ledger", "CHART_PATH"]
+__all__ = ["expect", "expect_through", "posting_id", "BUCKETS", "Ledger", "CHART_PATH"]
 
 CHART_PATH = Path(__file__).resolve().parents[2] / "streams" / "chart_of_accounts.yaml"
 #: The posting rules' version (docs/events.md): part of every posting id.
@@ -230,11 +230,6 @@ class Ledger:
         return True
 
 
-def _in_order(workload: Workload) -> Iterator[Delivery]:
-    for phase in workload.phases():
-        yield from phase
-
-
 def ledger_of(deliveries: Iterable[Delivery], chart: Chart | None = None) -> Ledger:
     ledger = Ledger(chart or Chart.load())
     for delivery in deliveries:
@@ -245,10 +240,17 @@ def ledger_of(deliveries: Iterable[Delivery], chart: Chart | None = None) -> Led
 
 def expect(workload: Workload) -> Expected:
     """Buckets of every account (and provider key) that applied an event, the posting ids,
-    the DLQ (reason code, marker) pairs, and the well-formed units applied once."""
-    ledger = ledger_of(_in_order(workload))
+    the DLQ (reason code, marker) pairs, and the events applied (each exactly once)."""
+    return expect_through(workload, len(workload.phases()) - 1)
+
+
+def expect_through(workload: Workload, phase: int) -> Expected:
+    """What rcmflow holds once phases 0 to ``phase`` are applied (a runner may wait for it
+    before it sends the next phase)."""
+    ledger = ledger_of(d for n, deliveries in enumerate(workload.phases()) if n <= phase
+                       for d in deliveries)
     units = {(str(f["account"]), str(f["event_id"])) for d in workload.deliveries
-             for f in d.facts if f["kind"] != "refused"}
+             if d.phase <= phase for f in d.facts if f["kind"] != "refused"}
     return Expected(
         balances={name: acct.balances() for name, acct in sorted(ledger.accounts.items())},
         posting_ids=frozenset(ledger.posting_ids),

@@ -33,7 +33,7 @@ from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import DLQ, EVENTS
 from tests.chaos.model import Delivery, Expected, Workload
-from tests.chaos.oracle import expect
+from tests.chaos.oracle import expect, expect_through
 from tests.chaos.workload import generate
 
 CHAOS = Path(__file__).resolve().parent
@@ -207,3 +207,18 @@ def test_the_end_state_does_not_depend_on_the_order_within_a_phase(order: str,
     assert observed.balances == expected.balances
     assert observed.posting_ids == expected.posting_ids
     assert _unmatched(expected, observed.dlq) == ([], set())
+
+
+def test_the_expectation_after_each_phase_is_what_the_real_path_holds_then(
+        tmp_path: Path) -> None:
+    """``expect_through``: what a runner may wait for before it sends the next phase."""
+    workload = generate(5)
+    for phase in range(len(workload.phases())):
+        partial = Workload(workload.seed, tuple(d for d in workload.deliveries
+                                                if d.phase <= phase))
+        observed = asyncio.run(_real(partial, tmp_path / f"replay{phase}"))
+        expected = expect_through(workload, phase)
+        assert observed.balances == expected.balances, phase
+        assert observed.posting_ids == expected.posting_ids, phase
+        assert _unmatched(expected, observed.dlq) == ([], set()), phase
+    assert expect_through(workload, len(workload.phases()) - 1) == expect(workload)
