@@ -18,6 +18,10 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
+from rcmflow.connectors.inbound.hl7.intake import Intake, KafkaSink
+from rcmflow.connectors.inbound.hl7.listener import ListenerLimits, MllpListener
+from rcmflow.connectors.inbound.hl7.mapping import MappingConfig
+from rcmflow.connectors.inbound.hl7.replay import ReplayStore
 from rcmflow.runtime.broker import free_port
 from rcmflow.runtime.faults import Faults
 from rcmflow.runtime.kafka_io import committed_offsets, publish, read_topic
@@ -26,7 +30,7 @@ from rcmflow.streams.topics import EVENTS, RAW_HL7
 from tests.conftest import PARTITIONS, Broker, WorkerProcess, Workers, wait_until
 from tests.connectors.erp.feed import publish_deltas, real_deltas, start_connector
 from tests.connectors.erp.test_csv import rows
-from tests.connectors.inbound.hl7.test_hl7_listener import Client, dft, msa
+from tests.connectors.inbound.hl7.test_hl7_listener import Client, dft, errs, msa
 from tests.factories import charge
 from tests.workload import Observed
 
@@ -131,3 +135,33 @@ def test_break_mllp_ack_first_loses_an_acked_message_to_a_kill(
         assert (charges, raw) == ([], []), "an ACKed message was stored after all"
     else:
         assert [e["amount_cents"] for e in charges] == [12_500] and len(raw) == 1
+
+
+@KEPT_OR_BROKEN
+async def test_break_mllp_ack_first_acks_what_the_broker_never_took(
+        broker: Broker, tmp_path: Path, broken: bool) -> None:
+    """The broker goes away between two messages: kept, the second is answered AR "send it
+    again" (the sender keeps it and resends); broken, it is answered AA, so the sender drops
+    a message that is on no broker."""
+    sink = KafkaSink(broker.connection, 3)
+    await sink.start()
+    store = ReplayStore(tmp_path / "replay", 3600)
+    intake = Intake(sink=sink, store=store, config=MappingConfig(), channel="mllp")
+    listener = MllpListener(intake, ListenerLimits(),
+                            faults=Faults(break_mllp_ack_first=broken))
+    port = await listener.start("127.0.0.1", 0)
+    try:
+        client = await Client.connect(port)
+        assert msa(await client.send(dft("BRK-OK"))) == ("AA", "BRK-OK")
+        broker.stop()
+        ack = await client.send(dft("BRK-LOST"))
+        if broken:
+            assert msa(ack) == ("AA", "BRK-LOST") and errs(ack) == []
+        else:
+            assert msa(ack) == ("AR", "BRK-LOST")
+            assert "send it again" in errs(ack)[0][8]
+        await client.close()
+    finally:
+        await listener.stop()
+        await sink.stop()
+        store.close()
