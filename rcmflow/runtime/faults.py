@@ -4,10 +4,10 @@ or break one guarantee on purpose (``BREAKS``), to show that the tests see the d
 The one place that reads the environment besides ``settings.py``: the command line calls
 ``from_environment()`` once at process start and hands the ``Faults`` down (the worker's
 ``Pipeline`` and ``Processor``, the ERP ``Connector``, `rcmflow consume`'s ``TopicConsumer``,
-`rcmflow mllp`'s ``MllpListener``). Production never
-sets ``RCMFLOW_TEST_FAULTS``, so they get ``NO_FAULTS`` and every hook is a no-op. Tests that
-start real processes put ``Faults(...).environment()`` into the child's environment; tests in
-one process pass a ``Faults`` directly.
+`rcmflow mllp`'s ``MllpListener``). Production never sets ``RCMFLOW_TEST_FAULTS``, so they get
+``NO_FAULTS`` and every hook is a no-op. Tests that start real processes put
+``Faults(...).environment()`` into the child's environment; tests in one process pass a
+``Faults`` directly.
 """
 
 from __future__ import annotations
