@@ -147,13 +147,16 @@ class Processor:
         dedup_horizon_days: int = DEFAULT_HORIZON_DAYS,
         date_window: DateWindow = DEFAULT_WINDOW,
         clock: Callable[[], float] = time.time,
+        break_dedup: bool = False,
     ) -> None:
         """``output_bytes_max``: the largest delta the worker may write (rcm.postings' record
         limit); an event that would make a larger one is refused. ``dedup_horizon_days``:
         how long dedup records are kept (``dedup.py``); ``clock``: seconds since the epoch,
         the bound on how far ahead a record's timestamp may move the dedup clock.
         ``date_window``: events dated outside it go to rcm.dlq (date_out_of_range), judged
-        against the day of the record's timestamp, so a batch read again is judged alike."""
+        against the day of the record's timestamp, so a batch read again is judged alike.
+        ``break_dedup``: test-only, never in production (``Faults.break_dedup``): a replay is
+        applied again as if new, to show that the tests see a guarantee broken."""
         self.chart = chart
         self.event_bytes_max = event_bytes_max
         self.account_items_max = account_items_max
@@ -162,6 +165,7 @@ class Processor:
         self.dedup_horizon_days = dedup_horizon_days
         self.date_window = date_window
         self.clock = clock
+        self.break_dedup = break_dedup
 
     def process(self, messages: list[Message], tables: Lookups) -> BatchResult:
         result = BatchResult()
@@ -238,6 +242,8 @@ class Processor:
         part = msg.partition
         entry = _dedup_entry(out, tables, part, dkey)
         verdict = judge(entry, digest, part, msg.offset)
+        if verdict is Verdict.REPLAY and self.break_dedup:
+            verdict = Verdict.NEW  # the test-only break: the dedup check is gone
         if verdict is Verdict.REPLAY:
             out.counts.replays += 1
             return

@@ -83,7 +83,8 @@ class RunnerOptions:
     #: Stop after this many seconds without records and zero lag (tests, benchmarks); None: run.
     idle_exit_s: float | None = None
     session_timeout_s: float = 10.0
-    #: Test-only: ``erp_kill_after`` kills the process after that many ERP calls.
+    #: Test-only: ``erp_kill_after`` / ``erp_kill_before`` kill the process after / before
+    #: that many ERP calls; ``break_erp_commit_first`` commits before the ERP call.
     faults: Faults = NO_FAULTS
 
 
@@ -197,6 +198,7 @@ class Connector:
         self.producer: AIOKafkaProducer | None = None
         self._last_progress = 0.0
         self._calls = 0
+        self._attempts = 0  # ERP calls begun, retries included (``erp_kill_before``)
         self._kill_after = options.faults.erp_kill_after
 
     # -- the loop -------------------------------------------------------------------------
@@ -262,25 +264,36 @@ class Connector:
     async def _partition(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
                          ) -> None:
         size = max(1, min(self.options.batch_max, self.adapter.batch_max))
+        # The test-only break (Faults.break_erp_commit_first) commits before the ERP call.
+        commit_first = self.options.faults.break_erp_commit_first
         for start in range(0, len(records), size):
             chunk = records[start:start + size]
-            await self._chunk(tp, chunk)
-            assert self.consumer is not None
-            try:
-                await self.consumer.commit({tp: OffsetAndMetadata(chunk[-1].offset + 1, "")})
-            except ACCESS_ERRORS:
-                raise  # the group's READ ACL is gone: re-reading would loop for ever
-            except (CommitFailedError, KafkaError) as exc:
-                # Either the partition moved (rebalance: its new owner re-reads from the last
-                # commit) or the broker hiccuped. Never go on past an uncommitted chunk: seek
-                # back to it, so it is read and sent again (the ERP answers AlreadyThere).
-                log.warning("erp %s: commit on %s failed (%s); re-reading from offset %d",
-                            self.adapter.name, tp, exc, chunk[0].offset)
-                if tp in self.consumer.assignment():
-                    self.consumer.seek(tp, chunk[0].offset)
+            if not commit_first:
+                await self._chunk(tp, chunk)
+            if not await self._commit(tp, chunk):
                 return
-            self.progress.committed[str(tp.partition)] = chunk[-1].offset + 1
-            self.progress.last_commit_at_s = time.time()
+            if commit_first:
+                await self._chunk(tp, chunk)
+
+    async def _commit(self, tp: TopicPartition, chunk: list[ConsumerRecord[Any, Any]]) -> bool:
+        """Commit past ``chunk``; False: not committed, the consumer is back at its start."""
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit({tp: OffsetAndMetadata(chunk[-1].offset + 1, "")})
+        except ACCESS_ERRORS:
+            raise  # the group's READ ACL is gone: re-reading would loop for ever
+        except (CommitFailedError, KafkaError) as exc:
+            # Either the partition moved (rebalance: its new owner re-reads from the last
+            # commit) or the broker hiccuped. Never go on past an uncommitted chunk: seek
+            # back to it, so it is read and sent again (the ERP answers AlreadyThere).
+            log.warning("erp %s: commit on %s failed (%s); re-reading from offset %d",
+                        self.adapter.name, tp, exc, chunk[0].offset)
+            if tp in self.consumer.assignment():
+                self.consumer.seek(tp, chunk[0].offset)
+            return False
+        self.progress.committed[str(tp.partition)] = chunk[-1].offset + 1
+        self.progress.last_commit_at_s = time.time()
+        return True
 
     async def _chunk(self, tp: TopicPartition, chunk: list[ConsumerRecord[Any, Any]]) -> None:
         deltas: list[tuple[ConsumerRecord[Any, Any], PostingDelta]] = []
@@ -324,6 +337,9 @@ class Connector:
                 self.progress.breaker = "open"
                 await self._idle(wait)
             self.progress.breaker = self.breaker.state
+            self._attempts += 1
+            if self._attempts == self.options.faults.erp_kill_before:
+                kill_this_process(f"erp_kill_before={self._attempts}")
             try:
                 outcomes = await asyncio.wait_for(self.adapter.post_batch(deltas),
                                                   self.options.timeout_s)

@@ -364,7 +364,8 @@ def mllp(
     raise typer.Exit(run_mllp(
         settings, _connect(settings, kafka_access.mllp_access()), host or settings.mllp_host,
         settings.mllp_port if port is None else port,
-        metrics_port=settings.mllp_metrics_port if metrics_port is None else metrics_port))
+        metrics_port=settings.mllp_metrics_port if metrics_port is None else metrics_port,
+        faults=_faults()))
 
 
 @ingest_app.command("events")

@@ -1,11 +1,13 @@
-"""Test-only fault injection: kill or pause a process at one exact step, for the crash tests.
+"""Test-only fault injection: kill or pause a process at one exact step, for the crash tests;
+or break one guarantee on purpose (``BREAKS``), to show that the tests see the damage.
 
 The one place that reads the environment besides ``settings.py``: the command line calls
 ``from_environment()`` once at process start and hands the ``Faults`` down (the worker's
-``Pipeline``, the ERP ``Connector``, `rcmflow consume`'s ``TopicConsumer``). Production never
-sets ``RCMFLOW_TEST_FAULTS``, so they get ``NO_FAULTS`` and every hook is a no-op. Tests that
-start real processes put ``Faults(...).environment()`` into the child's environment; tests in
-one process pass a ``Faults`` directly.
+``Pipeline`` and ``Processor``, the ERP ``Connector``, `rcmflow consume`'s ``TopicConsumer``,
+`rcmflow mllp`'s ``MllpListener``). Production never sets ``RCMFLOW_TEST_FAULTS``, so they get
+``NO_FAULTS`` and every hook is a no-op. Tests that start real processes put
+``Faults(...).environment()`` into the child's environment; tests in one process pass a
+``Faults`` directly.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["Faults", "NO_FAULTS", "FAULTS_ENV", "WORKER_KILL_POINTS", "from_environment",
-           "kill_this_process", "SkipRecords"]
+__all__ = ["Faults", "NO_FAULTS", "FAULTS_ENV", "WORKER_KILL_POINTS", "BREAKS",
+           "from_environment", "kill_this_process", "SkipRecords"]
 
 log = logging.getLogger("rcmflow.faults")
 
@@ -33,6 +35,10 @@ FAULTS_ENV = "RCMFLOW_TEST_FAULTS"
 #: ``batch-done`` (the batch counted). Kills in the middle of a send are left to the random
 #: kill -9 of the crash tests.
 WORKER_KILL_POINTS = ("processed", "outputs-acked", "dedup-acked", "committed", "batch-done")
+
+#: The switches that break a guarantee on purpose (``name=1``), for the tests that prove the
+#: damage shows: docs/testing.md, "Breaking a guarantee on purpose".
+BREAKS = ("break_dedup", "break_erp_commit_first", "break_mllp_ack_first")
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,29 @@ class Faults:
     #: `rcmflow erp`: kill right after the Nth ERP call succeeded, before its offsets are
     #: committed (the window the ERP's duplicate guard must cover).
     erp_kill_after: int | None = None
+    #: `rcmflow erp`: kill right before the Nth ERP call (counting retries), nothing of its
+    #: deltas sent: with ``break_erp_commit_first`` their offsets are committed already.
+    erp_kill_before: int | None = None
     #: `rcmflow consume`: kill right after the outputs of the Nth batch were acknowledged,
     #: before its offsets are committed (the window a re-read must cover).
     consume_kill_after: int | None = None
+    #: `rcmflow mllp`: kill right after the Nth ACK was handed to its sender's socket.
+    mllp_kill_after_ack: int | None = None
+
+    # Breaks: each switches one guarantee off, so that a test (and a fault run) shows the
+    # damage it then does and goes red. Off (False) they change nothing.
+
+    #: Worker: a replay (an event whose dedup record says it was applied, read from another
+    #: offset) is applied again as if new: its account counts it twice and rcm.postings gets
+    #: its posting id a second time with other content. Redeliveries are left alone.
+    break_dedup: bool = False
+    #: `rcmflow erp`: a chunk's offsets are committed before the ERP call instead of after
+    #: the ERP accepted it: a kill in between (``erp_kill_before``) loses those postings.
+    break_erp_commit_first: bool = False
+    #: `rcmflow mllp`: each message is answered AA as soon as its frame is read, before the
+    #: intake writes its records (the intake's own answer is dropped): a kill after the ACK
+    #: (``mllp_kill_after_ack``) or a broker that refuses the write loses an ACKed message.
+    break_mllp_ack_first: bool = False
 
     def __post_init__(self) -> None:
         for name in ("worker_kill_at", "worker_hold_at"):
@@ -74,7 +100,9 @@ class Faults:
         """The child-process environment that makes ``from_environment`` return these."""
         pairs = []
         for name, value in ((f.name, getattr(self, f.name)) for f in fields(self)):
-            if value is not None:
+            if value is True:
+                pairs.append(f"{name}=1")
+            elif value is not None and value is not False:
                 text = ":".join(map(str, value)) if isinstance(value, tuple) else str(value)
                 pairs.append(f"{name}={text}")
         return {FAULTS_ENV: ",".join(pairs)} if pairs else {}
@@ -98,8 +126,13 @@ class Faults:
                 elif name == "worker_skip_at":
                     partition, offset, count = value.split(":")
                     values[name] = (int(partition), int(offset), int(count))
-                elif name in ("erp_kill_after", "consume_kill_after"):
+                elif name in ("erp_kill_after", "erp_kill_before", "consume_kill_after",
+                              "mllp_kill_after_ack"):
                     values[name] = int(value)
+                elif name in BREAKS:
+                    if value not in ("0", "1"):
+                        raise ValueError("a break is 1 (on) or 0 (off)")
+                    values[name] = value == "1"
                 else:
                     raise ValueError(f"{FAULTS_ENV}: unknown fault {name!r}")
             except ValueError as exc:
@@ -114,7 +147,12 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Faults:
     """The faults this process was started with (``RCMFLOW_TEST_FAULTS``); ValueError if the
     variable says something else than ``Faults.environment`` writes."""
     text = (os.environ if environ is None else environ).get(FAULTS_ENV, "")
-    return Faults.parse(text) if text else NO_FAULTS
+    faults = Faults.parse(text) if text else NO_FAULTS
+    for name in BREAKS:
+        if getattr(faults, name):
+            log.warning("%s %s=1: a guarantee is broken on purpose (tests only)", FAULTS_ENV,
+                        name)
+    return faults
 
 
 def kill_this_process(why: str) -> None:

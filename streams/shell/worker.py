@@ -400,7 +400,8 @@ def build_worker(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     """The Faust app of one worker process, its tables and its agent.
 
     ``measure_lag``: ask the broker for the log ends every PROGRESS_INTERVAL_S (for the lag
-    metric; off when nobody scrapes it). ``faults``: test-only kills, pauses and skips.
+    metric; off when nobody scrapes it). ``faults``: test-only kills, pauses, skips and
+    ``break_dedup``.
     """
     install_highwater_fix()
     disable_gap_commits()
@@ -439,7 +440,8 @@ def build_worker(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
                           account_items_max=settings.account_items_max,
                           dlq_payload_bytes_max=settings.dlq_payload_bytes_max,
                           dedup_horizon_days=settings.dedup_horizon_days,
-                          date_window=DateWindow.from_settings(settings))
+                          date_window=DateWindow.from_settings(settings),
+                          break_dedup=faults.break_dedup)
     outbox = Outbox(kafka=kafka, timeout_s=settings.produce_timeout_s, app_id=settings.app_id,
                     source_topic=EVENTS,
                     exactly_once=settings.processing_guarantee == "exactly_once")

@@ -58,6 +58,8 @@ def test_an_environment_read_is_found(source: str) -> None:
     Faults(worker_pause_at=(0, 0)),
     Faults(worker_skip_at=(0, 40, 25)),
     Faults(erp_kill_after=5, consume_kill_after=2),
+    Faults(erp_kill_before=2, mllp_kill_after_ack=1),
+    Faults(break_dedup=True, break_erp_commit_first=True, break_mllp_ack_first=True),
     NO_FAULTS,
 ])
 def test_faults_reach_a_child_process_as_written(faults: Faults) -> None:
@@ -66,7 +68,8 @@ def test_faults_reach_a_child_process_as_written(faults: Faults) -> None:
 
 @pytest.mark.parametrize("text", ["worker_kil_at=processed:1", "worker_kill_at=procesed:1",
                                   "erp_kill_after=three", "worker_pause_at=0",
-                                  "worker_skip_at=0:40", "worker_skip_at=0:40:0"])
+                                  "worker_skip_at=0:40", "worker_skip_at=0:40:0",
+                                  "break_dedup=yes", "break_dedup", "brake_dedup=1"])
 def test_a_misspelt_fault_is_refused_not_ignored(text: str) -> None:
     with pytest.raises(ValueError, match=FAULTS_ENV):
         from_environment({FAULTS_ENV: text})

@@ -21,10 +21,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from rcmflow.connectors.inbound.hl7.ack import AckCode
-from rcmflow.connectors.inbound.hl7.framing import Frame, MllpDecoder, frame
+from rcmflow.connectors.inbound.exceptions import HL7ParseError
+from rcmflow.connectors.inbound.hl7.ack import AckCode, build_ack
+from rcmflow.connectors.inbound.hl7.framing import Frame, FrameError, MllpDecoder, frame
 from rcmflow.connectors.inbound.hl7.intake import Intake, internal_error_ack
+from rcmflow.connectors.inbound.hl7.reader import read_bytes
 from rcmflow.connectors.inbound.hl7.tls import MllpTls, check_bind, sender_names
+from rcmflow.runtime.faults import NO_FAULTS, Faults, kill_this_process
 from rcmflow.runtime.metrics import Metric, counter, gauge
 from rcmflow.runtime.settings import default_of
 
@@ -51,10 +54,12 @@ RefusalReason = Literal["connections_max", "tls_handshake", "sender_not_allowed"
 
 class MllpListener:
     def __init__(self, intake: Intake, limits: ListenerLimits, *, tls: MllpTls | None = None,
-                 allow_plain_network: bool = False) -> None:
+                 allow_plain_network: bool = False, faults: Faults = NO_FAULTS) -> None:
         """``tls``: serve MLLP over TLS; None: plain TCP, on a loopback address unless
-        ``allow_plain_network`` (``tls.check_bind``)."""
+        ``allow_plain_network`` (``tls.check_bind``). ``faults``: test-only
+        (``mllp_kill_after_ack``, ``break_mllp_ack_first``)."""
         self._intake = intake
+        self._faults = faults
         self._limits = limits
         self._tls = tls
         self._allow_plain_network = allow_plain_network
@@ -201,6 +206,9 @@ class MllpListener:
                 return
             self._connections[task] = True
             for item in decoder.feed(chunk):
+                early = self._ack_first(item)
+                if early is not None:
+                    await self._answer(writer, early, "AA")
                 code: AckCode
                 try:
                     if isinstance(item, Frame):
@@ -212,9 +220,25 @@ class MllpListener:
                     log.error("MLLP %s: internal error %s, AR", peer, type(exc).__name__)
                     ack, code = internal_error_ack(item.payload if isinstance(item, Frame)
                                                    else item.head), "AR"
-                self.messages += 1
-                self.acks[code] += 1
-                writer.write(frame(ack))
-                await asyncio.wait_for(writer.drain(), self._limits.ack_write_timeout_s)
+                if early is None:
+                    await self._answer(writer, ack, code)
             self._connections[task] = False
         log.info("MLLP %s closed: listener shutting down", peer)
+
+    async def _answer(self, writer: asyncio.StreamWriter, ack: bytes, code: AckCode) -> None:
+        self.messages += 1
+        self.acks[code] += 1
+        writer.write(frame(ack))
+        await asyncio.wait_for(writer.drain(), self._limits.ack_write_timeout_s)
+        if self.messages == self._faults.mllp_kill_after_ack:
+            kill_this_process(f"mllp_kill_after_ack={self.messages}")
+
+    def _ack_first(self, item: Frame | FrameError) -> bytes | None:
+        """The test-only break (``Faults.break_mllp_ack_first``): an AA for a frame before the
+        intake wrote anything; None (always, unless broken): answer after the intake."""
+        if not self._faults.break_mllp_ack_first or not isinstance(item, Frame):
+            return None
+        try:
+            return build_ack(read_bytes(item.payload, first_segment_only=True), "AA")
+        except HL7ParseError:
+            return None

@@ -17,6 +17,7 @@ from rcmflow.connectors.inbound.hl7.replay import ReplayStore
 from rcmflow.connectors.inbound.hl7.tls import is_loopback, tls_from_settings
 from rcmflow.runtime import metrics
 from rcmflow.runtime.exit_codes import ExitCode
+from rcmflow.runtime.faults import NO_FAULTS, Faults
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.date_window import DateWindow
 
@@ -76,15 +77,18 @@ def limits(settings: Settings) -> ListenerLimits:
 
 
 async def serve(settings: Settings, kafka: KafkaConnection, host: str, port: int,
-                ready: asyncio.Event | None = None, metrics_port: int = 0) -> None:
-    """Listen until signalled; ``metrics_port`` > 0 also serves /metrics there."""
+                ready: asyncio.Event | None = None, metrics_port: int = 0,
+                faults: Faults = NO_FAULTS) -> None:
+    """Listen until signalled; ``metrics_port`` > 0 also serves /metrics there; ``faults``:
+    test-only kills and breaks (``rcmflow/runtime/faults.py``)."""
     store = ReplayStore(replay_dir(settings, "mllp"), settings.hl7_replay_retention_s)
     sink = kafka_sink(settings, kafka)
     try:
         await sink.start()
         intake = new_intake(settings, sink, store, "mllp")
         listener = MllpListener(intake, limits(settings), tls=tls_from_settings(settings),
-                                allow_plain_network=settings.mllp_allow_plain_network)
+                                allow_plain_network=settings.mllp_allow_plain_network,
+                                faults=faults)
         await listener.start(host, port)
         if metrics_port:
             bound = metrics.serve(metrics.new_registry(listener.families),
@@ -99,7 +103,7 @@ async def serve(settings: Settings, kafka: KafkaConnection, host: str, port: int
 
 
 def run_mllp(settings: Settings, kafka: KafkaConnection, host: str, port: int,
-             metrics_port: int = 0) -> ExitCode:
+             metrics_port: int = 0, faults: Faults = NO_FAULTS) -> ExitCode:
     """`rcmflow mllp`: runs until SIGINT/SIGTERM; 0 on a clean stop, 2 on a setup error
     (a port taken included)."""
     # `rcmflow` configures the root handler at WARNING; a listener also reports its traffic.
@@ -111,7 +115,8 @@ def run_mllp(settings: Settings, kafka: KafkaConnection, host: str, port: int,
         if tls is None and settings.mllp_allow_plain_network and not is_loopback(host):
             log.warning("MLLP: plain TCP on %s (RCMFLOW_MLLP_ALLOW_PLAIN_NETWORK): patient "
                         "data crosses this network unencrypted", host)
-        asyncio.run(serve(settings, kafka, host, port, metrics_port=metrics_port))
+        asyncio.run(serve(settings, kafka, host, port, metrics_port=metrics_port,
+                          faults=faults))
     except (ReplayStoreLocked, ValueError, OSError) as exc:
         log.error("%s", exc)
         return ExitCode.REFUSED
