@@ -355,7 +355,8 @@ def mllp(
     elsewhere TLS (RCMFLOW_MLLP_TLS_CERT/_KEY, client certificates with
     RCMFLOW_MLLP_TLS_CLIENT_CA/_ALLOWED_SENDERS). Metrics: rcmflow_mllp_messages_total by
     ACK code. Runs until Ctrl-C. Exit 2: bad setting (plain TCP off loopback included), no
-    broker, a port taken, or another listener holds this data dir's replay store.
+    broker, a port taken, or another listener holds this data dir's replay store; 3: the
+    broker did not answer at start (run it again once the broker is up).
     """
     from rcmflow.connectors.inbound.hl7.service import run_mllp
     from rcmflow.runtime import kafka_access

@@ -105,7 +105,12 @@ async def serve(settings: Settings, kafka: KafkaConnection, host: str, port: int
 def run_mllp(settings: Settings, kafka: KafkaConnection, host: str, port: int,
              metrics_port: int = 0, faults: Faults = NO_FAULTS) -> ExitCode:
     """`rcmflow mllp`: runs until SIGINT/SIGTERM; 0 on a clean stop, 2 on a setup error
-    (a port taken included)."""
+    (a port taken included), 3 when the broker cannot be reached at start (nothing was
+    listening yet, so no sender was answered: start it again once the broker is up)."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from rcmflow.runtime.kafka_preflight import explain_kafka_error
+
     # `rcmflow` configures the root handler at WARNING; a listener also reports its traffic.
     logging.getLogger("rcmflow").setLevel(
         {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper()))
@@ -117,6 +122,10 @@ def run_mllp(settings: Settings, kafka: KafkaConnection, host: str, port: int,
                         "data crosses this network unencrypted", host)
         asyncio.run(serve(settings, kafka, host, port, metrics_port=metrics_port,
                           faults=faults))
+    except KafkaConnectionError as exc:
+        log.error("MLLP: the broker is unreachable, not listening: %s; run it again once the "
+                  "broker is up", explain_kafka_error(exc, kafka))
+        return ExitCode.BROKER
     except (ReplayStoreLocked, ValueError, OSError) as exc:
         log.error("%s", exc)
         return ExitCode.REFUSED

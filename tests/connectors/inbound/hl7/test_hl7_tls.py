@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import ssl
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from rcmflow.connectors.inbound.hl7.listener import ListenerLimits, MllpListener
 from rcmflow.connectors.inbound.hl7.mapping import MappingConfig
 from rcmflow.connectors.inbound.hl7.replay import ReplayStore
 from rcmflow.connectors.inbound.hl7.tls import MllpTls, is_loopback, sender_names
+from rcmflow.runtime.broker import free_port
 from rcmflow.runtime.kafka_io import read_topic
 from rcmflow.streams.topics import EVENTS, RAW_HL7
 from tests.apache_kafka.certs import CertificateAuthority, Issued
@@ -233,3 +235,14 @@ def test_rcmflow_mllp_refuses_a_plain_public_bind_and_half_a_tls_setup(
     half = mllp(RCMFLOW_MLLP_HOST="0.0.0.0", RCMFLOW_MLLP_TLS_CERT=str(pki.server.cert_file))
     assert half.returncode == 2
     assert "needs both RCMFLOW_MLLP_TLS_CERT and RCMFLOW_MLLP_TLS_KEY" in half.stderr
+
+
+def test_rcmflow_mllp_says_the_broker_is_unreachable_and_exits_3(tmp_path: Path) -> None:
+    """A listener started before its broker: one line and the "run again" code, not a
+    traceback and exit 6 (an rcmflow bug)."""
+    env = {**os.environ, "RCMFLOW_BROKER": f"127.0.0.1:{free_port()}",
+           "RCMFLOW_DATA_DIR": str(tmp_path), "RCMFLOW_TEST_FAULTS": ""}
+    done = subprocess.run([sys.executable, "-m", "rcmflow.cli", "mllp", "--port", "0"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "broker is unreachable" in done.stderr and "Traceback" not in done.stderr
