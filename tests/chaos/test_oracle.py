@@ -14,26 +14,13 @@ import asyncio
 import json
 import random
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from rcmflow.connectors.inbound.fhir.ingest import process_fhir
-from rcmflow.connectors.inbound.files import Record
-from rcmflow.connectors.inbound.hl7.intake import Intake
-from rcmflow.connectors.inbound.hl7.mapping import MappingConfig
-from rcmflow.connectors.inbound.hl7.replay import ReplayStore
-from rcmflow.connectors.inbound.payments.ingest import process_payments
-from rcmflow.connectors.inbound.watch import PAYMENT_SUFFIXES
-from rcmflow.connectors.inbound.x12.ingest import X12Limits, process_x12
-from rcmflow.streams.chart import load_chart
-from rcmflow.streams.memory_tables import MemoryTables
-from rcmflow.streams.processor import Message, Processor
-from rcmflow.streams.topics import DLQ, EVENTS
 from tests.chaos.model import Delivery, Expected, Workload
 from tests.chaos.oracle import expect, expect_through
+from tests.chaos.real_path import run_real
 from tests.chaos.workload import generate
 
 CHAOS = Path(__file__).resolve().parent
@@ -99,69 +86,6 @@ def test_the_workload_is_the_same_for_a_seed_and_holds_every_kind_of_input() -> 
                        "small_balance_over_threshold"}
 
 
-# -- the real path -----------------------------------------------------------------------------
-
-@dataclass
-class _Sink:
-    records: list[Record] = field(default_factory=list)
-
-    async def write(self, records: Sequence[Record]) -> None:
-        self.records.extend(records)
-
-
-@dataclass
-class Observed:
-    balances: dict[str, dict[str, int]]
-    posting_ids: set[str]
-    dlq: list[dict[str, object]]
-
-
-def _file_records(delivery: Delivery) -> list[Record]:
-    origin = f"file:{delivery.name}"
-    if delivery.channel == "fhir":
-        return process_fhir(delivery.payload, name=delivery.name, origin=origin).records()
-    if delivery.name.endswith(PAYMENT_SUFFIXES):
-        return process_payments(delivery.payload, name=delivery.name, origin=origin).records()
-    limits = X12Limits(guide_validation=False)
-    return list(process_x12(delivery.payload, origin=origin, limits=limits).records(limits))
-
-
-async def _real(workload: Workload, replay_dir: Path) -> Observed:
-    store = ReplayStore(replay_dir, retention_s=3600)
-    sink = _Sink()
-    intake = Intake(sink=sink, store=store, config=MappingConfig(), channel="mllp")
-    processor = Processor(load_chart())
-    tables = MemoryTables()
-    postings: set[str] = set()
-    dlq: list[bytes] = []
-    offset = 0
-    try:
-        for phase in workload.phases():
-            records: list[Record] = []
-            for delivery in phase:
-                if delivery.channel == "mllp":
-                    await intake.handle(delivery.payload, position=offset)
-                    records += sink.records
-                    sink.records.clear()
-                else:
-                    records += _file_records(delivery)
-            messages = []
-            for record in records:
-                if record[0] == EVENTS:
-                    messages.append(Message(EVENTS, 0, offset, record[1], record[2]))
-                    offset += 1
-                elif record[0] == DLQ:
-                    dlq.append(record[2])
-            result = processor.process(messages, tables)
-            tables.write(result)
-            postings |= {json.loads(v)["posting_id"] for _, _, v in result.postings}
-            dlq += [v for _, _, v in result.dlq]
-    finally:
-        store.close()
-    balances = {account: view["balances"] for account, view in tables.views().items()}
-    return Observed(balances, postings, [json.loads(v) for v in dlq])
-
-
 def _unmatched(expected: Expected, records: list[dict[str, object]]
                ) -> tuple[list[str], set[tuple[str, str]]]:
     """DLQ records no expected (reason, marker) explains, and expected pairs no record has."""
@@ -181,7 +105,7 @@ def _unmatched(expected: Expected, records: list[dict[str, object]]
 def test_the_oracle_equals_rcmflows_connectors_and_core(seed: int, tmp_path: Path) -> None:
     workload = generate(seed)
     expected = expect(workload)
-    observed = asyncio.run(_real(workload, tmp_path / "replay"))
+    observed = asyncio.run(run_real(workload, tmp_path / "replay"))
     assert observed.balances == expected.balances
     assert observed.posting_ids == expected.posting_ids
     strays, missing = _unmatched(expected, observed.dlq)
@@ -202,7 +126,7 @@ def test_the_end_state_does_not_depend_on_the_order_within_a_phase(order: str,
             rng.shuffle(phase)
         deliveries += phase
     expected = expect(workload)
-    observed = asyncio.run(_real(Workload(workload.seed, tuple(deliveries)),
+    observed = asyncio.run(run_real(Workload(workload.seed, tuple(deliveries)),
                                  tmp_path / "replay"))
     assert observed.balances == expected.balances
     assert observed.posting_ids == expected.posting_ids
@@ -216,7 +140,7 @@ def test_the_expectation_after_each_phase_is_what_the_real_path_holds_then(
     for phase in range(len(workload.phases())):
         partial = Workload(workload.seed, tuple(d for d in workload.deliveries
                                                 if d.phase <= phase))
-        observed = asyncio.run(_real(partial, tmp_path / f"replay{phase}"))
+        observed = asyncio.run(run_real(partial, tmp_path / f"replay{phase}"))
         expected = expect_through(workload, phase)
         assert observed.balances == expected.balances, phase
         assert observed.posting_ids == expected.posting_ids, phase
