@@ -121,8 +121,9 @@ class _Builder:
         return f"{prefix}{self.seed}-{self.counters[prefix]:05d}"
 
     def isa13(self) -> str:
+        """Nine digits, unique per file and, for seeds under 1000, across seeds."""
         self.counters["isa"] = self.counters.get("isa", 0) + 1
-        return f"{self.counters['isa']:09d}"
+        return f"{self.seed % 1000:03d}{self.counters['isa']:06d}"
 
     def day(self, phase: int) -> date:
         return BASE_DAY + timedelta(days=30 * phase + self.rng.randrange(0, 25))
