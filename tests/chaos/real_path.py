@@ -3,7 +3,8 @@
 Each delivery goes the way its channel takes it: the HL7 intake with its replay store (MLLP),
 ``process_x12`` / ``process_payments`` (the drop folder, by suffix; ``rcmflow ingest
 payments``), ``process_fhir`` (``rcmflow ingest fhir``); after each phase the events go
-through the core's ``Processor`` over memory tables, as one worker would take them. X12 guide
+through the core's ``Processor`` over memory tables, each in the partition of rcm.events
+its account key takes (``PARTITIONS``), as the workers take them. X12 guide
 validation is off (its messages are warnings on rcm.raw.x12, never in rcm.dlq; on, the
 cross-check passes the same, 3x slower).
 """
@@ -14,6 +15,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aiokafka.partitioner import DefaultPartitioner
 
 from rcmflow.connectors.inbound.fhir.ingest import process_fhir
 from rcmflow.connectors.inbound.files import Record
@@ -29,7 +32,10 @@ from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import DLQ, EVENTS
 from tests.chaos.model import Delivery, Workload
 
-__all__ = ["Observed", "run_real"]
+__all__ = ["Observed", "run_real", "PARTITIONS"]
+
+#: rcm.events partitions in a fault run (two workers share them).
+PARTITIONS = list(range(8))
 
 
 @dataclass
@@ -68,13 +74,16 @@ async def run_real(workload: Workload, replay_dir: Path) -> Observed:
     postings: set[str] = set()
     dlq: list[bytes] = []
     written: list[list[Record]] = []
-    offset = 0
+    offsets = dict.fromkeys(PARTITIONS, 0)
+    place = DefaultPartitioner()
+    position = 0
     try:
         for phase in workload.phases():
             records: list[Record] = []
             for delivery in phase:
                 if delivery.channel == "mllp":
-                    await intake.handle(delivery.payload, position=offset)
+                    position += 1
+                    await intake.handle(delivery.payload, position=position)
                     records += sink.records
                     sink.records.clear()
                 else:
@@ -83,8 +92,10 @@ async def run_real(workload: Workload, replay_dir: Path) -> Observed:
             messages = []
             for record in records:
                 if record[0] == EVENTS:
-                    messages.append(Message(EVENTS, 0, offset, record[1], record[2]))
-                    offset += 1
+                    # keyed by account, as the producer places it (two workers share them)
+                    part = int(place(record[1], PARTITIONS, PARTITIONS))
+                    messages.append(Message(EVENTS, part, offsets[part], record[1], record[2]))
+                    offsets[part] += 1
                 elif record[0] == DLQ:
                     dlq.append(record[2])
             result = processor.process(messages, tables)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.model import Delivery, Expected, Workload
-from tests.chaos.oracle import expect, expect_through
+from tests.chaos.oracle import Ledger, expect, expect_through, posting_id
 from tests.chaos.real_path import run_real
 from tests.chaos.workload import generate
 
@@ -146,3 +146,73 @@ def test_the_expectation_after_each_phase_is_what_the_real_path_holds_then(
         assert observed.posting_ids == expected.posting_ids, phase
         assert _unmatched(expected, observed.dlq) == ([], set()), phase
     assert expect_through(workload, len(workload.phases()) - 1) == expect(workload)
+
+
+def _ledger(*facts: dict[str, object]) -> Ledger:
+    ledger = Ledger()
+    for n, fact in enumerate(facts):
+        ledger.take({"account": "A1", "event_id": f"e{n}", "marker": f"m{n}"} | fact)
+    return ledger
+
+
+def test_the_oracles_rules_are_the_documented_ones_worked_by_hand() -> None:
+    """ACCOUNTING.md and ARCHITECTURE.md "Account state", computed by hand (not by rcmflow):
+    a charge of 500.00; the 835 pays 300.00, CO-45 120.00, PR-2 50.00, OA-23 30.00 (no
+    entry: it stays insurance AR); the patient pays 80.00 against 50.00 owed (30.00 becomes a
+    credit balance); 20.00 of it is refunded; a small-balance write-off of 5.00 is not under
+    the threshold and is refused."""
+    ledger = _ledger(
+        {"kind": "charge", "cents": 50_000},
+        {"kind": "adjudication", "outcome": "processed", "charge": 50_000, "paid": 30_000,
+         "adjustments": [["CO", "45", 12_000], ["PR", "2", 5_000], ["OA", "23", 3_000]]},
+        {"kind": "payment", "cents": 8_000, "channel": "lockbox"},
+        {"kind": "refund", "cents": 2_000, "to": "patient"},
+        {"kind": "write_off", "cents": 500, "reason": "small_balance", "from_ar": "patient"},
+    )
+    assert ledger.accounts["A1"].balances() == {
+        "gross_charges": 50_000, "payer_paid": 30_000, "contractual_adjustments": 12_000,
+        "patient_responsibility": 5_000, "other_adjustments": 0, "denied": 0,
+        "patient_paid": 8_000, "refunds": 2_000, "write_offs": 0, "insurance_ar": 3_000,
+        "patient_ar": 0, "unapplied_credit": 1_000, "interest_income": 0,
+        "payer_overpayments": 0, "balance": 2_000}
+    assert ledger.dlq == {("small_balance_over_threshold", "m4")}
+    assert len(ledger.posting_ids) == 4  # the refused write-off posts nothing
+
+
+def test_a_denial_is_tracked_not_posted_and_its_reversal_untracks_it() -> None:
+    ledger = _ledger(
+        {"kind": "charge", "cents": 10_000},
+        {"kind": "adjudication", "outcome": "denied", "charge": 10_000, "paid": 0,
+         "adjustments": [["CO", "50", 10_000]]},
+        {"kind": "adjudication", "outcome": "reversal", "charge": -10_000, "paid": 0,
+         "adjustments": [["CO", "50", -10_000]]},
+        {"kind": "adjudication", "outcome": "processed", "charge": 10_000, "paid": 10_000,
+         "adjustments": []},
+    )
+    balances = ledger.accounts["A1"].balances()
+    assert (balances["denied"], balances["insurance_ar"], balances["payer_paid"]) == (
+        0, 0, 10_000)
+    assert len(ledger.posting_ids) == 2  # the charge and the payment: denials move no money
+
+
+def test_a_replay_changes_nothing_and_a_conflict_keeps_the_first_content() -> None:
+    ledger = Ledger()
+    charge = {"kind": "charge", "account": "A1", "event_id": "e1", "cents": 100,
+              "marker": "M1"}
+    for fact in (charge, charge, charge | {"cents": 200}):
+        ledger.take(fact)
+    assert ledger.accounts["A1"].balances()["gross_charges"] == 100
+    assert ledger.dlq == {("conflict", "M1")}
+    assert ledger.posting_ids == {posting_id("A1", "e1", ledger.chart.version)}
+
+
+def test_plb_signs_follow_the_835() -> None:
+    """A negative L6 is interest paid to the provider; a positive WO a takeback; 72 nothing."""
+    ledger = Ledger()
+    for n, (code, cents) in enumerate((("L6", -700), ("WO", 1_000), ("72", -1_000))):
+        ledger.take({"kind": "plb", "account": "provider:P", "event_id": f"p{n}",
+                     "code": code, "cents": cents, "marker": "T"})
+    balances = ledger.accounts["provider:P"].balances()
+    assert (balances["payer_paid"], balances["interest_income"],
+            balances["payer_overpayments"]) == (-300, 700, -1_000)
+    assert len(ledger.posting_ids) == 2
