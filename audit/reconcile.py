@@ -18,9 +18,10 @@ account, and in total:
    no source record and are no difference. Each amount is attributed to the event its part
    of the source became (an FT1, an 835 claim or PLB, an 837 claim, a payment row, a FHIR
    ChargeItem or PaymentReconciliation detail) and counts once per event id, as the worker
-   applies each event once: the first record listing the event counts it, a later record
-   listing it again re-sends that part (a file under a new envelope, or a corrected 835
-   repeating some claims beside new ones). Amounts without an event id (records written
+   applies each event once: the earliest record (by timestamp) listing the event counts it,
+   a later record listing it again re-sends that part (a file under a new envelope, or a
+   corrected 835 repeating some claims beside new ones, or a conflicting re-send the worker
+   refused), whichever partition is read first. Amounts without an event id (records written
    before amounts were attributed) count with their unit unless an earlier record listed all
    of its events. Checked in one direction only, source -> events: the raw topics are kept
    7 days and rcm.events for ever, so most events have no source record left to compare
@@ -339,6 +340,11 @@ def _source_totals(record: Record) -> tuple[str | None, SourceTotals | None]:
         return "unreadable", None
 
 
+def _listing(key: str) -> bytes:
+    """A listed event's key, small (8 bytes: a wrong match among a run's events is ~1e-19)."""
+    return hashlib.blake2b(key.encode(), digest_size=8).digest()
+
+
 def _in_range(day: date, day_from: date | None, day_to: date | None) -> bool:
     return (day_from is None or day >= day_from) and (day_to is None or day <= day_to)
 
@@ -458,17 +464,40 @@ class Reconciler:
     async def read_sources(self) -> None:
         """What the inbound connectors accepted, as kept on rcm.raw.* (7 days' retention):
         the source totals of every record marked applied, summed per account and day. Each
-        raw record is a unit of its own (a set split into parts is several records)."""
+        raw record is a unit of its own (a set split into parts is several records).
+
+        An event counts with the earliest record (by timestamp) that lists it, found in a
+        first pass: a later re-send under another key may sit in a partition read first,
+        and if its amounts differ (a conflict, which the worker refused) they must not
+        stand for the original's."""
+        first = await self._first_listings()
         counts: Counter[str] = Counter()
         for topic in SOURCE_TOPICS:
             async for records in self._read(topic):
                 for record in records:
-                    counts[self._note_source_record(record)] += 1
+                    counts[self._note_source_record(record, first)] += 1
         self.report.counts |= {f"source_records_{what}": n for what, n in sorted(counts.items())}
         self.report.counts["source_events_listed"] = len(self.source_events)
 
-    def _note_source_record(self, record: Record) -> str:
-        """Sum one raw record's totals in; what it was, for the counts."""
+    async def _first_listings(self) -> dict[bytes, int]:
+        """8-byte digest of each listed "account\0event id" -> the earliest timestamp of a
+        record listing it (~0.13 KB per event, tracemalloc, while the sources are read)."""
+        first: dict[bytes, int] = {}
+        for topic in SOURCE_TOPICS:
+            async for records in self._read(topic):
+                for record in records:
+                    status, totals = _source_totals(record)
+                    if status not in _ACCEPTED or totals is None:
+                        continue
+                    for account, event_id in totals.event_ids:
+                        digest = _listing(f"{account}\0{event_id}")
+                        if first.get(digest, record.timestamp_ms + 1) > record.timestamp_ms:
+                            first[digest] = record.timestamp_ms
+        return first
+
+    def _note_source_record(self, record: Record, first: dict[bytes, int]) -> str:
+        """Sum one raw record's totals in; what it was, for the counts. ``first``: when each
+        event was first listed (``_first_listings``)."""
         status, totals = _source_totals(record)
         if status is None:
             return "without_totals"  # an HL7 raw record written before statuses were kept
@@ -477,16 +506,20 @@ class Reconciler:
         if totals is None:
             return "without_totals"  # written before amounts were kept, or unreadable
         keys = [f"{account}\0{event_id}" for account, event_id in totals.event_ids]
-        if keys and all(key in self.source_events for key in keys):
+        stamp = record.timestamp_ms
+        # listed by an earlier record, read before or after this one: that one counts it
+        later = {key for key in keys if first.get(_listing(key), stamp) < stamp}
+        if keys and all(key in self.source_events or key in later for key in keys):
             return "resent"  # the same events under another key (a re-sent file)
-        # events an earlier record listed: this one re-sends those parts (a corrected 835
+        # events another record counts: this one re-sends those parts (a corrected 835
         # repeating some claims), whose attributed amounts were counted with that record
         resent = {event_id for (account, event_id), key in zip(totals.event_ids, keys,
                                                                strict=True)
-                  if key in self.source_events}
+                  if key in self.source_events or key in later}
         topic = SOURCE_TOPICS.index(record.topic)
         for key in keys:
-            self.source_events.setdefault(key, topic)
+            if key not in later:
+                self.source_events.setdefault(key, topic)
         for (account, day, measure, event_id), cents in totals.by_event().items():
             if event_id not in resent:  # unattributed (None) counts with its unit, as before
                 self._amounts(account, day, measure)[0] += cents

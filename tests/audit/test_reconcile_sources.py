@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from typer.testing import CliRunner
 
 from rcmflow.audit.reconcile import Report, reconcile
@@ -27,9 +29,9 @@ from rcmflow.connectors.inbound.hl7.mapping import MappingConfig
 from rcmflow.connectors.inbound.hl7.replay import ReplayStore
 from rcmflow.connectors.inbound.payments.ingest import process_payments
 from rcmflow.connectors.inbound.x12.ingest import X12Limits, process_x12
-from rcmflow.runtime.kafka_io import publish
+from rcmflow.runtime.kafka_io import publish, topic_partitions
 from rcmflow.streams.chart import load_chart
-from rcmflow.streams.topics import EVENTS
+from rcmflow.streams.topics import EVENTS, RAW_X12
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.broker
@@ -188,3 +190,32 @@ def test_a_corrected_835_resending_some_claims_counts_each_claim_once(
     assert sums(report) == {"payer_paid": (21000, 21000), "adjusted": (5500, 5500)}
     assert report.counts["source_records_applied"] == 2
     assert report.counts["source_events_found"] == report.counts["source_events_listed"] == 3
+
+
+def test_a_conflicting_resend_read_before_the_original_does_not_stand_for_it(
+        broker: Broker) -> None:
+    """Claim A3001 re-sent later with other amounts (same TRN and CLP: the same event id, which
+    the worker refuses as a conflict) under an envelope whose raw record sits in a partition
+    reconcile reads before the original's: the original's cents are still the source (the
+    earliest record listing an event counts it), so the sources agree with the events."""
+    partitions = asyncio.run(topic_partitions(broker.connection, RAW_X12))
+    where = DefaultPartitioner()
+
+    def partition(control: str) -> int:
+        return int(where(f"{control}:1:0001".encode(), partitions, partitions))
+
+    controls = [f"000000{n:03d}" for n in range(300, 400)]
+    original = next(c for c in controls if partition(c) > 0)
+    resend = next(c for c in controls if partition(c) < partition(original))
+    sent: list[list[Record]] = []
+    for control, paid in ((original, 9000), (resend, 9500)):
+        text = remit_835(control, [("A3001", paid, 13000 - paid)])
+        outcome = process_x12(text, origin=f"file:remit-{control}.835", limits=LIMITS)
+        assert outcome.ok(), outcome.reason_text()
+        sent.append(list(outcome.records(LIMITS)))
+    asyncio.run(publish(broker.connection, sent[0]))
+    time.sleep(0.05)  # the re-send comes later (record timestamps are in milliseconds)
+    report = run(broker, sent[1])
+    assert source_findings(report) == []
+    assert sums(report) == {"payer_paid": (9000, 9000), "adjusted": (4000, 4000)}
+    assert report.counts["source_records_resent"] == 1

@@ -14,30 +14,17 @@ import asyncio
 import json
 import random
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from rcmflow.connectors.inbound.fhir.ingest import process_fhir
-from rcmflow.connectors.inbound.files import Record
-from rcmflow.connectors.inbound.hl7.intake import Intake
-from rcmflow.connectors.inbound.hl7.mapping import MappingConfig
-from rcmflow.connectors.inbound.hl7.replay import ReplayStore
-from rcmflow.connectors.inbound.payments.ingest import process_payments
-from rcmflow.connectors.inbound.watch import PAYMENT_SUFFIXES
-from rcmflow.connectors.inbound.x12.ingest import X12Limits, process_x12
-from rcmflow.streams.chart import load_chart
-from rcmflow.streams.memory_tables import MemoryTables
-from rcmflow.streams.processor import Message, Processor
-from rcmflow.streams.topics import DLQ, EVENTS
 from tests.chaos.model import Delivery, Expected, Workload
-from tests.chaos.oracle import expect, expect_through
+from tests.chaos.oracle import Ledger, expect, expect_through, posting_id
+from tests.chaos.real_path import run_real
 from tests.chaos.workload import generate
 
 CHAOS = Path(__file__).resolve().parent
-INDEPENDENT = ("model.py", "formats.py", "workload.py", "oracle.py")
+INDEPENDENT = ("model.py", "formats.py", "builder.py", "mishaps.py", "workload.py", "oracle.py")
 FORMATS = {"hl7", "837", "835", "fhir", "csv", "jsonl"}
 
 
@@ -56,7 +43,7 @@ def _imports(path: Path) -> set[str]:
 def test_the_oracle_and_the_workload_import_nothing_of_rcmflow(name: str) -> None:
     imports = _imports(CHAOS / name)
     assert not {m for m in imports if m == "rcmflow" or m.startswith("rcmflow.")}
-    own = {"tests.chaos.model", "tests.chaos.formats"}
+    own = {f"tests.chaos.{name[:-3]}" for name in INDEPENDENT if name != "oracle.py"}
     assert {m for m in imports if m.startswith("tests")} <= own, imports
 
 
@@ -99,69 +86,6 @@ def test_the_workload_is_the_same_for_a_seed_and_holds_every_kind_of_input() -> 
                        "small_balance_over_threshold"}
 
 
-# -- the real path -----------------------------------------------------------------------------
-
-@dataclass
-class _Sink:
-    records: list[Record] = field(default_factory=list)
-
-    async def write(self, records: Sequence[Record]) -> None:
-        self.records.extend(records)
-
-
-@dataclass
-class Observed:
-    balances: dict[str, dict[str, int]]
-    posting_ids: set[str]
-    dlq: list[dict[str, object]]
-
-
-def _file_records(delivery: Delivery) -> list[Record]:
-    origin = f"file:{delivery.name}"
-    if delivery.channel == "fhir":
-        return process_fhir(delivery.payload, name=delivery.name, origin=origin).records()
-    if delivery.name.endswith(PAYMENT_SUFFIXES):
-        return process_payments(delivery.payload, name=delivery.name, origin=origin).records()
-    limits = X12Limits(guide_validation=False)
-    return list(process_x12(delivery.payload, origin=origin, limits=limits).records(limits))
-
-
-async def _real(workload: Workload, replay_dir: Path) -> Observed:
-    store = ReplayStore(replay_dir, retention_s=3600)
-    sink = _Sink()
-    intake = Intake(sink=sink, store=store, config=MappingConfig(), channel="mllp")
-    processor = Processor(load_chart())
-    tables = MemoryTables()
-    postings: set[str] = set()
-    dlq: list[bytes] = []
-    offset = 0
-    try:
-        for phase in workload.phases():
-            records: list[Record] = []
-            for delivery in phase:
-                if delivery.channel == "mllp":
-                    await intake.handle(delivery.payload, position=offset)
-                    records += sink.records
-                    sink.records.clear()
-                else:
-                    records += _file_records(delivery)
-            messages = []
-            for record in records:
-                if record[0] == EVENTS:
-                    messages.append(Message(EVENTS, 0, offset, record[1], record[2]))
-                    offset += 1
-                elif record[0] == DLQ:
-                    dlq.append(record[2])
-            result = processor.process(messages, tables)
-            tables.write(result)
-            postings |= {json.loads(v)["posting_id"] for _, _, v in result.postings}
-            dlq += [v for _, _, v in result.dlq]
-    finally:
-        store.close()
-    balances = {account: view["balances"] for account, view in tables.views().items()}
-    return Observed(balances, postings, [json.loads(v) for v in dlq])
-
-
 def _unmatched(expected: Expected, records: list[dict[str, object]]
                ) -> tuple[list[str], set[tuple[str, str]]]:
     """DLQ records no expected (reason, marker) explains, and expected pairs no record has."""
@@ -181,7 +105,7 @@ def _unmatched(expected: Expected, records: list[dict[str, object]]
 def test_the_oracle_equals_rcmflows_connectors_and_core(seed: int, tmp_path: Path) -> None:
     workload = generate(seed)
     expected = expect(workload)
-    observed = asyncio.run(_real(workload, tmp_path / "replay"))
+    observed = asyncio.run(run_real(workload, tmp_path / "replay"))
     assert observed.balances == expected.balances
     assert observed.posting_ids == expected.posting_ids
     strays, missing = _unmatched(expected, observed.dlq)
@@ -202,7 +126,7 @@ def test_the_end_state_does_not_depend_on_the_order_within_a_phase(order: str,
             rng.shuffle(phase)
         deliveries += phase
     expected = expect(workload)
-    observed = asyncio.run(_real(Workload(workload.seed, tuple(deliveries)),
+    observed = asyncio.run(run_real(Workload(workload.seed, tuple(deliveries)),
                                  tmp_path / "replay"))
     assert observed.balances == expected.balances
     assert observed.posting_ids == expected.posting_ids
@@ -216,9 +140,79 @@ def test_the_expectation_after_each_phase_is_what_the_real_path_holds_then(
     for phase in range(len(workload.phases())):
         partial = Workload(workload.seed, tuple(d for d in workload.deliveries
                                                 if d.phase <= phase))
-        observed = asyncio.run(_real(partial, tmp_path / f"replay{phase}"))
+        observed = asyncio.run(run_real(partial, tmp_path / f"replay{phase}"))
         expected = expect_through(workload, phase)
         assert observed.balances == expected.balances, phase
         assert observed.posting_ids == expected.posting_ids, phase
         assert _unmatched(expected, observed.dlq) == ([], set()), phase
     assert expect_through(workload, len(workload.phases()) - 1) == expect(workload)
+
+
+def _ledger(*facts: dict[str, object]) -> Ledger:
+    ledger = Ledger()
+    for n, fact in enumerate(facts):
+        ledger.take({"account": "A1", "event_id": f"e{n}", "marker": f"m{n}"} | fact)
+    return ledger
+
+
+def test_the_oracles_rules_are_the_documented_ones_worked_by_hand() -> None:
+    """ACCOUNTING.md and ARCHITECTURE.md "Account state", computed by hand (not by rcmflow):
+    a charge of 500.00; the 835 pays 300.00, CO-45 120.00, PR-2 50.00, OA-23 30.00 (no
+    entry: it stays insurance AR); the patient pays 80.00 against 50.00 owed (30.00 becomes a
+    credit balance); 20.00 of it is refunded; a small-balance write-off of 5.00 is not under
+    the threshold and is refused."""
+    ledger = _ledger(
+        {"kind": "charge", "cents": 50_000},
+        {"kind": "adjudication", "outcome": "processed", "charge": 50_000, "paid": 30_000,
+         "adjustments": [["CO", "45", 12_000], ["PR", "2", 5_000], ["OA", "23", 3_000]]},
+        {"kind": "payment", "cents": 8_000, "channel": "lockbox"},
+        {"kind": "refund", "cents": 2_000, "to": "patient"},
+        {"kind": "write_off", "cents": 500, "reason": "small_balance", "from_ar": "patient"},
+    )
+    assert ledger.accounts["A1"].balances() == {
+        "gross_charges": 50_000, "payer_paid": 30_000, "contractual_adjustments": 12_000,
+        "patient_responsibility": 5_000, "other_adjustments": 0, "denied": 0,
+        "patient_paid": 8_000, "refunds": 2_000, "write_offs": 0, "insurance_ar": 3_000,
+        "patient_ar": 0, "unapplied_credit": 1_000, "interest_income": 0,
+        "payer_overpayments": 0, "balance": 2_000}
+    assert ledger.dlq == {("small_balance_over_threshold", "m4")}
+    assert len(ledger.posting_ids) == 4  # the refused write-off posts nothing
+
+
+def test_a_denial_is_tracked_not_posted_and_its_reversal_untracks_it() -> None:
+    ledger = _ledger(
+        {"kind": "charge", "cents": 10_000},
+        {"kind": "adjudication", "outcome": "denied", "charge": 10_000, "paid": 0,
+         "adjustments": [["CO", "50", 10_000]]},
+        {"kind": "adjudication", "outcome": "reversal", "charge": -10_000, "paid": 0,
+         "adjustments": [["CO", "50", -10_000]]},
+        {"kind": "adjudication", "outcome": "processed", "charge": 10_000, "paid": 10_000,
+         "adjustments": []},
+    )
+    balances = ledger.accounts["A1"].balances()
+    assert (balances["denied"], balances["insurance_ar"], balances["payer_paid"]) == (
+        0, 0, 10_000)
+    assert len(ledger.posting_ids) == 2  # the charge and the payment: denials move no money
+
+
+def test_a_replay_changes_nothing_and_a_conflict_keeps_the_first_content() -> None:
+    ledger = Ledger()
+    charge = {"kind": "charge", "account": "A1", "event_id": "e1", "cents": 100,
+              "marker": "M1"}
+    for fact in (charge, charge, charge | {"cents": 200}):
+        ledger.take(fact)
+    assert ledger.accounts["A1"].balances()["gross_charges"] == 100
+    assert ledger.dlq == {("conflict", "M1")}
+    assert ledger.posting_ids == {posting_id("A1", "e1", ledger.chart.version)}
+
+
+def test_plb_signs_follow_the_835() -> None:
+    """A negative L6 is interest paid to the provider; a positive WO a takeback; 72 nothing."""
+    ledger = Ledger()
+    for n, (code, cents) in enumerate((("L6", -700), ("WO", 1_000), ("72", -1_000))):
+        ledger.take({"kind": "plb", "account": "provider:P", "event_id": f"p{n}",
+                     "code": code, "cents": cents, "marker": "T"})
+    balances = ledger.accounts["provider:P"].balances()
+    assert (balances["payer_paid"], balances["interest_income"],
+            balances["payer_overpayments"]) == (-300, 700, -1_000)
+    assert len(ledger.posting_ids) == 2
