@@ -36,7 +36,7 @@ ACK_TIMEOUT_S = 15.0
 #: seconds; a machine this busy may take tens of seconds more).
 DELIVERY_TIMEOUT_S = 240.0
 #: Longest wait for the workers to consume rcm.events to its end after a phase.
-CATCH_UP_TIMEOUT_S = 240.0
+CATCH_UP_TIMEOUT_S = 150.0
 #: ``rcmflow ingest`` exits 2 when the broker is refusing at start (e.g. restarting):
 #: tried again this many times before it counts as a real refusal.
 REFUSED_RETRIES = 5
