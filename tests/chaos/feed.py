@@ -87,7 +87,7 @@ def send_mllp(stack: Stack, delivery: Delivery) -> Accepted:
     deadline = time.monotonic() + DELIVERY_TIMEOUT_S
     attempts = 0
     last = ""
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stack.stopping.is_set():
         attempts += 1
         try:
             code, resend = _ack_code(_send_once(stack.mllp_port, delivery.payload))
@@ -112,7 +112,7 @@ def drop_file(stack: Stack, delivery: Delivery) -> Accepted:
     part.write_bytes(delivery.payload)
     os.replace(part, folder / delivery.name)  # atomic: the watcher sees all of it or nothing
     deadline = time.monotonic() + DELIVERY_TIMEOUT_S
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stack.stopping.is_set():
         for where in ("done", "rejected"):
             if (folder / where / delivery.name).exists():
                 return Accepted(delivery.name, "drop", where, 1)
@@ -132,7 +132,7 @@ def ingest_file(stack: Stack, delivery: Delivery) -> Accepted:
     deadline = time.monotonic() + DELIVERY_TIMEOUT_S
     attempts = refused = 0
     last = ""
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stack.stopping.is_set():
         attempts += 1
         done = stack.command("ingest", delivery.channel, str(path), timeout_s=DELIVERY_TIMEOUT_S)
         if done.returncode in (0, 1):
@@ -205,8 +205,14 @@ def wait_caught_up(kafka: KafkaConnection, group: str, topic: str, what: str,
 def feed_phase(stack: Stack, deliveries: list[Delivery], senders: int = 4) -> list[Accepted]:
     """Send every delivery of one phase (``senders`` at once), then wait until the workers
     have consumed rcm.events to its end. FeedError names what did not get through."""
-    with ThreadPoolExecutor(max_workers=senders, thread_name_prefix="sender") as pool:
+    pool = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="sender")
+    try:
         accepted = list(pool.map(lambda d: deliver(stack, d), deliveries))
+    except BaseException:
+        stack.stopping.set()  # the other senders give up at their next attempt
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     from rcmflow.streams.topics import EVENTS
 
     wait_caught_up(stack.kafka, "rcmflow", EVENTS, "the workers")

@@ -168,6 +168,8 @@ class Stack:
     unexpected_exits: Counter[str] = field(default_factory=Counter)
     mllp_port: int = field(default_factory=free_port)
     facade_port: int = field(default_factory=free_port)
+    #: Set when the run is cut short (Ctrl-C, a failed delivery): senders stop resending.
+    stopping: threading.Event = field(default_factory=threading.Event)
     _supervising: threading.Event = field(default_factory=threading.Event)
     _supervisor: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -285,6 +287,7 @@ class Stack:
 
     def close(self) -> None:
         """Stop everything, whatever state it is in; never raises."""
+        self.stopping.set()
         self._supervising.clear()
         if self._supervisor is not None:
             self._supervisor.join(5)
