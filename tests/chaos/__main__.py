@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                              keep=args.keep, say=say)
             print(result.line(), flush=True)
             failed += not result.passed
+    except KeyboardInterrupt:  # every process of the run in hand was stopped on the way out
+        print("interrupted", file=sys.stderr)
+        return 130
     finally:
         site.close()
     return 1 if failed else 0
