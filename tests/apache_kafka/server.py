@@ -273,7 +273,9 @@ class ApacheKafka:
                 raise BrokerError(f"docker-compose.yml's kafka service does not set {key}")
         return properties | addresses | TEST_OVERRIDES
 
-    def start(self) -> ApacheKafka:
+    def start(self, format_storage: bool = True) -> ApacheKafka:
+        """Format the storage and start; ``format_storage=False`` starts again from the log
+        of an earlier start (after ``stop(keep_data=True)`` or a kill -9: tests/chaos)."""
         started = time.monotonic()
         jars = ensure_jars()
         java = find_java()
@@ -288,10 +290,12 @@ class ApacheKafka:
                 f"-Dkafka.logs.dir={self.data_dir}", "-cp", str(jars / "*")]
         with open(self.log_file, "ab") as out:
             try:
-                subprocess.run([*base, _storage_tool(jars), "format", "-t", _cluster_id(),
-                                "-c", str(config), *self._scram_arguments()],
-                               stdout=out, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, timeout=FORMAT_TIMEOUT_S, check=True)
+                if format_storage:
+                    subprocess.run([*base, _storage_tool(jars), "format", "-t", _cluster_id(),
+                                    "-c", str(config), *self._scram_arguments()],
+                                   stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, timeout=FORMAT_TIMEOUT_S,
+                                   check=True)
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
                 raise BrokerError(f"Apache Kafka storage format failed: {exc}\n"
                                   f"--- {self.log_file} ---\n{self.log_tail()}") from exc
