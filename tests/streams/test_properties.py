@@ -5,7 +5,9 @@
 - replaying any prefix changes nothing and emits nothing;
 - money never touches float;
 - a crash at any step of any batch, with any subset of in-flight records lost, ends with the
-  same states and the same posting ids with the same contents as a run that never crashed.
+  same states and the same posting ids with the same contents as a run that never crashed:
+  the steps are those of the worker's own write order (``streams/write_order.py``, run by
+  ``memory_world``), at_least_once and exactly_once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from rcmflow.streams.postings import PostingDelta
 from rcmflow.streams.processor import Processor
 from rcmflow.streams.rules import bucket_effects, delta_amounts
 from rcmflow.streams.state import LEDGER_BUCKETS
-from tests.streams.memory_world import World
+from tests.streams.memory_world import CALLS_MAX, World
 from tests.streams.strategies import event_stream
 
 CHART = load_chart()
@@ -154,16 +156,17 @@ def test_crashes_lose_nothing_and_double_nothing(values: list[tuple[str, bytes]]
                                                  data: st.DataObject) -> None:
     batch_size = data.draw(st.integers(1, 9), label="batch size")
     horizon = data.draw(st.booleans(), label="dedup horizon at work")
-    reference = World(CHART)
+    exactly_once = data.draw(st.booleans(), label="exactly_once")
+    reference = World(CHART, exactly_once)
     run = clock_run if horizon else lambda v, b, w, c=None: w.run(v, b, c)
     assert run(values, batch_size, reference)
-    world = World(CHART)
+    world = World(CHART, exactly_once)
     for _ in range(data.draw(st.integers(1, 4), label="crashes")):
         batches = (len(values) - world.committed + batch_size - 1) // batch_size
         if batches == 0:
             break
         crash = (data.draw(st.integers(0, batches - 1), label="batch"),
-                 data.draw(st.integers(0, 8), label="step"),
+                 data.draw(st.integers(0, CALLS_MAX), label="call into the shell"),
                  data.draw(st.integers(0, 10**6), label="which records landed"))
         run(values, batch_size, world, crash)
         world.recover(keep_local_store=data.draw(st.booleans(), label="keep local store"))
