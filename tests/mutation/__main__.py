@@ -42,8 +42,9 @@ MODULES = {
     "money": "streams/money.py",
     "write_order": "streams/write_order.py",
 }
-#: The fast tests: the pure core's, without a broker (the Faust shell's are left out too).
-TESTS = ["tests/streams", "--ignore=tests/streams/shell"]
+#: The fast tests: the pure core's and the tables' that need no broker (the Faust shell's
+#: are left out too).
+TESTS = ["tests/streams", "tests/tables", "--ignore=tests/streams/shell"]
 PYTEST_ARGS = ["-n", "0", "-m", "not broker", "-p", "no:cacheprovider",
                "-p", "tests.mutation.hypothesis_profile"]
 
@@ -101,15 +102,24 @@ def toml(doc: dict[str, object], prefix: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary(modules: list[str]) -> list[tuple[str, dict[str, int]]]:
-    """Per module: mutants by status, read from mutmut's result files."""
-    rows = []
+def statuses(modules: list[str]) -> list[tuple[str, str]]:
+    """(mutant, status) of every mutant of ``modules``, from mutmut's result files."""
+    found = []
     for module in modules:
         meta = STAGE / "mutants" / f"{staged(MODULES[module])}.meta"
         codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        for name, code in codes.items():
+            found.append((name, STATUS.get(code, "not checked" if code is None
+                                           else "suspicious")))
+    return found
+
+
+def summary(modules: list[str]) -> list[tuple[str, dict[str, int]]]:
+    """Per module: mutants by status."""
+    rows = []
+    for module in modules:
         counts: dict[str, int] = {}
-        for code in codes.values():
-            status = STATUS.get(code, "not checked" if code is None else "suspicious")
+        for _, status in statuses([module]):
             counts[status] = counts.get(status, 0) + 1
         rows.append((module, counts))
     return rows
@@ -121,6 +131,9 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", metavar="MODULE",
                         help=f"some of {', '.join(MODULES)} (default: all)")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
+    parser.add_argument("--survivors", action="store_true",
+                        help="test again only the mutants that survived or had no test (after "
+                        "adding tests: which tests reach which function is found anew)")
     args = parser.parse_args()
     unknown = set(args.modules) - set(MODULES)
     if unknown:
@@ -130,6 +143,13 @@ def main() -> int:
     # Named modules: their mutants by name (tested again); none: every mutant not yet tested.
     names = [staged(MODULES[m])[len("src/"):-len(".py")].replace("/", ".") + ".*"
              for m in args.modules]
+    if args.survivors:
+        names = [name for name, status in statuses(args.modules or list(MODULES))
+                 if status in ("survived", "no tests")]
+        (STAGE / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        if not names:
+            print("no survivors")
+            return 0
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     run = subprocess.run(["nice", "-n", "15", sys.executable, "-m", "mutmut", "run",
                           "--max-children", "1", *names], cwd=STAGE, env=env, check=False)
