@@ -326,3 +326,38 @@ def test_a_payer_refund_past_the_overpayment_is_refused_naming_both_amounts() ->
     assert refused.detail == "refund of 201 cents to the payer exceeds the 200 cents credit balance"
     out = run(event_doc("refund", amount_cents=200, to="payer"), state=state)
     assert {ln.memo for ln in delta(out).lines} == {"refund_payer"}
+
+
+def test_a_patient_payment_with_nothing_owed_is_all_unapplied_credit() -> None:
+    state = run(charge(1_000)).state  # insurance owes it all: nothing on self-pay AR
+    out = run(payment(500, channel="portal"), state=state)
+    assert lines(out) == [("1100", 500, 0), ("2100", 0, 500)]
+    assert [ln.memo for ln in delta(out).lines] == ["patient_payment", "unapplied_cash"]
+    assert (out.state.balances.patient_ar, out.state.balances.unapplied_credit) == (0, 500)
+
+
+def test_a_patient_payment_on_an_open_balance_says_so_on_both_lines() -> None:
+    out = run(charge(300, self_pay=True), payment(300, channel="portal"))
+    assert [ln.memo for ln in delta(out).lines] == ["patient_payment", "patient_payment"]
+
+
+def test_an_unmapped_plb_code_goes_to_suspense_with_an_exception_record() -> None:
+    out = run(event_doc("provider_adjustment", "provider:1234", reason_code="ZZ",
+                        amount_cents=700))
+    assert [(u.missing, u.amount_cents) for u in out.unmapped] == [("plb_rules[ZZ]", 700)]
+    assert {ln.memo for ln in delta(out).lines} == {"PLB-ZZ"}
+
+
+def test_a_claim_first_seen_in_its_adjudication_takes_the_payer_and_the_charge() -> None:
+    first = run(charge(1_000), adjudication(1_000, 800, [("CO", "45", 200)],
+                                            occurred_at="2026-11-21T09:00:00-05:00"))
+    claim = first.state.claims["C1"]
+    assert (claim["payer"], claim["payer_class"], claim["total_charge_cents"]) == \
+        ("ACME", "COMMERCIAL", 1_000)
+    first_at = parse(adjudication(1, 1, [], occurred_at="2026-11-21T09:00:00-05:00")).occurred_at
+    assert (claim["status"], claim["first_adjudicated_at"]) == ("adjudicated", first_at)
+    # A later answer for the same claim keeps when it was first adjudicated.
+    later = run(adjudication(-1_000, -800, [("CO", "45", -200)], outcome="reversal",
+                             occurred_at="2026-11-25T09:00:00-05:00"), state=first.state)
+    assert later.state.claims["C1"]["first_adjudicated_at"] == first_at
+    assert later.state.claims["C1"]["status"] == "reversed"
