@@ -217,6 +217,9 @@ def test_manual_adjustment_sides_follow_the_sign() -> None:
     debit = run(event_doc("manual_adjustment", amount_cents=-100), state=state)
     assert lines(credit) == [("4400", 100, 0), ("1210", 0, 100)]
     assert lines(debit) == [("4400", 0, 100), ("1210", 100, 0)]
+    assert {ln.memo for ln in delta(credit).lines} == {"manual"}
+    # The charge that made the AR says so too (the journal's one-word why).
+    assert {ln.memo for ln in delta(run(charge(1_000))).lines} == {"charge"}
 
 
 @pytest.mark.parametrize(
