@@ -63,6 +63,8 @@ class World:
     #: exactly_once: changelog records of a committed transaction the local store has not
     #: written yet (a restart's recovery reads them from the changelog).
     unstored: list[OutRecord] = field(default_factory=list)
+    #: (topic, partition) -> the offset of its last record sent.
+    log_ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def timestamp_ms(self, offset: int) -> int | None:
         return self.timestamps.get(offset)
@@ -154,14 +156,22 @@ class MemoryShell:
                 self._land(r for r in records if self.rng.random() < 0.5)
                 raise
             self._land(records)
-        return [Acked(r.topic, r.partition, 0) for r in records]
+        return self._acks(records)
+
+    def _acks(self, records: list[OutRecord]) -> list[Acked]:
+        """One per topic partition, with the offset of its last record (as ``Outbox.send``)."""
+        last: dict[tuple[str, int], int] = {}
+        for record in records:
+            tp = (record.topic, record.partition)
+            last[tp] = self.world.log_ends[tp] = self.world.log_ends.get(tp, -1) + 1
+        return [Acked(topic, partition, offset) for (topic, partition), offset in last.items()]
 
     async def commit(self, read_to: dict[int, int]) -> None:
         self.call()
         self._land(self.transaction)
         self.world.unstored = [r for r in self.transaction if r.topic in (DEDUP, ACCOUNTS)]
         self.transaction = []
-        self.world.committed = max(self.world.committed, read_to.get(0, 0))
+        self.world.committed = max(self.world.committed, *read_to.values())  # one partition
 
     async def reached(self, point: str) -> None:
         self.call()

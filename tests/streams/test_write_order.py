@@ -31,6 +31,8 @@ class Call:
     #: The kinds of record sent or stored: postings, dlq, dedup, next-offset, head, item.
     kinds: tuple[str, ...]
     limit: dict[int, int]
+    #: send: the (topic, partition, key) of each record; store: the heads and acks it got.
+    detail: object = None
 
 
 def kind(record: OutRecord) -> str:
@@ -51,15 +53,19 @@ class Recording(MemoryShell):
         super().__init__(world, rng=None)  # type: ignore[arg-type]  # never crashes
         self.calls: list[Call] = []
         self.batches: Batches | None = None
+        #: What each send returned.
+        self.sent_acks: list[list[Acked]] = []
 
-    def note(self, what: str, records: list[OutRecord]) -> None:
+    def note(self, what: str, records: list[OutRecord], detail: object = None) -> None:
         assert self.batches is not None
         kinds = tuple(dict.fromkeys(kind(r) for r in records))
-        self.calls.append(Call(what, kinds, dict(self.batches.durable_next)))
+        self.calls.append(Call(what, kinds, dict(self.batches.durable_next), detail))
 
     async def send(self, records: list[OutRecord]) -> list[Acked]:
-        self.note("send", records)
-        return await super().send(records)
+        self.note("send", records, [(r.topic, r.partition, r.key) for r in records])
+        acks = await super().send(records)
+        self.sent_acks.append(acks)
+        return acks
 
     async def commit(self, read_to: dict[int, int]) -> None:
         self.note("commit", [])
@@ -70,15 +76,18 @@ class Recording(MemoryShell):
 
     def store(self, records, heads, acks=()):  # type: ignore[no-untyped-def]
         records = list(records)
-        self.note("store", records)
+        self.note("store", records, (heads, list(acks)))
         super().store(records, heads, acks)
+
+
+PARTITION = 2
 
 
 def apply(world: World, docs: list[dict[str, object]]) -> Recording:
     shell = Recording(world)
     guard = OffsetGuard(shell.load_next_offset, lambda partition: 0)
     shell.batches = Batches(Processor(CHART), shell, shell, guard)
-    asyncio.run(shell.batches.apply(messages(docs)))
+    asyncio.run(shell.batches.apply(messages(docs, partition=PARTITION)))
     return shell
 
 
@@ -100,9 +109,9 @@ def test_at_least_once_sends_outputs_then_dedup_then_heads_then_items() -> None:
 def test_at_least_once_moves_the_commit_limit_only_after_the_last_write() -> None:
     shell = apply(World(CHART), BATCH)
     assert [c.limit for c in shell.calls] == [{}] * len(shell.calls)
-    assert shell.batches is not None and shell.batches.durable_next == {0: len(BATCH)}
+    assert shell.batches is not None and shell.batches.durable_next == {PARTITION: len(BATCH)}
     # And the next offset recorded with the dedup records is the batch's end.
-    assert shell.world.log.dedup[(0, NEXT_OFFSET_KEY)] == str(len(BATCH)).encode()
+    assert shell.world.log.dedup[(PARTITION, NEXT_OFFSET_KEY)] == str(len(BATCH)).encode()
 
 
 def test_exactly_once_sends_everything_in_one_transaction_then_commits_then_stores() -> None:
@@ -113,7 +122,7 @@ def test_exactly_once_sends_everything_in_one_transaction_then_commits_then_stor
         ("store", ("dedup", "next-offset", "head", "item")),
     ]
     limits = {c.what: c.limit for c in shell.calls}
-    assert limits["commit"] == {} and limits["store"] == {0: len(BATCH)}
+    assert limits["commit"] == {} and limits["store"] == {PARTITION: len(BATCH)}
     assert shell.world.committed == len(BATCH)
 
 
@@ -123,7 +132,7 @@ def test_a_batch_whose_outputs_never_come_back_is_never_committable() -> None:
     shell = Recording(world)
     guard = OffsetGuard(shell.load_next_offset, lambda partition: 0)
     batches = shell.batches = Batches(Processor(CHART), shell, shell, guard)
-    answered = asyncio.Event()
+    answered = asyncio.Event()  # partition 0 here
 
     async def send_blocked(records: list[OutRecord]) -> list[Acked]:
         await answered.wait()
@@ -141,3 +150,46 @@ def test_a_batch_whose_outputs_never_come_back_is_never_committable() -> None:
         assert batches.durable_next == {0: len(BATCH)}
 
     asyncio.run(scenario())
+
+
+def test_outputs_go_to_the_source_partition_keyed_by_account() -> None:
+    shell = apply(World(CHART), BATCH)
+    (outputs, *_) = [c.detail for c in shell.calls if c.what == "send"]
+    assert {partition for _, partition, _ in outputs} == {PARTITION}
+    assert sorted(key for topic, _, key in outputs if topic == POSTINGS) == [b"A1", b"A2"]
+    assert b"A3" in {key for topic, _, key in outputs if topic == DLQ}  # the invalid event
+
+
+def test_each_step_is_named_for_the_fault_hooks() -> None:
+    """``worker_kill_at`` and ``worker_hold_at`` name these points (rcmflow/runtime/faults.py)."""
+    steps = ("send", "commit", "store")
+    at_least_once = apply(World(CHART), BATCH)
+    assert [c.what for c in at_least_once.calls if c.what not in steps] == \
+        ["processed", "outputs-acked", "dedup-acked"]
+    exactly_once = apply(World(CHART, exactly_once=True), BATCH)
+    assert [c.what for c in exactly_once.calls if c.what not in steps] == \
+        ["processed", "outputs-acked", "committed"]
+
+
+def test_the_stores_get_the_heads_for_the_cache_and_the_acks_recovery_resumes_from() -> None:
+    for exactly_once in (False, True):
+        shell = apply(World(CHART, exactly_once=exactly_once), BATCH)
+        stores = [c.detail for c in shell.calls if c.what == "store"]
+        acks = [a for a in stores if a[1]]
+        changelog_acks = [a for a in shell.sent_acks
+                          if any(ack.topic != POSTINGS and ack.topic != DLQ for ack in a)]
+        assert [a[1] for a in acks] == changelog_acks and changelog_acks
+        with_heads = [heads for heads, _ in stores if heads]
+        assert len(with_heads) == 1 and set(with_heads[0]) == {(PARTITION, "A1"),
+                                                               (PARTITION, "A2")}
+        assert all(isinstance(heads, dict) for heads, _ in stores)
+
+
+def test_the_commit_limit_never_moves_back() -> None:
+    """A batch read again after a seek back (below what is durable) leaves the limit."""
+    shell = apply(World(CHART), BATCH)
+    batches = shell.batches
+    assert batches is not None
+    batches.guard.sought(PARTITION, 1)
+    asyncio.run(batches.apply(messages(BATCH, partition=PARTITION)[1:3]))
+    assert batches.durable_next == {PARTITION: len(BATCH)}
