@@ -100,3 +100,17 @@ def test_every_line_of_an_answer_is_kept_with_its_memo() -> None:
         ("4160", 1_500, 0, "OA-18"), ("1200", 0, 1_500, "OA-18"),
         ("2900", 500, 0, "CO-999"), ("1200", 0, 500, "CO-999")]
     assert out.state.balances.other_adjustments == 1_500
+
+
+def test_a_submission_that_arrives_after_the_answer_keeps_the_answer() -> None:
+    answered = run(charge(1_000), adjudication(1_000, 1_000, [], occurred_at=AT))
+    late = run(submitted(), state=answered.state)
+    claim = late.state.claims["C1"]
+    assert (claim["status"], claim["first_adjudicated_at"]) == \
+        ("adjudicated", parse(adjudication(1, 1, [], occurred_at=AT)).occurred_at)
+    assert claim["total_charge_cents"] == 1_500 and len(claim["lines"]) == 2
+
+
+def test_an_account_keeps_the_entity_of_its_first_event() -> None:
+    out = run(charge(1_000), charge(500, dimensions={"entity": "02"}))
+    assert out.state.head.entity == "01"
