@@ -111,6 +111,7 @@ class World:
                                                                start=start)]
                 admitted, _ = await batches.apply(batch)
                 assert not admitted.holes, admitted.holes
+                assert shell.unstored_acks is None, "a changelog's acks were not stored"
                 if shell.calls_left is not None:
                     raise Crash  # cut after the batch's last call
                 # The consumer's periodic commit: up to the commit limit, never past it.
@@ -132,9 +133,13 @@ class MemoryShell:
         self.calls_left: int | None = None
         #: exactly_once: the open transaction's records.
         self.transaction: list[OutRecord] = []
+        #: at_least_once: the acks of a changelog send not yet handed to ``store`` (the
+        #: offsets recovery resumes from: the next call must hand them over).
+        self.unstored_acks: list[Acked] | None = None
 
-    def call(self) -> None:
+    def call(self, storing: bool = False) -> None:
         """One call into the shell: the crash, if it is this one."""
+        assert storing or self.unstored_acks is None, "a changelog's acks were not stored"
         if self.calls_left is not None:
             if self.calls_left == 0:
                 raise Crash
@@ -156,7 +161,10 @@ class MemoryShell:
                 self._land(r for r in records if self.rng.random() < 0.5)
                 raise
             self._land(records)
-        return self._acks(records)
+        acks = self._acks(records)
+        if not self.exactly_once and any(r.topic in (DEDUP, ACCOUNTS) for r in records):
+            self.unstored_acks = acks
+        return acks
 
     def _acks(self, records: list[OutRecord]) -> list[Acked]:
         """One per topic partition, with the offset of its last record (as ``Outbox.send``)."""
@@ -204,7 +212,12 @@ class MemoryShell:
 
     def store(self, records: Iterable[OutRecord], heads: dict[tuple[int, str], AccountHead],
               acks: Iterable[Acked] = ()) -> None:
-        self.call()
+        assert isinstance(heads, dict), heads
+        acks = list(acks)
+        if acks:
+            assert acks == self.unstored_acks or self.exactly_once, (acks, self.unstored_acks)
+            self.unstored_acks = None
+        self.call(storing=True)
         store_locally(self.world.local, records)
         if self.exactly_once:
             self.world.unstored = []
