@@ -205,3 +205,17 @@ def test_a_crash_at_every_call_of_a_batch_that_changes_existing_items() -> None:
                     assert world.run(values, 1)
                     assert states(world) == states(reference), (exactly_once, batch, call, seed)
                     assert deltas(world) == deltas(reference)
+
+
+def test_after_a_clean_run_the_changelogs_hold_exactly_the_local_stores() -> None:
+    """Recovery rebuilds a store from its changelog: every write of the store, the dedup
+    horizon's purges too, must have reached it (else a rebuilt store keeps what the purge
+    deleted, and grows for ever)."""
+    values = [(f"A{n % 3}", json.dumps(charge(100 + n, f"A{n % 3}", event_id=f"E{n}")).encode())
+              for n in range(12)]
+    for exactly_once in (False, True):
+        world = World(CHART, exactly_once)
+        assert clock_run(values, 2, world)
+        assert any(key[1].startswith(b"\x00purged") for key in world.log.dedup), "no purge"
+        assert dict(world.log.dedup) == dict(world.local.dedup)
+        assert world.log.accounts == world.local.accounts
