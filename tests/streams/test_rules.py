@@ -364,3 +364,8 @@ def test_a_claim_first_seen_in_its_adjudication_takes_the_payer_and_the_charge()
                              occurred_at="2026-11-25T09:00:00-05:00"), state=first.state)
     assert later.state.claims["C1"]["first_adjudicated_at"] == first_at
     assert later.state.claims["C1"]["status"] == "reversed"
+
+
+def test_revenue_without_a_department_or_revenue_code_names_what_is_missing() -> None:
+    out = run(event_doc("charge_posted", amount_cents=900, dimensions={"entity": "01"}))
+    assert [u.missing for u in out.unmapped] == ["gross_revenue[no department]"]
