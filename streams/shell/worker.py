@@ -1,6 +1,8 @@
 """The Faust app: one agent applies ``rcm.events`` to the account tables, a batch at a time.
 
-The agent is a thin shell around the pure ``Processor``. Per batch, in this order:
+The agent is a thin shell around the pure ``Processor`` and the write order
+(``streams/write_order.py``: ``Batches``, which the crash property test runs too; this module
+gives it the broker and the stores). Per batch, in this order:
 
 1. decode, dedup and apply every event (no I/O but table reads);
 2. send the posting deltas to ``rcm.postings`` and rejections to ``rcm.dlq``; wait for acks;
@@ -55,8 +57,8 @@ from rcmflow.runtime.metrics import Metric, counter, gauge
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.date_window import DateWindow
-from rcmflow.streams.ordering import Admitted, OffsetGuard
-from rcmflow.streams.outgoing import OutRecord
+from rcmflow.streams.ordering import OffsetGuard
+from rcmflow.streams.outgoing import Acked, OutRecord
 from rcmflow.streams.processor import BatchResult, Counts, Message, Processor
 from rcmflow.streams.shell.faust_internals import (
     BulkFeed,
@@ -76,7 +78,8 @@ from rcmflow.streams.shell.faust_internals import (
     settled,
 )
 from rcmflow.streams.shell.outbox import Outbox
-from rcmflow.streams.topics import DLQ, EVENTS, POSTINGS
+from rcmflow.streams.topics import EVENTS
+from rcmflow.streams.write_order import Batches
 from rcmflow.tables.account_tables import AccountTables
 
 __all__ = ["build_worker", "BuiltWorker", "Pipeline", "claim_worker_dir", "worker_families",
@@ -144,16 +147,15 @@ class Pipeline:
         self.outbox = outbox
         self.guard = OffsetGuard(tables.load_next_offset,
                                  lambda partition: committed_offset(app, EVENTS, partition))
+        #: Admit, apply, write in crash-safe order, move the commit limit: the write order
+        #: the property test runs too (``streams/write_order.py``).
+        self.batches = Batches(processor, tables, self, self.guard)
         #: (partition, offset) of a hole -> (first seen, last sought), monotonic seconds.
         self._holes: dict[tuple[int, int], tuple[float, float]] = {}
         #: Partition -> when it last delivered a record (or was assigned), monotonic seconds.
         self.last_delivery: dict[int, float] = {}
         #: Partition -> when the watchdog first found it stalled.
         self._stalled_since: dict[int, float] = {}
-        #: Partition -> the offset after the last record whose whole batch is durable (all
-        #: records before it were applied, in order, in this session or before its start):
-        #: the only offset the consumer may commit (``limit_commits``).
-        self.durable_next: dict[int, int] = {}
         #: Partition -> the group's committed offset when this assignment started reading it.
         self.started_at: dict[int, int] = {}
         self.progress = Progress()
@@ -163,82 +165,35 @@ class Pipeline:
         for partition in {m.partition for m in messages}:
             self.last_delivery[partition] = now
         await self._learn_start_offsets(messages)
-        admitted = self.guard.admit(messages)
-        result = self.processor.process(admitted.messages, self.tables)
+        admitted, result = await self.batches.apply(messages)
         if admitted.messages:
-            await self._write(admitted, result)
+            self.progress.counts.add(result.counts)
+            self.progress.dlq_records += len(result.dlq)
+            self.progress.batches += 1
+            self.progress.events += len(admitted.messages)
+            await self._fault_point("batch-done")
         for partition in admitted.read_to:
             self._holes = {k: v for k, v in self._holes.items() if k[0] != partition}
         for partition, offset in admitted.holes.items():
             await self._read_again(partition, offset)
         return result
 
-    async def _write(self, admitted: Admitted, result: BatchResult) -> None:
-        # What the ledger and the operators see. Outputs go to the source partition's number
-        # (all rcm.* topics have the same count): co-partitioned, and one transaction per
-        # source partition under exactly_once.
-        outputs = [OutRecord(POSTINGS, p, k, v) for p, k, v in result.postings]
-        outputs += [OutRecord(DLQ, p, k, v) for p, k, v in result.dlq]
-        await self._fault_point("processed")
-        if self.outbox.exactly_once:
-            await self._write_in_transactions(admitted, result, outputs)
-        else:
-            await self._write_in_order(admitted, result, outputs)
-        self._advance(admitted.read_to)
-        self.progress.counts.add(result.counts)
-        self.progress.dlq_records += len(result.dlq)
-        self.progress.batches += 1
-        self.progress.events += len(admitted.messages)
-        await self._fault_point("batch-done")
+    # -- the broker side of the write order (``write_order.Shell``) -----------------------
+    @property
+    def exactly_once(self) -> bool:
+        return self.outbox.exactly_once
 
-    async def _write_in_order(self, admitted: Admitted, result: BatchResult,
-                              outputs: list[OutRecord]) -> None:
-        """at_least_once: each step waits for the broker before the next one starts, and the
-        consumer commits the offsets only after the last (``commit_limit``)."""
-        await self.outbox.send(outputs)
-        await self._fault_point("outputs-acked")
-        # Dedup records, only once the outputs they vouch for are durable.
-        dedup = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
-        self.tables.store(dedup, {})  # the local store may run ahead of its changelog
-        self.tables.store([], {}, await self.outbox.send(dedup))
-        await self._fault_point("dedup-acked")
-        # Account heads, then items (rcm.accounts records): a head on the broker means its
-        # batch's dedup records are there, and items not there are re-derived on redelivery.
-        heads = self.tables.head_records(result.heads)
-        items = self.tables.item_records(result.items)
-        self.tables.store(heads + items, result.heads)
-        self.tables.store([], {}, await self.outbox.send(heads))
-        self.tables.store([], {}, await self.outbox.send(items))
-        # The dedup horizon's purge, if due: the mark, then the records, then their index
-        # keys, each durable before the next (``BatchResult.purge_marks``).
-        for writes in (result.purge_marks, result.purged_records, result.purged_index):
-            if writes:
-                purge = self.tables.dedup_records(writes)
-                self.tables.store(purge, {})
-                self.tables.store([], {}, await self.outbox.send(purge))
+    async def send(self, records: list[OutRecord]) -> list[Acked]:
+        return await self.outbox.send(records)
 
-    async def _write_in_transactions(self, admitted: Admitted, result: BatchResult,
-                                     outputs: list[OutRecord]) -> None:
-        """exactly_once: outputs, changelog records and the next offsets of each source
-        partition in one transaction; the local stores only after it committed."""
-        changelog = self.tables.dedup_records(result.dedup_writes, admitted.advanced)
-        changelog += self.tables.head_records(result.heads)
-        changelog += self.tables.item_records(result.items)
-        for writes in (result.purge_marks, result.purged_records, result.purged_index):
-            changelog += self.tables.dedup_records(writes)
-        acks = await self.outbox.send(outputs + changelog)
-        await self._fault_point("outputs-acked")
-        await self.outbox.commit(admitted.read_to, self.app.conf.id)
-        # Nothing awaited between the commit and these: Faust's own commit (which must find
+    async def commit(self, read_to: dict[int, int]) -> None:
+        await self.outbox.commit(read_to, self.app.conf.id)
+        # Nothing awaited between the commit and this: Faust's own commit (which must find
         # nothing to commit) cannot run in between.
-        note_committed(self.app, EVENTS, admitted.read_to)
-        self._advance(admitted.read_to)
-        await self._fault_point("committed")
-        self.tables.store(changelog, result.heads, acks)
+        note_committed(self.app, EVENTS, read_to)
 
-    def _advance(self, read_to: dict[int, int]) -> None:
-        for partition, offset in read_to.items():
-            self.durable_next[partition] = max(offset, self.durable_next.get(partition, 0))
+    async def reached(self, point: str) -> None:
+        await self._fault_point(point)
 
     async def _learn_start_offsets(self, messages: list[Message]) -> None:
         """Where the consumer started each newly assigned partition: the group's committed
@@ -258,8 +213,8 @@ class Pipeline:
     def _durable_position(self, partition: int) -> int:
         """The offset every earlier record of ``partition`` is durably applied below: the
         last durable batch's end, else where this assignment started reading."""
-        if partition in self.durable_next:
-            return self.durable_next[partition]
+        if partition in self.batches.durable_next:
+            return self.batches.durable_next[partition]
         if partition in self.started_at:
             return self.started_at[partition]
         return committed_offset(self.app, EVENTS, partition)
@@ -299,10 +254,10 @@ class Pipeline:
         """What the consumer may commit for ``tp``: nothing past an unapplied record."""
         if tp.topic != EVENTS:
             return None
-        return self.durable_next.get(tp.partition)
+        return self.batches.durable_next.get(tp.partition)
 
     def partitions_assigned(self) -> None:
-        self.durable_next.clear()
+        self.batches.durable_next.clear()
         self.started_at.clear()
         now = time.monotonic()
         self.last_delivery = {p: now for p in assigned_partitions(self.app, EVENTS)}

@@ -7,14 +7,16 @@ unless a test says otherwise. Pure: the processor over ``MemoryTables``.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rcmflow.streams.chart import load_chart
-from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY
+from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, day_of
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import PURGE_RECORDS_MAX, Message, Processor
 from rcmflow.streams.topics import EVENTS
@@ -140,3 +142,17 @@ def test_no_event_ever_posts_twice_whatever_the_replay_times(
     assert sorted(ids) == sorted({f"E{n}" for n in dated})
     assert {r["reason_code"] for r in days.dlq} <= {"beyond_dedup_horizon"}
     assert len(days.postings) + len(days.dlq) + days.replays == len(sends)
+
+
+def test_a_day_is_the_utc_day_whatever_the_machine_s_time_zone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers in different time zones must file an event under the same day (the purge
+    deletes by day)."""
+    moment = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)  # 21:00 the day before in New York
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert day_of(moment) == date(2026, 11, 20).toordinal()
+    finally:
+        monkeypatch.undo()
+        time.tzset()

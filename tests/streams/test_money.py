@@ -329,3 +329,34 @@ def test_currency_and_value_are_required(money: object, why: Refusal, says: str)
 def test_a_fhir_money_reads_as_cents_and_currency() -> None:
     assert money_cents({"value": Decimal("12.30"), "currency": "USD"}, where="m",
                        currencies=USD) == (1230, "USD")
+
+
+# -- found by the mutation run (RELIABILITY.md): what a refusal says -------------------------
+
+@pytest.mark.parametrize("value, says", [
+    (10**12, "paid '1000000000000' is out of range"),
+    (Decimal("Infinity"), "paid is not a finite number"),
+    (Decimal("1.005"), "paid '1.005' has a fraction of a cent"),
+    (Decimal("123456789012.5"), "paid '123456789012.5' is out of range"),
+])
+def test_a_refused_json_number_names_its_field_and_value(value: object, says: str) -> None:
+    with pytest.raises(MoneyError) as refused:
+        number_cents(value, "paid")
+    assert str(refused.value).startswith(says)
+
+
+def test_an_unnamed_field_is_called_amount_or_number() -> None:
+    with pytest.raises(MoneyError, match="^amount 'x' "):
+        parse_cents("x")
+    with pytest.raises(MoneyError, match="^amount is not a JSON number"):
+        number_cents("x")
+    with pytest.raises(MoneyError, match="^number 'x' "):
+        parse_decimal("x")
+
+
+def test_an_empty_currency_is_missing_and_another_names_the_ones_taken() -> None:
+    with pytest.raises(MoneyError, match=r"^m\.currency is missing"):
+        money_cents({"value": 10, "currency": ""}, where="m", currencies=USD)
+    with pytest.raises(MoneyError, match=r"is not a currency the ledger takes \(CAD, USD\)$"):
+        money_cents({"value": 10, "currency": "EUR"}, where="m",
+                    currencies=frozenset({"USD", "CAD"}))

@@ -75,3 +75,32 @@ def test_forget_reloads_after_partitions_move() -> None:
     committed[0] = 49
     guard.forget()
     assert guard.admit(msgs((0, 49))).messages and guard.admit(msgs((0, 52))).holes == {0: 50}
+
+
+# -- found by the mutation run (RELIABILITY.md) ------------------------------------------------
+
+def test_a_committed_offset_past_the_durable_next_offset_is_a_hole_at_the_durable_one() -> None:
+    """The store says offset 5 is next, the group committed 8: records 5..7 are durable
+    nowhere (a commit that ran ahead of the batch's writes). Applying 8 would skip them; the
+    guard sends the worker back to 5, and partition 1 is not held up by partition 0."""
+    guard = OffsetGuard({0: 5, 1: None}.get, {0: 8, 1: 0}.__getitem__)
+    admitted = guard.admit(msgs((0, 8), (0, 9), (1, 0), (1, 1)))
+    assert admitted.holes == {0: 5}
+    assert offsets(admitted.messages) == [(1, 0), (1, 1)]
+
+
+def test_the_next_offset_follows_what_was_admitted() -> None:
+    guard = OffsetGuard(lambda p: 5, lambda p: 5)
+    assert guard.next_offset(0) == 5
+    guard.admit(msgs((0, 5), (0, 6)))
+    assert guard.next_offset(0) == 7
+    assert guard.admit(msgs((0, 7))).advanced == {0: 8}
+
+
+def test_a_seek_sets_where_the_next_record_must_be() -> None:
+    guard = OffsetGuard(lambda p: None, lambda p: 0)
+    assert not guard.positioned(0)
+    guard.sought(0, 3)
+    assert guard.positioned(0) and not guard.positioned(1)
+    admitted = guard.admit(msgs((0, 3), (0, 4)))
+    assert offsets(admitted.messages) == [(0, 3), (0, 4)] and admitted.holes == {}

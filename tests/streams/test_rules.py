@@ -217,6 +217,9 @@ def test_manual_adjustment_sides_follow_the_sign() -> None:
     debit = run(event_doc("manual_adjustment", amount_cents=-100), state=state)
     assert lines(credit) == [("4400", 100, 0), ("1210", 0, 100)]
     assert lines(debit) == [("4400", 0, 100), ("1210", 100, 0)]
+    assert {ln.memo for ln in delta(credit).lines} == {"manual"}
+    # The charge that made the AR says so too (the journal's one-word why).
+    assert {ln.memo for ln in delta(run(charge(1_000))).lines} == {"charge"}
 
 
 @pytest.mark.parametrize(
@@ -279,3 +282,90 @@ def test_account_item_bound_refuses_more_records() -> None:
     result, one = one.applied(parse(charge(1, event_id="CH1")), CHART, items_max=2)
     result, _ = one.applied(parse(adjudication(1, 1, [])), CHART, items_max=2)
     assert isinstance(result, Rejection) and result.reason_code == "account_items_max"
+
+
+# -- found by the mutation run (RELIABILITY.md): paths no test reached --------------------------
+
+def test_a_partly_reversed_charge_can_be_reversed_to_the_cent_and_no_further() -> None:
+    state = run(charge(1_000, event_id="CH1"),
+                event_doc("charge_reversed", amount_cents=600, reverses_event_id="CH1")).state
+    refused = rejected(state, event_doc("charge_reversed", amount_cents=401,
+                                        reverses_event_id="CH1"))
+    assert (refused.reason_code, refused.detail) == (
+        "reversal_exceeds_charge", "reverses 401 cents of a charge with 400 cents left")
+    out = run(event_doc("charge_reversed", amount_cents=400, reverses_event_id="CH1"),
+              state=state)
+    assert out.state.balances.gross_charges == 0 and out.state.balances.insurance_ar == 0
+    assert {ln.memo for ln in delta(out).lines} == {"charge_reversal"}
+
+
+def test_a_self_pay_reversal_without_its_charge_credits_self_pay_ar() -> None:
+    state = run(charge(700, self_pay=True, revenue_code="0300")).state
+    out = run(event_doc("charge_reversed", amount_cents=700, self_pay=True,
+                        dimensions={"revenue_code": "0300"}), state=state)
+    assert lines(out) == [("4010-LAB", 700, 0), ("1210", 0, 700)]
+    assert out.state.balances.patient_ar == 0
+
+
+def test_a_patient_refund_past_the_unapplied_credit_draws_on_a_credit_in_patient_ar() -> None:
+    # 500 unapplied (paid 1 500 on 1 000), then 400 of the charge reversed: self-pay AR
+    # is -400, money owed back to the patient.
+    state = run(charge(1_000, self_pay=True, event_id="CH1"), payment(1_500),
+                event_doc("charge_reversed", amount_cents=400, reverses_event_id="CH1")).state
+    assert (state.balances.unapplied_credit, state.balances.patient_ar) == (500, -400)
+    refused = rejected(state, event_doc("refund", amount_cents=901, to="patient"))
+    assert refused.detail == \
+        "refund of 901 cents to the patient exceeds the 900 cents credit balance"
+    out = run(event_doc("refund", amount_cents=900, to="patient"), state=state)
+    assert lines(out) == [("2110", 0, 900), ("2100", 500, 0), ("1210", 400, 0)]
+    assert {ln.memo for ln in delta(out).lines} == {"refund_patient"}
+    assert (out.state.balances.unapplied_credit, out.state.balances.patient_ar) == (0, 0)
+
+
+def test_a_payer_refund_past_the_overpayment_is_refused_naming_both_amounts() -> None:
+    state = run(charge(1_000), adjudication(1_000, 1_000, []),
+                adjudication(200, 200, [], claim_id="C1-DUP")).state
+    refused = rejected(state, event_doc("refund", amount_cents=201, to="payer"))
+    assert refused.detail == "refund of 201 cents to the payer exceeds the 200 cents credit balance"
+    out = run(event_doc("refund", amount_cents=200, to="payer"), state=state)
+    assert {ln.memo for ln in delta(out).lines} == {"refund_payer"}
+
+
+def test_a_patient_payment_with_nothing_owed_is_all_unapplied_credit() -> None:
+    state = run(charge(1_000)).state  # insurance owes it all: nothing on self-pay AR
+    out = run(payment(500, channel="portal"), state=state)
+    assert lines(out) == [("1100", 500, 0), ("2100", 0, 500)]
+    assert [ln.memo for ln in delta(out).lines] == ["patient_payment", "unapplied_cash"]
+    assert (out.state.balances.patient_ar, out.state.balances.unapplied_credit) == (0, 500)
+
+
+def test_a_patient_payment_on_an_open_balance_says_so_on_both_lines() -> None:
+    out = run(charge(300, self_pay=True), payment(300, channel="portal"))
+    assert [ln.memo for ln in delta(out).lines] == ["patient_payment", "patient_payment"]
+
+
+def test_an_unmapped_plb_code_goes_to_suspense_with_an_exception_record() -> None:
+    out = run(event_doc("provider_adjustment", "provider:1234", reason_code="ZZ",
+                        amount_cents=700))
+    assert [(u.missing, u.amount_cents) for u in out.unmapped] == [("plb_rules[ZZ]", 700)]
+    assert {ln.memo for ln in delta(out).lines} == {"PLB-ZZ"}
+
+
+def test_a_claim_first_seen_in_its_adjudication_takes_the_payer_and_the_charge() -> None:
+    first = run(charge(1_000), adjudication(1_000, 800, [("CO", "45", 200)],
+                                            occurred_at="2026-11-21T09:00:00-05:00"))
+    claim = first.state.claims["C1"]
+    assert (claim["payer"], claim["payer_class"], claim["total_charge_cents"]) == \
+        ("ACME", "COMMERCIAL", 1_000)
+    first_at = parse(adjudication(1, 1, [], occurred_at="2026-11-21T09:00:00-05:00")).occurred_at
+    assert (claim["status"], claim["first_adjudicated_at"]) == ("adjudicated", first_at)
+    # A later answer for the same claim keeps when it was first adjudicated.
+    later = run(adjudication(-1_000, -800, [("CO", "45", -200)], outcome="reversal",
+                             occurred_at="2026-11-25T09:00:00-05:00"), state=first.state)
+    assert later.state.claims["C1"]["first_adjudicated_at"] == first_at
+    assert later.state.claims["C1"]["status"] == "reversed"
+
+
+def test_revenue_without_a_department_or_revenue_code_names_what_is_missing() -> None:
+    out = run(event_doc("charge_posted", amount_cents=900, dimensions={"entity": "01"}))
+    assert [u.missing for u in out.unmapped] == ["gross_revenue[no department]"]
