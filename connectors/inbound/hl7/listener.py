@@ -227,11 +227,12 @@ class MllpListener:
 
     async def _answer(self, writer: asyncio.StreamWriter, ack: bytes, code: AckCode) -> None:
         self.messages += 1
+        number = self.messages  # other connections answer while this one drains
         self.acks[code] += 1
         writer.write(frame(ack))
         await asyncio.wait_for(writer.drain(), self._limits.ack_write_timeout_s)
-        if self.messages == self._faults.mllp_kill_after_ack:
-            kill_this_process(f"mllp_kill_after_ack={self.messages}")
+        if number == self._faults.mllp_kill_after_ack:
+            kill_this_process(f"mllp_kill_after_ack={number}")
 
     def _ack_first(self, item: Frame | FrameError) -> bytes | None:
         """The test-only break (``Faults.break_mllp_ack_first``): an AA for a frame before the
