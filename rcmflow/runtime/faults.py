@@ -58,6 +58,14 @@ class Faults:
     #: rcm.events partition are not handed over the first time they are fetched, as Faust's
     #: drain loop passes over a "gap": the offset guard must see the hole and read it again.
     worker_skip_at: tuple[int, int, int] | None = None
+    #: Worker: (partition, offset, count) as ``worker_skip_at``, but only the first time those
+    #: records are fetched, and with nothing after them needed: as Faust's drain loop drops
+    #: records below a read offset it kept from before a rebalance. Records an earlier process
+    #: applied but did not commit are then never delivered, and nothing moves the commit.
+    worker_drop_once_at: tuple[int, int, int] | None = None
+    #: Worker: Faust's periodic commit finds nothing to commit for the first N seconds of the
+    #: process (what it applies meanwhile stays uncommitted: a kill then leaves it so).
+    worker_commit_hold_s: float | None = None
     #: `rcmflow erp`: kill right after the Nth ERP call succeeded, before its offsets are
     #: committed (the window the ERP's duplicate guard must cover).
     erp_kill_after: int | None = None
@@ -91,10 +99,11 @@ class Faults:
             if at is not None and at[0] not in WORKER_KILL_POINTS:
                 raise ValueError(f"{FAULTS_ENV}: {name} point {at[0]!r} is none of "
                                  f"{', '.join(WORKER_KILL_POINTS)}")
-        skip = self.worker_skip_at
-        if skip is not None and (skip[1] < 0 or skip[2] < 1):
-            raise ValueError(f"{FAULTS_ENV}: worker_skip_at needs an offset >= 0 and a count "
-                             f">= 1, not {skip[1]} and {skip[2]}")
+        for name in ("worker_skip_at", "worker_drop_once_at"):
+            skip = getattr(self, name)
+            if skip is not None and (skip[1] < 0 or skip[2] < 1):
+                raise ValueError(f"{FAULTS_ENV}: {name} needs an offset >= 0 and a count "
+                                 f">= 1, not {skip[1]} and {skip[2]}")
 
     def environment(self) -> dict[str, str]:
         """The child-process environment that makes ``from_environment`` return these."""
@@ -123,7 +132,9 @@ class Faults:
                 elif name == "worker_pause_at":
                     partition, _, batch = value.partition(":")
                     values[name] = (int(partition), int(batch))
-                elif name == "worker_skip_at":
+                elif name == "worker_commit_hold_s":
+                    values[name] = float(value)
+                elif name in ("worker_skip_at", "worker_drop_once_at"):
                     partition, offset, count = value.split(":")
                     values[name] = (int(partition), int(offset), int(count))
                 elif name in ("erp_kill_after", "erp_kill_before", "consume_kill_after",
@@ -168,9 +179,11 @@ class SkipRecords:
     one jump, as when Faust's drain loop passes over a "gap". A partition that never gets past
     ``offset+count`` keeps losing them (choose a range with records after it)."""
 
-    def __init__(self, partition: int, offset: int, count: int) -> None:
+    def __init__(self, partition: int, offset: int, count: int, *, once: bool = False) -> None:
+        """``once`` (``worker_drop_once_at``): disarmed after the first fetch it cut."""
         self.partition, self.first, self.end = partition, offset, offset + count
         self.armed = True
+        self.once = once
 
     def __call__(self, records: list[Any]) -> list[Any]:
         """``records``: one partition's records of one fetch, in offset order."""
@@ -181,6 +194,6 @@ class SkipRecords:
             log.warning("%s worker_skip_at=%d:%d:%d: %d records of a fetch not handed over",
                         FAULTS_ENV, self.partition, self.first, self.end - self.first,
                         len(records) - len(kept))
-        if kept and kept[-1].offset >= self.end:
+        if (kept and kept[-1].offset >= self.end) or (self.once and len(kept) < len(records)):
             self.armed = False
         return kept

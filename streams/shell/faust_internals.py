@@ -70,6 +70,7 @@ __all__ = [
     "own_transactions",
     "seek",
     "assigned_partitions",
+    "commit_in_flight",
     "committed_offset",
     "settled",
     "fetching_state",
@@ -334,6 +335,11 @@ def committed_offset(app: faust.App, topic: str, partition: int) -> int:
     """The group's committed offset for a partition as this consumer knows it (0: none)."""
     consumer: Any = app.consumer
     return int(consumer._committed_offset.get(TP(topic, partition)) or 0)
+
+
+def commit_in_flight(app: faust.App) -> bool:
+    """Is Faust's consumer in the middle of a commit (its next ones wait for it)?"""
+    return cast(Any, app.consumer)._commit_fut is not None
 
 
 def assigned_partitions(app: faust.App, topic: str) -> set[int]:

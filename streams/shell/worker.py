@@ -64,6 +64,7 @@ from rcmflow.streams.shell.faust_internals import (
     BulkFeed,
     assigned_partitions,
     bulk_consume,
+    commit_in_flight,
     committed_offset,
     disable_gap_commits,
     fetching_state,
@@ -97,6 +98,8 @@ STALL_CRASH_S = 120.0
 HOLE_RESEEK_S = 1.0
 #: ... and if it is still there after this long, the worker crashes rather than skip it.
 HOLE_WAIT_S = 60.0
+#: Applied durably but not committed for this long: said in the log (then once a minute).
+COMMIT_LATE_S = 60.0
 
 
 @dataclass
@@ -159,6 +162,11 @@ class Pipeline:
         #: Partition -> the group's committed offset when this assignment started reading it.
         self.started_at: dict[int, int] = {}
         self.progress = Progress()
+        #: Partition -> since when its commit limit is ahead of what was committed.
+        self._uncommitted_since: dict[int, float] = {}
+        self._commit_late_said = 0.0
+        #: Test-only (``Faults.worker_commit_hold_s``): no commit before this monotonic time.
+        self._commit_hold_until = time.monotonic() + (faults.worker_commit_hold_s or 0.0)
 
     async def handle(self, messages: list[Message]) -> BatchResult:
         now = time.monotonic()
@@ -252,7 +260,7 @@ class Pipeline:
 
     def commit_limit(self, tp: TP) -> int | None:
         """What the consumer may commit for ``tp``: nothing past an unapplied record."""
-        if tp.topic != EVENTS:
+        if tp.topic != EVENTS or time.monotonic() < self._commit_hold_until:
             return None
         return self.batches.durable_next.get(tp.partition)
 
@@ -278,6 +286,7 @@ class Pipeline:
             expected = self.guard.next_offset(partition) or 0
             if ends[partition] <= expected:
                 self._stalled_since.pop(partition, None)
+                await self._read_uncommitted_again(kafka, partition, expected, now)
                 continue
             since = self._stalled_since.setdefault(partition, now)
             state = fetching_state(self.app, EVENTS, partition)
@@ -294,6 +303,30 @@ class Pipeline:
             resume(self.app, EVENTS, partition)
             await seek(self.app, EVENTS, partition, start)
             self.guard.sought(partition, start)
+
+    async def _read_uncommitted_again(self, kafka: KafkaConnection, partition: int,
+                                      expected: int, now: float) -> None:
+        """A quiet partition applied up to ``expected`` (here or by an earlier owner) whose
+        group commit is behind, with nothing in this assignment to move it: read it again
+        from the commit, so that its batches move the commit limit. Faust's drain loop drops
+        records below a read offset it kept across a rebalance, and only an admitted batch
+        moves the limit: the group's lag stayed above 0 for good (a fault run found it)."""
+        if self.batches.durable_next.get(partition, 0) >= expected:
+            return
+        if committed_offset(self.app, EVENTS, partition) >= expected:
+            return
+        committed = (await committed_offsets(kafka, self.app.conf.id, EVENTS, [partition])
+                     ).get(partition, 0)
+        if committed >= expected:
+            return
+        start = min(committed, self._durable_position(partition))
+        log.warning("%s partition %d: applied up to offset %d, committed up to %d, and nothing "
+                    "delivered for %.0fs: reading it again from %d so that it is committed",
+                    EVENTS, partition, expected, committed, now - self.last_delivery[partition],
+                    start)
+        self.last_delivery[partition] = now  # one seek, then the records' turn
+        await seek(self.app, EVENTS, partition, start)
+        self.guard.sought(partition, start)
 
     async def measure_lag(self, kafka: KafkaConnection) -> None:
         """Log end minus the next offset to apply, summed over this worker's partitions."""
@@ -322,6 +355,26 @@ class Pipeline:
                 and pause_at[1] == self.progress.batches - 1:
             log.warning("worker_pause_at=%d:%d: pausing the partition", *pause_at)
             pause(self.app, EVENTS, pause_at[0])
+
+    def check_commits(self) -> None:
+        """Say when partitions have been applied durably past what the consumer committed
+        for COMMIT_LATE_S, although batches moved their commit limit: Faust's commits fail
+        or hang (a commit in flight blocks the next ones). The group's lag then stays above
+        0 and a rebalance reads those records again."""
+        now = time.monotonic()
+        late: dict[int, tuple[int, int]] = {}
+        for partition, limit in self.batches.durable_next.items():
+            committed = committed_offset(self.app, EVENTS, partition)
+            if committed >= limit:
+                self._uncommitted_since.pop(partition, None)
+            elif now - self._uncommitted_since.setdefault(partition, now) > COMMIT_LATE_S:
+                late[partition] = (committed, limit)
+        if late and now - self._commit_late_said > COMMIT_LATE_S:
+            self._commit_late_said = now
+            log.warning("%s: applied but not committed for over %.0fs (partition: committed "
+                        "< applied up to): %s; a commit in flight: %s", EVENTS, COMMIT_LATE_S,
+                        ", ".join(f"{p}: {c} < {n}" for p, (c, n) in sorted(late.items())),
+                        commit_in_flight(self.app))
 
     def log_progress(self) -> None:
         p = self.progress
@@ -408,10 +461,11 @@ def build_worker(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     events_topic = app.topic(EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw",
                              value_serializer="raw", partitions=settings.partitions)
 
-    skip = faults.worker_skip_at
+    skip, drop = faults.worker_skip_at, faults.worker_drop_once_at
+    handover = (SkipRecords(*skip) if skip is not None
+                else SkipRecords(*drop, once=True) if drop is not None else None)
     feed = BulkFeed(app, EVENTS, batch_max=settings.batch_max,
-                    batch_wait_s=settings.batch_wait_s,
-                    handover=SkipRecords(*skip) if skip is not None else None)
+                    batch_wait_s=settings.batch_wait_s, handover=handover)
     bulk_consume(app, feed)
 
     # The agent subscribes rcm.events (Faust's group, assignment and commits) and runs the
@@ -441,6 +495,7 @@ def build_worker(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     @app.timer(PROGRESS_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust: -> Callable
     async def _progress() -> None:
         pipeline.log_progress()
+        pipeline.check_commits()
         await pipeline.watchdog(kafka)
         if measure_lag:
             await pipeline.measure_lag(kafka)
