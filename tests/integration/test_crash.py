@@ -113,7 +113,7 @@ def wait_for_progress(kafka: KafkaConnection, worker: WorkerProcess, at_least: i
 
 
 def test_kill_9_at_every_step_then_at_random(broker: Broker, workers: Workers) -> None:
-    workload = Workload.build(accounts=1200, seed=3)
+    workload = Workload.build(accounts=800, seed=3)
     expected = workload.expected()
     feeder = publish_slowly(workload, broker.connection, chunks=30, pause_s=0.6)
     rng = random.Random(5)
@@ -128,7 +128,8 @@ def test_kill_9_at_every_step_then_at_random(broker: Broker, workers: Workers) -
     # 2. kill -9 from outside at random moments, keeping the store or losing it.
     #    Each round waits until this worker has posted something (so the kill lands while it
     #    works, not while it joins the group), unless it finds nothing left to do.
-    for round_ in range(3):
+    #    (Two rounds: the whole-pipeline fault runs, tests/chaos, kill workers at random too.)
+    for round_ in range(2):
         before = len(Observed.read(broker.connection).postings)
         worker = workers.start("w1")
         wait_for_progress(broker.connection, worker, at_least=before + 1, required=False)

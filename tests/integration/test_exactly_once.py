@@ -73,7 +73,7 @@ def assert_exactly_once(kafka: KafkaConnection, expected: Expected) -> Counter[s
 def test_exactly_once_kill_9_at_every_step_then_at_random(
     broker: Broker, workers: Workers, tmp_path: Path
 ) -> None:
-    workload = Workload.build(accounts=1000, seed=13)
+    workload = Workload.build(accounts=700, seed=13)
     expected = workload.expected()
     feeder = publish_slowly(workload, broker.connection, chunks=30, pause_s=0.5)
     rng = random.Random(17)
@@ -90,7 +90,8 @@ def test_exactly_once_kill_9_at_every_step_then_at_random(
                    killed.log_tail)
         assert killed.process.returncode == -9, killed.log_tail()
     # 2. kill -9 from outside at random moments, keeping the store or losing it.
-    for round_ in range(3):
+    #    (Two rounds: the whole-pipeline fault runs, tests/chaos, kill workers at random too.)
+    for round_ in range(2):
         before = len(Observed.read(broker.connection).postings)
         worker = workers.start("w1", **EXACTLY_ONCE)
         wait_for_progress(broker.connection, worker, at_least=before + 1, required=False)
