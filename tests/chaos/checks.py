@@ -231,9 +231,10 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 )
 
 
-def run_checks(stack: Stack, expected: Expected) -> tuple[Observed, list[tuple[str, str]]]:
-    """Every check, in order; the failures as (check, first difference)."""
-    seen = Observed(stack)
+def run_checks(stack: Stack, expected: Expected,
+               seen: Observed) -> tuple[Observed, list[tuple[str, str]]]:
+    """Every check, in order, over what was read of the topics once everything caught up;
+    the failures as (check, first difference)."""
     # What the postings were made of, beside the logs (a failed run's first place to look).
     with open(stack.run_dir / "postings.txt", "w") as out:
         for pid, doc in sorted(seen.posting_docs.items(), key=lambda i: i[1]["event_id"]):

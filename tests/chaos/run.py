@@ -95,9 +95,10 @@ def run_one(seed: int, broker: str, site: TrytonSite, base_dir: Path, *, account
         wait_caught_up(stack.kafka, "rcmflow", EVENTS, "the workers")
         wait_caught_up(stack.kafka, erp_group("rcmflow", "tryton"), POSTINGS,
                        "the ERP connector")
-        _wait_facade(stack, expected)
+        seen = Observed(stack)
+        _wait_facade(stack, expected, seen)
         say(f"seed {seed}: checking")
-        seen, result.failures = run_checks(stack, expected)
+        seen, result.failures = run_checks(stack, expected, seen)
         result.postings = len(seen.postings)
     except (FeedError, StackError, TimeoutError) as exc:
         result.failures.append(("run", str(exc).splitlines()[0]))
@@ -121,11 +122,11 @@ def run_one(seed: int, broker: str, site: TrytonSite, base_dir: Path, *, account
     return result
 
 
-def _wait_facade(stack: Stack, expected: Expected) -> None:
+def _wait_facade(stack: Stack, expected: Expected, seen: Observed) -> None:
     """Until the facade serves the expected balances, or FACADE_CATCH_UP_S (then the facade
     check names the difference); not at all when the state itself differs from the oracle
     (the facade cannot catch up with it; the balances check names the difference)."""
-    if check_balances(stack, Observed(stack), expected) is not None:
+    if check_balances(stack, seen, expected) is not None:
         return
     deadline = time.monotonic() + FACADE_CATCH_UP_S
     while time.monotonic() < deadline:
