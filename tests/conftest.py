@@ -91,7 +91,10 @@ def broker(broker_kind: str, tmp_path: Path) -> Iterator[Broker]:
         asyncio.run(ensure_topics(started.connection, topic_specs("rcmflow"), PARTITIONS, 1))
         yield started
     finally:
-        started.stop()
+        if isinstance(started, ApacheKafka):
+            started.discard()  # a kill -9: its data goes with it
+        else:
+            started.stop()
 
 
 @dataclass
