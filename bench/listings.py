@@ -28,7 +28,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from bench.brokers import BROKERS, start_broker
-from rcmflow.cli.ops import dlq_page, heads_page
+from rcmflow.ops.accounts import dlq_page, heads_page
 from rcmflow.runtime.broker import ensure_topics
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.dlq import Origin, dlq_record

@@ -32,7 +32,7 @@ HEAVY = ("faust", "mode", "rocksdict", "fastapi", "starlette", "uvicorn", "fhir"
 
 #: Help needs neither a broker client nor the settings (pydantic itself: typer uses it).
 NOT_FOR_HELP = HEAVY + ("aiokafka", "pydantic_settings", "rcmflow.runtime.settings",
-                        "rcmflow.runtime.kafka_io", "rcmflow.cli.ops")
+                        "rcmflow.runtime.kafka_io", "rcmflow.ops.accounts")
 
 _RUN = ("import atexit, json, pathlib, sys\n"
         "listing = pathlib.Path(sys.argv.pop(1))\n"

@@ -27,8 +27,8 @@ from rcmflow.cli.demo_sources import (
     X12_FILES,
     send_mllp,
 )
-from rcmflow.cli.ops import dlq_records, latest_heads
 from rcmflow.connectors.inbound.x12.files import ingest_x12_files
+from rcmflow.ops.accounts import dlq_records, latest_heads
 from rcmflow.runtime.broker import EmbeddedBroker, ensure_topics, free_port
 from rcmflow.runtime.exceptions import BrokerError
 from rcmflow.runtime.exit_codes import ExitCode

@@ -246,6 +246,71 @@ def facade() -> None:
     raise typer.Exit(code)
 
 
+@app.command("ops")
+def ops_site() -> None:
+    """Run the operators' site: health, the work queue, accounts, trace (a browser's view of
+    what `rcmflow dlq`, `accounts`, `trace` and `lag` print).
+
+    Serves http://RCMFLOW_OPS_HOST:RCMFLOW_OPS_PORT (127.0.0.1:8081), separate from the
+    patient facade. Everyone logs in (`rcmflow ops-user` makes the logins): a viewer reads; an
+    operator also sees payloads and replays and resolves items. Put it behind TLS (a reverse
+    proxy) anywhere but a laptop: the session cookie is marked Secure only over https.
+    """
+    from rcmflow.ops.server import run_ops_site
+    from rcmflow.runtime import kafka_access
+
+    settings = _settings()
+    kafka = _connect(settings, kafka_access.ops_site_access(settings.app_id))
+    try:
+        code = run_ops_site(settings, kafka)
+    except ValueError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+@app.command("ops-user")
+def ops_user(
+    name: Annotated[str, typer.Argument(help="Login name (letters, digits, . _ @ -).")],
+    role: Annotated[str | None, typer.Option(
+        help="viewer (reads) or operator (also replays and resolves, sees payloads).")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the login.")] = False,
+) -> None:
+    """Add a login to the ops site, change its role or password, or remove it.
+
+    The password is asked twice on a terminal, else read as one line from stdin (at least 12
+    characters). Logins live in RCMFLOW_OPS_USERS_FILE (default RCMFLOW_DATA_DIR/
+    ops-users.json, mode 0600, scrypt hashes); the site reads it at each request, so a change
+    holds at once. Exit 2: a bad name, role or password.
+    """
+    import re
+
+    from rcmflow.ops.exceptions import UsersFileError
+    from rcmflow.ops.server import users_of
+    from rcmflow.ops.users import NAME_PATTERN, ROLES
+
+    users = users_of(_settings())
+    try:
+        if remove:
+            if not users.remove(name):
+                err.print(f"[red]no login {name!r}[/red] in {users.path}")
+                raise typer.Exit(ExitCode.ATTENTION)
+            out.print(f"removed {name}")
+            return
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError(f"a login name is 1-64 of letters, digits and . _ @ - ({name!r})")
+        if role not in ROLES:
+            raise ValueError(f"--role is one of {', '.join(ROLES)}")
+        if sys.stdin.isatty():
+            password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+        users.set(name, role, password)
+    except (ValueError, UsersFileError) as exc:
+        err.print(f"[red]rcmflow ops-user: {escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(ExitCode.REFUSED) from exc
+    out.print(f"{name} is a{'n' if role == 'operator' else ''} {role} ({users.path})")
+
+
 @app.command()
 def erp(
     adapter: Annotated[str, typer.Argument(help="csv, tryton, netsuite, odoo or erpnext.")],
@@ -757,7 +822,7 @@ AfterOption = Annotated[str | None, typer.Option(
 
 def _cursor(after: str | None) -> Any:
     from rcmflow.cli.exceptions import BadCursor
-    from rcmflow.cli.log_pages import Cursor
+    from rcmflow.ops.log_pages import Cursor
 
     try:
         return None if after is None else Cursor.decode(after)
@@ -779,7 +844,7 @@ def accounts_list(as_json: JsonFlag = False, limit: LimitOption = 50,
                   after: AfterOption = None) -> None:
     """Accounts with their status, version and balance, most recently changed first, a page
     at a time (--limit, --after); --limit 0 lists every account by number."""
-    from rcmflow.cli.ops import heads_page, latest_heads
+    from rcmflow.ops.accounts import heads_page, latest_heads
     from rcmflow.streams.money import cents_for_people
     from rcmflow.streams.topics import ACCOUNTS
 
@@ -813,7 +878,7 @@ def accounts_show(
 ) -> None:
     """One account's balance buckets (in cents with --json), claims and payments (its head
     and items; --json prints them as one document)."""
-    from rcmflow.cli.ops import latest_snapshots
+    from rcmflow.ops.accounts import latest_snapshots
     from rcmflow.streams.money import cents_for_people
     from rcmflow.streams.topics import ACCOUNTS
 
@@ -845,7 +910,7 @@ def accounts_history(
     as_json: JsonFlag = False,
 ) -> None:
     """The posting deltas emitted for an account, in version order."""
-    from rcmflow.cli.ops import posting_history
+    from rcmflow.ops.accounts import posting_history
     from rcmflow.streams.money import cents_for_people
     from rcmflow.streams.topics import POSTINGS
 
@@ -877,7 +942,7 @@ def dlq_list(
 ) -> None:
     """DLQ records, newest first, a page at a time: stage, reason and business context
     (payloads with `dlq show ID`; a unique prefix of the id will do)."""
-    from rcmflow.cli.ops import dlq_page, dlq_records
+    from rcmflow.ops.accounts import dlq_page, dlq_records
     from rcmflow.streams.topics import DLQ
 
     kafka = _reader("dlq list", DLQ)
@@ -922,7 +987,7 @@ def dlq_show(dlq_id: Annotated[str, typer.Argument(
         help="A dlq_id from `dlq list`, or a unique prefix of one.")]) -> None:
     """One DLQ record in full, with its original payload. Exit 1: no record with that id or
     prefix, or several (they are listed)."""
-    from rcmflow.cli.ops import find_dlq
+    from rcmflow.ops.accounts import find_dlq
     from rcmflow.streams.topics import DLQ
 
     found = asyncio.run(find_dlq(_reader("dlq show", DLQ), dlq_id))

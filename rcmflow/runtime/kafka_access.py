@@ -138,6 +138,12 @@ def facade_access() -> Access:
     return Access(component="facade", read=(ACCOUNTS,), write=(DLQ,))
 
 
+def ops_site_access(app_id: str) -> Access:
+    """`rcmflow ops`: reads what its pages show, group-less."""
+    del app_id  # its work-queue actions write as `rcmflow dlq` does (added with them)
+    return Access(component="ops", read=(ACCOUNTS, POSTINGS, DLQ, POSTINGS_DLQ))
+
+
 def erp_group(app_id: str, adapter: str) -> str:
     """The ERP connector's own consumer group: one per adapter, apart from the workers'."""
     return f"{app_id}-erp-{adapter}"

@@ -121,6 +121,20 @@ class Settings(BaseSettings):
         "X-Forwarded-For / X-Forwarded-Proto are believed (the reverse proxy's); '' trusts "
         "none, '*' every peer (only where nothing but the proxy reaches the port)."
     )
+    # The operators' site (`rcmflow ops`, ops/site.py): separate from the patient facade.
+    ops_host: str = Field("127.0.0.1", description="Address the operators' site listens on.")
+    ops_port: int = Field(8081, ge=1, le=65535, description="Port of the operators' site.")
+    ops_users_file: Path | None = Field(
+        None, description="Operators' logins (name, role viewer or operator, scrypt hash), "
+        "written by `rcmflow ops-user`; unset: DATA_DIR/ops-users.json."
+    )
+    ops_session_key: SecretStr | None = Field(
+        None, description="HMAC key that signs the site's session cookies (at least 32 bytes); "
+        "unset: a random key per start (everyone logs in again after a restart)."
+    )
+    ops_session_hours: int = Field(
+        8, ge=1, le=24, description="How long a login lasts (hours)."
+    )
     facade_store: Path | None = Field(
         None, description="The facade's SQLite read model; unset: DATA_DIR/facade/read.sqlite."
     )

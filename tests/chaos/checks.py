@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from rcmflow.cli.ops import latest_heads
+from rcmflow.ops.accounts import latest_heads
 from rcmflow.runtime.kafka_io import read_topic
 from rcmflow.streams.topics import DLQ, POSTINGS, POSTINGS_DLQ
 from tests.chaos.model import Expected

@@ -10,10 +10,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from rcmflow.cli.ops import dlq_records
 from rcmflow.facade.feed import LIVE_BATCH_RECORDS_MAX, Feeder, samples_validation
 from rcmflow.facade.server import build_app
 from rcmflow.facade.store import Store
+from rcmflow.ops.accounts import dlq_records
 from rcmflow.runtime.kafka_io import publish, read_topic
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.layout import item_key, parse_key

@@ -15,7 +15,7 @@ import pytest
 
 from rcmflow.cli.demo import demo_lines
 from rcmflow.cli.dev import _expected_versions
-from rcmflow.cli.ops import dlq_records, latest_heads
+from rcmflow.ops.accounts import dlq_records, latest_heads
 from rcmflow.runtime.kafka_io import read_topic
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.topics import DLQ, POSTINGS

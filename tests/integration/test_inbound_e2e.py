@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from rcmflow.cli.demo_sources import DEMO_ACCOUNT, HL7_FILE, X12_FILES, send_mllp
-from rcmflow.cli.ops import latest_snapshots
+from rcmflow.ops.accounts import latest_snapshots
 from rcmflow.runtime.broker import free_port
 from tests.conftest import Broker, Workers, wait_until
 

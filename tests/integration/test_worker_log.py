@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rcmflow.cli.ops import latest_heads
+from rcmflow.ops.accounts import latest_heads
 from tests.conftest import PARTITIONS, Broker, wait_until
 from tests.workload import Workload
 

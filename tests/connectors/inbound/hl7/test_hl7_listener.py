@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from rcmflow.cli.ops import latest_snapshots
 from rcmflow.connectors.inbound.hl7.framing import frame
 from rcmflow.connectors.inbound.hl7.intake import Intake, KafkaSink
 from rcmflow.connectors.inbound.hl7.listener import ListenerLimits, MllpListener
 from rcmflow.connectors.inbound.hl7.mapping import MappingConfig
 from rcmflow.connectors.inbound.hl7.replay import ReplayStore
+from rcmflow.ops.accounts import latest_snapshots
 from rcmflow.runtime.broker import free_port
 from rcmflow.runtime.kafka_io import read_topic
 from rcmflow.streams.topics import DLQ, EVENTS, RAW_HL7

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rcmflow.cli.ops import latest_snapshots
+from rcmflow.ops.accounts import latest_snapshots
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import read_topic
 from rcmflow.streams.topics import DLQ, EVENTS

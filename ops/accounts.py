@@ -12,14 +12,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from rcmflow.cli.log_pages import Cursor, keys_between, read_page
+from rcmflow.ops.log_pages import Cursor, keys_between, read_page
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, read_topic
 from rcmflow.streams.layout import SEPARATOR, assemble, is_head_key, parse_key, read_record
 from rcmflow.streams.state import ItemRef
 from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 
-__all__ = ["latest_heads", "latest_snapshots", "posting_history", "dlq_records",
+__all__ = ["latest_heads", "latest_snapshots", "posting_history", "account_view", "dlq_records",
            "dlq_page", "heads_page", "find_dlq", "LISTING_LIMIT"]
 
 #: Records on one page of `accounts list` / `dlq list` unless --limit says otherwise.
@@ -179,3 +179,12 @@ async def heads_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None
         if part.item is None:
             heads.append(doc)
     return heads, page.next
+
+
+async def account_view(kafka: KafkaConnection, account: str) -> dict[str, Any] | None:
+    """An account as the ops site shows it: its snapshot (buckets, claims, payments) and its
+    posting deltas; None for an account rcm.accounts does not hold."""
+    snapshot = (await latest_snapshots(kafka, account)).get(account)
+    if snapshot is None:
+        return None
+    return {"snapshot": snapshot, "history": await posting_history(kafka, account)}
