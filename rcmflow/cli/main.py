@@ -602,8 +602,10 @@ _BROKER_DOWN = "the broker was unreachable or stopped answering; run the same co
     "counts once (a re-sent delta is the same delta), and a delta newer than its account's "
     "head is in flight, not a mismatch. Names each mismatching account (its number only) "
     "and the difference per bucket. --follow keeps reading both topics and checks each "
-    "account as it changes: rcmflow_audit_mismatches_total and "
-    "rcmflow_audit_accounts_checked_total on --metrics-port, one rcm.dlq record (reason "
+    "account as it changes: rcmflow_audit_mismatches_total, "
+    "rcmflow_audit_accounts_checked_total, rcmflow_audit_dlq_items (exception items by "
+    "reason and entity) and per-entity unapplied credit and suspense on --metrics-port "
+    "(default RCMFLOW_AUDIT_METRICS_PORT), one rcm.dlq record (reason "
     "ledger_mismatch) per mismatch; it stops on Ctrl-C / SIGTERM. Reads only (--follow "
     "writes rcm.dlq); scratch stores under RCMFLOW_DATA_DIR/audits, deleted afterwards. "
     "docs/operations/audit.md."
@@ -617,9 +619,10 @@ def audit(
     follow: Annotated[bool, typer.Option(
         "--follow", help="Keep reading and check each account as it changes, until Ctrl-C "
         "/ SIGTERM.")] = False,
-    metrics_port: Annotated[int, typer.Option(
+    metrics_port: Annotated[int | None, typer.Option(
         min=0, max=65535, help="--follow: serve Prometheus metrics at "
-        "http://RCMFLOW_METRICS_HOST:PORT/metrics; 0: off.")] = 0,
+        "http://RCMFLOW_METRICS_HOST:PORT/metrics; 0: off. Default: "
+        "RCMFLOW_AUDIT_METRICS_PORT (0: off).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     from aiokafka.errors import KafkaError
@@ -636,7 +639,8 @@ def audit(
         if follow:
             raise typer.Exit(asyncio.run(ledger.follow(
                 kafka, scratch, metrics_host=settings.metrics_host,
-                metrics_port=metrics_port)))
+                metrics_port=settings.audit_metrics_port if metrics_port is None
+                else metrics_port)))
         report = asyncio.run(ledger.audit(kafka, scratch, console=err))
     except (KafkaError, TimeoutError) as exc:
         _fail(exc, ExitCode.BROKER)
