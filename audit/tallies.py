@@ -131,8 +131,9 @@ class EntityBalances:
     """Unapplied credit and suspense, per entity, summed over every distinct posting delta.
 
     Unapplied credit: the ``unapplied_credit`` bucket's growth (credits grow it). Suspense:
-    lines posted to suspense because a mapping key was missing, debit-positive (a suspense
-    debit is money waiting to be classified; the reclassification posts it back)."""
+    lines posted to suspense because a mapping key was missing, net, credit-positive (an
+    unmapped charge credits suspense instead of revenue; the reclassification to the mapped
+    GL account takes it back out)."""
 
     def __init__(self) -> None:
         self.unapplied_credit: dict[str, int] = {}
@@ -149,7 +150,7 @@ class EntityBalances:
             if moved:
                 self.unapplied_credit[entity] = self.unapplied_credit.get(entity, 0) + moved
             if line.get("suspense"):
-                self.suspense[entity] = self.suspense.get(entity, 0) + amount
+                self.suspense[entity] = self.suspense.get(entity, 0) - amount
 
     def families(self) -> list[Metric]:
         return [
@@ -157,7 +158,7 @@ class EntityBalances:
                   "not yet applied) per entity, in cents, over every posting delta",
                   [({"entity": e}, v) for e, v in list(self.unapplied_credit.items())]),
             gauge("rcmflow_audit_suspense_cents", "Net amount posted to suspense (unmapped "
-                  "dimensions) per entity, in cents, debit-positive",
+                  "dimensions) per entity, in cents, credit-positive",
                   [({"entity": e}, v) for e, v in list(self.suspense.items())]),
         ]
 
