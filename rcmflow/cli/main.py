@@ -291,6 +291,11 @@ def reconcile(
     day_to: Annotated[str | None, typer.Option(
         "--to", help="Last effective date compared (YYYY-MM-DD).")] = None,
     show: Annotated[int, typer.Option(help="Findings listed in the table.")] = 50,
+    metrics_file: Annotated[Path | None, typer.Option(
+        "--metrics-file", help="Also write the result as Prometheus metrics to this file "
+        "(replaced atomically; for node_exporter's textfile collector): "
+        "rcmflow_reconcile_findings by cause, rcmflow_reconcile_ok, totals, last run time.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Compare source totals, events, posting deltas, account state, the DLQ and the ERP.
@@ -333,6 +338,13 @@ def reconcile(
         raise typer.Exit(ExitCode.ERP_CONFIG) from exc
     except TooLarge as exc:
         _fail(exc)
+    if metrics_file is not None:
+        from rcmflow.audit.reconcile_metrics import write_metrics_file
+
+        try:
+            write_metrics_file(report, metrics_file)
+        except OSError as exc:
+            _fail(exc)
     if as_json:
         _print_json(report.to_json())
     else:

@@ -17,6 +17,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from rcmflow.audit.ledger import Follower
+from rcmflow.audit.reconcile import Report
+from rcmflow.audit.reconcile_metrics import reconcile_families
 from rcmflow.connectors.erp.runner import CircuitBreaker, Flow, erp_families
 from rcmflow.connectors.erp.runner import Progress as ErpProgress
 from rcmflow.connectors.inbound.consume import Progress as ConsumeProgress
@@ -65,6 +67,9 @@ def exported_names(scratch: Path) -> dict[str, set[str]]:
         out["audit"] = sample_names(render(new_registry(follower.families)).decode())
     finally:
         follower.close()
+    # `rcmflow reconcile --metrics-file`: served by node_exporter's textfile collector.
+    out["reconcile"] = sample_names(render(new_registry(lambda: reconcile_families(
+        Report(erp="csv", day_from=None, day_to=None), 0.0))).decode())
     store = Store(scratch / "facade" / "read.sqlite")
     app = create_app(store, Authenticator(enabled=False, key=None, algorithm="HS256"),
                      FacadeConfig(public_url="http://127.0.0.1/fhir"))
