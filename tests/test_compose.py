@@ -741,6 +741,17 @@ def test_the_compose_topology_runs_as_local_processes(topology: Topology) -> Non
     for worker in workers:
         assert "rcmflow_worker_postings_total" in scrape(
             worker.port("RCMFLOW_WORKER_METRICS_PORT"))
+    # The audit follower: each exception item of rcm.dlq counted once, no ledger mismatch.
+    audit_port = topology.one("audit").port("RCMFLOW_AUDIT_METRICS_PORT")
+
+    def dlq_items() -> float:
+        return sum(v for k, v in scrape(audit_port).items()
+                   if k.startswith("rcmflow_audit_dlq_items{") and 'queue="dlq"' in k)
+
+    assert result.dlq  # the workload has refusals
+    wait_until(lambda: dlq_items() == len(result.dlq), 60, "the audit's DLQ items",
+               topology.tails)
+    assert scrape(audit_port).get("rcmflow_audit_mismatches_total") == 0
 
     # `docker compose down`: every process stops on SIGTERM within the grace period.
     assert all(p.alive() for p in topology.processes), topology.tails()
