@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,6 +24,8 @@ from rcmflow.connectors.erp.runner import CircuitBreaker, Flow, erp_families
 from rcmflow.connectors.erp.runner import Progress as ErpProgress
 from rcmflow.connectors.inbound.consume import Progress as ConsumeProgress
 from rcmflow.connectors.inbound.consume import consume_families
+from rcmflow.connectors.inbound.hl7.intake import Intake
+from rcmflow.connectors.inbound.hl7.listener import ListenerLimits, MllpListener
 from rcmflow.facade.app import FacadeConfig, create_app
 from rcmflow.facade.auth import Authenticator
 from rcmflow.facade.store import Store
@@ -62,6 +65,9 @@ def exported_names(scratch: Path) -> dict[str, set[str]]:
         progress, CircuitBreaker(3, 1.0), Flow("csv")))).decode())
     out["consume"] = sample_names(render(new_registry(lambda: consume_families(
         ConsumeProgress(format="events", topic="t", group="g")))).decode())
+    # The listener's families read only its own counters: no intake is needed for them.
+    listener = MllpListener(cast(Intake, None), ListenerLimits())
+    out["mllp"] = sample_names(render(new_registry(listener.families)).decode())
     follower = Follower(KafkaConnection(("127.0.0.1:9",)), scratch / "audit")
     try:
         out["audit"] = sample_names(render(new_registry(follower.families)).decode())
