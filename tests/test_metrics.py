@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -87,3 +89,19 @@ def test_a_bounded_label_folds_the_rest_into_other() -> None:
     assert [label(v) for v in ("hl7", "x12", "lockbox", "hl7", None, "")] == \
         ["hl7", "x12", OTHER, "hl7", "unknown", "unknown"]
     assert BoundedLabel()("a" * 100) == "a" * 64
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e5, allow_nan=False), max_size=200),
+       st.integers(min_value=1, max_value=7))
+def test_histogram_buckets_count_what_is_at_most_their_bound(values: list[float],
+                                                             split: int) -> None:
+    latency = Histogram()
+    # One at a time or a batch at a time: the same histogram.
+    for start in range(0, len(values), split):
+        latency.observe_many(values[start:start + split])
+    counts, _ = latency.series.get((), ([0] * (len(latency.buckets) + 1), [0.0]))
+    cumulative = 0
+    for bound, n in zip(latency.buckets, counts, strict=False):
+        cumulative += n
+        assert cumulative == sum(1 for v in values if v <= bound)
+    assert sum(counts) == len(values) == latency.count()
