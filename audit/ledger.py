@@ -50,6 +50,7 @@ from rich.console import Console
 from rocksdict import Rdict
 
 from rcmflow.audit.digest import BUCKETS, HeadStore, read_live, scratch_dir, store_options
+from rcmflow.audit.tallies import DlqTally, EntityBalances
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, publish, topic_partitions
@@ -59,7 +60,7 @@ from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.layout import is_head_key
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.rules import bucket_effects
-from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
+from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS, POSTINGS_DLQ
 
 __all__ = ["Mismatch", "AuditReport", "LedgerSums", "audit", "follow", "Follower",
            "mismatch_record", "REASON_CODE", "MISMATCHES_SHOWN"]
@@ -333,9 +334,15 @@ class Follower:
         self._latest: dict[int, int] = {}  # changed account -> its newest generation
         self._changed: set[int] = set()  # in the open generation
         self._waiting: list[tuple[dict[int, int], int, set[int]]] = []  # (ends, gen, accounts)
+        #: For the metrics: the exception items of rcm.dlq and rcm.postings.dlq, and each
+        #: entity's unapplied credit and suspense (``audit/tallies.py``).
+        self.dlq = DlqTally()
+        self.balances = EntityBalances()
 
     def families(self) -> list[Metric]:
         return [
+            *self.dlq.families(),
+            *self.balances.families(),
             counter("rcmflow_audit_mismatches", "Accounts found whose ledger buckets differ "
                     "from the sum of their posting deltas (each mismatch once).",
                     [({}, self.mismatches)]),
@@ -354,6 +361,8 @@ class Follower:
         postings = await topic_partitions(self.kafka, POSTINGS)
         tps = ([TopicPartition(ACCOUNTS, p) for p in accounts]
                + [TopicPartition(POSTINGS, p) for p in postings])
+        for queue in (DLQ, POSTINGS_DLQ):  # for the metrics only (``DlqTally``)
+            tps += [TopicPartition(queue, p) for p in await topic_partitions(self.kafka, queue)]
         consumer = AIOKafkaConsumer(**self.kafka.client_options(), group_id=None,
                                     enable_auto_commit=False, fetch_max_wait_ms=100,
                                     isolation_level="read_committed")
@@ -391,7 +400,11 @@ class Follower:
             await consumer.stop()
 
     def take(self, record: Record) -> None:
-        """One record of rcm.accounts or rcm.postings, in offset order per partition."""
+        """One record of rcm.accounts, rcm.postings, rcm.dlq or rcm.postings.dlq, in offset
+        order per partition."""
+        if record.topic in (DLQ, POSTINGS_DLQ):
+            self.dlq.take(record.topic, record.value, record.timestamp_ms)
+            return
         if record.key is None:
             return
         if record.topic == ACCOUNTS:
@@ -403,7 +416,10 @@ class Follower:
             doc = orjson.loads(record.value)
             self._change(self.sums.head(record.key.decode(), int(doc.get("version", 0))))
         elif record.value is not None:
+            new = self.sums.deltas
             changed = self.sums.delta(record.value)
+            if self.sums.deltas > new:  # a new posting id (not a re-send, not a conflict)
+                self.balances.take(orjson.loads(record.value))
             if changed is not None:
                 self._change(changed)
 

@@ -31,9 +31,12 @@ from rcmflow.facade.params import RESOURCES, ResourceSpec, Search, SearchParam, 
 from rcmflow.facade.store import Row, Store
 from rcmflow.runtime.metrics import (
     CONTENT_TYPE_LATEST,
+    REQUEST_BUCKETS_S,
+    Histogram,
     Metric,
     counter,
     gauge,
+    histogram,
     new_registry,
     render,
 )
@@ -94,9 +97,44 @@ def create_app(store: Store, auth: Authenticator, config: FacadeConfig,
     app.include_router(router)
     app.add_api_route("/health", _health(store, feed, auth), methods=["GET"], tags=["ops"],
                       summary="Read model lag and size (JSON, not FHIR)")
-    app.add_api_route("/metrics", _metrics(store, feed), methods=["GET"], tags=["ops"],
-                      summary="Prometheus metrics")
+    requests = Histogram(REQUEST_BUCKETS_S)
+    app.add_middleware(_RequestTimer, requests=requests)
+    app.add_api_route("/metrics", _metrics(store, feed, requests), methods=["GET"],
+                      tags=["ops"], summary="Prometheus metrics")
     return app
+
+
+class _RequestTimer:
+    """Times every HTTP request by route template (``/fhir/Account/{id}``, never the raw
+    path: ids are unbounded and an account number is PHI), method and status class. A
+    request no route matched is ``unmatched``."""
+
+    def __init__(self, app: Any, requests: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.requests.observe(time.perf_counter() - started,
+                                  (route, method, f"{status[0] // 100}xx"))
+
+
+_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
 
 
 _FORMAT: list[dict[str, Any]] = [
@@ -465,7 +503,8 @@ def _health(store: Store, feed: FeedStatus | None,
     return health
 
 
-def _metrics(store: Store, feed: FeedStatus | None) -> Callable[[], Awaitable[Response]]:
+def _metrics(store: Store, feed: FeedStatus | None,
+             requests: Histogram) -> Callable[[], Awaitable[Response]]:
     def families() -> list[Metric]:
         lag = feed.lag() if feed is not None else 0
         return [
@@ -476,6 +515,9 @@ def _metrics(store: Store, feed: FeedStatus | None) -> Callable[[], Awaitable[Re
             counter("rcmflow_facade_invalid_snapshots", "resources not served (invalid FHIR)",
                     [({}, store.invalid_snapshots)]),
             *store.metric_families(),
+            histogram("rcmflow_facade_request_seconds", "HTTP requests by route template, "
+                      "method and status class (2xx, 4xx, ...): how long the answer took",
+                      ["route", "method", "code"], requests),
         ]
 
     registry = new_registry(families)

@@ -47,7 +47,7 @@ from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.state import AccountHead, Item, ItemRef
 from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX
 
-__all__ = ["Message", "BatchResult", "Counts", "Lookups", "Processor",
+__all__ = ["Message", "BatchResult", "Counts", "AppliedEvent", "Lookups", "Processor",
            "describe_validation_error"]
 
 #: Room kept under a topic's record limit for the key and the record's own overhead.
@@ -89,6 +89,18 @@ class Counts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+class AppliedEvent(NamedTuple):
+    """What the metrics need of an applied event (``worker_families``): bounded fields only,
+    never the account."""
+
+    source: str
+    kind: str
+    #: The rcm.events record's timestamp (when the connector published it); None: unknown.
+    timestamp_ms: int | None
+    #: Whether it made a posting delta.
+    posted: bool
+
+
 @dataclass
 class BatchResult:
     """What a batch sends and writes, in the order it must reach the broker."""
@@ -114,6 +126,9 @@ class BatchResult:
     purged_records: dict[tuple[int, bytes], bytes | None] = field(default_factory=dict)
     purged_index: dict[tuple[int, bytes], bytes | None] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
+    #: Every event the batch applied, in order (for the metrics: by source and kind, and
+    #: the end-to-end latency of those that posted).
+    applied: list[AppliedEvent] = field(default_factory=list)
 
 
 class Lookups(Protocol):
@@ -286,6 +301,8 @@ class Processor:
         else:
             out.counts.applied += 1
             posting = self._emit(msg, out, event, outcome)
+            out.applied.append(AppliedEvent(event.source, event.kind.value, msg.timestamp_ms,
+                                            posting is not None))
             entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
                                version=outcome.head.version, posting_sha256=_sha256(posting),
                                horizon_day=filed)
@@ -463,6 +480,7 @@ def _context(event: Event) -> dict[str, object]:
         "account": event.account,
         "event_id": event.event_id,
         "kind": event.kind.value,
+        "entity": event.dimensions.entity,
         "correlation_id": event.correlation_id,
         "source": event.source,
     }

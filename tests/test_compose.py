@@ -97,6 +97,9 @@ RCMFLOW_SERVICES = sorted(name for name, svc in SERVICES.items()
                           if (svc.get("command") or [None])[0] == "rcmflow")
 #: What `docker compose up` starts (no --profile).
 DEFAULT_SERVICES = sorted(name for name, svc in SERVICES.items() if not svc.get("profiles"))
+#: Prometheus and Grafana: images of their own, configured from deploy/ (checked by
+#: tests/deploy); the topology test runs no Docker, so it leaves them out.
+MONITORING_SERVICES = ("prometheus", "grafana")
 #: What the compose file needs from the shell; the test sets them (module docstring).
 REQUIRED_VARIABLES = ("RCMFLOW_FACADE_JWT_KEY", "RCMFLOW_FACADE_JWT_AUDIENCE")
 
@@ -155,7 +158,7 @@ def test_every_rcmflow_variable_is_a_setting(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_services_and_their_commands_exist() -> None:
     assert {KAFKA_SERVICE, "worker", "facade", "mllp", "erp"} <= set(DEFAULT_SERVICES)
-    assert set(RCMFLOW_SERVICES) == set(SERVICES) - {KAFKA_SERVICE}
+    assert set(RCMFLOW_SERVICES) == set(SERVICES) - {KAFKA_SERVICE, *MONITORING_SERVICES}
     commands = typer.main.get_command(rcmflow_cli)
     assert isinstance(commands, typer.core.TyperGroup)
     for name in RCMFLOW_SERVICES:
@@ -449,12 +452,14 @@ class Topology:
         for service in _start_order(DEFAULT_SERVICES):
             if service == KAFKA_SERVICE:
                 continue  # self.kafka: started, answering, and with the file's settings
+            if service in MONITORING_SERVICES:
+                continue  # not rcmflow: Docker only
             for target, condition in _depends_on(SERVICES[service]).items():
                 if target != KAFKA_SERVICE and condition == "service_healthy":
                     self.wait_healthy(target)
             self.start(service)
         for service in DEFAULT_SERVICES:
-            if service != KAFKA_SERVICE:
+            if service != KAFKA_SERVICE and service not in MONITORING_SERVICES:
                 self.wait_healthy(service)
 
     def of(self, service: str) -> list[Process]:
@@ -736,6 +741,17 @@ def test_the_compose_topology_runs_as_local_processes(topology: Topology) -> Non
     for worker in workers:
         assert "rcmflow_worker_postings_total" in scrape(
             worker.port("RCMFLOW_WORKER_METRICS_PORT"))
+    # The audit follower: each exception item of rcm.dlq counted once, no ledger mismatch.
+    audit_port = topology.one("audit").port("RCMFLOW_AUDIT_METRICS_PORT")
+
+    def dlq_items() -> float:
+        return sum(v for k, v in scrape(audit_port).items()
+                   if k.startswith("rcmflow_audit_dlq_items{") and 'queue="dlq"' in k)
+
+    assert result.dlq  # the workload has refusals
+    wait_until(lambda: dlq_items() == len(result.dlq), 60, "the audit's DLQ items",
+               topology.tails)
+    assert scrape(audit_port).get("rcmflow_audit_mismatches_total") == 0
 
     # `docker compose down`: every process stops on SIGTERM within the grace period.
     assert all(p.alive() for p in topology.processes), topology.tails()

@@ -45,13 +45,23 @@ from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.faults import NO_FAULTS, Faults, kill_this_process
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_preflight import ACCESS_ERRORS, access_error
-from rcmflow.runtime.metrics import Metric, counter, gauge, new_registry, serve, url
+from rcmflow.runtime.metrics import (
+    BoundedLabel,
+    Histogram,
+    Metric,
+    counter,
+    gauge,
+    histogram,
+    new_registry,
+    serve,
+    url,
+)
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.postings import PostingDelta
 from rcmflow.streams.rejections import Problem, Rejection
 from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX, POSTINGS, POSTINGS_DLQ
 
-__all__ = ["RunnerOptions", "Progress", "CircuitBreaker", "run_connector", "backoff_s",
+__all__ = ["RunnerOptions", "Progress", "Flow", "CircuitBreaker", "run_connector", "backoff_s",
            "erp_families", "rejection"]
 
 log = logging.getLogger("rcmflow.erp")
@@ -122,10 +132,35 @@ class Progress:
         os.replace(tmp, path)
 
 
-def erp_families(progress: Progress, breaker: CircuitBreaker) -> list[Metric]:
+@dataclass
+class Flow:
+    """What the metrics keep beside ``Progress`` (which is the JSON status file): outcomes by
+    event kind and the delta -> ERP latency."""
+
+    adapter: str
+    #: (event kind, outcome: posted | already_there | rejected) -> deltas.
+    by_kind: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: The rcm.postings record's timestamp (the worker wrote the delta) -> the ERP accepted
+    #: it as a new posting, seconds.
+    latency: Histogram = field(default_factory=Histogram)
+    #: ``event_kind`` is a string in the record: bounded like any input.
+    kinds: BoundedLabel = field(default_factory=BoundedLabel)
+
+    def note(self, record_timestamp_ms: int | None, kind: str, outcome: str,
+             now_s: float) -> None:
+        key = (self.kinds(kind), outcome)
+        self.by_kind[key] = self.by_kind.get(key, 0) + 1
+        if outcome == "posted" and record_timestamp_ms is not None and record_timestamp_ms > 0:
+            self.latency.observe(max(0.0, now_s - record_timestamp_ms / 1000),
+                                 (self.adapter,))
+
+
+def erp_families(progress: Progress, breaker: CircuitBreaker,
+                 flow: Flow | None = None) -> list[Metric]:
     """The connector's metrics, read from its progress at scrape time (another thread: each
     read is of one int or float, and a scrape a moment stale is fine)."""
     at = {"adapter": progress.adapter}
+    flow = flow or Flow(progress.adapter)
     return [
         gauge("rcmflow_erp_lag_records", "rcm.postings records not yet committed by this "
               "connector's group (measured every RCMFLOW_ERP_PROGRESS_S; NaN: not yet known)",
@@ -145,6 +180,15 @@ def erp_families(progress: Progress, breaker: CircuitBreaker) -> list[Metric]:
         gauge("rcmflow_erp_last_commit_timestamp_seconds", "Unix time of the last offset "
               "commit (every delta before it is in the ERP or the DLQ); NaN: none yet",
               [(at, progress.last_commit_at_s)]),
+        counter("rcmflow_erp_postings_by_kind", "Deltas by the kind of event that made them "
+                "and what the ERP answered: posted, already_there (its duplicate guard), "
+                "rejected (to rcm.postings.dlq). Claim-to-ledger completion: against "
+                "rcmflow_worker_postings_by_kind",
+                [(at | {"kind": kind, "outcome": outcome}, n)
+                 for (kind, outcome), n in list(flow.by_kind.items())]),
+        histogram("rcmflow_erp_delta_to_posted_seconds", "From the rcm.postings record's "
+                  "timestamp (the worker wrote the delta) to the ERP accepting it as a new "
+                  "posting", ["adapter"], flow.latency),
     ]
 
 
@@ -191,6 +235,7 @@ class Connector:
         self.adapter = adapter
         self.options = options
         self.progress = Progress(adapter.name)
+        self.flow = Flow(adapter.name)
         self.breaker = CircuitBreaker(options.retry_max, options.breaker_cooldown_s)
         self.rng = random.Random()
         self.stopping = asyncio.Event()
@@ -312,8 +357,10 @@ class Connector:
             deltas.append((record, delta))
         outcomes = await self._post_with_retry([d for _, d in deltas]) if deltas else []
         assert len(outcomes) == len(deltas), "adapter returned a wrong number of outcomes"
+        now_s = time.time()
         for (record, delta), outcome in zip(deltas, outcomes, strict=True):
             assert outcome.posting_id in (delta.posting_id, ""), "outcome for another delta"
+            self.flow.note(record.timestamp, delta.event_kind, outcome.kind, now_s)
             if outcome.kind == "posted":
                 self.progress.posted += 1
             elif outcome.kind == "already_there":
@@ -448,7 +495,8 @@ async def run_connector(adapter: ErpAdapter, options: RunnerOptions) -> ExitCode
     """Run until SIGTERM/SIGINT (or idle_exit_s); returns the exit code."""
     connector = Connector(adapter, options)
     if options.metrics_port:
-        registry = new_registry(lambda: erp_families(connector.progress, connector.breaker))
+        registry = new_registry(lambda: erp_families(connector.progress, connector.breaker,
+                                                     connector.flow))
         try:
             port = serve(registry, options.metrics_host, options.metrics_port)
         except OSError as exc:

@@ -356,6 +356,11 @@ def reconcile(
     day_to: Annotated[str | None, typer.Option(
         "--to", help="Last effective date compared (YYYY-MM-DD).")] = None,
     show: Annotated[int, typer.Option(help="Findings listed in the table.")] = 50,
+    metrics_file: Annotated[Path | None, typer.Option(
+        "--metrics-file", help="Also write the result as Prometheus metrics to this file "
+        "(replaced atomically; for node_exporter's textfile collector): "
+        "rcmflow_reconcile_findings by cause, rcmflow_reconcile_ok, totals, last run time.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Compare source totals, events, posting deltas, account state, the DLQ and the ERP.
@@ -398,6 +403,13 @@ def reconcile(
         raise typer.Exit(ExitCode.ERP_CONFIG) from exc
     except TooLarge as exc:
         _fail(exc)
+    if metrics_file is not None:
+        from rcmflow.audit.reconcile_metrics import write_metrics_file
+
+        try:
+            write_metrics_file(report, metrics_file)
+        except OSError as exc:
+            _fail(exc)
     if as_json:
         _print_json(report.to_json())
     else:
@@ -667,8 +679,10 @@ _BROKER_DOWN = "the broker was unreachable or stopped answering; run the same co
     "counts once (a re-sent delta is the same delta), and a delta newer than its account's "
     "head is in flight, not a mismatch. Names each mismatching account (its number only) "
     "and the difference per bucket. --follow keeps reading both topics and checks each "
-    "account as it changes: rcmflow_audit_mismatches_total and "
-    "rcmflow_audit_accounts_checked_total on --metrics-port, one rcm.dlq record (reason "
+    "account as it changes: rcmflow_audit_mismatches_total, "
+    "rcmflow_audit_accounts_checked_total, rcmflow_audit_dlq_items (exception items by "
+    "reason and entity) and per-entity unapplied credit and suspense on --metrics-port "
+    "(default RCMFLOW_AUDIT_METRICS_PORT), one rcm.dlq record (reason "
     "ledger_mismatch) per mismatch; it stops on Ctrl-C / SIGTERM. Reads only (--follow "
     "writes rcm.dlq); scratch stores under RCMFLOW_DATA_DIR/audits, deleted afterwards. "
     "docs/operations/audit.md."
@@ -682,9 +696,10 @@ def audit(
     follow: Annotated[bool, typer.Option(
         "--follow", help="Keep reading and check each account as it changes, until Ctrl-C "
         "/ SIGTERM.")] = False,
-    metrics_port: Annotated[int, typer.Option(
+    metrics_port: Annotated[int | None, typer.Option(
         min=0, max=65535, help="--follow: serve Prometheus metrics at "
-        "http://RCMFLOW_METRICS_HOST:PORT/metrics; 0: off.")] = 0,
+        "http://RCMFLOW_METRICS_HOST:PORT/metrics; 0: off. Default: "
+        "RCMFLOW_AUDIT_METRICS_PORT (0: off).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     from aiokafka.errors import KafkaError
@@ -701,7 +716,8 @@ def audit(
         if follow:
             raise typer.Exit(asyncio.run(ledger.follow(
                 kafka, scratch, metrics_host=settings.metrics_host,
-                metrics_port=metrics_port)))
+                metrics_port=settings.audit_metrics_port if metrics_port is None
+                else metrics_port)))
         report = asyncio.run(ledger.audit(kafka, scratch, console=err))
     except (KafkaError, TimeoutError) as exc:
         _fail(exc, ExitCode.BROKER)

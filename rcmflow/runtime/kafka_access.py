@@ -195,8 +195,9 @@ def reader_access(component: str, *topics: str) -> Access:
 
 def audit_access(*, follow: bool = False) -> Access:
     """`rcmflow audit`: reads the heads and the deltas, group-less; ``--follow`` also writes
-    one rcm.dlq record per mismatching account."""
-    return Access(component="audit", read=(ACCOUNTS, POSTINGS),
+    one rcm.dlq record per mismatching account, and reads both DLQs for its metrics."""
+    return Access(component="audit",
+                  read=(ACCOUNTS, POSTINGS, *((DLQ, POSTINGS_DLQ) if follow else ())),
                   write=(DLQ,) if follow else ())
 
 

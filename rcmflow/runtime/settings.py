@@ -299,6 +299,11 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="`rcmflow mllp` /metrics port (messages by ACK "
         "code); 0: off.",
     )
+    audit_metrics_port: int = Field(
+        0, ge=0, le=65535, description="`rcmflow audit --follow` /metrics port (mismatches, "
+        "exception items by reason and entity and the oldest one's age, unapplied credit and "
+        "suspense per entity); 0: off.",
+    )
     # Inbound files (`rcmflow ingest x12|payments`, `rcmflow watch`): read as streams (memory:
     # bench/RESULTS.md, "Ingest memory per file size"); these bound the work of one file, past
     # them the file is refused (exit 2) or rejected with the reason.

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from rcmflow.audit.reconcile import Report, reconcile
@@ -134,10 +135,23 @@ def test_a_deleted_journal_entry_names_the_account(broker: Broker,
     code, out = cli(broker, folder)
     assert code == 1
     assert victim.account in out and "journal_entry_missing" in out
-    doc = json.loads(cli(broker, folder, "--json")[1])
+    metrics_file = tmp_path / "textfile" / "rcmflow_reconcile.prom"
+    metrics_file.parent.mkdir()
+    doc = json.loads(cli(broker, folder, "--json", "--metrics-file", str(metrics_file))[1])
     assert doc["ok"] is False
     assert any(f["account"] == victim.account and f["cause"] == "journal_entry_missing"
                for f in doc["findings"])
+    # The same run as metrics, for node_exporter's textfile collector: the differences by
+    # cause, never an account.
+    text = metrics_file.read_text()
+    samples = {(s.name, s.labels.get("cause") or s.labels.get("side")): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("rcmflow_reconcile_findings", "journal_entry_missing")] == 1
+    assert samples[("rcmflow_reconcile_findings", "unposted")] == 1
+    assert samples[("rcmflow_reconcile_findings", "missing_posting")] == 0
+    assert samples[("rcmflow_reconcile_ok", None)] == 0
+    assert samples[("rcmflow_reconcile_total_cents", "postings")] == report.totals.postings_cents
+    assert victim.account not in text
 
 
 def test_a_dropped_posting_is_missing_and_its_journal_entry_extra(broker: Broker,

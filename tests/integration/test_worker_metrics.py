@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from rcmflow.runtime.broker import free_port
@@ -45,6 +47,17 @@ def test_worker_counters_for_a_stream_with_replays_and_a_conflict(
     assert after["rcmflow_worker_postings_total"] == want.postings == len(result.postings)
     assert after["rcmflow_worker_dlq_records_total"] == len(result.dlq)
     assert after["rcmflow_worker_batches_total"] >= 1
+    # Applied events by source and kind, postings by kind, and one latency observation per
+    # posting delta (from the rcm.events record to the delta's ack).
+    applied = Counter((e.source, e.kind) for e in result.applied)
+    assert {k: v for k, v in after.items()
+            if k.startswith("rcmflow_worker_applied_events_total")} == {
+        f'rcmflow_worker_applied_events_total{{kind="{kind}",source="{source}"}}': n
+        for (source, kind), n in applied.items()}
+    assert sum(v for k, v in after.items()
+               if k.startswith("rcmflow_worker_postings_by_kind_total")) == want.postings
+    assert after["rcmflow_worker_event_to_posting_seconds_count"] == want.postings
+    assert 0 < after["rcmflow_worker_event_to_posting_seconds_sum"] / want.postings < 90
     # The lag is measured on the progress timer (every 10 s): everything is applied.
     wait_until(lambda: scrape(port).get("rcmflow_worker_lag_records") == 0, 30, "lag 0",
                worker.log_tail)

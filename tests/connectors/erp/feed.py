@@ -78,12 +78,18 @@ def dlq_records(broker: Broker) -> list[dict[str, Any]]:
 def run_in_process(adapter: ErpAdapter, broker: Broker, group: str = "erp-test",
                    **options: Any) -> Progress:
     """Run the real consumer loop in this process until idle with zero lag."""
+    return run_connector(adapter, broker, group, **options).progress
+
+
+def run_connector(adapter: ErpAdapter, broker: Broker, group: str = "erp-test",
+                  **options: Any) -> Connector:
+    """``run_in_process``, returning the connector (its progress and metrics' flow)."""
     opts = RunnerOptions(kafka=broker.connection, group_id=group, idle_exit_s=1.5,
                          session_timeout_s=1.5, progress_s=0.5, backoff_base_s=0.05,
                          backoff_max_s=0.5, breaker_cooldown_s=0.5, **options)
     connector = Connector(adapter, opts)
     assert asyncio.run(connector.run()) == 0
-    return connector.progress
+    return connector
 
 
 class ConnectorProcess(WorkerProcess):

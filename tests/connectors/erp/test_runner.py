@@ -5,20 +5,29 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import date
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from rcmflow.connectors.erp.base import ErpAdapter, JournalEntry, Outcome, Posted
 from rcmflow.connectors.erp.exceptions import AdapterConfigError, TransientError
-from rcmflow.connectors.erp.runner import CircuitBreaker, Connector, RunnerOptions, backoff_s
+from rcmflow.connectors.erp.runner import (
+    CircuitBreaker,
+    Connector,
+    RunnerOptions,
+    backoff_s,
+    erp_families,
+)
 from rcmflow.runtime.broker import free_port
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.metrics import new_registry, render
 from rcmflow.streams.postings import PostingDelta
 from tests.conftest import Broker
-from tests.connectors.erp.feed import publish_deltas, real_deltas, run_in_process
+from tests.connectors.erp.feed import publish_deltas, real_deltas, run_connector, run_in_process
 
 
 class Scripted:
@@ -80,13 +89,29 @@ def test_transient_failures_stall_then_everything_posts_in_order(
     items = real_deltas(15)
     publish_deltas(broker, items)
     adapter = Scripted(failures=6)
-    progress = run_in_process(adapter, broker, retry_max=3)
+    started = time.time()
+    connector = run_connector(adapter, broker, retry_max=3)
+    progress = connector.progress
     assert progress.transient_failures == 6
     assert progress.posted == len(items) and progress.lag == 0
     assert sorted(adapter.posted) == sorted(PostingDelta.model_validate_json(v).posting_id
                                             for _, v in items)
     assert len(set(adapter.posted)) == len(adapter.posted)
     assert progress.breaker == "closed"
+    # The metrics: each delta by its event's kind, and its wait from rcm.postings to the ERP
+    # (the outage included).
+    kinds = Counter(PostingDelta.model_validate_json(v).event_kind for _, v in items)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(render(new_registry(
+                   lambda: erp_families(progress, connector.breaker, connector.flow))).decode())
+               for s in f.samples}
+    assert {labels[1][1]: n for (name, labels), n in samples.items()
+            if name == "rcmflow_erp_postings_by_kind_total"} == dict(kinds)
+    assert all(dict(labels)["outcome"] == "posted" for (name, labels) in samples
+               if name == "rcmflow_erp_postings_by_kind_total")
+    count = samples[("rcmflow_erp_delta_to_posted_seconds_count", (("adapter", "scripted"),))]
+    total = samples[("rcmflow_erp_delta_to_posted_seconds_sum", (("adapter", "scripted"),))]
+    assert count == len(items) and 0 < total / count < time.time() - started + 1
 
 
 @pytest.mark.broker

@@ -1,0 +1,176 @@
+"""What `rcmflow audit --follow` tallies for the metrics beside its checks.
+
+The follower reads rcm.postings from its start already (the ledger sums), so it can also keep
+each entity's unapplied credit and suspense balance exactly, restart or not (a worker only
+sees the changes since it started, and only of its partitions). It reads rcm.dlq and
+rcm.postings.dlq from their start too, for the exception work queue's size and age.
+
+Both are pure: records in, numbers out (``audit/ledger.py`` feeds them, tests feed them
+directly). Labels are bounded (``BoundedLabel``): never an account.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import orjson
+
+from rcmflow.runtime.metrics import BoundedLabel, Metric, counter, gauge
+from rcmflow.streams.rules import bucket_effects
+from rcmflow.streams.topics import DLQ, POSTINGS_DLQ
+
+__all__ = ["DlqTally", "EntityBalances", "DLQ_ITEMS_TRACKED_MAX", "QUEUES"]
+
+log = logging.getLogger("rcmflow.audit")
+
+#: DLQ items the tally keeps (id, labels and age: ~200 bytes each). Past it, new items are
+#: counted in ``rcmflow_audit_dlq_untracked_total`` and a warning is logged: a queue that
+#: large is an incident the alert has long fired for.
+DLQ_ITEMS_TRACKED_MAX = 500_000
+#: The two queues, by the label value they get.
+QUEUES = {DLQ: "dlq", POSTINGS_DLQ: "postings_dlq"}
+
+
+class _Item(NamedTuple):
+    labels: tuple[str, str, str, str, str]  # queue, stage, reason, entity, severity
+    received_s: float
+
+
+class DlqTally:
+    """Every distinct DLQ item (by ``dlq_id``: a record written twice is one item), counted
+    by queue, stage, reason, entity and severity, and the oldest one's age per queue.
+
+    Today every item counts (the queue has no states yet). The hook for "open only":
+    ``settle(dlq_id)`` takes an item out of the counts; the follower calls it for each item
+    whose state record (the work queue's ``rcm.dlq.state`` topic, once it exists) says
+    replayed or resolved, and ``reopen`` puts it back."""
+
+    def __init__(self, items_max: int = DLQ_ITEMS_TRACKED_MAX) -> None:
+        self.items_max = items_max
+        self.items: dict[str, _Item] = {}
+        self.settled: dict[str, _Item] = {}
+        self.counts: dict[tuple[str, str, str, str, str], int] = {}
+        self.untracked = 0
+        self.unreadable = 0
+        self._reasons = BoundedLabel()
+        self._entities = BoundedLabel()
+
+    def take(self, topic: str, value: bytes | None, timestamp_ms: int | None) -> None:
+        """One rcm.dlq or rcm.postings.dlq record."""
+        if value is None:
+            return
+        try:
+            doc = orjson.loads(value)
+            dlq_id = str(doc["dlq_id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self.unreadable += 1
+            return
+        if dlq_id in self.items or dlq_id in self.settled:
+            return
+        if len(self.items) + len(self.settled) >= self.items_max:
+            if not self.untracked:
+                log.warning("audit: more than %d DLQ items; later ones are counted in "
+                            "rcmflow_audit_dlq_untracked_total only", self.items_max)
+            self.untracked += 1
+            return
+        context = doc.get("context") if isinstance(doc.get("context"), dict) else {}
+        labels = (QUEUES.get(topic, "dlq"), str(doc.get("stage") or "unknown")[:32],
+                  self._reasons(str(doc.get("reason_code") or "")),
+                  self._entities(str(context.get("entity") or "")),
+                  "warning" if doc.get("severity") == "warning" else "error")
+        item = _Item(labels, _received_s(doc.get("received_at"), timestamp_ms))
+        self.items[dlq_id] = item
+        self.counts[labels] = self.counts.get(labels, 0) + 1
+
+    def settle(self, dlq_id: str) -> None:
+        """The item was replayed or resolved: no longer open."""
+        item = self.items.pop(dlq_id, None)
+        if item is not None:
+            self.settled[dlq_id] = item
+            self.counts[item.labels] -= 1
+
+    def reopen(self, dlq_id: str) -> None:
+        item = self.settled.pop(dlq_id, None)
+        if item is not None:
+            self.items[dlq_id] = item
+            self.counts[item.labels] = self.counts.get(item.labels, 0) + 1
+
+    def oldest_age_s(self, now_s: float) -> dict[str, float | None]:
+        """Per queue, the age of its oldest open item (None: none open). A scan: at the
+        tracked bound it takes well under a second, once per scrape."""
+        oldest: dict[str, float] = {}
+        for item in list(self.items.values()):
+            queue = item.labels[0]
+            if queue not in oldest or item.received_s < oldest[queue]:
+                oldest[queue] = item.received_s
+        return {queue: (max(0.0, now_s - oldest[queue]) if queue in oldest else None)
+                for queue in QUEUES.values()}
+
+    def families(self, now_s: float | None = None) -> list[Metric]:
+        now_s = time.time() if now_s is None else now_s
+        names = ("queue", "stage", "reason", "entity", "severity")
+        return [
+            gauge("rcmflow_audit_dlq_items", "Exception items (distinct dlq_id) in rcm.dlq "
+                  "and rcm.postings.dlq, by queue, stage, reason, entity and severity. Every "
+                  "item today; open ones only once the work queue's states are read",
+                  [(dict(zip(names, labels, strict=True)), n)
+                   for labels, n in list(self.counts.items())]),
+            gauge("rcmflow_audit_dlq_oldest_item_age_seconds", "Age of the oldest open "
+                  "exception item per queue (since it was received; NaN: none open)",
+                  [({"queue": q}, age) for q, age in self.oldest_age_s(now_s).items()]),
+            counter("rcmflow_audit_dlq_untracked", "Exception items past the tally's bound "
+                    f"({self.items_max}), counted only here", [({}, self.untracked)]),
+        ]
+
+
+class EntityBalances:
+    """Unapplied credit and suspense, per entity, summed over every distinct posting delta.
+
+    Unapplied credit: the ``unapplied_credit`` bucket's growth (credits grow it). Suspense:
+    lines posted to suspense because a mapping key was missing, net, credit-positive (an
+    unmapped charge credits suspense instead of revenue; the reclassification to the mapped
+    GL account takes it back out)."""
+
+    def __init__(self) -> None:
+        self.unapplied_credit: dict[str, int] = {}
+        self.suspense: dict[str, int] = {}
+        self._entities = BoundedLabel()
+
+    def take(self, delta: dict[str, Any]) -> None:
+        """One new posting delta (a re-send must not reach here: ``LedgerSums`` drops it)."""
+        lines: Iterable[dict[str, Any]] = delta.get("lines") or ()
+        for line in lines:
+            entity = self._entities(str(line.get("entity") or delta.get("entity") or ""))
+            amount = int(line["debit_cents"]) - int(line["credit_cents"])
+            moved = bucket_effects([(str(line["bucket"]), amount)]).get("unapplied_credit")
+            if moved:
+                self.unapplied_credit[entity] = self.unapplied_credit.get(entity, 0) + moved
+            if line.get("suspense"):
+                self.suspense[entity] = self.suspense.get(entity, 0) - amount
+
+    def families(self) -> list[Metric]:
+        return [
+            gauge("rcmflow_audit_unapplied_credit_cents", "Unapplied credit (money received, "
+                  "not yet applied) per entity, in cents, over every posting delta",
+                  [({"entity": e}, v) for e, v in list(self.unapplied_credit.items())]),
+            gauge("rcmflow_audit_suspense_cents", "Net amount posted to suspense (unmapped "
+                  "dimensions) per entity, in cents, credit-positive",
+                  [({"entity": e}, v) for e, v in list(self.suspense.items())]),
+        ]
+
+
+def _received_s(received_at: Any, timestamp_ms: int | None) -> float:
+    """When the item was received: its ``received_at``, else its record's timestamp, else
+    now."""
+    if isinstance(received_at, str):
+        try:
+            return datetime.fromisoformat(received_at).timestamp()
+        except ValueError:
+            pass
+    if timestamp_ms is not None and timestamp_ms > 0:
+        return timestamp_ms / 1000
+    return time.time()

@@ -1,0 +1,96 @@
+"""`rcmflow audit --follow`'s exception and balance metrics, fed records as it reads them
+(``Follower.take``; no broker: the reading loop is the existing follower's)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from rcmflow.audit.ledger import Follower
+from rcmflow.audit.tallies import DlqTally
+from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.runtime.kafka_io import Record
+from rcmflow.runtime.metrics import new_registry, render
+from rcmflow.streams.chart import load_chart
+from rcmflow.streams.memory_tables import MemoryTables
+from rcmflow.streams.processor import Processor
+from rcmflow.streams.topics import DLQ, POSTINGS, POSTINGS_DLQ
+from tests.factories import charge, messages, payment
+
+STAMP_MS = 1_795_000_000_000
+
+
+@pytest.fixture
+def follower(tmp_path: Path) -> Iterator[Follower]:
+    made = Follower(KafkaConnection(("127.0.0.1:9",)), tmp_path)
+    yield made
+    made.close()
+
+
+def _samples(follower: Follower) -> dict[str, float]:
+    text = render(new_registry(follower.families)).decode()
+    return {s.name + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name.startswith("rcmflow_audit")}
+
+
+def _feed(follower: Follower, topic: str, values: list[bytes]) -> None:
+    for offset, value in enumerate(values):
+        follower.take(Record(topic, 0, offset, b"k", value, STAMP_MS))
+
+
+def test_entity_balances_and_exception_items(follower: Follower) -> None:
+    docs = [charge(1_000, account="A1", revenue_code="0999"),  # unmapped: to suspense
+            payment(3_000, account="A2"),  # nothing owed: unapplied credit
+            charge(500, account="A3", dimensions={"entity": "02"}),
+            payment(200, account="A4", dimensions={"entity": "02"})]
+    conflicting = dict(docs[1], amount_cents=3_001)  # same event id, other content
+    result = Processor(load_chart()).process(
+        messages([*docs, conflicting, ("A9", b"{not json")]), MemoryTables())
+    postings = [value for _, _, value in result.postings]
+    _feed(follower, POSTINGS, postings + postings[:2])  # re-sent deltas count once
+    dlq = [value for _, _, value in result.dlq]
+    assert len(dlq) == 3  # the suspense warning, the conflict, the bad JSON
+    _feed(follower, DLQ, dlq + dlq)  # a DLQ record written twice is one item
+    got = _samples(follower)
+    assert got["rcmflow_audit_unapplied_credit_centsentity=01"] == 3_000
+    assert got["rcmflow_audit_unapplied_credit_centsentity=02"] == 200
+    assert got["rcmflow_audit_suspense_centsentity=01"] == 1_000
+    items = {k.split("items", 1)[1]: v for k, v in got.items()
+             if k.startswith("rcmflow_audit_dlq_items")}
+    assert items == {
+        "entity=01,queue=dlq,reason=unmapped_dimension,severity=warning,stage=posting": 1,
+        "entity=01,queue=dlq,reason=conflict,severity=error,stage=dedup": 1,
+        "entity=unknown,queue=dlq,reason=invalid_json,severity=error,stage=decode": 1,
+    }
+    assert got["rcmflow_audit_dlq_oldest_item_age_secondsqueue=dlq"] > 0
+    age = got["rcmflow_audit_dlq_oldest_item_age_secondsqueue=postings_dlq"]
+    assert age != age  # NaN: that queue is empty
+
+
+def test_oldest_age_and_the_open_only_hook() -> None:
+    tally = DlqTally()
+    for n, received in enumerate(("2026-12-01T00:00:00+00:00", "2026-12-03T00:00:00+00:00")):
+        record = {"dlq_id": f"dlq_{n}", "stage": "posting", "reason_code": "erp_rejected",
+                  "severity": "error", "received_at": received, "context": {"entity": "03"}}
+        tally.take(POSTINGS_DLQ, json.dumps(record).encode(), None)
+    now = 1_796_342_400.0  # 2026-12-04T00:00:00Z
+    assert tally.oldest_age_s(now)["postings_dlq"] == 3 * 86_400
+    tally.settle("dlq_0")  # resolved: the work queue's state says so
+    assert tally.oldest_age_s(now)["postings_dlq"] == 86_400
+    assert sum(tally.counts.values()) == 1
+    tally.reopen("dlq_0")
+    assert sum(tally.counts.values()) == 2
+
+
+def test_the_tally_is_bounded() -> None:
+    tally = DlqTally(items_max=3)
+    for n in range(5):
+        tally.take(DLQ, json.dumps({"dlq_id": f"dlq_{n}", "stage": "decode",
+                                    "reason_code": "invalid_json"}).encode(), STAMP_MS)
+    tally.take(DLQ, b"not a record", STAMP_MS)
+    assert len(tally.items) == 3 and tally.untracked == 2 and tally.unreadable == 1
