@@ -18,7 +18,9 @@ Log ends are the true ends (``kafka_io.log_ends``: Tansu's ListOffsets answer is
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    NotCoordinatorForGroupError,
+)
 from aiokafka.structs import TopicPartition
 
 from rcmflow.runtime.kafka_connection import KafkaConnection
@@ -37,6 +44,10 @@ __all__ = ["PartitionLag", "GroupLag", "FacadeLag", "LagReport", "lag_report", "
 
 #: The topics whose log ends a report reads (its READ ACLs; the groups need DESCRIBE).
 TOPICS = (EVENTS, POSTINGS, ACCOUNTS)
+#: Longest wait for a group's coordinator (a fresh cluster makes its offsets topic first).
+COORDINATOR_WAIT_S = 15.0
+_COORDINATOR_STARTING = (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError,
+                         NotCoordinatorForGroupError)
 #: Groups shown at most (a cluster shared with other applications may list thousands).
 GROUPS_MAX = 200
 #: Whose lag is the whole partition while they have committed nothing (they start at the
@@ -156,8 +167,18 @@ async def group_committed(kafka: KafkaConnection, group: str,
         return {}
     admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=10_000)
     await admin.start()
+    deadline = time.monotonic() + COORDINATOR_WAIT_S
     try:
-        found = await admin.list_consumer_group_offsets(group, partitions=partitions)
+        while True:
+            try:
+                found = await admin.list_consumer_group_offsets(group, partitions=partitions)
+                break
+            except _COORDINATOR_STARTING:
+                # A cluster on which no group ever committed makes __consumer_offsets on
+                # this first question: its coordinator answers a moment later.
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
     finally:
         await admin.close()
     return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}

@@ -40,7 +40,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from rcmflow.connectors.inbound.totals import HEADER_STATUS, HEADER_TOTALS
 from rcmflow.ops.lag import group_committed, group_role, listed_groups
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, topic_partitions
@@ -68,10 +67,13 @@ IDS_MAX = 50_000
 RAW_TOPICS = (RAW_HL7, RAW_X12, RAW_PAYMENTS, RAW_FHIR)
 #: Every topic a trace reads (its READ ACLs; the ERP groups' offsets need DESCRIBE on them).
 TOPICS = (*RAW_TOPICS, EVENTS, POSTINGS, DLQ, POSTINGS_DLQ)
-#: Stages in the order the pipeline writes them (ties of one timestamp sort by it).
+#: Stages in the order the pipeline writes them: a trace lists them so, by time within each.
 STAGES = ("raw", "event", "dlq", "posting", "posting_dlq", "erp")
 #: Event-id prefixes whose last part is the payment file's own reference.
 _REFERENCE_PREFIXES = ("payment:", "refund:", "write_off:")
+#: The rcm.raw.hl7 record headers (connectors/inbound/totals.py; the same names, not imported:
+#: the connectors and the event models are not a trace's to load).
+HEADER_STATUS, HEADER_TOTALS = "rcm-status", "rcm-source-totals"
 #: Context keys of a DLQ record never matched (an account names many units, not one).
 _NOT_IDS = frozenset({"account", "kind", "source", "stage", "adapter", "entity"})
 
@@ -113,8 +115,11 @@ class Step:
     payload: Any = None
 
     def sort_key(self) -> tuple[int, int, int, int]:
+        """The pipeline's order, then time: a connector may write a unit's events a few
+        milliseconds before its raw record (an X12 set's record is written once the set
+        was read), and a unit is read from its source on."""
         at = self.timestamp_ms if self.timestamp_ms is not None else 2**62
-        return (at, STAGES.index(self.stage), self.partition or 0, self.offset or 0)
+        return (STAGES.index(self.stage), at, self.partition or 0, self.offset or 0)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

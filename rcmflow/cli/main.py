@@ -940,12 +940,19 @@ def dlq_show(dlq_id: Annotated[str, typer.Argument(
     raise typer.Exit(ExitCode.ATTENTION)
 
 
+def _broker_failed(command: str, exc: Exception) -> NoReturn:
+    err.print(f"[red]rcmflow {command}: {_BROKER_DOWN} ({escape(str(exc) or type(exc).__name__)})"
+              "[/red]", soft_wrap=True)
+    raise typer.Exit(ExitCode.BROKER) from exc
+
+
 @app.command(help=(
     "Follow one unit of work through the pipeline by an id: an HL7 MSH-10 control id, an "
     "835 TRN02 trace number, a payment file's batch or a payment's reference, an event id "
-    "or a posting id (pst_...). Prints every record that belongs to it, in time order: the "
-    "raw records (rcm.raw.*), canonical events (rcm.events), DLQ records (rcm.dlq, "
-    "rcm.postings.dlq), posting deltas (rcm.postings) and each ERP connector's outcome "
+    "or a posting id (pst_...). Prints every record that belongs to it, in the pipeline's "
+    "order and by time within each stage: the raw records (rcm.raw.*), canonical events "
+    "(rcm.events), DLQ records (rcm.dlq), posting deltas (rcm.postings), the ERP's "
+    "refusals (rcm.postings.dlq) and each ERP connector's outcome "
     "(taken: its group committed past the delta; rejected: its rcm.postings.dlq record; "
     "pending), and the unit's latency from its first source record to its last timestamped "
     "record. Ids, accounts, amounts, codes, topics, offsets and times only: payloads (which "
@@ -987,7 +994,7 @@ def trace(
                                       progress=lambda label, total: progress(err, label,
                                                                              total=total)))
     except (KafkaError, OSError, TimeoutError) as exc:
-        _fail(exc, ExitCode.BROKER)
+        _broker_failed("trace", exc)
     if not found.found:
         err.print(f"[red]nothing names {unit_id!r}[/red] since {since} (records read: "
                   f"{sum(found.read.values()):,}); try --since all, or another id",
@@ -1033,7 +1040,7 @@ def lag(
         report = asyncio.run(lag_report(kafka, app_id=settings.app_id, groups=groups or (),
                                         facade_store=store))
     except (KafkaError, OSError, TimeoutError) as exc:
-        _fail(exc, ExitCode.BROKER)
+        _broker_failed("lag", exc)
     if as_json:
         _print_json(report.to_json())
         return

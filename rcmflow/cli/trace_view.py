@@ -19,6 +19,11 @@ from rcmflow.streams.money import cents_for_people
 __all__ = ["render_trace", "render_lag", "step_line"]
 
 
+#: What the latency runs to, by the stage of the unit's last timestamped record.
+_WHAT = {"raw": "source record", "event": "event", "dlq": "DLQ record",
+         "posting": "posting delta", "posting_dlq": "ERP refusal (rcm.postings.dlq)"}
+
+
 def _when(ms: int | None) -> str:
     if ms is None:
         return "-"
@@ -78,7 +83,8 @@ def render_trace(found: Trace, out: Console) -> None:
                 out.print(Padding(Text(text), (0, 0, 0, 4)))
     if found.latency_ms is not None:
         out.print(f"end to end: {found.latency_ms / 1000:.3f} s (first source record -> "
-                  f"last {found.latency_to} record)", highlight=False, markup=False)
+                  f"last {_WHAT.get(found.latency_to or '', 'record')})", highlight=False,
+                  markup=False)
     outcomes = found.erp_outcomes()
     if outcomes:
         said = ", ".join(f"{n} {what}" for what, n in sorted(outcomes.items()))
