@@ -407,8 +407,10 @@ async def _bounds(kafka: KafkaConnection, topic: str, since: datetime | None
         end, first = ends[tp.partition], begin.get(tp, 0)
         if since is not None:
             hit = found.get(tp)
-            # No record at or after `since`: nothing to read there.
-            first = max(first, hit.offset if hit is not None and hit.offset >= 0 else end)
+            # No record at or after `since` (Kafka: None; Tansu: timestamp -1): nothing to
+            # read there.
+            none = hit is None or hit.offset < 0 or hit.timestamp < 0
+            first = max(first, end if none or hit is None else hit.offset)
         bounds[tp.partition] = (first, end)
     return bounds
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,11 @@ def test_the_demo_visit_is_traced_from_its_sources_to_the_erp_and_lag_follows_th
     assert [s.stage for s in by_trn.steps] == ["raw", "event", "posting", "erp"]
     assert by_trn.steps[1].summary["account"] == DEMO_ACCOUNT
     assert by_trn.steps[1].summary["kind"] == "claim_adjudicated"
+
+    # --since bounds the scan by time: from an hour ahead there is nothing to read at all.
+    later = asyncio.run(trace(broker.connection, MSH_10, app_id="rcmflow",
+                              since=datetime.now(UTC) + timedelta(hours=1)))
+    assert not later.found and sum(later.read.values()) == 0
 
     unknown = _cli(env, "trace", "NO-SUCH-ID")
     assert unknown.returncode == 1 and "nothing names 'NO-SUCH-ID'" in unknown.stderr
