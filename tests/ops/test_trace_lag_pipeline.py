@@ -26,6 +26,7 @@ from tests.conftest import Broker, Workers, wait_until
 pytestmark = pytest.mark.broker
 
 MSH_10 = "DEMO3001"
+REFUSED_MSH_10 = "DEMO3001-ORU"
 TRN02 = "DEMOEFT3001"
 
 
@@ -53,9 +54,14 @@ def _in_order(found: Trace) -> None:
 def test_the_demo_visit_is_traced_from_its_sources_to_the_erp_and_lag_follows_the_worker(
         broker: Broker, workers: Workers, tmp_path: Path) -> None:
     env = workers.env(RCMFLOW_ERP_CSV_DIR=str(tmp_path / "journal"))
-    for args in (("hl7", str(HL7_FILE)), ("x12", *map(str, X12_FILES))):
-        done = _cli(env, "ingest", *args)
-        assert done.returncode == 0, done.stdout + done.stderr
+    # The visit, and a message of a type rcmflow does not take, refused into rcm.dlq.
+    refused = tmp_path / "oru.hl7"
+    refused.write_bytes(HL7_FILE.read_bytes().replace(MSH_10.encode(), REFUSED_MSH_10.encode())
+                        .replace(b"DFT^P03^DFT_P03", b"ORU^R01^ORU_R01"))
+    done = _cli(env, "ingest", "hl7", str(HL7_FILE), str(refused))
+    assert done.returncode == 1, done.stdout + done.stderr
+    done = _cli(env, "ingest", "x12", *map(str, X12_FILES))
+    assert done.returncode == 0, done.stdout + done.stderr
 
     # Before any worker ran: the workers' group has committed nothing, all 4 events wait.
     done = _cli(env, "lag", "--json")
@@ -121,6 +127,12 @@ def test_the_demo_visit_is_traced_from_its_sources_to_the_erp_and_lag_follows_th
     assert [s.stage for s in by_trn.steps] == ["raw", "event", "posting", "erp"]
     assert by_trn.steps[1].summary["account"] == DEMO_ACCOUNT
     assert by_trn.steps[1].summary["kind"] == "claim_adjudicated"
+
+    # The refused message: its raw record and its DLQ record, with the reason.
+    by_refused = _trace(broker, REFUSED_MSH_10)
+    assert [s.stage for s in by_refused.steps] == ["raw", "dlq"]
+    assert by_refused.steps[0].summary["status"] == "refused"
+    assert by_refused.steps[1].summary["reason_code"] == "unsupported_message_type"
 
     # --since bounds the scan by time: from an hour ahead there is nothing to read at all.
     later = asyncio.run(trace(broker.connection, MSH_10, app_id="rcmflow",
