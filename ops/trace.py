@@ -208,13 +208,21 @@ class Needles:
     #: (partition, offset) of the unit's events on rcm.events (the worker's DLQ origins).
     event_places: set[tuple[int, int]] = field(default_factory=set)
 
+    #: More than IDS_MAX ids of one kind: the trace is cut (it says so).
+    overflowed: bool = False
+
     def add(self, ids: set[str], new: Iterable[str]) -> None:
         for item in new:
             if len(ids) < IDS_MAX:
                 ids.add(item)
+            elif item not in ids:
+                self.overflowed = True
 
-    def all_ids(self) -> set[str]:
-        return {self.query} | self.event_ids | self.posting_ids | self.raw_keys
+    def names(self, value: str) -> bool:
+        """Whether ``value`` is the query or one of the unit's ids (no set is built: a DLQ
+        record is checked against a large 835's thousands of ids)."""
+        return (value == self.query or value in self.event_ids or value in self.posting_ids
+                or value in self.raw_keys)
 
 
 def _json(value: bytes | None) -> dict[str, Any] | None:
@@ -361,12 +369,11 @@ def match_dlq(record: Record, needles: Needles, *, payloads: bool = False) -> St
     context = doc.get("context") if isinstance(doc.get("context"), dict) else {}
     origin = doc.get("origin") if isinstance(doc.get("origin"), dict) else {}
     assert isinstance(context, dict) and isinstance(origin, dict)
-    ids = needles.all_ids()
-    named = {str(v) for k, v in context.items()
-             if k not in _NOT_IDS and isinstance(v, str | int) and not isinstance(v, bool)}
+    named = any(needles.names(str(v)) for k, v in context.items()
+                if k not in _NOT_IDS and isinstance(v, str | int) and not isinstance(v, bool))
     at_event = (origin.get("topic") == EVENTS
                 and (origin.get("partition"), origin.get("offset")) in needles.event_places)
-    if not (doc.get("dlq_id") == needles.query or named & ids or at_event
+    if not (doc.get("dlq_id") == needles.query or named or at_event
             or (origin.get("key") in needles.raw_keys and origin.get("topic") != EVENTS)):
         return None
     stage = "posting_dlq" if record.topic == POSTINGS_DLQ else "dlq"
@@ -507,6 +514,7 @@ async def trace(kafka: KafkaConnection, query: str, *, app_id: str,
         await scan(topic, match_dlq)
     if found.steps:
         await _erp_steps(kafka, app_id, found)
+    found.truncated = found.truncated or needles.overflowed
     found.steps = _unique(found.steps)
     found.steps.sort(key=Step.sort_key)
     found.elapsed_s = time.monotonic() - started

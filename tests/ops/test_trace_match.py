@@ -192,3 +192,12 @@ def test_lag_and_trace_say_run_again_when_the_broker_is_down(tmp_path: Path) -> 
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 3, done.stdout + done.stderr
         assert "run the same command again" in " ".join(done.stderr.split())
+
+
+def test_a_unit_past_the_ids_bound_is_said_to_be_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tr, "IDS_MAX", 2)
+    needles = Needles("MSG42")
+    needles.add(needles.event_ids, ["e1", "e2", "e2"])
+    assert not needles.overflowed
+    needles.add(needles.event_ids, ["e3"])
+    assert needles.overflowed and needles.event_ids == {"e1", "e2"}
