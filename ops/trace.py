@@ -19,7 +19,9 @@ committed past the delta's offset took it (the ERP posted it, or already had it:
 connector commits only then), unless that adapter's rcm.postings.dlq record says it refused
 it; a group not past it has it pending. The connector records no time per accepted delta,
 so the latency is measured from the unit's first source record to its last timestamped
-record (the posting delta, or the ERP's refusal), and the report says so.
+record (the posting delta, or the ERP's refusal), and the report says so. Given an ERP
+adapter, the trace also reads that ERP's journal back (as `rcmflow reconcile --erp` does) and
+says of each delta whether the ERP holds it, under which reference.
 
 What is shown: ids, accounts, amounts in cents, codes, topics, offsets and times. Payloads
 (the HL7 message, X12 segments, a payment row, a FHIR resource, an event's or a DLQ record's
@@ -33,8 +35,8 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -53,6 +55,9 @@ from rcmflow.streams.topics import (
     RAW_PAYMENTS,
     RAW_X12,
 )
+
+if TYPE_CHECKING:
+    from rcmflow.connectors.erp.base import ErpAdapter
 
 __all__ = ["Step", "Trace", "trace", "parse_since", "Needles", "match_raw", "match_event",
            "match_posting", "match_dlq", "TOPICS", "DEFAULT_SINCE", "STEPS_MAX", "Advance"]
@@ -487,12 +492,51 @@ async def _erp_steps(kafka: KafkaConnection, app_id: str, found: Trace) -> None:
                 **({"reason_code": dlq.summary.get("reason_code")} if dlq else {})}))
 
 
+async def _journal(adapter: ErpAdapter, open_it: bool, found: Trace) -> None:
+    """Whether the ERP's own journal holds each delta of the unit (``read_journal`` over the
+    deltas' effective dates), on that adapter's ERP steps: ``in_erp`` and its ``erp_ref``."""
+    deltas = [s for s in found.steps if s.stage == "posting"]
+    if not deltas:
+        return
+    wanted = {str(s.summary["posting_id"]) for s in deltas}
+    days = [date.fromisoformat(str(s.summary["effective_date"])) for s in deltas]
+    held: dict[str, str] = {}
+    if open_it:
+        await adapter.open()
+    try:
+        async for entry in adapter.read_journal(day_from=min(days), day_to=max(days)):
+            if entry.posting_id in wanted and entry.posted:
+                held[entry.posting_id] = entry.erp_ref
+    finally:
+        if open_it:
+            await adapter.close()
+    shown = set()
+    for step in found.steps:
+        if step.stage == "erp" and step.summary["adapter"] == adapter.name:
+            posting_id = str(step.summary["posting_id"])
+            step.summary["in_erp"] = posting_id in held
+            step.summary["erp_ref"] = held.get(posting_id)
+            shown.add(posting_id)
+    for delta in deltas:  # no connector group of this adapter: the journal alone says
+        posting_id = str(delta.summary["posting_id"])
+        if posting_id not in shown:
+            found.steps.append(Step("erp", POSTINGS, delta.partition, delta.offset, None, {
+                "adapter": adapter.name, "group": None, "posting_id": posting_id,
+                "account": delta.summary.get("account"),
+                "outcome": "taken" if posting_id in held else "pending",
+                "committed_offset": None, "in_erp": posting_id in held,
+                "erp_ref": held.get(posting_id)}))
+
+
 async def trace(kafka: KafkaConnection, query: str, *, app_id: str,
                 since: datetime | None = None, payloads: bool = False,
-                progress: ProgressFactory | None = None) -> Trace:
+                progress: ProgressFactory | None = None,
+                erp: ErpAdapter | None = None, open_erp: bool = True) -> Trace:
     """Every record that belongs to the unit ``query`` names, in order (see the module).
     ``progress(label, total)``: a context manager yielding an ``advance(n)`` callback
-    (``rcmflow.runtime.progress.progress`` bound to a console), or None for quiet."""
+    (``rcmflow.runtime.progress.progress`` bound to a console), or None for quiet.
+    ``erp``: also look the unit's deltas up in that ERP's journal (opened first unless
+    ``open_erp`` is False: the csv journal is read without its writer's lock)."""
     query = query.strip()
     found = Trace(query, since)
     needles = Needles(query)
@@ -514,6 +558,8 @@ async def trace(kafka: KafkaConnection, query: str, *, app_id: str,
         await scan(topic, match_dlq)
     if found.steps:
         await _erp_steps(kafka, app_id, found)
+    if erp is not None:
+        await _journal(erp, open_erp, found)
     found.truncated = found.truncated or needles.overflowed
     found.steps = _unique(found.steps)
     found.steps.sort(key=Step.sort_key)

@@ -940,6 +940,21 @@ def dlq_show(dlq_id: Annotated[str, typer.Argument(
     raise typer.Exit(ExitCode.ATTENTION)
 
 
+def _erp_reader(name: str, settings: Settings) -> tuple[Any, bool]:
+    """The ERP adapter `reconcile --erp` reads the journal back with, and whether to open
+    it; exit 2 for an unknown adapter, 4 for a misconfigured one."""
+    from rcmflow.audit.reconcile import build_reader
+    from rcmflow.connectors.erp.exceptions import AdapterConfigError
+    from rcmflow.streams.chart import load_chart
+
+    try:
+        return build_reader(name, settings, load_chart(settings.coa))
+    except ValueError as exc:
+        _fail(exc)
+    except AdapterConfigError as exc:
+        _fail(exc, ExitCode.ERP_CONFIG)
+
+
 def _broker_failed(command: str, exc: Exception) -> NoReturn:
     err.print(f"[red]rcmflow {command}: {_BROKER_DOWN} ({escape(str(exc) or type(exc).__name__)})"
               "[/red]", soft_wrap=True)
@@ -962,7 +977,8 @@ def _broker_failed(command: str, exc: Exception) -> NoReturn:
                   (ExitCode.ATTENTION, "no record names this id since --since"),
                   (ExitCode.REFUSED, "a bad --since, a bad RCMFLOW_* setting, no broker, or "
                                      "this user lacks an ACL"),
-                  (ExitCode.BROKER, _BROKER_DOWN))))
+                  (ExitCode.BROKER, _BROKER_DOWN),
+                  (ExitCode.ERP_CONFIG, "--erp: the ERP adapter is misconfigured"))))
 def trace(
     unit_id: Annotated[str, typer.Argument(
         metavar="ID", help="MSH-10, TRN02, payment batch or reference, event id or posting "
@@ -973,6 +989,10 @@ def trace(
     payloads: Annotated[bool, typer.Option(
         "--payloads", help="Also print each record's payload (the HL7 message, X12 "
         "segments, payment row, event and DLQ documents): may hold PHI.")] = False,
+    erp_name: Annotated[str | None, typer.Option(
+        "--erp", help="Also read this ERP's journal back (csv, tryton, netsuite, odoo, "
+        "erpnext; the RCMFLOW_ERP_* settings of `rcmflow erp`) and say whether it holds "
+        "each delta, under which reference.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     from aiokafka.errors import KafkaError
@@ -988,13 +1008,22 @@ def trace(
         _fail(exc)
     settings = _settings()
     kafka = _connect(settings, kafka_access.reader_access("trace", *TOPICS))
+    adapter, open_it = _erp_reader(erp_name, settings) if erp_name else (None, False)
+    # The ERP's errors only when one is read (the connectors are not a plain trace's to load).
+    erp_errors: tuple[type[Exception], ...] = ()
+    if adapter is not None:
+        from rcmflow.connectors.erp.exceptions import AdapterConfigError
+
+        erp_errors = (AdapterConfigError,)
     try:
         found = asyncio.run(run_trace(kafka, unit_id, app_id=settings.app_id, since=start,
-                                      payloads=payloads,
+                                      payloads=payloads, erp=adapter, open_erp=open_it,
                                       progress=lambda label, total: progress(err, label,
                                                                              total=total)))
     except (KafkaError, OSError, TimeoutError) as exc:
         _broker_failed("trace", exc)
+    except erp_errors as exc:
+        _fail(exc, ExitCode.ERP_CONFIG)
     if not found.found:
         err.print(f"[red]nothing names {unit_id!r}[/red] since {since} (records read: "
                   f"{sum(found.read.values()):,}); try --since all, or another id",

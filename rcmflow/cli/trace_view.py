@@ -57,9 +57,15 @@ def step_line(step: Step) -> str:
         return (f"{s.get('dlq_id')} {s.get('stage_of_failure')} {s.get('reason_code')}: "
                 f"{s.get('reason')}")
     committed = s.get("committed_offset")
-    return (f"{s.get('adapter')}: {s.get('outcome')} {s.get('posting_id')} (group "
-            f"{s.get('group')} committed {committed if committed is not None else 'nothing'})"
-            + (f", {s['reason_code']}" if s.get("reason_code") else ""))
+    group = (f"group {s.get('group')} committed "
+             f"{committed if committed is not None else 'nothing'}" if s.get("group")
+             else "no connector group")
+    journal = ""
+    if "in_erp" in s:
+        journal = (f"; in the ERP as {s.get('erp_ref')}" if s["in_erp"]
+                   else "; NOT in the ERP's journal")
+    return (f"{s.get('adapter')}: {s.get('outcome')} {s.get('posting_id')} ({group})"
+            + (f", {s['reason_code']}" if s.get("reason_code") else "") + journal)
 
 
 def render_trace(found: Trace, out: Console) -> None:

@@ -86,14 +86,16 @@ def test_the_demo_visit_is_traced_from_its_sources_to_the_erp_and_lag_follows_th
     # By MSH-10, through the command: the message, its two charges, their two deltas and the
     # csv connector's outcome of each, in time order, with the latency; no PHI without
     # --payloads.
-    done = _cli(env, "trace", MSH_10, "--json")
+    done = _cli(env, "trace", MSH_10, "--json", "--erp", "csv")
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     stages = [s["stage"] for s in doc["steps"]]
     assert stages == ["raw", "event", "event", "posting", "posting", "erp", "erp"], stages
     assert doc["steps"][0]["topic"] == "rcm.raw.hl7" and doc["steps"][0]["msh_10"] == MSH_10
     assert {s["amount_cents"] for s in doc["steps"] if s["stage"] == "event"} == {10000, 5000}
-    assert {s["outcome"] for s in doc["steps"] if s["stage"] == "erp"} == {"taken"}
+    erp_steps = [s for s in doc["steps"] if s["stage"] == "erp"]
+    assert {(s["outcome"], s["in_erp"]) for s in erp_steps} == {("taken", True)}
+    assert all(s["erp_ref"].startswith("journal-") for s in erp_steps)  # --erp csv: its file
     assert doc["latency_to"] == "posting" and doc["latency_ms"] >= 0
     assert "PATIENT" not in done.stdout and "PID|" not in done.stdout
 
