@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from rcmflow.connectors.inbound import totals
-from rcmflow.ops import trace as tr
+from rcmflow.ops import unit
 from rcmflow.ops.lag import facade_lag, group_role, rcmflow_groups
-from rcmflow.ops.trace import (
+from rcmflow.ops.trace import parse_since
+from rcmflow.ops.unit import (
     Needles,
     Step,
     Trace,
@@ -25,7 +26,6 @@ from rcmflow.ops.trace import (
     match_event,
     match_posting,
     match_raw,
-    parse_since,
 )
 from rcmflow.runtime.kafka_io import Record
 from rcmflow.streams.topics import (
@@ -59,7 +59,7 @@ def _hl7_raw() -> Record:
 
 
 def test_the_raw_header_names_are_the_connectors() -> None:
-    assert (tr.HEADER_STATUS, tr.HEADER_TOTALS) == (totals.HEADER_STATUS, totals.HEADER_TOTALS)
+    assert (unit.HEADER_STATUS, unit.HEADER_TOTALS) == (totals.HEADER_STATUS, totals.HEADER_TOTALS)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -195,7 +195,7 @@ def test_lag_and_trace_say_run_again_when_the_broker_is_down(tmp_path: Path) -> 
 
 
 def test_a_unit_past_the_ids_bound_is_said_to_be_cut(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tr, "IDS_MAX", 2)
+    monkeypatch.setattr(unit, "IDS_MAX", 2)
     needles = Needles("MSG42")
     needles.add(needles.event_ids, ["e1", "e2", "e2"])
     assert not needles.overflowed
