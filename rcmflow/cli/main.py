@@ -1021,6 +1021,144 @@ def dlq_show(dlq_id: Annotated[str, typer.Argument(
     raise typer.Exit(ExitCode.ATTENTION)
 
 
+def _erp_reader(name: str, settings: Settings) -> tuple[Any, bool]:
+    """The ERP adapter `reconcile --erp` reads the journal back with, and whether to open
+    it; exit 2 for an unknown adapter, 4 for a misconfigured one."""
+    from rcmflow.audit.reconcile import build_reader
+    from rcmflow.connectors.erp.exceptions import AdapterConfigError
+    from rcmflow.streams.chart import load_chart
+
+    try:
+        return build_reader(name, settings, load_chart(settings.coa))
+    except ValueError as exc:
+        _fail(exc)
+    except AdapterConfigError as exc:
+        _fail(exc, ExitCode.ERP_CONFIG)
+
+
+def _broker_failed(command: str, exc: Exception) -> NoReturn:
+    err.print(f"[red]rcmflow {command}: {_BROKER_DOWN} ({escape(str(exc) or type(exc).__name__)})"
+              "[/red]", soft_wrap=True)
+    raise typer.Exit(ExitCode.BROKER) from exc
+
+
+@app.command(help=(
+    "Follow one unit of work through the pipeline by an id: an HL7 MSH-10 control id, an "
+    "835 TRN02 trace number, a payment file's batch or a payment's reference, an event id "
+    "or a posting id (pst_...). Prints every record that belongs to it, in the pipeline's "
+    "order and by time within each stage: the raw records (rcm.raw.*), canonical events "
+    "(rcm.events), DLQ records (rcm.dlq), posting deltas (rcm.postings), the ERP's "
+    "refusals (rcm.postings.dlq) and each ERP connector's outcome "
+    "(taken: its group committed past the delta; rejected: its rcm.postings.dlq record; "
+    "pending), and the unit's latency from its first source record to its last timestamped "
+    "record. Ids, accounts, amounts, codes, topics, offsets and times only: payloads (which "
+    "may hold PHI) with --payloads. Each topic is read once from --since to its end "
+    "(progress on stderr). docs/operations/trace-and-lag.md."
+    + _exit_codes((ExitCode.OK, "the unit was found"),
+                  (ExitCode.ATTENTION, "no record names this id since --since"),
+                  (ExitCode.REFUSED, "a bad --since, a bad RCMFLOW_* setting, no broker, or "
+                                     "this user lacks an ACL"),
+                  (ExitCode.BROKER, _BROKER_DOWN),
+                  (ExitCode.ERP_CONFIG, "--erp: the ERP adapter is misconfigured"))))
+def trace(
+    unit_id: Annotated[str, typer.Argument(
+        metavar="ID", help="MSH-10, TRN02, payment batch or reference, event id or posting "
+        "id.")],
+    since: Annotated[str, typer.Option(
+        help="Read records written since: 7d, 12h, 30m, an ISO date or date-time (UTC), or "
+        "all (the whole log). The raw topics keep 7 days.")] = "7d",
+    payloads: Annotated[bool, typer.Option(
+        "--payloads", help="Also print each record's payload (the HL7 message, X12 "
+        "segments, payment row, event and DLQ documents): may hold PHI.")] = False,
+    erp_name: Annotated[str | None, typer.Option(
+        "--erp", help="Also read this ERP's journal back (csv, tryton, netsuite, odoo, "
+        "erpnext; the RCMFLOW_ERP_* settings of `rcmflow erp`) and say whether it holds "
+        "each delta, under which reference.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    from aiokafka.errors import KafkaError
+
+    from rcmflow.ops.trace import TOPICS, parse_since
+    from rcmflow.ops.trace import trace as run_trace
+    from rcmflow.runtime import kafka_access
+    from rcmflow.runtime.progress import progress
+
+    try:
+        start = parse_since(since)
+    except ValueError as exc:
+        _fail(exc)
+    settings = _settings()
+    kafka = _connect(settings, kafka_access.reader_access("trace", *TOPICS))
+    adapter, open_it = _erp_reader(erp_name, settings) if erp_name else (None, False)
+    # The ERP's errors only when one is read (the connectors are not a plain trace's to load).
+    erp_errors: tuple[type[Exception], ...] = ()
+    if adapter is not None:
+        from rcmflow.connectors.erp.exceptions import AdapterConfigError
+
+        erp_errors = (AdapterConfigError,)
+    try:
+        found = asyncio.run(run_trace(kafka, unit_id, app_id=settings.app_id, since=start,
+                                      payloads=payloads, erp=adapter, open_erp=open_it,
+                                      progress=lambda label, total: progress(err, label,
+                                                                             total=total)))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        _broker_failed("trace", exc)
+    except erp_errors as exc:
+        _fail(exc, ExitCode.ERP_CONFIG)
+    if not found.found:
+        err.print(f"[red]nothing names {unit_id!r}[/red] since {since} (records read: "
+                  f"{sum(found.read.values()):,}); try --since all, or another id",
+                  soft_wrap=True, highlight=False)
+        raise typer.Exit(ExitCode.ATTENTION)
+    if as_json:
+        _print_json(found.to_json())
+        return
+    from rcmflow.cli.trace_view import render_trace
+
+    render_trace(found, out)
+
+
+@app.command(help=(
+    "Consumer lag: per consumer group, topic and partition, the committed offset, the log "
+    "end and the lag, with each group's total. Groups: the workers' (RCMFLOW_APP_ID, on "
+    "rcm.events; shown with \"no commits\" before they first commit), each ERP connector's "
+    "(APP_ID-erp-ADAPTER, on rcm.postings), each consume group (APP_ID-consume-FORMAT-TOPIC) "
+    "and any --group. A group with no commit on a partition reads it from its start (workers, "
+    "ERP connectors): its lag is the whole partition. The facade joins no group: its progress "
+    "on rcm.accounts is read from its own store (RCMFLOW_FACADE_STORE) when it is on this "
+    "machine. audit --follow, reconcile and the listings keep no offsets. "
+    "docs/operations/trace-and-lag.md."
+    + _exit_codes((ExitCode.OK, "the lag is printed (whatever it is)"),
+                  (ExitCode.REFUSED, "a bad RCMFLOW_* setting, no broker, or this user lacks "
+                                     "an ACL"),
+                  (ExitCode.BROKER, _BROKER_DOWN))))
+def lag(
+    groups: Annotated[list[str] | None, typer.Option(
+        "--group", help="Also show this consumer group (e.g. a consume --group); repeat "
+        "for more.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    from aiokafka.errors import KafkaError
+
+    from rcmflow.ops.lag import TOPICS, lag_report
+    from rcmflow.runtime import kafka_access
+
+    settings = _settings()
+    kafka = _connect(settings, kafka_access.reader_access("lag", *TOPICS))
+    store = settings.facade_store or settings.data_dir / "facade" / "read.sqlite"
+    try:
+        report = asyncio.run(lag_report(kafka, app_id=settings.app_id, groups=groups or (),
+                                        facade_store=store))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        _broker_failed("lag", exc)
+    if as_json:
+        _print_json(report.to_json())
+        return
+    from rcmflow.cli.trace_view import render_lag
+
+    render_lag(report, out)
+
+
 @schema_app.command("events")
 def schema_events() -> None:
     """The canonical event JSON Schema (what rcm.events accepts)."""
