@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from rcmflow.runtime.exceptions import RcmflowError
 
-__all__ = ["UsersFileError"]
+__all__ = ["BadCursor", "UsersFileError"]
+
+
+class BadCursor(RcmflowError, ValueError):
+    """An --after value this topic cannot have produced."""
 
 
 class UsersFileError(RcmflowError, ValueError):

@@ -837,7 +837,7 @@ AfterOption = Annotated[str | None, typer.Option(
 
 
 def _cursor(after: str | None) -> Any:
-    from rcmflow.cli.exceptions import BadCursor
+    from rcmflow.ops.exceptions import BadCursor
     from rcmflow.ops.log_pages import Cursor
 
     try:

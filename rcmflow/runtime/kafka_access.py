@@ -225,4 +225,9 @@ def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
         "rcmflow accounts list, show": reader_access("accounts", ACCOUNTS),
         "rcmflow accounts history": reader_access("accounts history", POSTINGS),
         "rcmflow dlq list, show": reader_access("dlq", DLQ),
+        "rcmflow trace": reader_access("trace", RAW_HL7, RAW_X12, RAW_PAYMENTS, RAW_FHIR,
+                                       EVENTS, POSTINGS, DLQ, POSTINGS_DLQ),
+        "rcmflow lag (and DESCRIBE on the groups it reports)":
+            reader_access("lag", EVENTS, POSTINGS, ACCOUNTS),
+        "rcmflow ops": ops_site_access(app_id),
     }
