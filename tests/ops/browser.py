@@ -1,0 +1,88 @@
+"""A real headless browser for the ops site's tests: Debian's chromium, driven through its
+chromium-driver by Selenium (no browser download: .ci/run installs both packages).
+
+Without them the test skips locally and fails under ``CI=true``, as the Kafka tests do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rcmflow.runtime.broker import free_port
+
+__all__ = ["chromium", "OpsSite", "start_ops_site"]
+
+
+def chromium() -> Iterator[object]:
+    """A headless Chromium WebDriver, quit at the end."""
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        message = ("no chromium / chromedriver (Debian: apt-get install chromium "
+                   "chromium-driver)")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message} (CI=true: the browser test must run in CI)")
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(argument)
+    browser = webdriver.Chrome(options=options, service=Service(driver))
+    browser.set_page_load_timeout(30)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@dataclass
+class OpsSite:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_ops_site(env: dict[str, str], log: Path) -> OpsSite:
+    """`rcmflow ops` as a real process on a free port, once it answers."""
+    port = free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "ops"],
+                                   env={**env, "RCMFLOW_OPS_PORT": str(port)},
+                                   stdout=out, stderr=subprocess.STDOUT)
+    site = OpsSite(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"rcmflow ops exited {process.returncode}\n{site.log_tail()}")
+        try:
+            if httpx.get(f"{site.url}/login", timeout=2).status_code == 200:
+                return site
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    site.stop()
+    pytest.fail(f"rcmflow ops did not answer in 60 s\n{site.log_tail()}")
