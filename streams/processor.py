@@ -72,6 +72,8 @@ class Message(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None = None
+    #: An operator's replay from the work queue (``dedup.RETRY_HEADER``).
+    retry: bool = False
 
 
 @dataclass
@@ -241,7 +243,7 @@ class Processor:
         dkey = dedup_key(event.account, event.event_id)
         part = msg.partition
         entry = _dedup_entry(out, tables, part, dkey)
-        verdict = judge(entry, digest, part, msg.offset)
+        verdict = judge(entry, digest, part, msg.offset, retry=msg.retry)
         if verdict is Verdict.REPLAY and self.break_dedup:
             verdict = Verdict.NEW  # the test-only break: the dedup check is gone
         if verdict is Verdict.REPLAY:
@@ -465,6 +467,7 @@ def _context(event: Event) -> dict[str, object]:
         "kind": event.kind.value,
         "correlation_id": event.correlation_id,
         "source": event.source,
+        "entity": event.dimensions.entity,
     }
     for name in ("amount_cents", "paid_cents", "charge_cents", "claim_id"):
         if hasattr(event, name):
