@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from rcmflow.cli.exceptions import BadCursor
+from rcmflow.ops.exceptions import BadCursor
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import READ_TIMEOUT_S, Record, log_ends, topic_partitions
 

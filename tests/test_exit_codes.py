@@ -122,7 +122,7 @@ def test_rcmflows_exceptions_share_one_root() -> None:
 
 
 #: Where each part keeps its exceptions (the tree's packages, one file each).
-EXCEPTION_MODULES = {"rcmflow.runtime.exceptions", "rcmflow.cli.exceptions",
+EXCEPTION_MODULES = {"rcmflow.runtime.exceptions", "rcmflow.ops.exceptions",
                      "rcmflow.streams.exceptions", "rcmflow.facade.exceptions",
                      "rcmflow.connectors.inbound.exceptions",
                      "rcmflow.connectors.erp.exceptions", "rcmflow.audit.exceptions"}

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from rcmflow.cli.log_pages import Cursor, keys_between, read_page
+from rcmflow.ops.log_pages import Cursor, keys_between, read_page
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, read_topic
 from rcmflow.streams.layout import SEPARATOR, assemble, is_head_key, parse_key, read_record
