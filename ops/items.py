@@ -20,6 +20,7 @@ item of its own); the default listing (``todo``) shows the others.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -34,7 +35,7 @@ from rcmflow.streams.topics import DLQ, EVENTS, POSTINGS, POSTINGS_DLQ
 
 __all__ = ["State", "Outcome", "Replay", "Step", "ItemState", "Filters", "ReplayPlan",
            "STATE_FILTERS", "HISTORY_MAX", "add_step", "is_done", "item_view", "replay_plan",
-           "source_of", "account_of", "queue_topics"]
+           "source_of", "account_of", "queue_topics", "reclassification_id", "RECLASSIFIABLE"]
 
 State = Literal["open", "assigned", "replayed", "resolved"]
 Outcome = Literal["pending", "applied", "replay", "failing"]
@@ -43,6 +44,8 @@ STATE_FILTERS = ("todo", "all", "open", "assigned", "replayed", "resolved")
 #: Steps an item's record keeps (the oldest are dropped past it, and counted): the record
 #: must stay small however often an item is replayed.
 HISTORY_MAX = 100
+#: The reason code whose replay (and resolve) posts a reclassification out of suspense.
+RECLASSIFIABLE = "unmapped_dimension"
 #: Characters of a note kept.
 NOTE_CHARS_MAX = 2000
 
@@ -74,6 +77,8 @@ class Replay(_Frozen):
     detail: str = ""
     #: Failing: the DLQ record the refusal made (this item's id when the reason is the same).
     new_dlq_id: str | None = None
+    #: The event sent, where it is not the item's own (a reclassification).
+    event_id: str | None = None
 
 
 class Step(_Frozen):
@@ -248,6 +253,8 @@ class ReplayPlan:
     group: str
     #: The topics whose new records answer it (a refusal's DLQ record, a delta).
     watch: tuple[str, ...]
+    #: The event whose delta says it was applied (None: the item's own event).
+    event_id: str | None = None
 
 
 def replay_plan(doc: dict[str, Any], topic: str, *, app_id: str) -> ReplayPlan:
@@ -266,12 +273,8 @@ def replay_plan(doc: dict[str, Any], topic: str, *, app_id: str) -> ReplayPlan:
             f"queue; re-send it from its source (origin: {origin.get('topic')} partition "
             f"{origin.get('partition')} offset {origin.get('offset')}), then resolve this "
             "item with a note. Nothing was sent")
-    if doc.get("reason_code") == "unmapped_dimension":
-        raise ReplayRefused(
-            f"{dlq_id}: the event was applied and posted to suspense; re-sending it posts "
-            "nothing (it is a replay). Moving the amount from suspense to the mapped GL "
-            "account (a reclassification) is not built yet: post it by hand and resolve "
-            "this item with a note. Nothing was sent")
+    if doc.get("reason_code") == RECLASSIFIABLE:
+        return _reclassification(doc, app_id)
     if doc.get("severity") == "warning":
         raise ReplayRefused(f"{dlq_id}: a warning (input that carries no money for "
                             "rcmflow): there is nothing to re-send; resolve it with a note")
@@ -297,3 +300,49 @@ def replay_plan(doc: dict[str, Any], topic: str, *, app_id: str) -> ReplayPlan:
         f"{str(origin.get('topic'))[:120]}), before it became an event; replay re-sends "
         "only events the worker refused and postings an ERP refused. Re-send the corrected "
         "source (`rcmflow ingest ...`), then resolve this item with a note. Nothing was sent")
+
+
+def reclassification_id(dlq_id: str) -> str:
+    """The event id of the reclassification of an ``unmapped_dimension`` item: one per item,
+    so replaying or resolving it again is a replay."""
+    return f"reclass:{dlq_id}"
+
+
+def _reclassification(doc: dict[str, Any], app_id: str) -> ReplayPlan:
+    """An ``unmapped_dimension`` item's replay: not its event again (applied: a replay) but a
+    ``suspense_reclassified`` event from the suspense line it records, with an id derived from
+    the item's, dated when the record was made: the same event however often it is sent."""
+    dlq_id = str(doc.get("dlq_id"))
+    context = doc.get("context") or {}
+    try:
+        line = json.loads(str(doc.get("payload", "")))
+    except ValueError:
+        line = None
+    if not isinstance(line, dict) or not all(
+            isinstance(line.get(k), str) for k in ("role", "bucket", "posting_id",
+                                                    "gl_account", "account")):
+        raise ReplayRefused(
+            f"{dlq_id}: its suspense line names no GL role (a CARC or PLB code the chart "
+            "lacks: the treatment is unknown, not only the account, or a record an older "
+            "rcmflow wrote), so it cannot be reclassified from the queue: post it by hand "
+            "and resolve this item with a note. Nothing was sent")
+    entity = context.get("entity")
+    when = doc.get("received_at")
+    if not isinstance(entity, str) or not isinstance(when, str):
+        raise ReplayRefused(f"{dlq_id}: the record names no entity or time (an older "
+                            "rcmflow wrote it): post it by hand and resolve it with a note")
+    event_id = reclassification_id(dlq_id)
+    event = {
+        "schema_version": 1, "event_id": event_id, "account": line["account"],
+        "kind": "suspense_reclassified", "occurred_at": when, "source": "rcmflow-dlq",
+        "correlation_id": context.get("correlation_id"),
+        "dimensions": {"entity": entity},
+        "posting_id": line["posting_id"], "role": line["role"],
+        "dimension": line.get("dimension"), "bucket": line["bucket"],
+        "amount_cents": line.get("amount_cents"), "missing": str(line.get("missing", ""))[:200],
+        "suspense_account": line["gl_account"],
+    }
+    value = json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
+    return ReplayPlan(EVENTS, str(line["account"]).encode(), value,
+                      ((RETRY_HEADER, dlq_id.encode()),), app_id, (DLQ, POSTINGS),
+                      event_id=event_id)

@@ -26,6 +26,7 @@ from typing import Any
 
 from rcmflow.ops.exceptions import BadCursor, NoSuchItem, ReplayRefused
 from rcmflow.ops.items import (
+    RECLASSIFIABLE,
     Filters,
     ItemState,
     Replay,
@@ -304,10 +305,22 @@ async def assign(kafka: KafkaConnection, prefix: str, *, user: str, assignee: st
                                              note=note, assignee=assignee))
 
 
-async def resolve(kafka: KafkaConnection, prefix: str, *, user: str, note: str) -> ItemState:
-    """Close an item by hand: who, when and why are kept (the note is required)."""
+async def resolve(kafka: KafkaConnection, prefix: str, *, user: str, note: str,
+                  app_id: str = "rcmflow", reclassify: bool = True,
+                  wait_s: float = 30.0) -> ItemState:
+    """Close an item by hand: who, when and why are kept (the note is required). An
+    ``unmapped_dimension`` item first has its reclassification out of suspense sent, as
+    `replay` does (once however often: its event id is the item's), unless ``reclassify``
+    is off (it was posted by hand)."""
     if not note.strip():
         raise ReplayRefused("a resolve needs a note: why the item is closed")
+    if reclassify:
+        item = await _one(kafka, prefix)
+        current = (await read_states(kafka, item.doc["dlq_id"])).get(item.doc["dlq_id"])
+        if item.doc.get("reason_code") == RECLASSIFIABLE and (
+                current is None or current.state != "resolved"):
+            await replay_items(kafka, [item], user=user, app_id=app_id, note=note,
+                               wait_s=wait_s)
     return await _change(kafka, prefix, Step(state="resolved", at=datetime.now(UTC), by=user,
                                              note=note))
 
@@ -367,7 +380,8 @@ async def replay_items(kafka: KafkaConnection, items: list[Found], *, user: str,
         dlq_id = item.doc["dlq_id"]
         current = currents[dlq_id]
         record = Replay(topic=plan.topic, partition=partition, offset=offset,
-                        group=plan.group, watch={t: watch[t] for t in plan.watch})
+                        group=plan.group, watch={t: watch[t] for t in plan.watch},
+                        event_id=plan.event_id)
         state = add_step(current, dlq_id, item.topic,
                          Step(state="replayed", at=now, by=user, note=note, replay=record))
         await _write(kafka, state)
@@ -438,8 +452,10 @@ async def settle(kafka: KafkaConnection, replay: Replay, doc: dict[str, Any]) ->
                     posted = json.loads(record.value)
                 except ValueError:
                     continue
-                if isinstance(posted, dict) and posted.get("event_id") == context.get(
-                        "event_id") and posted.get("account") == context.get("account"):
+                if isinstance(posted, dict) and posted.get("event_id") == (
+                        replay.event_id or context.get("event_id")) and (
+                        replay.event_id is not None
+                        or posted.get("account") == context.get("account")):
                     delta = posted
     if refusal is not None:
         return replay.model_copy(update={

@@ -1073,18 +1073,28 @@ def dlq_resolve(
     dlq_id: Annotated[str, typer.Argument(help="A dlq_id (or a unique prefix).")],
     note: Annotated[str, typer.Option(
         help="Why it is closed (required): kept with who and when.")],
+    reclassify: Annotated[bool, typer.Option(
+        "--reclassify/--no-reclassify", help="unmapped_dimension items: post the amount from "
+        "suspense to the GL account the chart maps now (once), before closing; "
+        "--no-reclassify where it was posted by hand.")] = True,
     user: UserOption = None,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Close an item by hand (fixed at the source, posted by hand, not to be posted): an
     audit record with who, when and the note goes on rcm.dlq.state; `dlq show ID` prints the
-    history. Nothing is sent. Exit 1: no such item; 2: no note, or already resolved."""
+    history. Nothing is sent, except for an unmapped_dimension item: its reclassification out
+    of suspense (as `dlq replay` sends it; once, however often). Exit 1: no such item; 2: no
+    note, or already resolved."""
     from rcmflow.ops.exceptions import NoSuchItem, ReplayRefused
     from rcmflow.ops.workqueue import resolve
 
     kafka, settings = _dlq(changes=True)
+    wait_s = settings.dlq_replay_wait_s if wait is None else wait
     try:
-        state = asyncio.run(resolve(kafka, dlq_id, user=_operator(settings, user), note=note))
+        state = asyncio.run(resolve(kafka, dlq_id, user=_operator(settings, user), note=note,
+                                    app_id=settings.app_id, reclassify=reclassify,
+                                    wait_s=wait_s))
     except NoSuchItem as exc:
         _no_item(exc)
     except ReplayRefused as exc:
@@ -1092,6 +1102,8 @@ def dlq_resolve(
     if as_json:
         _print_json(_state_json(state))
     else:
+        if state.last_replay is not None and state.last_replay.event_id is not None:
+            out.print(_replay_line(state), highlight=False, markup=False, soft_wrap=True)
         out.print(f"{state.dlq_id}: resolved by {state.history[-1].by}", highlight=False,
                   markup=False)
 
@@ -1131,9 +1143,12 @@ def dlq_replay(
     The item records who, when and what the replay produced: applied, replay (nothing new
     posted) or failing (refused again, with the reason; another reason is a new item).
 
+    An unmapped_dimension item (an amount posted to suspense) sends its reclassification
+    instead: suspense -> the GL account the fixed chart maps, a balanced delta, once.
+
     Not replayable (exit 2, nothing sent): a payload cut at RCMFLOW_DLQ_PAYLOAD_BYTES_MAX,
     input a connector refused before it was an event (re-ingest the corrected source),
-    warnings and unmapped-dimension postings to suspense (resolve them with a note).
+    warnings (resolve them with a note).
     Exit 0: every replay applied or was a replay; 1: one is still failing or pending, or
     (with --reason) some item was not replayable."""
     from rcmflow.ops.exceptions import NoSuchItem, ReplayRefused

@@ -141,7 +141,7 @@ def test_a_replay_resends_the_original_bytes_under_the_original_key() -> None:
     (record(payload=b"x" * 5000, bound=1024), "cut to 1024 characters of the 5000 bytes"),
     (record(origin_topic="hl7:main", stage="decode", reason="bad_segment"),
      "refused by the connector that read it"),
-    (record(reason="unmapped_dimension", severity="warning"), "suspense"),
+    (record(reason="unmapped_dimension", severity="warning"), "names no GL role"),
     (record(reason="ignored_segment", severity="warning"), "a warning"),
 ])
 def test_what_cannot_be_replayed_is_refused_with_the_reason(doc: dict[str, Any],

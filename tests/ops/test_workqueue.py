@@ -64,21 +64,27 @@ def test_an_item_is_replayed_after_its_cause_is_fixed_and_posts_once(
         broker: Broker, workers: Workers, tmp_path: Path) -> None:
     kafka = broker.connection
     wide = tmp_path / "chart.yaml"  # the fix: a small-balance threshold of $10, not $5
-    wide.write_text(SHIPPED_CHART.read_text().replace("small_balance_cents: 500",
-                                                      "small_balance_cents: 1000"))
+    # ... and revenue codes 099x mapped to the lab.
+    wide.write_text(SHIPPED_CHART.read_text().replace(
+        "small_balance_cents: 500", "small_balance_cents: 1000").replace(
+        '  "030": LAB\n', '  "030": LAB\n  "099": LAB\n'))
     assert wide.read_text() != SHIPPED_CHART.read_text()
     first = workers.start("w1")
     write_off = event_doc("write_off", "Q1", event_id="Q1-WO", amount_cents=600,
                           reason="small_balance", from_ar="insurance")
-    asyncio.run(publish(kafka, [(EVENTS, b"Q1", json.dumps(d).encode())
-                                for d in (charge(1000, "Q1", event_id="Q1-CH"), write_off)]))
+    unmapped = charge(700, "Q2", event_id="Q2-CH", revenue_code="0999")  # -> suspense
+    asyncio.run(publish(kafka, [(EVENTS, d["account"].encode(), json.dumps(d).encode())
+                                for d in (charge(1000, "Q1", event_id="Q1-CH"), write_off,
+                                          unmapped)]))
 
-    def refused() -> list[dict[str, Any]]:
+    def refused(code: bytes = b"small_balance_over_threshold") -> list[dict[str, Any]]:
         return [json.loads(r.value) for r in asyncio.run(read_topic(kafka, DLQ))
-                if r.value and b"small_balance_over_threshold" in r.value]
+                if r.value and code in r.value]
 
-    wait_until(lambda: bool(refused()), 90, "the write-off refused", first.log_tail)
+    wait_until(lambda: bool(refused()) and bool(refused(b"unmapped_dimension")), 90,
+               "the write-off refused, the lab charge in suspense", first.log_tail)
     dlq_id = refused()[0]["dlq_id"]
+    suspense_id = refused(b"unmapped_dimension")[0]["dlq_id"]
     assert insurance_ar(broker, "Q1") == 1000
 
     # Listed as open, with its age; each filter keeps it or leaves it out.
@@ -118,6 +124,18 @@ def test_an_item_is_replayed_after_its_cause_is_fixed_and_posts_once(
     assert [(s["by"], s["replay"]["outcome"]) for s in history] == [
         ("ana", "pending"), ("ana", "applied"), ("bo", "pending"), ("bo", "replay")]
     assert history[0]["note"] == "threshold raised to $10"
+
+    # Resolving the suspense item posts its reclassification once; a replay after it, none.
+    done = rcmflow(broker, "dlq", "resolve", suspense_id, "--note", "0999 is lab (chart)",
+                   "--wait", "60")
+    assert done.returncode == 0 and ": applied" in done.stdout, (done.stdout, done.stderr)
+    again = rcmflow(broker, "dlq", "replay", suspense_id, "--wait", "60")
+    assert again.returncode == 0 and ": replay" in again.stdout, (again.stdout, again.stderr)
+    q2 = asyncio.run(posting_history(kafka, "Q2"))
+    assert [d["event_id"] for d in q2] == ["Q2-CH", f"reclass:{suspense_id}"]
+    assert [(ln["gl_account"], ln["debit_cents"], ln["credit_cents"])
+            for ln in q2[1]["lines"]] == [("4010-LAB", 0, 700), ("2900", 700, 0)]
+    assert insurance_ar(broker, "Q2") == 700
 
     # Items resolved by hand; a payload cut short is never re-sent.
     cut = dlq_record(Rejection(stage="validate", reason_code="invalid_event", detail="bad"),
