@@ -63,7 +63,13 @@ from rcmflow.audit.reconcile import REPLAY_BATCH, ReplayTables, log_starts
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import committed_offsets, iter_topic, log_ends, topic_partitions
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
-from rcmflow.streams.dedup import HORIZON_PREFIX, PURGED_BEFORE_KEY, DedupEntry, horizon_key
+from rcmflow.streams.dedup import (
+    HORIZON_PREFIX,
+    PURGED_BEFORE_KEY,
+    DedupEntry,
+    horizon_key,
+    is_retry,
+)
 from rcmflow.streams.layout import decode_head, head_key, is_head_key, item_key
 from rcmflow.streams.memory_tables import head_records, item_records
 from rcmflow.streams.processor import BatchResult, Counts, Lookups, Message, Processor
@@ -305,7 +311,8 @@ async def _replay(kafka: KafkaConnection, processor: Processor, store: _Store, b
             async for records in iter_topic(kafka, EVENTS, start={p: starts.get(p, 0)},
                                             batch_records=batch):
                 result = processor.process(
-                    [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms)
+                    [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms,
+                             is_retry(r.headers))
                      for r in records], tables)
                 tables.write(result)
                 counts.add(result.counts)

@@ -88,6 +88,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, topic_partitions
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
 from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.dedup import is_retry
 from rcmflow.streams.events import EVENT_ADAPTER, ValidationError
 from rcmflow.streams.layout import head_key, is_head_key, item_key
 from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, EVENT_BYTES_MAX
@@ -600,7 +601,8 @@ class Reconciler:
             for record in records:
                 self._note_source(record.value)
             result = self.processor.process(
-                [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms)
+                [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms,
+                         is_retry(r.headers))
                  for r in records], tables)
             del records
             tables.write(result)

@@ -1,12 +1,14 @@
 """First-page time of `rcmflow dlq list` and `rcmflow accounts list` over a large topic.
 
-    python -m bench.listings --records 1000000 [--broker tansu|kafka]
+    python -m bench.listings --records 1000000 [--states 100000] [--broker tansu|kafka]
 
-Starts a broker (embedded Tansu in memory, or the tests' Apache Kafka), writes N DLQ records
-and N rcm.accounts records (heads and items, each head written twice so compaction has work
-left) with a plain producer, then times each listing's first page and tenth page as
-`rcmflow` runs them (a new process each: interpreter start and imports included; best and
-median of --runs), the first page in-process, `import rcmflow.cli` and `rcmflow --help`.
+Starts a broker (embedded Tansu in memory, or the tests' Apache Kafka), writes N DLQ records,
+the work queue's states of the oldest --states of them (resolved: rcm.dlq.state, which every
+`dlq list` reads whole) and N rcm.accounts records (heads and items, each head written twice
+so compaction has work left) with a plain producer, then times each listing's first page and
+tenth page as `rcmflow` runs them (a new process each: interpreter start and imports
+included; best and median of --runs), the first page in-process, `import rcmflow.cli` and
+`rcmflow --help`.
 The load average is printed with the figures: on a shared machine they move with it.
 """
 
@@ -22,18 +24,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from bench.brokers import BROKERS, start_broker
-from rcmflow.ops.accounts import dlq_page, heads_page
+from rcmflow.ops.accounts import heads_page
+from rcmflow.ops.items import Filters, ItemState, Step
+from rcmflow.ops.workqueue import page as queue_page
 from rcmflow.runtime.broker import ensure_topics
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.rejections import Rejection
-from rcmflow.streams.topics import ACCOUNTS, DLQ, topic_specs
+from rcmflow.streams.topics import ACCOUNTS, DLQ, DLQ_STATE, topic_specs
 
 ITEMS_PER_ACCOUNT = 8
 
@@ -66,6 +72,21 @@ def _dlq(n: int) -> list[tuple[str, bytes | None, bytes]]:
         doc = template | {"dlq_id": f"dlq_{i:024x}", "context": {"account": f"A{i % 100_000}"}}
         out.append((DLQ, None, json.dumps(doc, default=str).encode()))
     return out
+
+
+def _states(n: int) -> list[tuple[str, bytes | None, bytes]]:
+    """The oldest ``n`` items resolved (each with one step), keyed by their dlq_id."""
+    step = Step(state="resolved", at=datetime.now(UTC), by="bench", note="closed in bulk")
+    out: list[tuple[str, bytes | None, bytes]] = []
+    for i in range(n):
+        dlq_id = f"dlq_{i:024x}"
+        state = ItemState(dlq_id=dlq_id, topic=DLQ, history=(step,))
+        out.append((DLQ_STATE, dlq_id.encode(), state.model_dump_json().encode()))
+    return out
+
+
+async def _dlq_page(kafka: KafkaConnection, *, limit: int, after: None) -> tuple[list[Any], Any]:
+    return await queue_page(kafka, Filters(), limit=limit, after=after)
 
 
 def _accounts(n: int) -> list[tuple[str, bytes | None, bytes]]:
@@ -128,6 +149,8 @@ def _after(env: dict[str, str], *args: str, pages: int) -> tuple[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--states", type=int, default=100_000,
+                        help="Work-queue state records (the oldest items, resolved).")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--broker", choices=BROKERS, default="tansu")
     parser.add_argument("--runs", type=int, default=5, help="Processes timed per figure.")
@@ -140,9 +163,11 @@ def main() -> None:
             asyncio.run(ensure_topics(kafka, topic_specs("rcmflow"), args.partitions, 1))
             started = time.perf_counter()
             asyncio.run(_produce(kafka, _dlq(args.records)))
+            asyncio.run(_produce(kafka, _states(min(args.states, args.records))))
             asyncio.run(_produce(kafka, _accounts(args.records)))
-            print(f"{broker.description}: wrote {args.records:,} DLQ and {args.records:,} "
-                  f"rcm.accounts records in {time.perf_counter() - started:.0f}s")
+            print(f"{broker.description}: wrote {args.records:,} DLQ, {args.states:,} "
+                  f"rcm.dlq.state and {args.records:,} rcm.accounts records in "
+                  f"{time.perf_counter() - started:.0f}s")
             env = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}
             env.update(RCMFLOW_BROKER=f"kafka://{broker.bootstrap}", COLUMNS="200")
             print(f"python -c 'import rcmflow.cli': "
@@ -154,7 +179,7 @@ def main() -> None:
                 _, tenth = _after(env, *command, pages=10)
                 print(f"{name}: first page {first} (a process each); 10th page {tenth:.2f}s "
                       f"({_load()})")
-            for page_name, page in (("dlq_page", dlq_page), ("heads_page", heads_page)):
+            for page_name, page in (("dlq page", _dlq_page), ("heads_page", heads_page)):
                 started = time.perf_counter()
                 rows, _ = asyncio.run(page(kafka, limit=50, after=None))
                 print(f"{page_name}: first page of {len(rows)} in-process "

@@ -1,4 +1,5 @@
-"""Operator views: accounts, posting history and the DLQ, read from their topics.
+"""Operator views: accounts, posting history and the DLQ's records, read from their topics
+(the exception work queue itself: ``ops/workqueue.py``).
 
 This is the operators' side (full detail); the patient-facing view is the FHIR facade.
 rcm.accounts holds an account as its head (key ``<account>``) and one record per item (keys
@@ -20,7 +21,7 @@ from rcmflow.streams.state import ItemRef
 from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 
 __all__ = ["latest_heads", "latest_snapshots", "posting_history", "account_view", "dlq_records",
-           "dlq_page", "heads_page", "find_dlq", "LISTING_LIMIT"]
+           "heads_page", "LISTING_LIMIT"]
 
 #: Records on one page of `accounts list` / `dlq list` unless --limit says otherwise.
 LISTING_LIMIT = 50
@@ -107,49 +108,6 @@ async def dlq_records(kafka: KafkaConnection) -> list[dict[str, Any]]:
             continue
         by_id.setdefault(doc.get("dlq_id", f"{record.partition}:{record.offset}"), doc)
     return list(by_id.values())
-
-
-def _dlq_doc(record: Record) -> dict[str, Any] | None:
-    if record.value is None:
-        return None
-    try:
-        doc = json.loads(record.value)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-async def dlq_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None,
-                   reason: str | None = None) -> tuple[list[dict[str, Any]], Cursor | None]:
-    """One page of DLQ records, newest first, and the cursor of the next page (None: last).
-    A record written again with the same dlq_id (a retry after a crash) is shown once per
-    page; ``reason`` keeps one reason_code (read back until the page is full)."""
-    docs: dict[tuple[int, int], dict[str, Any]] = {}
-
-    def keep(record: Record) -> bool:
-        doc = _dlq_doc(record)
-        if doc is None or (reason is not None and doc.get("reason_code") != reason):
-            return False
-        docs[(record.partition, record.offset)] = doc
-        return True
-
-    ids: set[str] = set()
-
-    def shown(record: Record) -> bool:
-        doc = docs[(record.partition, record.offset)]
-        dlq_id = str(doc.get("dlq_id", f"{record.partition}:{record.offset}"))
-        if dlq_id in ids:
-            return False
-        ids.add(dlq_id)
-        return True
-
-    page = await read_page(kafka, DLQ, limit=limit, after=after, keep=keep, shown=shown)
-    return [docs[(r.partition, r.offset)] for r in page.records], page.next
-
-
-async def find_dlq(kafka: KafkaConnection, prefix: str) -> list[dict[str, Any]]:
-    """The DLQ records whose dlq_id starts with ``prefix`` (once per id)."""
-    return [r for r in await dlq_records(kafka) if str(r.get("dlq_id", "")).startswith(prefix)]
 
 
 async def heads_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None

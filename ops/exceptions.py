@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from rcmflow.runtime.exceptions import RcmflowError
 
-__all__ = ["BadCursor", "UsersFileError"]
+__all__ = ["BadCursor", "NoSuchItem", "ReplayRefused", "BadMoment", "UsersFileError"]
 
 
 class BadCursor(RcmflowError, ValueError):
     """An --after value this topic cannot have produced."""
+
+
+class NoSuchItem(RcmflowError, LookupError):
+    """No DLQ item with that id (or a prefix that names several)."""
+
+
+class ReplayRefused(RcmflowError, ValueError):
+    """A DLQ item that cannot be replayed (truncated payload, no path back in), or a state
+    change the item's state does not allow; nothing was sent."""
+
+
+class BadMoment(RcmflowError, ValueError):
+    """A --since / --older-than value that is neither a duration (2h, 3d) nor an ISO date."""
 
 
 class UsersFileError(RcmflowError, ValueError):

@@ -122,7 +122,9 @@ def _delta(
     debits = credits = 0
     for move in movements:
         missing: str | None
-        if move.force_suspense is not None:
+        if move.gl_account is not None:
+            gl, missing = move.gl_account, None
+        elif move.force_suspense is not None:
             gl, missing = chart.gl_account(entity, "suspense").account, move.force_suspense
         else:
             gl, missing = chart.gl_account(entity, move.role, move.dimension)
@@ -142,9 +144,12 @@ def _delta(
             "suspense": missing is not None,
         })
         if missing is not None:
+            forced = move.force_suspense is not None
             unmapped.append(UnmappedLine(
                 posting_id=pid, event_id=event.event_id, account=event.account, missing=missing,
-                gl_account=gl, amount_cents=move.amount_cents, coa_version=chart.version))
+                gl_account=gl, amount_cents=move.amount_cents, coa_version=chart.version,
+                role=None if forced else move.role, dimension=None if forced else move.dimension,
+                bucket=None if forced else move.bucket))
     assert debits == credits, f"unbalanced posting for {event.event_id}: {debits} != {credits}"
     reverses = None
     if isinstance(event, ChargeReversed) and event.reverses_event_id is not None:

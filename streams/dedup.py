@@ -32,8 +32,9 @@ from pydantic import BaseModel, ConfigDict
 
 from rcmflow.streams.exceptions import UpgradeNeeded
 
-__all__ = ["DedupEntry", "Verdict", "judge", "dedup_key", "day_of", "horizon_key",
-           "dedup_key_of", "PURGED_BEFORE_KEY", "HORIZON_PREFIX", "DEFAULT_HORIZON_DAYS"]
+__all__ = ["DedupEntry", "Verdict", "judge", "RETRY_HEADER", "is_retry", "dedup_key", "day_of",
+           "horizon_key", "dedup_key_of", "PURGED_BEFORE_KEY", "HORIZON_PREFIX",
+           "DEFAULT_HORIZON_DAYS"]
 
 #: Four years: re-sends happen within days (interface engines) to months (a payer's or a
 #: clearinghouse's 835 again, a lockbox file loaded twice); Medicare may reopen a claim for
@@ -55,7 +56,8 @@ class DedupEntry(BaseModel):
     offset: int
     #: ``applied``: the account moved to ``version``. ``rejected``: a posting rule refused the
     #: event (its DLQ record was sent); the key is used up all the same, so a replay of it
-    #: changes nothing later either, even where the account could now take it.
+    #: changes nothing later either, even where the account could now take it, unless an
+    #: operator re-sends it from the work queue (``RETRY_HEADER``: ``judge``).
     outcome: Literal["applied", "rejected"] = "applied"
     version: int
     #: SHA-256 of the delta as sent (None: nothing posted), to check a re-application.
@@ -84,14 +86,33 @@ class Verdict(Enum):
     CONFLICT = "conflict"  # same idempotency key, different content: to the DLQ
 
 
-def judge(entry: DedupEntry | None, digest: str, partition: int, offset: int) -> Verdict:
+def judge(entry: DedupEntry | None, digest: str, partition: int, offset: int,
+          *, retry: bool = False) -> Verdict:
+    """``retry``: the message is an operator's replay of a refused event (``RETRY_HEADER``):
+    an event whose only outcome so far was a refusal is judged again as new (the cause may
+    have been fixed: a chart threshold, a currency). Nothing was posted for it, so nothing
+    can post twice; an event that was applied stays a replay, and other content a conflict."""
     if entry is None:
         return Verdict.NEW
     if entry.digest != digest:
         return Verdict.CONFLICT
     if (entry.partition, entry.offset) == (partition, offset):
         return Verdict.REDELIVERY
+    if retry and entry.outcome == "rejected":
+        return Verdict.NEW
     return Verdict.REPLAY
+
+
+#: The header of an event re-sent from the exception work queue (``rcmflow dlq replay``):
+#: its value is the DLQ item's id. Only it lets a refused event be judged again.
+RETRY_HEADER = "rcmflow-retry-of"
+
+
+def is_retry(headers: object) -> bool:
+    """Whether a record's headers ((name, value) pairs) mark an operator's replay."""
+    if not isinstance(headers, (list, tuple)):
+        return False
+    return any(isinstance(h, tuple) and len(h) == 2 and h[0] == RETRY_HEADER for h in headers)
 
 
 def dedup_key(account: str, event_id: str) -> bytes:

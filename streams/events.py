@@ -44,6 +44,7 @@ __all__ = [
     "ManualAdjustment",
     "AccountStatusChanged",
     "ProviderAdjustment",
+    "SuspenseReclassified",
     "Event",
     "EVENT_ADAPTER",
     "event_digest",
@@ -82,6 +83,7 @@ class EventKind(StrEnum):
     MANUAL_ADJUSTMENT = "manual_adjustment"
     ACCOUNT_STATUS_CHANGED = "account_status_changed"
     PROVIDER_ADJUSTMENT = "provider_adjustment"
+    SUSPENSE_RECLASSIFIED = "suspense_reclassified"
 
 
 class _Frozen(BaseModel):
@@ -117,6 +119,8 @@ class _EventBase(_Frozen):
     def _provider_keys_only_for_provider_events(self) -> _EventBase:
         is_provider_key = self.account.startswith(PROVIDER_PREFIX)
         is_provider_event = isinstance(self, ProviderAdjustment)
+        if isinstance(self, SuspenseReclassified):
+            return self  # moves a line of either kind of key from suspense
         if is_provider_key != is_provider_event:
             raise ValueError(
                 "provider-level adjustments use a 'provider:<payee id>' account key, "
@@ -287,6 +291,35 @@ class ProviderAdjustment(_EventBase):
     reference: Annotated[str, Field(max_length=80)] | None = None
 
 
+class SuspenseReclassified(_EventBase):
+    """Moves an amount a delta posted to suspense (an unmapped dimension) to the GL account
+    the chart now maps, once: made by `rcmflow dlq replay` / `resolve` from the
+    ``unmapped_dimension`` record, its event id derived from that record's id. No bucket
+    moves: both lines are in the bucket the suspense line moved."""
+
+    kind: Literal[EventKind.SUSPENSE_RECLASSIFIED]
+    #: The delta whose line went to suspense.
+    posting_id: Code
+    #: The rule's GL role and dimension (department, payer class) the line was looked up by.
+    role: Code
+    dimension: Code | None = None
+    #: The account-state bucket the suspense line moved.
+    bucket: Code
+    #: The suspense line's amount, signed as the movement was (positive: it was a debit).
+    amount_cents: Cents
+    #: What the chart lacked then (``entity '07'``, ``gross_revenue[0999]``).
+    missing: Annotated[str, Field(max_length=200)]
+    #: The suspense GL account the line went to (reversed as it was, whatever the chart's
+    #: suspense account is now).
+    suspense_account: Code
+
+    @model_validator(mode="after")
+    def _non_zero(self) -> SuspenseReclassified:
+        if self.amount_cents == 0:
+            raise ValueError("a reclassification of 0 cents moves nothing")
+        return self
+
+
 Event = Annotated[
     ChargePosted
     | ChargeReversed
@@ -297,7 +330,8 @@ Event = Annotated[
     | WriteOff
     | ManualAdjustment
     | AccountStatusChanged
-    | ProviderAdjustment,
+    | ProviderAdjustment
+    | SuspenseReclassified,
     Field(discriminator="kind"),
 ]
 

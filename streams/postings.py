@@ -43,6 +43,13 @@ class UnmappedLine(_Frozen):
     gl_account: str
     amount_cents: int
     coa_version: str
+    #: The rule's GL role, its dimension and the bucket the line moved: what a later
+    #: reclassification looks the GL account up by (``SuspenseReclassified``). None: a line
+    #: forced to suspense because the code itself is unmapped (a CARC or PLB code: its
+    #: treatment, not only its account, is unknown), or one an older rcmflow wrote.
+    role: str | None = None
+    dimension: str | None = None
+    bucket: str | None = None
 
 
 class PostingDelta(_Frozen):

@@ -72,6 +72,8 @@ class Message(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None = None
+    #: An operator's replay from the work queue (``dedup.RETRY_HEADER``).
+    retry: bool = False
 
 
 @dataclass
@@ -256,7 +258,7 @@ class Processor:
         dkey = dedup_key(event.account, event.event_id)
         part = msg.partition
         entry = _dedup_entry(out, tables, part, dkey)
-        verdict = judge(entry, digest, part, msg.offset)
+        verdict = judge(entry, digest, part, msg.offset, retry=msg.retry)
         if verdict is Verdict.REPLAY and self.break_dedup:
             verdict = Verdict.NEW  # the test-only break: the dedup check is gone
         if verdict is Verdict.REPLAY:

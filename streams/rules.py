@@ -23,11 +23,18 @@ from rcmflow.streams.events import (
     PatientPayment,
     ProviderAdjustment,
     Refund,
+    SuspenseReclassified,
     WriteOff,
 )
 from rcmflow.streams.postings import PostingLine
 from rcmflow.streams.rejections import Rejection
-from rcmflow.streams.state import DEBIT_NORMAL_BUCKETS, AccountHead, Item, ItemRef
+from rcmflow.streams.state import (
+    DEBIT_NORMAL_BUCKETS,
+    LEDGER_BUCKETS,
+    AccountHead,
+    Item,
+    ItemRef,
+)
 
 __all__ = ["Movement", "movements_for", "bucket_effects", "delta_amounts"]
 
@@ -39,6 +46,9 @@ WRITE_OFF_ROLES = {
     "administrative": "admin_adjustment",
     "denial": "denial_writeoff",
 }
+#: How an unknown department names the revenue code it was looked up by (a suspense line's
+#: dimension; a reclassification looks the code up again).
+REVENUE_CODE_PREFIX = "revenue code "
 #: Where an unmapped CAS amount is counted while its GL line sits in suspense.
 SUSPENSE_BUCKET_BY_GROUP = {
     "CO": "contractual_adjustments",
@@ -57,6 +67,9 @@ class Movement(NamedTuple):
     dimension: str | None = None  # department or payer class, for dimensioned roles
     #: Post to suspense regardless of the mapping (an unmapped CARC or PLB code).
     force_suspense: str | None = None
+    #: This GL account, not the role's (a reclassification reverses the very suspense
+    #: account the line went to).
+    gl_account: str | None = None
 
 
 def _ar(self_pay: bool) -> tuple[str, str]:
@@ -107,7 +120,34 @@ def movements_for(
             return _pair(("admin_adjustment", "write_offs"), ar, event.amount_cents, "manual")
         case ProviderAdjustment():
             return _provider_adjustment(event, chart)
+        case SuspenseReclassified():
+            return _reclassification(event, chart)
     raise AssertionError(f"no posting rule for {type(event).__name__}")
+
+
+def _reclassification(event: SuspenseReclassified,
+                      chart: ChartOfAccounts) -> list[Movement] | Rejection:
+    """The suspense line's amount to the GL account the chart maps now, out of suspense: the
+    same bucket on both sides, so the account's balances do not move. Refused while the chart
+    still lacks the mapping (the item stays to work; a replay after the fix tries again)."""
+    if event.bucket not in LEDGER_BUCKETS:
+        return Rejection(stage="rules", reason_code="invalid_event",
+                         detail=f"bucket {event.bucket!r} is not a ledger bucket")
+    entity = event.dimensions.entity
+    dimension = event.dimension
+    if dimension is not None and dimension.startswith(REVENUE_CODE_PREFIX):
+        # The charge's department was unknown: looked up again by its revenue code.
+        dimension = chart.department_for(dimension[len(REVENUE_CODE_PREFIX):]) or dimension
+    target = chart.gl_account(entity, event.role, dimension)
+    if target.missing is not None:
+        return Rejection(
+            stage="rules", reason_code="still_unmapped",
+            detail=f"the chart (version {chart.version}) still has no GL account for "
+            f"{target.missing} (entity {entity}): the amount stays in suspense")
+    memo = f"reclass {event.posting_id}"
+    return [Movement(event.role, event.bucket, event.amount_cents, memo, dimension),
+            Movement("suspense", event.bucket, -event.amount_cents, memo,
+                     gl_account=event.suspense_account)]
 
 
 def _department(event: Event, chart: ChartOfAccounts) -> str:
@@ -116,7 +156,7 @@ def _department(event: Event, chart: ChartOfAccounts) -> str:
     department = dims.department or chart.department_for(dims.revenue_code)
     if department is not None:
         return department
-    return f"revenue code {dims.revenue_code}" if dims.revenue_code else "no department"
+    return f"{REVENUE_CODE_PREFIX}{dims.revenue_code}" if dims.revenue_code else "no department"
 
 
 def _charge(event: ChargePosted, chart: ChartOfAccounts) -> list[Movement]:

@@ -26,6 +26,7 @@ __all__ = [
     "ACCOUNTS",
     "DLQ",
     "POSTINGS_DLQ",
+    "DLQ_STATE",
     "TopicSpec",
     "topic_specs",
     "record_bytes_max",
@@ -44,6 +45,9 @@ POSTINGS = "rcm.postings"
 ACCOUNTS = "rcm.accounts"  # compacted heads and items; also the accounts table's changelog
 DLQ = "rcm.dlq"
 POSTINGS_DLQ = "rcm.postings.dlq"
+#: The exception work queue's states (compacted, keyed by dlq_id): the DLQ records stay the
+#: items, this holds only what operators did with them (ops/workqueue.py).
+DLQ_STATE = "rcm.dlq.state"
 
 _KEEP = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
 _COMPACT = {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"}
@@ -99,5 +103,7 @@ def topic_specs(app_id: str) -> list[TopicSpec]:
                   "latest account snapshot (accounts table changelog)"),
         TopicSpec(DLQ, _sized(DLQ, _KEEP), "rejected input and exceptions, with the reason"),
         TopicSpec(POSTINGS_DLQ, _sized(POSTINGS_DLQ, _KEEP), "postings an ERP refused for good"),
+        TopicSpec(DLQ_STATE, _sized(DLQ_STATE, _COMPACT),
+                  "the exception work queue: each DLQ item's state and history, by dlq_id"),
         TopicSpec(dedup, _sized(dedup, _COMPACT), "dedup table changelog"),
     ]

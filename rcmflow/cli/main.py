@@ -30,6 +30,7 @@ from rcmflow.runtime.exit_codes import ExitCode, help_table
 # listings must not pay for the worker, the facade or the connectors (Faust, FastAPI, hl7apy,
 # the FHIR models: over a second). tests/test_cli_imports.py holds the line.
 if TYPE_CHECKING:
+    from rcmflow.ops.items import ItemState
     from rcmflow.runtime.faults import Faults
     from rcmflow.runtime.kafka_access import Access
     from rcmflow.runtime.kafka_connection import KafkaConnection
@@ -46,7 +47,8 @@ app = typer.Typer(
 )
 accounts_app = typer.Typer(help="Account state from rcm.accounts: heads and items (operators).",
                            no_args_is_help=True)
-dlq_app = typer.Typer(help="The exception queue: rejected input and unmapped postings.",
+dlq_app = typer.Typer(help="The exception work queue: every rcm.dlq and rcm.postings.dlq "
+                      "record is an item to list, assign, replay or resolve.",
                       no_args_is_help=True)
 ingest_app = typer.Typer(help="Publish files to the rcm.* topics.", no_args_is_help=True)
 schema_app = typer.Typer(help="Published schemas.", no_args_is_help=True)
@@ -949,47 +951,141 @@ def accounts_history(
     out.print(table)
 
 
+StateOption = Annotated[str, typer.Option(
+    "--state", help="todo (default: every item not done: open, assigned, a replay pending or "
+    "still failing), all, or one state: open, assigned, replayed, resolved.")]
+UserOption = Annotated[str | None, typer.Option(
+    "--user", help="Who is acting, kept in the item's history; default RCMFLOW_OPERATOR, "
+    "else the OS user.")]
+WaitOption = Annotated[float | None, typer.Option(
+    "--wait", min=0, help="Seconds to wait for what the replay produced (default "
+    "RCMFLOW_DLQ_REPLAY_WAIT_S, 30); past it the outcome is pending and `dlq list`/`show` "
+    "read it later.")]
+
+
+def _dlq(changes: bool) -> tuple[KafkaConnection, Settings]:
+    """The broker connection of a `dlq` command: list/show read; assign/replay/resolve also
+    write states and re-send (and create rcm.dlq.state where the worker has not)."""
+    from rcmflow.ops.workqueue import ensure_state_topic
+    from rcmflow.runtime import kafka_access
+
+    settings = _settings()
+    kafka = _connect(settings, kafka_access.dlq_access(settings.app_id, changes=changes))
+    if changes:
+        asyncio.run(ensure_state_topic(kafka, settings.partitions,
+                                       settings.replication_factor))
+    return kafka, settings
+
+
+def _operator(settings: Settings, user: str | None) -> str:
+    import getpass
+
+    return (user or settings.operator or getpass.getuser()).strip()[:200] or "unknown"
+
+
+def _moment_option(option: str, text: str | None) -> Any:
+    from datetime import UTC, datetime
+
+    from rcmflow.ops.durations import moment
+    from rcmflow.ops.exceptions import BadMoment
+
+    if text is None:
+        return None
+    try:
+        return moment(text, datetime.now(UTC))
+    except BadMoment as exc:
+        _fail(ValueError(f"{option}: {exc}"))
+
+
+def _filters(*, stage: str | None = None, reason: str | None = None, source: str | None = None,
+             entity: str | None = None, account: str | None = None, since: str | None = None,
+             older_than: str | None = None, state: str = "todo") -> Any:
+    from rcmflow.ops.items import STATE_FILTERS, Filters
+
+    if state not in STATE_FILTERS:
+        _fail(ValueError(f"--state {state!r}: one of {', '.join(STATE_FILTERS)}"))
+    return Filters(stage=stage, reason=reason, source=source, entity=entity, account=account,
+                   since=_moment_option("--since", since),
+                   before=_moment_option("--older-than", older_than), state=state)
+
+
+def _queue_cursor(after: str | None) -> Any:
+    from rcmflow.ops.exceptions import BadCursor
+    from rcmflow.ops.workqueue import QueueCursor
+
+    try:
+        return None if after is None else QueueCursor.decode(after)
+    except BadCursor as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True, emoji=False)
+        raise typer.Exit(ExitCode.REFUSED) from exc
+
+
+def _state_text(item: dict[str, Any]) -> str:
+    queue = item["queue"]
+    text = str(queue["state"])
+    replay = queue.get("replay")
+    if queue["state"] == "replayed" and replay:
+        text += f": {replay['outcome']}"
+    if queue["state"] == "assigned" and queue.get("assignee"):
+        text += f" to {queue['assignee']}"
+    return text
+
+
 @dlq_app.command("list")
 def dlq_list(
+    stage: Annotated[str | None, typer.Option(
+        help="Only this stage: decode, validate, dedup, rules, posting, facade.")] = None,
     reason: Annotated[str | None, typer.Option(help="Only this reason_code.")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="Only this source: the event's source, the connector's format (hl7, x12, ...), "
+        "erp:ADAPTER, or the origin (hl7:CHANNEL, file:PATH, a topic).")] = None,
+    entity: Annotated[str | None, typer.Option(help="Only this facility / legal entity.")] = None,
+    account: Annotated[str | None, typer.Option(help="Only this account.")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Queued since: a duration back from now (90m, 2h, 3d, 1w) or an ISO date.")] = None,
+    older_than: Annotated[str | None, typer.Option(
+        "--older-than", help="Queued longer ago than this (2h, 3d) or before an ISO date.")
+    ] = None,
+    state: StateOption = "todo",
     as_json: JsonFlag = False,
     limit: LimitOption = 50,
     after: AfterOption = None,
 ) -> None:
-    """DLQ records, newest first, a page at a time: stage, reason and business context
-    (payloads with `dlq show ID`; a unique prefix of the id will do)."""
-    from rcmflow.ops.accounts import dlq_page, dlq_records
-    from rcmflow.streams.topics import DLQ
+    """The exception work queue: items of rcm.dlq and rcm.postings.dlq, newest first, a page
+    at a time, with their state and age (payloads and history with `dlq show ID`; a unique
+    prefix of the id will do). By default the items still to work (--state todo)."""
+    from rcmflow.ops.workqueue import every_item, page
 
-    kafka = _reader("dlq list", DLQ)
-    cursor = _cursor(after)
+    filters = _filters(stage=stage, reason=reason, source=source, entity=entity,
+                       account=account, since=since, older_than=older_than, state=state)
+    kafka, _ = _dlq(changes=False)
+    cursor = _queue_cursor(after)
     if limit == 0:
-        records = asyncio.run(dlq_records(kafka))
-        if reason:
-            records = [r for r in records if r.get("reason_code") == reason]
-        following, title = None, f"{len(records)} DLQ records"
+        items = asyncio.run(every_item(kafka, filters))
+        following, title = None, f"{len(items)} items ({state})"
     else:
-        records, following = asyncio.run(dlq_page(kafka, limit=limit, after=cursor,
-                                                  reason=reason))
-        title = f"{len(records)} DLQ records, newest first"
+        items, following = asyncio.run(page(kafka, filters, limit=limit, after=cursor))
+        title = f"{len(items)} items ({state}), newest first"
     if as_json:
-        _print_json(records)
+        _print_json(items)
     else:
         # Ids whole, even at 80 columns: `dlq show` takes what this prints. Narrower than a
-        # table can hold readably, each record is a line and its reason indented below.
-        width = max((len(str(r["dlq_id"])) for r in records), default=6)
-        rows = [(str(r["dlq_id"]),
+        # table can hold readably, each item is a line and its reason indented below.
+        width = max((len(str(r["dlq_id"])) for r in items), default=6)
+        rows = [(str(r["dlq_id"]), _state_text(r), r["queue"]["age"],
                  r["stage"] + (" (warning)" if r["severity"] == "warning" else ""),
                  str(r["reason_code"]), str(r["context"].get("account", "")), str(r["reason"]))
-                for r in records]
+                for r in items]
         if out.width < 120:
             out.print(title, highlight=False, markup=False)
-            for dlq_id, stage, code, account, reason in rows:
-                out.print(Text(f"{dlq_id}  {stage}  {code}  {account}".rstrip()))
-                out.print(Padding(Text(reason), (0, 0, 0, 4)))
+            for dlq_id, state_text, age, stage_text, code, acct, why in rows:
+                out.print(Text(f"{dlq_id}  {state_text}  {age}  {stage_text}  {code}  "
+                               f"{acct}".rstrip()))
+                out.print(Padding(Text(why), (0, 0, 0, 4)))
         else:
-            table = Table(Column("dlq id", no_wrap=True, min_width=width), "stage",
-                          "reason code", "account", Column("reason", overflow="fold", ratio=1),
+            table = Table(Column("dlq id", no_wrap=True, min_width=width), "state", "age",
+                          "stage", "reason code", "account",
+                          Column("reason", overflow="fold", ratio=1),
                           title=title, expand=True, box=box.SIMPLE_HEAD, pad_edge=False,
                           collapse_padding=True)
             for row in rows:
@@ -998,27 +1094,183 @@ def dlq_list(
     _more("dlq list", following)
 
 
+def _no_item(exc: Exception) -> NoReturn:
+    err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True, highlight=False)
+    raise typer.Exit(ExitCode.ATTENTION) from exc
+
+
 @dlq_app.command("show")
 def dlq_show(dlq_id: Annotated[str, typer.Argument(
         help="A dlq_id from `dlq list`, or a unique prefix of one.")]) -> None:
-    """One DLQ record in full, with its original payload. Exit 1: no record with that id or
-    prefix, or several (they are listed)."""
-    from rcmflow.ops.accounts import find_dlq
-    from rcmflow.streams.topics import DLQ
+    """One item in full, as JSON: the DLQ record with its original payload, and under
+    "queue" its state, age, the last replay's outcome (read now if it was pending) and its
+    history (who, when, why). Exit 1: no item with that id or prefix, or several (listed)."""
+    from rcmflow.ops.exceptions import NoSuchItem
+    from rcmflow.ops.workqueue import show
 
-    found = asyncio.run(find_dlq(_reader("dlq show", DLQ), dlq_id))
-    exact = [r for r in found if r["dlq_id"] == dlq_id]
-    if exact or len(found) == 1:
-        _print_json((exact or found)[0])
-        return
-    if found:
-        err.print(f"[red]{len(found)} DLQ records start with {dlq_id!r}:[/red] "
-                  + ", ".join(str(r["dlq_id"]) for r in found[:20])
-                  + (f" (and {len(found) - 20} more)" if len(found) > 20 else "")
-                  + "; give more of the id", soft_wrap=True, highlight=False)
+    kafka, _ = _dlq(changes=False)
+    try:
+        _print_json(asyncio.run(show(kafka, dlq_id)))
+    except NoSuchItem as exc:
+        _no_item(exc)
+
+
+def _state_json(state: ItemState) -> dict[str, Any]:
+    doc: dict[str, Any] = state.model_dump(mode="json", exclude_none=True)
+    for step in doc["history"]:
+        (step.get("replay") or {}).pop("watch", None)
+    return doc
+
+
+@dlq_app.command("assign")
+def dlq_assign(
+    dlq_id: Annotated[str, typer.Argument(help="A dlq_id (or a unique prefix).")],
+    to: Annotated[str | None, typer.Option(help="Who works it (default: you).")] = None,
+    note: Annotated[str, typer.Option(help="Why, or what is being done.")] = "",
+    user: UserOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Take an item, or give it to someone (--to): state "assigned", kept in its history.
+    Exit 1: no such item; 2: it is resolved (closed)."""
+    from rcmflow.ops.exceptions import NoSuchItem, ReplayRefused
+    from rcmflow.ops.workqueue import assign
+
+    kafka, settings = _dlq(changes=True)
+    who = _operator(settings, user)
+    try:
+        state = asyncio.run(assign(kafka, dlq_id, user=who, assignee=to or who, note=note))
+    except NoSuchItem as exc:
+        _no_item(exc)
+    except ReplayRefused as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(_state_json(state))
     else:
-        err.print(f"[red]no DLQ record {dlq_id!r}[/red]", soft_wrap=True)
-    raise typer.Exit(ExitCode.ATTENTION)
+        out.print(f"{state.dlq_id}: assigned to {to or who}", highlight=False, markup=False)
+
+
+@dlq_app.command("resolve")
+def dlq_resolve(
+    dlq_id: Annotated[str, typer.Argument(help="A dlq_id (or a unique prefix).")],
+    note: Annotated[str, typer.Option(
+        help="Why it is closed (required): kept with who and when.")],
+    reclassify: Annotated[bool, typer.Option(
+        "--reclassify/--no-reclassify", help="unmapped_dimension items: post the amount from "
+        "suspense to the GL account the chart maps now (once), before closing; "
+        "--no-reclassify where it was posted by hand.")] = True,
+    user: UserOption = None,
+    wait: WaitOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Close an item by hand (fixed at the source, posted by hand, not to be posted): an
+    audit record with who, when and the note goes on rcm.dlq.state; `dlq show ID` prints the
+    history. Nothing is sent, except for an unmapped_dimension item: its reclassification out
+    of suspense (as `dlq replay` sends it; once, however often). Exit 1: no such item; 2: no
+    note, or already resolved."""
+    from rcmflow.ops.exceptions import NoSuchItem, ReplayRefused
+    from rcmflow.ops.workqueue import resolve
+
+    kafka, settings = _dlq(changes=True)
+    wait_s = settings.dlq_replay_wait_s if wait is None else wait
+    try:
+        state = asyncio.run(resolve(kafka, dlq_id, user=_operator(settings, user), note=note,
+                                    app_id=settings.app_id, reclassify=reclassify,
+                                    wait_s=wait_s))
+    except NoSuchItem as exc:
+        _no_item(exc)
+    except ReplayRefused as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(_state_json(state))
+    else:
+        if state.last_replay is not None and state.last_replay.event_id is not None:
+            out.print(_replay_line(state), highlight=False, markup=False, soft_wrap=True)
+        out.print(f"{state.dlq_id}: resolved by {state.history[-1].by}", highlight=False,
+                  markup=False)
+
+
+def _replay_line(state: ItemState) -> str:
+    replay = state.last_replay
+    assert replay is not None
+    text = f"{state.dlq_id}: re-sent to {replay.topic} (partition {replay.partition} offset " \
+           f"{replay.offset}): {replay.outcome}"
+    if replay.outcome == "pending":
+        text += " (not read yet: the worker or the ERP connector is not running or behind; " \
+                "`rcmflow dlq show ID` reads it later)"
+    elif replay.detail:
+        text += f": {replay.detail}"
+    if replay.outcome == "failing" and replay.new_dlq_id not in (None, state.dlq_id):
+        text += f" (a new item: {replay.new_dlq_id})"
+    return text
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    dlq_id: Annotated[str | None, typer.Argument(
+        help="A dlq_id (or a unique prefix); or none, with --reason.")] = None,
+    reason: Annotated[str | None, typer.Option(
+        help="Replay every item still to work with this reason_code (oldest first).")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="With --reason: only items queued since (2h, 3d, an ISO date).")] = None,
+    note: Annotated[str, typer.Option(help="Why (what was fixed), kept in the history.")] = "",
+    user: UserOption = None,
+    wait: WaitOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-send an item's original input through the normal path, once its cause is fixed (a
+    chart mapping or threshold, the ERP's period opened): an event the worker refused goes
+    back to rcm.events under its key, marked as a retry (the worker judges it again); a delta
+    an ERP refused goes back to rcm.postings. Dedup still holds: replaying twice posts once.
+    The item records who, when and what the replay produced: applied, replay (nothing new
+    posted) or failing (refused again, with the reason; another reason is a new item).
+
+    An unmapped_dimension item (an amount posted to suspense) sends its reclassification
+    instead: suspense -> the GL account the fixed chart maps, a balanced delta, once.
+
+    Not replayable (exit 2, nothing sent): a payload cut at RCMFLOW_DLQ_PAYLOAD_BYTES_MAX,
+    input a connector refused before it was an event (re-ingest the corrected source),
+    warnings (resolve them with a note).
+    Exit 0: every replay applied or was a replay; 1: one is still failing or pending, or
+    (with --reason) some item was not replayable."""
+    from rcmflow.ops.exceptions import NoSuchItem, ReplayRefused
+    from rcmflow.ops.workqueue import replay, replay_matching
+
+    if (dlq_id is None) == (reason is None):
+        _fail(ValueError("give a dlq_id or --reason (not both)"))
+    if since is not None and reason is None:
+        _fail(ValueError("--since goes with --reason"))
+    kafka, settings = _dlq(changes=True)
+    who = _operator(settings, user)
+    wait_s = settings.dlq_replay_wait_s if wait is None else wait
+    refused: list[tuple[str, str]] = []
+    if dlq_id is not None:
+        try:
+            states = [asyncio.run(replay(kafka, dlq_id, user=who, app_id=settings.app_id,
+                                         note=note, wait_s=wait_s))]
+        except NoSuchItem as exc:
+            _no_item(exc)
+        except ReplayRefused as exc:
+            _fail(exc)
+        matched = 1
+    else:
+        filters = _filters(reason=reason, since=since)
+        states, refused, matched = asyncio.run(replay_matching(
+            kafka, filters, user=who, app_id=settings.app_id, note=note, wait_s=wait_s))
+    if as_json:
+        _print_json({"replayed": [_state_json(s) for s in states],
+                     "not_replayable": [{"dlq_id": i, "why": why} for i, why in refused],
+                     "matched": matched})
+    else:
+        for state in states:
+            out.print(_replay_line(state), highlight=False, markup=False, soft_wrap=True)
+        for _item, why in refused:
+            err.print(f"not replayable: {why}", highlight=False, markup=False, soft_wrap=True)
+        if reason is not None:
+            out.print(f"{len(states)} of {matched} items with reason {reason} re-sent",
+                      highlight=False, markup=False)
+    unsettled = any(s.last_replay is None or s.last_replay.outcome in ("pending", "failing")
+                    for s in states)
+    raise typer.Exit(ExitCode.ATTENTION if unsettled or refused else ExitCode.OK)
 
 
 def _erp_reader(name: str, settings: Settings) -> tuple[Any, bool]:

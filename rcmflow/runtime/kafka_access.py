@@ -18,6 +18,7 @@ from typing import Literal, NamedTuple
 from rcmflow.streams.topics import (
     ACCOUNTS,
     DLQ,
+    DLQ_STATE,
     EVENTS,
     POSTINGS,
     POSTINGS_DLQ,
@@ -46,6 +47,7 @@ __all__ = [
     "reconcile_access",
     "reader_access",
     "audit_access",
+    "dlq_access",
     "documented_components",
     "INGEST_KINDS",
 ]
@@ -93,6 +95,9 @@ class Access:
     transactional_id_prefix: str | None = None
     #: Topics it creates when they are missing (CREATE on each; not needed if they exist).
     creates: tuple[str, ...] = ()
+    #: Prefix of the consumer groups whose committed offsets it reads (DESCRIBE on GROUP
+    #: prefixed): the work queue asks whether the worker or an ERP connector read a replay.
+    describes_groups: str | None = None
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -111,6 +116,8 @@ class Access:
         if self.transactional_id_prefix is not None:
             bindings.append(AclBinding("TRANSACTIONAL_ID", self.transactional_id_prefix,
                                        "WRITE", "PREFIXED"))
+        if self.describes_groups is not None:
+            bindings.append(AclBinding("GROUP", self.describes_groups, "DESCRIBE", "PREFIXED"))
         return bindings
 
 
@@ -139,9 +146,11 @@ def facade_access() -> Access:
 
 
 def ops_site_access(app_id: str) -> Access:
-    """`rcmflow ops`: reads what its pages show, group-less."""
-    del app_id  # its work-queue actions write as `rcmflow dlq` does (added with them)
-    return Access(component="ops", read=(ACCOUNTS, POSTINGS, DLQ, POSTINGS_DLQ))
+    """`rcmflow ops`: reads what its pages show (group-less) and acts on the work queue as
+    `rcmflow dlq assign, replay, resolve` does."""
+    queue = dlq_access(app_id, changes=True)
+    return Access(component="ops", read=(ACCOUNTS, *queue.read), write=queue.write,
+                  creates=queue.creates, describes_groups=queue.describes_groups)
 
 
 def erp_group(app_id: str, adapter: str) -> str:
@@ -201,6 +210,18 @@ def audit_access(*, follow: bool = False) -> Access:
                   write=(DLQ,) if follow else ())
 
 
+def dlq_access(app_id: str, *, changes: bool) -> Access:
+    """`rcmflow dlq`: reads both DLQ topics, the work queue's states and the deltas (what a
+    replay produced), and the committed offsets of the worker's and the ERP connectors'
+    groups (whether they read a replay yet: groups named after the app id). ``changes``
+    (`assign`, `replay`, `resolve`): also writes states and re-sends events and deltas."""
+    read = (DLQ, POSTINGS_DLQ, DLQ_STATE, POSTINGS)
+    if not changes:
+        return Access(component="dlq", read=read, describes_groups=app_id)
+    return Access(component="dlq", read=read, write=(DLQ_STATE, EVENTS, POSTINGS),
+                  creates=(DLQ_STATE,), describes_groups=app_id)
+
+
 def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
     """The rows of the docs' ACL table (docs/operations/security.md), by command."""
     return {
@@ -224,7 +245,8 @@ def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
         "rcmflow rebuild --compare": reader_access("rebuild", EVENTS, ACCOUNTS),
         "rcmflow accounts list, show": reader_access("accounts", ACCOUNTS),
         "rcmflow accounts history": reader_access("accounts history", POSTINGS),
-        "rcmflow dlq list, show": reader_access("dlq", DLQ),
+        "rcmflow dlq list, show": dlq_access(app_id, changes=False),
+        "rcmflow dlq assign, replay, resolve": dlq_access(app_id, changes=True),
         "rcmflow trace": reader_access("trace", RAW_HL7, RAW_X12, RAW_PAYMENTS, RAW_FHIR,
                                        EVENTS, POSTINGS, DLQ, POSTINGS_DLQ),
         "rcmflow lag (and DESCRIBE on the groups it reports)":

@@ -358,6 +358,16 @@ class Settings(BaseSettings):
     watch_poll_s: float = Field(
         2.0, gt=0, le=3600, description="`rcmflow watch`: how often the drop folder is listed."
     )
+    # The exception work queue (`rcmflow dlq ...`, ops/workqueue.py).
+    operator: str | None = Field(
+        None, max_length=200, description="Who `rcmflow dlq assign/replay/resolve` record as "
+        "the operator when --user is not given; unset: the OS user running the command."
+    )
+    dlq_replay_wait_s: float = Field(
+        30.0, ge=0, le=3600, description="How long `rcmflow dlq replay` waits for the worker "
+        "(or the ERP connector) to read the re-sent record and say what it produced; past it "
+        "the outcome is pending, and `dlq list`/`dlq show` read it later."
+    )
 
     # Topics other systems write (`rcmflow consume FORMAT --topic T`,
     # connectors/inbound/consume.py):

@@ -58,6 +58,7 @@ from rcmflow.runtime.metrics import BoundedLabel, Histogram, Metric, counter, ga
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.date_window import DateWindow
+from rcmflow.streams.dedup import is_retry
 from rcmflow.streams.ordering import OffsetGuard
 from rcmflow.streams.outgoing import Acked, OutRecord
 from rcmflow.streams.processor import AppliedEvent, BatchResult, Counts, Message, Processor
@@ -424,7 +425,8 @@ class Pipeline:
 def to_messages(records: Sequence[Any]) -> list[Message]:
     """aiokafka ``ConsumerRecord``s as the processor's messages (timestamps in ms, as sent;
     0 or none: None)."""
-    return [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or None)
+    return [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or None,
+                    is_retry(r.headers))
             for r in records]
 
 

@@ -33,6 +33,7 @@ from rcmflow.runtime.exceptions import KafkaAccessError
 from rcmflow.runtime.kafka_access import (
     Access,
     AclBinding,
+    dlq_access,
     erp_access,
     facade_access,
     ingest_access,
@@ -44,7 +45,7 @@ from rcmflow.runtime.kafka_access import (
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import read_topic
 from rcmflow.runtime.kafka_preflight import preflight
-from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS, POSTINGS, topic_specs
+from rcmflow.streams.topics import ACCOUNTS, EVENTS, POSTINGS, topic_specs
 from tests.apache_kafka.fixtures import kafka_or_skip
 from tests.apache_kafka.server import ApacheKafka, KafkaSecurity
 from tests.conftest import Workers, wait_until
@@ -90,7 +91,8 @@ USERS = {
     "reconcile": reconcile_access(),
     "accounts": reader_access("accounts", ACCOUNTS),
     "accounts-history": reader_access("accounts history", POSTINGS),
-    "dlq": reader_access("dlq", DLQ),
+    "dlq": dlq_access(APP_ID, changes=False),
+    "dlq-changes": dlq_access(APP_ID, changes=True),
     "digest": reader_access("digest", ACCOUNTS),
     "rebuild": reader_access("rebuild", EVENTS),
     "rebuild-compare": reader_access("rebuild", EVENTS, ACCOUNTS),
@@ -305,6 +307,7 @@ def test_the_mllp_listener_runs_with_only_its_acls(secure_kafka: ApacheKafka,
     ("accounts", ("accounts", "show", "NO-SUCH-ACCOUNT")),
     ("accounts-history", ("accounts", "history", "NO-SUCH-ACCOUNT")),
     ("dlq", ("dlq", "list")), ("dlq", ("dlq", "show", "NO-SUCH-ID")),
+    ("dlq-changes", ("dlq", "resolve", "NO-SUCH-ID", "--note", "checked")),
     ("digest", ("digest",)), ("rebuild", ("rebuild",)),
     ("rebuild-compare", ("rebuild", "--compare"))])
 def test_operator_commands_run_with_only_their_acls(secure_kafka: ApacheKafka, tmp_path: Path,

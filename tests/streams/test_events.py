@@ -25,6 +25,9 @@ EVERY_KIND = [
     event_doc("manual_adjustment", amount_cents=-100),
     event_doc("account_status_changed", status="closed"),
     event_doc("provider_adjustment", "provider:99", reason_code="L6", amount_cents=-5),
+    event_doc("suspense_reclassified", posting_id="pst_1", role="gross_revenue",
+              dimension="ED", bucket="gross_charges", amount_cents=-100,
+              missing="gross_revenue[revenue code 0999]", suspense_account="2900"),
 ]
 
 
