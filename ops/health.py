@@ -8,8 +8,10 @@ import asyncio
 from dataclasses import dataclass, field
 
 import httpx
+from aiokafka.errors import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 
+from rcmflow.ops.lag import LagReport, lag_report
 from rcmflow.runtime.kafka_connection import KafkaConnection
 
 __all__ = ["ProcessHealth", "HealthView", "health_view", "HEADLINE"]
@@ -25,6 +27,7 @@ HEADLINE = {
 }
 _SCRAPE_TIMEOUT_S = 2.0
 _SCRAPE_BYTES_MAX = 4 * 1024 * 1024
+_LAG_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -40,13 +43,26 @@ class ProcessHealth:
 class HealthView:
     processes: list[ProcessHealth]
     broker: str
+    #: Each consumer group's lag (`rcmflow lag`'s report); None: the broker did not answer.
+    lag: LagReport | None
+    lag_error: str = ""
 
 
-async def health_view(kafka: KafkaConnection, metrics: dict[str, str]) -> HealthView:
+async def health_view(kafka: KafkaConnection, metrics: dict[str, str], *,
+                      app_id: str) -> HealthView:
     async with httpx.AsyncClient(timeout=_SCRAPE_TIMEOUT_S) as client:
-        processes = await asyncio.gather(*(_scrape(client, name, url)
-                                           for name, url in sorted(metrics.items())))
-    return HealthView(list(processes), kafka.describe())
+        processes, lag = await asyncio.gather(
+            asyncio.gather(*(_scrape(client, name, url) for name, url in sorted(metrics.items()))),
+            _lag(kafka, app_id), return_exceptions=False)
+    report, error = lag
+    return HealthView(list(processes), kafka.describe(), report, error)
+
+
+async def _lag(kafka: KafkaConnection, app_id: str) -> tuple[LagReport | None, str]:
+    try:
+        return await asyncio.wait_for(lag_report(kafka, app_id=app_id), _LAG_TIMEOUT_S), ""
+    except (KafkaError, OSError, TimeoutError) as exc:
+        return None, f"the broker did not answer ({type(exc).__name__})"
 
 
 async def _scrape(client: httpx.AsyncClient, name: str, url: str) -> ProcessHealth:

@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -27,6 +28,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from rcmflow.ops.durations import moment
+from rcmflow.ops.exceptions import NoSuchItem, ReplayRefused
+from rcmflow.ops.items import STATE_FILTERS, Filters
 from rcmflow.ops.users import User, Users
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.money import cents_for_people
@@ -37,6 +41,12 @@ log = logging.getLogger("rcmflow.ops")
 
 COOKIE = "rcmflow_ops"
 _FORM_BYTES_MAX = 16 * 1024  # a login or an action's note; more is refused (413)
+_PAGE_ROWS = 50
+#: How long a replay from the page waits for the worker's outcome (then: pending, shown
+#: when the item is next opened).
+_REPLAY_WAIT_S = 10.0
+_ACTIONS = ("assign", "replay", "resolve")
+_TRACE_ID_CHARS_MAX = 200
 _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 _TEMPLATES.env.filters["money"] = cents_for_people
 
@@ -114,7 +124,7 @@ def create_site(config: SiteConfig) -> FastAPI:
             return _to_login(request)
         from rcmflow.ops.health import health_view
 
-        view = await health_view(config.kafka, config.metrics)
+        view = await health_view(config.kafka, config.metrics, app_id=config.app_id)
         return _page(request, "health.html", session, view=view)
 
     @site.get("/accounts", response_class=HTMLResponse)
@@ -129,12 +139,108 @@ def create_site(config: SiteConfig) -> FastAPI:
         return _page(request, "account.html", session, account=account.strip(), view=view,
                      status_code=status)
 
+    @site.get("/trace", response_class=HTMLResponse)
+    async def trace_page(request: Request, id: str = "", since: str = "7d") -> Response:
+        session = _session(request)
+        if session is None:
+            return _to_login(request)
+        from rcmflow.ops.trace import parse_since, trace
+
+        query = id.strip()[:_TRACE_ID_CHARS_MAX]
+        try:
+            start = parse_since(since)
+        except ValueError as exc:
+            raise _Refused(400, str(exc)) from None
+        found = await trace(config.kafka, query, app_id=config.app_id, since=start) \
+            if query else None
+        return _page(request, "trace.html", session, query=query, since=since, found=found,
+                     status_code=404 if found is not None and not found.found else 200)
+
+    @site.get("/queue", response_class=HTMLResponse)
+    async def queue(request: Request) -> Response:
+        session = _session(request)
+        if session is None:
+            return _to_login(request)
+        from rcmflow.ops.workqueue import QueueCursor, page
+
+        asked = {k: v.strip() for k, v in request.query_params.items() if v.strip()}
+        try:
+            filters = _filters(asked)
+            after = QueueCursor.decode(asked["after"]) if "after" in asked else None
+        except ValueError as exc:  # BadMoment, BadCursor
+            raise _Refused(400, str(exc)) from None
+        items, following = await page(config.kafka, filters, limit=_PAGE_ROWS, after=after)
+        more = {k: v for k, v in asked.items() if k != "after"}
+        return _page(request, "queue.html", session, items=items, asked=asked,
+                     states=STATE_FILTERS, next_after=following.encode() if following else None,
+                     more=more)
+
+    @site.get("/queue/{dlq_id}", response_class=HTMLResponse)
+    async def queue_item(request: Request, dlq_id: str) -> Response:
+        session = _session(request)
+        if session is None:
+            return _to_login(request)
+        from rcmflow.ops.workqueue import show
+
+        try:
+            item = await show(config.kafka, dlq_id)
+        except NoSuchItem as exc:
+            raise _Refused(404, str(exc)) from None
+        if not session.user.can_act:  # a viewer reads what failed, not the input (PHI)
+            item = {k: v for k, v in item.items() if k != "payload"}
+        return _page(request, "item.html", session, item=item)
+
+    @site.post("/queue/{dlq_id}/{action}")
+    async def act(request: Request, dlq_id: str, action: str) -> Response:
+        session = _session(request)
+        if session is None:
+            return _to_login(request)
+        form = await _checked_form(request, session)
+        user = session.user
+        if action not in _ACTIONS:
+            raise _Refused(404, f"no action {action!r}")
+        if not user.can_act:
+            log.warning("ops: %s (%s) refused: %s %s", user.name, user.role, action, dlq_id)
+            raise _Refused(403, f"{action} needs the operator role")
+        from rcmflow.ops import workqueue
+
+        note = form.get("note", "").strip()
+        log.info("ops: %s (%s) %s %s", user.name, user.role, action, dlq_id)
+        try:
+            if action == "replay":
+                await workqueue.replay(config.kafka, dlq_id, user=user.name,
+                                       app_id=config.app_id, note=note, wait_s=_REPLAY_WAIT_S)
+            elif action == "resolve":
+                await workqueue.resolve(config.kafka, dlq_id, user=user.name, note=note,
+                                        app_id=config.app_id, wait_s=_REPLAY_WAIT_S)
+            else:
+                await workqueue.assign(config.kafka, dlq_id, user=user.name,
+                                       assignee=user.name, note=note)
+        except NoSuchItem as exc:
+            raise _Refused(404, str(exc)) from None
+        except ReplayRefused as exc:
+            raise _Refused(409, str(exc)) from None
+        return RedirectResponse(f"/queue/{quote(dlq_id)}", status_code=303)
+
     @site.exception_handler(_Refused)
     async def refused(request: Request, exc: _Refused) -> Response:
         return HTMLResponse(f"<!doctype html><title>refused</title><p>{exc.status}: "
                             f"{html.escape(exc.reason)}</p>", status_code=exc.status)
 
     return site
+
+
+def _filters(asked: dict[str, str]) -> Filters:
+    """The queue page's filters, as `rcmflow dlq list` takes them (raises ValueError)."""
+    state = asked.get("state", "todo")
+    if state not in STATE_FILTERS:
+        raise ValueError(f"state {state[:20]!r}: one of {', '.join(STATE_FILTERS)}")
+    now = datetime.now(UTC)
+    return Filters(stage=asked.get("stage"), reason=asked.get("reason"),
+                   source=asked.get("source"), entity=asked.get("entity"),
+                   account=asked.get("account"), state=state,
+                   since=moment(asked["since"], now) if "since" in asked else None,
+                   before=moment(asked["older_than"], now) if "older_than" in asked else None)
 
 
 def _client(request: Request) -> str:

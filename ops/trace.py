@@ -30,7 +30,6 @@ whole document) may hold PHI: only with ``payloads=True``.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from rcmflow.ops.durations import moment
 from rcmflow.ops.lag import group_committed, group_role, listed_groups
 from rcmflow.ops.unit import (
     Needles,
@@ -86,24 +86,11 @@ ProgressFactory = Callable[[str, int], AbstractContextManager[Advance]]
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime | None:
-    """``7d``, ``12h``, ``30m``, ``90s``, an ISO date or date-time (UTC unless it says), or
-    ``all`` (None: the whole log). ValueError for anything else."""
-    now = now or datetime.now(UTC)
-    text = text.strip()
-    if text.lower() == "all":
+    """``all`` (None: the whole log), or what `dlq list --since` takes (``durations.moment``:
+    7d, 12h, 30m, 1w, an ISO date or date-time). BadMoment (a ValueError) for anything else."""
+    if text.strip().lower() == "all":
         return None
-    found = re.fullmatch(r"(\d+)\s*([dhms])", text)
-    if found:
-        unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[found.group(2)]
-        return now - timedelta(**{unit: int(found.group(1))})
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"--since {text!r}: give 7d, 12h, 30m, an ISO date (2026-03-01) or "
-                         "date-time, or all") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
+    return moment(text, now or datetime.now(UTC))
 
 
 Matcher = Callable[[Record, Needles], Step | None]

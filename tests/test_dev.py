@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from rcmflow.runtime.broker import free_port
@@ -76,6 +78,7 @@ def _dev(tmp_path: Path, *args: str, timeout_s: float = 150, **env: str) -> tupl
     full.update(RCMFLOW_DATA_DIR=str(tmp_path / "data"), COLUMNS="200", **env)
     full.setdefault("RCMFLOW_FACADE_PORT", str(free_port()))
     full.setdefault("RCMFLOW_MLLP_PORT", str(free_port()))
+    full.setdefault("RCMFLOW_OPS_PORT", str(free_port()))
     # Its own session: on a timeout the whole group goes (dev, its broker and children).
     dev = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "dev", *args], env=full,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -113,9 +116,10 @@ def test_mllp_port_taken_never_talks_to_the_other_program(tmp_path: Path,
 
 def test_dev_runs_once_every_child_listens_and_stops_them_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RCMFLOW_")}
-    facade_port, mllp_port = free_port(), free_port()
+    facade_port, mllp_port, ops_port = free_port(), free_port(), free_port()
     env.update(RCMFLOW_DATA_DIR=str(tmp_path / "data"), COLUMNS="200",
-               RCMFLOW_FACADE_PORT=str(facade_port), RCMFLOW_MLLP_PORT=str(mllp_port))
+               RCMFLOW_FACADE_PORT=str(facade_port), RCMFLOW_MLLP_PORT=str(mllp_port),
+               RCMFLOW_OPS_PORT=str(ops_port))
     log = tmp_path / "dev.out"
     with open(log, "wb") as handle:
         dev = subprocess.Popen([sys.executable, "-m", "rcmflow.cli", "dev"], env=env,
@@ -127,12 +131,18 @@ def test_dev_runs_once_every_child_listens_and_stops_them_on_ctrl_c(tmp_path: Pa
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
         assert dev.poll() is None, log.read_text()
-        # Ready means listening: both ports take a connection now.
-        for port in (facade_port, mllp_port):
+        # Ready means listening: every port takes a connection now.
+        for port in (facade_port, mllp_port, ops_port):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        # The ops site's dev login, as printed, logs in.
+        login = re.search(r"log in as (\S+) / (\S+);", log.read_text())
+        assert login, log.read_text()
+        answer = httpx.post(f"http://127.0.0.1:{ops_port}/login", timeout=10,
+                            data={"username": login[1], "password": login[2]})
+        assert answer.status_code == 303 and "rcmflow_ops" in answer.cookies
         dev.send_signal(signal.SIGINT)
         assert dev.wait(90) == 0, log.read_text()
-        for port in (facade_port, mllp_port):
+        for port in (facade_port, mllp_port, ops_port):
             with pytest.raises(OSError):
                 socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:

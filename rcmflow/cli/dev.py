@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -42,7 +43,11 @@ from rcmflow.streams.money import cents_for_people
 from rcmflow.streams.processor import Message, Processor
 from rcmflow.streams.topics import EVENTS, topic_specs
 
-__all__ = ["run_dev", "run_broker", "wait_ready", "Child", "DEMO_WAIT_S", "READY_TIMEOUT_S"]
+__all__ = ["run_dev", "run_broker", "wait_ready", "Child", "DEMO_WAIT_S", "READY_TIMEOUT_S",
+           "DEV_LOGIN"]
+
+#: The ops site's login `rcmflow dev` makes (an operator; a new password at each start).
+DEV_LOGIN = "dev"
 
 #: How long `dev --demo` waits for the worker to apply the demo before saying it did not.
 DEMO_WAIT_S = 120.0
@@ -221,14 +226,22 @@ def run_dev(settings: Settings, *, demo: bool, console: Console) -> ExitCode:
                                logs / "mllp.log",
                                [(settings.mllp_port, "RCMFLOW_MLLP_PORT"),
                                 (mllp_metrics, "RCMFLOW_MLLP_METRICS_PORT")]))
-        with console.status("starting the worker, the facade and the MLLP listener"):
+        # The operators' site, its Health view reading the processes started here.
+        ops_password = _dev_login(settings)
+        children.append(_spawn("ops site", ["ops"], logs / "ops.log",
+                               [(settings.ops_port, "RCMFLOW_OPS_PORT")],
+                               env={**os.environ,
+                                    "RCMFLOW_WORKER_METRICS_PORT": str(worker_metrics),
+                                    "RCMFLOW_MLLP_METRICS_PORT": str(mllp_metrics)}))
+        with console.status("starting the worker, the facade, the MLLP listener and the ops "
+                            "site"):
             failure = wait_ready(children)
         if failure is not None:
             console.print(f"[red]rcmflow dev: {escape(failure)}[/red]\nstopping the others.",
                           soft_wrap=True, highlight=False)
             return ExitCode.REFUSED
         _print_started(settings, broker, chart, children, worker_metrics, mllp_metrics,
-                       console)
+                       ops_password, console)
         if demo:
             _feed_demo(settings, broker, chart, worker.process, console)
             _feed_demo_files(settings, broker, worker.process, console)
@@ -273,10 +286,19 @@ def _stop_all(processes: list[subprocess.Popen[bytes]], timeout_s: float) -> Non
             process.wait()
 
 
+def _dev_login(settings: Settings) -> str:
+    """The ops site's ``dev`` login (an operator), with a new random password each start."""
+    from rcmflow.ops.server import users_of
+
+    password = secrets.token_urlsafe(12)
+    users_of(settings).set(DEV_LOGIN, "operator", password)
+    return password
+
+
 def _print_started(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAccounts,
                    children: list[Child], worker_metrics: int, mllp_metrics: int,
-                   console: Console) -> None:
-    worker, facade, listener = children
+                   ops_password: str, console: Console) -> None:
+    worker, facade, listener, ops = children
     console.print(
         f"[bold]rcmflow dev[/bold]\n"
         f"  broker  {broker.bootstrap}  (Tansu, memory only; log {settings.data_dir}/logs/"
@@ -290,6 +312,8 @@ def _print_started(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAcc
         "this machine reads every account. Development only.[/bold red]\n"
         f"  mllp    pid {listener.process.pid}  {settings.mllp_host}:{settings.mllp_port}  "
         f"(HL7 v2 listener; log {listener.log})\n"
+        f"  ops     pid {ops.process.pid}  http://{settings.ops_host}:{settings.ops_port}  "
+        f"(operators' site: log in as {DEV_LOGIN} / {ops_password}; log {ops.log})\n"
         f"  metrics worker {url(settings.metrics_host, worker_metrics)} · mllp "
         f"{url(settings.metrics_host, mllp_metrics)} · facade "
         f"{url(settings.facade_host, settings.facade_port)}"

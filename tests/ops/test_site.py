@@ -55,7 +55,7 @@ def test_a_wrong_password_or_an_unknown_name_gets_no_session(client: TestClient)
     assert login(client, "olive", "wrong password!!") == 401
     assert login(client, "nobody") == 401
     assert COOKIE not in client.cookies
-    assert client.get("/", follow_redirects=False).status_code == 303
+    assert client.get("/accounts", follow_redirects=False).status_code == 303
 
 
 def test_a_login_is_a_strict_http_only_cookie_that_names_the_user(client: TestClient) -> None:
@@ -64,7 +64,7 @@ def test_a_login_is_a_strict_http_only_cookie_that_names_the_user(client: TestCl
     assert response.status_code == 303
     cookie = response.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie
-    page = client.get("/")
+    page = client.get("/accounts")
     assert page.status_code == 200
     assert "olive (operator)" in page.text
     assert page.headers["cache-control"] == "no-store"
@@ -75,31 +75,31 @@ def test_a_forged_or_expired_cookie_is_no_session(client: TestClient) -> None:
     forged = jwt.encode({"sub": "olive", "role": "operator", "csrf": "x", "exp": 2**40},
                         b"another key that is long enough!", algorithm="HS256")
     client.cookies.set(COOKIE, forged)
-    assert client.get("/", follow_redirects=False).status_code == 303
+    assert client.get("/accounts", follow_redirects=False).status_code == 303
     expired = jwt.encode({"sub": "olive", "role": "operator", "csrf": "x", "exp": 1},
                          KEY, algorithm="HS256")
     client.cookies.set(COOKIE, expired)
-    assert client.get("/", follow_redirects=False).status_code == 303
+    assert client.get("/accounts", follow_redirects=False).status_code == 303
 
 
 def test_a_removed_login_loses_its_session_at_once(client: TestClient, users: Users) -> None:
     assert login(client, "victor") == 303
-    assert client.get("/").status_code == 200
+    assert client.get("/accounts").status_code == 200
     users.remove("victor")
-    assert client.get("/", follow_redirects=False).status_code == 303
+    assert client.get("/accounts", follow_redirects=False).status_code == 303
 
 
 def test_a_role_comes_from_the_users_file_not_the_cookie(client: TestClient,
                                                           users: Users) -> None:
     assert login(client, "olive") == 303
     users.set("olive", "viewer", PASSWORD)
-    assert "olive (viewer)" in client.get("/").text
+    assert "olive (viewer)" in client.get("/accounts").text
 
 
 def test_a_post_without_the_forms_token_is_refused(client: TestClient) -> None:
     assert login(client, "olive") == 303
     assert client.post("/logout", data={"csrf": "guess"}).status_code == 403
-    assert client.get("/").status_code == 200  # still logged in
+    assert client.get("/accounts").status_code == 200  # still logged in
     assert client.post("/logout", data={"csrf": "x" * 20_000}).status_code == 413
 
 
@@ -139,3 +139,11 @@ def test_ops_user_writes_a_private_file_and_refuses_weak_input(tmp_path: Path) -
     assert ops_user("olive", "--remove").returncode == 0
     assert Users(path).login("olive", PASSWORD) is None
     assert ops_user("olive", "--remove").returncode == 1
+
+
+def test_health_says_the_broker_did_not_answer_instead_of_failing(client: TestClient) -> None:
+    assert login(client, "victor") == 303
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "the broker did not answer" in page.text
+    assert "facade" not in page.text  # no process metrics configured in this site

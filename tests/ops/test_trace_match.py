@@ -71,7 +71,7 @@ def test_since_takes_durations_dates_and_all(text: str, expected: datetime | Non
 
 
 def test_a_bad_since_is_refused_with_the_forms_it_takes() -> None:
-    with pytest.raises(ValueError, match="7d, 12h"):
+    with pytest.raises(ValueError, match="neither a duration"):
         parse_since("last week", NOW)
 
 
