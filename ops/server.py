@@ -46,7 +46,8 @@ def site_config(settings: Settings, kafka: KafkaConnection,
         key = secrets.token_bytes(_SESSION_KEY_BYTES_MIN)
     return SiteConfig(kafka=kafka, users=users_of(settings), session_key=key,
                       session_s=settings.ops_session_hours * 3600, app_id=settings.app_id,
-                      metrics=metrics_urls(settings) if metrics is None else metrics)
+                      metrics=metrics_urls(settings) if metrics is None else metrics,
+                      prometheus_url=settings.ops_prometheus_url)
 
 
 def run_ops_site(settings: Settings, kafka: KafkaConnection) -> ExitCode:

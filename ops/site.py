@@ -11,6 +11,7 @@ was made), and logs each action with the user (logger ``rcmflow.ops``).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import html
 import logging
@@ -60,6 +61,8 @@ class SiteConfig:
     app_id: str  # the worker's application id (its topics' names and dedup)
     #: The processes' /metrics URLs the Health view reads (name -> URL).
     metrics: dict[str, str]
+    #: Prometheus' HTTP API for the Health view's charts (None: current values only).
+    prometheus_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,14 +121,21 @@ def create_site(config: SiteConfig) -> FastAPI:
         return response
 
     @site.get("/", response_class=HTMLResponse)
-    async def health(request: Request) -> Response:
+    async def health(request: Request, window: str = "1h") -> Response:
         session = _session(request)
         if session is None:
             return _to_login(request)
+        from rcmflow.ops.charts import WINDOWS, applied_events, charts
         from rcmflow.ops.health import health_view
 
+        if window not in WINDOWS:
+            raise _Refused(400, f"window: one of {', '.join(WINDOWS)}")
         view = await health_view(config.kafka, config.metrics, app_id=config.app_id)
-        return _page(request, "health.html", session, view=view)
+        drawn, applied = ([], None) if config.prometheus_url is None else await asyncio.gather(
+            charts(config.prometheus_url, window), applied_events(config.prometheus_url))
+        return _page(request, "health.html", session, view=view, charts=drawn,
+                     applied=applied, window=window, windows=list(WINDOWS),
+                     prometheus=config.prometheus_url)
 
     @site.get("/accounts", response_class=HTMLResponse)
     async def account(request: Request, account: str = "") -> Response:

@@ -132,6 +132,11 @@ class Settings(BaseSettings):
         None, description="HMAC key that signs the site's session cookies (at least 32 bytes); "
         "unset: a random key per start (everyone logs in again after a restart)."
     )
+    ops_prometheus_url: str | None = Field(
+        None, description="Prometheus the ops site's Health view charts from (its HTTP API, "
+        "e.g. http://127.0.0.1:9090, scraping deploy/prometheus/prometheus.yml's targets); "
+        "unset: current values only."
+    )
     ops_session_hours: int = Field(
         8, ge=1, le=24, description="How long a login lasts (hours)."
     )

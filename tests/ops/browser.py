@@ -86,3 +86,60 @@ def start_ops_site(env: dict[str, str], log: Path) -> OpsSite:
         time.sleep(0.3)
     site.stop()
     pytest.fail(f"rcmflow ops did not answer in 60 s\n{site.log_tail()}")
+
+
+@dataclass
+class Prometheus:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def query(self, expression: str) -> float | None:
+        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expression},
+                           timeout=5).json()
+        result = answer["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_prometheus(targets: list[str], folder: Path) -> Prometheus:
+    """Debian's Prometheus scraping ``targets`` (host:port) every second, on a free port."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        message = "no prometheus (Debian: apt-get install prometheus)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message} (CI=true: the Health charts test must run in CI)")
+        pytest.skip(message)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "prometheus.yml"
+    config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                      "scrape_configs:\n  - job_name: rcmflow\n    static_configs:\n"
+                      f"      - targets: [{', '.join(repr(t) for t in targets)}]\n")
+    port = free_port()
+    log = folder / "prometheus.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=out, stderr=subprocess.STDOUT)
+    server = Prometheus(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"prometheus exited {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{server.url}/-/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    pytest.fail(f"prometheus was not ready in 60 s: {log.read_text()[-2000:]}")

@@ -125,6 +125,7 @@ def test_an_operator_replays_a_fixed_item_once_and_a_viewer_cannot(
 
     log_in(browser, site, "olive")
     assert "olive (operator)" in browser.find_element(By.ID, "who").text
+    assert browser.find_elements(By.ID, "no-prometheus")  # current values only, and why
     shot(browser, "health", tmp_path)
     assert balance(browser, site, "Q1", "insurance_ar") == "10.00"
 
