@@ -10,15 +10,61 @@ account. The standard process metrics are left out (node_exporter has its own).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from rcmflow.audit.reconcile import CAUSES, Report
 from rcmflow.runtime.metrics import Metric, gauge
+from rcmflow.runtime.settings import Settings
 
-__all__ = ["reconcile_families", "write_metrics_file"]
+_FILE_BYTES_MAX = 1024 * 1024
+
+__all__ = ["reconcile_families", "write_metrics_file", "last_run_path", "LastRun",
+           "read_last_run"]
+
+
+def last_run_path(settings: Settings) -> Path:
+    """The file the last reconcile's result is kept in (RCMFLOW_RECONCILE_METRICS_FILE)."""
+    return settings.reconcile_metrics_file or settings.data_dir / "reconcile.prom"
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """The last reconcile as its metrics file says (the ops site's Health view)."""
+
+    finished_at: datetime
+    ok: bool
+    findings: dict[str, int]  # cause -> count (the causes that found something)
+
+
+def read_last_run(path: Path) -> LastRun | None:
+    """None: no reconcile has written ``path`` yet (or it is not such a file)."""
+    try:
+        text = path.read_text()[:_FILE_BYTES_MAX]
+    except OSError:
+        return None
+    finished: float | None = None
+    ok = False
+    findings: dict[str, int] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "rcmflow_reconcile_last_run_timestamp_seconds":
+                    finished = sample.value
+                elif sample.name == "rcmflow_reconcile_ok":
+                    ok = sample.value == 1
+                elif sample.name == "rcmflow_reconcile_findings" and sample.value:
+                    findings[sample.labels["cause"]] = int(sample.value)
+    except ValueError:
+        return None
+    if finished is None:
+        return None
+    return LastRun(datetime.fromtimestamp(finished, tz=UTC), ok, findings)
 
 
 def reconcile_families(report: Report, finished_at_s: float) -> list[Metric]:
@@ -53,6 +99,7 @@ class _Families(Collector):
 
 def write_metrics_file(report: Report, path: Path, finished_at_s: float | None = None) -> None:
     """Write (atomically replace) ``path`` in the text exposition format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     registry = CollectorRegistry()
     registry.register(_Families(reconcile_families(
         report, time.time() if finished_at_s is None else finished_at_s)))

@@ -7,6 +7,7 @@ import secrets
 
 import uvicorn
 
+from rcmflow.audit.reconcile_metrics import last_run_path
 from rcmflow.ops.site import SiteConfig, create_site
 from rcmflow.ops.users import Users
 from rcmflow.runtime.exit_codes import ExitCode
@@ -47,7 +48,8 @@ def site_config(settings: Settings, kafka: KafkaConnection,
     return SiteConfig(kafka=kafka, users=users_of(settings), session_key=key,
                       session_s=settings.ops_session_hours * 3600, app_id=settings.app_id,
                       metrics=metrics_urls(settings) if metrics is None else metrics,
-                      prometheus_url=settings.ops_prometheus_url)
+                      prometheus_url=settings.ops_prometheus_url,
+                      reconcile_file=last_run_path(settings))
 
 
 def run_ops_site(settings: Settings, kafka: KafkaConnection) -> ExitCode:

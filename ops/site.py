@@ -63,6 +63,8 @@ class SiteConfig:
     metrics: dict[str, str]
     #: Prometheus' HTTP API for the Health view's charts (None: current values only).
     prometheus_url: str | None = None
+    #: The last reconcile's metrics file (`rcmflow reconcile` writes it).
+    reconcile_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -133,9 +135,12 @@ def create_site(config: SiteConfig) -> FastAPI:
         view = await health_view(config.kafka, config.metrics, app_id=config.app_id)
         drawn, applied = ([], None) if config.prometheus_url is None else await asyncio.gather(
             charts(config.prometheus_url, window), applied_events(config.prometheus_url))
+        from rcmflow.audit.reconcile_metrics import read_last_run
+
+        last = read_last_run(config.reconcile_file) if config.reconcile_file else None
         return _page(request, "health.html", session, view=view, charts=drawn,
                      applied=applied, window=window, windows=list(WINDOWS),
-                     prometheus=config.prometheus_url)
+                     prometheus=config.prometheus_url, reconcile=last)
 
     @site.get("/accounts", response_class=HTMLResponse)
     async def account(request: Request, account: str = "") -> Response:

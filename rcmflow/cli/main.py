@@ -359,8 +359,9 @@ def reconcile(
         "--to", help="Last effective date compared (YYYY-MM-DD).")] = None,
     show: Annotated[int, typer.Option(help="Findings listed in the table.")] = 50,
     metrics_file: Annotated[Path | None, typer.Option(
-        "--metrics-file", help="Also write the result as Prometheus metrics to this file "
-        "(replaced atomically; for node_exporter's textfile collector): "
+        "--metrics-file", help="Write the result as Prometheus metrics to this file instead "
+        "of RCMFLOW_RECONCILE_METRICS_FILE (default DATA_DIR/reconcile.prom; replaced "
+        "atomically; for node_exporter's textfile collector and the ops site): "
         "rcmflow_reconcile_findings by cause, rcmflow_reconcile_ok, totals, last run time.")
     ] = None,
     as_json: JsonFlag = False,
@@ -405,13 +406,12 @@ def reconcile(
         raise typer.Exit(ExitCode.ERP_CONFIG) from exc
     except TooLarge as exc:
         _fail(exc)
-    if metrics_file is not None:
-        from rcmflow.audit.reconcile_metrics import write_metrics_file
+    from rcmflow.audit.reconcile_metrics import last_run_path, write_metrics_file
 
-        try:
-            write_metrics_file(report, metrics_file)
-        except OSError as exc:
-            _fail(exc)
+    try:  # the last reconcile, for the ops site and node_exporter
+        write_metrics_file(report, metrics_file or last_run_path(settings))
+    except OSError as exc:
+        _fail(exc)
     if as_json:
         _print_json(report.to_json())
     else:

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
         "e.g. http://127.0.0.1:9090, scraping deploy/prometheus/prometheus.yml's targets); "
         "unset: current values only."
     )
+    reconcile_metrics_file: Path | None = Field(
+        None, description="Where `rcmflow reconcile` writes its result as Prometheus metrics "
+        "(findings by cause, ok, totals, time; node_exporter's textfile format) and where the "
+        "ops site reads the last reconcile; unset: DATA_DIR/reconcile.prom."
+    )
     ops_session_hours: int = Field(
         8, ge=1, le=24, description="How long a login lasts (hours)."
     )

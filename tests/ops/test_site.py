@@ -147,3 +147,23 @@ def test_health_says_the_broker_did_not_answer_instead_of_failing(client: TestCl
     assert page.status_code == 200
     assert "the broker did not answer" in page.text
     assert "facade" not in page.text  # no process metrics configured in this site
+
+
+def test_health_shows_the_last_reconcile_from_the_file_it_wrote(users: Users,
+                                                                 tmp_path: Path) -> None:
+    from rcmflow.audit.reconcile import Report
+    from rcmflow.audit.reconcile_metrics import write_metrics_file
+
+    path = tmp_path / "reconcile.prom"
+    config = SiteConfig(kafka=KafkaConnection(servers=("127.0.0.1:1",)), users=users,
+                        session_key=KEY, session_s=3600, app_id="rcmflow", metrics={},
+                        reconcile_file=path)
+    client = TestClient(create_site(config), base_url="http://127.0.0.1:8081")
+    assert login(client, "victor") == 303
+    assert "No reconcile has run here yet" in client.get("/").text
+    report = Report(erp=None, day_from=None, day_to=None)
+    report.findings_by_cause.update({"missing_posting": 2})
+    write_metrics_file(report, path, finished_at_s=1_780_000_000)
+    page = client.get("/").text
+    assert "2026-05-28 20:26 UTC" in page and "2 difference(s)" in page
+    assert "missing_posting 2" in page
