@@ -51,6 +51,7 @@ from rocksdict import Rdict
 
 from rcmflow.audit.digest import BUCKETS, HeadStore, read_live, scratch_dir, store_options
 from rcmflow.audit.tallies import DlqTally, EntityBalances
+from rcmflow.ops.items import ItemState, is_done
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, publish, topic_partitions
@@ -60,7 +61,7 @@ from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.layout import is_head_key
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.rules import bucket_effects
-from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS, POSTINGS_DLQ
+from rcmflow.streams.topics import ACCOUNTS, DLQ, DLQ_STATE, POSTINGS, POSTINGS_DLQ
 
 __all__ = ["Mismatch", "AuditReport", "LedgerSums", "audit", "follow", "Follower",
            "mismatch_record", "REASON_CODE", "MISMATCHES_SHOWN"]
@@ -361,7 +362,7 @@ class Follower:
         postings = await topic_partitions(self.kafka, POSTINGS)
         tps = ([TopicPartition(ACCOUNTS, p) for p in accounts]
                + [TopicPartition(POSTINGS, p) for p in postings])
-        for queue in (DLQ, POSTINGS_DLQ):  # for the metrics only (``DlqTally``)
+        for queue in (DLQ, POSTINGS_DLQ, DLQ_STATE):  # for the metrics only (``DlqTally``)
             tps += [TopicPartition(queue, p) for p in await topic_partitions(self.kafka, queue)]
         consumer = AIOKafkaConsumer(**self.kafka.client_options(), group_id=None,
                                     enable_auto_commit=False, fetch_max_wait_ms=100,
@@ -404,6 +405,14 @@ class Follower:
         order per partition."""
         if record.topic in (DLQ, POSTINGS_DLQ):
             self.dlq.take(record.topic, record.value, record.timestamp_ms)
+            return
+        if record.topic == DLQ_STATE:
+            if record.key is not None and record.value is not None:
+                try:
+                    done = is_done(ItemState.model_validate_json(record.value))
+                except ValueError:
+                    return  # not a state record this version can read
+                self.dlq.state(record.key.decode(), done)
             return
         if record.key is None:
             return

@@ -44,15 +44,16 @@ class DlqTally:
     """Every distinct DLQ item (by ``dlq_id``: a record written twice is one item), counted
     by queue, stage, reason, entity and severity, and the oldest one's age per queue.
 
-    Today every item counts (the queue has no states yet). The hook for "open only":
-    ``settle(dlq_id)`` takes an item out of the counts; the follower calls it for each item
-    whose state record (the work queue's ``rcm.dlq.state`` topic, once it exists) says
-    replayed or resolved, and ``reopen`` puts it back."""
+    Open items only: ``state(dlq_id, done)`` is called for each record of the work queue's
+    ``rcm.dlq.state``; an item whose newest state is done (resolved, or replayed with an
+    outcome that needs no more work) leaves the counts, and comes back if a later state
+    reopens it. A state may be read before its item (another topic): it is remembered."""
 
     def __init__(self, items_max: int = DLQ_ITEMS_TRACKED_MAX) -> None:
         self.items_max = items_max
         self.items: dict[str, _Item] = {}
         self.settled: dict[str, _Item] = {}
+        self.done: set[str] = set()  # ids whose newest state is done (their items may come later)
         self.counts: dict[tuple[str, str, str, str, str], int] = {}
         self.untracked = 0
         self.unreadable = 0
@@ -83,8 +84,21 @@ class DlqTally:
                   self._entities(str(context.get("entity") or "")),
                   "warning" if doc.get("severity") == "warning" else "error")
         item = _Item(labels, _received_s(doc.get("received_at"), timestamp_ms))
+        if dlq_id in self.done:
+            self.settled[dlq_id] = item
+            return
         self.items[dlq_id] = item
         self.counts[labels] = self.counts.get(labels, 0) + 1
+
+    def state(self, dlq_id: str, done: bool) -> None:
+        """The newest state record of an item: done (resolved or finished replaying) or not."""
+        if done:
+            if len(self.done) < self.items_max:
+                self.done.add(dlq_id)
+            self.settle(dlq_id)
+        else:
+            self.done.discard(dlq_id)
+            self.reopen(dlq_id)
 
     def settle(self, dlq_id: str) -> None:
         """The item was replayed or resolved: no longer open."""
@@ -115,8 +129,8 @@ class DlqTally:
         names = ("queue", "stage", "reason", "entity", "severity")
         return [
             gauge("rcmflow_audit_dlq_items", "Exception items (distinct dlq_id) in rcm.dlq "
-                  "and rcm.postings.dlq, by queue, stage, reason, entity and severity. Every "
-                  "item today; open ones only once the work queue's states are read",
+                  "and rcm.postings.dlq still open (the work queue's rcm.dlq.state), by queue, "
+                  "stage, reason, entity and severity",
                   [(dict(zip(names, labels, strict=True)), n)
                    for labels, n in list(self.counts.items())]),
             gauge("rcmflow_audit_dlq_oldest_item_age_seconds", "Age of the oldest open "

@@ -204,9 +204,11 @@ def reader_access(component: str, *topics: str) -> Access:
 
 def audit_access(*, follow: bool = False) -> Access:
     """`rcmflow audit`: reads the heads and the deltas, group-less; ``--follow`` also writes
-    one rcm.dlq record per mismatching account, and reads both DLQs for its metrics."""
+    one rcm.dlq record per mismatching account, and reads both DLQs and the work queue's
+    states for its metrics (open items)."""
     return Access(component="audit",
-                  read=(ACCOUNTS, POSTINGS, *((DLQ, POSTINGS_DLQ) if follow else ())),
+                  read=(ACCOUNTS, POSTINGS,
+                        *((DLQ, POSTINGS_DLQ, DLQ_STATE) if follow else ())),
                   write=(DLQ,) if follow else ())
 
 

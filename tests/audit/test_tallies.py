@@ -94,3 +94,33 @@ def test_the_tally_is_bounded() -> None:
                                     "reason_code": "invalid_json"}).encode(), STAMP_MS)
     tally.take(DLQ, b"not a record", STAMP_MS)
     assert len(tally.items) == 3 and tally.untracked == 2 and tally.unreadable == 1
+
+
+def test_open_items_only_as_the_work_queues_states_say(follower: Follower) -> None:
+    from datetime import UTC, datetime
+
+    from rcmflow.ops.items import Step, add_step
+    from rcmflow.streams.topics import DLQ_STATE
+
+    def item(n: int) -> bytes:
+        return json.dumps({"dlq_id": f"dlq_{n}", "stage": "rules", "severity": "error",
+                           "reason_code": "small_balance_over_threshold",
+                           "received_at": "2026-12-01T00:00:00+00:00",
+                           "context": {"entity": "01"}}).encode()
+
+    def state(n: int, name: str) -> Record:
+        made = add_step(None, f"dlq_{n}", DLQ, Step(state=name, at=datetime.now(UTC),
+                                                     by="ana", note="x"))
+        return Record(DLQ_STATE, 0, 0, f"dlq_{n}".encode(), made.model_dump_json().encode(),
+                      STAMP_MS)
+
+    open_items = ("rcmflow_audit_dlq_itemsentity=01,queue=dlq,reason="
+                  "small_balance_over_threshold,severity=error,stage=rules")
+    follower.take(state(0, "resolved"))  # its state is read before the item itself
+    _feed(follower, DLQ, [item(0), item(1), item(2)])
+    assert _samples(follower)[open_items] == 2
+    follower.take(state(1, "resolved"))
+    assert _samples(follower)[open_items] == 1
+    follower.take(state(1, "assigned"))  # reopened: work to do again
+    follower.take(state(2, "assigned"))  # taken, not done
+    assert _samples(follower)[open_items] == 2
