@@ -14,12 +14,12 @@ A posting id is first looked up on rcm.postings (its event id), then the chain i
 from that event. Each topic is read once, from the first record at or after ``since``
 (ListOffsets by time; records older than ``since`` are skipped as well), to its current end.
 
-The ERP outcome of a delta: every ERP connector group (``<app_id>-erp-<adapter>``) that has
-committed past the delta's offset took it (the ERP posted it, or already had it: the
-connector commits only then), unless that adapter's rcm.postings.dlq record says it refused
-it; a group not past it has it pending. The connector records no time per accepted delta,
-so the latency is measured from the unit's first source record to its last timestamped
-record (the posting delta, or the ERP's refusal), and the report says so. Given an ERP
+The ERP outcome of a delta: each ERP connector writes what it did with each delta, and
+when, to rcm.erp.outcomes (posted, already there, rejected), so the latency runs from the
+unit's first source record to the ERP's outcome. For a connector that wrote none (an earlier
+version, or still at work), the group's committed offsets say it: a group past the delta's
+offset took it, unless that adapter's rcm.postings.dlq record says it refused it; a group
+not past it has it pending. Given an ERP
 adapter, the trace also reads that ERP's journal back (as `rcmflow reconcile --erp` does) and
 says of each delta whether the ERP holds it, under which reference.
 
@@ -47,6 +47,7 @@ from rcmflow.ops.unit import (
     Trace,
     match_dlq,
     match_event,
+    match_outcome,
     match_posting,
     match_raw,
 )
@@ -54,6 +55,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, topic_partitions
 from rcmflow.streams.topics import (
     DLQ,
+    ERP_OUTCOMES,
     EVENTS,
     POSTINGS,
     POSTINGS_DLQ,
@@ -76,7 +78,7 @@ DEFAULT_SINCE = timedelta(days=7)
 STEPS_MAX = 20_000
 RAW_TOPICS = (RAW_HL7, RAW_X12, RAW_PAYMENTS, RAW_FHIR)
 #: Every topic a trace reads (its READ ACLs; the ERP groups' offsets need DESCRIBE on them).
-TOPICS = (*RAW_TOPICS, EVENTS, POSTINGS, DLQ, POSTINGS_DLQ)
+TOPICS = (*RAW_TOPICS, EVENTS, POSTINGS, DLQ, POSTINGS_DLQ, ERP_OUTCOMES)
 
 Advance = Callable[[int], None]
 #: (label, records to read) -> a context manager yielding the ``advance(n)`` of a progress
@@ -162,8 +164,11 @@ async def _scan(kafka: KafkaConnection, topic: str, since: datetime | None, matc
 
 
 async def _erp_steps(kafka: KafkaConnection, app_id: str, found: Trace) -> None:
-    """One ERP step per (ERP connector group, delta of the unit): taken, rejected or
-    pending, from the group's committed offsets and rcm.postings.dlq."""
+    """One ERP step per (ERP connector group, delta of the unit) without an outcome record
+    (rcm.erp.outcomes: a connector of an earlier version, or one still at work): taken,
+    rejected or pending, from the group's committed offsets and rcm.postings.dlq."""
+    recorded = {(str(s.summary.get("adapter")), str(s.summary.get("posting_id")))
+                for s in found.steps if s.stage == "erp"}
     deltas = [s for s in found.steps if s.stage == "posting"]
     if not deltas:
         return
@@ -179,6 +184,8 @@ async def _erp_steps(kafka: KafkaConnection, app_id: str, found: Trace) -> None:
         for delta in deltas:
             at = committed.get(TopicPartition(POSTINGS, delta.partition or 0))
             posting_id = str(delta.summary["posting_id"])
+            if (adapter, posting_id) in recorded:
+                continue
             dlq = refused.get((adapter, posting_id))
             if dlq is not None:
                 outcome, when = "rejected", dlq.timestamp_ms
@@ -257,6 +264,7 @@ async def trace(kafka: KafkaConnection, query: str, *, app_id: str,
         await scan(POSTINGS, match_posting)
     for topic in (DLQ, POSTINGS_DLQ):
         await scan(topic, match_dlq)
+    await scan(ERP_OUTCOMES, match_outcome)
     if found.steps:
         await _erp_steps(kafka, app_id, found)
     if erp is not None:

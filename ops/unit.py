@@ -13,6 +13,7 @@ import orjson
 
 from rcmflow.runtime.kafka_io import Record
 from rcmflow.streams.topics import (
+    ERP_OUTCOMES,
     EVENTS,
     POSTINGS,
     POSTINGS_DLQ,
@@ -291,6 +292,18 @@ def match_posting(record: Record, needles: Needles, *, payloads: bool = False) -
                          **({"suspense": True} if line.get("suspense") else {})}
                         for line in lines]
     return Step("posting", POSTINGS, record.partition, record.offset, record.timestamp_ms,
+                summary, doc if payloads else None)
+
+
+def match_outcome(record: Record, needles: Needles, *, payloads: bool = False) -> Step | None:
+    """An ERP connector's outcome of one of the unit's deltas (rcm.erp.outcomes): posted,
+    already there or rejected, by which adapter, when."""
+    doc = _json(record.value)
+    if doc is None or str(doc.get("posting_id", "")) not in needles.posting_ids:
+        return None
+    summary = {k: doc.get(k) for k in ("adapter", "posting_id", "account", "outcome",
+                                       "erp_ref")}
+    return Step("erp", ERP_OUTCOMES, record.partition, record.offset, record.timestamp_ms,
                 summary, doc if payloads else None)
 
 

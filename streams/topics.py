@@ -27,6 +27,7 @@ __all__ = [
     "DLQ",
     "POSTINGS_DLQ",
     "DLQ_STATE",
+    "ERP_OUTCOMES",
     "TopicSpec",
     "topic_specs",
     "record_bytes_max",
@@ -48,6 +49,10 @@ POSTINGS_DLQ = "rcm.postings.dlq"
 #: The exception work queue's states (compacted, keyed by dlq_id): the DLQ records stay the
 #: items, this holds only what operators did with them (ops/workqueue.py).
 DLQ_STATE = "rcm.dlq.state"
+#: What each ERP connector did with each delta, when (posted, already there, rejected), by
+#: posting id: `rcmflow trace` reads a unit's latency to the ledger from it. Informational:
+#: the ERP's own journal and the connector's commits are what make a posting exactly once.
+ERP_OUTCOMES = "rcm.erp.outcomes"
 
 _KEEP = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
 _COMPACT = {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"}
@@ -105,5 +110,7 @@ def topic_specs(app_id: str) -> list[TopicSpec]:
         TopicSpec(POSTINGS_DLQ, _sized(POSTINGS_DLQ, _KEEP), "postings an ERP refused for good"),
         TopicSpec(DLQ_STATE, _sized(DLQ_STATE, _COMPACT),
                   "the exception work queue: each DLQ item's state and history, by dlq_id"),
+        TopicSpec(ERP_OUTCOMES, _sized(ERP_OUTCOMES, _WEEK),
+                  "each ERP connector's outcome of each delta, with its time, by posting id"),
         TopicSpec(dedup, _sized(dedup, _COMPACT), "dedup table changelog"),
     ]

@@ -7,13 +7,17 @@ import importlib
 import logging
 from typing import TYPE_CHECKING
 
+from aiokafka.errors import KafkaError
+
 from rcmflow.connectors.erp import ADAPTERS
 from rcmflow.connectors.erp.base import ErpAdapter
 from rcmflow.connectors.erp.runner import RunnerOptions, run_connector
+from rcmflow.runtime.broker import ensure_topics
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.faults import NO_FAULTS, Faults
 from rcmflow.runtime.kafka_access import erp_group
 from rcmflow.streams.chart import load_chart
+from rcmflow.streams.topics import ERP_OUTCOMES, topic_specs
 
 if TYPE_CHECKING:
     from rcmflow.runtime.settings import Settings
@@ -54,4 +58,11 @@ def run_erp(settings: Settings, name: str, *, idle_exit_s: float | None = None,
         metrics_host=settings.metrics_host,
         metrics_port=settings.erp_metrics_port if metrics_port is None else metrics_port,
         faults=faults)
+    # rcm.erp.outcomes where a worker of an older version made the other topics.
+    outcomes = [s for s in topic_specs(settings.app_id) if s.name == ERP_OUTCOMES]
+    try:
+        asyncio.run(ensure_topics(options.kafka, outcomes, settings.partitions,
+                                  settings.replication_factor, needed=[ERP_OUTCOMES]))
+    except (KafkaError, OSError):
+        pass  # the broker is down: the connector says so as it starts (and waits)
     return asyncio.run(run_connector(adapter, options))

@@ -31,9 +31,11 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
@@ -59,7 +61,7 @@ from rcmflow.runtime.metrics import (
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.postings import PostingDelta
 from rcmflow.streams.rejections import Problem, Rejection
-from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX, POSTINGS, POSTINGS_DLQ
+from rcmflow.streams.topics import ERP_OUTCOMES, OUTPUT_RECORD_BYTES_MAX, POSTINGS, POSTINGS_DLQ
 
 __all__ = ["RunnerOptions", "Progress", "Flow", "CircuitBreaker", "run_connector", "backoff_s",
            "erp_families", "rejection"]
@@ -369,6 +371,7 @@ class Connector:
                 assert isinstance(outcome, Rejected)
                 self.progress.rejected += 1
                 dlq.append((record, rejection(outcome), delta))
+        await self._send_outcomes(deltas, outcomes, now_s)
         already = sum(1 for o in outcomes if o.kind == "already_there")
         if already:
             log.info("erp %s: %d of %d deltas were already in the ERP (re-sent after a "
@@ -431,6 +434,21 @@ class Connector:
                 return
             await asyncio.sleep(min(left, 1.0))
             await self._maybe_progress()
+
+    async def _send_outcomes(self, deltas: list[tuple[ConsumerRecord[Any, Any], PostingDelta]],
+                             outcomes: list[Outcome], now_s: float) -> None:
+        """One rcm.erp.outcomes record per delta (what this ERP did with it, and when), acked
+        before the chunk is committed: a delta re-read after a crash gets one again (its
+        outcome then ``already_there``). Read by `rcmflow trace`; nothing depends on it."""
+        assert self.producer is not None
+        at = datetime.fromtimestamp(now_s, tz=UTC).isoformat(timespec="milliseconds")
+        futures = [await self.producer.send(ERP_OUTCOMES, key=delta.posting_id.encode(),
+                                            value=orjson.dumps({
+            "posting_id": delta.posting_id, "adapter": self.adapter.name,
+            "account": delta.account, "outcome": outcome.kind, "at": at,
+            **({"erp_ref": outcome.erp_ref} if not isinstance(outcome, Rejected) else {})}))
+            for (_, delta), outcome in zip(deltas, outcomes, strict=True)]
+        await asyncio.gather(*futures)
 
     async def _send_dlq(
         self, items: list[tuple[ConsumerRecord[Any, Any], Rejection, PostingDelta | None]]

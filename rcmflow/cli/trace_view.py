@@ -15,13 +15,15 @@ from rich.text import Text
 from rcmflow.ops.lag import LagReport
 from rcmflow.ops.trace import Step, Trace
 from rcmflow.streams.money import cents_for_people
+from rcmflow.streams.topics import ERP_OUTCOMES
 
 __all__ = ["render_trace", "render_lag", "step_line"]
 
 
 #: What the latency runs to, by the stage of the unit's last timestamped record.
 _WHAT = {"raw": "source record", "event": "event", "dlq": "DLQ record",
-         "posting": "posting delta", "posting_dlq": "ERP refusal (rcm.postings.dlq)"}
+         "posting": "posting delta", "posting_dlq": "ERP refusal (rcm.postings.dlq)",
+         "erp": "ERP outcome (rcm.erp.outcomes)"}
 
 
 def _when(ms: int | None) -> str:
@@ -57,9 +59,13 @@ def step_line(step: Step) -> str:
         return (f"{s.get('dlq_id')} {s.get('stage_of_failure')} {s.get('reason_code')}: "
                 f"{s.get('reason')}")
     committed = s.get("committed_offset")
-    group = (f"group {s.get('group')} committed "
-             f"{committed if committed is not None else 'nothing'}" if s.get("group")
-             else "no connector group")
+    if step.topic == ERP_OUTCOMES:  # the connector's own record of it
+        group = f"ERP ref {s.get('erp_ref')}" if s.get("erp_ref") else "outcome record"
+    elif s.get("group"):
+        group = (f"group {s.get('group')} committed "
+                 f"{committed if committed is not None else 'nothing'}")
+    else:
+        group = "no connector group"
     journal = ""
     if "in_erp" in s:
         journal = (f"; in the ERP as {s.get('erp_ref')}" if s["in_erp"]
@@ -94,9 +100,10 @@ def render_trace(found: Trace, out: Console) -> None:
     outcomes = found.erp_outcomes()
     if outcomes:
         said = ", ".join(f"{n} {what}" for what, n in sorted(outcomes.items()))
-        out.print(f"ERP: {said} (taken: the connector committed past the delta, so the ERP "
-                  "posted it or had it already; the connector records no time for it)",
-                  soft_wrap=True, highlight=False, markup=False)
+        note = (" (taken: the connector committed past the delta, so the ERP posted it or had "
+                "it already; that connector wrote no outcome record, so no time)"
+                if "taken" in outcomes else "")
+        out.print(f"ERP: {said}{note}", soft_wrap=True, highlight=False, markup=False)
     elif any(step.stage == "posting" for step in found.steps):
         out.print("ERP: no ERP connector group has committed on rcm.postings yet",
                   highlight=False, markup=False)

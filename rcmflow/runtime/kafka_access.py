@@ -19,6 +19,7 @@ from rcmflow.streams.topics import (
     ACCOUNTS,
     DLQ,
     DLQ_STATE,
+    ERP_OUTCOMES,
     EVENTS,
     POSTINGS,
     POSTINGS_DLQ,
@@ -159,8 +160,10 @@ def erp_group(app_id: str, adapter: str) -> str:
 
 
 def erp_access(app_id: str, adapter: str) -> Access:
-    """`rcmflow erp ADAPTER`: reads rcm.postings in its group, writes refused deltas."""
-    return Access(component=f"erp {adapter}", read=(POSTINGS,), write=(POSTINGS_DLQ,),
+    """`rcmflow erp ADAPTER`: reads rcm.postings in its group, writes refused deltas and
+    each delta's outcome."""
+    return Access(component=f"erp {adapter}", read=(POSTINGS,),
+                  write=(POSTINGS_DLQ, ERP_OUTCOMES), creates=(ERP_OUTCOMES,),
                   group=erp_group(app_id, adapter))
 
 
@@ -250,7 +253,7 @@ def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
         "rcmflow dlq list, show": dlq_access(app_id, changes=False),
         "rcmflow dlq assign, replay, resolve": dlq_access(app_id, changes=True),
         "rcmflow trace": reader_access("trace", RAW_HL7, RAW_X12, RAW_PAYMENTS, RAW_FHIR,
-                                       EVENTS, POSTINGS, DLQ, POSTINGS_DLQ),
+                                       EVENTS, POSTINGS, DLQ, POSTINGS_DLQ, ERP_OUTCOMES),
         "rcmflow lag (and DESCRIBE on the groups it reports)":
             reader_access("lag", EVENTS, POSTINGS, ACCOUNTS),
         "rcmflow ops": ops_site_access(app_id),

@@ -94,9 +94,12 @@ def test_the_demo_visit_is_traced_from_its_sources_to_the_erp_and_lag_follows_th
     assert doc["steps"][0]["topic"] == "rcm.raw.hl7" and doc["steps"][0]["msh_10"] == MSH_10
     assert {s["amount_cents"] for s in doc["steps"] if s["stage"] == "event"} == {10000, 5000}
     erp_steps = [s for s in doc["steps"] if s["stage"] == "erp"]
-    assert {(s["outcome"], s["in_erp"]) for s in erp_steps} == {("taken", True)}
+    # The connector's own outcome records (rcm.erp.outcomes), with their time: the unit's
+    # latency runs to the ERP.
+    assert {(s["outcome"], s["in_erp"], s["topic"]) for s in erp_steps} == {
+        ("posted", True, "rcm.erp.outcomes")}
     assert all(s["erp_ref"].startswith("journal-") for s in erp_steps)  # --erp csv: its file
-    assert doc["latency_to"] == "posting" and doc["latency_ms"] >= 0
+    assert doc["latency_to"] == "erp" and doc["latency_ms"] >= 0
     assert "PATIENT" not in done.stdout and "PID|" not in done.stdout
 
     by_msh = _trace(broker, MSH_10, payloads=True)
@@ -105,7 +108,7 @@ def test_the_demo_visit_is_traced_from_its_sources_to_the_erp_and_lag_follows_th
     shown = Console(record=True, width=160, file=io.StringIO())
     render_trace(_trace(broker, MSH_10), shown)
     text = shown.export_text()
-    assert "end to end:" in text and "2 taken" in text and "PATIENT" not in text
+    assert "end to end:" in text and "ERP: 2 posted" in text and "PATIENT" not in text
     if os.environ.get("SHOW_TRACE_EXAMPLE"):  # the docs' example
         print(text)
         render_lag(asyncio.run(lag_report(broker.connection, app_id="rcmflow")), shown)

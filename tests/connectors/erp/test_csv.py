@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import random
@@ -15,9 +16,11 @@ import pytest
 from rcmflow.connectors.erp.base import AlreadyThere, Posted, Rejected
 from rcmflow.connectors.erp.csv_journal import CsvJournal, repair_tail
 from rcmflow.runtime.faults import Faults
+from rcmflow.runtime.kafka_io import read_topic
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.money import parse_cents
 from rcmflow.streams.postings import PostingDelta
+from rcmflow.streams.topics import ERP_OUTCOMES
 from tests.conftest import Broker, wait_until
 from tests.connectors.erp.feed import (
     already_there_in_logs,
@@ -147,6 +150,14 @@ def test_stream_to_journal_with_rejections(broker: Broker, tmp_path: Path) -> No
     again = run_in_process(journal(tmp_path), broker, group="erp-test-2")
     assert (again.posted, again.already_there) == (0, len(good))
     assert_journal_equals(tmp_path, good)
+    # Each outcome, with its time, on rcm.erp.outcomes (what `rcmflow trace` reads).
+    outcomes = [json.loads(r.value) for r in asyncio.run(read_topic(broker.connection,
+                                                                    ERP_OUTCOMES))]
+    assert Counter(o["outcome"] for o in outcomes) == {
+        "posted": len(good), "rejected": 2, "already_there": len(good)}  # each group
+    assert {o["posting_id"] for o in outcomes if o["outcome"] == "posted"} == {
+        d.posting_id for d in good}
+    assert all(o["adapter"] == "csv" and o["at"].startswith("20") for o in outcomes)
 
 
 @pytest.mark.broker
