@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sys
+import threading
+from typing import Protocol
 
 from rcmflow.runtime import metrics
 from rcmflow.runtime.broker import ensure_topics
@@ -20,11 +23,40 @@ from rcmflow.streams.exceptions import ChartError, UpgradeNeeded
 from rcmflow.streams.shell.worker import build_worker, claim_worker_dir, worker_families
 from rcmflow.streams.topics import topic_specs
 
-__all__ = ["run_worker"]
+__all__ = ["run_worker", "exit_when_a_crash_hangs", "CRASH_EXIT_GRACE_S"]
 
 log = logging.getLogger("rcmflow.worker")
 
 GC_THRESHOLDS = (20_000, 20, 50)
+#: A crashed worker still running this long after the crash is ended (exit 1). Faust's
+#: shutdown can hang on its consumer thread while the broker is down, and a worker stuck so
+#: stays in the group: the group keeps its partitions there and nothing is read until a
+#: person kills it (a fault run found this: seed 282 on Apache Kafka, RELIABILITY.md).
+CRASH_EXIT_GRACE_S = 30.0
+
+
+class _Crashable(Protocol):
+    async def crash(self, reason: BaseException) -> None: ...
+
+
+def exit_when_a_crash_hangs(app: _Crashable, grace_s: float = CRASH_EXIT_GRACE_S) -> None:
+    """After ``app`` crashes, end the process if it is still alive ``grace_s`` later (a
+    supervisor restarts it; its uncommitted batch is read again, as after a kill -9)."""
+    crash = app.crash
+
+    async def crash_then_exit(reason: BaseException) -> None:
+        def hard_exit() -> None:
+            log.error("the worker crashed (%r) and has not stopped in %.0fs: exiting",
+                      reason, grace_s)
+            logging.shutdown()
+            os._exit(1)
+
+        timer = threading.Timer(grace_s, hard_exit)
+        timer.daemon = True
+        timer.start()
+        await crash(reason)
+
+    app.crash = crash_then_exit  # type: ignore[method-assign]
 
 
 def run_worker(settings: Settings, *, metrics_port: int | None = None,
@@ -69,6 +101,7 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
     datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
     app, pipeline = build_worker(settings, chart, datadir=datadir, measure_lag=port > 0,
                                  faults=faults)
+    exit_when_a_crash_hangs(app)
     if port:
         try:
             bound = metrics.serve(

@@ -315,7 +315,14 @@ class Pipeline:
         if not quiet:
             self._stalled_since.clear()
             return
-        ends = await log_ends(kafka, EVENTS, quiet)
+        try:
+            ends = await log_ends(kafka, EVENTS, quiet)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            # The broker is down (or moving): nothing to compare with; the next round will.
+            # Raising here crashed the whole worker while the consumer waited it out.
+            log.warning("%s watchdog: log ends unknown (%s); looking again in %ds", EVENTS,
+                        exc, PROGRESS_INTERVAL_S)
+            return
         for partition in quiet:
             expected = self.guard.next_offset(partition) or 0
             if ends[partition] <= expected:
