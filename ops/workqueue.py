@@ -37,7 +37,7 @@ from rcmflow.ops.items import (
     queue_topics,
     replay_plan,
 )
-from rcmflow.ops.log_pages import Cursor, read_page
+from rcmflow.ops.log_pages import Cursor, picked_between, read_page
 from rcmflow.runtime.broker import ensure_topics
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import (
@@ -134,6 +134,11 @@ def _doc(record: Record) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and isinstance(doc.get("dlq_id"), str) else None
 
 
+def _dlq_id(record: Record) -> str | None:
+    doc = _doc(record)
+    return None if doc is None else str(doc["dlq_id"])
+
+
 def _moment(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
@@ -154,7 +159,11 @@ async def page(kafka: KafkaConnection, filters: Filters, *, limit: int,
         if after is not None and start is None:
             continue  # that topic was done
         docs: dict[tuple[int, int], dict[str, Any]] = {}
-        ids: set[str] = set()
+        # An item is shown at its newest record: ids earlier pages covered are not shown
+        # again (a record written twice: a crash, a retry refused alike). A later page reads
+        # those ids first, so deeper pages cost more, as `accounts list`'s do.
+        ids: set[str] = set() if start is None else await picked_between(
+            kafka, topic, start, _dlq_id)
 
         def keep(record: Record, docs: dict[tuple[int, int], dict[str, Any]] = docs) -> bool:
             doc = _doc(record)
@@ -168,7 +177,7 @@ async def page(kafka: KafkaConnection, filters: Filters, *, limit: int,
                   ids: set[str] = ids) -> bool:
             dlq_id = docs[(record.partition, record.offset)]["dlq_id"]
             if dlq_id in ids:
-                return False  # written again (a crash, a retry refused alike): once a page
+                return False  # an older record of an item already shown
             ids.add(dlq_id)
             return True
 
@@ -195,14 +204,19 @@ def _cut(start: Cursor | None, following: Cursor | None, records: list[Record],
     """The cursor after a topic's page of which only some records were shown (the other
     topic's were newer): each partition with records left over stands at its oldest shown
     record, or where the page began."""
-    assert following is not None or start is not None or records
-    ends = dict((following or start or Cursor({})).positions)
+    if following is not None:
+        ends = dict(following.positions)
+    else:  # the page read the topic to its start: every partition done, but for ``left``
+        ends = {p: (0, end) for p, (_, end) in (start.positions if start else {}).items()}
     positions = dict(ends)
     for partition in {r.partition for r in left}:
         shown = [r.offset for r in records if r.partition == partition and r not in left]
-        began = (start.positions[partition][0] if start is not None
-                 else ends.get(partition, (0, 0))[1])
-        end = ends.get(partition, (began, began))[1]
+        read = [r.offset for r in records if r.partition == partition]
+        # Where the log ended when paging began; a topic read to its start on this page has
+        # no cursor left to say it: past the newest record read is enough (later pages
+        # read only before the cursor's position).
+        end = max(ends.get(partition, (0, 0))[1], max(read) + 1)
+        began = start.positions[partition][0] if start is not None else end
         positions[partition] = (min(shown) if shown else began, end)
     return Cursor(positions)
 
