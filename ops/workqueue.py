@@ -37,7 +37,7 @@ from rcmflow.ops.items import (
     queue_topics,
     replay_plan,
 )
-from rcmflow.ops.log_pages import Cursor, picked_between, read_page
+from rcmflow.ops.log_pages import Cursor, PageOf, picked_between, read_page
 from rcmflow.runtime.broker import ensure_topics
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import (
@@ -152,12 +152,8 @@ async def page(kafka: KafkaConnection, filters: Filters, *, limit: int,
     (``log_pages``), never whole; the state topic is read whole."""
     now = now or datetime.now(UTC)
     states = states if states is not None else await read_states(kafka)
-    picked: list[tuple[int, str, Record, dict[str, Any]]] = []
-    pages: dict[str, tuple[Cursor | None, Cursor | None, list[Record]]] = {}
-    for topic in queue_topics():
-        start = None if after is None else after.parts.get(topic)
-        if after is not None and start is None:
-            continue  # that topic was done
+    async def one_topic(topic: str, start: Cursor | None
+                        ) -> tuple[str, Cursor | None, PageOf, dict[tuple[int, int], Any]]:
         docs: dict[tuple[int, int], dict[str, Any]] = {}
         # An item is shown at its newest record: ids earlier pages covered are not shown
         # again (a record written twice: a crash, a retry refused alike). A later page reads
@@ -165,7 +161,7 @@ async def page(kafka: KafkaConnection, filters: Filters, *, limit: int,
         ids: set[str] = set() if start is None else await picked_between(
             kafka, topic, start, _dlq_id)
 
-        def keep(record: Record, docs: dict[tuple[int, int], dict[str, Any]] = docs) -> bool:
+        def keep(record: Record) -> bool:
             doc = _doc(record)
             if doc is None or not filters.matches(doc, _moment(record.timestamp_ms),
                                                   states.get(doc["dlq_id"])):
@@ -173,8 +169,7 @@ async def page(kafka: KafkaConnection, filters: Filters, *, limit: int,
             docs[(record.partition, record.offset)] = doc
             return True
 
-        def shown(record: Record, docs: dict[tuple[int, int], dict[str, Any]] = docs,
-                  ids: set[str] = ids) -> bool:
+        def shown(record: Record) -> bool:
             dlq_id = docs[(record.partition, record.offset)]["dlq_id"]
             if dlq_id in ids:
                 return False  # an older record of an item already shown
@@ -182,9 +177,15 @@ async def page(kafka: KafkaConnection, filters: Filters, *, limit: int,
             return True
 
         got = await read_page(kafka, topic, limit=limit, after=start, keep=keep, shown=shown)
-        pages[topic] = (start, got.next, got.records)
-        picked += [(r.timestamp_ms, topic, r, docs[(r.partition, r.offset)])
-                   for r in got.records]
+        return topic, start, got, docs
+
+    # Both topics at once (each its own clients): the page waits for the slower one only.
+    wanted = [(t, None if after is None else after.parts.get(t)) for t in queue_topics()]
+    read = await asyncio.gather(*(one_topic(t, start) for t, start in wanted
+                                  if after is None or start is not None))
+    picked = [(r.timestamp_ms, topic, r, docs[(r.partition, r.offset)])
+              for topic, _, got, docs in read for r in got.records]
+    pages = {topic: (start, got.next, got.records) for topic, start, got, _ in read}
     picked.sort(key=lambda p: (p[0], p[2].offset), reverse=True)
     shown_now = picked[:limit]
     taken = {(t, r.partition, r.offset) for _, t, r, _ in shown_now}
@@ -192,8 +193,12 @@ async def page(kafka: KafkaConnection, filters: Filters, *, limit: int,
     for topic, (start, following, records) in pages.items():
         left = [r for r in records if (topic, r.partition, r.offset) not in taken]
         parts[topic] = following if not left else _cut(start, following, records, left)
-    items = [item_view(doc, topic, r.timestamp_ms, states.get(doc["dlq_id"]), now)
-             for _, topic, r, doc in shown_now]
+    items = []
+    for _, topic, r, doc in shown_now:
+        state = states.get(doc["dlq_id"])
+        if state is not None:  # a pending replay's outcome, read now (shown, not stored)
+            state = await _settled(kafka, state, doc)
+        items.append(item_view(doc, topic, r.timestamp_ms, state, now))
     if all(c is None for c in parts.values()):
         return items, None
     return items, QueueCursor({t: parts.get(t) for t in queue_topics()})

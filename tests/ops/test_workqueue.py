@@ -112,6 +112,7 @@ def test_an_item_is_replayed_after_its_cause_is_fixed_and_posts_once(
     second = workers.start("w2", RCMFLOW_COA=str(wide))
     wait_until(lambda: shown(broker, dlq_id)["queue"]["replay"]["outcome"] == "applied", 90,
                "the replay applied", second.log_tail)
+    assert listed(broker)[dlq_id]["queue"]["replay"]["outcome"] == "applied", "read, not stored"
     assert insurance_ar(broker, "Q1") == 400
 
     # Replayed again: dedup holds, nothing posted twice.
