@@ -20,7 +20,7 @@ from rcmflow.ops.exceptions import BadCursor
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import READ_TIMEOUT_S, Record, log_ends, topic_partitions
 
-__all__ = ["Cursor", "PageOf", "read_page", "keys_between",]
+__all__ = ["Cursor", "PageOf", "read_page", "keys_between", "picked_between"]
 
 #: The widest window read back at once per partition (records, kept or not).
 WINDOW_MAX = 50_000
@@ -199,3 +199,28 @@ async def keys_between(kafka: KafkaConnection, topic: str, cursor: Cursor,
     finally:
         await consumer.stop()
     return keys
+
+
+async def picked_between(kafka: KafkaConnection, topic: str, cursor: Cursor,
+                         pick: Callable[[Record], str | None]) -> set[str]:
+    """What ``pick`` finds in the records from the cursor to the end it noted (what earlier
+    pages covered), e.g. the ids of the DLQ records they showed; None: nothing."""
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    ranges = {TopicPartition(topic, p): (at, end)
+              for p, (at, end) in sorted(cursor.positions.items()) if at < end}
+    if not ranges:
+        return set()
+    consumer = await _consumer(kafka)
+    found: set[str] = set()
+
+    def keep(record: Record) -> bool:
+        value = pick(record)
+        if value is not None:
+            found.add(value)
+        return False  # nothing held but what was picked
+
+    try:
+        await _read_ranges(consumer, ranges, keep, deadline)
+    finally:
+        await consumer.stop()
+    return found

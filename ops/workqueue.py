@@ -37,7 +37,7 @@ from rcmflow.ops.items import (
     queue_topics,
     replay_plan,
 )
-from rcmflow.ops.log_pages import Cursor, read_page
+from rcmflow.ops.log_pages import Cursor, PageOf, picked_between, read_page
 from rcmflow.runtime.broker import ensure_topics
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import (
@@ -134,6 +134,11 @@ def _doc(record: Record) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and isinstance(doc.get("dlq_id"), str) else None
 
 
+def _dlq_id(record: Record) -> str | None:
+    doc = _doc(record)
+    return None if doc is None else str(doc["dlq_id"])
+
+
 def _moment(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
@@ -147,16 +152,16 @@ async def page(kafka: KafkaConnection, filters: Filters, *, limit: int,
     (``log_pages``), never whole; the state topic is read whole."""
     now = now or datetime.now(UTC)
     states = states if states is not None else await read_states(kafka)
-    picked: list[tuple[int, str, Record, dict[str, Any]]] = []
-    pages: dict[str, tuple[Cursor | None, Cursor | None, list[Record]]] = {}
-    for topic in queue_topics():
-        start = None if after is None else after.parts.get(topic)
-        if after is not None and start is None:
-            continue  # that topic was done
+    async def one_topic(topic: str, start: Cursor | None
+                        ) -> tuple[str, Cursor | None, PageOf, dict[tuple[int, int], Any]]:
         docs: dict[tuple[int, int], dict[str, Any]] = {}
-        ids: set[str] = set()
+        # An item is shown at its newest record: ids earlier pages covered are not shown
+        # again (a record written twice: a crash, a retry refused alike). A later page reads
+        # those ids first, so deeper pages cost more, as `accounts list`'s do.
+        ids: set[str] = set() if start is None else await picked_between(
+            kafka, topic, start, _dlq_id)
 
-        def keep(record: Record, docs: dict[tuple[int, int], dict[str, Any]] = docs) -> bool:
+        def keep(record: Record) -> bool:
             doc = _doc(record)
             if doc is None or not filters.matches(doc, _moment(record.timestamp_ms),
                                                   states.get(doc["dlq_id"])):
@@ -164,18 +169,23 @@ async def page(kafka: KafkaConnection, filters: Filters, *, limit: int,
             docs[(record.partition, record.offset)] = doc
             return True
 
-        def shown(record: Record, docs: dict[tuple[int, int], dict[str, Any]] = docs,
-                  ids: set[str] = ids) -> bool:
+        def shown(record: Record) -> bool:
             dlq_id = docs[(record.partition, record.offset)]["dlq_id"]
             if dlq_id in ids:
-                return False  # written again (a crash, a retry refused alike): once a page
+                return False  # an older record of an item already shown
             ids.add(dlq_id)
             return True
 
         got = await read_page(kafka, topic, limit=limit, after=start, keep=keep, shown=shown)
-        pages[topic] = (start, got.next, got.records)
-        picked += [(r.timestamp_ms, topic, r, docs[(r.partition, r.offset)])
-                   for r in got.records]
+        return topic, start, got, docs
+
+    # Both topics at once (each its own clients): the page waits for the slower one only.
+    wanted = [(t, None if after is None else after.parts.get(t)) for t in queue_topics()]
+    read = await asyncio.gather(*(one_topic(t, start) for t, start in wanted
+                                  if after is None or start is not None))
+    picked = [(r.timestamp_ms, topic, r, docs[(r.partition, r.offset)])
+              for topic, _, got, docs in read for r in got.records]
+    pages = {topic: (start, got.next, got.records) for topic, start, got, _ in read}
     picked.sort(key=lambda p: (p[0], p[2].offset), reverse=True)
     shown_now = picked[:limit]
     taken = {(t, r.partition, r.offset) for _, t, r, _ in shown_now}
@@ -183,8 +193,12 @@ async def page(kafka: KafkaConnection, filters: Filters, *, limit: int,
     for topic, (start, following, records) in pages.items():
         left = [r for r in records if (topic, r.partition, r.offset) not in taken]
         parts[topic] = following if not left else _cut(start, following, records, left)
-    items = [item_view(doc, topic, r.timestamp_ms, states.get(doc["dlq_id"]), now)
-             for _, topic, r, doc in shown_now]
+    items = []
+    for _, topic, r, doc in shown_now:
+        state = states.get(doc["dlq_id"])
+        if state is not None:  # a pending replay's outcome, read now (shown, not stored)
+            state = await _settled(kafka, state, doc)
+        items.append(item_view(doc, topic, r.timestamp_ms, state, now))
     if all(c is None for c in parts.values()):
         return items, None
     return items, QueueCursor({t: parts.get(t) for t in queue_topics()})
@@ -195,14 +209,19 @@ def _cut(start: Cursor | None, following: Cursor | None, records: list[Record],
     """The cursor after a topic's page of which only some records were shown (the other
     topic's were newer): each partition with records left over stands at its oldest shown
     record, or where the page began."""
-    assert following is not None or start is not None or records
-    ends = dict((following or start or Cursor({})).positions)
+    if following is not None:
+        ends = dict(following.positions)
+    else:  # the page read the topic to its start: every partition done, but for ``left``
+        ends = {p: (0, end) for p, (_, end) in (start.positions if start else {}).items()}
     positions = dict(ends)
     for partition in {r.partition for r in left}:
         shown = [r.offset for r in records if r.partition == partition and r not in left]
-        began = (start.positions[partition][0] if start is not None
-                 else ends.get(partition, (0, 0))[1])
-        end = ends.get(partition, (began, began))[1]
+        read = [r.offset for r in records if r.partition == partition]
+        # Where the log ended when paging began; a topic read to its start on this page has
+        # no cursor left to say it: past the newest record read is enough (later pages
+        # read only before the cursor's position).
+        end = max(ends.get(partition, (0, 0))[1], max(read) + 1)
+        began = start.positions[partition][0] if start is not None else end
         positions[partition] = (min(shown) if shown else began, end)
     return Cursor(positions)
 

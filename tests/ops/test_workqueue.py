@@ -21,10 +21,12 @@ from typing import Any
 import pytest
 
 from rcmflow.ops.accounts import posting_history
+from rcmflow.ops.items import Filters
+from rcmflow.ops.workqueue import QueueCursor, every_item, page
 from rcmflow.runtime.kafka_io import log_ends, publish, read_topic
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.rejections import Rejection
-from rcmflow.streams.topics import DLQ, EVENTS
+from rcmflow.streams.topics import DLQ, EVENTS, POSTINGS_DLQ
 from tests.conftest import PARTITIONS, Broker, Workers, wait_until
 from tests.factories import charge, event_doc
 
@@ -110,6 +112,7 @@ def test_an_item_is_replayed_after_its_cause_is_fixed_and_posts_once(
     second = workers.start("w2", RCMFLOW_COA=str(wide))
     wait_until(lambda: shown(broker, dlq_id)["queue"]["replay"]["outcome"] == "applied", 90,
                "the replay applied", second.log_tail)
+    assert listed(broker)[dlq_id]["queue"]["replay"]["outcome"] == "applied", "read, not stored"
     assert insurance_ar(broker, "Q1") == 400
 
     # Replayed again: dedup holds, nothing posted twice.
@@ -161,3 +164,29 @@ def test_an_item_is_replayed_after_its_cause_is_fixed_and_posts_once(
     assert again.returncode == 2 and "resolved by cy" in again.stderr, again.stderr
     nonote = rcmflow(broker, "dlq", "resolve", dlq_id, "--note", " ")
     assert nonote.returncode == 2 and "needs a note" in nonote.stderr, nonote.stderr
+
+    # Pages over both DLQ topics, a few rows at a time: every item once, newest first.
+    erp = [dlq_record(Rejection(stage="posting", reason_code="closed_period", detail="closed"),
+                      origin=Origin(topic="rcm.postings", partition=n % PARTITIONS, offset=n,
+                                    key=f"Q{n}"), payload=b"{}",
+                      context={"account": f"Q{n}", "adapter": "csv"}) for n in range(5)]
+    for record in erp:  # interleaved in time with rcm.dlq records
+        asyncio.run(publish(kafka, [(POSTINGS_DLQ, None, record.model_dump_json().encode())]))
+        asyncio.run(publish(kafka, [(DLQ, None, dlq_record(
+            Rejection(stage="validate", reason_code="invalid_event", detail="bad"),
+            origin=Origin(topic=EVENTS, partition=0, offset=500 + len(record.dlq_id),
+                          key=record.dlq_id), payload=b"{}",
+            discriminator=record.dlq_id).model_dump_json().encode())]))
+    everything = asyncio.run(every_item(kafka, Filters(state="all")))
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(50):
+        rows, cursor = asyncio.run(page(kafka, Filters(state="all"), limit=3, after=cursor))
+        seen += rows
+        if cursor is None:
+            break
+        cursor = QueueCursor.decode(cursor.encode())  # as `--after` hands it back
+    assert sorted(r["dlq_id"] for r in seen) == sorted(r["dlq_id"] for r in everything)
+    assert len(everything) == 13 and {r["queue"]["topic"] for r in seen} == {DLQ, POSTINGS_DLQ}
+    stamps = [r["queue"]["queued_at"] for r in seen]
+    assert stamps == sorted(stamps, reverse=True)
