@@ -331,6 +331,19 @@ async def seek(app: faust.App, topic: str, partition: int, offset: int) -> None:
     await app.consumer.seek(TP(topic, partition), offset)
 
 
+async def refresh_metadata(app: faust.App) -> None:
+    """Ask the broker for cluster metadata now (aiokafka asks every 5 minutes). A group
+    leader that assigned while its metadata lacked the topics (a broker just restarted:
+    "Ignoring missing topic") gave every member nothing; aiokafka rejoins once its metadata
+    shows them, which this brings forward."""
+    thread: Any = cast(Any, app.consumer)._thread
+
+    async def refresh() -> None:
+        await thread._ensure_consumer()._client.force_metadata_update()
+
+    await thread.call_thread(refresh)
+
+
 def committed_offset(app: faust.App, topic: str, partition: int) -> int:
     """The group's committed offset for a partition as this consumer knows it (0: none)."""
     consumer: Any = app.consumer

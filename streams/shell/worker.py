@@ -76,6 +76,7 @@ from rcmflow.streams.shell.faust_internals import (
     note_committed,
     own_transactions,
     pause,
+    refresh_metadata,
     resume,
     seek,
     settled,
@@ -192,6 +193,9 @@ class Pipeline:
         self.last_delivery: dict[int, float] = {}
         #: Partition -> when the watchdog first found it stalled.
         self._stalled_since: dict[int, float] = {}
+        #: Since when no rcm.events partition is assigned here (None: some are).
+        self._unassigned_since: float | None = None
+        self._unassigned_said = False
         #: Partition -> the group's committed offset when this assignment started reading it.
         self.started_at: dict[int, int] = {}
         self.progress = Progress()
@@ -306,10 +310,27 @@ class Pipeline:
         self._stalled_since.clear()
 
     async def watchdog(self, kafka: KafkaConnection) -> None:
-        """Find assigned partitions that have records but deliver none; put them back."""
+        """Find assigned partitions that have records but deliver none; put them back. With
+        none assigned for a while, refresh the metadata (``refresh_metadata``: an assignment
+        made from metadata without the topics is made again)."""
         if not settled(self.app):
             return
         now = time.monotonic()
+        if not assigned_partitions(self.app, EVENTS):
+            since = self._unassigned_since = self._unassigned_since or now
+            if now - since > STALL_S:
+                # Said once a stretch: more workers than partitions is normal.
+                if not self._unassigned_said:
+                    log.info("%s: no partition assigned here for %.0fs; refreshing the "
+                             "cluster metadata every %.0fs while so", EVENTS, now - since,
+                             PROGRESS_INTERVAL_S)
+                    self._unassigned_said = True
+                try:
+                    await refresh_metadata(self.app)
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    log.warning("%s: metadata refresh failed: %s", EVENTS, exc)
+            return
+        self._unassigned_since, self._unassigned_said = None, False
         quiet = sorted(p for p in assigned_partitions(self.app, EVENTS)
                        if now - self.last_delivery.setdefault(p, now) > STALL_S)
         if not quiet:
