@@ -101,6 +101,8 @@ STALL_CRASH_S = 120.0
 HOLE_RESEEK_S = 1.0
 #: ... and if it is still there after this long, the worker crashes rather than skip it.
 HOLE_WAIT_S = 60.0
+#: How often the watchdog asks the broker for the commits of caught-up quiet partitions.
+COMMIT_CHECK_S = 20.0
 #: Applied durably but not committed for this long: said in the log (then once a minute).
 COMMIT_LATE_S = 60.0
 
@@ -193,6 +195,7 @@ class Pipeline:
         self.last_delivery: dict[int, float] = {}
         #: Partition -> when the watchdog first found it stalled.
         self._stalled_since: dict[int, float] = {}
+        self._commits_checked_at = 0.0
         #: Since when no rcm.events partition is assigned here (None: some are).
         self._unassigned_since: float | None = None
         self._unassigned_said = False
@@ -344,11 +347,13 @@ class Pipeline:
             log.warning("%s watchdog: log ends unknown (%s); looking again in %ds", EVENTS,
                         exc, PROGRESS_INTERVAL_S)
             return
+        caught_up: dict[int, int] = {}
         for partition in quiet:
             expected = self.guard.next_offset(partition) or 0
             if ends[partition] <= expected:
                 self._stalled_since.pop(partition, None)
-                await self._read_uncommitted_again(kafka, partition, expected, now)
+                if expected > 0:
+                    caught_up[partition] = expected
                 continue
             since = self._stalled_since.setdefault(partition, now)
             state = fetching_state(self.app, EVENTS, partition)
@@ -365,30 +370,48 @@ class Pipeline:
             resume(self.app, EVENTS, partition)
             await seek(self.app, EVENTS, partition, start)
             self.guard.sought(partition, start)
+        if caught_up and now - self._commits_checked_at >= COMMIT_CHECK_S:
+            self._commits_checked_at = now
+            await self._commit_caught_up(kafka, caught_up, now)
 
-    async def _read_uncommitted_again(self, kafka: KafkaConnection, partition: int,
-                                      expected: int, now: float) -> None:
-        """A quiet partition applied up to ``expected`` (here or by an earlier owner) whose
-        group commit is behind, with nothing in this assignment to move it: read it again
-        from the commit, so that its batches move the commit limit. Faust's drain loop drops
-        records below a read offset it kept across a rebalance, and only an admitted batch
-        moves the limit: the group's lag stayed above 0 for good (a fault run found it)."""
-        if self.batches.durable_next.get(partition, 0) >= expected:
+    async def _commit_caught_up(self, kafka: KafkaConnection, caught_up: dict[int, int],
+                                now: float) -> None:
+        """Quiet partitions applied up to their offset (``caught_up``) whose group commit,
+        asked of the broker (Faust's own copy can be wrong), is behind, with nothing in this
+        assignment to move it:
+
+        - applied here: commit again. Faust commits a partition only past what it believes
+          committed; after commits lost to a broker restart its belief was ahead of the
+          broker's and no commit came (a fault run found it: seed 282 on Kafka);
+        - applied by an earlier owner: read it again from the commit, so that its batches
+          move the commit limit. Faust's drain loop drops records below a read offset it
+          kept across a rebalance, and only an admitted batch moves the limit (seed 129)."""
+        try:
+            committed = await committed_offsets(kafka, self.app.conf.id, EVENTS,
+                                                sorted(caught_up))
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("%s watchdog: committed offsets unknown (%s)", EVENTS, exc)
             return
-        if committed_offset(self.app, EVENTS, partition) >= expected:
-            return
-        committed = (await committed_offsets(kafka, self.app.conf.id, EVENTS, [partition])
-                     ).get(partition, 0)
-        if committed >= expected:
-            return
-        start = min(committed, self._durable_position(partition))
-        log.warning("%s partition %d: applied up to offset %d, committed up to %d, and nothing "
-                    "delivered for %.0fs: reading it again from %d so that it is committed",
-                    EVENTS, partition, expected, committed, now - self.last_delivery[partition],
-                    start)
-        self.last_delivery[partition] = now  # one seek, then the records' turn
-        await seek(self.app, EVENTS, partition, start)
-        self.guard.sought(partition, start)
+        for partition, expected in sorted(caught_up.items()):
+            at = committed.get(partition, 0)
+            if at >= expected:
+                continue
+            believed = committed_offset(self.app, EVENTS, partition)
+            if self.batches.durable_next.get(partition, 0) >= expected:
+                log.warning("%s partition %d: applied up to offset %d, but the group's commit "
+                            "is %d (Faust believed %d): committing it again", EVENTS,
+                            partition, expected, at, believed)
+                note_committed(self.app, EVENTS, {partition: at})
+                mark_for_commit(self.app, EVENTS, {partition})
+                continue
+            start = min(at, self._durable_position(partition))
+            log.warning("%s partition %d: applied up to offset %d, committed up to %d, and "
+                        "nothing delivered for %.0fs: reading it again from %d so that it is "
+                        "committed", EVENTS, partition, expected, at,
+                        now - self.last_delivery[partition], start)
+            self.last_delivery[partition] = now  # one seek, then the records' turn
+            await seek(self.app, EVENTS, partition, start)
+            self.guard.sought(partition, start)
 
     async def measure_lag(self, kafka: KafkaConnection) -> None:
         """Log end minus the next offset to apply, summed over this worker's partitions."""
