@@ -17,6 +17,7 @@ import html
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -190,6 +191,21 @@ def create_site(config: SiteConfig) -> FastAPI:
                      states=STATE_FILTERS, next_after=following.encode() if following else None,
                      more=more)
 
+    @site.get("/queue/summary", response_class=HTMLResponse)
+    async def queue_summary(request: Request) -> Response:
+        session = _session(request)
+        if session is None:
+            return _to_login(request)
+        from rcmflow.ops.workqueue import every_item
+
+        asked = {k: v.strip() for k, v in request.query_params.items() if v.strip()}
+        try:
+            filters = _filters(asked)
+        except ValueError as exc:
+            raise _Refused(400, str(exc)) from None
+        summary = summarize(await every_item(config.kafka, filters))
+        return _page(request, "summary.html", session, summary=summary, asked=asked)
+
     @site.get("/queue/{dlq_id}", response_class=HTMLResponse)
     async def queue_item(request: Request, dlq_id: str) -> Response:
         session = _session(request)
@@ -243,6 +259,30 @@ def create_site(config: SiteConfig) -> FastAPI:
                             f"{html.escape(exc.reason)}</p>", status_code=exc.status)
 
     return site
+
+
+def summarize(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of work-queue items by reason, entity and age, and the oldest one."""
+    by_reason: Counter[str] = Counter()
+    by_entity: Counter[str] = Counter()
+    by_age: Counter[str] = Counter()
+    oldest: dict[str, Any] | None = None
+    for item in items:
+        by_reason[str(item.get("reason_code") or "-")] += 1
+        by_entity[str((item.get("context") or {}).get("entity") or "-")] += 1
+        age_s = int(item["queue"]["age_s"])
+        by_age[next(label for label, top in AGE_BUCKETS if age_s < top)] += 1
+        if oldest is None or age_s > int(oldest["queue"]["age_s"]):
+            oldest = item
+    return {"total": len(items), "by_reason": by_reason.most_common(),
+            "by_entity": by_entity.most_common(),
+            "by_age": [(label, by_age[label]) for label, _ in AGE_BUCKETS], "oldest": oldest}
+
+
+#: Age buckets of the queue's summary: (label, upper bound in seconds).
+AGE_BUCKETS = [("under 1 hour", 3600), ("1 hour to 1 day", 86_400),
+               ("1 to 7 days", 7 * 86_400), ("7 to 30 days", 30 * 86_400),
+               ("30 days or more", 2**62)]
 
 
 def _filters(asked: dict[str, str]) -> Filters:

@@ -22,7 +22,7 @@ from rcmflow.ops.accounts import posting_history
 from rcmflow.runtime.kafka_io import publish, read_topic
 from rcmflow.streams.topics import DLQ, EVENTS
 from tests.conftest import Broker, Workers, wait_until
-from tests.factories import charge, event_doc
+from tests.factories import charge, event_doc, payment
 from tests.ops.browser import OpsSite, chromium, start_ops_site
 
 pytestmark = pytest.mark.broker
@@ -99,8 +99,10 @@ def test_an_operator_replays_a_fixed_item_once_and_a_viewer_cannot(
     kafka = broker.connection
     write_off = event_doc("write_off", "Q1", event_id="Q1-WO", amount_cents=600,
                           reason="small_balance", from_ar="insurance")
-    asyncio.run(publish(kafka, [(EVENTS, b"Q1", json.dumps(d).encode())
-                                for d in (charge(1000, "Q1", event_id="Q1-CH"), write_off)]))
+    paid = payment(2500, "Q2", event_id="Q2-PAY", channel="portal", reference="PORTAL-77")
+    asyncio.run(publish(kafka, [(EVENTS, d["account"].encode(), json.dumps(d).encode())
+                                for d in (charge(1000, "Q1", event_id="Q1-CH"), write_off,
+                                          charge(4000, "Q2", event_id="Q2-CH"), paid)]))
     first = workers.start("w1")
 
     def refused() -> list[dict[str, Any]]:
@@ -129,10 +131,19 @@ def test_an_operator_replays_a_fixed_item_once_and_a_viewer_cannot(
     shot(browser, "health", tmp_path)
     assert balance(browser, site, "Q1", "insurance_ar") == "10.00"
 
+    browser.get(f"{site.url}/accounts?account=Q2")
+    assert "PORTAL-77" in browser.find_element(By.ID, "payments").text
+
     browser.find_element(By.LINK_TEXT, "Work queue").click()
     rows = browser.find_elements(By.CSS_SELECTOR, "#items tr")
     assert any(dlq_id in row.text and "open" in row.text for row in rows)
     shot(browser, "queue", tmp_path)
+    browser.find_element(By.ID, "summary").click()
+    WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.ID, "summary-total"))
+    assert browser.find_element(By.ID, "summary-total").text.startswith("1 item.")
+    assert "small_balance_over_threshold 1" in browser.find_element(By.ID, "by-reason").text
+    assert browser.find_element(By.ID, "oldest").text == dlq_id
+    browser.back()
     browser.find_element(By.LINK_TEXT, dlq_id).click()
     assert "not under the 500 cents threshold" in browser.find_element(By.ID, "item-reason").text
     assert "Q1-WO" in browser.find_element(By.ID, "payload").text
