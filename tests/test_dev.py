@@ -135,7 +135,7 @@ def test_dev_runs_once_every_child_listens_and_stops_them_on_ctrl_c(tmp_path: Pa
         for port in (facade_port, mllp_port, ops_port):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
         # The ops site's dev login, as printed, logs in.
-        login = re.search(r"log in as (\S+) / (\S+);", log.read_text())
+        login = re.search(r"log in as (\S+), password (\S+)", log.read_text())
         assert login, log.read_text()
         answer = httpx.post(f"http://127.0.0.1:{ops_port}/login", timeout=10,
                             data={"username": login[1], "password": login[2]})
