@@ -10,6 +10,7 @@ transactions both isolation levels read the same).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Literal, NamedTuple
@@ -27,7 +28,10 @@ from rcmflow.runtime.exceptions import RecordTooLarge
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.topics import RAW_HL7_RECORD_BYTES_MAX, record_bytes_max
 
+log = logging.getLogger("rcmflow.kafka")
+
 __all__ = ["Record", "Outgoing", "Headers", "read_topic", "iter_topic", "publish", "send",
+           "stop_consumer",
            "log_ends", "topic_partitions", "committed_offsets", "group_lag",
            "check_record_sizes", "record_size", "IsolationLevel", "READ_TIMEOUT_S",
            "PUBLISH_IN_FLIGHT_MAX"]
@@ -142,7 +146,7 @@ async def iter_topic(
                 if end is not None and await consumer.position(tp) >= end:
                     done.add(tp)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def topic_partitions(kafka: KafkaConnection, topic: str) -> list[int]:
@@ -277,8 +281,21 @@ async def log_ends(kafka: KafkaConnection, topic: str, partitions: list[int], *,
                     waiting.remove(tp)
                     probe.pause(tp)
     finally:
-        await probe.stop()
+        await stop_consumer(probe)
     return ends
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.stop()``, without the CancelledError aiokafka raises from its own fetch task
+    when that task was backing off from a failed fetch (the broker down): not a cancellation
+    of ours, and it would end a caller's timer (the worker's watchdog) for good."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled: let it through
+        log.warning("a consumer's fetch task ended cancelled while it stopped (broker down?)")
 
 
 async def group_lag(kafka: KafkaConnection, consumer: AIOKafkaConsumer, topic: str,
