@@ -179,7 +179,7 @@ def create_site(config: SiteConfig) -> FastAPI:
             return _to_login(request)
         from rcmflow.ops.workqueue import QueueCursor, page
 
-        asked = {k: v.strip() for k, v in request.query_params.items() if v.strip()}
+        asked = _asked(request)
         try:
             filters = _filters(asked)
             after = QueueCursor.decode(asked["after"]) if "after" in asked else None
@@ -198,7 +198,7 @@ def create_site(config: SiteConfig) -> FastAPI:
             return _to_login(request)
         from rcmflow.ops.workqueue import every_item
 
-        asked = {k: v.strip() for k, v in request.query_params.items() if v.strip()}
+        asked = _asked(request)
         try:
             filters = _filters(asked)
         except ValueError as exc:
@@ -283,6 +283,11 @@ def summarize(items: list[dict[str, Any]]) -> dict[str, Any]:
 AGE_BUCKETS = [("under 1 hour", 3600), ("1 hour to 1 day", 86_400),
                ("1 to 7 days", 7 * 86_400), ("7 to 30 days", 30 * 86_400),
                ("30 days or more", 2**62)]
+
+
+def _asked(request: Request) -> dict[str, str]:
+    """The query's non-empty parameters (a filter form sends every field, most empty)."""
+    return {k: v.strip() for k, v in request.query_params.items() if v.strip()}
 
 
 def _filters(asked: dict[str, str]) -> Filters:

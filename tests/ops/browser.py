@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,18 +74,27 @@ def start_ops_site(env: dict[str, str], log: Path) -> OpsSite:
                                    env={**env, "RCMFLOW_OPS_PORT": str(port)},
                                    stdout=out, stderr=subprocess.STDOUT)
     site = OpsSite(f"http://127.0.0.1:{port}", process, log)
+    _wait_answering(f"{site.url}/login", process, log, "rcmflow ops", site.stop)
+    return site
+
+
+def _wait_answering(url: str, process: subprocess.Popen[bytes], log: Path, what: str,
+                    stop: Callable[[], None]) -> None:
+    """Until ``url`` answers 200; the test fails (with the log's end) if the process exits
+    or 60 s pass."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"rcmflow ops exited {process.returncode}\n{site.log_tail()}")
+            pytest.fail(f"{what} exited {process.returncode}\n"
+                        f"{log.read_text(errors='replace')[-2000:]}")
         try:
-            if httpx.get(f"{site.url}/login", timeout=2).status_code == 200:
-                return site
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    site.stop()
-    pytest.fail(f"rcmflow ops did not answer in 60 s\n{site.log_tail()}")
+    stop()
+    pytest.fail(f"{what} did not answer in 60 s\n{log.read_text(errors='replace')[-2000:]}")
 
 
 @dataclass
@@ -131,15 +140,5 @@ def start_prometheus(targets: list[str], folder: Path) -> Prometheus:
              f"--web.listen-address=127.0.0.1:{port}"],
             stdout=out, stderr=subprocess.STDOUT)
     server = Prometheus(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"prometheus exited {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{server.url}/-/ready", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    pytest.fail(f"prometheus was not ready in 60 s: {log.read_text()[-2000:]}")
+    _wait_answering(f"{server.url}/-/ready", process, log, "prometheus", server.stop)
+    return server
