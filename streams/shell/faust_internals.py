@@ -51,6 +51,7 @@ from typing import Any, cast
 
 import faust
 from aiokafka.structs import TopicPartition
+from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -432,3 +433,26 @@ def install_highwater_fix() -> None:
 
     thread_cls._highwaters = _highwaters
     thread_cls._rcmflow_highwater_fix = True
+
+
+def install_recovery_seek_fix() -> None:
+    """Faust's recovery seeks a changelog partition to the offset it tracked, -1 meaning
+    "none yet" (read from 0); after a rebalance during a standby's recovery it can hold
+    another negative offset, or None, and aiokafka's seek raises ValueError, crashing the
+    worker (seen with standby replicas on: tests/integration/test_crash.py). Any offset that is
+    not a position is read from the start, as -1 is (idempotent)."""
+    recovery_cls: Any = faust_recovery.Recovery
+    if getattr(recovery_cls, "_rcmflow_seek_fix", False):
+        return
+    seek_offsets = recovery_cls._seek_offsets
+
+    async def _seek_offsets(self: Any, consumer: Any, tps: Any, offsets: Any,
+                            title: str) -> None:
+        for tp in tps:
+            offset = offsets.get(tp)
+            if offset is None or offset < -1:
+                offsets[tp] = -1  # Faust reads -1 as "from the start"
+        await seek_offsets(self, consumer, tps, offsets, title)
+
+    recovery_cls._seek_offsets = _seek_offsets
+    recovery_cls._rcmflow_seek_fix = True

@@ -71,6 +71,7 @@ from rcmflow.streams.shell.faust_internals import (
     disable_gap_commits,
     fetching_state,
     install_highwater_fix,
+    install_recovery_seek_fix,
     limit_commits,
     mark_for_commit,
     note_committed,
@@ -498,6 +499,7 @@ def build_worker(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
     ``break_dedup``.
     """
     install_highwater_fix()
+    install_recovery_seek_fix()
     disable_gap_commits()
     if settings.processing_guarantee == "exactly_once":
         own_transactions()

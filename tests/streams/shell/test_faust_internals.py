@@ -250,3 +250,29 @@ def test_faust_commits_past_a_one_record_hole_and_limit_commits_does_not() -> No
     assert limited._acked[tp] == [13] and limited._acked_index[tp] == {13}
     limit_commits(app, lambda tp: None)
     assert Consumer._new_offset(limited, tp) is None
+
+
+def test_recovery_reads_a_changelog_from_its_start_where_faust_held_no_position() -> None:
+    """Faust seeks a changelog partition to the offset it tracked; after a rebalance during
+    a standby's recovery that was sometimes negative (not -1) or None, aiokafka refused the
+    seek and the worker crashed (tests/integration/test_crash.py, standby replicas on)."""
+    import asyncio
+    from collections import Counter
+
+    from faust.tables.recovery import Recovery
+    from faust.types import TP
+
+    from rcmflow.streams.shell.faust_internals import install_recovery_seek_fix
+
+    install_recovery_seek_fix()
+    sought: dict[TP, int] = {}
+
+    class Consumer:
+        async def seek_wait(self, offsets: dict[TP, int]) -> None:
+            sought.update(offsets)
+
+    tps = [TP("rcm.accounts", n) for n in range(4)]
+    offsets: Counter[TP] = Counter({tps[0]: 7, tps[1]: -1, tps[2]: -5})
+    offsets[tps[3]] = None  # type: ignore[assignment]
+    asyncio.run(Recovery._seek_offsets(object(), Consumer(), set(tps), offsets, "standby"))
+    assert sought == {tps[0]: 7, tps[1]: 0, tps[2]: 0, tps[3]: 0}
