@@ -63,7 +63,17 @@ def log_in(browser: Any, site: OpsSite, name: str) -> None:
     browser.find_element(By.ID, "username").send_keys(name)
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "login").click()
-    assert browser.find_element(By.ID, "who").text.startswith(name)
+    assert present(browser, "who").text.startswith(name)
+
+
+def present(browser: Any, element_id: str, timeout_s: float = 30) -> Any:
+    """The element, once the page that has it loaded (a click's navigation, a form's
+    redirect, may still be under way when the click returns)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout_s).until(lambda b: b.find_elements(By.ID, element_id))
+    return browser.find_element(By.ID, element_id)
 
 
 def balance(browser: Any, site: OpsSite, account: str, bucket: str) -> str:
@@ -76,16 +86,21 @@ def balance(browser: Any, site: OpsSite, account: str, bucket: str) -> str:
 def wait_for_text(browser: Any, element_id: str, wanted: str, timeout_s: float) -> None:
     """Reload until the element says ``wanted`` (a replay's outcome comes when the worker
     has read it)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     deadline = time.monotonic() + timeout_s
+    said = "absent"
     while True:
-        found = browser.find_elements(By.ID, element_id)
-        if found and wanted in found[0].text:
+        try:  # the page may still be loading (a form's redirect): the element goes stale
+            found = browser.find_elements(By.ID, element_id)
+            said = found[0].text if found else "absent"
+        except StaleElementReferenceException:
+            said = "stale"
+        if wanted in said:
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"#{element_id} never said {wanted!r}: "
-                        f"{found[0].text if found else 'absent'}")
+            pytest.fail(f"#{element_id} never said {wanted!r}: {said}")
         time.sleep(1)
         browser.refresh()
 
@@ -123,7 +138,7 @@ def test_an_operator_replays_a_fixed_item_once_and_a_viewer_cannot(
     browser.find_element(By.ID, "username").send_keys("olive")
     browser.find_element(By.ID, "password").send_keys("not the password")
     browser.find_element(By.ID, "login").click()
-    assert "Wrong name or password" in browser.find_element(By.ID, "login-error").text
+    assert "Wrong name or password" in present(browser, "login-error").text
 
     log_in(browser, site, "olive")
     assert "olive (operator)" in browser.find_element(By.ID, "who").text
@@ -135,6 +150,7 @@ def test_an_operator_replays_a_fixed_item_once_and_a_viewer_cannot(
     assert "PORTAL-77" in browser.find_element(By.ID, "payments").text
 
     browser.find_element(By.LINK_TEXT, "Work queue").click()
+    present(browser, "items")
     rows = browser.find_elements(By.CSS_SELECTOR, "#items tr")
     assert any(dlq_id in row.text and "open" in row.text for row in rows)
     shot(browser, "queue", tmp_path)
@@ -144,8 +160,9 @@ def test_an_operator_replays_a_fixed_item_once_and_a_viewer_cannot(
     assert "small_balance_over_threshold 1" in browser.find_element(By.ID, "by-reason").text
     assert browser.find_element(By.ID, "oldest").text == dlq_id
     browser.back()
+    present(browser, "items")
     browser.find_element(By.LINK_TEXT, dlq_id).click()
-    assert "not under the 500 cents threshold" in browser.find_element(By.ID, "item-reason").text
+    assert "not under the 500 cents threshold" in present(browser, "item-reason").text
     assert "Q1-WO" in browser.find_element(By.ID, "payload").text
     browser.find_element(By.ID, "replay-note").send_keys("threshold raised to $10")
     browser.find_element(By.ID, "replay").click()
@@ -165,7 +182,7 @@ def test_an_operator_replays_a_fixed_item_once_and_a_viewer_cannot(
 
     # Its trace: the event, the refusal, the delta of the replay, in pipeline order.
     browser.find_element(By.LINK_TEXT, "Trace").click()
-    browser.find_element(By.ID, "trace-id").send_keys("Q1-WO")
+    present(browser, "trace-id").send_keys("Q1-WO")
     browser.find_element(By.ID, "trace").click()
     WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.ID, "trace-summary"))
     stages = [row.find_elements(By.TAG_NAME, "td")[0].text
@@ -179,6 +196,7 @@ def test_an_operator_replays_a_fixed_item_once_and_a_viewer_cannot(
     # A viewer reads the item without its payload, and the server refuses its replay
     # whatever the page shows.
     browser.find_element(By.CSS_SELECTOR, "header form button").click()  # log out
+    present(browser, "username")
     log_in(browser, site, "victor")
     browser.get(f"{site.url}/queue/{dlq_id}")
     assert not browser.find_elements(By.ID, "payload")
