@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from rcmflow.ops.log_pages import Cursor, keys_between, read_page
+from rcmflow.ops.log_pages import Cursor, picked_between, read_page
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, read_topic
 from rcmflow.streams.layout import SEPARATOR, assemble, is_head_key, parse_key, read_record
@@ -119,7 +119,9 @@ async def heads_page(kafka: KafkaConnection, *, limit: int, after: Cursor | None
     page. A later page first reads the keys the earlier pages covered (keys only), so pages
     deeper in the list cost more than the first.
     """
-    seen = set() if after is None else await keys_between(kafka, ACCOUNTS, after, is_head_key)
+    seen: set[bytes] = set() if after is None else await picked_between(
+        kafka, ACCOUNTS, after, lambda r: r.key if r.key is not None and is_head_key(r.key)
+        else None)
 
     def shown(record: Record) -> bool:
         assert record.key is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -20,7 +21,9 @@ from rcmflow.ops.exceptions import BadCursor
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import READ_TIMEOUT_S, Record, log_ends, topic_partitions
 
-__all__ = ["Cursor", "PageOf", "read_page", "keys_between", "picked_between"]
+__all__ = ["Cursor", "PageOf", "read_page", "picked_between"]
+
+_T = TypeVar("_T")
 
 #: The widest window read back at once per partition (records, kept or not).
 WINDOW_MAX = 50_000
@@ -181,37 +184,18 @@ async def read_page(
     return PageOf(chosen, next_cursor if left else None, left)
 
 
-async def keys_between(kafka: KafkaConnection, topic: str, cursor: Cursor,
-                       keep: Callable[[bytes | None], bool]) -> set[bytes]:
-    """The keys ``keep`` takes among the records from the cursor to the end it noted (what
-    earlier pages covered)."""
-    deadline = time.monotonic() + READ_TIMEOUT_S
-    ranges = {TopicPartition(topic, p): (at, end)
-              for p, (at, end) in sorted(cursor.positions.items()) if at < end}
-    if not ranges:
-        return set()
-    consumer = await _consumer(kafka)
-    keys: set[bytes] = set()
-    try:
-        read = await _read_ranges(consumer, ranges,
-                                  lambda r: r.key is not None and keep(r.key), deadline)
-        keys.update(r.key for records in read.values() for r in records if r.key is not None)
-    finally:
-        await consumer.stop()
-    return keys
-
-
 async def picked_between(kafka: KafkaConnection, topic: str, cursor: Cursor,
-                         pick: Callable[[Record], str | None]) -> set[str]:
+                         pick: Callable[[Record], _T | None]) -> set[_T]:
     """What ``pick`` finds in the records from the cursor to the end it noted (what earlier
-    pages covered), e.g. the ids of the DLQ records they showed; None: nothing."""
+    pages covered), e.g. the ids of the DLQ records or the account keys they showed; None:
+    nothing. Only what is picked is held."""
     deadline = time.monotonic() + READ_TIMEOUT_S
     ranges = {TopicPartition(topic, p): (at, end)
               for p, (at, end) in sorted(cursor.positions.items()) if at < end}
     if not ranges:
         return set()
     consumer = await _consumer(kafka)
-    found: set[str] = set()
+    found: set[_T] = set()
 
     def keep(record: Record) -> bool:
         value = pick(record)

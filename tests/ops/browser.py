@@ -48,7 +48,9 @@ def chromium() -> Iterator[object]:
 
 
 @dataclass
-class OpsSite:
+class Server:
+    """A server process the test started: where it answers, its log."""
+
     url: str
     process: subprocess.Popen[bytes]
     log: Path
@@ -64,6 +66,10 @@ class OpsSite:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class OpsSite(Server):
+    """`rcmflow ops`."""
 
 
 def start_ops_site(env: dict[str, str], log: Path) -> OpsSite:
@@ -97,26 +103,14 @@ def _wait_answering(url: str, process: subprocess.Popen[bytes], log: Path, what:
     pytest.fail(f"{what} did not answer in 60 s\n{log.read_text(errors='replace')[-2000:]}")
 
 
-@dataclass
-class Prometheus:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
+class Prometheus(Server):
+    """Debian's Prometheus."""
 
     def query(self, expression: str) -> float | None:
         answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expression},
                            timeout=5).json()
         result = answer["data"]["result"]
         return float(result[0]["value"][1]) if result else None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def start_prometheus(targets: list[str], folder: Path) -> Prometheus:
