@@ -95,6 +95,7 @@ from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, EVENT_BYTES_MAX
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.money import cents_for_people as _money
 from rcmflow.streams.processor import BatchResult, Message, Processor
+from rcmflow.streams.refund_policy import RefundPolicy
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.state import LEDGER_BUCKETS
 from rcmflow.streams.topics import (
@@ -378,7 +379,8 @@ class Reconciler:
                  day_to: date | None = None, findings_max: int = FINDINGS_MAX,
                  postings_max: int = POSTINGS_MAX, event_bytes_max: int | None = None,
                  account_items_max: int | None = None, console: Console | None = None,
-                 progress_every_s: float = LOG_EVERY_S) -> None:
+                 progress_every_s: float = LOG_EVERY_S,
+                 refund_policy: RefundPolicy | None = None) -> None:
         self.kafka = kafka
         self.chart = chart
         self.adapter = adapter
@@ -389,7 +391,8 @@ class Reconciler:
         self.progress_every_s = progress_every_s
         self.processor = Processor(
             chart, event_bytes_max=event_bytes_max or EVENT_BYTES_MAX,
-            account_items_max=account_items_max or ACCOUNT_ITEMS_MAX)
+            account_items_max=account_items_max or ACCOUNT_ITEMS_MAX,
+            refund_policy=refund_policy)
         self.report = Report(adapter.name if adapter else None,
                              day_from.isoformat() if day_from else None,
                              day_to.isoformat() if day_to else None)
@@ -828,7 +831,8 @@ async def reconcile(kafka: KafkaConnection, chart: ChartOfAccounts, *,
                     postings_max: int = POSTINGS_MAX, open_adapter: bool = True,
                     event_bytes_max: int | None = None,
                     account_items_max: int | None = None, console: Console | None = None,
-                    progress_every_s: float = LOG_EVERY_S) -> Report:
+                    progress_every_s: float = LOG_EVERY_S,
+                    refund_policy: RefundPolicy | None = None) -> Report:
     """Compare everything; the adapter is opened (unless told not to) and closed here.
     ``console``: where progress goes (a bar on a terminal, a line every
     ``progress_every_s`` in a log; none by default)."""
@@ -836,7 +840,7 @@ async def reconcile(kafka: KafkaConnection, chart: ChartOfAccounts, *,
                             findings_max=findings_max, postings_max=postings_max,
                             event_bytes_max=event_bytes_max,
                             account_items_max=account_items_max, console=console,
-                            progress_every_s=progress_every_s)
+                            progress_every_s=progress_every_s, refund_policy=refund_policy)
     if adapter is not None and open_adapter:
         await adapter.open()
     try:

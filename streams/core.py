@@ -24,9 +24,13 @@ from rcmflow.streams.events import (
     Event,
     PatientPayment,
     Refund,
+    RefundApproved,
+    RefundRejected,
 )
 from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.postings import RULE_VERSION, UnmappedLine, posting_id
+from rcmflow.streams.refund_policy import RefundPolicy, load_refund_policy
+from rcmflow.streams.refunds import refund_item_changes, refund_outcome, refund_refs
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.rules import Movement, bucket_effects, movements_for
 from rcmflow.streams.state import (
@@ -38,7 +42,10 @@ from rcmflow.streams.state import (
     Item,
     ItemRef,
     PaymentRecord,
+    PendingRefunds,
 )
+
+REFUND_EVENTS = (Refund, RefundApproved, RefundRejected)
 
 __all__ = ["Applied", "ItemLookup", "apply", "item_changes", "touched_items", "new_account"]
 
@@ -66,24 +73,37 @@ def apply(
     items: ItemLookup,
     *,
     items_max: int = ACCOUNT_ITEMS_MAX,
+    policy: RefundPolicy | None = None,
 ) -> Applied | Rejection:
-    """Apply one new event (dedup is decided before) to an account's head and items."""
+    """Apply one new event (dedup is decided before) to an account's head and items.
+    ``policy``: the refund approval policy (None: the one shipped with rcmflow)."""
     assert head.account == event.account, "event applied to another account's state"
+    policy = policy or load_refund_policy()
+    version = head.version + 1
+    approval: dict[str, object] | None = None
+    pending = (0, 0)
+    if isinstance(event, REFUND_EVENTS):
+        if event.currency != chart.currency:
+            return _currency_unsupported(event.currency, chart.currency)
+        refund = refund_outcome(event, head, items, policy, version)
+        if isinstance(refund, Rejection):
+            return refund
+        movements, changes, pending, approval = refund
+    else:
+        found = movements_for(event, head, chart, items)
+        if isinstance(found, Rejection):
+            return found
+        movements, changes = found, item_changes(event, version, items, policy=policy)
     # An item named by this event's own id is new (dedup used the id up); others may exist.
-    created = [ref for ref in touched_items(event)
-               if ref[1] == event.event_id or items(ref) is None]
+    created = [ref for ref in changes if ref[1] == event.event_id or items(ref) is None]
     if created and head.item_count() + len(created) > items_max:
         return Rejection(
             stage="rules",
             reason_code="account_items_max",
             detail=f"the account already holds {head.item_count()} charges, claims, "
-            f"adjudications and payments (at most {items_max})",
+            f"adjudications, payments and refund requests (at most {items_max})",
         )
-    movements = movements_for(event, head, chart, items)
-    if isinstance(movements, Rejection):
-        return movements
-    version = head.version + 1
-    delta, unmapped = _delta(event, movements, version, chart)
+    delta, unmapped = _delta(event, movements, version, chart, approval)
     counts = head.items
     for kind, _ in created:
         counts = counts.plus(kind)
@@ -98,14 +118,23 @@ def apply(
         "balances": balances,
         "items": counts,
     }
+    if pending != (0, 0):
+        was = head.refunds_pending
+        updates["refunds_pending"] = PendingRefunds(count=was.count + pending[0],
+                                                    cents=was.cents + pending[1])
     if isinstance(event, AccountStatusChanged):
         updates["status"] = event.status
-    return Applied(head.model_copy(update=updates), item_changes(event, version, items),
-                   delta, unmapped)
+    return Applied(head.model_copy(update=updates), changes, delta, unmapped)
+
+
+def _currency_unsupported(currency: str, ledger: str) -> Rejection:
+    return Rejection(stage="rules", reason_code="currency_unsupported",
+                     detail=f"currency {currency} is not the ledger currency {ledger}")
 
 
 def _delta(
-    event: Event, movements: list[Movement], version: int, chart: ChartOfAccounts
+    event: Event, movements: list[Movement], version: int, chart: ChartOfAccounts,
+    approval: dict[str, object] | None = None,
 ) -> tuple[bytes | None, tuple[UnmappedLine, ...]]:
     """The posting delta as it is sent: JSON of a ``PostingDelta``, written directly.
 
@@ -169,6 +198,8 @@ def _delta(
         "coa_version": chart.version,
         "rule_version": RULE_VERSION,
     }
+    if approval is not None:
+        delta["approval"] = approval  # only on refunds: other deltas keep their bytes
     return orjson.dumps(delta), tuple(unmapped)
 
 
@@ -183,15 +214,20 @@ def touched_items(event: Event) -> tuple[ItemRef, ...]:
             return (("claim", event.claim_id),)
         case ClaimAdjudicated():
             return (("claim", event.claim_id), ("adjudication", event.event_id))
-        case PatientPayment() | Refund():
+        case PatientPayment():
             return (("payment", event.event_id),)
+        case Refund() | RefundApproved() | RefundRejected():
+            return refund_refs(event)
     return ()
 
 
-def item_changes(event: Event, version: int, items: ItemLookup) -> dict[ItemRef, Item]:
+def item_changes(event: Event, version: int, items: ItemLookup, *,
+                 policy: RefundPolicy | None = None, posted: bool = False
+                 ) -> dict[ItemRef, Item]:
     """The items ``event`` (applied as account ``version``) creates or changes, from their
     state before it. Depends on the event and those items only, never on the head: a
-    redelivered event whose head is durable re-derives its lost item writes with it."""
+    redelivered event whose head is durable re-derives its lost item writes with it. A
+    refund event also needs the policy and whether it posted (its dedup record says)."""
     match event:
         case ChargePosted():
             dims = event.dimensions
@@ -232,13 +268,16 @@ def item_changes(event: Event, version: int, items: ItemLookup) -> dict[ItemRef,
             return {ref: claim}
         case ClaimAdjudicated():
             return _adjudication_items(event, version, items)
-        case PatientPayment() | Refund():
+        case Refund() | RefundApproved() | RefundRejected():
+            return refund_item_changes(event, version, items, policy or load_refund_policy(),
+                                       posted=posted)
+        case PatientPayment():
             payment: PaymentRecord = {
                 "version": version,
                 "event_id": event.event_id,
-                "kind": event.kind.value,  # type: ignore[typeddict-item]
+                "kind": "patient_payment",
                 "amount_cents": event.amount_cents,
-                "channel": event.channel if isinstance(event, PatientPayment) else event.to,
+                "channel": event.channel,
                 "reference": event.reference,
                 "occurred_at": event.occurred_at,
                 "correlation_id": event.correlation_id,

@@ -40,6 +40,8 @@ __all__ = [
     "ClaimAdjudicated",
     "PatientPayment",
     "Refund",
+    "RefundApproved",
+    "RefundRejected",
     "WriteOff",
     "ManualAdjustment",
     "AccountStatusChanged",
@@ -79,6 +81,8 @@ class EventKind(StrEnum):
     CLAIM_ADJUDICATED = "claim_adjudicated"
     PATIENT_PAYMENT = "patient_payment"
     REFUND = "refund"
+    REFUND_APPROVED = "refund_approved"
+    REFUND_REJECTED = "refund_rejected"
     WRITE_OFF = "write_off"
     MANUAL_ADJUSTMENT = "manual_adjustment"
     ACCOUNT_STATUS_CHANGED = "account_status_changed"
@@ -232,11 +236,46 @@ class PatientPayment(_EventBase):
     reference: Annotated[str, Field(max_length=80)] | None = None
 
 
+UserName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@:-]+$")]
+RoleName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+
+
 class Refund(_EventBase):
+    """A refund **request**: money leaves only once the refund policy approves it
+    (``refund_policy.py``). Within the policy's automatic rule it posts at once, approved by
+    the policy; otherwise it waits for ``refund_approved`` events (or a ``refund_rejected``).
+    The event id is the request id the decisions name."""
+
     kind: Literal[EventKind.REFUND]
     amount_cents: PositiveCents
     to: Literal["patient", "payer"] = "patient"
     reference: Annotated[str, Field(max_length=80)] | None = None
+    requested_by: UserName | None = Field(
+        None, description="The user who asked (the operator tools' login); none: the source "
+        "system (`source`), e.g. a payment file's row.")
+    reason: Annotated[str, Field(max_length=200)] | None = None
+
+
+class _RefundDecision(_EventBase):
+    request_id: EventId = Field(description="The refund request's event id.")
+    by: UserName = Field(description="Who decided: the login of the operator tools' token.")
+    role: RoleName = Field(description="The role they decided in (one their token holds).")
+    policy_version: Annotated[str, Field(max_length=40)] | None = Field(
+        None, description="The policy version the decider's tool showed.")
+
+
+class RefundApproved(_RefundDecision):
+    """One approval of a pending refund request; the one that completes its rule posts it."""
+
+    kind: Literal[EventKind.REFUND_APPROVED]
+    note: Annotated[str, Field(max_length=500)] | None = None
+
+
+class RefundRejected(_RefundDecision):
+    """A pending refund request turned down: it will never post."""
+
+    kind: Literal[EventKind.REFUND_REJECTED]
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
 WriteOffReason: TypeAlias = Literal[
@@ -327,6 +366,8 @@ Event = Annotated[
     | ClaimAdjudicated
     | PatientPayment
     | Refund
+    | RefundApproved
+    | RefundRejected
     | WriteOff
     | ManualAdjustment
     | AccountStatusChanged

@@ -9,7 +9,7 @@ from rcmflow.runtime.exceptions import RcmflowError
 if TYPE_CHECKING:
     from rcmflow.streams.money import Refusal
 
-__all__ = ["MoneyError", "UpgradeNeeded", "ChartError", "UPGRADE_COMMAND"]
+__all__ = ["MoneyError", "UpgradeNeeded", "ChartError", "RefundPolicyError", "UPGRADE_COMMAND"]
 
 #: What an operator runs once when a table holds records of an older rcmflow.
 UPGRADE_COMMAND = "rcmflow upgrade"
@@ -35,3 +35,7 @@ class UpgradeNeeded(RcmflowError, ValueError):
 
 class ChartError(RcmflowError, ValueError):
     """The mapping file is missing, unreadable or inconsistent."""
+
+
+class RefundPolicyError(RcmflowError, ValueError):
+    """The refund approval policy file is missing, unreadable or inconsistent."""

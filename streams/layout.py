@@ -10,7 +10,8 @@ key                                     value
 ``<account>/charge/<event_id>``         a charge (``ChargeRecord``)
 ``<account>/claim/<claim_id>``          a claim: header, lines, status (``ClaimRecord``)
 ``<account>/adjudication/<event_id>``   one payer answer to a claim (``AdjudicationRecord``)
-``<account>/payment/<event_id>``        a patient payment or refund (``PaymentRecord``)
+``<account>/payment/<event_id>``        a patient payment or a posted refund (``PaymentRecord``)
+``<account>/refund/<event_id>``         a refund request and its approvals (``RefundRecord``)
 ======================================  ==============================================
 
 An account number cannot hold "/" (``AccountKey``), so the first "/" ends it; the id is the
@@ -107,19 +108,20 @@ def read_record(key: bytes | str, value: Mapping[str, Any]) -> tuple[Key, dict[s
 def assemble(head: Mapping[str, Any], items: Mapping[ItemRef, Mapping[str, Any]]
              ) -> dict[str, Any]:
     """One account as a single document, for people (``rcmflow accounts show --json``): the
-    head with its ``charges``, ``claims`` (each with its ``adjudications``) and ``payments``,
-    oldest first."""
+    head with its ``charges``, ``claims`` (each with its ``adjudications``), ``payments``
+    and ``refunds`` (refund requests and their approvals), oldest first."""
     def ordered(kind: ItemKind) -> list[dict[str, Any]]:
         found = [dict(item) for (k, _), item in items.items() if k == kind]
         return sorted(found, key=lambda i: (str(i.get("occurred_at") or i.get("submitted_at")
-                                                    or ""), str(i.get("event_id")
+                                                    or i.get("requested_at") or ""),
+                                            str(i.get("event_id")
                                                                 or i.get("claim_id"))))
     claims = {c["claim_id"]: {**c, "adjudications": []} for c in ordered("claim")}
     for adj in ordered("adjudication"):
         claims.setdefault(adj["claim_id"], {"claim_id": adj["claim_id"],
                                             "adjudications": []})["adjudications"].append(adj)
     return {**head, "charges": ordered("charge"), "claims": claims,
-            "payments": ordered("payment")}
+            "payments": ordered("payment"), "refunds": ordered("refund")}
 
 
 def accounts_json_schema() -> dict[str, Any]:
@@ -127,17 +129,24 @@ def accounts_json_schema() -> dict[str, Any]:
     accounts``)."""
     from pydantic import TypeAdapter
 
-    from rcmflow.streams.state import AdjudicationRecord, ChargeRecord, ClaimRecord, PaymentRecord
+    from rcmflow.streams.state import (
+        AdjudicationRecord,
+        ChargeRecord,
+        ClaimRecord,
+        PaymentRecord,
+        RefundRecord,
+    )
 
     kinds: dict[str, Any] = {"charge": ChargeRecord, "claim": ClaimRecord,
-                             "adjudication": AdjudicationRecord, "payment": PaymentRecord}
+                             "adjudication": AdjudicationRecord, "payment": PaymentRecord,
+                             "refund": RefundRecord}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "rcm.accounts records (layout 2)",
         "description": "Compacted topic, keyed in the account's partition. Key "
         "'<account>': the head. Key '<account>/<kind>/<id>': one item of the account "
-        "(kind: charge, claim, adjudication, payment; id: the event id, or the claim id for "
-        "a claim). An account number holds no '/'. A head without 'layout' was written by an "
+        "(kind: charge, claim, adjudication, payment, refund; id: the event id, or the claim "
+        "id for a claim, or the request's event id for a refund request). An account number holds no '/'. A head without 'layout' was written by an "
         "older rcmflow: `rcmflow upgrade` rewrites it.",
         "keys": {
             "<account>": AccountHead.model_json_schema(mode="serialization"),

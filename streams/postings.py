@@ -7,11 +7,12 @@ rule version only, so a delta re-sent after a crash is byte-identical and an ERP
 from __future__ import annotations
 
 import hashlib
-from datetime import date
+from datetime import date, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["RULE_VERSION", "PostingLine", "PostingDelta", "UnmappedLine", "posting_id"]
+__all__ = ["RULE_VERSION", "PostingLine", "PostingDelta", "UnmappedLine", "posting_id",
+           "RefundApprovalRef", "RefundApprover"]
 
 #: Bump when the posting rules change what they emit; part of every posting id.
 RULE_VERSION = 1
@@ -52,6 +53,24 @@ class UnmappedLine(_Frozen):
     bucket: str | None = None
 
 
+class RefundApprover(_Frozen):
+    by: str
+    role: str
+    at: datetime
+
+
+class RefundApprovalRef(_Frozen):
+    """Who let a refund's money leave: on every refund's delta, written by each ERP adapter
+    where that ERP keeps references (docs: refunds)."""
+
+    request_id: str
+    requested_by: str = Field(description="A login, or 'source:<source>' for a feed's row.")
+    approvers: tuple[RefundApprover, ...] = Field(
+        description="Empty: approved by the policy's automatic rule.")
+    policy_version: str
+    rule: str
+
+
 class PostingDelta(_Frozen):
     posting_id: str
     account: str
@@ -66,6 +85,8 @@ class PostingDelta(_Frozen):
     reverses_posting_id: str | None = None
     coa_version: str
     rule_version: int = RULE_VERSION
+    #: Only on a refund's delta (absent from others, which keep their bytes).
+    approval: RefundApprovalRef | None = None
 
     @model_validator(mode="after")
     def _balanced(self) -> PostingDelta:

@@ -25,7 +25,6 @@ from rcmflow.streams.core import (
     apply,
     item_changes,
     new_account,
-    touched_items,
 )
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DEFAULT_WINDOW, DateWindow
 from rcmflow.streams.dedup import (
@@ -43,6 +42,7 @@ from rcmflow.streams.dedup import (
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import EVENT_ADAPTER, Event, EventKind, event_digest
 from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, DLQ_PAYLOAD_BYTES_MAX, EVENT_BYTES_MAX
+from rcmflow.streams.refund_policy import RefundPolicy, load_refund_policy
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.state import AccountHead, Item, ItemRef
 from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX
@@ -165,6 +165,7 @@ class Processor:
         date_window: DateWindow = DEFAULT_WINDOW,
         clock: Callable[[], float] = time.time,
         break_dedup: bool = False,
+        refund_policy: RefundPolicy | None = None,
     ) -> None:
         """``output_bytes_max``: the largest delta the worker may write (rcm.postings' record
         limit); an event that would make a larger one is refused. ``dedup_horizon_days``:
@@ -173,8 +174,10 @@ class Processor:
         ``date_window``: events dated outside it go to rcm.dlq (date_out_of_range), judged
         against the day of the record's timestamp, so a batch read again is judged alike.
         ``break_dedup``: test-only, never in production (``Faults.break_dedup``): a replay is
-        applied again as if new, to show that the tests see a guarantee broken."""
+        applied again as if new, to show that the tests see a guarantee broken.
+        ``refund_policy``: the refund approval policy (None: the one shipped with rcmflow)."""
         self.chart = chart
+        self.refund_policy = refund_policy or load_refund_policy()
         self.event_bytes_max = event_bytes_max
         self.account_items_max = account_items_max
         self.dlq_payload_bytes_max = dlq_payload_bytes_max
@@ -292,7 +295,8 @@ class Processor:
         elif dated < marks[part]:
             outcome = _beyond_horizon(dated, marks[part], self.dedup_horizon_days)
         else:
-            outcome = apply(current, event, self.chart, items, items_max=self.account_items_max)
+            outcome = apply(current, event, self.chart, items, items_max=self.account_items_max,
+                            policy=self.refund_policy)
         if isinstance(outcome, Applied):
             outcome = self._fits(outcome) or outcome
         filed = max(dated, day)
@@ -353,14 +357,15 @@ class Processor:
                     f"state before {event.event_id} (version {entry.version})"
                 )
                 outcome = apply(current, event, self.chart, items,
-                                items_max=self.account_items_max)
+                                items_max=self.account_items_max, policy=self.refund_policy)
                 assert isinstance(outcome, Applied), "an applied event failed on redelivery"
                 assert _sha256(outcome.delta) == entry.posting_sha256, \
                     "redelivered event posts differently"
                 self._keep(out, msg.partition, outcome.head, outcome.items)
             else:
-                stored = {ref: items(ref) for ref in touched_items(event)}
-                changed = item_changes(event, entry.version, items)
+                changed = item_changes(event, entry.version, items, policy=self.refund_policy,
+                                       posted=entry.posting_sha256 is not None)
+                stored = {ref: items(ref) for ref in changed}
                 self._keep(out, msg.partition, current, {
                     ref: item if item is not None and item["version"] >= entry.version
                     else changed[ref]

@@ -23,6 +23,8 @@ from rcmflow.streams.events import (
     PatientPayment,
     ProviderAdjustment,
     Refund,
+    RefundApproved,
+    RefundRejected,
     SuspenseReclassified,
     WriteOff,
 )
@@ -36,7 +38,8 @@ from rcmflow.streams.state import (
     ItemRef,
 )
 
-__all__ = ["Movement", "movements_for", "bucket_effects", "delta_amounts"]
+__all__ = ["Movement", "movements_for", "bucket_effects", "delta_amounts", "refund_credit",
+           "refund_movements", "refund_exceeds"]
 
 WRITE_OFF_ROLES = {
     "price_concession": "price_concession",
@@ -93,7 +96,8 @@ def movements_for(
     items: Callable[[ItemRef], Item | None],
 ) -> list[Movement] | Rejection:
     """The movements an event posts on an account in this state, or why it cannot post
-    (``items``: the account's items, of which a reversal reads the charge it reverses)."""
+    (``items``: the account's items, of which a reversal reads the charge it reverses).
+    Refund requests and decisions post through the refund policy (``refunds.py``)."""
     if event.currency != chart.currency:
         return Rejection(
             stage="rules",
@@ -111,8 +115,8 @@ def movements_for(
             return _adjudication(event, state, chart)
         case PatientPayment():
             return _patient_payment(event, state)
-        case Refund():
-            return _refund(event, state)
+        case Refund() | RefundApproved() | RefundRejected():
+            raise AssertionError("refunds post through refunds.refund_outcome")
         case WriteOff():
             return _write_off(event, state, chart)
         case ManualAdjustment():
@@ -226,33 +230,36 @@ def _patient_payment(event: PatientPayment, state: AccountHead) -> list[Movement
     return moves
 
 
-def _refund(event: Refund, state: AccountHead) -> list[Movement] | Rejection:
+def refund_credit(state: AccountHead, to: str) -> int:
+    """The credit balance a refund to the patient or the payer may take back."""
     b = state.balances
-    if event.to == "payer":
-        credit = max(-b.insurance_ar, 0)
-        if event.amount_cents > credit:
-            return _refund_exceeds(event.amount_cents, credit, "payer")
-        return _pair(_ar(False), ("payer_overpayments", "refunds"), event.amount_cents,
-                     "refund_payer")
-    from_unapplied = min(event.amount_cents, b.unapplied_credit)
-    credit = b.unapplied_credit + max(-b.patient_ar, 0)
-    if event.amount_cents > credit:
-        return _refund_exceeds(event.amount_cents, credit, "patient")
-    moves = [Movement("refunds_payable_patient", "refunds", -event.amount_cents, "refund_patient")]
+    if to == "payer":
+        return max(-b.insurance_ar, 0)
+    return b.unapplied_credit + max(-b.patient_ar, 0)
+
+
+def refund_movements(amount: int, to: str, state: AccountHead) -> list[Movement]:
+    """An approved refund's movements. Past the credit balance (only where the refund policy
+    let an approver allow it) the rest is owed again: the AR it came from grows."""
+    if to == "payer":
+        return _pair(_ar(False), ("payer_overpayments", "refunds"), amount, "refund_payer")
+    from_unapplied = min(amount, state.balances.unapplied_credit)
+    moves = [Movement("refunds_payable_patient", "refunds", -amount, "refund_patient")]
     if from_unapplied:
         moves.append(Movement("unapplied_cash", "unapplied_credit", from_unapplied,
                               "refund_patient"))
-    if event.amount_cents - from_unapplied:
-        moves.append(Movement("ar_self_pay", "patient_ar", event.amount_cents - from_unapplied,
+    if amount - from_unapplied:
+        moves.append(Movement("ar_self_pay", "patient_ar", amount - from_unapplied,
                               "refund_patient"))
     return moves
 
 
-def _refund_exceeds(amount: int, credit: int, to: str) -> Rejection:
+def refund_exceeds(amount: int, credit: int, to: str, why: str = "") -> Rejection:
     return Rejection(
         stage="rules",
         reason_code="refund_exceeds_credit",
-        detail=f"refund of {amount} cents to the {to} exceeds the {credit} cents credit balance",
+        detail=f"refund of {amount} cents to the {to} exceeds the {credit} cents credit balance"
+        + (f": {why}" if why else ""),
     )
 
 

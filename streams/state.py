@@ -28,12 +28,15 @@ __all__ = [
     "AdjudicationRecord",
     "ClaimRecord",
     "PaymentRecord",
+    "RefundRecord",
+    "RefundApproval",
     "Item",
     "ItemKind",
     "ItemRef",
     "ITEM_KINDS",
     "ItemCounts",
     "AccountHead",
+    "PendingRefunds",
     "head_json",
     "item_json",
 ]
@@ -158,6 +161,49 @@ class PaymentRecord(TypedDict):
     correlation_id: str | None
 
 
+class RefundApproval(TypedDict):
+    """One decision on a refund request: who, in which role, when, by which event."""
+
+    by: str
+    role: str
+    at: datetime
+    event_id: str
+    note: str | None
+
+
+class RefundRecord(TypedDict):
+    """A refund request (item id: the request's event id) and its approvals, under the rule
+    of the refund policy it was filed with (kept here: a later policy never changes it)."""
+
+    version: int
+    event_id: str
+    state: Literal["pending", "posted", "rejected"]
+    amount_cents: int
+    to: str
+    reference: str | None
+    requested_by: str | None
+    source: str
+    reason: str | None
+    entity: str
+    requested_at: datetime
+    correlation_id: str | None
+    policy_version: str
+    rule: str
+    #: Approvals the rule asks for (0: approved by the policy) and the roles they may act in.
+    approvals_needed: int
+    roles: list[str]
+    #: Roles whose approval lets it post past the credit balance (the policy's, when filed).
+    over_credit_roles: list[str]
+    approvals: list[RefundApproval]
+    #: The decision that ended it: the last approval (posted) or the rejection.
+    decided_at: datetime | None
+    rejected: RefundApproval | None
+    rejection_reason: str | None
+    #: The event whose posting delta paid it out (the request itself, or the approval that
+    #: completed its rule), once posted.
+    posted_event_id: str | None
+
+
 class ClaimRecord(TypedDict):
     """A claim as an item: its header and lines; its adjudications are items of their own."""
 
@@ -174,9 +220,9 @@ class ClaimRecord(TypedDict):
 
 
 #: Item kinds, as they appear in item keys (``layout.py``).
-ItemKind = Literal["charge", "claim", "adjudication", "payment"]
-ITEM_KINDS: tuple[ItemKind, ...] = ("charge", "claim", "adjudication", "payment")
-Item = ChargeRecord | ClaimRecord | AdjudicationRecord | PaymentRecord
+ItemKind = Literal["charge", "claim", "adjudication", "payment", "refund"]
+ITEM_KINDS: tuple[ItemKind, ...] = ("charge", "claim", "adjudication", "payment", "refund")
+Item = ChargeRecord | ClaimRecord | AdjudicationRecord | PaymentRecord | RefundRecord
 #: (kind, id): an item's name within its account.
 ItemRef = tuple[ItemKind, str]
 
@@ -186,12 +232,21 @@ class ItemCounts(_Frozen):
     claim: int = 0
     adjudication: int = 0
     payment: int = 0
+    refund: int = 0
 
     def total(self) -> int:
-        return self.charge + self.claim + self.adjudication + self.payment
+        return self.charge + self.claim + self.adjudication + self.payment + self.refund
 
     def plus(self, kind: ItemKind, n: int = 1) -> ItemCounts:
         return self.model_copy(update={kind: getattr(self, kind) + n})
+
+
+class PendingRefunds(_Frozen):
+    """Refund requests waiting for approval: beside the buckets, in no ledger bucket (a
+    request moves no money until it posts)."""
+
+    count: int = 0
+    cents: int = 0
 
 
 class AccountHead(_Frozen):
@@ -212,6 +267,7 @@ class AccountHead(_Frozen):
     last_event_at: datetime | None = None
     balances: Balances = Balances()
     items: ItemCounts = ItemCounts()
+    refunds_pending: PendingRefunds = PendingRefunds()
 
     def item_count(self) -> int:
         """Items held for this account: bounded by ``Settings.account_items_max``."""

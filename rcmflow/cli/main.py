@@ -383,6 +383,7 @@ def reconcile(
     from rcmflow.connectors.erp.exceptions import AdapterConfigError
     from rcmflow.runtime import kafka_access
     from rcmflow.streams.chart import load_chart
+    from rcmflow.streams.refund_policy import load_refund_policy
 
     settings = _settings()
     kafka = _connect(settings, kafka_access.reconcile_access())
@@ -390,6 +391,7 @@ def reconcile(
         first = date.fromisoformat(day_from) if day_from else None
         last = date.fromisoformat(day_to) if day_to else None
         chart = load_chart(settings.coa)
+        policy = load_refund_policy(settings.refund_policy)
         adapter, open_it = build_reader(erp_name, settings, chart) if erp_name else (None, False)
     except ValueError as exc:
         _fail(exc)
@@ -400,7 +402,8 @@ def reconcile(
         report = asyncio.run(run_reconcile(
             kafka, chart, adapter=adapter, day_from=first, day_to=last,
             open_adapter=open_it, event_bytes_max=settings.event_bytes_max,
-            account_items_max=settings.account_items_max, console=err))
+            account_items_max=settings.account_items_max, console=err,
+            refund_policy=policy))
     except AdapterConfigError as exc:
         err.print(f"[red]ERP adapter: {exc}[/red]")
         raise typer.Exit(ExitCode.ERP_CONFIG) from exc
@@ -798,6 +801,7 @@ def rebuild(
     from rcmflow.streams.chart import load_chart
     from rcmflow.streams.date_window import DateWindow
     from rcmflow.streams.processor import Processor
+    from rcmflow.streams.refund_policy import load_refund_policy
     from rcmflow.streams.topics import ACCOUNTS, EVENTS
 
     settings = _settings()
@@ -806,6 +810,7 @@ def rebuild(
     try:
         # The worker's processor, built as streams/shell/worker.py builds it.
         processor = Processor(load_chart(settings.coa),
+                              refund_policy=load_refund_policy(settings.refund_policy),
                               event_bytes_max=settings.event_bytes_max,
                               account_items_max=settings.account_items_max,
                               dlq_payload_bytes_max=settings.dlq_payload_bytes_max,

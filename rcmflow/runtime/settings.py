@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     coa: Path | None = Field(
         None, description="Chart-of-accounts mapping (YAML); unset: the one shipped."
     )
+    refund_policy: Path | None = Field(
+        None, description="Refund approval policy (YAML: thresholds, approvals and roles per "
+        "entity; docs: refunds); unset: the one shipped. The workers, `rcmflow rebuild` and "
+        "`rcmflow reconcile` must read the same file."
+    )
     app_id: str = Field("rcmflow", description="Consumer group and changelog prefix.")
     # The FHIR facade (`rcmflow facade`): its own read model of rcm.accounts, served as R4.
     facade_host: str = Field("127.0.0.1", description="Address the facade listens on.")
@@ -506,8 +511,8 @@ class Settings(BaseSettings):
                     raise ValueError(f"{entry[:60]!r} is not an address or network") from exc
         return ",".join(entries)
 
-    @field_validator("data_dir", "coa", "facade_store", "erp_csv_dir", "kafka_ca_file",
-                     "kafka_cert_file", "kafka_key_file")
+    @field_validator("data_dir", "coa", "refund_policy", "facade_store", "erp_csv_dir",
+                     "kafka_ca_file", "kafka_cert_file", "kafka_key_file")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

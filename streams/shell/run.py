@@ -19,7 +19,8 @@ from rcmflow.runtime.kafka_access import worker_access
 from rcmflow.runtime.kafka_preflight import access_error, preflight
 from rcmflow.runtime.settings import EMBEDDED_PREFIX, Settings
 from rcmflow.streams.chart import load_chart
-from rcmflow.streams.exceptions import ChartError, UpgradeNeeded
+from rcmflow.streams.exceptions import ChartError, RefundPolicyError, UpgradeNeeded
+from rcmflow.streams.refund_policy import load_refund_policy
 from rcmflow.streams.shell.worker import build_worker, claim_worker_dir, worker_families
 from rcmflow.streams.topics import topic_specs
 
@@ -67,7 +68,8 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
     try:
         url, identity = settings.resolve_broker()
         chart = load_chart(settings.coa)
-    except (BrokerNotFound, ChartError) as exc:
+        policy = load_refund_policy(settings.refund_policy)
+    except (BrokerNotFound, ChartError, RefundPolicyError) as exc:
         print(f"rcmflow worker: {exc}", file=sys.stderr)
         return ExitCode.REFUSED
     if settings.processing_guarantee == "exactly_once" and identity.startswith(EMBEDDED_PREFIX):
@@ -99,7 +101,7 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
         print(f"rcmflow worker: {exc}", file=sys.stderr)
         return ExitCode.REFUSED
     datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
-    app, pipeline = build_worker(settings, chart, datadir=datadir, measure_lag=port > 0,
+    app, pipeline = build_worker(settings, chart, policy, datadir=datadir, measure_lag=port > 0,
                                  faults=faults)
     exit_when_a_crash_hangs(app)
     if port:
@@ -119,7 +121,8 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
-    log.info("worker tables in %s, broker %s, chart %s", datadir, url, chart.version)
+    log.info("worker tables in %s, broker %s, chart %s, refund policy %s", datadir, url,
+             chart.version, policy.version)
     worker = Worker(app, loglevel=settings.log_level, quiet=True)
     try:
         worker.execute_from_commandline()

@@ -62,6 +62,7 @@ from rcmflow.streams.dedup import is_retry
 from rcmflow.streams.ordering import OffsetGuard
 from rcmflow.streams.outgoing import Acked, OutRecord
 from rcmflow.streams.processor import AppliedEvent, BatchResult, Counts, Message, Processor
+from rcmflow.streams.refund_policy import RefundPolicy
 from rcmflow.streams.shell.faust_internals import (
     BulkFeed,
     assigned_partitions,
@@ -490,8 +491,9 @@ class BuiltWorker(NamedTuple):
     pipeline: Pipeline
 
 
-def build_worker(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
-                 measure_lag: bool = False, faults: Faults = NO_FAULTS) -> BuiltWorker:
+def build_worker(settings: Settings, chart: ChartOfAccounts, policy: RefundPolicy, *,
+                 datadir: Path, measure_lag: bool = False,
+                 faults: Faults = NO_FAULTS) -> BuiltWorker:
     """The Faust app of one worker process, its tables and its agent.
 
     ``measure_lag``: ask the broker for the log ends every PROGRESS_INTERVAL_S (for the lag
@@ -537,7 +539,7 @@ def build_worker(settings: Settings, chart: ChartOfAccounts, *, datadir: Path,
                           dlq_payload_bytes_max=settings.dlq_payload_bytes_max,
                           dedup_horizon_days=settings.dedup_horizon_days,
                           date_window=DateWindow.from_settings(settings),
-                          break_dedup=faults.break_dedup)
+                          break_dedup=faults.break_dedup, refund_policy=policy)
     outbox = Outbox(kafka=kafka, timeout_s=settings.produce_timeout_s, app_id=settings.app_id,
                     source_topic=EVENTS,
                     exactly_once=settings.processing_guarantee == "exactly_once")

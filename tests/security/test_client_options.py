@@ -75,6 +75,7 @@ def test_the_worker_app_gives_faust_the_sasl_and_tls_settings(
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
     from rcmflow.streams.chart import load_chart
+    from rcmflow.streams.refund_policy import load_refund_policy
     from rcmflow.streams.shell.worker import build_worker
 
     ca = CertificateAuthority(tmp_path / "ca")
@@ -82,7 +83,8 @@ def test_the_worker_app_gives_faust_the_sasl_and_tls_settings(
         broker="kafka://127.0.0.1:9093", data_dir=tmp_path, kafka_security_protocol="SASL_SSL",
         kafka_sasl_mechanism="SCRAM-SHA-512", kafka_username="worker",
         kafka_password="s3cret", kafka_ca_file=ca.ca_file)
-    app, _ = build_worker(settings, load_chart(), datadir=tmp_path / "tables")
+    app, _ = build_worker(settings, load_chart(), load_refund_policy(),
+                          datadir=tmp_path / "tables")
     # What Faust's consumer, producers and the highwater probe pass to aiokafka.
     auth = credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context)
     assert auth["security_protocol"] == "SASL_SSL"

@@ -51,7 +51,8 @@ def account_docs(draw: st.DrawFn, account: str) -> list[dict[str, Any]]:
     charges: list[dict[str, Any]] = []
     for n in range(draw(st.integers(1, 12))):
         op = draw(st.sampled_from(["charge", "charge", "reverse", "adjudicate", "reverse_claim",
-                                   "pay", "refund", "write_off", "manual", "status"]))
+                                   "pay", "refund", "approve", "approve", "reject",
+                                   "write_off", "manual", "status"]))
         eid = f"{account}-{op}-{n}"
         if op == "charge" or not charges and op == "reverse":
             doc = event_doc("charge_posted", account, event_id=eid, amount_cents=draw(cents),
@@ -78,7 +79,21 @@ def account_docs(draw: st.DrawFn, account: str) -> list[dict[str, Any]]:
                             channel=draw(st.sampled_from(["portal", "lockbox"])))
         elif op == "refund":
             doc = event_doc("refund", account, event_id=eid, amount_cents=draw(cents),
-                            to=draw(st.sampled_from(["patient", "payer"])))
+                            to=draw(st.sampled_from(["patient", "payer"])),
+                            requested_by=draw(st.sampled_from([None, "ann", "bob"])))
+        elif op in ("approve", "reject"):
+            # Decisions by users in roles the policy takes, and some it does not; on
+            # requests that may be pending, posted, rejected or unknown.
+            requests = [d["event_id"] for d in docs if d["kind"] == "refund"]
+            decision = {"request_id": draw(st.sampled_from([*requests, f"{account}-nope"])),
+                        "by": draw(st.sampled_from(["ann", "bob", "cy", "dee"])),
+                        "role": draw(st.sampled_from(["refund_approver", "refund_manager",
+                                                      "viewer"]))}
+            if op == "approve":
+                doc = event_doc("refund_approved", account, event_id=eid, **decision)
+            else:
+                doc = event_doc("refund_rejected", account, event_id=eid,
+                                reason="not owed", **decision)
         elif op == "write_off":
             doc = event_doc("write_off", account, event_id=eid, amount_cents=draw(cents),
                             reason=draw(st.sampled_from(["price_concession", "bad_debt",

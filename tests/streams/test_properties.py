@@ -87,10 +87,24 @@ def test_every_delta_balances_and_the_ledger_equals_the_state(
         adjudications = [a for c in claims for a in c["adjudications"]]
         assert state["items"] == {"charge": len(state["charges"]), "claim": len(claims),
                                   "adjudication": len(adjudications),
-                                  "payment": len(state["payments"])}
+                                  "payment": len(state["payments"]),
+                                  "refund": len(state["refunds"])}
         paid = [p["amount_cents"] for p in state["payments"] if p["kind"] == "patient_payment"]
         refunded = [p["amount_cents"] for p in state["payments"] if p["kind"] == "refund"]
         assert (balances["patient_paid"], balances["refunds"]) == (sum(paid), sum(refunded))
+        # Refunds: only an approved request posted, by distinct approvers, never its
+        # requester; the pending figure is the requests still waiting.
+        requests = {r["event_id"]: r for r in state["refunds"]}
+        assert {p["event_id"] for p in state["payments"] if p["kind"] == "refund"} == {
+            r for r, req in requests.items() if req["state"] == "posted"}
+        for req in requests.values():
+            approvers = [a["by"] for a in req["approvals"]]
+            assert len(set(approvers)) == len(approvers)
+            assert req["requested_by"] not in approvers
+            if req["state"] == "posted":
+                assert len(approvers) == req["approvals_needed"]
+        pending = [r["amount_cents"] for r in requests.values() if r["state"] == "pending"]
+        assert state["refunds_pending"] == {"count": len(pending), "cents": sum(pending)}
         # Denied charges: a denial adds its charge, a reversal of a denial (negative amounts)
         # takes it back.
         denied = 0
@@ -101,7 +115,8 @@ def test_every_delta_balances_and_the_ledger_equals_the_state(
                                                      and answers[n - 1]["outcome"] == "denied"):
                     denied += answer["charge_cents"]
         assert balances["denied"] == denied
-        for item in [*state["charges"], *claims, *adjudications, *state["payments"]]:
+        for item in [*state["charges"], *claims, *adjudications, *state["payments"],
+                     *state["refunds"]]:
             assert 1 <= item["version"] <= state["version"]
     # Versions count applied events, and every delta knows the version it produced.
     for delta in deltas(world).values():

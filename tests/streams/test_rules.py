@@ -315,7 +315,8 @@ def test_a_patient_refund_past_the_unapplied_credit_draws_on_a_credit_in_patient
     assert (state.balances.unapplied_credit, state.balances.patient_ar) == (500, -400)
     refused = rejected(state, event_doc("refund", amount_cents=901, to="patient"))
     assert refused.detail == \
-        "refund of 901 cents to the patient exceeds the 900 cents credit balance"
+        "refund of 901 cents to the patient exceeds the 900 cents credit balance: refund "
+        "policy 2026-12-06.1 lets no role approve a refund past the credit balance"
     out = run(event_doc("refund", amount_cents=900, to="patient"), state=state)
     assert lines(out) == [("2110", 0, 900), ("2100", 500, 0), ("1210", 400, 0)]
     assert {ln.memo for ln in delta(out).lines} == {"refund_patient"}
@@ -326,7 +327,8 @@ def test_a_payer_refund_past_the_overpayment_is_refused_naming_both_amounts() ->
     state = run(charge(1_000), adjudication(1_000, 1_000, []),
                 adjudication(200, 200, [], claim_id="C1-DUP")).state
     refused = rejected(state, event_doc("refund", amount_cents=201, to="payer"))
-    assert refused.detail == "refund of 201 cents to the payer exceeds the 200 cents credit balance"
+    assert refused.detail.startswith(
+        "refund of 201 cents to the payer exceeds the 200 cents credit balance")
     out = run(event_doc("refund", amount_cents=200, to="payer"), state=state)
     assert {ln.memo for ln in delta(out).lines} == {"refund_payer"}
 
