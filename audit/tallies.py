@@ -23,7 +23,8 @@ from rcmflow.runtime.metrics import BoundedLabel, Metric, counter, gauge
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.topics import DLQ, POSTINGS_DLQ
 
-__all__ = ["DlqTally", "EntityBalances", "DLQ_ITEMS_TRACKED_MAX", "QUEUES"]
+__all__ = ["DlqTally", "EntityBalances", "RefundTally", "DLQ_ITEMS_TRACKED_MAX", "QUEUES",
+           "REFUNDS_TRACKED_MAX"]
 
 log = logging.getLogger("rcmflow.audit")
 
@@ -174,6 +175,65 @@ class EntityBalances:
             gauge("rcmflow_audit_suspense_cents", "Net amount posted to suspense (unmapped "
                   "dimensions) per entity, in cents, credit-positive",
                   [({"entity": e}, v) for e, v in list(self.suspense.items())]),
+        ]
+
+
+#: Pending refund requests the tally keeps (~100 bytes each); past it new ones are not
+#: tracked and a warning is logged.
+REFUNDS_TRACKED_MAX = 200_000
+_REFUND_KEY = b"/refund/"
+
+
+class RefundTally:
+    """Refund requests waiting for approval, per entity: how many, how much, and the oldest
+    one's age (the SLA's alert), from the refund items of rcm.accounts (compacted: the
+    newest record of a request tells its state)."""
+
+    def __init__(self, tracked_max: int = REFUNDS_TRACKED_MAX) -> None:
+        self.tracked_max = tracked_max
+        self.pending: dict[bytes, tuple[str, int, float]] = {}  # key -> entity, cents, since
+        self._entities = BoundedLabel()
+
+    def take(self, key: bytes, value: bytes | None) -> None:
+        """One rcm.accounts record; anything but a refund item is ignored."""
+        if _REFUND_KEY not in key:
+            return
+        if value is None:
+            self.pending.pop(key, None)
+            return
+        try:
+            doc = orjson.loads(value)
+            waiting = doc["state"] == "pending"
+            entry = (self._entities(str(doc["entity"])), int(doc["amount_cents"]),
+                     datetime.fromisoformat(str(doc["requested_at"])).timestamp())
+        except (ValueError, KeyError, TypeError):
+            return  # not a request this version can read
+        if not waiting:
+            self.pending.pop(key, None)
+        elif key in self.pending or len(self.pending) < self.tracked_max:
+            self.pending[key] = entry
+        else:
+            log.warning("more than %d pending refund requests: new ones are not in the "
+                        "metrics", self.tracked_max)
+
+    def families(self, now_s: float | None = None) -> list[Metric]:
+        now = time.time() if now_s is None else now_s
+        counts: dict[str, int] = {}
+        cents: dict[str, int] = {}
+        oldest: dict[str, float] = {}
+        for entity, amount, since in list(self.pending.values()):
+            counts[entity] = counts.get(entity, 0) + 1
+            cents[entity] = cents.get(entity, 0) + amount
+            oldest[entity] = min(oldest.get(entity, since), since)
+        return [
+            gauge("rcmflow_refunds_pending", "Refund requests waiting for approval, per "
+                  "entity", [({"entity": e}, n) for e, n in counts.items()]),
+            gauge("rcmflow_refunds_pending_cents", "Amount of the refund requests waiting "
+                  "for approval, per entity, in cents", [({"entity": e}, n)
+                                                         for e, n in cents.items()]),
+            gauge("rcmflow_refunds_pending_oldest_age_seconds", "Age of the oldest refund "
+                  "request waiting for approval, per entity (against the policy's SLA)",
+                  [({"entity": e}, max(now - s, 0.0)) for e, s in oldest.items()]),
         ]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rcmflow.runtime.exceptions import RcmflowError
 
-__all__ = ["BadCursor", "NoSuchItem", "ReplayRefused", "BadMoment", "UsersFileError"]
+__all__ = ["BadCursor", "NoSuchItem", "ReplayRefused", "BadMoment", "UsersFileError",
+           "NotSignedIn", "RefundRefused"]
 
 
 class BadCursor(RcmflowError, ValueError):
@@ -26,3 +27,12 @@ class BadMoment(RcmflowError, ValueError):
 
 class UsersFileError(RcmflowError, ValueError):
     """The ops site's users file cannot be read as one."""
+
+
+class NotSignedIn(RcmflowError, PermissionError):
+    """No valid login for a command that records who acted (the message says what to run)."""
+
+
+class RefundRefused(RcmflowError, ValueError):
+    """A refund decision the request's state, the policy or the user's roles do not allow;
+    nothing was sent."""

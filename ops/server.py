@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import logging
-import secrets
 
 import uvicorn
 
 from rcmflow.audit.reconcile_metrics import last_run_path
+from rcmflow.ops.identity import signing_key
 from rcmflow.ops.site import SiteConfig, create_site
 from rcmflow.ops.users import Users
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.settings import Settings
+from rcmflow.streams.refund_policy import load_refund_policy
 
 __all__ = ["run_ops_site", "site_config", "users_of", "metrics_urls"]
 
 log = logging.getLogger("rcmflow.ops")
-_SESSION_KEY_BYTES_MIN = 32
 
 
 def users_of(settings: Settings) -> Users:
@@ -38,18 +38,13 @@ def metrics_urls(settings: Settings) -> dict[str, str]:
 def site_config(settings: Settings, kafka: KafkaConnection,
                 metrics: dict[str, str] | None = None) -> SiteConfig:
     """Raises ValueError for a session key too short to sign with."""
-    if settings.ops_session_key is not None:
-        key = settings.ops_session_key.get_secret_value().encode()
-        if len(key) < _SESSION_KEY_BYTES_MIN:
-            raise ValueError(f"RCMFLOW_OPS_SESSION_KEY needs at least {_SESSION_KEY_BYTES_MIN} "
-                             f"bytes (it has {len(key)})")
-    else:
-        key = secrets.token_bytes(_SESSION_KEY_BYTES_MIN)
+    key = signing_key(settings)
     return SiteConfig(kafka=kafka, users=users_of(settings), session_key=key,
                       session_s=settings.ops_session_hours * 3600, app_id=settings.app_id,
                       metrics=metrics_urls(settings) if metrics is None else metrics,
                       prometheus_url=settings.ops_prometheus_url,
-                      reconcile_file=last_run_path(settings))
+                      reconcile_file=last_run_path(settings),
+                      refund_policy=load_refund_policy(settings.refund_policy))
 
 
 def run_ops_site(settings: Settings, kafka: KafkaConnection) -> ExitCode:

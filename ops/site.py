@@ -31,11 +31,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from rcmflow.ops.durations import moment
-from rcmflow.ops.exceptions import NoSuchItem, ReplayRefused
+from rcmflow.ops.exceptions import NoSuchItem, RefundRefused, ReplayRefused
 from rcmflow.ops.items import STATE_FILTERS, Filters
 from rcmflow.ops.users import User, Users
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.streams.money import cents_for_people
+from rcmflow.streams.refund_policy import RefundPolicy, load_refund_policy
 
 __all__ = ["SiteConfig", "create_site", "COOKIE"]
 
@@ -66,6 +67,8 @@ class SiteConfig:
     prometheus_url: str | None = None
     #: The last reconcile's metrics file (`rcmflow reconcile` writes it).
     reconcile_file: Path | None = None
+    #: The refund approval policy (None: the one shipped with rcmflow).
+    refund_policy: RefundPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,67 @@ def create_site(config: SiteConfig) -> FastAPI:
             raise _Refused(409, str(exc)) from None
         return RedirectResponse(f"/queue/{quote(dlq_id)}", status_code=303)
 
+    @site.get("/refunds", response_class=HTMLResponse)
+    async def refunds(request: Request, state: str = "pending") -> Response:
+        session = _session(request)
+        if session is None:
+            return _to_login(request)
+        from rcmflow.ops.refunds import age, every_request, is_overdue
+
+        if state not in ("pending", "posted", "rejected", "all"):
+            raise _Refused(400, f"state {state!r}: one of pending, posted, rejected, all")
+        policy = config.refund_policy or load_refund_policy()
+        rows = [{**r, "age": str(age(r)).split(".")[0], "overdue": is_overdue(r, policy)}
+                for r in await every_request(config.kafka)
+                if state == "all" or r["state"] == state]
+        return _page(request, "refunds.html", session, rows=rows, state=state)
+
+    @site.get("/refunds/{account}/{request_id:path}", response_class=HTMLResponse)
+    async def refund(request: Request, account: str, request_id: str) -> Response:
+        session = _session(request)
+        if session is None:
+            return _to_login(request)
+        from rcmflow.ops.refunds import find_request
+
+        try:
+            found = await find_request(config.kafka, request_id, account)
+        except NoSuchItem as exc:
+            raise _Refused(404, str(exc)) from None
+        allowed = [*found["roles"], *found["over_credit_roles"]]
+        can_decide = (found["state"] == "pending"
+                      and bool(set(allowed) & set(session.user.roles)))
+        return _page(request, "refund.html", session, r=found, can_decide=can_decide,
+                     outcome=_asked(request).get("outcome"))
+
+    @site.post("/refunds/{account}/{request_id:path}/{decision}")
+    async def decide_refund(request: Request, account: str, request_id: str,
+                            decision: str) -> Response:
+        session = _session(request)
+        if session is None:
+            return _to_login(request)
+        form = await _checked_form(request, session)
+        user = session.user
+        if decision not in ("approve", "reject"):
+            raise _Refused(404, f"no decision {decision!r}")
+        from rcmflow.ops.refunds import decide, find_request
+
+        log.info("ops: %s (%s) %s refund %s of account %s", user.name, ", ".join(user.roles),
+                 decision, request_id, account)
+        try:
+            found = await find_request(config.kafka, request_id, account)
+            result = await decide(config.kafka, user, found, decision,  # type: ignore[arg-type]
+                                  policy=config.refund_policy or load_refund_policy(),
+                                  text=form.get("text", "").strip() or None,
+                                  wait_s=_REPLAY_WAIT_S)
+        except NoSuchItem as exc:
+            raise _Refused(404, str(exc)) from None
+        except RefundRefused as exc:
+            log.warning("ops: %s refused: %s", user.name, exc)
+            raise _Refused(403, str(exc)) from None
+        outcome = quote(f"{result['outcome']}: {result['detail']}")
+        return RedirectResponse(f"/refunds/{quote(account)}/{quote(request_id)}"
+                                f"?outcome={outcome}", status_code=303)
+
     @site.exception_handler(_Refused)
     async def refused(request: Request, exc: _Refused) -> Response:
         return HTMLResponse(f"<!doctype html><title>refused</title><p>{exc.status}: "
@@ -317,12 +381,12 @@ def _session(request: Request) -> Session | None:
                             options={"require": ["exp", "sub", "role", "csrf"]})
     except jwt.PyJWTError:
         return None
-    # The role is read from the users file at each request: a user removed or made a viewer
-    # loses their rights at once, not when the cookie expires.
-    role = config.users.names().get(str(claims["sub"]))
-    if role is None:
+    # The role and grants are read from the users file at each request: a user removed or
+    # made a viewer loses their rights at once, not when the cookie expires.
+    user = config.users.user(str(claims["sub"]))
+    if user is None:
         return None
-    return Session(User(str(claims["sub"]), role), str(claims["csrf"]))
+    return Session(user, str(claims["csrf"]))
 
 
 async def _form(request: Request) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Operators' logins for the ops site: a name, a role and a password hash, in one JSON file.
 
 Two roles: a **viewer** reads (queue, accounts, traces, health; no payloads, which may hold
-PHI), an **operator** also sees payloads and replays and resolves work-queue items. The file
+PHI), an **operator** also sees payloads and replays and resolves work-queue items. Besides
+the role, a user may hold **grants**: the roles the refund policy names (``refund_approver``,
+``refund_manager``, ...), which decide the refunds they may approve (``ops/refunds.py``). The file
 is written by `rcmflow ops-user` (mode 0600) and read at each login, so a change needs no
 restart. Passwords are hashed with scrypt (stdlib ``hashlib``; n=2**14, r=8, p=1, a 16-byte
 salt), compared in constant time.
@@ -14,6 +16,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,8 @@ from typing import Literal
 
 from rcmflow.ops.exceptions import UsersFileError
 
-__all__ = ["Role", "ROLES", "User", "Users", "hash_password", "check_password", "NAME_PATTERN"]
+__all__ = ["Role", "ROLES", "User", "Users", "hash_password", "check_password", "NAME_PATTERN",
+           "GRANT_PATTERN"]
 
 Role = Literal["viewer", "operator"]
 ROLES: tuple[Role, ...] = ("viewer", "operator")
@@ -62,10 +66,19 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+GRANT_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+
+
 @dataclass(frozen=True)
 class User:
     name: str
     role: Role
+    grants: tuple[str, ...] = ()
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The role and the grants: what a refund approval may act in."""
+        return (self.role, *self.grants)
 
     @property
     def can_act(self) -> bool:
@@ -94,6 +107,13 @@ class Users:
         return {name: entry["role"] for name, entry in self._read().items()  # type: ignore[misc]
                 if entry.get("role") in ROLES}
 
+    def user(self, name: str) -> User | None:
+        """The user as the file says now (a removed user or a revoked grant counts at once)."""
+        entry = self._read().get(name)
+        if not isinstance(entry, dict) or entry.get("role") not in ROLES:
+            return None
+        return User(name, entry["role"], _grants(entry))  # type: ignore[arg-type]
+
     def login(self, name: str, password: str) -> User | None:
         """The user if the password is theirs; None otherwise (unknown names cost a hash
         too, so timing does not tell which names exist)."""
@@ -103,11 +123,16 @@ class Users:
         role = entry.get("role") if isinstance(entry, dict) else None
         if not ok or not stored or role not in ROLES:
             return None
-        return User(name, role)
+        return User(name, role, _grants(entry))  # type: ignore[arg-type]
 
-    def set(self, name: str, role: Role, password: str) -> None:
+    def set(self, name: str, role: Role, password: str,
+            grants: tuple[str, ...] | None = None) -> None:
+        """Add or change a login; ``grants`` None keeps the ones it has."""
         doc = self._read()
+        kept = _grants(doc.get(name)) if grants is None else grants
         doc[name] = {"role": role, "password": hash_password(password)}
+        if kept:
+            doc[name]["grants"] = list(kept)  # type: ignore[assignment]
         self._write(doc)
 
     def remove(self, name: str) -> bool:
@@ -124,6 +149,13 @@ class Users:
         with os.fdopen(fd, "w") as out:
             json.dump(doc, out, indent=2, sort_keys=True)
         os.replace(tmp, self.path)
+
+
+def _grants(entry: object) -> tuple[str, ...]:
+    found = entry.get("grants") if isinstance(entry, dict) else None
+    if not isinstance(found, list):
+        return ()
+    return tuple(g for g in found if isinstance(g, str) and re.match(GRANT_PATTERN, g))
 
 
 _DUMMY_HASH = "scrypt$16384$8$1$" + _b64(b"\0" * 16) + "$" + _b64(b"\0" * 64)

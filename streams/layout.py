@@ -146,8 +146,9 @@ def accounts_json_schema() -> dict[str, Any]:
         "description": "Compacted topic, keyed in the account's partition. Key "
         "'<account>': the head. Key '<account>/<kind>/<id>': one item of the account "
         "(kind: charge, claim, adjudication, payment, refund; id: the event id, or the claim "
-        "id for a claim, or the request's event id for a refund request). An account number holds no '/'. A head without 'layout' was written by an "
-        "older rcmflow: `rcmflow upgrade` rewrites it.",
+        "id for a claim, or the request's event id for a refund request). An account number "
+        "holds no '/'. A head without 'layout' was written by an older rcmflow: `rcmflow "
+        "upgrade` rewrites it.",
         "keys": {
             "<account>": AccountHead.model_json_schema(mode="serialization"),
             **{f"<account>/{kind}/<id>": TypeAdapter(model).json_schema(mode="serialization")

@@ -17,6 +17,8 @@ __all__ = [
     "JournalEntry",
     "ErpAdapter",
     "post_each",
+    "entry_text",
+    "approval_text",
 ]
 
 
@@ -113,3 +115,26 @@ async def post_each(adapter: _PostsOne, deltas: Sequence[PostingDelta]) -> list[
 
 class _PostsOne(Protocol):
     async def post(self, delta: PostingDelta) -> Outcome: ...
+
+
+def approval_text(delta: PostingDelta) -> str | None:
+    """Who let a refund's money leave, in one line for the ERP's memo / reference fields:
+    ``refund RQ1 requested by ann; approved by bob (refund_approver) 2026-11-21T14:30:00Z;
+    policy 2026-12-06.1 rule one_approver``. None for a delta that is not a refund."""
+    approval = delta.approval
+    if approval is None:
+        return None
+    approvers = ", ".join(f"{a.by} ({a.role}) {a.at.isoformat().replace('+00:00', 'Z')}"
+                          for a in approval.approvers) or "the policy"
+    return (f"refund {approval.request_id} requested by {approval.requested_by}; approved "
+            f"by {approvers}; policy {approval.policy_version} rule {approval.rule}")
+
+
+def entry_text(delta: PostingDelta, limit: int = 999) -> str:
+    """The entry's description in every ERP: the event kind and posting id, and for a refund
+    who approved it; cut to ``limit`` characters (the field's size in that ERP)."""
+    text = f"rcmflow {delta.event_kind} {delta.posting_id}"
+    approval = approval_text(delta)
+    if approval is not None:
+        text += f"; {approval}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -28,7 +28,14 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rcmflow.connectors.erp.base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted
+from rcmflow.connectors.erp.base import (
+    AlreadyThere,
+    JournalEntry,
+    JournalLine,
+    Outcome,
+    Posted,
+    approval_text,
+)
 from rcmflow.connectors.erp.exceptions import AdapterConfigError
 from rcmflow.connectors.erp.mapping import check_mapped
 from rcmflow.streams.chart import ChartOfAccounts
@@ -42,7 +49,7 @@ __all__ = ["CsvJournal", "COLUMNS", "build"]
 
 COLUMNS = ("posting_id", "line_no", "line_count", "effective_date", "entity", "gl_account",
            "debit", "credit", "currency", "memo", "department", "payer_class", "account",
-           "event_kind", "correlation_id", "reverses_posting_id")
+           "event_kind", "correlation_id", "reverses_posting_id", "approval")
 PREFIX, SUFFIX = "journal-", ".csv"
 #: Deltas per write (one fsync each).
 BATCH_MAX = 1000
@@ -147,7 +154,7 @@ class CsvJournal:
                     cents_text(line.credit_cents), delta.currency, _flat(line.memo),
                     _flat(line.department), _flat(line.payer_class), _flat(delta.account),
                     _flat(delta.event_kind), _flat(delta.correlation_id),
-                    _flat(delta.reverses_posting_id)])
+                    _flat(delta.reverses_posting_id), _flat(approval_text(delta))])
         data = buffer.getvalue().encode("utf-8")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

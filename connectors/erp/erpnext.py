@@ -46,7 +46,7 @@ from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.money import cents_decimal, number_cents
 from rcmflow.streams.postings import PostingDelta
 
-from .base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted, Rejected
+from .base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted, Rejected, entry_text
 from .cloud_http import HttpErp, request_json
 from .mapping import check_mapped
 
@@ -167,7 +167,7 @@ class ErpNext(HttpErp):
                  "user_remark": x.memo} for x in delta.lines]
         return {"voucher_type": "Journal Entry", "company": company,
                 "posting_date": delta.effective_date.isoformat(), self.field: delta.posting_id,
-                "user_remark": f"rcmflow {delta.event_kind} {delta.posting_id}",
+                "user_remark": entry_text(delta),
                 "docstatus": 1, "accounts": rows}
 
     async def post(self, delta: PostingDelta) -> Outcome:

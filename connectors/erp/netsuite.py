@@ -44,7 +44,7 @@ from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.money import cents_decimal, number_cents
 from rcmflow.streams.postings import PostingDelta
 
-from .base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted, Rejected
+from .base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted, Rejected, entry_text
 from .cloud_http import HttpErp, request_json
 from .mapping import check_mapped
 
@@ -95,6 +95,9 @@ def error_text(parsed: Any, response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {response.text[:500]}"
 
 
+#: NetSuite's journal entry memo is a free-form text field of at most 999 characters.
+MEMO_CHARS_MAX = 999
+
 class NetSuite(HttpErp):
     name = "netsuite"
 
@@ -142,7 +145,7 @@ class NetSuite(HttpErp):
             "externalId": delta.posting_id,
             "subsidiary": {"id": self.subsidiaries.get(delta.entity, self.subsidiary)},
             "tranDate": delta.effective_date.isoformat(),
-            "memo": f"rcmflow {delta.event_kind} {delta.posting_id}",
+            "memo": entry_text(delta, MEMO_CHARS_MAX),
             "currency": {"refName": delta.currency},
             "line": {"items": items},
         }

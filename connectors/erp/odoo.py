@@ -52,7 +52,7 @@ from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.money import cents_decimal, number_cents
 from rcmflow.streams.postings import PostingDelta
 
-from .base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted, Rejected
+from .base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted, Rejected, entry_text
 from .cloud_http import HttpErp, request_json
 from .mapping import check_mapped
 
@@ -128,8 +128,11 @@ class Odoo(HttpErp):
         lines = [[0, 0, {"account_id": self.account_ids[x.gl_account], "name": x.memo,
                          "debit": cents_decimal(x.debit_cents),
                          "credit": cents_decimal(x.credit_cents)}] for x in delta.lines]
-        return {"move_type": "entry", "journal_id": self.journal_id, "ref": delta.posting_id,
-                "date": delta.effective_date.isoformat(), "line_ids": lines}
+        entry = {"move_type": "entry", "journal_id": self.journal_id, "ref": delta.posting_id,
+                 "date": delta.effective_date.isoformat(), "line_ids": lines}
+        if delta.approval is not None:  # the refund's approval, in the entry's internal note
+            entry["narration"] = entry_text(delta)
+        return entry
 
     async def key_target(self, posting_id: str) -> int | None:
         rows = await self.call(XMLID, "search_read",

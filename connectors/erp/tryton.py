@@ -38,7 +38,7 @@ from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.money import cents_decimal, number_cents
 from rcmflow.streams.postings import PostingDelta
 
-from .base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted, Rejected
+from .base import AlreadyThere, JournalEntry, JournalLine, Outcome, Posted, Rejected, entry_text
 from .mapping import check_mapped
 
 if TYPE_CHECKING:
@@ -237,7 +237,10 @@ class TrytonAdapter:
         return {
             "company": company, "journal": self._journal, "period": period,
             "date": delta.effective_date, "external_id": delta.posting_id,
-            "description": f"rcmflow {delta.event_kind} {delta.posting_id}",
+            "description": entry_text(delta),
+            # Our module's field: the approval as data, for a report or an auditor's search.
+            "rcmflow_approval": (delta.approval.model_dump_json()
+                                 if delta.approval is not None else None),
             "lines": [["create", lines]],
         }
 

@@ -50,10 +50,15 @@ accounts_app = typer.Typer(help="Account state from rcm.accounts: heads and item
 dlq_app = typer.Typer(help="The exception work queue: every rcm.dlq and rcm.postings.dlq "
                       "record is an item to list, assign, replay or resolve.",
                       no_args_is_help=True)
+refunds_app = typer.Typer(
+    help="Refund requests and their approvals: a refund posts only once the refund policy "
+    "(RCMFLOW_REFUND_POLICY) approves it. Decisions are made as the user `rcmflow ops-login` "
+    "signed in.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Publish files to the rcm.* topics.", no_args_is_help=True)
 schema_app = typer.Typer(help="Published schemas.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(refunds_app, name="refunds")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(schema_app, name="schema")
 
@@ -275,9 +280,13 @@ def ops_user(
     name: Annotated[str, typer.Argument(help="Login name (letters, digits, . _ @ -).")],
     role: Annotated[str | None, typer.Option(
         help="viewer (reads) or operator (also replays and resolves, sees payloads).")] = None,
+    grant: Annotated[list[str] | None, typer.Option(
+        help="A role the refund policy names (refund_approver, refund_manager, ...): the "
+        "refunds this user may approve. Repeat for several; --grant '' clears them; "
+        "left out: kept as they were.")] = None,
     remove: Annotated[bool, typer.Option("--remove", help="Remove the login.")] = False,
 ) -> None:
-    """Add a login to the ops site, change its role or password, or remove it.
+    """Add a login to the ops site, change its role, grants or password, or remove it.
 
     The password is asked twice on a terminal, else read as one line from stdin (at least 12
     characters). Logins live in RCMFLOW_OPS_USERS_FILE (default RCMFLOW_DATA_DIR/
@@ -288,7 +297,7 @@ def ops_user(
 
     from rcmflow.ops.exceptions import UsersFileError
     from rcmflow.ops.server import users_of
-    from rcmflow.ops.users import NAME_PATTERN, ROLES
+    from rcmflow.ops.users import GRANT_PATTERN, NAME_PATTERN, ROLES
 
     users = users_of(_settings())
     try:
@@ -306,11 +315,18 @@ def ops_user(
             password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
         else:
             password = sys.stdin.readline().rstrip("\n")
-        users.set(name, role, password)
+        grants = None if grant is None else tuple(g for g in grant if g)
+        for granted in grants or ():
+            if not re.fullmatch(GRANT_PATTERN, granted):
+                raise ValueError(f"a grant is a role name: lower-case letters, digits and _ "
+                                 f"({granted!r})")
+        users.set(name, role, password, grants)
     except (ValueError, UsersFileError) as exc:
         err.print(f"[red]rcmflow ops-user: {escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(ExitCode.REFUSED) from exc
-    out.print(f"{name} is a{'n' if role == 'operator' else ''} {role} ({users.path})")
+    user = users.user(name)
+    held = f", granted {', '.join(user.grants)}" if user and user.grants else ""
+    out.print(f"{name} is a{'n' if role == 'operator' else ''} {role}{held} ({users.path})")
 
 
 @app.command()
@@ -918,6 +934,11 @@ def accounts_show(
     for bucket, cents in snap["balances"].items():
         table.add_row(bucket, cents_for_people(cents))
     out.print(table)
+    pending = snap.get("refunds_pending") or {}
+    if pending.get("count"):
+        out.print(f"refunds pending approval: {pending['count']} for "
+                  f"{cents_for_people(pending['cents'])} (`rcmflow refunds list --account "
+                  f"{account}`)", highlight=False)
     if snap["claims"]:
         claims = Table("claim", "status", "payer", "charged", "adjudications", title="claims")
         for claim in snap["claims"].values():
@@ -925,6 +946,265 @@ def accounts_show(
                            cents_for_people(claim["total_charge_cents"]),
                            str(len(claim["adjudications"])))
         out.print(claims)
+
+
+def _refunds_connect(changes: bool) -> tuple[Settings, KafkaConnection]:
+    from rcmflow.runtime import kafka_access
+
+    settings = _settings()
+    return settings, _connect(settings, kafka_access.refunds_access(changes=changes))
+
+
+def _refund_policy(settings: Settings) -> Any:
+    from rcmflow.streams.refund_policy import load_refund_policy
+
+    try:
+        return load_refund_policy(settings.refund_policy)
+    except ValueError as exc:
+        _fail(exc)
+
+
+def _signed_in(settings: Settings) -> Any:
+    from rcmflow.ops.exceptions import NotSignedIn, UsersFileError
+    from rcmflow.ops.identity import signed_in
+    from rcmflow.ops.server import users_of
+
+    try:
+        return signed_in(settings, users_of(settings))
+    except (NotSignedIn, UsersFileError, ValueError) as exc:
+        _fail(exc)
+
+
+def _refund_row(request: dict[str, Any], policy: Any) -> dict[str, Any]:
+    from rcmflow.ops.refunds import age, is_overdue
+
+    return {**request, "age_hours": round(age(request).total_seconds() / 3600, 1),
+            "overdue": is_overdue(request, policy)}
+
+
+@app.command("ops-login")
+def ops_login(
+    name: Annotated[str, typer.Argument(help="Your login (made by `rcmflow ops-user`).")],
+    print_token: Annotated[bool, typer.Option(
+        "--print", help="Print the token (for RCMFLOW_OPS_TOKEN) instead of saving it.")
+    ] = False,
+) -> None:
+    """Sign in the command line as an operator tools' user: `rcmflow refunds approve` and
+    `reject` act as this user, in the roles the users file gives them at the time.
+
+    The password is asked on a terminal, else read as one line from stdin. The token (signed
+    with RCMFLOW_OPS_SESSION_KEY or DATA_DIR/ops-session.key, valid RCMFLOW_OPS_SESSION_HOURS)
+    goes to RCMFLOW_OPS_TOKEN_FILE (default ~/.config/rcmflow/ops-token, mode 0600).
+    Exit 2: wrong name or password.
+    """
+    from rcmflow.ops.identity import issue_token, save_token, signing_key, token_path
+    from rcmflow.ops.server import users_of
+
+    settings = _settings()
+    users = users_of(settings)
+    password = (typer.prompt("password", hide_input=True) if sys.stdin.isatty()
+                else sys.stdin.readline().rstrip("\n"))
+    user = users.login(name, password)
+    if user is None:
+        _fail(PermissionError(f"wrong name or password (logins: {users.path})"))
+    try:
+        token = issue_token(user, signing_key(settings), settings.ops_session_hours)
+    except ValueError as exc:
+        _fail(exc)
+    if print_token:
+        sys.stdout.write(token + "\n")
+        return
+    path = token_path(settings)
+    save_token(path, token)
+    out.print(f"signed in as {user.name} ({', '.join(user.roles)}) for "
+              f"{settings.ops_session_hours} h; token in {path}", highlight=False)
+
+
+@refunds_app.command("list")
+def refunds_list(
+    state: Annotated[str, typer.Option(
+        help="pending (waiting for approval), posted, rejected or all.")] = "pending",
+    overdue: Annotated[bool, typer.Option(
+        "--overdue", help="Only pending requests older than their entity's SLA "
+        "(the policy's sla_hours).")] = False,
+    entity: Annotated[str | None, typer.Option(help="Only this facility / entity.")] = None,
+    account: Annotated[str | None, typer.Option(help="Only this account.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Refund requests, oldest first: amount, who asked, the rule, approvals so far, age."""
+    from rcmflow.ops.refunds import every_request
+    from rcmflow.streams.money import cents_for_people
+
+    if state not in ("pending", "posted", "rejected", "all"):
+        _fail(ValueError(f"--state {state!r}: one of pending, posted, rejected, all"))
+    settings, kafka = _refunds_connect(changes=False)
+    policy = _refund_policy(settings)
+    rows = [_refund_row(r, policy) for r in asyncio.run(every_request(kafka, account))
+            if (state == "all" or r["state"] == state) and (entity is None
+                                                            or r["entity"] == entity)]
+    if overdue:
+        rows = [r for r in rows if r["overdue"]]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("request", "account", "entity", "amount", "to", "state", "rule",
+                  "approvals", "requested by", "age (h)", title="refund requests")
+    for r in rows:
+        table.add_row(r["event_id"], r["account"], r["entity"], cents_for_people(r["amount_cents"]),
+                      r["to"], r["state"] + (" (overdue)" if r["overdue"] else ""), r["rule"],
+                      f"{len(r['approvals'])}/{r['approvals_needed']}",
+                      r["requested_by"] or f"source {r['source']}", str(r["age_hours"]))
+    out.print(table)
+    if not rows:
+        out.print(f"no {'' if state == 'all' else state + ' '}refund requests")
+
+
+@refunds_app.command("show")
+def refunds_show(
+    request_id: Annotated[str, typer.Argument(help="The request's id (its event id).")],
+    account: Annotated[str | None, typer.Option(
+        help="The account, where the id is on several.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One refund request: the rule it was filed under and every decision (who, role, when)."""
+    from rcmflow.ops.exceptions import NoSuchItem
+    from rcmflow.ops.refunds import find_request
+
+    settings, kafka = _refunds_connect(changes=False)
+    policy = _refund_policy(settings)
+    try:
+        request = _refund_row(asyncio.run(find_request(kafka, request_id, account)), policy)
+    except NoSuchItem as exc:
+        _fail(exc, ExitCode.ATTENTION)
+    if as_json:
+        _print_json(request)
+        return
+    _print_refund(request)
+
+
+def _print_refund(r: dict[str, Any]) -> None:
+    from rcmflow.streams.money import cents_for_people
+
+    out.print(f"[bold]{escape(r['event_id'])}[/bold]  account {r['account']}  entity "
+              f"{r['entity']}  {cents_for_people(r['amount_cents'])} to the {r['to']}  "
+              f"[bold]{r['state']}[/bold]{' (overdue)' if r.get('overdue') else ''}",
+              highlight=False)
+    out.print(f"requested by {r['requested_by'] or 'source ' + r['source']} at "
+              f"{r['requested_at']}{': ' + escape(r['reason']) if r['reason'] else ''}",
+              highlight=False)
+    roles = " or ".join(r["roles"]) or "no one (the policy approves it)"
+    out.print(f"rule {r['rule']} of policy {r['policy_version']}: {r['approvals_needed']} "
+              f"approval(s) by {roles}", highlight=False)
+    for a in r["approvals"]:
+        out.print(f"  approved by {a['by']} as {a['role']} at {a['at']}"
+                  f"{': ' + escape(a['note']) if a.get('note') else ''}", highlight=False)
+    if r["rejected"]:
+        out.print(f"  rejected by {r['rejected']['by']} as {r['rejected']['role']} at "
+                  f"{r['rejected']['at']}: {escape(str(r['rejection_reason']))}",
+                  highlight=False)
+
+
+def _decision(request_id: str, account: str | None, decision: str, text: str | None,
+              role: str | None, as_json: bool) -> None:
+    from rcmflow.ops.exceptions import NoSuchItem, RefundRefused
+    from rcmflow.ops.refunds import decide, find_request
+
+    settings, kafka = _refunds_connect(changes=True)
+    policy = _refund_policy(settings)
+    user = _signed_in(settings)
+
+    async def run() -> dict[str, Any]:
+        request = await find_request(kafka, request_id, account)
+        return await decide(kafka, user, request, decision,  # type: ignore[arg-type]
+                            policy=policy, text=text, role=role,
+                            wait_s=settings.dlq_replay_wait_s)
+    try:
+        result = asyncio.run(run())
+    except NoSuchItem as exc:
+        _fail(exc, ExitCode.ATTENTION)
+    except RefundRefused as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(result)
+    else:
+        colour = "red" if result["outcome"] == "refused" else "green"
+        out.print(f"[{colour}]{result['outcome']}[/{colour}]: {escape(result['detail'])}",
+                  highlight=False)
+    if result["outcome"] in ("refused", "sent"):
+        raise typer.Exit(ExitCode.ATTENTION)
+
+
+@refunds_app.command("approve")
+def refunds_approve(
+    request_id: Annotated[str, typer.Argument(help="The request's id.")],
+    note: Annotated[str | None, typer.Option(help="Why, for the record.")] = None,
+    role: Annotated[str | None, typer.Option(
+        help="The role to act in (one you hold that the request's rule takes); default: "
+        "the first such.")] = None,
+    account: Annotated[str | None, typer.Option(help="The account, where needed.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Approve a pending refund as the signed-in user; the approval that completes its rule
+    posts it (the delta carries the request, the approvers and the policy's rule).
+
+    Refused before sending: not pending, your own request, approved by you already, no role
+    the rule takes. Exit 0: taken (posted, or waiting for another approver); 1: the worker
+    refused it (the reason is printed) or has not answered yet; 2: refused here."""
+    _decision(request_id, account, "approve", note, role, as_json)
+
+
+@refunds_app.command("reject")
+def refunds_reject(
+    request_id: Annotated[str, typer.Argument(help="The request's id.")],
+    reason: Annotated[str, typer.Option(help="Why (required; kept with the request).")],
+    role: Annotated[str | None, typer.Option(help="The role to act in.")] = None,
+    account: Annotated[str | None, typer.Option(help="The account, where needed.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Reject a pending refund as the signed-in user (or withdraw your own request): it will
+    never post. Exit codes as `approve`."""
+    _decision(request_id, account, "reject", reason, role, as_json)
+
+
+@refunds_app.command("request")
+def refunds_request(
+    account: Annotated[str, typer.Argument(help="Patient account number.")],
+    amount: Annotated[str, typer.Argument(help="Amount, e.g. 125.00.")],
+    to: Annotated[str, typer.Option(help="patient or payer.")] = "patient",
+    entity: Annotated[str, typer.Option(help="Facility / entity (the policy's rules).")] = "01",
+    reason: Annotated[str | None, typer.Option(help="Why, for the approvers.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ask for a refund as the signed-in user (who then cannot approve it). Within the
+    policy's automatic rule it posts at once; else it waits for approvals."""
+    from decimal import Decimal, InvalidOperation
+
+    from rcmflow.ops.exceptions import RefundRefused
+    from rcmflow.ops.refunds import request_refund
+
+    if to not in ("patient", "payer"):
+        _fail(ValueError("--to is patient or payer"))
+    try:
+        cents = Decimal(amount)
+    except InvalidOperation:
+        _fail(ValueError(f"{amount!r} is not an amount"))
+    settings, kafka = _refunds_connect(changes=True)
+    user = _signed_in(settings)
+    try:
+        result = asyncio.run(request_refund(
+            kafka, user, account=account, amount=cents, to=to,  # type: ignore[arg-type]
+            entity=entity, reason=reason, wait_s=settings.dlq_replay_wait_s))
+    except (RefundRefused, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(result)
+    else:
+        request = result.get("request") or {}
+        out.print(f"{result['outcome']}: {escape(result['detail'])}"
+                  f"{'  (request ' + request['event_id'] + ')' if request else ''}",
+                  highlight=False)
+    if result["outcome"] in ("refused", "sent"):
+        raise typer.Exit(ExitCode.ATTENTION)
 
 
 @accounts_app.command("history")

@@ -49,6 +49,7 @@ __all__ = [
     "reader_access",
     "audit_access",
     "dlq_access",
+    "refunds_access",
     "documented_components",
     "INGEST_KINDS",
 ]
@@ -150,7 +151,8 @@ def ops_site_access(app_id: str) -> Access:
     """`rcmflow ops`: reads what its pages show (group-less) and acts on the work queue as
     `rcmflow dlq assign, replay, resolve` does."""
     queue = dlq_access(app_id, changes=True)
-    return Access(component="ops", read=(ACCOUNTS, *queue.read), write=queue.write,
+    return Access(component="ops", read=(ACCOUNTS, *queue.read),
+                  write=tuple(dict.fromkeys((*queue.write, EVENTS))),
                   creates=queue.creates, describes_groups=queue.describes_groups)
 
 
@@ -227,6 +229,14 @@ def dlq_access(app_id: str, *, changes: bool) -> Access:
                   creates=(DLQ_STATE,), describes_groups=app_id)
 
 
+def refunds_access(*, changes: bool) -> Access:
+    """`rcmflow refunds`: reads the requests (rcm.accounts); ``changes`` (`request`,
+    `approve`, `reject`): also sends the event and reads rcm.dlq for the worker's refusal."""
+    if not changes:
+        return Access(component="refunds", read=(ACCOUNTS,))
+    return Access(component="refunds", read=(ACCOUNTS, DLQ), write=(EVENTS,))
+
+
 def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
     """The rows of the docs' ACL table (docs/operations/security.md), by command."""
     return {
@@ -256,5 +266,7 @@ def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
                                        EVENTS, POSTINGS, DLQ, POSTINGS_DLQ, ERP_OUTCOMES),
         "rcmflow lag (and DESCRIBE on the groups it reports)":
             reader_access("lag", EVENTS, POSTINGS, ACCOUNTS),
+        "rcmflow refunds list, show": refunds_access(changes=False),
+        "rcmflow refunds request, approve, reject": refunds_access(changes=True),
         "rcmflow ops": ops_site_access(app_id),
     }

@@ -134,8 +134,17 @@ class Settings(BaseSettings):
         "written by `rcmflow ops-user`; unset: DATA_DIR/ops-users.json."
     )
     ops_session_key: SecretStr | None = Field(
-        None, description="HMAC key that signs the site's session cookies (at least 32 bytes); "
-        "unset: a random key per start (everyone logs in again after a restart)."
+        None, description="HMAC key that signs the site's session cookies and the command "
+        "line's logins (at least 32 bytes); unset: a random key kept in "
+        "DATA_DIR/ops-session.key (0600, made on first use)."
+    )
+    ops_token: SecretStr | None = Field(
+        None, description="The command line's login token (as `rcmflow ops-login --print` "
+        "shows it), for scripts; unset: the token file."
+    )
+    ops_token_file: Path | None = Field(
+        None, description="Where `rcmflow ops-login` keeps the command line's login; unset: "
+        "~/.config/rcmflow/ops-token."
     )
     ops_prometheus_url: str | None = Field(
         None, description="Prometheus the ops site's Health view charts from (its HTTP API, "
@@ -512,7 +521,7 @@ class Settings(BaseSettings):
         return ",".join(entries)
 
     @field_validator("data_dir", "coa", "refund_policy", "facade_store", "erp_csv_dir",
-                     "kafka_ca_file", "kafka_cert_file", "kafka_key_file")
+                     "ops_token_file", "kafka_ca_file", "kafka_cert_file", "kafka_key_file")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

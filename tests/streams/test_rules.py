@@ -314,9 +314,9 @@ def test_a_patient_refund_past_the_unapplied_credit_draws_on_a_credit_in_patient
                 event_doc("charge_reversed", amount_cents=400, reverses_event_id="CH1")).state
     assert (state.balances.unapplied_credit, state.balances.patient_ar) == (500, -400)
     refused = rejected(state, event_doc("refund", amount_cents=901, to="patient"))
-    assert refused.detail == \
+    assert refused.detail == (
         "refund of 901 cents to the patient exceeds the 900 cents credit balance: refund "
-        "policy 2026-12-06.1 lets no role approve a refund past the credit balance"
+        "policy 2026-12-06.1 lets no role approve a refund past the credit balance")
     out = run(event_doc("refund", amount_cents=900, to="patient"), state=state)
     assert lines(out) == [("2110", 0, 900), ("2100", 500, 0), ("1210", 400, 0)]
     assert {ln.memo for ln in delta(out).lines} == {"refund_patient"}

@@ -24,6 +24,11 @@ class Move(metaclass=PoolMeta):
         states={"readonly": Eval("state") == "posted"},
         help="The id of the entry in the system that sent it (rcmflow: the posting id).")
 
+    rcmflow_approval = fields.Text(
+        "Refund Approval", states={"readonly": Eval("state") == "posted"},
+        help="For a refund: the request, who asked, who approved it in which role and when, "
+        "and the refund policy's version and rule (JSON, as rcmflow posted it).")
+
     @classmethod
     def __setup__(cls) -> None:
         super().__setup__()
@@ -40,6 +45,7 @@ class Move(metaclass=PoolMeta):
     def copy(cls, moves: list[Any], default: dict[str, Any] | None = None) -> list[Any]:
         default = dict(default or {})
         default.setdefault("external_id", None)  # a copy (cancel, duplicate) is another move
+        default.setdefault("rcmflow_approval", None)
         return super().copy(moves, default=default)
 
     @classmethod

@@ -202,3 +202,43 @@ def test_money_is_tagged_decimal_and_floats_are_refused() -> None:
     assert decode(raw) == doc
     with pytest.raises(TypeError):
         encode({"credit": 12.5})
+
+
+def approved_refund_delta() -> PostingDelta:
+    """A 1 500.00 refund the policy's two_managers rule approved: ann asked, bob and dee
+    approved (what the worker emits, through its own processor)."""
+    from rcmflow.streams.memory_tables import MemoryTables
+    from rcmflow.streams.processor import Processor
+    from tests.factories import event_doc, messages, payment
+
+    docs = [payment(200_000, account="RF1", event_id="PAY-RF1"),
+            event_doc("refund", "RF1", event_id="RQ-RF1", amount_cents=150_000,
+                      requested_by="ann", reason="overpaid"),
+            *(event_doc("refund_approved", "RF1", event_id=f"ok:{by}", request_id="RQ-RF1",
+                        by=by, role="refund_manager") for by in ("bob", "dee"))]
+    result = Processor(load_chart()).process(messages(docs), MemoryTables())
+    refund, = [d for d in parse([(k, v) for _, k, v in result.postings]) if d.approval]
+    return refund
+
+
+async def test_an_approved_refund_move_carries_its_approvers(tryton: TrytonServer) -> None:
+    delta = approved_refund_delta()
+    adapter = adapter_for(tryton)
+    await adapter.open()
+    try:
+        outcome, = await adapter.post_batch([delta])
+        assert isinstance(outcome, Posted)
+    finally:
+        await adapter.close()
+    move, = tryton.rpc().model("account.move", "search_read",
+                               [("external_id", "=", delta.posting_id)], 0, None, None,
+                               ["description", "rcmflow_approval", "state"])
+    assert move["state"] == "posted"
+    # What an auditor reads in the ERP: who asked, who approved in which role, the rule.
+    assert "refund RQ-RF1 requested by ann" in move["description"]
+    assert "approved by bob (refund_manager)" in move["description"]
+    assert "dee (refund_manager)" in move["description"]
+    assert "rule two_managers" in move["description"]
+    approval = json.loads(move["rcmflow_approval"])
+    assert [a["by"] for a in approval["approvers"]] == ["bob", "dee"]
+    assert approval["policy_version"] == delta.approval.policy_version  # type: ignore[union-attr]
