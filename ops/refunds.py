@@ -106,7 +106,7 @@ def _acting_role(user: User, request: dict[str, Any], role: str | None) -> str:
         return role
     for candidate in allowed:
         if candidate in user.roles:
-            return candidate
+            return str(candidate)
     raise RefundRefused(
         f"{user.name} holds {', '.join(user.roles)}; refund {request['event_id']} (rule "
         f"{request['rule']}) takes decisions by {' or '.join(dict.fromkeys(allowed)) or 'no one'}"

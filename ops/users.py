@@ -123,7 +123,7 @@ class Users:
         role = entry.get("role") if isinstance(entry, dict) else None
         if not ok or not stored or role not in ROLES:
             return None
-        return User(name, role, _grants(entry))  # type: ignore[arg-type]
+        return User(name, role, _grants(entry))
 
     def set(self, name: str, role: Role, password: str,
             grants: tuple[str, ...] | None = None) -> None:

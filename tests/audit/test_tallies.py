@@ -124,3 +124,39 @@ def test_open_items_only_as_the_work_queues_states_say(follower: Follower) -> No
     follower.take(state(1, "assigned"))  # reopened: work to do again
     follower.take(state(2, "assigned"))  # taken, not done
     assert _samples(follower)[open_items] == 2
+
+
+def test_pending_refunds_by_entity_and_the_oldest_age(follower: Follower) -> None:
+    """The refund requests on rcm.accounts, as the worker writes them: two wait (entity 01
+    and 02), one was approved by the policy, one waited and was then approved."""
+    from rcmflow.streams.layout import item_key
+    from tests.factories import event_doc
+
+    def refund(account: str, rid: str, cents: int, entity: str, day: str) -> dict[str, object]:
+        return event_doc("refund", account, event_id=rid, amount_cents=cents,
+                         occurred_at=f"2026-11-{day}T10:00:00+00:00",
+                         dimensions={"entity": entity})
+
+    docs = [payment(900_000, "P1", event_id="P1-PAY"), payment(900_000, "P2", event_id="P2-PAY",
+                                                               dimensions={"entity": "02"}),
+            refund("P1", "R-old", 50_000, "01", "10"), refund("P1", "R-new", 20_000, "01", "12"),
+            refund("P1", "R-auto", 5_000, "01", "12"), refund("P2", "R-02", 30_000, "02", "11"),
+            refund("P1", "R-done", 40_000, "01", "09"),
+            event_doc("refund_approved", "P1", event_id="ok", request_id="R-done", by="bob",
+                      role="refund_manager")]
+    tables = MemoryTables()
+    tables.write(Processor(load_chart()).process(messages(docs), tables))
+    for offset, ((_, key), value) in enumerate(sorted(tables.accounts.items())):
+        follower.take(Record("rcm.accounts", 0, offset, key, value, STAMP_MS))
+    families = {f.name: f for f in text_string_to_metric_families(
+        render(new_registry(lambda: follower.refunds.families(now_s=1_794_736_800.0))).decode())}
+    pending = {s.labels["entity"]: s.value for s in families["rcmflow_refunds_pending"].samples}
+    cents = {s.labels["entity"]: s.value
+             for s in families["rcmflow_refunds_pending_cents"].samples}
+    oldest = {s.labels["entity"]: s.value
+              for s in families["rcmflow_refunds_pending_oldest_age_seconds"].samples}
+    assert pending == {"01": 2, "02": 1}
+    assert cents == {"01": 70_000, "02": 30_000}
+    # 1_794_736_800 is 2026-11-15T10:00Z: R-old (the 10th) is 5 days old, R-02 4 days.
+    assert oldest == {"01": 5 * 86_400, "02": 4 * 86_400}
+    assert item_key("P1", ("refund", "R-done")) not in follower.refunds.pending
