@@ -27,6 +27,7 @@ from tests.chaos.model import Delivery, Expected, Workload
 __all__ = ["expect", "expect_through", "posting_id", "BUCKETS", "Ledger", "CHART_PATH"]
 
 CHART_PATH = Path(__file__).resolve().parents[2] / "streams" / "chart_of_accounts.yaml"
+POLICY_PATH = Path(__file__).resolve().parents[2] / "streams" / "refund_policy.yaml"
 #: The posting rules' version (docs/events.md): part of every posting id.
 RULE_VERSION = 1
 #: Every bucket ``rcmflow accounts show --json`` prints under "balances".
@@ -53,14 +54,24 @@ class Chart:
     carc_rules: tuple[tuple[str, str], ...]
     plb_rules: dict[str, str]
     small_balance_cents: int
+    #: Per entity ("" for the default): refunds up to this post at once, approved by the
+    #: refund policy's automatic rule; larger ones wait for an approval (docs: refunds).
+    auto_refund_cents: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path = CHART_PATH) -> Chart:
+    def load(cls, path: Path = CHART_PATH, policy: Path = POLICY_PATH) -> Chart:
         doc = yaml.safe_load(path.read_text())
+        rules = yaml.safe_load(policy.read_text())
+        auto = {name: _automatic(entity["rules"]) for name, entity in
+                [("", rules["default"]), *rules.get("entities", {}).items()]}
         return cls(str(doc["version"]), tuple((str(k), str(v)) for k, v in
                                               doc["carc_rules"].items()),
                    {str(k): str(v) for k, v in doc["plb_rules"].items()},
-                   int(doc["thresholds"]["small_balance_cents"]))
+                   int(doc["thresholds"]["small_balance_cents"]), auto)
+
+    def refund_waits(self, entity: str, cents: int) -> bool:
+        limit = self.auto_refund_cents.get(entity, self.auto_refund_cents[""])
+        return cents > limit
 
     def carc(self, group: str, reason: str) -> str:
         """The first rule whose "GROUP-REASON" pattern matches (``*`` wildcards)."""
@@ -71,6 +82,12 @@ class Chart:
 
     def plb(self, code: str) -> str:
         return self.plb_rules.get(code, self.plb_rules.get("*", "suspense"))
+
+
+def _automatic(rules: list[dict[str, Any]]) -> int:
+    """The largest amount the first rule approves by itself (0: none)."""
+    first = rules[0]
+    return int(first.get("up_to_cents") or 0) if int(first["approvals"]) == 0 else 0
 
 
 class Refused(Exception):
@@ -206,14 +223,19 @@ class Ledger:
         return True
 
     def _refund(self, acct: Account, f: dict[str, Any], cents: int) -> bool:
+        """A refund request: refused past the credit balance (the shipped policy lets no
+        role allow it); above the policy's automatic rule it waits for an approval the
+        workload never sends (no money moves, no posting); else it posts."""
         b = acct.buckets
+        credit = (max(-b["insurance_ar"], 0) if f["to"] == "payer"
+                  else b["unapplied_credit"] + max(-b["patient_ar"], 0))
+        if cents > credit:
+            raise Refused("refund_exceeds_credit")
+        if self.chart.refund_waits(str(f.get("entity") or "01"), cents):
+            return False
         if f["to"] == "payer":
-            if cents > max(-b["insurance_ar"], 0):
-                raise Refused("refund_exceeds_credit")
             acct.move(insurance_ar=cents, refunds=cents)
             return True
-        if cents > b["unapplied_credit"] + max(-b["patient_ar"], 0):
-            raise Refused("refund_exceeds_credit")
         from_unapplied = min(cents, b["unapplied_credit"])
         acct.move(refunds=cents, unapplied_credit=-from_unapplied,
                   patient_ar=cents - from_unapplied)
