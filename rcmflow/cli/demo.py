@@ -71,6 +71,12 @@ def demo_events() -> list[dict[str, Any]]:
             reference="5501", source="lockbox"),
         _ev("A1002", "RFD-1002-1", "refund", 23, amount_cents=10_000, to="patient",
             reference="CHK-3301", source="ap"),
+        # ... pays the same 250.00 twice; the refund of it is above the refund policy's
+        # automatic 100.00, so it waits for an approval (`rcmflow refunds list`).
+        _ev("A1002", "LBX-5502", "patient_payment", 24, amount_cents=25_000, channel="lockbox",
+            reference="5502", source="lockbox"),
+        _ev("A1002", "RFD-1002-2", "refund", 25, amount_cents=25_000, to="patient",
+            reference="CHK-3302", source="ap", reason="duplicate lockbox payment"),
         # A1003: self-pay clinic visit; partly paid, the rest conceded and written off.
         _ev("A1003", "DFT-1003-1", "charge_posted", 4, amount_cents=25_000, self_pay=True,
             dimensions=_dims(revenue_code="0510", encounter="V1003"), source="hl7"),
