@@ -127,7 +127,7 @@ def _check(user: User, request: dict[str, Any], decision: Decision) -> None:
 
 
 async def decide(kafka: KafkaConnection, user: User, request: dict[str, Any],
-                 decision: Decision, *, policy: RefundPolicy, text: str | None = None,
+                 decision: Decision, *, text: str | None = None,
                  role: str | None = None, wait_s: float = 30.0) -> dict[str, Any]:
     """Send an approval or a rejection of ``request`` by ``user`` and wait, up to ``wait_s``,
     for the worker's answer: ``{"outcome": "approved" (waiting for another approver) |
@@ -146,7 +146,8 @@ async def decide(kafka: KafkaConnection, user: User, request: dict[str, Any],
         "event_id": f"{'approval' if decision == 'approve' else 'rejection'}:{request_id}:"
                     f"{user.name}",
         "request_id": request_id, "by": user.name, "role": acting,
-        "policy_version": policy.version, "currency": request.get("currency", "USD"),
+        "policy_version": request["policy_version"], "rule": request["rule"],
+        "currency": request.get("currency", "USD"),
         "dimensions": {"entity": request["entity"]},
     }
     if decision == "approve":

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -283,10 +284,50 @@ def create_site(config: SiteConfig) -> FastAPI:
         except NoSuchItem as exc:
             raise _Refused(404, str(exc)) from None
         allowed = [*found["roles"], *found["over_credit_roles"]]
+        name = session.user.name
         can_decide = (found["state"] == "pending"
                       and bool(set(allowed) & set(session.user.roles)))
+        # The requester may withdraw (reject) but never approve; nobody approves twice.
+        can_approve = can_decide and found["requested_by"] != name and all(
+            a["by"] != name for a in found["approvals"])
         return _page(request, "refund.html", session, r=found, can_decide=can_decide,
+                     can_approve=can_approve,
                      outcome=_asked(request).get("outcome"))
+
+    @site.post("/refunds/{account}/request")
+    async def request_a_refund(request: Request, account: str) -> Response:
+        session = _session(request)
+        if session is None:
+            return _to_login(request)
+        form = await _checked_form(request, session)
+        user = session.user
+        if not user.can_act:
+            raise _Refused(403, "asking for a refund needs the operator role")
+        from rcmflow.ops.accounts import latest_snapshots
+        from rcmflow.ops.refunds import request_refund
+
+        snapshot = (await latest_snapshots(config.kafka, account)).get(account)
+        if snapshot is None:
+            raise _Refused(404, f"no account {account!r}")
+        to = form.get("to", "patient")
+        try:
+            amount = Decimal(form.get("amount", ""))
+            if to not in ("patient", "payer"):
+                raise ValueError("to: patient or payer")
+            result = await request_refund(
+                config.kafka, user, account=account, amount=amount, to=to,  # type: ignore[arg-type]
+                entity=str(snapshot.get("entity") or "01"),
+                reason=form.get("reason", "").strip() or None, wait_s=_REPLAY_WAIT_S)
+        except (InvalidOperation, ValueError, RefundRefused) as exc:
+            raise _Refused(400, f"not a refund request: {exc}") from None
+        log.info("ops: %s (%s) asked for a refund on account %s", user.name, user.role,
+                 account)
+        filed = result.get("request") or {}
+        outcome = quote(f"{result['outcome']}: {result['detail']}")
+        if not filed:
+            return RedirectResponse(f"/accounts?account={quote(account)}", status_code=303)
+        return RedirectResponse(f"/refunds/{quote(account)}/{quote(filed['event_id'])}"
+                                f"?outcome={outcome}", status_code=303)
 
     @site.post("/refunds/{account}/{request_id:path}/{decision}")
     async def decide_refund(request: Request, account: str, request_id: str,
@@ -305,7 +346,6 @@ def create_site(config: SiteConfig) -> FastAPI:
         try:
             found = await find_request(config.kafka, request_id, account)
             result = await decide(config.kafka, user, found, decision,  # type: ignore[arg-type]
-                                  policy=config.refund_policy or load_refund_policy(),
                                   text=form.get("text", "").strip() or None,
                                   wait_s=_REPLAY_WAIT_S)
         except NoSuchItem as exc:

@@ -262,6 +262,9 @@ class _RefundDecision(_EventBase):
     role: RoleName = Field(description="The role they decided in (one their token holds).")
     policy_version: Annotated[str, Field(max_length=40)] | None = Field(
         None, description="The policy version the decider's tool showed.")
+    rule: Annotated[str, Field(max_length=60)] | None = Field(
+        None, description="The request's rule the decider's tool showed (the worker decides "
+        "by the rule kept on the request).")
 
 
 class RefundApproved(_RefundDecision):

@@ -1110,13 +1110,12 @@ def _decision(request_id: str, account: str | None, decision: str, text: str | N
     from rcmflow.ops.refunds import decide, find_request
 
     settings, kafka = _refunds_connect(changes=True)
-    policy = _refund_policy(settings)
     user = _signed_in(settings)
 
     async def run() -> dict[str, Any]:
         request = await find_request(kafka, request_id, account)
         return await decide(kafka, user, request, decision,  # type: ignore[arg-type]
-                            policy=policy, text=text, role=role,
+                            text=text, role=role,
                             wait_s=settings.dlq_replay_wait_s)
     try:
         result = asyncio.run(run())

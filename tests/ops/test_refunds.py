@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import jwt
 import pytest
@@ -154,28 +152,35 @@ def test_a_refund_posts_only_once_approved_by_someone_else_in_the_right_role(
     assert [r["state"] for r in desk.json("refunds", "list", "--state", "all")] == [
         "posted", "rejected"]
 
-    # The ops site, on the same stack: a viewer without a refund role is refused by the
-    # server (whatever the page showed), an approver's click posts it.
-    another = desk.json("refunds", "request", "R1", "130.00", user="ann")["request"]
+    # The ops site, on the same stack: ann (an operator) asks for a refund on the account
+    # page; a viewer without a refund role is refused by the server (whatever the page
+    # showed), and dee's click posts it.
     config = SiteConfig(kafka=broker.connection, users=Users(desk.data_dir / "ops-users.json"),
                         session_key=b"s" * 32, session_s=3600, app_id="rcmflow", metrics={})
-    page = f"/refunds/R1/{quote(another['event_id'], safe='')}"
+
+    def csrf_of(site: TestClient) -> str:
+        return str(jwt.decode(site.cookies[COOKIE], b"s" * 32, algorithms=["HS256"])["csrf"])
+
     with TestClient(create_site(config), base_url="http://127.0.0.1:8081") as site:
+        site.post("/login", data={"username": "ann", "password": PASSWORD})
+        assert 'id="request-refund"' in site.get("/accounts?account=R1").text
+        asked = site.post("/refunds/R1/request", data={"csrf": csrf_of(site), "to": "patient",
+                                                       "amount": "130.00", "reason": "dup"})
+        assert asked.status_code == 200 and "filed" in asked.text
+        assert 'id="approve"' not in asked.text, "no approve button for the requester"
+        page = str(asked.url.path)
+        site.cookies.clear()
         site.post("/login", data={"username": "vic", "password": PASSWORD})
-        listing = site.get("/refunds")
-        assert listing.status_code == 200 and another["event_id"] in listing.text
-        shown_page = site.get(page)
-        assert 'id="approve"' not in shown_page.text
-        csrf = jwt.decode(site.cookies[COOKIE], b"s" * 32, algorithms=["HS256"])["csrf"]
-        refused = site.post(f"{page}/approve", data={"csrf": csrf}, follow_redirects=False)
+        assert page.split("/")[-1] in site.get("/refunds").text
+        assert 'id="approve"' not in site.get(page).text
+        refused = site.post(f"{page}/approve", data={"csrf": csrf_of(site)},
+                            follow_redirects=False)
         assert refused.status_code == 403
-        site.post("/logout", data={"csrf": csrf})
         site.cookies.clear()
         site.post("/login", data={"username": "dee", "password": PASSWORD})
         shown_page = site.get(page)
         assert 'id="approve"' in shown_page.text
-        csrf = re.search(r'name="csrf" value="([^"]+)"', shown_page.text).group(1)  # type: ignore[union-attr]
-        done_page = site.post(f"{page}/approve", data={"csrf": csrf, "text": "ok"})
+        done_page = site.post(f"{page}/approve", data={"csrf": csrf_of(site), "text": "ok"})
         assert done_page.status_code == 200
         assert "posted" in done_page.text
     assert len(refund_deltas(broker)) == 2

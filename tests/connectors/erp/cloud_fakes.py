@@ -140,7 +140,8 @@ class NetSuiteFake(Fake):
             return self.error(400, "The total of debit lines must equal the total of credit "
                                    "lines.", "USER_ERROR")
         record = {"id": str(next(self.ids)), "externalId": eid, "tranDate": body["tranDate"],
-                  "subsidiary": body["subsidiary"]["id"], "lines": lines}
+                  "subsidiary": body["subsidiary"]["id"], "lines": lines,
+                  "memo": body.get("memo")}
         self.entries[eid] = record
         return httpx.Response(204, headers={
             "Location": f"https://fake.suitetalk.api.netsuite.com/services/rest/record/v1/"
@@ -270,7 +271,8 @@ class OdooFake(Fake):
             move_id = next(self.ids)
             self.moves[move_id] = {"id": move_id, "name": "/", "state": "draft",
                                    "ref": vals["ref"], "date": vals["date"],
-                                   "journal_id": vals["journal_id"], "lines": lines}
+                                   "journal_id": vals["journal_id"], "lines": lines,
+                                   "narration": vals.get("narration")}
             created.append(move_id)
         return _json(200, created)
 

@@ -26,7 +26,8 @@ from rcmflow.streams.topics import EVENTS, POSTINGS, POSTINGS_DLQ
 from tests.conftest import Broker, WorkerProcess, wait_until
 from tests.workload import account_stream
 
-__all__ = ["real_deltas", "publish_deltas", "unmapped_copy", "ConnectorProcess",
+__all__ = ["real_deltas", "approved_refund_delta", "publish_deltas", "unmapped_copy",
+           "ConnectorProcess",
            "dlq_records", "feed_slowly", "already_there_in_logs", "start_connector",
            "run_in_process"]
 
@@ -137,3 +138,19 @@ def wait_done(proc: ConnectorProcess, check: Callable[[], bool], timeout_s: floa
               what: str) -> None:
     wait_until(lambda: check() or not proc.alive(), timeout_s, what, proc.log_tail)
     assert proc.alive() or proc.process.returncode == 0, proc.log_tail()
+
+
+def approved_refund_delta() -> PostingDelta:
+    """A 1 500.00 refund the policy's two_managers rule approved: ann asked, bob and dee
+    approved (what the worker emits, through its own processor)."""
+    from tests.factories import event_doc, messages, payment
+
+    docs = [payment(200_000, account="RF1", event_id="PAY-RF1"),
+            event_doc("refund", "RF1", event_id="RQ-RF1", amount_cents=150_000,
+                      requested_by="ann", reason="overpaid"),
+            *(event_doc("refund_approved", "RF1", event_id=f"ok:{by}", request_id="RQ-RF1",
+                        by=by, role="refund_manager") for by in ("bob", "dee"))]
+    result = Processor(load_chart()).process(messages(docs), MemoryTables())
+    refund, = [d for d in (PostingDelta.model_validate_json(v) for _, _, v in result.postings)
+               if d.approval]
+    return refund

@@ -30,6 +30,7 @@ from rcmflow.streams.postings import PostingDelta
 from tests.conftest import Broker
 from tests.connectors.erp.cloud_fakes import ErpNextFake, Fake, NetSuiteFake, OdooFake
 from tests.connectors.erp.feed import (
+    approved_refund_delta,
     dlq_records,
     publish_deltas,
     real_deltas,
@@ -378,3 +379,25 @@ async def test_adapter_built_from_the_one_settings_object(kind: str,
     await adapter.open()
     assert [type(o) for o in await adapter.post_batch(ds)] == [Posted, Posted]
     await adapter.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_approved_refund_entry_names_who_approved_it(kind: str) -> None:
+    """An auditor in the ERP sees the request, the requester, the approvers with their
+    roles, the policy's version and rule: NetSuite's memo, Odoo's narration, ERPNext's
+    user_remark."""
+    case, refund = make(kind), approved_refund_delta()
+    await case.adapter.open()
+    assert [type(o) for o in await case.adapter.post_batch([refund])] == [Posted]
+    await case.adapter.close()
+    fake: Any = case.fake
+    if kind == "netsuite":
+        text = fake.entries[refund.posting_id]["memo"]
+    elif kind == "odoo":
+        text, = [m["narration"] for m in fake.moves.values()]
+    else:
+        text, = [e["user_remark"] for e in fake.entries.values()]
+    assert refund.posting_id in text
+    assert "refund RQ-RF1 requested by ann" in text
+    assert "approved by bob (refund_manager)" in text and "dee (refund_manager)" in text
+    assert f"policy {refund.approval.policy_version} rule two_managers" in text  # type: ignore[union-attr]

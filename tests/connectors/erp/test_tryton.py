@@ -19,7 +19,7 @@ from rcmflow.connectors.erp.tryton import TrytonAdapter, decode, encode
 from rcmflow.streams.chart import load_chart
 from rcmflow.streams.postings import PostingDelta
 from tests.connectors.erp.conftest import adapter_for
-from tests.connectors.erp.feed import real_deltas, unmapped_copy
+from tests.connectors.erp.feed import approved_refund_delta, real_deltas, unmapped_copy
 from tests.connectors.erp.tryton_server import Rpc, TrytonServer
 
 
@@ -202,23 +202,6 @@ def test_money_is_tagged_decimal_and_floats_are_refused() -> None:
     assert decode(raw) == doc
     with pytest.raises(TypeError):
         encode({"credit": 12.5})
-
-
-def approved_refund_delta() -> PostingDelta:
-    """A 1 500.00 refund the policy's two_managers rule approved: ann asked, bob and dee
-    approved (what the worker emits, through its own processor)."""
-    from rcmflow.streams.memory_tables import MemoryTables
-    from rcmflow.streams.processor import Processor
-    from tests.factories import event_doc, messages, payment
-
-    docs = [payment(200_000, account="RF1", event_id="PAY-RF1"),
-            event_doc("refund", "RF1", event_id="RQ-RF1", amount_cents=150_000,
-                      requested_by="ann", reason="overpaid"),
-            *(event_doc("refund_approved", "RF1", event_id=f"ok:{by}", request_id="RQ-RF1",
-                        by=by, role="refund_manager") for by in ("bob", "dee"))]
-    result = Processor(load_chart()).process(messages(docs), MemoryTables())
-    refund, = [d for d in parse([(k, v) for _, k, v in result.postings]) if d.approval]
-    return refund
 
 
 async def test_an_approved_refund_move_carries_its_approvers(tryton: TrytonServer) -> None:
