@@ -287,11 +287,12 @@ def _stop_all(processes: list[subprocess.Popen[bytes]], timeout_s: float) -> Non
 
 
 def _dev_login(settings: Settings) -> str:
-    """The ops site's ``dev`` login (an operator), with a new random password each start."""
+    """The ops site's ``dev`` login (an operator who may approve refunds: the demo's refund
+    request waits for one), with a new random password each start."""
     from rcmflow.ops.server import users_of
 
     password = secrets.token_urlsafe(12)
-    users_of(settings).set(DEV_LOGIN, "operator", password)
+    users_of(settings).set(DEV_LOGIN, "operator", password, ("refund_approver",))
     return password
 
 
@@ -314,7 +315,8 @@ def _print_started(settings: Settings, broker: EmbeddedBroker, chart: ChartOfAcc
         f"(HL7 v2 listener; log {listener.log})\n"
         f"  ops     pid {ops.process.pid}  http://{settings.ops_host}:{settings.ops_port}  "
         f"(operators' site; log {ops.log})\n"
-        f"          log in as {DEV_LOGIN}, password {ops_password}\n"
+        f"          log in as {DEV_LOGIN}, password {ops_password} (may approve refunds: "
+        f"Refunds, or `rcmflow ops-login {DEV_LOGIN}` then `rcmflow refunds list`)\n"
         f"  metrics worker {url(settings.metrics_host, worker_metrics)} · mllp "
         f"{url(settings.metrics_host, mllp_metrics)} · facade "
         f"{url(settings.facade_host, settings.facade_port)}"
