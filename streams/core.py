@@ -25,6 +25,7 @@ from rcmflow.streams.events import (
     PatientPayment,
     Refund,
 )
+from rcmflow.streams.lifecycle import Transition, advance
 from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.postings import RULE_VERSION, UnmappedLine, posting_id
 from rcmflow.streams.rejections import Rejection
@@ -53,6 +54,9 @@ class Applied(NamedTuple):
     #: The posting delta as sent (``PostingDelta`` JSON), or None when nothing moved.
     delta: bytes | None
     unmapped: tuple[UnmappedLine, ...]
+    #: The lifecycle transitions it made (``lifecycle.py``), for the metrics; their records
+    #: are in ``items`` (kind ``transition``).
+    transitions: tuple[Transition, ...] = ()
 
 
 def new_account(account: str) -> AccountHead:
@@ -100,8 +104,16 @@ def apply(
     }
     if isinstance(event, AccountStatusChanged):
         updates["status"] = event.status
-    return Applied(head.model_copy(update=updates), item_changes(event, version, items),
-                   delta, unmapped)
+    # The workflow state: its records depend on the head (the state left), unlike the items
+    # ``item_changes`` makes; the worker writes them before the head (``write_order.py``).
+    lifecycle, transitions, made = advance(head.lifecycle, event, version, balances,
+                                           delta is not None, counts.transition)
+    if made:
+        updates["lifecycle"] = lifecycle
+        updates["items"] = counts.plus("transition", len(transitions))
+    changed: dict[ItemRef, Item] = item_changes(event, version, items)
+    changed.update(transitions)
+    return Applied(head.model_copy(update=updates), changed, delta, unmapped, made)
 
 
 def _delta(

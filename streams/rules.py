@@ -24,6 +24,7 @@ from rcmflow.streams.events import (
     ProviderAdjustment,
     Refund,
     SuspenseReclassified,
+    WorkflowStep,
     WriteOff,
 )
 from rcmflow.streams.postings import PostingLine
@@ -105,7 +106,7 @@ def movements_for(
             return _charge(event, chart)
         case ChargeReversed():
             return _charge_reversal(event, items, chart)
-        case ClaimSubmitted() | AccountStatusChanged():
+        case ClaimSubmitted() | AccountStatusChanged() | WorkflowStep():
             return []
         case ClaimAdjudicated():
             return _adjudication(event, state, chart)

@@ -28,6 +28,8 @@ __all__ = [
     "AdjudicationRecord",
     "ClaimRecord",
     "PaymentRecord",
+    "TransitionRecord",
+    "Lifecycle",
     "Item",
     "ItemKind",
     "ItemRef",
@@ -173,10 +175,37 @@ class ClaimRecord(TypedDict):
     first_adjudicated_at: datetime | None
 
 
+class TransitionRecord(TypedDict):
+    """One lifecycle transition (``lifecycle.py``): an item of its own, named by the account
+    version that made it and its place in that event (``<version:012d>-<n>``), so the
+    records sort in the order they were applied."""
+
+    version: int
+    #: The state left (None: the account's first state) and the state entered.
+    from_state: str | None
+    state: str
+    #: When it happened at the source (the event's ``occurred_at``).
+    at: datetime
+    event_id: str
+    event_kind: str
+    source: str
+    claim_id: str | None
+    #: Days spent in ``from_state`` (``at`` minus when it was entered; negative when the
+    #: event is dated before that: it arrived out of order).
+    days_in_from: float | None
+    #: False when the state machine does not expect ``from_state -> state``; ``reason`` says
+    #: why. Applied and recorded all the same.
+    expected: bool
+    reason: str | None
+    #: ``workflow_step`` details: an eligibility result, a note; ``zero_balance`` for a close
+    #: by the zero-balance rule.
+    detail: str | None
+
+
 #: Item kinds, as they appear in item keys (``layout.py``).
-ItemKind = Literal["charge", "claim", "adjudication", "payment"]
-ITEM_KINDS: tuple[ItemKind, ...] = ("charge", "claim", "adjudication", "payment")
-Item = ChargeRecord | ClaimRecord | AdjudicationRecord | PaymentRecord
+ItemKind = Literal["charge", "claim", "adjudication", "payment", "transition"]
+ITEM_KINDS: tuple[ItemKind, ...] = ("charge", "claim", "adjudication", "payment", "transition")
+Item = ChargeRecord | ClaimRecord | AdjudicationRecord | PaymentRecord | TransitionRecord
 #: (kind, id): an item's name within its account.
 ItemRef = tuple[ItemKind, str]
 
@@ -186,12 +215,29 @@ class ItemCounts(_Frozen):
     claim: int = 0
     adjudication: int = 0
     payment: int = 0
+    #: Lifecycle transitions made (``TransitionRecord``); 0 in heads written before them.
+    #: Not in ``total``: they are bounded on their own (``lifecycle.TRANSITIONS_MAX``), so a
+    #: long history never refuses the money events that make it.
+    transition: int = 0
 
     def total(self) -> int:
         return self.charge + self.claim + self.adjudication + self.payment
 
     def plus(self, kind: ItemKind, n: int = 1) -> ItemCounts:
         return self.model_copy(update={kind: getattr(self, kind) + n})
+
+
+class Lifecycle(_Frozen):
+    """The account's workflow state (``lifecycle.py``): where it is, since when, and when it
+    last entered each state (the spans the metrics watch). Small: one entry per state."""
+
+    state: str
+    since: datetime
+    event_id: str
+    #: Whether the transition into ``state`` was one the state machine expects.
+    expected: bool = True
+    #: State -> when the account last entered it (at most one entry per state).
+    entered: dict[str, datetime] = Field(default_factory=dict)
 
 
 class AccountHead(_Frozen):
@@ -212,6 +258,8 @@ class AccountHead(_Frozen):
     last_event_at: datetime | None = None
     balances: Balances = Balances()
     items: ItemCounts = ItemCounts()
+    #: The workflow state; None until the first transition (and in heads written before it).
+    lifecycle: Lifecycle | None = None
 
     def item_count(self) -> int:
         """Items held for this account: bounded by ``Settings.account_items_max``."""
