@@ -11,6 +11,8 @@ key                                     value
 ``<account>/claim/<claim_id>``          a claim: header, lines, status (``ClaimRecord``)
 ``<account>/adjudication/<event_id>``   one payer answer to a claim (``AdjudicationRecord``)
 ``<account>/payment/<event_id>``        a patient payment or refund (``PaymentRecord``)
+``<account>/transition/<version>-<n>``  a lifecycle transition (``TransitionRecord``;
+                                        ``lifecycle.transition_id``)
 ======================================  ==============================================
 
 An account number cannot hold "/" (``AccountKey``), so the first "/" ends it; the id is the
@@ -108,7 +110,7 @@ def assemble(head: Mapping[str, Any], items: Mapping[ItemRef, Mapping[str, Any]]
              ) -> dict[str, Any]:
     """One account as a single document, for people (``rcmflow accounts show --json``): the
     head with its ``charges``, ``claims`` (each with its ``adjudications``) and ``payments``,
-    oldest first."""
+    oldest first, and its lifecycle ``transitions`` in the order they were applied."""
     def ordered(kind: ItemKind) -> list[dict[str, Any]]:
         found = [dict(item) for (k, _), item in items.items() if k == kind]
         return sorted(found, key=lambda i: (str(i.get("occurred_at") or i.get("submitted_at")
@@ -118,8 +120,9 @@ def assemble(head: Mapping[str, Any], items: Mapping[ItemRef, Mapping[str, Any]]
     for adj in ordered("adjudication"):
         claims.setdefault(adj["claim_id"], {"claim_id": adj["claim_id"],
                                             "adjudications": []})["adjudications"].append(adj)
+    transitions = [dict(item) for (k, _), item in sorted(items.items()) if k == "transition"]
     return {**head, "charges": ordered("charge"), "claims": claims,
-            "payments": ordered("payment")}
+            "payments": ordered("payment"), "transitions": transitions}
 
 
 def accounts_json_schema() -> dict[str, Any]:
@@ -127,17 +130,24 @@ def accounts_json_schema() -> dict[str, Any]:
     accounts``)."""
     from pydantic import TypeAdapter
 
-    from rcmflow.streams.state import AdjudicationRecord, ChargeRecord, ClaimRecord, PaymentRecord
+    from rcmflow.streams.state import (
+        AdjudicationRecord,
+        ChargeRecord,
+        ClaimRecord,
+        PaymentRecord,
+        TransitionRecord,
+    )
 
     kinds: dict[str, Any] = {"charge": ChargeRecord, "claim": ClaimRecord,
-                             "adjudication": AdjudicationRecord, "payment": PaymentRecord}
+                             "adjudication": AdjudicationRecord, "payment": PaymentRecord,
+                             "transition": TransitionRecord}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "rcm.accounts records (layout 2)",
         "description": "Compacted topic, keyed in the account's partition. Key "
         "'<account>': the head. Key '<account>/<kind>/<id>': one item of the account "
-        "(kind: charge, claim, adjudication, payment; id: the event id, or the claim id for "
-        "a claim). An account number holds no '/'. A head without 'layout' was written by an "
+        "(kind: charge, claim, adjudication, payment, transition; id: the event id, the "
+        "claim id for a claim, '<account version, 12 digits>-<n>' for a transition). An account number holds no '/'. A head without 'layout' was written by an "
         "older rcmflow: `rcmflow upgrade` rewrites it.",
         "keys": {
             "<account>": AccountHead.model_json_schema(mode="serialization"),

@@ -37,6 +37,7 @@ __all__ = [
     "EXPECTED",
     "SPANS",
     "TRANSITIONS_MAX",
+    "SECONDS_PER_DAY",
     "Transition",
     "steps_for",
     "is_refund_approved",
@@ -107,7 +108,8 @@ SPANS: Final[Mapping[str, tuple[State, State]]] = {
 #: record is written. Bounds storage only: a transition costs the same at any count.
 TRANSITIONS_MAX: Final = ACCOUNT_ITEMS_MAX
 
-_SECONDS_PER_DAY: Final = 86_400
+#: Time in state is kept in seconds and shown (and measured) in days.
+SECONDS_PER_DAY: Final = 86_400
 
 
 class Transition(NamedTuple):
@@ -115,11 +117,12 @@ class Transition(NamedTuple):
 
     from_state: str | None
     state: str
-    #: Days in ``from_state`` (None for a first state); negative when dated before its entry.
-    days_in_from: float | None
+    #: Seconds in ``from_state`` (None for a first state); negative when dated before its
+    #: entry. Whole seconds: the state documents hold no float (the money checks walk them).
+    seconds_in_from: int | None
     expected: bool
-    #: ``SPANS`` that end here, with their days.
-    spans: tuple[tuple[str, float], ...]
+    #: ``SPANS`` that end here, with their seconds.
+    spans: tuple[tuple[str, int], ...]
 
 
 def is_refund_approved(event: Event) -> bool:
@@ -160,7 +163,7 @@ def closes_at_zero_balance(event: Event, balances: Balances, posted: bool) -> bo
             and balances.unapplied_credit == 0)
 
 
-def expectation(from_state: str | None, state: str, days_in_from: float | None
+def expectation(from_state: str | None, state: str, seconds_in_from: int | None
                 ) -> tuple[bool, str | None]:
     """Whether ``from_state -> state`` keeps the expected order, and if not, why."""
     reasons: list[str] = []
@@ -169,8 +172,9 @@ def expectation(from_state: str | None, state: str, days_in_from: float | None
         after = "with no state yet" if from_state is None else f"after {from_state}"
         reasons.append(f"{state} is not expected {after} (expected: "
                        f"{', '.join(s for s in STATES if s in allowed) or 'nothing'})")
-    if days_in_from is not None and days_in_from < 0:
-        reasons.append(f"dated {-days_in_from:.2f} days before {from_state} was entered")
+    if seconds_in_from is not None and seconds_in_from < 0:
+        reasons.append(f"dated {-seconds_in_from / SECONDS_PER_DAY:.2f} days before "
+                       f"{from_state} was entered")
     return not reasons, "; ".join(reasons) or None
 
 
@@ -180,8 +184,8 @@ def transition_id(version: int, n: int) -> str:
     return f"{version:012d}-{n}"
 
 
-def _days(at: datetime, since: datetime) -> float:
-    return round((at - since).total_seconds() / _SECONDS_PER_DAY, 4)
+def _seconds(at: datetime, since: datetime) -> int:
+    return int((at - since).total_seconds())
 
 
 def advance(before: Lifecycle | None, event: Event, version: int, balances: Balances,
@@ -202,20 +206,20 @@ def advance(before: Lifecycle | None, event: Event, version: int, balances: Bala
         from_state = current.state if current is not None else None
         if state == from_state:
             continue  # staying is not a transition
-        days = _days(at, current.since) if current is not None else None
-        expected, reason = expectation(from_state, state, days)
+        seconds = _seconds(at, current.since) if current is not None else None
+        expected, reason = expectation(from_state, state, seconds)
         entered = dict(current.entered) if current is not None else {}
-        spans = tuple((name, _days(at, entered[start])) for name, (start, end) in SPANS.items()
+        spans = tuple((name, _seconds(at, entered[start])) for name, (start, end) in SPANS.items()
                       if end == state and start in entered)
         entered[state] = at
         current = Lifecycle(state=state, since=at, event_id=event.event_id,
                             expected=expected, entered=entered)
-        made.append(Transition(from_state, state, days, expected, spans))
+        made.append(Transition(from_state, state, seconds, expected, spans))
         if recorded + len(records) < TRANSITIONS_MAX:
             claim_id = getattr(event, "claim_id", None) or event.dimensions.claim_id
             records[("transition", transition_id(version, len(made)))] = {
                 "version": version, "from_state": from_state, "state": state, "at": at,
                 "event_id": event.event_id, "event_kind": event.kind.value,
-                "source": event.source, "claim_id": claim_id, "days_in_from": days,
+                "source": event.source, "claim_id": claim_id, "seconds_in_from": seconds,
                 "expected": expected, "reason": reason, "detail": detail}
     return current, records, tuple(made)

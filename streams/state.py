@@ -190,9 +190,9 @@ class TransitionRecord(TypedDict):
     event_kind: str
     source: str
     claim_id: str | None
-    #: Days spent in ``from_state`` (``at`` minus when it was entered; negative when the
-    #: event is dated before that: it arrived out of order).
-    days_in_from: float | None
+    #: Seconds spent in ``from_state`` (``at`` minus when it was entered; negative when the
+    #: event is dated before that: it arrived out of order). None for a first state.
+    seconds_in_from: int | None
     #: False when the state machine does not expect ``from_state -> state``; ``reason`` says
     #: why. Applied and recorded all the same.
     expected: bool
