@@ -94,7 +94,8 @@ EXPECTED: Final[Mapping[str | None, frozenset[str]]] = {
 }
 
 #: The spans the metrics watch beside the time in each state (from the last entry into the
-#: first state to an entry into the second, whatever lay between): name -> (from, to).
+#: first state to the first entry into the second after it, whatever lay between):
+#: name -> (from, to).
 SPANS: Final[Mapping[str, tuple[State, State]]] = {
     "registration_to_claim": ("registration_complete", "claim_submitted"),
     "claim_to_payment": ("claim_submitted", "payment_posted"),
@@ -188,6 +189,12 @@ def _seconds(at: datetime, since: datetime) -> int:
     return int((at - since).total_seconds())
 
 
+def _first_since(entered: Mapping[str, datetime], start: str, end: str) -> bool:
+    """Whether entering ``end`` now is its first entry since ``start`` was last entered (a
+    span is measured once: to the first payment after the claim, not to every later one)."""
+    return start in entered and (end not in entered or entered[end] < entered[start])
+
+
 def advance(before: Lifecycle | None, event: Event, version: int, balances: Balances,
             posted: bool, recorded: int
             ) -> tuple[Lifecycle | None, dict[ItemRef, TransitionRecord], tuple[Transition, ...]]:
@@ -210,7 +217,7 @@ def advance(before: Lifecycle | None, event: Event, version: int, balances: Bala
         expected, reason = expectation(from_state, state, seconds)
         entered = dict(current.entered) if current is not None else {}
         spans = tuple((name, _seconds(at, entered[start])) for name, (start, end) in SPANS.items()
-                      if end == state and start in entered)
+                      if end == state and _first_since(entered, start, end))
         entered[state] = at
         current = Lifecycle(state=state, since=at, event_id=event.event_id,
                             expected=expected, entered=entered)
