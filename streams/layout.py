@@ -147,7 +147,8 @@ def accounts_json_schema() -> dict[str, Any]:
         "description": "Compacted topic, keyed in the account's partition. Key "
         "'<account>': the head. Key '<account>/<kind>/<id>': one item of the account "
         "(kind: charge, claim, adjudication, payment, transition; id: the event id, the "
-        "claim id for a claim, '<account version, 12 digits>-<n>' for a transition). An account number holds no '/'. A head without 'layout' was written by an "
+        "claim id for a claim, '<account version, 12 digits>-<n>' for a transition). An "
+        "account number holds no '/'. A head without 'layout' was written by an "
         "older rcmflow: `rcmflow upgrade` rewrites it.",
         "keys": {
             "<account>": AccountHead.model_json_schema(mode="serialization"),

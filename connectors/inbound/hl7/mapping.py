@@ -7,7 +7,8 @@ else FT1-12 (unit) x FT1-10 (quantity); `100&USD` is read as its first sub-compo
 Account: PID-18, else PV1-19 (configurable order); encounter: PV1-19. ADT and BAR events
 listed in the status table (A01/A04 admit/register -> open, A03 -> discharged, ...) become an
 account status change; an ADT A01 or A04 is also a ``workflow_step`` registration_complete
-(the account's lifecycle, streams/lifecycle.py), after the status change. A message is accepted or refused whole: one bad FT1 refuses it all.
+(the account's lifecycle, streams/lifecycle.py), after the status change. A message is
+accepted or refused whole: one bad FT1 refuses it all.
 
 ``source_totals`` reads an accepted message's money again, straight from its FT1 fields (not
 from the events), for `rcmflow reconcile` (connectors/inbound/totals.py): measure
