@@ -43,7 +43,7 @@ from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation
 from pydantic import BaseModel
 
 from rcmflow.streams.money import cents_decimal
-from rcmflow.streams.state import ItemRef
+from rcmflow.streams.state import LIFECYCLE_SYSTEM, ItemRef
 
 __all__ = [
     "BALANCE_EXTENSION",
@@ -74,9 +74,6 @@ BALANCE_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Accou
 #: ``state`` (a Coding of LIFECYCLE_SYSTEM), ``since`` (dateTime) and ``expected`` (boolean:
 #: false when the transition into it broke the expected order).
 LIFECYCLE_EXTENSION = "urn:rcmflow:fhir:StructureDefinition:account-lifecycle-state"
-#: The lifecycle states' code system (``streams/lifecycle.py`` STATES; also the Task codes
-#: that FHIR ingest takes as workflow steps).
-LIFECYCLE_SYSTEM = "urn:rcmflow:lifecycle-state"
 AGGREGATE_SYSTEM = "http://hl7.org/fhir/account-aggregate"
 TERM_SYSTEM = "http://hl7.org/fhir/account-balance-term"
 ACCOUNT_SYSTEM = "urn:rcmflow:account"

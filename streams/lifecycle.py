@@ -29,7 +29,13 @@ from rcmflow.streams.events import (
     WorkflowStep,
 )
 from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX
-from rcmflow.streams.state import Balances, ItemRef, Lifecycle, TransitionRecord
+from rcmflow.streams.state import (
+    LIFECYCLE_SYSTEM,
+    Balances,
+    ItemRef,
+    Lifecycle,
+    TransitionRecord,
+)
 
 __all__ = [
     "STATES",
@@ -37,6 +43,7 @@ __all__ = [
     "EXPECTED",
     "SPANS",
     "TRANSITIONS_MAX",
+    "LIFECYCLE_SYSTEM",
     "SECONDS_PER_DAY",
     "Transition",
     "steps_for",

@@ -30,6 +30,7 @@ __all__ = [
     "PaymentRecord",
     "TransitionRecord",
     "Lifecycle",
+    "LIFECYCLE_SYSTEM",
     "Item",
     "ItemKind",
     "ItemRef",
@@ -225,6 +226,11 @@ class ItemCounts(_Frozen):
 
     def plus(self, kind: ItemKind, n: int = 1) -> ItemCounts:
         return self.model_copy(update={kind: getattr(self, kind) + n})
+
+
+#: The lifecycle states' code system (``lifecycle.STATES``), wherever they are codes: the FHIR
+#: Account's lifecycle extension, and the FHIR Task codes ingest takes as workflow steps.
+LIFECYCLE_SYSTEM = "urn:rcmflow:lifecycle-state"
 
 
 class Lifecycle(_Frozen):
