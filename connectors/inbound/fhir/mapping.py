@@ -61,6 +61,7 @@ from rcmflow.streams.events import (
     PatientPayment,
     Refund,
     WorkflowStep,
+    WorkflowStepName,
 )
 from rcmflow.streams.exceptions import MoneyError
 from rcmflow.streams.money import cents_text, money_cents
@@ -490,7 +491,7 @@ def _notice(doc: dict[str, Any]) -> Mapped | Refused:
                   "(PaymentReconciliation); the money is applied from that one, nothing here")
 
 
-def _workflow(kind: str, key: str, account: str, step: str, when: tuple[str, Any],
+def _workflow(kind: str, key: str, account: str, step: WorkflowStepName, when: tuple[str, Any],
               options: MappingOptions, **fields: Any) -> Mapped | Refused:
     """A ``workflow_step`` (no money) from a Task or a CoverageEligibilityResponse."""
     try:
@@ -513,7 +514,7 @@ def _task(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapped | Re
                        "workflow step counts once done; nothing applied", severity="warning")
     codings = (doc.get("code") or {}).get("coding") or []
     steps = [c.get("code") for c in codings if c.get("system") == LIFECYCLE_SYSTEM]
-    step = next((s for s in steps if s in WORKFLOW_STEPS), None)
+    step = next((s for s in WORKFLOW_STEPS if s in steps), None)
     if step is None:
         return refused("fhir_task_unknown_step", "Task.code has no coding of "
                        f"{LIFECYCLE_SYSTEM} naming a workflow step ({', '.join(WORKFLOW_STEPS)})"
