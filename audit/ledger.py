@@ -50,7 +50,7 @@ from rich.console import Console
 from rocksdict import Rdict
 
 from rcmflow.audit.digest import BUCKETS, HeadStore, read_live, scratch_dir, store_options
-from rcmflow.audit.tallies import DlqTally, EntityBalances, RefundTally
+from rcmflow.audit.tallies import AccountsByState, DlqTally, EntityBalances, RefundTally
 from rcmflow.ops.items import ItemState, is_done
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
@@ -340,12 +340,14 @@ class Follower:
         self.dlq = DlqTally()
         self.balances = EntityBalances()
         self.refunds = RefundTally()
+        self.states = AccountsByState()
 
     def families(self) -> list[Metric]:
         return [
             *self.dlq.families(),
             *self.balances.families(),
             *self.refunds.families(),
+            *self.states.families(),
             counter("rcmflow_audit_mismatches", "Accounts found whose ledger buckets differ "
                     "from the sum of their posting deltas (each mismatch once).",
                     [({}, self.mismatches)]),
@@ -422,6 +424,7 @@ class Follower:
             if not is_head_key(record.key):
                 self.refunds.take(record.key, record.value)  # the pending refunds' metrics
                 return  # an item record
+            self.states.take(self.heads.db.get(record.key), record.value)
             self.heads.put(record.key, record.value)
             if record.value is None:
                 return  # a tombstone: nothing to check

@@ -301,7 +301,7 @@ class ReplayTables(MemoryTables):
         for p, account in result.heads:
             key = (p, head_key(account))
             self.accounts[key] = bytes(memoryview(self.accounts[key]))
-        for p, account, ref in result.items:
+        for p, account, ref in (*result.transitions, *result.items):
             key = (p, item_key(account, ref))
             self.accounts[key] = bytes(memoryview(self.accounts[key]))
 

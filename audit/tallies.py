@@ -23,8 +23,8 @@ from rcmflow.runtime.metrics import BoundedLabel, Metric, counter, gauge
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.topics import DLQ, POSTINGS_DLQ
 
-__all__ = ["DlqTally", "EntityBalances", "RefundTally", "DLQ_ITEMS_TRACKED_MAX", "QUEUES",
-           "REFUNDS_TRACKED_MAX"]
+__all__ = ["DlqTally", "EntityBalances", "RefundTally", "AccountsByState",
+           "DLQ_ITEMS_TRACKED_MAX", "QUEUES", "REFUNDS_TRACKED_MAX"]
 
 log = logging.getLogger("rcmflow.audit")
 
@@ -235,6 +235,40 @@ class RefundTally:
                   "request waiting for approval, per entity (against the policy's SLA)",
                   [({"entity": e}, max(now - s, 0.0)) for e, s in oldest.items()]),
         ]
+
+
+class AccountsByState:
+    """Accounts by entity and lifecycle state (``streams/lifecycle.py``; ``none``: no state
+    yet), across every partition: the follower reads every head of rcm.accounts from its
+    start, so each account is counted once, in the state of its newest head, restart or not.
+    ``take`` gets an account's previous head (or None) and its new one (None: a tombstone)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        self._entities = BoundedLabel()
+
+    def _labels(self, head: bytes | None) -> tuple[str, str] | None:
+        if head is None:
+            return None
+        doc = orjson.loads(head)
+        lifecycle = doc.get("lifecycle") or {}
+        return self._entities(str(doc.get("entity") or "")), str(lifecycle.get("state") or
+                                                                  "none")
+
+    def take(self, previous: bytes | None, head: bytes | None) -> None:
+        before, after = self._labels(previous), self._labels(head)
+        if before == after:
+            return
+        if before is not None:
+            self.counts[before] = self.counts.get(before, 0) - 1
+        if after is not None:
+            self.counts[after] = self.counts.get(after, 0) + 1
+
+    def families(self) -> list[Metric]:
+        return [gauge("rcmflow_audit_accounts_by_state", "Accounts by entity and lifecycle "
+                      "state (none: no state yet), from their newest head on rcm.accounts",
+                      [({"entity": e, "state": s}, n)
+                       for (e, s), n in list(self.counts.items())])]
 
 
 def _received_s(received_at: Any, timestamp_ms: int | None) -> float:

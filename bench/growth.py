@@ -229,6 +229,7 @@ def records_of(result: BatchResult, messages: list[Message]) -> list[OutRecord]:
     nexts = {m.partition: m.offset + 1 for m in messages}
     out += [OutRecord(DEDUP_TOPIC, p, NEXT_OFFSET_KEY, str(o).encode()) for p, o in nexts.items()]
     out += AccountTables.head_records(result.heads)
+    out += AccountTables.item_records(result.transitions)
     out += AccountTables.item_records(result.items)
     return out
 

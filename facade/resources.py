@@ -43,10 +43,12 @@ from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation
 from pydantic import BaseModel
 
 from rcmflow.streams.money import cents_decimal
-from rcmflow.streams.state import ItemRef
+from rcmflow.streams.state import LIFECYCLE_SYSTEM, ItemRef
 
 __all__ = [
     "BALANCE_EXTENSION",
+    "LIFECYCLE_EXTENSION",
+    "LIFECYCLE_SYSTEM",
     "PROVIDER_PREFIX",
     "Built",
     "account_resource",
@@ -68,6 +70,10 @@ __all__ = [
 
 #: HL7's cross-version extension carrying R5's Account.balance on an R4 Account.
 BALANCE_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Account.balance"
+#: rcmflow's extension with the account's lifecycle state (docs/lifecycle.md): sub-extensions
+#: ``state`` (a Coding of LIFECYCLE_SYSTEM), ``since`` (dateTime) and ``expected`` (boolean:
+#: false when the transition into it broke the expected order).
+LIFECYCLE_EXTENSION = "urn:rcmflow:fhir:StructureDefinition:account-lifecycle-state"
 AGGREGATE_SYSTEM = "http://hl7.org/fhir/account-aggregate"
 TERM_SYSTEM = "http://hl7.org/fhir/account-balance-term"
 ACCOUNT_SYSTEM = "urn:rcmflow:account"
@@ -220,6 +226,16 @@ def _balance(cents: int, aggregate: str | None, label: str) -> dict[str, Any]:
 _ACCOUNT_STATUS = {"closed": "inactive"}
 
 
+def _lifecycle(lifecycle: Mapping[str, Any]) -> dict[str, Any]:
+    state = str(lifecycle["state"])
+    return {"url": LIFECYCLE_EXTENSION, "extension": [
+        {"url": "state", "valueCoding": {"system": LIFECYCLE_SYSTEM, "code": state,
+                                         "display": state.replace("_", " ").capitalize()}},
+        {"url": "since", "valueDateTime": utc_instant(lifecycle["since"])},
+        {"url": "expected", "valueBoolean": bool(lifecycle.get("expected", True))},
+    ]}
+
+
 def _meta(version: int, updated: str | None) -> dict[str, Any]:
     meta: dict[str, Any] = {"versionId": str(version)}
     if updated is not None:
@@ -278,6 +294,8 @@ def account_resource(head: Mapping[str, Any], payers: Sequence[str]) -> Built:
             _balance(b["patient_ar"], "patient", "Patient"),
             # No aggregate: the whole balance (insurance + patient - unapplied credit).
             _balance(b["balance"], None, "Total"),
+            # The workflow state, once the account has one.
+            *([_lifecycle(head["lifecycle"])] if head.get("lifecycle") else []),
         ],
         "identifier": [{"system": ACCOUNT_SYSTEM, "value": _text(account)}],
         "status": _ACCOUNT_STATUS.get(head["status"], "active"),

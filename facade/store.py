@@ -404,6 +404,10 @@ class Store:
                                     (key,))
                 if part.item is None:
                     changed += self._put_head(part.account, doc, dirty)
+                elif part.item[0] == "transition":
+                    # Read and kept nowhere: the Account shows the state from the head (the
+                    # history is `rcmflow accounts show`'s).
+                    changed += 1
                 else:
                     changed += self._put_item(part, doc, dirty)
             self._rebuild(dirty)

@@ -27,6 +27,7 @@ from rcmflow.streams.events import (
     RefundApproved,
     RefundRejected,
 )
+from rcmflow.streams.lifecycle import Transition, advance
 from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.postings import RULE_VERSION, UnmappedLine, posting_id
 from rcmflow.streams.refund_policy import RefundPolicy, load_refund_policy
@@ -60,6 +61,9 @@ class Applied(NamedTuple):
     #: The posting delta as sent (``PostingDelta`` JSON), or None when nothing moved.
     delta: bytes | None
     unmapped: tuple[UnmappedLine, ...]
+    #: The lifecycle transitions it made (``lifecycle.py``), for the metrics; their records
+    #: are in ``items`` (kind ``transition``).
+    transitions: tuple[Transition, ...] = ()
 
 
 def new_account(account: str) -> AccountHead:
@@ -124,7 +128,15 @@ def apply(
                                                     cents=was.cents + pending[1])
     if isinstance(event, AccountStatusChanged):
         updates["status"] = event.status
-    return Applied(head.model_copy(update=updates), changes, delta, unmapped)
+    # The workflow state: its records depend on the head (the state left), unlike the items
+    # ``item_changes`` makes; the worker writes them before the head (``write_order.py``).
+    lifecycle, transitions, made = advance(head.lifecycle, event, version, balances,
+                                           delta is not None, counts.transition)
+    if made:
+        updates["lifecycle"] = lifecycle
+        updates["items"] = counts.plus("transition", len(transitions))
+    changed: dict[ItemRef, Item] = {**changes, **transitions}
+    return Applied(head.model_copy(update=updates), changed, delta, unmapped, made)
 
 
 def _currency_unsupported(currency: str, ledger: str) -> Rejection:

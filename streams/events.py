@@ -47,6 +47,9 @@ __all__ = [
     "AccountStatusChanged",
     "ProviderAdjustment",
     "SuspenseReclassified",
+    "WorkflowStep",
+    "WorkflowStepName",
+    "WORKFLOW_STEPS",
     "Event",
     "EVENT_ADAPTER",
     "event_digest",
@@ -88,6 +91,7 @@ class EventKind(StrEnum):
     ACCOUNT_STATUS_CHANGED = "account_status_changed"
     PROVIDER_ADJUSTMENT = "provider_adjustment"
     SUSPENSE_RECLASSIFIED = "suspense_reclassified"
+    WORKFLOW_STEP = "workflow_step"
 
 
 class _Frozen(BaseModel):
@@ -362,6 +366,35 @@ class SuspenseReclassified(_EventBase):
         return self
 
 
+#: The workflow steps other systems report (``workflow_step``); the lifecycle states rcmflow
+#: derives from its own events are in ``lifecycle.py``.
+WorkflowStepName: TypeAlias = Literal[
+    "registration_complete",
+    "eligibility_verified",
+    "charge_review_complete",
+    "coding_approved",
+    "appeal_initiated",
+    "patient_statement_issued",
+]
+WORKFLOW_STEPS: tuple[WorkflowStepName, ...] = (
+    "registration_complete", "eligibility_verified", "charge_review_complete",
+    "coding_approved", "appeal_initiated", "patient_statement_issued")
+
+
+class WorkflowStep(_EventBase):
+    """A revenue-cycle workflow step another system completed (registration, eligibility,
+    charge review, coding, appeal, patient statement). Moves the account's lifecycle state
+    (``lifecycle.py``); posts nothing."""
+
+    kind: Literal[EventKind.WORKFLOW_STEP]
+    step: WorkflowStepName
+    claim_id: Code | None = Field(None, description="The claim an appeal or coding is about.")
+    #: An eligibility result: ``active``, ``inactive``, ``error``, ... (a 271 EB01 or a FHIR
+    #: CoverageEligibilityResponse's outcome / inforce).
+    result: Code | None = Field(None, description="An eligibility check's result, e.g. active.")
+    note: Annotated[str, Field(max_length=200)] | None = None
+
+
 Event = Annotated[
     ChargePosted
     | ChargeReversed
@@ -375,7 +408,8 @@ Event = Annotated[
     | ManualAdjustment
     | AccountStatusChanged
     | ProviderAdjustment
-    | SuspenseReclassified,
+    | SuspenseReclassified
+    | WorkflowStep,
     Field(discriminator="kind"),
 ]
 

@@ -12,6 +12,8 @@ key                                     value
 ``<account>/adjudication/<event_id>``   one payer answer to a claim (``AdjudicationRecord``)
 ``<account>/payment/<event_id>``        a patient payment or a posted refund (``PaymentRecord``)
 ``<account>/refund/<event_id>``         a refund request and its approvals (``RefundRecord``)
+``<account>/transition/<version>-<n>``  a lifecycle transition (``TransitionRecord``;
+                                        ``lifecycle.transition_id``)
 ======================================  ==============================================
 
 An account number cannot hold "/" (``AccountKey``), so the first "/" ends it; the id is the
@@ -109,7 +111,8 @@ def assemble(head: Mapping[str, Any], items: Mapping[ItemRef, Mapping[str, Any]]
              ) -> dict[str, Any]:
     """One account as a single document, for people (``rcmflow accounts show --json``): the
     head with its ``charges``, ``claims`` (each with its ``adjudications``), ``payments``
-    and ``refunds`` (refund requests and their approvals), oldest first."""
+    and ``refunds`` (refund requests and their approvals), oldest first, and its lifecycle
+    ``transitions`` in the order they were applied."""
     def ordered(kind: ItemKind) -> list[dict[str, Any]]:
         found = [dict(item) for (k, _), item in items.items() if k == kind]
         return sorted(found, key=lambda i: (str(i.get("occurred_at") or i.get("submitted_at")
@@ -120,8 +123,10 @@ def assemble(head: Mapping[str, Any], items: Mapping[ItemRef, Mapping[str, Any]]
     for adj in ordered("adjudication"):
         claims.setdefault(adj["claim_id"], {"claim_id": adj["claim_id"],
                                             "adjudications": []})["adjudications"].append(adj)
+    transitions = [dict(item) for (k, _), item in sorted(items.items()) if k == "transition"]
     return {**head, "charges": ordered("charge"), "claims": claims,
-            "payments": ordered("payment"), "refunds": ordered("refund")}
+            "payments": ordered("payment"), "refunds": ordered("refund"),
+            "transitions": transitions}
 
 
 def accounts_json_schema() -> dict[str, Any]:
@@ -135,20 +140,21 @@ def accounts_json_schema() -> dict[str, Any]:
         ClaimRecord,
         PaymentRecord,
         RefundRecord,
+        TransitionRecord,
     )
 
     kinds: dict[str, Any] = {"charge": ChargeRecord, "claim": ClaimRecord,
                              "adjudication": AdjudicationRecord, "payment": PaymentRecord,
-                             "refund": RefundRecord}
+                             "refund": RefundRecord, "transition": TransitionRecord}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "rcm.accounts records (layout 2)",
         "description": "Compacted topic, keyed in the account's partition. Key "
         "'<account>': the head. Key '<account>/<kind>/<id>': one item of the account "
-        "(kind: charge, claim, adjudication, payment, refund; id: the event id, or the claim "
-        "id for a claim, or the request's event id for a refund request). An account number "
-        "holds no '/'. A head without 'layout' was written by an older rcmflow: `rcmflow "
-        "upgrade` rewrites it.",
+        "(kind: charge, claim, adjudication, payment, refund, transition; id: the event id, "
+        "the claim id for a claim, the request's event id for a refund request, '<account "
+        "version, 12 digits>-<n>' for a transition). An account number holds no '/'. A head "
+        "without 'layout' was written by an older rcmflow: `rcmflow upgrade` rewrites it.",
         "keys": {
             "<account>": AccountHead.model_json_schema(mode="serialization"),
             **{f"<account>/{kind}/<id>": TypeAdapter(model).json_schema(mode="serialization")

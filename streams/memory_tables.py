@@ -122,6 +122,7 @@ def head_records(result: BatchResult) -> Records:
 
 
 def item_records(result: BatchResult) -> Records:
+    """The items and the lifecycle transitions a batch wrote."""
     return {(p, item_key(account, ref)): item_json(item)
-            for (p, account, ref), item in result.items.items()}
+            for (p, account, ref), item in (*result.transitions.items(), *result.items.items())}
 

@@ -41,6 +41,7 @@ from rcmflow.streams.dedup import (
 )
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.events import EVENT_ADAPTER, Event, EventKind, event_digest
+from rcmflow.streams.lifecycle import Transition
 from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, DLQ_PAYLOAD_BYTES_MAX, EVENT_BYTES_MAX
 from rcmflow.streams.refund_policy import RefundPolicy, load_refund_policy
 from rcmflow.streams.rejections import Rejection
@@ -101,6 +102,9 @@ class AppliedEvent(NamedTuple):
     timestamp_ms: int | None
     #: Whether it made a posting delta.
     posted: bool
+    #: The event's entity (a bounded label) and the lifecycle transitions it made.
+    entity: str = ""
+    transitions: tuple[Transition, ...] = ()
 
 
 @dataclass
@@ -120,6 +124,10 @@ class BatchResult:
     #: item). Heads before items: a head on the broker means its batch's items reached the
     #: broker or are re-derived on redelivery (``_redeliver``).
     items: dict[tuple[int, str, ItemRef], Item] = field(default_factory=dict)
+    #: Phase 3 comes after these: the lifecycle transition records (``lifecycle.py``). They
+    #: depend on the head before their event, so unlike items they cannot be re-derived once
+    #: a later head is durable: they are made durable before the heads.
+    transitions: dict[tuple[int, str, ItemRef], Item] = field(default_factory=dict)
     #: Phases 5-7, the purge (``_purge``), each durable before the next: the moved purge
     #: marks, then the expired dedup records deleted, then their index keys deleted. After the
     #: dedup records: a batch read again whose mark moved has all its dedup records, so its
@@ -308,7 +316,8 @@ class Processor:
             out.counts.applied += 1
             posting = self._emit(msg, out, event, outcome)
             out.applied.append(AppliedEvent(event.source, event.kind.value, msg.timestamp_ms,
-                                            posting is not None))
+                                            posting is not None, event.dimensions.entity,
+                                            outcome.transitions))
             entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
                                version=outcome.head.version, posting_sha256=_sha256(posting),
                                horizon_day=filed)
@@ -331,7 +340,8 @@ class Processor:
               items: dict[ItemRef, Item]) -> None:
         out.heads[(partition, head.account)] = head
         for ref, item in items.items():
-            out.items[(partition, head.account, ref)] = item
+            into = out.transitions if ref[0] == "transition" else out.items
+            into[(partition, head.account, ref)] = item
 
     def _redeliver(
         self,

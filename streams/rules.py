@@ -26,6 +26,7 @@ from rcmflow.streams.events import (
     RefundApproved,
     RefundRejected,
     SuspenseReclassified,
+    WorkflowStep,
     WriteOff,
 )
 from rcmflow.streams.postings import PostingLine
@@ -109,7 +110,7 @@ def movements_for(
             return _charge(event, chart)
         case ChargeReversed():
             return _charge_reversal(event, items, chart)
-        case ClaimSubmitted() | AccountStatusChanged():
+        case ClaimSubmitted() | AccountStatusChanged() | WorkflowStep():
             return []
         case ClaimAdjudicated():
             return _adjudication(event, state, chart)

@@ -30,6 +30,9 @@ __all__ = [
     "PaymentRecord",
     "RefundRecord",
     "RefundApproval",
+    "TransitionRecord",
+    "Lifecycle",
+    "LIFECYCLE_SYSTEM",
     "Item",
     "ItemKind",
     "ItemRef",
@@ -219,10 +222,39 @@ class ClaimRecord(TypedDict):
     first_adjudicated_at: datetime | None
 
 
+class TransitionRecord(TypedDict):
+    """One lifecycle transition (``lifecycle.py``): an item of its own, named by the account
+    version that made it and its place in that event (``<version:012d>-<n>``), so the
+    records sort in the order they were applied."""
+
+    version: int
+    #: The state left (None: the account's first state) and the state entered.
+    from_state: str | None
+    state: str
+    #: When it happened at the source (the event's ``occurred_at``).
+    at: datetime
+    event_id: str
+    event_kind: str
+    source: str
+    claim_id: str | None
+    #: Seconds spent in ``from_state`` (``at`` minus when it was entered; negative when the
+    #: event is dated before that: it arrived out of order). None for a first state.
+    seconds_in_from: int | None
+    #: False when the state machine does not expect ``from_state -> state``; ``reason`` says
+    #: why. Applied and recorded all the same.
+    expected: bool
+    reason: str | None
+    #: ``workflow_step`` details: an eligibility result, a note; ``zero_balance`` for a close
+    #: by the zero-balance rule.
+    detail: str | None
+
+
 #: Item kinds, as they appear in item keys (``layout.py``).
-ItemKind = Literal["charge", "claim", "adjudication", "payment", "refund"]
-ITEM_KINDS: tuple[ItemKind, ...] = ("charge", "claim", "adjudication", "payment", "refund")
-Item = ChargeRecord | ClaimRecord | AdjudicationRecord | PaymentRecord | RefundRecord
+ItemKind = Literal["charge", "claim", "adjudication", "payment", "refund", "transition"]
+ITEM_KINDS: tuple[ItemKind, ...] = ("charge", "claim", "adjudication", "payment", "refund",
+                                    "transition")
+Item = (ChargeRecord | ClaimRecord | AdjudicationRecord | PaymentRecord | RefundRecord
+        | TransitionRecord)
 #: (kind, id): an item's name within its account.
 ItemRef = tuple[ItemKind, str]
 
@@ -233,6 +265,10 @@ class ItemCounts(_Frozen):
     adjudication: int = 0
     payment: int = 0
     refund: int = 0
+    #: Lifecycle transitions made (``TransitionRecord``); 0 in heads written before them.
+    #: Not in ``total``: they are bounded on their own (``lifecycle.TRANSITIONS_MAX``), so a
+    #: long history never refuses the money events that make it.
+    transition: int = 0
 
     def total(self) -> int:
         return self.charge + self.claim + self.adjudication + self.payment + self.refund
@@ -247,6 +283,22 @@ class PendingRefunds(_Frozen):
 
     count: int = 0
     cents: int = 0
+#: The lifecycle states' code system (``lifecycle.STATES``), wherever they are codes: the FHIR
+#: Account's lifecycle extension, and the FHIR Task codes ingest takes as workflow steps.
+LIFECYCLE_SYSTEM = "urn:rcmflow:lifecycle-state"
+
+
+class Lifecycle(_Frozen):
+    """The account's workflow state (``lifecycle.py``): where it is, since when, and when it
+    last entered each state (the spans the metrics watch). Small: one entry per state."""
+
+    state: str
+    since: datetime
+    event_id: str
+    #: Whether the transition into ``state`` was one the state machine expects.
+    expected: bool = True
+    #: State -> when the account last entered it (at most one entry per state).
+    entered: dict[str, datetime] = Field(default_factory=dict)
 
 
 class AccountHead(_Frozen):
@@ -268,6 +320,8 @@ class AccountHead(_Frozen):
     balances: Balances = Balances()
     items: ItemCounts = ItemCounts()
     refunds_pending: PendingRefunds = PendingRefunds()
+    #: The workflow state; None until the first transition (and in heads written before it).
+    lifecycle: Lifecycle | None = None
 
     def item_count(self) -> int:
         """Items held for this account: bounded by ``Settings.account_items_max``."""

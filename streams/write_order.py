@@ -6,7 +6,8 @@ apply them (``Processor``), and, at_least_once:
 
 1. send the posting deltas and DLQ records; wait for the acks;
 2. write the dedup records and next offsets (local store, then changelog); wait;
-3. write the account heads, then the items (local store, then rcm.accounts); wait for each;
+3. write the lifecycle transition records, then the account heads, then the items (local
+   store, then rcm.accounts); wait for each;
 4. the dedup horizon's purge, if due: its mark, the records, the index keys; wait for each;
 5. move the commit limit (``durable_next``) past the batch.
 
@@ -117,8 +118,14 @@ class Batches:
         tables.store(dedup, {})  # the local store may run ahead of its changelog
         tables.store([], {}, await send(dedup))
         await self.shell.reached("dedup-acked")
-        # Account heads, then items (rcm.accounts records): a head on the broker means its
-        # batch's dedup records are there, and items not there are re-derived on redelivery.
+        # Lifecycle transitions, then account heads, then items (rcm.accounts records): a
+        # head on the broker means its batch's dedup records and transitions are there (a
+        # transition depends on the head before its event: it cannot be re-derived later),
+        # and items not there are re-derived on redelivery.
+        transitions = tables.item_records(result.transitions)
+        if transitions:
+            tables.store(transitions, {})
+            tables.store([], {}, await send(transitions))
         heads = tables.head_records(result.heads)
         items = tables.item_records(result.items)
         tables.store(heads + items, result.heads)
@@ -138,6 +145,7 @@ class Batches:
         partition in one transaction; the local stores only after it committed."""
         tables = self.tables
         changelog = tables.dedup_records(result.dedup_writes, admitted.advanced)
+        changelog += tables.item_records(result.transitions)
         changelog += tables.head_records(result.heads)
         changelog += tables.item_records(result.items)
         for writes in (result.purge_marks, result.purged_records, result.purged_index):

@@ -915,8 +915,9 @@ def accounts_show(
     account: Annotated[str, typer.Argument(help="Patient account number, or provider:<id>.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """One account's balance buckets (in cents with --json), claims and payments (its head
-    and items; --json prints them as one document)."""
+    """One account's balance buckets (in cents with --json), claims, payments and lifecycle
+    state with its transition history (its head and items; --json prints them as one
+    document: ``lifecycle`` and ``transitions``)."""
     from rcmflow.ops.accounts import latest_snapshots
     from rcmflow.streams.money import cents_for_people
     from rcmflow.streams.topics import ACCOUNTS
@@ -946,6 +947,27 @@ def accounts_show(
                            cents_for_people(claim["total_charge_cents"]),
                            str(len(claim["adjudications"])))
         out.print(claims)
+    _print_lifecycle(snap)
+
+
+def _print_lifecycle(snap: dict[str, Any]) -> None:
+    """The account's lifecycle state and its transitions, oldest first (docs/lifecycle.md)."""
+    lifecycle = snap.get("lifecycle")
+    if not lifecycle:
+        out.print("lifecycle: no state yet")
+        return
+    flag = "" if lifecycle.get("expected", True) else "  [yellow](out of order)[/yellow]"
+    out.print(f"lifecycle: [bold]{lifecycle['state']}[/bold] since {lifecycle['since']}{flag}")
+    history = Table("at", "from", "to", "days in from", "source event", "order",
+                    title="lifecycle history")
+    for t in snap.get("transitions") or []:
+        seconds = t.get("seconds_in_from")
+        days = "" if seconds is None else f"{seconds / 86_400:.1f}"
+        order = ("expected" if t["expected"]
+                 else f"[yellow]unexpected: {escape(str(t['reason']))}[/yellow]")
+        history.add_row(str(t["at"]), str(t["from_state"] or "-"), t["state"], days,
+                        escape(f"{t['event_kind']} {t['event_id']}"), order)
+    out.print(history)
 
 
 def _refunds_connect(changes: bool) -> tuple[Settings, KafkaConnection]:

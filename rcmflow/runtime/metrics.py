@@ -34,7 +34,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 __all__ = ["Families", "Metric", "Rows", "new_registry", "serve", "render", "counter",
-           "gauge", "histogram", "Histogram", "BoundedLabel", "LATENCY_BUCKETS_S",
+           "gauge", "histogram", "Histogram", "BoundedLabel", "LATENCY_BUCKETS_S", "DAYS_BUCKETS",
            "REQUEST_BUCKETS_S", "LABEL_VALUES_MAX", "OTHER", "url", "CONTENT_TYPE_LATEST"]
 
 #: What a process gives its registry: a function returning its metric families now.
@@ -114,6 +114,9 @@ def _family(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str
 #: shows as the +Inf bucket filling, not as a new label).
 LATENCY_BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                                         5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+#: Revenue-cycle durations (days): time in a lifecycle state, claim to payment, ...
+DAYS_BUCKETS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 14.0, 21.0, 30.0, 45.0,
+                                   60.0, 90.0, 120.0, 180.0, 365.0)
 #: HTTP request latency buckets (seconds).
 REQUEST_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                         0.5, 1.0, 2.5, 5.0, 10.0)

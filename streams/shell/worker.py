@@ -54,11 +54,20 @@ from mode import CrashingSupervisor
 from rcmflow.runtime.faults import NO_FAULTS, Faults, SkipRecords, kill_this_process
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import committed_offsets, log_ends
-from rcmflow.runtime.metrics import BoundedLabel, Histogram, Metric, counter, gauge, histogram
+from rcmflow.runtime.metrics import (
+    DAYS_BUCKETS,
+    BoundedLabel,
+    Histogram,
+    Metric,
+    counter,
+    gauge,
+    histogram,
+)
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.dedup import is_retry
+from rcmflow.streams.lifecycle import SECONDS_PER_DAY, Transition
 from rcmflow.streams.ordering import OffsetGuard
 from rcmflow.streams.outgoing import Acked, OutRecord
 from rcmflow.streams.processor import AppliedEvent, BatchResult, Counts, Message, Processor
@@ -128,6 +137,13 @@ class Progress:
     #: rcm.events record timestamp -> its posting delta durable on rcm.postings, seconds.
     latency: Histogram = field(default_factory=Histogram)
     sources: BoundedLabel = field(default_factory=BoundedLabel)
+    #: Lifecycle (``streams/lifecycle.py``): (entity, from, to, expected) -> transitions; the
+    #: days spent in a state as it was left, by (entity, from, to); the watched spans' days
+    #: by (entity, span). Entities are bounded (``BoundedLabel``), states and spans fixed.
+    transitions: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    time_in_state: Histogram = field(default_factory=lambda: Histogram(DAYS_BUCKETS))
+    spans: Histogram = field(default_factory=lambda: Histogram(DAYS_BUCKETS))
+    entities: BoundedLabel = field(default_factory=BoundedLabel)
 
     def note(self, applied: Sequence[AppliedEvent], now_s: float) -> None:
         """Count a durable batch's applied events (``now_s``: Unix time it became durable).
@@ -141,6 +157,22 @@ class Progress:
         # A producer clock ahead of ours would give a negative latency: 0.
         self.latency.observe_many([max(0.0, now_s - e.timestamp_ms / 1000) for e in posted
                                    if e.timestamp_ms is not None])
+        for e in applied:
+            if e.transitions:
+                self._note_transitions(self.entities(e.entity), e.transitions)
+
+    def _note_transitions(self, entity: str, transitions: Sequence[Transition]) -> None:
+        """Each transition at its event's own dates (``occurred_at``); one dated before the
+        state it leaves was entered (it came out of order) counts 0 days."""
+        for t in transitions:
+            source = t.from_state or "none"
+            key = (entity, source, t.state, "true" if t.expected else "false")
+            self.transitions[key] = self.transitions.get(key, 0) + 1
+            if t.seconds_in_from is not None:
+                self.time_in_state.observe(max(0, t.seconds_in_from) / SECONDS_PER_DAY,
+                                           (entity, source, t.state))
+            for span, seconds in t.spans:
+                self.spans.observe(max(0, seconds) / SECONDS_PER_DAY, (entity, span))
 
 
 def worker_families(progress: Progress) -> list[Metric]:
@@ -171,6 +203,19 @@ def worker_families(progress: Progress) -> list[Metric]:
         histogram("rcmflow_worker_event_to_posting_seconds", "From the rcm.events record's "
                   "timestamp (the connector published the event) to its posting delta "
                   "acknowledged on rcm.postings", [], progress.latency),
+        counter("rcmflow_worker_lifecycle_transitions", "Account lifecycle transitions made, "
+                "by entity, the state left (none: the first), the state entered and whether "
+                "the state machine expects it (docs/lifecycle.md)",
+                [({"entity": e, "from_state": f, "to_state": t, "expected": x}, n)
+                 for (e, f, t, x), n in list(progress.transitions.items())]),
+        histogram("rcmflow_worker_lifecycle_time_in_state_days", "Days an account spent in "
+                  "a lifecycle state, observed as it left it (by the events' dates), by "
+                  "entity, that state and the state entered",
+                  ["entity", "from_state", "to_state"], progress.time_in_state),
+        histogram("rcmflow_worker_lifecycle_span_days", "Days from the last entry into one "
+                  "lifecycle state to the first entry into another after it (claim_to_payment, "
+                  "denial_to_appeal, ...: docs/lifecycle.md), by entity and span",
+                  ["entity", "span"], progress.spans),
     ]
 
 

@@ -160,3 +160,35 @@ def test_pending_refunds_by_entity_and_the_oldest_age(follower: Follower) -> Non
     # 1_794_736_800 is 2026-11-15T10:00Z: R-old (the 10th) is 5 days old, R-02 4 days.
     assert oldest == {"01": 5 * 86_400, "02": 4 * 86_400}
     assert item_key("P1", ("refund", "R-done")) not in follower.refunds.pending
+
+
+def test_accounts_by_state_follow_each_accounts_newest_head(follower: Follower) -> None:
+    """Heads as the follower reads them from rcm.accounts: an account counts once, in its
+    newest head's lifecycle state; a tombstone takes it out."""
+    from rcmflow.streams.layout import is_head_key
+    from rcmflow.streams.memory_tables import head_records
+    from rcmflow.streams.topics import ACCOUNTS
+    from tests.factories import event_doc
+
+    tables = MemoryTables()
+    processor = Processor(load_chart())
+    heads: list[tuple[bytes, bytes]] = []
+    for doc in [event_doc("workflow_step", account="A1", step="registration_complete"),
+                event_doc("workflow_step", account="A2", step="registration_complete"),
+                charge(1_000, account="A3", dimensions={"entity": "02"}),
+                event_doc("claim_submitted", account="A1", claim_id="C1",
+                          total_charge_cents=0)]:
+        result = processor.process(messages([doc]), tables)
+        tables.write(result)
+        heads += [(key, value) for (_, key), value in head_records(result).items()
+                  if is_head_key(key)]
+    for offset, (key, value) in enumerate(heads):
+        follower.take(Record(ACCOUNTS, 0, offset, key, value, STAMP_MS))
+    got = {k.split("state", 1)[1]: v for k, v in _samples(follower).items()
+           if k.startswith("rcmflow_audit_accounts_by_state")}
+    assert got == {"entity=01,state=registration_complete": 1,
+                   "entity=01,state=claim_submitted": 1, "entity=02,state=none": 1}
+    follower.take(Record(ACCOUNTS, 0, len(heads), b"A2", None, STAMP_MS))
+    got = {k.split("state", 1)[1]: v for k, v in _samples(follower).items()
+           if k.startswith("rcmflow_audit_accounts_by_state")}
+    assert got["entity=01,state=registration_complete"] == 0

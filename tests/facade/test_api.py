@@ -10,7 +10,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rcmflow.facade.params import RESOURCES
-from rcmflow.facade.resources import BALANCE_EXTENSION, fhir_id, patient_id_for
+from rcmflow.facade.resources import (
+    BALANCE_EXTENSION,
+    LIFECYCLE_EXTENSION,
+    LIFECYCLE_SYSTEM,
+    fhir_id,
+    patient_id_for,
+    utc_instant,
+)
 from tests.facade.conftest import bearer, dollars, exact, fhir_body
 
 
@@ -51,6 +58,8 @@ async def test_account_carries_balances_as_exact_money_and_its_version(
     assert account["subject"] == [{"reference": f"Patient/{patient_id_for(snap)}"}]
     balances = {}
     for ext in exact(response)["extension"]:
+        if ext["url"] == LIFECYCLE_EXTENSION:
+            continue  # test_account_shows_its_lifecycle_state
         assert ext["url"] == BALANCE_EXTENSION
         parts = {p["url"]: p for p in ext["extension"]}
         aggregate = parts.get("aggregate", {}).get("valueCodeableConcept", {})
@@ -63,6 +72,19 @@ async def test_account_carries_balances_as_exact_money_and_its_version(
     assert b'"value":' + str(dollars(b["balance"])).encode() in response.content
     assert all(str(v).count(".") == 1 and len(str(v).split(".")[1]) == 2
                for v in balances.values())
+
+
+async def test_account_shows_its_lifecycle_state(
+        client: httpx.AsyncClient, snapshots: dict[str, dict[str, Any]]) -> None:
+    """The lifecycle state and since when, as the head holds it (docs/lifecycle.md)."""
+    lifecycle = snapshots["A1002"]["lifecycle"]
+    account = fhir_body(await client.get("/fhir/Account/A1002"))
+    (ext,) = [e for e in account["extension"] if e["url"] == LIFECYCLE_EXTENSION]
+    parts = {p["url"]: p for p in ext["extension"]}
+    assert parts["state"]["valueCoding"]["system"] == LIFECYCLE_SYSTEM
+    assert parts["state"]["valueCoding"]["code"] == lifecycle["state"]
+    assert parts["since"]["valueDateTime"] == utc_instant(lifecycle["since"])
+    assert parts["expected"]["valueBoolean"] is lifecycle["expected"]
 
 
 async def test_claim_and_claim_response_show_the_adjudication(

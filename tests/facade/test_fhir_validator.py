@@ -31,6 +31,7 @@ from rcmflow.connectors.inbound.hl7.reader import normalise, read_message
 from rcmflow.connectors.inbound.hl7.service import mapping_config
 from rcmflow.connectors.inbound.x12.files import limits_from, process_x12_path
 from rcmflow.facade.params import RESOURCES
+from rcmflow.facade.resources import LIFECYCLE_EXTENSION, LIFECYCLE_SYSTEM
 from rcmflow.facade.store import Store
 from rcmflow.runtime.settings import Settings
 from rcmflow.streams.chart import load_chart
@@ -146,6 +147,7 @@ async def collect(app: FastAPI, open_app: FastAPI, out: Path) -> dict[str, str]:
 #: Deliberately broken copies of a served Account, validated in the same run: the validator
 #: must find an error in each, or it is not judging the Account's balance extension at all.
 BROKEN = "broken-"
+BROKEN_LIFECYCLE = "broken-lifecycle-"
 
 
 def write_broken(out: Path, where: dict[str, str]) -> None:
@@ -164,6 +166,20 @@ def write_broken(out: Path, where: dict[str, str]) -> None:
         {"url": "amount", "valueString": "12.00"} if p["url"] == "amount" else p for p in parts])
     variant("balance-with-two-terms", [*parts, {"url": "term", "valueCodeableConcept": {
         "text": "twice"}}])
+    # The lifecycle extension (rcmflow's own definition, facade/definitions/) is judged too.
+    (lifecycle,) = [e for e in served["extension"] if e["url"] == LIFECYCLE_EXTENSION]
+    others = [e for e in served["extension"] if e["url"] != LIFECYCLE_EXTENSION]
+
+    def lifecycle_variant(name: str, parts: list[dict[str, Any]]) -> None:
+        doc = {**served, "extension": [*others, {**lifecycle, "extension": parts}]}
+        (out / f"{BROKEN_LIFECYCLE}{name}.json").write_bytes(orjson.dumps(doc))
+        where[f"{BROKEN_LIFECYCLE}{name}.json"] = f"(broken on purpose: {name})"
+
+    parts = lifecycle["extension"]
+    lifecycle_variant("without-since", [p for p in parts if p["url"] != "since"])
+    lifecycle_variant("unknown-state", [
+        {"url": "state", "valueCoding": {"system": LIFECYCLE_SYSTEM, "code": "paid_in_full"}}
+        if p["url"] == "state" else p for p in parts])
 
 
 def documented_warnings() -> list[re.Pattern[str]]:
@@ -202,9 +218,14 @@ def test_hl7_validator_finds_no_error_in_anything_the_facade_serves(tmp_path: Pa
     assert not errors, "\n".join(f"{where[i.file]}: {i}" for i in errors[:40])
 
     # The broken copies fail: the balance extension's definition is applied, not passed over.
-    broken = [f for f in result.files if f.startswith(BROKEN)]
+    broken = [f for f in result.files if f.startswith(BROKEN)
+              and not f.startswith(BROKEN_LIFECYCLE)]
     flagged = {i.file for i in result.of("error") if "extension-Account.balance" in i.message}
     assert len(broken) == 3 and flagged == set(broken), (broken, flagged)
+    # And so is the lifecycle extension's: a missing part, a code its code system lacks.
+    broken = [f for f in result.files if f.startswith(BROKEN_LIFECYCLE)]
+    flagged = {i.file for i in result.of("error") if i.file.startswith(BROKEN_LIFECYCLE)}
+    assert len(broken) == 2 and flagged == set(broken), (broken, flagged)
 
     # Every warning that stays is listed, with its reason, in docs/fhir-conformance.md.
     patterns = documented_warnings()

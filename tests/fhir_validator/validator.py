@@ -23,6 +23,9 @@ __all__ = ["Issue", "Report", "r4_search_parameters", "validate_dir", "validator
 
 #: Definitions the validator cannot download offline (Harness.java --definitions).
 DEFINITIONS = Path(__file__).resolve().parent / "definitions"
+#: rcmflow's own conformance resources (the Account lifecycle extension and its code
+#: system), as the facade package ships them.
+OWN_DEFINITIONS = Path(__file__).resolve().parents[2] / "facade" / "definitions"
 #: One JVM validates the whole set; on 2 busy cores it takes about a minute.
 RUN_TIMEOUT_S = 900
 #: Small heap, serial GC: the validator holds R4's definitions, nothing more. C1 only
@@ -70,7 +73,7 @@ def validate_dir(java: str, jars: Path, directory: Path) -> Report:
     """Every ``*.json`` file in ``directory`` through the validator, in one JVM."""
     done = subprocess.run(
         [java, *JVM_OPTIONS, "-cp", f"{jars}/*", str(HARNESS), "--definitions",
-         str(DEFINITIONS), str(directory)],
+         str(DEFINITIONS), "--definitions", str(OWN_DEFINITIONS), str(directory)],
         capture_output=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, (
         f"the validator harness failed (exit {done.returncode}):\n"

@@ -31,6 +31,7 @@ EVERY_KIND = [
     event_doc("suspense_reclassified", posting_id="pst_1", role="gross_revenue",
               dimension="ED", bucket="gross_charges", amount_cents=-100,
               missing="gross_revenue[revenue code 0999]", suspense_account="2900"),
+    event_doc("workflow_step", step="eligibility_verified", result="active"),
 ]
 
 
@@ -51,6 +52,21 @@ def test_every_kind_validates_and_round_trips() -> None:
     for doc in EVERY_KIND:
         event = parse(doc)
         assert EVENT_ADAPTER.validate_json(event.model_dump_json()) == event
+
+
+def test_the_schema_lists_the_workflow_step_kind() -> None:
+    """`rcmflow schema events` publishes the workflow events other systems send."""
+    schema = json.dumps(events_json_schema())
+    assert '"workflow_step"' in schema
+    for step in ("registration_complete", "eligibility_verified", "charge_review_complete",
+                 "coding_approved", "appeal_initiated", "patient_statement_issued"):
+        assert f'"{step}"' in schema
+
+
+def test_an_unknown_workflow_step_is_refused() -> None:
+    code, reason = reject(event_doc("workflow_step", step="claim_paid"))
+    assert code == "invalid_event"
+    assert "step" in reason
 
 
 @pytest.mark.parametrize("amount", [12.5, 100.0, "100", True, None])
@@ -130,7 +146,7 @@ def test_head_json_is_the_models_own_document() -> None:
         head, items = result.head, {**items, **result.items}
     assert json.loads(head_json(head)) == json.loads(head.model_dump_json())
     assert AccountHead.model_validate_json(head_json(head)) == head
-    assert head.items.total() == len(items) == 4
+    assert head.items.total() + head.items.transition == len(items) == 5  # + payment_posted
 
 
 def test_the_published_accounts_schema_holds_every_record_the_worker_writes() -> None:

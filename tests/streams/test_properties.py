@@ -88,7 +88,8 @@ def test_every_delta_balances_and_the_ledger_equals_the_state(
         assert state["items"] == {"charge": len(state["charges"]), "claim": len(claims),
                                   "adjudication": len(adjudications),
                                   "payment": len(state["payments"]),
-                                  "refund": len(state["refunds"])}
+                                  "refund": len(state["refunds"]),
+                                  "transition": len(state["transitions"])}
         paid = [p["amount_cents"] for p in state["payments"] if p["kind"] == "patient_payment"]
         refunded = [p["amount_cents"] for p in state["payments"] if p["kind"] == "refund"]
         assert (balances["patient_paid"], balances["refunds"]) == (sum(paid), sum(refunded))

@@ -28,7 +28,8 @@ class Call:
     """One call of the write order into the shell, and the commit limit when it was made."""
 
     what: str
-    #: The kinds of record sent or stored: postings, dlq, dedup, next-offset, head, item.
+    #: The kinds of record sent or stored: postings, dlq, dedup, next-offset, transition,
+    #: head, item.
     kinds: tuple[str, ...]
     limit: dict[int, int]
     #: send: the (topic, partition, key) of each record; store: the heads and acks it got.
@@ -43,6 +44,8 @@ def kind(record: OutRecord) -> str:
     if record.topic == DEDUP:
         return "next-offset" if record.key == NEXT_OFFSET_KEY else "dedup"
     assert record.topic == ACCOUNTS
+    if b"/transition/" in record.key:
+        return "transition"
     return "item" if b"/" in record.key else "head"
 
 
@@ -96,14 +99,18 @@ BATCH = [charge(10_000), charge(5_000, account="A2"),
          {"not": "an event", "account": "A3"}]
 
 
-def test_at_least_once_sends_outputs_then_dedup_then_heads_then_items() -> None:
+def test_at_least_once_sends_outputs_then_dedup_then_transitions_then_heads_then_items(
+        ) -> None:
+    """The adjudication's payment_posted transition depends on the head before it: it is
+    durable before the head, which a redelivery judges by."""
     shell = apply(World(CHART), BATCH)
     sends = [c.kinds for c in shell.calls if c.what == "send"]
-    assert sends == [("postings", "dlq"), ("dedup", "next-offset"), ("head",), ("item",)]
+    assert sends == [("postings", "dlq"), ("dedup", "next-offset"), ("transition",), ("head",),
+                     ("item",)]
     # The local store gets each write before it is sent (it may run ahead of its changelog,
     # never behind what the broker holds).
     stores = [c.kinds for c in shell.calls if c.what == "store" and c.kinds]
-    assert stores == [("dedup", "next-offset"), ("head", "item")]
+    assert stores == [("dedup", "next-offset"), ("transition",), ("head", "item")]
 
 
 def test_at_least_once_moves_the_commit_limit_only_after_the_last_write() -> None:
@@ -117,9 +124,9 @@ def test_at_least_once_moves_the_commit_limit_only_after_the_last_write() -> Non
 def test_exactly_once_sends_everything_in_one_transaction_then_commits_then_stores() -> None:
     shell = apply(World(CHART, exactly_once=True), BATCH)
     assert [(c.what, c.kinds) for c in shell.calls if c.what in ("send", "commit", "store")] == [
-        ("send", ("postings", "dlq", "dedup", "next-offset", "head", "item")),
+        ("send", ("postings", "dlq", "dedup", "next-offset", "transition", "head", "item")),
         ("commit", ()),
-        ("store", ("dedup", "next-offset", "head", "item")),
+        ("store", ("dedup", "next-offset", "transition", "head", "item")),
     ]
     limits = {c.what: c.limit for c in shell.calls}
     assert limits["commit"] == {} and limits["store"] == {PARTITION: len(BATCH)}

@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from rcmflow.connectors.inbound.fhir.mapping import (
+    NO_MONEY,
     FhirEvent,
     Mapped,
     MappingOptions,
@@ -78,8 +79,9 @@ REASONS_KEPT = 100
 WARNING_CODES = frozenset({
     "fhir_unsupported_resource",  # a FHIR type rcmflow does not take (Observation, Patient...)
     "fhir_not_billable",  # a ChargeItem planned / aborted / not-billable
-    "fhir_not_complete",  # a PaymentReconciliation whose outcome is queued / error / partial
-    "fhir_not_active",  # a PaymentNotice that is not active
+    "fhir_not_complete",  # a PaymentReconciliation / eligibility response not complete
+    "fhir_not_active",  # a PaymentNotice or CoverageEligibilityResponse not active
+    "fhir_task_not_completed",  # a Task not done yet (a workflow step counts once done)
     "fhir_empty",  # a file with no resource in it
 })
 
@@ -540,6 +542,8 @@ def _totals(unit: Unit, result: Mapped, accepted: list[FhirEvent],
     origin_of = {id(e): o for e, o in zip(result.events, result.origins, strict=True)}
     totals = SourceTotals(event_ids=[(e.account, e.event_id) for e in accepted])
     for event in accepted:
+        if origin_of[id(event)] == NO_MONEY:
+            continue  # a workflow step: no money to state
         totals.add(*source_amount(unit.doc, origin_of[id(event)], limits.options),
                    event_id=event.event_id)
     return totals

@@ -15,6 +15,18 @@ PaymentReconciliation      a patient's payment: one event per ``detail``, amount
                            (``paymentIssuer`` an Organization): refused, see ``_payer``.
 PaymentNotice              a notice about a PaymentReconciliation (``payment`` is 1..1):
                            validated and kept, no event (the money moves with the other).
+Task                       status completed, ``code`` a step of ``urn:rcmflow:lifecycle-state``
+                           (registration_complete, eligibility_verified,
+                           charge_review_complete, coding_approved, appeal_initiated,
+                           patient_statement_issued) -> ``workflow_step``; account ``for``,
+                           else ``focus`` (Account/<number> or an identifier); when
+                           ``executionPeriod.end``, else ``lastModified``, else ``authoredOn``.
+                           Other statuses: nothing (warning).
+CoverageEligibilityResponse  status active, outcome complete or partial ->
+                           ``workflow_step`` eligibility_verified, result ``active`` when an
+                           ``insurance`` is in force (``inforce``), else ``inactive``
+                           (``unknown`` with no ``inforce``); account from ``patient``
+                           (``Patient/pat.<account>``); when ``created``.
 =========================  =================================================================
 
 A refusal is the core ``Rejection`` (streams/rejections.py) with one ``Problem`` whose place
@@ -41,16 +53,20 @@ from rcmflow.connectors.inbound.exceptions import FhirValueError
 from rcmflow.runtime.settings import default_of
 from rcmflow.streams.date_window import DATE_OUT_OF_RANGE, DateWindow
 from rcmflow.streams.events import (
+    WORKFLOW_STEPS,
     ChargePosted,
     ChargeReversed,
     Dimensions,
     EventKind,
     PatientPayment,
     Refund,
+    WorkflowStep,
+    WorkflowStepName,
 )
 from rcmflow.streams.exceptions import MoneyError
 from rcmflow.streams.money import cents_text, money_cents
 from rcmflow.streams.rejections import Problem, Rejection, Severity
+from rcmflow.streams.state import LIFECYCLE_SYSTEM
 
 from .values import (
     account_from_reference,
@@ -65,9 +81,16 @@ from .values import (
 __all__ = ["FhirEvent", "Mapped", "Refused", "refused", "MappingOptions", "map_resource",
            "resource_key", "SUPPORTED", "known_type", "source_amount"]
 
-FhirEvent: TypeAlias = ChargePosted | ChargeReversed | PatientPayment | Refund
+FhirEvent: TypeAlias = ChargePosted | ChargeReversed | PatientPayment | Refund | WorkflowStep
 
-SUPPORTED = ("ChargeItem", "PaymentReconciliation", "PaymentNotice")
+SUPPORTED = ("ChargeItem", "PaymentReconciliation", "PaymentNotice", "Task",
+             "CoverageEligibilityResponse")
+#: Where a workflow event's (no money) origin is: ``source_amount`` is not asked about it.
+NO_MONEY = "-"
+TASK_STATUS = ("draft", "requested", "received", "accepted", "rejected", "ready", "cancelled",
+               "in-progress", "on-hold", "failed", "completed", "entered-in-error")
+ELIGIBILITY_OUTCOMES = frozenset({"complete", "partial"})
+NOTE_CHARS_MAX = 200
 SOURCE = "fhir"
 CHARGE_STATUSES = frozenset({"billable", "billed"})
 #: R4 value sets, for quoting a code in a reason only when it is one (see ``code_text``).
@@ -165,7 +188,7 @@ def map_resource(doc: Any, *, full_url: str | None, options: MappingOptions) -> 
     except (ValueError, TypeError, RecursionError) as exc:
         return refused("fhir_invalid", f"{kind} is not valid R4: {type(exc).__name__}")
     if kind not in SUPPORTED:
-        return refused("fhir_unsupported_resource", f"{kind} moves no money in rcmflow (it "
+        return refused("fhir_unsupported_resource", f"{kind} is not taken by rcmflow (it "
                        f"takes {', '.join(SUPPORTED)}); nothing applied", severity="warning")
     key = resource_key(doc, full_url)
     if key is None:
@@ -176,6 +199,10 @@ def map_resource(doc: Any, *, full_url: str | None, options: MappingOptions) -> 
             return _charge_item(doc, key, options)
         if kind == "PaymentReconciliation":
             return _reconciliation(doc, key, options)
+        if kind == "Task":
+            return _task(doc, key, options)
+        if kind == "CoverageEligibilityResponse":
+            return _eligibility(doc, key, options)
         return _notice(doc)
     except FhirValueError as exc:
         return refused(exc.code, f"{kind}: {exc}")
@@ -435,7 +462,8 @@ def source_amount(doc: dict[str, Any], origin: str,
     """(account, day, measure, cents) an applied part of a resource states: a ChargeItem's
     ``priceOverride`` (negative when entered-in-error), or ``detail[n].amount`` of a
     PaymentReconciliation (> 0 a payment, < 0 a refund). Raises on a part that was never
-    applicable (the mapping refused it)."""
+    applicable (the mapping refused it), or one with no money (``NO_MONEY``)."""
+    assert origin != NO_MONEY, "a workflow step states no amount"
     if not origin:
         charged = _charge_account(doc, options)
         assert isinstance(charged, str), charged
@@ -461,3 +489,73 @@ def _notice(doc: dict[str, Any]) -> Mapped | Refused:
                        "nothing applied", severity="warning")
     return Mapped(note="PaymentNotice: a notice about the payment it references "
                   "(PaymentReconciliation); the money is applied from that one, nothing here")
+
+
+def _workflow(kind: str, key: str, account: str, step: WorkflowStepName, when: tuple[str, Any],
+              options: MappingOptions, **fields: Any) -> Mapped | Refused:
+    """A ``workflow_step`` (no money) from a Task or a CoverageEligibilityResponse."""
+    try:
+        occurred = instant(when[1], where=when[0])
+        if implausible := options.date_window.problem(occurred, when[0]):
+            raise FhirValueError(implausible, DATE_OUT_OF_RANGE)
+        event = WorkflowStep(kind=EventKind.WORKFLOW_STEP, event_id=key, account=account,
+                             occurred_at=occurred, source=SOURCE, step=step, **fields)
+    except FhirValueError as exc:
+        return refused(exc.code, f"{kind}: {exc}", account=account)
+    except ValidationError as exc:
+        return refused("fhir_invalid_value", f"{kind}: {_errors(exc)}", account=account)
+    return Mapped(events=[event], origins=[NO_MONEY])
+
+
+def _task(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapped | Refused:
+    if doc.get("status") != "completed":
+        return refused("fhir_task_not_completed", f"Task status "
+                       f"{code_text(doc.get('status'), TASK_STATUS)} is not completed: a "
+                       "workflow step counts once done; nothing applied", severity="warning")
+    codings = (doc.get("code") or {}).get("coding") or []
+    steps = [c.get("code") for c in codings if c.get("system") == LIFECYCLE_SYSTEM]
+    step = next((s for s in WORKFLOW_STEPS if s in steps), None)
+    if step is None:
+        return refused("fhir_task_unknown_step", "Task.code has no coding of "
+                       f"{LIFECYCLE_SYSTEM} naming a workflow step ({', '.join(WORKFLOW_STEPS)})"
+                       "; nothing applied")
+    try:
+        account = (account_from_reference(doc.get("for"), systems=options.account_systems)
+                   or account_from_reference(doc.get("focus"),
+                                             systems=options.account_systems))
+    except FhirValueError as exc:
+        return refused("fhir_no_account", f"Task: {exc}")
+    if account is None:
+        return refused("fhir_no_account", "Task: for (else focus) names no account: use "
+                       "Account/<number> or an identifier whose system is in "
+                       "RCMFLOW_FHIR_ACCOUNT_SYSTEMS")
+    period = doc.get("executionPeriod") or {}
+    when = next(((w, v) for w, v in (("executionPeriod.end", period.get("end")),
+                                      ("lastModified", doc.get("lastModified")),
+                                      ("authoredOn", doc.get("authoredOn"))) if v is not None),
+                ("executionPeriod.end, lastModified or authoredOn", None))
+    description = doc.get("description")
+    note = description[:NOTE_CHARS_MAX] if isinstance(description, str) and description else None
+    return _workflow("Task", key, account, step, when, options, note=note)
+
+
+def _eligibility(doc: dict[str, Any], key: str, options: MappingOptions) -> Mapped | Refused:
+    if doc.get("status") != "active":
+        return refused("fhir_not_active", "CoverageEligibilityResponse status "
+                       f"{code_text(doc.get('status'), FM_STATUS)} is not active: nothing "
+                       "applied", severity="warning")
+    if doc.get("outcome") not in ELIGIBILITY_OUTCOMES:
+        shown = code_text(doc.get("outcome"), RECONCILIATION_OUTCOME)
+        return refused("fhir_not_complete", f"CoverageEligibilityResponse outcome {shown}: no "
+                       "eligibility result yet; nothing applied", severity="warning")
+    try:
+        account = account_from_subject(doc.get("patient"))
+    except FhirValueError as exc:
+        return refused("fhir_no_account", f"CoverageEligibilityResponse: {exc}")
+    if account is None:
+        return refused("fhir_no_account", "CoverageEligibilityResponse: patient names no "
+                       "account: use Patient/pat.<number> (the facade's patient ids)")
+    inforce = [i.get("inforce") for i in doc.get("insurance") or [] if isinstance(i, dict)]
+    result = ("active" if True in inforce else "inactive" if False in inforce else "unknown")
+    return _workflow("CoverageEligibilityResponse", key, account, "eligibility_verified",
+                     ("created", doc.get("created")), options, result=result)

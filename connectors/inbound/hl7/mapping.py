@@ -6,7 +6,9 @@ negative amount or quantity on a charge type is a reversal too. Amount: FT1-11 (
 else FT1-12 (unit) x FT1-10 (quantity); `100&USD` is read as its first sub-component.
 Account: PID-18, else PV1-19 (configurable order); encounter: PV1-19. ADT and BAR events
 listed in the status table (A01/A04 admit/register -> open, A03 -> discharged, ...) become an
-account status change. A message is accepted or refused whole: one bad FT1 refuses it all.
+account status change; an ADT A01 or A04 is also a ``workflow_step`` registration_complete
+(the account's lifecycle, streams/lifecycle.py), after the status change. A message is
+accepted or refused whole: one bad FT1 refuses it all.
 
 ``source_totals`` reads an accepted message's money again, straight from its FT1 fields (not
 from the events), for `rcmflow reconcile` (connectors/inbound/totals.py): measure
@@ -55,6 +57,9 @@ STATUS_BY_TRIGGER_DEFAULT: dict[str, str] = {
     "A01": "open", "A04": "open", "A03": "discharged", "P01": "open", "P06": "closed",
 }
 SUPPORTED_TYPES = ("DFT", "BAR", "ADT")
+#: ADT triggers that complete a registration (admit, register an outpatient): they add a
+#: ``workflow_step`` registration_complete, event id ``<base>:registration``.
+REGISTRATION_TRIGGERS = frozenset({"A01", "A04"})
 _ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 #: FT1-7.3 coding systems whose code is a procedure code (CPT-4, HCPCS).
@@ -132,6 +137,12 @@ def map_message(msg: Hl7Message, config: MappingConfig) -> list[Event] | Rejecte
         _check_date(occurred, occurred_at, config, problems)
         docs.append(("MSH^1^9", {"kind": "account_status_changed", "event_id": f"{base}:status",
                                  "status": status, "occurred_at": occurred,
+                                 "dimensions": _dimensions(config, encounter=encounter)}))
+    if kind == "ADT" and trigger in REGISTRATION_TRIGGERS and account is not None:
+        _check_date(occurred, occurred_at, config, problems)
+        docs.append(("MSH^1^9", {"kind": "workflow_step", "event_id": f"{base}:registration",
+                                 "step": "registration_complete", "occurred_at": occurred,
+                                 "note": f"ADT^{trigger}",
                                  "dimensions": _dimensions(config, encounter=encounter)}))
     if kind == "DFT" and not ft1s:
         problems.add("no_ft1", "FT1",

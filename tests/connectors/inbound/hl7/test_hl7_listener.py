@@ -157,7 +157,8 @@ async def test_every_public_sample_over_one_connection(
     assert sorted((e["kind"], e["account"], e.get("amount_cents")) for e in events) == [
         ("account_status_changed", "123456789", None),
         ("account_status_changed", "O75622322", None),
-        ("charge_posted", "4000776", 10000), ("charge_posted", "4000776", 12000)]
+        ("charge_posted", "4000776", 10000), ("charge_posted", "4000776", 12000),
+        ("workflow_step", "123456789", None), ("workflow_step", "O75622322", None)]
 
 
 async def test_replay_is_aa_again_and_conflict_is_ae_with_dlq_across_a_restart(
@@ -207,7 +208,7 @@ async def test_malformed_messages_get_ae_or_ar_with_err_and_a_dlq_record(
     assert by_code["unreadable"]["payload"] == "this is not HL7"
     events = [json.loads(r.value) for r in await topic(broker, EVENTS)]
     assert [(e["kind"], e["account"]) for e in events] == [
-        ("account_status_changed", "123456789")]
+        ("account_status_changed", "123456789"), ("workflow_step", "123456789")]
 
 
 async def test_oversized_message_is_ar_and_the_connection_stays_open(

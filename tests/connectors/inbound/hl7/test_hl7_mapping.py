@@ -14,7 +14,13 @@ from rcmflow.connectors.inbound.hl7.mapping import MappingConfig, map_message
 from rcmflow.connectors.inbound.hl7.problems import Rejected, hl7_code
 from rcmflow.connectors.inbound.hl7.reader import normalise, read_message
 from rcmflow.streams.date_window import DateWindow
-from rcmflow.streams.events import AccountStatusChanged, ChargePosted, ChargeReversed, Event
+from rcmflow.streams.events import (
+    AccountStatusChanged,
+    ChargePosted,
+    ChargeReversed,
+    Event,
+    WorkflowStep,
+)
 
 SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "hl7"
 
@@ -40,8 +46,11 @@ EXPECTED: dict[str, list[Any]] = {
     # EVN-2 (the event's date) is 2029-08-01: past today + RCMFLOW_DATE_FUTURE_DAYS (366).
     "ms_bar_p01_01_v28.hl7": [("AE", "date_out_of_range", ["date_out_of_range"])],
     "ms_adt_a04_01_v28.hl7": [("AE", "date_out_of_range", ["date_out_of_range"])],
-    "ms_adt_a04_v23_bom.hl7": [[("account_status_changed", "123456789", "open")]],
-    "pythonhl7_adt_a01_hnam_v23.hl7": [[("account_status_changed", "O75622322", "open")]],
+    "ms_adt_a04_v23_bom.hl7": [[("account_status_changed", "123456789", "open"),
+                                ("workflow_step", "123456789", "registration_complete")]],
+    "pythonhl7_adt_a01_hnam_v23.hl7": [[("account_status_changed", "O75622322", "open"),
+                                        ("workflow_step", "O75622322",
+                                         "registration_complete")]],
     # PID-18 and PV1-19 empty: parked, with the reason.
     "lfh_dft_p03_minimal_v26.hl7": [("AE", "no_account", ["no_account", "no_amount"])],
     "pythonhl7_adt_a04_batch_v25.hl7": [("AE", "no_account", ["no_account"])] * 2,
@@ -51,6 +60,8 @@ EXPECTED: dict[str, list[Any]] = {
 def summary(event: Event) -> tuple[object, ...]:
     if isinstance(event, AccountStatusChanged):
         return (event.kind.value, event.account, event.status)
+    if isinstance(event, WorkflowStep):
+        return (event.kind.value, event.account, event.step)
     assert isinstance(event, ChargePosted)
     d = event.dimensions
     return (event.kind.value, event.account, event.amount_cents, event.quantity,
@@ -96,7 +107,10 @@ def test_the_2029_samples_map_once_the_window_reaches_2029() -> None:
         assert refused.problems[0].detail.startswith("EVN-2 2029-08-01 is after the latest")
         result = map_message(read_message(text), later)
         assert not isinstance(result, Rejected)
-        assert [summary(e) for e in result] == [("account_status_changed", "4000776", "open")]
+        registered = [("workflow_step", "4000776", "registration_complete")] \
+            if "adt_a04" in name else []  # a BAR P01 opens an account, it registers nobody
+        assert [summary(e) for e in result] == [
+            ("account_status_changed", "4000776", "open"), *registered]
 
 
 def test_missing_account_is_explained_in_the_error() -> None:
