@@ -48,7 +48,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 HEAVY_S = {
     "tests/chaos/test_chaos.py::test_a_broker_killed_three_times": 117,
     "tests/chaos/test_chaos.py::test_broker_kill_and_a_worker_paused": 114,
-    "tests/connectors/inbound/fhir/test_fhir_stream.py::test_a_bundle_of_200k": 83,
     "tests/chaos/test_chaos.py::test_seeded_fault_run": 68,  # + ~60 s for the Tryton site
     "tests/ops/test_workqueue.py::test_an_item_is_replayed_after_its_cause": 64,
     "tests/chaos/test_chaos.py::test_a_run_goes_red": 55,
