@@ -54,7 +54,7 @@ HEAVY_S = {
     "tests/connectors/erp/test_postgres_url.py::": 55,
     "tests/integration/test_crash.py::test_kill_9_at_every_step": 53,
     "tests/integration/test_exactly_once.py::test_exactly_once_kill_9": 50,
-    "tests/connectors/inbound/x12/test_x12_bulk.py::test_a_50000_claim_set": 46,
+    "tests/connectors/inbound/x12/test_x12_bulk.py::test_a_50000_claim_set": 41,
     "tests/audit/test_reconcile_scale.py::test_memory_is_bounded": 47,
     "tests/connectors/inbound/fhir/test_fhir_stream.py::test_memory_follows": 49,
     "tests/connectors/erp/test_tryton_stream.py::test_kill_9_connector": 45,
