@@ -43,6 +43,58 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(default; env RCMFLOW_TEST_BROKER).")
 
 
+#: The suite's longest tests and their seconds (a CI-like run on 2 shared cores, `--durations`,
+#: December 2026): a test id starting with a key. See ``pytest_collection_modifyitems``.
+HEAVY_S = {
+    "tests/chaos/test_chaos.py::test_a_broker_killed_three_times": 117,
+    "tests/chaos/test_chaos.py::test_broker_kill_and_a_worker_paused": 114,
+    "tests/chaos/test_chaos.py::test_seeded_fault_run": 68,  # + ~60 s for the Tryton site
+    "tests/ops/test_workqueue.py::test_an_item_is_replayed_after_its_cause": 64,
+    "tests/chaos/test_chaos.py::test_a_run_goes_red": 55,
+    "tests/connectors/erp/test_postgres_url.py::": 55,
+    "tests/integration/test_crash.py::test_kill_9_at_every_step": 53,
+    "tests/integration/test_exactly_once.py::test_exactly_once_kill_9": 50,
+    "tests/connectors/inbound/x12/test_x12_bulk.py::test_a_50000_claim_set": 41,
+    "tests/audit/test_reconcile_scale.py::test_memory_is_bounded": 47,
+    "tests/connectors/inbound/fhir/test_fhir_stream.py::test_memory_follows": 49,
+    "tests/connectors/erp/test_tryton_stream.py::test_kill_9_connector": 45,
+    "tests/integration/test_commit_catches_up.py::": 43,
+    "tests/test_types.py::": 43,
+}
+
+
+def _heavy_s(item: pytest.Item) -> float:
+    return next((s for key, s in HEAVY_S.items() if item.nodeid.startswith(key)), 0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The heaviest tests first, at the head of each xdist process's share.
+
+    xdist's worksteal hands process k the k-th of n contiguous shares of the collection and a
+    process that runs out steals the *tail* of another's share. A two-minute test left in a
+    share's middle can start when the other process has nothing left to steal and bounds the
+    run's tail; at the shares' heads, the heavy tests run first, side by side, and the short
+    ones fill in around them."""
+    heavy = sorted((i for i in items if _heavy_s(i)), key=lambda i: -_heavy_s(i))
+    if not heavy:
+        return
+    workerinput = getattr(config, "workerinput", None)
+    n = int(workerinput["workercount"]) if workerinput else 1
+    shares: list[list[pytest.Item]] = [[] for _ in range(n)]
+    for item in heavy:  # the longest first, to the share with the least so far
+        min(shares, key=lambda share: sum(map(_heavy_s, share))).append(item)
+    for share in shares:  # a module's tests together: its module-scoped fixtures start once
+        share.sort(key=lambda i: (i.nodeid.split("::")[0], -_heavy_s(i)))
+    chosen = set(heavy)
+    light = iter([i for i in items if i not in chosen])
+    ordered: list[pytest.Item] = []
+    for k, share in enumerate(shares):  # worksteal's split: len // processes left
+        size = (len(items) - len(ordered)) // (n - k)
+        ordered += share + [next(light) for _ in range(max(0, size - len(share)))]
+    ordered += list(light)
+    items[:] = ordered
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """One run per chosen broker for every test that reaches the ``broker`` fixture."""
     if "broker_kind" not in metafunc.fixturenames:

@@ -21,7 +21,7 @@ from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import committed_offsets, log_ends
 from rcmflow.streams.topics import EVENTS
 from tests.conftest import PARTITIONS, Broker, Workers, wait_until
-from tests.integration.test_crash import converged
+from tests.integration.test_crash import FAST, converged
 from tests.workload import Observed, Workload
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -46,7 +46,7 @@ def test_applied_records_the_consumer_drops_are_read_again_and_committed(
     expected = workload.expected()
     workload.publish(broker.connection)
     # w1 applies everything and commits nothing, then dies: all of it applied, none committed.
-    first = workers.start("w1", **Faults(worker_commit_hold_s=600).environment())
+    first = workers.start("w1", **FAST, **Faults(worker_commit_hold_s=600).environment())
     wait_until(lambda: converged(broker.connection, expected), 90, "w1 applied everything",
                first.log_tail)
     first.kill()
@@ -54,7 +54,8 @@ def test_applied_records_the_consumer_drops_are_read_again_and_committed(
     assert set(lagging) == set(range(PARTITIONS)), lagging
     # Back with its store; the records of partition 0 it fetches first are dropped.
     end = lagging[0][1]
-    again = workers.start("w1", **Faults(worker_drop_once_at=(0, 0, end)).environment())
+    # (FAST: its join waits for the killed member's session to expire.)
+    again = workers.start("w1", **FAST, **Faults(worker_drop_once_at=(0, 0, end)).environment())
     wait_until(lambda: not behind(broker.connection), 90, "every partition committed to its end",
                lambda: f"{behind(broker.connection)}\n{again.log_tail()}")
     log = again.log.read_text(errors="replace")

@@ -24,6 +24,13 @@ from tests.workload import Expected, Observed, Workload
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
+#: The workers' session timeout here (production: 10 s). A worker killed -9 stays in the group
+#: until its session expires, so every restart after a kill waited ~10 s for the rebalance
+#: (and a first join on Tansu takes about half the session): most of these tests' time. What
+#: they prove does not depend on it; the fault runs (tests/chaos) use 4 s too.
+SESSION_S = 4
+FAST = {"RCMFLOW_SESSION_TIMEOUT_S": str(SESSION_S)}
+
 
 def publish_slowly(workload: Workload, kafka: KafkaConnection, chunks: int,
                    pause_s: float) -> threading.Thread:
@@ -98,18 +105,21 @@ def _offsets(kafka: KafkaConnection, event_ids: set[str]) -> str:
 
 
 def wait_for_progress(kafka: KafkaConnection, worker: WorkerProcess, at_least: int,
-                      required: bool = True) -> None:
+                      required: bool = True, every: int | None = None) -> None:
     """Until ``at_least`` distinct postings exist; with ``required=False`` give up quietly
-    after 30 s (the stream may hold nothing more for this worker)."""
+    once ``every`` posting of the stream exists or after 30 s (the stream may hold nothing
+    more for this worker: waiting the 30 s then proves nothing)."""
     def posted() -> bool:
-        return len(Observed.read(kafka).postings) >= at_least or not worker.alive()
+        count = len(Observed.read(kafka).postings)
+        return (count >= at_least or (every is not None and count >= every)
+                or not worker.alive())
 
     if required:
         wait_until(posted, 90, f"{at_least} postings", worker.log_tail)
         return
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not posted():
-        time.sleep(0.5)
+        time.sleep(0.25)
 
 
 def test_kill_9_at_every_step_then_at_random(broker: Broker, workers: Workers) -> None:
@@ -121,7 +131,8 @@ def test_kill_9_at_every_step_then_at_random(broker: Broker, workers: Workers) -
     # 1. Each step of a batch, deterministically: applied in memory (nothing sent), deltas
     #    durable (no dedup record), dedup records durable (states not written).
     for point, batch in (("processed", 2), ("outputs-acked", 3), ("dedup-acked", 2)):
-        killed = workers.start("w1", **Faults(worker_kill_at=(point, batch)).environment())
+        killed = workers.start("w1", **FAST,
+                                **Faults(worker_kill_at=(point, batch)).environment())
         wait_until(lambda w=killed: not w.alive(), 90, f"the injected kill at {point}",
                    killed.log_tail)
         assert killed.process.returncode == -9, killed.log_tail()
@@ -131,14 +142,15 @@ def test_kill_9_at_every_step_then_at_random(broker: Broker, workers: Workers) -
     #    (Two rounds: the whole-pipeline fault runs, tests/chaos, kill workers at random too.)
     for round_ in range(2):
         before = len(Observed.read(broker.connection).postings)
-        worker = workers.start("w1")
-        wait_for_progress(broker.connection, worker, at_least=before + 1, required=False)
+        worker = workers.start("w1", **FAST)
+        wait_for_progress(broker.connection, worker, at_least=before + 1, required=False,
+                          every=len(expected.postings))
         time.sleep(rng.uniform(0.2, 2.5))
         worker.kill()
         if round_ == 1:
             workers.wipe_tables("w1")
     feeder.join()
-    worker = workers.start("w1")
+    worker = workers.start("w1", **FAST)
     wait_until(lambda: converged(broker.connection, expected), 120, "convergence",
                lambda: difference(broker.connection, expected) + "\n" + worker.log_tail())
     assert_exact(Observed.read(broker.connection), expected)
@@ -153,13 +165,13 @@ def test_two_workers_a_third_joins_one_dies_and_returns(
     workload = Workload.build(accounts=1200, seed=9)
     expected = workload.expected()
     feeder = publish_slowly(workload, broker.connection, chunks=30, pause_s=0.8)
-    env = {"RCMFLOW_STANDBY_REPLICAS": str(standbys)}
+    env = {"RCMFLOW_STANDBY_REPLICAS": str(standbys), **FAST}
     first, second = workers.start("w1", **env), workers.start("w2", **env)
     wait_for_progress(broker.connection, first, at_least=200)
     third = workers.start("w3", **env)  # joins: partitions move while events flow
-    time.sleep(8)
+    time.sleep(SESSION_S + 1)  # its join done (~2 s on Tansu, ~1 s on Kafka), it works
     second.kill()  # dies without leaving the group: noticed after the session timeout
-    time.sleep(4)
+    time.sleep(SESSION_S / 2)  # (4 s of 10): before that
     second = workers.start("w2", **env)  # returns with its old store
     feeder.join()
     wait_until(lambda: converged(broker.connection, expected), 150, "convergence",

@@ -29,6 +29,8 @@ from rcmflow.streams.topics import ACCOUNTS, DLQ, POSTINGS
 from tests.conftest import Broker, Workers, wait_until
 from tests.connectors.erp.feed import already_there_in_logs, start_connector
 from tests.integration.test_crash import (
+    FAST,
+    SESSION_S,
     assert_exact,
     converged,
     difference,
@@ -40,7 +42,8 @@ from tests.workload import Expected, Observed, Workload
 pytestmark = [pytest.mark.broker, pytest.mark.slow,
               pytest.mark.brokers("kafka")]  # the embedded broker has no transactions
 
-EXACTLY_ONCE = {"RCMFLOW_PROCESSING_GUARANTEE": "exactly_once"}
+#: With test_crash.py's short session: a restart after a kill -9 waits for it (FAST).
+EXACTLY_ONCE = {"RCMFLOW_PROCESSING_GUARANTEE": "exactly_once", **FAST}
 
 
 def records_per_id(kafka: KafkaConnection, topic: str, field: str,
@@ -94,7 +97,8 @@ def test_exactly_once_kill_9_at_every_step_then_at_random(
     for round_ in range(2):
         before = len(Observed.read(broker.connection).postings)
         worker = workers.start("w1", **EXACTLY_ONCE)
-        wait_for_progress(broker.connection, worker, at_least=before + 1, required=False)
+        wait_for_progress(broker.connection, worker, at_least=before + 1, required=False,
+                          every=len(expected.postings))
         time.sleep(rng.uniform(0.2, 2.5))
         worker.kill()
         if round_ == 1:
@@ -131,9 +135,10 @@ def test_at_least_once_on_kafka_resends_byte_identical_deltas(
     workload = Workload.build(accounts=300, seed=21)
     expected = workload.expected()
     workload.publish(broker.connection)
-    killed = workers.start("w1", **Faults(worker_kill_at=("outputs-acked", 1)).environment())
+    killed = workers.start("w1", **FAST,
+                           **Faults(worker_kill_at=("outputs-acked", 1)).environment())
     wait_until(lambda: not killed.alive(), 90, "the injected kill", killed.log_tail)
-    worker = workers.start("w1")
+    worker = workers.start("w1", **FAST)
     wait_until(lambda: converged(broker.connection, expected), 120, "convergence",
                lambda: difference(broker.connection, expected) + "\n" + worker.log_tail())
     observed = Observed.read(broker.connection)
@@ -153,7 +158,7 @@ def test_exactly_once_rebalance_with_a_paused_zombie(broker: Broker, workers: Wo
     second = workers.start("w2", **EXACTLY_ONCE)
     wait_for_progress(broker.connection, first, at_least=200)
     second.process.send_signal(signal.SIGSTOP)
-    time.sleep(14)  # > the 10 s session timeout: w2 is out of the group, w1 took its share
+    time.sleep(SESSION_S + 4)  # > the session timeout: w2 is out of the group, w1 took its share
     third = workers.start("w3", **EXACTLY_ONCE)
     time.sleep(4)
     second.process.send_signal(signal.SIGCONT)

@@ -22,6 +22,7 @@ from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX
 from rcmflow.streams.topics import ACCOUNTS, DLQ, EVENTS
 from tests.conftest import Broker, Workers, wait_until
 from tests.factories import charge
+from tests.integration.test_crash import FAST
 from tests.streams.test_output_bounds import claim
 from tests.workload import Observed
 
@@ -52,7 +53,7 @@ def largest_record(broker: Broker, name: str) -> int:
 
 
 def test_the_largest_records_the_settings_allow(broker: Broker, workers: Workers) -> None:
-    worker = workers.start("w1", RCMFLOW_EVENT_BYTES_MAX=str(EVENT_BYTES_MAX))
+    worker = workers.start("w1", RCMFLOW_EVENT_BYTES_MAX=str(EVENT_BYTES_MAX), **FAST)
     # The largest event the settings allow: 16 MiB, with a field no event kind has.
     huge = charge(100, "H1", event_id="HUGE")
     huge["note"] = "x" * (EVENT_BYTES_MAX - len(json.dumps(huge)) - 20)
@@ -74,7 +75,8 @@ def test_the_largest_records_the_settings_allow(broker: Broker, workers: Workers
     # A new machine takes the worker's place: its store is rebuilt from rcm.accounts.
     worker.kill()
     workers.wipe_tables("w1")
-    worker = workers.start("w1", RCMFLOW_EVENT_BYTES_MAX=str(EVENT_BYTES_MAX))
+    # (FAST: its join waits for the killed member's session to expire.)
+    worker = workers.start("w1", RCMFLOW_EVENT_BYTES_MAX=str(EVENT_BYTES_MAX), **FAST)
     send(broker, [claim("BIG", CLAIMS, lines=999), charge(500, "SMALL", event_id="S1")])
     wait_until(lambda: account(broker, "BIG").get("version") == CLAIMS + 1
                and "SMALL" in Observed.read(broker.connection).states, 120,
