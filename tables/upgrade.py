@@ -50,7 +50,7 @@ from rcmflow.runtime.kafka_io import PUBLISH_IN_FLIGHT_MAX, iter_topic
 from rcmflow.runtime.progress import progress
 from rcmflow.streams.dedup import DedupEntry, horizon_key
 from rcmflow.streams.layout import LAYOUT, head_key, item_key, parse_key
-from rcmflow.streams.state import ITEM_KINDS, AccountHead, ItemRef
+from rcmflow.streams.state import ITEM_KINDS, AccountHead, ItemRef, head_json
 from rcmflow.streams.topics import ACCOUNTS, dedup_changelog, record_bytes_max
 
 __all__ = ["upgrade", "UpgradeReport", "split_layout_1", "dated", "KEPT_FOR_EVER_DAY"]
@@ -117,7 +117,9 @@ def split_layout_1(snapshot: Mapping[str, Any]
         counts[kind] += 1
     head = {k: v for k, v in snapshot.items() if k not in ("charges", "claims", "payments")}
     head |= {"layout": LAYOUT, "items": counts}
-    AccountHead.model_validate(head)  # a record this cannot make whole is not rewritten
+    # A record this cannot make whole is not rewritten; one it can is written as the worker
+    # writes a head (every field of this version, with its default where layout 1 had none).
+    head = orjson.loads(head_json(AccountHead.model_validate(head)))
     return head, items
 
 

@@ -26,6 +26,7 @@ import base64
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -42,7 +43,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import for_code
 from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
-from rcmflow.runtime.broker import free_port, stop_process, wait_for_broker
+from rcmflow.runtime.broker import stop_process, wait_for_broker
 from rcmflow.runtime.exceptions import BrokerError
 from rcmflow.runtime.kafka_access import AclBinding
 from rcmflow.runtime.kafka_connection import KafkaConnection
@@ -189,14 +190,33 @@ def _storage_tool(jars: Path) -> str:
     raise BrokerError(f"no StorageTool class in the Kafka jars under {jars}")
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` TCP ports free on 127.0.0.1 now, all different (held open together while
+    the OS picks them)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 class ApacheKafka:
     """An Apache Kafka process bound to 127.0.0.1 on a free port (its controller on another)."""
 
     def __init__(self, data_dir: Path | None = None, port: int | None = None,
                  log_file: Path | None = None, heap: str = HEAP,
                  secure: KafkaSecurity | None = None, quick_jvm: bool = True) -> None:
-        self.port = port or free_port()
-        self.controller_port = free_port()
+        # Distinct ports, taken at once: one free_port() after another may give the same port
+        # twice (the first is free again when the second is asked), and Kafka then refuses
+        # two listeners on one port.
+        ports = iter(distinct_free_ports(5))
+        self.port = port or next(ports)
+        self.controller_port = next(ports)
+        if self.controller_port == self.port:
+            self.controller_port = next(ports)
         self.heap = heap
         self.quick_jvm = quick_jvm
         # A temp dir we made is removed on stop(), and kept when start() fails: the log is there.
@@ -206,8 +226,8 @@ class ApacheKafka:
         self.process: subprocess.Popen[bytes] | None = None
         self.started_in_s: float | None = None
         self.secure = secure
-        self.sasl_port = free_port() if secure else None
-        self.ssl_port = free_port() if secure and secure.mutual_tls else None
+        self.sasl_port = next(ports) if secure else None
+        self.ssl_port = next(ports) if secure and secure.mutual_tls else None
         self.admin_password = uuid.uuid4().hex
         self._archive_dump: Path | None = None
         self.ca: CertificateAuthority | None = None
