@@ -96,6 +96,9 @@ class AccountLedger:
     claims: dict[str, ClaimInfo] = field(default_factory=dict)
     adjudications: dict[str, str] = field(default_factory=dict)  # event id -> claim id
     statements: list[date] = field(default_factory=list)
+    #: The head's (insurance_ar, patient_ar) where the head was read: what aging with no
+    #: as-of date must sum to (``AgingReport.differences``).
+    head_ar: tuple[int, int] | None = None
 
 
 def ar_movements(delta: Mapping[str, Any]) -> list[Movement]:
@@ -249,6 +252,21 @@ class AgingReport:
     as_of: date
     by: str
     items: list[OpenItem]
+    #: Account -> its head's AR buckets, where read with no as-of date (the tie to check).
+    heads: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def differences(self) -> dict[str, dict[str, int]]:
+        """Accounts whose aged AR differs from their head's buckets: bucket -> head minus
+        aged, in cents. Empty by construction unless the ledger itself disagrees with the
+        state (``rcmflow audit`` names that)."""
+        aged = self.accounts()
+        found = {}
+        for account, head in self.heads.items():
+            mine = aged.get(account, {"insurance_ar": 0, "patient_ar": 0})
+            diff = {b: head[b] - mine[b] for b in head if head[b] != mine[b]}
+            if diff:
+                found[account] = diff
+        return found
 
     def groups(self) -> list[dict[str, Any]]:
         rows: dict[tuple[str, str], dict[str, int]] = {}
@@ -278,7 +296,8 @@ class AgingReport:
     def to_json(self, *, detail: bool = False) -> dict[str, Any]:
         doc: dict[str, Any] = {"as_of": self.as_of.isoformat(), "by": self.by,
                                "buckets": [*AGE_BUCKETS, CREDIT], "groups": self.groups(),
-                               "totals": self.totals(), "accounts": self.accounts()}
+                               "totals": self.totals(), "accounts": self.accounts(),
+                               "differences": self.differences()}
         if detail:
             doc["items"] = [item.to_json() for item in self.items]
         return doc
@@ -288,5 +307,11 @@ def aging_report(ledgers: Iterable[AccountLedger], *, today: date, as_of: date |
                  by: str = "payer_class") -> AgingReport:
     if by not in BY:
         raise ValueError(f"--by {by!r}: one of {', '.join(BY)}")
-    items = [item for ledger in ledgers for item in open_items(ledger, today, as_of)]
-    return AgingReport(today if as_of is None else as_of, by, items)
+    items: list[OpenItem] = []
+    heads: dict[str, dict[str, int]] = {}
+    for ledger in ledgers:
+        items += open_items(ledger, today, as_of)
+        if as_of is None and ledger.head_ar is not None:
+            heads[ledger.account] = dict(zip(("insurance_ar", "patient_ar"), ledger.head_ar,
+                                             strict=True))
+    return AgingReport(today if as_of is None else as_of, by, items, heads)

@@ -91,6 +91,8 @@ async def read_ledgers(kafka: KafkaConnection, *, console: Console | None = None
         snapshot = _snapshot(heads[account], items.get(account, {}))
         ledger = account_ledger(snapshot, ())
         ledger.movements = sorted(moves.get(account, ()), key=lambda m: m.version)
+        balances = heads[account].get("balances") or {}
+        ledger.head_ar = (int(balances.get("insurance_ar", 0)), int(balances.get("patient_ar", 0)))
         ledgers.append(ledger)
     return ledgers
 
