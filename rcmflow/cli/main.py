@@ -804,6 +804,10 @@ def aging(
     as_json: JsonFlag = False,
     as_csv: Annotated[bool, typer.Option(
         "--csv", help="Print CSV (amounts in dollars, two places) for a spreadsheet.")] = False,
+    metrics_file: Annotated[Path | None, typer.Option(
+        "--metrics-file", help="Also write the aged AR by kind, age and entity as Prometheus "
+        "metrics to this file (for node_exporter's textfile collector; replaced "
+        "atomically).")] = None,
 ) -> None:
     from datetime import UTC, date, datetime
 
@@ -829,6 +833,10 @@ def aging(
     except (KafkaError, TimeoutError) as exc:
         _fail(exc, ExitCode.BROKER)
     report = aging_report(ledgers, today=datetime.now(UTC).date(), as_of=day, by=by)
+    if metrics_file is not None:
+        from rcmflow.audit.aging_metrics import write_aging_metrics
+
+        write_aging_metrics(report, metrics_file)
     if as_json:
         _print_json(report.to_json(detail=detail))
     elif as_csv:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from rcmflow.ops.accounts import latest_heads
 from rcmflow.streams.chart import load_chart
@@ -81,8 +82,13 @@ def test_aging_totals_equal_each_accounts_buckets(broker: Broker, workers: Worke
     totals = report["totals"]
     assert totals["insurance_ar"] > 0 and totals["patient_ar"] > 0
     assert any(g["payer"] == "(unbilled)" for g in report["groups"])  # G000's late charge
-    rows = list(csv.reader(io.StringIO(cli("aging", "--csv", "--by", "entity"))))
+    metrics = tmp_path / "aging.prom"
+    rows = list(csv.reader(io.StringIO(cli("aging", "--csv", "--by", "entity",
+                                           "--metrics-file", str(metrics)))))
     assert rows[-1][1] == "total" and rows[-1][-1] == f"{totals['total'] / 100:.2f}"
+    aged = [s.value for f in text_string_to_metric_families(metrics.read_text())
+            for s in f.samples if s.name == "rcmflow_ar_aging_cents"]
+    assert sum(aged) == totals["total"]
     table = cli("aging")
     assert "AR aging as of" in table and "180+" in table
     # Before any event was dated, nothing was owed.
