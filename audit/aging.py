@@ -45,9 +45,9 @@ CREDIT = "credit"
 #: Payer and payer class of insurance AR on no claim yet.
 UNBILLED = "(unbilled)"
 BY = ("payer", "payer_class", "entity")
-_AR = {"insurance_ar": "insurance", "patient_ar": "patient"}
-
 Kind = Literal["insurance", "patient"]
+_AR: dict[str, Kind] = {"insurance_ar": "insurance", "patient_ar": "patient"}
+_KINDS: tuple[Kind, ...] = ("insurance", "patient")
 
 
 def age_bucket(days: int) -> str:
@@ -210,8 +210,8 @@ def open_items(ledger: AccountLedger, today: date, as_of: date | None = None) ->
     Per kind, the items' cents sum to the bucket's movements dated by ``as_of``."""
     at = today if as_of is None else as_of
     merged: dict[tuple[Any, ...], int] = {}
-    for kind in ("insurance", "patient"):
-        for layer in _layers(ledger, kind, as_of):  # type: ignore[arg-type]
+    for kind in _KINDS:
+        for layer in _layers(ledger, kind, as_of):
             claim = ledger.claims.get(layer.claim_id or "")
             statement = None
             start = layer.day

@@ -859,7 +859,8 @@ def _aging_table(report: Any, detail: bool) -> None:
     columns = [*AGE_BUCKETS, CREDIT]
     amounts = [Column(c, justify="right") for c in (*columns, "total")]
     if detail:
-        table = Table("account", "kind", "claim / statement", "payer", "entity", "from",
+        table = Table("account", "kind", Column("claim / statement", no_wrap=True), "payer",
+                      "entity", "from",
                       "days", Column("amount", justify="right"), "bucket",
                       title=f"open AR as of {report.as_of}")
         for i in report.items:
