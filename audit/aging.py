@@ -27,6 +27,7 @@ The dates are the events' own (``occurred_at``, in its offset, as the deltas car
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -171,35 +172,43 @@ class _Layer:
     claim_id: str | None
 
 
-def _claim_for(ledger: AccountLedger, move: Movement, as_of: date | None) -> str | None:
+def _billed(ledger: AccountLedger, as_of: date | None) -> list[tuple[date, str]]:
+    """The claims a charge can be billed on by ``as_of``: (start, claim id), in order."""
+    return sorted((c.start, c.claim_id) for c in ledger.claims.values()
+                  if c.start is not None and (as_of is None or c.start <= as_of))
+
+
+def _claim_for(ledger: AccountLedger, move: Movement, billed: list[tuple[date, str]]
+               ) -> str | None:
     if move.event_kind == "claim_adjudicated" and move.event_id in ledger.adjudications:
         return ledger.adjudications[move.event_id]
-    billed = sorted((c.start, c.claim_id) for c in ledger.claims.values()
-                    if c.start is not None and c.start >= move.day
-                    and (as_of is None or c.start <= as_of))
-    return billed[0][1] if billed else None
+    at = bisect_left(billed, (move.day, ""))  # the first claim started on or after the day
+    return billed[at][1] if at < len(billed) else None
 
 
 def _layers(ledger: AccountLedger, kind: Kind, as_of: date | None) -> list[_Layer]:
-    """The open layers of one AR bucket: they sum to the bucket's movements (by as_of)."""
+    """The open layers of one AR bucket: they sum to the bucket's movements (by as_of).
+    Open layers all have one sign (a movement closes the other sign's first), so a movement
+    of the layers' own sign only appends: a long stay's thousands of charges cost linear."""
+    billed = _billed(ledger, as_of) if kind == "insurance" else []
     open_: list[_Layer] = []
     for move in ledger.movements:
         if move.kind != kind or (as_of is not None and move.day > as_of):
             continue
-        claim = _claim_for(ledger, move, as_of) if kind == "insurance" else None
+        claim = _claim_for(ledger, move, billed) if kind == "insurance" else None
         left = move.cents
         sign = 1 if left > 0 else -1
-        # Close layers of the other sign: the movement's own claim's first, then oldest first.
-        order = sorted(range(len(open_)),
-                       key=lambda i: (claim is None or open_[i].claim_id != claim, i))
-        for i in order:
-            layer = open_[i]
-            if left == 0 or layer.cents * sign >= 0:
-                continue
-            taken = min(abs(left), abs(layer.cents))
-            layer.cents += sign * taken
-            left -= sign * taken
-        open_ = [layer for layer in open_ if layer.cents]
+        if open_ and open_[0].cents * sign < 0:
+            # Close the other sign's layers: this movement's claim's first, then oldest first.
+            order = [layer for layer in open_ if claim is not None and layer.claim_id == claim]
+            order += [layer for layer in open_ if claim is None or layer.claim_id != claim]
+            for layer in order:
+                taken = min(abs(left), abs(layer.cents))
+                layer.cents += sign * taken
+                left -= sign * taken
+                if left == 0:
+                    break
+            open_ = [layer for layer in open_ if layer.cents]
         if left:
             open_.append(_Layer(move.day, left, move.entity, claim))
     return open_

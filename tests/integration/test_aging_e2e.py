@@ -22,7 +22,7 @@ from rcmflow.streams.chart import load_chart
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Processor
 from tests.conftest import Broker, Workers, wait_until
-from tests.factories import event_doc, messages
+from tests.factories import adjudication, event_doc, messages
 from tests.workload import account_stream
 
 pytestmark = pytest.mark.broker
@@ -41,6 +41,14 @@ def mixed_docs() -> list[dict[str, Any]]:
                   occurred_at="2026-09-05T10:00:00-04:00"),
         event_doc("write_off", "G900", event_id="G900-WO", amount_cents=345, reason="charity",
                   from_ar="patient", occurred_at="2026-09-20T10:00:00-04:00"),
+        event_doc("charge_posted", "G901", event_id="G901-CH", amount_cents=20_000,
+                  dimensions={"entity": "01", "revenue_code": "0300"},
+                  occurred_at="2026-09-28T10:00:00-04:00"),
+        event_doc("claim_submitted", "G901", event_id="G901-SUB", claim_id="G901-C",
+                  total_charge_cents=20_000, occurred_at="2026-10-01T10:00:00-04:00",
+                  dimensions={"entity": "01", "payer": "BCBS", "payer_class": "COMMERCIAL"}),
+        adjudication(8_000, 5_000, [("CO", "45", 3_000)], "G901", claim_id="G901-C",
+                     event_id="G901-ADJ", occurred_at="2026-10-20T10:00:00-04:00"),
         event_doc("charge_posted", "G000", event_id="G000-CH2", amount_cents=4_000,
                   dimensions={"entity": "01", "revenue_code": "0300"},
                   occurred_at="2026-12-01T10:00:00-05:00"),
@@ -91,6 +99,15 @@ def test_aging_totals_equal_each_accounts_buckets(broker: Broker, workers: Worke
     assert sum(aged) == totals["total"]
     table = cli("aging")
     assert "AR aging as of" in table and "180+" in table
+    items = json.loads(cli("aging", "--json", "--detail"))["items"]
+    by_account = {(i["account"], i["kind"]): i for i in items}
+    # Open on its claim, aged from the claim's submission; the statement starts G900's.
+    assert by_account[("G901", "insurance")] | {"days": 0, "bucket": ""} == {
+        "account": "G901", "kind": "insurance", "entity": "01", "claim_id": "G901-C",
+        "payer": "BCBS", "payer_class": "COMMERCIAL", "statement": None,
+        "start": "2026-10-01", "days": 0, "bucket": "", "cents": 12_000}
+    assert by_account[("G900", "patient")]["statement"] == "2026-09-05"
+    assert by_account[("G900", "patient")]["cents"] == 12_000
     # Before any event was dated, nothing was owed.
     early = json.loads(cli("aging", "--json", "--as-of", "2000-01-01"))
     assert early["totals"]["total"] == 0 and early["accounts"] == {}
