@@ -108,6 +108,11 @@ def test_aging_totals_equal_each_accounts_buckets(broker: Broker, workers: Worke
         "start": "2026-10-01", "days": 0, "bucket": "", "cents": 12_000}
     assert by_account[("G900", "patient")]["statement"] == "2026-09-05"
     assert by_account[("G900", "patient")]["cents"] == 12_000
+    # G901's claim moves from 0-30 to 31-60 as the as-of day passes its 30th day.
+    for as_of, bucket in (("2026-10-31", "0-30"), ("2026-11-01", "31-60")):
+        aged = json.loads(cli("aging", "--json", "--detail", "--as-of", as_of))["items"]
+        [g901] = [i for i in aged if i["account"] == "G901"]
+        assert (g901["bucket"], g901["cents"]) == (bucket, 12_000), as_of
     # Before any event was dated, nothing was owed.
     early = json.loads(cli("aging", "--json", "--as-of", "2000-01-01"))
     assert early["totals"]["total"] == 0 and early["accounts"] == {}
