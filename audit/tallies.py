@@ -142,8 +142,11 @@ class DlqTally:
         ]
 
 
+_AR_BUCKETS = frozenset({"insurance_ar", "patient_ar"})
+
+
 class EntityBalances:
-    """Unapplied credit and suspense, per entity, summed over every distinct posting delta.
+    """Unapplied credit, suspense and AR, per entity, summed over every distinct posting delta.
 
     Unapplied credit: the ``unapplied_credit`` bucket's growth (credits grow it). Suspense:
     lines posted to suspense because a mapping key was missing, net, credit-positive (an
@@ -153,6 +156,9 @@ class EntityBalances:
     def __init__(self) -> None:
         self.unapplied_credit: dict[str, int] = {}
         self.suspense: dict[str, int] = {}
+        #: (entity, bucket) -> the insurance_ar / patient_ar total: AR by bucket and entity
+        #: (its ages: `rcmflow aging --metrics-file`, docs/aging.md).
+        self.ar: dict[tuple[str, str], int] = {}
         self._entities = BoundedLabel()
 
     def take(self, delta: dict[str, Any]) -> None:
@@ -164,6 +170,9 @@ class EntityBalances:
             moved = bucket_effects([(str(line["bucket"]), amount)]).get("unapplied_credit")
             if moved:
                 self.unapplied_credit[entity] = self.unapplied_credit.get(entity, 0) + moved
+            if line["bucket"] in _AR_BUCKETS:  # debit-normal: debits grow them
+                key = (entity, str(line["bucket"]))
+                self.ar[key] = self.ar.get(key, 0) + amount
             if line.get("suspense"):
                 self.suspense[entity] = self.suspense.get(entity, 0) - amount
 
@@ -175,6 +184,9 @@ class EntityBalances:
             gauge("rcmflow_audit_suspense_cents", "Net amount posted to suspense (unmapped "
                   "dimensions) per entity, in cents, credit-positive",
                   [({"entity": e}, v) for e, v in list(self.suspense.items())]),
+            gauge("rcmflow_audit_ar_cents", "Accounts receivable per entity and ledger bucket "
+                  "(insurance_ar, patient_ar), in cents, over every posting delta",
+                  [({"entity": e, "bucket": b}, v) for (e, b), v in list(self.ar.items())]),
         ]
 
 

@@ -778,6 +778,139 @@ def digest(as_json: JsonFlag = False) -> None:
 
 
 @app.command(help=(
+    "The AR aging report: every account's open insurance AR (per claim, from its submission) "
+    "and patient AR (per statement, from the first statement after it arose, else from the "
+    "day it arose), in buckets of 0-30, 31-60, 61-90, 91-120, 121-180 and over 180 days, "
+    "grouped by payer, payer class or entity. Aged from each account's own posting deltas, "
+    "oldest open amount closed first, so each account's aged AR equals its insurance_ar and "
+    "patient_ar to the cent (checked: a difference is named and exits 1); more credited than "
+    "open is a credit column, not netted away. --as-of D ages the AR the ledger held on D "
+    "(deltas dated D or before). Rules and a sample: docs/aging.md."
+    + _exit_codes((ExitCode.OK, "the report is printed"),
+                  (ExitCode.ATTENTION, "an account's aged AR differs from its head's buckets "
+                                       "(its ledger disagrees with its state: `rcmflow audit`)"),
+                  (ExitCode.REFUSED, "a bad option, no broker configured, or this user lacks "
+                                     "an ACL"),
+                  (ExitCode.BROKER, _BROKER_DOWN))))
+def aging(
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="Age as of this day (YYYY-MM-DD): only deltas dated then or before. "
+        "Default: every delta, aged at today (UTC).")] = None,
+    by: Annotated[str, typer.Option(help="Group rows by payer, payer_class or entity.")
+                  ] = "payer_class",
+    detail: Annotated[bool, typer.Option(
+        "--detail", help="One row per open claim (insurance) or statement (patient) of each "
+        "account, instead of the groups.")] = False,
+    as_json: JsonFlag = False,
+    as_csv: Annotated[bool, typer.Option(
+        "--csv", help="Print CSV (amounts in dollars, two places) for a spreadsheet.")] = False,
+    metrics_file: Annotated[Path | None, typer.Option(
+        "--metrics-file", help="Also write the aged AR by kind, age and entity as Prometheus "
+        "metrics to this file (for node_exporter's textfile collector; replaced "
+        "atomically).")] = None,
+) -> None:
+    from datetime import UTC, date, datetime
+
+    from aiokafka.errors import KafkaError
+
+    from rcmflow.audit.aging import BY, aging_report
+    from rcmflow.audit.aging_read import read_ledgers
+    from rcmflow.runtime import kafka_access
+    from rcmflow.streams.topics import ACCOUNTS, POSTINGS
+
+    if by not in BY:
+        _fail(ValueError(f"--by {by!r}: one of {', '.join(BY)}"))
+    if as_json and as_csv:
+        _fail(ValueError("--json or --csv, not both"))
+    try:
+        day = None if as_of is None else date.fromisoformat(as_of)
+    except ValueError:
+        _fail(ValueError(f"--as-of {as_of!r}: a day, YYYY-MM-DD"))
+    settings = _settings()
+    kafka = _connect(settings, kafka_access.reader_access("aging", ACCOUNTS, POSTINGS))
+    try:
+        ledgers = asyncio.run(read_ledgers(kafka, console=err))
+    except (KafkaError, TimeoutError) as exc:
+        _fail(exc, ExitCode.BROKER)
+    report = aging_report(ledgers, today=datetime.now(UTC).date(), as_of=day, by=by)
+    if metrics_file is not None:
+        from rcmflow.audit.aging_metrics import write_aging_metrics
+
+        write_aging_metrics(report, metrics_file)
+    if as_json:
+        _print_json(report.to_json(detail=detail))
+    elif as_csv:
+        _aging_csv(report, detail)
+    else:
+        _aging_table(report, detail)
+    differences = report.differences()
+    if differences:
+        shown = ", ".join(f"{a} {d}" for a, d in list(differences.items())[:10])
+        err.print(f"[red]{len(differences)} accounts' aged AR differs from their buckets "
+                  f"(head minus aged, cents): {escape(shown)}[/red] (`rcmflow audit`)",
+                  soft_wrap=True)
+        raise typer.Exit(ExitCode.ATTENTION)
+
+
+def _aging_table(report: Any, detail: bool) -> None:
+    from rcmflow.audit.aging import AGE_BUCKETS, CREDIT
+    from rcmflow.streams.money import cents_for_people as money
+
+    columns = [*AGE_BUCKETS, CREDIT]
+    amounts = [Column(c, justify="right") for c in (*columns, "total")]
+    if detail:
+        table = Table("account", "kind", Column("claim / statement", no_wrap=True), "payer",
+                      "entity", "from",
+                      "days", Column("amount", justify="right"), "bucket",
+                      title=f"open AR as of {report.as_of}")
+        for i in report.items:
+            what = i.claim_id or (f"statement {i.statement}" if i.statement else
+                                  ("(unbilled)" if i.kind == "insurance" else "(no statement)"))
+            table.add_row(i.account, i.kind, escape(what), escape(str(i.payer or "")),
+                          i.entity, str(i.start), str(i.days), money(i.cents), i.bucket)
+        out.print(table)
+        return
+    table = Table("kind", report.by, *amounts,
+                  title=f"AR aging as of {report.as_of}, by {report.by}")
+    for g in report.groups():
+        table.add_row(g["kind"], escape(str(g[report.by])),
+                      *(money(g["buckets"][c]) for c in columns), money(g["total"]))
+    totals = report.totals()
+    table.add_section()
+    table.add_row("[bold]total[/bold]", "", *(money(totals["buckets"][c]) for c in columns),
+                  f"[bold]{money(totals['total'])}[/bold]")
+    out.print(table)
+    out.print(f"insurance AR {money(totals['insurance_ar'])}, patient AR "
+              f"{money(totals['patient_ar'])}, over {len(report.accounts())} accounts with "
+              "open AR", highlight=False)
+
+
+def _aging_csv(report: Any, detail: bool) -> None:
+    import csv
+
+    from rcmflow.audit.aging import AGE_BUCKETS, CREDIT
+    from rcmflow.streams.money import cents_text
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    if detail:
+        writer.writerow(["as_of", "account", "kind", "entity", "claim_id", "payer",
+                         "payer_class", "statement", "start", "days", "bucket", "amount"])
+        for i in report.items:
+            writer.writerow([report.as_of, i.account, i.kind, i.entity, i.claim_id or "",
+                             i.payer or "", i.payer_class or "", i.statement or "", i.start,
+                             i.days, i.bucket, cents_text(i.cents)])
+        return
+    columns = [*AGE_BUCKETS, CREDIT]
+    writer.writerow(["as_of", "kind", report.by, *columns, "total"])
+    for g in report.groups():
+        writer.writerow([report.as_of, g["kind"], g[report.by],
+                         *(cents_text(g["buckets"][c]) for c in columns), cents_text(g["total"])])
+    totals = report.totals()
+    writer.writerow([report.as_of, "total", "", *(cents_text(totals["buckets"][c])
+                                                  for c in columns), cents_text(totals["total"])])
+
+
+@app.command(help=(
     "Replay rcm.events from its first offset through the same core, chart and RCMFLOW_* "
     "limits as the worker, into fresh tables in a directory of their own, and print the "
     "digest of the rebuilt state (as `rcmflow digest` defines it) and the replay's rate. "

@@ -31,7 +31,8 @@ MEANINGS: dict[ExitCode, str] = {
                  "--once)",
     ExitCode.ATTENTION: "done, but the answer needs a look: input went to rcm.dlq (ingest), "
                         "the books differ (reconcile), an account differs from its deltas "
-                        "(audit), the rebuilt state is not the live one (rebuild --compare), "
+                        "(audit) or its aged AR from its buckets (aging), the rebuilt state "
+                        "is not the live one (rebuild --compare), "
                         "no such account or DLQ record, or several "
                         "(accounts show|history, dlq show)",
     ExitCode.REFUSED: "refused, running again fails the same way until it is fixed: a bad "

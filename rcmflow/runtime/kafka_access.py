@@ -202,7 +202,7 @@ def reconcile_access() -> Access:
 
 
 def reader_access(component: str, *topics: str) -> Access:
-    """Operator commands (`accounts`, `dlq`, `digest`, `rebuild`) read their topics,
+    """Operator commands (`accounts`, `dlq`, `digest`, `rebuild`, `aging`) read their topics,
     group-less."""
     return Access(component=component, read=topics)
 
@@ -266,6 +266,7 @@ def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
                                        EVENTS, POSTINGS, DLQ, POSTINGS_DLQ, ERP_OUTCOMES),
         "rcmflow lag (and DESCRIBE on the groups it reports)":
             reader_access("lag", EVENTS, POSTINGS, ACCOUNTS),
+        "rcmflow aging": reader_access("aging", ACCOUNTS, POSTINGS),
         "rcmflow refunds list, show": refunds_access(changes=False),
         "rcmflow refunds request, approve, reject": refunds_access(changes=True),
         "rcmflow ops": ops_site_access(app_id),

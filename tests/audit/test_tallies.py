@@ -60,6 +60,9 @@ def test_entity_balances_and_exception_items(follower: Follower) -> None:
     assert got["rcmflow_audit_unapplied_credit_centsentity=01"] == 3_000
     assert got["rcmflow_audit_unapplied_credit_centsentity=02"] == 200
     assert got["rcmflow_audit_suspense_centsentity=01"] == 1_000
+    # AR by bucket and entity: A1's and A3's charges (the payments found nothing owed).
+    assert got["rcmflow_audit_ar_centsbucket=insurance_ar,entity=01"] == 1_000
+    assert got["rcmflow_audit_ar_centsbucket=insurance_ar,entity=02"] == 500
     items = {k.split("items", 1)[1]: v for k, v in got.items()
              if k.startswith("rcmflow_audit_dlq_items")}
     assert items == {

@@ -11,12 +11,15 @@ changes this set, and the dashboard and rule checks fail.
 from __future__ import annotations
 
 import asyncio
+from datetime import date
 from pathlib import Path
 from typing import cast
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from rcmflow.audit.aging import AgingReport
+from rcmflow.audit.aging_metrics import aging_families
 from rcmflow.audit.ledger import Follower
 from rcmflow.audit.reconcile import Report
 from rcmflow.audit.reconcile_metrics import reconcile_families
@@ -76,6 +79,9 @@ def exported_names(scratch: Path) -> dict[str, set[str]]:
     # `rcmflow reconcile --metrics-file`: served by node_exporter's textfile collector.
     out["reconcile"] = sample_names(render(new_registry(lambda: reconcile_families(
         Report(erp="csv", day_from=None, day_to=None), 0.0))).decode())
+    # `rcmflow aging --metrics-file`: the same.
+    out["aging"] = sample_names(render(new_registry(lambda: aging_families(
+        AgingReport(date(2026, 1, 1), "entity", []), 0.0))).decode())
     store = Store(scratch / "facade" / "read.sqlite")
     app = create_app(store, Authenticator(enabled=False, key=None, algorithm="HS256"),
                      FacadeConfig(public_url="http://127.0.0.1/fhir"))

@@ -96,6 +96,7 @@ USERS = {
     "digest": reader_access("digest", ACCOUNTS),
     "rebuild": reader_access("rebuild", EVENTS),
     "rebuild-compare": reader_access("rebuild", EVENTS, ACCOUNTS),
+    "aging": reader_access("aging", ACCOUNTS, POSTINGS),
     # ACLs for app id "fresh", whose dedup changelog nobody made (and no CREATE ACL).
     "worker-fresh": worker_access("fresh"),
     "nobody": Access("nobody"),
@@ -309,7 +310,7 @@ def test_the_mllp_listener_runs_with_only_its_acls(secure_kafka: ApacheKafka,
     ("dlq", ("dlq", "list")), ("dlq", ("dlq", "show", "NO-SUCH-ID")),
     ("dlq-changes", ("dlq", "resolve", "NO-SUCH-ID", "--note", "checked")),
     ("digest", ("digest",)), ("rebuild", ("rebuild",)),
-    ("rebuild-compare", ("rebuild", "--compare"))])
+    ("rebuild-compare", ("rebuild", "--compare")), ("aging", ("aging",))])
 def test_operator_commands_run_with_only_their_acls(secure_kafka: ApacheKafka, tmp_path: Path,
                                                    user: str, command: tuple[str, ...]) -> None:
     done, _ = run_rcmflow(rcmflow_env(secure_kafka.sasl_connection(user), tmp_path), *command)
