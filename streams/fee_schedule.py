@@ -102,7 +102,8 @@ class Rate(_Frozen):
 
 class Schedule(_Frozen):
     name: StrictStr = Field(min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_.\-]+$")
-    payer: Code | None = Field(None, description="The payer as the 835 names it (N1*PR).")
+    payer: Code | None = Field(None, description="The payer as the 835 identifies it (N1*PR "
+                               "N104, else REF*2U, else TRN03): the events' payer dimension.")
     payer_class: Code | None = Field(None, description="MEDICARE, MEDICAID, COMMERCIAL, ...")
     entity: Code | None = Field(None, description="Only this entity; unset: every entity.")
     effective_from: date
