@@ -439,11 +439,12 @@ class Processor:
             check = check_claim(event, self.fee_schedule,
                                 tolerance_cents=self.variance_tolerance_cents)
             if check is not None:
-                self._contract(msg, out, event, check)
+                self._contract(msg, out, event, check, self.fee_schedule.version)
         return posting
 
-    def _contract(self, msg: Message, out: BatchResult, event: ClaimAdjudicated,
-                  check: ContractCheck) -> None:
+    @staticmethod
+    def _contract(msg: Message, out: BatchResult, event: ClaimAdjudicated,
+                  check: ContractCheck, schedule_version: str) -> None:
         """A claim's variances, one warning record each, and its unpriced lines, one record
         for the claim: beside its delta, in the same phase, so they are durable before its
         dedup record (a redelivery sends nothing again). Their ids come from the event and
@@ -454,7 +455,7 @@ class Processor:
                   "claim_id": event.claim_id,
                   "payer_claim_control_number": event.payer_claim_control_number,
                   "paid_on": event.occurred_at.date().isoformat(),
-                  "schedule_version": self.fee_schedule.version if self.fee_schedule else None}
+                  "schedule_version": schedule_version}
         identity = f"contract|{event.account}|{event.event_id}"
         for index, v in enumerate(check.variances):
             line = f"line {v.line_id}" if v.line_id is not None else "the claim (no lines)"
