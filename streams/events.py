@@ -9,8 +9,9 @@ account: the same key with the same content is a replay, with other content a co
 from __future__ import annotations
 
 import hashlib
+from datetime import date
 from enum import StrEnum
-from typing import Annotated, Final, Literal, TypeAlias
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import orjson
 from pydantic import (
@@ -18,9 +19,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     StrictInt,
     TypeAdapter,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -186,12 +190,34 @@ class Adjustment(_Frozen):
         return f"{self.group}-{self.reason}"
 
 
+#: AdjudicatedLine fields added after its first release (for the contract-variance check,
+#: ``streams/variance.py``): left out of the JSON when unset, so an event without them is
+#: byte-identical to one made before they existed (its dedup digest does not change).
+_LINE_FIELDS_OMITTED_WHEN_UNSET = ("revenue_code", "units", "allowed_cents", "service_date")
+
+
 class AdjudicatedLine(_Frozen):
     line_id: Code
     charge_cents: Cents
     paid_cents: Cents
     procedure_code: Code | None = None
     adjustments: Annotated[tuple[Adjustment, ...], Field(max_length=ADJUSTMENTS_MAX)] = ()
+    revenue_code: Code | None = Field(None, description="UB-04 revenue code (SVC01 NU, SVC04).")
+    units: Annotated[StrictInt, Field(ge=0, le=100_000)] | None = Field(
+        None, description="Units of service paid (SVC05); unset: 1.")
+    allowed_cents: Cents | None = Field(
+        None, description="The payer's allowed amount as it states it (835 AMT*B6).")
+    service_date: date | None = Field(None, description="Date of service (DTM*472 / 150).")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_additions(self, handler: SerializerFunctionWrapHandler,
+                              info: SerializationInfo) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in _LINE_FIELDS_OMITTED_WHEN_UNSET:
+                if data.get(name, 0) is None:
+                    del data[name]
+        return data
 
 
 class ClaimAdjudicated(_EventBase):

@@ -40,16 +40,24 @@ from rcmflow.streams.dedup import (
     judge,
 )
 from rcmflow.streams.dlq import Origin, dlq_record
-from rcmflow.streams.events import EVENT_ADAPTER, Event, EventKind, event_digest
+from rcmflow.streams.events import (
+    EVENT_ADAPTER,
+    ClaimAdjudicated,
+    Event,
+    EventKind,
+    event_digest,
+)
+from rcmflow.streams.fee_schedule import FeeSchedule
 from rcmflow.streams.lifecycle import Transition
 from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX, DLQ_PAYLOAD_BYTES_MAX, EVENT_BYTES_MAX
 from rcmflow.streams.refund_policy import RefundPolicy, load_refund_policy
 from rcmflow.streams.rejections import Rejection
 from rcmflow.streams.state import AccountHead, Item, ItemRef
 from rcmflow.streams.topics import OUTPUT_RECORD_BYTES_MAX
+from rcmflow.streams.variance import UNPRICED_CODES_SHOWN, ContractCheck, check_claim
 
-__all__ = ["Message", "BatchResult", "Counts", "AppliedEvent", "Lookups", "Processor",
-           "describe_validation_error"]
+__all__ = ["Message", "BatchResult", "Counts", "AppliedEvent", "ContractTally", "Lookups",
+           "Processor", "describe_validation_error", "DEFAULT_VARIANCE_TOLERANCE_CENTS"]
 
 #: Room kept under a topic's record limit for the key and the record's own overhead.
 RECORD_OVERHEAD_BYTES = 64 * 1024
@@ -62,6 +70,8 @@ PURGE_RECORDS_MAX = 2_000
 #: A record timestamp further ahead of this clock than this does not move the dedup clock
 #: (a producer with a wrong clock must not purge the horizon early).
 CLOCK_SKEW_MAX_S = 24 * 3600
+#: A line allowed within this many cents of its fee schedule rate is no variance.
+DEFAULT_VARIANCE_TOLERANCE_CENTS = 100
 
 
 class Message(NamedTuple):
@@ -107,6 +117,17 @@ class AppliedEvent(NamedTuple):
     transitions: tuple[Transition, ...] = ()
 
 
+class ContractTally(NamedTuple):
+    """One applied claim's contract comparison, for the metrics (``variance.py``)."""
+
+    payer: str
+    priced: int
+    unpriced: int
+    uncontracted: int
+    #: (direction, difference in cents, positive) of each variance.
+    variances: tuple[tuple[str, int], ...]
+
+
 @dataclass
 class BatchResult:
     """What a batch sends and writes, in the order it must reach the broker."""
@@ -139,6 +160,8 @@ class BatchResult:
     #: Every event the batch applied, in order (for the metrics: by source and kind, and
     #: the end-to-end latency of those that posted).
     applied: list[AppliedEvent] = field(default_factory=list)
+    #: The contract comparisons of the batch's applied claims (metrics).
+    contract: list[ContractTally] = field(default_factory=list)
 
 
 class Lookups(Protocol):
@@ -174,6 +197,8 @@ class Processor:
         clock: Callable[[], float] = time.time,
         break_dedup: bool = False,
         refund_policy: RefundPolicy | None = None,
+        fee_schedule: FeeSchedule | None = None,
+        variance_tolerance_cents: int = DEFAULT_VARIANCE_TOLERANCE_CENTS,
     ) -> None:
         """``output_bytes_max``: the largest delta the worker may write (rcm.postings' record
         limit); an event that would make a larger one is refused. ``dedup_horizon_days``:
@@ -183,7 +208,10 @@ class Processor:
         against the day of the record's timestamp, so a batch read again is judged alike.
         ``break_dedup``: test-only, never in production (``Faults.break_dedup``): a replay is
         applied again as if new, to show that the tests see a guarantee broken.
-        ``refund_policy``: the refund approval policy (None: the one shipped with rcmflow)."""
+        ``refund_policy``: the refund approval policy (None: the one shipped with rcmflow).
+        ``fee_schedule``: the payers' contracted rates; each processed claim's lines are
+        compared with them and a variance beyond ``variance_tolerance_cents`` becomes a
+        ``contract`` record on rcm.dlq (``variance.py``). None: no comparison."""
         self.chart = chart
         self.refund_policy = refund_policy or load_refund_policy()
         self.event_bytes_max = event_bytes_max
@@ -194,6 +222,8 @@ class Processor:
         self.date_window = date_window
         self.clock = clock
         self.break_dedup = break_dedup
+        self.fee_schedule = fee_schedule
+        self.variance_tolerance_cents = variance_tolerance_cents
 
     def process(self, messages: list[Message], tables: Lookups) -> BatchResult:
         result = BatchResult()
@@ -405,7 +435,74 @@ class Processor:
             )
             out.dlq.append((msg.partition, key, record.model_dump_json().encode()))
             out.counts.exceptions += 1
+        if isinstance(event, ClaimAdjudicated) and self.fee_schedule is not None:
+            check = check_claim(event, self.fee_schedule,
+                                tolerance_cents=self.variance_tolerance_cents)
+            if check is not None:
+                self._contract(msg, out, event, check, self.fee_schedule.version)
         return posting
+
+    @staticmethod
+    def _contract(msg: Message, out: BatchResult, event: ClaimAdjudicated,
+                  check: ContractCheck, schedule_version: str) -> None:
+        """A claim's variances, one warning record each, and its unpriced lines, one record
+        for the claim: beside its delta, in the same phase, so they are durable before its
+        dedup record (a redelivery sends nothing again). Their ids come from the event and
+        the line, never the offset: the same claim however it arrives is the same item."""
+        key = event.account.encode()
+        dims = event.dimensions
+        common = {"payer": dims.payer, "payer_class": dims.payer_class,
+                  "claim_id": event.claim_id,
+                  "payer_claim_control_number": event.payer_claim_control_number,
+                  "paid_on": event.occurred_at.date().isoformat(),
+                  "schedule_version": schedule_version}
+        identity = f"contract|{event.account}|{event.event_id}"
+        for index, v in enumerate(check.variances):
+            line = f"line {v.line_id}" if v.line_id is not None else "the claim (no lines)"
+            code = v.procedure_code or v.revenue_code or "no code"
+            record = dlq_record(
+                Rejection(stage="contract", reason_code=v.direction, severity="warning",
+                          detail=f"claim {event.claim_id} {line} ({code}): allowed "
+                          f"{v.allowed_cents} cents ({v.allowed_from}), the fee schedule "
+                          f"expects {v.expected_cents} ({v.schedule}: {v.rate}), "
+                          f"{v.direction} by {abs(v.difference_cents)} cents"),
+                origin=_origin(msg),
+                payload=json.dumps(v.as_dict(), sort_keys=True).encode(),
+                received_at=_received_at(msg),
+                context=_context(event) | common | {
+                    "line_id": v.line_id, "procedure_code": v.procedure_code,
+                    "revenue_code": v.revenue_code, "service_date": v.service_date.isoformat(),
+                    "expected_cents": v.expected_cents, "allowed_cents": v.allowed_cents,
+                    "line_paid_cents": v.paid_cents, "difference_cents": v.difference_cents},
+                identity=identity,
+                discriminator=f"{index}|{v.line_id}",
+            )
+            out.dlq.append((msg.partition, key, record.model_dump_json().encode()))
+            out.counts.exceptions += 1
+        if check.unpriced:
+            shown = [{"line_id": u.line_id, "procedure_code": u.procedure_code,
+                      "revenue_code": u.revenue_code}
+                     for u in check.unpriced[:UNPRICED_CODES_SHOWN]]
+            codes = sorted({u.procedure_code or u.revenue_code or "no code"
+                            for u in check.unpriced})
+            record = dlq_record(
+                Rejection(stage="contract", reason_code="unpriced", severity="warning",
+                          detail=f"claim {event.claim_id}: {len(check.unpriced)} line(s) the "
+                          f"fee schedule in effect does not price ({', '.join(codes[:10])}"
+                          f"{' ...' if len(codes) > 10 else ''}): not compared"),
+                origin=_origin(msg),
+                payload=json.dumps(shown, sort_keys=True).encode(),
+                received_at=_received_at(msg),
+                context=_context(event) | common | {"unpriced_lines": len(check.unpriced),
+                                                    "lines": shown},
+                identity=identity,
+                discriminator="unpriced",
+            )
+            out.dlq.append((msg.partition, key, record.model_dump_json().encode()))
+            out.counts.exceptions += 1
+        out.contract.append(ContractTally(
+            dims.payer or "", check.priced, len(check.unpriced), check.uncontracted,
+            tuple((v.direction, abs(v.difference_cents)) for v in check.variances)))
 
     def _decode(self, msg: Message) -> Event | Rejection:
         value = msg.value

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Stage", "Severity", "Problem", "Rejection"]
 
-Stage = Literal["decode", "validate", "dedup", "rules", "posting", "facade"]
+Stage = Literal["decode", "validate", "dedup", "rules", "posting", "contract", "facade"]
 Severity = Literal["error", "warning"]
 
 

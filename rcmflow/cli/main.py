@@ -54,11 +54,15 @@ refunds_app = typer.Typer(
     help="Refund requests and their approvals: a refund posts only once the refund policy "
     "(RCMFLOW_REFUND_POLICY) approves it. Decisions are made as the user `rcmflow ops-login` "
     "signed in.", no_args_is_help=True)
+variance_app = typer.Typer(
+    help="Contract variance: 835 lines the payer allowed other than the fee schedule "
+    "(RCMFLOW_FEE_SCHEDULE) expects, with totals per payer and period.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Publish files to the rcm.* topics.", no_args_is_help=True)
 schema_app = typer.Typer(help="Published schemas.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(refunds_app, name="refunds")
+app.add_typer(variance_app, name="variance")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(schema_app, name="schema")
 
@@ -1214,6 +1218,72 @@ def refunds_list(
         out.print(f"no {'' if state == 'all' else state + ' '}refund requests")
 
 
+@variance_app.command("list")
+def variance_list(
+    payer: Annotated[str | None, typer.Option(help="Only this payer (as the 835 names it).")
+                     ] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only claims paid on or after this day (YYYY-MM-DD, the 835's payment date).")
+    ] = None,
+    period: Annotated[str, typer.Option(help="Totals by day, month or year of payment.")
+                      ] = "month",
+    state: Annotated[str, typer.Option(
+        help="all, todo (not yet resolved in the work queue) or done.")] = "all",
+    as_json: JsonFlag = False,
+) -> None:
+    """Variance items (underpaid, overpaid) and claims with unpriced lines, oldest payment
+    first, then totals per payer and period. Work them in the exception queue (`rcmflow dlq
+    list --stage contract`, `dlq resolve ID --note ...`)."""
+    from datetime import date
+
+    from rcmflow.ops.variance import VarianceFilters, every_variance, totals
+    from rcmflow.runtime import kafka_access
+    from rcmflow.streams.money import cents_for_people
+
+    if period not in ("day", "month", "year"):
+        _fail(ValueError(f"--period {period!r}: one of day, month, year"))
+    if state not in ("all", "todo", "done"):
+        _fail(ValueError(f"--state {state!r}: one of all, todo, done"))
+    try:
+        since_day = date.fromisoformat(since) if since is not None else None
+    except ValueError:
+        _fail(ValueError(f"--since {since!r}: a day, YYYY-MM-DD"))
+    settings = _settings()
+    kafka = _connect(settings, kafka_access.variance_access())
+    filters = VarianceFilters(payer=payer, since=since_day, state=state)  # type: ignore[arg-type]
+    rows = asyncio.run(every_variance(kafka, filters))
+    sums = totals(rows, period)  # type: ignore[arg-type]
+    if as_json:
+        _print_json({"items": rows, "totals": sums, "period": period})
+        return
+    table = Table("paid on", "payer", "account", "claim", "line", "code", "expected",
+                  "allowed", "paid", "difference", "kind", "state", title="contract variance")
+    for r in rows:
+        if r["kind"] == "unpriced":
+            codes = ", ".join(sorted({str(x.get("procedure_code") or x.get("revenue_code"))
+                                      for x in r["lines"]}))
+            table.add_row(r["paid_on"], escape(r["payer"]), r["account"], r["claim_id"],
+                          f"{r['unpriced_lines']} line(s)", escape(codes), "", "", "", "",
+                          "unpriced", r["state"])
+            continue
+        table.add_row(r["paid_on"], escape(r["payer"]), r["account"], r["claim_id"],
+                      str(r["line_id"] or "(claim)"),
+                      escape(str(r["procedure_code"] or r["revenue_code"] or "")),
+                      cents_for_people(r["expected_cents"]), cents_for_people(r["allowed_cents"]),
+                      cents_for_people(r["paid_cents"]), cents_for_people(r["difference_cents"]),
+                      r["kind"], r["state"])
+    out.print(table)
+    summary = Table("payer", period, "underpaid", "underpaid amount", "overpaid",
+                    "overpaid amount", "unpriced lines", title="totals per payer and period")
+    for t in sums:
+        summary.add_row(escape(t["payer"]), t["period"], str(t["underpaid_count"]),
+                        cents_for_people(t["underpaid_cents"]), str(t["overpaid_count"]),
+                        cents_for_people(t["overpaid_cents"]), str(t["unpriced_lines"]))
+    out.print(summary)
+    if not rows:
+        out.print("no contract variance (is RCMFLOW_FEE_SCHEDULE set for the workers?)")
+
+
 @refunds_app.command("show")
 def refunds_show(
     request_id: Annotated[str, typer.Argument(help="The request's id (its event id).")],
@@ -1473,7 +1543,8 @@ def _state_text(item: dict[str, Any]) -> str:
 @dlq_app.command("list")
 def dlq_list(
     stage: Annotated[str | None, typer.Option(
-        help="Only this stage: decode, validate, dedup, rules, posting, facade.")] = None,
+        help="Only this stage: decode, validate, dedup, rules, posting, contract, facade.")
+    ] = None,
     reason: Annotated[str | None, typer.Option(help="Only this reason_code.")] = None,
     source: Annotated[str | None, typer.Option(
         help="Only this source: the event's source, the connector's format (hl7, x12, ...), "

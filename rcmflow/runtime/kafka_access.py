@@ -50,6 +50,7 @@ __all__ = [
     "audit_access",
     "dlq_access",
     "refunds_access",
+    "variance_access",
     "documented_components",
     "INGEST_KINDS",
 ]
@@ -237,6 +238,12 @@ def refunds_access(*, changes: bool) -> Access:
     return Access(component="refunds", read=(ACCOUNTS, DLQ), write=(EVENTS,))
 
 
+def variance_access() -> Access:
+    """`rcmflow variance list`: reads the contract records (rcm.dlq) and their work-queue
+    states (rcm.dlq.state)."""
+    return Access(component="variance", read=(DLQ, DLQ_STATE))
+
+
 def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
     """The rows of the docs' ACL table (docs/operations/security.md), by command."""
     return {
@@ -269,5 +276,6 @@ def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
         "rcmflow aging": reader_access("aging", ACCOUNTS, POSTINGS),
         "rcmflow refunds list, show": refunds_access(changes=False),
         "rcmflow refunds request, approve, reject": refunds_access(changes=True),
+        "rcmflow variance list": variance_access(),
         "rcmflow ops": ops_site_access(app_id),
     }

@@ -88,6 +88,16 @@ class Settings(BaseSettings):
         "entity; docs: refunds); unset: the one shipped. The workers, `rcmflow rebuild` and "
         "`rcmflow reconcile` must read the same file."
     )
+    fee_schedule: Path | None = Field(
+        None, description="Fee schedule (YAML: expected allowed amounts per payer or payer "
+        "class, entity, code and dates; docs: variance) that every processed 835 claim's "
+        "lines are compared with; unset: no contract-variance check. An example ships as "
+        "streams/fee_schedule.yaml."
+    )
+    variance_tolerance_cents: int = Field(
+        100, ge=0, le=100_000_000, description="A line allowed within this many cents of "
+        "its fee schedule rate is no variance (rounding, small contract drift)."
+    )
     app_id: str = Field("rcmflow", description="Consumer group and changelog prefix.")
     # The FHIR facade (`rcmflow facade`): its own read model of rcm.accounts, served as R4.
     facade_host: str = Field("127.0.0.1", description="Address the facade listens on.")
@@ -520,8 +530,9 @@ class Settings(BaseSettings):
                     raise ValueError(f"{entry[:60]!r} is not an address or network") from exc
         return ",".join(entries)
 
-    @field_validator("data_dir", "coa", "refund_policy", "facade_store", "erp_csv_dir",
-                     "ops_token_file", "kafka_ca_file", "kafka_cert_file", "kafka_key_file")
+    @field_validator("data_dir", "coa", "refund_policy", "fee_schedule", "facade_store",
+                     "erp_csv_dir", "ops_token_file", "kafka_ca_file", "kafka_cert_file",
+                     "kafka_key_file")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

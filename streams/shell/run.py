@@ -19,7 +19,13 @@ from rcmflow.runtime.kafka_access import worker_access
 from rcmflow.runtime.kafka_preflight import access_error, preflight
 from rcmflow.runtime.settings import EMBEDDED_PREFIX, Settings
 from rcmflow.streams.chart import load_chart
-from rcmflow.streams.exceptions import ChartError, RefundPolicyError, UpgradeNeeded
+from rcmflow.streams.exceptions import (
+    ChartError,
+    FeeScheduleError,
+    RefundPolicyError,
+    UpgradeNeeded,
+)
+from rcmflow.streams.fee_schedule import load_fee_schedule
 from rcmflow.streams.refund_policy import load_refund_policy
 from rcmflow.streams.shell.worker import build_worker, claim_worker_dir, worker_families
 from rcmflow.streams.topics import topic_specs
@@ -69,7 +75,9 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
         url, identity = settings.resolve_broker()
         chart = load_chart(settings.coa)
         policy = load_refund_policy(settings.refund_policy)
-    except (BrokerNotFound, ChartError, RefundPolicyError) as exc:
+        fees = (load_fee_schedule(settings.fee_schedule)
+                if settings.fee_schedule is not None else None)
+    except (BrokerNotFound, ChartError, RefundPolicyError, FeeScheduleError) as exc:
         print(f"rcmflow worker: {exc}", file=sys.stderr)
         return ExitCode.REFUSED
     if settings.processing_guarantee == "exactly_once" and identity.startswith(EMBEDDED_PREFIX):
@@ -102,7 +110,7 @@ def run_worker(settings: Settings, *, metrics_port: int | None = None,
         return ExitCode.REFUSED
     datadir, _lock = claim_worker_dir(settings.tables_dir / identity, settings.worker_name)
     app, pipeline = build_worker(settings, chart, policy, datadir=datadir, measure_lag=port > 0,
-                                 faults=faults)
+                                 faults=faults, fee_schedule=fees)
     exit_when_a_crash_hangs(app)
     if port:
         try:

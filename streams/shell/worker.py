@@ -67,10 +67,18 @@ from rcmflow.runtime.settings import Settings
 from rcmflow.streams.chart import ChartOfAccounts
 from rcmflow.streams.date_window import DateWindow
 from rcmflow.streams.dedup import is_retry
+from rcmflow.streams.fee_schedule import FeeSchedule
 from rcmflow.streams.lifecycle import SECONDS_PER_DAY, Transition
 from rcmflow.streams.ordering import OffsetGuard
 from rcmflow.streams.outgoing import Acked, OutRecord
-from rcmflow.streams.processor import AppliedEvent, BatchResult, Counts, Message, Processor
+from rcmflow.streams.processor import (
+    AppliedEvent,
+    BatchResult,
+    ContractTally,
+    Counts,
+    Message,
+    Processor,
+)
 from rcmflow.streams.refund_policy import RefundPolicy
 from rcmflow.streams.shell.faust_internals import (
     BulkFeed,
@@ -144,6 +152,25 @@ class Progress:
     time_in_state: Histogram = field(default_factory=lambda: Histogram(DAYS_BUCKETS))
     spans: Histogram = field(default_factory=lambda: Histogram(DAYS_BUCKETS))
     entities: BoundedLabel = field(default_factory=BoundedLabel)
+    #: Contract variance (``streams/variance.py``): (payer, result) -> 835 lines compared,
+    #: result priced / unpriced / uncontracted / underpaid / overpaid; (payer, direction) ->
+    #: cents under- or overpaid. Payers are bounded (``BoundedLabel``).
+    contract_lines: dict[tuple[str, str], int] = field(default_factory=dict)
+    variance_cents: dict[tuple[str, str], int] = field(default_factory=dict)
+    payers: BoundedLabel = field(default_factory=BoundedLabel)
+
+    def note_contract(self, tallies: Sequence[ContractTally]) -> None:
+        for t in tallies:
+            payer = self.payers(t.payer)
+            for result, n in (("priced", t.priced), ("unpriced", t.unpriced),
+                              ("uncontracted", t.uncontracted)):
+                if n:
+                    key = (payer, result)
+                    self.contract_lines[key] = self.contract_lines.get(key, 0) + n
+            for direction, cents in t.variances:
+                key = (payer, direction)
+                self.contract_lines[key] = self.contract_lines.get(key, 0) + 1
+                self.variance_cents[key] = self.variance_cents.get(key, 0) + cents
 
     def note(self, applied: Sequence[AppliedEvent], now_s: float) -> None:
         """Count a durable batch's applied events (``now_s``: Unix time it became durable).
@@ -216,6 +243,16 @@ def worker_families(progress: Progress) -> list[Metric]:
                   "lifecycle state to the first entry into another after it (claim_to_payment, "
                   "denial_to_appeal, ...: docs/lifecycle.md), by entity and span",
                   ["entity", "span"], progress.spans),
+        counter("rcmflow_worker_contract_lines", "Processed 835 lines compared with the fee "
+                "schedule (docs/variance.md), by payer (at most 50, then 'other') and result: "
+                "priced (within tolerance or a variance), underpaid, overpaid (the variances), "
+                "unpriced (a schedule in effect has no rate), uncontracted (no schedule)",
+                [({"payer": p, "result": r}, n)
+                 for (p, r), n in list(progress.contract_lines.items())]),
+        counter("rcmflow_worker_variance_cents", "Cents under- or overpaid against the fee "
+                "schedule beyond the tolerance, by payer and direction",
+                [({"payer": p, "direction": d}, n)
+                 for (p, d), n in list(progress.variance_cents.items())]),
     ]
 
 
@@ -267,6 +304,7 @@ class Pipeline:
             self.progress.batches += 1
             self.progress.events += len(admitted.messages)
             self.progress.note(result.applied, time.time())
+            self.progress.note_contract(result.contract)
             await self._fault_point("batch-done")
         for partition in admitted.read_to:
             self._holes = {k: v for k, v in self._holes.items() if k[0] != partition}
@@ -538,12 +576,13 @@ class BuiltWorker(NamedTuple):
 
 def build_worker(settings: Settings, chart: ChartOfAccounts, policy: RefundPolicy, *,
                  datadir: Path, measure_lag: bool = False,
-                 faults: Faults = NO_FAULTS) -> BuiltWorker:
+                 faults: Faults = NO_FAULTS,
+                 fee_schedule: FeeSchedule | None = None) -> BuiltWorker:
     """The Faust app of one worker process, its tables and its agent.
 
     ``measure_lag``: ask the broker for the log ends every PROGRESS_INTERVAL_S (for the lag
     metric; off when nobody scrapes it). ``faults``: test-only kills, pauses, skips and
-    ``break_dedup``.
+    ``break_dedup``. ``fee_schedule``: the contract-variance check's rates (None: off).
     """
     install_highwater_fix()
     install_recovery_seek_fix()
@@ -584,7 +623,9 @@ def build_worker(settings: Settings, chart: ChartOfAccounts, policy: RefundPolic
                           dlq_payload_bytes_max=settings.dlq_payload_bytes_max,
                           dedup_horizon_days=settings.dedup_horizon_days,
                           date_window=DateWindow.from_settings(settings),
-                          break_dedup=faults.break_dedup, refund_policy=policy)
+                          break_dedup=faults.break_dedup, refund_policy=policy,
+                          fee_schedule=fee_schedule,
+                          variance_tolerance_cents=settings.variance_tolerance_cents)
     outbox = Outbox(kafka=kafka, timeout_s=settings.produce_timeout_s, app_id=settings.app_id,
                     source_topic=EVENTS,
                     exactly_once=settings.processing_guarantee == "exactly_once")

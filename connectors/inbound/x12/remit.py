@@ -73,6 +73,11 @@ class Line:
     charge_cents: int
     paid_cents: int
     adjustments: list[Cas] = field(default_factory=list)
+    #: SVC05 (whole units only), AMT*B6 and DTM*472 / 150: what the contract-variance check
+    #: compares (``streams/variance.py``); None where the 835 does not say.
+    units: int | None = None
+    allowed_cents: int | None = None
+    service_date: date | None = None
 
     def balances(self) -> bool:
         return self.charge_cents - self.paid_cents == sum(a.amount_cents for a in self.adjustments)
@@ -240,6 +245,12 @@ class RemitReader:
                 self._claim.lines.append(line)
         elif sid == "REF" and seg.el(1) == "6R" and self._line is not None:
             self._line.line_id = seg.el(2)[:40] or self._line.line_id
+        elif sid == "AMT" and seg.el(1) == "B6" and self._line is not None:
+            self._line.allowed_cents = _cents(seg, 2, remit, required=False)
+        elif sid == "DTM" and seg.el(1) in ("472", "150") and self._line is not None:
+            # 472: the date of service; 150: the start of a period (its end, 151, is ignored).
+            if self._line.service_date is None or seg.el(1) == "472":
+                self._line.service_date = _date(seg.el(2))
         elif sid == "CAS":
             if self._line is not None:
                 self._line.adjustments.extend(_cas(seg, remit))
@@ -316,7 +327,9 @@ def _svc(seg: Segment, number: int, remit: Remit) -> Line | None:
     elif code:
         procedure = code[:40]
     revenue = revenue or (seg.el(4)[:40] or None)
-    return Line(number, str(number), procedure, revenue, charge, paid)
+    units_text = seg.el(5)
+    units = int(units_text) if units_text.isdigit() and len(units_text) <= 6 else None
+    return Line(number, str(number), procedure, revenue, charge, paid, units=units)
 
 
 def _plb(seg: Segment, remit: Remit) -> list[Plb]:
@@ -560,7 +573,9 @@ def _claim_event(claim: Claim, remit: RemitHeader, event_id: str, occurred: date
         lines=tuple(
             AdjudicatedLine(line_id=line.line_id, charge_cents=line.charge_cents,
                             paid_cents=line.paid_cents, procedure_code=line.procedure_code,
-                            adjustments=tuple(_adjustment(a) for a in line.adjustments))
+                            adjustments=tuple(_adjustment(a) for a in line.adjustments),
+                            revenue_code=line.revenue_code, units=line.units,
+                            allowed_cents=line.allowed_cents, service_date=line.service_date)
             for line in lines),
     )
 

@@ -7,6 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rcmflow.runtime.metrics import LABEL_VALUES_MAX, OTHER, new_registry, render
 from rcmflow.streams.chart import load_chart
+from rcmflow.streams.fee_schedule import FeeSchedule
 from rcmflow.streams.memory_tables import MemoryTables
 from rcmflow.streams.processor import Processor
 from rcmflow.streams.shell.worker import Progress, worker_families
@@ -57,3 +58,34 @@ def test_sources_are_bounded() -> None:
     sources = {source for source, _ in progress.by_source_kind}
     assert len(sources) == LABEL_VALUES_MAX + 1 and OTHER in sources
     assert progress.by_source_kind[(OTHER, "charge_posted")] == 5
+
+
+def test_contract_lines_and_variance_cents_by_payer() -> None:
+    """One claim of payer P1: 99213 underpaid by 10.00, 99214 unpriced; one of an uncontracted
+    payer (``streams/variance.py``)."""
+    fees = FeeSchedule.model_validate({"version": "m1", "schedules": [
+        {"name": "p1", "payer": "P1", "effective_from": "2026-01-01",
+         "procedures": {"99213": {"amount_cents": 9500}}}]})
+
+    def line(n: str, code: str, paid: int) -> dict[str, object]:
+        return {"line_id": n, "procedure_code": code, "charge_cents": 15_000,
+                "paid_cents": paid, "adjustments": [
+                    {"group": "CO", "reason": "45", "amount_cents": 15_000 - paid}]}
+
+    def claim(account: str, payer: str) -> dict[str, object]:
+        return adjudication(30_000, 16_500, [], account=account, source="x12-835",
+                            lines=[line("1", "99213", 8500), line("2", "99214", 8000)],
+                            dimensions={"entity": "01", "payer": payer})
+
+    docs = [claim("A1", "P1"), claim("A2", "P9")]
+    result = Processor(load_chart(), fee_schedule=fees).process(messages(docs), MemoryTables())
+    assert result.counts.applied == 2
+    progress = Progress()
+    progress.note_contract(result.contract)
+    got = _samples(progress)
+    lines = "rcmflow_worker_contract_lines_total"
+    assert got[f"{lines}payer=P1,result=priced"] == 1
+    assert got[f"{lines}payer=P1,result=underpaid"] == 1
+    assert got[f"{lines}payer=P1,result=unpriced"] == 1
+    assert got[f"{lines}payer=P9,result=uncontracted"] == 2
+    assert got["rcmflow_worker_variance_cents_totaldirection=underpaid,payer=P1"] == 1000
