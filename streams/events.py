@@ -445,8 +445,19 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 def event_digest(raw: bytes) -> str:
     """Content digest of a received event for replay detection: same key + same digest is a
     replay. Canonical JSON (sorted keys, no whitespace), so key order and formatting of a
-    re-sent event do not matter; any difference in content does."""
-    return hashlib.sha256(orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    re-sent event do not matter; any difference in content does, except the 835 line
+    details that only describe (``_LINE_FIELDS_OMITTED_WHEN_UNSET``: revenue code, units,
+    AMT*B6, date of service): an 835 applied by an rcmflow that did not read them, sent again
+    by one that does, is a replay, not a conflict. They move no money; the contract check
+    judges a line once, when its claim is first applied."""
+    doc = orjson.loads(raw)
+    if isinstance(doc, dict) and doc.get("kind") == EventKind.CLAIM_ADJUDICATED:
+        lines = doc.get("lines")
+        if isinstance(lines, list):
+            doc["lines"] = [{k: v for k, v in line.items()
+                             if k not in _LINE_FIELDS_OMITTED_WHEN_UNSET}
+                            if isinstance(line, dict) else line for line in lines]
+    return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def events_json_schema() -> dict[str, object]:

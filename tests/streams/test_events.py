@@ -171,3 +171,17 @@ def test_the_published_accounts_schema_holds_every_record_the_worker_writes() ->
         jsonschema.validate(json.loads(value), schema[form])
         forms.add(form)
     assert forms == set(schema)
+
+
+def test_835_line_details_that_move_no_money_are_no_conflict_when_sent_again() -> None:
+    """An 835 applied before rcmflow read AMT*B6, units, revenue code and date of service,
+    sent again by a version that does: a replay (the same money), not a conflict."""
+    old = adjudication(300, 200, [("CO", "45", 100)]) | {"lines": [
+        {"line_id": "1", "charge_cents": 300, "paid_cents": 200,
+         "adjustments": [{"group": "CO", "reason": "45", "amount_cents": 100}]}]}
+    new = old | {"lines": [old["lines"][0] | {"allowed_cents": 200, "units": 1,
+                                              "revenue_code": "0450",
+                                              "service_date": "2026-11-01"}]}
+    assert event_digest(json.dumps(old).encode()) == event_digest(json.dumps(new).encode())
+    paid_more = old | {"paid_cents": 250}
+    assert event_digest(json.dumps(old).encode()) != event_digest(json.dumps(paid_more).encode())
