@@ -228,8 +228,9 @@ def advance(before: Lifecycle | None, event: Event, version: int, balances: Bala
         spans = tuple((name, _seconds(at, entered[start])) for name, (start, end) in SPANS.items()
                       if end == state and _first_since(entered, start, end))
         entered[state] = at
-        current = Lifecycle(state=state, since=at, event_id=event.event_id,
-                            expected=expected, entered=entered)
+        # Built from values already validated (the event's, the head's): no second check.
+        current = Lifecycle.model_construct(state=state, since=at, event_id=event.event_id,
+                                            expected=expected, entered=entered)
         made.append(Transition(from_state, state, seconds, expected, spans))
         if recorded + len(records) < TRANSITIONS_MAX:
             claim_id = getattr(event, "claim_id", None) or event.dimensions.claim_id
