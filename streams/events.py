@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from enum import StrEnum
-from typing import Annotated, Final, Literal, TypeAlias
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import orjson
 from pydantic import (
@@ -18,9 +18,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictInt,
     TypeAdapter,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -186,15 +188,37 @@ class Adjustment(_Frozen):
         return f"{self.group}-{self.reason}"
 
 
-class AdjudicatedLine(_Frozen):
+#: A remittance advice remark code (RARC: N14, MA02, M15, ...): 835 LQ*HE on a service line,
+#: MOA / MIA remark elements on a claim.
+Rarc = Annotated[str, Field(pattern=r"^[A-Z0-9]{1,8}$")]
+#: Bound on the remark codes of one claim or line (an 835 line has at most 99 LQs).
+REMARK_CODES_MAX = 99
+RemarkCodes = Annotated[tuple[Rarc, ...], Field(max_length=REMARK_CODES_MAX)]
+
+
+class _WithRemarks(_Frozen):
+    """``remark_codes`` is optional and left out of the JSON when empty: an event without
+    remarks serialises as it did before the field, so its content digest (``event_digest``,
+    what dedup tells a replay from a conflict by) is unchanged."""
+
+    @model_serializer(mode="wrap")
+    def _without_empty_remarks(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("remark_codes"):
+            data.pop("remark_codes", None)
+        return data
+
+
+class AdjudicatedLine(_WithRemarks):
     line_id: Code
     charge_cents: Cents
     paid_cents: Cents
     procedure_code: Code | None = None
     adjustments: Annotated[tuple[Adjustment, ...], Field(max_length=ADJUSTMENTS_MAX)] = ()
+    remark_codes: RemarkCodes = Field((), description="The line's RARCs (835 LQ*HE).")
 
 
-class ClaimAdjudicated(_EventBase):
+class ClaimAdjudicated(_WithRemarks, _EventBase):
     """One 835 CLP: what the payer paid and how the rest of the charge was adjusted.
 
     A reversal (CLP02 = 22) carries negated amounts; the posting rules then negate the
@@ -211,6 +235,9 @@ class ClaimAdjudicated(_EventBase):
     patient_responsibility_cents: Cents = 0
     adjustments: Annotated[tuple[Adjustment, ...], Field(max_length=ADJUSTMENTS_MAX)] = ()
     lines: Annotated[tuple[AdjudicatedLine, ...], Field(max_length=LINES_MAX)] = ()
+    remark_codes: RemarkCodes = Field(
+        (), description="Claim-level RARCs (835 MOA03-07, MIA05/20-23); each line's are on "
+        "the line. Absent from events made before rcmflow read them.")
 
     def all_adjustments(self) -> tuple[Adjustment, ...]:
         """Claim-level CAS amounts, then every service line's."""
