@@ -19,6 +19,8 @@ EVERY_KIND = [
     event_doc("claim_submitted", claim_id="C1", total_charge_cents=300,
               lines=[{"line_id": "1", "charge_cents": 100}, {"line_id": "2", "charge_cents": 200}]),
     adjudication(300, 200, [("CO", "45", 100)]),
+    adjudication(500, 0, [("CO", "16", 500)], claim_id="C2", outcome="denied",
+                 remark_codes=["N14"]),
     payment(100),
     event_doc("refund", amount_cents=100),
     event_doc("refund_approved", request_id="R1", by="ann", role="refund_approver"),
