@@ -9,7 +9,8 @@ from rcmflow.runtime.exceptions import RcmflowError
 if TYPE_CHECKING:
     from rcmflow.streams.money import Refusal
 
-__all__ = ["MoneyError", "UpgradeNeeded", "ChartError", "RefundPolicyError", "UPGRADE_COMMAND"]
+__all__ = ["MoneyError", "UpgradeNeeded", "ChartError", "RefundPolicyError", "DenialRoutingError",
+           "UPGRADE_COMMAND"]
 
 #: What an operator runs once when a table holds records of an older rcmflow.
 UPGRADE_COMMAND = "rcmflow upgrade"
@@ -39,3 +40,7 @@ class ChartError(RcmflowError, ValueError):
 
 class RefundPolicyError(RcmflowError, ValueError):
     """The refund approval policy file is missing, unreadable or inconsistent."""
+
+
+class DenialRoutingError(RcmflowError, ValueError):
+    """The denial routing table is missing, unreadable or names unknown categories."""
