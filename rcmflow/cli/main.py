@@ -740,10 +740,16 @@ def audit(
         {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper()))
     try:
         if follow:
+            from rcmflow.streams.denial_routing import load_denial_routing
+
+            try:
+                routing = load_denial_routing(settings.denial_routing)  # the denials' metrics
+            except ValueError as exc:
+                _fail(exc)
             raise typer.Exit(asyncio.run(ledger.follow(
                 kafka, scratch, metrics_host=settings.metrics_host,
                 metrics_port=settings.audit_metrics_port if metrics_port is None
-                else metrics_port)))
+                else metrics_port, routing=routing)))
         report = asyncio.run(ledger.audit(kafka, scratch, console=err))
     except (KafkaError, TimeoutError) as exc:
         _fail(exc, ExitCode.BROKER)
