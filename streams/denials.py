@@ -108,10 +108,10 @@ def _adjudicated(event: ClaimAdjudicated, version: int, items: ItemLookup,
     before = _record(items(claim_ref))
     if event.outcome == "reversal":
         # The payer takes its answer back; the new answer that follows moves the item.
-        for ref in denial_refs(event):
-            found = _record(items(ref))
-            if found is not None and found["state"] not in ("written_off",):
-                changes[ref] = _step(found, found["state"], event, version)
+        for noted in denial_refs(event):
+            found = _record(items(noted))
+            if found is not None and found["state"] != "written_off":
+                changes[noted] = _step(found, found["state"], event, version)
         return
     if event.outcome == "denied":
         carcs = denial_carcs(event.all_adjustments()) or [

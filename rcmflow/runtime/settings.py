@@ -525,8 +525,9 @@ class Settings(BaseSettings):
                     raise ValueError(f"{entry[:60]!r} is not an address or network") from exc
         return ",".join(entries)
 
-    @field_validator("data_dir", "coa", "refund_policy", "denial_routing", "facade_store", "erp_csv_dir",
-                     "ops_token_file", "kafka_ca_file", "kafka_cert_file", "kafka_key_file")
+    @field_validator("data_dir", "coa", "refund_policy", "denial_routing", "facade_store",
+                     "erp_csv_dir", "ops_token_file", "kafka_ca_file", "kafka_cert_file",
+                     "kafka_key_file")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
