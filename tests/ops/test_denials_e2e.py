@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
+from rcmflow.ops.site import SiteConfig, create_site
+from rcmflow.ops.users import Users
 from tests.conftest import Broker, Workers, wait_until
 from tests.connectors.inbound.x12.x12_build import ClaimSpec, envelope, remit_segments
 from tests.factories import event_doc
@@ -50,6 +53,7 @@ def test_a_denied_claim_is_listed_then_overturned_by_an_appeal_and_a_payment(
     table = _cli(workers, "denials", "list", "--category", "missing_information")
     assert table.returncode == 0 and CLAIM in table.stdout and "open denials by age" in \
         table.stdout, table.stdout
+    _site_shows_the_denial(broker, tmp_path)
 
     appeal = tmp_path / "appeal.jsonl"
     appeal.write_text(json.dumps(event_doc(
@@ -72,3 +76,18 @@ def test_a_denied_claim_is_listed_then_overturned_by_an_appeal_and_a_payment(
     assert json.loads(shown.stdout)["state"] == "overturned", shown.stderr
     assert _cli(workers, "denials", "list").stdout.strip().endswith("no open denials")
     assert worker.alive(), worker.log_tail()
+
+
+def _site_shows_the_denial(broker: Broker, tmp_path: Path) -> None:
+    """The ops site's Denials page (in process, on the same broker)."""
+    users = Users(tmp_path / "ops-users.json")
+    users.set("olive", "operator", "correct horse battery")
+    site = TestClient(create_site(SiteConfig(
+        kafka=broker.connection, users=users, session_key=b"k" * 32, session_s=3600,
+        app_id="rcmflow", metrics={})), base_url="http://127.0.0.1:8081")
+    site.post("/login", data={"username": "olive", "password": "correct horse battery"})
+    page = site.get("/denials", params={"category": "missing_information"})
+    assert page.status_code == 200, page.text
+    assert CLAIM in page.text and "CO-16 OA-A7 N14" in page.text
+    assert "Open denials by age" in page.text
+    assert 'id="empty"' in site.get("/denials", params={"state": "overturned"}).text
