@@ -50,13 +50,20 @@ from rich.console import Console
 from rocksdict import Rdict
 
 from rcmflow.audit.digest import BUCKETS, HeadStore, read_live, scratch_dir, store_options
-from rcmflow.audit.tallies import AccountsByState, DlqTally, EntityBalances, RefundTally
+from rcmflow.audit.tallies import (
+    AccountsByState,
+    DenialTally,
+    DlqTally,
+    EntityBalances,
+    RefundTally,
+)
 from rcmflow.ops.items import ItemState, is_done
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.kafka_io import Record, iter_topic, log_ends, publish, topic_partitions
 from rcmflow.runtime.metrics import Metric, counter, gauge
 from rcmflow.runtime.progress import LOG_EVERY_S, progress
+from rcmflow.streams.denial_routing import DenialRouting
 from rcmflow.streams.dlq import Origin, dlq_record
 from rcmflow.streams.layout import is_head_key
 from rcmflow.streams.rejections import Rejection
@@ -320,7 +327,8 @@ class Follower:
     generation is left to that one: its newest head may have deltas past the earlier ends."""
 
     def __init__(self, kafka: KafkaConnection, scratch_parent: Path, *,
-                 poll_s: float = 0.2, progress_every_s: float = LOG_EVERY_S) -> None:
+                 poll_s: float = 0.2, progress_every_s: float = LOG_EVERY_S,
+                 routing: DenialRouting | None = None) -> None:
         self.kafka = kafka
         self.heads = HeadStore.scratch(scratch_parent)
         self.sums = LedgerSums(scratch_dir(scratch_parent, "audit-ids-"), hold=True)
@@ -341,12 +349,15 @@ class Follower:
         self.balances = EntityBalances()
         self.refunds = RefundTally()
         self.states = AccountsByState()
+        #: Denials by payer, category (``routing``: the denial routing table) and state.
+        self.denials = DenialTally(routing)
 
     def families(self) -> list[Metric]:
         return [
             *self.dlq.families(),
             *self.balances.families(),
             *self.refunds.families(),
+            *self.denials.families(),
             *self.states.families(),
             counter("rcmflow_audit_mismatches", "Accounts found whose ledger buckets differ "
                     "from the sum of their posting deltas (each mismatch once).",
@@ -423,6 +434,7 @@ class Follower:
         if record.topic == ACCOUNTS:
             if not is_head_key(record.key):
                 self.refunds.take(record.key, record.value)  # the pending refunds' metrics
+                self.denials.take(record.key, record.value)  # the denials' metrics
                 return  # an item record
             self.states.take(self.heads.db.get(record.key), record.value)
             self.heads.put(record.key, record.value)
@@ -484,14 +496,15 @@ class Follower:
 
 
 async def follow(kafka: KafkaConnection, scratch_parent: Path, *, metrics_host: str,
-                 metrics_port: int, poll_s: float = 0.2) -> ExitCode:
+                 metrics_port: int, poll_s: float = 0.2,
+                 routing: DenialRouting | None = None) -> ExitCode:
     """`rcmflow audit --follow` until SIGTERM/SIGINT (exit 0); REFUSED when the metrics
     port is taken."""
     import signal
 
     from rcmflow.runtime.metrics import new_registry, serve, url
 
-    follower = Follower(kafka, scratch_parent, poll_s=poll_s)
+    follower = Follower(kafka, scratch_parent, poll_s=poll_s, routing=routing)
     try:
         if metrics_port:
             try:

@@ -20,10 +20,12 @@ from typing import Any, NamedTuple
 import orjson
 
 from rcmflow.runtime.metrics import BoundedLabel, Metric, counter, gauge
+from rcmflow.streams.denial_routing import DenialRouting, load_denial_routing
+from rcmflow.streams.denials import WORKED_STATES
 from rcmflow.streams.rules import bucket_effects
 from rcmflow.streams.topics import DLQ, POSTINGS_DLQ
 
-__all__ = ["DlqTally", "EntityBalances", "RefundTally", "AccountsByState",
+__all__ = ["DlqTally", "EntityBalances", "RefundTally", "AccountsByState", "DenialTally",
            "DLQ_ITEMS_TRACKED_MAX", "QUEUES", "REFUNDS_TRACKED_MAX"]
 
 log = logging.getLogger("rcmflow.audit")
@@ -294,3 +296,84 @@ def _received_s(received_at: Any, timestamp_ms: int | None) -> float:
     if timestamp_ms is not None and timestamp_ms > 0:
         return timestamp_ms / 1000
     return time.time()
+
+
+#: Denials the tally keeps (~150 bytes each); past it new ones are not tracked and a
+#: warning is logged.
+DENIALS_TRACKED_MAX = 500_000
+_DENIAL_KEY = b"/denial/"
+#: Open-denial age buckets: (label, days at most; None: any older).
+DENIAL_AGE_BUCKETS: tuple[tuple[str, int | None], ...] = (
+    ("0-30", 30), ("31-60", 60), ("61-90", 90), ("91-120", 120), ("120+", None))
+
+
+class _Denial(NamedTuple):
+    payer: str
+    category: str
+    state: str
+    cents: int
+    denied_s: float
+
+
+class DenialTally:
+    """Denied claims and lines (the ``denial`` items of rcm.accounts, compacted: the newest
+    record of each tells its state), by payer, category (the routing table's, applied as
+    read) and state, count and amount; and the open ones' amounts by age."""
+
+    def __init__(self, routing: DenialRouting | None = None,
+                 tracked_max: int = DENIALS_TRACKED_MAX) -> None:
+        self.routing = routing or load_denial_routing()
+        self.tracked_max = tracked_max
+        self.denials: dict[bytes, _Denial] = {}
+        self._payers = BoundedLabel()
+
+    def take(self, key: bytes, value: bytes | None) -> None:
+        """One rcm.accounts record; anything but a denial item is ignored."""
+        if _DENIAL_KEY not in key:
+            return
+        if value is None:
+            self.denials.pop(key, None)
+            return
+        try:
+            doc = orjson.loads(value)
+            route = self.routing.route(doc["carcs"], doc["rarcs"])
+            entry = _Denial(self._payers(str(doc["payer"] or "-")), route.category,
+                            str(doc["state"]), int(doc["amount_cents"]),
+                            datetime.fromisoformat(str(doc["denied_at"])).timestamp())
+        except (ValueError, KeyError, TypeError):
+            return  # not a denial this version can read
+        if key in self.denials or len(self.denials) < self.tracked_max:
+            self.denials[key] = entry
+        else:
+            log.warning("more than %d denials: new ones are not in the metrics",
+                        self.tracked_max)
+
+    def families(self, now_s: float | None = None) -> list[Metric]:
+        now = time.time() if now_s is None else now_s
+        counts: dict[tuple[str, str, str], int] = {}
+        cents: dict[tuple[str, str, str], int] = {}
+        aged = {name: [0, 0] for name, _ in DENIAL_AGE_BUCKETS}
+        for d in list(self.denials.values()):
+            labels = (d.payer, d.category, d.state)
+            counts[labels] = counts.get(labels, 0) + 1
+            cents[labels] = cents.get(labels, 0) + d.cents
+            if d.state in WORKED_STATES:
+                days = max(now - d.denied_s, 0.0) // 86_400
+                name = next(n for n, upto in DENIAL_AGE_BUCKETS if upto is None or days <= upto)
+                aged[name][0] += 1
+                aged[name][1] += d.cents
+
+        def rows(values: dict[tuple[str, str, str], int]) -> list[tuple[dict[str, str], int]]:
+            return [({"payer": p, "category": c, "state": s}, n)
+                    for (p, c, s), n in values.items()]
+        return [
+            gauge("rcmflow_denials", "Denied claims and service lines by payer, category "
+                  "(the denial routing table's) and state (open, appealed, overturned, "
+                  "upheld, resolved, written_off)", rows(counts)),
+            gauge("rcmflow_denials_cents", "Amount denied by payer, category and state, in "
+                  "cents", rows(cents)),
+            gauge("rcmflow_denials_open", "Open denials (open or appealed) by age since the "
+                  "denial, in days", [({"age": a}, v[0]) for a, v in aged.items()]),
+            gauge("rcmflow_denials_open_cents", "Amount of the open denials by age since the "
+                  "denial, in cents", [({"age": a}, v[1]) for a, v in aged.items()]),
+        ]

@@ -404,9 +404,9 @@ class Store:
                                     (key,))
                 if part.item is None:
                     changed += self._put_head(part.account, doc, dirty)
-                elif part.item[0] == "transition":
+                elif part.item[0] in ("transition", "denial"):
                     # Read and kept nowhere: the Account shows the state from the head (the
-                    # history is `rcmflow accounts show`'s).
+                    # history is `rcmflow accounts show`'s, the denials `rcmflow denials`').
                     changed += 1
                 else:
                     changed += self._put_item(part, doc, dirty)

@@ -13,6 +13,7 @@ from rcmflow.ops.users import Users
 from rcmflow.runtime.exit_codes import ExitCode
 from rcmflow.runtime.kafka_connection import KafkaConnection
 from rcmflow.runtime.settings import Settings
+from rcmflow.streams.denial_routing import load_denial_routing
 from rcmflow.streams.refund_policy import load_refund_policy
 
 __all__ = ["run_ops_site", "site_config", "users_of", "metrics_urls"]
@@ -44,7 +45,8 @@ def site_config(settings: Settings, kafka: KafkaConnection,
                       metrics=metrics_urls(settings) if metrics is None else metrics,
                       prometheus_url=settings.ops_prometheus_url,
                       reconcile_file=last_run_path(settings),
-                      refund_policy=load_refund_policy(settings.refund_policy))
+                      refund_policy=load_refund_policy(settings.refund_policy),
+                      denial_routing=load_denial_routing(settings.denial_routing))
 
 
 def run_ops_site(settings: Settings, kafka: KafkaConnection) -> ExitCode:

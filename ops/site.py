@@ -36,6 +36,7 @@ from rcmflow.ops.exceptions import NoSuchItem, RefundRefused, ReplayRefused
 from rcmflow.ops.items import STATE_FILTERS, Filters
 from rcmflow.ops.users import User, Users
 from rcmflow.runtime.kafka_connection import KafkaConnection
+from rcmflow.streams.denial_routing import DenialRouting, load_denial_routing
 from rcmflow.streams.money import cents_for_people
 from rcmflow.streams.refund_policy import RefundPolicy, load_refund_policy
 
@@ -51,6 +52,8 @@ _PAGE_ROWS = 50
 _REPLAY_WAIT_S = 10.0
 _ACTIONS = ("assign", "replay", "resolve")
 _TRACE_ID_CHARS_MAX = 200
+#: Denials listed on the page (the figures count them all; `rcmflow denials` lists all).
+_DENIAL_ROWS_MAX = 500
 _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 _TEMPLATES.env.filters["money"] = cents_for_people
 
@@ -70,6 +73,8 @@ class SiteConfig:
     reconcile_file: Path | None = None
     #: The refund approval policy (None: the one shipped with rcmflow).
     refund_policy: RefundPolicy | None = None
+    #: The denial routing table (None: the one shipped with rcmflow).
+    denial_routing: DenialRouting | None = None
 
 
 @dataclass(frozen=True)
@@ -271,6 +276,26 @@ def create_site(config: SiteConfig) -> FastAPI:
                 for r in await every_request(config.kafka)
                 if state == "all" or r["state"] == state]
         return _page(request, "refunds.html", session, rows=rows, state=state)
+
+    @site.get("/denials", response_class=HTMLResponse)
+    async def denials(request: Request, state: str = "open", payer: str = "",
+                      category: str = "") -> Response:
+        session = _session(request)
+        if session is None:
+            return _to_login(request)
+        from rcmflow.ops.denials import STATES, every_denial, matches, routed, summary
+
+        if state not in ("open", "all", *STATES):
+            raise _Refused(400, f"state {state!r}: one of open, all, {', '.join(STATES)}")
+        routing = config.denial_routing or load_denial_routing()
+        every = routed(await every_denial(config.kafka), routing)
+        rows = [r for r in every if matches(r, state=state, payer=payer or None,
+                                            category=category or None)]
+        return _page(request, "denials.html", session, rows=rows[:_DENIAL_ROWS_MAX],
+                     shown_max=_DENIAL_ROWS_MAX, total=len(rows), figures=summary(rows),
+                     state=state, states=("open", *STATES, "all"), payer=payer,
+                     category=category, categories=list(routing.categories),
+                     routing_version=routing.version)
 
     @site.get("/refunds/{account}/{request_id:path}", response_class=HTMLResponse)
     async def refund(request: Request, account: str, request_id: str) -> Response:

@@ -15,6 +15,7 @@ from typing import Literal, NamedTuple
 import orjson
 
 from rcmflow.streams.chart import ChartOfAccounts
+from rcmflow.streams.denials import denial_changes, denial_refs
 from rcmflow.streams.events import (
     AccountStatusChanged,
     ChargePosted,
@@ -26,6 +27,8 @@ from rcmflow.streams.events import (
     Refund,
     RefundApproved,
     RefundRejected,
+    WorkflowStep,
+    WriteOff,
 )
 from rcmflow.streams.lifecycle import Transition, advance
 from rcmflow.streams.limits import ACCOUNT_ITEMS_MAX
@@ -100,7 +103,10 @@ def apply(
         movements, changes = found, item_changes(event, version, items, policy=policy)
     # An item named by this event's own id is new (dedup used the id up); others may exist.
     created = [ref for ref in changes if ref[1] == event.event_id or items(ref) is None]
-    if created and head.item_count() + len(created) > items_max:
+    # Denial items are not held against the bound: at most one per claim and claim line,
+    # and a denial must never refuse the 835 that posts it.
+    bounded = [ref for ref in created if ref[0] != "denial"]
+    if bounded and head.item_count() + len(bounded) > items_max:
         return Rejection(
             stage="rules",
             reason_code="account_items_max",
@@ -225,11 +231,14 @@ def touched_items(event: Event) -> tuple[ItemRef, ...]:
         case ClaimSubmitted():
             return (("claim", event.claim_id),)
         case ClaimAdjudicated():
-            return (("claim", event.claim_id), ("adjudication", event.event_id))
+            return (("claim", event.claim_id), ("adjudication", event.event_id),
+                    *denial_refs(event))
         case PatientPayment():
             return (("payment", event.event_id),)
         case Refund() | RefundApproved() | RefundRejected():
             return refund_refs(event)
+        case WorkflowStep() | WriteOff():
+            return denial_refs(event)
     return ()
 
 
@@ -279,7 +288,10 @@ def item_changes(event: Event, version: int, items: ItemLookup, *,
             }
             return {ref: claim}
         case ClaimAdjudicated():
-            return _adjudication_items(event, version, items)
+            return {**_adjudication_items(event, version, items),
+                    **denial_changes(event, version, items)}
+        case WorkflowStep() | WriteOff():
+            return denial_changes(event, version, items)
         case Refund() | RefundApproved() | RefundRejected():
             return refund_item_changes(event, version, items, policy or load_refund_policy(),
                                        posted=posted)

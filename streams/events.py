@@ -196,7 +196,28 @@ class Adjustment(_Frozen):
 _LINE_FIELDS_OMITTED_WHEN_UNSET = ("revenue_code", "units", "allowed_cents", "service_date")
 
 
-class AdjudicatedLine(_Frozen):
+#: A remittance advice remark code (RARC: N14, MA02, M15, ...): 835 LQ*HE on a service line,
+#: MOA / MIA remark elements on a claim.
+Rarc = Annotated[str, Field(pattern=r"^[A-Z0-9]{1,8}$")]
+#: Bound on the remark codes of one claim or line (an 835 line has at most 99 LQs).
+REMARK_CODES_MAX = 99
+RemarkCodes = Annotated[tuple[Rarc, ...], Field(max_length=REMARK_CODES_MAX)]
+
+
+class _WithRemarks(_Frozen):
+    """``remark_codes`` is optional and left out of the JSON when empty: an event without
+    remarks serialises as it did before the field, so its content digest (``event_digest``,
+    what dedup tells a replay from a conflict by) is unchanged."""
+
+    @model_serializer(mode="wrap")
+    def _without_empty_remarks(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("remark_codes"):
+            data.pop("remark_codes", None)
+        return data
+
+
+class AdjudicatedLine(_WithRemarks):
     line_id: Code
     charge_cents: Cents
     paid_cents: Cents
@@ -208,6 +229,7 @@ class AdjudicatedLine(_Frozen):
     allowed_cents: Cents | None = Field(
         None, description="The payer's allowed amount as it states it (835 AMT*B6).")
     service_date: date | None = Field(None, description="Date of service (DTM*472 / 150).")
+    remark_codes: RemarkCodes = Field((), description="The line's RARCs (835 LQ*HE).")
 
     @model_serializer(mode="wrap")
     def _omit_unset_additions(self, handler: SerializerFunctionWrapHandler,
@@ -217,10 +239,12 @@ class AdjudicatedLine(_Frozen):
             for name in _LINE_FIELDS_OMITTED_WHEN_UNSET:
                 if data.get(name, 0) is None:
                     del data[name]
+            if not data.get("remark_codes"):
+                data.pop("remark_codes", None)
         return data
 
 
-class ClaimAdjudicated(_EventBase):
+class ClaimAdjudicated(_WithRemarks, _EventBase):
     """One 835 CLP: what the payer paid and how the rest of the charge was adjusted.
 
     A reversal (CLP02 = 22) carries negated amounts; the posting rules then negate the
@@ -237,6 +261,9 @@ class ClaimAdjudicated(_EventBase):
     patient_responsibility_cents: Cents = 0
     adjustments: Annotated[tuple[Adjustment, ...], Field(max_length=ADJUSTMENTS_MAX)] = ()
     lines: Annotated[tuple[AdjudicatedLine, ...], Field(max_length=LINES_MAX)] = ()
+    remark_codes: RemarkCodes = Field(
+        (), description="Claim-level RARCs (835 MOA03-07, MIA05/20-23); each line's are on "
+        "the line. Absent from events made before rcmflow read them.")
 
     def all_adjustments(self) -> tuple[Adjustment, ...]:
         """Claim-level CAS amounts, then every service line's."""
@@ -442,20 +469,24 @@ Event = Annotated[
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
+#: 835 line details that describe and move no money: outside the dedup digest.
+_DESCRIPTIVE_LINE_FIELDS = frozenset((*_LINE_FIELDS_OMITTED_WHEN_UNSET, "remark_codes"))
+
+
 def event_digest(raw: bytes) -> str:
     """Content digest of a received event for replay detection: same key + same digest is a
     replay. Canonical JSON (sorted keys, no whitespace), so key order and formatting of a
-    re-sent event do not matter; any difference in content does, except the 835 line
-    details that only describe (``_LINE_FIELDS_OMITTED_WHEN_UNSET``: revenue code, units,
-    AMT*B6, date of service): an 835 applied by an rcmflow that did not read them, sent again
-    by one that does, is a replay, not a conflict. They move no money; the contract check
-    judges a line once, when its claim is first applied."""
+    re-sent event do not matter; any difference in content does, except the 835 details
+    that only describe (the lines' revenue code, units, AMT*B6, date of service, and the
+    claim's and lines' RARCs): an 835 applied by an rcmflow that did not read them, sent
+    again by one that does, is a replay, not a conflict. They move no money; the contract
+    check and the denial item take them once, when the claim is first applied."""
     doc = orjson.loads(raw)
     if isinstance(doc, dict) and doc.get("kind") == EventKind.CLAIM_ADJUDICATED:
+        doc.pop("remark_codes", None)
         lines = doc.get("lines")
         if isinstance(lines, list):
-            doc["lines"] = [{k: v for k, v in line.items()
-                             if k not in _LINE_FIELDS_OMITTED_WHEN_UNSET}
+            doc["lines"] = [{k: v for k, v in line.items() if k not in _DESCRIPTIVE_LINE_FIELDS}
                             if isinstance(line, dict) else line for line in lines]
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
 

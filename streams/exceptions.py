@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from rcmflow.streams.money import Refusal
 
 __all__ = ["MoneyError", "UpgradeNeeded", "ChartError", "RefundPolicyError", "FeeScheduleError",
+           "DenialRoutingError",
            "UPGRADE_COMMAND"]
 
 #: What an operator runs once when a table holds records of an older rcmflow.
@@ -44,3 +45,7 @@ class RefundPolicyError(RcmflowError, ValueError):
 
 class FeeScheduleError(RcmflowError, ValueError):
     """The fee schedule file is missing, unreadable or inconsistent."""
+
+
+class DenialRoutingError(RcmflowError, ValueError):
+    """The denial routing table is missing, unreadable or names unknown categories."""

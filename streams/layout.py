@@ -14,6 +14,8 @@ key                                     value
 ``<account>/refund/<event_id>``         a refund request and its approvals (``RefundRecord``)
 ``<account>/transition/<version>-<n>``  a lifecycle transition (``TransitionRecord``;
                                         ``lifecycle.transition_id``)
+``<account>/denial/<claim[/line]>``     a denied claim or line (``DenialRecord``;
+                                        ``denials.py``)
 ======================================  ==============================================
 
 An account number cannot hold "/" (``AccountKey``), so the first "/" ends it; the id is the
@@ -111,8 +113,8 @@ def assemble(head: Mapping[str, Any], items: Mapping[ItemRef, Mapping[str, Any]]
              ) -> dict[str, Any]:
     """One account as a single document, for people (``rcmflow accounts show --json``): the
     head with its ``charges``, ``claims`` (each with its ``adjudications``), ``payments``
-    and ``refunds`` (refund requests and their approvals), oldest first, and its lifecycle
-    ``transitions`` in the order they were applied."""
+    and ``refunds`` (refund requests and their approvals), oldest first, its lifecycle
+    ``transitions`` in the order they were applied, and its ``denials``."""
     def ordered(kind: ItemKind) -> list[dict[str, Any]]:
         found = [dict(item) for (k, _), item in items.items() if k == kind]
         return sorted(found, key=lambda i: (str(i.get("occurred_at") or i.get("submitted_at")
@@ -126,7 +128,8 @@ def assemble(head: Mapping[str, Any], items: Mapping[ItemRef, Mapping[str, Any]]
     transitions = [dict(item) for (k, _), item in sorted(items.items()) if k == "transition"]
     return {**head, "charges": ordered("charge"), "claims": claims,
             "payments": ordered("payment"), "refunds": ordered("refund"),
-            "transitions": transitions}
+            "transitions": transitions,
+            "denials": [dict(item) for (k, _), item in sorted(items.items()) if k == "denial"]}
 
 
 def accounts_json_schema() -> dict[str, Any]:
@@ -138,6 +141,7 @@ def accounts_json_schema() -> dict[str, Any]:
         AdjudicationRecord,
         ChargeRecord,
         ClaimRecord,
+        DenialRecord,
         PaymentRecord,
         RefundRecord,
         TransitionRecord,
@@ -145,15 +149,17 @@ def accounts_json_schema() -> dict[str, Any]:
 
     kinds: dict[str, Any] = {"charge": ChargeRecord, "claim": ClaimRecord,
                              "adjudication": AdjudicationRecord, "payment": PaymentRecord,
-                             "refund": RefundRecord, "transition": TransitionRecord}
+                             "refund": RefundRecord, "transition": TransitionRecord,
+                             "denial": DenialRecord}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "rcm.accounts records (layout 2)",
         "description": "Compacted topic, keyed in the account's partition. Key "
         "'<account>': the head. Key '<account>/<kind>/<id>': one item of the account "
-        "(kind: charge, claim, adjudication, payment, refund, transition; id: the event id, "
-        "the claim id for a claim, the request's event id for a refund request, '<account "
-        "version, 12 digits>-<n>' for a transition). An account number holds no '/'. A head "
+        "(kind: charge, claim, adjudication, payment, refund, transition, denial; id: the "
+        "event id, the claim id for a claim, the request's event id for a refund request, "
+        "'<account version, 12 digits>-<n>' for a transition, the claim id or '<claim id>/"
+        "<line id>' for a denial). An account number holds no '/'. A head "
         "without 'layout' was written by an older rcmflow: `rcmflow upgrade` rewrites it.",
         "keys": {
             "<account>": AccountHead.model_json_schema(mode="serialization"),

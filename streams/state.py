@@ -31,6 +31,8 @@ __all__ = [
     "RefundRecord",
     "RefundApproval",
     "TransitionRecord",
+    "DenialRecord",
+    "DenialStep",
     "Lifecycle",
     "LIFECYCLE_SYSTEM",
     "Item",
@@ -249,12 +251,54 @@ class TransitionRecord(TypedDict):
     detail: str | None
 
 
+class DenialStep(TypedDict):
+    """One event that moved a denial item: what it made of it, when, by which event."""
+
+    state: str
+    at: datetime
+    event_id: str
+    event_kind: str
+
+
+class DenialRecord(TypedDict):
+    """A denied claim or service line (``denials.py``), item id: the claim id, or
+    ``<claim id>/<line id>`` for a line denied while its claim was paid. One per claim or
+    line, whatever the payer's later answers: they move it (``state``)."""
+
+    version: int
+    denial_id: str
+    claim_id: str
+    line_id: str | None
+    #: open, appealed: worked; overturned, upheld, resolved, written_off: done.
+    state: str
+    payer: str | None
+    payer_class: str | None
+    entity: str
+    procedure_code: str | None
+    #: What the payer denied: the claim's (or line's) charge less what it paid, in cents.
+    amount_cents: int
+    #: The denial's CARCs ("CO-16") and RARCs ("N14"), from its latest denial.
+    carcs: list[str]
+    rarcs: list[str]
+    denied_at: datetime
+    #: The adjudication (event id) that last denied it.
+    adjudication_event_id: str
+    appealed_at: datetime | None
+    resolved_at: datetime | None
+    #: What a later 835 paid on it (overturned or resolved), and what was written off.
+    paid_cents: int
+    written_off_cents: int
+    #: The events that moved it, oldest first (the last ``DENIAL_STEPS_KEPT``).
+    steps: list[DenialStep]
+
+
 #: Item kinds, as they appear in item keys (``layout.py``).
-ItemKind = Literal["charge", "claim", "adjudication", "payment", "refund", "transition"]
+ItemKind = Literal["charge", "claim", "adjudication", "payment", "refund", "transition",
+                   "denial"]
 ITEM_KINDS: tuple[ItemKind, ...] = ("charge", "claim", "adjudication", "payment", "refund",
-                                    "transition")
+                                    "transition", "denial")
 Item = (ChargeRecord | ClaimRecord | AdjudicationRecord | PaymentRecord | RefundRecord
-        | TransitionRecord)
+        | TransitionRecord | DenialRecord)
 #: (kind, id): an item's name within its account.
 ItemRef = tuple[ItemKind, str]
 
@@ -269,6 +313,10 @@ class ItemCounts(_Frozen):
     #: Not in ``total``: they are bounded on their own (``lifecycle.TRANSITIONS_MAX``), so a
     #: long history never refuses the money events that make it.
     transition: int = 0
+    #: Denied claims and lines (``DenialRecord``); 0 in heads written before them. Not in
+    #: ``total`` either: at most one per claim and per claim line, so bounded by the claims,
+    #: and a denial never refuses the 835 that makes it.
+    denial: int = 0
 
     def total(self) -> int:
         return self.charge + self.claim + self.adjudication + self.payment + self.refund

@@ -57,12 +57,17 @@ refunds_app = typer.Typer(
 variance_app = typer.Typer(
     help="Contract variance: 835 lines the payer allowed other than the fee schedule "
     "(RCMFLOW_FEE_SCHEDULE) expects, with totals per payer and period.", no_args_is_help=True)
+denials_app = typer.Typer(
+    help="Denied claims and service lines from rcm.accounts, sorted by the denial routing "
+    "table (RCMFLOW_DENIAL_ROUTING): the worklist and the denial figures.",
+    no_args_is_help=True)
 ingest_app = typer.Typer(help="Publish files to the rcm.* topics.", no_args_is_help=True)
 schema_app = typer.Typer(help="Published schemas.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(refunds_app, name="refunds")
 app.add_typer(variance_app, name="variance")
+app.add_typer(denials_app, name="denials")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(schema_app, name="schema")
 
@@ -739,10 +744,16 @@ def audit(
         {"warn": "WARNING"}.get(settings.log_level, settings.log_level.upper()))
     try:
         if follow:
+            from rcmflow.streams.denial_routing import load_denial_routing
+
+            try:
+                routing = load_denial_routing(settings.denial_routing)  # the denials' metrics
+            except ValueError as exc:
+                _fail(exc)
             raise typer.Exit(asyncio.run(ledger.follow(
                 kafka, scratch, metrics_host=settings.metrics_host,
                 metrics_port=settings.audit_metrics_port if metrics_port is None
-                else metrics_port)))
+                else metrics_port, routing=routing)))
         report = asyncio.run(ledger.audit(kafka, scratch, console=err))
     except (KafkaError, TimeoutError) as exc:
         _fail(exc, ExitCode.BROKER)
@@ -1429,6 +1440,130 @@ def refunds_request(
                   highlight=False)
     if result["outcome"] in ("refused", "sent"):
         raise typer.Exit(ExitCode.ATTENTION)
+
+
+def _denial_rows(account: str | None) -> tuple[list[dict[str, Any]], Any]:
+    """Every denial, routed by the routing table (RCMFLOW_DENIAL_ROUTING or the shipped one)."""
+    from rcmflow.ops.denials import every_denial, routed
+    from rcmflow.runtime import kafka_access
+    from rcmflow.streams.denial_routing import load_denial_routing
+    from rcmflow.streams.topics import ACCOUNTS
+
+    settings = _settings()
+    try:
+        routing = load_denial_routing(settings.denial_routing)
+    except ValueError as exc:
+        _fail(exc)
+    kafka = _connect(settings, kafka_access.reader_access("denials", ACCOUNTS))
+    return routed(asyncio.run(every_denial(kafka, account)), routing), routing
+
+
+@denials_app.command("list")
+def denials_list(
+    state: Annotated[str, typer.Option(
+        help="open (open or appealed: still worked), appealed, overturned, upheld, resolved, "
+        "written_off or all.")] = "open",
+    payer: Annotated[str | None, typer.Option(help="Only this payer (835 N1*PR).")] = None,
+    category: Annotated[str | None, typer.Option(
+        help="Only this category of the routing table (eligibility, coding, ...).")] = None,
+    carc: Annotated[str | None, typer.Option(
+        help="Only denials with this CARC: CO-16, or a reason in any group: 16.")] = None,
+    entity: Annotated[str | None, typer.Option(help="Only this facility / entity.")] = None,
+    account: Annotated[str | None, typer.Option(help="Only this account.")] = None,
+    older_than: Annotated[int | None, typer.Option(
+        "--older-than", min=0, max=36_500, help="Only denials older than this many days.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Denied claims and service lines, oldest first: payer, codes, category and work queue
+    (the routing table's), amount, state, age; then the totals by payer and category and the
+    open amounts by age. --json: {"denials": [...], "summary": {...}}."""
+    from rcmflow.ops.denials import STATES, matches, summary
+    from rcmflow.streams.money import cents_for_people
+
+    if state not in ("open", "all", *STATES):
+        _fail(ValueError(f"--state {state!r}: one of open, all, {', '.join(STATES)}"))
+    rows, routing = _denial_rows(account)
+    if category is not None and category not in routing.categories:
+        _fail(ValueError(f"--category {category!r}: the routing table {routing.version} has "
+                         f"{', '.join(routing.categories)}"))
+    rows = [r for r in rows if matches(r, state=state, payer=payer, category=category,
+                                       carc=carc, entity=entity, older_than_days=older_than)]
+    figures = summary(rows)
+    if as_json:
+        _print_json({"routing_version": routing.version, "denials": rows, "summary": figures})
+        return
+    table = Table("denial", "account", "payer", "entity", "codes", "category", "queue",
+                  "amount", "state", "age (d)", title=f"denials ({state})")
+    for r in rows:
+        table.add_row(escape(r["denial_id"]), r["account"], escape(str(r["payer"] or "-")),
+                      r["entity"], escape(" ".join([*r["carcs"], *r["rarcs"]])), r["category"],
+                      r["queue"], cents_for_people(r["amount_cents"]), r["state"],
+                      str(r["age_days"]))
+    out.print(table)
+    if not rows:
+        out.print(f"no {'' if state == 'all' else state + ' '}denials")
+        return
+    _print_denial_figures(figures)
+
+
+def _print_denial_figures(figures: dict[str, Any]) -> None:
+    from rcmflow.streams.money import cents_for_people
+
+    total = figures["total"]
+    by = Table("payer", "category", "denials", "amount", "open", "open amount", "overturned",
+               "upheld", title=f"by payer and category: {total['count']} denials, "
+               f"{cents_for_people(total['amount_cents'])}")
+    for g in figures["by_payer_category"]:
+        by.add_row(escape(g["payer"]), g["category"], str(g["count"]),
+                   cents_for_people(g["amount_cents"]), str(g["open_count"]),
+                   cents_for_people(g["open_amount_cents"]), str(g["overturned"]),
+                   str(g["upheld"]))
+    out.print(by)
+    ages = Table("age (days)", "open denials", "amount", title="open denials by age")
+    for name, cell in figures["open_by_age"].items():
+        ages.add_row(name, str(cell["count"]), cents_for_people(cell["amount_cents"]))
+    out.print(ages)
+
+
+@denials_app.command("show")
+def denials_show(
+    denial_id: Annotated[str, typer.Argument(
+        help="The denial's id: the claim id, or <claim id>/<line id> for a line.")],
+    account: Annotated[str | None, typer.Option(
+        help="The account, where the id is on several.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One denial: its codes, category and work queue, amount, and every step (the 835s,
+    the appeal, the write-off) that moved it."""
+    from rcmflow.ops.denials import find_denial
+    from rcmflow.ops.exceptions import NoSuchItem
+    from rcmflow.streams.money import cents_for_people
+
+    rows, _ = _denial_rows(account)
+    try:
+        d = find_denial(rows, denial_id, account)
+    except NoSuchItem as exc:
+        _fail(exc, ExitCode.ATTENTION)
+    if as_json:
+        _print_json(d)
+        return
+    line = f" line {d['line_id']}" if d["line_id"] else ""
+    out.print(f"[bold]{escape(d['denial_id'])}[/bold]  account {d['account']}  claim "
+              f"{escape(d['claim_id'])}{escape(line)}  payer {escape(str(d['payer'] or '-'))}"
+              f"  entity {d['entity']}  {cents_for_people(d['amount_cents'])}  "
+              f"[bold]{d['state']}[/bold]", highlight=False)
+    out.print(f"codes {escape(' '.join(d['carcs']))}"
+              f"{' remarks ' + escape(' '.join(d['rarcs'])) if d['rarcs'] else ''}: "
+              f"{d['category']} -> queue {d['queue']} ({d['routing_rule']}, routing "
+              f"{d['routing_version']})", highlight=False)
+    out.print(f"denied {d['denied_at']} ({d['age_days']} days); paid since "
+              f"{cents_for_people(d['paid_cents'])}, written off "
+              f"{cents_for_people(d['written_off_cents'])}", highlight=False)
+    steps = Table("at", "state", "event", title="steps")
+    for s in d["steps"]:
+        steps.add_row(str(s["at"]), s["state"], escape(f"{s['event_kind']} {s['event_id']}"))
+    out.print(steps)
 
 
 @accounts_app.command("history")

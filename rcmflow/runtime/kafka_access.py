@@ -277,5 +277,6 @@ def documented_components(app_id: str = "rcmflow") -> dict[str, Access]:
         "rcmflow refunds list, show": refunds_access(changes=False),
         "rcmflow refunds request, approve, reject": refunds_access(changes=True),
         "rcmflow variance list": variance_access(),
+        "rcmflow denials list, show": reader_access("denials", ACCOUNTS),
         "rcmflow ops": ops_site_access(app_id),
     }

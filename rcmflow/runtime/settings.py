@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         100, ge=0, le=100_000_000, description="A line allowed within this many cents of "
         "its fee schedule rate is no variance (rounding, small contract drift)."
     )
+    denial_routing: Path | None = Field(
+        None, description="Denial routing table (YAML: CARC/RARC patterns -> category -> "
+        "work queue; docs: denials), read by `rcmflow denials`, the ops site and `rcmflow "
+        "audit --follow`; unset: the one shipped."
+    )
     app_id: str = Field("rcmflow", description="Consumer group and changelog prefix.")
     # The FHIR facade (`rcmflow facade`): its own read model of rcm.accounts, served as R4.
     facade_host: str = Field("127.0.0.1", description="Address the facade listens on.")
@@ -530,7 +535,8 @@ class Settings(BaseSettings):
                     raise ValueError(f"{entry[:60]!r} is not an address or network") from exc
         return ",".join(entries)
 
-    @field_validator("data_dir", "coa", "refund_policy", "fee_schedule", "facade_store",
+    @field_validator("data_dir", "coa", "refund_policy", "fee_schedule", "denial_routing",
+                     "facade_store",
                      "erp_csv_dir", "ops_token_file", "kafka_ca_file", "kafka_cert_file",
                      "kafka_key_file")
     @classmethod

@@ -195,3 +195,39 @@ def test_accounts_by_state_follow_each_accounts_newest_head(follower: Follower) 
     got = {k.split("state", 1)[1]: v for k, v in _samples(follower).items()
            if k.startswith("rcmflow_audit_accounts_by_state")}
     assert got["entity=01,state=registration_complete"] == 0
+
+
+def test_denials_by_payer_category_state_and_open_amounts_by_age(follower: Follower) -> None:
+    """The denial items on rcm.accounts, as the worker writes them: the routing table sorts
+    them as they are read; only open (or appealed) ones are aged."""
+    from tests.factories import adjudication, event_doc
+
+    acme = {"entity": "01", "payer": "ACME", "payer_class": "COMMERCIAL"}
+    docs = [
+        charge(30_000, "D3"),
+        adjudication(50_000, 0, [("CO", "29", 50_000)], "D1", claim_id="D1", outcome="denied",
+                     dimensions=acme, occurred_at="2026-11-10T10:00:00+00:00"),
+        adjudication(20_000, 0, [("CO", "16", 20_000)], "D2", claim_id="D2", outcome="denied",
+                     dimensions=acme, occurred_at="2026-07-01T10:00:00+00:00"),
+        adjudication(30_000, 0, [("CO", "16", 30_000)], "D3", claim_id="D3", outcome="denied",
+                     dimensions=acme, occurred_at="2026-11-01T10:00:00+00:00"),
+        event_doc("write_off", "D3", amount_cents=30_000, reason="denial",
+                  dimensions={"entity": "01", "claim_id": "D3"}),
+    ]
+    tables = MemoryTables()
+    tables.write(Processor(load_chart()).process(messages(docs), tables))
+    for offset, ((_, key), value) in enumerate(sorted(tables.accounts.items())):
+        follower.take(Record("rcm.accounts", 0, offset, key, value, STAMP_MS))
+    families = {f.name: f for f in text_string_to_metric_families(
+        render(new_registry(lambda: follower.denials.families(now_s=1_794_736_800.0)))
+        .decode())}
+    counts = {(s.labels["category"], s.labels["state"]): s.value
+              for s in families["rcmflow_denials"].samples}
+    assert counts == {("timely_filing", "open"): 1, ("missing_information", "open"): 1,
+                      ("missing_information", "written_off"): 1}
+    cents = {(s.labels["category"], s.labels["state"]): s.value
+             for s in families["rcmflow_denials_cents"].samples}
+    assert cents[("missing_information", "written_off")] == 30_000
+    # 1_794_736_800 is 2026-11-15: D1 is 5 days old, D2 137.
+    aged = {s.labels["age"]: s.value for s in families["rcmflow_denials_open_cents"].samples}
+    assert aged == {"0-30": 50_000, "31-60": 0, "61-90": 0, "91-120": 0, "120+": 20_000}

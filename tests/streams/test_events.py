@@ -19,6 +19,8 @@ EVERY_KIND = [
     event_doc("claim_submitted", claim_id="C1", total_charge_cents=300,
               lines=[{"line_id": "1", "charge_cents": 100}, {"line_id": "2", "charge_cents": 200}]),
     adjudication(300, 200, [("CO", "45", 100)]),
+    adjudication(500, 0, [("CO", "16", 500)], claim_id="C2", outcome="denied",
+                 remark_codes=["N14"]),
     payment(100),
     event_doc("refund", amount_cents=100),
     event_doc("refund_approved", request_id="R1", by="ann", role="refund_approver"),
@@ -179,8 +181,9 @@ def test_835_line_details_that_move_no_money_are_no_conflict_when_sent_again() -
     old = adjudication(300, 200, [("CO", "45", 100)]) | {"lines": [
         {"line_id": "1", "charge_cents": 300, "paid_cents": 200,
          "adjustments": [{"group": "CO", "reason": "45", "amount_cents": 100}]}]}
-    new = old | {"lines": [old["lines"][0] | {"allowed_cents": 200, "units": 1,
-                                              "revenue_code": "0450",
+    new = old | {"remark_codes": ["MA02"],
+                 "lines": [old["lines"][0] | {"allowed_cents": 200, "units": 1,
+                                              "revenue_code": "0450", "remark_codes": ["N14"],
                                               "service_date": "2026-11-01"}]}
     assert event_digest(json.dumps(old).encode()) == event_digest(json.dumps(new).encode())
     paid_more = old | {"paid_cents": 250}

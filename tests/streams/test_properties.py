@@ -89,7 +89,8 @@ def test_every_delta_balances_and_the_ledger_equals_the_state(
                                   "adjudication": len(adjudications),
                                   "payment": len(state["payments"]),
                                   "refund": len(state["refunds"]),
-                                  "transition": len(state["transitions"])}
+                                  "transition": len(state["transitions"]),
+                                  "denial": len(state["denials"])}
         paid = [p["amount_cents"] for p in state["payments"] if p["kind"] == "patient_payment"]
         refunded = [p["amount_cents"] for p in state["payments"] if p["kind"] == "refund"]
         assert (balances["patient_paid"], balances["refunds"]) == (sum(paid), sum(refunded))

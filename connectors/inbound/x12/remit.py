@@ -22,6 +22,7 @@ so a set of 100,000s of claims is checked with running totals (``claim_problem``
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 
 from rcmflow.connectors.inbound.totals import SourceTotals, cas_measure
 from rcmflow.streams.events import (
+    REMARK_CODES_MAX,
     AdjudicatedLine,
     Adjustment,
     ClaimAdjudicated,
@@ -78,6 +80,7 @@ class Line:
     units: int | None = None
     allowed_cents: int | None = None
     service_date: date | None = None
+    remark_codes: list[str] = field(default_factory=list)  # LQ*HE
 
     def balances(self) -> bool:
         return self.charge_cents - self.paid_cents == sum(a.amount_cents for a in self.adjustments)
@@ -95,6 +98,7 @@ class Claim:
     payer_control: str
     adjustments: list[Cas] = field(default_factory=list)
     lines: list[Line] = field(default_factory=list)
+    remark_codes: list[str] = field(default_factory=list)  # MOA03-07, MIA05/20-23
 
     def cas_total(self) -> int:
         return sum(a.amount_cents for a in self.adjustments) + sum(
@@ -259,6 +263,11 @@ class RemitReader:
             else:
                 remit.problems.append(at_segment(
                     seg, "x12_unreadable_segment", f"CAS outside a claim (segment {seg.number})"))
+        elif sid == "LQ" and seg.el(1) == "HE" and self._line is not None:
+            _remark(self._line.remark_codes, seg.el(2))
+        elif sid in REMARK_ELEMENTS and self._claim is not None and self._line is None:
+            for at in REMARK_ELEMENTS[sid]:
+                _remark(self._claim.remark_codes, seg.el(at))
         elif sid == "PLB":
             done.extend(self._close())
             plbs = _plb(seg, remit)
@@ -299,6 +308,20 @@ def parse_835(tset: TransactionSet) -> Remit:
         keep(reader.feed(seg))
     keep(list(reader.finish()))
     return remit
+
+
+#: The claim-level remark code elements: MOA03-07 (outpatient), MIA05 and MIA20-23
+#: (inpatient). LQ*HE (a service line's remarks) is read apart.
+REMARK_ELEMENTS = {"MOA": (3, 4, 5, 6, 7), "MIA": (5, 20, 21, 22, 23)}
+#: A RARC as the canonical event takes it; anything else in a remark element is skipped.
+_RARC = re.compile(r"^[A-Z0-9]{1,8}$")
+
+
+def _remark(codes: list[str], code: str) -> None:
+    """Keep ``code`` once, bounded like the event's field (``REMARK_CODES_MAX``)."""
+    code = code.strip().upper()
+    if _RARC.match(code) and code not in codes and len(codes) < REMARK_CODES_MAX:
+        codes.append(code)
 
 
 def _clp(seg: Segment, number: int, remit: Remit) -> Claim | None:
@@ -540,8 +563,11 @@ def _claim_event(claim: Claim, remit: RemitHeader, event_id: str, occurred: date
                  entity: str) -> ClaimAdjudicated:
     lines = claim.lines
     adjustments = list(claim.adjustments)
+    remarks = list(claim.remark_codes)
     if not all(line.balances() for line in lines):
         adjustments += [a for line in lines for a in line.adjustments]
+        for code in (c for line in lines for c in line.remark_codes):
+            _remark(remarks, code)  # the lines are not kept: their remarks go to the claim
         lines = []
     outcome: Literal["processed", "denied", "reversal"]
     if claim.status == "22":
@@ -575,8 +601,10 @@ def _claim_event(claim: Claim, remit: RemitHeader, event_id: str, occurred: date
                             paid_cents=line.paid_cents, procedure_code=line.procedure_code,
                             adjustments=tuple(_adjustment(a) for a in line.adjustments),
                             revenue_code=line.revenue_code, units=line.units,
-                            allowed_cents=line.allowed_cents, service_date=line.service_date)
+                            allowed_cents=line.allowed_cents, service_date=line.service_date,
+                            remark_codes=tuple(line.remark_codes))
             for line in lines),
+        remark_codes=tuple(remarks),
     )
 
 

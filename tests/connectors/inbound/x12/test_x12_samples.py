@@ -252,3 +252,20 @@ def test_applied_sets_state_what_their_segments_say_in_money(name: str) -> None:
             k: c for k, c in carried.items() if c}
     raw = [json.loads(v) for t, _, v in outcome.records(X12Limits()) if t == RAW_X12]
     assert [("source_totals" in r) for r in raw] == [r["status"] == "applied" for r in raw]
+
+
+def test_remark_codes_are_read_from_lq_and_moa() -> None:
+    """RARCs: LQ*HE on each service line, MOA/MIA remark elements on the claim."""
+    path = _sample("835/pyx12_5010_mult_loops_denial.835")
+    (event,) = process_x12(path.read_bytes(), origin="file:x", limits=X12Limits()).events
+    assert isinstance(event, ClaimAdjudicated)
+    assert [(ln.line_id, ln.remark_codes) for ln in event.lines] == [
+        ("1", ("N14",)), ("2", ("N14",)), ("3", ("N14",))]
+    assert '"remark_codes":["N14"]' in event.model_dump_json()
+    medicare = _sample("835/lfh_5010_medicare-part-a.835")
+    events = process_x12(medicare.read_bytes(), origin="file:x", limits=X12Limits()).events
+    remarks = {e.account: e.remark_codes for e in events if isinstance(e, ClaimAdjudicated)}
+    assert remarks == {"666123": (), "777777": ("MA02",)}
+    # No remarks: the event's JSON is what it was before the field (same replay digest).
+    plain = next(e for e in events if e.account == "666123")
+    assert "remark_codes" not in plain.model_dump_json()
