@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar, cast
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rcmflow.streams.data_files import load_data_file
 from rcmflow.streams.exceptions import ChartError
 
 __all__ = [
@@ -180,19 +179,5 @@ def _memo(chart: ChartOfAccounts) -> dict[tuple[str, ...], Any]:
 
 def load_chart(path: Path | None = None) -> ChartOfAccounts:
     """Load and check a mapping file; ``None`` loads the one shipped with rcmflow."""
-    try:
-        if path is None:
-            text = resources.files(__package__).joinpath(DEFAULT_CHART).read_text("utf-8")
-        else:
-            if path.stat().st_size > CHART_BYTES_MAX:
-                raise ChartError(f"{path}: larger than {CHART_BYTES_MAX} bytes, not a chart")
-            text = path.read_text("utf-8")
-        raw = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ChartError(f"cannot read chart of accounts {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ChartError(f"chart of accounts {path}: expected a mapping at the top level")
-    try:
-        return ChartOfAccounts.model_validate(raw)
-    except ValidationError as exc:
-        raise ChartError(f"chart of accounts {path or DEFAULT_CHART} is invalid:\n{exc}") from exc
+    return load_data_file(ChartOfAccounts, path, shipped=DEFAULT_CHART, what="chart of accounts",
+                          error=ChartError, bytes_max=CHART_BYTES_MAX)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
-from importlib import resources
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rcmflow.streams.data_files import load_data_file
 from rcmflow.streams.exceptions import DenialRoutingError
 
 __all__ = ["DenialRouting", "Route", "Category", "load_denial_routing", "DEFAULT_ROUTING"]
@@ -86,32 +85,9 @@ class DenialRouting(_Frozen):
                      rule="default")
 
 
-_DEFAULT: DenialRouting | None = None
-
 
 def load_denial_routing(path: Path | None = None) -> DenialRouting:
-    """Load and check a routing table; ``None`` loads the one shipped with rcmflow (once)."""
-    global _DEFAULT
-    if path is None and _DEFAULT is not None:
-        return _DEFAULT
-    try:
-        if path is None:
-            text = resources.files(__package__).joinpath(DEFAULT_ROUTING).read_text("utf-8")
-        else:
-            if path.stat().st_size > ROUTING_BYTES_MAX:
-                raise DenialRoutingError(f"{path}: larger than {ROUTING_BYTES_MAX} bytes, "
-                                         "not a denial routing table")
-            text = path.read_text("utf-8")
-        raw = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise DenialRoutingError(f"cannot read denial routing table {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise DenialRoutingError(f"denial routing table {path}: expected a mapping")
-    try:
-        routing = DenialRouting.model_validate(raw)
-    except ValidationError as exc:
-        raise DenialRoutingError(
-            f"denial routing table {path or DEFAULT_ROUTING} is invalid:\n{exc}") from exc
-    if path is None:
-        _DEFAULT = routing
-    return routing
+    """Load and check a routing table; ``None`` loads the one shipped with rcmflow."""
+    return load_data_file(DenialRouting, path, shipped=DEFAULT_ROUTING,
+                          what="denial routing table", error=DenialRoutingError,
+                          bytes_max=ROUTING_BYTES_MAX)

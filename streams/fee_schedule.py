@@ -19,22 +19,20 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StrictInt,
     StrictStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
+from rcmflow.streams.data_files import load_data_file
 from rcmflow.streams.exceptions import FeeScheduleError
 from rcmflow.streams.money import AMOUNT_CENTS_MAX
 
@@ -203,32 +201,8 @@ class FeeSchedule(_Frozen):
         return None
 
 
-_DEFAULT: FeeSchedule | None = None
-
 
 def load_fee_schedule(path: Path | None = None) -> FeeSchedule:
-    """Load and check a fee schedule file; ``None`` loads the one shipped with rcmflow (once)."""
-    global _DEFAULT
-    if path is None and _DEFAULT is not None:
-        return _DEFAULT
-    try:
-        if path is None:
-            text = resources.files(__package__).joinpath(DEFAULT_FEE_SCHEDULE).read_text("utf-8")
-        else:
-            if path.stat().st_size > SCHEDULE_BYTES_MAX:
-                raise FeeScheduleError(f"{path}: larger than {SCHEDULE_BYTES_MAX} bytes, "
-                                       "not a fee schedule")
-            text = path.read_text("utf-8")
-        raw = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise FeeScheduleError(f"cannot read fee schedule {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise FeeScheduleError(f"fee schedule {path}: expected a mapping at the top level")
-    try:
-        schedule = FeeSchedule.model_validate(raw)
-    except ValidationError as exc:
-        raise FeeScheduleError(
-            f"fee schedule {path or DEFAULT_FEE_SCHEDULE} is invalid:\n{exc}") from exc
-    if path is None:
-        _DEFAULT = schedule
-    return schedule
+    """Load and check a fee schedule file; ``None`` loads the one shipped with rcmflow."""
+    return load_data_file(FeeSchedule, path, shipped=DEFAULT_FEE_SCHEDULE, what="fee schedule",
+                          error=FeeScheduleError, bytes_max=SCHEDULE_BYTES_MAX)

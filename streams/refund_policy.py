@@ -8,20 +8,18 @@ changed later never changes a request already filed, and a replayed event decide
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     model_validator,
 )
 
+from rcmflow.streams.data_files import load_data_file
 from rcmflow.streams.exceptions import RefundPolicyError
 from rcmflow.streams.money import AMOUNT_CENTS_MAX
 
@@ -109,32 +107,9 @@ class RefundPolicy(_Frozen):
                                       *(r for rule in policy.rules for r in rule.roles)))
 
 
-_DEFAULT: RefundPolicy | None = None
-
 
 def load_refund_policy(path: Path | None = None) -> RefundPolicy:
-    """Load and check a policy file; ``None`` loads the one shipped with rcmflow (once)."""
-    global _DEFAULT
-    if path is None and _DEFAULT is not None:
-        return _DEFAULT
-    try:
-        if path is None:
-            text = resources.files(__package__).joinpath(DEFAULT_REFUND_POLICY).read_text("utf-8")
-        else:
-            if path.stat().st_size > POLICY_BYTES_MAX:
-                raise RefundPolicyError(f"{path}: larger than {POLICY_BYTES_MAX} bytes, "
-                                        "not a refund policy")
-            text = path.read_text("utf-8")
-        raw = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise RefundPolicyError(f"cannot read refund policy {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise RefundPolicyError(f"refund policy {path}: expected a mapping at the top level")
-    try:
-        policy = RefundPolicy.model_validate(raw)
-    except ValidationError as exc:
-        raise RefundPolicyError(
-            f"refund policy {path or DEFAULT_REFUND_POLICY} is invalid:\n{exc}") from exc
-    if path is None:
-        _DEFAULT = policy
-    return policy
+    """Load and check a policy file; ``None`` loads the one shipped with rcmflow."""
+    return load_data_file(RefundPolicy, path, shipped=DEFAULT_REFUND_POLICY,
+                          what="refund policy", error=RefundPolicyError,
+                          bytes_max=POLICY_BYTES_MAX)
