@@ -115,6 +115,9 @@ class AppliedEvent(NamedTuple):
     #: The event's entity (a bounded label) and the lifecycle transitions it made.
     entity: str = ""
     transitions: tuple[Transition, ...] = ()
+    #: An 835 claim's payer and outcome (processed, denied, reversal): the denial rate's
+    #: denominator by payer; None for other events.
+    adjudication: tuple[str, str] | None = None
 
 
 class ContractTally(NamedTuple):
@@ -345,9 +348,11 @@ class Processor:
         else:
             out.counts.applied += 1
             posting = self._emit(msg, out, event, outcome)
-            out.applied.append(AppliedEvent(event.source, event.kind.value, msg.timestamp_ms,
-                                            posting is not None, event.dimensions.entity,
-                                            outcome.transitions))
+            out.applied.append(AppliedEvent(
+                event.source, event.kind.value, msg.timestamp_ms, posting is not None,
+                event.dimensions.entity, outcome.transitions,
+                (event.dimensions.payer or "-", event.outcome)
+                if isinstance(event, ClaimAdjudicated) else None))
             entry = DedupEntry(digest=digest, partition=part, offset=msg.offset,
                                version=outcome.head.version, posting_sha256=_sha256(posting),
                                horizon_day=filed)

@@ -158,6 +158,9 @@ class Progress:
     contract_lines: dict[tuple[str, str], int] = field(default_factory=dict)
     variance_cents: dict[tuple[str, str], int] = field(default_factory=dict)
     payers: BoundedLabel = field(default_factory=BoundedLabel)
+    #: (payer, outcome) -> 835 claims applied: the denial rate by payer is denied over
+    #: processed + denied (docs: denials).
+    adjudications: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def note_contract(self, tallies: Sequence[ContractTally]) -> None:
         for t in tallies:
@@ -187,6 +190,9 @@ class Progress:
         for e in applied:
             if e.transitions:
                 self._note_transitions(self.entities(e.entity), e.transitions)
+            if e.adjudication is not None:
+                key = (self.payers(e.adjudication[0]), e.adjudication[1])
+                self.adjudications[key] = self.adjudications.get(key, 0) + 1
 
     def _note_transitions(self, entity: str, transitions: Sequence[Transition]) -> None:
         """Each transition at its event's own dates (``occurred_at``); one dated before the
@@ -224,6 +230,11 @@ def worker_families(progress: Progress) -> list[Metric]:
                 "source field, at most 50 distinct values, then 'other') and kind",
                 [({"source": source, "kind": kind}, n)
                  for (source, kind), n in list(progress.by_source_kind.items())]),
+        counter("rcmflow_worker_claims_adjudicated", "835 claims applied, by payer (at most "
+                "50 distinct, then 'other') and outcome (processed, denied, reversal): the "
+                "denial rate's denominator",
+                [({"payer": p, "outcome": o}, n)
+                 for (p, o), n in list(progress.adjudications.items())]),
         counter("rcmflow_worker_postings_by_kind", "Posting deltas made, by the kind of the "
                 "event that made them (claim-to-ledger: against rcmflow_erp_postings_by_kind)",
                 [({"kind": kind}, n) for kind, n in list(progress.postings_by_kind.items())]),

@@ -89,3 +89,24 @@ def test_contract_lines_and_variance_cents_by_payer() -> None:
     assert got[f"{lines}payer=P1,result=unpriced"] == 1
     assert got[f"{lines}payer=P9,result=uncontracted"] == 2
     assert got["rcmflow_worker_variance_cents_totaldirection=underpaid,payer=P1"] == 1000
+
+
+def test_claims_adjudicated_by_payer_and_outcome_the_denial_rates_denominator() -> None:
+    from tests.factories import event_doc
+
+    def answer(account: str, payer: str, outcome: str, paid: int) -> dict[str, object]:
+        return event_doc("claim_adjudicated", account, claim_id=f"C-{account}", outcome=outcome,
+                         charge_cents=1_000, paid_cents=paid,
+                         adjustments=[{"group": "CO", "reason": "45" if paid else "50",
+                                       "amount_cents": 1_000 - paid}],
+                         dimensions={"entity": "01", "payer": payer})
+    docs = [answer("D1", "P1", "processed", 800), answer("D2", "P1", "denied", 0),
+            answer("D3", "P1", "processed", 700), answer("D4", "P2", "denied", 0)]
+    result = Processor(load_chart()).process(messages(docs), MemoryTables())
+    progress = Progress()
+    progress.note(result.applied, 1_795_000_001.0)
+    got = _samples(progress)
+    total = "rcmflow_worker_claims_adjudicated_total"
+    assert got[f"{total}outcome=processed,payer=P1"] == 2
+    assert got[f"{total}outcome=denied,payer=P1"] == 1
+    assert got[f"{total}outcome=denied,payer=P2"] == 1
