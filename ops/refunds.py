@@ -134,7 +134,12 @@ async def decide(kafka: KafkaConnection, user: User, request: dict[str, Any],
     "posted" | "rejected" | "refused" (by the worker: the detail says why) | "sent" (no answer
     within the wait), "detail": ..., "request": <the request as it is now>}``."""
     _check(user, request, decision)
-    acting = _acting_role(user, request, role)
+    withdrawing = decision == "reject" and request["requested_by"] == user.name
+    allowed = {*request["roles"], *request["over_credit_roles"]}
+    if withdrawing and role is None and not allowed & set(user.roles):
+        acting: str = user.role  # the requester withdraws their own request, in any role
+    else:
+        acting = _acting_role(user, request, role)
     if decision == "reject" and not (text or "").strip():
         raise RefundRefused("a rejection needs a reason")
     request_id, account = request["event_id"], request["account"]

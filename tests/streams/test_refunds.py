@@ -264,3 +264,13 @@ def test_a_wrong_policy_file_is_refused_saying_why(tmp_path: Path, text: str,
     path.write_text(text)
     with pytest.raises(RefundPolicyError, match=message):
         load_refund_policy(path)
+
+
+def test_the_requester_may_withdraw_but_another_user_needs_the_role() -> None:
+    ledger = Ledger()
+    ledger.feed(credit(50_000), refund(25_000, requested_by="ann"),
+                reject("vic", "viewer"))
+    assert ledger.refused[-1][0] == "refund_role_not_allowed"
+    ledger.feed(reject("ann", "operator"))
+    assert ledger.request("RQ1")["state"] == "rejected"
+    assert ledger.account()["refunds_pending"] == {"count": 0, "cents": 0}
