@@ -62,8 +62,7 @@ def token_path(settings: Settings) -> Path:
     ~/.config/rcmflow/ops-token (per person, not in the shared data directory)."""
     if settings.ops_token_file is not None:
         return settings.ops_token_file
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "rcmflow" / "ops-token"
+    return Path.home() / ".config" / "rcmflow" / "ops-token"
 
 
 def issue_token(user: User, key: bytes, hours: int) -> str:

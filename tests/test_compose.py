@@ -560,8 +560,12 @@ def journal_rows(folder: Path) -> list[dict[str, str]]:
 
 def account_balances(doc: dict[str, Any]) -> dict[str | None, int]:
     """Aggregate code (insurance, patient; None: the total) -> cents, from a FHIR Account."""
+    from rcmflow.facade.resources import BALANCE_EXTENSION
+
     out: dict[str | None, int] = {}
     for ext in doc["extension"]:
+        if ext["url"] != BALANCE_EXTENSION:
+            continue  # the lifecycle state's extension (docs/lifecycle.md)
         parts = {p["url"]: p for p in ext["extension"]}
         aggregate = parts.get("aggregate")
         code = None if aggregate is None else aggregate["valueCodeableConcept"]["coding"][0][
