@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import orjson
 
@@ -195,47 +195,70 @@ class EntityBalances:
 #: Pending refund requests the tally keeps (~100 bytes each); past it new ones are not
 #: tracked and a warning is logged.
 REFUNDS_TRACKED_MAX = 200_000
-_REFUND_KEY = b"/refund/"
+Entry = TypeVar("Entry")
 
 
-class RefundTally:
-    """Refund requests waiting for approval, per entity: how many, how much, and the oldest
-    one's age (the SLA's alert), from the refund items of rcm.accounts (compacted: the
-    newest record of a request tells its state)."""
+class _ItemTally(Generic[Entry]):
+    """What a tally keeps of one kind of rcm.accounts item (compacted: a key's newest record
+    tells its state): an entry per key while ``_entry`` makes one, at most ``tracked_max``
+    (past it new keys are left out, with a warning), dropped on a tombstone."""
 
-    def __init__(self, tracked_max: int = REFUNDS_TRACKED_MAX) -> None:
+    #: The item kind in the key (``<account>/<kind>/<id>``) and what the warning calls them.
+    marker: bytes
+    what: str
+
+    def __init__(self, tracked_max: int) -> None:
         self.tracked_max = tracked_max
-        self.pending: dict[bytes, tuple[str, int, float]] = {}  # key -> entity, cents, since
-        self._entities = BoundedLabel()
+        self.items: dict[bytes, Entry] = {}
+
+    def _entry(self, doc: dict[str, Any]) -> Entry | None:
+        """The entry of an item record (None: not tracked now); KeyError, TypeError or
+        ValueError: a record this version cannot read (ignored)."""
+        raise NotImplementedError
 
     def take(self, key: bytes, value: bytes | None) -> None:
-        """One rcm.accounts record; anything but a refund item is ignored."""
-        if _REFUND_KEY not in key:
+        """One rcm.accounts record; anything but this kind of item is ignored."""
+        if self.marker not in key:
             return
         if value is None:
-            self.pending.pop(key, None)
+            self.items.pop(key, None)
             return
         try:
-            doc = orjson.loads(value)
-            waiting = doc["state"] == "pending"
-            entry = (self._entities(str(doc["entity"])), int(doc["amount_cents"]),
-                     datetime.fromisoformat(str(doc["requested_at"])).timestamp())
+            entry = self._entry(orjson.loads(value))
         except (ValueError, KeyError, TypeError):
-            return  # not a request this version can read
-        if not waiting:
-            self.pending.pop(key, None)
-        elif key in self.pending or len(self.pending) < self.tracked_max:
-            self.pending[key] = entry
+            return  # not a record this version can read
+        if entry is None:
+            self.items.pop(key, None)
+        elif key in self.items or len(self.items) < self.tracked_max:
+            self.items[key] = entry
         else:
-            log.warning("more than %d pending refund requests: new ones are not in the "
-                        "metrics", self.tracked_max)
+            log.warning("more than %d %s: new ones are not in the metrics", self.tracked_max,
+                        self.what)
+
+
+class RefundTally(_ItemTally[tuple[str, int, float]]):
+    """Refund requests waiting for approval, per entity: how many, how much, and the oldest
+    one's age (the SLA's alert), from the refund items of rcm.accounts. Entries: entity,
+    cents, requested at (Unix seconds)."""
+
+    marker, what = b"/refund/", "pending refund requests"
+
+    def __init__(self, tracked_max: int = REFUNDS_TRACKED_MAX) -> None:
+        super().__init__(tracked_max)
+        self._entities = BoundedLabel()
+
+    def _entry(self, doc: dict[str, Any]) -> tuple[str, int, float] | None:
+        if doc["state"] != "pending":
+            return None
+        return (self._entities(str(doc["entity"])), int(doc["amount_cents"]),
+                datetime.fromisoformat(str(doc["requested_at"])).timestamp())
 
     def families(self, now_s: float | None = None) -> list[Metric]:
         now = time.time() if now_s is None else now_s
         counts: dict[str, int] = {}
         cents: dict[str, int] = {}
         oldest: dict[str, float] = {}
-        for entity, amount, since in list(self.pending.values()):
+        for entity, amount, since in list(self.items.values()):
             counts[entity] = counts.get(entity, 0) + 1
             cents[entity] = cents.get(entity, 0) + amount
             oldest[entity] = min(oldest.get(entity, since), since)
@@ -301,7 +324,6 @@ def _received_s(received_at: Any, timestamp_ms: int | None) -> float:
 #: Denials the tally keeps (~150 bytes each); past it new ones are not tracked and a
 #: warning is logged.
 DENIALS_TRACKED_MAX = 500_000
-_DENIAL_KEY = b"/denial/"
 #: Open-denial age buckets: (label, days at most; None: any older).
 DENIAL_AGE_BUCKETS: tuple[tuple[str, int | None], ...] = (
     ("0-30", 30), ("31-60", 60), ("61-90", 90), ("91-120", 120), ("120+", None))
@@ -315,45 +337,31 @@ class _Denial(NamedTuple):
     denied_s: float
 
 
-class DenialTally:
-    """Denied claims and lines (the ``denial`` items of rcm.accounts, compacted: the newest
-    record of each tells its state), by payer, category (the routing table's, applied as
-    read) and state, count and amount; and the open ones' amounts by age."""
+class DenialTally(_ItemTally[_Denial]):
+    """Denied claims and lines (the ``denial`` items of rcm.accounts), by payer, category
+    (the routing table's, applied as read) and state, count and amount; and the open ones'
+    amounts by age."""
+
+    marker, what = b"/denial/", "denials"
 
     def __init__(self, routing: DenialRouting | None = None,
                  tracked_max: int = DENIALS_TRACKED_MAX) -> None:
+        super().__init__(tracked_max)
         self.routing = routing or load_denial_routing()
-        self.tracked_max = tracked_max
-        self.denials: dict[bytes, _Denial] = {}
         self._payers = BoundedLabel()
 
-    def take(self, key: bytes, value: bytes | None) -> None:
-        """One rcm.accounts record; anything but a denial item is ignored."""
-        if _DENIAL_KEY not in key:
-            return
-        if value is None:
-            self.denials.pop(key, None)
-            return
-        try:
-            doc = orjson.loads(value)
-            route = self.routing.route(doc["carcs"], doc["rarcs"])
-            entry = _Denial(self._payers(str(doc["payer"] or "-")), route.category,
-                            str(doc["state"]), int(doc["amount_cents"]),
-                            datetime.fromisoformat(str(doc["denied_at"])).timestamp())
-        except (ValueError, KeyError, TypeError):
-            return  # not a denial this version can read
-        if key in self.denials or len(self.denials) < self.tracked_max:
-            self.denials[key] = entry
-        else:
-            log.warning("more than %d denials: new ones are not in the metrics",
-                        self.tracked_max)
+    def _entry(self, doc: dict[str, Any]) -> _Denial:
+        route = self.routing.route(doc["carcs"], doc["rarcs"])
+        return _Denial(self._payers(str(doc["payer"] or "-")), route.category,
+                       str(doc["state"]), int(doc["amount_cents"]),
+                       datetime.fromisoformat(str(doc["denied_at"])).timestamp())
 
     def families(self, now_s: float | None = None) -> list[Metric]:
         now = time.time() if now_s is None else now_s
         counts: dict[tuple[str, str, str], int] = {}
         cents: dict[tuple[str, str, str], int] = {}
         aged = {name: [0, 0] for name, _ in DENIAL_AGE_BUCKETS}
-        for d in list(self.denials.values()):
+        for d in list(self.items.values()):
             labels = (d.payer, d.category, d.state)
             counts[labels] = counts.get(labels, 0) + 1
             cents[labels] = cents.get(labels, 0) + d.cents

@@ -162,7 +162,7 @@ def test_pending_refunds_by_entity_and_the_oldest_age(follower: Follower) -> Non
     assert cents == {"01": 70_000, "02": 30_000}
     # 1_794_736_800 is 2026-11-15T10:00Z: R-old (the 10th) is 5 days old, R-02 4 days.
     assert oldest == {"01": 5 * 86_400, "02": 4 * 86_400}
-    assert item_key("P1", ("refund", "R-done")) not in follower.refunds.pending
+    assert item_key("P1", ("refund", "R-done")) not in follower.refunds.items
 
 
 def test_accounts_by_state_follow_each_accounts_newest_head(follower: Follower) -> None:
